@@ -1,0 +1,42 @@
+#pragma once
+/// @file device.hpp
+/// The `device_policy` concept: where tensors live and which kernels run on them.
+///
+/// **What a device represents.** A tag object, cheap to copy, chosen at compile time as the
+/// `Device` parameter of models, losses, optimizers and the `Distiller`. It owns no tensors; it
+/// allocates arena memory and carries execution settings (thread count, CUDA stream).
+///
+/// **Minimal complete definition.**
+/// - `static constexpr memory_space memory` — where its allocations live;
+/// - `void* allocate(std::size_t bytes) const`, `void deallocate(void*, std::size_t bytes) const`,
+///   `void fill_zero(void*, std::size_t bytes) const`, `void copy(void* dst, const void* src, std::size_t) const`;
+/// - `static constexpr const char* name`;
+/// - the kernels, as free functions in the device's namespace found by argument-dependent lookup,
+///   first argument the device: `gemm`, `gemm_strided_batched`, `add_bias`, `bias_grad`,
+///   `layernorm_forward/backward`, `gelu_forward/backward`, `causal_softmax_forward/backward`,
+///   `embedding_forward/backward`, `cross_entropy_forward_backward`, `add`, `accumulate`.
+///   `device/reference.hpp` is the plain-loop definition of each kernel, with its shapes and formula.
+///
+/// **Laws.** Every kernel of a device agrees with the `Reference` kernel of the same name to fp32
+/// rounding (tested in `tests/unit-kernels.cpp`); for a fixed thread count every kernel is
+/// deterministic (no atomics, fixed reduction order).
+
+#include <concepts>
+#include <cstddef>
+
+#include "distill/tensor.hpp"
+
+namespace distill {
+
+/// A place where tensors live and kernels run (see the file comment for the full contract).
+template <class D>
+concept device_policy = std::copy_constructible<D> && requires(const D& d, void* p, const void* q, std::size_t n) {
+    { D::memory } -> std::convertible_to<memory_space>;
+    { D::name } -> std::convertible_to<const char*>;
+    { d.allocate(n) } -> std::same_as<void*>;
+    d.deallocate(p, n);
+    d.fill_zero(p, n);
+    d.copy(p, q, n);
+};
+
+}  // namespace distill

@@ -1,0 +1,243 @@
+#pragma once
+/// @file reference.hpp
+/// `device::Reference`: every kernel as the plainest loop that computes it, single-threaded,
+/// in host memory. It is the oracle the fast devices are tested against, and it runs every scalar
+/// type (gradient checks use `double`). Each kernel names the PyTorch function it mirrors.
+
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <new>
+
+#include "distill/detail/math.hpp"
+#include "distill/tensor.hpp"
+
+namespace distill::device {
+
+/// Host memory shared by the host devices: 64-byte aligned (one cache line, one AVX-512 vector).
+struct HostMemory {
+    static constexpr memory_space memory = memory_space::host;
+    void* allocate(std::size_t bytes) const {
+        if (bytes == 0) bytes = 64;
+        void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+        if (!p) throw std::bad_alloc();
+        return p;
+    }
+    void deallocate(void* p, std::size_t) const noexcept { std::free(p); }
+    void fill_zero(void* p, std::size_t bytes) const noexcept { std::memset(p, 0, bytes); }
+    void copy(void* dst, const void* src, std::size_t bytes) const noexcept { std::memmove(dst, src, bytes); }
+};
+
+/// The plain-loop oracle device.
+struct Reference : HostMemory {
+    static constexpr const char* name = "reference";
+    int threads() const noexcept { return 1; }
+};
+
+// ---- GEMM ---------------------------------------------------------------------------------------
+
+/// C(M,N) = alpha * op(A)(M,K) * op(B)(K,N) + beta * C, all row-major; op(X) = X or X^T.
+/// A is (M,K) with leading dimension lda, or (K,M) when trans_a; B is (K,N), or (N,K) when trans_b.
+/// beta == 0 overwrites C (NaNs in C do not propagate), as BLAS does.  Mirrors torch.addmm.
+template <class T>
+void gemm(const Reference&, bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda,
+          const T* B, int ldb, T beta, T* C, int ldc) {
+    for (int i = 0; i < M; ++i)
+        for (int j = 0; j < N; ++j) {
+            T acc = 0;
+            for (int k = 0; k < K; ++k) {
+                const T a = trans_a ? A[k * lda + i] : A[i * lda + k];
+                const T b = trans_b ? B[j * ldb + k] : B[k * ldb + j];
+                acc += a * b;
+            }
+            T& c = C[i * ldc + j];
+            c = alpha * acc + (beta == T(0) ? T(0) : beta * c);
+        }
+}
+
+/// `batch` independent GEMMs; matrix b of A, B, C starts at b * stride_{a,b,c}.  Mirrors torch.baddbmm.
+template <class T>
+void gemm_strided_batched(const Reference& dev, bool trans_a, bool trans_b, int M, int N, int K, T alpha,
+                          const T* A, int lda, std::int64_t stride_a, const T* B, int ldb, std::int64_t stride_b,
+                          T beta, T* C, int ldc, std::int64_t stride_c, int batch) {
+    for (int b = 0; b < batch; ++b)
+        gemm(dev, trans_a, trans_b, M, N, K, alpha, A + b * stride_a, lda, B + b * stride_b, ldb, beta,
+             C + b * stride_c, ldc);
+}
+
+// ---- elementwise and row kernels -----------------------------------------------------------------
+
+/// out(N,OC) += bias(OC) broadcast over rows.
+template <class T>
+void add_bias(const Reference&, T* out, const T* bias, int N, int OC) {
+    for (int n = 0; n < N; ++n)
+        for (int o = 0; o < OC; ++o) out[n * OC + o] += bias[o];
+}
+
+/// dbias(OC) += sum over rows of dout(N,OC).
+template <class T>
+void bias_grad(const Reference&, T* dbias, const T* dout, int N, int OC) {
+    for (int n = 0; n < N; ++n)
+        for (int o = 0; o < OC; ++o) dbias[o] += dout[n * OC + o];
+}
+
+/// out = a + b, n elements (the residual connection).
+template <class T>
+void add(const Reference&, T* out, const T* a, const T* b, std::int64_t n) {
+    for (std::int64_t i = 0; i < n; ++i) out[i] = a[i] + b[i];
+}
+
+/// y += x, n elements (gradient accumulation).
+template <class T>
+void accumulate(const Reference&, T* y, const T* x, std::int64_t n) {
+    for (std::int64_t i = 0; i < n; ++i) y[i] += x[i];
+}
+
+/// LayerNorm over the last dimension (torch.nn.functional.layer_norm):
+/// out(N,C) = (in - mean) * rstd * w + b, mean(N) and rstd(N) = 1/sqrt(var + eps) saved for backward.
+template <class T>
+void layernorm_forward(const Reference&, T* out, T* mean, T* rstd, const T* in, const T* w, const T* b, int N, int C,
+                       T eps) {
+    for (int n = 0; n < N; ++n) {
+        const T* x = in + std::int64_t(n) * C;
+        T m = 0;
+        for (int c = 0; c < C; ++c) m += x[c];
+        m /= T(C);
+        T v = 0;
+        for (int c = 0; c < C; ++c) v += (x[c] - m) * (x[c] - m);
+        v /= T(C);
+        const T s = T(1) / std::sqrt(v + eps);
+        for (int c = 0; c < C; ++c) out[std::int64_t(n) * C + c] = (x[c] - m) * s * w[c] + b[c];
+        mean[n] = m;
+        rstd[n] = s;
+    }
+}
+
+/// LayerNorm backward. Accumulates: din(N,C) +=, dw(C) +=, db(C) +=.
+/// With xhat = (x - mean) rstd and g = dout * w:  din = rstd (g - mean_c(g) - xhat mean_c(g xhat)).
+template <class T>
+void layernorm_backward(const Reference&, T* din, T* dw, T* db, const T* dout, const T* in, const T* w, const T* mean,
+                        const T* rstd, int N, int C) {
+    for (int n = 0; n < N; ++n) {
+        const std::int64_t row = std::int64_t(n) * C;
+        T g_mean = 0, gx_mean = 0;
+        for (int c = 0; c < C; ++c) {
+            const T xhat = (in[row + c] - mean[n]) * rstd[n];
+            const T g = dout[row + c] * w[c];
+            g_mean += g;
+            gx_mean += g * xhat;
+            dw[c] += dout[row + c] * xhat;
+            db[c] += dout[row + c];
+        }
+        g_mean /= T(C);
+        gx_mean /= T(C);
+        for (int c = 0; c < C; ++c) {
+            const T xhat = (in[row + c] - mean[n]) * rstd[n];
+            const T g = dout[row + c] * w[c];
+            din[row + c] += rstd[n] * (g - g_mean - xhat * gx_mean);
+        }
+    }
+}
+
+/// out = gelu_tanh(in), n elements (torch.nn.functional.gelu(approximate='tanh')).
+template <class T>
+void gelu_forward(const Reference&, T* out, const T* in, std::int64_t n) {
+    for (std::int64_t i = 0; i < n; ++i) out[i] = math::gelu(in[i]);
+}
+
+/// din = dout * gelu_tanh'(in), n elements (overwrites din).
+template <class T>
+void gelu_backward(const Reference&, T* din, const T* in, const T* dout, std::int64_t n) {
+    for (std::int64_t i = 0; i < n; ++i) din[i] = dout[i] * math::gelu_grad(in[i]);
+}
+
+/// In place on att(BH,T,T): row t becomes softmax(scale * att[t, 0..t]) with zeros after t
+/// (causal masking, torch.softmax(masked_fill(scores*scale, triu, -inf))).
+template <class T>
+void causal_softmax_forward(const Reference&, T* att, int BH, int Tn, T scale) {
+    for (int bh = 0; bh < BH; ++bh)
+        for (int t = 0; t < Tn; ++t) {
+            T* row = att + (std::int64_t(bh) * Tn + t) * Tn;
+            T mx = -std::numeric_limits<T>::infinity();
+            for (int j = 0; j <= t; ++j) mx = std::max(mx, scale * row[j]);
+            T sum = 0;
+            for (int j = 0; j <= t; ++j) {
+                row[j] = std::exp(scale * row[j] - mx);
+                sum += row[j];
+            }
+            for (int j = 0; j <= t; ++j) row[j] /= sum;
+            for (int j = t + 1; j < Tn; ++j) row[j] = 0;
+        }
+}
+
+/// Softmax backward through the scaled causal softmax: dscores(BH,T,T) from att (probabilities) and
+/// datt: dscores[t,j] = scale * p[t,j] (datt[t,j] - sum_k p[t,k] datt[t,k]) for j <= t, else 0.
+/// dscores may alias datt.
+template <class T>
+void causal_softmax_backward(const Reference&, T* dscores, const T* att, const T* datt, int BH, int Tn, T scale) {
+    for (int bh = 0; bh < BH; ++bh)
+        for (int t = 0; t < Tn; ++t) {
+            const std::int64_t row = (std::int64_t(bh) * Tn + t) * Tn;
+            T dot = 0;
+            for (int j = 0; j <= t; ++j) dot += att[row + j] * datt[row + j];
+            for (int j = 0; j <= t; ++j) dscores[row + j] = scale * att[row + j] * (datt[row + j] - dot);
+            for (int j = t + 1; j < Tn; ++j) dscores[row + j] = 0;
+        }
+}
+
+/// out(B,T,C) = wte[tokens[b,t]] + wpe[t] (token plus learned position embedding).
+template <class T>
+void embedding_forward(const Reference&, T* out, const std::int32_t* tokens, const T* wte, const T* wpe, int B, int Tn,
+                       int C) {
+    for (int b = 0; b < B; ++b)
+        for (int t = 0; t < Tn; ++t) {
+            const std::int64_t bt = std::int64_t(b) * Tn + t;
+            for (int c = 0; c < C; ++c) out[bt * C + c] = wte[std::int64_t(tokens[bt]) * C + c] + wpe[std::int64_t(t) * C + c];
+        }
+}
+
+/// Accumulates dwte(V,C) and dwpe(T,C) from dout(B,T,C).
+template <class T>
+void embedding_backward(const Reference&, T* dwte, T* dwpe, const T* dout, const std::int32_t* tokens, int B, int Tn,
+                        int C) {
+    for (int b = 0; b < B; ++b)
+        for (int t = 0; t < Tn; ++t) {
+            const std::int64_t bt = std::int64_t(b) * Tn + t;
+            for (int c = 0; c < C; ++c) {
+                dwte[std::int64_t(tokens[bt]) * C + c] += dout[bt * C + c];
+                dwpe[std::int64_t(t) * C + c] += dout[bt * C + c];
+            }
+        }
+}
+
+/// Cross-entropy with ignore_index -1 (torch.nn.functional.cross_entropy), fused with its gradient.
+/// For each of the N rows of logits(N,V) whose target >= 0: losses[n] = logsumexp(row) - row[target],
+/// dlogits[n] = (softmax(row) - onehot(target)) * dloss; ignored rows get loss 0 and zero gradient.
+/// Returns the number of rows that count. dlogits may alias logits.
+template <class T>
+int cross_entropy_forward_backward(const Reference&, T* dlogits, T* losses, const T* logits,
+                                   const std::int32_t* targets, int N, int V, T dloss) {
+    int count = 0;
+    for (int n = 0; n < N; ++n) {
+        const T* row = logits + std::int64_t(n) * V;
+        T* drow = dlogits + std::int64_t(n) * V;
+        if (targets[n] < 0) {
+            losses[n] = 0;
+            for (int v = 0; v < V; ++v) drow[v] = 0;
+            continue;
+        }
+        ++count;
+        T mx = -std::numeric_limits<T>::infinity();
+        for (int v = 0; v < V; ++v) mx = std::max(mx, row[v]);
+        T sum = 0;
+        for (int v = 0; v < V; ++v) sum += std::exp(row[v] - mx);
+        const T lse = mx + std::log(sum);
+        losses[n] = lse - row[targets[n]];
+        for (int v = 0; v < V; ++v) drow[v] = (std::exp(row[v] - lse) - (v == targets[n] ? T(1) : T(0))) * dloss;
+    }
+    return count;
+}
+
+}  // namespace distill::device

@@ -1,0 +1,233 @@
+#pragma once
+/// @file atomic_file.hpp
+/// Crash-safe file output: whole files are replaced atomically (temp file, fsync, rename, fsync of the
+/// directory) and log records are appended with fsync, so a crash at any moment leaves either the
+/// previous good content or the new one, never a mixture (design.md §5).
+
+#include <cerrno>
+#include <cstddef>
+#include <cstring>
+#include <filesystem>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "distill/error.hpp"
+
+namespace distill::detail {
+
+/// "`operation`: `strerror(err)`", the text of every io_error this header throws.
+inline std::string io_errno_message(std::string_view operation, int err) {
+    return std::string(operation) + ": " + std::strerror(err);
+}
+
+/// Writes all `size` bytes to `fd`, retrying after signals and short writes; returns 0 or an errno.
+inline int write_all_fd(int fd, const void* data, std::size_t size) noexcept {
+    const char* p = static_cast<const char*>(data);
+    while (size > 0) {
+        const ssize_t n = ::write(fd, p, size);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return errno;
+        }
+        // write() returning 0 for a non-empty request means the device accepted nothing: out of space.
+        if (n == 0) return ENOSPC;
+        p += n;
+        size -= static_cast<std::size_t>(n);
+    }
+    return 0;
+}
+
+/// The directory holding `path`, "." for a bare file name.
+inline std::filesystem::path parent_directory(const std::filesystem::path& path) {
+    std::filesystem::path dir = path.parent_path();
+    return dir.empty() ? std::filesystem::path(".") : dir;
+}
+
+/// fsyncs the directory holding `path` so that a rename or a newly created entry survives a crash.
+/// Throws io_error naming `path` on failure.
+inline void fsync_parent_directory(const std::filesystem::path& path) {
+    const std::filesystem::path dir = parent_directory(path);
+    const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) {
+        const int err = errno;
+        throw io_error(path, io_errno_message("cannot open directory " + dir.string(), err));
+    }
+    int err = 0;
+    // Some file systems cannot sync a directory and say EINVAL; there is nothing more to make durable.
+    if (::fsync(fd) != 0 && errno != EINVAL) err = errno;
+    ::close(fd);
+    if (err != 0) throw io_error(path, io_errno_message("cannot fsync directory " + dir.string(), err));
+}
+
+}  // namespace distill::detail
+
+namespace distill::io {
+
+/// Streams a file's new content into `<name>.tmp.<pid>` next to it and, on `commit()`, makes it the
+/// file's content atomically. Until `commit()` returns, the previous file is untouched; a writer that
+/// is destroyed or fails before committing removes its temp file.
+///
+/// Any failure (open, short write, out of space, fsync, rename) throws io_error naming the target
+/// path and the system's reason; the writer is then closed and further writes throw too.
+class atomic_writer {
+public:
+    /// Creates the temp file for `path`. Precondition: the directory of `path` exists.
+    explicit atomic_writer(std::filesystem::path path)
+        : path_(std::move(path)),
+          temp_(path_.string() + ".tmp." + std::to_string(::getpid())) {
+        // O_TRUNC rather than O_EXCL: a temp file left by a crashed process with our pid is garbage.
+        fd_ = ::open(temp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+        if (fd_ < 0) {
+            const int err = errno;
+            throw io_error(path_, detail::io_errno_message("cannot create temp file " + temp_.string(), err));
+        }
+    }
+
+    atomic_writer(const atomic_writer&) = delete;
+    atomic_writer& operator=(const atomic_writer&) = delete;
+
+    /// Takes over `other`'s temp file; `other` is left closed.
+    atomic_writer(atomic_writer&& other) noexcept
+        : path_(std::move(other.path_)), temp_(std::move(other.temp_)),
+          fd_(std::exchange(other.fd_, -1)) {}
+
+    /// Abandons this writer's own temp file, then takes over `other`'s.
+    atomic_writer& operator=(atomic_writer&& other) noexcept {
+        if (this != &other) {
+            abandon();
+            path_ = std::move(other.path_);
+            temp_ = std::move(other.temp_);
+            fd_ = std::exchange(other.fd_, -1);
+        }
+        return *this;
+    }
+
+    /// Removes the temp file unless `commit()` succeeded; the previous file stays as it was.
+    ~atomic_writer() { abandon(); }
+
+    /// Appends `size` bytes to the new content. Throws io_error (and removes the temp file) on failure.
+    void write(const void* data, std::size_t size) {
+        require_open("write");
+        if (const int err = detail::write_all_fd(fd_, data, size); err != 0) {
+            fail("cannot write temp file " + temp_.string(), err);
+        }
+    }
+
+    /// Appends `bytes` to the new content.
+    void write(std::span<const std::byte> bytes) { write(bytes.data(), bytes.size()); }
+
+    /// Makes the written content the file's content: fsync, rename over the target, fsync the directory.
+    /// Throws io_error on failure; unless the failure is the final directory fsync, the previous file
+    /// is untouched and the temp file removed.
+    void commit() {
+        require_open("commit");
+        if (::fsync(fd_) != 0) {
+            const int err = errno;
+            fail("cannot fsync temp file " + temp_.string(), err);
+        }
+        // close() can report a deferred write error (e.g. on NFS), so it must succeed before the rename.
+        const int fd = std::exchange(fd_, -1);
+        if (::close(fd) != 0) {
+            const int err = errno;
+            ::unlink(temp_.c_str());
+            throw io_error(path_, detail::io_errno_message("cannot close temp file " + temp_.string(), err));
+        }
+        if (::rename(temp_.c_str(), path_.c_str()) != 0) {
+            const int err = errno;
+            ::unlink(temp_.c_str());
+            throw io_error(path_, detail::io_errno_message("cannot rename " + temp_.string() + " over it", err));
+        }
+        detail::fsync_parent_directory(path_);
+    }
+
+    /// The file this writer replaces.
+    const std::filesystem::path& path() const noexcept { return path_; }
+
+    /// The temp file the content goes to until `commit()`.
+    const std::filesystem::path& temp_path() const noexcept { return temp_; }
+
+private:
+    void require_open(const char* operation) const {
+        if (fd_ < 0) {
+            throw io_error(path_, std::string(operation) + " on an atomic_writer that is closed "
+                                  "(already committed, failed or moved from)");
+        }
+    }
+
+    /// Closes and removes the temp file, then throws io_error with the system's reason `err`.
+    [[noreturn]] void fail(const std::string& operation, int err) {
+        abandon();
+        throw io_error(path_, detail::io_errno_message(operation, err));
+    }
+
+    void abandon() noexcept {
+        if (fd_ >= 0) {
+            ::close(std::exchange(fd_, -1));
+            ::unlink(temp_.c_str());
+        }
+    }
+
+    std::filesystem::path path_;
+    std::filesystem::path temp_;
+    int fd_ = -1;
+};
+
+/// Replaces the content of `path` with `bytes` atomically (see atomic_writer). Throws io_error.
+inline void write_file_atomic(const std::filesystem::path& path, std::span<const std::byte> bytes) {
+    atomic_writer writer(path);
+    writer.write(bytes);
+    writer.commit();
+}
+
+/// Replaces the content of `path` with the text `text` atomically (see atomic_writer). Throws io_error.
+inline void write_file_atomic(const std::filesystem::path& path, std::string_view text) {
+    write_file_atomic(path, std::as_bytes(std::span(text.data(), text.size())));
+}
+
+/// Appends `record` to `path` (created if absent) with one O_APPEND write and fsyncs it, so the record
+/// is durable when this returns. If the write fails part way, the file is cut back to its previous
+/// length so no torn record is left behind. Throws io_error naming `path` and the system's reason.
+inline void append_durably(const std::filesystem::path& path, std::string_view record) {
+    bool created = false;
+    int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+    if (fd < 0 && errno == ENOENT) {
+        fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0666);
+        created = fd >= 0;
+    }
+    if (fd < 0) {
+        const int err = errno;
+        throw io_error(path, detail::io_errno_message("cannot open for appending", err));
+    }
+
+    struct stat before {};
+    if (::fstat(fd, &before) != 0) {
+        const int err = errno;
+        ::close(fd);
+        throw io_error(path, detail::io_errno_message("cannot stat", err));
+    }
+    if (const int err = detail::write_all_fd(fd, record.data(), record.size()); err != 0) {
+        // Best effort: a failure here leaves the torn tail, which is still no worse than not trying.
+        [[maybe_unused]] const int ignored = ::ftruncate(fd, before.st_size);
+        ::close(fd);
+        throw io_error(path, detail::io_errno_message("cannot append", err));
+    }
+    if (::fsync(fd) != 0) {
+        const int err = errno;
+        ::close(fd);
+        throw io_error(path, detail::io_errno_message("cannot fsync", err));
+    }
+    if (::close(fd) != 0) {
+        const int err = errno;
+        throw io_error(path, detail::io_errno_message("cannot close", err));
+    }
+    // A new file's directory entry is only durable once the directory itself is synced.
+    if (created) detail::fsync_parent_directory(path);
+}
+
+}  // namespace distill::io

@@ -1,0 +1,162 @@
+#pragma once
+/// @file reflect.hpp
+/// One generic mapping between Hana-reflected structs and JSON, used for every config in distill.
+/// Reading is strict: an unknown key is an error naming its JSON path and the closest valid key; a
+/// value of the wrong type names the path and the expected type; missing keys keep their defaults.
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <vector>
+
+#include <boost/hana/accessors.hpp>
+#include <boost/hana/concept/struct.hpp>
+#include <boost/hana/for_each.hpp>
+#include <boost/hana/keys.hpp>
+#include <boost/hana/members.hpp>
+#include <boost/hana/string.hpp>
+#include <nlohmann/json.hpp>
+
+#include "distill/error.hpp"
+
+namespace distill::io {
+
+namespace reflect_detail {
+
+template <class T>
+struct is_vector : std::false_type {};
+template <class T, class A>
+struct is_vector<std::vector<T, A>> : std::true_type {};
+template <class T>
+struct is_optional : std::false_type {};
+template <class T>
+struct is_optional<std::optional<T>> : std::true_type {};
+
+// Levenshtein distance, for "did you mean" hints.
+inline std::size_t edit_distance(std::string_view a, std::string_view b) {
+    std::vector<std::size_t> row(b.size() + 1);
+    for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
+    for (std::size_t i = 1; i <= a.size(); ++i) {
+        std::size_t diag = row[0];
+        row[0] = i;
+        for (std::size_t j = 1; j <= b.size(); ++j) {
+            const std::size_t up = row[j];
+            row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] != b[j - 1])});
+            diag = up;
+        }
+    }
+    return row[b.size()];
+}
+
+inline std::string type_name(const nlohmann::json& j) {
+    if (j.is_number_integer()) return "an integer";
+    if (j.is_number()) return "a number";
+    const std::string name = j.type_name();
+    return (name[0] == 'a' || name[0] == 'o' ? "an " : "a ") + name;
+}
+
+template <class T>
+std::string expected_name() {
+    if constexpr (std::is_same_v<T, bool>) return "a boolean";
+    else if constexpr (std::is_integral_v<T>) return "an integer";
+    else if constexpr (std::is_floating_point_v<T>) return "a number";
+    else if constexpr (std::is_same_v<T, std::string>) return "a string";
+    else if constexpr (is_vector<T>::value) return "an array";
+    else return "an object";
+}
+
+}  // namespace reflect_detail
+
+/// A reflected struct (declared with BOOST_HANA_DEFINE_STRUCT or BOOST_HANA_ADAPT_STRUCT).
+template <class S>
+concept reflected = boost::hana::Struct<S>::value;
+
+template <class T>
+nlohmann::json to_json(const T& value);
+
+/// Reads `j` into `out`, strictly (see the file comment). `path` prefixes error messages.
+template <class T>
+void from_json(const nlohmann::json& j, T& out, const std::string& path) {
+    using namespace reflect_detail;
+    auto wrong = [&] { return config_error(path, "expected " + expected_name<T>() + ", got " + type_name(j)); };
+    if constexpr (std::is_same_v<T, bool>) {
+        if (!j.is_boolean()) throw wrong();
+        out = j.get<bool>();
+    } else if constexpr (std::is_integral_v<T>) {
+        if (!j.is_number_integer()) throw wrong();
+        if (j.is_number_unsigned() ? j.get<std::uint64_t>() > std::uint64_t(std::numeric_limits<T>::max())
+                                   : (j.get<std::int64_t>() < std::int64_t(std::numeric_limits<T>::min()) ||
+                                      (j.get<std::int64_t>() > 0 &&
+                                       std::uint64_t(j.get<std::int64_t>()) > std::uint64_t(std::numeric_limits<T>::max()))))
+            throw config_error(path, "integer " + j.dump() + " does not fit the field");
+        out = j.get<T>();
+    } else if constexpr (std::is_floating_point_v<T>) {
+        if (!j.is_number()) throw wrong();
+        out = j.get<T>();
+    } else if constexpr (std::is_same_v<T, std::string>) {
+        if (!j.is_string()) throw wrong();
+        out = j.get<std::string>();
+    } else if constexpr (is_optional<T>::value) {
+        if (j.is_null()) {
+            out.reset();
+        } else {
+            typename T::value_type v{};
+            from_json(j, v, path);
+            out = std::move(v);
+        }
+    } else if constexpr (is_vector<T>::value) {
+        if (!j.is_array()) throw wrong();
+        out.clear();
+        for (std::size_t i = 0; i < j.size(); ++i) {
+            typename T::value_type v{};
+            from_json(j[i], v, path + "[" + std::to_string(i) + "]");
+            out.push_back(std::move(v));
+        }
+    } else {
+        static_assert(reflected<T>, "distill::io::from_json: the type is not a Hana-reflected struct");
+        if (!j.is_object()) throw wrong();
+        std::vector<std::string> keys;
+        boost::hana::for_each(boost::hana::keys(out), [&](auto key) { keys.emplace_back(boost::hana::to<const char*>(key)); });
+        for (const auto& [key, value] : j.items()) {
+            if (std::find(keys.begin(), keys.end(), key) != keys.end()) continue;
+            auto closest = std::min_element(keys.begin(), keys.end(), [&](const auto& a, const auto& b) {
+                return edit_distance(key, a) < edit_distance(key, b);
+            });
+            throw config_error(path.empty() ? key : path + "." + key,
+                               "unknown key" + (closest != keys.end() ? "; did you mean \"" + *closest + "\"?" : std::string()));
+        }
+        boost::hana::for_each(boost::hana::accessors<T>(), [&](auto pair) {
+            const char* key = boost::hana::to<const char*>(boost::hana::first(pair));
+            if (auto it = j.find(key); it != j.end())
+                from_json(*it, boost::hana::second(pair)(out), path.empty() ? key : path + "." + key);
+        });
+    }
+}
+
+/// Writes any reflected struct (or supported value) as JSON, every field included.
+template <class T>
+nlohmann::json to_json(const T& value) {
+    using namespace reflect_detail;
+    if constexpr (std::is_arithmetic_v<T> || std::is_same_v<T, std::string>) {
+        return value;
+    } else if constexpr (is_optional<T>::value) {
+        return value ? to_json(*value) : nlohmann::json(nullptr);
+    } else if constexpr (is_vector<T>::value) {
+        nlohmann::json a = nlohmann::json::array();
+        for (const auto& v : value) a.push_back(to_json(v));
+        return a;
+    } else {
+        static_assert(reflected<T>, "distill::io::to_json: the type is not a Hana-reflected struct");
+        nlohmann::json o = nlohmann::json::object();
+        boost::hana::for_each(boost::hana::accessors<T>(), [&](auto pair) {
+            o[boost::hana::to<const char*>(boost::hana::first(pair))] = to_json(boost::hana::second(pair)(value));
+        });
+        return o;
+    }
+}
+
+}  // namespace distill::io

@@ -1,0 +1,719 @@
+#pragma once
+/// @file safetensors.hpp
+/// Reading and writing the safetensors format: an 8-byte little-endian header length N, N bytes of
+/// JSON header `{"name": {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]}, ...,
+/// "__metadata__": {str: str}}` (possibly padded with spaces), then the data buffer the offsets
+/// point into. A file is validated completely when opened, and a model's parameters are loaded only
+/// after every check has passed, so a bad file never leaves a model half-loaded.
+
+#include <algorithm>
+#include <array>
+#include <bit>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <limits>
+#include <map>
+#include <optional>
+#include <set>
+#include <span>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
+#include "distill/error.hpp"
+#include "distill/io/atomic_file.hpp"
+
+// Tensors are copied between the file and memory without byte swapping.
+static_assert(std::endian::native == std::endian::little,
+              "distill's safetensors support assumes a little-endian host, the byte order of the format");
+
+namespace distill::io {
+
+/// The element types the safetensors format names; the enumerator is the name used in the header.
+enum class dtype { F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL };
+
+/// Every dtype, in the order error messages list them.
+inline constexpr std::array<dtype, 10> all_dtypes = {dtype::F64, dtype::F32, dtype::F16, dtype::BF16, dtype::I64,
+                                                     dtype::I32, dtype::I16, dtype::I8,  dtype::U8,   dtype::BOOL};
+
+/// Bytes per element of `type`.
+constexpr std::size_t dtype_size(dtype type) noexcept {
+    switch (type) {
+        case dtype::F64:
+        case dtype::I64: return 8;
+        case dtype::F32:
+        case dtype::I32: return 4;
+        case dtype::F16:
+        case dtype::BF16:
+        case dtype::I16: return 2;
+        case dtype::I8:
+        case dtype::U8:
+        case dtype::BOOL: return 1;
+    }
+    return 0;
+}
+
+/// The name of `type` in a safetensors header, e.g. "BF16".
+constexpr std::string_view dtype_name(dtype type) noexcept {
+    switch (type) {
+        case dtype::F64: return "F64";
+        case dtype::F32: return "F32";
+        case dtype::F16: return "F16";
+        case dtype::BF16: return "BF16";
+        case dtype::I64: return "I64";
+        case dtype::I32: return "I32";
+        case dtype::I16: return "I16";
+        case dtype::I8: return "I8";
+        case dtype::U8: return "U8";
+        case dtype::BOOL: return "BOOL";
+    }
+    return "?";
+}
+
+/// The dtype a header names `name` (case-sensitive, as the format defines), or nullopt if none does.
+constexpr std::optional<dtype> parse_dtype(std::string_view name) noexcept {
+    for (dtype type : all_dtypes) {
+        if (dtype_name(type) == name) return type;
+    }
+    return std::nullopt;
+}
+
+/// Whether `type` is a floating-point dtype, i.e. one `safetensors_file::read` converts.
+constexpr bool is_floating(dtype type) noexcept {
+    return type == dtype::F64 || type == dtype::F32 || type == dtype::F16 || type == dtype::BF16;
+}
+
+/// IEEE 754 half precision bits to float; exact for every value, subnormals, infinities and NaNs.
+inline float f16_to_float(std::uint16_t bits) noexcept {
+    const std::uint32_t sign = static_cast<std::uint32_t>(bits & 0x8000u) << 16;
+    const std::uint32_t exponent = (bits >> 10) & 0x1fu;
+    const std::uint32_t mantissa = bits & 0x3ffu;
+    if (exponent == 0) {
+        // Zero or subnormal: mantissa * 2^-24, which float represents exactly.
+        const float magnitude = std::ldexp(static_cast<float>(mantissa), -24);
+        return sign ? -magnitude : magnitude;
+    }
+    if (exponent == 0x1f) {
+        // Infinity or NaN; the NaN payload is kept in the top mantissa bits.
+        return std::bit_cast<float>(sign | 0x7f800000u | (mantissa << 13));
+    }
+    // Rebias the exponent from 15 to 127.
+    return std::bit_cast<float>(sign | ((exponent + 112u) << 23) | (mantissa << 13));
+}
+
+/// bfloat16 bits to float: bfloat16 is the upper half of a float, so this is exact.
+inline float bf16_to_float(std::uint16_t bits) noexcept {
+    return std::bit_cast<float>(static_cast<std::uint32_t>(bits) << 16);
+}
+
+/// float to bfloat16 bits, rounding to nearest with ties to even; NaNs stay NaNs (and keep their sign).
+inline std::uint16_t float_to_bf16(float value) noexcept {
+    const std::uint32_t bits = std::bit_cast<std::uint32_t>(value);
+    if (std::isnan(value)) {
+        // Truncating could clear every mantissa bit and turn the NaN into infinity; set the quiet bit.
+        return static_cast<std::uint16_t>((bits >> 16) | 0x0040u);
+    }
+    const std::uint32_t rounding = 0x7fffu + ((bits >> 16) & 1u);
+    return static_cast<std::uint16_t>((bits + rounding) >> 16);
+}
+
+/// One tensor of a safetensors file: its name, element type, shape and byte range in the data buffer.
+struct tensor_info {
+    std::string name;
+    dtype type = dtype::F32;
+    std::vector<std::int64_t> shape;
+    std::uint64_t begin = 0;  ///< first byte, relative to the start of the data buffer
+    std::uint64_t end = 0;    ///< one past the last byte
+
+    /// The number of elements, the product of `shape` (1 for a scalar). Precondition: it fits in int64,
+    /// which safetensors_file has checked for every tensor it returns.
+    std::int64_t numel() const noexcept {
+        std::int64_t n = 1;
+        for (std::int64_t d : shape) n *= d;
+        return n;
+    }
+};
+
+/// A model parameter bound by name for load_tensors and save_tensors: `data` points to `numel(shape)`
+/// contiguous elements in row-major order.
+/// @tparam T float or double; `const float` / `const double` for saving.
+template <class T>
+struct named_tensor {
+    std::string name;
+    T* data = nullptr;
+    std::vector<std::int64_t> shape;
+};
+
+}  // namespace distill::io
+
+namespace distill::detail {
+
+/// "[2,3]", the way messages print a shape.
+inline std::string shape_string(std::span<const std::int64_t> shape) {
+    std::string text = "[";
+    for (std::size_t i = 0; i < shape.size(); ++i) {
+        if (i) text += ',';
+        text += std::to_string(shape[i]);
+    }
+    return text + "]";
+}
+
+/// "'a', 'b', 'c' and 7 more": at most `limit` quoted names.
+inline std::string name_list(const std::vector<std::string_view>& names, std::size_t limit = 10) {
+    std::string text;
+    for (std::size_t i = 0; i < names.size() && i < limit; ++i) {
+        if (i) text += ", ";
+        text += '\'';
+        text.append(names[i]);
+        text += '\'';
+    }
+    if (names.size() > limit) text += " and " + std::to_string(names.size() - limit) + " more";
+    return text;
+}
+
+/// The product of `shape`, or nullopt if a dimension is negative or the product, or its size in bytes
+/// at `element_size` bytes each, does not fit in int64.
+inline std::optional<std::int64_t> checked_numel(std::span<const std::int64_t> shape, std::size_t element_size) {
+    constexpr std::int64_t max = std::numeric_limits<std::int64_t>::max();
+    std::int64_t n = 1;
+    for (std::int64_t d : shape) {
+        if (d < 0) return std::nullopt;
+        if (d != 0 && n > max / d) return std::nullopt;
+        n *= d;
+    }
+    if (n > max / static_cast<std::int64_t>(element_size)) return std::nullopt;
+    return n;
+}
+
+/// A read-only memory mapping of a whole regular file; unmapped on destruction.
+class mapped_file {
+public:
+    mapped_file() = default;
+
+    /// Maps `path`. Throws io_error if it cannot be opened, is not a regular file or cannot be mapped.
+    explicit mapped_file(const std::filesystem::path& path) {
+        const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+        if (fd < 0) {
+            const int err = errno;
+            throw io_error(path, io_errno_message("cannot open", err));
+        }
+        struct stat info {};
+        if (::fstat(fd, &info) != 0) {
+            const int err = errno;
+            ::close(fd);
+            throw io_error(path, io_errno_message("cannot stat", err));
+        }
+        if (!S_ISREG(info.st_mode)) {
+            ::close(fd);
+            throw io_error(path, "not a regular file");
+        }
+        size_ = static_cast<std::size_t>(info.st_size);
+        // mmap rejects a length of 0; an empty file is simply an empty span.
+        if (size_ > 0) {
+            void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+            if (p == MAP_FAILED) {
+                const int err = errno;
+                ::close(fd);
+                throw io_error(path, io_errno_message("cannot mmap", err));
+            }
+            data_ = static_cast<const std::byte*>(p);
+        }
+        ::close(fd);  // the mapping keeps the file alive
+    }
+
+    mapped_file(const mapped_file&) = delete;
+    mapped_file& operator=(const mapped_file&) = delete;
+    mapped_file(mapped_file&& other) noexcept
+        : data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)) {}
+    mapped_file& operator=(mapped_file&& other) noexcept {
+        if (this != &other) {
+            unmap();
+            data_ = std::exchange(other.data_, nullptr);
+            size_ = std::exchange(other.size_, 0);
+        }
+        return *this;
+    }
+    ~mapped_file() { unmap(); }
+
+    /// The file's bytes.
+    std::span<const std::byte> bytes() const noexcept { return {data_, size_}; }
+
+private:
+    void unmap() noexcept {
+        if (data_) ::munmap(const_cast<std::byte*>(data_), size_);
+        data_ = nullptr;
+        size_ = 0;
+    }
+
+    const std::byte* data_ = nullptr;
+    std::size_t size_ = 0;
+};
+
+/// Element `index` of a little-endian array of `Stored` at `src`, which need not be aligned.
+template <class Stored>
+Stored load_unaligned(const std::byte* src, std::size_t index) noexcept {
+    Stored value;
+    std::memcpy(&value, src + index * sizeof(Stored), sizeof(Stored));
+    return value;
+}
+
+/// Writes `count` elements of `data`, each converted by `convert` to `Stored`, through `writer` in
+/// bounded chunks, so saving never needs a second copy of a whole tensor.
+template <class Stored, class T, class Convert>
+void write_converted(io::atomic_writer& writer, const T* data, std::size_t count, Convert convert) {
+    constexpr std::size_t chunk = 16384;
+    std::vector<Stored> buffer(std::min(count, chunk));
+    for (std::size_t done = 0; done < count;) {
+        const std::size_t n = std::min(chunk, count - done);
+        for (std::size_t i = 0; i < n; ++i) buffer[i] = convert(data[done + i]);
+        writer.write(buffer.data(), n * sizeof(Stored));
+        done += n;
+    }
+}
+
+}  // namespace distill::detail
+
+namespace distill::io {
+
+/// A safetensors file, memory-mapped read-only and validated completely when opened: every tensor's
+/// dtype, shape and byte range, the absence of overlaps and gaps in the data buffer, and the metadata.
+/// Move-only; the mapping is released on destruction.
+class safetensors_file {
+public:
+    /// The largest header accepted; real headers are kilobytes, and the cap keeps a corrupt length from
+    /// making the JSON parser chew through a huge file.
+    static constexpr std::uint64_t max_header_bytes = 100u << 20;
+
+    /// Maps and validates `path`. Throws io_error if it cannot be read and format_error (line 0)
+    /// naming the file, the tensor where one is involved, and the defect if its content is malformed.
+    explicit safetensors_file(std::filesystem::path path) : path_(std::move(path)), map_(path_) { parse(); }
+
+    safetensors_file(const safetensors_file&) = delete;
+    safetensors_file& operator=(const safetensors_file&) = delete;
+    safetensors_file(safetensors_file&&) noexcept = default;
+    safetensors_file& operator=(safetensors_file&&) noexcept = default;
+    ~safetensors_file() = default;
+
+    /// The file's path.
+    const std::filesystem::path& path() const noexcept { return path_; }
+
+    /// Every tensor, ordered by position in the data buffer.
+    const std::vector<tensor_info>& tensors() const noexcept { return tensors_; }
+
+    /// The string-to-string `__metadata__` of the header (empty if it has none).
+    const std::map<std::string, std::string>& metadata() const noexcept { return metadata_; }
+
+    /// The tensor named `name`, or nullptr if the file has none.
+    const tensor_info* find(std::string_view name) const {
+        const auto it = index_.find(name);
+        return it == index_.end() ? nullptr : &tensors_[it->second];
+    }
+
+    /// The tensor named `name`. Throws format_error naming the file and the tensor if there is none.
+    const tensor_info& at(std::string_view name) const {
+        if (const tensor_info* info = find(name)) return *info;
+        throw format_error(path_, 0,
+                           "no tensor named '" + std::string(name) + "' (the file holds " +
+                               std::to_string(tensors_.size()) + " tensors)");
+    }
+
+    /// The raw little-endian bytes of `info`. Precondition: `info` comes from this file's `tensors()`.
+    std::span<const std::byte> bytes(const tensor_info& info) const {
+        if (info.begin > info.end || info.end > data_.size()) {
+            throw error(path_.string() + ": tensor_info '" + info.name + "' does not belong to this file");
+        }
+        return data_.subspan(static_cast<std::size_t>(info.begin), static_cast<std::size_t>(info.end - info.begin));
+    }
+
+    /// Converts the floating-point tensor `info` (F64, F32, F16 or BF16) into `out`.
+    /// Throws shape_error if `out.size()` is not `info.numel()` and format_error if the tensor holds integers.
+    /// @tparam T float or double.
+    template <class T>
+    void read(const tensor_info& info, std::span<T> out) const {
+        static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "read() converts to float or double");
+        const std::span<const std::byte> src = bytes(info);
+        const auto n = static_cast<std::size_t>(info.numel());
+        if (out.size() != n) {
+            throw shape_error(path_.string() + ": tensor '" + info.name + "' of shape " +
+                              detail::shape_string(info.shape) + " has " + std::to_string(n) +
+                              " elements, the output holds " + std::to_string(out.size()));
+        }
+        switch (info.type) {
+            case dtype::F64:
+                for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<T>(detail::load_unaligned<double>(src.data(), i));
+                return;
+            case dtype::F32:
+                if constexpr (std::is_same_v<T, float>) {
+                    if (n > 0) std::memcpy(out.data(), src.data(), n * sizeof(float));
+                } else {
+                    for (std::size_t i = 0; i < n; ++i) out[i] = detail::load_unaligned<float>(src.data(), i);
+                }
+                return;
+            case dtype::F16:
+                for (std::size_t i = 0; i < n; ++i) {
+                    out[i] = static_cast<T>(f16_to_float(detail::load_unaligned<std::uint16_t>(src.data(), i)));
+                }
+                return;
+            case dtype::BF16:
+                for (std::size_t i = 0; i < n; ++i) {
+                    out[i] = static_cast<T>(bf16_to_float(detail::load_unaligned<std::uint16_t>(src.data(), i)));
+                }
+                return;
+            default:
+                throw format_error(path_, 0,
+                                   "tensor '" + info.name + "' is " + std::string(dtype_name(info.type)) +
+                                       ", not a floating-point dtype; read it with read_integers()");
+        }
+    }
+
+    /// The integer tensor `info` (I64, I32, I16, I8, U8 or BOOL) widened to int64.
+    /// Throws format_error if the tensor is floating-point or a BOOL byte is neither 0 nor 1.
+    std::vector<std::int64_t> read_integers(const tensor_info& info) const {
+        const std::span<const std::byte> src = bytes(info);
+        const auto n = static_cast<std::size_t>(info.numel());
+        std::vector<std::int64_t> out(n);
+        const auto widen = [&]<class Stored>(Stored) {
+            for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<std::int64_t>(detail::load_unaligned<Stored>(src.data(), i));
+        };
+        switch (info.type) {
+            case dtype::I64: widen(std::int64_t{}); break;
+            case dtype::I32: widen(std::int32_t{}); break;
+            case dtype::I16: widen(std::int16_t{}); break;
+            case dtype::I8: widen(std::int8_t{}); break;
+            case dtype::U8: widen(std::uint8_t{}); break;
+            case dtype::BOOL:
+                widen(std::uint8_t{});
+                for (std::size_t i = 0; i < n; ++i) {
+                    if (out[i] > 1) {
+                        throw format_error(path_, 0,
+                                           "tensor '" + info.name + "': BOOL element " + std::to_string(i) +
+                                               " holds byte " + std::to_string(out[i]) + ", not 0 or 1");
+                    }
+                }
+                break;
+            default:
+                throw format_error(path_, 0,
+                                   "tensor '" + info.name + "' is " + std::string(dtype_name(info.type)) +
+                                       ", not an integer dtype; read it with read()");
+        }
+        return out;
+    }
+
+private:
+    using json = nlohmann::json;
+
+    format_error defect(const std::string& what) const { return format_error(path_, 0, what); }
+
+    void parse() {
+        const std::span<const std::byte> file = map_.bytes();
+        if (file.size() < 8) {
+            throw defect("file is " + std::to_string(file.size()) +
+                         " bytes, too short to hold the 8-byte header length");
+        }
+        const auto header_size = detail::load_unaligned<std::uint64_t>(file.data(), 0);
+        // Checked before the end of the file so that a garbage length gets the clearer of the two messages.
+        if (header_size > max_header_bytes) {
+            throw defect("header length " + std::to_string(header_size) + " exceeds the limit of " +
+                         std::to_string(max_header_bytes) + " bytes");
+        }
+        if (header_size > file.size() - 8) {
+            throw defect("header length " + std::to_string(header_size) + " runs past the end of the file (" +
+                         std::to_string(file.size() - 8) + " bytes follow the length field)");
+        }
+        const auto* header_text = reinterpret_cast<const char*>(file.data() + 8);
+        data_ = file.subspan(8 + static_cast<std::size_t>(header_size));
+
+        json header;
+        try {
+            header = json::parse(header_text, header_text + header_size);
+        } catch (const json::exception& e) {
+            throw defect(std::string("header is not valid JSON: ") + e.what());
+        }
+        if (!header.is_object()) throw defect(std::string("header is not a JSON object but ") + header.type_name());
+
+        for (const auto& [key, value] : header.items()) {
+            if (key == "__metadata__") {
+                parse_metadata(value);
+            } else {
+                tensors_.push_back(parse_entry(key, value));
+            }
+        }
+        std::sort(tensors_.begin(), tensors_.end(), [](const tensor_info& a, const tensor_info& b) {
+            return std::pair(a.begin, a.end) < std::pair(b.begin, b.end);
+        });
+        check_coverage();
+        for (std::size_t i = 0; i < tensors_.size(); ++i) index_.emplace(tensors_[i].name, i);
+    }
+
+    void parse_metadata(const json& value) {
+        if (!value.is_object()) {
+            throw defect(std::string("__metadata__ must be an object of strings, found ") + value.type_name());
+        }
+        for (const auto& [key, text] : value.items()) {
+            if (!text.is_string()) {
+                throw defect("__metadata__ key '" + key + "' must map to a string, found " + text.type_name());
+            }
+            metadata_.emplace(key, text.get<std::string>());
+        }
+    }
+
+    /// "found a number" / "found an array of 3 elements": what a field holds, without dumping it.
+    static std::string describe(const json& value) {
+        if (value.is_array()) return "found an array of " + std::to_string(value.size()) + " elements";
+        return std::string("found ") + value.type_name();
+    }
+
+    tensor_info parse_entry(const std::string& name, const json& entry) const {
+        const std::string where = "tensor '" + name + "': ";
+        if (!entry.is_object()) throw defect(where + "entry must be an object, " + describe(entry));
+        const auto field = [&](const char* key) -> const json& {
+            const auto it = entry.find(key);
+            if (it == entry.end()) throw defect(where + "missing \"" + key + "\"");
+            return *it;
+        };
+
+        tensor_info info;
+        info.name = name;
+
+        const json& type = field("dtype");
+        if (!type.is_string()) throw defect(where + "\"dtype\" must be a string, " + describe(type));
+        const auto& type_name = type.get_ref<const std::string&>();
+        const std::optional<dtype> parsed = parse_dtype(type_name);
+        if (!parsed) {
+            std::string valid;
+            for (dtype t : all_dtypes) valid += (valid.empty() ? "" : ", ") + std::string(dtype_name(t));
+            throw defect(where + "unknown dtype \"" + type_name + "\" (valid: " + valid + ")");
+        }
+        info.type = *parsed;
+
+        const json& shape = field("shape");
+        if (!shape.is_array()) throw defect(where + "\"shape\" must be an array of integers, " + describe(shape));
+        for (std::size_t i = 0; i < shape.size(); ++i) {
+            const json& dim = shape[i];
+            if (!dim.is_number_integer()) {
+                throw defect(where + "\"shape\" must be an array of integers, element " + std::to_string(i) +
+                             " is " + dim.type_name());
+            }
+            if (dim.is_number_unsigned() && dim.get<std::uint64_t>() > std::numeric_limits<std::int64_t>::max()) {
+                throw defect(where + "shape dimension " + std::to_string(dim.get<std::uint64_t>()) + " is too large");
+            }
+            info.shape.push_back(dim.get<std::int64_t>());
+        }
+        if (std::any_of(info.shape.begin(), info.shape.end(), [](std::int64_t d) { return d < 0; })) {
+            throw defect(where + "shape " + detail::shape_string(info.shape) + " has a negative dimension");
+        }
+        const std::optional<std::int64_t> numel = detail::checked_numel(info.shape, dtype_size(info.type));
+        if (!numel) {
+            throw defect(where + "shape " + detail::shape_string(info.shape) + " has too many elements");
+        }
+
+        const json& offsets = field("data_offsets");
+        const std::string offsets_rule = "\"data_offsets\" must be an array of two non-negative integers [begin, end], ";
+        if (!offsets.is_array() || offsets.size() != 2) throw defect(where + offsets_rule + describe(offsets));
+        for (std::size_t i = 0; i < 2; ++i) {
+            if (!offsets[i].is_number_unsigned()) {
+                throw defect(where + offsets_rule + "element " + std::to_string(i) + " is " +
+                             (offsets[i].is_number_integer() ? "negative" : offsets[i].type_name()));
+            }
+        }
+        info.begin = offsets[0].get<std::uint64_t>();
+        info.end = offsets[1].get<std::uint64_t>();
+        const std::string range = "[" + std::to_string(info.begin) + "," + std::to_string(info.end) + "]";
+        if (info.end < info.begin) throw defect(where + "data_offsets " + range + " end before they begin");
+        const auto needed = static_cast<std::uint64_t>(*numel) * dtype_size(info.type);
+        if (info.end - info.begin != needed) {
+            throw defect(where + "shape " + detail::shape_string(info.shape) + " of " +
+                         std::string(dtype_name(info.type)) + " needs " + std::to_string(needed) +
+                         " bytes, data_offsets give " + std::to_string(info.end - info.begin));
+        }
+        if (info.end > data_.size()) {
+            throw defect(where + "data_offsets " + range + " lie outside the data buffer of " +
+                         std::to_string(data_.size()) + " bytes");
+        }
+        return info;
+    }
+
+    /// The tensors, sorted by offset, must tile the data buffer exactly: the format allows no overlaps
+    /// and no unowned bytes (which could hide data or a truncated write).
+    void check_coverage() const {
+        std::uint64_t cursor = 0;
+        const tensor_info* previous = nullptr;
+        const auto bytes_of = [](const tensor_info& t) {
+            return "bytes " + std::to_string(t.begin) + ".." + std::to_string(t.end);
+        };
+        for (const tensor_info& t : tensors_) {
+            if (t.begin < cursor) {
+                throw defect("tensors '" + previous->name + "' (" + bytes_of(*previous) + ") and '" + t.name + "' (" +
+                             bytes_of(t) + ") overlap");
+            }
+            if (t.begin > cursor) {
+                throw defect("bytes " + std::to_string(cursor) + ".." + std::to_string(t.begin) +
+                             " of the data buffer belong to no tensor (the gap before tensor '" + t.name + "')");
+            }
+            cursor = t.end;
+            previous = &t;
+        }
+        if (cursor < data_.size()) {
+            throw defect("bytes " + std::to_string(cursor) + ".." + std::to_string(data_.size()) +
+                         " of the data buffer belong to no tensor (" +
+                         (previous ? "after tensor '" + previous->name + "'" : std::string("the file has no tensors")) +
+                         ")");
+        }
+    }
+
+    std::filesystem::path path_;
+    detail::mapped_file map_;
+    std::span<const std::byte> data_;  // the data buffer, inside map_
+    std::vector<tensor_info> tensors_;
+    std::map<std::string, std::size_t, std::less<>> index_;  // name -> position in tensors_
+    std::map<std::string, std::string> metadata_;
+};
+
+/// Loads every tensor of `file` into the matching target, converting to T. All checks run before any
+/// data is copied, so on error no target has been touched: every target must exist in the file with
+/// exactly its shape and a floating-point dtype, and the file must hold no tensor that is not a target.
+/// Throws format_error naming the missing and unexpected tensors, shape_error naming the tensor and
+/// both shapes, or distill::error for duplicate or null targets.
+/// @tparam T float or double; give it explicitly when passing a vector: `load_tensors<float>(file, params)`.
+template <class T>
+void load_tensors(const safetensors_file& file, std::span<const named_tensor<T>> targets) {
+    static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "load_tensors loads float or double");
+    const std::string where = file.path().string() + ": ";
+
+    std::set<std::string_view> wanted;
+    std::vector<std::string_view> missing;
+    for (const named_tensor<T>& target : targets) {
+        if (!wanted.insert(target.name).second) {
+            throw error(where + "load_tensors: target '" + target.name + "' is listed twice");
+        }
+        if (!file.find(target.name)) missing.push_back(target.name);
+    }
+    std::vector<std::string_view> unexpected;
+    for (const tensor_info& info : file.tensors()) {
+        if (!wanted.contains(info.name)) unexpected.push_back(info.name);
+    }
+    if (!missing.empty() || !unexpected.empty()) {
+        std::string what = "tensors do not match the model:";
+        if (!missing.empty()) {
+            what += " missing " + std::to_string(missing.size()) + " tensor(s) the model expects: " +
+                    detail::name_list(missing);
+            if (!unexpected.empty()) what += ";";
+        }
+        if (!unexpected.empty()) {
+            what += " " + std::to_string(unexpected.size()) + " unexpected tensor(s) the model does not have: " +
+                    detail::name_list(unexpected);
+        }
+        throw format_error(file.path(), 0, what);
+    }
+
+    for (const named_tensor<T>& target : targets) {
+        const tensor_info& info = *file.find(target.name);
+        if (info.shape != target.shape) {
+            throw shape_error(where + "tensor '" + target.name + "': expected shape " +
+                              detail::shape_string(target.shape) + ", found " + detail::shape_string(info.shape));
+        }
+        if (!is_floating(info.type)) {
+            throw format_error(file.path(), 0,
+                               "tensor '" + target.name + "' is " + std::string(dtype_name(info.type)) +
+                                   ", but the model expects a floating-point tensor");
+        }
+        if (target.data == nullptr && info.numel() > 0) {
+            throw error(where + "load_tensors: target '" + target.name + "' has no data pointer");
+        }
+    }
+
+    for (const named_tensor<T>& target : targets) {
+        const tensor_info& info = *file.find(target.name);
+        file.read(info, std::span<T>(target.data, static_cast<std::size_t>(info.numel())));
+    }
+}
+
+/// Writes `tensors` to `path` as a safetensors file with element type `out` (F32, BF16 or F64), in the
+/// given order, with `metadata` as `__metadata__`. BF16 rounds to nearest even and keeps NaNs; a double
+/// goes to BF16 through float. The header is padded with spaces to a multiple of 8 bytes so that the
+/// data buffer is aligned. The file is replaced atomically and tensors are streamed, not buffered whole.
+/// Throws distill::error for invalid input (duplicate, empty or reserved names, negative dimensions,
+/// null data, an unsupported `out`) before anything is written, and io_error if writing fails.
+/// @tparam T float or double; give it explicitly when passing a vector: `save_tensors<float>(path, params)`.
+template <class T>
+void save_tensors(const std::filesystem::path& path, std::span<const named_tensor<const T>> tensors,
+                  dtype out = dtype::F32, const std::map<std::string, std::string>& metadata = {}) {
+    static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "save_tensors saves float or double");
+    const std::string where = path.string() + ": save_tensors: ";
+    if (out != dtype::F32 && out != dtype::BF16 && out != dtype::F64) {
+        throw error(where + "cannot write dtype " + std::string(dtype_name(out)) + "; use F32, BF16 or F64");
+    }
+
+    nlohmann::ordered_json header = nlohmann::ordered_json::object();
+    if (!metadata.empty()) header["__metadata__"] = metadata;
+    std::set<std::string_view> names;
+    std::uint64_t offset = 0;
+    for (const named_tensor<const T>& t : tensors) {
+        if (t.name.empty() || t.name == "__metadata__") {
+            throw error(where + "'" + t.name + "' cannot be a tensor name");
+        }
+        if (!names.insert(t.name).second) throw error(where + "tensor '" + t.name + "' is listed twice");
+        const std::optional<std::int64_t> numel = detail::checked_numel(t.shape, dtype_size(out));
+        if (!numel) {
+            throw error(where + "tensor '" + t.name + "' has invalid shape " + detail::shape_string(t.shape));
+        }
+        if (t.data == nullptr && *numel > 0) throw error(where + "tensor '" + t.name + "' has no data pointer");
+        const std::uint64_t size = static_cast<std::uint64_t>(*numel) * dtype_size(out);
+        header[t.name] = {{"dtype", dtype_name(out)},
+                          {"shape", t.shape},
+                          {"data_offsets", nlohmann::ordered_json::array({offset, offset + size})}};
+        offset += size;
+    }
+
+    std::string text;
+    try {
+        text = header.dump();
+    } catch (const nlohmann::json::exception& e) {
+        // dump() refuses names and metadata that are not valid UTF-8.
+        throw error(where + "cannot encode the header: " + e.what());
+    }
+    text.append((8 - text.size() % 8) % 8, ' ');
+    const std::uint64_t header_size = text.size();
+
+    atomic_writer writer(path);
+    writer.write(&header_size, sizeof header_size);
+    writer.write(text.data(), text.size());
+    for (const named_tensor<const T>& t : tensors) {
+        const auto n = static_cast<std::size_t>(*detail::checked_numel(t.shape, 1));
+        switch (out) {
+            case dtype::F32:
+                if constexpr (std::is_same_v<T, float>) {
+                    writer.write(t.data, n * sizeof(float));
+                } else {
+                    detail::write_converted<float>(writer, t.data, n, [](T v) { return static_cast<float>(v); });
+                }
+                break;
+            case dtype::F64:
+                if constexpr (std::is_same_v<T, double>) {
+                    writer.write(t.data, n * sizeof(double));
+                } else {
+                    detail::write_converted<double>(writer, t.data, n, [](T v) { return static_cast<double>(v); });
+                }
+                break;
+            default:  // BF16, the only other dtype accepted above
+                detail::write_converted<std::uint16_t>(writer, t.data, n,
+                                                       [](T v) { return float_to_bf16(static_cast<float>(v)); });
+                break;
+        }
+    }
+    writer.commit();
+}
+
+}  // namespace distill::io

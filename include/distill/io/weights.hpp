@@ -1,0 +1,61 @@
+#pragma once
+/// @file weights.hpp
+/// A student's weights as one safetensors file: every parameter under its checkpoint name, and
+/// the model config as JSON in the metadata (`"config"`), so the file describes itself.
+
+#include <filesystem>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "distill/io/reflect.hpp"
+#include "distill/io/safetensors.hpp"
+
+namespace distill::io {
+
+/// Writes `model`'s parameters (F32, or BF16) atomically, with its config in the metadata.
+template <class Model>
+void save_weights(const std::filesystem::path& path, const Model& model, dtype out = dtype::F32,
+                  std::map<std::string, std::string> metadata = {}) {
+    using T = typename Model::scalar_type;
+    std::vector<named_tensor<const T>> tensors;
+    for (const auto& p : model.parameters()) {
+        std::vector<std::int64_t> shape(p.value.shape().begin(), p.value.shape().begin() + p.value.rank());
+        tensors.push_back({p.name, p.value.data(), std::move(shape)});
+    }
+    metadata["config"] = to_json(model.config()).dump();
+    save_tensors<T>(path, tensors, out, metadata);
+}
+
+/// Reads the config stored by `save_weights` (throws `format_error` naming the file when absent or invalid).
+template <class Config>
+Config load_weights_config(const safetensors_file& file) {
+    const auto& meta = file.metadata();
+    auto it = meta.find("config");
+    if (it == meta.end()) throw format_error(file.path(), 0, "no \"config\" entry in __metadata__");
+    nlohmann::json j = nlohmann::json::parse(it->second, nullptr, false);
+    if (j.is_discarded()) throw format_error(file.path(), 0, "__metadata__.config is not valid JSON");
+    Config c;
+    try {
+        from_json(j, c, "config");
+        c.validate("config");
+    } catch (const config_error& e) {
+        throw format_error(file.path(), 0, std::string("__metadata__.") + e.what());
+    }
+    return c;
+}
+
+/// Loads every parameter of `model` from `file`: all names and shapes must match exactly, checked
+/// before anything is copied (a failed load leaves the model as it was).
+template <class Model>
+void load_weights(const safetensors_file& file, Model& model) {
+    using T = typename Model::scalar_type;
+    std::vector<named_tensor<T>> targets;
+    for (const auto& p : model.parameters()) {
+        std::vector<std::int64_t> shape(p.value.shape().begin(), p.value.shape().begin() + p.value.rank());
+        targets.push_back({p.name, p.value.data(), std::move(shape)});
+    }
+    load_tensors<T>(file, targets);
+}
+
+}  // namespace distill::io

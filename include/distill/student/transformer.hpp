@@ -1,0 +1,389 @@
+#pragma once
+/// @file transformer.hpp
+/// `student::Transformer`: a GPT-2-layout decoder (learned positions, pre-LayerNorm blocks, tanh
+/// GELU MLP, causal multi-head attention, LM head tied to the token embedding), llm.c style: one
+/// forward and one backward function, every tensor a view into three arenas laid out once.
+
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include <boost/hana/adapt_struct.hpp>
+
+#include "distill/detail/arena.hpp"
+#include "distill/detail/rng.hpp"
+#include "distill/device.hpp"
+#include "distill/error.hpp"
+#include "distill/nn/attention.hpp"
+#include "distill/nn/linear.hpp"
+#include "distill/tensor.hpp"
+
+namespace distill::student {
+
+/// Shape of a `Transformer`. Keys are the JSON keys of the job's `student` object.
+struct TransformerConfig {
+    int vocab_size = 263;      ///< tokens the model knows (the byte tokenizer has 263)
+    int context_length = 256;  ///< longest sequence (rows of the position embedding)
+    int d_model = 128;         ///< residual stream width C
+    int n_layers = 4;          ///< transformer blocks L
+    int n_heads = 4;           ///< attention heads H; d_model must be a multiple
+    int d_ff = 512;            ///< MLP hidden width F
+
+    /// Throws `config_error` naming the first field that is out of range.
+    void validate(const std::string& path = "student") const {
+        auto positive = [&](int v, const char* key) {
+            if (v < 1) throw config_error(path + "." + key, "must be >= 1, got " + std::to_string(v));
+        };
+        positive(vocab_size, "vocab_size");
+        positive(context_length, "context_length");
+        positive(d_model, "d_model");
+        positive(n_layers, "n_layers");
+        positive(n_heads, "n_heads");
+        positive(d_ff, "d_ff");
+        if (d_model % n_heads != 0)
+            throw config_error(path + ".n_heads", "must divide d_model = " + std::to_string(d_model) + ", got " +
+                                                      std::to_string(n_heads));
+    }
+
+    /// Number of trainable parameters.
+    std::int64_t parameter_count() const {
+        const std::int64_t C = d_model, F = d_ff;
+        const std::int64_t block = 2 * C + (3 * C * C + 3 * C) + (C * C + C) + 2 * C + (F * C + F) + (C * F + C);
+        return std::int64_t(vocab_size) * C + std::int64_t(context_length) * C + n_layers * block + 2 * C;
+    }
+};
+
+/// How a parameter is treated by optimizers (e.g. no weight decay on biases, norms, embeddings).
+enum class parameter_kind : std::uint8_t { weight, bias, norm, embedding };
+
+/// One trainable tensor: its checkpoint name, its value and its gradient (same shape).
+template <class T>
+struct Parameter {
+    std::string name;
+    Tensor<T> value;
+    Tensor<T> grad;
+    parameter_kind kind;
+};
+
+/// A GPT-2-layout causal transformer.
+/// @tparam T scalar type (`float`; `double` for gradient checks).
+/// @tparam Device a `device_policy` whose kernels accept `T`.
+template <class T, class Device>
+class Transformer {
+public:
+    using scalar_type = T;
+    using device_type = Device;
+    using config_type = TransformerConfig;
+
+    /// Lays out and allocates all three arenas for batches of up to `max_batch` sequences of up to
+    /// `config.context_length` tokens. Parameters start at zero; call `init` or load weights.
+    Transformer(const TransformerConfig& config, int max_batch, Device device = Device{})
+        : cfg_(config), dev_(device), max_batch_(max_batch) {
+        cfg_.validate();
+        if (max_batch < 1) throw config_error("max_batch", "must be >= 1, got " + std::to_string(max_batch));
+        layout_parameters();
+        layout_activations();
+    }
+
+    const TransformerConfig& config() const noexcept { return cfg_; }
+    const Device& device() const noexcept { return dev_; }
+    int max_batch() const noexcept { return max_batch_; }
+
+    /// Every parameter in checkpoint order (names as in `tests/reference/gpt.py`).
+    const std::vector<Parameter<T>>& parameters() const noexcept { return params_; }
+    /// The parameter and gradient arenas as flat arrays (same layout), for optimizers and checkpoints.
+    T* parameter_data() const noexcept { return param_arena_.data(); }
+    T* gradient_data() const noexcept { return grad_arena_.data(); }
+    std::size_t arena_size() const noexcept { return param_arena_.size(); }
+
+    /// GPT-2 initialization: weights ~ N(0, 0.02), residual output projections scaled by
+    /// 1/sqrt(2 L), position embedding ~ N(0, 0.01), biases 0, LayerNorm gain 1. Host memory only.
+    void init(std::uint64_t seed) {
+        Rng rng(seed);
+        const double proj_std = 0.02 / std::sqrt(2.0 * cfg_.n_layers);
+        for (auto& p : params_) {
+            T* d = p.value.data();
+            const std::int64_t n = p.value.numel();
+            const bool residual_proj = p.name.ends_with("c_proj.weight");
+            const double std = p.name == "wpe.weight" ? 0.01 : residual_proj ? proj_std : 0.02;
+            for (std::int64_t i = 0; i < n; ++i) {
+                switch (p.kind) {
+                    case parameter_kind::bias: d[i] = T(0); break;
+                    case parameter_kind::norm: d[i] = p.name.ends_with(".weight") ? T(1) : T(0); break;
+                    default: d[i] = static_cast<T>(rng.normal() * std);
+                }
+            }
+        }
+    }
+
+    /// Runs the model on tokens(B,T) (row-major, B <= max_batch, T <= context_length, every id in
+    /// [0, vocab_size)). Afterwards `logits()`, `hidden_state(i)` and `attention(l)` hold the results.
+    void forward(const std::int32_t* tokens, int B, int Tn) {
+        check_batch(tokens, B, Tn);
+        B_ = B;
+        T_ = Tn;
+        const int C = cfg_.d_model, F = cfg_.d_ff, H = cfg_.n_heads, V = cfg_.vocab_size;
+        const int N = B * Tn;
+        dev_.copy(tokens_, tokens, sizeof(std::int32_t) * N);
+        embedding_forward(dev_, act(encoded_), tokens_, wte(), wpe(), B, Tn, C);
+        const T* x = act(encoded_);
+        for (int l = 0; l < cfg_.n_layers; ++l) {
+            const auto& w = layer_params_[l];
+            const auto& a = layer_acts_[l];
+            layernorm_forward(dev_, act(a.ln1), act(a.ln1_mean), act(a.ln1_rstd), x, val(w.ln1_w), val(w.ln1_b), N, C, eps);
+            nn::linear_forward(dev_, act(a.qkv), act(a.ln1), val(w.attn_w), val(w.attn_b), N, C, 3 * C);
+            nn::attention_forward(dev_, act(a.atty), act(a.att), act(a.qkv), B, Tn, C, H);
+            dev_.copy(act(a.res_attn), x, sizeof(T) * N * C);
+            nn::linear_forward(dev_, act(a.res_attn), act(a.atty), val(w.proj_w), val(w.proj_b), N, C, C, true);
+            layernorm_forward(dev_, act(a.ln2), act(a.ln2_mean), act(a.ln2_rstd), act(a.res_attn), val(w.ln2_w),
+                              val(w.ln2_b), N, C, eps);
+            nn::linear_forward(dev_, act(a.fc), act(a.ln2), val(w.fc_w), val(w.fc_b), N, C, F);
+            gelu_forward(dev_, act(a.fc_gelu), act(a.fc), std::int64_t(N) * F);
+            dev_.copy(act(a.res_out), act(a.res_attn), sizeof(T) * N * C);
+            nn::linear_forward(dev_, act(a.res_out), act(a.fc_gelu), val(w.mlp_proj_w), val(w.mlp_proj_b), N, F, C, true);
+            x = act(a.res_out);
+        }
+        layernorm_forward(dev_, act(lnf_), act(lnf_mean_), act(lnf_rstd_), x, val(lnf_w_), val(lnf_b_), N, C, eps);
+        // logits (N,V) = lnf (N,C) · wte^T — the tied LM head
+        gemm(dev_, false, true, N, V, C, T(1), act(lnf_), C, wte(), C, T(0), act(logits_), V);
+    }
+
+    /// Batch and length of the last forward.
+    int batch() const noexcept { return B_; }
+    int length() const noexcept { return T_; }
+
+    /// (B,T,V) logits of the last forward.
+    Tensor<T> logits() const { return Tensor<T>(act(logits_), {B_, T_, cfg_.vocab_size}, Device::memory); }
+    /// (B,T,V) gradient of the loss w.r.t. the logits: losses write it, `backward` reads it.
+    Tensor<T> grad_logits() const { return Tensor<T>(act(dlogits_), {B_, T_, cfg_.vocab_size}, Device::memory); }
+    /// Number of hidden states: n_layers + 1.
+    int hidden_state_count() const noexcept { return cfg_.n_layers + 1; }
+    /// (B,T,C) hidden state i of the last forward, Hugging Face convention: 0 is the embedding
+    /// output, i in [1, L) the output of block i-1, L the output of the final LayerNorm.
+    Tensor<T> hidden_state(int i) const {
+        if (i < 0 || i > cfg_.n_layers)
+            throw shape_error("hidden_state(" + std::to_string(i) + "): valid indices are 0.." + std::to_string(cfg_.n_layers));
+        const std::size_t block = i == 0 ? encoded_ : i == cfg_.n_layers ? lnf_ : layer_acts_[i - 1].res_out;
+        return Tensor<T>(act(block), {B_, T_, cfg_.d_model}, Device::memory);
+    }
+    /// (B,H,T,T) attention probabilities of layer l of the last forward (zeros above the diagonal).
+    Tensor<T> attention(int l) const {
+        if (l < 0 || l >= cfg_.n_layers)
+            throw shape_error("attention(" + std::to_string(l) + "): valid layers are 0.." + std::to_string(cfg_.n_layers - 1));
+        return Tensor<T>(act(layer_acts_[l].att), {B_, cfg_.n_heads, T_, T_}, Device::memory);
+    }
+
+    /// Mean cross-entropy of the last forward's logits against targets(B,T); a target of -1 masks
+    /// its position (prompt or padding) out of the mean. Writes d(loss)/d(logits) to `grad_logits()`.
+    /// Returns 0 (and zero gradient) when every position is masked.
+    T cross_entropy(const std::int32_t* targets) {
+        const int N = B_ * T_, V = cfg_.vocab_size;
+        int count = 0;
+        for (int n = 0; n < N; ++n) {
+            if (targets[n] < -1 || targets[n] >= V)
+                throw shape_error("cross_entropy: target " + std::to_string(targets[n]) + " at position " +
+                                  std::to_string(n) + " is outside [-1, " + std::to_string(V) + ")");
+            count += targets[n] >= 0;
+        }
+        const T dloss = count ? T(1) / T(count) : T(0);
+        cross_entropy_forward_backward(dev_, act(dlogits_), act(losses_), act(logits_), targets, N, V, dloss);
+        T sum = 0;
+        for (int n = 0; n < N; ++n) sum += act(losses_)[n];
+        return count ? sum / T(count) : T(0);
+    }
+
+    /// Sets every gradient to zero (gradients accumulate across `backward` calls).
+    void zero_grad() { dev_.fill_zero(grad_arena_.data(), sizeof(T) * grad_arena_.size()); }
+
+    /// Backpropagates `grad_logits()` through the last forward, accumulating into the gradients.
+    /// `d_hidden[i]` (B,T,C) adds a gradient on hidden state i and `d_attention[l]` (B,H,T,T) one on
+    /// attention map l (transfer losses); either span may be shorter than the count or hold empty
+    /// tensors for "none".
+    void backward(std::span<const Tensor<const T>> d_hidden = {}, std::span<const Tensor<const T>> d_attention = {}) {
+        const int B = B_, Tn = T_, C = cfg_.d_model, F = cfg_.d_ff, H = cfg_.n_heads, V = cfg_.vocab_size, L = cfg_.n_layers;
+        const int N = B * Tn;
+        auto extra = [&](std::span<const Tensor<const T>> list, int i, std::int64_t numel) -> const T* {
+            if (i >= static_cast<int>(list.size()) || list[i].empty()) return nullptr;
+            if (list[i].numel() != numel || !list[i].contiguous())
+                throw shape_error("backward: extra gradient " + std::to_string(i) + " has shape " + list[i].shape_string() +
+                                  ", expected " + std::to_string(numel) + " contiguous elements");
+            return list[i].data();
+        };
+        T* d_res = act(d_res_);
+        T* d_ln = act(d_ln_);
+        // LM head: d_lnf (N,C) = dlogits (N,V) · wte (V,C);  dwte (V,C) += dlogits^T · lnf
+        gemm(dev_, false, false, N, C, V, T(1), act(dlogits_), V, wte(), C, T(0), d_ln, C);
+        gemm(dev_, true, false, V, C, N, T(1), act(dlogits_), V, act(lnf_), C, T(1), grad(wte_), C);
+        if (const T* e = extra(d_hidden, L, std::int64_t(N) * C)) accumulate(dev_, d_ln, e, std::int64_t(N) * C);
+        dev_.fill_zero(d_res, sizeof(T) * N * C);
+        const T* x_last = L ? act(layer_acts_[L - 1].res_out) : act(encoded_);
+        layernorm_backward(dev_, d_res, grad(lnf_w_), grad(lnf_b_), d_ln, x_last, val(lnf_w_), act(lnf_mean_),
+                           act(lnf_rstd_), N, C);
+        for (int l = L - 1; l >= 0; --l) {
+            const auto& w = layer_params_[l];
+            const auto& a = layer_acts_[l];
+            const T* x_in = l ? act(layer_acts_[l - 1].res_out) : act(encoded_);
+            if (l + 1 < L)
+                if (const T* e = extra(d_hidden, l + 1, std::int64_t(N) * C)) accumulate(dev_, d_res, e, std::int64_t(N) * C);
+            // MLP branch: res_out = res_attn + proj(gelu(fc(ln2(res_attn))))
+            nn::linear_backward(dev_, act(d_fc_), grad(w.mlp_proj_w), grad(w.mlp_proj_b), d_res, act(a.fc_gelu),
+                                val(w.mlp_proj_w), N, F, C);
+            gelu_backward(dev_, act(d_fc_), act(a.fc), act(d_fc_), std::int64_t(N) * F);
+            nn::linear_backward(dev_, d_ln, grad(w.fc_w), grad(w.fc_b), act(d_fc_), act(a.ln2), val(w.fc_w), N, C, F);
+            layernorm_backward(dev_, d_res, grad(w.ln2_w), grad(w.ln2_b), d_ln, act(a.res_attn), val(w.ln2_w),
+                               act(a.ln2_mean), act(a.ln2_rstd), N, C);
+            // attention branch: res_attn = x_in + proj(attention(qkv(ln1(x_in))))
+            nn::linear_backward(dev_, act(d_atty_), grad(w.proj_w), grad(w.proj_b), d_res, act(a.atty), val(w.proj_w), N,
+                                C, C);
+            nn::attention_backward(dev_, act(d_qkv_), act(d_att_), act(d_atty_), act(a.qkv), act(a.att),
+                                   extra(d_attention, l, std::int64_t(B) * H * Tn * Tn), B, Tn, C, H);
+            nn::linear_backward(dev_, d_ln, grad(w.attn_w), grad(w.attn_b), act(d_qkv_), act(a.ln1), val(w.attn_w), N, C,
+                                3 * C);
+            layernorm_backward(dev_, d_res, grad(w.ln1_w), grad(w.ln1_b), d_ln, x_in, val(w.ln1_w), act(a.ln1_mean),
+                               act(a.ln1_rstd), N, C);
+        }
+        if (const T* e = extra(d_hidden, 0, std::int64_t(N) * C)) accumulate(dev_, d_res, e, std::int64_t(N) * C);
+        embedding_backward(dev_, grad(wte_), grad(wpe_), d_res, tokens_, B, Tn, C);
+    }
+
+    /// Bytes held by the parameter, gradient and activation arenas.
+    std::size_t arena_bytes() const noexcept {
+        return sizeof(T) * (param_arena_.size() + grad_arena_.size() + act_arena_.size()) + tokens_bytes();
+    }
+
+    static constexpr T eps = T(1e-5);  ///< LayerNorm epsilon (GPT-2, PyTorch default)
+
+private:
+    struct LayerParams {
+        std::size_t ln1_w, ln1_b, attn_w, attn_b, proj_w, proj_b, ln2_w, ln2_b, fc_w, fc_b, mlp_proj_w, mlp_proj_b;
+    };
+    struct LayerActs {
+        std::size_t ln1, ln1_mean, ln1_rstd, qkv, att, atty, res_attn, ln2, ln2_mean, ln2_rstd, fc, fc_gelu, res_out;
+    };
+
+    void layout_parameters() {
+        const std::int64_t V = cfg_.vocab_size, C = cfg_.d_model, F = cfg_.d_ff;
+        auto add = [&](std::string name, std::initializer_list<std::int64_t> shape, parameter_kind kind) {
+            kinds_.push_back(kind);
+            return param_layout_.add<T>(std::move(name), shape);
+        };
+        wte_ = add("wte.weight", {V, C}, parameter_kind::embedding);
+        wpe_ = add("wpe.weight", {cfg_.context_length, C}, parameter_kind::embedding);
+        for (int l = 0; l < cfg_.n_layers; ++l) {
+            const std::string p = "h." + std::to_string(l) + ".";
+            LayerParams w;
+            w.ln1_w = add(p + "ln_1.weight", {C}, parameter_kind::norm);
+            w.ln1_b = add(p + "ln_1.bias", {C}, parameter_kind::norm);
+            w.attn_w = add(p + "attn.c_attn.weight", {3 * C, C}, parameter_kind::weight);
+            w.attn_b = add(p + "attn.c_attn.bias", {3 * C}, parameter_kind::bias);
+            w.proj_w = add(p + "attn.c_proj.weight", {C, C}, parameter_kind::weight);
+            w.proj_b = add(p + "attn.c_proj.bias", {C}, parameter_kind::bias);
+            w.ln2_w = add(p + "ln_2.weight", {C}, parameter_kind::norm);
+            w.ln2_b = add(p + "ln_2.bias", {C}, parameter_kind::norm);
+            w.fc_w = add(p + "mlp.c_fc.weight", {F, C}, parameter_kind::weight);
+            w.fc_b = add(p + "mlp.c_fc.bias", {F}, parameter_kind::bias);
+            w.mlp_proj_w = add(p + "mlp.c_proj.weight", {C, F}, parameter_kind::weight);
+            w.mlp_proj_b = add(p + "mlp.c_proj.bias", {C}, parameter_kind::bias);
+            layer_params_.push_back(w);
+        }
+        lnf_w_ = add("ln_f.weight", {C}, parameter_kind::norm);
+        lnf_b_ = add("ln_f.bias", {C}, parameter_kind::norm);
+        param_arena_ = detail::Arena<T, Device>(dev_, param_layout_.size());
+        grad_arena_ = detail::Arena<T, Device>(dev_, param_layout_.size());
+        const auto& blocks = param_layout_.blocks();
+        for (std::size_t i = 0; i < blocks.size(); ++i)
+            params_.push_back({blocks[i].name, param_arena_.view(blocks[i]), grad_arena_.view(blocks[i]), kinds_[i]});
+    }
+
+    void layout_activations() {
+        const std::int64_t N = std::int64_t(max_batch_) * cfg_.context_length, C = cfg_.d_model, F = cfg_.d_ff;
+        const std::int64_t att = std::int64_t(max_batch_) * cfg_.n_heads * cfg_.context_length * cfg_.context_length;
+        auto add = [&](const char* name, std::int64_t n) { return act_layout_.add<T>(name, {n}); };
+        encoded_ = add("encoded", N * C);
+        for (int l = 0; l < cfg_.n_layers; ++l) {
+            LayerActs a;
+            a.ln1 = add("ln1", N * C);
+            a.ln1_mean = add("ln1_mean", N);
+            a.ln1_rstd = add("ln1_rstd", N);
+            a.qkv = add("qkv", N * 3 * C);
+            a.att = add("att", att);
+            a.atty = add("atty", N * C);
+            a.res_attn = add("res_attn", N * C);
+            a.ln2 = add("ln2", N * C);
+            a.ln2_mean = add("ln2_mean", N);
+            a.ln2_rstd = add("ln2_rstd", N);
+            a.fc = add("fc", N * F);
+            a.fc_gelu = add("fc_gelu", N * F);
+            a.res_out = add("res_out", N * C);
+            layer_acts_.push_back(a);
+        }
+        lnf_ = add("lnf", N * C);
+        lnf_mean_ = add("lnf_mean", N);
+        lnf_rstd_ = add("lnf_rstd", N);
+        logits_ = add("logits", N * cfg_.vocab_size);
+        dlogits_ = add("dlogits", N * cfg_.vocab_size);
+        losses_ = add("losses", N);
+        d_res_ = add("d_res", N * C);
+        d_ln_ = add("d_ln", N * C);
+        d_qkv_ = add("d_qkv", N * 3 * C);
+        d_att_ = add("d_att", att);
+        d_atty_ = add("d_atty", N * C);
+        d_fc_ = add("d_fc", N * F);
+        act_arena_ = detail::Arena<T, Device>(dev_, act_layout_.size());
+        tokens_ = static_cast<std::int32_t*>(dev_.allocate(tokens_bytes()));
+        tokens_owner_ = {tokens_, TokenFree{dev_, tokens_bytes()}};
+    }
+
+    void check_batch(const std::int32_t* tokens, int B, int Tn) const {
+        if (B < 1 || B > max_batch_)
+            throw shape_error("forward: batch " + std::to_string(B) + " outside [1, " + std::to_string(max_batch_) + "]");
+        if (Tn < 1 || Tn > cfg_.context_length)
+            throw shape_error("forward: length " + std::to_string(Tn) + " outside [1, context_length = " +
+                              std::to_string(cfg_.context_length) + "]");
+        if constexpr (Device::memory == memory_space::host) {
+            for (std::int64_t i = 0; i < std::int64_t(B) * Tn; ++i)
+                if (tokens[i] < 0 || tokens[i] >= cfg_.vocab_size)
+                    throw shape_error("forward: token " + std::to_string(tokens[i]) + " at position " + std::to_string(i) +
+                                      " is outside the vocabulary [0, " + std::to_string(cfg_.vocab_size) + ")");
+        }
+    }
+
+    std::size_t tokens_bytes() const noexcept {
+        return sizeof(std::int32_t) * std::size_t(max_batch_) * std::size_t(cfg_.context_length);
+    }
+    T* val(std::size_t i) const noexcept { return param_arena_.data() + param_layout_.blocks()[i].offset; }
+    T* grad(std::size_t i) const noexcept { return grad_arena_.data() + param_layout_.blocks()[i].offset; }
+    T* act(std::size_t i) const noexcept { return act_arena_.data() + act_layout_.blocks()[i].offset; }
+    const T* wte() const noexcept { return val(wte_); }
+    const T* wpe() const noexcept { return val(wpe_); }
+
+    struct TokenFree {
+        Device dev;
+        std::size_t bytes;
+        void operator()(std::int32_t* p) const noexcept { dev.deallocate(p, bytes); }
+    };
+
+    TransformerConfig cfg_;
+    Device dev_;
+    int max_batch_;
+    int B_ = 0, T_ = 0;
+
+    detail::ArenaLayout param_layout_, act_layout_;
+    std::vector<parameter_kind> kinds_;
+    detail::Arena<T, Device> param_arena_, grad_arena_, act_arena_;
+    std::vector<Parameter<T>> params_;
+    std::vector<LayerParams> layer_params_;
+    std::vector<LayerActs> layer_acts_;
+    std::size_t wte_ = 0, wpe_ = 0, lnf_w_ = 0, lnf_b_ = 0;
+    std::size_t encoded_ = 0, lnf_ = 0, lnf_mean_ = 0, lnf_rstd_ = 0, logits_ = 0, dlogits_ = 0, losses_ = 0;
+    std::size_t d_res_ = 0, d_ln_ = 0, d_qkv_ = 0, d_att_ = 0, d_atty_ = 0, d_fc_ = 0;
+    std::int32_t* tokens_ = nullptr;
+    std::unique_ptr<std::int32_t, TokenFree> tokens_owner_{nullptr, TokenFree{}};
+};
+
+}  // namespace distill::student
+
+BOOST_HANA_ADAPT_STRUCT(distill::student::TransformerConfig, vocab_size, context_length, d_model, n_layers, n_heads, d_ff);

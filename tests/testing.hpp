@@ -1,0 +1,79 @@
+#pragma once
+// Shared test helpers: tolerant comparison that reports the worst element, random fills,
+// and the finite-difference gradient checker.
+
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "distill/detail/rng.hpp"
+
+namespace distill::testing {
+
+/// |a - b| <= atol + rtol * |b| for every element; on failure names the worst index and both values.
+template <class A, class B>
+void check_close(const std::string& what, const A* actual, const B* expected, std::int64_t n, double atol, double rtol) {
+    std::int64_t worst = -1;
+    double worst_excess = 0;
+    for (std::int64_t i = 0; i < n; ++i) {
+        const double a = static_cast<double>(actual[i]), b = static_cast<double>(expected[i]);
+        const double excess = std::abs(a - b) - (atol + rtol * std::abs(b));
+        if (!(excess <= 0) && (worst < 0 || !(excess <= worst_excess))) {
+            worst = i;
+            worst_excess = excess;
+            if (std::isnan(excess)) break;
+        }
+    }
+    INFO(what << ": worst element " << worst << " of " << n << ": got "
+              << (worst >= 0 ? static_cast<double>(actual[worst]) : 0.0) << ", expected "
+              << (worst >= 0 ? static_cast<double>(expected[worst]) : 0.0) << " (atol " << atol << ", rtol " << rtol << ")");
+    CHECK(worst < 0);
+}
+
+template <class T>
+std::vector<T> random_vector(std::size_t n, std::uint64_t seed, double scale = 1.0) {
+    Rng rng(seed);
+    std::vector<T> v(n);
+    for (auto& x : v) x = static_cast<T>(rng.normal() * scale);
+    return v;
+}
+
+/// Central finite differences of `f` with respect to every element of `x`, compared with `analytic`.
+/// The error of element i is |analytic_i - numeric_i| / max(|numeric_i|, floor), with floor = 1e-2 of
+/// the largest |numeric| (so entries that are zero up to rounding do not dominate); checks max <= tol.
+inline void check_gradient(const std::string& what, std::vector<double>& x, const std::function<double()>& f,
+                           const std::vector<double>& analytic, double tol = 1e-6, double h = 1e-5) {
+    std::vector<double> numeric(x.size());
+    for (std::size_t i = 0; i < x.size(); ++i) {
+        const double keep = x[i];
+        x[i] = keep + h;
+        const double fp = f();
+        x[i] = keep - h;
+        const double fm = f();
+        x[i] = keep;
+        numeric[i] = (fp - fm) / (2 * h);
+    }
+    double scale = 0;
+    for (double v : numeric) scale = std::max(scale, std::abs(v));
+    const double floor = std::max(1e-2 * scale, 1e-12);
+    double err = 0;
+    std::size_t worst = 0;
+    for (std::size_t i = 0; i < x.size(); ++i) {
+        const double e = std::abs(analytic[i] - numeric[i]) / std::max(std::abs(numeric[i]), floor);
+        if (e > err) {
+            err = e;
+            worst = i;
+        }
+    }
+    INFO(what << ": max relative error " << err << " at element " << worst << " of " << x.size() << " (analytic "
+              << analytic[worst] << ", numeric " << numeric[worst] << ")");
+    CHECK(scale > 0);  // a check of an all-zero gradient proves nothing
+    CHECK(err <= tol);
+}
+
+}  // namespace distill::testing

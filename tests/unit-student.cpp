@@ -1,0 +1,245 @@
+// The GPT-style student: whole-model gradient check in double (with extra gradients on hidden states
+// and attention maps, and masked targets), the golden comparison with PyTorch, weights round trip,
+// determinism, and a training smoke test that must learn.
+
+#include <doctest/doctest.h>
+
+#include <filesystem>
+#include <numeric>
+
+#include "distill/data/reversal.hpp"
+#include "distill/device/cpu.hpp"
+#include "distill/device/reference.hpp"
+#include "distill/io/weights.hpp"
+#include "distill/student/transformer.hpp"
+#include "testing.hpp"
+
+using namespace distill;
+using distill::testing::check_close;
+using distill::testing::check_gradient;
+using distill::testing::random_vector;
+
+#ifndef DISTILL_TEST_DATA_DIR
+#define DISTILL_TEST_DATA_DIR "tests/reference/fixtures"
+#endif
+
+namespace {
+
+const std::filesystem::path fixtures = DISTILL_TEST_DATA_DIR;
+
+template <class T>
+std::vector<T> read_tensor(const io::safetensors_file& f, const std::string& name) {
+    const auto& info = f.at(name);
+    std::vector<T> v(static_cast<std::size_t>(info.numel()));
+    f.read<T>(info, v);
+    return v;
+}
+
+std::vector<std::int32_t> read_ids(const io::safetensors_file& f, const std::string& name) {
+    auto v = f.read_integers(f.at(name));
+    return {v.begin(), v.end()};
+}
+
+student::TransformerConfig fixture_config(const io::safetensors_file& w) {
+    auto get = [&](const char* k) { return std::stoi(w.metadata().at(k)); };
+    return {.vocab_size = get("vocab_size"), .context_length = get("context_length"), .d_model = get("d_model"),
+            .n_layers = get("n_layers"), .n_heads = get("n_heads"), .d_ff = get("d_ff")};
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("student gradient matches finite differences (double)", Dev, device::Reference, device::Cpu) {
+    const student::TransformerConfig cfg{.vocab_size = 11, .context_length = 6, .d_model = 8, .n_layers = 2, .n_heads = 2, .d_ff = 12};
+    const int B = 2, T = 5, L = cfg.n_layers, H = cfg.n_heads, C = cfg.d_model;
+    student::Transformer<double, Dev> m(cfg, B);
+    m.init(7);
+    // larger weights than GPT-2's init so every path carries a visible gradient
+    for (auto& p : m.parameters())
+        for (std::int64_t i = 0; i < p.value.numel(); ++i) p.value.data()[i] += 0.3 * std::sin(1.7 * double(i) + p.name.size());
+    const std::vector<std::int32_t> tokens = {1, 5, 2, 9, 10, 3, 3, 0, 7, 4};
+    const std::vector<std::int32_t> targets = {5, 2, -1, 10, 3, -1, 0, 7, 4, -1};
+    std::vector<std::vector<double>> R, S;
+    for (int i = 0; i <= L; ++i) R.push_back(random_vector<double>(B * T * C, 100 + i, 0.3));
+    for (int l = 0; l < L; ++l) {
+        S.push_back(random_vector<double>(B * H * T * T, 200 + l, 0.3));
+    }
+
+    // scalar = CE(masked) + sum_i <hidden_i, R_i> + sum_l <attn_l, S_l>
+    auto objective = [&] {
+        m.forward(tokens.data(), B, T);
+        double f = m.cross_entropy(targets.data());
+        for (int i = 0; i <= L; ++i) {
+            auto h = m.hidden_state(i);
+            f += std::inner_product(h.data(), h.data() + h.numel(), R[i].begin(), 0.0);
+        }
+        for (int l = 0; l < L; ++l) {
+            auto a = m.attention(l);
+            f += std::inner_product(a.data(), a.data() + a.numel(), S[l].begin(), 0.0);
+        }
+        return f;
+    };
+    objective();
+    std::vector<Tensor<const double>> dh, da;
+    for (int i = 0; i <= L; ++i) dh.push_back(Tensor<const double>(R[i].data(), {B, T, C}));
+    for (int l = 0; l < L; ++l) da.push_back(Tensor<const double>(S[l].data(), {B, H, T, T}));
+    m.zero_grad();
+    m.backward(dh, da);
+
+    for (const auto& p : m.parameters()) {
+        std::vector<double> x(p.value.data(), p.value.data() + p.value.numel());
+        std::vector<double> analytic(p.grad.data(), p.grad.data() + p.grad.numel());
+        auto f = [&] {
+            std::copy(x.begin(), x.end(), p.value.data());
+            return objective();
+        };
+        check_gradient(p.name, x, f, analytic, 1e-6);
+        std::copy(x.begin(), x.end(), p.value.data());
+    }
+}
+
+TEST_CASE_TEMPLATE("student matches PyTorch: logits, loss, hidden states, attention, all gradients", Dev, device::Cpu,
+                   device::Reference) {
+    io::safetensors_file wfile(fixtures / "gpt_weights.safetensors");
+    io::safetensors_file golden(fixtures / "gpt_golden.safetensors");
+    const auto cfg = fixture_config(wfile);
+    const auto& tok_info = golden.at("tokens");
+    const int B = int(tok_info.shape[0]), T = int(tok_info.shape[1]);
+    const auto tokens = read_ids(golden, "tokens"), targets = read_ids(golden, "targets");
+
+    student::Transformer<float, Dev> m(cfg, B);
+    io::load_weights(wfile, m);
+    m.forward(tokens.data(), B, T);
+    const float loss = m.cross_entropy(targets.data());
+    // |a - b| <= 1e-5 max|b| + 1e-4 |b|: fp32 rounding scales with the tensor, so entries near zero
+    // get an absolute tolerance tied to the tensor's magnitude.
+    const double rtol = 1e-4;
+    auto compare = [&](const std::string& name, const float* actual, std::int64_t n) {
+        const auto expected = read_tensor<float>(golden, name);
+        REQUIRE(std::int64_t(expected.size()) == n);
+        double scale = 0;
+        for (float e : expected) scale = std::max(scale, double(std::abs(e)));
+        check_close(name, actual, expected.data(), n, 1e-5 * scale, rtol);
+    };
+    compare("logits", m.logits().data(), m.logits().numel());
+    CHECK(loss == doctest::Approx(read_tensor<float>(golden, "loss")[0]).epsilon(1e-5));
+    for (int i = 0; i <= cfg.n_layers; ++i) {
+        compare("hidden." + std::to_string(i), m.hidden_state(i).data(), m.hidden_state(i).numel());
+    }
+    for (int l = 0; l < cfg.n_layers; ++l) {
+        compare("attn." + std::to_string(l), m.attention(l).data(), m.attention(l).numel());
+    }
+    auto check_grads = [&](const std::string& prefix) {
+        for (const auto& p : m.parameters()) compare(prefix + p.name, p.grad.data(), p.grad.numel());
+    };
+    m.zero_grad();
+    m.backward();
+    check_grads("grad.");
+
+    // the same loss plus <hidden_i, d_hidden_i> + <attn_l, d_attn_l>: extra gradients on both
+    std::vector<std::vector<float>> dh_store, da_store;
+    std::vector<Tensor<const float>> dh, da;
+    for (int i = 0; i <= cfg.n_layers; ++i) dh_store.push_back(read_tensor<float>(golden, "d_hidden." + std::to_string(i)));
+    for (int l = 0; l < cfg.n_layers; ++l) da_store.push_back(read_tensor<float>(golden, "d_attn." + std::to_string(l)));
+    for (auto& v : dh_store) dh.push_back(Tensor<const float>(v.data(), {B, T, cfg.d_model}));
+    for (auto& v : da_store) da.push_back(Tensor<const float>(v.data(), {B, cfg.n_heads, T, T}));
+    m.cross_entropy(targets.data());
+    m.zero_grad();
+    m.backward(dh, da);
+    check_grads("grad_total.");
+}
+
+TEST_CASE("student rejects bad input with a clear error") {
+    student::Transformer<float, device::Cpu> m({.vocab_size = 20, .context_length = 8, .d_model = 8, .n_layers = 1, .n_heads = 2, .d_ff = 8}, 2);
+    std::vector<std::int32_t> tok(16, 1);
+    CHECK_THROWS_WITH_AS(m.forward(tok.data(), 3, 4), doctest::Contains("batch 3 outside [1, 2]"), shape_error);
+    CHECK_THROWS_WITH_AS(m.forward(tok.data(), 1, 9), doctest::Contains("length 9 outside [1, context_length = 8]"), shape_error);
+    tok[5] = 20;
+    CHECK_THROWS_WITH_AS(m.forward(tok.data(), 2, 8), doctest::Contains("token 20 at position 5 is outside the vocabulary [0, 20)"),
+                         shape_error);
+    tok[5] = 1;
+    m.forward(tok.data(), 2, 8);
+    std::vector<std::int32_t> tg(16, -1);
+    tg[3] = -2;
+    CHECK_THROWS_WITH_AS(m.cross_entropy(tg.data()), doctest::Contains("target -2 at position 3"), shape_error);
+    tg[3] = -1;
+    CHECK(m.cross_entropy(tg.data()) == 0.0f);  // everything masked: zero, not NaN
+    CHECK_THROWS_WITH_AS((student::Transformer<float, device::Cpu>({.d_model = 10, .n_heads = 4}, 1)),
+                         doctest::Contains("student.n_heads: must divide d_model = 10"), config_error);
+}
+
+TEST_CASE("weights round trip through safetensors, config included; a mismatched model is refused") {
+    const auto dir = std::filesystem::temp_directory_path() / ("distill-weights-" + std::to_string(::getpid()));
+    std::filesystem::create_directories(dir);
+    const student::TransformerConfig cfg{.vocab_size = 30, .context_length = 8, .d_model = 16, .n_layers = 2, .n_heads = 2, .d_ff = 24};
+    student::Transformer<float, device::Cpu> a(cfg, 1), b(cfg, 1);
+    a.init(3);
+    io::save_weights(dir / "w.safetensors", a);
+    io::safetensors_file f(dir / "w.safetensors");
+    const auto cfg2 = io::load_weights_config<student::TransformerConfig>(f);
+    CHECK(cfg2.d_ff == 24);
+    CHECK(cfg2.n_layers == 2);
+    io::load_weights(f, b);
+    CHECK(std::equal(a.parameter_data(), a.parameter_data() + a.arena_size(), b.parameter_data()));
+
+    student::Transformer<float, device::Cpu> wider({.vocab_size = 30, .context_length = 8, .d_model = 16, .n_layers = 3, .n_heads = 2, .d_ff = 24}, 1);
+    CHECK_THROWS_WITH_AS(io::load_weights(f, wider), doctest::Contains("h.2.ln_1.weight"), format_error);
+    std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("forward and backward are bit-identical run to run (fixed threads)") {
+    const student::TransformerConfig cfg{.vocab_size = 50, .context_length = 16, .d_model = 32, .n_layers = 2, .n_heads = 4, .d_ff = 64};
+    Rng rng(5);
+    std::vector<std::int32_t> tok(4 * 16), tg(4 * 16);
+    for (std::size_t i = 0; i < tok.size(); ++i) {
+        tok[i] = std::int32_t(rng.below(50));
+        tg[i] = std::int32_t(rng.below(50));
+    }
+    std::vector<float> g[2];
+    for (int run = 0; run < 2; ++run) {
+        student::Transformer<float, device::Cpu> m(cfg, 4, device::Cpu(2));
+        m.init(9);
+        m.forward(tok.data(), 4, 16);
+        m.cross_entropy(tg.data());
+        m.zero_grad();
+        m.backward();
+        g[run].assign(m.gradient_data(), m.gradient_data() + m.arena_size());
+    }
+    CHECK(g[0] == g[1]);
+}
+
+TEST_CASE("training smoke test: plain SGD learns to reverse strings (>= 95% token accuracy)") {
+    const student::TransformerConfig cfg{.vocab_size = 263, .context_length = 11, .d_model = 64, .n_layers = 2, .n_heads = 4, .d_ff = 256};
+    const int B = 32;
+    student::Transformer<float, device::Cpu> m(cfg, B);
+    m.init(1);
+    Rng rng(2);
+    const float lr = 0.3f;
+    float loss = 0;
+    int step = 0;
+    for (; step < 2000; ++step) {
+        auto batch = data::make_reversal_batch(rng, B, 2, 4);
+        m.forward(batch.tokens.data(), B, batch.length);
+        loss = m.cross_entropy(batch.targets.data());
+        m.zero_grad();
+        m.backward();
+        float* w = m.parameter_data();
+        const float* g = m.gradient_data();
+        for (std::size_t i = 0; i < m.arena_size(); ++i) w[i] -= lr * g[i];
+        if (loss < 0.02f) break;
+    }
+    // held-out accuracy: argmax over the answer positions of fresh examples
+    Rng test_rng(99);
+    auto batch = data::make_reversal_batch(test_rng, B, 2, 4);
+    m.forward(batch.tokens.data(), B, batch.length);
+    auto logits = m.logits();
+    int right = 0, total = 0;
+    for (int i = 0; i < B * batch.length; ++i) {
+        if (batch.targets[i] < 0) continue;
+        const float* row = logits.data() + std::int64_t(i) * cfg.vocab_size;
+        right += int(std::max_element(row, row + cfg.vocab_size) - row) == batch.targets[i];
+        ++total;
+    }
+    const double accuracy = double(right) / total;
+    INFO("steps " << step << ", final loss " << loss << ", held-out token accuracy " << accuracy);
+    CHECK(accuracy >= 0.95);
+}

@@ -58,13 +58,14 @@ TEST_CASE_TEMPLATE("student gradient matches finite differences (double)", Dev, 
         for (std::int64_t i = 0; i < p.value.numel(); ++i) p.value.data()[i] += 0.3 * std::sin(1.7 * double(i) + p.name.size());
     const std::vector<std::int32_t> tokens = {1, 5, 2, 9, 10, 3, 3, 0, 7, 4};
     const std::vector<std::int32_t> targets = {5, 2, -1, 10, 3, -1, 0, 7, 4, -1};
-    std::vector<std::vector<double>> R, S;
+    std::vector<std::vector<double>> R, S, Q;
     for (int i = 0; i <= L; ++i) R.push_back(random_vector<double>(B * T * C, 100 + i, 0.3));
     for (int l = 0; l < L; ++l) {
         S.push_back(random_vector<double>(B * H * T * T, 200 + l, 0.3));
+        Q.push_back(random_vector<double>(B * T * 3 * C, 300 + l, 0.3));
     }
 
-    // scalar = CE(masked) + sum_i <hidden_i, R_i> + sum_l <attn_l, S_l>
+    // scalar = CE(masked) + sum_i <hidden_i, R_i> + sum_l <attn_l, S_l> + sum_l <qkv_l, Q_l>
     auto objective = [&] {
         m.forward(tokens.data(), B, T);
         double f = m.cross_entropy(targets.data());
@@ -75,15 +76,20 @@ TEST_CASE_TEMPLATE("student gradient matches finite differences (double)", Dev, 
         for (int l = 0; l < L; ++l) {
             auto a = m.attention(l);
             f += std::inner_product(a.data(), a.data() + a.numel(), S[l].begin(), 0.0);
+            auto q = m.qkv(l);
+            f += std::inner_product(q.data(), q.data() + q.numel(), Q[l].begin(), 0.0);
         }
         return f;
     };
     objective();
-    std::vector<Tensor<const double>> dh, da;
+    std::vector<Tensor<const double>> dh, da, dq;
     for (int i = 0; i <= L; ++i) dh.push_back(Tensor<const double>(R[i].data(), {B, T, C}));
-    for (int l = 0; l < L; ++l) da.push_back(Tensor<const double>(S[l].data(), {B, H, T, T}));
+    for (int l = 0; l < L; ++l) {
+        da.push_back(Tensor<const double>(S[l].data(), {B, H, T, T}));
+        dq.push_back(Tensor<const double>(Q[l].data(), {B, T, 3 * C}));
+    }
     m.zero_grad();
-    m.backward(dh, da);
+    m.backward(dh, da, dq);
 
     for (const auto& p : m.parameters()) {
         std::vector<double> x(p.value.data(), p.value.data() + p.value.numel());

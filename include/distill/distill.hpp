@@ -8,6 +8,8 @@
 #include "distill/detail/rng.hpp"
 #include "distill/detail/arena.hpp"
 #include "distill/detail/xview.hpp"
+#include "distill/parameter.hpp"
+#include "distill/signals.hpp"
 #include "distill/device.hpp"
 #include "distill/device/reference.hpp"
 #include "distill/device/cpu.hpp"

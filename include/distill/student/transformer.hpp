@@ -19,6 +19,7 @@
 #include "distill/error.hpp"
 #include "distill/nn/attention.hpp"
 #include "distill/nn/linear.hpp"
+#include "distill/parameter.hpp"
 #include "distill/tensor.hpp"
 
 namespace distill::student {
@@ -54,18 +55,6 @@ struct TransformerConfig {
         const std::int64_t block = 2 * C + (3 * C * C + 3 * C) + (C * C + C) + 2 * C + (F * C + F) + (C * F + C);
         return std::int64_t(vocab_size) * C + std::int64_t(context_length) * C + n_layers * block + 2 * C;
     }
-};
-
-/// How a parameter is treated by optimizers (e.g. no weight decay on biases, norms, embeddings).
-enum class parameter_kind : std::uint8_t { weight, bias, norm, embedding };
-
-/// One trainable tensor: its checkpoint name, its value and its gradient (same shape).
-template <class T>
-struct Parameter {
-    std::string name;
-    Tensor<T> value;
-    Tensor<T> grad;
-    parameter_kind kind;
 };
 
 /// A GPT-2-layout causal transformer.
@@ -176,6 +165,14 @@ public:
         return Tensor<T>(act(layer_acts_[l].att), {B_, cfg_.n_heads, T_, T_}, Device::memory);
     }
 
+    /// (B,T,3C) query | key | value projections of layer l of the last forward (head h in columns
+    /// [h*hs, (h+1)*hs) of each third), for relation losses (MiniLMv2).
+    Tensor<T> qkv(int l) const {
+        if (l < 0 || l >= cfg_.n_layers)
+            throw shape_error("qkv(" + std::to_string(l) + "): valid layers are 0.." + std::to_string(cfg_.n_layers - 1));
+        return Tensor<T>(act(layer_acts_[l].qkv), {B_, T_, 3 * cfg_.d_model}, Device::memory);
+    }
+
     /// Mean cross-entropy of the last forward's logits against targets(B,T); a target of -1 masks
     /// its position (prompt or padding) out of the mean. Writes d(loss)/d(logits) to `grad_logits()`.
     /// Returns 0 (and zero gradient) when every position is masked.
@@ -200,9 +197,11 @@ public:
 
     /// Backpropagates `grad_logits()` through the last forward, accumulating into the gradients.
     /// `d_hidden[i]` (B,T,C) adds a gradient on hidden state i and `d_attention[l]` (B,H,T,T) one on
-    /// attention map l (transfer losses); either span may be shorter than the count or hold empty
-    /// tensors for "none".
-    void backward(std::span<const Tensor<const T>> d_hidden = {}, std::span<const Tensor<const T>> d_attention = {}) {
+    /// attention map l (transfer losses), `d_qkv[l]` (B,T,3C) one on the q|k|v projections of
+    /// layer l (relation losses); any span may be shorter than the count or hold empty tensors for
+    /// "none".
+    void backward(std::span<const Tensor<const T>> d_hidden = {}, std::span<const Tensor<const T>> d_attention = {},
+                  std::span<const Tensor<const T>> d_qkv = {}) {
         const int B = B_, Tn = T_, C = cfg_.d_model, F = cfg_.d_ff, H = cfg_.n_heads, V = cfg_.vocab_size, L = cfg_.n_layers;
         const int N = B * Tn;
         auto extra = [&](std::span<const Tensor<const T>> list, int i, std::int64_t numel) -> const T* {
@@ -240,6 +239,7 @@ public:
                                 C, C);
             nn::attention_backward(dev_, act(d_qkv_), act(d_att_), act(d_atty_), act(a.qkv), act(a.att),
                                    extra(d_attention, l, std::int64_t(B) * H * Tn * Tn), B, Tn, C, H);
+            if (const T* e = extra(d_qkv, l, std::int64_t(N) * 3 * C)) accumulate(dev_, act(d_qkv_), e, std::int64_t(N) * 3 * C);
             nn::linear_backward(dev_, d_ln, grad(w.attn_w), grad(w.attn_b), act(d_qkv_), act(a.ln1), val(w.attn_w), N, C,
                                 3 * C);
             layernorm_backward(dev_, d_res, grad(w.ln1_w), grad(w.ln1_b), d_ln, x_in, val(w.ln1_w), act(a.ln1_mean),

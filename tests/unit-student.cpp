@@ -249,3 +249,40 @@ TEST_CASE("training smoke test: plain SGD learns to reverse strings (>= 95% toke
     INFO("steps " << step << ", final loss " << loss << ", held-out token accuracy " << accuracy);
     CHECK(accuracy >= 0.95);
 }
+
+TEST_CASE_TEMPLATE("KV-cache decoding equals the full forward at every step", Dev, device::Reference, device::Cpu) {
+    const student::TransformerConfig cfg{.vocab_size = 40, .context_length = 12, .d_model = 16, .n_layers = 2, .n_heads = 4, .d_ff = 32};
+    const int B = 3;
+    student::Transformer<float, Dev> m(cfg, B), full(cfg, 1);
+    m.init(5);
+    std::copy(m.parameter_data(), m.parameter_data() + m.arena_size(), full.parameter_data());
+    // prompts of different lengths, right-padded with a token that must not matter
+    const int lengths[B] = {4, 5, 2};
+    std::vector<std::vector<std::int32_t>> seqs(B);
+    std::vector<std::int32_t> padded(B * 5, 39);
+    for (int b = 0; b < B; ++b)
+        for (int t = 0; t < lengths[b]; ++t) seqs[b].push_back(std::int32_t(3 * b + t + 1));
+    for (int b = 0; b < B; ++b)
+        for (int t = 0; t < lengths[b]; ++t) padded[b * 5 + t] = seqs[b][t];
+    auto cache = m.make_cache(B);
+    m.prefill(cache, padded.data(), lengths, B, 5);
+    for (int step = 0; step < 6; ++step) {
+        auto next = m.next_logits();
+        std::vector<std::int32_t> chosen(B);
+        for (int b = 0; b < B; ++b) {
+            CHECK(cache.length(b) == int(seqs[b].size()));
+            full.forward(seqs[b].data(), 1, int(seqs[b].size()));
+            const float* ref = full.logits().data() + (seqs[b].size() - 1) * std::size_t(cfg.vocab_size);
+            check_close("step " + std::to_string(step) + " seq " + std::to_string(b), next.data() + b * cfg.vocab_size, ref,
+                        cfg.vocab_size, 1e-5, 1e-4);
+            const float* row = next.data() + b * cfg.vocab_size;
+            chosen[b] = std::int32_t(std::max_element(row, row + cfg.vocab_size) - row);
+            seqs[b].push_back(chosen[b]);
+        }
+        m.decode(cache, chosen.data(), B);
+    }
+    // sequence 1 reaches 5 + 6 = 11 tokens; one more fits, then the context is full
+    std::vector<std::int32_t> one = {1, 1, 1};
+    m.decode(cache, one.data(), B);
+    CHECK_THROWS_WITH_AS(m.decode(cache, one.data(), B), doctest::Contains("already holds context_length = 12"), shape_error);
+}

@@ -338,4 +338,29 @@ int cross_entropy_forward_backward(const Cpu& dev, T* dlogits, T* losses, const 
     return count;
 }
 
+/// One decoding step of attention against a KV cache (see Reference), parallel over (b, h): a
+/// matrix-vector product for the scores, a vectorized softmax, and one for the output.
+template <class T>
+void attention_decode(const Cpu& dev, T* out, T* scratch, const T* qkv, const T* kcache, const T* vcache,
+                      const int* lengths, int B, int H, int hs, int Tmax) {
+    using namespace cpu_detail;
+    using Vec = Eigen::Matrix<T, Eigen::Dynamic, 1>;
+    const int C = H * hs;
+    const T scale = T(1) / std::sqrt(T(hs));
+    DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()))
+    for (int bh = 0; bh < B * H; ++bh) {
+        const int b = bh / H, h = bh % H, n = lengths[b];
+        const std::int64_t base = std::int64_t(bh) * Tmax * hs;
+        const ConstMap<T> K(kcache + base, n, hs, Eigen::OuterStride<>(hs));
+        const ConstMap<T> Vm(vcache + base, n, hs, Eigen::OuterStride<>(hs));
+        const Eigen::Map<const Vec> q(qkv + std::int64_t(b) * 3 * C + h * hs, hs);
+        Eigen::Map<Vec> p(scratch + std::int64_t(bh) * Tmax, n);
+        p.noalias() = K * q;
+        const T mx = p.maxCoeff() * scale;
+        p = (p.array() * scale - mx).exp().matrix();
+        p /= p.sum();
+        Eigen::Map<Vec>(out + std::int64_t(b) * C + h * hs, hs).noalias() = Vm.transpose() * p;
+    }
+}
+
 }  // namespace distill::device

@@ -240,4 +240,38 @@ int cross_entropy_forward_backward(const Reference&, T* dlogits, T* losses, cons
     return count;
 }
 
+/// One decoding step of causal attention against a KV cache. For each sequence b and head h, with
+/// n = lengths[b] cached positions (the new token's key and value already written at n-1):
+/// p = softmax(q_bh · K_bh[0..n)^T / sqrt(hs)),  out(B,C)[b, h*hs..] = p · V_bh[0..n).
+/// q is read from qkv(B,3C); kcache/vcache are (max_batch, H, Tmax, hs); scratch holds B*H*Tmax.
+template <class T>
+void attention_decode(const Reference&, T* out, T* scratch, const T* qkv, const T* kcache, const T* vcache,
+                      const int* lengths, int B, int H, int hs, int Tmax) {
+    const int C = H * hs;
+    const T scale = T(1) / std::sqrt(T(hs));
+    for (int b = 0; b < B; ++b)
+        for (int h = 0; h < H; ++h) {
+            const int n = lengths[b];
+            const T* q = qkv + std::int64_t(b) * 3 * C + h * hs;
+            const std::int64_t base = (std::int64_t(b) * H + h) * Tmax * hs;
+            T* p = scratch + (std::int64_t(b) * H + h) * Tmax;
+            T mx = -std::numeric_limits<T>::infinity();
+            for (int j = 0; j < n; ++j) {
+                T s = 0;
+                for (int d = 0; d < hs; ++d) s += q[d] * kcache[base + std::int64_t(j) * hs + d];
+                p[j] = s * scale;
+                mx = std::max(mx, p[j]);
+            }
+            T sum = 0;
+            for (int j = 0; j < n; ++j) {
+                p[j] = std::exp(p[j] - mx);
+                sum += p[j];
+            }
+            T* o = out + std::int64_t(b) * C + h * hs;
+            for (int d = 0; d < hs; ++d) o[d] = 0;
+            for (int j = 0; j < n; ++j)
+                for (int d = 0; d < hs; ++d) o[d] += p[j] / sum * vcache[base + std::int64_t(j) * hs + d];
+        }
+}
+
 }  // namespace distill::device

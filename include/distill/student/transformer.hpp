@@ -4,6 +4,7 @@
 /// GELU MLP, causal multi-head attention, LM head tied to the token embedding), llm.c style: one
 /// forward and one backward function, every tensor a view into three arenas laid out once.
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <memory>
@@ -55,6 +56,40 @@ struct TransformerConfig {
         const std::int64_t block = 2 * C + (3 * C * C + 3 * C) + (C * C + C) + 2 * C + (F * C + F) + (C * F + C);
         return std::int64_t(vocab_size) * C + std::int64_t(context_length) * C + n_layers * block + 2 * C;
     }
+};
+
+template <class T, class Device>
+class Transformer;
+
+/// Keys and values of every layer for up to `max_batch` sequences of up to `context_length`
+/// tokens, for incremental decoding (`Transformer::prefill` / `decode`). One arena, laid out once.
+template <class T, class Device>
+class KvCache {
+public:
+    KvCache(const TransformerConfig& cfg, int max_batch, Device device = Device{})
+        : max_batch_(max_batch), n_layers_(cfg.n_layers),
+          layer_size_(std::size_t(max_batch) * cfg.context_length * cfg.d_model), lengths_(std::size_t(max_batch), 0) {
+        if (max_batch < 1) throw config_error("max_batch", "must be >= 1, got " + std::to_string(max_batch));
+        arena_ = detail::Arena<T, Device>(device, 2 * layer_size_ * std::size_t(cfg.n_layers));
+    }
+    /// Tokens held for sequence b.
+    int length(int b) const { return lengths_.at(std::size_t(b)); }
+    int max_batch() const noexcept { return max_batch_; }
+    /// Forgets every sequence (the memory is reused).
+    void reset() { std::fill(lengths_.begin(), lengths_.end(), 0); }
+    /// Bytes of key/value storage.
+    std::size_t bytes() const noexcept { return sizeof(T) * arena_.size(); }
+
+private:
+    friend class Transformer<T, Device>;
+    // (max_batch, H, Tmax, hs) keys, then values, of layer l
+    T* keys(int l) const noexcept { return arena_.data() + 2 * std::size_t(l) * layer_size_; }
+    T* values(int l) const noexcept { return keys(l) + layer_size_; }
+
+    int max_batch_, n_layers_;
+    std::size_t layer_size_;
+    std::vector<int> lengths_;
+    detail::Arena<T, Device> arena_;
 };
 
 /// A GPT-2-layout causal transformer.
@@ -192,6 +227,90 @@ public:
         return count ? sum / T(count) : T(0);
     }
 
+    // ---- incremental decoding ---------------------------------------------------------------------
+
+    /// A KV cache for up to `max_batch` (<= this model's max_batch) sequences.
+    KvCache<T, Device> make_cache(int max_batch) const {
+        if (max_batch > max_batch_)
+            throw config_error("max_batch", "a cache for " + std::to_string(max_batch) + " sequences needs a model built for as many, this one takes " + std::to_string(max_batch_));
+        return KvCache<T, Device>(cfg_, max_batch, dev_);
+    }
+
+    /// Runs prompts tokens(B,T), right-padded, `lengths[b]` valid tokens each, fills `cache` with
+    /// their keys and values and leaves the next-token logits in `next_logits()`. Overwrites the
+    /// last forward's activations.
+    void prefill(KvCache<T, Device>& cache, const std::int32_t* tokens, const int* lengths, int B, int Tn) {
+        if (B > cache.max_batch()) throw shape_error("prefill: batch " + std::to_string(B) + " exceeds the cache's " + std::to_string(cache.max_batch()));
+        for (int b = 0; b < B; ++b)
+            if (lengths[b] < 1 || lengths[b] > Tn)
+                throw shape_error("prefill: length " + std::to_string(lengths[b]) + " of sequence " + std::to_string(b) + " outside [1, " + std::to_string(Tn) + "]");
+        forward(tokens, B, Tn);
+        const int C = cfg_.d_model, H = cfg_.n_heads, hs = C / H, V = cfg_.vocab_size, Tmax = cfg_.context_length;
+        for (int l = 0; l < cfg_.n_layers; ++l) {
+            const T* qkv = act(layer_acts_[l].qkv);
+            for (int b = 0; b < B; ++b)
+                for (int t = 0; t < lengths[b]; ++t)
+                    for (int h = 0; h < H; ++h) {
+                        const T* row = qkv + (std::int64_t(b) * Tn + t) * 3 * C + h * hs;
+                        const std::int64_t dst = ((std::int64_t(b) * H + h) * Tmax + t) * hs;
+                        dev_.copy(cache.keys(l) + dst, row + C, sizeof(T) * hs);
+                        dev_.copy(cache.values(l) + dst, row + 2 * C, sizeof(T) * hs);
+                    }
+        }
+        for (int b = 0; b < B; ++b) {
+            dev_.copy(act(next_logits_) + std::int64_t(b) * V, act(logits_) + (std::int64_t(b) * Tn + lengths[b] - 1) * V, sizeof(T) * V);
+            cache.lengths_[std::size_t(b)] = lengths[b];
+        }
+        decode_batch_ = B;
+    }
+
+    /// Appends tokens[b] to sequence b of `cache` (at position cache.length(b)), runs one decoding step
+    /// and leaves the next-token logits in `next_logits()`. Overwrites the last forward's activations.
+    void decode(KvCache<T, Device>& cache, const std::int32_t* tokens, int B) {
+        const int C = cfg_.d_model, F = cfg_.d_ff, H = cfg_.n_heads, hs = C / H, V = cfg_.vocab_size, Tmax = cfg_.context_length;
+        if (B < 1 || B > cache.max_batch()) throw shape_error("decode: batch " + std::to_string(B) + " outside [1, " + std::to_string(cache.max_batch()) + "]");
+        for (int b = 0; b < B; ++b) {
+            if (cache.length(b) >= Tmax)
+                throw shape_error("decode: sequence " + std::to_string(b) + " already holds context_length = " + std::to_string(Tmax) + " tokens");
+            if (tokens[b] < 0 || tokens[b] >= V)
+                throw shape_error("decode: token " + std::to_string(tokens[b]) + " of sequence " + std::to_string(b) + " is outside the vocabulary [0, " + std::to_string(V) + ")");
+        }
+        // x (B,C) = wte[token] + wpe[position]
+        T* x = act(encoded_);
+        for (int b = 0; b < B; ++b)
+            add(dev_, x + std::int64_t(b) * C, wte() + std::int64_t(tokens[b]) * C, wpe() + std::int64_t(cache.length(b)) * C, C);
+        for (int b = 0; b < B; ++b) ++cache.lengths_[std::size_t(b)];
+        for (int l = 0; l < cfg_.n_layers; ++l) {
+            const auto& w = layer_params_[l];
+            const auto& a = layer_acts_[l];
+            layernorm_forward(dev_, act(a.ln1), act(a.ln1_mean), act(a.ln1_rstd), x, val(w.ln1_w), val(w.ln1_b), B, C, eps);
+            nn::linear_forward(dev_, act(a.qkv), act(a.ln1), val(w.attn_w), val(w.attn_b), B, C, 3 * C);
+            for (int b = 0; b < B; ++b)
+                for (int h = 0; h < H; ++h) {
+                    const T* row = act(a.qkv) + std::int64_t(b) * 3 * C + h * hs;
+                    const std::int64_t dst = ((std::int64_t(b) * H + h) * Tmax + cache.length(b) - 1) * hs;
+                    dev_.copy(cache.keys(l) + dst, row + C, sizeof(T) * hs);
+                    dev_.copy(cache.values(l) + dst, row + 2 * C, sizeof(T) * hs);
+                }
+            attention_decode(dev_, act(a.atty), act(a.att), act(a.qkv), cache.keys(l), cache.values(l), cache.lengths_.data(), B, H, hs, Tmax);
+            dev_.copy(act(a.res_attn), x, sizeof(T) * B * C);
+            nn::linear_forward(dev_, act(a.res_attn), act(a.atty), val(w.proj_w), val(w.proj_b), B, C, C, true);
+            layernorm_forward(dev_, act(a.ln2), act(a.ln2_mean), act(a.ln2_rstd), act(a.res_attn), val(w.ln2_w), val(w.ln2_b), B, C, eps);
+            nn::linear_forward(dev_, act(a.fc), act(a.ln2), val(w.fc_w), val(w.fc_b), B, C, F);
+            gelu_forward(dev_, act(a.fc_gelu), act(a.fc), std::int64_t(B) * F);
+            dev_.copy(act(a.res_out), act(a.res_attn), sizeof(T) * B * C);
+            nn::linear_forward(dev_, act(a.res_out), act(a.fc_gelu), val(w.mlp_proj_w), val(w.mlp_proj_b), B, F, C, true);
+            x = act(a.res_out);
+        }
+        layernorm_forward(dev_, act(lnf_), act(lnf_mean_), act(lnf_rstd_), x, val(lnf_w_), val(lnf_b_), B, C, eps);
+        gemm(dev_, false, true, B, V, C, T(1), act(lnf_), C, wte(), C, T(0), act(next_logits_), V);
+        decode_batch_ = B;
+        B_ = T_ = 0;  // the training-forward views are no longer valid
+    }
+
+    /// (B,V) next-token logits of the last `prefill` or `decode`.
+    Tensor<T> next_logits() const { return Tensor<T>(act(next_logits_), {decode_batch_, cfg_.vocab_size}, Device::memory); }
+
     /// Sets every gradient to zero (gradients accumulate across `backward` calls).
     void zero_grad() { dev_.fill_zero(grad_arena_.data(), sizeof(T) * grad_arena_.size()); }
 
@@ -325,6 +444,7 @@ private:
         lnf_rstd_ = add("lnf_rstd", N);
         logits_ = add("logits", N * cfg_.vocab_size);
         dlogits_ = add("dlogits", N * cfg_.vocab_size);
+        next_logits_ = add("next_logits", std::int64_t(max_batch_) * cfg_.vocab_size);
         losses_ = add("losses", N);
         d_res_ = add("d_res", N * C);
         d_ln_ = add("d_ln", N * C);
@@ -378,7 +498,8 @@ private:
     std::vector<LayerParams> layer_params_;
     std::vector<LayerActs> layer_acts_;
     std::size_t wte_ = 0, wpe_ = 0, lnf_w_ = 0, lnf_b_ = 0;
-    std::size_t encoded_ = 0, lnf_ = 0, lnf_mean_ = 0, lnf_rstd_ = 0, logits_ = 0, dlogits_ = 0, losses_ = 0;
+    std::size_t encoded_ = 0, lnf_ = 0, lnf_mean_ = 0, lnf_rstd_ = 0, logits_ = 0, dlogits_ = 0, losses_ = 0, next_logits_ = 0;
+    int decode_batch_ = 0;
     std::size_t d_res_ = 0, d_ln_ = 0, d_qkv_ = 0, d_att_ = 0, d_atty_ = 0, d_fc_ = 0;
     std::int32_t* tokens_ = nullptr;
     std::unique_ptr<std::int32_t, TokenFree> tokens_owner_{nullptr, TokenFree{}};

@@ -23,3 +23,4 @@
 #include "distill/io/weights.hpp"
 #include "distill/data/byte_tokenizer.hpp"
 #include "distill/data/reversal.hpp"
+#include "distill/eval/metrics.hpp"

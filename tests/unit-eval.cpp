@@ -1,0 +1,75 @@
+// Evaluation metrics against the packages users compare with (sacreBLEU, rouge-score), plus the
+// answer normalizations.
+
+#include <doctest/doctest.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "distill/eval/metrics.hpp"
+
+using namespace distill;
+
+namespace {
+nlohmann::json golden() {
+    std::ifstream in(std::string(DISTILL_TEST_DATA_DIR) + "/metrics_golden.json");
+    REQUIRE(in.good());
+    return nlohmann::json::parse(in);
+}
+}  // namespace
+
+TEST_CASE("13a tokenization equals sacreBLEU's on every golden segment") {
+    const auto g = golden();
+    for (std::size_t i = 0; i < g["pairs"].size(); ++i) {
+        const std::string hyp = g["pairs"][i]["hypothesis"];
+        INFO("segment " << i << ": " << hyp);
+        CHECK(eval::tokenize_13a(eval::metrics_detail::rstrip_python(hyp)) == g["tokenized_13a"][i].get<std::string>());
+    }
+}
+
+TEST_CASE("corpus BLEU equals sacreBLEU's to 0.01 (score, precisions, brevity penalty, lengths)") {
+    const auto g = golden();
+    for (const auto& c : g["bleu"]) {
+        std::vector<std::string> hyps, refs;
+        for (int i : c["indices"]) {
+            hyps.push_back(g["pairs"][i]["hypothesis"]);
+            refs.push_back(g["pairs"][i]["reference"]);
+        }
+        const auto r = eval::corpus_bleu(hyps, refs);
+        INFO("corpus " << c["indices"].dump());
+        CHECK(std::abs(r.score - c["score"].get<double>()) <= 0.01);
+        for (int n = 0; n < 4; ++n) CHECK(std::abs(r.precisions[n] - c["precisions"][n].get<double>()) <= 1e-6);
+        CHECK(r.brevity_penalty == doctest::Approx(c["bp"].get<double>()));
+        CHECK(r.sys_len == c["sys_len"].get<std::int64_t>());
+        CHECK(r.ref_len == c["ref_len"].get<std::int64_t>());
+    }
+    CHECK_THROWS_WITH_AS(eval::corpus_bleu({"a"}, {}), doctest::Contains("1 hypotheses but 0 references"), error);
+}
+
+TEST_CASE("ROUGE-L equals rouge-score's on every golden pair") {
+    const auto g = golden();
+    for (std::size_t i = 0; i < g["pairs"].size(); ++i) {
+        const auto s = eval::rouge_l(g["pairs"][i]["reference"].get<std::string>(), g["pairs"][i]["hypothesis"].get<std::string>());
+        INFO("pair " << i);
+        CHECK(s.precision == doctest::Approx(g["rouge_l"][i]["precision"].get<double>()).epsilon(1e-12));
+        CHECK(s.recall == doctest::Approx(g["rouge_l"][i]["recall"].get<double>()).epsilon(1e-12));
+        CHECK(s.f1 == doctest::Approx(g["rouge_l"][i]["f1"].get<double>()).epsilon(1e-12));
+    }
+}
+
+TEST_CASE("answers: exact match, final numbers, perplexity, percentiles") {
+    CHECK(eval::exact_match("The Eiffel Tower!", "eiffel tower"));
+    CHECK_FALSE(eval::exact_match("Eiffel", "eiffel tower"));
+    CHECK(eval::final_number("so 3 + 4 = 7, the answer is 1,234.5") == 1234.5);
+    CHECK(eval::final_number("it drops to -12 degrees") == -12.0);
+    CHECK(eval::final_number("from 3-5 apples") == 5.0);
+    CHECK(eval::final_number("values 1,23 and 7.") == 7.0);
+    CHECK_FALSE(eval::final_number("no digits here").has_value());
+    CHECK(eval::numeric_match("#### 42", "The answer is 42.0"));
+    CHECK_FALSE(eval::numeric_match("41", "42"));
+    CHECK_FALSE(eval::numeric_match("none", "42"));
+    CHECK(eval::perplexity(0.0, 10) == 1.0);
+    CHECK(eval::perplexity(std::log(5.0) * 4, 4) == doctest::Approx(5.0));
+    CHECK(eval::percentile({1, 2, 3, 4}, 0.5) == 2.5);
+    CHECK(eval::percentile({5}, 0.95) == 5);
+}

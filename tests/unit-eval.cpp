@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "distill/eval/metrics.hpp"
+#include "distill/eval/svg.hpp"
 
 using namespace distill;
 
@@ -72,4 +73,22 @@ TEST_CASE("answers: exact match, final numbers, perplexity, percentiles") {
     CHECK(eval::perplexity(std::log(5.0) * 4, 4) == doctest::Approx(5.0));
     CHECK(eval::percentile({1, 2, 3, 4}, 0.5) == 2.5);
     CHECK(eval::percentile({5}, 0.95) == 5);
+}
+
+TEST_CASE("SVG charts: every series and bar is drawn, text is escaped, non-finite points skipped") {
+    eval::Series a{"soft_kl", {0, 1, 2}, {3.0, 2.0, 1.0}}, b{"hidden <mse>", {0, 1, 2}, {1.0, std::nan(""), 0.5}};
+    const auto line = eval::line_chart("loss & friends", "step", "loss", {a, b});
+    CHECK(line.rfind("<svg", 0) == 0);
+    CHECK(line.find("</svg>") != std::string::npos);
+    CHECK(line.find("loss &amp; friends") != std::string::npos);
+    CHECK(line.find("hidden &lt;mse&gt;") != std::string::npos);
+    CHECK(line.find("nan") == std::string::npos);
+    std::size_t polylines = 0;
+    for (std::size_t p = 0; (p = line.find("<polyline", p)) != std::string::npos; ++p) ++polylines;
+    CHECK(polylines == 2);
+    const auto bars = eval::bar_chart("models", {"accuracy", "latency"}, {"teacher", "student"}, {{0.9, 10}, {0.8, 2}});
+    std::size_t rects = 0;
+    for (std::size_t p = 0; (p = bars.find("<rect x=", p)) != std::string::npos; ++p) ++rects;
+    CHECK(rects == 4 + 2);  // four bars, two legend swatches
+    CHECK(bars.find("student: 0.8") != std::string::npos);
 }

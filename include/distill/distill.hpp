@@ -24,3 +24,5 @@
 #include "distill/data/byte_tokenizer.hpp"
 #include "distill/data/reversal.hpp"
 #include "distill/eval/metrics.hpp"
+#include "distill/eval/svg.hpp"
+#include "distill/data/math_task.hpp"

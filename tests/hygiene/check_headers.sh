@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Header hygiene, run by ctest:
+#  1. every public header compiles on its own, warning-free (-Wall -Wextra -Wpedantic -Werror);
+#  2. including the umbrella header defines no macro of ours without the DISTILL_ prefix;
+#  3. the committed single header equals a fresh regeneration.
+# Usage: check_headers.sh <repo-root> <c++-compiler> <work-dir>
+set -euo pipefail
+root="$1"; cxx="$2"; work="$3"
+mkdir -p "$work"
+sys=(-isystem /usr/include/eigen3)
+flags=(-std=c++20 -fopenmp -Wall -Wextra -Wpedantic -Werror -I"$root/include" "${sys[@]}")
+status=0
+
+# 1. self-contained headers, two compilers' worth at a time
+cd "$root/include"
+headers=$(find distill -name '*.hpp' | grep -v '/cuda' | sort)
+check_one() {
+  local h="$1" log="$work/$(echo "$1" | tr / _).log"
+  printf '#include "%s"\n' "$h" | "$cxx" -x c++ -fsyntax-only "${flags[@]}" - >"$log" 2>&1 || echo "$h"
+}
+failed=""
+running=0
+for h in $headers; do
+  check_one "$h" > "$work/$(echo "$h" | tr / _).status" &
+  running=$((running + 1))
+  if (( running >= $(nproc) )); then wait -n || true; running=$((running - 1)); fi
+done
+wait
+for h in $headers; do
+  if [[ -s "$work/$(echo "$h" | tr / _).status" ]]; then
+    echo "header does not compile on its own: $h"; head -20 "$work/$(echo "$h" | tr / _).log"
+    failed="$failed $h"; status=1
+  fi
+done
+echo "self-contained headers: $(echo "$headers" | wc -w) checked, $(echo "$failed" | wc -w) failed"
+
+# 2. macro hygiene: macros defined by the umbrella minus those its third-party includes define
+thirdparty=$(grep -rhoE '^\s*#\s*include\s*<[^>]+>' "$root/include/distill" | sed -E 's/^\s*#\s*include\s*//' | sort -u)
+printf '#include %s\n' $thirdparty > "$work/thirdparty.cpp"
+"$cxx" -std=c++20 -fopenmp "${sys[@]}" -dM -E "$work/thirdparty.cpp" | awk '{print $2}' | sed 's/(.*//' | sort -u > "$work/macros_thirdparty"
+printf '#include <distill/distill.hpp>\n' > "$work/umbrella.cpp"
+"$cxx" -std=c++20 -fopenmp -I"$root/include" "${sys[@]}" -dM -E "$work/umbrella.cpp" | awk '{print $2}' | sed 's/(.*//' | sort -u > "$work/macros_umbrella"
+leaked=$(comm -13 "$work/macros_thirdparty" "$work/macros_umbrella" | grep -v '^DISTILL_' || true)
+if [[ -n "$leaked" ]]; then
+  echo "macros defined by distill without the DISTILL_ prefix:"; echo "$leaked"; status=1
+else
+  echo "macro hygiene: every macro distill defines starts with DISTILL_"
+fi
+
+# 3. the single header is current
+bash "$root/tools/amalgamate" "$work/single.hpp"
+if ! cmp -s "$work/single.hpp" "$root/single_include/distill/distill.hpp"; then
+  echo "single_include/distill/distill.hpp is stale: run tools/amalgamate and commit the result"
+  diff -u "$root/single_include/distill/distill.hpp" "$work/single.hpp" | head -20 || true
+  status=1
+else
+  echo "single header: byte-identical to a fresh regeneration"
+fi
+exit $status

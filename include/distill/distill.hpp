@@ -26,3 +26,19 @@
 #include "distill/eval/metrics.hpp"
 #include "distill/eval/svg.hpp"
 #include "distill/data/math_task.hpp"
+#include "distill/detail/hash.hpp"
+#include "distill/data/jsonl.hpp"
+#include "distill/data/chat.hpp"
+#include "distill/teacher.hpp"
+#include "distill/teacher/sampler.hpp"
+#include "distill/teacher/synthetic.hpp"
+#include "distill/teacher/openai_format.hpp"
+#include "distill/io/topk_cache.hpp"
+#include "distill/teacher/model.hpp"
+#include "distill/teacher/cache.hpp"
+#include "distill/teacher/callable.hpp"
+#include "distill/generate.hpp"
+// The HTTP teacher needs cpp-httplib: link distill::http, which defines DISTILL_WITH_HTTP.
+#if defined(DISTILL_WITH_HTTP)
+#include "distill/teacher/openai.hpp"
+#endif

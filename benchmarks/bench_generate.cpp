@@ -1,0 +1,186 @@
+// KV-cache generation through teacher::Model (chat template, prefill, decode, greedy sampling,
+// log-probabilities of the chosen tokens) at batch 1 and 16, the same workload as
+// benchmarks/reference/bench_generate.py (a naive PyTorch loop with a KV cache), which runs in the
+// same invocation. Prints generated tokens/s, the ratio to PyTorch, and the fraction of the measured
+// FP32 FMA peak that the matrix products reach.
+//
+// The model is the size of the quickstart's teacher unless --weights names a checkpoint. Special
+// tokens' embedding rows are zeroed, so greedy decoding never picks a stop token and every sequence
+// generates exactly --new tokens (equal work on both sides).
+//
+//   bench_generate [--weights FILE] [--vocab 263] [--context 256] [--d-model 256] [--layers 4]
+//                  [--heads 4] [--d-ff 1024] [--prompt 32] [--new 128] [--batches 1,16]
+//                  [--threads 2] [--reps 3] [--no-reference]
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "common.hpp"
+#include "distill/data/byte_tokenizer.hpp"
+#include "distill/io/weights.hpp"
+#include "distill/student/transformer.hpp"
+#include "distill/teacher/model.hpp"
+
+int main(int argc, char** argv) {
+    using namespace distill;
+    using Teacher = teacher::Model<student::Transformer, float, device::Cpu>;
+    student::TransformerConfig cfg{
+        .vocab_size = 263, .context_length = 256, .d_model = 256, .n_layers = 4, .n_heads = 4, .d_ff = 1024};
+    std::string weights;
+    int prompt_len = 32, n_new = 128, threads = 2, reps = 3;
+    std::vector<int> batches = {1, 16};
+    bool reference = true;
+    for (int i = 1; i < argc; ++i) {
+        const std::string a = argv[i];
+        auto next = [&]() -> std::string {
+            if (i + 1 >= argc) {
+                std::fprintf(stderr, "%s needs a value\n", a.c_str());
+                std::exit(2);
+            }
+            return argv[++i];
+        };
+        if (a == "--weights")
+            weights = next();
+        else if (a == "--vocab")
+            cfg.vocab_size = std::stoi(next());
+        else if (a == "--context")
+            cfg.context_length = std::stoi(next());
+        else if (a == "--d-model")
+            cfg.d_model = std::stoi(next());
+        else if (a == "--layers")
+            cfg.n_layers = std::stoi(next());
+        else if (a == "--heads")
+            cfg.n_heads = std::stoi(next());
+        else if (a == "--d-ff")
+            cfg.d_ff = std::stoi(next());
+        else if (a == "--prompt")
+            prompt_len = std::stoi(next());
+        else if (a == "--new")
+            n_new = std::stoi(next());
+        else if (a == "--threads")
+            threads = std::stoi(next());
+        else if (a == "--reps")
+            reps = std::stoi(next());
+        else if (a == "--batches") {
+            batches.clear();
+            const std::string list = next();
+            for (std::size_t at = 0; at < list.size();) {
+                const std::size_t comma = std::min(list.find(',', at), list.size());
+                batches.push_back(std::stoi(list.substr(at, comma - at)));
+                at = comma + 1;
+            }
+        } else if (a == "--no-reference")
+            reference = false;
+        else {
+            std::fprintf(stderr, "unknown argument %s\n", a.c_str());
+            return 2;
+        }
+    }
+    if (!weights.empty()) {
+        io::safetensors_file f(weights);
+        cfg = io::load_weights_config<student::TransformerConfig>(f);
+    }
+    const int max_batch = *std::max_element(batches.begin(), batches.end());
+    // Chat template overhead: bos, user, end-of-turn, assistant around the prompt bytes.
+    const int body = prompt_len - 4;
+    if (body < 1 || prompt_len + n_new > cfg.context_length) {
+        std::fprintf(stderr,
+                     "--prompt %d + --new %d must fit the context of %d (and the prompt must exceed 4 tokens)\n",
+                     prompt_len, n_new, cfg.context_length);
+        return 2;
+    }
+    Teacher t(cfg, teacher::ModelConfig{.max_batch = max_batch}, device::Cpu(threads));
+    if (!weights.empty()) {
+        io::safetensors_file f(weights);
+        io::load_weights(f, t.network());
+    } else {
+        t.network().init(0);
+    }
+    // No stop tokens under greedy decoding: their logits become exactly 0, far below the best byte's.
+    float* wte = t.network().parameters()[0].value.data();
+    for (int v = data::ByteTokenizer::bos; v < std::min(cfg.vocab_size, data::ByteTokenizer::vocab_size()); ++v)
+        std::fill(wte + std::size_t(v) * cfg.d_model, wte + std::size_t(v + 1) * cfg.d_model, 0.0f);
+
+    Rng rng(1);
+    std::vector<teacher::Request> requests(static_cast<std::size_t>(max_batch));
+    for (int b = 0; b < max_batch; ++b) {
+        std::string text;
+        for (int i = 0; i < body; ++i) text += char('a' + rng.below(26));
+        std::string id = "b";  // not "b" + to_string(b): GCC 12 warns falsely on it (-Wrestrict)
+        id += std::to_string(b);
+        requests[std::size_t(b)] = {id, std::uint64_t(b), {{"user", text}}};
+    }
+    const teacher::Sampling greedy{.temperature = 0, .max_new_tokens = n_new};
+
+    // Validate before timing: full length, and the first tokens equal the full forward's argmax.
+    {
+        const auto r = generate_all(t, std::span<const teacher::Request>(requests.data(), 1), greedy);
+        if (!r[0].ok() || int(r[0].tokens.size()) != n_new) {
+            std::fprintf(stderr, "validation failed: %zu of %d tokens generated (%s)\n", r[0].tokens.size(), n_new,
+                         r[0].error.c_str());
+            return 1;
+        }
+        auto seq = t.chat_template().encode_prompt(requests[0].messages);
+        const std::size_t p = seq.size();
+        seq.insert(seq.end(), r[0].tokens.begin(), r[0].tokens.begin() + 16);
+        t.network().forward(seq.data(), 1, int(seq.size()));
+        const float* logits = t.network().logits().data();
+        for (int i = 0; i < 16; ++i) {
+            const float* row = logits + (p - 1 + std::size_t(i)) * std::size_t(cfg.vocab_size);
+            if (row[r[0].tokens[std::size_t(i)]] < *std::max_element(row, row + cfg.vocab_size) - 1e-3f) {
+                std::fprintf(stderr, "validation failed: token %d is not the full forward's argmax\n", i);
+                return 1;
+            }
+        }
+    }
+
+    const double peak = bench::measure_fp32_peak(threads);
+    const double C = cfg.d_model, F = cfg.d_ff, L = cfg.n_layers, V = cfg.vocab_size;
+    std::printf(
+        "workload: greedy KV-cache generation, teacher V=%d T=%d d=%d L=%d H=%d F=%d (%lld parameters), prompt %d + %d "
+        "new "
+        "tokens, %d threads\n",
+        cfg.vocab_size, cfg.context_length, cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.d_ff,
+        (long long)cfg.parameter_count(), prompt_len, n_new, threads);
+    for (int B : batches) {
+        const std::span<const teacher::Request> batch(requests.data(), std::size_t(B));
+        generate_all(t, batch, greedy);  // warm-up
+        double best = 1e30;
+        for (int rep = 0; rep < reps; ++rep) {
+            const double t0 = bench::now();
+            const auto out = generate_all(t, batch, greedy);
+            best = std::min(best, bench::now() - t0);
+            for (const auto& r : out)
+                if (int(r.tokens.size()) != n_new) {
+                    std::fprintf(stderr, "a sequence stopped early (%zu tokens)\n", r.tokens.size());
+                    return 1;
+                }
+        }
+        const double tok_s = double(B) * n_new / best;
+        // Matrix products per generated token (decode; attention over the cache at its mean length);
+        // the prefill is counted the same way per prompt token.
+        const double mean_ctx = prompt_len + n_new / 2.0;
+        const double per_token = 2.0 * L * (3 * C * C + C * C + 2 * C * F) + 2.0 * C * V + 4.0 * L * mean_ctx * C;
+        const double gflops = (double(B) * (n_new + prompt_len) * per_token) / best / 1e9;
+        std::printf(
+            "distill batch %2d: %8.0f tokens/s (%.1f ms per batch), %.1f GFLOP/s = %.1f%% of the FP32 peak (%.0f "
+            "GFLOP/s)\n",
+            B, tok_s, best * 1e3, gflops, 100.0 * gflops / peak, peak);
+        if (reference) {
+            char cmd[768];
+            std::snprintf(
+                cmd, sizeof cmd,
+                "/usr/bin/python3 %s/reference/bench_generate.py --vocab %d --context %d --d-model %d --layers %d "
+                "--heads %d --d-ff %d --batch %d --prompt %d --new %d --threads %d --reps %d",
+                DISTILL_BENCH_DIR, cfg.vocab_size, cfg.context_length, cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.d_ff,
+                B, prompt_len, n_new, threads, reps);
+            const double ref = bench::run_reference(cmd, "tokens_per_s");
+            if (ref > 0) std::printf("ratio distill / PyTorch at batch %d: %.2fx tokens/s\n", B, tok_s / ref);
+        }
+    }
+    return 0;
+}

@@ -1,0 +1,299 @@
+#pragma once
+/// @file chat.hpp
+/// Training and evaluation examples as users have them, and the chat template that turns them into
+/// student tokens.
+///
+/// **Input formats** (one JSON object per line, detected per line by its keys):
+/// - OpenAI chat: `{"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}`.
+///   A final assistant turn, if present, is the ground-truth reference and not part of the prompt.
+///   `content` may also be an array of `{"type": "text", "text": "..."}` parts, which are joined.
+/// - Completion: `{"prompt": "...", "completion": "..."}` (`completion` optional: the reference).
+/// - Classification (NLI): `{"input": "...", "label": "..." | 0 | true}` (`label` optional).
+/// An optional `"id"` (string or integer) names the example; otherwise its id is derived from its
+/// prompt, so it is stable when lines are reordered or added. Other keys are ignored.
+///
+/// **Chat template** (byte tokenizer): `<|bos|>` then, per turn, the role token (`<|system|>`,
+/// `<|user|>`, `<|assistant|>`), the content bytes and `<|end|>`; the prompt ends with
+/// `<|assistant|>`, and the answer is its bytes followed by `<|end|>`. Generation stops at `<|end|>`
+/// or `<|eos|>`. Configurable: the leading `<|bos|>` and a default system prompt.
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include <boost/hana/adapt_struct.hpp>
+#include <nlohmann/json.hpp>
+
+#include "distill/data/byte_tokenizer.hpp"
+#include "distill/data/jsonl.hpp"
+#include "distill/detail/hash.hpp"
+#include "distill/error.hpp"
+
+namespace distill::data {
+
+/// One conversation turn.
+struct Message {
+    std::string role{};     ///< "system", "user" or "assistant"
+    std::string content{};  ///< the turn's text (UTF-8)
+
+    friend bool operator==(const Message&, const Message&) = default;
+};
+
+/// Which of the three input formats a line was in.
+enum class input_format : std::uint8_t { chat, prompt_completion, input_label };
+
+/// The name of `f` as documented ("chat", "prompt_completion", "input_label").
+constexpr std::string_view format_name(input_format f) noexcept {
+    switch (f) {
+        case input_format::chat:
+            return "chat";
+        case input_format::prompt_completion:
+            return "prompt_completion";
+        case input_format::input_label:
+            return "input_label";
+    }
+    return "?";
+}
+
+/// One example: the prompt turns the teacher and student see and, when the data has it, the
+/// ground-truth reference.
+struct Example {
+    std::string id{};        ///< stable key: the line's "id", or derived from the prompt
+    std::uint64_t line = 0;  ///< 1-based line in the source file
+    input_format format = input_format::chat;
+    std::vector<Message> prompt{};           ///< ends with a user turn
+    std::optional<std::string> reference{};  ///< last assistant turn / completion / label
+};
+
+/// The turns as a JSON array `[{"role":..., "content":...}, ...]`.
+inline nlohmann::json messages_to_json(std::span<const Message> messages) {
+    nlohmann::json a = nlohmann::json::array();
+    for (const auto& m : messages) a.push_back({{"role", m.role}, {"content", m.content}});
+    return a;
+}
+
+/// The id derived from a prompt: the first 16 hex digits of the SHA-256 of its canonical JSON.
+inline std::string prompt_key(std::span<const Message> prompt) {
+    return detail::sha256_hex(messages_to_json(prompt).dump()).substr(0, 16);
+}
+
+namespace chat_detail {
+
+inline std::string json_type(const nlohmann::json& j) {
+    if (j.is_number_integer()) return "an integer";
+    if (j.is_number()) return "a number";
+    const std::string n = j.type_name();
+    return (n[0] == 'a' || n[0] == 'o' ? "an " : "a ") + n;
+}
+
+inline bool blank(std::string_view s) {
+    return s.find_first_not_of(" \t\r\n\f\v") == std::string_view::npos;
+}
+
+// A required non-empty string field `key` of `j`, named `where` in messages.
+inline std::string required_text(const nlohmann::json& j, const char* key, const std::string& where) {
+    auto it = j.find(key);
+    if (it == j.end()) throw bad_line("missing field \"" + where + "\"");
+    if (!it->is_string()) throw bad_line("wrong type: \"" + where + "\" must be a string, got " + json_type(*it));
+    std::string s = it->get<std::string>();
+    if (blank(s)) throw bad_line("empty content: \"" + where + "\" is empty");
+    return s;
+}
+
+inline std::string message_content(const nlohmann::json& c, const std::string& where) {
+    if (c.is_string()) {
+        std::string s = c.get<std::string>();
+        if (blank(s)) throw bad_line("empty content: \"" + where + "\" is empty");
+        return s;
+    }
+    if (!c.is_array())
+        throw bad_line("wrong type: \"" + where + "\" must be a string or an array of text parts, got " + json_type(c));
+    std::string s{};
+    for (std::size_t i = 0; i < c.size(); ++i) {
+        const std::string part = where + "[" + std::to_string(i) + "]";
+        if (!c[i].is_object()) throw bad_line("wrong type: \"" + part + "\" must be an object, got " + json_type(c[i]));
+        auto type = c[i].find("type");
+        if (type == c[i].end() || *type != "text")
+            throw bad_line("wrong type: \"" + part + ".type\" must be \"text\" (only text content is supported)");
+        s += required_text(c[i], "text", part + ".text");
+    }
+    if (blank(s)) throw bad_line("empty content: \"" + where + "\" is empty");
+    return s;
+}
+
+}  // namespace chat_detail
+
+/// Parses one line's JSON into an example (id not yet assigned unless the line has one).
+/// Throws `bad_line` naming the defect: missing field, wrong type, empty content, unknown role,
+/// a prompt without a user turn.
+inline Example parse_example(const nlohmann::json& j) {
+    using namespace chat_detail;
+    if (!j.is_object()) throw bad_line("wrong type: expected a JSON object, got " + json_type(j));
+    Example ex;
+    if (auto id = j.find("id"); id != j.end()) {
+        if (id->is_string() && !blank(id->get<std::string>()))
+            ex.id = id->get<std::string>();
+        else if (id->is_number_integer())
+            ex.id = id->dump();
+        else
+            throw bad_line("wrong type: \"id\" must be a non-empty string or an integer, got " + json_type(*id));
+    }
+    if (auto msgs = j.find("messages"); msgs != j.end()) {
+        ex.format = input_format::chat;
+        if (!msgs->is_array()) throw bad_line("wrong type: \"messages\" must be an array, got " + json_type(*msgs));
+        if (msgs->empty()) throw bad_line("empty content: \"messages\" is an empty array");
+        for (std::size_t i = 0; i < msgs->size(); ++i) {
+            const auto& m = (*msgs)[i];
+            const std::string where = "messages[" + std::to_string(i) + "]";
+            if (!m.is_object()) throw bad_line("wrong type: \"" + where + "\" must be an object, got " + json_type(m));
+            auto role = m.find("role");
+            if (role == m.end()) throw bad_line("missing field \"" + where + ".role\"");
+            if (!role->is_string())
+                throw bad_line("wrong type: \"" + where + ".role\" must be a string, got " + json_type(*role));
+            const std::string r = role->get<std::string>();
+            if (r != "system" && r != "user" && r != "assistant")
+                throw bad_line("unknown role \"" + r + "\" in \"" + where +
+                               ".role\" (expected system, user or assistant)");
+            auto content = m.find("content");
+            if (content == m.end()) throw bad_line("missing field \"" + where + ".content\"");
+            ex.prompt.push_back({r, message_content(*content, where + ".content")});
+        }
+        if (ex.prompt.back().role == "assistant") {
+            ex.reference = std::move(ex.prompt.back().content);
+            ex.prompt.pop_back();
+        }
+        if (ex.prompt.empty() || ex.prompt.back().role != "user")
+            throw bad_line(
+                "missing field: the conversation has no user turn for the teacher to answer "
+                "(the prompt must end with a user message)");
+    } else if (j.contains("prompt")) {
+        ex.format = input_format::prompt_completion;
+        ex.prompt.push_back({"user", required_text(j, "prompt", "prompt")});
+        if (j.contains("completion")) ex.reference = required_text(j, "completion", "completion");
+    } else if (j.contains("input")) {
+        ex.format = input_format::input_label;
+        ex.prompt.push_back({"user", required_text(j, "input", "input")});
+        if (auto label = j.find("label"); label != j.end()) {
+            if (label->is_string())
+                ex.reference = required_text(j, "label", "label");
+            else if (label->is_number_integer() || label->is_boolean())
+                ex.reference = label->dump();
+            else
+                throw bad_line("wrong type: \"label\" must be a string, an integer or a boolean, got " +
+                               json_type(*label));
+        }
+    } else {
+        throw bad_line(
+            "missing field: expected \"messages\" (chat), \"prompt\" (completion) or \"input\" (classification)");
+    }
+    return ex;
+}
+
+/// A data file read into examples, with the reader's counts.
+struct Dataset {
+    std::filesystem::path path;
+    std::vector<Example> examples{};
+    JsonlStats stats;
+};
+
+/// Reads the examples of a JSONL file in any of the three formats (see the file comment). Ids: a
+/// line's own "id" (a duplicate is a defect), else `prompt_key(prompt)`, with "-2", "-3", ...
+/// appended for repeated prompts so every example has a distinct, stable id.
+/// Throws format_error naming `file:line` and the defect (or skips, under on_bad_line = "skip").
+inline Dataset read_examples(const std::filesystem::path& path, const JsonlConfig& config = {}) {
+    Dataset ds;
+    ds.path = path;
+    std::map<std::string, std::uint64_t> seen;  // id -> line, for duplicate ids
+    std::map<std::string, int> repeats;         // derived key -> occurrences so far
+    ds.stats = read_jsonl(path, config, [&](std::uint64_t line, const nlohmann::json& j) {
+        Example ex = parse_example(j);
+        ex.line = line;
+        if (!ex.id.empty()) {
+            if (auto it = seen.find(ex.id); it != seen.end())
+                throw bad_line("duplicate id \"" + ex.id + "\" (first used on line " + std::to_string(it->second) +
+                               ")");
+        } else {
+            const std::string key = prompt_key(ex.prompt);
+            const int n = ++repeats[key];
+            ex.id = n == 1 ? key : key + "-" + std::to_string(n);
+        }
+        seen.emplace(ex.id, line);
+        ds.examples.push_back(std::move(ex));
+    });
+    return ds;
+}
+
+/// Settings of the chat template. Keys are the JSON keys of a job's `chat_template` object.
+struct ChatTemplateConfig {
+    bool add_bos = true;          ///< start every sequence with the tokenizer's bos token
+    std::string system_prompt{};  ///< a system turn prepended when an example has none ("" = none)
+
+    void validate(const std::string& = "chat_template") const {}
+};
+
+/// Turns conversations into token ids (see the file comment for the layout).
+/// @tparam Tokenizer has `encode(string_view)` and the ids `bos`, `eos`, `system`, `user`,
+///         `assistant` and `end_of_turn`, like `ByteTokenizer`.
+template <class Tokenizer = ByteTokenizer>
+class ChatTemplate {
+public:
+    using tokenizer_type = Tokenizer;
+
+    explicit ChatTemplate(ChatTemplateConfig config = {}, Tokenizer tokenizer = {})
+        : cfg_(std::move(config)), tok_(std::move(tokenizer)) {
+        cfg_.validate();
+    }
+
+    const ChatTemplateConfig& config() const noexcept { return cfg_; }
+    const Tokenizer& tokenizer() const noexcept { return tok_; }
+
+    /// The template's identity for fingerprints: its version, tokenizer and settings.
+    std::string id() const {
+        return "chat-v1;tokenizer=" + std::string(tok_.id()) + ";add_bos=" + (cfg_.add_bos ? "1" : "0") +
+               ";system_prompt=" + detail::sha256_hex(cfg_.system_prompt).substr(0, 16);
+    }
+
+    /// The prompt's ids, ending with the assistant role token, ready for generation.
+    std::vector<std::int32_t> encode_prompt(std::span<const Message> prompt) const {
+        std::vector<std::int32_t> ids{};
+        if (cfg_.add_bos) ids.push_back(Tokenizer::bos);
+        const bool has_system = !prompt.empty() && prompt.front().role == "system";
+        if (!has_system && !cfg_.system_prompt.empty()) append_turn(ids, "system", cfg_.system_prompt);
+        for (const auto& m : prompt) append_turn(ids, m.role, m.content);
+        ids.push_back(Tokenizer::assistant);
+        return ids;
+    }
+
+    /// An answer's ids as the student learns them: its bytes and the end-of-turn token.
+    std::vector<std::int32_t> encode_response(std::string_view response) const {
+        std::vector<std::int32_t> ids = tok_.encode(response);
+        ids.push_back(Tokenizer::end_of_turn);
+        return ids;
+    }
+
+    /// Whether generation stops at `token` (end of turn or end of sequence).
+    static constexpr bool is_stop_token(std::int32_t token) noexcept {
+        return token == Tokenizer::end_of_turn || token == Tokenizer::eos;
+    }
+
+private:
+    void append_turn(std::vector<std::int32_t>& ids, std::string_view role, std::string_view content) const {
+        ids.push_back(role == "system" ? Tokenizer::system : role == "user" ? Tokenizer::user : Tokenizer::assistant);
+        const auto body = tok_.encode(content);
+        ids.insert(ids.end(), body.begin(), body.end());
+        ids.push_back(Tokenizer::end_of_turn);
+    }
+
+    ChatTemplateConfig cfg_;
+    Tokenizer tok_;
+};
+
+}  // namespace distill::data
+
+BOOST_HANA_ADAPT_STRUCT(distill::data::ChatTemplateConfig, add_bos, system_prompt);

@@ -1,0 +1,435 @@
+#pragma once
+/// @file generate.hpp
+/// The generate stage: the teacher answers every example, and its answers become the student's
+/// training data.
+///
+/// **Output** (in `output_dir`):
+/// - `synthetic.jsonl` — one record per accepted answer (format in `teacher/synthetic.hpp`), in the
+///   order of the input data, each appended and fsynced before the next;
+/// - `synthetic.topk` — the answers' top-k log-probabilities (`io/topk_cache.hpp`), when the teacher
+///   provides them and `generation.top_logprobs > 0`; record i there belongs to line i of synthetic.jsonl;
+/// - `synthetic.rejected.jsonl` — answers dropped by validation (empty; truncated by max_new_tokens
+///   unless `keep_truncated`; exact duplicates of an earlier prompt and answer), with the reason;
+/// - `generate.json` — the report: counts of each outcome, failures, throughput (written atomically).
+///
+/// **Resume.** Every record carries the generation fingerprint (teacher + sampling settings). A
+/// rerun refuses output with another fingerprint (`fingerprint_error`, naming both), cuts off a
+/// record torn by a crash, skips every example already answered or rejected, and asks the teacher
+/// only for the rest, so a crash loses at most the answers in flight and never duplicates a record.
+/// Examples are handed to the teacher in fixed windows of the input order; when the teacher's answers
+/// may depend on their batch (`teacher_batch_invariant` is false), a partly answered window is
+/// re-run whole and only its missing answers are kept, so a resumed run writes exactly the bytes an
+/// uninterrupted run writes.
+///
+/// **Failures.** A request the teacher could not answer (after its own retries) is counted, listed
+/// in the report and left for the next run. When fewer than `min_success_ratio` of this run's
+/// requests were answered, the stage throws `generate_error` after writing the report.
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <boost/hana/adapt_struct.hpp>
+#include <nlohmann/json.hpp>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include "distill/data/chat.hpp"
+#include "distill/data/jsonl.hpp"
+#include "distill/detail/hash.hpp"
+#include "distill/error.hpp"
+#include "distill/io/atomic_file.hpp"
+#include "distill/io/topk_cache.hpp"
+#include "distill/signals.hpp"
+#include "distill/teacher.hpp"
+#include "distill/teacher/synthetic.hpp"
+
+namespace distill {
+
+/// Settings of the generate stage. Keys are the JSON keys of a job's `generate` object.
+struct GenerateConfig {
+    std::string output_dir = "out";    ///< where synthetic.jsonl and its companions go (created if absent)
+    bool keep_truncated = false;       ///< keep answers cut off by max_new_tokens (finish_reason "length")
+    bool deduplicate = true;           ///< drop an answer whose prompt and text equal an earlier record's
+    bool write_topk = true;            ///< write synthetic.topk when the teacher gives top-k log-probabilities
+    double min_success_ratio = 0.7;    ///< fail the stage when fewer of this run's requests were answered
+    bool progress = true;              ///< print a progress line to stderr
+    double progress_interval_s = 1.0;  ///< seconds between progress lines
+
+    /// Throws `config_error` naming the field.
+    void validate(const std::string& path = "generate") const {
+        if (output_dir.empty()) throw config_error(path + ".output_dir", "must not be empty");
+        if (!(min_success_ratio >= 0.0 && min_success_ratio <= 1.0))
+            throw config_error(path + ".min_success_ratio",
+                               "must be in [0, 1], got " + std::to_string(min_success_ratio));
+        if (!(progress_interval_s > 0.0)) throw config_error(path + ".progress_interval_s", "must be > 0");
+    }
+};
+
+/// A request the teacher could not answer.
+struct GenerateFailure {
+    std::string id{};
+    std::uint64_t line = 0;
+    std::string error{};
+};
+
+/// What the generate stage did (also written to `generate.json`).
+struct GenerateReport {
+    std::string fingerprint{};       ///< generation fingerprint stamped on every record
+    std::string teacher{};           ///< the teacher's name
+    std::uint64_t examples = 0;      ///< examples in the input
+    std::uint64_t already_done = 0;  ///< answered or rejected by an earlier run (skipped)
+    std::uint64_t requested = 0;     ///< answers requested in this run (re-run window members excluded)
+    std::uint64_t accepted = 0;      ///< records appended to synthetic.jsonl in this run
+    std::uint64_t rejected_empty = 0;
+    std::uint64_t rejected_truncated = 0;
+    std::uint64_t rejected_duplicate = 0;
+    std::uint64_t failed = 0;  ///< not answered; retried by the next run
+    std::uint64_t completion_tokens = 0;
+    std::uint64_t skipped_input_lines = 0;  ///< bad input lines skipped under on_bad_line = "skip"
+    std::uint64_t repaired_bytes = 0;       ///< bytes of torn records cut off before resuming
+    double seconds = 0;
+    std::vector<GenerateFailure> failures{};
+
+    /// Every example has a record or a rejection.
+    bool complete() const noexcept { return failed == 0; }
+    /// Share of this run's requests that were answered (1 when none were needed).
+    double success_ratio() const noexcept { return requested ? double(requested - failed) / double(requested) : 1.0; }
+};
+
+/// The stage failed: too few answers. The report has been written; `report()` holds it.
+class generate_error : public error {
+public:
+    generate_error(const std::string& what, GenerateReport report) : error(what), report_(std::move(report)) {}
+    const GenerateReport& report() const noexcept { return report_; }
+
+private:
+    GenerateReport report_;
+};
+
+namespace generate_detail {
+
+// Cuts a JSONL file back to its last complete line: a line without its newline is a record whose
+// append a crash interrupted. Returns the bytes removed.
+inline std::uint64_t cut_torn_line(const std::filesystem::path& path) {
+    if (!std::filesystem::exists(path)) return 0;
+    const auto size = std::filesystem::file_size(path);
+    if (size == 0) return 0;
+    std::uint64_t keep = 0;
+    {
+        detail::mapped_file map(path);
+        const auto bytes = map.bytes();
+        if (bytes.back() == std::byte('\n')) return 0;
+        for (std::size_t i = bytes.size(); i > 0; --i)
+            if (bytes[i - 1] == std::byte('\n')) {
+                keep = i;
+                break;
+            }
+    }
+    std::filesystem::resize_file(path, keep);
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        ::fsync(fd);
+        ::close(fd);
+    }
+    return size - keep;
+}
+
+inline std::string answer_key(const std::vector<data::Message>& prompt, const std::string& text) {
+    return detail::sha256_hex(data::messages_to_json(prompt).dump() + '\x1f' + text).substr(0, 32);
+}
+
+inline nlohmann::ordered_json report_json(const GenerateReport& r) {
+    nlohmann::ordered_json j;
+    j["fingerprint"] = r.fingerprint;
+    j["teacher"] = r.teacher;
+    j["complete"] = r.complete();
+    j["examples"] = r.examples;
+    j["already_done"] = r.already_done;
+    j["requested"] = r.requested;
+    j["accepted"] = r.accepted;
+    j["rejected"] = {
+        {"empty", r.rejected_empty}, {"truncated", r.rejected_truncated}, {"duplicate", r.rejected_duplicate}};
+    j["failed"] = r.failed;
+    j["success_ratio"] = r.success_ratio();
+    j["completion_tokens"] = r.completion_tokens;
+    j["skipped_input_lines"] = r.skipped_input_lines;
+    j["repaired_bytes"] = r.repaired_bytes;
+    j["seconds"] = r.seconds;
+    nlohmann::ordered_json f = nlohmann::ordered_json::array();
+    for (const auto& x : r.failures) f.push_back({{"id", x.id}, {"line", x.line}, {"error", x.error}});
+    j["failures"] = std::move(f);
+    return j;
+}
+
+inline std::string duration(double s) {
+    if (!(s >= 0) || s > 1e7) return "?";
+    const long t = long(s + 0.5);
+    char buf[32];
+    if (t >= 3600)
+        std::snprintf(buf, sizeof buf, "%ldh%02ldm", t / 3600, (t / 60) % 60);
+    else if (t >= 60)
+        std::snprintf(buf, sizeof buf, "%ldm%02lds", t / 60, t % 60);
+    else
+        std::snprintf(buf, sizeof buf, "%lds", t);
+    return buf;
+}
+
+}  // namespace generate_detail
+
+/// Runs the generate stage (see the file comment): `teacher` answers every example of `data` under
+/// `sampling`; the results go to `config.output_dir`. Returns the report. Throws fingerprint_error
+/// for output of another teacher, generate_error when the success ratio falls below the minimum,
+/// io_error/format_error for unreadable or unwritable files, config_error for bad settings.
+template <teacher_source Teacher>
+GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teacher::Sampling& sampling,
+                        const GenerateConfig& config = {}) {
+    using clock = std::chrono::steady_clock;
+    namespace fs = std::filesystem;
+    config.validate();
+    sampling.validate();
+    const auto t0 = clock::now();
+    fs::create_directories(config.output_dir);
+    const fs::path dir = config.output_dir;
+    const fs::path synthetic = dir / "synthetic.jsonl", topk_path = dir / "synthetic.topk",
+                   rejected_path = dir / "synthetic.rejected.jsonl", report_path = dir / "generate.json";
+
+    GenerateReport report;
+    report.fingerprint = generation_fingerprint(teacher, sampling);
+    report.teacher = teacher.name();
+    report.examples = data.examples.size();
+    report.skipped_input_lines = data.stats.skipped.size();
+    const bool with_topk =
+        config.write_topk && teacher_provides<Teacher, signal::topk_logprobs_t> && sampling.top_logprobs > 0;
+
+    // ---- what earlier runs left --------------------------------------------------------------------
+    std::set<std::string> done;     // ids with a record or a rejection
+    std::set<std::string> answers;  // answer keys, for deduplication
+    std::set<std::string> with_record;
+    report.repaired_bytes += generate_detail::cut_torn_line(synthetic);
+    report.repaired_bytes += generate_detail::cut_torn_line(rejected_path);
+    if (fs::exists(synthetic)) {
+        data::read_jsonl(synthetic, {}, [&](std::uint64_t, const nlohmann::json& j) {
+            auto r = teacher::parse_synthetic(j);
+            if (r.fingerprint != report.fingerprint)
+                throw teacher::fingerprint_error(synthetic.string(), r.fingerprint, report.fingerprint);
+            answers.insert(generate_detail::answer_key(r.prompt, r.response.text));
+            with_record.insert(r.id);
+            done.insert(r.id);
+        });
+    }
+    if (fs::exists(rejected_path)) {
+        data::read_jsonl(rejected_path, {}, [&](std::uint64_t, const nlohmann::json& j) {
+            const std::string fp = j.value("fingerprint", "");
+            if (fp != report.fingerprint)
+                throw teacher::fingerprint_error(rejected_path.string(), fp, report.fingerprint);
+            if (!j.contains("id") || !j["id"].is_string()) throw data::bad_line("missing field \"id\"");
+            done.insert(j["id"].get<std::string>());
+        });
+    }
+    if (with_topk) {
+        if (fs::exists(topk_path)) {
+            const std::uint64_t size = fs::file_size(topk_path), keep = io::topk_complete_prefix(topk_path);
+            if (keep == 0) throw format_error(topk_path, 0, "top-k cache: not a distill top-k cache file (bad header)");
+            if (keep < size) {
+                fs::resize_file(topk_path, keep);
+                report.repaired_bytes += size - keep;
+            }
+            // A crash between the two appends of one answer leaves a top-k record without its line:
+            // drop such trailing records, so record i is line i again.
+            std::uint64_t cut = 0;
+            {
+                io::topk_file f(topk_path);
+                if (f.header().fingerprint != report.fingerprint)
+                    throw teacher::fingerprint_error(topk_path.string(), f.header().fingerprint, report.fingerprint);
+                std::size_t n = f.size();
+                while (n > 0 && !with_record.count(std::string(f[n - 1].id))) --n;
+                if (n < f.size()) cut = f[n].offset;
+                for (std::size_t i = 0; i < n; ++i)
+                    if (!with_record.count(std::string(f[i].id)))
+                        throw format_error(
+                            topk_path, 0,
+                            "top-k record '" + std::string(f[i].id) + "' has no line in " + synthetic.string());
+                if (n != with_record.size())
+                    throw format_error(topk_path, 0,
+                                       "holds " + std::to_string(n) + " records for the " +
+                                           std::to_string(with_record.size()) + " lines of " + synthetic.string() +
+                                           "; delete both to generate anew");
+            }
+            if (cut) {
+                report.repaired_bytes += fs::file_size(topk_path) - cut;
+                fs::resize_file(topk_path, cut);
+            }
+        } else {
+            if (!with_record.empty())
+                throw format_error(topk_path, 0,
+                                   "missing, but " + synthetic.string() + " has " + std::to_string(with_record.size()) +
+                                       " records; delete it to generate anew");
+            if constexpr (teacher_provides<Teacher, signal::topk_logprobs_t>) {
+                using tokenizer = typename Teacher::tokenizer_type;
+                std::uint32_t vocab = std::uint32_t(tokenizer::vocab_size());
+                if constexpr (requires {
+                                  { teacher.vocab_size() } -> std::convertible_to<int>;
+                              })
+                    vocab = std::uint32_t(teacher.vocab_size());
+                io::write_file_atomic(topk_path, io::encode_topk_header({.version = 1,
+                                                                         .k = std::uint32_t(sampling.top_logprobs),
+                                                                         .vocab_size = vocab,
+                                                                         .fingerprint = report.fingerprint,
+                                                                         .tokenizer = std::string(tokenizer::id())}));
+            }
+        }
+    }
+    for (const auto& ex : data.examples) report.already_done += done.count(ex.id);
+
+    // ---- progress ----------------------------------------------------------------------------------
+    const bool tty = ::isatty(2);
+    auto last_print = clock::now();
+    std::uint64_t answered_now = 0;
+    auto progress = [&](bool final) {
+        if (!config.progress) return;
+        const auto now = clock::now();
+        if (!final && std::chrono::duration<double>(now - last_print).count() < config.progress_interval_s) return;
+        last_print = now;
+        const double s = std::max(1e-9, std::chrono::duration<double>(now - t0).count());
+        const std::uint64_t total = report.examples, finished = report.already_done + answered_now;
+        const double rate = double(answered_now) / s;
+        const double eta = rate > 0 ? double(total - std::min(total, finished)) / rate : -1;
+        std::fprintf(stderr, "%sgenerate: %llu/%llu (%.0f%%)  %.2f req/s  %.0f tok/s  failures %llu  ETA %s%s",
+                     tty ? "\r" : "", (unsigned long long)finished, (unsigned long long)total,
+                     total ? 100.0 * double(finished) / double(total) : 100.0, rate,
+                     double(report.completion_tokens) / s, (unsigned long long)report.failed,
+                     final ? "0s" : generate_detail::duration(eta).c_str(), tty && !final ? "" : "\n");
+        std::fflush(stderr);
+    };
+
+    // ---- one answer, in input order ----------------------------------------------------------------
+    auto reject = [&](const data::Example& ex, const teacher::Response& r, const char* reason) {
+        nlohmann::ordered_json j;
+        j["id"] = ex.id;
+        j["source_line"] = ex.line;
+        j["reason"] = reason;
+        j["finish_reason"] = std::string(teacher::finish_reason_name(r.finish));
+        j["text"] = r.text;
+        j["fingerprint"] = report.fingerprint;
+        io::append_durably(rejected_path,
+                           j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n");
+    };
+    auto consume = [&](const data::Example& ex, teacher::Response&& r) {
+        ++answered_now;
+        if (!r.ok()) {
+            ++report.failed;
+            report.failures.push_back({ex.id, ex.line, r.error});
+            return;
+        }
+        report.completion_tokens += std::uint64_t(std::max<std::int64_t>(0, r.usage.completion_tokens));
+        const bool blank = r.text.find_first_not_of(" \t\r\n") == std::string::npos;
+        if (blank) {
+            ++report.rejected_empty;
+            return reject(ex, r, "empty");
+        }
+        if (r.finish == teacher::finish_reason::length && !config.keep_truncated) {
+            ++report.rejected_truncated;
+            return reject(ex, r, "truncated");
+        }
+        const std::string key = generate_detail::answer_key(ex.prompt, r.text);
+        if (config.deduplicate && !answers.insert(key).second) {
+            ++report.rejected_duplicate;
+            return reject(ex, r, "duplicate");
+        }
+        teacher::SyntheticRecord rec;
+        rec.id = ex.id;
+        rec.source_line = ex.line;
+        rec.format = ex.format;
+        rec.prompt = ex.prompt;
+        rec.reference = ex.reference;
+        rec.fingerprint = report.fingerprint;
+        if (with_topk) {
+            if (r.k != sampling.top_logprobs || r.tokens.empty() ||
+                r.top_ids.size() != r.tokens.size() * std::size_t(r.k)) {
+                ++report.failed;
+                report.failures.push_back(
+                    {ex.id, ex.line, "the teacher returned no top-k log-probabilities for the answer"});
+                return;
+            }
+            io::append_durably(topk_path,
+                               io::encode_topk_record(ex.id, std::uint32_t(r.k), r.tokens, r.top_ids, r.top_logprobs));
+            rec.topk = r.k;
+        }
+        rec.response = std::move(r);
+        io::append_durably(synthetic, teacher::to_line(rec));
+        ++report.accepted;
+    };
+
+    // ---- the windows -------------------------------------------------------------------------------
+    const std::size_t window = std::size_t(teacher_batch_size(teacher));
+    const auto& examples = data.examples;
+    for (std::size_t first = 0; first < examples.size(); first += window) {
+        const std::size_t n = std::min(window, examples.size() - first);
+        std::vector<std::size_t> members;  // indices into examples handed to the teacher
+        std::size_t pending = 0;
+        for (std::size_t i = first; i < first + n; ++i) pending += !done.count(examples[i].id);
+        if (pending == 0) continue;
+        for (std::size_t i = first; i < first + n; ++i)
+            if (!teacher_batch_invariant<Teacher> || !done.count(examples[i].id)) members.push_back(i);
+        std::vector<teacher::Request> requests;
+        for (std::size_t i : members) requests.push_back({examples[i].id, i, examples[i].prompt});
+        report.requested += pending;
+
+        // Answers arrive in any order; they are written in input order as soon as the prefix is complete.
+        std::vector<std::optional<teacher::Response>> got(members.size());
+        std::size_t next = 0;
+        auto flush = [&] {
+            while (next < members.size() && got[next]) {
+                const auto& ex = examples[members[next]];
+                if (!done.count(ex.id)) consume(ex, std::move(*got[next]));
+                got[next].reset();
+                ++next;
+            }
+        };
+        teacher.generate(std::span<const teacher::Request>(requests), sampling,
+                         [&](std::size_t i, teacher::Response&& r) {
+                             if (i >= got.size() || got[i] || i < next)
+                                 throw error("teacher " + teacher.name() + " answered request " + std::to_string(i) +
+                                             " twice or out of range");
+                             got[i] = std::move(r);
+                             flush();
+                             progress(false);
+                         });
+        for (std::size_t i = next; i < members.size(); ++i)
+            if (!got[i]) got[i] = teacher::Response::failure("the teacher returned no answer");
+        flush();
+        for (std::size_t i : members) done.insert(examples[i].id);
+    }
+
+    report.seconds = std::chrono::duration<double>(clock::now() - t0).count();
+    progress(true);
+    io::write_file_atomic(report_path, generate_detail::report_json(report).dump(2) + "\n");
+    if (report.success_ratio() < config.min_success_ratio) {
+        std::string what = "generate: only " + std::to_string(report.requested - report.failed) + " of " +
+                           std::to_string(report.requested) + " requests were answered (success ratio " +
+                           std::to_string(report.success_ratio()) + " < min_success_ratio " +
+                           std::to_string(config.min_success_ratio) + "); report: " + report_path.string();
+        for (std::size_t i = 0; i < report.failures.size() && i < 5; ++i)
+            what += "\n  " + report.failures[i].id + " (line " + std::to_string(report.failures[i].line) +
+                    "): " + report.failures[i].error;
+        if (report.failures.size() > 5) what += "\n  ... and " + std::to_string(report.failures.size() - 5) + " more";
+        throw generate_error(what, report);
+    }
+    return report;
+}
+
+}  // namespace distill
+
+BOOST_HANA_ADAPT_STRUCT(distill::GenerateConfig, output_dir, keep_truncated, deduplicate, write_topk, min_success_ratio,
+                        progress, progress_interval_s);

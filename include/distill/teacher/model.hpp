@@ -1,0 +1,348 @@
+#pragma once
+/// @file model.hpp
+/// `teacher::Model<Arch>`: a teacher running in this process, loaded from a safetensors checkpoint
+/// whose metadata carries its config (`io::save_weights` writes such files).
+///
+/// It answers prompts by batched generation with a KV cache (greedy, temperature, top-k, top-p, with
+/// a seed; max new tokens; stop tokens and stop sequences) and reports per generated token the
+/// top-k log-probabilities of its full distribution. For online distillation it runs teacher-forced
+/// forwards whose logits, hidden states, attention maps and q|k|v projections the loss terms read.
+/// It provides every signal.
+
+#include <algorithm>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <span>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include <boost/hana/adapt_struct.hpp>
+#include <boost/hana/set.hpp>
+#include <nlohmann/json.hpp>
+
+#include "distill/data/byte_tokenizer.hpp"
+#include "distill/data/chat.hpp"
+#include "distill/detail/hash.hpp"
+#include "distill/detail/rng.hpp"
+#include "distill/device/cpu.hpp"
+#include "distill/error.hpp"
+#include "distill/io/reflect.hpp"
+#include "distill/io/weights.hpp"
+#include "distill/signals.hpp"
+#include "distill/teacher.hpp"
+#include "distill/teacher/sampler.hpp"
+
+namespace distill::teacher {
+
+/// Where an in-process teacher comes from and how it batches. Keys are the JSON keys of a job's
+/// `teacher` object of kind "model".
+struct ModelConfig {
+    std::string weights{};  ///< safetensors checkpoint, its config in the metadata
+    std::string config{};   ///< optional JSON file with the architecture config ("" = the metadata's)
+    int max_batch = 16;     ///< sequences generated (or forwarded) at once
+    data::ChatTemplateConfig chat_template{};  ///< how prompts become tokens
+
+    /// Throws `config_error` naming the field.
+    void validate(const std::string& path = "teacher") const {
+        if (weights.empty()) throw config_error(path + ".weights", "is required (a .safetensors file)");
+        if (max_batch < 1) throw config_error(path + ".max_batch", "must be >= 1, got " + std::to_string(max_batch));
+    }
+};
+
+/// An in-process teacher over a network architecture.
+/// @tparam Arch a class template `Arch<T, Device>` with the `student::Transformer` interface (forward,
+///         views, `make_cache`/`prefill`/`decode`/`next_logits`, `parameters()`, `config()`).
+/// @tparam T scalar type of the network (`float`).
+/// @tparam Device where it runs; generation needs a host-memory device.
+/// @tparam Tokenizer the tokenizer its ids belong to (`data::ByteTokenizer`).
+template <template <class, class> class Arch, class T = float, class Device = device::Cpu,
+          class Tokenizer = data::ByteTokenizer>
+class Model {
+public:
+    using network_type = Arch<T, Device>;
+    using arch_config = typename network_type::config_type;
+    using scalar_type = T;
+    using device_type = Device;
+    using tokenizer_type = Tokenizer;
+
+    static constexpr auto provides = boost::hana::make_set(signal::tokens, signal::topk_logprobs, signal::logits,
+                                                           signal::hidden_states, signal::attentions, signal::qkv);
+    /// Batched float arithmetic may round differently for other batch compositions.
+    static constexpr bool batch_invariant = false;
+
+    /// Loads the checkpoint `config.weights` (and `config.config` when given). Throws io_error /
+    /// format_error naming the file, config_error naming the field.
+    explicit Model(const ModelConfig& config, Device device = Device{})
+        : cfg_(validated(config)),
+          template_(cfg_.chat_template),
+          net_(load_arch_config(cfg_), cfg_.max_batch, device),
+          cache_(net_.make_cache(cfg_.max_batch)) {
+        io::safetensors_file file(cfg_.weights);
+        io::load_weights(file, net_);
+        source_ = std::filesystem::path(cfg_.weights).filename().string();
+        check_vocabulary();
+    }
+
+    /// A teacher over a network built in memory (tests, a freshly trained model): parameters start
+    /// at zero; set them through `network()`. The fingerprint follows the current parameters.
+    Model(const arch_config& arch, const ModelConfig& config, Device device = Device{})
+        : cfg_(config),
+          template_(cfg_.chat_template),
+          net_(arch, cfg_.max_batch, device),
+          cache_(net_.make_cache(cfg_.max_batch)) {
+        if (cfg_.max_batch < 1)
+            throw config_error("teacher.max_batch", "must be >= 1, got " + std::to_string(cfg_.max_batch));
+        source_ = "in-memory";
+        check_vocabulary();
+    }
+
+    /// The network, for online distillation and for setting weights.
+    network_type& network() noexcept { return net_; }
+    const network_type& network() const noexcept { return net_; }
+    const ModelConfig& config() const noexcept { return cfg_; }
+    const data::ChatTemplate<Tokenizer>& chat_template() const noexcept { return template_; }
+
+    /// Hash of the architecture config and every parameter's name and bytes, the tokenizer and the
+    /// chat template: two teachers with equal fingerprints answer identically.
+    std::string fingerprint() const {
+        detail::Sha256 h;
+        h.update("distill.teacher.model.v1\n");
+        h.update(io::to_json(net_.config()).dump());
+        for (const auto& p : net_.parameters()) {
+            h.update(p.name);
+            h.update(p.value.data(), sizeof(T) * std::size_t(p.value.numel()));
+        }
+        return "model:sha256=" + h.hex().substr(0, 32) + ";" + template_.id();
+    }
+
+    /// "model:<file> (<n> parameters)".
+    std::string name() const {
+        return "model:" + source_ + " (" + std::to_string(net_.config().parameter_count()) + " parameters)";
+    }
+
+    /// Ids the network can produce (its vocabulary, at least the tokenizer's).
+    int vocab_size() const noexcept { return net_.config().vocab_size; }
+
+    /// Requests handed over at once by the generate stage: one batch.
+    int batch_size() const noexcept { return cfg_.max_batch; }
+
+    /// Answers `requests` in batches of up to max_batch (see the file comment). A prompt that does not
+    /// leave room for one answer token in the context is answered with finish_reason::error.
+    void generate(std::span<const Request> requests, const Sampling& sampling, const response_sink& sink) {
+        static_assert(Device::memory == memory_space::host,
+                      "teacher::Model generation samples on the host: use a host-memory device");
+        sampling.validate();
+        if (sampling.top_logprobs > net_.config().vocab_size)
+            throw config_error("generation.top_logprobs",
+                               "exceeds the vocabulary of " + std::to_string(net_.config().vocab_size));
+        for (std::size_t first = 0; first < requests.size(); first += std::size_t(cfg_.max_batch)) {
+            const std::size_t n = std::min<std::size_t>(std::size_t(cfg_.max_batch), requests.size() - first);
+            generate_batch(requests.subspan(first, n), first, sampling, sink);
+        }
+    }
+
+    // ---- teacher-forced forward (online distillation) ----------------------------------------------
+
+    /// Runs the network on tokens(B,T) (B <= max_batch); the views below then hold its outputs.
+    void forward(const std::int32_t* tokens, int B, int Tn) { net_.forward(tokens, B, Tn); }
+    /// (B,T,V) logits of the last forward.
+    Tensor<T> logits() const { return net_.logits(); }
+    /// n_layers + 1 (embedding output, each block, final LayerNorm).
+    int hidden_state_count() const noexcept { return net_.hidden_state_count(); }
+    /// (B,T,C) hidden state i of the last forward.
+    Tensor<T> hidden_state(int i) const { return net_.hidden_state(i); }
+    /// (B,H,T,T) attention probabilities of layer l of the last forward.
+    Tensor<T> attention(int l) const { return net_.attention(l); }
+    /// (B,T,3C) q|k|v projections of layer l of the last forward.
+    Tensor<T> qkv(int l) const { return net_.qkv(l); }
+
+private:
+    // Everything one sequence of a batch accumulates while it is generated.
+    struct Sequence {
+        std::size_t request = 0;           // index into the span given to generate()
+        std::vector<std::int32_t> prompt;  // prompt ids
+        Rng rng;
+        Response out;
+        std::vector<std::size_t> text_end;  // out.text.size() after each token, for stop-sequence trimming
+        bool done = false;
+    };
+
+    static const ModelConfig& validated(const ModelConfig& c) {
+        c.validate();
+        return c;
+    }
+
+    static arch_config load_arch_config(const ModelConfig& c) {
+        if (c.config.empty()) {
+            io::safetensors_file file(c.weights);
+            return io::load_weights_config<arch_config>(file);
+        }
+        std::ifstream in(c.config);
+        if (!in) throw io_error(c.config, "cannot open for reading");
+        nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
+        if (j.is_discarded()) throw format_error(c.config, 0, "not valid JSON");
+        arch_config a{};
+        try {
+            io::from_json(j, a, "");
+            a.validate("config");
+        } catch (const config_error& e) {
+            throw format_error(c.config, 0, e.what());
+        }
+        return a;
+    }
+
+    void check_vocabulary() const {
+        if (net_.config().vocab_size < Tokenizer::vocab_size())
+            throw config_error("teacher.weights", "the network's vocabulary of " +
+                                                      std::to_string(net_.config().vocab_size) +
+                                                      " ids is smaller than tokenizer " + std::string(Tokenizer::id()) +
+                                                      "'s " + std::to_string(Tokenizer::vocab_size()));
+    }
+
+    void generate_batch(std::span<const Request> requests, std::size_t offset, const Sampling& s,
+                        const response_sink& sink) {
+        const int V = net_.config().vocab_size, Tmax = net_.config().context_length, k = s.top_logprobs;
+        std::vector<Sequence> seqs;
+        for (std::size_t i = 0; i < requests.size(); ++i) {
+            auto ids = template_.encode_prompt(requests[i].messages);
+            if (int(ids.size()) >= Tmax) {
+                sink(offset + i, Response::failure("prompt of " + std::to_string(ids.size()) +
+                                                   " tokens leaves no room for an answer in the context of " +
+                                                   std::to_string(Tmax) + " tokens"));
+                continue;
+            }
+            Sequence q;
+            q.request = offset + i;
+            q.prompt = std::move(ids);
+            q.rng = Rng(request_seed(s, requests[i]));
+            q.out.k = k;
+            q.out.usage.prompt_tokens = std::int64_t(q.prompt.size());
+            seqs.push_back(std::move(q));
+        }
+        if (seqs.empty()) return;
+
+        // rows[r] is the sequence in cache row r; the batch shrinks only when it is re-prefilled.
+        std::vector<std::size_t> rows(seqs.size());
+        for (std::size_t r = 0; r < rows.size(); ++r) rows[r] = r;
+        prefill(seqs, rows, /*with_generated=*/false);
+
+        std::vector<std::int32_t> next(rows.size());
+        for (;;) {
+            const Tensor<T> logits = net_.next_logits();  // (B,V)
+            bool any_active = false;
+            for (std::size_t r = 0; r < rows.size(); ++r) {
+                Sequence& q = seqs[rows[r]];
+                if (q.done) continue;
+                step(q, logits.data() + std::int64_t(r) * V, V, Tmax, s);
+                any_active |= !q.done;
+            }
+            if (!any_active) break;
+            // A finished row keeps being fed padding; when one would run past the context, the
+            // still-active sequences are re-prefilled into a smaller batch instead.
+            bool overflow = false;
+            for (std::size_t r = 0; r < rows.size(); ++r)
+                overflow |= seqs[rows[r]].done && cache_.length(int(r)) >= Tmax;
+            if (overflow) {
+                std::vector<std::size_t> active;
+                for (std::size_t r : rows)
+                    if (!seqs[r].done) active.push_back(r);
+                rows = std::move(active);
+                prefill(seqs, rows, /*with_generated=*/true);
+                next.resize(rows.size());
+                continue;
+            }
+            for (std::size_t r = 0; r < rows.size(); ++r) {
+                const Sequence& q = seqs[rows[r]];
+                next[r] = q.done ? Tokenizer::pad : q.out.tokens.back();
+            }
+            net_.decode(cache_, next.data(), int(rows.size()));
+        }
+        for (auto& q : seqs) sink(q.request, std::move(q.out));
+    }
+
+    // Prefills cache rows with the sequences `rows` names: their prompts, plus what they generated so
+    // far when re-prefilling (then the last generated token is fed here instead of by decode).
+    void prefill(std::vector<Sequence>& seqs, const std::vector<std::size_t>& rows, bool with_generated) {
+        int Tn = 0;
+        std::vector<int> lengths;
+        for (std::size_t r : rows) {
+            const int n = int(seqs[r].prompt.size() + (with_generated ? seqs[r].out.tokens.size() : 0));
+            lengths.push_back(n);
+            Tn = std::max(Tn, n);
+        }
+        std::vector<std::int32_t> tokens(rows.size() * std::size_t(Tn), Tokenizer::pad);
+        for (std::size_t i = 0; i < rows.size(); ++i) {
+            const Sequence& q = seqs[rows[i]];
+            std::int32_t* row = tokens.data() + i * std::size_t(Tn);
+            std::copy(q.prompt.begin(), q.prompt.end(), row);
+            if (with_generated) std::copy(q.out.tokens.begin(), q.out.tokens.end(), row + q.prompt.size());
+        }
+        cache_.reset();
+        net_.prefill(cache_, tokens.data(), lengths.data(), int(rows.size()), Tn);
+    }
+
+    // Chooses sequence q's next token from its logits row and applies every stop rule.
+    void step(Sequence& q, const T* logits, int V, int Tmax, const Sampling& s) {
+        const double lse = log_sum_exp(logits, V);
+        const std::int32_t token = sampler_.sample(logits, V, s, q.rng);
+        Response& out = q.out;
+        out.tokens.push_back(token);
+        out.token_logprobs.push_back(static_cast<float>(double(logits[token]) - lse));
+        if (s.top_logprobs > 0) {
+            const std::size_t at = out.top_ids.size();
+            out.top_ids.resize(at + std::size_t(s.top_logprobs));
+            out.top_logprobs.resize(at + std::size_t(s.top_logprobs));
+            sampler_.top_logprobs(logits, V, s.top_logprobs, lse, out.top_ids.data() + at,
+                                  out.top_logprobs.data() + at);
+        }
+        const std::size_t before = out.text.size();
+        // Ids past the tokenizer's (a padded vocabulary) have no text, like special tokens.
+        if (token < Tokenizer::vocab_size() && !tokenizer_.is_special(token)) out.text += tokenizer_.token_name(token);
+        q.text_end.push_back(out.text.size());
+        out.usage.completion_tokens = std::int64_t(out.tokens.size());
+
+        if (data::ChatTemplate<Tokenizer>::is_stop_token(token)) return finish(q, finish_reason::stop);
+        for (const auto& stop : s.stop) {
+            const std::size_t from = before + 1 >= stop.size() ? before + 1 - stop.size() : 0;
+            const std::size_t at = out.text.find(stop, from);
+            if (at == std::string::npos) continue;
+            // Drop the tokens that only make up the stop sequence, and the text from it on.
+            std::size_t keep = out.tokens.size();
+            while (keep > 0 && (keep == 1 ? 0 : q.text_end[keep - 2]) >= at) --keep;
+            truncate(out, keep);
+            out.text.resize(at);
+            return finish(q, finish_reason::stop);
+        }
+        if (int(out.tokens.size()) >= s.max_new_tokens || int(q.prompt.size() + out.tokens.size()) >= Tmax)
+            return finish(q, finish_reason::length);
+    }
+
+    static void truncate(Response& out, std::size_t n) {
+        out.tokens.resize(n);
+        out.token_logprobs.resize(n);
+        out.top_ids.resize(n * std::size_t(out.k));
+        out.top_logprobs.resize(n * std::size_t(out.k));
+        out.usage.completion_tokens = std::int64_t(n);
+    }
+
+    static void finish(Sequence& q, finish_reason why) {
+        q.done = true;
+        q.out.finish = why;
+    }
+
+    ModelConfig cfg_;
+    data::ChatTemplate<Tokenizer> template_;
+    network_type net_;
+    decltype(std::declval<network_type&>().make_cache(1)) cache_;
+    Sampler sampler_;
+    Tokenizer tokenizer_;
+    std::string source_{};
+};
+
+}  // namespace distill::teacher
+
+BOOST_HANA_ADAPT_STRUCT(distill::teacher::ModelConfig, weights, config, max_batch, chat_template);

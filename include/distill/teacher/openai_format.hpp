@@ -1,0 +1,338 @@
+#pragma once
+/// @file openai_format.hpp
+/// The OpenAI chat-completions wire format, without any HTTP: building a request body, parsing a
+/// response (text, finish reason, usage, `logprobs.content[].top_logprobs`), mapping token strings
+/// onto a tokenizer's ids, and the retry rules (which statuses are transient, `Retry-After`,
+/// exponential backoff with jitter). `teacher::OpenAI` sends what this builds, `teacher::Cache`
+/// reads saved responses with it, and `examples/serve` answers in it, so all three agree.
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <cstdint>
+#include <ctime>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "distill/detail/rng.hpp"
+#include "distill/error.hpp"
+#include "distill/teacher.hpp"
+
+namespace distill::teacher::openai {
+
+/// A response body that is not a well-formed chat completion (also used for error bodies).
+class protocol_error : public error {
+public:
+    using error::error;
+};
+
+/// JSON text of `j`; invalid UTF-8 in strings (a byte-level model can produce it) becomes U+FFFD
+/// instead of an exception, because the wire format is JSON and JSON is UTF-8.
+inline std::string dump(const nlohmann::json& j) {
+    return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+/// The body of a `/v1/chat/completions` request for `messages` under `s`, with `seed` as the
+/// request's seed. Log-probabilities are asked for when `s.top_logprobs > 0`; `top_k` (an extension
+/// vLLM and llama.cpp accept) is sent only when set.
+inline nlohmann::json make_request(std::string_view model, std::span<const Message> messages, const Sampling& s,
+                                   std::uint64_t seed) {
+    nlohmann::json body = {{"model", model},
+                           {"messages", data::messages_to_json(messages)},
+                           {"temperature", s.temperature},
+                           {"top_p", s.top_p},
+                           {"max_tokens", s.max_new_tokens},
+                           // JSON integers above 2^53 lose precision in many clients; 53 bits of seed suffice.
+                           {"seed", seed & ((std::uint64_t(1) << 53) - 1)},
+                           {"n", 1}};
+    if (!s.stop.empty()) body["stop"] = s.stop;
+    if (s.top_k > 0) body["top_k"] = s.top_k;
+    if (s.top_logprobs > 0) {
+        body["logprobs"] = true;
+        body["top_logprobs"] = s.top_logprobs;
+    }
+    return body;
+}
+
+/// One candidate token of a logprobs entry as the API names it: its text, its bytes when given, its
+/// log-probability.
+struct TokenLogprob {
+    std::string token{};
+    std::optional<std::vector<std::uint8_t>> bytes{};
+    float logprob = 0;
+};
+
+/// One generated token with its top alternatives.
+struct LogprobEntry {
+    TokenLogprob chosen;
+    std::vector<TokenLogprob> top{};
+};
+
+/// A parsed chat completion: the answer plus its token-level log-probabilities as strings.
+struct Completion {
+    Response response{};                   ///< text, finish reason, usage (tokens/top-k not yet mapped)
+    std::vector<LogprobEntry> logprobs{};  ///< empty when the response had none
+    std::string custom_id{};               ///< batch-output lines: the request's custom_id
+};
+
+namespace detail_ {
+
+inline const nlohmann::json& field(const nlohmann::json& j, const char* key, const std::string& where) {
+    auto it = j.find(key);
+    if (it == j.end()) throw protocol_error("missing field \"" + where + key + "\"");
+    return *it;
+}
+
+inline TokenLogprob parse_token(const nlohmann::json& j, const std::string& where) {
+    if (!j.is_object()) throw protocol_error("\"" + where + "\" is not an object");
+    TokenLogprob t;
+    const auto& token = field(j, "token", where + ".");
+    if (!token.is_string()) throw protocol_error("\"" + where + ".token\" is not a string");
+    t.token = token.get<std::string>();
+    const auto& lp = field(j, "logprob", where + ".");
+    if (!lp.is_number()) throw protocol_error("\"" + where + ".logprob\" is not a number");
+    t.logprob = lp.get<float>();
+    if (auto b = j.find("bytes"); b != j.end() && !b->is_null()) {
+        if (!b->is_array()) throw protocol_error("\"" + where + ".bytes\" is not an array");
+        std::vector<std::uint8_t> bytes;
+        for (const auto& x : *b) {
+            if (!x.is_number_integer() || x.get<int>() < 0 || x.get<int>() > 255)
+                throw protocol_error("\"" + where + ".bytes\" holds a value that is not a byte");
+            bytes.push_back(std::uint8_t(x.get<int>()));
+        }
+        t.bytes = std::move(bytes);
+    }
+    return t;
+}
+
+}  // namespace detail_
+
+/// Parses a chat completion object (`choices[0].message.content`, `finish_reason`, `usage`,
+/// `choices[0].logprobs.content`), or a batch-output line wrapping one
+/// (`{"custom_id": ..., "response": {"status_code": 200, "body": {...}}}`). Throws protocol_error
+/// naming the missing or malformed field; an error object or a non-200 batch line is a protocol_error
+/// carrying the API's message.
+inline Completion parse_completion(const nlohmann::json& j) {
+    using detail_::field;
+    if (!j.is_object()) throw protocol_error("the response is not a JSON object");
+    Completion c;
+    const nlohmann::json* body = &j;
+    if (auto r = j.find("response"); r != j.end() && j.contains("custom_id")) {
+        if (j["custom_id"].is_string()) c.custom_id = j["custom_id"].get<std::string>();
+        if (!r->is_object()) throw protocol_error("\"response\" is not an object");
+        if (auto st = r->find("status_code"); st != r->end() && st->is_number_integer() && st->get<int>() != 200)
+            throw protocol_error("batch request '" + c.custom_id + "' failed with status " +
+                                 std::to_string(st->get<int>()));
+        body = &field(*r, "body", "response.");
+        if (!body->is_object()) throw protocol_error("\"response.body\" is not an object");
+    }
+    if (auto e = body->find("error"); e != body->end() && !e->is_null()) {
+        std::string msg = e->is_object() && e->contains("message") && (*e)["message"].is_string()
+                              ? (*e)["message"].get<std::string>()
+                              : dump(*e).substr(0, 200);
+        throw protocol_error("the API answered with an error: " + msg);
+    }
+    const auto& choices = field(*body, "choices", "");
+    if (!choices.is_array() || choices.empty()) throw protocol_error("\"choices\" is not a non-empty array");
+    const auto& choice = choices[0];
+    if (!choice.is_object()) throw protocol_error("\"choices[0]\" is not an object");
+    const auto& message = field(choice, "message", "choices[0].");
+    if (!message.is_object()) throw protocol_error("\"choices[0].message\" is not an object");
+    const auto& content = field(message, "content", "choices[0].message.");
+    if (content.is_string())
+        c.response.text = content.get<std::string>();
+    else if (!content.is_null())
+        throw protocol_error("\"choices[0].message.content\" is not a string");
+    if (auto f = choice.find("finish_reason"); f != choice.end() && f->is_string())
+        c.response.finish = parse_finish_reason(f->get<std::string>());
+    else
+        c.response.finish = finish_reason::stop;
+    if (c.response.finish == finish_reason::error)
+        c.response.finish = finish_reason::other;  // an API's "error" is not ours
+    if (auto u = body->find("usage"); u != body->end() && u->is_object()) {
+        if (auto p = u->find("prompt_tokens"); p != u->end() && p->is_number_integer())
+            c.response.usage.prompt_tokens = p->get<std::int64_t>();
+        if (auto p = u->find("completion_tokens"); p != u->end() && p->is_number_integer())
+            c.response.usage.completion_tokens = p->get<std::int64_t>();
+    }
+    if (auto lp = choice.find("logprobs"); lp != choice.end() && lp->is_object()) {
+        if (auto ct = lp->find("content"); ct != lp->end() && !ct->is_null()) {
+            if (!ct->is_array()) throw protocol_error("\"choices[0].logprobs.content\" is not an array");
+            for (std::size_t i = 0; i < ct->size(); ++i) {
+                const std::string where = "choices[0].logprobs.content[" + std::to_string(i) + "]";
+                LogprobEntry e;
+                e.chosen = detail_::parse_token((*ct)[i], where);
+                if (auto top = (*ct)[i].find("top_logprobs"); top != (*ct)[i].end() && !top->is_null()) {
+                    if (!top->is_array()) throw protocol_error("\"" + where + ".top_logprobs\" is not an array");
+                    for (std::size_t t = 0; t < top->size(); ++t)
+                        e.top.push_back(
+                            detail_::parse_token((*top)[t], where + ".top_logprobs[" + std::to_string(t) + "]"));
+                }
+                c.logprobs.push_back(std::move(e));
+            }
+        }
+    }
+    return c;
+}
+
+/// The id of an API token in `Tokenizer`, or nullopt when it is not exactly one id: its `bytes` when
+/// given (the exact byte sequence), else its text, where a special token appears under its name.
+template <class Tokenizer>
+std::optional<std::int32_t> token_id(const Tokenizer& tok, const TokenLogprob& t) {
+    if (t.bytes && !t.bytes->empty()) {
+        const std::string raw(t.bytes->begin(), t.bytes->end());
+        const auto ids = tok.encode(raw);
+        if (ids.size() == 1) return ids[0];
+        return std::nullopt;
+    }
+    for (std::int32_t id = 0; id < Tokenizer::vocab_size(); ++id)
+        if (tok.is_special(id) && tok.token_name(id) == t.token) return id;
+    const auto ids = tok.encode(t.token);
+    if (ids.size() == 1) return ids[0];
+    return std::nullopt;
+}
+
+/// Fills `r.tokens`, `r.token_logprobs` and the top-k arrays (width `k`) from `logprobs`, mapping
+/// every token onto `Tokenizer`. Throws protocol_error when a token is not one id or an entry has
+/// fewer than k alternatives. Alternatives are sorted most likely first (APIs do not promise it).
+template <class Tokenizer>
+void map_logprobs(Response& r, const std::vector<LogprobEntry>& logprobs, int k, const Tokenizer& tok) {
+    r.tokens.clear();
+    r.token_logprobs.clear();
+    r.top_ids.clear();
+    r.top_logprobs.clear();
+    r.k = k;
+    for (std::size_t i = 0; i < logprobs.size(); ++i) {
+        const auto& e = logprobs[i];
+        auto id = token_id(tok, e.chosen);
+        if (!id)
+            throw protocol_error("logprobs.content[" + std::to_string(i) + "]: token \"" + e.chosen.token +
+                                 "\" is not one id of tokenizer " + std::string(Tokenizer::id()));
+        r.tokens.push_back(*id);
+        r.token_logprobs.push_back(e.chosen.logprob);
+        if (k == 0) continue;
+        if (int(e.top.size()) < k)
+            throw protocol_error("logprobs.content[" + std::to_string(i) + "] has " + std::to_string(e.top.size()) +
+                                 " top_logprobs, " + std::to_string(k) + " were asked for");
+        std::vector<std::pair<float, std::int32_t>> top;
+        for (const auto& t : e.top) {
+            auto tid = token_id(tok, t);
+            if (!tid)
+                throw protocol_error("logprobs.content[" + std::to_string(i) + "].top_logprobs: token \"" + t.token +
+                                     "\" is not one id of tokenizer " + std::string(Tokenizer::id()));
+            top.emplace_back(t.logprob, *tid);
+        }
+        std::stable_sort(top.begin(), top.end(), [](const auto& a, const auto& b) {
+            return a.first > b.first || (a.first == b.first && a.second < b.second);
+        });
+        for (int j = 0; j < k; ++j) {
+            r.top_ids.push_back(top[std::size_t(j)].second);
+            r.top_logprobs.push_back(top[std::size_t(j)].first);
+        }
+    }
+}
+
+/// The API form of token `id`: its text (a special token's name; a byte >= 0x80, which is not
+/// UTF-8 on its own, as the text "\\xNN") and its exact `bytes` (null for a special token).
+template <class Tokenizer>
+nlohmann::json token_json(const Tokenizer& tok, std::int32_t id, float logprob) {
+    nlohmann::json t;
+    if (tok.is_special(id)) {
+        t["token"] = std::string(tok.token_name(id));
+        t["bytes"] = nullptr;
+    } else {
+        const auto name = tok.token_name(id);
+        std::string text;
+        for (unsigned char c : name) {
+            if (c < 0x80) {
+                text += char(c);
+            } else {
+                static constexpr char hex[] = "0123456789abcdef";
+                text += "\\x";
+                text += hex[c >> 4];
+                text += hex[c & 15];
+            }
+        }
+        t["token"] = text;
+        t["bytes"] = std::vector<int>(name.begin(), name.end());
+        for (auto& b : t["bytes"]) b = b.get<int>() & 0xff;
+    }
+    t["logprob"] = logprob;
+    return t;
+}
+
+/// A chat completion object for `r` (what `examples/serve` answers), with
+/// `choices[0].logprobs.content` when `with_logprobs` (r.tokens mapped back to token strings).
+template <class Tokenizer>
+nlohmann::json make_completion(std::string_view id, std::string_view model, std::int64_t created, const Response& r,
+                               const Tokenizer& tok, bool with_logprobs) {
+    nlohmann::json choice = {{"index", 0},
+                             {"message", {{"role", "assistant"}, {"content", r.text}}},
+                             {"finish_reason", std::string(finish_reason_name(r.finish))}};
+    if (with_logprobs) {
+        nlohmann::json content = nlohmann::json::array();
+        for (std::size_t i = 0; i < r.tokens.size(); ++i) {
+            nlohmann::json e = token_json(tok, r.tokens[i], i < r.token_logprobs.size() ? r.token_logprobs[i] : 0.0f);
+            nlohmann::json top = nlohmann::json::array();
+            for (int j = 0; j < r.k; ++j) {
+                const std::size_t at = i * std::size_t(r.k) + std::size_t(j);
+                top.push_back(token_json(tok, r.top_ids[at], r.top_logprobs[at]));
+            }
+            e["top_logprobs"] = std::move(top);
+            content.push_back(std::move(e));
+        }
+        choice["logprobs"] = {{"content", std::move(content)}};
+    } else {
+        choice["logprobs"] = nullptr;
+    }
+    return {{"id", id},
+            {"object", "chat.completion"},
+            {"created", created},
+            {"model", model},
+            {"choices", nlohmann::json::array({std::move(choice)})},
+            {"usage",
+             {{"prompt_tokens", r.usage.prompt_tokens},
+              {"completion_tokens", r.usage.completion_tokens},
+              {"total_tokens", r.usage.prompt_tokens + r.usage.completion_tokens}}}};
+}
+
+/// Whether an HTTP status is worth retrying: 408 (timeout), 413 (some gateways use it for a
+/// momentarily full queue), 429 (rate limit) and every 5xx.
+constexpr bool retryable_status(int status) noexcept {
+    return status == 408 || status == 413 || status == 429 || (status >= 500 && status <= 599);
+}
+
+/// Seconds to wait that a `Retry-After` header asks for: delay-seconds (decimals accepted) or an
+/// HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`) relative to `now`. nullopt when unparsable.
+inline std::optional<double> parse_retry_after(std::string_view value, std::time_t now) {
+    while (!value.empty() && value.front() == ' ') value.remove_prefix(1);
+    while (!value.empty() && value.back() == ' ') value.remove_suffix(1);
+    if (value.empty()) return std::nullopt;
+    if (std::isdigit(static_cast<unsigned char>(value.front()))) {
+        double s = 0;
+        auto [ptr, ec] = std::from_chars(value.data(), value.data() + value.size(), s);
+        if (ec != std::errc() || ptr != value.data() + value.size() || !(s >= 0) || !std::isfinite(s))
+            return std::nullopt;
+        return s;
+    }
+    std::tm tm{};
+    const std::string text(value);
+    const char* end = ::strptime(text.c_str(), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+    if (!end || *end != '\0') return std::nullopt;
+    const std::time_t at = ::timegm(&tm);
+    return std::max(0.0, std::difftime(at, now));
+}
+
+/// Exponential backoff with jitter: attempt a (0-based) waits uniformly in [d/2, d] with
+/// d = min(max, initial * 2^a), so clients that failed together do not retry together.
+inline double backoff_delay(int attempt, double initial, double max, Rng& rng) {
+    const double d = std::min(max, initial * std::ldexp(1.0, std::min(attempt, 60)));
+    return d * (0.5 + 0.5 * rng.uniform());
+}
+
+}  // namespace distill::teacher::openai

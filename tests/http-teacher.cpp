@@ -1,0 +1,303 @@
+// Process-level tests of the teacher pipeline: examples/serve on 127.0.0.1 with an ephemeral port
+// as a real HTTP peer, the generate stage (tests/generate_driver.cpp) through teacher::OpenAI with
+// at least 30% of requests faulted, kill -9 of the stage and a restart, and a stale fingerprint
+// refused. Each child's output goes to a log file that is checked for the API key afterwards.
+
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "distill/data/chat.hpp"
+#include "distill/generate.hpp"
+#include "distill/teacher/model.hpp"
+#include "distill/teacher/openai.hpp"
+#include "distill/teacher/synthetic.hpp"
+#include "teacher_fixtures.hpp"
+
+extern char** environ;
+
+using namespace distill;
+using distill::testing::read_text;
+using distill::testing::TempDir;
+using distill::testing::write_text;
+namespace fs = std::filesystem;
+
+namespace {
+
+// A child process with stdout and stderr in `log`.
+struct Child {
+    pid_t pid = -1;
+    fs::path log;
+
+    Child(const std::vector<std::string>& args, const std::vector<std::string>& env_extra, fs::path log_path)
+        : log(std::move(log_path)) {
+        std::vector<std::string> env;
+        for (char** e = environ; *e; ++e) env.emplace_back(*e);
+        env.insert(env.end(), env_extra.begin(), env_extra.end());
+        std::vector<char*> argv, envp;
+        for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+        argv.push_back(nullptr);
+        for (const auto& e : env) envp.push_back(const_cast<char*>(e.c_str()));
+        envp.push_back(nullptr);
+        posix_spawn_file_actions_t fa;
+        posix_spawn_file_actions_init(&fa);
+        posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+        posix_spawn_file_actions_adddup2(&fa, 1, 2);
+        const int rc = posix_spawn(&pid, args[0].c_str(), &fa, nullptr, argv.data(), envp.data());
+        posix_spawn_file_actions_destroy(&fa);
+        REQUIRE_MESSAGE(rc == 0, "cannot start " << args[0]);
+    }
+
+    /// Exit status, or 128 + signal; kills the child and fails after `timeout_s`.
+    int wait(double timeout_s = 60) {
+        const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+        for (;;) {
+            int status = 0;
+            const pid_t r = ::waitpid(pid, &status, WNOHANG);
+            if (r == pid) {
+                pid = -1;
+                return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+            }
+            if (std::chrono::steady_clock::now() > until) {
+                ::kill(pid, SIGKILL);
+                ::waitpid(pid, &status, 0);
+                pid = -1;
+                FAIL("child timed out; its log:\n" << read_text(log));
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(2));
+        }
+    }
+
+    void signal(int sig) const { ::kill(pid, sig); }
+
+    ~Child() {
+        if (pid > 0) {
+            ::kill(pid, SIGKILL);
+            ::waitpid(pid, nullptr, 0);
+        }
+    }
+};
+
+// Starts examples/serve on an ephemeral port and waits until it has written the port.
+struct Server {
+    fs::path port_file;
+    std::unique_ptr<Child> child;
+    int port = 0;
+
+    Server(const TempDir& dir, const std::string& name, const fs::path& weights, const std::string& key_env,
+           const std::string& key, std::vector<std::string> extra) {
+        port_file = dir / (name + ".port");
+        std::vector<std::string> args = {
+            DISTILL_SERVE_BIN, "--weights", weights.string(), "--port", "0", "--port-file", port_file.string(),
+            "--threads",       "1",         "--api-key-env",  key_env};
+        args.insert(args.end(), extra.begin(), extra.end());
+        child = std::make_unique<Child>(args, std::vector<std::string>{key_env + "=" + key}, dir / (name + ".log"));
+        const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+        while (!fs::exists(port_file)) {
+            REQUIRE_MESSAGE(std::chrono::steady_clock::now() < until, "serve did not start; its log:\n"
+                                                                          << read_text(child->log));
+            std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        }
+        port = std::stoi(read_text(port_file));
+    }
+
+    std::string url() const { return "http://127.0.0.1:" + std::to_string(port) + "/v1"; }
+
+    /// Stops the server (SIGTERM) and returns its log.
+    std::string stop() {
+        child->signal(SIGTERM);
+        CHECK(child->wait(20) == 0);
+        return read_text(child->log);
+    }
+};
+
+std::vector<std::string> all_files_text(const fs::path& dir) {
+    std::vector<std::string> out;
+    for (const auto& e : fs::recursive_directory_iterator(dir))
+        if (e.is_regular_file()) out.push_back(e.path().string() + "\n" + read_text(e.path()));
+    return out;
+}
+
+std::size_t lines_of(const fs::path& p) {
+    if (!fs::exists(p)) return 0;
+    const auto t = read_text(p);
+    return std::size_t(std::count(t.begin(), t.end(), '\n'));
+}
+
+const std::vector<std::string> sampling_args = {
+    "--temperature", "0.8", "--top-p", "0.95", "--max-new-tokens", "24", "--seed", "11", "--top-logprobs", "4"};
+
+std::vector<std::string> driver_args(std::vector<std::string> head) {
+    head.insert(head.begin(), DISTILL_GENERATE_DRIVER_BIN);
+    head.insert(head.end(), sampling_args.begin(), sampling_args.end());
+    return head;
+}
+
+}  // namespace
+
+TEST_SUITE("teacher-http") {
+    TEST_CASE(
+        "generate through teacher::OpenAI against examples/serve with >= 30% faults equals a fault-free run; the key "
+        "leaks nowhere") {
+        TempDir dir("http-faults");
+        testing::write_tiny_teacher(dir / "teacher.safetensors", 1, 64);
+        write_text(dir / "prompts.jsonl", testing::prompt_lines(40));
+        std::random_device rd;
+        const std::string key = "sk-test-" + std::to_string(rd()) + std::to_string(rd());
+        const std::string key_env = "DISTILL_TEST_SERVE_KEY";
+
+        // The endpoint URL is part of the teacher's fingerprint, so the fault-free run uses the same
+        // port: the faulty server is stopped first and a clean one takes its port.
+        auto faulty = std::make_unique<Server>(
+            dir, "faulty", dir / "teacher.safetensors", key_env, key,
+            std::vector<std::string>{"--fault-rate", "0.4", "--stall-ms", "1500", "--retry-after", "0.1"});
+        const std::string url = faulty->url();
+        auto run = [&](const std::string& out, const std::string& env_value) {
+            Child c(driver_args({"--input", (dir / "prompts.jsonl").string(), "--out", (dir / out).string(),
+                                 "--base-url", url, "--model", "teacher", "--api-key-env", key_env, "--concurrency",
+                                 "4", "--timeout", "0.6", "--retries", "12", "--backoff", "0.02"}),
+                    {key_env + "=" + env_value}, dir / (out + ".log"));
+            const int rc = c.wait(60);
+            return std::make_pair(rc, read_text(dir / (out + ".log")));
+        };
+        const auto [rc_faulty, log_faulty] = run("faulty-out", key);
+        INFO("driver log (faults):\n" << log_faulty);
+        REQUIRE(rc_faulty == 0);
+        const std::string faulty_log = faulty->stop();
+        Server clean(dir, "clean", dir / "teacher.safetensors", key_env, key, {"--port", std::to_string(faulty->port)});
+        REQUIRE(clean.url() == url);
+        const auto [rc_clean, log_clean] = run("clean-out", key);
+        INFO("driver log (clean):\n" << log_clean);
+        REQUIRE(rc_clean == 0);
+
+        // identical output, byte for byte
+        CHECK(read_text(dir / "faulty-out" / "synthetic.jsonl") == read_text(dir / "clean-out" / "synthetic.jsonl"));
+        CHECK(read_text(dir / "faulty-out" / "synthetic.topk") == read_text(dir / "clean-out" / "synthetic.topk"));
+        CHECK(lines_of(dir / "faulty-out" / "synthetic.jsonl") > 20);
+
+        // every prompt answered exactly once (a record or a rejection)
+        const auto ds = data::read_examples(dir / "prompts.jsonl");
+        std::multiset<std::string> answered;
+        for (const auto& r : teacher::read_synthetic(dir / "faulty-out" / "synthetic.jsonl")) answered.insert(r.id);
+        if (fs::exists(dir / "faulty-out" / "synthetic.rejected.jsonl"))
+            data::read_jsonl(
+                dir / "faulty-out" / "synthetic.rejected.jsonl", {},
+                [&](std::uint64_t, const nlohmann::json& j) { answered.insert(j["id"].get<std::string>()); });
+        CHECK(answered.size() == ds.examples.size());
+        for (const auto& ex : ds.examples) CHECK(answered.count(ex.id) == 1);
+        CHECK(log_faulty.find("retries 0 ") == std::string::npos);
+
+        // a wrong key fails the run at once with a clear reason, naming neither key
+        const auto [rc_wrong, log_wrong] = run("wrong-out", "sk-wrong-key-123");
+        CHECK(rc_wrong == 1);
+        CHECK(log_wrong.find("refused the API key from " + key_env) != std::string::npos);
+        CHECK(log_wrong.find("sk-wrong-key-123") == std::string::npos);
+
+        // the server faulted at least 30% of what it served
+        const std::string clean_log = clean.stop();
+        INFO("serve log:\n" << faulty_log.substr(faulty_log.size() > 3000 ? faulty_log.size() - 3000 : 0));
+        unsigned long long total = 0, faulted = 0;
+        const auto at = faulty_log.find("stopped after");
+        REQUIRE(at != std::string::npos);
+        REQUIRE(std::sscanf(faulty_log.c_str() + at, "stopped after %llu requests, %llu faulted", &total, &faulted) ==
+                2);
+        CHECK(total >= 40);
+        CHECK(double(faulted) >= 0.3 * double(total));
+        for (const char* kind : {"fault 429", "fault 500", "fault stall", "fault drop", "fault malformed"})
+            CHECK(faulty_log.find(kind) != std::string::npos);
+
+        // the key appears in no output file and no log
+        for (const auto& text : all_files_text(dir.path)) {
+            INFO(text.substr(0, text.find('\n')));
+            CHECK(text.find(key) == std::string::npos);
+        }
+        CHECK(clean_log.find(key) == std::string::npos);
+    }
+
+    TEST_CASE("kill -9 of the generate stage at a random point, then a restart, equals an uninterrupted run") {
+        TempDir dir("kill9");
+        testing::write_tiny_teacher(dir / "teacher.safetensors", 2, 64);
+        write_text(dir / "prompts.jsonl", testing::prompt_lines(40));
+        const std::vector<std::string> base = {"--input",     (dir / "prompts.jsonl").string(),
+                                               "--weights",   (dir / "teacher.safetensors").string(),
+                                               "--max-batch", "4"};
+        auto args = [&](const std::string& out, int slow_ms) {
+            auto a = base;
+            a.insert(a.end(), {"--out", (dir / out).string(), "--slow-ms", std::to_string(slow_ms)});
+            return driver_args(a);
+        };
+        {
+            Child whole(args("whole", 0), {}, dir / "whole.log");
+            REQUIRE_MESSAGE(whole.wait(60) == 0, read_text(dir / "whole.log"));
+        }
+        const std::string want = read_text(dir / "whole" / "synthetic.jsonl");
+        const std::string want_topk = read_text(dir / "whole" / "synthetic.topk");
+        const std::size_t want_lines = lines_of(dir / "whole" / "synthetic.jsonl");
+        REQUIRE(want_lines > 20);
+
+        std::random_device rd;
+        const unsigned seed = rd();
+        std::mt19937 rng(seed);
+        INFO("random seed " << seed);
+        for (int trial = 0; trial < 3; ++trial) {
+            const std::string out = "killed" + std::to_string(trial);
+            Child c(args(out, 8), {}, dir / (out + ".log"));
+            if (trial == 0) {
+                // at a random time, possibly before the first record
+                std::this_thread::sleep_for(std::chrono::milliseconds(std::uniform_int_distribution<int>(0, 300)(rng)));
+            } else {
+                // after a random number of records (a batch of 4 is answered as a whole, then written with sleeps
+                // between)
+                const std::size_t k = std::uniform_int_distribution<std::size_t>(1, want_lines - 2)(rng);
+                INFO("kill after " << k << " records");
+                const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+                while (lines_of(dir / out / "synthetic.jsonl") < k && std::chrono::steady_clock::now() < until)
+                    std::this_thread::sleep_for(std::chrono::microseconds(300));
+            }
+            c.signal(SIGKILL);
+            CHECK(c.wait(10) == 128 + SIGKILL);
+            const std::size_t partial = lines_of(dir / out / "synthetic.jsonl");
+            CAPTURE(partial);
+            MESSAGE("trial " << trial << ": killed with " << partial << " of " << want_lines << " records written");
+            Child again(args(out, 0), {}, dir / (out + ".restart.log"));
+            REQUIRE_MESSAGE(again.wait(60) == 0, read_text(dir / (out + ".restart.log")));
+            CHECK(read_text(dir / out / "synthetic.jsonl") == want);
+            CHECK(read_text(dir / out / "synthetic.topk") == want_topk);
+            std::set<std::string> ids;
+            for (const auto& r : teacher::read_synthetic(dir / out / "synthetic.jsonl")) CHECK(ids.insert(r.id).second);
+        }
+
+        // the finished output with other sampling settings: refused, naming both fingerprints
+        auto other = args("whole", 0);
+        for (std::size_t i = 0; i + 1 < other.size(); ++i)
+            if (other[i] == "--seed") other[i + 1] = "12";
+        Child refused(other, {}, dir / "refused.log");
+        CHECK(refused.wait(30) == 1);
+        const std::string log = read_text(dir / "refused.log");
+        const auto report = nlohmann::json::parse(read_text(dir / "whole" / "generate.json"));
+        teacher::Model<student::Transformer, float, device::Cpu> t(
+            teacher::ModelConfig{.weights = (dir / "teacher.safetensors").string(), .max_batch = 4}, device::Cpu(1));
+        const std::string expected = generation_fingerprint(
+            t,
+            teacher::Sampling{.temperature = 0.8, .top_p = 0.95, .max_new_tokens = 24, .seed = 12, .top_logprobs = 4});
+        INFO(log);
+        CHECK(log.find(report["fingerprint"].get<std::string>()) != std::string::npos);
+        CHECK(log.find(expected) != std::string::npos);
+        CHECK(read_text(dir / "whole" / "synthetic.jsonl") == want);
+    }
+
+}  // TEST_SUITE

@@ -42,3 +42,13 @@
 #if defined(DISTILL_WITH_HTTP)
 #include "distill/teacher/openai.hpp"
 #endif
+#include "distill/optimizer.hpp"
+#include "distill/optim/common.hpp"
+#include "distill/optim/sgd.hpp"
+#include "distill/optim/adam.hpp"
+#include "distill/optim/clip.hpp"
+#include "distill/optim/schedule.hpp"
+#include "distill/data/dataset.hpp"
+#include "distill/io/checkpoint.hpp"
+#include "distill/train/progress.hpp"
+#include "distill/train/finetune.hpp"

@@ -1,0 +1,109 @@
+#pragma once
+/// @file clip.hpp
+/// The global gradient norm, clipping by it (`torch.nn.utils.clip_grad_norm_` semantics), and
+/// locating a non-finite gradient for the training loop's guard.
+
+#include <cmath>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "distill/optim/common.hpp"
+
+namespace distill::optim {
+
+namespace detail {
+
+/// Σ x² of n values in double, in eight interleaved accumulators (element i goes to lane i mod 8,
+/// which the compiler vectorizes without reassociating), so the bits depend only on the values.
+template <class T>
+double sum_of_squares(const T* x, std::int64_t n) noexcept {
+    double acc[8] = {};
+    std::int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; ++j) {
+            const double v = static_cast<double>(x[i + j]);
+            acc[j] += v * v;
+        }
+    for (int j = 0; i < n; ++i, ++j) {
+        const double v = static_cast<double>(x[i]);
+        acc[j] += v * v;
+    }
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+}  // namespace detail
+
+/// The L2 norm of all gradients of `params` taken together, √(Σ‖gᵢ‖²). Each chunk's sum of squares
+/// is accumulated in double and the partial sums are added in chunk order, so the result is the same
+/// bits for any thread count. NaN or ±Inf when a gradient holds one.
+/// @tparam T scalar type. @tparam Device a host-memory device (threads from `threads()`).
+template <class T, class Device>
+double global_grad_norm(std::span<const Parameter<T>> params, const Device& dev) {
+    const std::vector<detail::Chunk> chunks = detail::make_chunks<T>(params);
+    std::vector<double> partial(chunks.size());
+    detail::for_each_chunk(dev, chunks, [&](std::size_t c) {
+        const detail::Chunk& ch = chunks[c];
+        partial[c] = detail::sum_of_squares(params[ch.parameter].grad.data() + ch.offset, ch.size);
+    });
+    double total = 0;
+    for (double s : partial) total += s;
+    return std::sqrt(total);
+}
+
+/// Scales every gradient by `max_norm / (norm + 1e-6)` when that is below 1, where `norm` is the
+/// global norm, as `torch.nn.utils.clip_grad_norm_` does, and returns the norm *before* clipping (what
+/// to log). `max_norm <= 0` only measures. A non-finite norm is returned without touching the
+/// gradients, so the caller's guard can report which one is bad (torch would spread the NaN).
+/// @tparam T scalar type. @tparam Device a host-memory device.
+template <class T, class Device>
+double clip_grad_norm(std::span<const Parameter<T>> params, double max_norm, const Device& dev) {
+    const double norm = global_grad_norm<T>(params, dev);
+    if (!(max_norm > 0) || !std::isfinite(norm)) return norm;
+    const double coef = max_norm / (norm + 1e-6);
+    if (coef >= 1.0) return norm;  // torch multiplies by the clamped coefficient 1.0: a no-op
+    const T scale = static_cast<T>(coef);
+    const std::vector<detail::Chunk> chunks = detail::make_chunks<T>(params);
+    detail::for_each_chunk(dev, chunks, [&](std::size_t c) {
+        const detail::Chunk& ch = chunks[c];
+        T* g = params[ch.parameter].grad.data() + ch.offset;
+        for (std::int64_t i = 0; i < ch.size; ++i)
+            g[i] *= scale;  // one rounding per element: exact under any vectorization
+    });
+    return norm;
+}
+
+/// Multiplies every gradient by `factor` (averaging over accumulated micro-batches).
+template <class T, class Device>
+void scale_gradients(std::span<const Parameter<T>> params, T factor, const Device& dev) {
+    const std::vector<detail::Chunk> chunks = detail::make_chunks<T>(params);
+    detail::for_each_chunk(dev, chunks, [&](std::size_t c) {
+        const detail::Chunk& ch = chunks[c];
+        T* g = params[ch.parameter].grad.data() + ch.offset;
+        for (std::int64_t i = 0; i < ch.size; ++i) g[i] *= factor;
+    });
+}
+
+/// Where a non-finite value sits.
+struct NonFinite {
+    std::size_t parameter;  ///< index into the list
+    std::int64_t element;   ///< flat index inside the parameter
+    double value;           ///< the NaN or infinity found
+};
+
+/// The first NaN or infinity among the gradients (`values = false`) or values (`values = true`) of
+/// `params`, in list order; nullopt when all are finite. Serial: it runs only after a check failed.
+template <class T>
+std::optional<NonFinite> find_nonfinite(std::span<const Parameter<T>> params, bool values = false) {
+    for (std::size_t i = 0; i < params.size(); ++i) {
+        const T* d = values ? params[i].value.data() : params[i].grad.data();
+        const std::int64_t n = params[i].value.numel();
+        for (std::int64_t k = 0; k < n; ++k)
+            if (!std::isfinite(d[k])) return NonFinite{i, k, static_cast<double>(d[k])};
+    }
+    return std::nullopt;
+}
+
+}  // namespace distill::optim

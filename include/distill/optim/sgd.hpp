@@ -1,0 +1,146 @@
+#pragma once
+/// @file sgd.hpp
+/// `optim::Sgd`: stochastic gradient descent with momentum, dampening, Nesterov momentum and L2
+/// weight decay, with `torch.optim.SGD` semantics (including its first step, which copies the
+/// gradient into the momentum buffer instead of decaying a zero buffer).
+
+#include <cmath>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include <boost/hana/adapt_struct.hpp>
+
+#include "distill/optim/common.hpp"
+
+namespace distill::optim {
+
+/// Hyperparameters of `Sgd` (JSON keys of the job's `optimizer` object); the rate comes from the schedule.
+struct SgdConfig {
+    double momentum = 0.0;      ///< μ in [0, 1); 0 keeps no state
+    double dampening = 0.0;     ///< τ in [0, 1]: the new gradient enters the buffer with weight 1 − τ
+    bool nesterov = false;      ///< use g + μ·buf instead of buf (needs momentum > 0 and dampening 0)
+    double weight_decay = 0.0;  ///< L2 coefficient λ added to the gradient
+    DecayGroups decay{};        ///< which parameter kinds are decayed besides weights
+
+    /// Throws config_error naming the first invalid field under `path`.
+    void validate(const std::string& path = "optimizer") const {
+        detail::check_range(momentum, 0.0, 1.0, path + ".momentum", true);
+        detail::check_range(dampening, 0.0, 1.0, path + ".dampening");
+        detail::check_range(weight_decay, 0.0, 1e6, path + ".weight_decay");
+        // torch raises the same: Nesterov momentum is defined for an undamped, non-zero momentum only.
+        if (nesterov && (momentum <= 0 || dampening != 0))
+            throw config_error(path + ".nesterov", "needs momentum > 0 and dampening = 0");
+    }
+};
+
+/// SGD with momentum (torch.optim.SGD, `foreach=False`, `maximize=False`).
+/// @tparam T scalar type. @tparam Device a host-memory `device_policy`.
+template <class T, class Device>
+class Sgd {
+public:
+    using scalar_type = T;
+    using device_type = Device;
+    using config_type = SgdConfig;
+    static_assert(
+        Device::memory == memory_space::host,
+        "optim::Sgd: this implementation updates host memory; a device with its own memory needs its own kernel");
+
+    /// Takes the parameters to update (see `gather`); allocates the momentum buffers when momentum > 0.
+    Sgd(std::vector<Parameter<T>> params, const SgdConfig& config = {}, Device device = Device{})
+        : params_(std::move(params)), cfg_(config), dev_(device) {
+        cfg_.validate();
+        detail::validate_parameters<T>(params_, "Sgd");
+        static constexpr const char* slots[] = {"momentum_buffer"};
+        if (cfg_.momentum != 0) state_ = detail::StateArena<T, Device>(dev_, params_, slots);
+        chunks_ = detail::make_chunks<T>(params_);
+        for (const auto& p : params_) decays_.push_back(cfg_.decay.applies_to(p.kind) && cfg_.weight_decay != 0);
+    }
+
+    /// One step at learning rate `lr` (>= 0):
+    ///   d ← g + λ·p;  buf ← d (first step) or μ·buf + (1−τ)·d;  d ← d + μ·buf (Nesterov) or buf;  p ← p − lr·d
+    void step(double lr) {
+        if (!(lr >= 0) || !std::isfinite(lr))
+            throw numeric_error("Sgd step: learning rate " + std::to_string(lr) + " is not a finite number >= 0");
+        Kernel k{static_cast<T>(-lr),
+                 static_cast<T>(cfg_.weight_decay),
+                 static_cast<T>(cfg_.momentum),
+                 static_cast<T>(1.0 - cfg_.dampening),
+                 true,
+                 cfg_.momentum != 0,
+                 steps_ == 0,
+                 cfg_.nesterov};
+        Kernel plain = k;
+        plain.decay = false;
+        ++steps_;
+        const std::size_t n = params_.size();
+        const bool momentum = cfg_.momentum != 0;
+        detail::for_each_chunk(dev_, chunks_, [&](std::size_t c) {
+            const detail::Chunk& ch = chunks_[c];
+            const auto& prm = params_[ch.parameter];
+            detail::packetwise<T>(decays_[ch.parameter] ? k : plain, ch.size, prm.value.data() + ch.offset,
+                                  prm.grad.data() + ch.offset,
+                                  momentum ? state_.data(0, ch.parameter, n) + ch.offset : nullptr, nullptr);
+        });
+    }
+
+    /// Zeroes the gradient of every parameter (of every owner).
+    void zero_grad() {
+        for (const auto& p : params_)
+            dev_.fill_zero(p.grad.data(), sizeof(T) * static_cast<std::size_t>(p.grad.numel()));
+    }
+
+    /// Updates taken so far.
+    std::int64_t steps() const noexcept { return steps_; }
+    /// Sets the update count (checkpoint restore). Precondition: n >= 0.
+    void set_steps(std::int64_t n) {
+        if (n < 0) throw error("Sgd::set_steps: negative step count " + std::to_string(n));
+        steps_ = n;
+    }
+    /// The parameters it updates, in construction order.
+    const std::vector<Parameter<T>>& parameters() const noexcept { return params_; }
+    /// `momentum_buffer.<name>` for every parameter (empty without momentum).
+    const std::vector<StateTensor<T>>& state() const noexcept { return state_.tensors(); }
+    /// The hyperparameters, validated.
+    const SgdConfig& config() const noexcept { return cfg_; }
+    /// The device whose threads run the update.
+    const Device& device() const noexcept { return dev_; }
+    /// Bytes of optimizer state (0 without momentum).
+    std::size_t state_bytes() const noexcept { return state_.bytes(); }
+
+private:
+    /// The update of `n` elements (a multiple of the vector width), out of line (see `packetwise`).
+    struct Kernel {
+        T neg_lr, wd, mu, keep;
+        bool decay, momentum, first, nesterov;
+        [[gnu::noinline]] void operator()(T* p, const T* g, T* buf, T*, std::int64_t n) const {
+            using V = detail::simd<T>;
+            const auto vlr = V::set1(neg_lr), vwd = V::set1(wd), vmu = V::set1(mu), vkeep = V::set1(keep);
+            for (std::int64_t i = 0; i < n; i += V::width) {
+                const auto pp = V::load(p + i);
+                auto d = V::load(g + i);
+                if (decay) d = V::add(d, V::mul(vwd, pp));  // d_p = d_p.add(param, alpha=weight_decay)
+                if (momentum) {
+                    // first step: buf = clone(d_p); then buf.mul_(momentum).add_(d_p, alpha=1 - dampening)
+                    const auto b = first ? d : V::add(V::mul(V::load(buf + i), vmu), V::mul(vkeep, d));
+                    V::store(buf + i, b);
+                    d = nesterov ? V::add(d, V::mul(vmu, b)) : b;  // d_p.add(buf, alpha=momentum) or buf
+                }
+                V::store(p + i, V::add(pp, V::mul(vlr, d)));  // param.add_(d_p, alpha=-lr)
+            }
+        }
+    };
+
+    std::vector<Parameter<T>> params_;
+    SgdConfig cfg_;
+    Device dev_;
+    detail::StateArena<T, Device> state_;
+    std::vector<detail::Chunk> chunks_;
+    std::vector<bool> decays_;
+    std::int64_t steps_ = 0;
+};
+
+}  // namespace distill::optim
+
+BOOST_HANA_ADAPT_STRUCT(distill::optim::SgdConfig, momentum, dampening, nesterov, weight_decay, decay);

@@ -1,0 +1,618 @@
+#pragma once
+/// @file finetune.hpp
+/// The finetune loop: epochs over a `data::SequenceDataset` shuffled with the run's seed, micro-batches
+/// accumulated into optimizer steps, global-norm clipping, a learning-rate schedule, validation every
+/// N steps and at each epoch end, early stopping with patience, checkpoints (the best one kept) that
+/// resume bit-identically, `metrics.jsonl`, progress output, and guards against NaN/Inf and loss
+/// explosions. The loss is a callback, so the Distiller's `loss::Sum` (teacher forward included)
+/// plugs in where the default `CrossEntropy` sits. See docs/training.md.
+///
+/// @code
+/// train::FinetuneConfig cfg{.num_epochs = 3, .batch_size = 16, .eval_every = 200, .patience = 3,
+///                           .output_dir = "runs/a"};
+/// optim::AdamW<float, device::Cpu> opt(model.parameters(), {.weight_decay = 0.1});
+/// optim::Schedule schedule({.learning_rate = 3e-4, .warmup_steps = 100}, train::total_steps(cfg, train.size()));
+/// train::FinetuneResult r = train::finetune(model, opt, schedule, train, &validation, cfg);
+/// @endcode
+
+#include <algorithm>
+#include <bit>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <optional>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <boost/hana/adapt_struct.hpp>
+#include <nlohmann/json.hpp>
+
+#include "distill/data/dataset.hpp"
+#include "distill/detail/rng.hpp"
+#include "distill/error.hpp"
+#include "distill/io/atomic_file.hpp"
+#include "distill/io/checkpoint.hpp"
+#include "distill/io/reflect.hpp"
+#include "distill/optim/clip.hpp"
+#include "distill/optim/schedule.hpp"
+#include "distill/optimizer.hpp"
+#include "distill/parameter.hpp"
+#include "distill/train/progress.hpp"
+
+namespace distill::train {
+
+/// The loop's settings: the JSON keys of the job's `training` object.
+struct FinetuneConfig {
+    int num_epochs = 1;                 ///< passes over the training set (when max_steps is 0)
+    std::int64_t max_steps = 0;         ///< > 0: exactly this many optimizer steps, epochs continuing as needed
+    int batch_size = 8;                 ///< sequences per micro-batch (<= the student's max_batch)
+    int grad_accum = 1;                 ///< micro-batches per optimizer step; gradients are their mean
+    double grad_clip = 1.0;             ///< max global gradient norm; 0 measures without clipping
+    std::uint64_t seed = 0;             ///< shuffling, and the RNG a loss may draw from
+    std::int64_t eval_every = 0;        ///< validate every N steps as well as at each epoch end (0: epoch ends only)
+    int eval_batch_size = 0;            ///< 0: batch_size
+    int patience = 0;                   ///< stop after this many validations without improvement (0: never)
+    double min_delta = 0.0;             ///< a validation loss must beat the best by more than this to count
+    std::int64_t checkpoint_every = 0;  ///< also checkpoint every N steps (0: at validations and the end only)
+    int keep_last_n = 3;                ///< checkpoints kept besides the best and the latest
+    std::int64_t log_every = 10;        ///< a metrics record and a progress line every N steps (0: only the last)
+    double explosion_factor = 10.0;     ///< report a step loss above factor × its running mean (0: off)
+    int explosion_warmup = 20;          ///< steps averaged before the running mean is trusted
+    std::string output_dir{};           ///< metrics.jsonl and checkpoints/; empty: nothing is written
+    bool resume = true;                 ///< continue from output_dir's latest checkpoint when there is one
+    bool quiet = false;                 ///< no progress output
+
+    /// Throws config_error naming the first invalid field under `path`.
+    void validate(const std::string& path = "training") const {
+        auto at_least = [&](std::int64_t v, std::int64_t lo, const char* key) {
+            if (v < lo)
+                throw config_error(path + "." + key, "must be >= " + std::to_string(lo) + ", got " + std::to_string(v));
+        };
+        at_least(num_epochs, 1, "num_epochs");
+        at_least(max_steps, 0, "max_steps");
+        at_least(batch_size, 1, "batch_size");
+        at_least(grad_accum, 1, "grad_accum");
+        at_least(eval_every, 0, "eval_every");
+        at_least(eval_batch_size, 0, "eval_batch_size");
+        at_least(patience, 0, "patience");
+        at_least(checkpoint_every, 0, "checkpoint_every");
+        at_least(keep_last_n, 1, "keep_last_n");
+        at_least(log_every, 0, "log_every");
+        at_least(explosion_warmup, 1, "explosion_warmup");
+        if (!(grad_clip >= 0) || !std::isfinite(grad_clip))
+            throw config_error(path + ".grad_clip", "must be a finite number >= 0, got " + std::to_string(grad_clip));
+        if (!(min_delta >= 0) || !std::isfinite(min_delta))
+            throw config_error(path + ".min_delta", "must be a finite number >= 0, got " + std::to_string(min_delta));
+        if (!(explosion_factor == 0 || explosion_factor > 1) || !std::isfinite(explosion_factor))
+            throw config_error(path + ".explosion_factor",
+                               "must be 0 (off) or > 1, got " + std::to_string(explosion_factor));
+    }
+};
+
+/// Optimizer steps of one epoch over `examples` sequences.
+inline std::int64_t steps_per_epoch(const FinetuneConfig& cfg, std::size_t examples) {
+    const std::int64_t batches = (static_cast<std::int64_t>(examples) + cfg.batch_size - 1) / cfg.batch_size;
+    return (batches + cfg.grad_accum - 1) / cfg.grad_accum;
+}
+
+/// Optimizer steps of the whole run (the length to give the schedule).
+inline std::int64_t total_steps(const FinetuneConfig& cfg, std::size_t examples) {
+    return cfg.max_steps > 0 ? cfg.max_steps : cfg.num_epochs * steps_per_epoch(cfg, examples);
+}
+
+/// Which pass a loss callback runs: `train` accumulates gradients, `eval` only measures.
+enum class pass { train, eval };
+
+/// What a loss callback returns for one micro-batch: the total (the mean over the batch's loss
+/// tokens of the weighted sum of terms) and each named term as it enters the total.
+struct LossValues {
+    double total = 0;
+    std::vector<std::pair<std::string, double>> terms{};
+};
+
+/// A loss callback for `Model`: `loss(model, batch, pass)` runs the model's forward on the batch,
+/// computes the loss and, for `pass::train`, writes its gradients and calls `backward` (gradients
+/// accumulate; the loop zeroes them once per step and averages over micro-batches).
+template <class L, class Model>
+concept loss_callback = requires(L& loss, Model& model, const data::Batch& batch) {
+    { loss(model, batch, pass::train) } -> std::convertible_to<LossValues>;
+};
+
+/// The default loss: the student's masked next-token cross-entropy, one term named "ce".
+struct CrossEntropy {
+    /// Forward, masked cross-entropy and, for `pass::train`, backward of `model` on `batch`.
+    template <class Model>
+    LossValues operator()(Model& model, const data::Batch& batch, pass p) const {
+        model.forward(batch.tokens.data(), batch.batch, batch.length);
+        const double ce = static_cast<double>(model.cross_entropy(batch.targets.data()));
+        if (p == pass::train) model.backward();
+        return {ce, {{"ce", ce}}};
+    }
+};
+
+/// One finished optimizer step, as hooks see it.
+struct StepReport {
+    std::int64_t step = 0;   ///< updates done (1-based)
+    std::int64_t epoch = 0;  ///< 0-based
+    double loss = 0, lr = 0, grad_norm = 0;
+    std::optional<double> validation_loss{};            ///< when this step validated
+    std::optional<std::filesystem::path> checkpoint{};  ///< when this step wrote one
+};
+
+/// Outputs and hooks of a run that are not configuration.
+/// @tparam T scalar type.
+template <class T>
+struct FinetuneOptions {
+    /// Parameters of owners other than the student (loss projections): already in the optimizer's
+    /// list, listed here so checkpoints save and restore them.
+    std::vector<Parameter<T>> extra{};
+    /// A copy of the job configuration, stored in every checkpoint.
+    nlohmann::json job_config{};
+    /// Where progress goes (null: nowhere).
+    std::FILE* progress = stderr;
+    /// Called after every step (after its checkpoint, if any).
+    std::function<void(const StepReport&)> on_step{};
+};
+
+/// How a run ended.
+struct FinetuneResult {
+    std::int64_t steps = 0;  ///< updates done in total (before a resume included)
+    std::int64_t epochs_completed = 0;
+    bool early_stopped = false;
+    bool resumed = false;  ///< started from a checkpoint
+    std::int64_t resumed_from_step = 0;
+    std::int64_t best_step = -1;  ///< step of the best validation (-1: none)
+    double best_validation_loss = std::numeric_limits<double>::quiet_NaN();
+    double last_loss = std::numeric_limits<double>::quiet_NaN();
+    std::int64_t loss_spikes = 0;                                ///< explosions reported by this process
+    std::filesystem::path best_checkpoint{}, last_checkpoint{};  ///< empty without output_dir
+};
+
+/// The finetune loop over `Model`, `Optimizer`, `Schedule` and a loss callback (see the file comment).
+/// @tparam Model a `student_model`. @tparam Optimizer an `optimizer_policy` over the model's scalar.
+/// @tparam Schedule an `optim::lr_schedule`. @tparam Loss a `loss_callback` for Model.
+template <class Model, class Optimizer, class Schedule, class Loss = CrossEntropy>
+requires optimizer_policy<Optimizer> && optim::lr_schedule<Schedule> && loss_callback<Loss, Model>
+class Finetuner {
+public:
+    using T = typename Model::scalar_type;
+    static_assert(std::is_same_v<T, typename Optimizer::scalar_type>,
+                  "Finetuner: model and optimizer scalar types differ");
+
+    /// References to `model`, `optimizer`, `schedule`, the datasets and `loss` are kept: they must
+    /// outlive the Finetuner. `validation` may be null (no validation, no early stopping).
+    Finetuner(Model& model, Optimizer& optimizer, const Schedule& schedule, const data::SequenceDataset& train,
+              const data::SequenceDataset* validation, FinetuneConfig config, Loss loss = {},
+              FinetuneOptions<T> options = {})
+        : model_(model),
+          opt_(optimizer),
+          schedule_(schedule),
+          train_(train),
+          val_(validation),
+          cfg_(std::move(config)),
+          loss_(std::move(loss)),
+          options_(std::move(options)),
+          rng_(cfg_.seed) {
+        cfg_.validate();
+        if (train_.empty()) throw config_error("training_data", "the training set is empty");
+        const int eval_batch = cfg_.eval_batch_size ? cfg_.eval_batch_size : cfg_.batch_size;
+        if constexpr (requires { model.max_batch(); }) {
+            if (cfg_.batch_size > model.max_batch())
+                throw config_error("training.batch_size", "is " + std::to_string(cfg_.batch_size) +
+                                                              ", the student was built for at most " +
+                                                              std::to_string(model.max_batch()) + " sequences");
+            if (eval_batch > model.max_batch())
+                throw config_error("training.eval_batch_size", "is " + std::to_string(eval_batch) +
+                                                                   ", the student was built for at most " +
+                                                                   std::to_string(model.max_batch()) + " sequences");
+        }
+        total_ = total_steps(cfg_, train_.size());
+        if (!cfg_.output_dir.empty()) {
+            out_ = cfg_.output_dir;
+            std::error_code ec;
+            std::filesystem::create_directories(out_, ec);
+            if (ec) throw io_error(out_, "cannot create the output directory: " + ec.message());
+            store_.emplace(out_ / "checkpoints");
+        }
+    }
+
+    /// Runs (or resumes) training to its end: all epochs or max_steps, or early stopping.
+    /// Throws numeric_error on a non-finite loss or gradient (before that step's update; the last
+    /// checkpoint stays the latest), format_error when the checkpoint to resume from is damaged.
+    FinetuneResult run() {
+        FinetuneResult result;
+        const auto device = model_device();
+        if (!begin(result)) return result;  // the checkpoint says the run had already finished
+        Progress progress(options_.progress, cfg_.quiet, total_, cfg_.log_every);
+        const std::int64_t first_step = step_;
+        data::Batch batch;
+        std::vector<std::int64_t> rows;
+        const std::size_t n = train_.size();
+
+        while (step_ < total_) {
+            if (cursor_ >= static_cast<std::int64_t>(n)) {  // next epoch
+                ++epoch_;
+                order_ = data::shuffled_order(n, rng_);
+                cursor_ = 0;
+            }
+            const auto t0 = std::chrono::steady_clock::now();
+            opt_.zero_grad();
+            int micro = 0;
+            double loss_sum = 0;
+            std::vector<std::pair<std::string, double>> term_sums;
+            std::int64_t tokens = 0;
+            while (micro < cfg_.grad_accum && cursor_ < static_cast<std::int64_t>(n)) {
+                const std::int64_t take =
+                    std::min<std::int64_t>(cfg_.batch_size, static_cast<std::int64_t>(n) - cursor_);
+                rows.assign(order_.begin() + cursor_, order_.begin() + cursor_ + take);
+                train_.make_batch(rows, batch);
+                cursor_ += take;
+                const LossValues lv = loss_(model_, batch, pass::train);
+                check_loss(lv, "");
+                loss_sum += lv.total;
+                add_terms(term_sums, lv.terms, 1.0);
+                tokens += batch.real_tokens;
+                ++micro;
+            }
+            const std::span<const Parameter<T>> params(opt_.parameters());
+            if (micro > 1) optim::scale_gradients<T>(params, T(1) / static_cast<T>(micro), device);
+            const double grad_norm = optim::clip_grad_norm<T>(params, cfg_.grad_clip, device);
+            if (!std::isfinite(grad_norm)) throw gradient_error(params);
+            const double lr = schedule_.lr(step_);
+            opt_.step(lr);
+            ++step_;
+            const double loss = loss_sum / micro;
+            for (auto& t : term_sums) t.second /= micro;
+            const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            const double tokens_per_s = seconds > 0 ? static_cast<double>(tokens) / seconds : 0.0;
+            result.last_loss = loss;
+            watch_explosion(loss, progress, result);
+
+            const bool last_step = step_ >= total_;
+            if ((cfg_.log_every > 0 && step_ % cfg_.log_every == 0) || last_step) {
+                nlohmann::json rec = {
+                    {"kind", "train"}, {"step", step_},          {"epoch", epoch_},  {"loss", loss},
+                    {"lr", lr},        {"grad_norm", grad_norm}, {"tokens", tokens}, {"tokens_per_s", tokens_per_s}};
+                for (const auto& [name, value] : term_sums) rec["terms"][name] = value;
+                append_metrics(rec);
+            }
+            progress.step(step_, first_step, epoch_, loss, lr, grad_norm, tokens_per_s);
+
+            StepReport report{step_, epoch_, loss, lr, grad_norm, std::nullopt, std::nullopt};
+            const bool epoch_end = cursor_ >= static_cast<std::int64_t>(n);
+            bool improved = false;
+            if (val_ && !val_->empty() &&
+                ((cfg_.eval_every > 0 && step_ % cfg_.eval_every == 0) || epoch_end || last_step)) {
+                const LossValues v = evaluate();
+                report.validation_loss = v.total;
+                improved = !best_loss_ || v.total < *best_loss_ - cfg_.min_delta;
+                if (improved) {
+                    best_loss_ = v.total;
+                    best_step_ = step_;
+                    bad_validations_ = 0;
+                } else {
+                    ++bad_validations_;
+                    if (cfg_.patience > 0 && bad_validations_ >= cfg_.patience) stopped_ = true;
+                }
+                nlohmann::json rec = {{"kind", "validation"},   {"step", step_},    {"epoch", epoch_},
+                                      {"loss", v.total},        {"best", improved}, {"best_loss", *best_loss_},
+                                      {"best_step", best_step_}};
+                for (const auto& [name, value] : v.terms) rec["terms"][name] = value;
+                append_metrics(rec);
+                char msg[200];
+                std::snprintf(msg, sizeof msg, "validation at step %lld: loss %.4f%s", static_cast<long long>(step_),
+                              v.total,
+                              improved   ? " (best)"
+                              : stopped_ ? " (no improvement; early stopping)"
+                                         : "");
+                progress.message(msg);
+            }
+            const bool finished = stopped_ || last_step;
+            if (store_ && (report.validation_loss || finished ||
+                           (cfg_.checkpoint_every > 0 && step_ % cfg_.checkpoint_every == 0))) {
+                finished_ = finished;
+                const auto dir = store_->save(step_, model_, std::span<const Parameter<T>>(options_.extra), opt_,
+                                              order_, loop_state(), job_config());
+                if (improved) store_->set_best(dir);
+                store_->prune(cfg_.keep_last_n);
+                report.checkpoint = dir;
+                last_checkpoint_ = dir;
+            }
+            if (epoch_end) ++epochs_completed_;
+            if (options_.on_step) options_.on_step(report);
+            if (finished) break;
+        }
+        progress.finish();
+        fill(result);
+        return result;
+    }
+
+    /// Token-weighted mean loss (and terms) over the validation set, in dataset order, no gradients.
+    LossValues evaluate() {
+        LossValues out;
+        if (!val_ || val_->empty()) return out;
+        const std::int64_t bs = cfg_.eval_batch_size ? cfg_.eval_batch_size : cfg_.batch_size;
+        const auto n = static_cast<std::int64_t>(val_->size());
+        double weight = 0;
+        std::vector<std::int64_t> rows;
+        data::Batch batch;
+        for (std::int64_t i = 0; i < n; i += bs) {
+            rows.clear();
+            for (std::int64_t k = i; k < std::min(n, i + bs); ++k) rows.push_back(k);
+            val_->make_batch(rows, batch);
+            const LossValues lv = loss_(model_, batch, pass::eval);
+            check_loss(lv, "validation ");
+            const double w = static_cast<double>(batch.loss_tokens);
+            out.total += w * lv.total;
+            add_terms(out.terms, lv.terms, w);
+            weight += w;
+        }
+        if (weight > 0) {
+            out.total /= weight;
+            for (auto& t : out.terms) t.second /= weight;
+        }
+        return out;
+    }
+
+    /// Optimizer steps this run is configured for.
+    std::int64_t total() const noexcept { return total_; }
+
+private:
+    auto model_device() const {
+        if constexpr (requires { model_.device(); })
+            return model_.device();
+        else
+            return typename Model::device_type{};
+    }
+
+    /// Restores from the latest checkpoint or starts fresh; false when the run had already finished.
+    bool begin(FinetuneResult& result) {
+        std::optional<std::filesystem::path> latest;
+        if (store_) latest = store_->latest();
+        if (latest && !cfg_.resume)
+            throw config_error("training.resume",
+                               "is false, but " + out_.string() +
+                                   " already holds checkpoints of a run; choose an empty output_dir or resume");
+        if (!latest) {
+            order_ = data::shuffled_order(train_.size(), rng_);
+            if (!out_.empty()) io::write_file_atomic(out_ / "metrics.jsonl", std::string_view());
+            return true;
+        }
+        std::optional<io::Checkpoint> ck;
+        try {
+            ck.emplace(io::Checkpoint::open(*latest));
+        } catch (const format_error& e) {
+            throw format_error(e.path(), e.line(), refusal_hint(e, *latest));
+        }
+        const nlohmann::json& s = ck->state();
+        const auto& ds = s.at("dataset");
+        if (ds.at("size").get<std::uint64_t>() != train_.size() ||
+            ds.at("fingerprint").get<std::uint64_t>() != train_.fingerprint())
+            throw config_error("training_data",
+                               "differs from the data the checkpoint " + latest->string() +
+                                   " was trained on (size or content); resuming would not continue that run");
+        ck->restore(model_, std::span<const Parameter<T>>(options_.extra), opt_, order_);
+        step_ = ck->step();
+        epoch_ = s.at("epoch").get<std::int64_t>();
+        cursor_ = s.at("cursor").get<std::int64_t>();
+        epochs_completed_ = s.at("epochs_completed").get<std::int64_t>();
+        Rng::state_type rs;
+        for (int i = 0; i < 4; ++i)
+            rs.words[static_cast<std::size_t>(i)] =
+                s.at("rng").at("words").at(static_cast<std::size_t>(i)).get<std::uint64_t>();
+        rs.spare = std::bit_cast<double>(s.at("rng").at("spare_bits").get<std::uint64_t>());
+        rs.has_spare = s.at("rng").at("has_spare").get<bool>();
+        rng_.set_state(rs);
+        if (!s.at("best_loss_bits").is_null())
+            best_loss_ = std::bit_cast<double>(s.at("best_loss_bits").get<std::uint64_t>());
+        best_step_ = s.at("best_step").get<std::int64_t>();
+        bad_validations_ = s.at("bad_validations").get<int>();
+        stopped_ = s.at("stopped").get<bool>();
+        finished_ = s.at("finished").get<bool>();
+        loss_mean_ = std::bit_cast<double>(s.at("loss_mean_bits").get<std::uint64_t>());
+        loss_count_ = s.at("loss_count").get<std::int64_t>();
+        last_checkpoint_ = *latest;
+        result.resumed = true;
+        result.resumed_from_step = step_;
+        truncate_metrics(step_);
+        if (finished_) {
+            fill(result);
+            return false;
+        }
+        return true;
+    }
+
+    /// The loop's own state for the checkpoint manifest; doubles as their bits, so a resume compares
+    /// against exactly the same best loss.
+    nlohmann::json loop_state() const {
+        const auto rs = rng_.state();
+        nlohmann::json words = nlohmann::json::array();
+        for (auto w : rs.words) words.push_back(w);
+        return {
+            {"epoch", epoch_},
+            {"cursor", cursor_},
+            {"epochs_completed", epochs_completed_ + (cursor_ >= static_cast<std::int64_t>(train_.size()) ? 1 : 0)},
+            {"rng",
+             {{"words", words}, {"spare_bits", std::bit_cast<std::uint64_t>(rs.spare)}, {"has_spare", rs.has_spare}}},
+            {"best_loss_bits",
+             best_loss_ ? nlohmann::json(std::bit_cast<std::uint64_t>(*best_loss_)) : nlohmann::json(nullptr)},
+            {"best_loss", best_loss_ ? nlohmann::json(*best_loss_) : nlohmann::json(nullptr)},
+            {"best_step", best_step_},
+            {"bad_validations", bad_validations_},
+            {"stopped", stopped_},
+            {"finished", finished_},
+            {"loss_mean_bits", std::bit_cast<std::uint64_t>(loss_mean_)},
+            {"loss_count", loss_count_},
+            {"total_steps", total_},
+            {"lr_next", schedule_.lr(step_)},
+            {"dataset", {{"size", train_.size()}, {"fingerprint", train_.fingerprint()}}}};
+    }
+
+    nlohmann::json job_config() const {
+        return {
+            {"training", io::to_json(cfg_)}, {"optimizer", io::to_json(opt_.config())}, {"job", options_.job_config}};
+    }
+
+    void fill(FinetuneResult& r) const {
+        r.steps = step_;
+        r.epochs_completed = epochs_completed_;
+        r.early_stopped = stopped_;
+        r.best_step = best_step_;
+        if (best_loss_) r.best_validation_loss = *best_loss_;
+        if (store_) {
+            if (auto b = store_->best()) r.best_checkpoint = *b;
+            r.last_checkpoint = last_checkpoint_;
+        }
+    }
+
+    static void add_terms(std::vector<std::pair<std::string, double>>& sums,
+                          const std::vector<std::pair<std::string, double>>& terms, double weight) {
+        for (const auto& [name, value] : terms) {
+            auto it = std::find_if(sums.begin(), sums.end(), [&](const auto& s) { return s.first == name; });
+            if (it == sums.end())
+                sums.emplace_back(name, weight * value);
+            else
+                it->second += weight * value;
+        }
+    }
+
+    std::string last_good() const {
+        return last_checkpoint_.empty() ? std::string("none was written")
+                                        : "the last good checkpoint is " + last_checkpoint_.string();
+    }
+
+    /// NaN/Inf guard on the loss: names the step (the update that would have been), epoch and term.
+    void check_loss(const LossValues& lv, const char* what) const {
+        auto bad = [&](const std::string& term, double v) {
+            throw numeric_error("step " + std::to_string(step_ + 1) + " (epoch " + std::to_string(epoch_) +
+                                "): " + what + "loss term '" + term + "' is " + describe(v) +
+                                "; training stopped before the update (" + last_good() + ")");
+        };
+        for (const auto& [name, value] : lv.terms)
+            if (!std::isfinite(value)) bad(name, value);
+        if (!std::isfinite(lv.total)) bad("total", lv.total);
+    }
+
+    /// NaN/Inf guard on the gradients: names the step, the parameter and the element.
+    numeric_error gradient_error(std::span<const Parameter<T>> params) const {
+        std::string where = "a gradient";
+        if (auto bad = optim::find_nonfinite<T>(params))
+            where = "the gradient of '" + params[bad->parameter].name + "' (element " + std::to_string(bad->element) +
+                    ") is " + describe(bad->value);
+        return numeric_error("step " + std::to_string(step_ + 1) + " (epoch " + std::to_string(epoch_) + "): " + where +
+                             "; training stopped before the update (" + last_good() + ")");
+    }
+
+    static std::string describe(double v) { return std::isnan(v) ? "NaN" : v > 0 ? "+Inf" : "-Inf"; }
+
+    /// The explosion guard: a loss above factor × its running mean is reported (stderr and metrics),
+    /// not fatal — a spike can recover, and the NaN guard stops what does not.
+    void watch_explosion(double loss, Progress& progress, FinetuneResult& result) {
+        if (cfg_.explosion_factor > 0 && loss_count_ >= cfg_.explosion_warmup &&
+            loss > cfg_.explosion_factor * loss_mean_ && loss_mean_ > 0) {
+            ++result.loss_spikes;
+            char msg[256];
+            std::snprintf(msg, sizeof msg,
+                          "warning: step %lld: loss %.4g is %.1fx its running mean %.4g (explosion_factor %g)",
+                          static_cast<long long>(step_), loss, loss / loss_mean_, loss_mean_, cfg_.explosion_factor);
+            progress.message(msg);
+            if (cfg_.quiet && options_.progress)
+                std::fprintf(options_.progress, "%s\n", msg);  // warnings survive --quiet
+            append_metrics({{"kind", "event"},
+                            {"event", "loss_explosion"},
+                            {"step", step_},
+                            {"loss", loss},
+                            {"running_mean", loss_mean_}});
+        }
+        // Mean of the first steps, then an exponential moving average over ~50 steps.
+        ++loss_count_;
+        if (loss_count_ <= cfg_.explosion_warmup)
+            loss_mean_ += (loss - loss_mean_) / static_cast<double>(loss_count_);
+        else
+            loss_mean_ = 0.98 * loss_mean_ + 0.02 * loss;
+    }
+
+    void append_metrics(const nlohmann::json& record) const {
+        if (out_.empty()) return;
+        io::append_durably(out_ / "metrics.jsonl", record.dump() + "\n");
+    }
+
+    /// After a crash, metrics.jsonl may hold records of steps after the checkpoint resumed from; they
+    /// are dropped (atomically) so the resumed run's log reads like an uninterrupted one.
+    void truncate_metrics(std::int64_t step) const {
+        const auto path = out_ / "metrics.jsonl";
+        if (!std::filesystem::exists(path)) return;
+        std::ifstream in(path);
+        std::string line, kept;
+        while (std::getline(in, line)) {
+            const auto j = nlohmann::json::parse(line, nullptr, false);
+            if (j.is_discarded()) continue;  // a torn last line of a crashed write
+            if (j.contains("step") && j["step"].is_number_integer() && j["step"].get<std::int64_t>() > step) continue;
+            kept += line + "\n";
+        }
+        io::write_file_atomic(path, kept);
+    }
+
+    /// The refusal message of a damaged checkpoint, with the newest older checkpoint that verifies.
+    std::string refusal_hint(const format_error& e, const std::filesystem::path& bad) const {
+        std::string msg = std::string(e.what()).substr(e.path().string().size() + (e.line() ? 0 : 2));
+        msg += ". Cannot resume from " + bad.filename().string();
+        const auto all = store_->list();
+        for (auto it = all.rbegin(); it != all.rend(); ++it) {
+            if (*it == bad) continue;
+            try {
+                (void)io::Checkpoint::open(*it);
+                return msg + "; " + it->filename().string() + " is intact: write \"" + it->filename().string() +
+                       "\" into " + (store_->root() / "latest").string() + " to resume from it";
+            } catch (const error&) {
+            }
+        }
+        return msg + "; no older intact checkpoint was found";
+    }
+
+    Model& model_;
+    Optimizer& opt_;
+    const Schedule& schedule_;
+    const data::SequenceDataset& train_;
+    const data::SequenceDataset* val_;
+    FinetuneConfig cfg_;
+    Loss loss_;
+    FinetuneOptions<T> options_;
+    Rng rng_;
+    std::filesystem::path out_{};
+    std::optional<io::CheckpointStore> store_{};
+    std::filesystem::path last_checkpoint_{};
+
+    std::int64_t total_ = 0, step_ = 0, epoch_ = 0, cursor_ = 0, epochs_completed_ = 0;
+    std::vector<std::int64_t> order_{};
+    std::optional<double> best_loss_{};
+    std::int64_t best_step_ = -1;
+    int bad_validations_ = 0;
+    bool stopped_ = false, finished_ = false;
+    double loss_mean_ = 0;
+    std::int64_t loss_count_ = 0;
+};
+
+/// Runs the finetune loop once (see `Finetuner`).
+template <class Model, class Optimizer, class Schedule, class Loss = CrossEntropy>
+FinetuneResult finetune(Model& model, Optimizer& optimizer, const Schedule& schedule,
+                        const data::SequenceDataset& train, const data::SequenceDataset* validation,
+                        const FinetuneConfig& config, Loss loss = {},
+                        FinetuneOptions<typename Model::scalar_type> options = {}) {
+    Finetuner<Model, Optimizer, Schedule, Loss> f(model, optimizer, schedule, train, validation, config,
+                                                  std::move(loss), std::move(options));
+    return f.run();
+}
+
+}  // namespace distill::train
+
+BOOST_HANA_ADAPT_STRUCT(distill::train::FinetuneConfig, num_epochs, max_steps, batch_size, grad_accum, grad_clip, seed,
+                        eval_every, eval_batch_size, patience, min_delta, checkpoint_every, keep_last_n, log_every,
+                        explosion_factor, explosion_warmup, output_dir, resume, quiet);

@@ -218,6 +218,11 @@ int main(int argc, char** argv) try {
         std::fprintf(stderr, "serve: %s\n", line.c_str());
     };
 
+    auto bad_request = [&](std::uint64_t n, httplib::Response& res, const std::string& why) {
+        log("request " + std::to_string(n) + ": 400 (" + why + ")");
+        reply(res, 400, error_body(why, "invalid_request_error"));
+    };
+
     httplib::Server server;
     server.new_task_queue = [] { return new httplib::ThreadPool(32); };
     server.set_payload_max_length(16u << 20);
@@ -266,7 +271,7 @@ int main(int argc, char** argv) try {
         }
         nlohmann::json body = nlohmann::json::parse(req.body, nullptr, false);
         if (body.is_discarded() || !body.is_object())
-            return reply(res, 400, error_body("the request body is not a JSON object", "invalid_request_error"));
+            return bad_request(n, res, "the request body is not a JSON object");
         teacher::Request request;
         teacher::Sampling sampling;
         bool logprobs = false;
@@ -276,7 +281,7 @@ int main(int argc, char** argv) try {
             sampling = sampling_of(body, vocab);
             logprobs = body.value("logprobs", false);
         } catch (const std::exception& e) {  // distill::error or a JSON type error
-            return reply(res, 400, error_body(e.what(), "invalid_request_error"));
+            return bad_request(n, res, e.what());
         }
         teacher::Response answer;
         {
@@ -284,7 +289,7 @@ int main(int argc, char** argv) try {
             // The request id is empty so the answer depends on the seed and messages alone.
             answer = generate_all(model, std::span<const teacher::Request>(&request, 1), sampling)[0];
         }
-        if (!answer.ok()) return reply(res, 400, error_body(answer.error, "invalid_request_error"));
+        if (!answer.ok()) return bad_request(n, res, answer.error);
         const auto id = "chatcmpl-" + std::to_string(++counter);
         reply(res, 200,
               teacher::openai::make_completion(id, opt.model, std::int64_t(std::time(nullptr)), answer, tokenizer,

@@ -228,6 +228,51 @@ TEST_SUITE("teacher-http") {
         CHECK(clean_log.find(key) == std::string::npos);
     }
 
+    TEST_CASE(
+        "teacher::OpenAI: configuration errors name the field, secrets stay out of names, unreachable endpoints fail "
+        "requests") {
+        ::setenv("DISTILL_TEST_OPENAI_KEY", "sk-in-env-777", 1);
+        teacher::OpenAI<> text({.base_url = "http://user:pw-secret@127.0.0.1:1/v1?token=q-secret",
+                                .model = "m",
+                                .api_key_env = "DISTILL_TEST_OPENAI_KEY",
+                                .max_retries = 1,
+                                .backoff_initial_s = 0.01});
+        for (const std::string& s : {text.fingerprint(), text.name()}) {
+            CHECK(s.find("secret") == std::string::npos);
+            CHECK(s.find("sk-in-env-777") == std::string::npos);
+        }
+        CHECK(text.name().find("(text only") != std::string::npos);
+        static_assert(!teacher_provides<teacher::OpenAI<>, signal::topk_logprobs_t>);
+        static_assert(teacher_provides<teacher::OpenAI<data::ByteTokenizer>, signal::topk_logprobs_t>);
+        try {
+            teacher::OpenAI<data::ByteTokenizer> mapped(
+                {.base_url = "http://127.0.0.1:1/v1", .model = "m", .tokenizer = "llama-3"});
+            FAIL("no config_error");
+        } catch (const config_error& e) {
+            CHECK(e.field() == "teacher.tokenizer");
+        }
+        try {
+            teacher::OpenAI<> missing(
+                {.base_url = "http://127.0.0.1:1/v1", .model = "m", .api_key_env = "DISTILL_TEST_UNSET_VARIABLE"});
+            FAIL("no config_error");
+        } catch (const config_error& e) {
+            CHECK(std::string(e.what()).find("DISTILL_TEST_UNSET_VARIABLE is not set") != std::string::npos);
+        }
+        CHECK_THROWS_AS(teacher::OpenAI<>({.base_url = "localhost:8080", .model = "m"}), config_error);
+        // nothing listens on port 1: each request fails after its retries, none is thrown
+        teacher::OpenAI<> unreachable(
+            {.base_url = "http://127.0.0.1:1/v1", .model = "m", .max_retries = 1, .backoff_initial_s = 0.01});
+        const std::vector<teacher::Request> q = {{"a", 0, {{"user", "hi"}}}, {"b", 1, {{"user", "ho"}}}};
+        const auto out = generate_all(unreachable, std::span<const teacher::Request>(q), {});
+        for (const auto& r : out) {
+            CHECK(!r.ok());
+            CHECK(r.error.find("connection error") != std::string::npos);
+            CHECK(r.error.find("after 2 attempts") != std::string::npos);
+        }
+        CHECK(unreachable.stats().attempts == 4);
+        CHECK(unreachable.stats().failed == 2);
+    }
+
     TEST_CASE("kill -9 of the generate stage at a random point, then a restart, equals an uninterrupted run") {
         TempDir dir("kill9");
         testing::write_tiny_teacher(dir / "teacher.safetensors", 2, 64);
@@ -288,7 +333,7 @@ TEST_SUITE("teacher-http") {
         Child refused(other, {}, dir / "refused.log");
         CHECK(refused.wait(30) == 1);
         const std::string log = read_text(dir / "refused.log");
-        const auto report = nlohmann::json::parse(read_text(dir / "whole" / "generate.json"));
+        const auto report = nlohmann::json::parse(read_text(dir / "whole" / "synthetic.report.json"));
         teacher::Model<student::Transformer, float, device::Cpu> t(
             teacher::ModelConfig{.weights = (dir / "teacher.safetensors").string(), .max_batch = 4}, device::Cpu(1));
         const std::string expected = generation_fingerprint(

@@ -575,7 +575,7 @@ TEST_SUITE("teacher") {
         CHECK(*records[1].reference == "ref");
         CHECK(records[1].fingerprint == rep.fingerprint);
         CHECK(records[1].format == data::input_format::prompt_completion);
-        const auto report = nlohmann::json::parse(read_text(dir / "out" / "generate.json"));
+        const auto report = nlohmann::json::parse(read_text(dir / "out" / "synthetic.report.json"));
         CHECK(report["rejected"]["truncated"] == 1);
         CHECK(report["complete"] == false);
 
@@ -589,6 +589,16 @@ TEST_SUITE("teacher") {
         CHECK(again.requested == 1);
         CHECK(again.failed == 1);
         CHECK(read_text(dir / "out" / "synthetic.jsonl") == before);
+
+        // a second data set in the same directory, under another name, leaves the first alone
+        auto validation = lenient;
+        validation.name = "synthetic.validation";
+        CHECK(generate(t, ds, {}, validation).accepted == 2);
+        CHECK(std::filesystem::exists(dir / "out" / "synthetic.validation.jsonl"));
+        CHECK(std::filesystem::exists(dir / "out" / "synthetic.validation.report.json"));
+        CHECK(read_text(dir / "out" / "synthetic.jsonl") == before);
+        validation.name = "a/b";
+        CHECK_THROWS_WITH_AS(generate(t, ds, {}, validation), Contains("generate.name"), config_error);
 
         // keep_truncated keeps the "length" answer
         auto keep = cfg;
@@ -618,7 +628,7 @@ TEST_SUITE("teacher") {
             CHECK_CONTAINS(std::string(e.what()), "HTTP 503 after 6 attempts");
             CHECK(e.report().failed == 5);
         }
-        CHECK(std::filesystem::exists(dir / "out" / "generate.json"));
+        CHECK(std::filesystem::exists(dir / "out" / "synthetic.report.json"));
     }
 
     TEST_CASE(

@@ -3,14 +3,15 @@
 /// The generate stage: the teacher answers every example, and its answers become the student's
 /// training data.
 ///
-/// **Output** (in `output_dir`):
+/// **Output** (in `output_dir`, file names starting with `name`, "synthetic" by default; give the
+/// validation set another name, e.g. "synthetic.validation", to keep both in one directory):
 /// - `synthetic.jsonl` — one record per accepted answer (format in `teacher/synthetic.hpp`), in the
 ///   order of the input data, each appended and fsynced before the next;
 /// - `synthetic.topk` — the answers' top-k log-probabilities (`io/topk_cache.hpp`), when the teacher
 ///   provides them and `generation.top_logprobs > 0`; record i there belongs to line i of synthetic.jsonl;
 /// - `synthetic.rejected.jsonl` — answers dropped by validation (empty; truncated by max_new_tokens
 ///   unless `keep_truncated`; exact duplicates of an earlier prompt and answer), with the reason;
-/// - `generate.json` — the report: counts of each outcome, failures, throughput (written atomically).
+/// - `synthetic.report.json` — the report: counts of each outcome, failures, throughput (written atomically).
 ///
 /// **Resume.** Every record carries the generation fingerprint (teacher + sampling settings). A
 /// rerun refuses output with another fingerprint (`fingerprint_error`, naming both), cuts off a
@@ -59,6 +60,7 @@ namespace distill {
 /// Settings of the generate stage. Keys are the JSON keys of a job's `generate` object.
 struct GenerateConfig {
     std::string output_dir = "out";    ///< where synthetic.jsonl and its companions go (created if absent)
+    std::string name = "synthetic";    ///< the output files' common name: <name>.jsonl, <name>.topk, ...
     bool keep_truncated = false;       ///< keep answers cut off by max_new_tokens (finish_reason "length")
     bool deduplicate = true;           ///< drop an answer whose prompt and text equal an earlier record's
     bool write_topk = true;            ///< write synthetic.topk when the teacher gives top-k log-probabilities
@@ -69,6 +71,8 @@ struct GenerateConfig {
     /// Throws `config_error` naming the field.
     void validate(const std::string& path = "generate") const {
         if (output_dir.empty()) throw config_error(path + ".output_dir", "must not be empty");
+        if (name.empty() || name.find('/') != std::string::npos)
+            throw config_error(path + ".name", "must be a non-empty file name without '/', got \"" + name + "\"");
         if (!(min_success_ratio >= 0.0 && min_success_ratio <= 1.0))
             throw config_error(path + ".min_success_ratio",
                                "must be in [0, 1], got " + std::to_string(min_success_ratio));
@@ -83,7 +87,7 @@ struct GenerateFailure {
     std::string error{};
 };
 
-/// What the generate stage did (also written to `generate.json`).
+/// What the generate stage did (also written to `<name>.report.json`).
 struct GenerateReport {
     std::string fingerprint{};       ///< generation fingerprint stamped on every record
     std::string teacher{};           ///< the teacher's name
@@ -201,8 +205,9 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
     const auto t0 = clock::now();
     fs::create_directories(config.output_dir);
     const fs::path dir = config.output_dir;
-    const fs::path synthetic = dir / "synthetic.jsonl", topk_path = dir / "synthetic.topk",
-                   rejected_path = dir / "synthetic.rejected.jsonl", report_path = dir / "generate.json";
+    const fs::path synthetic = dir / (config.name + ".jsonl"), topk_path = dir / (config.name + ".topk"),
+                   rejected_path = dir / (config.name + ".rejected.jsonl"),
+                   report_path = dir / (config.name + ".report.json");
 
     GenerateReport report;
     report.fingerprint = generation_fingerprint(teacher, sampling);
@@ -291,6 +296,12 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
         }
     }
     for (const auto& ex : data.examples) report.already_done += done.count(ex.id);
+    if (config.progress) {
+        // What answers and what it gives, stated once at the start (a text-only teacher says so here).
+        std::fprintf(stderr, "generate: teacher %s, fingerprint %s, %llu examples (%llu already answered)%s\n",
+                     report.teacher.c_str(), report.fingerprint.c_str(), (unsigned long long)report.examples,
+                     (unsigned long long)report.already_done, with_topk ? ", with top-k log-probabilities" : "");
+    }
 
     // ---- progress ----------------------------------------------------------------------------------
     const bool tty = ::isatty(2);
@@ -431,5 +442,5 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
 
 }  // namespace distill
 
-BOOST_HANA_ADAPT_STRUCT(distill::GenerateConfig, output_dir, keep_truncated, deduplicate, write_topk, min_success_ratio,
-                        progress, progress_interval_s);
+BOOST_HANA_ADAPT_STRUCT(distill::GenerateConfig, output_dir, name, keep_truncated, deduplicate, write_topk,
+                        min_success_ratio, progress, progress_interval_s);

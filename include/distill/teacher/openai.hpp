@@ -122,12 +122,16 @@ public:
     /// field or the environment variable (never its value).
     explicit OpenAI(OpenAIConfig config) : cfg_(std::move(config)) {
         cfg_.validate();
-        const auto scheme = cfg_.base_url.find("://");
-        const auto slash = cfg_.base_url.find('/', scheme + 3);
-        origin_ = cfg_.base_url.substr(0, slash);
-        path_ = (slash == std::string::npos ? std::string() : cfg_.base_url.substr(slash));
+        // base_url = origin [path prefix] [?query]; the query (e.g. Azure's api-version) follows the route.
+        const auto query_at = cfg_.base_url.find('?');
+        const std::string query = query_at == std::string::npos ? std::string() : cfg_.base_url.substr(query_at);
+        const std::string url = cfg_.base_url.substr(0, query_at);
+        const auto scheme = url.find("://");
+        const auto slash = url.find('/', scheme + 3);
+        origin_ = url.substr(0, slash);
+        path_ = (slash == std::string::npos ? std::string() : url.substr(slash));
         while (!path_.empty() && path_.back() == '/') path_.pop_back();
-        path_ += "/chat/completions";
+        path_ += "/chat/completions" + query;
         if (!cfg_.api_key_env.empty()) {
             const char* key = std::getenv(cfg_.api_key_env.c_str());
             if (!key || !*key)
@@ -148,15 +152,16 @@ public:
     OpenAI(const OpenAI&) = delete;
     OpenAI& operator=(const OpenAI&) = delete;
 
-    /// "openai:" + endpoint + model + what it provides; no key.
+    /// "openai:" + endpoint + model + what it provides; no key (and no user info or query string of
+    /// the URL, where some gateways put credentials).
     std::string fingerprint() const {
-        return "openai:" + cfg_.base_url + ";model=" + cfg_.model +
+        return "openai:" + public_url() + ";model=" + cfg_.model +
                ";tokens=" + (maps_logprobs ? std::string(tokenizer_id()) : std::string("text"));
     }
 
     /// "openai:<model> at <url>", and "(text only)" when log-probabilities cannot be used.
     std::string name() const {
-        return "openai:" + cfg_.model + " at " + cfg_.base_url +
+        return "openai:" + cfg_.model + " at " + public_url() +
                (maps_logprobs ? std::string() : std::string(" (text only: its tokenizer is not the student's)"));
     }
 
@@ -215,6 +220,16 @@ public:
     }
 
 private:
+    // The base URL without "user:password@", query and fragment: what may appear in files and logs.
+    std::string public_url() const {
+        std::string url = cfg_.base_url.substr(0, cfg_.base_url.find_first_of("?#"));
+        const auto scheme = url.find("://");
+        const auto at = url.find('@', scheme + 3), slash = url.find('/', scheme + 3);
+        if (at != std::string::npos && (slash == std::string::npos || at < slash))
+            url.erase(scheme + 3, at - scheme - 2);
+        return url;
+    }
+
     static constexpr std::string_view tokenizer_id() {
         if constexpr (maps_logprobs)
             return Tokenizer::id();

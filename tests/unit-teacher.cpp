@@ -600,6 +600,12 @@ TEST_SUITE("teacher") {
         validation.name = "a/b";
         CHECK_THROWS_WITH_AS(generate(t, ds, {}, validation), Contains("generate.name"), config_error);
 
+        // an output directory that cannot be created is an io_error naming it
+        write_text(dir / "file", "x");
+        auto blocked = lenient;
+        blocked.output_dir = (dir / "file" / "sub").string();
+        CHECK_THROWS_WITH_AS(generate(t, ds, {}, blocked), Contains("cannot create the output directory"), io_error);
+
         // keep_truncated keeps the "length" answer
         auto keep = cfg;
         keep.output_dir = (dir / "keep").string();

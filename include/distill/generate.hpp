@@ -123,11 +123,31 @@ private:
 
 namespace generate_detail {
 
+// std::filesystem reports failures as filesystem_error; the stage reports io_error naming the file.
+template <class F>
+auto fs_call(const std::filesystem::path& path, const char* what, F&& f) {
+    try {
+        return f();
+    } catch (const std::filesystem::filesystem_error& e) {
+        throw io_error(path, std::string(what) + ": " + e.code().message());
+    }
+}
+
+// Cuts a file to `size` bytes and makes the cut durable.
+inline void cut_file(const std::filesystem::path& path, std::uint64_t size) {
+    fs_call(path, "cannot truncate", [&] { std::filesystem::resize_file(path, size); });
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        ::fsync(fd);
+        ::close(fd);
+    }
+}
+
 // Cuts a JSONL file back to its last complete line: a line without its newline is a record whose
 // append a crash interrupted. Returns the bytes removed.
 inline std::uint64_t cut_torn_line(const std::filesystem::path& path) {
     if (!std::filesystem::exists(path)) return 0;
-    const auto size = std::filesystem::file_size(path);
+    const auto size = fs_call(path, "cannot stat", [&] { return std::filesystem::file_size(path); });
     if (size == 0) return 0;
     std::uint64_t keep = 0;
     {
@@ -140,12 +160,7 @@ inline std::uint64_t cut_torn_line(const std::filesystem::path& path) {
                 break;
             }
     }
-    std::filesystem::resize_file(path, keep);
-    const int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
-    if (fd >= 0) {
-        ::fsync(fd);
-        ::close(fd);
-    }
+    cut_file(path, keep);
     return size - keep;
 }
 
@@ -203,7 +218,8 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
     config.validate();
     sampling.validate();
     const auto t0 = clock::now();
-    fs::create_directories(config.output_dir);
+    generate_detail::fs_call(config.output_dir, "cannot create the output directory",
+                             [&] { return fs::create_directories(config.output_dir); });
     const fs::path dir = config.output_dir;
     const fs::path synthetic = dir / (config.name + ".jsonl"), topk_path = dir / (config.name + ".topk"),
                    rejected_path = dir / (config.name + ".rejected.jsonl"),
@@ -244,10 +260,11 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
     }
     if (with_topk) {
         if (fs::exists(topk_path)) {
-            const std::uint64_t size = fs::file_size(topk_path), keep = io::topk_complete_prefix(topk_path);
+            const std::uint64_t size = std::filesystem::file_size(topk_path),
+                                keep = io::topk_complete_prefix(topk_path);
             if (keep == 0) throw format_error(topk_path, 0, "top-k cache: not a distill top-k cache file (bad header)");
             if (keep < size) {
-                fs::resize_file(topk_path, keep);
+                generate_detail::cut_file(topk_path, keep);
                 report.repaired_bytes += size - keep;
             }
             // A crash between the two appends of one answer leaves a top-k record without its line:
@@ -272,8 +289,8 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
                                            "; delete both to generate anew");
             }
             if (cut) {
-                report.repaired_bytes += fs::file_size(topk_path) - cut;
-                fs::resize_file(topk_path, cut);
+                report.repaired_bytes += std::filesystem::file_size(topk_path) - cut;
+                generate_detail::cut_file(topk_path, cut);
             }
         } else {
             if (!with_record.empty())

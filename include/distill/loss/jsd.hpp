@@ -1,0 +1,83 @@
+#pragma once
+/// @file jsd.hpp
+/// `JSD`: the generalized Jensen–Shannon divergence, interpolating between forward (β = 0) and
+/// reverse (β = 1) KL, continuous at both ends.
+
+#include <cstdint>
+#include <string>
+
+#include <boost/hana/adapt_struct.hpp>
+#include <boost/hana/set.hpp>
+
+#include "distill/device/cpu_losses.hpp"
+#include "distill/device/reference_losses.hpp"
+#include "distill/loss.hpp"
+#include "distill/loss/util.hpp"
+
+namespace distill::loss {
+
+/// Keys of the job's `loss.jsd` object.
+struct JSDConfig {
+    double beta = 0.5;                ///< the teacher's weight in the mixture; 0 forward KL, 1 reverse KL
+    double temperature = 1.0;         ///< τ > 0
+    bool temperature_squared = true;  ///< multiply the value (and gradient) by τ²
+};
+
+/// Generalized JSD at temperature τ, full vocabulary, with p = softmax(t/τ), q = softmax(z/τ):
+///
+///   M = β p + (1−β) q                     (a mixture of *probabilities*, built in log space)
+///   J_β = [β KL(p‖M) + (1−β) KL(q‖M)] / (β(1−β))   for 0 < β < 1,
+///   J_0 = KL(p‖q) (forward, = SoftKL),   J_1 = KL(q‖p) (reverse, = ReverseKL);
+///   value = s · mean over counted positions of J_β;  ∂J_β/∂z_j = −q_j (log(M_j/q_j) + KL(q‖M)) / (β τ).
+///
+/// The mixture weights and the KL weights follow the GKD paper (Agarwal et al. 2024) and TRL's
+/// `generalized_jsd_loss` (β weights the teacher in M). Unnormalized, that divergence goes to 0 at
+/// both ends, so a library that special-cases β = 0 as forward KL is discontinuous there; dividing
+/// by β(1−β) makes J_β → KL(p‖q) as β → 0 and → KL(q‖p) as β → 1 (first order of log(M/q) in β),
+/// and J_0.5 = 4·JSD, symmetric in p and q. Near the ends the cancelling first-order terms are each
+/// computed to relative precision (log1p/expm1), so J_β stays accurate for β = 1e-6.
+/// Needs `logits`. Config: `beta` ∈ [0, 1] (default 0.5), `temperature`, `temperature_squared`.
+class JSD {
+public:
+    using config = JSDConfig;
+
+    static constexpr char name[] = "jsd";
+    static constexpr auto needs = boost::hana::make_set(signal::logits);
+
+    explicit JSD(const config& c = {}, const dims& d = {}) : cfg_(c) {
+        if (!(c.beta >= 0 && c.beta <= 1))
+            throw config_error("jsd.beta", "must be in [0, 1], got " + std::to_string(c.beta));
+        util::check_temperature("jsd.temperature", c.temperature);
+        if (d.student.vocab_size && d.teacher.vocab_size && d.student.vocab_size != d.teacher.vocab_size)
+            throw config_error("jsd", "the teacher's vocabulary (" + std::to_string(d.teacher.vocab_size) +
+                                          ") differs from the student's (" + std::to_string(d.student.vocab_size) +
+                                          ")");
+    }
+
+    const config& settings() const noexcept { return cfg_; }
+
+    /// The value; adds its gradient (times `ctx.weight`) to the logits' sink.
+    template <class T, class Device>
+    T operator()(const context<T, Device>& ctx) {
+        const auto& s = ctx.student->logits;
+        const auto& t = ctx.teacher->logits;
+        util::check_btx("jsd", "the teacher's logits", t, s, s.size(2));
+        const std::int64_t N = s.size(0) * s.size(1), count = ctx.count();
+        const T tau = static_cast<T>(cfg_.temperature);
+        const T factor = cfg_.temperature_squared ? tau * tau : T(1);
+        const auto sink = ctx.d_logits();
+        jsd_forward_backward(ctx.device, sink.tensor.data(), sink.accumulate, ctx.rows(), s.data(), t.data(),
+                             ctx.mask_data(), N, static_cast<int>(s.size(2)), static_cast<T>(cfg_.beta), T(1) / tau,
+                             ctx.weight * factor / T(count ? count : 1));
+        return factor * util::mean_rows(ctx.rows(), N, count);
+    }
+
+    DISTILL_LOSS_TERM_CHECKS(distill::loss::JSD)
+
+private:
+    config cfg_;
+};
+
+}  // namespace distill::loss
+
+BOOST_HANA_ADAPT_STRUCT(distill::loss::JSDConfig, beta, temperature, temperature_squared);

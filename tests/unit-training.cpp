@@ -21,6 +21,7 @@
 #include <vector>
 
 #include <fcntl.h>
+#include <pty.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -893,6 +894,34 @@ TEST_CASE("training: metrics.jsonl, progress lines and the explosion report") {
     std::fclose(out2);
 }
 
+TEST_CASE("training: on a terminal, progress is one bar redrawn in place") {
+    int master = -1, slave = -1;
+    REQUIRE(::openpty(&master, &slave, nullptr, nullptr, nullptr) == 0);
+    std::FILE* out = ::fdopen(slave, "w");
+    REQUIRE(out);
+    NoiseTask task;
+    Model model(NoiseTask::model_config(), 8, device::Cpu(1));
+    model.init(3);
+    optim::AdamW<float, device::Cpu> opt(model.parameters(), {}, device::Cpu(1));
+    train::FinetuneConfig cfg{.num_epochs = 2, .batch_size = 8};
+    cfg.quiet = false;
+    train::FinetuneOptions<float> options;
+    options.progress = out;
+    train::finetune(model, opt, noise_schedule(cfg, task.train.size()), task.train, nullptr, cfg, train::CrossEntropy{},
+                    options);
+    std::fclose(out);
+    std::string text;
+    char buf[4096];
+    for (ssize_t n; (n = ::read(master, buf, sizeof buf)) > 0;) {
+        text.append(buf, static_cast<std::size_t>(n));
+        if (text.find("\n") != std::string::npos && text.find("step 6/6") != std::string::npos) break;
+    }
+    ::close(master);
+    INFO(text);
+    CHECK(text.find("\r\033[K[========================] step 6/6 (100%) epoch 2  loss ") != std::string::npos);
+    CHECK(text.find("tok/s  ETA 0s") != std::string::npos);
+}
+
 TEST_CASE("training: bad configurations, other data and damaged checkpoints are refused when a run starts") {
     TempDir dir("refuse");
     NoiseTask task;
@@ -917,6 +946,15 @@ TEST_CASE("training: bad configurations, other data and damaged checkpoints are 
     CHECK(error_of([&] {
               io::from_json(nlohmann::json{{"patiense", 2}}, parsed, "training");
           }) == "training.patiense: unknown key; did you mean \"patience\"?");
+    {
+        // One run per output directory: a second concurrent run is refused (the lock dies with its holder).
+        auto locked = cfg;
+        locked.max_steps = 1;
+        train::Finetuner first(model, opt, schedule, task.train, nullptr, locked);
+        CHECK(error_of([&] {
+                  train::Finetuner(model, opt, schedule, task.train, nullptr, locked);
+              }).find("training.output_dir: another process is training into") != std::string::npos);
+    }
     const data::SequenceDataset empty;
     CHECK(error_of([&] { train::finetune(model, opt, schedule, empty, nullptr, cfg); }) ==
           "training_data: the training set is empty");

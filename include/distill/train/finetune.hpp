@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -30,6 +31,10 @@
 #include <string>
 #include <utility>
 #include <vector>
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
 
 #include <boost/hana/adapt_struct.hpp>
 #include <nlohmann/json.hpp>
@@ -47,6 +52,49 @@
 #include "distill/train/progress.hpp"
 
 namespace distill::train {
+
+namespace detail {
+
+/// An exclusive advisory lock (flock) on `<dir>/.lock`, held while a run writes into `dir`: two
+/// processes training into one output directory would interleave checkpoints and delete each
+/// other's temporaries. The kernel drops the lock when the process dies, SIGKILL included, so a
+/// crashed run never leaves a stale lock behind.
+class DirectoryLock {
+public:
+    DirectoryLock() = default;
+    explicit DirectoryLock(const std::filesystem::path& dir) {
+        const auto path = dir / ".lock";
+        fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+        if (fd_ < 0) {
+            const int err = errno;
+            throw io_error(path, distill::detail::io_errno_message("cannot open the run's lock file", err));
+        }
+        if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+            ::close(fd_);
+            fd_ = -1;
+            throw config_error("training.output_dir", "another process is training into " + dir.string() +
+                                                          " (it holds " + path.string() + "); one run per directory");
+        }
+    }
+    DirectoryLock(DirectoryLock&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
+    DirectoryLock& operator=(DirectoryLock&& o) noexcept {
+        if (this != &o) {
+            release();
+            fd_ = std::exchange(o.fd_, -1);
+        }
+        return *this;
+    }
+    ~DirectoryLock() { release(); }
+
+private:
+    void release() noexcept {
+        if (fd_ >= 0) ::close(fd_);  // closing the descriptor releases the flock
+        fd_ = -1;
+    }
+    int fd_ = -1;
+};
+
+}  // namespace detail
 
 /// The loop's settings: the JSON keys of the job's `training` object.
 struct FinetuneConfig {
@@ -219,6 +267,7 @@ public:
             std::error_code ec;
             std::filesystem::create_directories(out_, ec);
             if (ec) throw io_error(out_, "cannot create the output directory: " + ec.message());
+            lock_ = detail::DirectoryLock(out_);  // before the store, which cleans up temporaries
             store_.emplace(out_ / "checkpoints");
         }
     }
@@ -587,6 +636,7 @@ private:
     FinetuneOptions<T> options_;
     Rng rng_;
     std::filesystem::path out_{};
+    detail::DirectoryLock lock_;
     std::optional<io::CheckpointStore> store_{};
     std::filesystem::path last_checkpoint_{};
 

@@ -151,6 +151,9 @@ public:
     /// Σ_i w_i · value_i; each term adds w_i · ctx.weight times its gradient to the sinks.
     template <class T, class Device>
     T operator()(const context<T, Device>& ctx) {
+        static_assert((std::is_invocable_v<Terms&, const context<T, Device>&> && ...),
+                      "Loss: a term of this loss::Sum cannot run in this scalar type or on this device (its learned "
+                      "parts are typed, e.g. HiddenMSE is fp32 on the CPU); use loss::rebind_t<Loss, T, Device>");
         double total = 0;
         std::size_t i = 0;
         boost::hana::for_each(terms_, [&](auto& term) {

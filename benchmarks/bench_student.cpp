@@ -16,7 +16,8 @@
 
 int main(int argc, char** argv) {
     using namespace distill;
-    student::TransformerConfig cfg{.vocab_size = 256, .context_length = 256, .d_model = 256, .n_layers = 4, .n_heads = 4, .d_ff = 1024};
+    student::TransformerConfig cfg{
+        .vocab_size = 256, .context_length = 256, .d_model = 256, .n_layers = 4, .n_heads = 4, .d_ff = 1024};
     int B = 8, threads = 2, steps = 10;
     bool reference = true;
     for (int i = 1; i < argc; ++i) {
@@ -28,16 +29,26 @@ int main(int argc, char** argv) {
             }
             return std::atoi(argv[++i]);
         };
-        if (a == "--vocab") cfg.vocab_size = next();
-        else if (a == "--context") cfg.context_length = next();
-        else if (a == "--d-model") cfg.d_model = next();
-        else if (a == "--layers") cfg.n_layers = next();
-        else if (a == "--heads") cfg.n_heads = next();
-        else if (a == "--d-ff") cfg.d_ff = next();
-        else if (a == "--batch") B = next();
-        else if (a == "--threads") threads = next();
-        else if (a == "--steps") steps = next();
-        else if (a == "--no-reference") reference = false;
+        if (a == "--vocab")
+            cfg.vocab_size = next();
+        else if (a == "--context")
+            cfg.context_length = next();
+        else if (a == "--d-model")
+            cfg.d_model = next();
+        else if (a == "--layers")
+            cfg.n_layers = next();
+        else if (a == "--heads")
+            cfg.n_heads = next();
+        else if (a == "--d-ff")
+            cfg.d_ff = next();
+        else if (a == "--batch")
+            B = next();
+        else if (a == "--threads")
+            threads = next();
+        else if (a == "--steps")
+            steps = next();
+        else if (a == "--no-reference")
+            reference = false;
         else {
             std::fprintf(stderr, "unknown argument %s\n", a.c_str());
             return 2;
@@ -61,7 +72,8 @@ int main(int argc, char** argv) {
     // Validate before timing: random targets give a loss near ln(V) at init, finite gradients.
     const float loss0 = step();
     if (!(std::abs(loss0 - std::log(float(V))) < 0.5f)) {
-        std::fprintf(stderr, "validation failed: initial loss %f, expected about ln(V) = %f\n", loss0, std::log(float(V)));
+        std::fprintf(stderr, "validation failed: initial loss %f, expected about ln(V) = %f\n", loss0,
+                     std::log(float(V)));
         return 1;
     }
     for (std::size_t i = 0; i < m.arena_size(); ++i)
@@ -78,15 +90,17 @@ int main(int argc, char** argv) {
     // FLOPs of the matrix products actually computed (full T x T attention), forward x 3 for
     // forward + backward; elementwise work is not counted.
     const double N = double(B) * T;
-    const double fwd = 2.0 * N * L * (3.0 * C * C + C * C + 2.0 * C * F) + 2.0 * N * C * V + 4.0 * B * L * double(T) * T * C;
+    const double fwd =
+        2.0 * N * L * (3.0 * C * C + C * C + 2.0 * C * F) + 2.0 * N * C * V + 4.0 * B * L * double(T) * T * C;
     const double flops = 3.0 * fwd;
     const double tok_s = N / dt, gflops = flops / dt / 1e9;
     const double peak = bench::measure_fp32_peak(threads);
 
-    std::printf("workload: student fwd+bwd V=%d T=%d d=%d L=%d H=%d F=%d B=%d, %d threads\n", V, T, C, L, cfg.n_heads, F, B,
-                threads);
-    std::printf("distill: %.1f ms/step, %.0f tokens/s, %.1f GFLOP/s = %.1f%% of the measured FP32 FMA peak (%.0f GFLOP/s)\n",
-                dt * 1e3, tok_s, gflops, 100.0 * gflops / peak, peak);
+    std::printf("workload: student fwd+bwd V=%d T=%d d=%d L=%d H=%d F=%d B=%d, %d threads\n", V, T, C, L, cfg.n_heads,
+                F, B, threads);
+    std::printf(
+        "distill: %.1f ms/step, %.0f tokens/s, %.1f GFLOP/s = %.1f%% of the measured FP32 FMA peak (%.0f GFLOP/s)\n",
+        dt * 1e3, tok_s, gflops, 100.0 * gflops / peak, peak);
     if (reference) {
         char cmd[512];
         std::snprintf(cmd, sizeof cmd,

@@ -18,7 +18,9 @@
 
 namespace bench {
 
-inline double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+inline double now() {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
 
 // Independent FMA chains (12 per thread, more than FMA latency x ports) in the widest vectors the
 // build targets, so the loop runs at the FMA units' throughput. Returns flops done.
@@ -82,7 +84,8 @@ inline double measure_fp32_peak(int threads) {
 /// `key` from it, or a negative number (with the reason printed) when PyTorch is not available.
 inline double run_reference(const std::string& command, const std::string& key) {
     if (std::system("/usr/bin/python3 -c 'import torch' >/dev/null 2>&1") != 0) {
-        std::printf("PyTorch reference: skipped (no `import torch` for /usr/bin/python3; apt-get install python3-torch)\n");
+        std::printf(
+            "PyTorch reference: skipped (no `import torch` for /usr/bin/python3; apt-get install python3-torch)\n");
         return -1;
     }
     FILE* p = popen(command.c_str(), "r");

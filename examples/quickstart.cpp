@@ -18,17 +18,24 @@ int main(int argc, char** argv) try {
     std::string out = "out/quickstart";
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
-        if (a == "--steps" && i + 1 < argc) max_steps = std::atoi(argv[++i]);
-        else if (a == "--threads" && i + 1 < argc) threads = std::atoi(argv[++i]);
-        else if (a == "--out" && i + 1 < argc) out = argv[++i];
+        if (a == "--steps" && i + 1 < argc)
+            max_steps = std::atoi(argv[++i]);
+        else if (a == "--threads" && i + 1 < argc)
+            threads = std::atoi(argv[++i]);
+        else if (a == "--out" && i + 1 < argc)
+            out = argv[++i];
         else {
             std::fprintf(stderr, "usage: quickstart [--steps N] [--threads N] [--out DIR]\n");
             return 2;
         }
     }
     const device::Cpu cpu = threads > 0 ? device::Cpu(threads) : device::Cpu();
-    const student::TransformerConfig cfg{.vocab_size = data::ByteTokenizer::vocab_size(), .context_length = 11, .d_model = 64,
-                                         .n_layers = 2, .n_heads = 4, .d_ff = 256};
+    const student::TransformerConfig cfg{.vocab_size = data::ByteTokenizer::vocab_size(),
+                                         .context_length = 11,
+                                         .d_model = 64,
+                                         .n_layers = 2,
+                                         .n_heads = 4,
+                                         .d_ff = 256};
     const int B = 32, min_len = 2, max_len = 4;
     student::Transformer<float, device::Cpu> model(cfg, B, cpu);
     model.init(1);

@@ -17,7 +17,8 @@ namespace distill::testing {
 
 /// |a - b| <= atol + rtol * |b| for every element; on failure names the worst index and both values.
 template <class A, class B>
-void check_close(const std::string& what, const A* actual, const B* expected, std::int64_t n, double atol, double rtol) {
+void check_close(const std::string& what, const A* actual, const B* expected, std::int64_t n, double atol,
+                 double rtol) {
     std::int64_t worst = -1;
     double worst_excess = 0;
     for (std::int64_t i = 0; i < n; ++i) {
@@ -31,7 +32,8 @@ void check_close(const std::string& what, const A* actual, const B* expected, st
     }
     INFO(what << ": worst element " << worst << " of " << n << ": got "
               << (worst >= 0 ? static_cast<double>(actual[worst]) : 0.0) << ", expected "
-              << (worst >= 0 ? static_cast<double>(expected[worst]) : 0.0) << " (atol " << atol << ", rtol " << rtol << ")");
+              << (worst >= 0 ? static_cast<double>(expected[worst]) : 0.0) << " (atol " << atol << ", rtol " << rtol
+              << ")");
     CHECK(worst < 0);
 }
 

@@ -99,8 +99,8 @@ TEST_CASE("reflect: config JSON round trip and strict errors") {
                          doctest::Contains("student.d_model: expected an integer, got a string"), config_error);
     CHECK_THROWS_WITH_AS(io::from_json(nlohmann::json{{"d_model", 1.5}}, c, "student"),
                          doctest::Contains("student.d_model: expected an integer, got a number"), config_error);
-    CHECK_THROWS_WITH_AS(io::from_json(nlohmann::json{{"d_model", 1e12}}, c, "student"), doctest::Contains("student.d_model"),
-                         config_error);
+    CHECK_THROWS_WITH_AS(io::from_json(nlohmann::json{{"d_model", 1e12}}, c, "student"),
+                         doctest::Contains("student.d_model"), config_error);
     CHECK_THROWS_WITH_AS(io::from_json(nlohmann::json{{"d_model", 10000000000LL}}, c, "student"),
                          doctest::Contains("does not fit"), config_error);
     CHECK_THROWS_WITH_AS(io::from_json(nlohmann::json::array(), c, "student"),
@@ -113,11 +113,13 @@ TEST_CASE("Cpu device: explicit and environment thread counts") {
     ::setenv("DISTILL_NUM_THREADS", "2", 1);
     CHECK(device::Cpu().threads() == 2);
     ::setenv("DISTILL_NUM_THREADS", "two", 1);
-    CHECK_THROWS_WITH_AS(device::Cpu(), doctest::Contains("DISTILL_NUM_THREADS: expected an integer in [1, 4096], got \"two\""),
+    CHECK_THROWS_WITH_AS(device::Cpu(),
+                         doctest::Contains("DISTILL_NUM_THREADS: expected an integer in [1, 4096], got \"two\""),
                          config_error);
     ::unsetenv("DISTILL_NUM_THREADS");
     static_assert(device_policy<device::Cpu>);
     static_assert(device_policy<device::Reference>);
-    CHECK(std::string(version()) == std::to_string(DISTILL_VERSION_MAJOR) + "." + std::to_string(DISTILL_VERSION_MINOR) + "." +
+    CHECK(std::string(version()) == std::to_string(DISTILL_VERSION_MAJOR) + "." +
+                                        std::to_string(DISTILL_VERSION_MINOR) + "." +
                                         std::to_string(DISTILL_VERSION_PATCH));
 }

@@ -44,9 +44,17 @@ TEST_CASE("ByteTokenizer: special tokens") {
     CHECK(ByteTokenizer::bos == 256);
     CHECK(ByteTokenizer::end_of_turn == 262);
 
-    const std::vector<std::int32_t> ids = {ByteTokenizer::bos, ByteTokenizer::system, 's', ByteTokenizer::end_of_turn,
-                                           ByteTokenizer::user, 'h', 'i', ByteTokenizer::end_of_turn,
-                                           ByteTokenizer::assistant, ByteTokenizer::eos, ByteTokenizer::pad};
+    const std::vector<std::int32_t> ids = {ByteTokenizer::bos,
+                                           ByteTokenizer::system,
+                                           's',
+                                           ByteTokenizer::end_of_turn,
+                                           ByteTokenizer::user,
+                                           'h',
+                                           'i',
+                                           ByteTokenizer::end_of_turn,
+                                           ByteTokenizer::assistant,
+                                           ByteTokenizer::eos,
+                                           ByteTokenizer::pad};
     CHECK(tok.decode(ids) == "<|bos|><|system|>s<|end|><|user|>hi<|end|><|assistant|><|eos|><|pad|>");
     CHECK(tok.decode(ids, true) == "shi");
 

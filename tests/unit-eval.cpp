@@ -50,7 +50,8 @@ TEST_CASE("corpus BLEU equals sacreBLEU's to 0.01 (score, precisions, brevity pe
 TEST_CASE("ROUGE-L equals rouge-score's on every golden pair") {
     const auto g = golden();
     for (std::size_t i = 0; i < g["pairs"].size(); ++i) {
-        const auto s = eval::rouge_l(g["pairs"][i]["reference"].get<std::string>(), g["pairs"][i]["hypothesis"].get<std::string>());
+        const auto s = eval::rouge_l(g["pairs"][i]["reference"].get<std::string>(),
+                                     g["pairs"][i]["hypothesis"].get<std::string>());
         INFO("pair " << i);
         CHECK(s.precision == doctest::Approx(g["rouge_l"][i]["precision"].get<double>()).epsilon(1e-12));
         CHECK(s.recall == doctest::Approx(g["rouge_l"][i]["recall"].get<double>()).epsilon(1e-12));

@@ -98,18 +98,20 @@ std::string raw(std::initializer_list<T> values) {
     return bytes;
 }
 
-void open_file(const fs::path& p) { safetensors_file file(p); }
+void open_file(const fs::path& p) {
+    safetensors_file file(p);
+}
 
 }  // namespace
 
 // Asserts that opening a file made of `bytes` fails with a format_error whose message contains
 // `message` and names the file.
-#define CHECK_DEFECT(bytes, message)                                                              \
-    do {                                                                                          \
-        temp_dir dir_;                                                                            \
-        const fs::path bad_ = dir_.file("bad.safetensors", bytes);                                \
-        CHECK_THROWS_WITH_AS(open_file(bad_), Contains(message), format_error);                   \
-        CHECK_THROWS_WITH_AS(open_file(bad_), Contains(bad_.string().c_str()), format_error);     \
+#define CHECK_DEFECT(bytes, message)                                                          \
+    do {                                                                                      \
+        temp_dir dir_;                                                                        \
+        const fs::path bad_ = dir_.file("bad.safetensors", bytes);                            \
+        CHECK_THROWS_WITH_AS(open_file(bad_), Contains(message), format_error);               \
+        CHECK_THROWS_WITH_AS(open_file(bad_), Contains(bad_.string().c_str()), format_error); \
     } while (false)
 
 // ---------------------------------------------------------------------------------------------------
@@ -167,8 +169,8 @@ TEST_CASE("safetensors: BF16 round trip is exact for representable values and ro
     const float inf = std::numeric_limits<float>::infinity();
     // 1 + 2^-8 is a tie between 1 (even) and 1 + 2^-7; 1 + 3*2^-8 a tie between 1 + 2^-7 and 1 + 2^-6 (even);
     // 1.1f = 0x3F8CCCCD is nearer 0x3F8D than 0x3F8C.
-    const std::vector<float> values = {1.0f, -2.5f, 0.15625f, 65536.0f, -0.0f, inf,
-                                       1.00390625f, 1.01171875f, 1.1f, nan};
+    const std::vector<float> values = {1.0f, -2.5f,       0.15625f,    65536.0f, -0.0f,
+                                       inf,  1.00390625f, 1.01171875f, 1.1f,     nan};
     const std::vector<named_tensor<const float>> tensors = {{"x", values.data(), {10}}};
     distill::io::save_tensors<float>(p, tensors, dtype::BF16);
 
@@ -237,7 +239,7 @@ TEST_CASE("safetensors: F16 decodes known bit patterns exactly") {
     CHECK(v[0] == 1.0f);
     CHECK(v[1] == -2.0f);
     CHECK(v[2] == 65504.0f);
-    CHECK(v[3] == std::ldexp(1.0f, -24));  // smallest subnormal
+    CHECK(v[3] == std::ldexp(1.0f, -24));     // smallest subnormal
     CHECK(v[4] == std::ldexp(1023.0f, -24));  // largest subnormal
     CHECK(v[5] == std::numeric_limits<float>::infinity());
     CHECK(v[6] == -std::numeric_limits<float>::infinity());
@@ -248,16 +250,15 @@ TEST_CASE("safetensors: F16 decodes known bit patterns exactly") {
 
 TEST_CASE("safetensors: integer tensors widen to int64") {
     temp_dir dir;
-    const std::string header =
-        R"({"i32":{"dtype":"I32","shape":[3],"data_offsets":[0,12]},)"
-        R"("u8":{"dtype":"U8","shape":[2],"data_offsets":[12,14]},)"
-        R"("i8":{"dtype":"I8","shape":[1],"data_offsets":[14,15]},)"
-        R"("flag":{"dtype":"BOOL","shape":[2],"data_offsets":[15,17]},)"
-        R"("i64":{"dtype":"I64","shape":[1],"data_offsets":[17,25]},)"
-        R"("i16":{"dtype":"I16","shape":[1],"data_offsets":[25,27]}})";
+    const std::string header = R"({"i32":{"dtype":"I32","shape":[3],"data_offsets":[0,12]},)"
+                               R"("u8":{"dtype":"U8","shape":[2],"data_offsets":[12,14]},)"
+                               R"("i8":{"dtype":"I8","shape":[1],"data_offsets":[14,15]},)"
+                               R"("flag":{"dtype":"BOOL","shape":[2],"data_offsets":[15,17]},)"
+                               R"("i64":{"dtype":"I64","shape":[1],"data_offsets":[17,25]},)"
+                               R"("i16":{"dtype":"I16","shape":[1],"data_offsets":[25,27]}})";
     const std::string data = raw<std::int32_t>({-1, 7, 2147483647}) + raw<std::uint8_t>({200, 0}) +
-                             raw<std::int8_t>({-128}) + raw<std::uint8_t>({1, 0}) +
-                             raw<std::int64_t>({-5000000000}) + raw<std::int16_t>({-300});
+                             raw<std::int8_t>({-128}) + raw<std::uint8_t>({1, 0}) + raw<std::int64_t>({-5000000000}) +
+                             raw<std::int16_t>({-300});
     const safetensors_file file(dir.file("ints.safetensors", le64(header.size()) + header + data));
 
     CHECK(file.read_integers(file.at("i32")) == std::vector<std::int64_t>{-1, 7, 2147483647});
@@ -401,16 +402,16 @@ TEST_CASE("safetensors defect: negative shape dimension") {
 }
 
 TEST_CASE("safetensors defect: element count overflows") {
-    CHECK_DEFECT(safetensors_bytes(
-                     R"({"w": {"dtype": "F32", "shape": [4294967296, 4294967296], "data_offsets": [0, 0]}})", 0),
-                 "tensor 'w': shape [4294967296,4294967296] has too many elements");
+    CHECK_DEFECT(
+        safetensors_bytes(R"({"w": {"dtype": "F32", "shape": [4294967296, 4294967296], "data_offsets": [0, 0]}})", 0),
+        "tensor 'w': shape [4294967296,4294967296] has too many elements");
     // The element count fits, its size in bytes does not.
-    CHECK_DEFECT(safetensors_bytes(
-                     R"({"w": {"dtype": "F64", "shape": [4611686018427387904], "data_offsets": [0, 0]}})", 0),
-                 "tensor 'w': shape [4611686018427387904] has too many elements");
-    CHECK_DEFECT(safetensors_bytes(
-                     R"({"w": {"dtype": "F64", "shape": [18446744073709551615], "data_offsets": [0, 0]}})", 0),
-                 "tensor 'w': shape dimension 18446744073709551615 is too large");
+    CHECK_DEFECT(
+        safetensors_bytes(R"({"w": {"dtype": "F64", "shape": [4611686018427387904], "data_offsets": [0, 0]}})", 0),
+        "tensor 'w': shape [4611686018427387904] has too many elements");
+    CHECK_DEFECT(
+        safetensors_bytes(R"({"w": {"dtype": "F64", "shape": [18446744073709551615], "data_offsets": [0, 0]}})", 0),
+        "tensor 'w': shape dimension 18446744073709551615 is too large");
 }
 
 TEST_CASE("safetensors defect: byte size disagrees with shape and dtype") {
@@ -444,7 +445,8 @@ TEST_CASE("safetensors defect: bytes of the data buffer that belong to no tensor
                  "bytes 0..4 of the data buffer belong to no tensor (the gap before tensor 'a')");
     CHECK_DEFECT(safetensors_bytes(R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}})", 12),
                  "bytes 8..12 of the data buffer belong to no tensor (after tensor 'a')");
-    CHECK_DEFECT(safetensors_bytes("{}", 3), "bytes 0..3 of the data buffer belong to no tensor (the file has no tensors)");
+    CHECK_DEFECT(safetensors_bytes("{}", 3),
+                 "bytes 0..3 of the data buffer belong to no tensor (the file has no tensors)");
 }
 
 TEST_CASE("safetensors defect: __metadata__ not a string-to-string object") {
@@ -456,7 +458,8 @@ TEST_CASE("safetensors defect: __metadata__ not a string-to-string object") {
 
 TEST_CASE("safetensors: header padding, an empty file of tensors and metadata only are valid") {
     temp_dir dir;
-    const safetensors_file padded(dir.file("p.safetensors", safetensors_bytes(R"({"__metadata__": {"k": "v"}}    )", 0)));
+    const safetensors_file padded(
+        dir.file("p.safetensors", safetensors_bytes(R"({"__metadata__": {"k": "v"}}    )", 0)));
     CHECK(padded.tensors().empty());
     CHECK(padded.metadata().at("k") == "v");
 }
@@ -525,10 +528,11 @@ TEST_CASE("load_tensors: long lists of names are cut after ten") {
     std::vector<float> buffer(1, sentinel);
     std::vector<named_tensor<float>> targets;
     for (int i = 0; i < 13; ++i) targets.push_back({"t" + std::to_string(i), buffer.data(), {1}});
-    CHECK_THROWS_WITH_AS(distill::io::load_tensors<float>(file, targets),
-                         Contains("missing 13 tensor(s) the model expects: 't0', 't1', 't2', 't3', 't4', 't5', 't6', "
-                                  "'t7', 't8', 't9' and 3 more; 2 unexpected tensor(s) the model does not have: 'a', 'b'"),
-                         format_error);
+    CHECK_THROWS_WITH_AS(
+        distill::io::load_tensors<float>(file, targets),
+        Contains("missing 13 tensor(s) the model expects: 't0', 't1', 't2', 't3', 't4', 't5', 't6', "
+                 "'t7', 't8', 't9' and 3 more; 2 unexpected tensor(s) the model does not have: 'a', 'b'"),
+        format_error);
     CHECK(untouched(buffer));
 }
 
@@ -552,8 +556,7 @@ TEST_CASE("save_tensors: invalid input is refused before anything is written") {
     CHECK_THROWS_WITH_AS(distill::io::save_tensors<float>(p, duplicate), Contains("tensor 'w' is listed twice"),
                          distill::error);
     const std::vector<named_tensor<const float>> negative = {{"w", &x, {-1}}};
-    CHECK_THROWS_WITH_AS(distill::io::save_tensors<float>(p, negative), Contains("invalid shape [-1]"),
-                         distill::error);
+    CHECK_THROWS_WITH_AS(distill::io::save_tensors<float>(p, negative), Contains("invalid shape [-1]"), distill::error);
     const std::vector<named_tensor<const float>> fine = {{"w", &x, {1}}};
     CHECK_THROWS_WITH_AS(distill::io::save_tensors<float>(p, fine, dtype::I32), Contains("cannot write dtype I32"),
                          distill::error);
@@ -589,8 +592,8 @@ TEST_CASE("write_file_atomic: an unwritable location fails with io_error and kee
     // A read-only directory; root ignores permissions, so this half only runs for other users.
     if (::geteuid() != 0) {
         fs::permissions(dir.path, fs::perms::owner_read | fs::perms::owner_exec);
-        CHECK_THROWS_WITH_AS(distill::io::write_file_atomic(p, std::string_view("new")),
-                             Contains("Permission denied"), io_error);
+        CHECK_THROWS_WITH_AS(distill::io::write_file_atomic(p, std::string_view("new")), Contains("Permission denied"),
+                             io_error);
         fs::permissions(dir.path, fs::perms::owner_all);
         CHECK(read_all(p) == "old content");
     }

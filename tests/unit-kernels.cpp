@@ -76,8 +76,10 @@ TEST_CASE("row kernels: Cpu equals Reference (float)") {
         layernorm_forward(cpu, o1.data(), m1.data(), r1.data(), x.data(), w.data(), b.data(), N, C, 1e-5f);
         check_close("ln out", o1.data(), o0.data(), std::int64_t(o0.size()), 1e-5, 1e-5);
         std::vector<float> di0(x.size(), 1.0f), di1(x.size(), 1.0f), dw0(C, 0.5f), dw1(C, 0.5f), db0(C), db1(C);
-        layernorm_backward(ref, di0.data(), dw0.data(), db0.data(), dy.data(), x.data(), w.data(), m0.data(), r0.data(), N, C);
-        layernorm_backward(cpu, di1.data(), dw1.data(), db1.data(), dy.data(), x.data(), w.data(), m1.data(), r1.data(), N, C);
+        layernorm_backward(ref, di0.data(), dw0.data(), db0.data(), dy.data(), x.data(), w.data(), m0.data(), r0.data(),
+                           N, C);
+        layernorm_backward(cpu, di1.data(), dw1.data(), db1.data(), dy.data(), x.data(), w.data(), m1.data(), r1.data(),
+                           N, C);
         check_close("ln din", di1.data(), di0.data(), std::int64_t(di0.size()), 1e-5, 1e-4);
         check_close("ln dw", dw1.data(), dw0.data(), C, 1e-4, 1e-4);
         check_close("ln db", db1.data(), db0.data(), C, 1e-4, 1e-4);
@@ -169,7 +171,8 @@ TEST_CASE_TEMPLATE("layer gradients match finite differences", Dev, device::Refe
     Dev dev;
     SUBCASE("linear") {
         const int N = 5, C = 7, OC = 6;
-        auto in = random_vector<double>(N * C, 1), w = random_vector<double>(OC * C, 2), b = random_vector<double>(OC, 3);
+        auto in = random_vector<double>(N * C, 1), w = random_vector<double>(OC * C, 2),
+             b = random_vector<double>(OC, 3);
         auto R = random_vector<double>(N * OC, 4);
         std::vector<double> out(N * OC);
         auto f = [&] {
@@ -193,7 +196,8 @@ TEST_CASE_TEMPLATE("layer gradients match finite differences", Dev, device::Refe
         };
         f();
         std::vector<double> dx(N * C), dw(C), db(C);
-        layernorm_backward(dev, dx.data(), dw.data(), db.data(), R.data(), x.data(), w.data(), mean.data(), rstd.data(), N, C);
+        layernorm_backward(dev, dx.data(), dw.data(), db.data(), R.data(), x.data(), w.data(), mean.data(), rstd.data(),
+                           N, C);
         check_gradient("layernorm d_x", x, f, dx);
         check_gradient("layernorm d_w", w, f, dw);
         check_gradient("layernorm d_b", b, f, db);
@@ -219,7 +223,8 @@ TEST_CASE_TEMPLATE("layer gradients match finite differences", Dev, device::Refe
         };
         f();
         std::vector<double> dqkv(qkv.size()), scratch(att.size());
-        nn::attention_backward(dev, dqkv.data(), scratch.data(), R.data(), qkv.data(), att.data(), S.data(), B, T, C, H);
+        nn::attention_backward(dev, dqkv.data(), scratch.data(), R.data(), qkv.data(), att.data(), S.data(), B, T, C,
+                               H);
         check_gradient("attention d_qkv", qkv, f, dqkv);
     }
     SUBCASE("embedding") {

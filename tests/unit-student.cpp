@@ -42,20 +42,26 @@ std::vector<std::int32_t> read_ids(const io::safetensors_file& f, const std::str
 
 student::TransformerConfig fixture_config(const io::safetensors_file& w) {
     auto get = [&](const char* k) { return std::stoi(w.metadata().at(k)); };
-    return {.vocab_size = get("vocab_size"), .context_length = get("context_length"), .d_model = get("d_model"),
-            .n_layers = get("n_layers"), .n_heads = get("n_heads"), .d_ff = get("d_ff")};
+    return {.vocab_size = get("vocab_size"),
+            .context_length = get("context_length"),
+            .d_model = get("d_model"),
+            .n_layers = get("n_layers"),
+            .n_heads = get("n_heads"),
+            .d_ff = get("d_ff")};
 }
 
 }  // namespace
 
 TEST_CASE_TEMPLATE("student gradient matches finite differences (double)", Dev, device::Reference, device::Cpu) {
-    const student::TransformerConfig cfg{.vocab_size = 11, .context_length = 6, .d_model = 8, .n_layers = 2, .n_heads = 2, .d_ff = 12};
+    const student::TransformerConfig cfg{
+        .vocab_size = 11, .context_length = 6, .d_model = 8, .n_layers = 2, .n_heads = 2, .d_ff = 12};
     const int B = 2, T = 5, L = cfg.n_layers, H = cfg.n_heads, C = cfg.d_model;
     student::Transformer<double, Dev> m(cfg, B);
     m.init(7);
     // larger weights than GPT-2's init so every path carries a visible gradient
     for (auto& p : m.parameters())
-        for (std::int64_t i = 0; i < p.value.numel(); ++i) p.value.data()[i] += 0.3 * std::sin(1.7 * double(i) + p.name.size());
+        for (std::int64_t i = 0; i < p.value.numel(); ++i)
+            p.value.data()[i] += 0.3 * std::sin(1.7 * double(i) + p.name.size());
     const std::vector<std::int32_t> tokens = {1, 5, 2, 9, 10, 3, 3, 0, 7, 4};
     const std::vector<std::int32_t> targets = {5, 2, -1, 10, 3, -1, 0, 7, 4, -1};
     std::vector<std::vector<double>> R, S, Q;
@@ -144,8 +150,10 @@ TEST_CASE_TEMPLATE("student matches PyTorch: logits, loss, hidden states, attent
     // the same loss plus <hidden_i, d_hidden_i> + <attn_l, d_attn_l>: extra gradients on both
     std::vector<std::vector<float>> dh_store, da_store;
     std::vector<Tensor<const float>> dh, da;
-    for (int i = 0; i <= cfg.n_layers; ++i) dh_store.push_back(read_tensor<float>(golden, "d_hidden." + std::to_string(i)));
-    for (int l = 0; l < cfg.n_layers; ++l) da_store.push_back(read_tensor<float>(golden, "d_attn." + std::to_string(l)));
+    for (int i = 0; i <= cfg.n_layers; ++i)
+        dh_store.push_back(read_tensor<float>(golden, "d_hidden." + std::to_string(i)));
+    for (int l = 0; l < cfg.n_layers; ++l)
+        da_store.push_back(read_tensor<float>(golden, "d_attn." + std::to_string(l)));
     for (auto& v : dh_store) dh.push_back(Tensor<const float>(v.data(), {B, T, cfg.d_model}));
     for (auto& v : da_store) da.push_back(Tensor<const float>(v.data(), {B, cfg.n_heads, T, T}));
     m.cross_entropy(targets.data());
@@ -155,13 +163,15 @@ TEST_CASE_TEMPLATE("student matches PyTorch: logits, loss, hidden states, attent
 }
 
 TEST_CASE("student rejects bad input with a clear error") {
-    student::Transformer<float, device::Cpu> m({.vocab_size = 20, .context_length = 8, .d_model = 8, .n_layers = 1, .n_heads = 2, .d_ff = 8}, 2);
+    student::Transformer<float, device::Cpu> m(
+        {.vocab_size = 20, .context_length = 8, .d_model = 8, .n_layers = 1, .n_heads = 2, .d_ff = 8}, 2);
     std::vector<std::int32_t> tok(16, 1);
     CHECK_THROWS_WITH_AS(m.forward(tok.data(), 3, 4), doctest::Contains("batch 3 outside [1, 2]"), shape_error);
-    CHECK_THROWS_WITH_AS(m.forward(tok.data(), 1, 9), doctest::Contains("length 9 outside [1, context_length = 8]"), shape_error);
-    tok[5] = 20;
-    CHECK_THROWS_WITH_AS(m.forward(tok.data(), 2, 8), doctest::Contains("token 20 at position 5 is outside the vocabulary [0, 20)"),
+    CHECK_THROWS_WITH_AS(m.forward(tok.data(), 1, 9), doctest::Contains("length 9 outside [1, context_length = 8]"),
                          shape_error);
+    tok[5] = 20;
+    CHECK_THROWS_WITH_AS(m.forward(tok.data(), 2, 8),
+                         doctest::Contains("token 20 at position 5 is outside the vocabulary [0, 20)"), shape_error);
     tok[5] = 1;
     m.forward(tok.data(), 2, 8);
     std::vector<std::int32_t> tg(16, -1);
@@ -176,7 +186,8 @@ TEST_CASE("student rejects bad input with a clear error") {
 TEST_CASE("weights round trip through safetensors, config included; a mismatched model is refused") {
     const auto dir = std::filesystem::temp_directory_path() / ("distill-weights-" + std::to_string(::getpid()));
     std::filesystem::create_directories(dir);
-    const student::TransformerConfig cfg{.vocab_size = 30, .context_length = 8, .d_model = 16, .n_layers = 2, .n_heads = 2, .d_ff = 24};
+    const student::TransformerConfig cfg{
+        .vocab_size = 30, .context_length = 8, .d_model = 16, .n_layers = 2, .n_heads = 2, .d_ff = 24};
     student::Transformer<float, device::Cpu> a(cfg, 1), b(cfg, 1);
     a.init(3);
     io::save_weights(dir / "w.safetensors", a);
@@ -187,13 +198,15 @@ TEST_CASE("weights round trip through safetensors, config included; a mismatched
     io::load_weights(f, b);
     CHECK(std::equal(a.parameter_data(), a.parameter_data() + a.arena_size(), b.parameter_data()));
 
-    student::Transformer<float, device::Cpu> wider({.vocab_size = 30, .context_length = 8, .d_model = 16, .n_layers = 3, .n_heads = 2, .d_ff = 24}, 1);
+    student::Transformer<float, device::Cpu> wider(
+        {.vocab_size = 30, .context_length = 8, .d_model = 16, .n_layers = 3, .n_heads = 2, .d_ff = 24}, 1);
     CHECK_THROWS_WITH_AS(io::load_weights(f, wider), doctest::Contains("h.2.ln_1.weight"), format_error);
     std::filesystem::remove_all(dir);
 }
 
 TEST_CASE("forward and backward are bit-identical run to run (fixed threads)") {
-    const student::TransformerConfig cfg{.vocab_size = 50, .context_length = 16, .d_model = 32, .n_layers = 2, .n_heads = 4, .d_ff = 64};
+    const student::TransformerConfig cfg{
+        .vocab_size = 50, .context_length = 16, .d_model = 32, .n_layers = 2, .n_heads = 4, .d_ff = 64};
     Rng rng(5);
     std::vector<std::int32_t> tok(4 * 16), tg(4 * 16);
     for (std::size_t i = 0; i < tok.size(); ++i) {
@@ -214,7 +227,8 @@ TEST_CASE("forward and backward are bit-identical run to run (fixed threads)") {
 }
 
 TEST_CASE("training smoke test: plain SGD learns to reverse strings (>= 95% token accuracy)") {
-    const student::TransformerConfig cfg{.vocab_size = 263, .context_length = 11, .d_model = 64, .n_layers = 2, .n_heads = 4, .d_ff = 256};
+    const student::TransformerConfig cfg{
+        .vocab_size = 263, .context_length = 11, .d_model = 64, .n_layers = 2, .n_heads = 4, .d_ff = 256};
     const int B = 32;
     student::Transformer<float, device::Cpu> m(cfg, B);
     m.init(1);
@@ -251,7 +265,8 @@ TEST_CASE("training smoke test: plain SGD learns to reverse strings (>= 95% toke
 }
 
 TEST_CASE_TEMPLATE("KV-cache decoding equals the full forward at every step", Dev, device::Reference, device::Cpu) {
-    const student::TransformerConfig cfg{.vocab_size = 40, .context_length = 12, .d_model = 16, .n_layers = 2, .n_heads = 4, .d_ff = 32};
+    const student::TransformerConfig cfg{
+        .vocab_size = 40, .context_length = 12, .d_model = 16, .n_layers = 2, .n_heads = 4, .d_ff = 32};
     const int B = 3;
     student::Transformer<float, Dev> m(cfg, B), full(cfg, 1);
     m.init(5);
@@ -273,8 +288,8 @@ TEST_CASE_TEMPLATE("KV-cache decoding equals the full forward at every step", De
             CHECK(cache.length(b) == int(seqs[b].size()));
             full.forward(seqs[b].data(), 1, int(seqs[b].size()));
             const float* ref = full.logits().data() + (seqs[b].size() - 1) * std::size_t(cfg.vocab_size);
-            check_close("step " + std::to_string(step) + " seq " + std::to_string(b), next.data() + b * cfg.vocab_size, ref,
-                        cfg.vocab_size, 1e-5, 1e-4);
+            check_close("step " + std::to_string(step) + " seq " + std::to_string(b), next.data() + b * cfg.vocab_size,
+                        ref, cfg.vocab_size, 1e-5, 1e-4);
             const float* row = next.data() + b * cfg.vocab_size;
             chosen[b] = std::int32_t(std::max_element(row, row + cfg.vocab_size) - row);
             seqs[b].push_back(chosen[b]);
@@ -284,5 +299,6 @@ TEST_CASE_TEMPLATE("KV-cache decoding equals the full forward at every step", De
     // sequence 1 reaches 5 + 6 = 11 tokens; one more fits, then the context is full
     std::vector<std::int32_t> one = {1, 1, 1};
     m.decode(cache, one.data(), B);
-    CHECK_THROWS_WITH_AS(m.decode(cache, one.data(), B), doctest::Contains("already holds context_length = 12"), shape_error);
+    CHECK_THROWS_WITH_AS(m.decode(cache, one.data(), B), doctest::Contains("already holds context_length = 12"),
+                         shape_error);
 }

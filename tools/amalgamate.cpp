@@ -48,7 +48,8 @@ static std::string version() {
     for (const char* part : {"MAJOR", "MINOR", "PATCH"}) {
         std::smatch m;
         const std::regex re(std::string("DISTILL_VERSION_") + part + R"(\s+(\d+))");
-        if (!std::regex_search(text, m, re)) throw std::runtime_error("version.hpp: no DISTILL_VERSION_" + std::string(part));
+        if (!std::regex_search(text, m, re))
+            throw std::runtime_error("version.hpp: no DISTILL_VERSION_" + std::string(part));
         v += (v.empty() ? "" : ".") + m[1].str();
     }
     return v;

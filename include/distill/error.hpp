@@ -34,7 +34,8 @@ class format_error : public error {
 public:
     format_error(std::filesystem::path path, std::uint64_t line, const std::string& what)
         : error(path.string() + (line ? ":" + std::to_string(line) : std::string()) + ": " + what),
-          path_(std::move(path)), line_(line) {}
+          path_(std::move(path)),
+          line_(line) {}
     const std::filesystem::path& path() const noexcept { return path_; }
     std::uint64_t line() const noexcept { return line_; }
 
@@ -47,8 +48,7 @@ private:
 /// `field()` is its JSON path, e.g. `student.n_heads`.
 class config_error : public error {
 public:
-    config_error(std::string field, const std::string& what)
-        : error(field + ": " + what), field_(std::move(field)) {}
+    config_error(std::string field, const std::string& what) : error(field + ": " + what), field_(std::move(field)) {}
     const std::string& field() const noexcept { return field_; }
 
 private:

@@ -44,16 +44,16 @@ template <class M>
 concept student_model = device_policy<typename M::device_type> &&
     requires(M& m, const M& cm, const std::int32_t* tokens, int n,
              std::span<const Tensor<const typename M::scalar_type>> extra) {
-        typename M::config_type;
-        m.forward(tokens, n, n);
-        { cm.logits() } -> std::convertible_to<Tensor<typename M::scalar_type>>;
-        { cm.grad_logits() } -> std::convertible_to<Tensor<typename M::scalar_type>>;
-        { cm.hidden_state_count() } -> std::convertible_to<int>;
-        { cm.hidden_state(n) } -> std::convertible_to<Tensor<typename M::scalar_type>>;
-        { cm.attention(n) } -> std::convertible_to<Tensor<typename M::scalar_type>>;
-        m.backward(extra, extra);
-        m.zero_grad();
-        cm.parameters();
-    };
+    typename M::config_type;
+    m.forward(tokens, n, n);
+    { cm.logits() } -> std::convertible_to<Tensor<typename M::scalar_type>>;
+    { cm.grad_logits() } -> std::convertible_to<Tensor<typename M::scalar_type>>;
+    { cm.hidden_state_count() } -> std::convertible_to<int>;
+    { cm.hidden_state(n) } -> std::convertible_to<Tensor<typename M::scalar_type>>;
+    { cm.attention(n) } -> std::convertible_to<Tensor<typename M::scalar_type>>;
+    m.backward(extra, extra);
+    m.zero_grad();
+    cm.parameters();
+};
 
 }  // namespace distill

@@ -8,5 +8,7 @@
 
 namespace distill {
 /// The library version as "MAJOR.MINOR.PATCH".
-constexpr const char* version() noexcept { return "0.1.0"; }
+constexpr const char* version() noexcept {
+    return "0.1.0";
+}
 }  // namespace distill

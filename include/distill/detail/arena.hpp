@@ -56,7 +56,8 @@ public:
         data_ = static_cast<T*>(device_.allocate(n * sizeof(T)));
         device_.fill_zero(data_, n * sizeof(T));
     }
-    Arena(Arena&& o) noexcept : device_(o.device_), data_(std::exchange(o.data_, nullptr)), size_(std::exchange(o.size_, 0)) {}
+    Arena(Arena&& o) noexcept
+        : device_(o.device_), data_(std::exchange(o.data_, nullptr)), size_(std::exchange(o.size_, 0)) {}
     Arena& operator=(Arena&& o) noexcept {
         if (this != &o) {
             release();

@@ -45,7 +45,8 @@ private:
             char* end = nullptr;
             const long n = std::strtol(env, &end, 10);
             if (end == env || *end != '\0' || n < 1 || n > 4096)
-                throw config_error("DISTILL_NUM_THREADS", std::string("expected an integer in [1, 4096], got \"") + env + "\"");
+                throw config_error("DISTILL_NUM_THREADS",
+                                   std::string("expected an integer in [1, 4096], got \"") + env + "\"");
             return static_cast<int>(n);
         }
 #if defined(_OPENMP)
@@ -83,7 +84,8 @@ inline void split(std::int64_t n, int parts, int k, std::int64_t align, std::int
 // threads share a cache line): the pattern of every deterministic reduction over rows.
 template <class F>
 void for_column_blocks(int threads, std::int64_t n, std::int64_t align, F&& f) {
-    const int parts = static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(threads, (n + align - 1) / align)));
+    const int parts =
+        static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(threads, (n + align - 1) / align)));
     DISTILL_OMP(parallel for schedule(static, 1) num_threads(parts))
     for (int k = 0; k < parts; ++k) {
         std::int64_t b, e;
@@ -127,13 +129,13 @@ void gemm(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, T alp
 
 /// `batch` GEMMs at fixed strides, one per thread at a time (each single-threaded, in cache).
 template <class T>
-void gemm_strided_batched(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A,
-                          int lda, std::int64_t stride_a, const T* B, int ldb, std::int64_t stride_b, T beta, T* C,
-                          int ldc, std::int64_t stride_c, int batch) {
+void gemm_strided_batched(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda,
+                          std::int64_t stride_a, const T* B, int ldb, std::int64_t stride_b, T beta, T* C, int ldc,
+                          std::int64_t stride_c, int batch) {
     DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()))
     for (int b = 0; b < batch; ++b)
-        gemm(dev, trans_a, trans_b, M, N, K, alpha, A + b * stride_a, lda, B + b * stride_b, ldb, beta, C + b * stride_c,
-             ldc);
+        gemm(dev, trans_a, trans_b, M, N, K, alpha, A + b * stride_a, lda, B + b * stride_b, ldb, beta,
+             C + b * stride_c, ldc);
 }
 
 // ---- elementwise and row kernels -----------------------------------------------------------------

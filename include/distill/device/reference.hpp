@@ -42,8 +42,8 @@ struct Reference : HostMemory {
 /// A is (M,K) with leading dimension lda, or (K,M) when trans_a; B is (K,N), or (N,K) when trans_b.
 /// beta == 0 overwrites C (NaNs in C do not propagate), as BLAS does.  Mirrors torch.addmm.
 template <class T>
-void gemm(const Reference&, bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda,
-          const T* B, int ldb, T beta, T* C, int ldc) {
+void gemm(const Reference&, bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda, const T* B,
+          int ldb, T beta, T* C, int ldc) {
     for (int i = 0; i < M; ++i)
         for (int j = 0; j < N; ++j) {
             T acc = 0;
@@ -59,9 +59,9 @@ void gemm(const Reference&, bool trans_a, bool trans_b, int M, int N, int K, T a
 
 /// `batch` independent GEMMs; matrix b of A, B, C starts at b * stride_{a,b,c}.  Mirrors torch.baddbmm.
 template <class T>
-void gemm_strided_batched(const Reference& dev, bool trans_a, bool trans_b, int M, int N, int K, T alpha,
-                          const T* A, int lda, std::int64_t stride_a, const T* B, int ldb, std::int64_t stride_b,
-                          T beta, T* C, int ldc, std::int64_t stride_c, int batch) {
+void gemm_strided_batched(const Reference& dev, bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A,
+                          int lda, std::int64_t stride_a, const T* B, int ldb, std::int64_t stride_b, T beta, T* C,
+                          int ldc, std::int64_t stride_c, int batch) {
     for (int b = 0; b < batch; ++b)
         gemm(dev, trans_a, trans_b, M, N, K, alpha, A + b * stride_a, lda, B + b * stride_b, ldb, beta,
              C + b * stride_c, ldc);
@@ -194,7 +194,8 @@ void embedding_forward(const Reference&, T* out, const std::int32_t* tokens, con
     for (int b = 0; b < B; ++b)
         for (int t = 0; t < Tn; ++t) {
             const std::int64_t bt = std::int64_t(b) * Tn + t;
-            for (int c = 0; c < C; ++c) out[bt * C + c] = wte[std::int64_t(tokens[bt]) * C + c] + wpe[std::int64_t(t) * C + c];
+            for (int c = 0; c < C; ++c)
+                out[bt * C + c] = wte[std::int64_t(tokens[bt]) * C + c] + wpe[std::int64_t(t) * C + c];
         }
 }
 

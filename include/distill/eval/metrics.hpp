@@ -11,8 +11,8 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
-#include <limits>
 #include <cstdint>
+#include <limits>
 #include <map>
 #include <optional>
 #include <string>
@@ -47,7 +47,8 @@ inline std::uint32_t next_code_point(std::string_view s, std::size_t& i) {
 // Python's str.isspace() (what str.split() and str.rstrip() split on).
 inline bool is_python_space(std::uint32_t cp) {
     return (cp >= 0x09 && cp <= 0x0D) || (cp >= 0x1C && cp <= 0x20) || cp == 0x85 || cp == 0xA0 || cp == 0x1680 ||
-           (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F || cp == 0x205F || cp == 0x3000;
+           (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F || cp == 0x205F ||
+           cp == 0x3000;
 }
 
 // Python's str.split() with no argument.
@@ -79,10 +80,13 @@ inline std::string_view rstrip_python(std::string_view s) {
 }
 
 inline void replace_all(std::string& s, std::string_view from, std::string_view to) {
-    for (std::size_t pos = 0; (pos = s.find(from, pos)) != std::string::npos; pos += to.size()) s.replace(pos, from.size(), to);
+    for (std::size_t pos = 0; (pos = s.find(from, pos)) != std::string::npos; pos += to.size())
+        s.replace(pos, from.size(), to);
 }
 
-inline bool is_digit(char c) { return c >= '0' && c <= '9'; }
+inline bool is_digit(char c) {
+    return c >= '0' && c <= '9';
+}
 
 }  // namespace metrics_detail
 
@@ -163,8 +167,8 @@ inline std::string tokenize_13a(std::string_view segment) {
 
 /// The sufficient statistics and score of a corpus BLEU.
 struct BleuResult {
-    double score = 0;             ///< 0–100
-    double precisions[4] = {};    ///< n-gram precisions, 0–100
+    double score = 0;           ///< 0–100
+    double precisions[4] = {};  ///< n-gram precisions, 0–100
     double brevity_penalty = 1;
     std::int64_t sys_len = 0, ref_len = 0;
 };
@@ -189,11 +193,13 @@ inline BleuResult corpus_bleu(const std::vector<std::string>& hypotheses, const 
             for (std::size_t i = 0; i + n <= hyp.size(); ++i) ++hyp_counts[{hyp.begin() + i, hyp.begin() + i + n}];
             for (const auto& [gram, count] : hyp_counts) {
                 total[n - 1] += count;
-                if (auto it = ref_counts.find(gram); it != ref_counts.end()) correct[n - 1] += std::min(count, it->second);
+                if (auto it = ref_counts.find(gram); it != ref_counts.end())
+                    correct[n - 1] += std::min(count, it->second);
             }
         }
     }
-    if (r.sys_len < r.ref_len) r.brevity_penalty = r.sys_len > 0 ? std::exp(1.0 - double(r.ref_len) / double(r.sys_len)) : 0.0;
+    if (r.sys_len < r.ref_len)
+        r.brevity_penalty = r.sys_len > 0 ? std::exp(1.0 - double(r.ref_len) / double(r.sys_len)) : 0.0;
     if (std::all_of(correct, correct + order, [](std::int64_t c) { return c == 0; })) return r;
     double smooth = 1, log_sum = 0;
     for (int n = 0; n < order; ++n) {
@@ -262,8 +268,8 @@ inline RougeScore rouge_l(std::string_view target, std::string_view prediction) 
 /// Mean ROUGE-L F1 over pairs (0 for an empty corpus).
 inline double mean_rouge_l_f1(const std::vector<std::string>& predictions, const std::vector<std::string>& targets) {
     if (predictions.size() != targets.size())
-        throw error("rouge_l: " + std::to_string(predictions.size()) + " predictions but " + std::to_string(targets.size()) +
-                    " targets");
+        throw error("rouge_l: " + std::to_string(predictions.size()) + " predictions but " +
+                    std::to_string(targets.size()) + " targets");
     double sum = 0;
     for (std::size_t i = 0; i < predictions.size(); ++i) sum += rouge_l(targets[i], predictions[i]).f1;
     return predictions.empty() ? 0.0 : sum / double(predictions.size());

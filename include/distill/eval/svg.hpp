@@ -24,11 +24,20 @@ inline std::string escape(const std::string& s) {
     std::string out;
     for (char c : s) {
         switch (c) {
-            case '&': out += "&amp;"; break;
-            case '<': out += "&lt;"; break;
-            case '>': out += "&gt;"; break;
-            case '"': out += "&quot;"; break;
-            default: out += c;
+            case '&':
+                out += "&amp;";
+                break;
+            case '<':
+                out += "&lt;";
+                break;
+            case '>':
+                out += "&gt;";
+                break;
+            case '"':
+                out += "&quot;";
+                break;
+            default:
+                out += c;
         }
     }
     return out;
@@ -41,7 +50,8 @@ inline std::string num(double v) {
 }
 
 inline const char* color(std::size_t i) {
-    static const char* palette[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"};
+    static const char* palette[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728",
+                                    "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"};
     return palette[i % 8];
 }
 
@@ -69,27 +79,35 @@ inline std::string line_chart(const std::string& title, const std::string& x_lab
     std::string svg = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" + std::to_string(width) + "\" height=\"" +
                       std::to_string(height) + "\" font-family=\"sans-serif\" font-size=\"12\">\n";
     svg += "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
-    svg += "<text x=\"" + num(width / 2.0) + "\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">" + escape(title) + "</text>\n";
-    svg += "<line x1=\"" + num(left) + "\" y1=\"" + num(bottom) + "\" x2=\"" + num(right) + "\" y2=\"" + num(bottom) + "\" stroke=\"black\"/>\n";
-    svg += "<line x1=\"" + num(left) + "\" y1=\"" + num(top) + "\" x2=\"" + num(left) + "\" y2=\"" + num(bottom) + "\" stroke=\"black\"/>\n";
+    svg += "<text x=\"" + num(width / 2.0) + "\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">" + escape(title) +
+           "</text>\n";
+    svg += "<line x1=\"" + num(left) + "\" y1=\"" + num(bottom) + "\" x2=\"" + num(right) + "\" y2=\"" + num(bottom) +
+           "\" stroke=\"black\"/>\n";
+    svg += "<line x1=\"" + num(left) + "\" y1=\"" + num(top) + "\" x2=\"" + num(left) + "\" y2=\"" + num(bottom) +
+           "\" stroke=\"black\"/>\n";
     for (int k = 0; k <= 4; ++k) {
         const double xv = x0 + (x1 - x0) * k / 4, yv = y0 + (y1 - y0) * k / 4;
-        svg += "<text x=\"" + num(px(xv)) + "\" y=\"" + num(bottom + 16) + "\" text-anchor=\"middle\">" + num(xv) + "</text>\n";
-        svg += "<text x=\"" + num(left - 6) + "\" y=\"" + num(py(yv) + 4) + "\" text-anchor=\"end\">" + num(yv) + "</text>\n";
-        svg += "<line x1=\"" + num(left) + "\" y1=\"" + num(py(yv)) + "\" x2=\"" + num(right) + "\" y2=\"" + num(py(yv)) +
-               "\" stroke=\"#ddd\"/>\n";
+        svg += "<text x=\"" + num(px(xv)) + "\" y=\"" + num(bottom + 16) + "\" text-anchor=\"middle\">" + num(xv) +
+               "</text>\n";
+        svg += "<text x=\"" + num(left - 6) + "\" y=\"" + num(py(yv) + 4) + "\" text-anchor=\"end\">" + num(yv) +
+               "</text>\n";
+        svg += "<line x1=\"" + num(left) + "\" y1=\"" + num(py(yv)) + "\" x2=\"" + num(right) + "\" y2=\"" +
+               num(py(yv)) + "\" stroke=\"#ddd\"/>\n";
     }
-    svg += "<text x=\"" + num((left + right) / 2) + "\" y=\"" + num(height - 12.0) + "\" text-anchor=\"middle\">" + escape(x_label) + "</text>\n";
-    svg += "<text transform=\"translate(16," + num((top + bottom) / 2) + ") rotate(-90)\" text-anchor=\"middle\">" + escape(y_label) + "</text>\n";
+    svg += "<text x=\"" + num((left + right) / 2) + "\" y=\"" + num(height - 12.0) + "\" text-anchor=\"middle\">" +
+           escape(x_label) + "</text>\n";
+    svg += "<text transform=\"translate(16," + num((top + bottom) / 2) + ") rotate(-90)\" text-anchor=\"middle\">" +
+           escape(y_label) + "</text>\n";
     for (std::size_t k = 0; k < series.size(); ++k) {
         const auto& s = series[k];
         std::string points;
         for (std::size_t i = 0; i < std::min(s.x.size(), s.y.size()); ++i)
             if (std::isfinite(s.x[i]) && std::isfinite(s.y[i])) points += num(px(s.x[i])) + "," + num(py(s.y[i])) + " ";
-        svg += "<polyline fill=\"none\" stroke=\"" + std::string(color(k)) + "\" stroke-width=\"1.5\" points=\"" + points + "\"/>\n";
+        svg += "<polyline fill=\"none\" stroke=\"" + std::string(color(k)) + "\" stroke-width=\"1.5\" points=\"" +
+               points + "\"/>\n";
         const double ly = top + 16.0 * double(k);
-        svg += "<line x1=\"" + num(right + 12) + "\" y1=\"" + num(ly) + "\" x2=\"" + num(right + 30) + "\" y2=\"" + num(ly) +
-               "\" stroke=\"" + color(k) + "\" stroke-width=\"3\"/>\n";
+        svg += "<line x1=\"" + num(right + 12) + "\" y1=\"" + num(ly) + "\" x2=\"" + num(right + 30) + "\" y2=\"" +
+               num(ly) + "\" stroke=\"" + color(k) + "\" stroke-width=\"3\"/>\n";
         svg += "<text x=\"" + num(right + 36) + "\" y=\"" + num(ly + 4) + "\">" + escape(s.name) + "</text>\n";
     }
     return svg + "</svg>\n";
@@ -111,24 +129,30 @@ inline std::string bar_chart(const std::string& title, const std::vector<std::st
     std::string svg = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" + std::to_string(width) + "\" height=\"" +
                       std::to_string(height) + "\" font-family=\"sans-serif\" font-size=\"12\">\n";
     svg += "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
-    svg += "<text x=\"" + num(width / 2.0) + "\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">" + escape(title) + "</text>\n";
-    svg += "<line x1=\"" + num(left) + "\" y1=\"" + num(bottom) + "\" x2=\"" + num(right) + "\" y2=\"" + num(bottom) + "\" stroke=\"black\"/>\n";
+    svg += "<text x=\"" + num(width / 2.0) + "\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">" + escape(title) +
+           "</text>\n";
+    svg += "<line x1=\"" + num(left) + "\" y1=\"" + num(bottom) + "\" x2=\"" + num(right) + "\" y2=\"" + num(bottom) +
+           "\" stroke=\"black\"/>\n";
     for (std::size_t g = 0; g < groups.size(); ++g) {
         const double gx = left + group_w * double(g) + group_w * 0.1;
         for (std::size_t b = 0; b < bars.size(); ++b) {
-            const double v = b < values.size() && g < values[b].size() && std::isfinite(values[b][g]) ? values[b][g] : 0.0;
+            const double v =
+                b < values.size() && g < values[b].size() && std::isfinite(values[b][g]) ? values[b][g] : 0.0;
             const double h = v / vmax * (bottom - top);
             const double x = gx + bar_w * double(b);
-            svg += "<rect x=\"" + num(x) + "\" y=\"" + num(bottom - h) + "\" width=\"" + num(bar_w * 0.95) + "\" height=\"" +
-                   num(h) + "\" fill=\"" + color(b) + "\"><title>" + escape(bars[b]) + ": " + num(v) + "</title></rect>\n";
-            svg += "<text x=\"" + num(x + bar_w / 2) + "\" y=\"" + num(bottom - h - 3) + "\" text-anchor=\"middle\" font-size=\"10\">" +
-                   num(v) + "</text>\n";
+            svg += "<rect x=\"" + num(x) + "\" y=\"" + num(bottom - h) + "\" width=\"" + num(bar_w * 0.95) +
+                   "\" height=\"" + num(h) + "\" fill=\"" + color(b) + "\"><title>" + escape(bars[b]) + ": " + num(v) +
+                   "</title></rect>\n";
+            svg += "<text x=\"" + num(x + bar_w / 2) + "\" y=\"" + num(bottom - h - 3) +
+                   "\" text-anchor=\"middle\" font-size=\"10\">" + num(v) + "</text>\n";
         }
-        svg += "<text x=\"" + num(gx + group_w * 0.4) + "\" y=\"" + num(bottom + 16) + "\" text-anchor=\"middle\">" + escape(groups[g]) + "</text>\n";
+        svg += "<text x=\"" + num(gx + group_w * 0.4) + "\" y=\"" + num(bottom + 16) + "\" text-anchor=\"middle\">" +
+               escape(groups[g]) + "</text>\n";
     }
     for (std::size_t b = 0; b < bars.size(); ++b) {
         const double lx = left + 120.0 * double(b);
-        svg += "<rect x=\"" + num(lx) + "\" y=\"" + num(height - 24.0) + "\" width=\"12\" height=\"12\" fill=\"" + color(b) + "\"/>\n";
+        svg += "<rect x=\"" + num(lx) + "\" y=\"" + num(height - 24.0) + "\" width=\"12\" height=\"12\" fill=\"" +
+               color(b) + "\"/>\n";
         svg += "<text x=\"" + num(lx + 16) + "\" y=\"" + num(height - 14.0) + "\">" + escape(bars[b]) + "</text>\n";
     }
     return svg + "</svg>\n";

@@ -79,8 +79,7 @@ class atomic_writer {
 public:
     /// Creates the temp file for `path`. Precondition: the directory of `path` exists.
     explicit atomic_writer(std::filesystem::path path)
-        : path_(std::move(path)),
-          temp_(path_.string() + ".tmp." + std::to_string(::getpid())) {
+        : path_(std::move(path)), temp_(path_.string() + ".tmp." + std::to_string(::getpid())) {
         // O_TRUNC rather than O_EXCL: a temp file left by a crashed process with our pid is garbage.
         fd_ = ::open(temp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
         if (fd_ < 0) {
@@ -94,8 +93,7 @@ public:
 
     /// Takes over `other`'s temp file; `other` is left closed.
     atomic_writer(atomic_writer&& other) noexcept
-        : path_(std::move(other.path_)), temp_(std::move(other.temp_)),
-          fd_(std::exchange(other.fd_, -1)) {}
+        : path_(std::move(other.path_)), temp_(std::move(other.temp_)), fd_(std::exchange(other.fd_, -1)) {}
 
     /// Abandons this writer's own temp file, then takes over `other`'s.
     atomic_writer& operator=(atomic_writer&& other) noexcept {
@@ -155,8 +153,9 @@ public:
 private:
     void require_open(const char* operation) const {
         if (fd_ < 0) {
-            throw io_error(path_, std::string(operation) + " on an atomic_writer that is closed "
-                                  "(already committed, failed or moved from)");
+            throw io_error(path_, std::string(operation) +
+                                      " on an atomic_writer that is closed "
+                                      "(already committed, failed or moved from)");
         }
     }
 

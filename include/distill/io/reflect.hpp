@@ -61,12 +61,18 @@ inline std::string type_name(const nlohmann::json& j) {
 
 template <class T>
 std::string expected_name() {
-    if constexpr (std::is_same_v<T, bool>) return "a boolean";
-    else if constexpr (std::is_integral_v<T>) return "an integer";
-    else if constexpr (std::is_floating_point_v<T>) return "a number";
-    else if constexpr (std::is_same_v<T, std::string>) return "a string";
-    else if constexpr (is_vector<T>::value) return "an array";
-    else return "an object";
+    if constexpr (std::is_same_v<T, bool>)
+        return "a boolean";
+    else if constexpr (std::is_integral_v<T>)
+        return "an integer";
+    else if constexpr (std::is_floating_point_v<T>)
+        return "a number";
+    else if constexpr (std::is_same_v<T, std::string>)
+        return "a string";
+    else if constexpr (is_vector<T>::value)
+        return "an array";
+    else
+        return "an object";
 }
 
 }  // namespace reflect_detail
@@ -90,8 +96,8 @@ void from_json(const nlohmann::json& j, T& out, const std::string& path) {
         if (!j.is_number_integer()) throw wrong();
         if (j.is_number_unsigned() ? j.get<std::uint64_t>() > std::uint64_t(std::numeric_limits<T>::max())
                                    : (j.get<std::int64_t>() < std::int64_t(std::numeric_limits<T>::min()) ||
-                                      (j.get<std::int64_t>() > 0 &&
-                                       std::uint64_t(j.get<std::int64_t>()) > std::uint64_t(std::numeric_limits<T>::max()))))
+                                      (j.get<std::int64_t>() > 0 && std::uint64_t(j.get<std::int64_t>()) >
+                                                                        std::uint64_t(std::numeric_limits<T>::max()))))
             throw config_error(path, "integer " + j.dump() + " does not fit the field");
         out = j.get<T>();
     } else if constexpr (std::is_floating_point_v<T>) {
@@ -120,14 +126,16 @@ void from_json(const nlohmann::json& j, T& out, const std::string& path) {
         static_assert(reflected<T>, "distill::io::from_json: the type is not a Hana-reflected struct");
         if (!j.is_object()) throw wrong();
         std::vector<std::string> keys;
-        boost::hana::for_each(boost::hana::keys(out), [&](auto key) { keys.emplace_back(boost::hana::to<const char*>(key)); });
+        boost::hana::for_each(boost::hana::keys(out),
+                              [&](auto key) { keys.emplace_back(boost::hana::to<const char*>(key)); });
         for (const auto& [key, value] : j.items()) {
             if (std::find(keys.begin(), keys.end(), key) != keys.end()) continue;
             auto closest = std::min_element(keys.begin(), keys.end(), [&](const auto& a, const auto& b) {
                 return edit_distance(key, a) < edit_distance(key, b);
             });
-            throw config_error(path.empty() ? key : path + "." + key,
-                               "unknown key" + (closest != keys.end() ? "; did you mean \"" + *closest + "\"?" : std::string()));
+            throw config_error(
+                path.empty() ? key : path + "." + key,
+                "unknown key" + (closest != keys.end() ? "; did you mean \"" + *closest + "\"?" : std::string()));
         }
         boost::hana::for_each(boost::hana::accessors<T>(), [&](auto pair) {
             const char* key = boost::hana::to<const char*>(boost::hana::first(pair));

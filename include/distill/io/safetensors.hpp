@@ -52,15 +52,19 @@ inline constexpr std::array<dtype, 10> all_dtypes = {dtype::F64, dtype::F32, dty
 constexpr std::size_t dtype_size(dtype type) noexcept {
     switch (type) {
         case dtype::F64:
-        case dtype::I64: return 8;
+        case dtype::I64:
+            return 8;
         case dtype::F32:
-        case dtype::I32: return 4;
+        case dtype::I32:
+            return 4;
         case dtype::F16:
         case dtype::BF16:
-        case dtype::I16: return 2;
+        case dtype::I16:
+            return 2;
         case dtype::I8:
         case dtype::U8:
-        case dtype::BOOL: return 1;
+        case dtype::BOOL:
+            return 1;
     }
     return 0;
 }
@@ -68,16 +72,26 @@ constexpr std::size_t dtype_size(dtype type) noexcept {
 /// The name of `type` in a safetensors header, e.g. "BF16".
 constexpr std::string_view dtype_name(dtype type) noexcept {
     switch (type) {
-        case dtype::F64: return "F64";
-        case dtype::F32: return "F32";
-        case dtype::F16: return "F16";
-        case dtype::BF16: return "BF16";
-        case dtype::I64: return "I64";
-        case dtype::I32: return "I32";
-        case dtype::I16: return "I16";
-        case dtype::I8: return "I8";
-        case dtype::U8: return "U8";
-        case dtype::BOOL: return "BOOL";
+        case dtype::F64:
+            return "F64";
+        case dtype::F32:
+            return "F32";
+        case dtype::F16:
+            return "F16";
+        case dtype::BF16:
+            return "BF16";
+        case dtype::I64:
+            return "I64";
+        case dtype::I32:
+            return "I32";
+        case dtype::I16:
+            return "I16";
+        case dtype::I8:
+            return "I8";
+        case dtype::U8:
+            return "U8";
+        case dtype::BOOL:
+            return "BOOL";
     }
     return "?";
 }
@@ -352,7 +366,8 @@ public:
         }
         switch (info.type) {
             case dtype::F64:
-                for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<T>(detail::load_unaligned<double>(src.data(), i));
+                for (std::size_t i = 0; i < n; ++i)
+                    out[i] = static_cast<T>(detail::load_unaligned<double>(src.data(), i));
                 return;
             case dtype::F32:
                 if constexpr (std::is_same_v<T, float>) {
@@ -385,14 +400,25 @@ public:
         const auto n = static_cast<std::size_t>(info.numel());
         std::vector<std::int64_t> out(n);
         const auto widen = [&]<class Stored>(Stored) {
-            for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<std::int64_t>(detail::load_unaligned<Stored>(src.data(), i));
+            for (std::size_t i = 0; i < n; ++i)
+                out[i] = static_cast<std::int64_t>(detail::load_unaligned<Stored>(src.data(), i));
         };
         switch (info.type) {
-            case dtype::I64: widen(std::int64_t{}); break;
-            case dtype::I32: widen(std::int32_t{}); break;
-            case dtype::I16: widen(std::int16_t{}); break;
-            case dtype::I8: widen(std::int8_t{}); break;
-            case dtype::U8: widen(std::uint8_t{}); break;
+            case dtype::I64:
+                widen(std::int64_t{});
+                break;
+            case dtype::I32:
+                widen(std::int32_t{});
+                break;
+            case dtype::I16:
+                widen(std::int16_t{});
+                break;
+            case dtype::I8:
+                widen(std::int8_t{});
+                break;
+            case dtype::U8:
+                widen(std::uint8_t{});
+                break;
             case dtype::BOOL:
                 widen(std::uint8_t{});
                 for (std::size_t i = 0; i < n; ++i) {
@@ -503,8 +529,8 @@ private:
         for (std::size_t i = 0; i < shape.size(); ++i) {
             const json& dim = shape[i];
             if (!dim.is_number_integer()) {
-                throw defect(where + "\"shape\" must be an array of integers, element " + std::to_string(i) +
-                             " is " + dim.type_name());
+                throw defect(where + "\"shape\" must be an array of integers, element " + std::to_string(i) + " is " +
+                             dim.type_name());
             }
             if (dim.is_number_unsigned() && dim.get<std::uint64_t>() > std::numeric_limits<std::int64_t>::max()) {
                 throw defect(where + "shape dimension " + std::to_string(dim.get<std::uint64_t>()) + " is too large");
@@ -520,7 +546,8 @@ private:
         }
 
         const json& offsets = field("data_offsets");
-        const std::string offsets_rule = "\"data_offsets\" must be an array of two non-negative integers [begin, end], ";
+        const std::string offsets_rule =
+            "\"data_offsets\" must be an array of two non-negative integers [begin, end], ";
         if (!offsets.is_array() || offsets.size() != 2) throw defect(where + offsets_rule + describe(offsets));
         for (std::size_t i = 0; i < 2; ++i) {
             if (!offsets[i].is_number_unsigned()) {
@@ -607,13 +634,13 @@ void load_tensors(const safetensors_file& file, std::span<const named_tensor<T>>
     if (!missing.empty() || !unexpected.empty()) {
         std::string what = "tensors do not match the model:";
         if (!missing.empty()) {
-            what += " missing " + std::to_string(missing.size()) + " tensor(s) the model expects: " +
-                    detail::name_list(missing);
+            what += " missing " + std::to_string(missing.size()) +
+                    " tensor(s) the model expects: " + detail::name_list(missing);
             if (!unexpected.empty()) what += ";";
         }
         if (!unexpected.empty()) {
-            what += " " + std::to_string(unexpected.size()) + " unexpected tensor(s) the model does not have: " +
-                    detail::name_list(unexpected);
+            what += " " + std::to_string(unexpected.size()) +
+                    " unexpected tensor(s) the model does not have: " + detail::name_list(unexpected);
         }
         throw format_error(file.path(), 0, what);
     }

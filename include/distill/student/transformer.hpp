@@ -46,8 +46,8 @@ struct TransformerConfig {
         positive(n_heads, "n_heads");
         positive(d_ff, "d_ff");
         if (d_model % n_heads != 0)
-            throw config_error(path + ".n_heads", "must divide d_model = " + std::to_string(d_model) + ", got " +
-                                                      std::to_string(n_heads));
+            throw config_error(path + ".n_heads",
+                               "must divide d_model = " + std::to_string(d_model) + ", got " + std::to_string(n_heads));
     }
 
     /// Number of trainable parameters.
@@ -67,8 +67,10 @@ template <class T, class Device>
 class KvCache {
 public:
     KvCache(const TransformerConfig& cfg, int max_batch, Device device = Device{})
-        : max_batch_(max_batch), n_layers_(cfg.n_layers),
-          layer_size_(std::size_t(max_batch) * cfg.context_length * cfg.d_model), lengths_(std::size_t(max_batch), 0) {
+        : max_batch_(max_batch),
+          n_layers_(cfg.n_layers),
+          layer_size_(std::size_t(max_batch) * cfg.context_length * cfg.d_model),
+          lengths_(std::size_t(max_batch), 0) {
         if (max_batch < 1) throw config_error("max_batch", "must be >= 1, got " + std::to_string(max_batch));
         arena_ = detail::Arena<T, Device>(device, 2 * layer_size_ * std::size_t(cfg.n_layers));
     }
@@ -135,9 +137,14 @@ public:
             const double std = p.name == "wpe.weight" ? 0.01 : residual_proj ? proj_std : 0.02;
             for (std::int64_t i = 0; i < n; ++i) {
                 switch (p.kind) {
-                    case parameter_kind::bias: d[i] = T(0); break;
-                    case parameter_kind::norm: d[i] = p.name.ends_with(".weight") ? T(1) : T(0); break;
-                    default: d[i] = static_cast<T>(rng.normal() * std);
+                    case parameter_kind::bias:
+                        d[i] = T(0);
+                        break;
+                    case parameter_kind::norm:
+                        d[i] = p.name.ends_with(".weight") ? T(1) : T(0);
+                        break;
+                    default:
+                        d[i] = static_cast<T>(rng.normal() * std);
                 }
             }
         }
@@ -157,7 +164,8 @@ public:
         for (int l = 0; l < cfg_.n_layers; ++l) {
             const auto& w = layer_params_[l];
             const auto& a = layer_acts_[l];
-            layernorm_forward(dev_, act(a.ln1), act(a.ln1_mean), act(a.ln1_rstd), x, val(w.ln1_w), val(w.ln1_b), N, C, eps);
+            layernorm_forward(dev_, act(a.ln1), act(a.ln1_mean), act(a.ln1_rstd), x, val(w.ln1_w), val(w.ln1_b), N, C,
+                              eps);
             nn::linear_forward(dev_, act(a.qkv), act(a.ln1), val(w.attn_w), val(w.attn_b), N, C, 3 * C);
             nn::attention_forward(dev_, act(a.atty), act(a.att), act(a.qkv), B, Tn, C, H);
             dev_.copy(act(a.res_attn), x, sizeof(T) * N * C);
@@ -167,7 +175,8 @@ public:
             nn::linear_forward(dev_, act(a.fc), act(a.ln2), val(w.fc_w), val(w.fc_b), N, C, F);
             gelu_forward(dev_, act(a.fc_gelu), act(a.fc), std::int64_t(N) * F);
             dev_.copy(act(a.res_out), act(a.res_attn), sizeof(T) * N * C);
-            nn::linear_forward(dev_, act(a.res_out), act(a.fc_gelu), val(w.mlp_proj_w), val(w.mlp_proj_b), N, F, C, true);
+            nn::linear_forward(dev_, act(a.res_out), act(a.fc_gelu), val(w.mlp_proj_w), val(w.mlp_proj_b), N, F, C,
+                               true);
             x = act(a.res_out);
         }
         layernorm_forward(dev_, act(lnf_), act(lnf_mean_), act(lnf_rstd_), x, val(lnf_w_), val(lnf_b_), N, C, eps);
@@ -189,14 +198,16 @@ public:
     /// output, i in [1, L) the output of block i-1, L the output of the final LayerNorm.
     Tensor<T> hidden_state(int i) const {
         if (i < 0 || i > cfg_.n_layers)
-            throw shape_error("hidden_state(" + std::to_string(i) + "): valid indices are 0.." + std::to_string(cfg_.n_layers));
+            throw shape_error("hidden_state(" + std::to_string(i) + "): valid indices are 0.." +
+                              std::to_string(cfg_.n_layers));
         const std::size_t block = i == 0 ? encoded_ : i == cfg_.n_layers ? lnf_ : layer_acts_[i - 1].res_out;
         return Tensor<T>(act(block), {B_, T_, cfg_.d_model}, Device::memory);
     }
     /// (B,H,T,T) attention probabilities of layer l of the last forward (zeros above the diagonal).
     Tensor<T> attention(int l) const {
         if (l < 0 || l >= cfg_.n_layers)
-            throw shape_error("attention(" + std::to_string(l) + "): valid layers are 0.." + std::to_string(cfg_.n_layers - 1));
+            throw shape_error("attention(" + std::to_string(l) + "): valid layers are 0.." +
+                              std::to_string(cfg_.n_layers - 1));
         return Tensor<T>(act(layer_acts_[l].att), {B_, cfg_.n_heads, T_, T_}, Device::memory);
     }
 
@@ -204,7 +215,8 @@ public:
     /// [h*hs, (h+1)*hs) of each third), for relation losses (MiniLMv2).
     Tensor<T> qkv(int l) const {
         if (l < 0 || l >= cfg_.n_layers)
-            throw shape_error("qkv(" + std::to_string(l) + "): valid layers are 0.." + std::to_string(cfg_.n_layers - 1));
+            throw shape_error("qkv(" + std::to_string(l) + "): valid layers are 0.." +
+                              std::to_string(cfg_.n_layers - 1));
         return Tensor<T>(act(layer_acts_[l].qkv), {B_, T_, 3 * cfg_.d_model}, Device::memory);
     }
 
@@ -232,7 +244,9 @@ public:
     /// A KV cache for up to `max_batch` (<= this model's max_batch) sequences.
     KvCache<T, Device> make_cache(int max_batch) const {
         if (max_batch > max_batch_)
-            throw config_error("max_batch", "a cache for " + std::to_string(max_batch) + " sequences needs a model built for as many, this one takes " + std::to_string(max_batch_));
+            throw config_error("max_batch", "a cache for " + std::to_string(max_batch) +
+                                                " sequences needs a model built for as many, this one takes " +
+                                                std::to_string(max_batch_));
         return KvCache<T, Device>(cfg_, max_batch, dev_);
     }
 
@@ -240,10 +254,13 @@ public:
     /// their keys and values and leaves the next-token logits in `next_logits()`. Overwrites the
     /// last forward's activations.
     void prefill(KvCache<T, Device>& cache, const std::int32_t* tokens, const int* lengths, int B, int Tn) {
-        if (B > cache.max_batch()) throw shape_error("prefill: batch " + std::to_string(B) + " exceeds the cache's " + std::to_string(cache.max_batch()));
+        if (B > cache.max_batch())
+            throw shape_error("prefill: batch " + std::to_string(B) + " exceeds the cache's " +
+                              std::to_string(cache.max_batch()));
         for (int b = 0; b < B; ++b)
             if (lengths[b] < 1 || lengths[b] > Tn)
-                throw shape_error("prefill: length " + std::to_string(lengths[b]) + " of sequence " + std::to_string(b) + " outside [1, " + std::to_string(Tn) + "]");
+                throw shape_error("prefill: length " + std::to_string(lengths[b]) + " of sequence " +
+                                  std::to_string(b) + " outside [1, " + std::to_string(Tn) + "]");
         forward(tokens, B, Tn);
         const int C = cfg_.d_model, H = cfg_.n_heads, hs = C / H, V = cfg_.vocab_size, Tmax = cfg_.context_length;
         for (int l = 0; l < cfg_.n_layers; ++l) {
@@ -258,7 +275,8 @@ public:
                     }
         }
         for (int b = 0; b < B; ++b) {
-            dev_.copy(act(next_logits_) + std::int64_t(b) * V, act(logits_) + (std::int64_t(b) * Tn + lengths[b] - 1) * V, sizeof(T) * V);
+            dev_.copy(act(next_logits_) + std::int64_t(b) * V,
+                      act(logits_) + (std::int64_t(b) * Tn + lengths[b] - 1) * V, sizeof(T) * V);
             cache.lengths_[std::size_t(b)] = lengths[b];
         }
         decode_batch_ = B;
@@ -267,23 +285,30 @@ public:
     /// Appends tokens[b] to sequence b of `cache` (at position cache.length(b)), runs one decoding step
     /// and leaves the next-token logits in `next_logits()`. Overwrites the last forward's activations.
     void decode(KvCache<T, Device>& cache, const std::int32_t* tokens, int B) {
-        const int C = cfg_.d_model, F = cfg_.d_ff, H = cfg_.n_heads, hs = C / H, V = cfg_.vocab_size, Tmax = cfg_.context_length;
-        if (B < 1 || B > cache.max_batch()) throw shape_error("decode: batch " + std::to_string(B) + " outside [1, " + std::to_string(cache.max_batch()) + "]");
+        const int C = cfg_.d_model, F = cfg_.d_ff, H = cfg_.n_heads, hs = C / H, V = cfg_.vocab_size,
+                  Tmax = cfg_.context_length;
+        if (B < 1 || B > cache.max_batch())
+            throw shape_error("decode: batch " + std::to_string(B) + " outside [1, " +
+                              std::to_string(cache.max_batch()) + "]");
         for (int b = 0; b < B; ++b) {
             if (cache.length(b) >= Tmax)
-                throw shape_error("decode: sequence " + std::to_string(b) + " already holds context_length = " + std::to_string(Tmax) + " tokens");
+                throw shape_error("decode: sequence " + std::to_string(b) +
+                                  " already holds context_length = " + std::to_string(Tmax) + " tokens");
             if (tokens[b] < 0 || tokens[b] >= V)
-                throw shape_error("decode: token " + std::to_string(tokens[b]) + " of sequence " + std::to_string(b) + " is outside the vocabulary [0, " + std::to_string(V) + ")");
+                throw shape_error("decode: token " + std::to_string(tokens[b]) + " of sequence " + std::to_string(b) +
+                                  " is outside the vocabulary [0, " + std::to_string(V) + ")");
         }
         // x (B,C) = wte[token] + wpe[position]
         T* x = act(encoded_);
         for (int b = 0; b < B; ++b)
-            add(dev_, x + std::int64_t(b) * C, wte() + std::int64_t(tokens[b]) * C, wpe() + std::int64_t(cache.length(b)) * C, C);
+            add(dev_, x + std::int64_t(b) * C, wte() + std::int64_t(tokens[b]) * C,
+                wpe() + std::int64_t(cache.length(b)) * C, C);
         for (int b = 0; b < B; ++b) ++cache.lengths_[std::size_t(b)];
         for (int l = 0; l < cfg_.n_layers; ++l) {
             const auto& w = layer_params_[l];
             const auto& a = layer_acts_[l];
-            layernorm_forward(dev_, act(a.ln1), act(a.ln1_mean), act(a.ln1_rstd), x, val(w.ln1_w), val(w.ln1_b), B, C, eps);
+            layernorm_forward(dev_, act(a.ln1), act(a.ln1_mean), act(a.ln1_rstd), x, val(w.ln1_w), val(w.ln1_b), B, C,
+                              eps);
             nn::linear_forward(dev_, act(a.qkv), act(a.ln1), val(w.attn_w), val(w.attn_b), B, C, 3 * C);
             for (int b = 0; b < B; ++b)
                 for (int h = 0; h < H; ++h) {
@@ -292,14 +317,17 @@ public:
                     dev_.copy(cache.keys(l) + dst, row + C, sizeof(T) * hs);
                     dev_.copy(cache.values(l) + dst, row + 2 * C, sizeof(T) * hs);
                 }
-            attention_decode(dev_, act(a.atty), act(a.att), act(a.qkv), cache.keys(l), cache.values(l), cache.lengths_.data(), B, H, hs, Tmax);
+            attention_decode(dev_, act(a.atty), act(a.att), act(a.qkv), cache.keys(l), cache.values(l),
+                             cache.lengths_.data(), B, H, hs, Tmax);
             dev_.copy(act(a.res_attn), x, sizeof(T) * B * C);
             nn::linear_forward(dev_, act(a.res_attn), act(a.atty), val(w.proj_w), val(w.proj_b), B, C, C, true);
-            layernorm_forward(dev_, act(a.ln2), act(a.ln2_mean), act(a.ln2_rstd), act(a.res_attn), val(w.ln2_w), val(w.ln2_b), B, C, eps);
+            layernorm_forward(dev_, act(a.ln2), act(a.ln2_mean), act(a.ln2_rstd), act(a.res_attn), val(w.ln2_w),
+                              val(w.ln2_b), B, C, eps);
             nn::linear_forward(dev_, act(a.fc), act(a.ln2), val(w.fc_w), val(w.fc_b), B, C, F);
             gelu_forward(dev_, act(a.fc_gelu), act(a.fc), std::int64_t(B) * F);
             dev_.copy(act(a.res_out), act(a.res_attn), sizeof(T) * B * C);
-            nn::linear_forward(dev_, act(a.res_out), act(a.fc_gelu), val(w.mlp_proj_w), val(w.mlp_proj_b), B, F, C, true);
+            nn::linear_forward(dev_, act(a.res_out), act(a.fc_gelu), val(w.mlp_proj_w), val(w.mlp_proj_b), B, F, C,
+                               true);
             x = act(a.res_out);
         }
         layernorm_forward(dev_, act(lnf_), act(lnf_mean_), act(lnf_rstd_), x, val(lnf_w_), val(lnf_b_), B, C, eps);
@@ -309,7 +337,9 @@ public:
     }
 
     /// (B,V) next-token logits of the last `prefill` or `decode`.
-    Tensor<T> next_logits() const { return Tensor<T>(act(next_logits_), {decode_batch_, cfg_.vocab_size}, Device::memory); }
+    Tensor<T> next_logits() const {
+        return Tensor<T>(act(next_logits_), {decode_batch_, cfg_.vocab_size}, Device::memory);
+    }
 
     /// Sets every gradient to zero (gradients accumulate across `backward` calls).
     void zero_grad() { dev_.fill_zero(grad_arena_.data(), sizeof(T) * grad_arena_.size()); }
@@ -321,13 +351,15 @@ public:
     /// "none".
     void backward(std::span<const Tensor<const T>> d_hidden = {}, std::span<const Tensor<const T>> d_attention = {},
                   std::span<const Tensor<const T>> d_qkv = {}) {
-        const int B = B_, Tn = T_, C = cfg_.d_model, F = cfg_.d_ff, H = cfg_.n_heads, V = cfg_.vocab_size, L = cfg_.n_layers;
+        const int B = B_, Tn = T_, C = cfg_.d_model, F = cfg_.d_ff, H = cfg_.n_heads, V = cfg_.vocab_size,
+                  L = cfg_.n_layers;
         const int N = B * Tn;
         auto extra = [&](std::span<const Tensor<const T>> list, int i, std::int64_t numel) -> const T* {
             if (i >= static_cast<int>(list.size()) || list[i].empty()) return nullptr;
             if (list[i].numel() != numel || !list[i].contiguous())
-                throw shape_error("backward: extra gradient " + std::to_string(i) + " has shape " + list[i].shape_string() +
-                                  ", expected " + std::to_string(numel) + " contiguous elements");
+                throw shape_error("backward: extra gradient " + std::to_string(i) + " has shape " +
+                                  list[i].shape_string() + ", expected " + std::to_string(numel) +
+                                  " contiguous elements");
             return list[i].data();
         };
         T* d_res = act(d_res_);
@@ -345,7 +377,8 @@ public:
             const auto& a = layer_acts_[l];
             const T* x_in = l ? act(layer_acts_[l - 1].res_out) : act(encoded_);
             if (l + 1 < L)
-                if (const T* e = extra(d_hidden, l + 1, std::int64_t(N) * C)) accumulate(dev_, d_res, e, std::int64_t(N) * C);
+                if (const T* e = extra(d_hidden, l + 1, std::int64_t(N) * C))
+                    accumulate(dev_, d_res, e, std::int64_t(N) * C);
             // MLP branch: res_out = res_attn + proj(gelu(fc(ln2(res_attn))))
             nn::linear_backward(dev_, act(d_fc_), grad(w.mlp_proj_w), grad(w.mlp_proj_b), d_res, act(a.fc_gelu),
                                 val(w.mlp_proj_w), N, F, C);
@@ -354,13 +387,14 @@ public:
             layernorm_backward(dev_, d_res, grad(w.ln2_w), grad(w.ln2_b), d_ln, act(a.res_attn), val(w.ln2_w),
                                act(a.ln2_mean), act(a.ln2_rstd), N, C);
             // attention branch: res_attn = x_in + proj(attention(qkv(ln1(x_in))))
-            nn::linear_backward(dev_, act(d_atty_), grad(w.proj_w), grad(w.proj_b), d_res, act(a.atty), val(w.proj_w), N,
-                                C, C);
+            nn::linear_backward(dev_, act(d_atty_), grad(w.proj_w), grad(w.proj_b), d_res, act(a.atty), val(w.proj_w),
+                                N, C, C);
             nn::attention_backward(dev_, act(d_qkv_), act(d_att_), act(d_atty_), act(a.qkv), act(a.att),
                                    extra(d_attention, l, std::int64_t(B) * H * Tn * Tn), B, Tn, C, H);
-            if (const T* e = extra(d_qkv, l, std::int64_t(N) * 3 * C)) accumulate(dev_, act(d_qkv_), e, std::int64_t(N) * 3 * C);
-            nn::linear_backward(dev_, d_ln, grad(w.attn_w), grad(w.attn_b), act(d_qkv_), act(a.ln1), val(w.attn_w), N, C,
-                                3 * C);
+            if (const T* e = extra(d_qkv, l, std::int64_t(N) * 3 * C))
+                accumulate(dev_, act(d_qkv_), e, std::int64_t(N) * 3 * C);
+            nn::linear_backward(dev_, d_ln, grad(w.attn_w), grad(w.attn_b), act(d_qkv_), act(a.ln1), val(w.attn_w), N,
+                                C, 3 * C);
             layernorm_backward(dev_, d_res, grad(w.ln1_w), grad(w.ln1_b), d_ln, x_in, val(w.ln1_w), act(a.ln1_mean),
                                act(a.ln1_rstd), N, C);
         }
@@ -459,15 +493,17 @@ private:
 
     void check_batch(const std::int32_t* tokens, int B, int Tn) const {
         if (B < 1 || B > max_batch_)
-            throw shape_error("forward: batch " + std::to_string(B) + " outside [1, " + std::to_string(max_batch_) + "]");
+            throw shape_error("forward: batch " + std::to_string(B) + " outside [1, " + std::to_string(max_batch_) +
+                              "]");
         if (Tn < 1 || Tn > cfg_.context_length)
-            throw shape_error("forward: length " + std::to_string(Tn) + " outside [1, context_length = " +
-                              std::to_string(cfg_.context_length) + "]");
+            throw shape_error("forward: length " + std::to_string(Tn) +
+                              " outside [1, context_length = " + std::to_string(cfg_.context_length) + "]");
         if constexpr (Device::memory == memory_space::host) {
             for (std::int64_t i = 0; i < std::int64_t(B) * Tn; ++i)
                 if (tokens[i] < 0 || tokens[i] >= cfg_.vocab_size)
-                    throw shape_error("forward: token " + std::to_string(tokens[i]) + " at position " + std::to_string(i) +
-                                      " is outside the vocabulary [0, " + std::to_string(cfg_.vocab_size) + ")");
+                    throw shape_error("forward: token " + std::to_string(tokens[i]) + " at position " +
+                                      std::to_string(i) + " is outside the vocabulary [0, " +
+                                      std::to_string(cfg_.vocab_size) + ")");
         }
     }
 
@@ -498,7 +534,8 @@ private:
     std::vector<LayerParams> layer_params_;
     std::vector<LayerActs> layer_acts_;
     std::size_t wte_ = 0, wpe_ = 0, lnf_w_ = 0, lnf_b_ = 0;
-    std::size_t encoded_ = 0, lnf_ = 0, lnf_mean_ = 0, lnf_rstd_ = 0, logits_ = 0, dlogits_ = 0, losses_ = 0, next_logits_ = 0;
+    std::size_t encoded_ = 0, lnf_ = 0, lnf_mean_ = 0, lnf_rstd_ = 0, logits_ = 0, dlogits_ = 0, losses_ = 0,
+                next_logits_ = 0;
     int decode_batch_ = 0;
     std::size_t d_res_ = 0, d_ln_ = 0, d_qkv_ = 0, d_att_ = 0, d_atty_ = 0, d_fc_ = 0;
     std::int32_t* tokens_ = nullptr;
@@ -507,4 +544,5 @@ private:
 
 }  // namespace distill::student
 
-BOOST_HANA_ADAPT_STRUCT(distill::student::TransformerConfig, vocab_size, context_length, d_model, n_layers, n_heads, d_ff);
+BOOST_HANA_ADAPT_STRUCT(distill::student::TransformerConfig, vocab_size, context_length, d_model, n_layers, n_heads,
+                        d_ff);

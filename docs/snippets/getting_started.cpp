@@ -5,7 +5,8 @@
 
 int main() {
     using namespace distill;
-    student::Transformer<float, device::Cpu> teacher({.d_model = 128, .n_layers = 4}, 8), student({.d_model = 32, .n_layers = 1}, 8);
+    student::Transformer<float, device::Cpu> teacher({.d_model = 128, .n_layers = 4}, 8),
+        student({.d_model = 32, .n_layers = 1}, 8);
     teacher.init(1);  // in real use: io::load_weights(io::safetensors_file("teacher.safetensors"), teacher)
     student.init(2);
     using Loss = loss::Sum<loss::SoftKL, loss::AttentionKL>;  // soft labels + attention transfer

@@ -4110,7 +4110,8 @@ void from_json(const nlohmann::json& j, T& out, const std::string& path) {
         std::vector<std::string> keys;
         boost::hana::for_each(boost::hana::keys(out),
                               [&](auto key) { keys.emplace_back(boost::hana::to<const char*>(key)); });
-        for (const auto& [key, value] : j.items()) {
+        for (const auto& item : j.items()) {
+            const std::string& key = item.key();  // a plain reference: clang 14 cannot capture bindings
             if (std::find(keys.begin(), keys.end(), key) != keys.end()) continue;
             auto closest = std::min_element(keys.begin(), keys.end(), [&](const auto& a, const auto& b) {
                 return edit_distance(key, a) < edit_distance(key, b);
@@ -12413,7 +12414,9 @@ private:
 
     static void add_terms(std::vector<std::pair<std::string, double>>& sums,
                           const std::vector<std::pair<std::string, double>>& terms, double weight) {
-        for (const auto& [name, value] : terms) {
+        for (const auto& term : terms) {
+            const std::string& name = term.first;  // a plain reference: clang 14 cannot capture bindings
+            const double value = term.second;
             auto it = std::find_if(sums.begin(), sums.end(), [&](const auto& s) { return s.first == name; });
             if (it == sums.end())
                 sums.emplace_back(name, weight * value);

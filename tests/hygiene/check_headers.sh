@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Header hygiene, run by ctest:
-#  1. every public header compiles on its own, warning-free (-Wall -Wextra -Wpedantic -Werror);
+#  1. every public header compiles on its own, warning-free (-Wall -Wextra -Wpedantic -Werror), with
+#     g++ and clang++;
 #  2. including the umbrella header defines no macro of ours without the DISTILL_ prefix;
 #  3. the committed single header equals a fresh regeneration.
 # Usage: check_headers.sh <repo-root> <c++-compiler> <work-dir>
@@ -14,9 +15,14 @@ status=0
 # 1. self-contained headers, two compilers' worth at a time
 cd "$root/include"
 headers=$(find distill -name '*.hpp' | grep -v '/cuda' | sort)
+# g++ and, where installed, clang++ (with libstdc++), the two compilers the library supports
+compilers=("$cxx")
+command -v clang++ >/dev/null && compilers+=("clang++ -stdlib=libstdc++")
 check_one() {
-  local h="$1" log="$work/$(echo "$1" | tr / _).log"
-  printf '#include "%s"\n' "$h" | "$cxx" -x c++ -fsyntax-only "${flags[@]}" - >"$log" 2>&1 || echo "$h"
+  local h="$1" log="$work/$(echo "$1" | tr / _).log" c
+  for c in "${compilers[@]}"; do
+    printf '#include "%s"\n' "$h" | $c -x c++ -fsyntax-only "${flags[@]}" - >"$log" 2>&1 || { echo "$h ($c)"; return; }
+  done
 }
 failed=""
 running=0
@@ -28,11 +34,12 @@ done
 wait
 for h in $headers; do
   if [[ -s "$work/$(echo "$h" | tr / _).status" ]]; then
-    echo "header does not compile on its own: $h"; head -20 "$work/$(echo "$h" | tr / _).log"
+    echo "header does not compile on its own: $(cat "$work/$(echo "$h" | tr / _).status")"
+    head -20 "$work/$(echo "$h" | tr / _).log"
     failed="$failed $h"; status=1
   fi
 done
-echo "self-contained headers: $(echo "$headers" | wc -w) checked, $(echo "$failed" | wc -w) failed"
+echo "self-contained headers: $(echo "$headers" | wc -w) checked with ${compilers[*]}, $(echo "$failed" | wc -w) failed"
 
 # 2. macro hygiene: macros defined by the umbrella minus those its third-party includes define
 thirdparty=$(grep -rhoE '^\s*#\s*include\s*<[^>]+>' "$root/include/distill" | sed -E 's/^\s*#\s*include\s*//' | sort -u)

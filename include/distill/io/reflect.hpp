@@ -128,7 +128,8 @@ void from_json(const nlohmann::json& j, T& out, const std::string& path) {
         std::vector<std::string> keys;
         boost::hana::for_each(boost::hana::keys(out),
                               [&](auto key) { keys.emplace_back(boost::hana::to<const char*>(key)); });
-        for (const auto& [key, value] : j.items()) {
+        for (const auto& item : j.items()) {
+            const std::string& key = item.key();  // a plain reference: clang 14 cannot capture bindings
             if (std::find(keys.begin(), keys.end(), key) != keys.end()) continue;
             auto closest = std::min_element(keys.begin(), keys.end(), [&](const auto& a, const auto& b) {
                 return edit_distance(key, a) < edit_distance(key, b);

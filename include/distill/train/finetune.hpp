@@ -523,7 +523,9 @@ private:
 
     static void add_terms(std::vector<std::pair<std::string, double>>& sums,
                           const std::vector<std::pair<std::string, double>>& terms, double weight) {
-        for (const auto& [name, value] : terms) {
+        for (const auto& term : terms) {
+            const std::string& name = term.first;  // a plain reference: clang 14 cannot capture bindings
+            const double value = term.second;
             auto it = std::find_if(sums.begin(), sums.end(), [&](const auto& s) { return s.first == name; });
             if (it == sums.end())
                 sums.emplace_back(name, weight * value);

@@ -12,8 +12,24 @@
 #include <vector>
 
 #include "distill/detail/rng.hpp"
+#include "distill/io/safetensors.hpp"
 
 namespace distill::testing {
+
+/// Tensor `name` of a fixture file, converted to T.
+template <class T>
+std::vector<T> read_tensor(const io::safetensors_file& f, const std::string& name) {
+    const auto& info = f.at(name);
+    std::vector<T> v(static_cast<std::size_t>(info.numel()));
+    f.read<T>(info, v);
+    return v;
+}
+
+/// Integer tensor `name` of a fixture file (token ids, targets) as int32.
+inline std::vector<std::int32_t> read_ids(const io::safetensors_file& f, const std::string& name) {
+    auto v = f.read_integers(f.at(name));
+    return {v.begin(), v.end()};
+}
 
 /// |a - b| <= atol + rtol * |b| for every element; on failure names the worst index and both values.
 template <class A, class B>

@@ -40,6 +40,8 @@ using namespace distill;
 using distill::testing::check_close;
 using distill::testing::check_gradient;
 using distill::testing::random_vector;
+using distill::testing::read_ids;
+using distill::testing::read_tensor;
 
 #ifndef DISTILL_TEST_DATA_DIR
 #define DISTILL_TEST_DATA_DIR "tests/reference/fixtures"
@@ -49,17 +51,6 @@ namespace {
 
 const std::filesystem::path fixtures = DISTILL_TEST_DATA_DIR;
 
-template <class T>
-std::vector<T> read(const io::safetensors_file& f, const std::string& name) {
-    const auto& info = f.at(name);
-    std::vector<T> v(static_cast<std::size_t>(info.numel()));
-    f.read<T>(info, v);
-    return v;
-}
-std::vector<std::int32_t> read_ids(const io::safetensors_file& f, const std::string& name) {
-    auto v = f.read_integers(f.at(name));
-    return {v.begin(), v.end()};
-}
 std::vector<std::uint8_t> read_mask(const io::safetensors_file& f, const std::string& name) {
     auto v = f.read_integers(f.at(name));
     return {v.begin(), v.end()};
@@ -240,7 +231,7 @@ TEST_CASE_TEMPLATE("loss golden: SoftKL, ReverseKL and JSD match PyTorch over te
             INFO("case " << label);
             const auto shape = shape_of(g, c.name + ".s");
             const int B = int(shape[0]), Tn = int(shape[1]), V = int(shape[2]);
-            const auto s = as<T>(read<float>(g, c.name + ".s")), t = as<T>(read<float>(g, c.name + ".t"));
+            const auto s = as<T>(read_tensor<float>(g, c.name + ".s")), t = as<T>(read_tensor<float>(g, c.name + ".t"));
             const auto mask = read_mask(g, c.name + ".mask");
             const auto teacher = teacher_logits(t, B, Tn, V);
             std::vector<T> grad;
@@ -255,8 +246,8 @@ TEST_CASE_TEMPLATE("loss golden: SoftKL, ReverseKL and JSD match PyTorch over te
                 loss::ReverseKL term({.temperature = c.tau});
                 v = run_logits<T, Dev>(term, s, B, Tn, V, teacher, mask, grad);
             }
-            CHECK(double(v) == doctest::Approx(read<double>(g, c.name + ".value")[0]).epsilon(rtol_for<T>));
-            compare(c.name + ".grad", grad.data(), read<double>(g, c.name + ".grad"), rtol_for<T>, atol_for<T>);
+            CHECK(double(v) == doctest::Approx(read_tensor<double>(g, c.name + ".value")[0]).epsilon(rtol_for<T>));
+            compare(c.name + ".grad", grad.data(), read_tensor<double>(g, c.name + ".grad"), rtol_for<T>, atol_for<T>);
         }
     };
     run_all(float{});
@@ -273,15 +264,15 @@ TEST_CASE_TEMPLATE("loss golden: TopKSoftKL matches PyTorch for k in {1, 5, 20},
                 INFO("case " << name);
                 const auto shape = shape_of(g, name + ".s");
                 const int B = int(shape[0]), Tn = int(shape[1]), V = int(shape[2]);
-                const auto s = as<T>(read<float>(g, name + ".s"));
+                const auto s = as<T>(read_tensor<float>(g, name + ".s"));
                 const auto ids = read_ids(g, name + ".ids");
-                const auto lp = as<T>(read<float>(g, name + ".lp"));
+                const auto lp = as<T>(read_tensor<float>(g, name + ".lp"));
                 const auto mask = read_mask(g, name + ".mask");
                 loss::TopKSoftKL term({.temperature = tau});
                 std::vector<T> grad;
                 const T v = run_logits<T, Dev>(term, s, B, Tn, V, teacher_topk(ids, lp, B, Tn, k, tau), mask, grad);
-                CHECK(double(v) == doctest::Approx(read<double>(g, name + ".value")[0]).epsilon(rtol_for<T>));
-                compare(name + ".grad", grad.data(), read<double>(g, name + ".grad"), rtol_for<T>, atol_for<T>);
+                CHECK(double(v) == doctest::Approx(read_tensor<double>(g, name + ".value")[0]).epsilon(rtol_for<T>));
+                compare(name + ".grad", grad.data(), read_tensor<double>(g, name + ".grad"), rtol_for<T>, atol_for<T>);
             }
     };
     run_all(float{});
@@ -294,7 +285,7 @@ TEST_CASE_TEMPLATE("loss golden: HardCE matches PyTorch cross_entropy with ignor
     auto run = [&]<class T>(T) {
         const auto shape = shape_of(g, "hard_ce.s");
         const int B = int(shape[0]), Tn = int(shape[1]), V = int(shape[2]);
-        const auto s = as<T>(read<float>(g, "hard_ce.s"));
+        const auto s = as<T>(read_tensor<float>(g, "hard_ce.s"));
         const auto y = read_ids(g, "hard_ce.y");
         const auto mask = read_mask(g, "hard_ce.mask");
         for (const char* source : {"teacher", "labels"}) {
@@ -305,8 +296,8 @@ TEST_CASE_TEMPLATE("loss golden: HardCE matches PyTorch cross_entropy with ignor
             std::vector<T> grad;
             const T v = run_logits<T, Dev>(term, s, B, Tn, V, teacher, mask, grad,
                                            std::string(source) == "labels" ? &y : nullptr);
-            CHECK(double(v) == doctest::Approx(read<double>(g, "hard_ce.value")[0]).epsilon(rtol_for<T>));
-            compare("hard_ce.grad", grad.data(), read<double>(g, "hard_ce.grad"), rtol_for<T>, atol_for<T>);
+            CHECK(double(v) == doctest::Approx(read_tensor<double>(g, "hard_ce.value")[0]).epsilon(rtol_for<T>));
+            compare("hard_ce.grad", grad.data(), read_tensor<double>(g, "hard_ce.grad"), rtol_for<T>, atol_for<T>);
         }
     };
     run(float{});
@@ -323,8 +314,8 @@ TEST_CASE_TEMPLATE("loss golden: every divergence at vocabulary 50 000", Dev, de
     std::vector<float> grad;
     auto check = [&](const std::string& name, float v) {
         INFO("case " << name);
-        CHECK(double(v) == doctest::Approx(read<double>(g, name + ".value")[0]).epsilon(1e-4));
-        compare(name + ".grad", grad.data(), read<double>(g, name + ".grad"), 1e-4, 1e-6);
+        CHECK(double(v) == doctest::Approx(read_tensor<double>(g, name + ".value")[0]).epsilon(1e-4));
+        compare(name + ".grad", grad.data(), read_tensor<double>(g, name + ".grad"), 1e-4, 1e-6);
     };
     {
         loss::SoftKL term({.temperature = 2.0});
@@ -341,7 +332,7 @@ TEST_CASE_TEMPLATE("loss golden: every divergence at vocabulary 50 000", Dev, de
     for (int k : {1, 5, 20}) {
         const std::string name = "large.topk" + std::to_string(k);
         const auto ids = read_ids(g, name + ".ids");
-        const auto lp = read<float>(g, name + ".lp");
+        const auto lp = read_tensor<float>(g, name + ".lp");
         loss::TopKSoftKL term;
         check(name, run_logits<float, Dev>(term, s1, 1, 1, V, teacher_topk(ids, lp, 1, 1, k, 1.0), all1, grad));
     }
@@ -363,8 +354,8 @@ TEST_CASE_TEMPLATE("loss golden: HiddenMSE (mse, cosine, identity) matches PyTor
         const int Ct = int(shape_of(g, name + ".ht0")[2]);
         const int n_s = 3, n_t = projected ? 4 : 3;
         std::vector<std::vector<T>> hs, ht;
-        for (int i = 0; i < n_s; ++i) hs.push_back(as<T>(read<float>(g, name + ".hs" + std::to_string(i))));
-        for (int j = 0; j < n_t; ++j) ht.push_back(as<T>(read<float>(g, name + ".ht" + std::to_string(j))));
+        for (int i = 0; i < n_s; ++i) hs.push_back(as<T>(read_tensor<float>(g, name + ".hs" + std::to_string(i))));
+        for (int j = 0; j < n_t; ++j) ht.push_back(as<T>(read_tensor<float>(g, name + ".ht" + std::to_string(j))));
         const auto mask = read_mask(g, name + ".mask");
         loss::HiddenMSEConfig cfg;
         cfg.layer_map = "explicit";
@@ -376,7 +367,7 @@ TEST_CASE_TEMPLATE("loss golden: HiddenMSE (mse, cosine, identity) matches PyTor
         CHECK(term.projected() == projected);
         auto params = term.parameters();
         for (std::size_t p = 0; p < params.size(); ++p) {
-            const auto v = read<T>(g, name + "." + (p % 2 ? "b" : "W") + std::to_string(p / 2));
+            const auto v = read_tensor<T>(g, name + "." + (p % 2 ? "b" : "W") + std::to_string(p / 2));
             std::copy(v.begin(), v.end(), params[p].value.data());
         }
         term.zero_grad();
@@ -391,9 +382,9 @@ TEST_CASE_TEMPLATE("loss golden: HiddenMSE (mse, cosine, identity) matches PyTor
         auto ctx = ws.begin(so, Tensor<T>(dlogits.data(), {B, Tn, 1}), to, mask_view(mask, B, Tn));
         const T v = term(ctx);
         ws.finish();
-        CHECK(double(v) == doctest::Approx(read<double>(g, name + ".value")[0]).epsilon(rtol_for<T>));
+        CHECK(double(v) == doctest::Approx(read_tensor<double>(g, name + ".value")[0]).epsilon(rtol_for<T>));
         for (int i = 0; i < n_s; ++i) {
-            const auto expected = read<double>(g, name + ".grad_hs" + std::to_string(i));
+            const auto expected = read_tensor<double>(g, name + ".grad_hs" + std::to_string(i));
             const auto sinks = ws.d_hidden();
             if (sinks[std::size_t(i)].empty()) {  // not mapped: no gradient expected
                 CHECK(std::all_of(expected.begin(), expected.end(), [](double e) { return e == 0; }));
@@ -404,7 +395,7 @@ TEST_CASE_TEMPLATE("loss golden: HiddenMSE (mse, cosine, identity) matches PyTor
         }
         for (std::size_t p = 0; p < params.size(); ++p)
             compare(params[p].name, params[p].grad.data(),
-                    read<double>(g, name + ".grad_" + (p % 2 ? "b" : "W") + std::to_string(p / 2)), rtol_for<T>,
+                    read_tensor<double>(g, name + ".grad_" + (p % 2 ? "b" : "W") + std::to_string(p / 2)), rtol_for<T>,
                     atol_for<T>);
     };
     for (auto [name, form, projected] :
@@ -422,8 +413,8 @@ TEST_CASE_TEMPLATE("loss golden: AttentionKL with grouped teacher heads matches 
         const auto ss = shape_of(g, "attention_kl.s0"), ts = shape_of(g, "attention_kl.t0");
         const int B = int(ss[0]), Hs = int(ss[1]), Tn = int(ss[2]), Ht = int(ts[1]);
         std::vector<std::vector<T>> a_s, a_t;
-        for (int l = 0; l < 2; ++l) a_s.push_back(as<T>(read<float>(g, "attention_kl.s" + std::to_string(l))));
-        for (int l = 0; l < 3; ++l) a_t.push_back(as<T>(read<float>(g, "attention_kl.t" + std::to_string(l))));
+        for (int l = 0; l < 2; ++l) a_s.push_back(as<T>(read_tensor<float>(g, "attention_kl.s" + std::to_string(l))));
+        for (int l = 0; l < 3; ++l) a_t.push_back(as<T>(read_tensor<float>(g, "attention_kl.t" + std::to_string(l))));
         const auto mask = read_mask(g, "attention_kl.mask");
         const loss::dims d{{0, 8, 2, Hs}, {0, 12, 3, Ht}, B, Tn};
         loss::AttentionKL term({.layer_map = "explicit", .layers = {{0, 1}, {1, 2}}}, d);
@@ -437,10 +428,10 @@ TEST_CASE_TEMPLATE("loss golden: AttentionKL with grouped teacher heads matches 
         auto ctx = ws.begin(so, Tensor<T>(dlogits.data(), {B, Tn, 1}), to, mask_view(mask, B, Tn));
         const T v = term(ctx);
         ws.finish();
-        CHECK(double(v) == doctest::Approx(read<double>(g, "attention_kl.value")[0]).epsilon(rtol_for<T>));
+        CHECK(double(v) == doctest::Approx(read_tensor<double>(g, "attention_kl.value")[0]).epsilon(rtol_for<T>));
         for (int l = 0; l < 2; ++l)
             compare("attention_kl.grad" + std::to_string(l), ws.d_attention()[std::size_t(l)].data(),
-                    read<double>(g, "attention_kl.grad" + std::to_string(l)), rtol_for<T>, atol_for<T>);
+                    read_tensor<double>(g, "attention_kl.grad" + std::to_string(l)), rtol_for<T>, atol_for<T>);
     };
     run(float{});
     run(double{});
@@ -454,8 +445,8 @@ TEST_CASE_TEMPLATE("loss golden: AttentionRelation (MiniLMv2) matches PyTorch wi
         const auto ss = shape_of(g, name + ".s0"), ts = shape_of(g, name + ".t0");
         const int B = int(ss[0]), Tn = int(ss[1]), Cs = int(ss[2]) / 3, Ct = int(ts[2]) / 3;
         std::vector<std::vector<T>> qs, qt;
-        for (int l = 0; l < 2; ++l) qs.push_back(as<T>(read<float>(g, name + ".s" + std::to_string(l))));
-        for (int l = 0; l < 3; ++l) qt.push_back(as<T>(read<float>(g, name + ".t" + std::to_string(l))));
+        for (int l = 0; l < 2; ++l) qs.push_back(as<T>(read_tensor<float>(g, name + ".s" + std::to_string(l))));
+        for (int l = 0; l < 3; ++l) qt.push_back(as<T>(read_tensor<float>(g, name + ".t" + std::to_string(l))));
         const auto mask = read_mask(g, name + ".mask");
         const loss::dims d{{0, Cs, 2, 2}, {0, Ct, 3, 3}, B, Tn};
         loss::AttentionRelation term(
@@ -470,10 +461,10 @@ TEST_CASE_TEMPLATE("loss golden: AttentionRelation (MiniLMv2) matches PyTorch wi
         auto ctx = ws.begin(so, Tensor<T>(dlogits.data(), {B, Tn, 1}), to, mask_view(mask, B, Tn));
         const T v = term(ctx);
         ws.finish();
-        CHECK(double(v) == doctest::Approx(read<double>(g, name + ".value")[0]).epsilon(rtol_for<T>));
+        CHECK(double(v) == doctest::Approx(read_tensor<double>(g, name + ".value")[0]).epsilon(rtol_for<T>));
         for (int l = 0; l < 2; ++l)
             compare(name + ".grad" + std::to_string(l), ws.d_qkv()[std::size_t(l)].data(),
-                    read<double>(g, name + ".grad" + std::to_string(l)), rtol_for<T>, atol_for<T>);
+                    read_tensor<double>(g, name + ".grad" + std::to_string(l)), rtol_for<T>, atol_for<T>);
     };
     run(float{}, "relation_all", {"query", "key", "value"});
     run(double{}, "relation_all", {"query", "key", "value"});
@@ -498,7 +489,7 @@ template <class Model>
 void load_prefixed(const io::safetensors_file& f, const std::string& prefix, Model& m) {
     using T = typename Model::scalar_type;
     for (const auto& p : m.parameters()) {
-        const auto v = read<T>(f, prefix + p.name);
+        const auto v = read_tensor<T>(f, prefix + p.name);
         REQUIRE(std::int64_t(v.size()) == p.value.numel());
         std::copy(v.begin(), v.end(), p.value.data());
     }
@@ -536,7 +527,7 @@ TEST_CASE_TEMPLATE("loss golden: a Sum of every term between two GPTs matches Py
         REQUIRE(proj.size() == 4);
         for (std::size_t p = 0; p < proj.size(); ++p) {
             CHECK(proj[p].name == "loss.hidden_mse.proj." + std::to_string(p / 2) + (p % 2 ? ".bias" : ".weight"));
-            const auto v = read<T>(g, "proj." + std::to_string(p / 2) + (p % 2 ? ".bias" : ".weight"));
+            const auto v = read_tensor<T>(g, "proj." + std::to_string(p / 2) + (p % 2 ? ".bias" : ".weight"));
             std::copy(v.begin(), v.end(), proj[p].value.data());
         }
 
@@ -555,21 +546,21 @@ TEST_CASE_TEMPLATE("loss golden: a Sum of every term between two GPTs matches Py
         student.backward(ws.d_hidden(), ws.d_attention(), ws.d_qkv());
 
         const double rtol = std::is_same_v<T, float> ? 1e-4 : 1e-6;
-        CHECK(double(total) == doctest::Approx(read<double>(g, "total")[0]).epsilon(rtol));
+        CHECK(double(total) == doctest::Approx(read_tensor<double>(g, "total")[0]).epsilon(rtol));
         const char* names[] = {"soft_kl", "hard_ce", "hidden_mse", "attention_kl", "attention_relation"};
         for (std::size_t i = 0; i < 5; ++i) {
             CHECK(std::string(L::names()[i]) == names[i]);
             INFO("term " << names[i]);
             CHECK(loss.values()[i] ==
-                  doctest::Approx(read<double>(g, std::string("value.") + names[i])[0]).epsilon(rtol));
+                  doctest::Approx(read_tensor<double>(g, std::string("value.") + names[i])[0]).epsilon(rtol));
         }
         // fp32 forwards of two models feed the comparison, so gradients get 1e-5 of their scale
         const double atol = std::is_same_v<T, float> ? 1e-5 : 1e-7;
         for (const auto& p : student.parameters())
-            compare("grad." + p.name, p.grad.data(), read<double>(g, "grad." + p.name), rtol, atol);
+            compare("grad." + p.name, p.grad.data(), read_tensor<double>(g, "grad." + p.name), rtol, atol);
         for (std::size_t p = 0; p < proj.size(); ++p) {
             const std::string n = "grad.proj." + std::to_string(p / 2) + (p % 2 ? ".bias" : ".weight");
-            compare(n, proj[p].grad.data(), read<double>(g, n), rtol, atol);
+            compare(n, proj[p].grad.data(), read_tensor<double>(g, n), rtol, atol);
         }
     };
     run(float{});

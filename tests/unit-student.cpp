@@ -18,6 +18,8 @@ using namespace distill;
 using distill::testing::check_close;
 using distill::testing::check_gradient;
 using distill::testing::random_vector;
+using distill::testing::read_ids;
+using distill::testing::read_tensor;
 
 #ifndef DISTILL_TEST_DATA_DIR
 #define DISTILL_TEST_DATA_DIR "tests/reference/fixtures"
@@ -26,19 +28,6 @@ using distill::testing::random_vector;
 namespace {
 
 const std::filesystem::path fixtures = DISTILL_TEST_DATA_DIR;
-
-template <class T>
-std::vector<T> read_tensor(const io::safetensors_file& f, const std::string& name) {
-    const auto& info = f.at(name);
-    std::vector<T> v(static_cast<std::size_t>(info.numel()));
-    f.read<T>(info, v);
-    return v;
-}
-
-std::vector<std::int32_t> read_ids(const io::safetensors_file& f, const std::string& name) {
-    auto v = f.read_integers(f.at(name));
-    return {v.begin(), v.end()};
-}
 
 student::TransformerConfig fixture_config(const io::safetensors_file& w) {
     auto get = [&](const char* k) { return std::stoi(w.metadata().at(k)); };

@@ -5415,18 +5415,11 @@ public:
                 throw shape_error("prefill: length " + std::to_string(lengths[b]) + " of sequence " +
                                   std::to_string(b) + " outside [1, " + std::to_string(Tn) + "]");
         forward(tokens, B, Tn);
-        const int C = cfg_.d_model, H = cfg_.n_heads, hs = C / H, V = cfg_.vocab_size, Tmax = cfg_.context_length;
-        for (int l = 0; l < cfg_.n_layers; ++l) {
-            const T* qkv = act(layer_acts_[l].qkv);
+        const int C = cfg_.d_model, V = cfg_.vocab_size;
+        for (int l = 0; l < cfg_.n_layers; ++l)
             for (int b = 0; b < B; ++b)
                 for (int t = 0; t < lengths[b]; ++t)
-                    for (int h = 0; h < H; ++h) {
-                        const T* row = qkv + (std::int64_t(b) * Tn + t) * 3 * C + h * hs;
-                        const std::int64_t dst = ((std::int64_t(b) * H + h) * Tmax + t) * hs;
-                        dev_.copy(cache.keys(l) + dst, row + C, sizeof(T) * hs);
-                        dev_.copy(cache.values(l) + dst, row + 2 * C, sizeof(T) * hs);
-                    }
-        }
+                    store_kv(cache, l, act(layer_acts_[l].qkv) + (std::int64_t(b) * Tn + t) * 3 * C, b, t);
         for (int b = 0; b < B; ++b) {
             dev_.copy(act(next_logits_) + std::int64_t(b) * V,
                       act(logits_) + (std::int64_t(b) * Tn + lengths[b] - 1) * V, sizeof(T) * V);
@@ -5464,12 +5457,7 @@ public:
                               eps);
             nn::linear_forward(dev_, act(a.qkv), act(a.ln1), val(w.attn_w), val(w.attn_b), B, C, 3 * C);
             for (int b = 0; b < B; ++b)
-                for (int h = 0; h < H; ++h) {
-                    const T* row = act(a.qkv) + std::int64_t(b) * 3 * C + h * hs;
-                    const std::int64_t dst = ((std::int64_t(b) * H + h) * Tmax + cache.length(b) - 1) * hs;
-                    dev_.copy(cache.keys(l) + dst, row + C, sizeof(T) * hs);
-                    dev_.copy(cache.values(l) + dst, row + 2 * C, sizeof(T) * hs);
-                }
+                store_kv(cache, l, act(a.qkv) + std::int64_t(b) * 3 * C, b, cache.length(b) - 1);
             attention_decode(dev_, act(a.atty), act(a.att), act(a.qkv), cache.keys(l), cache.values(l),
                              cache.lengths_.data(), B, H, hs, Tmax);
             dev_.copy(act(a.res_attn), x, sizeof(T) * B * C);
@@ -5642,6 +5630,17 @@ private:
         act_arena_ = detail::Arena<T, Device>(dev_, act_layout_.size());
         tokens_ = static_cast<std::int32_t*>(dev_.allocate(tokens_bytes()));
         tokens_owner_ = {tokens_, TokenFree{dev_, tokens_bytes()}};
+    }
+
+    // Copies the key and value of every head of one token, qkv_row (3C) = q | k | v, into `cache`
+    // at sequence b, position t: (max_batch, H, Tmax, hs) per layer.
+    void store_kv(KvCache<T, Device>& cache, int l, const T* qkv_row, int b, int t) const {
+        const int C = cfg_.d_model, H = cfg_.n_heads, hs = C / H;
+        for (int h = 0; h < H; ++h) {
+            const std::int64_t dst = ((std::int64_t(b) * H + h) * cfg_.context_length + t) * hs;
+            dev_.copy(cache.keys(l) + dst, qkv_row + C + h * hs, sizeof(T) * hs);
+            dev_.copy(cache.values(l) + dst, qkv_row + 2 * C + h * hs, sizeof(T) * hs);
+        }
     }
 
     void check_batch(const std::int32_t* tokens, int B, int Tn) const {

@@ -1,0 +1,238 @@
+#pragma once
+/// @file context.cuh
+/// `device::Cuda`, the tag of the NVIDIA GPU device: device memory (plain cudaMalloc, never managed
+/// memory), one CUDA stream and one cuBLAS handle per context, staging buffers for the small host
+/// arrays kernels read (masks, targets, lengths), and the error checks that turn every failing CUDA
+/// or cuBLAS call into a `distill::cuda_error` naming the call, the file and the line.
+/// nvcc only, with DISTILL_ENABLE_CUDA (link `distill::cuda`).
+
+#if !defined(__CUDACC__) || !defined(DISTILL_ENABLE_CUDA)
+#error "distill/device/cuda.hpp is CUDA code: compile with nvcc and link distill::cuda (defines DISTILL_ENABLE_CUDA)"
+#endif
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include "distill/detail/macros.hpp"
+#include "distill/error.hpp"
+#include "distill/tensor.hpp"
+
+namespace distill {
+
+/// A CUDA runtime or cuBLAS call failed. `what()` names the call, the file and line, and the error.
+class cuda_error : public error {
+public:
+    cuda_error(const std::string& call, const char* file, int line, const std::string& why)
+        : error(std::string(file) + ":" + std::to_string(line) + ": " + call + " failed: " + why), call_(call) {}
+    /// The failing call as written in the source.
+    const std::string& call() const noexcept { return call_; }
+
+private:
+    std::string call_;
+};
+
+namespace device::cuda_detail {
+
+inline void check(cudaError_t e, const char* call, const char* file, int line) {
+    if (e != cudaSuccess)
+        throw cuda_error(call, file, line, std::string(cudaGetErrorName(e)) + " (" + cudaGetErrorString(e) + ")");
+}
+
+inline void check(cublasStatus_t s, const char* call, const char* file, int line) {
+    if (s != CUBLAS_STATUS_SUCCESS)
+        throw cuda_error(call, file, line, std::string(cublasGetStatusName(s)) + " (" + cublasGetStatusString(s) + ")");
+}
+
+}  // namespace device::cuda_detail
+}  // namespace distill
+
+/// Checks a CUDA runtime or cuBLAS call: throws `distill::cuda_error` with the call, file and line.
+#define DISTILL_CUDA_CHECK(call) ::distill::device::cuda_detail::check((call), #call, __FILE__, __LINE__)
+/// Checks the launch of the kernel just started (bad configuration, no device code for this GPU).
+#define DISTILL_CUDA_CHECK_LAUNCH(name) \
+    ::distill::device::cuda_detail::check(cudaGetLastError(), name "<<<...>>>", __FILE__, __LINE__)
+
+namespace distill::device {
+
+namespace cuda_detail {
+
+/// What a `Cuda` tag points to: the GPU ordinal, its stream, its cuBLAS handle and staging buffers.
+/// Shared by every copy of the tag; destroyed with the last one.
+struct State {
+    int ordinal = 0;
+    cudaStream_t stream = nullptr;
+    cublasHandle_t blas = nullptr;
+    cudaDeviceProp props{};
+    // Growable device buffers for host arrays passed to kernels and for reduction partials; they
+    // grow to the largest request and then stay, so a training step allocates nothing.
+    std::vector<std::pair<void*, std::size_t>> staging = std::vector<std::pair<void*, std::size_t>>(8, {nullptr, 0});
+
+    explicit State(int device) : ordinal(device) {
+        DISTILL_CUDA_CHECK(cudaSetDevice(device));
+        DISTILL_CUDA_CHECK(cudaGetDeviceProperties(&props, device));
+        DISTILL_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+        DISTILL_CUDA_CHECK(cublasCreate(&blas));
+        DISTILL_CUDA_CHECK(cublasSetStream(blas, stream));
+        // fp32 GEMMs in full fp32 unless tf32 is asked for (Cuda::allow_tf32): parity with the CPU
+        DISTILL_CUDA_CHECK(cublasSetMathMode(blas, CUBLAS_DEFAULT_MATH));
+    }
+    State(const State&) = delete;
+    State& operator=(const State&) = delete;
+    ~State() {
+        cudaSetDevice(ordinal);
+        if (stream) cudaStreamSynchronize(stream);
+        for (auto& [p, n] : staging)
+            if (p) cudaFree(p);
+        if (blas) cublasDestroy(blas);
+        if (stream) cudaStreamDestroy(stream);
+    }
+};
+
+inline int device_count() noexcept {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        (void)cudaGetLastError();  // clear the sticky "no device" error
+        return 0;
+    }
+    return n;
+}
+
+inline std::shared_ptr<State> default_state() {
+    static std::mutex mutex;
+    static std::weak_ptr<State> shared;
+    std::lock_guard<std::mutex> lock(mutex);
+    if (auto s = shared.lock()) return s;
+    auto s = std::make_shared<State>(0);
+    shared = s;
+    return s;
+}
+
+/// Whether p points to memory the GPU reads directly (device or managed memory).
+inline bool is_device_pointer(const void* p) {
+    if (!p) return false;
+    cudaPointerAttributes a{};
+    if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return false;
+    }
+    return a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged;
+}
+
+}  // namespace cuda_detail
+
+/// The NVIDIA GPU device: tensors in device memory, kernels on one CUDA stream, GEMMs through
+/// cuBLAS. A tag as cheap to copy as the others: copies share one context (GPU, stream, cuBLAS
+/// handle), so everything a model, its loss and its optimizer launch runs in order on one stream.
+/// `Cuda()` is the process-wide context of GPU 0; `Cuda(ordinal)` creates a new context (a new
+/// stream) on that GPU.
+///
+/// Host↔device transfers happen where data enters and leaves: `copy` between host and device
+/// memory (batches in, metrics and checkpoints out) waits for the stream; device-to-device copies
+/// and every kernel are asynchronous. Kernels that take small host arrays (masks, targets, top-k
+/// ids, decode lengths) accept host or device pointers and stage host ones through the context's
+/// buffers. Every kernel is deterministic: no atomics, reductions in a fixed order.
+struct Cuda {
+    static constexpr memory_space memory = memory_space::cuda;
+    static constexpr const char* name = "cuda";
+
+    /// The shared context of GPU 0. Throws `cuda_error` when no GPU is visible.
+    Cuda() : state_(cuda_detail::default_state()) {}
+    /// A new context (its own stream and cuBLAS handle) on GPU `ordinal`.
+    explicit Cuda(int ordinal) {
+        const int n = cuda_detail::device_count();
+        if (ordinal < 0 || ordinal >= n)
+            throw config_error("device.ordinal",
+                               "GPU " + std::to_string(ordinal) + " requested, " + std::to_string(n) + " visible");
+        state_ = std::make_shared<cuda_detail::State>(ordinal);
+    }
+
+    /// Number of GPUs visible to this process (0 without a driver or device).
+    static int visible_devices() noexcept { return cuda_detail::device_count(); }
+
+    void* allocate(std::size_t bytes) const {
+        activate();
+        void* p = nullptr;
+        DISTILL_CUDA_CHECK(cudaMalloc(&p, bytes ? (bytes + 255) / 256 * 256 : 256));
+        return p;
+    }
+    void deallocate(void* p, std::size_t) const noexcept {
+        if (!p) return;
+        cudaSetDevice(state_->ordinal);
+        cudaStreamSynchronize(state_->stream);  // no kernel of ours may still read it
+        cudaFree(p);
+    }
+    void fill_zero(void* p, std::size_t bytes) const {
+        if (bytes) DISTILL_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream()));
+    }
+    /// Copies between any two of host and device memory (unified addressing picks the direction).
+    /// Returns once host memory involved may be read or reused; device-to-device stays asynchronous.
+    void copy(void* dst, const void* src, std::size_t bytes) const {
+        if (!bytes) return;
+        DISTILL_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream()));
+        if (!cuda_detail::is_device_pointer(dst) || !cuda_detail::is_device_pointer(src)) synchronize();
+    }
+
+    /// Waits until everything launched on this context's stream has finished.
+    void synchronize() const { DISTILL_CUDA_CHECK(cudaStreamSynchronize(stream())); }
+    cudaStream_t stream() const noexcept { return state_->stream; }
+    cublasHandle_t cublas() const noexcept { return state_->blas; }
+    int ordinal() const noexcept { return state_->ordinal; }
+    const cudaDeviceProp& properties() const noexcept { return state_->props; }
+    /// Lets cuBLAS run fp32 GEMMs on the tensor cores in tf32 (about 8× the fp32 rate on sm_80+, 10
+    /// mantissa bits in the products). Off by default: the parity tests compare full fp32.
+    void allow_tf32(bool on) const {
+        DISTILL_CUDA_CHECK(cublasSetMathMode(cublas(), on ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+    }
+
+    /// A device buffer of at least `bytes` for staging slot `slot` (0..7), reused across calls.
+    void* staging(int slot, std::size_t bytes) const {
+        auto& [p, n] = state_->staging.at(static_cast<std::size_t>(slot));
+        if (n < bytes) {
+            if (p) {
+                synchronize();
+                DISTILL_CUDA_CHECK(cudaFree(p));
+                p = nullptr;
+            }
+            const std::size_t grown = std::max<std::size_t>(bytes, 2 * n);
+            DISTILL_CUDA_CHECK(cudaMalloc(&p, grown));
+            n = grown;
+        }
+        return p;
+    }
+    /// `p` itself when the GPU can read it, else a copy of its `n` elements in staging slot `slot`.
+    template <class T>
+    const T* on_device(const T* p, std::size_t n, int slot) const {
+        if (!p || cuda_detail::is_device_pointer(p)) return p;
+        void* d = staging(slot, n * sizeof(T));
+        DISTILL_CUDA_CHECK(cudaMemcpyAsync(d, p, n * sizeof(T), cudaMemcpyHostToDevice, stream()));
+        return static_cast<const T*>(d);
+    }
+
+private:
+    void activate() const { DISTILL_CUDA_CHECK(cudaSetDevice(state_->ordinal)); }
+    std::shared_ptr<cuda_detail::State> state_;
+};
+
+namespace cuda_detail {
+
+// Staging slots, one per kind of host array, so two arrays of one call never share a buffer.
+inline constexpr int slot_mask = 0, slot_index = 1, slot_values = 2, slot_partials = 3, slot_order = 4,
+                     slot_segments = 5, slot_misc = 6;
+
+inline constexpr int warp = 32;
+
+inline int blocks_for(std::int64_t n, int threads, std::int64_t cap = 65535LL * 8) {
+    const std::int64_t b = (n + threads - 1) / threads;
+    return static_cast<int>(b < 1 ? 1 : (b > cap ? cap : b));
+}
+
+}  // namespace cuda_detail
+}  // namespace distill::device

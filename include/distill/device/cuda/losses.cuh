@@ -1,0 +1,480 @@
+#pragma once
+/// @file losses.cuh
+/// The fused loss kernels of `device::Cuda`: each divergence of `device/reference_losses.hpp` (read
+/// it for the formulas and conventions: mask, losses, accumulate, grad_scale) with one block per
+/// row: one streaming pass for the row's log-sum-exps (online max and sum, both distributions at
+/// once), one pass for the value and the gradient. Nothing (B·T × V) is materialized. Sums run in
+/// double through fixed-shape block reductions: deterministic, and as accurate as the oracle.
+/// Masks, targets and top-k ids may be in host or device memory.
+
+#include <cstdint>
+#include <limits>
+
+#include "distill/device/cuda/common.cuh"
+#include "distill/device/reference_losses.hpp"
+
+namespace distill::device {
+
+namespace cuda_detail {
+
+inline constexpr int row_threads = 256;
+
+template <class T>
+__device__ inline void store_grad(T& d, T g, bool accumulate) {
+    d = accumulate ? d + g : g;
+}
+
+// Rows that do not count: loss 0, gradient 0 (overwrite) or untouched (accumulate).
+template <class T>
+__device__ inline bool skip_row(const std::uint8_t* mask, std::int64_t n, T* losses, T* dr, int V, bool accumulate) {
+    if (!mask || mask[n]) return false;
+    if (threadIdx.x == 0) losses[n] = 0;
+    if (!accumulate)
+        for (int j = threadIdx.x; j < V; j += blockDim.x) dr[j] = 0;
+    return true;
+}
+
+// Block argmax: the first index of the largest value.
+__device__ inline int block_argmax(float v, int i, float* sv, int* si) {
+    const int lane = threadIdx.x % warp, w = threadIdx.x / warp, warps = blockDim.x / warp;
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, v, o);
+        const int oi = __shfl_xor_sync(0xffffffffu, i, o);
+        if (ov > v || (ov == v && oi < i)) v = ov, i = oi;
+    }
+    __syncthreads();
+    if (lane == 0) sv[w] = v, si[w] = i;
+    __syncthreads();
+    v = lane < warps ? sv[lane] : -INFINITY;
+    i = lane < warps ? si[lane] : 0x7fffffff;
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, v, o);
+        const int oi = __shfl_xor_sync(0xffffffffu, i, o);
+        if (ov > v || (ov == v && oi < i)) v = ov, i = oi;
+    }
+    return i;
+}
+
+// losses[n] = KL(p‖q), p = softmax(t·inv_tau), q = softmax(s·inv_tau); d = grad_scale inv_tau (q - p).
+template <class T>
+__global__ void kl_kernel(T* d, bool accumulate, T* losses, const T* student, const T* teacher,
+                          const std::uint8_t* mask, int V, T inv_tau, T grad_scale) {
+    __shared__ Lse sl[32];
+    __shared__ double sd[32];
+    const std::int64_t n = blockIdx.x;
+    const T* s = student + n * V;
+    const T* t = teacher + n * V;
+    T* dr = d + n * V;
+    if (skip_row(mask, n, losses, dr, V, accumulate)) return;
+    Lse as = lse_init(), at = lse_init();
+    for (int j = threadIdx.x; j < V; j += blockDim.x) {
+        as = lse_push(as, double(s[j] * inv_tau));
+        at = lse_push(at, double(t[j] * inv_tau));
+    }
+    const T lse_s = T(block_lse(as, sl)), lse_t = T(block_lse(at, sl));
+    double kl = 0;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) {
+        const T lp = t[j] * inv_tau - lse_t, lq = s[j] * inv_tau - lse_s;
+        const T p = exp(lp), q = exp(lq);
+        if (p > 0) kl += double(p) * double(lp - lq);
+        store_grad(dr[j], grad_scale * inv_tau * (q - p), accumulate);
+    }
+    kl = block_sum(kl, sd);
+    if (threadIdx.x == 0) losses[n] = T(kl);
+}
+
+// losses[n] = KL(q‖p); gradient inv_tau q_j (e_j - Σ q e), e = log(q/p) shifted to 0 at argmax(s).
+template <class T>
+__global__ void reverse_kl_kernel(T* d, bool accumulate, T* losses, const T* student, const T* teacher,
+                                  const std::uint8_t* mask, int V, T inv_tau, T grad_scale) {
+    __shared__ Lse sl[32];
+    __shared__ double sd[32];
+    __shared__ float sv[32];
+    __shared__ int si[32];
+    const std::int64_t n = blockIdx.x;
+    const T* s = student + n * V;
+    const T* t = teacher + n * V;
+    T* dr = d + n * V;
+    if (skip_row(mask, n, losses, dr, V, accumulate)) return;
+    Lse as = lse_init(), at = lse_init();
+    float best = -INFINITY;
+    int arg = 0x7fffffff;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) {
+        as = lse_push(as, double(s[j] * inv_tau));
+        at = lse_push(at, double(t[j] * inv_tau));
+        if (float(s[j]) > best) best = float(s[j]), arg = j;
+    }
+    const T lse_s = T(block_lse(as, sl)), lse_t = T(block_lse(at, sl));
+    const int m = block_argmax(best, arg, sv, si);
+    const T shift = (s[m] - t[m]) * inv_tau;
+    double kl = 0, ke = 0;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) {
+        const T q = exp(s[j] * inv_tau - lse_s);
+        if (q > 0) {
+            kl += double(q) * double((s[j] * inv_tau - lse_s) - (t[j] * inv_tau - lse_t));
+            ke += double(q) * double((s[j] - t[j]) * inv_tau - shift);
+        }
+    }
+    kl = block_sum(kl, sd);
+    ke = block_sum(ke, sd);
+    for (int j = threadIdx.x; j < V; j += blockDim.x) {
+        const T q = exp(s[j] * inv_tau - lse_s);
+        const T g = q > 0 ? q * (((s[j] - t[j]) * inv_tau - shift) - T(ke)) : T(0);
+        store_grad(dr[j], grad_scale * inv_tau * g, accumulate);
+    }
+    if (threadIdx.x == 0) losses[n] = T(kl);
+}
+
+// Generalized JSD, 0 < beta < 1 (see jsd_forward_backward of the Reference).
+template <class T>
+__global__ void jsd_kernel(T* d, bool accumulate, T* losses, const T* student, const T* teacher,
+                           const std::uint8_t* mask, int V, T beta, T inv_tau, T grad_scale) {
+    __shared__ Lse sl[32];
+    __shared__ double sd[32];
+    __shared__ float sv[32];
+    __shared__ int si[32];
+    const std::int64_t n = blockIdx.x;
+    const T* s = student + n * V;
+    const T* t = teacher + n * V;
+    T* dr = d + n * V;
+    if (skip_row(mask, n, losses, dr, V, accumulate)) return;
+    Lse as = lse_init(), at = lse_init();
+    float best = -INFINITY;
+    int arg = 0x7fffffff;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) {
+        as = lse_push(as, double(s[j] * inv_tau));
+        at = lse_push(at, double(t[j] * inv_tau));
+        if (float(s[j]) > best) best = float(s[j]), arg = j;
+    }
+    const T lse_s = T(block_lse(as, sl)), lse_t = T(block_lse(at, sl));
+    const int m = block_argmax(best, arg, sv, si);
+    const T lmq_m = math::jsd_log_m_over_q((t[m] * inv_tau - lse_t) - (s[m] * inv_tau - lse_s), beta);
+    double kl_pm = 0, kl_qm = 0, kh = 0;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) {
+        const T lp = t[j] * inv_tau - lse_t, lq = s[j] * inv_tau - lse_s;
+        const T p = exp(lp), q = exp(lq);
+        const T r = lp - lq;
+        const T lmq = math::jsd_log_m_over_q(r, beta);
+        if (q > 0) {
+            kl_qm -= double(q) * double(lmq);
+            kh += double(q) * double(lmq - lmq_m);
+        }
+        if (p > 0) kl_pm -= double(p) * double(math::jsd_log_m_over_p(r, beta));
+    }
+    kl_pm = block_sum(kl_pm, sd);
+    kl_qm = block_sum(kl_qm, sd);
+    kh = block_sum(kh, sd);
+    for (int j = threadIdx.x; j < V; j += blockDim.x) {
+        const T lp = t[j] * inv_tau - lse_t, lq = s[j] * inv_tau - lse_s;
+        const T q = exp(lq);
+        const T g = q > 0 ? -q * ((math::jsd_log_m_over_q(lp - lq, beta) - lmq_m) - T(kh)) / beta : T(0);
+        store_grad(dr[j], grad_scale * inv_tau * g, accumulate);
+    }
+    if (threadIdx.x == 0)
+        losses[n] = T((double(beta) * kl_pm + (1 - double(beta)) * kl_qm) / (double(beta) * (1 - double(beta))));
+}
+
+// Sparse forward KL against the teacher's top-k and a "rest" bucket (see the Reference).
+template <class T>
+__global__ void topk_kl_kernel(T* d, bool accumulate, T* losses, const T* student, const std::int32_t* ids,
+                               const T* logprobs, const std::uint8_t* mask, int V, int k, T inv_tau, T grad_scale) {
+    __shared__ Lse sl[32];
+    __shared__ double sd[32];
+    const std::int64_t n = blockIdx.x;
+    const T* s = student + n * V;
+    const std::int32_t* id = ids + n * k;
+    const T* lp = logprobs + n * k;
+    T* dr = d + n * V;
+    if (skip_row(mask, n, losses, dr, V, accumulate)) return;
+    auto in_topk = [&](int j) {
+        for (int i = 0; i < k; ++i)
+            if (id[i] == j) return true;
+        return false;
+    };
+    Lse all = lse_init(), tail = lse_init();
+    for (int j = threadIdx.x; j < V; j += blockDim.x) {
+        const double z = double(s[j] * inv_tau);
+        all = lse_push(all, z);
+        if (!in_topk(j)) tail = lse_push(tail, z);
+    }
+    const T lse = T(block_lse(all, sl)), lse_rest = T(block_lse(tail, sl));
+    const T ninf = -std::numeric_limits<T>::infinity();
+    T lse_p = ninf;
+    for (int i = 0; i < k; ++i)
+        if (id[i] >= 0) lse_p = math::logaddexp(lse_p, lp[i]);
+    const bool has_rest = lse_p < T(0) && lse_rest > ninf;
+    const T log_p_rest = has_rest ? math::log1mexp(lse_p) : ninf;
+    const T p_rest = exp(log_p_rest);
+    for (int j = threadIdx.x; j < V; j += blockDim.x) {
+        const T z = s[j] * inv_tau;
+        T g = exp(z - lse);
+        bool topk = false;
+        for (int i = 0; i < k; ++i)
+            if (id[i] == j) {
+                g -= exp(lp[i]);
+                topk = true;
+            }
+        if (!topk && has_rest) g -= p_rest * exp(z - lse_rest);
+        store_grad(dr[j], grad_scale * inv_tau * g, accumulate);
+    }
+    if (threadIdx.x == 0) {
+        double kl = 0;
+        for (int i = 0; i < k; ++i)
+            if (id[i] >= 0 && lp[i] > ninf) kl += double(exp(lp[i])) * double(lp[i] - (s[id[i]] * inv_tau - lse));
+        if (has_rest && p_rest > 0) kl += double(p_rest) * double(log_p_rest - (lse_rest - lse));
+        losses[n] = T(kl);
+    }
+    (void)sd;
+}
+
+// Cross-entropy per row with mask and ignore_index -1.
+template <class T>
+__global__ void masked_ce_kernel(T* d, bool accumulate, T* losses, const T* logits, const std::int32_t* targets,
+                                 const std::uint8_t* mask, int V, T grad_scale) {
+    __shared__ Lse sl[32];
+    const std::int64_t n = blockIdx.x;
+    const T* x = logits + n * V;
+    T* dr = d + n * V;
+    const std::int32_t target = targets[n];
+    if ((mask && !mask[n]) || target < 0) {
+        if (threadIdx.x == 0) losses[n] = 0;
+        if (!accumulate)
+            for (int j = threadIdx.x; j < V; j += blockDim.x) dr[j] = 0;
+        return;
+    }
+    Lse a = lse_init();
+    for (int j = threadIdx.x; j < V; j += blockDim.x) a = lse_push(a, double(x[j]));
+    const T lse = T(block_lse(a, sl));
+    if (threadIdx.x == 0) losses[n] = lse - x[target];
+    for (int j = threadIdx.x; j < V; j += blockDim.x)
+        store_grad(dr[j], grad_scale * (T(exp(x[j] - lse)) - (j == target ? T(1) : T(0))), accumulate);
+}
+
+// Attention-map KL, one block per position (b, t), heads in order, threads over keys.
+template <class T>
+__global__ void attention_kl_kernel(T* d, bool accumulate, T* losses, const T* student, const T* teacher,
+                                    const std::uint8_t* mask, int Hs, int Ht, int Tn, T grad_scale) {
+    __shared__ double sd[32];
+    const std::int64_t bt = blockIdx.x;
+    const int b = static_cast<int>(bt / Tn), t = static_cast<int>(bt % Tn), g = Ht / Hs;
+    const bool counts = !mask || mask[bt];
+    const T tiny = std::numeric_limits<T>::min();
+    const std::int64_t tt = std::int64_t(Tn) * Tn;
+    double kl = 0;
+    for (int h = 0; h < Hs; ++h) {
+        const T* a = student + (std::int64_t(b) * Hs + h) * tt + std::int64_t(t) * Tn;
+        T* dr = d + (std::int64_t(b) * Hs + h) * tt + std::int64_t(t) * Tn;
+        for (int j = threadIdx.x; j < Tn; j += blockDim.x) {
+            if (!counts) {
+                if (!accumulate) dr[j] = 0;
+                continue;
+            }
+            T gr = 0;
+            if (j <= t) {
+                T at = 0;
+                for (int i = 0; i < g; ++i)
+                    at += teacher[(std::int64_t(b) * Ht + h * g + i) * tt + std::int64_t(t) * Tn + j];
+                at /= T(g);
+                const T as = a[j] > tiny ? a[j] : tiny;
+                if (at > 0) kl += double(at) * double(log(at) - log(as));
+                gr = -at / as;
+            }
+            store_grad(dr[j], grad_scale * gr, accumulate);
+        }
+    }
+    kl = block_sum(kl, sd);
+    if (threadIdx.x == 0) losses[bt] = counts ? T(kl) : T(0);
+}
+
+// Relation rows (MiniLMv2), one block per query t, relation heads in order.
+template <class T>
+__global__ void relation_kl_kernel(T* d, T* losses, const T* student, const T* teacher, const std::uint8_t* mask, int R,
+                                   int Tn, T s_scale, T t_scale, T grad_scale) {
+    __shared__ Lse sl[32];
+    __shared__ double sd[32];
+    const int t = blockIdx.x;
+    const std::int64_t tt = std::int64_t(Tn) * Tn;
+    const bool counts = !mask || mask[t];
+    double total = 0;
+    for (int r = 0; r < R; ++r) {
+        const T* s = student + r * tt + std::int64_t(t) * Tn;
+        const T* te = teacher + r * tt + std::int64_t(t) * Tn;
+        T* dr = d + r * tt + std::int64_t(t) * Tn;
+        if (!counts) {
+            for (int j = threadIdx.x; j < Tn; j += blockDim.x) dr[j] = 0;
+            continue;
+        }
+        Lse as = lse_init(), at = lse_init();
+        for (int j = threadIdx.x; j <= t; j += blockDim.x) {
+            as = lse_push(as, double(s[j] * s_scale));
+            at = lse_push(at, double(te[j] * t_scale));
+        }
+        const T lse_s = T(block_lse(as, sl)), lse_t = T(block_lse(at, sl));
+        double kl = 0;
+        for (int j = threadIdx.x; j < Tn; j += blockDim.x) {
+            if (j > t) {
+                dr[j] = 0;
+                continue;
+            }
+            const T lp = te[j] * t_scale - lse_t, lq = s[j] * s_scale - lse_s;
+            const T p = exp(lp);
+            if (p > 0) kl += double(p) * double(lp - lq);
+            dr[j] = grad_scale * s_scale * (exp(lq) - p);
+        }
+        total += block_sum(kl, sd);
+    }
+    if (threadIdx.x == 0) losses[t] = T(total);
+}
+
+// Hidden-state matching per row: y(N,C) holds the prediction and receives the gradient.
+template <class T>
+__global__ void hidden_match_kernel(T* y, T* losses, const T* g, const std::uint8_t* mask, int C, T scale,
+                                    bool cosine) {
+    __shared__ double sd[32];
+    const std::int64_t n = blockIdx.x;
+    T* yr = y + n * C;
+    const T* gr = g + n * C;
+    if (mask && !mask[n]) {
+        for (int c = threadIdx.x; c < C; c += blockDim.x) yr[c] = 0;
+        if (threadIdx.x == 0) losses[n] = 0;
+        return;
+    }
+    if (!cosine) {
+        double sq = 0;
+        for (int c = threadIdx.x; c < C; c += blockDim.x) {
+            const T r = yr[c] - gr[c];
+            sq += double(r) * double(r);
+            yr[c] = scale * T(2) * r / T(C);
+        }
+        sq = block_sum(sq, sd);
+        if (threadIdx.x == 0) losses[n] = T(sq / C);
+        return;
+    }
+    const T eps = T(1e-8);
+    double dot = 0, yy = 0, gg = 0;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        dot += double(yr[c]) * double(gr[c]);
+        yy += double(yr[c]) * double(yr[c]);
+        gg += double(gr[c]) * double(gr[c]);
+    }
+    dot = block_sum(dot, sd);
+    yy = block_sum(yy, sd);
+    gg = block_sum(gg, sd);
+    const T ny = fmax(T(sqrt(yy)), eps), ng = fmax(T(sqrt(gg)), eps);
+    const T cs = T(dot) / (ny * ng);
+    const T c2 = T(sqrt(yy)) > eps ? cs / (ny * ny) : T(0);
+    for (int c = threadIdx.x; c < C; c += blockDim.x) yr[c] = -scale * (gr[c] / (ny * ng) - c2 * yr[c]);
+    if (threadIdx.x == 0) losses[n] = T(1) - cs;
+}
+
+}  // namespace cuda_detail
+
+/// Forward KL per row fused with its gradient (see the Reference): student, teacher, d (N,V);
+/// losses, mask (N). One block per row.
+template <class T>
+void kl_forward_backward(const Cuda& dev, T* d, bool accumulate, T* losses, const T* student, const T* teacher,
+                         const std::uint8_t* mask, std::int64_t N, int V, T inv_tau, T grad_scale) {
+    if (N <= 0) return;
+    const std::uint8_t* m = dev.on_device(mask, std::size_t(N), cuda_detail::slot_mask);
+    cuda_detail::kl_kernel<<<static_cast<unsigned>(N), cuda_detail::row_threads, 0, dev.stream()>>>(
+        d, accumulate, losses, student, teacher, m, V, inv_tau, grad_scale);
+    DISTILL_CUDA_CHECK_LAUNCH("kl_kernel");
+}
+
+/// Reverse KL per row fused with its gradient (see the Reference).
+template <class T>
+void reverse_kl_forward_backward(const Cuda& dev, T* d, bool accumulate, T* losses, const T* student, const T* teacher,
+                                 const std::uint8_t* mask, std::int64_t N, int V, T inv_tau, T grad_scale) {
+    if (N <= 0) return;
+    const std::uint8_t* m = dev.on_device(mask, std::size_t(N), cuda_detail::slot_mask);
+    cuda_detail::reverse_kl_kernel<<<static_cast<unsigned>(N), cuda_detail::row_threads, 0, dev.stream()>>>(
+        d, accumulate, losses, student, teacher, m, V, inv_tau, grad_scale);
+    DISTILL_CUDA_CHECK_LAUNCH("reverse_kl_kernel");
+}
+
+/// Generalized Jensen–Shannon divergence per row with its gradient (see the Reference); β ≤ 0 is
+/// the forward KL, β ≥ 1 the reverse KL.
+template <class T>
+void jsd_forward_backward(const Cuda& dev, T* d, bool accumulate, T* losses, const T* student, const T* teacher,
+                          const std::uint8_t* mask, std::int64_t N, int V, T beta, T inv_tau, T grad_scale) {
+    if (beta <= T(0))
+        return kl_forward_backward(dev, d, accumulate, losses, student, teacher, mask, N, V, inv_tau, grad_scale);
+    if (beta >= T(1))
+        return reverse_kl_forward_backward(dev, d, accumulate, losses, student, teacher, mask, N, V, inv_tau,
+                                           grad_scale);
+    if (N <= 0) return;
+    const std::uint8_t* m = dev.on_device(mask, std::size_t(N), cuda_detail::slot_mask);
+    cuda_detail::jsd_kernel<<<static_cast<unsigned>(N), cuda_detail::row_threads, 0, dev.stream()>>>(
+        d, accumulate, losses, student, teacher, m, V, beta, inv_tau, grad_scale);
+    DISTILL_CUDA_CHECK_LAUNCH("jsd_kernel");
+}
+
+/// Sparse forward KL against the teacher's top-k (see the Reference): ids, logprobs (N,k) in host
+/// or device memory.
+template <class T>
+void topk_kl_forward_backward(const Cuda& dev, T* d, bool accumulate, T* losses, const T* student,
+                              const std::int32_t* ids, const T* logprobs, const std::uint8_t* mask, std::int64_t N,
+                              int V, int k, T inv_tau, T grad_scale) {
+    if (N <= 0) return;
+    const std::uint8_t* m = dev.on_device(mask, std::size_t(N), cuda_detail::slot_mask);
+    const std::int32_t* di = dev.on_device(ids, std::size_t(N) * k, cuda_detail::slot_index);
+    const T* dl = dev.on_device(logprobs, std::size_t(N) * k, cuda_detail::slot_values);
+    cuda_detail::topk_kl_kernel<<<static_cast<unsigned>(N), cuda_detail::row_threads, 0, dev.stream()>>>(
+        d, accumulate, losses, student, di, dl, m, V, k, inv_tau, grad_scale);
+    DISTILL_CUDA_CHECK_LAUNCH("topk_kl_kernel");
+}
+
+/// Cross-entropy per row with mask and ignore_index -1, with its gradient (see the Reference).
+template <class T>
+void masked_cross_entropy_forward_backward(const Cuda& dev, T* d, bool accumulate, T* losses, const T* logits,
+                                           const std::int32_t* targets, const std::uint8_t* mask, std::int64_t N, int V,
+                                           T grad_scale) {
+    if (N <= 0) return;
+    const std::uint8_t* m = dev.on_device(mask, std::size_t(N), cuda_detail::slot_mask);
+    const std::int32_t* tg = dev.on_device(targets, std::size_t(N), cuda_detail::slot_index);
+    cuda_detail::masked_ce_kernel<<<static_cast<unsigned>(N), cuda_detail::row_threads, 0, dev.stream()>>>(
+        d, accumulate, losses, logits, tg, m, V, grad_scale);
+    DISTILL_CUDA_CHECK_LAUNCH("masked_ce_kernel");
+}
+
+/// Attention-map KL with grouped teacher heads (see the Reference): student, d (B,Hs,T,T);
+/// teacher (B,Ht,T,T); mask, losses (B,T). One block per position.
+template <class T>
+void attention_kl_forward_backward(const Cuda& dev, T* d, bool accumulate, T* losses, const T* student,
+                                   const T* teacher, const std::uint8_t* mask, int B, int Hs, int Ht, int Tn,
+                                   T grad_scale) {
+    if (B * Tn <= 0) return;
+    const std::uint8_t* m = dev.on_device(mask, std::size_t(B) * Tn, cuda_detail::slot_mask);
+    cuda_detail::attention_kl_kernel<<<B * Tn, 128, 0, dev.stream()>>>(d, accumulate, losses, student, teacher, m, Hs,
+                                                                       Ht, Tn, grad_scale);
+    DISTILL_CUDA_CHECK_LAUNCH("attention_kl_kernel");
+}
+
+/// Causal relation rows of one sequence (MiniLMv2; see the Reference): student, teacher, d
+/// (R,T,T); mask, losses (T). One block per query row.
+template <class T>
+void relation_kl_forward_backward(const Cuda& dev, T* d, T* losses, const T* student, const T* teacher,
+                                  const std::uint8_t* mask, int R, int Tn, T s_scale, T t_scale, T grad_scale) {
+    if (Tn <= 0) return;
+    const std::uint8_t* m = dev.on_device(mask, std::size_t(Tn), cuda_detail::slot_mask);
+    cuda_detail::relation_kl_kernel<<<Tn, 128, 0, dev.stream()>>>(d, losses, student, teacher, m, R, Tn, s_scale,
+                                                                  t_scale, grad_scale);
+    DISTILL_CUDA_CHECK_LAUNCH("relation_kl_kernel");
+}
+
+/// Hidden-state matching rows (the device half of `loss::HiddenMSE`): y(N,C) is the (projected)
+/// student state on entry and its gradient on exit; g(N,C) the teacher state; losses(N) per row.
+///   mse:    losses[n] = Σ_c (y - g)² / C,              y ← scale · 2 (y - g) / C;
+///   cosine: losses[n] = 1 - y·g / (max(|y|,ε) max(|g|,ε)), y ← -scale (g/(|y||g|) - cos y/|y|²).
+/// Rows that do not count get loss 0 and gradient 0.
+template <class T>
+void hidden_match_forward_backward(const Cuda& dev, T* y, T* losses, const T* g, const std::uint8_t* mask,
+                                   std::int64_t N, int C, T scale, bool cosine) {
+    if (N <= 0) return;
+    const std::uint8_t* m = dev.on_device(mask, std::size_t(N), cuda_detail::slot_mask);
+    cuda_detail::hidden_match_kernel<<<static_cast<unsigned>(N), 128, 0, dev.stream()>>>(y, losses, g, m, C, scale,
+                                                                                         cosine);
+    DISTILL_CUDA_CHECK_LAUNCH("hidden_match_kernel");
+}
+
+}  // namespace distill::device

@@ -1,0 +1,142 @@
+#pragma once
+/// @file optim.cuh
+/// Optimizer kernels of `device::Cuda`: the AdamW/Adam and SGD updates, elementwise with the same
+/// expressions (and the same order of operations) as the host kernels of `optim/adam.hpp` and
+/// `optim/sgd.hpp`, and the deterministic sum of squares behind gradient-norm clipping.
+
+#include <cstdint>
+#include <vector>
+
+#include "distill/device/cuda/common.cuh"
+#include "distill/optim/common.hpp"
+
+namespace distill::device {
+
+namespace cuda_detail {
+
+template <class T>
+__global__ void adam_kernel(T* p, const T* g, T* m, T* v, std::int64_t n, optim::adam_coefficients<T> k, bool decay) {
+    for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < n;
+         i += std::int64_t(gridDim.x) * blockDim.x) {
+        T pp = p[i], gg = g[i];
+        if (decay) {
+            if (k.decoupled)
+                pp = pp * k.shrink;  // param.mul_(1 - lr * weight_decay)
+            else
+                gg = gg + k.wd * pp;  // grad = grad.add(param, alpha=weight_decay)
+        }
+        const T mm = __fmul_rn(m[i], k.b1) + __fmul_rn(k.c1, gg);
+        const T vv = __fmul_rn(v[i], k.b2) + __fmul_rn(__fmul_rn(k.c2, gg), gg);
+        const T denom = sqrt(vv) / k.bc2_sqrt + k.eps;
+        p[i] = pp + __fmul_rn(k.neg_step_size, mm) / denom;
+        m[i] = mm;
+        v[i] = vv;
+    }
+}
+
+template <class T>
+__global__ void sgd_kernel(T* p, const T* g, T* buf, std::int64_t n, optim::sgd_coefficients<T> k, bool decay) {
+    for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < n;
+         i += std::int64_t(gridDim.x) * blockDim.x) {
+        const T pp = p[i];
+        T d = g[i];
+        if (decay) d = d + __fmul_rn(k.wd, pp);
+        if (k.momentum) {
+            const T b = k.first ? d : __fmul_rn(buf[i], k.mu) + __fmul_rn(k.keep, d);
+            buf[i] = b;
+            d = k.nesterov ? d + __fmul_rn(k.mu, b) : b;
+        }
+        p[i] = pp + __fmul_rn(k.neg_lr, d);
+    }
+}
+
+// Block b of tensor i: Σ x² over its grid-stride share, in double, into partial[offset + b].
+template <class T>
+__global__ void sum_squares_kernel(double* partial, const T* x, std::int64_t n) {
+    __shared__ double sd[32];
+    double acc = 0;
+    for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < n;
+         i += std::int64_t(gridDim.x) * blockDim.x)
+        acc += double(x[i]) * double(x[i]);
+    acc = block_sum(acc, sd);
+    if (threadIdx.x == 0) partial[blockIdx.x] = acc;
+}
+
+__global__ inline void sum_partials_kernel(double* out, const double* partial, int n) {
+    __shared__ double sd[32];
+    double acc = 0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) acc += partial[i];
+    acc = block_sum(acc, sd);
+    if (threadIdx.x == 0) *out = acc;
+}
+
+template <class T>
+__global__ void scale_kernel(T* x, T factor, std::int64_t n) {
+    for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < n;
+         i += std::int64_t(gridDim.x) * blockDim.x)
+        x[i] *= factor;
+}
+
+}  // namespace cuda_detail
+
+// __fmul_rn keeps the products unfused (no FMA contraction), as the host kernels compute them.
+
+/// One Adam/AdamW update of n elements (torch.optim.Adam/AdamW, foreach=False):
+///   [decoupled: p ← p (1 - lr λ) | coupled: g ← g + λ p]  (when `decay`),
+///   m ← β₁ m + (1-β₁) g,  v ← β₂ v + (1-β₂) g²,  p ← p - (lr/bc₁) m / (√v / √bc₂ + ε).
+template <class T>
+void adam_update(const Cuda& dev, T* p, const T* g, T* m, T* v, std::int64_t n, const optim::adam_coefficients<T>& k,
+                 bool decay) {
+    if (!n) return;
+    cuda_detail::adam_kernel<<<cuda_detail::blocks_for(n, 256), 256, 0, dev.stream()>>>(p, g, m, v, n, k, decay);
+    DISTILL_CUDA_CHECK_LAUNCH("adam_kernel");
+}
+
+/// One SGD update of n elements (torch.optim.SGD): d ← g [+ λ p]; with momentum
+/// buf ← d (first step) or μ buf + (1-τ) d, d ← d + μ buf (Nesterov) or buf;  p ← p - lr d.
+template <class T>
+void sgd_update(const Cuda& dev, T* p, const T* g, T* buf, std::int64_t n, const optim::sgd_coefficients<T>& k,
+                bool decay) {
+    if (!n) return;
+    cuda_detail::sgd_kernel<<<cuda_detail::blocks_for(n, 256), 256, 0, dev.stream()>>>(p, g, buf, n, k, decay);
+    DISTILL_CUDA_CHECK_LAUNCH("sgd_kernel");
+}
+
+/// Σ_i Σ_j x_i[j]² over `count` tensors (x_i of sizes[i] elements), in double, returned to the host.
+/// Fixed grid per tensor and a fixed final tree: the same bits every run (not the CPU's bits: the
+/// summation order differs).
+template <class T>
+double sum_of_squares(const Cuda& dev, const T* const* tensors, const std::int64_t* sizes, std::size_t count) {
+    constexpr int threads = 256, max_blocks = 64;
+    std::vector<int> blocks(count);
+    int total = 0;
+    for (std::size_t i = 0; i < count; ++i) {
+        blocks[i] = cuda_detail::blocks_for(sizes[i], threads, max_blocks);
+        total += sizes[i] > 0 ? blocks[i] : 0;
+    }
+    if (total == 0) return 0.0;
+    double* partial = static_cast<double*>(dev.staging(cuda_detail::slot_partials, sizeof(double) * (total + 1)));
+    int offset = 0;
+    for (std::size_t i = 0; i < count; ++i) {
+        if (sizes[i] <= 0) continue;
+        cuda_detail::sum_squares_kernel<<<blocks[i], threads, 0, dev.stream()>>>(partial + offset, tensors[i],
+                                                                                 sizes[i]);
+        DISTILL_CUDA_CHECK_LAUNCH("sum_squares_kernel");
+        offset += blocks[i];
+    }
+    cuda_detail::sum_partials_kernel<<<1, 1024, 0, dev.stream()>>>(partial + total, partial, total);
+    DISTILL_CUDA_CHECK_LAUNCH("sum_partials_kernel");
+    double result = 0;
+    dev.copy(&result, partial + total, sizeof(double));
+    return result;
+}
+
+/// x ← factor · x, n elements (gradient clipping and averaging).
+template <class T>
+void scale_in_place(const Cuda& dev, T* x, T factor, std::int64_t n) {
+    if (!n) return;
+    cuda_detail::scale_kernel<<<cuda_detail::blocks_for(n, 256), 256, 0, dev.stream()>>>(x, factor, n);
+    DISTILL_CUDA_CHECK_LAUNCH("scale_kernel");
+}
+
+}  // namespace distill::device

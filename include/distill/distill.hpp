@@ -65,3 +65,9 @@
 #include "distill/optimizer.hpp"
 #include "distill/train/finetune.hpp"
 #include "distill/train/progress.hpp"
+// the pipeline, last: it composes everything above
+#include "distill/distiller.hpp"
+#include "distill/eval/memory.hpp"
+#include "distill/eval/report.hpp"
+#include "distill/eval/task_metrics.hpp"
+#include "distill/job.hpp"

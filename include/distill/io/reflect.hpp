@@ -106,6 +106,8 @@ void from_json(const nlohmann::json& j, T& out, const std::string& path) {
     } else if constexpr (std::is_same_v<T, std::string>) {
         if (!j.is_string()) throw wrong();
         out = j.get<std::string>();
+    } else if constexpr (std::is_same_v<T, nlohmann::json>) {
+        out = j;  // a policy's own section, parsed strictly by whoever knows its type
     } else if constexpr (is_optional<T>::value) {
         if (j.is_null()) {
             out.reset();
@@ -150,7 +152,7 @@ void from_json(const nlohmann::json& j, T& out, const std::string& path) {
 template <class T>
 nlohmann::json to_json(const T& value) {
     using namespace reflect_detail;
-    if constexpr (std::is_arithmetic_v<T> || std::is_same_v<T, std::string>) {
+    if constexpr (std::is_arithmetic_v<T> || std::is_same_v<T, std::string> || std::is_same_v<T, nlohmann::json>) {
         return value;
     } else if constexpr (is_optional<T>::value) {
         return value ? to_json(*value) : nlohmann::json(nullptr);

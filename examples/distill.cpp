@@ -1,0 +1,247 @@
+// `distill`: the command-line front end of the Distiller. It reads a job file and runs the
+// generate → finetune → evaluate pipeline with one of a fixed set of Distiller types chosen from
+// the job (teacher kind × loss terms). Any other composition is a few lines of C++: see
+// docs/getting-started.md and examples/custom_distiller.cpp.
+//
+//   distill run|generate|finetune|evaluate JOB.json [--quiet] [--threads N]
+//   distill status OUTPUT_DIR [--json]
+//   distill --help | --version
+//
+// Exit codes: 0 success, 1 runtime failure, 2 bad job or usage; failures print one line on stderr.
+
+#include <cstdio>
+#include <cstdlib>
+#include <set>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <distill/distill.hpp>
+
+namespace {
+
+using namespace distill;
+
+constexpr const char* usage_text =
+    "usage: distill run|generate|finetune|evaluate JOB.json [--quiet] [--threads N]\n"
+    "       distill status OUTPUT_DIR [--json]\n"
+    "       distill --help | --version\n"
+    "\n"
+    "  run        generate, finetune and evaluate (each stage resumes, and is skipped when done)\n"
+    "  generate   the teacher answers the training and validation prompts\n"
+    "  finetune   train the distilled student and the baseline\n"
+    "  evaluate   measure teacher, baseline and student on the test set; write the report\n"
+    "  status     which stages of a run are done, training progress, last metrics\n"
+    "\n"
+    "  --quiet      no progress output\n"
+    "  --threads N  CPU threads (default: the job's \"threads\", DISTILL_NUM_THREADS, or all cores)\n"
+    "\n"
+    "The job file format: docs/job-format.md. Exit codes: 0 success, 1 runtime failure, 2 bad job or usage.\n";
+
+/// A bad job or bad usage: exit code 2.
+struct usage_error : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+// Terms that read what only an in-process teacher has, and the one that reads top-k log-probabilities.
+const std::set<std::string> online_terms = {"soft_kl",    "reverse_kl",   "jsd",
+                                            "hidden_mse", "attention_kl", "attention_relation"};
+
+using OnlineLoss = loss::Sum<loss::SoftKL, loss::ReverseKL, loss::JSD, loss::HardCE, loss::HiddenMSE, loss::AttentionKL,
+                             loss::AttentionRelation>;
+using TopKLoss = loss::Sum<loss::TopKSoftKL, loss::HardCE>;
+using TextLoss = loss::Sum<loss::HardCE>;
+using ModelTeacher = teacher::Model<student::Transformer>;
+
+template <class Teacher, class Loss>
+using CliDistiller = Distiller<Teacher, student::Transformer, Loss, optim::AdamW, device::Cpu>;
+
+struct Options {
+    std::string command, target;
+    bool quiet = false, json = false;
+    int threads = 0;
+};
+
+template <class Config>
+Config read_config(const nlohmann::json& j, const std::string& path) {
+    Config c;
+    io::from_json(j, c, path);
+    c.validate(path);
+    return c;
+}
+
+// Runs the chosen stage on a constructed distiller. Errors here are runtime failures (exit 1).
+template <class D>
+int run_stage(D& d, const Options& o) {
+    if (o.command == "generate") {
+        d.generate();
+        return 0;
+    }
+    if (o.command == "finetune") {
+        d.finetune();
+        return 0;
+    }
+    nlohmann::ordered_json report = o.command == "evaluate" ? d.evaluate() : d.run();
+    if (report.contains("models")) {
+        std::printf("\n%s\nreport: %s\n", eval::render_markdown(report).c_str(),
+                    (d.output_dir() / "report.md").string().c_str());
+    }
+    return 0;
+}
+
+// Builds the distiller (errors: bad job, exit 2), then runs the stage (errors: exit 1).
+template <class Teacher, class Loss, class... TeacherArgs>
+int with_distiller(const Job& job, const Options& o, const device::Cpu& cpu, TeacherArgs&&... args) {
+    std::optional<Teacher> teacher;
+    std::optional<CliDistiller<Teacher, Loss>> d;
+    try {
+        teacher.emplace(std::forward<TeacherArgs>(args)...);
+        d.emplace(job, *teacher, cpu, DistillerOptions{o.quiet, stderr});
+    } catch (const distill::error& e) {
+        throw usage_error(e.what());
+    }
+    return run_stage(*d, o);
+}
+
+int dispatch(const Job& job, const Options& o) {
+    const device::Cpu cpu = o.threads > 0     ? device::Cpu(o.threads)
+                            : job.threads > 0 ? device::Cpu(job.threads)
+                                              : device::Cpu();
+    bool online = false, topk = false;
+    for (const auto& item : job.loss.items()) {
+        online = online || online_terms.count(item.key());
+        topk = topk || item.key() == "topk_soft_kl";
+    }
+    const std::string kind = job.teacher_kind();
+    const nlohmann::json tcfg = job.teacher_config();
+    if (kind != "model" && online) {
+        std::string term;
+        for (const auto& item : job.loss.items())
+            if (online_terms.count(item.key())) term = item.key();
+        throw usage_error("loss." + term + " needs the teacher's logits, hidden states or attention maps, which a " +
+                          "teacher of kind \"" + kind + "\" does not provide (it gives answers and at most top-k " +
+                          "log-probabilities); use \"topk_soft_kl\" and \"hard_ce\", or a teacher of kind \"model\"");
+    }
+    if (online && topk)
+        throw usage_error(
+            "loss: \"topk_soft_kl\" and full-logit terms cannot be mixed here; an in-process teacher "
+            "gives full logits (use \"soft_kl\")");
+    if (kind == "model") {
+        const auto c = read_config<teacher::ModelConfig>(tcfg, "teacher");
+        if (online) return with_distiller<ModelTeacher, OnlineLoss>(job, o, cpu, c, cpu);
+        if (topk) return with_distiller<ModelTeacher, TopKLoss>(job, o, cpu, c, cpu);
+        return with_distiller<ModelTeacher, TextLoss>(job, o, cpu, c, cpu);
+    }
+    if (kind == "cache") {
+        const auto c = read_config<teacher::CacheConfig>(tcfg, "teacher");
+        if (topk) return with_distiller<teacher::Cache<true>, TopKLoss>(job, o, cpu, c);
+        return with_distiller<teacher::Cache<false>, TextLoss>(job, o, cpu, c);
+    }
+#if defined(DISTILL_WITH_HTTP)
+    const auto c = read_config<teacher::OpenAIConfig>(tcfg, "teacher");
+    if (topk) return with_distiller<teacher::OpenAI<data::ByteTokenizer>, TopKLoss>(job, o, cpu, c);
+    return with_distiller<teacher::OpenAI<>, TextLoss>(job, o, cpu, c);
+#else
+    throw usage_error("teacher.kind: \"openai\" needs HTTP support; this distill was built without cpp-httplib");
+#endif
+}
+
+int status(const Options& o) {
+    const auto s = run_status(o.target);
+    if (o.json) {
+        std::printf("%s\n", s.dump(2).c_str());
+        return 0;
+    }
+    const auto& g = s["generate"];
+    std::printf("run: %s\n", o.target.c_str());
+    if (g.contains("examples"))
+        std::printf("generate  %s (%lld prompts: %lld answers kept, %lld rejected, %lld failed)\n",
+                    g.value("done", false) ? "done" : "incomplete", g.value("examples", 0LL), g.value("kept", 0LL),
+                    g.value("rejected", 0LL), g.value("failed", 0LL));
+    else
+        std::printf("generate  not started\n");
+    for (const char* name : {"student", "baseline"}) {
+        const auto& f = s[name];
+        std::printf("%-9s %s", name, f.value("done", false) ? "done" : f.contains("step") ? "training" : "not started");
+        if (f.contains("step")) std::printf(" (step %lld, loss %.4f", f.value("step", 0LL), f.value("loss", 0.0));
+        if (f.contains("validation_loss")) std::printf(", validation %.4f", f.value("validation_loss", 0.0));
+        if (f.contains("step")) std::printf(")");
+        std::printf("\n");
+    }
+    const auto& e = s["evaluate"];
+    if (e.value("done", false)) {
+        std::printf("evaluate  done (%s:", e.value("primary_metric", "").c_str());
+        for (const char* m : {"teacher", "baseline", "student"})
+            if (e.contains(m) && e[m].is_number()) std::printf(" %s %.4f", m, e[m].get<double>());
+        std::printf(")\n          %s\n", e.value("summary", "").c_str());
+    } else {
+        std::printf("evaluate  not done\n");
+    }
+    return 0;
+}
+
+Options parse_args(int argc, char** argv) {
+    Options o;
+    std::vector<std::string> positional;
+    for (int i = 1; i < argc; ++i) {
+        const std::string a = argv[i];
+        if (a == "--quiet" || a == "-q") {
+            o.quiet = true;
+        } else if (a == "--json") {
+            o.json = true;
+        } else if (a == "--threads") {
+            if (i + 1 >= argc) throw usage_error("--threads needs a number");
+            char* end = nullptr;
+            const long n = std::strtol(argv[++i], &end, 10);
+            if (*end != '\0' || n < 1 || n > 4096)
+                throw usage_error("--threads: expected 1..4096, got " + std::string(argv[i]));
+            o.threads = static_cast<int>(n);
+        } else if (a.starts_with("-")) {
+            throw usage_error("unknown option " + a + " (see distill --help)");
+        } else {
+            positional.push_back(a);
+        }
+    }
+    if (positional.size() != 2) throw usage_error("expected a command and one argument (see distill --help)");
+    o.command = positional[0];
+    o.target = positional[1];
+    static const std::set<std::string> commands = {"run", "generate", "finetune", "evaluate", "status"};
+    if (!commands.count(o.command)) throw usage_error("unknown command \"" + o.command + "\" (see distill --help)");
+    return o;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    if (argc >= 2 && (std::string_view(argv[1]) == "--help" || std::string_view(argv[1]) == "-h")) {
+        std::fputs(usage_text, stdout);
+        return 0;
+    }
+    if (argc >= 2 && std::string_view(argv[1]) == "--version") {
+        std::printf("distill %s\n", distill::version());
+        return 0;
+    }
+    try {
+        const Options o = parse_args(argc, argv);
+        if (o.command == "status") {
+            try {
+                return status(o);
+            } catch (const distill::error& e) {
+                throw usage_error(e.what());
+            }
+        }
+        Job job;
+        try {
+            job = load_job(o.target);
+        } catch (const distill::error& e) {
+            throw usage_error(e.what());
+        }
+        return dispatch(job, o);
+    } catch (const usage_error& e) {
+        std::fprintf(stderr, "distill: %s\n", e.what());
+        return 2;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "distill: %s\n", e.what());
+        return 1;
+    }
+}

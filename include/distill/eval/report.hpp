@@ -1,0 +1,221 @@
+#pragma once
+/// @file report.hpp
+/// The evaluation report as people read it: `report.md` (the comparison table of teacher, baseline
+/// and distilled student, with the student's change relative to the teacher) and SVG charts, both
+/// rendered from the `report.json` object the Distiller builds, so every figure appears once.
+///
+/// `report.json` has, under `models`, for each of `teacher`, `baseline` and `student`: `parameters`,
+/// `checkpoint_bytes`, `peak_rss_bytes`, `latency_ms_p50`, `latency_ms_p95`, `responses_per_s`,
+/// `tokens_per_s` and `metrics` (keyed by metric name); null where a figure does not exist (an API
+/// teacher has no parameter count). At top level: `task_type` and `primary_metric`.
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "distill/eval/svg.hpp"
+
+namespace distill::eval {
+
+namespace report_detail {
+
+inline const char* const model_names[] = {"teacher", "baseline", "student"};
+
+inline bool has_number(const nlohmann::ordered_json& j, const char* key) {
+    return j.is_object() && j.contains(key) && j[key].is_number();
+}
+
+// 1234567 -> "1.23M"; 2048 -> "2.05k".
+inline std::string si(double v) {
+    char buf[32];
+    const double a = std::abs(v);
+    if (a >= 1e9)
+        std::snprintf(buf, sizeof buf, "%.2fG", v / 1e9);
+    else if (a >= 1e6)
+        std::snprintf(buf, sizeof buf, "%.2fM", v / 1e6);
+    else if (a >= 1e3)
+        std::snprintf(buf, sizeof buf, "%.2fk", v / 1e3);
+    else
+        std::snprintf(buf, sizeof buf, "%.3g", v);
+    return buf;
+}
+
+inline std::string bytes(double v) {
+    char buf[32];
+    if (v >= 1 << 30)
+        std::snprintf(buf, sizeof buf, "%.2f GiB", v / double(1 << 30));
+    else if (v >= 1 << 20)
+        std::snprintf(buf, sizeof buf, "%.1f MiB", v / double(1 << 20));
+    else
+        std::snprintf(buf, sizeof buf, "%.1f KiB", v / 1024.0);
+    return buf;
+}
+
+inline std::string fixed(double v, int digits) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.*f", digits, v);
+    return buf;
+}
+
+// "-85%" / "+12%": the relative change of `student` against `teacher`.
+inline std::string change(double student, double teacher) {
+    if (!(teacher != 0) || !std::isfinite(student) || !std::isfinite(teacher)) return "";
+    const double c = (student - teacher) / std::abs(teacher) * 100.0;
+    return (c >= 0 ? "+" : "−") + fixed(std::abs(c), 0) + "%";
+}
+
+}  // namespace report_detail
+
+/// The value of `key` for model `model` of a report (NaN when absent or null).
+inline double report_value(const nlohmann::ordered_json& report, const std::string& model, const std::string& key) {
+    const auto& models = report.at("models");
+    if (!models.contains(model)) return std::nan("");
+    const auto& m = models[model];
+    if (report_detail::has_number(m, key.c_str())) return m[key].get<double>();
+    if (m.contains("metrics") && report_detail::has_number(m["metrics"], key.c_str()))
+        return m["metrics"][key].get<double>();
+    return std::nan("");
+}
+
+/// One sentence: the student's change against the teacher and what it keeps of the primary metric,
+/// e.g. "−88% parameters, −80% latency, −85% memory; keeps 95% of the teacher's exact_match (baseline: 34%)".
+inline std::string report_summary(const nlohmann::ordered_json& report) {
+    using namespace report_detail;
+    const std::string primary = report.at("primary_metric");
+    auto v = [&](const char* model, const std::string& key) { return report_value(report, model, key); };
+    std::vector<std::string> parts;
+    auto add = [&](const char* key, const char* what) {
+        const std::string c = change(v("student", key), v("teacher", key));
+        if (!c.empty()) parts.push_back(c + " " + what);
+    };
+    add("parameters", "parameters");
+    add("latency_ms_p50", "latency");
+    add("peak_rss_bytes", "memory");
+    std::string s;
+    for (std::size_t i = 0; i < parts.size(); ++i) s += (i ? ", " : "") + parts[i];
+    const double t = v("teacher", primary), st = v("student", primary), b = v("baseline", primary);
+    if (std::isfinite(t) && t > 0 && std::isfinite(st)) {
+        s += (s.empty() ? "" : "; ") + std::string("keeps ") + fixed(100.0 * st / t, 0) + "% of the teacher's " +
+             primary;
+        if (std::isfinite(b)) s += " (baseline: " + fixed(100.0 * b / t, 0) + "%)";
+    }
+    return s;
+}
+
+/// `report.md`: the comparison table and the summary (see the file comment).
+inline std::string render_markdown(const nlohmann::ordered_json& report) {
+    using namespace report_detail;
+    const std::string primary = report.at("primary_metric");
+    std::vector<std::string> present;
+    for (const char* m : model_names)
+        if (report.at("models").contains(m)) present.push_back(m);
+    std::string md = "# Distillation report\n\n";
+    md += "Task: **" + report.at("task_type").get<std::string>() + "**, " +
+          std::to_string(report.value("test_examples", 0)) + " test examples; primary metric: **" + primary + "**.\n\n";
+    md += report_summary(report) + ".\n\n";
+    md += "| |";
+    for (const auto& m : present) md += " " + m + " |";
+    md += " student vs teacher |\n|---|";
+    for (std::size_t i = 0; i < present.size(); ++i) md += "---:|";
+    md += "---:|\n";
+    auto row = [&](const std::string& label, const std::string& key, auto format, bool relative) {
+        bool any = false;
+        std::string line = "| " + label + " |";
+        for (const auto& m : present) {
+            const double x = report_value(report, m, key);
+            any = any || std::isfinite(x);
+            line += " " + (std::isfinite(x) ? format(x) : std::string("–")) + " |";
+        }
+        const double s = report_value(report, "student", key), t = report_value(report, "teacher", key);
+        std::string rel;
+        if (relative)
+            rel = change(s, t);
+        else if (std::isfinite(s) && std::isfinite(t) && t > 0)
+            rel = "keeps " + fixed(100.0 * s / t, 0) + "%";
+        if (any) md += line + " " + rel + " |\n";
+    };
+    auto metric = [](double x) { return fixed(x, 4); };
+    row(primary, primary, metric, false);
+    for (const auto& m : present) {
+        const auto& metrics = report["models"][m]["metrics"];
+        for (const auto& item : metrics.items())
+            if (item.key() != primary && md.find("| " + item.key() + " |") == std::string::npos)
+                row(item.key(), item.key(), metric, item.key() == "perplexity");
+    }
+    row("parameters", "parameters", si, true);
+    row("checkpoint size", "checkpoint_bytes", bytes, true);
+    row("peak memory (RSS)", "peak_rss_bytes", bytes, true);
+    row(
+        "latency p50 (ms)", "latency_ms_p50", [](double x) { return fixed(x, 2); }, true);
+    row(
+        "latency p95 (ms)", "latency_ms_p95", [](double x) { return fixed(x, 2); }, true);
+    row(
+        "responses/s", "responses_per_s", [](double x) { return fixed(x, 1); }, true);
+    row(
+        "tokens/s", "tokens_per_s", [](double x) { return fixed(x, 0); }, true);
+    md +=
+        "\nCharts: `loss.svg` (training and validation loss per term), `models.svg` (the three models, relative "
+        "to the teacher). Machine-readable: `report.json`.\n";
+    return md;
+}
+
+/// The models side by side: primary metric, tokens/s, peak memory and parameters, each relative
+/// to the teacher (teacher = 1).
+inline std::string models_chart(const nlohmann::ordered_json& report) {
+    const std::string primary = report.at("primary_metric");
+    const std::vector<std::string> keys = {primary, "tokens_per_s", "peak_rss_bytes", "parameters"};
+    const std::vector<std::string> groups = {primary, "tokens/s", "peak memory", "parameters"};
+    std::vector<std::string> bars;
+    std::vector<std::vector<double>> values;
+    for (const char* m : report_detail::model_names) {
+        if (!report.at("models").contains(m)) continue;
+        bars.emplace_back(m);
+        std::vector<double> row;
+        for (const auto& k : keys) {
+            const double t = report_value(report, "teacher", k), x = report_value(report, m, k);
+            row.push_back(std::isfinite(t) && t > 0 ? x / t : std::nan(""));
+        }
+        values.push_back(std::move(row));
+    }
+    return bar_chart("The three models, relative to the teacher (teacher = 1)", groups, bars, values);
+}
+
+/// Training loss per term (and validation loss) over steps from metrics.jsonl files, one prefix
+/// per run ("student", "baseline"). Unreadable lines are skipped (the chart is informative only).
+inline std::string loss_chart(const std::vector<std::pair<std::string, std::filesystem::path>>& runs) {
+    std::vector<Series> series;
+    for (const auto& [prefix, path] : runs) {
+        std::ifstream in(path);
+        std::string line;
+        std::vector<Series> run;
+        auto add = [&](const std::string& name, double x, double y) {
+            for (auto& s : run)
+                if (s.name == name) {
+                    s.x.push_back(x);
+                    s.y.push_back(y);
+                    return;
+                }
+            run.push_back({name, {x}, {y}});
+        };
+        while (std::getline(in, line)) {
+            const auto j = nlohmann::json::parse(line, nullptr, false);
+            if (!j.is_object() || !j.contains("step") || !j.contains("loss") || !j["loss"].is_number()) continue;
+            const double step = j["step"].get<double>();
+            const std::string kind = j.value("kind", "");
+            const std::string label = prefix + (kind == "validation" ? " validation" : " train");
+            add(label, step, j["loss"].get<double>());
+            if (j.contains("terms") && j["terms"].is_object() && j["terms"].size() > 1)
+                for (const auto& t : j["terms"].items())
+                    if (t.value().is_number()) add(label + " " + t.key(), step, t.value().get<double>());
+        }
+        series.insert(series.end(), run.begin(), run.end());
+    }
+    return line_chart("Loss per term over training", "step", "loss", series);
+}
+
+}  // namespace distill::eval

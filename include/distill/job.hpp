@@ -1,0 +1,232 @@
+#pragma once
+/// @file job.hpp
+/// The job file: one JSON object holding a whole distillation run — the teacher, the student, the
+/// data, the task, sampling, hyperparameters, loss terms, the baseline and the output directory.
+/// `docs/job-format.md` lists every key with its default.
+///
+/// Reading is strict everywhere: an unknown key is a `config_error` naming its JSON path and the
+/// closest valid key; a value of the wrong type or out of range names its path and what was
+/// expected. The sections whose keys depend on the policies chosen at compile time (`teacher`,
+/// `student`, `optimizer`, `loss`) are kept as JSON here and read, just as strictly, into the
+/// policies' own config structs by the `Distiller` that uses them.
+///
+/// @code
+/// distill::Job job = distill::load_job("job.json");   // config_error / io_error / format_error
+/// @endcode
+
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <boost/hana/adapt_struct.hpp>
+#include <nlohmann/json.hpp>
+
+#include "distill/error.hpp"
+#include "distill/io/reflect.hpp"
+#include "distill/teacher.hpp"
+
+namespace distill {
+
+/// The task a data set poses; it decides the metrics (see `eval/task_metrics.hpp`).
+inline constexpr std::string_view task_types[] = {"conversation", "qa", "math", "summarization", "nli"};
+
+/// Training settings shared by the distilled student and the baseline. Keys of the job's
+/// `hyperparameters` object.
+struct Hyperparameters {
+    double learning_rate = 1e-3;         ///< peak learning rate
+    int batch_size = 16;                 ///< sequences per micro-batch
+    int num_epochs = 1;                  ///< passes over the training set (when max_steps is 0)
+    std::int64_t max_steps = 0;          ///< > 0: exactly this many optimizer steps
+    double temperature = 2.0;            ///< the temperature of every logit-level term that does not set its own
+    std::int64_t warmup = 0;             ///< linear warmup steps
+    std::string decay = "cosine";        ///< "constant", "cosine" or "linear" after the warmup
+    double min_lr_ratio = 0.1;           ///< final rate of the decay as a fraction of the peak
+    double weight_decay = 0.01;          ///< decoupled weight decay (optimizers that have one)
+    double grad_clip = 1.0;              ///< max global gradient norm (0: measure only)
+    int grad_accum = 1;                  ///< micro-batches per optimizer step
+    std::uint64_t seed = 0;              ///< student initialization and data order
+    std::int64_t eval_every = 0;         ///< validate every N steps (0: at epoch ends only)
+    int patience = 0;                    ///< early stopping after N validations without improvement (0: off)
+    std::int64_t checkpoint_every = 50;  ///< checkpoint every N steps (a killed run loses at most N steps)
+    std::int64_t log_every = 10;         ///< a metrics record every N steps
+
+    void validate(const std::string& path = "hyperparameters") const {
+        auto positive = [&](double v, const char* key) {
+            if (!(v > 0) || !std::isfinite(v))
+                throw config_error(path + "." + key, "must be a finite number > 0, got " + std::to_string(v));
+        };
+        auto at_least = [&](std::int64_t v, std::int64_t lo, const char* key) {
+            if (v < lo)
+                throw config_error(path + "." + key, "must be >= " + std::to_string(lo) + ", got " + std::to_string(v));
+        };
+        positive(learning_rate, "learning_rate");
+        positive(temperature, "temperature");
+        at_least(batch_size, 1, "batch_size");
+        at_least(num_epochs, 1, "num_epochs");
+        at_least(max_steps, 0, "max_steps");
+        at_least(warmup, 0, "warmup");
+        at_least(grad_accum, 1, "grad_accum");
+        at_least(eval_every, 0, "eval_every");
+        at_least(patience, 0, "patience");
+        at_least(checkpoint_every, 0, "checkpoint_every");
+        at_least(log_every, 0, "log_every");
+        if (decay != "constant" && decay != "cosine" && decay != "linear")
+            throw config_error(path + ".decay",
+                               "must be \"constant\", \"cosine\" or \"linear\", got \"" + decay + "\"");
+        if (!(min_lr_ratio >= 0 && min_lr_ratio <= 1))
+            throw config_error(path + ".min_lr_ratio", "must be in [0, 1], got " + std::to_string(min_lr_ratio));
+        if (!(weight_decay >= 0) || !std::isfinite(weight_decay))
+            throw config_error(path + ".weight_decay",
+                               "must be a finite number >= 0, got " + std::to_string(weight_decay));
+        if (!(grad_clip >= 0) || !std::isfinite(grad_clip))
+            throw config_error(path + ".grad_clip", "must be a finite number >= 0, got " + std::to_string(grad_clip));
+    }
+};
+
+/// How the baseline student — same architecture, same step budget, no teacher — is trained.
+/// Keys of the job's `baseline` object.
+struct BaselineConfig {
+    bool enabled = true;  ///< train and evaluate a baseline
+    /// "labeled": the training examples that carry a reference (ground truth); or the path of a
+    /// JSONL file whose examples all carry one.
+    std::string data = "labeled";
+
+    void validate(const std::string& path = "baseline") const {
+        if (data.empty()) throw config_error(path + ".data", "must be \"labeled\" or a JSONL path");
+    }
+};
+
+/// How models are measured. Keys of the job's `evaluation` object.
+struct EvaluationConfig {
+    int batch_size = 16;            ///< responses generated at once for the metrics and throughput
+    int latency_samples = 32;       ///< responses generated one at a time for the latency percentiles
+    std::int64_t max_examples = 0;  ///< evaluate the first N test examples (0: all)
+    int max_new_tokens = 0;         ///< answer length limit (0: generation.max_new_tokens)
+    bool evaluate_teacher = true;   ///< measure the teacher too (costs API calls for a remote one)
+
+    void validate(const std::string& path = "evaluation") const {
+        if (batch_size < 1) throw config_error(path + ".batch_size", "must be >= 1, got " + std::to_string(batch_size));
+        if (latency_samples < 0)
+            throw config_error(path + ".latency_samples", "must be >= 0, got " + std::to_string(latency_samples));
+        if (max_examples < 0)
+            throw config_error(path + ".max_examples", "must be >= 0, got " + std::to_string(max_examples));
+        if (max_new_tokens < 0)
+            throw config_error(path + ".max_new_tokens", "must be >= 0, got " + std::to_string(max_new_tokens));
+    }
+};
+
+/// A whole distillation run (see the file comment; every key in docs/job-format.md).
+struct Job {
+    /// `{"kind": "model" | "openai" | "cache", ...}`: the kind's own keys (teacher::ModelConfig,
+    /// teacher::OpenAIConfig, teacher::CacheConfig) beside "kind".
+    nlohmann::json teacher = nlohmann::json::object();
+    /// The student architecture's config (for student::Transformer: TransformerConfig's keys).
+    nlohmann::json student = nlohmann::json::object();
+    std::string training_data{};             ///< JSONL prompts (chat, prompt/completion or text); required
+    std::string validation_data{};           ///< JSONL prompts for the validation loss ("" = none)
+    std::string test_data{};                 ///< JSONL prompts with references for the evaluation ("" = no evaluation)
+    std::string task_type = "conversation";  ///< one of task_types; decides the metrics
+    teacher::Sampling generation{.temperature = 0.0, .top_p = 1.0};  ///< how the teacher answers
+    Hyperparameters hyperparameters{};
+    /// The optimizer's own keys besides the learning rate and weight decay (e.g. AdamW's beta1).
+    nlohmann::json optimizer = nlohmann::json::object();
+    /// Loss terms by name with weights and configs: {"soft_kl": {"weight": 1, "temperature": 2}, ...}.
+    /// Terms the chosen loss type has but the job does not name get weight 0.
+    nlohmann::json loss = nlohmann::json::object();
+    BaselineConfig baseline{};
+    EvaluationConfig evaluation{};
+    std::string output_dir = "out";  ///< every output of the run
+    int threads = 0;                 ///< CPU threads (0: DISTILL_NUM_THREADS or all cores)
+
+    /// Checks the fixed part (the policy sections are checked by the Distiller); throws config_error.
+    void validate() const {
+        if (!teacher.is_object()) throw config_error("teacher", "expected an object");
+        if (!teacher.contains("kind") || !teacher["kind"].is_string())
+            throw config_error("teacher.kind", "is required: \"model\", \"openai\" or \"cache\"");
+        const std::string kind = teacher["kind"];
+        if (kind != "model" && kind != "openai" && kind != "cache")
+            throw config_error("teacher.kind", "expected \"model\", \"openai\" or \"cache\", got \"" + kind + "\"");
+        if (!student.is_object()) throw config_error("student", "expected an object");
+        if (!optimizer.is_object()) throw config_error("optimizer", "expected an object");
+        if (!loss.is_object()) throw config_error("loss", "expected an object");
+        if (loss.empty()) throw config_error("loss", "names no term; give at least one, e.g. {\"soft_kl\": {}}");
+        if (training_data.empty()) throw config_error("training_data", "is required (a JSONL file)");
+        bool known = false;
+        for (auto t : task_types) known = known || task_type == t;
+        if (!known)
+            throw config_error("task_type",
+                               "expected \"conversation\", \"qa\", \"math\", \"summarization\" or "
+                               "\"nli\", got \"" +
+                                   task_type + "\"");
+        generation.validate("generation");
+        hyperparameters.validate();
+        baseline.validate();
+        evaluation.validate();
+        if (output_dir.empty()) throw config_error("output_dir", "must not be empty");
+        if (threads < 0 || threads > 4096) throw config_error("threads", "must be in [0, 4096]");
+    }
+
+    /// The teacher's kind ("model", "openai", "cache").
+    std::string teacher_kind() const { return teacher.value("kind", ""); }
+    /// The teacher section without "kind": the kind's config object.
+    nlohmann::json teacher_config() const {
+        nlohmann::json c = teacher;
+        c.erase("kind");
+        return c;
+    }
+    /// The primary metric of the task type (the report's leading column).
+    std::string primary_metric() const {
+        if (task_type == "nli") return "accuracy";
+        if (task_type == "qa" || task_type == "math") return "exact_match";
+        if (task_type == "summarization") return "rouge_l";
+        return "bleu";
+    }
+};
+
+}  // namespace distill
+
+BOOST_HANA_ADAPT_STRUCT(distill::Hyperparameters, learning_rate, batch_size, num_epochs, max_steps, temperature, warmup,
+                        decay, min_lr_ratio, weight_decay, grad_clip, grad_accum, seed, eval_every, patience,
+                        checkpoint_every, log_every);
+BOOST_HANA_ADAPT_STRUCT(distill::BaselineConfig, enabled, data);
+BOOST_HANA_ADAPT_STRUCT(distill::EvaluationConfig, batch_size, latency_samples, max_examples, max_new_tokens,
+                        evaluate_teacher);
+BOOST_HANA_ADAPT_STRUCT(distill::Job, teacher, student, training_data, validation_data, test_data, task_type,
+                        generation, hyperparameters, optimizer, loss, baseline, evaluation, output_dir, threads);
+
+namespace distill {
+
+/// Reads and validates a job from JSON. Relative data paths stay relative to the working directory.
+inline Job parse_job(const nlohmann::json& j) {
+    if (!j.is_object()) throw config_error("(job)", "expected a JSON object at the top level");
+    Job job;
+    io::from_json(j, job, "");
+    job.validate();
+    return job;
+}
+
+/// Reads `path` (io_error when unreadable, format_error naming line and column when not JSON) and
+/// validates it (config_error naming the key).
+inline Job load_job(const std::filesystem::path& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw io_error(path, "cannot open the job file");
+    std::stringstream ss;
+    ss << in.rdbuf();
+    const std::string text = ss.str();
+    nlohmann::json j;
+    try {
+        j = nlohmann::json::parse(text);
+    } catch (const nlohmann::json::parse_error& e) {
+        // the byte offset → line for the message
+        std::uint64_t line = 1;
+        for (std::size_t i = 0; i < text.size() && i + 1 < e.byte; ++i) line += text[i] == '\n';
+        throw format_error(path, line, std::string("not valid JSON: ") + e.what());
+    }
+    return parse_job(j);
+}
+
+}  // namespace distill

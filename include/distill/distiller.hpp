@@ -96,11 +96,11 @@ inline std::string sha(const std::string& text) {
     return "sha256:" + detail::sha256_hex(text).substr(0, 32);
 }
 
-inline nlohmann::json read_json_file(const std::filesystem::path& path) {
+inline nlohmann::ordered_json read_json_file(const std::filesystem::path& path) {
     std::ifstream in(path, std::ios::binary);
     if (!in) throw io_error(path, "cannot open");
     std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    auto j = nlohmann::json::parse(text, nullptr, false);
+    auto j = nlohmann::ordered_json::parse(text, nullptr, false);
     if (j.is_discarded()) throw format_error(path, 0, "not valid JSON (a damaged file: delete it to redo its stage)");
     return j;
 }

@@ -1,0 +1,361 @@
+// The Distiller, the job file, per-task metrics and the report: job validation per defect class,
+// the pipeline end to end on a tiny teacher (online and offline), stage skipping and refusal of
+// output of another configuration, and the report's structure.
+
+#include <doctest/doctest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "distill/distill.hpp"
+#include "teacher_fixtures.hpp"
+
+using namespace distill;
+using distill::testing::TempDir;
+
+namespace {
+
+namespace fs = std::filesystem;
+
+using OnlineDistiller =
+    Distiller<teacher::Model<student::Transformer>, student::Transformer,
+              loss::Sum<loss::SoftKL, loss::HardCE, loss::HiddenMSE, loss::AttentionKL>, optim::AdamW, device::Cpu>;
+using OfflineDistiller = Distiller<teacher::Model<student::Transformer>, student::Transformer,
+                                   loss::Sum<loss::TopKSoftKL, loss::HardCE>, optim::AdamW, device::Cpu>;
+
+// A tiny math teacher that has learned the answer format (it stops), its data files, once per run.
+struct World {
+    TempDir dir{"distiller"};
+    fs::path teacher = dir / "teacher.safetensors";
+    World() {
+        const auto problems = data::make_math_problems(11, 260);
+        data::ChatTemplate<> tpl;
+        data::SequenceDataset ds(data::ByteTokenizer::pad, 96);
+        for (const auto& p : problems) {
+            const std::vector<data::Message> m{{"user", p.question}};
+            ds.add_prompt_response(tpl.encode_prompt(m), tpl.encode_response(p.solution));
+        }
+        const student::TransformerConfig c{
+            .vocab_size = 263, .context_length = 96, .d_model = 48, .n_layers = 2, .n_heads = 4, .d_ff = 96};
+        student::Transformer<float, device::Cpu> net(c, 16);
+        net.init(3);
+        optim::AdamW<float, device::Cpu> opt(net.parameters(), {});
+        optim::Schedule schedule({.learning_rate = 1e-2}, 120);
+        train::FinetuneConfig fc;
+        fc.max_steps = 120;
+        fc.batch_size = 16;
+        fc.quiet = true;
+        train::finetune(net, opt, schedule, ds, nullptr, fc);
+        io::save_weights(teacher, net);
+        auto write = [&](const char* name, std::size_t first, std::size_t count, std::size_t label_every) {
+            std::string text;
+            for (std::size_t i = first; i < first + count; ++i) {
+                nlohmann::json j = {{"prompt", problems[i].question}};
+                if (label_every && (i - first) % label_every == 0) j["completion"] = problems[i].solution;
+                text += j.dump() + "\n";
+            }
+            distill::testing::write_text(dir / name, text);
+        };
+        write("train.jsonl", 0, 160, 4);
+        write("validation.jsonl", 160, 24, 1);
+        write("test.jsonl", 184, 40, 1);
+    }
+    nlohmann::json job(const std::string& out) const {
+        return {{"teacher", {{"kind", "model"}, {"weights", teacher.string()}, {"max_batch", 16}}},
+                {"student",
+                 {{"vocab_size", 263},
+                  {"context_length", 96},
+                  {"d_model", 24},
+                  {"n_layers", 1},
+                  {"n_heads", 2},
+                  {"d_ff", 48}}},
+                {"training_data", (dir / "train.jsonl").string()},
+                {"validation_data", (dir / "validation.jsonl").string()},
+                {"test_data", (dir / "test.jsonl").string()},
+                {"task_type", "math"},
+                {"generation", {{"max_new_tokens", 40}}},
+                {"hyperparameters",
+                 {{"learning_rate", 3e-3},
+                  {"batch_size", 16},
+                  {"max_steps", 12},
+                  {"checkpoint_every", 5},
+                  {"log_every", 2}}},
+                {"loss",
+                 {{"soft_kl", {{"weight", 1.0}}},
+                  {"hard_ce", {{"weight", 0.5}}},
+                  {"hidden_mse", {{"weight", 0.1}}},
+                  {"attention_kl", {{"weight", 0.1}}}}},
+                {"evaluation", {{"latency_samples", 3}}},
+                {"output_dir", (dir / out).string()}};
+    }
+};
+
+World& world() {
+    static World w;
+    return w;
+}
+
+template <class E = config_error>
+std::string error_of(const nlohmann::json& j) {
+    try {
+        parse_job(j);
+    } catch (const E& e) {
+        return e.what();
+    }
+    return "(no error)";
+}
+
+teacher::ModelConfig teacher_config(const Job& job) {
+    teacher::ModelConfig c;
+    io::from_json(job.teacher_config(), c, "teacher");
+    return c;
+}
+
+std::string read(const fs::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+}  // namespace
+
+TEST_CASE("job: defaults, and every defect class names its JSON path") {
+    const nlohmann::json minimal = {{"teacher", {{"kind", "model"}, {"weights", "t.safetensors"}}},
+                                    {"training_data", "train.jsonl"},
+                                    {"loss", {{"soft_kl", nlohmann::json::object()}}}};
+    const Job job = parse_job(minimal);
+    CHECK(job.task_type == "conversation");
+    CHECK(job.primary_metric() == "bleu");
+    CHECK(job.hyperparameters.batch_size == 16);
+    CHECK(job.generation.temperature == 0.0);
+    CHECK(job.output_dir == "out");
+    CHECK(job.teacher_kind() == "model");
+    CHECK(!job.teacher_config().contains("kind"));
+
+    auto with = [&](const char* key, nlohmann::json value) {
+        nlohmann::json j = minimal;
+        j[nlohmann::json::json_pointer(key)] = std::move(value);
+        return j;
+    };
+    CHECK(error_of(with("/hyperparameters/learnig_rate", 0.1)) ==
+          "hyperparameters.learnig_rate: unknown key; did you mean \"learning_rate\"?");
+    CHECK(error_of(with("/outptu_dir", "x")) == "outptu_dir: unknown key; did you mean \"output_dir\"?");
+    CHECK(error_of(with("/hyperparameters/batch_size", "16")) ==
+          "hyperparameters.batch_size: expected an integer, got a string");
+    CHECK(error_of(with("/hyperparameters/batch_size", 0)) == "hyperparameters.batch_size: must be >= 1, got 0");
+    CHECK(error_of(with("/generation/top_p", 1.5)).starts_with("generation.top_p: must be in (0, 1]"));
+    CHECK(error_of(with("/task_type", "poetry")).starts_with("task_type: expected \"conversation\""));
+    CHECK(error_of(with("/teacher/kind", "oracle")).starts_with("teacher.kind: expected \"model\""));
+    CHECK(error_of(with("/loss", nlohmann::json::object())).starts_with("loss: names no term"));
+    nlohmann::json no_data = minimal;
+    no_data.erase("training_data");
+    CHECK(error_of(no_data) == "training_data: is required (a JSONL file)");
+    CHECK(error_of(nlohmann::json::array()).starts_with("(job): expected a JSON object"));
+
+    TempDir dir("job");
+    distill::testing::write_text(dir / "bad.json", "{\n  \"teacher\": {\n    \"kind\": \"model\",,\n}");
+    try {
+        load_job(dir / "bad.json");
+        FAIL("malformed JSON accepted");
+    } catch (const format_error& e) {
+        CHECK(e.line() == 3);
+        CHECK(std::string(e.what()).find("not valid JSON") != std::string::npos);
+    }
+    CHECK_THROWS_AS(load_job(dir / "absent.json"), io_error);
+}
+
+TEST_CASE("Distiller: bad policy sections, data and combinations fail at construction with the key") {
+    World& w = world();
+    auto construct = [&](const nlohmann::json& j) -> std::string {
+        try {
+            const Job job = parse_job(j);
+            teacher::Model<student::Transformer> t(teacher_config(job));
+            OnlineDistiller d(job, t, device::Cpu{}, {.quiet = true});
+        } catch (const distill::error& e) {
+            return e.what();
+        }
+        return "(no error)";
+    };
+    nlohmann::json j = w.job("bad");
+    CHECK(construct(j) == "(no error)");
+    auto with = [&](const char* key, nlohmann::json value) {
+        nlohmann::json k = j;
+        k[nlohmann::json::json_pointer(key)] = std::move(value);
+        return k;
+    };
+    CHECK(construct(with("/student/d_modle", 8)) == "student.d_modle: unknown key; did you mean \"d_model\"?");
+    CHECK(construct(with("/loss/sotf_kl", nlohmann::json::object())) ==
+          "loss.sotf_kl: unknown key; did you mean \"soft_kl\"?");
+    CHECK(construct(with("/loss/soft_kl/temperature", -1.0)).starts_with("soft_kl.temperature"));
+    CHECK(construct(with("/optimizer/beta1", 1.5)).starts_with("optimizer.beta1"));
+    CHECK(construct(with("/hyperparameters/batch_size", 32)).starts_with("teacher.max_batch: is 16, smaller than"));
+    CHECK(
+        construct(with("/student/vocab_size", 300)).starts_with("student.vocab_size: is 300 but the teacher's is 263"));
+    CHECK(construct(with("/student/n_heads", 5)).starts_with("student"));
+    CHECK(construct(with("/training_data", (w.dir / "absent.jsonl").string())).starts_with("training_data: "));
+    distill::testing::write_text(w.dir / "broken.jsonl", "{\"prompt\": \"a\"}\n{\"prompt\": 3}\n");
+    CHECK(construct(with("/training_data", (w.dir / "broken.jsonl").string())).find("broken.jsonl:2") !=
+          std::string::npos);
+    distill::testing::write_text(w.dir / "unlabeled.jsonl", "{\"prompt\": \"a\"}\n");
+    CHECK(construct(with("/test_data", (w.dir / "unlabeled.jsonl").string())).find("has no reference") !=
+          std::string::npos);
+    // the offline distiller's top-k term needs top-k log-probabilities from the generation
+    const Job job = parse_job(with("/loss", {{"topk_soft_kl", nlohmann::json::object()}}));
+    teacher::Model<student::Transformer> t(teacher_config(job));
+    try {
+        OfflineDistiller d(job, t, device::Cpu{}, {.quiet = true});
+        FAIL("accepted top_logprobs = 0");
+    } catch (const config_error& e) {
+        CHECK(e.field() == "generation.top_logprobs");
+    }
+}
+
+TEST_CASE("Distiller online: run() writes the report; stages are skipped when complete and refuse other configs") {
+    World& w = world();
+    const Job job = parse_job(w.job("online"));
+    teacher::Model<student::Transformer> t(teacher_config(job));
+    OnlineDistiller d(job, t, device::Cpu{}, {.quiet = true});
+    static_assert(OnlineDistiller::online && !OfflineDistiller::online && OfflineDistiller::uses_topk);
+    const nlohmann::ordered_json report = d.run();
+    const fs::path out = job.output_dir;
+
+    CHECK(report["task_type"] == "math");
+    CHECK(report["primary_metric"] == "exact_match");
+    CHECK(report["test_examples"] == 40);
+    for (const char* m : {"teacher", "baseline", "student"}) {
+        INFO(m);
+        REQUIRE(report["models"].contains(m));
+        const auto& r = report["models"][m];
+        for (const char* key : {"parameters", "checkpoint_bytes", "peak_rss_bytes", "latency_ms_p50", "latency_ms_p95",
+                                "responses_per_s", "tokens_per_s"})
+            CHECK(r[key].is_number());
+        CHECK(r["metrics"]["exact_match"].is_number());
+        CHECK(r["metrics"]["perplexity"].get<double>() > 1.0);
+        CHECK(r["latency_ms_p95"].get<double>() >= r["latency_ms_p50"].get<double>());
+        CHECK(r["peak_rss_bytes"].get<double>() > 0);
+    }
+    CHECK(!report["models"]["teacher"]["metrics"].contains("teacher_agreement"));
+    CHECK(report["models"]["student"]["metrics"]["teacher_agreement"].is_number());
+    // the student and the baseline are the same architecture, far smaller than the teacher
+    CHECK(report["models"]["student"]["parameters"] == report["models"]["baseline"]["parameters"]);
+    CHECK(report["models"]["student"]["parameters"].get<double>() * 4 <
+          report["models"]["teacher"]["parameters"].get<double>());
+    CHECK(report["training"]["student"]["steps"] == 12);
+    CHECK(report["training"]["baseline"]["steps"] == 12);  // the same budget
+    for (const char* f : {"report.json", "report.md", "loss.svg", "models.svg", "student.safetensors",
+                          "baseline.safetensors", "eval/student.answers.jsonl", "job.json"})
+        CHECK_MESSAGE(fs::exists(out / f), f);
+    const std::string md = read(out / "report.md");
+    CHECK(md.find("| exact_match |") != std::string::npos);
+    CHECK(md.find("student vs teacher") != std::string::npos);
+    const std::string loss_svg = read(out / "loss.svg");
+    for (const char* series :
+         {"student train soft_kl", "student train attention_kl", "student validation", "baseline train"})
+        CHECK_MESSAGE(loss_svg.find(series) != std::string::npos, series);
+    // the per-term records of the distilled run
+    CHECK(read(out / "student" / "metrics.jsonl").find("\"hidden_mse\"") != std::string::npos);
+
+    // a second run skips every stage: nothing is rewritten
+    const std::string done = read(out / "student" / "done.json"), json = read(out / "report.json");
+    const auto weights_time = fs::last_write_time(out / "student.safetensors");
+    OnlineDistiller again(job, t, device::Cpu{}, {.quiet = true});
+    const auto report2 = again.run();
+    CHECK(read(out / "student" / "done.json") == done);
+    CHECK(read(out / "report.json") == json);
+    CHECK(fs::last_write_time(out / "student.safetensors") == weights_time);
+    CHECK(report2["models"]["student"]["metrics"] == report["models"]["student"]["metrics"]);
+
+    // other hyperparameters into the same directory: refused, naming the directory
+    nlohmann::json other = w.job("online");
+    other["hyperparameters"]["learning_rate"] = 1e-2;
+    const Job job3 = parse_job(other);
+    OnlineDistiller changed(job3, t, device::Cpu{}, {.quiet = true});
+    try {
+        changed.finetune();
+        FAIL("a run of another configuration was reused");
+    } catch (const teacher::fingerprint_error& e) {
+        CHECK(std::string(e.what()).find((out / "student").string()) != std::string::npos);
+    }
+
+    // run_status reads it back
+    const auto s = run_status(out);
+    CHECK(s["generate"]["done"] == true);
+    CHECK(s["student"]["done"] == true);
+    CHECK(s["student"]["step"] == 12);
+    CHECK(s["evaluate"]["done"] == true);
+    CHECK(s["evaluate"]["student"].is_number());
+}
+
+TEST_CASE("Distiller offline: top-k log-probabilities from the generate stage's cache") {
+    World& w = world();
+    nlohmann::json j = w.job("offline");
+    j["loss"] = {{"topk_soft_kl", {{"weight", 1.0}, {"temperature", 1.0}}}, {"hard_ce", {{"weight", 1.0}}}};
+    j["generation"]["top_logprobs"] = 8;
+    j["test_data"] = "";
+    const Job job = parse_job(j);
+    teacher::Model<student::Transformer> t(teacher_config(job));
+    OfflineDistiller d(job, t, device::Cpu{}, {.quiet = true});
+    d.generate();
+    CHECK(fs::exists(fs::path(job.output_dir) / "generate" / "synthetic.topk"));
+    const auto summary = d.finetune();
+    CHECK(summary["student"]["steps"] == 12);
+    const std::string metrics = read(fs::path(job.output_dir) / "student" / "metrics.jsonl");
+    CHECK(metrics.find("\"topk_soft_kl\"") != std::string::npos);
+    // the first and the last training losses: the student learns the teacher's distribution
+    std::vector<double> losses;
+    std::istringstream in(metrics);
+    for (std::string line; std::getline(in, line);) {
+        const auto r = nlohmann::json::parse(line);
+        if (r["kind"] == "train") losses.push_back(r["loss"].get<double>());
+    }
+    REQUIRE(losses.size() >= 2);
+    CHECK(losses.back() < losses.front());
+    CHECK_THROWS_WITH_AS(d.evaluate(), doctest::Contains("test_data"), config_error);
+}
+
+TEST_CASE("task metrics per task type, and agreement with the teacher") {
+    const std::vector<std::string> refs = {"3+4=7. The answer is 7.", "The answer is 10."};
+    auto m = eval::task_metrics("math", {"The answer is 7", "I think 11"}, refs, {"7", "10"});
+    CHECK(m["exact_match"] == doctest::Approx(0.5));
+    CHECK(m["teacher_agreement"] == doctest::Approx(0.5));
+    auto n = eval::task_metrics("nli", {"Entailment", "neutral"}, {"entailment", "contradiction"});
+    CHECK(n["accuracy"] == doctest::Approx(0.5));
+    CHECK(!n.contains("teacher_agreement"));
+    auto q = eval::task_metrics("qa", {"The Paris"}, {"paris"});
+    CHECK(q["exact_match"] == doctest::Approx(1.0));
+    auto s = eval::task_metrics("summarization", {"the cat sat on the mat"}, {"the cat sat on the mat"});
+    CHECK(s.begin().key() == "rouge_l");  // the primary metric first
+    CHECK(s["rouge_l"] == doctest::Approx(1.0));
+    CHECK(s["bleu"] == doctest::Approx(100.0));
+    auto c = eval::task_metrics("conversation", {"hello there friend"}, {"hello there"}, {"hello there friend"});
+    CHECK(c.begin().key() == "bleu");
+    CHECK(c["teacher_agreement"] == doctest::Approx(1.0));
+    CHECK_THROWS_AS(eval::task_metrics("poetry", {}, {}), config_error);
+    CHECK_THROWS_AS(eval::task_metrics("qa", {"a"}, {}), error);
+}
+
+TEST_CASE("report: the table and the summary are computed from report.json's figures") {
+    nlohmann::ordered_json r = {{"task_type", "math"}, {"primary_metric", "exact_match"}, {"test_examples", 10}};
+    auto model = [](double params, double latency, double rss, double em) {
+        return nlohmann::ordered_json{{"parameters", params},
+                                      {"checkpoint_bytes", params * 4},
+                                      {"peak_rss_bytes", rss},
+                                      {"latency_ms_p50", latency},
+                                      {"latency_ms_p95", latency},
+                                      {"responses_per_s", 1000 / latency},
+                                      {"tokens_per_s", 20000 / latency},
+                                      {"metrics", {{"exact_match", em}}}};
+    };
+    r["models"] = {{"teacher", model(1000000, 10, 100e6, 0.8)},
+                   {"baseline", model(100000, 2, 10e6, 0.2)},
+                   {"student", model(100000, 2, 15e6, 0.72)}};
+    CHECK(eval::report_summary(r) ==
+          "−90% parameters, −80% latency, −85% memory; keeps 90% of the teacher's exact_match (baseline: 25%)");
+    const std::string md = eval::render_markdown(r);
+    CHECK(md.find("| exact_match | 0.8000 | 0.2000 | 0.7200 | keeps 90% |") != std::string::npos);
+    CHECK(md.find("| parameters | 1.00M | 100.00k | 100.00k | −90% |") != std::string::npos);
+    CHECK(md.find("| latency p50 (ms) | 10.00 | 2.00 | 2.00 | −80% |") != std::string::npos);
+    const std::string svg = eval::models_chart(r);
+    CHECK(svg.find("baseline") != std::string::npos);
+    CHECK(svg.find("</svg>") != std::string::npos);
+}

@@ -2,7 +2,9 @@
 /// @file math_task.hpp
 /// The built-in math reasoning task of the quickstart: arithmetic word problems generated from a
 /// seed, each with an exact answer and a one-line worked solution ("7+5=12. The answer is 12.").
-/// Small enough for byte-level models trained in minutes, hard enough that a model must compute.
+/// Small enough for byte-level models trained in minutes (the quickstart's student learns it in a
+/// few hundred steps), hard enough that a model must compute: it has to find both operands in the
+/// question and know about 240 addition, subtraction and multiplication facts, not one template.
 
 #include <cstdint>
 #include <string>
@@ -19,8 +21,9 @@ struct MathProblem {
     std::int64_t answer = 0;
 };
 
-/// `count` problems from `seed`: addition, subtraction (never negative) and multiplication of small
-/// numbers in a handful of phrasings. The same seed gives the same problems on every platform.
+/// `count` problems from `seed`, a third each: addition of two numbers in 2..9, subtraction of a
+/// number in 2..9 from one in 5..18 (never negative), multiplication of two numbers in 2..9, in a
+/// handful of phrasings. The same seed gives the same problems on every platform.
 inline std::vector<MathProblem> make_math_problems(std::uint64_t seed, std::size_t count) {
     static const char* names[] = {"Ann", "Bob", "Cy", "Dee", "Eve", "Fay", "Gus", "Hal"};
     static const char* things[] = {"apples", "pens", "cards", "eggs", "coins", "books"};
@@ -34,7 +37,7 @@ inline std::vector<MathProblem> make_math_problems(std::uint64_t seed, std::size
         MathProblem p;
         switch (rng.below(3)) {
             case 0: {
-                const auto a = num(2, 49), b = num(2, 49);
+                const auto a = num(2, 9), b = num(2, 9);
                 p.question = who + " has " + std::to_string(a) + " " + what + " and gets " + std::to_string(b) +
                              " more. How many " + what + " now?";
                 p.answer = a + b;
@@ -42,7 +45,7 @@ inline std::vector<MathProblem> make_math_problems(std::uint64_t seed, std::size
                 break;
             }
             case 1: {
-                auto a = num(5, 60), b = num(1, 40);
+                auto a = num(5, 18), b = num(2, 9);
                 if (b > a) std::swap(a, b);
                 p.question = who + " has " + std::to_string(a) + " " + what + " and gives away " + std::to_string(b) +
                              ". How many are left?";

@@ -1,0 +1,76 @@
+#pragma once
+// What train_teacher and quickstart_experiment share: the math problems as chat-template token
+// sequences, greedy answering through teacher::Model, and exact-match scoring (final number
+// compared numerically).
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <distill/distill.hpp>
+
+namespace math_kd {
+
+using Net = distill::student::Transformer<float, distill::device::Cpu>;
+using Runner = distill::teacher::Model<distill::student::Transformer>;
+
+/// Seconds since `t0`.
+inline double seconds_since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+/// The prompt of a problem as the teacher's chat template sees it: one user turn.
+inline std::vector<distill::data::Message> prompt_of(const distill::data::MathProblem& p) {
+    return {{"user", p.question}};
+}
+
+/// Adds prompt (chat template) + `answer` (+ <|end|>) as a training sequence.
+inline void add_example(distill::data::SequenceDataset& d, const distill::data::ChatTemplate<>& tmpl,
+                        const distill::data::MathProblem& p, const std::string& answer) {
+    const auto prompt = tmpl.encode_prompt(prompt_of(p));
+    const auto response = tmpl.encode_response(answer);
+    d.add_prompt_response(prompt, response);
+}
+
+/// Greedy answers of `model` to `problems`.
+inline std::vector<std::string> answer_all(Runner& model, const std::vector<distill::data::MathProblem>& problems,
+                                           int max_new_tokens = 40) {
+    std::vector<distill::teacher::Request> requests;
+    requests.reserve(problems.size());
+    for (std::size_t i = 0; i < problems.size(); ++i)
+        requests.push_back({std::to_string(i), i, prompt_of(problems[i])});
+    std::vector<std::string> out(problems.size());
+    distill::teacher::Sampling s;
+    s.temperature = 0;
+    s.top_p = 1.0;
+    s.max_new_tokens = max_new_tokens;
+    model.generate(requests, s, [&](std::size_t i, distill::teacher::Response r) {
+        out[i] = r.ok() ? std::move(r.text) : std::string{};
+    });
+    return out;
+}
+
+/// Fraction of `answers` whose final number equals the problem's answer.
+inline double exact_match(const std::vector<distill::data::MathProblem>& problems,
+                          const std::vector<std::string>& answers) {
+    std::size_t hits = 0;
+    for (std::size_t i = 0; i < problems.size(); ++i)
+        hits += distill::eval::numeric_match(answers[i], std::to_string(problems[i].answer));
+    return problems.empty() ? 0.0 : double(hits) / double(problems.size());
+}
+
+/// Copies `net`'s current weights into `runner` (same architecture config).
+inline void copy_weights(const Net& net, Runner& runner) {
+    std::copy(net.parameter_data(), net.parameter_data() + net.arena_size(), runner.network().parameter_data());
+}
+
+/// A runner config for in-memory networks.
+inline distill::teacher::ModelConfig runner_config(int max_batch = 32) {
+    distill::teacher::ModelConfig mc;
+    mc.max_batch = max_batch;
+    return mc;
+}
+
+}  // namespace math_kd

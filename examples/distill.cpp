@@ -96,6 +96,10 @@ int with_distiller(const Job& job, const Options& o, const device::Cpu& cpu, Tea
     std::optional<CliDistiller<Teacher, Loss>> d;
     try {
         teacher.emplace(std::forward<TeacherArgs>(args)...);
+    } catch (const distill::error& e) {
+        throw usage_error(std::string("teacher: ") + e.what());
+    }
+    try {
         d.emplace(job, *teacher, cpu, DistillerOptions{o.quiet, stderr});
     } catch (const distill::error& e) {
         throw usage_error(e.what());
@@ -117,7 +121,7 @@ int dispatch(const Job& job, const Options& o) {
     if (kind != "model" && online) {
         std::string term;
         for (const auto& item : job.loss.items())
-            if (online_terms.count(item.key())) term = item.key();
+            if (online_terms.count(item.key()) && term.empty()) term = item.key();
         throw usage_error("loss." + term + " needs the teacher's logits, hidden states or attention maps, which a " +
                           "teacher of kind \"" + kind + "\" does not provide (it gives answers and at most top-k " +
                           "log-probabilities); use \"topk_soft_kl\" and \"hard_ce\", or a teacher of kind \"model\"");

@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# The `distill` command line as users run it: usage and bad jobs (exit code 2 and the message, one
+# test per defect class), the reduced quickstart job end to end, SIGKILL in each stage and a rerun
+# that ends with the same student, answers and report metrics as an uninterrupted run, `status`,
+# and a teacher behind an OpenAI-compatible endpoint (examples/serve on 127.0.0.1).
+#
+#   run_cli_tests.sh DISTILL_BIN QUICKSTART_BIN WORK_DIR [SERVE_BIN]
+set -u
+DISTILL=$1 QUICKSTART=$2 WORK=$3 SERVE=${4:-}
+rm -rf "$WORK" && mkdir -p "$WORK"
+export DISTILL_NUM_THREADS=${DISTILL_NUM_THREADS:-2}
+failures=0
+fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
+pass() { echo "ok:   $*"; }
+
+# expect CODE PATTERN -- command...: the exit code and a line of stderr matching PATTERN
+expect() {
+    local code=$1 pattern=$2
+    shift 3
+    local err
+    err=$("$@" 2>&1 >/dev/null)
+    local rc=$?
+    if [[ $rc -ne $code ]]; then
+        fail "$* exited $rc, expected $code ($err)"
+    elif ! grep -qE -- "$pattern" <<<"$err"; then
+        fail "$*: stderr '$err' does not match '$pattern'"
+    elif [[ $(wc -l <<<"$err") -ne 1 ]]; then
+        fail "$*: expected one line on stderr, got: $err"
+    else
+        pass "$* -> $rc: $err"
+    fi
+}
+
+# a job file from the prepared one with `sed` edits applied
+variant() { sed "$2" "$WORK/base/quickstart.job.json" >"$WORK/$1.json"; echo "$WORK/$1.json"; }
+
+# ---- usage ------------------------------------------------------------------------------------------
+"$DISTILL" --help | grep -q "distill run|generate|finetune|evaluate" && pass "--help" || fail "--help"
+expect 2 "expected a command" -- "$DISTILL"
+expect 2 "unknown command \"train\"" -- "$DISTILL" train x.json
+expect 2 "unknown option --fast" -- "$DISTILL" run x.json --fast
+expect 2 "--threads: expected 1..4096" -- "$DISTILL" run x.json --threads 0
+expect 2 "not a directory" -- "$DISTILL" status "$WORK/nowhere"
+
+# ---- bad jobs: one per defect class -----------------------------------------------------------------
+"$QUICKSTART" --small --prepare --out "$WORK/base" >/dev/null || { echo "FAIL: quickstart --prepare"; exit 1; }
+expect 2 "cannot open the job file" -- "$DISTILL" run "$WORK/absent.json"
+printf '{"teacher": {"kind": "model",}\n' >"$WORK/syntax.json"
+expect 2 "syntax.json:1: not valid JSON" -- "$DISTILL" run "$WORK/syntax.json"
+expect 2 'hyperparameters.learnig_rate: unknown key; did you mean "learning_rate"\?' -- \
+    "$DISTILL" run "$(variant unknown_key 's/"learning_rate"/"learnig_rate"/')"
+expect 2 "hyperparameters.batch_size: expected an integer, got a string" -- \
+    "$DISTILL" run "$(variant wrong_type 's/"batch_size": 32,/"batch_size": "32",/')"
+expect 2 "hyperparameters.learning_rate: must be a finite number > 0" -- \
+    "$DISTILL" run "$(variant out_of_range 's/"learning_rate": [0-9.e-]*/"learning_rate": -1/')"
+expect 2 "training_data: .*absent.jsonl: cannot open" -- \
+    "$DISTILL" run "$(variant missing_file 's#data/train.jsonl#data/absent.jsonl#')"
+printf '{"prompt": "fine"}\n{"prompt": "torn' >"$WORK/base/data/torn.jsonl"
+expect 2 "training_data: .*torn.jsonl:2: " -- \
+    "$DISTILL" run "$(variant unreadable_data 's#data/train.jsonl#data/torn.jsonl#')"
+expect 2 "loss.attention_kl needs the teacher's logits, hidden states or attention maps, which a teacher of kind \"openai\"" -- \
+    "$DISTILL" run "$(variant combination 's#"kind": "model"#"kind": "openai", "model": "m"#; s#"weights": "[^"]*",##; s#"max_batch": 32##')"
+expect 2 "teacher: .*nothing.safetensors" -- \
+    "$DISTILL" run "$(variant no_teacher 's#"weights": "[^"]*"#"weights": "nothing.safetensors"#')"
+
+# ---- the pipeline, uninterrupted ------------------------------------------------------------------------
+ref=$(variant ref "s#\"output_dir\": \"[^\"]*\"#\"output_dir\": \"$WORK/ref\"#")
+if "$DISTILL" run "$ref" --quiet >"$WORK/ref.stdout" 2>"$WORK/ref.stderr"; then
+    pass "distill run (uninterrupted)"
+else
+    fail "distill run: $(tail -3 "$WORK/ref.stderr")"
+fi
+grep -q "student vs teacher" "$WORK/ref.stdout" && pass "run prints the comparison table" || fail "no table printed"
+for f in report.json report.md loss.svg models.svg student.safetensors baseline.safetensors; do
+    [[ -s $WORK/ref/$f ]] || fail "missing $f"
+done
+"$DISTILL" status "$WORK/ref" >"$WORK/status.txt" && grep -q "evaluate  done" "$WORK/status.txt" &&
+    pass "status after a run" || fail "status: $(cat "$WORK/status.txt")"
+# a rerun skips every stage and changes nothing
+before=$(md5sum "$WORK/ref/report.json" "$WORK/ref/student.safetensors")
+"$DISTILL" run "$ref" --quiet >/dev/null 2>&1 && [[ $(md5sum "$WORK/ref/report.json" "$WORK/ref/student.safetensors") == "$before" ]] &&
+    pass "a complete run is skipped" || fail "a rerun changed the outputs"
+
+# ---- SIGKILL in each stage, then the same command again ----------------------------------------------
+metrics() { grep -E '"(exact_match|perplexity|teacher_agreement|parameters|checkpoint_bytes)"' "$1/report.json"; }
+same_as_reference() {
+    local dir=$1 what=$2
+    cmp -s "$dir/student.safetensors" "$WORK/ref/student.safetensors" || { fail "$what: student differs"; return; }
+    cmp -s "$dir/baseline.safetensors" "$WORK/ref/baseline.safetensors" || { fail "$what: baseline differs"; return; }
+    cmp -s "$dir/generate/synthetic.jsonl" "$WORK/ref/generate/synthetic.jsonl" || { fail "$what: synthetic.jsonl differs"; return; }
+    for m in teacher baseline student; do
+        cmp -s "$dir/eval/$m.answers.jsonl" "$WORK/ref/eval/$m.answers.jsonl" || { fail "$what: $m answers differ"; return; }
+    done
+    [[ $(metrics "$dir") == $(metrics "$WORK/ref") ]] || { fail "$what: report metrics differ"; return; }
+    pass "$what: killed, rerun, same student, answers and report metrics"
+}
+# kill_when NAME CONDITION: start a run, SIGKILL it once CONDITION holds, rerun it to the end
+kill_when() {
+    local name=$1 cond=$2
+    local job
+    job=$(variant "$name" "s#\"output_dir\": \"[^\"]*\"#\"output_dir\": \"$WORK/$name\"#")
+    local dir=$WORK/$name
+    "$DISTILL" run "$job" --quiet >/dev/null 2>&1 &
+    local pid=$! waited=0
+    until eval "$cond" || ! kill -0 $pid 2>/dev/null; do
+        sleep 0.02
+        waited=$((waited + 1))
+        [[ $waited -gt 15000 ]] && break
+    done
+    if kill -0 $pid 2>/dev/null; then
+        kill -9 $pid
+        wait $pid 2>/dev/null
+        "$DISTILL" run "$job" --quiet >/dev/null 2>"$dir.stderr" || { fail "$name: rerun failed: $(tail -2 "$dir.stderr")"; return; }
+        same_as_reference "$dir" "$name"
+    else
+        wait $pid
+        fail "$name: the run ended before the kill point ($cond)"
+    fi
+}
+lines() { [[ -f $1 ]] && wc -l <"$1" || echo 0; }
+kill_when kill_generate '[[ $(lines "$dir/generate/synthetic.jsonl") -ge 40 ]]'
+kill_when kill_finetune '[[ -f $dir/student/checkpoints/latest ]]'
+kill_when kill_baseline '[[ -f $dir/baseline/metrics.jsonl ]]'
+kill_when kill_evaluate '[[ -f $dir/eval/teacher.answers.jsonl ]]'
+
+# ---- a teacher behind an OpenAI-compatible endpoint ---------------------------------------------------
+if [[ -n $SERVE ]]; then
+    weights=$(grep -o '"weights": "[^"]*"' "$WORK/base/quickstart.job.json" | cut -d'"' -f4)
+    "$SERVE" --weights "$weights" --port 0 --port-file "$WORK/port" --model math-teacher --quiet &
+    serve_pid=$!
+    for _ in $(seq 200); do [[ -s $WORK/port ]] && break; sleep 0.05; done
+    port=$(cat "$WORK/port" 2>/dev/null)
+    job=$WORK/openai.json
+    cat >"$job" <<EOF
+{
+  "teacher": {"kind": "openai", "base_url": "http://127.0.0.1:$port/v1", "model": "math-teacher",
+              "tokenizer": "byte-v1", "concurrency": 8},
+  "student": {"vocab_size": 263, "context_length": 128, "d_model": 64, "n_layers": 1, "n_heads": 2, "d_ff": 128},
+  "training_data": "$WORK/base/data/train.jsonl",
+  "test_data": "$WORK/base/data/test.jsonl",
+  "task_type": "math",
+  "generation": {"temperature": 0, "max_new_tokens": 48, "top_logprobs": 5},
+  "hyperparameters": {"learning_rate": 0.003, "batch_size": 16, "max_steps": 20, "temperature": 1.0},
+  "loss": {"topk_soft_kl": {"weight": 1}, "hard_ce": {"weight": 1}},
+  "evaluation": {"latency_samples": 4, "max_examples": 40},
+  "output_dir": "$WORK/openai"
+}
+EOF
+    if "$DISTILL" run "$job" --quiet >"$WORK/openai.stdout" 2>"$WORK/openai.stderr"; then
+        grep -q '"name": "openai:' "$WORK/openai/report.json" && pass "distill run with an OpenAI-compatible teacher" ||
+            fail "openai: the report does not name the endpoint teacher"
+    else
+        fail "distill run with an OpenAI-compatible teacher: $(tail -3 "$WORK/openai.stderr")"
+    fi
+    kill $serve_pid 2>/dev/null
+    wait $serve_pid 2>/dev/null
+fi
+
+echo "$failures failure(s)"
+[[ $failures -eq 0 ]]

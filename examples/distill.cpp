@@ -141,6 +141,10 @@ int dispatch(const Job& job, const Options& o) {
         if (topk) return with_distiller<teacher::Cache<true>, TopKLoss>(job, o, cpu, c);
         return with_distiller<teacher::Cache<false>, TextLoss>(job, o, cpu, c);
     }
+    if (kind == "custom")
+        throw usage_error(
+            "teacher.kind: \"custom\" teachers are built in code (examples/custom_distiller.cpp); the "
+            "distill command runs \"model\", \"openai\" and \"cache\" teachers");
 #if defined(DISTILL_WITH_HTTP)
     const auto c = read_config<teacher::OpenAIConfig>(tcfg, "teacher");
     if (topk) return with_distiller<teacher::OpenAI<data::ByteTokenizer>, TopKLoss>(job, o, cpu, c);

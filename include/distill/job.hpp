@@ -121,8 +121,9 @@ struct EvaluationConfig {
 
 /// A whole distillation run (see the file comment; every key in docs/job-format.md).
 struct Job {
-    /// `{"kind": "model" | "openai" | "cache", ...}`: the kind's own keys (teacher::ModelConfig,
-    /// teacher::OpenAIConfig, teacher::CacheConfig) beside "kind".
+    /// `{"kind": "model" | "openai" | "cache" | "custom", ...}`: the kind's own keys
+    /// (teacher::ModelConfig, teacher::OpenAIConfig, teacher::CacheConfig) beside "kind"; "custom" is a
+    /// teacher constructed in code and handed to the Distiller (its keys are the program's business).
     nlohmann::json teacher = nlohmann::json::object();
     /// The student architecture's config (for student::Transformer: TransformerConfig's keys).
     nlohmann::json student = nlohmann::json::object();
@@ -146,10 +147,13 @@ struct Job {
     void validate() const {
         if (!teacher.is_object()) throw config_error("teacher", "expected an object");
         if (!teacher.contains("kind") || !teacher["kind"].is_string())
-            throw config_error("teacher.kind", "is required: \"model\", \"openai\" or \"cache\"");
+            throw config_error("teacher.kind", "is required: \"model\", \"openai\", \"cache\" or \"custom\"");
         const std::string kind = teacher["kind"];
-        if (kind != "model" && kind != "openai" && kind != "cache")
-            throw config_error("teacher.kind", "expected \"model\", \"openai\" or \"cache\", got \"" + kind + "\"");
+        if (kind != "model" && kind != "openai" && kind != "cache" && kind != "custom")
+            throw config_error("teacher.kind",
+                               "expected \"model\", \"openai\", \"cache\" or \"custom\" (a teacher built in code), "
+                               "got \"" +
+                                   kind + "\"");
         if (!student.is_object()) throw config_error("student", "expected an object");
         if (!optimizer.is_object()) throw config_error("optimizer", "expected an object");
         if (!loss.is_object()) throw config_error("loss", "expected an object");

@@ -6,19 +6,31 @@
 //
 //   serve --weights model.safetensors [--host 127.0.0.1] [--port 8080 | 0 for any free port]
 //         [--port-file PATH] [--model NAME] [--api-key-env VAR] [--threads N]
+//         [--max-body-bytes 1048576] [--max-concurrency 16] [--http-threads 32] [--read-timeout 10]
 //         [--fault-rate 0.3] [--faults 429,500,stall,drop,malformed] [--stall-ms 2000] [--retry-after 1]
 //         [--quiet]
 //
 // The key is never taken from the command line (other users can read it there): --api-key-env
 // names the environment variable that holds it. It is never logged. SIGINT/SIGTERM stop the server,
 // which then prints how many requests it served and faulted.
+//
+// Exposure limits (tests/http-teacher.cpp abuses a running server with all of these on loopback):
+// a request body over --max-body-bytes is answered 413; a completion request that is not
+// `Content-Type: application/json` 415; malformed JSON or fields 400; a missing or wrong bearer token
+// 401 (for /v1/models too; /health stays open); more than --max-concurrency completion requests
+// waiting for or using the model 503 with Retry-After; connections are served by --http-threads
+// threads and one idle or slow for --read-timeout seconds is closed, so idle connections cannot hold
+// the server. A handler that throws is a generic 500 (its message goes to the log, not the client).
 
+#include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
+#include <exception>
 #include <filesystem>
 #include <mutex>
 #include <string>
@@ -47,6 +59,9 @@ struct Options {
     int port = 8080, threads = 0;
     double fault_rate = 0, retry_after = 1;
     int stall_ms = 2000;
+    std::size_t max_body_bytes = 1u << 20;
+    int max_concurrency = 16, http_threads = 32;
+    double read_timeout = 10;
     std::vector<std::string> faults = {"429", "500", "stall", "drop", "malformed"};
     bool quiet = false;
 };
@@ -55,7 +70,8 @@ struct Options {
     std::fprintf(
         stderr,
         "serve: %s\nusage: serve --weights FILE [--host 127.0.0.1] [--port 8080] [--port-file PATH] [--model NAME]\n"
-        "             [--api-key-env VAR] [--threads N] [--fault-rate F] [--faults 429,500,stall,drop,malformed]\n"
+        "             [--api-key-env VAR] [--threads N] [--max-body-bytes N] [--max-concurrency N]\n"
+        "             [--http-threads N] [--read-timeout S] [--fault-rate F] [--faults 429,500,stall,drop,malformed]\n"
         "             [--stall-ms MS] [--retry-after S] [--quiet]\n",
         why.c_str());
     std::exit(2);
@@ -91,6 +107,14 @@ Options parse(int argc, char** argv) {
             o.api_key_env = value();
         else if (a == "--threads")
             o.threads = int(number(1, 4096));
+        else if (a == "--max-body-bytes")
+            o.max_body_bytes = std::size_t(number(64, 1u << 30));
+        else if (a == "--max-concurrency")
+            o.max_concurrency = int(number(1, 4096));
+        else if (a == "--http-threads")
+            o.http_threads = int(number(1, 1024));
+        else if (a == "--read-timeout")
+            o.read_timeout = number(0.1, 3600);
         else if (a == "--fault-rate")
             o.fault_rate = number(0, 1);
         else if (a == "--stall-ms")
@@ -128,6 +152,33 @@ void reply(httplib::Response& res, int status, const nlohmann::json& body) {
     res.status = status;
     res.set_content(teacher::openai::dump(body), "application/json");
 }
+
+// A line fit for the log: control characters (a client's text can hold newlines, escape sequences)
+// shown as '?', and at most 300 bytes, so a request cannot forge or flood log lines.
+std::string loggable(const std::string& text) {
+    std::string out = text.substr(0, 300);
+    for (char& c : out)
+        if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
+    return text.size() > 300 ? out + "..." : out;
+}
+
+// Whether a Content-Type names JSON: "application/json", any case, parameters (charset) allowed.
+bool is_json_type(std::string type) {
+    for (char& c : type) c = char(std::tolower(static_cast<unsigned char>(c)));
+    type = type.substr(0, type.find(';'));
+    while (!type.empty() && type.back() == ' ') type.pop_back();
+    return type == "application/json";
+}
+
+// Counts a request in while it waits for or uses the model; `admitted` is false past the limit.
+struct Admission {
+    std::atomic<int>& in_flight;
+    bool admitted;
+    Admission(std::atomic<int>& n, int limit) : in_flight(n), admitted(++n <= limit) {}
+    ~Admission() { --in_flight; }
+    Admission(const Admission&) = delete;
+    Admission& operator=(const Admission&) = delete;
+};
 
 // Constant-time comparison, so response timing does not reveal how much of a guessed key is right.
 bool same(const std::string& a, const std::string& b) {
@@ -219,26 +270,73 @@ int main(int argc, char** argv) try {
     };
 
     auto bad_request = [&](std::uint64_t n, httplib::Response& res, const std::string& why) {
-        log("request " + std::to_string(n) + ": 400 (" + why + ")");
+        log("request " + std::to_string(n) + ": 400 (" + loggable(why) + ")");
         reply(res, 400, error_body(why, "invalid_request_error"));
     };
+    auto authorized = [&](const httplib::Request& req) {
+        return key.empty() || same(req.get_header_value("Authorization"), "Bearer " + key);
+    };
+    auto unauthorized = [&](const std::string& what, httplib::Response& res) {
+        log(what + ": 401 (missing or wrong API key)");
+        reply(res, 401, error_body("invalid or missing API key", "invalid_request_error"));
+    };
+    std::atomic<int> in_flight{0};
 
     httplib::Server server;
-    server.new_task_queue = [] { return new httplib::ThreadPool(32); };
-    server.set_payload_max_length(16u << 20);
+    const int http_threads = opt.http_threads;
+    server.new_task_queue = [http_threads] { return new httplib::ThreadPool(std::size_t(http_threads)); };
+    server.set_payload_max_length(opt.max_body_bytes);
+    const auto timeout = std::chrono::microseconds(std::int64_t(opt.read_timeout * 1e6));
+    server.set_read_timeout(timeout);
+    server.set_write_timeout(timeout);
+    server.set_keep_alive_timeout(std::max<time_t>(1, time_t(opt.read_timeout)));
+    server.set_keep_alive_max_count(100);
+    // A handler that throws: a generic 500; the message goes to the log only (it may name files).
+    server.set_exception_handler([&](const httplib::Request& req, httplib::Response& res, std::exception_ptr ep) {
+        std::string what = "unknown exception";
+        try {
+            std::rethrow_exception(ep);
+        } catch (const std::exception& e) {
+            what = e.what();
+        } catch (...) {
+        }
+        log(req.method + " " + loggable(req.path) + ": 500 (" + loggable(what) + ")");
+        reply(res, 500, error_body("internal server error", "server_error"));
+    });
+    // Errors httplib answers itself (413 over the size limit, 400 unparsable, 404): an OpenAI error body.
+    server.set_error_handler([&](const httplib::Request& req, httplib::Response& res) {
+        if (!res.body.empty()) return;
+        log(req.method + " " + loggable(req.path) + ": " + std::to_string(res.status));
+        const std::string message =
+            res.status == 413   ? "request body over the limit of " + std::to_string(opt.max_body_bytes) + " bytes"
+            : res.status == 404 ? "no such endpoint"
+                                : "bad request";
+        reply(res, res.status, error_body(message, "invalid_request_error"));
+    });
 
     server.Get("/health",
                [](const httplib::Request&, httplib::Response& res) { res.set_content("ok\n", "text/plain"); });
-    server.Get("/v1/models", [&](const httplib::Request&, httplib::Response& res) {
+    server.Get("/v1/models", [&](const httplib::Request& req, httplib::Response& res) {
+        if (!authorized(req)) return unauthorized("GET /v1/models", res);
         reply(res, 200,
               {{"object", "list"}, {"data", {{{"id", opt.model}, {"object", "model"}, {"owned_by", "distill"}}}}});
     });
     server.Post("/v1/chat/completions", [&](const httplib::Request& req, httplib::Response& res) {
         const auto t0 = std::chrono::steady_clock::now();
         const std::uint64_t n = ++served;
-        if (!key.empty() && !same(req.get_header_value("Authorization"), "Bearer " + key)) {
-            log("request " + std::to_string(n) + ": 401 (missing or wrong API key)");
-            return reply(res, 401, error_body("invalid or missing API key", "invalid_request_error"));
+        if (!authorized(req)) return unauthorized("request " + std::to_string(n), res);
+        if (!is_json_type(req.get_header_value("Content-Type"))) {
+            log("request " + std::to_string(n) + ": 415 (Content-Type " +
+                loggable(req.get_header_value("Content-Type")) + ")");
+            return reply(res, 415, error_body("Content-Type must be application/json", "invalid_request_error"));
+        }
+        // Admitted requests hold their slot while they wait for the model, stalls included.
+        const Admission admission(in_flight, opt.max_concurrency);
+        if (!admission.admitted) {
+            log("request " + std::to_string(n) + ": 503 (over --max-concurrency " +
+                std::to_string(opt.max_concurrency) + ")");
+            res.set_header("Retry-After", "1");
+            return reply(res, 503, error_body("the server is busy; retry later", "server_error"));
         }
         // Faults: exactly floor(n * rate) of the first n requests, the kinds taking turns.
         if (opt.fault_rate > 0 && !opt.faults.empty() &&

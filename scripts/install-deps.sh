@@ -2,6 +2,7 @@
 # Installs the Debian packages distill needs, and only those missing; silent when all are present.
 #   scripts/install-deps.sh            build and test dependencies
 #   scripts/install-deps.sh --bench    also PyTorch (the reference of the benchmarks) and OpenBLAS
+#   scripts/install-deps.sh --fuzz     also clang 14 and its libFuzzer/sanitizer runtimes (scripts/fuzz.sh)
 set -euo pipefail
 
 packages=(build-essential cmake pkg-config libeigen3-dev libboost-dev nlohmann-json3-dev
@@ -11,6 +12,9 @@ if [[ "${1:-}" == "--bench" ]]; then
   # Debian's torch takes whatever BLAS the system provides; without OpenBLAS that is the slow
   # reference BLAS, which would make every ratio against PyTorch meaningless.
   packages+=(python3-torch libopenblas0-pthread)
+fi
+if [[ "${1:-}" == "--fuzz" ]]; then
+  packages+=(clang-14 libclang-rt-14-dev)
 fi
 
 missing=()

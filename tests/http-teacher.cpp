@@ -1,23 +1,32 @@
 // Process-level tests of the teacher pipeline: examples/serve on 127.0.0.1 with an ephemeral port
 // as a real HTTP peer, the generate stage (tests/generate_driver.cpp) through teacher::OpenAI with
 // at least 30% of requests faulted, kill -9 of the stage and a restart, and a stale fingerprint
-// refused. Each child's output goes to a log file that is checked for the API key afterwards.
+// refused; and examples/serve itself under bounded abuse over raw sockets (malformed requests and
+// HTTP, huge bodies, wrong content types, missing auth, idle and concurrent connections). Each
+// child's output goes to a log file that is checked for the API key afterwards.
 
 #include <doctest/doctest.h>
 
+#include <atomic>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <mutex>
 #include <random>
 #include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <spawn.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -145,6 +154,85 @@ std::vector<std::string> driver_args(std::vector<std::string> head) {
     head.insert(head.begin(), DISTILL_GENERATE_DRIVER_BIN);
     head.insert(head.end(), sampling_args.begin(), sampling_args.end());
     return head;
+}
+
+// ---- raw HTTP over loopback, for the abuse test: nothing in between that could fix a request up ----
+
+/// A connected TCP socket to 127.0.0.1:port with send and receive timeouts; closed on destruction.
+struct Socket {
+    int fd = -1;
+    Socket(int port, double timeout_s) {
+        fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0) return;
+        timeval tv{};
+        tv.tv_sec = static_cast<time_t>(timeout_s);
+        tv.tv_usec = static_cast<suseconds_t>((timeout_s - double(tv.tv_sec)) * 1e6);
+        ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+        sockaddr_in a{};
+        a.sin_family = AF_INET;
+        a.sin_port = htons(static_cast<std::uint16_t>(port));
+        ::inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+        connected = ::connect(fd, reinterpret_cast<const sockaddr*>(&a), sizeof a) == 0;
+    }
+    ~Socket() {
+        if (fd >= 0) ::close(fd);
+    }
+    bool connected = false;  // no REQUIRE here: clients run on threads of their own
+    Socket(const Socket&) = delete;
+    Socket& operator=(const Socket&) = delete;
+
+    /// Sends what it can (the server may close early, e.g. after a 413); no SIGPIPE.
+    void send(const std::string& bytes) const {
+        for (std::size_t done = 0; done < bytes.size();) {
+            const ssize_t n = ::send(fd, bytes.data() + done, bytes.size() - done, MSG_NOSIGNAL);
+            if (n <= 0) return;
+            done += std::size_t(n);
+        }
+    }
+    /// Everything until the server closes or the timeout passes.
+    std::string receive() const {
+        std::string out;
+        char buf[4096];
+        for (;;) {
+            const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+            if (n <= 0) return out;
+            out.append(buf, std::size_t(n));
+        }
+    }
+};
+
+struct HttpReply {
+    int status = 0;  ///< 0: the connection closed without a response; -1: no connection
+    std::string text;
+};
+
+/// Sends `request` as is on a fresh connection and reads until the server closes it (requests say
+/// `Connection: close`; for the others, --read-timeout or the keep-alive timeout closes it). No
+/// half-close: httplib takes a half-closed connection for a closed one and drops the request.
+HttpReply raw_http(int port, const std::string& request, double timeout_s = 20) {
+    Socket s(port, timeout_s);
+    if (!s.connected) return {-1, "cannot connect"};
+    s.send(request);
+    HttpReply r;
+    r.text = s.receive();
+    if (r.text.starts_with("HTTP/1.1 ") && r.text.size() >= 12) r.status = std::atoi(r.text.substr(9, 3).c_str());
+    return r;
+}
+
+/// A POST of `body` to the chat completions endpoint, with optional Authorization and Content-Type.
+std::string post_request(const std::string& body, const std::string& key,
+                         const std::string& type = "application/json") {
+    std::string r = "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n";
+    if (!key.empty()) r += "Authorization: Bearer " + key + "\r\n";
+    if (!type.empty()) r += "Content-Type: " + type + "\r\n";
+    return r + "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+}
+
+std::string get_request(const std::string& path, const std::string& key) {
+    std::string r = "GET " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n";
+    if (!key.empty()) r += "Authorization: Bearer " + key + "\r\n";
+    return r + "\r\n";
 }
 
 }  // namespace
@@ -343,6 +431,197 @@ TEST_SUITE("teacher-http") {
         CHECK(log.find(report["fingerprint"].get<std::string>()) != std::string::npos);
         CHECK(log.find(expected) != std::string::npos);
         CHECK(read_text(dir / "whole" / "synthetic.jsonl") == want);
+    }
+
+    TEST_CASE(
+        "examples/serve under abuse on loopback: bad requests get 4xx, limits hold, it never crashes, the key is "
+        "never logged") {
+        TempDir dir("serve-abuse");
+        testing::write_tiny_teacher(dir / "teacher.safetensors", 3, 64);
+        std::random_device rd;
+        const std::string key = "sk-abuse-" + std::to_string(rd()) + std::to_string(rd());
+        const std::string key_env = "DISTILL_TEST_ABUSE_KEY";
+        Server server(
+            dir, "abuse", dir / "teacher.safetensors", key_env, key,
+            {"--max-body-bytes", "65536", "--max-concurrency", "4", "--http-threads", "8", "--read-timeout", "1"});
+        const int port = server.port;
+        const std::string valid = R"({"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":6})";
+        std::map<int, int> statuses;  // every status seen, for the summary
+        auto expect = [&](const std::string& what, const std::string& request, std::set<int> allowed) {
+            const HttpReply r = raw_http(port, request);
+            ++statuses[r.status];
+            INFO(what << ": got " << r.status << "\n" << r.text.substr(0, 400));
+            CHECK(allowed.count(r.status) == 1);
+            return r;
+        };
+
+        // authentication: /health is open, everything else needs the bearer token
+        expect("health", get_request("/health", ""), {200});
+        expect("models without key", get_request("/v1/models", ""), {401});
+        expect("models with key", get_request("/v1/models", key), {200});
+        expect("no key", post_request(valid, ""), {401});
+        expect("wrong key", post_request(valid, "sk-wrong"), {401});
+        expect("key prefix only", post_request(valid, key.substr(0, key.size() - 1)), {401});
+        expect("valid", post_request(valid, key), {200});
+
+        // content types
+        expect("text/plain", post_request(valid, key, "text/plain"), {415});
+        expect("no content type", post_request(valid, key, ""), {415});
+        expect("form", post_request(valid, key, "application/x-www-form-urlencoded"), {415});
+        expect("json with charset", post_request(valid, key, "Application/JSON; charset=utf-8"), {200});
+
+        // malformed bodies: every one a 400 naming the defect
+        const std::string deep = std::string(20000, '[') + std::string(20000, ']');
+        const std::vector<std::string> malformed = {
+            "",
+            "{",
+            "[]",
+            "null",
+            "\"text\"",
+            deep,
+            "{\"messages\":" + deep + "}",
+            "{\"messages\":3}",
+            "{\"messages\":[]}",
+            "{\"model\":\"m\"}",
+            R"({"messages":[{"role":"robot","content":"x"}]})",
+            R"({"messages":[{"role":"user","content":7}]})",
+            R"({"messages":[{"role":"user","content":""}]})",
+            R"({"messages":[{"role":"assistant","content":"x"}]})",
+            R"({"messages":[{"role":"user","content":"\ud800"}]})",
+            "{\"messages\":[{\"role\":\"user\",\"content\":\"\xff\xfe\"}]}",
+            R"({"messages":[{"role":"user","content":"x"}],"temperature":"hot"})",
+            R"({"messages":[{"role":"user","content":"x"}],"temperature":-1})",
+            R"({"messages":[{"role":"user","content":"x"}],"temperature":1e400})",
+            R"({"messages":[{"role":"user","content":"x"}],"top_p":0})",
+            R"({"messages":[{"role":"user","content":"x"}],"max_tokens":0})",
+            R"({"messages":[{"role":"user","content":"x"}],"max_tokens":1.5})",
+            R"({"messages":[{"role":"user","content":"x"}],"n":2})",
+            R"({"messages":[{"role":"user","content":"x"}],"n":"1"})",
+            R"({"messages":[{"role":"user","content":"x"}],"stream":true})",
+            R"({"messages":[{"role":"user","content":"x"}],"logprobs":"yes"})",
+            R"({"messages":[{"role":"user","content":"x"}],"logprobs":true,"top_logprobs":100000})",
+            R"({"messages":[{"role":"user","content":"x"}],"stop":[1]})",
+            R"({"messages":[{"role":"user","content":"x"}],"stop":["a","b","c","d","e"]})",
+            R"({"messages":[{"role":"user","content":"x"}],"seed":"s"})",
+            R"({"messages":[{"role":"user","content":")" + std::string(5000, 'x') + R"("}]})",  // over the context
+        };
+        for (std::size_t i = 0; i < malformed.size(); ++i)
+            expect("malformed body " + std::to_string(i), post_request(malformed[i], key), {400});
+
+        // a body over --max-body-bytes: 413, or the connection closed before the client finished sending
+        expect("huge body",
+               post_request(R"({"messages":[{"role":"user","content":")" + std::string(200000, 'a') + "\"}]}", key),
+               {413, 0});
+        expect("huge declared length",
+               "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer " + key +
+                   "\r\nContent-Type: application/json\r\nContent-Length: 99999999999\r\n\r\n{}",
+               {413, 400, 0});
+        // malformed HTTP: whatever httplib makes of it (mostly 400, 404, 413), never a 5xx and never a crash
+        const std::vector<std::string> bad_http = {
+            "GARBAGE\r\n\r\n",
+            "POST /v1/chat/completions HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
+            "POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 18446744073709551616\r\n\r\n",
+            "POST /v1/chat/completions HTTP/1.1\r\nTransfer-Encoding: chunked\r\nAuthorization: Bearer " + key +
+                "\r\nContent-Type: application/json\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+            "POST /v1/chat/completions HTTP/1.1\r\nTransfer-Encoding: chunked\r\nAuthorization: Bearer " + key +
+                "\r\nContent-Type: application/json\r\n\r\nFFFFFFFFFFFFFFFF\r\n{}",
+            "GET /" + std::string(100000, 'a') + " HTTP/1.1\r\n\r\n",
+            "GET /health HTTP/1.1\r\nX-Long: " + std::string(100000, 'h') + "\r\n\r\n",
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc",  // truncated
+            std::string("\0\0\0\0\xff\xfe\r\n\r\n", 10),
+            "DELETE /v1/chat/completions HTTP/1.1\r\nConnection: close\r\n\r\n",
+            "GET /../../etc/passwd HTTP/1.1\r\nConnection: close\r\n\r\n",
+        };
+        for (std::size_t i = 0; i < bad_http.size(); ++i) {
+            const HttpReply r = raw_http(port, bad_http[i]);
+            ++statuses[r.status];
+            INFO("bad HTTP " << i << ": " << r.text.substr(0, 200));
+            CHECK((r.status >= 0 && r.status < 500));
+        }
+
+        // 150 random single-byte mutations of a valid body: answered 200 or 400, never a 5xx
+        std::mt19937 rng(1234);
+        for (int i = 0; i < 150; ++i) {
+            std::string body = valid;
+            const std::size_t at = std::uniform_int_distribution<std::size_t>(0, body.size() - 1)(rng);
+            body[at] = static_cast<char>(std::uniform_int_distribution<int>(0, 255)(rng));
+            expect("mutation " + std::to_string(i), post_request(body, key), {200, 400});
+        }
+
+        // idle connections (slowloris): 12 sockets that send half a request and wait, more than the 8 HTTP
+        // threads; the read timeout frees the threads and a real request still gets through
+        {
+            std::vector<std::unique_ptr<Socket>> idle;
+            for (int i = 0; i < 12; ++i) {
+                idle.push_back(std::make_unique<Socket>(port, 30));
+                idle.back()->send("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n");
+            }
+            const auto t0 = std::chrono::steady_clock::now();
+            expect("valid behind idle connections", post_request(valid, key), {200});
+            const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            MESSAGE("a request behind 12 idle connections was answered in " << s << " s");
+            CHECK(s < 15);
+        }
+
+        // many concurrent clients: each answered 200, or 503 + Retry-After past --max-concurrency
+        {
+            std::vector<std::thread> clients;
+            std::mutex m;
+            std::vector<HttpReply> replies;
+            for (int i = 0; i < 48; ++i)
+                clients.emplace_back([&] {
+                    HttpReply r = raw_http(port, post_request(valid, key), 30);
+                    std::lock_guard lock(m);
+                    replies.push_back(std::move(r));
+                });
+            for (auto& t : clients) t.join();
+            int ok = 0, busy = 0;
+            for (const auto& r : replies) {
+                ++statuses[r.status];
+                INFO(r.text.substr(0, 300));
+                CHECK((r.status == 200 || r.status == 503));
+                ok += r.status == 200;
+                if (r.status == 503) {
+                    ++busy;
+                    CHECK(r.text.find("Retry-After: 1") != std::string::npos);
+                }
+            }
+            MESSAGE("48 concurrent clients: " << ok << " answered, " << busy << " told to retry (503)");
+            CHECK(ok >= 4);
+        }
+
+        // still alive and answering
+        expect("health at the end", get_request("/health", ""), {200});
+        expect("valid at the end", post_request(valid, key), {200});
+        const std::string log = server.stop();
+        CHECK(log.find(key) == std::string::npos);
+        CHECK(log.find("stopped after") != std::string::npos);
+        std::string summary;
+        for (const auto& [status, count] : statuses)
+            summary += " " + std::to_string(status) + "×" + std::to_string(count);
+        MESSAGE("serve abuse: statuses seen:" << summary);
+    }
+
+    TEST_CASE("examples/serve: past --max-concurrency requests are refused with 503 + Retry-After, not queued") {
+        TempDir dir("serve-busy");
+        testing::write_tiny_teacher(dir / "teacher.safetensors", 3, 64);
+        // every request stalls 1.5 s inside its slot, so 6 at once overrun 2 slots deterministically
+        Server server(dir, "busy", dir / "teacher.safetensors", "DISTILL_TEST_BUSY_KEY", "k",
+                      {"--max-concurrency", "2", "--fault-rate", "1", "--faults", "stall", "--stall-ms", "1500"});
+        const std::string valid = R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":4})";
+        std::vector<std::thread> clients;
+        std::mutex m;
+        std::vector<int> statuses;
+        for (int i = 0; i < 6; ++i)
+            clients.emplace_back([&] {
+                const HttpReply r = raw_http(server.port, post_request(valid, "k"), 30);
+                std::lock_guard lock(m);
+                statuses.push_back(r.status);
+            });
+        for (auto& t : clients) t.join();
+        CHECK(std::count(statuses.begin(), statuses.end(), 200) == 2);
+        CHECK(std::count(statuses.begin(), statuses.end(), 503) == 4);
+        server.stop();
     }
 
 }  // TEST_SUITE

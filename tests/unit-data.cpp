@@ -1,15 +1,23 @@
-// Tests of distill/data: the byte tokenizer.
+// Tests of distill/data: the byte tokenizer, and JSONL inputs found by fuzzing (tests/fuzz/fuzz_jsonl.cpp).
 
 #include <doctest/doctest.h>
 
 #include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <functional>
 #include <set>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include <unistd.h>
+
 #include "distill/data/byte_tokenizer.hpp"
+#include "distill/data/chat.hpp"
+#include "distill/data/jsonl.hpp"
 #include "distill/error.hpp"
+#include "distill/teacher/synthetic.hpp"
 
 using distill::data::ByteTokenizer;
 using doctest::Contains;
@@ -81,4 +89,79 @@ TEST_CASE("ByteTokenizer: an id outside the vocabulary is an error naming it and
     CHECK_THROWS_WITH_AS(tok.decode(std::vector<std::int32_t>{-1}, true), Contains("token id -1"), distill::error);
     CHECK_THROWS_WITH_AS(tok.is_special(1000), Contains("token id 1000"), distill::error);
     CHECK_THROWS_WITH_AS(tok.token_name(-5), Contains("[0, 263)"), distill::error);
+}
+
+namespace {
+
+/// A JSONL file with `text`, removed at scope exit.
+struct jsonl_file {
+    std::filesystem::path path;
+    explicit jsonl_file(const std::string& text) {
+        static int counter = 0;
+        path = std::filesystem::temp_directory_path() /
+               ("distill-unit-data-" + std::to_string(::getpid()) + "-" + std::to_string(counter++) + ".jsonl");
+        std::ofstream(path, std::ios::binary) << text;
+    }
+    ~jsonl_file() { std::filesystem::remove(path); }
+};
+
+std::string error_of(const std::function<void()>& f) {
+    try {
+        f();
+    } catch (const distill::format_error& e) {
+        return e.what();
+    }
+    return "no format_error";
+}
+
+}  // namespace
+
+// Found by fuzz_jsonl: nlohmann's parser throws out_of_range (not parse_error) for a number beyond
+// double's range, which escaped read_jsonl as a non-distill exception.
+TEST_CASE("jsonl (fuzz regression): a number beyond double's range is a defect of its line") {
+    const jsonl_file f("{\"prompt\":\"a\"}\n{\"prompt\":\"b\",\"n\":1e400}\n{\"prompt\":\"c\"}\n");
+    {
+        const std::string what = error_of([&] { distill::data::read_examples(f.path); });
+        CHECK(what.find(f.path.string() + ":2: invalid JSON: number overflow parsing '1e400'") != std::string::npos);
+    }
+    const auto ds = distill::data::read_examples(f.path, {.on_bad_line = "skip"});
+    CHECK(ds.examples.size() == 2);
+    REQUIRE(ds.stats.skipped.size() == 1);
+    CHECK(ds.stats.skipped[0].line == 2);
+}
+
+TEST_CASE("jsonl: a handler's JSON type error is a defect of its line, not an escaping exception") {
+    const jsonl_file f("{\"a\":1}\n{\"a\":\"text\"}\n");
+    const auto read = [&](const distill::data::JsonlConfig& c) {
+        return distill::data::read_jsonl(f.path, c,
+                                         [](std::uint64_t, const nlohmann::json& j) { (void)j.at("a").get<int>(); });
+    };
+    CHECK(error_of([&] { read({}); }).find(":2: wrong type: type must be number, but is string") != std::string::npos);
+    const auto stats = read({.on_bad_line = "skip"});
+    CHECK(stats.records == 1);
+    CHECK(stats.skipped.size() == 1);
+}
+
+TEST_CASE("synthetic.jsonl (fuzz regressions): wrong types and out-of-range numbers are named defects") {
+    const std::string good =
+        R"({"id":"a","messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"yo"}],)"
+        R"("teacher":{"fingerprint":"f","finish_reason":"stop","usage":{"prompt_tokens":3},"tokens":[1,2],"topk":2}})";
+    const auto defect = [](std::string line) {
+        const jsonl_file f(line + "\n");
+        return error_of([&] { distill::teacher::read_synthetic(f.path); });
+    };
+    CHECK(defect(good) == "no format_error");
+    const auto with = [&](const std::string& from, const std::string& to) {
+        std::string s = good;
+        s.replace(s.find(from), from.size(), to);
+        return defect(s);
+    };
+    CHECK(with(R"("role":"assistant")", R"("role":7)").find("must end with the teacher's assistant turn") !=
+          std::string::npos);
+    CHECK(with(R"("prompt_tokens":3)", R"("prompt_tokens":"3")").find("teacher.usage.prompt_tokens") !=
+          std::string::npos);
+    CHECK(with("[1,2]", "[1,4294967296]").find("must hold 32-bit integers") != std::string::npos);
+    CHECK(with(R"("topk":2)", R"("topk":4294967297)").find("\"teacher.topk\" must be a positive integer") !=
+          std::string::npos);
+    CHECK(with(R"("topk":2)", R"("topk":0)").find("positive integer") != std::string::npos);
 }

@@ -1,5 +1,7 @@
-// Tests of distill/io: atomic file writing and the safetensors reader and writer. Every malformed-file
-// test builds the bad bytes by hand, so each defect the reader promises to name is exercised alone.
+// Tests of distill/io: atomic file writing, the safetensors reader and writer, and the integrity of the
+// files distill reads back (weights, checkpoints, top-k caches: every byte flipped in turn). Every
+// malformed-file test builds the bad bytes by hand, so each defect the reader promises to name is
+// exercised alone.
 
 #include <doctest/doctest.h>
 
@@ -24,9 +26,16 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "distill/detail/rng.hpp"
+#include "distill/device/cpu.hpp"
 #include "distill/error.hpp"
 #include "distill/io/atomic_file.hpp"
+#include "distill/io/checkpoint.hpp"
 #include "distill/io/safetensors.hpp"
+#include "distill/io/topk_cache.hpp"
+#include "distill/io/weights.hpp"
+#include "distill/optim/adam.hpp"
+#include "distill/student/transformer.hpp"
 
 namespace fs = std::filesystem;
 using distill::format_error;
@@ -686,4 +695,213 @@ TEST_CASE("append_durably: appends whole records, creating the file, and reports
     const fs::path nowhere = dir.path / "no-such-dir" / "log.jsonl";
     CHECK_THROWS_WITH_AS(distill::io::append_durably(nowhere, "x\n"),
                          Contains((nowhere.string() + ": cannot open for appending").c_str()), io_error);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Integrity: the checksum of the safetensors files distill writes, and every byte of a small weights
+// file, checkpoint and top-k cache flipped in turn. Each load must end in a distill::error or load
+// exactly what was written: never a crash, never a silently different model.
+
+namespace {
+
+/// A 224-parameter transformer and AdamW over it, with non-zero optimizer state.
+struct TinyRun {
+    using Model = distill::student::Transformer<float, distill::device::Cpu>;
+    static distill::student::TransformerConfig config() {
+        return {.vocab_size = 16, .context_length = 4, .d_model = 4, .n_layers = 1, .n_heads = 1, .d_ff = 4};
+    }
+    Model model{config(), 1, distill::device::Cpu(1)};
+    distill::optim::AdamW<float, distill::device::Cpu> opt{model.parameters(), {}, distill::device::Cpu(1)};
+
+    explicit TinyRun(std::uint64_t seed, int steps) {
+        model.init(seed);
+        distill::Rng rng(seed);
+        for (int s = 0; s < steps; ++s) {
+            for (const auto& p : opt.parameters())
+                for (std::int64_t i = 0; i < p.grad.numel(); ++i) p.grad.data()[i] = static_cast<float>(rng.normal());
+            opt.step(1e-2);
+        }
+    }
+    std::string weights() const {
+        return {reinterpret_cast<const char*>(model.parameter_data()), model.arena_size() * sizeof(float)};
+    }
+    std::string state() const {
+        std::string s;
+        for (const auto& t : opt.state())
+            s.append(reinterpret_cast<const char*>(t.value.data()), static_cast<std::size_t>(t.value.numel()) * 4);
+        return s + std::to_string(opt.steps());
+    }
+};
+
+/// Flips one bit of every byte of `path` in turn (bit i % 8 of byte i, so every bit position is hit),
+/// calls `load()` after each flip and restores the byte. `load` returns whether what it loaded equals
+/// what was written; a distill::error counts as a clean refusal. Returns {refused, loaded intact}.
+template <class Load>
+std::pair<std::size_t, std::size_t> flip_every_byte(const fs::path& path, Load load) {
+    const std::string original = read_all(path);
+    std::size_t refused = 0, intact = 0;
+    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+    REQUIRE(f);
+    for (std::size_t i = 0; i < original.size(); ++i) {
+        const char flipped = static_cast<char>(original[i] ^ (1 << (i % 8)));
+        f.seekp(static_cast<std::streamoff>(i));
+        f.put(flipped);
+        f.flush();
+        try {
+            if (load())
+                ++intact;
+            else
+                FAIL_CHECK(path.filename().string() << ": byte " << i << " flipped loaded a different value");
+        } catch (const distill::error&) {
+            ++refused;
+        }
+        f.seekp(static_cast<std::streamoff>(i));
+        f.put(original[i]);
+        f.flush();
+    }
+    CHECK(read_all(path) == original);
+    return {refused, intact};
+}
+
+}  // namespace
+
+TEST_CASE("safetensors checksum: written by save_tensors, verified on open, hidden from metadata()") {
+    temp_dir dir;
+    const fs::path p = dir.path / "w.safetensors";
+    const std::vector<float> w = {1.0f, 2.0f, 3.0f};
+    const std::vector<named_tensor<const float>> tensors = {{"w", w.data(), {3}}};
+    distill::io::save_tensors<float>(p, tensors, dtype::BF16, {{"note", "x"}});
+    CHECK(read_all(p).find("\"distill.crc32c\":\"") != std::string::npos);
+    {
+        const safetensors_file f(p);
+        CHECK(f.checksum().has_value());
+        CHECK(f.metadata() == std::map<std::string, std::string>{{"note", "x"}});
+    }
+    // A flipped bit in the data, which the structure checks cannot see.
+    std::string bytes = read_all(p);
+    bytes[bytes.size() - 1] ^= 0x01;
+    CHECK_DEFECT(bytes, "checksum mismatch");
+    // A malformed recorded value.
+    bytes = read_all(p);
+    const auto at = bytes.find("\"distill.crc32c\":\"") + 18;
+    bytes[at] = 'X';
+    CHECK_DEFECT(bytes, "must be 8 lowercase hex digits");
+    // Files of other writers carry no checksum and load as before.
+    const std::string header = R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})";
+    temp_dir other;
+    const safetensors_file plain(other.file("plain.safetensors", safetensors_bytes(header, 4)));
+    CHECK(!plain.checksum());
+    // A checksum entry in the caller's metadata is replaced by the real one.
+    distill::io::save_tensors<float>(p, tensors, dtype::F32, {{"distill.crc32c", "00000000"}});
+    CHECK(safetensors_file(p).checksum().has_value());
+}
+
+TEST_CASE("corrupted inputs: every byte of a weights file flipped is refused or loads identical weights") {
+    temp_dir dir;
+    const TinyRun written(1, 0);
+    const fs::path p = dir.path / "student.safetensors";
+    distill::io::save_weights(p, written.model);
+    TinyRun fresh(2, 0);
+    const std::string before = fresh.weights();
+    const auto [refused, intact] = flip_every_byte(p, [&] {
+        const safetensors_file f(p);
+        const auto cfg = distill::io::load_weights_config<distill::student::TransformerConfig>(f);
+        distill::io::load_weights(f, fresh.model);
+        const bool same = distill::io::to_json(cfg) == distill::io::to_json(TinyRun::config()) &&
+                          fresh.weights() == written.weights();
+        std::memcpy(fresh.model.parameter_data(), before.data(), before.size());
+        return same;
+    });
+    MESSAGE(p.filename().string() << ": " << refused << " flips refused, " << intact << " loaded intact");
+    // Loading intact happens where a flipped padding byte of the header becomes NUL, at which the JSON
+    // parser stops: the header and data are unchanged. Everything else is refused.
+    CHECK(refused + intact == read_all(p).size());
+    CHECK(intact < 32);
+    CHECK(fresh.weights() == before);  // no refused load touched the model
+}
+
+TEST_CASE("corrupted inputs: every byte of a checkpoint flipped is refused or restores exactly") {
+    temp_dir dir;
+    TinyRun written(1, 2);
+    distill::io::CheckpointStore store(dir.path / "checkpoints");
+    const std::vector<std::int64_t> order = {2, 0, 3, 1};
+    const fs::path ck = store.save(3, written.model, {}, written.opt, order, {{"epoch", 1}}, {{"job", "x"}});
+    TinyRun fresh(2, 0);
+    const std::string weights_before = fresh.weights(), state_before = fresh.state();
+    std::size_t total = 0, refused_all = 0;
+    for (const char* name : {"manifest.json", "student.safetensors", "training.safetensors"}) {
+        const auto [refused, intact] = flip_every_byte(ck / name, [&] {
+            std::vector<std::int64_t> got;
+            distill::io::Checkpoint::open(ck).restore(fresh.model, {}, fresh.opt, got);
+            return got == order && fresh.weights() == written.weights() && fresh.state() == written.state();
+        });
+        MESSAGE(std::string(name) << ": " << refused << " flips refused, " << intact << " restored intact");
+        total += read_all(ck / name).size();
+        refused_all += refused;
+    }
+    CHECK(refused_all == total);
+    CHECK(fresh.weights() == weights_before);
+    CHECK(fresh.state() == state_before);
+    // and the untouched checkpoint still restores exactly
+    std::vector<std::int64_t> got;
+    distill::io::Checkpoint::open(ck).restore(fresh.model, {}, fresh.opt, got);
+    CHECK(got == order);
+    CHECK(fresh.weights() == written.weights());
+    CHECK(fresh.state() == written.state());
+}
+
+TEST_CASE("corrupted inputs: every byte of a top-k cache flipped is refused or reads identical records") {
+    temp_dir dir;
+    const distill::io::topk_header h{.k = 2, .vocab_size = 263, .fingerprint = "fp:1", .tokenizer = "byte-v1"};
+    const std::vector<std::int32_t> tokens = {104, 105, 33}, top = {104, 97, 105, 98, 33, 46};
+    const std::vector<float> lp = {-0.1f, -2.5f, -0.2f, -3.0f, -0.05f, -4.0f};
+    const std::string bytes = distill::io::encode_topk_header(h) +
+                              distill::io::encode_topk_record("abcde", 2, tokens, top, lp) +
+                              distill::io::encode_topk_record("b", 2, std::span(tokens).first(1),
+                                                              std::span(top).first(2), std::span(lp).first(2));
+    const fs::path p = dir.file("c.topk", bytes);
+    const auto snapshot = [](const distill::io::topk_file& f) {
+        std::string s = std::to_string(f.header().version) + "|" + std::to_string(f.header().k) + "|" +
+                        std::to_string(f.header().vocab_size) + "|" + f.header().fingerprint + "|" +
+                        f.header().tokenizer;
+        for (std::size_t i = 0; i < f.size(); ++i) {
+            const auto& r = f[i];
+            s += "|" + std::string(r.id) + ":";
+            s.append(reinterpret_cast<const char*>(r.tokens.data()), r.tokens.size_bytes());
+            s.append(reinterpret_cast<const char*>(r.top_ids.data()), r.top_ids.size_bytes());
+            s.append(reinterpret_cast<const char*>(r.top_logprobs.data()), r.top_logprobs.size_bytes());
+            s.append(reinterpret_cast<const char*>(r.tail_mass.data()), r.tail_mass.size_bytes());
+        }
+        return s;
+    };
+    const std::string want = snapshot(distill::io::topk_file(p));
+    const auto [refused, intact] = flip_every_byte(p, [&] {
+        CHECK(distill::io::topk_complete_prefix(p) <= bytes.size());
+        return snapshot(distill::io::topk_file(p)) == want;
+    });
+    MESSAGE("c.topk: " << refused << " flips refused, " << intact << " read intact");
+    CHECK(refused == bytes.size());
+}
+
+TEST_CASE("top-k cache: version 1 files (no header checksum) are still read and appended to") {
+    temp_dir dir;
+    // A version 1 header as the first release wrote it: 32 fixed bytes, the strings, zero padding.
+    std::string v1 = "DSTLTOPK";
+    const auto put = [&](std::uint32_t v) { v1.append(reinterpret_cast<const char*>(&v), 4); };
+    put(1), put(40), put(1), put(263), put(2), put(3);
+    v1 += "fpbyt";
+    v1.resize(40, '\0');
+    const std::vector<std::int32_t> tokens = {104}, top = {104};
+    const std::vector<float> lp = {-0.5f};
+    v1 += distill::io::encode_topk_record("a", 1, tokens, top, lp, 1);
+    const fs::path p = dir.file("old.topk", v1);
+    const distill::io::topk_file f(p);
+    CHECK(f.header().version == 1);
+    CHECK(f.header().fingerprint == "fp");
+    REQUIRE(f.size() == 1);
+    CHECK(f[0].id == "a");
+    CHECK(distill::io::topk_complete_prefix(p) == v1.size());
+    // a version 2 record appended to it is a checksum mismatch, not a silent misread
+    const fs::path mixed = dir.file("mixed.topk", v1 + distill::io::encode_topk_record("b", 1, tokens, top, lp));
+    CHECK_THROWS_WITH_AS(distill::io::topk_file{mixed}, Contains("record checksum mismatch"), format_error);
 }

@@ -438,8 +438,8 @@ TEST_SUITE("teacher") {
         b[0] = 'X';
         CHECK_CONTAINS(corrupt(b), "bad magic");
         b = bytes;
-        b[8] = 2;
-        CHECK_CONTAINS(corrupt(b), "version 2 is not supported");
+        b[8] = 3;
+        CHECK_CONTAINS(corrupt(b), "version 3 is not supported");
         CHECK_CONTAINS(corrupt(bytes.substr(0, 20)), "shorter than the 32-byte header");
         CHECK_CONTAINS(corrupt(bytes.substr(0, bytes.size() - 5)), "interrupted append");
         b = bytes;
@@ -720,12 +720,13 @@ TEST_SUITE("teacher") {
             CHECK_CONTAINS(e.what(), other_fp);
         }
         // a top-k file of another teacher next to the right synthetic.jsonl is refused too
+        // (a well-formed header with another fingerprint: the header checksum would refuse a patched one)
         const auto topk = read_text(dir / "out" / "synthetic.topk");
-        std::string swapped = topk;
-        const auto at = swapped.find(rep.fingerprint);
-        REQUIRE(at != std::string::npos);
-        swapped[at + 10] = swapped[at + 10] == 'a' ? 'b' : 'a';
-        write_text(dir / "out" / "synthetic.topk", swapped);
+        io::topk_header other = io::topk_file(dir / "out" / "synthetic.topk").header();
+        other.fingerprint[10] = other.fingerprint[10] == 'a' ? 'b' : 'a';
+        const std::string header = io::encode_topk_header(other);
+        REQUIRE(header.size() < topk.size());
+        write_text(dir / "out" / "synthetic.topk", header + topk.substr(header.size()));
         CHECK_THROWS_AS(teacher::Cache<true>({.path = (dir / "out" / "synthetic.jsonl").string()}),
                         teacher::fingerprint_error);
     }

@@ -258,6 +258,7 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
             done.insert(j["id"].get<std::string>());
         });
     }
+    std::uint32_t topk_version = io::topk_detail::current_version;
     if (with_topk) {
         if (fs::exists(topk_path)) {
             const std::uint64_t size = std::filesystem::file_size(topk_path),
@@ -272,6 +273,7 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
             std::uint64_t cut = 0;
             {
                 io::topk_file f(topk_path);
+                topk_version = f.header().version;  // appends keep the file's format
                 if (f.header().fingerprint != report.fingerprint)
                     throw teacher::fingerprint_error(topk_path.string(), f.header().fingerprint, report.fingerprint);
                 std::size_t n = f.size();
@@ -304,7 +306,7 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
                                   { teacher.vocab_size() } -> std::convertible_to<int>;
                               })
                     vocab = std::uint32_t(teacher.vocab_size());
-                io::write_file_atomic(topk_path, io::encode_topk_header({.version = 1,
+                io::write_file_atomic(topk_path, io::encode_topk_header({.version = io::topk_detail::current_version,
                                                                          .k = std::uint32_t(sampling.top_logprobs),
                                                                          .vocab_size = vocab,
                                                                          .fingerprint = report.fingerprint,
@@ -390,8 +392,8 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
                     {ex.id, ex.line, "the teacher returned no top-k log-probabilities for the answer"});
                 return;
             }
-            io::append_durably(topk_path,
-                               io::encode_topk_record(ex.id, std::uint32_t(r.k), r.tokens, r.top_ids, r.top_logprobs));
+            io::append_durably(topk_path, io::encode_topk_record(ex.id, std::uint32_t(r.k), r.tokens, r.top_ids,
+                                                                 r.top_logprobs, topk_version));
             rec.topk = r.k;
         }
         rec.response = std::move(r);

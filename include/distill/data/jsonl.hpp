@@ -1,7 +1,8 @@
 #pragma once
 /// @file jsonl.hpp
 /// Reading JSON Lines files the way users actually have them: a UTF-8 byte order mark, CRLF line
-/// ends, blank lines and a missing final newline are all accepted. Every defect of a line (invalid
+/// ends, blank lines and a missing final newline are all accepted. Files are streamed: memory is
+/// bounded by `max_line_bytes`, not by the file's size. Every defect of a line (invalid
 /// UTF-8, a line over the size limit, invalid JSON) is an error naming `file:line` and the defect,
 /// or, with `on_bad_line = "skip"`, a counted and reported skip. The format-specific checks
 /// (missing fields, wrong types) are the caller's (see `data/chat.hpp`), through `bad_line`.
@@ -11,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <istream>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -103,10 +105,55 @@ inline std::string json_defect(const nlohmann::json::parse_error& e) {
     return "invalid JSON " + what;
 }
 
+/// Any other nlohmann exception's text without its "[json.exception.<kind>.<id>] " prefix: a number
+/// out of range while parsing ("number overflow parsing '1e400'"), or a handler's type error.
+inline std::string json_message(const nlohmann::json::exception& e) {
+    std::string what = e.what();
+    if (what.starts_with("[json.exception.")) {
+        const auto end = what.find("] ");
+        if (end != std::string::npos) what = what.substr(end + 2);
+    }
+    return what;
+}
+
+/// Reads a stream line by line keeping at most `max + 1` bytes of a line (the extra byte for a CR), so
+/// memory stays bounded by the line limit whatever the input: a huge file, a binary file without
+/// newlines, or an endless stream. Longer lines are consumed and reported with their full length.
+class line_reader {
+public:
+    line_reader(std::istream& in, std::uint64_t max) : in_(in), max_(max) {}
+
+    /// The next line without its LF (and without a CR before it), or false at the end of the input.
+    /// `length` is the line's full length; when it is over `max`, `line` holds only its beginning.
+    bool next(std::string& line, std::uint64_t& length) {
+        std::streambuf* buf = in_.rdbuf();
+        line.clear();
+        length = 0;
+        if (buf->sgetc() == std::char_traits<char>::eof()) return false;
+        int last = 0;
+        for (int c = buf->sbumpc(); c != std::char_traits<char>::eof() && c != '\n'; c = buf->sbumpc()) {
+            if (length <= max_) line.push_back(static_cast<char>(c));
+            ++length;
+            last = c;
+        }
+        if (last == '\r') {
+            --length;
+            if (line.size() > length) line.pop_back();
+        }
+        return true;
+    }
+
+private:
+    std::istream& in_;
+    std::uint64_t max_;
+};
+
 }  // namespace jsonl_detail
 
 /// Reads `path` line by line and calls `handle(line_number, json)` for every non-blank line that is
-/// valid UTF-8 JSON within the size limit. The handler throws `bad_line` to reject its line.
+/// valid UTF-8 JSON within the size limit. The handler throws `bad_line` to reject its line (a
+/// nlohmann::json exception it lets escape, e.g. from reading a field of the wrong type, rejects the
+/// line too).
 /// Under on_bad_line = "error" the first defect throws `format_error` naming `path:line`; under
 /// "skip" it is counted in the returned stats. Throws io_error when the file cannot be read.
 inline JsonlStats read_jsonl(const std::filesystem::path& path, const JsonlConfig& config,
@@ -114,8 +161,6 @@ inline JsonlStats read_jsonl(const std::filesystem::path& path, const JsonlConfi
     config.validate();
     std::ifstream in(path, std::ios::binary);
     if (!in) throw io_error(path, "cannot open for reading");
-    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    if (in.bad()) throw io_error(path, "read error");
 
     JsonlStats stats;
     const bool skip = config.on_bad_line == "skip";
@@ -123,24 +168,25 @@ inline JsonlStats read_jsonl(const std::filesystem::path& path, const JsonlConfi
         if (!skip) throw format_error(path, line, defect);
         stats.skipped.push_back({line, std::move(defect)});
     };
-    std::string_view all = text;
-    // A UTF-8 byte order mark (Windows editors write one) is an encoding marker, not content.
-    if (all.starts_with("\xEF\xBB\xBF")) all.remove_prefix(3);
-    std::uint64_t line_no = 0;
-    while (!all.empty()) {
-        const std::size_t nl = all.find('\n');
-        std::string_view line = all.substr(0, nl);
-        all.remove_prefix(nl == std::string_view::npos ? all.size() : nl + 1);
+    jsonl_detail::line_reader reader(in, config.max_line_bytes);
+    std::string buffer;
+    std::uint64_t length = 0, line_no = 0;
+    while (reader.next(buffer, length)) {
+        std::string_view line = buffer;
+        // A UTF-8 byte order mark (Windows editors write one) is an encoding marker, not content.
+        if (line_no == 0 && line.starts_with("\xEF\xBB\xBF")) {
+            line.remove_prefix(3);
+            length -= 3;
+        }
         ++line_no;
         ++stats.lines;
-        if (line.ends_with('\r')) line.remove_suffix(1);
-        if (line.find_first_not_of(" \t\r\f\v") == std::string_view::npos) {
-            ++stats.blank_lines;
+        if (length > config.max_line_bytes) {
+            reject(line_no, "line of " + std::to_string(length) + " bytes is over the limit of " +
+                                std::to_string(config.max_line_bytes) + " bytes (max_line_bytes)");
             continue;
         }
-        if (line.size() > config.max_line_bytes) {
-            reject(line_no, "line of " + std::to_string(line.size()) + " bytes is over the limit of " +
-                                std::to_string(config.max_line_bytes) + " bytes (max_line_bytes)");
+        if (line.find_first_not_of(" \t\r\f\v") == std::string_view::npos) {
+            ++stats.blank_lines;
             continue;
         }
         if (const std::size_t at = jsonl_detail::invalid_utf8_at(line); at != std::string_view::npos) {
@@ -153,14 +199,22 @@ inline JsonlStats read_jsonl(const std::filesystem::path& path, const JsonlConfi
         } catch (const nlohmann::json::parse_error& e) {
             reject(line_no, jsonl_detail::json_defect(e));
             continue;
+        } catch (const nlohmann::json::exception& e) {
+            // Valid syntax the parser still refuses, e.g. a number beyond double's range (1e400).
+            reject(line_no, "invalid JSON: " + jsonl_detail::json_message(e));
+            continue;
         }
         try {
             handle(line_no, j);
             ++stats.records;
         } catch (const bad_line& e) {
             reject(line_no, e.what());
+        } catch (const nlohmann::json::exception& e) {
+            // A handler that reads a field with the wrong type: a defect of the line, not a crash.
+            reject(line_no, "wrong type: " + jsonl_detail::json_message(e));
         }
     }
+    if (in.bad()) throw io_error(path, "read error");
     return stats;
 }
 

@@ -42,12 +42,9 @@
 
 #include <unistd.h>
 
-#if defined(__SSE4_2__)
-#include <nmmintrin.h>
-#endif
-
 #include <nlohmann/json.hpp>
 
+#include "distill/detail/hash.hpp"
 #include "distill/error.hpp"
 #include "distill/io/atomic_file.hpp"
 #include "distill/io/reflect.hpp"
@@ -55,70 +52,6 @@
 #include "distill/io/weights.hpp"
 #include "distill/optimizer.hpp"
 #include "distill/parameter.hpp"
-
-namespace distill::detail {
-
-/// The slicing-by-8 tables of CRC-32C (Castagnoli, reflected polynomial 0x82F63B78).
-inline const std::array<std::array<std::uint32_t, 256>, 8>& crc32c_tables() {
-    static const auto tables = [] {
-        std::array<std::array<std::uint32_t, 256>, 8> t{};
-        for (std::uint32_t i = 0; i < 256; ++i) {
-            std::uint32_t c = i;
-            for (int k = 0; k < 8; ++k) c = (c >> 1) ^ (0x82F63B78u & (0u - (c & 1u)));
-            t[0][i] = c;
-        }
-        for (std::uint32_t i = 0; i < 256; ++i)
-            for (int s = 1; s < 8; ++s) t[s][i] = (t[s - 1][i] >> 8) ^ t[0][t[s - 1][i] & 0xffu];
-        return t;
-    }();
-    return tables;
-}
-
-/// CRC-32C of `size` bytes in software (slicing by 8), continuing from the raw register `crc`.
-inline std::uint32_t crc32c_update_software(std::uint32_t crc, const unsigned char* p, std::size_t size) noexcept {
-    const auto& t = crc32c_tables();
-    while (size >= 8) {
-        std::uint64_t w;
-        std::memcpy(&w, p, 8);
-        w ^= crc;
-        crc = t[7][w & 0xff] ^ t[6][(w >> 8) & 0xff] ^ t[5][(w >> 16) & 0xff] ^ t[4][(w >> 24) & 0xff] ^
-              t[3][(w >> 32) & 0xff] ^ t[2][(w >> 40) & 0xff] ^ t[1][(w >> 48) & 0xff] ^ t[0][w >> 56];
-        p += 8;
-        size -= 8;
-    }
-    while (size--) crc = (crc >> 8) ^ t[0][(crc ^ *p++) & 0xffu];
-    return crc;
-}
-
-/// CRC-32C of `size` bytes at `data`, continuing `crc` (0 to start): `crc32c(b, crc32c(a))` is the
-/// CRC of a followed by b. Uses the SSE4.2 instruction when the build targets it (the same function,
-/// about 8 GB/s, so checksumming a checkpoint costs a fraction of writing it).
-inline std::uint32_t crc32c(const void* data, std::size_t size, std::uint32_t crc = 0) noexcept {
-    const auto* p = static_cast<const unsigned char*>(data);
-    crc = ~crc;
-#if defined(__SSE4_2__)
-    std::uint64_t c = crc;
-    while (size >= 8) {
-        std::uint64_t w;
-        std::memcpy(&w, p, 8);
-        c = _mm_crc32_u64(c, w);
-        p += 8;
-        size -= 8;
-    }
-    crc = static_cast<std::uint32_t>(c);
-    while (size--) crc = _mm_crc32_u8(crc, *p++);
-#else
-    crc = crc32c_update_software(crc, p, size);
-#endif
-    return ~crc;
-}
-
-/// The portable definition `crc32c` must agree with (tests compare the two).
-inline std::uint32_t crc32c_portable(const void* data, std::size_t size, std::uint32_t crc = 0) noexcept {
-    return ~crc32c_update_software(~crc, static_cast<const unsigned char*>(data), size);
-}
-
-}  // namespace distill::detail
 
 namespace distill::io {
 
@@ -148,11 +81,14 @@ inline std::vector<std::int64_t> shape_of(const auto& tensor) {
     return {tensor.shape().begin(), tensor.shape().begin() + tensor.rank()};
 }
 
-/// Writes `tensors` as a safetensors file, atomically, copying bytes without conversion.
+/// Writes `tensors` as a safetensors file, atomically, copying bytes without conversion, with the
+/// checksum entry `io::save_tensors` writes (see `io/safetensors.hpp`).
 inline void write_raw(const std::filesystem::path& path, std::span<const raw_tensor> tensors,
                       const std::map<std::string, std::string>& metadata) {
+    std::map<std::string, std::string> meta = metadata;
+    meta.erase(std::string(checksum_key));
     nlohmann::ordered_json header = nlohmann::ordered_json::object();
-    if (!metadata.empty()) header["__metadata__"] = metadata;
+    if (!meta.empty()) header["__metadata__"] = meta;
     std::uint64_t offset = 0;
     std::vector<std::uint64_t> sizes;
     for (const auto& t : tensors) {
@@ -165,6 +101,10 @@ inline void write_raw(const std::filesystem::path& path, std::span<const raw_ten
         offset += bytes;
         sizes.push_back(bytes);
     }
+    std::uint32_t crc = distill::detail::header_checksum(nlohmann::json::parse(header.dump()));
+    for (std::size_t i = 0; i < tensors.size(); ++i) crc = distill::detail::crc32c(tensors[i].data, sizes[i], crc);
+    meta[std::string(checksum_key)] = distill::detail::hex32(crc);
+    header["__metadata__"] = meta;
     std::string text = header.dump();
     text.append((8 - text.size() % 8) % 8, ' ');
     const std::uint64_t header_size = text.size();

@@ -5,6 +5,13 @@
 /// "__metadata__": {str: str}}` (possibly padded with spaces), then the data buffer the offsets
 /// point into. A file is validated completely when opened, and a model's parameters are loaded only
 /// after every check has passed, so a bad file never leaves a model half-loaded.
+///
+/// **Checksum.** The format has no integrity check of its own, so a flipped bit in a weight would load
+/// silently. Files distill writes carry `"distill.crc32c": "<8 hex digits>"` in `__metadata__`: the
+/// CRC-32C of the header's canonical JSON (nlohmann's compact dump, keys sorted, without that entry
+/// and without `__metadata__` when nothing else is in it) followed by the data buffer. When present
+/// it is verified on open, and a mismatch is a `format_error`; files from other writers (PyTorch,
+/// Hugging Face) have none and load as before. `metadata()` does not list the entry.
 
 #include <algorithm>
 #include <array>
@@ -32,6 +39,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "distill/detail/hash.hpp"
 #include "distill/error.hpp"
 #include "distill/io/atomic_file.hpp"
 
@@ -103,6 +111,9 @@ constexpr std::optional<dtype> parse_dtype(std::string_view name) noexcept {
     }
     return std::nullopt;
 }
+
+/// The `__metadata__` key of the checksum distill's writers record (see the file comment).
+inline constexpr std::string_view checksum_key = "distill.crc32c";
 
 /// Whether `type` is a floating-point dtype, i.e. one `safetensors_file::read` converts.
 constexpr bool is_floating(dtype type) noexcept {
@@ -283,18 +294,76 @@ Stored load_unaligned(const std::byte* src, std::size_t index) noexcept {
     return value;
 }
 
-/// Writes `count` elements of `data`, each converted by `convert` to `Stored`, through `writer` in
-/// bounded chunks, so saving never needs a second copy of a whole tensor.
-template <class Stored, class T, class Convert>
-void write_converted(io::atomic_writer& writer, const T* data, std::size_t count, Convert convert) {
+/// Hands `count` elements of `data`, each converted by `convert` to `Stored`, to `sink(bytes, size)`
+/// in bounded chunks, so saving never needs a second copy of a whole tensor.
+template <class Stored, class T, class Convert, class Sink>
+void stream_converted(const T* data, std::size_t count, Convert convert, Sink&& sink) {
     constexpr std::size_t chunk = 16384;
     std::vector<Stored> buffer(std::min(count, chunk));
     for (std::size_t done = 0; done < count;) {
         const std::size_t n = std::min(chunk, count - done);
         for (std::size_t i = 0; i < n; ++i) buffer[i] = convert(data[done + i]);
-        writer.write(buffer.data(), n * sizeof(Stored));
+        sink(static_cast<const void*>(buffer.data()), n * sizeof(Stored));
         done += n;
     }
+}
+
+/// Hands the bytes of `count` elements of `data` stored as `out` (F32, F64 or BF16) to `sink`.
+template <class T, class Sink>
+void stream_tensor(const T* data, std::size_t count, io::dtype out, Sink&& sink) {
+    switch (out) {
+        case io::dtype::F32:
+            if constexpr (std::is_same_v<T, float>) {
+                sink(static_cast<const void*>(data), count * sizeof(float));
+            } else {
+                stream_converted<float>(
+                    data, count, [](T v) { return static_cast<float>(v); }, sink);
+            }
+            break;
+        case io::dtype::F64:
+            if constexpr (std::is_same_v<T, double>) {
+                sink(static_cast<const void*>(data), count * sizeof(double));
+            } else {
+                stream_converted<double>(
+                    data, count, [](T v) { return static_cast<double>(v); }, sink);
+            }
+            break;
+        default:  // BF16
+            stream_converted<std::uint16_t>(
+                data, count, [](T v) { return io::float_to_bf16(static_cast<float>(v)); }, sink);
+            break;
+    }
+}
+
+/// The CRC-32C of a safetensors header's canonical text (see the file comment): `header` without the
+/// checksum entry, dumped compactly with sorted keys. Continue it over the data buffer for the file's checksum.
+inline std::uint32_t header_checksum(nlohmann::json header) {
+    if (auto m = header.find("__metadata__"); m != header.end() && m->is_object()) {
+        m->erase(std::string(io::checksum_key));
+        if (m->empty()) header.erase(m);
+    }
+    const std::string text = header.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    return crc32c(text.data(), text.size());
+}
+
+/// "0a1b2c3d": a checksum as the metadata records it.
+inline std::string hex32(std::uint32_t v) {
+    static constexpr char digits[] = "0123456789abcdef";
+    std::string s(8, '0');
+    for (int i = 7; i >= 0; --i, v >>= 4) s[std::size_t(i)] = digits[v & 15u];
+    return s;
+}
+
+/// The value of 8 hex digits, or nullopt.
+inline std::optional<std::uint32_t> parse_hex32(std::string_view s) {
+    if (s.size() != 8) return std::nullopt;
+    std::uint32_t v = 0;
+    for (char c : s) {
+        const int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+        if (d < 0) return std::nullopt;
+        v = (v << 4) | std::uint32_t(d);
+    }
+    return v;
 }
 
 }  // namespace distill::detail
@@ -326,8 +395,11 @@ public:
     /// Every tensor, ordered by position in the data buffer.
     const std::vector<tensor_info>& tensors() const noexcept { return tensors_; }
 
-    /// The string-to-string `__metadata__` of the header (empty if it has none).
+    /// The string-to-string `__metadata__` of the header (empty if it has none), without distill's checksum entry.
     const std::map<std::string, std::string>& metadata() const noexcept { return metadata_; }
+
+    /// The verified checksum of a file distill wrote (see the file comment), or nullopt for a file without one.
+    std::optional<std::uint32_t> checksum() const noexcept { return checksum_; }
 
     /// The tensor named `name`, or nullptr if the file has none.
     const tensor_info* find(std::string_view name) const {
@@ -481,6 +553,26 @@ private:
         });
         check_coverage();
         for (std::size_t i = 0; i < tensors_.size(); ++i) index_.emplace(tensors_[i].name, i);
+        verify_checksum(header);
+    }
+
+    // The structure is sound; a file distill wrote must also have the bytes it was written with.
+    void verify_checksum(const json& header) {
+        const auto it = metadata_.find(std::string(checksum_key));
+        if (it == metadata_.end()) return;
+        const std::optional<std::uint32_t> recorded = detail::parse_hex32(it->second);
+        if (!recorded) {
+            throw defect("__metadata__ \"" + std::string(checksum_key) + "\" must be 8 lowercase hex digits, found \"" +
+                         it->second.substr(0, 16) + "\"");
+        }
+        const std::uint32_t actual = detail::crc32c(data_.data(), data_.size(), detail::header_checksum(header));
+        if (actual != *recorded) {
+            throw defect("checksum mismatch: __metadata__ records CRC-32C " + it->second +
+                         ", the header and data give " + detail::hex32(actual) +
+                         " (a flipped bit or a modified file); refused");
+        }
+        metadata_.erase(it);
+        checksum_ = actual;
     }
 
     void parse_metadata(const json& value) {
@@ -606,6 +698,7 @@ private:
     std::vector<tensor_info> tensors_;
     std::map<std::string, std::size_t, std::less<>> index_;  // name -> position in tensors_
     std::map<std::string, std::string> metadata_;
+    std::optional<std::uint32_t> checksum_;
 };
 
 /// Loads every tensor of `file` into the matching target, converting to T. All checks run before any
@@ -668,9 +761,10 @@ void load_tensors(const safetensors_file& file, std::span<const named_tensor<T>>
 }
 
 /// Writes `tensors` to `path` as a safetensors file with element type `out` (F32, BF16 or F64), in the
-/// given order, with `metadata` as `__metadata__`. BF16 rounds to nearest even and keeps NaNs; a double
-/// goes to BF16 through float. The header is padded with spaces to a multiple of 8 bytes so that the
-/// data buffer is aligned. The file is replaced atomically and tensors are streamed, not buffered whole.
+/// given order, with `metadata` as `__metadata__` plus the checksum entry (see the file comment). BF16
+/// rounds to nearest even and keeps NaNs; a double goes to BF16 through float. The header is padded with
+/// spaces to a multiple of 8 bytes so that the data buffer is aligned. The file is replaced atomically
+/// and tensors are streamed, not buffered whole (they are read twice: once for the checksum).
 /// Throws distill::error for invalid input (duplicate, empty or reserved names, negative dimensions,
 /// null data, an unsupported `out`) before anything is written, and io_error if writing fails.
 /// @tparam T float or double; give it explicitly when passing a vector: `save_tensors<float>(path, params)`.
@@ -683,8 +777,10 @@ void save_tensors(const std::filesystem::path& path, std::span<const named_tenso
         throw error(where + "cannot write dtype " + std::string(dtype_name(out)) + "; use F32, BF16 or F64");
     }
 
+    std::map<std::string, std::string> meta = metadata;
+    meta.erase(std::string(checksum_key));
     nlohmann::ordered_json header = nlohmann::ordered_json::object();
-    if (!metadata.empty()) header["__metadata__"] = metadata;
+    if (!meta.empty()) header["__metadata__"] = meta;
     std::set<std::string_view> names;
     std::uint64_t offset = 0;
     for (const named_tensor<const T>& t : tensors) {
@@ -706,9 +802,16 @@ void save_tensors(const std::filesystem::path& path, std::span<const named_tenso
 
     std::string text;
     try {
+        // dump() refuses names and metadata that are not valid UTF-8; so does the checksum's canonical form.
+        std::uint32_t crc = detail::header_checksum(nlohmann::json::parse(header.dump()));
+        for (const named_tensor<const T>& t : tensors) {
+            detail::stream_tensor(t.data, static_cast<std::size_t>(*detail::checked_numel(t.shape, 1)), out,
+                                  [&](const void* p, std::size_t n) { crc = detail::crc32c(p, n, crc); });
+        }
+        meta[std::string(checksum_key)] = detail::hex32(crc);
+        header["__metadata__"] = meta;
         text = header.dump();
     } catch (const nlohmann::json::exception& e) {
-        // dump() refuses names and metadata that are not valid UTF-8.
         throw error(where + "cannot encode the header: " + e.what());
     }
     text.append((8 - text.size() % 8) % 8, ' ');
@@ -718,27 +821,8 @@ void save_tensors(const std::filesystem::path& path, std::span<const named_tenso
     writer.write(&header_size, sizeof header_size);
     writer.write(text.data(), text.size());
     for (const named_tensor<const T>& t : tensors) {
-        const auto n = static_cast<std::size_t>(*detail::checked_numel(t.shape, 1));
-        switch (out) {
-            case dtype::F32:
-                if constexpr (std::is_same_v<T, float>) {
-                    writer.write(t.data, n * sizeof(float));
-                } else {
-                    detail::write_converted<float>(writer, t.data, n, [](T v) { return static_cast<float>(v); });
-                }
-                break;
-            case dtype::F64:
-                if constexpr (std::is_same_v<T, double>) {
-                    writer.write(t.data, n * sizeof(double));
-                } else {
-                    detail::write_converted<double>(writer, t.data, n, [](T v) { return static_cast<double>(v); });
-                }
-                break;
-            default:  // BF16, the only other dtype accepted above
-                detail::write_converted<std::uint16_t>(writer, t.data, n,
-                                                       [](T v) { return float_to_bf16(static_cast<float>(v)); });
-                break;
-        }
+        detail::stream_tensor(t.data, static_cast<std::size_t>(*detail::checked_numel(t.shape, 1)), out,
+                              [&](const void* p, std::size_t n) { writer.write(p, n); });
     }
     writer.commit();
 }

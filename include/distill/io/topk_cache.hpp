@@ -6,11 +6,17 @@
 /// Layout (all integers little-endian; every record starts on an 8-byte boundary; `docs/teachers.md`
 /// has the full specification):
 ///
-///     header   "DSTLTOPK"  u32 version=1  u32 header_bytes  u32 k  u32 vocab_size
-///              u32 fingerprint_bytes  u32 tokenizer_bytes  fingerprint  tokenizer  zero padding to 8
-///     record*  "TKRC"  u32 n (positions)  u32 id_bytes  u32 crc32(payload)
+///     header   "DSTLTOPK"  u32 version=2  u32 header_bytes  u32 k  u32 vocab_size
+///              u32 fingerprint_bytes  u32 tokenizer_bytes  u32 header_crc  u32 0
+///              fingerprint  tokenizer  zero padding to 8
+///     record*  "TKRC"  u32 n (positions)  u32 id_bytes  u32 crc32(n, id_bytes, payload)
 ///              payload: id (UTF-8), zero padding to 4, i32 token[n], i32 top_id[n*k],
 ///                       f32 top_logprob[n*k], f32 tail_mass[n], zero padding to 8
+///
+/// `header_crc` is the CRC-32 of the whole header with that field read as 0, so every byte of the file
+/// is covered by a checksum: a flipped bit anywhere is an error, never a silently different value.
+/// Version 1 files (no header checksum, a 32-byte fixed header, record checksums over the payload
+/// only) are still read.
 ///
 /// `token[i]` is the answer's i-th token, `top_id[i*k .. i*k+k)` the k most likely ids at that
 /// position (most likely first), `top_logprob` their natural-log probabilities and `tail_mass[i]`
@@ -67,10 +73,16 @@ namespace topk_detail {
 
 inline constexpr char file_magic[8] = {'D', 'S', 'T', 'L', 'T', 'O', 'P', 'K'};
 inline constexpr char record_magic[4] = {'T', 'K', 'R', 'C'};
-inline constexpr std::uint32_t current_version = 1;
+inline constexpr std::uint32_t current_version = 2;
 inline constexpr std::uint32_t max_k = 1024;
-inline constexpr std::size_t fixed_header = 32;
+inline constexpr std::size_t fixed_header_v1 = 32;
+inline constexpr std::size_t fixed_header = 40;  // version 2: + u32 header_crc, u32 reserved
+inline constexpr std::size_t header_crc_at = 32;
 inline constexpr std::size_t record_header = 16;
+
+constexpr std::size_t fixed_header_of(std::uint32_t version) noexcept {
+    return version == 1 ? fixed_header_v1 : fixed_header;
+}
 
 constexpr std::uint64_t pad(std::uint64_t n, std::uint64_t to) noexcept {
     return (n + to - 1) / to * to;
@@ -91,14 +103,32 @@ constexpr std::uint64_t payload_bytes(std::uint64_t id_bytes, std::uint64_t n, s
     return pad(pad(id_bytes, 4) + 4 * n * (2 + 2 * k), 8);
 }
 
+// The CRC-32 of a header of `size` bytes at `p`, its checksum field read as 0 (version 2).
+inline std::uint32_t header_crc(const void* p, std::size_t size) noexcept {
+    const auto* b = static_cast<const unsigned char*>(p);
+    const std::uint32_t zero = 0;
+    std::uint32_t crc = detail::crc32(b, header_crc_at);
+    crc = detail::crc32(&zero, 4, crc);
+    return detail::crc32(b + header_crc_at + 4, size - header_crc_at - 4, crc);
+}
+
+// The checksum of the record at `r` with `payload` payload bytes: version 2 covers n and id_bytes too,
+// so a flipped length cannot silently shorten an id; version 1 covers the payload only.
+inline std::uint32_t record_crc(const std::byte* r, std::uint64_t payload, std::uint32_t version) noexcept {
+    if (version == 1) return detail::crc32(r + record_header, payload);
+    return detail::crc32(r + record_header, payload, detail::crc32(r + 4, 8));
+}
+
 }  // namespace topk_detail
 
-/// The header bytes of a new cache file for `header` (version 1).
+/// The header bytes of a new cache file for `header` (always the current version, 2; `header.version` is ignored).
 inline std::string encode_topk_header(const topk_header& header) {
     using namespace topk_detail;
     if (header.k < 1 || header.k > max_k)
         throw error("top-k cache: k must be in [1, 1024], got " + std::to_string(header.k));
     if (header.vocab_size < 1) throw error("top-k cache: vocab_size must be >= 1");
+    if (header.fingerprint.size() + header.tokenizer.size() > (1u << 20))
+        throw error("top-k cache: fingerprint and tokenizer id are over 1 MiB together");
     std::string out(file_magic, 8);
     const std::uint64_t total = pad(fixed_header + header.fingerprint.size() + header.tokenizer.size(), 8);
     put32(out, current_version);
@@ -107,16 +137,22 @@ inline std::string encode_topk_header(const topk_header& header) {
     put32(out, header.vocab_size);
     put32(out, std::uint32_t(header.fingerprint.size()));
     put32(out, std::uint32_t(header.tokenizer.size()));
+    put32(out, 0);  // header_crc, filled in below
+    put32(out, 0);  // reserved
     out += header.fingerprint;
     out += header.tokenizer;
     out.resize(total, '\0');
+    const std::uint32_t crc = header_crc(out.data(), out.size());
+    std::memcpy(out.data() + header_crc_at, &crc, 4);
     return out;
 }
 
-/// The bytes of one record. `top_ids`/`top_logprobs` hold tokens.size() * k entries; the tail mass is
-/// computed from them. Throws distill::error when the sizes disagree.
+/// The bytes of one record of a file of format `version` (1 only to append to an old file). `top_ids`/
+/// `top_logprobs` hold tokens.size() * k entries; the tail mass is computed from them. Throws
+/// distill::error when the sizes disagree.
 inline std::string encode_topk_record(std::string_view id, std::uint32_t k, std::span<const std::int32_t> tokens,
-                                      std::span<const std::int32_t> top_ids, std::span<const float> top_logprobs) {
+                                      std::span<const std::int32_t> top_ids, std::span<const float> top_logprobs,
+                                      std::uint32_t version = topk_detail::current_version) {
     using namespace topk_detail;
     const std::size_t n = tokens.size();
     if (top_ids.size() != n * k || top_logprobs.size() != n * k)
@@ -138,7 +174,8 @@ inline std::string encode_topk_record(std::string_view id, std::uint32_t k, std:
     std::string out(record_magic, 4);
     put32(out, std::uint32_t(n));
     put32(out, std::uint32_t(id.size()));
-    put32(out, detail::crc32(payload.data(), payload.size()));
+    put32(out, version == 1 ? detail::crc32(payload.data(), payload.size())
+                            : detail::crc32(payload.data(), payload.size(), detail::crc32(out.data() + 4, 8)));
     return out + payload;
 }
 
@@ -170,25 +207,35 @@ private:
         using namespace topk_detail;
         const auto bytes = map_.bytes();
         const std::byte* base = bytes.data();
-        if (bytes.size() < fixed_header)
+        if (bytes.size() < fixed_header_v1)
             fail(0, "file of " + std::to_string(bytes.size()) + " bytes is shorter than the 32-byte header");
         if (std::memcmp(base, file_magic, 8) != 0) fail(0, "bad magic (not a distill top-k cache)");
         header_.version = get32(base + 8);
-        if (header_.version != current_version)
-            fail(8, "version " + std::to_string(header_.version) + " is not supported (this build reads version 1)");
+        if (header_.version != 1 && header_.version != current_version)
+            fail(8, "version " + std::to_string(header_.version) +
+                        " is not supported (this build reads versions 1 and 2)");
+        const std::size_t fixed = fixed_header_of(header_.version);
+        if (bytes.size() < fixed)
+            fail(0, "file of " + std::to_string(bytes.size()) + " bytes is shorter than the " + std::to_string(fixed) +
+                        "-byte header");
         const std::uint32_t header_bytes = get32(base + 12);
         header_.k = get32(base + 16);
         header_.vocab_size = get32(base + 20);
         const std::uint32_t fp_bytes = get32(base + 24), tok_bytes = get32(base + 28);
         if (header_.k < 1 || header_.k > max_k) fail(16, "k = " + std::to_string(header_.k) + " outside [1, 1024]");
         if (header_.vocab_size < 1) fail(20, "vocab_size is 0");
-        const std::uint64_t need = pad(fixed_header + std::uint64_t(fp_bytes) + tok_bytes, 8);
+        const std::uint64_t need = pad(fixed + std::uint64_t(fp_bytes) + tok_bytes, 8);
         if (header_bytes != need || header_bytes > bytes.size())
             fail(12, "header_bytes = " + std::to_string(header_bytes) +
                          " disagrees with the string lengths (expected " + std::to_string(need) +
                          ") or the file size " + std::to_string(bytes.size()));
-        header_.fingerprint.assign(reinterpret_cast<const char*>(base + fixed_header), fp_bytes);
-        header_.tokenizer.assign(reinterpret_cast<const char*>(base + fixed_header + fp_bytes), tok_bytes);
+        if (header_.version >= 2) {
+            if (header_crc(base, header_bytes) != get32(base + header_crc_at))
+                fail(header_crc_at, "header checksum mismatch (corrupt header)");
+            if (get32(base + header_crc_at + 4) != 0) fail(header_crc_at + 4, "reserved field is not 0");
+        }
+        header_.fingerprint.assign(reinterpret_cast<const char*>(base + fixed), fp_bytes);
+        header_.tokenizer.assign(reinterpret_cast<const char*>(base + fixed + fp_bytes), tok_bytes);
 
         const std::uint64_t k = header_.k;
         std::uint64_t at = header_bytes;
@@ -204,7 +251,8 @@ private:
                              " payload bytes runs past the end of the file (an "
                              "interrupted append; the generate stage cuts it off on resume)");
             const std::byte* p = base + at + record_header;
-            if (detail::crc32(p, payload) != crc) fail(at, "record checksum mismatch (corrupt data)");
+            if (record_crc(base + at, payload, header_.version) != crc)
+                fail(at, "record checksum mismatch (corrupt data)");
             topk_record r;
             r.offset = at;
             r.id = std::string_view(reinterpret_cast<const char*>(p), id_bytes);
@@ -261,14 +309,17 @@ inline std::uint64_t topk_complete_prefix(const std::filesystem::path& path) {
     detail::mapped_file map(path);
     const auto bytes = map.bytes();
     const std::byte* base = bytes.data();
-    if (bytes.size() < fixed_header || std::memcmp(base, file_magic, 8) != 0) return 0;
+    if (bytes.size() < fixed_header_v1 || std::memcmp(base, file_magic, 8) != 0) return 0;
+    const std::uint32_t version = get32(base + 8);
+    if (version != 1 && version != current_version) return 0;
     const std::uint64_t header_bytes = get32(base + 12), k = get32(base + 16);
-    if (header_bytes > bytes.size() || k < 1 || k > max_k) return 0;
+    if (header_bytes < fixed_header_of(version) || header_bytes > bytes.size() || k < 1 || k > max_k) return 0;
+    if (version >= 2 && header_crc(base, header_bytes) != get32(base + header_crc_at)) return 0;
     std::uint64_t at = header_bytes;
     while (bytes.size() - at >= record_header && std::memcmp(base + at, record_magic, 4) == 0) {
         const std::uint64_t payload = payload_bytes(get32(base + at + 8), get32(base + at + 4), k);
         if (payload > bytes.size() - at - record_header) break;
-        if (detail::crc32(base + at + record_header, payload) != get32(base + at + 12)) break;
+        if (record_crc(base + at, payload, version) != get32(base + at + 12)) break;
         at += record_header + payload;
     }
     return at;

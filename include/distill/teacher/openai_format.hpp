@@ -101,9 +101,9 @@ inline TokenLogprob parse_token(const nlohmann::json& j, const std::string& wher
         if (!b->is_array()) throw protocol_error("\"" + where + ".bytes\" is not an array");
         std::vector<std::uint8_t> bytes;
         for (const auto& x : *b) {
-            if (!x.is_number_integer() || x.get<int>() < 0 || x.get<int>() > 255)
+            if (!x.is_number_unsigned() || x.get<std::uint64_t>() > 255)
                 throw protocol_error("\"" + where + ".bytes\" holds a value that is not a byte");
-            bytes.push_back(std::uint8_t(x.get<int>()));
+            bytes.push_back(std::uint8_t(x.get<std::uint64_t>()));
         }
         t.bytes = std::move(bytes);
     }

@@ -79,7 +79,8 @@ inline SyntheticRecord parse_synthetic(const nlohmann::json& j) {
     SyntheticRecord r;
     // The prompt and reference are read exactly as input data is, then the answer is split off.
     const auto& msgs = need(j, "messages", "messages");
-    if (!msgs.is_array() || msgs.empty() || !msgs.back().is_object() || msgs.back().value("role", "") != "assistant")
+    if (!msgs.is_array() || msgs.empty() || !msgs.back().is_object() || !msgs.back().contains("role") ||
+        msgs.back()["role"] != "assistant")
         throw data::bad_line("wrong type: \"messages\" must end with the teacher's assistant turn");
     const auto& answer = msgs.back();
     if (!answer.contains("content") || !answer["content"].is_string())
@@ -112,19 +113,30 @@ inline SyntheticRecord parse_synthetic(const nlohmann::json& j) {
     if (!fr.is_string()) throw data::bad_line("wrong type: \"teacher.finish_reason\" must be a string");
     r.response.finish = parse_finish_reason(fr.get<std::string>());
     if (auto u = t.find("usage"); u != t.end() && u->is_object()) {
-        r.response.usage.prompt_tokens = u->value("prompt_tokens", std::int64_t(0));
-        r.response.usage.completion_tokens = u->value("completion_tokens", std::int64_t(0));
+        auto count = [&](const char* key) -> std::int64_t {
+            auto it = u->find(key);
+            if (it == u->end()) return 0;
+            if (!it->is_number_integer())
+                throw data::bad_line(std::string("wrong type: \"teacher.usage.") + key + "\" must be an integer");
+            return it->get<std::int64_t>();
+        };
+        r.response.usage.prompt_tokens = count("prompt_tokens");
+        r.response.usage.completion_tokens = count("completion_tokens");
     }
     if (auto tok = t.find("tokens"); tok != t.end()) {
         if (!tok->is_array()) throw data::bad_line("wrong type: \"teacher.tokens\" must be an array");
         for (const auto& x : *tok) {
-            if (!x.is_number_integer()) throw data::bad_line("wrong type: \"teacher.tokens\" must hold integers");
+            if (!x.is_number_integer() || (x.is_number_unsigned() && x.get<std::uint64_t>() > INT32_MAX) ||
+                (!x.is_number_unsigned() && (x.get<std::int64_t>() < INT32_MIN || x.get<std::int64_t>() > INT32_MAX)))
+                throw data::bad_line("wrong type: \"teacher.tokens\" must hold 32-bit integers");
             r.response.tokens.push_back(x.get<std::int32_t>());
         }
     }
     if (auto k = t.find("topk"); k != t.end()) {
-        if (!k->is_number_integer() || k->get<int>() < 1)
-            throw data::bad_line("wrong type: \"teacher.topk\" must be a positive integer");
+        const bool in_range = k->is_number_unsigned()  ? k->get<std::uint64_t>() >= 1 && k->get<std::uint64_t>() <= 1024
+                              : k->is_number_integer() ? k->get<std::int64_t>() >= 1 && k->get<std::int64_t>() <= 1024
+                                                       : false;
+        if (!in_range) throw data::bad_line("wrong type: \"teacher.topk\" must be a positive integer (at most 1024)");
         r.topk = k->get<int>();
     }
     return r;

@@ -1,0 +1,59 @@
+#pragma once
+// Shared by the libFuzzer targets: the readers take file paths, so each input is written to an
+// in-memory file (memfd) and read back through /proc/self/fd/N; no disk traffic per execution.
+//
+// A target accepts one outcome besides success: a `distill::error`. Anything else escaping (a
+// nlohmann exception, std::bad_alloc, std::out_of_range, ...) is an uncaught exception, which
+// libFuzzer reports as a crash, just like a sanitizer finding, a hang (-timeout) or an allocation
+// over -rss_limit_mb / -malloc_limit_mb.
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+#include <string_view>
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+namespace distill::fuzz {
+
+/// An in-memory file whose content is replaced for every input.
+class MemFile {
+public:
+    explicit MemFile(const char* name) : fd_(::memfd_create(name, MFD_CLOEXEC)) {
+        if (fd_ < 0) std::abort();
+        path_ = "/proc/self/fd/" + std::to_string(fd_);
+    }
+    MemFile(const MemFile&) = delete;
+    MemFile& operator=(const MemFile&) = delete;
+    ~MemFile() { ::close(fd_); }
+
+    /// Replaces the content with `size` bytes at `data`; returns the path to open it by.
+    const std::filesystem::path& set(const void* data, std::size_t size) {
+        if (::ftruncate(fd_, 0) != 0) std::abort();
+        const auto* p = static_cast<const char*>(data);
+        for (std::size_t done = 0; done < size;) {
+            const ssize_t n = ::pwrite(fd_, p + done, size - done, static_cast<off_t>(done));
+            if (n <= 0) std::abort();
+            done += static_cast<std::size_t>(n);
+        }
+        return path_;
+    }
+    const std::filesystem::path& set(std::string_view text) { return set(text.data(), text.size()); }
+
+private:
+    int fd_;
+    std::filesystem::path path_;
+};
+
+/// Splits a fuzz input into parts at a separator line, so one input can hold several files.
+inline std::string_view next_part(std::string_view& rest, std::string_view separator) {
+    const auto at = rest.find(separator);
+    std::string_view part = rest.substr(0, at);
+    rest.remove_prefix(at == std::string_view::npos ? rest.size() : at + separator.size());
+    return part;
+}
+
+}  // namespace distill::fuzz

@@ -1,0 +1,160 @@
+// Writes the seed corpora of the fuzz targets into <dir>/<target>/, from the library's own writers
+// (so the seeds are valid files the fuzzer then mutates): a tiny model's weights and checkpoint, a
+// top-k cache, input and synthetic JSONL, configs, chat completions. Run by scripts/fuzz.sh.
+//   make_seeds DIR
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "distill/data/byte_tokenizer.hpp"
+#include "distill/data/chat.hpp"
+#include "distill/data/jsonl.hpp"
+#include "distill/generate.hpp"
+#include "distill/io/checkpoint.hpp"
+#include "distill/io/reflect.hpp"
+#include "distill/io/safetensors.hpp"
+#include "distill/io/topk_cache.hpp"
+#include "distill/io/weights.hpp"
+#include "distill/optim/schedule.hpp"
+#include "distill/optim/sgd.hpp"
+#include "distill/teacher.hpp"
+#include "distill/teacher/cache.hpp"
+#include "distill/teacher/model.hpp"
+#include "distill/teacher/openai_format.hpp"
+#include "distill/teacher/synthetic.hpp"
+#include "distill/train/finetune.hpp"
+#include "fuzz_model.hpp"
+
+namespace fs = std::filesystem;
+using namespace distill;
+
+namespace {
+
+fs::path root;
+
+void put(const std::string& target, const std::string& name, const std::string& bytes) {
+    fs::create_directories(root / target);
+    std::ofstream(root / target / name, std::ios::binary) << bytes;
+}
+
+std::string slurp(const fs::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+std::string with_mode(char mode, const std::string& body) {
+    return std::string(1, mode) + body;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+    if (argc != 2) {
+        std::fprintf(stderr, "usage: make_seeds DIR\n");
+        return 2;
+    }
+    root = argv[1];
+    const fs::path tmp = root / "tmp";
+    fs::create_directories(tmp);
+
+    // ---- JSONL: input data in the three formats, with the defects the reader tolerates ----
+    const std::string input =
+        "\xEF\xBB\xBF{\"messages\":[{\"role\":\"system\",\"content\":\"be brief\"},{\"role\":\"user\",\"content\":"
+        "\"hi\"},{\"role\":\"assistant\",\"content\":\"hello\"}]}\r\n"
+        "\n"
+        "{\"id\":7,\"prompt\":\"2+2?\",\"completion\":\"4\"}\n"
+        "{\"input\":\"a cat sat\",\"label\":true}\n"
+        "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"part\"}]}],\"id\":\"x\"}";
+    for (char mode : {'\0', '\1', '\2'}) put("jsonl", std::string("input-") + char('0' + mode), with_mode(mode, input));
+    teacher::SyntheticRecord r;
+    r.id = "abc";
+    r.prompt = {{"user", "hi"}};
+    r.reference = "hello";
+    r.response.text = "hey";
+    r.response.tokens = {104, 101, 121, 259};
+    r.fingerprint = "model:sha256=00ff";
+    r.topk = 2;
+    put("jsonl", "synthetic", with_mode('\4', teacher::to_line(r) + teacher::to_line(r)));
+
+    // ---- safetensors: a tiny model's weights (config in the metadata), and integer dtypes ----
+    fuzz::TinyTrained t;
+    io::save_weights(tmp / "w.safetensors", t.model);
+    put("safetensors", "tiny-f32", slurp(tmp / "w.safetensors"));
+    io::save_weights(tmp / "w16.safetensors", t.model, io::dtype::BF16);
+    put("safetensors", "tiny-bf16", slurp(tmp / "w16.safetensors"));
+    const std::vector<std::int64_t> ids = {1, 2, 3};
+    const std::vector<float> f = {0.5f, -1.0f};
+    const io::checkpoint_detail::raw_tensor raw[] = {{"ids", io::dtype::I64, {3}, ids.data()},
+                                                     {"x", io::dtype::F32, {2, 1}, f.data()}};
+    io::checkpoint_detail::write_raw(tmp / "raw.safetensors", raw, {{"note", "seed"}});
+    put("safetensors", "mixed", slurp(tmp / "raw.safetensors"));
+
+    // ---- top-k cache: header and two records ----
+    std::string topk = io::encode_topk_header({.k = 2, .vocab_size = 263, .fingerprint = "fp", .tokenizer = "byte-v1"});
+    const std::vector<std::int32_t> tokens = {104, 105}, top = {104, 97, 105, 98};
+    const std::vector<float> lp = {-0.1f, -2.5f, -0.2f, -3.0f};
+    topk += io::encode_topk_record("abc", 2, tokens, top, lp);
+    topk += io::encode_topk_record("example-2", 2, std::span(tokens).first(1), std::span(top).first(2),
+                                   std::span(lp).first(2));
+    put("topk", "two-records", topk);
+    put("topk", "truncated", topk.substr(0, topk.size() - 5));
+
+    // ---- configs: every struct's defaults, as JSON ----
+    auto config = [&](int mode, const nlohmann::json& j) {
+        put("config", "mode-" + std::to_string(mode), with_mode(char(mode), j.dump()));
+    };
+    config(0, io::to_json(train::FinetuneConfig{}));
+    config(1, io::to_json(teacher::Sampling{.stop = {"\n\n"}, .top_logprobs = 5}));
+    config(2, nlohmann::json::parse(R"({"soft_kl":{"weight":1,"temperature":2},"hidden_mse":{"weight":0.1,)"
+                                    R"("layer_map":"uniform"},"attention_kl":{"weight":0.5}})"));
+    config(3, io::to_json(student::TransformerConfig{}));
+    config(4, io::to_json(data::JsonlConfig{}));
+    config(5, io::to_json(optim::AdamConfig{}));
+    config(6, io::to_json(optim::ScheduleConfig{}));
+    config(7, io::to_json(optim::SgdConfig{}));
+    config(8, io::to_json(teacher::ModelConfig{.weights = "w.safetensors"}));
+    config(9, io::to_json(teacher::CacheConfig{.path = "synthetic.jsonl"}));
+    config(10, io::to_json(GenerateConfig{}));
+    config(11, io::to_json(data::ChatTemplateConfig{}));
+
+    // ---- checkpoint: the three files of a real checkpoint of the fuzz target's model ----
+    t.train(3);
+    io::CheckpointStore store(tmp / "checkpoints");
+    const std::vector<std::int64_t> order = {2, 0, 1};
+    const auto dir = store.save(5, t.model, t.extra_params(), t.opt, order, {{"epoch", 1}}, {{"job", "seed"}});
+    const std::string three = slurp(dir / "manifest.json") + "\n--8<--\n" + slurp(dir / "student.safetensors") +
+                              "\n--8<--\n" + slurp(dir / "training.safetensors");
+    put("checkpoint", "as-written", with_mode('\0', three));
+    put("checkpoint", "fixed-up", with_mode('\1', three));
+
+    // ---- OpenAI: completions with and without logprobs, a batch line, an error, Retry-After ----
+    teacher::Response a;
+    a.text = "hi";
+    a.tokens = {104, 105};
+    a.token_logprobs = {-0.1f, -0.2f};
+    a.k = 2;
+    a.top_ids = {104, 97, 105, 98};
+    a.top_logprobs = {-0.1f, -2.5f, -0.2f, -3.0f};
+    const data::ByteTokenizer tok;
+    const auto c = teacher::openai::make_completion("chatcmpl-1", "m", 1700000000, a, tok, true);
+    put("openai", "logprobs-k2", with_mode('\4', c.dump()));
+    put("openai", "text", with_mode('\0', teacher::openai::make_completion("c", "m", 0, a, tok, false).dump()));
+    put("openai", "batch",
+        with_mode('\4',
+                  nlohmann::json{{"custom_id", "abc"}, {"response", {{"status_code", 200}, {"body", c}}}}.dump()));
+    put("openai", "error", with_mode('\0', R"({"error":{"message":"rate limited","type":"rate_limit_error"}})"));
+    put("openai", "retry-seconds", with_mode('\1', "1.5"));
+    put("openai", "retry-date", with_mode('\1', "Sun, 06 Nov 1994 08:49:37 GMT"));
+
+    fs::remove_all(tmp);
+    return 0;
+} catch (const std::exception& e) {
+    std::fprintf(stderr, "make_seeds: %s\n", e.what());
+    return 1;
+}

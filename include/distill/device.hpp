@@ -23,6 +23,8 @@
 
 #include <concepts>
 #include <cstddef>
+#include <utility>
+#include <vector>
 
 #include "distill/tensor.hpp"
 
@@ -38,5 +40,45 @@ concept device_policy = std::copy_constructible<D> && requires(const D& d, void*
     d.fill_zero(p, n);
     d.copy(p, q, n);
 };
+
+namespace detail {
+
+/// `n` elements of a device's memory, readable on the host: the memory itself on a host device
+/// (no copy), a copy in a host vector on a device with its own memory (`device::Cuda`). The hook
+/// through which shared code reads results (per-row losses, values for metrics) on every device.
+/// @tparam T element type.
+template <class T>
+class host_readable {
+public:
+    explicit host_readable(const T* host) noexcept : ptr_(host) {}
+    explicit host_readable(std::vector<T> copy) noexcept : copy_(std::move(copy)), ptr_(copy_.data()) {}
+    host_readable(host_readable&& o) noexcept
+        : copy_(std::move(o.copy_)), ptr_(copy_.empty() ? o.ptr_ : copy_.data()) {}
+    host_readable(const host_readable&) = delete;
+    host_readable& operator=(const host_readable&) = delete;
+    host_readable& operator=(host_readable&&) = delete;
+    const T* data() const noexcept { return ptr_; }
+    const T& operator[](std::size_t i) const noexcept { return ptr_[i]; }
+
+private:
+    std::vector<T> copy_;
+    const T* ptr_;
+};
+
+/// `n` elements at `src` (memory of `dev`) for reading on the host; see `host_readable`.
+template <class Device, class T>
+host_readable<T> read_on_host(const Device& dev, const T* src, std::size_t n) {
+    if constexpr (Device::memory == memory_space::host) {
+        (void)dev;
+        (void)n;
+        return host_readable<T>(src);
+    } else {
+        std::vector<T> copy(n);
+        if (n) dev.copy(copy.data(), src, n * sizeof(T));
+        return host_readable<T>(std::move(copy));
+    }
+}
+
+}  // namespace detail
 
 }  // namespace distill

@@ -87,7 +87,7 @@ public:
             attention_kl_forward_backward(ctx.device, sink.tensor.data(), sink.accumulate, ctx.rows(),
                                           S[std::size_t(ls)].data(), A[std::size_t(lt)].data(), ctx.mask_data(), B, Hs_,
                                           Ht_, Tn, grad_scale);
-            total += double(util::mean_rows(ctx.rows(), N, count)) / Hs_;
+            total += double(util::mean_rows(ctx.device, ctx.rows(), N, count)) / Hs_;
         }
         return static_cast<T>(total / double(pairs_.size()));
     }

@@ -68,7 +68,7 @@ public:
         const auto sink = ctx.d_logits();
         masked_cross_entropy_forward_backward(ctx.device, sink.tensor.data(), sink.accumulate, ctx.rows(), s.data(),
                                               y.data(), ctx.mask_data(), N, V, ctx.weight / T(count ? count : 1));
-        return util::mean_rows(ctx.rows(), N, count);
+        return util::mean_rows(ctx.device, ctx.rows(), N, count);
     }
 
     DISTILL_LOSS_TERM_CHECKS(distill::loss::HardCE)

@@ -122,34 +122,42 @@ public:
             // value, and dy (N,Ct) in place of y: rows that do not count get 0
             const T scale = ctx.weight / T(count ? count : 1) / T(pairs_.size());
             double value = 0;
-            for (std::int64_t n = 0; n < N; ++n) {
-                T* yr = y + n * Ct_;
-                const T* g = ht.data() + n * Ct_;
-                if (!ctx.counts(n)) {
-                    std::fill(yr, yr + Ct_, T(0));
-                    continue;
-                }
-                if (cfg_.form == "mse") {
-                    double sq = 0;
-                    for (int c = 0; c < Ct_; ++c) {
-                        const T r = yr[c] - g[c];
-                        sq += double(r) * double(r);
-                        yr[c] = scale * T(2) * r / T(Ct_);
+            if constexpr (Device::memory != memory_space::host) {
+                // a device with its own memory: the same rows in one kernel, per-row values to ctx.rows()
+                hidden_match_forward_backward(dev_, y, ctx.rows(), ht.data(), ctx.mask_data(), N, Ct_, scale,
+                                              cfg_.form == "cosine");
+                const auto rows = ::distill::detail::read_on_host(dev_, ctx.rows(), std::size_t(N));
+                for (std::int64_t n = 0; n < N; ++n) value += double(rows[n]);
+            } else {
+                for (std::int64_t n = 0; n < N; ++n) {
+                    T* yr = y + n * Ct_;
+                    const T* g = ht.data() + n * Ct_;
+                    if (!ctx.counts(n)) {
+                        std::fill(yr, yr + Ct_, T(0));
+                        continue;
                     }
-                    value += sq / Ct_;
-                } else {
-                    T dot = 0, yy = 0, gg = 0;
-                    for (int c = 0; c < Ct_; ++c) {
-                        dot += yr[c] * g[c];
-                        yy += yr[c] * yr[c];
-                        gg += g[c] * g[c];
+                    if (cfg_.form == "mse") {
+                        double sq = 0;
+                        for (int c = 0; c < Ct_; ++c) {
+                            const T r = yr[c] - g[c];
+                            sq += double(r) * double(r);
+                            yr[c] = scale * T(2) * r / T(Ct_);
+                        }
+                        value += sq / Ct_;
+                    } else {
+                        T dot = 0, yy = 0, gg = 0;
+                        for (int c = 0; c < Ct_; ++c) {
+                            dot += yr[c] * g[c];
+                            yy += yr[c] * yr[c];
+                            gg += g[c] * g[c];
+                        }
+                        const T ny = std::max(std::sqrt(yy), eps), ng = std::max(std::sqrt(gg), eps);
+                        const T cos = dot / (ny * ng);
+                        value += 1.0 - double(cos);
+                        // d(1 - cos)/dy = -(g/(ny ng) - cos y/ny²); the second part vanishes where |y| is clamped
+                        const T c2 = std::sqrt(yy) > eps ? cos / (ny * ny) : T(0);
+                        for (int c = 0; c < Ct_; ++c) yr[c] = -scale * (g[c] / (ny * ng) - c2 * yr[c]);
                     }
-                    const T ny = std::max(std::sqrt(yy), eps), ng = std::max(std::sqrt(gg), eps);
-                    const T cos = dot / (ny * ng);
-                    value += 1.0 - double(cos);
-                    // d(1 - cos)/dy = -(g/(ny ng) - cos y/ny²); the second part vanishes where |y| is clamped
-                    const T c2 = std::sqrt(yy) > eps ? cos / (ny * ny) : T(0);
-                    for (int c = 0; c < Ct_; ++c) yr[c] = -scale * (g[c] / (ny * ng) - c2 * yr[c]);
                 }
             }
             total += count ? value / double(count) : 0.0;

@@ -69,7 +69,7 @@ public:
         jsd_forward_backward(ctx.device, sink.tensor.data(), sink.accumulate, ctx.rows(), s.data(), t.data(),
                              ctx.mask_data(), N, static_cast<int>(s.size(2)), static_cast<T>(cfg_.beta), T(1) / tau,
                              ctx.weight * factor / T(count ? count : 1));
-        return factor * util::mean_rows(ctx.rows(), N, count);
+        return factor * util::mean_rows(ctx.device, ctx.rows(), N, count);
     }
 
     DISTILL_LOSS_TERM_CHECKS(distill::loss::JSD)

@@ -66,7 +66,7 @@ public:
         const auto sink = ctx.d_logits();
         kl_forward_backward(ctx.device, sink.tensor.data(), sink.accumulate, ctx.rows(), s.data(), t.data(),
                             ctx.mask_data(), N, V, T(1) / tau, ctx.weight * factor / T(count ? count : 1));
-        return factor * util::mean_rows(ctx.rows(), N, count);
+        return factor * util::mean_rows(ctx.device, ctx.rows(), N, count);
     }
 
     DISTILL_LOSS_TERM_CHECKS(distill::loss::SoftKL)
@@ -134,7 +134,7 @@ public:
         topk_kl_forward_backward(ctx.device, sink.tensor.data(), sink.accumulate, ctx.rows(), s.data(), ids.data(),
                                  lp.data(), ctx.mask_data(), N, V, k, T(1) / tau,
                                  ctx.weight * factor / T(count ? count : 1));
-        return factor * util::mean_rows(ctx.rows(), N, count);
+        return factor * util::mean_rows(ctx.device, ctx.rows(), N, count);
     }
 
     DISTILL_LOSS_TERM_CHECKS(distill::loss::TopKSoftKL)

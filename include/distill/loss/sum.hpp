@@ -243,11 +243,20 @@ struct accessors_impl<distill::loss::SumConfig<Terms...>> {
     static constexpr auto apply() { return apply_(std::index_sequence_for<Terms...>{}); }
 
 private:
+    // A named accessor rather than a lambda inside the pack expansion: nvcc's front end rejects the
+    // lambda form ("parameter pack was referenced but not expanded").
+    template <std::size_t I>
+    struct term_accessor {
+        template <class S>
+        constexpr decltype(auto) operator()(S&& s) const {
+            return hana::at_c<I>(static_cast<S&&>(s).terms);
+        }
+    };
     template <std::size_t... I>
     static constexpr auto apply_(std::index_sequence<I...>) {
         return hana::make_tuple(hana::make_pair(
             distill::loss::sum_detail::hana_string<std::tuple_element_t<I, std::tuple<Terms...>>::name>(),
-            [](auto&& s) -> decltype(auto) { return hana::at_c<I>(static_cast<decltype(s)&&>(s).terms); })...);
+            term_accessor<I>{})...);
     }
 };
 

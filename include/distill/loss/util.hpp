@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <string>
 
+#include "distill/device.hpp"
 #include "distill/error.hpp"
 #include "distill/tensor.hpp"
 
@@ -38,6 +39,20 @@ T mean_rows(const T* rows, std::int64_t n, std::int64_t count) {
     double sum = 0;
     for (std::int64_t i = 0; i < n; ++i) sum += static_cast<double>(rows[i]);
     return static_cast<T>(sum / static_cast<double>(count));
+}
+
+/// `mean_rows` of per-row values in `dev`'s memory: in place on a host device, after one copy of
+/// the n values to the host on a device with its own memory (same order, same result).
+template <class Device, class T>
+T mean_rows(const Device& dev, const T* rows, std::int64_t n, std::int64_t count) {
+    if constexpr (Device::memory == memory_space::host) {
+        (void)dev;
+        return mean_rows(rows, n, count);
+    } else {
+        if (count == 0) return T(0);
+        const auto host = ::distill::detail::read_on_host(dev, rows, static_cast<std::size_t>(n));
+        return mean_rows(host.data(), n, count);
+    }
 }
 
 }  // namespace distill::loss::util

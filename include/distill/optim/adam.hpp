@@ -46,15 +46,12 @@ public:
     using scalar_type = T;
     using device_type = Device;
     using config_type = AdamConfig;
-    static_assert(Device::memory == memory_space::host,
-                  "optim::Adam/AdamW: this implementation updates host memory; a device with its own memory "
-                  "(device::Cuda) needs its own update kernel");
 
     /// Takes the parameters to update (see `gather`), validated; allocates the zeroed state.
     AdamImpl(std::vector<Parameter<T>> params, const AdamConfig& config = default_config(), Device device = Device{})
         : params_(std::move(params)), cfg_(config), dev_(device) {
         cfg_.validate();
-        validate_parameters<T>(params_, Decoupled ? "AdamW" : "Adam");
+        validate_parameters<T>(params_, Decoupled ? "AdamW" : "Adam", Device::memory);
         static constexpr const char* slots[] = {"exp_avg", "exp_avg_sq"};
         state_ = StateArena<T, Device>(dev_, params_, slots);
         chunks_ = make_chunks<T>(params_);
@@ -94,6 +91,15 @@ public:
         plain.decay = false;
         k.decay = true;
         const std::size_t n = params_.size();
+        if constexpr (Device::memory != memory_space::host) {
+            // a device with its own memory: one update kernel per parameter, the same expressions
+            const adam_coefficients<T> ck{k.b1,       k.c1,  k.b2, k.c2,     k.neg_step_size,
+                                          k.bc2_sqrt, k.eps, k.wd, k.shrink, Decoupled};
+            for (std::size_t i = 0; i < n; ++i)
+                adam_update(dev_, params_[i].value.data(), params_[i].grad.data(), state_.data(0, i, n),
+                            state_.data(1, i, n), params_[i].value.numel(), ck, bool(decays_[i]));
+            return;
+        }
         for_each_chunk(dev_, chunks_, [&](std::size_t c) {
             const Chunk& ch = chunks_[c];
             const auto& prm = params_[ch.parameter];
@@ -173,7 +179,8 @@ private:
 
 /// Adam (Kingma & Ba) with `torch.optim.Adam` semantics: `weight_decay` is an L2 penalty added to the
 /// gradient before the moments (so it is rescaled by the adaptive denominator).
-/// @tparam T scalar type. @tparam Device a host-memory `device_policy` (threads from `threads()`).
+/// @tparam T scalar type. @tparam Device a `device_policy`: host memory (threads from `threads()`), or its own memory
+/// with `adam_update` kernels (`device::Cuda`).
 template <class T, class Device>
 class Adam : public detail::AdamImpl<T, Device, false> {
 public:
@@ -182,7 +189,7 @@ public:
 
 /// AdamW (Loshchilov & Hutter) with `torch.optim.AdamW` semantics: decoupled decay
 /// `p ← p·(1 − lr·weight_decay)` before the Adam update; default weight_decay 0.01.
-/// @tparam T scalar type. @tparam Device a host-memory `device_policy`.
+/// @tparam T scalar type. @tparam Device a `device_policy` (host memory, or its own with update kernels).
 template <class T, class Device>
 class AdamW : public detail::AdamImpl<T, Device, true> {
 public:

@@ -42,6 +42,16 @@ double sum_of_squares(const T* x, std::int64_t n) noexcept {
 /// @tparam T scalar type. @tparam Device a host-memory device (threads from `threads()`).
 template <class T, class Device>
 double global_grad_norm(std::span<const Parameter<T>> params, const Device& dev) {
+    if constexpr (Device::memory != memory_space::host) {
+        // a device with its own memory: its `sum_of_squares` reduction, one value back to the host
+        std::vector<const T*> grads;
+        std::vector<std::int64_t> sizes;
+        for (const auto& p : params) {
+            grads.push_back(p.grad.data());
+            sizes.push_back(p.grad.numel());
+        }
+        return std::sqrt(sum_of_squares(dev, grads.data(), sizes.data(), grads.size()));
+    }
     const std::vector<detail::Chunk> chunks = detail::make_chunks<T>(params);
     std::vector<double> partial(chunks.size());
     detail::for_each_chunk(dev, chunks, [&](std::size_t c) {
@@ -65,6 +75,10 @@ double clip_grad_norm(std::span<const Parameter<T>> params, double max_norm, con
     const double coef = max_norm / (norm + 1e-6);
     if (coef >= 1.0) return norm;  // torch multiplies by the clamped coefficient 1.0: a no-op
     const T scale = static_cast<T>(coef);
+    if constexpr (Device::memory != memory_space::host) {
+        for (const auto& p : params) scale_in_place(dev, p.grad.data(), scale, p.grad.numel());
+        return norm;
+    }
     const std::vector<detail::Chunk> chunks = detail::make_chunks<T>(params);
     detail::for_each_chunk(dev, chunks, [&](std::size_t c) {
         const detail::Chunk& ch = chunks[c];
@@ -78,6 +92,10 @@ double clip_grad_norm(std::span<const Parameter<T>> params, double max_norm, con
 /// Multiplies every gradient by `factor` (averaging over accumulated micro-batches).
 template <class T, class Device>
 void scale_gradients(std::span<const Parameter<T>> params, T factor, const Device& dev) {
+    if constexpr (Device::memory != memory_space::host) {
+        for (const auto& p : params) scale_in_place(dev, p.grad.data(), factor, p.grad.numel());
+        return;
+    }
     const std::vector<detail::Chunk> chunks = detail::make_chunks<T>(params);
     detail::for_each_chunk(dev, chunks, [&](std::size_t c) {
         const detail::Chunk& ch = chunks[c];

@@ -63,6 +63,22 @@ struct DecayGroups {
     }
 };
 
+/// The per-step coefficients of an Adam/AdamW update, as a device kernel (`adam_update`) takes them:
+/// m ← b1 m + c1 g, v ← b2 v + c2 g², p ← p + neg_step_size m / (√v / bc2_sqrt + eps); with decay,
+/// p ← shrink p first (decoupled) or g ← g + wd p (coupled).
+template <class T>
+struct adam_coefficients {
+    T b1, c1, b2, c2, neg_step_size, bc2_sqrt, eps, wd, shrink;
+    bool decoupled;
+};
+
+/// The per-step coefficients of an SGD update, as a device kernel (`sgd_update`) takes them.
+template <class T>
+struct sgd_coefficients {
+    T neg_lr, wd, mu, keep;
+    bool momentum, first, nesterov;
+};
+
 namespace detail {
 
 /// Threads a device asks for (1 for devices without a thread count, e.g. `device::Reference`).
@@ -243,7 +259,8 @@ void packetwise(const Kernel& kernel, std::int64_t n, T* p, const T* g, T* s0, T
 /// Checks what every optimizer requires of its parameters: host memory, value and gradient both
 /// contiguous with equal sizes, unique non-empty names (state tensors and checkpoints are keyed by them).
 template <class T>
-void validate_parameters(std::span<const Parameter<T>> params, const std::string& who) {
+void validate_parameters(std::span<const Parameter<T>> params, const std::string& who,
+                         memory_space memory = memory_space::host) {
     std::set<std::string> names;
     for (std::size_t i = 0; i < params.size(); ++i) {
         const auto& p = params[i];
@@ -256,8 +273,10 @@ void validate_parameters(std::span<const Parameter<T>> params, const std::string
             throw shape_error(where + ": value " + p.value.shape_string() + " and gradient " + p.grad.shape_string() +
                               " differ in size");
         if (!p.value.contiguous() || !p.grad.contiguous()) throw shape_error(where + " is not contiguous");
-        if (p.value.space() != memory_space::host || p.grad.space() != memory_space::host)
-            throw shape_error(where + " is not in host memory; this optimizer updates host tensors");
+        if (p.value.space() != memory || p.grad.space() != memory)
+            throw shape_error(where + (memory == memory_space::host
+                                           ? " is not in host memory; this optimizer updates host tensors"
+                                           : " is not in the optimizer device's memory"));
     }
 }
 

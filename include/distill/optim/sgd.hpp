@@ -36,22 +36,19 @@ struct SgdConfig {
 };
 
 /// SGD with momentum (torch.optim.SGD, `foreach=False`, `maximize=False`).
-/// @tparam T scalar type. @tparam Device a host-memory `device_policy`.
+/// @tparam T scalar type. @tparam Device a `device_policy` (host memory, or its own with update kernels).
 template <class T, class Device>
 class Sgd {
 public:
     using scalar_type = T;
     using device_type = Device;
     using config_type = SgdConfig;
-    static_assert(
-        Device::memory == memory_space::host,
-        "optim::Sgd: this implementation updates host memory; a device with its own memory needs its own kernel");
 
     /// Takes the parameters to update (see `gather`); allocates the momentum buffers when momentum > 0.
     Sgd(std::vector<Parameter<T>> params, const SgdConfig& config = {}, Device device = Device{})
         : params_(std::move(params)), cfg_(config), dev_(device) {
         cfg_.validate();
-        detail::validate_parameters<T>(params_, "Sgd");
+        detail::validate_parameters<T>(params_, "Sgd", Device::memory);
         static constexpr const char* slots[] = {"momentum_buffer"};
         if (cfg_.momentum != 0) state_ = detail::StateArena<T, Device>(dev_, params_, slots);
         chunks_ = detail::make_chunks<T>(params_);
@@ -76,6 +73,14 @@ public:
         ++steps_;
         const std::size_t n = params_.size();
         const bool momentum = cfg_.momentum != 0;
+        if constexpr (Device::memory != memory_space::host) {
+            // a device with its own memory: one update kernel per parameter, the same expressions
+            const sgd_coefficients<T> ck{k.neg_lr, k.wd, k.mu, k.keep, k.momentum, k.first, k.nesterov};
+            for (std::size_t i = 0; i < n; ++i)
+                sgd_update(dev_, params_[i].value.data(), params_[i].grad.data(),
+                           momentum ? state_.data(0, i, n) : nullptr, params_[i].value.numel(), ck, bool(decays_[i]));
+            return;
+        }
         detail::for_each_chunk(dev_, chunks_, [&](std::size_t c) {
             const detail::Chunk& ch = chunks_[c];
             const auto& prm = params_[ch.parameter];

@@ -126,12 +126,19 @@ public:
     std::size_t arena_size() const noexcept { return param_arena_.size(); }
 
     /// GPT-2 initialization: weights ~ N(0, 0.02), residual output projections scaled by
-    /// 1/sqrt(2 L), position embedding ~ N(0, 0.01), biases 0, LayerNorm gain 1. Host memory only.
+    /// 1/sqrt(2 L), position embedding ~ N(0, 0.01), biases 0, LayerNorm gain 1. The same values on
+    /// every device (drawn on the host, copied once where the device has its own memory).
     void init(std::uint64_t seed) {
         Rng rng(seed);
         const double proj_std = 0.02 / std::sqrt(2.0 * cfg_.n_layers);
+        std::vector<T> staged;  // a host image of the parameter arena for devices with their own memory
+        T* base = param_arena_.data();
+        if constexpr (Device::memory != memory_space::host) {
+            staged.assign(param_arena_.size(), T(0));
+            base = staged.data();
+        }
         for (auto& p : params_) {
-            T* d = p.value.data();
+            T* d = base + (p.value.data() - param_arena_.data());
             const std::int64_t n = p.value.numel();
             const bool residual_proj = p.name.ends_with("c_proj.weight");
             const double std = p.name == "wpe.weight" ? 0.01 : residual_proj ? proj_std : 0.02;
@@ -148,6 +155,8 @@ public:
                 }
             }
         }
+        if constexpr (Device::memory != memory_space::host)
+            dev_.copy(param_arena_.data(), staged.data(), sizeof(T) * staged.size());
     }
 
     /// Runs the model on tokens(B,T) (row-major, B <= max_batch, T <= context_length, every id in
@@ -234,8 +243,9 @@ public:
         }
         const T dloss = count ? T(1) / T(count) : T(0);
         cross_entropy_forward_backward(dev_, act(dlogits_), act(losses_), act(logits_), targets, N, V, dloss);
+        const auto losses = detail::read_on_host(dev_, static_cast<const T*>(act(losses_)), std::size_t(N));
         T sum = 0;
-        for (int n = 0; n < N; ++n) sum += act(losses_)[n];
+        for (int n = 0; n < N; ++n) sum += losses[std::size_t(n)];
         return count ? sum / T(count) : T(0);
     }
 
@@ -263,10 +273,21 @@ public:
                                   std::to_string(b) + " outside [1, " + std::to_string(Tn) + "]");
         forward(tokens, B, Tn);
         const int C = cfg_.d_model, V = cfg_.vocab_size;
-        for (int l = 0; l < cfg_.n_layers; ++l)
+        if constexpr (Device::memory != memory_space::host) {
+            // a device with its own memory: one scatter kernel per layer, not a copy per head and token
+            std::vector<std::int32_t> rows;  // (row of qkv, sequence, position) per token
             for (int b = 0; b < B; ++b)
-                for (int t = 0; t < lengths[b]; ++t)
-                    store_kv(cache, l, act(layer_acts_[l].qkv) + (std::int64_t(b) * Tn + t) * 3 * C, b, t);
+                for (int t = 0; t < lengths[b]; ++t) rows.insert(rows.end(), {b * Tn + t, b, t});
+            for (int l = 0; l < cfg_.n_layers; ++l)
+                kv_cache_store(dev_, cache.keys(l), cache.values(l), static_cast<const T*>(act(layer_acts_[l].qkv)),
+                               rows.data(), static_cast<int>(rows.size() / 3), cfg_.n_heads, C / cfg_.n_heads,
+                               cfg_.context_length);
+        } else {
+            for (int l = 0; l < cfg_.n_layers; ++l)
+                for (int b = 0; b < B; ++b)
+                    for (int t = 0; t < lengths[b]; ++t)
+                        store_kv(cache, l, act(layer_acts_[l].qkv) + (std::int64_t(b) * Tn + t) * 3 * C, b, t);
+        }
         for (int b = 0; b < B; ++b) {
             dev_.copy(act(next_logits_) + std::int64_t(b) * V,
                       act(logits_) + (std::int64_t(b) * Tn + lengths[b] - 1) * V, sizeof(T) * V);
@@ -297,14 +318,21 @@ public:
             add(dev_, x + std::int64_t(b) * C, wte() + std::int64_t(tokens[b]) * C,
                 wpe() + std::int64_t(cache.length(b)) * C, C);
         for (int b = 0; b < B; ++b) ++cache.lengths_[std::size_t(b)];
+        std::vector<std::int32_t> rows;  // devices with their own memory: (row of qkv, sequence, position)
+        if constexpr (Device::memory != memory_space::host)
+            for (int b = 0; b < B; ++b) rows.insert(rows.end(), {b, b, cache.length(b) - 1});
         for (int l = 0; l < cfg_.n_layers; ++l) {
             const auto& w = layer_params_[l];
             const auto& a = layer_acts_[l];
             layernorm_forward(dev_, act(a.ln1), act(a.ln1_mean), act(a.ln1_rstd), x, val(w.ln1_w), val(w.ln1_b), B, C,
                               eps);
             nn::linear_forward(dev_, act(a.qkv), act(a.ln1), val(w.attn_w), val(w.attn_b), B, C, 3 * C);
-            for (int b = 0; b < B; ++b)
-                store_kv(cache, l, act(a.qkv) + std::int64_t(b) * 3 * C, b, cache.length(b) - 1);
+            if constexpr (Device::memory != memory_space::host)
+                kv_cache_store(dev_, cache.keys(l), cache.values(l), static_cast<const T*>(act(a.qkv)), rows.data(), B,
+                               H, hs, Tmax);
+            else
+                for (int b = 0; b < B; ++b)
+                    store_kv(cache, l, act(a.qkv) + std::int64_t(b) * 3 * C, b, cache.length(b) - 1);
             attention_decode(dev_, act(a.atty), act(a.att), act(a.qkv), cache.keys(l), cache.values(l),
                              cache.lengths_.data(), B, H, hs, Tmax);
             dev_.copy(act(a.res_attn), x, sizeof(T) * B * C);

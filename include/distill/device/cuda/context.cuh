@@ -42,8 +42,10 @@ private:
 namespace device::cuda_detail {
 
 inline void check(cudaError_t e, const char* call, const char* file, int line) {
-    if (e != cudaSuccess)
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();  // a recoverable error must not resurface at the next launch check
         throw cuda_error(call, file, line, std::string(cudaGetErrorName(e)) + " (" + cudaGetErrorString(e) + ")");
+    }
 }
 
 inline void check(cublasStatus_t s, const char* call, const char* file, int line) {
@@ -225,7 +227,7 @@ namespace cuda_detail {
 
 // Staging slots, one per kind of host array, so two arrays of one call never share a buffer.
 inline constexpr int slot_mask = 0, slot_index = 1, slot_values = 2, slot_partials = 3, slot_order = 4,
-                     slot_segments = 5, slot_misc = 6;
+                     slot_segments = 5, slot_misc = 6, slot_kv = 7;
 
 inline constexpr int warp = 32;
 

@@ -274,9 +274,34 @@ __global__ void attention_decode_kernel(T* out, T* scratch, const T* qkv, const 
     }
 }
 
-inline constexpr int elementwise_threads = 256;
+// Block i copies token i's keys and values (every head) from its q|k|v row into the cache.
+template <class T>
+__global__ void kv_cache_store_kernel(T* keys, T* values, const T* qkv, const std::int32_t* rows, int H, int hs,
+                                      int Tmax) {
+    const int i = blockIdx.x, C = H * hs;
+    const T* src = qkv + std::int64_t(rows[3 * i]) * 3 * C;
+    const int b = rows[3 * i + 1], t = rows[3 * i + 2];
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        const int h = c / hs, d = c % hs;
+        const std::int64_t dst = ((std::int64_t(b) * H + h) * Tmax + t) * hs + d;
+        keys[dst] = src[C + c];
+        values[dst] = src[2 * C + c];
+    }
+}
 
 }  // namespace cuda_detail
+
+/// Writes the keys and values of `count` tokens into a KV cache (max_batch, H, Tmax, hs) per tensor:
+/// token i is row rows[3i] of qkv(·, 3C) (q | k | v), stored at sequence rows[3i+1], position
+/// rows[3i+2]. `rows` in host or device memory. One block per token.
+template <class T>
+void kv_cache_store(const Cuda& dev, T* keys, T* values, const T* qkv, const std::int32_t* rows, int count, int H,
+                    int hs, int Tmax) {
+    if (count <= 0) return;
+    const std::int32_t* r = dev.on_device(rows, 3 * std::size_t(count), cuda_detail::slot_kv);
+    cuda_detail::kv_cache_store_kernel<<<count, 128, 0, dev.stream()>>>(keys, values, qkv, r, H, hs, Tmax);
+    DISTILL_CUDA_CHECK_LAUNCH("kv_cache_store_kernel");
+}
 
 /// out(N,OC) += bias(OC) broadcast over rows.
 template <class T>

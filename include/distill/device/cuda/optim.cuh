@@ -14,6 +14,14 @@ namespace distill::device {
 
 namespace cuda_detail {
 
+// Products rounded on their own (never contracted into an FMA), as the host kernels compute them.
+__device__ inline float mul_rn(float a, float b) {
+    return __fmul_rn(a, b);
+}
+__device__ inline double mul_rn(double a, double b) {
+    return __dmul_rn(a, b);
+}
+
 template <class T>
 __global__ void adam_kernel(T* p, const T* g, T* m, T* v, std::int64_t n, optim::adam_coefficients<T> k, bool decay) {
     for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < n;
@@ -25,10 +33,10 @@ __global__ void adam_kernel(T* p, const T* g, T* m, T* v, std::int64_t n, optim:
             else
                 gg = gg + k.wd * pp;  // grad = grad.add(param, alpha=weight_decay)
         }
-        const T mm = __fmul_rn(m[i], k.b1) + __fmul_rn(k.c1, gg);
-        const T vv = __fmul_rn(v[i], k.b2) + __fmul_rn(__fmul_rn(k.c2, gg), gg);
+        const T mm = mul_rn(m[i], k.b1) + mul_rn(k.c1, gg);
+        const T vv = mul_rn(v[i], k.b2) + mul_rn(mul_rn(k.c2, gg), gg);
         const T denom = sqrt(vv) / k.bc2_sqrt + k.eps;
-        p[i] = pp + __fmul_rn(k.neg_step_size, mm) / denom;
+        p[i] = pp + mul_rn(k.neg_step_size, mm) / denom;
         m[i] = mm;
         v[i] = vv;
     }
@@ -40,13 +48,13 @@ __global__ void sgd_kernel(T* p, const T* g, T* buf, std::int64_t n, optim::sgd_
          i += std::int64_t(gridDim.x) * blockDim.x) {
         const T pp = p[i];
         T d = g[i];
-        if (decay) d = d + __fmul_rn(k.wd, pp);
+        if (decay) d = d + mul_rn(k.wd, pp);
         if (k.momentum) {
-            const T b = k.first ? d : __fmul_rn(buf[i], k.mu) + __fmul_rn(k.keep, d);
+            const T b = k.first ? d : mul_rn(buf[i], k.mu) + mul_rn(k.keep, d);
             buf[i] = b;
-            d = k.nesterov ? d + __fmul_rn(k.mu, b) : b;
+            d = k.nesterov ? d + mul_rn(k.mu, b) : b;
         }
-        p[i] = pp + __fmul_rn(k.neg_lr, d);
+        p[i] = pp + mul_rn(k.neg_lr, d);
     }
 }
 
@@ -78,8 +86,6 @@ __global__ void scale_kernel(T* x, T factor, std::int64_t n) {
 }
 
 }  // namespace cuda_detail
-
-// __fmul_rn keeps the products unfused (no FMA contraction), as the host kernels compute them.
 
 /// One Adam/AdamW update of n elements (torch.optim.Adam/AdamW, foreach=False):
 ///   [decoupled: p ← p (1 - lr λ) | coupled: g ← g + λ p]  (when `decay`),

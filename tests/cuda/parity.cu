@@ -1,0 +1,691 @@
+// CUDA parity suite: every kernel of device::Cuda against device::Cpu (or device::Reference) on the
+// same inputs, a full distillation step (student forward/backward + SoftKL + HiddenMSE + AdamW) on
+// both devices, and a short distillation whose loss curve must match. fp32 throughout, tf32 off.
+// Tolerance |cuda - cpu| <= atol + rtol |cpu|: rtol 1e-4 for elementwise kernels and losses, 1e-3
+// after GEMMs (a floor of rtol times the tensor's largest magnitude absorbs values that are zero
+// up to rounding). Exits with 77 (ctest: skipped) when no GPU is visible.
+
+#define DOCTEST_CONFIG_IMPLEMENT
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "distill/detail/rng.hpp"
+#include "distill/device/cpu.hpp"
+#include "distill/device/cpu_losses.hpp"
+#include "distill/device/cuda.hpp"
+#include "distill/device/reference_losses.hpp"
+#include "distill/loss/attention_kl.hpp"
+#include "distill/loss/hidden_mse.hpp"
+#include "distill/loss/soft_kl.hpp"
+#include "distill/loss/sum.hpp"
+#include "distill/optim/adam.hpp"
+#include "distill/optim/clip.hpp"
+#include "distill/optim/sgd.hpp"
+#include "distill/student/transformer.hpp"
+
+using namespace distill;
+using device::Cpu;
+using device::Cuda;
+
+namespace {
+
+// ---- helpers ------------------------------------------------------------------------------------
+
+template <class T>
+std::vector<T> randn(std::size_t n, std::uint64_t seed, double scale = 1.0) {
+    Rng rng(seed);
+    std::vector<T> v(n);
+    for (auto& x : v) x = static_cast<T>(rng.normal() * scale);
+    return v;
+}
+
+/// A device buffer holding a copy of a host vector; frees itself.
+template <class T>
+struct DeviceVec {
+    Cuda dev;
+    T* ptr = nullptr;
+    std::size_t n = 0;
+    DeviceVec(const Cuda& d, std::size_t count) : dev(d), n(count) {
+        ptr = static_cast<T*>(dev.allocate(sizeof(T) * std::max<std::size_t>(n, 1)));
+        dev.fill_zero(ptr, sizeof(T) * n);
+    }
+    DeviceVec(const Cuda& d, const std::vector<T>& host) : DeviceVec(d, host.size()) {
+        dev.copy(ptr, host.data(), sizeof(T) * n);
+    }
+    DeviceVec(const DeviceVec&) = delete;
+    DeviceVec& operator=(const DeviceVec&) = delete;
+    ~DeviceVec() { dev.deallocate(ptr, sizeof(T) * n); }
+    std::vector<T> host() const {
+        std::vector<T> v(n);
+        dev.copy(v.data(), ptr, sizeof(T) * n);
+        return v;
+    }
+};
+
+/// |a - b| <= atol + rtol |b| elementwise, atol = floor · max|b|; reports the worst element.
+template <class A, class B>
+void close(const std::string& what, const A* a, const B* b, std::size_t n, double rtol, double floor = 0.0) {
+    double scale = 0;
+    for (std::size_t i = 0; i < n; ++i) scale = std::max(scale, std::abs(double(b[i])));
+    const double atol = floor * scale + 1e-30;
+    std::size_t worst = n;
+    double worst_excess = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+        const double x = double(a[i]), y = double(b[i]);
+        const double excess = std::abs(x - y) - (atol + rtol * std::abs(y));
+        if (!(excess <= 0) && (worst == n || !(excess <= worst_excess))) {
+            worst = i;
+            worst_excess = excess;
+            if (std::isnan(excess)) break;
+        }
+    }
+    INFO(what << ": worst element " << worst << " of " << n << ": cuda " << (worst < n ? double(a[worst]) : 0.0)
+              << ", cpu " << (worst < n ? double(b[worst]) : 0.0) << " (rtol " << rtol << ", atol " << atol << ")");
+    CHECK(worst == n);
+}
+template <class T>
+void close(const std::string& what, const std::vector<T>& a, const std::vector<T>& b, double rtol, double floor = 0.0) {
+    REQUIRE(a.size() == b.size());
+    close(what, a.data(), b.data(), a.size(), rtol, floor);
+}
+
+constexpr double elementwise = 1e-4, after_gemm = 1e-3;
+
+Cuda& gpu() {
+    static Cuda dev;
+    return dev;
+}
+Cpu& cpu() {
+    static Cpu dev;
+    return dev;
+}
+
+}  // namespace
+
+// ---- GEMM ---------------------------------------------------------------------------------------
+
+TEST_CASE("gemm: every transpose combination, alpha, beta, padded leading dimensions") {
+    const int M = 37, N = 53, K = 29;
+    for (int ta = 0; ta < 2; ++ta)
+        for (int tb = 0; tb < 2; ++tb)
+            for (float beta : {0.0f, 0.5f}) {
+                const int lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 1, ldc = N + 2;
+                const auto A = randn<float>(std::size_t(ta ? K : M) * lda, 1);
+                const auto B = randn<float>(std::size_t(tb ? N : K) * ldb, 2);
+                auto C = randn<float>(std::size_t(M) * ldc, 3);
+                DeviceVec<float> dA(gpu(), A), dB(gpu(), B), dC(gpu(), C);
+                device::gemm(gpu(), bool(ta), bool(tb), M, N, K, 1.5f, dA.ptr, lda, dB.ptr, ldb, beta, dC.ptr, ldc);
+                device::gemm(cpu(), bool(ta), bool(tb), M, N, K, 1.5f, A.data(), lda, B.data(), ldb, beta, C.data(),
+                             ldc);
+                close("gemm ta=" + std::to_string(ta) + " tb=" + std::to_string(tb) + " beta=" + std::to_string(beta),
+                      dC.host(), C, after_gemm, after_gemm);
+            }
+}
+
+TEST_CASE("gemm_strided_batched: the attention shapes") {
+    const int Tn = 19, hs = 16, H = 3, C3 = 3 * H * hs;
+    const auto qkv = randn<float>(std::size_t(Tn) * C3, 4);
+    std::vector<float> att(std::size_t(H) * Tn * Tn, 0.f);
+    DeviceVec<float> dq(gpu(), qkv), datt(gpu(), att);
+    device::gemm_strided_batched(gpu(), false, true, Tn, Tn, hs, 1.f, dq.ptr, C3, hs, dq.ptr + H * hs, C3, hs, 0.f,
+                                 datt.ptr, Tn, std::int64_t(Tn) * Tn, H);
+    device::gemm_strided_batched(cpu(), false, true, Tn, Tn, hs, 1.f, qkv.data(), C3, hs, qkv.data() + H * hs, C3, hs,
+                                 0.f, att.data(), Tn, std::int64_t(Tn) * Tn, H);
+    close("q k^T", datt.host(), att, after_gemm, after_gemm);
+}
+
+// ---- layer kernels ------------------------------------------------------------------------------
+
+TEST_CASE("elementwise and row kernels match device::Cpu") {
+    const int N = 45, C = 96;
+    const std::size_t NC = std::size_t(N) * C;
+    const auto x = randn<float>(NC, 10), y = randn<float>(NC, 11), b = randn<float>(C, 12);
+    DeviceVec<float> dx(gpu(), x), dy(gpu(), y), db(gpu(), b);
+
+    SUBCASE("add_bias, bias_grad, add, accumulate") {
+        auto out = x;
+        DeviceVec<float> dout(gpu(), x);
+        device::add_bias(gpu(), dout.ptr, db.ptr, N, C);
+        device::add_bias(cpu(), out.data(), b.data(), N, C);
+        close("add_bias", dout.host(), out, elementwise);
+        auto g = b;
+        DeviceVec<float> dg(gpu(), b);
+        device::bias_grad(gpu(), dg.ptr, dx.ptr, N, C);
+        device::bias_grad(cpu(), g.data(), x.data(), N, C);
+        close("bias_grad", dg.host(), g, elementwise, 1e-6);
+        std::vector<float> s(NC);
+        DeviceVec<float> ds(gpu(), NC);
+        device::add(gpu(), ds.ptr, dx.ptr, dy.ptr, std::int64_t(NC));
+        device::add(cpu(), s.data(), x.data(), y.data(), std::int64_t(NC));
+        close("add", ds.host(), s, elementwise);
+        device::accumulate(gpu(), ds.ptr, dx.ptr, std::int64_t(NC));
+        device::accumulate(cpu(), s.data(), x.data(), std::int64_t(NC));
+        close("accumulate", ds.host(), s, elementwise);
+    }
+    SUBCASE("layernorm forward and backward") {
+        const auto w = randn<float>(C, 13, 0.5), bb = randn<float>(C, 14, 0.5), dout = randn<float>(NC, 15);
+        std::vector<float> out(NC), mean(N), rstd(N), din(NC, 0.f), dw(C, 0.f), dbb(C, 0.f);
+        DeviceVec<float> dw_(gpu(), w), db_(gpu(), bb), ddout(gpu(), dout), o(gpu(), NC), m(gpu(), N), r(gpu(), N),
+            di(gpu(), NC), gw(gpu(), C), gb(gpu(), C);
+        device::layernorm_forward(gpu(), o.ptr, m.ptr, r.ptr, dx.ptr, dw_.ptr, db_.ptr, N, C, 1e-5f);
+        device::layernorm_forward(cpu(), out.data(), mean.data(), rstd.data(), x.data(), w.data(), bb.data(), N, C,
+                                  1e-5f);
+        close("ln out", o.host(), out, elementwise, 1e-6);
+        close("ln mean", m.host(), mean, elementwise, 1e-6);
+        close("ln rstd", r.host(), rstd, elementwise);
+        device::layernorm_backward(gpu(), di.ptr, gw.ptr, gb.ptr, ddout.ptr, dx.ptr, dw_.ptr, m.ptr, r.ptr, N, C);
+        device::layernorm_backward(cpu(), din.data(), dw.data(), dbb.data(), dout.data(), x.data(), w.data(),
+                                   mean.data(), rstd.data(), N, C);
+        close("ln din", di.host(), din, elementwise, 1e-5);
+        close("ln dw", gw.host(), dw, elementwise, 1e-5);
+        close("ln db", gb.host(), dbb, elementwise, 1e-6);
+    }
+    SUBCASE("gelu forward and backward") {
+        auto big = randn<float>(NC, 16, 3.0);
+        std::vector<float> out(NC), din(NC);
+        DeviceVec<float> dbig(gpu(), big), o(gpu(), NC), di(gpu(), NC);
+        device::gelu_forward(gpu(), o.ptr, dbig.ptr, std::int64_t(NC));
+        device::gelu_forward(cpu(), out.data(), big.data(), std::int64_t(NC));
+        close("gelu", o.host(), out, elementwise, 1e-7);
+        device::gelu_backward(gpu(), di.ptr, dbig.ptr, dy.ptr, std::int64_t(NC));
+        device::gelu_backward(cpu(), din.data(), big.data(), y.data(), std::int64_t(NC));
+        close("gelu'", di.host(), din, elementwise, 1e-7);
+    }
+}
+
+TEST_CASE("causal softmax forward and backward") {
+    const int BH = 6, Tn = 45;  // rows longer than a warp
+    const std::size_t n = std::size_t(BH) * Tn * Tn;
+    auto att = randn<float>(n, 20, 2.0);
+    const auto datt = randn<float>(n, 21);
+    DeviceVec<float> da(gpu(), att), dd(gpu(), datt), ds(gpu(), n);
+    const float scale = 0.25f;
+    device::causal_softmax_forward(gpu(), da.ptr, BH, Tn, scale);
+    device::causal_softmax_forward(cpu(), att.data(), BH, Tn, scale);
+    close("softmax", da.host(), att, elementwise, 1e-7);
+    std::vector<float> dsc(n);
+    device::causal_softmax_backward(gpu(), ds.ptr, da.ptr, dd.ptr, BH, Tn, scale);
+    device::causal_softmax_backward(cpu(), dsc.data(), att.data(), datt.data(), BH, Tn, scale);
+    close("softmax backward", ds.host(), dsc, elementwise, 1e-6);
+}
+
+TEST_CASE("embedding forward and backward with repeated tokens") {
+    const int B = 3, Tn = 17, C = 40, V = 11;
+    std::vector<std::int32_t> tokens(std::size_t(B) * Tn);
+    for (std::size_t i = 0; i < tokens.size(); ++i) tokens[i] = std::int32_t((i * 7) % V);
+    const auto wte = randn<float>(std::size_t(V) * C, 30), wpe = randn<float>(std::size_t(Tn) * C, 31);
+    const auto dout = randn<float>(tokens.size() * C, 32);
+    DeviceVec<float> dwte(gpu(), wte), dwpe(gpu(), wpe), ddout(gpu(), dout), o(gpu(), tokens.size() * C);
+    DeviceVec<std::int32_t> dtok(gpu(), tokens);
+    std::vector<float> out(tokens.size() * C);
+    device::embedding_forward(gpu(), o.ptr, dtok.ptr, dwte.ptr, dwpe.ptr, B, Tn, C);
+    device::embedding_forward(cpu(), out.data(), tokens.data(), wte.data(), wpe.data(), B, Tn, C);
+    close("embedding", o.host(), out, elementwise);
+    auto gte = wte, gpe = wpe;  // accumulates
+    device::embedding_backward(gpu(), dwte.ptr, dwpe.ptr, ddout.ptr, dtok.ptr, B, Tn, C);
+    device::embedding_backward(cpu(), gte.data(), gpe.data(), dout.data(), tokens.data(), B, Tn, C);
+    close("dwte", dwte.host(), gte, elementwise, 1e-6);
+    close("dwpe", dwpe.host(), gpe, elementwise, 1e-6);
+}
+
+TEST_CASE("cross-entropy forward/backward with ignored rows (host targets)") {
+    const int N = 23, V = 1031;
+    const auto logits = randn<float>(std::size_t(N) * V, 40, 3.0);
+    std::vector<std::int32_t> targets(N);
+    for (int n = 0; n < N; ++n) targets[n] = n % 5 == 0 ? -1 : (n * 131) % V;
+    std::vector<float> d(logits.size()), losses(N);
+    DeviceVec<float> dl(gpu(), logits), dd(gpu(), logits.size()), dloss(gpu(), N);
+    const int count_gpu =
+        device::cross_entropy_forward_backward(gpu(), dd.ptr, dloss.ptr, dl.ptr, targets.data(), N, V, 0.1f);
+    const int count_cpu = device::cross_entropy_forward_backward(cpu(), d.data(), losses.data(), logits.data(),
+                                                                 targets.data(), N, V, 0.1f);
+    CHECK(count_gpu == count_cpu);
+    close("ce losses", dloss.host(), losses, elementwise);
+    close("ce grad", dd.host(), d, elementwise, 1e-6);
+}
+
+TEST_CASE("attention_decode against a KV cache") {
+    const int B = 3, H = 4, hs = 16, Tmax = 40, C = H * hs;
+    const auto qkv = randn<float>(std::size_t(B) * 3 * C, 50);
+    const auto kc = randn<float>(std::size_t(B) * H * Tmax * hs, 51), vc = randn<float>(kc.size(), 52);
+    const std::vector<int> lengths{1, 17, 40};
+    std::vector<float> out(std::size_t(B) * C), scratch(std::size_t(B) * H * Tmax);
+    DeviceVec<float> dq(gpu(), qkv), dk(gpu(), kc), dv(gpu(), vc), o(gpu(), out.size()), s(gpu(), scratch.size());
+    device::attention_decode(gpu(), o.ptr, s.ptr, dq.ptr, dk.ptr, dv.ptr, lengths.data(), B, H, hs, Tmax);
+    device::attention_decode(cpu(), out.data(), scratch.data(), qkv.data(), kc.data(), vc.data(), lengths.data(), B, H,
+                             hs, Tmax);
+    close("attention_decode", o.host(), out, after_gemm, 1e-5);
+}
+
+// ---- fused loss kernels -------------------------------------------------------------------------
+
+TEST_CASE("fused loss kernels match device::Reference (overwrite and accumulate, masked rows)") {
+    const int N = 19, V = 2053;
+    const auto s = randn<float>(std::size_t(N) * V, 60, 2.0), t = randn<float>(std::size_t(N) * V, 61, 2.0);
+    std::vector<std::uint8_t> mask(N);
+    for (int n = 0; n < N; ++n) mask[n] = n % 4 != 1;
+    DeviceVec<float> ds(gpu(), s), dt(gpu(), t);
+    const device::Reference ref;
+    for (bool acc : {false, true}) {
+        INFO("accumulate " << acc);
+        const auto init = randn<float>(std::size_t(N) * V, 62);
+        auto run = [&](const char* what, auto&& on_gpu, auto&& on_ref) {
+            DeviceVec<float> dd(gpu(), init), dl(gpu(), N);
+            auto d = init;
+            std::vector<float> losses(N);
+            on_gpu(dd.ptr, dl.ptr);
+            on_ref(d.data(), losses.data());
+            close(std::string(what) + " losses", dl.host(), losses, elementwise, 1e-7);
+            close(std::string(what) + " grad", dd.host(), d, elementwise, 1e-6);
+        };
+        run(
+            "kl",
+            [&](float* d, float* l) {
+                device::kl_forward_backward(gpu(), d, acc, l, ds.ptr, dt.ptr, mask.data(), N, V, 0.5f, 0.3f);
+            },
+            [&](float* d, float* l) {
+                device::kl_forward_backward(ref, d, acc, l, s.data(), t.data(), mask.data(), N, V, 0.5f, 0.3f);
+            });
+        run(
+            "reverse kl",
+            [&](float* d, float* l) {
+                device::reverse_kl_forward_backward(gpu(), d, acc, l, ds.ptr, dt.ptr, mask.data(), N, V, 0.5f, 0.3f);
+            },
+            [&](float* d, float* l) {
+                device::reverse_kl_forward_backward(ref, d, acc, l, s.data(), t.data(), mask.data(), N, V, 0.5f, 0.3f);
+            });
+        run(
+            "jsd",
+            [&](float* d, float* l) {
+                device::jsd_forward_backward(gpu(), d, acc, l, ds.ptr, dt.ptr, mask.data(), N, V, 0.3f, 0.5f, 0.3f);
+            },
+            [&](float* d, float* l) {
+                device::jsd_forward_backward(ref, d, acc, l, s.data(), t.data(), mask.data(), N, V, 0.3f, 0.5f, 0.3f);
+            });
+        std::vector<std::int32_t> targets(N);
+        for (int n = 0; n < N; ++n) targets[n] = n % 6 == 0 ? -1 : (n * 97) % V;
+        run(
+            "masked ce",
+            [&](float* d, float* l) {
+                device::masked_cross_entropy_forward_backward(gpu(), d, acc, l, ds.ptr, targets.data(), mask.data(), N,
+                                                              V, 0.3f);
+            },
+            [&](float* d, float* l) {
+                device::masked_cross_entropy_forward_backward(ref, d, acc, l, s.data(), targets.data(), mask.data(), N,
+                                                              V, 0.3f);
+            });
+        // top-k: 5 distinct ids per row (one unused slot), log-probs of a distribution with a tail
+        const int k = 6;
+        std::vector<std::int32_t> ids(std::size_t(N) * k);
+        std::vector<float> lp(ids.size());
+        for (int n = 0; n < N; ++n)
+            for (int i = 0; i < k; ++i) {
+                ids[std::size_t(n) * k + i] = i == k - 1 ? -1 : (n * 31 + i * 401) % V;
+                lp[std::size_t(n) * k + i] = std::log(0.5f / float(1 << i));
+            }
+        run(
+            "top-k kl",
+            [&](float* d, float* l) {
+                device::topk_kl_forward_backward(gpu(), d, acc, l, ds.ptr, ids.data(), lp.data(), mask.data(), N, V, k,
+                                                 1.0f, 0.3f);
+            },
+            [&](float* d, float* l) {
+                device::topk_kl_forward_backward(ref, d, acc, l, s.data(), ids.data(), lp.data(), mask.data(), N, V, k,
+                                                 1.0f, 0.3f);
+            });
+    }
+}
+
+TEST_CASE("attention-transfer kernels: attention KL (grouped heads) and relation KL") {
+    const int B = 2, Hs = 2, Ht = 4, Tn = 37;
+    auto make_att = [&](int H, std::uint64_t seed) {
+        auto a = randn<float>(std::size_t(B) * H * Tn * Tn, seed, 2.0);
+        device::causal_softmax_forward(device::Reference{}, a.data(), B * H, Tn, 1.0f);
+        return a;
+    };
+    const auto as = make_att(Hs, 70), at = make_att(Ht, 71);
+    std::vector<std::uint8_t> mask(std::size_t(B) * Tn);
+    for (std::size_t i = 0; i < mask.size(); ++i) mask[i] = i % 5 != 2;
+    DeviceVec<float> das(gpu(), as), dat(gpu(), at);
+    for (bool acc : {false, true}) {
+        const auto init = randn<float>(as.size(), 72);
+        DeviceVec<float> dd(gpu(), init), dl(gpu(), mask.size());
+        auto d = init;
+        std::vector<float> losses(mask.size());
+        device::attention_kl_forward_backward(gpu(), dd.ptr, acc, dl.ptr, das.ptr, dat.ptr, mask.data(), B, Hs, Ht, Tn,
+                                              0.2f);
+        device::attention_kl_forward_backward(device::Reference{}, d.data(), acc, losses.data(), as.data(), at.data(),
+                                              mask.data(), B, Hs, Ht, Tn, 0.2f);
+        close("attention kl losses", dl.host(), losses, elementwise, 1e-7);
+        close("attention kl grad", dd.host(), d, elementwise, 1e-6);
+    }
+    const int R = 3;
+    const auto rs = randn<float>(std::size_t(R) * Tn * Tn, 73), rt = randn<float>(rs.size(), 74);
+    DeviceVec<float> drs(gpu(), rs), drt(gpu(), rt), dd(gpu(), rs.size()), dl(gpu(), Tn);
+    std::vector<float> d(rs.size()), losses(Tn);
+    device::relation_kl_forward_backward(gpu(), dd.ptr, dl.ptr, drs.ptr, drt.ptr, mask.data(), R, Tn, 0.3f, 0.4f, 0.5f);
+    device::relation_kl_forward_backward(device::Reference{}, d.data(), losses.data(), rs.data(), rt.data(),
+                                         mask.data(), R, Tn, 0.3f, 0.4f, 0.5f);
+    close("relation kl losses", dl.host(), losses, elementwise, 1e-7);
+    close("relation kl grad", dd.host(), d, elementwise, 1e-6);
+}
+
+// ---- optimizer kernels --------------------------------------------------------------------------
+
+namespace {
+
+/// A flat parameter list over one arena per device, same values on both.
+template <class Device>
+struct Params {
+    detail::Arena<float, Device> values, grads;
+    std::vector<Parameter<float>> list;
+    Params(const Device& dev, const std::vector<float>& v, const std::vector<float>& g, const std::vector<int>& sizes)
+        : values(dev, v.size()), grads(dev, g.size()) {
+        dev.copy(values.data(), v.data(), sizeof(float) * v.size());
+        dev.copy(grads.data(), g.data(), sizeof(float) * g.size());
+        std::size_t off = 0;
+        int i = 0;
+        for (int n : sizes) {
+            const auto kind = i % 3 == 0   ? parameter_kind::weight
+                              : i % 3 == 1 ? parameter_kind::bias
+                                           : parameter_kind::norm;
+            list.push_back({"p" + std::to_string(i++), Tensor<float>(values.data() + off, {n}, Device::memory),
+                            Tensor<float>(grads.data() + off, {n}, Device::memory), kind});
+            off += std::size_t(n);
+        }
+    }
+    std::vector<float> host_values(const Device& dev) const {
+        std::vector<float> h(values.size());
+        dev.copy(h.data(), values.data(), sizeof(float) * h.size());
+        return h;
+    }
+};
+
+}  // namespace
+
+TEST_CASE("AdamW, Adam and SGD updates, grad-norm clipping") {
+    const std::vector<int> sizes{1000, 17, 3, 70000, 129};
+    std::size_t total = 0;
+    for (int n : sizes) total += std::size_t(n);
+    const auto v = randn<float>(total, 80), g = randn<float>(total, 81, 0.1);
+    Params<Cuda> pg(gpu(), v, g, sizes);
+    Params<Cpu> pc(cpu(), v, g, sizes);
+
+    SUBCASE("grad norm and clipping") {
+        const double ng = optim::global_grad_norm<float>(pg.list, gpu());
+        const double nc = optim::global_grad_norm<float>(pc.list, cpu());
+        CHECK(ng == doctest::Approx(nc).epsilon(1e-10));
+        optim::clip_grad_norm<float>(pg.list, 0.5 * nc, gpu());
+        optim::clip_grad_norm<float>(pc.list, 0.5 * nc, cpu());
+        std::vector<float> hg(total), hc(total);
+        gpu().copy(hg.data(), pg.grads.data(), sizeof(float) * total);
+        std::copy(pc.grads.data(), pc.grads.data() + total, hc.data());
+        close("clipped grads", hg, hc, elementwise);
+    }
+    SUBCASE("AdamW, three steps") {
+        optim::AdamConfig c;
+        c.weight_decay = 0.1;
+        optim::AdamW<float, Cuda> og(pg.list, c, gpu());
+        optim::AdamW<float, Cpu> oc(pc.list, c, cpu());
+        for (int s = 0; s < 3; ++s) {
+            og.step(1e-2);
+            oc.step(1e-2);
+        }
+        close("adamw values", pg.host_values(gpu()), pc.host_values(cpu()), elementwise, 1e-7);
+    }
+    SUBCASE("Adam with coupled weight decay") {
+        optim::AdamConfig c;
+        c.weight_decay = 0.05;
+        optim::Adam<float, Cuda> og(pg.list, c, gpu());
+        optim::Adam<float, Cpu> oc(pc.list, c, cpu());
+        for (int s = 0; s < 3; ++s) {
+            og.step(1e-2);
+            oc.step(1e-2);
+        }
+        close("adam values", pg.host_values(gpu()), pc.host_values(cpu()), elementwise, 1e-7);
+    }
+    SUBCASE("SGD with Nesterov momentum and weight decay") {
+        optim::SgdConfig c;
+        c.momentum = 0.9;
+        c.nesterov = true;
+        c.weight_decay = 0.01;
+        optim::Sgd<float, Cuda> og(pg.list, c, gpu());
+        optim::Sgd<float, Cpu> oc(pc.list, c, cpu());
+        for (int s = 0; s < 3; ++s) {
+            og.step(0.1);
+            oc.step(0.1);
+        }
+        close("sgd values", pg.host_values(gpu()), pc.host_values(cpu()), elementwise, 1e-7);
+    }
+}
+
+// ---- sampling -----------------------------------------------------------------------------------
+
+TEST_CASE("sampling: argmax and inverse-CDF temperature sampling") {
+    const int N = 9, V = 3001;
+    const auto logits = randn<float>(std::size_t(N) * V, 90, 3.0);
+    DeviceVec<float> dl(gpu(), logits);
+    std::vector<std::int32_t> got(N);
+    device::argmax_rows(gpu(), got.data(), dl.ptr, N, V);
+    for (int n = 0; n < N; ++n) {
+        const float* row = logits.data() + std::size_t(n) * V;
+        CHECK(got[n] == std::int32_t(std::max_element(row, row + V) - row));
+    }
+    std::vector<float> u(N);
+    for (int n = 0; n < N; ++n) u[n] = (n + 0.5f) / N;
+    device::sample_rows(gpu(), got.data(), dl.ptr, N, V, 0.7f, u.data());
+    for (int n = 0; n < N; ++n) {
+        // the host's inverse CDF, in double: the drawn token's CDF interval must hold u (up to rounding)
+        const float* row = logits.data() + std::size_t(n) * V;
+        double mx = -INFINITY, sum = 0;
+        for (int j = 0; j < V; ++j) mx = std::max(mx, double(row[j]) / 0.7);
+        for (int j = 0; j < V; ++j) sum += std::exp(double(row[j]) / 0.7 - mx);
+        double before = 0;
+        for (int j = 0; j < got[n]; ++j) before += std::exp(double(row[j]) / 0.7 - mx) / sum;
+        const double after = before + std::exp(double(row[got[n]]) / 0.7 - mx) / sum;
+        CHECK(before <= u[n] + 1e-5);
+        CHECK(after >= u[n] - 1e-5);
+    }
+}
+
+// ---- the model: a full distillation step and a loss curve ----------------------------------------
+
+namespace {
+
+student::TransformerConfig student_config() {
+    student::TransformerConfig c;
+    c.vocab_size = 263;
+    c.context_length = 32;
+    c.d_model = 64;
+    c.n_layers = 2;
+    c.n_heads = 4;
+    c.d_ff = 256;
+    return c;
+}
+student::TransformerConfig teacher_config() {
+    auto c = student_config();
+    c.d_model = 96;
+    c.n_layers = 3;
+    c.n_heads = 6;
+    c.d_ff = 384;
+    return c;
+}
+
+using Loss = loss::Sum<loss::SoftKL, loss::HiddenMSE>;
+
+/// One device's whole distillation setup: teacher, student, loss, workspace, AdamW.
+template <class Device>
+struct Setup {
+    static constexpr int B = 4, Tn = 32;
+    Device dev;
+    student::Transformer<float, Device> student, teacher;
+    loss::dims dims;
+    loss::rebind_t<Loss, float, Device> loss;
+    loss::Workspace<float, Device> ws;
+    optim::AdamW<float, Device> opt;
+    std::vector<std::int32_t> tokens;
+    std::vector<std::uint8_t> mask;
+
+    static typename loss::rebind_t<Loss, float, Device>::config loss_config() {
+        typename loss::rebind_t<Loss, float, Device>::config c;
+        c.template get<0>() = {1.0, {.temperature = 2.0}};
+        c.template get<1>().weight = 0.5;
+        c.template get<1>().config.layer_map = "uniform";
+        return c;
+    }
+
+    explicit Setup(const Device& d)
+        : dev(d),
+          student(student_config(), B, d),
+          teacher(teacher_config(), B, d),
+          dims(loss::dims_of(student, teacher, B)),
+          loss(loss_config(), dims),
+          ws(loss, dims, d),
+          opt(optim::gather(student.parameters(), loss.parameters()), optim::AdamConfig{}, d) {
+        student.init(1);
+        teacher.init(2);
+        tokens.resize(std::size_t(B) * Tn);
+        for (std::size_t i = 0; i < tokens.size(); ++i) tokens[i] = std::int32_t((i * 37 + i / 7) % 263);
+        mask.assign(tokens.size(), 1);
+        for (int b = 0; b < B; ++b)
+            for (int t = 0; t < 3 + b; ++t) mask[std::size_t(b) * Tn + t] = 0;  // a prompt per sequence
+    }
+
+    /// Forward both models, the loss and its gradient, backward; returns the loss.
+    float forward_backward() {
+        student.forward(tokens.data(), B, Tn);
+        teacher.forward(tokens.data(), B, Tn);
+        loss::teacher_outputs<float> to;
+        loss::collect_outputs(teacher, to);
+        student.zero_grad();
+        loss.zero_grad();
+        auto ctx = ws.begin(student, to, Tensor<const std::uint8_t>(mask.data(), {B, Tn}));
+        const float value = loss(ctx);
+        ws.finish();
+        student.backward(ws.d_hidden(), ws.d_attention(), ws.d_qkv());
+        return value;
+    }
+    void step(double lr) { opt.step(lr); }
+
+    template <class T>
+    std::vector<float> host(const Tensor<T>& t) const {
+        std::vector<float> h(static_cast<std::size_t>(t.numel()));
+        dev.copy(h.data(), t.data(), sizeof(float) * h.size());
+        return h;
+    }
+};
+
+}  // namespace
+
+TEST_CASE("a full distillation step: forward, SoftKL + HiddenMSE, backward, AdamW") {
+    Setup<Cuda> g(gpu());
+    Setup<Cpu> c(cpu());
+    // same initial weights on both devices
+    for (std::size_t i = 0; i < c.student.parameters().size(); ++i)
+        close("init " + c.student.parameters()[i].name, g.host(g.student.parameters()[i].value),
+              c.host(c.student.parameters()[i].value), 0.0);
+    const float lg = g.forward_backward(), lc = c.forward_backward();
+    close("logits", g.host(g.student.logits()), c.host(c.student.logits()), after_gemm, after_gemm);
+    for (int i = 0; i < c.student.hidden_state_count(); ++i)
+        close("hidden " + std::to_string(i), g.host(g.student.hidden_state(i)), c.host(c.student.hidden_state(i)),
+              after_gemm, after_gemm);
+    CHECK(double(lg) == doctest::Approx(double(lc)).epsilon(1e-4));
+    CHECK(g.loss.values()[0] == doctest::Approx(c.loss.values()[0]).epsilon(1e-4));
+    CHECK(g.loss.values()[1] == doctest::Approx(c.loss.values()[1]).epsilon(1e-4));
+    const auto pg = g.opt.parameters(), pc = c.opt.parameters();
+    REQUIRE(pg.size() == pc.size());
+    for (std::size_t i = 0; i < pc.size(); ++i)
+        close("grad " + pc[i].name, g.host(pg[i].grad), c.host(pc[i].grad), after_gemm, after_gemm);
+    g.step(1e-3);
+    c.step(1e-3);
+    // Adam's first step moves each weight by about lr · sign(g): where |g| is at the level of the GEMMs'
+    // rounding its sign is noise, so those elements (|g| < 1e-4 of the tensor's largest) are left out
+    for (std::size_t i = 0; i < pc.size(); ++i) {
+        const auto grad = c.host(pc[i].grad);
+        auto vg = g.host(pg[i].value), vc = c.host(pc[i].value);
+        float gmax = 0;
+        for (float x : grad) gmax = std::max(gmax, std::abs(x));
+        std::size_t kept = 0;
+        for (std::size_t e = 0; e < grad.size(); ++e)
+            if (std::abs(grad[e]) >= 1e-4f * gmax) {
+                vg[kept] = vg[e];
+                vc[kept] = vc[e];
+                ++kept;
+            }
+        vg.resize(kept);
+        vc.resize(kept);
+        close("after AdamW " + pc[i].name, vg, vc, after_gemm, 1e-4);
+    }
+    // the same loss through the model's own cross-entropy
+    std::vector<std::int32_t> targets(c.tokens.size());
+    for (std::size_t i = 0; i < targets.size(); ++i) targets[i] = i % 9 == 0 ? -1 : c.tokens[(i + 1) % targets.size()];
+    g.student.forward(g.tokens.data(), g.B, g.Tn);
+    c.student.forward(c.tokens.data(), c.B, c.Tn);
+    CHECK(double(g.student.cross_entropy(targets.data())) ==
+          doctest::Approx(double(c.student.cross_entropy(targets.data()))).epsilon(1e-4));
+}
+
+TEST_CASE("end to end: 30 distillation steps on CUDA follow the CPU's loss curve") {
+    Setup<Cuda> g(gpu());
+    Setup<Cpu> c(cpu());
+    std::vector<float> curve_g, curve_c;
+    for (int s = 0; s < 30; ++s) {
+        curve_g.push_back(g.forward_backward());
+        curve_c.push_back(c.forward_backward());
+        g.step(3e-3);
+        c.step(3e-3);
+    }
+    for (int s = 0; s < 30; s += 5) MESSAGE("step " << s << ": cuda " << curve_g[s] << ", cpu " << curve_c[s]);
+    CHECK(curve_c.back() < 0.8f * curve_c.front());  // it trains
+    close("loss curve", curve_g, curve_c, 5e-3);
+}
+
+TEST_CASE("generation: prefill and decode on CUDA give the CPU's next-token logits") {
+    Setup<Cuda> g(gpu());
+    Setup<Cpu> c(cpu());
+    const int B = 2, Tn = 8;
+    std::vector<int> lengths{5, 8};
+    auto kg = g.student.make_cache(B);
+    auto kc = c.student.make_cache(B);
+    g.student.prefill(kg, g.tokens.data(), lengths.data(), B, Tn);
+    c.student.prefill(kc, c.tokens.data(), lengths.data(), B, Tn);
+    close("prefill logits", g.host(g.student.next_logits()), c.host(c.student.next_logits()), after_gemm, after_gemm);
+    std::vector<std::int32_t> next(B);
+    for (int step = 0; step < 4; ++step) {
+        device::argmax_rows(gpu(), next.data(), g.student.next_logits().data(), B, 263);
+        g.student.decode(kg, next.data(), B);
+        c.student.decode(kc, next.data(), B);
+        close("decode logits", g.host(g.student.next_logits()), c.host(c.student.next_logits()), after_gemm,
+              after_gemm);
+    }
+}
+
+TEST_CASE("errors: CUDA failures become distill::cuda_error naming the call") {
+    bool thrown = false;
+    try {
+        (void)gpu().allocate(std::size_t(1) << 62);  // no GPU has 4 EiB
+    } catch (const cuda_error& e) {
+        thrown = true;
+        CHECK(std::string(e.what()).find("cudaMalloc") != std::string::npos);
+        CHECK(std::string(e.what()).find("context.cuh") != std::string::npos);
+    }
+    CHECK(thrown);
+}
+
+int main(int argc, char** argv) {
+    const int n = Cuda::visible_devices();
+    if (n == 0) {
+        std::printf("distill CUDA parity suite: SKIPPED (no CUDA device visible)\n");
+        return 77;  // ctest SKIP_RETURN_CODE
+    }
+    std::printf("distill CUDA parity suite on %s\n", gpu().properties().name);
+    doctest::Context ctx;
+    ctx.applyCommandLine(argc, argv);
+    return ctx.run();
+}

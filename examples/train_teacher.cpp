@@ -6,7 +6,10 @@
 //
 //   DISTILL_NUM_THREADS=1 train_teacher [--out examples/data/math_teacher.safetensors] [--steps N]
 //       [--batch B] [--lr X] [--train N] [--test N] [--eval-every N]
-//       [--d-model C] [--layers L] [--heads H] [--d-ff F] [--context T] [--bf16]
+//       [--d-model C] [--layers L] [--heads H] [--d-ff F] [--context T] [--bf16] [--evaluate]
+//
+// --evaluate only scores the checkpoint --out names. The shipped examples/data/math_teacher.safetensors
+// is this program's default run (1500 steps of 32 sequences; 1600 s on one core shared with other jobs).
 
 #include <cstdio>
 #include <cstdlib>
@@ -18,16 +21,16 @@
 int main(int argc, char** argv) try {
     using namespace distill;
     std::string out = "examples/data/math_teacher.safetensors";
-    std::int64_t steps = 3000, eval_every = 0;
+    std::int64_t steps = 1500, eval_every = 0;
     int batch = 32, n_train = 60000, n_test = 500, threads = 0;
-    double lr = 1e-3;
-    bool bf16 = false;
+    double lr = 2e-3;
+    bool bf16 = false, evaluate_only = false;
     student::TransformerConfig cfg{.vocab_size = data::ByteTokenizer::vocab_size(),
                                    .context_length = 96,
-                                   .d_model = 256,
+                                   .d_model = 160,
                                    .n_layers = 4,
                                    .n_heads = 8,
-                                   .d_ff = 1024};
+                                   .d_ff = 640};
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         auto next = [&]() -> const char* {
@@ -62,25 +65,26 @@ int main(int argc, char** argv) try {
             cfg.context_length = std::atoi(next());
         else if (a == "--bf16")
             bf16 = true;
+        else if (a == "--evaluate")
+            evaluate_only = true;
         else {
             std::fprintf(stderr,
                          "usage: train_teacher [--out FILE] [--steps N] [--batch B] [--lr X] [--train N] [--test N]\n"
                          "       [--eval-every N] [--threads N] [--d-model C] [--layers L] [--heads H] [--d-ff F]\n"
-                         "       [--context T] [--bf16]\n");
+                         "       [--context T] [--bf16] [--evaluate]\n");
             return 2;
         }
     }
     const device::Cpu cpu = threads > 0 ? device::Cpu(threads) : device::Cpu();
     const auto t_start = std::chrono::steady_clock::now();
 
-    // training problems from one seed; held-out problems from another, minus any question seen in training
+    // training problems from one seed, held-out problems from another. The task has only about
+    // 11 500 distinct questions (8 names x 6 objects x ~240 operand pairs), so most held-out questions
+    // also occur in training; the score is reported on all of them and on the unseen ones alone.
     const auto train_problems = data::make_math_problems(1001, std::size_t(n_train));
     std::set<std::string> seen;
     for (const auto& p : train_problems) seen.insert(p.question);
-    std::vector<data::MathProblem> test;
-    for (const auto& p : data::make_math_problems(1002, std::size_t(n_test) * 2))
-        if (!seen.count(p.question) && test.size() < std::size_t(n_test)) test.push_back(p);
-
+    const auto test = data::make_math_problems(1002, std::size_t(n_test));
     const data::ChatTemplate<> tmpl;
     data::SequenceDataset train(data::ByteTokenizer::pad, cfg.context_length);
     for (const auto& p : train_problems) math_kd::add_example(train, tmpl, p, p.solution);
@@ -90,8 +94,8 @@ int main(int argc, char** argv) try {
     std::printf("teacher: d_model %d, %d layers, %d heads, d_ff %d, context %d: %lld parameters; %d threads\n",
                 cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.d_ff, cfg.context_length,
                 static_cast<long long>(cfg.parameter_count()), cpu.threads());
-    std::printf("data: %zu training problems (seed 1001), %zu held-out (seed 1002, unseen questions)\n",
-                train_problems.size(), test.size());
+    std::printf("data: %zu training problems (seed 1001), %zu held-out (seed 1002)\n", train_problems.size(),
+                test.size());
 
     math_kd::Runner runner(cfg, math_kd::runner_config(32), cpu);
     auto accuracy = [&](std::size_t n) {
@@ -116,13 +120,17 @@ int main(int argc, char** argv) try {
                             static_cast<long long>(r.step), r.loss, 100 * accuracy(200),
                             math_kd::seconds_since(t_start));
         };
-    const auto t_train = std::chrono::steady_clock::now();
-    const auto result = train::finetune(model, opt, schedule, train, nullptr, fc, train::CrossEntropy{}, options);
-    const double train_s = math_kd::seconds_since(t_train);
-
-    io::save_weights(out, model, bf16 ? io::dtype::BF16 : io::dtype::F32,
-                     {{"task", "distill math word problems (data::make_math_problems), seed 1001"},
-                      {"trained_by", "examples/train_teacher"}});
+    if (!evaluate_only) {
+        const auto t_train = std::chrono::steady_clock::now();
+        const auto result = train::finetune(model, opt, schedule, train, nullptr, fc, train::CrossEntropy{}, options);
+        const double train_s = math_kd::seconds_since(t_train);
+        io::save_weights(out, model, bf16 ? io::dtype::BF16 : io::dtype::F32,
+                         {{"task", "distill math word problems (data::make_math_problems), seed 1001"},
+                          {"trained_by", "examples/train_teacher"}});
+        std::printf("trained %lld steps of %d in %.1f s (final loss %.4f); wrote %s (%lld bytes)\n",
+                    static_cast<long long>(result.steps), batch, train_s, result.last_loss, out.c_str(),
+                    static_cast<long long>(std::filesystem::file_size(out)));
+    }
 
     // the held-out score, through the checkpoint exactly as teacher::Model loads it
     teacher::ModelConfig mc;
@@ -134,11 +142,18 @@ int main(int argc, char** argv) try {
     const double em = math_kd::exact_match(test, answers);
     for (std::size_t i = 0; i < 3 && i < test.size(); ++i)
         std::printf("  Q: %s\n  A: %s\n", test[i].question.c_str(), answers[i].c_str());
-    std::printf("trained %lld steps of %d in %.1f s (final loss %.4f); wrote %s (%lld bytes)\n",
-                static_cast<long long>(result.steps), batch, train_s, result.last_loss, out.c_str(),
-                static_cast<long long>(std::filesystem::file_size(out)));
-    std::printf("held-out exact match: %.2f%% of %zu (%.1f s to answer them)\n", 100 * em, test.size(),
-                math_kd::seconds_since(t_eval));
+    std::vector<data::MathProblem> unseen;
+    std::vector<std::string> unseen_answers;
+    for (std::size_t i = 0; i < test.size(); ++i)
+        if (!seen.count(test[i].question)) {
+            unseen.push_back(test[i]);
+            unseen_answers.push_back(answers[i]);
+        }
+    std::printf(
+        "held-out exact match: %.2f%% of %zu (%.1f s to answer them); on the %zu questions not in the "
+        "training set: %.2f%%\n",
+        100 * em, test.size(), math_kd::seconds_since(t_eval), unseen.size(),
+        100 * math_kd::exact_match(unseen, unseen_answers));
     return 0;
 } catch (const std::exception& e) {
     std::fprintf(stderr, "train_teacher: %s\n", e.what());

@@ -905,3 +905,15 @@ TEST_CASE("top-k cache: version 1 files (no header checksum) are still read and 
     const fs::path mixed = dir.file("mixed.topk", v1 + distill::io::encode_topk_record("b", 1, tokens, top, lp));
     CHECK_THROWS_WITH_AS(distill::io::topk_file{mixed}, Contains("record checksum mismatch"), format_error);
 }
+
+TEST_CASE("checkpoint bounds: an oversized manifest or pointer file is refused before it is parsed or copied") {
+    temp_dir dir;
+    TinyRun run(1, 1);
+    distill::io::CheckpointStore store(dir.path / "checkpoints");
+    const fs::path ck = store.save(1, run.model, {}, run.opt, std::vector<std::int64_t>{0}, {}, {});
+    // a sparse 65 MiB manifest: refused by its size, without reading it
+    fs::resize_file(ck / "manifest.json", distill::io::Checkpoint::max_manifest_bytes + 1);
+    CHECK_THROWS_WITH_AS(distill::io::Checkpoint::open(ck), Contains("over the limit of 67108864"), format_error);
+    std::ofstream(dir.path / "checkpoints" / "latest", std::ios::binary) << std::string(5000, 's');
+    CHECK_THROWS_WITH_AS(store.latest(), Contains("5000 bytes, expected step-NNNNNNNN"), format_error);
+}

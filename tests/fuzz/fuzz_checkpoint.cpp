@@ -53,7 +53,9 @@ std::string fix_manifest(std::string_view text, std::string_view student, std::s
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     using namespace distill;
     static const fs::path dir = [] {
-        const fs::path d = fs::temp_directory_path() / ("distill-fuzz-checkpoint-" + std::to_string(::getpid()));
+        // tmpfs when there is one: three files are written per input
+        const fs::path base = fs::is_directory("/dev/shm") ? fs::path("/dev/shm") : fs::temp_directory_path();
+        const fs::path d = base / ("distill-fuzz-checkpoint-" + std::to_string(::getpid()));
         fs::create_directories(d);
         return d;
     }();

@@ -4,6 +4,7 @@
 //   make_seeds DIR
 
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -94,6 +95,20 @@ int main(int argc, char** argv) try {
                                                      {"x", io::dtype::F32, {2, 1}, f.data()}};
     io::checkpoint_detail::write_raw(tmp / "raw.safetensors", raw, {{"note", "seed"}});
     put("safetensors", "mixed", slurp(tmp / "raw.safetensors"));
+    // the tiny model without the checksum entry, as other writers' files are: the fuzzer can then
+    // mutate tensor data and reach the loading code behind the checksum
+    {
+        const std::string f32 = slurp(tmp / "w.safetensors");
+        std::uint64_t n = 0;
+        std::memcpy(&n, f32.data(), 8);
+        nlohmann::ordered_json h = nlohmann::ordered_json::parse(f32.substr(8, n));
+        h["__metadata__"].erase(std::string(io::checksum_key));
+        std::string text = h.dump();
+        text.append((8 - text.size() % 8) % 8, ' ');
+        const std::uint64_t len = text.size();
+        put("safetensors", "tiny-f32-no-checksum",
+            std::string(reinterpret_cast<const char*>(&len), 8) + text + f32.substr(8 + n));
+    }
 
     // ---- top-k cache: header and two records ----
     std::string topk = io::encode_topk_header({.k = 2, .vocab_size = 263, .fingerprint = "fp", .tokenizer = "byte-v1"});
@@ -102,8 +117,9 @@ int main(int argc, char** argv) try {
     topk += io::encode_topk_record("abc", 2, tokens, top, lp);
     topk += io::encode_topk_record("example-2", 2, std::span(tokens).first(1), std::span(top).first(2),
                                    std::span(lp).first(2));
-    put("topk", "two-records", topk);
-    put("topk", "truncated", topk.substr(0, topk.size() - 5));
+    put("topk", "two-records", with_mode('\0', topk));
+    put("topk", "two-records-fixed", with_mode('\1', topk));
+    put("topk", "truncated", with_mode('\1', topk.substr(0, topk.size() - 5)));
 
     // ---- configs: every struct's defaults, as JSON ----
     auto config = [&](int mode, const nlohmann::json& j) {

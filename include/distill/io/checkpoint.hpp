@@ -152,6 +152,9 @@ inline std::optional<std::int64_t> parse_step_name(std::string_view name) {
 /// CRC-32C, safetensors structure); nothing has been loaded into a model yet. Move-only.
 class Checkpoint {
 public:
+    /// The largest manifest.json accepted.
+    static constexpr std::size_t max_manifest_bytes = 64u << 20;
+
     /// Opens and verifies `dir`. Throws format_error naming the file and the defect (missing file,
     /// truncation, checksum mismatch, other format version, malformed manifest) or io_error.
     static Checkpoint open(const std::filesystem::path& dir) {
@@ -162,6 +165,12 @@ public:
             throw format_error(manifest_path, 0, "missing: " + dir.string() + " is not a complete checkpoint");
         const distill::detail::mapped_file map(manifest_path);
         const auto bytes = map.bytes();
+        // A manifest is kilobytes (the job config and the loop's state); a huge one is not ours, and
+        // parsing it would cost many times its size in memory.
+        if (bytes.size() > max_manifest_bytes)
+            throw format_error(manifest_path, 0,
+                               "is " + std::to_string(bytes.size()) + " bytes, over the limit of " +
+                                   std::to_string(max_manifest_bytes) + "; the checkpoint is refused");
         nlohmann::json m =
             nlohmann::json::parse(reinterpret_cast<const char*>(bytes.data()),
                                   reinterpret_cast<const char*>(bytes.data()) + bytes.size(), nullptr, false);
@@ -455,6 +464,11 @@ private:
         const auto path = root_ / pointer_name;
         if (!std::filesystem::exists(path)) return std::nullopt;
         const distill::detail::mapped_file map(path);
+        // "step-NNNNNNNN\n"; anything much longer is not a pointer (and is not copied whole).
+        if (map.bytes().size() > 4096)
+            throw format_error(path, 1,
+                               "does not name a checkpoint directory (" + std::to_string(map.bytes().size()) +
+                                   " bytes, expected step-NNNNNNNN)");
         std::string text(reinterpret_cast<const char*>(map.bytes().data()), map.bytes().size());
         while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
         if (!checkpoint_detail::parse_step_name(text))

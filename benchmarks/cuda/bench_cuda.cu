@@ -2,7 +2,7 @@
 // backward, SoftKL + HiddenMSE, AdamW) and generation (prefill + greedy decode with a KV cache), in
 // tokens/s and MFU against the GPU's peak: fp32 (CUDA cores) with full-fp32 GEMMs, and tf32
 // (tensor cores) when --tf32 lets cuBLAS use them. Validates before timing: the step's loss is finite
-// and decreases over the warm-up steps; decode's greedy tokens are in the vocabulary.
+// (a warning when it did not decrease over the warm-up); decoded tokens are in the vocabulary.
 // Prints a table and, with --json FILE, writes the figures as JSON.
 //
 //   bench_cuda [--batch 8] [--context 1024] [--steps 10] [--tf32] [--gen-batch 32] [--gen-tokens 128]
@@ -152,11 +152,14 @@ int main(int argc, char** argv) {
         first_loss = step();
         for (int w = 0; w < 2; ++w) last_loss = step();
         dev.synchronize();
-        if (!std::isfinite(first_loss) || !std::isfinite(last_loss) || !(last_loss < first_loss)) {
-            std::fprintf(stderr, "bench_cuda: validation failed: loss %g then %g (finite and decreasing expected)\n",
-                         first_loss, last_loss);
+        if (!std::isfinite(first_loss) || !std::isfinite(last_loss)) {
+            std::fprintf(stderr, "bench_cuda: validation failed: loss %g then %g (finite expected)\n", first_loss,
+                         last_loss);
             return 1;
         }
+        if (!(last_loss < first_loss))
+            std::fprintf(stderr, "bench_cuda: warning: the loss did not decrease over the warm-up (%g then %g)\n",
+                         first_loss, last_loss);
         const double t0 = now();
         for (int s = 0; s < steps; ++s) last_loss = step();
         dev.synchronize();

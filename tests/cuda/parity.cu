@@ -376,6 +376,65 @@ TEST_CASE("attention-transfer kernels: attention KL (grouped heads) and relation
     close("relation kl grad", dd.host(), d, elementwise, 1e-6);
 }
 
+TEST_CASE("HiddenMSE on CUDA (projected, mse and cosine) matches the CPU") {
+    const int B = 2, Tn = 5, V = 7, Cs = 6, Ct = 10;
+    const std::size_t N = std::size_t(B) * Tn;
+    const auto hs0 = randn<float>(N * Cs, 100), hs1 = randn<float>(N * Cs, 101);
+    const auto ht0 = randn<float>(N * Ct, 102), ht1 = randn<float>(N * Ct, 103);
+    const auto logits = randn<float>(N * V, 104);
+    std::vector<std::uint8_t> mask(N, 1);
+    mask[0] = mask[7] = 0;
+    const loss::dims d{{V, Cs, 1, 1}, {V, Ct, 1, 1}, B, Tn};
+    // value, the gradient on the student's last hidden state, and the projection's gradients
+    auto run = [&]<class Device>(const Device& dev, const std::string& form) {
+        auto put = [&](const std::vector<float>& h) {
+            float* p = static_cast<float*>(dev.allocate(sizeof(float) * h.size()));
+            dev.copy(p, h.data(), sizeof(float) * h.size());
+            return p;
+        };
+        std::vector<float*> owned{put(hs0), put(hs1), put(ht0), put(ht1), put(logits), put(logits)};
+        loss::HiddenMSEConfig c;
+        c.layer_map = "uniform";
+        c.form = form;
+        loss::BasicHiddenMSE<float, Device> term(c, d, dev);
+        loss::Workspace<float, Device> ws(term, d, dev);
+        loss::student_outputs<float> so;
+        loss::teacher_outputs<float> to;
+        so.logits = Tensor<const float>(owned[4], {B, Tn, V}, Device::memory);
+        so.hidden_states = {Tensor<const float>(owned[0], {B, Tn, Cs}, Device::memory),
+                            Tensor<const float>(owned[1], {B, Tn, Cs}, Device::memory)};
+        to.hidden_states = {Tensor<const float>(owned[2], {B, Tn, Ct}, Device::memory),
+                            Tensor<const float>(owned[3], {B, Tn, Ct}, Device::memory)};
+        term.zero_grad();
+        auto ctx = ws.begin(so, Tensor<float>(owned[5], {B, Tn, V}, Device::memory), to,
+                            Tensor<const std::uint8_t>(mask.data(), {B, Tn}));
+        const float value = term(ctx);
+        ws.finish();
+        std::vector<std::vector<float>> out{{value}};
+        for (const auto& t : ws.d_hidden())
+            if (!t.empty()) {
+                std::vector<float> h(static_cast<std::size_t>(t.numel()));
+                dev.copy(h.data(), t.data(), sizeof(float) * h.size());
+                out.push_back(h);
+            }
+        for (const auto& p : term.parameters()) {
+            std::vector<float> h(static_cast<std::size_t>(p.grad.numel()));
+            dev.copy(h.data(), p.grad.data(), sizeof(float) * h.size());
+            out.push_back(h);
+        }
+        for (std::size_t i = 0; i < owned.size(); ++i) dev.deallocate(owned[i], 0);
+        return out;
+    };
+    for (const std::string form : {"mse", "cosine"}) {
+        INFO(form);
+        const auto g = run(gpu(), form), c = run(cpu(), form);
+        REQUIRE(g.size() == c.size());
+        CHECK(g[0][0] == doctest::Approx(c[0][0]).epsilon(1e-4));
+        for (std::size_t i = 1; i < c.size(); ++i)
+            close(form + " gradient " + std::to_string(i), g[i], c[i], after_gemm, after_gemm);
+    }
+}
+
 // ---- optimizer kernels --------------------------------------------------------------------------
 
 namespace {

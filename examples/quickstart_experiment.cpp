@@ -53,7 +53,8 @@ struct OnlineLoss {
 
 int main(int argc, char** argv) try {
     std::string teacher_path = "examples/data/math_teacher.safetensors";
-    int n_train = 2000, n_test = 250, batch = 32, threads = 0, curve = 0;
+    int n_train = 3000, n_val = 128, n_test = 300, batch = 32, threads = 0, curve = 0;
+    bool run_baseline = true;
     std::int64_t steps = 400, seed = 2026;
     double labeled = 0.1, lr = 3e-3, tau = 2.0, w_kl = 1.0, w_ce = 0.0, w_hidden = 1.0, w_attn = 1.0;
     student::TransformerConfig scfg{.vocab_size = data::ByteTokenizer::vocab_size(),
@@ -74,6 +75,10 @@ int main(int argc, char** argv) try {
             n_train = std::atoi(next());
         else if (a == "--test")
             n_test = std::atoi(next());
+        else if (a == "--val")
+            n_val = std::atoi(next());
+        else if (a == "--no-baseline")
+            run_baseline = false;
         else if (a == "--labeled")
             labeled = std::atof(next());
         else if (a == "--steps")
@@ -116,11 +121,15 @@ int main(int argc, char** argv) try {
     const device::Cpu cpu = threads > 0 ? device::Cpu(threads) : device::Cpu();
     const auto t_all = std::chrono::steady_clock::now();
 
-    // ---- data: test first, then training prompts; the first `labeled` fraction keeps its answers
-    const auto problems = data::make_math_problems(std::uint64_t(seed), std::size_t(n_test + n_train));
-    const std::vector<data::MathProblem> test(problems.begin(), problems.begin() + n_test);
-    const std::vector<data::MathProblem> train(problems.begin() + n_test, problems.end());
-    const std::size_t n_labeled = std::size_t(labeled * n_train + 0.5);
+    // ---- data, split as examples/quickstart.cpp does: train, validation (unused here), test; every
+    // `1/labeled`-th training prompt keeps its answer
+    const auto problems = data::make_math_problems(std::uint64_t(seed), std::size_t(n_train + n_val + n_test));
+    const std::vector<data::MathProblem> train(problems.begin(), problems.begin() + n_train);
+    const std::vector<data::MathProblem> test(problems.begin() + n_train + n_val, problems.end());
+    const std::size_t label_every = std::size_t(1.0 / labeled + 0.5);
+    std::vector<std::size_t> labeled_rows;
+    for (std::size_t i = 0; i < train.size(); i += label_every) labeled_rows.push_back(i);
+    const std::size_t n_labeled = labeled_rows.size();
     const data::ChatTemplate<> tmpl;
 
     // ---- the teacher answers every training prompt
@@ -150,7 +159,7 @@ int main(int argc, char** argv) try {
     data::SequenceDataset kd_set(data::ByteTokenizer::pad, scfg.context_length);
     for (std::size_t i = 0; i < train.size(); ++i) math_kd::add_example(kd_set, tmpl, train[i], teacher_answers[i]);
     data::SequenceDataset base_set(data::ByteTokenizer::pad, scfg.context_length);
-    for (std::size_t i = 0; i < n_labeled; ++i) math_kd::add_example(base_set, tmpl, train[i], train[i].solution);
+    for (std::size_t i : labeled_rows) math_kd::add_example(base_set, tmpl, train[i], train[i].solution);
 
     math_kd::Runner eval_runner(scfg, math_kd::runner_config(32), cpu);
     auto score = [&](const math_kd::Net& net, std::size_t n) {
@@ -216,8 +225,10 @@ int main(int argc, char** argv) try {
     optim::AdamW<float, device::Cpu> base_opt(base.parameters(), {.weight_decay = 0.1}, cpu);
     train::FinetuneOptions<float> base_options;
     base_options.progress = nullptr;
-    const auto base_result =
-        train::finetune(base, base_opt, schedule, base_set, nullptr, fc, train::CrossEntropy{}, base_options);
+    train::FinetuneResult base_result;
+    if (run_baseline)
+        base_result =
+            train::finetune(base, base_opt, schedule, base_set, nullptr, fc, train::CrossEntropy{}, base_options);
     const double base_s = math_kd::seconds_since(t0);
     std::printf("[baseline] %.1f s: %lld steps (%.0f ms/step), last loss %.4f\n", base_s, (long long)base_result.steps,
                 1000 * base_s / double(steps), base_result.last_loss);

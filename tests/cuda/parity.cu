@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "distill/detail/rng.hpp"
@@ -21,7 +22,10 @@
 #include "distill/device/cuda.hpp"
 #include "distill/device/reference_losses.hpp"
 #include "distill/loss/attention_kl.hpp"
+#include "distill/loss/attention_relation.hpp"
 #include "distill/loss/hidden_mse.hpp"
+#include "distill/loss/jsd.hpp"
+#include "distill/loss/reverse_kl.hpp"
 #include "distill/loss/soft_kl.hpp"
 #include "distill/loss/sum.hpp"
 #include "distill/optim/adam.hpp"
@@ -571,31 +575,39 @@ student::TransformerConfig teacher_config() {
     auto c = student_config();
     c.d_model = 96;
     c.n_layers = 3;
-    c.n_heads = 6;
+    c.n_heads = 8;  // a multiple of the student's 4: AttentionKL groups teacher heads
     c.d_ff = 384;
     return c;
 }
 
 using Loss = loss::Sum<loss::SoftKL, loss::HiddenMSE>;
+/// The other terms that read the models: the logit divergences and the attention transfers.
+using OtherTerms = loss::Sum<loss::ReverseKL, loss::JSD, loss::AttentionKL, loss::AttentionRelation>;
 
 /// One device's whole distillation setup: teacher, student, loss, workspace, AdamW.
-template <class Device>
+template <class Device, class L = Loss>
 struct Setup {
     static constexpr int B = 4, Tn = 32;
     Device dev;
     student::Transformer<float, Device> student, teacher;
     loss::dims dims;
-    loss::rebind_t<Loss, float, Device> loss;
+    loss::rebind_t<L, float, Device> loss;
     loss::Workspace<float, Device> ws;
     optim::AdamW<float, Device> opt;
     std::vector<std::int32_t> tokens;
     std::vector<std::uint8_t> mask;
 
-    static typename loss::rebind_t<Loss, float, Device>::config loss_config() {
-        typename loss::rebind_t<Loss, float, Device>::config c;
-        c.template get<0>() = {1.0, {.temperature = 2.0}};
-        c.template get<1>().weight = 0.5;
-        c.template get<1>().config.layer_map = "uniform";
+    static typename loss::rebind_t<L, float, Device>::config loss_config() {
+        typename loss::rebind_t<L, float, Device>::config c;
+        if constexpr (std::is_same_v<L, Loss>) {
+            c.template get<0>() = {1.0, {.temperature = 2.0}};
+            c.template get<1>().weight = 0.5;
+            c.template get<1>().config.layer_map = "uniform";
+        } else {
+            c.template get<0>().config.temperature = 1.5;  // ReverseKL
+            c.template get<1>().config.beta = 0.3;         // JSD
+            c.template get<3>().config.layer_map = "uniform";
+        }
         return c;
     }
 
@@ -688,6 +700,21 @@ TEST_CASE("a full distillation step: forward, SoftKL + HiddenMSE, backward, Adam
     c.student.forward(c.tokens.data(), c.B, c.Tn);
     CHECK(double(g.student.cross_entropy(targets.data())) ==
           doctest::Approx(double(c.student.cross_entropy(targets.data()))).epsilon(1e-4));
+}
+
+TEST_CASE("the other terms through the models: ReverseKL, JSD, AttentionKL, AttentionRelation") {
+    Setup<Cuda, OtherTerms> g(gpu());
+    Setup<Cpu, OtherTerms> c(cpu());
+    const float lg = g.forward_backward(), lc = c.forward_backward();
+    CHECK(double(lg) == doctest::Approx(double(lc)).epsilon(1e-4));
+    for (std::size_t i = 0; i < OtherTerms::size; ++i) {
+        INFO("term " << OtherTerms::names()[i]);
+        CHECK(g.loss.values()[i] == doctest::Approx(c.loss.values()[i]).epsilon(1e-4));
+    }
+    const auto pg = g.opt.parameters(), pc = c.opt.parameters();
+    REQUIRE(pg.size() == pc.size());
+    for (std::size_t i = 0; i < pc.size(); ++i)
+        close("grad " + pc[i].name, g.host(pg[i].grad), c.host(pc[i].grad), after_gemm, after_gemm);
 }
 
 TEST_CASE("end to end: 30 distillation steps on CUDA follow the CPU's loss curve") {

@@ -28,7 +28,7 @@ struct Sizes {
     int train = 3000, validation = 128, test = 300;
     std::int64_t steps = 600;
     static Sizes full() { return {}; }
-    static Sizes small() { return {600, 64, 100, 150}; }
+    static Sizes small() { return {800, 64, 100, 300}; }
 };
 
 /// The shipped teacher (examples/train_teacher writes it).
@@ -62,21 +62,22 @@ inline nlohmann::json job(const std::filesystem::path& data_dir, const std::file
         {"teacher", {{"kind", "model"}, {"weights", teacher_weights()}, {"max_batch", 32}}},
         {"student",
          {{"vocab_size", 263},
-          {"context_length", 128},
-          {"d_model", 96},
+          {"context_length", 96},
+          {"d_model", 64},
           {"n_layers", 2},
           {"n_heads", 4},
-          {"d_ff", 384}}},
+          {"d_ff", 256}}},
         {"training_data", (data_dir / "train.jsonl").string()},
         {"validation_data", (data_dir / "validation.jsonl").string()},
         {"test_data", (data_dir / "test.jsonl").string()},
         {"task_type", "math"},
         {"generation", {{"temperature", 0.0}, {"max_new_tokens", 48}}},
         {"hyperparameters",
-         {{"learning_rate", 3e-3},
+         {{"learning_rate", 1e-2},
           {"batch_size", 32},
           {"max_steps", sizes.steps},
-          {"warmup", 20},
+          {"warmup", sizes.steps / 20},
+          {"weight_decay", 0.1},
           {"temperature", 2.0},
           {"eval_every", sizes.steps / 4},
           {"checkpoint_every", 50},

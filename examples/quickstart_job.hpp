@@ -26,7 +26,7 @@ using MathDistiller =
 /// How much data and training: the full quickstart and the reduced one of the test suite.
 struct Sizes {
     int train = 3000, validation = 128, test = 300;
-    std::int64_t steps = 600;
+    std::int64_t steps = 800;
     static Sizes full() { return {}; }
     static Sizes small() { return {800, 64, 100, 300}; }
 };

@@ -200,6 +200,14 @@ TEST_CASE("elementwise and row kernels match device::Cpu") {
         device::gelu_backward(gpu(), di.ptr, dbig.ptr, dy.ptr, std::int64_t(NC));
         device::gelu_backward(cpu(), din.data(), big.data(), y.data(), std::int64_t(NC));
         close("gelu'", di.host(), din, elementwise, 1e-7);
+        // fused bias + GELU against add_bias then gelu_forward
+        auto pre = big;
+        DeviceVec<float> dpre(gpu(), big), dout2(gpu(), NC);
+        device::bias_gelu_forward(gpu(), dout2.ptr, dpre.ptr, db.ptr, N, C);
+        device::add_bias(cpu(), pre.data(), b.data(), N, C);
+        device::gelu_forward(cpu(), out.data(), pre.data(), std::int64_t(NC));
+        close("bias+gelu pre", dpre.host(), pre, elementwise);
+        close("bias+gelu", dout2.host(), out, elementwise, 1e-7);
     }
 }
 

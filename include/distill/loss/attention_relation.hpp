@@ -135,7 +135,9 @@ public:
                                          dxs, 3 * Cs_, ds, R_);
                 }
                 // each relation overwrites the per-position losses: sum them now, in order, in double
-                for (std::int64_t n = 0; n < std::int64_t(B) * Tn; ++n) total += double(losses[n]);
+                const auto rows = ::distill::detail::read_on_host(ctx.device, static_cast<const T*>(losses),
+                                                                  std::size_t(B) * std::size_t(Tn));
+                for (std::int64_t n = 0; n < std::int64_t(B) * Tn; ++n) total += double(rows[std::size_t(n)]);
             }
         }
         return count ? static_cast<T>(total / (double(count) * terms)) : T(0);

@@ -139,6 +139,17 @@ __global__ void gelu_forward_kernel(T* out, const T* in, std::int64_t n) {
         out[i] = math::gelu(in[i]);
 }
 
+// pre(N,OC) += bias, out = gelu(pre): one pass instead of two.
+template <class T>
+__global__ void bias_gelu_kernel(T* out, T* pre, const T* bias, std::int64_t n, int OC) {
+    for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < n;
+         i += std::int64_t(gridDim.x) * blockDim.x) {
+        const T x = pre[i] + bias[i % OC];
+        pre[i] = x;
+        out[i] = math::gelu(x);
+    }
+}
+
 template <class T>
 __global__ void gelu_backward_kernel(T* din, const T* in, const T* dout, std::int64_t n) {
     for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < n;
@@ -368,6 +379,16 @@ void gelu_forward(const Cuda& dev, T* out, const T* in, std::int64_t n) {
     if (!n) return;
     cuda_detail::gelu_forward_kernel<<<cuda_detail::blocks_for(n, 256), 256, 0, dev.stream()>>>(out, in, n);
     DISTILL_CUDA_CHECK_LAUNCH("gelu_forward_kernel");
+}
+
+/// Fused bias + GELU of an MLP's first projection: pre(N,OC) += bias(OC) (kept for the backward
+/// pass), out(N,OC) = gelu_tanh(pre). The same values as `add_bias` then `gelu_forward`, one pass.
+template <class T>
+void bias_gelu_forward(const Cuda& dev, T* out, T* pre, const T* bias, int N, int OC) {
+    const std::int64_t n = std::int64_t(N) * OC;
+    if (!n) return;
+    cuda_detail::bias_gelu_kernel<<<cuda_detail::blocks_for(n, 256), 256, 0, dev.stream()>>>(out, pre, bias, n, OC);
+    DISTILL_CUDA_CHECK_LAUNCH("bias_gelu_kernel");
 }
 
 /// din = dout gelu_tanh'(in), n elements (overwrites; din may alias dout).

@@ -280,6 +280,8 @@ TEST_CASE("Distiller online: run() writes the report; stages are skipped when co
     // run_status reads it back
     const auto s = run_status(out);
     CHECK(s["generate"]["done"] == true);
+    CHECK(s["generate"]["kept"].get<std::int64_t>() + s["generate"]["rejected"].get<std::int64_t>() == 160);
+    CHECK(s["generate"]["kept"].get<std::int64_t>() == report["training"]["generate"]["accepted"].get<std::int64_t>());
     CHECK(s["student"]["done"] == true);
     CHECK(s["student"]["step"] == 12);
     CHECK(s["evaluate"]["done"] == true);

@@ -907,12 +907,13 @@ inline nlohmann::ordered_json run_status(const std::filesystem::path& output_dir
     if (fs::exists(g)) {
         const auto r = distiller_detail::read_json_file(g);
         // the report counts one invocation; the files count every run
-        std::int64_t kept = 0, rejected = 0;
-        for (const char* f : {"synthetic.jsonl", "synthetic.rejected.jsonl"}) {
-            std::ifstream in(output_dir / "generate" / f);
-            std::string line;
-            while (std::getline(in, line)) (f[9] == 'j' ? kept : rejected) += line.empty() ? 0 : 1;
-        }
+        auto count_lines = [&](const char* name) {
+            std::ifstream in(output_dir / "generate" / name);
+            std::int64_t n = 0;
+            for (std::string line; std::getline(in, line);) n += line.empty() ? 0 : 1;
+            return n;
+        };
+        const std::int64_t kept = count_lines("synthetic.jsonl"), rejected = count_lines("synthetic.rejected.jsonl");
         s["generate"] = {{"done", r.value("failed", 1) == 0},
                          {"examples", r.value("examples", 0)},
                          {"kept", kept},

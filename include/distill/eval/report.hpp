@@ -185,7 +185,7 @@ inline std::string models_chart(const nlohmann::ordered_json& report) {
     return bar_chart("The three models, relative to the teacher (teacher = 1)", groups, bars, values);
 }
 
-/// Training loss per term (and validation loss) over steps from metrics.jsonl files, one prefix
+/// Training loss per term (and the validation loss) over steps from metrics.jsonl files, one prefix
 /// per run ("student", "baseline"). Unreadable lines are skipped (the chart is informative only).
 inline std::string loss_chart(const std::vector<std::pair<std::string, std::filesystem::path>>& runs) {
     std::vector<Series> series;
@@ -209,13 +209,14 @@ inline std::string loss_chart(const std::vector<std::pair<std::string, std::file
             const std::string kind = j.value("kind", "");
             const std::string label = prefix + (kind == "validation" ? " validation" : " train");
             add(label, step, j["loss"].get<double>());
-            if (j.contains("terms") && j["terms"].is_object() && j["terms"].size() > 1)
+            // the terms of training only: validation per term would double the legend
+            if (kind != "validation" && j.contains("terms") && j["terms"].is_object() && j["terms"].size() > 1)
                 for (const auto& t : j["terms"].items())
                     if (t.value().is_number()) add(label + " " + t.key(), step, t.value().get<double>());
         }
         series.insert(series.end(), run.begin(), run.end());
     }
-    return line_chart("Loss per term over training", "step", "loss", series);
+    return line_chart("Loss per term over training", "step", "loss", series, 860, 420);
 }
 
 }  // namespace distill::eval

@@ -73,7 +73,10 @@ inline std::string line_chart(const std::string& title, const std::string& x_lab
     if (!(x0 <= x1)) x0 = 0, x1 = 1, y0 = 0, y1 = 1;
     if (x1 == x0) x1 = x0 + 1;
     if (y1 == y0) y1 = y0 + 1;
-    const double left = 70, right = width - 160, top = 40, bottom = height - 50;
+    std::size_t longest = 0;  // the legend's column is as wide as its longest name
+    for (const auto& s : series) longest = std::max(longest, s.name.size());
+    const double left = 70, right = width - std::max(160.0, 50.0 + 7.0 * double(longest)), top = 40,
+                 bottom = height - 50;
     auto px = [&](double x) { return left + (x - x0) / (x1 - x0) * (right - left); };
     auto py = [&](double y) { return bottom - (y - y0) / (y1 - y0) * (bottom - top); };
     std::string svg = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" + std::to_string(width) + "\" height=\"" +

@@ -14,6 +14,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <limits>
 #include <map>
@@ -916,4 +917,36 @@ TEST_CASE("checkpoint bounds: an oversized manifest or pointer file is refused b
     CHECK_THROWS_WITH_AS(distill::io::Checkpoint::open(ck), Contains("over the limit of 67108864"), format_error);
     std::ofstream(dir.path / "checkpoints" / "latest", std::ios::binary) << std::string(5000, 's');
     CHECK_THROWS_WITH_AS(store.latest(), Contains("5000 bytes, expected step-NNNNNNNN"), format_error);
+}
+
+// Found by fuzz_checkpoint (with the manifest's checksums recomputed): a float out of int64's range in
+// "step" was converted with get<int64_t>(), which is undefined behaviour; numbers are now checked first.
+TEST_CASE("checkpoint (fuzz regression): manifest numbers of the wrong kind are refused, not converted") {
+    temp_dir dir;
+    TinyRun run(1, 1);
+    distill::io::CheckpointStore store(dir.path / "checkpoints");
+    const fs::path ck = store.save(1, run.model, {}, run.opt, std::vector<std::int64_t>{0}, {}, {});
+    const std::string original = read_all(ck / "manifest.json");
+    const auto with = [&](const std::function<void(nlohmann::json&)>& edit) {
+        nlohmann::json m = nlohmann::json::parse(original);
+        edit(m);
+        m["checksum"] = distill::io::checkpoint_detail::manifest_checksum(m);
+        std::ofstream(ck / "manifest.json", std::ios::binary) << m.dump(1);
+        try {
+            distill::io::Checkpoint::open(ck);
+        } catch (const format_error& e) {
+            return std::string(e.what());
+        }
+        return std::string("no format_error");
+    };
+    CHECK(with([](nlohmann::json& m) { m["step"] = -9.2e19; }).find("\"step\" is not a 64-bit integer") !=
+          std::string::npos);
+    CHECK(with([](nlohmann::json& m) { m["optimizer_steps"] = 18446744073709551615u; }).find("optimizer_steps") !=
+          std::string::npos);
+    CHECK(with([](nlohmann::json& m) { m["files"]["student.safetensors"]["bytes"] = 1e30; }).find("\"bytes\"") !=
+          std::string::npos);
+    CHECK(with([](nlohmann::json& m) {
+              m["files"]["training.safetensors"]["crc32c"] = 4294967296u;
+          }).find("\"crc32c\"") != std::string::npos);
+    CHECK(with([](nlohmann::json&) {}) == "no format_error");
 }

@@ -38,9 +38,11 @@ void write(const fs::path& path, std::string_view bytes) {
 std::string fix_manifest(std::string_view text, std::string_view student, std::string_view training) {
     nlohmann::json m = nlohmann::json::parse(text, nullptr, false);
     if (m.is_discarded() || !m.is_object()) return std::string(text);
+    if (m.contains("files") && !m["files"].is_object()) return std::string(text);
     const std::pair<const char*, std::string_view> files[] = {{"student.safetensors", student},
                                                               {"training.safetensors", training}};
     for (const auto& [name, bytes] : files) {
+        if (m["files"].contains(name) && !m["files"][name].is_object()) return std::string(text);
         m["files"][name]["bytes"] = bytes.size();
         m["files"][name]["crc32c"] = distill::detail::crc32c(bytes.data(), bytes.size());
     }

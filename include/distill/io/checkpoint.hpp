@@ -212,8 +212,22 @@ private:
             field("checksum").get<std::uint64_t>() != checkpoint_detail::manifest_checksum(m))
             throw format_error(manifest_path, 0,
                                "checksum mismatch: the manifest was modified or corrupted; the checkpoint is refused");
-        c.step_ = field("step").get<std::int64_t>();
-        c.optimizer_steps_ = field("optimizer_steps").get<std::int64_t>();
+        // Numbers are checked for their kind before get<>(): converting a float out of range is undefined.
+        auto integer = [&](const char* key) {
+            const nlohmann::json& v = field(key);
+            if (!v.is_number_integer() || (v.is_number_unsigned() && v.get<std::uint64_t>() > INT64_MAX))
+                throw format_error(manifest_path, 0, std::string("\"") + key + "\" is not a 64-bit integer");
+            return v.get<std::int64_t>();
+        };
+        auto unsigned_at = [&](const nlohmann::json& f, const char* key, std::uint64_t max) {
+            const nlohmann::json& v = f.at(key);
+            if (!v.is_number_unsigned() || v.get<std::uint64_t>() > max)
+                throw format_error(manifest_path, 0,
+                                   std::string("\"files\": \"") + key + "\" is not an integer in range");
+            return v.get<std::uint64_t>();
+        };
+        c.step_ = integer("step");
+        c.optimizer_steps_ = integer("optimizer_steps");
         c.state_ = field("state");
         c.config_ = field("config");
         c.scalar_ = field("scalar_type").get<std::string>();
@@ -223,13 +237,13 @@ private:
             if (!f.contains(name)) throw format_error(manifest_path, 0, std::string("does not list ") + name);
             if (!std::filesystem::exists(path)) throw format_error(path, 0, "missing from the checkpoint");
             const auto [size, crc] = checkpoint_detail::file_digest(path);
-            const auto want_size = f[name].at("bytes").get<std::uint64_t>();
+            const auto want_size = unsigned_at(f[name], "bytes", UINT64_MAX);
             if (size != want_size)
                 throw format_error(path, 0,
                                    "has " + std::to_string(size) + " bytes, the manifest records " +
                                        std::to_string(want_size) +
                                        " (truncated or partially written); the checkpoint is refused");
-            if (crc != f[name].at("crc32c").get<std::uint32_t>())
+            if (crc != unsigned_at(f[name], "crc32c", UINT32_MAX))
                 throw format_error(path, 0,
                                    "CRC-32C mismatch (a flipped bit or a modified file); the checkpoint is refused");
         }

@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <string>
 
 #include "distill/distill.hpp"
@@ -264,6 +265,25 @@ TEST_CASE("Distiller online: run() writes the report; stages are skipped when co
     CHECK(read(out / "report.json") == json);
     CHECK(fs::last_write_time(out / "student.safetensors") == weights_time);
     CHECK(report2["models"]["student"]["metrics"] == report["models"]["student"]["metrics"]);
+
+    // answers in another file order (a later run appends retried answers): the same student
+    {
+        nlohmann::json j2 = w.job("online-reordered");
+        const Job job2 = parse_job(j2);
+        const fs::path out2 = job2.output_dir;
+        fs::create_directories(out2 / "generate");
+        fs::copy(out / "generate", out2 / "generate",
+                 fs::copy_options::recursive | fs::copy_options::overwrite_existing);
+        std::vector<std::string> lines;
+        std::istringstream in(read(out / "generate" / "synthetic.jsonl"));
+        for (std::string line; std::getline(in, line);) lines.push_back(line);
+        std::string reversed;
+        for (auto it = lines.rbegin(); it != lines.rend(); ++it) reversed += *it + "\n";
+        distill::testing::write_text(out2 / "generate" / "synthetic.jsonl", reversed);
+        OnlineDistiller d2(job2, t, device::Cpu{}, {.quiet = true});
+        d2.finetune();
+        CHECK(read(out2 / "student.safetensors") == read(out / "student.safetensors"));
+    }
 
     // other hyperparameters into the same directory: refused, naming the directory
     nlohmann::json other = w.job("online");

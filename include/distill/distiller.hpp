@@ -469,7 +469,13 @@ private:
             s.topk_file = std::make_shared<io::topk_file>(topk_path);
         }
         const auto records = teacher::read_synthetic(path);
-        for (std::size_t i = 0; i < records.size(); ++i) {
+        // In input order, not file order: answers retried by a later run (an endpoint that failed
+        // some requests) are appended after the others, and training must not depend on that.
+        std::vector<std::size_t> order(records.size());
+        for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+        std::stable_sort(order.begin(), order.end(),
+                         [&](std::size_t a, std::size_t b) { return records[a].source_line < records[b].source_line; });
+        for (const std::size_t i : order) {
             const auto& r = records[i];
             if (r.fingerprint != fp) throw teacher::fingerprint_error(path.string(), r.fingerprint, fp);
             const auto prompt = template_.encode_prompt(r.prompt);

@@ -203,7 +203,8 @@ private:
 // ---- begin distill/data/jsonl.hpp ----
 /// @file jsonl.hpp
 /// Reading JSON Lines files the way users actually have them: a UTF-8 byte order mark, CRLF line
-/// ends, blank lines and a missing final newline are all accepted. Every defect of a line (invalid
+/// ends, blank lines and a missing final newline are all accepted. Files are streamed: memory is
+/// bounded by `max_line_bytes`, not by the file's size. Every defect of a line (invalid
 /// UTF-8, a line over the size limit, invalid JSON) is an error naming `file:line` and the defect,
 /// or, with `on_bad_line = "skip"`, a counted and reported skip. The format-specific checks
 /// (missing fields, wrong types) are the caller's (see `data/chat.hpp`), through `bad_line`.
@@ -213,6 +214,7 @@ private:
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <istream>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -304,10 +306,55 @@ inline std::string json_defect(const nlohmann::json::parse_error& e) {
     return "invalid JSON " + what;
 }
 
+/// Any other nlohmann exception's text without its "[json.exception.<kind>.<id>] " prefix: a number
+/// out of range while parsing ("number overflow parsing '1e400'"), or a handler's type error.
+inline std::string json_message(const nlohmann::json::exception& e) {
+    std::string what = e.what();
+    if (what.starts_with("[json.exception.")) {
+        const auto end = what.find("] ");
+        if (end != std::string::npos) what = what.substr(end + 2);
+    }
+    return what;
+}
+
+/// Reads a stream line by line keeping at most `max + 1` bytes of a line (the extra byte for a CR), so
+/// memory stays bounded by the line limit whatever the input: a huge file, a binary file without
+/// newlines, or an endless stream. Longer lines are consumed and reported with their full length.
+class line_reader {
+public:
+    line_reader(std::istream& in, std::uint64_t max) : in_(in), max_(max) {}
+
+    /// The next line without its LF (and without a CR before it), or false at the end of the input.
+    /// `length` is the line's full length; when it is over `max`, `line` holds only its beginning.
+    bool next(std::string& line, std::uint64_t& length) {
+        std::streambuf* buf = in_.rdbuf();
+        line.clear();
+        length = 0;
+        if (buf->sgetc() == std::char_traits<char>::eof()) return false;
+        int last = 0;
+        for (int c = buf->sbumpc(); c != std::char_traits<char>::eof() && c != '\n'; c = buf->sbumpc()) {
+            if (length <= max_) line.push_back(static_cast<char>(c));
+            ++length;
+            last = c;
+        }
+        if (last == '\r') {
+            --length;
+            if (line.size() > length) line.pop_back();
+        }
+        return true;
+    }
+
+private:
+    std::istream& in_;
+    std::uint64_t max_;
+};
+
 }  // namespace jsonl_detail
 
 /// Reads `path` line by line and calls `handle(line_number, json)` for every non-blank line that is
-/// valid UTF-8 JSON within the size limit. The handler throws `bad_line` to reject its line.
+/// valid UTF-8 JSON within the size limit. The handler throws `bad_line` to reject its line (a
+/// nlohmann::json exception it lets escape, e.g. from reading a field of the wrong type, rejects the
+/// line too).
 /// Under on_bad_line = "error" the first defect throws `format_error` naming `path:line`; under
 /// "skip" it is counted in the returned stats. Throws io_error when the file cannot be read.
 inline JsonlStats read_jsonl(const std::filesystem::path& path, const JsonlConfig& config,
@@ -315,8 +362,6 @@ inline JsonlStats read_jsonl(const std::filesystem::path& path, const JsonlConfi
     config.validate();
     std::ifstream in(path, std::ios::binary);
     if (!in) throw io_error(path, "cannot open for reading");
-    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    if (in.bad()) throw io_error(path, "read error");
 
     JsonlStats stats;
     const bool skip = config.on_bad_line == "skip";
@@ -324,24 +369,25 @@ inline JsonlStats read_jsonl(const std::filesystem::path& path, const JsonlConfi
         if (!skip) throw format_error(path, line, defect);
         stats.skipped.push_back({line, std::move(defect)});
     };
-    std::string_view all = text;
-    // A UTF-8 byte order mark (Windows editors write one) is an encoding marker, not content.
-    if (all.starts_with("\xEF\xBB\xBF")) all.remove_prefix(3);
-    std::uint64_t line_no = 0;
-    while (!all.empty()) {
-        const std::size_t nl = all.find('\n');
-        std::string_view line = all.substr(0, nl);
-        all.remove_prefix(nl == std::string_view::npos ? all.size() : nl + 1);
+    jsonl_detail::line_reader reader(in, config.max_line_bytes);
+    std::string buffer;
+    std::uint64_t length = 0, line_no = 0;
+    while (reader.next(buffer, length)) {
+        std::string_view line = buffer;
+        // A UTF-8 byte order mark (Windows editors write one) is an encoding marker, not content.
+        if (line_no == 0 && line.starts_with("\xEF\xBB\xBF")) {
+            line.remove_prefix(3);
+            length -= 3;
+        }
         ++line_no;
         ++stats.lines;
-        if (line.ends_with('\r')) line.remove_suffix(1);
-        if (line.find_first_not_of(" \t\r\f\v") == std::string_view::npos) {
-            ++stats.blank_lines;
+        if (length > config.max_line_bytes) {
+            reject(line_no, "line of " + std::to_string(length) + " bytes is over the limit of " +
+                                std::to_string(config.max_line_bytes) + " bytes (max_line_bytes)");
             continue;
         }
-        if (line.size() > config.max_line_bytes) {
-            reject(line_no, "line of " + std::to_string(line.size()) + " bytes is over the limit of " +
-                                std::to_string(config.max_line_bytes) + " bytes (max_line_bytes)");
+        if (line.find_first_not_of(" \t\r\f\v") == std::string_view::npos) {
+            ++stats.blank_lines;
             continue;
         }
         if (const std::size_t at = jsonl_detail::invalid_utf8_at(line); at != std::string_view::npos) {
@@ -354,14 +400,22 @@ inline JsonlStats read_jsonl(const std::filesystem::path& path, const JsonlConfi
         } catch (const nlohmann::json::parse_error& e) {
             reject(line_no, jsonl_detail::json_defect(e));
             continue;
+        } catch (const nlohmann::json::exception& e) {
+            // Valid syntax the parser still refuses, e.g. a number beyond double's range (1e400).
+            reject(line_no, "invalid JSON: " + jsonl_detail::json_message(e));
+            continue;
         }
         try {
             handle(line_no, j);
             ++stats.records;
         } catch (const bad_line& e) {
             reject(line_no, e.what());
+        } catch (const nlohmann::json::exception& e) {
+            // A handler that reads a field with the wrong type: a defect of the line, not a crash.
+            reject(line_no, "wrong type: " + jsonl_detail::json_message(e));
         }
     }
+    if (in.bad()) throw io_error(path, "read error");
     return stats;
 }
 
@@ -373,8 +427,9 @@ BOOST_HANA_ADAPT_STRUCT(distill::data::JsonlConfig, on_bad_line, max_line_bytes)
 /// @file hash.hpp
 /// The hashes distill records in files: SHA-256 for fingerprints (a teacher's weights, its
 /// sampling settings; collisions must be out of the question because a matching fingerprint means
-/// "reuse this output"), CRC-32 for record checksums (detects torn or flipped bytes cheaply), and
-/// a 64-bit FNV-1a for in-memory keys. All three are defined here so they are the same on every
+/// "reuse this output"), CRC-32 for record checksums (detects torn or flipped bytes cheaply), CRC-32C
+/// for whole files (checkpoints, the checksum of the safetensors files distill writes), and
+/// a 64-bit FNV-1a for in-memory keys. All are defined here so they are the same on every
 /// platform and in every file format version.
 
 #include <array>
@@ -388,6 +443,10 @@ BOOST_HANA_ADAPT_STRUCT(distill::data::JsonlConfig, on_bad_line, max_line_bytes)
 #include <string_view>
 #include <vector>
 
+
+#if defined(__SSE4_2__)
+#include <nmmintrin.h>
+#endif
 
 namespace distill::detail {
 
@@ -558,6 +617,66 @@ constexpr std::uint64_t mix64(std::uint64_t a, std::uint64_t b) noexcept {
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     return z ^ (z >> 31);
+}
+
+/// The slicing-by-8 tables of CRC-32C (Castagnoli, reflected polynomial 0x82F63B78).
+inline const std::array<std::array<std::uint32_t, 256>, 8>& crc32c_tables() {
+    static const auto tables = [] {
+        std::array<std::array<std::uint32_t, 256>, 8> t{};
+        for (std::uint32_t i = 0; i < 256; ++i) {
+            std::uint32_t c = i;
+            for (int k = 0; k < 8; ++k) c = (c >> 1) ^ (0x82F63B78u & (0u - (c & 1u)));
+            t[0][i] = c;
+        }
+        for (std::uint32_t i = 0; i < 256; ++i)
+            for (int s = 1; s < 8; ++s) t[s][i] = (t[s - 1][i] >> 8) ^ t[0][t[s - 1][i] & 0xffu];
+        return t;
+    }();
+    return tables;
+}
+
+/// CRC-32C of `size` bytes in software (slicing by 8), continuing from the raw register `crc`.
+inline std::uint32_t crc32c_update_software(std::uint32_t crc, const unsigned char* p, std::size_t size) noexcept {
+    const auto& t = crc32c_tables();
+    while (size >= 8) {
+        std::uint64_t w;
+        std::memcpy(&w, p, 8);
+        w ^= crc;
+        crc = t[7][w & 0xff] ^ t[6][(w >> 8) & 0xff] ^ t[5][(w >> 16) & 0xff] ^ t[4][(w >> 24) & 0xff] ^
+              t[3][(w >> 32) & 0xff] ^ t[2][(w >> 40) & 0xff] ^ t[1][(w >> 48) & 0xff] ^ t[0][w >> 56];
+        p += 8;
+        size -= 8;
+    }
+    while (size--) crc = (crc >> 8) ^ t[0][(crc ^ *p++) & 0xffu];
+    return crc;
+}
+
+/// CRC-32C of `size` bytes at `data`, continuing `crc` (0 to start): `crc32c(b, crc32c(a))` is the
+/// CRC of a followed by b. Uses the SSE4.2 instruction when the build targets it (the same function,
+/// about 8 GB/s, so checksumming a checkpoint costs a fraction of writing it).
+inline std::uint32_t crc32c(const void* data, std::size_t size, std::uint32_t crc = 0) noexcept {
+    const auto* p = static_cast<const unsigned char*>(data);
+    crc = ~crc;
+#if defined(__SSE4_2__)
+    std::uint64_t c = crc;
+    while (size >= 8) {
+        std::uint64_t w;
+        std::memcpy(&w, p, 8);
+        c = _mm_crc32_u64(c, w);
+        p += 8;
+        size -= 8;
+    }
+    crc = static_cast<std::uint32_t>(c);
+    while (size--) crc = _mm_crc32_u8(crc, *p++);
+#else
+    crc = crc32c_update_software(crc, p, size);
+#endif
+    return ~crc;
+}
+
+/// The portable definition `crc32c` must agree with (tests compare the two).
+inline std::uint32_t crc32c_portable(const void* data, std::size_t size, std::uint32_t crc = 0) noexcept {
+    return ~crc32c_update_software(~crc, static_cast<const unsigned char*>(data), size);
 }
 
 }  // namespace distill::detail
@@ -830,7 +949,9 @@ BOOST_HANA_ADAPT_STRUCT(distill::data::ChatTemplateConfig, add_bos, system_promp
 /// @file math_task.hpp
 /// The built-in math reasoning task of the quickstart: arithmetic word problems generated from a
 /// seed, each with an exact answer and a one-line worked solution ("7+5=12. The answer is 12.").
-/// Small enough for byte-level models trained in minutes, hard enough that a model must compute.
+/// Small enough for byte-level models trained in minutes (the quickstart's student learns it in a
+/// few hundred steps), hard enough that a model must compute: it has to find both operands in the
+/// question and know about 240 addition, subtraction and multiplication facts, not one template.
 
 #include <cstdint>
 #include <string>
@@ -932,8 +1053,9 @@ struct MathProblem {
     std::int64_t answer = 0;
 };
 
-/// `count` problems from `seed`: addition, subtraction (never negative) and multiplication of small
-/// numbers in a handful of phrasings. The same seed gives the same problems on every platform.
+/// `count` problems from `seed`, a third each: addition of two numbers in 2..9, subtraction of a
+/// number in 2..9 from one in 5..18 (never negative), multiplication of two numbers in 2..9, in a
+/// handful of phrasings. The same seed gives the same problems on every platform.
 inline std::vector<MathProblem> make_math_problems(std::uint64_t seed, std::size_t count) {
     static const char* names[] = {"Ann", "Bob", "Cy", "Dee", "Eve", "Fay", "Gus", "Hal"};
     static const char* things[] = {"apples", "pens", "cards", "eggs", "coins", "books"};
@@ -947,7 +1069,7 @@ inline std::vector<MathProblem> make_math_problems(std::uint64_t seed, std::size
         MathProblem p;
         switch (rng.below(3)) {
             case 0: {
-                const auto a = num(2, 49), b = num(2, 49);
+                const auto a = num(2, 9), b = num(2, 9);
                 p.question = who + " has " + std::to_string(a) + " " + what + " and gets " + std::to_string(b) +
                              " more. How many " + what + " now?";
                 p.answer = a + b;
@@ -955,7 +1077,7 @@ inline std::vector<MathProblem> make_math_problems(std::uint64_t seed, std::size
                 break;
             }
             case 1: {
-                auto a = num(5, 60), b = num(1, 40);
+                auto a = num(5, 18), b = num(2, 9);
                 if (b > a) std::swap(a, b);
                 p.question = who + " has " + std::to_string(a) + " " + what + " and gives away " + std::to_string(b) +
                              ". How many are left?";
@@ -1322,6 +1444,8 @@ auto xview(const Tensor<T>& t) {
 
 #include <concepts>
 #include <cstddef>
+#include <utility>
+#include <vector>
 
 
 namespace distill {
@@ -1336,6 +1460,46 @@ concept device_policy = std::copy_constructible<D> && requires(const D& d, void*
     d.fill_zero(p, n);
     d.copy(p, q, n);
 };
+
+namespace detail {
+
+/// `n` elements of a device's memory, readable on the host: the memory itself on a host device
+/// (no copy), a copy in a host vector on a device with its own memory (`device::Cuda`). The hook
+/// through which shared code reads results (per-row losses, values for metrics) on every device.
+/// @tparam T element type.
+template <class T>
+class host_readable {
+public:
+    explicit host_readable(const T* host) noexcept : ptr_(host) {}
+    explicit host_readable(std::vector<T> copy) noexcept : copy_(std::move(copy)), ptr_(copy_.data()) {}
+    host_readable(host_readable&& o) noexcept
+        : copy_(std::move(o.copy_)), ptr_(copy_.empty() ? o.ptr_ : copy_.data()) {}
+    host_readable(const host_readable&) = delete;
+    host_readable& operator=(const host_readable&) = delete;
+    host_readable& operator=(host_readable&&) = delete;
+    const T* data() const noexcept { return ptr_; }
+    const T& operator[](std::size_t i) const noexcept { return ptr_[i]; }
+
+private:
+    std::vector<T> copy_;
+    const T* ptr_;
+};
+
+/// `n` elements at `src` (memory of `dev`) for reading on the host; see `host_readable`.
+template <class Device, class T>
+host_readable<T> read_on_host(const Device& dev, const T* src, std::size_t n) {
+    if constexpr (Device::memory == memory_space::host) {
+        (void)dev;
+        (void)n;
+        return host_readable<T>(src);
+    } else {
+        std::vector<T> copy(n);
+        if (n) dev.copy(copy.data(), src, n * sizeof(T));
+        return host_readable<T>(std::move(copy));
+    }
+}
+
+}  // namespace detail
 
 }  // namespace distill
 // ---- end distill/device.hpp ----
@@ -2469,7 +2633,10 @@ inline std::string line_chart(const std::string& title, const std::string& x_lab
     if (!(x0 <= x1)) x0 = 0, x1 = 1, y0 = 0, y1 = 1;
     if (x1 == x0) x1 = x0 + 1;
     if (y1 == y0) y1 = y0 + 1;
-    const double left = 70, right = width - 160, top = 40, bottom = height - 50;
+    std::size_t longest = 0;  // the legend's column is as wide as its longest name
+    for (const auto& s : series) longest = std::max(longest, s.name.size());
+    const double left = 70, right = width - std::max(160.0, 50.0 + 7.0 * double(longest)), top = 40,
+                 bottom = height - 50;
     auto px = [&](double x) { return left + (x - x0) / (x1 - x0) * (right - left); };
     auto py = [&](double y) { return bottom - (y - y0) / (y1 - y0) * (bottom - top); };
     std::string svg = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" + std::to_string(width) + "\" height=\"" +
@@ -2843,11 +3010,17 @@ inline void append_durably(const std::filesystem::path& path, std::string_view r
 /// Layout (all integers little-endian; every record starts on an 8-byte boundary; `docs/teachers.md`
 /// has the full specification):
 ///
-///     header   "DSTLTOPK"  u32 version=1  u32 header_bytes  u32 k  u32 vocab_size
-///              u32 fingerprint_bytes  u32 tokenizer_bytes  fingerprint  tokenizer  zero padding to 8
-///     record*  "TKRC"  u32 n (positions)  u32 id_bytes  u32 crc32(payload)
+///     header   "DSTLTOPK"  u32 version=2  u32 header_bytes  u32 k  u32 vocab_size
+///              u32 fingerprint_bytes  u32 tokenizer_bytes  u32 header_crc  u32 0
+///              fingerprint  tokenizer  zero padding to 8
+///     record*  "TKRC"  u32 n (positions)  u32 id_bytes  u32 crc32(n, id_bytes, payload)
 ///              payload: id (UTF-8), zero padding to 4, i32 token[n], i32 top_id[n*k],
 ///                       f32 top_logprob[n*k], f32 tail_mass[n], zero padding to 8
+///
+/// `header_crc` is the CRC-32 of the whole header with that field read as 0, so every byte of the file
+/// is covered by a checksum: a flipped bit anywhere is an error, never a silently different value.
+/// Version 1 files (no header checksum, a 32-byte fixed header, record checksums over the payload
+/// only) are still read.
 ///
 /// `token[i]` is the answer's i-th token, `top_id[i*k .. i*k+k)` the k most likely ids at that
 /// position (most likely first), `top_logprob` their natural-log probabilities and `tail_mass[i]`
@@ -2877,6 +3050,13 @@ inline void append_durably(const std::filesystem::path& path, std::string_view r
 /// "__metadata__": {str: str}}` (possibly padded with spaces), then the data buffer the offsets
 /// point into. A file is validated completely when opened, and a model's parameters are loaded only
 /// after every check has passed, so a bad file never leaves a model half-loaded.
+///
+/// **Checksum.** The format has no integrity check of its own, so a flipped bit in a weight would load
+/// silently. Files distill writes carry `"distill.crc32c": "<8 hex digits>"` in `__metadata__`: the
+/// CRC-32C of the header's canonical JSON (nlohmann's compact dump, keys sorted, without that entry
+/// and without `__metadata__` when nothing else is in it) followed by the data buffer. When present
+/// it is verified on open, and a mismatch is a `format_error`; files from other writers (PyTorch,
+/// Hugging Face) have none and load as before. `metadata()` does not list the entry.
 
 #include <algorithm>
 #include <array>
@@ -2973,6 +3153,9 @@ constexpr std::optional<dtype> parse_dtype(std::string_view name) noexcept {
     }
     return std::nullopt;
 }
+
+/// The `__metadata__` key of the checksum distill's writers record (see the file comment).
+inline constexpr std::string_view checksum_key = "distill.crc32c";
 
 /// Whether `type` is a floating-point dtype, i.e. one `safetensors_file::read` converts.
 constexpr bool is_floating(dtype type) noexcept {
@@ -3153,18 +3336,76 @@ Stored load_unaligned(const std::byte* src, std::size_t index) noexcept {
     return value;
 }
 
-/// Writes `count` elements of `data`, each converted by `convert` to `Stored`, through `writer` in
-/// bounded chunks, so saving never needs a second copy of a whole tensor.
-template <class Stored, class T, class Convert>
-void write_converted(io::atomic_writer& writer, const T* data, std::size_t count, Convert convert) {
+/// Hands `count` elements of `data`, each converted by `convert` to `Stored`, to `sink(bytes, size)`
+/// in bounded chunks, so saving never needs a second copy of a whole tensor.
+template <class Stored, class T, class Convert, class Sink>
+void stream_converted(const T* data, std::size_t count, Convert convert, Sink&& sink) {
     constexpr std::size_t chunk = 16384;
     std::vector<Stored> buffer(std::min(count, chunk));
     for (std::size_t done = 0; done < count;) {
         const std::size_t n = std::min(chunk, count - done);
         for (std::size_t i = 0; i < n; ++i) buffer[i] = convert(data[done + i]);
-        writer.write(buffer.data(), n * sizeof(Stored));
+        sink(static_cast<const void*>(buffer.data()), n * sizeof(Stored));
         done += n;
     }
+}
+
+/// Hands the bytes of `count` elements of `data` stored as `out` (F32, F64 or BF16) to `sink`.
+template <class T, class Sink>
+void stream_tensor(const T* data, std::size_t count, io::dtype out, Sink&& sink) {
+    switch (out) {
+        case io::dtype::F32:
+            if constexpr (std::is_same_v<T, float>) {
+                sink(static_cast<const void*>(data), count * sizeof(float));
+            } else {
+                stream_converted<float>(
+                    data, count, [](T v) { return static_cast<float>(v); }, sink);
+            }
+            break;
+        case io::dtype::F64:
+            if constexpr (std::is_same_v<T, double>) {
+                sink(static_cast<const void*>(data), count * sizeof(double));
+            } else {
+                stream_converted<double>(
+                    data, count, [](T v) { return static_cast<double>(v); }, sink);
+            }
+            break;
+        default:  // BF16
+            stream_converted<std::uint16_t>(
+                data, count, [](T v) { return io::float_to_bf16(static_cast<float>(v)); }, sink);
+            break;
+    }
+}
+
+/// The CRC-32C of a safetensors header's canonical text (see the file comment): `header` without the
+/// checksum entry, dumped compactly with sorted keys. Continue it over the data buffer for the file's checksum.
+inline std::uint32_t header_checksum(nlohmann::json header) {
+    if (auto m = header.find("__metadata__"); m != header.end() && m->is_object()) {
+        m->erase(std::string(io::checksum_key));
+        if (m->empty()) header.erase(m);
+    }
+    const std::string text = header.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    return crc32c(text.data(), text.size());
+}
+
+/// "0a1b2c3d": a checksum as the metadata records it.
+inline std::string hex32(std::uint32_t v) {
+    static constexpr char digits[] = "0123456789abcdef";
+    std::string s(8, '0');
+    for (int i = 7; i >= 0; --i, v >>= 4) s[std::size_t(i)] = digits[v & 15u];
+    return s;
+}
+
+/// The value of 8 hex digits, or nullopt.
+inline std::optional<std::uint32_t> parse_hex32(std::string_view s) {
+    if (s.size() != 8) return std::nullopt;
+    std::uint32_t v = 0;
+    for (char c : s) {
+        const int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+        if (d < 0) return std::nullopt;
+        v = (v << 4) | std::uint32_t(d);
+    }
+    return v;
 }
 
 }  // namespace distill::detail
@@ -3196,8 +3437,11 @@ public:
     /// Every tensor, ordered by position in the data buffer.
     const std::vector<tensor_info>& tensors() const noexcept { return tensors_; }
 
-    /// The string-to-string `__metadata__` of the header (empty if it has none).
+    /// The string-to-string `__metadata__` of the header (empty if it has none), without distill's checksum entry.
     const std::map<std::string, std::string>& metadata() const noexcept { return metadata_; }
+
+    /// The verified checksum of a file distill wrote (see the file comment), or nullopt for a file without one.
+    std::optional<std::uint32_t> checksum() const noexcept { return checksum_; }
 
     /// The tensor named `name`, or nullptr if the file has none.
     const tensor_info* find(std::string_view name) const {
@@ -3351,6 +3595,26 @@ private:
         });
         check_coverage();
         for (std::size_t i = 0; i < tensors_.size(); ++i) index_.emplace(tensors_[i].name, i);
+        verify_checksum(header);
+    }
+
+    // The structure is sound; a file distill wrote must also have the bytes it was written with.
+    void verify_checksum(const json& header) {
+        const auto it = metadata_.find(std::string(checksum_key));
+        if (it == metadata_.end()) return;
+        const std::optional<std::uint32_t> recorded = detail::parse_hex32(it->second);
+        if (!recorded) {
+            throw defect("__metadata__ \"" + std::string(checksum_key) + "\" must be 8 lowercase hex digits, found \"" +
+                         it->second.substr(0, 16) + "\"");
+        }
+        const std::uint32_t actual = detail::crc32c(data_.data(), data_.size(), detail::header_checksum(header));
+        if (actual != *recorded) {
+            throw defect("checksum mismatch: __metadata__ records CRC-32C " + it->second +
+                         ", the header and data give " + detail::hex32(actual) +
+                         " (a flipped bit or a modified file); refused");
+        }
+        metadata_.erase(it);
+        checksum_ = actual;
     }
 
     void parse_metadata(const json& value) {
@@ -3476,6 +3740,7 @@ private:
     std::vector<tensor_info> tensors_;
     std::map<std::string, std::size_t, std::less<>> index_;  // name -> position in tensors_
     std::map<std::string, std::string> metadata_;
+    std::optional<std::uint32_t> checksum_;
 };
 
 /// Loads every tensor of `file` into the matching target, converting to T. All checks run before any
@@ -3538,9 +3803,10 @@ void load_tensors(const safetensors_file& file, std::span<const named_tensor<T>>
 }
 
 /// Writes `tensors` to `path` as a safetensors file with element type `out` (F32, BF16 or F64), in the
-/// given order, with `metadata` as `__metadata__`. BF16 rounds to nearest even and keeps NaNs; a double
-/// goes to BF16 through float. The header is padded with spaces to a multiple of 8 bytes so that the
-/// data buffer is aligned. The file is replaced atomically and tensors are streamed, not buffered whole.
+/// given order, with `metadata` as `__metadata__` plus the checksum entry (see the file comment). BF16
+/// rounds to nearest even and keeps NaNs; a double goes to BF16 through float. The header is padded with
+/// spaces to a multiple of 8 bytes so that the data buffer is aligned. The file is replaced atomically
+/// and tensors are streamed, not buffered whole (they are read twice: once for the checksum).
 /// Throws distill::error for invalid input (duplicate, empty or reserved names, negative dimensions,
 /// null data, an unsupported `out`) before anything is written, and io_error if writing fails.
 /// @tparam T float or double; give it explicitly when passing a vector: `save_tensors<float>(path, params)`.
@@ -3553,8 +3819,10 @@ void save_tensors(const std::filesystem::path& path, std::span<const named_tenso
         throw error(where + "cannot write dtype " + std::string(dtype_name(out)) + "; use F32, BF16 or F64");
     }
 
+    std::map<std::string, std::string> meta = metadata;
+    meta.erase(std::string(checksum_key));
     nlohmann::ordered_json header = nlohmann::ordered_json::object();
-    if (!metadata.empty()) header["__metadata__"] = metadata;
+    if (!meta.empty()) header["__metadata__"] = meta;
     std::set<std::string_view> names;
     std::uint64_t offset = 0;
     for (const named_tensor<const T>& t : tensors) {
@@ -3576,9 +3844,16 @@ void save_tensors(const std::filesystem::path& path, std::span<const named_tenso
 
     std::string text;
     try {
+        // dump() refuses names and metadata that are not valid UTF-8; so does the checksum's canonical form.
+        std::uint32_t crc = detail::header_checksum(nlohmann::json::parse(header.dump()));
+        for (const named_tensor<const T>& t : tensors) {
+            detail::stream_tensor(t.data, static_cast<std::size_t>(*detail::checked_numel(t.shape, 1)), out,
+                                  [&](const void* p, std::size_t n) { crc = detail::crc32c(p, n, crc); });
+        }
+        meta[std::string(checksum_key)] = detail::hex32(crc);
+        header["__metadata__"] = meta;
         text = header.dump();
     } catch (const nlohmann::json::exception& e) {
-        // dump() refuses names and metadata that are not valid UTF-8.
         throw error(where + "cannot encode the header: " + e.what());
     }
     text.append((8 - text.size() % 8) % 8, ' ');
@@ -3588,27 +3863,8 @@ void save_tensors(const std::filesystem::path& path, std::span<const named_tenso
     writer.write(&header_size, sizeof header_size);
     writer.write(text.data(), text.size());
     for (const named_tensor<const T>& t : tensors) {
-        const auto n = static_cast<std::size_t>(*detail::checked_numel(t.shape, 1));
-        switch (out) {
-            case dtype::F32:
-                if constexpr (std::is_same_v<T, float>) {
-                    writer.write(t.data, n * sizeof(float));
-                } else {
-                    detail::write_converted<float>(writer, t.data, n, [](T v) { return static_cast<float>(v); });
-                }
-                break;
-            case dtype::F64:
-                if constexpr (std::is_same_v<T, double>) {
-                    writer.write(t.data, n * sizeof(double));
-                } else {
-                    detail::write_converted<double>(writer, t.data, n, [](T v) { return static_cast<double>(v); });
-                }
-                break;
-            default:  // BF16, the only other dtype accepted above
-                detail::write_converted<std::uint16_t>(writer, t.data, n,
-                                                       [](T v) { return float_to_bf16(static_cast<float>(v)); });
-                break;
-        }
+        detail::stream_tensor(t.data, static_cast<std::size_t>(*detail::checked_numel(t.shape, 1)), out,
+                              [&](const void* p, std::size_t n) { writer.write(p, n); });
     }
     writer.commit();
 }
@@ -3645,10 +3901,16 @@ namespace topk_detail {
 
 inline constexpr char file_magic[8] = {'D', 'S', 'T', 'L', 'T', 'O', 'P', 'K'};
 inline constexpr char record_magic[4] = {'T', 'K', 'R', 'C'};
-inline constexpr std::uint32_t current_version = 1;
+inline constexpr std::uint32_t current_version = 2;
 inline constexpr std::uint32_t max_k = 1024;
-inline constexpr std::size_t fixed_header = 32;
+inline constexpr std::size_t fixed_header_v1 = 32;
+inline constexpr std::size_t fixed_header = 40;  // version 2: + u32 header_crc, u32 reserved
+inline constexpr std::size_t header_crc_at = 32;
 inline constexpr std::size_t record_header = 16;
+
+constexpr std::size_t fixed_header_of(std::uint32_t version) noexcept {
+    return version == 1 ? fixed_header_v1 : fixed_header;
+}
 
 constexpr std::uint64_t pad(std::uint64_t n, std::uint64_t to) noexcept {
     return (n + to - 1) / to * to;
@@ -3669,14 +3931,32 @@ constexpr std::uint64_t payload_bytes(std::uint64_t id_bytes, std::uint64_t n, s
     return pad(pad(id_bytes, 4) + 4 * n * (2 + 2 * k), 8);
 }
 
+// The CRC-32 of a header of `size` bytes at `p`, its checksum field read as 0 (version 2).
+inline std::uint32_t header_crc(const void* p, std::size_t size) noexcept {
+    const auto* b = static_cast<const unsigned char*>(p);
+    const std::uint32_t zero = 0;
+    std::uint32_t crc = detail::crc32(b, header_crc_at);
+    crc = detail::crc32(&zero, 4, crc);
+    return detail::crc32(b + header_crc_at + 4, size - header_crc_at - 4, crc);
+}
+
+// The checksum of the record at `r` with `payload` payload bytes: version 2 covers n and id_bytes too,
+// so a flipped length cannot silently shorten an id; version 1 covers the payload only.
+inline std::uint32_t record_crc(const std::byte* r, std::uint64_t payload, std::uint32_t version) noexcept {
+    if (version == 1) return detail::crc32(r + record_header, payload);
+    return detail::crc32(r + record_header, payload, detail::crc32(r + 4, 8));
+}
+
 }  // namespace topk_detail
 
-/// The header bytes of a new cache file for `header` (version 1).
+/// The header bytes of a new cache file for `header` (always the current version, 2; `header.version` is ignored).
 inline std::string encode_topk_header(const topk_header& header) {
     using namespace topk_detail;
     if (header.k < 1 || header.k > max_k)
         throw error("top-k cache: k must be in [1, 1024], got " + std::to_string(header.k));
     if (header.vocab_size < 1) throw error("top-k cache: vocab_size must be >= 1");
+    if (header.fingerprint.size() + header.tokenizer.size() > (1u << 20))
+        throw error("top-k cache: fingerprint and tokenizer id are over 1 MiB together");
     std::string out(file_magic, 8);
     const std::uint64_t total = pad(fixed_header + header.fingerprint.size() + header.tokenizer.size(), 8);
     put32(out, current_version);
@@ -3685,16 +3965,22 @@ inline std::string encode_topk_header(const topk_header& header) {
     put32(out, header.vocab_size);
     put32(out, std::uint32_t(header.fingerprint.size()));
     put32(out, std::uint32_t(header.tokenizer.size()));
+    put32(out, 0);  // header_crc, filled in below
+    put32(out, 0);  // reserved
     out += header.fingerprint;
     out += header.tokenizer;
     out.resize(total, '\0');
+    const std::uint32_t crc = header_crc(out.data(), out.size());
+    std::memcpy(out.data() + header_crc_at, &crc, 4);
     return out;
 }
 
-/// The bytes of one record. `top_ids`/`top_logprobs` hold tokens.size() * k entries; the tail mass is
-/// computed from them. Throws distill::error when the sizes disagree.
+/// The bytes of one record of a file of format `version` (1 only to append to an old file). `top_ids`/
+/// `top_logprobs` hold tokens.size() * k entries; the tail mass is computed from them. Throws
+/// distill::error when the sizes disagree.
 inline std::string encode_topk_record(std::string_view id, std::uint32_t k, std::span<const std::int32_t> tokens,
-                                      std::span<const std::int32_t> top_ids, std::span<const float> top_logprobs) {
+                                      std::span<const std::int32_t> top_ids, std::span<const float> top_logprobs,
+                                      std::uint32_t version = topk_detail::current_version) {
     using namespace topk_detail;
     const std::size_t n = tokens.size();
     if (top_ids.size() != n * k || top_logprobs.size() != n * k)
@@ -3716,7 +4002,8 @@ inline std::string encode_topk_record(std::string_view id, std::uint32_t k, std:
     std::string out(record_magic, 4);
     put32(out, std::uint32_t(n));
     put32(out, std::uint32_t(id.size()));
-    put32(out, detail::crc32(payload.data(), payload.size()));
+    put32(out, version == 1 ? detail::crc32(payload.data(), payload.size())
+                            : detail::crc32(payload.data(), payload.size(), detail::crc32(out.data() + 4, 8)));
     return out + payload;
 }
 
@@ -3748,25 +4035,35 @@ private:
         using namespace topk_detail;
         const auto bytes = map_.bytes();
         const std::byte* base = bytes.data();
-        if (bytes.size() < fixed_header)
+        if (bytes.size() < fixed_header_v1)
             fail(0, "file of " + std::to_string(bytes.size()) + " bytes is shorter than the 32-byte header");
         if (std::memcmp(base, file_magic, 8) != 0) fail(0, "bad magic (not a distill top-k cache)");
         header_.version = get32(base + 8);
-        if (header_.version != current_version)
-            fail(8, "version " + std::to_string(header_.version) + " is not supported (this build reads version 1)");
+        if (header_.version != 1 && header_.version != current_version)
+            fail(8, "version " + std::to_string(header_.version) +
+                        " is not supported (this build reads versions 1 and 2)");
+        const std::size_t fixed = fixed_header_of(header_.version);
+        if (bytes.size() < fixed)
+            fail(0, "file of " + std::to_string(bytes.size()) + " bytes is shorter than the " + std::to_string(fixed) +
+                        "-byte header");
         const std::uint32_t header_bytes = get32(base + 12);
         header_.k = get32(base + 16);
         header_.vocab_size = get32(base + 20);
         const std::uint32_t fp_bytes = get32(base + 24), tok_bytes = get32(base + 28);
         if (header_.k < 1 || header_.k > max_k) fail(16, "k = " + std::to_string(header_.k) + " outside [1, 1024]");
         if (header_.vocab_size < 1) fail(20, "vocab_size is 0");
-        const std::uint64_t need = pad(fixed_header + std::uint64_t(fp_bytes) + tok_bytes, 8);
+        const std::uint64_t need = pad(fixed + std::uint64_t(fp_bytes) + tok_bytes, 8);
         if (header_bytes != need || header_bytes > bytes.size())
             fail(12, "header_bytes = " + std::to_string(header_bytes) +
                          " disagrees with the string lengths (expected " + std::to_string(need) +
                          ") or the file size " + std::to_string(bytes.size()));
-        header_.fingerprint.assign(reinterpret_cast<const char*>(base + fixed_header), fp_bytes);
-        header_.tokenizer.assign(reinterpret_cast<const char*>(base + fixed_header + fp_bytes), tok_bytes);
+        if (header_.version >= 2) {
+            if (header_crc(base, header_bytes) != get32(base + header_crc_at))
+                fail(header_crc_at, "header checksum mismatch (corrupt header)");
+            if (get32(base + header_crc_at + 4) != 0) fail(header_crc_at + 4, "reserved field is not 0");
+        }
+        header_.fingerprint.assign(reinterpret_cast<const char*>(base + fixed), fp_bytes);
+        header_.tokenizer.assign(reinterpret_cast<const char*>(base + fixed + fp_bytes), tok_bytes);
 
         const std::uint64_t k = header_.k;
         std::uint64_t at = header_bytes;
@@ -3782,7 +4079,8 @@ private:
                              " payload bytes runs past the end of the file (an "
                              "interrupted append; the generate stage cuts it off on resume)");
             const std::byte* p = base + at + record_header;
-            if (detail::crc32(p, payload) != crc) fail(at, "record checksum mismatch (corrupt data)");
+            if (record_crc(base + at, payload, header_.version) != crc)
+                fail(at, "record checksum mismatch (corrupt data)");
             topk_record r;
             r.offset = at;
             r.id = std::string_view(reinterpret_cast<const char*>(p), id_bytes);
@@ -3839,14 +4137,17 @@ inline std::uint64_t topk_complete_prefix(const std::filesystem::path& path) {
     detail::mapped_file map(path);
     const auto bytes = map.bytes();
     const std::byte* base = bytes.data();
-    if (bytes.size() < fixed_header || std::memcmp(base, file_magic, 8) != 0) return 0;
+    if (bytes.size() < fixed_header_v1 || std::memcmp(base, file_magic, 8) != 0) return 0;
+    const std::uint32_t version = get32(base + 8);
+    if (version != 1 && version != current_version) return 0;
     const std::uint64_t header_bytes = get32(base + 12), k = get32(base + 16);
-    if (header_bytes > bytes.size() || k < 1 || k > max_k) return 0;
+    if (header_bytes < fixed_header_of(version) || header_bytes > bytes.size() || k < 1 || k > max_k) return 0;
+    if (version >= 2 && header_crc(base, header_bytes) != get32(base + header_crc_at)) return 0;
     std::uint64_t at = header_bytes;
     while (bytes.size() - at >= record_header && std::memcmp(base + at, record_magic, 4) == 0) {
         const std::uint64_t payload = payload_bytes(get32(base + at + 8), get32(base + at + 4), k);
         if (payload > bytes.size() - at - record_header) break;
-        if (detail::crc32(base + at + record_header, payload) != get32(base + at + 12)) break;
+        if (record_crc(base + at, payload, version) != get32(base + at + 12)) break;
         at += record_header + payload;
     }
     return at;
@@ -4088,6 +4389,8 @@ void from_json(const nlohmann::json& j, T& out, const std::string& path) {
     } else if constexpr (std::is_same_v<T, std::string>) {
         if (!j.is_string()) throw wrong();
         out = j.get<std::string>();
+    } else if constexpr (std::is_same_v<T, nlohmann::json>) {
+        out = j;  // a policy's own section, parsed strictly by whoever knows its type
     } else if constexpr (is_optional<T>::value) {
         if (j.is_null()) {
             out.reset();
@@ -4132,7 +4435,7 @@ void from_json(const nlohmann::json& j, T& out, const std::string& path) {
 template <class T>
 nlohmann::json to_json(const T& value) {
     using namespace reflect_detail;
-    if constexpr (std::is_arithmetic_v<T> || std::is_same_v<T, std::string>) {
+    if constexpr (std::is_arithmetic_v<T> || std::is_same_v<T, std::string> || std::is_same_v<T, nlohmann::json>) {
         return value;
     } else if constexpr (is_optional<T>::value) {
         return value ? to_json(*value) : nlohmann::json(nullptr);
@@ -4456,7 +4759,8 @@ inline SyntheticRecord parse_synthetic(const nlohmann::json& j) {
     SyntheticRecord r;
     // The prompt and reference are read exactly as input data is, then the answer is split off.
     const auto& msgs = need(j, "messages", "messages");
-    if (!msgs.is_array() || msgs.empty() || !msgs.back().is_object() || msgs.back().value("role", "") != "assistant")
+    if (!msgs.is_array() || msgs.empty() || !msgs.back().is_object() || !msgs.back().contains("role") ||
+        msgs.back()["role"] != "assistant")
         throw data::bad_line("wrong type: \"messages\" must end with the teacher's assistant turn");
     const auto& answer = msgs.back();
     if (!answer.contains("content") || !answer["content"].is_string())
@@ -4489,19 +4793,30 @@ inline SyntheticRecord parse_synthetic(const nlohmann::json& j) {
     if (!fr.is_string()) throw data::bad_line("wrong type: \"teacher.finish_reason\" must be a string");
     r.response.finish = parse_finish_reason(fr.get<std::string>());
     if (auto u = t.find("usage"); u != t.end() && u->is_object()) {
-        r.response.usage.prompt_tokens = u->value("prompt_tokens", std::int64_t(0));
-        r.response.usage.completion_tokens = u->value("completion_tokens", std::int64_t(0));
+        auto count = [&](const char* key) -> std::int64_t {
+            auto it = u->find(key);
+            if (it == u->end()) return 0;
+            if (!it->is_number_integer())
+                throw data::bad_line(std::string("wrong type: \"teacher.usage.") + key + "\" must be an integer");
+            return it->get<std::int64_t>();
+        };
+        r.response.usage.prompt_tokens = count("prompt_tokens");
+        r.response.usage.completion_tokens = count("completion_tokens");
     }
     if (auto tok = t.find("tokens"); tok != t.end()) {
         if (!tok->is_array()) throw data::bad_line("wrong type: \"teacher.tokens\" must be an array");
         for (const auto& x : *tok) {
-            if (!x.is_number_integer()) throw data::bad_line("wrong type: \"teacher.tokens\" must hold integers");
+            if (!x.is_number_integer() || (x.is_number_unsigned() && x.get<std::uint64_t>() > INT32_MAX) ||
+                (!x.is_number_unsigned() && (x.get<std::int64_t>() < INT32_MIN || x.get<std::int64_t>() > INT32_MAX)))
+                throw data::bad_line("wrong type: \"teacher.tokens\" must hold 32-bit integers");
             r.response.tokens.push_back(x.get<std::int32_t>());
         }
     }
     if (auto k = t.find("topk"); k != t.end()) {
-        if (!k->is_number_integer() || k->get<int>() < 1)
-            throw data::bad_line("wrong type: \"teacher.topk\" must be a positive integer");
+        const bool in_range = k->is_number_unsigned()  ? k->get<std::uint64_t>() >= 1 && k->get<std::uint64_t>() <= 1024
+                              : k->is_number_integer() ? k->get<std::int64_t>() >= 1 && k->get<std::int64_t>() <= 1024
+                                                       : false;
+        if (!in_range) throw data::bad_line("wrong type: \"teacher.topk\" must be a positive integer (at most 1024)");
         r.topk = k->get<int>();
     }
     return r;
@@ -4720,6 +5035,7 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
             done.insert(j["id"].get<std::string>());
         });
     }
+    std::uint32_t topk_version = io::topk_detail::current_version;
     if (with_topk) {
         if (fs::exists(topk_path)) {
             const std::uint64_t size = std::filesystem::file_size(topk_path),
@@ -4734,6 +5050,7 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
             std::uint64_t cut = 0;
             {
                 io::topk_file f(topk_path);
+                topk_version = f.header().version;  // appends keep the file's format
                 if (f.header().fingerprint != report.fingerprint)
                     throw teacher::fingerprint_error(topk_path.string(), f.header().fingerprint, report.fingerprint);
                 std::size_t n = f.size();
@@ -4766,7 +5083,7 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
                                   { teacher.vocab_size() } -> std::convertible_to<int>;
                               })
                     vocab = std::uint32_t(teacher.vocab_size());
-                io::write_file_atomic(topk_path, io::encode_topk_header({.version = 1,
+                io::write_file_atomic(topk_path, io::encode_topk_header({.version = io::topk_detail::current_version,
                                                                          .k = std::uint32_t(sampling.top_logprobs),
                                                                          .vocab_size = vocab,
                                                                          .fingerprint = report.fingerprint,
@@ -4852,8 +5169,8 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
                     {ex.id, ex.line, "the teacher returned no top-k log-probabilities for the answer"});
                 return;
             }
-            io::append_durably(topk_path,
-                               io::encode_topk_record(ex.id, std::uint32_t(r.k), r.tokens, r.top_ids, r.top_logprobs));
+            io::append_durably(topk_path, io::encode_topk_record(ex.id, std::uint32_t(r.k), r.tokens, r.top_ids,
+                                                                 r.top_logprobs, topk_version));
             rec.topk = r.k;
         }
         rec.response = std::move(r);
@@ -5279,12 +5596,19 @@ public:
     std::size_t arena_size() const noexcept { return param_arena_.size(); }
 
     /// GPT-2 initialization: weights ~ N(0, 0.02), residual output projections scaled by
-    /// 1/sqrt(2 L), position embedding ~ N(0, 0.01), biases 0, LayerNorm gain 1. Host memory only.
+    /// 1/sqrt(2 L), position embedding ~ N(0, 0.01), biases 0, LayerNorm gain 1. The same values on
+    /// every device (drawn on the host, copied once where the device has its own memory).
     void init(std::uint64_t seed) {
         Rng rng(seed);
         const double proj_std = 0.02 / std::sqrt(2.0 * cfg_.n_layers);
+        std::vector<T> staged;  // a host image of the parameter arena for devices with their own memory
+        T* base = param_arena_.data();
+        if constexpr (Device::memory != memory_space::host) {
+            staged.assign(param_arena_.size(), T(0));
+            base = staged.data();
+        }
         for (auto& p : params_) {
-            T* d = p.value.data();
+            T* d = base + (p.value.data() - param_arena_.data());
             const std::int64_t n = p.value.numel();
             const bool residual_proj = p.name.ends_with("c_proj.weight");
             const double std = p.name == "wpe.weight" ? 0.01 : residual_proj ? proj_std : 0.02;
@@ -5301,6 +5625,8 @@ public:
                 }
             }
         }
+        if constexpr (Device::memory != memory_space::host)
+            dev_.copy(param_arena_.data(), staged.data(), sizeof(T) * staged.size());
     }
 
     /// Runs the model on tokens(B,T) (row-major, B <= max_batch, T <= context_length, every id in
@@ -5387,8 +5713,9 @@ public:
         }
         const T dloss = count ? T(1) / T(count) : T(0);
         cross_entropy_forward_backward(dev_, act(dlogits_), act(losses_), act(logits_), targets, N, V, dloss);
+        const auto losses = detail::read_on_host(dev_, static_cast<const T*>(act(losses_)), std::size_t(N));
         T sum = 0;
-        for (int n = 0; n < N; ++n) sum += act(losses_)[n];
+        for (int n = 0; n < N; ++n) sum += losses[std::size_t(n)];
         return count ? sum / T(count) : T(0);
     }
 
@@ -5416,10 +5743,21 @@ public:
                                   std::to_string(b) + " outside [1, " + std::to_string(Tn) + "]");
         forward(tokens, B, Tn);
         const int C = cfg_.d_model, V = cfg_.vocab_size;
-        for (int l = 0; l < cfg_.n_layers; ++l)
+        if constexpr (Device::memory != memory_space::host) {
+            // a device with its own memory: one scatter kernel per layer, not a copy per head and token
+            std::vector<std::int32_t> rows;  // (row of qkv, sequence, position) per token
             for (int b = 0; b < B; ++b)
-                for (int t = 0; t < lengths[b]; ++t)
-                    store_kv(cache, l, act(layer_acts_[l].qkv) + (std::int64_t(b) * Tn + t) * 3 * C, b, t);
+                for (int t = 0; t < lengths[b]; ++t) rows.insert(rows.end(), {b * Tn + t, b, t});
+            for (int l = 0; l < cfg_.n_layers; ++l)
+                kv_cache_store(dev_, cache.keys(l), cache.values(l), static_cast<const T*>(act(layer_acts_[l].qkv)),
+                               rows.data(), static_cast<int>(rows.size() / 3), cfg_.n_heads, C / cfg_.n_heads,
+                               cfg_.context_length);
+        } else {
+            for (int l = 0; l < cfg_.n_layers; ++l)
+                for (int b = 0; b < B; ++b)
+                    for (int t = 0; t < lengths[b]; ++t)
+                        store_kv(cache, l, act(layer_acts_[l].qkv) + (std::int64_t(b) * Tn + t) * 3 * C, b, t);
+        }
         for (int b = 0; b < B; ++b) {
             dev_.copy(act(next_logits_) + std::int64_t(b) * V,
                       act(logits_) + (std::int64_t(b) * Tn + lengths[b] - 1) * V, sizeof(T) * V);
@@ -5450,14 +5788,21 @@ public:
             add(dev_, x + std::int64_t(b) * C, wte() + std::int64_t(tokens[b]) * C,
                 wpe() + std::int64_t(cache.length(b)) * C, C);
         for (int b = 0; b < B; ++b) ++cache.lengths_[std::size_t(b)];
+        std::vector<std::int32_t> rows;  // devices with their own memory: (row of qkv, sequence, position)
+        if constexpr (Device::memory != memory_space::host)
+            for (int b = 0; b < B; ++b) rows.insert(rows.end(), {b, b, cache.length(b) - 1});
         for (int l = 0; l < cfg_.n_layers; ++l) {
             const auto& w = layer_params_[l];
             const auto& a = layer_acts_[l];
             layernorm_forward(dev_, act(a.ln1), act(a.ln1_mean), act(a.ln1_rstd), x, val(w.ln1_w), val(w.ln1_b), B, C,
                               eps);
             nn::linear_forward(dev_, act(a.qkv), act(a.ln1), val(w.attn_w), val(w.attn_b), B, C, 3 * C);
-            for (int b = 0; b < B; ++b)
-                store_kv(cache, l, act(a.qkv) + std::int64_t(b) * 3 * C, b, cache.length(b) - 1);
+            if constexpr (Device::memory != memory_space::host)
+                kv_cache_store(dev_, cache.keys(l), cache.values(l), static_cast<const T*>(act(a.qkv)), rows.data(), B,
+                               H, hs, Tmax);
+            else
+                for (int b = 0; b < B; ++b)
+                    store_kv(cache, l, act(a.qkv) + std::int64_t(b) * 3 * C, b, cache.length(b) - 1);
             attention_decode(dev_, act(a.atty), act(a.att), act(a.qkv), cache.keys(l), cache.values(l),
                              cache.lengths_.data(), B, H, hs, Tmax);
             dev_.copy(act(a.res_attn), x, sizeof(T) * B * C);
@@ -5826,9 +6171,9 @@ inline TokenLogprob parse_token(const nlohmann::json& j, const std::string& wher
         if (!b->is_array()) throw protocol_error("\"" + where + ".bytes\" is not an array");
         std::vector<std::uint8_t> bytes;
         for (const auto& x : *b) {
-            if (!x.is_number_integer() || x.get<int>() < 0 || x.get<int>() > 255)
+            if (!x.is_number_unsigned() || x.get<std::uint64_t>() > 255)
                 throw protocol_error("\"" + where + ".bytes\" holds a value that is not a byte");
-            bytes.push_back(std::uint8_t(x.get<int>()));
+            bytes.push_back(std::uint8_t(x.get<std::uint64_t>()));
         }
         t.bytes = std::move(bytes);
     }
@@ -8479,10 +8824,6 @@ void relation_kl_forward_backward(const Cpu& dev, T* d, T* losses, const T* stud
 
 #include <unistd.h>
 
-#if defined(__SSE4_2__)
-#include <nmmintrin.h>
-#endif
-
 #include <nlohmann/json.hpp>
 
 // ---- begin distill/optimizer.hpp ----
@@ -8568,70 +8909,6 @@ concept optimizer_policy = device_policy<typename O::device_type> &&
 }  // namespace distill
 // ---- end distill/optimizer.hpp ----
 
-namespace distill::detail {
-
-/// The slicing-by-8 tables of CRC-32C (Castagnoli, reflected polynomial 0x82F63B78).
-inline const std::array<std::array<std::uint32_t, 256>, 8>& crc32c_tables() {
-    static const auto tables = [] {
-        std::array<std::array<std::uint32_t, 256>, 8> t{};
-        for (std::uint32_t i = 0; i < 256; ++i) {
-            std::uint32_t c = i;
-            for (int k = 0; k < 8; ++k) c = (c >> 1) ^ (0x82F63B78u & (0u - (c & 1u)));
-            t[0][i] = c;
-        }
-        for (std::uint32_t i = 0; i < 256; ++i)
-            for (int s = 1; s < 8; ++s) t[s][i] = (t[s - 1][i] >> 8) ^ t[0][t[s - 1][i] & 0xffu];
-        return t;
-    }();
-    return tables;
-}
-
-/// CRC-32C of `size` bytes in software (slicing by 8), continuing from the raw register `crc`.
-inline std::uint32_t crc32c_update_software(std::uint32_t crc, const unsigned char* p, std::size_t size) noexcept {
-    const auto& t = crc32c_tables();
-    while (size >= 8) {
-        std::uint64_t w;
-        std::memcpy(&w, p, 8);
-        w ^= crc;
-        crc = t[7][w & 0xff] ^ t[6][(w >> 8) & 0xff] ^ t[5][(w >> 16) & 0xff] ^ t[4][(w >> 24) & 0xff] ^
-              t[3][(w >> 32) & 0xff] ^ t[2][(w >> 40) & 0xff] ^ t[1][(w >> 48) & 0xff] ^ t[0][w >> 56];
-        p += 8;
-        size -= 8;
-    }
-    while (size--) crc = (crc >> 8) ^ t[0][(crc ^ *p++) & 0xffu];
-    return crc;
-}
-
-/// CRC-32C of `size` bytes at `data`, continuing `crc` (0 to start): `crc32c(b, crc32c(a))` is the
-/// CRC of a followed by b. Uses the SSE4.2 instruction when the build targets it (the same function,
-/// about 8 GB/s, so checksumming a checkpoint costs a fraction of writing it).
-inline std::uint32_t crc32c(const void* data, std::size_t size, std::uint32_t crc = 0) noexcept {
-    const auto* p = static_cast<const unsigned char*>(data);
-    crc = ~crc;
-#if defined(__SSE4_2__)
-    std::uint64_t c = crc;
-    while (size >= 8) {
-        std::uint64_t w;
-        std::memcpy(&w, p, 8);
-        c = _mm_crc32_u64(c, w);
-        p += 8;
-        size -= 8;
-    }
-    crc = static_cast<std::uint32_t>(c);
-    while (size--) crc = _mm_crc32_u8(crc, *p++);
-#else
-    crc = crc32c_update_software(crc, p, size);
-#endif
-    return ~crc;
-}
-
-/// The portable definition `crc32c` must agree with (tests compare the two).
-inline std::uint32_t crc32c_portable(const void* data, std::size_t size, std::uint32_t crc = 0) noexcept {
-    return ~crc32c_update_software(~crc, static_cast<const unsigned char*>(data), size);
-}
-
-}  // namespace distill::detail
-
 namespace distill::io {
 
 /// The checkpoint format this build writes and the only one it reads.
@@ -8660,11 +8937,14 @@ inline std::vector<std::int64_t> shape_of(const auto& tensor) {
     return {tensor.shape().begin(), tensor.shape().begin() + tensor.rank()};
 }
 
-/// Writes `tensors` as a safetensors file, atomically, copying bytes without conversion.
+/// Writes `tensors` as a safetensors file, atomically, copying bytes without conversion, with the
+/// checksum entry `io::save_tensors` writes (see `io/safetensors.hpp`).
 inline void write_raw(const std::filesystem::path& path, std::span<const raw_tensor> tensors,
                       const std::map<std::string, std::string>& metadata) {
+    std::map<std::string, std::string> meta = metadata;
+    meta.erase(std::string(checksum_key));
     nlohmann::ordered_json header = nlohmann::ordered_json::object();
-    if (!metadata.empty()) header["__metadata__"] = metadata;
+    if (!meta.empty()) header["__metadata__"] = meta;
     std::uint64_t offset = 0;
     std::vector<std::uint64_t> sizes;
     for (const auto& t : tensors) {
@@ -8677,6 +8957,10 @@ inline void write_raw(const std::filesystem::path& path, std::span<const raw_ten
         offset += bytes;
         sizes.push_back(bytes);
     }
+    std::uint32_t crc = distill::detail::header_checksum(nlohmann::json::parse(header.dump()));
+    for (std::size_t i = 0; i < tensors.size(); ++i) crc = distill::detail::crc32c(tensors[i].data, sizes[i], crc);
+    meta[std::string(checksum_key)] = distill::detail::hex32(crc);
+    header["__metadata__"] = meta;
     std::string text = header.dump();
     text.append((8 - text.size() % 8) % 8, ' ');
     const std::uint64_t header_size = text.size();
@@ -8724,6 +9008,9 @@ inline std::optional<std::int64_t> parse_step_name(std::string_view name) {
 /// CRC-32C, safetensors structure); nothing has been loaded into a model yet. Move-only.
 class Checkpoint {
 public:
+    /// The largest manifest.json accepted.
+    static constexpr std::size_t max_manifest_bytes = 64u << 20;
+
     /// Opens and verifies `dir`. Throws format_error naming the file and the defect (missing file,
     /// truncation, checksum mismatch, other format version, malformed manifest) or io_error.
     static Checkpoint open(const std::filesystem::path& dir) {
@@ -8734,6 +9021,12 @@ public:
             throw format_error(manifest_path, 0, "missing: " + dir.string() + " is not a complete checkpoint");
         const distill::detail::mapped_file map(manifest_path);
         const auto bytes = map.bytes();
+        // A manifest is kilobytes (the job config and the loop's state); a huge one is not ours, and
+        // parsing it would cost many times its size in memory.
+        if (bytes.size() > max_manifest_bytes)
+            throw format_error(manifest_path, 0,
+                               "is " + std::to_string(bytes.size()) + " bytes, over the limit of " +
+                                   std::to_string(max_manifest_bytes) + "; the checkpoint is refused");
         nlohmann::json m =
             nlohmann::json::parse(reinterpret_cast<const char*>(bytes.data()),
                                   reinterpret_cast<const char*>(bytes.data()) + bytes.size(), nullptr, false);
@@ -8775,8 +9068,22 @@ private:
             field("checksum").get<std::uint64_t>() != checkpoint_detail::manifest_checksum(m))
             throw format_error(manifest_path, 0,
                                "checksum mismatch: the manifest was modified or corrupted; the checkpoint is refused");
-        c.step_ = field("step").get<std::int64_t>();
-        c.optimizer_steps_ = field("optimizer_steps").get<std::int64_t>();
+        // Numbers are checked for their kind before get<>(): converting a float out of range is undefined.
+        auto integer = [&](const char* key) {
+            const nlohmann::json& v = field(key);
+            if (!v.is_number_integer() || (v.is_number_unsigned() && v.get<std::uint64_t>() > INT64_MAX))
+                throw format_error(manifest_path, 0, std::string("\"") + key + "\" is not a 64-bit integer");
+            return v.get<std::int64_t>();
+        };
+        auto unsigned_at = [&](const nlohmann::json& f, const char* key, std::uint64_t max) {
+            const nlohmann::json& v = f.at(key);
+            if (!v.is_number_unsigned() || v.get<std::uint64_t>() > max)
+                throw format_error(manifest_path, 0,
+                                   std::string("\"files\": \"") + key + "\" is not an integer in range");
+            return v.get<std::uint64_t>();
+        };
+        c.step_ = integer("step");
+        c.optimizer_steps_ = integer("optimizer_steps");
         c.state_ = field("state");
         c.config_ = field("config");
         c.scalar_ = field("scalar_type").get<std::string>();
@@ -8786,13 +9093,13 @@ private:
             if (!f.contains(name)) throw format_error(manifest_path, 0, std::string("does not list ") + name);
             if (!std::filesystem::exists(path)) throw format_error(path, 0, "missing from the checkpoint");
             const auto [size, crc] = checkpoint_detail::file_digest(path);
-            const auto want_size = f[name].at("bytes").get<std::uint64_t>();
+            const auto want_size = unsigned_at(f[name], "bytes", UINT64_MAX);
             if (size != want_size)
                 throw format_error(path, 0,
                                    "has " + std::to_string(size) + " bytes, the manifest records " +
                                        std::to_string(want_size) +
                                        " (truncated or partially written); the checkpoint is refused");
-            if (crc != f[name].at("crc32c").get<std::uint32_t>())
+            if (crc != unsigned_at(f[name], "crc32c", UINT32_MAX))
                 throw format_error(path, 0,
                                    "CRC-32C mismatch (a flipped bit or a modified file); the checkpoint is refused");
         }
@@ -9027,6 +9334,11 @@ private:
         const auto path = root_ / pointer_name;
         if (!std::filesystem::exists(path)) return std::nullopt;
         const distill::detail::mapped_file map(path);
+        // "step-NNNNNNNN\n"; anything much longer is not a pointer (and is not copied whole).
+        if (map.bytes().size() > 4096)
+            throw format_error(path, 1,
+                               "does not name a checkpoint directory (" + std::to_string(map.bytes().size()) +
+                                   " bytes, expected step-NNNNNNNN)");
         std::string text(reinterpret_cast<const char*>(map.bytes().data()), map.bytes().size());
         while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
         if (!checkpoint_detail::parse_step_name(text))
@@ -9738,6 +10050,20 @@ T mean_rows(const T* rows, std::int64_t n, std::int64_t count) {
     return static_cast<T>(sum / static_cast<double>(count));
 }
 
+/// `mean_rows` of per-row values in `dev`'s memory: in place on a host device, after one copy of
+/// the n values to the host on a device with its own memory (same order, same result).
+template <class Device, class T>
+T mean_rows(const Device& dev, const T* rows, std::int64_t n, std::int64_t count) {
+    if constexpr (Device::memory == memory_space::host) {
+        (void)dev;
+        return mean_rows(rows, n, count);
+    } else {
+        if (count == 0) return T(0);
+        const auto host = ::distill::detail::read_on_host(dev, rows, static_cast<std::size_t>(n));
+        return mean_rows(host.data(), n, count);
+    }
+}
+
 }  // namespace distill::loss::util
 // ---- end distill/loss/util.hpp ----
 
@@ -9812,7 +10138,7 @@ public:
             attention_kl_forward_backward(ctx.device, sink.tensor.data(), sink.accumulate, ctx.rows(),
                                           S[std::size_t(ls)].data(), A[std::size_t(lt)].data(), ctx.mask_data(), B, Hs_,
                                           Ht_, Tn, grad_scale);
-            total += double(util::mean_rows(ctx.rows(), N, count)) / Hs_;
+            total += double(util::mean_rows(ctx.device, ctx.rows(), N, count)) / Hs_;
         }
         return static_cast<T>(total / double(pairs_.size()));
     }
@@ -9969,7 +10295,9 @@ public:
                                          dxs, 3 * Cs_, ds, R_);
                 }
                 // each relation overwrites the per-position losses: sum them now, in order, in double
-                for (std::int64_t n = 0; n < std::int64_t(B) * Tn; ++n) total += double(losses[n]);
+                const auto rows = ::distill::detail::read_on_host(ctx.device, static_cast<const T*>(losses),
+                                                                  std::size_t(B) * std::size_t(Tn));
+                for (std::int64_t n = 0; n < std::int64_t(B) * Tn; ++n) total += double(rows[std::size_t(n)]);
             }
         }
         return count ? static_cast<T>(total / (double(count) * terms)) : T(0);
@@ -10055,7 +10383,7 @@ public:
         const auto sink = ctx.d_logits();
         masked_cross_entropy_forward_backward(ctx.device, sink.tensor.data(), sink.accumulate, ctx.rows(), s.data(),
                                               y.data(), ctx.mask_data(), N, V, ctx.weight / T(count ? count : 1));
-        return util::mean_rows(ctx.rows(), N, count);
+        return util::mean_rows(ctx.device, ctx.rows(), N, count);
     }
 
     DISTILL_LOSS_TERM_CHECKS(distill::loss::HardCE)
@@ -10185,34 +10513,42 @@ public:
             // value, and dy (N,Ct) in place of y: rows that do not count get 0
             const T scale = ctx.weight / T(count ? count : 1) / T(pairs_.size());
             double value = 0;
-            for (std::int64_t n = 0; n < N; ++n) {
-                T* yr = y + n * Ct_;
-                const T* g = ht.data() + n * Ct_;
-                if (!ctx.counts(n)) {
-                    std::fill(yr, yr + Ct_, T(0));
-                    continue;
-                }
-                if (cfg_.form == "mse") {
-                    double sq = 0;
-                    for (int c = 0; c < Ct_; ++c) {
-                        const T r = yr[c] - g[c];
-                        sq += double(r) * double(r);
-                        yr[c] = scale * T(2) * r / T(Ct_);
+            if constexpr (Device::memory != memory_space::host) {
+                // a device with its own memory: the same rows in one kernel, per-row values to ctx.rows()
+                hidden_match_forward_backward(dev_, y, ctx.rows(), ht.data(), ctx.mask_data(), N, Ct_, scale,
+                                              cfg_.form == "cosine");
+                const auto rows = ::distill::detail::read_on_host(dev_, ctx.rows(), std::size_t(N));
+                for (std::int64_t n = 0; n < N; ++n) value += double(rows[n]);
+            } else {
+                for (std::int64_t n = 0; n < N; ++n) {
+                    T* yr = y + n * Ct_;
+                    const T* g = ht.data() + n * Ct_;
+                    if (!ctx.counts(n)) {
+                        std::fill(yr, yr + Ct_, T(0));
+                        continue;
                     }
-                    value += sq / Ct_;
-                } else {
-                    T dot = 0, yy = 0, gg = 0;
-                    for (int c = 0; c < Ct_; ++c) {
-                        dot += yr[c] * g[c];
-                        yy += yr[c] * yr[c];
-                        gg += g[c] * g[c];
+                    if (cfg_.form == "mse") {
+                        double sq = 0;
+                        for (int c = 0; c < Ct_; ++c) {
+                            const T r = yr[c] - g[c];
+                            sq += double(r) * double(r);
+                            yr[c] = scale * T(2) * r / T(Ct_);
+                        }
+                        value += sq / Ct_;
+                    } else {
+                        T dot = 0, yy = 0, gg = 0;
+                        for (int c = 0; c < Ct_; ++c) {
+                            dot += yr[c] * g[c];
+                            yy += yr[c] * yr[c];
+                            gg += g[c] * g[c];
+                        }
+                        const T ny = std::max(std::sqrt(yy), eps), ng = std::max(std::sqrt(gg), eps);
+                        const T cos = dot / (ny * ng);
+                        value += 1.0 - double(cos);
+                        // d(1 - cos)/dy = -(g/(ny ng) - cos y/ny²); the second part vanishes where |y| is clamped
+                        const T c2 = std::sqrt(yy) > eps ? cos / (ny * ny) : T(0);
+                        for (int c = 0; c < Ct_; ++c) yr[c] = -scale * (g[c] / (ny * ng) - c2 * yr[c]);
                     }
-                    const T ny = std::max(std::sqrt(yy), eps), ng = std::max(std::sqrt(gg), eps);
-                    const T cos = dot / (ny * ng);
-                    value += 1.0 - double(cos);
-                    // d(1 - cos)/dy = -(g/(ny ng) - cos y/ny²); the second part vanishes where |y| is clamped
-                    const T c2 = std::sqrt(yy) > eps ? cos / (ny * ny) : T(0);
-                    for (int c = 0; c < Ct_; ++c) yr[c] = -scale * (g[c] / (ny * ng) - c2 * yr[c]);
                 }
             }
             total += count ? value / double(count) : 0.0;
@@ -10349,7 +10685,7 @@ public:
         jsd_forward_backward(ctx.device, sink.tensor.data(), sink.accumulate, ctx.rows(), s.data(), t.data(),
                              ctx.mask_data(), N, static_cast<int>(s.size(2)), static_cast<T>(cfg_.beta), T(1) / tau,
                              ctx.weight * factor / T(count ? count : 1));
-        return factor * util::mean_rows(ctx.rows(), N, count);
+        return factor * util::mean_rows(ctx.device, ctx.rows(), N, count);
     }
 
     DISTILL_LOSS_TERM_CHECKS(distill::loss::JSD)
@@ -10423,7 +10759,7 @@ public:
         reverse_kl_forward_backward(ctx.device, sink.tensor.data(), sink.accumulate, ctx.rows(), s.data(), t.data(),
                                     ctx.mask_data(), N, static_cast<int>(s.size(2)), T(1) / tau,
                                     ctx.weight * factor / T(count ? count : 1));
-        return factor * util::mean_rows(ctx.rows(), N, count);
+        return factor * util::mean_rows(ctx.device, ctx.rows(), N, count);
     }
 
     DISTILL_LOSS_TERM_CHECKS(distill::loss::ReverseKL)
@@ -10500,7 +10836,7 @@ public:
         const auto sink = ctx.d_logits();
         kl_forward_backward(ctx.device, sink.tensor.data(), sink.accumulate, ctx.rows(), s.data(), t.data(),
                             ctx.mask_data(), N, V, T(1) / tau, ctx.weight * factor / T(count ? count : 1));
-        return factor * util::mean_rows(ctx.rows(), N, count);
+        return factor * util::mean_rows(ctx.device, ctx.rows(), N, count);
     }
 
     DISTILL_LOSS_TERM_CHECKS(distill::loss::SoftKL)
@@ -10568,7 +10904,7 @@ public:
         topk_kl_forward_backward(ctx.device, sink.tensor.data(), sink.accumulate, ctx.rows(), s.data(), ids.data(),
                                  lp.data(), ctx.mask_data(), N, V, k, T(1) / tau,
                                  ctx.weight * factor / T(count ? count : 1));
-        return factor * util::mean_rows(ctx.rows(), N, count);
+        return factor * util::mean_rows(ctx.device, ctx.rows(), N, count);
     }
 
     DISTILL_LOSS_TERM_CHECKS(distill::loss::TopKSoftKL)
@@ -10853,11 +11189,20 @@ struct accessors_impl<distill::loss::SumConfig<Terms...>> {
     static constexpr auto apply() { return apply_(std::index_sequence_for<Terms...>{}); }
 
 private:
+    // A named accessor rather than a lambda inside the pack expansion: nvcc's front end rejects the
+    // lambda form ("parameter pack was referenced but not expanded").
+    template <std::size_t I>
+    struct term_accessor {
+        template <class S>
+        constexpr decltype(auto) operator()(S&& s) const {
+            return hana::at_c<I>(static_cast<S&&>(s).terms);
+        }
+    };
     template <std::size_t... I>
     static constexpr auto apply_(std::index_sequence<I...>) {
         return hana::make_tuple(hana::make_pair(
             distill::loss::sum_detail::hana_string<std::tuple_element_t<I, std::tuple<Terms...>>::name>(),
-            [](auto&& s) -> decltype(auto) { return hana::at_c<I>(static_cast<decltype(s)&&>(s).terms); })...);
+            term_accessor<I>{})...);
     }
 };
 
@@ -10936,6 +11281,22 @@ struct DecayGroups {
         }
         return true;
     }
+};
+
+/// The per-step coefficients of an Adam/AdamW update, as a device kernel (`adam_update`) takes them:
+/// m ← b1 m + c1 g, v ← b2 v + c2 g², p ← p + neg_step_size m / (√v / bc2_sqrt + eps); with decay,
+/// p ← shrink p first (decoupled) or g ← g + wd p (coupled).
+template <class T>
+struct adam_coefficients {
+    T b1, c1, b2, c2, neg_step_size, bc2_sqrt, eps, wd, shrink;
+    bool decoupled;
+};
+
+/// The per-step coefficients of an SGD update, as a device kernel (`sgd_update`) takes them.
+template <class T>
+struct sgd_coefficients {
+    T neg_lr, wd, mu, keep;
+    bool momentum, first, nesterov;
 };
 
 namespace detail {
@@ -11118,7 +11479,8 @@ void packetwise(const Kernel& kernel, std::int64_t n, T* p, const T* g, T* s0, T
 /// Checks what every optimizer requires of its parameters: host memory, value and gradient both
 /// contiguous with equal sizes, unique non-empty names (state tensors and checkpoints are keyed by them).
 template <class T>
-void validate_parameters(std::span<const Parameter<T>> params, const std::string& who) {
+void validate_parameters(std::span<const Parameter<T>> params, const std::string& who,
+                         memory_space memory = memory_space::host) {
     std::set<std::string> names;
     for (std::size_t i = 0; i < params.size(); ++i) {
         const auto& p = params[i];
@@ -11131,8 +11493,10 @@ void validate_parameters(std::span<const Parameter<T>> params, const std::string
             throw shape_error(where + ": value " + p.value.shape_string() + " and gradient " + p.grad.shape_string() +
                               " differ in size");
         if (!p.value.contiguous() || !p.grad.contiguous()) throw shape_error(where + " is not contiguous");
-        if (p.value.space() != memory_space::host || p.grad.space() != memory_space::host)
-            throw shape_error(where + " is not in host memory; this optimizer updates host tensors");
+        if (p.value.space() != memory || p.grad.space() != memory)
+            throw shape_error(where + (memory == memory_space::host
+                                           ? " is not in host memory; this optimizer updates host tensors"
+                                           : " is not in the optimizer device's memory"));
     }
 }
 
@@ -11221,15 +11585,12 @@ public:
     using scalar_type = T;
     using device_type = Device;
     using config_type = AdamConfig;
-    static_assert(Device::memory == memory_space::host,
-                  "optim::Adam/AdamW: this implementation updates host memory; a device with its own memory "
-                  "(device::Cuda) needs its own update kernel");
 
     /// Takes the parameters to update (see `gather`), validated; allocates the zeroed state.
     AdamImpl(std::vector<Parameter<T>> params, const AdamConfig& config = default_config(), Device device = Device{})
         : params_(std::move(params)), cfg_(config), dev_(device) {
         cfg_.validate();
-        validate_parameters<T>(params_, Decoupled ? "AdamW" : "Adam");
+        validate_parameters<T>(params_, Decoupled ? "AdamW" : "Adam", Device::memory);
         static constexpr const char* slots[] = {"exp_avg", "exp_avg_sq"};
         state_ = StateArena<T, Device>(dev_, params_, slots);
         chunks_ = make_chunks<T>(params_);
@@ -11269,6 +11630,15 @@ public:
         plain.decay = false;
         k.decay = true;
         const std::size_t n = params_.size();
+        if constexpr (Device::memory != memory_space::host) {
+            // a device with its own memory: one update kernel per parameter, the same expressions
+            const adam_coefficients<T> ck{k.b1,       k.c1,  k.b2, k.c2,     k.neg_step_size,
+                                          k.bc2_sqrt, k.eps, k.wd, k.shrink, Decoupled};
+            for (std::size_t i = 0; i < n; ++i)
+                adam_update(dev_, params_[i].value.data(), params_[i].grad.data(), state_.data(0, i, n),
+                            state_.data(1, i, n), params_[i].value.numel(), ck, bool(decays_[i]));
+            return;
+        }
         for_each_chunk(dev_, chunks_, [&](std::size_t c) {
             const Chunk& ch = chunks_[c];
             const auto& prm = params_[ch.parameter];
@@ -11348,7 +11718,8 @@ private:
 
 /// Adam (Kingma & Ba) with `torch.optim.Adam` semantics: `weight_decay` is an L2 penalty added to the
 /// gradient before the moments (so it is rescaled by the adaptive denominator).
-/// @tparam T scalar type. @tparam Device a host-memory `device_policy` (threads from `threads()`).
+/// @tparam T scalar type. @tparam Device a `device_policy`: host memory (threads from `threads()`), or its own memory
+/// with `adam_update` kernels (`device::Cuda`).
 template <class T, class Device>
 class Adam : public detail::AdamImpl<T, Device, false> {
 public:
@@ -11357,7 +11728,7 @@ public:
 
 /// AdamW (Loshchilov & Hutter) with `torch.optim.AdamW` semantics: decoupled decay
 /// `p ← p·(1 − lr·weight_decay)` before the Adam update; default weight_decay 0.01.
-/// @tparam T scalar type. @tparam Device a host-memory `device_policy`.
+/// @tparam T scalar type. @tparam Device a `device_policy` (host memory, or its own with update kernels).
 template <class T, class Device>
 class AdamW : public detail::AdamImpl<T, Device, true> {
 public:
@@ -11411,6 +11782,16 @@ double sum_of_squares(const T* x, std::int64_t n) noexcept {
 /// @tparam T scalar type. @tparam Device a host-memory device (threads from `threads()`).
 template <class T, class Device>
 double global_grad_norm(std::span<const Parameter<T>> params, const Device& dev) {
+    if constexpr (Device::memory != memory_space::host) {
+        // a device with its own memory: its `sum_of_squares` reduction, one value back to the host
+        std::vector<const T*> grads;
+        std::vector<std::int64_t> sizes;
+        for (const auto& p : params) {
+            grads.push_back(p.grad.data());
+            sizes.push_back(p.grad.numel());
+        }
+        return std::sqrt(sum_of_squares(dev, grads.data(), sizes.data(), grads.size()));
+    }
     const std::vector<detail::Chunk> chunks = detail::make_chunks<T>(params);
     std::vector<double> partial(chunks.size());
     detail::for_each_chunk(dev, chunks, [&](std::size_t c) {
@@ -11434,6 +11815,10 @@ double clip_grad_norm(std::span<const Parameter<T>> params, double max_norm, con
     const double coef = max_norm / (norm + 1e-6);
     if (coef >= 1.0) return norm;  // torch multiplies by the clamped coefficient 1.0: a no-op
     const T scale = static_cast<T>(coef);
+    if constexpr (Device::memory != memory_space::host) {
+        for (const auto& p : params) scale_in_place(dev, p.grad.data(), scale, p.grad.numel());
+        return norm;
+    }
     const std::vector<detail::Chunk> chunks = detail::make_chunks<T>(params);
     detail::for_each_chunk(dev, chunks, [&](std::size_t c) {
         const detail::Chunk& ch = chunks[c];
@@ -11447,6 +11832,10 @@ double clip_grad_norm(std::span<const Parameter<T>> params, double max_norm, con
 /// Multiplies every gradient by `factor` (averaging over accumulated micro-batches).
 template <class T, class Device>
 void scale_gradients(std::span<const Parameter<T>> params, T factor, const Device& dev) {
+    if constexpr (Device::memory != memory_space::host) {
+        for (const auto& p : params) scale_in_place(dev, p.grad.data(), factor, p.grad.numel());
+        return;
+    }
     const std::vector<detail::Chunk> chunks = detail::make_chunks<T>(params);
     detail::for_each_chunk(dev, chunks, [&](std::size_t c) {
         const detail::Chunk& ch = chunks[c];
@@ -11679,22 +12068,19 @@ struct SgdConfig {
 };
 
 /// SGD with momentum (torch.optim.SGD, `foreach=False`, `maximize=False`).
-/// @tparam T scalar type. @tparam Device a host-memory `device_policy`.
+/// @tparam T scalar type. @tparam Device a `device_policy` (host memory, or its own with update kernels).
 template <class T, class Device>
 class Sgd {
 public:
     using scalar_type = T;
     using device_type = Device;
     using config_type = SgdConfig;
-    static_assert(
-        Device::memory == memory_space::host,
-        "optim::Sgd: this implementation updates host memory; a device with its own memory needs its own kernel");
 
     /// Takes the parameters to update (see `gather`); allocates the momentum buffers when momentum > 0.
     Sgd(std::vector<Parameter<T>> params, const SgdConfig& config = {}, Device device = Device{})
         : params_(std::move(params)), cfg_(config), dev_(device) {
         cfg_.validate();
-        detail::validate_parameters<T>(params_, "Sgd");
+        detail::validate_parameters<T>(params_, "Sgd", Device::memory);
         static constexpr const char* slots[] = {"momentum_buffer"};
         if (cfg_.momentum != 0) state_ = detail::StateArena<T, Device>(dev_, params_, slots);
         chunks_ = detail::make_chunks<T>(params_);
@@ -11719,6 +12105,14 @@ public:
         ++steps_;
         const std::size_t n = params_.size();
         const bool momentum = cfg_.momentum != 0;
+        if constexpr (Device::memory != memory_space::host) {
+            // a device with its own memory: one update kernel per parameter, the same expressions
+            const sgd_coefficients<T> ck{k.neg_lr, k.wd, k.mu, k.keep, k.momentum, k.first, k.nesterov};
+            for (std::size_t i = 0; i < n; ++i)
+                sgd_update(dev_, params_[i].value.data(), params_[i].grad.data(),
+                           momentum ? state_.data(0, i, n) : nullptr, params_[i].value.numel(), ck, bool(decays_[i]));
+            return;
+        }
         detail::for_each_chunk(dev_, chunks_, [&](std::size_t c) {
             const detail::Chunk& ch = chunks_[c];
             const auto& prm = params_[ch.parameter];
@@ -12559,4 +12953,1565 @@ BOOST_HANA_ADAPT_STRUCT(distill::train::FinetuneConfig, num_epochs, max_steps, b
                         eval_every, eval_batch_size, patience, min_delta, checkpoint_every, keep_last_n, log_every,
                         explosion_factor, explosion_warmup, output_dir, resume, quiet);
 // ---- end distill/train/finetune.hpp ----
+// the pipeline, last: it composes everything above
+// ---- begin distill/distiller.hpp ----
+/// @file distiller.hpp
+/// `Distiller<Teacher, Student, Loss, Optimizer, Device>`: the whole generate → finetune → evaluate
+/// pipeline of one job, composed at compile time from one policy per kind.
+///
+/// @code
+/// using MyDistiller = distill::Distiller<
+///     distill::teacher::Model<distill::student::Transformer>,    // where answers and soft labels come from
+///     distill::student::Transformer,                             // what is trained
+///     distill::loss::Sum<distill::loss::SoftKL, distill::loss::HiddenMSE, distill::loss::AttentionKL>,
+///     distill::optim::AdamW,
+///     distill::device::Cpu>;
+/// distill::Job job = distill::load_job("job.json");
+/// distill::teacher::Model<distill::student::Transformer> teacher(teacher_config);
+/// MyDistiller d(job, teacher);
+/// nlohmann::ordered_json report = d.run();                      // or generate(), finetune(), evaluate()
+/// @endcode
+///
+/// **Compile-time checks**, one readable `static_assert` per slot, in dependency order: the device
+/// is a `device_policy`, the teacher a `teacher_source`, `Student<float, Device>` a `student_model`,
+/// the loss a `loss_policy`, `Optimizer<float, Device>` an `optimizer_policy`; then every loss term's
+/// needs ⊆ the teacher's provides (`loss::check_needs`), and an `online_teacher` when a term reads
+/// logits, hidden states, attention maps or q|k|v.
+///
+/// **Online or offline** follows from the types: a loss that reads the teacher's logits, hidden
+/// states or attention maps runs the teacher's forward on every batch (online); a loss that reads
+/// only top-k log-probabilities takes them from the generate stage's `synthetic.topk` (offline);
+/// token-level terms read the teacher's answers, which are the training sequences either way.
+///
+/// **Stages and their outputs** (all under the job's `output_dir`):
+/// | stage | writes | complete when |
+/// |---|---|---|
+/// | generate | `generate/synthetic{,.validation}.jsonl` (+ `.topk`, `.report.json`) | every prompt answered under the
+/// same generation fingerprint | | finetune | `student/` and `baseline/` (checkpoints, metrics.jsonl, done.json),
+/// `student.safetensors`, `baseline.safetensors` | done.json holds the same fingerprint | | evaluate |
+/// `eval/<model>.answers.jsonl`, `report.json`, `report.md`, `loss.svg`, `models.svg` | report.json holds the same
+/// fingerprint |
+///
+/// Each stage resumes after a crash (generate by record, finetune from its latest checkpoint,
+/// evaluate from scratch, deterministically) and is skipped when complete. Output of another
+/// configuration in the same directory is refused with an error naming the file, never reused.
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include <boost/hana/contains.hpp>
+#include <nlohmann/json.hpp>
+
+// ---- begin distill/eval/memory.hpp ----
+/// @file memory.hpp
+/// Peak resident memory of a stretch of work, read from Linux's /proc: the evaluation reports how
+/// much memory loading and running each model takes.
+///
+/// `PeakMemory` resets the kernel's high-water mark (`/proc/self/clear_refs`, "5") at its start and
+/// reports `VmHWM` minus the resident size at the start: the memory the work added at its peak
+/// (weights, activations, caches), independent of what the process held before. Where the reset is
+/// not permitted the absolute high-water mark is reported and `exact()` is false.
+///
+/// glibc keeps freed memory and raises its mmap threshold after large frees, so a model loaded
+/// after another would reuse pages already resident and look free. Before measuring, the heap's
+/// free pages are returned to the system (`malloc_trim`) and the mmap threshold is pinned at
+/// 128 KiB (the glibc default; pinning stops the dynamic raise): every arena then comes from fresh
+/// pages and is counted.
+
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <optional>
+
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
+namespace distill::eval {
+
+namespace memory_detail {
+
+/// A "VmRSS:" / "VmHWM:" line of /proc/self/status in bytes, or nullopt where there is none.
+inline std::optional<std::int64_t> status_bytes(const char* key) {
+    std::FILE* f = std::fopen("/proc/self/status", "r");
+    if (!f) return std::nullopt;
+    char line[256];
+    std::optional<std::int64_t> out;
+    const std::size_t n = std::strlen(key);
+    while (std::fgets(line, sizeof line, f)) {
+        if (std::strncmp(line, key, n) == 0) {
+            long long kb = 0;
+            if (std::sscanf(line + n, "%lld", &kb) == 1) out = static_cast<std::int64_t>(kb) * 1024;
+            break;
+        }
+    }
+    std::fclose(f);
+    return out;
+}
+
+}  // namespace memory_detail
+
+/// The process's resident set size in bytes (0 where /proc is unavailable).
+inline std::int64_t resident_bytes() {
+    return memory_detail::status_bytes("VmRSS:").value_or(0);
+}
+
+/// Measures the peak memory a stretch of work adds (see the file comment).
+class PeakMemory {
+public:
+    /// Resets the high-water mark and notes the current resident size.
+    PeakMemory() {
+#if defined(__GLIBC__)
+        static const bool pinned = mallopt(M_MMAP_THRESHOLD, 128 * 1024) == 1;
+        (void)pinned;
+        malloc_trim(0);
+#endif
+        if (std::FILE* f = std::fopen("/proc/self/clear_refs", "w")) {
+            exact_ = std::fputs("5", f) >= 0;
+            exact_ = (std::fclose(f) == 0) && exact_;
+        }
+        start_ = exact_ ? resident_bytes() : 0;
+    }
+    /// Bytes added at the peak since construction (the absolute peak when `exact()` is false).
+    std::int64_t peak_bytes() const {
+        const std::int64_t hwm = memory_detail::status_bytes("VmHWM:").value_or(0);
+        return hwm > start_ ? hwm - start_ : 0;
+    }
+    /// Whether the high-water mark could be reset (else the figure includes everything before).
+    bool exact() const noexcept {
+        return exact_;
+    }
+
+private:
+    bool exact_ = false;
+    std::int64_t start_ = 0;
+};
+
+}  // namespace distill::eval
+// ---- end distill/eval/memory.hpp ----
+// ---- begin distill/eval/report.hpp ----
+/// @file report.hpp
+/// The evaluation report as people read it: `report.md` (the comparison table of teacher, baseline
+/// and distilled student, with the student's change relative to the teacher) and SVG charts, both
+/// rendered from the `report.json` object the Distiller builds, so every figure appears once.
+///
+/// `report.json` has, under `models`, for each of `teacher`, `baseline` and `student`: `parameters`,
+/// `checkpoint_bytes`, `peak_rss_bytes`, `latency_ms_p50`, `latency_ms_p95`, `responses_per_s`,
+/// `tokens_per_s` and `metrics` (keyed by metric name); null where a figure does not exist (an API
+/// teacher has no parameter count). At top level: `task_type` and `primary_metric`.
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+
+namespace distill::eval {
+
+namespace report_detail {
+
+inline const char* const model_names[] = {"teacher", "baseline", "student"};
+
+inline bool has_number(const nlohmann::ordered_json& j, const char* key) {
+    return j.is_object() && j.contains(key) && j[key].is_number();
+}
+
+// 1234567 -> "1.23M"; 2048 -> "2.05k".
+inline std::string si(double v) {
+    char buf[32];
+    const double a = std::abs(v);
+    if (a >= 1e9)
+        std::snprintf(buf, sizeof buf, "%.2fG", v / 1e9);
+    else if (a >= 1e6)
+        std::snprintf(buf, sizeof buf, "%.2fM", v / 1e6);
+    else if (a >= 1e3)
+        std::snprintf(buf, sizeof buf, "%.2fk", v / 1e3);
+    else
+        std::snprintf(buf, sizeof buf, "%.3g", v);
+    return buf;
+}
+
+inline std::string bytes(double v) {
+    char buf[32];
+    if (v >= 1 << 30)
+        std::snprintf(buf, sizeof buf, "%.2f GiB", v / double(1 << 30));
+    else if (v >= 1 << 20)
+        std::snprintf(buf, sizeof buf, "%.1f MiB", v / double(1 << 20));
+    else
+        std::snprintf(buf, sizeof buf, "%.1f KiB", v / 1024.0);
+    return buf;
+}
+
+inline std::string fixed(double v, int digits) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.*f", digits, v);
+    return buf;
+}
+
+// "-85%" / "+12%": the relative change of `student` against `teacher`.
+inline std::string change(double student, double teacher) {
+    if (!(teacher != 0) || !std::isfinite(student) || !std::isfinite(teacher)) return "";
+    const double c = (student - teacher) / std::abs(teacher) * 100.0;
+    return (c >= 0 ? "+" : "−") + fixed(std::abs(c), 0) + "%";
+}
+
+}  // namespace report_detail
+
+/// The value of `key` for model `model` of a report (NaN when absent or null).
+inline double report_value(const nlohmann::ordered_json& report, const std::string& model, const std::string& key) {
+    const auto& models = report.at("models");
+    if (!models.contains(model)) return std::nan("");
+    const auto& m = models[model];
+    if (report_detail::has_number(m, key.c_str())) return m[key].get<double>();
+    if (m.contains("metrics") && report_detail::has_number(m["metrics"], key.c_str()))
+        return m["metrics"][key].get<double>();
+    return std::nan("");
+}
+
+/// One sentence: the student's change against the teacher and what it keeps of the primary metric,
+/// e.g. "−88% parameters, −80% latency, −85% memory; keeps 95% of the teacher's exact_match (baseline: 34%)".
+inline std::string report_summary(const nlohmann::ordered_json& report) {
+    using namespace report_detail;
+    const std::string primary = report.at("primary_metric");
+    auto v = [&](const char* model, const std::string& key) { return report_value(report, model, key); };
+    std::vector<std::string> parts;
+    auto add = [&](const char* key, const char* what) {
+        const std::string c = change(v("student", key), v("teacher", key));
+        if (!c.empty()) parts.push_back(c + " " + what);
+    };
+    add("parameters", "parameters");
+    add("latency_ms_p50", "latency");
+    add("peak_rss_bytes", "memory");
+    std::string s;
+    for (std::size_t i = 0; i < parts.size(); ++i) s += (i ? ", " : "") + parts[i];
+    const double t = v("teacher", primary), st = v("student", primary), b = v("baseline", primary);
+    if (std::isfinite(t) && t > 0 && std::isfinite(st)) {
+        s += (s.empty() ? "" : "; ") + std::string("keeps ") + fixed(100.0 * st / t, 0) + "% of the teacher's " +
+             primary;
+        if (std::isfinite(b)) s += " (baseline: " + fixed(100.0 * b / t, 0) + "%)";
+    }
+    return s;
+}
+
+/// `report.md`: the comparison table and the summary (see the file comment).
+inline std::string render_markdown(const nlohmann::ordered_json& report) {
+    using namespace report_detail;
+    const std::string primary = report.at("primary_metric");
+    std::vector<std::string> present;
+    for (const char* m : model_names)
+        if (report.at("models").contains(m)) present.push_back(m);
+    std::string md = "# Distillation report\n\n";
+    md += "Task: **" + report.at("task_type").get<std::string>() + "**, " +
+          std::to_string(report.value("test_examples", 0)) + " test examples; primary metric: **" + primary + "**.\n\n";
+    md += report_summary(report) + ".\n\n";
+    md += "| |";
+    for (const auto& m : present) md += " " + m + " |";
+    md += " student vs teacher |\n|---|";
+    for (std::size_t i = 0; i < present.size(); ++i) md += "---:|";
+    md += "---:|\n";
+    auto row = [&](const std::string& label, const std::string& key, auto format, bool relative) {
+        bool any = false;
+        std::string line = "| " + label + " |";
+        for (const auto& m : present) {
+            const double x = report_value(report, m, key);
+            any = any || std::isfinite(x);
+            line += " " + (std::isfinite(x) ? format(x) : std::string("–")) + " |";
+        }
+        const double s = report_value(report, "student", key), t = report_value(report, "teacher", key);
+        std::string rel;
+        if (relative)
+            rel = change(s, t);
+        else if (std::isfinite(s) && std::isfinite(t) && t > 0)
+            rel = "keeps " + fixed(100.0 * s / t, 0) + "%";
+        if (any) md += line + " " + rel + " |\n";
+    };
+    auto metric = [](double x) { return fixed(x, 4); };
+    row(primary, primary, metric, false);
+    for (const auto& m : present) {
+        const auto& metrics = report["models"][m]["metrics"];
+        for (const auto& item : metrics.items())
+            if (item.key() != primary && md.find("| " + item.key() + " |") == std::string::npos)
+                row(item.key(), item.key(), metric, item.key() == "perplexity");
+    }
+    row("parameters", "parameters", si, true);
+    row("checkpoint size", "checkpoint_bytes", bytes, true);
+    row("peak memory (RSS)", "peak_rss_bytes", bytes, true);
+    row(
+        "latency p50 (ms)", "latency_ms_p50", [](double x) { return fixed(x, 2); }, true);
+    row(
+        "latency p95 (ms)", "latency_ms_p95", [](double x) { return fixed(x, 2); }, true);
+    row(
+        "responses/s", "responses_per_s", [](double x) { return fixed(x, 1); }, true);
+    row(
+        "tokens/s", "tokens_per_s", [](double x) { return fixed(x, 0); }, true);
+    md +=
+        "\nCharts: `loss.svg` (training and validation loss per term), `models.svg` (the three models, relative "
+        "to the teacher). Machine-readable: `report.json`.\n";
+    return md;
+}
+
+/// The models side by side: primary metric, tokens/s, peak memory and parameters, each relative
+/// to the teacher (teacher = 1).
+inline std::string models_chart(const nlohmann::ordered_json& report) {
+    const std::string primary = report.at("primary_metric");
+    const std::vector<std::string> keys = {primary, "tokens_per_s", "peak_rss_bytes", "parameters"};
+    const std::vector<std::string> groups = {primary, "tokens/s", "peak memory", "parameters"};
+    std::vector<std::string> bars;
+    std::vector<std::vector<double>> values;
+    for (const char* m : report_detail::model_names) {
+        if (!report.at("models").contains(m)) continue;
+        bars.emplace_back(m);
+        std::vector<double> row;
+        for (const auto& k : keys) {
+            const double t = report_value(report, "teacher", k), x = report_value(report, m, k);
+            row.push_back(std::isfinite(t) && t > 0 ? x / t : std::nan(""));
+        }
+        values.push_back(std::move(row));
+    }
+    return bar_chart("The three models, relative to the teacher (teacher = 1)", groups, bars, values);
+}
+
+/// Training loss per term (and the validation loss) over steps from metrics.jsonl files, one prefix
+/// per run ("student", "baseline"). Unreadable lines are skipped (the chart is informative only).
+inline std::string loss_chart(const std::vector<std::pair<std::string, std::filesystem::path>>& runs) {
+    std::vector<Series> series;
+    for (const auto& [prefix, path] : runs) {
+        std::ifstream in(path);
+        std::string line;
+        std::vector<Series> run;
+        auto add = [&](const std::string& name, double x, double y) {
+            for (auto& s : run)
+                if (s.name == name) {
+                    s.x.push_back(x);
+                    s.y.push_back(y);
+                    return;
+                }
+            run.push_back({name, {x}, {y}});
+        };
+        while (std::getline(in, line)) {
+            const auto j = nlohmann::json::parse(line, nullptr, false);
+            if (!j.is_object() || !j.contains("step") || !j.contains("loss") || !j["loss"].is_number()) continue;
+            const double step = j["step"].get<double>();
+            const std::string kind = j.value("kind", "");
+            const std::string label = prefix + (kind == "validation" ? " validation" : " train");
+            add(label, step, j["loss"].get<double>());
+            // the terms of training only: validation per term would double the legend
+            if (kind != "validation" && j.contains("terms") && j["terms"].is_object() && j["terms"].size() > 1)
+                for (const auto& t : j["terms"].items())
+                    if (t.value().is_number()) add(label + " " + t.key(), step, t.value().get<double>());
+        }
+        series.insert(series.end(), run.begin(), run.end());
+    }
+    return line_chart("Loss per term over training", "step", "loss", series, 860, 420);
+}
+
+}  // namespace distill::eval
+// ---- end distill/eval/report.hpp ----
+// ---- begin distill/eval/task_metrics.hpp ----
+/// @file task_metrics.hpp
+/// The metrics of each task type, computed from a model's answers, the references and the
+/// teacher's answers. Every metric is "higher is better" except perplexity.
+///
+/// | task_type | metrics (the first is the primary one) |
+/// |---|---|
+/// | nli | accuracy (normalized exact match of the label) |
+/// | qa | exact_match (SQuAD normalization) |
+/// | math | exact_match (the final number of the answer equals the reference's, numerically) |
+/// | summarization | rouge_l (mean F1, as rouge-score), bleu (corpus, as sacreBLEU) |
+/// | conversation | bleu, rouge_l |
+///
+/// Every type also has `teacher_agreement`: the same comparison as the primary metric, made against
+/// the teacher's answers instead of the references (for text tasks, mean ROUGE-L F1 against them).
+/// Perplexity is added by the caller for models it can score.
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+
+namespace distill::eval {
+
+/// The share of pairs for which `match(prediction, reference)` holds (0 for none).
+template <class Match>
+double match_rate(const std::vector<std::string>& predictions, const std::vector<std::string>& references,
+                  Match match) {
+    if (predictions.size() != references.size())
+        throw error("metrics: " + std::to_string(predictions.size()) + " predictions but " +
+                    std::to_string(references.size()) + " references");
+    std::size_t hits = 0;
+    for (std::size_t i = 0; i < predictions.size(); ++i) hits += match(predictions[i], references[i]) ? 1 : 0;
+    return predictions.empty() ? 0.0 : double(hits) / double(predictions.size());
+}
+
+/// The primary-metric comparison of `task_type` between two answer lists (see the file comment).
+inline double agreement(std::string_view task_type, const std::vector<std::string>& predictions,
+                        const std::vector<std::string>& others) {
+    if (task_type == "math")
+        return match_rate(predictions, others, [](const auto& p, const auto& r) { return numeric_match(p, r); });
+    if (task_type == "qa" || task_type == "nli")
+        return match_rate(predictions, others, [](const auto& p, const auto& r) { return exact_match(p, r); });
+    return mean_rouge_l_f1(predictions, others);
+}
+
+/// The metrics of `task_type` (see the file comment), in report order; `teacher` may be empty
+/// (no teacher answers: no teacher_agreement).
+inline nlohmann::ordered_json task_metrics(std::string_view task_type, const std::vector<std::string>& predictions,
+                                           const std::vector<std::string>& references,
+                                           const std::vector<std::string>& teacher = {}) {
+    nlohmann::ordered_json m = nlohmann::ordered_json::object();
+    if (task_type == "nli") {
+        m["accuracy"] = agreement(task_type, predictions, references);
+    } else if (task_type == "qa" || task_type == "math") {
+        m["exact_match"] = agreement(task_type, predictions, references);
+    } else if (task_type == "summarization") {
+        m["rouge_l"] = mean_rouge_l_f1(predictions, references);
+        m["bleu"] = corpus_bleu(predictions, references).score;
+    } else if (task_type == "conversation") {
+        m["bleu"] = corpus_bleu(predictions, references).score;
+        m["rouge_l"] = mean_rouge_l_f1(predictions, references);
+    } else {
+        throw config_error("task_type", "unknown task type \"" + std::string(task_type) + "\"");
+    }
+    if (!teacher.empty()) m["teacher_agreement"] = agreement(task_type, predictions, teacher);
+    return m;
+}
+
+}  // namespace distill::eval
+// ---- end distill/eval/task_metrics.hpp ----
+// ---- begin distill/job.hpp ----
+/// @file job.hpp
+/// The job file: one JSON object holding a whole distillation run — the teacher, the student, the
+/// data, the task, sampling, hyperparameters, loss terms, the baseline and the output directory.
+/// `docs/job-format.md` lists every key with its default.
+///
+/// Reading is strict everywhere: an unknown key is a `config_error` naming its JSON path and the
+/// closest valid key; a value of the wrong type or out of range names its path and what was
+/// expected. The sections whose keys depend on the policies chosen at compile time (`teacher`,
+/// `student`, `optimizer`, `loss`) are kept as JSON here and read, just as strictly, into the
+/// policies' own config structs by the `Distiller` that uses them.
+///
+/// @code
+/// distill::Job job = distill::load_job("job.json");   // config_error / io_error / format_error
+/// @endcode
+
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <boost/hana/adapt_struct.hpp>
+#include <nlohmann/json.hpp>
+
+
+namespace distill {
+
+/// The task a data set poses; it decides the metrics (see `eval/task_metrics.hpp`).
+inline constexpr std::string_view task_types[] = {"conversation", "qa", "math", "summarization", "nli"};
+
+/// Training settings shared by the distilled student and the baseline. Keys of the job's
+/// `hyperparameters` object.
+struct Hyperparameters {
+    double learning_rate = 1e-3;         ///< peak learning rate
+    int batch_size = 16;                 ///< sequences per micro-batch
+    int num_epochs = 1;                  ///< passes over the training set (when max_steps is 0)
+    std::int64_t max_steps = 0;          ///< > 0: exactly this many optimizer steps
+    double temperature = 2.0;            ///< the temperature of every logit-level term that does not set its own
+    std::int64_t warmup = 0;             ///< linear warmup steps
+    std::string decay = "cosine";        ///< "constant", "cosine" or "linear" after the warmup
+    double min_lr_ratio = 0.1;           ///< final rate of the decay as a fraction of the peak
+    double weight_decay = 0.01;          ///< decoupled weight decay (optimizers that have one)
+    double grad_clip = 1.0;              ///< max global gradient norm (0: measure only)
+    int grad_accum = 1;                  ///< micro-batches per optimizer step
+    std::uint64_t seed = 0;              ///< student initialization and data order
+    std::int64_t eval_every = 0;         ///< validate every N steps (0: at epoch ends only)
+    int patience = 0;                    ///< early stopping after N validations without improvement (0: off)
+    std::int64_t checkpoint_every = 50;  ///< checkpoint every N steps (a killed run loses at most N steps)
+    std::int64_t log_every = 10;         ///< a metrics record every N steps
+
+    void validate(const std::string& path = "hyperparameters") const {
+        auto positive = [&](double v, const char* key) {
+            if (!(v > 0) || !std::isfinite(v))
+                throw config_error(path + "." + key, "must be a finite number > 0, got " + std::to_string(v));
+        };
+        auto at_least = [&](std::int64_t v, std::int64_t lo, const char* key) {
+            if (v < lo)
+                throw config_error(path + "." + key, "must be >= " + std::to_string(lo) + ", got " + std::to_string(v));
+        };
+        positive(learning_rate, "learning_rate");
+        positive(temperature, "temperature");
+        at_least(batch_size, 1, "batch_size");
+        at_least(num_epochs, 1, "num_epochs");
+        at_least(max_steps, 0, "max_steps");
+        at_least(warmup, 0, "warmup");
+        at_least(grad_accum, 1, "grad_accum");
+        at_least(eval_every, 0, "eval_every");
+        at_least(patience, 0, "patience");
+        at_least(checkpoint_every, 0, "checkpoint_every");
+        at_least(log_every, 0, "log_every");
+        if (decay != "constant" && decay != "cosine" && decay != "linear")
+            throw config_error(path + ".decay",
+                               "must be \"constant\", \"cosine\" or \"linear\", got \"" + decay + "\"");
+        if (!(min_lr_ratio >= 0 && min_lr_ratio <= 1))
+            throw config_error(path + ".min_lr_ratio", "must be in [0, 1], got " + std::to_string(min_lr_ratio));
+        if (!(weight_decay >= 0) || !std::isfinite(weight_decay))
+            throw config_error(path + ".weight_decay",
+                               "must be a finite number >= 0, got " + std::to_string(weight_decay));
+        if (!(grad_clip >= 0) || !std::isfinite(grad_clip))
+            throw config_error(path + ".grad_clip", "must be a finite number >= 0, got " + std::to_string(grad_clip));
+    }
+};
+
+/// How the baseline student — same architecture, same step budget, no teacher — is trained.
+/// Keys of the job's `baseline` object.
+struct BaselineConfig {
+    bool enabled = true;  ///< train and evaluate a baseline
+    /// "labeled": the training examples that carry a reference (ground truth); or the path of a
+    /// JSONL file whose examples all carry one.
+    std::string data = "labeled";
+
+    void validate(const std::string& path = "baseline") const {
+        if (data.empty()) throw config_error(path + ".data", "must be \"labeled\" or a JSONL path");
+    }
+};
+
+/// How models are measured. Keys of the job's `evaluation` object.
+struct EvaluationConfig {
+    int batch_size = 16;            ///< responses generated at once for the metrics and throughput
+    int latency_samples = 32;       ///< responses generated one at a time for the latency percentiles
+    std::int64_t max_examples = 0;  ///< evaluate the first N test examples (0: all)
+    int max_new_tokens = 0;         ///< answer length limit (0: generation.max_new_tokens)
+    bool evaluate_teacher = true;   ///< measure the teacher too (costs API calls for a remote one)
+
+    void validate(const std::string& path = "evaluation") const {
+        if (batch_size < 1) throw config_error(path + ".batch_size", "must be >= 1, got " + std::to_string(batch_size));
+        if (latency_samples < 0)
+            throw config_error(path + ".latency_samples", "must be >= 0, got " + std::to_string(latency_samples));
+        if (max_examples < 0)
+            throw config_error(path + ".max_examples", "must be >= 0, got " + std::to_string(max_examples));
+        if (max_new_tokens < 0)
+            throw config_error(path + ".max_new_tokens", "must be >= 0, got " + std::to_string(max_new_tokens));
+    }
+};
+
+/// A whole distillation run (see the file comment; every key in docs/job-format.md).
+struct Job {
+    /// `{"kind": "model" | "openai" | "cache" | "custom", ...}`: the kind's own keys
+    /// (teacher::ModelConfig, teacher::OpenAIConfig, teacher::CacheConfig) beside "kind"; "custom" is a
+    /// teacher constructed in code and handed to the Distiller (its keys are the program's business).
+    nlohmann::json teacher = nlohmann::json::object();
+    /// The student architecture's config (for student::Transformer: TransformerConfig's keys).
+    nlohmann::json student = nlohmann::json::object();
+    std::string training_data{};             ///< JSONL prompts (chat, prompt/completion or text); required
+    std::string validation_data{};           ///< JSONL prompts for the validation loss ("" = none)
+    std::string test_data{};                 ///< JSONL prompts with references for the evaluation ("" = no evaluation)
+    std::string task_type = "conversation";  ///< one of task_types; decides the metrics
+    teacher::Sampling generation{.temperature = 0.0, .top_p = 1.0};  ///< how the teacher answers
+    Hyperparameters hyperparameters{};
+    /// The optimizer's own keys besides the learning rate and weight decay (e.g. AdamW's beta1).
+    nlohmann::json optimizer = nlohmann::json::object();
+    /// Loss terms by name with weights and configs: {"soft_kl": {"weight": 1, "temperature": 2}, ...}.
+    /// Terms the chosen loss type has but the job does not name get weight 0.
+    nlohmann::json loss = nlohmann::json::object();
+    BaselineConfig baseline{};
+    EvaluationConfig evaluation{};
+    std::string output_dir = "out";  ///< every output of the run
+    int threads = 0;                 ///< CPU threads (0: DISTILL_NUM_THREADS or all cores)
+
+    /// Checks the fixed part (the policy sections are checked by the Distiller); throws config_error.
+    void validate() const {
+        if (!teacher.is_object()) throw config_error("teacher", "expected an object");
+        if (!teacher.contains("kind") || !teacher["kind"].is_string())
+            throw config_error("teacher.kind", "is required: \"model\", \"openai\", \"cache\" or \"custom\"");
+        const std::string kind = teacher["kind"];
+        if (kind != "model" && kind != "openai" && kind != "cache" && kind != "custom")
+            throw config_error("teacher.kind",
+                               "expected \"model\", \"openai\", \"cache\" or \"custom\" (a teacher built in code), "
+                               "got \"" +
+                                   kind + "\"");
+        if (!student.is_object()) throw config_error("student", "expected an object");
+        if (!optimizer.is_object()) throw config_error("optimizer", "expected an object");
+        if (!loss.is_object()) throw config_error("loss", "expected an object");
+        if (loss.empty()) throw config_error("loss", "names no term; give at least one, e.g. {\"soft_kl\": {}}");
+        if (training_data.empty()) throw config_error("training_data", "is required (a JSONL file)");
+        bool known = false;
+        for (auto t : task_types) known = known || task_type == t;
+        if (!known)
+            throw config_error("task_type",
+                               "expected \"conversation\", \"qa\", \"math\", \"summarization\" or "
+                               "\"nli\", got \"" +
+                                   task_type + "\"");
+        generation.validate("generation");
+        hyperparameters.validate();
+        baseline.validate();
+        evaluation.validate();
+        if (output_dir.empty()) throw config_error("output_dir", "must not be empty");
+        if (threads < 0 || threads > 4096) throw config_error("threads", "must be in [0, 4096]");
+    }
+
+    /// The teacher's kind ("model", "openai", "cache").
+    std::string teacher_kind() const { return teacher.value("kind", ""); }
+    /// The teacher section without "kind": the kind's config object.
+    nlohmann::json teacher_config() const {
+        nlohmann::json c = teacher;
+        c.erase("kind");
+        return c;
+    }
+    /// The primary metric of the task type (the report's leading column).
+    std::string primary_metric() const {
+        if (task_type == "nli") return "accuracy";
+        if (task_type == "qa" || task_type == "math") return "exact_match";
+        if (task_type == "summarization") return "rouge_l";
+        return "bleu";
+    }
+};
+
+}  // namespace distill
+
+BOOST_HANA_ADAPT_STRUCT(distill::Hyperparameters, learning_rate, batch_size, num_epochs, max_steps, temperature, warmup,
+                        decay, min_lr_ratio, weight_decay, grad_clip, grad_accum, seed, eval_every, patience,
+                        checkpoint_every, log_every);
+BOOST_HANA_ADAPT_STRUCT(distill::BaselineConfig, enabled, data);
+BOOST_HANA_ADAPT_STRUCT(distill::EvaluationConfig, batch_size, latency_samples, max_examples, max_new_tokens,
+                        evaluate_teacher);
+BOOST_HANA_ADAPT_STRUCT(distill::Job, teacher, student, training_data, validation_data, test_data, task_type,
+                        generation, hyperparameters, optimizer, loss, baseline, evaluation, output_dir, threads);
+
+namespace distill {
+
+/// Reads and validates a job from JSON. Relative data paths stay relative to the working directory.
+inline Job parse_job(const nlohmann::json& j) {
+    if (!j.is_object()) throw config_error("(job)", "expected a JSON object at the top level");
+    Job job;
+    io::from_json(j, job, "");
+    job.validate();
+    return job;
+}
+
+/// Reads `path` (io_error when unreadable, format_error naming line and column when not JSON) and
+/// validates it (config_error naming the key).
+inline Job load_job(const std::filesystem::path& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw io_error(path, "cannot open the job file");
+    std::stringstream ss;
+    ss << in.rdbuf();
+    const std::string text = ss.str();
+    nlohmann::json j;
+    try {
+        j = nlohmann::json::parse(text);
+    } catch (const nlohmann::json::parse_error& e) {
+        // the byte offset → line for the message
+        std::uint64_t line = 1;
+        for (std::size_t i = 0; i < text.size() && i + 1 < e.byte; ++i) line += text[i] == '\n';
+        throw format_error(path, line, std::string("not valid JSON: ") + e.what());
+    }
+    return parse_job(j);
+}
+
+}  // namespace distill
+// ---- end distill/job.hpp ----
+
+namespace distill {
+
+namespace distiller_detail {
+
+/// Whether loss `L` reads any signal only an in-process teacher has.
+template <class L>
+inline constexpr bool needs_online =
+    loss::term_needs<L, signal::logits_t> || loss::term_needs<L, signal::hidden_states_t> ||
+    loss::term_needs<L, signal::attentions_t> || loss::term_needs<L, signal::qkv_t>;
+
+inline std::string sha(const std::string& text) {
+    return "sha256:" + detail::sha256_hex(text).substr(0, 32);
+}
+
+inline nlohmann::ordered_json read_json_file(const std::filesystem::path& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw io_error(path, "cannot open");
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    auto j = nlohmann::ordered_json::parse(text, nullptr, false);
+    if (j.is_discarded()) throw format_error(path, 0, "not valid JSON (a damaged file: delete it to redo its stage)");
+    return j;
+}
+
+/// The fingerprint stored in `path` (a JSON object with "fingerprint"), or "" when there is no file.
+inline std::string stored_fingerprint(const std::filesystem::path& path) {
+    if (!std::filesystem::exists(path)) return "";
+    const auto j = read_json_file(path);
+    return j.is_object() ? j.value("fingerprint", "") : "";
+}
+
+inline void copy_file_atomic(const std::filesystem::path& from, const std::filesystem::path& to) {
+    std::ifstream in(from, std::ios::binary);
+    if (!in) throw io_error(from, "cannot open");
+    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    io::write_file_atomic(to, bytes);
+}
+
+inline double seconds_since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace distiller_detail
+
+/// Settings of a Distiller that are not part of the job (how it talks, not what it computes).
+struct DistillerOptions {
+    bool quiet = false;       ///< no progress output
+    std::FILE* log = stderr;  ///< where stage messages and progress go
+};
+
+/// The generate → finetune → evaluate pipeline of one job (see the file comment).
+/// @tparam Teacher a `teacher_source` (e.g. `teacher::Model<student::Transformer>`, `teacher::OpenAI<>`).
+/// @tparam Student a class template `Student<T, Device>` that is a `student_model` (`student::Transformer`).
+/// @tparam Loss a `loss_policy` (a term or a `loss::Sum`); rebound to float on `Device`.
+/// @tparam Optimizer a class template `Optimizer<T, Device>` that is an `optimizer_policy` (`optim::AdamW`).
+/// @tparam Device a `device_policy` (`device::Cpu`).
+template <class Teacher, template <class, class> class Student, class Loss, template <class, class> class Optimizer,
+          class Device = device::Cpu>
+class Distiller {
+    static_assert(device_policy<Device>,
+                  "Device: not a distill::device_policy (memory, name, allocate, deallocate, fill_zero, copy); see "
+                  "docs/devices.md");
+    static_assert(teacher_source<Teacher>,
+                  "Teacher: not a distill::teacher_source (provides, fingerprint(), name(), generate(...)); see "
+                  "docs/teachers.md");
+    static_assert(student_model<Student<float, Device>>,
+                  "Student: Student<float, Device> is not a distill::student_model; see docs/students.md");
+    static_assert(loss::loss_policy<loss::rebind_t<Loss, float, Device>, float, Device>,
+                  "Loss: not a distill::loss::loss_policy (name, needs, config, constructor from (config, dims), "
+                  "operator()(context)); see docs/losses.md");
+    static_assert(optimizer_policy<Optimizer<float, Device>>,
+                  "Optimizer: Optimizer<float, Device> is not a distill::optimizer_policy; see docs/training.md");
+    static_assert(loss::check_needs<Teacher, Loss>());
+    static_assert(!distiller_detail::needs_online<Loss> || online_teacher<Teacher>,
+                  "Teacher: the loss reads the teacher's logits, hidden states or attention maps, so the teacher must "
+                  "run in-process (distill::online_teacher, e.g. teacher::Model); see docs/teachers.md");
+
+public:
+    using scalar_type = float;
+    using teacher_type = Teacher;
+    using student_type = Student<float, Device>;
+    using student_config = typename student_type::config_type;
+    using loss_type = loss::rebind_t<Loss, float, Device>;
+    using optimizer_type = Optimizer<float, Device>;
+    using device_type = Device;
+    /// Runs a trained student (or the baseline) for evaluation: the in-process teacher over `Student`.
+    using runner_type = teacher::Model<Student, float, Device>;
+
+    /// Online distillation (a teacher forward per batch) when the loss reads in-process signals.
+    static constexpr bool online = distiller_detail::needs_online<Loss>;
+    /// Whether the loss reads cached top-k log-probabilities.
+    static constexpr bool uses_topk = loss::term_needs<Loss, signal::topk_logprobs_t>;
+
+    /// Validates everything that can be validated before work starts — every section of `job`
+    /// against the policies' configs, the data files (read and parsed), the teacher's shape against
+    /// the student's — so a bad job fails here (config_error, io_error, format_error naming the key,
+    /// file or line), never hours later. `teacher` is kept by reference and must outlive the Distiller.
+    Distiller(Job job, Teacher& teacher, Device device = Device{}, DistillerOptions options = {})
+        : job_(std::move(job)), teacher_(teacher), device_(device), opt_(options), out_(job_.output_dir) {
+        job_.validate();
+        io::from_json(job_.student, student_cfg_, "student");
+        student_cfg_.validate("student");
+        if constexpr (requires { teacher_.chat_template(); })
+            template_ = data::ChatTemplate<>(teacher_.chat_template().config());
+        loss_cfg_ = parse_loss_config();
+        optimizer_cfg_ = parse_optimizer_config();
+        train_ = read_data("training_data", job_.training_data);
+        if (train_.examples.empty())
+            throw format_error(job_.training_data, 0, "has no examples (training_data must not be empty)");
+        if (!job_.validation_data.empty()) validation_ = read_data("validation_data", job_.validation_data);
+        if (!job_.test_data.empty()) {
+            test_ = read_data("test_data", job_.test_data);
+            for (const auto& ex : test_->examples)
+                if (!ex.reference)
+                    throw format_error(job_.test_data, ex.line,
+                                       "test example has no reference answer (the evaluation compares against it)");
+        }
+        if (job_.baseline.enabled && job_.baseline.data != "labeled")
+            baseline_data_ = read_data("baseline.data", job_.baseline.data);
+        sampling_ = job_.generation;
+        if constexpr (uses_topk) {
+            if (sampling_.top_logprobs == 0)
+                throw config_error("generation.top_logprobs",
+                                   "is 0, but the loss reads the teacher's top-k log-probabilities; set 1..20");
+        }
+        if constexpr (online) {
+            const auto& t = teacher_.network().config();
+            if (t.vocab_size != student_cfg_.vocab_size)
+                throw config_error("student.vocab_size", "is " + std::to_string(student_cfg_.vocab_size) +
+                                                             " but the teacher's is " + std::to_string(t.vocab_size) +
+                                                             "; logit-level losses need one vocabulary");
+            if (t.context_length < student_cfg_.context_length)
+                throw config_error("student.context_length", "is " + std::to_string(student_cfg_.context_length) +
+                                                                 ", longer than the teacher's " +
+                                                                 std::to_string(t.context_length) +
+                                                                 " (the teacher forwards the same sequences)");
+            if (teacher_batch_size(teacher_) < job_.hyperparameters.batch_size)
+                throw config_error("teacher.max_batch",
+                                   "is " + std::to_string(teacher_batch_size(teacher_)) +
+                                       ", smaller than hyperparameters.batch_size " +
+                                       std::to_string(job_.hyperparameters.batch_size) +
+                                       " (online distillation forwards the teacher on every batch)");
+        }
+        (void)loss_type(loss_cfg_, dims(job_.hyperparameters.batch_size));  // checks layer maps and widths
+    }
+
+    Distiller(const Distiller&) = delete;
+    Distiller& operator=(const Distiller&) = delete;
+
+    const Job& job() const noexcept { return job_; }
+    const std::filesystem::path& output_dir() const noexcept { return out_; }
+
+    // ---- generate ----------------------------------------------------------------------------------
+
+    /// The teacher answers every training (and validation) prompt; see `distill::generate`. Resumes
+    /// and skips what is done. Returns the training set's report.
+    GenerateReport generate() {
+        write_job_copy();
+        GenerateConfig g;
+        g.output_dir = (out_ / "generate").string();
+        g.progress = !opt_.quiet;
+        say("generate: " + teacher_.name() + " answers " + std::to_string(train_.examples.size()) +
+            " training prompts");
+        GenerateReport r = distill::generate(teacher_, train_, sampling_, g);
+        if (validation_) {
+            g.name = "synthetic.validation";
+            distill::generate(teacher_, *validation_, sampling_, g);
+        }
+        const auto rejected = r.rejected_empty + r.rejected_truncated + r.rejected_duplicate;
+        if (rejected > 0)
+            say("generate: " + std::to_string(rejected) + " answers rejected (" + std::to_string(r.rejected_truncated) +
+                " cut off by generation.max_new_tokens, " + std::to_string(r.rejected_duplicate) + " duplicates, " +
+                std::to_string(r.rejected_empty) + " empty); see generate/synthetic.rejected.jsonl");
+        if (r.failed > 0) say("generate: " + std::to_string(r.failed) + " prompts unanswered (rerun to retry them)");
+        return r;
+    }
+
+    // ---- finetune ----------------------------------------------------------------------------------
+
+    /// Trains the distilled student on the teacher's answers and the baseline on the ground truth,
+    /// with the same architecture and step budget. Needs the generate stage's output. Returns a
+    /// summary of both runs.
+    nlohmann::ordered_json finetune() {
+        write_job_copy();
+        const auto synthetic = out_ / "generate" / "synthetic.jsonl";
+        if (!std::filesystem::exists(synthetic)) {
+            if (std::filesystem::exists(out_ / "generate" / "synthetic.rejected.jsonl"))
+                throw error("finetune: the teacher's answers were all rejected (see " +
+                            (out_ / "generate" / "synthetic.rejected.jsonl").string() +
+                            "); nothing to train on (answers cut off by generation.max_new_tokens are rejected)");
+            throw error("finetune: " + synthetic.string() + " does not exist; run the generate stage first");
+        }
+        Sequences train = sequences_from_synthetic(synthetic, "training");
+        std::optional<Sequences> val;
+        if (validation_) val = sequences_from_synthetic(out_ / "generate" / "synthetic.validation.jsonl", "validation");
+        const std::int64_t steps = train::total_steps(finetune_config(""), train.data.size());
+        nlohmann::ordered_json summary;
+        summary["student"] = train_student(train, val ? &*val : nullptr, steps);
+        if (job_.baseline.enabled) summary["baseline"] = train_baseline(steps);
+        return summary;
+    }
+
+    // ---- evaluate ----------------------------------------------------------------------------------
+
+    /// Measures the teacher, the baseline and the distilled student on the test set and writes the
+    /// report (report.json, report.md, loss.svg, models.svg). Returns report.json's object.
+    nlohmann::ordered_json evaluate() {
+        write_job_copy();
+        if (!test_) throw config_error("test_data", "is not set; the evaluate stage needs a test set with references");
+        const auto student_file = out_ / "student.safetensors", baseline_file = out_ / "baseline.safetensors";
+        if (!std::filesystem::exists(student_file))
+            throw error("evaluate: " + student_file.string() + " does not exist; run the finetune stage first");
+        const bool with_baseline = job_.baseline.enabled && std::filesystem::exists(baseline_file);
+        const std::string fp = evaluation_fingerprint(student_file, with_baseline ? baseline_file : "");
+        if (distiller_detail::stored_fingerprint(out_ / "report.json") == fp) {
+            say("evaluate: report.json is complete for these models; skipped");
+            return distiller_detail::read_json_file(out_ / "report.json");
+        }
+        const auto t0 = std::chrono::steady_clock::now();
+        std::vector<teacher::Request> requests;
+        std::vector<std::string> references;
+        for (const auto& ex : test_->examples) {
+            if (job_.evaluation.max_examples > 0 && std::int64_t(requests.size()) >= job_.evaluation.max_examples)
+                break;
+            requests.push_back({ex.id, ex.line, ex.prompt});
+            references.push_back(*ex.reference);
+        }
+        teacher::Sampling sampling = sampling_;
+        sampling.top_logprobs = 0;
+        if (job_.evaluation.max_new_tokens > 0) sampling.max_new_tokens = job_.evaluation.max_new_tokens;
+
+        nlohmann::ordered_json models = nlohmann::ordered_json::object();
+        std::vector<std::string> teacher_answers;
+        if (job_.evaluation.evaluate_teacher) {
+            say("evaluate: teacher on " + std::to_string(requests.size()) + " test prompts");
+            models["teacher"] = measure_teacher(requests, references, sampling, teacher_answers);
+        }
+        if (with_baseline) {
+            say("evaluate: baseline student");
+            models["baseline"] =
+                measure_student(baseline_file, "baseline", requests, references, sampling, teacher_answers);
+        }
+        say("evaluate: distilled student");
+        models["student"] = measure_student(student_file, "student", requests, references, sampling, teacher_answers);
+
+        nlohmann::ordered_json report;
+        report["distill_version"] = version();
+        report["fingerprint"] = fp;
+        report["task_type"] = job_.task_type;
+        report["primary_metric"] = job_.primary_metric();
+        report["test_examples"] = requests.size();
+        report["models"] = models;
+        report["fingerprints"] = {{"teacher", teacher_.fingerprint()},
+                                  {"generation", generation_fingerprint(teacher_, sampling_)},
+                                  {"student", "sha256:" + detail::sha256_file(student_file).substr(0, 32)}};
+        if (with_baseline)
+            report["fingerprints"]["baseline"] = "sha256:" + detail::sha256_file(baseline_file).substr(0, 32);
+        report["training"] = training_summary();
+        report["timings"] = stage_timings();
+        report["timings"]["evaluate_s"] = distiller_detail::seconds_since(t0);
+        report["job"] = io::to_json(job_);
+        report["summary"] = eval::report_summary(report);
+        write_report(report);
+        return report;
+    }
+
+    /// generate(), finetune(), evaluate() (the last only when the job has test data).
+    nlohmann::ordered_json run() {
+        generate();
+        finetune();
+        if (test_) return evaluate();
+        return nlohmann::ordered_json::object();
+    }
+
+private:
+    // The training sequences of one data set, with each row's prompt length and top-k record.
+    struct Sequences {
+        data::SequenceDataset data;
+        std::vector<std::int32_t> prompt_length{};
+        std::vector<const io::topk_record*> topk{};
+        std::shared_ptr<io::topk_file> topk_file{};
+        std::int64_t skipped_too_long = 0;
+    };
+
+    // ---- configuration -----------------------------------------------------------------------------
+
+    // A data file of the job; its io/format errors become config errors of the key that names it
+    // ("training_data: train.jsonl:7: ...").
+    static data::Dataset read_data(const char* key, const std::string& path) {
+        try {
+            return data::read_examples(path);
+        } catch (const io_error& e) {
+            throw config_error(key, e.what());
+        } catch (const format_error& e) {
+            throw config_error(key, e.what());
+        }
+    }
+
+    loss::dims dims(int max_batch) const {
+        loss::dims d;
+        d.student = {student_cfg_.vocab_size, student_cfg_.d_model, student_cfg_.n_layers, student_cfg_.n_heads};
+        if constexpr (online)
+            d.teacher = loss::model_dims_of(teacher_.network());
+        else
+            d.teacher = {student_cfg_.vocab_size, 0, 0, 0};
+        d.max_batch = max_batch;
+        d.max_length = student_cfg_.context_length;
+        return d;
+    }
+
+    // The job's loss object read into the loss's config: terms the job does not name get weight 0;
+    // a term without its own temperature takes hyperparameters.temperature.
+    typename loss_type::config parse_loss_config() const {
+        typename loss_type::config cfg;
+        nlohmann::json j = job_.loss;
+        if constexpr (requires { loss_type::names(); }) {
+            const nlohmann::json defaults = io::to_json(cfg);
+            for (const char* name : loss_type::names()) {
+                if (!j.contains(name)) {
+                    j[name] = {{"weight", 0.0}};
+                } else if (j[name].is_object() && !j[name].contains("temperature") &&
+                           defaults[name].contains("temperature")) {
+                    j[name]["temperature"] = job_.hyperparameters.temperature;
+                }
+            }
+        } else {
+            // a single term: the job's loss object is {"<name>": {...}}
+            if (j.size() != 1 || !j.contains(loss_type::name))
+                throw config_error("loss", std::string("this distiller's loss is the single term \"") +
+                                               loss_type::name + "\"; the job's loss object must name exactly it");
+            nlohmann::json term = j[loss_type::name];
+            if (term.is_object() && !term.contains("temperature") && io::to_json(cfg).contains("temperature"))
+                term["temperature"] = job_.hyperparameters.temperature;
+            io::from_json(term, cfg, std::string("loss.") + loss_type::name);
+            return cfg;
+        }
+        io::from_json(j, cfg, "loss");
+        return cfg;
+    }
+
+    // The job's optimizer object read into the optimizer's config; weight_decay from the
+    // hyperparameters unless the optimizer object sets it.
+    typename optimizer_type::config_type parse_optimizer_config() const {
+        typename optimizer_type::config_type cfg;
+        nlohmann::json j = job_.optimizer;
+        if (!j.contains("weight_decay") && io::to_json(cfg).contains("weight_decay"))
+            j["weight_decay"] = job_.hyperparameters.weight_decay;
+        io::from_json(j, cfg, "optimizer");
+        if constexpr (requires { cfg.validate(std::string()); }) cfg.validate("optimizer");
+        return cfg;
+    }
+
+    train::FinetuneConfig finetune_config(const std::string& dir) const {
+        const auto& h = job_.hyperparameters;
+        train::FinetuneConfig c;
+        c.num_epochs = h.num_epochs;
+        c.max_steps = h.max_steps;
+        c.batch_size = h.batch_size;
+        c.grad_accum = h.grad_accum;
+        c.grad_clip = h.grad_clip;
+        c.seed = h.seed;
+        c.eval_every = h.eval_every;
+        c.patience = h.patience;
+        c.checkpoint_every = h.checkpoint_every;
+        c.log_every = h.log_every;
+        c.output_dir = dir;
+        c.quiet = opt_.quiet;
+        return c;
+    }
+
+    optim::ScheduleConfig schedule_config() const {
+        const auto& h = job_.hyperparameters;
+        return {h.learning_rate, h.warmup, h.decay, h.min_lr_ratio};
+    }
+
+    // ---- generate → training sequences -------------------------------------------------------------
+
+    Sequences sequences_from_synthetic(const std::filesystem::path& path, const char* what) const {
+        if (!std::filesystem::exists(path))
+            throw error("finetune: " + path.string() + " does not exist; run the generate stage first");
+        const std::string fp = generation_fingerprint(teacher_, sampling_);
+        Sequences s{data::SequenceDataset(data::ByteTokenizer::pad, student_cfg_.context_length)};
+        if constexpr (uses_topk) {
+            auto topk_path = path;
+            topk_path.replace_extension(".topk");
+            s.topk_file = std::make_shared<io::topk_file>(topk_path);
+        }
+        const auto records = teacher::read_synthetic(path);
+        // In input order, not file order: answers retried by a later run (an endpoint that failed
+        // some requests) are appended after the others, and training must not depend on that.
+        std::vector<std::size_t> order(records.size());
+        for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+        std::stable_sort(order.begin(), order.end(),
+                         [&](std::size_t a, std::size_t b) { return records[a].source_line < records[b].source_line; });
+        for (const std::size_t i : order) {
+            const auto& r = records[i];
+            if (r.fingerprint != fp) throw teacher::fingerprint_error(path.string(), r.fingerprint, fp);
+            const auto prompt = template_.encode_prompt(r.prompt);
+            const auto response =
+                r.response.tokens.empty() ? template_.encode_response(r.response.text) : r.response.tokens;
+            if (prompt.size() + response.size() > std::size_t(student_cfg_.context_length)) {
+                ++s.skipped_too_long;
+                continue;
+            }
+            s.data.add_prompt_response(prompt, response);
+            s.prompt_length.push_back(std::int32_t(prompt.size()));
+            if constexpr (uses_topk) {
+                const io::topk_record* t = i < s.topk_file->size() ? &(*s.topk_file)[i] : nullptr;
+                if (!t || t->id != r.id || t->positions() != response.size())
+                    throw format_error(s.topk_file->path(), 0,
+                                       "has no matching top-k record for line " + std::to_string(i + 1) + " of " +
+                                           path.string() + " (id \"" + r.id + "\"); delete both to generate anew");
+                s.topk.push_back(t);
+            }
+        }
+        if (s.skipped_too_long > 0)
+            say(std::string("finetune: ") + std::to_string(s.skipped_too_long) + " " + what +
+                " examples longer than the student's context_length " + std::to_string(student_cfg_.context_length) +
+                " are left out");
+        if (s.data.empty()) throw error(std::string("finetune: no usable ") + what + " example in " + path.string());
+        return s;
+    }
+
+    data::SequenceDataset reference_sequences(const data::Dataset& ds, std::int64_t* skipped) const {
+        data::SequenceDataset seqs(data::ByteTokenizer::pad, student_cfg_.context_length);
+        for (const auto& ex : ds.examples) {
+            if (!ex.reference) continue;
+            const auto prompt = template_.encode_prompt(ex.prompt);
+            const auto response = template_.encode_response(*ex.reference);
+            if (prompt.size() + response.size() > std::size_t(student_cfg_.context_length)) {
+                ++*skipped;
+                continue;
+            }
+            seqs.add_prompt_response(prompt, response);
+        }
+        return seqs;
+    }
+
+    // ---- the distillation loss as the finetune loop's callback -------------------------------------
+
+    // One micro-batch: student forward, teacher signals (live forward or cached top-k), the loss
+    // terms, and for training the student's backward.
+    class Step {
+    public:
+        Step(Distiller& d, const Sequences& train, const Sequences* val, loss_type& loss,
+             loss::Workspace<float, Device>& ws)
+            : d_(&d), train_(&train), val_(val), loss_(&loss), ws_(&ws) {}
+
+        train::LossValues operator()(student_type& s, const data::Batch& batch, train::pass p) {
+            const int B = batch.batch, T = batch.length;
+            const std::size_t N = std::size_t(B) * std::size_t(T);
+            s.forward(batch.tokens.data(), B, T);
+            mask_.resize(N);
+            for (std::size_t n = 0; n < N; ++n) mask_[n] = batch.targets[n] >= 0;
+            out_.tokens = Tensor<const std::int32_t>(batch.targets.data(), {B, T});
+            if constexpr (online) {
+                d_->teacher_.forward(batch.tokens.data(), B, T);
+                loss::collect_outputs(d_->teacher_, out_);
+            }
+            if constexpr (uses_topk) fill_topk(p == train::pass::train ? *train_ : *val_, batch);
+            auto ctx = ws_->begin(s, out_, Tensor<const std::uint8_t>(mask_.data(), {B, T}),
+                                  Tensor<const std::int32_t>(batch.targets.data(), {B, T}));
+            const double total = static_cast<double>((*loss_)(ctx));
+            ws_->finish();
+            if (p == train::pass::train) s.backward(ws_->d_hidden(), ws_->d_attention(), ws_->d_qkv());
+            train::LossValues v{total, {}};
+            if constexpr (requires { loss_->values(); }) {
+                const auto names = loss_type::names();
+                for (std::size_t i = 0; i < names.size(); ++i)
+                    if (loss_->weights()[i] != 0) v.terms.emplace_back(names[i], loss_->values()[i]);
+            }
+            return v;
+        }
+
+    private:
+        // (B,T,k) ids and log-probabilities: the teacher's distribution over response token j sits
+        // at the position that predicts it, prompt_length + j - 1; -1 ids elsewhere.
+        void fill_topk(const Sequences& seqs, const data::Batch& batch) {
+            const int B = batch.batch, T = batch.length, k = d_->sampling_.top_logprobs;
+            ids_.assign(std::size_t(B) * T * k, -1);
+            lps_.assign(ids_.size(), 0.0f);
+            for (int b = 0; b < B; ++b) {
+                const auto row = std::size_t(batch.indices[std::size_t(b)]);
+                const io::topk_record& r = *seqs.topk[row];
+                const int rk = int(r.top_ids.size() / std::max<std::size_t>(r.positions(), 1));
+                const int use = std::min(k, rk);
+                for (std::size_t j = 0; j < r.positions(); ++j) {
+                    const std::int64_t pos = seqs.prompt_length[row] + std::int64_t(j) - 1;
+                    if (pos < 0 || pos >= T) continue;
+                    const std::size_t dst = (std::size_t(b) * T + std::size_t(pos)) * k;
+                    for (int c = 0; c < use; ++c) {
+                        ids_[dst + c] = r.top_ids[j * rk + c];
+                        lps_[dst + c] = r.top_logprobs[j * rk + c];
+                    }
+                }
+            }
+            out_.topk_ids = Tensor<const std::int32_t>(ids_.data(), {B, T, k});
+            out_.topk_logprobs = Tensor<const float>(lps_.data(), {B, T, k});
+            out_.topk_temperature = 1.0;
+        }
+
+        Distiller* d_;
+        const Sequences* train_;
+        const Sequences* val_;
+        loss_type* loss_;
+        loss::Workspace<float, Device>* ws_;
+        loss::teacher_outputs<float> out_{};
+        std::vector<std::uint8_t> mask_{};
+        std::vector<std::int32_t> ids_{};
+        std::vector<float> lps_{};
+    };
+
+    // ---- training runs ----------------------------------------------------------------------------
+
+    // Trains into out/<name>/ unless done.json there holds `fp`; refuses a directory of another
+    // configuration. `train` runs the loop and returns its result.
+    template <class Train>
+    nlohmann::ordered_json run_stage(const std::string& name, const std::string& fp, Train&& train) {
+        const auto dir = out_ / name, done = dir / "done.json", marker = dir / "fingerprint.json",
+                   weights = out_ / (name + ".safetensors");
+        if (distiller_detail::stored_fingerprint(done) == fp && std::filesystem::exists(weights)) {
+            say("finetune: " + name + " is complete for this configuration; skipped");
+            return distiller_detail::read_json_file(done);
+        }
+        const std::string found = distiller_detail::stored_fingerprint(marker);
+        if (!found.empty() && found != fp) throw teacher::fingerprint_error(dir.string(), found, fp);
+        std::filesystem::create_directories(dir);
+        if (found.empty()) io::write_file_atomic(marker, nlohmann::json{{"fingerprint", fp}}.dump() + "\n");
+        const auto t0 = std::chrono::steady_clock::now();
+        const train::FinetuneResult r = train(dir.string());
+        const auto& from = !r.best_checkpoint.empty() ? r.best_checkpoint : r.last_checkpoint;
+        if (from.empty()) throw error("finetune: the " + name + " run wrote no checkpoint");
+        distiller_detail::copy_file_atomic(from / "student.safetensors", weights);
+        nlohmann::ordered_json result = {{"fingerprint", fp},
+                                         {"steps", r.steps},
+                                         {"epochs_completed", r.epochs_completed},
+                                         {"early_stopped", r.early_stopped},
+                                         {"final_loss", r.last_loss},
+                                         {"weights_from", from.filename().string()},
+                                         {"seconds", distiller_detail::seconds_since(t0)}};
+        if (r.best_step >= 0) {
+            result["best_step"] = r.best_step;
+            result["best_validation_loss"] = r.best_validation_loss;
+        }
+        io::write_file_atomic(done, result.dump(2) + "\n");
+        return result;
+    }
+
+    student_type make_student() const {
+        student_type s(student_cfg_, std::max(job_.hyperparameters.batch_size, 1), device_);
+        s.init(job_.hyperparameters.seed);
+        return s;
+    }
+
+    nlohmann::ordered_json train_student(const Sequences& train, const Sequences* val, std::int64_t steps) {
+        const std::string fp = distiller_detail::sha(nlohmann::json{
+            {"stage", "student"},
+            {"student", io::to_json(student_cfg_)},
+            {"loss", io::to_json(loss_cfg_)},
+            {"optimizer", io::to_json(optimizer_cfg_)},
+            {"hyperparameters", io::to_json(job_.hyperparameters)},
+            {"generation", generation_fingerprint(teacher_, sampling_)},
+            {"data", train.data.fingerprint()},
+            {"validation",
+             val ? val->data.fingerprint() : 0}}.dump());
+        say("finetune: distilling into a student of " + std::to_string(student_cfg_.parameter_count()) +
+            " parameters for " + std::to_string(steps) + " steps (" + (online ? "online" : "offline") + ")");
+        return run_stage("student", fp, [&](const std::string& dir) {
+            student_type s = make_student();
+            const int B = job_.hyperparameters.batch_size;
+            loss_type loss(loss_cfg_, dims(B));
+            loss::Workspace<float, Device> ws(loss, dims(B), device_);
+            std::vector<Parameter<float>> extra;
+            if constexpr (requires { loss.parameters(); }) extra = loss.parameters();
+            optimizer_type opt(optim::gather(s.parameters(), extra), optimizer_cfg_);
+            optim::Schedule schedule(schedule_config(), steps);
+            train::FinetuneOptions<float> options;
+            options.extra = extra;
+            options.job_config = io::to_json(job_);
+            options.progress = opt_.quiet ? nullptr : opt_.log;
+            return train::finetune(s, opt, schedule, train.data, val ? &val->data : nullptr, finetune_config(dir),
+                                   Step(*this, train, val, loss, ws), std::move(options));
+        });
+    }
+
+    nlohmann::ordered_json train_baseline(std::int64_t steps) {
+        std::int64_t skipped = 0;
+        const data::Dataset& source = baseline_data_ ? *baseline_data_ : train_;
+        data::SequenceDataset train = reference_sequences(source, &skipped);
+        if (train.empty()) {
+            say("finetune: no training example carries a reference; the baseline is not trained");
+            return {{"skipped", "no labeled training example"}};
+        }
+        std::optional<data::SequenceDataset> val;
+        if (validation_) {
+            val = reference_sequences(*validation_, &skipped);
+            if (val->empty()) val.reset();
+        }
+        const std::string fp = distiller_detail::sha(nlohmann::json{
+            {"stage", "baseline"},
+            {"student", io::to_json(student_cfg_)},
+            {"optimizer", io::to_json(optimizer_cfg_)},
+            {"hyperparameters", io::to_json(job_.hyperparameters)},
+            {"steps", steps},
+            {"data", train.fingerprint()},
+            {"validation", val ? val->fingerprint() : 0}}.dump());
+        say("finetune: baseline on " + std::to_string(train.size()) + " labeled examples for " + std::to_string(steps) +
+            " steps");
+        return run_stage("baseline", fp, [&](const std::string& dir) {
+            student_type s = make_student();
+            optimizer_type opt(s.parameters(), optimizer_cfg_);
+            optim::Schedule schedule(schedule_config(), steps);
+            train::FinetuneConfig cfg = finetune_config(dir);
+            cfg.max_steps = steps;  // the distilled student's budget, whatever the data size
+            train::FinetuneOptions<float> options;
+            options.job_config = io::to_json(job_);
+            options.progress = opt_.quiet ? nullptr : opt_.log;
+            return train::finetune(s, opt, schedule, train, val ? &*val : nullptr, cfg, train::CrossEntropy{},
+                                   std::move(options));
+        });
+    }
+
+    // ---- evaluation -------------------------------------------------------------------------------
+
+    std::string evaluation_fingerprint(const std::filesystem::path& student,
+                                       const std::filesystem::path& baseline) const {
+        return distiller_detail::sha(nlohmann::json{
+            {"stage", "evaluate"},
+            {"student", detail::sha256_file(student)},
+            {"baseline", baseline.empty() ? "" : detail::sha256_file(baseline)},
+            {"teacher", job_.evaluation.evaluate_teacher ? teacher_.fingerprint() : ""},
+            {"test", detail::sha256_file(job_.test_data)},
+            {"evaluation", io::to_json(job_.evaluation)},
+            {"generation", io::to_json(sampling_)},
+            {"task_type",
+             job_.task_type}}.dump());
+    }
+
+    // Answers, latency and throughput of `model` on `requests`; metrics against the references.
+    template <class Model>
+    nlohmann::ordered_json measure(Model& model, const std::string& name, const std::vector<teacher::Request>& requests,
+                                   const std::vector<std::string>& references, const teacher::Sampling& sampling,
+                                   std::vector<std::string>& answers, const eval::PeakMemory& memory) {
+        using clock = std::chrono::steady_clock;
+        std::vector<double> latencies;
+        const std::size_t samples =
+            std::min<std::size_t>(std::size_t(job_.evaluation.latency_samples), requests.size());
+        for (std::size_t i = 0; i < samples; ++i) {
+            const auto t0 = clock::now();
+            generate_all(model, std::span<const teacher::Request>(&requests[i], 1), sampling);
+            latencies.push_back(1e3 * distiller_detail::seconds_since(t0));
+        }
+        const auto t0 = clock::now();
+        const auto responses = generate_all(model, std::span<const teacher::Request>(requests), sampling);
+        const double seconds = distiller_detail::seconds_since(t0);
+        answers.clear();
+        std::int64_t tokens = 0, failed = 0;
+        nlohmann::ordered_json lines = nlohmann::ordered_json::array();
+        std::string jsonl;
+        for (std::size_t i = 0; i < responses.size(); ++i) {
+            const auto& r = responses[i];
+            failed += r.ok() ? 0 : 1;
+            answers.push_back(r.ok() ? r.text : std::string());
+            tokens += r.usage.completion_tokens > 0 ? r.usage.completion_tokens : std::int64_t(r.tokens.size());
+            nlohmann::ordered_json line = {{"id", requests[i].id},
+                                           {"answer", answers.back()},
+                                           {"reference", references[i]},
+                                           {"finish_reason", teacher::finish_reason_name(r.finish)}};
+            if (!r.ok()) line["error"] = r.error;
+            jsonl += line.dump() + "\n";
+        }
+        std::filesystem::create_directories(out_ / "eval");
+        io::write_file_atomic(out_ / "eval" / (name + ".answers.jsonl"), jsonl);
+        nlohmann::ordered_json m;
+        m["name"] = model.name();
+        m["parameters"] = nullptr;
+        m["checkpoint_bytes"] = nullptr;
+        if constexpr (requires { model.network().config().parameter_count(); })
+            m["parameters"] = model.network().config().parameter_count();
+        if constexpr (requires { model.config().weights; })
+            if (!model.config().weights.empty() && std::filesystem::exists(model.config().weights))
+                m["checkpoint_bytes"] = std::filesystem::file_size(model.config().weights);
+        m["peak_rss_bytes"] = memory.peak_bytes();
+        m["latency_ms_p50"] = eval::percentile(latencies, 0.5);
+        m["latency_ms_p95"] = eval::percentile(latencies, 0.95);
+        m["responses_per_s"] = seconds > 0 ? double(responses.size()) / seconds : 0.0;
+        m["tokens_per_s"] = seconds > 0 ? double(tokens) / seconds : 0.0;
+        m["failed"] = failed;
+        m["metrics"] = eval::task_metrics(job_.task_type, answers, references,
+                                          name == "teacher" ? std::vector<std::string>{} : teacher_answers_);
+        if constexpr (requires {
+                          model.network();
+                          model.chat_template();
+                      })
+            m["metrics"]["perplexity"] = reference_perplexity(model.network(), requests, references);
+        return m;
+    }
+
+    nlohmann::ordered_json measure_teacher(const std::vector<teacher::Request>& requests,
+                                           const std::vector<std::string>& references,
+                                           const teacher::Sampling& sampling, std::vector<std::string>& answers) {
+        nlohmann::ordered_json m;
+        bool fresh = false;
+        if constexpr (requires {
+                          Teacher(teacher_.config(), device_);
+                          teacher_.config().weights;
+                      }) {
+            // a teacher loaded from a file is loaded again, so its memory is measured like the students'
+            if (!teacher_.config().weights.empty()) {
+                eval::PeakMemory memory;
+                Teacher t(teacher_.config(), device_);
+                m = measure(t, "teacher", requests, references, sampling, answers, memory);
+                fresh = true;
+            }
+        }
+        if (!fresh) {
+            eval::PeakMemory memory;
+            m = measure(teacher_, "teacher", requests, references, sampling, answers, memory);
+            if (m["parameters"].is_number())
+                m["peak_rss_bytes"] = m["peak_rss_bytes"].get<std::int64_t>() + 4 * m["parameters"].get<std::int64_t>();
+        }
+        teacher_answers_ = answers;
+        return m;
+    }
+
+    nlohmann::ordered_json measure_student(const std::filesystem::path& weights, const std::string& name,
+                                           const std::vector<teacher::Request>& requests,
+                                           const std::vector<std::string>& references,
+                                           const teacher::Sampling& sampling, const std::vector<std::string>&) {
+        eval::PeakMemory memory;
+        teacher::ModelConfig cfg;
+        cfg.weights = weights.string();
+        cfg.max_batch = job_.evaluation.batch_size;
+        cfg.chat_template = template_.config();
+        runner_type model(cfg, device_);
+        std::vector<std::string> answers;
+        return measure(model, name, requests, references, sampling, answers, memory);
+    }
+
+    // exp(mean NLL) of the reference answers given their prompts, teacher-forced.
+    template <class Net>
+    double reference_perplexity(Net& net, const std::vector<teacher::Request>& requests,
+                                const std::vector<std::string>& references) const {
+        data::SequenceDataset seqs(data::ByteTokenizer::pad, net.config().context_length);
+        for (std::size_t i = 0; i < requests.size(); ++i) {
+            const auto prompt = template_.encode_prompt(requests[i].messages);
+            const auto response = template_.encode_response(references[i]);
+            if (prompt.size() + response.size() <= std::size_t(net.config().context_length))
+                seqs.add_prompt_response(prompt, response);
+        }
+        double nll = 0;
+        std::int64_t tokens = 0;
+        data::Batch batch;
+        std::vector<std::int64_t> rows;
+        const std::size_t step = std::size_t(std::max(1, net.max_batch()));
+        for (std::size_t first = 0; first < seqs.size(); first += step) {
+            rows.clear();
+            for (std::size_t i = first; i < std::min(seqs.size(), first + step); ++i) rows.push_back(std::int64_t(i));
+            seqs.make_batch(rows, batch);
+            net.forward(batch.tokens.data(), batch.batch, batch.length);
+            nll += double(net.cross_entropy(batch.targets.data())) * double(batch.loss_tokens);
+            tokens += batch.loss_tokens;
+        }
+        return eval::perplexity(nll, tokens);
+    }
+
+    nlohmann::ordered_json training_summary() const {
+        nlohmann::ordered_json t = nlohmann::ordered_json::object();
+        for (const char* name : {"student", "baseline"})
+            if (const auto done = out_ / name / "done.json"; std::filesystem::exists(done))
+                t[name] = distiller_detail::read_json_file(done);
+        if (const auto g = out_ / "generate" / "synthetic.report.json"; std::filesystem::exists(g))
+            t["generate"] = distiller_detail::read_json_file(g);
+        return t;
+    }
+
+    nlohmann::ordered_json stage_timings() const {
+        nlohmann::ordered_json t;
+        const auto s = training_summary();
+        if (s.contains("generate")) t["generate_s"] = s["generate"].value("seconds", 0.0);
+        double finetune = 0;
+        for (const char* name : {"student", "baseline"})
+            if (s.contains(name)) finetune += s[name].value("seconds", 0.0);
+        t["finetune_s"] = finetune;
+        return t;
+    }
+
+    void write_report(const nlohmann::ordered_json& report) {
+        io::write_file_atomic(out_ / "report.md", eval::render_markdown(report));
+        std::vector<std::pair<std::string, std::filesystem::path>> runs;
+        for (const char* name : {"student", "baseline"})
+            if (const auto p = out_ / name / "metrics.jsonl"; std::filesystem::exists(p)) runs.emplace_back(name, p);
+        io::write_file_atomic(out_ / "loss.svg", eval::loss_chart(runs));
+        io::write_file_atomic(out_ / "models.svg", eval::models_chart(report));
+        io::write_file_atomic(out_ / "report.json", report.dump(2) + "\n");  // last: its presence means complete
+    }
+
+    void write_job_copy() {
+        std::filesystem::create_directories(out_);
+        io::write_file_atomic(out_ / "job.json", io::to_json(job_).dump(2) + "\n");
+    }
+
+    void say(const std::string& message) const {
+        if (!opt_.quiet && opt_.log) std::fprintf(opt_.log, "%s\n", message.c_str());
+    }
+
+    Job job_;
+    Teacher& teacher_;
+    Device device_;
+    DistillerOptions opt_;
+    std::filesystem::path out_;
+    student_config student_cfg_{};
+    data::ChatTemplate<> template_{};
+    typename loss_type::config loss_cfg_{};
+    typename optimizer_type::config_type optimizer_cfg_{};
+    teacher::Sampling sampling_{};
+    data::Dataset train_{};
+    std::optional<data::Dataset> validation_{}, test_{}, baseline_data_{};
+    std::vector<std::string> teacher_answers_{};
+};
+
+/// Which stages of the run in `output_dir` are done, how far training got and the last metrics,
+/// read from the files the stages write (nothing is loaded or computed).
+inline nlohmann::ordered_json run_status(const std::filesystem::path& output_dir) {
+    namespace fs = std::filesystem;
+    if (!fs::is_directory(output_dir)) throw io_error(output_dir, "is not a directory (no run there)");
+    nlohmann::ordered_json s;
+    s["output_dir"] = output_dir.string();
+    const auto g = output_dir / "generate" / "synthetic.report.json";
+    if (fs::exists(g)) {
+        const auto r = distiller_detail::read_json_file(g);
+        // the report counts one invocation; the files count every run
+        auto count_lines = [&](const char* name) {
+            std::ifstream in(output_dir / "generate" / name);
+            std::int64_t n = 0;
+            for (std::string line; std::getline(in, line);) n += line.empty() ? 0 : 1;
+            return n;
+        };
+        const std::int64_t kept = count_lines("synthetic.jsonl"), rejected = count_lines("synthetic.rejected.jsonl");
+        s["generate"] = {{"done", r.value("failed", 1) == 0},
+                         {"examples", r.value("examples", 0)},
+                         {"kept", kept},
+                         {"rejected", rejected},
+                         {"failed", r.value("failed", 0)}};
+    } else {
+        s["generate"] = {{"done", false}};
+    }
+    for (const char* name : {"student", "baseline"}) {
+        nlohmann::ordered_json f = {{"done", fs::exists(output_dir / name / "done.json")}};
+        if (std::ifstream in(output_dir / name / "metrics.jsonl"); in) {
+            std::string line, last_train, last_val;
+            while (std::getline(in, line)) {
+                const auto j = nlohmann::json::parse(line, nullptr, false);
+                if (!j.is_object()) continue;
+                if (j.value("kind", "") == "validation")
+                    last_val = line;
+                else
+                    last_train = line;
+            }
+            if (!last_train.empty()) {
+                const auto j = nlohmann::json::parse(last_train);
+                f["step"] = j.value("step", 0);
+                f["loss"] = j.value("loss", 0.0);
+            }
+            if (!last_val.empty()) f["validation_loss"] = nlohmann::json::parse(last_val).value("loss", 0.0);
+        }
+        s[name] = f;
+    }
+    const auto report = output_dir / "report.json";
+    if (fs::exists(report)) {
+        const auto r = distiller_detail::read_json_file(report);
+        nlohmann::ordered_json e = {{"done", true}, {"primary_metric", r.value("primary_metric", "")}};
+        const std::string primary = r.value("primary_metric", "");
+        for (const auto& item : r["models"].items())
+            if (item.value().contains("metrics") && item.value()["metrics"].contains(primary))
+                e[item.key()] = item.value()["metrics"][primary];
+        e["summary"] = r.value("summary", "");
+        s["evaluate"] = e;
+    } else {
+        s["evaluate"] = {{"done", false}};
+    }
+    return s;
+}
+
+}  // namespace distill
+// ---- end distill/distiller.hpp ----
 // ---- end distill/distill.hpp ----

@@ -8,7 +8,7 @@
 set -u
 DISTILL=$1 QUICKSTART=$2 WORK=$3 SERVE=${4:-}
 rm -rf "$WORK" && mkdir -p "$WORK"
-export DISTILL_NUM_THREADS=${DISTILL_NUM_THREADS:-2}
+export DISTILL_NUM_THREADS=${DISTILL_NUM_THREADS:-1}
 failures=0
 fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
 pass() { echo "ok:   $*"; }

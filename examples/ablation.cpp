@@ -10,7 +10,7 @@
 //
 //   ablation [--out DIR] [--small] [--seeds N] [--threads N]
 //
-// Prints a markdown table (exact match, agreement with the teacher, perplexity of the references)
+// Prints a markdown table (exact match and perplexity of the references)
 // and writes it to DIR/ablation.md. Each seed changes the student's initialization and data order.
 
 #include <cstdio>
@@ -117,12 +117,12 @@ int main(int argc, char** argv) try {
     for (const auto& r : rows) {
         const auto& v = results[r];
         char line[512];
-        std::snprintf(line, sizeof line, "| %s | %.3f%s | %.3f | %.3f |\n", r.c_str(), mean(v, "exact_match"),
-                      range(v, "exact_match").c_str(), mean(v, "teacher_agreement"), mean(v, "perplexity"));
+        std::snprintf(line, sizeof line, "| %s | %.3f%s | %.3f |\n", r.c_str(), mean(v, "exact_match"),
+                      range(v, "exact_match").c_str(), mean(v, "perplexity"));
         md += line;
     }
     char line[256];
-    std::snprintf(line, sizeof line, "| *the teacher* | %.3f | – | %.3f |\n", teacher_metrics.value("exact_match", 0.0),
+    std::snprintf(line, sizeof line, "| *the teacher* | %.3f | %.3f |\n", teacher_metrics.value("exact_match", 0.0),
                   teacher_metrics.value("perplexity", 0.0));
     md += line;
     md += "\n" + std::to_string(seeds) +

@@ -112,8 +112,7 @@ int main(int argc, char** argv) try {
     };
     std::string md = "| training of the student (" + std::to_string(sizes.steps) + " steps, " +
                      std::to_string(sizes.train) +
-                     " prompts, all labeled) | exact match | agreement with the teacher |"
-                     " perplexity of the references |\n|---|---:|---:|---:|\n";
+                     " prompts, all labeled) | exact match | perplexity of the references |\n|---|---:|---:|\n";
     for (const auto& r : rows) {
         const auto& v = results[r];
         char line[512];

@@ -294,7 +294,13 @@ public:
         if (!std::filesystem::exists(student_file))
             throw error("evaluate: " + student_file.string() + " does not exist; run the finetune stage first");
         const bool with_baseline = job_.baseline.enabled && std::filesystem::exists(baseline_file);
-        const std::string fp = evaluation_fingerprint(student_file, with_baseline ? baseline_file : "");
+        // "sha256:" + 32 hex digits of each weights file: the report's fingerprints and the stage's
+        const auto digest = [](const std::filesystem::path& f) {
+            return "sha256:" + detail::sha256_file(f).substr(0, 32);
+        };
+        const std::string student_digest = digest(student_file),
+                          baseline_digest = with_baseline ? digest(baseline_file) : std::string();
+        const std::string fp = evaluation_fingerprint(student_digest, baseline_digest);
         if (distiller_detail::stored_fingerprint(out_ / "report.json") == fp) {
             say("evaluate: report.json is complete for these models; skipped");
             return distiller_detail::read_json_file(out_ / "report.json");
@@ -313,18 +319,17 @@ public:
         if (job_.evaluation.max_new_tokens > 0) sampling.max_new_tokens = job_.evaluation.max_new_tokens;
 
         nlohmann::ordered_json models = nlohmann::ordered_json::object();
-        std::vector<std::string> teacher_answers;
+        teacher_answers_.clear();
         if (job_.evaluation.evaluate_teacher) {
             say("evaluate: teacher on " + std::to_string(requests.size()) + " test prompts");
-            models["teacher"] = measure_teacher(requests, references, sampling, teacher_answers);
+            models["teacher"] = measure_teacher(requests, references, sampling);
         }
         if (with_baseline) {
             say("evaluate: baseline student");
-            models["baseline"] =
-                measure_student(baseline_file, "baseline", requests, references, sampling, teacher_answers);
+            models["baseline"] = measure_student(baseline_file, "baseline", requests, references, sampling);
         }
         say("evaluate: distilled student");
-        models["student"] = measure_student(student_file, "student", requests, references, sampling, teacher_answers);
+        models["student"] = measure_student(student_file, "student", requests, references, sampling);
 
         nlohmann::ordered_json report;
         report["distill_version"] = version();
@@ -335,11 +340,10 @@ public:
         report["models"] = models;
         report["fingerprints"] = {{"teacher", teacher_.fingerprint()},
                                   {"generation", generation_fingerprint(teacher_, sampling_)},
-                                  {"student", "sha256:" + detail::sha256_file(student_file).substr(0, 32)}};
-        if (with_baseline)
-            report["fingerprints"]["baseline"] = "sha256:" + detail::sha256_file(baseline_file).substr(0, 32);
+                                  {"student", student_digest}};
+        if (with_baseline) report["fingerprints"]["baseline"] = baseline_digest;
         report["training"] = training_summary();
-        report["timings"] = stage_timings();
+        report["timings"] = stage_timings(report["training"]);
         report["timings"]["evaluate_s"] = distiller_detail::seconds_since(t0);
         report["job"] = io::to_json(job_);
         report["summary"] = eval::report_summary(report);
@@ -705,12 +709,11 @@ private:
 
     // ---- evaluation -------------------------------------------------------------------------------
 
-    std::string evaluation_fingerprint(const std::filesystem::path& student,
-                                       const std::filesystem::path& baseline) const {
+    std::string evaluation_fingerprint(const std::string& student_digest, const std::string& baseline_digest) const {
         return distiller_detail::sha(nlohmann::json{
             {"stage", "evaluate"},
-            {"student", detail::sha256_file(student)},
-            {"baseline", baseline.empty() ? "" : detail::sha256_file(baseline)},
+            {"student", student_digest},
+            {"baseline", baseline_digest},
             {"teacher", job_.evaluation.evaluate_teacher ? teacher_.fingerprint() : ""},
             {"test", detail::sha256_file(job_.test_data)},
             {"evaluation", io::to_json(job_.evaluation)},
@@ -719,11 +722,12 @@ private:
              job_.task_type}}.dump());
     }
 
-    // Answers, latency and throughput of `model` on `requests`; metrics against the references.
+    // Answers, latency and throughput of `model` on `requests`; metrics against the references (and
+    // the teacher's answers, which the teacher's own measurement keeps in teacher_answers_).
     template <class Model>
     nlohmann::ordered_json measure(Model& model, const std::string& name, const std::vector<teacher::Request>& requests,
                                    const std::vector<std::string>& references, const teacher::Sampling& sampling,
-                                   std::vector<std::string>& answers, const eval::PeakMemory& memory) {
+                                   const eval::PeakMemory& memory) {
         using clock = std::chrono::steady_clock;
         std::vector<double> latencies;
         const std::size_t samples =
@@ -736,9 +740,8 @@ private:
         const auto t0 = clock::now();
         const auto responses = generate_all(model, std::span<const teacher::Request>(requests), sampling);
         const double seconds = distiller_detail::seconds_since(t0);
-        answers.clear();
+        std::vector<std::string> answers;
         std::int64_t tokens = 0, failed = 0;
-        nlohmann::ordered_json lines = nlohmann::ordered_json::array();
         std::string jsonl;
         for (std::size_t i = 0; i < responses.size(); ++i) {
             const auto& r = responses[i];
@@ -769,8 +772,10 @@ private:
         m["responses_per_s"] = seconds > 0 ? double(responses.size()) / seconds : 0.0;
         m["tokens_per_s"] = seconds > 0 ? double(tokens) / seconds : 0.0;
         m["failed"] = failed;
+        const bool is_teacher = name == "teacher";
         m["metrics"] = eval::task_metrics(job_.task_type, answers, references,
-                                          name == "teacher" ? std::vector<std::string>{} : teacher_answers_);
+                                          is_teacher ? std::vector<std::string>{} : teacher_answers_);
+        if (is_teacher) teacher_answers_ = std::move(answers);
         if constexpr (requires {
                           model.network();
                           model.chat_template();
@@ -781,7 +786,7 @@ private:
 
     nlohmann::ordered_json measure_teacher(const std::vector<teacher::Request>& requests,
                                            const std::vector<std::string>& references,
-                                           const teacher::Sampling& sampling, std::vector<std::string>& answers) {
+                                           const teacher::Sampling& sampling) {
         nlohmann::ordered_json m;
         bool fresh = false;
         if constexpr (requires {
@@ -792,32 +797,30 @@ private:
             if (!teacher_.config().weights.empty()) {
                 eval::PeakMemory memory;
                 Teacher t(teacher_.config(), device_);
-                m = measure(t, "teacher", requests, references, sampling, answers, memory);
+                m = measure(t, "teacher", requests, references, sampling, memory);
                 fresh = true;
             }
         }
         if (!fresh) {
             eval::PeakMemory memory;
-            m = measure(teacher_, "teacher", requests, references, sampling, answers, memory);
+            m = measure(teacher_, "teacher", requests, references, sampling, memory);
             if (m["parameters"].is_number())
                 m["peak_rss_bytes"] = m["peak_rss_bytes"].get<std::int64_t>() + 4 * m["parameters"].get<std::int64_t>();
         }
-        teacher_answers_ = answers;
         return m;
     }
 
     nlohmann::ordered_json measure_student(const std::filesystem::path& weights, const std::string& name,
                                            const std::vector<teacher::Request>& requests,
                                            const std::vector<std::string>& references,
-                                           const teacher::Sampling& sampling, const std::vector<std::string>&) {
+                                           const teacher::Sampling& sampling) {
         eval::PeakMemory memory;
         teacher::ModelConfig cfg;
         cfg.weights = weights.string();
         cfg.max_batch = job_.evaluation.batch_size;
         cfg.chat_template = template_.config();
         runner_type model(cfg, device_);
-        std::vector<std::string> answers;
-        return measure(model, name, requests, references, sampling, answers, memory);
+        return measure(model, name, requests, references, sampling, memory);
     }
 
     // exp(mean NLL) of the reference answers given their prompts, teacher-forced.
@@ -857,9 +860,9 @@ private:
         return t;
     }
 
-    nlohmann::ordered_json stage_timings() const {
+    // Seconds per stage, from the stages' own records (`training_summary()`).
+    static nlohmann::ordered_json stage_timings(const nlohmann::ordered_json& s) {
         nlohmann::ordered_json t;
-        const auto s = training_summary();
         if (s.contains("generate")) t["generate_s"] = s["generate"].value("seconds", 0.0);
         double finetune = 0;
         for (const char* name : {"student", "baseline"})

@@ -193,6 +193,41 @@ TEST_CASE("weights round trip through safetensors, config included; a mismatched
     std::filesystem::remove_all(dir);
 }
 
+TEST_CASE("a config read from a file cannot make us allocate what the file does not back") {
+    // Bounds far beyond any published model, checked before anything is laid out.
+    CHECK_THROWS_WITH_AS((student::Transformer<float, device::Cpu>({.vocab_size = 1 << 22}, 1)),
+                         doctest::Contains("student.vocab_size: must be in [1, 2097152], got 4194304"), config_error);
+    CHECK_THROWS_WITH_AS((student::Transformer<float, device::Cpu>({.n_layers = 1 << 20}, 1)),
+                         doctest::Contains("student.n_layers: must be in [1, 1024]"), config_error);
+
+    // A weights file whose metadata describes a much larger model than its tensors hold.
+    const auto dir = std::filesystem::temp_directory_path() / ("distill-bounds-" + std::to_string(::getpid()));
+    std::filesystem::create_directories(dir);
+    const student::TransformerConfig cfg{
+        .vocab_size = 30, .context_length = 8, .d_model = 16, .n_layers = 2, .n_heads = 2, .d_ff = 24};
+    student::Transformer<float, device::Cpu> m(cfg, 1);
+    student::TransformerConfig huge = cfg;
+    huge.d_model = 1 << 14;
+    huge.n_layers = 512;
+    huge.d_ff = 1 << 16;
+    std::vector<io::named_tensor<const float>> tensors;
+    for (const auto& p : m.parameters())
+        tensors.push_back(
+            {p.name, p.value.data(), {p.value.shape().begin(), p.value.shape().begin() + p.value.rank()}});
+    io::save_tensors<float>(dir / "crafted.safetensors", tensors, io::dtype::F32,
+                            {{"config", io::to_json(huge).dump()}});
+    io::safetensors_file f(dir / "crafted.safetensors");
+    const std::string expected = "crafted.safetensors: the config describes " + std::to_string(huge.parameter_count()) +
+                                 " parameters but the file holds " + std::to_string(cfg.parameter_count()) + " values";
+    CHECK_THROWS_WITH_AS(io::load_weights_config<student::TransformerConfig>(f), doctest::Contains(expected.c_str()),
+                         format_error);
+    std::filesystem::remove_all(dir);
+
+    // An arena larger than the memory this machine has is refused with a message, not the OOM killer.
+    CHECK_THROWS_WITH_AS(device::Cpu{}.allocate(std::size_t(1) << 50),
+                         doctest::Contains("cannot allocate 1073741824 MiB of host memory"), distill::error);
+}
+
 TEST_CASE("forward and backward are bit-identical run to run (fixed threads)") {
     const student::TransformerConfig cfg{
         .vocab_size = 50, .context_length = 16, .d_model = 32, .n_layers = 2, .n_heads = 4, .d_ff = 64};

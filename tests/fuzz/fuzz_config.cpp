@@ -1,5 +1,6 @@
 // Fuzz target: strict JSON reflection (io::from_json) into the configs a job holds, then their
-// validate(). The first input byte picks the struct; the rest is the JSON text. A loss::Sum config is
+// validate(). The first input byte picks the struct; the rest is the JSON text. Mode 12 is a whole
+// job file: parse_job, then its student and teacher sections as the Distiller reads them. A loss::Sum config is
 // also used to build the loss, which sizes its projections from the config and fixed model dims.
 
 #include <cstddef>
@@ -13,6 +14,7 @@
 #include "distill/error.hpp"
 #include "distill/generate.hpp"
 #include "distill/io/reflect.hpp"
+#include "distill/job.hpp"
 #include "distill/loss/attention_kl.hpp"
 #include "distill/loss/attention_relation.hpp"
 #include "distill/loss/hard_ce.hpp"
@@ -57,7 +59,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     const nlohmann::json j = nlohmann::json::parse(data + 1, data + size, nullptr, false);
     if (j.is_discarded()) return 0;
     try {
-        switch (data[0] % 12) {
+        switch (data[0] % 13) {
             case 0:
                 (void)read<train::FinetuneConfig>(j);
                 break;
@@ -99,9 +101,16 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
             case 10:
                 (void)read<GenerateConfig>(j);
                 break;
-            default:
+            case 11:
                 (void)read<data::ChatTemplateConfig>(j);
                 break;
+            default: {
+                const Job job = parse_job(j);
+                (void)read<student::TransformerConfig>(job.student);
+                if (job.teacher_kind() == "model") (void)read<teacher::ModelConfig>(job.teacher_config());
+                if (job.teacher_kind() == "cache") (void)read<teacher::CacheConfig>(job.teacher_config());
+                break;
+            }
         }
     } catch (const distill::error&) {
     }

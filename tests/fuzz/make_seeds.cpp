@@ -22,6 +22,7 @@
 #include "distill/io/safetensors.hpp"
 #include "distill/io/topk_cache.hpp"
 #include "distill/io/weights.hpp"
+#include "distill/job.hpp"
 #include "distill/optim/schedule.hpp"
 #include "distill/optim/sgd.hpp"
 #include "distill/teacher.hpp"
@@ -138,6 +139,13 @@ int main(int argc, char** argv) try {
     config(9, io::to_json(teacher::CacheConfig{.path = "synthetic.jsonl"}));
     config(10, io::to_json(GenerateConfig{}));
     config(11, io::to_json(data::ChatTemplateConfig{}));
+    config(12,
+           nlohmann::json::parse(R"({"teacher":{"kind":"model","weights":"t.safetensors","max_batch":8},)"
+                                 R"("student":{"vocab_size":263,"context_length":96,"d_model":64,"n_layers":2,)"
+                                 R"("n_heads":4,"d_ff":256},"training_data":"train.jsonl","test_data":"test.jsonl",)"
+                                 R"("task_type":"math","hyperparameters":{"learning_rate":0.01,"batch_size":32,)"
+                                 R"("max_steps":300,"temperature":2},"loss":{"soft_kl":{"weight":1},)"
+                                 R"("hard_ce":{"weight":1}},"baseline":{"enabled":true},"output_dir":"out"})"));
 
     // ---- checkpoint: the three files of a real checkpoint of the fuzz target's model ----
     t.train(3);

@@ -8,10 +8,12 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <limits>
-#include <new>
+#include <string>
 
 #include "distill/detail/math.hpp"
+#include "distill/error.hpp"
 #include "distill/tensor.hpp"
 
 namespace distill::device {
@@ -19,13 +21,36 @@ namespace distill::device {
 /// Host memory shared by the host devices: 64-byte aligned (one cache line, one AVX-512 vector).
 struct HostMemory {
     static constexpr memory_space memory = memory_space::host;
+    /// Throws distill::error when the memory is not there. Arenas are zeroed right away, so an
+    /// allocation Linux would grant by overcommitting would end in the OOM killer instead: one larger
+    /// than the memory available (a model or batch too big for this machine) is refused up front.
     void* allocate(std::size_t bytes) const {
         if (bytes == 0) bytes = 64;
-        void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
-        if (!p) throw std::bad_alloc();
+        constexpr std::size_t check_above = std::size_t(256) << 20;
+        const std::size_t available = bytes > check_above ? available_bytes() : SIZE_MAX;
+        void* p = bytes <= available ? std::aligned_alloc(64, (bytes + 63) / 64 * 64) : nullptr;
+        if (!p)
+            throw error("cannot allocate " + std::to_string(bytes >> 20) + " MiB of host memory" +
+                        (available != SIZE_MAX ? " (" + std::to_string(available >> 20) + " MiB available)" : "") +
+                        ": reduce the model, the batch size or the context length");
         return p;
     }
     void deallocate(void* p, std::size_t) const noexcept { std::free(p); }
+    /// MemAvailable + SwapFree from /proc/meminfo; SIZE_MAX where that cannot be read.
+    static std::size_t available_bytes() {
+        std::ifstream in("/proc/meminfo");
+        std::string key;
+        std::size_t kib = 0, total = 0;
+        bool found = false;
+        while (in >> key >> kib) {
+            if (key == "MemAvailable:" || key == "SwapFree:") {
+                total += kib << 10;
+                found = true;
+            }
+            in.ignore(64, '\n');
+        }
+        return found ? total : SIZE_MAX;
+    }
     void fill_zero(void* p, std::size_t bytes) const noexcept { std::memset(p, 0, bytes); }
     void copy(void* dst, const void* src, std::size_t bytes) const noexcept { std::memmove(dst, src, bytes); }
 };

@@ -27,7 +27,23 @@ void save_weights(const std::filesystem::path& path, const Model& model, dtype o
     save_tensors<T>(path, tensors, out, metadata);
 }
 
-/// Reads the config stored by `save_weights` (throws `format_error` naming the file when absent or invalid).
+/// Throws `format_error` naming the file unless its tensors hold exactly the parameters `config`
+/// describes. Called before a model is laid out from a config read from a file, so that a crafted
+/// or mismatched config cannot make us allocate a model the file's data does not back.
+template <class Config>
+void check_parameter_count(const safetensors_file& file, const Config& config) {
+    if constexpr (requires { config.parameter_count(); }) {
+        std::int64_t held = 0;
+        for (const auto& t : file.tensors()) held += t.numel();
+        if (held != config.parameter_count())
+            throw format_error(file.path(), 0,
+                               "the config describes " + std::to_string(config.parameter_count()) +
+                                   " parameters but the file holds " + std::to_string(held) + " values");
+    }
+}
+
+/// Reads the config stored by `save_weights` (throws `format_error` naming the file when absent or
+/// invalid, or when the file's tensors do not hold the parameters it describes).
 template <class Config>
 Config load_weights_config(const safetensors_file& file) {
     const auto& meta = file.metadata();
@@ -42,6 +58,7 @@ Config load_weights_config(const safetensors_file& file) {
     } catch (const config_error& e) {
         throw format_error(file.path(), 0, std::string("__metadata__.") + e.what());
     }
+    check_parameter_count(file, c);
     return c;
 }
 

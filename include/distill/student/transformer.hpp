@@ -34,17 +34,21 @@ struct TransformerConfig {
     int n_heads = 4;           ///< attention heads H; d_model must be a multiple
     int d_ff = 512;            ///< MLP hidden width F
 
-    /// Throws `config_error` naming the first field that is out of range.
+    /// Throws `config_error` naming the first field that is out of range. The upper bounds are far
+    /// beyond any published model; they exist because configs come from downloaded files, and they
+    /// keep every size computed from a config (parameter_count, arena layouts) far from overflow.
     void validate(const std::string& path = "student") const {
-        auto positive = [&](int v, const char* key) {
-            if (v < 1) throw config_error(path + "." + key, "must be >= 1, got " + std::to_string(v));
+        auto in_range = [&](int v, const char* key, int max) {
+            if (v < 1 || v > max)
+                throw config_error(path + "." + key,
+                                   "must be in [1, " + std::to_string(max) + "], got " + std::to_string(v));
         };
-        positive(vocab_size, "vocab_size");
-        positive(context_length, "context_length");
-        positive(d_model, "d_model");
-        positive(n_layers, "n_layers");
-        positive(n_heads, "n_heads");
-        positive(d_ff, "d_ff");
+        in_range(vocab_size, "vocab_size", 1 << 21);
+        in_range(context_length, "context_length", 1 << 18);
+        in_range(d_model, "d_model", 1 << 16);
+        in_range(n_layers, "n_layers", 1 << 10);
+        in_range(n_heads, "n_heads", 1 << 10);
+        in_range(d_ff, "d_ff", 1 << 18);
         if (d_model % n_heads != 0)
             throw config_error(path + ".n_heads",
                                "must divide d_model = " + std::to_string(d_model) + ", got " + std::to_string(n_heads));

@@ -192,6 +192,7 @@ private:
         } catch (const config_error& e) {
             throw format_error(c.config, 0, e.what());
         }
+        io::check_parameter_count(io::safetensors_file(c.weights), a);  // before the network is laid out
         return a;
     }
 

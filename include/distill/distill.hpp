@@ -19,6 +19,7 @@
 #include "distill/eval/svg.hpp"
 #include "distill/generate.hpp"
 #include "distill/io/atomic_file.hpp"
+#include "distill/io/hf.hpp"
 #include "distill/io/reflect.hpp"
 #include "distill/io/safetensors.hpp"
 #include "distill/io/topk_cache.hpp"

@@ -1,0 +1,382 @@
+#pragma once
+/// @file hf.hpp
+/// Hugging Face checkpoints: a directory with `config.json` and `model.safetensors`, or shards listed
+/// by `model.safetensors.index.json`, as transformers' `save_pretrained` writes them. F32, F16 and
+/// BF16 tensors load into a float or double model; `save` writes a directory transformers loads back
+/// with `from_pretrained`.
+///
+/// A family maps transformers' `config.json` onto the student's config and transformers' tensor
+/// names and layouts onto its parameters:
+/// - `gpt2` (GPT-2, distilgpt2): `GPT2LMHeadModel` / `GPT2Model`, with or without the `transformer.`
+///   prefix. GPT-2's `Conv1D` stores its weights as (in, out); the student's linear layers are
+///   (out, in), so those four weights per block are transposed on the way in and out. The attention
+///   mask buffers old checkpoints carry (`attn.bias`, `attn.masked_bias`) are skipped; an
+///   `lm_head.weight` must equal the tied embedding.
+/// Families whose blocks `student::Transformer` does not have yet (RMSNorm, RoPE, SwiGLU, grouped-query
+/// attention, encoders: Llama, Qwen2, Phi-3, BERT) are refused naming what is missing.
+///
+/// Every file is bounded before it is parsed; a missing, extra or misshapen tensor is a `format_error`
+/// listing what was expected, checked before any parameter is written.
+
+#include <algorithm>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "distill/device.hpp"
+#include "distill/error.hpp"
+#include "distill/io/atomic_file.hpp"
+#include "distill/io/safetensors.hpp"
+#include "distill/student/transformer.hpp"
+
+namespace distill::io::hf {
+
+/// Largest `config.json` / index file read (they are a few KiB; the bound keeps a hostile file from
+/// exhausting memory before it is parsed).
+inline constexpr std::uintmax_t max_json_bytes = std::uintmax_t(16) << 20;
+/// Most shards an index may list.
+inline constexpr std::size_t max_shards = 4096;
+
+namespace detail {
+
+inline nlohmann::json read_json(const std::filesystem::path& path) {
+    std::error_code ec;
+    const auto size = std::filesystem::file_size(path, ec);
+    if (ec) throw io_error(path, "cannot read: " + ec.message());
+    if (size > max_json_bytes)
+        throw format_error(
+            path, 0, "is " + std::to_string(size) + " bytes; at most " + std::to_string(max_json_bytes) + " expected");
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw io_error(path, "cannot open for reading");
+    nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
+    if (j.is_discarded() || !j.is_object()) throw format_error(path, 0, "not a JSON object");
+    return j;
+}
+
+}  // namespace detail
+
+/// A checkpoint directory opened for reading: its config and every shard, mapped.
+class Checkpoint {
+public:
+    /// Opens `dir`/config.json and `dir`/model.safetensors, or the shards its
+    /// model.safetensors.index.json lists. Throws io_error / format_error naming the file.
+    explicit Checkpoint(std::filesystem::path dir) : dir_(std::move(dir)) {
+        config_ = detail::read_json(dir_ / "config.json");
+        const auto type = config_.find("model_type");
+        if (type == config_.end() || !type->is_string())
+            throw format_error(dir_ / "config.json", 0, "model_type: a string is required");
+        model_type_ = *type;
+        const auto single = dir_ / "model.safetensors", index = dir_ / "model.safetensors.index.json";
+        if (std::filesystem::exists(single)) {
+            add_shard(single);
+        } else if (std::filesystem::exists(index)) {
+            const nlohmann::json j = detail::read_json(index);
+            const auto map = j.find("weight_map");
+            if (map == j.end() || !map->is_object())
+                throw format_error(index, 0, "weight_map: an object {tensor name: shard file} is required");
+            std::set<std::string> files;
+            for (const auto& [name, file] : map->items()) {
+                const std::string* f = file.get_ptr<const std::string*>();
+                if (!f || f->empty() || f->find('/') != std::string::npos || *f == "." || *f == "..")
+                    throw format_error(index, 0, "weight_map." + name + ": expected a file name in this directory");
+                files.insert(*f);
+            }
+            if (files.size() > max_shards)
+                throw format_error(index, 0,
+                                   "lists " + std::to_string(files.size()) + " shards; at most " +
+                                       std::to_string(max_shards) + " expected");
+            for (const auto& f : files) add_shard(dir_ / f);
+            for (const auto& [name, file] : map->items()) {
+                const auto it = where_.find(name);
+                if (it == where_.end() || shards_[it->second].path().filename() != file.get<std::string>())
+                    throw format_error(index, 0,
+                                       "weight_map." + name + ": the tensor is not in " + file.get<std::string>());
+            }
+        } else {
+            throw io_error(dir_, "neither model.safetensors nor model.safetensors.index.json found");
+        }
+    }
+
+    const std::filesystem::path& directory() const noexcept { return dir_; }
+    /// The parsed config.json.
+    const nlohmann::json& config() const noexcept { return config_; }
+    /// config.json's `model_type` (e.g. "gpt2", "llama").
+    const std::string& model_type() const noexcept { return model_type_; }
+
+    /// The tensor called `name` and the shard holding it; nullopt when no shard has it.
+    std::optional<std::pair<const safetensors_file*, const tensor_info*>> find(std::string_view name) const {
+        const auto it = where_.find(std::string(name));
+        if (it == where_.end()) return std::nullopt;
+        const safetensors_file& f = shards_[it->second];
+        return std::pair{&f, f.find(name)};
+    }
+    /// Every tensor name of every shard, sorted.
+    std::vector<std::string> tensor_names() const {
+        std::vector<std::string> names;
+        for (const auto& [name, shard] : where_) names.push_back(name);
+        return names;
+    }
+
+private:
+    void add_shard(const std::filesystem::path& path) {
+        shards_.emplace_back(path);
+        for (const auto& t : shards_.back().tensors())
+            if (!where_.emplace(t.name, shards_.size() - 1).second)
+                throw format_error(path, 0, "tensor '" + t.name + "' is also in another shard");
+    }
+
+    std::filesystem::path dir_;
+    nlohmann::json config_;
+    std::string model_type_;
+    std::vector<safetensors_file> shards_;
+    std::map<std::string, std::size_t, std::less<>> where_;
+};
+
+/// The model types this header knows, and what each needs.
+inline constexpr std::string_view supported_model_types = "gpt2";
+
+/// How one student parameter is stored in a transformers checkpoint.
+struct tensor_map {
+    std::string hf_name;      ///< transformers' name, e.g. "transformer.h.0.attn.c_attn.weight"
+    bool transposed = false;  ///< stored (in, out) where the student is (out, in)
+};
+
+/// Reads transformers' config of a `gpt2` model as a student config. Settings the student's blocks do
+/// not compute (another activation, no tied head, scaled attention variants) are refused by name.
+inline student::TransformerConfig gpt2_config(const nlohmann::json& c, const std::filesystem::path& file) {
+    auto integer = [&](const char* key, std::optional<int> fallback = std::nullopt) {
+        const auto it = c.find(key);
+        if (it == c.end() || it->is_null()) {
+            if (fallback) return *fallback;
+            throw format_error(file, 0, std::string(key) + ": an integer is required");
+        }
+        if (!it->is_number_integer() || it->get<std::int64_t>() < 1 || it->get<std::int64_t>() > (1 << 30))
+            throw format_error(file, 0, std::string(key) + ": expected a positive integer, got " + it->dump());
+        return int(it->get<std::int64_t>());
+    };
+    auto require = [&](const char* key, const nlohmann::json& expected, const char* why) {
+        const auto it = c.find(key);
+        if (it != c.end() && !it->is_null() && *it != expected)
+            throw format_error(
+                file, 0,
+                std::string(key) + ": " + it->dump() + " is not supported, only " + expected.dump() + " (" + why + ")");
+    };
+    const auto act = c.find("activation_function");
+    if (act != c.end() && *act != "gelu_new" && *act != "gelu_pytorch_tanh")
+        throw format_error(file, 0,
+                           "activation_function: " + act->dump() +
+                               " is not supported, only \"gelu_new\" or \"gelu_pytorch_tanh\" (the student's "
+                               "GELU is the tanh approximation)");
+    require("layer_norm_epsilon", 1e-5, "the student's LayerNorm epsilon");
+    require("tie_word_embeddings", true, "the student's LM head is the token embedding");
+    require("scale_attn_weights", true, "the student scales attention scores by 1/sqrt(head size)");
+    require("scale_attn_by_inverse_layer_idx", false, "the student does not scale scores per layer");
+    student::TransformerConfig t;
+    t.vocab_size = integer("vocab_size");
+    t.context_length = integer("n_positions");
+    t.d_model = integer("n_embd");
+    t.n_layers = integer("n_layer");
+    t.n_heads = integer("n_head");
+    t.d_ff = integer("n_inner", 4 * t.d_model);
+    try {
+        t.validate("config");
+    } catch (const config_error& e) {
+        throw format_error(file, 0, e.what());
+    }
+    return t;
+}
+
+/// The student config a checkpoint describes. Throws format_error naming config.json for a model type
+/// or a setting the student cannot compute.
+inline student::TransformerConfig transformer_config(const Checkpoint& ckpt) {
+    const auto file = ckpt.directory() / "config.json";
+    if (ckpt.model_type() == "gpt2") return gpt2_config(ckpt.config(), file);
+    static const std::map<std::string, std::string, std::less<>> missing = {
+        {"llama", "RMSNorm, rotary positions, SwiGLU and grouped-query attention"},
+        {"qwen2", "RMSNorm, rotary positions, SwiGLU, grouped-query attention and QKV bias"},
+        {"phi3", "RMSNorm, rotary positions, a fused gate/up SwiGLU and fused QKV"},
+        {"bert", "a bidirectional post-LayerNorm encoder with token-type embeddings and pooling"},
+    };
+    const auto it = missing.find(ckpt.model_type());
+    throw format_error(
+        file, 0,
+        "model_type \"" + ckpt.model_type() + "\" is not supported: " +
+            (it != missing.end() ? "it needs " + it->second + ", which student::Transformer does not have yet; "
+                                 : std::string()) +
+            "supported: " + std::string(supported_model_types));
+}
+
+/// Where each of a GPT-2-layout student's parameters lives in a transformers checkpoint whose names
+/// start with `prefix` ("transformer." for GPT2LMHeadModel, "" for GPT2Model).
+inline tensor_map gpt2_tensor(const std::string& name, const std::string& prefix) {
+    const bool conv1d =
+        name.ends_with("c_attn.weight") || name.ends_with("c_proj.weight") || name.ends_with("c_fc.weight");
+    return {prefix + name, conv1d};
+}
+
+namespace detail {
+
+// A host image of `model`'s parameter arena (a copy where the device has its own memory).
+template <class Model>
+std::vector<typename Model::scalar_type> host_parameters(const Model& model) {
+    using T = typename Model::scalar_type;
+    std::vector<T> host(model.arena_size());
+    if constexpr (Model::device_type::memory == memory_space::host)
+        std::copy(model.parameter_data(), model.parameter_data() + host.size(), host.begin());
+    else
+        model.device().copy(host.data(), model.parameter_data(), sizeof(T) * host.size());
+    return host;
+}
+
+inline bool is_mask_buffer(std::string_view name) {
+    return name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias");
+}
+
+}  // namespace detail
+
+/// Loads `ckpt` into `model`, whose config must be `transformer_config(ckpt)`. Every tensor is checked
+/// (present, shape, floating dtype; no tensor left over) before any parameter is written, so a failed
+/// load leaves the model as it was. Throws format_error / shape_error naming the file and tensor.
+template <class Model>
+void load(const Checkpoint& ckpt, Model& model) {
+    using T = typename Model::scalar_type;
+    const auto expected = transformer_config(ckpt);
+    const auto& have = model.config();
+    if (have.vocab_size != expected.vocab_size || have.context_length != expected.context_length ||
+        have.d_model != expected.d_model || have.n_layers != expected.n_layers || have.n_heads != expected.n_heads ||
+        have.d_ff != expected.d_ff)
+        throw shape_error(ckpt.directory().string() + ": the model's config differs from config.json's");
+    const std::string prefix = ckpt.find("transformer.wte.weight") ? "transformer." : "";
+
+    struct source {
+        const safetensors_file* file;
+        const tensor_info* info;
+        bool transposed;
+        std::size_t offset;  // into the parameter arena
+    };
+    std::vector<source> sources;
+    std::set<std::string> used;
+    std::vector<std::string> missing;
+    for (const auto& p : model.parameters()) {
+        const tensor_map m = gpt2_tensor(p.name, prefix);
+        const auto found = ckpt.find(m.hf_name);
+        if (!found) {
+            missing.push_back(m.hf_name);
+            continue;
+        }
+        const auto [file, info] = *found;
+        std::vector<std::int64_t> shape(p.value.shape().begin(), p.value.shape().begin() + p.value.rank());
+        if (m.transposed) std::reverse(shape.begin(), shape.end());
+        if (info->shape != shape)
+            throw shape_error(file->path().string() + ": tensor '" + m.hf_name + "': expected shape " +
+                              distill::detail::shape_string(shape) + ", found " +
+                              distill::detail::shape_string(info->shape));
+        if (!is_floating(info->type))
+            throw format_error(file->path(), 0,
+                               "tensor '" + m.hf_name + "' is " + std::string(dtype_name(info->type)) +
+                                   ", expected a floating-point tensor");
+        used.insert(m.hf_name);
+        sources.push_back({file, info, m.transposed, std::size_t(p.value.data() - model.parameter_data())});
+    }
+    std::vector<std::string> unexpected;
+    for (const auto& name : ckpt.tensor_names())
+        if (!used.contains(name) && !detail::is_mask_buffer(name) && name != "lm_head.weight")
+            unexpected.push_back(name);
+    if (!missing.empty() || !unexpected.empty()) {
+        std::string what = "tensors do not match a gpt2 model:";
+        auto list = [](const std::vector<std::string>& names) {
+            return distill::detail::name_list(std::vector<std::string_view>(names.begin(), names.end()));
+        };
+        if (!missing.empty()) what += " missing " + list(missing) + (unexpected.empty() ? "" : ";");
+        if (!unexpected.empty()) what += " unexpected " + list(unexpected);
+        throw format_error(ckpt.directory(), 0, what);
+    }
+
+    std::vector<T> host(model.arena_size(), T(0));
+    std::vector<T> staged;
+    for (const auto& s : sources) {
+        const auto n = static_cast<std::size_t>(s.info->numel());
+        if (!s.transposed) {
+            s.file->read(*s.info, std::span<T>(host.data() + s.offset, n));
+            continue;
+        }
+        staged.resize(n);
+        s.file->read(*s.info, std::span<T>(staged));
+        const auto rows = static_cast<std::size_t>(s.info->shape[0]), cols = static_cast<std::size_t>(s.info->shape[1]);
+        for (std::size_t i = 0; i < rows; ++i)  // stored (in, out) → (out, in)
+            for (std::size_t j = 0; j < cols; ++j) host[s.offset + j * rows + i] = staged[i * cols + j];
+    }
+    // A separate LM head must be the tied embedding (some exports write it out).
+    if (const auto head = ckpt.find("lm_head.weight")) {
+        const auto [file, info] = *head;
+        const auto& wte = *std::find_if(sources.begin(), sources.end(),
+                                        [&](const source& s) { return s.info->name == prefix + "wte.weight"; });
+        staged.resize(static_cast<std::size_t>(wte.info->numel()));
+        if (info->shape != wte.info->shape || !is_floating(info->type))
+            throw format_error(file->path(), 0,
+                               "lm_head.weight: expected the tied embedding's shape and a float dtype");
+        file->read(*info, std::span<T>(staged));
+        if (!std::equal(staged.begin(), staged.end(), host.begin() + wte.offset))
+            throw format_error(file->path(), 0,
+                               "lm_head.weight differs from wte.weight: an untied LM head is not supported");
+    }
+    if constexpr (Model::device_type::memory == memory_space::host)
+        std::copy(host.begin(), host.end(), model.parameter_data());
+    else
+        model.device().copy(model.parameter_data(), host.data(), sizeof(T) * host.size());
+}
+
+/// Writes `model` to `dir` (created if needed) as transformers' GPT2LMHeadModel: config.json and
+/// model.safetensors (F32 or BF16), each replaced atomically. `extra_config` entries (e.g.
+/// bos_token_id, eos_token_id) are added to config.json.
+template <class Model>
+void save(const std::filesystem::path& dir, const Model& model, dtype out = dtype::F32,
+          const nlohmann::json& extra_config = nlohmann::json::object()) {
+    using T = typename Model::scalar_type;
+    const auto& c = model.config();
+    std::filesystem::create_directories(dir);
+    const std::vector<T> host = detail::host_parameters(model);
+    std::vector<std::vector<T>> transposed;  // owners of the (in, out) copies
+    std::vector<named_tensor<const T>> tensors;
+    for (const auto& p : model.parameters()) {
+        const tensor_map m = gpt2_tensor(p.name, "transformer.");
+        const T* data = host.data() + (p.value.data() - model.parameter_data());
+        std::vector<std::int64_t> shape(p.value.shape().begin(), p.value.shape().begin() + p.value.rank());
+        if (m.transposed) {
+            const auto rows = std::size_t(shape[0]), cols = std::size_t(shape[1]);
+            auto& t = transposed.emplace_back(rows * cols);
+            for (std::size_t i = 0; i < rows; ++i)
+                for (std::size_t j = 0; j < cols; ++j) t[j * rows + i] = data[i * cols + j];
+            data = t.data();
+            std::reverse(shape.begin(), shape.end());
+        }
+        tensors.push_back({m.hf_name, data, std::move(shape)});
+    }
+    save_tensors<T>(dir / "model.safetensors", tensors, out, {{"format", "pt"}});  // transformers requires "pt"
+    nlohmann::json config = {{"architectures", {"GPT2LMHeadModel"}},
+                             {"model_type", "gpt2"},
+                             {"vocab_size", c.vocab_size},
+                             {"n_positions", c.context_length},
+                             {"n_embd", c.d_model},
+                             {"n_layer", c.n_layers},
+                             {"n_head", c.n_heads},
+                             {"n_inner", c.d_ff},
+                             {"activation_function", "gelu_new"},
+                             {"layer_norm_epsilon", 1e-5},
+                             {"tie_word_embeddings", true},
+                             {"torch_dtype", out == dtype::BF16 ? "bfloat16" : "float32"}};
+    for (const auto& [k, v] : extra_config.items()) config[k] = v;
+    write_file_atomic(dir / "config.json", config.dump(2) + "\n");
+}
+
+}  // namespace distill::io::hf

@@ -72,6 +72,26 @@ TEST_STRINGS = CORPUS + [
     "supercalifragilisticexpialidocious antidisestablishmentarianism",
 ]
 
+# Random strings over a pool of troublesome characters (seeded): letters of several scripts, marks,
+# Hangul, digits, whitespace of every kind, joiners, format characters, symbols, emoji, apostrophes.
+POOL = ("aeiouxyzAEIOUXYZ'’-_.,;:!?()[]{}<>\"#$%&*+/=@^`|~0123456789 \t\n\r\u00a0\u2003\u3000\u180e"
+        "\u200b\u200c\u200d\ufeff\u00e9\u00c9\u0301\u0308\u0327\u00df\u0130\u0131\u03a3\u03c2\u0416\u0436"
+        "\u4e2d\u6587\u3042\u30a2\uac00\ud55c\u1100\u1161\u0627\u0644\u05d0\u0e01\u0e31\u0967\u0966"
+        "\u00bd\u2160\u00b2\u2122\u20ac\u00a9\U0001F600\U0001F44D\U0001F3FD\u2764\ufe0f\U0001F1EB\uff21\ufb01")
+
+
+def random_strings(n, seed=1234):
+    import random
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        k = rng.randint(1, 40)
+        out.append("".join(rng.choice(POOL) for _ in range(k)))
+    return out
+
+
+TEST_STRINGS += random_strings(40)
+
 # Invalid UTF-8 byte strings: distill replaces each maximal invalid subpart with U+FFFD, as Python's
 # bytes.decode("utf-8", "replace") does; the expected ids are those of the replaced text.
 INVALID_UTF8 = [

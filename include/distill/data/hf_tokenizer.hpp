@@ -51,6 +51,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "distill/data/chat_template.hpp"
+#include "distill/data/vocab_alignment.hpp"
 #include "distill/detail/hash.hpp"
 #include "distill/detail/unicode_tables.hpp"
 #include "distill/error.hpp"
@@ -191,6 +193,64 @@ struct MatchContextDeleter {
 inline constexpr std::uint32_t regex_match_limit = 1'000'000;
 inline constexpr std::uint32_t regex_heap_limit_kib = 64 * 1024;
 
+// Oniguruma's (tokenizers' engine) Unicode \s is the White_Space property and its \w is letters, marks,
+// decimal digits, connector punctuation and the joiners; PCRE2 10.42's UCP \s also takes U+180E and
+// its \w takes every number but no mark. Patterns are rewritten to Oniguruma's sets so the splits agree.
+inline constexpr std::string_view onig_space =
+    R"(\t\n\x0B\f\r \x{85}\x{A0}\x{1680}\x{2000}-\x{200A}\x{2028}\x{2029}\x{202F}\x{205F}\x{3000})";
+inline constexpr std::string_view onig_word = R"(\p{L}\p{M}\p{Nd}\p{Pc}\x{200C}\x{200D})";
+
+/// `pattern` with \s, \S, \w and \W replaced by explicit Oniguruma-equivalent classes (inside a
+/// character class only the positive forms can be, and are, replaced).
+inline std::string oniguruma_compatible(std::string_view pattern) {
+    std::string out;
+    bool in_class = false;
+    std::size_t class_start = 0;
+    for (std::size_t i = 0; i < pattern.size(); ++i) {
+        const char c = pattern[i];
+        if (c == '\\' && i + 1 < pattern.size()) {
+            const char n = pattern[i + 1];
+            const std::string_view set = n == 's' || n == 'S' ? onig_space : n == 'w' || n == 'W' ? onig_word : "";
+            if (!set.empty() && (n == 's' || n == 'w')) {
+                out += in_class ? std::string(set) : "[" + std::string(set) + "]";
+            } else if (!set.empty() && !in_class) {
+                out += "[^" + std::string(set) + "]";
+            } else {
+                out += c;
+                out += n;
+            }
+            ++i;
+            continue;
+        }
+        if (!in_class && c == '[') {
+            in_class = true;
+            class_start = out.size() + 1;
+            out += c;
+            if (i + 1 < pattern.size() && pattern[i + 1] == '^') {
+                out += '^';
+                ++i;
+                ++class_start;
+            }
+            if (i + 1 < pattern.size() && pattern[i + 1] == ']') {  // a leading ] is literal
+                out += ']';
+                ++i;
+            }
+            continue;
+        }
+        if (in_class && c == '[' && i + 1 < pattern.size() && pattern[i + 1] == ':') {  // [:alpha:]
+            const auto end = pattern.find(":]", i + 2);
+            if (end != std::string_view::npos) {
+                out.append(pattern.substr(i, end + 2 - i));
+                i = end + 1;
+                continue;
+            }
+        }
+        if (in_class && c == ']' && out.size() > class_start) in_class = false;
+        out += c;
+    }
+    return out;
+}
+
 /// A compiled PCRE2 pattern in UTF + UCP mode (Unicode properties for \p, \w, \d, \s and case).
 class Regex {
 public:
@@ -200,7 +260,8 @@ public:
     Regex(std::string_view pattern, const std::string& where) {
         int code = 0;
         PCRE2_SIZE offset = 0;
-        pcre2_code_8* c = pcre2_compile_8(reinterpret_cast<PCRE2_SPTR8>(pattern.data()), pattern.size(),
+        const std::string compatible = oniguruma_compatible(pattern);
+        pcre2_code_8* c = pcre2_compile_8(reinterpret_cast<PCRE2_SPTR8>(compatible.data()), compatible.size(),
                                           PCRE2_UTF | PCRE2_UCP, &code, &offset, nullptr);
         if (c == nullptr) {
             std::array<PCRE2_UCHAR8, 256> msg{};
@@ -302,6 +363,12 @@ inline bool is_bert_punctuation(char32_t c) {
 inline bool is_other(char32_t c) {
     if (c < 0x80) return c < 0x20 || c == 0x7F;
     return has_category(category_regex(1), c);
+}
+/// Rust's `char::is_numeric`: general category N (Nd, Nl, No), what the Digits pre-tokenizer splits.
+inline bool is_numeric(char32_t c) {
+    if (c < 0x80) return c >= '0' && c <= '9';
+    static const Regex numeric(R"(\p{N})", "category");
+    return has_category(numeric, c);
 }
 /// General category Mn (nonspacing mark), what strip_accents removes after NFD.
 inline bool is_nonspacing_mark(char32_t c) {
@@ -982,7 +1049,7 @@ struct PreTokenizer {
                 break;
             }
             case Kind::digits:
-                parts = apply_behavior(char_spans(text, [](char32_t c) { return c >= '0' && c <= '9'; }),
+                parts = apply_behavior(char_spans(text, is_numeric),
                                        individual_digits ? Behavior::isolated : Behavior::contiguous);
                 break;
             case Kind::bert: {
@@ -1095,7 +1162,6 @@ inline PreTokenizer read_pre_tokenizer(const Reader& r, const json& j, const std
     } else if (t == "Whitespace") {
         r.only(j, path, {"type"});
         p.kind = K::whitespace;
-        // tokenizers' \w+|[^\w\s]+ with Oniguruma's \w (letters, marks, decimal digits, connectors, joiners)
         p.regex = Regex(R"([\p{L}\p{M}\p{Nd}\p{Pc}\x{200C}\x{200D}]+|[^\p{L}\p{M}\p{Nd}\p{Pc}\x{200C}\x{200D}\s]+)",
                         "Whitespace");
     } else if (t == "WhitespaceSplit") {
@@ -1344,6 +1410,9 @@ public:
         std::error_code ec;
         if (std::filesystem::is_regular_file(config_path, ec)) config = read_file(config_path);
         load(text, tokenizer_json.string(), config, config_path.string());
+        // newer transformers save the template beside the config instead of inside it
+        const auto jinja = tokenizer_json.parent_path() / "chat_template.jinja";
+        if (chat_template_.empty() && std::filesystem::is_regular_file(jinja, ec)) chat_template_ = read_file(jinja);
     }
 
     /// Builds a tokenizer from the text of a tokenizer.json (and optionally of a tokenizer_config.json);
@@ -1440,9 +1509,18 @@ public:
     /// The `chat_template` string of tokenizer_config.json ("" when absent).
     const std::string& chat_template() const noexcept { return chat_template_; }
 
-    /// The token → id map of the model vocabulary and the added tokens, in id order (for comparing
-    /// tokenizers).
+    /// The chat template recognized from `chat_template()` (data/chat_template.hpp), with this
+    /// tokenizer's bos/eos names. Throws config_error for a template it does not recognize.
+    HfChatTemplate chat() const { return HfChatTemplate::recognize(chat_template_, bos_token_, eos_token_); }
+
+    /// The token of every id, in id order ("" for an id no token has).
     const std::vector<std::string>& tokens() const noexcept { return id_to_token_; }
+
+    /// What data::align_vocabularies needs: the tokens, the pipeline fingerprint (normalizer,
+    /// pre-tokenizer, model) and the model's embedding rows (0: as many as ids).
+    VocabInfo vocab_info(std::string name, std::int64_t embedding_rows = 0) const {
+        return {std::move(name), id_to_token_, pipeline_, embedding_rows};
+    }
 
 private:
     HfTokenizer() = default;
@@ -1501,6 +1579,9 @@ private:
         if (const json* p = Reader::find(j, "post_processor")) read_post_processor(r, *p, "post_processor", 0);
         for (std::int32_t id : post_.before) check_id(r, "post_processor", id);
         for (std::int32_t id : post_.after) check_id(r, "post_processor", id);
+        pipeline_ = detail::sha256_hex((j.contains("normalizer") ? j["normalizer"].dump() : "null") + "\n" +
+                                       (j.contains("pre_tokenizer") ? j["pre_tokenizer"].dump() : "null") + "\n" +
+                                       j["model"].dump());
         std::string fingerprint = detail::sha256_hex(text);
         if (config) {
             read_config(*config, config_file);
@@ -2068,7 +2149,7 @@ private:
     // ids
     std::vector<std::string> id_to_token_{};
     std::vector<bool> has_token_{};
-    std::string id_{};
+    std::string id_{}, pipeline_{};
     // tokenizer_config.json
     std::optional<std::int32_t> bos_{}, eos_{}, pad_{}, unk_{};
     std::string bos_token_{}, eos_token_{}, chat_template_{};

@@ -44,7 +44,8 @@ echo "self-contained headers: $(echo "$headers" | wc -w) checked with ${compiler
 # 2. macro hygiene: macros defined by the umbrella minus those its third-party includes define
 thirdparty=$(grep -rhoE '^\s*#\s*include\s*<[^>]+>' "$root/include/distill" | sed -E 's/^\s*#\s*include\s*//' | sort -u)
 printf '#include %s\n' $thirdparty > "$work/thirdparty.cpp"
-"$cxx" -std=c++20 -fopenmp "${sys[@]}" -dM -E "$work/thirdparty.cpp" | awk '{print $2}' | sed 's/(.*//' | sort -u > "$work/macros_thirdparty"
+# pcre2.h needs its code-unit width, which distill::text defines
+"$cxx" -std=c++20 -fopenmp -DPCRE2_CODE_UNIT_WIDTH=8 "${sys[@]}" -dM -E "$work/thirdparty.cpp" | awk '{print $2}' | sed 's/(.*//' | sort -u > "$work/macros_thirdparty"
 printf '#include <distill/distill.hpp>\n' > "$work/umbrella.cpp"
 "$cxx" -std=c++20 -fopenmp -I"$root/include" "${sys[@]}" -dM -E "$work/umbrella.cpp" | awk '{print $2}' | sed 's/(.*//' | sort -u > "$work/macros_umbrella"
 leaked=$(comm -13 "$work/macros_thirdparty" "$work/macros_umbrella" | grep -v '^DISTILL_' || true)

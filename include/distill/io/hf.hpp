@@ -12,8 +12,14 @@
 ///   (out, in), so those four weights per block are transposed on the way in and out. The attention
 ///   mask buffers old checkpoints carry (`attn.bias`, `attn.masked_bias`) are skipped; an
 ///   `lm_head.weight` must equal the tied embedding.
+/// - `bert` (BERT, MiniLM, all-MiniLM-L6-v2 and other sentence-transformers encoders): `BertModel`, or
+///   the encoder inside `BertFor*` (names with the `bert.` prefix), loads as `student::Encoder`
+///   (`encoder_config`). Linear weights are (out, in) as the Encoder's, so nothing is transposed. The
+///   pooler (`pooler.dense.*`), task heads (`cls.*`) and the `embeddings.position_ids` buffer are not
+///   part of the Encoder and are skipped. A sentence-transformers directory's `1_Pooling/config.json`
+///   chooses mean or CLS pooling (mean without it).
 /// Families whose blocks `student::Transformer` does not have yet (RMSNorm, RoPE, SwiGLU, grouped-query
-/// attention, encoders: Llama, Qwen2, Phi-3, BERT) are refused naming what is missing.
+/// attention: Llama, Qwen2, Phi-3) are refused naming what is missing.
 ///
 /// Every file is bounded before it is parsed; a missing, extra or misshapen tensor is a `format_error`
 /// listing what was expected, checked before any parameter is written.
@@ -28,6 +34,7 @@
 #include <set>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -37,6 +44,7 @@
 #include "distill/error.hpp"
 #include "distill/io/atomic_file.hpp"
 #include "distill/io/safetensors.hpp"
+#include "distill/student/encoder.hpp"
 #include "distill/student/transformer.hpp"
 
 namespace distill::io::hf {
@@ -143,7 +151,7 @@ private:
 };
 
 /// The model types this header knows, and what each needs.
-inline constexpr std::string_view supported_model_types = "gpt2";
+inline constexpr std::string_view supported_model_types = "gpt2 (student::Transformer), bert (student::Encoder)";
 
 /// How one student parameter is stored in a transformers checkpoint.
 struct tensor_map {
@@ -205,8 +213,11 @@ inline student::TransformerConfig transformer_config(const Checkpoint& ckpt) {
         {"llama", "RMSNorm, rotary positions, SwiGLU and grouped-query attention"},
         {"qwen2", "RMSNorm, rotary positions, SwiGLU, grouped-query attention and QKV bias"},
         {"phi3", "RMSNorm, rotary positions, a fused gate/up SwiGLU and fused QKV"},
-        {"bert", "a bidirectional post-LayerNorm encoder with token-type embeddings and pooling"},
     };
+    if (ckpt.model_type() == "bert")
+        throw format_error(file, 0,
+                           "model_type \"bert\" is a bidirectional encoder: load it as student::Encoder "
+                           "(io::hf::encoder_config and io::hf::load), not as student::Transformer");
     const auto it = missing.find(ckpt.model_type());
     throw format_error(
         file, 0,
@@ -216,12 +227,99 @@ inline student::TransformerConfig transformer_config(const Checkpoint& ckpt) {
             "supported: " + std::string(supported_model_types));
 }
 
+/// Reads transformers' config of a `bert` model as an Encoder config; `pooling` ("mean" or "cls")
+/// comes from the caller. Settings the Encoder does not compute (another activation, relative
+/// position embeddings, a decoder) are refused by name.
+inline student::EncoderConfig bert_config(const nlohmann::json& c, const std::filesystem::path& file,
+                                          const std::string& pooling = "mean") {
+    auto integer = [&](const char* key, std::optional<int> fallback = std::nullopt) {
+        const auto it = c.find(key);
+        if (it == c.end() || it->is_null()) {
+            if (fallback) return *fallback;
+            throw format_error(file, 0, std::string(key) + ": an integer is required");
+        }
+        if (!it->is_number_integer() || it->get<std::int64_t>() < 1 || it->get<std::int64_t>() > (1 << 30))
+            throw format_error(file, 0, std::string(key) + ": expected a positive integer, got " + it->dump());
+        return int(it->get<std::int64_t>());
+    };
+    auto require = [&](const char* key, const nlohmann::json& expected, const char* why) {
+        const auto it = c.find(key);
+        if (it != c.end() && !it->is_null() && *it != expected)
+            throw format_error(
+                file, 0,
+                std::string(key) + ": " + it->dump() + " is not supported, only " + expected.dump() + " (" + why + ")");
+    };
+    require("hidden_act", "gelu", "the Encoder's MLP uses the exact erf GELU");
+    require("position_embedding_type", "absolute", "the Encoder has learned absolute positions");
+    require("is_decoder", false, "the Encoder is bidirectional");
+    require("add_cross_attention", false, "the Encoder has no cross-attention");
+    student::EncoderConfig e;
+    e.vocab_size = integer("vocab_size");
+    e.context_length = integer("max_position_embeddings");
+    e.type_vocab_size = integer("type_vocab_size", 2);
+    e.d_model = integer("hidden_size");
+    e.n_layers = integer("num_hidden_layers");
+    e.n_heads = integer("num_attention_heads");
+    e.d_ff = integer("intermediate_size");
+    if (const auto it = c.find("layer_norm_eps"); it != c.end() && !it->is_null()) {
+        if (!it->is_number() || !(it->get<double>() > 0))
+            throw format_error(file, 0, "layer_norm_eps: expected a positive number, got " + it->dump());
+        e.layer_norm_eps = it->get<double>();
+    }
+    e.pooling = pooling;
+    try {
+        e.validate("config");
+    } catch (const config_error& err) {
+        throw format_error(file, 0, err.what());
+    }
+    return e;
+}
+
+/// The Encoder config a `bert` checkpoint describes; the pooling mode comes from a
+/// sentence-transformers `1_Pooling/config.json` beside it when there is one (mean or CLS; other
+/// modes are refused), else mean. Throws format_error naming the file for another model type or a
+/// setting the Encoder cannot compute.
+inline student::EncoderConfig encoder_config(const Checkpoint& ckpt) {
+    const auto file = ckpt.directory() / "config.json";
+    if (ckpt.model_type() != "bert")
+        throw format_error(file, 0,
+                           "model_type \"" + ckpt.model_type() +
+                               "\" is not an encoder student::Encoder loads; supported: bert" +
+                               (ckpt.model_type() == "gpt2" ? " (gpt2 loads as student::Transformer)" : ""));
+    std::string pooling = "mean";
+    const auto pooling_file = ckpt.directory() / "1_Pooling" / "config.json";
+    if (std::filesystem::exists(pooling_file)) {
+        const nlohmann::json p = detail::read_json(pooling_file);
+        auto on = [&](const char* key) {
+            const auto it = p.find(key);
+            return it != p.end() && it->is_boolean() && it->get<bool>();
+        };
+        const bool mean = on("pooling_mode_mean_tokens"), cls = on("pooling_mode_cls_token");
+        for (const char* other : {"pooling_mode_max_tokens", "pooling_mode_mean_sqrt_len_tokens",
+                                  "pooling_mode_weightedmean_tokens", "pooling_mode_lasttoken"})
+            if (on(other))
+                throw format_error(pooling_file, 0,
+                                   std::string(other) + " is not supported: the Encoder pools by mean or CLS");
+        if (mean == cls)
+            throw format_error(pooling_file, 0,
+                               "exactly one of pooling_mode_mean_tokens and pooling_mode_cls_token must be true");
+        pooling = cls ? "cls" : "mean";
+    }
+    return bert_config(ckpt.config(), file, pooling);
+}
+
 /// Where each of a GPT-2-layout student's parameters lives in a transformers checkpoint whose names
 /// start with `prefix` ("transformer." for GPT2LMHeadModel, "" for GPT2Model).
 inline tensor_map gpt2_tensor(const std::string& name, const std::string& prefix) {
     const bool conv1d =
         name.ends_with("c_attn.weight") || name.ends_with("c_proj.weight") || name.ends_with("c_fc.weight");
     return {prefix + name, conv1d};
+}
+
+/// Where each of an Encoder's parameters lives in a transformers checkpoint whose names start with
+/// `prefix` ("bert." for BertFor*, "" for BertModel): the same name, nothing transposed.
+inline tensor_map bert_tensor(const std::string& name, const std::string& prefix) {
+    return {prefix + name, false};
 }
 
 namespace detail {
@@ -242,21 +340,52 @@ inline bool is_mask_buffer(std::string_view name) {
     return name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias");
 }
 
+// Tensors of a bert checkpoint that are not the Encoder's: the position-id buffer, the pooler and
+// the task heads of BertFor*.
+inline bool is_bert_extra(std::string_view name, std::string_view prefix) {
+    if (name.starts_with(prefix)) name.remove_prefix(prefix.size());
+    return name == "embeddings.position_ids" || name.starts_with("pooler.") || name.starts_with("cls.") ||
+           name.starts_with("classifier.") || name.starts_with("qa_outputs.");
+}
+
+template <class Model>
+constexpr bool is_encoder = std::is_same_v<typename Model::config_type, student::EncoderConfig>;
+
 }  // namespace detail
 
-/// Loads `ckpt` into `model`, whose config must be `transformer_config(ckpt)`. Every tensor is checked
-/// (present, shape, floating dtype; no tensor left over) before any parameter is written, so a failed
-/// load leaves the model as it was. Throws format_error / shape_error naming the file and tensor.
+/// Loads `ckpt` into `model`: a `student::Transformer` whose config is `transformer_config(ckpt)`
+/// (gpt2), or a `student::Encoder` whose config is `encoder_config(ckpt)` (bert; its pooling mode may
+/// differ). Every tensor is checked (present, shape, floating dtype; no tensor left over but those a
+/// family skips) before any parameter is written, so a failed load leaves the model as it was.
+/// Throws format_error / shape_error naming the file and tensor.
 template <class Model>
 void load(const Checkpoint& ckpt, Model& model) {
     using T = typename Model::scalar_type;
-    const auto expected = transformer_config(ckpt);
+    constexpr bool encoder = detail::is_encoder<Model>;
     const auto& have = model.config();
-    if (have.vocab_size != expected.vocab_size || have.context_length != expected.context_length ||
-        have.d_model != expected.d_model || have.n_layers != expected.n_layers || have.n_heads != expected.n_heads ||
-        have.d_ff != expected.d_ff)
-        throw shape_error(ckpt.directory().string() + ": the model's config differs from config.json's");
-    const std::string prefix = ckpt.find("transformer.wte.weight") ? "transformer." : "";
+    std::string prefix;
+    if constexpr (encoder) {
+        const auto expected = encoder_config(ckpt);
+        if (have.vocab_size != expected.vocab_size || have.context_length != expected.context_length ||
+            have.type_vocab_size != expected.type_vocab_size || have.d_model != expected.d_model ||
+            have.n_layers != expected.n_layers || have.n_heads != expected.n_heads || have.d_ff != expected.d_ff ||
+            have.layer_norm_eps != expected.layer_norm_eps)
+            throw shape_error(ckpt.directory().string() + ": the model's config differs from config.json's");
+        prefix = ckpt.find("bert.embeddings.word_embeddings.weight") ? "bert." : "";
+    } else {
+        const auto expected = transformer_config(ckpt);
+        if (have.vocab_size != expected.vocab_size || have.context_length != expected.context_length ||
+            have.d_model != expected.d_model || have.n_layers != expected.n_layers ||
+            have.n_heads != expected.n_heads || have.d_ff != expected.d_ff)
+            throw shape_error(ckpt.directory().string() + ": the model's config differs from config.json's");
+        prefix = ckpt.find("transformer.wte.weight") ? "transformer." : "";
+    }
+    const auto map_name = [&](const std::string& name) {
+        if constexpr (encoder)
+            return bert_tensor(name, prefix);
+        else
+            return gpt2_tensor(name, prefix);
+    };
 
     struct source {
         const safetensors_file* file;
@@ -268,7 +397,7 @@ void load(const Checkpoint& ckpt, Model& model) {
     std::set<std::string> used;
     std::vector<std::string> missing;
     for (const auto& p : model.parameters()) {
-        const tensor_map m = gpt2_tensor(p.name, prefix);
+        const tensor_map m = map_name(p.name);
         const auto found = ckpt.find(m.hf_name);
         if (!found) {
             missing.push_back(m.hf_name);
@@ -290,10 +419,11 @@ void load(const Checkpoint& ckpt, Model& model) {
     }
     std::vector<std::string> unexpected;
     for (const auto& name : ckpt.tensor_names())
-        if (!used.contains(name) && !detail::is_mask_buffer(name) && name != "lm_head.weight")
+        if (!used.contains(name) && (encoder ? !detail::is_bert_extra(name, prefix)
+                                             : !detail::is_mask_buffer(name) && name != "lm_head.weight"))
             unexpected.push_back(name);
     if (!missing.empty() || !unexpected.empty()) {
-        std::string what = "tensors do not match a gpt2 model:";
+        std::string what = std::string("tensors do not match a ") + (encoder ? "bert" : "gpt2") + " model:";
         auto list = [](const std::vector<std::string>& names) {
             return distill::detail::name_list(std::vector<std::string_view>(names.begin(), names.end()));
         };
@@ -317,7 +447,7 @@ void load(const Checkpoint& ckpt, Model& model) {
             for (std::size_t j = 0; j < cols; ++j) host[s.offset + j * rows + i] = staged[i * cols + j];
     }
     // A separate LM head must be the tied embedding (some exports write it out).
-    if (const auto head = ckpt.find("lm_head.weight")) {
+    if (const auto head = encoder ? std::nullopt : ckpt.find("lm_head.weight")) {
         const auto [file, info] = *head;
         const auto& wte = *std::find_if(sources.begin(), sources.end(),
                                         [&](const source& s) { return s.info->name == prefix + "wte.weight"; });
@@ -336,47 +466,91 @@ void load(const Checkpoint& ckpt, Model& model) {
         model.device().copy(model.parameter_data(), host.data(), sizeof(T) * host.size());
 }
 
-/// Writes `model` to `dir` (created if needed) as transformers' GPT2LMHeadModel: config.json and
-/// model.safetensors (F32 or BF16), each replaced atomically. `extra_config` entries (e.g.
+/// Writes an Encoder to `dir` as transformers' BertModel without its pooler (config.json and
+/// model.safetensors; `from_pretrained` initializes the pooler it does not find, which the Encoder
+/// never uses), plus a sentence-transformers `1_Pooling/config.json` naming the pooling mode.
+template <class Model>
+void save_encoder(const std::filesystem::path& dir, const Model& model, dtype out, const nlohmann::json& extra_config) {
+    using T = typename Model::scalar_type;
+    const auto& c = model.config();
+    std::filesystem::create_directories(dir / "1_Pooling");
+    const std::vector<T> host = detail::host_parameters(model);
+    std::vector<named_tensor<const T>> tensors;
+    for (const auto& p : model.parameters())
+        tensors.push_back(
+            {bert_tensor(p.name, "").hf_name, host.data() + (p.value.data() - model.parameter_data()),
+             std::vector<std::int64_t>(p.value.shape().begin(), p.value.shape().begin() + p.value.rank())});
+    save_tensors<T>(dir / "model.safetensors", tensors, out, {{"format", "pt"}});
+    nlohmann::json config = {{"architectures", {"BertModel"}},
+                             {"model_type", "bert"},
+                             {"vocab_size", c.vocab_size},
+                             {"max_position_embeddings", c.context_length},
+                             {"type_vocab_size", c.type_vocab_size},
+                             {"hidden_size", c.d_model},
+                             {"num_hidden_layers", c.n_layers},
+                             {"num_attention_heads", c.n_heads},
+                             {"intermediate_size", c.d_ff},
+                             {"hidden_act", "gelu"},
+                             {"layer_norm_eps", c.layer_norm_eps},
+                             {"position_embedding_type", "absolute"},
+                             {"torch_dtype", out == dtype::BF16 ? "bfloat16" : "float32"}};
+    for (const auto& [k, v] : extra_config.items()) config[k] = v;
+    const nlohmann::json pooling = {{"word_embedding_dimension", c.d_model},
+                                    {"pooling_mode_cls_token", c.pooling == "cls"},
+                                    {"pooling_mode_mean_tokens", c.pooling == "mean"},
+                                    {"pooling_mode_max_tokens", false},
+                                    {"pooling_mode_mean_sqrt_len_tokens", false}};
+    write_file_atomic(dir / "1_Pooling" / "config.json", pooling.dump(2) + "\n");
+    write_file_atomic(dir / "config.json", config.dump(2) + "\n");
+}
+
+/// Writes `model` to `dir` (created if needed) in transformers' layout, each file replaced
+/// atomically: a `student::Transformer` as GPT2LMHeadModel, a `student::Encoder` as BertModel
+/// (`save_encoder`); config.json and model.safetensors (F32 or BF16). `extra_config` entries (e.g.
 /// bos_token_id, eos_token_id) are added to config.json.
 template <class Model>
 void save(const std::filesystem::path& dir, const Model& model, dtype out = dtype::F32,
           const nlohmann::json& extra_config = nlohmann::json::object()) {
-    using T = typename Model::scalar_type;
-    const auto& c = model.config();
-    std::filesystem::create_directories(dir);
-    const std::vector<T> host = detail::host_parameters(model);
-    std::vector<std::vector<T>> transposed;  // owners of the (in, out) copies
-    std::vector<named_tensor<const T>> tensors;
-    for (const auto& p : model.parameters()) {
-        const tensor_map m = gpt2_tensor(p.name, "transformer.");
-        const T* data = host.data() + (p.value.data() - model.parameter_data());
-        std::vector<std::int64_t> shape(p.value.shape().begin(), p.value.shape().begin() + p.value.rank());
-        if (m.transposed) {
-            const auto rows = std::size_t(shape[0]), cols = std::size_t(shape[1]);
-            auto& t = transposed.emplace_back(rows * cols);
-            for (std::size_t i = 0; i < rows; ++i)
-                for (std::size_t j = 0; j < cols; ++j) t[j * rows + i] = data[i * cols + j];
-            data = t.data();
-            std::reverse(shape.begin(), shape.end());
+    if constexpr (detail::is_encoder<Model>) {
+        save_encoder(dir, model, out, extra_config);
+        return;
+    } else {
+        using T = typename Model::scalar_type;
+        const auto& c = model.config();
+        std::filesystem::create_directories(dir);
+        const std::vector<T> host = detail::host_parameters(model);
+        std::vector<std::vector<T>> transposed;  // owners of the (in, out) copies
+        std::vector<named_tensor<const T>> tensors;
+        for (const auto& p : model.parameters()) {
+            const tensor_map m = gpt2_tensor(p.name, "transformer.");
+            const T* data = host.data() + (p.value.data() - model.parameter_data());
+            std::vector<std::int64_t> shape(p.value.shape().begin(), p.value.shape().begin() + p.value.rank());
+            if (m.transposed) {
+                const auto rows = std::size_t(shape[0]), cols = std::size_t(shape[1]);
+                auto& t = transposed.emplace_back(rows * cols);
+                for (std::size_t i = 0; i < rows; ++i)
+                    for (std::size_t j = 0; j < cols; ++j) t[j * rows + i] = data[i * cols + j];
+                data = t.data();
+                std::reverse(shape.begin(), shape.end());
+            }
+            tensors.push_back({m.hf_name, data, std::move(shape)});
         }
-        tensors.push_back({m.hf_name, data, std::move(shape)});
+        save_tensors<T>(dir / "model.safetensors", tensors, out, {{"format", "pt"}});  // transformers requires "pt"
+        nlohmann::json config = {{"architectures", {"GPT2LMHeadModel"}},
+                                 {"model_type", "gpt2"},
+                                 {"vocab_size", c.vocab_size},
+                                 {"n_positions", c.context_length},
+                                 {"n_embd", c.d_model},
+                                 {"n_layer", c.n_layers},
+                                 {"n_head", c.n_heads},
+                                 {"n_inner", c.d_ff},
+                                 {"activation_function", "gelu_new"},
+                                 {"layer_norm_epsilon", 1e-5},
+                                 {"tie_word_embeddings", true},
+                                 {"torch_dtype", out == dtype::BF16 ? "bfloat16" : "float32"}};
+        for (const auto& [k, v] : extra_config.items()) config[k] = v;
+        write_file_atomic(dir / "config.json", config.dump(2) + "\n");
     }
-    save_tensors<T>(dir / "model.safetensors", tensors, out, {{"format", "pt"}});  // transformers requires "pt"
-    nlohmann::json config = {{"architectures", {"GPT2LMHeadModel"}},
-                             {"model_type", "gpt2"},
-                             {"vocab_size", c.vocab_size},
-                             {"n_positions", c.context_length},
-                             {"n_embd", c.d_model},
-                             {"n_layer", c.n_layers},
-                             {"n_head", c.n_heads},
-                             {"n_inner", c.d_ff},
-                             {"activation_function", "gelu_new"},
-                             {"layer_norm_epsilon", 1e-5},
-                             {"tie_word_embeddings", true},
-                             {"torch_dtype", out == dtype::BF16 ? "bfloat16" : "float32"}};
-    for (const auto& [k, v] : extra_config.items()) config[k] = v;
-    write_file_atomic(dir / "config.json", config.dump(2) + "\n");
 }
 
 }  // namespace distill::io::hf

@@ -1,16 +1,23 @@
 #pragma once
 /// @file cpu.hpp
-/// `device::Cpu`: the kernels of `device/reference.hpp`, fast. GEMMs go through Eigen (AVX-512
-/// kernels when compiled for the host, multithreaded by Eigen's OpenMP GEMM), row kernels through
-/// Eigen array expressions (vectorized exp/tanh), parallel over rows or column blocks with OpenMP.
-/// Reductions never use atomics and split work by a fixed rule, so a fixed thread count gives
-/// bit-identical results run after run.
+/// `device::Cpu`: the kernels of `device/reference.hpp`, fast. GEMMs go through oneDNN's matmul when
+/// the program links `distill::dnnl` (`DISTILL_WITH_DNNL`; see `device/cpu_dnnl.hpp`), else through
+/// Eigen (AVX-512 kernels when compiled for the host, multithreaded by Eigen's OpenMP GEMM); row
+/// kernels through Eigen array expressions (vectorized exp/tanh), parallel over rows or column
+/// blocks with OpenMP. Reductions never use atomics and split work by a fixed rule, so a fixed
+/// thread count gives bit-identical results run after run.
+///
+/// Precision: `Cpu(threads, precision::bf16)` rounds the operands of the model's GEMMs to bf16 and
+/// accumulates in fp32 (oneDNN; refused with a config_error without it — Eigen has no fast bf16
+/// GEMM). Everything else stays fp32: master weights, gradients, optimizer state, losses, softmax,
+/// LayerNorm statistics, and the per-head attention products (small, in cache, fp32 in both modes).
 
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <limits>
 #include <string>
+#include <type_traits>
 
 #include <Eigen/Core>
 
@@ -18,11 +25,29 @@
 #include "distill/device/reference.hpp"
 #include "distill/error.hpp"
 
+#if defined(DISTILL_WITH_DNNL)
+#include "distill/device/cpu_dnnl.hpp"
+#endif
+
 #if defined(_OPENMP)
 #include <omp.h>
 #endif
 
 namespace distill::device {
+
+/// The arithmetic of a device's matrix products.
+enum class precision {
+    fp32,  ///< fp32 operands, fp32 accumulation
+    bf16   ///< operands rounded to bf16, fp32 accumulation (fp32 master weights and reductions)
+};
+
+/// Whether this build has a fast bf16 GEMM (oneDNN linked through `distill::dnnl`).
+inline constexpr bool has_bf16_gemm =
+#if defined(DISTILL_WITH_DNNL)
+    true;
+#else
+    false;
+#endif
 
 /// The multithreaded CPU device.
 struct Cpu : HostMemory {
@@ -30,14 +55,20 @@ struct Cpu : HostMemory {
 
     /// Threads from `DISTILL_NUM_THREADS` when set, else OpenMP's default (OMP_NUM_THREADS or the cores).
     Cpu() : num_threads(default_threads()) {}
-    /// Exactly `threads` threads (>= 1).
-    explicit Cpu(int threads) : num_threads(threads) {
+    /// Exactly `threads` threads (>= 1), GEMMs in `p` (bf16 needs oneDNN: `has_bf16_gemm`).
+    explicit Cpu(int threads, precision p = precision::fp32) : num_threads(threads), compute(p) {
         if (threads < 1) throw config_error("device.threads", "must be >= 1, got " + std::to_string(threads));
+        if (p == precision::bf16 && !has_bf16_gemm)
+            throw config_error("device.precision",
+                               "bf16 needs oneDNN's GEMM: install libdnnl-dev and link distill::dnnl "
+                               "(DISTILL_WITH_DNNL); this build has only Eigen's fp32 GEMM");
     }
 
     int threads() const noexcept { return num_threads; }
+    precision compute_precision() const noexcept { return compute; }
 
     int num_threads;
+    precision compute = precision::fp32;
 
 private:
     static int default_threads() {
@@ -98,12 +129,12 @@ void for_column_blocks(int threads, std::int64_t n, std::int64_t align, F&& f) {
 
 // ---- GEMM ---------------------------------------------------------------------------------------
 
-/// C(M,N) = alpha op(A) op(B) + beta C, row-major (see the Reference kernel). Eigen's GEMM with its
-/// own OpenMP split of the output (single-threaded when called inside a parallel region).
+namespace cpu_detail {
+
+// Eigen's GEMM with its own OpenMP split of the output (single-threaded inside a parallel region).
 template <class T>
-void gemm(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda, const T* B,
-          int ldb, T beta, T* C, int ldc) {
-    using namespace cpu_detail;
+void eigen_gemm(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda,
+                const T* B, int ldb, T beta, T* C, int ldc) {
     Map<T> c(C, M, N, Eigen::OuterStride<>(ldc));
     if (beta == T(0))
         c.setZero();
@@ -127,15 +158,42 @@ void gemm(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, T alp
         c.noalias() += alpha * (a.transpose() * b.transpose());
 }
 
-/// `batch` GEMMs at fixed strides, one per thread at a time (each single-threaded, in cache).
+}  // namespace cpu_detail
+
+/// C(M,N) = alpha op(A) op(B) + beta C, row-major (see the Reference kernel): oneDNN's matmul with
+/// `distill::dnnl` (fp32, or bf16 operands when the device's precision says so), else Eigen's GEMM.
+template <class T>
+void gemm(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda, const T* B,
+          int ldb, T beta, T* C, int ldc) {
+#if defined(DISTILL_WITH_DNNL)
+    // oneDNN for the model's GEMMs; a GEMM inside a parallel region (one attention head per thread)
+    // stays with Eigen, single-threaded and in cache
+    if constexpr (std::is_same_v<T, float>) {
+#if defined(_OPENMP)
+        const bool nested = omp_in_parallel();
+#else
+        const bool nested = false;
+#endif
+        if (!nested && M > 0 && N > 0 && K > 0) {
+            dnnl_detail::gemm(dev.compute == precision::bf16, dev.threads(), trans_a, trans_b, M, N, K, alpha, A, lda,
+                              B, ldb, beta, C, ldc);
+            return;
+        }
+    }
+#endif
+    cpu_detail::eigen_gemm(dev, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+/// `batch` GEMMs at fixed strides, one per thread at a time (each single-threaded, in cache, Eigen,
+/// fp32 in every precision).
 template <class T>
 void gemm_strided_batched(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda,
                           std::int64_t stride_a, const T* B, int ldb, std::int64_t stride_b, T beta, T* C, int ldc,
                           std::int64_t stride_c, int batch) {
     DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()))
     for (int b = 0; b < batch; ++b)
-        gemm(dev, trans_a, trans_b, M, N, K, alpha, A + b * stride_a, lda, B + b * stride_b, ldb, beta,
-             C + b * stride_c, ldc);
+        cpu_detail::eigen_gemm(dev, trans_a, trans_b, M, N, K, alpha, A + b * stride_a, lda, B + b * stride_b, ldb,
+                               beta, C + b * stride_c, ldc);
 }
 
 // ---- elementwise and row kernels -----------------------------------------------------------------

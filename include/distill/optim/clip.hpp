@@ -104,6 +104,64 @@ void scale_gradients(std::span<const Parameter<T>> params, T factor, const Devic
     });
 }
 
+/// Global-norm clipping with its work list (chunks and per-chunk partial sums) laid out once, so a
+/// training step clips without allocating; the same results, bit for bit, as `clip_grad_norm`,
+/// `global_grad_norm` and `scale_gradients`, which build the list on each call.
+/// @tparam T scalar type.
+template <class T>
+class GradClipper {
+public:
+    /// Clips the gradients of `params` (the views are kept; the tensors must outlive the clipper).
+    explicit GradClipper(std::span<const Parameter<T>> params)
+        : params_(params.begin(), params.end()), chunks_(detail::make_chunks<T>(params_)), partial_(chunks_.size()) {}
+
+    /// The global L2 norm of the gradients (see `global_grad_norm`).
+    template <class Device>
+    double norm(const Device& dev) {
+        if constexpr (Device::memory != memory_space::host) {
+            return global_grad_norm<T>(std::span<const Parameter<T>>(params_), dev);
+        } else {
+            detail::for_each_chunk(dev, chunks_, [&](std::size_t c) {
+                const detail::Chunk& ch = chunks_[c];
+                partial_[c] = detail::sum_of_squares(params_[ch.parameter].grad.data() + ch.offset, ch.size);
+            });
+            double total = 0;
+            for (double s : partial_) total += s;
+            return std::sqrt(total);
+        }
+    }
+
+    /// Clips to `max_norm` and returns the norm before clipping (see `clip_grad_norm`).
+    template <class Device>
+    double operator()(double max_norm, const Device& dev) {
+        const double n = norm(dev);
+        if (!(max_norm > 0) || !std::isfinite(n)) return n;
+        const double coef = max_norm / (n + 1e-6);
+        if (coef >= 1.0) return n;
+        scale(static_cast<T>(coef), dev);
+        return n;
+    }
+
+    /// Multiplies every gradient by `factor` (see `scale_gradients`).
+    template <class Device>
+    void scale(T factor, const Device& dev) {
+        if constexpr (Device::memory != memory_space::host) {
+            for (const auto& p : params_) scale_in_place(dev, p.grad.data(), factor, p.grad.numel());
+        } else {
+            detail::for_each_chunk(dev, chunks_, [&](std::size_t c) {
+                const detail::Chunk& ch = chunks_[c];
+                T* g = params_[ch.parameter].grad.data() + ch.offset;
+                for (std::int64_t i = 0; i < ch.size; ++i) g[i] *= factor;  // one rounding per element
+            });
+        }
+    }
+
+private:
+    std::vector<Parameter<T>> params_;
+    std::vector<detail::Chunk> chunks_;
+    std::vector<double> partial_;
+};
+
 /// Where a non-finite value sits.
 struct NonFinite {
     std::size_t parameter;  ///< index into the list

@@ -62,6 +62,11 @@ struct TransformerConfig {
     }
 };
 
+/// What a `Transformer` keeps of a forward: everything the backward and the transfer losses read
+/// (`training`), or only the logits, one layer's working memory reused by every layer, no gradient
+/// arena and no backward buffers (`inference`: a teacher whose loss reads logits alone, generation).
+enum class activations { training, inference };
+
 template <class T, class Device>
 class Transformer;
 
@@ -109,9 +114,12 @@ public:
     using config_type = TransformerConfig;
 
     /// Lays out and allocates all three arenas for batches of up to `max_batch` sequences of up to
-    /// `config.context_length` tokens. Parameters start at zero; call `init` or load weights.
-    Transformer(const TransformerConfig& config, int max_batch, Device device = Device{})
-        : cfg_(config), dev_(device), max_batch_(max_batch) {
+    /// `config.context_length` tokens. Parameters start at zero; call `init` or load weights. With
+    /// `activations::inference` the model only runs forwards: `backward` throws, `hidden_state(i)`
+    /// exists for i = 0 and L only, `attention` and `qkv` not at all, and gradients are empty.
+    Transformer(const TransformerConfig& config, int max_batch, Device device = Device{},
+                activations mode = activations::training)
+        : cfg_(config), dev_(device), max_batch_(max_batch), mode_(mode) {
         cfg_.validate();
         if (max_batch < 1) throw config_error("max_batch", "must be >= 1, got " + std::to_string(max_batch));
         layout_parameters();
@@ -166,6 +174,17 @@ public:
     /// Runs the model on tokens(B,T) (row-major, B <= max_batch, T <= context_length, every id in
     /// [0, vocab_size)). Afterwards `logits()`, `hidden_state(i)` and `attention(l)` hold the results.
     void forward(const std::int32_t* tokens, int B, int Tn) {
+        forward_layers(tokens, B, Tn, [](int) {});
+    }
+
+    /// What this model keeps of a forward.
+    activations mode() const noexcept { return mode_; }
+
+private:
+    // The forward; `after_qkv(l)` runs once layer l's q|k|v projections are in act(layer_acts_[l].qkv)
+    // (prefill stores the keys and values there, before an inference model reuses the buffer).
+    template <class AfterQkv>
+    void forward_layers(const std::int32_t* tokens, int B, int Tn, AfterQkv&& after_qkv) {
         check_batch(tokens, B, Tn);
         B_ = B;
         T_ = Tn;
@@ -180,6 +199,7 @@ public:
             layernorm_forward(dev_, act(a.ln1), act(a.ln1_mean), act(a.ln1_rstd), x, val(w.ln1_w), val(w.ln1_b), N, C,
                               eps);
             nn::linear_forward(dev_, act(a.qkv), act(a.ln1), val(w.attn_w), val(w.attn_b), N, C, 3 * C);
+            after_qkv(l);
             nn::attention_forward(dev_, act(a.atty), act(a.att), act(a.qkv), B, Tn, C, H);
             dev_.copy(act(a.res_attn), x, sizeof(T) * N * C);
             nn::linear_forward(dev_, act(a.res_attn), act(a.atty), val(w.proj_w), val(w.proj_b), N, C, C, true);
@@ -197,6 +217,7 @@ public:
         gemm(dev_, false, true, N, V, C, T(1), act(lnf_), C, wte(), C, T(0), act(logits_), V);
     }
 
+public:
     /// Batch and length of the last forward.
     int batch() const noexcept { return B_; }
     int length() const noexcept { return T_; }
@@ -204,7 +225,10 @@ public:
     /// (B,T,V) logits of the last forward.
     Tensor<T> logits() const { return Tensor<T>(act(logits_), {B_, T_, cfg_.vocab_size}, Device::memory); }
     /// (B,T,V) gradient of the loss w.r.t. the logits: losses write it, `backward` reads it.
-    Tensor<T> grad_logits() const { return Tensor<T>(act(dlogits_), {B_, T_, cfg_.vocab_size}, Device::memory); }
+    Tensor<T> grad_logits() const {
+        require_training("grad_logits");
+        return Tensor<T>(act(dlogits_), {B_, T_, cfg_.vocab_size}, Device::memory);
+    }
     /// Number of hidden states: n_layers + 1.
     int hidden_state_count() const noexcept { return cfg_.n_layers + 1; }
     /// (B,T,C) hidden state i of the last forward, Hugging Face convention: 0 is the embedding
@@ -213,6 +237,10 @@ public:
         if (i < 0 || i > cfg_.n_layers)
             throw shape_error("hidden_state(" + std::to_string(i) + "): valid indices are 0.." +
                               std::to_string(cfg_.n_layers));
+        if (mode_ == activations::inference && i != 0 && i != cfg_.n_layers)
+            throw shape_error("hidden_state(" + std::to_string(i) +
+                              "): this model keeps only the embedding output "
+                              "and the final hidden state (activations::inference)");
         const std::size_t block = i == 0 ? encoded_ : i == cfg_.n_layers ? lnf_ : layer_acts_[i - 1].res_out;
         return Tensor<T>(act(block), {B_, T_, cfg_.d_model}, Device::memory);
     }
@@ -221,6 +249,7 @@ public:
         if (l < 0 || l >= cfg_.n_layers)
             throw shape_error("attention(" + std::to_string(l) + "): valid layers are 0.." +
                               std::to_string(cfg_.n_layers - 1));
+        require_training("attention");
         return Tensor<T>(act(layer_acts_[l].att), {B_, cfg_.n_heads, T_, T_}, Device::memory);
     }
 
@@ -230,6 +259,7 @@ public:
         if (l < 0 || l >= cfg_.n_layers)
             throw shape_error("qkv(" + std::to_string(l) + "): valid layers are 0.." +
                               std::to_string(cfg_.n_layers - 1));
+        require_training("qkv");
         return Tensor<T>(act(layer_acts_[l].qkv), {B_, T_, 3 * cfg_.d_model}, Device::memory);
     }
 
@@ -237,6 +267,7 @@ public:
     /// its position (prompt or padding) out of the mean. Writes d(loss)/d(logits) to `grad_logits()`.
     /// Returns 0 (and zero gradient) when every position is masked.
     T cross_entropy(const std::int32_t* targets) {
+        require_training("cross_entropy");
         const int N = B_ * T_, V = cfg_.vocab_size;
         int count = 0;
         for (int n = 0; n < N; ++n) {
@@ -275,23 +306,23 @@ public:
             if (lengths[b] < 1 || lengths[b] > Tn)
                 throw shape_error("prefill: length " + std::to_string(lengths[b]) + " of sequence " +
                                   std::to_string(b) + " outside [1, " + std::to_string(Tn) + "]");
-        forward(tokens, B, Tn);
         const int C = cfg_.d_model, V = cfg_.vocab_size;
-        if constexpr (Device::memory != memory_space::host) {
-            // a device with its own memory: one scatter kernel per layer, not a copy per head and token
-            std::vector<std::int32_t> rows;  // (row of qkv, sequence, position) per token
+        std::vector<std::int32_t> rows;  // devices with their own memory: (row of qkv, sequence, position)
+        if constexpr (Device::memory != memory_space::host)
             for (int b = 0; b < B; ++b)
                 for (int t = 0; t < lengths[b]; ++t) rows.insert(rows.end(), {b * Tn + t, b, t});
-            for (int l = 0; l < cfg_.n_layers; ++l)
-                kv_cache_store(dev_, cache.keys(l), cache.values(l), static_cast<const T*>(act(layer_acts_[l].qkv)),
-                               rows.data(), static_cast<int>(rows.size() / 3), cfg_.n_heads, C / cfg_.n_heads,
-                               cfg_.context_length);
-        } else {
-            for (int l = 0; l < cfg_.n_layers; ++l)
+        // each layer's keys and values go to the cache as soon as they exist (an inference model
+        // reuses the buffer for the next layer)
+        forward_layers(tokens, B, Tn, [&](int l) {
+            const T* qkv = act(layer_acts_[l].qkv);
+            if constexpr (Device::memory != memory_space::host)
+                kv_cache_store(dev_, cache.keys(l), cache.values(l), qkv, rows.data(),
+                               static_cast<int>(rows.size() / 3), cfg_.n_heads, C / cfg_.n_heads, cfg_.context_length);
+            else
                 for (int b = 0; b < B; ++b)
                     for (int t = 0; t < lengths[b]; ++t)
-                        store_kv(cache, l, act(layer_acts_[l].qkv) + (std::int64_t(b) * Tn + t) * 3 * C, b, t);
-        }
+                        store_kv(cache, l, qkv + (std::int64_t(b) * Tn + t) * 3 * C, b, t);
+        });
         for (int b = 0; b < B; ++b) {
             dev_.copy(act(next_logits_) + std::int64_t(b) * V,
                       act(logits_) + (std::int64_t(b) * Tn + lengths[b] - 1) * V, sizeof(T) * V);
@@ -362,7 +393,9 @@ public:
     }
 
     /// Sets every gradient to zero (gradients accumulate across `backward` calls).
-    void zero_grad() { dev_.fill_zero(grad_arena_.data(), sizeof(T) * grad_arena_.size()); }
+    void zero_grad() {
+        if (grad_arena_.size()) dev_.fill_zero(grad_arena_.data(), sizeof(T) * grad_arena_.size());
+    }
 
     /// Backpropagates `grad_logits()` through the last forward, accumulating into the gradients.
     /// `d_hidden[i]` (B,T,C) adds a gradient on hidden state i and `d_attention[l]` (B,H,T,T) one on
@@ -371,6 +404,7 @@ public:
     /// "none".
     void backward(std::span<const Tensor<const T>> d_hidden = {}, std::span<const Tensor<const T>> d_attention = {},
                   std::span<const Tensor<const T>> d_qkv = {}) {
+        require_training("backward");
         const int B = B_, Tn = T_, C = cfg_.d_model, F = cfg_.d_ff, H = cfg_.n_heads, V = cfg_.vocab_size,
                   L = cfg_.n_layers;
         const int N = B * Tn;
@@ -465,10 +499,11 @@ private:
         lnf_w_ = add("ln_f.weight", {C}, parameter_kind::norm);
         lnf_b_ = add("ln_f.bias", {C}, parameter_kind::norm);
         param_arena_ = detail::Arena<T, Device>(dev_, param_layout_.size());
-        grad_arena_ = detail::Arena<T, Device>(dev_, param_layout_.size());
+        if (mode_ == activations::training) grad_arena_ = detail::Arena<T, Device>(dev_, param_layout_.size());
         const auto& blocks = param_layout_.blocks();
         for (std::size_t i = 0; i < blocks.size(); ++i)
-            params_.push_back({blocks[i].name, param_arena_.view(blocks[i]), grad_arena_.view(blocks[i]), kinds_[i]});
+            params_.push_back({blocks[i].name, param_arena_.view(blocks[i]),
+                               grad_arena_.size() ? grad_arena_.view(blocks[i]) : Tensor<T>{}, kinds_[i]});
     }
 
     void layout_activations() {
@@ -476,7 +511,12 @@ private:
         const std::int64_t att = std::int64_t(max_batch_) * cfg_.n_heads * cfg_.context_length * cfg_.context_length;
         auto add = [&](const char* name, std::int64_t n) { return act_layout_.add<T>(name, {n}); };
         encoded_ = add("encoded", N * C);
+        const bool training = mode_ == activations::training;
         for (int l = 0; l < cfg_.n_layers; ++l) {
+            if (!training && l > 0) {  // inference: every layer works in layer 0's buffers
+                layer_acts_.push_back(layer_acts_.front());
+                continue;
+            }
             LayerActs a;
             a.ln1 = add("ln1", N * C);
             a.ln1_mean = add("ln1_mean", N);
@@ -497,15 +537,17 @@ private:
         lnf_mean_ = add("lnf_mean", N);
         lnf_rstd_ = add("lnf_rstd", N);
         logits_ = add("logits", N * cfg_.vocab_size);
-        dlogits_ = add("dlogits", N * cfg_.vocab_size);
         next_logits_ = add("next_logits", std::int64_t(max_batch_) * cfg_.vocab_size);
-        losses_ = add("losses", N);
-        d_res_ = add("d_res", N * C);
-        d_ln_ = add("d_ln", N * C);
-        d_qkv_ = add("d_qkv", N * 3 * C);
-        d_att_ = add("d_att", att);
-        d_atty_ = add("d_atty", N * C);
-        d_fc_ = add("d_fc", N * F);
+        if (training) {
+            dlogits_ = add("dlogits", N * cfg_.vocab_size);
+            losses_ = add("losses", N);
+            d_res_ = add("d_res", N * C);
+            d_ln_ = add("d_ln", N * C);
+            d_qkv_ = add("d_qkv", N * 3 * C);
+            d_att_ = add("d_att", att);
+            d_atty_ = add("d_atty", N * C);
+            d_fc_ = add("d_fc", N * F);
+        }
         act_arena_ = detail::Arena<T, Device>(dev_, act_layout_.size());
         tokens_ = static_cast<std::int32_t*>(dev_.allocate(tokens_bytes()));
         tokens_owner_ = {tokens_, TokenFree{dev_, tokens_bytes()}};
@@ -520,6 +562,13 @@ private:
             dev_.copy(cache.keys(l) + dst, qkv_row + C + h * hs, sizeof(T) * hs);
             dev_.copy(cache.values(l) + dst, qkv_row + 2 * C + h * hs, sizeof(T) * hs);
         }
+    }
+
+    void require_training(const char* what) const {
+        if (mode_ != activations::training)
+            throw config_error("student", std::string(what) +
+                                              ": this model was built for inference (activations::inference) and "
+                                              "keeps only its logits; build it with activations::training");
     }
 
     void check_batch(const std::int32_t* tokens, int B, int Tn) const {
@@ -556,6 +605,7 @@ private:
     TransformerConfig cfg_;
     Device dev_;
     int max_batch_;
+    activations mode_;
     int B_ = 0, T_ = 0;
 
     detail::ArenaLayout param_layout_, act_layout_;

@@ -247,7 +247,8 @@ public:
           cfg_(std::move(config)),
           loss_(std::move(loss)),
           options_(std::move(options)),
-          rng_(cfg_.seed) {
+          rng_(cfg_.seed),
+          clipper_(std::span<const Parameter<T>>(opt_.parameters())) {
         cfg_.validate();
         if (train_.empty()) throw config_error("training_data", "the training set is empty");
         const int eval_batch = cfg_.eval_batch_size ? cfg_.eval_batch_size : cfg_.batch_size;
@@ -295,7 +296,7 @@ public:
             opt_.zero_grad();
             int micro = 0;
             double loss_sum = 0;
-            std::vector<std::pair<std::string, double>> term_sums;
+            for (auto& t : term_sums_) t.second = 0;  // the names stay: no allocation once the terms are known
             std::int64_t tokens = 0;
             while (micro < cfg_.grad_accum && cursor_ < static_cast<std::int64_t>(n)) {
                 const std::int64_t take =
@@ -306,30 +307,30 @@ public:
                 const LossValues lv = loss_(model_, batch, pass::train);
                 check_loss(lv, "");
                 loss_sum += lv.total;
-                add_terms(term_sums, lv.terms, 1.0);
+                add_terms(term_sums_, lv.terms, 1.0);
                 tokens += batch.real_tokens;
                 ++micro;
             }
             const std::span<const Parameter<T>> params(opt_.parameters());
-            if (micro > 1) optim::scale_gradients<T>(params, T(1) / static_cast<T>(micro), device);
-            const double grad_norm = optim::clip_grad_norm<T>(params, cfg_.grad_clip, device);
+            if (micro > 1) clipper_.scale(T(1) / static_cast<T>(micro), device);
+            const double grad_norm = clipper_(cfg_.grad_clip, device);
             if (!std::isfinite(grad_norm)) throw gradient_error(params);
             const double lr = schedule_.lr(step_);
             opt_.step(lr);
             ++step_;
             const double loss = loss_sum / micro;
-            for (auto& t : term_sums) t.second /= micro;
+            for (auto& t : term_sums_) t.second /= micro;
             const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
             const double tokens_per_s = seconds > 0 ? static_cast<double>(tokens) / seconds : 0.0;
             result.last_loss = loss;
             watch_explosion(loss, progress, result);
 
             const bool last_step = step_ >= total_;
-            if ((cfg_.log_every > 0 && step_ % cfg_.log_every == 0) || last_step) {
+            if (!out_.empty() && ((cfg_.log_every > 0 && step_ % cfg_.log_every == 0) || last_step)) {
                 nlohmann::json rec = {
                     {"kind", "train"}, {"step", step_},          {"epoch", epoch_},  {"loss", loss},
                     {"lr", lr},        {"grad_norm", grad_norm}, {"tokens", tokens}, {"tokens_per_s", tokens_per_s}};
-                for (const auto& [name, value] : term_sums) rec["terms"][name] = value;
+                for (const auto& [name, value] : term_sums_) rec["terms"][name] = value;
                 append_metrics(rec);
             }
             progress.step(step_, first_step, epoch_, loss, lr, grad_norm, tokens_per_s);
@@ -637,6 +638,8 @@ private:
     Loss loss_;
     FinetuneOptions<T> options_;
     Rng rng_;
+    optim::GradClipper<T> clipper_;                            // clipping without allocation
+    std::vector<std::pair<std::string, double>> term_sums_{};  // the step's loss terms, kept across steps
     std::filesystem::path out_{};
     detail::DirectoryLock lock_;
     std::optional<io::CheckpointStore> store_{};

@@ -57,7 +57,8 @@ struct ModelConfig {
 /// @tparam Arch a class template `Arch<T, Device>` with the `student::Transformer` interface (forward,
 ///         views, `make_cache`/`prefill`/`decode`/`next_logits`, `parameters()`, `config()`).
 /// @tparam T scalar type of the network (`float`).
-/// @tparam Device where it runs; generation needs a host-memory device.
+/// @tparam Device where it runs; on a device with its own memory, generation copies each step's
+/// next-token logits to the host, where the sampler and the stop rules run.
 /// @tparam Tokenizer the tokenizer its ids belong to (`data::ByteTokenizer`).
 template <template <class, class> class Arch, class T = float, class Device = device::Cpu,
           class Tokenizer = data::ByteTokenizer>
@@ -133,8 +134,6 @@ public:
     /// Answers `requests` in batches of up to max_batch (see the file comment). A prompt that does not
     /// leave room for one answer token in the context is answered with finish_reason::error.
     void generate(std::span<const Request> requests, const Sampling& sampling, const response_sink& sink) {
-        static_assert(Device::memory == memory_space::host,
-                      "teacher::Model generation samples on the host: use a host-memory device");
         sampling.validate();
         if (sampling.top_logprobs > net_.config().vocab_size)
             throw config_error("generation.top_logprobs",
@@ -233,12 +232,12 @@ private:
 
         std::vector<std::int32_t> next(rows.size());
         for (;;) {
-            const Tensor<T> logits = net_.next_logits();  // (B,V)
+            const T* logits = next_logits_on_host();  // (B,V)
             bool any_active = false;
             for (std::size_t r = 0; r < rows.size(); ++r) {
                 Sequence& q = seqs[rows[r]];
                 if (q.done) continue;
-                step(q, logits.data() + std::int64_t(r) * V, V, Tmax, s);
+                step(q, logits + std::int64_t(r) * V, V, Tmax, s);
                 any_active |= !q.done;
             }
             if (!any_active) break;
@@ -263,6 +262,19 @@ private:
             net_.decode(cache_, next.data(), int(rows.size()));
         }
         for (auto& q : seqs) sink(q.request, std::move(q.out));
+    }
+
+    // The next-token logits (B,V) where the sampler reads them: in place on a host-memory device,
+    // else copied into a buffer sized once (the one transfer per decoding step: B x V values).
+    const T* next_logits_on_host() {
+        const Tensor<T> logits = net_.next_logits();
+        if constexpr (Device::memory == memory_space::host) {
+            return logits.data();
+        } else {
+            host_logits_.resize(std::size_t(net_.max_batch()) * std::size_t(net_.config().vocab_size));
+            net_.device().copy(host_logits_.data(), logits.data(), sizeof(T) * std::size_t(logits.numel()));
+            return host_logits_.data();
+        }
     }
 
     // Prefills cache rows with the sequences `rows` names: their prompts, plus what they generated so
@@ -340,6 +352,7 @@ private:
     network_type net_;
     decltype(std::declval<network_type&>().make_cache(1)) cache_;
     Sampler sampler_;
+    std::vector<T> host_logits_;  // next-token logits copied off a device with its own memory
     Tokenizer tokenizer_;
     std::string source_{};
 };

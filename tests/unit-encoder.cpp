@@ -385,6 +385,17 @@ TEST_CASE("encoder: config bounds and bad input") {
                          shape_error);
     CHECK_THROWS_WITH_AS(m.forward(tokens.data(), 3, 4), Contains("batch 3 outside [1, 2]"), shape_error);
     CHECK_THROWS_WITH_AS(m.forward(tokens.data(), 1, 5), Contains("length 5 outside"), shape_error);
+
+    // activations laid out for shorter sequences than the position table
+    const student::EncoderConfig wide{
+        .vocab_size = 10, .context_length = 64, .d_model = 8, .n_layers = 1, .n_heads = 2, .d_ff = 8};
+    student::Encoder<float, device::Cpu> short_seq(wide, 2, 3);
+    CHECK(short_seq.max_length() == 3);
+    CHECK(short_seq.arena_bytes() < student::Encoder<float, device::Cpu>(wide, 2).arena_bytes());
+    CHECK_THROWS_WITH_AS(short_seq.forward(tokens.data(), 1, 4), Contains("length 4 outside [1, max_length = 3]"),
+                         shape_error);
+    CHECK_THROWS_WITH_AS((student::Encoder<float, device::Cpu>(wide, 2, 65)),
+                         Contains("max_length: must be in [1, context_length = 64], got 65"), config_error);
 }
 
 TEST_CASE("encoder: same input, same threads, bit-identical outputs and gradients") {

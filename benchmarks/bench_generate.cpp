@@ -138,7 +138,7 @@ int main(int argc, char** argv) {
         }
     }
 
-    const double peak = bench::measure_fp32_peak(threads);
+    const double peak = bench::fp32_peak(threads);
     const double C = cfg.d_model, F = cfg.d_ff, L = cfg.n_layers, V = cfg.vocab_size;
     std::printf(
         "workload: greedy KV-cache generation, teacher V=%d T=%d d=%d L=%d H=%d F=%d (%lld parameters), prompt %d + %d "
@@ -170,17 +170,30 @@ int main(int argc, char** argv) {
             "distill batch %2d: %8.0f tokens/s (%.1f ms per batch), %.1f GFLOP/s = %.1f%% of the FP32 peak (%.0f "
             "GFLOP/s)\n",
             B, tok_s, best * 1e3, gflops, 100.0 * gflops / peak, peak);
+        char workload[160];
+        std::snprintf(workload, sizeof workload, "generation (KV cache, greedy) batch %d: d=%d L=%d, %d+%d tokens", B,
+                      cfg.d_model, cfg.n_layers, prompt_len, n_new);
+        bench::Result res{.workload = workload,
+                          .distill = tok_s,
+                          .unit = "tokens/s",
+                          .peak_fraction = gflops / peak,
+                          .bound = "compute (latency-bound)",
+                          .threads = threads};
         if (reference) {
             char cmd[768];
-            std::snprintf(
-                cmd, sizeof cmd,
-                "/usr/bin/python3 %s/reference/bench_generate.py --vocab %d --context %d --d-model %d --layers %d "
-                "--heads %d --d-ff %d --batch %d --prompt %d --new %d --threads %d --reps %d",
-                DISTILL_BENCH_DIR, cfg.vocab_size, cfg.context_length, cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.d_ff,
-                B, prompt_len, n_new, threads, reps);
-            const double ref = bench::run_reference(cmd, "tokens_per_s");
-            if (ref > 0) std::printf("ratio distill / PyTorch at batch %d: %.2fx tokens/s\n", B, tok_s / ref);
+            std::snprintf(cmd, sizeof cmd,
+                          "bench_generate.py --vocab %d --context %d --d-model %d --layers %d --heads %d --d-ff %d "
+                          "--batch %d --prompt %d --new %d --threads %d --reps %d",
+                          cfg.vocab_size, cfg.context_length, cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.d_ff, B,
+                          prompt_len, n_new, threads, reps);
+            const auto ref = bench::run_reference(cmd, "tokens_per_s");
+            if (ref.value > 0) {
+                std::printf("ratio distill / PyTorch at batch %d: %.2fx tokens/s\n", B, tok_s / ref.value);
+                res.pytorch = ref.value;
+                res.torch = ref.torch;
+            }
         }
+        bench::emit(res);
     }
     return 0;
 }

@@ -50,30 +50,6 @@ void fill(float* x, std::int64_t n, std::uint64_t seed, float scale, int threads
     }
 }
 
-// Memory bandwidth in GB/s for a = b + s·c over three arrays of `n` floats each (far larger than
-// the caches), split statically over `threads` threads: best of five, counted as STREAM counts it
-// (three arrays of traffic), the same accounting as the kernel's.
-double measure_bandwidth(int threads, std::int64_t n) {
-    buffer a{std::size_t(n)}, b{std::size_t(n)}, c{std::size_t(n)};
-    fill(b.p, n, 1, 1.0f, threads);
-    fill(c.p, n, 2, 1.0f, threads);
-    fill(a.p, n, 3, 1.0f, threads);
-    double best = 0;
-    for (int rep = 0; rep < 5; ++rep) {
-        const double t0 = bench::now();
-#pragma omp parallel num_threads(threads)
-        {
-            const int k = omp_get_thread_num(), parts = omp_get_num_threads();
-            const std::int64_t lo = n * k / parts, hi = n * (k + 1) / parts;
-            Eigen::Map<Eigen::ArrayXf>(a.p + lo, hi - lo) = Eigen::Map<const Eigen::ArrayXf>(b.p + lo, hi - lo) +
-                                                            0.5f * Eigen::Map<const Eigen::ArrayXf>(c.p + lo, hi - lo);
-        }
-        best = std::max(best, 3.0 * 4.0 * double(n) / (bench::now() - t0) / 1e9);
-    }
-    if (a.p[n / 2] == 12345.0f) std::printf(" ");  // keeps the stores observable
-    return best;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -172,23 +148,33 @@ int main(int argc, char** argv) {
         ms = 1e3 * times[times.size() / 2];
     }
     const double gbps = bytes / (ms / 1e3) / 1e9;
-    const double peak = measure_bandwidth(threads, std::int64_t(64) << 20);
+    const double peak = bench::bandwidth(threads);
     std::printf("workload: SoftKL forward+backward, tokens=%d vocab=%d tau=%g, fp32, %d threads\n", N, V, tau, threads);
     std::printf(
         "distill: %.1f ms/call (median of %d), %.1f GB/s = %.0f%% of the measured memory bandwidth (%.1f GB/s, "
         "triad)\n",
         ms, reps, gbps, 100.0 * gbps / peak, peak);
+    char workload[160];
+    std::snprintf(workload, sizeof workload, "SoftKL fwd+bwd (fused): %d tokens x %d vocab, tau=%g", N, V, tau);
+    bench::Result r{.workload = workload,
+                    .distill = ms,
+                    .unit = "ms",
+                    .higher_is_better = false,
+                    .peak_fraction = gbps / peak,
+                    .bound = "bandwidth",
+                    .threads = threads};
     if (reference) {
         char cmd[512];
-        std::snprintf(
-            cmd, sizeof cmd,
-            "/usr/bin/python3 %s/reference/bench_losses.py --tokens %d --vocab %d --temperature %g --threads %d "
-            "--reps %d",
-            DISTILL_BENCH_DIR, N, V, tau, threads, std::max(3, reps / 2));
-        const double ref_ms = bench::run_reference(cmd, "ms_per_call");
-        if (ref_ms > 0)
-            std::printf("ratio distill / PyTorch: %.2fx (PyTorch %.1f ms/call = %.1f GB/s effective)\n", ref_ms / ms,
-                        ref_ms, bytes / (ref_ms / 1e3) / 1e9);
+        std::snprintf(cmd, sizeof cmd, "bench_losses.py --tokens %d --vocab %d --temperature %g --threads %d --reps %d",
+                      N, V, tau, threads, std::max(3, reps / 2));
+        const auto ref = bench::run_reference(cmd, "ms_per_call");
+        if (ref.value > 0) {
+            std::printf("ratio distill / PyTorch: %.2fx (PyTorch %.1f ms/call = %.1f GB/s effective)\n", ref.value / ms,
+                        ref.value, bytes / (ref.value / 1e3) / 1e9);
+            r.pytorch = ref.value;
+            r.torch = ref.torch;
+        }
     }
+    bench::emit(r);
     return 0;
 }

@@ -134,16 +134,28 @@ int main(int argc, char** argv) {
         dt * 1e3, gbs, 100.0 * gbs / peak, peak);
     dev.deallocate(values, 0);
     dev.deallocate(grads, 0);
+    char workload[160];
+    std::snprintf(workload, sizeof workload, "AdamW step: %lld parameters in %d tensors", static_cast<long long>(total),
+                  tensors);
+    bench::Result r{.workload = workload,
+                    .distill = dt * 1e3,
+                    .unit = "ms",
+                    .higher_is_better = false,
+                    .peak_fraction = gbs / peak,
+                    .bound = "bandwidth (its access pattern)",
+                    .threads = threads};
     if (reference) {
         char cmd[512];
-        std::snprintf(
-            cmd, sizeof cmd,
-            "/usr/bin/python3 %s/reference/bench_optimizer.py --params %lld --tensors %d --threads %d --steps %d",
-            DISTILL_BENCH_DIR, static_cast<long long>(total), tensors, threads, std::max(3, steps / 2));
-        const double ref_ms = bench::run_reference(cmd, "ms_per_step");
-        if (ref_ms > 0)
+        std::snprintf(cmd, sizeof cmd, "bench_optimizer.py --params %lld --tensors %d --threads %d --steps %d",
+                      static_cast<long long>(total), tensors, threads, std::max(3, steps / 2));
+        const auto ref = bench::run_reference(cmd, "ms_per_step");
+        if (ref.value > 0) {
             std::printf("ratio distill / PyTorch AdamW(foreach=True): %.2fx (%.2f ms vs %.2f ms per step)\n",
-                        ref_ms / (dt * 1e3), dt * 1e3, ref_ms);
+                        ref.value / (dt * 1e3), dt * 1e3, ref.value);
+            r.pytorch = ref.value;
+            r.torch = ref.torch;
+        }
     }
+    bench::emit(r);
     return 0;
 }

@@ -94,21 +94,35 @@ int main(int argc, char** argv) {
         2.0 * N * L * (3.0 * C * C + C * C + 2.0 * C * F) + 2.0 * N * C * V + 4.0 * B * L * double(T) * T * C;
     const double flops = 3.0 * fwd;
     const double tok_s = N / dt, gflops = flops / dt / 1e9;
-    const double peak = bench::measure_fp32_peak(threads);
+    const double peak = bench::fp32_peak(threads);
 
     std::printf("workload: student fwd+bwd V=%d T=%d d=%d L=%d H=%d F=%d B=%d, %d threads\n", V, T, C, L, cfg.n_heads,
                 F, B, threads);
     std::printf(
         "distill: %.1f ms/step, %.0f tokens/s, %.1f GFLOP/s = %.1f%% of the measured FP32 FMA peak (%.0f GFLOP/s)\n",
         dt * 1e3, tok_s, gflops, 100.0 * gflops / peak, peak);
+    char workload[160];
+    std::snprintf(workload, sizeof workload, "student fwd+bwd (CE, no optimizer): V=%d T=%d d=%d L=%d B=%d", V, T, C, L,
+                  B);
+    bench::Result r{.workload = workload,
+                    .distill = tok_s,
+                    .unit = "tokens/s",
+                    .peak_fraction = gflops / peak,
+                    .bound = "compute",
+                    .threads = threads};
     if (reference) {
         char cmd[512];
         std::snprintf(cmd, sizeof cmd,
-                      "/usr/bin/python3 %s/reference/bench_student.py --vocab %d --context %d --d-model %d --layers %d "
-                      "--heads %d --d-ff %d --batch %d --threads %d --steps %d",
-                      DISTILL_BENCH_DIR, V, T, C, L, cfg.n_heads, F, B, threads, std::max(3, steps / 2));
-        const double ref = bench::run_reference(cmd, "tokens_per_s");
-        if (ref > 0) std::printf("ratio distill / PyTorch: %.2fx tokens/s\n", tok_s / ref);
+                      "bench_student.py --vocab %d --context %d --d-model %d --layers %d --heads %d --d-ff %d "
+                      "--batch %d --threads %d --steps %d",
+                      V, T, C, L, cfg.n_heads, F, B, threads, std::max(3, steps / 2));
+        const auto ref = bench::run_reference(cmd, "tokens_per_s");
+        if (ref.value > 0) {
+            std::printf("ratio distill / PyTorch: %.2fx tokens/s\n", tok_s / ref.value);
+            r.pytorch = ref.value;
+            r.torch = ref.torch;
+        }
     }
+    bench::emit(r);
     return 0;
 }

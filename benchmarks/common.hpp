@@ -7,8 +7,11 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include <immintrin.h>
 
@@ -80,27 +83,172 @@ inline double measure_fp32_peak(int threads) {
     return best;
 }
 
-/// Runs `command` (a PyTorch reference script that prints one JSON line) and returns the value of
-/// `key` from it, or a negative number (with the reason printed) when PyTorch is not available.
-inline double run_reference(const std::string& command, const std::string& key) {
-    if (std::system("/usr/bin/python3 -c 'import torch' >/dev/null 2>&1") != 0) {
-        std::printf(
-            "PyTorch reference: skipped (no `import torch` for /usr/bin/python3; apt-get install python3-torch)\n");
-        return -1;
+/// Peak or bandwidth for `threads` threads handed over by `benchmarks/run` in an environment variable
+/// of the form "1:117.5,2:234.0" (measured once per invocation), or a negative number.
+inline double from_environment(const char* name, int threads) {
+    const char* env = std::getenv(name);
+    if (!env) return -1;
+    const std::string s = env;
+    for (std::size_t at = 0; at < s.size();) {
+        const std::size_t comma = std::min(s.find(',', at), s.size());
+        const std::string item = s.substr(at, comma - at);
+        const std::size_t colon = item.find(':');
+        if (colon != std::string::npos && std::atoi(item.c_str()) == threads)
+            return std::atof(item.c_str() + colon + 1);
+        at = comma + 1;
     }
+    return -1;
+}
+
+/// The FP32 FMA peak of `threads` threads: as `benchmarks/run` measured it, else measured here.
+inline double fp32_peak(int threads) {
+    const double env = from_environment("DISTILL_BENCH_PEAK_GFLOPS", threads);
+    return env > 0 ? env : measure_fp32_peak(threads);
+}
+
+/// Memory bandwidth in GB/s of a STREAM triad a = b + s·c over three arrays of `n` floats each (far
+/// larger than the caches), split statically over `threads` threads: best of five, counted as
+/// STREAM counts it (three arrays of traffic).
+inline double measure_bandwidth(int threads, std::int64_t n = std::int64_t(64) << 20) {
+    auto alloc = [&] { return static_cast<float*>(std::aligned_alloc(64, std::size_t(n) * sizeof(float))); };
+    float *a = alloc(), *b = alloc(), *c = alloc();
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (std::int64_t i = 0; i < n; ++i) {
+        a[i] = 0.0f;
+        b[i] = float(i % 1024) * 1e-3f;
+        c[i] = float(i % 977) * 1e-3f;
+    }
+    double best = 0;
+    for (int rep = 0; rep < 5; ++rep) {
+        const double t0 = now();
+#pragma omp parallel for schedule(static) num_threads(threads)
+        for (std::int64_t i = 0; i < n; ++i) a[i] = b[i] + 0.5f * c[i];
+        best = std::max(best, 3.0 * 4.0 * double(n) / (now() - t0) / 1e9);
+    }
+    if (a[n / 2] == 12345.0f) std::printf(" ");  // keeps the stores observable
+    std::free(a);
+    std::free(b);
+    std::free(c);
+    return best;
+}
+
+/// The triad bandwidth of `threads` threads: as `benchmarks/run` measured it, else measured here.
+inline double bandwidth(int threads) {
+    const double env = from_environment("DISTILL_BENCH_BANDWIDTH_GBS", threads);
+    return env > 0 ? env : measure_bandwidth(threads);
+}
+
+/// Peak resident set of this process so far (VmHWM), in bytes; 0 when /proc is unreadable.
+inline double peak_rss_bytes() {
+    FILE* f = std::fopen("/proc/self/status", "r");
+    if (!f) return 0;
+    char line[256];
+    double kb = 0;
+    while (std::fgets(line, sizeof line, f))
+        if (std::strncmp(line, "VmHWM:", 6) == 0) kb = std::atof(line + 6);
+    std::fclose(f);
+    return kb * 1024.0;
+}
+
+/// The Pythons that run the PyTorch references: $DISTILL_TORCH_PYTHON (comma-separated; set by
+/// `benchmarks/run` to every interpreter with a distinct torch), else Debian's /usr/bin/python3.
+inline std::vector<std::string> torch_pythons() {
+    const char* env = std::getenv("DISTILL_TORCH_PYTHON");
+    const std::string s = env && *env ? env : "/usr/bin/python3";
+    std::vector<std::string> out;
+    for (std::size_t at = 0; at <= s.size();) {
+        const std::size_t comma = std::min(s.find(',', at), s.size());
+        if (comma > at) out.push_back(s.substr(at, comma - at));
+        at = comma + 1;
+    }
+    return out;
+}
+
+/// What a reference run printed: the value of the key asked for (negative when it did not run),
+/// the torch version and the whole JSON line.
+struct Reference {
+    double value = -1;
+    std::string torch;
+    nlohmann::json line;
+};
+
+inline Reference run_reference(const std::string& script_and_args, const std::string& key, const std::string& python,
+                               const std::string& modules);
+
+/// Runs `python reference/script args` (a reference that prints one JSON line) after checking that
+/// `python` can `import <modules>`, and returns `key` from that line. Without `python`, under every
+/// interpreter of `torch_pythons()`, returning the best result (the smallest for a key that starts
+/// with "ms", else the largest). Prints each line, or why it was skipped.
+inline Reference run_reference(const std::string& script_and_args, const std::string& key) {
+    Reference best;
+    const bool lower = key.rfind("ms", 0) == 0;
+    for (const auto& py : torch_pythons()) {
+        Reference r = run_reference(script_and_args, key, py, "torch");
+        if (r.value > 0 && (best.value <= 0 || (lower ? r.value < best.value : r.value > best.value))) best = r;
+    }
+    return best;
+}
+
+inline Reference run_reference(const std::string& script_and_args, const std::string& key, const std::string& py,
+                               const std::string& modules) {
+    Reference r;
+    const std::string probe = py + " -c 'import " + modules + "' >/dev/null 2>&1";
+    if (std::system(probe.c_str()) != 0) {
+        std::printf("reference: skipped (%s cannot import %s)\n", py.c_str(), modules.c_str());
+        return r;
+    }
+    const std::string command = py + " " + std::string(DISTILL_BENCH_DIR) + "/reference/" + script_and_args;
     FILE* p = popen(command.c_str(), "r");
-    if (!p) return -1;
+    if (!p) return r;
     std::string out;
     char buf[4096];
     while (std::fgets(buf, sizeof buf, p)) out += buf;
     if (pclose(p) != 0) {
-        std::printf("PyTorch reference failed: %s\n", out.c_str());
-        return -1;
+        std::printf("reference failed: %s\n", out.c_str());
+        return r;
     }
-    std::printf("PyTorch reference: %s", out.c_str());
-    const auto pos = out.find("\"" + key + "\"");
-    if (pos == std::string::npos) return -1;
-    return std::atof(out.c_str() + out.find(':', pos) + 1);
+    std::printf("reference: %s", out.c_str());
+    const auto j = nlohmann::json::parse(out.substr(out.rfind('{')), nullptr, false);
+    if (j.is_discarded() || !j.contains(key)) return r;
+    r.value = j[key].get<double>();
+    if (j.contains("torch")) r.torch = j["torch"].get<std::string>();
+    r.line = j;
+    return r;
+}
+
+/// One row of `benchmarks/run`'s table, printed as `RESULT {json}` for the script to collect.
+/// `ratio` is always distill's speed-up over PyTorch (> 1: distill is faster), whichever way the
+/// unit runs; `peak_fraction` the fraction of the machine's limit named by `bound`.
+struct Result {
+    std::string workload;
+    double distill = -1;
+    double pytorch = -1;  ///< negative: not run
+    std::string unit;     ///< "tokens/s", "ms", ...
+    bool higher_is_better = true;
+    double peak_fraction = -1;  ///< negative: not applicable
+    std::string bound;          ///< "compute", "bandwidth", "latency" (what peak_fraction is of)
+    int threads = 1;
+    std::string torch;       ///< the reference's version
+    nlohmann::json extra{};  ///< anything else worth keeping (memory, GFLOP/s)
+};
+
+inline void emit(const Result& r) {
+    nlohmann::json j;
+    j["workload"] = r.workload;
+    j["distill"] = r.distill;
+    j["pytorch"] = r.pytorch > 0 ? nlohmann::json(r.pytorch) : nlohmann::json(nullptr);
+    j["unit"] = r.unit;
+    if (r.pytorch > 0 && r.distill > 0)
+        j["ratio"] = r.higher_is_better ? r.distill / r.pytorch : r.pytorch / r.distill;
+    else
+        j["ratio"] = nullptr;
+    j["peak_fraction"] = r.peak_fraction >= 0 ? nlohmann::json(r.peak_fraction) : nlohmann::json(nullptr);
+    j["bound"] = r.bound;
+    j["threads"] = r.threads;
+    j["torch"] = r.torch;
+    if (!r.extra.is_null()) j["extra"] = r.extra;
+    std::printf("RESULT %s\n", j.dump().c_str());
+    std::fflush(stdout);
 }
 
 }  // namespace bench

@@ -1,0 +1,231 @@
+// One online distillation train step, the whole of it: the teacher's forward (logits only, no
+// activations kept), the student's forward, SoftKL(τ=2) + HardCE on the teacher's tokens, the
+// student's backward, global-norm clipping at 1.0 and an AdamW update. The same step in PyTorch
+// (teacher under no_grad, F.kl_div with temperature, F.cross_entropy, clip_grad_norm_, AdamW
+// foreach) is benchmarks/reference/bench_train.py, run in the same invocation on the same shapes.
+//
+// Sizes (issue 8): small  V=256   T=128 d=128 L=2 B=16, teacher d=256 L=4
+//                  medium V=256   T=256 d=256 L=4 B=8,  teacher d=512 L=8
+//                  large  V=32000 T=128 d=256 L=4 B=8,  teacher d=512 L=8
+// Heads are d/64 (head size 64), d_ff = 4d.
+//
+// Reports tokens/s, the GFLOP/s of the matrix products and their fraction of the FP32 FMA peak,
+// the peak RSS of the process against the analytic minimum of the step (see `minimum_bytes`), and
+// the ratio to PyTorch. `--precision bf16` runs the GEMMs in bf16 (device::Cpu's precision) against
+// PyTorch under torch.autocast("cpu", dtype=torch.bfloat16).
+//
+//   bench_train [--size small|medium|large] [--threads 2] [--steps 5] [--precision fp32|bf16]
+//               [--no-reference]
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "common.hpp"
+#include "distill/distill.hpp"
+
+namespace {
+
+using namespace distill;
+
+struct Size {
+    std::string name;
+    student::TransformerConfig student, teacher;
+    int batch;
+};
+
+student::TransformerConfig gpt(int V, int T, int d, int L) {
+    return {.vocab_size = V, .context_length = T, .d_model = d, .n_layers = L, .n_heads = d / 64, .d_ff = 4 * d};
+}
+
+Size size_named(const std::string& n) {
+    if (n == "small") return {n, gpt(256, 128, 128, 2), gpt(256, 128, 256, 4), 16};
+    if (n == "medium") return {n, gpt(256, 256, 256, 4), gpt(256, 256, 512, 8), 8};
+    if (n == "large") return {n, gpt(32000, 128, 256, 4), gpt(32000, 128, 512, 8), 8};
+    std::fprintf(stderr, "--size: small, medium or large, got %s\n", n.c_str());
+    std::exit(2);
+}
+
+// FLOPs of the matrix products of one forward of `c` over B sequences of T tokens (full T×T
+// attention, as computed).
+double forward_flops(const student::TransformerConfig& c, int B) {
+    const double N = double(B) * c.context_length, C = c.d_model, F = c.d_ff, L = c.n_layers, V = c.vocab_size,
+                 T = c.context_length;
+    return 2.0 * N * L * (3.0 * C * C + C * C + 2.0 * C * F) + 2.0 * N * C * V + 4.0 * B * L * T * T * C;
+}
+
+// The least memory the step can run in, in bytes, fp32: the student's weights, gradients and the two
+// AdamW moments; what its backward reads (per layer: the inputs of the four linear layers, the
+// attention probabilities, q|k|v, the GELU input, the residual stream and LayerNorm statistics;
+// then the final LayerNorm's output), its logits and their gradient, one layer's backward
+// temporaries; the teacher's weights, logits and the working memory of one of its layers.
+double minimum_bytes(const Size& s) {
+    const auto& c = s.student;
+    const double N = double(s.batch) * c.context_length, C = c.d_model, F = c.d_ff, L = c.n_layers, V = c.vocab_size,
+                 att = double(s.batch) * c.n_heads * c.context_length * c.context_length;
+    const double P = double(c.parameter_count());
+    const double per_layer = N * C /*ln1 out*/ + 3 * N * C /*qkv*/ + att /*probabilities*/ + N * C /*att out*/ +
+                             N * C /*res after attention*/ + N * C /*ln2 out*/ + N * F /*fc*/ + N * F /*gelu*/ +
+                             4 * N /*LayerNorm statistics*/ + N * C /*block input*/;
+    const double student = 4 * P + L * per_layer + N * C + 2 * N * V + (att + N * F + 3 * N * C + 2 * N * C);
+    const auto& t = s.teacher;
+    const double tN = double(s.batch) * t.context_length, tC = t.d_model, tF = t.d_ff,
+                 tatt = double(s.batch) * t.n_heads * t.context_length * t.context_length;
+    const double teacher = double(t.parameter_count()) + tN * t.vocab_size +
+                           (2 * tN * tC + 3 * tN * tC + tatt + tN * tC + tN * tF + tN * tF + tN * tC);
+    return 4.0 * (student + teacher);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    std::string size_name = "medium", precision = "fp32";
+    int threads = 2, steps = 5;
+    bool reference = true;
+    for (int i = 1; i < argc; ++i) {
+        const std::string a = argv[i];
+        auto next = [&]() -> std::string {
+            if (i + 1 >= argc) {
+                std::fprintf(stderr, "%s needs a value\n", a.c_str());
+                std::exit(2);
+            }
+            return argv[++i];
+        };
+        if (a == "--size")
+            size_name = next();
+        else if (a == "--threads")
+            threads = std::stoi(next());
+        else if (a == "--steps")
+            steps = std::stoi(next());
+        else if (a == "--precision")
+            precision = next();
+        else if (a == "--no-reference")
+            reference = false;
+        else {
+            std::fprintf(stderr, "unknown argument %s\n", a.c_str());
+            return 2;
+        }
+    }
+    const Size size = size_named(size_name);
+    const bool bf16 = precision == "bf16";
+    if (!bf16 && precision != "fp32") {
+        std::fprintf(stderr, "--precision: fp32 or bf16, got %s\n", precision.c_str());
+        return 2;
+    }
+    const int B = size.batch, T = size.student.context_length, V = size.student.vocab_size;
+    const std::size_t N = std::size_t(B) * T;
+
+    device::Cpu dev = bf16 ? device::Cpu(threads, device::precision::bf16) : device::Cpu(threads);
+    student::Transformer<float, device::Cpu> teacher(size.teacher, B, dev, student::activations::inference);
+    student::Transformer<float, device::Cpu> student(size.student, B, dev);
+    teacher.init(1);
+    student.init(2);
+    using Loss = loss::Sum<loss::SoftKL, loss::HardCE>;
+    Loss::config lc;
+    lc.get<0>().config.temperature = 2.0;
+    const loss::dims dims{loss::model_dims_of(student), loss::model_dims_of(teacher), B, T};
+    Loss loss(lc, dims);
+    loss::Workspace<float, device::Cpu> ws(loss, dims, dev);
+    optim::AdamW<float, device::Cpu> opt(student.parameters(), {.weight_decay = 0.1}, dev);
+    const std::span<const Parameter<float>> params(opt.parameters());
+
+    Rng rng(0);
+    std::vector<std::int32_t> tokens(N), targets(N);
+    for (auto& t : tokens) t = std::int32_t(rng.below(std::uint64_t(V)));
+    for (std::size_t n = 0; n < N; ++n) targets[n] = int(n % std::size_t(T)) == T - 1 ? -1 : tokens[n + 1];
+    std::vector<std::uint8_t> mask(N);
+    for (std::size_t n = 0; n < N; ++n) mask[n] = targets[n] >= 0;
+    loss::teacher_outputs<float> tout;
+    tout.tokens = Tensor<const std::int32_t>(targets.data(), {B, T});
+
+    double last_norm = 0;
+    auto step = [&] {
+        teacher.forward(tokens.data(), B, T);
+        tout.logits = teacher.logits();
+        student.forward(tokens.data(), B, T);
+        auto ctx = ws.begin(student, tout, Tensor<const std::uint8_t>(mask.data(), {B, T}));
+        const float value = loss(ctx);
+        ws.finish();
+        opt.zero_grad();
+        student.backward(ws.d_hidden(), ws.d_attention(), ws.d_qkv());
+        last_norm = optim::clip_grad_norm<float>(params, 1.0, dev);
+        opt.step(1e-4);
+        return value;
+    };
+
+    // Validate before timing: at init both models are near uniform, so SoftKL ≈ 0 and HardCE ≈
+    // ln V; the gradient is finite.
+    const float first = step();
+    const double ce = loss.values()[1], kl = loss.values()[0];
+    if (!(std::abs(ce - std::log(double(V))) < 0.5) || !(kl >= 0 && kl < 0.5) || !std::isfinite(last_norm) ||
+        !(std::abs(first - (kl + ce)) < 1e-3 * (kl + ce) + 1e-4)) {
+        std::fprintf(stderr,
+                     "validation failed: loss %f (soft_kl %f, hard_ce %f, expected ~0 and ~ln V = %f), "
+                     "gradient norm %f\n",
+                     first, kl, ce, std::log(double(V)), last_norm);
+        return 1;
+    }
+    step();
+
+    std::vector<double> times;
+    for (int s = 0; s < steps; ++s) {
+        const double t0 = bench::now();
+        step();
+        times.push_back(bench::now() - t0);
+    }
+    std::sort(times.begin(), times.end());
+    const double dt = times[times.size() / 2];
+    const double rss = bench::peak_rss_bytes(), minimum = minimum_bytes(size);
+
+    // teacher forward + student forward and backward (2× the forward); elementwise work not counted
+    const double flops = forward_flops(size.teacher, B) + 3.0 * forward_flops(size.student, B);
+    const double tok_s = double(N) / dt, gflops = flops / dt / 1e9;
+    const double peak = bench::fp32_peak(threads);
+
+    const auto& c = size.student;
+    const auto& t = size.teacher;
+    char workload[256];
+    std::snprintf(workload, sizeof workload, "train step %s %s: V=%d T=%d d=%d L=%d B=%d, teacher d=%d L=%d",
+                  size.name.c_str(), precision.c_str(), V, T, c.d_model, c.n_layers, B, t.d_model, t.n_layers);
+    std::printf("workload: %s, SoftKL(tau=2)+HardCE, AdamW, clip 1.0, %d threads\n", workload, threads);
+    std::printf(
+        "distill: %.1f ms/step (median of %d), %.0f tokens/s, %.1f GFLOP/s = %.1f%% of the measured FP32 FMA "
+        "peak (%.0f GFLOP/s)\n",
+        dt * 1e3, steps, tok_s, gflops, 100.0 * gflops / peak, peak);
+    std::printf("memory: peak RSS %.1f MiB, analytic minimum %.1f MiB (%.2fx)\n", rss / 1048576.0, minimum / 1048576.0,
+                rss / minimum);
+
+    bench::Result r;
+    r.workload = workload;
+    r.distill = tok_s;
+    r.unit = "tokens/s";
+    r.peak_fraction = gflops / peak;
+    r.bound = "compute";
+    r.threads = threads;
+    r.extra = {{"ms_per_step", dt * 1e3},
+               {"gflops", gflops},
+               {"peak_gflops", peak},
+               {"peak_rss_mib", rss / 1048576.0},
+               {"minimum_mib", minimum / 1048576.0},
+               {"rss_over_minimum", rss / minimum}};
+    if (reference) {
+        char args[512];
+        std::snprintf(args, sizeof args,
+                      "bench_train.py --vocab %d --context %d --d-model %d --layers %d --heads %d --d-ff %d "
+                      "--teacher-d-model %d --teacher-layers %d --teacher-heads %d --teacher-d-ff %d --batch %d "
+                      "--threads %d --steps %d%s",
+                      V, T, c.d_model, c.n_layers, c.n_heads, c.d_ff, t.d_model, t.n_layers, t.n_heads, t.d_ff, B,
+                      threads, std::max(3, steps), bf16 ? " --bf16" : "");
+        const auto ref = bench::run_reference(args, "tokens_per_s");
+        if (ref.value > 0) {
+            std::printf("ratio distill / PyTorch: %.2fx tokens/s\n", tok_s / ref.value);
+            r.pytorch = ref.value;
+            r.torch = ref.torch;
+            if (ref.line.contains("peak_rss_mib")) r.extra["pytorch_peak_rss_mib"] = ref.line["peak_rss_mib"];
+        }
+    }
+    bench::emit(r);
+    return 0;
+}

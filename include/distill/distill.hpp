@@ -4,9 +4,11 @@
 
 #include "distill/data/byte_tokenizer.hpp"
 #include "distill/data/chat.hpp"
+#include "distill/data/chat_template.hpp"
 #include "distill/data/jsonl.hpp"
 #include "distill/data/math_task.hpp"
 #include "distill/data/reversal.hpp"
+#include "distill/data/vocab_alignment.hpp"
 #include "distill/detail/arena.hpp"
 #include "distill/detail/hash.hpp"
 #include "distill/detail/rng.hpp"
@@ -25,10 +27,12 @@
 #include "distill/io/topk_cache.hpp"
 #include "distill/io/weights.hpp"
 #include "distill/nn/attention.hpp"
+#include "distill/nn/encoder_kernels.hpp"
 #include "distill/nn/linear.hpp"
 #include "distill/parameter.hpp"
 #include "distill/signals.hpp"
 #include "distill/student.hpp"
+#include "distill/student/encoder.hpp"
 #include "distill/student/transformer.hpp"
 #include "distill/teacher.hpp"
 #include "distill/teacher/cache.hpp"
@@ -42,6 +46,10 @@
 // The HTTP teacher needs cpp-httplib: link distill::http, which defines DISTILL_WITH_HTTP.
 #if defined(DISTILL_WITH_HTTP)
 #include "distill/teacher/openai.hpp"
+#endif
+// Hugging Face tokenizers need PCRE2: link distill::text, which defines DISTILL_WITH_TEXT.
+#if defined(DISTILL_WITH_TEXT)
+#include "distill/data/hf_tokenizer.hpp"
 #endif
 #include "distill/data/dataset.hpp"
 #include "distill/device/cpu_losses.hpp"

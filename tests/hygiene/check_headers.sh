@@ -19,9 +19,14 @@ headers=$(find distill -name '*.hpp' | grep -v '/cuda' | sort)
 compilers=("$cxx")
 command -v clang++ >/dev/null && compilers+=("clang++ -stdlib=libstdc++")
 check_one() {
-  local h="$1" log="$work/$(echo "$1" | tr / _).log" c
+  local h="$1" log="$work/$(echo "$1" | tr / _).log" c extra=()
+  # the oneDNN provider is compiled only with DISTILL_WITH_DNNL (distill::dnnl), where oneDNN is installed
+  if [[ $h == distill/device/cpu_dnnl.hpp ]]; then
+    [[ -f /usr/include/oneapi/dnnl/dnnl.hpp ]] || return 0
+    extra=(-DDISTILL_WITH_DNNL)
+  fi
   for c in "${compilers[@]}"; do
-    printf '#include "%s"\n' "$h" | $c -x c++ -fsyntax-only "${flags[@]}" - >"$log" 2>&1 || { echo "$h ($c)"; return; }
+    printf '#include "%s"\n' "$h" | $c -x c++ -fsyntax-only "${flags[@]}" "${extra[@]}" - >"$log" 2>&1 || { echo "$h ($c)"; return; }
   done
 }
 failed=""

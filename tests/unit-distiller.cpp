@@ -25,75 +25,8 @@ using OnlineDistiller =
 using OfflineDistiller = Distiller<teacher::Model<student::Transformer>, student::Transformer,
                                    loss::Sum<loss::TopKSoftKL, loss::HardCE>, optim::AdamW, device::Cpu>;
 
-// A tiny math teacher that has learned the answer format (it stops), its data files, once per run.
-struct World {
-    TempDir dir{"distiller"};
-    fs::path teacher = dir / "teacher.safetensors";
-    World() {
-        const auto problems = data::make_math_problems(11, 260);
-        data::ChatTemplate<> tpl;
-        data::SequenceDataset ds(data::ByteTokenizer::pad, 96);
-        for (const auto& p : problems) {
-            const std::vector<data::Message> m{{"user", p.question}};
-            ds.add_prompt_response(tpl.encode_prompt(m), tpl.encode_response(p.solution));
-        }
-        const student::TransformerConfig c{
-            .vocab_size = 263, .context_length = 96, .d_model = 48, .n_layers = 2, .n_heads = 4, .d_ff = 96};
-        student::Transformer<float, device::Cpu> net(c, 16);
-        net.init(3);
-        optim::AdamW<float, device::Cpu> opt(net.parameters(), {});
-        optim::Schedule schedule({.learning_rate = 1e-2}, 120);
-        train::FinetuneConfig fc;
-        fc.max_steps = 120;
-        fc.batch_size = 16;
-        fc.quiet = true;
-        train::finetune(net, opt, schedule, ds, nullptr, fc);
-        io::save_weights(teacher, net);
-        auto write = [&](const char* name, std::size_t first, std::size_t count, std::size_t label_every) {
-            std::string text;
-            for (std::size_t i = first; i < first + count; ++i) {
-                nlohmann::json j = {{"prompt", problems[i].question}};
-                if (label_every && (i - first) % label_every == 0) j["completion"] = problems[i].solution;
-                text += j.dump() + "\n";
-            }
-            distill::testing::write_text(dir / name, text);
-        };
-        write("train.jsonl", 0, 160, 4);
-        write("validation.jsonl", 160, 24, 1);
-        write("test.jsonl", 184, 40, 1);
-    }
-    nlohmann::json job(const std::string& out) const {
-        return {{"teacher", {{"kind", "model"}, {"weights", teacher.string()}, {"max_batch", 16}}},
-                {"student",
-                 {{"vocab_size", 263},
-                  {"context_length", 96},
-                  {"d_model", 24},
-                  {"n_layers", 1},
-                  {"n_heads", 2},
-                  {"d_ff", 48}}},
-                {"training_data", (dir / "train.jsonl").string()},
-                {"validation_data", (dir / "validation.jsonl").string()},
-                {"test_data", (dir / "test.jsonl").string()},
-                {"task_type", "math"},
-                {"generation", {{"max_new_tokens", 40}}},
-                {"hyperparameters",
-                 {{"learning_rate", 3e-3},
-                  {"batch_size", 16},
-                  {"max_steps", 12},
-                  {"checkpoint_every", 5},
-                  {"log_every", 2}}},
-                {"loss",
-                 {{"soft_kl", {{"weight", 1.0}}},
-                  {"hard_ce", {{"weight", 0.5}}},
-                  {"hidden_mse", {{"weight", 0.1}}},
-                  {"attention_kl", {{"weight", 0.1}}}}},
-                {"evaluation", {{"latency_samples", 3}}},
-                {"output_dir", (dir / out).string()}};
-    }
-};
-
-World& world() {
-    static World w;
+distill::testing::MathWorld& world() {
+    static distill::testing::MathWorld w;
     return w;
 }
 
@@ -166,7 +99,7 @@ TEST_CASE("job: defaults, and every defect class names its JSON path") {
 }
 
 TEST_CASE("Distiller: bad policy sections, data and combinations fail at construction with the key") {
-    World& w = world();
+    auto& w = world();
     auto construct = [&](const nlohmann::json& j) -> std::string {
         try {
             const Job job = parse_job(j);
@@ -212,7 +145,7 @@ TEST_CASE("Distiller: bad policy sections, data and combinations fail at constru
 }
 
 TEST_CASE("Distiller online: run() writes the report; stages are skipped when complete and refuse other configs") {
-    World& w = world();
+    auto& w = world();
     const Job job = parse_job(w.job("online"));
     teacher::Model<student::Transformer> t(teacher_config(job));
     OnlineDistiller d(job, t, device::Cpu{}, {.quiet = true});
@@ -309,7 +242,7 @@ TEST_CASE("Distiller online: run() writes the report; stages are skipped when co
 }
 
 TEST_CASE("Distiller offline: top-k log-probabilities from the generate stage's cache") {
-    World& w = world();
+    auto& w = world();
     nlohmann::json j = w.job("offline");
     j["loss"] = {{"topk_soft_kl", {{"weight", 1.0}, {"temperature", 1.0}}}, {"hard_ce", {{"weight", 1.0}}}};
     j["generation"]["top_logprobs"] = 8;

@@ -13,13 +13,10 @@
 
 #include <nlohmann/json.hpp>
 
-#include "distill/data/chat.hpp"
-#include "distill/data/dataset.hpp"
-#include "distill/data/math_task.hpp"
+#include "../teacher_fixtures.hpp"
 #include "distill/device/cpu.hpp"
 #include "distill/device/cuda.hpp"
 #include "distill/distiller.hpp"
-#include "distill/io/weights.hpp"
 #include "distill/loss/attention_kl.hpp"
 #include "distill/loss/hard_ce.hpp"
 #include "distill/loss/hidden_mse.hpp"
@@ -28,7 +25,6 @@
 #include "distill/optim/adam.hpp"
 #include "distill/student/transformer.hpp"
 #include "distill/teacher/model.hpp"
-#include "distill/train/finetune.hpp"
 
 using namespace distill;
 namespace fs = std::filesystem;
@@ -47,72 +43,9 @@ std::vector<std::string> lines(const fs::path& p) {
     return out;
 }
 
-// A tiny math teacher trained on the CPU, its data files and a job writing to `dir/out`.
-struct World {
-    fs::path dir = fs::temp_directory_path() / ("distill-cuda-distiller-" + std::to_string(::getpid()));
-    World() {
-        fs::remove_all(dir);
-        fs::create_directories(dir);
-        const auto problems = data::make_math_problems(11, 240);
-        data::ChatTemplate<> tpl;
-        data::SequenceDataset ds(data::ByteTokenizer::pad, 96);
-        for (const auto& p : problems) {
-            const std::vector<data::Message> m{{"user", p.question}};
-            ds.add_prompt_response(tpl.encode_prompt(m), tpl.encode_response(p.solution));
-        }
-        student::Transformer<float, device::Cpu> net(
-            {.vocab_size = 263, .context_length = 96, .d_model = 48, .n_layers = 2, .n_heads = 4, .d_ff = 96}, 16);
-        net.init(3);
-        optim::AdamW<float, device::Cpu> opt(net.parameters(), {});
-        optim::Schedule schedule({.learning_rate = 1e-2}, 120);
-        train::FinetuneConfig fc;
-        fc.max_steps = 120;
-        fc.batch_size = 16;
-        fc.quiet = true;
-        train::finetune(net, opt, schedule, ds, nullptr, fc);
-        io::save_weights(dir / "teacher.safetensors", net);
-        auto write = [&](const char* name, std::size_t first, std::size_t count, std::size_t label_every) {
-            std::ofstream out(dir / name);
-            for (std::size_t i = first; i < first + count; ++i) {
-                nlohmann::json j = {{"prompt", problems[i].question}};
-                if (label_every && (i - first) % label_every == 0) j["completion"] = problems[i].solution;
-                out << j.dump() << "\n";
-            }
-        };
-        write("train.jsonl", 0, 160, 4);
-        write("validation.jsonl", 160, 24, 1);
-        write("test.jsonl", 184, 40, 1);
-    }
-    ~World() { fs::remove_all(dir); }
-    Job job(const std::string& out) const {
-        return parse_job(
-            {{"teacher", {{"kind", "model"}, {"weights", (dir / "teacher.safetensors").string()}, {"max_batch", 16}}},
-             {"student",
-              {{"vocab_size", 263},
-               {"context_length", 96},
-               {"d_model", 24},
-               {"n_layers", 1},
-               {"n_heads", 2},
-               {"d_ff", 48}}},
-             {"training_data", (dir / "train.jsonl").string()},
-             {"validation_data", (dir / "validation.jsonl").string()},
-             {"test_data", (dir / "test.jsonl").string()},
-             {"task_type", "math"},
-             {"generation", {{"max_new_tokens", 40}}},
-             {"hyperparameters", {{"learning_rate", 3e-3}, {"batch_size", 16}, {"max_steps", 12}, {"log_every", 1}}},
-             {"loss",
-              {{"soft_kl", {{"weight", 1.0}}},
-               {"hard_ce", {{"weight", 0.5}}},
-               {"hidden_mse", {{"weight", 0.1}}},
-               {"attention_kl", {{"weight", 0.1}}}}},
-             {"evaluation", {{"latency_samples", 2}}},
-             {"output_dir", (dir / out).string()}});
-    }
-};
-
 template <class Device>
-nlohmann::ordered_json run(const World& w, const std::string& out, Device device) {
-    const Job job = w.job(out);
+nlohmann::ordered_json run(const testing::MathWorld& w, const std::string& out, Device device) {
+    const Job job = parse_job(w.job(out));
     teacher::ModelConfig tc;
     io::from_json(job.teacher_config(), tc, "teacher");
     teacher::Model<student::Transformer, float, Device> t(tc, device);
@@ -133,13 +66,13 @@ std::vector<double> loss_curve(const fs::path& run) {
 }  // namespace
 
 TEST_CASE("the Distiller on CUDA runs generate, finetune and evaluate like the CPU") {
-    const World w;
+    const testing::MathWorld w;
     const auto cpu = run(w, "cpu", device::Cpu(2));
     const auto gpu = run(w, "cuda", device::Cuda{});
 
     // generate: the teacher's greedy answers (near-ties may flip a rare token between devices)
-    const auto a = lines(w.dir / "cpu" / "generate" / "synthetic.jsonl"),
-               b = lines(w.dir / "cuda" / "generate" / "synthetic.jsonl");
+    const auto a = lines(w.dir.path / "cpu" / "generate" / "synthetic.jsonl"),
+               b = lines(w.dir.path / "cuda" / "generate" / "synthetic.jsonl");
     REQUIRE(a.size() == b.size());
     std::size_t same = 0;
     for (std::size_t i = 0; i < a.size(); ++i) {
@@ -149,7 +82,7 @@ TEST_CASE("the Distiller on CUDA runs generate, finetune and evaluate like the C
     CHECK(same * 100 >= a.size() * 95);
 
     // finetune: the loss curve, step by step
-    const auto lc = loss_curve(w.dir / "cpu"), lg = loss_curve(w.dir / "cuda");
+    const auto lc = loss_curve(w.dir.path / "cpu"), lg = loss_curve(w.dir.path / "cuda");
     REQUIRE(lc.size() == lg.size());
     REQUIRE(!lc.empty());
     for (std::size_t i = 0; i < lc.size(); ++i) CHECK(lg[i] == doctest::Approx(lc[i]).epsilon(2e-3));
@@ -165,5 +98,5 @@ TEST_CASE("the Distiller on CUDA runs generate, finetune and evaluate like the C
         CHECK(rg["metrics"]["perplexity"].get<double>() ==
               doctest::Approx(rc["metrics"]["perplexity"].get<double>()).epsilon(1e-2));
     }
-    CHECK(fs::exists(w.dir / "cuda" / "report.md"));
+    CHECK(fs::exists(w.dir.path / "cuda" / "report.md"));
 }

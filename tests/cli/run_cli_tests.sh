@@ -44,9 +44,14 @@ expect 2 "not a directory" -- "$DISTILL" status "$WORK/nowhere"
 
 # ---- bad jobs: one per defect class -----------------------------------------------------------------
 "$QUICKSTART" --small --prepare --out "$WORK/base" >/dev/null || { echo "FAIL: quickstart --prepare"; exit 1; }
-# shorter than the reduced quickstart: these runs test the machinery, not the learning
-sed -i 's/"max_steps": [0-9]*/"max_steps": 60/; s/"eval_every": [0-9]*/"eval_every": 20/;
-        s/"checkpoint_every": [0-9]*/"checkpoint_every": 20/; s/"latency_samples": [0-9]*/"latency_samples": 4, "max_examples": 40/' \
+# shorter than the reduced quickstart: these runs test the machinery, not the learning (160 training
+# and 32 validation prompts, 30 steps, 40 test prompts)
+for f in train:160 validation:32; do
+    head -n "${f#*:}" "$WORK/base/data/${f%:*}.jsonl" >"$WORK/base/data/${f%:*}.small" &&
+        mv "$WORK/base/data/${f%:*}.small" "$WORK/base/data/${f%:*}.jsonl"
+done
+sed -i 's/"max_steps": [0-9]*/"max_steps": 30/; s/"eval_every": [0-9]*/"eval_every": 10/;
+        s/"checkpoint_every": [0-9]*/"checkpoint_every": 10/; s/"latency_samples": [0-9]*/"latency_samples": 4, "max_examples": 40/' \
     "$WORK/base/quickstart.job.json"
 expect 2 "cannot open the job file" -- "$DISTILL" run "$WORK/absent.json"
 printf '{"teacher": {"kind": "model",}\n' >"$WORK/syntax.json"

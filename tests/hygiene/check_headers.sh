@@ -15,9 +15,9 @@ status=0
 # 1. self-contained headers, two compilers' worth at a time
 cd "$root/include"
 headers=$(find distill -name '*.hpp' | grep -v '/cuda' | sort)
-# g++ and, where installed, clang++ (with libstdc++), the two compilers the library supports
+# Each header alone with g++; clang++ (with libstdc++), the other compiler the library supports, on the
+# umbrella header below (every header through it, at a fraction of the cost of each one alone)
 compilers=("$cxx")
-command -v clang++ >/dev/null && compilers+=("clang++ -stdlib=libstdc++")
 check_one() {
   local h="$1" log="$work/$(echo "$1" | tr / _).log" c extra=()
   # the oneDNN provider is compiled only with DISTILL_WITH_DNNL (distill::dnnl), where oneDNN is installed
@@ -45,6 +45,15 @@ for h in $headers; do
   fi
 done
 echo "self-contained headers: $(echo "$headers" | wc -w) checked with ${compilers[*]}, $(echo "$failed" | wc -w) failed"
+if command -v clang++ >/dev/null; then
+  for defines in "" "-DDISTILL_WITH_TEXT -DPCRE2_CODE_UNIT_WIDTH=8 -DDISTILL_WITH_HTTP"; do
+    if ! printf '#include "distill/distill.hpp"\n' |
+        clang++ -stdlib=libstdc++ -x c++ -fsyntax-only "${flags[@]}" $defines - >"$work/umbrella-clang.log" 2>&1; then
+      echo "the umbrella header does not compile with clang++ ($defines)"; head -20 "$work/umbrella-clang.log"; status=1
+    fi
+  done
+  echo "umbrella header: compiled with clang++ (plain, and with the HTTP and tokenizer parts)"
+fi
 
 # 2. macro hygiene: macros defined by the umbrella minus those its third-party includes define
 thirdparty=$(grep -rhoE '^\s*#\s*include\s*<[^>]+>' "$root/include/distill" | sed -E 's/^\s*#\s*include\s*//' | sort -u)

@@ -153,6 +153,36 @@ private:
 /// The model types this header knows, and what each needs.
 inline constexpr std::string_view supported_model_types = "gpt2 (student::Transformer), bert (student::Encoder)";
 
+namespace detail {
+
+// The keys of a transformers config.json, read with errors that name the file and the key.
+struct ConfigReader {
+    const nlohmann::json& c;
+    const std::filesystem::path& file;
+
+    // A positive integer; `fallback` when absent or null (else required).
+    int integer(const char* key, std::optional<int> fallback = std::nullopt) const {
+        const auto it = c.find(key);
+        if (it == c.end() || it->is_null()) {
+            if (fallback) return *fallback;
+            throw format_error(file, 0, std::string(key) + ": an integer is required");
+        }
+        if (!it->is_number_integer() || it->get<std::int64_t>() < 1 || it->get<std::int64_t>() > (1 << 30))
+            throw format_error(file, 0, std::string(key) + ": expected a positive integer, got " + it->dump());
+        return int(it->get<std::int64_t>());
+    }
+    // A setting the student computes only one way: absent, null or `expected`.
+    void require(const char* key, const nlohmann::json& expected, const char* why) const {
+        const auto it = c.find(key);
+        if (it != c.end() && !it->is_null() && *it != expected)
+            throw format_error(
+                file, 0,
+                std::string(key) + ": " + it->dump() + " is not supported, only " + expected.dump() + " (" + why + ")");
+    }
+};
+
+}  // namespace detail
+
 /// How one student parameter is stored in a transformers checkpoint.
 struct tensor_map {
     std::string hf_name;      ///< transformers' name, e.g. "transformer.h.0.attn.c_attn.weight"
@@ -162,22 +192,12 @@ struct tensor_map {
 /// Reads transformers' config of a `gpt2` model as a student config. Settings the student's blocks do
 /// not compute (another activation, no tied head, scaled attention variants) are refused by name.
 inline student::TransformerConfig gpt2_config(const nlohmann::json& c, const std::filesystem::path& file) {
+    const detail::ConfigReader r{c, file};
     auto integer = [&](const char* key, std::optional<int> fallback = std::nullopt) {
-        const auto it = c.find(key);
-        if (it == c.end() || it->is_null()) {
-            if (fallback) return *fallback;
-            throw format_error(file, 0, std::string(key) + ": an integer is required");
-        }
-        if (!it->is_number_integer() || it->get<std::int64_t>() < 1 || it->get<std::int64_t>() > (1 << 30))
-            throw format_error(file, 0, std::string(key) + ": expected a positive integer, got " + it->dump());
-        return int(it->get<std::int64_t>());
+        return r.integer(key, fallback);
     };
     auto require = [&](const char* key, const nlohmann::json& expected, const char* why) {
-        const auto it = c.find(key);
-        if (it != c.end() && !it->is_null() && *it != expected)
-            throw format_error(
-                file, 0,
-                std::string(key) + ": " + it->dump() + " is not supported, only " + expected.dump() + " (" + why + ")");
+        r.require(key, expected, why);
     };
     const auto act = c.find("activation_function");
     if (act != c.end() && *act != "gelu_new" && *act != "gelu_pytorch_tanh")
@@ -232,22 +252,12 @@ inline student::TransformerConfig transformer_config(const Checkpoint& ckpt) {
 /// position embeddings, a decoder) are refused by name.
 inline student::EncoderConfig bert_config(const nlohmann::json& c, const std::filesystem::path& file,
                                           const std::string& pooling = "mean") {
+    const detail::ConfigReader r{c, file};
     auto integer = [&](const char* key, std::optional<int> fallback = std::nullopt) {
-        const auto it = c.find(key);
-        if (it == c.end() || it->is_null()) {
-            if (fallback) return *fallback;
-            throw format_error(file, 0, std::string(key) + ": an integer is required");
-        }
-        if (!it->is_number_integer() || it->get<std::int64_t>() < 1 || it->get<std::int64_t>() > (1 << 30))
-            throw format_error(file, 0, std::string(key) + ": expected a positive integer, got " + it->dump());
-        return int(it->get<std::int64_t>());
+        return r.integer(key, fallback);
     };
     auto require = [&](const char* key, const nlohmann::json& expected, const char* why) {
-        const auto it = c.find(key);
-        if (it != c.end() && !it->is_null() && *it != expected)
-            throw format_error(
-                file, 0,
-                std::string(key) + ": " + it->dump() + " is not supported, only " + expected.dump() + " (" + why + ")");
+        r.require(key, expected, why);
     };
     require("hidden_act", "gelu", "the Encoder's MLP uses the exact erf GELU");
     require("position_embedding_type", "absolute", "the Encoder has learned absolute positions");

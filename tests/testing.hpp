@@ -7,9 +7,16 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <filesystem>
+#include <fstream>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
+
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
 
 #include "distill/detail/rng.hpp"
 #include "distill/io/safetensors.hpp"
@@ -93,5 +100,48 @@ inline void check_gradient(const std::string& what, std::vector<double>& x, cons
     CHECK(scale > 0);  // a check of an all-zero gradient proves nothing
     CHECK(err <= tol);
 }
+
+/// A scratch copy of a Hugging Face fixture directory (config.json, model.safetensors, ...) whose
+/// files a test edits; removed on destruction.
+struct ScratchCheckpoint {
+    std::filesystem::path source, dir;
+    explicit ScratchCheckpoint(std::filesystem::path from)
+        : source(std::move(from)),
+          dir(std::filesystem::temp_directory_path() / ("distill-scratch-" + std::to_string(::getpid()) + "-" +
+                                                        std::to_string(reinterpret_cast<std::uintptr_t>(this)))) {
+        std::filesystem::remove_all(dir);
+        std::filesystem::copy(source, dir, std::filesystem::copy_options::recursive);
+    }
+    ~ScratchCheckpoint() { std::filesystem::remove_all(dir); }
+    ScratchCheckpoint(const ScratchCheckpoint&) = delete;
+    ScratchCheckpoint& operator=(const ScratchCheckpoint&) = delete;
+
+    void edit_config(const std::function<void(nlohmann::json&)>& edit) const {
+        std::ifstream in(dir / "config.json");
+        nlohmann::json j = nlohmann::json::parse(in);
+        edit(j);
+        std::ofstream(dir / "config.json") << j.dump(2);
+    }
+    /// Rewrites model.safetensors with every tensor renamed by `rename` ("" drops it) plus `extra`
+    /// (4 values each).
+    void rewrite(const std::function<std::string(const std::string&)>& rename,
+                 const std::vector<std::string>& extra = {}) const {
+        io::safetensors_file f(source / "model.safetensors");
+        std::vector<std::vector<float>> store;
+        std::vector<io::named_tensor<const float>> tensors;
+        for (const auto& t : f.tensors()) {
+            const std::string name = rename(t.name);
+            if (name.empty()) continue;
+            auto& v = store.emplace_back(std::size_t(t.numel()));
+            f.read(t, std::span<float>(v));
+            tensors.push_back({name, v.data(), t.shape});
+        }
+        for (const auto& name : extra) {
+            auto& v = store.emplace_back(4, 0.5f);
+            tensors.push_back({name, v.data(), {4}});
+        }
+        io::save_tensors<float>(dir / "model.safetensors", tensors, io::dtype::F32, {{"format", "pt"}});
+    }
+};
 
 }  // namespace distill::testing

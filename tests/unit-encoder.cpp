@@ -41,43 +41,6 @@ student::Encoder<float, Dev> load_encoder(const std::filesystem::path& dir, int 
     return m;
 }
 
-// A scratch copy of the bert fixture whose files a test edits.
-struct ScratchBert {
-    std::filesystem::path dir =
-        std::filesystem::temp_directory_path() /
-        ("distill-bert-" + std::to_string(::getpid()) + "-" + std::to_string(reinterpret_cast<std::uintptr_t>(this)));
-    ScratchBert() {
-        std::filesystem::remove_all(dir);
-        std::filesystem::copy(bert_fixtures / "bert", dir);
-    }
-    ~ScratchBert() { std::filesystem::remove_all(dir); }
-    void edit_config(const std::function<void(nlohmann::json&)>& edit) const {
-        std::ifstream in(dir / "config.json");
-        nlohmann::json j = nlohmann::json::parse(in);
-        edit(j);
-        std::ofstream(dir / "config.json") << j.dump(2);
-    }
-    // Rewrites model.safetensors with every tensor renamed by `rename` ("" drops it) plus `extra`.
-    void rewrite(const std::function<std::string(const std::string&)>& rename,
-                 const std::vector<std::string>& extra = {}) const {
-        io::safetensors_file f(bert_fixtures / "bert" / "model.safetensors");
-        std::vector<std::vector<float>> store;
-        std::vector<io::named_tensor<const float>> tensors;
-        for (const auto& t : f.tensors()) {
-            const std::string name = rename(t.name);
-            if (name.empty()) continue;
-            auto& v = store.emplace_back(std::size_t(t.numel()));
-            f.read(t, std::span<float>(v));
-            tensors.push_back({name, v.data(), t.shape});
-        }
-        for (const auto& name : extra) {
-            auto& v = store.emplace_back(4, 0.5f);
-            tensors.push_back({name, v.data(), {4}});
-        }
-        io::save_tensors<float>(dir / "model.safetensors", tensors, io::dtype::F32, {{"format", "pt"}});
-    }
-};
-
 std::string encoder_load_error(const std::filesystem::path& dir) {
     try {
         (void)load_encoder<device::Cpu>(dir, 1);
@@ -260,7 +223,7 @@ TEST_CASE_TEMPLATE("hf bert: hidden states, attentions, pooled embedding and all
 TEST_CASE("hf bert: BertFor* names, skipped heads and buffers, CLS pooling from 1_Pooling") {
     const auto plain = load_encoder<device::Cpu>(bert_fixtures / "bert", 1);
     {  // "bert." prefix, an MLM head and the position-id buffer, no pooler
-        ScratchBert s;
+        testing::ScratchCheckpoint s(bert_fixtures / "bert");
         s.rewrite([](const std::string& n) { return n.starts_with("pooler.") ? std::string() : "bert." + n; },
                   {"cls.predictions.bias", "bert.embeddings.position_ids"});
         const auto prefixed = load_encoder<device::Cpu>(s.dir, 1);
@@ -268,7 +231,7 @@ TEST_CASE("hf bert: BertFor* names, skipped heads and buffers, CLS pooling from 
             std::equal(plain.parameter_data(), plain.parameter_data() + plain.arena_size(), prefixed.parameter_data()));
     }
     {
-        ScratchBert s;
+        testing::ScratchCheckpoint s(bert_fixtures / "bert");
         std::filesystem::create_directories(s.dir / "1_Pooling");
         std::ofstream(s.dir / "1_Pooling" / "config.json")
             << R"({"word_embedding_dimension": 16, "pooling_mode_cls_token": true, "pooling_mode_mean_tokens": false})";
@@ -308,28 +271,28 @@ TEST_CASE("hf bert: a saved encoder loads back equal, in BertModel's layout") {
 
 TEST_CASE("hf bert: defects name the file and what was expected") {
     {
-        ScratchBert s;
+        testing::ScratchCheckpoint s(bert_fixtures / "bert");
         s.edit_config([](nlohmann::json& j) { j["hidden_act"] = "relu"; });
         CHECK(encoder_load_error(s.dir).find("hidden_act: \"relu\" is not supported, only \"gelu\"") !=
               std::string::npos);
     }
     {
-        ScratchBert s;
+        testing::ScratchCheckpoint s(bert_fixtures / "bert");
         s.edit_config([](nlohmann::json& j) { j["position_embedding_type"] = "relative_key"; });
         CHECK(encoder_load_error(s.dir).find("position_embedding_type") != std::string::npos);
     }
     {
-        ScratchBert s;
+        testing::ScratchCheckpoint s(bert_fixtures / "bert");
         s.edit_config([](nlohmann::json& j) { j.erase("hidden_size"); });
         CHECK(encoder_load_error(s.dir).find("config.json: hidden_size: an integer is required") != std::string::npos);
     }
     {
-        ScratchBert s;
+        testing::ScratchCheckpoint s(bert_fixtures / "bert");
         s.edit_config([](nlohmann::json& j) { j["num_attention_heads"] = 3; });
         CHECK(encoder_load_error(s.dir).find("n_heads: must divide d_model = 16") != std::string::npos);
     }
     {
-        ScratchBert s;
+        testing::ScratchCheckpoint s(bert_fixtures / "bert");
         s.rewrite([](const std::string& n) {
             return n == "encoder.layer.1.output.LayerNorm.bias" ? std::string()
                    : n == "encoder.layer.0.output.dense.bias"   ? std::string("encoder.layer.0.output.dense.extra")

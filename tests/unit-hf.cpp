@@ -37,24 +37,6 @@ student::Transformer<float, Dev> load_model(const std::filesystem::path& dir, in
     return m;
 }
 
-// A scratch copy of the F32 fixture whose config.json or tensors a test edits.
-struct ScratchCheckpoint {
-    std::filesystem::path dir =
-        std::filesystem::temp_directory_path() /
-        ("distill-hf-" + std::to_string(::getpid()) + "-" + std::to_string(reinterpret_cast<std::uintptr_t>(this)));
-    ScratchCheckpoint() {
-        std::filesystem::remove_all(dir);
-        std::filesystem::copy(hf_fixtures / "gpt2", dir);
-    }
-    ~ScratchCheckpoint() { std::filesystem::remove_all(dir); }
-    void edit_config(const std::function<void(nlohmann::json&)>& edit) const {
-        std::ifstream in(dir / "config.json");
-        nlohmann::json j = nlohmann::json::parse(in);
-        edit(j);
-        std::ofstream(dir / "config.json") << j.dump(2);
-    }
-};
-
 std::string load_error(const std::filesystem::path& dir) {
     try {
         (void)load_model<device::Cpu>(dir, 1);
@@ -159,7 +141,7 @@ TEST_CASE("hf gpt2: a saved student holds exactly transformers' tensors and conf
 TEST_CASE("hf: defects name the file and what was expected") {
     using doctest::Contains;
     {
-        ScratchCheckpoint s;
+        testing::ScratchCheckpoint s(hf_fixtures / "gpt2");
         s.edit_config([](nlohmann::json& j) { j["model_type"] = "llama"; });
         const auto e = load_error(s.dir);
         CHECK(e.find("config.json: model_type \"llama\" is not supported: it needs RMSNorm, rotary positions") !=
@@ -167,39 +149,33 @@ TEST_CASE("hf: defects name the file and what was expected") {
         CHECK(e.find("supported: gpt2") != std::string::npos);
     }
     {
-        ScratchCheckpoint s;
+        testing::ScratchCheckpoint s(hf_fixtures / "gpt2");
         s.edit_config([](nlohmann::json& j) { j["activation_function"] = "relu"; });
         CHECK(load_error(s.dir).find("activation_function: \"relu\" is not supported") != std::string::npos);
     }
     {
-        ScratchCheckpoint s;
+        testing::ScratchCheckpoint s(hf_fixtures / "gpt2");
         s.edit_config([](nlohmann::json& j) { j["tie_word_embeddings"] = false; });
         CHECK(load_error(s.dir).find("tie_word_embeddings: false is not supported") != std::string::npos);
     }
     {
-        ScratchCheckpoint s;
+        testing::ScratchCheckpoint s(hf_fixtures / "gpt2");
         s.edit_config([](nlohmann::json& j) { j.erase("n_embd"); });
         CHECK(load_error(s.dir).find("config.json: n_embd: an integer is required") != std::string::npos);
     }
     {  // a tensor missing, another unexpected
-        ScratchCheckpoint s;
-        io::safetensors_file f(hf_fixtures / "gpt2" / "model.safetensors");
-        std::vector<std::vector<float>> store;
-        std::vector<io::named_tensor<const float>> tensors;
-        for (const auto& t : f.tensors()) {
-            if (t.name == "transformer.h.1.ln_2.bias") continue;
-            auto& v = store.emplace_back(std::size_t(t.numel()));
-            f.read(t, std::span<float>(v));
-            tensors.push_back(
-                {t.name == "transformer.ln_f.bias" ? "transformer.ln_f.extra" : t.name, v.data(), t.shape});
-        }
-        io::save_tensors<float>(s.dir / "model.safetensors", tensors, io::dtype::F32, {{"format", "pt"}});
+        testing::ScratchCheckpoint s(hf_fixtures / "gpt2");
+        s.rewrite([](const std::string& n) {
+            return n == "transformer.h.1.ln_2.bias" ? std::string()
+                   : n == "transformer.ln_f.bias"   ? std::string("transformer.ln_f.extra")
+                                                    : n;
+        });
         const auto e = load_error(s.dir);
         CHECK(e.find("tensors do not match a gpt2 model: missing 'transformer.h.1.ln_2.bias', "
                      "'transformer.ln_f.bias'; unexpected 'transformer.ln_f.extra'") != std::string::npos);
     }
     {
-        ScratchCheckpoint s;
+        testing::ScratchCheckpoint s(hf_fixtures / "gpt2");
         std::filesystem::remove(s.dir / "model.safetensors");
         CHECK(load_error(s.dir).find("neither model.safetensors nor model.safetensors.index.json") !=
               std::string::npos);

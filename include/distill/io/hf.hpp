@@ -43,6 +43,7 @@
 #include "distill/device.hpp"
 #include "distill/error.hpp"
 #include "distill/io/atomic_file.hpp"
+#include "distill/io/reflect.hpp"
 #include "distill/io/safetensors.hpp"
 #include "distill/student/encoder.hpp"
 #include "distill/student/transformer.hpp"
@@ -339,11 +340,15 @@ template <class Model>
 std::vector<typename Model::scalar_type> host_parameters(const Model& model) {
     using T = typename Model::scalar_type;
     std::vector<T> host(model.arena_size());
-    if constexpr (Model::device_type::memory == memory_space::host)
-        std::copy(model.parameter_data(), model.parameter_data() + host.size(), host.begin());
-    else
-        model.device().copy(host.data(), model.parameter_data(), sizeof(T) * host.size());
+    model.device().copy(host.data(), model.parameter_data(), sizeof(T) * host.size());
     return host;
+}
+
+// out(cols, rows) = in(rows, cols)ᵀ: GPT-2's Conv1D (in, out) <-> the student's (out, in).
+template <class T>
+void transpose(const T* in, T* out, std::size_t rows, std::size_t cols) {
+    for (std::size_t i = 0; i < rows; ++i)
+        for (std::size_t j = 0; j < cols; ++j) out[j * rows + i] = in[i * cols + j];
 }
 
 inline bool is_mask_buffer(std::string_view name) {
@@ -372,24 +377,20 @@ template <class Model>
 void load(const Checkpoint& ckpt, Model& model) {
     using T = typename Model::scalar_type;
     constexpr bool encoder = detail::is_encoder<Model>;
-    const auto& have = model.config();
-    std::string prefix;
-    if constexpr (encoder) {
-        const auto expected = encoder_config(ckpt);
-        if (have.vocab_size != expected.vocab_size || have.context_length != expected.context_length ||
-            have.type_vocab_size != expected.type_vocab_size || have.d_model != expected.d_model ||
-            have.n_layers != expected.n_layers || have.n_heads != expected.n_heads || have.d_ff != expected.d_ff ||
-            have.layer_norm_eps != expected.layer_norm_eps)
-            throw shape_error(ckpt.directory().string() + ": the model's config differs from config.json's");
-        prefix = ckpt.find("bert.embeddings.word_embeddings.weight") ? "bert." : "";
-    } else {
-        const auto expected = transformer_config(ckpt);
-        if (have.vocab_size != expected.vocab_size || have.context_length != expected.context_length ||
-            have.d_model != expected.d_model || have.n_layers != expected.n_layers ||
-            have.n_heads != expected.n_heads || have.d_ff != expected.d_ff)
-            throw shape_error(ckpt.directory().string() + ": the model's config differs from config.json's");
-        prefix = ckpt.find("transformer.wte.weight") ? "transformer." : "";
-    }
+    // the model must have the checkpoint's shape (an Encoder may pool differently)
+    auto expected = [&] {
+        if constexpr (encoder) {
+            auto e = encoder_config(ckpt);
+            e.pooling = model.config().pooling;
+            return e;
+        } else {
+            return transformer_config(ckpt);
+        }
+    }();
+    if (to_json(model.config()) != to_json(expected))
+        throw shape_error(ckpt.directory().string() + ": the model's config differs from config.json's");
+    const std::string prefix = encoder ? (ckpt.find("bert.embeddings.word_embeddings.weight") ? "bert." : "")
+                                       : (ckpt.find("transformer.wte.weight") ? "transformer." : "");
     const auto map_name = [&](const std::string& name) {
         if constexpr (encoder)
             return bert_tensor(name, prefix);
@@ -452,9 +453,8 @@ void load(const Checkpoint& ckpt, Model& model) {
         }
         staged.resize(n);
         s.file->read(*s.info, std::span<T>(staged));
-        const auto rows = static_cast<std::size_t>(s.info->shape[0]), cols = static_cast<std::size_t>(s.info->shape[1]);
-        for (std::size_t i = 0; i < rows; ++i)  // stored (in, out) → (out, in)
-            for (std::size_t j = 0; j < cols; ++j) host[s.offset + j * rows + i] = staged[i * cols + j];
+        detail::transpose(staged.data(), host.data() + s.offset, std::size_t(s.info->shape[0]),
+                          std::size_t(s.info->shape[1]));  // stored (in, out) → (out, in)
     }
     // A separate LM head must be the tied embedding (some exports write it out).
     if (const auto head = encoder ? std::nullopt : ckpt.find("lm_head.weight")) {
@@ -470,10 +470,7 @@ void load(const Checkpoint& ckpt, Model& model) {
             throw format_error(file->path(), 0,
                                "lm_head.weight differs from wte.weight: an untied LM head is not supported");
     }
-    if constexpr (Model::device_type::memory == memory_space::host)
-        std::copy(host.begin(), host.end(), model.parameter_data());
-    else
-        model.device().copy(model.parameter_data(), host.data(), sizeof(T) * host.size());
+    model.device().copy(model.parameter_data(), host.data(), sizeof(T) * host.size());
 }
 
 /// Writes an Encoder to `dir` as transformers' BertModel without its pooler (config.json and
@@ -536,10 +533,8 @@ void save(const std::filesystem::path& dir, const Model& model, dtype out = dtyp
             const T* data = host.data() + (p.value.data() - model.parameter_data());
             std::vector<std::int64_t> shape(p.value.shape().begin(), p.value.shape().begin() + p.value.rank());
             if (m.transposed) {
-                const auto rows = std::size_t(shape[0]), cols = std::size_t(shape[1]);
-                auto& t = transposed.emplace_back(rows * cols);
-                for (std::size_t i = 0; i < rows; ++i)
-                    for (std::size_t j = 0; j < cols; ++j) t[j * rows + i] = data[i * cols + j];
+                auto& t = transposed.emplace_back(std::size_t(shape[0] * shape[1]));
+                detail::transpose(data, t.data(), std::size_t(shape[0]), std::size_t(shape[1]));
                 data = t.data();
                 std::reverse(shape.begin(), shape.end());
             }

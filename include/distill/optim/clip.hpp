@@ -36,77 +36,9 @@ double sum_of_squares(const T* x, std::int64_t n) noexcept {
 
 }  // namespace detail
 
-/// The L2 norm of all gradients of `params` taken together, √(Σ‖gᵢ‖²). Each chunk's sum of squares
-/// is accumulated in double and the partial sums are added in chunk order, so the result is the same
-/// bits for any thread count. NaN or ±Inf when a gradient holds one.
-/// @tparam T scalar type. @tparam Device a host-memory device (threads from `threads()`).
-template <class T, class Device>
-double global_grad_norm(std::span<const Parameter<T>> params, const Device& dev) {
-    if constexpr (Device::memory != memory_space::host) {
-        // a device with its own memory: its `sum_of_squares` reduction, one value back to the host
-        std::vector<const T*> grads;
-        std::vector<std::int64_t> sizes;
-        for (const auto& p : params) {
-            grads.push_back(p.grad.data());
-            sizes.push_back(p.grad.numel());
-        }
-        return std::sqrt(sum_of_squares(dev, grads.data(), sizes.data(), grads.size()));
-    }
-    const std::vector<detail::Chunk> chunks = detail::make_chunks<T>(params);
-    std::vector<double> partial(chunks.size());
-    detail::for_each_chunk(dev, chunks, [&](std::size_t c) {
-        const detail::Chunk& ch = chunks[c];
-        partial[c] = detail::sum_of_squares(params[ch.parameter].grad.data() + ch.offset, ch.size);
-    });
-    double total = 0;
-    for (double s : partial) total += s;
-    return std::sqrt(total);
-}
-
-/// Scales every gradient by `max_norm / (norm + 1e-6)` when that is below 1, where `norm` is the
-/// global norm, as `torch.nn.utils.clip_grad_norm_` does, and returns the norm *before* clipping (what
-/// to log). `max_norm <= 0` only measures. A non-finite norm is returned without touching the
-/// gradients, so the caller's guard can report which one is bad (torch would spread the NaN).
-/// @tparam T scalar type. @tparam Device a host-memory device.
-template <class T, class Device>
-double clip_grad_norm(std::span<const Parameter<T>> params, double max_norm, const Device& dev) {
-    const double norm = global_grad_norm<T>(params, dev);
-    if (!(max_norm > 0) || !std::isfinite(norm)) return norm;
-    const double coef = max_norm / (norm + 1e-6);
-    if (coef >= 1.0) return norm;  // torch multiplies by the clamped coefficient 1.0: a no-op
-    const T scale = static_cast<T>(coef);
-    if constexpr (Device::memory != memory_space::host) {
-        for (const auto& p : params) scale_in_place(dev, p.grad.data(), scale, p.grad.numel());
-        return norm;
-    }
-    const std::vector<detail::Chunk> chunks = detail::make_chunks<T>(params);
-    detail::for_each_chunk(dev, chunks, [&](std::size_t c) {
-        const detail::Chunk& ch = chunks[c];
-        T* g = params[ch.parameter].grad.data() + ch.offset;
-        for (std::int64_t i = 0; i < ch.size; ++i)
-            g[i] *= scale;  // one rounding per element: exact under any vectorization
-    });
-    return norm;
-}
-
-/// Multiplies every gradient by `factor` (averaging over accumulated micro-batches).
-template <class T, class Device>
-void scale_gradients(std::span<const Parameter<T>> params, T factor, const Device& dev) {
-    if constexpr (Device::memory != memory_space::host) {
-        for (const auto& p : params) scale_in_place(dev, p.grad.data(), factor, p.grad.numel());
-        return;
-    }
-    const std::vector<detail::Chunk> chunks = detail::make_chunks<T>(params);
-    detail::for_each_chunk(dev, chunks, [&](std::size_t c) {
-        const detail::Chunk& ch = chunks[c];
-        T* g = params[ch.parameter].grad.data() + ch.offset;
-        for (std::int64_t i = 0; i < ch.size; ++i) g[i] *= factor;
-    });
-}
-
-/// Global-norm clipping with its work list (chunks and per-chunk partial sums) laid out once, so a
-/// training step clips without allocating; the same results, bit for bit, as `clip_grad_norm`,
-/// `global_grad_norm` and `scale_gradients`, which build the list on each call.
+/// Global-norm clipping (`torch.nn.utils.clip_grad_norm_` semantics) with its work list (chunks and
+/// per-chunk partial sums) laid out once, so a training step clips without allocating. The free
+/// functions below are one-shot uses of it.
 /// @tparam T scalar type.
 template <class T>
 class GradClipper {
@@ -115,11 +47,20 @@ public:
     explicit GradClipper(std::span<const Parameter<T>> params)
         : params_(params.begin(), params.end()), chunks_(detail::make_chunks<T>(params_)), partial_(chunks_.size()) {}
 
-    /// The global L2 norm of the gradients (see `global_grad_norm`).
+    /// The L2 norm of all gradients taken together, √(Σ‖gᵢ‖²). Each chunk's sum of squares is
+    /// accumulated in double and the partial sums are added in chunk order, so the result is the same
+    /// bits for any thread count. NaN or ±Inf when a gradient holds one.
     template <class Device>
     double norm(const Device& dev) {
         if constexpr (Device::memory != memory_space::host) {
-            return global_grad_norm<T>(std::span<const Parameter<T>>(params_), dev);
+            // a device with its own memory: its `sum_of_squares` reduction, one value back to the host
+            std::vector<const T*> grads;
+            std::vector<std::int64_t> sizes;
+            for (const auto& p : params_) {
+                grads.push_back(p.grad.data());
+                sizes.push_back(p.grad.numel());
+            }
+            return std::sqrt(sum_of_squares(dev, grads.data(), sizes.data(), grads.size()));
         } else {
             detail::for_each_chunk(dev, chunks_, [&](std::size_t c) {
                 const detail::Chunk& ch = chunks_[c];
@@ -131,18 +72,21 @@ public:
         }
     }
 
-    /// Clips to `max_norm` and returns the norm before clipping (see `clip_grad_norm`).
+    /// Scales every gradient by `max_norm / (norm + 1e-6)` when that is below 1, and returns the norm
+    /// *before* clipping (what to log). `max_norm <= 0` only measures. A non-finite norm is returned
+    /// without touching the gradients, so the caller's guard can report which one is bad (torch would
+    /// spread the NaN).
     template <class Device>
     double operator()(double max_norm, const Device& dev) {
         const double n = norm(dev);
         if (!(max_norm > 0) || !std::isfinite(n)) return n;
         const double coef = max_norm / (n + 1e-6);
-        if (coef >= 1.0) return n;
+        if (coef >= 1.0) return n;  // torch multiplies by the clamped coefficient 1.0: a no-op
         scale(static_cast<T>(coef), dev);
         return n;
     }
 
-    /// Multiplies every gradient by `factor` (see `scale_gradients`).
+    /// Multiplies every gradient by `factor` (clipping; averaging over accumulated micro-batches).
     template <class Device>
     void scale(T factor, const Device& dev) {
         if constexpr (Device::memory != memory_space::host) {
@@ -161,6 +105,25 @@ private:
     std::vector<detail::Chunk> chunks_;
     std::vector<double> partial_;
 };
+
+/// The global L2 norm of the gradients of `params` (see `GradClipper::norm`).
+template <class T, class Device>
+double global_grad_norm(std::span<const Parameter<T>> params, const Device& dev) {
+    return GradClipper<T>(params).norm(dev);
+}
+
+/// Clips the gradients of `params` to a global norm of `max_norm` and returns the norm before
+/// clipping (see `GradClipper::operator()`).
+template <class T, class Device>
+double clip_grad_norm(std::span<const Parameter<T>> params, double max_norm, const Device& dev) {
+    return GradClipper<T>(params)(max_norm, dev);
+}
+
+/// Multiplies every gradient by `factor` (averaging over accumulated micro-batches).
+template <class T, class Device>
+void scale_gradients(std::span<const Parameter<T>> params, T factor, const Device& dev) {
+    GradClipper<T>(params).scale(factor, dev);
+}
 
 /// Where a non-finite value sits.
 struct NonFinite {

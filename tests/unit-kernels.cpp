@@ -122,6 +122,46 @@ TEST_CASE("row kernels: Cpu equals Reference (float)") {
         causal_softmax_backward(cpu, g1.data(), p0.data(), d.data(), BH, T, 0.3f);
         check_close("softmax grad", g1.data(), g0.data(), std::int64_t(g0.size()), 1e-6, 1e-5);
     }
+    SUBCASE("rmsnorm, swiglu, rotary embedding") {
+        std::vector<float> o0(x.size()), o1(x.size()), r0(N), r1(N);
+        rmsnorm_forward(ref, o0.data(), r0.data(), x.data(), w.data(), N, C, 1e-6f);
+        rmsnorm_forward(cpu, o1.data(), r1.data(), x.data(), w.data(), N, C, 1e-6f);
+        check_close("rms out", o1.data(), o0.data(), std::int64_t(o0.size()), 1e-5, 1e-5);
+        std::vector<float> di0(x.size(), 1.0f), di1(x.size(), 1.0f), dw0(C, 0.5f), dw1(C, 0.5f);
+        rmsnorm_backward(ref, di0.data(), dw0.data(), dy.data(), x.data(), w.data(), r0.data(), N, C);
+        rmsnorm_backward(cpu, di1.data(), dw1.data(), dy.data(), x.data(), w.data(), r1.data(), N, C);
+        check_close("rms din", di1.data(), di0.data(), std::int64_t(di0.size()), 1e-5, 1e-4);
+        check_close("rms dw", dw1.data(), dw0.data(), C, 1e-4, 1e-4);
+        const int F = C / 2;  // x as (N, 2F): gate | up
+        std::vector<float> s0(std::size_t(N) * F), s1(s0.size()), g0(x.size()), g1(x.size());
+        swiglu_forward(ref, s0.data(), x.data(), N, F);
+        swiglu_forward(cpu, s1.data(), x.data(), N, F);
+        check_close("swiglu", s1.data(), s0.data(), std::int64_t(s0.size()), 1e-6, 1e-5);
+        swiglu_backward(ref, g0.data(), x.data(), dy.data(), N, F);
+        swiglu_backward(cpu, g1.data(), x.data(), dy.data(), N, F);
+        check_close("swiglu grad", g1.data(), g0.data(), std::int64_t(g0.size()), 1e-6, 1e-5);
+        const int hs = 10, heads = 6, P = N;  // rows of 70: 6 rotated heads, 10 columns untouched
+        std::vector<float> cos(std::size_t(P) * hs / 2), sin(cos.size());
+        for (std::size_t i = 0; i < cos.size(); ++i) cos[i] = std::cos(0.37f * i), sin[i] = std::sin(0.37f * i);
+        std::vector<std::int32_t> pos(N);
+        for (int n = 0; n < N; ++n) pos[n] = (n * 7) % P;
+        for (bool inverse : {false, true}) {
+            auto y0 = x, y1 = x;
+            rope_rotate(ref, y0.data(), cos.data(), sin.data(), pos.data(), N, C, heads, hs, inverse);
+            rope_rotate(cpu, y1.data(), cos.data(), sin.data(), pos.data(), N, C, heads, hs, inverse);
+            check_close("rope", y1.data(), y0.data(), std::int64_t(y0.size()), 1e-6, 1e-6);
+        }
+    }
+    SUBCASE("attention decode, grouped-query") {
+        const int B = 2, H = 4, Hkv = 2, hs = 8, Tmax = 6, W = (H + 2 * Hkv) * hs;
+        auto qkv = random_vector<float>(std::size_t(B) * W, 41);
+        auto kc = random_vector<float>(std::size_t(B) * Hkv * Tmax * hs, 42), vc = random_vector<float>(kc.size(), 43);
+        const int lengths[B] = {3, 6};
+        std::vector<float> o0(std::size_t(B) * H * hs), o1(o0.size()), sc0(std::size_t(B) * H * Tmax), sc1(sc0.size());
+        attention_decode(ref, o0.data(), sc0.data(), qkv.data(), kc.data(), vc.data(), lengths, B, H, Hkv, hs, Tmax);
+        attention_decode(cpu, o1.data(), sc1.data(), qkv.data(), kc.data(), vc.data(), lengths, B, H, Hkv, hs, Tmax);
+        check_close("decode", o1.data(), o0.data(), std::int64_t(o0.size()), 1e-6, 1e-5);
+    }
     SUBCASE("embedding") {
         const int B = 3, T = 5, V = 4;
         std::vector<std::int32_t> tok = {0, 1, 1, 3, 0, 2, 2, 2, 1, 0, 3, 3, 1, 0, 0};
@@ -212,20 +252,94 @@ TEST_CASE_TEMPLATE("layer gradients match finite differences", Dev, device::Refe
         gelu_backward(dev, dx.data(), x.data(), R.data(), 40);
         check_gradient("gelu", x, f, dx);
     }
-    SUBCASE("attention core, with an extra gradient on the attention map") {
-        const int B = 2, T = 5, C = 6, H = 2;
-        auto qkv = random_vector<double>(B * T * 3 * C, 11), R = random_vector<double>(B * T * C, 12);
-        auto S = random_vector<double>(B * H * T * T, 13);
-        std::vector<double> out(B * T * C), att(B * H * T * T);
+    SUBCASE("attention core, multi-head and grouped-query, with an extra gradient on the attention map") {
+        for (const int Hkv : {4, 2, 1}) {
+            CAPTURE(Hkv);
+            const int B = 2, T = 5, H = 4, hs = 3, C = H * hs, W = (H + 2 * Hkv) * hs;
+            auto qkv = random_vector<double>(B * T * W, 11), R = random_vector<double>(B * T * C, 12);
+            auto S = random_vector<double>(B * H * T * T, 13);
+            std::vector<double> out(B * T * C), att(B * H * T * T);
+            auto f = [&] {
+                nn::attention_forward(dev, out.data(), att.data(), qkv.data(), B, T, H, Hkv, hs);
+                return dot(out, R) + dot(att, S);
+            };
+            f();
+            std::vector<double> dqkv(qkv.size()), scratch(att.size());
+            nn::attention_backward(dev, dqkv.data(), scratch.data(), R.data(), qkv.data(), att.data(), S.data(), B, T,
+                                   H, Hkv, hs);
+            check_gradient("attention d_qkv", qkv, f, dqkv);
+        }
+    }
+    SUBCASE("grouped-query attention equals multi-head attention with each kv head repeated") {
+        const int B = 2, T = 4, H = 4, Hkv = 2, hs = 3, C = H * hs, W = (H + 2 * Hkv) * hs;
+        auto qkv = random_vector<double>(B * T * W, 18);
+        std::vector<double> wide(B * T * 3 * C);  // q | k_{h/2} for every h | v_{h/2} for every h
+        for (int r = 0; r < B * T; ++r)
+            for (int h = 0; h < H; ++h)
+                for (int d = 0; d < hs; ++d) {
+                    wide[r * 3 * C + h * hs + d] = qkv[r * W + h * hs + d];
+                    wide[r * 3 * C + C + h * hs + d] = qkv[r * W + C + (h / 2) * hs + d];
+                    wide[r * 3 * C + 2 * C + h * hs + d] = qkv[r * W + C + (Hkv + h / 2) * hs + d];
+                }
+        std::vector<double> o0(B * T * C), o1(o0.size()), a0(B * H * T * T), a1(a0.size());
+        nn::attention_forward(dev, o0.data(), a0.data(), qkv.data(), B, T, H, Hkv, hs);
+        nn::attention_forward(dev, o1.data(), a1.data(), wide.data(), B, T, H, H, hs);
+        check_close("gqa out", o0.data(), o1.data(), std::int64_t(o0.size()), 1e-12, 1e-12);
+        check_close("gqa att", a0.data(), a1.data(), std::int64_t(a0.size()), 1e-12, 1e-12);
+    }
+    SUBCASE("rmsnorm") {
+        const int N = 3, C = 5;
+        auto x = random_vector<double>(N * C, 31, 2.0), w = random_vector<double>(C, 32);
+        auto R = random_vector<double>(N * C, 33);
+        std::vector<double> out(N * C), rstd(N);
         auto f = [&] {
-            nn::attention_forward(dev, out.data(), att.data(), qkv.data(), B, T, C, H);
-            return dot(out, R) + dot(att, S);
+            rmsnorm_forward(dev, out.data(), rstd.data(), x.data(), w.data(), N, C, 1e-6);
+            return dot(out, R);
         };
         f();
-        std::vector<double> dqkv(qkv.size()), scratch(att.size());
-        nn::attention_backward(dev, dqkv.data(), scratch.data(), R.data(), qkv.data(), att.data(), S.data(), B, T, C,
-                               H);
-        check_gradient("attention d_qkv", qkv, f, dqkv);
+        std::vector<double> dx(N * C), dw(C);
+        rmsnorm_backward(dev, dx.data(), dw.data(), R.data(), x.data(), w.data(), rstd.data(), N, C);
+        check_gradient("rmsnorm d_x", x, f, dx);
+        check_gradient("rmsnorm d_w", w, f, dw);
+    }
+    SUBCASE("swiglu") {
+        const int N = 3, F = 7;
+        auto x = random_vector<double>(N * 2 * F, 34, 4.0), R = random_vector<double>(N * F, 35);
+        std::vector<double> out(N * F), dx(N * 2 * F);
+        auto f = [&] {
+            swiglu_forward(dev, out.data(), x.data(), N, F);
+            return dot(out, R);
+        };
+        swiglu_backward(dev, dx.data(), x.data(), R.data(), N, F);
+        check_gradient("swiglu", x, f, dx);
+    }
+    SUBCASE("rotary embedding: inverse is the backward and undoes the forward") {
+        const int N = 4, heads = 3, hs = 6, row = heads * hs + 4, P = 9;
+        auto cs = random_vector<double>(P * hs / 2, 36, 3.0);
+        std::vector<double> cos(cs.size()), sin(cs.size());
+        for (std::size_t i = 0; i < cs.size(); ++i) cos[i] = std::cos(cs[i]), sin[i] = std::sin(cs[i]);
+        const std::vector<std::int32_t> pos = {0, 3, 8, 5};
+        const auto x = random_vector<double>(N * row, 37);
+        auto R = random_vector<double>(N * row, 38);
+        auto y = x;
+        auto f = [&] {
+            y = x;
+            rope_rotate(dev, y.data(), cos.data(), sin.data(), pos.data(), N, row, heads, hs, false);
+            return dot(y, R);
+        };
+        f();
+        auto back = y;
+        rope_rotate(dev, back.data(), cos.data(), sin.data(), pos.data(), N, row, heads, hs, true);
+        check_close("rope round trip", back.data(), x.data(), std::int64_t(x.size()), 1e-14, 1e-12);
+        auto dx = R;  // d<rope(x), R>/dx = rope^T R = inverse rotation of R
+        rope_rotate(dev, dx.data(), cos.data(), sin.data(), pos.data(), N, row, heads, hs, true);
+        auto xv = x;
+        auto g = [&] {
+            auto z = xv;
+            rope_rotate(dev, z.data(), cos.data(), sin.data(), pos.data(), N, row, heads, hs, false);
+            return dot(z, R);
+        };
+        check_gradient("rope", xv, g, dx);
     }
     SUBCASE("embedding") {
         const int B = 2, T = 3, C = 4, V = 5;

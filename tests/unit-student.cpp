@@ -39,12 +39,37 @@ student::TransformerConfig fixture_config(const io::safetensors_file& w) {
             .d_ff = get("d_ff")};
 }
 
+// The blocks of the Llama family: RMSNorm, rotary positions (with a scaling variant), SwiGLU,
+// grouped-query attention, q/k/v biases only (Qwen2's choice), an untied LM head.
+student::TransformerConfig llama_like(student::TransformerConfig c, const char* scaling) {
+    c.norm = "rmsnorm";
+    c.norm_eps = 1e-6;
+    c.positions = "rope";
+    c.rope_theta = 500;
+    c.rope_scaling = {
+        .type = scaling, .factor = 2, .low_freq_factor = 1, .high_freq_factor = 2, .original_context_length = 4};
+    c.mlp = "swiglu";
+    c.n_kv_heads = c.n_heads / 2;
+    c.proj_bias = c.mlp_bias = c.tie_embeddings = false;
+    return c;
+}
+
 }  // namespace
 
 TEST_CASE_TEMPLATE("student gradient matches finite differences (double)", Dev, device::Reference, device::Cpu) {
-    const student::TransformerConfig cfg{
+    student::TransformerConfig cfg{
         .vocab_size = 11, .context_length = 6, .d_model = 8, .n_layers = 2, .n_heads = 2, .d_ff = 12};
-    const int B = 2, T = 5, L = cfg.n_layers, H = cfg.n_heads, C = cfg.d_model;
+    SUBCASE("GPT-2 blocks") {}
+    SUBCASE("Llama blocks, llama3 rotary scaling") {
+        cfg = llama_like(cfg, "llama3");
+    }
+    SUBCASE("Llama blocks, dynamic NTK rotary scaling past the original context") {
+        cfg = llama_like(cfg, "dynamic");
+        cfg.n_heads = 4;
+        cfg.n_kv_heads = 1;
+        cfg.qkv_bias = false;
+    }
+    const int B = 2, T = 5, L = cfg.n_layers, H = cfg.n_heads, C = cfg.d_model, W = cfg.qkv_width();
     student::Transformer<double, Dev> m(cfg, B);
     m.init(7);
     // larger weights than GPT-2's init so every path carries a visible gradient
@@ -57,7 +82,7 @@ TEST_CASE_TEMPLATE("student gradient matches finite differences (double)", Dev, 
     for (int i = 0; i <= L; ++i) R.push_back(random_vector<double>(B * T * C, 100 + i, 0.3));
     for (int l = 0; l < L; ++l) {
         S.push_back(random_vector<double>(B * H * T * T, 200 + l, 0.3));
-        Q.push_back(random_vector<double>(B * T * 3 * C, 300 + l, 0.3));
+        Q.push_back(random_vector<double>(B * T * W, 300 + l, 0.3));
     }
 
     // scalar = CE(masked) + sum_i <hidden_i, R_i> + sum_l <attn_l, S_l> + sum_l <qkv_l, Q_l>
@@ -81,7 +106,7 @@ TEST_CASE_TEMPLATE("student gradient matches finite differences (double)", Dev, 
     for (int i = 0; i <= L; ++i) dh.push_back(Tensor<const double>(R[i].data(), {B, T, C}));
     for (int l = 0; l < L; ++l) {
         da.push_back(Tensor<const double>(S[l].data(), {B, H, T, T}));
-        dq.push_back(Tensor<const double>(Q[l].data(), {B, T, 3 * C}));
+        dq.push_back(Tensor<const double>(Q[l].data(), {B, T, W}));
     }
     m.zero_grad();
     m.backward(dh, da, dq);
@@ -289,8 +314,12 @@ TEST_CASE("training smoke test: plain SGD learns to reverse strings (>= 95% toke
 }
 
 TEST_CASE_TEMPLATE("KV-cache decoding equals the full forward at every step", Dev, device::Reference, device::Cpu) {
-    const student::TransformerConfig cfg{
+    student::TransformerConfig cfg{
         .vocab_size = 40, .context_length = 12, .d_model = 16, .n_layers = 2, .n_heads = 4, .d_ff = 32};
+    SUBCASE("GPT-2 blocks") {}
+    SUBCASE("Llama blocks") {
+        cfg = llama_like(cfg, "llama3");
+    }
     const int B = 3;
     student::Transformer<float, Dev> m(cfg, B), full(cfg, 1);
     m.init(5);

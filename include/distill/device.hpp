@@ -14,7 +14,9 @@
 /// - the kernels, as free functions in the device's namespace found by argument-dependent lookup,
 ///   first argument the device: `gemm`, `gemm_strided_batched`, `add_bias`, `bias_grad`,
 ///   `layernorm_forward/backward`, `gelu_forward/backward`, `causal_softmax_forward/backward`,
-///   `embedding_forward/backward`, `cross_entropy_forward_backward`, `add`, `accumulate`.
+///   `embedding_forward/backward`, `cross_entropy_forward_backward`, `add`, `accumulate`; for the
+///   Llama family's blocks `rmsnorm_forward/backward`, `swiglu_forward/backward`, `rope_rotate`; for
+///   incremental decoding `attention_decode` (and `kv_cache_store` on a device with its own memory).
 ///   `device/reference.hpp` is the plain-loop definition of each kernel, with its shapes and formula.
 ///
 /// **Laws.** Every kernel of a device agrees with the `Reference` kernel of the same name to fp32

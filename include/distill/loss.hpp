@@ -89,9 +89,13 @@ namespace distill::loss {
 /// visible layers); terms that need a dimension reject 0 with a config_error.
 struct model_dims {
     int vocab_size = 0;  ///< V
-    int d_model = 0;     ///< C, the width of hidden states (q, k and v are C wide each)
+    int d_model = 0;     ///< C, the width of hidden states
     int n_layers = 0;    ///< L: hidden states 0..L, attention layers 0..L-1
     int n_heads = 0;     ///< H, attention heads per layer
+    int qkv_width = 0;   ///< width of a q|k|v row: 3C, less with grouped-query attention; 0 = 3C
+
+    /// The q|k|v row width (3C unless the model says otherwise).
+    int qkv() const noexcept { return qkv_width ? qkv_width : 3 * d_model; }
 };
 
 /// What terms and the `Workspace` are built for: both models' shapes and the largest batch.
@@ -107,7 +111,9 @@ struct dims {
 template <class Model>
 model_dims model_dims_of(const Model& m) {
     const auto& c = m.config();
-    return {c.vocab_size, c.d_model, c.n_layers, c.n_heads};
+    model_dims d{c.vocab_size, c.d_model, c.n_layers, c.n_heads};
+    if constexpr (requires { c.qkv_width(); }) d.qkv_width = c.qkv_width();
+    return d;
 }
 
 /// `dims` of a student and an in-process teacher, for batches of up to `max_batch` sequences of up
@@ -341,7 +347,7 @@ public:
                 attention_.push_back(layout_.add<T>(
                     "d_attention", {std::int64_t(d.max_batch) * d.student.n_heads * d.max_length * d.max_length}));
         if (qkv)
-            for (std::int64_t l = 0; l < L; ++l) qkv_.push_back(layout_.add<T>("d_qkv", {N * 3 * C}));
+            for (std::int64_t l = 0; l < L; ++l) qkv_.push_back(layout_.add<T>("d_qkv", {N * d.student.qkv()}));
         arena_ = detail::Arena<T, Device>(dev_, layout_.size());
         hidden_state_.assign(hidden_.size(), 0);
         attention_state_.assign(attention_.size(), 0);
@@ -438,7 +444,7 @@ public:
                           {B_, dims_.student.n_heads, T_, T_});
     }
     sink<T> qkv_sink(int l) {
-        return layer_sink(qkv_, qkv_state_, qkv_views_, l, "qkv", {B_, T_, 3 * dims_.student.d_model});
+        return layer_sink(qkv_, qkv_state_, qkv_views_, l, "qkv", {B_, T_, dims_.student.qkv()});
     }
     Tensor<T> logits_accumulate() { return zeroed(logits_sink()); }
     Tensor<T> hidden_accumulate(int i) { return zeroed(hidden_sink(i)); }

@@ -1707,7 +1707,9 @@ auto xview(const Tensor<T>& t) {
 /// - the kernels, as free functions in the device's namespace found by argument-dependent lookup,
 ///   first argument the device: `gemm`, `gemm_strided_batched`, `add_bias`, `bias_grad`,
 ///   `layernorm_forward/backward`, `gelu_forward/backward`, `causal_softmax_forward/backward`,
-///   `embedding_forward/backward`, `cross_entropy_forward_backward`, `add`, `accumulate`.
+///   `embedding_forward/backward`, `cross_entropy_forward_backward`, `add`, `accumulate`; for the
+///   Llama family's blocks `rmsnorm_forward/backward`, `swiglu_forward/backward`, `rope_rotate`; for
+///   incremental decoding `attention_decode` (and `kv_cache_store` on a device with its own memory).
 ///   `device/reference.hpp` is the plain-loop definition of each kernel, with its shapes and formula.
 ///
 /// **Laws.** Every kernel of a device agrees with the `Reference` kernel of the same name to fp32
@@ -1832,7 +1834,7 @@ host_readable<T> read_on_host(const Device& dev, const T* src, std::size_t n) {
 
 // ---- begin distill/detail/math.hpp ----
 /// @file math.hpp
-/// Scalar math shared by every device (host loops, SIMD loops and CUDA kernels): GELU and
+/// Scalar math shared by every device (host loops, SIMD loops and CUDA kernels): GELU, SiLU and
 /// numerically stable softmax pieces. One definition, so the devices agree by construction.
 
 #include <cmath>
@@ -1862,6 +1864,23 @@ DISTILL_HD inline T gelu_grad(T x) {
     const T s = u >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
     const T du = gelu_k<T> * (T(1) + T(3) * T(0.044715) * x * x);
     return s + T(2) * x * du * e / ((T(1) + e) * (T(1) + e));
+}
+
+/// SiLU (torch.nn.functional.silu): x sigmoid(x), evaluated without overflow for x << 0.
+template <class T>
+DISTILL_HD inline T sigmoid(T x) {
+    const T e = std::exp(-std::abs(x));
+    return x >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
+}
+template <class T>
+DISTILL_HD inline T silu(T x) {
+    return x * sigmoid(x);
+}
+/// d silu(x) / dx = s (1 + x (1 - s)), s = sigmoid(x).
+template <class T>
+DISTILL_HD inline T silu_grad(T x) {
+    const T s = sigmoid(x);
+    return s * (T(1) + x * (T(1) - s));
 }
 
 }  // namespace distill::math
@@ -2029,6 +2048,82 @@ void gelu_backward(const Reference&, T* din, const T* in, const T* dout, std::in
     for (std::int64_t i = 0; i < n; ++i) din[i] = dout[i] * math::gelu_grad(in[i]);
 }
 
+/// RMSNorm over the last dimension (transformers' LlamaRMSNorm):
+/// out(N,C) = in * rstd * w, rstd(N) = 1/sqrt(mean_c(in^2) + eps) saved for backward.
+template <class T>
+void rmsnorm_forward(const Reference&, T* out, T* rstd, const T* in, const T* w, int N, int C, T eps) {
+    for (int n = 0; n < N; ++n) {
+        const T* x = in + std::int64_t(n) * C;
+        T ms = 0;
+        for (int c = 0; c < C; ++c) ms += x[c] * x[c];
+        const T s = T(1) / std::sqrt(ms / T(C) + eps);
+        for (int c = 0; c < C; ++c) out[std::int64_t(n) * C + c] = x[c] * s * w[c];
+        rstd[n] = s;
+    }
+}
+
+/// RMSNorm backward. Accumulates din(N,C) += and dw(C) +=. With xhat = x rstd and g = dout * w:
+/// din = rstd (g - xhat mean_c(g xhat)).
+template <class T>
+void rmsnorm_backward(const Reference&, T* din, T* dw, const T* dout, const T* in, const T* w, const T* rstd, int N,
+                      int C) {
+    for (int n = 0; n < N; ++n) {
+        const std::int64_t row = std::int64_t(n) * C;
+        T gx_mean = 0;
+        for (int c = 0; c < C; ++c) {
+            const T xhat = in[row + c] * rstd[n];
+            gx_mean += dout[row + c] * w[c] * xhat;
+            dw[c] += dout[row + c] * xhat;
+        }
+        gx_mean /= T(C);
+        for (int c = 0; c < C; ++c) din[row + c] += rstd[n] * (dout[row + c] * w[c] - in[row + c] * rstd[n] * gx_mean);
+    }
+}
+
+/// SwiGLU (Llama's MLP activation): out(N,F) = silu(gate) * up, in(N,2F) = gate | up per row.
+template <class T>
+void swiglu_forward(const Reference&, T* out, const T* in, int N, int F) {
+    for (int n = 0; n < N; ++n)
+        for (int f = 0; f < F; ++f) {
+            const T* row = in + std::int64_t(n) * 2 * F;
+            out[std::int64_t(n) * F + f] = math::silu(row[f]) * row[F + f];
+        }
+}
+
+/// SwiGLU backward: din(N,2F) = dout * up * silu'(gate) | dout * silu(gate) (overwrites din).
+template <class T>
+void swiglu_backward(const Reference&, T* din, const T* in, const T* dout, int N, int F) {
+    for (int n = 0; n < N; ++n)
+        for (int f = 0; f < F; ++f) {
+            const std::int64_t r = std::int64_t(n) * 2 * F;
+            const T g = in[r + f], u = in[r + F + f], d = dout[std::int64_t(n) * F + f];
+            din[r + f] = d * u * math::silu_grad(g);
+            din[r + F + f] = d * math::silu(g);
+        }
+}
+
+/// Rotary position embedding in place (transformers' apply_rotary_pos_emb, rotate-half pairing):
+/// in each of the first `heads` heads (hs wide) of every row of x(N, row), the pair (i, i + hs/2) is
+/// rotated by the angle of position positions[n] and frequency i: x1' = x1 cos - x2 sin,
+/// x2' = x2 cos + x1 sin, with cos/sin(P, hs/2) tables. `inverse` rotates back by the same angle,
+/// which is the backward (a rotation's transpose).
+template <class T>
+void rope_rotate(const Reference&, T* x, const T* cos, const T* sin, const std::int32_t* positions, int N, int row,
+                 int heads, int hs, bool inverse) {
+    const int half = hs / 2;
+    for (int n = 0; n < N; ++n)
+        for (int h = 0; h < heads; ++h) {
+            T* v = x + std::int64_t(n) * row + std::int64_t(h) * hs;
+            const T* c = cos + std::int64_t(positions[n]) * half;
+            const T* s = sin + std::int64_t(positions[n]) * half;
+            for (int i = 0; i < half; ++i) {
+                const T x1 = v[i], x2 = v[i + half], si = inverse ? -s[i] : s[i];
+                v[i] = x1 * c[i] - x2 * si;
+                v[i + half] = x2 * c[i] + x1 * si;
+            }
+        }
+}
+
 /// In place on att(BH,T,T): row t becomes softmax(scale * att[t, 0..t]) with zeros after t
 /// (causal masking, torch.softmax(masked_fill(scores*scale, triu, -inf))).
 template <class T>
@@ -2063,7 +2158,8 @@ void causal_softmax_backward(const Reference&, T* dscores, const T* att, const T
         }
 }
 
-/// out(B,T,C) = wte[tokens[b,t]] + wpe[t] (token plus learned position embedding).
+/// out(B,T,C) = wte[tokens[b,t]] + wpe[t] (token plus learned position embedding; wpe null: the
+/// token embedding alone, for rotary models).
 template <class T>
 void embedding_forward(const Reference&, T* out, const std::int32_t* tokens, const T* wte, const T* wpe, int B, int Tn,
                        int C) {
@@ -2071,11 +2167,11 @@ void embedding_forward(const Reference&, T* out, const std::int32_t* tokens, con
         for (int t = 0; t < Tn; ++t) {
             const std::int64_t bt = std::int64_t(b) * Tn + t;
             for (int c = 0; c < C; ++c)
-                out[bt * C + c] = wte[std::int64_t(tokens[bt]) * C + c] + wpe[std::int64_t(t) * C + c];
+                out[bt * C + c] = wte[std::int64_t(tokens[bt]) * C + c] + (wpe ? wpe[std::int64_t(t) * C + c] : T(0));
         }
 }
 
-/// Accumulates dwte(V,C) and dwpe(T,C) from dout(B,T,C).
+/// Accumulates dwte(V,C) and dwpe(T,C) (skipped when null) from dout(B,T,C).
 template <class T>
 void embedding_backward(const Reference&, T* dwte, T* dwpe, const T* dout, const std::int32_t* tokens, int B, int Tn,
                         int C) {
@@ -2084,7 +2180,7 @@ void embedding_backward(const Reference&, T* dwte, T* dwpe, const T* dout, const
             const std::int64_t bt = std::int64_t(b) * Tn + t;
             for (int c = 0; c < C; ++c) {
                 dwte[std::int64_t(tokens[bt]) * C + c] += dout[bt * C + c];
-                dwpe[std::int64_t(t) * C + c] += dout[bt * C + c];
+                if (dwpe) dwpe[std::int64_t(t) * C + c] += dout[bt * C + c];
             }
         }
 }
@@ -2117,20 +2213,21 @@ int cross_entropy_forward_backward(const Reference&, T* dlogits, T* losses, cons
     return count;
 }
 
-/// One decoding step of causal attention against a KV cache. For each sequence b and head h, with
-/// n = lengths[b] cached positions (the new token's key and value already written at n-1):
-/// p = softmax(q_bh · K_bh[0..n)^T / sqrt(hs)),  out(B,C)[b, h*hs..] = p · V_bh[0..n).
-/// q is read from qkv(B,3C); kcache/vcache are (max_batch, H, Tmax, hs); scratch holds B*H*Tmax.
+/// One decoding step of causal attention against a KV cache. For each sequence b and query head h
+/// (key/value head h / (H/Hkv), grouped-query attention), with n = lengths[b] cached positions (the
+/// new token's key and value already written at n-1):
+/// p = softmax(q_bh · K[0..n)^T / sqrt(hs)),  out(B,H*hs)[b, h*hs..] = p · V[0..n).
+/// q is read from qkv(B,(H+2Hkv)hs); kcache/vcache are (max_batch, Hkv, Tmax, hs); scratch holds B*H*Tmax.
 template <class T>
 void attention_decode(const Reference&, T* out, T* scratch, const T* qkv, const T* kcache, const T* vcache,
-                      const int* lengths, int B, int H, int hs, int Tmax) {
-    const int C = H * hs;
+                      const int* lengths, int B, int H, int Hkv, int hs, int Tmax) {
+    const int C = H * hs, row = (H + 2 * Hkv) * hs;
     const T scale = T(1) / std::sqrt(T(hs));
     for (int b = 0; b < B; ++b)
         for (int h = 0; h < H; ++h) {
             const int n = lengths[b];
-            const T* q = qkv + std::int64_t(b) * 3 * C + h * hs;
-            const std::int64_t base = (std::int64_t(b) * H + h) * Tmax * hs;
+            const T* q = qkv + std::int64_t(b) * row + h * hs;
+            const std::int64_t base = (std::int64_t(b) * Hkv + h / (H / Hkv)) * Tmax * hs;
             T* p = scratch + (std::int64_t(b) * H + h) * Tmax;
             T mx = -std::numeric_limits<T>::infinity();
             for (int j = 0; j < n; ++j) {
@@ -2649,6 +2746,88 @@ void gelu_backward(const Cpu& dev, T* din, const T* in, const T* dout, std::int6
     });
 }
 
+/// RMSNorm forward (see Reference), parallel over rows.
+template <class T>
+void rmsnorm_forward(const Cpu& dev, T* out, T* rstd, const T* in, const T* w, int N, int C, T eps) {
+    using namespace cpu_detail;
+    const ConstArray<T> wa(w, C);
+    DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()))
+    for (int n = 0; n < N; ++n) {
+        const ConstArray<T> x(in + std::int64_t(n) * C, C);
+        const T s = T(1) / std::sqrt(x.square().mean() + eps);
+        Array<T>(out + std::int64_t(n) * C, C) = x * s * wa;
+        rstd[n] = s;
+    }
+}
+
+/// RMSNorm backward (see Reference): din by rows, then dw by column blocks.
+template <class T>
+void rmsnorm_backward(const Cpu& dev, T* din, T* dw, const T* dout, const T* in, const T* w, const T* rstd, int N,
+                      int C) {
+    using namespace cpu_detail;
+    const ConstArray<T> wa(w, C);
+    DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()))
+    for (int n = 0; n < N; ++n) {
+        const std::int64_t row = std::int64_t(n) * C;
+        const ConstArray<T> x(in + row, C), dy(dout + row, C);
+        const T gx_mean = (dy * wa * x).mean() * rstd[n];
+        Array<T>(din + row, C) += rstd[n] * (dy * wa - x * (rstd[n] * gx_mean));
+    }
+    for_column_blocks(dev.threads(), C, 64 / sizeof(T), [&](std::int64_t b, std::int64_t e) {
+        Array<T> dwa(dw + b, e - b);
+        for (int n = 0; n < N; ++n) {
+            const std::int64_t row = std::int64_t(n) * C;
+            dwa += ConstArray<T>(dout + row + b, e - b) * ConstArray<T>(in + row + b, e - b) * rstd[n];
+        }
+    });
+}
+
+/// SwiGLU forward (see Reference), parallel over rows: out(N,F) = silu(gate) * up.
+template <class T>
+void swiglu_forward(const Cpu& dev, T* out, const T* in, int N, int F) {
+    using namespace cpu_detail;
+    DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()))
+    for (int n = 0; n < N; ++n) {
+        const ConstArray<T> g(in + std::int64_t(n) * 2 * F, F), u(in + std::int64_t(n) * 2 * F + F, F);
+        Array<T>(out + std::int64_t(n) * F, F) = g / (T(1) + (-g).exp()) * u;
+    }
+}
+
+/// SwiGLU backward (see Reference): din(N,2F) = dout up silu'(gate) | dout silu(gate), with
+/// silu'(g) = s (1 + g (1 - s)), s = sigmoid(g).
+template <class T>
+void swiglu_backward(const Cpu& dev, T* din, const T* in, const T* dout, int N, int F) {
+    using namespace cpu_detail;
+    DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()))
+    for (int n = 0; n < N; ++n) {
+        const std::int64_t r = std::int64_t(n) * 2 * F;
+        const ConstArray<T> g(in + r, F), u(in + r + F, F), d(dout + std::int64_t(n) * F, F);
+        const auto sig = T(1) / (T(1) + (-g).exp());
+        Array<T>(din + r, F) = d * u * sig * (T(1) + g * (T(1) - sig));
+        Array<T>(din + r + F, F) = d * g * sig;
+    }
+}
+
+/// Rotary embedding in place (see Reference), parallel over rows.
+template <class T>
+void rope_rotate(const Cpu& dev, T* x, const T* cos, const T* sin, const std::int32_t* positions, int N, int row,
+                 int heads, int hs, bool inverse) {
+    using namespace cpu_detail;
+    const int half = hs / 2;
+    const T sign = inverse ? T(-1) : T(1);
+    DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()))
+    for (int n = 0; n < N; ++n) {
+        const ConstArray<T> c(cos + std::int64_t(positions[n]) * half, half);
+        const ConstArray<T> s(sin + std::int64_t(positions[n]) * half, half);
+        for (int h = 0; h < heads; ++h) {
+            Array<T> x1(x + std::int64_t(n) * row + std::int64_t(h) * hs, half), x2(x1.data() + half, half);
+            const auto a = x1.eval();
+            x1 = a * c - sign * x2 * s;
+            x2 = x2 * c + sign * a * s;
+        }
+    }
+}
+
 /// Scaled causal softmax in place on att(BH,T,T), parallel over rows.
 template <class T>
 void causal_softmax_forward(const Cpu& dev, T* att, int BH, int Tn, T scale) {
@@ -2681,19 +2860,21 @@ void causal_softmax_backward(const Cpu& dev, T* dscores, const T* att, const T* 
     }
 }
 
-/// out(B,T,C) = wte[tokens] + wpe[t], parallel over positions.
+/// out(B,T,C) = wte[tokens] + wpe[t] (wpe null: wte[tokens] alone), parallel over positions.
 template <class T>
 void embedding_forward(const Cpu& dev, T* out, const std::int32_t* tokens, const T* wte, const T* wpe, int B, int Tn,
                        int C) {
     using namespace cpu_detail;
     const std::int64_t rows = std::int64_t(B) * Tn;
     DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()))
-    for (std::int64_t bt = 0; bt < rows; ++bt)
-        Array<T>(out + bt * C, C) =
-            ConstArray<T>(wte + std::int64_t(tokens[bt]) * C, C) + ConstArray<T>(wpe + (bt % Tn) * C, C);
+    for (std::int64_t bt = 0; bt < rows; ++bt) {
+        Array<T> o(out + bt * C, C);
+        o = ConstArray<T>(wte + std::int64_t(tokens[bt]) * C, C);
+        if (wpe) o += ConstArray<T>(wpe + (bt % Tn) * C, C);
+    }
 }
 
-/// dwte(V,C), dwpe(T,C) += scatter of dout(B,T,C); each thread owns a block of channels, so
+/// dwte(V,C), dwpe(T,C) (when not null) += scatter of dout(B,T,C); each thread owns a block of channels, so
 /// repeated tokens never race and the summation order is fixed.
 template <class T>
 void embedding_backward(const Cpu& dev, T* dwte, T* dwpe, const T* dout, const std::int32_t* tokens, int B, int Tn,
@@ -2704,7 +2885,7 @@ void embedding_backward(const Cpu& dev, T* dwte, T* dwpe, const T* dout, const s
         for (std::int64_t bt = 0; bt < rows; ++bt) {
             const ConstArray<T> g(dout + bt * C + b, e - b);
             Array<T>(dwte + std::int64_t(tokens[bt]) * C + b, e - b) += g;
-            Array<T>(dwpe + (bt % Tn) * C + b, e - b) += g;
+            if (dwpe) Array<T>(dwpe + (bt % Tn) * C + b, e - b) += g;
         }
     });
 }
@@ -2737,21 +2918,22 @@ int cross_entropy_forward_backward(const Cpu& dev, T* dlogits, T* losses, const 
 }
 
 /// One decoding step of attention against a KV cache (see Reference), parallel over (b, h): a
-/// matrix-vector product for the scores, a vectorized softmax, and one for the output.
+/// matrix-vector product for the scores, a vectorized softmax, and one for the output. Query head h
+/// reads kv head h / (H / Hkv); caches (max_batch, Hkv, Tmax, hs); q from qkv(B,(H+2Hkv)hs).
 template <class T>
 void attention_decode(const Cpu& dev, T* out, T* scratch, const T* qkv, const T* kcache, const T* vcache,
-                      const int* lengths, int B, int H, int hs, int Tmax) {
+                      const int* lengths, int B, int H, int Hkv, int hs, int Tmax) {
     using namespace cpu_detail;
     using Vec = Eigen::Matrix<T, Eigen::Dynamic, 1>;
-    const int C = H * hs;
+    const int C = H * hs, row = (H + 2 * Hkv) * hs;
     const T scale = T(1) / std::sqrt(T(hs));
     DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()))
     for (int bh = 0; bh < B * H; ++bh) {
         const int b = bh / H, h = bh % H, n = lengths[b];
-        const std::int64_t base = std::int64_t(bh) * Tmax * hs;
+        const std::int64_t base = (std::int64_t(b) * Hkv + h / (H / Hkv)) * Tmax * hs;
         const ConstMap<T> K(kcache + base, n, hs, Eigen::OuterStride<>(hs));
         const ConstMap<T> Vm(vcache + base, n, hs, Eigen::OuterStride<>(hs));
-        const Eigen::Map<const Vec> q(qkv + std::int64_t(b) * 3 * C + h * hs, hs);
+        const Eigen::Map<const Vec> q(qkv + std::int64_t(b) * row + h * hs, hs);
         Eigen::Map<Vec> p(scratch + std::int64_t(bh) * Tmax, n);
         p.noalias() = K * q;
         const T mx = p.maxCoeff() * scale;
@@ -5824,8 +6006,16 @@ BOOST_HANA_ADAPT_STRUCT(distill::GenerateConfig, output_dir, name, keep_truncate
 ///   pooler (`pooler.dense.*`), task heads (`cls.*`) and the `embeddings.position_ids` buffer are not
 ///   part of the Encoder and are skipped. A sentence-transformers directory's `1_Pooling/config.json`
 ///   chooses mean or CLS pooling (mean without it).
-/// Families whose blocks `student::Transformer` does not have yet (RMSNorm, RoPE, SwiGLU, grouped-query
-/// attention: Llama, Qwen2, Phi-3) are refused naming what is missing.
+/// - `llama` (Llama 2/3.x, SmolLM, TinyLlama), `qwen2` (Qwen2, Qwen2.5) and `phi3` (Phi-3, Phi-4-mini):
+///   `*ForCausalLM` (names with the `model.` prefix) or the bare `*Model`, as `student::Transformer`
+///   with RMSNorm, rotary positions (plain, linear, dynamic NTK or llama3 scaling), SwiGLU and
+///   grouped-query attention. The student keeps q|k|v and gate|up in one weight each (rows stacked:
+///   q, k, v; gate, up); Llama's and Qwen2's separate `q_proj`/`k_proj`/`v_proj` and
+///   `gate_proj`/`up_proj` are stacked on the way in and split on the way out, Phi-3's fused
+///   `qkv_proj`/`gate_up_proj` are the student's as they are. Llama's `attention_bias` covers q, k, v
+///   and o; Qwen2 has q/k/v biases only; Phi-3 none. Old checkpoints' `rotary_emb.inv_freq` buffers
+///   are skipped. A rotary model may be built with a shorter `context_length` than the checkpoint's
+///   (nothing in it depends on the length), which keeps a 128k-context model's activations small.
 ///
 /// Every file is bounded before it is parsed; a missing, extra or misshapen tensor is a `format_error`
 /// listing what was expected, checked before any parameter is written.
@@ -6614,9 +6804,11 @@ BOOST_HANA_ADAPT_STRUCT(distill::student::EncoderConfig, vocab_size, context_len
 // ---- end distill/student/encoder.hpp ----
 // ---- begin distill/student/transformer.hpp ----
 /// @file transformer.hpp
-/// `student::Transformer`: a GPT-2-layout decoder (learned positions, pre-LayerNorm blocks, tanh
-/// GELU MLP, causal multi-head attention, LM head tied to the token embedding), llm.c style: one
-/// forward and one backward function, every tensor a view into three arenas laid out once.
+/// `student::Transformer`: a pre-norm causal decoder whose blocks are configuration: GPT-2's
+/// (LayerNorm, learned positions, tanh GELU, multi-head attention, tied LM head) or Llama's, Qwen2's
+/// and Phi-3's (RMSNorm, rotary positions with their scaling variants, SwiGLU, grouped-query
+/// attention, optional biases, untied head). llm.c style: one forward and one backward function,
+/// every tensor a view into three arenas laid out once.
 
 #include <algorithm>
 #include <cmath>
@@ -6630,8 +6822,11 @@ BOOST_HANA_ADAPT_STRUCT(distill::student::EncoderConfig, vocab_size, context_len
 
 // ---- begin distill/nn/attention.hpp ----
 /// @file attention.hpp
-/// Causal multi-head self-attention core: from packed q,k,v to the attention probabilities and the
-/// merged head outputs, and back. The projections around it are `nn::linear_*`.
+/// Causal self-attention core, multi-head or grouped-query: from packed q,k,v to the attention
+/// probabilities and the merged head outputs, and back. The projections around it are `nn::linear_*`.
+///
+/// A q|k|v row is (H + 2 Hkv) hs wide: H query heads, then Hkv key heads, then Hkv value heads, each
+/// hs wide. Query head h attends with key/value head h / G, G = H / Hkv (G = 1: multi-head).
 
 #include <cmath>
 #include <cstdint>
@@ -6639,53 +6834,89 @@ BOOST_HANA_ADAPT_STRUCT(distill::student::EncoderConfig, vocab_size, context_len
 
 namespace distill::nn {
 
-/// Forward. qkv(B,T,3C) holds q | k | v, head h in columns [h*hs, (h+1)*hs) of each (hs = C/H).
+namespace attention_detail {
+
+// Calls f(h0, j, count, kv_stride) for each run of query heads [h0, h0 + count) that one batched GEMM
+// covers: all H at once with key/value stride hs (multi-head), or the G heads of kv head j with
+// stride 0 (grouped-query: they share it).
+template <class F>
+void for_head_groups(int H, int Hkv, int hs, F&& f) {
+    if (H == Hkv) return f(0, 0, H, std::int64_t(hs));
+    for (int j = 0; j < Hkv; ++j) f(j * (H / Hkv), j, H / Hkv, std::int64_t(0));
+}
+
+}  // namespace attention_detail
+
+/// Forward. qkv(B,T,(H+2Hkv)hs) as in the file comment.
 /// att(B,H,T,T) = softmax(q k^T / sqrt(hs) + causal mask)   — the attention map, kept for backward
-/// out(B,T,C)   = att v, heads side by side.
+/// out(B,T,H*hs) = att v, heads side by side.
 template <class Device, class T>
-void attention_forward(const Device& dev, T* out, T* att, const T* qkv, int B, int Tn, int C, int H) {
-    const int hs = C / H, C3 = 3 * C;
+void attention_forward(const Device& dev, T* out, T* att, const T* qkv, int B, int Tn, int H, int Hkv, int hs) {
+    const int C = H * hs, row = (H + 2 * Hkv) * hs, kof = C, vof = C + Hkv * hs;
     const std::int64_t tt = std::int64_t(Tn) * Tn;
     for (int b = 0; b < B; ++b) {
-        const T* q = qkv + std::int64_t(b) * Tn * C3;
-        // scores(h) = q_h (T,hs) · k_h^T (hs,T)
-        gemm_strided_batched(dev, false, true, Tn, Tn, hs, T(1), q, C3, hs, q + C, C3, hs, T(0), att + b * H * tt, Tn,
-                             tt, H);
+        const T* x = qkv + std::int64_t(b) * Tn * row;
+        attention_detail::for_head_groups(H, Hkv, hs, [&](int h0, int j, int count, std::int64_t kv_stride) {
+            // scores(h) = q_h (T,hs) · k_j^T (hs,T)
+            gemm_strided_batched(dev, false, true, Tn, Tn, hs, T(1), x + h0 * hs, row, hs, x + kof + j * hs, row,
+                                 kv_stride, T(0), att + (std::int64_t(b) * H + h0) * tt, Tn, tt, count);
+        });
     }
     causal_softmax_forward(dev, att, B * H, Tn, T(1) / std::sqrt(T(hs)));
     for (int b = 0; b < B; ++b) {
-        const T* v = qkv + std::int64_t(b) * Tn * C3 + 2 * C;
-        // out_h (T,hs) = att_h (T,T) · v_h (T,hs)
-        gemm_strided_batched(dev, false, false, Tn, hs, Tn, T(1), att + b * H * tt, Tn, tt, v, C3, hs, T(0),
-                             out + std::int64_t(b) * Tn * C, C, hs, H);
+        const T* x = qkv + std::int64_t(b) * Tn * row;
+        attention_detail::for_head_groups(H, Hkv, hs, [&](int h0, int j, int count, std::int64_t kv_stride) {
+            // out_h (T,hs) = att_h (T,T) · v_j (T,hs)
+            gemm_strided_batched(dev, false, false, Tn, hs, Tn, T(1), att + (std::int64_t(b) * H + h0) * tt, Tn, tt,
+                                 x + vof + j * hs, row, kv_stride, T(0), out + std::int64_t(b) * Tn * C + h0 * hs, C,
+                                 hs, count);
+        });
     }
 }
 
-/// Backward. From dout(B,T,C) and the forward's qkv and att: dqkv(B,T,3C) (overwritten), using
-/// datt(B,H,T,T) as scratch. `extra_datt` (B,H,T,T, may be null) is a gradient on the attention map
-/// from a transfer loss, added before the softmax backward.
+/// Backward. From dout(B,T,H*hs) and the forward's qkv and att: dqkv(B,T,(H+2Hkv)hs) (overwritten),
+/// using datt(B,H,T,T) as scratch. `extra_datt` (B,H,T,T, may be null) is a gradient on the
+/// attention map from a transfer loss, added before the softmax backward. A shared key/value head's
+/// gradient is the sum over its query heads.
 template <class Device, class T>
 void attention_backward(const Device& dev, T* dqkv, T* datt, const T* dout, const T* qkv, const T* att,
-                        const T* extra_datt, int B, int Tn, int C, int H) {
-    const int hs = C / H, C3 = 3 * C;
+                        const T* extra_datt, int B, int Tn, int H, int Hkv, int hs) {
+    const int C = H * hs, row = (H + 2 * Hkv) * hs, kof = C, vof = C + Hkv * hs, G = H / Hkv;
     const std::int64_t tt = std::int64_t(Tn) * Tn;
+    // dkv_j (T,hs) = Σ_{h of group j} op(M_h)^T (T,T) · X_h (T,hs): one batched GEMM when every group
+    // has one head, else G accumulating GEMMs per kv head
+    auto sum_over_group = [&](const T* M, const T* X, int xld, T* D) {
+        if (G == 1)
+            return gemm_strided_batched(dev, true, false, Tn, hs, Tn, T(1), M, Tn, tt, X, xld, hs, T(0), D, row, hs, H);
+        for (int j = 0; j < Hkv; ++j)
+            for (int i = 0; i < G; ++i) {
+                const int h = j * G + i;
+                gemm(dev, true, false, Tn, hs, Tn, T(1), M + h * tt, Tn, X + h * hs, xld, i ? T(1) : T(0), D + j * hs,
+                     row);
+            }
+    };
     for (int b = 0; b < B; ++b) {
-        const std::int64_t xo = std::int64_t(b) * Tn * C3, yo = std::int64_t(b) * Tn * C;
-        // datt_h (T,T) = dout_h (T,hs) · v_h^T ;  dv_h (T,hs) = att_h^T · dout_h
-        gemm_strided_batched(dev, false, true, Tn, Tn, hs, T(1), dout + yo, C, hs, qkv + xo + 2 * C, C3, hs, T(0),
-                             datt + b * H * tt, Tn, tt, H);
-        gemm_strided_batched(dev, true, false, Tn, hs, Tn, T(1), att + b * H * tt, Tn, tt, dout + yo, C, hs, T(0),
-                             dqkv + xo + 2 * C, C3, hs, H);
+        const std::int64_t xo = std::int64_t(b) * Tn * row, yo = std::int64_t(b) * Tn * C;
+        attention_detail::for_head_groups(H, Hkv, hs, [&](int h0, int j, int count, std::int64_t kv_stride) {
+            // datt_h (T,T) = dout_h (T,hs) · v_j^T
+            gemm_strided_batched(dev, false, true, Tn, Tn, hs, T(1), dout + yo + h0 * hs, C, hs,
+                                 qkv + xo + vof + j * hs, row, kv_stride, T(0), datt + (std::int64_t(b) * H + h0) * tt,
+                                 Tn, tt, count);
+        });
+        // dv_j = Σ_h att_h^T · dout_h
+        sum_over_group(att + std::int64_t(b) * H * tt, dout + yo, C, dqkv + xo + vof);
     }
     if (extra_datt) accumulate(dev, datt, extra_datt, std::int64_t(B) * H * tt);
     causal_softmax_backward(dev, datt, att, datt, B * H, Tn, T(1) / std::sqrt(T(hs)));
     for (int b = 0; b < B; ++b) {
-        const std::int64_t xo = std::int64_t(b) * Tn * C3;
-        // dq_h = dscores_h (T,T) · k_h ;  dk_h = dscores_h^T · q_h
-        gemm_strided_batched(dev, false, false, Tn, hs, Tn, T(1), datt + b * H * tt, Tn, tt, qkv + xo + C, C3, hs, T(0),
-                             dqkv + xo, C3, hs, H);
-        gemm_strided_batched(dev, true, false, Tn, hs, Tn, T(1), datt + b * H * tt, Tn, tt, qkv + xo, C3, hs, T(0),
-                             dqkv + xo + C, C3, hs, H);
+        const std::int64_t xo = std::int64_t(b) * Tn * row;
+        attention_detail::for_head_groups(H, Hkv, hs, [&](int h0, int j, int count, std::int64_t kv_stride) {
+            // dq_h = dscores_h (T,T) · k_j
+            gemm_strided_batched(dev, false, false, Tn, hs, Tn, T(1), datt + (std::int64_t(b) * H + h0) * tt, Tn, tt,
+                                 qkv + xo + kof + j * hs, row, kv_stride, T(0), dqkv + xo + h0 * hs, row, hs, count);
+        });
+        // dk_j = Σ_h dscores_h^T · q_h
+        sum_over_group(datt + std::int64_t(b) * H * tt, qkv + xo, row, dqkv + xo + kof);
     }
 }
 
@@ -6694,23 +6925,65 @@ void attention_backward(const Device& dev, T* dqkv, T* datt, const T* dout, cons
 
 namespace distill::student {
 
-/// Shape of a `Transformer`. Keys are the JSON keys of the job's `student` object.
+/// How rotary positions stretch beyond the context a model was trained on (transformers'
+/// `rope_scaling`): `none`; `linear` (positions divided by `factor`); `dynamic` (NTK-aware: the base
+/// grows with the sequence once it is longer than `original_context_length`); `llama3` (Llama 3.1's
+/// per-frequency interpolation between `low_freq_factor` and `high_freq_factor`).
+struct RopeScaling {
+    std::string type = "none";        ///< none | linear | dynamic | llama3
+    double factor = 1;                ///< stretch factor (linear, dynamic, llama3)
+    double low_freq_factor = 1;       ///< llama3
+    double high_freq_factor = 4;      ///< llama3
+    int original_context_length = 0;  ///< dynamic, llama3: the context the model was trained with
+};
+
+/// Shape and block kinds of a `Transformer`. Keys are the JSON keys of the job's `student` object.
+/// The defaults are GPT-2's blocks; Llama, Qwen2 and Phi-3 are other settings of the same keys
+/// (`io::hf` reads them from a checkpoint's config.json).
 struct TransformerConfig {
-    int vocab_size = 263;      ///< tokens the model knows (the byte tokenizer has 263)
-    int context_length = 256;  ///< longest sequence (rows of the position embedding)
-    int d_model = 128;         ///< residual stream width C
-    int n_layers = 4;          ///< transformer blocks L
-    int n_heads = 4;           ///< attention heads H; d_model must be a multiple
-    int d_ff = 512;            ///< MLP hidden width F
+    int vocab_size = 263;               ///< tokens the model knows (the byte tokenizer has 263)
+    int context_length = 256;           ///< longest sequence (rows of a learned position embedding)
+    int d_model = 128;                  ///< residual stream width C
+    int n_layers = 4;                   ///< transformer blocks L
+    int n_heads = 4;                    ///< attention (query) heads H; d_model must be a multiple
+    int n_kv_heads = 0;                 ///< key/value heads (grouped-query attention); 0 = n_heads; divides n_heads
+    int d_ff = 512;                     ///< MLP hidden width F
+    std::string norm = "layernorm";     ///< layernorm (GPT-2) | rmsnorm (Llama, Qwen2, Phi-3)
+    double norm_eps = 1e-5;             ///< epsilon of every norm
+    std::string positions = "learned";  ///< learned (GPT-2) | rope (rotary, rotate-half convention)
+    double rope_theta = 10000;          ///< rotary base
+    RopeScaling rope_scaling{};         ///< rotary scaling variant
+    std::string mlp = "gelu";           ///< gelu (tanh GELU, F wide) | swiglu (silu(gate) * up, gate|up 2F wide)
+    bool qkv_bias = true;               ///< biases on the q, k, v projections
+    bool proj_bias = true;              ///< bias on the attention output projection
+    bool mlp_bias = true;               ///< biases on the MLP projections
+    bool tie_embeddings = true;         ///< LM head = token embedding (else its own `lm_head.weight`)
+
+    /// Key/value heads actually used.
+    int kv_heads() const noexcept { return n_kv_heads ? n_kv_heads : n_heads; }
+    int head_size() const noexcept { return d_model / n_heads; }
+    /// Width of a q|k|v row: (H + 2 Hkv) hs.
+    int qkv_width() const noexcept { return (n_heads + 2 * kv_heads()) * head_size(); }
+    /// Width of the MLP's first projection: F, or 2F (gate | up) for SwiGLU.
+    int fc_width() const noexcept { return mlp == "swiglu" ? 2 * d_ff : d_ff; }
+    bool rms() const noexcept { return norm == "rmsnorm"; }
+    bool rope() const noexcept { return positions == "rope"; }
 
     /// Throws `config_error` naming the first field that is out of range. The upper bounds are far
     /// beyond any published model; they exist because configs come from downloaded files, and they
     /// keep every size computed from a config (parameter_count, arena layouts) far from overflow.
     void validate(const std::string& path = "student") const {
+        auto fail = [&](const char* key, const std::string& what) { throw config_error(path + "." + key, what); };
         auto in_range = [&](int v, const char* key, int max) {
-            if (v < 1 || v > max)
-                throw config_error(path + "." + key,
-                                   "must be in [1, " + std::to_string(max) + "], got " + std::to_string(v));
+            if (v < 1 || v > max) fail(key, "must be in [1, " + std::to_string(max) + "], got " + std::to_string(v));
+        };
+        auto one_of = [&](const std::string& v, const char* key, std::initializer_list<const char*> options) {
+            std::string list;
+            for (const char* o : options) {
+                if (v == o) return;
+                list += std::string(list.empty() ? "" : ", ") + o;
+            }
+            fail(key, "must be one of " + list + ", got \"" + v + "\"");
         };
         in_range(vocab_size, "vocab_size", 1 << 21);
         in_range(context_length, "context_length", 1 << 18);
@@ -6719,15 +6992,37 @@ struct TransformerConfig {
         in_range(n_heads, "n_heads", 1 << 10);
         in_range(d_ff, "d_ff", 1 << 18);
         if (d_model % n_heads != 0)
-            throw config_error(path + ".n_heads",
-                               "must divide d_model = " + std::to_string(d_model) + ", got " + std::to_string(n_heads));
+            fail("n_heads", "must divide d_model = " + std::to_string(d_model) + ", got " + std::to_string(n_heads));
+        if (n_kv_heads < 0 || n_kv_heads > n_heads || n_heads % kv_heads() != 0)
+            fail("n_kv_heads", "must divide n_heads = " + std::to_string(n_heads) + " (0 = n_heads), got " +
+                                   std::to_string(n_kv_heads));
+        one_of(norm, "norm", {"layernorm", "rmsnorm"});
+        one_of(positions, "positions", {"learned", "rope"});
+        one_of(mlp, "mlp", {"gelu", "swiglu"});
+        if (!(norm_eps > 0 && norm_eps < 1)) fail("norm_eps", "must be in (0, 1), got " + std::to_string(norm_eps));
+        if (rope()) {
+            if (head_size() % 2) fail("positions", "rope needs an even head size, got " + std::to_string(head_size()));
+            if (!(rope_theta > 1)) fail("rope_theta", "must be > 1, got " + std::to_string(rope_theta));
+            const auto& s = rope_scaling;
+            one_of(s.type, "rope_scaling.type", {"none", "linear", "dynamic", "llama3"});
+            if (s.type != "none" && !(s.factor >= 1 && s.factor <= 1024))
+                fail("rope_scaling.factor", "must be in [1, 1024], got " + std::to_string(s.factor));
+            if ((s.type == "dynamic" || s.type == "llama3") &&
+                (s.original_context_length < 1 || s.original_context_length > (1 << 24)))
+                fail("rope_scaling.original_context_length",
+                     "must be in [1, 2^24] for " + s.type + ", got " + std::to_string(s.original_context_length));
+            if (s.type == "llama3" && !(s.low_freq_factor > 0 && s.high_freq_factor > s.low_freq_factor))
+                fail("rope_scaling.high_freq_factor", "llama3 needs 0 < low_freq_factor < high_freq_factor");
+        }
     }
 
     /// Number of trainable parameters.
     std::int64_t parameter_count() const {
-        const std::int64_t C = d_model, F = d_ff;
-        const std::int64_t block = 2 * C + (3 * C * C + 3 * C) + (C * C + C) + 2 * C + (F * C + F) + (C * F + C);
-        return std::int64_t(vocab_size) * C + std::int64_t(context_length) * C + n_layers * block + 2 * C;
+        const std::int64_t C = d_model, F = d_ff, Q = qkv_width(), F1 = fc_width(), norm_size = rms() ? C : 2 * C;
+        const std::int64_t block = 2 * norm_size + Q * C + (qkv_bias ? Q : 0) + C * C + (proj_bias ? C : 0) + F1 * C +
+                                   (mlp_bias ? F1 : 0) + C * F + (mlp_bias ? C : 0);
+        return std::int64_t(vocab_size) * C * (tie_embeddings ? 1 : 2) +
+               (rope() ? 0 : std::int64_t(context_length) * C) + n_layers * block + norm_size;
     }
 };
 
@@ -6739,6 +7034,35 @@ enum class activations { training, inference };
 template <class T, class Device>
 class Transformer;
 
+/// The inverse frequencies (hs/2) of a rotary config's pairs for a sequence of `seq_len` positions,
+/// as transformers' ROPE_INIT_FUNCTIONS compute them: theta^(-2i/hs), then the scaling variant
+/// (`dynamic` depends on seq_len once it exceeds the original context).
+inline std::vector<double> rope_inverse_frequencies(const TransformerConfig& c, int seq_len) {
+    const int dim = c.head_size(), half = dim / 2;
+    const RopeScaling& s = c.rope_scaling;
+    double base = c.rope_theta;
+    if (s.type == "dynamic" && seq_len > s.original_context_length)
+        base *= std::pow(s.factor * seq_len / s.original_context_length - (s.factor - 1), double(dim) / (dim - 2));
+    std::vector<double> inv(std::size_t(half), 0.0);
+    for (int i = 0; i < half; ++i) inv[std::size_t(i)] = 1.0 / std::pow(base, double(2 * i) / dim);
+    if (s.type == "linear")
+        for (auto& f : inv) f /= s.factor;
+    if (s.type == "llama3") {  // long wavelengths slowed by `factor`, short ones kept, smooth in between
+        const double pi = 3.14159265358979323846, old = s.original_context_length;
+        const double low_wavelen = old / s.low_freq_factor, high_wavelen = old / s.high_freq_factor;
+        for (auto& f : inv) {
+            const double wavelen = 2 * pi / f;
+            if (wavelen > low_wavelen) {
+                f /= s.factor;
+            } else if (wavelen >= high_wavelen) {
+                const double smooth = (old / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+                f = (1 - smooth) * f / s.factor + smooth * f;
+            }
+        }
+    }
+    return inv;
+}
+
 /// Keys and values of every layer for up to `max_batch` sequences of up to `context_length`
 /// tokens, for incremental decoding (`Transformer::prefill` / `decode`). One arena, laid out once.
 template <class T, class Device>
@@ -6747,7 +7071,7 @@ public:
     KvCache(const TransformerConfig& cfg, int max_batch, Device device = Device{})
         : max_batch_(max_batch),
           n_layers_(cfg.n_layers),
-          layer_size_(std::size_t(max_batch) * cfg.context_length * cfg.d_model),
+          layer_size_(std::size_t(max_batch) * cfg.context_length * cfg.kv_heads() * cfg.head_size()),
           lengths_(std::size_t(max_batch), 0) {
         if (max_batch < 1) throw config_error("max_batch", "must be >= 1, got " + std::to_string(max_batch));
         arena_ = detail::Arena<T, Device>(device, 2 * layer_size_ * std::size_t(cfg.n_layers));
@@ -6762,7 +7086,7 @@ public:
 
 private:
     friend class Transformer<T, Device>;
-    // (max_batch, H, Tmax, hs) keys, then values, of layer l
+    // (max_batch, Hkv, Tmax, hs) keys, then values, of layer l
     T* keys(int l) const noexcept { return arena_.data() + 2 * std::size_t(l) * layer_size_; }
     T* values(int l) const noexcept { return keys(l) + layer_size_; }
 
@@ -6772,7 +7096,9 @@ private:
     detail::Arena<T, Device> arena_;
 };
 
-/// A GPT-2-layout causal transformer.
+/// A pre-norm causal transformer whose blocks `TransformerConfig` chooses: GPT-2 (LayerNorm, learned
+/// positions, GELU, tied head) by default; Llama, Qwen2 and Phi-3 (RMSNorm, rotary positions, SwiGLU,
+/// grouped-query attention, optional biases, untied head) by setting its keys.
 /// @tparam T scalar type (`float`; `double` for gradient checks).
 /// @tparam Device a `device_policy` whose kernels accept `T`.
 template <class T, class Device>
@@ -6791,6 +7117,7 @@ public:
         : cfg_(config), dev_(device), max_batch_(max_batch), mode_(mode) {
         cfg_.validate();
         if (max_batch < 1) throw config_error("max_batch", "must be >= 1, got " + std::to_string(max_batch));
+        eps_ = static_cast<T>(cfg_.norm_eps);
         layout_parameters();
         layout_activations();
     }
@@ -6799,7 +7126,8 @@ public:
     const Device& device() const noexcept { return dev_; }
     int max_batch() const noexcept { return max_batch_; }
 
-    /// Every parameter in checkpoint order (names as in `tests/reference/gpt.py`).
+    /// Every parameter in checkpoint order (names as in `tests/reference/gpt.py`; an untied head is
+    /// `lm_head.weight`, last).
     const std::vector<Parameter<T>>& parameters() const noexcept { return params_; }
     /// The parameter and gradient arenas as flat arrays (same layout), for optimizers and checkpoints.
     T* parameter_data() const noexcept { return param_arena_.data(); }
@@ -6807,7 +7135,7 @@ public:
     std::size_t arena_size() const noexcept { return param_arena_.size(); }
 
     /// GPT-2 initialization: weights ~ N(0, 0.02), residual output projections scaled by
-    /// 1/sqrt(2 L), position embedding ~ N(0, 0.01), biases 0, LayerNorm gain 1. The same values on
+    /// 1/sqrt(2 L), position embedding ~ N(0, 0.01), biases 0, norm gains 1. The same values on
     /// every device (drawn on the host, copied once where the device has its own memory).
     void init(std::uint64_t seed) {
         Rng rng(seed);
@@ -6850,41 +7178,96 @@ public:
     activations mode() const noexcept { return mode_; }
 
 private:
-    // The forward; `after_qkv(l)` runs once layer l's q|k|v projections are in act(layer_acts_[l].qkv)
-    // (prefill stores the keys and values there, before an inference model reuses the buffer).
+    // The forward; `after_qkv(l)` runs once layer l's q|k|v projections (keys rotated) are in
+    // act(layer_acts_[l].qkv) (prefill stores the keys and values there, before an inference model
+    // reuses the buffer).
     template <class AfterQkv>
     void forward_layers(const std::int32_t* tokens, int B, int Tn, AfterQkv&& after_qkv) {
         check_batch(tokens, B, Tn);
         B_ = B;
         T_ = Tn;
-        const int C = cfg_.d_model, F = cfg_.d_ff, H = cfg_.n_heads, V = cfg_.vocab_size;
+        const int C = cfg_.d_model, V = cfg_.vocab_size;
         const int N = B * Tn;
         dev_.copy(tokens_, tokens, sizeof(std::int32_t) * N);
+        if (cfg_.rope()) {
+            for (int n = 0; n < N; ++n) positions_[std::size_t(n)] = n % Tn;
+            update_rope(Tn);
+        }
         embedding_forward(dev_, act(encoded_), tokens_, wte(), wpe(), B, Tn, C);
         const T* x = act(encoded_);
         for (int l = 0; l < cfg_.n_layers; ++l) {
-            const auto& w = layer_params_[l];
-            const auto& a = layer_acts_[l];
-            layernorm_forward(dev_, act(a.ln1), act(a.ln1_mean), act(a.ln1_rstd), x, val(w.ln1_w), val(w.ln1_b), N, C,
-                              eps);
-            nn::linear_forward(dev_, act(a.qkv), act(a.ln1), val(w.attn_w), val(w.attn_b), N, C, 3 * C);
-            after_qkv(l);
-            nn::attention_forward(dev_, act(a.atty), act(a.att), act(a.qkv), B, Tn, C, H);
-            dev_.copy(act(a.res_attn), x, sizeof(T) * N * C);
-            nn::linear_forward(dev_, act(a.res_attn), act(a.atty), val(w.proj_w), val(w.proj_b), N, C, C, true);
-            layernorm_forward(dev_, act(a.ln2), act(a.ln2_mean), act(a.ln2_rstd), act(a.res_attn), val(w.ln2_w),
-                              val(w.ln2_b), N, C, eps);
-            nn::linear_forward(dev_, act(a.fc), act(a.ln2), val(w.fc_w), val(w.fc_b), N, C, F);
-            gelu_forward(dev_, act(a.fc_gelu), act(a.fc), std::int64_t(N) * F);
-            dev_.copy(act(a.res_out), act(a.res_attn), sizeof(T) * N * C);
-            nn::linear_forward(dev_, act(a.res_out), act(a.fc_gelu), val(w.mlp_proj_w), val(w.mlp_proj_b), N, F, C,
-                               true);
-            x = act(a.res_out);
+            block_forward(l, x, N, [&] {
+                after_qkv(l);
+                nn::attention_forward(dev_, act(layer_acts_[l].atty), act(layer_acts_[l].att), act(layer_acts_[l].qkv),
+                                      B, Tn, cfg_.n_heads, cfg_.kv_heads(), cfg_.head_size());
+            });
+            x = act(layer_acts_[l].res_out);
         }
-        layernorm_forward(dev_, act(lnf_), act(lnf_mean_), act(lnf_rstd_), x, val(lnf_w_), val(lnf_b_), N, C, eps);
-        // logits (N,V) = lnf (N,C) · wte^T — the tied LM head
-        gemm(dev_, false, true, N, V, C, T(1), act(lnf_), C, wte(), C, T(0), act(logits_), V);
+        norm_forward(act(lnf_), act(lnf_mean_), act(lnf_rstd_), x, lnf_w_, lnf_b_, N);
+        // logits (N,V) = lnf (N,C) · head^T — the LM head (the token embedding when tied)
+        gemm(dev_, false, true, N, V, C, T(1), act(lnf_), C, head(), C, T(0), act(logits_), V);
     }
+
+    // One block on rows x(N,C): res_out = res_attn + mlp(norm2(res_attn)), res_attn = x +
+    // proj(attention(rope(qkv(norm1(x))))). `attend()` fills atty from the rotated qkv.
+    template <class Attend>
+    void block_forward(int l, const T* x, int N, Attend&& attend) {
+        const int C = cfg_.d_model, F = cfg_.d_ff, Q = cfg_.qkv_width();
+        const auto& w = layer_params_[l];
+        const auto& a = layer_acts_[l];
+        norm_forward(act(a.ln1), act(a.ln1_mean), act(a.ln1_rstd), x, w.ln1_w, w.ln1_b, N);
+        nn::linear_forward(dev_, act(a.qkv), act(a.ln1), val(w.attn_w), val(w.attn_b), N, C, Q);
+        if (cfg_.rope())
+            rope_rotate(dev_, act(a.qkv), rope_cos(), rope_sin(), positions_.data(), N, Q,
+                        cfg_.n_heads + cfg_.kv_heads(), cfg_.head_size(), false);
+        attend();
+        dev_.copy(act(a.res_attn), x, sizeof(T) * N * C);
+        nn::linear_forward(dev_, act(a.res_attn), act(a.atty), val(w.proj_w), val(w.proj_b), N, C, C, true);
+        norm_forward(act(a.ln2), act(a.ln2_mean), act(a.ln2_rstd), act(a.res_attn), w.ln2_w, w.ln2_b, N);
+        nn::linear_forward(dev_, act(a.fc), act(a.ln2), val(w.fc_w), val(w.fc_b), N, C, cfg_.fc_width());
+        if (cfg_.mlp == "swiglu")
+            swiglu_forward(dev_, act(a.fc_act), act(a.fc), N, F);
+        else
+            gelu_forward(dev_, act(a.fc_act), act(a.fc), std::int64_t(N) * F);
+        dev_.copy(act(a.res_out), act(a.res_attn), sizeof(T) * N * C);
+        nn::linear_forward(dev_, act(a.res_out), act(a.fc_act), val(w.mlp_proj_w), val(w.mlp_proj_b), N, F, C, true);
+    }
+
+    void norm_forward(T* out, T* mean, T* rstd, const T* in, std::size_t w, std::size_t b, int N) {
+        if (cfg_.rms())
+            rmsnorm_forward(dev_, out, rstd, in, val(w), N, cfg_.d_model, eps_);
+        else
+            layernorm_forward(dev_, out, mean, rstd, in, val(w), val(b), N, cfg_.d_model, eps_);
+    }
+    void norm_backward(T* din, const T* dout, const T* in, std::size_t w, std::size_t b, const T* mean, const T* rstd,
+                       int N) {
+        if (cfg_.rms())
+            rmsnorm_backward(dev_, din, grad(w), dout, in, val(w), rstd, N, cfg_.d_model);
+        else
+            layernorm_backward(dev_, din, grad(w), grad(b), dout, in, val(w), mean, rstd, N, cfg_.d_model);
+    }
+
+    // The cos/sin tables for positions [0, seq_len): recomputed only when the frequencies change
+    // (once, or per length past the original context for `dynamic` scaling).
+    void update_rope(int seq_len) {
+        const auto& s = cfg_.rope_scaling;
+        const int key = s.type == "dynamic" && seq_len > s.original_context_length ? seq_len : 0;
+        if (rope_key_ == key && rope_rows_ >= seq_len) return;
+        const int half = cfg_.head_size() / 2, rows = key ? seq_len : cfg_.context_length;
+        const std::vector<double> inv = rope_inverse_frequencies(cfg_, seq_len);
+        std::vector<T> table(2 * std::size_t(rows) * half);  // cos (rows, half), then sin
+        for (int p = 0; p < rows; ++p)
+            for (int i = 0; i < half; ++i) {
+                const double angle = double(p) * inv[std::size_t(i)];
+                table[std::size_t(p) * half + i] = static_cast<T>(std::cos(angle));
+                table[(std::size_t(rows) + p) * half + i] = static_cast<T>(std::sin(angle));
+            }
+        dev_.copy(act(rope_), table.data(), sizeof(T) * table.size());
+        rope_key_ = key;
+        rope_rows_ = rows;
+    }
+    const T* rope_cos() const noexcept { return act(rope_); }
+    const T* rope_sin() const noexcept { return act(rope_) + std::size_t(rope_rows_) * (cfg_.head_size() / 2); }
 
 public:
     /// Batch and length of the last forward.
@@ -6901,7 +7284,7 @@ public:
     /// Number of hidden states: n_layers + 1.
     int hidden_state_count() const noexcept { return cfg_.n_layers + 1; }
     /// (B,T,C) hidden state i of the last forward, Hugging Face convention: 0 is the embedding
-    /// output, i in [1, L) the output of block i-1, L the output of the final LayerNorm.
+    /// output, i in [1, L) the output of block i-1, L the output of the final norm.
     Tensor<T> hidden_state(int i) const {
         if (i < 0 || i > cfg_.n_layers)
             throw shape_error("hidden_state(" + std::to_string(i) + "): valid indices are 0.." +
@@ -6922,14 +7305,15 @@ public:
         return Tensor<T>(act(layer_acts_[l].att), {B_, cfg_.n_heads, T_, T_}, Device::memory);
     }
 
-    /// (B,T,3C) query | key | value projections of layer l of the last forward (head h in columns
-    /// [h*hs, (h+1)*hs) of each third), for relation losses (MiniLMv2).
+    /// (B,T,(H+2Hkv)hs) query | key | value projections of layer l of the last forward (query head h
+    /// in columns [h*hs, (h+1)*hs), then the key heads, then the value heads; with rotary positions
+    /// q and k are the rotated ones attention used), for relation losses (MiniLMv2).
     Tensor<T> qkv(int l) const {
         if (l < 0 || l >= cfg_.n_layers)
             throw shape_error("qkv(" + std::to_string(l) + "): valid layers are 0.." +
                               std::to_string(cfg_.n_layers - 1));
         require_training("qkv");
-        return Tensor<T>(act(layer_acts_[l].qkv), {B_, T_, 3 * cfg_.d_model}, Device::memory);
+        return Tensor<T>(act(layer_acts_[l].qkv), {B_, T_, cfg_.qkv_width()}, Device::memory);
     }
 
     /// Mean cross-entropy of the last forward's logits against targets(B,T); a target of -1 masks
@@ -6975,7 +7359,7 @@ public:
             if (lengths[b] < 1 || lengths[b] > Tn)
                 throw shape_error("prefill: length " + std::to_string(lengths[b]) + " of sequence " +
                                   std::to_string(b) + " outside [1, " + std::to_string(Tn) + "]");
-        const int C = cfg_.d_model, V = cfg_.vocab_size;
+        const int V = cfg_.vocab_size;
         std::vector<std::int32_t> rows;  // devices with their own memory: (row of qkv, sequence, position)
         if constexpr (Device::memory != memory_space::host)
             for (int b = 0; b < B; ++b)
@@ -6986,11 +7370,12 @@ public:
             const T* qkv = act(layer_acts_[l].qkv);
             if constexpr (Device::memory != memory_space::host)
                 kv_cache_store(dev_, cache.keys(l), cache.values(l), qkv, rows.data(),
-                               static_cast<int>(rows.size() / 3), cfg_.n_heads, C / cfg_.n_heads, cfg_.context_length);
+                               static_cast<int>(rows.size() / 3), cfg_.n_heads, cfg_.kv_heads(), cfg_.head_size(),
+                               cfg_.context_length);
             else
                 for (int b = 0; b < B; ++b)
                     for (int t = 0; t < lengths[b]; ++t)
-                        store_kv(cache, l, qkv + (std::int64_t(b) * Tn + t) * 3 * C, b, t);
+                        store_kv(cache, l, qkv + (std::int64_t(b) * Tn + t) * cfg_.qkv_width(), b, t);
         });
         for (int b = 0; b < B; ++b) {
             dev_.copy(act(next_logits_) + std::int64_t(b) * V,
@@ -7003,8 +7388,7 @@ public:
     /// Appends tokens[b] to sequence b of `cache` (at position cache.length(b)), runs one decoding step
     /// and leaves the next-token logits in `next_logits()`. Overwrites the last forward's activations.
     void decode(KvCache<T, Device>& cache, const std::int32_t* tokens, int B) {
-        const int C = cfg_.d_model, F = cfg_.d_ff, H = cfg_.n_heads, hs = C / H, V = cfg_.vocab_size,
-                  Tmax = cfg_.context_length;
+        const int C = cfg_.d_model, V = cfg_.vocab_size, Tmax = cfg_.context_length;
         if (B < 1 || B > cache.max_batch())
             throw shape_error("decode: batch " + std::to_string(B) + " outside [1, " +
                               std::to_string(cache.max_batch()) + "]");
@@ -7016,42 +7400,40 @@ public:
                 throw shape_error("decode: token " + std::to_string(tokens[b]) + " of sequence " + std::to_string(b) +
                                   " is outside the vocabulary [0, " + std::to_string(V) + ")");
         }
-        // x (B,C) = wte[token] + wpe[position]
+        // x (B,C) = wte[token] (+ wpe[position])
         T* x = act(encoded_);
-        for (int b = 0; b < B; ++b)
-            add(dev_, x + std::int64_t(b) * C, wte() + std::int64_t(tokens[b]) * C,
-                wpe() + std::int64_t(cache.length(b)) * C, C);
-        for (int b = 0; b < B; ++b) ++cache.lengths_[std::size_t(b)];
+        for (int b = 0; b < B; ++b) {
+            const T* e = wte() + std::int64_t(tokens[b]) * C;
+            if (cfg_.rope())
+                dev_.copy(x + std::int64_t(b) * C, e, sizeof(T) * C);
+            else
+                add(dev_, x + std::int64_t(b) * C, e, wpe() + std::int64_t(cache.length(b)) * C, C);
+        }
+        int longest = 0;
+        for (int b = 0; b < B; ++b) {
+            positions_[std::size_t(b)] = cache.lengths_[std::size_t(b)]++;
+            longest = std::max(longest, cache.length(b));
+        }
+        if (cfg_.rope()) update_rope(longest);
         std::vector<std::int32_t> rows;  // devices with their own memory: (row of qkv, sequence, position)
         if constexpr (Device::memory != memory_space::host)
             for (int b = 0; b < B; ++b) rows.insert(rows.end(), {b, b, cache.length(b) - 1});
         for (int l = 0; l < cfg_.n_layers; ++l) {
-            const auto& w = layer_params_[l];
             const auto& a = layer_acts_[l];
-            layernorm_forward(dev_, act(a.ln1), act(a.ln1_mean), act(a.ln1_rstd), x, val(w.ln1_w), val(w.ln1_b), B, C,
-                              eps);
-            nn::linear_forward(dev_, act(a.qkv), act(a.ln1), val(w.attn_w), val(w.attn_b), B, C, 3 * C);
-            if constexpr (Device::memory != memory_space::host)
-                kv_cache_store(dev_, cache.keys(l), cache.values(l), static_cast<const T*>(act(a.qkv)), rows.data(), B,
-                               H, hs, Tmax);
-            else
-                for (int b = 0; b < B; ++b)
-                    store_kv(cache, l, act(a.qkv) + std::int64_t(b) * 3 * C, b, cache.length(b) - 1);
-            attention_decode(dev_, act(a.atty), act(a.att), act(a.qkv), cache.keys(l), cache.values(l),
-                             cache.lengths_.data(), B, H, hs, Tmax);
-            dev_.copy(act(a.res_attn), x, sizeof(T) * B * C);
-            nn::linear_forward(dev_, act(a.res_attn), act(a.atty), val(w.proj_w), val(w.proj_b), B, C, C, true);
-            layernorm_forward(dev_, act(a.ln2), act(a.ln2_mean), act(a.ln2_rstd), act(a.res_attn), val(w.ln2_w),
-                              val(w.ln2_b), B, C, eps);
-            nn::linear_forward(dev_, act(a.fc), act(a.ln2), val(w.fc_w), val(w.fc_b), B, C, F);
-            gelu_forward(dev_, act(a.fc_gelu), act(a.fc), std::int64_t(B) * F);
-            dev_.copy(act(a.res_out), act(a.res_attn), sizeof(T) * B * C);
-            nn::linear_forward(dev_, act(a.res_out), act(a.fc_gelu), val(w.mlp_proj_w), val(w.mlp_proj_b), B, F, C,
-                               true);
+            block_forward(l, x, B, [&] {
+                if constexpr (Device::memory != memory_space::host)
+                    kv_cache_store(dev_, cache.keys(l), cache.values(l), static_cast<const T*>(act(a.qkv)), rows.data(),
+                                   B, cfg_.n_heads, cfg_.kv_heads(), cfg_.head_size(), Tmax);
+                else
+                    for (int b = 0; b < B; ++b)
+                        store_kv(cache, l, act(a.qkv) + std::int64_t(b) * cfg_.qkv_width(), b, cache.length(b) - 1);
+                attention_decode(dev_, act(a.atty), act(a.att), act(a.qkv), cache.keys(l), cache.values(l),
+                                 cache.lengths_.data(), B, cfg_.n_heads, cfg_.kv_heads(), cfg_.head_size(), Tmax);
+            });
             x = act(a.res_out);
         }
-        layernorm_forward(dev_, act(lnf_), act(lnf_mean_), act(lnf_rstd_), x, val(lnf_w_), val(lnf_b_), B, C, eps);
-        gemm(dev_, false, true, B, V, C, T(1), act(lnf_), C, wte(), C, T(0), act(next_logits_), V);
+        norm_forward(act(lnf_), act(lnf_mean_), act(lnf_rstd_), x, lnf_w_, lnf_b_, B);
+        gemm(dev_, false, true, B, V, C, T(1), act(lnf_), C, head(), C, T(0), act(next_logits_), V);
         decode_batch_ = B;
         B_ = T_ = 0;  // the training-forward views are no longer valid
     }
@@ -7068,14 +7450,14 @@ public:
 
     /// Backpropagates `grad_logits()` through the last forward, accumulating into the gradients.
     /// `d_hidden[i]` (B,T,C) adds a gradient on hidden state i and `d_attention[l]` (B,H,T,T) one on
-    /// attention map l (transfer losses), `d_qkv[l]` (B,T,3C) one on the q|k|v projections of
-    /// layer l (relation losses); any span may be shorter than the count or hold empty tensors for
-    /// "none".
+    /// attention map l (transfer losses), `d_qkv[l]` (B,T,(H+2Hkv)hs) one on the q|k|v projections
+    /// of layer l as `qkv(l)` holds them (relation losses); any span may be shorter than the count or
+    /// hold empty tensors for "none".
     void backward(std::span<const Tensor<const T>> d_hidden = {}, std::span<const Tensor<const T>> d_attention = {},
                   std::span<const Tensor<const T>> d_qkv = {}) {
         require_training("backward");
         const int B = B_, Tn = T_, C = cfg_.d_model, F = cfg_.d_ff, H = cfg_.n_heads, V = cfg_.vocab_size,
-                  L = cfg_.n_layers;
+                  L = cfg_.n_layers, Q = cfg_.qkv_width(), F1 = cfg_.fc_width();
         const int N = B * Tn;
         auto extra = [&](std::span<const Tensor<const T>> list, int i, std::int64_t numel) -> const T* {
             if (i >= static_cast<int>(list.size()) || list[i].empty()) return nullptr;
@@ -7087,14 +7469,13 @@ public:
         };
         T* d_res = act(d_res_);
         T* d_ln = act(d_ln_);
-        // LM head: d_lnf (N,C) = dlogits (N,V) · wte (V,C);  dwte (V,C) += dlogits^T · lnf
-        gemm(dev_, false, false, N, C, V, T(1), act(dlogits_), V, wte(), C, T(0), d_ln, C);
-        gemm(dev_, true, false, V, C, N, T(1), act(dlogits_), V, act(lnf_), C, T(1), grad(wte_), C);
+        // LM head: d_lnf (N,C) = dlogits (N,V) · head (V,C);  dhead (V,C) += dlogits^T · lnf
+        gemm(dev_, false, false, N, C, V, T(1), act(dlogits_), V, head(), C, T(0), d_ln, C);
+        gemm(dev_, true, false, V, C, N, T(1), act(dlogits_), V, act(lnf_), C, T(1), grad(head_), C);
         if (const T* e = extra(d_hidden, L, std::int64_t(N) * C)) accumulate(dev_, d_ln, e, std::int64_t(N) * C);
         dev_.fill_zero(d_res, sizeof(T) * N * C);
         const T* x_last = L ? act(layer_acts_[L - 1].res_out) : act(encoded_);
-        layernorm_backward(dev_, d_res, grad(lnf_w_), grad(lnf_b_), d_ln, x_last, val(lnf_w_), act(lnf_mean_),
-                           act(lnf_rstd_), N, C);
+        norm_backward(d_res, d_ln, x_last, lnf_w_, lnf_b_, act(lnf_mean_), act(lnf_rstd_), N);
         for (int l = L - 1; l >= 0; --l) {
             const auto& w = layer_params_[l];
             const auto& a = layer_acts_[l];
@@ -7102,24 +7483,29 @@ public:
             if (l + 1 < L)
                 if (const T* e = extra(d_hidden, l + 1, std::int64_t(N) * C))
                     accumulate(dev_, d_res, e, std::int64_t(N) * C);
-            // MLP branch: res_out = res_attn + proj(gelu(fc(ln2(res_attn))))
-            nn::linear_backward(dev_, act(d_fc_), grad(w.mlp_proj_w), grad(w.mlp_proj_b), d_res, act(a.fc_gelu),
+            // MLP branch: res_out = res_attn + proj(act(fc(norm2(res_attn))))
+            nn::linear_backward(dev_, act(d_act_), grad(w.mlp_proj_w), grad(w.mlp_proj_b), d_res, act(a.fc_act),
                                 val(w.mlp_proj_w), N, F, C);
-            gelu_backward(dev_, act(d_fc_), act(a.fc), act(d_fc_), std::int64_t(N) * F);
-            nn::linear_backward(dev_, d_ln, grad(w.fc_w), grad(w.fc_b), act(d_fc_), act(a.ln2), val(w.fc_w), N, C, F);
-            layernorm_backward(dev_, d_res, grad(w.ln2_w), grad(w.ln2_b), d_ln, act(a.res_attn), val(w.ln2_w),
-                               act(a.ln2_mean), act(a.ln2_rstd), N, C);
-            // attention branch: res_attn = x_in + proj(attention(qkv(ln1(x_in))))
+            if (cfg_.mlp == "swiglu")
+                swiglu_backward(dev_, act(d_fc_), act(a.fc), act(d_act_), N, F);
+            else
+                gelu_backward(dev_, act(d_fc_), act(a.fc), act(d_act_), std::int64_t(N) * F);
+            nn::linear_backward(dev_, d_ln, grad(w.fc_w), grad(w.fc_b), act(d_fc_), act(a.ln2), val(w.fc_w), N, C, F1);
+            norm_backward(d_res, d_ln, act(a.res_attn), w.ln2_w, w.ln2_b, act(a.ln2_mean), act(a.ln2_rstd), N);
+            // attention branch: res_attn = x_in + proj(attention(rope(qkv(norm1(x_in)))))
             nn::linear_backward(dev_, act(d_atty_), grad(w.proj_w), grad(w.proj_b), d_res, act(a.atty), val(w.proj_w),
                                 N, C, C);
             nn::attention_backward(dev_, act(d_qkv_), act(d_att_), act(d_atty_), act(a.qkv), act(a.att),
-                                   extra(d_attention, l, std::int64_t(B) * H * Tn * Tn), B, Tn, C, H);
-            if (const T* e = extra(d_qkv, l, std::int64_t(N) * 3 * C))
-                accumulate(dev_, act(d_qkv_), e, std::int64_t(N) * 3 * C);
+                                   extra(d_attention, l, std::int64_t(B) * H * Tn * Tn), B, Tn, H, cfg_.kv_heads(),
+                                   cfg_.head_size());
+            if (const T* e = extra(d_qkv, l, std::int64_t(N) * Q))
+                accumulate(dev_, act(d_qkv_), e, std::int64_t(N) * Q);
+            if (cfg_.rope())
+                rope_rotate(dev_, act(d_qkv_), rope_cos(), rope_sin(), positions_.data(), N, Q, H + cfg_.kv_heads(),
+                            cfg_.head_size(), true);
             nn::linear_backward(dev_, d_ln, grad(w.attn_w), grad(w.attn_b), act(d_qkv_), act(a.ln1), val(w.attn_w), N,
-                                C, 3 * C);
-            layernorm_backward(dev_, d_res, grad(w.ln1_w), grad(w.ln1_b), d_ln, x_in, val(w.ln1_w), act(a.ln1_mean),
-                               act(a.ln1_rstd), N, C);
+                                C, Q);
+            norm_backward(d_res, d_ln, x_in, w.ln1_w, w.ln1_b, act(a.ln1_mean), act(a.ln1_rstd), N);
         }
         if (const T* e = extra(d_hidden, 0, std::int64_t(N) * C)) accumulate(dev_, d_res, e, std::int64_t(N) * C);
         embedding_backward(dev_, grad(wte_), grad(wpe_), d_res, tokens_, B, Tn, C);
@@ -7130,43 +7516,49 @@ public:
         return sizeof(T) * (param_arena_.size() + grad_arena_.size() + act_arena_.size()) + tokens_bytes();
     }
 
-    static constexpr T eps = T(1e-5);  ///< LayerNorm epsilon (GPT-2, PyTorch default)
-
 private:
+    static constexpr std::size_t none = std::size_t(-1);  // a parameter this config does not have
+
     struct LayerParams {
         std::size_t ln1_w, ln1_b, attn_w, attn_b, proj_w, proj_b, ln2_w, ln2_b, fc_w, fc_b, mlp_proj_w, mlp_proj_b;
     };
     struct LayerActs {
-        std::size_t ln1, ln1_mean, ln1_rstd, qkv, att, atty, res_attn, ln2, ln2_mean, ln2_rstd, fc, fc_gelu, res_out;
+        std::size_t ln1, ln1_mean, ln1_rstd, qkv, att, atty, res_attn, ln2, ln2_mean, ln2_rstd, fc, fc_act, res_out;
     };
 
     void layout_parameters() {
-        const std::int64_t V = cfg_.vocab_size, C = cfg_.d_model, F = cfg_.d_ff;
+        const std::int64_t V = cfg_.vocab_size, C = cfg_.d_model, F = cfg_.d_ff, Q = cfg_.qkv_width(),
+                           F1 = cfg_.fc_width();
         auto add = [&](std::string name, std::initializer_list<std::int64_t> shape, parameter_kind kind) {
             kinds_.push_back(kind);
             return param_layout_.add<T>(std::move(name), shape);
         };
+        auto add_if = [&](bool on, std::string name, std::int64_t n, parameter_kind kind) {
+            return on ? add(std::move(name), {n}, kind) : none;
+        };
+        const bool ln = !cfg_.rms();
         wte_ = add("wte.weight", {V, C}, parameter_kind::embedding);
-        wpe_ = add("wpe.weight", {cfg_.context_length, C}, parameter_kind::embedding);
+        wpe_ = cfg_.rope() ? none : add("wpe.weight", {cfg_.context_length, C}, parameter_kind::embedding);
         for (int l = 0; l < cfg_.n_layers; ++l) {
             const std::string p = "h." + std::to_string(l) + ".";
             LayerParams w;
             w.ln1_w = add(p + "ln_1.weight", {C}, parameter_kind::norm);
-            w.ln1_b = add(p + "ln_1.bias", {C}, parameter_kind::norm);
-            w.attn_w = add(p + "attn.c_attn.weight", {3 * C, C}, parameter_kind::weight);
-            w.attn_b = add(p + "attn.c_attn.bias", {3 * C}, parameter_kind::bias);
+            w.ln1_b = add_if(ln, p + "ln_1.bias", C, parameter_kind::norm);
+            w.attn_w = add(p + "attn.c_attn.weight", {Q, C}, parameter_kind::weight);
+            w.attn_b = add_if(cfg_.qkv_bias, p + "attn.c_attn.bias", Q, parameter_kind::bias);
             w.proj_w = add(p + "attn.c_proj.weight", {C, C}, parameter_kind::weight);
-            w.proj_b = add(p + "attn.c_proj.bias", {C}, parameter_kind::bias);
+            w.proj_b = add_if(cfg_.proj_bias, p + "attn.c_proj.bias", C, parameter_kind::bias);
             w.ln2_w = add(p + "ln_2.weight", {C}, parameter_kind::norm);
-            w.ln2_b = add(p + "ln_2.bias", {C}, parameter_kind::norm);
-            w.fc_w = add(p + "mlp.c_fc.weight", {F, C}, parameter_kind::weight);
-            w.fc_b = add(p + "mlp.c_fc.bias", {F}, parameter_kind::bias);
+            w.ln2_b = add_if(ln, p + "ln_2.bias", C, parameter_kind::norm);
+            w.fc_w = add(p + "mlp.c_fc.weight", {F1, C}, parameter_kind::weight);
+            w.fc_b = add_if(cfg_.mlp_bias, p + "mlp.c_fc.bias", F1, parameter_kind::bias);
             w.mlp_proj_w = add(p + "mlp.c_proj.weight", {C, F}, parameter_kind::weight);
-            w.mlp_proj_b = add(p + "mlp.c_proj.bias", {C}, parameter_kind::bias);
+            w.mlp_proj_b = add_if(cfg_.mlp_bias, p + "mlp.c_proj.bias", C, parameter_kind::bias);
             layer_params_.push_back(w);
         }
         lnf_w_ = add("ln_f.weight", {C}, parameter_kind::norm);
-        lnf_b_ = add("ln_f.bias", {C}, parameter_kind::norm);
+        lnf_b_ = add_if(ln, "ln_f.bias", C, parameter_kind::norm);
+        head_ = cfg_.tie_embeddings ? wte_ : add("lm_head.weight", {V, C}, parameter_kind::weight);
         param_arena_ = detail::Arena<T, Device>(dev_, param_layout_.size());
         if (mode_ == activations::training) grad_arena_ = detail::Arena<T, Device>(dev_, param_layout_.size());
         const auto& blocks = param_layout_.blocks();
@@ -7176,7 +7568,8 @@ private:
     }
 
     void layout_activations() {
-        const std::int64_t N = std::int64_t(max_batch_) * cfg_.context_length, C = cfg_.d_model, F = cfg_.d_ff;
+        const std::int64_t N = std::int64_t(max_batch_) * cfg_.context_length, C = cfg_.d_model, F = cfg_.d_ff,
+                           Q = cfg_.qkv_width(), F1 = cfg_.fc_width();
         const std::int64_t att = std::int64_t(max_batch_) * cfg_.n_heads * cfg_.context_length * cfg_.context_length;
         auto add = [&](const char* name, std::int64_t n) { return act_layout_.add<T>(name, {n}); };
         encoded_ = add("encoded", N * C);
@@ -7190,15 +7583,15 @@ private:
             a.ln1 = add("ln1", N * C);
             a.ln1_mean = add("ln1_mean", N);
             a.ln1_rstd = add("ln1_rstd", N);
-            a.qkv = add("qkv", N * 3 * C);
+            a.qkv = add("qkv", N * Q);
             a.att = add("att", att);
             a.atty = add("atty", N * C);
             a.res_attn = add("res_attn", N * C);
             a.ln2 = add("ln2", N * C);
             a.ln2_mean = add("ln2_mean", N);
             a.ln2_rstd = add("ln2_rstd", N);
-            a.fc = add("fc", N * F);
-            a.fc_gelu = add("fc_gelu", N * F);
+            a.fc = add("fc", N * F1);
+            a.fc_act = add("fc_act", N * F);
             a.res_out = add("res_out", N * C);
             layer_acts_.push_back(a);
         }
@@ -7207,29 +7600,32 @@ private:
         lnf_rstd_ = add("lnf_rstd", N);
         logits_ = add("logits", N * cfg_.vocab_size);
         next_logits_ = add("next_logits", std::int64_t(max_batch_) * cfg_.vocab_size);
+        if (cfg_.rope()) rope_ = add("rope", std::int64_t(cfg_.context_length) * cfg_.head_size());  // cos | sin
+        positions_.assign(std::size_t(N), 0);
         if (training) {
             dlogits_ = add("dlogits", N * cfg_.vocab_size);
             losses_ = add("losses", N);
             d_res_ = add("d_res", N * C);
             d_ln_ = add("d_ln", N * C);
-            d_qkv_ = add("d_qkv", N * 3 * C);
+            d_qkv_ = add("d_qkv", N * Q);
             d_att_ = add("d_att", att);
             d_atty_ = add("d_atty", N * C);
-            d_fc_ = add("d_fc", N * F);
+            d_fc_ = add("d_fc", N * F1);
+            d_act_ = F1 == F ? d_fc_ : add("d_act", N * F);  // GELU's backward runs in place
         }
         act_arena_ = detail::Arena<T, Device>(dev_, act_layout_.size());
         tokens_ = static_cast<std::int32_t*>(dev_.allocate(tokens_bytes()));
         tokens_owner_ = {tokens_, TokenFree{dev_, tokens_bytes()}};
     }
 
-    // Copies the key and value of every head of one token, qkv_row (3C) = q | k | v, into `cache`
-    // at sequence b, position t: (max_batch, H, Tmax, hs) per layer.
+    // Copies the key and value of every kv head of one token, qkv_row ((H+2Hkv)hs) = q | k | v, into
+    // `cache` at sequence b, position t: (max_batch, Hkv, Tmax, hs) per layer.
     void store_kv(KvCache<T, Device>& cache, int l, const T* qkv_row, int b, int t) const {
-        const int C = cfg_.d_model, H = cfg_.n_heads, hs = C / H;
-        for (int h = 0; h < H; ++h) {
-            const std::int64_t dst = ((std::int64_t(b) * H + h) * cfg_.context_length + t) * hs;
+        const int Hkv = cfg_.kv_heads(), hs = cfg_.head_size(), C = cfg_.d_model;
+        for (int h = 0; h < Hkv; ++h) {
+            const std::int64_t dst = ((std::int64_t(b) * Hkv + h) * cfg_.context_length + t) * hs;
             dev_.copy(cache.keys(l) + dst, qkv_row + C + h * hs, sizeof(T) * hs);
-            dev_.copy(cache.values(l) + dst, qkv_row + 2 * C + h * hs, sizeof(T) * hs);
+            dev_.copy(cache.values(l) + dst, qkv_row + C + (Hkv + h) * hs, sizeof(T) * hs);
         }
     }
 
@@ -7259,11 +7655,17 @@ private:
     std::size_t tokens_bytes() const noexcept {
         return sizeof(std::int32_t) * std::size_t(max_batch_) * std::size_t(cfg_.context_length);
     }
-    T* val(std::size_t i) const noexcept { return param_arena_.data() + param_layout_.blocks()[i].offset; }
-    T* grad(std::size_t i) const noexcept { return grad_arena_.data() + param_layout_.blocks()[i].offset; }
+    // a parameter's value / gradient; null for one this config does not have
+    T* val(std::size_t i) const noexcept {
+        return i == none ? nullptr : param_arena_.data() + param_layout_.blocks()[i].offset;
+    }
+    T* grad(std::size_t i) const noexcept {
+        return i == none ? nullptr : grad_arena_.data() + param_layout_.blocks()[i].offset;
+    }
     T* act(std::size_t i) const noexcept { return act_arena_.data() + act_layout_.blocks()[i].offset; }
     const T* wte() const noexcept { return val(wte_); }
     const T* wpe() const noexcept { return val(wpe_); }
+    const T* head() const noexcept { return val(head_); }
 
     struct TokenFree {
         Device dev;
@@ -7275,6 +7677,7 @@ private:
     Device dev_;
     int max_batch_;
     activations mode_;
+    T eps_ = T(1e-5);
     int B_ = 0, T_ = 0;
 
     detail::ArenaLayout param_layout_, act_layout_;
@@ -7283,19 +7686,24 @@ private:
     std::vector<Parameter<T>> params_;
     std::vector<LayerParams> layer_params_;
     std::vector<LayerActs> layer_acts_;
-    std::size_t wte_ = 0, wpe_ = 0, lnf_w_ = 0, lnf_b_ = 0;
+    std::size_t wte_ = 0, wpe_ = none, lnf_w_ = 0, lnf_b_ = none, head_ = 0;
     std::size_t encoded_ = 0, lnf_ = 0, lnf_mean_ = 0, lnf_rstd_ = 0, logits_ = 0, dlogits_ = 0, losses_ = 0,
-                next_logits_ = 0;
+                next_logits_ = 0, rope_ = 0;
     int decode_batch_ = 0;
-    std::size_t d_res_ = 0, d_ln_ = 0, d_qkv_ = 0, d_att_ = 0, d_atty_ = 0, d_fc_ = 0;
+    int rope_key_ = -1, rope_rows_ = 0;    // what the rotary tables hold (see update_rope)
+    std::vector<std::int32_t> positions_;  // position of each row of the last forward or decode (rope)
+    std::size_t d_res_ = 0, d_ln_ = 0, d_qkv_ = 0, d_att_ = 0, d_atty_ = 0, d_fc_ = 0, d_act_ = 0;
     std::int32_t* tokens_ = nullptr;
     std::unique_ptr<std::int32_t, TokenFree> tokens_owner_{nullptr, TokenFree{}};
 };
 
 }  // namespace distill::student
 
+BOOST_HANA_ADAPT_STRUCT(distill::student::RopeScaling, type, factor, low_freq_factor, high_freq_factor,
+                        original_context_length);
 BOOST_HANA_ADAPT_STRUCT(distill::student::TransformerConfig, vocab_size, context_length, d_model, n_layers, n_heads,
-                        d_ff);
+                        n_kv_heads, d_ff, norm, norm_eps, positions, rope_theta, rope_scaling, mlp, qkv_bias, proj_bias,
+                        mlp_bias, tie_embeddings);
 // ---- end distill/student/transformer.hpp ----
 
 namespace distill::io::hf {
@@ -7402,7 +7810,8 @@ private:
 };
 
 /// The model types this header knows, and what each needs.
-inline constexpr std::string_view supported_model_types = "gpt2 (student::Transformer), bert (student::Encoder)";
+inline constexpr std::string_view supported_model_types =
+    "gpt2, llama, qwen2, phi3 (student::Transformer), bert (student::Encoder)";
 
 namespace detail {
 
@@ -7422,6 +7831,22 @@ struct ConfigReader {
             throw format_error(file, 0, std::string(key) + ": expected a positive integer, got " + it->dump());
         return int(it->get<std::int64_t>());
     }
+    // A positive number; `fallback` when absent or null.
+    double number(const char* key, double fallback) const {
+        const auto it = c.find(key);
+        if (it == c.end() || it->is_null()) return fallback;
+        if (!it->is_number() || !(it->get<double>() > 0))
+            throw format_error(file, 0, std::string(key) + ": expected a positive number, got " + it->dump());
+        return it->get<double>();
+    }
+    // A boolean; `fallback` when absent or null.
+    bool boolean(const char* key, bool fallback) const {
+        const auto it = c.find(key);
+        if (it == c.end() || it->is_null()) return fallback;
+        if (!it->is_boolean())
+            throw format_error(file, 0, std::string(key) + ": expected a boolean, got " + it->dump());
+        return it->get<bool>();
+    }
     // A setting the student computes only one way: absent, null or `expected`.
     void require(const char* key, const nlohmann::json& expected, const char* why) const {
         const auto it = c.find(key);
@@ -7434,10 +7859,12 @@ struct ConfigReader {
 
 }  // namespace detail
 
-/// How one student parameter is stored in a transformers checkpoint.
+/// How one student parameter is stored in a transformers checkpoint: one tensor, or several whose
+/// rows stacked make it (q | k | v, gate | up).
 struct tensor_map {
-    std::string hf_name;      ///< transformers' name, e.g. "transformer.h.0.attn.c_attn.weight"
-    bool transposed = false;  ///< stored (in, out) where the student is (out, in)
+    std::vector<std::string> hf_names;  ///< transformers' names, e.g. {"transformer.h.0.attn.c_attn.weight"}
+    std::vector<std::int64_t> rows;     ///< rows of each part when stacked (empty for one tensor)
+    bool transposed = false;            ///< stored (in, out) where the student is (out, in)
 };
 
 /// Reads transformers' config of a `gpt2` model as a student config. Settings the student's blocks do
@@ -7475,27 +7902,85 @@ inline student::TransformerConfig gpt2_config(const nlohmann::json& c, const std
     return t;
 }
 
+/// Reads transformers' config of a `llama`, `qwen2` or `phi3` model as a student config. Settings
+/// the student's blocks do not compute (another activation, partial rotary, YaRN/LongRoPE scaling,
+/// a sliding window shorter than the context, a head size other than hidden_size / heads) are refused
+/// by name.
+inline student::TransformerConfig llama_config(const nlohmann::json& c, const std::filesystem::path& file,
+                                               const std::string& model_type) {
+    const detail::ConfigReader r{c, file};
+    auto fail = [&](const std::string& what) { throw format_error(file, 0, what); };
+    r.require("hidden_act", "silu", "the student's SwiGLU gate is SiLU");
+    r.require("partial_rotary_factor", 1.0, "the student rotates whole heads");
+    student::TransformerConfig t;
+    t.vocab_size = r.integer("vocab_size");
+    t.context_length = r.integer("max_position_embeddings");
+    t.d_model = r.integer("hidden_size");
+    t.n_layers = r.integer("num_hidden_layers");
+    t.n_heads = r.integer("num_attention_heads");
+    t.n_kv_heads = r.integer("num_key_value_heads", t.n_heads);
+    t.d_ff = r.integer("intermediate_size");
+    if (r.integer("head_dim", t.d_model / t.n_heads) * t.n_heads != t.d_model)
+        fail("head_dim: " + c["head_dim"].dump() + " is not supported, only hidden_size / num_attention_heads");
+    t.norm = "rmsnorm";
+    t.norm_eps = r.number("rms_norm_eps", model_type == "phi3" ? 1e-5 : 1e-6);
+    t.positions = "rope";
+    t.rope_theta = r.number("rope_theta", 10000);
+    t.mlp = "swiglu";
+    t.tie_embeddings = r.boolean("tie_word_embeddings", false);
+    if (model_type == "llama") {
+        t.qkv_bias = t.proj_bias = r.boolean("attention_bias", false);
+        t.mlp_bias = r.boolean("mlp_bias", false);
+    } else {
+        t.qkv_bias = model_type == "qwen2";  // Qwen2: q, k, v biases; o and the MLP without
+        t.proj_bias = t.mlp_bias = false;
+    }
+    if (model_type == "qwen2" && r.boolean("use_sliding_window", false))
+        fail("use_sliding_window: true is not supported (the student attends to the whole context)");
+    if (model_type == "phi3")  // sequences no longer than the window attend exactly as transformers'
+        if (const auto w = c.find("sliding_window"); w != c.end() && !w->is_null())
+            t.context_length = std::min(t.context_length, r.integer("sliding_window"));
+    if (const auto it = c.find("rope_scaling"); it != c.end() && !it->is_null()) {
+        if (!it->is_object()) fail("rope_scaling: expected an object or null, got " + it->dump());
+        const detail::ConfigReader s{*it, file};
+        const auto type = it->contains("rope_type") ? (*it)["rope_type"] : it->value("type", nlohmann::json());
+        if (type != "linear" && type != "dynamic" && type != "llama3")
+            fail("rope_scaling: type " + type.dump() +
+                 " is not supported, only \"linear\", \"dynamic\" or \"llama3\" (YaRN, LongRoPE and su are not "
+                 "implemented)");
+        auto& rs = t.rope_scaling;
+        rs.type = type.get<std::string>();
+        rs.factor = s.number("factor", 1);
+        if (rs.type == "dynamic") {  // transformers' max_position_embeddings is the original context here
+            rs.original_context_length = t.context_length;
+            t.context_length = int(std::min(double(1 << 18), t.context_length * rs.factor));
+        } else if (rs.type == "llama3") {
+            rs.low_freq_factor = s.number("low_freq_factor", 1);
+            rs.high_freq_factor = s.number("high_freq_factor", 4);
+            rs.original_context_length = s.integer("original_max_position_embeddings");
+        }
+    }
+    try {
+        t.validate("config");
+    } catch (const config_error& e) {
+        throw format_error(file, 0, e.what());
+    }
+    return t;
+}
+
 /// The student config a checkpoint describes. Throws format_error naming config.json for a model type
 /// or a setting the student cannot compute.
 inline student::TransformerConfig transformer_config(const Checkpoint& ckpt) {
     const auto file = ckpt.directory() / "config.json";
-    if (ckpt.model_type() == "gpt2") return gpt2_config(ckpt.config(), file);
-    static const std::map<std::string, std::string, std::less<>> missing = {
-        {"llama", "RMSNorm, rotary positions, SwiGLU and grouped-query attention"},
-        {"qwen2", "RMSNorm, rotary positions, SwiGLU, grouped-query attention and QKV bias"},
-        {"phi3", "RMSNorm, rotary positions, a fused gate/up SwiGLU and fused QKV"},
-    };
-    if (ckpt.model_type() == "bert")
+    const std::string& type = ckpt.model_type();
+    if (type == "gpt2") return gpt2_config(ckpt.config(), file);
+    if (type == "llama" || type == "qwen2" || type == "phi3") return llama_config(ckpt.config(), file, type);
+    if (type == "bert")
         throw format_error(file, 0,
                            "model_type \"bert\" is a bidirectional encoder: load it as student::Encoder "
                            "(io::hf::encoder_config and io::hf::load), not as student::Transformer");
-    const auto it = missing.find(ckpt.model_type());
     throw format_error(
-        file, 0,
-        "model_type \"" + ckpt.model_type() + "\" is not supported: " +
-            (it != missing.end() ? "it needs " + it->second + ", which student::Transformer does not have yet; "
-                                 : std::string()) +
-            "supported: " + std::string(supported_model_types));
+        file, 0, "model_type \"" + type + "\" is not supported; supported: " + std::string(supported_model_types));
 }
 
 /// Reads transformers' config of a `bert` model as an Encoder config; `pooling` ("mean" or "cls")
@@ -7574,13 +8059,44 @@ inline student::EncoderConfig encoder_config(const Checkpoint& ckpt) {
 inline tensor_map gpt2_tensor(const std::string& name, const std::string& prefix) {
     const bool conv1d =
         name.ends_with("c_attn.weight") || name.ends_with("c_proj.weight") || name.ends_with("c_fc.weight");
-    return {prefix + name, conv1d};
+    return {{prefix + name}, {}, conv1d};
+}
+
+/// Where each of a student's parameters lives in a `llama`, `qwen2` or `phi3` checkpoint whose names
+/// start with `prefix` ("model." for *ForCausalLM, "" for *Model; the untied head is `lm_head.weight`
+/// either way). `c` gives the row counts of the stacked parts.
+inline tensor_map llama_tensor(const student::TransformerConfig& c, const std::string& model_type,
+                               const std::string& name, const std::string& prefix) {
+    if (name == "wte.weight") return {{prefix + "embed_tokens.weight"}, {}, false};
+    if (name == "ln_f.weight") return {{prefix + "norm.weight"}, {}, false};
+    if (name == "lm_head.weight") return {{"lm_head.weight"}, {}, false};
+    // h.{l}.{part}.{weight|bias}
+    const std::size_t dot = name.find('.', 2), last = name.rfind('.');
+    const std::string layer = prefix + "layers." + name.substr(2, dot - 2) + ".",
+                      part = name.substr(dot + 1, last - dot - 1), kind = name.substr(last);
+    const bool fused = model_type == "phi3";
+    const std::int64_t hs = c.head_size(), q = std::int64_t(c.n_heads) * hs, kv = std::int64_t(c.kv_heads()) * hs;
+    if (part == "ln_1") return {{layer + "input_layernorm" + kind}, {}, false};
+    if (part == "ln_2") return {{layer + "post_attention_layernorm" + kind}, {}, false};
+    if (part == "attn.c_proj") return {{layer + "self_attn.o_proj" + kind}, {}, false};
+    if (part == "mlp.c_proj") return {{layer + "mlp.down_proj" + kind}, {}, false};
+    if (part == "attn.c_attn")
+        return fused ? tensor_map{{layer + "self_attn.qkv_proj" + kind}, {}, false}
+                     : tensor_map{{layer + "self_attn.q_proj" + kind, layer + "self_attn.k_proj" + kind,
+                                   layer + "self_attn.v_proj" + kind},
+                                  {q, kv, kv},
+                                  false};
+    if (part == "mlp.c_fc")
+        return fused ? tensor_map{{layer + "mlp.gate_up_proj" + kind}, {}, false}
+                     : tensor_map{
+                           {layer + "mlp.gate_proj" + kind, layer + "mlp.up_proj" + kind}, {c.d_ff, c.d_ff}, false};
+    throw error("io::hf: no " + model_type + " tensor for the student's parameter " + name);
 }
 
 /// Where each of an Encoder's parameters lives in a transformers checkpoint whose names start with
 /// `prefix` ("bert." for BertFor*, "" for BertModel): the same name, nothing transposed.
 inline tensor_map bert_tensor(const std::string& name, const std::string& prefix) {
-    return {prefix + name, false};
+    return {{prefix + name}, {}, false};
 }
 
 namespace detail {
@@ -7601,8 +8117,10 @@ void transpose(const T* in, T* out, std::size_t rows, std::size_t cols) {
         for (std::size_t j = 0; j < cols; ++j) out[j * rows + i] = in[i * cols + j];
 }
 
-inline bool is_mask_buffer(std::string_view name) {
-    return name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias");
+// Buffers some checkpoints carry that are not parameters: GPT-2's attention masks, old Llamas'
+// rotary inverse frequencies.
+inline bool is_buffer(std::string_view name) {
+    return name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias") || name.ends_with("rotary_emb.inv_freq");
 }
 
 // Tensors of a bert checkpoint that are not the Encoder's: the position-id buffer, the pooler and
@@ -7619,33 +8137,41 @@ constexpr bool is_encoder = std::is_same_v<typename Model::config_type, student:
 }  // namespace detail
 
 /// Loads `ckpt` into `model`: a `student::Transformer` whose config is `transformer_config(ckpt)`
-/// (gpt2), or a `student::Encoder` whose config is `encoder_config(ckpt)` (bert; its pooling mode may
-/// differ). Every tensor is checked (present, shape, floating dtype; no tensor left over but those a
-/// family skips) before any parameter is written, so a failed load leaves the model as it was.
+/// (gpt2, llama, qwen2, phi3; a rotary model may have a shorter context_length), or a
+/// `student::Encoder` whose config is `encoder_config(ckpt)` (bert; its pooling mode may differ).
+/// Every tensor is checked (present, shape, floating dtype; no tensor left over but those a family
+/// skips) before any parameter is written, so a failed load leaves the model as it was.
 /// Throws format_error / shape_error naming the file and tensor.
 template <class Model>
 void load(const Checkpoint& ckpt, Model& model) {
     using T = typename Model::scalar_type;
     constexpr bool encoder = detail::is_encoder<Model>;
-    // the model must have the checkpoint's shape (an Encoder may pool differently)
+    const std::string& family = ckpt.model_type();
+    // the model must have the checkpoint's shape (an Encoder may pool differently, a rotary model
+    // may be built for shorter sequences)
     auto expected = [&] {
         if constexpr (encoder) {
             auto e = encoder_config(ckpt);
             e.pooling = model.config().pooling;
             return e;
         } else {
-            return transformer_config(ckpt);
+            auto t = transformer_config(ckpt);
+            if (t.rope() && model.config().context_length <= t.context_length)
+                t.context_length = model.config().context_length;
+            return t;
         }
     }();
     if (to_json(model.config()) != to_json(expected))
-        throw shape_error(ckpt.directory().string() + ": the model's config differs from config.json's");
-    const std::string prefix = encoder ? (ckpt.find("bert.embeddings.word_embeddings.weight") ? "bert." : "")
-                                       : (ckpt.find("transformer.wte.weight") ? "transformer." : "");
+        throw shape_error(ckpt.directory().string() + ": the model's config differs from config.json's: expected " +
+                          to_json(expected).dump() + ", the model has " + to_json(model.config()).dump());
+    const std::string prefix = encoder            ? (ckpt.find("bert.embeddings.word_embeddings.weight") ? "bert." : "")
+                               : family == "gpt2" ? (ckpt.find("transformer.wte.weight") ? "transformer." : "")
+                                                  : (ckpt.find("model.embed_tokens.weight") ? "model." : "");
     const auto map_name = [&](const std::string& name) {
         if constexpr (encoder)
             return bert_tensor(name, prefix);
         else
-            return gpt2_tensor(name, prefix);
+            return family == "gpt2" ? gpt2_tensor(name, prefix) : llama_tensor(model.config(), family, name, prefix);
     };
 
     struct source {
@@ -7657,34 +8183,45 @@ void load(const Checkpoint& ckpt, Model& model) {
     std::vector<source> sources;
     std::set<std::string> used;
     std::vector<std::string> missing;
+    std::size_t embedding = 0;  // offset of the token embedding, which a tied head must equal
     for (const auto& p : model.parameters()) {
         const tensor_map m = map_name(p.name);
-        const auto found = ckpt.find(m.hf_name);
-        if (!found) {
-            missing.push_back(m.hf_name);
-            continue;
-        }
-        const auto [file, info] = *found;
         std::vector<std::int64_t> shape(p.value.shape().begin(), p.value.shape().begin() + p.value.rank());
         if (m.transposed) std::reverse(shape.begin(), shape.end());
-        if (info->shape != shape)
-            throw shape_error(file->path().string() + ": tensor '" + m.hf_name + "': expected shape " +
-                              distill::detail::shape_string(shape) + ", found " +
-                              distill::detail::shape_string(info->shape));
-        if (!is_floating(info->type))
-            throw format_error(file->path(), 0,
-                               "tensor '" + m.hf_name + "' is " + std::string(dtype_name(info->type)) +
-                                   ", expected a floating-point tensor");
-        used.insert(m.hf_name);
-        sources.push_back({file, info, m.transposed, std::size_t(p.value.data() - model.parameter_data())});
+        std::size_t offset = std::size_t(p.value.data() - model.parameter_data());
+        if (p.name == "wte.weight" || p.name == "embeddings.word_embeddings.weight") embedding = offset;
+        for (std::size_t i = 0; i < m.hf_names.size(); ++i) {
+            const std::string& hf_name = m.hf_names[i];
+            const auto found = ckpt.find(hf_name);
+            if (!found) {
+                missing.push_back(hf_name);
+                continue;
+            }
+            const auto [file, info] = *found;
+            auto part = shape;
+            if (!m.rows.empty()) part[0] = m.rows[i];
+            if (info->shape != part)
+                throw shape_error(file->path().string() + ": tensor '" + hf_name + "': expected shape " +
+                                  distill::detail::shape_string(part) + ", found " +
+                                  distill::detail::shape_string(info->shape));
+            if (!is_floating(info->type))
+                throw format_error(file->path(), 0,
+                                   "tensor '" + hf_name + "' is " + std::string(dtype_name(info->type)) +
+                                       ", expected a floating-point tensor");
+            used.insert(hf_name);
+            sources.push_back({file, info, m.transposed, offset});
+            offset += static_cast<std::size_t>(info->numel());
+        }
     }
+    // a tied model's checkpoint may still carry its head, which must then equal the embedding
+    const bool tied_head = !encoder && !used.contains("lm_head.weight") && ckpt.find("lm_head.weight");
     std::vector<std::string> unexpected;
     for (const auto& name : ckpt.tensor_names())
         if (!used.contains(name) && (encoder ? !detail::is_bert_extra(name, prefix)
-                                             : !detail::is_mask_buffer(name) && name != "lm_head.weight"))
+                                             : !detail::is_buffer(name) && !(tied_head && name == "lm_head.weight")))
             unexpected.push_back(name);
     if (!missing.empty() || !unexpected.empty()) {
-        std::string what = std::string("tensors do not match a ") + (encoder ? "bert" : "gpt2") + " model:";
+        std::string what = "tensors do not match a " + family + " model:";
         auto list = [](const std::vector<std::string>& names) {
             return distill::detail::name_list(std::vector<std::string_view>(names.begin(), names.end()));
         };
@@ -7706,19 +8243,19 @@ void load(const Checkpoint& ckpt, Model& model) {
         detail::transpose(staged.data(), host.data() + s.offset, std::size_t(s.info->shape[0]),
                           std::size_t(s.info->shape[1]));  // stored (in, out) → (out, in)
     }
-    // A separate LM head must be the tied embedding (some exports write it out).
-    if (const auto head = encoder ? std::nullopt : ckpt.find("lm_head.weight")) {
-        const auto [file, info] = *head;
-        const auto& wte = *std::find_if(sources.begin(), sources.end(),
-                                        [&](const source& s) { return s.info->name == prefix + "wte.weight"; });
-        staged.resize(static_cast<std::size_t>(wte.info->numel()));
-        if (info->shape != wte.info->shape || !is_floating(info->type))
+    if (tied_head) {
+        const auto [file, info] = *ckpt.find("lm_head.weight");
+        const std::size_t n = std::size_t(model.config().vocab_size) * std::size_t(model.config().d_model);
+        if (info->shape != std::vector<std::int64_t>{model.config().vocab_size, model.config().d_model} ||
+            !is_floating(info->type))
             throw format_error(file->path(), 0,
                                "lm_head.weight: expected the tied embedding's shape and a float dtype");
+        staged.resize(n);
         file->read(*info, std::span<T>(staged));
-        if (!std::equal(staged.begin(), staged.end(), host.begin() + wte.offset))
+        if (!std::equal(staged.begin(), staged.end(), host.begin() + std::ptrdiff_t(embedding)))
             throw format_error(file->path(), 0,
-                               "lm_head.weight differs from wte.weight: an untied LM head is not supported");
+                               "lm_head.weight differs from the token embedding, but config.json ties them "
+                               "(tie_word_embeddings)");
     }
     model.device().copy(model.parameter_data(), host.data(), sizeof(T) * host.size());
 }
@@ -7735,7 +8272,7 @@ void save_encoder(const std::filesystem::path& dir, const Model& model, dtype ou
     std::vector<named_tensor<const T>> tensors;
     for (const auto& p : model.parameters())
         tensors.push_back(
-            {bert_tensor(p.name, "").hf_name, host.data() + (p.value.data() - model.parameter_data()),
+            {bert_tensor(p.name, "").hf_names[0], host.data() + (p.value.data() - model.parameter_data()),
              std::vector<std::int64_t>(p.value.shape().begin(), p.value.shape().begin() + p.value.rank())});
     save_tensors<T>(dir / "model.safetensors", tensors, out, {{"format", "pt"}});
     nlohmann::json config = {{"architectures", {"BertModel"}},
@@ -7761,25 +8298,103 @@ void save_encoder(const std::filesystem::path& dir, const Model& model, dtype ou
     write_file_atomic(dir / "config.json", config.dump(2) + "\n");
 }
 
+/// The transformers family whose layout holds a student of config `c`: gpt2 for GPT-2's blocks,
+/// qwen2 for rotary/RMSNorm/SwiGLU blocks with q/k/v biases only, else llama. Throws config_error
+/// for a mix no family computes (e.g. RMSNorm with learned positions).
+inline std::string family_of(const student::TransformerConfig& c) {
+    const bool gpt2 = !c.rms() && !c.rope() && c.mlp == "gelu" && c.qkv_bias && c.proj_bias && c.mlp_bias &&
+                      c.tie_embeddings && c.kv_heads() == c.n_heads;
+    if (gpt2) return "gpt2";
+    if (c.rms() && c.rope() && c.mlp == "swiglu") {
+        if (c.qkv_bias && !c.proj_bias && !c.mlp_bias) return "qwen2";
+        if (c.qkv_bias == c.proj_bias) return "llama";
+    }
+    throw config_error("student",
+                       "no transformers model family has these blocks (gpt2: LayerNorm, learned "
+                       "positions, GELU, all biases, tied head; llama/qwen2: RMSNorm, rope, SwiGLU, "
+                       "q/k/v and o biases both or neither, or q/k/v only)");
+}
+
+/// transformers' config.json of a decoder student in `family` (gpt2, llama, qwen2 or phi3).
+inline nlohmann::json decoder_config_json(const student::TransformerConfig& c, const std::string& family) {
+    if (family == "gpt2")
+        return {{"architectures", {"GPT2LMHeadModel"}},
+                {"model_type", "gpt2"},
+                {"vocab_size", c.vocab_size},
+                {"n_positions", c.context_length},
+                {"n_embd", c.d_model},
+                {"n_layer", c.n_layers},
+                {"n_head", c.n_heads},
+                {"n_inner", c.d_ff},
+                {"activation_function", "gelu_new"},
+                {"layer_norm_epsilon", c.norm_eps},
+                {"tie_word_embeddings", true}};
+    const auto& rs = c.rope_scaling;
+    nlohmann::json scaling = nullptr;
+    if (rs.type != "none") scaling = {{"rope_type", rs.type}, {"factor", rs.factor}};
+    if (rs.type == "llama3") {
+        scaling["low_freq_factor"] = rs.low_freq_factor;
+        scaling["high_freq_factor"] = rs.high_freq_factor;
+        scaling["original_max_position_embeddings"] = rs.original_context_length;
+    }
+    static const std::map<std::string, std::string, std::less<>> architecture = {
+        {"llama", "LlamaForCausalLM"}, {"qwen2", "Qwen2ForCausalLM"}, {"phi3", "Phi3ForCausalLM"}};
+    nlohmann::json j = {
+        {"architectures", {architecture.at(family)}},
+        {"model_type", family},
+        {"vocab_size", c.vocab_size},
+        // dynamic scaling reads max_position_embeddings as the original context
+        {"max_position_embeddings", rs.type == "dynamic" ? rs.original_context_length : c.context_length},
+        {"hidden_size", c.d_model},
+        {"intermediate_size", c.d_ff},
+        {"num_hidden_layers", c.n_layers},
+        {"num_attention_heads", c.n_heads},
+        {"num_key_value_heads", c.kv_heads()},
+        {"hidden_act", "silu"},
+        {"rms_norm_eps", c.norm_eps},
+        {"rope_theta", c.rope_theta},
+        {"rope_scaling", scaling},
+        {"tie_word_embeddings", c.tie_embeddings}};
+    if (family == "llama") {
+        j["attention_bias"] = c.qkv_bias;
+        j["mlp_bias"] = c.mlp_bias;
+    }
+    if (family == "qwen2") j["use_sliding_window"] = false;
+    if (family == "phi3") {
+        j["original_max_position_embeddings"] = c.context_length;
+        j["sliding_window"] = nullptr;
+        j["pad_token_id"] = nullptr;  // Phi3Config's default (32000) would not fit a smaller vocabulary
+    }
+    return j;
+}
+
 /// Writes `model` to `dir` (created if needed) in transformers' layout, each file replaced
-/// atomically: a `student::Transformer` as GPT2LMHeadModel, a `student::Encoder` as BertModel
-/// (`save_encoder`); config.json and model.safetensors (F32 or BF16). `extra_config` entries (e.g.
-/// bos_token_id, eos_token_id) are added to config.json.
+/// atomically: a `student::Transformer` as GPT2LMHeadModel, LlamaForCausalLM or Qwen2ForCausalLM
+/// (`family_of` its config; `model_type` "phi3" asks for Phi3ForCausalLM's fused layout instead), a
+/// `student::Encoder` as BertModel (`save_encoder`); config.json and model.safetensors (F32 or BF16).
+/// `extra_config` entries (e.g. bos_token_id, eos_token_id) are added to config.json.
 template <class Model>
 void save(const std::filesystem::path& dir, const Model& model, dtype out = dtype::F32,
-          const nlohmann::json& extra_config = nlohmann::json::object()) {
+          const nlohmann::json& extra_config = nlohmann::json::object(), std::string model_type = "") {
     if constexpr (detail::is_encoder<Model>) {
         save_encoder(dir, model, out, extra_config);
         return;
     } else {
         using T = typename Model::scalar_type;
         const auto& c = model.config();
+        const std::string inferred = family_of(c);
+        if (model_type.empty()) model_type = inferred;
+        if (model_type != inferred && !(model_type == "phi3" && inferred == "llama" && !c.qkv_bias && !c.mlp_bias &&
+                                        c.rope_scaling.type == "none"))
+            throw config_error("model_type",
+                               "\"" + model_type + "\" cannot hold this student's blocks; \"" + inferred + "\" can");
         std::filesystem::create_directories(dir);
         const std::vector<T> host = detail::host_parameters(model);
         std::vector<std::vector<T>> transposed;  // owners of the (in, out) copies
         std::vector<named_tensor<const T>> tensors;
         for (const auto& p : model.parameters()) {
-            const tensor_map m = gpt2_tensor(p.name, "transformer.");
+            const tensor_map m = model_type == "gpt2" ? gpt2_tensor(p.name, "transformer.")
+                                                      : llama_tensor(c, model_type, p.name, "model.");
             const T* data = host.data() + (p.value.data() - model.parameter_data());
             std::vector<std::int64_t> shape(p.value.shape().begin(), p.value.shape().begin() + p.value.rank());
             if (m.transposed) {
@@ -7788,21 +8403,18 @@ void save(const std::filesystem::path& dir, const Model& model, dtype out = dtyp
                 data = t.data();
                 std::reverse(shape.begin(), shape.end());
             }
-            tensors.push_back({m.hf_name, data, std::move(shape)});
+            for (std::size_t i = 0; i < m.hf_names.size(); ++i) {  // stacked parts are consecutive rows
+                auto part = shape;
+                if (!m.rows.empty()) part[0] = m.rows[i];
+                tensors.push_back({m.hf_names[i], data, part});
+                std::int64_t n = 1;
+                for (auto d : part) n *= d;
+                data += n;
+            }
         }
         save_tensors<T>(dir / "model.safetensors", tensors, out, {{"format", "pt"}});  // transformers requires "pt"
-        nlohmann::json config = {{"architectures", {"GPT2LMHeadModel"}},
-                                 {"model_type", "gpt2"},
-                                 {"vocab_size", c.vocab_size},
-                                 {"n_positions", c.context_length},
-                                 {"n_embd", c.d_model},
-                                 {"n_layer", c.n_layers},
-                                 {"n_head", c.n_heads},
-                                 {"n_inner", c.d_ff},
-                                 {"activation_function", "gelu_new"},
-                                 {"layer_norm_epsilon", 1e-5},
-                                 {"tie_word_embeddings", true},
-                                 {"torch_dtype", out == dtype::BF16 ? "bfloat16" : "float32"}};
+        nlohmann::json config = decoder_config_json(c, model_type);
+        config["torch_dtype"] = out == dtype::BF16 ? "bfloat16" : "float32";
         for (const auto& [k, v] : extra_config.items()) config[k] = v;
         write_file_atomic(dir / "config.json", config.dump(2) + "\n");
     }
@@ -8638,7 +9250,8 @@ private:
 // ---- begin distill/teacher/model.hpp ----
 /// @file model.hpp
 /// `teacher::Model<Arch>`: a teacher running in this process, loaded from a safetensors checkpoint
-/// whose metadata carries its config (`io::save_weights` writes such files).
+/// whose metadata carries its config (`io::save_weights` writes such files) or from a Hugging Face
+/// checkpoint directory (`io::hf`: GPT-2, Llama, Qwen2, Phi-3).
 ///
 /// It answers prompts by batched generation with a KV cache (greedy, temperature, top-k, top-p, with
 /// a seed; max new tokens; stop tokens and stop sequences) and reports per generated token the
@@ -8802,14 +9415,16 @@ namespace distill::teacher {
 /// Where an in-process teacher comes from and how it batches. Keys are the JSON keys of a job's
 /// `teacher` object of kind "model".
 struct ModelConfig {
-    std::string weights{};  ///< safetensors checkpoint, its config in the metadata
+    std::string weights{};  ///< safetensors checkpoint, its config in the metadata; or a Hugging Face
+                            ///< checkpoint directory (config.json + model.safetensors or shards)
     std::string config{};   ///< optional JSON file with the architecture config ("" = the metadata's)
     int max_batch = 16;     ///< sequences generated (or forwarded) at once
     data::ChatTemplateConfig chat_template{};  ///< how prompts become tokens
 
     /// Throws `config_error` naming the field.
     void validate(const std::string& path = "teacher") const {
-        if (weights.empty()) throw config_error(path + ".weights", "is required (a .safetensors file)");
+        if (weights.empty())
+            throw config_error(path + ".weights", "is required (a .safetensors file or a Hugging Face directory)");
         if (max_batch < 1) throw config_error(path + ".max_batch", "must be >= 1, got " + std::to_string(max_batch));
     }
 };
@@ -8843,8 +9458,10 @@ public:
           template_(cfg_.chat_template),
           net_(load_arch_config(cfg_), cfg_.max_batch, device),
           cache_(net_.make_cache(cfg_.max_batch)) {
-        io::safetensors_file file(cfg_.weights);
-        io::load_weights(file, net_);
+        if (is_hf(cfg_))
+            io::hf::load(io::hf::Checkpoint(cfg_.weights), net_);
+        else
+            io::load_weights(io::safetensors_file(cfg_.weights), net_);
         source_ = std::filesystem::path(cfg_.weights).filename().string();
         check_vocabulary();
     }
@@ -8917,7 +9534,7 @@ public:
     Tensor<T> hidden_state(int i) const { return net_.hidden_state(i); }
     /// (B,H,T,T) attention probabilities of layer l of the last forward.
     Tensor<T> attention(int l) const { return net_.attention(l); }
-    /// (B,T,3C) q|k|v projections of layer l of the last forward.
+    /// (B,T,(H+2Hkv)hs) q|k|v projections of layer l of the last forward.
     Tensor<T> qkv(int l) const { return net_.qkv(l); }
 
 private:
@@ -8936,7 +9553,15 @@ private:
         return c;
     }
 
+    static bool is_hf(const ModelConfig& c) { return std::filesystem::is_directory(c.weights); }
+
     static arch_config load_arch_config(const ModelConfig& c) {
+        if (is_hf(c)) {
+            if (!c.config.empty())
+                throw config_error("teacher.config",
+                                   "must be empty for a Hugging Face directory (its config.json is used)");
+            return io::hf::transformer_config(io::hf::Checkpoint(c.weights));
+        }
         if (c.config.empty()) {
             io::safetensors_file file(c.weights);
             return io::load_weights_config<arch_config>(file);
@@ -14379,9 +15004,13 @@ namespace distill::loss {
 /// visible layers); terms that need a dimension reject 0 with a config_error.
 struct model_dims {
     int vocab_size = 0;  ///< V
-    int d_model = 0;     ///< C, the width of hidden states (q, k and v are C wide each)
+    int d_model = 0;     ///< C, the width of hidden states
     int n_layers = 0;    ///< L: hidden states 0..L, attention layers 0..L-1
     int n_heads = 0;     ///< H, attention heads per layer
+    int qkv_width = 0;   ///< width of a q|k|v row: 3C, less with grouped-query attention; 0 = 3C
+
+    /// The q|k|v row width (3C unless the model says otherwise).
+    int qkv() const noexcept { return qkv_width ? qkv_width : 3 * d_model; }
 };
 
 /// What terms and the `Workspace` are built for: both models' shapes and the largest batch.
@@ -14397,7 +15026,9 @@ struct dims {
 template <class Model>
 model_dims model_dims_of(const Model& m) {
     const auto& c = m.config();
-    return {c.vocab_size, c.d_model, c.n_layers, c.n_heads};
+    model_dims d{c.vocab_size, c.d_model, c.n_layers, c.n_heads};
+    if constexpr (requires { c.qkv_width(); }) d.qkv_width = c.qkv_width();
+    return d;
 }
 
 /// `dims` of a student and an in-process teacher, for batches of up to `max_batch` sequences of up
@@ -14631,7 +15262,7 @@ public:
                 attention_.push_back(layout_.add<T>(
                     "d_attention", {std::int64_t(d.max_batch) * d.student.n_heads * d.max_length * d.max_length}));
         if (qkv)
-            for (std::int64_t l = 0; l < L; ++l) qkv_.push_back(layout_.add<T>("d_qkv", {N * 3 * C}));
+            for (std::int64_t l = 0; l < L; ++l) qkv_.push_back(layout_.add<T>("d_qkv", {N * d.student.qkv()}));
         arena_ = detail::Arena<T, Device>(dev_, layout_.size());
         hidden_state_.assign(hidden_.size(), 0);
         attention_state_.assign(attention_.size(), 0);
@@ -14728,7 +15359,7 @@ public:
                           {B_, dims_.student.n_heads, T_, T_});
     }
     sink<T> qkv_sink(int l) {
-        return layer_sink(qkv_, qkv_state_, qkv_views_, l, "qkv", {B_, T_, 3 * dims_.student.d_model});
+        return layer_sink(qkv_, qkv_state_, qkv_views_, l, "qkv", {B_, T_, dims_.student.qkv()});
     }
     Tensor<T> logits_accumulate() { return zeroed(logits_sink()); }
     Tensor<T> hidden_accumulate(int i) { return zeroed(hidden_sink(i)); }
@@ -15159,6 +15790,14 @@ public:
             throw config_error("attention_relation", "the student's and the teacher's d_model must be known (got " +
                                                          std::to_string(Cs_) + " and " + std::to_string(Ct_) + ")");
         if (R_ < 1) throw config_error("attention_relation.relation_heads", "must be >= 1, got " + std::to_string(R_));
+        for (const auto& [who, m] :
+             {std::pair<const char*, const model_dims&>{"student", d.student}, {"teacher", d.teacher}})
+            if (m.qkv() != 3 * m.d_model)
+                throw config_error("attention_relation",
+                                   std::string("the ") + who + " has grouped-query attention (q|k|v " +
+                                       std::to_string(m.qkv()) +
+                                       " wide, not 3 x d_model = " + std::to_string(3 * m.d_model) +
+                                       "): relations need keys and values as wide as the queries");
         for (const auto& [who, C] : {std::pair<const char*, int>{"student", Cs_}, {"teacher", Ct_}})
             if (C % R_ != 0)
                 throw config_error("attention_relation.relation_heads",
@@ -18896,6 +19535,7 @@ private:
     loss::dims dims(int max_batch) const {
         loss::dims d;
         d.student = {student_cfg_.vocab_size, student_cfg_.d_model, student_cfg_.n_layers, student_cfg_.n_heads};
+        if constexpr (requires { student_cfg_.qkv_width(); }) d.student.qkv_width = student_cfg_.qkv_width();
         if constexpr (online)
             d.teacher = loss::model_dims_of(teacher_.network());
         else

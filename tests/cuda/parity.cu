@@ -262,17 +262,129 @@ TEST_CASE("cross-entropy forward/backward with ignored rows (host targets)") {
     close("ce grad", dd.host(), d, elementwise, 1e-6);
 }
 
-TEST_CASE("attention_decode against a KV cache") {
-    const int B = 3, H = 4, hs = 16, Tmax = 40, C = H * hs;
-    const auto qkv = randn<float>(std::size_t(B) * 3 * C, 50);
-    const auto kc = randn<float>(std::size_t(B) * H * Tmax * hs, 51), vc = randn<float>(kc.size(), 52);
-    const std::vector<int> lengths{1, 17, 40};
-    std::vector<float> out(std::size_t(B) * C), scratch(std::size_t(B) * H * Tmax);
-    DeviceVec<float> dq(gpu(), qkv), dk(gpu(), kc), dv(gpu(), vc), o(gpu(), out.size()), s(gpu(), scratch.size());
-    device::attention_decode(gpu(), o.ptr, s.ptr, dq.ptr, dk.ptr, dv.ptr, lengths.data(), B, H, hs, Tmax);
-    device::attention_decode(cpu(), out.data(), scratch.data(), qkv.data(), kc.data(), vc.data(), lengths.data(), B, H,
-                             hs, Tmax);
-    close("attention_decode", o.host(), out, after_gemm, 1e-5);
+TEST_CASE("attention_decode against a KV cache: multi-head and grouped-query") {
+    const int B = 3, H = 4, hs = 16, Tmax = 40;
+    const device::Reference ref;
+    for (int Hkv : {4, 2}) {
+        INFO("H " << H << ", Hkv " << Hkv);
+        const int row = (H + 2 * Hkv) * hs;
+        const auto qkv = randn<float>(std::size_t(B) * row, 50);
+        const auto kc = randn<float>(std::size_t(B) * Hkv * Tmax * hs, 51), vc = randn<float>(kc.size(), 52);
+        const std::vector<int> lengths{1, 17, 40};
+        std::vector<float> out(std::size_t(B) * H * hs), scratch(std::size_t(B) * H * Tmax);
+        DeviceVec<float> dq(gpu(), qkv), dk(gpu(), kc), dv(gpu(), vc), o(gpu(), out.size()), s(gpu(), scratch.size());
+        device::attention_decode(gpu(), o.ptr, s.ptr, dq.ptr, dk.ptr, dv.ptr, lengths.data(), B, H, Hkv, hs, Tmax);
+        device::attention_decode(ref, out.data(), scratch.data(), qkv.data(), kc.data(), vc.data(), lengths.data(), B,
+                                 H, Hkv, hs, Tmax);
+        close("attention_decode", o.host(), out, after_gemm, 1e-5);
+    }
+}
+
+TEST_CASE("kv_cache_store: grouped-query rows into (max_batch, Hkv, Tmax, hs), rows on host and device") {
+    const int H = 4, Hkv = 2, hs = 16, Tmax = 10, max_batch = 3, row = (H + 2 * Hkv) * hs, count = 5;
+    const auto qkv = randn<float>(std::size_t(7) * row, 55);
+    const std::size_t cache = std::size_t(max_batch) * Hkv * Tmax * hs;
+    auto keys = randn<float>(cache, 56), values = randn<float>(cache, 57);  // untouched entries must stay
+    // token i: qkv row, sequence, position
+    const std::vector<std::int32_t> rows{6, 0, 0, 2, 2, 9, 0, 1, 3, 4, 2, 0, 3, 0, 1};
+    DeviceVec<float> dq(gpu(), qkv), dk(gpu(), keys), dv(gpu(), values);
+    DeviceVec<float> dk2(gpu(), keys), dv2(gpu(), values);
+    DeviceVec<std::int32_t> drows(gpu(), rows);
+    device::kv_cache_store(gpu(), dk.ptr, dv.ptr, dq.ptr, rows.data(), count, H, Hkv, hs, Tmax);
+    device::kv_cache_store(gpu(), dk2.ptr, dv2.ptr, dq.ptr, drows.ptr, count, H, Hkv, hs, Tmax);
+    for (int i = 0; i < count; ++i) {
+        const float* src = qkv.data() + std::size_t(rows[3 * i]) * row;
+        const int b = rows[3 * i + 1], t = rows[3 * i + 2];
+        for (int h = 0; h < Hkv; ++h)
+            for (int d = 0; d < hs; ++d) {
+                const std::size_t dst = ((std::size_t(b) * Hkv + h) * Tmax + t) * hs + d;
+                keys[dst] = src[H * hs + h * hs + d];
+                values[dst] = src[(H + Hkv) * hs + h * hs + d];
+            }
+    }
+    close("keys (host rows)", dk.host(), keys, 0.0);
+    close("values (host rows)", dv.host(), values, 0.0);
+    close("keys (device rows)", dk2.host(), keys, 0.0);
+    close("values (device rows)", dv2.host(), values, 0.0);
+}
+
+// ---- Llama-style layer kernels (against device::Reference) --------------------------------------
+
+TEST_CASE("rmsnorm forward and backward match device::Reference") {
+    const int N = 150, C = 96;  // rows longer than a warp, three 64-row chunks for dw
+    const std::size_t NC = std::size_t(N) * C;
+    const device::Reference ref;
+    const auto x = randn<float>(NC, 110), w = randn<float>(C, 111, 0.5), dout = randn<float>(NC, 112);
+    auto din = randn<float>(NC, 113), dw = randn<float>(C, 114);  // backward accumulates
+    std::vector<float> out(NC), rstd(N);
+    DeviceVec<float> dx(gpu(), x), dw_(gpu(), w), ddout(gpu(), dout), o(gpu(), NC), r(gpu(), N), di(gpu(), din),
+        gw(gpu(), dw);
+    device::rmsnorm_forward(gpu(), o.ptr, r.ptr, dx.ptr, dw_.ptr, N, C, 1e-6f);
+    device::rmsnorm_forward(ref, out.data(), rstd.data(), x.data(), w.data(), N, C, 1e-6f);
+    close("rms out", o.host(), out, elementwise, 1e-6);
+    close("rms rstd", r.host(), rstd, elementwise);
+    device::rmsnorm_backward(gpu(), di.ptr, gw.ptr, ddout.ptr, dx.ptr, dw_.ptr, r.ptr, N, C);
+    device::rmsnorm_backward(ref, din.data(), dw.data(), dout.data(), x.data(), w.data(), rstd.data(), N, C);
+    close("rms din", di.host(), din, elementwise, 1e-5);
+    close("rms dw", gw.host(), dw, elementwise, 1e-5);
+}
+
+TEST_CASE("swiglu forward and backward match device::Reference") {
+    const int N = 45, F = 96;
+    const device::Reference ref;
+    const auto in = randn<float>(std::size_t(N) * 2 * F, 120, 3.0), dout = randn<float>(std::size_t(N) * F, 121);
+    std::vector<float> out(std::size_t(N) * F), din(in.size());
+    DeviceVec<float> dinp(gpu(), in), ddout(gpu(), dout), o(gpu(), out.size()), di(gpu(), din.size());
+    device::swiglu_forward(gpu(), o.ptr, dinp.ptr, N, F);
+    device::swiglu_forward(ref, out.data(), in.data(), N, F);
+    close("swiglu", o.host(), out, elementwise, 1e-7);
+    device::swiglu_backward(gpu(), di.ptr, dinp.ptr, ddout.ptr, N, F);
+    device::swiglu_backward(ref, din.data(), in.data(), dout.data(), N, F);
+    close("swiglu'", di.host(), din, elementwise, 1e-7);
+}
+
+TEST_CASE("rope_rotate on q and k heads, both directions, positions on host") {
+    const int N = 13, H = 4, Hkv = 2, hs = 16, half = hs / 2, P = 32, row = (H + 2 * Hkv) * hs;
+    const device::Reference ref;
+    std::vector<float> cos(std::size_t(P) * half), sin(cos.size());
+    for (int p = 0; p < P; ++p)
+        for (int i = 0; i < half; ++i) {
+            const double a = p * std::pow(10000.0, -2.0 * i / hs);
+            cos[std::size_t(p) * half + i] = float(std::cos(a));
+            sin[std::size_t(p) * half + i] = float(std::sin(a));
+        }
+    std::vector<std::int32_t> positions(N);
+    for (int n = 0; n < N; ++n) positions[n] = (n * 5 + 3) % P;
+    const auto x0 = randn<float>(std::size_t(N) * row, 130);
+    auto x = x0;
+    DeviceVec<float> dx(gpu(), x0), dcos(gpu(), cos), dsin(gpu(), sin);
+    for (bool inverse : {false, true}) {
+        INFO("inverse " << inverse);
+        // q: the first H heads; k: Hkv heads from column H hs; v untouched
+        device::rope_rotate(gpu(), dx.ptr, dcos.ptr, dsin.ptr, positions.data(), N, row, H, hs, inverse);
+        device::rope_rotate(gpu(), dx.ptr + H * hs, dcos.ptr, dsin.ptr, positions.data(), N, row, Hkv, hs, inverse);
+        device::rope_rotate(ref, x.data(), cos.data(), sin.data(), positions.data(), N, row, H, hs, inverse);
+        device::rope_rotate(ref, x.data() + H * hs, cos.data(), sin.data(), positions.data(), N, row, Hkv, hs, inverse);
+        close("rope", dx.host(), x, elementwise, 1e-6);
+    }
+    close("rope forward then inverse", dx.host(), x0, elementwise, 1e-6);
+}
+
+TEST_CASE("embedding without position table (wpe and dwpe null)") {
+    const int B = 3, Tn = 17, C = 40, V = 11;
+    const device::Reference ref;
+    std::vector<std::int32_t> tokens(std::size_t(B) * Tn);
+    for (std::size_t i = 0; i < tokens.size(); ++i) tokens[i] = std::int32_t((i * 7) % V);
+    const auto wte = randn<float>(std::size_t(V) * C, 140), dout = randn<float>(tokens.size() * C, 141);
+    DeviceVec<float> dwte(gpu(), wte), ddout(gpu(), dout), o(gpu(), tokens.size() * C);
+    std::vector<float> out(tokens.size() * C);
+    device::embedding_forward(gpu(), o.ptr, tokens.data(), dwte.ptr, static_cast<const float*>(nullptr), B, Tn, C);
+    device::embedding_forward(ref, out.data(), tokens.data(), wte.data(), static_cast<const float*>(nullptr), B, Tn, C);
+    close("embedding (no wpe)", o.host(), out, elementwise);
+    auto gte = wte;  // accumulates
+    device::embedding_backward(gpu(), dwte.ptr, static_cast<float*>(nullptr), ddout.ptr, tokens.data(), B, Tn, C);
+    device::embedding_backward(ref, gte.data(), static_cast<float*>(nullptr), dout.data(), tokens.data(), B, Tn, C);
+    close("dwte (no dwpe)", dwte.host(), gte, elementwise, 1e-6);
 }
 
 // ---- fused loss kernels -------------------------------------------------------------------------
@@ -588,6 +700,20 @@ student::TransformerConfig teacher_config() {
     return c;
 }
 
+/// A config with the Llama/Qwen2-style blocks: RMSNorm, rotary positions, SwiGLU, grouped-query
+/// attention (half as many kv heads), biases only on q|k|v, untied LM head.
+student::TransformerConfig llama_style(student::TransformerConfig c) {
+    c.norm = "rmsnorm";
+    c.positions = "rope";
+    c.mlp = "swiglu";
+    c.n_kv_heads = c.n_heads / 2;
+    c.qkv_bias = true;
+    c.proj_bias = false;
+    c.mlp_bias = false;
+    c.tie_embeddings = false;
+    return c;
+}
+
 using Loss = loss::Sum<loss::SoftKL, loss::HiddenMSE>;
 /// The other terms that read the models: the logit divergences and the attention transfers.
 using OtherTerms = loss::Sum<loss::ReverseKL, loss::JSD, loss::AttentionKL, loss::AttentionRelation>;
@@ -619,10 +745,11 @@ struct Setup {
         return c;
     }
 
-    explicit Setup(const Device& d)
+    explicit Setup(const Device& d, const student::TransformerConfig& sc = student_config(),
+                   const student::TransformerConfig& tc = teacher_config())
         : dev(d),
-          student(student_config(), B, d),
-          teacher(teacher_config(), B, d),
+          student(sc, B, d),
+          teacher(tc, B, d),
           dims(loss::dims_of(student, teacher, B)),
           loss(loss_config(), dims),
           ws(loss, dims, d),
@@ -662,9 +789,11 @@ struct Setup {
 
 }  // namespace
 
-TEST_CASE("a full distillation step: forward, SoftKL + HiddenMSE, backward, AdamW") {
-    Setup<Cuda> g(gpu());
-    Setup<Cpu> c(cpu());
+namespace {
+
+void full_step(const student::TransformerConfig& sc, const student::TransformerConfig& tc) {
+    Setup<Cuda> g(gpu(), sc, tc);
+    Setup<Cpu> c(cpu(), sc, tc);
     // same initial weights on both devices
     for (std::size_t i = 0; i < c.student.parameters().size(); ++i)
         close("init " + c.student.parameters()[i].name, g.host(g.student.parameters()[i].value),
@@ -710,6 +839,16 @@ TEST_CASE("a full distillation step: forward, SoftKL + HiddenMSE, backward, Adam
           doctest::Approx(double(c.student.cross_entropy(targets.data()))).epsilon(1e-4));
 }
 
+}  // namespace
+
+TEST_CASE("a full distillation step: forward, SoftKL + HiddenMSE, backward, AdamW") {
+    full_step(student_config(), teacher_config());
+}
+
+TEST_CASE("a full distillation step with Llama-style blocks (rmsnorm, rope, swiglu, GQA, untied head)") {
+    full_step(llama_style(student_config()), llama_style(teacher_config()));
+}
+
 TEST_CASE("the other terms through the models: ReverseKL, JSD, AttentionKL, AttentionRelation") {
     Setup<Cuda, OtherTerms> g(gpu());
     Setup<Cpu, OtherTerms> c(cpu());
@@ -740,9 +879,11 @@ TEST_CASE("end to end: 30 distillation steps on CUDA follow the CPU's loss curve
     close("loss curve", curve_g, curve_c, 5e-3);
 }
 
-TEST_CASE("generation: prefill and decode on CUDA give the CPU's next-token logits") {
-    Setup<Cuda> g(gpu());
-    Setup<Cpu> c(cpu());
+namespace {
+
+void generation(const student::TransformerConfig& sc) {
+    Setup<Cuda> g(gpu(), sc);
+    Setup<Cpu> c(cpu(), sc);
     const int B = 2, Tn = 8;
     std::vector<int> lengths{5, 8};
     auto kg = g.student.make_cache(B);
@@ -758,6 +899,16 @@ TEST_CASE("generation: prefill and decode on CUDA give the CPU's next-token logi
         close("decode logits", g.host(g.student.next_logits()), c.host(c.student.next_logits()), after_gemm,
               after_gemm);
     }
+}
+
+}  // namespace
+
+TEST_CASE("generation: prefill and decode on CUDA give the CPU's next-token logits") {
+    generation(student_config());
+}
+
+TEST_CASE("generation with Llama-style blocks: rotary positions, grouped-query KV cache") {
+    generation(llama_style(student_config()));
 }
 
 TEST_CASE("errors: CUDA failures become distill::cuda_error naming the call") {

@@ -1,6 +1,6 @@
 #pragma once
 /// @file math.hpp
-/// Scalar math shared by every device (host loops, SIMD loops and CUDA kernels): GELU and
+/// Scalar math shared by every device (host loops, SIMD loops and CUDA kernels): GELU, SiLU and
 /// numerically stable softmax pieces. One definition, so the devices agree by construction.
 
 #include <cmath>
@@ -31,6 +31,23 @@ DISTILL_HD inline T gelu_grad(T x) {
     const T s = u >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
     const T du = gelu_k<T> * (T(1) + T(3) * T(0.044715) * x * x);
     return s + T(2) * x * du * e / ((T(1) + e) * (T(1) + e));
+}
+
+/// SiLU (torch.nn.functional.silu): x sigmoid(x), evaluated without overflow for x << 0.
+template <class T>
+DISTILL_HD inline T sigmoid(T x) {
+    const T e = std::exp(-std::abs(x));
+    return x >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
+}
+template <class T>
+DISTILL_HD inline T silu(T x) {
+    return x * sigmoid(x);
+}
+/// d silu(x) / dx = s (1 + x (1 - s)), s = sigmoid(x).
+template <class T>
+DISTILL_HD inline T silu_grad(T x) {
+    const T s = sigmoid(x);
+    return s * (T(1) + x * (T(1) - s));
 }
 
 }  // namespace distill::math

@@ -311,6 +311,88 @@ void gelu_backward(const Cpu& dev, T* din, const T* in, const T* dout, std::int6
     });
 }
 
+/// RMSNorm forward (see Reference), parallel over rows.
+template <class T>
+void rmsnorm_forward(const Cpu& dev, T* out, T* rstd, const T* in, const T* w, int N, int C, T eps) {
+    using namespace cpu_detail;
+    const ConstArray<T> wa(w, C);
+    DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()))
+    for (int n = 0; n < N; ++n) {
+        const ConstArray<T> x(in + std::int64_t(n) * C, C);
+        const T s = T(1) / std::sqrt(x.square().mean() + eps);
+        Array<T>(out + std::int64_t(n) * C, C) = x * s * wa;
+        rstd[n] = s;
+    }
+}
+
+/// RMSNorm backward (see Reference): din by rows, then dw by column blocks.
+template <class T>
+void rmsnorm_backward(const Cpu& dev, T* din, T* dw, const T* dout, const T* in, const T* w, const T* rstd, int N,
+                      int C) {
+    using namespace cpu_detail;
+    const ConstArray<T> wa(w, C);
+    DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()))
+    for (int n = 0; n < N; ++n) {
+        const std::int64_t row = std::int64_t(n) * C;
+        const ConstArray<T> x(in + row, C), dy(dout + row, C);
+        const T gx_mean = (dy * wa * x).mean() * rstd[n];
+        Array<T>(din + row, C) += rstd[n] * (dy * wa - x * (rstd[n] * gx_mean));
+    }
+    for_column_blocks(dev.threads(), C, 64 / sizeof(T), [&](std::int64_t b, std::int64_t e) {
+        Array<T> dwa(dw + b, e - b);
+        for (int n = 0; n < N; ++n) {
+            const std::int64_t row = std::int64_t(n) * C;
+            dwa += ConstArray<T>(dout + row + b, e - b) * ConstArray<T>(in + row + b, e - b) * rstd[n];
+        }
+    });
+}
+
+/// SwiGLU forward (see Reference), parallel over rows: out(N,F) = silu(gate) * up.
+template <class T>
+void swiglu_forward(const Cpu& dev, T* out, const T* in, int N, int F) {
+    using namespace cpu_detail;
+    DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()))
+    for (int n = 0; n < N; ++n) {
+        const ConstArray<T> g(in + std::int64_t(n) * 2 * F, F), u(in + std::int64_t(n) * 2 * F + F, F);
+        Array<T>(out + std::int64_t(n) * F, F) = g / (T(1) + (-g).exp()) * u;
+    }
+}
+
+/// SwiGLU backward (see Reference): din(N,2F) = dout up silu'(gate) | dout silu(gate), with
+/// silu'(g) = s (1 + g (1 - s)), s = sigmoid(g).
+template <class T>
+void swiglu_backward(const Cpu& dev, T* din, const T* in, const T* dout, int N, int F) {
+    using namespace cpu_detail;
+    DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()))
+    for (int n = 0; n < N; ++n) {
+        const std::int64_t r = std::int64_t(n) * 2 * F;
+        const ConstArray<T> g(in + r, F), u(in + r + F, F), d(dout + std::int64_t(n) * F, F);
+        const auto sig = T(1) / (T(1) + (-g).exp());
+        Array<T>(din + r, F) = d * u * sig * (T(1) + g * (T(1) - sig));
+        Array<T>(din + r + F, F) = d * g * sig;
+    }
+}
+
+/// Rotary embedding in place (see Reference), parallel over rows.
+template <class T>
+void rope_rotate(const Cpu& dev, T* x, const T* cos, const T* sin, const std::int32_t* positions, int N, int row,
+                 int heads, int hs, bool inverse) {
+    using namespace cpu_detail;
+    const int half = hs / 2;
+    const T sign = inverse ? T(-1) : T(1);
+    DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()))
+    for (int n = 0; n < N; ++n) {
+        const ConstArray<T> c(cos + std::int64_t(positions[n]) * half, half);
+        const ConstArray<T> s(sin + std::int64_t(positions[n]) * half, half);
+        for (int h = 0; h < heads; ++h) {
+            Array<T> x1(x + std::int64_t(n) * row + std::int64_t(h) * hs, half), x2(x1.data() + half, half);
+            const auto a = x1.eval();
+            x1 = a * c - sign * x2 * s;
+            x2 = x2 * c + sign * a * s;
+        }
+    }
+}
+
 /// Scaled causal softmax in place on att(BH,T,T), parallel over rows.
 template <class T>
 void causal_softmax_forward(const Cpu& dev, T* att, int BH, int Tn, T scale) {
@@ -343,19 +425,21 @@ void causal_softmax_backward(const Cpu& dev, T* dscores, const T* att, const T* 
     }
 }
 
-/// out(B,T,C) = wte[tokens] + wpe[t], parallel over positions.
+/// out(B,T,C) = wte[tokens] + wpe[t] (wpe null: wte[tokens] alone), parallel over positions.
 template <class T>
 void embedding_forward(const Cpu& dev, T* out, const std::int32_t* tokens, const T* wte, const T* wpe, int B, int Tn,
                        int C) {
     using namespace cpu_detail;
     const std::int64_t rows = std::int64_t(B) * Tn;
     DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()))
-    for (std::int64_t bt = 0; bt < rows; ++bt)
-        Array<T>(out + bt * C, C) =
-            ConstArray<T>(wte + std::int64_t(tokens[bt]) * C, C) + ConstArray<T>(wpe + (bt % Tn) * C, C);
+    for (std::int64_t bt = 0; bt < rows; ++bt) {
+        Array<T> o(out + bt * C, C);
+        o = ConstArray<T>(wte + std::int64_t(tokens[bt]) * C, C);
+        if (wpe) o += ConstArray<T>(wpe + (bt % Tn) * C, C);
+    }
 }
 
-/// dwte(V,C), dwpe(T,C) += scatter of dout(B,T,C); each thread owns a block of channels, so
+/// dwte(V,C), dwpe(T,C) (when not null) += scatter of dout(B,T,C); each thread owns a block of channels, so
 /// repeated tokens never race and the summation order is fixed.
 template <class T>
 void embedding_backward(const Cpu& dev, T* dwte, T* dwpe, const T* dout, const std::int32_t* tokens, int B, int Tn,
@@ -366,7 +450,7 @@ void embedding_backward(const Cpu& dev, T* dwte, T* dwpe, const T* dout, const s
         for (std::int64_t bt = 0; bt < rows; ++bt) {
             const ConstArray<T> g(dout + bt * C + b, e - b);
             Array<T>(dwte + std::int64_t(tokens[bt]) * C + b, e - b) += g;
-            Array<T>(dwpe + (bt % Tn) * C + b, e - b) += g;
+            if (dwpe) Array<T>(dwpe + (bt % Tn) * C + b, e - b) += g;
         }
     });
 }
@@ -399,21 +483,22 @@ int cross_entropy_forward_backward(const Cpu& dev, T* dlogits, T* losses, const 
 }
 
 /// One decoding step of attention against a KV cache (see Reference), parallel over (b, h): a
-/// matrix-vector product for the scores, a vectorized softmax, and one for the output.
+/// matrix-vector product for the scores, a vectorized softmax, and one for the output. Query head h
+/// reads kv head h / (H / Hkv); caches (max_batch, Hkv, Tmax, hs); q from qkv(B,(H+2Hkv)hs).
 template <class T>
 void attention_decode(const Cpu& dev, T* out, T* scratch, const T* qkv, const T* kcache, const T* vcache,
-                      const int* lengths, int B, int H, int hs, int Tmax) {
+                      const int* lengths, int B, int H, int Hkv, int hs, int Tmax) {
     using namespace cpu_detail;
     using Vec = Eigen::Matrix<T, Eigen::Dynamic, 1>;
-    const int C = H * hs;
+    const int C = H * hs, row = (H + 2 * Hkv) * hs;
     const T scale = T(1) / std::sqrt(T(hs));
     DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()))
     for (int bh = 0; bh < B * H; ++bh) {
         const int b = bh / H, h = bh % H, n = lengths[b];
-        const std::int64_t base = std::int64_t(bh) * Tmax * hs;
+        const std::int64_t base = (std::int64_t(b) * Hkv + h / (H / Hkv)) * Tmax * hs;
         const ConstMap<T> K(kcache + base, n, hs, Eigen::OuterStride<>(hs));
         const ConstMap<T> Vm(vcache + base, n, hs, Eigen::OuterStride<>(hs));
-        const Eigen::Map<const Vec> q(qkv + std::int64_t(b) * 3 * C + h * hs, hs);
+        const Eigen::Map<const Vec> q(qkv + std::int64_t(b) * row + h * hs, hs);
         Eigen::Map<Vec> p(scratch + std::int64_t(bh) * Tmax, n);
         p.noalias() = K * q;
         const T mx = p.maxCoeff() * scale;

@@ -178,6 +178,82 @@ void gelu_backward(const Reference&, T* din, const T* in, const T* dout, std::in
     for (std::int64_t i = 0; i < n; ++i) din[i] = dout[i] * math::gelu_grad(in[i]);
 }
 
+/// RMSNorm over the last dimension (transformers' LlamaRMSNorm):
+/// out(N,C) = in * rstd * w, rstd(N) = 1/sqrt(mean_c(in^2) + eps) saved for backward.
+template <class T>
+void rmsnorm_forward(const Reference&, T* out, T* rstd, const T* in, const T* w, int N, int C, T eps) {
+    for (int n = 0; n < N; ++n) {
+        const T* x = in + std::int64_t(n) * C;
+        T ms = 0;
+        for (int c = 0; c < C; ++c) ms += x[c] * x[c];
+        const T s = T(1) / std::sqrt(ms / T(C) + eps);
+        for (int c = 0; c < C; ++c) out[std::int64_t(n) * C + c] = x[c] * s * w[c];
+        rstd[n] = s;
+    }
+}
+
+/// RMSNorm backward. Accumulates din(N,C) += and dw(C) +=. With xhat = x rstd and g = dout * w:
+/// din = rstd (g - xhat mean_c(g xhat)).
+template <class T>
+void rmsnorm_backward(const Reference&, T* din, T* dw, const T* dout, const T* in, const T* w, const T* rstd, int N,
+                      int C) {
+    for (int n = 0; n < N; ++n) {
+        const std::int64_t row = std::int64_t(n) * C;
+        T gx_mean = 0;
+        for (int c = 0; c < C; ++c) {
+            const T xhat = in[row + c] * rstd[n];
+            gx_mean += dout[row + c] * w[c] * xhat;
+            dw[c] += dout[row + c] * xhat;
+        }
+        gx_mean /= T(C);
+        for (int c = 0; c < C; ++c) din[row + c] += rstd[n] * (dout[row + c] * w[c] - in[row + c] * rstd[n] * gx_mean);
+    }
+}
+
+/// SwiGLU (Llama's MLP activation): out(N,F) = silu(gate) * up, in(N,2F) = gate | up per row.
+template <class T>
+void swiglu_forward(const Reference&, T* out, const T* in, int N, int F) {
+    for (int n = 0; n < N; ++n)
+        for (int f = 0; f < F; ++f) {
+            const T* row = in + std::int64_t(n) * 2 * F;
+            out[std::int64_t(n) * F + f] = math::silu(row[f]) * row[F + f];
+        }
+}
+
+/// SwiGLU backward: din(N,2F) = dout * up * silu'(gate) | dout * silu(gate) (overwrites din).
+template <class T>
+void swiglu_backward(const Reference&, T* din, const T* in, const T* dout, int N, int F) {
+    for (int n = 0; n < N; ++n)
+        for (int f = 0; f < F; ++f) {
+            const std::int64_t r = std::int64_t(n) * 2 * F;
+            const T g = in[r + f], u = in[r + F + f], d = dout[std::int64_t(n) * F + f];
+            din[r + f] = d * u * math::silu_grad(g);
+            din[r + F + f] = d * math::silu(g);
+        }
+}
+
+/// Rotary position embedding in place (transformers' apply_rotary_pos_emb, rotate-half pairing):
+/// in each of the first `heads` heads (hs wide) of every row of x(N, row), the pair (i, i + hs/2) is
+/// rotated by the angle of position positions[n] and frequency i: x1' = x1 cos - x2 sin,
+/// x2' = x2 cos + x1 sin, with cos/sin(P, hs/2) tables. `inverse` rotates back by the same angle,
+/// which is the backward (a rotation's transpose).
+template <class T>
+void rope_rotate(const Reference&, T* x, const T* cos, const T* sin, const std::int32_t* positions, int N, int row,
+                 int heads, int hs, bool inverse) {
+    const int half = hs / 2;
+    for (int n = 0; n < N; ++n)
+        for (int h = 0; h < heads; ++h) {
+            T* v = x + std::int64_t(n) * row + std::int64_t(h) * hs;
+            const T* c = cos + std::int64_t(positions[n]) * half;
+            const T* s = sin + std::int64_t(positions[n]) * half;
+            for (int i = 0; i < half; ++i) {
+                const T x1 = v[i], x2 = v[i + half], si = inverse ? -s[i] : s[i];
+                v[i] = x1 * c[i] - x2 * si;
+                v[i + half] = x2 * c[i] + x1 * si;
+            }
+        }
+}
+
 /// In place on att(BH,T,T): row t becomes softmax(scale * att[t, 0..t]) with zeros after t
 /// (causal masking, torch.softmax(masked_fill(scores*scale, triu, -inf))).
 template <class T>
@@ -212,7 +288,8 @@ void causal_softmax_backward(const Reference&, T* dscores, const T* att, const T
         }
 }
 
-/// out(B,T,C) = wte[tokens[b,t]] + wpe[t] (token plus learned position embedding).
+/// out(B,T,C) = wte[tokens[b,t]] + wpe[t] (token plus learned position embedding; wpe null: the
+/// token embedding alone, for rotary models).
 template <class T>
 void embedding_forward(const Reference&, T* out, const std::int32_t* tokens, const T* wte, const T* wpe, int B, int Tn,
                        int C) {
@@ -220,11 +297,11 @@ void embedding_forward(const Reference&, T* out, const std::int32_t* tokens, con
         for (int t = 0; t < Tn; ++t) {
             const std::int64_t bt = std::int64_t(b) * Tn + t;
             for (int c = 0; c < C; ++c)
-                out[bt * C + c] = wte[std::int64_t(tokens[bt]) * C + c] + wpe[std::int64_t(t) * C + c];
+                out[bt * C + c] = wte[std::int64_t(tokens[bt]) * C + c] + (wpe ? wpe[std::int64_t(t) * C + c] : T(0));
         }
 }
 
-/// Accumulates dwte(V,C) and dwpe(T,C) from dout(B,T,C).
+/// Accumulates dwte(V,C) and dwpe(T,C) (skipped when null) from dout(B,T,C).
 template <class T>
 void embedding_backward(const Reference&, T* dwte, T* dwpe, const T* dout, const std::int32_t* tokens, int B, int Tn,
                         int C) {
@@ -233,7 +310,7 @@ void embedding_backward(const Reference&, T* dwte, T* dwpe, const T* dout, const
             const std::int64_t bt = std::int64_t(b) * Tn + t;
             for (int c = 0; c < C; ++c) {
                 dwte[std::int64_t(tokens[bt]) * C + c] += dout[bt * C + c];
-                dwpe[std::int64_t(t) * C + c] += dout[bt * C + c];
+                if (dwpe) dwpe[std::int64_t(t) * C + c] += dout[bt * C + c];
             }
         }
 }
@@ -266,20 +343,21 @@ int cross_entropy_forward_backward(const Reference&, T* dlogits, T* losses, cons
     return count;
 }
 
-/// One decoding step of causal attention against a KV cache. For each sequence b and head h, with
-/// n = lengths[b] cached positions (the new token's key and value already written at n-1):
-/// p = softmax(q_bh · K_bh[0..n)^T / sqrt(hs)),  out(B,C)[b, h*hs..] = p · V_bh[0..n).
-/// q is read from qkv(B,3C); kcache/vcache are (max_batch, H, Tmax, hs); scratch holds B*H*Tmax.
+/// One decoding step of causal attention against a KV cache. For each sequence b and query head h
+/// (key/value head h / (H/Hkv), grouped-query attention), with n = lengths[b] cached positions (the
+/// new token's key and value already written at n-1):
+/// p = softmax(q_bh · K[0..n)^T / sqrt(hs)),  out(B,H*hs)[b, h*hs..] = p · V[0..n).
+/// q is read from qkv(B,(H+2Hkv)hs); kcache/vcache are (max_batch, Hkv, Tmax, hs); scratch holds B*H*Tmax.
 template <class T>
 void attention_decode(const Reference&, T* out, T* scratch, const T* qkv, const T* kcache, const T* vcache,
-                      const int* lengths, int B, int H, int hs, int Tmax) {
-    const int C = H * hs;
+                      const int* lengths, int B, int H, int Hkv, int hs, int Tmax) {
+    const int C = H * hs, row = (H + 2 * Hkv) * hs;
     const T scale = T(1) / std::sqrt(T(hs));
     for (int b = 0; b < B; ++b)
         for (int h = 0; h < H; ++h) {
             const int n = lengths[b];
-            const T* q = qkv + std::int64_t(b) * 3 * C + h * hs;
-            const std::int64_t base = (std::int64_t(b) * H + h) * Tmax * hs;
+            const T* q = qkv + std::int64_t(b) * row + h * hs;
+            const std::int64_t base = (std::int64_t(b) * Hkv + h / (H / Hkv)) * Tmax * hs;
             T* p = scratch + (std::int64_t(b) * H + h) * Tmax;
             T mx = -std::numeric_limits<T>::infinity();
             for (int j = 0; j < n; ++j) {

@@ -18,8 +18,16 @@
 ///   pooler (`pooler.dense.*`), task heads (`cls.*`) and the `embeddings.position_ids` buffer are not
 ///   part of the Encoder and are skipped. A sentence-transformers directory's `1_Pooling/config.json`
 ///   chooses mean or CLS pooling (mean without it).
-/// Families whose blocks `student::Transformer` does not have yet (RMSNorm, RoPE, SwiGLU, grouped-query
-/// attention: Llama, Qwen2, Phi-3) are refused naming what is missing.
+/// - `llama` (Llama 2/3.x, SmolLM, TinyLlama), `qwen2` (Qwen2, Qwen2.5) and `phi3` (Phi-3, Phi-4-mini):
+///   `*ForCausalLM` (names with the `model.` prefix) or the bare `*Model`, as `student::Transformer`
+///   with RMSNorm, rotary positions (plain, linear, dynamic NTK or llama3 scaling), SwiGLU and
+///   grouped-query attention. The student keeps q|k|v and gate|up in one weight each (rows stacked:
+///   q, k, v; gate, up); Llama's and Qwen2's separate `q_proj`/`k_proj`/`v_proj` and
+///   `gate_proj`/`up_proj` are stacked on the way in and split on the way out, Phi-3's fused
+///   `qkv_proj`/`gate_up_proj` are the student's as they are. Llama's `attention_bias` covers q, k, v
+///   and o; Qwen2 has q/k/v biases only; Phi-3 none. Old checkpoints' `rotary_emb.inv_freq` buffers
+///   are skipped. A rotary model may be built with a shorter `context_length` than the checkpoint's
+///   (nothing in it depends on the length), which keeps a 128k-context model's activations small.
 ///
 /// Every file is bounded before it is parsed; a missing, extra or misshapen tensor is a `format_error`
 /// listing what was expected, checked before any parameter is written.
@@ -152,7 +160,8 @@ private:
 };
 
 /// The model types this header knows, and what each needs.
-inline constexpr std::string_view supported_model_types = "gpt2 (student::Transformer), bert (student::Encoder)";
+inline constexpr std::string_view supported_model_types =
+    "gpt2, llama, qwen2, phi3 (student::Transformer), bert (student::Encoder)";
 
 namespace detail {
 
@@ -172,6 +181,22 @@ struct ConfigReader {
             throw format_error(file, 0, std::string(key) + ": expected a positive integer, got " + it->dump());
         return int(it->get<std::int64_t>());
     }
+    // A positive number; `fallback` when absent or null.
+    double number(const char* key, double fallback) const {
+        const auto it = c.find(key);
+        if (it == c.end() || it->is_null()) return fallback;
+        if (!it->is_number() || !(it->get<double>() > 0))
+            throw format_error(file, 0, std::string(key) + ": expected a positive number, got " + it->dump());
+        return it->get<double>();
+    }
+    // A boolean; `fallback` when absent or null.
+    bool boolean(const char* key, bool fallback) const {
+        const auto it = c.find(key);
+        if (it == c.end() || it->is_null()) return fallback;
+        if (!it->is_boolean())
+            throw format_error(file, 0, std::string(key) + ": expected a boolean, got " + it->dump());
+        return it->get<bool>();
+    }
     // A setting the student computes only one way: absent, null or `expected`.
     void require(const char* key, const nlohmann::json& expected, const char* why) const {
         const auto it = c.find(key);
@@ -184,10 +209,12 @@ struct ConfigReader {
 
 }  // namespace detail
 
-/// How one student parameter is stored in a transformers checkpoint.
+/// How one student parameter is stored in a transformers checkpoint: one tensor, or several whose
+/// rows stacked make it (q | k | v, gate | up).
 struct tensor_map {
-    std::string hf_name;      ///< transformers' name, e.g. "transformer.h.0.attn.c_attn.weight"
-    bool transposed = false;  ///< stored (in, out) where the student is (out, in)
+    std::vector<std::string> hf_names;  ///< transformers' names, e.g. {"transformer.h.0.attn.c_attn.weight"}
+    std::vector<std::int64_t> rows;     ///< rows of each part when stacked (empty for one tensor)
+    bool transposed = false;            ///< stored (in, out) where the student is (out, in)
 };
 
 /// Reads transformers' config of a `gpt2` model as a student config. Settings the student's blocks do
@@ -225,27 +252,85 @@ inline student::TransformerConfig gpt2_config(const nlohmann::json& c, const std
     return t;
 }
 
+/// Reads transformers' config of a `llama`, `qwen2` or `phi3` model as a student config. Settings
+/// the student's blocks do not compute (another activation, partial rotary, YaRN/LongRoPE scaling,
+/// a sliding window shorter than the context, a head size other than hidden_size / heads) are refused
+/// by name.
+inline student::TransformerConfig llama_config(const nlohmann::json& c, const std::filesystem::path& file,
+                                               const std::string& model_type) {
+    const detail::ConfigReader r{c, file};
+    auto fail = [&](const std::string& what) { throw format_error(file, 0, what); };
+    r.require("hidden_act", "silu", "the student's SwiGLU gate is SiLU");
+    r.require("partial_rotary_factor", 1.0, "the student rotates whole heads");
+    student::TransformerConfig t;
+    t.vocab_size = r.integer("vocab_size");
+    t.context_length = r.integer("max_position_embeddings");
+    t.d_model = r.integer("hidden_size");
+    t.n_layers = r.integer("num_hidden_layers");
+    t.n_heads = r.integer("num_attention_heads");
+    t.n_kv_heads = r.integer("num_key_value_heads", t.n_heads);
+    t.d_ff = r.integer("intermediate_size");
+    if (r.integer("head_dim", t.d_model / t.n_heads) * t.n_heads != t.d_model)
+        fail("head_dim: " + c["head_dim"].dump() + " is not supported, only hidden_size / num_attention_heads");
+    t.norm = "rmsnorm";
+    t.norm_eps = r.number("rms_norm_eps", model_type == "phi3" ? 1e-5 : 1e-6);
+    t.positions = "rope";
+    t.rope_theta = r.number("rope_theta", 10000);
+    t.mlp = "swiglu";
+    t.tie_embeddings = r.boolean("tie_word_embeddings", false);
+    if (model_type == "llama") {
+        t.qkv_bias = t.proj_bias = r.boolean("attention_bias", false);
+        t.mlp_bias = r.boolean("mlp_bias", false);
+    } else {
+        t.qkv_bias = model_type == "qwen2";  // Qwen2: q, k, v biases; o and the MLP without
+        t.proj_bias = t.mlp_bias = false;
+    }
+    if (model_type == "qwen2" && r.boolean("use_sliding_window", false))
+        fail("use_sliding_window: true is not supported (the student attends to the whole context)");
+    if (model_type == "phi3")  // sequences no longer than the window attend exactly as transformers'
+        if (const auto w = c.find("sliding_window"); w != c.end() && !w->is_null())
+            t.context_length = std::min(t.context_length, r.integer("sliding_window"));
+    if (const auto it = c.find("rope_scaling"); it != c.end() && !it->is_null()) {
+        if (!it->is_object()) fail("rope_scaling: expected an object or null, got " + it->dump());
+        const detail::ConfigReader s{*it, file};
+        const auto type = it->contains("rope_type") ? (*it)["rope_type"] : it->value("type", nlohmann::json());
+        if (type != "linear" && type != "dynamic" && type != "llama3")
+            fail("rope_scaling: type " + type.dump() +
+                 " is not supported, only \"linear\", \"dynamic\" or \"llama3\" (YaRN, LongRoPE and su are not "
+                 "implemented)");
+        auto& rs = t.rope_scaling;
+        rs.type = type.get<std::string>();
+        rs.factor = s.number("factor", 1);
+        if (rs.type == "dynamic") {  // transformers' max_position_embeddings is the original context here
+            rs.original_context_length = t.context_length;
+            t.context_length = int(std::min(double(1 << 18), t.context_length * rs.factor));
+        } else if (rs.type == "llama3") {
+            rs.low_freq_factor = s.number("low_freq_factor", 1);
+            rs.high_freq_factor = s.number("high_freq_factor", 4);
+            rs.original_context_length = s.integer("original_max_position_embeddings");
+        }
+    }
+    try {
+        t.validate("config");
+    } catch (const config_error& e) {
+        throw format_error(file, 0, e.what());
+    }
+    return t;
+}
+
 /// The student config a checkpoint describes. Throws format_error naming config.json for a model type
 /// or a setting the student cannot compute.
 inline student::TransformerConfig transformer_config(const Checkpoint& ckpt) {
     const auto file = ckpt.directory() / "config.json";
-    if (ckpt.model_type() == "gpt2") return gpt2_config(ckpt.config(), file);
-    static const std::map<std::string, std::string, std::less<>> missing = {
-        {"llama", "RMSNorm, rotary positions, SwiGLU and grouped-query attention"},
-        {"qwen2", "RMSNorm, rotary positions, SwiGLU, grouped-query attention and QKV bias"},
-        {"phi3", "RMSNorm, rotary positions, a fused gate/up SwiGLU and fused QKV"},
-    };
-    if (ckpt.model_type() == "bert")
+    const std::string& type = ckpt.model_type();
+    if (type == "gpt2") return gpt2_config(ckpt.config(), file);
+    if (type == "llama" || type == "qwen2" || type == "phi3") return llama_config(ckpt.config(), file, type);
+    if (type == "bert")
         throw format_error(file, 0,
                            "model_type \"bert\" is a bidirectional encoder: load it as student::Encoder "
                            "(io::hf::encoder_config and io::hf::load), not as student::Transformer");
-    const auto it = missing.find(ckpt.model_type());
     throw format_error(
-        file, 0,
-        "model_type \"" + ckpt.model_type() + "\" is not supported: " +
-            (it != missing.end() ? "it needs " + it->second + ", which student::Transformer does not have yet; "
-                                 : std::string()) +
-            "supported: " + std::string(supported_model_types));
+        file, 0, "model_type \"" + type + "\" is not supported; supported: " + std::string(supported_model_types));
 }
 
 /// Reads transformers' config of a `bert` model as an Encoder config; `pooling` ("mean" or "cls")
@@ -324,13 +409,44 @@ inline student::EncoderConfig encoder_config(const Checkpoint& ckpt) {
 inline tensor_map gpt2_tensor(const std::string& name, const std::string& prefix) {
     const bool conv1d =
         name.ends_with("c_attn.weight") || name.ends_with("c_proj.weight") || name.ends_with("c_fc.weight");
-    return {prefix + name, conv1d};
+    return {{prefix + name}, {}, conv1d};
+}
+
+/// Where each of a student's parameters lives in a `llama`, `qwen2` or `phi3` checkpoint whose names
+/// start with `prefix` ("model." for *ForCausalLM, "" for *Model; the untied head is `lm_head.weight`
+/// either way). `c` gives the row counts of the stacked parts.
+inline tensor_map llama_tensor(const student::TransformerConfig& c, const std::string& model_type,
+                               const std::string& name, const std::string& prefix) {
+    if (name == "wte.weight") return {{prefix + "embed_tokens.weight"}, {}, false};
+    if (name == "ln_f.weight") return {{prefix + "norm.weight"}, {}, false};
+    if (name == "lm_head.weight") return {{"lm_head.weight"}, {}, false};
+    // h.{l}.{part}.{weight|bias}
+    const std::size_t dot = name.find('.', 2), last = name.rfind('.');
+    const std::string layer = prefix + "layers." + name.substr(2, dot - 2) + ".",
+                      part = name.substr(dot + 1, last - dot - 1), kind = name.substr(last);
+    const bool fused = model_type == "phi3";
+    const std::int64_t hs = c.head_size(), q = std::int64_t(c.n_heads) * hs, kv = std::int64_t(c.kv_heads()) * hs;
+    if (part == "ln_1") return {{layer + "input_layernorm" + kind}, {}, false};
+    if (part == "ln_2") return {{layer + "post_attention_layernorm" + kind}, {}, false};
+    if (part == "attn.c_proj") return {{layer + "self_attn.o_proj" + kind}, {}, false};
+    if (part == "mlp.c_proj") return {{layer + "mlp.down_proj" + kind}, {}, false};
+    if (part == "attn.c_attn")
+        return fused ? tensor_map{{layer + "self_attn.qkv_proj" + kind}, {}, false}
+                     : tensor_map{{layer + "self_attn.q_proj" + kind, layer + "self_attn.k_proj" + kind,
+                                   layer + "self_attn.v_proj" + kind},
+                                  {q, kv, kv},
+                                  false};
+    if (part == "mlp.c_fc")
+        return fused ? tensor_map{{layer + "mlp.gate_up_proj" + kind}, {}, false}
+                     : tensor_map{
+                           {layer + "mlp.gate_proj" + kind, layer + "mlp.up_proj" + kind}, {c.d_ff, c.d_ff}, false};
+    throw error("io::hf: no " + model_type + " tensor for the student's parameter " + name);
 }
 
 /// Where each of an Encoder's parameters lives in a transformers checkpoint whose names start with
 /// `prefix` ("bert." for BertFor*, "" for BertModel): the same name, nothing transposed.
 inline tensor_map bert_tensor(const std::string& name, const std::string& prefix) {
-    return {prefix + name, false};
+    return {{prefix + name}, {}, false};
 }
 
 namespace detail {
@@ -351,8 +467,10 @@ void transpose(const T* in, T* out, std::size_t rows, std::size_t cols) {
         for (std::size_t j = 0; j < cols; ++j) out[j * rows + i] = in[i * cols + j];
 }
 
-inline bool is_mask_buffer(std::string_view name) {
-    return name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias");
+// Buffers some checkpoints carry that are not parameters: GPT-2's attention masks, old Llamas'
+// rotary inverse frequencies.
+inline bool is_buffer(std::string_view name) {
+    return name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias") || name.ends_with("rotary_emb.inv_freq");
 }
 
 // Tensors of a bert checkpoint that are not the Encoder's: the position-id buffer, the pooler and
@@ -369,33 +487,41 @@ constexpr bool is_encoder = std::is_same_v<typename Model::config_type, student:
 }  // namespace detail
 
 /// Loads `ckpt` into `model`: a `student::Transformer` whose config is `transformer_config(ckpt)`
-/// (gpt2), or a `student::Encoder` whose config is `encoder_config(ckpt)` (bert; its pooling mode may
-/// differ). Every tensor is checked (present, shape, floating dtype; no tensor left over but those a
-/// family skips) before any parameter is written, so a failed load leaves the model as it was.
+/// (gpt2, llama, qwen2, phi3; a rotary model may have a shorter context_length), or a
+/// `student::Encoder` whose config is `encoder_config(ckpt)` (bert; its pooling mode may differ).
+/// Every tensor is checked (present, shape, floating dtype; no tensor left over but those a family
+/// skips) before any parameter is written, so a failed load leaves the model as it was.
 /// Throws format_error / shape_error naming the file and tensor.
 template <class Model>
 void load(const Checkpoint& ckpt, Model& model) {
     using T = typename Model::scalar_type;
     constexpr bool encoder = detail::is_encoder<Model>;
-    // the model must have the checkpoint's shape (an Encoder may pool differently)
+    const std::string& family = ckpt.model_type();
+    // the model must have the checkpoint's shape (an Encoder may pool differently, a rotary model
+    // may be built for shorter sequences)
     auto expected = [&] {
         if constexpr (encoder) {
             auto e = encoder_config(ckpt);
             e.pooling = model.config().pooling;
             return e;
         } else {
-            return transformer_config(ckpt);
+            auto t = transformer_config(ckpt);
+            if (t.rope() && model.config().context_length <= t.context_length)
+                t.context_length = model.config().context_length;
+            return t;
         }
     }();
     if (to_json(model.config()) != to_json(expected))
-        throw shape_error(ckpt.directory().string() + ": the model's config differs from config.json's");
-    const std::string prefix = encoder ? (ckpt.find("bert.embeddings.word_embeddings.weight") ? "bert." : "")
-                                       : (ckpt.find("transformer.wte.weight") ? "transformer." : "");
+        throw shape_error(ckpt.directory().string() + ": the model's config differs from config.json's: expected " +
+                          to_json(expected).dump() + ", the model has " + to_json(model.config()).dump());
+    const std::string prefix = encoder            ? (ckpt.find("bert.embeddings.word_embeddings.weight") ? "bert." : "")
+                               : family == "gpt2" ? (ckpt.find("transformer.wte.weight") ? "transformer." : "")
+                                                  : (ckpt.find("model.embed_tokens.weight") ? "model." : "");
     const auto map_name = [&](const std::string& name) {
         if constexpr (encoder)
             return bert_tensor(name, prefix);
         else
-            return gpt2_tensor(name, prefix);
+            return family == "gpt2" ? gpt2_tensor(name, prefix) : llama_tensor(model.config(), family, name, prefix);
     };
 
     struct source {
@@ -407,34 +533,45 @@ void load(const Checkpoint& ckpt, Model& model) {
     std::vector<source> sources;
     std::set<std::string> used;
     std::vector<std::string> missing;
+    std::size_t embedding = 0;  // offset of the token embedding, which a tied head must equal
     for (const auto& p : model.parameters()) {
         const tensor_map m = map_name(p.name);
-        const auto found = ckpt.find(m.hf_name);
-        if (!found) {
-            missing.push_back(m.hf_name);
-            continue;
-        }
-        const auto [file, info] = *found;
         std::vector<std::int64_t> shape(p.value.shape().begin(), p.value.shape().begin() + p.value.rank());
         if (m.transposed) std::reverse(shape.begin(), shape.end());
-        if (info->shape != shape)
-            throw shape_error(file->path().string() + ": tensor '" + m.hf_name + "': expected shape " +
-                              distill::detail::shape_string(shape) + ", found " +
-                              distill::detail::shape_string(info->shape));
-        if (!is_floating(info->type))
-            throw format_error(file->path(), 0,
-                               "tensor '" + m.hf_name + "' is " + std::string(dtype_name(info->type)) +
-                                   ", expected a floating-point tensor");
-        used.insert(m.hf_name);
-        sources.push_back({file, info, m.transposed, std::size_t(p.value.data() - model.parameter_data())});
+        std::size_t offset = std::size_t(p.value.data() - model.parameter_data());
+        if (p.name == "wte.weight" || p.name == "embeddings.word_embeddings.weight") embedding = offset;
+        for (std::size_t i = 0; i < m.hf_names.size(); ++i) {
+            const std::string& hf_name = m.hf_names[i];
+            const auto found = ckpt.find(hf_name);
+            if (!found) {
+                missing.push_back(hf_name);
+                continue;
+            }
+            const auto [file, info] = *found;
+            auto part = shape;
+            if (!m.rows.empty()) part[0] = m.rows[i];
+            if (info->shape != part)
+                throw shape_error(file->path().string() + ": tensor '" + hf_name + "': expected shape " +
+                                  distill::detail::shape_string(part) + ", found " +
+                                  distill::detail::shape_string(info->shape));
+            if (!is_floating(info->type))
+                throw format_error(file->path(), 0,
+                                   "tensor '" + hf_name + "' is " + std::string(dtype_name(info->type)) +
+                                       ", expected a floating-point tensor");
+            used.insert(hf_name);
+            sources.push_back({file, info, m.transposed, offset});
+            offset += static_cast<std::size_t>(info->numel());
+        }
     }
+    // a tied model's checkpoint may still carry its head, which must then equal the embedding
+    const bool tied_head = !encoder && !used.contains("lm_head.weight") && ckpt.find("lm_head.weight");
     std::vector<std::string> unexpected;
     for (const auto& name : ckpt.tensor_names())
         if (!used.contains(name) && (encoder ? !detail::is_bert_extra(name, prefix)
-                                             : !detail::is_mask_buffer(name) && name != "lm_head.weight"))
+                                             : !detail::is_buffer(name) && !(tied_head && name == "lm_head.weight")))
             unexpected.push_back(name);
     if (!missing.empty() || !unexpected.empty()) {
-        std::string what = std::string("tensors do not match a ") + (encoder ? "bert" : "gpt2") + " model:";
+        std::string what = "tensors do not match a " + family + " model:";
         auto list = [](const std::vector<std::string>& names) {
             return distill::detail::name_list(std::vector<std::string_view>(names.begin(), names.end()));
         };
@@ -456,19 +593,19 @@ void load(const Checkpoint& ckpt, Model& model) {
         detail::transpose(staged.data(), host.data() + s.offset, std::size_t(s.info->shape[0]),
                           std::size_t(s.info->shape[1]));  // stored (in, out) → (out, in)
     }
-    // A separate LM head must be the tied embedding (some exports write it out).
-    if (const auto head = encoder ? std::nullopt : ckpt.find("lm_head.weight")) {
-        const auto [file, info] = *head;
-        const auto& wte = *std::find_if(sources.begin(), sources.end(),
-                                        [&](const source& s) { return s.info->name == prefix + "wte.weight"; });
-        staged.resize(static_cast<std::size_t>(wte.info->numel()));
-        if (info->shape != wte.info->shape || !is_floating(info->type))
+    if (tied_head) {
+        const auto [file, info] = *ckpt.find("lm_head.weight");
+        const std::size_t n = std::size_t(model.config().vocab_size) * std::size_t(model.config().d_model);
+        if (info->shape != std::vector<std::int64_t>{model.config().vocab_size, model.config().d_model} ||
+            !is_floating(info->type))
             throw format_error(file->path(), 0,
                                "lm_head.weight: expected the tied embedding's shape and a float dtype");
+        staged.resize(n);
         file->read(*info, std::span<T>(staged));
-        if (!std::equal(staged.begin(), staged.end(), host.begin() + wte.offset))
+        if (!std::equal(staged.begin(), staged.end(), host.begin() + std::ptrdiff_t(embedding)))
             throw format_error(file->path(), 0,
-                               "lm_head.weight differs from wte.weight: an untied LM head is not supported");
+                               "lm_head.weight differs from the token embedding, but config.json ties them "
+                               "(tie_word_embeddings)");
     }
     model.device().copy(model.parameter_data(), host.data(), sizeof(T) * host.size());
 }
@@ -485,7 +622,7 @@ void save_encoder(const std::filesystem::path& dir, const Model& model, dtype ou
     std::vector<named_tensor<const T>> tensors;
     for (const auto& p : model.parameters())
         tensors.push_back(
-            {bert_tensor(p.name, "").hf_name, host.data() + (p.value.data() - model.parameter_data()),
+            {bert_tensor(p.name, "").hf_names[0], host.data() + (p.value.data() - model.parameter_data()),
              std::vector<std::int64_t>(p.value.shape().begin(), p.value.shape().begin() + p.value.rank())});
     save_tensors<T>(dir / "model.safetensors", tensors, out, {{"format", "pt"}});
     nlohmann::json config = {{"architectures", {"BertModel"}},
@@ -511,25 +648,103 @@ void save_encoder(const std::filesystem::path& dir, const Model& model, dtype ou
     write_file_atomic(dir / "config.json", config.dump(2) + "\n");
 }
 
+/// The transformers family whose layout holds a student of config `c`: gpt2 for GPT-2's blocks,
+/// qwen2 for rotary/RMSNorm/SwiGLU blocks with q/k/v biases only, else llama. Throws config_error
+/// for a mix no family computes (e.g. RMSNorm with learned positions).
+inline std::string family_of(const student::TransformerConfig& c) {
+    const bool gpt2 = !c.rms() && !c.rope() && c.mlp == "gelu" && c.qkv_bias && c.proj_bias && c.mlp_bias &&
+                      c.tie_embeddings && c.kv_heads() == c.n_heads;
+    if (gpt2) return "gpt2";
+    if (c.rms() && c.rope() && c.mlp == "swiglu") {
+        if (c.qkv_bias && !c.proj_bias && !c.mlp_bias) return "qwen2";
+        if (c.qkv_bias == c.proj_bias) return "llama";
+    }
+    throw config_error("student",
+                       "no transformers model family has these blocks (gpt2: LayerNorm, learned "
+                       "positions, GELU, all biases, tied head; llama/qwen2: RMSNorm, rope, SwiGLU, "
+                       "q/k/v and o biases both or neither, or q/k/v only)");
+}
+
+/// transformers' config.json of a decoder student in `family` (gpt2, llama, qwen2 or phi3).
+inline nlohmann::json decoder_config_json(const student::TransformerConfig& c, const std::string& family) {
+    if (family == "gpt2")
+        return {{"architectures", {"GPT2LMHeadModel"}},
+                {"model_type", "gpt2"},
+                {"vocab_size", c.vocab_size},
+                {"n_positions", c.context_length},
+                {"n_embd", c.d_model},
+                {"n_layer", c.n_layers},
+                {"n_head", c.n_heads},
+                {"n_inner", c.d_ff},
+                {"activation_function", "gelu_new"},
+                {"layer_norm_epsilon", c.norm_eps},
+                {"tie_word_embeddings", true}};
+    const auto& rs = c.rope_scaling;
+    nlohmann::json scaling = nullptr;
+    if (rs.type != "none") scaling = {{"rope_type", rs.type}, {"factor", rs.factor}};
+    if (rs.type == "llama3") {
+        scaling["low_freq_factor"] = rs.low_freq_factor;
+        scaling["high_freq_factor"] = rs.high_freq_factor;
+        scaling["original_max_position_embeddings"] = rs.original_context_length;
+    }
+    static const std::map<std::string, std::string, std::less<>> architecture = {
+        {"llama", "LlamaForCausalLM"}, {"qwen2", "Qwen2ForCausalLM"}, {"phi3", "Phi3ForCausalLM"}};
+    nlohmann::json j = {
+        {"architectures", {architecture.at(family)}},
+        {"model_type", family},
+        {"vocab_size", c.vocab_size},
+        // dynamic scaling reads max_position_embeddings as the original context
+        {"max_position_embeddings", rs.type == "dynamic" ? rs.original_context_length : c.context_length},
+        {"hidden_size", c.d_model},
+        {"intermediate_size", c.d_ff},
+        {"num_hidden_layers", c.n_layers},
+        {"num_attention_heads", c.n_heads},
+        {"num_key_value_heads", c.kv_heads()},
+        {"hidden_act", "silu"},
+        {"rms_norm_eps", c.norm_eps},
+        {"rope_theta", c.rope_theta},
+        {"rope_scaling", scaling},
+        {"tie_word_embeddings", c.tie_embeddings}};
+    if (family == "llama") {
+        j["attention_bias"] = c.qkv_bias;
+        j["mlp_bias"] = c.mlp_bias;
+    }
+    if (family == "qwen2") j["use_sliding_window"] = false;
+    if (family == "phi3") {
+        j["original_max_position_embeddings"] = c.context_length;
+        j["sliding_window"] = nullptr;
+        j["pad_token_id"] = nullptr;  // Phi3Config's default (32000) would not fit a smaller vocabulary
+    }
+    return j;
+}
+
 /// Writes `model` to `dir` (created if needed) in transformers' layout, each file replaced
-/// atomically: a `student::Transformer` as GPT2LMHeadModel, a `student::Encoder` as BertModel
-/// (`save_encoder`); config.json and model.safetensors (F32 or BF16). `extra_config` entries (e.g.
-/// bos_token_id, eos_token_id) are added to config.json.
+/// atomically: a `student::Transformer` as GPT2LMHeadModel, LlamaForCausalLM or Qwen2ForCausalLM
+/// (`family_of` its config; `model_type` "phi3" asks for Phi3ForCausalLM's fused layout instead), a
+/// `student::Encoder` as BertModel (`save_encoder`); config.json and model.safetensors (F32 or BF16).
+/// `extra_config` entries (e.g. bos_token_id, eos_token_id) are added to config.json.
 template <class Model>
 void save(const std::filesystem::path& dir, const Model& model, dtype out = dtype::F32,
-          const nlohmann::json& extra_config = nlohmann::json::object()) {
+          const nlohmann::json& extra_config = nlohmann::json::object(), std::string model_type = "") {
     if constexpr (detail::is_encoder<Model>) {
         save_encoder(dir, model, out, extra_config);
         return;
     } else {
         using T = typename Model::scalar_type;
         const auto& c = model.config();
+        const std::string inferred = family_of(c);
+        if (model_type.empty()) model_type = inferred;
+        if (model_type != inferred && !(model_type == "phi3" && inferred == "llama" && !c.qkv_bias && !c.mlp_bias &&
+                                        c.rope_scaling.type == "none"))
+            throw config_error("model_type",
+                               "\"" + model_type + "\" cannot hold this student's blocks; \"" + inferred + "\" can");
         std::filesystem::create_directories(dir);
         const std::vector<T> host = detail::host_parameters(model);
         std::vector<std::vector<T>> transposed;  // owners of the (in, out) copies
         std::vector<named_tensor<const T>> tensors;
         for (const auto& p : model.parameters()) {
-            const tensor_map m = gpt2_tensor(p.name, "transformer.");
+            const tensor_map m = model_type == "gpt2" ? gpt2_tensor(p.name, "transformer.")
+                                                      : llama_tensor(c, model_type, p.name, "model.");
             const T* data = host.data() + (p.value.data() - model.parameter_data());
             std::vector<std::int64_t> shape(p.value.shape().begin(), p.value.shape().begin() + p.value.rank());
             if (m.transposed) {
@@ -538,21 +753,18 @@ void save(const std::filesystem::path& dir, const Model& model, dtype out = dtyp
                 data = t.data();
                 std::reverse(shape.begin(), shape.end());
             }
-            tensors.push_back({m.hf_name, data, std::move(shape)});
+            for (std::size_t i = 0; i < m.hf_names.size(); ++i) {  // stacked parts are consecutive rows
+                auto part = shape;
+                if (!m.rows.empty()) part[0] = m.rows[i];
+                tensors.push_back({m.hf_names[i], data, part});
+                std::int64_t n = 1;
+                for (auto d : part) n *= d;
+                data += n;
+            }
         }
         save_tensors<T>(dir / "model.safetensors", tensors, out, {{"format", "pt"}});  // transformers requires "pt"
-        nlohmann::json config = {{"architectures", {"GPT2LMHeadModel"}},
-                                 {"model_type", "gpt2"},
-                                 {"vocab_size", c.vocab_size},
-                                 {"n_positions", c.context_length},
-                                 {"n_embd", c.d_model},
-                                 {"n_layer", c.n_layers},
-                                 {"n_head", c.n_heads},
-                                 {"n_inner", c.d_ff},
-                                 {"activation_function", "gelu_new"},
-                                 {"layer_norm_epsilon", 1e-5},
-                                 {"tie_word_embeddings", true},
-                                 {"torch_dtype", out == dtype::BF16 ? "bfloat16" : "float32"}};
+        nlohmann::json config = decoder_config_json(c, model_type);
+        config["torch_dtype"] = out == dtype::BF16 ? "bfloat16" : "float32";
         for (const auto& [k, v] : extra_config.items()) config[k] = v;
         write_file_atomic(dir / "config.json", config.dump(2) + "\n");
     }

@@ -60,6 +60,14 @@ public:
             throw config_error("attention_relation", "the student's and the teacher's d_model must be known (got " +
                                                          std::to_string(Cs_) + " and " + std::to_string(Ct_) + ")");
         if (R_ < 1) throw config_error("attention_relation.relation_heads", "must be >= 1, got " + std::to_string(R_));
+        for (const auto& [who, m] :
+             {std::pair<const char*, const model_dims&>{"student", d.student}, {"teacher", d.teacher}})
+            if (m.qkv() != 3 * m.d_model)
+                throw config_error("attention_relation",
+                                   std::string("the ") + who + " has grouped-query attention (q|k|v " +
+                                       std::to_string(m.qkv()) +
+                                       " wide, not 3 x d_model = " + std::to_string(3 * m.d_model) +
+                                       "): relations need keys and values as wide as the queries");
         for (const auto& [who, C] : {std::pair<const char*, int>{"student", Cs_}, {"teacher", Ct_}})
             if (C % R_ != 0)
                 throw config_error("attention_relation.relation_heads",

@@ -1,8 +1,10 @@
 #pragma once
 /// @file transformer.hpp
-/// `student::Transformer`: a GPT-2-layout decoder (learned positions, pre-LayerNorm blocks, tanh
-/// GELU MLP, causal multi-head attention, LM head tied to the token embedding), llm.c style: one
-/// forward and one backward function, every tensor a view into three arenas laid out once.
+/// `student::Transformer`: a pre-norm causal decoder whose blocks are configuration: GPT-2's
+/// (LayerNorm, learned positions, tanh GELU, multi-head attention, tied LM head) or Llama's, Qwen2's
+/// and Phi-3's (RMSNorm, rotary positions with their scaling variants, SwiGLU, grouped-query
+/// attention, optional biases, untied head). llm.c style: one forward and one backward function,
+/// every tensor a view into three arenas laid out once.
 
 #include <algorithm>
 #include <cmath>
@@ -25,23 +27,65 @@
 
 namespace distill::student {
 
-/// Shape of a `Transformer`. Keys are the JSON keys of the job's `student` object.
+/// How rotary positions stretch beyond the context a model was trained on (transformers'
+/// `rope_scaling`): `none`; `linear` (positions divided by `factor`); `dynamic` (NTK-aware: the base
+/// grows with the sequence once it is longer than `original_context_length`); `llama3` (Llama 3.1's
+/// per-frequency interpolation between `low_freq_factor` and `high_freq_factor`).
+struct RopeScaling {
+    std::string type = "none";        ///< none | linear | dynamic | llama3
+    double factor = 1;                ///< stretch factor (linear, dynamic, llama3)
+    double low_freq_factor = 1;       ///< llama3
+    double high_freq_factor = 4;      ///< llama3
+    int original_context_length = 0;  ///< dynamic, llama3: the context the model was trained with
+};
+
+/// Shape and block kinds of a `Transformer`. Keys are the JSON keys of the job's `student` object.
+/// The defaults are GPT-2's blocks; Llama, Qwen2 and Phi-3 are other settings of the same keys
+/// (`io::hf` reads them from a checkpoint's config.json).
 struct TransformerConfig {
-    int vocab_size = 263;      ///< tokens the model knows (the byte tokenizer has 263)
-    int context_length = 256;  ///< longest sequence (rows of the position embedding)
-    int d_model = 128;         ///< residual stream width C
-    int n_layers = 4;          ///< transformer blocks L
-    int n_heads = 4;           ///< attention heads H; d_model must be a multiple
-    int d_ff = 512;            ///< MLP hidden width F
+    int vocab_size = 263;               ///< tokens the model knows (the byte tokenizer has 263)
+    int context_length = 256;           ///< longest sequence (rows of a learned position embedding)
+    int d_model = 128;                  ///< residual stream width C
+    int n_layers = 4;                   ///< transformer blocks L
+    int n_heads = 4;                    ///< attention (query) heads H; d_model must be a multiple
+    int n_kv_heads = 0;                 ///< key/value heads (grouped-query attention); 0 = n_heads; divides n_heads
+    int d_ff = 512;                     ///< MLP hidden width F
+    std::string norm = "layernorm";     ///< layernorm (GPT-2) | rmsnorm (Llama, Qwen2, Phi-3)
+    double norm_eps = 1e-5;             ///< epsilon of every norm
+    std::string positions = "learned";  ///< learned (GPT-2) | rope (rotary, rotate-half convention)
+    double rope_theta = 10000;          ///< rotary base
+    RopeScaling rope_scaling{};         ///< rotary scaling variant
+    std::string mlp = "gelu";           ///< gelu (tanh GELU, F wide) | swiglu (silu(gate) * up, gate|up 2F wide)
+    bool qkv_bias = true;               ///< biases on the q, k, v projections
+    bool proj_bias = true;              ///< bias on the attention output projection
+    bool mlp_bias = true;               ///< biases on the MLP projections
+    bool tie_embeddings = true;         ///< LM head = token embedding (else its own `lm_head.weight`)
+
+    /// Key/value heads actually used.
+    int kv_heads() const noexcept { return n_kv_heads ? n_kv_heads : n_heads; }
+    int head_size() const noexcept { return d_model / n_heads; }
+    /// Width of a q|k|v row: (H + 2 Hkv) hs.
+    int qkv_width() const noexcept { return (n_heads + 2 * kv_heads()) * head_size(); }
+    /// Width of the MLP's first projection: F, or 2F (gate | up) for SwiGLU.
+    int fc_width() const noexcept { return mlp == "swiglu" ? 2 * d_ff : d_ff; }
+    bool rms() const noexcept { return norm == "rmsnorm"; }
+    bool rope() const noexcept { return positions == "rope"; }
 
     /// Throws `config_error` naming the first field that is out of range. The upper bounds are far
     /// beyond any published model; they exist because configs come from downloaded files, and they
     /// keep every size computed from a config (parameter_count, arena layouts) far from overflow.
     void validate(const std::string& path = "student") const {
+        auto fail = [&](const char* key, const std::string& what) { throw config_error(path + "." + key, what); };
         auto in_range = [&](int v, const char* key, int max) {
-            if (v < 1 || v > max)
-                throw config_error(path + "." + key,
-                                   "must be in [1, " + std::to_string(max) + "], got " + std::to_string(v));
+            if (v < 1 || v > max) fail(key, "must be in [1, " + std::to_string(max) + "], got " + std::to_string(v));
+        };
+        auto one_of = [&](const std::string& v, const char* key, std::initializer_list<const char*> options) {
+            std::string list;
+            for (const char* o : options) {
+                if (v == o) return;
+                list += std::string(list.empty() ? "" : ", ") + o;
+            }
+            fail(key, "must be one of " + list + ", got \"" + v + "\"");
         };
         in_range(vocab_size, "vocab_size", 1 << 21);
         in_range(context_length, "context_length", 1 << 18);
@@ -50,15 +94,37 @@ struct TransformerConfig {
         in_range(n_heads, "n_heads", 1 << 10);
         in_range(d_ff, "d_ff", 1 << 18);
         if (d_model % n_heads != 0)
-            throw config_error(path + ".n_heads",
-                               "must divide d_model = " + std::to_string(d_model) + ", got " + std::to_string(n_heads));
+            fail("n_heads", "must divide d_model = " + std::to_string(d_model) + ", got " + std::to_string(n_heads));
+        if (n_kv_heads < 0 || n_kv_heads > n_heads || n_heads % kv_heads() != 0)
+            fail("n_kv_heads", "must divide n_heads = " + std::to_string(n_heads) + " (0 = n_heads), got " +
+                                   std::to_string(n_kv_heads));
+        one_of(norm, "norm", {"layernorm", "rmsnorm"});
+        one_of(positions, "positions", {"learned", "rope"});
+        one_of(mlp, "mlp", {"gelu", "swiglu"});
+        if (!(norm_eps > 0 && norm_eps < 1)) fail("norm_eps", "must be in (0, 1), got " + std::to_string(norm_eps));
+        if (rope()) {
+            if (head_size() % 2) fail("positions", "rope needs an even head size, got " + std::to_string(head_size()));
+            if (!(rope_theta > 1)) fail("rope_theta", "must be > 1, got " + std::to_string(rope_theta));
+            const auto& s = rope_scaling;
+            one_of(s.type, "rope_scaling.type", {"none", "linear", "dynamic", "llama3"});
+            if (s.type != "none" && !(s.factor >= 1 && s.factor <= 1024))
+                fail("rope_scaling.factor", "must be in [1, 1024], got " + std::to_string(s.factor));
+            if ((s.type == "dynamic" || s.type == "llama3") &&
+                (s.original_context_length < 1 || s.original_context_length > (1 << 24)))
+                fail("rope_scaling.original_context_length",
+                     "must be in [1, 2^24] for " + s.type + ", got " + std::to_string(s.original_context_length));
+            if (s.type == "llama3" && !(s.low_freq_factor > 0 && s.high_freq_factor > s.low_freq_factor))
+                fail("rope_scaling.high_freq_factor", "llama3 needs 0 < low_freq_factor < high_freq_factor");
+        }
     }
 
     /// Number of trainable parameters.
     std::int64_t parameter_count() const {
-        const std::int64_t C = d_model, F = d_ff;
-        const std::int64_t block = 2 * C + (3 * C * C + 3 * C) + (C * C + C) + 2 * C + (F * C + F) + (C * F + C);
-        return std::int64_t(vocab_size) * C + std::int64_t(context_length) * C + n_layers * block + 2 * C;
+        const std::int64_t C = d_model, F = d_ff, Q = qkv_width(), F1 = fc_width(), norm_size = rms() ? C : 2 * C;
+        const std::int64_t block = 2 * norm_size + Q * C + (qkv_bias ? Q : 0) + C * C + (proj_bias ? C : 0) + F1 * C +
+                                   (mlp_bias ? F1 : 0) + C * F + (mlp_bias ? C : 0);
+        return std::int64_t(vocab_size) * C * (tie_embeddings ? 1 : 2) +
+               (rope() ? 0 : std::int64_t(context_length) * C) + n_layers * block + norm_size;
     }
 };
 
@@ -70,6 +136,35 @@ enum class activations { training, inference };
 template <class T, class Device>
 class Transformer;
 
+/// The inverse frequencies (hs/2) of a rotary config's pairs for a sequence of `seq_len` positions,
+/// as transformers' ROPE_INIT_FUNCTIONS compute them: theta^(-2i/hs), then the scaling variant
+/// (`dynamic` depends on seq_len once it exceeds the original context).
+inline std::vector<double> rope_inverse_frequencies(const TransformerConfig& c, int seq_len) {
+    const int dim = c.head_size(), half = dim / 2;
+    const RopeScaling& s = c.rope_scaling;
+    double base = c.rope_theta;
+    if (s.type == "dynamic" && seq_len > s.original_context_length)
+        base *= std::pow(s.factor * seq_len / s.original_context_length - (s.factor - 1), double(dim) / (dim - 2));
+    std::vector<double> inv(std::size_t(half), 0.0);
+    for (int i = 0; i < half; ++i) inv[std::size_t(i)] = 1.0 / std::pow(base, double(2 * i) / dim);
+    if (s.type == "linear")
+        for (auto& f : inv) f /= s.factor;
+    if (s.type == "llama3") {  // long wavelengths slowed by `factor`, short ones kept, smooth in between
+        const double pi = 3.14159265358979323846, old = s.original_context_length;
+        const double low_wavelen = old / s.low_freq_factor, high_wavelen = old / s.high_freq_factor;
+        for (auto& f : inv) {
+            const double wavelen = 2 * pi / f;
+            if (wavelen > low_wavelen) {
+                f /= s.factor;
+            } else if (wavelen >= high_wavelen) {
+                const double smooth = (old / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+                f = (1 - smooth) * f / s.factor + smooth * f;
+            }
+        }
+    }
+    return inv;
+}
+
 /// Keys and values of every layer for up to `max_batch` sequences of up to `context_length`
 /// tokens, for incremental decoding (`Transformer::prefill` / `decode`). One arena, laid out once.
 template <class T, class Device>
@@ -78,7 +173,7 @@ public:
     KvCache(const TransformerConfig& cfg, int max_batch, Device device = Device{})
         : max_batch_(max_batch),
           n_layers_(cfg.n_layers),
-          layer_size_(std::size_t(max_batch) * cfg.context_length * cfg.d_model),
+          layer_size_(std::size_t(max_batch) * cfg.context_length * cfg.kv_heads() * cfg.head_size()),
           lengths_(std::size_t(max_batch), 0) {
         if (max_batch < 1) throw config_error("max_batch", "must be >= 1, got " + std::to_string(max_batch));
         arena_ = detail::Arena<T, Device>(device, 2 * layer_size_ * std::size_t(cfg.n_layers));
@@ -93,7 +188,7 @@ public:
 
 private:
     friend class Transformer<T, Device>;
-    // (max_batch, H, Tmax, hs) keys, then values, of layer l
+    // (max_batch, Hkv, Tmax, hs) keys, then values, of layer l
     T* keys(int l) const noexcept { return arena_.data() + 2 * std::size_t(l) * layer_size_; }
     T* values(int l) const noexcept { return keys(l) + layer_size_; }
 
@@ -103,7 +198,9 @@ private:
     detail::Arena<T, Device> arena_;
 };
 
-/// A GPT-2-layout causal transformer.
+/// A pre-norm causal transformer whose blocks `TransformerConfig` chooses: GPT-2 (LayerNorm, learned
+/// positions, GELU, tied head) by default; Llama, Qwen2 and Phi-3 (RMSNorm, rotary positions, SwiGLU,
+/// grouped-query attention, optional biases, untied head) by setting its keys.
 /// @tparam T scalar type (`float`; `double` for gradient checks).
 /// @tparam Device a `device_policy` whose kernels accept `T`.
 template <class T, class Device>
@@ -122,6 +219,7 @@ public:
         : cfg_(config), dev_(device), max_batch_(max_batch), mode_(mode) {
         cfg_.validate();
         if (max_batch < 1) throw config_error("max_batch", "must be >= 1, got " + std::to_string(max_batch));
+        eps_ = static_cast<T>(cfg_.norm_eps);
         layout_parameters();
         layout_activations();
     }
@@ -130,7 +228,8 @@ public:
     const Device& device() const noexcept { return dev_; }
     int max_batch() const noexcept { return max_batch_; }
 
-    /// Every parameter in checkpoint order (names as in `tests/reference/gpt.py`).
+    /// Every parameter in checkpoint order (names as in `tests/reference/gpt.py`; an untied head is
+    /// `lm_head.weight`, last).
     const std::vector<Parameter<T>>& parameters() const noexcept { return params_; }
     /// The parameter and gradient arenas as flat arrays (same layout), for optimizers and checkpoints.
     T* parameter_data() const noexcept { return param_arena_.data(); }
@@ -138,7 +237,7 @@ public:
     std::size_t arena_size() const noexcept { return param_arena_.size(); }
 
     /// GPT-2 initialization: weights ~ N(0, 0.02), residual output projections scaled by
-    /// 1/sqrt(2 L), position embedding ~ N(0, 0.01), biases 0, LayerNorm gain 1. The same values on
+    /// 1/sqrt(2 L), position embedding ~ N(0, 0.01), biases 0, norm gains 1. The same values on
     /// every device (drawn on the host, copied once where the device has its own memory).
     void init(std::uint64_t seed) {
         Rng rng(seed);
@@ -181,41 +280,96 @@ public:
     activations mode() const noexcept { return mode_; }
 
 private:
-    // The forward; `after_qkv(l)` runs once layer l's q|k|v projections are in act(layer_acts_[l].qkv)
-    // (prefill stores the keys and values there, before an inference model reuses the buffer).
+    // The forward; `after_qkv(l)` runs once layer l's q|k|v projections (keys rotated) are in
+    // act(layer_acts_[l].qkv) (prefill stores the keys and values there, before an inference model
+    // reuses the buffer).
     template <class AfterQkv>
     void forward_layers(const std::int32_t* tokens, int B, int Tn, AfterQkv&& after_qkv) {
         check_batch(tokens, B, Tn);
         B_ = B;
         T_ = Tn;
-        const int C = cfg_.d_model, F = cfg_.d_ff, H = cfg_.n_heads, V = cfg_.vocab_size;
+        const int C = cfg_.d_model, V = cfg_.vocab_size;
         const int N = B * Tn;
         dev_.copy(tokens_, tokens, sizeof(std::int32_t) * N);
+        if (cfg_.rope()) {
+            for (int n = 0; n < N; ++n) positions_[std::size_t(n)] = n % Tn;
+            update_rope(Tn);
+        }
         embedding_forward(dev_, act(encoded_), tokens_, wte(), wpe(), B, Tn, C);
         const T* x = act(encoded_);
         for (int l = 0; l < cfg_.n_layers; ++l) {
-            const auto& w = layer_params_[l];
-            const auto& a = layer_acts_[l];
-            layernorm_forward(dev_, act(a.ln1), act(a.ln1_mean), act(a.ln1_rstd), x, val(w.ln1_w), val(w.ln1_b), N, C,
-                              eps);
-            nn::linear_forward(dev_, act(a.qkv), act(a.ln1), val(w.attn_w), val(w.attn_b), N, C, 3 * C);
-            after_qkv(l);
-            nn::attention_forward(dev_, act(a.atty), act(a.att), act(a.qkv), B, Tn, C, H);
-            dev_.copy(act(a.res_attn), x, sizeof(T) * N * C);
-            nn::linear_forward(dev_, act(a.res_attn), act(a.atty), val(w.proj_w), val(w.proj_b), N, C, C, true);
-            layernorm_forward(dev_, act(a.ln2), act(a.ln2_mean), act(a.ln2_rstd), act(a.res_attn), val(w.ln2_w),
-                              val(w.ln2_b), N, C, eps);
-            nn::linear_forward(dev_, act(a.fc), act(a.ln2), val(w.fc_w), val(w.fc_b), N, C, F);
-            gelu_forward(dev_, act(a.fc_gelu), act(a.fc), std::int64_t(N) * F);
-            dev_.copy(act(a.res_out), act(a.res_attn), sizeof(T) * N * C);
-            nn::linear_forward(dev_, act(a.res_out), act(a.fc_gelu), val(w.mlp_proj_w), val(w.mlp_proj_b), N, F, C,
-                               true);
-            x = act(a.res_out);
+            block_forward(l, x, N, [&] {
+                after_qkv(l);
+                nn::attention_forward(dev_, act(layer_acts_[l].atty), act(layer_acts_[l].att), act(layer_acts_[l].qkv),
+                                      B, Tn, cfg_.n_heads, cfg_.kv_heads(), cfg_.head_size());
+            });
+            x = act(layer_acts_[l].res_out);
         }
-        layernorm_forward(dev_, act(lnf_), act(lnf_mean_), act(lnf_rstd_), x, val(lnf_w_), val(lnf_b_), N, C, eps);
-        // logits (N,V) = lnf (N,C) · wte^T — the tied LM head
-        gemm(dev_, false, true, N, V, C, T(1), act(lnf_), C, wte(), C, T(0), act(logits_), V);
+        norm_forward(act(lnf_), act(lnf_mean_), act(lnf_rstd_), x, lnf_w_, lnf_b_, N);
+        // logits (N,V) = lnf (N,C) · head^T — the LM head (the token embedding when tied)
+        gemm(dev_, false, true, N, V, C, T(1), act(lnf_), C, head(), C, T(0), act(logits_), V);
     }
+
+    // One block on rows x(N,C): res_out = res_attn + mlp(norm2(res_attn)), res_attn = x +
+    // proj(attention(rope(qkv(norm1(x))))). `attend()` fills atty from the rotated qkv.
+    template <class Attend>
+    void block_forward(int l, const T* x, int N, Attend&& attend) {
+        const int C = cfg_.d_model, F = cfg_.d_ff, Q = cfg_.qkv_width();
+        const auto& w = layer_params_[l];
+        const auto& a = layer_acts_[l];
+        norm_forward(act(a.ln1), act(a.ln1_mean), act(a.ln1_rstd), x, w.ln1_w, w.ln1_b, N);
+        nn::linear_forward(dev_, act(a.qkv), act(a.ln1), val(w.attn_w), val(w.attn_b), N, C, Q);
+        if (cfg_.rope())
+            rope_rotate(dev_, act(a.qkv), rope_cos(), rope_sin(), positions_.data(), N, Q,
+                        cfg_.n_heads + cfg_.kv_heads(), cfg_.head_size(), false);
+        attend();
+        dev_.copy(act(a.res_attn), x, sizeof(T) * N * C);
+        nn::linear_forward(dev_, act(a.res_attn), act(a.atty), val(w.proj_w), val(w.proj_b), N, C, C, true);
+        norm_forward(act(a.ln2), act(a.ln2_mean), act(a.ln2_rstd), act(a.res_attn), w.ln2_w, w.ln2_b, N);
+        nn::linear_forward(dev_, act(a.fc), act(a.ln2), val(w.fc_w), val(w.fc_b), N, C, cfg_.fc_width());
+        if (cfg_.mlp == "swiglu")
+            swiglu_forward(dev_, act(a.fc_act), act(a.fc), N, F);
+        else
+            gelu_forward(dev_, act(a.fc_act), act(a.fc), std::int64_t(N) * F);
+        dev_.copy(act(a.res_out), act(a.res_attn), sizeof(T) * N * C);
+        nn::linear_forward(dev_, act(a.res_out), act(a.fc_act), val(w.mlp_proj_w), val(w.mlp_proj_b), N, F, C, true);
+    }
+
+    void norm_forward(T* out, T* mean, T* rstd, const T* in, std::size_t w, std::size_t b, int N) {
+        if (cfg_.rms())
+            rmsnorm_forward(dev_, out, rstd, in, val(w), N, cfg_.d_model, eps_);
+        else
+            layernorm_forward(dev_, out, mean, rstd, in, val(w), val(b), N, cfg_.d_model, eps_);
+    }
+    void norm_backward(T* din, const T* dout, const T* in, std::size_t w, std::size_t b, const T* mean, const T* rstd,
+                       int N) {
+        if (cfg_.rms())
+            rmsnorm_backward(dev_, din, grad(w), dout, in, val(w), rstd, N, cfg_.d_model);
+        else
+            layernorm_backward(dev_, din, grad(w), grad(b), dout, in, val(w), mean, rstd, N, cfg_.d_model);
+    }
+
+    // The cos/sin tables for positions [0, seq_len): recomputed only when the frequencies change
+    // (once, or per length past the original context for `dynamic` scaling).
+    void update_rope(int seq_len) {
+        const auto& s = cfg_.rope_scaling;
+        const int key = s.type == "dynamic" && seq_len > s.original_context_length ? seq_len : 0;
+        if (rope_key_ == key && rope_rows_ >= seq_len) return;
+        const int half = cfg_.head_size() / 2, rows = key ? seq_len : cfg_.context_length;
+        const std::vector<double> inv = rope_inverse_frequencies(cfg_, seq_len);
+        std::vector<T> table(2 * std::size_t(rows) * half);  // cos (rows, half), then sin
+        for (int p = 0; p < rows; ++p)
+            for (int i = 0; i < half; ++i) {
+                const double angle = double(p) * inv[std::size_t(i)];
+                table[std::size_t(p) * half + i] = static_cast<T>(std::cos(angle));
+                table[(std::size_t(rows) + p) * half + i] = static_cast<T>(std::sin(angle));
+            }
+        dev_.copy(act(rope_), table.data(), sizeof(T) * table.size());
+        rope_key_ = key;
+        rope_rows_ = rows;
+    }
+    const T* rope_cos() const noexcept { return act(rope_); }
+    const T* rope_sin() const noexcept { return act(rope_) + std::size_t(rope_rows_) * (cfg_.head_size() / 2); }
 
 public:
     /// Batch and length of the last forward.
@@ -232,7 +386,7 @@ public:
     /// Number of hidden states: n_layers + 1.
     int hidden_state_count() const noexcept { return cfg_.n_layers + 1; }
     /// (B,T,C) hidden state i of the last forward, Hugging Face convention: 0 is the embedding
-    /// output, i in [1, L) the output of block i-1, L the output of the final LayerNorm.
+    /// output, i in [1, L) the output of block i-1, L the output of the final norm.
     Tensor<T> hidden_state(int i) const {
         if (i < 0 || i > cfg_.n_layers)
             throw shape_error("hidden_state(" + std::to_string(i) + "): valid indices are 0.." +
@@ -253,14 +407,15 @@ public:
         return Tensor<T>(act(layer_acts_[l].att), {B_, cfg_.n_heads, T_, T_}, Device::memory);
     }
 
-    /// (B,T,3C) query | key | value projections of layer l of the last forward (head h in columns
-    /// [h*hs, (h+1)*hs) of each third), for relation losses (MiniLMv2).
+    /// (B,T,(H+2Hkv)hs) query | key | value projections of layer l of the last forward (query head h
+    /// in columns [h*hs, (h+1)*hs), then the key heads, then the value heads; with rotary positions
+    /// q and k are the rotated ones attention used), for relation losses (MiniLMv2).
     Tensor<T> qkv(int l) const {
         if (l < 0 || l >= cfg_.n_layers)
             throw shape_error("qkv(" + std::to_string(l) + "): valid layers are 0.." +
                               std::to_string(cfg_.n_layers - 1));
         require_training("qkv");
-        return Tensor<T>(act(layer_acts_[l].qkv), {B_, T_, 3 * cfg_.d_model}, Device::memory);
+        return Tensor<T>(act(layer_acts_[l].qkv), {B_, T_, cfg_.qkv_width()}, Device::memory);
     }
 
     /// Mean cross-entropy of the last forward's logits against targets(B,T); a target of -1 masks
@@ -306,7 +461,7 @@ public:
             if (lengths[b] < 1 || lengths[b] > Tn)
                 throw shape_error("prefill: length " + std::to_string(lengths[b]) + " of sequence " +
                                   std::to_string(b) + " outside [1, " + std::to_string(Tn) + "]");
-        const int C = cfg_.d_model, V = cfg_.vocab_size;
+        const int V = cfg_.vocab_size;
         std::vector<std::int32_t> rows;  // devices with their own memory: (row of qkv, sequence, position)
         if constexpr (Device::memory != memory_space::host)
             for (int b = 0; b < B; ++b)
@@ -317,11 +472,12 @@ public:
             const T* qkv = act(layer_acts_[l].qkv);
             if constexpr (Device::memory != memory_space::host)
                 kv_cache_store(dev_, cache.keys(l), cache.values(l), qkv, rows.data(),
-                               static_cast<int>(rows.size() / 3), cfg_.n_heads, C / cfg_.n_heads, cfg_.context_length);
+                               static_cast<int>(rows.size() / 3), cfg_.n_heads, cfg_.kv_heads(), cfg_.head_size(),
+                               cfg_.context_length);
             else
                 for (int b = 0; b < B; ++b)
                     for (int t = 0; t < lengths[b]; ++t)
-                        store_kv(cache, l, qkv + (std::int64_t(b) * Tn + t) * 3 * C, b, t);
+                        store_kv(cache, l, qkv + (std::int64_t(b) * Tn + t) * cfg_.qkv_width(), b, t);
         });
         for (int b = 0; b < B; ++b) {
             dev_.copy(act(next_logits_) + std::int64_t(b) * V,
@@ -334,8 +490,7 @@ public:
     /// Appends tokens[b] to sequence b of `cache` (at position cache.length(b)), runs one decoding step
     /// and leaves the next-token logits in `next_logits()`. Overwrites the last forward's activations.
     void decode(KvCache<T, Device>& cache, const std::int32_t* tokens, int B) {
-        const int C = cfg_.d_model, F = cfg_.d_ff, H = cfg_.n_heads, hs = C / H, V = cfg_.vocab_size,
-                  Tmax = cfg_.context_length;
+        const int C = cfg_.d_model, V = cfg_.vocab_size, Tmax = cfg_.context_length;
         if (B < 1 || B > cache.max_batch())
             throw shape_error("decode: batch " + std::to_string(B) + " outside [1, " +
                               std::to_string(cache.max_batch()) + "]");
@@ -347,42 +502,40 @@ public:
                 throw shape_error("decode: token " + std::to_string(tokens[b]) + " of sequence " + std::to_string(b) +
                                   " is outside the vocabulary [0, " + std::to_string(V) + ")");
         }
-        // x (B,C) = wte[token] + wpe[position]
+        // x (B,C) = wte[token] (+ wpe[position])
         T* x = act(encoded_);
-        for (int b = 0; b < B; ++b)
-            add(dev_, x + std::int64_t(b) * C, wte() + std::int64_t(tokens[b]) * C,
-                wpe() + std::int64_t(cache.length(b)) * C, C);
-        for (int b = 0; b < B; ++b) ++cache.lengths_[std::size_t(b)];
+        for (int b = 0; b < B; ++b) {
+            const T* e = wte() + std::int64_t(tokens[b]) * C;
+            if (cfg_.rope())
+                dev_.copy(x + std::int64_t(b) * C, e, sizeof(T) * C);
+            else
+                add(dev_, x + std::int64_t(b) * C, e, wpe() + std::int64_t(cache.length(b)) * C, C);
+        }
+        int longest = 0;
+        for (int b = 0; b < B; ++b) {
+            positions_[std::size_t(b)] = cache.lengths_[std::size_t(b)]++;
+            longest = std::max(longest, cache.length(b));
+        }
+        if (cfg_.rope()) update_rope(longest);
         std::vector<std::int32_t> rows;  // devices with their own memory: (row of qkv, sequence, position)
         if constexpr (Device::memory != memory_space::host)
             for (int b = 0; b < B; ++b) rows.insert(rows.end(), {b, b, cache.length(b) - 1});
         for (int l = 0; l < cfg_.n_layers; ++l) {
-            const auto& w = layer_params_[l];
             const auto& a = layer_acts_[l];
-            layernorm_forward(dev_, act(a.ln1), act(a.ln1_mean), act(a.ln1_rstd), x, val(w.ln1_w), val(w.ln1_b), B, C,
-                              eps);
-            nn::linear_forward(dev_, act(a.qkv), act(a.ln1), val(w.attn_w), val(w.attn_b), B, C, 3 * C);
-            if constexpr (Device::memory != memory_space::host)
-                kv_cache_store(dev_, cache.keys(l), cache.values(l), static_cast<const T*>(act(a.qkv)), rows.data(), B,
-                               H, hs, Tmax);
-            else
-                for (int b = 0; b < B; ++b)
-                    store_kv(cache, l, act(a.qkv) + std::int64_t(b) * 3 * C, b, cache.length(b) - 1);
-            attention_decode(dev_, act(a.atty), act(a.att), act(a.qkv), cache.keys(l), cache.values(l),
-                             cache.lengths_.data(), B, H, hs, Tmax);
-            dev_.copy(act(a.res_attn), x, sizeof(T) * B * C);
-            nn::linear_forward(dev_, act(a.res_attn), act(a.atty), val(w.proj_w), val(w.proj_b), B, C, C, true);
-            layernorm_forward(dev_, act(a.ln2), act(a.ln2_mean), act(a.ln2_rstd), act(a.res_attn), val(w.ln2_w),
-                              val(w.ln2_b), B, C, eps);
-            nn::linear_forward(dev_, act(a.fc), act(a.ln2), val(w.fc_w), val(w.fc_b), B, C, F);
-            gelu_forward(dev_, act(a.fc_gelu), act(a.fc), std::int64_t(B) * F);
-            dev_.copy(act(a.res_out), act(a.res_attn), sizeof(T) * B * C);
-            nn::linear_forward(dev_, act(a.res_out), act(a.fc_gelu), val(w.mlp_proj_w), val(w.mlp_proj_b), B, F, C,
-                               true);
+            block_forward(l, x, B, [&] {
+                if constexpr (Device::memory != memory_space::host)
+                    kv_cache_store(dev_, cache.keys(l), cache.values(l), static_cast<const T*>(act(a.qkv)), rows.data(),
+                                   B, cfg_.n_heads, cfg_.kv_heads(), cfg_.head_size(), Tmax);
+                else
+                    for (int b = 0; b < B; ++b)
+                        store_kv(cache, l, act(a.qkv) + std::int64_t(b) * cfg_.qkv_width(), b, cache.length(b) - 1);
+                attention_decode(dev_, act(a.atty), act(a.att), act(a.qkv), cache.keys(l), cache.values(l),
+                                 cache.lengths_.data(), B, cfg_.n_heads, cfg_.kv_heads(), cfg_.head_size(), Tmax);
+            });
             x = act(a.res_out);
         }
-        layernorm_forward(dev_, act(lnf_), act(lnf_mean_), act(lnf_rstd_), x, val(lnf_w_), val(lnf_b_), B, C, eps);
-        gemm(dev_, false, true, B, V, C, T(1), act(lnf_), C, wte(), C, T(0), act(next_logits_), V);
+        norm_forward(act(lnf_), act(lnf_mean_), act(lnf_rstd_), x, lnf_w_, lnf_b_, B);
+        gemm(dev_, false, true, B, V, C, T(1), act(lnf_), C, head(), C, T(0), act(next_logits_), V);
         decode_batch_ = B;
         B_ = T_ = 0;  // the training-forward views are no longer valid
     }
@@ -399,14 +552,14 @@ public:
 
     /// Backpropagates `grad_logits()` through the last forward, accumulating into the gradients.
     /// `d_hidden[i]` (B,T,C) adds a gradient on hidden state i and `d_attention[l]` (B,H,T,T) one on
-    /// attention map l (transfer losses), `d_qkv[l]` (B,T,3C) one on the q|k|v projections of
-    /// layer l (relation losses); any span may be shorter than the count or hold empty tensors for
-    /// "none".
+    /// attention map l (transfer losses), `d_qkv[l]` (B,T,(H+2Hkv)hs) one on the q|k|v projections
+    /// of layer l as `qkv(l)` holds them (relation losses); any span may be shorter than the count or
+    /// hold empty tensors for "none".
     void backward(std::span<const Tensor<const T>> d_hidden = {}, std::span<const Tensor<const T>> d_attention = {},
                   std::span<const Tensor<const T>> d_qkv = {}) {
         require_training("backward");
         const int B = B_, Tn = T_, C = cfg_.d_model, F = cfg_.d_ff, H = cfg_.n_heads, V = cfg_.vocab_size,
-                  L = cfg_.n_layers;
+                  L = cfg_.n_layers, Q = cfg_.qkv_width(), F1 = cfg_.fc_width();
         const int N = B * Tn;
         auto extra = [&](std::span<const Tensor<const T>> list, int i, std::int64_t numel) -> const T* {
             if (i >= static_cast<int>(list.size()) || list[i].empty()) return nullptr;
@@ -418,14 +571,13 @@ public:
         };
         T* d_res = act(d_res_);
         T* d_ln = act(d_ln_);
-        // LM head: d_lnf (N,C) = dlogits (N,V) · wte (V,C);  dwte (V,C) += dlogits^T · lnf
-        gemm(dev_, false, false, N, C, V, T(1), act(dlogits_), V, wte(), C, T(0), d_ln, C);
-        gemm(dev_, true, false, V, C, N, T(1), act(dlogits_), V, act(lnf_), C, T(1), grad(wte_), C);
+        // LM head: d_lnf (N,C) = dlogits (N,V) · head (V,C);  dhead (V,C) += dlogits^T · lnf
+        gemm(dev_, false, false, N, C, V, T(1), act(dlogits_), V, head(), C, T(0), d_ln, C);
+        gemm(dev_, true, false, V, C, N, T(1), act(dlogits_), V, act(lnf_), C, T(1), grad(head_), C);
         if (const T* e = extra(d_hidden, L, std::int64_t(N) * C)) accumulate(dev_, d_ln, e, std::int64_t(N) * C);
         dev_.fill_zero(d_res, sizeof(T) * N * C);
         const T* x_last = L ? act(layer_acts_[L - 1].res_out) : act(encoded_);
-        layernorm_backward(dev_, d_res, grad(lnf_w_), grad(lnf_b_), d_ln, x_last, val(lnf_w_), act(lnf_mean_),
-                           act(lnf_rstd_), N, C);
+        norm_backward(d_res, d_ln, x_last, lnf_w_, lnf_b_, act(lnf_mean_), act(lnf_rstd_), N);
         for (int l = L - 1; l >= 0; --l) {
             const auto& w = layer_params_[l];
             const auto& a = layer_acts_[l];
@@ -433,24 +585,29 @@ public:
             if (l + 1 < L)
                 if (const T* e = extra(d_hidden, l + 1, std::int64_t(N) * C))
                     accumulate(dev_, d_res, e, std::int64_t(N) * C);
-            // MLP branch: res_out = res_attn + proj(gelu(fc(ln2(res_attn))))
-            nn::linear_backward(dev_, act(d_fc_), grad(w.mlp_proj_w), grad(w.mlp_proj_b), d_res, act(a.fc_gelu),
+            // MLP branch: res_out = res_attn + proj(act(fc(norm2(res_attn))))
+            nn::linear_backward(dev_, act(d_act_), grad(w.mlp_proj_w), grad(w.mlp_proj_b), d_res, act(a.fc_act),
                                 val(w.mlp_proj_w), N, F, C);
-            gelu_backward(dev_, act(d_fc_), act(a.fc), act(d_fc_), std::int64_t(N) * F);
-            nn::linear_backward(dev_, d_ln, grad(w.fc_w), grad(w.fc_b), act(d_fc_), act(a.ln2), val(w.fc_w), N, C, F);
-            layernorm_backward(dev_, d_res, grad(w.ln2_w), grad(w.ln2_b), d_ln, act(a.res_attn), val(w.ln2_w),
-                               act(a.ln2_mean), act(a.ln2_rstd), N, C);
-            // attention branch: res_attn = x_in + proj(attention(qkv(ln1(x_in))))
+            if (cfg_.mlp == "swiglu")
+                swiglu_backward(dev_, act(d_fc_), act(a.fc), act(d_act_), N, F);
+            else
+                gelu_backward(dev_, act(d_fc_), act(a.fc), act(d_act_), std::int64_t(N) * F);
+            nn::linear_backward(dev_, d_ln, grad(w.fc_w), grad(w.fc_b), act(d_fc_), act(a.ln2), val(w.fc_w), N, C, F1);
+            norm_backward(d_res, d_ln, act(a.res_attn), w.ln2_w, w.ln2_b, act(a.ln2_mean), act(a.ln2_rstd), N);
+            // attention branch: res_attn = x_in + proj(attention(rope(qkv(norm1(x_in)))))
             nn::linear_backward(dev_, act(d_atty_), grad(w.proj_w), grad(w.proj_b), d_res, act(a.atty), val(w.proj_w),
                                 N, C, C);
             nn::attention_backward(dev_, act(d_qkv_), act(d_att_), act(d_atty_), act(a.qkv), act(a.att),
-                                   extra(d_attention, l, std::int64_t(B) * H * Tn * Tn), B, Tn, C, H);
-            if (const T* e = extra(d_qkv, l, std::int64_t(N) * 3 * C))
-                accumulate(dev_, act(d_qkv_), e, std::int64_t(N) * 3 * C);
+                                   extra(d_attention, l, std::int64_t(B) * H * Tn * Tn), B, Tn, H, cfg_.kv_heads(),
+                                   cfg_.head_size());
+            if (const T* e = extra(d_qkv, l, std::int64_t(N) * Q))
+                accumulate(dev_, act(d_qkv_), e, std::int64_t(N) * Q);
+            if (cfg_.rope())
+                rope_rotate(dev_, act(d_qkv_), rope_cos(), rope_sin(), positions_.data(), N, Q, H + cfg_.kv_heads(),
+                            cfg_.head_size(), true);
             nn::linear_backward(dev_, d_ln, grad(w.attn_w), grad(w.attn_b), act(d_qkv_), act(a.ln1), val(w.attn_w), N,
-                                C, 3 * C);
-            layernorm_backward(dev_, d_res, grad(w.ln1_w), grad(w.ln1_b), d_ln, x_in, val(w.ln1_w), act(a.ln1_mean),
-                               act(a.ln1_rstd), N, C);
+                                C, Q);
+            norm_backward(d_res, d_ln, x_in, w.ln1_w, w.ln1_b, act(a.ln1_mean), act(a.ln1_rstd), N);
         }
         if (const T* e = extra(d_hidden, 0, std::int64_t(N) * C)) accumulate(dev_, d_res, e, std::int64_t(N) * C);
         embedding_backward(dev_, grad(wte_), grad(wpe_), d_res, tokens_, B, Tn, C);
@@ -461,43 +618,49 @@ public:
         return sizeof(T) * (param_arena_.size() + grad_arena_.size() + act_arena_.size()) + tokens_bytes();
     }
 
-    static constexpr T eps = T(1e-5);  ///< LayerNorm epsilon (GPT-2, PyTorch default)
-
 private:
+    static constexpr std::size_t none = std::size_t(-1);  // a parameter this config does not have
+
     struct LayerParams {
         std::size_t ln1_w, ln1_b, attn_w, attn_b, proj_w, proj_b, ln2_w, ln2_b, fc_w, fc_b, mlp_proj_w, mlp_proj_b;
     };
     struct LayerActs {
-        std::size_t ln1, ln1_mean, ln1_rstd, qkv, att, atty, res_attn, ln2, ln2_mean, ln2_rstd, fc, fc_gelu, res_out;
+        std::size_t ln1, ln1_mean, ln1_rstd, qkv, att, atty, res_attn, ln2, ln2_mean, ln2_rstd, fc, fc_act, res_out;
     };
 
     void layout_parameters() {
-        const std::int64_t V = cfg_.vocab_size, C = cfg_.d_model, F = cfg_.d_ff;
+        const std::int64_t V = cfg_.vocab_size, C = cfg_.d_model, F = cfg_.d_ff, Q = cfg_.qkv_width(),
+                           F1 = cfg_.fc_width();
         auto add = [&](std::string name, std::initializer_list<std::int64_t> shape, parameter_kind kind) {
             kinds_.push_back(kind);
             return param_layout_.add<T>(std::move(name), shape);
         };
+        auto add_if = [&](bool on, std::string name, std::int64_t n, parameter_kind kind) {
+            return on ? add(std::move(name), {n}, kind) : none;
+        };
+        const bool ln = !cfg_.rms();
         wte_ = add("wte.weight", {V, C}, parameter_kind::embedding);
-        wpe_ = add("wpe.weight", {cfg_.context_length, C}, parameter_kind::embedding);
+        wpe_ = cfg_.rope() ? none : add("wpe.weight", {cfg_.context_length, C}, parameter_kind::embedding);
         for (int l = 0; l < cfg_.n_layers; ++l) {
             const std::string p = "h." + std::to_string(l) + ".";
             LayerParams w;
             w.ln1_w = add(p + "ln_1.weight", {C}, parameter_kind::norm);
-            w.ln1_b = add(p + "ln_1.bias", {C}, parameter_kind::norm);
-            w.attn_w = add(p + "attn.c_attn.weight", {3 * C, C}, parameter_kind::weight);
-            w.attn_b = add(p + "attn.c_attn.bias", {3 * C}, parameter_kind::bias);
+            w.ln1_b = add_if(ln, p + "ln_1.bias", C, parameter_kind::norm);
+            w.attn_w = add(p + "attn.c_attn.weight", {Q, C}, parameter_kind::weight);
+            w.attn_b = add_if(cfg_.qkv_bias, p + "attn.c_attn.bias", Q, parameter_kind::bias);
             w.proj_w = add(p + "attn.c_proj.weight", {C, C}, parameter_kind::weight);
-            w.proj_b = add(p + "attn.c_proj.bias", {C}, parameter_kind::bias);
+            w.proj_b = add_if(cfg_.proj_bias, p + "attn.c_proj.bias", C, parameter_kind::bias);
             w.ln2_w = add(p + "ln_2.weight", {C}, parameter_kind::norm);
-            w.ln2_b = add(p + "ln_2.bias", {C}, parameter_kind::norm);
-            w.fc_w = add(p + "mlp.c_fc.weight", {F, C}, parameter_kind::weight);
-            w.fc_b = add(p + "mlp.c_fc.bias", {F}, parameter_kind::bias);
+            w.ln2_b = add_if(ln, p + "ln_2.bias", C, parameter_kind::norm);
+            w.fc_w = add(p + "mlp.c_fc.weight", {F1, C}, parameter_kind::weight);
+            w.fc_b = add_if(cfg_.mlp_bias, p + "mlp.c_fc.bias", F1, parameter_kind::bias);
             w.mlp_proj_w = add(p + "mlp.c_proj.weight", {C, F}, parameter_kind::weight);
-            w.mlp_proj_b = add(p + "mlp.c_proj.bias", {C}, parameter_kind::bias);
+            w.mlp_proj_b = add_if(cfg_.mlp_bias, p + "mlp.c_proj.bias", C, parameter_kind::bias);
             layer_params_.push_back(w);
         }
         lnf_w_ = add("ln_f.weight", {C}, parameter_kind::norm);
-        lnf_b_ = add("ln_f.bias", {C}, parameter_kind::norm);
+        lnf_b_ = add_if(ln, "ln_f.bias", C, parameter_kind::norm);
+        head_ = cfg_.tie_embeddings ? wte_ : add("lm_head.weight", {V, C}, parameter_kind::weight);
         param_arena_ = detail::Arena<T, Device>(dev_, param_layout_.size());
         if (mode_ == activations::training) grad_arena_ = detail::Arena<T, Device>(dev_, param_layout_.size());
         const auto& blocks = param_layout_.blocks();
@@ -507,7 +670,8 @@ private:
     }
 
     void layout_activations() {
-        const std::int64_t N = std::int64_t(max_batch_) * cfg_.context_length, C = cfg_.d_model, F = cfg_.d_ff;
+        const std::int64_t N = std::int64_t(max_batch_) * cfg_.context_length, C = cfg_.d_model, F = cfg_.d_ff,
+                           Q = cfg_.qkv_width(), F1 = cfg_.fc_width();
         const std::int64_t att = std::int64_t(max_batch_) * cfg_.n_heads * cfg_.context_length * cfg_.context_length;
         auto add = [&](const char* name, std::int64_t n) { return act_layout_.add<T>(name, {n}); };
         encoded_ = add("encoded", N * C);
@@ -521,15 +685,15 @@ private:
             a.ln1 = add("ln1", N * C);
             a.ln1_mean = add("ln1_mean", N);
             a.ln1_rstd = add("ln1_rstd", N);
-            a.qkv = add("qkv", N * 3 * C);
+            a.qkv = add("qkv", N * Q);
             a.att = add("att", att);
             a.atty = add("atty", N * C);
             a.res_attn = add("res_attn", N * C);
             a.ln2 = add("ln2", N * C);
             a.ln2_mean = add("ln2_mean", N);
             a.ln2_rstd = add("ln2_rstd", N);
-            a.fc = add("fc", N * F);
-            a.fc_gelu = add("fc_gelu", N * F);
+            a.fc = add("fc", N * F1);
+            a.fc_act = add("fc_act", N * F);
             a.res_out = add("res_out", N * C);
             layer_acts_.push_back(a);
         }
@@ -538,29 +702,32 @@ private:
         lnf_rstd_ = add("lnf_rstd", N);
         logits_ = add("logits", N * cfg_.vocab_size);
         next_logits_ = add("next_logits", std::int64_t(max_batch_) * cfg_.vocab_size);
+        if (cfg_.rope()) rope_ = add("rope", std::int64_t(cfg_.context_length) * cfg_.head_size());  // cos | sin
+        positions_.assign(std::size_t(N), 0);
         if (training) {
             dlogits_ = add("dlogits", N * cfg_.vocab_size);
             losses_ = add("losses", N);
             d_res_ = add("d_res", N * C);
             d_ln_ = add("d_ln", N * C);
-            d_qkv_ = add("d_qkv", N * 3 * C);
+            d_qkv_ = add("d_qkv", N * Q);
             d_att_ = add("d_att", att);
             d_atty_ = add("d_atty", N * C);
-            d_fc_ = add("d_fc", N * F);
+            d_fc_ = add("d_fc", N * F1);
+            d_act_ = F1 == F ? d_fc_ : add("d_act", N * F);  // GELU's backward runs in place
         }
         act_arena_ = detail::Arena<T, Device>(dev_, act_layout_.size());
         tokens_ = static_cast<std::int32_t*>(dev_.allocate(tokens_bytes()));
         tokens_owner_ = {tokens_, TokenFree{dev_, tokens_bytes()}};
     }
 
-    // Copies the key and value of every head of one token, qkv_row (3C) = q | k | v, into `cache`
-    // at sequence b, position t: (max_batch, H, Tmax, hs) per layer.
+    // Copies the key and value of every kv head of one token, qkv_row ((H+2Hkv)hs) = q | k | v, into
+    // `cache` at sequence b, position t: (max_batch, Hkv, Tmax, hs) per layer.
     void store_kv(KvCache<T, Device>& cache, int l, const T* qkv_row, int b, int t) const {
-        const int C = cfg_.d_model, H = cfg_.n_heads, hs = C / H;
-        for (int h = 0; h < H; ++h) {
-            const std::int64_t dst = ((std::int64_t(b) * H + h) * cfg_.context_length + t) * hs;
+        const int Hkv = cfg_.kv_heads(), hs = cfg_.head_size(), C = cfg_.d_model;
+        for (int h = 0; h < Hkv; ++h) {
+            const std::int64_t dst = ((std::int64_t(b) * Hkv + h) * cfg_.context_length + t) * hs;
             dev_.copy(cache.keys(l) + dst, qkv_row + C + h * hs, sizeof(T) * hs);
-            dev_.copy(cache.values(l) + dst, qkv_row + 2 * C + h * hs, sizeof(T) * hs);
+            dev_.copy(cache.values(l) + dst, qkv_row + C + (Hkv + h) * hs, sizeof(T) * hs);
         }
     }
 
@@ -590,11 +757,17 @@ private:
     std::size_t tokens_bytes() const noexcept {
         return sizeof(std::int32_t) * std::size_t(max_batch_) * std::size_t(cfg_.context_length);
     }
-    T* val(std::size_t i) const noexcept { return param_arena_.data() + param_layout_.blocks()[i].offset; }
-    T* grad(std::size_t i) const noexcept { return grad_arena_.data() + param_layout_.blocks()[i].offset; }
+    // a parameter's value / gradient; null for one this config does not have
+    T* val(std::size_t i) const noexcept {
+        return i == none ? nullptr : param_arena_.data() + param_layout_.blocks()[i].offset;
+    }
+    T* grad(std::size_t i) const noexcept {
+        return i == none ? nullptr : grad_arena_.data() + param_layout_.blocks()[i].offset;
+    }
     T* act(std::size_t i) const noexcept { return act_arena_.data() + act_layout_.blocks()[i].offset; }
     const T* wte() const noexcept { return val(wte_); }
     const T* wpe() const noexcept { return val(wpe_); }
+    const T* head() const noexcept { return val(head_); }
 
     struct TokenFree {
         Device dev;
@@ -606,6 +779,7 @@ private:
     Device dev_;
     int max_batch_;
     activations mode_;
+    T eps_ = T(1e-5);
     int B_ = 0, T_ = 0;
 
     detail::ArenaLayout param_layout_, act_layout_;
@@ -614,16 +788,21 @@ private:
     std::vector<Parameter<T>> params_;
     std::vector<LayerParams> layer_params_;
     std::vector<LayerActs> layer_acts_;
-    std::size_t wte_ = 0, wpe_ = 0, lnf_w_ = 0, lnf_b_ = 0;
+    std::size_t wte_ = 0, wpe_ = none, lnf_w_ = 0, lnf_b_ = none, head_ = 0;
     std::size_t encoded_ = 0, lnf_ = 0, lnf_mean_ = 0, lnf_rstd_ = 0, logits_ = 0, dlogits_ = 0, losses_ = 0,
-                next_logits_ = 0;
+                next_logits_ = 0, rope_ = 0;
     int decode_batch_ = 0;
-    std::size_t d_res_ = 0, d_ln_ = 0, d_qkv_ = 0, d_att_ = 0, d_atty_ = 0, d_fc_ = 0;
+    int rope_key_ = -1, rope_rows_ = 0;    // what the rotary tables hold (see update_rope)
+    std::vector<std::int32_t> positions_;  // position of each row of the last forward or decode (rope)
+    std::size_t d_res_ = 0, d_ln_ = 0, d_qkv_ = 0, d_att_ = 0, d_atty_ = 0, d_fc_ = 0, d_act_ = 0;
     std::int32_t* tokens_ = nullptr;
     std::unique_ptr<std::int32_t, TokenFree> tokens_owner_{nullptr, TokenFree{}};
 };
 
 }  // namespace distill::student
 
+BOOST_HANA_ADAPT_STRUCT(distill::student::RopeScaling, type, factor, low_freq_factor, high_freq_factor,
+                        original_context_length);
 BOOST_HANA_ADAPT_STRUCT(distill::student::TransformerConfig, vocab_size, context_length, d_model, n_layers, n_heads,
-                        d_ff);
+                        n_kv_heads, d_ff, norm, norm_eps, positions, rope_theta, rope_scaling, mlp, qkv_bias, proj_bias,
+                        mlp_bias, tie_embeddings);

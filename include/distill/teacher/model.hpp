@@ -1,7 +1,8 @@
 #pragma once
 /// @file model.hpp
 /// `teacher::Model<Arch>`: a teacher running in this process, loaded from a safetensors checkpoint
-/// whose metadata carries its config (`io::save_weights` writes such files).
+/// whose metadata carries its config (`io::save_weights` writes such files) or from a Hugging Face
+/// checkpoint directory (`io::hf`: GPT-2, Llama, Qwen2, Phi-3).
 ///
 /// It answers prompts by batched generation with a KV cache (greedy, temperature, top-k, top-p, with
 /// a seed; max new tokens; stop tokens and stop sequences) and reports per generated token the
@@ -30,6 +31,7 @@
 #include "distill/detail/rng.hpp"
 #include "distill/device/cpu.hpp"
 #include "distill/error.hpp"
+#include "distill/io/hf.hpp"
 #include "distill/io/reflect.hpp"
 #include "distill/io/weights.hpp"
 #include "distill/signals.hpp"
@@ -41,14 +43,16 @@ namespace distill::teacher {
 /// Where an in-process teacher comes from and how it batches. Keys are the JSON keys of a job's
 /// `teacher` object of kind "model".
 struct ModelConfig {
-    std::string weights{};  ///< safetensors checkpoint, its config in the metadata
+    std::string weights{};  ///< safetensors checkpoint, its config in the metadata; or a Hugging Face
+                            ///< checkpoint directory (config.json + model.safetensors or shards)
     std::string config{};   ///< optional JSON file with the architecture config ("" = the metadata's)
     int max_batch = 16;     ///< sequences generated (or forwarded) at once
     data::ChatTemplateConfig chat_template{};  ///< how prompts become tokens
 
     /// Throws `config_error` naming the field.
     void validate(const std::string& path = "teacher") const {
-        if (weights.empty()) throw config_error(path + ".weights", "is required (a .safetensors file)");
+        if (weights.empty())
+            throw config_error(path + ".weights", "is required (a .safetensors file or a Hugging Face directory)");
         if (max_batch < 1) throw config_error(path + ".max_batch", "must be >= 1, got " + std::to_string(max_batch));
     }
 };
@@ -82,8 +86,10 @@ public:
           template_(cfg_.chat_template),
           net_(load_arch_config(cfg_), cfg_.max_batch, device),
           cache_(net_.make_cache(cfg_.max_batch)) {
-        io::safetensors_file file(cfg_.weights);
-        io::load_weights(file, net_);
+        if (is_hf(cfg_))
+            io::hf::load(io::hf::Checkpoint(cfg_.weights), net_);
+        else
+            io::load_weights(io::safetensors_file(cfg_.weights), net_);
         source_ = std::filesystem::path(cfg_.weights).filename().string();
         check_vocabulary();
     }
@@ -156,7 +162,7 @@ public:
     Tensor<T> hidden_state(int i) const { return net_.hidden_state(i); }
     /// (B,H,T,T) attention probabilities of layer l of the last forward.
     Tensor<T> attention(int l) const { return net_.attention(l); }
-    /// (B,T,3C) q|k|v projections of layer l of the last forward.
+    /// (B,T,(H+2Hkv)hs) q|k|v projections of layer l of the last forward.
     Tensor<T> qkv(int l) const { return net_.qkv(l); }
 
 private:
@@ -175,7 +181,15 @@ private:
         return c;
     }
 
+    static bool is_hf(const ModelConfig& c) { return std::filesystem::is_directory(c.weights); }
+
     static arch_config load_arch_config(const ModelConfig& c) {
+        if (is_hf(c)) {
+            if (!c.config.empty())
+                throw config_error("teacher.config",
+                                   "must be empty for a Hugging Face directory (its config.json is used)");
+            return io::hf::transformer_config(io::hf::Checkpoint(c.weights));
+        }
         if (c.config.empty()) {
             io::safetensors_file file(c.weights);
             return io::load_weights_config<arch_config>(file);

@@ -75,7 +75,7 @@ struct State {
     cudaDeviceProp props{};
     // Growable device buffers for host arrays passed to kernels and for reduction partials; they
     // grow to the largest request and then stay, so a training step allocates nothing.
-    std::vector<std::pair<void*, std::size_t>> staging = std::vector<std::pair<void*, std::size_t>>(8, {nullptr, 0});
+    std::vector<std::pair<void*, std::size_t>> staging = std::vector<std::pair<void*, std::size_t>>(9, {nullptr, 0});
 
     explicit State(int device) : ordinal(device) {
         DISTILL_CUDA_CHECK(cudaSetDevice(device));
@@ -194,7 +194,7 @@ struct Cuda {
         DISTILL_CUDA_CHECK(cublasSetMathMode(cublas(), on ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
     }
 
-    /// A device buffer of at least `bytes` for staging slot `slot` (0..7), reused across calls.
+    /// A device buffer of at least `bytes` for staging slot `slot` (0..8), reused across calls.
     void* staging(int slot, std::size_t bytes) const {
         auto& [p, n] = state_->staging.at(static_cast<std::size_t>(slot));
         if (n < bytes) {
@@ -227,7 +227,7 @@ namespace cuda_detail {
 
 // Staging slots, one per kind of host array, so two arrays of one call never share a buffer.
 inline constexpr int slot_mask = 0, slot_index = 1, slot_values = 2, slot_partials = 3, slot_order = 4,
-                     slot_segments = 5, slot_misc = 6, slot_kv = 7;
+                     slot_segments = 5, slot_misc = 6, slot_kv = 7, slot_positions = 8;
 
 inline constexpr int warp = 32;
 

@@ -132,6 +132,85 @@ struct layernorm_dw_term {
     }
 };
 
+// One warp per row: rstd = 1/sqrt(mean(in²) + eps), out = in rstd w.
+template <class T>
+__global__ void rmsnorm_forward_kernel(T* out, T* rstd, const T* in, const T* w, int N, int C, T eps) {
+    const int row = blockIdx.x * (blockDim.x / warp) + threadIdx.x / warp, lane = threadIdx.x % warp;
+    if (row >= N) return;
+    const T* x = in + std::int64_t(row) * C;
+    T s = 0;
+    for (int c = lane; c < C; c += warp) s += x[c] * x[c];
+    const T r = T(1) / sqrt(warp_sum(s) / T(C) + eps);
+    T* o = out + std::int64_t(row) * C;
+    for (int c = lane; c < C; c += warp) o[c] = x[c] * r * w[c];
+    if (lane == 0) rstd[row] = r;
+}
+
+// One warp per row: din += rstd (g - xhat mean(g xhat)), g = dout w, xhat = in rstd.
+template <class T>
+__global__ void rmsnorm_din_kernel(T* din, const T* dout, const T* in, const T* w, const T* rstd, int N, int C) {
+    const int row = blockIdx.x * (blockDim.x / warp) + threadIdx.x / warp, lane = threadIdx.x % warp;
+    if (row >= N) return;
+    const std::int64_t off = std::int64_t(row) * C;
+    const T r = rstd[row];
+    T gxs = 0;
+    for (int c = lane; c < C; c += warp) gxs += dout[off + c] * w[c] * in[off + c] * r;
+    const T gx_mean = warp_sum(gxs) / T(C);
+    for (int c = lane; c < C; c += warp) din[off + c] += r * (dout[off + c] * w[c] - in[off + c] * r * gx_mean);
+}
+
+template <class T>
+struct rmsnorm_dw_term {
+    const T *dout, *in, *rstd;
+    int C;
+    __device__ T operator()(int n, int c) const {
+        const std::int64_t i = std::int64_t(n) * C + c;
+        return dout[i] * in[i] * rstd[n];
+    }
+};
+
+// out(N,F) = silu(gate) up, in(N,2F) = gate | up per row; one thread per output element.
+template <class T>
+__global__ void swiglu_forward_kernel(T* out, const T* in, int F, std::int64_t n) {
+    for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < n;
+         i += std::int64_t(gridDim.x) * blockDim.x) {
+        const std::int64_t r = i / F * 2 * F + i % F;
+        out[i] = math::silu(in[r]) * in[r + F];
+    }
+}
+
+// din(N,2F) = dout up silu'(gate) | dout silu(gate); one thread per (n, f) pair.
+template <class T>
+__global__ void swiglu_backward_kernel(T* din, const T* in, const T* dout, int F, std::int64_t n) {
+    for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < n;
+         i += std::int64_t(gridDim.x) * blockDim.x) {
+        const std::int64_t r = i / F * 2 * F + i % F;
+        const T g = in[r], u = in[r + F], d = dout[i];
+        din[r] = d * u * math::silu_grad(g);
+        din[r + F] = d * math::silu(g);
+    }
+}
+
+// One thread per rotated pair (n, h, i) of x(N,row), n = e / (heads·half): the pair (i, i + half)
+// of head h is turned by the angle of positions[n] (backwards when `inverse`).
+template <class T>
+__global__ void rope_rotate_kernel(T* x, const T* cos, const T* sin, const std::int32_t* positions, int row, int heads,
+                                   int hs, bool inverse, std::int64_t n) {
+    const int half = hs / 2;
+    for (std::int64_t e = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; e < n;
+         e += std::int64_t(gridDim.x) * blockDim.x) {
+        const std::int64_t nh = e / half;
+        const int i = static_cast<int>(e % half), h = static_cast<int>(nh % heads);
+        const std::int64_t tok = nh / heads;
+        T* v = x + tok * row + std::int64_t(h) * hs;
+        const std::int64_t p = std::int64_t(positions[tok]) * half + i;
+        const T c = cos[p], s = inverse ? -sin[p] : sin[p];
+        const T x1 = v[i], x2 = v[i + half];
+        v[i] = x1 * c - x2 * s;
+        v[i + half] = x2 * c + x1 * s;
+    }
+}
+
 template <class T>
 __global__ void gelu_forward_kernel(T* out, const T* in, std::int64_t n) {
     for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < n;
@@ -201,7 +280,7 @@ __global__ void embedding_forward_kernel(T* out, const std::int32_t* tokens, con
          i += std::int64_t(gridDim.x) * blockDim.x) {
         const std::int64_t bt = i / C;
         const int c = static_cast<int>(i % C);
-        out[i] = wte[std::int64_t(tokens[bt]) * C + c] + wpe[(bt % Tn) * C + c];
+        out[i] = wte[std::int64_t(tokens[bt]) * C + c] + (wpe ? wpe[(bt % Tn) * C + c] : T(0));
     }
 }
 
@@ -253,15 +332,16 @@ __global__ void cross_entropy_kernel(T* dlogits, T* losses, const T* logits, con
         dlogits[off + v] = (T(exp(double(logits[off + v]) - lse)) - (v == target ? T(1) : T(0))) * dloss;
 }
 
-// One block per (b, h): scores against the n cached keys, softmax, weighted sum of the values.
+// One block per (b, h): scores against the n cached keys of kv head h / (H/Hkv), softmax, weighted
+// sum of the values. q is head h of row b of qkv(B, (H+2Hkv)hs).
 template <class T>
 __global__ void attention_decode_kernel(T* out, T* scratch, const T* qkv, const T* kcache, const T* vcache,
-                                        const int* lengths, int H, int hs, int Tmax) {
+                                        const int* lengths, int H, int Hkv, int hs, int Tmax) {
     __shared__ T shared[32];
-    const int bh = blockIdx.x, b = bh / H, h = bh % H, n = lengths[b], C = H * hs;
+    const int bh = blockIdx.x, b = bh / H, h = bh % H, n = lengths[b], C = H * hs, row = (H + 2 * Hkv) * hs;
     const T scale = T(1) / sqrt(T(hs));
-    const std::int64_t base = std::int64_t(bh) * Tmax * hs;
-    const T* q = qkv + std::int64_t(b) * 3 * C + h * hs;
+    const std::int64_t base = (std::int64_t(b) * Hkv + h / (H / Hkv)) * Tmax * hs;
+    const T* q = qkv + std::int64_t(b) * row + h * hs;
     T* p = scratch + std::int64_t(bh) * Tmax;
     T mx = -INFINITY;
     for (int j = threadIdx.x; j < n; j += blockDim.x) {
@@ -285,32 +365,32 @@ __global__ void attention_decode_kernel(T* out, T* scratch, const T* qkv, const 
     }
 }
 
-// Block i copies token i's keys and values (every head) from its q|k|v row into the cache.
+// Block i copies token i's keys and values (every kv head) from its q|k|v row into the cache.
 template <class T>
-__global__ void kv_cache_store_kernel(T* keys, T* values, const T* qkv, const std::int32_t* rows, int H, int hs,
-                                      int Tmax) {
-    const int i = blockIdx.x, C = H * hs;
-    const T* src = qkv + std::int64_t(rows[3 * i]) * 3 * C;
+__global__ void kv_cache_store_kernel(T* keys, T* values, const T* qkv, const std::int32_t* rows, int H, int Hkv,
+                                      int hs, int Tmax) {
+    const int i = blockIdx.x, Ckv = Hkv * hs, Cq = H * hs;
+    const T* src = qkv + std::int64_t(rows[3 * i]) * (Cq + 2 * Ckv);
     const int b = rows[3 * i + 1], t = rows[3 * i + 2];
-    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+    for (int c = threadIdx.x; c < Ckv; c += blockDim.x) {
         const int h = c / hs, d = c % hs;
-        const std::int64_t dst = ((std::int64_t(b) * H + h) * Tmax + t) * hs + d;
-        keys[dst] = src[C + c];
-        values[dst] = src[2 * C + c];
+        const std::int64_t dst = ((std::int64_t(b) * Hkv + h) * Tmax + t) * hs + d;
+        keys[dst] = src[Cq + c];
+        values[dst] = src[Cq + Ckv + c];
     }
 }
 
 }  // namespace cuda_detail
 
-/// Writes the keys and values of `count` tokens into a KV cache (max_batch, H, Tmax, hs) per tensor:
-/// token i is row rows[3i] of qkv(·, 3C) (q | k | v), stored at sequence rows[3i+1], position
-/// rows[3i+2]. `rows` in host or device memory. One block per token.
+/// Writes the keys and values of `count` tokens into a KV cache (max_batch, Hkv, Tmax, hs) per
+/// tensor: token i is row rows[3i] of qkv(·, (H+2Hkv)hs) (q H·hs | k Hkv·hs | v Hkv·hs), stored at
+/// sequence rows[3i+1], position rows[3i+2]. `rows` in host or device memory. One block per token.
 template <class T>
 void kv_cache_store(const Cuda& dev, T* keys, T* values, const T* qkv, const std::int32_t* rows, int count, int H,
-                    int hs, int Tmax) {
+                    int Hkv, int hs, int Tmax) {
     if (count <= 0) return;
     const std::int32_t* r = dev.on_device(rows, 3 * std::size_t(count), cuda_detail::slot_kv);
-    cuda_detail::kv_cache_store_kernel<<<count, 128, 0, dev.stream()>>>(keys, values, qkv, r, H, hs, Tmax);
+    cuda_detail::kv_cache_store_kernel<<<count, 128, 0, dev.stream()>>>(keys, values, qkv, r, H, Hkv, hs, Tmax);
     DISTILL_CUDA_CHECK_LAUNCH("kv_cache_store_kernel");
 }
 
@@ -373,6 +453,65 @@ void layernorm_backward(const Cuda& dev, T* din, T* dw, T* db, const T* dout, co
     cuda_detail::column_reduce(dev, db, N, C, cuda_detail::read_element<T>{dout, C});
 }
 
+/// RMSNorm over the last dimension: out(N,C) = in rstd w, rstd(N) = 1/sqrt(mean(in²) + eps) saved.
+/// One warp per row.
+template <class T>
+void rmsnorm_forward(const Cuda& dev, T* out, T* rstd, const T* in, const T* w, int N, int C, T eps) {
+    if (N <= 0) return;
+    constexpr int rows_per_block = 8;
+    cuda_detail::
+        rmsnorm_forward_kernel<<<(N + rows_per_block - 1) / rows_per_block, rows_per_block * 32, 0, dev.stream()>>>(
+            out, rstd, in, w, N, C, eps);
+    DISTILL_CUDA_CHECK_LAUNCH("rmsnorm_forward_kernel");
+}
+
+/// RMSNorm backward, accumulating: din(N,C) += rstd (g - xhat mean(g xhat)), g = dout w, xhat = in
+/// rstd; dw(C) += Σ_n dout xhat (64-row partial sums, then the partials in order).
+template <class T>
+void rmsnorm_backward(const Cuda& dev, T* din, T* dw, const T* dout, const T* in, const T* w, const T* rstd, int N,
+                      int C) {
+    if (N <= 0) return;
+    constexpr int rows_per_block = 8;
+    cuda_detail::
+        rmsnorm_din_kernel<<<(N + rows_per_block - 1) / rows_per_block, rows_per_block * 32, 0, dev.stream()>>>(
+            din, dout, in, w, rstd, N, C);
+    DISTILL_CUDA_CHECK_LAUNCH("rmsnorm_din_kernel");
+    cuda_detail::column_reduce(dev, dw, N, C, cuda_detail::rmsnorm_dw_term<T>{dout, in, rstd, C});
+}
+
+/// SwiGLU: out(N,F) = silu(gate) up, in(N,2F) = gate | up per row.
+template <class T>
+void swiglu_forward(const Cuda& dev, T* out, const T* in, int N, int F) {
+    const std::int64_t n = std::int64_t(N) * F;
+    if (n <= 0) return;
+    cuda_detail::swiglu_forward_kernel<<<cuda_detail::blocks_for(n, 256), 256, 0, dev.stream()>>>(out, in, F, n);
+    DISTILL_CUDA_CHECK_LAUNCH("swiglu_forward_kernel");
+}
+
+/// SwiGLU backward: din(N,2F) = dout up silu'(gate) | dout silu(gate) (overwrites din).
+template <class T>
+void swiglu_backward(const Cuda& dev, T* din, const T* in, const T* dout, int N, int F) {
+    const std::int64_t n = std::int64_t(N) * F;
+    if (n <= 0) return;
+    cuda_detail::swiglu_backward_kernel<<<cuda_detail::blocks_for(n, 256), 256, 0, dev.stream()>>>(din, in, dout, F, n);
+    DISTILL_CUDA_CHECK_LAUNCH("swiglu_backward_kernel");
+}
+
+/// Rotary position embedding in place (rotate-half pairing): in each of the first `heads` heads (hs
+/// wide) of every row of x(N, row), the pair (i, i + hs/2) turns by the angle of positions[n] and
+/// frequency i: x1' = x1 cos - x2 sin, x2' = x2 cos + x1 sin, cos/sin(P, hs/2) in device memory;
+/// `inverse` turns back (the backward). `positions` (N) in host or device memory. One thread per pair.
+template <class T>
+void rope_rotate(const Cuda& dev, T* x, const T* cos, const T* sin, const std::int32_t* positions, int N, int row,
+                 int heads, int hs, bool inverse) {
+    const std::int64_t n = std::int64_t(N) * heads * (hs / 2);
+    if (n <= 0) return;
+    const std::int32_t* pos = dev.on_device(positions, std::size_t(N), cuda_detail::slot_positions);
+    cuda_detail::rope_rotate_kernel<<<cuda_detail::blocks_for(n, 256), 256, 0, dev.stream()>>>(x, cos, sin, pos, row,
+                                                                                               heads, hs, inverse, n);
+    DISTILL_CUDA_CHECK_LAUNCH("rope_rotate_kernel");
+}
+
 /// out = gelu_tanh(in), n elements (the shared `math::gelu`).
 template <class T>
 void gelu_forward(const Cuda& dev, T* out, const T* in, std::int64_t n) {
@@ -422,7 +561,8 @@ void causal_softmax_backward(const Cuda& dev, T* dscores, const T* att, const T*
     DISTILL_CUDA_CHECK_LAUNCH("causal_softmax_backward_kernel");
 }
 
-/// out(B,T,C) = wte[tokens[b,t]] + wpe[t]. `tokens` in host or device memory.
+/// out(B,T,C) = wte[tokens[b,t]] + wpe[t] (wpe null: the token embedding alone, for rotary models).
+/// `tokens` in host or device memory.
 template <class T>
 void embedding_forward(const Cuda& dev, T* out, const std::int32_t* tokens, const T* wte, const T* wpe, int B, int Tn,
                        int C) {
@@ -434,7 +574,8 @@ void embedding_forward(const Cuda& dev, T* out, const std::int32_t* tokens, cons
     DISTILL_CUDA_CHECK_LAUNCH("embedding_forward_kernel");
 }
 
-/// dwte(V,C) += Σ_{(b,t): tokens=v} dout(b,t,:), dwpe(T,C) += Σ_b dout(b,t,:). Deterministic
+/// dwte(V,C) += Σ_{(b,t): tokens=v} dout(b,t,:), dwpe(T,C) += Σ_b dout(b,t,:) (skipped when dwpe is
+/// null). Deterministic
 /// without atomics: the token ids come to the host (B·T ints), are grouped by token (rows
 /// ascending, the CPU's order), and each distinct token is summed by one block.
 template <class T>
@@ -442,9 +583,12 @@ void embedding_backward(const Cuda& dev, T* dwte, T* dwpe, const T* dout, const 
                         int C) {
     const int N = B * Tn;
     if (N <= 0) return;
-    cuda_detail::embedding_dwpe_kernel<<<cuda_detail::blocks_for(std::int64_t(Tn) * C, 256), 256, 0, dev.stream()>>>(
-        dwpe, dout, B, Tn, C);
-    DISTILL_CUDA_CHECK_LAUNCH("embedding_dwpe_kernel");
+    if (dwpe) {
+        cuda_detail::
+            embedding_dwpe_kernel<<<cuda_detail::blocks_for(std::int64_t(Tn) * C, 256), 256, 0, dev.stream()>>>(
+                dwpe, dout, B, Tn, C);
+        DISTILL_CUDA_CHECK_LAUNCH("embedding_dwpe_kernel");
+    }
     std::vector<std::int32_t> tok(static_cast<std::size_t>(N));
     dev.copy(tok.data(), tokens, sizeof(std::int32_t) * tok.size());
     std::vector<std::int32_t> order(tok.size());
@@ -490,16 +634,17 @@ int cross_entropy_forward_backward(const Cuda& dev, T* dlogits, T* losses, const
     return count;
 }
 
-/// One decoding step of attention against a KV cache (see Reference): for each (b, h), the n =
-/// lengths[b] cached keys and values (max_batch, H, Tmax, hs); q from qkv(B,3C); out(B,C);
-/// scratch B·H·Tmax. `lengths` in host or device memory. One block per (b, h).
+/// One decoding step of attention against a KV cache (see Reference), grouped-query: for each (b, h),
+/// the n = lengths[b] cached keys and values of kv head h / (H/Hkv), caches (max_batch, Hkv, Tmax,
+/// hs); q from qkv(B,(H+2Hkv)hs); out(B,H·hs); scratch B·H·Tmax. `lengths` in host or device memory.
+/// One block per (b, h).
 template <class T>
 void attention_decode(const Cuda& dev, T* out, T* scratch, const T* qkv, const T* kcache, const T* vcache,
-                      const int* lengths, int B, int H, int hs, int Tmax) {
+                      const int* lengths, int B, int H, int Hkv, int hs, int Tmax) {
     if (B * H <= 0) return;
     const int* len = dev.on_device(lengths, std::size_t(B), cuda_detail::slot_misc);
-    cuda_detail::attention_decode_kernel<<<B * H, 128, 0, dev.stream()>>>(out, scratch, qkv, kcache, vcache, len, H, hs,
-                                                                          Tmax);
+    cuda_detail::attention_decode_kernel<<<B * H, 128, 0, dev.stream()>>>(out, scratch, qkv, kcache, vcache, len, H,
+                                                                          Hkv, hs, Tmax);
     DISTILL_CUDA_CHECK_LAUNCH("attention_decode_kernel");
 }
 

@@ -7,15 +7,17 @@
 // Sizes (issue 8): small  V=256   T=128 d=128 L=2 B=16, teacher d=256 L=4
 //                  medium V=256   T=256 d=256 L=4 B=8,  teacher d=512 L=8
 //                  large  V=32000 T=128 d=256 L=4 B=8,  teacher d=512 L=8
-// Heads are d/64 (head size 64), d_ff = 4d.
+// Heads are d/64 (head size 64), d_ff = 4d. `--arch llama` gives both models the Llama family's blocks
+// (RMSNorm, RoPE, SwiGLU with d_ff = 8d/3 rounded to 64, grouped-query attention with heads/2 kv
+// heads, no biases, untied head) against tests/reference/llama.py.
 //
 // Reports tokens/s, the GFLOP/s of the matrix products and their fraction of the FP32 FMA peak,
 // the peak RSS of the process against the analytic minimum of the step (see `minimum_bytes`), and
 // the ratio to PyTorch. `--precision bf16` runs the GEMMs in bf16 (device::Cpu's precision) against
 // PyTorch under torch.autocast("cpu", dtype=torch.bfloat16).
 //
-//   bench_train [--size small|medium|large] [--threads 2] [--steps 5] [--precision fp32|bf16]
-//               [--no-reference]
+//   bench_train [--size small|medium|large] [--arch gpt|llama] [--threads 2] [--steps 5]
+//               [--precision fp32|bf16] [--no-reference]
 
 #include <cmath>
 #include <cstdio>
@@ -48,12 +50,23 @@ Size size_named(const std::string& n) {
     std::exit(2);
 }
 
+student::TransformerConfig llama(student::TransformerConfig c) {
+    c.norm = "rmsnorm";
+    c.norm_eps = 1e-6;
+    c.positions = "rope";
+    c.mlp = "swiglu";
+    c.d_ff = (8 * c.d_model / 3 + 63) / 64 * 64;
+    c.n_kv_heads = std::max(1, c.n_heads / 2);
+    c.qkv_bias = c.proj_bias = c.mlp_bias = c.tie_embeddings = false;
+    return c;
+}
+
 // FLOPs of the matrix products of one forward of `c` over B sequences of T tokens (full T×T
 // attention, as computed).
 double forward_flops(const student::TransformerConfig& c, int B) {
     const double N = double(B) * c.context_length, C = c.d_model, F = c.d_ff, L = c.n_layers, V = c.vocab_size,
-                 T = c.context_length;
-    return 2.0 * N * L * (3.0 * C * C + C * C + 2.0 * C * F) + 2.0 * N * C * V + 4.0 * B * L * T * T * C;
+                 T = c.context_length, Q = c.qkv_width(), F1 = c.fc_width();
+    return 2.0 * N * L * (Q * C + C * C + F1 * C + F * C) + 2.0 * N * C * V + 4.0 * B * L * T * T * C;
 }
 
 // The least memory the step can run in, in bytes, fp32: the student's weights, gradients and the two
@@ -64,24 +77,25 @@ double forward_flops(const student::TransformerConfig& c, int B) {
 double minimum_bytes(const Size& s) {
     const auto& c = s.student;
     const double N = double(s.batch) * c.context_length, C = c.d_model, F = c.d_ff, L = c.n_layers, V = c.vocab_size,
-                 att = double(s.batch) * c.n_heads * c.context_length * c.context_length;
+                 att = double(s.batch) * c.n_heads * c.context_length * c.context_length, Q = c.qkv_width(),
+                 F1 = c.fc_width();
     const double P = double(c.parameter_count());
-    const double per_layer = N * C /*ln1 out*/ + 3 * N * C /*qkv*/ + att /*probabilities*/ + N * C /*att out*/ +
-                             N * C /*res after attention*/ + N * C /*ln2 out*/ + N * F /*fc*/ + N * F /*gelu*/ +
-                             4 * N /*LayerNorm statistics*/ + N * C /*block input*/;
-    const double student = 4 * P + L * per_layer + N * C + 2 * N * V + (att + N * F + 3 * N * C + 2 * N * C);
+    const double per_layer = N * C /*ln1 out*/ + N * Q /*qkv*/ + att /*probabilities*/ + N * C /*att out*/ +
+                             N * C /*res after attention*/ + N * C /*ln2 out*/ + N * F1 /*fc*/ + N * F /*act*/ +
+                             4 * N /*norm statistics*/ + N * C /*block input*/;
+    const double student = 4 * P + L * per_layer + N * C + 2 * N * V + (att + N * F1 + N * Q + 2 * N * C);
     const auto& t = s.teacher;
     const double tN = double(s.batch) * t.context_length, tC = t.d_model, tF = t.d_ff,
                  tatt = double(s.batch) * t.n_heads * t.context_length * t.context_length;
     const double teacher = double(t.parameter_count()) + tN * t.vocab_size +
-                           (2 * tN * tC + 3 * tN * tC + tatt + tN * tC + tN * tF + tN * tF + tN * tC);
+                           (2 * tN * tC + tN * t.qkv_width() + tatt + tN * tC + tN * t.fc_width() + tN * tF + tN * tC);
     return 4.0 * (student + teacher);
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-    std::string size_name = "medium", precision = "fp32";
+    std::string size_name = "medium", precision = "fp32", arch = "gpt";
     int threads = 2, steps = 5;
     bool reference = true;
     for (int i = 1; i < argc; ++i) {
@@ -101,6 +115,8 @@ int main(int argc, char** argv) {
             steps = std::stoi(next());
         else if (a == "--precision")
             precision = next();
+        else if (a == "--arch")
+            arch = next();
         else if (a == "--no-reference")
             reference = false;
         else {
@@ -108,7 +124,14 @@ int main(int argc, char** argv) {
             return 2;
         }
     }
-    const Size size = size_named(size_name);
+    Size size = size_named(size_name);
+    if (arch == "llama") {
+        size.student = llama(size.student);
+        size.teacher = llama(size.teacher);
+    } else if (arch != "gpt") {
+        std::fprintf(stderr, "--arch: gpt or llama, got %s\n", arch.c_str());
+        return 2;
+    }
     const bool bf16 = precision == "bf16";
     if (!bf16 && precision != "fp32") {
         std::fprintf(stderr, "--precision: fp32 or bf16, got %s\n", precision.c_str());
@@ -187,8 +210,9 @@ int main(int argc, char** argv) {
     const auto& c = size.student;
     const auto& t = size.teacher;
     char workload[256];
-    std::snprintf(workload, sizeof workload, "train step %s %s: V=%d T=%d d=%d L=%d B=%d, teacher d=%d L=%d",
-                  size.name.c_str(), precision.c_str(), V, T, c.d_model, c.n_layers, B, t.d_model, t.n_layers);
+    std::snprintf(workload, sizeof workload, "train step %s%s %s: V=%d T=%d d=%d L=%d B=%d, teacher d=%d L=%d",
+                  size.name.c_str(), arch == "llama" ? " llama" : "", precision.c_str(), V, T, c.d_model, c.n_layers, B,
+                  t.d_model, t.n_layers);
     std::printf("workload: %s, SoftKL(tau=2)+HardCE, AdamW, clip 1.0, %d threads\n", workload, threads);
     std::printf(
         "distill: %.1f ms/step (median of %d), %.0f tokens/s, %.1f GFLOP/s = %.1f%% of the measured FP32 FMA "
@@ -215,9 +239,9 @@ int main(int argc, char** argv) {
         std::snprintf(args, sizeof args,
                       "bench_train.py --vocab %d --context %d --d-model %d --layers %d --heads %d --d-ff %d "
                       "--teacher-d-model %d --teacher-layers %d --teacher-heads %d --teacher-d-ff %d --batch %d "
-                      "--threads %d --steps %d%s",
+                      "--threads %d --steps %d%s --arch %s",
                       V, T, c.d_model, c.n_layers, c.n_heads, c.d_ff, t.d_model, t.n_layers, t.n_heads, t.d_ff, B,
-                      threads, std::max(3, steps), bf16 ? " --bf16" : "");
+                      threads, std::max(3, steps), bf16 ? " --bf16" : "", arch.c_str());
         const auto ref = bench::run_reference(args, "tokens_per_s");
         if (ref.value > 0) {
             std::printf("ratio distill / PyTorch: %.2fx tokens/s\n", tok_s / ref.value);

@@ -9,7 +9,7 @@
     opt.zero_grad(set_to_none=True); loss.backward()
     clip_grad_norm_(student.parameters(), 1.0); opt.step()           # AdamW(foreach=True)
 
-with the GPT of tests/reference/gpt.py for both models. --bf16 runs both forwards and the loss under
+with the GPT of tests/reference/gpt.py for both models (--arch llama: tests/reference/llama.py). --bf16 runs both forwards and the loss under
 torch.autocast("cpu", dtype=torch.bfloat16) (fp32 master weights, fp32 optimizer).
 
 Prints exactly one JSON line to stdout, e.g.
@@ -33,6 +33,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests", "reference"))
 
 from gpt import GPT, GPTConfig  # noqa: E402
+from llama import Llama, LlamaConfig  # noqa: E402
 
 
 def main():
@@ -53,14 +54,22 @@ def main():
     ap.add_argument("--steps", type=int, default=5, help="timed steps (the median is reported)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--bf16", action="store_true", help="forwards and loss under torch.autocast('cpu', bfloat16)")
+    ap.add_argument("--arch", choices=["gpt", "llama"], default="gpt",
+                    help="llama: tests/reference/llama.py (RMSNorm, RoPE, SwiGLU, GQA with heads/2 kv heads)")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     V, T, B, tau = args.vocab, args.context, args.batch, args.temperature
-    student = GPT(GPTConfig(V, T, args.d_model, args.layers, args.heads, args.d_ff)).train()
-    teacher = GPT(GPTConfig(V, T, args.teacher_d_model, args.teacher_layers, args.teacher_heads,
-                            args.teacher_d_ff)).eval()
+    if args.arch == "llama":
+        student = Llama(LlamaConfig(V, T, args.d_model, args.layers, args.heads, max(1, args.heads // 2),
+                                    args.d_ff)).train()
+        teacher = Llama(LlamaConfig(V, T, args.teacher_d_model, args.teacher_layers, args.teacher_heads,
+                                    max(1, args.teacher_heads // 2), args.teacher_d_ff)).eval()
+    else:
+        student = GPT(GPTConfig(V, T, args.d_model, args.layers, args.heads, args.d_ff)).train()
+        teacher = GPT(GPTConfig(V, T, args.teacher_d_model, args.teacher_layers, args.teacher_heads,
+                                args.teacher_d_ff)).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     opt = torch.optim.AdamW(student.parameters(), lr=1e-4, weight_decay=0.1, foreach=True)

@@ -131,7 +131,12 @@ int dispatch(const Job& job, const Options& o) {
             "loss: \"topk_soft_kl\" and full-logit terms cannot be mixed here; an in-process teacher "
             "gives full logits (use \"soft_kl\")");
     if (kind == "model") {
-        const auto c = read_config<teacher::ModelConfig>(tcfg, "teacher");
+        auto c = read_config<teacher::ModelConfig>(tcfg, "teacher");
+        if (!tcfg.contains("keep_activations")) {  // the teacher keeps activations only for a loss that reads them
+            c.keep_activations = false;
+            for (const char* term : {"hidden_mse", "attention_kl", "attention_relation"})
+                if (job.loss.contains(term)) c.keep_activations = true;
+        }
         if (online) return with_distiller<ModelTeacher, OnlineLoss>(job, o, cpu, c, cpu);
         if (topk) return with_distiller<ModelTeacher, TopKLoss>(job, o, cpu, c, cpu);
         return with_distiller<ModelTeacher, TextLoss>(job, o, cpu, c, cpu);

@@ -133,6 +133,24 @@ TEST_CASE("Distiller: bad policy sections, data and combinations fail at constru
     distill::testing::write_text(w.dir / "unlabeled.jsonl", "{\"prompt\": \"a\"}\n");
     CHECK(construct(with("/test_data", (w.dir / "unlabeled.jsonl").string())).find("has no reference") !=
           std::string::npos);
+    {  // a teacher that keeps only its logits: fine for soft_kl + hard_ce, refused for hidden_mse
+        nlohmann::json logits_only = with("/teacher/keep_activations", false);
+        CHECK(construct(logits_only)
+                  .starts_with("teacher.keep_activations: is false, but the loss reads the "
+                               "teacher's hidden states"));
+        logits_only["loss"]["hidden_mse"]["weight"] = 0.0;
+        logits_only["loss"]["attention_kl"]["weight"] = 0.0;
+        CHECK(construct(logits_only) == "(no error)");
+        // and it computes the same logits as one that keeps everything
+        teacher::Model<student::Transformer> full(teacher_config(parse_job(j))),
+            lean(teacher_config(parse_job(logits_only)));
+        CHECK(!lean.keeps_activations());
+        const std::vector<std::int32_t> tokens = {256, 49, 43, 50, 61, 260};
+        full.forward(tokens.data(), 1, int(tokens.size()));
+        lean.forward(tokens.data(), 1, int(tokens.size()));
+        CHECK(std::equal(full.logits().data(), full.logits().data() + full.logits().numel(), lean.logits().data()));
+        CHECK_THROWS_AS(lean.hidden_state(1), shape_error);
+    }
     // the offline distiller's top-k term needs top-k log-probabilities from the generation
     const Job job = parse_job(with("/loss", {{"topk_soft_kl", nlohmann::json::object()}}));
     teacher::Model<student::Transformer> t(teacher_config(job));

@@ -224,7 +224,12 @@ public:
                                        std::to_string(job_.hyperparameters.batch_size) +
                                        " (online distillation forwards the teacher on every batch)");
         }
-        (void)loss_type(loss_cfg_, dims(job_.hyperparameters.batch_size));  // checks layer maps and widths
+        const loss_type probe(loss_cfg_, dims(job_.hyperparameters.batch_size));  // checks layer maps and widths
+        if constexpr (online && requires { teacher_.keeps_activations(); })
+            if (!teacher_.keeps_activations() && loss::reads_activations(probe))
+                throw config_error("teacher.keep_activations",
+                                   "is false, but the loss reads the teacher's hidden states, attention maps or "
+                                   "q|k|v; set it to true (or drop those terms)");
     }
 
     Distiller(const Distiller&) = delete;

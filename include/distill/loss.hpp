@@ -162,6 +162,13 @@ struct teacher_outputs : model_outputs<T> {
 template <class T, class Model>
 void collect_outputs(const Model& model, model_outputs<T>& out) {
     out.logits = model.logits();
+    if constexpr (requires { model.keeps_activations(); })
+        if (!model.keeps_activations()) {  // an inference-only network: its logits alone
+            out.hidden_states.clear();
+            out.attentions.clear();
+            out.qkv.clear();
+            return;
+        }
     const int hidden = model.hidden_state_count();
     out.hidden_states.resize(static_cast<std::size_t>(hidden));
     for (int i = 0; i < hidden; ++i) out.hidden_states[static_cast<std::size_t>(i)] = model.hidden_state(i);
@@ -258,6 +265,18 @@ concept loss_policy = requires(L& term, const context<T, Device>& ctx) {
 /// Whether term `L` reads teacher signal `Signal` (e.g. `signal::attentions_t`).
 template <class L, class Signal>
 inline constexpr bool term_needs = decltype(boost::hana::contains(L::needs, boost::hana::type_c<Signal>))::value;
+
+/// Whether `loss` reads the teacher's hidden states, attention maps or q|k|v at run time (a `Sum`
+/// counts only its terms of nonzero weight).
+template <class L>
+bool reads_activations(const L& loss) {
+    if constexpr (requires { loss.template reads<signal::hidden_states_t>(); })
+        return loss.template reads<signal::hidden_states_t>() || loss.template reads<signal::attentions_t>() ||
+               loss.template reads<signal::qkv_t>();
+    else
+        return term_needs<L, signal::hidden_states_t> || term_needs<L, signal::attentions_t> ||
+               term_needs<L, signal::qkv_t>;
+}
 
 /// Whether teacher `Teacher` declares signal `Signal` in its `provides` set.
 template <class Teacher, class Signal>

@@ -1781,9 +1781,10 @@ host_readable<T> read_on_host(const Device& dev, const T* src, std::size_t n) {
 /// @file cpu.hpp
 /// `device::Cpu`: the kernels of `device/reference.hpp`, fast. GEMMs go through oneDNN's matmul when
 /// the program links `distill::dnnl` (`DISTILL_WITH_DNNL`; see `device/cpu_dnnl.hpp`), else through
-/// Eigen (AVX-512 kernels when compiled for the host, multithreaded by Eigen's OpenMP GEMM); row
+/// Eigen's GEMM kernel (AVX-512 when compiled for the host), split over threads by us and packing into
+/// per-thread buffers kept across calls, so a steady-state step allocates nothing; row
 /// kernels through Eigen array expressions (vectorized exp/tanh), parallel over rows or column
-/// blocks with OpenMP. Reductions never use atomics and split work by a fixed rule, so a fixed
+/// blocks (`detail::parallel_for`, OpenMP). Reductions never use atomics and split work by a fixed rule, so a fixed
 /// thread count gives bit-identical results run after run.
 ///
 /// Precision: `Cpu(threads, precision::bf16)` rounds the operands of the model's GEMMs to bf16 and
@@ -1818,6 +1819,65 @@ host_readable<T> read_on_host(const Device& dev, const T* src, std::size_t n) {
 #define DISTILL_OMP(x)
 #endif
 // ---- end distill/detail/macros.hpp ----
+// ---- begin distill/detail/parallel.hpp ----
+/// @file parallel.hpp
+/// The host devices' one way of splitting a loop over threads.
+///
+/// Why not `#pragma omp parallel for num_threads(n)` at every loop: libgomp caches a team for reuse
+/// only when it has more than one thread, so every one-thread region (a 1-thread device, or an
+/// `if` clause that turns the team off for small work) `malloc`s and frees a fresh team — hundreds
+/// of allocations per training step. Here one thread runs the body directly.
+
+#include <algorithm>
+#include <cstdint>
+
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+namespace distill::detail {
+
+// One out-of-line copy of the body serves the serial and the threaded path, so both run the same
+// machine code (two inlined copies could contract a*b+c into FMAs differently).
+template <class Body>
+[[gnu::noinline]] void run_range(Body& body, std::int64_t begin, std::int64_t end) {
+    body(begin, end);
+}
+
+/// Runs body(begin, end) on contiguous ranges covering [0, n): one range on the calling thread when
+/// `threads` <= 1 or `parallel` is false, else `threads` ranges (balanced, the same split every run)
+/// on an OpenMP team.
+template <class Body>
+void parallel_ranges(int threads, std::int64_t n, Body&& body, bool parallel = true) {
+    if (n <= 0) return;
+    const int parts = parallel ? static_cast<int>(std::clamp<std::int64_t>(n, 1, std::max(threads, 1))) : 1;
+    if (parts == 1) return run_range(body, 0, n);
+#if defined(_OPENMP)
+    DISTILL_OMP(parallel num_threads(parts)) {
+        const int k = omp_get_thread_num(), p = omp_get_num_threads();
+        const std::int64_t per = n / p, extra = n % p;
+        const std::int64_t begin = k * per + std::min<std::int64_t>(k, extra);
+        run_range(body, begin, begin + per + (k < extra ? 1 : 0));
+    }
+#else
+    run_range(body, 0, n);
+#endif
+}
+
+/// Runs f(i) for every i in [0, n), split as `parallel_ranges` does.
+template <class F>
+void parallel_for(int threads, std::int64_t n, F&& f, bool parallel = true) {
+    parallel_ranges(
+        threads, n,
+        [&](std::int64_t begin, std::int64_t end) {
+            for (std::int64_t i = begin; i < end; ++i) f(i);
+        },
+        parallel);
+}
+
+}  // namespace distill::detail
+// ---- end distill/detail/parallel.hpp ----
 // ---- begin distill/device/reference.hpp ----
 /// @file reference.hpp
 /// `device::Reference`: every kernel as the plainest loop that computes it, single-threaded,
@@ -2552,12 +2612,12 @@ template <class F>
 void for_column_blocks(int threads, std::int64_t n, std::int64_t align, F&& f) {
     const int parts =
         static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(threads, (n + align - 1) / align)));
-    DISTILL_OMP(parallel for schedule(static, 1) num_threads(parts))
-    for (int k = 0; k < parts; ++k) {
+    distill::detail::parallel_for(parts, parts, [&](std::int64_t k_) {
+        const int k = static_cast<int>(k_);
         std::int64_t b, e;
         split(n, parts, k, align, b, e);
         if (b < e) f(b, e);
-    }
+    });
 }
 
 }  // namespace cpu_detail
@@ -2566,7 +2626,72 @@ void for_column_blocks(int threads, std::int64_t n, std::int64_t align, F&& f) {
 
 namespace cpu_detail {
 
-// Eigen's GEMM with its own OpenMP split of the output (single-threaded inside a parallel region).
+// Eigen's GEMM kernel packing into buffers kept per thread (Eigen's own product allocates its
+// packing blocks on every call beyond a 128 KiB stack limit), with the output split over our threads.
+template <class T>
+struct PackingBuffers {
+    T* a = nullptr;
+    T* b = nullptr;
+    std::size_t a_size = 0, b_size = 0;
+    PackingBuffers() = default;
+    PackingBuffers(const PackingBuffers&) = delete;
+    PackingBuffers& operator=(const PackingBuffers&) = delete;
+    ~PackingBuffers() {
+        Eigen::internal::aligned_free(a);
+        Eigen::internal::aligned_free(b);
+    }
+    static T* grow(T*& p, std::size_t& size, std::size_t n) {
+        if (n > size) {
+            Eigen::internal::aligned_free(p);
+            p = static_cast<T*>(Eigen::internal::aligned_malloc(sizeof(T) * n));
+            size = n;
+        }
+        return p;
+    }
+};
+
+// Eigen's cache blocking for a (M,N,K) row-major product on one thread, over this thread's buffers.
+template <class T>
+class ThreadBlocking : public Eigen::internal::level3_blocking<T, T> {
+public:
+    ThreadBlocking(Eigen::Index M, Eigen::Index N, Eigen::Index K) {
+        // a row-major result is computed as its column-major transpose: Eigen's rows are our N
+        this->m_mc = N;
+        this->m_nc = M;
+        this->m_kc = K;
+        Eigen::internal::computeProductBlockingSizes<T, T, 1>(this->m_kc, this->m_mc, this->m_nc, Eigen::Index(1));
+        thread_local PackingBuffers<T> buffers;
+        this->m_blockA = PackingBuffers<T>::grow(buffers.a, buffers.a_size, std::size_t(this->m_kc * this->m_mc));
+        this->m_blockB = PackingBuffers<T>::grow(buffers.b, buffers.b_size, std::size_t(this->m_kc * this->m_nc));
+    }
+};
+
+// C(M,N) += alpha op(A) op(B) on this thread (row-major, see gemm).
+template <class T>
+void gemm_block(bool trans_a, bool trans_b, Eigen::Index M, Eigen::Index N, Eigen::Index K, T alpha, const T* A,
+                Eigen::Index lda, const T* B, Eigen::Index ldb, T* C, Eigen::Index ldc) {
+    ThreadBlocking<T> blocking(M, N, K);
+    auto run = [&](auto lhs, auto rhs) {
+        using Product = Eigen::internal::general_matrix_matrix_product<Eigen::Index, T, decltype(lhs)::value, false, T,
+                                                                       decltype(rhs)::value, false, Eigen::RowMajor, 1>;
+        Product::run(M, N, K, A, lda, B, ldb, C, 1, ldc, alpha, blocking, nullptr);
+    };
+    using R = std::integral_constant<int, Eigen::RowMajor>;
+    using Cm = std::integral_constant<int, Eigen::ColMajor>;
+    if (!trans_a && !trans_b)
+        run(R{}, R{});
+    else if (!trans_a && trans_b)
+        run(R{}, Cm{});
+    else if (trans_a && !trans_b)
+        run(Cm{}, R{});
+    else
+        run(Cm{}, Cm{});
+}
+
+// C(M,N) = alpha op(A) op(B) + beta C (row-major, see gemm) through Eigen's GEMM kernel: the longer
+// side of C split into contiguous blocks, one per thread (a fixed rule, so runs are bit-identical),
+// each packed into its thread's buffers. One thread inside a parallel region (a GEMM per attention
+// head) or below ~64 rows or columns per thread; a matrix-vector product goes to Eigen's GEMV.
 template <class T>
 void eigen_gemm(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda,
                 const T* B, int ldb, T beta, T* C, int ldc) {
@@ -2575,24 +2700,42 @@ void eigen_gemm(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K,
         c.setZero();
     else if (beta != T(1))
         c *= beta;
-    if (K == 0) return;
+    if (K == 0 || M == 0 || N == 0) return;
 #if defined(_OPENMP)
-    if (!omp_in_parallel()) Eigen::setNbThreads(dev.threads());
+    const int threads = omp_in_parallel() ? 1 : dev.threads();
 #else
+    const int threads = 1;
     (void)dev;
 #endif
-    const ConstMap<T> a(A, trans_a ? K : M, trans_a ? M : K, Eigen::OuterStride<>(lda));
-    const ConstMap<T> b(B, trans_b ? N : K, trans_b ? K : N, Eigen::OuterStride<>(ldb));
-    if (!trans_a && !trans_b)
-        c.noalias() += alpha * (a * b);
-    else if (!trans_a && trans_b)
-        c.noalias() += alpha * (a * b.transpose());
-    else if (trans_a && !trans_b)
-        c.noalias() += alpha * (a.transpose() * b);
-    else
-        c.noalias() += alpha * (a.transpose() * b.transpose());
+    if (M == 1 || N == 1) {  // a matrix-vector product: Eigen's GEMV, no packing (decoding one token)
+        const ConstMap<T> a(A, trans_a ? K : M, trans_a ? M : K, Eigen::OuterStride<>(lda));
+        const ConstMap<T> b(B, trans_b ? N : K, trans_b ? K : N, Eigen::OuterStride<>(ldb));
+        if (!trans_a && !trans_b)
+            c.noalias() += alpha * (a * b);
+        else if (!trans_a && trans_b)
+            c.noalias() += alpha * (a * b.transpose());
+        else if (trans_a && !trans_b)
+            c.noalias() += alpha * (a.transpose() * b);
+        else
+            c.noalias() += alpha * (a.transpose() * b.transpose());
+        return;
+    }
+    const bool by_rows = M >= N;
+    const std::int64_t side = by_rows ? M : N;
+    const int parts = static_cast<int>(std::clamp<std::int64_t>(side / 64, 1, threads));
+    if (parts == 1) return gemm_block<T>(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, C, ldc);
+    distill::detail::parallel_for(parts, parts, [&](std::int64_t k_) {
+        const int k = static_cast<int>(k_);
+        std::int64_t b, e;
+        split(side, parts, k, 16, b, e);
+        if (b >= e) return;
+        if (by_rows)  // rows [b, e) of C and of op(A)
+            gemm_block<T>(trans_a, trans_b, e - b, N, K, alpha, trans_a ? A + b : A + b * lda, lda, B, ldb, C + b * ldc,
+                          ldc);
+        else  // columns [b, e) of C and of op(B)
+            gemm_block<T>(trans_a, trans_b, M, e - b, K, alpha, A, lda, trans_b ? B + b * ldb : B + b, ldb, C + b, ldc);
+    });
 }
-
 }  // namespace cpu_detail
 
 /// C(M,N) = alpha op(A) op(B) + beta C, row-major (see the Reference kernel): oneDNN's matmul with
@@ -2625,10 +2768,10 @@ template <class T>
 void gemm_strided_batched(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda,
                           std::int64_t stride_a, const T* B, int ldb, std::int64_t stride_b, T beta, T* C, int ldc,
                           std::int64_t stride_c, int batch) {
-    DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()))
-    for (int b = 0; b < batch; ++b)
+    distill::detail::parallel_for(dev.threads(), batch, [&](std::int64_t b) {
         cpu_detail::eigen_gemm(dev, trans_a, trans_b, M, N, K, alpha, A + b * stride_a, lda, B + b * stride_b, ldb,
                                beta, C + b * stride_c, ldc);
+    });
 }
 
 // ---- elementwise and row kernels -----------------------------------------------------------------
@@ -2638,8 +2781,10 @@ template <class T>
 void add_bias(const Cpu& dev, T* out, const T* bias, int N, int OC) {
     using namespace cpu_detail;
     const ConstArray<T> b(bias, OC);
-    DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()))
-    for (int n = 0; n < N; ++n) Array<T>(out + std::int64_t(n) * OC, OC) += b;
+    distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
+        const int n = static_cast<int>(n_);
+        Array<T>(out + std::int64_t(n) * OC, OC) += b;
+    });
 }
 
 /// dbias(OC) += column sums of dout(N,OC); each thread owns a block of columns.
@@ -2675,15 +2820,15 @@ void layernorm_forward(const Cpu& dev, T* out, T* mean, T* rstd, const T* in, co
                        T eps) {
     using namespace cpu_detail;
     const ConstArray<T> wa(w, C), ba(b, C);
-    DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()))
-    for (int n = 0; n < N; ++n) {
+    distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
+        const int n = static_cast<int>(n_);
         const ConstArray<T> x(in + std::int64_t(n) * C, C);
         const T m = x.mean();
         const T s = T(1) / std::sqrt((x - m).square().mean() + eps);
         Array<T>(out + std::int64_t(n) * C, C) = (x - m) * s * wa + ba;
         mean[n] = m;
         rstd[n] = s;
-    }
+    });
 }
 
 /// LayerNorm backward (see Reference): din by rows, then dw/db by column blocks.
@@ -2692,8 +2837,8 @@ void layernorm_backward(const Cpu& dev, T* din, T* dw, T* db, const T* dout, con
                         const T* rstd, int N, int C) {
     using namespace cpu_detail;
     const ConstArray<T> wa(w, C);
-    DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()))
-    for (int n = 0; n < N; ++n) {
+    distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
+        const int n = static_cast<int>(n_);
         const std::int64_t row = std::int64_t(n) * C;
         const ConstArray<T> x(in + row, C), dy(dout + row, C);
         const auto xhat = (x - mean[n]) * rstd[n];
@@ -2701,7 +2846,7 @@ void layernorm_backward(const Cpu& dev, T* din, T* dw, T* db, const T* dout, con
         const T g_mean = g.mean();
         const T gx_mean = (g * xhat).mean();
         Array<T>(din + row, C) += rstd[n] * (g - g_mean - xhat * gx_mean);
-    }
+    });
     for_column_blocks(dev.threads(), C, 64 / sizeof(T), [&](std::int64_t b, std::int64_t e) {
         Array<T> dwa(dw + b, e - b), dba(db + b, e - b);
         for (int n = 0; n < N; ++n) {
@@ -2751,13 +2896,13 @@ template <class T>
 void rmsnorm_forward(const Cpu& dev, T* out, T* rstd, const T* in, const T* w, int N, int C, T eps) {
     using namespace cpu_detail;
     const ConstArray<T> wa(w, C);
-    DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()))
-    for (int n = 0; n < N; ++n) {
+    distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
+        const int n = static_cast<int>(n_);
         const ConstArray<T> x(in + std::int64_t(n) * C, C);
         const T s = T(1) / std::sqrt(x.square().mean() + eps);
         Array<T>(out + std::int64_t(n) * C, C) = x * s * wa;
         rstd[n] = s;
-    }
+    });
 }
 
 /// RMSNorm backward (see Reference): din by rows, then dw by column blocks.
@@ -2766,13 +2911,13 @@ void rmsnorm_backward(const Cpu& dev, T* din, T* dw, const T* dout, const T* in,
                       int C) {
     using namespace cpu_detail;
     const ConstArray<T> wa(w, C);
-    DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()))
-    for (int n = 0; n < N; ++n) {
+    distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
+        const int n = static_cast<int>(n_);
         const std::int64_t row = std::int64_t(n) * C;
         const ConstArray<T> x(in + row, C), dy(dout + row, C);
         const T gx_mean = (dy * wa * x).mean() * rstd[n];
         Array<T>(din + row, C) += rstd[n] * (dy * wa - x * (rstd[n] * gx_mean));
-    }
+    });
     for_column_blocks(dev.threads(), C, 64 / sizeof(T), [&](std::int64_t b, std::int64_t e) {
         Array<T> dwa(dw + b, e - b);
         for (int n = 0; n < N; ++n) {
@@ -2786,11 +2931,11 @@ void rmsnorm_backward(const Cpu& dev, T* din, T* dw, const T* dout, const T* in,
 template <class T>
 void swiglu_forward(const Cpu& dev, T* out, const T* in, int N, int F) {
     using namespace cpu_detail;
-    DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()))
-    for (int n = 0; n < N; ++n) {
+    distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
+        const int n = static_cast<int>(n_);
         const ConstArray<T> g(in + std::int64_t(n) * 2 * F, F), u(in + std::int64_t(n) * 2 * F + F, F);
         Array<T>(out + std::int64_t(n) * F, F) = g / (T(1) + (-g).exp()) * u;
-    }
+    });
 }
 
 /// SwiGLU backward (see Reference): din(N,2F) = dout up silu'(gate) | dout silu(gate), with
@@ -2798,34 +2943,34 @@ void swiglu_forward(const Cpu& dev, T* out, const T* in, int N, int F) {
 template <class T>
 void swiglu_backward(const Cpu& dev, T* din, const T* in, const T* dout, int N, int F) {
     using namespace cpu_detail;
-    DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()))
-    for (int n = 0; n < N; ++n) {
+    distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
+        const int n = static_cast<int>(n_);
         const std::int64_t r = std::int64_t(n) * 2 * F;
         const ConstArray<T> g(in + r, F), u(in + r + F, F), d(dout + std::int64_t(n) * F, F);
         const auto sig = T(1) / (T(1) + (-g).exp());
         Array<T>(din + r, F) = d * u * sig * (T(1) + g * (T(1) - sig));
         Array<T>(din + r + F, F) = d * g * sig;
-    }
+    });
 }
 
 /// Rotary embedding in place (see Reference), parallel over rows.
 template <class T>
 void rope_rotate(const Cpu& dev, T* x, const T* cos, const T* sin, const std::int32_t* positions, int N, int row,
                  int heads, int hs, bool inverse) {
-    using namespace cpu_detail;
     const int half = hs / 2;
     const T sign = inverse ? T(-1) : T(1);
-    DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()))
-    for (int n = 0; n < N; ++n) {
-        const ConstArray<T> c(cos + std::int64_t(positions[n]) * half, half);
-        const ConstArray<T> s(sin + std::int64_t(positions[n]) * half, half);
+    distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n) {
+        const T* c = cos + std::int64_t(positions[n]) * half;
+        const T* s = sin + std::int64_t(positions[n]) * half;
         for (int h = 0; h < heads; ++h) {
-            Array<T> x1(x + std::int64_t(n) * row + std::int64_t(h) * hs, half), x2(x1.data() + half, half);
-            const auto a = x1.eval();
-            x1 = a * c - sign * x2 * s;
-            x2 = x2 * c + sign * a * s;
+            T* v = x + n * row + std::int64_t(h) * hs;
+            for (int i = 0; i < half; ++i) {  // a plain loop the compiler vectorizes, no temporary
+                const T x1 = v[i], x2 = v[i + half];
+                v[i] = x1 * c[i] - sign * x2 * s[i];
+                v[i + half] = x2 * c[i] + sign * x1 * s[i];
+            }
         }
-    }
+    });
 }
 
 /// Scaled causal softmax in place on att(BH,T,T), parallel over rows.
@@ -2833,8 +2978,7 @@ template <class T>
 void causal_softmax_forward(const Cpu& dev, T* att, int BH, int Tn, T scale) {
     using namespace cpu_detail;
     const std::int64_t rows = std::int64_t(BH) * Tn;
-    DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()))
-    for (std::int64_t r = 0; r < rows; ++r) {
+    distill::detail::parallel_for(dev.threads(), rows, [&](std::int64_t r) {
         const int t = static_cast<int>(r % Tn);
         T* row = att + r * Tn;
         Array<T> p(row, t + 1);
@@ -2842,7 +2986,7 @@ void causal_softmax_forward(const Cpu& dev, T* att, int BH, int Tn, T scale) {
         p = (p * scale - mx).exp();
         p /= p.sum();
         std::fill(row + t + 1, row + Tn, T(0));
-    }
+    });
 }
 
 /// Causal softmax backward (see Reference); dscores may alias datt.
@@ -2850,14 +2994,13 @@ template <class T>
 void causal_softmax_backward(const Cpu& dev, T* dscores, const T* att, const T* datt, int BH, int Tn, T scale) {
     using namespace cpu_detail;
     const std::int64_t rows = std::int64_t(BH) * Tn;
-    DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()))
-    for (std::int64_t r = 0; r < rows; ++r) {
+    distill::detail::parallel_for(dev.threads(), rows, [&](std::int64_t r) {
         const int t = static_cast<int>(r % Tn);
         const ConstArray<T> p(att + r * Tn, t + 1), d(datt + r * Tn, t + 1);
         const T dot = (p * d).sum();
         Array<T>(dscores + r * Tn, t + 1) = scale * p * (d - dot);
         std::fill(dscores + r * Tn + t + 1, dscores + (r + 1) * Tn, T(0));
-    }
+    });
 }
 
 /// out(B,T,C) = wte[tokens] + wpe[t] (wpe null: wte[tokens] alone), parallel over positions.
@@ -2866,12 +3009,11 @@ void embedding_forward(const Cpu& dev, T* out, const std::int32_t* tokens, const
                        int C) {
     using namespace cpu_detail;
     const std::int64_t rows = std::int64_t(B) * Tn;
-    DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()))
-    for (std::int64_t bt = 0; bt < rows; ++bt) {
+    distill::detail::parallel_for(dev.threads(), rows, [&](std::int64_t bt) {
         Array<T> o(out + bt * C, C);
         o = ConstArray<T>(wte + std::int64_t(tokens[bt]) * C, C);
         if (wpe) o += ConstArray<T>(wpe + (bt % Tn) * C, C);
-    }
+    });
 }
 
 /// dwte(V,C), dwpe(T,C) (when not null) += scatter of dout(B,T,C); each thread owns a block of channels, so
@@ -2898,14 +3040,14 @@ int cross_entropy_forward_backward(const Cpu& dev, T* dlogits, T* losses, const 
     using namespace cpu_detail;
     int count = 0;
     for (int n = 0; n < N; ++n) count += targets[n] >= 0;
-    DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()))
-    for (int n = 0; n < N; ++n) {
+    distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
+        const int n = static_cast<int>(n_);
         const std::int64_t off = std::int64_t(n) * V;
         Array<T> d(dlogits + off, V);
         if (targets[n] < 0) {
             losses[n] = 0;
             d.setZero();
-            continue;
+            return;
         }
         const ConstArray<T> x(logits + off, V);
         const T mx = x.maxCoeff();
@@ -2913,7 +3055,7 @@ int cross_entropy_forward_backward(const Cpu& dev, T* dlogits, T* losses, const 
         losses[n] = lse - x[targets[n]];
         d = (x - lse).exp() * dloss;
         d[targets[n]] -= dloss;
-    }
+    });
     return count;
 }
 
@@ -2927,8 +3069,8 @@ void attention_decode(const Cpu& dev, T* out, T* scratch, const T* qkv, const T*
     using Vec = Eigen::Matrix<T, Eigen::Dynamic, 1>;
     const int C = H * hs, row = (H + 2 * Hkv) * hs;
     const T scale = T(1) / std::sqrt(T(hs));
-    DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()))
-    for (int bh = 0; bh < B * H; ++bh) {
+    distill::detail::parallel_for(dev.threads(), B * H, [&](std::int64_t bh_) {
+        const int bh = static_cast<int>(bh_);
         const int b = bh / H, h = bh % H, n = lengths[b];
         const std::int64_t base = (std::int64_t(b) * Hkv + h / (H / Hkv)) * Tmax * hs;
         const ConstMap<T> K(kcache + base, n, hs, Eigen::OuterStride<>(hs));
@@ -2940,7 +3082,7 @@ void attention_decode(const Cpu& dev, T* out, T* scratch, const T* qkv, const T*
         p = (p.array() * scale - mx).exp().matrix();
         p /= p.sum();
         Eigen::Map<Vec>(out + std::int64_t(b) * C + h * hs, hs).noalias() = Vm.transpose() * p;
-    }
+    });
 }
 
 }  // namespace distill::device
@@ -7176,6 +7318,8 @@ public:
 
     /// What this model keeps of a forward.
     activations mode() const noexcept { return mode_; }
+    /// Whether hidden states, attention maps and q|k|v of a forward are kept (activations::training).
+    bool keeps_activations() const noexcept { return mode_ == activations::training; }
 
 private:
     // The forward; `after_qkv(l)` runs once layer l's q|k|v projections (keys rotated) are in
@@ -9419,6 +9563,10 @@ struct ModelConfig {
                             ///< checkpoint directory (config.json + model.safetensors or shards)
     std::string config{};   ///< optional JSON file with the architecture config ("" = the metadata's)
     int max_batch = 16;     ///< sequences generated (or forwarded) at once
+    /// false: the network keeps only its logits (student::activations::inference: one layer's working
+    /// memory, no hidden states, attention maps or q|k|v), for losses that read the teacher's logits
+    /// and tokens alone — the `distill` command sets it so when the job's loss allows.
+    bool keep_activations = true;
     data::ChatTemplateConfig chat_template{};  ///< how prompts become tokens
 
     /// Throws `config_error` naming the field.
@@ -9456,7 +9604,7 @@ public:
     explicit Model(const ModelConfig& config, Device device = Device{})
         : cfg_(validated(config)),
           template_(cfg_.chat_template),
-          net_(load_arch_config(cfg_), cfg_.max_batch, device),
+          net_(load_arch_config(cfg_), cfg_.max_batch, device, network_mode(cfg_)),
           cache_(net_.make_cache(cfg_.max_batch)) {
         if (is_hf(cfg_))
             io::hf::load(io::hf::Checkpoint(cfg_.weights), net_);
@@ -9471,7 +9619,7 @@ public:
     Model(const arch_config& arch, const ModelConfig& config, Device device = Device{})
         : cfg_(config),
           template_(cfg_.chat_template),
-          net_(arch, cfg_.max_batch, device),
+          net_(arch, cfg_.max_batch, device, network_mode(cfg_)),
           cache_(net_.make_cache(cfg_.max_batch)) {
         if (cfg_.max_batch < 1)
             throw config_error("teacher.max_batch", "must be >= 1, got " + std::to_string(cfg_.max_batch));
@@ -9528,6 +9676,8 @@ public:
     void forward(const std::int32_t* tokens, int B, int Tn) { net_.forward(tokens, B, Tn); }
     /// (B,T,V) logits of the last forward.
     Tensor<T> logits() const { return net_.logits(); }
+    /// Whether the views below exist (`ModelConfig::keep_activations`).
+    bool keeps_activations() const noexcept { return net_.keeps_activations(); }
     /// n_layers + 1 (embedding output, each block, final LayerNorm).
     int hidden_state_count() const noexcept { return net_.hidden_state_count(); }
     /// (B,T,C) hidden state i of the last forward.
@@ -9551,6 +9701,10 @@ private:
     static const ModelConfig& validated(const ModelConfig& c) {
         c.validate();
         return c;
+    }
+
+    static student::activations network_mode(const ModelConfig& c) {
+        return c.keep_activations ? student::activations::training : student::activations::inference;
     }
 
     static bool is_hf(const ModelConfig& c) { return std::filesystem::is_directory(c.weights); }
@@ -9745,7 +9899,7 @@ private:
 
 }  // namespace distill::teacher
 
-BOOST_HANA_ADAPT_STRUCT(distill::teacher::ModelConfig, weights, config, max_batch, chat_template);
+BOOST_HANA_ADAPT_STRUCT(distill::teacher::ModelConfig, weights, config, max_batch, keep_activations, chat_template);
 // ---- end distill/teacher/model.hpp ----
 // ---- begin distill/version.hpp ----
 /// @file version.hpp
@@ -13864,15 +14018,17 @@ inline constexpr std::int64_t parallel_threshold = 1 << 15;
 template <class T, class F>
 void for_rows(int threads, T* d, bool accumulate, T* losses, const std::uint8_t* mask, std::int64_t N,
               std::int64_t width, F&& row) {
-    DISTILL_OMP(parallel for schedule(static) num_threads(threads) if(N * width >= parallel_threshold))
-    for (std::int64_t n = 0; n < N; ++n) {
-        if (mask && !mask[n]) {
-            losses[n] = 0;
-            if (!accumulate) std::fill(d + n * width, d + (n + 1) * width, T(0));
-            continue;
-        }
-        losses[n] = row(n);
-    }
+    distill::detail::parallel_for(
+        threads, N,
+        [&](std::int64_t n) {
+            if (mask && !mask[n]) {
+                losses[n] = 0;
+                if (!accumulate) std::fill(d + n * width, d + (n + 1) * width, T(0));
+                return;
+            }
+            losses[n] = row(n);
+        },
+        N * width >= parallel_threshold);
 }
 
 }  // namespace cpu_loss_detail
@@ -14247,26 +14403,28 @@ void masked_cross_entropy_forward_backward(const Cpu& dev, T* d, bool accumulate
                                            const std::int32_t* targets, const std::uint8_t* mask, std::int64_t N, int V,
                                            T grad_scale) {
     using namespace cpu_loss_detail;
-    DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()) if(N * V >= parallel_threshold))
-    for (std::int64_t n = 0; n < N; ++n) {
-        const T* x = logits + n * V;
-        T* dr = d + n * V;
-        if ((mask && !mask[n]) || targets[n] < 0) {
-            losses[n] = 0;
-            if (!accumulate) std::fill(dr, dr + V, T(0));
-            continue;
-        }
-        online_lse<T> acc;
-        for (int c = 0; c < V; c += chunk) acc.add(x + c, std::min(chunk, V - c), T(1));
-        const T lse = acc.value();
-        const T old = dr[targets[n]];
-        for (int c = 0; c < V; c += chunk) {
-            const int len = std::min(chunk, V - c);
-            store(dr + c, len, grad_scale * (ConstArray<T>(x + c, len) - lse).exp(), accumulate);
-        }
-        dr[targets[n]] = (accumulate ? old : T(0)) + grad_scale * (std::exp(x[targets[n]] - lse) - T(1));
-        losses[n] = lse - x[targets[n]];
-    }
+    distill::detail::parallel_for(
+        dev.threads(), N,
+        [&](std::int64_t n) {
+            const T* x = logits + n * V;
+            T* dr = d + n * V;
+            if ((mask && !mask[n]) || targets[n] < 0) {
+                losses[n] = 0;
+                if (!accumulate) std::fill(dr, dr + V, T(0));
+                return;
+            }
+            online_lse<T> acc;
+            for (int c = 0; c < V; c += chunk) acc.add(x + c, std::min(chunk, V - c), T(1));
+            const T lse = acc.value();
+            const T old = dr[targets[n]];
+            for (int c = 0; c < V; c += chunk) {
+                const int len = std::min(chunk, V - c);
+                store(dr + c, len, grad_scale * (ConstArray<T>(x + c, len) - lse).exp(), accumulate);
+            }
+            dr[targets[n]] = (accumulate ? old : T(0)) + grad_scale * (std::exp(x[targets[n]] - lse) - T(1));
+            losses[n] = lse - x[targets[n]];
+        },
+        N * V >= parallel_threshold);
 }
 
 /// Attention-map KL with grouped teacher heads (see the Reference kernel), parallel over query
@@ -14279,35 +14437,37 @@ void attention_kl_forward_backward(const Cpu& dev, T* d, bool accumulate, T* los
     const int g = Ht / Hs;
     const T tiny = std::numeric_limits<T>::min();
     const std::int64_t tt = std::int64_t(Tn) * Tn, rows = std::int64_t(B) * Tn;
-    DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()) if(rows * Hs * Tn >= parallel_threshold))
-    for (std::int64_t bt = 0; bt < rows; ++bt) {
-        const std::int64_t b = bt / Tn;
-        const int t = static_cast<int>(bt % Tn), len = t + 1;
-        const bool counts = !mask || mask[bt];
-        T kl = 0;
-        alignas(64) T at_buf[chunk];
-        for (int h = 0; h < Hs; ++h) {
-            const std::int64_t off = (b * Hs + h) * tt + std::int64_t(t) * Tn;
-            T* dr = d + off;
-            if (!counts) {
-                if (!accumulate) std::fill(dr, dr + Tn, T(0));
-                continue;
+    distill::detail::parallel_for(
+        dev.threads(), rows,
+        [&](std::int64_t bt) {
+            const std::int64_t b = bt / Tn;
+            const int t = static_cast<int>(bt % Tn), len = t + 1;
+            const bool counts = !mask || mask[bt];
+            T kl = 0;
+            alignas(64) T at_buf[chunk];
+            for (int h = 0; h < Hs; ++h) {
+                const std::int64_t off = (b * Hs + h) * tt + std::int64_t(t) * Tn;
+                T* dr = d + off;
+                if (!counts) {
+                    if (!accumulate) std::fill(dr, dr + Tn, T(0));
+                    continue;
+                }
+                for (int c = 0; c < len; c += chunk) {  // keys in chunks: the group mean lives on the stack
+                    const int cl = std::min(chunk, len - c);
+                    Array<T> at(at_buf, cl);
+                    at.setZero();
+                    for (int i = 0; i < g; ++i)
+                        at += ConstArray<T>(teacher + (b * Ht + h * g + i) * tt + std::int64_t(t) * Tn + c, cl);
+                    at /= T(g);
+                    const auto as = ConstArray<T>(student + off + c, cl).max(tiny);
+                    kl += at.binaryExpr(at.log() - as.log(), product_where_positive{}).sum();
+                    store(dr + c, cl, -grad_scale * at / as, accumulate);
+                }
+                if (!accumulate) std::fill(dr + len, dr + Tn, T(0));
             }
-            for (int c = 0; c < len; c += chunk) {  // keys in chunks: the group mean lives on the stack
-                const int cl = std::min(chunk, len - c);
-                Array<T> at(at_buf, cl);
-                at.setZero();
-                for (int i = 0; i < g; ++i)
-                    at += ConstArray<T>(teacher + (b * Ht + h * g + i) * tt + std::int64_t(t) * Tn + c, cl);
-                at /= T(g);
-                const auto as = ConstArray<T>(student + off + c, cl).max(tiny);
-                kl += at.binaryExpr(at.log() - as.log(), product_where_positive{}).sum();
-                store(dr + c, cl, -grad_scale * at / as, accumulate);
-            }
-            if (!accumulate) std::fill(dr + len, dr + Tn, T(0));
-        }
-        losses[bt] = counts ? kl : T(0);
-    }
+            losses[bt] = counts ? kl : T(0);
+        },
+        rows * Hs * Tn >= parallel_threshold);
 }
 
 /// Causal relation rows for one sequence (see the Reference kernel), parallel over query rows.
@@ -14316,30 +14476,33 @@ void relation_kl_forward_backward(const Cpu& dev, T* d, T* losses, const T* stud
                                   const std::uint8_t* mask, int R, int Tn, T s_scale, T t_scale, T grad_scale) {
     using namespace cpu_loss_detail;
     const std::int64_t tt = std::int64_t(Tn) * Tn;
-    DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()) if(R * tt >= parallel_threshold))
-    for (int t = 0; t < Tn; ++t) {
-        const int len = t + 1;
-        T kl = 0;
-        for (int r = 0; r < R; ++r) {
-            const std::int64_t off = r * tt + std::int64_t(t) * Tn;
-            T* dr = d + off;
-            if (mask && !mask[t]) {
-                std::fill(dr, dr + Tn, T(0));
-                continue;
+    distill::detail::parallel_for(
+        dev.threads(), Tn,
+        [&](std::int64_t t_) {
+            const int t = static_cast<int>(t_);
+            const int len = t + 1;
+            T kl = 0;
+            for (int r = 0; r < R; ++r) {
+                const std::int64_t off = r * tt + std::int64_t(t) * Tn;
+                T* dr = d + off;
+                if (mask && !mask[t]) {
+                    std::fill(dr, dr + Tn, T(0));
+                    continue;
+                }
+                const ConstArray<T> sa(student + off, len), ta(teacher + off, len);
+                online_lse<T> ls, lt;
+                ls.add(student + off, len, s_scale);
+                lt.add(teacher + off, len, t_scale);
+                const T lse_s = ls.value(), lse_t = lt.value();
+                const auto lp = ta * t_scale - lse_t;
+                const auto lq = sa * s_scale - lse_s;
+                kl += lp.exp().binaryExpr(lp - lq, product_where_positive{}).sum();
+                Array<T>(dr, len) = grad_scale * s_scale * (lq.exp() - lp.exp());
+                std::fill(dr + len, dr + Tn, T(0));
             }
-            const ConstArray<T> sa(student + off, len), ta(teacher + off, len);
-            online_lse<T> ls, lt;
-            ls.add(student + off, len, s_scale);
-            lt.add(teacher + off, len, t_scale);
-            const T lse_s = ls.value(), lse_t = lt.value();
-            const auto lp = ta * t_scale - lse_t;
-            const auto lq = sa * s_scale - lse_s;
-            kl += lp.exp().binaryExpr(lp - lq, product_where_positive{}).sum();
-            Array<T>(dr, len) = grad_scale * s_scale * (lq.exp() - lp.exp());
-            std::fill(dr + len, dr + Tn, T(0));
-        }
-        losses[t] = kl;
-    }
+            losses[t] = kl;
+        },
+        R * tt >= parallel_threshold);
 }
 
 }  // namespace distill::device
@@ -15077,6 +15240,13 @@ struct teacher_outputs : model_outputs<T> {
 template <class T, class Model>
 void collect_outputs(const Model& model, model_outputs<T>& out) {
     out.logits = model.logits();
+    if constexpr (requires { model.keeps_activations(); })
+        if (!model.keeps_activations()) {  // an inference-only network: its logits alone
+            out.hidden_states.clear();
+            out.attentions.clear();
+            out.qkv.clear();
+            return;
+        }
     const int hidden = model.hidden_state_count();
     out.hidden_states.resize(static_cast<std::size_t>(hidden));
     for (int i = 0; i < hidden; ++i) out.hidden_states[static_cast<std::size_t>(i)] = model.hidden_state(i);
@@ -15173,6 +15343,18 @@ concept loss_policy = requires(L& term, const context<T, Device>& ctx) {
 /// Whether term `L` reads teacher signal `Signal` (e.g. `signal::attentions_t`).
 template <class L, class Signal>
 inline constexpr bool term_needs = decltype(boost::hana::contains(L::needs, boost::hana::type_c<Signal>))::value;
+
+/// Whether `loss` reads the teacher's hidden states, attention maps or q|k|v at run time (a `Sum`
+/// counts only its terms of nonzero weight).
+template <class L>
+bool reads_activations(const L& loss) {
+    if constexpr (requires { loss.template reads<signal::hidden_states_t>(); })
+        return loss.template reads<signal::hidden_states_t>() || loss.template reads<signal::attentions_t>() ||
+               loss.template reads<signal::qkv_t>();
+    else
+        return term_needs<L, signal::hidden_states_t> || term_needs<L, signal::attentions_t> ||
+               term_needs<L, signal::qkv_t>;
+}
 
 /// Whether teacher `Teacher` declares signal `Signal` in its `provides` set.
 template <class Teacher, class Signal>
@@ -16656,6 +16838,15 @@ public:
     /// Each term's unweighted value at the last call.
     const std::array<double, size>& values() const noexcept { return values_; }
     const std::array<double, size>& weights() const noexcept { return weights_; }
+    /// Whether a term of nonzero weight reads teacher signal `Signal` (e.g. `signal::hidden_states_t`):
+    /// the run-time refinement of `needs`.
+    template <class Signal>
+    bool reads() const noexcept {
+        constexpr std::array<bool, size> needs_it = {term_needs<Terms, Signal>...};
+        for (std::size_t i = 0; i < size; ++i)
+            if (needs_it[i] && weights_[i] != 0) return true;
+        return false;
+    }
     /// Changes term i's weight (e.g. a schedule); finite and >= 0.
     void set_weight(std::size_t i, double w) {
         if (i >= size) throw config_error("loss", "term index " + std::to_string(i) + " out of range");
@@ -16930,10 +17121,9 @@ void for_each_chunk(const Device& dev, const std::vector<Chunk>& chunks, F&& f) 
     const std::int64_t useful = std::max<std::int64_t>(1, total_elements(chunks) / min_elements_per_thread);
     const int threads = static_cast<int>(std::min<std::int64_t>(thread_count(dev), useful));
     const auto n = static_cast<std::int64_t>(chunks.size());
-    // One code path for every thread count (no serial shortcut): the compiler may contract a*b+c into
-    // an FMA differently in two inlined copies of `f`, and one copy keeps 1 and N threads bit-identical.
-    DISTILL_OMP(parallel for schedule(static) num_threads(threads))
-    for (std::int64_t i = 0; i < n; ++i) f(static_cast<std::size_t>(i));
+    // parallel_for runs one out-of-line copy of the loop on 1 and on N threads: two inlined copies of
+    // `f` could contract a*b+c into FMAs differently, and one copy keeps them bit-identical.
+    distill::detail::parallel_for(threads, n, [&](std::int64_t i) { f(static_cast<std::size_t>(i)); });
 }
 
 /// The few vector operations the updates need, on the widest registers the build targets. Why not
@@ -17799,6 +17989,7 @@ BOOST_HANA_ADAPT_STRUCT(distill::optim::SgdConfig, momentum, dampening, nesterov
 /// @endcode
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cerrno>
 #include <chrono>
@@ -17812,6 +18003,7 @@ BOOST_HANA_ADAPT_STRUCT(distill::optim::SgdConfig, momentum, dampening, nesterov
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -18041,11 +18233,46 @@ inline std::int64_t total_steps(const FinetuneConfig& cfg, std::size_t examples)
 /// Which pass a loss callback runs: `train` accumulates gradients, `eval` only measures.
 enum class pass { train, eval };
 
+/// One named loss term. The name is not copied: a literal or a loss's static `name`, which outlive
+/// the step.
+using LossTerm = std::pair<std::string_view, double>;
+
+/// Up to 16 named terms held inline, so returning them allocates nothing (the training step is
+/// allocation-free). push_back / emplace_back / iteration as on a vector; a 17th term throws.
+class LossTerms {
+public:
+    static constexpr std::size_t capacity = 16;
+    LossTerms() = default;
+    LossTerms(std::initializer_list<LossTerm> terms) {
+        for (const auto& t : terms) push_back(t);
+    }
+    void push_back(const LossTerm& t) { emplace_back(t.first, t.second); }
+    template <class... Args>
+    LossTerm& emplace_back(Args&&... args) {
+        if (n_ == capacity)
+            throw config_error("loss", "a loss callback returned more than " + std::to_string(capacity) + " terms");
+        items_[n_] = LossTerm(std::forward<Args>(args)...);
+        return items_[n_++];
+    }
+    std::size_t size() const noexcept { return n_; }
+    bool empty() const noexcept { return n_ == 0; }
+    LossTerm& operator[](std::size_t i) noexcept { return items_[i]; }
+    const LossTerm& operator[](std::size_t i) const noexcept { return items_[i]; }
+    LossTerm* begin() noexcept { return items_.data(); }
+    LossTerm* end() noexcept { return items_.data() + n_; }
+    const LossTerm* begin() const noexcept { return items_.data(); }
+    const LossTerm* end() const noexcept { return items_.data() + n_; }
+
+private:
+    std::array<LossTerm, capacity> items_{};
+    std::size_t n_ = 0;
+};
+
 /// What a loss callback returns for one micro-batch: the total (the mean over the batch's loss
 /// tokens of the weighted sum of terms) and each named term as it enters the total.
 struct LossValues {
     double total = 0;
-    std::vector<std::pair<std::string, double>> terms{};
+    LossTerms terms{};
 };
 
 /// A loss callback for `Model`: `loss(model, batch, pass)` runs the model's forward on the batch,
@@ -18405,10 +18632,10 @@ private:
         }
     }
 
-    static void add_terms(std::vector<std::pair<std::string, double>>& sums,
-                          const std::vector<std::pair<std::string, double>>& terms, double weight) {
+    template <class Sums>
+    static void add_terms(Sums& sums, const LossTerms& terms, double weight) {
         for (const auto& term : terms) {
-            const std::string& name = term.first;  // a plain reference: clang 14 cannot capture bindings
+            const std::string_view name = term.first;  // a plain copy: clang 14 cannot capture bindings
             const double value = term.second;
             auto it = std::find_if(sums.begin(), sums.end(), [&](const auto& s) { return s.first == name; });
             if (it == sums.end())
@@ -18425,9 +18652,9 @@ private:
 
     /// NaN/Inf guard on the loss: names the step (the update that would have been), epoch and term.
     void check_loss(const LossValues& lv, const char* what) const {
-        auto bad = [&](const std::string& term, double v) {
+        auto bad = [&](std::string_view term, double v) {
             throw numeric_error("step " + std::to_string(step_ + 1) + " (epoch " + std::to_string(epoch_) +
-                                "): " + what + "loss term '" + term + "' is " + describe(v) +
+                                "): " + what + "loss term '" + std::string(term) + "' is " + describe(v) +
                                 "; training stopped before the update (" + last_good() + ")");
         };
         for (const auto& [name, value] : lv.terms)
@@ -19373,7 +19600,12 @@ public:
                                        std::to_string(job_.hyperparameters.batch_size) +
                                        " (online distillation forwards the teacher on every batch)");
         }
-        (void)loss_type(loss_cfg_, dims(job_.hyperparameters.batch_size));  // checks layer maps and widths
+        const loss_type probe(loss_cfg_, dims(job_.hyperparameters.batch_size));  // checks layer maps and widths
+        if constexpr (online && requires { teacher_.keeps_activations(); })
+            if (!teacher_.keeps_activations() && loss::reads_activations(probe))
+                throw config_error("teacher.keep_activations",
+                                   "is false, but the loss reads the teacher's hidden states, attention maps or "
+                                   "q|k|v; set it to true (or drop those terms)");
     }
 
     Distiller(const Distiller&) = delete;

@@ -2,9 +2,10 @@
 /// @file cpu.hpp
 /// `device::Cpu`: the kernels of `device/reference.hpp`, fast. GEMMs go through oneDNN's matmul when
 /// the program links `distill::dnnl` (`DISTILL_WITH_DNNL`; see `device/cpu_dnnl.hpp`), else through
-/// Eigen (AVX-512 kernels when compiled for the host, multithreaded by Eigen's OpenMP GEMM); row
+/// Eigen's GEMM kernel (AVX-512 when compiled for the host), split over threads by us and packing into
+/// per-thread buffers kept across calls, so a steady-state step allocates nothing; row
 /// kernels through Eigen array expressions (vectorized exp/tanh), parallel over rows or column
-/// blocks with OpenMP. Reductions never use atomics and split work by a fixed rule, so a fixed
+/// blocks (`detail::parallel_for`, OpenMP). Reductions never use atomics and split work by a fixed rule, so a fixed
 /// thread count gives bit-identical results run after run.
 ///
 /// Precision: `Cpu(threads, precision::bf16)` rounds the operands of the model's GEMMs to bf16 and
@@ -22,6 +23,7 @@
 #include <Eigen/Core>
 
 #include "distill/detail/macros.hpp"
+#include "distill/detail/parallel.hpp"
 #include "distill/device/reference.hpp"
 #include "distill/error.hpp"
 
@@ -117,12 +119,12 @@ template <class F>
 void for_column_blocks(int threads, std::int64_t n, std::int64_t align, F&& f) {
     const int parts =
         static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(threads, (n + align - 1) / align)));
-    DISTILL_OMP(parallel for schedule(static, 1) num_threads(parts))
-    for (int k = 0; k < parts; ++k) {
+    distill::detail::parallel_for(parts, parts, [&](std::int64_t k_) {
+        const int k = static_cast<int>(k_);
         std::int64_t b, e;
         split(n, parts, k, align, b, e);
         if (b < e) f(b, e);
-    }
+    });
 }
 
 }  // namespace cpu_detail
@@ -131,7 +133,72 @@ void for_column_blocks(int threads, std::int64_t n, std::int64_t align, F&& f) {
 
 namespace cpu_detail {
 
-// Eigen's GEMM with its own OpenMP split of the output (single-threaded inside a parallel region).
+// Eigen's GEMM kernel packing into buffers kept per thread (Eigen's own product allocates its
+// packing blocks on every call beyond a 128 KiB stack limit), with the output split over our threads.
+template <class T>
+struct PackingBuffers {
+    T* a = nullptr;
+    T* b = nullptr;
+    std::size_t a_size = 0, b_size = 0;
+    PackingBuffers() = default;
+    PackingBuffers(const PackingBuffers&) = delete;
+    PackingBuffers& operator=(const PackingBuffers&) = delete;
+    ~PackingBuffers() {
+        Eigen::internal::aligned_free(a);
+        Eigen::internal::aligned_free(b);
+    }
+    static T* grow(T*& p, std::size_t& size, std::size_t n) {
+        if (n > size) {
+            Eigen::internal::aligned_free(p);
+            p = static_cast<T*>(Eigen::internal::aligned_malloc(sizeof(T) * n));
+            size = n;
+        }
+        return p;
+    }
+};
+
+// Eigen's cache blocking for a (M,N,K) row-major product on one thread, over this thread's buffers.
+template <class T>
+class ThreadBlocking : public Eigen::internal::level3_blocking<T, T> {
+public:
+    ThreadBlocking(Eigen::Index M, Eigen::Index N, Eigen::Index K) {
+        // a row-major result is computed as its column-major transpose: Eigen's rows are our N
+        this->m_mc = N;
+        this->m_nc = M;
+        this->m_kc = K;
+        Eigen::internal::computeProductBlockingSizes<T, T, 1>(this->m_kc, this->m_mc, this->m_nc, Eigen::Index(1));
+        thread_local PackingBuffers<T> buffers;
+        this->m_blockA = PackingBuffers<T>::grow(buffers.a, buffers.a_size, std::size_t(this->m_kc * this->m_mc));
+        this->m_blockB = PackingBuffers<T>::grow(buffers.b, buffers.b_size, std::size_t(this->m_kc * this->m_nc));
+    }
+};
+
+// C(M,N) += alpha op(A) op(B) on this thread (row-major, see gemm).
+template <class T>
+void gemm_block(bool trans_a, bool trans_b, Eigen::Index M, Eigen::Index N, Eigen::Index K, T alpha, const T* A,
+                Eigen::Index lda, const T* B, Eigen::Index ldb, T* C, Eigen::Index ldc) {
+    ThreadBlocking<T> blocking(M, N, K);
+    auto run = [&](auto lhs, auto rhs) {
+        using Product = Eigen::internal::general_matrix_matrix_product<Eigen::Index, T, decltype(lhs)::value, false, T,
+                                                                       decltype(rhs)::value, false, Eigen::RowMajor, 1>;
+        Product::run(M, N, K, A, lda, B, ldb, C, 1, ldc, alpha, blocking, nullptr);
+    };
+    using R = std::integral_constant<int, Eigen::RowMajor>;
+    using Cm = std::integral_constant<int, Eigen::ColMajor>;
+    if (!trans_a && !trans_b)
+        run(R{}, R{});
+    else if (!trans_a && trans_b)
+        run(R{}, Cm{});
+    else if (trans_a && !trans_b)
+        run(Cm{}, R{});
+    else
+        run(Cm{}, Cm{});
+}
+
+// C(M,N) = alpha op(A) op(B) + beta C (row-major, see gemm) through Eigen's GEMM kernel: the longer
+// side of C split into contiguous blocks, one per thread (a fixed rule, so runs are bit-identical),
+// each packed into its thread's buffers. One thread inside a parallel region (a GEMM per attention
+// head) or below ~64 rows or columns per thread; a matrix-vector product goes to Eigen's GEMV.
 template <class T>
 void eigen_gemm(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda,
                 const T* B, int ldb, T beta, T* C, int ldc) {
@@ -140,24 +207,42 @@ void eigen_gemm(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K,
         c.setZero();
     else if (beta != T(1))
         c *= beta;
-    if (K == 0) return;
+    if (K == 0 || M == 0 || N == 0) return;
 #if defined(_OPENMP)
-    if (!omp_in_parallel()) Eigen::setNbThreads(dev.threads());
+    const int threads = omp_in_parallel() ? 1 : dev.threads();
 #else
+    const int threads = 1;
     (void)dev;
 #endif
-    const ConstMap<T> a(A, trans_a ? K : M, trans_a ? M : K, Eigen::OuterStride<>(lda));
-    const ConstMap<T> b(B, trans_b ? N : K, trans_b ? K : N, Eigen::OuterStride<>(ldb));
-    if (!trans_a && !trans_b)
-        c.noalias() += alpha * (a * b);
-    else if (!trans_a && trans_b)
-        c.noalias() += alpha * (a * b.transpose());
-    else if (trans_a && !trans_b)
-        c.noalias() += alpha * (a.transpose() * b);
-    else
-        c.noalias() += alpha * (a.transpose() * b.transpose());
+    if (M == 1 || N == 1) {  // a matrix-vector product: Eigen's GEMV, no packing (decoding one token)
+        const ConstMap<T> a(A, trans_a ? K : M, trans_a ? M : K, Eigen::OuterStride<>(lda));
+        const ConstMap<T> b(B, trans_b ? N : K, trans_b ? K : N, Eigen::OuterStride<>(ldb));
+        if (!trans_a && !trans_b)
+            c.noalias() += alpha * (a * b);
+        else if (!trans_a && trans_b)
+            c.noalias() += alpha * (a * b.transpose());
+        else if (trans_a && !trans_b)
+            c.noalias() += alpha * (a.transpose() * b);
+        else
+            c.noalias() += alpha * (a.transpose() * b.transpose());
+        return;
+    }
+    const bool by_rows = M >= N;
+    const std::int64_t side = by_rows ? M : N;
+    const int parts = static_cast<int>(std::clamp<std::int64_t>(side / 64, 1, threads));
+    if (parts == 1) return gemm_block<T>(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, C, ldc);
+    distill::detail::parallel_for(parts, parts, [&](std::int64_t k_) {
+        const int k = static_cast<int>(k_);
+        std::int64_t b, e;
+        split(side, parts, k, 16, b, e);
+        if (b >= e) return;
+        if (by_rows)  // rows [b, e) of C and of op(A)
+            gemm_block<T>(trans_a, trans_b, e - b, N, K, alpha, trans_a ? A + b : A + b * lda, lda, B, ldb, C + b * ldc,
+                          ldc);
+        else  // columns [b, e) of C and of op(B)
+            gemm_block<T>(trans_a, trans_b, M, e - b, K, alpha, A, lda, trans_b ? B + b * ldb : B + b, ldb, C + b, ldc);
+    });
 }
-
 }  // namespace cpu_detail
 
 /// C(M,N) = alpha op(A) op(B) + beta C, row-major (see the Reference kernel): oneDNN's matmul with
@@ -190,10 +275,10 @@ template <class T>
 void gemm_strided_batched(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda,
                           std::int64_t stride_a, const T* B, int ldb, std::int64_t stride_b, T beta, T* C, int ldc,
                           std::int64_t stride_c, int batch) {
-    DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()))
-    for (int b = 0; b < batch; ++b)
+    distill::detail::parallel_for(dev.threads(), batch, [&](std::int64_t b) {
         cpu_detail::eigen_gemm(dev, trans_a, trans_b, M, N, K, alpha, A + b * stride_a, lda, B + b * stride_b, ldb,
                                beta, C + b * stride_c, ldc);
+    });
 }
 
 // ---- elementwise and row kernels -----------------------------------------------------------------
@@ -203,8 +288,10 @@ template <class T>
 void add_bias(const Cpu& dev, T* out, const T* bias, int N, int OC) {
     using namespace cpu_detail;
     const ConstArray<T> b(bias, OC);
-    DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()))
-    for (int n = 0; n < N; ++n) Array<T>(out + std::int64_t(n) * OC, OC) += b;
+    distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
+        const int n = static_cast<int>(n_);
+        Array<T>(out + std::int64_t(n) * OC, OC) += b;
+    });
 }
 
 /// dbias(OC) += column sums of dout(N,OC); each thread owns a block of columns.
@@ -240,15 +327,15 @@ void layernorm_forward(const Cpu& dev, T* out, T* mean, T* rstd, const T* in, co
                        T eps) {
     using namespace cpu_detail;
     const ConstArray<T> wa(w, C), ba(b, C);
-    DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()))
-    for (int n = 0; n < N; ++n) {
+    distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
+        const int n = static_cast<int>(n_);
         const ConstArray<T> x(in + std::int64_t(n) * C, C);
         const T m = x.mean();
         const T s = T(1) / std::sqrt((x - m).square().mean() + eps);
         Array<T>(out + std::int64_t(n) * C, C) = (x - m) * s * wa + ba;
         mean[n] = m;
         rstd[n] = s;
-    }
+    });
 }
 
 /// LayerNorm backward (see Reference): din by rows, then dw/db by column blocks.
@@ -257,8 +344,8 @@ void layernorm_backward(const Cpu& dev, T* din, T* dw, T* db, const T* dout, con
                         const T* rstd, int N, int C) {
     using namespace cpu_detail;
     const ConstArray<T> wa(w, C);
-    DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()))
-    for (int n = 0; n < N; ++n) {
+    distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
+        const int n = static_cast<int>(n_);
         const std::int64_t row = std::int64_t(n) * C;
         const ConstArray<T> x(in + row, C), dy(dout + row, C);
         const auto xhat = (x - mean[n]) * rstd[n];
@@ -266,7 +353,7 @@ void layernorm_backward(const Cpu& dev, T* din, T* dw, T* db, const T* dout, con
         const T g_mean = g.mean();
         const T gx_mean = (g * xhat).mean();
         Array<T>(din + row, C) += rstd[n] * (g - g_mean - xhat * gx_mean);
-    }
+    });
     for_column_blocks(dev.threads(), C, 64 / sizeof(T), [&](std::int64_t b, std::int64_t e) {
         Array<T> dwa(dw + b, e - b), dba(db + b, e - b);
         for (int n = 0; n < N; ++n) {
@@ -316,13 +403,13 @@ template <class T>
 void rmsnorm_forward(const Cpu& dev, T* out, T* rstd, const T* in, const T* w, int N, int C, T eps) {
     using namespace cpu_detail;
     const ConstArray<T> wa(w, C);
-    DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()))
-    for (int n = 0; n < N; ++n) {
+    distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
+        const int n = static_cast<int>(n_);
         const ConstArray<T> x(in + std::int64_t(n) * C, C);
         const T s = T(1) / std::sqrt(x.square().mean() + eps);
         Array<T>(out + std::int64_t(n) * C, C) = x * s * wa;
         rstd[n] = s;
-    }
+    });
 }
 
 /// RMSNorm backward (see Reference): din by rows, then dw by column blocks.
@@ -331,13 +418,13 @@ void rmsnorm_backward(const Cpu& dev, T* din, T* dw, const T* dout, const T* in,
                       int C) {
     using namespace cpu_detail;
     const ConstArray<T> wa(w, C);
-    DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()))
-    for (int n = 0; n < N; ++n) {
+    distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
+        const int n = static_cast<int>(n_);
         const std::int64_t row = std::int64_t(n) * C;
         const ConstArray<T> x(in + row, C), dy(dout + row, C);
         const T gx_mean = (dy * wa * x).mean() * rstd[n];
         Array<T>(din + row, C) += rstd[n] * (dy * wa - x * (rstd[n] * gx_mean));
-    }
+    });
     for_column_blocks(dev.threads(), C, 64 / sizeof(T), [&](std::int64_t b, std::int64_t e) {
         Array<T> dwa(dw + b, e - b);
         for (int n = 0; n < N; ++n) {
@@ -351,11 +438,11 @@ void rmsnorm_backward(const Cpu& dev, T* din, T* dw, const T* dout, const T* in,
 template <class T>
 void swiglu_forward(const Cpu& dev, T* out, const T* in, int N, int F) {
     using namespace cpu_detail;
-    DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()))
-    for (int n = 0; n < N; ++n) {
+    distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
+        const int n = static_cast<int>(n_);
         const ConstArray<T> g(in + std::int64_t(n) * 2 * F, F), u(in + std::int64_t(n) * 2 * F + F, F);
         Array<T>(out + std::int64_t(n) * F, F) = g / (T(1) + (-g).exp()) * u;
-    }
+    });
 }
 
 /// SwiGLU backward (see Reference): din(N,2F) = dout up silu'(gate) | dout silu(gate), with
@@ -363,34 +450,34 @@ void swiglu_forward(const Cpu& dev, T* out, const T* in, int N, int F) {
 template <class T>
 void swiglu_backward(const Cpu& dev, T* din, const T* in, const T* dout, int N, int F) {
     using namespace cpu_detail;
-    DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()))
-    for (int n = 0; n < N; ++n) {
+    distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
+        const int n = static_cast<int>(n_);
         const std::int64_t r = std::int64_t(n) * 2 * F;
         const ConstArray<T> g(in + r, F), u(in + r + F, F), d(dout + std::int64_t(n) * F, F);
         const auto sig = T(1) / (T(1) + (-g).exp());
         Array<T>(din + r, F) = d * u * sig * (T(1) + g * (T(1) - sig));
         Array<T>(din + r + F, F) = d * g * sig;
-    }
+    });
 }
 
 /// Rotary embedding in place (see Reference), parallel over rows.
 template <class T>
 void rope_rotate(const Cpu& dev, T* x, const T* cos, const T* sin, const std::int32_t* positions, int N, int row,
                  int heads, int hs, bool inverse) {
-    using namespace cpu_detail;
     const int half = hs / 2;
     const T sign = inverse ? T(-1) : T(1);
-    DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()))
-    for (int n = 0; n < N; ++n) {
-        const ConstArray<T> c(cos + std::int64_t(positions[n]) * half, half);
-        const ConstArray<T> s(sin + std::int64_t(positions[n]) * half, half);
+    distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n) {
+        const T* c = cos + std::int64_t(positions[n]) * half;
+        const T* s = sin + std::int64_t(positions[n]) * half;
         for (int h = 0; h < heads; ++h) {
-            Array<T> x1(x + std::int64_t(n) * row + std::int64_t(h) * hs, half), x2(x1.data() + half, half);
-            const auto a = x1.eval();
-            x1 = a * c - sign * x2 * s;
-            x2 = x2 * c + sign * a * s;
+            T* v = x + n * row + std::int64_t(h) * hs;
+            for (int i = 0; i < half; ++i) {  // a plain loop the compiler vectorizes, no temporary
+                const T x1 = v[i], x2 = v[i + half];
+                v[i] = x1 * c[i] - sign * x2 * s[i];
+                v[i + half] = x2 * c[i] + sign * x1 * s[i];
+            }
         }
-    }
+    });
 }
 
 /// Scaled causal softmax in place on att(BH,T,T), parallel over rows.
@@ -398,8 +485,7 @@ template <class T>
 void causal_softmax_forward(const Cpu& dev, T* att, int BH, int Tn, T scale) {
     using namespace cpu_detail;
     const std::int64_t rows = std::int64_t(BH) * Tn;
-    DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()))
-    for (std::int64_t r = 0; r < rows; ++r) {
+    distill::detail::parallel_for(dev.threads(), rows, [&](std::int64_t r) {
         const int t = static_cast<int>(r % Tn);
         T* row = att + r * Tn;
         Array<T> p(row, t + 1);
@@ -407,7 +493,7 @@ void causal_softmax_forward(const Cpu& dev, T* att, int BH, int Tn, T scale) {
         p = (p * scale - mx).exp();
         p /= p.sum();
         std::fill(row + t + 1, row + Tn, T(0));
-    }
+    });
 }
 
 /// Causal softmax backward (see Reference); dscores may alias datt.
@@ -415,14 +501,13 @@ template <class T>
 void causal_softmax_backward(const Cpu& dev, T* dscores, const T* att, const T* datt, int BH, int Tn, T scale) {
     using namespace cpu_detail;
     const std::int64_t rows = std::int64_t(BH) * Tn;
-    DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()))
-    for (std::int64_t r = 0; r < rows; ++r) {
+    distill::detail::parallel_for(dev.threads(), rows, [&](std::int64_t r) {
         const int t = static_cast<int>(r % Tn);
         const ConstArray<T> p(att + r * Tn, t + 1), d(datt + r * Tn, t + 1);
         const T dot = (p * d).sum();
         Array<T>(dscores + r * Tn, t + 1) = scale * p * (d - dot);
         std::fill(dscores + r * Tn + t + 1, dscores + (r + 1) * Tn, T(0));
-    }
+    });
 }
 
 /// out(B,T,C) = wte[tokens] + wpe[t] (wpe null: wte[tokens] alone), parallel over positions.
@@ -431,12 +516,11 @@ void embedding_forward(const Cpu& dev, T* out, const std::int32_t* tokens, const
                        int C) {
     using namespace cpu_detail;
     const std::int64_t rows = std::int64_t(B) * Tn;
-    DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()))
-    for (std::int64_t bt = 0; bt < rows; ++bt) {
+    distill::detail::parallel_for(dev.threads(), rows, [&](std::int64_t bt) {
         Array<T> o(out + bt * C, C);
         o = ConstArray<T>(wte + std::int64_t(tokens[bt]) * C, C);
         if (wpe) o += ConstArray<T>(wpe + (bt % Tn) * C, C);
-    }
+    });
 }
 
 /// dwte(V,C), dwpe(T,C) (when not null) += scatter of dout(B,T,C); each thread owns a block of channels, so
@@ -463,14 +547,14 @@ int cross_entropy_forward_backward(const Cpu& dev, T* dlogits, T* losses, const 
     using namespace cpu_detail;
     int count = 0;
     for (int n = 0; n < N; ++n) count += targets[n] >= 0;
-    DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()))
-    for (int n = 0; n < N; ++n) {
+    distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
+        const int n = static_cast<int>(n_);
         const std::int64_t off = std::int64_t(n) * V;
         Array<T> d(dlogits + off, V);
         if (targets[n] < 0) {
             losses[n] = 0;
             d.setZero();
-            continue;
+            return;
         }
         const ConstArray<T> x(logits + off, V);
         const T mx = x.maxCoeff();
@@ -478,7 +562,7 @@ int cross_entropy_forward_backward(const Cpu& dev, T* dlogits, T* losses, const 
         losses[n] = lse - x[targets[n]];
         d = (x - lse).exp() * dloss;
         d[targets[n]] -= dloss;
-    }
+    });
     return count;
 }
 
@@ -492,8 +576,8 @@ void attention_decode(const Cpu& dev, T* out, T* scratch, const T* qkv, const T*
     using Vec = Eigen::Matrix<T, Eigen::Dynamic, 1>;
     const int C = H * hs, row = (H + 2 * Hkv) * hs;
     const T scale = T(1) / std::sqrt(T(hs));
-    DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()))
-    for (int bh = 0; bh < B * H; ++bh) {
+    distill::detail::parallel_for(dev.threads(), B * H, [&](std::int64_t bh_) {
+        const int bh = static_cast<int>(bh_);
         const int b = bh / H, h = bh % H, n = lengths[b];
         const std::int64_t base = (std::int64_t(b) * Hkv + h / (H / Hkv)) * Tmax * hs;
         const ConstMap<T> K(kcache + base, n, hs, Eigen::OuterStride<>(hs));
@@ -505,7 +589,7 @@ void attention_decode(const Cpu& dev, T* out, T* scratch, const T* qkv, const T*
         p = (p.array() * scale - mx).exp().matrix();
         p /= p.sum();
         Eigen::Map<Vec>(out + std::int64_t(b) * C + h * hs, hs).noalias() = Vm.transpose() * p;
-    }
+    });
 }
 
 }  // namespace distill::device

@@ -171,15 +171,17 @@ inline constexpr std::int64_t parallel_threshold = 1 << 15;
 template <class T, class F>
 void for_rows(int threads, T* d, bool accumulate, T* losses, const std::uint8_t* mask, std::int64_t N,
               std::int64_t width, F&& row) {
-    DISTILL_OMP(parallel for schedule(static) num_threads(threads) if(N * width >= parallel_threshold))
-    for (std::int64_t n = 0; n < N; ++n) {
-        if (mask && !mask[n]) {
-            losses[n] = 0;
-            if (!accumulate) std::fill(d + n * width, d + (n + 1) * width, T(0));
-            continue;
-        }
-        losses[n] = row(n);
-    }
+    distill::detail::parallel_for(
+        threads, N,
+        [&](std::int64_t n) {
+            if (mask && !mask[n]) {
+                losses[n] = 0;
+                if (!accumulate) std::fill(d + n * width, d + (n + 1) * width, T(0));
+                return;
+            }
+            losses[n] = row(n);
+        },
+        N * width >= parallel_threshold);
 }
 
 }  // namespace cpu_loss_detail
@@ -554,26 +556,28 @@ void masked_cross_entropy_forward_backward(const Cpu& dev, T* d, bool accumulate
                                            const std::int32_t* targets, const std::uint8_t* mask, std::int64_t N, int V,
                                            T grad_scale) {
     using namespace cpu_loss_detail;
-    DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()) if(N * V >= parallel_threshold))
-    for (std::int64_t n = 0; n < N; ++n) {
-        const T* x = logits + n * V;
-        T* dr = d + n * V;
-        if ((mask && !mask[n]) || targets[n] < 0) {
-            losses[n] = 0;
-            if (!accumulate) std::fill(dr, dr + V, T(0));
-            continue;
-        }
-        online_lse<T> acc;
-        for (int c = 0; c < V; c += chunk) acc.add(x + c, std::min(chunk, V - c), T(1));
-        const T lse = acc.value();
-        const T old = dr[targets[n]];
-        for (int c = 0; c < V; c += chunk) {
-            const int len = std::min(chunk, V - c);
-            store(dr + c, len, grad_scale * (ConstArray<T>(x + c, len) - lse).exp(), accumulate);
-        }
-        dr[targets[n]] = (accumulate ? old : T(0)) + grad_scale * (std::exp(x[targets[n]] - lse) - T(1));
-        losses[n] = lse - x[targets[n]];
-    }
+    distill::detail::parallel_for(
+        dev.threads(), N,
+        [&](std::int64_t n) {
+            const T* x = logits + n * V;
+            T* dr = d + n * V;
+            if ((mask && !mask[n]) || targets[n] < 0) {
+                losses[n] = 0;
+                if (!accumulate) std::fill(dr, dr + V, T(0));
+                return;
+            }
+            online_lse<T> acc;
+            for (int c = 0; c < V; c += chunk) acc.add(x + c, std::min(chunk, V - c), T(1));
+            const T lse = acc.value();
+            const T old = dr[targets[n]];
+            for (int c = 0; c < V; c += chunk) {
+                const int len = std::min(chunk, V - c);
+                store(dr + c, len, grad_scale * (ConstArray<T>(x + c, len) - lse).exp(), accumulate);
+            }
+            dr[targets[n]] = (accumulate ? old : T(0)) + grad_scale * (std::exp(x[targets[n]] - lse) - T(1));
+            losses[n] = lse - x[targets[n]];
+        },
+        N * V >= parallel_threshold);
 }
 
 /// Attention-map KL with grouped teacher heads (see the Reference kernel), parallel over query
@@ -586,35 +590,37 @@ void attention_kl_forward_backward(const Cpu& dev, T* d, bool accumulate, T* los
     const int g = Ht / Hs;
     const T tiny = std::numeric_limits<T>::min();
     const std::int64_t tt = std::int64_t(Tn) * Tn, rows = std::int64_t(B) * Tn;
-    DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()) if(rows * Hs * Tn >= parallel_threshold))
-    for (std::int64_t bt = 0; bt < rows; ++bt) {
-        const std::int64_t b = bt / Tn;
-        const int t = static_cast<int>(bt % Tn), len = t + 1;
-        const bool counts = !mask || mask[bt];
-        T kl = 0;
-        alignas(64) T at_buf[chunk];
-        for (int h = 0; h < Hs; ++h) {
-            const std::int64_t off = (b * Hs + h) * tt + std::int64_t(t) * Tn;
-            T* dr = d + off;
-            if (!counts) {
-                if (!accumulate) std::fill(dr, dr + Tn, T(0));
-                continue;
+    distill::detail::parallel_for(
+        dev.threads(), rows,
+        [&](std::int64_t bt) {
+            const std::int64_t b = bt / Tn;
+            const int t = static_cast<int>(bt % Tn), len = t + 1;
+            const bool counts = !mask || mask[bt];
+            T kl = 0;
+            alignas(64) T at_buf[chunk];
+            for (int h = 0; h < Hs; ++h) {
+                const std::int64_t off = (b * Hs + h) * tt + std::int64_t(t) * Tn;
+                T* dr = d + off;
+                if (!counts) {
+                    if (!accumulate) std::fill(dr, dr + Tn, T(0));
+                    continue;
+                }
+                for (int c = 0; c < len; c += chunk) {  // keys in chunks: the group mean lives on the stack
+                    const int cl = std::min(chunk, len - c);
+                    Array<T> at(at_buf, cl);
+                    at.setZero();
+                    for (int i = 0; i < g; ++i)
+                        at += ConstArray<T>(teacher + (b * Ht + h * g + i) * tt + std::int64_t(t) * Tn + c, cl);
+                    at /= T(g);
+                    const auto as = ConstArray<T>(student + off + c, cl).max(tiny);
+                    kl += at.binaryExpr(at.log() - as.log(), product_where_positive{}).sum();
+                    store(dr + c, cl, -grad_scale * at / as, accumulate);
+                }
+                if (!accumulate) std::fill(dr + len, dr + Tn, T(0));
             }
-            for (int c = 0; c < len; c += chunk) {  // keys in chunks: the group mean lives on the stack
-                const int cl = std::min(chunk, len - c);
-                Array<T> at(at_buf, cl);
-                at.setZero();
-                for (int i = 0; i < g; ++i)
-                    at += ConstArray<T>(teacher + (b * Ht + h * g + i) * tt + std::int64_t(t) * Tn + c, cl);
-                at /= T(g);
-                const auto as = ConstArray<T>(student + off + c, cl).max(tiny);
-                kl += at.binaryExpr(at.log() - as.log(), product_where_positive{}).sum();
-                store(dr + c, cl, -grad_scale * at / as, accumulate);
-            }
-            if (!accumulate) std::fill(dr + len, dr + Tn, T(0));
-        }
-        losses[bt] = counts ? kl : T(0);
-    }
+            losses[bt] = counts ? kl : T(0);
+        },
+        rows * Hs * Tn >= parallel_threshold);
 }
 
 /// Causal relation rows for one sequence (see the Reference kernel), parallel over query rows.
@@ -623,30 +629,33 @@ void relation_kl_forward_backward(const Cpu& dev, T* d, T* losses, const T* stud
                                   const std::uint8_t* mask, int R, int Tn, T s_scale, T t_scale, T grad_scale) {
     using namespace cpu_loss_detail;
     const std::int64_t tt = std::int64_t(Tn) * Tn;
-    DISTILL_OMP(parallel for schedule(static) num_threads(dev.threads()) if(R * tt >= parallel_threshold))
-    for (int t = 0; t < Tn; ++t) {
-        const int len = t + 1;
-        T kl = 0;
-        for (int r = 0; r < R; ++r) {
-            const std::int64_t off = r * tt + std::int64_t(t) * Tn;
-            T* dr = d + off;
-            if (mask && !mask[t]) {
-                std::fill(dr, dr + Tn, T(0));
-                continue;
+    distill::detail::parallel_for(
+        dev.threads(), Tn,
+        [&](std::int64_t t_) {
+            const int t = static_cast<int>(t_);
+            const int len = t + 1;
+            T kl = 0;
+            for (int r = 0; r < R; ++r) {
+                const std::int64_t off = r * tt + std::int64_t(t) * Tn;
+                T* dr = d + off;
+                if (mask && !mask[t]) {
+                    std::fill(dr, dr + Tn, T(0));
+                    continue;
+                }
+                const ConstArray<T> sa(student + off, len), ta(teacher + off, len);
+                online_lse<T> ls, lt;
+                ls.add(student + off, len, s_scale);
+                lt.add(teacher + off, len, t_scale);
+                const T lse_s = ls.value(), lse_t = lt.value();
+                const auto lp = ta * t_scale - lse_t;
+                const auto lq = sa * s_scale - lse_s;
+                kl += lp.exp().binaryExpr(lp - lq, product_where_positive{}).sum();
+                Array<T>(dr, len) = grad_scale * s_scale * (lq.exp() - lp.exp());
+                std::fill(dr + len, dr + Tn, T(0));
             }
-            const ConstArray<T> sa(student + off, len), ta(teacher + off, len);
-            online_lse<T> ls, lt;
-            ls.add(student + off, len, s_scale);
-            lt.add(teacher + off, len, t_scale);
-            const T lse_s = ls.value(), lse_t = lt.value();
-            const auto lp = ta * t_scale - lse_t;
-            const auto lq = sa * s_scale - lse_s;
-            kl += lp.exp().binaryExpr(lp - lq, product_where_positive{}).sum();
-            Array<T>(dr, len) = grad_scale * s_scale * (lq.exp() - lp.exp());
-            std::fill(dr + len, dr + Tn, T(0));
-        }
-        losses[t] = kl;
-    }
+            losses[t] = kl;
+        },
+        R * tt >= parallel_threshold);
 }
 
 }  // namespace distill::device

@@ -132,6 +132,15 @@ public:
     /// Each term's unweighted value at the last call.
     const std::array<double, size>& values() const noexcept { return values_; }
     const std::array<double, size>& weights() const noexcept { return weights_; }
+    /// Whether a term of nonzero weight reads teacher signal `Signal` (e.g. `signal::hidden_states_t`):
+    /// the run-time refinement of `needs`.
+    template <class Signal>
+    bool reads() const noexcept {
+        constexpr std::array<bool, size> needs_it = {term_needs<Terms, Signal>...};
+        for (std::size_t i = 0; i < size; ++i)
+            if (needs_it[i] && weights_[i] != 0) return true;
+        return false;
+    }
     /// Changes term i's weight (e.g. a schedule); finite and >= 0.
     void set_weight(std::size_t i, double w) {
         if (i >= size) throw config_error("loss", "term index " + std::to_string(i) + " out of range");

@@ -17,6 +17,7 @@
 
 #include "distill/detail/arena.hpp"
 #include "distill/detail/macros.hpp"
+#include "distill/detail/parallel.hpp"
 #include "distill/device.hpp"
 #include "distill/error.hpp"
 #include "distill/optimizer.hpp"
@@ -132,10 +133,9 @@ void for_each_chunk(const Device& dev, const std::vector<Chunk>& chunks, F&& f) 
     const std::int64_t useful = std::max<std::int64_t>(1, total_elements(chunks) / min_elements_per_thread);
     const int threads = static_cast<int>(std::min<std::int64_t>(thread_count(dev), useful));
     const auto n = static_cast<std::int64_t>(chunks.size());
-    // One code path for every thread count (no serial shortcut): the compiler may contract a*b+c into
-    // an FMA differently in two inlined copies of `f`, and one copy keeps 1 and N threads bit-identical.
-    DISTILL_OMP(parallel for schedule(static) num_threads(threads))
-    for (std::int64_t i = 0; i < n; ++i) f(static_cast<std::size_t>(i));
+    // parallel_for runs one out-of-line copy of the loop on 1 and on N threads: two inlined copies of
+    // `f` could contract a*b+c into FMAs differently, and one copy keeps them bit-identical.
+    distill::detail::parallel_for(threads, n, [&](std::int64_t i) { f(static_cast<std::size_t>(i)); });
 }
 
 /// The few vector operations the updates need, on the widest registers the build targets. Why not

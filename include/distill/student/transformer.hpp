@@ -278,6 +278,8 @@ public:
 
     /// What this model keeps of a forward.
     activations mode() const noexcept { return mode_; }
+    /// Whether hidden states, attention maps and q|k|v of a forward are kept (activations::training).
+    bool keeps_activations() const noexcept { return mode_ == activations::training; }
 
 private:
     // The forward; `after_qkv(l)` runs once layer l's q|k|v projections (keys rotated) are in

@@ -47,6 +47,10 @@ struct ModelConfig {
                             ///< checkpoint directory (config.json + model.safetensors or shards)
     std::string config{};   ///< optional JSON file with the architecture config ("" = the metadata's)
     int max_batch = 16;     ///< sequences generated (or forwarded) at once
+    /// false: the network keeps only its logits (student::activations::inference: one layer's working
+    /// memory, no hidden states, attention maps or q|k|v), for losses that read the teacher's logits
+    /// and tokens alone — the `distill` command sets it so when the job's loss allows.
+    bool keep_activations = true;
     data::ChatTemplateConfig chat_template{};  ///< how prompts become tokens
 
     /// Throws `config_error` naming the field.
@@ -84,7 +88,7 @@ public:
     explicit Model(const ModelConfig& config, Device device = Device{})
         : cfg_(validated(config)),
           template_(cfg_.chat_template),
-          net_(load_arch_config(cfg_), cfg_.max_batch, device),
+          net_(load_arch_config(cfg_), cfg_.max_batch, device, network_mode(cfg_)),
           cache_(net_.make_cache(cfg_.max_batch)) {
         if (is_hf(cfg_))
             io::hf::load(io::hf::Checkpoint(cfg_.weights), net_);
@@ -99,7 +103,7 @@ public:
     Model(const arch_config& arch, const ModelConfig& config, Device device = Device{})
         : cfg_(config),
           template_(cfg_.chat_template),
-          net_(arch, cfg_.max_batch, device),
+          net_(arch, cfg_.max_batch, device, network_mode(cfg_)),
           cache_(net_.make_cache(cfg_.max_batch)) {
         if (cfg_.max_batch < 1)
             throw config_error("teacher.max_batch", "must be >= 1, got " + std::to_string(cfg_.max_batch));
@@ -156,6 +160,8 @@ public:
     void forward(const std::int32_t* tokens, int B, int Tn) { net_.forward(tokens, B, Tn); }
     /// (B,T,V) logits of the last forward.
     Tensor<T> logits() const { return net_.logits(); }
+    /// Whether the views below exist (`ModelConfig::keep_activations`).
+    bool keeps_activations() const noexcept { return net_.keeps_activations(); }
     /// n_layers + 1 (embedding output, each block, final LayerNorm).
     int hidden_state_count() const noexcept { return net_.hidden_state_count(); }
     /// (B,T,C) hidden state i of the last forward.
@@ -179,6 +185,10 @@ private:
     static const ModelConfig& validated(const ModelConfig& c) {
         c.validate();
         return c;
+    }
+
+    static student::activations network_mode(const ModelConfig& c) {
+        return c.keep_activations ? student::activations::training : student::activations::inference;
     }
 
     static bool is_hf(const ModelConfig& c) { return std::filesystem::is_directory(c.weights); }
@@ -373,4 +383,4 @@ private:
 
 }  // namespace distill::teacher
 
-BOOST_HANA_ADAPT_STRUCT(distill::teacher::ModelConfig, weights, config, max_batch, chat_template);
+BOOST_HANA_ADAPT_STRUCT(distill::teacher::ModelConfig, weights, config, max_batch, keep_activations, chat_template);

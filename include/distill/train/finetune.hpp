@@ -16,6 +16,7 @@
 /// @endcode
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cerrno>
 #include <chrono>
@@ -29,6 +30,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -158,11 +160,46 @@ inline std::int64_t total_steps(const FinetuneConfig& cfg, std::size_t examples)
 /// Which pass a loss callback runs: `train` accumulates gradients, `eval` only measures.
 enum class pass { train, eval };
 
+/// One named loss term. The name is not copied: a literal or a loss's static `name`, which outlive
+/// the step.
+using LossTerm = std::pair<std::string_view, double>;
+
+/// Up to 16 named terms held inline, so returning them allocates nothing (the training step is
+/// allocation-free). push_back / emplace_back / iteration as on a vector; a 17th term throws.
+class LossTerms {
+public:
+    static constexpr std::size_t capacity = 16;
+    LossTerms() = default;
+    LossTerms(std::initializer_list<LossTerm> terms) {
+        for (const auto& t : terms) push_back(t);
+    }
+    void push_back(const LossTerm& t) { emplace_back(t.first, t.second); }
+    template <class... Args>
+    LossTerm& emplace_back(Args&&... args) {
+        if (n_ == capacity)
+            throw config_error("loss", "a loss callback returned more than " + std::to_string(capacity) + " terms");
+        items_[n_] = LossTerm(std::forward<Args>(args)...);
+        return items_[n_++];
+    }
+    std::size_t size() const noexcept { return n_; }
+    bool empty() const noexcept { return n_ == 0; }
+    LossTerm& operator[](std::size_t i) noexcept { return items_[i]; }
+    const LossTerm& operator[](std::size_t i) const noexcept { return items_[i]; }
+    LossTerm* begin() noexcept { return items_.data(); }
+    LossTerm* end() noexcept { return items_.data() + n_; }
+    const LossTerm* begin() const noexcept { return items_.data(); }
+    const LossTerm* end() const noexcept { return items_.data() + n_; }
+
+private:
+    std::array<LossTerm, capacity> items_{};
+    std::size_t n_ = 0;
+};
+
 /// What a loss callback returns for one micro-batch: the total (the mean over the batch's loss
 /// tokens of the weighted sum of terms) and each named term as it enters the total.
 struct LossValues {
     double total = 0;
-    std::vector<std::pair<std::string, double>> terms{};
+    LossTerms terms{};
 };
 
 /// A loss callback for `Model`: `loss(model, batch, pass)` runs the model's forward on the batch,
@@ -522,10 +559,10 @@ private:
         }
     }
 
-    static void add_terms(std::vector<std::pair<std::string, double>>& sums,
-                          const std::vector<std::pair<std::string, double>>& terms, double weight) {
+    template <class Sums>
+    static void add_terms(Sums& sums, const LossTerms& terms, double weight) {
         for (const auto& term : terms) {
-            const std::string& name = term.first;  // a plain reference: clang 14 cannot capture bindings
+            const std::string_view name = term.first;  // a plain copy: clang 14 cannot capture bindings
             const double value = term.second;
             auto it = std::find_if(sums.begin(), sums.end(), [&](const auto& s) { return s.first == name; });
             if (it == sums.end())
@@ -542,9 +579,9 @@ private:
 
     /// NaN/Inf guard on the loss: names the step (the update that would have been), epoch and term.
     void check_loss(const LossValues& lv, const char* what) const {
-        auto bad = [&](const std::string& term, double v) {
+        auto bad = [&](std::string_view term, double v) {
             throw numeric_error("step " + std::to_string(step_ + 1) + " (epoch " + std::to_string(epoch_) +
-                                "): " + what + "loss term '" + term + "' is " + describe(v) +
+                                "): " + what + "loss term '" + std::string(term) + "' is " + describe(v) +
                                 "; training stopped before the update (" + last_good() + ")");
         };
         for (const auto& [name, value] : lv.terms)

@@ -260,6 +260,13 @@ TEST_CASE("hf: a Llama-layout checkpoint directory is a teacher::Model; it gener
             seq.push_back(token);
         }
     }
+    {  // a config.json describing a far larger model than its tensors hold is refused before layout
+        testing::ScratchCheckpoint big(dir.dir);
+        big.edit_config([](nlohmann::json& j) { j["hidden_size"] = 4096; });
+        CHECK_THROWS_WITH_AS(
+            teacher::Model<student::Transformer>(teacher::ModelConfig{.weights = big.dir.string(), .max_batch = 1}),
+            doctest::Contains("parameters, but the checkpoint's tensors hold"), format_error);
+    }
     // a checkpoint whose vocabulary cannot hold the byte tokenizer's ids is refused by name
     CHECK_THROWS_WITH_AS(teacher::Model<student::Transformer>(
                              teacher::ModelConfig{.weights = (hf_fixtures / "llama").string(), .max_batch = 1}),

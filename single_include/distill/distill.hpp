@@ -8127,6 +8127,18 @@ inline student::TransformerConfig transformer_config(const Checkpoint& ckpt) {
         file, 0, "model_type \"" + type + "\" is not supported; supported: " + std::string(supported_model_types));
 }
 
+/// Throws format_error unless the checkpoint's tensors hold at least the `parameters` a config read
+/// from its config.json describes — checked before a model is laid out, so a crafted config.json
+/// beside a small file cannot make us allocate a large model.
+inline void check_parameter_count(const Checkpoint& ckpt, std::int64_t parameters) {
+    std::int64_t held = 0;
+    for (const auto& name : ckpt.tensor_names()) held += ckpt.find(name)->second->numel();
+    if (held < parameters)
+        throw format_error(ckpt.directory() / "config.json", 0,
+                           "describes " + std::to_string(parameters) +
+                               " parameters, but the checkpoint's tensors hold " + std::to_string(held));
+}
+
 /// Reads transformers' config of a `bert` model as an Encoder config; `pooling` ("mean" or "cls")
 /// comes from the caller. Settings the Encoder does not compute (another activation, relative
 /// position embeddings, a decoder) are refused by name.
@@ -9714,7 +9726,10 @@ private:
             if (!c.config.empty())
                 throw config_error("teacher.config",
                                    "must be empty for a Hugging Face directory (its config.json is used)");
-            return io::hf::transformer_config(io::hf::Checkpoint(c.weights));
+            const io::hf::Checkpoint ckpt(c.weights);
+            const arch_config a = io::hf::transformer_config(ckpt);
+            io::hf::check_parameter_count(ckpt, a.parameter_count());  // before the network is laid out
+            return a;
         }
         if (c.config.empty()) {
             io::safetensors_file file(c.weights);

@@ -333,6 +333,18 @@ inline student::TransformerConfig transformer_config(const Checkpoint& ckpt) {
         file, 0, "model_type \"" + type + "\" is not supported; supported: " + std::string(supported_model_types));
 }
 
+/// Throws format_error unless the checkpoint's tensors hold at least the `parameters` a config read
+/// from its config.json describes — checked before a model is laid out, so a crafted config.json
+/// beside a small file cannot make us allocate a large model.
+inline void check_parameter_count(const Checkpoint& ckpt, std::int64_t parameters) {
+    std::int64_t held = 0;
+    for (const auto& name : ckpt.tensor_names()) held += ckpt.find(name)->second->numel();
+    if (held < parameters)
+        throw format_error(ckpt.directory() / "config.json", 0,
+                           "describes " + std::to_string(parameters) +
+                               " parameters, but the checkpoint's tensors hold " + std::to_string(held));
+}
+
 /// Reads transformers' config of a `bert` model as an Encoder config; `pooling` ("mean" or "cls")
 /// comes from the caller. Settings the Encoder does not compute (another activation, relative
 /// position embeddings, a decoder) are refused by name.

@@ -198,7 +198,10 @@ private:
             if (!c.config.empty())
                 throw config_error("teacher.config",
                                    "must be empty for a Hugging Face directory (its config.json is used)");
-            return io::hf::transformer_config(io::hf::Checkpoint(c.weights));
+            const io::hf::Checkpoint ckpt(c.weights);
+            const arch_config a = io::hf::transformer_config(ckpt);
+            io::hf::check_parameter_count(ckpt, a.parameter_count());  // before the network is laid out
+            return a;
         }
         if (c.config.empty()) {
             io::safetensors_file file(c.weights);

@@ -31,7 +31,7 @@ log "GPU check"
   | tee "$out/gpu.txt"
 
 log "configure ($build, CUDA architectures $arch)"
-if ! timeout "$(limit 90)" cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DDISTILL_ENABLE_CUDA=ON -DDISTILL_CUDA_ARCHITECTURES="$arch" \
+if ! timeout "$(limit 90)" cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DDISTILL_ENABLE_CUDA=ON -DDISTILL_CUDA_DISTILLER_TESTS=ON -DDISTILL_CUDA_ARCHITECTURES="$arch" \
      -DCMAKE_CUDA_ARCHITECTURES="$arch" -DCMAKE_CUDA_COMPILER="$(command -v nvcc)" -DDISTILL_BUILD_TESTS=ON \
      -DDISTILL_BUILD_BENCHMARKS=ON -DDISTILL_BUILD_EXAMPLES=OFF > "$out/configure.txt" 2>&1; then
   log "configure FAILED (see configure.txt)"; tail -30 "$out/configure.txt"; exit 1

@@ -14,6 +14,7 @@
 #include <set>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 #include <distill/distill.hpp>
@@ -52,6 +53,12 @@ using OnlineLoss = loss::Sum<loss::SoftKL, loss::ReverseKL, loss::JSD, loss::Har
 using TopKLoss = loss::Sum<loss::TopKSoftKL, loss::HardCE>;
 using TextLoss = loss::Sum<loss::HardCE>;
 using ModelTeacher = teacher::Model<student::Transformer>;
+
+// Whether the job's loss section names a term of `Sum` that reads the teacher's activations.
+template <class... Terms>
+bool names_activation_term(std::type_identity<loss::Sum<Terms...>>, const nlohmann::json& job_loss) {
+    return ((job_loss.contains(Terms::name) && loss::needs_activations<Terms>) || ...);
+}
 
 template <class Teacher, class Loss>
 using CliDistiller = Distiller<Teacher, student::Transformer, Loss, optim::AdamW, device::Cpu>;
@@ -132,11 +139,8 @@ int dispatch(const Job& job, const Options& o) {
             "gives full logits (use \"soft_kl\")");
     if (kind == "model") {
         auto c = read_config<teacher::ModelConfig>(tcfg, "teacher");
-        if (!tcfg.contains("keep_activations")) {  // the teacher keeps activations only for a loss that reads them
-            c.keep_activations = false;
-            for (const char* term : {"hidden_mse", "attention_kl", "attention_relation"})
-                if (job.loss.contains(term)) c.keep_activations = true;
-        }
+        if (!tcfg.contains("keep_activations"))  // the teacher keeps activations only for a loss that reads them
+            c.keep_activations = names_activation_term(std::type_identity<OnlineLoss>{}, job.loss);
         if (online) return with_distiller<ModelTeacher, OnlineLoss>(job, o, cpu, c, cpu);
         if (topk) return with_distiller<ModelTeacher, TopKLoss>(job, o, cpu, c, cpu);
         return with_distiller<ModelTeacher, TextLoss>(job, o, cpu, c, cpu);

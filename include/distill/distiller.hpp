@@ -390,8 +390,7 @@ private:
 
     loss::dims dims(int max_batch) const {
         loss::dims d;
-        d.student = {student_cfg_.vocab_size, student_cfg_.d_model, student_cfg_.n_layers, student_cfg_.n_heads};
-        if constexpr (requires { student_cfg_.qkv_width(); }) d.student.qkv_width = student_cfg_.qkv_width();
+        d.student = loss::model_dims_of_config(student_cfg_);
         if constexpr (online)
             d.teacher = loss::model_dims_of(teacher_.network());
         else

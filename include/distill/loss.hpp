@@ -107,13 +107,20 @@ struct dims {
 };
 
 /// The `model_dims` of any model whose `config()` has `vocab_size`, `d_model`, `n_layers`, `n_heads`
-/// (e.g. `student::Transformer`).
-template <class Model>
-model_dims model_dims_of(const Model& m) {
-    const auto& c = m.config();
+/// The `model_dims` of a config with `vocab_size`, `d_model`, `n_layers`, `n_heads` (and
+/// `qkv_width()` where q|k|v is not 3C wide), e.g. `student::TransformerConfig`.
+template <class Config>
+model_dims model_dims_of_config(const Config& c) {
     model_dims d{c.vocab_size, c.d_model, c.n_layers, c.n_heads};
     if constexpr (requires { c.qkv_width(); }) d.qkv_width = c.qkv_width();
     return d;
+}
+
+/// The `model_dims` of any model whose `config()` `model_dims_of_config` reads (e.g.
+/// `student::Transformer`).
+template <class Model>
+model_dims model_dims_of(const Model& m) {
+    return model_dims_of_config(m.config());
 }
 
 /// `dims` of a student and an in-process teacher, for batches of up to `max_batch` sequences of up
@@ -266,16 +273,19 @@ concept loss_policy = requires(L& term, const context<T, Device>& ctx) {
 template <class L, class Signal>
 inline constexpr bool term_needs = decltype(boost::hana::contains(L::needs, boost::hana::type_c<Signal>))::value;
 
-/// Whether `loss` reads the teacher's hidden states, attention maps or q|k|v at run time (a `Sum`
-/// counts only its terms of nonzero weight).
+/// Whether term `L` reads any of the teacher's activations: hidden states, attention maps, q|k|v.
+template <class L>
+inline constexpr bool needs_activations =
+    term_needs<L, signal::hidden_states_t> || term_needs<L, signal::attentions_t> || term_needs<L, signal::qkv_t>;
+
+/// Whether `loss` reads the teacher's activations at run time (a `Sum` counts only its terms of
+/// nonzero weight).
 template <class L>
 bool reads_activations(const L& loss) {
-    if constexpr (requires { loss.template reads<signal::hidden_states_t>(); })
-        return loss.template reads<signal::hidden_states_t>() || loss.template reads<signal::attentions_t>() ||
-               loss.template reads<signal::qkv_t>();
+    if constexpr (requires { loss.reads_activations(); })
+        return loss.reads_activations();
     else
-        return term_needs<L, signal::hidden_states_t> || term_needs<L, signal::attentions_t> ||
-               term_needs<L, signal::qkv_t>;
+        return needs_activations<L>;
 }
 
 /// Whether teacher `Teacher` declares signal `Signal` in its `provides` set.

@@ -2762,8 +2762,8 @@ void gemm(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, T alp
     cpu_detail::eigen_gemm(dev, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
-/// `batch` GEMMs at fixed strides, one per thread at a time (each single-threaded, in cache, Eigen,
-/// fp32 in every precision).
+/// `batch` GEMMs at fixed strides, split over the threads (each single-threaded, in cache; a batch of
+/// one gets every thread), Eigen, fp32 in every precision.
 template <class T>
 void gemm_strided_batched(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda,
                           std::int64_t stride_a, const T* B, int ldb, std::int64_t stride_b, T beta, T* C, int ldc,
@@ -7107,9 +7107,10 @@ struct TransformerConfig {
     /// Width of a q|k|v row: (H + 2 Hkv) hs.
     int qkv_width() const noexcept { return (n_heads + 2 * kv_heads()) * head_size(); }
     /// Width of the MLP's first projection: F, or 2F (gate | up) for SwiGLU.
-    int fc_width() const noexcept { return mlp == "swiglu" ? 2 * d_ff : d_ff; }
+    int fc_width() const noexcept { return swiglu() ? 2 * d_ff : d_ff; }
     bool rms() const noexcept { return norm == "rmsnorm"; }
     bool rope() const noexcept { return positions == "rope"; }
+    bool swiglu() const noexcept { return mlp == "swiglu"; }
 
     /// Throws `config_error` naming the first field that is out of range. The upper bounds are far
     /// beyond any published model; they exist because configs come from downloaded files, and they
@@ -7369,7 +7370,7 @@ private:
         nn::linear_forward(dev_, act(a.res_attn), act(a.atty), val(w.proj_w), val(w.proj_b), N, C, C, true);
         norm_forward(act(a.ln2), act(a.ln2_mean), act(a.ln2_rstd), act(a.res_attn), w.ln2_w, w.ln2_b, N);
         nn::linear_forward(dev_, act(a.fc), act(a.ln2), val(w.fc_w), val(w.fc_b), N, C, cfg_.fc_width());
-        if (cfg_.mlp == "swiglu")
+        if (cfg_.swiglu())
             swiglu_forward(dev_, act(a.fc_act), act(a.fc), N, F);
         else
             gelu_forward(dev_, act(a.fc_act), act(a.fc), std::int64_t(N) * F);
@@ -7630,7 +7631,7 @@ public:
             // MLP branch: res_out = res_attn + proj(act(fc(norm2(res_attn))))
             nn::linear_backward(dev_, act(d_act_), grad(w.mlp_proj_w), grad(w.mlp_proj_b), d_res, act(a.fc_act),
                                 val(w.mlp_proj_w), N, F, C);
-            if (cfg_.mlp == "swiglu")
+            if (cfg_.swiglu())
                 swiglu_backward(dev_, act(d_fc_), act(a.fc), act(d_act_), N, F);
             else
                 gelu_backward(dev_, act(d_fc_), act(a.fc), act(d_act_), std::int64_t(N) * F);
@@ -7991,6 +7992,16 @@ struct ConfigReader {
             throw format_error(file, 0, std::string(key) + ": expected a boolean, got " + it->dump());
         return it->get<bool>();
     }
+    // `config` after its own validation, whose config_error becomes a format_error naming the file.
+    template <class Config>
+    Config validated(Config config) const {
+        try {
+            config.validate("config");
+        } catch (const config_error& e) {
+            throw format_error(file, 0, e.what());
+        }
+        return config;
+    }
     // A setting the student computes only one way: absent, null or `expected`.
     void require(const char* key, const nlohmann::json& expected, const char* why) const {
         const auto it = c.find(key);
@@ -8015,35 +8026,24 @@ struct tensor_map {
 /// not compute (another activation, no tied head, scaled attention variants) are refused by name.
 inline student::TransformerConfig gpt2_config(const nlohmann::json& c, const std::filesystem::path& file) {
     const detail::ConfigReader r{c, file};
-    auto integer = [&](const char* key, std::optional<int> fallback = std::nullopt) {
-        return r.integer(key, fallback);
-    };
-    auto require = [&](const char* key, const nlohmann::json& expected, const char* why) {
-        r.require(key, expected, why);
-    };
     const auto act = c.find("activation_function");
     if (act != c.end() && *act != "gelu_new" && *act != "gelu_pytorch_tanh")
         throw format_error(file, 0,
                            "activation_function: " + act->dump() +
                                " is not supported, only \"gelu_new\" or \"gelu_pytorch_tanh\" (the student's "
                                "GELU is the tanh approximation)");
-    require("layer_norm_epsilon", 1e-5, "the student's LayerNorm epsilon");
-    require("tie_word_embeddings", true, "the student's LM head is the token embedding");
-    require("scale_attn_weights", true, "the student scales attention scores by 1/sqrt(head size)");
-    require("scale_attn_by_inverse_layer_idx", false, "the student does not scale scores per layer");
+    r.require("layer_norm_epsilon", 1e-5, "the student's LayerNorm epsilon");
+    r.require("tie_word_embeddings", true, "the student's LM head is the token embedding");
+    r.require("scale_attn_weights", true, "the student scales attention scores by 1/sqrt(head size)");
+    r.require("scale_attn_by_inverse_layer_idx", false, "the student does not scale scores per layer");
     student::TransformerConfig t;
-    t.vocab_size = integer("vocab_size");
-    t.context_length = integer("n_positions");
-    t.d_model = integer("n_embd");
-    t.n_layers = integer("n_layer");
-    t.n_heads = integer("n_head");
-    t.d_ff = integer("n_inner", 4 * t.d_model);
-    try {
-        t.validate("config");
-    } catch (const config_error& e) {
-        throw format_error(file, 0, e.what());
-    }
-    return t;
+    t.vocab_size = r.integer("vocab_size");
+    t.context_length = r.integer("n_positions");
+    t.d_model = r.integer("n_embd");
+    t.n_layers = r.integer("n_layer");
+    t.n_heads = r.integer("n_head");
+    t.d_ff = r.integer("n_inner", 4 * t.d_model);
+    return r.validated(t);
 }
 
 /// Reads transformers' config of a `llama`, `qwen2` or `phi3` model as a student config. Settings
@@ -8104,12 +8104,7 @@ inline student::TransformerConfig llama_config(const nlohmann::json& c, const st
             rs.original_context_length = s.integer("original_max_position_embeddings");
         }
     }
-    try {
-        t.validate("config");
-    } catch (const config_error& e) {
-        throw format_error(file, 0, e.what());
-    }
-    return t;
+    return r.validated(t);
 }
 
 /// The student config a checkpoint describes. Throws format_error naming config.json for a model type
@@ -8145,36 +8140,21 @@ inline void check_parameter_count(const Checkpoint& ckpt, std::int64_t parameter
 inline student::EncoderConfig bert_config(const nlohmann::json& c, const std::filesystem::path& file,
                                           const std::string& pooling = "mean") {
     const detail::ConfigReader r{c, file};
-    auto integer = [&](const char* key, std::optional<int> fallback = std::nullopt) {
-        return r.integer(key, fallback);
-    };
-    auto require = [&](const char* key, const nlohmann::json& expected, const char* why) {
-        r.require(key, expected, why);
-    };
-    require("hidden_act", "gelu", "the Encoder's MLP uses the exact erf GELU");
-    require("position_embedding_type", "absolute", "the Encoder has learned absolute positions");
-    require("is_decoder", false, "the Encoder is bidirectional");
-    require("add_cross_attention", false, "the Encoder has no cross-attention");
+    r.require("hidden_act", "gelu", "the Encoder's MLP uses the exact erf GELU");
+    r.require("position_embedding_type", "absolute", "the Encoder has learned absolute positions");
+    r.require("is_decoder", false, "the Encoder is bidirectional");
+    r.require("add_cross_attention", false, "the Encoder has no cross-attention");
     student::EncoderConfig e;
-    e.vocab_size = integer("vocab_size");
-    e.context_length = integer("max_position_embeddings");
-    e.type_vocab_size = integer("type_vocab_size", 2);
-    e.d_model = integer("hidden_size");
-    e.n_layers = integer("num_hidden_layers");
-    e.n_heads = integer("num_attention_heads");
-    e.d_ff = integer("intermediate_size");
-    if (const auto it = c.find("layer_norm_eps"); it != c.end() && !it->is_null()) {
-        if (!it->is_number() || !(it->get<double>() > 0))
-            throw format_error(file, 0, "layer_norm_eps: expected a positive number, got " + it->dump());
-        e.layer_norm_eps = it->get<double>();
-    }
+    e.vocab_size = r.integer("vocab_size");
+    e.context_length = r.integer("max_position_embeddings");
+    e.type_vocab_size = r.integer("type_vocab_size", 2);
+    e.d_model = r.integer("hidden_size");
+    e.n_layers = r.integer("num_hidden_layers");
+    e.n_heads = r.integer("num_attention_heads");
+    e.d_ff = r.integer("intermediate_size");
+    e.layer_norm_eps = r.number("layer_norm_eps", e.layer_norm_eps);
     e.pooling = pooling;
-    try {
-        e.validate("config");
-    } catch (const config_error& err) {
-        throw format_error(file, 0, err.what());
-    }
-    return e;
+    return r.validated(e);
 }
 
 /// The Encoder config a `bert` checkpoint describes; the pooling mode comes from a
@@ -8345,7 +8325,7 @@ void load(const Checkpoint& ckpt, Model& model) {
         std::vector<std::int64_t> shape(p.value.shape().begin(), p.value.shape().begin() + p.value.rank());
         if (m.transposed) std::reverse(shape.begin(), shape.end());
         std::size_t offset = std::size_t(p.value.data() - model.parameter_data());
-        if (p.name == "wte.weight" || p.name == "embeddings.word_embeddings.weight") embedding = offset;
+        if (p.name == "wte.weight") embedding = offset;
         for (std::size_t i = 0; i < m.hf_names.size(); ++i) {
             const std::string& hf_name = m.hf_names[i];
             const auto found = ckpt.find(hf_name);
@@ -8458,10 +8438,10 @@ void save_encoder(const std::filesystem::path& dir, const Model& model, dtype ou
 /// qwen2 for rotary/RMSNorm/SwiGLU blocks with q/k/v biases only, else llama. Throws config_error
 /// for a mix no family computes (e.g. RMSNorm with learned positions).
 inline std::string family_of(const student::TransformerConfig& c) {
-    const bool gpt2 = !c.rms() && !c.rope() && c.mlp == "gelu" && c.qkv_bias && c.proj_bias && c.mlp_bias &&
+    const bool gpt2 = !c.rms() && !c.rope() && !c.swiglu() && c.qkv_bias && c.proj_bias && c.mlp_bias &&
                       c.tie_embeddings && c.kv_heads() == c.n_heads;
     if (gpt2) return "gpt2";
-    if (c.rms() && c.rope() && c.mlp == "swiglu") {
+    if (c.rms() && c.rope() && c.swiglu()) {
         if (c.qkv_bias && !c.proj_bias && !c.mlp_bias) return "qwen2";
         if (c.qkv_bias == c.proj_bias) return "llama";
     }
@@ -15200,13 +15180,20 @@ struct dims {
 };
 
 /// The `model_dims` of any model whose `config()` has `vocab_size`, `d_model`, `n_layers`, `n_heads`
-/// (e.g. `student::Transformer`).
-template <class Model>
-model_dims model_dims_of(const Model& m) {
-    const auto& c = m.config();
+/// The `model_dims` of a config with `vocab_size`, `d_model`, `n_layers`, `n_heads` (and
+/// `qkv_width()` where q|k|v is not 3C wide), e.g. `student::TransformerConfig`.
+template <class Config>
+model_dims model_dims_of_config(const Config& c) {
     model_dims d{c.vocab_size, c.d_model, c.n_layers, c.n_heads};
     if constexpr (requires { c.qkv_width(); }) d.qkv_width = c.qkv_width();
     return d;
+}
+
+/// The `model_dims` of any model whose `config()` `model_dims_of_config` reads (e.g.
+/// `student::Transformer`).
+template <class Model>
+model_dims model_dims_of(const Model& m) {
+    return model_dims_of_config(m.config());
 }
 
 /// `dims` of a student and an in-process teacher, for batches of up to `max_batch` sequences of up
@@ -15359,16 +15346,19 @@ concept loss_policy = requires(L& term, const context<T, Device>& ctx) {
 template <class L, class Signal>
 inline constexpr bool term_needs = decltype(boost::hana::contains(L::needs, boost::hana::type_c<Signal>))::value;
 
-/// Whether `loss` reads the teacher's hidden states, attention maps or q|k|v at run time (a `Sum`
-/// counts only its terms of nonzero weight).
+/// Whether term `L` reads any of the teacher's activations: hidden states, attention maps, q|k|v.
+template <class L>
+inline constexpr bool needs_activations =
+    term_needs<L, signal::hidden_states_t> || term_needs<L, signal::attentions_t> || term_needs<L, signal::qkv_t>;
+
+/// Whether `loss` reads the teacher's activations at run time (a `Sum` counts only its terms of
+/// nonzero weight).
 template <class L>
 bool reads_activations(const L& loss) {
-    if constexpr (requires { loss.template reads<signal::hidden_states_t>(); })
-        return loss.template reads<signal::hidden_states_t>() || loss.template reads<signal::attentions_t>() ||
-               loss.template reads<signal::qkv_t>();
+    if constexpr (requires { loss.reads_activations(); })
+        return loss.reads_activations();
     else
-        return term_needs<L, signal::hidden_states_t> || term_needs<L, signal::attentions_t> ||
-               term_needs<L, signal::qkv_t>;
+        return needs_activations<L>;
 }
 
 /// Whether teacher `Teacher` declares signal `Signal` in its `provides` set.
@@ -16853,13 +16843,12 @@ public:
     /// Each term's unweighted value at the last call.
     const std::array<double, size>& values() const noexcept { return values_; }
     const std::array<double, size>& weights() const noexcept { return weights_; }
-    /// Whether a term of nonzero weight reads teacher signal `Signal` (e.g. `signal::hidden_states_t`):
+    /// Whether a term of nonzero weight reads the teacher's activations (`loss::needs_activations`):
     /// the run-time refinement of `needs`.
-    template <class Signal>
-    bool reads() const noexcept {
-        constexpr std::array<bool, size> needs_it = {term_needs<Terms, Signal>...};
+    bool reads_activations() const noexcept {
+        constexpr std::array<bool, size> reads = {needs_activations<Terms>...};
         for (std::size_t i = 0; i < size; ++i)
-            if (needs_it[i] && weights_[i] != 0) return true;
+            if (reads[i] && weights_[i] != 0) return true;
         return false;
     }
     /// Changes term i's weight (e.g. a schedule); finite and >= 0.
@@ -19781,8 +19770,7 @@ private:
 
     loss::dims dims(int max_batch) const {
         loss::dims d;
-        d.student = {student_cfg_.vocab_size, student_cfg_.d_model, student_cfg_.n_layers, student_cfg_.n_heads};
-        if constexpr (requires { student_cfg_.qkv_width(); }) d.student.qkv_width = student_cfg_.qkv_width();
+        d.student = loss::model_dims_of_config(student_cfg_);
         if constexpr (online)
             d.teacher = loss::model_dims_of(teacher_.network());
         else

@@ -269,8 +269,8 @@ void gemm(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, T alp
     cpu_detail::eigen_gemm(dev, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
-/// `batch` GEMMs at fixed strides, one per thread at a time (each single-threaded, in cache, Eigen,
-/// fp32 in every precision).
+/// `batch` GEMMs at fixed strides, split over the threads (each single-threaded, in cache; a batch of
+/// one gets every thread), Eigen, fp32 in every precision.
 template <class T>
 void gemm_strided_batched(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda,
                           std::int64_t stride_a, const T* B, int ldb, std::int64_t stride_b, T beta, T* C, int ldc,

@@ -197,6 +197,16 @@ struct ConfigReader {
             throw format_error(file, 0, std::string(key) + ": expected a boolean, got " + it->dump());
         return it->get<bool>();
     }
+    // `config` after its own validation, whose config_error becomes a format_error naming the file.
+    template <class Config>
+    Config validated(Config config) const {
+        try {
+            config.validate("config");
+        } catch (const config_error& e) {
+            throw format_error(file, 0, e.what());
+        }
+        return config;
+    }
     // A setting the student computes only one way: absent, null or `expected`.
     void require(const char* key, const nlohmann::json& expected, const char* why) const {
         const auto it = c.find(key);
@@ -221,35 +231,24 @@ struct tensor_map {
 /// not compute (another activation, no tied head, scaled attention variants) are refused by name.
 inline student::TransformerConfig gpt2_config(const nlohmann::json& c, const std::filesystem::path& file) {
     const detail::ConfigReader r{c, file};
-    auto integer = [&](const char* key, std::optional<int> fallback = std::nullopt) {
-        return r.integer(key, fallback);
-    };
-    auto require = [&](const char* key, const nlohmann::json& expected, const char* why) {
-        r.require(key, expected, why);
-    };
     const auto act = c.find("activation_function");
     if (act != c.end() && *act != "gelu_new" && *act != "gelu_pytorch_tanh")
         throw format_error(file, 0,
                            "activation_function: " + act->dump() +
                                " is not supported, only \"gelu_new\" or \"gelu_pytorch_tanh\" (the student's "
                                "GELU is the tanh approximation)");
-    require("layer_norm_epsilon", 1e-5, "the student's LayerNorm epsilon");
-    require("tie_word_embeddings", true, "the student's LM head is the token embedding");
-    require("scale_attn_weights", true, "the student scales attention scores by 1/sqrt(head size)");
-    require("scale_attn_by_inverse_layer_idx", false, "the student does not scale scores per layer");
+    r.require("layer_norm_epsilon", 1e-5, "the student's LayerNorm epsilon");
+    r.require("tie_word_embeddings", true, "the student's LM head is the token embedding");
+    r.require("scale_attn_weights", true, "the student scales attention scores by 1/sqrt(head size)");
+    r.require("scale_attn_by_inverse_layer_idx", false, "the student does not scale scores per layer");
     student::TransformerConfig t;
-    t.vocab_size = integer("vocab_size");
-    t.context_length = integer("n_positions");
-    t.d_model = integer("n_embd");
-    t.n_layers = integer("n_layer");
-    t.n_heads = integer("n_head");
-    t.d_ff = integer("n_inner", 4 * t.d_model);
-    try {
-        t.validate("config");
-    } catch (const config_error& e) {
-        throw format_error(file, 0, e.what());
-    }
-    return t;
+    t.vocab_size = r.integer("vocab_size");
+    t.context_length = r.integer("n_positions");
+    t.d_model = r.integer("n_embd");
+    t.n_layers = r.integer("n_layer");
+    t.n_heads = r.integer("n_head");
+    t.d_ff = r.integer("n_inner", 4 * t.d_model);
+    return r.validated(t);
 }
 
 /// Reads transformers' config of a `llama`, `qwen2` or `phi3` model as a student config. Settings
@@ -310,12 +309,7 @@ inline student::TransformerConfig llama_config(const nlohmann::json& c, const st
             rs.original_context_length = s.integer("original_max_position_embeddings");
         }
     }
-    try {
-        t.validate("config");
-    } catch (const config_error& e) {
-        throw format_error(file, 0, e.what());
-    }
-    return t;
+    return r.validated(t);
 }
 
 /// The student config a checkpoint describes. Throws format_error naming config.json for a model type
@@ -351,36 +345,21 @@ inline void check_parameter_count(const Checkpoint& ckpt, std::int64_t parameter
 inline student::EncoderConfig bert_config(const nlohmann::json& c, const std::filesystem::path& file,
                                           const std::string& pooling = "mean") {
     const detail::ConfigReader r{c, file};
-    auto integer = [&](const char* key, std::optional<int> fallback = std::nullopt) {
-        return r.integer(key, fallback);
-    };
-    auto require = [&](const char* key, const nlohmann::json& expected, const char* why) {
-        r.require(key, expected, why);
-    };
-    require("hidden_act", "gelu", "the Encoder's MLP uses the exact erf GELU");
-    require("position_embedding_type", "absolute", "the Encoder has learned absolute positions");
-    require("is_decoder", false, "the Encoder is bidirectional");
-    require("add_cross_attention", false, "the Encoder has no cross-attention");
+    r.require("hidden_act", "gelu", "the Encoder's MLP uses the exact erf GELU");
+    r.require("position_embedding_type", "absolute", "the Encoder has learned absolute positions");
+    r.require("is_decoder", false, "the Encoder is bidirectional");
+    r.require("add_cross_attention", false, "the Encoder has no cross-attention");
     student::EncoderConfig e;
-    e.vocab_size = integer("vocab_size");
-    e.context_length = integer("max_position_embeddings");
-    e.type_vocab_size = integer("type_vocab_size", 2);
-    e.d_model = integer("hidden_size");
-    e.n_layers = integer("num_hidden_layers");
-    e.n_heads = integer("num_attention_heads");
-    e.d_ff = integer("intermediate_size");
-    if (const auto it = c.find("layer_norm_eps"); it != c.end() && !it->is_null()) {
-        if (!it->is_number() || !(it->get<double>() > 0))
-            throw format_error(file, 0, "layer_norm_eps: expected a positive number, got " + it->dump());
-        e.layer_norm_eps = it->get<double>();
-    }
+    e.vocab_size = r.integer("vocab_size");
+    e.context_length = r.integer("max_position_embeddings");
+    e.type_vocab_size = r.integer("type_vocab_size", 2);
+    e.d_model = r.integer("hidden_size");
+    e.n_layers = r.integer("num_hidden_layers");
+    e.n_heads = r.integer("num_attention_heads");
+    e.d_ff = r.integer("intermediate_size");
+    e.layer_norm_eps = r.number("layer_norm_eps", e.layer_norm_eps);
     e.pooling = pooling;
-    try {
-        e.validate("config");
-    } catch (const config_error& err) {
-        throw format_error(file, 0, err.what());
-    }
-    return e;
+    return r.validated(e);
 }
 
 /// The Encoder config a `bert` checkpoint describes; the pooling mode comes from a
@@ -551,7 +530,7 @@ void load(const Checkpoint& ckpt, Model& model) {
         std::vector<std::int64_t> shape(p.value.shape().begin(), p.value.shape().begin() + p.value.rank());
         if (m.transposed) std::reverse(shape.begin(), shape.end());
         std::size_t offset = std::size_t(p.value.data() - model.parameter_data());
-        if (p.name == "wte.weight" || p.name == "embeddings.word_embeddings.weight") embedding = offset;
+        if (p.name == "wte.weight") embedding = offset;
         for (std::size_t i = 0; i < m.hf_names.size(); ++i) {
             const std::string& hf_name = m.hf_names[i];
             const auto found = ckpt.find(hf_name);
@@ -664,10 +643,10 @@ void save_encoder(const std::filesystem::path& dir, const Model& model, dtype ou
 /// qwen2 for rotary/RMSNorm/SwiGLU blocks with q/k/v biases only, else llama. Throws config_error
 /// for a mix no family computes (e.g. RMSNorm with learned positions).
 inline std::string family_of(const student::TransformerConfig& c) {
-    const bool gpt2 = !c.rms() && !c.rope() && c.mlp == "gelu" && c.qkv_bias && c.proj_bias && c.mlp_bias &&
+    const bool gpt2 = !c.rms() && !c.rope() && !c.swiglu() && c.qkv_bias && c.proj_bias && c.mlp_bias &&
                       c.tie_embeddings && c.kv_heads() == c.n_heads;
     if (gpt2) return "gpt2";
-    if (c.rms() && c.rope() && c.mlp == "swiglu") {
+    if (c.rms() && c.rope() && c.swiglu()) {
         if (c.qkv_bias && !c.proj_bias && !c.mlp_bias) return "qwen2";
         if (c.qkv_bias == c.proj_bias) return "llama";
     }

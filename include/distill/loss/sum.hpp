@@ -132,13 +132,12 @@ public:
     /// Each term's unweighted value at the last call.
     const std::array<double, size>& values() const noexcept { return values_; }
     const std::array<double, size>& weights() const noexcept { return weights_; }
-    /// Whether a term of nonzero weight reads teacher signal `Signal` (e.g. `signal::hidden_states_t`):
+    /// Whether a term of nonzero weight reads the teacher's activations (`loss::needs_activations`):
     /// the run-time refinement of `needs`.
-    template <class Signal>
-    bool reads() const noexcept {
-        constexpr std::array<bool, size> needs_it = {term_needs<Terms, Signal>...};
+    bool reads_activations() const noexcept {
+        constexpr std::array<bool, size> reads = {needs_activations<Terms>...};
         for (std::size_t i = 0; i < size; ++i)
-            if (needs_it[i] && weights_[i] != 0) return true;
+            if (reads[i] && weights_[i] != 0) return true;
         return false;
     }
     /// Changes term i's weight (e.g. a schedule); finite and >= 0.

@@ -67,9 +67,10 @@ struct TransformerConfig {
     /// Width of a q|k|v row: (H + 2 Hkv) hs.
     int qkv_width() const noexcept { return (n_heads + 2 * kv_heads()) * head_size(); }
     /// Width of the MLP's first projection: F, or 2F (gate | up) for SwiGLU.
-    int fc_width() const noexcept { return mlp == "swiglu" ? 2 * d_ff : d_ff; }
+    int fc_width() const noexcept { return swiglu() ? 2 * d_ff : d_ff; }
     bool rms() const noexcept { return norm == "rmsnorm"; }
     bool rope() const noexcept { return positions == "rope"; }
+    bool swiglu() const noexcept { return mlp == "swiglu"; }
 
     /// Throws `config_error` naming the first field that is out of range. The upper bounds are far
     /// beyond any published model; they exist because configs come from downloaded files, and they
@@ -329,7 +330,7 @@ private:
         nn::linear_forward(dev_, act(a.res_attn), act(a.atty), val(w.proj_w), val(w.proj_b), N, C, C, true);
         norm_forward(act(a.ln2), act(a.ln2_mean), act(a.ln2_rstd), act(a.res_attn), w.ln2_w, w.ln2_b, N);
         nn::linear_forward(dev_, act(a.fc), act(a.ln2), val(w.fc_w), val(w.fc_b), N, C, cfg_.fc_width());
-        if (cfg_.mlp == "swiglu")
+        if (cfg_.swiglu())
             swiglu_forward(dev_, act(a.fc_act), act(a.fc), N, F);
         else
             gelu_forward(dev_, act(a.fc_act), act(a.fc), std::int64_t(N) * F);
@@ -590,7 +591,7 @@ public:
             // MLP branch: res_out = res_attn + proj(act(fc(norm2(res_attn))))
             nn::linear_backward(dev_, act(d_act_), grad(w.mlp_proj_w), grad(w.mlp_proj_b), d_res, act(a.fc_act),
                                 val(w.mlp_proj_w), N, F, C);
-            if (cfg_.mlp == "swiglu")
+            if (cfg_.swiglu())
                 swiglu_backward(dev_, act(d_fc_), act(a.fc), act(d_act_), N, F);
             else
                 gelu_backward(dev_, act(d_fc_), act(a.fc), act(d_act_), std::int64_t(N) * F);

@@ -32,7 +32,7 @@ struct Slowed {
     InProcess& inner;
     int ms;
     static constexpr auto provides = InProcess::provides;
-    using tokenizer_type = InProcess::tokenizer_type;
+    std::string tokenizer_id() const { return inner.tokenizer_id(); }
     std::string fingerprint() const { return inner.fingerprint(); }
     std::string name() const { return inner.name(); }
     int batch_size() const { return inner.batch_size(); }

@@ -4,10 +4,14 @@
 
 #include <doctest/doctest.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
 
 #include "distill/distill.hpp"
 #include "teacher_fixtures.hpp"
@@ -123,8 +127,11 @@ TEST_CASE("Distiller: bad policy sections, data and combinations fail at constru
     CHECK(construct(with("/loss/soft_kl/temperature", -1.0)).starts_with("soft_kl.temperature"));
     CHECK(construct(with("/optimizer/beta1", 1.5)).starts_with("optimizer.beta1"));
     CHECK(construct(with("/hyperparameters/batch_size", 32)).starts_with("teacher.max_batch: is 16, smaller than"));
-    CHECK(
-        construct(with("/student/vocab_size", 300)).starts_with("student.vocab_size: is 300 but the teacher's is 263"));
+    CHECK(construct(with("/student/vocab_size", 300))
+              .starts_with("student.vocab_size: is 300, more rows than the teacher's 263: online losses compare"));
+    CHECK(construct(with("/student/vocab_size", 200)) ==
+          "student.vocab_size: is 200, but the student's tokenizer byte-v1 has 263 ids");
+    CHECK(construct(with("/tokenizer", (w.dir / "absent").string())).starts_with("tokenizer: is \""));
     CHECK(construct(with("/student/n_heads", 5)).starts_with("student"));
     CHECK(construct(with("/training_data", (w.dir / "absent.jsonl").string())).starts_with("training_data: "));
     distill::testing::write_text(w.dir / "broken.jsonl", "{\"prompt\": \"a\"}\n{\"prompt\": 3}\n");
@@ -285,6 +292,199 @@ TEST_CASE("Distiller offline: top-k log-probabilities from the generate stage's 
     CHECK(losses.back() < losses.front());
     CHECK_THROWS_WITH_AS(d.evaluate(), doctest::Contains("test_data"), config_error);
 }
+
+#if defined(DISTILL_WITH_TEXT)
+namespace {
+
+using TextDistiller =
+    Distiller<teacher::Model<student::Transformer>, student::Transformer, loss::HardCE, optim::AdamW, device::Cpu>;
+
+// Two Hugging Face teacher directories with the qwen2 fixture tokenizer (903 ids) and a ChatML
+// template: `padded` has 1024 embedding rows, `exact` the same network with the tokenizer's rows
+// alone. Greedy answers end at position 40 (a position feature the <|im_end|> row reads), and the
+// padding rows never win (the final LayerNorm's bias puts their logits near -30), so both teachers
+// answer alike and their logits agree on every real token's column.
+struct HfWorld {
+    TempDir dir{"distiller-hf"};
+    fs::path padded = dir / "padded", exact = dir / "exact";
+    int ids = 0;
+    HfWorld() {
+        const fs::path tokenizers = fs::path(DISTILL_TEST_DATA_DIR) / "tokenizers";
+        const std::string chatml =
+            "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+            "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+        ids = data::HfTokenizer(tokenizers / "qwen2" / "tokenizer.json").vocab_size();
+        student::TransformerConfig c{
+            .vocab_size = 1024, .context_length = 64, .d_model = 16, .n_layers = 1, .n_heads = 2, .d_ff = 32};
+        student::Transformer<float, device::Cpu> big(c, 8);
+        big.init(5);
+        c.vocab_size = ids;
+        student::Transformer<float, device::Cpu> small(c, 8);
+        for (auto& p : big.parameters()) {
+            float* v = p.value.data();
+            if (p.name == "ln_f.bias") v[0] = 8.0f;
+            if (p.name == "wpe.weight")  // feature 1: before or after position 40
+                for (int pos = 0; pos < 64; ++pos) v[pos * 16 + 1] = pos < 40 ? -3.0f : 3.0f;
+            if (p.name == "wte.weight") {
+                for (int j = 0; j < 16; ++j) v[2 * 16 + j] = j == 1 ? 2.0f : 0.0f;  // <|im_end|> from position 40 on
+                for (int r = ids; r < 1024; ++r)
+                    for (int j = 0; j < 16; ++j) v[r * 16 + j] = j == 0 ? -4.0f : 0.0f;
+            }
+            for (auto& q : small.parameters())
+                if (q.name == p.name) std::copy(v, v + q.value.numel(), q.value.data());
+        }
+        for (const auto& [to, net] : {std::pair{padded, &big}, std::pair{exact, &small}}) {
+            io::hf::save(to, *net);
+            fs::copy_file(tokenizers / "qwen2" / "tokenizer.json", to / "tokenizer.json");
+            distill::testing::write_text(
+                to / "tokenizer_config.json",
+                nlohmann::json{{"eos_token", "<|im_end|>"}, {"pad_token", "<|endoftext|>"}, {"chat_template", chatml}}
+                    .dump());
+        }
+        std::string train, test;
+        for (int i = 0; i < 24; ++i)
+            train += nlohmann::json{{"prompt",
+                                     "Question " + std::to_string(i) + ": what comes after " + std::to_string(i) + "?"}}
+                         .dump() +
+                     "\n";
+        for (int i = 0; i < 4; ++i)
+            test += nlohmann::json{{"prompt", "What is " + std::to_string(i) + " plus one?"},
+                                   {"completion", std::to_string(i + 1)}}
+                        .dump() +
+                    "\n";
+        distill::testing::write_text(dir / "train.jsonl", train);
+        distill::testing::write_text(dir / "test.jsonl", test);
+    }
+    nlohmann::json job(const std::string& out, const fs::path& teacher, int student_vocab, const std::string& tokenizer,
+                       nlohmann::json loss) const {
+        return {{"teacher", {{"kind", "model"}, {"weights", teacher.string()}, {"max_batch", 8}}},
+                {"student",
+                 {{"vocab_size", student_vocab},
+                  {"context_length", 64},
+                  {"d_model", 16},
+                  {"n_layers", 1},
+                  {"n_heads", 2},
+                  {"d_ff", 32}}},
+                {"tokenizer", tokenizer},
+                {"training_data", (dir / "train.jsonl").string()},
+                {"test_data", (dir / "test.jsonl").string()},
+                {"task_type", "qa"},
+                {"generation", {{"max_new_tokens", 12}}},
+                {"hyperparameters", {{"learning_rate", 1e-2}, {"batch_size", 8}, {"max_steps", 4}, {"log_every", 1}}},
+                {"loss", std::move(loss)},
+                {"baseline", {{"enabled", false}}},
+                {"evaluation", {{"batch_size", 8}, {"latency_samples", 1}}},
+                {"output_dir", (dir / out).string()}};
+    }
+};
+
+HfWorld& hf_world() {
+    static HfWorld w;
+    return w;
+}
+
+std::vector<double> train_losses(const fs::path& run) {
+    std::vector<double> losses;
+    std::istringstream in(read(run / "student" / "metrics.jsonl"));
+    for (std::string line; std::getline(in, line);) {
+        const auto r = nlohmann::json::parse(line);
+        if (r["kind"] == "train") losses.push_back(r["loss"].get<double>());
+    }
+    return losses;
+}
+
+}  // namespace
+
+TEST_CASE("Distiller with a published tokenizer: the teacher's template end to end, padding rows trimmed") {
+    auto& w = hf_world();
+    const nlohmann::json loss = {{"soft_kl", {{"weight", 1.0}}}, {"hard_ce", {{"weight", 1.0}}}};
+    // the student has the tokenizer's rows; the padded teacher's logits are cut to them
+    const Job job = parse_job(w.job("padded", w.padded, w.ids, "", loss));
+    teacher::Model<student::Transformer> t(teacher_config(job));
+    const data::HfTokenizer tok(w.padded / "tokenizer.json");
+    CHECK(t.tokenizer_id() == tok.id());
+    CHECK(t.vocab_size() == 1024);
+    OnlineDistiller d(job, t, device::Cpu{}, {.quiet = true});
+    CHECK(d.chat_template().tokenizer_id() == tok.id());
+    CHECK(d.alignment().match == data::vocab_match::padded);
+    CHECK(d.alignment().logit_columns == w.ids);
+    d.generate();
+    const auto records = teacher::read_synthetic(fs::path(job.output_dir) / "generate" / "synthetic.jsonl");
+    REQUIRE(records.size() >= 8);
+    for (const auto& r : records) {
+        CAPTURE(r.id);
+        // the answer ends at <|im_end|> and its text is the tokenizer's decoding of its ids
+        REQUIRE(!r.response.tokens.empty());
+        CHECK(r.response.tokens.back() == *tok.token_to_id("<|im_end|>"));
+        CHECK(r.response.text == tok.decode(r.response.tokens, /*skip_special_tokens=*/true));
+        CHECK(r.response.usage.prompt_tokens == std::int64_t(tok.encode(tok.chat().render(r.prompt), false).size()));
+    }
+    CHECK(d.finetune()["student"]["steps"] == 4);
+    const auto report = d.evaluate();
+    CHECK(report["models"]["student"]["failed"] == 0);
+    CHECK(report["models"]["teacher"]["failed"] == 0);
+
+    // the same network without padding rows answers alike and trains the student to the same losses
+    const Job same = parse_job(w.job("exact", w.exact, w.ids, "", loss));
+    teacher::Model<student::Transformer> e(teacher_config(same));
+    OnlineDistiller de(same, e, device::Cpu{}, {.quiet = true});
+    CHECK(de.alignment().match == data::vocab_match::identical);
+    de.generate();
+    const auto exact_records = teacher::read_synthetic(fs::path(same.output_dir) / "generate" / "synthetic.jsonl");
+    REQUIRE(exact_records.size() == records.size());
+    for (std::size_t i = 0; i < records.size(); ++i) CHECK(exact_records[i].response.text == records[i].response.text);
+    de.finetune();
+    const auto a = train_losses(job.output_dir), b = train_losses(same.output_dir);
+    REQUIRE(a.size() == 4);
+    REQUIRE(b.size() == a.size());
+    for (std::size_t i = 0; i < a.size(); ++i) CHECK(a[i] == doctest::Approx(b[i]).epsilon(1e-6));
+
+    // naming the teacher's tokenizer explicitly is the same tokenizer
+    const Job named = parse_job(w.job("named", w.padded, w.ids, w.padded.string(), loss));
+    CHECK(OnlineDistiller(named, t, device::Cpu{}, {.quiet = true}).alignment().match == data::vocab_match::padded);
+}
+
+TEST_CASE("Distiller across tokenizers: logit-level losses refused, text distillation re-encodes the answers") {
+    auto& w = hf_world();
+    const nlohmann::json online_loss = {{"soft_kl", {{"weight", 1.0}}}, {"hard_ce", {{"weight", 1.0}}}};
+    const nlohmann::json topk_loss = {{"topk_soft_kl", {{"weight", 1.0}}}, {"hard_ce", {{"weight", 1.0}}}};
+    teacher::Model<student::Transformer> t(teacher_config(parse_job(w.job("x", w.padded, 263, "byte", online_loss))));
+    auto refusal = [&](const nlohmann::json& j, auto type) -> std::string {
+        try {
+            typename decltype(type)::type d(parse_job(j), t, device::Cpu{}, {.quiet = true});
+        } catch (const config_error& e) {
+            return e.what();
+        }
+        return "(no error)";
+    };
+    const std::string want = "loss: the teacher's and the student's vocabularies differ (the teacher's tokenizer has " +
+                             std::to_string(w.ids) + " tokens, the student's 263): logit-level losses";
+    CHECK(refusal(w.job("x", w.padded, 263, "byte", online_loss), std::type_identity<OnlineDistiller>{})
+              .starts_with(want));
+    nlohmann::json topk = w.job("x", w.padded, 263, "byte", topk_loss);
+    topk["generation"]["top_logprobs"] = 4;
+    CHECK(refusal(topk, std::type_identity<OfflineDistiller>{}).starts_with(want));
+    CHECK(refusal(w.job("x", w.padded, 263, "byte", online_loss), std::type_identity<OnlineDistiller>{})
+              .find("use sequence-level distillation") != std::string::npos);
+    // another published tokenizer: the first id whose token differs is named
+    const fs::path llama3 = fs::path(DISTILL_TEST_DATA_DIR) / "tokenizers" / "llama3";
+    CHECK(refusal(w.job("x", w.padded, 1024, llama3.string(), online_loss), std::type_identity<OnlineDistiller>{})
+              .find("tokenizer has") != std::string::npos);
+
+    // sequence-level distillation into a byte-tokenizer student: the teacher's text, re-encoded
+    const Job job = parse_job(w.job("text", w.padded, 263, "byte", {{"hard_ce", nlohmann::json::object()}}));
+    TextDistiller d(job, t, device::Cpu{}, {.quiet = true});
+    CHECK(d.alignment().match == data::vocab_match::different);
+    CHECK(d.chat_template().tokenizer_id() == "byte-v1");
+    d.generate();
+    CHECK(d.finetune()["student"]["steps"] == 4);
+    const auto losses = train_losses(job.output_dir);
+    REQUIRE(losses.size() == 4);
+    for (double l : losses) CHECK(std::isfinite(l));
+    const auto report = d.evaluate();
+    CHECK(report["models"]["student"]["failed"] == 0);
+}
+#endif
 
 TEST_CASE("task metrics per task type, and agreement with the teacher") {
     const std::vector<std::string> refs = {"3+4=7. The answer is 7.", "The answer is 10."};

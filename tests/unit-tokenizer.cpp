@@ -12,6 +12,7 @@
 #include <functional>
 #include <iterator>
 #include <map>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -20,6 +21,7 @@
 
 #include "distill/data/chat_template.hpp"
 #include "distill/data/hf_tokenizer.hpp"
+#include "distill/data/load_chat_template.hpp"
 #include "distill/data/vocab_alignment.hpp"
 #include "distill/error.hpp"
 
@@ -304,7 +306,7 @@ TEST_CASE("HfChatTemplate: recognized templates render what transformers renders
     CHECK_THROWS_WITH_AS(distill::data::HfChatTemplate::recognize("{{ messages[0].content }} [INST]"),
                          Contains("unrecognized chat template"), distill::config_error);
     CHECK_THROWS_WITH_AS(distill::data::HfChatTemplate::recognize("{{ x }}"),
-                         Contains("HfChatTemplate::named(\"chatml\" | \"llama3\" | \"phi3\" | \"plain\")"),
+                         Contains("{\"format\": \"chatml\" | \"llama3\" | \"phi3\" | \"plain\"}"),
                          distill::config_error);
     CHECK_THROWS_WITH_AS(distill::data::HfChatTemplate::named("vicuna"), Contains("unknown chat template \"vicuna\""),
                          distill::config_error);
@@ -316,6 +318,68 @@ TEST_CASE("HfChatTemplate: recognized templates render what transformers renders
     cfg["chat_template"] = g["templates"][2]["chat_template"];
     const HfTokenizer llama = HfTokenizer::from_json(slurp(fixtures / "llama3" / "tokenizer.json"), cfg.dump());
     CHECK(llama.chat().render(conversations[0]) == g["templates"][2]["expected"][0].get<std::string>());
+}
+
+TEST_CASE("ChatTemplate over a published tokenizer: prompt and answer ids equal transformers'") {
+    using distill::data::ChatTemplate;
+    const nlohmann::json g = read_json(fixtures / "chat_ids.json");
+    std::vector<std::vector<distill::data::Message>> conversations;
+    for (const auto& c : g["conversations"]) {
+        std::vector<distill::data::Message> m;
+        for (const auto& t : c) m.push_back({t["role"].get<std::string>(), t["content"].get<std::string>()});
+        conversations.push_back(m);
+    }
+    for (const auto& c : g["cases"]) {
+        const std::string fixture = c["tokenizer"], name = c["name"];
+        CAPTURE(fixture);
+        CAPTURE(name);
+        // the template as a model ships it: in tokenizer_config.json, recognized from its markers
+        nlohmann::json cfg = nlohmann::json::object();
+        cfg["bos_token"] = c["bos_token"];
+        cfg["eos_token"] = c["eos_token"];
+        cfg["chat_template"] = c["chat_template"];
+        auto tok = std::make_shared<const HfTokenizer>(
+            HfTokenizer::from_json(slurp(fixtures / fixture / "tokenizer.json"), cfg.dump()));
+        const ChatTemplate tpl = distill::data::hf_chat_template(tok);
+        CHECK(tpl.tokenizer_id() == tok->id());
+        CHECK(tpl.vocab_size() == tok->vocab_size());
+        for (std::size_t i = 0; i < conversations.size(); ++i) {
+            CAPTURE(i);
+            CHECK(show(tpl.encode_prompt(conversations[i])) == show(c["prompts"][i].get<std::vector<std::int32_t>>()));
+        }
+        for (std::size_t i = 0; i < g["answers"].size(); ++i) {
+            CAPTURE(i);
+            const auto want = c["answers"][i].get<std::vector<std::int32_t>>();
+            const auto ids = tpl.encode_response(g["answers"][i].get<std::string>());
+            CHECK(show(ids) == show(want));
+            CHECK(tpl.is_stop_token(ids.back()));  // the answer ends with the token generation stops at
+            CHECK(tpl.decode(ids) == c["decoded"][i].get<std::string>());
+            // an id of a padding row (past the tokenizer's) has no text
+            std::vector<std::int32_t> padded = ids;
+            padded.insert(padded.begin() + 1, tok->vocab_size() + 7);
+            CHECK(tpl.decode(padded) == c["decoded"][i].get<std::string>());
+        }
+        CHECK(!tpl.is_stop_token(tpl.encode_response("x").front()));
+        // a format named in the job's chat_template overrides the recognized one
+        const ChatTemplate plain = distill::data::hf_chat_template(tok, {.format = "plain"});
+        CHECK(plain.id() != tpl.id());
+        CHECK(plain.encode_prompt(conversations[0]) == tok->encode("Hello!", false));
+    }
+    // a format whose end-of-turn token the tokenizer lacks, and an unknown format name, are errors
+    const auto gpt2 = std::make_shared<const HfTokenizer>(fixtures / "gpt2" / "tokenizer.json");
+    CHECK_THROWS_WITH_AS(distill::data::hf_chat_template(gpt2, {.format = "llama3"}),
+                         Contains("ends a turn with \"<|eot_id|>\", which tokenizer"), distill::config_error);
+    CHECK_THROWS_WITH_AS(distill::data::hf_chat_template(gpt2, {.format = "vicuna"}), Contains("chat_template.format"),
+                         distill::config_error);
+    // the byte tokenizer has its own template: naming a format there is an error
+    CHECK_THROWS_WITH_AS(ChatTemplate({.format = "chatml"}), Contains("the byte tokenizer has its own template"),
+                         distill::config_error);
+    // load_chat_template: "byte", a directory holding a tokenizer.json, or a file; anything else is named
+    CHECK(distill::data::load_chat_template("byte").tokenizer_id() == "byte-v1");
+    CHECK(distill::data::load_chat_template((fixtures / "qwen2").string()).tokenizer_id() ==
+          HfTokenizer(fixtures / "qwen2" / "tokenizer.json").id());
+    CHECK_THROWS_WITH_AS(distill::data::load_chat_template("/nonexistent/tok", {}, "tokenizer"),
+                         Contains("tokenizer: is \"/nonexistent/tok\": expected \"byte\""), distill::config_error);
 }
 
 TEST_CASE("align_vocabularies: identical, padded and different vocabularies") {

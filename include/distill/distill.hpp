@@ -6,6 +6,7 @@
 #include "distill/data/chat.hpp"
 #include "distill/data/chat_template.hpp"
 #include "distill/data/jsonl.hpp"
+#include "distill/data/load_chat_template.hpp"
 #include "distill/data/math_task.hpp"
 #include "distill/data/reversal.hpp"
 #include "distill/data/vocab_alignment.hpp"

@@ -58,6 +58,9 @@
 
 #include "distill/data/chat.hpp"
 #include "distill/data/dataset.hpp"
+#include "distill/data/load_chat_template.hpp"
+#include "distill/data/vocab_alignment.hpp"
+#include "distill/detail/arena.hpp"
 #include "distill/detail/hash.hpp"
 #include "distill/device.hpp"
 #include "distill/error.hpp"
@@ -117,6 +120,15 @@ inline void copy_file_atomic(const std::filesystem::path& from, const std::files
     if (!in) throw io_error(from, "cannot open");
     std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     io::write_file_atomic(to, bytes);
+}
+
+/// The bytes of a checkpoint: a weights file, or the safetensors files of a Hugging Face directory.
+inline std::uintmax_t checkpoint_bytes(const std::filesystem::path& weights) {
+    if (!std::filesystem::is_directory(weights)) return std::filesystem::file_size(weights);
+    std::uintmax_t bytes = 0;
+    for (const auto& e : std::filesystem::directory_iterator(weights))
+        if (e.is_regular_file() && e.path().extension() == ".safetensors") bytes += e.file_size();
+    return bytes;
 }
 
 inline double seconds_since(std::chrono::steady_clock::time_point t0) {
@@ -183,8 +195,12 @@ public:
         job_.validate();
         io::from_json(job_.student, student_cfg_, "student");
         student_cfg_.validate("student");
-        if constexpr (requires { teacher_.chat_template(); })
-            template_ = data::ChatTemplate<>(teacher_.chat_template().config());
+        template_ = student_template();
+        if (student_cfg_.vocab_size < template_.vocab_size())
+            throw config_error("student.vocab_size", "is " + std::to_string(student_cfg_.vocab_size) +
+                                                         ", but the student's tokenizer " + template_.tokenizer_id() +
+                                                         " has " + std::to_string(template_.vocab_size()) + " ids");
+        answer_tokens_reusable_ = teacher_tokenizer_id(teacher_) == template_.tokenizer_id();
         loss_cfg_ = parse_loss_config();
         optimizer_cfg_ = parse_optimizer_config();
         train_ = read_data("training_data", job_.training_data);
@@ -206,12 +222,9 @@ public:
                 throw config_error("generation.top_logprobs",
                                    "is 0, but the loss reads the teacher's top-k log-probabilities; set 1..20");
         }
+        if constexpr (online || uses_topk || requires { teacher_.chat_template(); }) align_vocabularies();
         if constexpr (online) {
             const auto& t = teacher_.network().config();
-            if (t.vocab_size != student_cfg_.vocab_size)
-                throw config_error("student.vocab_size", "is " + std::to_string(student_cfg_.vocab_size) +
-                                                             " but the teacher's is " + std::to_string(t.vocab_size) +
-                                                             "; logit-level losses need one vocabulary");
             if (t.context_length < student_cfg_.context_length)
                 throw config_error("student.context_length", "is " + std::to_string(student_cfg_.context_length) +
                                                                  ", longer than the teacher's " +
@@ -237,6 +250,11 @@ public:
 
     const Job& job() const noexcept { return job_; }
     const std::filesystem::path& output_dir() const noexcept { return out_; }
+    /// The student's tokenizer and chat format (see `Job::tokenizer`).
+    const data::ChatTemplate& chat_template() const noexcept { return template_; }
+    /// How the teacher's and the student's vocabularies line up, decided at construction for losses
+    /// that compare them (online terms, top-k); `different` otherwise.
+    const data::VocabAlignment& alignment() const noexcept { return alignment_; }
 
     // ---- generate ----------------------------------------------------------------------------------
 
@@ -388,12 +406,54 @@ private:
         }
     }
 
+    // The student's tokenizer and chat format: the job's `tokenizer` (with the teacher's chat-template
+    // settings, its format recognized anew), else the in-process teacher's own, else the byte one.
+    data::ChatTemplate student_template() const {
+        data::ChatTemplateConfig settings{};
+        if constexpr (requires { teacher_.chat_template(); }) {
+            if (job_.tokenizer.empty()) return teacher_.chat_template();
+            settings = teacher_.chat_template().config();
+            settings.format.clear();
+        }
+        return data::load_chat_template(job_.tokenizer, settings, "tokenizer");
+    }
+
+    // Losses that compare the two models position by position and column by column (online terms,
+    // top-k) need one tokenizer: the teacher's padding rows past the student's are trimmed (with a
+    // notice); different tokenizers are refused with the advice to distill through the text, which
+    // works across tokenizers (the teacher's answers are then re-encoded with the student's).
+    void align_vocabularies() {
+        const std::int64_t student_rows = student_cfg_.vocab_size;
+        data::VocabInfo teacher_vocab;
+        if constexpr (requires { teacher_.chat_template(); }) {
+            teacher_vocab = teacher_.chat_template().vocab_info("teacher", teacher_vocab_size(teacher_));
+        } else {  // a cache or an endpoint, known by its tokenizer's name
+            teacher_vocab = template_.vocab_info("teacher");
+            if (!answer_tokens_reusable_) teacher_vocab.tokens = {"(tokenizer " + teacher_tokenizer_id(teacher_) + ")"};
+        }
+        alignment_ = data::align_vocabularies(teacher_vocab, template_.vocab_info("student", student_rows));
+        if constexpr (!online && !uses_topk) return;  // text distillation works across tokenizers
+        data::require_logit_compatible(alignment_);
+        if constexpr (online) {
+            const std::int64_t teacher_rows = teacher_.network().config().vocab_size;
+            if (teacher_rows < student_rows)
+                throw config_error("student.vocab_size",
+                                   "is " + std::to_string(student_rows) + ", more rows than the teacher's " +
+                                       std::to_string(teacher_rows) +
+                                       ": online losses compare the teacher's logits column by column; give the "
+                                       "student at most the teacher's rows (and at least the tokenizer's " +
+                                       std::to_string(template_.vocab_size()) + " ids)");
+        }
+        if (alignment_.match == data::vocab_match::padded) say("tokenizer: " + alignment_.message);
+    }
+
     loss::dims dims(int max_batch) const {
         loss::dims d;
         d.student = loss::model_dims_of_config(student_cfg_);
-        if constexpr (online)
+        if constexpr (online) {
             d.teacher = loss::model_dims_of(teacher_.network());
-        else
+            d.teacher.vocab_size = student_cfg_.vocab_size;  // padding rows past it are trimmed
+        } else
             d.teacher = {student_cfg_.vocab_size, 0, 0, 0};
         d.max_batch = max_batch;
         d.max_length = student_cfg_.context_length;
@@ -471,11 +531,17 @@ private:
         if (!std::filesystem::exists(path))
             throw error("finetune: " + path.string() + " does not exist; run the generate stage first");
         const std::string fp = generation_fingerprint(teacher_, sampling_);
-        Sequences s{data::SequenceDataset(data::ByteTokenizer::pad, student_cfg_.context_length)};
+        Sequences s{data::SequenceDataset(template_.pad(), student_cfg_.context_length)};
         if constexpr (uses_topk) {
             auto topk_path = path;
             topk_path.replace_extension(".topk");
             s.topk_file = std::make_shared<io::topk_file>(topk_path);
+            if (s.topk_file->header().tokenizer != template_.tokenizer_id())
+                throw config_error("tokenizer",
+                                   "the top-k ids of " + topk_path.string() + " belong to tokenizer " +
+                                       s.topk_file->header().tokenizer + ", the student's is " +
+                                       template_.tokenizer_id() +
+                                       ": top-k losses need the teacher's tokenizer (data/vocab_alignment.hpp)");
         }
         const auto records = teacher::read_synthetic(path);
         // In input order, not file order: answers retried by a later run (an endpoint that failed
@@ -488,8 +554,11 @@ private:
             const auto& r = records[i];
             if (r.fingerprint != fp) throw teacher::fingerprint_error(path.string(), r.fingerprint, fp);
             const auto prompt = template_.encode_prompt(r.prompt);
-            const auto response =
-                r.response.tokens.empty() ? template_.encode_response(r.response.text) : r.response.tokens;
+            // the teacher's own ids when they are the student's tokenizer's, else its text re-encoded
+            const bool reuse = answer_tokens_reusable_ && !r.response.tokens.empty() &&
+                               std::all_of(r.response.tokens.begin(), r.response.tokens.end(),
+                                           [&](std::int32_t id) { return id >= 0 && id < student_cfg_.vocab_size; });
+            const auto response = reuse ? r.response.tokens : template_.encode_response(r.response.text);
             if (prompt.size() + response.size() > std::size_t(student_cfg_.context_length)) {
                 ++s.skipped_too_long;
                 continue;
@@ -514,7 +583,7 @@ private:
     }
 
     data::SequenceDataset reference_sequences(const data::Dataset& ds, std::int64_t* skipped) const {
-        data::SequenceDataset seqs(data::ByteTokenizer::pad, student_cfg_.context_length);
+        data::SequenceDataset seqs(template_.pad(), student_cfg_.context_length);
         for (const auto& ex : ds.examples) {
             if (!ex.reference) continue;
             const auto prompt = template_.encode_prompt(ex.prompt);
@@ -548,6 +617,7 @@ private:
             if constexpr (online) {
                 d_->teacher_.forward(batch.tokens.data(), B, T);
                 loss::collect_outputs(d_->teacher_, out_);
+                if (out_.logits.size(2) > d_->student_cfg_.vocab_size) trim_teacher_logits(B, T);
             }
             if constexpr (uses_topk) fill_topk(p == train::pass::train ? *train_ : *val_, batch);
             auto ctx = ws_->begin(s, out_, Tensor<const std::uint8_t>(mask_.data(), {B, T}),
@@ -565,10 +635,23 @@ private:
         }
 
     private:
+        // The teacher's (B,T,Vt) logits cut to the student's (B,T,Vs) columns, Vt > Vs: the same
+        // tokens, the teacher's embedding padded further (data/vocab_alignment.hpp).
+        void trim_teacher_logits(int B, int T) {
+            const std::int64_t Vt = out_.logits.size(2), Vs = d_->student_cfg_.vocab_size, rows = std::int64_t(B) * T;
+            const std::size_t need = std::size_t(rows * Vs);
+            if (trimmed_.size() < need) trimmed_ = detail::Arena<float, Device>(d_->device_, need);
+            const float* from = out_.logits.data();
+            for (std::int64_t r = 0; r < rows; ++r)  // one copy per row: Vs of every Vt values
+                d_->device_.copy(trimmed_.data() + r * Vs, from + r * Vt, sizeof(float) * std::size_t(Vs));
+            out_.logits = Tensor<const float>(trimmed_.data(), {B, T, Vs}, Device::memory);
+        }
+
         // (B,T,k) ids and log-probabilities: the teacher's distribution over response token j sits
         // at the position that predicts it, prompt_length + j - 1; -1 ids elsewhere.
         void fill_topk(const Sequences& seqs, const data::Batch& batch) {
-            const int B = batch.batch, T = batch.length, k = d_->sampling_.top_logprobs;
+            const int B = batch.batch, T = batch.length, k = d_->sampling_.top_logprobs,
+                      V = d_->student_cfg_.vocab_size;
             ids_.assign(std::size_t(B) * T * k, -1);
             lps_.assign(ids_.size(), 0.0f);
             for (int b = 0; b < B; ++b) {
@@ -581,7 +664,9 @@ private:
                     if (pos < 0 || pos >= T) continue;
                     const std::size_t dst = (std::size_t(b) * T + std::size_t(pos)) * k;
                     for (int c = 0; c < use; ++c) {
-                        ids_[dst + c] = r.top_ids[j * rk + c];
+                        const std::int32_t id = r.top_ids[j * rk + c];
+                        if (id >= V) continue;  // a padding row of a teacher with more rows: not a token
+                        ids_[dst + c] = id;
                         lps_[dst + c] = r.top_logprobs[j * rk + c];
                     }
                 }
@@ -600,6 +685,7 @@ private:
         std::vector<std::uint8_t> mask_{};
         std::vector<std::int32_t> ids_{};
         std::vector<float> lps_{};
+        detail::Arena<float, Device> trimmed_{};  // the teacher's logits on the student's columns
     };
 
     // ---- training runs ----------------------------------------------------------------------------
@@ -721,6 +807,7 @@ private:
             {"baseline", baseline_digest},
             {"teacher", job_.evaluation.evaluate_teacher ? teacher_.fingerprint() : ""},
             {"test", detail::sha256_file(job_.test_data)},
+            {"template", template_.id()},
             {"evaluation", io::to_json(job_.evaluation)},
             {"generation", io::to_json(sampling_)},
             {"task_type",
@@ -770,7 +857,7 @@ private:
             m["parameters"] = model.network().config().parameter_count();
         if constexpr (requires { model.config().weights; })
             if (!model.config().weights.empty() && std::filesystem::exists(model.config().weights))
-                m["checkpoint_bytes"] = std::filesystem::file_size(model.config().weights);
+                m["checkpoint_bytes"] = distiller_detail::checkpoint_bytes(model.config().weights);
         m["peak_rss_bytes"] = memory.peak_bytes();
         m["latency_ms_p50"] = eval::percentile(latencies, 0.5);
         m["latency_ms_p95"] = eval::percentile(latencies, 0.95);
@@ -823,8 +910,7 @@ private:
         teacher::ModelConfig cfg;
         cfg.weights = weights.string();
         cfg.max_batch = job_.evaluation.batch_size;
-        cfg.chat_template = template_.config();
-        runner_type model(cfg, device_);
+        runner_type model(cfg, template_, device_);
         return measure(model, name, requests, references, sampling, memory);
     }
 
@@ -832,7 +918,7 @@ private:
     template <class Net>
     double reference_perplexity(Net& net, const std::vector<teacher::Request>& requests,
                                 const std::vector<std::string>& references) const {
-        data::SequenceDataset seqs(data::ByteTokenizer::pad, net.config().context_length);
+        data::SequenceDataset seqs(template_.pad(), net.config().context_length);
         for (std::size_t i = 0; i < requests.size(); ++i) {
             const auto prompt = template_.encode_prompt(requests[i].messages);
             const auto response = template_.encode_response(references[i]);
@@ -901,7 +987,9 @@ private:
     DistillerOptions opt_;
     std::filesystem::path out_;
     student_config student_cfg_{};
-    data::ChatTemplate<> template_{};
+    data::ChatTemplate template_{};       // the student's tokenizer and chat format
+    bool answer_tokens_reusable_ = true;  // the teacher's answer ids are the student tokenizer's
+    data::VocabAlignment alignment_{};    // teacher and student vocabularies (logit-level losses)
     typename loss_type::config loss_cfg_{};
     typename optimizer_type::config_type optimizer_cfg_{};
     teacher::Sampling sampling_{};

@@ -300,17 +300,12 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
                                    "missing, but " + synthetic.string() + " has " + std::to_string(with_record.size()) +
                                        " records; delete it to generate anew");
             if constexpr (teacher_provides<Teacher, signal::topk_logprobs_t>) {
-                using tokenizer = typename Teacher::tokenizer_type;
-                std::uint32_t vocab = std::uint32_t(tokenizer::vocab_size());
-                if constexpr (requires {
-                                  { teacher.vocab_size() } -> std::convertible_to<int>;
-                              })
-                    vocab = std::uint32_t(teacher.vocab_size());
-                io::write_file_atomic(topk_path, io::encode_topk_header({.version = io::topk_detail::current_version,
-                                                                         .k = std::uint32_t(sampling.top_logprobs),
-                                                                         .vocab_size = vocab,
-                                                                         .fingerprint = report.fingerprint,
-                                                                         .tokenizer = std::string(tokenizer::id())}));
+                io::write_file_atomic(topk_path,
+                                      io::encode_topk_header({.version = io::topk_detail::current_version,
+                                                              .k = std::uint32_t(sampling.top_logprobs),
+                                                              .vocab_size = std::uint32_t(teacher_vocab_size(teacher)),
+                                                              .fingerprint = report.fingerprint,
+                                                              .tokenizer = teacher_tokenizer_id(teacher)}));
             }
         }
     }

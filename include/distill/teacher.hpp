@@ -22,9 +22,10 @@
 ///   that fails is answered with `finish_reason::error` and a reason; only an error that concerns
 ///   every request (misconfiguration) is thrown.
 ///
-/// A teacher that provides `signal::topk_logprobs` names the tokenizer its ids belong to as
-/// `tokenizer_type` (with static `id()` and `vocab_size()`), and may give `int vocab_size() const`
-/// when its vocabulary is larger than the tokenizer's.
+/// A teacher that provides `signal::topk_logprobs` names the tokenizer its ids belong to, either at run
+/// time (`std::string tokenizer_id() const` and `int vocab_size() const`, as `teacher::Model` does)
+/// or as `tokenizer_type` (with static `id()` and `vocab_size()`; `int vocab_size() const` then
+/// when its vocabulary is larger than the tokenizer's).
 ///
 /// Optional members the generate stage uses when present: `int t.batch_size() const` (how many
 /// requests to hand over at once; default 16) and `static constexpr bool batch_invariant` (true when
@@ -277,6 +278,33 @@ int teacher_batch_size(const Teacher& teacher) {
         return std::max(1, int(teacher.batch_size()));
     else
         return 16;
+}
+
+/// The tokenizer `teacher`'s token ids belong to: its `tokenizer_id()`, else its `tokenizer_type::id()`,
+/// else "" (a text-only teacher).
+template <class Teacher>
+std::string teacher_tokenizer_id(const Teacher& teacher) {
+    if constexpr (requires {
+                      { teacher.tokenizer_id() } -> std::convertible_to<std::string>;
+                  })
+        return teacher.tokenizer_id();
+    else if constexpr (requires { Teacher::tokenizer_type::id(); })
+        return std::string(Teacher::tokenizer_type::id());
+    else
+        return {};
+}
+
+/// The ids `teacher` can give: its `vocab_size()`, else its `tokenizer_type::vocab_size()`, else 0.
+template <class Teacher>
+int teacher_vocab_size(const Teacher& teacher) {
+    if constexpr (requires {
+                      { teacher.vocab_size() } -> std::convertible_to<int>;
+                  })
+        return int(teacher.vocab_size());
+    else if constexpr (requires { Teacher::tokenizer_type::vocab_size(); })
+        return int(Teacher::tokenizer_type::vocab_size());
+    else
+        return 0;
 }
 
 /// Whether `Teacher`'s answers are independent of batch composition (its `batch_invariant`, else false).

@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <map>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -32,6 +33,7 @@
 
 #include "distill/data/byte_tokenizer.hpp"
 #include "distill/data/jsonl.hpp"
+#include "distill/data/vocab_alignment.hpp"
 #include "distill/detail/hash.hpp"
 #include "distill/error.hpp"
 
@@ -231,69 +233,170 @@ inline Dataset read_examples(const std::filesystem::path& path, const JsonlConfi
 
 /// Settings of the chat template. Keys are the JSON keys of a job's `chat_template` object.
 struct ChatTemplateConfig {
-    bool add_bos = true;          ///< start every sequence with the tokenizer's bos token
+    /// The byte tokenizer's template starts every sequence with `<|bos|>`. A published model's
+    /// template decides its own start (Llama-3's begins with its bos token), so this is ignored there.
+    bool add_bos = true;
     std::string system_prompt{};  ///< a system turn prepended when an example has none ("" = none)
+    /// A published tokenizer's chat format: "" recognizes it from the tokenizer's
+    /// tokenizer_config.json; "chatml", "llama3", "phi3" or "plain" names it. Must be "" for the byte
+    /// tokenizer, whose role tokens are its template.
+    std::string format{};
 
-    void validate(const std::string& = "chat_template") const {}
+    void validate(const std::string& path = "chat_template") const {
+        if (!format.empty() && format != "chatml" && format != "llama3" && format != "phi3" && format != "plain")
+            throw config_error(path + ".format",
+                               "expected \"\" (recognize it from the tokenizer), \"chatml\", "
+                               "\"llama3\", \"phi3\" or \"plain\", got \"" +
+                                   format + "\"");
+    }
 };
 
-/// Turns conversations into token ids (see the file comment for the layout).
-/// @tparam Tokenizer has `encode(string_view)` and the ids `bos`, `eos`, `system`, `user`,
-///         `assistant` and `end_of_turn`, like `ByteTokenizer`.
-template <class Tokenizer = ByteTokenizer>
-class ChatTemplate {
+/// What a tokenizer and its chat format do for the pipeline. `ChatTemplate` holds one; the byte
+/// tokenizer's is below, a published tokenizer's is `data::hf_chat_template` (data/hf_tokenizer.hpp).
+class ChatFormat {
 public:
-    using tokenizer_type = Tokenizer;
+    virtual ~ChatFormat() = default;
+    /// Identity for fingerprints: tokenizer, format and settings (not the system prompt).
+    virtual std::string id() const = 0;
+    /// The tokenizer's identity alone ("byte-v1", "hf-<digest>"): what top-k ids and answer tokens
+    /// belong to.
+    virtual std::string tokenizer_id() const = 0;
+    /// Ids a model needs embedding rows for.
+    virtual std::int32_t vocab_size() const = 0;
+    /// The prompt's ids, ending with the generation prompt.
+    virtual std::vector<std::int32_t> encode_prompt(std::span<const Message> prompt) const = 0;
+    /// An answer's ids: its text and the token that ends an assistant turn.
+    virtual std::vector<std::int32_t> encode_response(std::string_view response) const = 0;
+    /// The text of generated ids: special tokens and ids past the tokenizer's (padding rows) dropped,
+    /// runs of ids decoded together (a character may span several ids).
+    virtual std::string decode(std::span<const std::int32_t> ids) const = 0;
+    /// Whether generation stops at `token` (end of turn, end of sequence).
+    virtual bool is_stop_token(std::int32_t token) const = 0;
+    /// The id that fills batch rows past a sequence's end (never a loss target).
+    virtual std::int32_t pad() const = 0;
+    /// The tokens of every id, for data::align_vocabularies.
+    virtual VocabInfo vocab_info(std::string name, std::int64_t embedding_rows) const = 0;
+};
 
-    explicit ChatTemplate(ChatTemplateConfig config = {}, Tokenizer tokenizer = {})
-        : cfg_(std::move(config)), tok_(std::move(tokenizer)) {
-        cfg_.validate();
+/// The byte tokenizer's template (see the file comment for the layout).
+class ByteChatFormat final : public ChatFormat {
+public:
+    explicit ByteChatFormat(bool add_bos) : add_bos_(add_bos) {}
+
+    std::string id() const override {
+        return "chat-v1;tokenizer=" + std::string(ByteTokenizer::id()) + ";add_bos=" + (add_bos_ ? "1" : "0");
     }
+    std::string tokenizer_id() const override { return std::string(ByteTokenizer::id()); }
+    std::int32_t vocab_size() const override { return ByteTokenizer::vocab_size(); }
 
-    const ChatTemplateConfig& config() const noexcept { return cfg_; }
-    const Tokenizer& tokenizer() const noexcept { return tok_; }
-
-    /// The template's identity for fingerprints: its version, tokenizer and settings.
-    std::string id() const {
-        return "chat-v1;tokenizer=" + std::string(tok_.id()) + ";add_bos=" + (cfg_.add_bos ? "1" : "0") +
-               ";system_prompt=" + detail::sha256_hex(cfg_.system_prompt).substr(0, 16);
-    }
-
-    /// The prompt's ids, ending with the assistant role token, ready for generation.
-    std::vector<std::int32_t> encode_prompt(std::span<const Message> prompt) const {
+    std::vector<std::int32_t> encode_prompt(std::span<const Message> prompt) const override {
         std::vector<std::int32_t> ids{};
-        if (cfg_.add_bos) ids.push_back(Tokenizer::bos);
-        const bool has_system = !prompt.empty() && prompt.front().role == "system";
-        if (!has_system && !cfg_.system_prompt.empty()) append_turn(ids, "system", cfg_.system_prompt);
-        for (const auto& m : prompt) append_turn(ids, m.role, m.content);
-        ids.push_back(Tokenizer::assistant);
+        if (add_bos_) ids.push_back(ByteTokenizer::bos);
+        for (const auto& m : prompt) {
+            ids.push_back(m.role == "system" ? ByteTokenizer::system
+                          : m.role == "user" ? ByteTokenizer::user
+                                             : ByteTokenizer::assistant);
+            const auto body = tok_.encode(m.content);
+            ids.insert(ids.end(), body.begin(), body.end());
+            ids.push_back(ByteTokenizer::end_of_turn);
+        }
+        ids.push_back(ByteTokenizer::assistant);
         return ids;
     }
 
-    /// An answer's ids as the student learns them: its bytes and the end-of-turn token.
-    std::vector<std::int32_t> encode_response(std::string_view response) const {
+    std::vector<std::int32_t> encode_response(std::string_view response) const override {
         std::vector<std::int32_t> ids = tok_.encode(response);
-        ids.push_back(Tokenizer::end_of_turn);
+        ids.push_back(ByteTokenizer::end_of_turn);
         return ids;
     }
 
-    /// Whether generation stops at `token` (end of turn or end of sequence).
-    static constexpr bool is_stop_token(std::int32_t token) noexcept {
-        return token == Tokenizer::end_of_turn || token == Tokenizer::eos;
+    std::string decode(std::span<const std::int32_t> ids) const override {
+        std::string text;
+        for (std::int32_t t : ids)
+            if (t >= 0 && t < ByteTokenizer::bos) text.push_back(static_cast<char>(static_cast<unsigned char>(t)));
+        return text;
+    }
+
+    bool is_stop_token(std::int32_t token) const override {
+        return token == ByteTokenizer::end_of_turn || token == ByteTokenizer::eos;
+    }
+    std::int32_t pad() const override { return ByteTokenizer::pad; }
+
+    VocabInfo vocab_info(std::string name, std::int64_t embedding_rows) const override {
+        VocabInfo v{std::move(name), {}, tokenizer_id(), embedding_rows};
+        for (std::int32_t t = 0; t < ByteTokenizer::vocab_size(); ++t) v.tokens.emplace_back(tok_.token_name(t));
+        return v;
     }
 
 private:
-    void append_turn(std::vector<std::int32_t>& ids, std::string_view role, std::string_view content) const {
-        ids.push_back(role == "system" ? Tokenizer::system : role == "user" ? Tokenizer::user : Tokenizer::assistant);
-        const auto body = tok_.encode(content);
-        ids.insert(ids.end(), body.begin(), body.end());
-        ids.push_back(Tokenizer::end_of_turn);
+    bool add_bos_;
+    ByteTokenizer tok_{};
+};
+
+/// A tokenizer with its chat format, as every stage uses it: turns conversations into ids for
+/// generation and training, and generated ids back into text. A value (copies share one immutable
+/// format), so a teacher, the Distiller and its evaluation runners hold the same one.
+class ChatTemplate {
+public:
+    /// The byte tokenizer's template (see the file comment). Throws config_error for a named format.
+    explicit ChatTemplate(ChatTemplateConfig config = {}) : cfg_(std::move(config)) {
+        cfg_.validate();
+        if (!cfg_.format.empty())
+            throw config_error("chat_template.format", "is \"" + cfg_.format +
+                                                           "\", but the byte tokenizer has its own template; "
+                                                           "leave it empty (formats are for published tokenizers)");
+        format_ = std::make_shared<const ByteChatFormat>(cfg_.add_bos);
     }
 
+    /// A template over `format` (a published tokenizer's: `data::hf_chat_template`).
+    ChatTemplate(ChatTemplateConfig config, std::shared_ptr<const ChatFormat> format)
+        : cfg_(std::move(config)), format_(std::move(format)) {
+        cfg_.validate();
+        if (!format_) throw error("ChatTemplate: no format given");
+    }
+
+    const ChatTemplateConfig& config() const noexcept { return cfg_; }
+    const ChatFormat& format() const noexcept { return *format_; }
+
+    /// The template's identity for fingerprints: its format, tokenizer and settings.
+    std::string id() const {
+        return format_->id() + ";system_prompt=" + detail::sha256_hex(cfg_.system_prompt).substr(0, 16);
+    }
+    /// The tokenizer's identity ("byte-v1", "hf-<digest>").
+    std::string tokenizer_id() const { return format_->tokenizer_id(); }
+    /// Ids a model needs embedding rows for.
+    std::int32_t vocab_size() const { return format_->vocab_size(); }
+
+    /// The prompt's ids (with the configured system prompt when it has no system turn), ending with
+    /// the generation prompt.
+    std::vector<std::int32_t> encode_prompt(std::span<const Message> prompt) const {
+        const bool has_system = !prompt.empty() && prompt.front().role == "system";
+        if (has_system || cfg_.system_prompt.empty()) return format_->encode_prompt(prompt);
+        std::vector<Message> with{{"system", cfg_.system_prompt}};
+        with.insert(with.end(), prompt.begin(), prompt.end());
+        return format_->encode_prompt(with);
+    }
+
+    /// An answer's ids as the student learns them: its text and the end-of-turn token.
+    std::vector<std::int32_t> encode_response(std::string_view response) const {
+        return format_->encode_response(response);
+    }
+    /// The text of generated ids (special tokens and padding-row ids dropped).
+    std::string decode(std::span<const std::int32_t> ids) const { return format_->decode(ids); }
+    /// Whether generation stops at `token`.
+    bool is_stop_token(std::int32_t token) const { return format_->is_stop_token(token); }
+    /// The id that pads batch rows.
+    std::int32_t pad() const { return format_->pad(); }
+    /// The tokens of every id, for data::align_vocabularies (`embedding_rows` = the model's).
+    VocabInfo vocab_info(std::string name, std::int64_t embedding_rows = 0) const {
+        return format_->vocab_info(std::move(name), embedding_rows);
+    }
+
+private:
     ChatTemplateConfig cfg_;
-    Tokenizer tok_;
+    std::shared_ptr<const ChatFormat> format_;
 };
 
 }  // namespace distill::data
 
-BOOST_HANA_ADAPT_STRUCT(distill::data::ChatTemplateConfig, add_bos, system_prompt);
+BOOST_HANA_ADAPT_STRUCT(distill::data::ChatTemplateConfig, add_bos, system_prompt, format);

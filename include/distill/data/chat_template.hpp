@@ -79,8 +79,8 @@ struct HfChatTemplate {
     static HfChatTemplate recognize(std::string_view jinja, std::string bos_token = {}, std::string eos_token = {}) {
         auto has = [&](std::string_view s) { return jinja.find(s) != std::string_view::npos; };
         const std::string how =
-            "; name the format explicitly instead: HfChatTemplate::named(\"chatml\" | \"llama3\" | \"phi3\" | "
-            "\"plain\")";
+            "; name the format explicitly instead: a job's \"chat_template\": {\"format\": \"chatml\" | \"llama3\" | "
+            "\"phi3\" | \"plain\"}, or HfChatTemplate::named(...) in code";
         if (jinja.find_first_not_of(" \t\r\n") == std::string_view::npos)
             return named("plain", std::move(bos_token), std::move(eos_token));
         if (has("<|im_start|>"))

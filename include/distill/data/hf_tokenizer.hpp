@@ -1493,6 +1493,9 @@ public:
         return t ? std::optional<std::string>(*t) : std::nullopt;
     }
 
+    /// Whether `id` has a token (model vocabulary or added token).
+    bool has_id(std::int32_t id) const noexcept { return token_of(id) != nullptr; }
+
     /// Whether `id` is a special added token (skipped by `decode(ids, true)`).
     bool is_special(std::int32_t id) const { return special_ids_.count(id) != 0; }
 
@@ -2154,5 +2157,86 @@ private:
     std::optional<std::int32_t> bos_{}, eos_{}, pad_{}, unk_{};
     std::string bos_token_{}, eos_token_{}, chat_template_{};
 };
+
+/// A published tokenizer's chat format for the pipeline (`data::ChatTemplate`): prompts rendered by
+/// the model's template (data/chat_template.hpp) and encoded without added special tokens, as
+/// transformers' `apply_chat_template(..., add_generation_prompt=True, tokenize=True)` does; an answer
+/// is its text and the token that ends the template's assistant turn (`<|im_end|>`, `<|eot_id|>`,
+/// `<|end|>`; the eos token for `plain`), where generation also stops, as at the eos token.
+class HfChatFormat final : public ChatFormat {
+public:
+    /// Throws config_error (field `chat_template`) when the tokenizer has no id for the token that
+    /// ends a turn.
+    HfChatFormat(std::shared_ptr<const HfTokenizer> tokenizer, HfChatTemplate chat)
+        : tok_(std::move(tokenizer)), chat_(std::move(chat)) {
+        const std::string_view name = chat_format_name(chat_.format);
+        std::string end = chat_.format == chat_format::chatml   ? "<|im_end|>"
+                          : chat_.format == chat_format::llama3 ? "<|eot_id|>"
+                          : chat_.format == chat_format::phi3   ? "<|end|>"
+                                                                : tok_->eos_token();
+        const auto id = end.empty() ? std::nullopt : tok_->token_to_id(end);
+        if (!id)
+            throw config_error(
+                "chat_template",
+                "the " + std::string(name) + " format ends a turn with " +
+                    (end.empty() ? std::string("the eos token, which tokenizer ") + tok_->id() + " does not name"
+                                 : "\"" + end + "\", which tokenizer " + tok_->id() + " does not have"));
+        end_of_turn_ = *id;
+        eos_ = tok_->eos_id().value_or(end_of_turn_);
+        pad_ = tok_->pad_id().value_or(eos_);
+        id_ = "chat-v1;tokenizer=" + tok_->id() + ";format=" + std::string(name) +
+              ";default_system=" + detail::sha256_hex(chat_.default_system).substr(0, 16);
+    }
+
+    std::string id() const override { return id_; }
+    std::string tokenizer_id() const override { return tok_->id(); }
+    std::int32_t vocab_size() const override { return tok_->vocab_size(); }
+
+    std::vector<std::int32_t> encode_prompt(std::span<const Message> prompt) const override {
+        return tok_->encode(chat_.render(prompt, /*add_generation_prompt=*/true), /*add_special_tokens=*/false);
+    }
+
+    std::vector<std::int32_t> encode_response(std::string_view response) const override {
+        std::vector<std::int32_t> ids = tok_->encode(response, /*add_special_tokens=*/false);
+        ids.push_back(end_of_turn_);
+        return ids;
+    }
+
+    std::string decode(std::span<const std::int32_t> ids) const override {
+        std::vector<std::int32_t> kept;
+        kept.reserve(ids.size());
+        for (std::int32_t t : ids)
+            if (tok_->has_id(t)) kept.push_back(t);  // ids of padding rows have no text
+        return tok_->decode(kept, /*skip_special_tokens=*/true);
+    }
+
+    bool is_stop_token(std::int32_t token) const override { return token == end_of_turn_ || token == eos_; }
+    std::int32_t pad() const override { return pad_; }
+
+    VocabInfo vocab_info(std::string name, std::int64_t embedding_rows) const override {
+        return tok_->vocab_info(std::move(name), embedding_rows);
+    }
+
+    const HfTokenizer& tokenizer() const noexcept { return *tok_; }
+    const HfChatTemplate& chat() const noexcept { return chat_; }
+
+private:
+    std::shared_ptr<const HfTokenizer> tok_;
+    HfChatTemplate chat_;
+    std::int32_t end_of_turn_ = 0, eos_ = 0, pad_ = 0;
+    std::string id_;
+};
+
+/// The pipeline's template over a published tokenizer: the chat format `config.format` names, or the
+/// one recognized from the tokenizer's tokenizer_config.json when it is "". Throws config_error for
+/// an unrecognized template (saying how to name one) or a format the tokenizer cannot end a turn in.
+inline ChatTemplate hf_chat_template(std::shared_ptr<const HfTokenizer> tokenizer, ChatTemplateConfig config = {}) {
+    config.validate();
+    HfChatTemplate chat = config.format.empty()
+                              ? tokenizer->chat()
+                              : HfChatTemplate::named(config.format, tokenizer->bos_token(), tokenizer->eos_token());
+    auto format = std::make_shared<const HfChatFormat>(std::move(tokenizer), std::move(chat));
+    return ChatTemplate(std::move(config), std::move(format));
+}
 
 }  // namespace distill::data

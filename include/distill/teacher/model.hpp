@@ -2,7 +2,9 @@
 /// @file model.hpp
 /// `teacher::Model<Arch>`: a teacher running in this process, loaded from a safetensors checkpoint
 /// whose metadata carries its config (`io::save_weights` writes such files) or from a Hugging Face
-/// checkpoint directory (`io::hf`: GPT-2, Llama, Qwen2, Phi-3).
+/// checkpoint directory (`io::hf`: GPT-2, Llama, Qwen2, Phi-3), with its tokenizer: the byte tokenizer,
+/// or a published one (`tokenizer`, or the tokenizer.json of the Hugging Face directory) with its chat
+/// template (data/load_chat_template.hpp).
 ///
 /// It answers prompts by batched generation with a KV cache (greedy, temperature, top-k, top-p, with
 /// a seed; max new tokens; stop tokens and stop sequences) and reports per generated token the
@@ -25,8 +27,8 @@
 #include <boost/hana/set.hpp>
 #include <nlohmann/json.hpp>
 
-#include "distill/data/byte_tokenizer.hpp"
 #include "distill/data/chat.hpp"
+#include "distill/data/load_chat_template.hpp"
 #include "distill/detail/hash.hpp"
 #include "distill/detail/rng.hpp"
 #include "distill/device/cpu.hpp"
@@ -51,6 +53,9 @@ struct ModelConfig {
     /// memory, no hidden states, attention maps or q|k|v), for losses that read the teacher's logits
     /// and tokens alone — the `distill` command sets it so when the job's loss allows.
     bool keep_activations = true;
+    /// "byte", or a tokenizer.json (or a directory holding one); "" = the tokenizer.json of a Hugging
+    /// Face `weights` directory when it has one, else the byte tokenizer.
+    std::string tokenizer{};
     data::ChatTemplateConfig chat_template{};  ///< how prompts become tokens
 
     /// Throws `config_error` naming the field.
@@ -67,16 +72,13 @@ struct ModelConfig {
 /// @tparam T scalar type of the network (`float`).
 /// @tparam Device where it runs; on a device with its own memory, generation copies each step's
 /// next-token logits to the host, where the sampler and the stop rules run.
-/// @tparam Tokenizer the tokenizer its ids belong to (`data::ByteTokenizer`).
-template <template <class, class> class Arch, class T = float, class Device = device::Cpu,
-          class Tokenizer = data::ByteTokenizer>
+template <template <class, class> class Arch, class T = float, class Device = device::Cpu>
 class Model {
 public:
     using network_type = Arch<T, Device>;
     using arch_config = typename network_type::config_type;
     using scalar_type = T;
     using device_type = Device;
-    using tokenizer_type = Tokenizer;
 
     static constexpr auto provides = boost::hana::make_set(signal::tokens, signal::topk_logprobs, signal::logits,
                                                            signal::hidden_states, signal::attentions, signal::qkv);
@@ -87,22 +89,27 @@ public:
     /// format_error naming the file, config_error naming the field.
     explicit Model(const ModelConfig& config, Device device = Device{})
         : cfg_(validated(config)),
-          template_(cfg_.chat_template),
+          template_(load_template(cfg_)),
           net_(load_arch_config(cfg_), cfg_.max_batch, device, network_mode(cfg_)),
           cache_(net_.make_cache(cfg_.max_batch)) {
-        if (is_hf(cfg_))
-            io::hf::load(io::hf::Checkpoint(cfg_.weights), net_);
-        else
-            io::load_weights(io::safetensors_file(cfg_.weights), net_);
-        source_ = std::filesystem::path(cfg_.weights).filename().string();
-        check_vocabulary();
+        load_weights();
+    }
+
+    /// Loads the checkpoint `config.weights` to answer through `chat_template` instead of the
+    /// tokenizer `config` names (a Distiller's student, measured with the student's tokenizer).
+    Model(const ModelConfig& config, data::ChatTemplate chat_template, Device device = Device{})
+        : cfg_(validated(config)),
+          template_(std::move(chat_template)),
+          net_(load_arch_config(cfg_), cfg_.max_batch, device, network_mode(cfg_)),
+          cache_(net_.make_cache(cfg_.max_batch)) {
+        load_weights();
     }
 
     /// A teacher over a network built in memory (tests, a freshly trained model): parameters start
     /// at zero; set them through `network()`. The fingerprint follows the current parameters.
     Model(const arch_config& arch, const ModelConfig& config, Device device = Device{})
         : cfg_(config),
-          template_(cfg_.chat_template),
+          template_(load_template(cfg_)),
           net_(arch, cfg_.max_batch, device, network_mode(cfg_)),
           cache_(net_.make_cache(cfg_.max_batch)) {
         if (cfg_.max_batch < 1)
@@ -115,7 +122,9 @@ public:
     network_type& network() noexcept { return net_; }
     const network_type& network() const noexcept { return net_; }
     const ModelConfig& config() const noexcept { return cfg_; }
-    const data::ChatTemplate<Tokenizer>& chat_template() const noexcept { return template_; }
+    const data::ChatTemplate& chat_template() const noexcept { return template_; }
+    /// The tokenizer its token ids (answers, top-k) belong to.
+    std::string tokenizer_id() const { return template_.tokenizer_id(); }
 
     /// Hash of the architecture config and every parameter's name and bytes, the tokenizer and the
     /// chat template: two teachers with equal fingerprints answer identically.
@@ -135,7 +144,7 @@ public:
         return "model:" + source_ + " (" + std::to_string(net_.config().parameter_count()) + " parameters)";
     }
 
-    /// Ids the network can produce (its vocabulary, at least the tokenizer's).
+    /// Ids the network can produce (its embedding rows, at least the tokenizer's ids).
     int vocab_size() const noexcept { return net_.config().vocab_size; }
 
     /// Requests handed over at once by the generate stage: one batch.
@@ -193,6 +202,13 @@ private:
 
     static bool is_hf(const ModelConfig& c) { return std::filesystem::is_directory(c.weights); }
 
+    static data::ChatTemplate load_template(const ModelConfig& c) {
+        if (c.tokenizer.empty() && is_hf(c) &&
+            std::filesystem::exists(std::filesystem::path(c.weights) / "tokenizer.json"))
+            return data::load_chat_template(c.weights, c.chat_template, "teacher.weights");
+        return data::load_chat_template(c.tokenizer, c.chat_template, "teacher.tokenizer");
+    }
+
     static arch_config load_arch_config(const ModelConfig& c) {
         if (is_hf(c)) {
             if (!c.config.empty())
@@ -222,12 +238,21 @@ private:
         return a;
     }
 
+    void load_weights() {
+        if (is_hf(cfg_))
+            io::hf::load(io::hf::Checkpoint(cfg_.weights), net_);
+        else
+            io::load_weights(io::safetensors_file(cfg_.weights), net_);
+        source_ = std::filesystem::path(cfg_.weights).filename().string();
+        check_vocabulary();
+    }
+
     void check_vocabulary() const {
-        if (net_.config().vocab_size < Tokenizer::vocab_size())
+        if (net_.config().vocab_size < template_.vocab_size())
             throw config_error("teacher.weights", "the network's vocabulary of " +
                                                       std::to_string(net_.config().vocab_size) +
-                                                      " ids is smaller than tokenizer " + std::string(Tokenizer::id()) +
-                                                      "'s " + std::to_string(Tokenizer::vocab_size()));
+                                                      " ids is smaller than tokenizer " + template_.tokenizer_id() +
+                                                      "'s " + std::to_string(template_.vocab_size()));
     }
 
     void generate_batch(std::span<const Request> requests, std::size_t offset, const Sampling& s,
@@ -284,7 +309,7 @@ private:
             }
             for (std::size_t r = 0; r < rows.size(); ++r) {
                 const Sequence& q = seqs[rows[r]];
-                next[r] = q.done ? Tokenizer::pad : q.out.tokens.back();
+                next[r] = q.done ? template_.pad() : q.out.tokens.back();
             }
             net_.decode(cache_, next.data(), int(rows.size()));
         }
@@ -314,7 +339,7 @@ private:
             lengths.push_back(n);
             Tn = std::max(Tn, n);
         }
-        std::vector<std::int32_t> tokens(rows.size() * std::size_t(Tn), Tokenizer::pad);
+        std::vector<std::int32_t> tokens(rows.size() * std::size_t(Tn), template_.pad());
         for (std::size_t i = 0; i < rows.size(); ++i) {
             const Sequence& q = seqs[rows[i]];
             std::int32_t* row = tokens.data() + i * std::size_t(Tn);
@@ -340,14 +365,16 @@ private:
                                   out.top_logprobs.data() + at);
         }
         const std::size_t before = out.text.size();
-        // Ids past the tokenizer's (a padded vocabulary) have no text, like special tokens.
-        if (token < Tokenizer::vocab_size() && !tokenizer_.is_special(token)) out.text += tokenizer_.token_name(token);
+        // The whole answer is decoded again: a character may span several ids, and a decoder may
+        // change a token's text by what precedes it (a leading space, a byte-fallback run).
+        out.text = template_.decode(out.tokens);
         q.text_end.push_back(out.text.size());
         out.usage.completion_tokens = std::int64_t(out.tokens.size());
 
-        if (data::ChatTemplate<Tokenizer>::is_stop_token(token)) return finish(q, finish_reason::stop);
+        if (template_.is_stop_token(token)) return finish(q, finish_reason::stop);
         for (const auto& stop : s.stop) {
-            const std::size_t from = before + 1 >= stop.size() ? before + 1 - stop.size() : 0;
+            // (+4: re-decoding may have completed a character that ended the text before)
+            const std::size_t from = before + 1 >= stop.size() + 4 ? before + 1 - stop.size() - 4 : 0;
             const std::size_t at = out.text.find(stop, from);
             if (at == std::string::npos) continue;
             // Drop the tokens that only make up the stop sequence, and the text from it on.
@@ -375,15 +402,15 @@ private:
     }
 
     ModelConfig cfg_;
-    data::ChatTemplate<Tokenizer> template_;
+    data::ChatTemplate template_;
     network_type net_;
     decltype(std::declval<network_type&>().make_cache(1)) cache_;
     Sampler sampler_;
     std::vector<T> host_logits_;  // next-token logits copied off a device with its own memory
-    Tokenizer tokenizer_;
     std::string source_{};
 };
 
 }  // namespace distill::teacher
 
-BOOST_HANA_ADAPT_STRUCT(distill::teacher::ModelConfig, weights, config, max_batch, keep_activations, chat_template);
+BOOST_HANA_ADAPT_STRUCT(distill::teacher::ModelConfig, weights, config, max_batch, keep_activations, tokenizer,
+                        chat_template);

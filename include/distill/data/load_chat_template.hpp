@@ -1,0 +1,49 @@
+#pragma once
+/// @file load_chat_template.hpp
+/// `data::load_chat_template`: the template of the tokenizer a job names — `"byte"` (or `""`) for
+/// the byte tokenizer, else a Hugging Face `tokenizer.json` or a directory holding one (with its
+/// tokenizer_config.json). Published tokenizers need PCRE2: in a program linked with `distill::text`
+/// (which defines DISTILL_WITH_TEXT) they load; elsewhere naming one is a config_error that says so.
+
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include "distill/data/chat.hpp"
+#include "distill/error.hpp"
+#ifdef DISTILL_WITH_TEXT
+#include "distill/data/hf_tokenizer.hpp"
+#endif
+
+namespace distill::data {
+
+/// The tokenizer.json that `tokenizer` names (a file, or a directory holding one), or "" when it
+/// names the byte tokenizer. Throws config_error (field `field`) for anything else.
+inline std::filesystem::path tokenizer_file(const std::string& tokenizer, const std::string& field = "tokenizer") {
+    if (tokenizer.empty() || tokenizer == "byte") return {};
+    std::filesystem::path p = tokenizer;
+    std::error_code ec;
+    if (std::filesystem::is_directory(p, ec)) p /= "tokenizer.json";
+    if (!std::filesystem::is_regular_file(p, ec))
+        throw config_error(field, "is \"" + tokenizer +
+                                      "\": expected \"byte\", a tokenizer.json file or a directory holding one (" +
+                                      p.string() + " does not exist)");
+    return p;
+}
+
+/// The chat template over the tokenizer `tokenizer` names (see the file comment), with `config`.
+/// Throws config_error naming `field` or the tokenizer file, io_error / format_error for a file that
+/// cannot be read or parsed.
+inline ChatTemplate load_chat_template(const std::string& tokenizer, const ChatTemplateConfig& config = {},
+                                       const std::string& field = "tokenizer") {
+    const std::filesystem::path file = tokenizer_file(tokenizer, field);
+    if (file.empty()) return ChatTemplate(config);
+#ifdef DISTILL_WITH_TEXT
+    return hf_chat_template(std::make_shared<const HfTokenizer>(file), config);
+#else
+    throw config_error(field, "is the Hugging Face tokenizer " + file.string() +
+                                  ", which needs PCRE2: build with libpcre2-dev installed and link distill::text");
+#endif
+}
+
+}  // namespace distill::data

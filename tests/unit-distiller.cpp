@@ -444,6 +444,46 @@ TEST_CASE("Distiller with a published tokenizer: the teacher's template end to e
     CHECK(OnlineDistiller(named, t, device::Cpu{}, {.quiet = true}).alignment().match == data::vocab_match::padded);
 }
 
+TEST_CASE("Distiller: a student that starts from a Hugging Face directory leaves in transformers' layout") {
+    auto& w = hf_world();
+    const nlohmann::json loss = {{"soft_kl", {{"weight", 1.0}}}, {"hard_ce", {{"weight", 1.0}}}};
+    nlohmann::json j = w.job("init", w.padded, 0, "", loss);
+    j["student"] = nlohmann::json::object();  // the checkpoint's architecture
+    j["student_weights"] = w.exact.string();
+    const Job job = parse_job(j);
+    teacher::Model<student::Transformer> t(teacher_config(job));
+    OnlineDistiller d(job, t, device::Cpu{}, {.quiet = true});
+    CHECK(d.chat_template().tokenizer_id() == t.tokenizer_id());  // the tokenizer.json beside the weights
+    CHECK(d.alignment().match == data::vocab_match::padded);
+    d.generate();
+    d.finetune();
+    // the student started as the teacher without its padding rows: their distributions agree at first
+    const fs::path out = job.output_dir;
+    std::istringstream metrics(read(out / "student" / "metrics.jsonl"));
+    std::string first;
+    std::getline(metrics, first);
+    CHECK(nlohmann::json::parse(first)["terms"]["soft_kl"].get<double>() < 1e-6);
+    // student_hf/ is a transformers directory (with the tokenizer) that computes what student.safetensors does
+    REQUIRE(fs::exists(out / "student_hf" / "config.json"));
+    CHECK(fs::exists(out / "student_hf" / "tokenizer.json"));
+    CHECK(fs::exists(out / "student_hf" / "tokenizer_config.json"));
+    teacher::Model<student::Transformer> hf({.weights = (out / "student_hf").string(), .max_batch = 1});
+    teacher::Model<student::Transformer> saved({.weights = (out / "student.safetensors").string(), .max_batch = 1});
+    CHECK(hf.tokenizer_id() == t.tokenizer_id());
+    const std::vector<data::Message> prompt = {{"user", "What is 7 plus one?"}};
+    const auto ids = hf.chat_template().encode_prompt(prompt);
+    hf.forward(ids.data(), 1, int(ids.size()));
+    saved.forward(ids.data(), 1, int(ids.size()));
+    const auto a = hf.logits(), b = saved.logits();
+    REQUIRE(a.numel() == b.numel());
+    CHECK(std::equal(a.data(), a.data() + a.numel(), b.data()));
+    // a student section that describes another architecture is refused by key
+    j["student"] = {{"vocab_size", w.ids}, {"context_length", 64}, {"d_model", 32},
+                    {"n_layers", 1},       {"n_heads", 2},         {"d_ff", 32}};
+    CHECK_THROWS_WITH_AS(OnlineDistiller(parse_job(j), t, device::Cpu{}, {.quiet = true}),
+                         doctest::Contains("student.d_model: is 32, but student_weights"), config_error);
+}
+
 TEST_CASE("Distiller across tokenizers: logit-level losses refused, text distillation re-encodes the answers") {
     auto& w = hf_world();
     const nlohmann::json online_loss = {{"soft_kl", {{"weight", 1.0}}}, {"hard_ce", {{"weight", 1.0}}}};

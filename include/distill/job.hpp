@@ -127,9 +127,15 @@ struct Job {
     nlohmann::json teacher = nlohmann::json::object();
     /// The student architecture's config (for student::Transformer: TransformerConfig's keys).
     nlohmann::json student = nlohmann::json::object();
-    /// The student's tokenizer: "byte", a tokenizer.json or a directory holding one; "" = the
-    /// teacher's when the teacher runs in process, else the byte tokenizer. A tokenizer other than the
-    /// teacher's allows only sequence-level (text) distillation (data/vocab_alignment.hpp).
+    /// A checkpoint the student and the baseline start from instead of random weights: a safetensors
+    /// file distill wrote, or a Hugging Face directory (then the trained student is also written in
+    /// transformers' layout, `student_hf/`). `student` may then be {} (the checkpoint's architecture);
+    /// otherwise it must describe the same one.
+    std::string student_weights{};
+    /// The student's tokenizer: "byte", a tokenizer.json or a directory holding one; "" = the one in
+    /// the `student_weights` directory, else the teacher's when it runs in process, else the byte
+    /// tokenizer. A tokenizer other than the teacher's allows only sequence-level (text) distillation
+    /// (data/vocab_alignment.hpp).
     std::string tokenizer{};
     std::string training_data{};             ///< JSONL prompts (chat, prompt/completion or text); required
     std::string validation_data{};           ///< JSONL prompts for the validation loss ("" = none)
@@ -203,8 +209,9 @@ BOOST_HANA_ADAPT_STRUCT(distill::Hyperparameters, learning_rate, batch_size, num
 BOOST_HANA_ADAPT_STRUCT(distill::BaselineConfig, enabled, data);
 BOOST_HANA_ADAPT_STRUCT(distill::EvaluationConfig, batch_size, latency_samples, max_examples, max_new_tokens,
                         evaluate_teacher);
-BOOST_HANA_ADAPT_STRUCT(distill::Job, teacher, student, tokenizer, training_data, validation_data, test_data, task_type,
-                        generation, hyperparameters, optimizer, loss, baseline, evaluation, output_dir, threads);
+BOOST_HANA_ADAPT_STRUCT(distill::Job, teacher, student, student_weights, tokenizer, training_data, validation_data,
+                        test_data, task_type, generation, hyperparameters, optimizer, loss, baseline, evaluation,
+                        output_dir, threads);
 
 namespace distill {
 

@@ -11411,6 +11411,14 @@ inline void check_parameter_count(const Checkpoint& ckpt, std::int64_t parameter
                                " parameters, but the checkpoint's tensors hold " + std::to_string(held));
 }
 
+/// `transformer_config(ckpt)`, checked against the tensors (`check_parameter_count`) before anything
+/// is laid out: what a teacher or a student loaded from a directory is built from.
+inline student::TransformerConfig checked_transformer_config(const Checkpoint& ckpt) {
+    const student::TransformerConfig c = transformer_config(ckpt);
+    check_parameter_count(ckpt, c.parameter_count());
+    return c;
+}
+
 /// Reads transformers' config of a `bert` model as an Encoder config; `pooling` ("mean" or "cls")
 /// comes from the caller. Settings the Encoder does not compute (another activation, relative
 /// position embeddings, a decoder) are refused by name.
@@ -12910,6 +12918,8 @@ public:
     const data::ChatTemplate& chat_template() const noexcept { return template_; }
     /// The tokenizer its token ids (answers, top-k) belong to.
     std::string tokenizer_id() const { return template_.tokenizer_id(); }
+    /// The tokenizer.json it reads ("" for the byte tokenizer).
+    std::filesystem::path tokenizer_file() const { return data::tokenizer_file(tokenizer_of(cfg_)); }
 
     /// Hash of the architecture config and every parameter's name and bytes, the tokenizer and the
     /// chat template: two teachers with equal fingerprints answer identically.
@@ -12987,11 +12997,17 @@ private:
 
     static bool is_hf(const ModelConfig& c) { return std::filesystem::is_directory(c.weights); }
 
-    static data::ChatTemplate load_template(const ModelConfig& c) {
+    // What `tokenizer` stands for: as given, or the Hugging Face directory holding a tokenizer.json.
+    static std::string tokenizer_of(const ModelConfig& c) {
         if (c.tokenizer.empty() && is_hf(c) &&
             std::filesystem::exists(std::filesystem::path(c.weights) / "tokenizer.json"))
-            return data::load_chat_template(c.weights, c.chat_template, "teacher.weights");
-        return data::load_chat_template(c.tokenizer, c.chat_template, "teacher.tokenizer");
+            return c.weights;
+        return c.tokenizer;
+    }
+
+    static data::ChatTemplate load_template(const ModelConfig& c) {
+        return data::load_chat_template(tokenizer_of(c), c.chat_template,
+                                        c.tokenizer.empty() ? "teacher.weights" : "teacher.tokenizer");
     }
 
     static arch_config load_arch_config(const ModelConfig& c) {
@@ -12999,10 +13015,7 @@ private:
             if (!c.config.empty())
                 throw config_error("teacher.config",
                                    "must be empty for a Hugging Face directory (its config.json is used)");
-            const io::hf::Checkpoint ckpt(c.weights);
-            const arch_config a = io::hf::transformer_config(ckpt);
-            io::hf::check_parameter_count(ckpt, a.parameter_count());  // before the network is laid out
-            return a;
+            return io::hf::checked_transformer_config(io::hf::Checkpoint(c.weights));
         }
         if (c.config.empty()) {
             io::safetensors_file file(c.weights);
@@ -19636,9 +19649,15 @@ struct Job {
     nlohmann::json teacher = nlohmann::json::object();
     /// The student architecture's config (for student::Transformer: TransformerConfig's keys).
     nlohmann::json student = nlohmann::json::object();
-    /// The student's tokenizer: "byte", a tokenizer.json or a directory holding one; "" = the
-    /// teacher's when the teacher runs in process, else the byte tokenizer. A tokenizer other than the
-    /// teacher's allows only sequence-level (text) distillation (data/vocab_alignment.hpp).
+    /// A checkpoint the student and the baseline start from instead of random weights: a safetensors
+    /// file distill wrote, or a Hugging Face directory (then the trained student is also written in
+    /// transformers' layout, `student_hf/`). `student` may then be {} (the checkpoint's architecture);
+    /// otherwise it must describe the same one.
+    std::string student_weights{};
+    /// The student's tokenizer: "byte", a tokenizer.json or a directory holding one; "" = the one in
+    /// the `student_weights` directory, else the teacher's when it runs in process, else the byte
+    /// tokenizer. A tokenizer other than the teacher's allows only sequence-level (text) distillation
+    /// (data/vocab_alignment.hpp).
     std::string tokenizer{};
     std::string training_data{};             ///< JSONL prompts (chat, prompt/completion or text); required
     std::string validation_data{};           ///< JSONL prompts for the validation loss ("" = none)
@@ -19712,8 +19731,9 @@ BOOST_HANA_ADAPT_STRUCT(distill::Hyperparameters, learning_rate, batch_size, num
 BOOST_HANA_ADAPT_STRUCT(distill::BaselineConfig, enabled, data);
 BOOST_HANA_ADAPT_STRUCT(distill::EvaluationConfig, batch_size, latency_samples, max_examples, max_new_tokens,
                         evaluate_teacher);
-BOOST_HANA_ADAPT_STRUCT(distill::Job, teacher, student, tokenizer, training_data, validation_data, test_data, task_type,
-                        generation, hyperparameters, optimizer, loss, baseline, evaluation, output_dir, threads);
+BOOST_HANA_ADAPT_STRUCT(distill::Job, teacher, student, student_weights, tokenizer, training_data, validation_data,
+                        test_data, task_type, generation, hyperparameters, optimizer, loss, baseline, evaluation,
+                        output_dir, threads);
 
 namespace distill {
 
@@ -19857,8 +19877,7 @@ public:
     Distiller(Job job, Teacher& teacher, Device device = Device{}, DistillerOptions options = {})
         : job_(std::move(job)), teacher_(teacher), device_(device), opt_(options), out_(job_.output_dir) {
         job_.validate();
-        io::from_json(job_.student, student_cfg_, "student");
-        student_cfg_.validate("student");
+        student_cfg_ = read_student_config();
         template_ = student_template();
         if (student_cfg_.vocab_size < template_.vocab_size())
             throw config_error("student.vocab_size", "is " + std::to_string(student_cfg_.vocab_size) +
@@ -19966,6 +19985,7 @@ public:
         const std::int64_t steps = train::total_steps(finetune_config(""), train.data.size());
         nlohmann::ordered_json summary;
         summary["student"] = train_student(train, val ? &*val : nullptr, steps);
+        if (student_from_hf()) export_student_hf();
         if (job_.baseline.enabled) summary["baseline"] = train_baseline(steps);
         return summary;
     }
@@ -20070,16 +20090,62 @@ private:
         }
     }
 
-    // The student's tokenizer and chat format: the job's `tokenizer` (with the teacher's chat-template
-    // settings, its format recognized anew), else the in-process teacher's own, else the byte one.
-    data::ChatTemplate student_template() const {
+    bool student_from_hf() const { return std::filesystem::is_directory(job_.student_weights); }
+
+    // The job's `student` section, or the architecture of `student_weights` (the section must then be
+    // empty or describe the same one).
+    student_config read_student_config() const {
+        student_config c{};
+        if (job_.student_weights.empty() || !job_.student.empty()) {
+            io::from_json(job_.student, c, "student");
+            c.validate("student");
+        }
+        if (job_.student_weights.empty()) return c;
+        student_config init{};
+        if (student_from_hf()) {
+            if constexpr (std::is_same_v<student_config, student::TransformerConfig>)
+                init = io::hf::checked_transformer_config(io::hf::Checkpoint(job_.student_weights));
+            else
+                throw config_error("student_weights",
+                                   "is a Hugging Face directory, which initializes "
+                                   "student::Transformer only");
+        } else {
+            init = io::load_weights_config<student_config>(io::safetensors_file(job_.student_weights));
+        }
+        if (job_.student.empty()) return init;
+        const nlohmann::json want = io::to_json(init), have = io::to_json(c);
+        for (const auto& item : want.items())
+            if (have.value(item.key(), nlohmann::json()) != item.value())
+                throw config_error("student." + item.key(),
+                                   "is " + have.value(item.key(), nlohmann::json()).dump() + ", but student_weights " +
+                                       job_.student_weights + " has " + item.value().dump() +
+                                       " (leave \"student\" empty to take the checkpoint's architecture)");
+        return c;
+    }
+
+    // The student's tokenizer and chat format (`Job::tokenizer`): the job's, else the one beside
+    // `student_weights`, else the in-process teacher's own, else the byte tokenizer. Chat-template
+    // settings come from the teacher's, the format recognized anew for another tokenizer. Notes
+    // the tokenizer.json it came from, which the transformers-layout student is given.
+    data::ChatTemplate student_template() {
+        std::string tokenizer = job_.tokenizer;
+        const char* field = "tokenizer";
+        if (tokenizer.empty() && student_from_hf() &&
+            std::filesystem::exists(std::filesystem::path(job_.student_weights) / "tokenizer.json")) {
+            tokenizer = job_.student_weights;
+            field = "student_weights";
+        }
         data::ChatTemplateConfig settings{};
         if constexpr (requires { teacher_.chat_template(); }) {
-            if (job_.tokenizer.empty()) return teacher_.chat_template();
+            if (tokenizer.empty()) {
+                if constexpr (requires { teacher_.tokenizer_file(); }) tokenizer_source_ = teacher_.tokenizer_file();
+                return teacher_.chat_template();
+            }
             settings = teacher_.chat_template().config();
             settings.format.clear();
         }
-        return data::load_chat_template(job_.tokenizer, settings, "tokenizer");
+        tokenizer_source_ = data::tokenizer_file(tokenizer, field);
+        return data::load_chat_template(tokenizer, settings, field);
     }
 
     // Losses that compare the two models position by position and column by column (online terms,
@@ -20390,21 +20456,61 @@ private:
 
     student_type make_student() const {
         student_type s(student_cfg_, std::max(job_.hyperparameters.batch_size, 1), device_);
-        s.init(job_.hyperparameters.seed);
+        if (job_.student_weights.empty())
+            s.init(job_.hyperparameters.seed);
+        else if (student_from_hf())
+            io::hf::load(io::hf::Checkpoint(job_.student_weights), s);
+        else
+            io::load_weights(io::safetensors_file(job_.student_weights), s);
         return s;
     }
 
+    // What the student and the baseline start from, for their fingerprints: the checkpoint's bytes
+    // (nothing is added for a random initialization, whose seed is among the hyperparameters).
+    void add_initialization(nlohmann::json& fp) const {
+        if (job_.student_weights.empty()) return;
+        std::string digests;
+        if (student_from_hf()) {
+            for (const auto& e : std::filesystem::directory_iterator(job_.student_weights))
+                if (e.path().extension() == ".safetensors" || e.path().filename() == "config.json")
+                    digests += e.path().filename().string() + "=" + detail::sha256_file(e.path()) + ";";
+        } else {
+            digests = detail::sha256_file(job_.student_weights);
+        }
+        fp["initialization"] = detail::sha256_hex(digests);
+    }
+
+    // The trained student in transformers' layout beside student.safetensors, with its tokenizer's
+    // files: a student that started from a Hugging Face directory leaves as one.
+    void export_student_hf() {
+        if constexpr (std::is_same_v<student_config, student::TransformerConfig>) {
+            const auto dir = out_ / "student_hf";
+            student_type s(student_cfg_, 1, device_);
+            io::load_weights(io::safetensors_file(out_ / "student.safetensors"), s);
+            const io::hf::Checkpoint init(job_.student_weights);
+            nlohmann::json extra = nlohmann::json::object();
+            for (const char* key : {"bos_token_id", "eos_token_id", "pad_token_id"})
+                if (init.config().contains(key)) extra[key] = init.config()[key];
+            io::hf::save(dir, s, io::dtype::F32, extra, init.model_type() == "phi3" ? "phi3" : "");
+            if (!tokenizer_source_.empty())
+                for (const char* name : {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja"})
+                    if (const auto from = tokenizer_source_.parent_path() / name; std::filesystem::exists(from))
+                        distiller_detail::copy_file_atomic(from, dir / name);
+            say("finetune: the student in transformers' layout: " + dir.string());
+        }
+    }
+
     nlohmann::ordered_json train_student(const Sequences& train, const Sequences* val, std::int64_t steps) {
-        const std::string fp = distiller_detail::sha(nlohmann::json{
-            {"stage", "student"},
-            {"student", io::to_json(student_cfg_)},
-            {"loss", io::to_json(loss_cfg_)},
-            {"optimizer", io::to_json(optimizer_cfg_)},
-            {"hyperparameters", io::to_json(job_.hyperparameters)},
-            {"generation", generation_fingerprint(teacher_, sampling_)},
-            {"data", train.data.fingerprint()},
-            {"validation",
-             val ? val->data.fingerprint() : 0}}.dump());
+        nlohmann::json fp_fields{{"stage", "student"},
+                                 {"student", io::to_json(student_cfg_)},
+                                 {"loss", io::to_json(loss_cfg_)},
+                                 {"optimizer", io::to_json(optimizer_cfg_)},
+                                 {"hyperparameters", io::to_json(job_.hyperparameters)},
+                                 {"generation", generation_fingerprint(teacher_, sampling_)},
+                                 {"data", train.data.fingerprint()},
+                                 {"validation", val ? val->data.fingerprint() : 0}};
+        add_initialization(fp_fields);
+        const std::string fp = distiller_detail::sha(fp_fields.dump());
         say("finetune: distilling into a student of " + std::to_string(student_cfg_.parameter_count()) +
             " parameters for " + std::to_string(steps) + " steps (" + (online ? "online" : "offline") + ")");
         return run_stage("student", fp, [&](const std::string& dir) {
@@ -20438,14 +20544,15 @@ private:
             val = reference_sequences(*validation_, &skipped);
             if (val->empty()) val.reset();
         }
-        const std::string fp = distiller_detail::sha(nlohmann::json{
-            {"stage", "baseline"},
-            {"student", io::to_json(student_cfg_)},
-            {"optimizer", io::to_json(optimizer_cfg_)},
-            {"hyperparameters", io::to_json(job_.hyperparameters)},
-            {"steps", steps},
-            {"data", train.fingerprint()},
-            {"validation", val ? val->fingerprint() : 0}}.dump());
+        nlohmann::json fp_fields{{"stage", "baseline"},
+                                 {"student", io::to_json(student_cfg_)},
+                                 {"optimizer", io::to_json(optimizer_cfg_)},
+                                 {"hyperparameters", io::to_json(job_.hyperparameters)},
+                                 {"steps", steps},
+                                 {"data", train.fingerprint()},
+                                 {"validation", val ? val->fingerprint() : 0}};
+        add_initialization(fp_fields);
+        const std::string fp = distiller_detail::sha(fp_fields.dump());
         say("finetune: baseline on " + std::to_string(train.size()) + " labeled examples for " + std::to_string(steps) +
             " steps");
         return run_stage("baseline", fp, [&](const std::string& dir) {
@@ -20651,9 +20758,10 @@ private:
     DistillerOptions opt_;
     std::filesystem::path out_;
     student_config student_cfg_{};
-    data::ChatTemplate template_{};       // the student's tokenizer and chat format
-    bool answer_tokens_reusable_ = true;  // the teacher's answer ids are the student tokenizer's
-    data::VocabAlignment alignment_{};    // teacher and student vocabularies (logit-level losses)
+    data::ChatTemplate template_{};             // the student's tokenizer and chat format
+    std::filesystem::path tokenizer_source_{};  // its tokenizer.json ("" = the byte tokenizer)
+    bool answer_tokens_reusable_ = true;        // the teacher's answer ids are the student tokenizer's
+    data::VocabAlignment alignment_{};          // teacher and student vocabularies (logit-level losses)
     typename loss_type::config loss_cfg_{};
     typename optimizer_type::config_type optimizer_cfg_{};
     teacher::Sampling sampling_{};

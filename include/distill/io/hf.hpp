@@ -339,6 +339,14 @@ inline void check_parameter_count(const Checkpoint& ckpt, std::int64_t parameter
                                " parameters, but the checkpoint's tensors hold " + std::to_string(held));
 }
 
+/// `transformer_config(ckpt)`, checked against the tensors (`check_parameter_count`) before anything
+/// is laid out: what a teacher or a student loaded from a directory is built from.
+inline student::TransformerConfig checked_transformer_config(const Checkpoint& ckpt) {
+    const student::TransformerConfig c = transformer_config(ckpt);
+    check_parameter_count(ckpt, c.parameter_count());
+    return c;
+}
+
 /// Reads transformers' config of a `bert` model as an Encoder config; `pooling` ("mean" or "cls")
 /// comes from the caller. Settings the Encoder does not compute (another activation, relative
 /// position embeddings, a decoder) are refused by name.

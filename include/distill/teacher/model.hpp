@@ -125,6 +125,8 @@ public:
     const data::ChatTemplate& chat_template() const noexcept { return template_; }
     /// The tokenizer its token ids (answers, top-k) belong to.
     std::string tokenizer_id() const { return template_.tokenizer_id(); }
+    /// The tokenizer.json it reads ("" for the byte tokenizer).
+    std::filesystem::path tokenizer_file() const { return data::tokenizer_file(tokenizer_of(cfg_)); }
 
     /// Hash of the architecture config and every parameter's name and bytes, the tokenizer and the
     /// chat template: two teachers with equal fingerprints answer identically.
@@ -202,11 +204,17 @@ private:
 
     static bool is_hf(const ModelConfig& c) { return std::filesystem::is_directory(c.weights); }
 
-    static data::ChatTemplate load_template(const ModelConfig& c) {
+    // What `tokenizer` stands for: as given, or the Hugging Face directory holding a tokenizer.json.
+    static std::string tokenizer_of(const ModelConfig& c) {
         if (c.tokenizer.empty() && is_hf(c) &&
             std::filesystem::exists(std::filesystem::path(c.weights) / "tokenizer.json"))
-            return data::load_chat_template(c.weights, c.chat_template, "teacher.weights");
-        return data::load_chat_template(c.tokenizer, c.chat_template, "teacher.tokenizer");
+            return c.weights;
+        return c.tokenizer;
+    }
+
+    static data::ChatTemplate load_template(const ModelConfig& c) {
+        return data::load_chat_template(tokenizer_of(c), c.chat_template,
+                                        c.tokenizer.empty() ? "teacher.weights" : "teacher.tokenizer");
     }
 
     static arch_config load_arch_config(const ModelConfig& c) {
@@ -214,10 +222,7 @@ private:
             if (!c.config.empty())
                 throw config_error("teacher.config",
                                    "must be empty for a Hugging Face directory (its config.json is used)");
-            const io::hf::Checkpoint ckpt(c.weights);
-            const arch_config a = io::hf::transformer_config(ckpt);
-            io::hf::check_parameter_count(ckpt, a.parameter_count());  // before the network is laid out
-            return a;
+            return io::hf::checked_transformer_config(io::hf::Checkpoint(c.weights));
         }
         if (c.config.empty()) {
             io::safetensors_file file(c.weights);

@@ -378,6 +378,9 @@ int main(int argc, char** argv) try {
             request.messages = data::parse_example({{"messages", body["messages"]}}).prompt;
             sampling = sampling_of(body, vocab);
             logprobs = body.value("logprobs", false);
+            if (logprobs && model.tokenizer_id() != data::ByteTokenizer::id())
+                throw error("\"logprobs\" are served for byte-tokenizer models only (this model's tokenizer is " +
+                            model.tokenizer_id() + ")");
         } catch (const std::exception& e) {  // distill::error or a JSON type error
             return bad_request(n, res, e.what());
         }

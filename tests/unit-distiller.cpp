@@ -416,6 +416,7 @@ TEST_CASE("Distiller with a published tokenizer: the teacher's template end to e
         // the answer ends at <|im_end|> and its text is the tokenizer's decoding of its ids
         REQUIRE(!r.response.tokens.empty());
         CHECK(r.response.tokens.back() == *tok.token_to_id("<|im_end|>"));
+        CHECK(r.tokenizer == tok.id());
         CHECK(r.response.text == tok.decode(r.response.tokens, /*skip_special_tokens=*/true));
         CHECK(r.response.usage.prompt_tokens == std::int64_t(tok.encode(tok.chat().render(r.prompt), false).size()));
     }

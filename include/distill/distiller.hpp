@@ -601,8 +601,10 @@ private:
             const auto& r = records[i];
             if (r.fingerprint != fp) throw teacher::fingerprint_error(path.string(), r.fingerprint, fp);
             const auto prompt = template_.encode_prompt(r.prompt);
-            // the teacher's own ids when they are the student's tokenizer's, else its text re-encoded
-            const bool reuse = answer_tokens_reusable_ && !r.response.tokens.empty() &&
+            // the teacher's own ids when they are the student tokenizer's, else its text re-encoded
+            const bool same_tokenizer =
+                r.tokenizer.empty() ? answer_tokens_reusable_ : r.tokenizer == template_.tokenizer_id();
+            const bool reuse = same_tokenizer && !r.response.tokens.empty() &&
                                std::all_of(r.response.tokens.begin(), r.response.tokens.end(),
                                            [&](std::int32_t id) { return id >= 0 && id < student_cfg_.vocab_size; });
             const auto response = reuse ? r.response.tokens : template_.encode_response(r.response.text);

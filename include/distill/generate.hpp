@@ -227,6 +227,7 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
 
     GenerateReport report;
     report.fingerprint = generation_fingerprint(teacher, sampling);
+    const std::string tokenizer_id = teacher_tokenizer_id(teacher);  // of the answers' ids
     report.teacher = teacher.name();
     report.examples = data.examples.size();
     report.skipped_input_lines = data.stats.skipped.size();
@@ -305,7 +306,7 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
                                                               .k = std::uint32_t(sampling.top_logprobs),
                                                               .vocab_size = std::uint32_t(teacher_vocab_size(teacher)),
                                                               .fingerprint = report.fingerprint,
-                                                              .tokenizer = teacher_tokenizer_id(teacher)}));
+                                                              .tokenizer = tokenizer_id}));
             }
         }
     }
@@ -379,6 +380,7 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
         rec.prompt = ex.prompt;
         rec.reference = ex.reference;
         rec.fingerprint = report.fingerprint;
+        rec.tokenizer = tokenizer_id;
         if (with_topk) {
             if (r.k != sampling.top_logprobs || r.tokens.empty() ||
                 r.top_ids.size() != r.tokens.size() * std::size_t(r.k)) {

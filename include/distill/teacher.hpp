@@ -280,15 +280,16 @@ int teacher_batch_size(const Teacher& teacher) {
         return 16;
 }
 
-/// The tokenizer `teacher`'s token ids belong to: its `tokenizer_id()`, else its `tokenizer_type::id()`,
-/// else "" (a text-only teacher).
+/// The tokenizer `teacher`'s token ids belong to: its `tokenizer_id()`, else (a teacher that provides
+/// top-k log-probabilities) its `tokenizer_type::id()`, else "" (unknown: a text-only teacher).
 template <class Teacher>
 std::string teacher_tokenizer_id(const Teacher& teacher) {
     if constexpr (requires {
                       { teacher.tokenizer_id() } -> std::convertible_to<std::string>;
                   })
         return teacher.tokenizer_id();
-    else if constexpr (requires { Teacher::tokenizer_type::id(); })
+    else if constexpr (teacher_provides<Teacher, signal::topk_logprobs_t> &&
+                       requires { Teacher::tokenizer_type::id(); })
         return std::string(Teacher::tokenizer_type::id());
     else
         return {};

@@ -185,7 +185,9 @@ private:
 /// **Chat template** (byte tokenizer): `<|bos|>` then, per turn, the role token (`<|system|>`,
 /// `<|user|>`, `<|assistant|>`), the content bytes and `<|end|>`; the prompt ends with
 /// `<|assistant|>`, and the answer is its bytes followed by `<|end|>`. Generation stops at `<|end|>`
-/// or `<|eos|>`. Configurable: the leading `<|bos|>` and a default system prompt.
+/// or `<|eos|>`. Configurable: the leading `<|bos|>` and a default system prompt. A published
+/// tokenizer's template (ChatML, Llama-3, Phi-3, plain) is `data::hf_chat_template`
+/// (data/hf_tokenizer.hpp); `ChatTemplate` holds either as a value.
 
 #include <cstdint>
 #include <filesystem>
@@ -8792,15 +8794,16 @@ int teacher_batch_size(const Teacher& teacher) {
         return 16;
 }
 
-/// The tokenizer `teacher`'s token ids belong to: its `tokenizer_id()`, else its `tokenizer_type::id()`,
-/// else "" (a text-only teacher).
+/// The tokenizer `teacher`'s token ids belong to: its `tokenizer_id()`, else (a teacher that provides
+/// top-k log-probabilities) its `tokenizer_type::id()`, else "" (unknown: a text-only teacher).
 template <class Teacher>
 std::string teacher_tokenizer_id(const Teacher& teacher) {
     if constexpr (requires {
                       { teacher.tokenizer_id() } -> std::convertible_to<std::string>;
                   })
         return teacher.tokenizer_id();
-    else if constexpr (requires { Teacher::tokenizer_type::id(); })
+    else if constexpr (teacher_provides<Teacher, signal::topk_logprobs_t> &&
+                       requires { Teacher::tokenizer_type::id(); })
         return std::string(Teacher::tokenizer_type::id());
     else
         return {};
@@ -8861,10 +8864,12 @@ std::vector<teacher::Response> generate_all(Teacher& teacher, std::span<const te
 ///      "reference": "<ground truth, when the data had one>",
 ///      "teacher": {"fingerprint": "sha256:...", "finish_reason": "stop",
 ///                  "usage": {"prompt_tokens": 20, "completion_tokens": 31},
-///                  "tokens": [..], "topk": 8}}
+///                  "tokens": [..], "tokenizer": "byte-v1", "topk": 8}}
 ///
-/// `teacher.tokens` (the answer's ids in the student tokenizer, stop token included) is present when
-/// the teacher gives tokens; `teacher.topk` is k when the answer has a record in the top-k cache.
+/// `teacher.tokens` (the answer's ids, stop token included) is present when the teacher gives tokens,
+/// with `teacher.tokenizer` naming their tokenizer when the teacher does (`byte-v1`, `hf-<digest>`):
+/// the student trains on them when it has that tokenizer, else on the text re-encoded;
+/// `teacher.topk` is k when the answer has a record in the top-k cache.
 
 #include <cstdint>
 #include <optional>
@@ -8887,6 +8892,7 @@ struct SyntheticRecord {
     Response response{};                     ///< text, finish reason, usage, tokens (top-k lives in the cache file)
     std::string fingerprint{};               ///< generation fingerprint of the teacher that answered
     int topk = 0;                            ///< k of its top-k cache record, 0 when none
+    std::string tokenizer{};                 ///< the tokenizer of response.tokens ("" = unknown: older files)
 };
 
 /// The record as one JSON object (key order fixed, so equal records are equal bytes).
@@ -8906,6 +8912,7 @@ inline nlohmann::ordered_json to_json(const SyntheticRecord& r) {
     t["usage"] = {{"prompt_tokens", r.response.usage.prompt_tokens},
                   {"completion_tokens", r.response.usage.completion_tokens}};
     if (!r.response.tokens.empty()) t["tokens"] = r.response.tokens;
+    if (!r.response.tokens.empty() && !r.tokenizer.empty()) t["tokenizer"] = r.tokenizer;
     if (r.topk > 0) t["topk"] = r.topk;
     j["teacher"] = std::move(t);
     return j;
@@ -8980,6 +8987,10 @@ inline SyntheticRecord parse_synthetic(const nlohmann::json& j) {
                 throw data::bad_line("wrong type: \"teacher.tokens\" must hold 32-bit integers");
             r.response.tokens.push_back(x.get<std::int32_t>());
         }
+    }
+    if (auto tk = t.find("tokenizer"); tk != t.end()) {
+        if (!tk->is_string()) throw data::bad_line("wrong type: \"teacher.tokenizer\" must be a string");
+        r.tokenizer = tk->get<std::string>();
     }
     if (auto k = t.find("topk"); k != t.end()) {
         const bool in_range = k->is_number_unsigned()  ? k->get<std::uint64_t>() >= 1 && k->get<std::uint64_t>() <= 1024
@@ -9173,6 +9184,7 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
 
     GenerateReport report;
     report.fingerprint = generation_fingerprint(teacher, sampling);
+    const std::string tokenizer_id = teacher_tokenizer_id(teacher);  // of the answers' ids
     report.teacher = teacher.name();
     report.examples = data.examples.size();
     report.skipped_input_lines = data.stats.skipped.size();
@@ -9251,7 +9263,7 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
                                                               .k = std::uint32_t(sampling.top_logprobs),
                                                               .vocab_size = std::uint32_t(teacher_vocab_size(teacher)),
                                                               .fingerprint = report.fingerprint,
-                                                              .tokenizer = teacher_tokenizer_id(teacher)}));
+                                                              .tokenizer = tokenizer_id}));
             }
         }
     }
@@ -9325,6 +9337,7 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
         rec.prompt = ex.prompt;
         rec.reference = ex.reference;
         rec.fingerprint = report.fingerprint;
+        rec.tokenizer = tokenizer_id;
         if (with_topk) {
             if (r.k != sampling.top_logprobs || r.tokens.empty() ||
                 r.top_ids.size() != r.tokens.size() * std::size_t(r.k)) {
@@ -20284,8 +20297,10 @@ private:
             const auto& r = records[i];
             if (r.fingerprint != fp) throw teacher::fingerprint_error(path.string(), r.fingerprint, fp);
             const auto prompt = template_.encode_prompt(r.prompt);
-            // the teacher's own ids when they are the student's tokenizer's, else its text re-encoded
-            const bool reuse = answer_tokens_reusable_ && !r.response.tokens.empty() &&
+            // the teacher's own ids when they are the student tokenizer's, else its text re-encoded
+            const bool same_tokenizer =
+                r.tokenizer.empty() ? answer_tokens_reusable_ : r.tokenizer == template_.tokenizer_id();
+            const bool reuse = same_tokenizer && !r.response.tokens.empty() &&
                                std::all_of(r.response.tokens.begin(), r.response.tokens.end(),
                                            [&](std::int32_t id) { return id >= 0 && id < student_cfg_.vocab_size; });
             const auto response = reuse ? r.response.tokens : template_.encode_response(r.response.text);

@@ -15,7 +15,9 @@
 /// **Chat template** (byte tokenizer): `<|bos|>` then, per turn, the role token (`<|system|>`,
 /// `<|user|>`, `<|assistant|>`), the content bytes and `<|end|>`; the prompt ends with
 /// `<|assistant|>`, and the answer is its bytes followed by `<|end|>`. Generation stops at `<|end|>`
-/// or `<|eos|>`. Configurable: the leading `<|bos|>` and a default system prompt.
+/// or `<|eos|>`. Configurable: the leading `<|bos|>` and a default system prompt. A published
+/// tokenizer's template (ChatML, Llama-3, Phi-3, plain) is `data::hf_chat_template`
+/// (data/hf_tokenizer.hpp); `ChatTemplate` holds either as a value.
 
 #include <cstdint>
 #include <filesystem>

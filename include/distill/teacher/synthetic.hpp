@@ -9,10 +9,12 @@
 ///      "reference": "<ground truth, when the data had one>",
 ///      "teacher": {"fingerprint": "sha256:...", "finish_reason": "stop",
 ///                  "usage": {"prompt_tokens": 20, "completion_tokens": 31},
-///                  "tokens": [..], "topk": 8}}
+///                  "tokens": [..], "tokenizer": "byte-v1", "topk": 8}}
 ///
-/// `teacher.tokens` (the answer's ids in the student tokenizer, stop token included) is present when
-/// the teacher gives tokens; `teacher.topk` is k when the answer has a record in the top-k cache.
+/// `teacher.tokens` (the answer's ids, stop token included) is present when the teacher gives tokens,
+/// with `teacher.tokenizer` naming their tokenizer when the teacher does (`byte-v1`, `hf-<digest>`):
+/// the student trains on them when it has that tokenizer, else on the text re-encoded;
+/// `teacher.topk` is k when the answer has a record in the top-k cache.
 
 #include <cstdint>
 #include <optional>
@@ -38,6 +40,7 @@ struct SyntheticRecord {
     Response response{};                     ///< text, finish reason, usage, tokens (top-k lives in the cache file)
     std::string fingerprint{};               ///< generation fingerprint of the teacher that answered
     int topk = 0;                            ///< k of its top-k cache record, 0 when none
+    std::string tokenizer{};                 ///< the tokenizer of response.tokens ("" = unknown: older files)
 };
 
 /// The record as one JSON object (key order fixed, so equal records are equal bytes).
@@ -57,6 +60,7 @@ inline nlohmann::ordered_json to_json(const SyntheticRecord& r) {
     t["usage"] = {{"prompt_tokens", r.response.usage.prompt_tokens},
                   {"completion_tokens", r.response.usage.completion_tokens}};
     if (!r.response.tokens.empty()) t["tokens"] = r.response.tokens;
+    if (!r.response.tokens.empty() && !r.tokenizer.empty()) t["tokenizer"] = r.tokenizer;
     if (r.topk > 0) t["topk"] = r.topk;
     j["teacher"] = std::move(t);
     return j;
@@ -131,6 +135,10 @@ inline SyntheticRecord parse_synthetic(const nlohmann::json& j) {
                 throw data::bad_line("wrong type: \"teacher.tokens\" must hold 32-bit integers");
             r.response.tokens.push_back(x.get<std::int32_t>());
         }
+    }
+    if (auto tk = t.find("tokenizer"); tk != t.end()) {
+        if (!tk->is_string()) throw data::bad_line("wrong type: \"teacher.tokenizer\" must be a string");
+        r.tokenizer = tk->get<std::string>();
     }
     if (auto k = t.find("topk"); k != t.end()) {
         const bool in_range = k->is_number_unsigned()  ? k->get<std::uint64_t>() >= 1 && k->get<std::uint64_t>() <= 1024

@@ -43,6 +43,17 @@ nlohmann::json read_json(const fs::path& p) {
     return nlohmann::json::parse(slurp(p));
 }
 
+// The conversations of a golden file: [[{"role": ..., "content": ...}, ...], ...].
+std::vector<std::vector<distill::data::Message>> read_conversations(const nlohmann::json& j) {
+    std::vector<std::vector<distill::data::Message>> conversations;
+    for (const auto& c : j) {
+        std::vector<distill::data::Message> m;
+        for (const auto& t : c) m.push_back({t["role"].get<std::string>(), t["content"].get<std::string>()});
+        conversations.push_back(m);
+    }
+    return conversations;
+}
+
 std::string from_hex(const std::string& hex) {
     std::string out;
     for (std::size_t i = 0; i + 1 < hex.size(); i += 2)
@@ -274,12 +285,7 @@ TEST_CASE("HfTokenizer: the older merges form \"a b\" reads the same") {
 
 TEST_CASE("HfChatTemplate: recognized templates render what transformers renders") {
     const nlohmann::json g = read_json(fixtures / "chat_templates.json");
-    std::vector<std::vector<distill::data::Message>> conversations;
-    for (const auto& c : g["conversations"]) {
-        std::vector<distill::data::Message> m;
-        for (const auto& t : c) m.push_back({t["role"].get<std::string>(), t["content"].get<std::string>()});
-        conversations.push_back(m);
-    }
+    const auto conversations = read_conversations(g["conversations"]);
     const std::map<std::string, distill::data::chat_format> want = {{"chatml", distill::data::chat_format::chatml},
                                                                     {"qwen2", distill::data::chat_format::chatml},
                                                                     {"llama3", distill::data::chat_format::llama3},
@@ -323,12 +329,7 @@ TEST_CASE("HfChatTemplate: recognized templates render what transformers renders
 TEST_CASE("ChatTemplate over a published tokenizer: prompt and answer ids equal transformers'") {
     using distill::data::ChatTemplate;
     const nlohmann::json g = read_json(fixtures / "chat_ids.json");
-    std::vector<std::vector<distill::data::Message>> conversations;
-    for (const auto& c : g["conversations"]) {
-        std::vector<distill::data::Message> m;
-        for (const auto& t : c) m.push_back({t["role"].get<std::string>(), t["content"].get<std::string>()});
-        conversations.push_back(m);
-    }
+    const auto conversations = read_conversations(g["conversations"]);
     for (const auto& c : g["cases"]) {
         const std::string fixture = c["tokenizer"], name = c["name"];
         CAPTURE(fixture);

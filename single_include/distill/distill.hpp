@@ -1034,7 +1034,10 @@ public:
     explicit ByteChatFormat(bool add_bos) : add_bos_(add_bos) {}
 
     std::string id() const override {
-        return "chat-v1;tokenizer=" + std::string(ByteTokenizer::id()) + ";add_bos=" + (add_bos_ ? "1" : "0");
+        std::string id = "chat-v1;tokenizer=";
+        id += ByteTokenizer::id();
+        id += add_bos_ ? ";add_bos=1" : ";add_bos=0";
+        return id;
     }
     std::string tokenizer_id() const override { return std::string(ByteTokenizer::id()); }
     std::int32_t vocab_size() const override { return ByteTokenizer::vocab_size(); }

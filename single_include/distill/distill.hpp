@@ -1328,3122 +1328,25 @@ private:
 /// @file load_chat_template.hpp
 /// `data::load_chat_template`: the template of the tokenizer a job names — `"byte"` (or `""`) for
 /// the byte tokenizer, else a Hugging Face `tokenizer.json` or a directory holding one (with its
-/// tokenizer_config.json). Published tokenizers need PCRE2: in a program linked with `distill::text`
-/// (which defines DISTILL_WITH_TEXT) they load; elsewhere naming one is a config_error that says so.
+/// tokenizer_config.json). Published tokenizers load in a program that includes
+/// `data/hf_tokenizer.hpp` (through `<distill/distill.hpp>` when linked with `distill::text`, PCRE2):
+/// that header registers their loader here, so the translation units that only run a teacher or a
+/// Distiller do not compile the tokenizer. Elsewhere naming one is a config_error that says so.
 
 #include <filesystem>
-#include <memory>
 #include <string>
 
-#ifdef DISTILL_WITH_TEXT
-// ---- begin distill/data/hf_tokenizer.hpp ----
-/// @file hf_tokenizer.hpp
-/// `data::HfTokenizer`: a Hugging Face `tokenizer.json` (and the `tokenizer_config.json` beside it),
-/// encoding and decoding exactly as the Python `tokenizers` package does. Supported (docs/tokenizers.md):
-/// - models: BPE (byte-level as GPT-2/Llama-3/Qwen2, SentencePiece-style with byte fallback as
-///   Llama-2/TinyLlama/Phi-3, continuing-subword prefix, end-of-word suffix, ignore_merges),
-///   WordPiece (BERT), WordLevel;
-/// - normalizers: Sequence, BertNormalizer, Lowercase, StripAccents, NFC, NFD, Replace, Prepend, Strip;
-/// - pre-tokenizers: Sequence, ByteLevel, Split, Metaspace, Digits, BertPreTokenizer, Whitespace,
-///   WhitespaceSplit, Punctuation;
-/// - decoders: Sequence, ByteLevel, Metaspace, ByteFallback, Fuse, Strip, Replace, WordPiece, BPEDecoder;
-/// - post-processors: TemplateProcessing, BertProcessing, RobertaProcessing, ByteLevel, Sequence;
-/// - added tokens (special flag, lstrip, rstrip, single_word, normalized).
-/// Anything else in a file (Unigram, NFKC, Precompiled, dropout, truncation, padding, ...) is a
-/// `config_error` naming the file, the JSON path and what is supported; nothing is silently ignored.
-///
-/// **Invalid UTF-8** in the text to encode: each maximal invalid subpart becomes U+FFFD, as Python's
-/// `bytes.decode("utf-8", "replace")` does, so the ids equal those `tokenizers` gives for that string.
-///
-/// **Needs PCRE2** (Debian `libpcre2-dev`): link the CMake target `distill::text`. The pre-tokenizer
-/// patterns of GPT-2, Llama-3 and Qwen2 use Unicode properties (`\p{L}`, `\p{N}`), lookahead and
-/// case-insensitive groups; PCRE2 (UTF + UCP mode) is the standard engine that runs them unchanged
-/// and also answers the general-category questions (punctuation, marks, controls) BERT needs.
-
-#if !__has_include(<pcre2.h>)
-#error \
-    "distill/data/hf_tokenizer.hpp needs PCRE2: install libpcre2-dev (Debian) and link the CMake target distill::text"
-#endif
-#ifndef PCRE2_CODE_UNIT_WIDTH
-#define PCRE2_CODE_UNIT_WIDTH 8
-#endif
-#include <pcre2.h>
-
-#include <algorithm>
-#include <array>
-#include <cstdint>
-#include <filesystem>
-#include <fstream>
-#include <functional>
-#include <iterator>
-#include <memory>
-#include <optional>
-#include <queue>
-#include <span>
-#include <string>
-#include <string_view>
-#include <unordered_map>
-#include <unordered_set>
-#include <utility>
-#include <vector>
-
-#include <nlohmann/json.hpp>
-
-// ---- begin distill/detail/unicode_tables.hpp ----
-/// @file unicode_tables.hpp
-/// Unicode data for the Hugging Face tokenizers (data/hf_tokenizer.hpp), generated from Python's
-/// unicodedata 14.0.0 by tools/make_unicode_tables.py; do not edit by hand.
-
-#include <cstdint>
-
-namespace distill::detail::unicode {
-
-/// A canonical decomposition: `cp` → `first` `second` (`second` 0 for a singleton); `composes` when
-/// NFC recombines the pair (a primary composite). Sorted by `cp`; Hangul syllables are not listed.
-struct Decomposition {
-    char32_t cp, first, second;
-    bool composes;
-};
-inline constexpr Decomposition decompositions[2061] = {
-    {0xC0, 0x41, 0x300, 1},         {0xC1, 0x41, 0x301, 1},         {0xC2, 0x41, 0x302, 1},
-    {0xC3, 0x41, 0x303, 1},         {0xC4, 0x41, 0x308, 1},         {0xC5, 0x41, 0x30A, 1},
-    {0xC7, 0x43, 0x327, 1},         {0xC8, 0x45, 0x300, 1},         {0xC9, 0x45, 0x301, 1},
-    {0xCA, 0x45, 0x302, 1},         {0xCB, 0x45, 0x308, 1},         {0xCC, 0x49, 0x300, 1},
-    {0xCD, 0x49, 0x301, 1},         {0xCE, 0x49, 0x302, 1},         {0xCF, 0x49, 0x308, 1},
-    {0xD1, 0x4E, 0x303, 1},         {0xD2, 0x4F, 0x300, 1},         {0xD3, 0x4F, 0x301, 1},
-    {0xD4, 0x4F, 0x302, 1},         {0xD5, 0x4F, 0x303, 1},         {0xD6, 0x4F, 0x308, 1},
-    {0xD9, 0x55, 0x300, 1},         {0xDA, 0x55, 0x301, 1},         {0xDB, 0x55, 0x302, 1},
-    {0xDC, 0x55, 0x308, 1},         {0xDD, 0x59, 0x301, 1},         {0xE0, 0x61, 0x300, 1},
-    {0xE1, 0x61, 0x301, 1},         {0xE2, 0x61, 0x302, 1},         {0xE3, 0x61, 0x303, 1},
-    {0xE4, 0x61, 0x308, 1},         {0xE5, 0x61, 0x30A, 1},         {0xE7, 0x63, 0x327, 1},
-    {0xE8, 0x65, 0x300, 1},         {0xE9, 0x65, 0x301, 1},         {0xEA, 0x65, 0x302, 1},
-    {0xEB, 0x65, 0x308, 1},         {0xEC, 0x69, 0x300, 1},         {0xED, 0x69, 0x301, 1},
-    {0xEE, 0x69, 0x302, 1},         {0xEF, 0x69, 0x308, 1},         {0xF1, 0x6E, 0x303, 1},
-    {0xF2, 0x6F, 0x300, 1},         {0xF3, 0x6F, 0x301, 1},         {0xF4, 0x6F, 0x302, 1},
-    {0xF5, 0x6F, 0x303, 1},         {0xF6, 0x6F, 0x308, 1},         {0xF9, 0x75, 0x300, 1},
-    {0xFA, 0x75, 0x301, 1},         {0xFB, 0x75, 0x302, 1},         {0xFC, 0x75, 0x308, 1},
-    {0xFD, 0x79, 0x301, 1},         {0xFF, 0x79, 0x308, 1},         {0x100, 0x41, 0x304, 1},
-    {0x101, 0x61, 0x304, 1},        {0x102, 0x41, 0x306, 1},        {0x103, 0x61, 0x306, 1},
-    {0x104, 0x41, 0x328, 1},        {0x105, 0x61, 0x328, 1},        {0x106, 0x43, 0x301, 1},
-    {0x107, 0x63, 0x301, 1},        {0x108, 0x43, 0x302, 1},        {0x109, 0x63, 0x302, 1},
-    {0x10A, 0x43, 0x307, 1},        {0x10B, 0x63, 0x307, 1},        {0x10C, 0x43, 0x30C, 1},
-    {0x10D, 0x63, 0x30C, 1},        {0x10E, 0x44, 0x30C, 1},        {0x10F, 0x64, 0x30C, 1},
-    {0x112, 0x45, 0x304, 1},        {0x113, 0x65, 0x304, 1},        {0x114, 0x45, 0x306, 1},
-    {0x115, 0x65, 0x306, 1},        {0x116, 0x45, 0x307, 1},        {0x117, 0x65, 0x307, 1},
-    {0x118, 0x45, 0x328, 1},        {0x119, 0x65, 0x328, 1},        {0x11A, 0x45, 0x30C, 1},
-    {0x11B, 0x65, 0x30C, 1},        {0x11C, 0x47, 0x302, 1},        {0x11D, 0x67, 0x302, 1},
-    {0x11E, 0x47, 0x306, 1},        {0x11F, 0x67, 0x306, 1},        {0x120, 0x47, 0x307, 1},
-    {0x121, 0x67, 0x307, 1},        {0x122, 0x47, 0x327, 1},        {0x123, 0x67, 0x327, 1},
-    {0x124, 0x48, 0x302, 1},        {0x125, 0x68, 0x302, 1},        {0x128, 0x49, 0x303, 1},
-    {0x129, 0x69, 0x303, 1},        {0x12A, 0x49, 0x304, 1},        {0x12B, 0x69, 0x304, 1},
-    {0x12C, 0x49, 0x306, 1},        {0x12D, 0x69, 0x306, 1},        {0x12E, 0x49, 0x328, 1},
-    {0x12F, 0x69, 0x328, 1},        {0x130, 0x49, 0x307, 1},        {0x134, 0x4A, 0x302, 1},
-    {0x135, 0x6A, 0x302, 1},        {0x136, 0x4B, 0x327, 1},        {0x137, 0x6B, 0x327, 1},
-    {0x139, 0x4C, 0x301, 1},        {0x13A, 0x6C, 0x301, 1},        {0x13B, 0x4C, 0x327, 1},
-    {0x13C, 0x6C, 0x327, 1},        {0x13D, 0x4C, 0x30C, 1},        {0x13E, 0x6C, 0x30C, 1},
-    {0x143, 0x4E, 0x301, 1},        {0x144, 0x6E, 0x301, 1},        {0x145, 0x4E, 0x327, 1},
-    {0x146, 0x6E, 0x327, 1},        {0x147, 0x4E, 0x30C, 1},        {0x148, 0x6E, 0x30C, 1},
-    {0x14C, 0x4F, 0x304, 1},        {0x14D, 0x6F, 0x304, 1},        {0x14E, 0x4F, 0x306, 1},
-    {0x14F, 0x6F, 0x306, 1},        {0x150, 0x4F, 0x30B, 1},        {0x151, 0x6F, 0x30B, 1},
-    {0x154, 0x52, 0x301, 1},        {0x155, 0x72, 0x301, 1},        {0x156, 0x52, 0x327, 1},
-    {0x157, 0x72, 0x327, 1},        {0x158, 0x52, 0x30C, 1},        {0x159, 0x72, 0x30C, 1},
-    {0x15A, 0x53, 0x301, 1},        {0x15B, 0x73, 0x301, 1},        {0x15C, 0x53, 0x302, 1},
-    {0x15D, 0x73, 0x302, 1},        {0x15E, 0x53, 0x327, 1},        {0x15F, 0x73, 0x327, 1},
-    {0x160, 0x53, 0x30C, 1},        {0x161, 0x73, 0x30C, 1},        {0x162, 0x54, 0x327, 1},
-    {0x163, 0x74, 0x327, 1},        {0x164, 0x54, 0x30C, 1},        {0x165, 0x74, 0x30C, 1},
-    {0x168, 0x55, 0x303, 1},        {0x169, 0x75, 0x303, 1},        {0x16A, 0x55, 0x304, 1},
-    {0x16B, 0x75, 0x304, 1},        {0x16C, 0x55, 0x306, 1},        {0x16D, 0x75, 0x306, 1},
-    {0x16E, 0x55, 0x30A, 1},        {0x16F, 0x75, 0x30A, 1},        {0x170, 0x55, 0x30B, 1},
-    {0x171, 0x75, 0x30B, 1},        {0x172, 0x55, 0x328, 1},        {0x173, 0x75, 0x328, 1},
-    {0x174, 0x57, 0x302, 1},        {0x175, 0x77, 0x302, 1},        {0x176, 0x59, 0x302, 1},
-    {0x177, 0x79, 0x302, 1},        {0x178, 0x59, 0x308, 1},        {0x179, 0x5A, 0x301, 1},
-    {0x17A, 0x7A, 0x301, 1},        {0x17B, 0x5A, 0x307, 1},        {0x17C, 0x7A, 0x307, 1},
-    {0x17D, 0x5A, 0x30C, 1},        {0x17E, 0x7A, 0x30C, 1},        {0x1A0, 0x4F, 0x31B, 1},
-    {0x1A1, 0x6F, 0x31B, 1},        {0x1AF, 0x55, 0x31B, 1},        {0x1B0, 0x75, 0x31B, 1},
-    {0x1CD, 0x41, 0x30C, 1},        {0x1CE, 0x61, 0x30C, 1},        {0x1CF, 0x49, 0x30C, 1},
-    {0x1D0, 0x69, 0x30C, 1},        {0x1D1, 0x4F, 0x30C, 1},        {0x1D2, 0x6F, 0x30C, 1},
-    {0x1D3, 0x55, 0x30C, 1},        {0x1D4, 0x75, 0x30C, 1},        {0x1D5, 0xDC, 0x304, 1},
-    {0x1D6, 0xFC, 0x304, 1},        {0x1D7, 0xDC, 0x301, 1},        {0x1D8, 0xFC, 0x301, 1},
-    {0x1D9, 0xDC, 0x30C, 1},        {0x1DA, 0xFC, 0x30C, 1},        {0x1DB, 0xDC, 0x300, 1},
-    {0x1DC, 0xFC, 0x300, 1},        {0x1DE, 0xC4, 0x304, 1},        {0x1DF, 0xE4, 0x304, 1},
-    {0x1E0, 0x226, 0x304, 1},       {0x1E1, 0x227, 0x304, 1},       {0x1E2, 0xC6, 0x304, 1},
-    {0x1E3, 0xE6, 0x304, 1},        {0x1E6, 0x47, 0x30C, 1},        {0x1E7, 0x67, 0x30C, 1},
-    {0x1E8, 0x4B, 0x30C, 1},        {0x1E9, 0x6B, 0x30C, 1},        {0x1EA, 0x4F, 0x328, 1},
-    {0x1EB, 0x6F, 0x328, 1},        {0x1EC, 0x1EA, 0x304, 1},       {0x1ED, 0x1EB, 0x304, 1},
-    {0x1EE, 0x1B7, 0x30C, 1},       {0x1EF, 0x292, 0x30C, 1},       {0x1F0, 0x6A, 0x30C, 1},
-    {0x1F4, 0x47, 0x301, 1},        {0x1F5, 0x67, 0x301, 1},        {0x1F8, 0x4E, 0x300, 1},
-    {0x1F9, 0x6E, 0x300, 1},        {0x1FA, 0xC5, 0x301, 1},        {0x1FB, 0xE5, 0x301, 1},
-    {0x1FC, 0xC6, 0x301, 1},        {0x1FD, 0xE6, 0x301, 1},        {0x1FE, 0xD8, 0x301, 1},
-    {0x1FF, 0xF8, 0x301, 1},        {0x200, 0x41, 0x30F, 1},        {0x201, 0x61, 0x30F, 1},
-    {0x202, 0x41, 0x311, 1},        {0x203, 0x61, 0x311, 1},        {0x204, 0x45, 0x30F, 1},
-    {0x205, 0x65, 0x30F, 1},        {0x206, 0x45, 0x311, 1},        {0x207, 0x65, 0x311, 1},
-    {0x208, 0x49, 0x30F, 1},        {0x209, 0x69, 0x30F, 1},        {0x20A, 0x49, 0x311, 1},
-    {0x20B, 0x69, 0x311, 1},        {0x20C, 0x4F, 0x30F, 1},        {0x20D, 0x6F, 0x30F, 1},
-    {0x20E, 0x4F, 0x311, 1},        {0x20F, 0x6F, 0x311, 1},        {0x210, 0x52, 0x30F, 1},
-    {0x211, 0x72, 0x30F, 1},        {0x212, 0x52, 0x311, 1},        {0x213, 0x72, 0x311, 1},
-    {0x214, 0x55, 0x30F, 1},        {0x215, 0x75, 0x30F, 1},        {0x216, 0x55, 0x311, 1},
-    {0x217, 0x75, 0x311, 1},        {0x218, 0x53, 0x326, 1},        {0x219, 0x73, 0x326, 1},
-    {0x21A, 0x54, 0x326, 1},        {0x21B, 0x74, 0x326, 1},        {0x21E, 0x48, 0x30C, 1},
-    {0x21F, 0x68, 0x30C, 1},        {0x226, 0x41, 0x307, 1},        {0x227, 0x61, 0x307, 1},
-    {0x228, 0x45, 0x327, 1},        {0x229, 0x65, 0x327, 1},        {0x22A, 0xD6, 0x304, 1},
-    {0x22B, 0xF6, 0x304, 1},        {0x22C, 0xD5, 0x304, 1},        {0x22D, 0xF5, 0x304, 1},
-    {0x22E, 0x4F, 0x307, 1},        {0x22F, 0x6F, 0x307, 1},        {0x230, 0x22E, 0x304, 1},
-    {0x231, 0x22F, 0x304, 1},       {0x232, 0x59, 0x304, 1},        {0x233, 0x79, 0x304, 1},
-    {0x340, 0x300, 0x0, 0},         {0x341, 0x301, 0x0, 0},         {0x343, 0x313, 0x0, 0},
-    {0x344, 0x308, 0x301, 0},       {0x374, 0x2B9, 0x0, 0},         {0x37E, 0x3B, 0x0, 0},
-    {0x385, 0xA8, 0x301, 1},        {0x386, 0x391, 0x301, 1},       {0x387, 0xB7, 0x0, 0},
-    {0x388, 0x395, 0x301, 1},       {0x389, 0x397, 0x301, 1},       {0x38A, 0x399, 0x301, 1},
-    {0x38C, 0x39F, 0x301, 1},       {0x38E, 0x3A5, 0x301, 1},       {0x38F, 0x3A9, 0x301, 1},
-    {0x390, 0x3CA, 0x301, 1},       {0x3AA, 0x399, 0x308, 1},       {0x3AB, 0x3A5, 0x308, 1},
-    {0x3AC, 0x3B1, 0x301, 1},       {0x3AD, 0x3B5, 0x301, 1},       {0x3AE, 0x3B7, 0x301, 1},
-    {0x3AF, 0x3B9, 0x301, 1},       {0x3B0, 0x3CB, 0x301, 1},       {0x3CA, 0x3B9, 0x308, 1},
-    {0x3CB, 0x3C5, 0x308, 1},       {0x3CC, 0x3BF, 0x301, 1},       {0x3CD, 0x3C5, 0x301, 1},
-    {0x3CE, 0x3C9, 0x301, 1},       {0x3D3, 0x3D2, 0x301, 1},       {0x3D4, 0x3D2, 0x308, 1},
-    {0x400, 0x415, 0x300, 1},       {0x401, 0x415, 0x308, 1},       {0x403, 0x413, 0x301, 1},
-    {0x407, 0x406, 0x308, 1},       {0x40C, 0x41A, 0x301, 1},       {0x40D, 0x418, 0x300, 1},
-    {0x40E, 0x423, 0x306, 1},       {0x419, 0x418, 0x306, 1},       {0x439, 0x438, 0x306, 1},
-    {0x450, 0x435, 0x300, 1},       {0x451, 0x435, 0x308, 1},       {0x453, 0x433, 0x301, 1},
-    {0x457, 0x456, 0x308, 1},       {0x45C, 0x43A, 0x301, 1},       {0x45D, 0x438, 0x300, 1},
-    {0x45E, 0x443, 0x306, 1},       {0x476, 0x474, 0x30F, 1},       {0x477, 0x475, 0x30F, 1},
-    {0x4C1, 0x416, 0x306, 1},       {0x4C2, 0x436, 0x306, 1},       {0x4D0, 0x410, 0x306, 1},
-    {0x4D1, 0x430, 0x306, 1},       {0x4D2, 0x410, 0x308, 1},       {0x4D3, 0x430, 0x308, 1},
-    {0x4D6, 0x415, 0x306, 1},       {0x4D7, 0x435, 0x306, 1},       {0x4DA, 0x4D8, 0x308, 1},
-    {0x4DB, 0x4D9, 0x308, 1},       {0x4DC, 0x416, 0x308, 1},       {0x4DD, 0x436, 0x308, 1},
-    {0x4DE, 0x417, 0x308, 1},       {0x4DF, 0x437, 0x308, 1},       {0x4E2, 0x418, 0x304, 1},
-    {0x4E3, 0x438, 0x304, 1},       {0x4E4, 0x418, 0x308, 1},       {0x4E5, 0x438, 0x308, 1},
-    {0x4E6, 0x41E, 0x308, 1},       {0x4E7, 0x43E, 0x308, 1},       {0x4EA, 0x4E8, 0x308, 1},
-    {0x4EB, 0x4E9, 0x308, 1},       {0x4EC, 0x42D, 0x308, 1},       {0x4ED, 0x44D, 0x308, 1},
-    {0x4EE, 0x423, 0x304, 1},       {0x4EF, 0x443, 0x304, 1},       {0x4F0, 0x423, 0x308, 1},
-    {0x4F1, 0x443, 0x308, 1},       {0x4F2, 0x423, 0x30B, 1},       {0x4F3, 0x443, 0x30B, 1},
-    {0x4F4, 0x427, 0x308, 1},       {0x4F5, 0x447, 0x308, 1},       {0x4F8, 0x42B, 0x308, 1},
-    {0x4F9, 0x44B, 0x308, 1},       {0x622, 0x627, 0x653, 1},       {0x623, 0x627, 0x654, 1},
-    {0x624, 0x648, 0x654, 1},       {0x625, 0x627, 0x655, 1},       {0x626, 0x64A, 0x654, 1},
-    {0x6C0, 0x6D5, 0x654, 1},       {0x6C2, 0x6C1, 0x654, 1},       {0x6D3, 0x6D2, 0x654, 1},
-    {0x929, 0x928, 0x93C, 1},       {0x931, 0x930, 0x93C, 1},       {0x934, 0x933, 0x93C, 1},
-    {0x958, 0x915, 0x93C, 0},       {0x959, 0x916, 0x93C, 0},       {0x95A, 0x917, 0x93C, 0},
-    {0x95B, 0x91C, 0x93C, 0},       {0x95C, 0x921, 0x93C, 0},       {0x95D, 0x922, 0x93C, 0},
-    {0x95E, 0x92B, 0x93C, 0},       {0x95F, 0x92F, 0x93C, 0},       {0x9CB, 0x9C7, 0x9BE, 1},
-    {0x9CC, 0x9C7, 0x9D7, 1},       {0x9DC, 0x9A1, 0x9BC, 0},       {0x9DD, 0x9A2, 0x9BC, 0},
-    {0x9DF, 0x9AF, 0x9BC, 0},       {0xA33, 0xA32, 0xA3C, 0},       {0xA36, 0xA38, 0xA3C, 0},
-    {0xA59, 0xA16, 0xA3C, 0},       {0xA5A, 0xA17, 0xA3C, 0},       {0xA5B, 0xA1C, 0xA3C, 0},
-    {0xA5E, 0xA2B, 0xA3C, 0},       {0xB48, 0xB47, 0xB56, 1},       {0xB4B, 0xB47, 0xB3E, 1},
-    {0xB4C, 0xB47, 0xB57, 1},       {0xB5C, 0xB21, 0xB3C, 0},       {0xB5D, 0xB22, 0xB3C, 0},
-    {0xB94, 0xB92, 0xBD7, 1},       {0xBCA, 0xBC6, 0xBBE, 1},       {0xBCB, 0xBC7, 0xBBE, 1},
-    {0xBCC, 0xBC6, 0xBD7, 1},       {0xC48, 0xC46, 0xC56, 1},       {0xCC0, 0xCBF, 0xCD5, 1},
-    {0xCC7, 0xCC6, 0xCD5, 1},       {0xCC8, 0xCC6, 0xCD6, 1},       {0xCCA, 0xCC6, 0xCC2, 1},
-    {0xCCB, 0xCCA, 0xCD5, 1},       {0xD4A, 0xD46, 0xD3E, 1},       {0xD4B, 0xD47, 0xD3E, 1},
-    {0xD4C, 0xD46, 0xD57, 1},       {0xDDA, 0xDD9, 0xDCA, 1},       {0xDDC, 0xDD9, 0xDCF, 1},
-    {0xDDD, 0xDDC, 0xDCA, 1},       {0xDDE, 0xDD9, 0xDDF, 1},       {0xF43, 0xF42, 0xFB7, 0},
-    {0xF4D, 0xF4C, 0xFB7, 0},       {0xF52, 0xF51, 0xFB7, 0},       {0xF57, 0xF56, 0xFB7, 0},
-    {0xF5C, 0xF5B, 0xFB7, 0},       {0xF69, 0xF40, 0xFB5, 0},       {0xF73, 0xF71, 0xF72, 0},
-    {0xF75, 0xF71, 0xF74, 0},       {0xF76, 0xFB2, 0xF80, 0},       {0xF78, 0xFB3, 0xF80, 0},
-    {0xF81, 0xF71, 0xF80, 0},       {0xF93, 0xF92, 0xFB7, 0},       {0xF9D, 0xF9C, 0xFB7, 0},
-    {0xFA2, 0xFA1, 0xFB7, 0},       {0xFA7, 0xFA6, 0xFB7, 0},       {0xFAC, 0xFAB, 0xFB7, 0},
-    {0xFB9, 0xF90, 0xFB5, 0},       {0x1026, 0x1025, 0x102E, 1},    {0x1B06, 0x1B05, 0x1B35, 1},
-    {0x1B08, 0x1B07, 0x1B35, 1},    {0x1B0A, 0x1B09, 0x1B35, 1},    {0x1B0C, 0x1B0B, 0x1B35, 1},
-    {0x1B0E, 0x1B0D, 0x1B35, 1},    {0x1B12, 0x1B11, 0x1B35, 1},    {0x1B3B, 0x1B3A, 0x1B35, 1},
-    {0x1B3D, 0x1B3C, 0x1B35, 1},    {0x1B40, 0x1B3E, 0x1B35, 1},    {0x1B41, 0x1B3F, 0x1B35, 1},
-    {0x1B43, 0x1B42, 0x1B35, 1},    {0x1E00, 0x41, 0x325, 1},       {0x1E01, 0x61, 0x325, 1},
-    {0x1E02, 0x42, 0x307, 1},       {0x1E03, 0x62, 0x307, 1},       {0x1E04, 0x42, 0x323, 1},
-    {0x1E05, 0x62, 0x323, 1},       {0x1E06, 0x42, 0x331, 1},       {0x1E07, 0x62, 0x331, 1},
-    {0x1E08, 0xC7, 0x301, 1},       {0x1E09, 0xE7, 0x301, 1},       {0x1E0A, 0x44, 0x307, 1},
-    {0x1E0B, 0x64, 0x307, 1},       {0x1E0C, 0x44, 0x323, 1},       {0x1E0D, 0x64, 0x323, 1},
-    {0x1E0E, 0x44, 0x331, 1},       {0x1E0F, 0x64, 0x331, 1},       {0x1E10, 0x44, 0x327, 1},
-    {0x1E11, 0x64, 0x327, 1},       {0x1E12, 0x44, 0x32D, 1},       {0x1E13, 0x64, 0x32D, 1},
-    {0x1E14, 0x112, 0x300, 1},      {0x1E15, 0x113, 0x300, 1},      {0x1E16, 0x112, 0x301, 1},
-    {0x1E17, 0x113, 0x301, 1},      {0x1E18, 0x45, 0x32D, 1},       {0x1E19, 0x65, 0x32D, 1},
-    {0x1E1A, 0x45, 0x330, 1},       {0x1E1B, 0x65, 0x330, 1},       {0x1E1C, 0x228, 0x306, 1},
-    {0x1E1D, 0x229, 0x306, 1},      {0x1E1E, 0x46, 0x307, 1},       {0x1E1F, 0x66, 0x307, 1},
-    {0x1E20, 0x47, 0x304, 1},       {0x1E21, 0x67, 0x304, 1},       {0x1E22, 0x48, 0x307, 1},
-    {0x1E23, 0x68, 0x307, 1},       {0x1E24, 0x48, 0x323, 1},       {0x1E25, 0x68, 0x323, 1},
-    {0x1E26, 0x48, 0x308, 1},       {0x1E27, 0x68, 0x308, 1},       {0x1E28, 0x48, 0x327, 1},
-    {0x1E29, 0x68, 0x327, 1},       {0x1E2A, 0x48, 0x32E, 1},       {0x1E2B, 0x68, 0x32E, 1},
-    {0x1E2C, 0x49, 0x330, 1},       {0x1E2D, 0x69, 0x330, 1},       {0x1E2E, 0xCF, 0x301, 1},
-    {0x1E2F, 0xEF, 0x301, 1},       {0x1E30, 0x4B, 0x301, 1},       {0x1E31, 0x6B, 0x301, 1},
-    {0x1E32, 0x4B, 0x323, 1},       {0x1E33, 0x6B, 0x323, 1},       {0x1E34, 0x4B, 0x331, 1},
-    {0x1E35, 0x6B, 0x331, 1},       {0x1E36, 0x4C, 0x323, 1},       {0x1E37, 0x6C, 0x323, 1},
-    {0x1E38, 0x1E36, 0x304, 1},     {0x1E39, 0x1E37, 0x304, 1},     {0x1E3A, 0x4C, 0x331, 1},
-    {0x1E3B, 0x6C, 0x331, 1},       {0x1E3C, 0x4C, 0x32D, 1},       {0x1E3D, 0x6C, 0x32D, 1},
-    {0x1E3E, 0x4D, 0x301, 1},       {0x1E3F, 0x6D, 0x301, 1},       {0x1E40, 0x4D, 0x307, 1},
-    {0x1E41, 0x6D, 0x307, 1},       {0x1E42, 0x4D, 0x323, 1},       {0x1E43, 0x6D, 0x323, 1},
-    {0x1E44, 0x4E, 0x307, 1},       {0x1E45, 0x6E, 0x307, 1},       {0x1E46, 0x4E, 0x323, 1},
-    {0x1E47, 0x6E, 0x323, 1},       {0x1E48, 0x4E, 0x331, 1},       {0x1E49, 0x6E, 0x331, 1},
-    {0x1E4A, 0x4E, 0x32D, 1},       {0x1E4B, 0x6E, 0x32D, 1},       {0x1E4C, 0xD5, 0x301, 1},
-    {0x1E4D, 0xF5, 0x301, 1},       {0x1E4E, 0xD5, 0x308, 1},       {0x1E4F, 0xF5, 0x308, 1},
-    {0x1E50, 0x14C, 0x300, 1},      {0x1E51, 0x14D, 0x300, 1},      {0x1E52, 0x14C, 0x301, 1},
-    {0x1E53, 0x14D, 0x301, 1},      {0x1E54, 0x50, 0x301, 1},       {0x1E55, 0x70, 0x301, 1},
-    {0x1E56, 0x50, 0x307, 1},       {0x1E57, 0x70, 0x307, 1},       {0x1E58, 0x52, 0x307, 1},
-    {0x1E59, 0x72, 0x307, 1},       {0x1E5A, 0x52, 0x323, 1},       {0x1E5B, 0x72, 0x323, 1},
-    {0x1E5C, 0x1E5A, 0x304, 1},     {0x1E5D, 0x1E5B, 0x304, 1},     {0x1E5E, 0x52, 0x331, 1},
-    {0x1E5F, 0x72, 0x331, 1},       {0x1E60, 0x53, 0x307, 1},       {0x1E61, 0x73, 0x307, 1},
-    {0x1E62, 0x53, 0x323, 1},       {0x1E63, 0x73, 0x323, 1},       {0x1E64, 0x15A, 0x307, 1},
-    {0x1E65, 0x15B, 0x307, 1},      {0x1E66, 0x160, 0x307, 1},      {0x1E67, 0x161, 0x307, 1},
-    {0x1E68, 0x1E62, 0x307, 1},     {0x1E69, 0x1E63, 0x307, 1},     {0x1E6A, 0x54, 0x307, 1},
-    {0x1E6B, 0x74, 0x307, 1},       {0x1E6C, 0x54, 0x323, 1},       {0x1E6D, 0x74, 0x323, 1},
-    {0x1E6E, 0x54, 0x331, 1},       {0x1E6F, 0x74, 0x331, 1},       {0x1E70, 0x54, 0x32D, 1},
-    {0x1E71, 0x74, 0x32D, 1},       {0x1E72, 0x55, 0x324, 1},       {0x1E73, 0x75, 0x324, 1},
-    {0x1E74, 0x55, 0x330, 1},       {0x1E75, 0x75, 0x330, 1},       {0x1E76, 0x55, 0x32D, 1},
-    {0x1E77, 0x75, 0x32D, 1},       {0x1E78, 0x168, 0x301, 1},      {0x1E79, 0x169, 0x301, 1},
-    {0x1E7A, 0x16A, 0x308, 1},      {0x1E7B, 0x16B, 0x308, 1},      {0x1E7C, 0x56, 0x303, 1},
-    {0x1E7D, 0x76, 0x303, 1},       {0x1E7E, 0x56, 0x323, 1},       {0x1E7F, 0x76, 0x323, 1},
-    {0x1E80, 0x57, 0x300, 1},       {0x1E81, 0x77, 0x300, 1},       {0x1E82, 0x57, 0x301, 1},
-    {0x1E83, 0x77, 0x301, 1},       {0x1E84, 0x57, 0x308, 1},       {0x1E85, 0x77, 0x308, 1},
-    {0x1E86, 0x57, 0x307, 1},       {0x1E87, 0x77, 0x307, 1},       {0x1E88, 0x57, 0x323, 1},
-    {0x1E89, 0x77, 0x323, 1},       {0x1E8A, 0x58, 0x307, 1},       {0x1E8B, 0x78, 0x307, 1},
-    {0x1E8C, 0x58, 0x308, 1},       {0x1E8D, 0x78, 0x308, 1},       {0x1E8E, 0x59, 0x307, 1},
-    {0x1E8F, 0x79, 0x307, 1},       {0x1E90, 0x5A, 0x302, 1},       {0x1E91, 0x7A, 0x302, 1},
-    {0x1E92, 0x5A, 0x323, 1},       {0x1E93, 0x7A, 0x323, 1},       {0x1E94, 0x5A, 0x331, 1},
-    {0x1E95, 0x7A, 0x331, 1},       {0x1E96, 0x68, 0x331, 1},       {0x1E97, 0x74, 0x308, 1},
-    {0x1E98, 0x77, 0x30A, 1},       {0x1E99, 0x79, 0x30A, 1},       {0x1E9B, 0x17F, 0x307, 1},
-    {0x1EA0, 0x41, 0x323, 1},       {0x1EA1, 0x61, 0x323, 1},       {0x1EA2, 0x41, 0x309, 1},
-    {0x1EA3, 0x61, 0x309, 1},       {0x1EA4, 0xC2, 0x301, 1},       {0x1EA5, 0xE2, 0x301, 1},
-    {0x1EA6, 0xC2, 0x300, 1},       {0x1EA7, 0xE2, 0x300, 1},       {0x1EA8, 0xC2, 0x309, 1},
-    {0x1EA9, 0xE2, 0x309, 1},       {0x1EAA, 0xC2, 0x303, 1},       {0x1EAB, 0xE2, 0x303, 1},
-    {0x1EAC, 0x1EA0, 0x302, 1},     {0x1EAD, 0x1EA1, 0x302, 1},     {0x1EAE, 0x102, 0x301, 1},
-    {0x1EAF, 0x103, 0x301, 1},      {0x1EB0, 0x102, 0x300, 1},      {0x1EB1, 0x103, 0x300, 1},
-    {0x1EB2, 0x102, 0x309, 1},      {0x1EB3, 0x103, 0x309, 1},      {0x1EB4, 0x102, 0x303, 1},
-    {0x1EB5, 0x103, 0x303, 1},      {0x1EB6, 0x1EA0, 0x306, 1},     {0x1EB7, 0x1EA1, 0x306, 1},
-    {0x1EB8, 0x45, 0x323, 1},       {0x1EB9, 0x65, 0x323, 1},       {0x1EBA, 0x45, 0x309, 1},
-    {0x1EBB, 0x65, 0x309, 1},       {0x1EBC, 0x45, 0x303, 1},       {0x1EBD, 0x65, 0x303, 1},
-    {0x1EBE, 0xCA, 0x301, 1},       {0x1EBF, 0xEA, 0x301, 1},       {0x1EC0, 0xCA, 0x300, 1},
-    {0x1EC1, 0xEA, 0x300, 1},       {0x1EC2, 0xCA, 0x309, 1},       {0x1EC3, 0xEA, 0x309, 1},
-    {0x1EC4, 0xCA, 0x303, 1},       {0x1EC5, 0xEA, 0x303, 1},       {0x1EC6, 0x1EB8, 0x302, 1},
-    {0x1EC7, 0x1EB9, 0x302, 1},     {0x1EC8, 0x49, 0x309, 1},       {0x1EC9, 0x69, 0x309, 1},
-    {0x1ECA, 0x49, 0x323, 1},       {0x1ECB, 0x69, 0x323, 1},       {0x1ECC, 0x4F, 0x323, 1},
-    {0x1ECD, 0x6F, 0x323, 1},       {0x1ECE, 0x4F, 0x309, 1},       {0x1ECF, 0x6F, 0x309, 1},
-    {0x1ED0, 0xD4, 0x301, 1},       {0x1ED1, 0xF4, 0x301, 1},       {0x1ED2, 0xD4, 0x300, 1},
-    {0x1ED3, 0xF4, 0x300, 1},       {0x1ED4, 0xD4, 0x309, 1},       {0x1ED5, 0xF4, 0x309, 1},
-    {0x1ED6, 0xD4, 0x303, 1},       {0x1ED7, 0xF4, 0x303, 1},       {0x1ED8, 0x1ECC, 0x302, 1},
-    {0x1ED9, 0x1ECD, 0x302, 1},     {0x1EDA, 0x1A0, 0x301, 1},      {0x1EDB, 0x1A1, 0x301, 1},
-    {0x1EDC, 0x1A0, 0x300, 1},      {0x1EDD, 0x1A1, 0x300, 1},      {0x1EDE, 0x1A0, 0x309, 1},
-    {0x1EDF, 0x1A1, 0x309, 1},      {0x1EE0, 0x1A0, 0x303, 1},      {0x1EE1, 0x1A1, 0x303, 1},
-    {0x1EE2, 0x1A0, 0x323, 1},      {0x1EE3, 0x1A1, 0x323, 1},      {0x1EE4, 0x55, 0x323, 1},
-    {0x1EE5, 0x75, 0x323, 1},       {0x1EE6, 0x55, 0x309, 1},       {0x1EE7, 0x75, 0x309, 1},
-    {0x1EE8, 0x1AF, 0x301, 1},      {0x1EE9, 0x1B0, 0x301, 1},      {0x1EEA, 0x1AF, 0x300, 1},
-    {0x1EEB, 0x1B0, 0x300, 1},      {0x1EEC, 0x1AF, 0x309, 1},      {0x1EED, 0x1B0, 0x309, 1},
-    {0x1EEE, 0x1AF, 0x303, 1},      {0x1EEF, 0x1B0, 0x303, 1},      {0x1EF0, 0x1AF, 0x323, 1},
-    {0x1EF1, 0x1B0, 0x323, 1},      {0x1EF2, 0x59, 0x300, 1},       {0x1EF3, 0x79, 0x300, 1},
-    {0x1EF4, 0x59, 0x323, 1},       {0x1EF5, 0x79, 0x323, 1},       {0x1EF6, 0x59, 0x309, 1},
-    {0x1EF7, 0x79, 0x309, 1},       {0x1EF8, 0x59, 0x303, 1},       {0x1EF9, 0x79, 0x303, 1},
-    {0x1F00, 0x3B1, 0x313, 1},      {0x1F01, 0x3B1, 0x314, 1},      {0x1F02, 0x1F00, 0x300, 1},
-    {0x1F03, 0x1F01, 0x300, 1},     {0x1F04, 0x1F00, 0x301, 1},     {0x1F05, 0x1F01, 0x301, 1},
-    {0x1F06, 0x1F00, 0x342, 1},     {0x1F07, 0x1F01, 0x342, 1},     {0x1F08, 0x391, 0x313, 1},
-    {0x1F09, 0x391, 0x314, 1},      {0x1F0A, 0x1F08, 0x300, 1},     {0x1F0B, 0x1F09, 0x300, 1},
-    {0x1F0C, 0x1F08, 0x301, 1},     {0x1F0D, 0x1F09, 0x301, 1},     {0x1F0E, 0x1F08, 0x342, 1},
-    {0x1F0F, 0x1F09, 0x342, 1},     {0x1F10, 0x3B5, 0x313, 1},      {0x1F11, 0x3B5, 0x314, 1},
-    {0x1F12, 0x1F10, 0x300, 1},     {0x1F13, 0x1F11, 0x300, 1},     {0x1F14, 0x1F10, 0x301, 1},
-    {0x1F15, 0x1F11, 0x301, 1},     {0x1F18, 0x395, 0x313, 1},      {0x1F19, 0x395, 0x314, 1},
-    {0x1F1A, 0x1F18, 0x300, 1},     {0x1F1B, 0x1F19, 0x300, 1},     {0x1F1C, 0x1F18, 0x301, 1},
-    {0x1F1D, 0x1F19, 0x301, 1},     {0x1F20, 0x3B7, 0x313, 1},      {0x1F21, 0x3B7, 0x314, 1},
-    {0x1F22, 0x1F20, 0x300, 1},     {0x1F23, 0x1F21, 0x300, 1},     {0x1F24, 0x1F20, 0x301, 1},
-    {0x1F25, 0x1F21, 0x301, 1},     {0x1F26, 0x1F20, 0x342, 1},     {0x1F27, 0x1F21, 0x342, 1},
-    {0x1F28, 0x397, 0x313, 1},      {0x1F29, 0x397, 0x314, 1},      {0x1F2A, 0x1F28, 0x300, 1},
-    {0x1F2B, 0x1F29, 0x300, 1},     {0x1F2C, 0x1F28, 0x301, 1},     {0x1F2D, 0x1F29, 0x301, 1},
-    {0x1F2E, 0x1F28, 0x342, 1},     {0x1F2F, 0x1F29, 0x342, 1},     {0x1F30, 0x3B9, 0x313, 1},
-    {0x1F31, 0x3B9, 0x314, 1},      {0x1F32, 0x1F30, 0x300, 1},     {0x1F33, 0x1F31, 0x300, 1},
-    {0x1F34, 0x1F30, 0x301, 1},     {0x1F35, 0x1F31, 0x301, 1},     {0x1F36, 0x1F30, 0x342, 1},
-    {0x1F37, 0x1F31, 0x342, 1},     {0x1F38, 0x399, 0x313, 1},      {0x1F39, 0x399, 0x314, 1},
-    {0x1F3A, 0x1F38, 0x300, 1},     {0x1F3B, 0x1F39, 0x300, 1},     {0x1F3C, 0x1F38, 0x301, 1},
-    {0x1F3D, 0x1F39, 0x301, 1},     {0x1F3E, 0x1F38, 0x342, 1},     {0x1F3F, 0x1F39, 0x342, 1},
-    {0x1F40, 0x3BF, 0x313, 1},      {0x1F41, 0x3BF, 0x314, 1},      {0x1F42, 0x1F40, 0x300, 1},
-    {0x1F43, 0x1F41, 0x300, 1},     {0x1F44, 0x1F40, 0x301, 1},     {0x1F45, 0x1F41, 0x301, 1},
-    {0x1F48, 0x39F, 0x313, 1},      {0x1F49, 0x39F, 0x314, 1},      {0x1F4A, 0x1F48, 0x300, 1},
-    {0x1F4B, 0x1F49, 0x300, 1},     {0x1F4C, 0x1F48, 0x301, 1},     {0x1F4D, 0x1F49, 0x301, 1},
-    {0x1F50, 0x3C5, 0x313, 1},      {0x1F51, 0x3C5, 0x314, 1},      {0x1F52, 0x1F50, 0x300, 1},
-    {0x1F53, 0x1F51, 0x300, 1},     {0x1F54, 0x1F50, 0x301, 1},     {0x1F55, 0x1F51, 0x301, 1},
-    {0x1F56, 0x1F50, 0x342, 1},     {0x1F57, 0x1F51, 0x342, 1},     {0x1F59, 0x3A5, 0x314, 1},
-    {0x1F5B, 0x1F59, 0x300, 1},     {0x1F5D, 0x1F59, 0x301, 1},     {0x1F5F, 0x1F59, 0x342, 1},
-    {0x1F60, 0x3C9, 0x313, 1},      {0x1F61, 0x3C9, 0x314, 1},      {0x1F62, 0x1F60, 0x300, 1},
-    {0x1F63, 0x1F61, 0x300, 1},     {0x1F64, 0x1F60, 0x301, 1},     {0x1F65, 0x1F61, 0x301, 1},
-    {0x1F66, 0x1F60, 0x342, 1},     {0x1F67, 0x1F61, 0x342, 1},     {0x1F68, 0x3A9, 0x313, 1},
-    {0x1F69, 0x3A9, 0x314, 1},      {0x1F6A, 0x1F68, 0x300, 1},     {0x1F6B, 0x1F69, 0x300, 1},
-    {0x1F6C, 0x1F68, 0x301, 1},     {0x1F6D, 0x1F69, 0x301, 1},     {0x1F6E, 0x1F68, 0x342, 1},
-    {0x1F6F, 0x1F69, 0x342, 1},     {0x1F70, 0x3B1, 0x300, 1},      {0x1F71, 0x3AC, 0x0, 0},
-    {0x1F72, 0x3B5, 0x300, 1},      {0x1F73, 0x3AD, 0x0, 0},        {0x1F74, 0x3B7, 0x300, 1},
-    {0x1F75, 0x3AE, 0x0, 0},        {0x1F76, 0x3B9, 0x300, 1},      {0x1F77, 0x3AF, 0x0, 0},
-    {0x1F78, 0x3BF, 0x300, 1},      {0x1F79, 0x3CC, 0x0, 0},        {0x1F7A, 0x3C5, 0x300, 1},
-    {0x1F7B, 0x3CD, 0x0, 0},        {0x1F7C, 0x3C9, 0x300, 1},      {0x1F7D, 0x3CE, 0x0, 0},
-    {0x1F80, 0x1F00, 0x345, 1},     {0x1F81, 0x1F01, 0x345, 1},     {0x1F82, 0x1F02, 0x345, 1},
-    {0x1F83, 0x1F03, 0x345, 1},     {0x1F84, 0x1F04, 0x345, 1},     {0x1F85, 0x1F05, 0x345, 1},
-    {0x1F86, 0x1F06, 0x345, 1},     {0x1F87, 0x1F07, 0x345, 1},     {0x1F88, 0x1F08, 0x345, 1},
-    {0x1F89, 0x1F09, 0x345, 1},     {0x1F8A, 0x1F0A, 0x345, 1},     {0x1F8B, 0x1F0B, 0x345, 1},
-    {0x1F8C, 0x1F0C, 0x345, 1},     {0x1F8D, 0x1F0D, 0x345, 1},     {0x1F8E, 0x1F0E, 0x345, 1},
-    {0x1F8F, 0x1F0F, 0x345, 1},     {0x1F90, 0x1F20, 0x345, 1},     {0x1F91, 0x1F21, 0x345, 1},
-    {0x1F92, 0x1F22, 0x345, 1},     {0x1F93, 0x1F23, 0x345, 1},     {0x1F94, 0x1F24, 0x345, 1},
-    {0x1F95, 0x1F25, 0x345, 1},     {0x1F96, 0x1F26, 0x345, 1},     {0x1F97, 0x1F27, 0x345, 1},
-    {0x1F98, 0x1F28, 0x345, 1},     {0x1F99, 0x1F29, 0x345, 1},     {0x1F9A, 0x1F2A, 0x345, 1},
-    {0x1F9B, 0x1F2B, 0x345, 1},     {0x1F9C, 0x1F2C, 0x345, 1},     {0x1F9D, 0x1F2D, 0x345, 1},
-    {0x1F9E, 0x1F2E, 0x345, 1},     {0x1F9F, 0x1F2F, 0x345, 1},     {0x1FA0, 0x1F60, 0x345, 1},
-    {0x1FA1, 0x1F61, 0x345, 1},     {0x1FA2, 0x1F62, 0x345, 1},     {0x1FA3, 0x1F63, 0x345, 1},
-    {0x1FA4, 0x1F64, 0x345, 1},     {0x1FA5, 0x1F65, 0x345, 1},     {0x1FA6, 0x1F66, 0x345, 1},
-    {0x1FA7, 0x1F67, 0x345, 1},     {0x1FA8, 0x1F68, 0x345, 1},     {0x1FA9, 0x1F69, 0x345, 1},
-    {0x1FAA, 0x1F6A, 0x345, 1},     {0x1FAB, 0x1F6B, 0x345, 1},     {0x1FAC, 0x1F6C, 0x345, 1},
-    {0x1FAD, 0x1F6D, 0x345, 1},     {0x1FAE, 0x1F6E, 0x345, 1},     {0x1FAF, 0x1F6F, 0x345, 1},
-    {0x1FB0, 0x3B1, 0x306, 1},      {0x1FB1, 0x3B1, 0x304, 1},      {0x1FB2, 0x1F70, 0x345, 1},
-    {0x1FB3, 0x3B1, 0x345, 1},      {0x1FB4, 0x3AC, 0x345, 1},      {0x1FB6, 0x3B1, 0x342, 1},
-    {0x1FB7, 0x1FB6, 0x345, 1},     {0x1FB8, 0x391, 0x306, 1},      {0x1FB9, 0x391, 0x304, 1},
-    {0x1FBA, 0x391, 0x300, 1},      {0x1FBB, 0x386, 0x0, 0},        {0x1FBC, 0x391, 0x345, 1},
-    {0x1FBE, 0x3B9, 0x0, 0},        {0x1FC1, 0xA8, 0x342, 1},       {0x1FC2, 0x1F74, 0x345, 1},
-    {0x1FC3, 0x3B7, 0x345, 1},      {0x1FC4, 0x3AE, 0x345, 1},      {0x1FC6, 0x3B7, 0x342, 1},
-    {0x1FC7, 0x1FC6, 0x345, 1},     {0x1FC8, 0x395, 0x300, 1},      {0x1FC9, 0x388, 0x0, 0},
-    {0x1FCA, 0x397, 0x300, 1},      {0x1FCB, 0x389, 0x0, 0},        {0x1FCC, 0x397, 0x345, 1},
-    {0x1FCD, 0x1FBF, 0x300, 1},     {0x1FCE, 0x1FBF, 0x301, 1},     {0x1FCF, 0x1FBF, 0x342, 1},
-    {0x1FD0, 0x3B9, 0x306, 1},      {0x1FD1, 0x3B9, 0x304, 1},      {0x1FD2, 0x3CA, 0x300, 1},
-    {0x1FD3, 0x390, 0x0, 0},        {0x1FD6, 0x3B9, 0x342, 1},      {0x1FD7, 0x3CA, 0x342, 1},
-    {0x1FD8, 0x399, 0x306, 1},      {0x1FD9, 0x399, 0x304, 1},      {0x1FDA, 0x399, 0x300, 1},
-    {0x1FDB, 0x38A, 0x0, 0},        {0x1FDD, 0x1FFE, 0x300, 1},     {0x1FDE, 0x1FFE, 0x301, 1},
-    {0x1FDF, 0x1FFE, 0x342, 1},     {0x1FE0, 0x3C5, 0x306, 1},      {0x1FE1, 0x3C5, 0x304, 1},
-    {0x1FE2, 0x3CB, 0x300, 1},      {0x1FE3, 0x3B0, 0x0, 0},        {0x1FE4, 0x3C1, 0x313, 1},
-    {0x1FE5, 0x3C1, 0x314, 1},      {0x1FE6, 0x3C5, 0x342, 1},      {0x1FE7, 0x3CB, 0x342, 1},
-    {0x1FE8, 0x3A5, 0x306, 1},      {0x1FE9, 0x3A5, 0x304, 1},      {0x1FEA, 0x3A5, 0x300, 1},
-    {0x1FEB, 0x38E, 0x0, 0},        {0x1FEC, 0x3A1, 0x314, 1},      {0x1FED, 0xA8, 0x300, 1},
-    {0x1FEE, 0x385, 0x0, 0},        {0x1FEF, 0x60, 0x0, 0},         {0x1FF2, 0x1F7C, 0x345, 1},
-    {0x1FF3, 0x3C9, 0x345, 1},      {0x1FF4, 0x3CE, 0x345, 1},      {0x1FF6, 0x3C9, 0x342, 1},
-    {0x1FF7, 0x1FF6, 0x345, 1},     {0x1FF8, 0x39F, 0x300, 1},      {0x1FF9, 0x38C, 0x0, 0},
-    {0x1FFA, 0x3A9, 0x300, 1},      {0x1FFB, 0x38F, 0x0, 0},        {0x1FFC, 0x3A9, 0x345, 1},
-    {0x1FFD, 0xB4, 0x0, 0},         {0x2000, 0x2002, 0x0, 0},       {0x2001, 0x2003, 0x0, 0},
-    {0x2126, 0x3A9, 0x0, 0},        {0x212A, 0x4B, 0x0, 0},         {0x212B, 0xC5, 0x0, 0},
-    {0x219A, 0x2190, 0x338, 1},     {0x219B, 0x2192, 0x338, 1},     {0x21AE, 0x2194, 0x338, 1},
-    {0x21CD, 0x21D0, 0x338, 1},     {0x21CE, 0x21D4, 0x338, 1},     {0x21CF, 0x21D2, 0x338, 1},
-    {0x2204, 0x2203, 0x338, 1},     {0x2209, 0x2208, 0x338, 1},     {0x220C, 0x220B, 0x338, 1},
-    {0x2224, 0x2223, 0x338, 1},     {0x2226, 0x2225, 0x338, 1},     {0x2241, 0x223C, 0x338, 1},
-    {0x2244, 0x2243, 0x338, 1},     {0x2247, 0x2245, 0x338, 1},     {0x2249, 0x2248, 0x338, 1},
-    {0x2260, 0x3D, 0x338, 1},       {0x2262, 0x2261, 0x338, 1},     {0x226D, 0x224D, 0x338, 1},
-    {0x226E, 0x3C, 0x338, 1},       {0x226F, 0x3E, 0x338, 1},       {0x2270, 0x2264, 0x338, 1},
-    {0x2271, 0x2265, 0x338, 1},     {0x2274, 0x2272, 0x338, 1},     {0x2275, 0x2273, 0x338, 1},
-    {0x2278, 0x2276, 0x338, 1},     {0x2279, 0x2277, 0x338, 1},     {0x2280, 0x227A, 0x338, 1},
-    {0x2281, 0x227B, 0x338, 1},     {0x2284, 0x2282, 0x338, 1},     {0x2285, 0x2283, 0x338, 1},
-    {0x2288, 0x2286, 0x338, 1},     {0x2289, 0x2287, 0x338, 1},     {0x22AC, 0x22A2, 0x338, 1},
-    {0x22AD, 0x22A8, 0x338, 1},     {0x22AE, 0x22A9, 0x338, 1},     {0x22AF, 0x22AB, 0x338, 1},
-    {0x22E0, 0x227C, 0x338, 1},     {0x22E1, 0x227D, 0x338, 1},     {0x22E2, 0x2291, 0x338, 1},
-    {0x22E3, 0x2292, 0x338, 1},     {0x22EA, 0x22B2, 0x338, 1},     {0x22EB, 0x22B3, 0x338, 1},
-    {0x22EC, 0x22B4, 0x338, 1},     {0x22ED, 0x22B5, 0x338, 1},     {0x2329, 0x3008, 0x0, 0},
-    {0x232A, 0x3009, 0x0, 0},       {0x2ADC, 0x2ADD, 0x338, 0},     {0x304C, 0x304B, 0x3099, 1},
-    {0x304E, 0x304D, 0x3099, 1},    {0x3050, 0x304F, 0x3099, 1},    {0x3052, 0x3051, 0x3099, 1},
-    {0x3054, 0x3053, 0x3099, 1},    {0x3056, 0x3055, 0x3099, 1},    {0x3058, 0x3057, 0x3099, 1},
-    {0x305A, 0x3059, 0x3099, 1},    {0x305C, 0x305B, 0x3099, 1},    {0x305E, 0x305D, 0x3099, 1},
-    {0x3060, 0x305F, 0x3099, 1},    {0x3062, 0x3061, 0x3099, 1},    {0x3065, 0x3064, 0x3099, 1},
-    {0x3067, 0x3066, 0x3099, 1},    {0x3069, 0x3068, 0x3099, 1},    {0x3070, 0x306F, 0x3099, 1},
-    {0x3071, 0x306F, 0x309A, 1},    {0x3073, 0x3072, 0x3099, 1},    {0x3074, 0x3072, 0x309A, 1},
-    {0x3076, 0x3075, 0x3099, 1},    {0x3077, 0x3075, 0x309A, 1},    {0x3079, 0x3078, 0x3099, 1},
-    {0x307A, 0x3078, 0x309A, 1},    {0x307C, 0x307B, 0x3099, 1},    {0x307D, 0x307B, 0x309A, 1},
-    {0x3094, 0x3046, 0x3099, 1},    {0x309E, 0x309D, 0x3099, 1},    {0x30AC, 0x30AB, 0x3099, 1},
-    {0x30AE, 0x30AD, 0x3099, 1},    {0x30B0, 0x30AF, 0x3099, 1},    {0x30B2, 0x30B1, 0x3099, 1},
-    {0x30B4, 0x30B3, 0x3099, 1},    {0x30B6, 0x30B5, 0x3099, 1},    {0x30B8, 0x30B7, 0x3099, 1},
-    {0x30BA, 0x30B9, 0x3099, 1},    {0x30BC, 0x30BB, 0x3099, 1},    {0x30BE, 0x30BD, 0x3099, 1},
-    {0x30C0, 0x30BF, 0x3099, 1},    {0x30C2, 0x30C1, 0x3099, 1},    {0x30C5, 0x30C4, 0x3099, 1},
-    {0x30C7, 0x30C6, 0x3099, 1},    {0x30C9, 0x30C8, 0x3099, 1},    {0x30D0, 0x30CF, 0x3099, 1},
-    {0x30D1, 0x30CF, 0x309A, 1},    {0x30D3, 0x30D2, 0x3099, 1},    {0x30D4, 0x30D2, 0x309A, 1},
-    {0x30D6, 0x30D5, 0x3099, 1},    {0x30D7, 0x30D5, 0x309A, 1},    {0x30D9, 0x30D8, 0x3099, 1},
-    {0x30DA, 0x30D8, 0x309A, 1},    {0x30DC, 0x30DB, 0x3099, 1},    {0x30DD, 0x30DB, 0x309A, 1},
-    {0x30F4, 0x30A6, 0x3099, 1},    {0x30F7, 0x30EF, 0x3099, 1},    {0x30F8, 0x30F0, 0x3099, 1},
-    {0x30F9, 0x30F1, 0x3099, 1},    {0x30FA, 0x30F2, 0x3099, 1},    {0x30FE, 0x30FD, 0x3099, 1},
-    {0xF900, 0x8C48, 0x0, 0},       {0xF901, 0x66F4, 0x0, 0},       {0xF902, 0x8ECA, 0x0, 0},
-    {0xF903, 0x8CC8, 0x0, 0},       {0xF904, 0x6ED1, 0x0, 0},       {0xF905, 0x4E32, 0x0, 0},
-    {0xF906, 0x53E5, 0x0, 0},       {0xF907, 0x9F9C, 0x0, 0},       {0xF908, 0x9F9C, 0x0, 0},
-    {0xF909, 0x5951, 0x0, 0},       {0xF90A, 0x91D1, 0x0, 0},       {0xF90B, 0x5587, 0x0, 0},
-    {0xF90C, 0x5948, 0x0, 0},       {0xF90D, 0x61F6, 0x0, 0},       {0xF90E, 0x7669, 0x0, 0},
-    {0xF90F, 0x7F85, 0x0, 0},       {0xF910, 0x863F, 0x0, 0},       {0xF911, 0x87BA, 0x0, 0},
-    {0xF912, 0x88F8, 0x0, 0},       {0xF913, 0x908F, 0x0, 0},       {0xF914, 0x6A02, 0x0, 0},
-    {0xF915, 0x6D1B, 0x0, 0},       {0xF916, 0x70D9, 0x0, 0},       {0xF917, 0x73DE, 0x0, 0},
-    {0xF918, 0x843D, 0x0, 0},       {0xF919, 0x916A, 0x0, 0},       {0xF91A, 0x99F1, 0x0, 0},
-    {0xF91B, 0x4E82, 0x0, 0},       {0xF91C, 0x5375, 0x0, 0},       {0xF91D, 0x6B04, 0x0, 0},
-    {0xF91E, 0x721B, 0x0, 0},       {0xF91F, 0x862D, 0x0, 0},       {0xF920, 0x9E1E, 0x0, 0},
-    {0xF921, 0x5D50, 0x0, 0},       {0xF922, 0x6FEB, 0x0, 0},       {0xF923, 0x85CD, 0x0, 0},
-    {0xF924, 0x8964, 0x0, 0},       {0xF925, 0x62C9, 0x0, 0},       {0xF926, 0x81D8, 0x0, 0},
-    {0xF927, 0x881F, 0x0, 0},       {0xF928, 0x5ECA, 0x0, 0},       {0xF929, 0x6717, 0x0, 0},
-    {0xF92A, 0x6D6A, 0x0, 0},       {0xF92B, 0x72FC, 0x0, 0},       {0xF92C, 0x90CE, 0x0, 0},
-    {0xF92D, 0x4F86, 0x0, 0},       {0xF92E, 0x51B7, 0x0, 0},       {0xF92F, 0x52DE, 0x0, 0},
-    {0xF930, 0x64C4, 0x0, 0},       {0xF931, 0x6AD3, 0x0, 0},       {0xF932, 0x7210, 0x0, 0},
-    {0xF933, 0x76E7, 0x0, 0},       {0xF934, 0x8001, 0x0, 0},       {0xF935, 0x8606, 0x0, 0},
-    {0xF936, 0x865C, 0x0, 0},       {0xF937, 0x8DEF, 0x0, 0},       {0xF938, 0x9732, 0x0, 0},
-    {0xF939, 0x9B6F, 0x0, 0},       {0xF93A, 0x9DFA, 0x0, 0},       {0xF93B, 0x788C, 0x0, 0},
-    {0xF93C, 0x797F, 0x0, 0},       {0xF93D, 0x7DA0, 0x0, 0},       {0xF93E, 0x83C9, 0x0, 0},
-    {0xF93F, 0x9304, 0x0, 0},       {0xF940, 0x9E7F, 0x0, 0},       {0xF941, 0x8AD6, 0x0, 0},
-    {0xF942, 0x58DF, 0x0, 0},       {0xF943, 0x5F04, 0x0, 0},       {0xF944, 0x7C60, 0x0, 0},
-    {0xF945, 0x807E, 0x0, 0},       {0xF946, 0x7262, 0x0, 0},       {0xF947, 0x78CA, 0x0, 0},
-    {0xF948, 0x8CC2, 0x0, 0},       {0xF949, 0x96F7, 0x0, 0},       {0xF94A, 0x58D8, 0x0, 0},
-    {0xF94B, 0x5C62, 0x0, 0},       {0xF94C, 0x6A13, 0x0, 0},       {0xF94D, 0x6DDA, 0x0, 0},
-    {0xF94E, 0x6F0F, 0x0, 0},       {0xF94F, 0x7D2F, 0x0, 0},       {0xF950, 0x7E37, 0x0, 0},
-    {0xF951, 0x964B, 0x0, 0},       {0xF952, 0x52D2, 0x0, 0},       {0xF953, 0x808B, 0x0, 0},
-    {0xF954, 0x51DC, 0x0, 0},       {0xF955, 0x51CC, 0x0, 0},       {0xF956, 0x7A1C, 0x0, 0},
-    {0xF957, 0x7DBE, 0x0, 0},       {0xF958, 0x83F1, 0x0, 0},       {0xF959, 0x9675, 0x0, 0},
-    {0xF95A, 0x8B80, 0x0, 0},       {0xF95B, 0x62CF, 0x0, 0},       {0xF95C, 0x6A02, 0x0, 0},
-    {0xF95D, 0x8AFE, 0x0, 0},       {0xF95E, 0x4E39, 0x0, 0},       {0xF95F, 0x5BE7, 0x0, 0},
-    {0xF960, 0x6012, 0x0, 0},       {0xF961, 0x7387, 0x0, 0},       {0xF962, 0x7570, 0x0, 0},
-    {0xF963, 0x5317, 0x0, 0},       {0xF964, 0x78FB, 0x0, 0},       {0xF965, 0x4FBF, 0x0, 0},
-    {0xF966, 0x5FA9, 0x0, 0},       {0xF967, 0x4E0D, 0x0, 0},       {0xF968, 0x6CCC, 0x0, 0},
-    {0xF969, 0x6578, 0x0, 0},       {0xF96A, 0x7D22, 0x0, 0},       {0xF96B, 0x53C3, 0x0, 0},
-    {0xF96C, 0x585E, 0x0, 0},       {0xF96D, 0x7701, 0x0, 0},       {0xF96E, 0x8449, 0x0, 0},
-    {0xF96F, 0x8AAA, 0x0, 0},       {0xF970, 0x6BBA, 0x0, 0},       {0xF971, 0x8FB0, 0x0, 0},
-    {0xF972, 0x6C88, 0x0, 0},       {0xF973, 0x62FE, 0x0, 0},       {0xF974, 0x82E5, 0x0, 0},
-    {0xF975, 0x63A0, 0x0, 0},       {0xF976, 0x7565, 0x0, 0},       {0xF977, 0x4EAE, 0x0, 0},
-    {0xF978, 0x5169, 0x0, 0},       {0xF979, 0x51C9, 0x0, 0},       {0xF97A, 0x6881, 0x0, 0},
-    {0xF97B, 0x7CE7, 0x0, 0},       {0xF97C, 0x826F, 0x0, 0},       {0xF97D, 0x8AD2, 0x0, 0},
-    {0xF97E, 0x91CF, 0x0, 0},       {0xF97F, 0x52F5, 0x0, 0},       {0xF980, 0x5442, 0x0, 0},
-    {0xF981, 0x5973, 0x0, 0},       {0xF982, 0x5EEC, 0x0, 0},       {0xF983, 0x65C5, 0x0, 0},
-    {0xF984, 0x6FFE, 0x0, 0},       {0xF985, 0x792A, 0x0, 0},       {0xF986, 0x95AD, 0x0, 0},
-    {0xF987, 0x9A6A, 0x0, 0},       {0xF988, 0x9E97, 0x0, 0},       {0xF989, 0x9ECE, 0x0, 0},
-    {0xF98A, 0x529B, 0x0, 0},       {0xF98B, 0x66C6, 0x0, 0},       {0xF98C, 0x6B77, 0x0, 0},
-    {0xF98D, 0x8F62, 0x0, 0},       {0xF98E, 0x5E74, 0x0, 0},       {0xF98F, 0x6190, 0x0, 0},
-    {0xF990, 0x6200, 0x0, 0},       {0xF991, 0x649A, 0x0, 0},       {0xF992, 0x6F23, 0x0, 0},
-    {0xF993, 0x7149, 0x0, 0},       {0xF994, 0x7489, 0x0, 0},       {0xF995, 0x79CA, 0x0, 0},
-    {0xF996, 0x7DF4, 0x0, 0},       {0xF997, 0x806F, 0x0, 0},       {0xF998, 0x8F26, 0x0, 0},
-    {0xF999, 0x84EE, 0x0, 0},       {0xF99A, 0x9023, 0x0, 0},       {0xF99B, 0x934A, 0x0, 0},
-    {0xF99C, 0x5217, 0x0, 0},       {0xF99D, 0x52A3, 0x0, 0},       {0xF99E, 0x54BD, 0x0, 0},
-    {0xF99F, 0x70C8, 0x0, 0},       {0xF9A0, 0x88C2, 0x0, 0},       {0xF9A1, 0x8AAA, 0x0, 0},
-    {0xF9A2, 0x5EC9, 0x0, 0},       {0xF9A3, 0x5FF5, 0x0, 0},       {0xF9A4, 0x637B, 0x0, 0},
-    {0xF9A5, 0x6BAE, 0x0, 0},       {0xF9A6, 0x7C3E, 0x0, 0},       {0xF9A7, 0x7375, 0x0, 0},
-    {0xF9A8, 0x4EE4, 0x0, 0},       {0xF9A9, 0x56F9, 0x0, 0},       {0xF9AA, 0x5BE7, 0x0, 0},
-    {0xF9AB, 0x5DBA, 0x0, 0},       {0xF9AC, 0x601C, 0x0, 0},       {0xF9AD, 0x73B2, 0x0, 0},
-    {0xF9AE, 0x7469, 0x0, 0},       {0xF9AF, 0x7F9A, 0x0, 0},       {0xF9B0, 0x8046, 0x0, 0},
-    {0xF9B1, 0x9234, 0x0, 0},       {0xF9B2, 0x96F6, 0x0, 0},       {0xF9B3, 0x9748, 0x0, 0},
-    {0xF9B4, 0x9818, 0x0, 0},       {0xF9B5, 0x4F8B, 0x0, 0},       {0xF9B6, 0x79AE, 0x0, 0},
-    {0xF9B7, 0x91B4, 0x0, 0},       {0xF9B8, 0x96B8, 0x0, 0},       {0xF9B9, 0x60E1, 0x0, 0},
-    {0xF9BA, 0x4E86, 0x0, 0},       {0xF9BB, 0x50DA, 0x0, 0},       {0xF9BC, 0x5BEE, 0x0, 0},
-    {0xF9BD, 0x5C3F, 0x0, 0},       {0xF9BE, 0x6599, 0x0, 0},       {0xF9BF, 0x6A02, 0x0, 0},
-    {0xF9C0, 0x71CE, 0x0, 0},       {0xF9C1, 0x7642, 0x0, 0},       {0xF9C2, 0x84FC, 0x0, 0},
-    {0xF9C3, 0x907C, 0x0, 0},       {0xF9C4, 0x9F8D, 0x0, 0},       {0xF9C5, 0x6688, 0x0, 0},
-    {0xF9C6, 0x962E, 0x0, 0},       {0xF9C7, 0x5289, 0x0, 0},       {0xF9C8, 0x677B, 0x0, 0},
-    {0xF9C9, 0x67F3, 0x0, 0},       {0xF9CA, 0x6D41, 0x0, 0},       {0xF9CB, 0x6E9C, 0x0, 0},
-    {0xF9CC, 0x7409, 0x0, 0},       {0xF9CD, 0x7559, 0x0, 0},       {0xF9CE, 0x786B, 0x0, 0},
-    {0xF9CF, 0x7D10, 0x0, 0},       {0xF9D0, 0x985E, 0x0, 0},       {0xF9D1, 0x516D, 0x0, 0},
-    {0xF9D2, 0x622E, 0x0, 0},       {0xF9D3, 0x9678, 0x0, 0},       {0xF9D4, 0x502B, 0x0, 0},
-    {0xF9D5, 0x5D19, 0x0, 0},       {0xF9D6, 0x6DEA, 0x0, 0},       {0xF9D7, 0x8F2A, 0x0, 0},
-    {0xF9D8, 0x5F8B, 0x0, 0},       {0xF9D9, 0x6144, 0x0, 0},       {0xF9DA, 0x6817, 0x0, 0},
-    {0xF9DB, 0x7387, 0x0, 0},       {0xF9DC, 0x9686, 0x0, 0},       {0xF9DD, 0x5229, 0x0, 0},
-    {0xF9DE, 0x540F, 0x0, 0},       {0xF9DF, 0x5C65, 0x0, 0},       {0xF9E0, 0x6613, 0x0, 0},
-    {0xF9E1, 0x674E, 0x0, 0},       {0xF9E2, 0x68A8, 0x0, 0},       {0xF9E3, 0x6CE5, 0x0, 0},
-    {0xF9E4, 0x7406, 0x0, 0},       {0xF9E5, 0x75E2, 0x0, 0},       {0xF9E6, 0x7F79, 0x0, 0},
-    {0xF9E7, 0x88CF, 0x0, 0},       {0xF9E8, 0x88E1, 0x0, 0},       {0xF9E9, 0x91CC, 0x0, 0},
-    {0xF9EA, 0x96E2, 0x0, 0},       {0xF9EB, 0x533F, 0x0, 0},       {0xF9EC, 0x6EBA, 0x0, 0},
-    {0xF9ED, 0x541D, 0x0, 0},       {0xF9EE, 0x71D0, 0x0, 0},       {0xF9EF, 0x7498, 0x0, 0},
-    {0xF9F0, 0x85FA, 0x0, 0},       {0xF9F1, 0x96A3, 0x0, 0},       {0xF9F2, 0x9C57, 0x0, 0},
-    {0xF9F3, 0x9E9F, 0x0, 0},       {0xF9F4, 0x6797, 0x0, 0},       {0xF9F5, 0x6DCB, 0x0, 0},
-    {0xF9F6, 0x81E8, 0x0, 0},       {0xF9F7, 0x7ACB, 0x0, 0},       {0xF9F8, 0x7B20, 0x0, 0},
-    {0xF9F9, 0x7C92, 0x0, 0},       {0xF9FA, 0x72C0, 0x0, 0},       {0xF9FB, 0x7099, 0x0, 0},
-    {0xF9FC, 0x8B58, 0x0, 0},       {0xF9FD, 0x4EC0, 0x0, 0},       {0xF9FE, 0x8336, 0x0, 0},
-    {0xF9FF, 0x523A, 0x0, 0},       {0xFA00, 0x5207, 0x0, 0},       {0xFA01, 0x5EA6, 0x0, 0},
-    {0xFA02, 0x62D3, 0x0, 0},       {0xFA03, 0x7CD6, 0x0, 0},       {0xFA04, 0x5B85, 0x0, 0},
-    {0xFA05, 0x6D1E, 0x0, 0},       {0xFA06, 0x66B4, 0x0, 0},       {0xFA07, 0x8F3B, 0x0, 0},
-    {0xFA08, 0x884C, 0x0, 0},       {0xFA09, 0x964D, 0x0, 0},       {0xFA0A, 0x898B, 0x0, 0},
-    {0xFA0B, 0x5ED3, 0x0, 0},       {0xFA0C, 0x5140, 0x0, 0},       {0xFA0D, 0x55C0, 0x0, 0},
-    {0xFA10, 0x585A, 0x0, 0},       {0xFA12, 0x6674, 0x0, 0},       {0xFA15, 0x51DE, 0x0, 0},
-    {0xFA16, 0x732A, 0x0, 0},       {0xFA17, 0x76CA, 0x0, 0},       {0xFA18, 0x793C, 0x0, 0},
-    {0xFA19, 0x795E, 0x0, 0},       {0xFA1A, 0x7965, 0x0, 0},       {0xFA1B, 0x798F, 0x0, 0},
-    {0xFA1C, 0x9756, 0x0, 0},       {0xFA1D, 0x7CBE, 0x0, 0},       {0xFA1E, 0x7FBD, 0x0, 0},
-    {0xFA20, 0x8612, 0x0, 0},       {0xFA22, 0x8AF8, 0x0, 0},       {0xFA25, 0x9038, 0x0, 0},
-    {0xFA26, 0x90FD, 0x0, 0},       {0xFA2A, 0x98EF, 0x0, 0},       {0xFA2B, 0x98FC, 0x0, 0},
-    {0xFA2C, 0x9928, 0x0, 0},       {0xFA2D, 0x9DB4, 0x0, 0},       {0xFA2E, 0x90DE, 0x0, 0},
-    {0xFA2F, 0x96B7, 0x0, 0},       {0xFA30, 0x4FAE, 0x0, 0},       {0xFA31, 0x50E7, 0x0, 0},
-    {0xFA32, 0x514D, 0x0, 0},       {0xFA33, 0x52C9, 0x0, 0},       {0xFA34, 0x52E4, 0x0, 0},
-    {0xFA35, 0x5351, 0x0, 0},       {0xFA36, 0x559D, 0x0, 0},       {0xFA37, 0x5606, 0x0, 0},
-    {0xFA38, 0x5668, 0x0, 0},       {0xFA39, 0x5840, 0x0, 0},       {0xFA3A, 0x58A8, 0x0, 0},
-    {0xFA3B, 0x5C64, 0x0, 0},       {0xFA3C, 0x5C6E, 0x0, 0},       {0xFA3D, 0x6094, 0x0, 0},
-    {0xFA3E, 0x6168, 0x0, 0},       {0xFA3F, 0x618E, 0x0, 0},       {0xFA40, 0x61F2, 0x0, 0},
-    {0xFA41, 0x654F, 0x0, 0},       {0xFA42, 0x65E2, 0x0, 0},       {0xFA43, 0x6691, 0x0, 0},
-    {0xFA44, 0x6885, 0x0, 0},       {0xFA45, 0x6D77, 0x0, 0},       {0xFA46, 0x6E1A, 0x0, 0},
-    {0xFA47, 0x6F22, 0x0, 0},       {0xFA48, 0x716E, 0x0, 0},       {0xFA49, 0x722B, 0x0, 0},
-    {0xFA4A, 0x7422, 0x0, 0},       {0xFA4B, 0x7891, 0x0, 0},       {0xFA4C, 0x793E, 0x0, 0},
-    {0xFA4D, 0x7949, 0x0, 0},       {0xFA4E, 0x7948, 0x0, 0},       {0xFA4F, 0x7950, 0x0, 0},
-    {0xFA50, 0x7956, 0x0, 0},       {0xFA51, 0x795D, 0x0, 0},       {0xFA52, 0x798D, 0x0, 0},
-    {0xFA53, 0x798E, 0x0, 0},       {0xFA54, 0x7A40, 0x0, 0},       {0xFA55, 0x7A81, 0x0, 0},
-    {0xFA56, 0x7BC0, 0x0, 0},       {0xFA57, 0x7DF4, 0x0, 0},       {0xFA58, 0x7E09, 0x0, 0},
-    {0xFA59, 0x7E41, 0x0, 0},       {0xFA5A, 0x7F72, 0x0, 0},       {0xFA5B, 0x8005, 0x0, 0},
-    {0xFA5C, 0x81ED, 0x0, 0},       {0xFA5D, 0x8279, 0x0, 0},       {0xFA5E, 0x8279, 0x0, 0},
-    {0xFA5F, 0x8457, 0x0, 0},       {0xFA60, 0x8910, 0x0, 0},       {0xFA61, 0x8996, 0x0, 0},
-    {0xFA62, 0x8B01, 0x0, 0},       {0xFA63, 0x8B39, 0x0, 0},       {0xFA64, 0x8CD3, 0x0, 0},
-    {0xFA65, 0x8D08, 0x0, 0},       {0xFA66, 0x8FB6, 0x0, 0},       {0xFA67, 0x9038, 0x0, 0},
-    {0xFA68, 0x96E3, 0x0, 0},       {0xFA69, 0x97FF, 0x0, 0},       {0xFA6A, 0x983B, 0x0, 0},
-    {0xFA6B, 0x6075, 0x0, 0},       {0xFA6C, 0x242EE, 0x0, 0},      {0xFA6D, 0x8218, 0x0, 0},
-    {0xFA70, 0x4E26, 0x0, 0},       {0xFA71, 0x51B5, 0x0, 0},       {0xFA72, 0x5168, 0x0, 0},
-    {0xFA73, 0x4F80, 0x0, 0},       {0xFA74, 0x5145, 0x0, 0},       {0xFA75, 0x5180, 0x0, 0},
-    {0xFA76, 0x52C7, 0x0, 0},       {0xFA77, 0x52FA, 0x0, 0},       {0xFA78, 0x559D, 0x0, 0},
-    {0xFA79, 0x5555, 0x0, 0},       {0xFA7A, 0x5599, 0x0, 0},       {0xFA7B, 0x55E2, 0x0, 0},
-    {0xFA7C, 0x585A, 0x0, 0},       {0xFA7D, 0x58B3, 0x0, 0},       {0xFA7E, 0x5944, 0x0, 0},
-    {0xFA7F, 0x5954, 0x0, 0},       {0xFA80, 0x5A62, 0x0, 0},       {0xFA81, 0x5B28, 0x0, 0},
-    {0xFA82, 0x5ED2, 0x0, 0},       {0xFA83, 0x5ED9, 0x0, 0},       {0xFA84, 0x5F69, 0x0, 0},
-    {0xFA85, 0x5FAD, 0x0, 0},       {0xFA86, 0x60D8, 0x0, 0},       {0xFA87, 0x614E, 0x0, 0},
-    {0xFA88, 0x6108, 0x0, 0},       {0xFA89, 0x618E, 0x0, 0},       {0xFA8A, 0x6160, 0x0, 0},
-    {0xFA8B, 0x61F2, 0x0, 0},       {0xFA8C, 0x6234, 0x0, 0},       {0xFA8D, 0x63C4, 0x0, 0},
-    {0xFA8E, 0x641C, 0x0, 0},       {0xFA8F, 0x6452, 0x0, 0},       {0xFA90, 0x6556, 0x0, 0},
-    {0xFA91, 0x6674, 0x0, 0},       {0xFA92, 0x6717, 0x0, 0},       {0xFA93, 0x671B, 0x0, 0},
-    {0xFA94, 0x6756, 0x0, 0},       {0xFA95, 0x6B79, 0x0, 0},       {0xFA96, 0x6BBA, 0x0, 0},
-    {0xFA97, 0x6D41, 0x0, 0},       {0xFA98, 0x6EDB, 0x0, 0},       {0xFA99, 0x6ECB, 0x0, 0},
-    {0xFA9A, 0x6F22, 0x0, 0},       {0xFA9B, 0x701E, 0x0, 0},       {0xFA9C, 0x716E, 0x0, 0},
-    {0xFA9D, 0x77A7, 0x0, 0},       {0xFA9E, 0x7235, 0x0, 0},       {0xFA9F, 0x72AF, 0x0, 0},
-    {0xFAA0, 0x732A, 0x0, 0},       {0xFAA1, 0x7471, 0x0, 0},       {0xFAA2, 0x7506, 0x0, 0},
-    {0xFAA3, 0x753B, 0x0, 0},       {0xFAA4, 0x761D, 0x0, 0},       {0xFAA5, 0x761F, 0x0, 0},
-    {0xFAA6, 0x76CA, 0x0, 0},       {0xFAA7, 0x76DB, 0x0, 0},       {0xFAA8, 0x76F4, 0x0, 0},
-    {0xFAA9, 0x774A, 0x0, 0},       {0xFAAA, 0x7740, 0x0, 0},       {0xFAAB, 0x78CC, 0x0, 0},
-    {0xFAAC, 0x7AB1, 0x0, 0},       {0xFAAD, 0x7BC0, 0x0, 0},       {0xFAAE, 0x7C7B, 0x0, 0},
-    {0xFAAF, 0x7D5B, 0x0, 0},       {0xFAB0, 0x7DF4, 0x0, 0},       {0xFAB1, 0x7F3E, 0x0, 0},
-    {0xFAB2, 0x8005, 0x0, 0},       {0xFAB3, 0x8352, 0x0, 0},       {0xFAB4, 0x83EF, 0x0, 0},
-    {0xFAB5, 0x8779, 0x0, 0},       {0xFAB6, 0x8941, 0x0, 0},       {0xFAB7, 0x8986, 0x0, 0},
-    {0xFAB8, 0x8996, 0x0, 0},       {0xFAB9, 0x8ABF, 0x0, 0},       {0xFABA, 0x8AF8, 0x0, 0},
-    {0xFABB, 0x8ACB, 0x0, 0},       {0xFABC, 0x8B01, 0x0, 0},       {0xFABD, 0x8AFE, 0x0, 0},
-    {0xFABE, 0x8AED, 0x0, 0},       {0xFABF, 0x8B39, 0x0, 0},       {0xFAC0, 0x8B8A, 0x0, 0},
-    {0xFAC1, 0x8D08, 0x0, 0},       {0xFAC2, 0x8F38, 0x0, 0},       {0xFAC3, 0x9072, 0x0, 0},
-    {0xFAC4, 0x9199, 0x0, 0},       {0xFAC5, 0x9276, 0x0, 0},       {0xFAC6, 0x967C, 0x0, 0},
-    {0xFAC7, 0x96E3, 0x0, 0},       {0xFAC8, 0x9756, 0x0, 0},       {0xFAC9, 0x97DB, 0x0, 0},
-    {0xFACA, 0x97FF, 0x0, 0},       {0xFACB, 0x980B, 0x0, 0},       {0xFACC, 0x983B, 0x0, 0},
-    {0xFACD, 0x9B12, 0x0, 0},       {0xFACE, 0x9F9C, 0x0, 0},       {0xFACF, 0x2284A, 0x0, 0},
-    {0xFAD0, 0x22844, 0x0, 0},      {0xFAD1, 0x233D5, 0x0, 0},      {0xFAD2, 0x3B9D, 0x0, 0},
-    {0xFAD3, 0x4018, 0x0, 0},       {0xFAD4, 0x4039, 0x0, 0},       {0xFAD5, 0x25249, 0x0, 0},
-    {0xFAD6, 0x25CD0, 0x0, 0},      {0xFAD7, 0x27ED3, 0x0, 0},      {0xFAD8, 0x9F43, 0x0, 0},
-    {0xFAD9, 0x9F8E, 0x0, 0},       {0xFB1D, 0x5D9, 0x5B4, 0},      {0xFB1F, 0x5F2, 0x5B7, 0},
-    {0xFB2A, 0x5E9, 0x5C1, 0},      {0xFB2B, 0x5E9, 0x5C2, 0},      {0xFB2C, 0xFB49, 0x5C1, 0},
-    {0xFB2D, 0xFB49, 0x5C2, 0},     {0xFB2E, 0x5D0, 0x5B7, 0},      {0xFB2F, 0x5D0, 0x5B8, 0},
-    {0xFB30, 0x5D0, 0x5BC, 0},      {0xFB31, 0x5D1, 0x5BC, 0},      {0xFB32, 0x5D2, 0x5BC, 0},
-    {0xFB33, 0x5D3, 0x5BC, 0},      {0xFB34, 0x5D4, 0x5BC, 0},      {0xFB35, 0x5D5, 0x5BC, 0},
-    {0xFB36, 0x5D6, 0x5BC, 0},      {0xFB38, 0x5D8, 0x5BC, 0},      {0xFB39, 0x5D9, 0x5BC, 0},
-    {0xFB3A, 0x5DA, 0x5BC, 0},      {0xFB3B, 0x5DB, 0x5BC, 0},      {0xFB3C, 0x5DC, 0x5BC, 0},
-    {0xFB3E, 0x5DE, 0x5BC, 0},      {0xFB40, 0x5E0, 0x5BC, 0},      {0xFB41, 0x5E1, 0x5BC, 0},
-    {0xFB43, 0x5E3, 0x5BC, 0},      {0xFB44, 0x5E4, 0x5BC, 0},      {0xFB46, 0x5E6, 0x5BC, 0},
-    {0xFB47, 0x5E7, 0x5BC, 0},      {0xFB48, 0x5E8, 0x5BC, 0},      {0xFB49, 0x5E9, 0x5BC, 0},
-    {0xFB4A, 0x5EA, 0x5BC, 0},      {0xFB4B, 0x5D5, 0x5B9, 0},      {0xFB4C, 0x5D1, 0x5BF, 0},
-    {0xFB4D, 0x5DB, 0x5BF, 0},      {0xFB4E, 0x5E4, 0x5BF, 0},      {0x1109A, 0x11099, 0x110BA, 1},
-    {0x1109C, 0x1109B, 0x110BA, 1}, {0x110AB, 0x110A5, 0x110BA, 1}, {0x1112E, 0x11131, 0x11127, 1},
-    {0x1112F, 0x11132, 0x11127, 1}, {0x1134B, 0x11347, 0x1133E, 1}, {0x1134C, 0x11347, 0x11357, 1},
-    {0x114BB, 0x114B9, 0x114BA, 1}, {0x114BC, 0x114B9, 0x114B0, 1}, {0x114BE, 0x114B9, 0x114BD, 1},
-    {0x115BA, 0x115B8, 0x115AF, 1}, {0x115BB, 0x115B9, 0x115AF, 1}, {0x11938, 0x11935, 0x11930, 1},
-    {0x1D15E, 0x1D157, 0x1D165, 0}, {0x1D15F, 0x1D158, 0x1D165, 0}, {0x1D160, 0x1D15F, 0x1D16E, 0},
-    {0x1D161, 0x1D15F, 0x1D16F, 0}, {0x1D162, 0x1D15F, 0x1D170, 0}, {0x1D163, 0x1D15F, 0x1D171, 0},
-    {0x1D164, 0x1D15F, 0x1D172, 0}, {0x1D1BB, 0x1D1B9, 0x1D165, 0}, {0x1D1BC, 0x1D1BA, 0x1D165, 0},
-    {0x1D1BD, 0x1D1BB, 0x1D16E, 0}, {0x1D1BE, 0x1D1BC, 0x1D16E, 0}, {0x1D1BF, 0x1D1BB, 0x1D16F, 0},
-    {0x1D1C0, 0x1D1BC, 0x1D16F, 0}, {0x2F800, 0x4E3D, 0x0, 0},      {0x2F801, 0x4E38, 0x0, 0},
-    {0x2F802, 0x4E41, 0x0, 0},      {0x2F803, 0x20122, 0x0, 0},     {0x2F804, 0x4F60, 0x0, 0},
-    {0x2F805, 0x4FAE, 0x0, 0},      {0x2F806, 0x4FBB, 0x0, 0},      {0x2F807, 0x5002, 0x0, 0},
-    {0x2F808, 0x507A, 0x0, 0},      {0x2F809, 0x5099, 0x0, 0},      {0x2F80A, 0x50E7, 0x0, 0},
-    {0x2F80B, 0x50CF, 0x0, 0},      {0x2F80C, 0x349E, 0x0, 0},      {0x2F80D, 0x2063A, 0x0, 0},
-    {0x2F80E, 0x514D, 0x0, 0},      {0x2F80F, 0x5154, 0x0, 0},      {0x2F810, 0x5164, 0x0, 0},
-    {0x2F811, 0x5177, 0x0, 0},      {0x2F812, 0x2051C, 0x0, 0},     {0x2F813, 0x34B9, 0x0, 0},
-    {0x2F814, 0x5167, 0x0, 0},      {0x2F815, 0x518D, 0x0, 0},      {0x2F816, 0x2054B, 0x0, 0},
-    {0x2F817, 0x5197, 0x0, 0},      {0x2F818, 0x51A4, 0x0, 0},      {0x2F819, 0x4ECC, 0x0, 0},
-    {0x2F81A, 0x51AC, 0x0, 0},      {0x2F81B, 0x51B5, 0x0, 0},      {0x2F81C, 0x291DF, 0x0, 0},
-    {0x2F81D, 0x51F5, 0x0, 0},      {0x2F81E, 0x5203, 0x0, 0},      {0x2F81F, 0x34DF, 0x0, 0},
-    {0x2F820, 0x523B, 0x0, 0},      {0x2F821, 0x5246, 0x0, 0},      {0x2F822, 0x5272, 0x0, 0},
-    {0x2F823, 0x5277, 0x0, 0},      {0x2F824, 0x3515, 0x0, 0},      {0x2F825, 0x52C7, 0x0, 0},
-    {0x2F826, 0x52C9, 0x0, 0},      {0x2F827, 0x52E4, 0x0, 0},      {0x2F828, 0x52FA, 0x0, 0},
-    {0x2F829, 0x5305, 0x0, 0},      {0x2F82A, 0x5306, 0x0, 0},      {0x2F82B, 0x5317, 0x0, 0},
-    {0x2F82C, 0x5349, 0x0, 0},      {0x2F82D, 0x5351, 0x0, 0},      {0x2F82E, 0x535A, 0x0, 0},
-    {0x2F82F, 0x5373, 0x0, 0},      {0x2F830, 0x537D, 0x0, 0},      {0x2F831, 0x537F, 0x0, 0},
-    {0x2F832, 0x537F, 0x0, 0},      {0x2F833, 0x537F, 0x0, 0},      {0x2F834, 0x20A2C, 0x0, 0},
-    {0x2F835, 0x7070, 0x0, 0},      {0x2F836, 0x53CA, 0x0, 0},      {0x2F837, 0x53DF, 0x0, 0},
-    {0x2F838, 0x20B63, 0x0, 0},     {0x2F839, 0x53EB, 0x0, 0},      {0x2F83A, 0x53F1, 0x0, 0},
-    {0x2F83B, 0x5406, 0x0, 0},      {0x2F83C, 0x549E, 0x0, 0},      {0x2F83D, 0x5438, 0x0, 0},
-    {0x2F83E, 0x5448, 0x0, 0},      {0x2F83F, 0x5468, 0x0, 0},      {0x2F840, 0x54A2, 0x0, 0},
-    {0x2F841, 0x54F6, 0x0, 0},      {0x2F842, 0x5510, 0x0, 0},      {0x2F843, 0x5553, 0x0, 0},
-    {0x2F844, 0x5563, 0x0, 0},      {0x2F845, 0x5584, 0x0, 0},      {0x2F846, 0x5584, 0x0, 0},
-    {0x2F847, 0x5599, 0x0, 0},      {0x2F848, 0x55AB, 0x0, 0},      {0x2F849, 0x55B3, 0x0, 0},
-    {0x2F84A, 0x55C2, 0x0, 0},      {0x2F84B, 0x5716, 0x0, 0},      {0x2F84C, 0x5606, 0x0, 0},
-    {0x2F84D, 0x5717, 0x0, 0},      {0x2F84E, 0x5651, 0x0, 0},      {0x2F84F, 0x5674, 0x0, 0},
-    {0x2F850, 0x5207, 0x0, 0},      {0x2F851, 0x58EE, 0x0, 0},      {0x2F852, 0x57CE, 0x0, 0},
-    {0x2F853, 0x57F4, 0x0, 0},      {0x2F854, 0x580D, 0x0, 0},      {0x2F855, 0x578B, 0x0, 0},
-    {0x2F856, 0x5832, 0x0, 0},      {0x2F857, 0x5831, 0x0, 0},      {0x2F858, 0x58AC, 0x0, 0},
-    {0x2F859, 0x214E4, 0x0, 0},     {0x2F85A, 0x58F2, 0x0, 0},      {0x2F85B, 0x58F7, 0x0, 0},
-    {0x2F85C, 0x5906, 0x0, 0},      {0x2F85D, 0x591A, 0x0, 0},      {0x2F85E, 0x5922, 0x0, 0},
-    {0x2F85F, 0x5962, 0x0, 0},      {0x2F860, 0x216A8, 0x0, 0},     {0x2F861, 0x216EA, 0x0, 0},
-    {0x2F862, 0x59EC, 0x0, 0},      {0x2F863, 0x5A1B, 0x0, 0},      {0x2F864, 0x5A27, 0x0, 0},
-    {0x2F865, 0x59D8, 0x0, 0},      {0x2F866, 0x5A66, 0x0, 0},      {0x2F867, 0x36EE, 0x0, 0},
-    {0x2F868, 0x36FC, 0x0, 0},      {0x2F869, 0x5B08, 0x0, 0},      {0x2F86A, 0x5B3E, 0x0, 0},
-    {0x2F86B, 0x5B3E, 0x0, 0},      {0x2F86C, 0x219C8, 0x0, 0},     {0x2F86D, 0x5BC3, 0x0, 0},
-    {0x2F86E, 0x5BD8, 0x0, 0},      {0x2F86F, 0x5BE7, 0x0, 0},      {0x2F870, 0x5BF3, 0x0, 0},
-    {0x2F871, 0x21B18, 0x0, 0},     {0x2F872, 0x5BFF, 0x0, 0},      {0x2F873, 0x5C06, 0x0, 0},
-    {0x2F874, 0x5F53, 0x0, 0},      {0x2F875, 0x5C22, 0x0, 0},      {0x2F876, 0x3781, 0x0, 0},
-    {0x2F877, 0x5C60, 0x0, 0},      {0x2F878, 0x5C6E, 0x0, 0},      {0x2F879, 0x5CC0, 0x0, 0},
-    {0x2F87A, 0x5C8D, 0x0, 0},      {0x2F87B, 0x21DE4, 0x0, 0},     {0x2F87C, 0x5D43, 0x0, 0},
-    {0x2F87D, 0x21DE6, 0x0, 0},     {0x2F87E, 0x5D6E, 0x0, 0},      {0x2F87F, 0x5D6B, 0x0, 0},
-    {0x2F880, 0x5D7C, 0x0, 0},      {0x2F881, 0x5DE1, 0x0, 0},      {0x2F882, 0x5DE2, 0x0, 0},
-    {0x2F883, 0x382F, 0x0, 0},      {0x2F884, 0x5DFD, 0x0, 0},      {0x2F885, 0x5E28, 0x0, 0},
-    {0x2F886, 0x5E3D, 0x0, 0},      {0x2F887, 0x5E69, 0x0, 0},      {0x2F888, 0x3862, 0x0, 0},
-    {0x2F889, 0x22183, 0x0, 0},     {0x2F88A, 0x387C, 0x0, 0},      {0x2F88B, 0x5EB0, 0x0, 0},
-    {0x2F88C, 0x5EB3, 0x0, 0},      {0x2F88D, 0x5EB6, 0x0, 0},      {0x2F88E, 0x5ECA, 0x0, 0},
-    {0x2F88F, 0x2A392, 0x0, 0},     {0x2F890, 0x5EFE, 0x0, 0},      {0x2F891, 0x22331, 0x0, 0},
-    {0x2F892, 0x22331, 0x0, 0},     {0x2F893, 0x8201, 0x0, 0},      {0x2F894, 0x5F22, 0x0, 0},
-    {0x2F895, 0x5F22, 0x0, 0},      {0x2F896, 0x38C7, 0x0, 0},      {0x2F897, 0x232B8, 0x0, 0},
-    {0x2F898, 0x261DA, 0x0, 0},     {0x2F899, 0x5F62, 0x0, 0},      {0x2F89A, 0x5F6B, 0x0, 0},
-    {0x2F89B, 0x38E3, 0x0, 0},      {0x2F89C, 0x5F9A, 0x0, 0},      {0x2F89D, 0x5FCD, 0x0, 0},
-    {0x2F89E, 0x5FD7, 0x0, 0},      {0x2F89F, 0x5FF9, 0x0, 0},      {0x2F8A0, 0x6081, 0x0, 0},
-    {0x2F8A1, 0x393A, 0x0, 0},      {0x2F8A2, 0x391C, 0x0, 0},      {0x2F8A3, 0x6094, 0x0, 0},
-    {0x2F8A4, 0x226D4, 0x0, 0},     {0x2F8A5, 0x60C7, 0x0, 0},      {0x2F8A6, 0x6148, 0x0, 0},
-    {0x2F8A7, 0x614C, 0x0, 0},      {0x2F8A8, 0x614E, 0x0, 0},      {0x2F8A9, 0x614C, 0x0, 0},
-    {0x2F8AA, 0x617A, 0x0, 0},      {0x2F8AB, 0x618E, 0x0, 0},      {0x2F8AC, 0x61B2, 0x0, 0},
-    {0x2F8AD, 0x61A4, 0x0, 0},      {0x2F8AE, 0x61AF, 0x0, 0},      {0x2F8AF, 0x61DE, 0x0, 0},
-    {0x2F8B0, 0x61F2, 0x0, 0},      {0x2F8B1, 0x61F6, 0x0, 0},      {0x2F8B2, 0x6210, 0x0, 0},
-    {0x2F8B3, 0x621B, 0x0, 0},      {0x2F8B4, 0x625D, 0x0, 0},      {0x2F8B5, 0x62B1, 0x0, 0},
-    {0x2F8B6, 0x62D4, 0x0, 0},      {0x2F8B7, 0x6350, 0x0, 0},      {0x2F8B8, 0x22B0C, 0x0, 0},
-    {0x2F8B9, 0x633D, 0x0, 0},      {0x2F8BA, 0x62FC, 0x0, 0},      {0x2F8BB, 0x6368, 0x0, 0},
-    {0x2F8BC, 0x6383, 0x0, 0},      {0x2F8BD, 0x63E4, 0x0, 0},      {0x2F8BE, 0x22BF1, 0x0, 0},
-    {0x2F8BF, 0x6422, 0x0, 0},      {0x2F8C0, 0x63C5, 0x0, 0},      {0x2F8C1, 0x63A9, 0x0, 0},
-    {0x2F8C2, 0x3A2E, 0x0, 0},      {0x2F8C3, 0x6469, 0x0, 0},      {0x2F8C4, 0x647E, 0x0, 0},
-    {0x2F8C5, 0x649D, 0x0, 0},      {0x2F8C6, 0x6477, 0x0, 0},      {0x2F8C7, 0x3A6C, 0x0, 0},
-    {0x2F8C8, 0x654F, 0x0, 0},      {0x2F8C9, 0x656C, 0x0, 0},      {0x2F8CA, 0x2300A, 0x0, 0},
-    {0x2F8CB, 0x65E3, 0x0, 0},      {0x2F8CC, 0x66F8, 0x0, 0},      {0x2F8CD, 0x6649, 0x0, 0},
-    {0x2F8CE, 0x3B19, 0x0, 0},      {0x2F8CF, 0x6691, 0x0, 0},      {0x2F8D0, 0x3B08, 0x0, 0},
-    {0x2F8D1, 0x3AE4, 0x0, 0},      {0x2F8D2, 0x5192, 0x0, 0},      {0x2F8D3, 0x5195, 0x0, 0},
-    {0x2F8D4, 0x6700, 0x0, 0},      {0x2F8D5, 0x669C, 0x0, 0},      {0x2F8D6, 0x80AD, 0x0, 0},
-    {0x2F8D7, 0x43D9, 0x0, 0},      {0x2F8D8, 0x6717, 0x0, 0},      {0x2F8D9, 0x671B, 0x0, 0},
-    {0x2F8DA, 0x6721, 0x0, 0},      {0x2F8DB, 0x675E, 0x0, 0},      {0x2F8DC, 0x6753, 0x0, 0},
-    {0x2F8DD, 0x233C3, 0x0, 0},     {0x2F8DE, 0x3B49, 0x0, 0},      {0x2F8DF, 0x67FA, 0x0, 0},
-    {0x2F8E0, 0x6785, 0x0, 0},      {0x2F8E1, 0x6852, 0x0, 0},      {0x2F8E2, 0x6885, 0x0, 0},
-    {0x2F8E3, 0x2346D, 0x0, 0},     {0x2F8E4, 0x688E, 0x0, 0},      {0x2F8E5, 0x681F, 0x0, 0},
-    {0x2F8E6, 0x6914, 0x0, 0},      {0x2F8E7, 0x3B9D, 0x0, 0},      {0x2F8E8, 0x6942, 0x0, 0},
-    {0x2F8E9, 0x69A3, 0x0, 0},      {0x2F8EA, 0x69EA, 0x0, 0},      {0x2F8EB, 0x6AA8, 0x0, 0},
-    {0x2F8EC, 0x236A3, 0x0, 0},     {0x2F8ED, 0x6ADB, 0x0, 0},      {0x2F8EE, 0x3C18, 0x0, 0},
-    {0x2F8EF, 0x6B21, 0x0, 0},      {0x2F8F0, 0x238A7, 0x0, 0},     {0x2F8F1, 0x6B54, 0x0, 0},
-    {0x2F8F2, 0x3C4E, 0x0, 0},      {0x2F8F3, 0x6B72, 0x0, 0},      {0x2F8F4, 0x6B9F, 0x0, 0},
-    {0x2F8F5, 0x6BBA, 0x0, 0},      {0x2F8F6, 0x6BBB, 0x0, 0},      {0x2F8F7, 0x23A8D, 0x0, 0},
-    {0x2F8F8, 0x21D0B, 0x0, 0},     {0x2F8F9, 0x23AFA, 0x0, 0},     {0x2F8FA, 0x6C4E, 0x0, 0},
-    {0x2F8FB, 0x23CBC, 0x0, 0},     {0x2F8FC, 0x6CBF, 0x0, 0},      {0x2F8FD, 0x6CCD, 0x0, 0},
-    {0x2F8FE, 0x6C67, 0x0, 0},      {0x2F8FF, 0x6D16, 0x0, 0},      {0x2F900, 0x6D3E, 0x0, 0},
-    {0x2F901, 0x6D77, 0x0, 0},      {0x2F902, 0x6D41, 0x0, 0},      {0x2F903, 0x6D69, 0x0, 0},
-    {0x2F904, 0x6D78, 0x0, 0},      {0x2F905, 0x6D85, 0x0, 0},      {0x2F906, 0x23D1E, 0x0, 0},
-    {0x2F907, 0x6D34, 0x0, 0},      {0x2F908, 0x6E2F, 0x0, 0},      {0x2F909, 0x6E6E, 0x0, 0},
-    {0x2F90A, 0x3D33, 0x0, 0},      {0x2F90B, 0x6ECB, 0x0, 0},      {0x2F90C, 0x6EC7, 0x0, 0},
-    {0x2F90D, 0x23ED1, 0x0, 0},     {0x2F90E, 0x6DF9, 0x0, 0},      {0x2F90F, 0x6F6E, 0x0, 0},
-    {0x2F910, 0x23F5E, 0x0, 0},     {0x2F911, 0x23F8E, 0x0, 0},     {0x2F912, 0x6FC6, 0x0, 0},
-    {0x2F913, 0x7039, 0x0, 0},      {0x2F914, 0x701E, 0x0, 0},      {0x2F915, 0x701B, 0x0, 0},
-    {0x2F916, 0x3D96, 0x0, 0},      {0x2F917, 0x704A, 0x0, 0},      {0x2F918, 0x707D, 0x0, 0},
-    {0x2F919, 0x7077, 0x0, 0},      {0x2F91A, 0x70AD, 0x0, 0},      {0x2F91B, 0x20525, 0x0, 0},
-    {0x2F91C, 0x7145, 0x0, 0},      {0x2F91D, 0x24263, 0x0, 0},     {0x2F91E, 0x719C, 0x0, 0},
-    {0x2F91F, 0x243AB, 0x0, 0},     {0x2F920, 0x7228, 0x0, 0},      {0x2F921, 0x7235, 0x0, 0},
-    {0x2F922, 0x7250, 0x0, 0},      {0x2F923, 0x24608, 0x0, 0},     {0x2F924, 0x7280, 0x0, 0},
-    {0x2F925, 0x7295, 0x0, 0},      {0x2F926, 0x24735, 0x0, 0},     {0x2F927, 0x24814, 0x0, 0},
-    {0x2F928, 0x737A, 0x0, 0},      {0x2F929, 0x738B, 0x0, 0},      {0x2F92A, 0x3EAC, 0x0, 0},
-    {0x2F92B, 0x73A5, 0x0, 0},      {0x2F92C, 0x3EB8, 0x0, 0},      {0x2F92D, 0x3EB8, 0x0, 0},
-    {0x2F92E, 0x7447, 0x0, 0},      {0x2F92F, 0x745C, 0x0, 0},      {0x2F930, 0x7471, 0x0, 0},
-    {0x2F931, 0x7485, 0x0, 0},      {0x2F932, 0x74CA, 0x0, 0},      {0x2F933, 0x3F1B, 0x0, 0},
-    {0x2F934, 0x7524, 0x0, 0},      {0x2F935, 0x24C36, 0x0, 0},     {0x2F936, 0x753E, 0x0, 0},
-    {0x2F937, 0x24C92, 0x0, 0},     {0x2F938, 0x7570, 0x0, 0},      {0x2F939, 0x2219F, 0x0, 0},
-    {0x2F93A, 0x7610, 0x0, 0},      {0x2F93B, 0x24FA1, 0x0, 0},     {0x2F93C, 0x24FB8, 0x0, 0},
-    {0x2F93D, 0x25044, 0x0, 0},     {0x2F93E, 0x3FFC, 0x0, 0},      {0x2F93F, 0x4008, 0x0, 0},
-    {0x2F940, 0x76F4, 0x0, 0},      {0x2F941, 0x250F3, 0x0, 0},     {0x2F942, 0x250F2, 0x0, 0},
-    {0x2F943, 0x25119, 0x0, 0},     {0x2F944, 0x25133, 0x0, 0},     {0x2F945, 0x771E, 0x0, 0},
-    {0x2F946, 0x771F, 0x0, 0},      {0x2F947, 0x771F, 0x0, 0},      {0x2F948, 0x774A, 0x0, 0},
-    {0x2F949, 0x4039, 0x0, 0},      {0x2F94A, 0x778B, 0x0, 0},      {0x2F94B, 0x4046, 0x0, 0},
-    {0x2F94C, 0x4096, 0x0, 0},      {0x2F94D, 0x2541D, 0x0, 0},     {0x2F94E, 0x784E, 0x0, 0},
-    {0x2F94F, 0x788C, 0x0, 0},      {0x2F950, 0x78CC, 0x0, 0},      {0x2F951, 0x40E3, 0x0, 0},
-    {0x2F952, 0x25626, 0x0, 0},     {0x2F953, 0x7956, 0x0, 0},      {0x2F954, 0x2569A, 0x0, 0},
-    {0x2F955, 0x256C5, 0x0, 0},     {0x2F956, 0x798F, 0x0, 0},      {0x2F957, 0x79EB, 0x0, 0},
-    {0x2F958, 0x412F, 0x0, 0},      {0x2F959, 0x7A40, 0x0, 0},      {0x2F95A, 0x7A4A, 0x0, 0},
-    {0x2F95B, 0x7A4F, 0x0, 0},      {0x2F95C, 0x2597C, 0x0, 0},     {0x2F95D, 0x25AA7, 0x0, 0},
-    {0x2F95E, 0x25AA7, 0x0, 0},     {0x2F95F, 0x7AEE, 0x0, 0},      {0x2F960, 0x4202, 0x0, 0},
-    {0x2F961, 0x25BAB, 0x0, 0},     {0x2F962, 0x7BC6, 0x0, 0},      {0x2F963, 0x7BC9, 0x0, 0},
-    {0x2F964, 0x4227, 0x0, 0},      {0x2F965, 0x25C80, 0x0, 0},     {0x2F966, 0x7CD2, 0x0, 0},
-    {0x2F967, 0x42A0, 0x0, 0},      {0x2F968, 0x7CE8, 0x0, 0},      {0x2F969, 0x7CE3, 0x0, 0},
-    {0x2F96A, 0x7D00, 0x0, 0},      {0x2F96B, 0x25F86, 0x0, 0},     {0x2F96C, 0x7D63, 0x0, 0},
-    {0x2F96D, 0x4301, 0x0, 0},      {0x2F96E, 0x7DC7, 0x0, 0},      {0x2F96F, 0x7E02, 0x0, 0},
-    {0x2F970, 0x7E45, 0x0, 0},      {0x2F971, 0x4334, 0x0, 0},      {0x2F972, 0x26228, 0x0, 0},
-    {0x2F973, 0x26247, 0x0, 0},     {0x2F974, 0x4359, 0x0, 0},      {0x2F975, 0x262D9, 0x0, 0},
-    {0x2F976, 0x7F7A, 0x0, 0},      {0x2F977, 0x2633E, 0x0, 0},     {0x2F978, 0x7F95, 0x0, 0},
-    {0x2F979, 0x7FFA, 0x0, 0},      {0x2F97A, 0x8005, 0x0, 0},      {0x2F97B, 0x264DA, 0x0, 0},
-    {0x2F97C, 0x26523, 0x0, 0},     {0x2F97D, 0x8060, 0x0, 0},      {0x2F97E, 0x265A8, 0x0, 0},
-    {0x2F97F, 0x8070, 0x0, 0},      {0x2F980, 0x2335F, 0x0, 0},     {0x2F981, 0x43D5, 0x0, 0},
-    {0x2F982, 0x80B2, 0x0, 0},      {0x2F983, 0x8103, 0x0, 0},      {0x2F984, 0x440B, 0x0, 0},
-    {0x2F985, 0x813E, 0x0, 0},      {0x2F986, 0x5AB5, 0x0, 0},      {0x2F987, 0x267A7, 0x0, 0},
-    {0x2F988, 0x267B5, 0x0, 0},     {0x2F989, 0x23393, 0x0, 0},     {0x2F98A, 0x2339C, 0x0, 0},
-    {0x2F98B, 0x8201, 0x0, 0},      {0x2F98C, 0x8204, 0x0, 0},      {0x2F98D, 0x8F9E, 0x0, 0},
-    {0x2F98E, 0x446B, 0x0, 0},      {0x2F98F, 0x8291, 0x0, 0},      {0x2F990, 0x828B, 0x0, 0},
-    {0x2F991, 0x829D, 0x0, 0},      {0x2F992, 0x52B3, 0x0, 0},      {0x2F993, 0x82B1, 0x0, 0},
-    {0x2F994, 0x82B3, 0x0, 0},      {0x2F995, 0x82BD, 0x0, 0},      {0x2F996, 0x82E6, 0x0, 0},
-    {0x2F997, 0x26B3C, 0x0, 0},     {0x2F998, 0x82E5, 0x0, 0},      {0x2F999, 0x831D, 0x0, 0},
-    {0x2F99A, 0x8363, 0x0, 0},      {0x2F99B, 0x83AD, 0x0, 0},      {0x2F99C, 0x8323, 0x0, 0},
-    {0x2F99D, 0x83BD, 0x0, 0},      {0x2F99E, 0x83E7, 0x0, 0},      {0x2F99F, 0x8457, 0x0, 0},
-    {0x2F9A0, 0x8353, 0x0, 0},      {0x2F9A1, 0x83CA, 0x0, 0},      {0x2F9A2, 0x83CC, 0x0, 0},
-    {0x2F9A3, 0x83DC, 0x0, 0},      {0x2F9A4, 0x26C36, 0x0, 0},     {0x2F9A5, 0x26D6B, 0x0, 0},
-    {0x2F9A6, 0x26CD5, 0x0, 0},     {0x2F9A7, 0x452B, 0x0, 0},      {0x2F9A8, 0x84F1, 0x0, 0},
-    {0x2F9A9, 0x84F3, 0x0, 0},      {0x2F9AA, 0x8516, 0x0, 0},      {0x2F9AB, 0x273CA, 0x0, 0},
-    {0x2F9AC, 0x8564, 0x0, 0},      {0x2F9AD, 0x26F2C, 0x0, 0},     {0x2F9AE, 0x455D, 0x0, 0},
-    {0x2F9AF, 0x4561, 0x0, 0},      {0x2F9B0, 0x26FB1, 0x0, 0},     {0x2F9B1, 0x270D2, 0x0, 0},
-    {0x2F9B2, 0x456B, 0x0, 0},      {0x2F9B3, 0x8650, 0x0, 0},      {0x2F9B4, 0x865C, 0x0, 0},
-    {0x2F9B5, 0x8667, 0x0, 0},      {0x2F9B6, 0x8669, 0x0, 0},      {0x2F9B7, 0x86A9, 0x0, 0},
-    {0x2F9B8, 0x8688, 0x0, 0},      {0x2F9B9, 0x870E, 0x0, 0},      {0x2F9BA, 0x86E2, 0x0, 0},
-    {0x2F9BB, 0x8779, 0x0, 0},      {0x2F9BC, 0x8728, 0x0, 0},      {0x2F9BD, 0x876B, 0x0, 0},
-    {0x2F9BE, 0x8786, 0x0, 0},      {0x2F9BF, 0x45D7, 0x0, 0},      {0x2F9C0, 0x87E1, 0x0, 0},
-    {0x2F9C1, 0x8801, 0x0, 0},      {0x2F9C2, 0x45F9, 0x0, 0},      {0x2F9C3, 0x8860, 0x0, 0},
-    {0x2F9C4, 0x8863, 0x0, 0},      {0x2F9C5, 0x27667, 0x0, 0},     {0x2F9C6, 0x88D7, 0x0, 0},
-    {0x2F9C7, 0x88DE, 0x0, 0},      {0x2F9C8, 0x4635, 0x0, 0},      {0x2F9C9, 0x88FA, 0x0, 0},
-    {0x2F9CA, 0x34BB, 0x0, 0},      {0x2F9CB, 0x278AE, 0x0, 0},     {0x2F9CC, 0x27966, 0x0, 0},
-    {0x2F9CD, 0x46BE, 0x0, 0},      {0x2F9CE, 0x46C7, 0x0, 0},      {0x2F9CF, 0x8AA0, 0x0, 0},
-    {0x2F9D0, 0x8AED, 0x0, 0},      {0x2F9D1, 0x8B8A, 0x0, 0},      {0x2F9D2, 0x8C55, 0x0, 0},
-    {0x2F9D3, 0x27CA8, 0x0, 0},     {0x2F9D4, 0x8CAB, 0x0, 0},      {0x2F9D5, 0x8CC1, 0x0, 0},
-    {0x2F9D6, 0x8D1B, 0x0, 0},      {0x2F9D7, 0x8D77, 0x0, 0},      {0x2F9D8, 0x27F2F, 0x0, 0},
-    {0x2F9D9, 0x20804, 0x0, 0},     {0x2F9DA, 0x8DCB, 0x0, 0},      {0x2F9DB, 0x8DBC, 0x0, 0},
-    {0x2F9DC, 0x8DF0, 0x0, 0},      {0x2F9DD, 0x208DE, 0x0, 0},     {0x2F9DE, 0x8ED4, 0x0, 0},
-    {0x2F9DF, 0x8F38, 0x0, 0},      {0x2F9E0, 0x285D2, 0x0, 0},     {0x2F9E1, 0x285ED, 0x0, 0},
-    {0x2F9E2, 0x9094, 0x0, 0},      {0x2F9E3, 0x90F1, 0x0, 0},      {0x2F9E4, 0x9111, 0x0, 0},
-    {0x2F9E5, 0x2872E, 0x0, 0},     {0x2F9E6, 0x911B, 0x0, 0},      {0x2F9E7, 0x9238, 0x0, 0},
-    {0x2F9E8, 0x92D7, 0x0, 0},      {0x2F9E9, 0x92D8, 0x0, 0},      {0x2F9EA, 0x927C, 0x0, 0},
-    {0x2F9EB, 0x93F9, 0x0, 0},      {0x2F9EC, 0x9415, 0x0, 0},      {0x2F9ED, 0x28BFA, 0x0, 0},
-    {0x2F9EE, 0x958B, 0x0, 0},      {0x2F9EF, 0x4995, 0x0, 0},      {0x2F9F0, 0x95B7, 0x0, 0},
-    {0x2F9F1, 0x28D77, 0x0, 0},     {0x2F9F2, 0x49E6, 0x0, 0},      {0x2F9F3, 0x96C3, 0x0, 0},
-    {0x2F9F4, 0x5DB2, 0x0, 0},      {0x2F9F5, 0x9723, 0x0, 0},      {0x2F9F6, 0x29145, 0x0, 0},
-    {0x2F9F7, 0x2921A, 0x0, 0},     {0x2F9F8, 0x4A6E, 0x0, 0},      {0x2F9F9, 0x4A76, 0x0, 0},
-    {0x2F9FA, 0x97E0, 0x0, 0},      {0x2F9FB, 0x2940A, 0x0, 0},     {0x2F9FC, 0x4AB2, 0x0, 0},
-    {0x2F9FD, 0x29496, 0x0, 0},     {0x2F9FE, 0x980B, 0x0, 0},      {0x2F9FF, 0x980B, 0x0, 0},
-    {0x2FA00, 0x9829, 0x0, 0},      {0x2FA01, 0x295B6, 0x0, 0},     {0x2FA02, 0x98E2, 0x0, 0},
-    {0x2FA03, 0x4B33, 0x0, 0},      {0x2FA04, 0x9929, 0x0, 0},      {0x2FA05, 0x99A7, 0x0, 0},
-    {0x2FA06, 0x99C2, 0x0, 0},      {0x2FA07, 0x99FE, 0x0, 0},      {0x2FA08, 0x4BCE, 0x0, 0},
-    {0x2FA09, 0x29B30, 0x0, 0},     {0x2FA0A, 0x9B12, 0x0, 0},      {0x2FA0B, 0x9C40, 0x0, 0},
-    {0x2FA0C, 0x9CFD, 0x0, 0},      {0x2FA0D, 0x4CCE, 0x0, 0},      {0x2FA0E, 0x4CED, 0x0, 0},
-    {0x2FA0F, 0x9D67, 0x0, 0},      {0x2FA10, 0x2A0CE, 0x0, 0},     {0x2FA11, 0x4CF8, 0x0, 0},
-    {0x2FA12, 0x2A105, 0x0, 0},     {0x2FA13, 0x2A20E, 0x0, 0},     {0x2FA14, 0x2A291, 0x0, 0},
-    {0x2FA15, 0x9EBB, 0x0, 0},      {0x2FA16, 0x4D56, 0x0, 0},      {0x2FA17, 0x9EF9, 0x0, 0},
-    {0x2FA18, 0x9EFE, 0x0, 0},      {0x2FA19, 0x9F05, 0x0, 0},      {0x2FA1A, 0x9F0F, 0x0, 0},
-    {0x2FA1B, 0x9F16, 0x0, 0},      {0x2FA1C, 0x9F3B, 0x0, 0},      {0x2FA1D, 0x2A600, 0x0, 0},
-};
-
-/// Canonical combining classes: the code points `first..last` have class `ccc` (others 0). Sorted.
-struct CombiningClass {
-    char32_t first, last;
-    std::uint8_t ccc;
-};
-inline constexpr CombiningClass combining_classes[382] = {
-    {0x300, 0x314, 230},     {0x315, 0x315, 232},     {0x316, 0x319, 220},     {0x31A, 0x31A, 232},
-    {0x31B, 0x31B, 216},     {0x31C, 0x320, 220},     {0x321, 0x322, 202},     {0x323, 0x326, 220},
-    {0x327, 0x328, 202},     {0x329, 0x333, 220},     {0x334, 0x338, 1},       {0x339, 0x33C, 220},
-    {0x33D, 0x344, 230},     {0x345, 0x345, 240},     {0x346, 0x346, 230},     {0x347, 0x349, 220},
-    {0x34A, 0x34C, 230},     {0x34D, 0x34E, 220},     {0x350, 0x352, 230},     {0x353, 0x356, 220},
-    {0x357, 0x357, 230},     {0x358, 0x358, 232},     {0x359, 0x35A, 220},     {0x35B, 0x35B, 230},
-    {0x35C, 0x35C, 233},     {0x35D, 0x35E, 234},     {0x35F, 0x35F, 233},     {0x360, 0x361, 234},
-    {0x362, 0x362, 233},     {0x363, 0x36F, 230},     {0x483, 0x487, 230},     {0x591, 0x591, 220},
-    {0x592, 0x595, 230},     {0x596, 0x596, 220},     {0x597, 0x599, 230},     {0x59A, 0x59A, 222},
-    {0x59B, 0x59B, 220},     {0x59C, 0x5A1, 230},     {0x5A2, 0x5A7, 220},     {0x5A8, 0x5A9, 230},
-    {0x5AA, 0x5AA, 220},     {0x5AB, 0x5AC, 230},     {0x5AD, 0x5AD, 222},     {0x5AE, 0x5AE, 228},
-    {0x5AF, 0x5AF, 230},     {0x5B0, 0x5B0, 10},      {0x5B1, 0x5B1, 11},      {0x5B2, 0x5B2, 12},
-    {0x5B3, 0x5B3, 13},      {0x5B4, 0x5B4, 14},      {0x5B5, 0x5B5, 15},      {0x5B6, 0x5B6, 16},
-    {0x5B7, 0x5B7, 17},      {0x5B8, 0x5B8, 18},      {0x5B9, 0x5BA, 19},      {0x5BB, 0x5BB, 20},
-    {0x5BC, 0x5BC, 21},      {0x5BD, 0x5BD, 22},      {0x5BF, 0x5BF, 23},      {0x5C1, 0x5C1, 24},
-    {0x5C2, 0x5C2, 25},      {0x5C4, 0x5C4, 230},     {0x5C5, 0x5C5, 220},     {0x5C7, 0x5C7, 18},
-    {0x610, 0x617, 230},     {0x618, 0x618, 30},      {0x619, 0x619, 31},      {0x61A, 0x61A, 32},
-    {0x64B, 0x64B, 27},      {0x64C, 0x64C, 28},      {0x64D, 0x64D, 29},      {0x64E, 0x64E, 30},
-    {0x64F, 0x64F, 31},      {0x650, 0x650, 32},      {0x651, 0x651, 33},      {0x652, 0x652, 34},
-    {0x653, 0x654, 230},     {0x655, 0x656, 220},     {0x657, 0x65B, 230},     {0x65C, 0x65C, 220},
-    {0x65D, 0x65E, 230},     {0x65F, 0x65F, 220},     {0x670, 0x670, 35},      {0x6D6, 0x6DC, 230},
-    {0x6DF, 0x6E2, 230},     {0x6E3, 0x6E3, 220},     {0x6E4, 0x6E4, 230},     {0x6E7, 0x6E8, 230},
-    {0x6EA, 0x6EA, 220},     {0x6EB, 0x6EC, 230},     {0x6ED, 0x6ED, 220},     {0x711, 0x711, 36},
-    {0x730, 0x730, 230},     {0x731, 0x731, 220},     {0x732, 0x733, 230},     {0x734, 0x734, 220},
-    {0x735, 0x736, 230},     {0x737, 0x739, 220},     {0x73A, 0x73A, 230},     {0x73B, 0x73C, 220},
-    {0x73D, 0x73D, 230},     {0x73E, 0x73E, 220},     {0x73F, 0x741, 230},     {0x742, 0x742, 220},
-    {0x743, 0x743, 230},     {0x744, 0x744, 220},     {0x745, 0x745, 230},     {0x746, 0x746, 220},
-    {0x747, 0x747, 230},     {0x748, 0x748, 220},     {0x749, 0x74A, 230},     {0x7EB, 0x7F1, 230},
-    {0x7F2, 0x7F2, 220},     {0x7F3, 0x7F3, 230},     {0x7FD, 0x7FD, 220},     {0x816, 0x819, 230},
-    {0x81B, 0x823, 230},     {0x825, 0x827, 230},     {0x829, 0x82D, 230},     {0x859, 0x85B, 220},
-    {0x898, 0x898, 230},     {0x899, 0x89B, 220},     {0x89C, 0x89F, 230},     {0x8CA, 0x8CE, 230},
-    {0x8CF, 0x8D3, 220},     {0x8D4, 0x8E1, 230},     {0x8E3, 0x8E3, 220},     {0x8E4, 0x8E5, 230},
-    {0x8E6, 0x8E6, 220},     {0x8E7, 0x8E8, 230},     {0x8E9, 0x8E9, 220},     {0x8EA, 0x8EC, 230},
-    {0x8ED, 0x8EF, 220},     {0x8F0, 0x8F0, 27},      {0x8F1, 0x8F1, 28},      {0x8F2, 0x8F2, 29},
-    {0x8F3, 0x8F5, 230},     {0x8F6, 0x8F6, 220},     {0x8F7, 0x8F8, 230},     {0x8F9, 0x8FA, 220},
-    {0x8FB, 0x8FF, 230},     {0x93C, 0x93C, 7},       {0x94D, 0x94D, 9},       {0x951, 0x951, 230},
-    {0x952, 0x952, 220},     {0x953, 0x954, 230},     {0x9BC, 0x9BC, 7},       {0x9CD, 0x9CD, 9},
-    {0x9FE, 0x9FE, 230},     {0xA3C, 0xA3C, 7},       {0xA4D, 0xA4D, 9},       {0xABC, 0xABC, 7},
-    {0xACD, 0xACD, 9},       {0xB3C, 0xB3C, 7},       {0xB4D, 0xB4D, 9},       {0xBCD, 0xBCD, 9},
-    {0xC3C, 0xC3C, 7},       {0xC4D, 0xC4D, 9},       {0xC55, 0xC55, 84},      {0xC56, 0xC56, 91},
-    {0xCBC, 0xCBC, 7},       {0xCCD, 0xCCD, 9},       {0xD3B, 0xD3C, 9},       {0xD4D, 0xD4D, 9},
-    {0xDCA, 0xDCA, 9},       {0xE38, 0xE39, 103},     {0xE3A, 0xE3A, 9},       {0xE48, 0xE4B, 107},
-    {0xEB8, 0xEB9, 118},     {0xEBA, 0xEBA, 9},       {0xEC8, 0xECB, 122},     {0xF18, 0xF19, 220},
-    {0xF35, 0xF35, 220},     {0xF37, 0xF37, 220},     {0xF39, 0xF39, 216},     {0xF71, 0xF71, 129},
-    {0xF72, 0xF72, 130},     {0xF74, 0xF74, 132},     {0xF7A, 0xF7D, 130},     {0xF80, 0xF80, 130},
-    {0xF82, 0xF83, 230},     {0xF84, 0xF84, 9},       {0xF86, 0xF87, 230},     {0xFC6, 0xFC6, 220},
-    {0x1037, 0x1037, 7},     {0x1039, 0x103A, 9},     {0x108D, 0x108D, 220},   {0x135D, 0x135F, 230},
-    {0x1714, 0x1715, 9},     {0x1734, 0x1734, 9},     {0x17D2, 0x17D2, 9},     {0x17DD, 0x17DD, 230},
-    {0x18A9, 0x18A9, 228},   {0x1939, 0x1939, 222},   {0x193A, 0x193A, 230},   {0x193B, 0x193B, 220},
-    {0x1A17, 0x1A17, 230},   {0x1A18, 0x1A18, 220},   {0x1A60, 0x1A60, 9},     {0x1A75, 0x1A7C, 230},
-    {0x1A7F, 0x1A7F, 220},   {0x1AB0, 0x1AB4, 230},   {0x1AB5, 0x1ABA, 220},   {0x1ABB, 0x1ABC, 230},
-    {0x1ABD, 0x1ABD, 220},   {0x1ABF, 0x1AC0, 220},   {0x1AC1, 0x1AC2, 230},   {0x1AC3, 0x1AC4, 220},
-    {0x1AC5, 0x1AC9, 230},   {0x1ACA, 0x1ACA, 220},   {0x1ACB, 0x1ACE, 230},   {0x1B34, 0x1B34, 7},
-    {0x1B44, 0x1B44, 9},     {0x1B6B, 0x1B6B, 230},   {0x1B6C, 0x1B6C, 220},   {0x1B6D, 0x1B73, 230},
-    {0x1BAA, 0x1BAB, 9},     {0x1BE6, 0x1BE6, 7},     {0x1BF2, 0x1BF3, 9},     {0x1C37, 0x1C37, 7},
-    {0x1CD0, 0x1CD2, 230},   {0x1CD4, 0x1CD4, 1},     {0x1CD5, 0x1CD9, 220},   {0x1CDA, 0x1CDB, 230},
-    {0x1CDC, 0x1CDF, 220},   {0x1CE0, 0x1CE0, 230},   {0x1CE2, 0x1CE8, 1},     {0x1CED, 0x1CED, 220},
-    {0x1CF4, 0x1CF4, 230},   {0x1CF8, 0x1CF9, 230},   {0x1DC0, 0x1DC1, 230},   {0x1DC2, 0x1DC2, 220},
-    {0x1DC3, 0x1DC9, 230},   {0x1DCA, 0x1DCA, 220},   {0x1DCB, 0x1DCC, 230},   {0x1DCD, 0x1DCD, 234},
-    {0x1DCE, 0x1DCE, 214},   {0x1DCF, 0x1DCF, 220},   {0x1DD0, 0x1DD0, 202},   {0x1DD1, 0x1DF5, 230},
-    {0x1DF6, 0x1DF6, 232},   {0x1DF7, 0x1DF8, 228},   {0x1DF9, 0x1DF9, 220},   {0x1DFA, 0x1DFA, 218},
-    {0x1DFB, 0x1DFB, 230},   {0x1DFC, 0x1DFC, 233},   {0x1DFD, 0x1DFD, 220},   {0x1DFE, 0x1DFE, 230},
-    {0x1DFF, 0x1DFF, 220},   {0x20D0, 0x20D1, 230},   {0x20D2, 0x20D3, 1},     {0x20D4, 0x20D7, 230},
-    {0x20D8, 0x20DA, 1},     {0x20DB, 0x20DC, 230},   {0x20E1, 0x20E1, 230},   {0x20E5, 0x20E6, 1},
-    {0x20E7, 0x20E7, 230},   {0x20E8, 0x20E8, 220},   {0x20E9, 0x20E9, 230},   {0x20EA, 0x20EB, 1},
-    {0x20EC, 0x20EF, 220},   {0x20F0, 0x20F0, 230},   {0x2CEF, 0x2CF1, 230},   {0x2D7F, 0x2D7F, 9},
-    {0x2DE0, 0x2DFF, 230},   {0x302A, 0x302A, 218},   {0x302B, 0x302B, 228},   {0x302C, 0x302C, 232},
-    {0x302D, 0x302D, 222},   {0x302E, 0x302F, 224},   {0x3099, 0x309A, 8},     {0xA66F, 0xA66F, 230},
-    {0xA674, 0xA67D, 230},   {0xA69E, 0xA69F, 230},   {0xA6F0, 0xA6F1, 230},   {0xA806, 0xA806, 9},
-    {0xA82C, 0xA82C, 9},     {0xA8C4, 0xA8C4, 9},     {0xA8E0, 0xA8F1, 230},   {0xA92B, 0xA92D, 220},
-    {0xA953, 0xA953, 9},     {0xA9B3, 0xA9B3, 7},     {0xA9C0, 0xA9C0, 9},     {0xAAB0, 0xAAB0, 230},
-    {0xAAB2, 0xAAB3, 230},   {0xAAB4, 0xAAB4, 220},   {0xAAB7, 0xAAB8, 230},   {0xAABE, 0xAABF, 230},
-    {0xAAC1, 0xAAC1, 230},   {0xAAF6, 0xAAF6, 9},     {0xABED, 0xABED, 9},     {0xFB1E, 0xFB1E, 26},
-    {0xFE20, 0xFE26, 230},   {0xFE27, 0xFE2D, 220},   {0xFE2E, 0xFE2F, 230},   {0x101FD, 0x101FD, 220},
-    {0x102E0, 0x102E0, 220}, {0x10376, 0x1037A, 230}, {0x10A0D, 0x10A0D, 220}, {0x10A0F, 0x10A0F, 230},
-    {0x10A38, 0x10A38, 230}, {0x10A39, 0x10A39, 1},   {0x10A3A, 0x10A3A, 220}, {0x10A3F, 0x10A3F, 9},
-    {0x10AE5, 0x10AE5, 230}, {0x10AE6, 0x10AE6, 220}, {0x10D24, 0x10D27, 230}, {0x10EAB, 0x10EAC, 230},
-    {0x10F46, 0x10F47, 220}, {0x10F48, 0x10F4A, 230}, {0x10F4B, 0x10F4B, 220}, {0x10F4C, 0x10F4C, 230},
-    {0x10F4D, 0x10F50, 220}, {0x10F82, 0x10F82, 230}, {0x10F83, 0x10F83, 220}, {0x10F84, 0x10F84, 230},
-    {0x10F85, 0x10F85, 220}, {0x11046, 0x11046, 9},   {0x11070, 0x11070, 9},   {0x1107F, 0x1107F, 9},
-    {0x110B9, 0x110B9, 9},   {0x110BA, 0x110BA, 7},   {0x11100, 0x11102, 230}, {0x11133, 0x11134, 9},
-    {0x11173, 0x11173, 7},   {0x111C0, 0x111C0, 9},   {0x111CA, 0x111CA, 7},   {0x11235, 0x11235, 9},
-    {0x11236, 0x11236, 7},   {0x112E9, 0x112E9, 7},   {0x112EA, 0x112EA, 9},   {0x1133B, 0x1133C, 7},
-    {0x1134D, 0x1134D, 9},   {0x11366, 0x1136C, 230}, {0x11370, 0x11374, 230}, {0x11442, 0x11442, 9},
-    {0x11446, 0x11446, 7},   {0x1145E, 0x1145E, 230}, {0x114C2, 0x114C2, 9},   {0x114C3, 0x114C3, 7},
-    {0x115BF, 0x115BF, 9},   {0x115C0, 0x115C0, 7},   {0x1163F, 0x1163F, 9},   {0x116B6, 0x116B6, 9},
-    {0x116B7, 0x116B7, 7},   {0x1172B, 0x1172B, 9},   {0x11839, 0x11839, 9},   {0x1183A, 0x1183A, 7},
-    {0x1193D, 0x1193E, 9},   {0x11943, 0x11943, 7},   {0x119E0, 0x119E0, 9},   {0x11A34, 0x11A34, 9},
-    {0x11A47, 0x11A47, 9},   {0x11A99, 0x11A99, 9},   {0x11C3F, 0x11C3F, 9},   {0x11D42, 0x11D42, 7},
-    {0x11D44, 0x11D45, 9},   {0x11D97, 0x11D97, 9},   {0x16AF0, 0x16AF4, 1},   {0x16B30, 0x16B36, 230},
-    {0x16FF0, 0x16FF1, 6},   {0x1BC9E, 0x1BC9E, 1},   {0x1D165, 0x1D166, 216}, {0x1D167, 0x1D169, 1},
-    {0x1D16D, 0x1D16D, 226}, {0x1D16E, 0x1D172, 216}, {0x1D17B, 0x1D182, 220}, {0x1D185, 0x1D189, 230},
-    {0x1D18A, 0x1D18B, 220}, {0x1D1AA, 0x1D1AD, 230}, {0x1D242, 0x1D244, 230}, {0x1E000, 0x1E006, 230},
-    {0x1E008, 0x1E018, 230}, {0x1E01B, 0x1E021, 230}, {0x1E023, 0x1E024, 230}, {0x1E026, 0x1E02A, 230},
-    {0x1E130, 0x1E136, 230}, {0x1E2AE, 0x1E2AE, 230}, {0x1E2EC, 0x1E2EF, 230}, {0x1E8D0, 0x1E8D6, 220},
-    {0x1E944, 0x1E949, 230}, {0x1E94A, 0x1E94A, 7},
-};
-
-/// Simple lowercase: every `stride`-th code point of `first..last` maps to itself + `delta`. Sorted.
-/// U+0130 (İ), whose lowercase is two code points, is handled by the caller.
-struct LowercaseRun {
-    char32_t first, last;
-    std::int32_t delta;
-    std::uint8_t stride;
-};
-inline constexpr LowercaseRun lowercase_runs[181] = {
-    {0x41, 0x5A, 32, 1},         {0xC0, 0xD6, 32, 1},         {0xD8, 0xDE, 32, 1},         {0x100, 0x12E, 1, 2},
-    {0x132, 0x136, 1, 2},        {0x139, 0x147, 1, 2},        {0x14A, 0x176, 1, 2},        {0x178, 0x178, -121, 1},
-    {0x179, 0x17D, 1, 2},        {0x181, 0x181, 210, 1},      {0x182, 0x184, 1, 2},        {0x186, 0x186, 206, 1},
-    {0x187, 0x187, 1, 1},        {0x189, 0x18A, 205, 1},      {0x18B, 0x18B, 1, 1},        {0x18E, 0x18E, 79, 1},
-    {0x18F, 0x18F, 202, 1},      {0x190, 0x190, 203, 1},      {0x191, 0x191, 1, 1},        {0x193, 0x193, 205, 1},
-    {0x194, 0x194, 207, 1},      {0x196, 0x196, 211, 1},      {0x197, 0x197, 209, 1},      {0x198, 0x198, 1, 1},
-    {0x19C, 0x19C, 211, 1},      {0x19D, 0x19D, 213, 1},      {0x19F, 0x19F, 214, 1},      {0x1A0, 0x1A4, 1, 2},
-    {0x1A6, 0x1A6, 218, 1},      {0x1A7, 0x1A7, 1, 1},        {0x1A9, 0x1A9, 218, 1},      {0x1AC, 0x1AC, 1, 1},
-    {0x1AE, 0x1AE, 218, 1},      {0x1AF, 0x1AF, 1, 1},        {0x1B1, 0x1B2, 217, 1},      {0x1B3, 0x1B5, 1, 2},
-    {0x1B7, 0x1B7, 219, 1},      {0x1B8, 0x1B8, 1, 1},        {0x1BC, 0x1BC, 1, 1},        {0x1C4, 0x1C4, 2, 1},
-    {0x1C5, 0x1C5, 1, 1},        {0x1C7, 0x1C7, 2, 1},        {0x1C8, 0x1C8, 1, 1},        {0x1CA, 0x1CA, 2, 1},
-    {0x1CB, 0x1DB, 1, 2},        {0x1DE, 0x1EE, 1, 2},        {0x1F1, 0x1F1, 2, 1},        {0x1F2, 0x1F4, 1, 2},
-    {0x1F6, 0x1F6, -97, 1},      {0x1F7, 0x1F7, -56, 1},      {0x1F8, 0x21E, 1, 2},        {0x220, 0x220, -130, 1},
-    {0x222, 0x232, 1, 2},        {0x23A, 0x23A, 10795, 1},    {0x23B, 0x23B, 1, 1},        {0x23D, 0x23D, -163, 1},
-    {0x23E, 0x23E, 10792, 1},    {0x241, 0x241, 1, 1},        {0x243, 0x243, -195, 1},     {0x244, 0x244, 69, 1},
-    {0x245, 0x245, 71, 1},       {0x246, 0x24E, 1, 2},        {0x370, 0x372, 1, 2},        {0x376, 0x376, 1, 1},
-    {0x37F, 0x37F, 116, 1},      {0x386, 0x386, 38, 1},       {0x388, 0x38A, 37, 1},       {0x38C, 0x38C, 64, 1},
-    {0x38E, 0x38F, 63, 1},       {0x391, 0x3A1, 32, 1},       {0x3A3, 0x3AB, 32, 1},       {0x3CF, 0x3CF, 8, 1},
-    {0x3D8, 0x3EE, 1, 2},        {0x3F4, 0x3F4, -60, 1},      {0x3F7, 0x3F7, 1, 1},        {0x3F9, 0x3F9, -7, 1},
-    {0x3FA, 0x3FA, 1, 1},        {0x3FD, 0x3FF, -130, 1},     {0x400, 0x40F, 80, 1},       {0x410, 0x42F, 32, 1},
-    {0x460, 0x480, 1, 2},        {0x48A, 0x4BE, 1, 2},        {0x4C0, 0x4C0, 15, 1},       {0x4C1, 0x4CD, 1, 2},
-    {0x4D0, 0x52E, 1, 2},        {0x531, 0x556, 48, 1},       {0x10A0, 0x10C5, 7264, 1},   {0x10C7, 0x10C7, 7264, 1},
-    {0x10CD, 0x10CD, 7264, 1},   {0x13A0, 0x13EF, 38864, 1},  {0x13F0, 0x13F5, 8, 1},      {0x1C90, 0x1CBA, -3008, 1},
-    {0x1CBD, 0x1CBF, -3008, 1},  {0x1E00, 0x1E94, 1, 2},      {0x1E9E, 0x1E9E, -7615, 1},  {0x1EA0, 0x1EFE, 1, 2},
-    {0x1F08, 0x1F0F, -8, 1},     {0x1F18, 0x1F1D, -8, 1},     {0x1F28, 0x1F2F, -8, 1},     {0x1F38, 0x1F3F, -8, 1},
-    {0x1F48, 0x1F4D, -8, 1},     {0x1F59, 0x1F5F, -8, 2},     {0x1F68, 0x1F6F, -8, 1},     {0x1F88, 0x1F8F, -8, 1},
-    {0x1F98, 0x1F9F, -8, 1},     {0x1FA8, 0x1FAF, -8, 1},     {0x1FB8, 0x1FB9, -8, 1},     {0x1FBA, 0x1FBB, -74, 1},
-    {0x1FBC, 0x1FBC, -9, 1},     {0x1FC8, 0x1FCB, -86, 1},    {0x1FCC, 0x1FCC, -9, 1},     {0x1FD8, 0x1FD9, -8, 1},
-    {0x1FDA, 0x1FDB, -100, 1},   {0x1FE8, 0x1FE9, -8, 1},     {0x1FEA, 0x1FEB, -112, 1},   {0x1FEC, 0x1FEC, -7, 1},
-    {0x1FF8, 0x1FF9, -128, 1},   {0x1FFA, 0x1FFB, -126, 1},   {0x1FFC, 0x1FFC, -9, 1},     {0x2126, 0x2126, -7517, 1},
-    {0x212A, 0x212A, -8383, 1},  {0x212B, 0x212B, -8262, 1},  {0x2132, 0x2132, 28, 1},     {0x2160, 0x216F, 16, 1},
-    {0x2183, 0x2183, 1, 1},      {0x24B6, 0x24CF, 26, 1},     {0x2C00, 0x2C2F, 48, 1},     {0x2C60, 0x2C60, 1, 1},
-    {0x2C62, 0x2C62, -10743, 1}, {0x2C63, 0x2C63, -3814, 1},  {0x2C64, 0x2C64, -10727, 1}, {0x2C67, 0x2C6B, 1, 2},
-    {0x2C6D, 0x2C6D, -10780, 1}, {0x2C6E, 0x2C6E, -10749, 1}, {0x2C6F, 0x2C6F, -10783, 1}, {0x2C70, 0x2C70, -10782, 1},
-    {0x2C72, 0x2C72, 1, 1},      {0x2C75, 0x2C75, 1, 1},      {0x2C7E, 0x2C7F, -10815, 1}, {0x2C80, 0x2CE2, 1, 2},
-    {0x2CEB, 0x2CED, 1, 2},      {0x2CF2, 0x2CF2, 1, 1},      {0xA640, 0xA66C, 1, 2},      {0xA680, 0xA69A, 1, 2},
-    {0xA722, 0xA72E, 1, 2},      {0xA732, 0xA76E, 1, 2},      {0xA779, 0xA77B, 1, 2},      {0xA77D, 0xA77D, -35332, 1},
-    {0xA77E, 0xA786, 1, 2},      {0xA78B, 0xA78B, 1, 1},      {0xA78D, 0xA78D, -42280, 1}, {0xA790, 0xA792, 1, 2},
-    {0xA796, 0xA7A8, 1, 2},      {0xA7AA, 0xA7AA, -42308, 1}, {0xA7AB, 0xA7AB, -42319, 1}, {0xA7AC, 0xA7AC, -42315, 1},
-    {0xA7AD, 0xA7AD, -42305, 1}, {0xA7AE, 0xA7AE, -42308, 1}, {0xA7B0, 0xA7B0, -42258, 1}, {0xA7B1, 0xA7B1, -42282, 1},
-    {0xA7B2, 0xA7B2, -42261, 1}, {0xA7B3, 0xA7B3, 928, 1},    {0xA7B4, 0xA7C2, 1, 2},      {0xA7C4, 0xA7C4, -48, 1},
-    {0xA7C5, 0xA7C5, -42307, 1}, {0xA7C6, 0xA7C6, -35384, 1}, {0xA7C7, 0xA7C9, 1, 2},      {0xA7D0, 0xA7D0, 1, 1},
-    {0xA7D6, 0xA7D8, 1, 2},      {0xA7F5, 0xA7F5, 1, 1},      {0xFF21, 0xFF3A, 32, 1},     {0x10400, 0x10427, 40, 1},
-    {0x104B0, 0x104D3, 40, 1},   {0x10570, 0x1057A, 39, 1},   {0x1057C, 0x1058A, 39, 1},   {0x1058C, 0x10592, 39, 1},
-    {0x10594, 0x10595, 39, 1},   {0x10C80, 0x10CB2, 64, 1},   {0x118A0, 0x118BF, 32, 1},   {0x16E40, 0x16E5F, 32, 1},
-    {0x1E900, 0x1E921, 34, 1},
-};
-
-}  // namespace distill::detail::unicode
-// ---- end distill/detail/unicode_tables.hpp ----
 
 namespace distill::data {
 
-namespace hf_detail {
+/// Builds the template of a published tokenizer.json; set by data/hf_tokenizer.hpp.
+using published_template_loader = ChatTemplate (*)(const std::filesystem::path&, const ChatTemplateConfig&);
 
-using json = nlohmann::json;
-
-// ---------------------------------------------------------------- UTF-8
-
-/// Appends the UTF-8 encoding of `cp` to `out`.
-inline void append_utf8(std::string& out, char32_t cp) {
-    if (cp < 0x80) {
-        out.push_back(static_cast<char>(cp));
-    } else if (cp < 0x800) {
-        out.push_back(static_cast<char>(0xC0 | (cp >> 6)));
-        out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-    } else if (cp < 0x10000) {
-        out.push_back(static_cast<char>(0xE0 | (cp >> 12)));
-        out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-        out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-    } else {
-        out.push_back(static_cast<char>(0xF0 | (cp >> 18)));
-        out.push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
-        out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-        out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-    }
+/// The loader of published tokenizers (nullptr until data/hf_tokenizer.hpp registers one).
+inline published_template_loader& published_loader() noexcept {
+    static published_template_loader loader = nullptr;
+    return loader;
 }
-
-inline constexpr char32_t replacement_char = 0xFFFD;
-
-/// Decodes one code point at `s[pos]`, advancing `pos`. An invalid sequence yields U+FFFD and
-/// advances over its maximal subpart (the longest prefix of a valid sequence, at least one byte), the
-/// substitution Python's and Rust's lossy decoders make.
-inline char32_t next_utf8(std::string_view s, std::size_t& pos) {
-    const auto b0 = static_cast<unsigned char>(s[pos]);
-    if (b0 < 0x80) {
-        ++pos;
-        return b0;
-    }
-    int need = 0;
-    char32_t cp = 0;
-    unsigned char lo = 0x80, hi = 0xBF;  // the valid range of the second byte
-    if (b0 >= 0xC2 && b0 <= 0xDF) {
-        need = 1;
-        cp = b0 & 0x1F;
-    } else if (b0 >= 0xE0 && b0 <= 0xEF) {
-        need = 2;
-        cp = b0 & 0x0F;
-        if (b0 == 0xE0) lo = 0xA0;
-        if (b0 == 0xED) hi = 0x9F;
-    } else if (b0 >= 0xF0 && b0 <= 0xF4) {
-        need = 3;
-        cp = b0 & 0x07;
-        if (b0 == 0xF0) lo = 0x90;
-        if (b0 == 0xF4) hi = 0x8F;
-    } else {
-        ++pos;
-        return replacement_char;
-    }
-    std::size_t p = pos + 1;
-    for (int i = 0; i < need; ++i, ++p) {
-        if (p >= s.size()) {
-            pos = p;
-            return replacement_char;
-        }
-        const auto b = static_cast<unsigned char>(s[p]);
-        if (b < lo || b > hi) {
-            pos = p;
-            return replacement_char;
-        }
-        lo = 0x80;
-        hi = 0xBF;
-        cp = (cp << 6) | (b & 0x3F);
-    }
-    pos = p;
-    return cp;
-}
-
-/// Decodes valid UTF-8 (as every string inside the tokenizer is) into code points.
-inline std::u32string to_u32(std::string_view s) {
-    std::u32string out;
-    out.reserve(s.size());
-    for (std::size_t i = 0; i < s.size();) out.push_back(next_utf8(s, i));
-    return out;
-}
-
-inline std::string to_utf8(std::u32string_view s) {
-    std::string out;
-    out.reserve(s.size());
-    for (char32_t c : s) append_utf8(out, c);
-    return out;
-}
-
-/// `s` with every invalid UTF-8 subpart replaced by U+FFFD (unchanged when valid).
-inline std::string sanitize_utf8(std::string_view s) {
-    std::string out;
-    out.reserve(s.size());
-    for (std::size_t i = 0; i < s.size();) {
-        const std::size_t start = i;
-        const char32_t c = next_utf8(s, i);
-        if (c == replacement_char && !(i - start == 3 && s.substr(start, 3) == "\xEF\xBF\xBD"))
-            append_utf8(out, c);
-        else
-            out.append(s.substr(start, i - start));
-    }
-    return out;
-}
-
-/// Rust's `String::from_utf8_lossy`.
-inline std::string lossy_utf8(std::string_view bytes) {
-    return sanitize_utf8(bytes);
-}
-
-inline bool valid_utf8(std::string_view s) {
-    for (std::size_t i = 0; i < s.size();) {
-        const std::size_t start = i;
-        if (next_utf8(s, i) == replacement_char && s.substr(start, i - start) != "\xEF\xBF\xBD") return false;
-    }
-    return true;
-}
-
-// ---------------------------------------------------------------- PCRE2
-
-struct CodeDeleter {
-    void operator()(pcre2_code_8* c) const noexcept { pcre2_code_free_8(c); }
-};
-struct MatchDataDeleter {
-    void operator()(pcre2_match_data_8* m) const noexcept { pcre2_match_data_free_8(m); }
-};
-struct MatchContextDeleter {
-    void operator()(pcre2_match_context_8* m) const noexcept { pcre2_match_context_free_8(m); }
-};
-
-// Bounds on one match, so a pathological pattern from a file fails instead of hanging.
-inline constexpr std::uint32_t regex_match_limit = 1'000'000;
-inline constexpr std::uint32_t regex_heap_limit_kib = 64 * 1024;
-
-// Oniguruma's (tokenizers' engine) Unicode \s is the White_Space property and its \w is letters, marks,
-// decimal digits, connector punctuation and the joiners; PCRE2 10.42's UCP \s also takes U+180E and
-// its \w takes every number but no mark. Patterns are rewritten to Oniguruma's sets so the splits agree.
-inline constexpr std::string_view onig_space =
-    R"(\t\n\x0B\f\r \x{85}\x{A0}\x{1680}\x{2000}-\x{200A}\x{2028}\x{2029}\x{202F}\x{205F}\x{3000})";
-inline constexpr std::string_view onig_word = R"(\p{L}\p{M}\p{Nd}\p{Pc}\x{200C}\x{200D})";
-
-/// `pattern` with \s, \S, \w and \W replaced by explicit Oniguruma-equivalent classes (inside a
-/// character class only the positive forms can be, and are, replaced).
-inline std::string oniguruma_compatible(std::string_view pattern) {
-    std::string out;
-    bool in_class = false;
-    std::size_t class_start = 0;
-    for (std::size_t i = 0; i < pattern.size(); ++i) {
-        const char c = pattern[i];
-        if (c == '\\' && i + 1 < pattern.size()) {
-            const char n = pattern[i + 1];
-            const std::string_view set = n == 's' || n == 'S' ? onig_space : n == 'w' || n == 'W' ? onig_word : "";
-            if (!set.empty() && (n == 's' || n == 'w')) {
-                out += in_class ? std::string(set) : "[" + std::string(set) + "]";
-            } else if (!set.empty() && !in_class) {
-                out += "[^" + std::string(set) + "]";
-            } else {
-                out += c;
-                out += n;
-            }
-            ++i;
-            continue;
-        }
-        if (!in_class && c == '[') {
-            in_class = true;
-            class_start = out.size() + 1;
-            out += c;
-            if (i + 1 < pattern.size() && pattern[i + 1] == '^') {
-                out += '^';
-                ++i;
-                ++class_start;
-            }
-            if (i + 1 < pattern.size() && pattern[i + 1] == ']') {  // a leading ] is literal
-                out += ']';
-                ++i;
-            }
-            continue;
-        }
-        if (in_class && c == '[' && i + 1 < pattern.size() && pattern[i + 1] == ':') {  // [:alpha:]
-            const auto end = pattern.find(":]", i + 2);
-            if (end != std::string_view::npos) {
-                out.append(pattern.substr(i, end + 2 - i));
-                i = end + 1;
-                continue;
-            }
-        }
-        if (in_class && c == ']' && out.size() > class_start) in_class = false;
-        out += c;
-    }
-    return out;
-}
-
-/// A compiled PCRE2 pattern in UTF + UCP mode (Unicode properties for \p, \w, \d, \s and case).
-class Regex {
-public:
-    Regex() = default;
-
-    /// Compiles `pattern`; on a syntax error throws config_error naming `where`.
-    Regex(std::string_view pattern, const std::string& where) {
-        int code = 0;
-        PCRE2_SIZE offset = 0;
-        const std::string compatible = oniguruma_compatible(pattern);
-        pcre2_code_8* c = pcre2_compile_8(reinterpret_cast<PCRE2_SPTR8>(compatible.data()), compatible.size(),
-                                          PCRE2_UTF | PCRE2_UCP, &code, &offset, nullptr);
-        if (c == nullptr) {
-            std::array<PCRE2_UCHAR8, 256> msg{};
-            pcre2_get_error_message_8(code, msg.data(), msg.size());
-            throw config_error(where, "invalid regular expression at offset " + std::to_string(offset) + ": " +
-                                          reinterpret_cast<const char*>(msg.data()));
-        }
-        code_.reset(c, CodeDeleter{});
-        pcre2_match_context_8* ctx = pcre2_match_context_create_8(nullptr);
-        if (ctx == nullptr) throw error("PCRE2: out of memory");
-        ctx_.reset(ctx, MatchContextDeleter{});
-        pcre2_set_match_limit_8(ctx, regex_match_limit);
-        pcre2_set_heap_limit_8(ctx, regex_heap_limit_kib);
-    }
-
-    explicit operator bool() const noexcept { return code_ != nullptr; }
-
-    /// The non-empty, non-overlapping matches of the pattern in `s` (valid UTF-8), as byte ranges.
-    std::vector<std::pair<std::size_t, std::size_t>> find_all(std::string_view s) const {
-        std::vector<std::pair<std::size_t, std::size_t>> out;
-        std::unique_ptr<pcre2_match_data_8, MatchDataDeleter> md(
-            pcre2_match_data_create_from_pattern_8(code_.get(), nullptr));
-        if (!md) throw error("PCRE2: out of memory");
-        std::size_t at = 0;
-        std::uint32_t options = 0;  // the subject is checked for valid UTF-8 once, on the first call
-        while (at <= s.size()) {
-            const int rc = pcre2_match_8(code_.get(), reinterpret_cast<PCRE2_SPTR8>(s.data()), s.size(), at, options,
-                                         md.get(), ctx_.get());
-            options = PCRE2_NO_UTF_CHECK;
-            if (rc == PCRE2_ERROR_NOMATCH) break;
-            if (rc < 0) fail(rc);
-            const PCRE2_SIZE* ov = pcre2_get_ovector_pointer_8(md.get());
-            const std::size_t b = ov[0], e = ov[1];
-            if (e > b) {
-                out.emplace_back(b, e);
-                at = e;
-            } else {  // an empty match: step over one character
-                if (b >= s.size()) break;
-                std::size_t next = b;
-                next_utf8(s, next);
-                at = next;
-            }
-        }
-        return out;
-    }
-
-    /// Whether the pattern matches at the start of `s` (used for one-character category tests).
-    bool matches_at_start(std::string_view s) const {
-        std::unique_ptr<pcre2_match_data_8, MatchDataDeleter> md(
-            pcre2_match_data_create_from_pattern_8(code_.get(), nullptr));
-        if (!md) throw error("PCRE2: out of memory");
-        const int rc = pcre2_match_8(code_.get(), reinterpret_cast<PCRE2_SPTR8>(s.data()), s.size(), 0,
-                                     PCRE2_ANCHORED | PCRE2_NO_UTF_CHECK, md.get(), ctx_.get());
-        if (rc == PCRE2_ERROR_NOMATCH) return false;
-        if (rc < 0) fail(rc);
-        return true;
-    }
-
-private:
-    [[noreturn]] static void fail(int rc) {
-        std::array<PCRE2_UCHAR8, 256> msg{};
-        pcre2_get_error_message_8(rc, msg.data(), msg.size());
-        throw error(std::string("tokenizer: regular expression failed on the input: ") +
-                    reinterpret_cast<const char*>(msg.data()));
-    }
-
-    std::shared_ptr<pcre2_code_8> code_{};
-    std::shared_ptr<pcre2_match_context_8> ctx_{};
-};
-
-// ---------------------------------------------------------------- Unicode properties
-
-/// Whether `c` has the Unicode general category `pattern` (`\p{P}`, ...), asked of PCRE2.
-inline bool has_category(const Regex& category, char32_t c) {
-    std::string s;
-    append_utf8(s, c);
-    return category.matches_at_start(s);
-}
-
-inline const Regex& category_regex(int which) {
-    static const std::array<Regex, 4> regexes = {Regex(R"(\p{P})", "category"), Regex(R"(\p{C})", "category"),
-                                                 Regex(R"(\p{Mn})", "category"), Regex(R"(\p{M})", "category")};
-    return regexes[static_cast<std::size_t>(which)];
-}
-
-/// Rust's `char::is_whitespace` (the White_Space property).
-inline bool is_whitespace(char32_t c) {
-    return (c >= 0x09 && c <= 0x0D) || c == 0x20 || c == 0x85 || c == 0xA0 || c == 0x1680 ||
-           (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
-}
-/// BERT's punctuation: ASCII punctuation (incl. symbols such as `$`) or general category P.
-inline bool is_bert_punctuation(char32_t c) {
-    if (c < 0x80)
-        return (c >= 0x21 && c <= 0x2F) || (c >= 0x3A && c <= 0x40) || (c >= 0x5B && c <= 0x60) ||
-               (c >= 0x7B && c <= 0x7E);
-    return has_category(category_regex(0), c);
-}
-/// General category C (control, format, unassigned, private use, surrogate).
-inline bool is_other(char32_t c) {
-    if (c < 0x80) return c < 0x20 || c == 0x7F;
-    return has_category(category_regex(1), c);
-}
-/// Rust's `char::is_numeric`: general category N (Nd, Nl, No), what the Digits pre-tokenizer splits.
-inline bool is_numeric(char32_t c) {
-    if (c < 0x80) return c >= '0' && c <= '9';
-    static const Regex numeric(R"(\p{N})", "category");
-    return has_category(numeric, c);
-}
-/// General category Mn (nonspacing mark), what strip_accents removes after NFD.
-inline bool is_nonspacing_mark(char32_t c) {
-    return c >= 0x300 && has_category(category_regex(2), c);
-}
-/// General category M (any mark).
-inline bool is_mark(char32_t c) {
-    return c >= 0x300 && has_category(category_regex(3), c);
-}
-
-inline bool is_alphanumeric(char32_t c) {
-    static const Regex alnum(R"([\p{L}\p{N}])", "category");
-    if (c < 0x80) return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
-    return has_category(alnum, c);
-}
-
-/// BERT's CJK ideograph ranges (the CJK Unified Ideographs blocks and their extensions).
-inline bool is_chinese_char(char32_t c) {
-    return (c >= 0x4E00 && c <= 0x9FFF) || (c >= 0x3400 && c <= 0x4DBF) || (c >= 0x20000 && c <= 0x2A6DF) ||
-           (c >= 0x2A700 && c <= 0x2B73F) || (c >= 0x2B740 && c <= 0x2B81F) || (c >= 0x2B920 && c <= 0x2CEAF) ||
-           (c >= 0xF900 && c <= 0xFAFF) || (c >= 0x2F800 && c <= 0x2FA1F);
-}
-
-/// Rust's `char::to_lowercase` (simple mapping; U+0130 becomes "i̇", two code points).
-inline void append_lowercase(std::u32string& out, char32_t c) {
-    if (c < 0x80) {
-        out.push_back(c >= 'A' && c <= 'Z' ? c + 32 : c);
-        return;
-    }
-    if (c == 0x130) {
-        out.push_back(U'i');
-        out.push_back(0x307);
-        return;
-    }
-    using detail::unicode::lowercase_runs;
-    const auto* it = std::upper_bound(std::begin(lowercase_runs), std::end(lowercase_runs), c,
-                                      [](char32_t v, const auto& r) { return v < r.first; });
-    if (it != std::begin(lowercase_runs)) {
-        const auto& r = *(it - 1);
-        if (c <= r.last && (c - r.first) % r.stride == 0) {
-            out.push_back(static_cast<char32_t>(static_cast<std::int64_t>(c) + r.delta));
-            return;
-        }
-    }
-    out.push_back(c);
-}
-
-inline std::uint8_t combining_class(char32_t c) {
-    if (c < 0x300) return 0;
-    using detail::unicode::combining_classes;
-    const auto* it = std::upper_bound(std::begin(combining_classes), std::end(combining_classes), c,
-                                      [](char32_t v, const auto& r) { return v < r.first; });
-    if (it == std::begin(combining_classes)) return 0;
-    const auto& r = *(it - 1);
-    return c <= r.last ? r.ccc : 0;
-}
-
-inline constexpr char32_t hangul_s = 0xAC00, hangul_l = 0x1100, hangul_v = 0x1161, hangul_t = 0x11A7;
-inline constexpr char32_t hangul_l_count = 19, hangul_v_count = 21, hangul_t_count = 28;
-inline constexpr char32_t hangul_n = hangul_v_count * hangul_t_count, hangul_count = hangul_l_count * hangul_n;
-
-/// Appends the full canonical decomposition of `c`.
-inline void append_decomposition(std::u32string& out, char32_t c, int depth = 0) {
-    if (c >= hangul_s && c < hangul_s + hangul_count) {
-        const char32_t s = c - hangul_s;
-        out.push_back(hangul_l + s / hangul_n);
-        out.push_back(hangul_v + (s % hangul_n) / hangul_t_count);
-        if (s % hangul_t_count != 0) out.push_back(hangul_t + s % hangul_t_count);
-        return;
-    }
-    if (c >= 0xC0 && depth < 8) {
-        using detail::unicode::decompositions;
-        const auto* it = std::lower_bound(std::begin(decompositions), std::end(decompositions), c,
-                                          [](const auto& d, char32_t v) { return d.cp < v; });
-        if (it != std::end(decompositions) && it->cp == c) {
-            append_decomposition(out, it->first, depth + 1);
-            if (it->second != 0) append_decomposition(out, it->second, depth + 1);
-            return;
-        }
-    }
-    out.push_back(c);
-}
-
-/// NFD: full canonical decomposition, then canonical ordering of combining marks.
-inline std::u32string nfd(std::u32string_view s) {
-    std::u32string out;
-    out.reserve(s.size());
-    for (char32_t c : s) append_decomposition(out, c);
-    // canonical ordering: a stable sort of each run of non-starters by combining class
-    for (std::size_t i = 0; i < out.size();) {
-        if (combining_class(out[i]) == 0) {
-            ++i;
-            continue;
-        }
-        std::size_t j = i;
-        while (j < out.size() && combining_class(out[j]) != 0) ++j;
-        std::stable_sort(out.begin() + static_cast<std::ptrdiff_t>(i), out.begin() + static_cast<std::ptrdiff_t>(j),
-                         [](char32_t a, char32_t b) { return combining_class(a) < combining_class(b); });
-        i = j;
-    }
-    return out;
-}
-
-/// The primary composite of `a` `b`, or 0.
-inline char32_t compose_pair(char32_t a, char32_t b) {
-    if (a >= hangul_l && a < hangul_l + hangul_l_count && b >= hangul_v && b < hangul_v + hangul_v_count)
-        return hangul_s + ((a - hangul_l) * hangul_v_count + (b - hangul_v)) * hangul_t_count;
-    if (a >= hangul_s && a < hangul_s + hangul_count && (a - hangul_s) % hangul_t_count == 0 && b > hangul_t &&
-        b < hangul_t + hangul_t_count)
-        return a + (b - hangul_t);
-    static const std::unordered_map<std::uint64_t, char32_t> pairs = [] {
-        std::unordered_map<std::uint64_t, char32_t> m;
-        for (const auto& d : detail::unicode::decompositions)
-            if (d.composes) m.emplace((std::uint64_t{d.first} << 32) | d.second, d.cp);
-        return m;
-    }();
-    const auto it = pairs.find((std::uint64_t{a} << 32) | b);
-    return it == pairs.end() ? 0 : it->second;
-}
-
-/// NFC: NFD, then canonical composition (UAX #15).
-inline std::u32string nfc(std::u32string_view s) {
-    std::u32string d = nfd(s);
-    if (d.empty()) return d;
-    std::size_t starter = 0, out = 1;
-    int last_class = combining_class(d[0]) == 0 ? 0 : 256;
-    for (std::size_t i = 1; i < d.size(); ++i) {
-        const char32_t c = d[i];
-        const int cls = combining_class(c);
-        const char32_t composite = last_class == 256 ? 0 : compose_pair(d[starter], c);
-        if (composite != 0 && (last_class < cls || last_class == 0)) {
-            d[starter] = composite;
-        } else {
-            if (cls == 0) starter = out;
-            last_class = cls;
-            d[out++] = c;
-        }
-    }
-    d.resize(out);
-    return d;
-}
-
-// ---------------------------------------------------------------- byte-level alphabet
-
-/// GPT-2's bytes_to_unicode: every byte as a printable character.
-struct ByteAlphabet {
-    std::array<std::string, 256> encode{};              // byte -> UTF-8 of its character
-    std::unordered_map<char32_t, std::uint8_t> decode;  // character -> byte
-    ByteAlphabet() {
-        char32_t n = 0;
-        for (int b = 0; b < 256; ++b) {
-            const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
-            const char32_t c = printable ? static_cast<char32_t>(b) : 256 + n++;
-            append_utf8(encode[static_cast<std::size_t>(b)], c);
-            decode.emplace(c, static_cast<std::uint8_t>(b));
-        }
-    }
-};
-
-inline const ByteAlphabet& byte_alphabet() {
-    static const ByteAlphabet a;
-    return a;
-}
-
-// ---------------------------------------------------------------- string helpers
-
-struct StringHash {
-    using is_transparent = void;
-    std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
-};
-using Vocab = std::unordered_map<std::string, std::int32_t, StringHash, std::equal_to<>>;
-
-inline std::string replace_all(std::string_view s, std::string_view from, std::string_view to) {
-    if (from.empty()) return std::string(s);
-    std::string out;
-    std::size_t at = 0;
-    for (std::size_t f; (f = s.find(from, at)) != std::string_view::npos; at = f + from.size()) {
-        out.append(s.substr(at, f - at));
-        out.append(to);
-    }
-    out.append(s.substr(at));
-    return out;
-}
-
-/// A split of a piece: byte range and whether it is a match of the split pattern.
-struct Span {
-    std::size_t begin, end;
-    bool match;
-};
-
-/// How Split and the other pre-tokenizers treat the delimiters they find (tokenizers'
-/// SplitDelimiterBehavior).
-enum class Behavior : std::uint8_t { removed, isolated, merged_with_previous, merged_with_next, contiguous };
-
-/// Applies `behavior` to the alternating matches/non-matches of a piece (tokenizers' semantics);
-/// returns the byte ranges of the resulting non-empty parts.
-inline std::vector<std::pair<std::size_t, std::size_t>> apply_behavior(std::vector<Span> spans, Behavior behavior) {
-    std::vector<Span> acc;
-    switch (behavior) {
-        case Behavior::removed:
-            for (const auto& s : spans)
-                if (!s.match) acc.push_back(s);
-            break;
-        case Behavior::isolated:
-            acc = std::move(spans);
-            break;
-        case Behavior::merged_with_previous: {
-            bool previous_match = false;
-            for (const auto& s : spans) {
-                if (s.match && !previous_match) {
-                    if (!acc.empty())
-                        acc.back().end = s.end;
-                    else
-                        acc.push_back({s.begin, s.end, true});
-                } else {
-                    acc.push_back({s.begin, s.end, false});
-                }
-                previous_match = s.match;
-            }
-            break;
-        }
-        case Behavior::merged_with_next: {
-            bool previous_match = false;
-            for (auto it = spans.rbegin(); it != spans.rend(); ++it) {
-                if (it->match && !previous_match) {
-                    if (!acc.empty())
-                        acc.back().begin = it->begin;
-                    else
-                        acc.push_back({it->begin, it->end, true});
-                } else {
-                    acc.push_back({it->begin, it->end, false});
-                }
-                previous_match = it->match;
-            }
-            std::reverse(acc.begin(), acc.end());
-            break;
-        }
-        case Behavior::contiguous: {
-            bool previous_match = false;
-            for (const auto& s : spans) {
-                if (s.match == previous_match) {
-                    if (!acc.empty())
-                        acc.back().end = s.end;
-                    else
-                        acc.push_back({s.begin, s.end, false});
-                } else {
-                    acc.push_back({s.begin, s.end, false});
-                }
-                previous_match = s.match;
-            }
-            break;
-        }
-    }
-    std::vector<std::pair<std::size_t, std::size_t>> out;
-    for (const auto& s : acc)
-        if (s.end > s.begin) out.emplace_back(s.begin, s.end);
-    return out;
-}
-
-/// Matches and gaps of a character predicate: every matching character is its own match.
-template <class Pred>
-std::vector<Span> char_spans(std::string_view s, Pred pred) {
-    std::vector<Span> out;
-    if (s.empty()) return {{0, 0, false}};
-    std::size_t last = 0;
-    for (std::size_t i = 0; i < s.size();) {
-        const std::size_t b = i;
-        const char32_t c = next_utf8(s, i);
-        if (pred(c)) {
-            if (last < b) out.push_back({last, b, false});
-            out.push_back({b, i, true});
-            last = i;
-        }
-    }
-    if (last < s.size()) out.push_back({last, s.size(), false});
-    return out;
-}
-
-/// Matches and gaps of a list of match ranges.
-inline std::vector<Span> range_spans(std::size_t size, const std::vector<std::pair<std::size_t, std::size_t>>& m) {
-    if (size == 0) return {{0, 0, false}};
-    std::vector<Span> out;
-    std::size_t prev = 0;
-    for (const auto& [b, e] : m) {
-        if (prev != b) out.push_back({prev, b, false});
-        out.push_back({b, e, true});
-        prev = e;
-    }
-    if (prev != size) out.push_back({prev, size, false});
-    return out;
-}
-
-/// Matches and gaps of a literal string (all non-overlapping occurrences).
-inline std::vector<std::pair<std::size_t, std::size_t>> literal_matches(std::string_view s, std::string_view lit) {
-    std::vector<std::pair<std::size_t, std::size_t>> out;
-    if (lit.empty()) return out;
-    for (std::size_t at = 0, f; (f = s.find(lit, at)) != std::string_view::npos; at = f + lit.size())
-        out.emplace_back(f, f + lit.size());
-    return out;
-}
-
-/// A piece of the text on its way through the pipeline: its (normalized) text, whether it begins at
-/// offset 0 of the original text (Metaspace's prepend_scheme "first"), and the id when it is an added
-/// token (then it skips the rest of the pipeline).
-struct Piece {
-    std::string text;
-    bool at_start = false;
-    std::int32_t token = -1;
-};
-
-// ---------------------------------------------------------------- JSON access with paths
-
-/// Reads a tokenizer.json, naming the file and the JSON path in every error.
-class Reader {
-public:
-    explicit Reader(std::string file) : file_(std::move(file)) {}
-
-    const std::string& file() const noexcept { return file_; }
-
-    [[noreturn]] void fail(const std::string& path, const std::string& what) const {
-        throw config_error(file_ + ":" + (!path.empty() && path[0] == '.' ? path.substr(1) : path), what);
-    }
-
-    static std::string type_name(const json& j) {
-        if (j.is_number_integer()) return "an integer";
-        if (j.is_number()) return "a number";
-        const std::string n = j.type_name();
-        return (n[0] == 'a' || n[0] == 'o' ? "an " : "a ") + n;
-    }
-
-    const json& object(const json& j, const std::string& path) const {
-        if (!j.is_object()) fail(path, "must be an object, got " + type_name(j));
-        return j;
-    }
-    const json& array(const json& j, const std::string& path) const {
-        if (!j.is_array()) fail(path, "must be an array, got " + type_name(j));
-        return j;
-    }
-    std::string string(const json& j, const std::string& path) const {
-        if (!j.is_string()) fail(path, "must be a string, got " + type_name(j));
-        return j.get<std::string>();
-    }
-    bool boolean(const json& j, const std::string& path) const {
-        if (!j.is_boolean()) fail(path, "must be a boolean, got " + type_name(j));
-        return j.get<bool>();
-    }
-    std::int64_t integer(const json& j, const std::string& path, std::int64_t lo, std::int64_t hi) const {
-        if (!j.is_number_integer()) fail(path, "must be an integer, got " + type_name(j));
-        const std::int64_t v = j.is_number_unsigned() && j.get<std::uint64_t>() > std::uint64_t{INT64_MAX}
-                                   ? INT64_MAX
-                                   : j.get<std::int64_t>();
-        if (v < lo || v > hi)
-            fail(path, "must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got " + j.dump());
-        return v;
-    }
-
-    // Optional fields: absent or null gives the default.
-    static const json* find(const json& obj, const char* key) {
-        const auto it = obj.find(key);
-        return it == obj.end() || it->is_null() ? nullptr : &*it;
-    }
-    bool opt_bool(const json& obj, const std::string& path, const char* key, bool dflt) const {
-        const json* v = find(obj, key);
-        return v ? boolean(*v, path + "." + key) : dflt;
-    }
-    std::string opt_string(const json& obj, const std::string& path, const char* key, std::string dflt) const {
-        const json* v = find(obj, key);
-        return v ? string(*v, path + "." + key) : dflt;
-    }
-    std::string req_string(const json& obj, const std::string& path, const char* key) const {
-        const json* v = find(obj, key);
-        if (!v) fail(path + "." + key, "missing");
-        return string(*v, path + "." + key);
-    }
-    /// A single character field (Metaspace's replacement, Strip's content).
-    char32_t character(const json& obj, const std::string& path, const char* key, char32_t dflt) const {
-        const json* v = find(obj, key);
-        if (!v) return dflt;
-        const std::u32string s = to_u32(string(*v, path + "." + key));
-        if (s.size() != 1) fail(path + "." + key, "must be a single character, got " + v->dump());
-        return s[0];
-    }
-    /// The "type" of a component, checked against the supported ones.
-    std::string type(const json& j, const std::string& path, const char* what,
-                     std::initializer_list<std::string_view> supported) const {
-        object(j, path);
-        const json* t = find(j, "type");
-        if (!t) fail(path + ".type", std::string("missing: the ") + what + " type");
-        const std::string name = string(*t, path + ".type");
-        if (std::find(supported.begin(), supported.end(), name) == supported.end()) {
-            std::string list;
-            for (auto s : supported) list += (list.empty() ? "" : ", ") + std::string(s);
-            fail(path + ".type", std::string("unsupported ") + what + " \"" + name + "\" (supported: " + list + ")");
-        }
-        return name;
-    }
-    /// Rejects keys outside `known`, so an option distill does not implement is never ignored.
-    void only(const json& obj, const std::string& path, std::initializer_list<std::string_view> known) const {
-        for (auto it = obj.begin(); it != obj.end(); ++it)
-            if (std::find(known.begin(), known.end(), it.key()) == known.end())
-                fail(path + "." + it.key(), "unsupported field (this tokenizer component is supported without it)");
-    }
-
-private:
-    std::string file_;
-};
-
-// Nesting bound for Sequence components, so a hostile file cannot exhaust the stack.
-inline constexpr int max_nesting = 16;
-// Bounds on what a file may ask for.
-inline constexpr std::int64_t max_token_id = (std::int64_t{1} << 24) - 1;
-inline constexpr std::size_t max_token_bytes = 1 << 16;
-
-/// A Split/Replace pattern: a literal string or a regular expression.
-struct Pattern {
-    std::string literal;
-    Regex regex;
-    bool is_regex = false;
-
-    std::vector<std::pair<std::size_t, std::size_t>> find(std::string_view s) const {
-        return is_regex ? regex.find_all(s) : literal_matches(s, literal);
-    }
-    std::string replace(std::string_view s, std::string_view content) const {
-        if (!is_regex) return replace_all(s, literal, content);
-        std::string out;
-        std::size_t at = 0;
-        for (const auto& [b, e] : regex.find_all(s)) {
-            out.append(s.substr(at, b - at));
-            out.append(content);
-            at = e;
-        }
-        out.append(s.substr(at));
-        return out;
-    }
-};
-
-inline Pattern read_pattern(const Reader& r, const json& j, const std::string& path) {
-    r.object(j, path);
-    Pattern p;
-    if (const json* s = Reader::find(j, "String")) {
-        p.literal = r.string(*s, path + ".String");
-    } else if (const json* re = Reader::find(j, "Regex")) {
-        p.regex = Regex(r.string(*re, path + ".Regex"), r.file() + ":" + path + ".Regex");
-        p.is_regex = true;
-    } else {
-        r.fail(path, "must be {\"String\": ...} or {\"Regex\": ...}");
-    }
-    if (j.size() != 1) r.fail(path, "must have exactly one of \"String\" and \"Regex\"");
-    return p;
-}
-
-// ---------------------------------------------------------------- normalizers
-
-struct Normalizer {
-    enum class Kind : std::uint8_t { sequence, bert, lowercase, strip_accents, nfc, nfd, replace, prepend, strip };
-    Kind kind = Kind::sequence;
-    std::vector<Normalizer> children{};
-    bool clean_text = true, handle_chinese_chars = true, strip_accents = false, lowercase = false;
-    bool strip_left = false, strip_right = false;
-    Pattern pattern{};
-    std::string content{};
-
-    std::string apply(std::string_view text) const {
-        switch (kind) {
-            case Kind::sequence: {
-                std::string s(text);
-                for (const auto& c : children) s = c.apply(s);
-                return s;
-            }
-            case Kind::bert:
-                return bert(text);
-            case Kind::lowercase: {
-                std::u32string out;
-                for (char32_t c : to_u32(text)) append_lowercase(out, c);
-                return to_utf8(out);
-            }
-            case Kind::strip_accents: {
-                std::u32string out;
-                for (char32_t c : to_u32(text))
-                    if (!is_mark(c)) out.push_back(c);
-                return to_utf8(out);
-            }
-            case Kind::nfc:
-                return to_utf8(nfc(to_u32(text)));
-            case Kind::nfd:
-                return to_utf8(nfd(to_u32(text)));
-            case Kind::replace:
-                return pattern.replace(text, content);
-            case Kind::prepend:
-                return text.empty() ? std::string() : content + std::string(text);
-            case Kind::strip: {
-                std::u32string s = to_u32(text);
-                std::size_t b = 0, e = s.size();
-                if (strip_left)
-                    while (b < e && is_whitespace(s[b])) ++b;
-                if (strip_right)
-                    while (e > b && is_whitespace(s[e - 1])) --e;
-                return to_utf8(std::u32string_view(s).substr(b, e - b));
-            }
-        }
-        return std::string(text);
-    }
-
-    std::string bert(std::string_view text) const {
-        std::u32string s = to_u32(text), t;
-        if (clean_text) {
-            for (char32_t c : s) {
-                if (c == 0 || c == replacement_char) continue;
-                const bool control = c != '\t' && c != '\n' && c != '\r' && is_other(c);
-                if (control) continue;
-                t.push_back(is_whitespace(c) ? U' ' : c);
-            }
-            s.swap(t);
-            t.clear();
-        }
-        if (handle_chinese_chars) {
-            for (char32_t c : s) {
-                if (is_chinese_char(c)) {
-                    t.push_back(U' ');
-                    t.push_back(c);
-                    t.push_back(U' ');
-                } else {
-                    t.push_back(c);
-                }
-            }
-            s.swap(t);
-            t.clear();
-        }
-        if (strip_accents) {
-            for (char32_t c : nfd(s))
-                if (!is_nonspacing_mark(c)) t.push_back(c);
-            s.swap(t);
-            t.clear();
-        }
-        if (lowercase) {
-            for (char32_t c : s) append_lowercase(t, c);
-            s.swap(t);
-        }
-        return to_utf8(s);
-    }
-};
-
-inline Normalizer read_normalizer(const Reader& r, const json& j, const std::string& path, int depth = 0) {
-    if (depth > max_nesting) r.fail(path, "nested too deeply (at most " + std::to_string(max_nesting) + " levels)");
-    const std::string t = r.type(j, path, "normalizer",
-                                 {"Sequence", "BertNormalizer", "Lowercase", "StripAccents", "NFC", "NFD", "Replace",
-                                  "Prepend", "Strip", "NFKC", "NFKD", "Precompiled", "Nmt"});
-    Normalizer n;
-    using K = Normalizer::Kind;
-    if (t == "NFKC" || t == "NFKD" || t == "Precompiled" || t == "Nmt")
-        r.fail(path + ".type", "normalizer \"" + t +
-                                   "\" is not supported (it needs compatibility-decomposition or SentencePiece "
-                                   "charsmap tables; supported: Sequence, BertNormalizer, Lowercase, StripAccents, "
-                                   "NFC, NFD, Replace, Prepend, Strip)");
-    if (t == "Sequence") {
-        r.only(j, path, {"type", "normalizers"});
-        n.kind = K::sequence;
-        const json* list = Reader::find(j, "normalizers");
-        if (!list) r.fail(path + ".normalizers", "missing");
-        r.array(*list, path + ".normalizers");
-        for (std::size_t i = 0; i < list->size(); ++i)
-            n.children.push_back(
-                read_normalizer(r, (*list)[i], path + ".normalizers[" + std::to_string(i) + "]", depth + 1));
-    } else if (t == "BertNormalizer") {
-        r.only(j, path, {"type", "clean_text", "handle_chinese_chars", "strip_accents", "lowercase"});
-        n.kind = K::bert;
-        n.clean_text = r.opt_bool(j, path, "clean_text", true);
-        n.handle_chinese_chars = r.opt_bool(j, path, "handle_chinese_chars", true);
-        n.lowercase = r.opt_bool(j, path, "lowercase", true);
-        n.strip_accents = r.opt_bool(j, path, "strip_accents", n.lowercase);  // null: follows lowercase
-    } else if (t == "Lowercase") {
-        r.only(j, path, {"type"});
-        n.kind = K::lowercase;
-    } else if (t == "StripAccents") {
-        r.only(j, path, {"type"});
-        n.kind = K::strip_accents;
-    } else if (t == "NFC") {
-        r.only(j, path, {"type"});
-        n.kind = K::nfc;
-    } else if (t == "NFD") {
-        r.only(j, path, {"type"});
-        n.kind = K::nfd;
-    } else if (t == "Replace") {
-        r.only(j, path, {"type", "pattern", "content"});
-        n.kind = K::replace;
-        const json* p = Reader::find(j, "pattern");
-        if (!p) r.fail(path + ".pattern", "missing");
-        n.pattern = read_pattern(r, *p, path + ".pattern");
-        n.content = r.req_string(j, path, "content");
-    } else if (t == "Prepend") {
-        r.only(j, path, {"type", "prepend"});
-        n.kind = K::prepend;
-        n.content = r.req_string(j, path, "prepend");
-    } else {  // Strip
-        r.only(j, path, {"type", "strip_left", "strip_right"});
-        n.kind = K::strip;
-        n.strip_left = r.opt_bool(j, path, "strip_left", true);
-        n.strip_right = r.opt_bool(j, path, "strip_right", true);
-    }
-    return n;
-}
-
-// ---------------------------------------------------------------- pre-tokenizers
-
-inline const char* gpt2_pattern = R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
-
-enum class Prepend : std::uint8_t { always, first, never };
-
-struct PreTokenizer {
-    enum class Kind : std::uint8_t {
-        sequence,
-        byte_level,
-        split,
-        metaspace,
-        digits,
-        bert,
-        whitespace,
-        whitespace_split,
-        punctuation
-    };
-    Kind kind = Kind::sequence;
-    std::vector<PreTokenizer> children{};
-    bool add_prefix_space = false, use_regex = true, invert = false, individual_digits = false, split = true;
-    Pattern pattern{};
-    Regex regex{};
-    Behavior behavior = Behavior::isolated;
-    std::string replacement{};
-    Prepend prepend = Prepend::always;
-
-    /// Splits every piece without a token id further (tokenizers' PreTokenizedString::split).
-    void apply(std::vector<Piece>& pieces) const {
-        if (kind == Kind::sequence) {
-            for (const auto& c : children) c.apply(pieces);
-            return;
-        }
-        std::vector<Piece> out;
-        out.reserve(pieces.size());
-        for (auto& p : pieces) {
-            if (p.token >= 0) {
-                out.push_back(std::move(p));
-                continue;
-            }
-            split_one(p, out);
-        }
-        pieces.swap(out);
-    }
-
-    void split_one(Piece& p, std::vector<Piece>& out) const {
-        std::string text = std::move(p.text);
-        std::vector<std::pair<std::size_t, std::size_t>> parts;
-        switch (kind) {
-            case Kind::byte_level: {
-                if (add_prefix_space && (text.empty() || text[0] != ' ')) text.insert(text.begin(), ' ');
-                if (use_regex)
-                    parts = apply_behavior(range_spans(text.size(), regex.find_all(text)), Behavior::isolated);
-                else if (!text.empty())
-                    parts = {{0, text.size()}};
-                break;
-            }
-            case Kind::split: {
-                std::vector<Span> spans = range_spans(text.size(), pattern.find(text));
-                if (invert)
-                    for (auto& s : spans) s.match = !s.match;
-                parts = apply_behavior(std::move(spans), behavior);
-                break;
-            }
-            case Kind::metaspace: {
-                text = replace_all(text, " ", replacement);
-                const bool starts = text.compare(0, replacement.size(), replacement) == 0;
-                if (!starts && (prepend == Prepend::always || (prepend == Prepend::first && p.at_start)))
-                    text = replacement + text;
-                if (split) {
-                    parts = apply_behavior(range_spans(text.size(), literal_matches(text, replacement)),
-                                           Behavior::merged_with_next);
-                } else if (!text.empty()) {
-                    parts = {{0, text.size()}};
-                }
-                break;
-            }
-            case Kind::digits:
-                parts = apply_behavior(char_spans(text, is_numeric),
-                                       individual_digits ? Behavior::isolated : Behavior::contiguous);
-                break;
-            case Kind::bert: {
-                // whitespace removed, then punctuation isolated
-                for (const auto& [b, e] : apply_behavior(char_spans(text, is_whitespace), Behavior::removed)) {
-                    const std::string_view w = std::string_view(text).substr(b, e - b);
-                    for (const auto& [b2, e2] : apply_behavior(char_spans(w, is_bert_punctuation), Behavior::isolated))
-                        parts.emplace_back(b + b2, b + e2);
-                }
-                break;
-            }
-            case Kind::whitespace: {
-                std::vector<Span> spans = range_spans(text.size(), regex.find_all(text));
-                for (auto& s : spans) s.match = !s.match;
-                parts = apply_behavior(std::move(spans), Behavior::removed);
-                break;
-            }
-            case Kind::whitespace_split:
-                parts = apply_behavior(char_spans(text, is_whitespace), Behavior::removed);
-                break;
-            case Kind::punctuation:
-                parts = apply_behavior(char_spans(text, is_bert_punctuation), behavior);
-                break;
-            case Kind::sequence:
-                break;
-        }
-        if (kind == Kind::byte_level) {  // every byte as its printable character
-            const auto& alpha = byte_alphabet();
-            for (const auto& [b, e] : parts) {
-                std::string mapped;
-                for (std::size_t k = b; k < e; ++k) mapped += alpha.encode[static_cast<unsigned char>(text[k])];
-                out.push_back({std::move(mapped), p.at_start && b == 0, -1});
-            }
-            return;
-        }
-        for (const auto& [b, e] : parts) out.push_back({text.substr(b, e - b), p.at_start && b == 0, -1});
-    }
-};
-
-inline Behavior read_behavior(const Reader& r, const json& obj, const std::string& path, Behavior dflt) {
-    const json* v = Reader::find(obj, "behavior");
-    if (!v) return dflt;
-    const std::string b = r.string(*v, path + ".behavior");
-    if (b == "Removed") return Behavior::removed;
-    if (b == "Isolated") return Behavior::isolated;
-    if (b == "MergedWithPrevious") return Behavior::merged_with_previous;
-    if (b == "MergedWithNext") return Behavior::merged_with_next;
-    if (b == "Contiguous") return Behavior::contiguous;
-    r.fail(path + ".behavior", "unknown behavior \"" + b +
-                                   "\" (supported: Removed, Isolated, MergedWithPrevious, MergedWithNext, Contiguous)");
-}
-
-inline Prepend read_prepend_scheme(const Reader& r, const json& j, const std::string& path) {
-    if (const json* v = Reader::find(j, "prepend_scheme")) {
-        const std::string s = r.string(*v, path + ".prepend_scheme");
-        if (s == "always") return Prepend::always;
-        if (s == "first") return Prepend::first;
-        if (s == "never") return Prepend::never;
-        r.fail(path + ".prepend_scheme", "unknown prepend_scheme \"" + s + "\" (supported: always, first, never)");
-    }
-    return r.opt_bool(j, path, "add_prefix_space", true) ? Prepend::always : Prepend::never;  // the older form
-}
-
-inline PreTokenizer read_pre_tokenizer(const Reader& r, const json& j, const std::string& path, int depth = 0) {
-    if (depth > max_nesting) r.fail(path, "nested too deeply (at most " + std::to_string(max_nesting) + " levels)");
-    const std::string t = r.type(j, path, "pre-tokenizer",
-                                 {"Sequence", "ByteLevel", "Split", "Metaspace", "Digits", "BertPreTokenizer",
-                                  "Whitespace", "WhitespaceSplit", "Punctuation"});
-    PreTokenizer p;
-    using K = PreTokenizer::Kind;
-    if (t == "Sequence") {
-        r.only(j, path, {"type", "pretokenizers"});
-        const json* list = Reader::find(j, "pretokenizers");
-        if (!list) r.fail(path + ".pretokenizers", "missing");
-        r.array(*list, path + ".pretokenizers");
-        for (std::size_t i = 0; i < list->size(); ++i)
-            p.children.push_back(
-                read_pre_tokenizer(r, (*list)[i], path + ".pretokenizers[" + std::to_string(i) + "]", depth + 1));
-    } else if (t == "ByteLevel") {
-        r.only(j, path, {"type", "add_prefix_space", "trim_offsets", "use_regex"});
-        p.kind = K::byte_level;
-        p.add_prefix_space = r.opt_bool(j, path, "add_prefix_space", true);
-        p.use_regex = r.opt_bool(j, path, "use_regex", true);
-        (void)r.opt_bool(j, path, "trim_offsets", true);  // offsets only; distill returns ids
-        if (p.use_regex) p.regex = Regex(gpt2_pattern, "ByteLevel");
-    } else if (t == "Split") {
-        r.only(j, path, {"type", "pattern", "behavior", "invert"});
-        p.kind = K::split;
-        const json* pat = Reader::find(j, "pattern");
-        if (!pat) r.fail(path + ".pattern", "missing");
-        p.pattern = read_pattern(r, *pat, path + ".pattern");
-        p.behavior = read_behavior(r, j, path, Behavior::removed);
-        if (!Reader::find(j, "behavior")) r.fail(path + ".behavior", "missing");
-        p.invert = r.opt_bool(j, path, "invert", false);
-    } else if (t == "Metaspace") {
-        r.only(j, path, {"type", "replacement", "prepend_scheme", "split", "add_prefix_space", "str_rep"});
-        p.kind = K::metaspace;
-        std::string rep;
-        append_utf8(rep, r.character(j, path, "replacement", 0x2581));
-        p.replacement = rep;
-        p.prepend = read_prepend_scheme(r, j, path);
-        p.split = r.opt_bool(j, path, "split", true);
-    } else if (t == "Digits") {
-        r.only(j, path, {"type", "individual_digits"});
-        p.kind = K::digits;
-        p.individual_digits = r.opt_bool(j, path, "individual_digits", false);
-    } else if (t == "BertPreTokenizer") {
-        r.only(j, path, {"type"});
-        p.kind = K::bert;
-    } else if (t == "Whitespace") {
-        r.only(j, path, {"type"});
-        p.kind = K::whitespace;
-        p.regex = Regex(R"([\p{L}\p{M}\p{Nd}\p{Pc}\x{200C}\x{200D}]+|[^\p{L}\p{M}\p{Nd}\p{Pc}\x{200C}\x{200D}\s]+)",
-                        "Whitespace");
-    } else if (t == "WhitespaceSplit") {
-        r.only(j, path, {"type"});
-        p.kind = K::whitespace_split;
-    } else {  // Punctuation
-        r.only(j, path, {"type", "behavior"});
-        p.kind = K::punctuation;
-        p.behavior = read_behavior(r, j, path, Behavior::isolated);
-    }
-    return p;
-}
-
-// ---------------------------------------------------------------- decoders
-
-struct Decoder {
-    enum class Kind : std::uint8_t {
-        sequence,
-        byte_level,
-        metaspace,
-        byte_fallback,
-        fuse,
-        strip,
-        replace,
-        wordpiece,
-        bpe
-    };
-    Kind kind = Kind::sequence;
-    std::vector<Decoder> children{};
-    char32_t content = U' ';
-    std::size_t start = 0, stop = 0;
-    Pattern pattern{};
-    std::string text{};  // Replace's content, WordPiece's prefix, BPEDecoder's suffix, Metaspace's replacement
-    bool cleanup = true;
-    Prepend prepend = Prepend::always;
-
-    static std::string wordpiece_cleanup(std::string s) {
-        static constexpr std::array<std::pair<std::string_view, std::string_view>, 11> fixes = {{{" .", "."},
-                                                                                                 {" ?", "?"},
-                                                                                                 {" !", "!"},
-                                                                                                 {" ,", ","},
-                                                                                                 {" ' ", "'"},
-                                                                                                 {" n't", "n't"},
-                                                                                                 {" 'm", "'m"},
-                                                                                                 {" do not", " don't"},
-                                                                                                 {" 's", "'s"},
-                                                                                                 {" 've", "'ve"},
-                                                                                                 {" 're", "'re"}}};
-        for (const auto& [from, to] : fixes) s = replace_all(s, from, to);
-        return s;
-    }
-
-    void apply(std::vector<std::string>& tokens) const {
-        switch (kind) {
-            case Kind::sequence:
-                for (const auto& c : children) c.apply(tokens);
-                return;
-            case Kind::byte_level: {
-                const auto& alpha = byte_alphabet();
-                std::string bytes;
-                for (const auto& t : tokens) {
-                    std::string mapped;
-                    bool ok = true;
-                    for (char32_t c : to_u32(t)) {
-                        const auto it = alpha.decode.find(c);
-                        if (it == alpha.decode.end()) {
-                            ok = false;
-                            break;
-                        }
-                        mapped.push_back(static_cast<char>(it->second));
-                    }
-                    bytes += ok ? mapped : t;
-                }
-                tokens.assign(1, lossy_utf8(bytes));
-                return;
-            }
-            case Kind::metaspace: {
-                const char32_t rep = to_u32(text)[0];
-                for (std::size_t i = 0; i < tokens.size(); ++i) {
-                    std::u32string out;
-                    for (char32_t c : to_u32(tokens[i])) {
-                        if (c != rep)
-                            out.push_back(c);
-                        else if (!(i == 0 && prepend != Prepend::never))
-                            out.push_back(U' ');
-                    }
-                    tokens[i] = to_utf8(out);
-                }
-                return;
-            }
-            case Kind::byte_fallback: {
-                std::vector<std::string> out;
-                std::string pending;
-                auto flush = [&] {
-                    if (pending.empty()) return;
-                    if (valid_utf8(pending))
-                        out.push_back(pending);
-                    else
-                        for (std::size_t k = 0; k < pending.size(); ++k) out.emplace_back("\xEF\xBF\xBD");
-                    pending.clear();
-                };
-                for (auto& t : tokens) {
-                    if (const auto b = byte_token_value(t)) {
-                        pending.push_back(static_cast<char>(*b));
-                    } else {
-                        flush();
-                        out.push_back(std::move(t));
-                    }
-                }
-                flush();
-                tokens.swap(out);
-                return;
-            }
-            case Kind::fuse: {
-                std::string all;
-                for (const auto& t : tokens) all += t;
-                tokens.assign(1, std::move(all));
-                return;
-            }
-            case Kind::strip:
-                for (auto& t : tokens) {
-                    const std::u32string s = to_u32(t);
-                    std::size_t b = 0, e = s.size();
-                    for (std::size_t i = 0; i < start && i < s.size() && s[i] == content; ++i) b = i + 1;
-                    for (std::size_t i = 0; i < stop && i < s.size() && s[s.size() - 1 - i] == content; ++i)
-                        e = s.size() - 1 - i;
-                    t = b < e ? to_utf8(std::u32string_view(s).substr(b, e - b)) : std::string();
-                }
-                return;
-            case Kind::replace:
-                for (auto& t : tokens) t = pattern.replace(t, text);
-                return;
-            case Kind::wordpiece:
-                for (std::size_t i = 0; i < tokens.size(); ++i) {
-                    std::string& t = tokens[i];
-                    if (i != 0) {
-                        if (t.compare(0, text.size(), text) == 0)
-                            t.erase(0, text.size());
-                        else
-                            t.insert(t.begin(), ' ');
-                    }
-                    if (cleanup) t = wordpiece_cleanup(std::move(t));
-                }
-                return;
-            case Kind::bpe:
-                for (std::size_t i = 0; i < tokens.size(); ++i)
-                    tokens[i] = replace_all(tokens[i], text, i + 1 == tokens.size() ? "" : " ");
-                return;
-        }
-    }
-
-    /// The byte of a `<0xNN>` token (Rust's u8::from_str_radix also takes a leading '+').
-    static std::optional<std::uint8_t> byte_token_value(std::string_view t) {
-        if (t.size() != 6 || t.substr(0, 3) != "<0x" || t[5] != '>') return std::nullopt;
-        auto hex = [](char c) -> int {
-            if (c >= '0' && c <= '9') return c - '0';
-            if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-            if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-            return -1;
-        };
-        const int hi = hex(t[3]), lo = hex(t[4]);
-        if (t[3] == '+' && lo >= 0) return static_cast<std::uint8_t>(lo);
-        if (hi < 0 || lo < 0) return std::nullopt;
-        return static_cast<std::uint8_t>(hi * 16 + lo);
-    }
-};
-
-inline Decoder read_decoder(const Reader& r, const json& j, const std::string& path, int depth = 0) {
-    if (depth > max_nesting) r.fail(path, "nested too deeply (at most " + std::to_string(max_nesting) + " levels)");
-    const std::string t = r.type(
-        j, path, "decoder",
-        {"Sequence", "ByteLevel", "Metaspace", "ByteFallback", "Fuse", "Strip", "Replace", "WordPiece", "BPEDecoder"});
-    Decoder d;
-    using K = Decoder::Kind;
-    if (t == "Sequence") {
-        r.only(j, path, {"type", "decoders"});
-        const json* list = Reader::find(j, "decoders");
-        if (!list) r.fail(path + ".decoders", "missing");
-        r.array(*list, path + ".decoders");
-        for (std::size_t i = 0; i < list->size(); ++i)
-            d.children.push_back(read_decoder(r, (*list)[i], path + ".decoders[" + std::to_string(i) + "]", depth + 1));
-    } else if (t == "ByteLevel") {
-        r.only(j, path, {"type", "add_prefix_space", "trim_offsets", "use_regex"});
-        d.kind = K::byte_level;
-    } else if (t == "Metaspace") {
-        r.only(j, path, {"type", "replacement", "prepend_scheme", "split", "add_prefix_space", "str_rep"});
-        d.kind = K::metaspace;
-        append_utf8(d.text, r.character(j, path, "replacement", 0x2581));
-        d.prepend = read_prepend_scheme(r, j, path);
-    } else if (t == "ByteFallback") {
-        r.only(j, path, {"type"});
-        d.kind = K::byte_fallback;
-    } else if (t == "Fuse") {
-        r.only(j, path, {"type"});
-        d.kind = K::fuse;
-    } else if (t == "Strip") {
-        r.only(j, path, {"type", "content", "start", "stop"});
-        d.kind = K::strip;
-        d.content = r.character(j, path, "content", U' ');
-        const json* s = Reader::find(j, "start");
-        const json* e = Reader::find(j, "stop");
-        d.start = s ? static_cast<std::size_t>(r.integer(*s, path + ".start", 0, 1 << 20)) : 0;
-        d.stop = e ? static_cast<std::size_t>(r.integer(*e, path + ".stop", 0, 1 << 20)) : 0;
-    } else if (t == "Replace") {
-        r.only(j, path, {"type", "pattern", "content"});
-        d.kind = K::replace;
-        const json* p = Reader::find(j, "pattern");
-        if (!p) r.fail(path + ".pattern", "missing");
-        d.pattern = read_pattern(r, *p, path + ".pattern");
-        d.text = r.req_string(j, path, "content");
-    } else if (t == "WordPiece") {
-        r.only(j, path, {"type", "prefix", "cleanup"});
-        d.kind = K::wordpiece;
-        d.text = r.opt_string(j, path, "prefix", "##");
-        d.cleanup = r.opt_bool(j, path, "cleanup", true);
-    } else {  // BPEDecoder
-        r.only(j, path, {"type", "suffix"});
-        d.kind = K::bpe;
-        d.text = r.opt_string(j, path, "suffix", "</w>");
-    }
-    return d;
-}
-
-// ---------------------------------------------------------------- post-processors
-
-/// The single-sequence part of a post-processor: ids before and after the sequence.
-struct PostProcessor {
-    std::vector<std::int32_t> before{}, after{};
-};
-
-}  // namespace hf_detail
-
-/// A Hugging Face tokenizer read from `tokenizer.json`: encodes text to ids and decodes ids to text
-/// exactly as the Python `tokenizers` package does for the supported components (see the file comment
-/// and docs/tokenizers.md). Immutable after construction; `encode`/`decode` are safe to call from
-/// several threads at once.
-class HfTokenizer {
-public:
-    /// Reads `tokenizer_json` and, when it exists beside it, `tokenizer_config.json` (special-token
-    /// names and the chat template). Throws io_error if a file cannot be read, format_error for
-    /// malformed JSON, config_error (naming the file and JSON path) for anything unsupported or invalid.
-    explicit HfTokenizer(const std::filesystem::path& tokenizer_json) {
-        const std::string text = read_file(tokenizer_json);
-        std::optional<std::string> config;
-        const auto config_path = tokenizer_json.parent_path() / "tokenizer_config.json";
-        std::error_code ec;
-        if (std::filesystem::is_regular_file(config_path, ec)) config = read_file(config_path);
-        load(text, tokenizer_json.string(), config, config_path.string());
-        // newer transformers save the template beside the config instead of inside it
-        const auto jinja = tokenizer_json.parent_path() / "chat_template.jinja";
-        if (chat_template_.empty() && std::filesystem::is_regular_file(jinja, ec)) chat_template_ = read_file(jinja);
-    }
-
-    /// Builds a tokenizer from the text of a tokenizer.json (and optionally of a tokenizer_config.json);
-    /// `name` stands for the file in error messages.
-    static HfTokenizer from_json(std::string_view tokenizer_json, std::optional<std::string_view> config_json = {},
-                                 std::string name = "tokenizer.json") {
-        HfTokenizer t;
-        std::optional<std::string> config;
-        if (config_json) config = std::string(*config_json);
-        t.load(std::string(tokenizer_json), name, config, "tokenizer_config.json");
-        return t;
-    }
-
-    /// The tokenizer's identity for fingerprints: `hf-` and the first 16 hex digits of the SHA-256 of
-    /// the tokenizer.json bytes (and of tokenizer_config.json, when read).
-    const std::string& id() const noexcept { return id_; }
-
-    /// The number of ids a model needs embedding rows for: the largest id (model vocabulary or added
-    /// token) + 1.
-    std::int32_t vocab_size() const noexcept { return static_cast<std::int32_t>(id_to_token_.size()); }
-
-    /// The model type: "BPE", "WordPiece" or "WordLevel".
-    const std::string& model_type() const noexcept { return model_type_; }
-
-    /// The ids of `text` (UTF-8; invalid sequences are read as U+FFFD), with the post-processor's
-    /// special tokens (e.g. BOS) when `add_special_tokens` is set.
-    std::vector<std::int32_t> encode(std::string_view text, bool add_special_tokens = true) const {
-        using namespace hf_detail;
-        std::vector<Piece> pieces = split_added(sanitize_utf8(text));
-        if (pre_tokenizer_) pre_tokenizer_->apply(pieces);
-        std::vector<std::int32_t> ids;
-        if (add_special_tokens) ids = post_.before;
-        for (const auto& p : pieces) {
-            if (p.token >= 0)
-                ids.push_back(p.token);
-            else
-                tokenize(p.text, ids);
-        }
-        if (add_special_tokens) ids.insert(ids.end(), post_.after.begin(), post_.after.end());
-        return ids;
-    }
-
-    /// The text of `ids` through the decoder; special added tokens are dropped when
-    /// `skip_special_tokens` is set. Throws distill::error for an id outside [0, vocab_size()) or
-    /// one no token has.
-    std::string decode(std::span<const std::int32_t> ids, bool skip_special_tokens = false) const {
-        std::vector<std::string> tokens;
-        tokens.reserve(ids.size());
-        for (std::int32_t id : ids) {
-            const std::string* t = token_of(id);
-            if (t == nullptr)
-                throw error("token id " + std::to_string(id) + " is not in the vocabulary of tokenizer " + id_ + " (" +
-                            std::to_string(vocab_size()) + " ids)");
-            if (skip_special_tokens && special_ids_.count(id)) continue;
-            tokens.push_back(*t);
-        }
-        if (!decoder_) {
-            std::string out;
-            for (std::size_t i = 0; i < tokens.size(); ++i) out += (i ? " " : "") + tokens[i];
-            return out;
-        }
-        decoder_->apply(tokens);
-        std::string out;
-        for (const auto& t : tokens) out += t;
-        return out;
-    }
-
-    /// The id of a token (model vocabulary or added token), if it has one.
-    std::optional<std::int32_t> token_to_id(std::string_view token) const {
-        if (const auto it = added_.find(token); it != added_.end()) return it->second;
-        if (const auto it = vocab_.find(token); it != vocab_.end()) return it->second;
-        return std::nullopt;
-    }
-
-    /// The token of an id, if the id has one.
-    std::optional<std::string> id_to_token(std::int32_t id) const {
-        const std::string* t = token_of(id);
-        return t ? std::optional<std::string>(*t) : std::nullopt;
-    }
-
-    /// Whether `id` has a token (model vocabulary or added token).
-    bool has_id(std::int32_t id) const noexcept { return token_of(id) != nullptr; }
-
-    /// Whether `id` is a special added token (skipped by `decode(ids, true)`).
-    bool is_special(std::int32_t id) const { return special_ids_.count(id) != 0; }
-
-    /// Special-token ids named in tokenizer_config.json (`bos_token`, ...); the unknown token falls back
-    /// to the model's `unk_token`.
-    std::optional<std::int32_t> bos_id() const noexcept { return bos_; }
-    std::optional<std::int32_t> eos_id() const noexcept { return eos_; }
-    std::optional<std::int32_t> pad_id() const noexcept { return pad_; }
-    std::optional<std::int32_t> unk_id() const noexcept { return unk_; }
-    /// The names of those tokens ("" when absent).
-    const std::string& bos_token() const noexcept { return bos_token_; }
-    const std::string& eos_token() const noexcept { return eos_token_; }
-
-    /// The `chat_template` string of tokenizer_config.json ("" when absent).
-    const std::string& chat_template() const noexcept { return chat_template_; }
-
-    /// The chat template recognized from `chat_template()` (data/chat_template.hpp), with this
-    /// tokenizer's bos/eos names. Throws config_error for a template it does not recognize.
-    HfChatTemplate chat() const { return HfChatTemplate::recognize(chat_template_, bos_token_, eos_token_); }
-
-    /// The token of every id, in id order ("" for an id no token has).
-    const std::vector<std::string>& tokens() const noexcept { return id_to_token_; }
-
-    /// What data::align_vocabularies needs: the tokens, the pipeline fingerprint (normalizer,
-    /// pre-tokenizer, model) and the model's embedding rows (0: as many as ids).
-    VocabInfo vocab_info(std::string name, std::int64_t embedding_rows = 0) const {
-        return {std::move(name), id_to_token_, pipeline_, embedding_rows};
-    }
-
-private:
-    HfTokenizer() = default;
-
-    static std::string read_file(const std::filesystem::path& p) {
-        std::ifstream in(p, std::ios::binary);
-        if (!in) throw io_error(p, "cannot open the tokenizer file");
-        std::string s{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-        if (in.bad()) throw io_error(p, "cannot read the tokenizer file");
-        return s;
-    }
-
-    const std::string* token_of(std::int32_t id) const {
-        if (id < 0 || id >= vocab_size() || !has_token_[static_cast<std::size_t>(id)]) return nullptr;
-        return &id_to_token_[static_cast<std::size_t>(id)];
-    }
-
-    struct AddedToken {
-        std::string content;  // as written
-        std::string match;    // what is searched for: content, or content normalized
-        std::int32_t id = -1;
-        bool special = false, single_word = false, lstrip = false, rstrip = false, normalized = false;
-    };
-
-    // ------------------------------------------------------------ loading
-
-    void load(const std::string& text, const std::string& file, const std::optional<std::string>& config,
-              const std::string& config_file) {
-        using namespace hf_detail;
-        json j;
-        try {
-            j = json::parse(text);
-        } catch (const json::exception& e) {
-            throw format_error(file, 0, std::string("malformed JSON: ") + e.what());
-        }
-        const Reader r(file);
-        r.object(j, "(root)");
-        r.only(j, "",
-               {"version", "truncation", "padding", "added_tokens", "normalizer", "pre_tokenizer", "model",
-                "post_processor", "decoder"});
-        if (const json* t = Reader::find(j, "truncation"))
-            r.fail("truncation", "truncation is not supported (" + t->dump().substr(0, 80) +
-                                     "); truncate the ids yourself, or set it to null");
-        if (const json* p = Reader::find(j, "padding"))
-            r.fail("padding", "padding is not supported (" + p->dump().substr(0, 80) +
-                                  "); pad the ids yourself, or set it to null");
-        const json* model = Reader::find(j, "model");
-        if (!model) r.fail("model", "missing");
-        read_model(r, *model);
-        if (const json* n = Reader::find(j, "normalizer")) normalizer_ = read_normalizer(r, *n, "normalizer");
-        if (const json* p = Reader::find(j, "pre_tokenizer"))
-            pre_tokenizer_ = read_pre_tokenizer(r, *p, "pre_tokenizer");
-        if (const json* d = Reader::find(j, "decoder")) decoder_ = read_decoder(r, *d, "decoder");
-        if (const json* a = Reader::find(j, "added_tokens")) read_added_tokens(r, *a);
-        build_id_table(r);
-        if (const json* p = Reader::find(j, "post_processor")) read_post_processor(r, *p, "post_processor", 0);
-        for (std::int32_t id : post_.before) check_id(r, "post_processor", id);
-        for (std::int32_t id : post_.after) check_id(r, "post_processor", id);
-        pipeline_ = detail::sha256_hex((j.contains("normalizer") ? j["normalizer"].dump() : "null") + "\n" +
-                                       (j.contains("pre_tokenizer") ? j["pre_tokenizer"].dump() : "null") + "\n" +
-                                       j["model"].dump());
-        std::string fingerprint = detail::sha256_hex(text);
-        if (config) {
-            read_config(*config, config_file);
-            fingerprint = detail::sha256_hex(fingerprint + detail::sha256_hex(*config));
-        }
-        if (!unk_ && !model_unk_.empty()) unk_ = token_to_id(model_unk_);
-        id_ = "hf-" + fingerprint.substr(0, 16);
-    }
-
-    void check_id(const hf_detail::Reader& r, const std::string& path, std::int32_t id) const {
-        if (token_of(id) == nullptr)
-            r.fail(path, "special token id " + std::to_string(id) + " is not in the vocabulary (" +
-                             std::to_string(vocab_size()) + " ids)");
-    }
-
-    void read_vocab(const hf_detail::Reader& r, const hf_detail::json& v, const std::string& path) {
-        r.object(v, path);
-        vocab_.reserve(v.size());
-        for (auto it = v.begin(); it != v.end(); ++it) {
-            const std::string p = path + "[\"" + it.key().substr(0, 40) + "\"]";
-            const auto id = static_cast<std::int32_t>(r.integer(it.value(), p, 0, hf_detail::max_token_id));
-            if (it.key().size() > hf_detail::max_token_bytes) r.fail(p, "token longer than 65536 bytes");
-            vocab_.emplace(it.key(), id);
-        }
-    }
-
-    void read_model(const hf_detail::Reader& r, const hf_detail::json& m) {
-        using namespace hf_detail;
-        model_type_ = r.type(m, "model", "model type", {"BPE", "WordPiece", "WordLevel", "Unigram"});
-        if (model_type_ == "Unigram")
-            r.fail("model.type",
-                   "unsupported model type \"Unigram\" (supported: BPE, WordPiece, WordLevel); SentencePiece "
-                   "unigram models such as T5's are not implemented");
-        if (model_type_ == "BPE") {
-            r.only(m, "model",
-                   {"type", "dropout", "unk_token", "continuing_subword_prefix", "end_of_word_suffix", "fuse_unk",
-                    "byte_fallback", "ignore_merges", "vocab", "merges"});
-            if (const json* d = Reader::find(m, "dropout"))
-                if (!d->is_number() || d->get<double>() != 0.0)
-                    r.fail("model.dropout", "BPE dropout is not supported (it makes encoding random); set it to null");
-            model_unk_ = r.opt_string(m, "model", "unk_token", "");
-            prefix_ = r.opt_string(m, "model", "continuing_subword_prefix", "");
-            suffix_ = r.opt_string(m, "model", "end_of_word_suffix", "");
-            fuse_unk_ = r.opt_bool(m, "model", "fuse_unk", false);
-            byte_fallback_ = r.opt_bool(m, "model", "byte_fallback", false);
-            ignore_merges_ = r.opt_bool(m, "model", "ignore_merges", false);
-            const json* v = Reader::find(m, "vocab");
-            if (!v) r.fail("model.vocab", "missing");
-            read_vocab(r, *v, "model.vocab");
-            const json* merges = Reader::find(m, "merges");
-            if (merges) read_merges(r, *merges);
-        } else if (model_type_ == "WordPiece") {
-            r.only(m, "model", {"type", "unk_token", "continuing_subword_prefix", "max_input_chars_per_word", "vocab"});
-            model_unk_ = r.opt_string(m, "model", "unk_token", "[UNK]");
-            prefix_ = r.opt_string(m, "model", "continuing_subword_prefix", "##");
-            if (const json* x = Reader::find(m, "max_input_chars_per_word"))
-                max_chars_ = static_cast<std::size_t>(r.integer(*x, "model.max_input_chars_per_word", 0, INT32_MAX));
-            const json* v = Reader::find(m, "vocab");
-            if (!v) r.fail("model.vocab", "missing");
-            read_vocab(r, *v, "model.vocab");
-        } else {
-            r.only(m, "model", {"type", "unk_token", "vocab"});
-            model_unk_ = r.opt_string(m, "model", "unk_token", "<unk>");
-            const json* v = Reader::find(m, "vocab");
-            if (!v) r.fail("model.vocab", "missing");
-            read_vocab(r, *v, "model.vocab");
-        }
-        if (!model_unk_.empty() && model_type_ != "BPE" && !vocab_.count(model_unk_))
-            r.fail("model.unk_token", "\"" + model_unk_ + "\" is not in the vocabulary");
-    }
-
-    void read_merges(const hf_detail::Reader& r, const hf_detail::json& merges) {
-        using namespace hf_detail;
-        r.array(merges, "model.merges");
-        merges_.reserve(merges.size());
-        for (std::size_t i = 0; i < merges.size(); ++i) {
-            const std::string p = "model.merges[" + std::to_string(i) + "]";
-            const json& e = merges[i];
-            std::string a, b;
-            if (e.is_string()) {  // the older "a b" form
-                const std::string s = e.get<std::string>();
-                const auto sp = s.find(' ');
-                if (sp == std::string::npos || s.find(' ', sp + 1) != std::string::npos)
-                    r.fail(p, "must be two tokens separated by one space, got \"" + s.substr(0, 80) + "\"");
-                a = s.substr(0, sp);
-                b = s.substr(sp + 1);
-            } else if (e.is_array() && e.size() == 2) {
-                a = r.string(e[0], p + "[0]");
-                b = r.string(e[1], p + "[1]");
-            } else {
-                r.fail(p, "must be \"a b\" or [\"a\", \"b\"], got " + Reader::type_name(e));
-            }
-            const auto ia = vocab_.find(a), ib = vocab_.find(b);
-            if (ia == vocab_.end()) r.fail(p, "merge token \"" + a.substr(0, 80) + "\" is not in the vocabulary");
-            if (ib == vocab_.end()) r.fail(p, "merge token \"" + b.substr(0, 80) + "\" is not in the vocabulary");
-            const std::string merged =
-                a + (prefix_.empty() || b.compare(0, prefix_.size(), prefix_) != 0 ? b : b.substr(prefix_.size()));
-            const auto im = vocab_.find(merged);
-            if (im == vocab_.end())
-                r.fail(p, "the merged token \"" + merged.substr(0, 80) + "\" is not in the vocabulary");
-            // a repeated pair keeps its last rank, as tokenizers' map does
-            merges_[pair_key(ia->second, ib->second)] = {static_cast<std::int32_t>(i), im->second};
-        }
-    }
-
-    void read_added_tokens(const hf_detail::Reader& r, const hf_detail::json& list) {
-        using namespace hf_detail;
-        r.array(list, "added_tokens");
-        for (std::size_t i = 0; i < list.size(); ++i) {
-            const std::string p = "added_tokens[" + std::to_string(i) + "]";
-            const json& e = list[i];
-            r.object(e, p);
-            r.only(e, p, {"id", "content", "single_word", "lstrip", "rstrip", "normalized", "special"});
-            AddedToken t;
-            t.content = r.req_string(e, p, "content");
-            if (t.content.size() > max_token_bytes) r.fail(p + ".content", "token longer than 65536 bytes");
-            t.special = r.opt_bool(e, p, "special", false);
-            t.single_word = r.opt_bool(e, p, "single_word", false);
-            t.lstrip = r.opt_bool(e, p, "lstrip", false);
-            t.rstrip = r.opt_bool(e, p, "rstrip", false);
-            t.normalized = r.opt_bool(e, p, "normalized", !t.special);
-            if (const json* id = Reader::find(e, "id")) (void)r.integer(*id, p + ".id", 0, max_token_id);
-            if (t.content.empty()) continue;  // tokenizers ignores empty added tokens
-            // ids as tokenizers assigns them: the model's id, else the next one after everything so far
-            if (const auto it = added_.find(t.content); it != added_.end()) {
-                t.id = it->second;
-                for (auto& old : added_list_)
-                    if (old.content == t.content) old = t;
-                if (t.special) special_ids_.insert(t.id);
-                continue;
-            }
-            if (const auto it = vocab_.find(t.content); it != vocab_.end()) {
-                t.id = it->second;
-            } else {
-                // tokenizers: the model's vocabulary size, or one past the largest added id at or above it
-                const auto model_size = static_cast<std::int32_t>(vocab_.size());
-                std::int32_t max_added = -1;
-                for (const auto& a : added_list_) max_added = std::max(max_added, a.id);
-                t.id = max_added < 0 ? model_size
-                                     : (max_added >= model_size || model_size == 0 ? max_added + 1 : model_size);
-                if (t.id > max_token_id) r.fail(p, "too many added tokens");
-            }
-            added_.emplace(t.content, t.id);
-            if (t.special) special_ids_.insert(t.id);
-            added_list_.push_back(std::move(t));
-        }
-        for (std::size_t k = 0; k < added_list_.size(); ++k) {
-            AddedToken& t = added_list_[k];
-            t.match = t.normalized && normalizer_ ? normalizer_->apply(t.content) : t.content;
-            if (!t.match.empty())
-                (t.normalized ? by_first_byte_normalized_ : by_first_byte_raw_)[static_cast<unsigned char>(t.match[0])]
-                    .push_back(k);
-        }
-    }
-
-    void build_id_table(const hf_detail::Reader& r) {
-        std::int32_t size = 0;
-        for (const auto& [k, v] : vocab_) size = std::max(size, v + 1);
-        for (const auto& t : added_list_) size = std::max(size, t.id + 1);
-        // ids must be dense enough that a table indexed by id is bounded by the file's own size
-        if (static_cast<std::size_t>(size) > 2 * (vocab_.size() + added_list_.size()) + 65536)
-            r.fail("model.vocab", "ids are sparse: the largest id is " + std::to_string(size - 1) + " for " +
-                                      std::to_string(vocab_.size() + added_list_.size()) + " tokens");
-        id_to_token_.assign(static_cast<std::size_t>(size), std::string());
-        has_token_.assign(static_cast<std::size_t>(size), false);
-        for (const auto& [k, v] : vocab_) {
-            if (has_token_[static_cast<std::size_t>(v)])
-                r.fail("model.vocab", "id " + std::to_string(v) + " is given to two tokens (\"" +
-                                          id_to_token_[static_cast<std::size_t>(v)].substr(0, 40) + "\" and \"" +
-                                          k.substr(0, 40) + "\")");
-            id_to_token_[static_cast<std::size_t>(v)] = k;
-            has_token_[static_cast<std::size_t>(v)] = true;
-        }
-        for (const auto& t : added_list_) {
-            id_to_token_[static_cast<std::size_t>(t.id)] = t.content;
-            has_token_[static_cast<std::size_t>(t.id)] = true;
-        }
-        if (model_type_ == "WordPiece" || model_type_ == "WordLevel") unk_model_id_ = vocab_.at(model_unk_);
-        if (model_type_ == "BPE" && !model_unk_.empty()) {
-            if (const auto it = vocab_.find(model_unk_); it != vocab_.end()) unk_model_id_ = it->second;
-        }
-    }
-
-    // The id of a post-processor's special token: [name, id] (Bert/Roberta) checked against the name.
-    std::int32_t named_id(const hf_detail::Reader& r, const hf_detail::json& j, const std::string& path) const {
-        if (!j.is_array() || j.size() != 2 || !j[0].is_string())
-            r.fail(path, "must be [\"token\", id], got " + j.dump().substr(0, 80));
-        return static_cast<std::int32_t>(r.integer(j[1], path + "[1]", 0, hf_detail::max_token_id));
-    }
-
-    void read_post_processor(const hf_detail::Reader& r, const hf_detail::json& j, const std::string& path, int depth) {
-        using namespace hf_detail;
-        if (depth > max_nesting) r.fail(path, "nested too deeply");
-        const std::string t =
-            r.type(j, path, "post-processor",
-                   {"TemplateProcessing", "BertProcessing", "RobertaProcessing", "ByteLevel", "Sequence"});
-        if (t == "Sequence") {
-            r.only(j, path, {"type", "processors"});
-            const json* list = Reader::find(j, "processors");
-            if (!list) r.fail(path + ".processors", "missing");
-            r.array(*list, path + ".processors");
-            for (std::size_t i = 0; i < list->size(); ++i)
-                read_post_processor(r, (*list)[i], path + ".processors[" + std::to_string(i) + "]", depth + 1);
-        } else if (t == "ByteLevel") {
-            r.only(j, path, {"type", "add_prefix_space", "trim_offsets", "use_regex"});  // offsets only
-        } else if (t == "BertProcessing" || t == "RobertaProcessing") {
-            if (t == "BertProcessing")
-                r.only(j, path, {"type", "sep", "cls"});
-            else
-                r.only(j, path, {"type", "sep", "cls", "trim_offsets", "add_prefix_space"});
-            const json* sep = Reader::find(j, "sep");
-            const json* cls = Reader::find(j, "cls");
-            if (!sep) r.fail(path + ".sep", "missing");
-            if (!cls) r.fail(path + ".cls", "missing");
-            // a wrapper around what earlier processors added
-            post_.before.insert(post_.before.begin(), named_id(r, *cls, path + ".cls"));
-            post_.after.push_back(named_id(r, *sep, path + ".sep"));
-        } else {  // TemplateProcessing
-            r.only(j, path, {"type", "single", "pair", "special_tokens"});
-            const json* single = Reader::find(j, "single");
-            if (!single) r.fail(path + ".single", "missing");
-            r.array(*single, path + ".single");
-            const json* specials = Reader::find(j, "special_tokens");
-            std::vector<std::int32_t> before, after;
-            bool seen_sequence = false;
-            for (std::size_t i = 0; i < single->size(); ++i) {
-                const std::string p = path + ".single[" + std::to_string(i) + "]";
-                const json& piece = r.object((*single)[i], p);
-                if (const json* s = Reader::find(piece, "Sequence")) {
-                    r.object(*s, p + ".Sequence");
-                    if (r.req_string(*s, p + ".Sequence", "id") != "A")
-                        r.fail(p + ".Sequence.id", "a single-sequence template can only hold the sequence A");
-                    if (seen_sequence) r.fail(p, "the sequence appears twice");
-                    seen_sequence = true;
-                } else if (const json* sp = Reader::find(piece, "SpecialToken")) {
-                    const std::string name =
-                        r.req_string(r.object(*sp, p + ".SpecialToken"), p + ".SpecialToken", "id");
-                    if (!specials || !specials->is_object() || !specials->contains(name))
-                        r.fail(p + ".SpecialToken.id", "\"" + name + "\" is not in " + path + ".special_tokens");
-                    const json& def = (*specials)[name];
-                    const std::string dp = path + ".special_tokens[\"" + name + "\"]";
-                    r.object(def, dp);
-                    const json* ids = Reader::find(def, "ids");
-                    if (!ids) r.fail(dp + ".ids", "missing");
-                    r.array(*ids, dp + ".ids");
-                    if (ids->size() > 1024) r.fail(dp + ".ids", "more than 1024 ids");
-                    for (std::size_t k = 0; k < ids->size(); ++k)
-                        (seen_sequence ? after : before)
-                            .push_back(static_cast<std::int32_t>(
-                                r.integer((*ids)[k], dp + ".ids[" + std::to_string(k) + "]", 0, max_token_id)));
-                } else {
-                    r.fail(p, "must be {\"Sequence\": ...} or {\"SpecialToken\": ...}");
-                }
-            }
-            if (!seen_sequence) r.fail(path + ".single", "has no Sequence A");
-            post_.before.insert(post_.before.end(), before.begin(), before.end());
-            post_.after.insert(post_.after.begin(), after.begin(), after.end());
-        }
-    }
-
-    void read_config(const std::string& text, const std::string& file) {
-        using namespace hf_detail;
-        const json j = json::parse(text, nullptr, false);
-        if (j.is_discarded()) throw format_error(file, 0, "malformed JSON");
-        const Reader r(file);
-        r.object(j, "(root)");
-        auto token = [&](const char* key, std::string& name) -> std::optional<std::int32_t> {
-            const json* v = Reader::find(j, key);
-            if (!v) return std::nullopt;
-            if (v->is_object()) {  // {"__type": "AddedToken", "content": ...}
-                name = r.req_string(*v, key, "content");
-            } else {
-                name = r.string(*v, key);
-            }
-            const auto id = token_to_id(name);
-            if (!id) r.fail(key, "\"" + name.substr(0, 80) + "\" is not a token of the tokenizer");
-            return id;
-        };
-        std::string ignored;
-        bos_ = token("bos_token", bos_token_);
-        eos_ = token("eos_token", eos_token_);
-        pad_ = token("pad_token", ignored);
-        unk_ = token("unk_token", ignored);
-        if (const json* t = Reader::find(j, "chat_template")) {
-            if (t->is_string()) {
-                chat_template_ = t->get<std::string>();
-            } else if (t->is_array()) {  // [{"name": "default", "template": ...}, ...]
-                for (std::size_t i = 0; i < t->size(); ++i) {
-                    const json& e = r.object((*t)[i], "chat_template[" + std::to_string(i) + "]");
-                    if (r.opt_string(e, "chat_template[" + std::to_string(i) + "]", "name", "") == "default")
-                        chat_template_ = r.req_string(e, "chat_template[" + std::to_string(i) + "]", "template");
-                }
-            } else {
-                r.fail("chat_template", "must be a string or a list of named templates, got " + Reader::type_name(*t));
-            }
-        }
-    }
-
-    // ------------------------------------------------------------ encoding
-
-    static std::uint64_t pair_key(std::int32_t a, std::int32_t b) {
-        return (static_cast<std::uint64_t>(static_cast<std::uint32_t>(a)) << 32) | static_cast<std::uint32_t>(b);
-    }
-
-    static bool is_word_char(char32_t c) { return c == '_' || hf_detail::is_alphanumeric(c) || hf_detail::is_mark(c); }
-
-    /// Splits `text` at the added tokens found in it (leftmost-longest, as tokenizers' Aho-Corasick
-    /// matcher), honouring single_word, lstrip and rstrip. `normalized` picks the tokens matched after
-    /// normalization or those matched in the raw text.
-    void find_added(const std::string& text, bool at_start, bool normalized, std::vector<hf_detail::Piece>& out) const {
-        using namespace hf_detail;
-        const auto& candidates = normalized ? by_first_byte_normalized_ : by_first_byte_raw_;
-        std::size_t start_offset = 0, pos = 0;
-        auto piece = [&](std::size_t b, std::size_t e) {
-            out.push_back({text.substr(b, e - b), at_start && b == 0, -1});
-        };
-        while (pos < text.size()) {
-            // the leftmost match, the longest there (Aho-Corasick's leftmost-longest)
-            const AddedToken* best = nullptr;
-            std::size_t at = pos;
-            for (; at < text.size() && best == nullptr; ++at) {
-                for (std::size_t k : candidates[static_cast<unsigned char>(text[at])]) {
-                    const AddedToken& t = added_list_[k];
-                    if ((best == nullptr || t.match.size() > best->match.size()) &&
-                        text.compare(at, t.match.size(), t.match) == 0)
-                        best = &t;
-                }
-            }
-            if (best == nullptr) break;
-            std::size_t start = at - 1, stop = start + best->match.size();
-            pos = stop;  // the matcher goes on after the match itself, whatever rstrip takes
-            if (best->single_word) {
-                bool start_space = start == 0, stop_space = stop == text.size();
-                if (!start_space) start_space = !is_word_char(char_before(text, start));
-                if (!stop_space) {
-                    std::size_t k = stop;
-                    stop_space = !is_word_char(next_utf8(text, k));
-                }
-                if (!start_space || !stop_space) continue;
-            }
-            if (best->lstrip) {
-                std::size_t s = start;
-                while (s > 0 && is_whitespace(char_before(text, s))) {
-                    --s;
-                    while (s > 0 && (static_cast<unsigned char>(text[s]) & 0xC0) == 0x80) --s;
-                }
-                start = std::max(s, start_offset);
-            }
-            if (best->rstrip) {
-                for (std::size_t k = stop; k < text.size();) {
-                    if (!is_whitespace(next_utf8(text, k))) break;
-                    stop = k;
-                }
-            }
-            if (start_offset < start) piece(start_offset, start);
-            out.push_back({std::string(), false, best->id});
-            start_offset = stop;
-        }
-        if (start_offset < text.size()) piece(start_offset, text.size());
-    }
-
-    static char32_t char_before(const std::string& text, std::size_t end) {
-        std::size_t k = end - 1;
-        while (k > 0 && (static_cast<unsigned char>(text[k]) & 0xC0) == 0x80) --k;
-        return hf_detail::next_utf8(text, k);
-    }
-
-    /// Added-token extraction and normalization (tokenizers' extract_and_normalize).
-    std::vector<hf_detail::Piece> split_added(const std::string& text) const {
-        using namespace hf_detail;
-        std::vector<Piece> raw;
-        find_added(text, true, false, raw);
-        std::vector<Piece> out;
-        for (auto& p : raw) {
-            if (p.token >= 0) {
-                out.push_back(std::move(p));
-                continue;
-            }
-            const std::string n = normalizer_ ? normalizer_->apply(p.text) : p.text;
-            std::vector<Piece> sub;
-            find_added(n, p.at_start, true, sub);
-            for (auto& s : sub)
-                if (s.token >= 0 || !s.text.empty()) out.push_back(std::move(s));
-        }
-        return out;
-    }
-
-    void tokenize(const std::string& word, std::vector<std::int32_t>& ids) const {
-        if (model_type_ == "BPE")
-            bpe(word, ids);
-        else if (model_type_ == "WordPiece")
-            wordpiece(word, ids);
-        else
-            ids.push_back(vocab_lookup(word).value_or(unk_model_id_));
-    }
-
-    std::optional<std::int32_t> vocab_lookup(std::string_view s) const {
-        const auto it = vocab_.find(s);
-        if (it == vocab_.end()) return std::nullopt;
-        return it->second;
-    }
-
-    void wordpiece(const std::string& word, std::vector<std::int32_t>& ids) const {
-        using namespace hf_detail;
-        std::size_t chars = 0;
-        for (std::size_t i = 0; i < word.size(); ++i) chars += (static_cast<unsigned char>(word[i]) & 0xC0) != 0x80;
-        if (chars > max_chars_) {
-            ids.push_back(unk_model_id_);
-            return;
-        }
-        std::vector<std::int32_t> sub;
-        std::size_t start = 0;
-        std::string candidate;
-        while (start < word.size()) {
-            std::size_t end = word.size();
-            std::optional<std::int32_t> found;
-            while (start < end) {
-                candidate.clear();
-                if (start > 0) candidate = prefix_;
-                candidate.append(word, start, end - start);
-                if ((found = vocab_lookup(candidate))) break;
-                --end;  // back off one character
-                while (end > start && (static_cast<unsigned char>(word[end]) & 0xC0) == 0x80) --end;
-            }
-            if (!found) {
-                ids.push_back(unk_model_id_);
-                return;
-            }
-            sub.push_back(*found);
-            start = end;
-        }
-        ids.insert(ids.end(), sub.begin(), sub.end());
-    }
-
-    struct Symbol {
-        std::int32_t id;
-        std::int32_t prev, next;
-        bool removed;
-    };
-
-    /// BPE on one word: the characters (with prefix/suffix, byte fallback and unk handling), then the
-    /// merges by rank, leftmost first, exactly as tokenizers' Word::merge_all.
-    void bpe(const std::string& word, std::vector<std::int32_t>& ids) const {
-        using namespace hf_detail;
-        if (word.empty()) return;
-        if (ignore_merges_)
-            if (const auto id = vocab_lookup(word)) {
-                ids.push_back(*id);
-                return;
-            }
-        std::vector<Symbol> syms;
-        syms.reserve(word.size());
-        auto add = [&](std::int32_t id) {
-            syms.push_back(
-                {id, static_cast<std::int32_t>(syms.size()) - 1, static_cast<std::int32_t>(syms.size()) + 1, false});
-        };
-        std::int32_t pending_unk = -1;
-        std::string s;
-        for (std::size_t i = 0; i < word.size();) {
-            const std::size_t b = i;
-            next_utf8(word, i);
-            s.clear();
-            if (b > 0) s = prefix_;
-            s.append(word, b, i - b);
-            if (i == word.size()) s += suffix_;
-            if (const auto id = vocab_lookup(s)) {
-                if (pending_unk >= 0) {
-                    add(pending_unk);
-                    pending_unk = -1;
-                }
-                add(*id);
-                continue;
-            }
-            if (byte_fallback_) {
-                std::vector<std::int32_t> bytes;
-                bool all = true;
-                for (unsigned char c : s) {
-                    static constexpr char hex[] = "0123456789ABCDEF";
-                    const char name[7] = {'<', '0', 'x', hex[c >> 4], hex[c & 15], '>', 0};
-                    const auto id = vocab_lookup(std::string_view(name, 6));
-                    if (!id) {
-                        all = false;
-                        break;
-                    }
-                    bytes.push_back(*id);
-                }
-                if (all) {
-                    // tokenizers adds the byte tokens without flushing a pending unknown first
-                    for (std::int32_t id : bytes) add(id);
-                    continue;
-                }
-            }
-            if (unk_model_id_ >= 0) {
-                if (pending_unk >= 0 && !fuse_unk_) add(pending_unk);
-                if (!(pending_unk >= 0 && fuse_unk_)) pending_unk = unk_model_id_;
-            } else if (!model_unk_.empty()) {
-                throw error("tokenizer " + id_ + ": the unknown token \"" + model_unk_ + "\" is not in the vocabulary");
-            }
-        }
-        if (pending_unk >= 0) add(pending_unk);
-        if (syms.empty()) return;
-        syms.back().next = -1;
-        merge_all(syms);
-        for (const auto& sym : syms)
-            if (!sym.removed) ids.push_back(sym.id);
-    }
-
-    struct Merge {
-        std::int32_t pos, rank, new_id;
-        bool operator<(const Merge& o) const {  // a max-heap: the lowest rank, then the leftmost, on top
-            return rank != o.rank ? rank > o.rank : pos > o.pos;
-        }
-    };
-
-    const std::pair<std::int32_t, std::int32_t>* find_merge(std::int32_t a, std::int32_t b) const {
-        const auto it = merges_.find(pair_key(a, b));
-        return it == merges_.end() ? nullptr : &it->second;
-    }
-
-    void merge_all(std::vector<Symbol>& syms) const {
-        std::priority_queue<Merge> queue;
-        for (std::size_t i = 0; i + 1 < syms.size(); ++i)
-            if (const auto* m = find_merge(syms[i].id, syms[i + 1].id))
-                queue.push({static_cast<std::int32_t>(i), m->first, m->second});
-        while (!queue.empty()) {
-            const Merge top = queue.top();
-            queue.pop();
-            Symbol& cur = syms[static_cast<std::size_t>(top.pos)];
-            if (cur.removed || cur.next < 0) continue;
-            const auto next_pos = static_cast<std::size_t>(cur.next);
-            const Symbol right = syms[next_pos];
-            const auto* m = find_merge(cur.id, right.id);
-            if (m == nullptr || m->second != top.new_id) continue;  // an expired entry
-            cur.id = top.new_id;
-            cur.next = right.next;
-            syms[next_pos].removed = true;
-            if (right.next >= 0) syms[static_cast<std::size_t>(right.next)].prev = top.pos;
-            if (cur.prev >= 0)
-                if (const auto* pm = find_merge(syms[static_cast<std::size_t>(cur.prev)].id, cur.id))
-                    queue.push({cur.prev, pm->first, pm->second});
-            if (cur.next >= 0)
-                if (const auto* nm = find_merge(cur.id, syms[static_cast<std::size_t>(cur.next)].id))
-                    queue.push({top.pos, nm->first, nm->second});
-        }
-    }
-
-    // model
-    std::string model_type_{};
-    hf_detail::Vocab vocab_{};
-    std::unordered_map<std::uint64_t, std::pair<std::int32_t, std::int32_t>> merges_{};  // pair -> (rank, new id)
-    std::string model_unk_{}, prefix_{}, suffix_{};
-    std::int32_t unk_model_id_ = -1;
-    bool fuse_unk_ = false, byte_fallback_ = false, ignore_merges_ = false;
-    std::size_t max_chars_ = 100;
-    // pipeline
-    std::optional<hf_detail::Normalizer> normalizer_{};
-    std::optional<hf_detail::PreTokenizer> pre_tokenizer_{};
-    std::optional<hf_detail::Decoder> decoder_{};
-    hf_detail::PostProcessor post_{};
-    // added tokens
-    std::vector<AddedToken> added_list_{};
-    hf_detail::Vocab added_{};
-    std::unordered_set<std::int32_t> special_ids_{};
-    std::array<std::vector<std::size_t>, 256> by_first_byte_raw_{}, by_first_byte_normalized_{};  // indexes
-    // ids
-    std::vector<std::string> id_to_token_{};
-    std::vector<bool> has_token_{};
-    std::string id_{}, pipeline_{};
-    // tokenizer_config.json
-    std::optional<std::int32_t> bos_{}, eos_{}, pad_{}, unk_{};
-    std::string bos_token_{}, eos_token_{}, chat_template_{};
-};
-
-/// A published tokenizer's chat format for the pipeline (`data::ChatTemplate`): prompts rendered by
-/// the model's template (data/chat_template.hpp) and encoded without added special tokens, as
-/// transformers' `apply_chat_template(..., add_generation_prompt=True, tokenize=True)` does; an answer
-/// is its text and the token that ends the template's assistant turn (`<|im_end|>`, `<|eot_id|>`,
-/// `<|end|>`; the eos token for `plain`), where generation also stops, as at the eos token.
-class HfChatFormat final : public ChatFormat {
-public:
-    /// Throws config_error (field `chat_template`) when the tokenizer has no id for the token that
-    /// ends a turn.
-    HfChatFormat(std::shared_ptr<const HfTokenizer> tokenizer, HfChatTemplate chat)
-        : tok_(std::move(tokenizer)), chat_(std::move(chat)) {
-        const std::string_view name = chat_format_name(chat_.format);
-        std::string end = chat_.format == chat_format::chatml   ? "<|im_end|>"
-                          : chat_.format == chat_format::llama3 ? "<|eot_id|>"
-                          : chat_.format == chat_format::phi3   ? "<|end|>"
-                                                                : tok_->eos_token();
-        const auto id = end.empty() ? std::nullopt : tok_->token_to_id(end);
-        if (!id)
-            throw config_error(
-                "chat_template",
-                "the " + std::string(name) + " format ends a turn with " +
-                    (end.empty() ? std::string("the eos token, which tokenizer ") + tok_->id() + " does not name"
-                                 : "\"" + end + "\", which tokenizer " + tok_->id() + " does not have"));
-        end_of_turn_ = *id;
-        eos_ = tok_->eos_id().value_or(end_of_turn_);
-        pad_ = tok_->pad_id().value_or(eos_);
-        id_ = "chat-v1;tokenizer=" + tok_->id() + ";format=" + std::string(name) +
-              ";default_system=" + detail::sha256_hex(chat_.default_system).substr(0, 16);
-    }
-
-    std::string id() const override { return id_; }
-    std::string tokenizer_id() const override { return tok_->id(); }
-    std::int32_t vocab_size() const override { return tok_->vocab_size(); }
-
-    std::vector<std::int32_t> encode_prompt(std::span<const Message> prompt) const override {
-        return tok_->encode(chat_.render(prompt, /*add_generation_prompt=*/true), /*add_special_tokens=*/false);
-    }
-
-    std::vector<std::int32_t> encode_response(std::string_view response) const override {
-        std::vector<std::int32_t> ids = tok_->encode(response, /*add_special_tokens=*/false);
-        ids.push_back(end_of_turn_);
-        return ids;
-    }
-
-    std::string decode(std::span<const std::int32_t> ids) const override {
-        std::vector<std::int32_t> kept;
-        kept.reserve(ids.size());
-        for (std::int32_t t : ids)
-            if (tok_->has_id(t)) kept.push_back(t);  // ids of padding rows have no text
-        return tok_->decode(kept, /*skip_special_tokens=*/true);
-    }
-
-    bool is_stop_token(std::int32_t token) const override { return token == end_of_turn_ || token == eos_; }
-    std::int32_t pad() const override { return pad_; }
-
-    VocabInfo vocab_info(std::string name, std::int64_t embedding_rows) const override {
-        return tok_->vocab_info(std::move(name), embedding_rows);
-    }
-
-    const HfTokenizer& tokenizer() const noexcept { return *tok_; }
-    const HfChatTemplate& chat() const noexcept { return chat_; }
-
-private:
-    std::shared_ptr<const HfTokenizer> tok_;
-    HfChatTemplate chat_;
-    std::int32_t end_of_turn_ = 0, eos_ = 0, pad_ = 0;
-    std::string id_;
-};
-
-/// The pipeline's template over a published tokenizer: the chat format `config.format` names, or the
-/// one recognized from the tokenizer's tokenizer_config.json when it is "". Throws config_error for
-/// an unrecognized template (saying how to name one) or a format the tokenizer cannot end a turn in.
-inline ChatTemplate hf_chat_template(std::shared_ptr<const HfTokenizer> tokenizer, ChatTemplateConfig config = {}) {
-    config.validate();
-    HfChatTemplate chat = config.format.empty()
-                              ? tokenizer->chat()
-                              : HfChatTemplate::named(config.format, tokenizer->bos_token(), tokenizer->eos_token());
-    auto format = std::make_shared<const HfChatFormat>(std::move(tokenizer), std::move(chat));
-    return ChatTemplate(std::move(config), std::move(format));
-}
-
-}  // namespace distill::data
-// ---- end distill/data/hf_tokenizer.hpp ----
-#endif
-
-namespace distill::data {
 
 /// The tokenizer.json that `tokenizer` names (a file, or a directory holding one), or "" when it
 /// names the byte tokenizer. Throws config_error (field `field`) for anything else.
@@ -4466,12 +1369,11 @@ inline ChatTemplate load_chat_template(const std::string& tokenizer, const ChatT
                                        const std::string& field = "tokenizer") {
     const std::filesystem::path file = tokenizer_file(tokenizer, field);
     if (file.empty()) return ChatTemplate(config);
-#ifdef DISTILL_WITH_TEXT
-    return hf_chat_template(std::make_shared<const HfTokenizer>(file), config);
-#else
-    throw config_error(field, "is the Hugging Face tokenizer " + file.string() +
-                                  ", which needs PCRE2: build with libpcre2-dev installed and link distill::text");
-#endif
+    if (!published_loader())
+        throw config_error(field, "is the Hugging Face tokenizer " + file.string() +
+                                      ", which needs data/hf_tokenizer.hpp in the program: build with "
+                                      "libpcre2-dev installed, link distill::text and include <distill/distill.hpp>");
+    return published_loader()(file, config);
 }
 
 }  // namespace distill::data
@@ -13616,6 +10518,3122 @@ BOOST_HANA_ADAPT_STRUCT(distill::teacher::OpenAIConfig, base_url, model, api_key
 #endif
 // Hugging Face tokenizers need PCRE2: link distill::text, which defines DISTILL_WITH_TEXT.
 #if defined(DISTILL_WITH_TEXT)
+// ---- begin distill/data/hf_tokenizer.hpp ----
+/// @file hf_tokenizer.hpp
+/// `data::HfTokenizer`: a Hugging Face `tokenizer.json` (and the `tokenizer_config.json` beside it),
+/// encoding and decoding exactly as the Python `tokenizers` package does. Supported (docs/tokenizers.md):
+/// - models: BPE (byte-level as GPT-2/Llama-3/Qwen2, SentencePiece-style with byte fallback as
+///   Llama-2/TinyLlama/Phi-3, continuing-subword prefix, end-of-word suffix, ignore_merges),
+///   WordPiece (BERT), WordLevel;
+/// - normalizers: Sequence, BertNormalizer, Lowercase, StripAccents, NFC, NFD, Replace, Prepend, Strip;
+/// - pre-tokenizers: Sequence, ByteLevel, Split, Metaspace, Digits, BertPreTokenizer, Whitespace,
+///   WhitespaceSplit, Punctuation;
+/// - decoders: Sequence, ByteLevel, Metaspace, ByteFallback, Fuse, Strip, Replace, WordPiece, BPEDecoder;
+/// - post-processors: TemplateProcessing, BertProcessing, RobertaProcessing, ByteLevel, Sequence;
+/// - added tokens (special flag, lstrip, rstrip, single_word, normalized).
+/// Anything else in a file (Unigram, NFKC, Precompiled, dropout, truncation, padding, ...) is a
+/// `config_error` naming the file, the JSON path and what is supported; nothing is silently ignored.
+///
+/// **Invalid UTF-8** in the text to encode: each maximal invalid subpart becomes U+FFFD, as Python's
+/// `bytes.decode("utf-8", "replace")` does, so the ids equal those `tokenizers` gives for that string.
+///
+/// **Needs PCRE2** (Debian `libpcre2-dev`): link the CMake target `distill::text`. The pre-tokenizer
+/// patterns of GPT-2, Llama-3 and Qwen2 use Unicode properties (`\p{L}`, `\p{N}`), lookahead and
+/// case-insensitive groups; PCRE2 (UTF + UCP mode) is the standard engine that runs them unchanged
+/// and also answers the general-category questions (punctuation, marks, controls) BERT needs.
+
+#if !__has_include(<pcre2.h>)
+#error \
+    "distill/data/hf_tokenizer.hpp needs PCRE2: install libpcre2-dev (Debian) and link the CMake target distill::text"
+#endif
+#ifndef PCRE2_CODE_UNIT_WIDTH
+#define PCRE2_CODE_UNIT_WIDTH 8
+#endif
+#include <pcre2.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <iterator>
+#include <memory>
+#include <optional>
+#include <queue>
+#include <span>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+// ---- begin distill/detail/unicode_tables.hpp ----
+/// @file unicode_tables.hpp
+/// Unicode data for the Hugging Face tokenizers (data/hf_tokenizer.hpp), generated from Python's
+/// unicodedata 14.0.0 by tools/make_unicode_tables.py; do not edit by hand.
+
+#include <cstdint>
+
+namespace distill::detail::unicode {
+
+/// A canonical decomposition: `cp` → `first` `second` (`second` 0 for a singleton); `composes` when
+/// NFC recombines the pair (a primary composite). Sorted by `cp`; Hangul syllables are not listed.
+struct Decomposition {
+    char32_t cp, first, second;
+    bool composes;
+};
+inline constexpr Decomposition decompositions[2061] = {
+    {0xC0, 0x41, 0x300, 1},         {0xC1, 0x41, 0x301, 1},         {0xC2, 0x41, 0x302, 1},
+    {0xC3, 0x41, 0x303, 1},         {0xC4, 0x41, 0x308, 1},         {0xC5, 0x41, 0x30A, 1},
+    {0xC7, 0x43, 0x327, 1},         {0xC8, 0x45, 0x300, 1},         {0xC9, 0x45, 0x301, 1},
+    {0xCA, 0x45, 0x302, 1},         {0xCB, 0x45, 0x308, 1},         {0xCC, 0x49, 0x300, 1},
+    {0xCD, 0x49, 0x301, 1},         {0xCE, 0x49, 0x302, 1},         {0xCF, 0x49, 0x308, 1},
+    {0xD1, 0x4E, 0x303, 1},         {0xD2, 0x4F, 0x300, 1},         {0xD3, 0x4F, 0x301, 1},
+    {0xD4, 0x4F, 0x302, 1},         {0xD5, 0x4F, 0x303, 1},         {0xD6, 0x4F, 0x308, 1},
+    {0xD9, 0x55, 0x300, 1},         {0xDA, 0x55, 0x301, 1},         {0xDB, 0x55, 0x302, 1},
+    {0xDC, 0x55, 0x308, 1},         {0xDD, 0x59, 0x301, 1},         {0xE0, 0x61, 0x300, 1},
+    {0xE1, 0x61, 0x301, 1},         {0xE2, 0x61, 0x302, 1},         {0xE3, 0x61, 0x303, 1},
+    {0xE4, 0x61, 0x308, 1},         {0xE5, 0x61, 0x30A, 1},         {0xE7, 0x63, 0x327, 1},
+    {0xE8, 0x65, 0x300, 1},         {0xE9, 0x65, 0x301, 1},         {0xEA, 0x65, 0x302, 1},
+    {0xEB, 0x65, 0x308, 1},         {0xEC, 0x69, 0x300, 1},         {0xED, 0x69, 0x301, 1},
+    {0xEE, 0x69, 0x302, 1},         {0xEF, 0x69, 0x308, 1},         {0xF1, 0x6E, 0x303, 1},
+    {0xF2, 0x6F, 0x300, 1},         {0xF3, 0x6F, 0x301, 1},         {0xF4, 0x6F, 0x302, 1},
+    {0xF5, 0x6F, 0x303, 1},         {0xF6, 0x6F, 0x308, 1},         {0xF9, 0x75, 0x300, 1},
+    {0xFA, 0x75, 0x301, 1},         {0xFB, 0x75, 0x302, 1},         {0xFC, 0x75, 0x308, 1},
+    {0xFD, 0x79, 0x301, 1},         {0xFF, 0x79, 0x308, 1},         {0x100, 0x41, 0x304, 1},
+    {0x101, 0x61, 0x304, 1},        {0x102, 0x41, 0x306, 1},        {0x103, 0x61, 0x306, 1},
+    {0x104, 0x41, 0x328, 1},        {0x105, 0x61, 0x328, 1},        {0x106, 0x43, 0x301, 1},
+    {0x107, 0x63, 0x301, 1},        {0x108, 0x43, 0x302, 1},        {0x109, 0x63, 0x302, 1},
+    {0x10A, 0x43, 0x307, 1},        {0x10B, 0x63, 0x307, 1},        {0x10C, 0x43, 0x30C, 1},
+    {0x10D, 0x63, 0x30C, 1},        {0x10E, 0x44, 0x30C, 1},        {0x10F, 0x64, 0x30C, 1},
+    {0x112, 0x45, 0x304, 1},        {0x113, 0x65, 0x304, 1},        {0x114, 0x45, 0x306, 1},
+    {0x115, 0x65, 0x306, 1},        {0x116, 0x45, 0x307, 1},        {0x117, 0x65, 0x307, 1},
+    {0x118, 0x45, 0x328, 1},        {0x119, 0x65, 0x328, 1},        {0x11A, 0x45, 0x30C, 1},
+    {0x11B, 0x65, 0x30C, 1},        {0x11C, 0x47, 0x302, 1},        {0x11D, 0x67, 0x302, 1},
+    {0x11E, 0x47, 0x306, 1},        {0x11F, 0x67, 0x306, 1},        {0x120, 0x47, 0x307, 1},
+    {0x121, 0x67, 0x307, 1},        {0x122, 0x47, 0x327, 1},        {0x123, 0x67, 0x327, 1},
+    {0x124, 0x48, 0x302, 1},        {0x125, 0x68, 0x302, 1},        {0x128, 0x49, 0x303, 1},
+    {0x129, 0x69, 0x303, 1},        {0x12A, 0x49, 0x304, 1},        {0x12B, 0x69, 0x304, 1},
+    {0x12C, 0x49, 0x306, 1},        {0x12D, 0x69, 0x306, 1},        {0x12E, 0x49, 0x328, 1},
+    {0x12F, 0x69, 0x328, 1},        {0x130, 0x49, 0x307, 1},        {0x134, 0x4A, 0x302, 1},
+    {0x135, 0x6A, 0x302, 1},        {0x136, 0x4B, 0x327, 1},        {0x137, 0x6B, 0x327, 1},
+    {0x139, 0x4C, 0x301, 1},        {0x13A, 0x6C, 0x301, 1},        {0x13B, 0x4C, 0x327, 1},
+    {0x13C, 0x6C, 0x327, 1},        {0x13D, 0x4C, 0x30C, 1},        {0x13E, 0x6C, 0x30C, 1},
+    {0x143, 0x4E, 0x301, 1},        {0x144, 0x6E, 0x301, 1},        {0x145, 0x4E, 0x327, 1},
+    {0x146, 0x6E, 0x327, 1},        {0x147, 0x4E, 0x30C, 1},        {0x148, 0x6E, 0x30C, 1},
+    {0x14C, 0x4F, 0x304, 1},        {0x14D, 0x6F, 0x304, 1},        {0x14E, 0x4F, 0x306, 1},
+    {0x14F, 0x6F, 0x306, 1},        {0x150, 0x4F, 0x30B, 1},        {0x151, 0x6F, 0x30B, 1},
+    {0x154, 0x52, 0x301, 1},        {0x155, 0x72, 0x301, 1},        {0x156, 0x52, 0x327, 1},
+    {0x157, 0x72, 0x327, 1},        {0x158, 0x52, 0x30C, 1},        {0x159, 0x72, 0x30C, 1},
+    {0x15A, 0x53, 0x301, 1},        {0x15B, 0x73, 0x301, 1},        {0x15C, 0x53, 0x302, 1},
+    {0x15D, 0x73, 0x302, 1},        {0x15E, 0x53, 0x327, 1},        {0x15F, 0x73, 0x327, 1},
+    {0x160, 0x53, 0x30C, 1},        {0x161, 0x73, 0x30C, 1},        {0x162, 0x54, 0x327, 1},
+    {0x163, 0x74, 0x327, 1},        {0x164, 0x54, 0x30C, 1},        {0x165, 0x74, 0x30C, 1},
+    {0x168, 0x55, 0x303, 1},        {0x169, 0x75, 0x303, 1},        {0x16A, 0x55, 0x304, 1},
+    {0x16B, 0x75, 0x304, 1},        {0x16C, 0x55, 0x306, 1},        {0x16D, 0x75, 0x306, 1},
+    {0x16E, 0x55, 0x30A, 1},        {0x16F, 0x75, 0x30A, 1},        {0x170, 0x55, 0x30B, 1},
+    {0x171, 0x75, 0x30B, 1},        {0x172, 0x55, 0x328, 1},        {0x173, 0x75, 0x328, 1},
+    {0x174, 0x57, 0x302, 1},        {0x175, 0x77, 0x302, 1},        {0x176, 0x59, 0x302, 1},
+    {0x177, 0x79, 0x302, 1},        {0x178, 0x59, 0x308, 1},        {0x179, 0x5A, 0x301, 1},
+    {0x17A, 0x7A, 0x301, 1},        {0x17B, 0x5A, 0x307, 1},        {0x17C, 0x7A, 0x307, 1},
+    {0x17D, 0x5A, 0x30C, 1},        {0x17E, 0x7A, 0x30C, 1},        {0x1A0, 0x4F, 0x31B, 1},
+    {0x1A1, 0x6F, 0x31B, 1},        {0x1AF, 0x55, 0x31B, 1},        {0x1B0, 0x75, 0x31B, 1},
+    {0x1CD, 0x41, 0x30C, 1},        {0x1CE, 0x61, 0x30C, 1},        {0x1CF, 0x49, 0x30C, 1},
+    {0x1D0, 0x69, 0x30C, 1},        {0x1D1, 0x4F, 0x30C, 1},        {0x1D2, 0x6F, 0x30C, 1},
+    {0x1D3, 0x55, 0x30C, 1},        {0x1D4, 0x75, 0x30C, 1},        {0x1D5, 0xDC, 0x304, 1},
+    {0x1D6, 0xFC, 0x304, 1},        {0x1D7, 0xDC, 0x301, 1},        {0x1D8, 0xFC, 0x301, 1},
+    {0x1D9, 0xDC, 0x30C, 1},        {0x1DA, 0xFC, 0x30C, 1},        {0x1DB, 0xDC, 0x300, 1},
+    {0x1DC, 0xFC, 0x300, 1},        {0x1DE, 0xC4, 0x304, 1},        {0x1DF, 0xE4, 0x304, 1},
+    {0x1E0, 0x226, 0x304, 1},       {0x1E1, 0x227, 0x304, 1},       {0x1E2, 0xC6, 0x304, 1},
+    {0x1E3, 0xE6, 0x304, 1},        {0x1E6, 0x47, 0x30C, 1},        {0x1E7, 0x67, 0x30C, 1},
+    {0x1E8, 0x4B, 0x30C, 1},        {0x1E9, 0x6B, 0x30C, 1},        {0x1EA, 0x4F, 0x328, 1},
+    {0x1EB, 0x6F, 0x328, 1},        {0x1EC, 0x1EA, 0x304, 1},       {0x1ED, 0x1EB, 0x304, 1},
+    {0x1EE, 0x1B7, 0x30C, 1},       {0x1EF, 0x292, 0x30C, 1},       {0x1F0, 0x6A, 0x30C, 1},
+    {0x1F4, 0x47, 0x301, 1},        {0x1F5, 0x67, 0x301, 1},        {0x1F8, 0x4E, 0x300, 1},
+    {0x1F9, 0x6E, 0x300, 1},        {0x1FA, 0xC5, 0x301, 1},        {0x1FB, 0xE5, 0x301, 1},
+    {0x1FC, 0xC6, 0x301, 1},        {0x1FD, 0xE6, 0x301, 1},        {0x1FE, 0xD8, 0x301, 1},
+    {0x1FF, 0xF8, 0x301, 1},        {0x200, 0x41, 0x30F, 1},        {0x201, 0x61, 0x30F, 1},
+    {0x202, 0x41, 0x311, 1},        {0x203, 0x61, 0x311, 1},        {0x204, 0x45, 0x30F, 1},
+    {0x205, 0x65, 0x30F, 1},        {0x206, 0x45, 0x311, 1},        {0x207, 0x65, 0x311, 1},
+    {0x208, 0x49, 0x30F, 1},        {0x209, 0x69, 0x30F, 1},        {0x20A, 0x49, 0x311, 1},
+    {0x20B, 0x69, 0x311, 1},        {0x20C, 0x4F, 0x30F, 1},        {0x20D, 0x6F, 0x30F, 1},
+    {0x20E, 0x4F, 0x311, 1},        {0x20F, 0x6F, 0x311, 1},        {0x210, 0x52, 0x30F, 1},
+    {0x211, 0x72, 0x30F, 1},        {0x212, 0x52, 0x311, 1},        {0x213, 0x72, 0x311, 1},
+    {0x214, 0x55, 0x30F, 1},        {0x215, 0x75, 0x30F, 1},        {0x216, 0x55, 0x311, 1},
+    {0x217, 0x75, 0x311, 1},        {0x218, 0x53, 0x326, 1},        {0x219, 0x73, 0x326, 1},
+    {0x21A, 0x54, 0x326, 1},        {0x21B, 0x74, 0x326, 1},        {0x21E, 0x48, 0x30C, 1},
+    {0x21F, 0x68, 0x30C, 1},        {0x226, 0x41, 0x307, 1},        {0x227, 0x61, 0x307, 1},
+    {0x228, 0x45, 0x327, 1},        {0x229, 0x65, 0x327, 1},        {0x22A, 0xD6, 0x304, 1},
+    {0x22B, 0xF6, 0x304, 1},        {0x22C, 0xD5, 0x304, 1},        {0x22D, 0xF5, 0x304, 1},
+    {0x22E, 0x4F, 0x307, 1},        {0x22F, 0x6F, 0x307, 1},        {0x230, 0x22E, 0x304, 1},
+    {0x231, 0x22F, 0x304, 1},       {0x232, 0x59, 0x304, 1},        {0x233, 0x79, 0x304, 1},
+    {0x340, 0x300, 0x0, 0},         {0x341, 0x301, 0x0, 0},         {0x343, 0x313, 0x0, 0},
+    {0x344, 0x308, 0x301, 0},       {0x374, 0x2B9, 0x0, 0},         {0x37E, 0x3B, 0x0, 0},
+    {0x385, 0xA8, 0x301, 1},        {0x386, 0x391, 0x301, 1},       {0x387, 0xB7, 0x0, 0},
+    {0x388, 0x395, 0x301, 1},       {0x389, 0x397, 0x301, 1},       {0x38A, 0x399, 0x301, 1},
+    {0x38C, 0x39F, 0x301, 1},       {0x38E, 0x3A5, 0x301, 1},       {0x38F, 0x3A9, 0x301, 1},
+    {0x390, 0x3CA, 0x301, 1},       {0x3AA, 0x399, 0x308, 1},       {0x3AB, 0x3A5, 0x308, 1},
+    {0x3AC, 0x3B1, 0x301, 1},       {0x3AD, 0x3B5, 0x301, 1},       {0x3AE, 0x3B7, 0x301, 1},
+    {0x3AF, 0x3B9, 0x301, 1},       {0x3B0, 0x3CB, 0x301, 1},       {0x3CA, 0x3B9, 0x308, 1},
+    {0x3CB, 0x3C5, 0x308, 1},       {0x3CC, 0x3BF, 0x301, 1},       {0x3CD, 0x3C5, 0x301, 1},
+    {0x3CE, 0x3C9, 0x301, 1},       {0x3D3, 0x3D2, 0x301, 1},       {0x3D4, 0x3D2, 0x308, 1},
+    {0x400, 0x415, 0x300, 1},       {0x401, 0x415, 0x308, 1},       {0x403, 0x413, 0x301, 1},
+    {0x407, 0x406, 0x308, 1},       {0x40C, 0x41A, 0x301, 1},       {0x40D, 0x418, 0x300, 1},
+    {0x40E, 0x423, 0x306, 1},       {0x419, 0x418, 0x306, 1},       {0x439, 0x438, 0x306, 1},
+    {0x450, 0x435, 0x300, 1},       {0x451, 0x435, 0x308, 1},       {0x453, 0x433, 0x301, 1},
+    {0x457, 0x456, 0x308, 1},       {0x45C, 0x43A, 0x301, 1},       {0x45D, 0x438, 0x300, 1},
+    {0x45E, 0x443, 0x306, 1},       {0x476, 0x474, 0x30F, 1},       {0x477, 0x475, 0x30F, 1},
+    {0x4C1, 0x416, 0x306, 1},       {0x4C2, 0x436, 0x306, 1},       {0x4D0, 0x410, 0x306, 1},
+    {0x4D1, 0x430, 0x306, 1},       {0x4D2, 0x410, 0x308, 1},       {0x4D3, 0x430, 0x308, 1},
+    {0x4D6, 0x415, 0x306, 1},       {0x4D7, 0x435, 0x306, 1},       {0x4DA, 0x4D8, 0x308, 1},
+    {0x4DB, 0x4D9, 0x308, 1},       {0x4DC, 0x416, 0x308, 1},       {0x4DD, 0x436, 0x308, 1},
+    {0x4DE, 0x417, 0x308, 1},       {0x4DF, 0x437, 0x308, 1},       {0x4E2, 0x418, 0x304, 1},
+    {0x4E3, 0x438, 0x304, 1},       {0x4E4, 0x418, 0x308, 1},       {0x4E5, 0x438, 0x308, 1},
+    {0x4E6, 0x41E, 0x308, 1},       {0x4E7, 0x43E, 0x308, 1},       {0x4EA, 0x4E8, 0x308, 1},
+    {0x4EB, 0x4E9, 0x308, 1},       {0x4EC, 0x42D, 0x308, 1},       {0x4ED, 0x44D, 0x308, 1},
+    {0x4EE, 0x423, 0x304, 1},       {0x4EF, 0x443, 0x304, 1},       {0x4F0, 0x423, 0x308, 1},
+    {0x4F1, 0x443, 0x308, 1},       {0x4F2, 0x423, 0x30B, 1},       {0x4F3, 0x443, 0x30B, 1},
+    {0x4F4, 0x427, 0x308, 1},       {0x4F5, 0x447, 0x308, 1},       {0x4F8, 0x42B, 0x308, 1},
+    {0x4F9, 0x44B, 0x308, 1},       {0x622, 0x627, 0x653, 1},       {0x623, 0x627, 0x654, 1},
+    {0x624, 0x648, 0x654, 1},       {0x625, 0x627, 0x655, 1},       {0x626, 0x64A, 0x654, 1},
+    {0x6C0, 0x6D5, 0x654, 1},       {0x6C2, 0x6C1, 0x654, 1},       {0x6D3, 0x6D2, 0x654, 1},
+    {0x929, 0x928, 0x93C, 1},       {0x931, 0x930, 0x93C, 1},       {0x934, 0x933, 0x93C, 1},
+    {0x958, 0x915, 0x93C, 0},       {0x959, 0x916, 0x93C, 0},       {0x95A, 0x917, 0x93C, 0},
+    {0x95B, 0x91C, 0x93C, 0},       {0x95C, 0x921, 0x93C, 0},       {0x95D, 0x922, 0x93C, 0},
+    {0x95E, 0x92B, 0x93C, 0},       {0x95F, 0x92F, 0x93C, 0},       {0x9CB, 0x9C7, 0x9BE, 1},
+    {0x9CC, 0x9C7, 0x9D7, 1},       {0x9DC, 0x9A1, 0x9BC, 0},       {0x9DD, 0x9A2, 0x9BC, 0},
+    {0x9DF, 0x9AF, 0x9BC, 0},       {0xA33, 0xA32, 0xA3C, 0},       {0xA36, 0xA38, 0xA3C, 0},
+    {0xA59, 0xA16, 0xA3C, 0},       {0xA5A, 0xA17, 0xA3C, 0},       {0xA5B, 0xA1C, 0xA3C, 0},
+    {0xA5E, 0xA2B, 0xA3C, 0},       {0xB48, 0xB47, 0xB56, 1},       {0xB4B, 0xB47, 0xB3E, 1},
+    {0xB4C, 0xB47, 0xB57, 1},       {0xB5C, 0xB21, 0xB3C, 0},       {0xB5D, 0xB22, 0xB3C, 0},
+    {0xB94, 0xB92, 0xBD7, 1},       {0xBCA, 0xBC6, 0xBBE, 1},       {0xBCB, 0xBC7, 0xBBE, 1},
+    {0xBCC, 0xBC6, 0xBD7, 1},       {0xC48, 0xC46, 0xC56, 1},       {0xCC0, 0xCBF, 0xCD5, 1},
+    {0xCC7, 0xCC6, 0xCD5, 1},       {0xCC8, 0xCC6, 0xCD6, 1},       {0xCCA, 0xCC6, 0xCC2, 1},
+    {0xCCB, 0xCCA, 0xCD5, 1},       {0xD4A, 0xD46, 0xD3E, 1},       {0xD4B, 0xD47, 0xD3E, 1},
+    {0xD4C, 0xD46, 0xD57, 1},       {0xDDA, 0xDD9, 0xDCA, 1},       {0xDDC, 0xDD9, 0xDCF, 1},
+    {0xDDD, 0xDDC, 0xDCA, 1},       {0xDDE, 0xDD9, 0xDDF, 1},       {0xF43, 0xF42, 0xFB7, 0},
+    {0xF4D, 0xF4C, 0xFB7, 0},       {0xF52, 0xF51, 0xFB7, 0},       {0xF57, 0xF56, 0xFB7, 0},
+    {0xF5C, 0xF5B, 0xFB7, 0},       {0xF69, 0xF40, 0xFB5, 0},       {0xF73, 0xF71, 0xF72, 0},
+    {0xF75, 0xF71, 0xF74, 0},       {0xF76, 0xFB2, 0xF80, 0},       {0xF78, 0xFB3, 0xF80, 0},
+    {0xF81, 0xF71, 0xF80, 0},       {0xF93, 0xF92, 0xFB7, 0},       {0xF9D, 0xF9C, 0xFB7, 0},
+    {0xFA2, 0xFA1, 0xFB7, 0},       {0xFA7, 0xFA6, 0xFB7, 0},       {0xFAC, 0xFAB, 0xFB7, 0},
+    {0xFB9, 0xF90, 0xFB5, 0},       {0x1026, 0x1025, 0x102E, 1},    {0x1B06, 0x1B05, 0x1B35, 1},
+    {0x1B08, 0x1B07, 0x1B35, 1},    {0x1B0A, 0x1B09, 0x1B35, 1},    {0x1B0C, 0x1B0B, 0x1B35, 1},
+    {0x1B0E, 0x1B0D, 0x1B35, 1},    {0x1B12, 0x1B11, 0x1B35, 1},    {0x1B3B, 0x1B3A, 0x1B35, 1},
+    {0x1B3D, 0x1B3C, 0x1B35, 1},    {0x1B40, 0x1B3E, 0x1B35, 1},    {0x1B41, 0x1B3F, 0x1B35, 1},
+    {0x1B43, 0x1B42, 0x1B35, 1},    {0x1E00, 0x41, 0x325, 1},       {0x1E01, 0x61, 0x325, 1},
+    {0x1E02, 0x42, 0x307, 1},       {0x1E03, 0x62, 0x307, 1},       {0x1E04, 0x42, 0x323, 1},
+    {0x1E05, 0x62, 0x323, 1},       {0x1E06, 0x42, 0x331, 1},       {0x1E07, 0x62, 0x331, 1},
+    {0x1E08, 0xC7, 0x301, 1},       {0x1E09, 0xE7, 0x301, 1},       {0x1E0A, 0x44, 0x307, 1},
+    {0x1E0B, 0x64, 0x307, 1},       {0x1E0C, 0x44, 0x323, 1},       {0x1E0D, 0x64, 0x323, 1},
+    {0x1E0E, 0x44, 0x331, 1},       {0x1E0F, 0x64, 0x331, 1},       {0x1E10, 0x44, 0x327, 1},
+    {0x1E11, 0x64, 0x327, 1},       {0x1E12, 0x44, 0x32D, 1},       {0x1E13, 0x64, 0x32D, 1},
+    {0x1E14, 0x112, 0x300, 1},      {0x1E15, 0x113, 0x300, 1},      {0x1E16, 0x112, 0x301, 1},
+    {0x1E17, 0x113, 0x301, 1},      {0x1E18, 0x45, 0x32D, 1},       {0x1E19, 0x65, 0x32D, 1},
+    {0x1E1A, 0x45, 0x330, 1},       {0x1E1B, 0x65, 0x330, 1},       {0x1E1C, 0x228, 0x306, 1},
+    {0x1E1D, 0x229, 0x306, 1},      {0x1E1E, 0x46, 0x307, 1},       {0x1E1F, 0x66, 0x307, 1},
+    {0x1E20, 0x47, 0x304, 1},       {0x1E21, 0x67, 0x304, 1},       {0x1E22, 0x48, 0x307, 1},
+    {0x1E23, 0x68, 0x307, 1},       {0x1E24, 0x48, 0x323, 1},       {0x1E25, 0x68, 0x323, 1},
+    {0x1E26, 0x48, 0x308, 1},       {0x1E27, 0x68, 0x308, 1},       {0x1E28, 0x48, 0x327, 1},
+    {0x1E29, 0x68, 0x327, 1},       {0x1E2A, 0x48, 0x32E, 1},       {0x1E2B, 0x68, 0x32E, 1},
+    {0x1E2C, 0x49, 0x330, 1},       {0x1E2D, 0x69, 0x330, 1},       {0x1E2E, 0xCF, 0x301, 1},
+    {0x1E2F, 0xEF, 0x301, 1},       {0x1E30, 0x4B, 0x301, 1},       {0x1E31, 0x6B, 0x301, 1},
+    {0x1E32, 0x4B, 0x323, 1},       {0x1E33, 0x6B, 0x323, 1},       {0x1E34, 0x4B, 0x331, 1},
+    {0x1E35, 0x6B, 0x331, 1},       {0x1E36, 0x4C, 0x323, 1},       {0x1E37, 0x6C, 0x323, 1},
+    {0x1E38, 0x1E36, 0x304, 1},     {0x1E39, 0x1E37, 0x304, 1},     {0x1E3A, 0x4C, 0x331, 1},
+    {0x1E3B, 0x6C, 0x331, 1},       {0x1E3C, 0x4C, 0x32D, 1},       {0x1E3D, 0x6C, 0x32D, 1},
+    {0x1E3E, 0x4D, 0x301, 1},       {0x1E3F, 0x6D, 0x301, 1},       {0x1E40, 0x4D, 0x307, 1},
+    {0x1E41, 0x6D, 0x307, 1},       {0x1E42, 0x4D, 0x323, 1},       {0x1E43, 0x6D, 0x323, 1},
+    {0x1E44, 0x4E, 0x307, 1},       {0x1E45, 0x6E, 0x307, 1},       {0x1E46, 0x4E, 0x323, 1},
+    {0x1E47, 0x6E, 0x323, 1},       {0x1E48, 0x4E, 0x331, 1},       {0x1E49, 0x6E, 0x331, 1},
+    {0x1E4A, 0x4E, 0x32D, 1},       {0x1E4B, 0x6E, 0x32D, 1},       {0x1E4C, 0xD5, 0x301, 1},
+    {0x1E4D, 0xF5, 0x301, 1},       {0x1E4E, 0xD5, 0x308, 1},       {0x1E4F, 0xF5, 0x308, 1},
+    {0x1E50, 0x14C, 0x300, 1},      {0x1E51, 0x14D, 0x300, 1},      {0x1E52, 0x14C, 0x301, 1},
+    {0x1E53, 0x14D, 0x301, 1},      {0x1E54, 0x50, 0x301, 1},       {0x1E55, 0x70, 0x301, 1},
+    {0x1E56, 0x50, 0x307, 1},       {0x1E57, 0x70, 0x307, 1},       {0x1E58, 0x52, 0x307, 1},
+    {0x1E59, 0x72, 0x307, 1},       {0x1E5A, 0x52, 0x323, 1},       {0x1E5B, 0x72, 0x323, 1},
+    {0x1E5C, 0x1E5A, 0x304, 1},     {0x1E5D, 0x1E5B, 0x304, 1},     {0x1E5E, 0x52, 0x331, 1},
+    {0x1E5F, 0x72, 0x331, 1},       {0x1E60, 0x53, 0x307, 1},       {0x1E61, 0x73, 0x307, 1},
+    {0x1E62, 0x53, 0x323, 1},       {0x1E63, 0x73, 0x323, 1},       {0x1E64, 0x15A, 0x307, 1},
+    {0x1E65, 0x15B, 0x307, 1},      {0x1E66, 0x160, 0x307, 1},      {0x1E67, 0x161, 0x307, 1},
+    {0x1E68, 0x1E62, 0x307, 1},     {0x1E69, 0x1E63, 0x307, 1},     {0x1E6A, 0x54, 0x307, 1},
+    {0x1E6B, 0x74, 0x307, 1},       {0x1E6C, 0x54, 0x323, 1},       {0x1E6D, 0x74, 0x323, 1},
+    {0x1E6E, 0x54, 0x331, 1},       {0x1E6F, 0x74, 0x331, 1},       {0x1E70, 0x54, 0x32D, 1},
+    {0x1E71, 0x74, 0x32D, 1},       {0x1E72, 0x55, 0x324, 1},       {0x1E73, 0x75, 0x324, 1},
+    {0x1E74, 0x55, 0x330, 1},       {0x1E75, 0x75, 0x330, 1},       {0x1E76, 0x55, 0x32D, 1},
+    {0x1E77, 0x75, 0x32D, 1},       {0x1E78, 0x168, 0x301, 1},      {0x1E79, 0x169, 0x301, 1},
+    {0x1E7A, 0x16A, 0x308, 1},      {0x1E7B, 0x16B, 0x308, 1},      {0x1E7C, 0x56, 0x303, 1},
+    {0x1E7D, 0x76, 0x303, 1},       {0x1E7E, 0x56, 0x323, 1},       {0x1E7F, 0x76, 0x323, 1},
+    {0x1E80, 0x57, 0x300, 1},       {0x1E81, 0x77, 0x300, 1},       {0x1E82, 0x57, 0x301, 1},
+    {0x1E83, 0x77, 0x301, 1},       {0x1E84, 0x57, 0x308, 1},       {0x1E85, 0x77, 0x308, 1},
+    {0x1E86, 0x57, 0x307, 1},       {0x1E87, 0x77, 0x307, 1},       {0x1E88, 0x57, 0x323, 1},
+    {0x1E89, 0x77, 0x323, 1},       {0x1E8A, 0x58, 0x307, 1},       {0x1E8B, 0x78, 0x307, 1},
+    {0x1E8C, 0x58, 0x308, 1},       {0x1E8D, 0x78, 0x308, 1},       {0x1E8E, 0x59, 0x307, 1},
+    {0x1E8F, 0x79, 0x307, 1},       {0x1E90, 0x5A, 0x302, 1},       {0x1E91, 0x7A, 0x302, 1},
+    {0x1E92, 0x5A, 0x323, 1},       {0x1E93, 0x7A, 0x323, 1},       {0x1E94, 0x5A, 0x331, 1},
+    {0x1E95, 0x7A, 0x331, 1},       {0x1E96, 0x68, 0x331, 1},       {0x1E97, 0x74, 0x308, 1},
+    {0x1E98, 0x77, 0x30A, 1},       {0x1E99, 0x79, 0x30A, 1},       {0x1E9B, 0x17F, 0x307, 1},
+    {0x1EA0, 0x41, 0x323, 1},       {0x1EA1, 0x61, 0x323, 1},       {0x1EA2, 0x41, 0x309, 1},
+    {0x1EA3, 0x61, 0x309, 1},       {0x1EA4, 0xC2, 0x301, 1},       {0x1EA5, 0xE2, 0x301, 1},
+    {0x1EA6, 0xC2, 0x300, 1},       {0x1EA7, 0xE2, 0x300, 1},       {0x1EA8, 0xC2, 0x309, 1},
+    {0x1EA9, 0xE2, 0x309, 1},       {0x1EAA, 0xC2, 0x303, 1},       {0x1EAB, 0xE2, 0x303, 1},
+    {0x1EAC, 0x1EA0, 0x302, 1},     {0x1EAD, 0x1EA1, 0x302, 1},     {0x1EAE, 0x102, 0x301, 1},
+    {0x1EAF, 0x103, 0x301, 1},      {0x1EB0, 0x102, 0x300, 1},      {0x1EB1, 0x103, 0x300, 1},
+    {0x1EB2, 0x102, 0x309, 1},      {0x1EB3, 0x103, 0x309, 1},      {0x1EB4, 0x102, 0x303, 1},
+    {0x1EB5, 0x103, 0x303, 1},      {0x1EB6, 0x1EA0, 0x306, 1},     {0x1EB7, 0x1EA1, 0x306, 1},
+    {0x1EB8, 0x45, 0x323, 1},       {0x1EB9, 0x65, 0x323, 1},       {0x1EBA, 0x45, 0x309, 1},
+    {0x1EBB, 0x65, 0x309, 1},       {0x1EBC, 0x45, 0x303, 1},       {0x1EBD, 0x65, 0x303, 1},
+    {0x1EBE, 0xCA, 0x301, 1},       {0x1EBF, 0xEA, 0x301, 1},       {0x1EC0, 0xCA, 0x300, 1},
+    {0x1EC1, 0xEA, 0x300, 1},       {0x1EC2, 0xCA, 0x309, 1},       {0x1EC3, 0xEA, 0x309, 1},
+    {0x1EC4, 0xCA, 0x303, 1},       {0x1EC5, 0xEA, 0x303, 1},       {0x1EC6, 0x1EB8, 0x302, 1},
+    {0x1EC7, 0x1EB9, 0x302, 1},     {0x1EC8, 0x49, 0x309, 1},       {0x1EC9, 0x69, 0x309, 1},
+    {0x1ECA, 0x49, 0x323, 1},       {0x1ECB, 0x69, 0x323, 1},       {0x1ECC, 0x4F, 0x323, 1},
+    {0x1ECD, 0x6F, 0x323, 1},       {0x1ECE, 0x4F, 0x309, 1},       {0x1ECF, 0x6F, 0x309, 1},
+    {0x1ED0, 0xD4, 0x301, 1},       {0x1ED1, 0xF4, 0x301, 1},       {0x1ED2, 0xD4, 0x300, 1},
+    {0x1ED3, 0xF4, 0x300, 1},       {0x1ED4, 0xD4, 0x309, 1},       {0x1ED5, 0xF4, 0x309, 1},
+    {0x1ED6, 0xD4, 0x303, 1},       {0x1ED7, 0xF4, 0x303, 1},       {0x1ED8, 0x1ECC, 0x302, 1},
+    {0x1ED9, 0x1ECD, 0x302, 1},     {0x1EDA, 0x1A0, 0x301, 1},      {0x1EDB, 0x1A1, 0x301, 1},
+    {0x1EDC, 0x1A0, 0x300, 1},      {0x1EDD, 0x1A1, 0x300, 1},      {0x1EDE, 0x1A0, 0x309, 1},
+    {0x1EDF, 0x1A1, 0x309, 1},      {0x1EE0, 0x1A0, 0x303, 1},      {0x1EE1, 0x1A1, 0x303, 1},
+    {0x1EE2, 0x1A0, 0x323, 1},      {0x1EE3, 0x1A1, 0x323, 1},      {0x1EE4, 0x55, 0x323, 1},
+    {0x1EE5, 0x75, 0x323, 1},       {0x1EE6, 0x55, 0x309, 1},       {0x1EE7, 0x75, 0x309, 1},
+    {0x1EE8, 0x1AF, 0x301, 1},      {0x1EE9, 0x1B0, 0x301, 1},      {0x1EEA, 0x1AF, 0x300, 1},
+    {0x1EEB, 0x1B0, 0x300, 1},      {0x1EEC, 0x1AF, 0x309, 1},      {0x1EED, 0x1B0, 0x309, 1},
+    {0x1EEE, 0x1AF, 0x303, 1},      {0x1EEF, 0x1B0, 0x303, 1},      {0x1EF0, 0x1AF, 0x323, 1},
+    {0x1EF1, 0x1B0, 0x323, 1},      {0x1EF2, 0x59, 0x300, 1},       {0x1EF3, 0x79, 0x300, 1},
+    {0x1EF4, 0x59, 0x323, 1},       {0x1EF5, 0x79, 0x323, 1},       {0x1EF6, 0x59, 0x309, 1},
+    {0x1EF7, 0x79, 0x309, 1},       {0x1EF8, 0x59, 0x303, 1},       {0x1EF9, 0x79, 0x303, 1},
+    {0x1F00, 0x3B1, 0x313, 1},      {0x1F01, 0x3B1, 0x314, 1},      {0x1F02, 0x1F00, 0x300, 1},
+    {0x1F03, 0x1F01, 0x300, 1},     {0x1F04, 0x1F00, 0x301, 1},     {0x1F05, 0x1F01, 0x301, 1},
+    {0x1F06, 0x1F00, 0x342, 1},     {0x1F07, 0x1F01, 0x342, 1},     {0x1F08, 0x391, 0x313, 1},
+    {0x1F09, 0x391, 0x314, 1},      {0x1F0A, 0x1F08, 0x300, 1},     {0x1F0B, 0x1F09, 0x300, 1},
+    {0x1F0C, 0x1F08, 0x301, 1},     {0x1F0D, 0x1F09, 0x301, 1},     {0x1F0E, 0x1F08, 0x342, 1},
+    {0x1F0F, 0x1F09, 0x342, 1},     {0x1F10, 0x3B5, 0x313, 1},      {0x1F11, 0x3B5, 0x314, 1},
+    {0x1F12, 0x1F10, 0x300, 1},     {0x1F13, 0x1F11, 0x300, 1},     {0x1F14, 0x1F10, 0x301, 1},
+    {0x1F15, 0x1F11, 0x301, 1},     {0x1F18, 0x395, 0x313, 1},      {0x1F19, 0x395, 0x314, 1},
+    {0x1F1A, 0x1F18, 0x300, 1},     {0x1F1B, 0x1F19, 0x300, 1},     {0x1F1C, 0x1F18, 0x301, 1},
+    {0x1F1D, 0x1F19, 0x301, 1},     {0x1F20, 0x3B7, 0x313, 1},      {0x1F21, 0x3B7, 0x314, 1},
+    {0x1F22, 0x1F20, 0x300, 1},     {0x1F23, 0x1F21, 0x300, 1},     {0x1F24, 0x1F20, 0x301, 1},
+    {0x1F25, 0x1F21, 0x301, 1},     {0x1F26, 0x1F20, 0x342, 1},     {0x1F27, 0x1F21, 0x342, 1},
+    {0x1F28, 0x397, 0x313, 1},      {0x1F29, 0x397, 0x314, 1},      {0x1F2A, 0x1F28, 0x300, 1},
+    {0x1F2B, 0x1F29, 0x300, 1},     {0x1F2C, 0x1F28, 0x301, 1},     {0x1F2D, 0x1F29, 0x301, 1},
+    {0x1F2E, 0x1F28, 0x342, 1},     {0x1F2F, 0x1F29, 0x342, 1},     {0x1F30, 0x3B9, 0x313, 1},
+    {0x1F31, 0x3B9, 0x314, 1},      {0x1F32, 0x1F30, 0x300, 1},     {0x1F33, 0x1F31, 0x300, 1},
+    {0x1F34, 0x1F30, 0x301, 1},     {0x1F35, 0x1F31, 0x301, 1},     {0x1F36, 0x1F30, 0x342, 1},
+    {0x1F37, 0x1F31, 0x342, 1},     {0x1F38, 0x399, 0x313, 1},      {0x1F39, 0x399, 0x314, 1},
+    {0x1F3A, 0x1F38, 0x300, 1},     {0x1F3B, 0x1F39, 0x300, 1},     {0x1F3C, 0x1F38, 0x301, 1},
+    {0x1F3D, 0x1F39, 0x301, 1},     {0x1F3E, 0x1F38, 0x342, 1},     {0x1F3F, 0x1F39, 0x342, 1},
+    {0x1F40, 0x3BF, 0x313, 1},      {0x1F41, 0x3BF, 0x314, 1},      {0x1F42, 0x1F40, 0x300, 1},
+    {0x1F43, 0x1F41, 0x300, 1},     {0x1F44, 0x1F40, 0x301, 1},     {0x1F45, 0x1F41, 0x301, 1},
+    {0x1F48, 0x39F, 0x313, 1},      {0x1F49, 0x39F, 0x314, 1},      {0x1F4A, 0x1F48, 0x300, 1},
+    {0x1F4B, 0x1F49, 0x300, 1},     {0x1F4C, 0x1F48, 0x301, 1},     {0x1F4D, 0x1F49, 0x301, 1},
+    {0x1F50, 0x3C5, 0x313, 1},      {0x1F51, 0x3C5, 0x314, 1},      {0x1F52, 0x1F50, 0x300, 1},
+    {0x1F53, 0x1F51, 0x300, 1},     {0x1F54, 0x1F50, 0x301, 1},     {0x1F55, 0x1F51, 0x301, 1},
+    {0x1F56, 0x1F50, 0x342, 1},     {0x1F57, 0x1F51, 0x342, 1},     {0x1F59, 0x3A5, 0x314, 1},
+    {0x1F5B, 0x1F59, 0x300, 1},     {0x1F5D, 0x1F59, 0x301, 1},     {0x1F5F, 0x1F59, 0x342, 1},
+    {0x1F60, 0x3C9, 0x313, 1},      {0x1F61, 0x3C9, 0x314, 1},      {0x1F62, 0x1F60, 0x300, 1},
+    {0x1F63, 0x1F61, 0x300, 1},     {0x1F64, 0x1F60, 0x301, 1},     {0x1F65, 0x1F61, 0x301, 1},
+    {0x1F66, 0x1F60, 0x342, 1},     {0x1F67, 0x1F61, 0x342, 1},     {0x1F68, 0x3A9, 0x313, 1},
+    {0x1F69, 0x3A9, 0x314, 1},      {0x1F6A, 0x1F68, 0x300, 1},     {0x1F6B, 0x1F69, 0x300, 1},
+    {0x1F6C, 0x1F68, 0x301, 1},     {0x1F6D, 0x1F69, 0x301, 1},     {0x1F6E, 0x1F68, 0x342, 1},
+    {0x1F6F, 0x1F69, 0x342, 1},     {0x1F70, 0x3B1, 0x300, 1},      {0x1F71, 0x3AC, 0x0, 0},
+    {0x1F72, 0x3B5, 0x300, 1},      {0x1F73, 0x3AD, 0x0, 0},        {0x1F74, 0x3B7, 0x300, 1},
+    {0x1F75, 0x3AE, 0x0, 0},        {0x1F76, 0x3B9, 0x300, 1},      {0x1F77, 0x3AF, 0x0, 0},
+    {0x1F78, 0x3BF, 0x300, 1},      {0x1F79, 0x3CC, 0x0, 0},        {0x1F7A, 0x3C5, 0x300, 1},
+    {0x1F7B, 0x3CD, 0x0, 0},        {0x1F7C, 0x3C9, 0x300, 1},      {0x1F7D, 0x3CE, 0x0, 0},
+    {0x1F80, 0x1F00, 0x345, 1},     {0x1F81, 0x1F01, 0x345, 1},     {0x1F82, 0x1F02, 0x345, 1},
+    {0x1F83, 0x1F03, 0x345, 1},     {0x1F84, 0x1F04, 0x345, 1},     {0x1F85, 0x1F05, 0x345, 1},
+    {0x1F86, 0x1F06, 0x345, 1},     {0x1F87, 0x1F07, 0x345, 1},     {0x1F88, 0x1F08, 0x345, 1},
+    {0x1F89, 0x1F09, 0x345, 1},     {0x1F8A, 0x1F0A, 0x345, 1},     {0x1F8B, 0x1F0B, 0x345, 1},
+    {0x1F8C, 0x1F0C, 0x345, 1},     {0x1F8D, 0x1F0D, 0x345, 1},     {0x1F8E, 0x1F0E, 0x345, 1},
+    {0x1F8F, 0x1F0F, 0x345, 1},     {0x1F90, 0x1F20, 0x345, 1},     {0x1F91, 0x1F21, 0x345, 1},
+    {0x1F92, 0x1F22, 0x345, 1},     {0x1F93, 0x1F23, 0x345, 1},     {0x1F94, 0x1F24, 0x345, 1},
+    {0x1F95, 0x1F25, 0x345, 1},     {0x1F96, 0x1F26, 0x345, 1},     {0x1F97, 0x1F27, 0x345, 1},
+    {0x1F98, 0x1F28, 0x345, 1},     {0x1F99, 0x1F29, 0x345, 1},     {0x1F9A, 0x1F2A, 0x345, 1},
+    {0x1F9B, 0x1F2B, 0x345, 1},     {0x1F9C, 0x1F2C, 0x345, 1},     {0x1F9D, 0x1F2D, 0x345, 1},
+    {0x1F9E, 0x1F2E, 0x345, 1},     {0x1F9F, 0x1F2F, 0x345, 1},     {0x1FA0, 0x1F60, 0x345, 1},
+    {0x1FA1, 0x1F61, 0x345, 1},     {0x1FA2, 0x1F62, 0x345, 1},     {0x1FA3, 0x1F63, 0x345, 1},
+    {0x1FA4, 0x1F64, 0x345, 1},     {0x1FA5, 0x1F65, 0x345, 1},     {0x1FA6, 0x1F66, 0x345, 1},
+    {0x1FA7, 0x1F67, 0x345, 1},     {0x1FA8, 0x1F68, 0x345, 1},     {0x1FA9, 0x1F69, 0x345, 1},
+    {0x1FAA, 0x1F6A, 0x345, 1},     {0x1FAB, 0x1F6B, 0x345, 1},     {0x1FAC, 0x1F6C, 0x345, 1},
+    {0x1FAD, 0x1F6D, 0x345, 1},     {0x1FAE, 0x1F6E, 0x345, 1},     {0x1FAF, 0x1F6F, 0x345, 1},
+    {0x1FB0, 0x3B1, 0x306, 1},      {0x1FB1, 0x3B1, 0x304, 1},      {0x1FB2, 0x1F70, 0x345, 1},
+    {0x1FB3, 0x3B1, 0x345, 1},      {0x1FB4, 0x3AC, 0x345, 1},      {0x1FB6, 0x3B1, 0x342, 1},
+    {0x1FB7, 0x1FB6, 0x345, 1},     {0x1FB8, 0x391, 0x306, 1},      {0x1FB9, 0x391, 0x304, 1},
+    {0x1FBA, 0x391, 0x300, 1},      {0x1FBB, 0x386, 0x0, 0},        {0x1FBC, 0x391, 0x345, 1},
+    {0x1FBE, 0x3B9, 0x0, 0},        {0x1FC1, 0xA8, 0x342, 1},       {0x1FC2, 0x1F74, 0x345, 1},
+    {0x1FC3, 0x3B7, 0x345, 1},      {0x1FC4, 0x3AE, 0x345, 1},      {0x1FC6, 0x3B7, 0x342, 1},
+    {0x1FC7, 0x1FC6, 0x345, 1},     {0x1FC8, 0x395, 0x300, 1},      {0x1FC9, 0x388, 0x0, 0},
+    {0x1FCA, 0x397, 0x300, 1},      {0x1FCB, 0x389, 0x0, 0},        {0x1FCC, 0x397, 0x345, 1},
+    {0x1FCD, 0x1FBF, 0x300, 1},     {0x1FCE, 0x1FBF, 0x301, 1},     {0x1FCF, 0x1FBF, 0x342, 1},
+    {0x1FD0, 0x3B9, 0x306, 1},      {0x1FD1, 0x3B9, 0x304, 1},      {0x1FD2, 0x3CA, 0x300, 1},
+    {0x1FD3, 0x390, 0x0, 0},        {0x1FD6, 0x3B9, 0x342, 1},      {0x1FD7, 0x3CA, 0x342, 1},
+    {0x1FD8, 0x399, 0x306, 1},      {0x1FD9, 0x399, 0x304, 1},      {0x1FDA, 0x399, 0x300, 1},
+    {0x1FDB, 0x38A, 0x0, 0},        {0x1FDD, 0x1FFE, 0x300, 1},     {0x1FDE, 0x1FFE, 0x301, 1},
+    {0x1FDF, 0x1FFE, 0x342, 1},     {0x1FE0, 0x3C5, 0x306, 1},      {0x1FE1, 0x3C5, 0x304, 1},
+    {0x1FE2, 0x3CB, 0x300, 1},      {0x1FE3, 0x3B0, 0x0, 0},        {0x1FE4, 0x3C1, 0x313, 1},
+    {0x1FE5, 0x3C1, 0x314, 1},      {0x1FE6, 0x3C5, 0x342, 1},      {0x1FE7, 0x3CB, 0x342, 1},
+    {0x1FE8, 0x3A5, 0x306, 1},      {0x1FE9, 0x3A5, 0x304, 1},      {0x1FEA, 0x3A5, 0x300, 1},
+    {0x1FEB, 0x38E, 0x0, 0},        {0x1FEC, 0x3A1, 0x314, 1},      {0x1FED, 0xA8, 0x300, 1},
+    {0x1FEE, 0x385, 0x0, 0},        {0x1FEF, 0x60, 0x0, 0},         {0x1FF2, 0x1F7C, 0x345, 1},
+    {0x1FF3, 0x3C9, 0x345, 1},      {0x1FF4, 0x3CE, 0x345, 1},      {0x1FF6, 0x3C9, 0x342, 1},
+    {0x1FF7, 0x1FF6, 0x345, 1},     {0x1FF8, 0x39F, 0x300, 1},      {0x1FF9, 0x38C, 0x0, 0},
+    {0x1FFA, 0x3A9, 0x300, 1},      {0x1FFB, 0x38F, 0x0, 0},        {0x1FFC, 0x3A9, 0x345, 1},
+    {0x1FFD, 0xB4, 0x0, 0},         {0x2000, 0x2002, 0x0, 0},       {0x2001, 0x2003, 0x0, 0},
+    {0x2126, 0x3A9, 0x0, 0},        {0x212A, 0x4B, 0x0, 0},         {0x212B, 0xC5, 0x0, 0},
+    {0x219A, 0x2190, 0x338, 1},     {0x219B, 0x2192, 0x338, 1},     {0x21AE, 0x2194, 0x338, 1},
+    {0x21CD, 0x21D0, 0x338, 1},     {0x21CE, 0x21D4, 0x338, 1},     {0x21CF, 0x21D2, 0x338, 1},
+    {0x2204, 0x2203, 0x338, 1},     {0x2209, 0x2208, 0x338, 1},     {0x220C, 0x220B, 0x338, 1},
+    {0x2224, 0x2223, 0x338, 1},     {0x2226, 0x2225, 0x338, 1},     {0x2241, 0x223C, 0x338, 1},
+    {0x2244, 0x2243, 0x338, 1},     {0x2247, 0x2245, 0x338, 1},     {0x2249, 0x2248, 0x338, 1},
+    {0x2260, 0x3D, 0x338, 1},       {0x2262, 0x2261, 0x338, 1},     {0x226D, 0x224D, 0x338, 1},
+    {0x226E, 0x3C, 0x338, 1},       {0x226F, 0x3E, 0x338, 1},       {0x2270, 0x2264, 0x338, 1},
+    {0x2271, 0x2265, 0x338, 1},     {0x2274, 0x2272, 0x338, 1},     {0x2275, 0x2273, 0x338, 1},
+    {0x2278, 0x2276, 0x338, 1},     {0x2279, 0x2277, 0x338, 1},     {0x2280, 0x227A, 0x338, 1},
+    {0x2281, 0x227B, 0x338, 1},     {0x2284, 0x2282, 0x338, 1},     {0x2285, 0x2283, 0x338, 1},
+    {0x2288, 0x2286, 0x338, 1},     {0x2289, 0x2287, 0x338, 1},     {0x22AC, 0x22A2, 0x338, 1},
+    {0x22AD, 0x22A8, 0x338, 1},     {0x22AE, 0x22A9, 0x338, 1},     {0x22AF, 0x22AB, 0x338, 1},
+    {0x22E0, 0x227C, 0x338, 1},     {0x22E1, 0x227D, 0x338, 1},     {0x22E2, 0x2291, 0x338, 1},
+    {0x22E3, 0x2292, 0x338, 1},     {0x22EA, 0x22B2, 0x338, 1},     {0x22EB, 0x22B3, 0x338, 1},
+    {0x22EC, 0x22B4, 0x338, 1},     {0x22ED, 0x22B5, 0x338, 1},     {0x2329, 0x3008, 0x0, 0},
+    {0x232A, 0x3009, 0x0, 0},       {0x2ADC, 0x2ADD, 0x338, 0},     {0x304C, 0x304B, 0x3099, 1},
+    {0x304E, 0x304D, 0x3099, 1},    {0x3050, 0x304F, 0x3099, 1},    {0x3052, 0x3051, 0x3099, 1},
+    {0x3054, 0x3053, 0x3099, 1},    {0x3056, 0x3055, 0x3099, 1},    {0x3058, 0x3057, 0x3099, 1},
+    {0x305A, 0x3059, 0x3099, 1},    {0x305C, 0x305B, 0x3099, 1},    {0x305E, 0x305D, 0x3099, 1},
+    {0x3060, 0x305F, 0x3099, 1},    {0x3062, 0x3061, 0x3099, 1},    {0x3065, 0x3064, 0x3099, 1},
+    {0x3067, 0x3066, 0x3099, 1},    {0x3069, 0x3068, 0x3099, 1},    {0x3070, 0x306F, 0x3099, 1},
+    {0x3071, 0x306F, 0x309A, 1},    {0x3073, 0x3072, 0x3099, 1},    {0x3074, 0x3072, 0x309A, 1},
+    {0x3076, 0x3075, 0x3099, 1},    {0x3077, 0x3075, 0x309A, 1},    {0x3079, 0x3078, 0x3099, 1},
+    {0x307A, 0x3078, 0x309A, 1},    {0x307C, 0x307B, 0x3099, 1},    {0x307D, 0x307B, 0x309A, 1},
+    {0x3094, 0x3046, 0x3099, 1},    {0x309E, 0x309D, 0x3099, 1},    {0x30AC, 0x30AB, 0x3099, 1},
+    {0x30AE, 0x30AD, 0x3099, 1},    {0x30B0, 0x30AF, 0x3099, 1},    {0x30B2, 0x30B1, 0x3099, 1},
+    {0x30B4, 0x30B3, 0x3099, 1},    {0x30B6, 0x30B5, 0x3099, 1},    {0x30B8, 0x30B7, 0x3099, 1},
+    {0x30BA, 0x30B9, 0x3099, 1},    {0x30BC, 0x30BB, 0x3099, 1},    {0x30BE, 0x30BD, 0x3099, 1},
+    {0x30C0, 0x30BF, 0x3099, 1},    {0x30C2, 0x30C1, 0x3099, 1},    {0x30C5, 0x30C4, 0x3099, 1},
+    {0x30C7, 0x30C6, 0x3099, 1},    {0x30C9, 0x30C8, 0x3099, 1},    {0x30D0, 0x30CF, 0x3099, 1},
+    {0x30D1, 0x30CF, 0x309A, 1},    {0x30D3, 0x30D2, 0x3099, 1},    {0x30D4, 0x30D2, 0x309A, 1},
+    {0x30D6, 0x30D5, 0x3099, 1},    {0x30D7, 0x30D5, 0x309A, 1},    {0x30D9, 0x30D8, 0x3099, 1},
+    {0x30DA, 0x30D8, 0x309A, 1},    {0x30DC, 0x30DB, 0x3099, 1},    {0x30DD, 0x30DB, 0x309A, 1},
+    {0x30F4, 0x30A6, 0x3099, 1},    {0x30F7, 0x30EF, 0x3099, 1},    {0x30F8, 0x30F0, 0x3099, 1},
+    {0x30F9, 0x30F1, 0x3099, 1},    {0x30FA, 0x30F2, 0x3099, 1},    {0x30FE, 0x30FD, 0x3099, 1},
+    {0xF900, 0x8C48, 0x0, 0},       {0xF901, 0x66F4, 0x0, 0},       {0xF902, 0x8ECA, 0x0, 0},
+    {0xF903, 0x8CC8, 0x0, 0},       {0xF904, 0x6ED1, 0x0, 0},       {0xF905, 0x4E32, 0x0, 0},
+    {0xF906, 0x53E5, 0x0, 0},       {0xF907, 0x9F9C, 0x0, 0},       {0xF908, 0x9F9C, 0x0, 0},
+    {0xF909, 0x5951, 0x0, 0},       {0xF90A, 0x91D1, 0x0, 0},       {0xF90B, 0x5587, 0x0, 0},
+    {0xF90C, 0x5948, 0x0, 0},       {0xF90D, 0x61F6, 0x0, 0},       {0xF90E, 0x7669, 0x0, 0},
+    {0xF90F, 0x7F85, 0x0, 0},       {0xF910, 0x863F, 0x0, 0},       {0xF911, 0x87BA, 0x0, 0},
+    {0xF912, 0x88F8, 0x0, 0},       {0xF913, 0x908F, 0x0, 0},       {0xF914, 0x6A02, 0x0, 0},
+    {0xF915, 0x6D1B, 0x0, 0},       {0xF916, 0x70D9, 0x0, 0},       {0xF917, 0x73DE, 0x0, 0},
+    {0xF918, 0x843D, 0x0, 0},       {0xF919, 0x916A, 0x0, 0},       {0xF91A, 0x99F1, 0x0, 0},
+    {0xF91B, 0x4E82, 0x0, 0},       {0xF91C, 0x5375, 0x0, 0},       {0xF91D, 0x6B04, 0x0, 0},
+    {0xF91E, 0x721B, 0x0, 0},       {0xF91F, 0x862D, 0x0, 0},       {0xF920, 0x9E1E, 0x0, 0},
+    {0xF921, 0x5D50, 0x0, 0},       {0xF922, 0x6FEB, 0x0, 0},       {0xF923, 0x85CD, 0x0, 0},
+    {0xF924, 0x8964, 0x0, 0},       {0xF925, 0x62C9, 0x0, 0},       {0xF926, 0x81D8, 0x0, 0},
+    {0xF927, 0x881F, 0x0, 0},       {0xF928, 0x5ECA, 0x0, 0},       {0xF929, 0x6717, 0x0, 0},
+    {0xF92A, 0x6D6A, 0x0, 0},       {0xF92B, 0x72FC, 0x0, 0},       {0xF92C, 0x90CE, 0x0, 0},
+    {0xF92D, 0x4F86, 0x0, 0},       {0xF92E, 0x51B7, 0x0, 0},       {0xF92F, 0x52DE, 0x0, 0},
+    {0xF930, 0x64C4, 0x0, 0},       {0xF931, 0x6AD3, 0x0, 0},       {0xF932, 0x7210, 0x0, 0},
+    {0xF933, 0x76E7, 0x0, 0},       {0xF934, 0x8001, 0x0, 0},       {0xF935, 0x8606, 0x0, 0},
+    {0xF936, 0x865C, 0x0, 0},       {0xF937, 0x8DEF, 0x0, 0},       {0xF938, 0x9732, 0x0, 0},
+    {0xF939, 0x9B6F, 0x0, 0},       {0xF93A, 0x9DFA, 0x0, 0},       {0xF93B, 0x788C, 0x0, 0},
+    {0xF93C, 0x797F, 0x0, 0},       {0xF93D, 0x7DA0, 0x0, 0},       {0xF93E, 0x83C9, 0x0, 0},
+    {0xF93F, 0x9304, 0x0, 0},       {0xF940, 0x9E7F, 0x0, 0},       {0xF941, 0x8AD6, 0x0, 0},
+    {0xF942, 0x58DF, 0x0, 0},       {0xF943, 0x5F04, 0x0, 0},       {0xF944, 0x7C60, 0x0, 0},
+    {0xF945, 0x807E, 0x0, 0},       {0xF946, 0x7262, 0x0, 0},       {0xF947, 0x78CA, 0x0, 0},
+    {0xF948, 0x8CC2, 0x0, 0},       {0xF949, 0x96F7, 0x0, 0},       {0xF94A, 0x58D8, 0x0, 0},
+    {0xF94B, 0x5C62, 0x0, 0},       {0xF94C, 0x6A13, 0x0, 0},       {0xF94D, 0x6DDA, 0x0, 0},
+    {0xF94E, 0x6F0F, 0x0, 0},       {0xF94F, 0x7D2F, 0x0, 0},       {0xF950, 0x7E37, 0x0, 0},
+    {0xF951, 0x964B, 0x0, 0},       {0xF952, 0x52D2, 0x0, 0},       {0xF953, 0x808B, 0x0, 0},
+    {0xF954, 0x51DC, 0x0, 0},       {0xF955, 0x51CC, 0x0, 0},       {0xF956, 0x7A1C, 0x0, 0},
+    {0xF957, 0x7DBE, 0x0, 0},       {0xF958, 0x83F1, 0x0, 0},       {0xF959, 0x9675, 0x0, 0},
+    {0xF95A, 0x8B80, 0x0, 0},       {0xF95B, 0x62CF, 0x0, 0},       {0xF95C, 0x6A02, 0x0, 0},
+    {0xF95D, 0x8AFE, 0x0, 0},       {0xF95E, 0x4E39, 0x0, 0},       {0xF95F, 0x5BE7, 0x0, 0},
+    {0xF960, 0x6012, 0x0, 0},       {0xF961, 0x7387, 0x0, 0},       {0xF962, 0x7570, 0x0, 0},
+    {0xF963, 0x5317, 0x0, 0},       {0xF964, 0x78FB, 0x0, 0},       {0xF965, 0x4FBF, 0x0, 0},
+    {0xF966, 0x5FA9, 0x0, 0},       {0xF967, 0x4E0D, 0x0, 0},       {0xF968, 0x6CCC, 0x0, 0},
+    {0xF969, 0x6578, 0x0, 0},       {0xF96A, 0x7D22, 0x0, 0},       {0xF96B, 0x53C3, 0x0, 0},
+    {0xF96C, 0x585E, 0x0, 0},       {0xF96D, 0x7701, 0x0, 0},       {0xF96E, 0x8449, 0x0, 0},
+    {0xF96F, 0x8AAA, 0x0, 0},       {0xF970, 0x6BBA, 0x0, 0},       {0xF971, 0x8FB0, 0x0, 0},
+    {0xF972, 0x6C88, 0x0, 0},       {0xF973, 0x62FE, 0x0, 0},       {0xF974, 0x82E5, 0x0, 0},
+    {0xF975, 0x63A0, 0x0, 0},       {0xF976, 0x7565, 0x0, 0},       {0xF977, 0x4EAE, 0x0, 0},
+    {0xF978, 0x5169, 0x0, 0},       {0xF979, 0x51C9, 0x0, 0},       {0xF97A, 0x6881, 0x0, 0},
+    {0xF97B, 0x7CE7, 0x0, 0},       {0xF97C, 0x826F, 0x0, 0},       {0xF97D, 0x8AD2, 0x0, 0},
+    {0xF97E, 0x91CF, 0x0, 0},       {0xF97F, 0x52F5, 0x0, 0},       {0xF980, 0x5442, 0x0, 0},
+    {0xF981, 0x5973, 0x0, 0},       {0xF982, 0x5EEC, 0x0, 0},       {0xF983, 0x65C5, 0x0, 0},
+    {0xF984, 0x6FFE, 0x0, 0},       {0xF985, 0x792A, 0x0, 0},       {0xF986, 0x95AD, 0x0, 0},
+    {0xF987, 0x9A6A, 0x0, 0},       {0xF988, 0x9E97, 0x0, 0},       {0xF989, 0x9ECE, 0x0, 0},
+    {0xF98A, 0x529B, 0x0, 0},       {0xF98B, 0x66C6, 0x0, 0},       {0xF98C, 0x6B77, 0x0, 0},
+    {0xF98D, 0x8F62, 0x0, 0},       {0xF98E, 0x5E74, 0x0, 0},       {0xF98F, 0x6190, 0x0, 0},
+    {0xF990, 0x6200, 0x0, 0},       {0xF991, 0x649A, 0x0, 0},       {0xF992, 0x6F23, 0x0, 0},
+    {0xF993, 0x7149, 0x0, 0},       {0xF994, 0x7489, 0x0, 0},       {0xF995, 0x79CA, 0x0, 0},
+    {0xF996, 0x7DF4, 0x0, 0},       {0xF997, 0x806F, 0x0, 0},       {0xF998, 0x8F26, 0x0, 0},
+    {0xF999, 0x84EE, 0x0, 0},       {0xF99A, 0x9023, 0x0, 0},       {0xF99B, 0x934A, 0x0, 0},
+    {0xF99C, 0x5217, 0x0, 0},       {0xF99D, 0x52A3, 0x0, 0},       {0xF99E, 0x54BD, 0x0, 0},
+    {0xF99F, 0x70C8, 0x0, 0},       {0xF9A0, 0x88C2, 0x0, 0},       {0xF9A1, 0x8AAA, 0x0, 0},
+    {0xF9A2, 0x5EC9, 0x0, 0},       {0xF9A3, 0x5FF5, 0x0, 0},       {0xF9A4, 0x637B, 0x0, 0},
+    {0xF9A5, 0x6BAE, 0x0, 0},       {0xF9A6, 0x7C3E, 0x0, 0},       {0xF9A7, 0x7375, 0x0, 0},
+    {0xF9A8, 0x4EE4, 0x0, 0},       {0xF9A9, 0x56F9, 0x0, 0},       {0xF9AA, 0x5BE7, 0x0, 0},
+    {0xF9AB, 0x5DBA, 0x0, 0},       {0xF9AC, 0x601C, 0x0, 0},       {0xF9AD, 0x73B2, 0x0, 0},
+    {0xF9AE, 0x7469, 0x0, 0},       {0xF9AF, 0x7F9A, 0x0, 0},       {0xF9B0, 0x8046, 0x0, 0},
+    {0xF9B1, 0x9234, 0x0, 0},       {0xF9B2, 0x96F6, 0x0, 0},       {0xF9B3, 0x9748, 0x0, 0},
+    {0xF9B4, 0x9818, 0x0, 0},       {0xF9B5, 0x4F8B, 0x0, 0},       {0xF9B6, 0x79AE, 0x0, 0},
+    {0xF9B7, 0x91B4, 0x0, 0},       {0xF9B8, 0x96B8, 0x0, 0},       {0xF9B9, 0x60E1, 0x0, 0},
+    {0xF9BA, 0x4E86, 0x0, 0},       {0xF9BB, 0x50DA, 0x0, 0},       {0xF9BC, 0x5BEE, 0x0, 0},
+    {0xF9BD, 0x5C3F, 0x0, 0},       {0xF9BE, 0x6599, 0x0, 0},       {0xF9BF, 0x6A02, 0x0, 0},
+    {0xF9C0, 0x71CE, 0x0, 0},       {0xF9C1, 0x7642, 0x0, 0},       {0xF9C2, 0x84FC, 0x0, 0},
+    {0xF9C3, 0x907C, 0x0, 0},       {0xF9C4, 0x9F8D, 0x0, 0},       {0xF9C5, 0x6688, 0x0, 0},
+    {0xF9C6, 0x962E, 0x0, 0},       {0xF9C7, 0x5289, 0x0, 0},       {0xF9C8, 0x677B, 0x0, 0},
+    {0xF9C9, 0x67F3, 0x0, 0},       {0xF9CA, 0x6D41, 0x0, 0},       {0xF9CB, 0x6E9C, 0x0, 0},
+    {0xF9CC, 0x7409, 0x0, 0},       {0xF9CD, 0x7559, 0x0, 0},       {0xF9CE, 0x786B, 0x0, 0},
+    {0xF9CF, 0x7D10, 0x0, 0},       {0xF9D0, 0x985E, 0x0, 0},       {0xF9D1, 0x516D, 0x0, 0},
+    {0xF9D2, 0x622E, 0x0, 0},       {0xF9D3, 0x9678, 0x0, 0},       {0xF9D4, 0x502B, 0x0, 0},
+    {0xF9D5, 0x5D19, 0x0, 0},       {0xF9D6, 0x6DEA, 0x0, 0},       {0xF9D7, 0x8F2A, 0x0, 0},
+    {0xF9D8, 0x5F8B, 0x0, 0},       {0xF9D9, 0x6144, 0x0, 0},       {0xF9DA, 0x6817, 0x0, 0},
+    {0xF9DB, 0x7387, 0x0, 0},       {0xF9DC, 0x9686, 0x0, 0},       {0xF9DD, 0x5229, 0x0, 0},
+    {0xF9DE, 0x540F, 0x0, 0},       {0xF9DF, 0x5C65, 0x0, 0},       {0xF9E0, 0x6613, 0x0, 0},
+    {0xF9E1, 0x674E, 0x0, 0},       {0xF9E2, 0x68A8, 0x0, 0},       {0xF9E3, 0x6CE5, 0x0, 0},
+    {0xF9E4, 0x7406, 0x0, 0},       {0xF9E5, 0x75E2, 0x0, 0},       {0xF9E6, 0x7F79, 0x0, 0},
+    {0xF9E7, 0x88CF, 0x0, 0},       {0xF9E8, 0x88E1, 0x0, 0},       {0xF9E9, 0x91CC, 0x0, 0},
+    {0xF9EA, 0x96E2, 0x0, 0},       {0xF9EB, 0x533F, 0x0, 0},       {0xF9EC, 0x6EBA, 0x0, 0},
+    {0xF9ED, 0x541D, 0x0, 0},       {0xF9EE, 0x71D0, 0x0, 0},       {0xF9EF, 0x7498, 0x0, 0},
+    {0xF9F0, 0x85FA, 0x0, 0},       {0xF9F1, 0x96A3, 0x0, 0},       {0xF9F2, 0x9C57, 0x0, 0},
+    {0xF9F3, 0x9E9F, 0x0, 0},       {0xF9F4, 0x6797, 0x0, 0},       {0xF9F5, 0x6DCB, 0x0, 0},
+    {0xF9F6, 0x81E8, 0x0, 0},       {0xF9F7, 0x7ACB, 0x0, 0},       {0xF9F8, 0x7B20, 0x0, 0},
+    {0xF9F9, 0x7C92, 0x0, 0},       {0xF9FA, 0x72C0, 0x0, 0},       {0xF9FB, 0x7099, 0x0, 0},
+    {0xF9FC, 0x8B58, 0x0, 0},       {0xF9FD, 0x4EC0, 0x0, 0},       {0xF9FE, 0x8336, 0x0, 0},
+    {0xF9FF, 0x523A, 0x0, 0},       {0xFA00, 0x5207, 0x0, 0},       {0xFA01, 0x5EA6, 0x0, 0},
+    {0xFA02, 0x62D3, 0x0, 0},       {0xFA03, 0x7CD6, 0x0, 0},       {0xFA04, 0x5B85, 0x0, 0},
+    {0xFA05, 0x6D1E, 0x0, 0},       {0xFA06, 0x66B4, 0x0, 0},       {0xFA07, 0x8F3B, 0x0, 0},
+    {0xFA08, 0x884C, 0x0, 0},       {0xFA09, 0x964D, 0x0, 0},       {0xFA0A, 0x898B, 0x0, 0},
+    {0xFA0B, 0x5ED3, 0x0, 0},       {0xFA0C, 0x5140, 0x0, 0},       {0xFA0D, 0x55C0, 0x0, 0},
+    {0xFA10, 0x585A, 0x0, 0},       {0xFA12, 0x6674, 0x0, 0},       {0xFA15, 0x51DE, 0x0, 0},
+    {0xFA16, 0x732A, 0x0, 0},       {0xFA17, 0x76CA, 0x0, 0},       {0xFA18, 0x793C, 0x0, 0},
+    {0xFA19, 0x795E, 0x0, 0},       {0xFA1A, 0x7965, 0x0, 0},       {0xFA1B, 0x798F, 0x0, 0},
+    {0xFA1C, 0x9756, 0x0, 0},       {0xFA1D, 0x7CBE, 0x0, 0},       {0xFA1E, 0x7FBD, 0x0, 0},
+    {0xFA20, 0x8612, 0x0, 0},       {0xFA22, 0x8AF8, 0x0, 0},       {0xFA25, 0x9038, 0x0, 0},
+    {0xFA26, 0x90FD, 0x0, 0},       {0xFA2A, 0x98EF, 0x0, 0},       {0xFA2B, 0x98FC, 0x0, 0},
+    {0xFA2C, 0x9928, 0x0, 0},       {0xFA2D, 0x9DB4, 0x0, 0},       {0xFA2E, 0x90DE, 0x0, 0},
+    {0xFA2F, 0x96B7, 0x0, 0},       {0xFA30, 0x4FAE, 0x0, 0},       {0xFA31, 0x50E7, 0x0, 0},
+    {0xFA32, 0x514D, 0x0, 0},       {0xFA33, 0x52C9, 0x0, 0},       {0xFA34, 0x52E4, 0x0, 0},
+    {0xFA35, 0x5351, 0x0, 0},       {0xFA36, 0x559D, 0x0, 0},       {0xFA37, 0x5606, 0x0, 0},
+    {0xFA38, 0x5668, 0x0, 0},       {0xFA39, 0x5840, 0x0, 0},       {0xFA3A, 0x58A8, 0x0, 0},
+    {0xFA3B, 0x5C64, 0x0, 0},       {0xFA3C, 0x5C6E, 0x0, 0},       {0xFA3D, 0x6094, 0x0, 0},
+    {0xFA3E, 0x6168, 0x0, 0},       {0xFA3F, 0x618E, 0x0, 0},       {0xFA40, 0x61F2, 0x0, 0},
+    {0xFA41, 0x654F, 0x0, 0},       {0xFA42, 0x65E2, 0x0, 0},       {0xFA43, 0x6691, 0x0, 0},
+    {0xFA44, 0x6885, 0x0, 0},       {0xFA45, 0x6D77, 0x0, 0},       {0xFA46, 0x6E1A, 0x0, 0},
+    {0xFA47, 0x6F22, 0x0, 0},       {0xFA48, 0x716E, 0x0, 0},       {0xFA49, 0x722B, 0x0, 0},
+    {0xFA4A, 0x7422, 0x0, 0},       {0xFA4B, 0x7891, 0x0, 0},       {0xFA4C, 0x793E, 0x0, 0},
+    {0xFA4D, 0x7949, 0x0, 0},       {0xFA4E, 0x7948, 0x0, 0},       {0xFA4F, 0x7950, 0x0, 0},
+    {0xFA50, 0x7956, 0x0, 0},       {0xFA51, 0x795D, 0x0, 0},       {0xFA52, 0x798D, 0x0, 0},
+    {0xFA53, 0x798E, 0x0, 0},       {0xFA54, 0x7A40, 0x0, 0},       {0xFA55, 0x7A81, 0x0, 0},
+    {0xFA56, 0x7BC0, 0x0, 0},       {0xFA57, 0x7DF4, 0x0, 0},       {0xFA58, 0x7E09, 0x0, 0},
+    {0xFA59, 0x7E41, 0x0, 0},       {0xFA5A, 0x7F72, 0x0, 0},       {0xFA5B, 0x8005, 0x0, 0},
+    {0xFA5C, 0x81ED, 0x0, 0},       {0xFA5D, 0x8279, 0x0, 0},       {0xFA5E, 0x8279, 0x0, 0},
+    {0xFA5F, 0x8457, 0x0, 0},       {0xFA60, 0x8910, 0x0, 0},       {0xFA61, 0x8996, 0x0, 0},
+    {0xFA62, 0x8B01, 0x0, 0},       {0xFA63, 0x8B39, 0x0, 0},       {0xFA64, 0x8CD3, 0x0, 0},
+    {0xFA65, 0x8D08, 0x0, 0},       {0xFA66, 0x8FB6, 0x0, 0},       {0xFA67, 0x9038, 0x0, 0},
+    {0xFA68, 0x96E3, 0x0, 0},       {0xFA69, 0x97FF, 0x0, 0},       {0xFA6A, 0x983B, 0x0, 0},
+    {0xFA6B, 0x6075, 0x0, 0},       {0xFA6C, 0x242EE, 0x0, 0},      {0xFA6D, 0x8218, 0x0, 0},
+    {0xFA70, 0x4E26, 0x0, 0},       {0xFA71, 0x51B5, 0x0, 0},       {0xFA72, 0x5168, 0x0, 0},
+    {0xFA73, 0x4F80, 0x0, 0},       {0xFA74, 0x5145, 0x0, 0},       {0xFA75, 0x5180, 0x0, 0},
+    {0xFA76, 0x52C7, 0x0, 0},       {0xFA77, 0x52FA, 0x0, 0},       {0xFA78, 0x559D, 0x0, 0},
+    {0xFA79, 0x5555, 0x0, 0},       {0xFA7A, 0x5599, 0x0, 0},       {0xFA7B, 0x55E2, 0x0, 0},
+    {0xFA7C, 0x585A, 0x0, 0},       {0xFA7D, 0x58B3, 0x0, 0},       {0xFA7E, 0x5944, 0x0, 0},
+    {0xFA7F, 0x5954, 0x0, 0},       {0xFA80, 0x5A62, 0x0, 0},       {0xFA81, 0x5B28, 0x0, 0},
+    {0xFA82, 0x5ED2, 0x0, 0},       {0xFA83, 0x5ED9, 0x0, 0},       {0xFA84, 0x5F69, 0x0, 0},
+    {0xFA85, 0x5FAD, 0x0, 0},       {0xFA86, 0x60D8, 0x0, 0},       {0xFA87, 0x614E, 0x0, 0},
+    {0xFA88, 0x6108, 0x0, 0},       {0xFA89, 0x618E, 0x0, 0},       {0xFA8A, 0x6160, 0x0, 0},
+    {0xFA8B, 0x61F2, 0x0, 0},       {0xFA8C, 0x6234, 0x0, 0},       {0xFA8D, 0x63C4, 0x0, 0},
+    {0xFA8E, 0x641C, 0x0, 0},       {0xFA8F, 0x6452, 0x0, 0},       {0xFA90, 0x6556, 0x0, 0},
+    {0xFA91, 0x6674, 0x0, 0},       {0xFA92, 0x6717, 0x0, 0},       {0xFA93, 0x671B, 0x0, 0},
+    {0xFA94, 0x6756, 0x0, 0},       {0xFA95, 0x6B79, 0x0, 0},       {0xFA96, 0x6BBA, 0x0, 0},
+    {0xFA97, 0x6D41, 0x0, 0},       {0xFA98, 0x6EDB, 0x0, 0},       {0xFA99, 0x6ECB, 0x0, 0},
+    {0xFA9A, 0x6F22, 0x0, 0},       {0xFA9B, 0x701E, 0x0, 0},       {0xFA9C, 0x716E, 0x0, 0},
+    {0xFA9D, 0x77A7, 0x0, 0},       {0xFA9E, 0x7235, 0x0, 0},       {0xFA9F, 0x72AF, 0x0, 0},
+    {0xFAA0, 0x732A, 0x0, 0},       {0xFAA1, 0x7471, 0x0, 0},       {0xFAA2, 0x7506, 0x0, 0},
+    {0xFAA3, 0x753B, 0x0, 0},       {0xFAA4, 0x761D, 0x0, 0},       {0xFAA5, 0x761F, 0x0, 0},
+    {0xFAA6, 0x76CA, 0x0, 0},       {0xFAA7, 0x76DB, 0x0, 0},       {0xFAA8, 0x76F4, 0x0, 0},
+    {0xFAA9, 0x774A, 0x0, 0},       {0xFAAA, 0x7740, 0x0, 0},       {0xFAAB, 0x78CC, 0x0, 0},
+    {0xFAAC, 0x7AB1, 0x0, 0},       {0xFAAD, 0x7BC0, 0x0, 0},       {0xFAAE, 0x7C7B, 0x0, 0},
+    {0xFAAF, 0x7D5B, 0x0, 0},       {0xFAB0, 0x7DF4, 0x0, 0},       {0xFAB1, 0x7F3E, 0x0, 0},
+    {0xFAB2, 0x8005, 0x0, 0},       {0xFAB3, 0x8352, 0x0, 0},       {0xFAB4, 0x83EF, 0x0, 0},
+    {0xFAB5, 0x8779, 0x0, 0},       {0xFAB6, 0x8941, 0x0, 0},       {0xFAB7, 0x8986, 0x0, 0},
+    {0xFAB8, 0x8996, 0x0, 0},       {0xFAB9, 0x8ABF, 0x0, 0},       {0xFABA, 0x8AF8, 0x0, 0},
+    {0xFABB, 0x8ACB, 0x0, 0},       {0xFABC, 0x8B01, 0x0, 0},       {0xFABD, 0x8AFE, 0x0, 0},
+    {0xFABE, 0x8AED, 0x0, 0},       {0xFABF, 0x8B39, 0x0, 0},       {0xFAC0, 0x8B8A, 0x0, 0},
+    {0xFAC1, 0x8D08, 0x0, 0},       {0xFAC2, 0x8F38, 0x0, 0},       {0xFAC3, 0x9072, 0x0, 0},
+    {0xFAC4, 0x9199, 0x0, 0},       {0xFAC5, 0x9276, 0x0, 0},       {0xFAC6, 0x967C, 0x0, 0},
+    {0xFAC7, 0x96E3, 0x0, 0},       {0xFAC8, 0x9756, 0x0, 0},       {0xFAC9, 0x97DB, 0x0, 0},
+    {0xFACA, 0x97FF, 0x0, 0},       {0xFACB, 0x980B, 0x0, 0},       {0xFACC, 0x983B, 0x0, 0},
+    {0xFACD, 0x9B12, 0x0, 0},       {0xFACE, 0x9F9C, 0x0, 0},       {0xFACF, 0x2284A, 0x0, 0},
+    {0xFAD0, 0x22844, 0x0, 0},      {0xFAD1, 0x233D5, 0x0, 0},      {0xFAD2, 0x3B9D, 0x0, 0},
+    {0xFAD3, 0x4018, 0x0, 0},       {0xFAD4, 0x4039, 0x0, 0},       {0xFAD5, 0x25249, 0x0, 0},
+    {0xFAD6, 0x25CD0, 0x0, 0},      {0xFAD7, 0x27ED3, 0x0, 0},      {0xFAD8, 0x9F43, 0x0, 0},
+    {0xFAD9, 0x9F8E, 0x0, 0},       {0xFB1D, 0x5D9, 0x5B4, 0},      {0xFB1F, 0x5F2, 0x5B7, 0},
+    {0xFB2A, 0x5E9, 0x5C1, 0},      {0xFB2B, 0x5E9, 0x5C2, 0},      {0xFB2C, 0xFB49, 0x5C1, 0},
+    {0xFB2D, 0xFB49, 0x5C2, 0},     {0xFB2E, 0x5D0, 0x5B7, 0},      {0xFB2F, 0x5D0, 0x5B8, 0},
+    {0xFB30, 0x5D0, 0x5BC, 0},      {0xFB31, 0x5D1, 0x5BC, 0},      {0xFB32, 0x5D2, 0x5BC, 0},
+    {0xFB33, 0x5D3, 0x5BC, 0},      {0xFB34, 0x5D4, 0x5BC, 0},      {0xFB35, 0x5D5, 0x5BC, 0},
+    {0xFB36, 0x5D6, 0x5BC, 0},      {0xFB38, 0x5D8, 0x5BC, 0},      {0xFB39, 0x5D9, 0x5BC, 0},
+    {0xFB3A, 0x5DA, 0x5BC, 0},      {0xFB3B, 0x5DB, 0x5BC, 0},      {0xFB3C, 0x5DC, 0x5BC, 0},
+    {0xFB3E, 0x5DE, 0x5BC, 0},      {0xFB40, 0x5E0, 0x5BC, 0},      {0xFB41, 0x5E1, 0x5BC, 0},
+    {0xFB43, 0x5E3, 0x5BC, 0},      {0xFB44, 0x5E4, 0x5BC, 0},      {0xFB46, 0x5E6, 0x5BC, 0},
+    {0xFB47, 0x5E7, 0x5BC, 0},      {0xFB48, 0x5E8, 0x5BC, 0},      {0xFB49, 0x5E9, 0x5BC, 0},
+    {0xFB4A, 0x5EA, 0x5BC, 0},      {0xFB4B, 0x5D5, 0x5B9, 0},      {0xFB4C, 0x5D1, 0x5BF, 0},
+    {0xFB4D, 0x5DB, 0x5BF, 0},      {0xFB4E, 0x5E4, 0x5BF, 0},      {0x1109A, 0x11099, 0x110BA, 1},
+    {0x1109C, 0x1109B, 0x110BA, 1}, {0x110AB, 0x110A5, 0x110BA, 1}, {0x1112E, 0x11131, 0x11127, 1},
+    {0x1112F, 0x11132, 0x11127, 1}, {0x1134B, 0x11347, 0x1133E, 1}, {0x1134C, 0x11347, 0x11357, 1},
+    {0x114BB, 0x114B9, 0x114BA, 1}, {0x114BC, 0x114B9, 0x114B0, 1}, {0x114BE, 0x114B9, 0x114BD, 1},
+    {0x115BA, 0x115B8, 0x115AF, 1}, {0x115BB, 0x115B9, 0x115AF, 1}, {0x11938, 0x11935, 0x11930, 1},
+    {0x1D15E, 0x1D157, 0x1D165, 0}, {0x1D15F, 0x1D158, 0x1D165, 0}, {0x1D160, 0x1D15F, 0x1D16E, 0},
+    {0x1D161, 0x1D15F, 0x1D16F, 0}, {0x1D162, 0x1D15F, 0x1D170, 0}, {0x1D163, 0x1D15F, 0x1D171, 0},
+    {0x1D164, 0x1D15F, 0x1D172, 0}, {0x1D1BB, 0x1D1B9, 0x1D165, 0}, {0x1D1BC, 0x1D1BA, 0x1D165, 0},
+    {0x1D1BD, 0x1D1BB, 0x1D16E, 0}, {0x1D1BE, 0x1D1BC, 0x1D16E, 0}, {0x1D1BF, 0x1D1BB, 0x1D16F, 0},
+    {0x1D1C0, 0x1D1BC, 0x1D16F, 0}, {0x2F800, 0x4E3D, 0x0, 0},      {0x2F801, 0x4E38, 0x0, 0},
+    {0x2F802, 0x4E41, 0x0, 0},      {0x2F803, 0x20122, 0x0, 0},     {0x2F804, 0x4F60, 0x0, 0},
+    {0x2F805, 0x4FAE, 0x0, 0},      {0x2F806, 0x4FBB, 0x0, 0},      {0x2F807, 0x5002, 0x0, 0},
+    {0x2F808, 0x507A, 0x0, 0},      {0x2F809, 0x5099, 0x0, 0},      {0x2F80A, 0x50E7, 0x0, 0},
+    {0x2F80B, 0x50CF, 0x0, 0},      {0x2F80C, 0x349E, 0x0, 0},      {0x2F80D, 0x2063A, 0x0, 0},
+    {0x2F80E, 0x514D, 0x0, 0},      {0x2F80F, 0x5154, 0x0, 0},      {0x2F810, 0x5164, 0x0, 0},
+    {0x2F811, 0x5177, 0x0, 0},      {0x2F812, 0x2051C, 0x0, 0},     {0x2F813, 0x34B9, 0x0, 0},
+    {0x2F814, 0x5167, 0x0, 0},      {0x2F815, 0x518D, 0x0, 0},      {0x2F816, 0x2054B, 0x0, 0},
+    {0x2F817, 0x5197, 0x0, 0},      {0x2F818, 0x51A4, 0x0, 0},      {0x2F819, 0x4ECC, 0x0, 0},
+    {0x2F81A, 0x51AC, 0x0, 0},      {0x2F81B, 0x51B5, 0x0, 0},      {0x2F81C, 0x291DF, 0x0, 0},
+    {0x2F81D, 0x51F5, 0x0, 0},      {0x2F81E, 0x5203, 0x0, 0},      {0x2F81F, 0x34DF, 0x0, 0},
+    {0x2F820, 0x523B, 0x0, 0},      {0x2F821, 0x5246, 0x0, 0},      {0x2F822, 0x5272, 0x0, 0},
+    {0x2F823, 0x5277, 0x0, 0},      {0x2F824, 0x3515, 0x0, 0},      {0x2F825, 0x52C7, 0x0, 0},
+    {0x2F826, 0x52C9, 0x0, 0},      {0x2F827, 0x52E4, 0x0, 0},      {0x2F828, 0x52FA, 0x0, 0},
+    {0x2F829, 0x5305, 0x0, 0},      {0x2F82A, 0x5306, 0x0, 0},      {0x2F82B, 0x5317, 0x0, 0},
+    {0x2F82C, 0x5349, 0x0, 0},      {0x2F82D, 0x5351, 0x0, 0},      {0x2F82E, 0x535A, 0x0, 0},
+    {0x2F82F, 0x5373, 0x0, 0},      {0x2F830, 0x537D, 0x0, 0},      {0x2F831, 0x537F, 0x0, 0},
+    {0x2F832, 0x537F, 0x0, 0},      {0x2F833, 0x537F, 0x0, 0},      {0x2F834, 0x20A2C, 0x0, 0},
+    {0x2F835, 0x7070, 0x0, 0},      {0x2F836, 0x53CA, 0x0, 0},      {0x2F837, 0x53DF, 0x0, 0},
+    {0x2F838, 0x20B63, 0x0, 0},     {0x2F839, 0x53EB, 0x0, 0},      {0x2F83A, 0x53F1, 0x0, 0},
+    {0x2F83B, 0x5406, 0x0, 0},      {0x2F83C, 0x549E, 0x0, 0},      {0x2F83D, 0x5438, 0x0, 0},
+    {0x2F83E, 0x5448, 0x0, 0},      {0x2F83F, 0x5468, 0x0, 0},      {0x2F840, 0x54A2, 0x0, 0},
+    {0x2F841, 0x54F6, 0x0, 0},      {0x2F842, 0x5510, 0x0, 0},      {0x2F843, 0x5553, 0x0, 0},
+    {0x2F844, 0x5563, 0x0, 0},      {0x2F845, 0x5584, 0x0, 0},      {0x2F846, 0x5584, 0x0, 0},
+    {0x2F847, 0x5599, 0x0, 0},      {0x2F848, 0x55AB, 0x0, 0},      {0x2F849, 0x55B3, 0x0, 0},
+    {0x2F84A, 0x55C2, 0x0, 0},      {0x2F84B, 0x5716, 0x0, 0},      {0x2F84C, 0x5606, 0x0, 0},
+    {0x2F84D, 0x5717, 0x0, 0},      {0x2F84E, 0x5651, 0x0, 0},      {0x2F84F, 0x5674, 0x0, 0},
+    {0x2F850, 0x5207, 0x0, 0},      {0x2F851, 0x58EE, 0x0, 0},      {0x2F852, 0x57CE, 0x0, 0},
+    {0x2F853, 0x57F4, 0x0, 0},      {0x2F854, 0x580D, 0x0, 0},      {0x2F855, 0x578B, 0x0, 0},
+    {0x2F856, 0x5832, 0x0, 0},      {0x2F857, 0x5831, 0x0, 0},      {0x2F858, 0x58AC, 0x0, 0},
+    {0x2F859, 0x214E4, 0x0, 0},     {0x2F85A, 0x58F2, 0x0, 0},      {0x2F85B, 0x58F7, 0x0, 0},
+    {0x2F85C, 0x5906, 0x0, 0},      {0x2F85D, 0x591A, 0x0, 0},      {0x2F85E, 0x5922, 0x0, 0},
+    {0x2F85F, 0x5962, 0x0, 0},      {0x2F860, 0x216A8, 0x0, 0},     {0x2F861, 0x216EA, 0x0, 0},
+    {0x2F862, 0x59EC, 0x0, 0},      {0x2F863, 0x5A1B, 0x0, 0},      {0x2F864, 0x5A27, 0x0, 0},
+    {0x2F865, 0x59D8, 0x0, 0},      {0x2F866, 0x5A66, 0x0, 0},      {0x2F867, 0x36EE, 0x0, 0},
+    {0x2F868, 0x36FC, 0x0, 0},      {0x2F869, 0x5B08, 0x0, 0},      {0x2F86A, 0x5B3E, 0x0, 0},
+    {0x2F86B, 0x5B3E, 0x0, 0},      {0x2F86C, 0x219C8, 0x0, 0},     {0x2F86D, 0x5BC3, 0x0, 0},
+    {0x2F86E, 0x5BD8, 0x0, 0},      {0x2F86F, 0x5BE7, 0x0, 0},      {0x2F870, 0x5BF3, 0x0, 0},
+    {0x2F871, 0x21B18, 0x0, 0},     {0x2F872, 0x5BFF, 0x0, 0},      {0x2F873, 0x5C06, 0x0, 0},
+    {0x2F874, 0x5F53, 0x0, 0},      {0x2F875, 0x5C22, 0x0, 0},      {0x2F876, 0x3781, 0x0, 0},
+    {0x2F877, 0x5C60, 0x0, 0},      {0x2F878, 0x5C6E, 0x0, 0},      {0x2F879, 0x5CC0, 0x0, 0},
+    {0x2F87A, 0x5C8D, 0x0, 0},      {0x2F87B, 0x21DE4, 0x0, 0},     {0x2F87C, 0x5D43, 0x0, 0},
+    {0x2F87D, 0x21DE6, 0x0, 0},     {0x2F87E, 0x5D6E, 0x0, 0},      {0x2F87F, 0x5D6B, 0x0, 0},
+    {0x2F880, 0x5D7C, 0x0, 0},      {0x2F881, 0x5DE1, 0x0, 0},      {0x2F882, 0x5DE2, 0x0, 0},
+    {0x2F883, 0x382F, 0x0, 0},      {0x2F884, 0x5DFD, 0x0, 0},      {0x2F885, 0x5E28, 0x0, 0},
+    {0x2F886, 0x5E3D, 0x0, 0},      {0x2F887, 0x5E69, 0x0, 0},      {0x2F888, 0x3862, 0x0, 0},
+    {0x2F889, 0x22183, 0x0, 0},     {0x2F88A, 0x387C, 0x0, 0},      {0x2F88B, 0x5EB0, 0x0, 0},
+    {0x2F88C, 0x5EB3, 0x0, 0},      {0x2F88D, 0x5EB6, 0x0, 0},      {0x2F88E, 0x5ECA, 0x0, 0},
+    {0x2F88F, 0x2A392, 0x0, 0},     {0x2F890, 0x5EFE, 0x0, 0},      {0x2F891, 0x22331, 0x0, 0},
+    {0x2F892, 0x22331, 0x0, 0},     {0x2F893, 0x8201, 0x0, 0},      {0x2F894, 0x5F22, 0x0, 0},
+    {0x2F895, 0x5F22, 0x0, 0},      {0x2F896, 0x38C7, 0x0, 0},      {0x2F897, 0x232B8, 0x0, 0},
+    {0x2F898, 0x261DA, 0x0, 0},     {0x2F899, 0x5F62, 0x0, 0},      {0x2F89A, 0x5F6B, 0x0, 0},
+    {0x2F89B, 0x38E3, 0x0, 0},      {0x2F89C, 0x5F9A, 0x0, 0},      {0x2F89D, 0x5FCD, 0x0, 0},
+    {0x2F89E, 0x5FD7, 0x0, 0},      {0x2F89F, 0x5FF9, 0x0, 0},      {0x2F8A0, 0x6081, 0x0, 0},
+    {0x2F8A1, 0x393A, 0x0, 0},      {0x2F8A2, 0x391C, 0x0, 0},      {0x2F8A3, 0x6094, 0x0, 0},
+    {0x2F8A4, 0x226D4, 0x0, 0},     {0x2F8A5, 0x60C7, 0x0, 0},      {0x2F8A6, 0x6148, 0x0, 0},
+    {0x2F8A7, 0x614C, 0x0, 0},      {0x2F8A8, 0x614E, 0x0, 0},      {0x2F8A9, 0x614C, 0x0, 0},
+    {0x2F8AA, 0x617A, 0x0, 0},      {0x2F8AB, 0x618E, 0x0, 0},      {0x2F8AC, 0x61B2, 0x0, 0},
+    {0x2F8AD, 0x61A4, 0x0, 0},      {0x2F8AE, 0x61AF, 0x0, 0},      {0x2F8AF, 0x61DE, 0x0, 0},
+    {0x2F8B0, 0x61F2, 0x0, 0},      {0x2F8B1, 0x61F6, 0x0, 0},      {0x2F8B2, 0x6210, 0x0, 0},
+    {0x2F8B3, 0x621B, 0x0, 0},      {0x2F8B4, 0x625D, 0x0, 0},      {0x2F8B5, 0x62B1, 0x0, 0},
+    {0x2F8B6, 0x62D4, 0x0, 0},      {0x2F8B7, 0x6350, 0x0, 0},      {0x2F8B8, 0x22B0C, 0x0, 0},
+    {0x2F8B9, 0x633D, 0x0, 0},      {0x2F8BA, 0x62FC, 0x0, 0},      {0x2F8BB, 0x6368, 0x0, 0},
+    {0x2F8BC, 0x6383, 0x0, 0},      {0x2F8BD, 0x63E4, 0x0, 0},      {0x2F8BE, 0x22BF1, 0x0, 0},
+    {0x2F8BF, 0x6422, 0x0, 0},      {0x2F8C0, 0x63C5, 0x0, 0},      {0x2F8C1, 0x63A9, 0x0, 0},
+    {0x2F8C2, 0x3A2E, 0x0, 0},      {0x2F8C3, 0x6469, 0x0, 0},      {0x2F8C4, 0x647E, 0x0, 0},
+    {0x2F8C5, 0x649D, 0x0, 0},      {0x2F8C6, 0x6477, 0x0, 0},      {0x2F8C7, 0x3A6C, 0x0, 0},
+    {0x2F8C8, 0x654F, 0x0, 0},      {0x2F8C9, 0x656C, 0x0, 0},      {0x2F8CA, 0x2300A, 0x0, 0},
+    {0x2F8CB, 0x65E3, 0x0, 0},      {0x2F8CC, 0x66F8, 0x0, 0},      {0x2F8CD, 0x6649, 0x0, 0},
+    {0x2F8CE, 0x3B19, 0x0, 0},      {0x2F8CF, 0x6691, 0x0, 0},      {0x2F8D0, 0x3B08, 0x0, 0},
+    {0x2F8D1, 0x3AE4, 0x0, 0},      {0x2F8D2, 0x5192, 0x0, 0},      {0x2F8D3, 0x5195, 0x0, 0},
+    {0x2F8D4, 0x6700, 0x0, 0},      {0x2F8D5, 0x669C, 0x0, 0},      {0x2F8D6, 0x80AD, 0x0, 0},
+    {0x2F8D7, 0x43D9, 0x0, 0},      {0x2F8D8, 0x6717, 0x0, 0},      {0x2F8D9, 0x671B, 0x0, 0},
+    {0x2F8DA, 0x6721, 0x0, 0},      {0x2F8DB, 0x675E, 0x0, 0},      {0x2F8DC, 0x6753, 0x0, 0},
+    {0x2F8DD, 0x233C3, 0x0, 0},     {0x2F8DE, 0x3B49, 0x0, 0},      {0x2F8DF, 0x67FA, 0x0, 0},
+    {0x2F8E0, 0x6785, 0x0, 0},      {0x2F8E1, 0x6852, 0x0, 0},      {0x2F8E2, 0x6885, 0x0, 0},
+    {0x2F8E3, 0x2346D, 0x0, 0},     {0x2F8E4, 0x688E, 0x0, 0},      {0x2F8E5, 0x681F, 0x0, 0},
+    {0x2F8E6, 0x6914, 0x0, 0},      {0x2F8E7, 0x3B9D, 0x0, 0},      {0x2F8E8, 0x6942, 0x0, 0},
+    {0x2F8E9, 0x69A3, 0x0, 0},      {0x2F8EA, 0x69EA, 0x0, 0},      {0x2F8EB, 0x6AA8, 0x0, 0},
+    {0x2F8EC, 0x236A3, 0x0, 0},     {0x2F8ED, 0x6ADB, 0x0, 0},      {0x2F8EE, 0x3C18, 0x0, 0},
+    {0x2F8EF, 0x6B21, 0x0, 0},      {0x2F8F0, 0x238A7, 0x0, 0},     {0x2F8F1, 0x6B54, 0x0, 0},
+    {0x2F8F2, 0x3C4E, 0x0, 0},      {0x2F8F3, 0x6B72, 0x0, 0},      {0x2F8F4, 0x6B9F, 0x0, 0},
+    {0x2F8F5, 0x6BBA, 0x0, 0},      {0x2F8F6, 0x6BBB, 0x0, 0},      {0x2F8F7, 0x23A8D, 0x0, 0},
+    {0x2F8F8, 0x21D0B, 0x0, 0},     {0x2F8F9, 0x23AFA, 0x0, 0},     {0x2F8FA, 0x6C4E, 0x0, 0},
+    {0x2F8FB, 0x23CBC, 0x0, 0},     {0x2F8FC, 0x6CBF, 0x0, 0},      {0x2F8FD, 0x6CCD, 0x0, 0},
+    {0x2F8FE, 0x6C67, 0x0, 0},      {0x2F8FF, 0x6D16, 0x0, 0},      {0x2F900, 0x6D3E, 0x0, 0},
+    {0x2F901, 0x6D77, 0x0, 0},      {0x2F902, 0x6D41, 0x0, 0},      {0x2F903, 0x6D69, 0x0, 0},
+    {0x2F904, 0x6D78, 0x0, 0},      {0x2F905, 0x6D85, 0x0, 0},      {0x2F906, 0x23D1E, 0x0, 0},
+    {0x2F907, 0x6D34, 0x0, 0},      {0x2F908, 0x6E2F, 0x0, 0},      {0x2F909, 0x6E6E, 0x0, 0},
+    {0x2F90A, 0x3D33, 0x0, 0},      {0x2F90B, 0x6ECB, 0x0, 0},      {0x2F90C, 0x6EC7, 0x0, 0},
+    {0x2F90D, 0x23ED1, 0x0, 0},     {0x2F90E, 0x6DF9, 0x0, 0},      {0x2F90F, 0x6F6E, 0x0, 0},
+    {0x2F910, 0x23F5E, 0x0, 0},     {0x2F911, 0x23F8E, 0x0, 0},     {0x2F912, 0x6FC6, 0x0, 0},
+    {0x2F913, 0x7039, 0x0, 0},      {0x2F914, 0x701E, 0x0, 0},      {0x2F915, 0x701B, 0x0, 0},
+    {0x2F916, 0x3D96, 0x0, 0},      {0x2F917, 0x704A, 0x0, 0},      {0x2F918, 0x707D, 0x0, 0},
+    {0x2F919, 0x7077, 0x0, 0},      {0x2F91A, 0x70AD, 0x0, 0},      {0x2F91B, 0x20525, 0x0, 0},
+    {0x2F91C, 0x7145, 0x0, 0},      {0x2F91D, 0x24263, 0x0, 0},     {0x2F91E, 0x719C, 0x0, 0},
+    {0x2F91F, 0x243AB, 0x0, 0},     {0x2F920, 0x7228, 0x0, 0},      {0x2F921, 0x7235, 0x0, 0},
+    {0x2F922, 0x7250, 0x0, 0},      {0x2F923, 0x24608, 0x0, 0},     {0x2F924, 0x7280, 0x0, 0},
+    {0x2F925, 0x7295, 0x0, 0},      {0x2F926, 0x24735, 0x0, 0},     {0x2F927, 0x24814, 0x0, 0},
+    {0x2F928, 0x737A, 0x0, 0},      {0x2F929, 0x738B, 0x0, 0},      {0x2F92A, 0x3EAC, 0x0, 0},
+    {0x2F92B, 0x73A5, 0x0, 0},      {0x2F92C, 0x3EB8, 0x0, 0},      {0x2F92D, 0x3EB8, 0x0, 0},
+    {0x2F92E, 0x7447, 0x0, 0},      {0x2F92F, 0x745C, 0x0, 0},      {0x2F930, 0x7471, 0x0, 0},
+    {0x2F931, 0x7485, 0x0, 0},      {0x2F932, 0x74CA, 0x0, 0},      {0x2F933, 0x3F1B, 0x0, 0},
+    {0x2F934, 0x7524, 0x0, 0},      {0x2F935, 0x24C36, 0x0, 0},     {0x2F936, 0x753E, 0x0, 0},
+    {0x2F937, 0x24C92, 0x0, 0},     {0x2F938, 0x7570, 0x0, 0},      {0x2F939, 0x2219F, 0x0, 0},
+    {0x2F93A, 0x7610, 0x0, 0},      {0x2F93B, 0x24FA1, 0x0, 0},     {0x2F93C, 0x24FB8, 0x0, 0},
+    {0x2F93D, 0x25044, 0x0, 0},     {0x2F93E, 0x3FFC, 0x0, 0},      {0x2F93F, 0x4008, 0x0, 0},
+    {0x2F940, 0x76F4, 0x0, 0},      {0x2F941, 0x250F3, 0x0, 0},     {0x2F942, 0x250F2, 0x0, 0},
+    {0x2F943, 0x25119, 0x0, 0},     {0x2F944, 0x25133, 0x0, 0},     {0x2F945, 0x771E, 0x0, 0},
+    {0x2F946, 0x771F, 0x0, 0},      {0x2F947, 0x771F, 0x0, 0},      {0x2F948, 0x774A, 0x0, 0},
+    {0x2F949, 0x4039, 0x0, 0},      {0x2F94A, 0x778B, 0x0, 0},      {0x2F94B, 0x4046, 0x0, 0},
+    {0x2F94C, 0x4096, 0x0, 0},      {0x2F94D, 0x2541D, 0x0, 0},     {0x2F94E, 0x784E, 0x0, 0},
+    {0x2F94F, 0x788C, 0x0, 0},      {0x2F950, 0x78CC, 0x0, 0},      {0x2F951, 0x40E3, 0x0, 0},
+    {0x2F952, 0x25626, 0x0, 0},     {0x2F953, 0x7956, 0x0, 0},      {0x2F954, 0x2569A, 0x0, 0},
+    {0x2F955, 0x256C5, 0x0, 0},     {0x2F956, 0x798F, 0x0, 0},      {0x2F957, 0x79EB, 0x0, 0},
+    {0x2F958, 0x412F, 0x0, 0},      {0x2F959, 0x7A40, 0x0, 0},      {0x2F95A, 0x7A4A, 0x0, 0},
+    {0x2F95B, 0x7A4F, 0x0, 0},      {0x2F95C, 0x2597C, 0x0, 0},     {0x2F95D, 0x25AA7, 0x0, 0},
+    {0x2F95E, 0x25AA7, 0x0, 0},     {0x2F95F, 0x7AEE, 0x0, 0},      {0x2F960, 0x4202, 0x0, 0},
+    {0x2F961, 0x25BAB, 0x0, 0},     {0x2F962, 0x7BC6, 0x0, 0},      {0x2F963, 0x7BC9, 0x0, 0},
+    {0x2F964, 0x4227, 0x0, 0},      {0x2F965, 0x25C80, 0x0, 0},     {0x2F966, 0x7CD2, 0x0, 0},
+    {0x2F967, 0x42A0, 0x0, 0},      {0x2F968, 0x7CE8, 0x0, 0},      {0x2F969, 0x7CE3, 0x0, 0},
+    {0x2F96A, 0x7D00, 0x0, 0},      {0x2F96B, 0x25F86, 0x0, 0},     {0x2F96C, 0x7D63, 0x0, 0},
+    {0x2F96D, 0x4301, 0x0, 0},      {0x2F96E, 0x7DC7, 0x0, 0},      {0x2F96F, 0x7E02, 0x0, 0},
+    {0x2F970, 0x7E45, 0x0, 0},      {0x2F971, 0x4334, 0x0, 0},      {0x2F972, 0x26228, 0x0, 0},
+    {0x2F973, 0x26247, 0x0, 0},     {0x2F974, 0x4359, 0x0, 0},      {0x2F975, 0x262D9, 0x0, 0},
+    {0x2F976, 0x7F7A, 0x0, 0},      {0x2F977, 0x2633E, 0x0, 0},     {0x2F978, 0x7F95, 0x0, 0},
+    {0x2F979, 0x7FFA, 0x0, 0},      {0x2F97A, 0x8005, 0x0, 0},      {0x2F97B, 0x264DA, 0x0, 0},
+    {0x2F97C, 0x26523, 0x0, 0},     {0x2F97D, 0x8060, 0x0, 0},      {0x2F97E, 0x265A8, 0x0, 0},
+    {0x2F97F, 0x8070, 0x0, 0},      {0x2F980, 0x2335F, 0x0, 0},     {0x2F981, 0x43D5, 0x0, 0},
+    {0x2F982, 0x80B2, 0x0, 0},      {0x2F983, 0x8103, 0x0, 0},      {0x2F984, 0x440B, 0x0, 0},
+    {0x2F985, 0x813E, 0x0, 0},      {0x2F986, 0x5AB5, 0x0, 0},      {0x2F987, 0x267A7, 0x0, 0},
+    {0x2F988, 0x267B5, 0x0, 0},     {0x2F989, 0x23393, 0x0, 0},     {0x2F98A, 0x2339C, 0x0, 0},
+    {0x2F98B, 0x8201, 0x0, 0},      {0x2F98C, 0x8204, 0x0, 0},      {0x2F98D, 0x8F9E, 0x0, 0},
+    {0x2F98E, 0x446B, 0x0, 0},      {0x2F98F, 0x8291, 0x0, 0},      {0x2F990, 0x828B, 0x0, 0},
+    {0x2F991, 0x829D, 0x0, 0},      {0x2F992, 0x52B3, 0x0, 0},      {0x2F993, 0x82B1, 0x0, 0},
+    {0x2F994, 0x82B3, 0x0, 0},      {0x2F995, 0x82BD, 0x0, 0},      {0x2F996, 0x82E6, 0x0, 0},
+    {0x2F997, 0x26B3C, 0x0, 0},     {0x2F998, 0x82E5, 0x0, 0},      {0x2F999, 0x831D, 0x0, 0},
+    {0x2F99A, 0x8363, 0x0, 0},      {0x2F99B, 0x83AD, 0x0, 0},      {0x2F99C, 0x8323, 0x0, 0},
+    {0x2F99D, 0x83BD, 0x0, 0},      {0x2F99E, 0x83E7, 0x0, 0},      {0x2F99F, 0x8457, 0x0, 0},
+    {0x2F9A0, 0x8353, 0x0, 0},      {0x2F9A1, 0x83CA, 0x0, 0},      {0x2F9A2, 0x83CC, 0x0, 0},
+    {0x2F9A3, 0x83DC, 0x0, 0},      {0x2F9A4, 0x26C36, 0x0, 0},     {0x2F9A5, 0x26D6B, 0x0, 0},
+    {0x2F9A6, 0x26CD5, 0x0, 0},     {0x2F9A7, 0x452B, 0x0, 0},      {0x2F9A8, 0x84F1, 0x0, 0},
+    {0x2F9A9, 0x84F3, 0x0, 0},      {0x2F9AA, 0x8516, 0x0, 0},      {0x2F9AB, 0x273CA, 0x0, 0},
+    {0x2F9AC, 0x8564, 0x0, 0},      {0x2F9AD, 0x26F2C, 0x0, 0},     {0x2F9AE, 0x455D, 0x0, 0},
+    {0x2F9AF, 0x4561, 0x0, 0},      {0x2F9B0, 0x26FB1, 0x0, 0},     {0x2F9B1, 0x270D2, 0x0, 0},
+    {0x2F9B2, 0x456B, 0x0, 0},      {0x2F9B3, 0x8650, 0x0, 0},      {0x2F9B4, 0x865C, 0x0, 0},
+    {0x2F9B5, 0x8667, 0x0, 0},      {0x2F9B6, 0x8669, 0x0, 0},      {0x2F9B7, 0x86A9, 0x0, 0},
+    {0x2F9B8, 0x8688, 0x0, 0},      {0x2F9B9, 0x870E, 0x0, 0},      {0x2F9BA, 0x86E2, 0x0, 0},
+    {0x2F9BB, 0x8779, 0x0, 0},      {0x2F9BC, 0x8728, 0x0, 0},      {0x2F9BD, 0x876B, 0x0, 0},
+    {0x2F9BE, 0x8786, 0x0, 0},      {0x2F9BF, 0x45D7, 0x0, 0},      {0x2F9C0, 0x87E1, 0x0, 0},
+    {0x2F9C1, 0x8801, 0x0, 0},      {0x2F9C2, 0x45F9, 0x0, 0},      {0x2F9C3, 0x8860, 0x0, 0},
+    {0x2F9C4, 0x8863, 0x0, 0},      {0x2F9C5, 0x27667, 0x0, 0},     {0x2F9C6, 0x88D7, 0x0, 0},
+    {0x2F9C7, 0x88DE, 0x0, 0},      {0x2F9C8, 0x4635, 0x0, 0},      {0x2F9C9, 0x88FA, 0x0, 0},
+    {0x2F9CA, 0x34BB, 0x0, 0},      {0x2F9CB, 0x278AE, 0x0, 0},     {0x2F9CC, 0x27966, 0x0, 0},
+    {0x2F9CD, 0x46BE, 0x0, 0},      {0x2F9CE, 0x46C7, 0x0, 0},      {0x2F9CF, 0x8AA0, 0x0, 0},
+    {0x2F9D0, 0x8AED, 0x0, 0},      {0x2F9D1, 0x8B8A, 0x0, 0},      {0x2F9D2, 0x8C55, 0x0, 0},
+    {0x2F9D3, 0x27CA8, 0x0, 0},     {0x2F9D4, 0x8CAB, 0x0, 0},      {0x2F9D5, 0x8CC1, 0x0, 0},
+    {0x2F9D6, 0x8D1B, 0x0, 0},      {0x2F9D7, 0x8D77, 0x0, 0},      {0x2F9D8, 0x27F2F, 0x0, 0},
+    {0x2F9D9, 0x20804, 0x0, 0},     {0x2F9DA, 0x8DCB, 0x0, 0},      {0x2F9DB, 0x8DBC, 0x0, 0},
+    {0x2F9DC, 0x8DF0, 0x0, 0},      {0x2F9DD, 0x208DE, 0x0, 0},     {0x2F9DE, 0x8ED4, 0x0, 0},
+    {0x2F9DF, 0x8F38, 0x0, 0},      {0x2F9E0, 0x285D2, 0x0, 0},     {0x2F9E1, 0x285ED, 0x0, 0},
+    {0x2F9E2, 0x9094, 0x0, 0},      {0x2F9E3, 0x90F1, 0x0, 0},      {0x2F9E4, 0x9111, 0x0, 0},
+    {0x2F9E5, 0x2872E, 0x0, 0},     {0x2F9E6, 0x911B, 0x0, 0},      {0x2F9E7, 0x9238, 0x0, 0},
+    {0x2F9E8, 0x92D7, 0x0, 0},      {0x2F9E9, 0x92D8, 0x0, 0},      {0x2F9EA, 0x927C, 0x0, 0},
+    {0x2F9EB, 0x93F9, 0x0, 0},      {0x2F9EC, 0x9415, 0x0, 0},      {0x2F9ED, 0x28BFA, 0x0, 0},
+    {0x2F9EE, 0x958B, 0x0, 0},      {0x2F9EF, 0x4995, 0x0, 0},      {0x2F9F0, 0x95B7, 0x0, 0},
+    {0x2F9F1, 0x28D77, 0x0, 0},     {0x2F9F2, 0x49E6, 0x0, 0},      {0x2F9F3, 0x96C3, 0x0, 0},
+    {0x2F9F4, 0x5DB2, 0x0, 0},      {0x2F9F5, 0x9723, 0x0, 0},      {0x2F9F6, 0x29145, 0x0, 0},
+    {0x2F9F7, 0x2921A, 0x0, 0},     {0x2F9F8, 0x4A6E, 0x0, 0},      {0x2F9F9, 0x4A76, 0x0, 0},
+    {0x2F9FA, 0x97E0, 0x0, 0},      {0x2F9FB, 0x2940A, 0x0, 0},     {0x2F9FC, 0x4AB2, 0x0, 0},
+    {0x2F9FD, 0x29496, 0x0, 0},     {0x2F9FE, 0x980B, 0x0, 0},      {0x2F9FF, 0x980B, 0x0, 0},
+    {0x2FA00, 0x9829, 0x0, 0},      {0x2FA01, 0x295B6, 0x0, 0},     {0x2FA02, 0x98E2, 0x0, 0},
+    {0x2FA03, 0x4B33, 0x0, 0},      {0x2FA04, 0x9929, 0x0, 0},      {0x2FA05, 0x99A7, 0x0, 0},
+    {0x2FA06, 0x99C2, 0x0, 0},      {0x2FA07, 0x99FE, 0x0, 0},      {0x2FA08, 0x4BCE, 0x0, 0},
+    {0x2FA09, 0x29B30, 0x0, 0},     {0x2FA0A, 0x9B12, 0x0, 0},      {0x2FA0B, 0x9C40, 0x0, 0},
+    {0x2FA0C, 0x9CFD, 0x0, 0},      {0x2FA0D, 0x4CCE, 0x0, 0},      {0x2FA0E, 0x4CED, 0x0, 0},
+    {0x2FA0F, 0x9D67, 0x0, 0},      {0x2FA10, 0x2A0CE, 0x0, 0},     {0x2FA11, 0x4CF8, 0x0, 0},
+    {0x2FA12, 0x2A105, 0x0, 0},     {0x2FA13, 0x2A20E, 0x0, 0},     {0x2FA14, 0x2A291, 0x0, 0},
+    {0x2FA15, 0x9EBB, 0x0, 0},      {0x2FA16, 0x4D56, 0x0, 0},      {0x2FA17, 0x9EF9, 0x0, 0},
+    {0x2FA18, 0x9EFE, 0x0, 0},      {0x2FA19, 0x9F05, 0x0, 0},      {0x2FA1A, 0x9F0F, 0x0, 0},
+    {0x2FA1B, 0x9F16, 0x0, 0},      {0x2FA1C, 0x9F3B, 0x0, 0},      {0x2FA1D, 0x2A600, 0x0, 0},
+};
+
+/// Canonical combining classes: the code points `first..last` have class `ccc` (others 0). Sorted.
+struct CombiningClass {
+    char32_t first, last;
+    std::uint8_t ccc;
+};
+inline constexpr CombiningClass combining_classes[382] = {
+    {0x300, 0x314, 230},     {0x315, 0x315, 232},     {0x316, 0x319, 220},     {0x31A, 0x31A, 232},
+    {0x31B, 0x31B, 216},     {0x31C, 0x320, 220},     {0x321, 0x322, 202},     {0x323, 0x326, 220},
+    {0x327, 0x328, 202},     {0x329, 0x333, 220},     {0x334, 0x338, 1},       {0x339, 0x33C, 220},
+    {0x33D, 0x344, 230},     {0x345, 0x345, 240},     {0x346, 0x346, 230},     {0x347, 0x349, 220},
+    {0x34A, 0x34C, 230},     {0x34D, 0x34E, 220},     {0x350, 0x352, 230},     {0x353, 0x356, 220},
+    {0x357, 0x357, 230},     {0x358, 0x358, 232},     {0x359, 0x35A, 220},     {0x35B, 0x35B, 230},
+    {0x35C, 0x35C, 233},     {0x35D, 0x35E, 234},     {0x35F, 0x35F, 233},     {0x360, 0x361, 234},
+    {0x362, 0x362, 233},     {0x363, 0x36F, 230},     {0x483, 0x487, 230},     {0x591, 0x591, 220},
+    {0x592, 0x595, 230},     {0x596, 0x596, 220},     {0x597, 0x599, 230},     {0x59A, 0x59A, 222},
+    {0x59B, 0x59B, 220},     {0x59C, 0x5A1, 230},     {0x5A2, 0x5A7, 220},     {0x5A8, 0x5A9, 230},
+    {0x5AA, 0x5AA, 220},     {0x5AB, 0x5AC, 230},     {0x5AD, 0x5AD, 222},     {0x5AE, 0x5AE, 228},
+    {0x5AF, 0x5AF, 230},     {0x5B0, 0x5B0, 10},      {0x5B1, 0x5B1, 11},      {0x5B2, 0x5B2, 12},
+    {0x5B3, 0x5B3, 13},      {0x5B4, 0x5B4, 14},      {0x5B5, 0x5B5, 15},      {0x5B6, 0x5B6, 16},
+    {0x5B7, 0x5B7, 17},      {0x5B8, 0x5B8, 18},      {0x5B9, 0x5BA, 19},      {0x5BB, 0x5BB, 20},
+    {0x5BC, 0x5BC, 21},      {0x5BD, 0x5BD, 22},      {0x5BF, 0x5BF, 23},      {0x5C1, 0x5C1, 24},
+    {0x5C2, 0x5C2, 25},      {0x5C4, 0x5C4, 230},     {0x5C5, 0x5C5, 220},     {0x5C7, 0x5C7, 18},
+    {0x610, 0x617, 230},     {0x618, 0x618, 30},      {0x619, 0x619, 31},      {0x61A, 0x61A, 32},
+    {0x64B, 0x64B, 27},      {0x64C, 0x64C, 28},      {0x64D, 0x64D, 29},      {0x64E, 0x64E, 30},
+    {0x64F, 0x64F, 31},      {0x650, 0x650, 32},      {0x651, 0x651, 33},      {0x652, 0x652, 34},
+    {0x653, 0x654, 230},     {0x655, 0x656, 220},     {0x657, 0x65B, 230},     {0x65C, 0x65C, 220},
+    {0x65D, 0x65E, 230},     {0x65F, 0x65F, 220},     {0x670, 0x670, 35},      {0x6D6, 0x6DC, 230},
+    {0x6DF, 0x6E2, 230},     {0x6E3, 0x6E3, 220},     {0x6E4, 0x6E4, 230},     {0x6E7, 0x6E8, 230},
+    {0x6EA, 0x6EA, 220},     {0x6EB, 0x6EC, 230},     {0x6ED, 0x6ED, 220},     {0x711, 0x711, 36},
+    {0x730, 0x730, 230},     {0x731, 0x731, 220},     {0x732, 0x733, 230},     {0x734, 0x734, 220},
+    {0x735, 0x736, 230},     {0x737, 0x739, 220},     {0x73A, 0x73A, 230},     {0x73B, 0x73C, 220},
+    {0x73D, 0x73D, 230},     {0x73E, 0x73E, 220},     {0x73F, 0x741, 230},     {0x742, 0x742, 220},
+    {0x743, 0x743, 230},     {0x744, 0x744, 220},     {0x745, 0x745, 230},     {0x746, 0x746, 220},
+    {0x747, 0x747, 230},     {0x748, 0x748, 220},     {0x749, 0x74A, 230},     {0x7EB, 0x7F1, 230},
+    {0x7F2, 0x7F2, 220},     {0x7F3, 0x7F3, 230},     {0x7FD, 0x7FD, 220},     {0x816, 0x819, 230},
+    {0x81B, 0x823, 230},     {0x825, 0x827, 230},     {0x829, 0x82D, 230},     {0x859, 0x85B, 220},
+    {0x898, 0x898, 230},     {0x899, 0x89B, 220},     {0x89C, 0x89F, 230},     {0x8CA, 0x8CE, 230},
+    {0x8CF, 0x8D3, 220},     {0x8D4, 0x8E1, 230},     {0x8E3, 0x8E3, 220},     {0x8E4, 0x8E5, 230},
+    {0x8E6, 0x8E6, 220},     {0x8E7, 0x8E8, 230},     {0x8E9, 0x8E9, 220},     {0x8EA, 0x8EC, 230},
+    {0x8ED, 0x8EF, 220},     {0x8F0, 0x8F0, 27},      {0x8F1, 0x8F1, 28},      {0x8F2, 0x8F2, 29},
+    {0x8F3, 0x8F5, 230},     {0x8F6, 0x8F6, 220},     {0x8F7, 0x8F8, 230},     {0x8F9, 0x8FA, 220},
+    {0x8FB, 0x8FF, 230},     {0x93C, 0x93C, 7},       {0x94D, 0x94D, 9},       {0x951, 0x951, 230},
+    {0x952, 0x952, 220},     {0x953, 0x954, 230},     {0x9BC, 0x9BC, 7},       {0x9CD, 0x9CD, 9},
+    {0x9FE, 0x9FE, 230},     {0xA3C, 0xA3C, 7},       {0xA4D, 0xA4D, 9},       {0xABC, 0xABC, 7},
+    {0xACD, 0xACD, 9},       {0xB3C, 0xB3C, 7},       {0xB4D, 0xB4D, 9},       {0xBCD, 0xBCD, 9},
+    {0xC3C, 0xC3C, 7},       {0xC4D, 0xC4D, 9},       {0xC55, 0xC55, 84},      {0xC56, 0xC56, 91},
+    {0xCBC, 0xCBC, 7},       {0xCCD, 0xCCD, 9},       {0xD3B, 0xD3C, 9},       {0xD4D, 0xD4D, 9},
+    {0xDCA, 0xDCA, 9},       {0xE38, 0xE39, 103},     {0xE3A, 0xE3A, 9},       {0xE48, 0xE4B, 107},
+    {0xEB8, 0xEB9, 118},     {0xEBA, 0xEBA, 9},       {0xEC8, 0xECB, 122},     {0xF18, 0xF19, 220},
+    {0xF35, 0xF35, 220},     {0xF37, 0xF37, 220},     {0xF39, 0xF39, 216},     {0xF71, 0xF71, 129},
+    {0xF72, 0xF72, 130},     {0xF74, 0xF74, 132},     {0xF7A, 0xF7D, 130},     {0xF80, 0xF80, 130},
+    {0xF82, 0xF83, 230},     {0xF84, 0xF84, 9},       {0xF86, 0xF87, 230},     {0xFC6, 0xFC6, 220},
+    {0x1037, 0x1037, 7},     {0x1039, 0x103A, 9},     {0x108D, 0x108D, 220},   {0x135D, 0x135F, 230},
+    {0x1714, 0x1715, 9},     {0x1734, 0x1734, 9},     {0x17D2, 0x17D2, 9},     {0x17DD, 0x17DD, 230},
+    {0x18A9, 0x18A9, 228},   {0x1939, 0x1939, 222},   {0x193A, 0x193A, 230},   {0x193B, 0x193B, 220},
+    {0x1A17, 0x1A17, 230},   {0x1A18, 0x1A18, 220},   {0x1A60, 0x1A60, 9},     {0x1A75, 0x1A7C, 230},
+    {0x1A7F, 0x1A7F, 220},   {0x1AB0, 0x1AB4, 230},   {0x1AB5, 0x1ABA, 220},   {0x1ABB, 0x1ABC, 230},
+    {0x1ABD, 0x1ABD, 220},   {0x1ABF, 0x1AC0, 220},   {0x1AC1, 0x1AC2, 230},   {0x1AC3, 0x1AC4, 220},
+    {0x1AC5, 0x1AC9, 230},   {0x1ACA, 0x1ACA, 220},   {0x1ACB, 0x1ACE, 230},   {0x1B34, 0x1B34, 7},
+    {0x1B44, 0x1B44, 9},     {0x1B6B, 0x1B6B, 230},   {0x1B6C, 0x1B6C, 220},   {0x1B6D, 0x1B73, 230},
+    {0x1BAA, 0x1BAB, 9},     {0x1BE6, 0x1BE6, 7},     {0x1BF2, 0x1BF3, 9},     {0x1C37, 0x1C37, 7},
+    {0x1CD0, 0x1CD2, 230},   {0x1CD4, 0x1CD4, 1},     {0x1CD5, 0x1CD9, 220},   {0x1CDA, 0x1CDB, 230},
+    {0x1CDC, 0x1CDF, 220},   {0x1CE0, 0x1CE0, 230},   {0x1CE2, 0x1CE8, 1},     {0x1CED, 0x1CED, 220},
+    {0x1CF4, 0x1CF4, 230},   {0x1CF8, 0x1CF9, 230},   {0x1DC0, 0x1DC1, 230},   {0x1DC2, 0x1DC2, 220},
+    {0x1DC3, 0x1DC9, 230},   {0x1DCA, 0x1DCA, 220},   {0x1DCB, 0x1DCC, 230},   {0x1DCD, 0x1DCD, 234},
+    {0x1DCE, 0x1DCE, 214},   {0x1DCF, 0x1DCF, 220},   {0x1DD0, 0x1DD0, 202},   {0x1DD1, 0x1DF5, 230},
+    {0x1DF6, 0x1DF6, 232},   {0x1DF7, 0x1DF8, 228},   {0x1DF9, 0x1DF9, 220},   {0x1DFA, 0x1DFA, 218},
+    {0x1DFB, 0x1DFB, 230},   {0x1DFC, 0x1DFC, 233},   {0x1DFD, 0x1DFD, 220},   {0x1DFE, 0x1DFE, 230},
+    {0x1DFF, 0x1DFF, 220},   {0x20D0, 0x20D1, 230},   {0x20D2, 0x20D3, 1},     {0x20D4, 0x20D7, 230},
+    {0x20D8, 0x20DA, 1},     {0x20DB, 0x20DC, 230},   {0x20E1, 0x20E1, 230},   {0x20E5, 0x20E6, 1},
+    {0x20E7, 0x20E7, 230},   {0x20E8, 0x20E8, 220},   {0x20E9, 0x20E9, 230},   {0x20EA, 0x20EB, 1},
+    {0x20EC, 0x20EF, 220},   {0x20F0, 0x20F0, 230},   {0x2CEF, 0x2CF1, 230},   {0x2D7F, 0x2D7F, 9},
+    {0x2DE0, 0x2DFF, 230},   {0x302A, 0x302A, 218},   {0x302B, 0x302B, 228},   {0x302C, 0x302C, 232},
+    {0x302D, 0x302D, 222},   {0x302E, 0x302F, 224},   {0x3099, 0x309A, 8},     {0xA66F, 0xA66F, 230},
+    {0xA674, 0xA67D, 230},   {0xA69E, 0xA69F, 230},   {0xA6F0, 0xA6F1, 230},   {0xA806, 0xA806, 9},
+    {0xA82C, 0xA82C, 9},     {0xA8C4, 0xA8C4, 9},     {0xA8E0, 0xA8F1, 230},   {0xA92B, 0xA92D, 220},
+    {0xA953, 0xA953, 9},     {0xA9B3, 0xA9B3, 7},     {0xA9C0, 0xA9C0, 9},     {0xAAB0, 0xAAB0, 230},
+    {0xAAB2, 0xAAB3, 230},   {0xAAB4, 0xAAB4, 220},   {0xAAB7, 0xAAB8, 230},   {0xAABE, 0xAABF, 230},
+    {0xAAC1, 0xAAC1, 230},   {0xAAF6, 0xAAF6, 9},     {0xABED, 0xABED, 9},     {0xFB1E, 0xFB1E, 26},
+    {0xFE20, 0xFE26, 230},   {0xFE27, 0xFE2D, 220},   {0xFE2E, 0xFE2F, 230},   {0x101FD, 0x101FD, 220},
+    {0x102E0, 0x102E0, 220}, {0x10376, 0x1037A, 230}, {0x10A0D, 0x10A0D, 220}, {0x10A0F, 0x10A0F, 230},
+    {0x10A38, 0x10A38, 230}, {0x10A39, 0x10A39, 1},   {0x10A3A, 0x10A3A, 220}, {0x10A3F, 0x10A3F, 9},
+    {0x10AE5, 0x10AE5, 230}, {0x10AE6, 0x10AE6, 220}, {0x10D24, 0x10D27, 230}, {0x10EAB, 0x10EAC, 230},
+    {0x10F46, 0x10F47, 220}, {0x10F48, 0x10F4A, 230}, {0x10F4B, 0x10F4B, 220}, {0x10F4C, 0x10F4C, 230},
+    {0x10F4D, 0x10F50, 220}, {0x10F82, 0x10F82, 230}, {0x10F83, 0x10F83, 220}, {0x10F84, 0x10F84, 230},
+    {0x10F85, 0x10F85, 220}, {0x11046, 0x11046, 9},   {0x11070, 0x11070, 9},   {0x1107F, 0x1107F, 9},
+    {0x110B9, 0x110B9, 9},   {0x110BA, 0x110BA, 7},   {0x11100, 0x11102, 230}, {0x11133, 0x11134, 9},
+    {0x11173, 0x11173, 7},   {0x111C0, 0x111C0, 9},   {0x111CA, 0x111CA, 7},   {0x11235, 0x11235, 9},
+    {0x11236, 0x11236, 7},   {0x112E9, 0x112E9, 7},   {0x112EA, 0x112EA, 9},   {0x1133B, 0x1133C, 7},
+    {0x1134D, 0x1134D, 9},   {0x11366, 0x1136C, 230}, {0x11370, 0x11374, 230}, {0x11442, 0x11442, 9},
+    {0x11446, 0x11446, 7},   {0x1145E, 0x1145E, 230}, {0x114C2, 0x114C2, 9},   {0x114C3, 0x114C3, 7},
+    {0x115BF, 0x115BF, 9},   {0x115C0, 0x115C0, 7},   {0x1163F, 0x1163F, 9},   {0x116B6, 0x116B6, 9},
+    {0x116B7, 0x116B7, 7},   {0x1172B, 0x1172B, 9},   {0x11839, 0x11839, 9},   {0x1183A, 0x1183A, 7},
+    {0x1193D, 0x1193E, 9},   {0x11943, 0x11943, 7},   {0x119E0, 0x119E0, 9},   {0x11A34, 0x11A34, 9},
+    {0x11A47, 0x11A47, 9},   {0x11A99, 0x11A99, 9},   {0x11C3F, 0x11C3F, 9},   {0x11D42, 0x11D42, 7},
+    {0x11D44, 0x11D45, 9},   {0x11D97, 0x11D97, 9},   {0x16AF0, 0x16AF4, 1},   {0x16B30, 0x16B36, 230},
+    {0x16FF0, 0x16FF1, 6},   {0x1BC9E, 0x1BC9E, 1},   {0x1D165, 0x1D166, 216}, {0x1D167, 0x1D169, 1},
+    {0x1D16D, 0x1D16D, 226}, {0x1D16E, 0x1D172, 216}, {0x1D17B, 0x1D182, 220}, {0x1D185, 0x1D189, 230},
+    {0x1D18A, 0x1D18B, 220}, {0x1D1AA, 0x1D1AD, 230}, {0x1D242, 0x1D244, 230}, {0x1E000, 0x1E006, 230},
+    {0x1E008, 0x1E018, 230}, {0x1E01B, 0x1E021, 230}, {0x1E023, 0x1E024, 230}, {0x1E026, 0x1E02A, 230},
+    {0x1E130, 0x1E136, 230}, {0x1E2AE, 0x1E2AE, 230}, {0x1E2EC, 0x1E2EF, 230}, {0x1E8D0, 0x1E8D6, 220},
+    {0x1E944, 0x1E949, 230}, {0x1E94A, 0x1E94A, 7},
+};
+
+/// Simple lowercase: every `stride`-th code point of `first..last` maps to itself + `delta`. Sorted.
+/// U+0130 (İ), whose lowercase is two code points, is handled by the caller.
+struct LowercaseRun {
+    char32_t first, last;
+    std::int32_t delta;
+    std::uint8_t stride;
+};
+inline constexpr LowercaseRun lowercase_runs[181] = {
+    {0x41, 0x5A, 32, 1},         {0xC0, 0xD6, 32, 1},         {0xD8, 0xDE, 32, 1},         {0x100, 0x12E, 1, 2},
+    {0x132, 0x136, 1, 2},        {0x139, 0x147, 1, 2},        {0x14A, 0x176, 1, 2},        {0x178, 0x178, -121, 1},
+    {0x179, 0x17D, 1, 2},        {0x181, 0x181, 210, 1},      {0x182, 0x184, 1, 2},        {0x186, 0x186, 206, 1},
+    {0x187, 0x187, 1, 1},        {0x189, 0x18A, 205, 1},      {0x18B, 0x18B, 1, 1},        {0x18E, 0x18E, 79, 1},
+    {0x18F, 0x18F, 202, 1},      {0x190, 0x190, 203, 1},      {0x191, 0x191, 1, 1},        {0x193, 0x193, 205, 1},
+    {0x194, 0x194, 207, 1},      {0x196, 0x196, 211, 1},      {0x197, 0x197, 209, 1},      {0x198, 0x198, 1, 1},
+    {0x19C, 0x19C, 211, 1},      {0x19D, 0x19D, 213, 1},      {0x19F, 0x19F, 214, 1},      {0x1A0, 0x1A4, 1, 2},
+    {0x1A6, 0x1A6, 218, 1},      {0x1A7, 0x1A7, 1, 1},        {0x1A9, 0x1A9, 218, 1},      {0x1AC, 0x1AC, 1, 1},
+    {0x1AE, 0x1AE, 218, 1},      {0x1AF, 0x1AF, 1, 1},        {0x1B1, 0x1B2, 217, 1},      {0x1B3, 0x1B5, 1, 2},
+    {0x1B7, 0x1B7, 219, 1},      {0x1B8, 0x1B8, 1, 1},        {0x1BC, 0x1BC, 1, 1},        {0x1C4, 0x1C4, 2, 1},
+    {0x1C5, 0x1C5, 1, 1},        {0x1C7, 0x1C7, 2, 1},        {0x1C8, 0x1C8, 1, 1},        {0x1CA, 0x1CA, 2, 1},
+    {0x1CB, 0x1DB, 1, 2},        {0x1DE, 0x1EE, 1, 2},        {0x1F1, 0x1F1, 2, 1},        {0x1F2, 0x1F4, 1, 2},
+    {0x1F6, 0x1F6, -97, 1},      {0x1F7, 0x1F7, -56, 1},      {0x1F8, 0x21E, 1, 2},        {0x220, 0x220, -130, 1},
+    {0x222, 0x232, 1, 2},        {0x23A, 0x23A, 10795, 1},    {0x23B, 0x23B, 1, 1},        {0x23D, 0x23D, -163, 1},
+    {0x23E, 0x23E, 10792, 1},    {0x241, 0x241, 1, 1},        {0x243, 0x243, -195, 1},     {0x244, 0x244, 69, 1},
+    {0x245, 0x245, 71, 1},       {0x246, 0x24E, 1, 2},        {0x370, 0x372, 1, 2},        {0x376, 0x376, 1, 1},
+    {0x37F, 0x37F, 116, 1},      {0x386, 0x386, 38, 1},       {0x388, 0x38A, 37, 1},       {0x38C, 0x38C, 64, 1},
+    {0x38E, 0x38F, 63, 1},       {0x391, 0x3A1, 32, 1},       {0x3A3, 0x3AB, 32, 1},       {0x3CF, 0x3CF, 8, 1},
+    {0x3D8, 0x3EE, 1, 2},        {0x3F4, 0x3F4, -60, 1},      {0x3F7, 0x3F7, 1, 1},        {0x3F9, 0x3F9, -7, 1},
+    {0x3FA, 0x3FA, 1, 1},        {0x3FD, 0x3FF, -130, 1},     {0x400, 0x40F, 80, 1},       {0x410, 0x42F, 32, 1},
+    {0x460, 0x480, 1, 2},        {0x48A, 0x4BE, 1, 2},        {0x4C0, 0x4C0, 15, 1},       {0x4C1, 0x4CD, 1, 2},
+    {0x4D0, 0x52E, 1, 2},        {0x531, 0x556, 48, 1},       {0x10A0, 0x10C5, 7264, 1},   {0x10C7, 0x10C7, 7264, 1},
+    {0x10CD, 0x10CD, 7264, 1},   {0x13A0, 0x13EF, 38864, 1},  {0x13F0, 0x13F5, 8, 1},      {0x1C90, 0x1CBA, -3008, 1},
+    {0x1CBD, 0x1CBF, -3008, 1},  {0x1E00, 0x1E94, 1, 2},      {0x1E9E, 0x1E9E, -7615, 1},  {0x1EA0, 0x1EFE, 1, 2},
+    {0x1F08, 0x1F0F, -8, 1},     {0x1F18, 0x1F1D, -8, 1},     {0x1F28, 0x1F2F, -8, 1},     {0x1F38, 0x1F3F, -8, 1},
+    {0x1F48, 0x1F4D, -8, 1},     {0x1F59, 0x1F5F, -8, 2},     {0x1F68, 0x1F6F, -8, 1},     {0x1F88, 0x1F8F, -8, 1},
+    {0x1F98, 0x1F9F, -8, 1},     {0x1FA8, 0x1FAF, -8, 1},     {0x1FB8, 0x1FB9, -8, 1},     {0x1FBA, 0x1FBB, -74, 1},
+    {0x1FBC, 0x1FBC, -9, 1},     {0x1FC8, 0x1FCB, -86, 1},    {0x1FCC, 0x1FCC, -9, 1},     {0x1FD8, 0x1FD9, -8, 1},
+    {0x1FDA, 0x1FDB, -100, 1},   {0x1FE8, 0x1FE9, -8, 1},     {0x1FEA, 0x1FEB, -112, 1},   {0x1FEC, 0x1FEC, -7, 1},
+    {0x1FF8, 0x1FF9, -128, 1},   {0x1FFA, 0x1FFB, -126, 1},   {0x1FFC, 0x1FFC, -9, 1},     {0x2126, 0x2126, -7517, 1},
+    {0x212A, 0x212A, -8383, 1},  {0x212B, 0x212B, -8262, 1},  {0x2132, 0x2132, 28, 1},     {0x2160, 0x216F, 16, 1},
+    {0x2183, 0x2183, 1, 1},      {0x24B6, 0x24CF, 26, 1},     {0x2C00, 0x2C2F, 48, 1},     {0x2C60, 0x2C60, 1, 1},
+    {0x2C62, 0x2C62, -10743, 1}, {0x2C63, 0x2C63, -3814, 1},  {0x2C64, 0x2C64, -10727, 1}, {0x2C67, 0x2C6B, 1, 2},
+    {0x2C6D, 0x2C6D, -10780, 1}, {0x2C6E, 0x2C6E, -10749, 1}, {0x2C6F, 0x2C6F, -10783, 1}, {0x2C70, 0x2C70, -10782, 1},
+    {0x2C72, 0x2C72, 1, 1},      {0x2C75, 0x2C75, 1, 1},      {0x2C7E, 0x2C7F, -10815, 1}, {0x2C80, 0x2CE2, 1, 2},
+    {0x2CEB, 0x2CED, 1, 2},      {0x2CF2, 0x2CF2, 1, 1},      {0xA640, 0xA66C, 1, 2},      {0xA680, 0xA69A, 1, 2},
+    {0xA722, 0xA72E, 1, 2},      {0xA732, 0xA76E, 1, 2},      {0xA779, 0xA77B, 1, 2},      {0xA77D, 0xA77D, -35332, 1},
+    {0xA77E, 0xA786, 1, 2},      {0xA78B, 0xA78B, 1, 1},      {0xA78D, 0xA78D, -42280, 1}, {0xA790, 0xA792, 1, 2},
+    {0xA796, 0xA7A8, 1, 2},      {0xA7AA, 0xA7AA, -42308, 1}, {0xA7AB, 0xA7AB, -42319, 1}, {0xA7AC, 0xA7AC, -42315, 1},
+    {0xA7AD, 0xA7AD, -42305, 1}, {0xA7AE, 0xA7AE, -42308, 1}, {0xA7B0, 0xA7B0, -42258, 1}, {0xA7B1, 0xA7B1, -42282, 1},
+    {0xA7B2, 0xA7B2, -42261, 1}, {0xA7B3, 0xA7B3, 928, 1},    {0xA7B4, 0xA7C2, 1, 2},      {0xA7C4, 0xA7C4, -48, 1},
+    {0xA7C5, 0xA7C5, -42307, 1}, {0xA7C6, 0xA7C6, -35384, 1}, {0xA7C7, 0xA7C9, 1, 2},      {0xA7D0, 0xA7D0, 1, 1},
+    {0xA7D6, 0xA7D8, 1, 2},      {0xA7F5, 0xA7F5, 1, 1},      {0xFF21, 0xFF3A, 32, 1},     {0x10400, 0x10427, 40, 1},
+    {0x104B0, 0x104D3, 40, 1},   {0x10570, 0x1057A, 39, 1},   {0x1057C, 0x1058A, 39, 1},   {0x1058C, 0x10592, 39, 1},
+    {0x10594, 0x10595, 39, 1},   {0x10C80, 0x10CB2, 64, 1},   {0x118A0, 0x118BF, 32, 1},   {0x16E40, 0x16E5F, 32, 1},
+    {0x1E900, 0x1E921, 34, 1},
+};
+
+}  // namespace distill::detail::unicode
+// ---- end distill/detail/unicode_tables.hpp ----
+
+namespace distill::data {
+
+namespace hf_detail {
+
+using json = nlohmann::json;
+
+// ---------------------------------------------------------------- UTF-8
+
+/// Appends the UTF-8 encoding of `cp` to `out`.
+inline void append_utf8(std::string& out, char32_t cp) {
+    if (cp < 0x80) {
+        out.push_back(static_cast<char>(cp));
+    } else if (cp < 0x800) {
+        out.push_back(static_cast<char>(0xC0 | (cp >> 6)));
+        out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+    } else if (cp < 0x10000) {
+        out.push_back(static_cast<char>(0xE0 | (cp >> 12)));
+        out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+        out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+    } else {
+        out.push_back(static_cast<char>(0xF0 | (cp >> 18)));
+        out.push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
+        out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+        out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+    }
+}
+
+inline constexpr char32_t replacement_char = 0xFFFD;
+
+/// Decodes one code point at `s[pos]`, advancing `pos`. An invalid sequence yields U+FFFD and
+/// advances over its maximal subpart (the longest prefix of a valid sequence, at least one byte), the
+/// substitution Python's and Rust's lossy decoders make.
+inline char32_t next_utf8(std::string_view s, std::size_t& pos) {
+    const auto b0 = static_cast<unsigned char>(s[pos]);
+    if (b0 < 0x80) {
+        ++pos;
+        return b0;
+    }
+    int need = 0;
+    char32_t cp = 0;
+    unsigned char lo = 0x80, hi = 0xBF;  // the valid range of the second byte
+    if (b0 >= 0xC2 && b0 <= 0xDF) {
+        need = 1;
+        cp = b0 & 0x1F;
+    } else if (b0 >= 0xE0 && b0 <= 0xEF) {
+        need = 2;
+        cp = b0 & 0x0F;
+        if (b0 == 0xE0) lo = 0xA0;
+        if (b0 == 0xED) hi = 0x9F;
+    } else if (b0 >= 0xF0 && b0 <= 0xF4) {
+        need = 3;
+        cp = b0 & 0x07;
+        if (b0 == 0xF0) lo = 0x90;
+        if (b0 == 0xF4) hi = 0x8F;
+    } else {
+        ++pos;
+        return replacement_char;
+    }
+    std::size_t p = pos + 1;
+    for (int i = 0; i < need; ++i, ++p) {
+        if (p >= s.size()) {
+            pos = p;
+            return replacement_char;
+        }
+        const auto b = static_cast<unsigned char>(s[p]);
+        if (b < lo || b > hi) {
+            pos = p;
+            return replacement_char;
+        }
+        lo = 0x80;
+        hi = 0xBF;
+        cp = (cp << 6) | (b & 0x3F);
+    }
+    pos = p;
+    return cp;
+}
+
+/// Decodes valid UTF-8 (as every string inside the tokenizer is) into code points.
+inline std::u32string to_u32(std::string_view s) {
+    std::u32string out;
+    out.reserve(s.size());
+    for (std::size_t i = 0; i < s.size();) out.push_back(next_utf8(s, i));
+    return out;
+}
+
+inline std::string to_utf8(std::u32string_view s) {
+    std::string out;
+    out.reserve(s.size());
+    for (char32_t c : s) append_utf8(out, c);
+    return out;
+}
+
+/// `s` with every invalid UTF-8 subpart replaced by U+FFFD (unchanged when valid).
+inline std::string sanitize_utf8(std::string_view s) {
+    std::string out;
+    out.reserve(s.size());
+    for (std::size_t i = 0; i < s.size();) {
+        const std::size_t start = i;
+        const char32_t c = next_utf8(s, i);
+        if (c == replacement_char && !(i - start == 3 && s.substr(start, 3) == "\xEF\xBF\xBD"))
+            append_utf8(out, c);
+        else
+            out.append(s.substr(start, i - start));
+    }
+    return out;
+}
+
+/// Rust's `String::from_utf8_lossy`.
+inline std::string lossy_utf8(std::string_view bytes) {
+    return sanitize_utf8(bytes);
+}
+
+inline bool valid_utf8(std::string_view s) {
+    for (std::size_t i = 0; i < s.size();) {
+        const std::size_t start = i;
+        if (next_utf8(s, i) == replacement_char && s.substr(start, i - start) != "\xEF\xBF\xBD") return false;
+    }
+    return true;
+}
+
+// ---------------------------------------------------------------- PCRE2
+
+struct CodeDeleter {
+    void operator()(pcre2_code_8* c) const noexcept { pcre2_code_free_8(c); }
+};
+struct MatchDataDeleter {
+    void operator()(pcre2_match_data_8* m) const noexcept { pcre2_match_data_free_8(m); }
+};
+struct MatchContextDeleter {
+    void operator()(pcre2_match_context_8* m) const noexcept { pcre2_match_context_free_8(m); }
+};
+
+// Bounds on one match, so a pathological pattern from a file fails instead of hanging.
+inline constexpr std::uint32_t regex_match_limit = 1'000'000;
+inline constexpr std::uint32_t regex_heap_limit_kib = 64 * 1024;
+
+// Oniguruma's (tokenizers' engine) Unicode \s is the White_Space property and its \w is letters, marks,
+// decimal digits, connector punctuation and the joiners; PCRE2 10.42's UCP \s also takes U+180E and
+// its \w takes every number but no mark. Patterns are rewritten to Oniguruma's sets so the splits agree.
+inline constexpr std::string_view onig_space =
+    R"(\t\n\x0B\f\r \x{85}\x{A0}\x{1680}\x{2000}-\x{200A}\x{2028}\x{2029}\x{202F}\x{205F}\x{3000})";
+inline constexpr std::string_view onig_word = R"(\p{L}\p{M}\p{Nd}\p{Pc}\x{200C}\x{200D})";
+
+/// `pattern` with \s, \S, \w and \W replaced by explicit Oniguruma-equivalent classes (inside a
+/// character class only the positive forms can be, and are, replaced).
+inline std::string oniguruma_compatible(std::string_view pattern) {
+    std::string out;
+    bool in_class = false;
+    std::size_t class_start = 0;
+    for (std::size_t i = 0; i < pattern.size(); ++i) {
+        const char c = pattern[i];
+        if (c == '\\' && i + 1 < pattern.size()) {
+            const char n = pattern[i + 1];
+            const std::string_view set = n == 's' || n == 'S' ? onig_space : n == 'w' || n == 'W' ? onig_word : "";
+            if (!set.empty() && (n == 's' || n == 'w')) {
+                out += in_class ? std::string(set) : "[" + std::string(set) + "]";
+            } else if (!set.empty() && !in_class) {
+                out += "[^" + std::string(set) + "]";
+            } else {
+                out += c;
+                out += n;
+            }
+            ++i;
+            continue;
+        }
+        if (!in_class && c == '[') {
+            in_class = true;
+            class_start = out.size() + 1;
+            out += c;
+            if (i + 1 < pattern.size() && pattern[i + 1] == '^') {
+                out += '^';
+                ++i;
+                ++class_start;
+            }
+            if (i + 1 < pattern.size() && pattern[i + 1] == ']') {  // a leading ] is literal
+                out += ']';
+                ++i;
+            }
+            continue;
+        }
+        if (in_class && c == '[' && i + 1 < pattern.size() && pattern[i + 1] == ':') {  // [:alpha:]
+            const auto end = pattern.find(":]", i + 2);
+            if (end != std::string_view::npos) {
+                out.append(pattern.substr(i, end + 2 - i));
+                i = end + 1;
+                continue;
+            }
+        }
+        if (in_class && c == ']' && out.size() > class_start) in_class = false;
+        out += c;
+    }
+    return out;
+}
+
+/// A compiled PCRE2 pattern in UTF + UCP mode (Unicode properties for \p, \w, \d, \s and case).
+class Regex {
+public:
+    Regex() = default;
+
+    /// Compiles `pattern`; on a syntax error throws config_error naming `where`.
+    Regex(std::string_view pattern, const std::string& where) {
+        int code = 0;
+        PCRE2_SIZE offset = 0;
+        const std::string compatible = oniguruma_compatible(pattern);
+        pcre2_code_8* c = pcre2_compile_8(reinterpret_cast<PCRE2_SPTR8>(compatible.data()), compatible.size(),
+                                          PCRE2_UTF | PCRE2_UCP, &code, &offset, nullptr);
+        if (c == nullptr) {
+            std::array<PCRE2_UCHAR8, 256> msg{};
+            pcre2_get_error_message_8(code, msg.data(), msg.size());
+            throw config_error(where, "invalid regular expression at offset " + std::to_string(offset) + ": " +
+                                          reinterpret_cast<const char*>(msg.data()));
+        }
+        code_.reset(c, CodeDeleter{});
+        pcre2_match_context_8* ctx = pcre2_match_context_create_8(nullptr);
+        if (ctx == nullptr) throw error("PCRE2: out of memory");
+        ctx_.reset(ctx, MatchContextDeleter{});
+        pcre2_set_match_limit_8(ctx, regex_match_limit);
+        pcre2_set_heap_limit_8(ctx, regex_heap_limit_kib);
+    }
+
+    explicit operator bool() const noexcept { return code_ != nullptr; }
+
+    /// The non-empty, non-overlapping matches of the pattern in `s` (valid UTF-8), as byte ranges.
+    std::vector<std::pair<std::size_t, std::size_t>> find_all(std::string_view s) const {
+        std::vector<std::pair<std::size_t, std::size_t>> out;
+        std::unique_ptr<pcre2_match_data_8, MatchDataDeleter> md(
+            pcre2_match_data_create_from_pattern_8(code_.get(), nullptr));
+        if (!md) throw error("PCRE2: out of memory");
+        std::size_t at = 0;
+        std::uint32_t options = 0;  // the subject is checked for valid UTF-8 once, on the first call
+        while (at <= s.size()) {
+            const int rc = pcre2_match_8(code_.get(), reinterpret_cast<PCRE2_SPTR8>(s.data()), s.size(), at, options,
+                                         md.get(), ctx_.get());
+            options = PCRE2_NO_UTF_CHECK;
+            if (rc == PCRE2_ERROR_NOMATCH) break;
+            if (rc < 0) fail(rc);
+            const PCRE2_SIZE* ov = pcre2_get_ovector_pointer_8(md.get());
+            const std::size_t b = ov[0], e = ov[1];
+            if (e > b) {
+                out.emplace_back(b, e);
+                at = e;
+            } else {  // an empty match: step over one character
+                if (b >= s.size()) break;
+                std::size_t next = b;
+                next_utf8(s, next);
+                at = next;
+            }
+        }
+        return out;
+    }
+
+    /// Whether the pattern matches at the start of `s` (used for one-character category tests).
+    bool matches_at_start(std::string_view s) const {
+        std::unique_ptr<pcre2_match_data_8, MatchDataDeleter> md(
+            pcre2_match_data_create_from_pattern_8(code_.get(), nullptr));
+        if (!md) throw error("PCRE2: out of memory");
+        const int rc = pcre2_match_8(code_.get(), reinterpret_cast<PCRE2_SPTR8>(s.data()), s.size(), 0,
+                                     PCRE2_ANCHORED | PCRE2_NO_UTF_CHECK, md.get(), ctx_.get());
+        if (rc == PCRE2_ERROR_NOMATCH) return false;
+        if (rc < 0) fail(rc);
+        return true;
+    }
+
+private:
+    [[noreturn]] static void fail(int rc) {
+        std::array<PCRE2_UCHAR8, 256> msg{};
+        pcre2_get_error_message_8(rc, msg.data(), msg.size());
+        throw error(std::string("tokenizer: regular expression failed on the input: ") +
+                    reinterpret_cast<const char*>(msg.data()));
+    }
+
+    std::shared_ptr<pcre2_code_8> code_{};
+    std::shared_ptr<pcre2_match_context_8> ctx_{};
+};
+
+// ---------------------------------------------------------------- Unicode properties
+
+/// Whether `c` has the Unicode general category `pattern` (`\p{P}`, ...), asked of PCRE2.
+inline bool has_category(const Regex& category, char32_t c) {
+    std::string s;
+    append_utf8(s, c);
+    return category.matches_at_start(s);
+}
+
+inline const Regex& category_regex(int which) {
+    static const std::array<Regex, 4> regexes = {Regex(R"(\p{P})", "category"), Regex(R"(\p{C})", "category"),
+                                                 Regex(R"(\p{Mn})", "category"), Regex(R"(\p{M})", "category")};
+    return regexes[static_cast<std::size_t>(which)];
+}
+
+/// Rust's `char::is_whitespace` (the White_Space property).
+inline bool is_whitespace(char32_t c) {
+    return (c >= 0x09 && c <= 0x0D) || c == 0x20 || c == 0x85 || c == 0xA0 || c == 0x1680 ||
+           (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
+}
+/// BERT's punctuation: ASCII punctuation (incl. symbols such as `$`) or general category P.
+inline bool is_bert_punctuation(char32_t c) {
+    if (c < 0x80)
+        return (c >= 0x21 && c <= 0x2F) || (c >= 0x3A && c <= 0x40) || (c >= 0x5B && c <= 0x60) ||
+               (c >= 0x7B && c <= 0x7E);
+    return has_category(category_regex(0), c);
+}
+/// General category C (control, format, unassigned, private use, surrogate).
+inline bool is_other(char32_t c) {
+    if (c < 0x80) return c < 0x20 || c == 0x7F;
+    return has_category(category_regex(1), c);
+}
+/// Rust's `char::is_numeric`: general category N (Nd, Nl, No), what the Digits pre-tokenizer splits.
+inline bool is_numeric(char32_t c) {
+    if (c < 0x80) return c >= '0' && c <= '9';
+    static const Regex numeric(R"(\p{N})", "category");
+    return has_category(numeric, c);
+}
+/// General category Mn (nonspacing mark), what strip_accents removes after NFD.
+inline bool is_nonspacing_mark(char32_t c) {
+    return c >= 0x300 && has_category(category_regex(2), c);
+}
+/// General category M (any mark).
+inline bool is_mark(char32_t c) {
+    return c >= 0x300 && has_category(category_regex(3), c);
+}
+
+inline bool is_alphanumeric(char32_t c) {
+    static const Regex alnum(R"([\p{L}\p{N}])", "category");
+    if (c < 0x80) return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+    return has_category(alnum, c);
+}
+
+/// BERT's CJK ideograph ranges (the CJK Unified Ideographs blocks and their extensions).
+inline bool is_chinese_char(char32_t c) {
+    return (c >= 0x4E00 && c <= 0x9FFF) || (c >= 0x3400 && c <= 0x4DBF) || (c >= 0x20000 && c <= 0x2A6DF) ||
+           (c >= 0x2A700 && c <= 0x2B73F) || (c >= 0x2B740 && c <= 0x2B81F) || (c >= 0x2B920 && c <= 0x2CEAF) ||
+           (c >= 0xF900 && c <= 0xFAFF) || (c >= 0x2F800 && c <= 0x2FA1F);
+}
+
+/// Rust's `char::to_lowercase` (simple mapping; U+0130 becomes "i̇", two code points).
+inline void append_lowercase(std::u32string& out, char32_t c) {
+    if (c < 0x80) {
+        out.push_back(c >= 'A' && c <= 'Z' ? c + 32 : c);
+        return;
+    }
+    if (c == 0x130) {
+        out.push_back(U'i');
+        out.push_back(0x307);
+        return;
+    }
+    using detail::unicode::lowercase_runs;
+    const auto* it = std::upper_bound(std::begin(lowercase_runs), std::end(lowercase_runs), c,
+                                      [](char32_t v, const auto& r) { return v < r.first; });
+    if (it != std::begin(lowercase_runs)) {
+        const auto& r = *(it - 1);
+        if (c <= r.last && (c - r.first) % r.stride == 0) {
+            out.push_back(static_cast<char32_t>(static_cast<std::int64_t>(c) + r.delta));
+            return;
+        }
+    }
+    out.push_back(c);
+}
+
+inline std::uint8_t combining_class(char32_t c) {
+    if (c < 0x300) return 0;
+    using detail::unicode::combining_classes;
+    const auto* it = std::upper_bound(std::begin(combining_classes), std::end(combining_classes), c,
+                                      [](char32_t v, const auto& r) { return v < r.first; });
+    if (it == std::begin(combining_classes)) return 0;
+    const auto& r = *(it - 1);
+    return c <= r.last ? r.ccc : 0;
+}
+
+inline constexpr char32_t hangul_s = 0xAC00, hangul_l = 0x1100, hangul_v = 0x1161, hangul_t = 0x11A7;
+inline constexpr char32_t hangul_l_count = 19, hangul_v_count = 21, hangul_t_count = 28;
+inline constexpr char32_t hangul_n = hangul_v_count * hangul_t_count, hangul_count = hangul_l_count * hangul_n;
+
+/// Appends the full canonical decomposition of `c`.
+inline void append_decomposition(std::u32string& out, char32_t c, int depth = 0) {
+    if (c >= hangul_s && c < hangul_s + hangul_count) {
+        const char32_t s = c - hangul_s;
+        out.push_back(hangul_l + s / hangul_n);
+        out.push_back(hangul_v + (s % hangul_n) / hangul_t_count);
+        if (s % hangul_t_count != 0) out.push_back(hangul_t + s % hangul_t_count);
+        return;
+    }
+    if (c >= 0xC0 && depth < 8) {
+        using detail::unicode::decompositions;
+        const auto* it = std::lower_bound(std::begin(decompositions), std::end(decompositions), c,
+                                          [](const auto& d, char32_t v) { return d.cp < v; });
+        if (it != std::end(decompositions) && it->cp == c) {
+            append_decomposition(out, it->first, depth + 1);
+            if (it->second != 0) append_decomposition(out, it->second, depth + 1);
+            return;
+        }
+    }
+    out.push_back(c);
+}
+
+/// NFD: full canonical decomposition, then canonical ordering of combining marks.
+inline std::u32string nfd(std::u32string_view s) {
+    std::u32string out;
+    out.reserve(s.size());
+    for (char32_t c : s) append_decomposition(out, c);
+    // canonical ordering: a stable sort of each run of non-starters by combining class
+    for (std::size_t i = 0; i < out.size();) {
+        if (combining_class(out[i]) == 0) {
+            ++i;
+            continue;
+        }
+        std::size_t j = i;
+        while (j < out.size() && combining_class(out[j]) != 0) ++j;
+        std::stable_sort(out.begin() + static_cast<std::ptrdiff_t>(i), out.begin() + static_cast<std::ptrdiff_t>(j),
+                         [](char32_t a, char32_t b) { return combining_class(a) < combining_class(b); });
+        i = j;
+    }
+    return out;
+}
+
+/// The primary composite of `a` `b`, or 0.
+inline char32_t compose_pair(char32_t a, char32_t b) {
+    if (a >= hangul_l && a < hangul_l + hangul_l_count && b >= hangul_v && b < hangul_v + hangul_v_count)
+        return hangul_s + ((a - hangul_l) * hangul_v_count + (b - hangul_v)) * hangul_t_count;
+    if (a >= hangul_s && a < hangul_s + hangul_count && (a - hangul_s) % hangul_t_count == 0 && b > hangul_t &&
+        b < hangul_t + hangul_t_count)
+        return a + (b - hangul_t);
+    static const std::unordered_map<std::uint64_t, char32_t> pairs = [] {
+        std::unordered_map<std::uint64_t, char32_t> m;
+        for (const auto& d : detail::unicode::decompositions)
+            if (d.composes) m.emplace((std::uint64_t{d.first} << 32) | d.second, d.cp);
+        return m;
+    }();
+    const auto it = pairs.find((std::uint64_t{a} << 32) | b);
+    return it == pairs.end() ? 0 : it->second;
+}
+
+/// NFC: NFD, then canonical composition (UAX #15).
+inline std::u32string nfc(std::u32string_view s) {
+    std::u32string d = nfd(s);
+    if (d.empty()) return d;
+    std::size_t starter = 0, out = 1;
+    int last_class = combining_class(d[0]) == 0 ? 0 : 256;
+    for (std::size_t i = 1; i < d.size(); ++i) {
+        const char32_t c = d[i];
+        const int cls = combining_class(c);
+        const char32_t composite = last_class == 256 ? 0 : compose_pair(d[starter], c);
+        if (composite != 0 && (last_class < cls || last_class == 0)) {
+            d[starter] = composite;
+        } else {
+            if (cls == 0) starter = out;
+            last_class = cls;
+            d[out++] = c;
+        }
+    }
+    d.resize(out);
+    return d;
+}
+
+// ---------------------------------------------------------------- byte-level alphabet
+
+/// GPT-2's bytes_to_unicode: every byte as a printable character.
+struct ByteAlphabet {
+    std::array<std::string, 256> encode{};              // byte -> UTF-8 of its character
+    std::unordered_map<char32_t, std::uint8_t> decode;  // character -> byte
+    ByteAlphabet() {
+        char32_t n = 0;
+        for (int b = 0; b < 256; ++b) {
+            const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+            const char32_t c = printable ? static_cast<char32_t>(b) : 256 + n++;
+            append_utf8(encode[static_cast<std::size_t>(b)], c);
+            decode.emplace(c, static_cast<std::uint8_t>(b));
+        }
+    }
+};
+
+inline const ByteAlphabet& byte_alphabet() {
+    static const ByteAlphabet a;
+    return a;
+}
+
+// ---------------------------------------------------------------- string helpers
+
+struct StringHash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
+};
+using Vocab = std::unordered_map<std::string, std::int32_t, StringHash, std::equal_to<>>;
+
+inline std::string replace_all(std::string_view s, std::string_view from, std::string_view to) {
+    if (from.empty()) return std::string(s);
+    std::string out;
+    std::size_t at = 0;
+    for (std::size_t f; (f = s.find(from, at)) != std::string_view::npos; at = f + from.size()) {
+        out.append(s.substr(at, f - at));
+        out.append(to);
+    }
+    out.append(s.substr(at));
+    return out;
+}
+
+/// A split of a piece: byte range and whether it is a match of the split pattern.
+struct Span {
+    std::size_t begin, end;
+    bool match;
+};
+
+/// How Split and the other pre-tokenizers treat the delimiters they find (tokenizers'
+/// SplitDelimiterBehavior).
+enum class Behavior : std::uint8_t { removed, isolated, merged_with_previous, merged_with_next, contiguous };
+
+/// Applies `behavior` to the alternating matches/non-matches of a piece (tokenizers' semantics);
+/// returns the byte ranges of the resulting non-empty parts.
+inline std::vector<std::pair<std::size_t, std::size_t>> apply_behavior(std::vector<Span> spans, Behavior behavior) {
+    std::vector<Span> acc;
+    switch (behavior) {
+        case Behavior::removed:
+            for (const auto& s : spans)
+                if (!s.match) acc.push_back(s);
+            break;
+        case Behavior::isolated:
+            acc = std::move(spans);
+            break;
+        case Behavior::merged_with_previous: {
+            bool previous_match = false;
+            for (const auto& s : spans) {
+                if (s.match && !previous_match) {
+                    if (!acc.empty())
+                        acc.back().end = s.end;
+                    else
+                        acc.push_back({s.begin, s.end, true});
+                } else {
+                    acc.push_back({s.begin, s.end, false});
+                }
+                previous_match = s.match;
+            }
+            break;
+        }
+        case Behavior::merged_with_next: {
+            bool previous_match = false;
+            for (auto it = spans.rbegin(); it != spans.rend(); ++it) {
+                if (it->match && !previous_match) {
+                    if (!acc.empty())
+                        acc.back().begin = it->begin;
+                    else
+                        acc.push_back({it->begin, it->end, true});
+                } else {
+                    acc.push_back({it->begin, it->end, false});
+                }
+                previous_match = it->match;
+            }
+            std::reverse(acc.begin(), acc.end());
+            break;
+        }
+        case Behavior::contiguous: {
+            bool previous_match = false;
+            for (const auto& s : spans) {
+                if (s.match == previous_match) {
+                    if (!acc.empty())
+                        acc.back().end = s.end;
+                    else
+                        acc.push_back({s.begin, s.end, false});
+                } else {
+                    acc.push_back({s.begin, s.end, false});
+                }
+                previous_match = s.match;
+            }
+            break;
+        }
+    }
+    std::vector<std::pair<std::size_t, std::size_t>> out;
+    for (const auto& s : acc)
+        if (s.end > s.begin) out.emplace_back(s.begin, s.end);
+    return out;
+}
+
+/// Matches and gaps of a character predicate: every matching character is its own match.
+template <class Pred>
+std::vector<Span> char_spans(std::string_view s, Pred pred) {
+    std::vector<Span> out;
+    if (s.empty()) return {{0, 0, false}};
+    std::size_t last = 0;
+    for (std::size_t i = 0; i < s.size();) {
+        const std::size_t b = i;
+        const char32_t c = next_utf8(s, i);
+        if (pred(c)) {
+            if (last < b) out.push_back({last, b, false});
+            out.push_back({b, i, true});
+            last = i;
+        }
+    }
+    if (last < s.size()) out.push_back({last, s.size(), false});
+    return out;
+}
+
+/// Matches and gaps of a list of match ranges.
+inline std::vector<Span> range_spans(std::size_t size, const std::vector<std::pair<std::size_t, std::size_t>>& m) {
+    if (size == 0) return {{0, 0, false}};
+    std::vector<Span> out;
+    std::size_t prev = 0;
+    for (const auto& [b, e] : m) {
+        if (prev != b) out.push_back({prev, b, false});
+        out.push_back({b, e, true});
+        prev = e;
+    }
+    if (prev != size) out.push_back({prev, size, false});
+    return out;
+}
+
+/// Matches and gaps of a literal string (all non-overlapping occurrences).
+inline std::vector<std::pair<std::size_t, std::size_t>> literal_matches(std::string_view s, std::string_view lit) {
+    std::vector<std::pair<std::size_t, std::size_t>> out;
+    if (lit.empty()) return out;
+    for (std::size_t at = 0, f; (f = s.find(lit, at)) != std::string_view::npos; at = f + lit.size())
+        out.emplace_back(f, f + lit.size());
+    return out;
+}
+
+/// A piece of the text on its way through the pipeline: its (normalized) text, whether it begins at
+/// offset 0 of the original text (Metaspace's prepend_scheme "first"), and the id when it is an added
+/// token (then it skips the rest of the pipeline).
+struct Piece {
+    std::string text;
+    bool at_start = false;
+    std::int32_t token = -1;
+};
+
+// ---------------------------------------------------------------- JSON access with paths
+
+/// Reads a tokenizer.json, naming the file and the JSON path in every error.
+class Reader {
+public:
+    explicit Reader(std::string file) : file_(std::move(file)) {}
+
+    const std::string& file() const noexcept { return file_; }
+
+    [[noreturn]] void fail(const std::string& path, const std::string& what) const {
+        throw config_error(file_ + ":" + (!path.empty() && path[0] == '.' ? path.substr(1) : path), what);
+    }
+
+    static std::string type_name(const json& j) {
+        if (j.is_number_integer()) return "an integer";
+        if (j.is_number()) return "a number";
+        const std::string n = j.type_name();
+        return (n[0] == 'a' || n[0] == 'o' ? "an " : "a ") + n;
+    }
+
+    const json& object(const json& j, const std::string& path) const {
+        if (!j.is_object()) fail(path, "must be an object, got " + type_name(j));
+        return j;
+    }
+    const json& array(const json& j, const std::string& path) const {
+        if (!j.is_array()) fail(path, "must be an array, got " + type_name(j));
+        return j;
+    }
+    std::string string(const json& j, const std::string& path) const {
+        if (!j.is_string()) fail(path, "must be a string, got " + type_name(j));
+        return j.get<std::string>();
+    }
+    bool boolean(const json& j, const std::string& path) const {
+        if (!j.is_boolean()) fail(path, "must be a boolean, got " + type_name(j));
+        return j.get<bool>();
+    }
+    std::int64_t integer(const json& j, const std::string& path, std::int64_t lo, std::int64_t hi) const {
+        if (!j.is_number_integer()) fail(path, "must be an integer, got " + type_name(j));
+        const std::int64_t v = j.is_number_unsigned() && j.get<std::uint64_t>() > std::uint64_t{INT64_MAX}
+                                   ? INT64_MAX
+                                   : j.get<std::int64_t>();
+        if (v < lo || v > hi)
+            fail(path, "must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got " + j.dump());
+        return v;
+    }
+
+    // Optional fields: absent or null gives the default.
+    static const json* find(const json& obj, const char* key) {
+        const auto it = obj.find(key);
+        return it == obj.end() || it->is_null() ? nullptr : &*it;
+    }
+    bool opt_bool(const json& obj, const std::string& path, const char* key, bool dflt) const {
+        const json* v = find(obj, key);
+        return v ? boolean(*v, path + "." + key) : dflt;
+    }
+    std::string opt_string(const json& obj, const std::string& path, const char* key, std::string dflt) const {
+        const json* v = find(obj, key);
+        return v ? string(*v, path + "." + key) : dflt;
+    }
+    std::string req_string(const json& obj, const std::string& path, const char* key) const {
+        const json* v = find(obj, key);
+        if (!v) fail(path + "." + key, "missing");
+        return string(*v, path + "." + key);
+    }
+    /// A single character field (Metaspace's replacement, Strip's content).
+    char32_t character(const json& obj, const std::string& path, const char* key, char32_t dflt) const {
+        const json* v = find(obj, key);
+        if (!v) return dflt;
+        const std::u32string s = to_u32(string(*v, path + "." + key));
+        if (s.size() != 1) fail(path + "." + key, "must be a single character, got " + v->dump());
+        return s[0];
+    }
+    /// The "type" of a component, checked against the supported ones.
+    std::string type(const json& j, const std::string& path, const char* what,
+                     std::initializer_list<std::string_view> supported) const {
+        object(j, path);
+        const json* t = find(j, "type");
+        if (!t) fail(path + ".type", std::string("missing: the ") + what + " type");
+        const std::string name = string(*t, path + ".type");
+        if (std::find(supported.begin(), supported.end(), name) == supported.end()) {
+            std::string list;
+            for (auto s : supported) list += (list.empty() ? "" : ", ") + std::string(s);
+            fail(path + ".type", std::string("unsupported ") + what + " \"" + name + "\" (supported: " + list + ")");
+        }
+        return name;
+    }
+    /// Rejects keys outside `known`, so an option distill does not implement is never ignored.
+    void only(const json& obj, const std::string& path, std::initializer_list<std::string_view> known) const {
+        for (auto it = obj.begin(); it != obj.end(); ++it)
+            if (std::find(known.begin(), known.end(), it.key()) == known.end())
+                fail(path + "." + it.key(), "unsupported field (this tokenizer component is supported without it)");
+    }
+
+private:
+    std::string file_;
+};
+
+// Nesting bound for Sequence components, so a hostile file cannot exhaust the stack.
+inline constexpr int max_nesting = 16;
+// Bounds on what a file may ask for.
+inline constexpr std::int64_t max_token_id = (std::int64_t{1} << 24) - 1;
+inline constexpr std::size_t max_token_bytes = 1 << 16;
+
+/// A Split/Replace pattern: a literal string or a regular expression.
+struct Pattern {
+    std::string literal;
+    Regex regex;
+    bool is_regex = false;
+
+    std::vector<std::pair<std::size_t, std::size_t>> find(std::string_view s) const {
+        return is_regex ? regex.find_all(s) : literal_matches(s, literal);
+    }
+    std::string replace(std::string_view s, std::string_view content) const {
+        if (!is_regex) return replace_all(s, literal, content);
+        std::string out;
+        std::size_t at = 0;
+        for (const auto& [b, e] : regex.find_all(s)) {
+            out.append(s.substr(at, b - at));
+            out.append(content);
+            at = e;
+        }
+        out.append(s.substr(at));
+        return out;
+    }
+};
+
+inline Pattern read_pattern(const Reader& r, const json& j, const std::string& path) {
+    r.object(j, path);
+    Pattern p;
+    if (const json* s = Reader::find(j, "String")) {
+        p.literal = r.string(*s, path + ".String");
+    } else if (const json* re = Reader::find(j, "Regex")) {
+        p.regex = Regex(r.string(*re, path + ".Regex"), r.file() + ":" + path + ".Regex");
+        p.is_regex = true;
+    } else {
+        r.fail(path, "must be {\"String\": ...} or {\"Regex\": ...}");
+    }
+    if (j.size() != 1) r.fail(path, "must have exactly one of \"String\" and \"Regex\"");
+    return p;
+}
+
+// ---------------------------------------------------------------- normalizers
+
+struct Normalizer {
+    enum class Kind : std::uint8_t { sequence, bert, lowercase, strip_accents, nfc, nfd, replace, prepend, strip };
+    Kind kind = Kind::sequence;
+    std::vector<Normalizer> children{};
+    bool clean_text = true, handle_chinese_chars = true, strip_accents = false, lowercase = false;
+    bool strip_left = false, strip_right = false;
+    Pattern pattern{};
+    std::string content{};
+
+    std::string apply(std::string_view text) const {
+        switch (kind) {
+            case Kind::sequence: {
+                std::string s(text);
+                for (const auto& c : children) s = c.apply(s);
+                return s;
+            }
+            case Kind::bert:
+                return bert(text);
+            case Kind::lowercase: {
+                std::u32string out;
+                for (char32_t c : to_u32(text)) append_lowercase(out, c);
+                return to_utf8(out);
+            }
+            case Kind::strip_accents: {
+                std::u32string out;
+                for (char32_t c : to_u32(text))
+                    if (!is_mark(c)) out.push_back(c);
+                return to_utf8(out);
+            }
+            case Kind::nfc:
+                return to_utf8(nfc(to_u32(text)));
+            case Kind::nfd:
+                return to_utf8(nfd(to_u32(text)));
+            case Kind::replace:
+                return pattern.replace(text, content);
+            case Kind::prepend:
+                return text.empty() ? std::string() : content + std::string(text);
+            case Kind::strip: {
+                std::u32string s = to_u32(text);
+                std::size_t b = 0, e = s.size();
+                if (strip_left)
+                    while (b < e && is_whitespace(s[b])) ++b;
+                if (strip_right)
+                    while (e > b && is_whitespace(s[e - 1])) --e;
+                return to_utf8(std::u32string_view(s).substr(b, e - b));
+            }
+        }
+        return std::string(text);
+    }
+
+    std::string bert(std::string_view text) const {
+        std::u32string s = to_u32(text), t;
+        if (clean_text) {
+            for (char32_t c : s) {
+                if (c == 0 || c == replacement_char) continue;
+                const bool control = c != '\t' && c != '\n' && c != '\r' && is_other(c);
+                if (control) continue;
+                t.push_back(is_whitespace(c) ? U' ' : c);
+            }
+            s.swap(t);
+            t.clear();
+        }
+        if (handle_chinese_chars) {
+            for (char32_t c : s) {
+                if (is_chinese_char(c)) {
+                    t.push_back(U' ');
+                    t.push_back(c);
+                    t.push_back(U' ');
+                } else {
+                    t.push_back(c);
+                }
+            }
+            s.swap(t);
+            t.clear();
+        }
+        if (strip_accents) {
+            for (char32_t c : nfd(s))
+                if (!is_nonspacing_mark(c)) t.push_back(c);
+            s.swap(t);
+            t.clear();
+        }
+        if (lowercase) {
+            for (char32_t c : s) append_lowercase(t, c);
+            s.swap(t);
+        }
+        return to_utf8(s);
+    }
+};
+
+inline Normalizer read_normalizer(const Reader& r, const json& j, const std::string& path, int depth = 0) {
+    if (depth > max_nesting) r.fail(path, "nested too deeply (at most " + std::to_string(max_nesting) + " levels)");
+    const std::string t = r.type(j, path, "normalizer",
+                                 {"Sequence", "BertNormalizer", "Lowercase", "StripAccents", "NFC", "NFD", "Replace",
+                                  "Prepend", "Strip", "NFKC", "NFKD", "Precompiled", "Nmt"});
+    Normalizer n;
+    using K = Normalizer::Kind;
+    if (t == "NFKC" || t == "NFKD" || t == "Precompiled" || t == "Nmt")
+        r.fail(path + ".type", "normalizer \"" + t +
+                                   "\" is not supported (it needs compatibility-decomposition or SentencePiece "
+                                   "charsmap tables; supported: Sequence, BertNormalizer, Lowercase, StripAccents, "
+                                   "NFC, NFD, Replace, Prepend, Strip)");
+    if (t == "Sequence") {
+        r.only(j, path, {"type", "normalizers"});
+        n.kind = K::sequence;
+        const json* list = Reader::find(j, "normalizers");
+        if (!list) r.fail(path + ".normalizers", "missing");
+        r.array(*list, path + ".normalizers");
+        for (std::size_t i = 0; i < list->size(); ++i)
+            n.children.push_back(
+                read_normalizer(r, (*list)[i], path + ".normalizers[" + std::to_string(i) + "]", depth + 1));
+    } else if (t == "BertNormalizer") {
+        r.only(j, path, {"type", "clean_text", "handle_chinese_chars", "strip_accents", "lowercase"});
+        n.kind = K::bert;
+        n.clean_text = r.opt_bool(j, path, "clean_text", true);
+        n.handle_chinese_chars = r.opt_bool(j, path, "handle_chinese_chars", true);
+        n.lowercase = r.opt_bool(j, path, "lowercase", true);
+        n.strip_accents = r.opt_bool(j, path, "strip_accents", n.lowercase);  // null: follows lowercase
+    } else if (t == "Lowercase") {
+        r.only(j, path, {"type"});
+        n.kind = K::lowercase;
+    } else if (t == "StripAccents") {
+        r.only(j, path, {"type"});
+        n.kind = K::strip_accents;
+    } else if (t == "NFC") {
+        r.only(j, path, {"type"});
+        n.kind = K::nfc;
+    } else if (t == "NFD") {
+        r.only(j, path, {"type"});
+        n.kind = K::nfd;
+    } else if (t == "Replace") {
+        r.only(j, path, {"type", "pattern", "content"});
+        n.kind = K::replace;
+        const json* p = Reader::find(j, "pattern");
+        if (!p) r.fail(path + ".pattern", "missing");
+        n.pattern = read_pattern(r, *p, path + ".pattern");
+        n.content = r.req_string(j, path, "content");
+    } else if (t == "Prepend") {
+        r.only(j, path, {"type", "prepend"});
+        n.kind = K::prepend;
+        n.content = r.req_string(j, path, "prepend");
+    } else {  // Strip
+        r.only(j, path, {"type", "strip_left", "strip_right"});
+        n.kind = K::strip;
+        n.strip_left = r.opt_bool(j, path, "strip_left", true);
+        n.strip_right = r.opt_bool(j, path, "strip_right", true);
+    }
+    return n;
+}
+
+// ---------------------------------------------------------------- pre-tokenizers
+
+inline const char* gpt2_pattern = R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+
+enum class Prepend : std::uint8_t { always, first, never };
+
+struct PreTokenizer {
+    enum class Kind : std::uint8_t {
+        sequence,
+        byte_level,
+        split,
+        metaspace,
+        digits,
+        bert,
+        whitespace,
+        whitespace_split,
+        punctuation
+    };
+    Kind kind = Kind::sequence;
+    std::vector<PreTokenizer> children{};
+    bool add_prefix_space = false, use_regex = true, invert = false, individual_digits = false, split = true;
+    Pattern pattern{};
+    Regex regex{};
+    Behavior behavior = Behavior::isolated;
+    std::string replacement{};
+    Prepend prepend = Prepend::always;
+
+    /// Splits every piece without a token id further (tokenizers' PreTokenizedString::split).
+    void apply(std::vector<Piece>& pieces) const {
+        if (kind == Kind::sequence) {
+            for (const auto& c : children) c.apply(pieces);
+            return;
+        }
+        std::vector<Piece> out;
+        out.reserve(pieces.size());
+        for (auto& p : pieces) {
+            if (p.token >= 0) {
+                out.push_back(std::move(p));
+                continue;
+            }
+            split_one(p, out);
+        }
+        pieces.swap(out);
+    }
+
+    void split_one(Piece& p, std::vector<Piece>& out) const {
+        std::string text = std::move(p.text);
+        std::vector<std::pair<std::size_t, std::size_t>> parts;
+        switch (kind) {
+            case Kind::byte_level: {
+                if (add_prefix_space && (text.empty() || text[0] != ' ')) text.insert(text.begin(), ' ');
+                if (use_regex)
+                    parts = apply_behavior(range_spans(text.size(), regex.find_all(text)), Behavior::isolated);
+                else if (!text.empty())
+                    parts = {{0, text.size()}};
+                break;
+            }
+            case Kind::split: {
+                std::vector<Span> spans = range_spans(text.size(), pattern.find(text));
+                if (invert)
+                    for (auto& s : spans) s.match = !s.match;
+                parts = apply_behavior(std::move(spans), behavior);
+                break;
+            }
+            case Kind::metaspace: {
+                text = replace_all(text, " ", replacement);
+                const bool starts = text.compare(0, replacement.size(), replacement) == 0;
+                if (!starts && (prepend == Prepend::always || (prepend == Prepend::first && p.at_start)))
+                    text = replacement + text;
+                if (split) {
+                    parts = apply_behavior(range_spans(text.size(), literal_matches(text, replacement)),
+                                           Behavior::merged_with_next);
+                } else if (!text.empty()) {
+                    parts = {{0, text.size()}};
+                }
+                break;
+            }
+            case Kind::digits:
+                parts = apply_behavior(char_spans(text, is_numeric),
+                                       individual_digits ? Behavior::isolated : Behavior::contiguous);
+                break;
+            case Kind::bert: {
+                // whitespace removed, then punctuation isolated
+                for (const auto& [b, e] : apply_behavior(char_spans(text, is_whitespace), Behavior::removed)) {
+                    const std::string_view w = std::string_view(text).substr(b, e - b);
+                    for (const auto& [b2, e2] : apply_behavior(char_spans(w, is_bert_punctuation), Behavior::isolated))
+                        parts.emplace_back(b + b2, b + e2);
+                }
+                break;
+            }
+            case Kind::whitespace: {
+                std::vector<Span> spans = range_spans(text.size(), regex.find_all(text));
+                for (auto& s : spans) s.match = !s.match;
+                parts = apply_behavior(std::move(spans), Behavior::removed);
+                break;
+            }
+            case Kind::whitespace_split:
+                parts = apply_behavior(char_spans(text, is_whitespace), Behavior::removed);
+                break;
+            case Kind::punctuation:
+                parts = apply_behavior(char_spans(text, is_bert_punctuation), behavior);
+                break;
+            case Kind::sequence:
+                break;
+        }
+        if (kind == Kind::byte_level) {  // every byte as its printable character
+            const auto& alpha = byte_alphabet();
+            for (const auto& [b, e] : parts) {
+                std::string mapped;
+                for (std::size_t k = b; k < e; ++k) mapped += alpha.encode[static_cast<unsigned char>(text[k])];
+                out.push_back({std::move(mapped), p.at_start && b == 0, -1});
+            }
+            return;
+        }
+        for (const auto& [b, e] : parts) out.push_back({text.substr(b, e - b), p.at_start && b == 0, -1});
+    }
+};
+
+inline Behavior read_behavior(const Reader& r, const json& obj, const std::string& path, Behavior dflt) {
+    const json* v = Reader::find(obj, "behavior");
+    if (!v) return dflt;
+    const std::string b = r.string(*v, path + ".behavior");
+    if (b == "Removed") return Behavior::removed;
+    if (b == "Isolated") return Behavior::isolated;
+    if (b == "MergedWithPrevious") return Behavior::merged_with_previous;
+    if (b == "MergedWithNext") return Behavior::merged_with_next;
+    if (b == "Contiguous") return Behavior::contiguous;
+    r.fail(path + ".behavior", "unknown behavior \"" + b +
+                                   "\" (supported: Removed, Isolated, MergedWithPrevious, MergedWithNext, Contiguous)");
+}
+
+inline Prepend read_prepend_scheme(const Reader& r, const json& j, const std::string& path) {
+    if (const json* v = Reader::find(j, "prepend_scheme")) {
+        const std::string s = r.string(*v, path + ".prepend_scheme");
+        if (s == "always") return Prepend::always;
+        if (s == "first") return Prepend::first;
+        if (s == "never") return Prepend::never;
+        r.fail(path + ".prepend_scheme", "unknown prepend_scheme \"" + s + "\" (supported: always, first, never)");
+    }
+    return r.opt_bool(j, path, "add_prefix_space", true) ? Prepend::always : Prepend::never;  // the older form
+}
+
+inline PreTokenizer read_pre_tokenizer(const Reader& r, const json& j, const std::string& path, int depth = 0) {
+    if (depth > max_nesting) r.fail(path, "nested too deeply (at most " + std::to_string(max_nesting) + " levels)");
+    const std::string t = r.type(j, path, "pre-tokenizer",
+                                 {"Sequence", "ByteLevel", "Split", "Metaspace", "Digits", "BertPreTokenizer",
+                                  "Whitespace", "WhitespaceSplit", "Punctuation"});
+    PreTokenizer p;
+    using K = PreTokenizer::Kind;
+    if (t == "Sequence") {
+        r.only(j, path, {"type", "pretokenizers"});
+        const json* list = Reader::find(j, "pretokenizers");
+        if (!list) r.fail(path + ".pretokenizers", "missing");
+        r.array(*list, path + ".pretokenizers");
+        for (std::size_t i = 0; i < list->size(); ++i)
+            p.children.push_back(
+                read_pre_tokenizer(r, (*list)[i], path + ".pretokenizers[" + std::to_string(i) + "]", depth + 1));
+    } else if (t == "ByteLevel") {
+        r.only(j, path, {"type", "add_prefix_space", "trim_offsets", "use_regex"});
+        p.kind = K::byte_level;
+        p.add_prefix_space = r.opt_bool(j, path, "add_prefix_space", true);
+        p.use_regex = r.opt_bool(j, path, "use_regex", true);
+        (void)r.opt_bool(j, path, "trim_offsets", true);  // offsets only; distill returns ids
+        if (p.use_regex) p.regex = Regex(gpt2_pattern, "ByteLevel");
+    } else if (t == "Split") {
+        r.only(j, path, {"type", "pattern", "behavior", "invert"});
+        p.kind = K::split;
+        const json* pat = Reader::find(j, "pattern");
+        if (!pat) r.fail(path + ".pattern", "missing");
+        p.pattern = read_pattern(r, *pat, path + ".pattern");
+        p.behavior = read_behavior(r, j, path, Behavior::removed);
+        if (!Reader::find(j, "behavior")) r.fail(path + ".behavior", "missing");
+        p.invert = r.opt_bool(j, path, "invert", false);
+    } else if (t == "Metaspace") {
+        r.only(j, path, {"type", "replacement", "prepend_scheme", "split", "add_prefix_space", "str_rep"});
+        p.kind = K::metaspace;
+        std::string rep;
+        append_utf8(rep, r.character(j, path, "replacement", 0x2581));
+        p.replacement = rep;
+        p.prepend = read_prepend_scheme(r, j, path);
+        p.split = r.opt_bool(j, path, "split", true);
+    } else if (t == "Digits") {
+        r.only(j, path, {"type", "individual_digits"});
+        p.kind = K::digits;
+        p.individual_digits = r.opt_bool(j, path, "individual_digits", false);
+    } else if (t == "BertPreTokenizer") {
+        r.only(j, path, {"type"});
+        p.kind = K::bert;
+    } else if (t == "Whitespace") {
+        r.only(j, path, {"type"});
+        p.kind = K::whitespace;
+        p.regex = Regex(R"([\p{L}\p{M}\p{Nd}\p{Pc}\x{200C}\x{200D}]+|[^\p{L}\p{M}\p{Nd}\p{Pc}\x{200C}\x{200D}\s]+)",
+                        "Whitespace");
+    } else if (t == "WhitespaceSplit") {
+        r.only(j, path, {"type"});
+        p.kind = K::whitespace_split;
+    } else {  // Punctuation
+        r.only(j, path, {"type", "behavior"});
+        p.kind = K::punctuation;
+        p.behavior = read_behavior(r, j, path, Behavior::isolated);
+    }
+    return p;
+}
+
+// ---------------------------------------------------------------- decoders
+
+struct Decoder {
+    enum class Kind : std::uint8_t {
+        sequence,
+        byte_level,
+        metaspace,
+        byte_fallback,
+        fuse,
+        strip,
+        replace,
+        wordpiece,
+        bpe
+    };
+    Kind kind = Kind::sequence;
+    std::vector<Decoder> children{};
+    char32_t content = U' ';
+    std::size_t start = 0, stop = 0;
+    Pattern pattern{};
+    std::string text{};  // Replace's content, WordPiece's prefix, BPEDecoder's suffix, Metaspace's replacement
+    bool cleanup = true;
+    Prepend prepend = Prepend::always;
+
+    static std::string wordpiece_cleanup(std::string s) {
+        static constexpr std::array<std::pair<std::string_view, std::string_view>, 11> fixes = {{{" .", "."},
+                                                                                                 {" ?", "?"},
+                                                                                                 {" !", "!"},
+                                                                                                 {" ,", ","},
+                                                                                                 {" ' ", "'"},
+                                                                                                 {" n't", "n't"},
+                                                                                                 {" 'm", "'m"},
+                                                                                                 {" do not", " don't"},
+                                                                                                 {" 's", "'s"},
+                                                                                                 {" 've", "'ve"},
+                                                                                                 {" 're", "'re"}}};
+        for (const auto& [from, to] : fixes) s = replace_all(s, from, to);
+        return s;
+    }
+
+    void apply(std::vector<std::string>& tokens) const {
+        switch (kind) {
+            case Kind::sequence:
+                for (const auto& c : children) c.apply(tokens);
+                return;
+            case Kind::byte_level: {
+                const auto& alpha = byte_alphabet();
+                std::string bytes;
+                for (const auto& t : tokens) {
+                    std::string mapped;
+                    bool ok = true;
+                    for (char32_t c : to_u32(t)) {
+                        const auto it = alpha.decode.find(c);
+                        if (it == alpha.decode.end()) {
+                            ok = false;
+                            break;
+                        }
+                        mapped.push_back(static_cast<char>(it->second));
+                    }
+                    bytes += ok ? mapped : t;
+                }
+                tokens.assign(1, lossy_utf8(bytes));
+                return;
+            }
+            case Kind::metaspace: {
+                const char32_t rep = to_u32(text)[0];
+                for (std::size_t i = 0; i < tokens.size(); ++i) {
+                    std::u32string out;
+                    for (char32_t c : to_u32(tokens[i])) {
+                        if (c != rep)
+                            out.push_back(c);
+                        else if (!(i == 0 && prepend != Prepend::never))
+                            out.push_back(U' ');
+                    }
+                    tokens[i] = to_utf8(out);
+                }
+                return;
+            }
+            case Kind::byte_fallback: {
+                std::vector<std::string> out;
+                std::string pending;
+                auto flush = [&] {
+                    if (pending.empty()) return;
+                    if (valid_utf8(pending))
+                        out.push_back(pending);
+                    else
+                        for (std::size_t k = 0; k < pending.size(); ++k) out.emplace_back("\xEF\xBF\xBD");
+                    pending.clear();
+                };
+                for (auto& t : tokens) {
+                    if (const auto b = byte_token_value(t)) {
+                        pending.push_back(static_cast<char>(*b));
+                    } else {
+                        flush();
+                        out.push_back(std::move(t));
+                    }
+                }
+                flush();
+                tokens.swap(out);
+                return;
+            }
+            case Kind::fuse: {
+                std::string all;
+                for (const auto& t : tokens) all += t;
+                tokens.assign(1, std::move(all));
+                return;
+            }
+            case Kind::strip:
+                for (auto& t : tokens) {
+                    const std::u32string s = to_u32(t);
+                    std::size_t b = 0, e = s.size();
+                    for (std::size_t i = 0; i < start && i < s.size() && s[i] == content; ++i) b = i + 1;
+                    for (std::size_t i = 0; i < stop && i < s.size() && s[s.size() - 1 - i] == content; ++i)
+                        e = s.size() - 1 - i;
+                    t = b < e ? to_utf8(std::u32string_view(s).substr(b, e - b)) : std::string();
+                }
+                return;
+            case Kind::replace:
+                for (auto& t : tokens) t = pattern.replace(t, text);
+                return;
+            case Kind::wordpiece:
+                for (std::size_t i = 0; i < tokens.size(); ++i) {
+                    std::string& t = tokens[i];
+                    if (i != 0) {
+                        if (t.compare(0, text.size(), text) == 0)
+                            t.erase(0, text.size());
+                        else
+                            t.insert(t.begin(), ' ');
+                    }
+                    if (cleanup) t = wordpiece_cleanup(std::move(t));
+                }
+                return;
+            case Kind::bpe:
+                for (std::size_t i = 0; i < tokens.size(); ++i)
+                    tokens[i] = replace_all(tokens[i], text, i + 1 == tokens.size() ? "" : " ");
+                return;
+        }
+    }
+
+    /// The byte of a `<0xNN>` token (Rust's u8::from_str_radix also takes a leading '+').
+    static std::optional<std::uint8_t> byte_token_value(std::string_view t) {
+        if (t.size() != 6 || t.substr(0, 3) != "<0x" || t[5] != '>') return std::nullopt;
+        auto hex = [](char c) -> int {
+            if (c >= '0' && c <= '9') return c - '0';
+            if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+            if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+            return -1;
+        };
+        const int hi = hex(t[3]), lo = hex(t[4]);
+        if (t[3] == '+' && lo >= 0) return static_cast<std::uint8_t>(lo);
+        if (hi < 0 || lo < 0) return std::nullopt;
+        return static_cast<std::uint8_t>(hi * 16 + lo);
+    }
+};
+
+inline Decoder read_decoder(const Reader& r, const json& j, const std::string& path, int depth = 0) {
+    if (depth > max_nesting) r.fail(path, "nested too deeply (at most " + std::to_string(max_nesting) + " levels)");
+    const std::string t = r.type(
+        j, path, "decoder",
+        {"Sequence", "ByteLevel", "Metaspace", "ByteFallback", "Fuse", "Strip", "Replace", "WordPiece", "BPEDecoder"});
+    Decoder d;
+    using K = Decoder::Kind;
+    if (t == "Sequence") {
+        r.only(j, path, {"type", "decoders"});
+        const json* list = Reader::find(j, "decoders");
+        if (!list) r.fail(path + ".decoders", "missing");
+        r.array(*list, path + ".decoders");
+        for (std::size_t i = 0; i < list->size(); ++i)
+            d.children.push_back(read_decoder(r, (*list)[i], path + ".decoders[" + std::to_string(i) + "]", depth + 1));
+    } else if (t == "ByteLevel") {
+        r.only(j, path, {"type", "add_prefix_space", "trim_offsets", "use_regex"});
+        d.kind = K::byte_level;
+    } else if (t == "Metaspace") {
+        r.only(j, path, {"type", "replacement", "prepend_scheme", "split", "add_prefix_space", "str_rep"});
+        d.kind = K::metaspace;
+        append_utf8(d.text, r.character(j, path, "replacement", 0x2581));
+        d.prepend = read_prepend_scheme(r, j, path);
+    } else if (t == "ByteFallback") {
+        r.only(j, path, {"type"});
+        d.kind = K::byte_fallback;
+    } else if (t == "Fuse") {
+        r.only(j, path, {"type"});
+        d.kind = K::fuse;
+    } else if (t == "Strip") {
+        r.only(j, path, {"type", "content", "start", "stop"});
+        d.kind = K::strip;
+        d.content = r.character(j, path, "content", U' ');
+        const json* s = Reader::find(j, "start");
+        const json* e = Reader::find(j, "stop");
+        d.start = s ? static_cast<std::size_t>(r.integer(*s, path + ".start", 0, 1 << 20)) : 0;
+        d.stop = e ? static_cast<std::size_t>(r.integer(*e, path + ".stop", 0, 1 << 20)) : 0;
+    } else if (t == "Replace") {
+        r.only(j, path, {"type", "pattern", "content"});
+        d.kind = K::replace;
+        const json* p = Reader::find(j, "pattern");
+        if (!p) r.fail(path + ".pattern", "missing");
+        d.pattern = read_pattern(r, *p, path + ".pattern");
+        d.text = r.req_string(j, path, "content");
+    } else if (t == "WordPiece") {
+        r.only(j, path, {"type", "prefix", "cleanup"});
+        d.kind = K::wordpiece;
+        d.text = r.opt_string(j, path, "prefix", "##");
+        d.cleanup = r.opt_bool(j, path, "cleanup", true);
+    } else {  // BPEDecoder
+        r.only(j, path, {"type", "suffix"});
+        d.kind = K::bpe;
+        d.text = r.opt_string(j, path, "suffix", "</w>");
+    }
+    return d;
+}
+
+// ---------------------------------------------------------------- post-processors
+
+/// The single-sequence part of a post-processor: ids before and after the sequence.
+struct PostProcessor {
+    std::vector<std::int32_t> before{}, after{};
+};
+
+}  // namespace hf_detail
+
+/// A Hugging Face tokenizer read from `tokenizer.json`: encodes text to ids and decodes ids to text
+/// exactly as the Python `tokenizers` package does for the supported components (see the file comment
+/// and docs/tokenizers.md). Immutable after construction; `encode`/`decode` are safe to call from
+/// several threads at once.
+class HfTokenizer {
+public:
+    /// Reads `tokenizer_json` and, when it exists beside it, `tokenizer_config.json` (special-token
+    /// names and the chat template). Throws io_error if a file cannot be read, format_error for
+    /// malformed JSON, config_error (naming the file and JSON path) for anything unsupported or invalid.
+    explicit HfTokenizer(const std::filesystem::path& tokenizer_json) {
+        const std::string text = read_file(tokenizer_json);
+        std::optional<std::string> config;
+        const auto config_path = tokenizer_json.parent_path() / "tokenizer_config.json";
+        std::error_code ec;
+        if (std::filesystem::is_regular_file(config_path, ec)) config = read_file(config_path);
+        load(text, tokenizer_json.string(), config, config_path.string());
+        // newer transformers save the template beside the config instead of inside it
+        const auto jinja = tokenizer_json.parent_path() / "chat_template.jinja";
+        if (chat_template_.empty() && std::filesystem::is_regular_file(jinja, ec)) chat_template_ = read_file(jinja);
+    }
+
+    /// Builds a tokenizer from the text of a tokenizer.json (and optionally of a tokenizer_config.json);
+    /// `name` stands for the file in error messages.
+    static HfTokenizer from_json(std::string_view tokenizer_json, std::optional<std::string_view> config_json = {},
+                                 std::string name = "tokenizer.json") {
+        HfTokenizer t;
+        std::optional<std::string> config;
+        if (config_json) config = std::string(*config_json);
+        t.load(std::string(tokenizer_json), name, config, "tokenizer_config.json");
+        return t;
+    }
+
+    /// The tokenizer's identity for fingerprints: `hf-` and the first 16 hex digits of the SHA-256 of
+    /// the tokenizer.json bytes (and of tokenizer_config.json, when read).
+    const std::string& id() const noexcept { return id_; }
+
+    /// The number of ids a model needs embedding rows for: the largest id (model vocabulary or added
+    /// token) + 1.
+    std::int32_t vocab_size() const noexcept { return static_cast<std::int32_t>(id_to_token_.size()); }
+
+    /// The model type: "BPE", "WordPiece" or "WordLevel".
+    const std::string& model_type() const noexcept { return model_type_; }
+
+    /// The ids of `text` (UTF-8; invalid sequences are read as U+FFFD), with the post-processor's
+    /// special tokens (e.g. BOS) when `add_special_tokens` is set.
+    std::vector<std::int32_t> encode(std::string_view text, bool add_special_tokens = true) const {
+        using namespace hf_detail;
+        std::vector<Piece> pieces = split_added(sanitize_utf8(text));
+        if (pre_tokenizer_) pre_tokenizer_->apply(pieces);
+        std::vector<std::int32_t> ids;
+        if (add_special_tokens) ids = post_.before;
+        for (const auto& p : pieces) {
+            if (p.token >= 0)
+                ids.push_back(p.token);
+            else
+                tokenize(p.text, ids);
+        }
+        if (add_special_tokens) ids.insert(ids.end(), post_.after.begin(), post_.after.end());
+        return ids;
+    }
+
+    /// The text of `ids` through the decoder; special added tokens are dropped when
+    /// `skip_special_tokens` is set. Throws distill::error for an id outside [0, vocab_size()) or
+    /// one no token has.
+    std::string decode(std::span<const std::int32_t> ids, bool skip_special_tokens = false) const {
+        std::vector<std::string> tokens;
+        tokens.reserve(ids.size());
+        for (std::int32_t id : ids) {
+            const std::string* t = token_of(id);
+            if (t == nullptr)
+                throw error("token id " + std::to_string(id) + " is not in the vocabulary of tokenizer " + id_ + " (" +
+                            std::to_string(vocab_size()) + " ids)");
+            if (skip_special_tokens && special_ids_.count(id)) continue;
+            tokens.push_back(*t);
+        }
+        if (!decoder_) {
+            std::string out;
+            for (std::size_t i = 0; i < tokens.size(); ++i) out += (i ? " " : "") + tokens[i];
+            return out;
+        }
+        decoder_->apply(tokens);
+        std::string out;
+        for (const auto& t : tokens) out += t;
+        return out;
+    }
+
+    /// The id of a token (model vocabulary or added token), if it has one.
+    std::optional<std::int32_t> token_to_id(std::string_view token) const {
+        if (const auto it = added_.find(token); it != added_.end()) return it->second;
+        if (const auto it = vocab_.find(token); it != vocab_.end()) return it->second;
+        return std::nullopt;
+    }
+
+    /// The token of an id, if the id has one.
+    std::optional<std::string> id_to_token(std::int32_t id) const {
+        const std::string* t = token_of(id);
+        return t ? std::optional<std::string>(*t) : std::nullopt;
+    }
+
+    /// Whether `id` has a token (model vocabulary or added token).
+    bool has_id(std::int32_t id) const noexcept { return token_of(id) != nullptr; }
+
+    /// Whether `id` is a special added token (skipped by `decode(ids, true)`).
+    bool is_special(std::int32_t id) const { return special_ids_.count(id) != 0; }
+
+    /// Special-token ids named in tokenizer_config.json (`bos_token`, ...); the unknown token falls back
+    /// to the model's `unk_token`.
+    std::optional<std::int32_t> bos_id() const noexcept { return bos_; }
+    std::optional<std::int32_t> eos_id() const noexcept { return eos_; }
+    std::optional<std::int32_t> pad_id() const noexcept { return pad_; }
+    std::optional<std::int32_t> unk_id() const noexcept { return unk_; }
+    /// The names of those tokens ("" when absent).
+    const std::string& bos_token() const noexcept { return bos_token_; }
+    const std::string& eos_token() const noexcept { return eos_token_; }
+
+    /// The `chat_template` string of tokenizer_config.json ("" when absent).
+    const std::string& chat_template() const noexcept { return chat_template_; }
+
+    /// The chat template recognized from `chat_template()` (data/chat_template.hpp), with this
+    /// tokenizer's bos/eos names. Throws config_error for a template it does not recognize.
+    HfChatTemplate chat() const { return HfChatTemplate::recognize(chat_template_, bos_token_, eos_token_); }
+
+    /// The token of every id, in id order ("" for an id no token has).
+    const std::vector<std::string>& tokens() const noexcept { return id_to_token_; }
+
+    /// What data::align_vocabularies needs: the tokens, the pipeline fingerprint (normalizer,
+    /// pre-tokenizer, model) and the model's embedding rows (0: as many as ids).
+    VocabInfo vocab_info(std::string name, std::int64_t embedding_rows = 0) const {
+        return {std::move(name), id_to_token_, pipeline_, embedding_rows};
+    }
+
+private:
+    HfTokenizer() = default;
+
+    static std::string read_file(const std::filesystem::path& p) {
+        std::ifstream in(p, std::ios::binary);
+        if (!in) throw io_error(p, "cannot open the tokenizer file");
+        std::string s{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+        if (in.bad()) throw io_error(p, "cannot read the tokenizer file");
+        return s;
+    }
+
+    const std::string* token_of(std::int32_t id) const {
+        if (id < 0 || id >= vocab_size() || !has_token_[static_cast<std::size_t>(id)]) return nullptr;
+        return &id_to_token_[static_cast<std::size_t>(id)];
+    }
+
+    struct AddedToken {
+        std::string content;  // as written
+        std::string match;    // what is searched for: content, or content normalized
+        std::int32_t id = -1;
+        bool special = false, single_word = false, lstrip = false, rstrip = false, normalized = false;
+    };
+
+    // ------------------------------------------------------------ loading
+
+    void load(const std::string& text, const std::string& file, const std::optional<std::string>& config,
+              const std::string& config_file) {
+        using namespace hf_detail;
+        json j;
+        try {
+            j = json::parse(text);
+        } catch (const json::exception& e) {
+            throw format_error(file, 0, std::string("malformed JSON: ") + e.what());
+        }
+        const Reader r(file);
+        r.object(j, "(root)");
+        r.only(j, "",
+               {"version", "truncation", "padding", "added_tokens", "normalizer", "pre_tokenizer", "model",
+                "post_processor", "decoder"});
+        if (const json* t = Reader::find(j, "truncation"))
+            r.fail("truncation", "truncation is not supported (" + t->dump().substr(0, 80) +
+                                     "); truncate the ids yourself, or set it to null");
+        if (const json* p = Reader::find(j, "padding"))
+            r.fail("padding", "padding is not supported (" + p->dump().substr(0, 80) +
+                                  "); pad the ids yourself, or set it to null");
+        const json* model = Reader::find(j, "model");
+        if (!model) r.fail("model", "missing");
+        read_model(r, *model);
+        if (const json* n = Reader::find(j, "normalizer")) normalizer_ = read_normalizer(r, *n, "normalizer");
+        if (const json* p = Reader::find(j, "pre_tokenizer"))
+            pre_tokenizer_ = read_pre_tokenizer(r, *p, "pre_tokenizer");
+        if (const json* d = Reader::find(j, "decoder")) decoder_ = read_decoder(r, *d, "decoder");
+        if (const json* a = Reader::find(j, "added_tokens")) read_added_tokens(r, *a);
+        build_id_table(r);
+        if (const json* p = Reader::find(j, "post_processor")) read_post_processor(r, *p, "post_processor", 0);
+        for (std::int32_t id : post_.before) check_id(r, "post_processor", id);
+        for (std::int32_t id : post_.after) check_id(r, "post_processor", id);
+        pipeline_ = detail::sha256_hex((j.contains("normalizer") ? j["normalizer"].dump() : "null") + "\n" +
+                                       (j.contains("pre_tokenizer") ? j["pre_tokenizer"].dump() : "null") + "\n" +
+                                       j["model"].dump());
+        std::string fingerprint = detail::sha256_hex(text);
+        if (config) {
+            read_config(*config, config_file);
+            fingerprint = detail::sha256_hex(fingerprint + detail::sha256_hex(*config));
+        }
+        if (!unk_ && !model_unk_.empty()) unk_ = token_to_id(model_unk_);
+        id_ = "hf-" + fingerprint.substr(0, 16);
+    }
+
+    void check_id(const hf_detail::Reader& r, const std::string& path, std::int32_t id) const {
+        if (token_of(id) == nullptr)
+            r.fail(path, "special token id " + std::to_string(id) + " is not in the vocabulary (" +
+                             std::to_string(vocab_size()) + " ids)");
+    }
+
+    void read_vocab(const hf_detail::Reader& r, const hf_detail::json& v, const std::string& path) {
+        r.object(v, path);
+        vocab_.reserve(v.size());
+        for (auto it = v.begin(); it != v.end(); ++it) {
+            const std::string p = path + "[\"" + it.key().substr(0, 40) + "\"]";
+            const auto id = static_cast<std::int32_t>(r.integer(it.value(), p, 0, hf_detail::max_token_id));
+            if (it.key().size() > hf_detail::max_token_bytes) r.fail(p, "token longer than 65536 bytes");
+            vocab_.emplace(it.key(), id);
+        }
+    }
+
+    void read_model(const hf_detail::Reader& r, const hf_detail::json& m) {
+        using namespace hf_detail;
+        model_type_ = r.type(m, "model", "model type", {"BPE", "WordPiece", "WordLevel", "Unigram"});
+        if (model_type_ == "Unigram")
+            r.fail("model.type",
+                   "unsupported model type \"Unigram\" (supported: BPE, WordPiece, WordLevel); SentencePiece "
+                   "unigram models such as T5's are not implemented");
+        if (model_type_ == "BPE") {
+            r.only(m, "model",
+                   {"type", "dropout", "unk_token", "continuing_subword_prefix", "end_of_word_suffix", "fuse_unk",
+                    "byte_fallback", "ignore_merges", "vocab", "merges"});
+            if (const json* d = Reader::find(m, "dropout"))
+                if (!d->is_number() || d->get<double>() != 0.0)
+                    r.fail("model.dropout", "BPE dropout is not supported (it makes encoding random); set it to null");
+            model_unk_ = r.opt_string(m, "model", "unk_token", "");
+            prefix_ = r.opt_string(m, "model", "continuing_subword_prefix", "");
+            suffix_ = r.opt_string(m, "model", "end_of_word_suffix", "");
+            fuse_unk_ = r.opt_bool(m, "model", "fuse_unk", false);
+            byte_fallback_ = r.opt_bool(m, "model", "byte_fallback", false);
+            ignore_merges_ = r.opt_bool(m, "model", "ignore_merges", false);
+            const json* v = Reader::find(m, "vocab");
+            if (!v) r.fail("model.vocab", "missing");
+            read_vocab(r, *v, "model.vocab");
+            const json* merges = Reader::find(m, "merges");
+            if (merges) read_merges(r, *merges);
+        } else if (model_type_ == "WordPiece") {
+            r.only(m, "model", {"type", "unk_token", "continuing_subword_prefix", "max_input_chars_per_word", "vocab"});
+            model_unk_ = r.opt_string(m, "model", "unk_token", "[UNK]");
+            prefix_ = r.opt_string(m, "model", "continuing_subword_prefix", "##");
+            if (const json* x = Reader::find(m, "max_input_chars_per_word"))
+                max_chars_ = static_cast<std::size_t>(r.integer(*x, "model.max_input_chars_per_word", 0, INT32_MAX));
+            const json* v = Reader::find(m, "vocab");
+            if (!v) r.fail("model.vocab", "missing");
+            read_vocab(r, *v, "model.vocab");
+        } else {
+            r.only(m, "model", {"type", "unk_token", "vocab"});
+            model_unk_ = r.opt_string(m, "model", "unk_token", "<unk>");
+            const json* v = Reader::find(m, "vocab");
+            if (!v) r.fail("model.vocab", "missing");
+            read_vocab(r, *v, "model.vocab");
+        }
+        if (!model_unk_.empty() && model_type_ != "BPE" && !vocab_.count(model_unk_))
+            r.fail("model.unk_token", "\"" + model_unk_ + "\" is not in the vocabulary");
+    }
+
+    void read_merges(const hf_detail::Reader& r, const hf_detail::json& merges) {
+        using namespace hf_detail;
+        r.array(merges, "model.merges");
+        merges_.reserve(merges.size());
+        for (std::size_t i = 0; i < merges.size(); ++i) {
+            const std::string p = "model.merges[" + std::to_string(i) + "]";
+            const json& e = merges[i];
+            std::string a, b;
+            if (e.is_string()) {  // the older "a b" form
+                const std::string s = e.get<std::string>();
+                const auto sp = s.find(' ');
+                if (sp == std::string::npos || s.find(' ', sp + 1) != std::string::npos)
+                    r.fail(p, "must be two tokens separated by one space, got \"" + s.substr(0, 80) + "\"");
+                a = s.substr(0, sp);
+                b = s.substr(sp + 1);
+            } else if (e.is_array() && e.size() == 2) {
+                a = r.string(e[0], p + "[0]");
+                b = r.string(e[1], p + "[1]");
+            } else {
+                r.fail(p, "must be \"a b\" or [\"a\", \"b\"], got " + Reader::type_name(e));
+            }
+            const auto ia = vocab_.find(a), ib = vocab_.find(b);
+            if (ia == vocab_.end()) r.fail(p, "merge token \"" + a.substr(0, 80) + "\" is not in the vocabulary");
+            if (ib == vocab_.end()) r.fail(p, "merge token \"" + b.substr(0, 80) + "\" is not in the vocabulary");
+            const std::string merged =
+                a + (prefix_.empty() || b.compare(0, prefix_.size(), prefix_) != 0 ? b : b.substr(prefix_.size()));
+            const auto im = vocab_.find(merged);
+            if (im == vocab_.end())
+                r.fail(p, "the merged token \"" + merged.substr(0, 80) + "\" is not in the vocabulary");
+            // a repeated pair keeps its last rank, as tokenizers' map does
+            merges_[pair_key(ia->second, ib->second)] = {static_cast<std::int32_t>(i), im->second};
+        }
+    }
+
+    void read_added_tokens(const hf_detail::Reader& r, const hf_detail::json& list) {
+        using namespace hf_detail;
+        r.array(list, "added_tokens");
+        for (std::size_t i = 0; i < list.size(); ++i) {
+            const std::string p = "added_tokens[" + std::to_string(i) + "]";
+            const json& e = list[i];
+            r.object(e, p);
+            r.only(e, p, {"id", "content", "single_word", "lstrip", "rstrip", "normalized", "special"});
+            AddedToken t;
+            t.content = r.req_string(e, p, "content");
+            if (t.content.size() > max_token_bytes) r.fail(p + ".content", "token longer than 65536 bytes");
+            t.special = r.opt_bool(e, p, "special", false);
+            t.single_word = r.opt_bool(e, p, "single_word", false);
+            t.lstrip = r.opt_bool(e, p, "lstrip", false);
+            t.rstrip = r.opt_bool(e, p, "rstrip", false);
+            t.normalized = r.opt_bool(e, p, "normalized", !t.special);
+            if (const json* id = Reader::find(e, "id")) (void)r.integer(*id, p + ".id", 0, max_token_id);
+            if (t.content.empty()) continue;  // tokenizers ignores empty added tokens
+            // ids as tokenizers assigns them: the model's id, else the next one after everything so far
+            if (const auto it = added_.find(t.content); it != added_.end()) {
+                t.id = it->second;
+                for (auto& old : added_list_)
+                    if (old.content == t.content) old = t;
+                if (t.special) special_ids_.insert(t.id);
+                continue;
+            }
+            if (const auto it = vocab_.find(t.content); it != vocab_.end()) {
+                t.id = it->second;
+            } else {
+                // tokenizers: the model's vocabulary size, or one past the largest added id at or above it
+                const auto model_size = static_cast<std::int32_t>(vocab_.size());
+                std::int32_t max_added = -1;
+                for (const auto& a : added_list_) max_added = std::max(max_added, a.id);
+                t.id = max_added < 0 ? model_size
+                                     : (max_added >= model_size || model_size == 0 ? max_added + 1 : model_size);
+                if (t.id > max_token_id) r.fail(p, "too many added tokens");
+            }
+            added_.emplace(t.content, t.id);
+            if (t.special) special_ids_.insert(t.id);
+            added_list_.push_back(std::move(t));
+        }
+        for (std::size_t k = 0; k < added_list_.size(); ++k) {
+            AddedToken& t = added_list_[k];
+            t.match = t.normalized && normalizer_ ? normalizer_->apply(t.content) : t.content;
+            if (!t.match.empty())
+                (t.normalized ? by_first_byte_normalized_ : by_first_byte_raw_)[static_cast<unsigned char>(t.match[0])]
+                    .push_back(k);
+        }
+    }
+
+    void build_id_table(const hf_detail::Reader& r) {
+        std::int32_t size = 0;
+        for (const auto& [k, v] : vocab_) size = std::max(size, v + 1);
+        for (const auto& t : added_list_) size = std::max(size, t.id + 1);
+        // ids must be dense enough that a table indexed by id is bounded by the file's own size
+        if (static_cast<std::size_t>(size) > 2 * (vocab_.size() + added_list_.size()) + 65536)
+            r.fail("model.vocab", "ids are sparse: the largest id is " + std::to_string(size - 1) + " for " +
+                                      std::to_string(vocab_.size() + added_list_.size()) + " tokens");
+        id_to_token_.assign(static_cast<std::size_t>(size), std::string());
+        has_token_.assign(static_cast<std::size_t>(size), false);
+        for (const auto& [k, v] : vocab_) {
+            if (has_token_[static_cast<std::size_t>(v)])
+                r.fail("model.vocab", "id " + std::to_string(v) + " is given to two tokens (\"" +
+                                          id_to_token_[static_cast<std::size_t>(v)].substr(0, 40) + "\" and \"" +
+                                          k.substr(0, 40) + "\")");
+            id_to_token_[static_cast<std::size_t>(v)] = k;
+            has_token_[static_cast<std::size_t>(v)] = true;
+        }
+        for (const auto& t : added_list_) {
+            id_to_token_[static_cast<std::size_t>(t.id)] = t.content;
+            has_token_[static_cast<std::size_t>(t.id)] = true;
+        }
+        if (model_type_ == "WordPiece" || model_type_ == "WordLevel") unk_model_id_ = vocab_.at(model_unk_);
+        if (model_type_ == "BPE" && !model_unk_.empty()) {
+            if (const auto it = vocab_.find(model_unk_); it != vocab_.end()) unk_model_id_ = it->second;
+        }
+    }
+
+    // The id of a post-processor's special token: [name, id] (Bert/Roberta) checked against the name.
+    std::int32_t named_id(const hf_detail::Reader& r, const hf_detail::json& j, const std::string& path) const {
+        if (!j.is_array() || j.size() != 2 || !j[0].is_string())
+            r.fail(path, "must be [\"token\", id], got " + j.dump().substr(0, 80));
+        return static_cast<std::int32_t>(r.integer(j[1], path + "[1]", 0, hf_detail::max_token_id));
+    }
+
+    void read_post_processor(const hf_detail::Reader& r, const hf_detail::json& j, const std::string& path, int depth) {
+        using namespace hf_detail;
+        if (depth > max_nesting) r.fail(path, "nested too deeply");
+        const std::string t =
+            r.type(j, path, "post-processor",
+                   {"TemplateProcessing", "BertProcessing", "RobertaProcessing", "ByteLevel", "Sequence"});
+        if (t == "Sequence") {
+            r.only(j, path, {"type", "processors"});
+            const json* list = Reader::find(j, "processors");
+            if (!list) r.fail(path + ".processors", "missing");
+            r.array(*list, path + ".processors");
+            for (std::size_t i = 0; i < list->size(); ++i)
+                read_post_processor(r, (*list)[i], path + ".processors[" + std::to_string(i) + "]", depth + 1);
+        } else if (t == "ByteLevel") {
+            r.only(j, path, {"type", "add_prefix_space", "trim_offsets", "use_regex"});  // offsets only
+        } else if (t == "BertProcessing" || t == "RobertaProcessing") {
+            if (t == "BertProcessing")
+                r.only(j, path, {"type", "sep", "cls"});
+            else
+                r.only(j, path, {"type", "sep", "cls", "trim_offsets", "add_prefix_space"});
+            const json* sep = Reader::find(j, "sep");
+            const json* cls = Reader::find(j, "cls");
+            if (!sep) r.fail(path + ".sep", "missing");
+            if (!cls) r.fail(path + ".cls", "missing");
+            // a wrapper around what earlier processors added
+            post_.before.insert(post_.before.begin(), named_id(r, *cls, path + ".cls"));
+            post_.after.push_back(named_id(r, *sep, path + ".sep"));
+        } else {  // TemplateProcessing
+            r.only(j, path, {"type", "single", "pair", "special_tokens"});
+            const json* single = Reader::find(j, "single");
+            if (!single) r.fail(path + ".single", "missing");
+            r.array(*single, path + ".single");
+            const json* specials = Reader::find(j, "special_tokens");
+            std::vector<std::int32_t> before, after;
+            bool seen_sequence = false;
+            for (std::size_t i = 0; i < single->size(); ++i) {
+                const std::string p = path + ".single[" + std::to_string(i) + "]";
+                const json& piece = r.object((*single)[i], p);
+                if (const json* s = Reader::find(piece, "Sequence")) {
+                    r.object(*s, p + ".Sequence");
+                    if (r.req_string(*s, p + ".Sequence", "id") != "A")
+                        r.fail(p + ".Sequence.id", "a single-sequence template can only hold the sequence A");
+                    if (seen_sequence) r.fail(p, "the sequence appears twice");
+                    seen_sequence = true;
+                } else if (const json* sp = Reader::find(piece, "SpecialToken")) {
+                    const std::string name =
+                        r.req_string(r.object(*sp, p + ".SpecialToken"), p + ".SpecialToken", "id");
+                    if (!specials || !specials->is_object() || !specials->contains(name))
+                        r.fail(p + ".SpecialToken.id", "\"" + name + "\" is not in " + path + ".special_tokens");
+                    const json& def = (*specials)[name];
+                    const std::string dp = path + ".special_tokens[\"" + name + "\"]";
+                    r.object(def, dp);
+                    const json* ids = Reader::find(def, "ids");
+                    if (!ids) r.fail(dp + ".ids", "missing");
+                    r.array(*ids, dp + ".ids");
+                    if (ids->size() > 1024) r.fail(dp + ".ids", "more than 1024 ids");
+                    for (std::size_t k = 0; k < ids->size(); ++k)
+                        (seen_sequence ? after : before)
+                            .push_back(static_cast<std::int32_t>(
+                                r.integer((*ids)[k], dp + ".ids[" + std::to_string(k) + "]", 0, max_token_id)));
+                } else {
+                    r.fail(p, "must be {\"Sequence\": ...} or {\"SpecialToken\": ...}");
+                }
+            }
+            if (!seen_sequence) r.fail(path + ".single", "has no Sequence A");
+            post_.before.insert(post_.before.end(), before.begin(), before.end());
+            post_.after.insert(post_.after.begin(), after.begin(), after.end());
+        }
+    }
+
+    void read_config(const std::string& text, const std::string& file) {
+        using namespace hf_detail;
+        const json j = json::parse(text, nullptr, false);
+        if (j.is_discarded()) throw format_error(file, 0, "malformed JSON");
+        const Reader r(file);
+        r.object(j, "(root)");
+        auto token = [&](const char* key, std::string& name) -> std::optional<std::int32_t> {
+            const json* v = Reader::find(j, key);
+            if (!v) return std::nullopt;
+            if (v->is_object()) {  // {"__type": "AddedToken", "content": ...}
+                name = r.req_string(*v, key, "content");
+            } else {
+                name = r.string(*v, key);
+            }
+            const auto id = token_to_id(name);
+            if (!id) r.fail(key, "\"" + name.substr(0, 80) + "\" is not a token of the tokenizer");
+            return id;
+        };
+        std::string ignored;
+        bos_ = token("bos_token", bos_token_);
+        eos_ = token("eos_token", eos_token_);
+        pad_ = token("pad_token", ignored);
+        unk_ = token("unk_token", ignored);
+        if (const json* t = Reader::find(j, "chat_template")) {
+            if (t->is_string()) {
+                chat_template_ = t->get<std::string>();
+            } else if (t->is_array()) {  // [{"name": "default", "template": ...}, ...]
+                for (std::size_t i = 0; i < t->size(); ++i) {
+                    const json& e = r.object((*t)[i], "chat_template[" + std::to_string(i) + "]");
+                    if (r.opt_string(e, "chat_template[" + std::to_string(i) + "]", "name", "") == "default")
+                        chat_template_ = r.req_string(e, "chat_template[" + std::to_string(i) + "]", "template");
+                }
+            } else {
+                r.fail("chat_template", "must be a string or a list of named templates, got " + Reader::type_name(*t));
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ encoding
+
+    static std::uint64_t pair_key(std::int32_t a, std::int32_t b) {
+        return (static_cast<std::uint64_t>(static_cast<std::uint32_t>(a)) << 32) | static_cast<std::uint32_t>(b);
+    }
+
+    static bool is_word_char(char32_t c) { return c == '_' || hf_detail::is_alphanumeric(c) || hf_detail::is_mark(c); }
+
+    /// Splits `text` at the added tokens found in it (leftmost-longest, as tokenizers' Aho-Corasick
+    /// matcher), honouring single_word, lstrip and rstrip. `normalized` picks the tokens matched after
+    /// normalization or those matched in the raw text.
+    void find_added(const std::string& text, bool at_start, bool normalized, std::vector<hf_detail::Piece>& out) const {
+        using namespace hf_detail;
+        const auto& candidates = normalized ? by_first_byte_normalized_ : by_first_byte_raw_;
+        std::size_t start_offset = 0, pos = 0;
+        auto piece = [&](std::size_t b, std::size_t e) {
+            out.push_back({text.substr(b, e - b), at_start && b == 0, -1});
+        };
+        while (pos < text.size()) {
+            // the leftmost match, the longest there (Aho-Corasick's leftmost-longest)
+            const AddedToken* best = nullptr;
+            std::size_t at = pos;
+            for (; at < text.size() && best == nullptr; ++at) {
+                for (std::size_t k : candidates[static_cast<unsigned char>(text[at])]) {
+                    const AddedToken& t = added_list_[k];
+                    if ((best == nullptr || t.match.size() > best->match.size()) &&
+                        text.compare(at, t.match.size(), t.match) == 0)
+                        best = &t;
+                }
+            }
+            if (best == nullptr) break;
+            std::size_t start = at - 1, stop = start + best->match.size();
+            pos = stop;  // the matcher goes on after the match itself, whatever rstrip takes
+            if (best->single_word) {
+                bool start_space = start == 0, stop_space = stop == text.size();
+                if (!start_space) start_space = !is_word_char(char_before(text, start));
+                if (!stop_space) {
+                    std::size_t k = stop;
+                    stop_space = !is_word_char(next_utf8(text, k));
+                }
+                if (!start_space || !stop_space) continue;
+            }
+            if (best->lstrip) {
+                std::size_t s = start;
+                while (s > 0 && is_whitespace(char_before(text, s))) {
+                    --s;
+                    while (s > 0 && (static_cast<unsigned char>(text[s]) & 0xC0) == 0x80) --s;
+                }
+                start = std::max(s, start_offset);
+            }
+            if (best->rstrip) {
+                for (std::size_t k = stop; k < text.size();) {
+                    if (!is_whitespace(next_utf8(text, k))) break;
+                    stop = k;
+                }
+            }
+            if (start_offset < start) piece(start_offset, start);
+            out.push_back({std::string(), false, best->id});
+            start_offset = stop;
+        }
+        if (start_offset < text.size()) piece(start_offset, text.size());
+    }
+
+    static char32_t char_before(const std::string& text, std::size_t end) {
+        std::size_t k = end - 1;
+        while (k > 0 && (static_cast<unsigned char>(text[k]) & 0xC0) == 0x80) --k;
+        return hf_detail::next_utf8(text, k);
+    }
+
+    /// Added-token extraction and normalization (tokenizers' extract_and_normalize).
+    std::vector<hf_detail::Piece> split_added(const std::string& text) const {
+        using namespace hf_detail;
+        std::vector<Piece> raw;
+        find_added(text, true, false, raw);
+        std::vector<Piece> out;
+        for (auto& p : raw) {
+            if (p.token >= 0) {
+                out.push_back(std::move(p));
+                continue;
+            }
+            const std::string n = normalizer_ ? normalizer_->apply(p.text) : p.text;
+            std::vector<Piece> sub;
+            find_added(n, p.at_start, true, sub);
+            for (auto& s : sub)
+                if (s.token >= 0 || !s.text.empty()) out.push_back(std::move(s));
+        }
+        return out;
+    }
+
+    void tokenize(const std::string& word, std::vector<std::int32_t>& ids) const {
+        if (model_type_ == "BPE")
+            bpe(word, ids);
+        else if (model_type_ == "WordPiece")
+            wordpiece(word, ids);
+        else
+            ids.push_back(vocab_lookup(word).value_or(unk_model_id_));
+    }
+
+    std::optional<std::int32_t> vocab_lookup(std::string_view s) const {
+        const auto it = vocab_.find(s);
+        if (it == vocab_.end()) return std::nullopt;
+        return it->second;
+    }
+
+    void wordpiece(const std::string& word, std::vector<std::int32_t>& ids) const {
+        using namespace hf_detail;
+        std::size_t chars = 0;
+        for (std::size_t i = 0; i < word.size(); ++i) chars += (static_cast<unsigned char>(word[i]) & 0xC0) != 0x80;
+        if (chars > max_chars_) {
+            ids.push_back(unk_model_id_);
+            return;
+        }
+        std::vector<std::int32_t> sub;
+        std::size_t start = 0;
+        std::string candidate;
+        while (start < word.size()) {
+            std::size_t end = word.size();
+            std::optional<std::int32_t> found;
+            while (start < end) {
+                candidate.clear();
+                if (start > 0) candidate = prefix_;
+                candidate.append(word, start, end - start);
+                if ((found = vocab_lookup(candidate))) break;
+                --end;  // back off one character
+                while (end > start && (static_cast<unsigned char>(word[end]) & 0xC0) == 0x80) --end;
+            }
+            if (!found) {
+                ids.push_back(unk_model_id_);
+                return;
+            }
+            sub.push_back(*found);
+            start = end;
+        }
+        ids.insert(ids.end(), sub.begin(), sub.end());
+    }
+
+    struct Symbol {
+        std::int32_t id;
+        std::int32_t prev, next;
+        bool removed;
+    };
+
+    /// BPE on one word: the characters (with prefix/suffix, byte fallback and unk handling), then the
+    /// merges by rank, leftmost first, exactly as tokenizers' Word::merge_all.
+    void bpe(const std::string& word, std::vector<std::int32_t>& ids) const {
+        using namespace hf_detail;
+        if (word.empty()) return;
+        if (ignore_merges_)
+            if (const auto id = vocab_lookup(word)) {
+                ids.push_back(*id);
+                return;
+            }
+        std::vector<Symbol> syms;
+        syms.reserve(word.size());
+        auto add = [&](std::int32_t id) {
+            syms.push_back(
+                {id, static_cast<std::int32_t>(syms.size()) - 1, static_cast<std::int32_t>(syms.size()) + 1, false});
+        };
+        std::int32_t pending_unk = -1;
+        std::string s;
+        for (std::size_t i = 0; i < word.size();) {
+            const std::size_t b = i;
+            next_utf8(word, i);
+            s.clear();
+            if (b > 0) s = prefix_;
+            s.append(word, b, i - b);
+            if (i == word.size()) s += suffix_;
+            if (const auto id = vocab_lookup(s)) {
+                if (pending_unk >= 0) {
+                    add(pending_unk);
+                    pending_unk = -1;
+                }
+                add(*id);
+                continue;
+            }
+            if (byte_fallback_) {
+                std::vector<std::int32_t> bytes;
+                bool all = true;
+                for (unsigned char c : s) {
+                    static constexpr char hex[] = "0123456789ABCDEF";
+                    const char name[7] = {'<', '0', 'x', hex[c >> 4], hex[c & 15], '>', 0};
+                    const auto id = vocab_lookup(std::string_view(name, 6));
+                    if (!id) {
+                        all = false;
+                        break;
+                    }
+                    bytes.push_back(*id);
+                }
+                if (all) {
+                    // tokenizers adds the byte tokens without flushing a pending unknown first
+                    for (std::int32_t id : bytes) add(id);
+                    continue;
+                }
+            }
+            if (unk_model_id_ >= 0) {
+                if (pending_unk >= 0 && !fuse_unk_) add(pending_unk);
+                if (!(pending_unk >= 0 && fuse_unk_)) pending_unk = unk_model_id_;
+            } else if (!model_unk_.empty()) {
+                throw error("tokenizer " + id_ + ": the unknown token \"" + model_unk_ + "\" is not in the vocabulary");
+            }
+        }
+        if (pending_unk >= 0) add(pending_unk);
+        if (syms.empty()) return;
+        syms.back().next = -1;
+        merge_all(syms);
+        for (const auto& sym : syms)
+            if (!sym.removed) ids.push_back(sym.id);
+    }
+
+    struct Merge {
+        std::int32_t pos, rank, new_id;
+        bool operator<(const Merge& o) const {  // a max-heap: the lowest rank, then the leftmost, on top
+            return rank != o.rank ? rank > o.rank : pos > o.pos;
+        }
+    };
+
+    const std::pair<std::int32_t, std::int32_t>* find_merge(std::int32_t a, std::int32_t b) const {
+        const auto it = merges_.find(pair_key(a, b));
+        return it == merges_.end() ? nullptr : &it->second;
+    }
+
+    void merge_all(std::vector<Symbol>& syms) const {
+        std::priority_queue<Merge> queue;
+        for (std::size_t i = 0; i + 1 < syms.size(); ++i)
+            if (const auto* m = find_merge(syms[i].id, syms[i + 1].id))
+                queue.push({static_cast<std::int32_t>(i), m->first, m->second});
+        while (!queue.empty()) {
+            const Merge top = queue.top();
+            queue.pop();
+            Symbol& cur = syms[static_cast<std::size_t>(top.pos)];
+            if (cur.removed || cur.next < 0) continue;
+            const auto next_pos = static_cast<std::size_t>(cur.next);
+            const Symbol right = syms[next_pos];
+            const auto* m = find_merge(cur.id, right.id);
+            if (m == nullptr || m->second != top.new_id) continue;  // an expired entry
+            cur.id = top.new_id;
+            cur.next = right.next;
+            syms[next_pos].removed = true;
+            if (right.next >= 0) syms[static_cast<std::size_t>(right.next)].prev = top.pos;
+            if (cur.prev >= 0)
+                if (const auto* pm = find_merge(syms[static_cast<std::size_t>(cur.prev)].id, cur.id))
+                    queue.push({cur.prev, pm->first, pm->second});
+            if (cur.next >= 0)
+                if (const auto* nm = find_merge(cur.id, syms[static_cast<std::size_t>(cur.next)].id))
+                    queue.push({top.pos, nm->first, nm->second});
+        }
+    }
+
+    // model
+    std::string model_type_{};
+    hf_detail::Vocab vocab_{};
+    std::unordered_map<std::uint64_t, std::pair<std::int32_t, std::int32_t>> merges_{};  // pair -> (rank, new id)
+    std::string model_unk_{}, prefix_{}, suffix_{};
+    std::int32_t unk_model_id_ = -1;
+    bool fuse_unk_ = false, byte_fallback_ = false, ignore_merges_ = false;
+    std::size_t max_chars_ = 100;
+    // pipeline
+    std::optional<hf_detail::Normalizer> normalizer_{};
+    std::optional<hf_detail::PreTokenizer> pre_tokenizer_{};
+    std::optional<hf_detail::Decoder> decoder_{};
+    hf_detail::PostProcessor post_{};
+    // added tokens
+    std::vector<AddedToken> added_list_{};
+    hf_detail::Vocab added_{};
+    std::unordered_set<std::int32_t> special_ids_{};
+    std::array<std::vector<std::size_t>, 256> by_first_byte_raw_{}, by_first_byte_normalized_{};  // indexes
+    // ids
+    std::vector<std::string> id_to_token_{};
+    std::vector<bool> has_token_{};
+    std::string id_{}, pipeline_{};
+    // tokenizer_config.json
+    std::optional<std::int32_t> bos_{}, eos_{}, pad_{}, unk_{};
+    std::string bos_token_{}, eos_token_{}, chat_template_{};
+};
+
+/// A published tokenizer's chat format for the pipeline (`data::ChatTemplate`): prompts rendered by
+/// the model's template (data/chat_template.hpp) and encoded without added special tokens, as
+/// transformers' `apply_chat_template(..., add_generation_prompt=True, tokenize=True)` does; an answer
+/// is its text and the token that ends the template's assistant turn (`<|im_end|>`, `<|eot_id|>`,
+/// `<|end|>`; the eos token for `plain`), where generation also stops, as at the eos token.
+class HfChatFormat final : public ChatFormat {
+public:
+    /// Throws config_error (field `chat_template`) when the tokenizer has no id for the token that
+    /// ends a turn.
+    HfChatFormat(std::shared_ptr<const HfTokenizer> tokenizer, HfChatTemplate chat)
+        : tok_(std::move(tokenizer)), chat_(std::move(chat)) {
+        const std::string_view name = chat_format_name(chat_.format);
+        std::string end = chat_.format == chat_format::chatml   ? "<|im_end|>"
+                          : chat_.format == chat_format::llama3 ? "<|eot_id|>"
+                          : chat_.format == chat_format::phi3   ? "<|end|>"
+                                                                : tok_->eos_token();
+        const auto id = end.empty() ? std::nullopt : tok_->token_to_id(end);
+        if (!id)
+            throw config_error(
+                "chat_template",
+                "the " + std::string(name) + " format ends a turn with " +
+                    (end.empty() ? std::string("the eos token, which tokenizer ") + tok_->id() + " does not name"
+                                 : "\"" + end + "\", which tokenizer " + tok_->id() + " does not have"));
+        end_of_turn_ = *id;
+        eos_ = tok_->eos_id().value_or(end_of_turn_);
+        pad_ = tok_->pad_id().value_or(eos_);
+        id_ = "chat-v1;tokenizer=" + tok_->id() + ";format=" + std::string(name) +
+              ";default_system=" + detail::sha256_hex(chat_.default_system).substr(0, 16);
+    }
+
+    std::string id() const override { return id_; }
+    std::string tokenizer_id() const override { return tok_->id(); }
+    std::int32_t vocab_size() const override { return tok_->vocab_size(); }
+
+    std::vector<std::int32_t> encode_prompt(std::span<const Message> prompt) const override {
+        return tok_->encode(chat_.render(prompt, /*add_generation_prompt=*/true), /*add_special_tokens=*/false);
+    }
+
+    std::vector<std::int32_t> encode_response(std::string_view response) const override {
+        std::vector<std::int32_t> ids = tok_->encode(response, /*add_special_tokens=*/false);
+        ids.push_back(end_of_turn_);
+        return ids;
+    }
+
+    std::string decode(std::span<const std::int32_t> ids) const override {
+        std::vector<std::int32_t> kept;
+        kept.reserve(ids.size());
+        for (std::int32_t t : ids)
+            if (tok_->has_id(t)) kept.push_back(t);  // ids of padding rows have no text
+        return tok_->decode(kept, /*skip_special_tokens=*/true);
+    }
+
+    bool is_stop_token(std::int32_t token) const override { return token == end_of_turn_ || token == eos_; }
+    std::int32_t pad() const override { return pad_; }
+
+    VocabInfo vocab_info(std::string name, std::int64_t embedding_rows) const override {
+        return tok_->vocab_info(std::move(name), embedding_rows);
+    }
+
+    const HfTokenizer& tokenizer() const noexcept { return *tok_; }
+    const HfChatTemplate& chat() const noexcept { return chat_; }
+
+private:
+    std::shared_ptr<const HfTokenizer> tok_;
+    HfChatTemplate chat_;
+    std::int32_t end_of_turn_ = 0, eos_ = 0, pad_ = 0;
+    std::string id_;
+};
+
+/// The pipeline's template over a published tokenizer: the chat format `config.format` names, or the
+/// one recognized from the tokenizer's tokenizer_config.json when it is "". Throws config_error for
+/// an unrecognized template (saying how to name one) or a format the tokenizer cannot end a turn in.
+inline ChatTemplate hf_chat_template(std::shared_ptr<const HfTokenizer> tokenizer, ChatTemplateConfig config = {}) {
+    config.validate();
+    HfChatTemplate chat = config.format.empty()
+                              ? tokenizer->chat()
+                              : HfChatTemplate::named(config.format, tokenizer->bos_token(), tokenizer->eos_token());
+    auto format = std::make_shared<const HfChatFormat>(std::move(tokenizer), std::move(chat));
+    return ChatTemplate(std::move(config), std::move(format));
+}
+
+namespace hf_detail {
+
+inline ChatTemplate load_published_template(const std::filesystem::path& file, const ChatTemplateConfig& config) {
+    return hf_chat_template(std::make_shared<const HfTokenizer>(file), config);
+}
+
+// A program that includes this header loads published tokenizers through data::load_chat_template.
+inline const bool published_loader_registered = (published_loader() = &load_published_template, true);
+
+}  // namespace hf_detail
+
+}  // namespace distill::data
+// ---- end distill/data/hf_tokenizer.hpp ----
 #endif
 // ---- begin distill/data/dataset.hpp ----
 /// @file dataset.hpp

@@ -52,6 +52,7 @@
 #include <nlohmann/json.hpp>
 
 #include "distill/data/chat_template.hpp"
+#include "distill/data/load_chat_template.hpp"
 #include "distill/data/vocab_alignment.hpp"
 #include "distill/detail/hash.hpp"
 #include "distill/detail/unicode_tables.hpp"
@@ -2238,5 +2239,16 @@ inline ChatTemplate hf_chat_template(std::shared_ptr<const HfTokenizer> tokenize
     auto format = std::make_shared<const HfChatFormat>(std::move(tokenizer), std::move(chat));
     return ChatTemplate(std::move(config), std::move(format));
 }
+
+namespace hf_detail {
+
+inline ChatTemplate load_published_template(const std::filesystem::path& file, const ChatTemplateConfig& config) {
+    return hf_chat_template(std::make_shared<const HfTokenizer>(file), config);
+}
+
+// A program that includes this header loads published tokenizers through data::load_chat_template.
+inline const bool published_loader_registered = (published_loader() = &load_published_template, true);
+
+}  // namespace hf_detail
 
 }  // namespace distill::data

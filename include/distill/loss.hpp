@@ -106,7 +106,6 @@ struct dims {
     int max_length = 1;  ///< most positions per sequence
 };
 
-/// The `model_dims` of any model whose `config()` has `vocab_size`, `d_model`, `n_layers`, `n_heads`
 /// The `model_dims` of a config with `vocab_size`, `d_model`, `n_layers`, `n_heads` (and
 /// `qkv_width()` where q|k|v is not 3C wide), e.g. `student::TransformerConfig`.
 template <class Config>

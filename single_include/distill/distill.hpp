@@ -13599,9 +13599,6 @@ public:
         return tok_->vocab_info(std::move(name), embedding_rows);
     }
 
-    const HfTokenizer& tokenizer() const noexcept { return *tok_; }
-    const HfChatTemplate& chat() const noexcept { return chat_; }
-
 private:
     std::shared_ptr<const HfTokenizer> tok_;
     HfChatTemplate chat_;
@@ -15509,7 +15506,6 @@ struct dims {
     int max_length = 1;  ///< most positions per sequence
 };
 
-/// The `model_dims` of any model whose `config()` has `vocab_size`, `d_model`, `n_layers`, `n_heads`
 /// The `model_dims` of a config with `vocab_size`, `d_model`, `n_layers`, `n_heads` (and
 /// `qkv_width()` where q|k|v is not 3C wide), e.g. `student::TransformerConfig`.
 template <class Config>

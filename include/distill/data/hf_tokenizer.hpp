@@ -2218,9 +2218,6 @@ public:
         return tok_->vocab_info(std::move(name), embedding_rows);
     }
 
-    const HfTokenizer& tokenizer() const noexcept { return *tok_; }
-    const HfChatTemplate& chat() const noexcept { return chat_; }
-
 private:
     std::shared_ptr<const HfTokenizer> tok_;
     HfChatTemplate chat_;

@@ -1,5 +1,5 @@
 // The generate stage as a process, for the tests that need one: killed with SIGKILL and restarted,
-// or pointed at examples/serve through teacher::OpenAI. Not an example: the `distill` CLI is the
+// or pointed at apps/serve through teacher::OpenAI. Not an example: the `distill` CLI is the
 // user-facing way to run a stage.
 //
 //   generate_driver --input FILE --out DIR (--weights FILE [--max-batch N] [--slow-ms MS]

@@ -1,7 +1,7 @@
-// Process-level tests of the teacher pipeline: examples/serve on 127.0.0.1 with an ephemeral port
+// Process-level tests of the teacher pipeline: apps/serve on 127.0.0.1 with an ephemeral port
 // as a real HTTP peer, the generate stage (tests/generate_driver.cpp) through teacher::OpenAI with
 // at least 30% of requests faulted, kill -9 of the stage and a restart, and a stale fingerprint
-// refused; and examples/serve itself under bounded abuse over raw sockets (malformed requests and
+// refused; and apps/serve itself under bounded abuse over raw sockets (malformed requests and
 // HTTP, huge bodies, wrong content types, missing auth, idle and concurrent connections). Each
 // child's output goes to a log file that is checked for the API key afterwards.
 
@@ -101,7 +101,7 @@ struct Child {
     }
 };
 
-// Starts examples/serve on an ephemeral port and waits until it has written the port.
+// Starts apps/serve on an ephemeral port and waits until it has written the port.
 struct Server {
     fs::path port_file;
     std::unique_ptr<Child> child;
@@ -239,7 +239,7 @@ std::string get_request(const std::string& path, const std::string& key) {
 
 TEST_SUITE("teacher-http") {
     TEST_CASE(
-        "generate through teacher::OpenAI against examples/serve with >= 30% faults equals a fault-free run; the key "
+        "generate through teacher::OpenAI against apps/serve with >= 30% faults equals a fault-free run; the key "
         "leaks nowhere") {
         TempDir dir("http-faults");
         testing::write_tiny_teacher(dir / "teacher.safetensors", 1, 64);
@@ -434,7 +434,7 @@ TEST_SUITE("teacher-http") {
     }
 
     TEST_CASE(
-        "examples/serve under abuse on loopback: bad requests get 4xx, limits hold, it never crashes, the key is "
+        "apps/serve under abuse on loopback: bad requests get 4xx, limits hold, it never crashes, the key is "
         "never logged") {
         TempDir dir("serve-abuse");
         testing::write_tiny_teacher(dir / "teacher.safetensors", 3, 64);
@@ -602,7 +602,7 @@ TEST_SUITE("teacher-http") {
         MESSAGE("serve abuse: statuses seen:" << summary);
     }
 
-    TEST_CASE("examples/serve: past --max-concurrency requests are refused with 503 + Retry-After, not queued") {
+    TEST_CASE("apps/serve: past --max-concurrency requests are refused with 503 + Retry-After, not queued") {
         TempDir dir("serve-busy");
         testing::write_tiny_teacher(dir / "teacher.safetensors", 3, 64);
         // every request stalls 1.5 s inside its slot, so 6 at once overrun 2 slots deterministically

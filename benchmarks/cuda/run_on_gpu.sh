@@ -9,7 +9,7 @@
 # script ends within 8 minutes whatever hangs.
 #
 # Usage: benchmarks/cuda/run_on_gpu.sh [build-dir]   (default build/gpu)
-# Env:   CUDA_ARCH (default 90, the H100/H200; "80;90" for both), JOBS (default nproc), QUICK=1
+# Env:   CUDA_ARCH (default: the visible GPU's, from nvidia-smi; else 90), JOBS (default nproc), QUICK=1
 #        (smaller benchmark shapes).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -17,7 +17,8 @@ start=$(date +%s)
 build="${1:-build/gpu}"
 out="${OUT:-$build/results}"
 mkdir -p "$out"
-arch="${CUDA_ARCH:-90}"
+arch="${CUDA_ARCH:-$(bash scripts/gpu-arch.sh)}"
+arch="${arch:-90}"
 jobs="${JOBS:-$(nproc)}"
 export PATH="/usr/local/cuda/bin:$PATH"
 log() { echo "[$(( $(date +%s) - start ))s] $*" | tee -a "$out/summary.md"; }

@@ -194,6 +194,7 @@ public:
     Distiller(Job job, Teacher& teacher, Device device = Device{}, DistillerOptions options = {})
         : job_(std::move(job)), teacher_(teacher), device_(device), opt_(options), out_(job_.output_dir) {
         job_.validate();
+        check_precision();
         student_cfg_ = read_student_config();
         template_ = student_template();
         if (student_cfg_.vocab_size < template_.vocab_size())
@@ -829,6 +830,7 @@ private:
                                  {"data", train.data.fingerprint()},
                                  {"validation", val ? val->data.fingerprint() : 0}};
         add_initialization(fp_fields);
+        if (job_.precision != "fp32") fp_fields["precision"] = job_.precision;
         const std::string fp = distiller_detail::sha(fp_fields.dump());
         say("finetune: distilling into a student of " + std::to_string(student_cfg_.parameter_count()) +
             " parameters for " + std::to_string(steps) + " steps (" + (online ? "online" : "offline") + ")");
@@ -871,6 +873,7 @@ private:
                                  {"data", train.fingerprint()},
                                  {"validation", val ? val->fingerprint() : 0}};
         add_initialization(fp_fields);
+        if (job_.precision != "fp32") fp_fields["precision"] = job_.precision;
         const std::string fp = distiller_detail::sha(fp_fields.dump());
         say("finetune: baseline on " + std::to_string(train.size()) + " labeled examples for " + std::to_string(steps) +
             " steps");
@@ -890,18 +893,30 @@ private:
 
     // ---- evaluation -------------------------------------------------------------------------------
 
+    // The job's precision is the device's: a device with a precision (device::Cpu) must compute in the
+    // job's; any other device computes in fp32.
+    void check_precision() const {
+        std::string has = "fp32";
+        if constexpr (requires { device_.compute_precision(); })
+            if (device_.compute_precision() == decltype(device_.compute_precision())::bf16) has = "bf16";
+        if (has != job_.precision)
+            throw config_error("precision", "is \"" + job_.precision + "\", but the " + Device::name +
+                                                " device given to the Distiller computes in " + has +
+                                                " (construct it with the job's precision)");
+    }
+
     std::string evaluation_fingerprint(const std::string& student_digest, const std::string& baseline_digest) const {
-        return distiller_detail::sha(nlohmann::json{
-            {"stage", "evaluate"},
-            {"student", student_digest},
-            {"baseline", baseline_digest},
-            {"teacher", job_.evaluation.evaluate_teacher ? teacher_.fingerprint() : ""},
-            {"test", detail::sha256_file(job_.test_data)},
-            {"template", template_.id()},
-            {"evaluation", io::to_json(job_.evaluation)},
-            {"generation", io::to_json(sampling_)},
-            {"task_type",
-             job_.task_type}}.dump());
+        nlohmann::json fp{{"stage", "evaluate"},
+                          {"student", student_digest},
+                          {"baseline", baseline_digest},
+                          {"teacher", job_.evaluation.evaluate_teacher ? teacher_.fingerprint() : ""},
+                          {"test", detail::sha256_file(job_.test_data)},
+                          {"template", template_.id()},
+                          {"evaluation", io::to_json(job_.evaluation)},
+                          {"generation", io::to_json(sampling_)},
+                          {"task_type", job_.task_type}};
+        if (job_.precision != "fp32") fp["precision"] = job_.precision;  // fp32 runs keep their fingerprints
+        return distiller_detail::sha(fp.dump());
     }
 
     // Answers, latency and throughput of `model` on `requests`; metrics against the references (and

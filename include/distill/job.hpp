@@ -152,6 +152,10 @@ struct Job {
     EvaluationConfig evaluation{};
     std::string output_dir = "out";  ///< every output of the run
     int threads = 0;                 ///< CPU threads (0: DISTILL_NUM_THREADS or all cores)
+    /// The arithmetic of the device's matrix products: "fp32", or "bf16" (bf16 operands, fp32
+    /// accumulation, fp32 master weights; needs oneDNN and a CPU with its bf16 matmul). The device the
+    /// Distiller is given must compute in it.
+    std::string precision = "fp32";
 
     /// Checks the fixed part (the policy sections are checked by the Distiller); throws config_error.
     void validate() const {
@@ -182,6 +186,8 @@ struct Job {
         evaluation.validate();
         if (output_dir.empty()) throw config_error("output_dir", "must not be empty");
         if (threads < 0 || threads > 4096) throw config_error("threads", "must be in [0, 4096]");
+        if (precision != "fp32" && precision != "bf16")
+            throw config_error("precision", "expected \"fp32\" or \"bf16\", got \"" + precision + "\"");
     }
 
     /// The teacher's kind ("model", "openai", "cache").
@@ -211,7 +217,7 @@ BOOST_HANA_ADAPT_STRUCT(distill::EvaluationConfig, batch_size, latency_samples, 
                         evaluate_teacher);
 BOOST_HANA_ADAPT_STRUCT(distill::Job, teacher, student, student_weights, tokenizer, training_data, validation_data,
                         test_data, task_type, generation, hyperparameters, optimizer, loss, baseline, evaluation,
-                        output_dir, threads);
+                        output_dir, threads, precision);
 
 namespace distill {
 

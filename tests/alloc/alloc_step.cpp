@@ -269,9 +269,11 @@ int main() {
         distillation_step(device::Cpu(threads), what);
         distillation_step(device::Cpu(threads), what, true);
         finetune_loop(device::Cpu(threads), what);
-        if constexpr (device::has_bf16_gemm)
+        if (device::Cpu::bf16_supported())
             distillation_step(device::Cpu(threads, device::precision::bf16),
                               gemm + ", bf16, " + std::to_string(threads) + " thread" + (threads > 1 ? "s" : ""));
+        else
+            std::printf("bf16 step skipped: %s\n", device::Cpu::bf16_unsupported_reason().c_str());
     }
     if (failures) std::printf("FAILED: %d window(s) allocated\n", failures);
     return failures ? 1 : 0;

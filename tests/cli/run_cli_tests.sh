@@ -2,7 +2,7 @@
 # The `distill` command line as users run it: usage and bad jobs (exit code 2 and the message, one
 # test per defect class), the reduced quickstart job end to end, SIGKILL in each stage and a rerun
 # that ends with the same student, answers and report metrics as an uninterrupted run, `status`,
-# and a teacher behind an OpenAI-compatible endpoint (examples/serve on 127.0.0.1).
+# and a teacher behind an OpenAI-compatible endpoint (apps/serve on 127.0.0.1).
 #
 #   run_cli_tests.sh DISTILL_BIN QUICKSTART_BIN WORK_DIR [SERVE_BIN]
 set -u

@@ -12,7 +12,7 @@
 #     must exit 1 with one line naming a path on it, keep the answers and checkpoints written so far
 #     readable, and after a remount with more space the same command completes with the reference's
 #     results.
-#  3. Teacher endpoint faults (with SERVE_BIN): the generate stage against examples/serve with
+#  3. Teacher endpoint faults (with SERVE_BIN): the generate stage against apps/serve with
 #     injected 429/500/stall/drop/malformed answers: at a moderate rate every prompt is answered; at
 #     a very high rate the stage fails (exit 1) keeping what was answered, and a rerun against a
 #     healthy server completes. The API key never appears in any output file, stdout or stderr.

@@ -98,6 +98,22 @@ std::vector<double> train_curve(device::precision p, int steps) {
 
 int main() {
     gemm_parity(false);
+    if (!device::Cpu::bf16_supported()) {
+        // A CPU without oneDNN's bf16 matmul (AVX2 hosts, or ONEDNN_MAX_CPU_ISA below AVX-512): bf16 is
+        // refused at construction with one clear line, never an abort inside oneDNN.
+        const std::string reason = device::Cpu::bf16_unsupported_reason();
+        std::printf("bf16 checks skipped: %s\n", reason.c_str());
+        bool refused = false;
+        try {
+            device::Cpu dev(2, device::precision::bf16);
+        } catch (const config_error& e) {
+            refused = std::string(e.what()).find("bf16 is refused") != std::string::npos;
+            std::printf("refusal: %s\n", e.what());
+        }
+        check(refused, "device::Cpu(threads, bf16) is refused with a config_error naming the reason");
+        if (failures) std::printf("FAILED: %d check(s)\n", failures);
+        return failures ? 1 : 0;
+    }
     gemm_parity(true);
     const int steps = 40;
     const auto fp32 = train_curve(device::precision::fp32, steps), bf16 = train_curve(device::precision::bf16, steps);

@@ -57,14 +57,24 @@ struct Cpu : HostMemory {
 
     /// Threads from `DISTILL_NUM_THREADS` when set, else OpenMP's default (OMP_NUM_THREADS or the cores).
     Cpu() : num_threads(default_threads()) {}
-    /// Exactly `threads` threads (>= 1), GEMMs in `p` (bf16 needs oneDNN: `has_bf16_gemm`).
+    /// Exactly `threads` threads (>= 1), GEMMs in `p` (bf16: `bf16_supported()`, else config_error).
     explicit Cpu(int threads, precision p = precision::fp32) : num_threads(threads), compute(p) {
         if (threads < 1) throw config_error("device.threads", "must be >= 1, got " + std::to_string(threads));
-        if (p == precision::bf16 && !has_bf16_gemm)
-            throw config_error("device.precision",
-                               "bf16 needs oneDNN's GEMM: install libdnnl-dev and link distill::dnnl "
-                               "(DISTILL_WITH_DNNL); this build has only Eigen's fp32 GEMM");
+        if (p == precision::bf16 && !bf16_supported())
+            throw config_error("device.precision", "bf16 is refused: " + bf16_unsupported_reason());
     }
+
+    /// Why `precision::bf16` cannot run here ("" when it can): this build has no oneDNN, or this CPU
+    /// has no oneDNN bf16 matmul (oneDNN 2.x needs AVX-512; detected at run time, never assumed).
+    static std::string bf16_unsupported_reason() {
+#if defined(DISTILL_WITH_DNNL)
+        return dnnl_detail::bf16_unsupported_reason();
+#else
+        return "bf16 needs oneDNN's GEMM: install libdnnl-dev and link distill::dnnl (DISTILL_WITH_DNNL); this "
+               "build has only Eigen's fp32 GEMM";
+#endif
+    }
+    static bool bf16_supported() { return bf16_unsupported_reason().empty(); }
 
     int threads() const noexcept { return num_threads; }
     precision compute_precision() const noexcept { return compute; }

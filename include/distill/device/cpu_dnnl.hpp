@@ -109,6 +109,22 @@ struct KeyHash {
     }
 };
 
+/// The instruction set oneDNN dispatches to on this CPU (after ONEDNN_MAX_CPU_ISA), e.g. "avx2".
+inline const char* isa_name() {
+    using isa = dnnl::cpu_isa;
+    switch (dnnl::get_effective_cpu_isa()) {
+        case isa::sse41: return "sse41";
+        case isa::avx: return "avx";
+        case isa::avx2: return "avx2";
+        case isa::avx2_vnni: return "avx2_vnni";
+        case isa::avx512_core: return "avx512_core";
+        case isa::avx512_core_vnni: return "avx512_core_vnni";
+        case isa::avx512_core_bf16: return "avx512_core_bf16";
+        case isa::avx512_core_amx: return "avx512_core_amx";
+        default: return "other";
+    }
+}
+
 // One GEMM shape: its primitive, the three memory objects whose data handles change per call, and
 // the argument array handed to the C API (the C++ wrapper's execute builds a vector per call).
 struct Entry {
@@ -146,6 +162,26 @@ struct State {
 inline State& state() {
     thread_local State s;
     return s;
+}
+
+/// Why this CPU cannot run oneDNN's bf16 matmul, or "" when it can. oneDNN 2.x has a bf16 matmul only
+/// from AVX-512 up (native on AVX512-BF16 and AMX); elsewhere creating one throws. Asked once: a
+/// small bf16 primitive descriptor is created (respecting ONEDNN_MAX_CPU_ISA / DNNL_MAX_CPU_ISA).
+inline const std::string& bf16_unsupported_reason() {
+    static const std::string reason = [] {
+        using dt = dnnl::memory::data_type;
+        using dims = dnnl::memory::dims;
+        try {
+            const dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+            const dnnl::memory::desc a(dims{16, 16}, dt::bf16, dims{16, 1}), c(dims{16, 16}, dt::f32, dims{16, 1});
+            const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a, a, c), engine);
+            return std::string();
+        } catch (const dnnl::error&) {
+            return std::string("this CPU (oneDNN's ISA: ") + isa_name() +
+                   ") has no bf16 matmul; oneDNN needs AVX-512 (AVX512-BF16 or AMX to be fast)";
+        }
+    }();
+    return reason;
 }
 
 /// C(M,N) = alpha op(A) op(B) + beta C (row-major, see the Reference gemm) through oneDNN, the

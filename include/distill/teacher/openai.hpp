@@ -1,7 +1,7 @@
 #pragma once
 /// @file openai.hpp
 /// `teacher::OpenAI`: any OpenAI-compatible chat-completions endpoint as a teacher (OpenAI, vLLM,
-/// llama.cpp's server, TGI, DeepSeek, Together, `examples/serve`, ...), over cpp-httplib (HTTPS
+/// llama.cpp's server, TGI, DeepSeek, Together, `apps/serve`, ...), over cpp-httplib (HTTPS
 /// through OpenSSL).
 ///
 /// **Needs cpp-httplib**, a compiled library: link the CMake target `distill::http` (Debian

@@ -4,7 +4,7 @@
 /// response (text, finish reason, usage, `logprobs.content[].top_logprobs`), mapping token strings
 /// onto a tokenizer's ids, and the retry rules (which statuses are transient, `Retry-After`,
 /// exponential backoff with jitter). `teacher::OpenAI` sends what this builds, `teacher::Cache`
-/// reads saved responses with it, and `examples/serve` answers in it, so all three agree.
+/// reads saved responses with it, and `apps/serve` answers in it, so all three agree.
 
 #include <algorithm>
 #include <charconv>
@@ -266,7 +266,7 @@ nlohmann::json token_json(const Tokenizer& tok, std::int32_t id, float logprob) 
     return t;
 }
 
-/// A chat completion object for `r` (what `examples/serve` answers), with
+/// A chat completion object for `r` (what `apps/serve` answers), with
 /// `choices[0].logprobs.content` when `with_logprobs` (r.tokens mapped back to token strings).
 template <class Tokenizer>
 nlohmann::json make_completion(std::string_view id, std::string_view model, std::int64_t created, const Response& r,

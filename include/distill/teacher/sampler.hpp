@@ -1,7 +1,7 @@
 #pragma once
 /// @file sampler.hpp
 /// Choosing the next token from a row of logits, and the log-probabilities reported with it. Shared
-/// by every in-process generator (teacher::Model, examples/serve), so they sample identically.
+/// by every in-process generator (teacher::Model, apps/serve), so they sample identically.
 ///
 /// Sampling, for `temperature > 0`: scale the logits by 1/temperature; keep the `top_k` most likely
 /// tokens (all when 0); keep the smallest prefix of those, most likely first, whose probability

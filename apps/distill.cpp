@@ -1,11 +1,7 @@
-// `distill`: the command-line front end of the Distiller. It reads a job file and runs the
-// generate → finetune → evaluate pipeline with one of a fixed set of Distiller types chosen from
-// the job (teacher kind × loss terms). Any other composition is a few lines of C++: see
+// `distill`: the command-line front end of the Distiller, installed with the library. It reads a job
+// file and runs the generate → finetune → evaluate pipeline with one of a fixed set of Distiller types
+// chosen from the job (teacher kind × loss terms). Any other composition is a few lines of C++: see
 // docs/getting-started.md and examples/custom_distiller.cpp.
-//
-//   distill run|generate|finetune|evaluate JOB.json [--quiet] [--threads N]
-//   distill status OUTPUT_DIR [--json]
-//   distill --help | --version
 //
 // Exit codes: 0 success, 1 runtime failure, 2 bad job or usage; failures print one line on stderr.
 
@@ -24,29 +20,55 @@ namespace {
 using namespace distill;
 
 constexpr const char* usage_text =
-    "usage: distill run|generate|finetune|evaluate JOB.json [--quiet] [--threads N]\n"
-    "       distill status OUTPUT_DIR [--json]\n"
-    "       distill --help | --version\n"
+    "NAME\n"
+    "    distill - distill a teacher model into a small student, from a job file\n"
     "\n"
-    "  run        generate, finetune and evaluate (each stage resumes, and is skipped when done)\n"
-    "  generate   the teacher answers the training and validation prompts\n"
-    "  finetune   train the distilled student and the baseline\n"
-    "  evaluate   measure teacher, baseline and student on the test set; write the report\n"
-    "  status     which stages of a run are done, training progress, last metrics\n"
+    "SYNOPSIS\n"
+    "    distill run|generate|finetune|evaluate JOB.json [--quiet] [--threads N] [--precision fp32|bf16]\n"
+    "    distill status OUTPUT_DIR [--json]\n"
+    "    distill --help | --version\n"
     "\n"
-    "  --quiet      no progress output\n"
-    "  --threads N  CPU threads (default: the job's \"threads\", DISTILL_NUM_THREADS, or all cores)\n"
+    "COMMANDS\n"
+    "    run        generate, finetune and evaluate; each stage resumes after a crash and is skipped when\n"
+    "               its output is complete and matches the job\n"
+    "    generate   the teacher answers the training and validation prompts\n"
+    "               (OUTPUT_DIR/generate/synthetic.jsonl)\n"
+    "    finetune   train the distilled student and the baseline (OUTPUT_DIR/student.safetensors,\n"
+    "               OUTPUT_DIR/baseline.safetensors)\n"
+    "    evaluate   measure teacher, baseline and student on the test set; write OUTPUT_DIR/report.json,\n"
+    "               report.md and the SVG charts\n"
+    "    status     which stages of a run are done, training progress, the last metrics\n"
     "\n"
-    "The job file format: docs/job-format.md. Exit codes: 0 success, 1 runtime failure, 2 bad job or usage.\n";
+    "OPTIONS\n"
+    "    -q, --quiet          no progress output (errors still go to stderr)\n"
+    "    --threads N          CPU threads, 1..4096 (default: the job's \"threads\", else DISTILL_NUM_THREADS,\n"
+    "                         else every core)\n"
+    "    --precision P        fp32 or bf16: the arithmetic of the matrix products (default: the job's\n"
+    "                         \"precision\", else fp32). bf16 needs oneDNN and a CPU with its bf16 matmul\n"
+    "                         (AVX-512, AVX512-BF16 or AMX); elsewhere it is refused with the reason\n"
+    "    --json               (status) print the status as JSON\n"
+    "    -h, --help           this text\n"
+    "    --version            the version and the optional parts this build has\n"
+    "\n"
+    "JOB\n"
+    "    A JSON object: teacher, student, training/validation/test data, task type, generation,\n"
+    "    hyperparameters, loss terms with weights, baseline, evaluation, output_dir, threads, precision.\n"
+    "    Every key with its default: docs/job-format.md. Teachers of kind \"model\" feed every loss term;\n"
+    "    \"openai\" and \"cache\" teachers feed \"hard_ce\" and, with top-k log-probabilities, \"topk_soft_kl\".\n"
+    "\n"
+    "ENVIRONMENT\n"
+    "    DISTILL_NUM_THREADS  default thread count\n"
+    "    the variable named by teacher.api_key_env (openai teachers) holds the API key; it is never\n"
+    "    written to a file or a log\n"
+    "\n"
+    "EXIT STATUS\n"
+    "    0 success, 1 runtime failure (I/O, a teacher that fails, an interrupted stage), 2 bad job or\n"
+    "    usage. A failure prints one line on stderr naming the file, line or key and what was expected.\n";
 
 /// A bad job or bad usage: exit code 2.
 struct usage_error : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
-
-// Terms that read what only an in-process teacher has, and the one that reads top-k log-probabilities.
-const std::set<std::string> online_terms = {"soft_kl",    "reverse_kl",   "jsd",
-                                            "hidden_mse", "attention_kl", "attention_relation"};
 
 using OnlineLoss = loss::Sum<loss::SoftKL, loss::ReverseKL, loss::JSD, loss::HardCE, loss::HiddenMSE, loss::AttentionKL,
                              loss::AttentionRelation>;
@@ -54,17 +76,42 @@ using TopKLoss = loss::Sum<loss::TopKSoftKL, loss::HardCE>;
 using TextLoss = loss::Sum<loss::HardCE>;
 using ModelTeacher = teacher::Model<student::Transformer>;
 
-// Whether the job's loss section names a term of `Sum` that reads the teacher's activations.
+/// What a loss term the command knows reads, from the term's own `needs`.
+struct TermNeeds {
+    std::string_view name;
+    bool online;       ///< in-process signals: logits, hidden states, attention maps or q|k|v
+    bool activations;  ///< hidden states, attention maps or q|k|v (the teacher must keep them)
+    bool topk;         ///< cached top-k log-probabilities
+};
+
 template <class... Terms>
-bool names_activation_term(std::type_identity<loss::Sum<Terms...>>, const nlohmann::json& job_loss) {
-    return ((job_loss.contains(Terms::name) && loss::needs_activations<Terms>) || ...);
+std::vector<TermNeeds> needs_of(std::type_identity<loss::Sum<Terms...>>) {
+    return {TermNeeds{Terms::name, distiller_detail::needs_online<Terms>, loss::needs_activations<Terms>,
+                      loss::term_needs<Terms, signal::topk_logprobs_t>}...};
+}
+
+// Every term a job may name (the union of the loss types below), and what each needs.
+const std::vector<TermNeeds>& known_terms() {
+    static const std::vector<TermNeeds> terms = [] {
+        auto all = needs_of(std::type_identity<OnlineLoss>{});
+        for (const auto& t : needs_of(std::type_identity<TopKLoss>{}))
+            if (t.topk) all.push_back(t);
+        return all;
+    }();
+    return terms;
+}
+
+const TermNeeds* find_term(std::string_view name) {
+    for (const auto& t : known_terms())
+        if (t.name == name) return &t;
+    return nullptr;
 }
 
 template <class Teacher, class Loss>
 using CliDistiller = Distiller<Teacher, student::Transformer, Loss, optim::AdamW, device::Cpu>;
 
 struct Options {
-    std::string command, target;
+    std::string command, target, precision;
     bool quiet = false, json = false;
     int threads = 0;
 };
@@ -114,33 +161,40 @@ int with_distiller(const Job& job, const Options& o, const device::Cpu& cpu, Tea
     return run_stage(*d, o);
 }
 
-int dispatch(const Job& job, const Options& o) {
-    const device::Cpu cpu = o.threads > 0     ? device::Cpu(o.threads)
-                            : job.threads > 0 ? device::Cpu(job.threads)
-                                              : device::Cpu();
-    bool online = false, topk = false;
-    for (const auto& item : job.loss.items()) {
-        online = online || online_terms.count(item.key());
-        topk = topk || item.key() == "topk_soft_kl";
-    }
+device::Cpu make_device(const Job& job, const Options& o) {
+    const int threads = o.threads > 0 ? o.threads : job.threads > 0 ? job.threads : device::Cpu().threads();
+    if (job.precision == "bf16" && !device::Cpu::bf16_supported())
+        throw usage_error("precision: \"bf16\" is refused: " + device::Cpu::bf16_unsupported_reason());
+    return device::Cpu(threads, job.precision == "bf16" ? device::precision::bf16 : device::precision::fp32);
+}
+
+int dispatch(Job job, const Options& o) {
+    if (!o.precision.empty()) job.precision = o.precision;
+    const device::Cpu cpu = make_device(job, o);
     const std::string kind = job.teacher_kind();
-    const nlohmann::json tcfg = job.teacher_config();
-    if (kind != "model" && online) {
-        std::string term;
-        for (const auto& item : job.loss.items())
-            if (online_terms.count(item.key()) && term.empty()) term = item.key();
-        throw usage_error("loss." + term + " needs the teacher's logits, hidden states or attention maps, which a " +
-                          "teacher of kind \"" + kind + "\" does not provide (it gives answers and at most top-k " +
-                          "log-probabilities); use \"topk_soft_kl\" and \"hard_ce\", or a teacher of kind \"model\"");
+    bool online = false, topk = false, activations = false;
+    std::string online_term;
+    for (const auto& item : job.loss.items()) {
+        const TermNeeds* t = find_term(item.key());
+        if (!t) continue;  // the Distiller names an unknown term and the closest known one
+        if (t->online && online_term.empty()) online_term = item.key();
+        online = online || t->online;
+        topk = topk || t->topk;
+        activations = activations || t->activations;
     }
+    if (kind != "model" && online)
+        throw usage_error("loss." + online_term + " needs the teacher's logits, hidden states or attention maps, " +
+                          "which a teacher of kind \"" + kind + "\" does not provide (it gives answers and at most " +
+                          "top-k log-probabilities); use \"topk_soft_kl\" and \"hard_ce\", or a teacher of kind \"model\"");
     if (online && topk)
         throw usage_error(
             "loss: \"topk_soft_kl\" and full-logit terms cannot be mixed here; an in-process teacher "
             "gives full logits (use \"soft_kl\")");
+    const nlohmann::json tcfg = job.teacher_config();
     if (kind == "model") {
         auto c = read_config<teacher::ModelConfig>(tcfg, "teacher");
         if (!tcfg.contains("keep_activations"))  // the teacher keeps activations only for a loss that reads them
-            c.keep_activations = names_activation_term(std::type_identity<OnlineLoss>{}, job.loss);
+            c.keep_activations = activations;
         if (online) return with_distiller<ModelTeacher, OnlineLoss>(job, o, cpu, c, cpu);
         if (topk) return with_distiller<ModelTeacher, TopKLoss>(job, o, cpu, c, cpu);
         return with_distiller<ModelTeacher, TextLoss>(job, o, cpu, c, cpu);
@@ -206,6 +260,11 @@ Options parse_args(int argc, char** argv) {
             o.quiet = true;
         } else if (a == "--json") {
             o.json = true;
+        } else if (a == "--precision") {
+            if (i + 1 >= argc) throw usage_error("--precision needs fp32 or bf16");
+            o.precision = argv[++i];
+            if (o.precision != "fp32" && o.precision != "bf16")
+                throw usage_error("--precision: expected fp32 or bf16, got " + o.precision);
         } else if (a == "--threads") {
             if (i + 1 >= argc) throw usage_error("--threads needs a number");
             char* end = nullptr;
@@ -236,6 +295,29 @@ int main(int argc, char** argv) {
     }
     if (argc >= 2 && std::string_view(argv[1]) == "--version") {
         std::printf("distill %s\n", distill::version());
+        std::printf("built with: http %s, published tokenizers %s, oneDNN %s, OpenMP %s\n",
+#if defined(DISTILL_WITH_HTTP)
+                    "yes",
+#else
+                    "no (cpp-httplib not found)",
+#endif
+#if defined(DISTILL_WITH_TEXT)
+                    "yes",
+#else
+                    "no (PCRE2 not found)",
+#endif
+#if defined(DISTILL_WITH_DNNL)
+                    "yes",
+#else
+                    "no",
+#endif
+#if defined(_OPENMP)
+                    "yes");
+#else
+                    "no");
+#endif
+        const std::string bf16 = device::Cpu::bf16_unsupported_reason();
+        std::printf("bf16 precision: %s\n", bf16.empty() ? "available on this CPU" : ("no: " + bf16).c_str());
         return 0;
     }
     try {

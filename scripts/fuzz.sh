@@ -4,14 +4,15 @@
 # build/fuzz/artifacts/<target>/; the grown corpus in build/fuzz/corpus/<target>/; a summary table
 # (seconds, executions, corpus size, findings per target) in build/fuzz/summary.md.
 #   scripts/fuzz.sh [seconds-per-target] [target...]      (default 60 s, every target)
-# Targets: jsonl safetensors topk config checkpoint openai tokenizer. Reproduce a finding with
+# Targets: jsonl safetensors topk config checkpoint openai tokenizer hf_config hf_index
+# tokenizer_config. Reproduce a finding with
 #   build/fuzz/fuzz_<target> build/fuzz/artifacts/<target>/crash-...
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-60}"
 shift || true
 targets=("$@")
-[[ ${#targets[@]} -eq 0 ]] && targets=(jsonl safetensors topk config checkpoint openai tokenizer)
+[[ ${#targets[@]} -eq 0 ]] && targets=(jsonl safetensors topk config checkpoint openai tokenizer hf_config hf_index tokenizer_config)
 bash scripts/install-deps.sh --fuzz
 
 b=build/fuzz
@@ -20,7 +21,8 @@ nice -n 10 cmake --build "$b" -j "${FUZZ_JOBS:-2}" --target make_seeds "${target
 rm -rf "$b/seeds"
 "$b/make_seeds" "$b/seeds"
 
-declare -A max_len=([jsonl]=4096 [safetensors]=8192 [topk]=4096 [config]=2048 [checkpoint]=16384 [openai]=4096 [tokenizer]=65536)
+declare -A max_len=([jsonl]=4096 [safetensors]=8192 [topk]=4096 [config]=2048 [checkpoint]=16384 [openai]=4096 [tokenizer]=65536
+                  [hf_config]=4096 [hf_index]=32768 [tokenizer_config]=8192)
 summary="$b/summary.md"
 echo "| target | seconds | executions | exec/s | corpus | crashes/hangs/OOMs |" >"$summary"
 echo "|---|---|---|---|---|---|" >>"$summary"

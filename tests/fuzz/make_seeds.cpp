@@ -1,6 +1,8 @@
 // Writes the seed corpora of the fuzz targets into <dir>/<target>/, from the library's own writers
 // (so the seeds are valid files the fuzzer then mutates): a tiny model's weights and checkpoint, a
-// top-k cache, input and synthetic JSONL, configs, chat completions. Run by scripts/fuzz.sh.
+// top-k cache, input and synthetic JSONL, configs, chat completions; and from the committed
+// transformers fixtures (tests/reference/fixtures/): Hugging Face config.json files, a shard index
+// with its shards, tokenizer_config.json files with chat templates. Run by scripts/fuzz.sh.
 //   make_seeds DIR
 
 #include <cstdio>
@@ -18,6 +20,7 @@
 #include "distill/data/jsonl.hpp"
 #include "distill/generate.hpp"
 #include "distill/io/checkpoint.hpp"
+#include "distill/io/hf.hpp"
 #include "distill/io/reflect.hpp"
 #include "distill/io/safetensors.hpp"
 #include "distill/io/topk_cache.hpp"
@@ -175,6 +178,68 @@ int main(int argc, char** argv) try {
     put("openai", "error", with_mode('\0', R"({"error":{"message":"rate limited","type":"rate_limit_error"}})"));
     put("openai", "retry-seconds", with_mode('\1', "1.5"));
     put("openai", "retry-date", with_mode('\1', "Sun, 06 Nov 1994 08:49:37 GMT"));
+
+    // ---- Hugging Face config.json: the committed transformers checkpoints' configs (the mode byte
+    // picks the fixture whose tensors lie beside it, in fuzz_hf_config's order), our writer's config of
+    // the same model, and bert's with a sentence-transformers pooling config ----
+    const fs::path fixtures = DISTILL_REFERENCE_FIXTURES;
+    const char* const hf_families[] = {"gpt2", "gpt2-bf16", "llama", "qwen2", "phi3", "bert"};
+    for (int i = 0; i < 6; ++i) {
+        const fs::path dir = fixtures / "hf" / hf_families[i];
+        const std::string config = slurp(dir / "config.json");
+        put("hf_config", std::string(hf_families[i]), with_mode(char(i), config));
+        const io::hf::Checkpoint ckpt(dir);
+        if (ckpt.model_type() == "bert") {
+            for (const char* pooling : {"mean_tokens", "cls_token"})
+                put("hf_config", std::string("bert-pooling-") + pooling,
+                    with_mode(char(i), config + "\n--8<--\n" +
+                                           nlohmann::json{{"word_embedding_dimension", 16},
+                                                          {"pooling_mode_cls_token", pooling[0] == 'c'},
+                                                          {"pooling_mode_mean_tokens", pooling[0] == 'm'},
+                                                          {"pooling_mode_max_tokens", false}}
+                                               .dump()));
+        } else {
+            const auto c = io::hf::transformer_config(ckpt);
+            put("hf_config", std::string(hf_families[i]) + "-ours",
+                with_mode(char(i), io::hf::decoder_config_json(c, ckpt.model_type()).dump(2)));
+        }
+    }
+
+    // ---- Hugging Face shard index: the committed sharded GPT-2 (index, shard 1, shard 2) ----
+    {
+        const fs::path dir = fixtures / "hf" / "gpt2-sharded";
+        const std::string index = slurp(dir / "model.safetensors.index.json");
+        const std::string shard1 = slurp(dir / "model-00001-of-00002.safetensors");
+        const std::string shard2 = slurp(dir / "model-00002-of-00002.safetensors");
+        put("hf_index", "gpt2-sharded", index + "\n--8<--\n" + shard1 + "\n--8<--\n" + shard2);
+        nlohmann::json one = nlohmann::json::parse(index);  // every tensor said to be in the first shard
+        for (auto& [name, file] : one["weight_map"].items()) file = "model-00001-of-00002.safetensors";
+        put("hf_index", "misplaced", one.dump(2) + "\n--8<--\n" + shard1 + "\n--8<--\n" + shard2);
+    }
+
+    // ---- tokenizer_config.json: each fixture's (the mode byte picks the tokenizer.json beside it, in
+    // fuzz_tokenizer_config's order), and with the chat templates of the chat goldens as a string, as a
+    // list of named templates and as a chat_template.jinja ----
+    const char* const tok_families[] = {"gpt2", "llama3", "qwen2", "llama2", "bert_uncased", "roberta"};
+    for (int i = 0; i < 6; ++i)
+        put("tokenizer_config", tok_families[i],
+            with_mode(char(i), slurp(fixtures / "tokenizers" / tok_families[i] / "tokenizer_config.json")));
+    const nlohmann::json templates =
+        nlohmann::json::parse(slurp(fixtures / "tokenizers" / "chat_templates.json"))["templates"];
+    for (const auto& t : templates) {
+        const std::string name = t["name"];
+        const int i = name == "llama3" ? 1 : name == "phi3" ? 0 : 2;  // the tokenizer with its markers
+        nlohmann::json config =
+            nlohmann::json::parse(slurp(fixtures / "tokenizers" / tok_families[i] / "tokenizer_config.json"));
+        config["chat_template"] = t["chat_template"];
+        put("tokenizer_config", "template-" + name, with_mode(char(i), config.dump()));
+        config["chat_template"] = nlohmann::json::array({{{"name", "tool_use"}, {"template", "{{ tools }}"}},
+                                                         {{"name", "default"}, {"template", t["chat_template"]}}});
+        put("tokenizer_config", "template-list-" + name, with_mode(char(i), config.dump()));
+        config.erase("chat_template");
+        put("tokenizer_config", "template-jinja-" + name,
+            with_mode(char(i), config.dump() + "\n--8<--\n" + t["chat_template"].get<std::string>()));
+    }
 
     fs::remove_all(tmp);
     return 0;

@@ -1,0 +1,59 @@
+// Fuzz target: a sharded Hugging Face checkpoint's model.safetensors.index.json (io::hf::Checkpoint:
+// weight_map, shard names, the shard count bound, every tensor in the shard the index names, no
+// tensor in two shards), then the config check against the tensors and loading the model from the
+// shards. An input holds the index and the two shards (model-00001-of-00002.safetensors,
+// model-00002-of-00002.safetensors) separated by the line "--8<--"; config.json beside them is the
+// committed sharded GPT-2 fixture's (tests/reference/fixtures/hf/gpt2-sharded/).
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <string_view>
+
+#include <unistd.h>
+
+#include "distill/device/cpu.hpp"
+#include "distill/error.hpp"
+#include "distill/io/hf.hpp"
+#include "distill/student/transformer.hpp"
+#include "fuzz_common.hpp"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+void write(const fs::path& path, std::string_view bytes) {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+    using namespace distill;
+    static const fs::path dir = [] {
+        // tmpfs when there is one: three files are written per input
+        const fs::path base = fs::is_directory("/dev/shm") ? fs::path("/dev/shm") : fs::temp_directory_path();
+        const fs::path d = base / ("distill-fuzz-hf-index-" + std::to_string(::getpid()));
+        fs::create_directories(d);
+        fs::copy_file(fs::path(DISTILL_FIXTURE_DIR) / "gpt2-sharded" / "config.json", d / "config.json",
+                      fs::copy_options::overwrite_existing);
+        return d;
+    }();
+    std::string_view rest(reinterpret_cast<const char*>(data), size);
+    write(dir / "model.safetensors.index.json", fuzz::next_part(rest, "\n--8<--\n"));
+    write(dir / "model-00001-of-00002.safetensors", fuzz::next_part(rest, "\n--8<--\n"));
+    write(dir / "model-00002-of-00002.safetensors", rest);
+    try {
+        const io::hf::Checkpoint ckpt(dir);
+        for (const auto& name : ckpt.tensor_names())
+            if (!ckpt.find(name) || ckpt.find(name)->second == nullptr) __builtin_trap();
+        const student::TransformerConfig c = io::hf::checked_transformer_config(ckpt);
+        student::Transformer<float, device::Cpu> model(c, 1, device::Cpu(1));
+        io::hf::load(ckpt, model);
+    } catch (const distill::error&) {
+    }
+    return 0;
+}

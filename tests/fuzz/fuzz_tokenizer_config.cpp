@@ -1,0 +1,83 @@
+// Fuzz target: a published tokenizer's tokenizer_config.json (data::HfTokenizer's special-token names
+// and chat_template, string or list of named templates, and a chat_template.jinja beside it), then
+// the chat template recognized from it (data::HfChatTemplate::recognize) and the pipeline's chat
+// format over it (data::hf_chat_template): a fixed conversation's prompt and an answer encoded, and
+// decoded back. The first input byte picks the committed tokenizer.json the config lies beside
+// (tests/reference/fixtures/tokenizers/); the rest is tokenizer_config.json, optionally followed by
+// the line "--8<--" and a chat_template.jinja.
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <unistd.h>
+
+#include "distill/data/chat.hpp"
+#include "distill/data/chat_template.hpp"
+#include "distill/data/hf_tokenizer.hpp"
+#include "distill/error.hpp"
+#include "fuzz_common.hpp"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr std::array<const char*, 6> families = {"gpt2", "llama3", "qwen2", "llama2", "bert_uncased", "roberta"};
+
+void write(const fs::path& path, std::string_view bytes) {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+// One directory per fixture on tmpfs (when there is one), holding a copy of its tokenizer.json;
+// tokenizer_config.json and chat_template.jinja are rewritten per input.
+const std::array<fs::path, families.size()>& directories() {
+    static const auto dirs = [] {
+        const fs::path base = fs::is_directory("/dev/shm") ? fs::path("/dev/shm") : fs::temp_directory_path();
+        std::array<fs::path, families.size()> d;
+        for (std::size_t i = 0; i < families.size(); ++i) {
+            d[i] = base / ("distill-fuzz-tokenizer-config-" + std::to_string(::getpid())) / families[i];
+            fs::create_directories(d[i]);
+            fs::copy_file(fs::path(DISTILL_FIXTURE_DIR) / families[i] / "tokenizer.json", d[i] / "tokenizer.json",
+                          fs::copy_options::overwrite_existing);
+        }
+        return d;
+    }();
+    return dirs;
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+    using namespace distill;
+    if (size < 1) return 0;
+    const fs::path& dir = directories()[data[0] % families.size()];
+    std::string_view rest(reinterpret_cast<const char*>(data + 1), size - 1);
+    const bool has_jinja = rest.find("\n--8<--\n") != std::string_view::npos;
+    write(dir / "tokenizer_config.json", fuzz::next_part(rest, "\n--8<--\n"));
+    if (has_jinja)
+        write(dir / "chat_template.jinja", rest);
+    else
+        fs::remove(dir / "chat_template.jinja");
+    try {
+        const auto tok = std::make_shared<const data::HfTokenizer>(dir / "tokenizer.json");
+        (void)tok->chat();
+        const data::ChatTemplate chat = data::hf_chat_template(tok);
+        const data::Message conversation[] = {
+            {"system", "Be brief."}, {"user", "Hello! Ça va? 你好 😀"}, {"assistant", "Hi."}, {"user", "2+2?"}};
+        const std::vector<std::int32_t> prompt = chat.format().encode_prompt(conversation);
+        const std::vector<std::int32_t> answer = chat.format().encode_response("4");
+        (void)chat.format().decode(prompt);
+        (void)chat.format().decode(answer);
+        for (std::int32_t id : answer)
+            if (id < 0 || id >= chat.format().vocab_size()) __builtin_trap();
+    } catch (const distill::error&) {
+    }
+    return 0;
+}

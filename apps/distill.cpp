@@ -183,9 +183,10 @@ int dispatch(Job job, const Options& o) {
         activations = activations || t->activations;
     }
     if (kind != "model" && online)
-        throw usage_error("loss." + online_term + " needs the teacher's logits, hidden states or attention maps, " +
-                          "which a teacher of kind \"" + kind + "\" does not provide (it gives answers and at most " +
-                          "top-k log-probabilities); use \"topk_soft_kl\" and \"hard_ce\", or a teacher of kind \"model\"");
+        throw usage_error(
+            "loss." + online_term + " needs the teacher's logits, hidden states or attention maps, " +
+            "which a teacher of kind \"" + kind + "\" does not provide (it gives answers and at most " +
+            "top-k log-probabilities); use \"topk_soft_kl\" and \"hard_ce\", or a teacher of kind \"model\"");
     if (online && topk)
         throw usage_error(
             "loss: \"topk_soft_kl\" and full-logit terms cannot be mixed here; an in-process teacher "

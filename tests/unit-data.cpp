@@ -45,6 +45,27 @@ TEST_CASE("ByteTokenizer: invalid UTF-8, NUL and empty input round trip") {
     CHECK(tok.decode(std::vector<std::int32_t>{}).empty());
 }
 
+TEST_CASE(
+    "ChatTemplate::decode gives valid UTF-8: invalid bytes become U+FFFD as Python's decode('utf-8', 'replace')") {
+    // A byte-level model may stop inside a character; what it says goes into JSON, which holds only
+    // UTF-8. Expected: Python 3's bytes.decode("utf-8", "replace") of each input, re-encoded.
+    const distill::data::ChatTemplate chat;
+    auto decode = [&](std::string_view bytes) {
+        std::vector<std::int32_t> ids;
+        for (unsigned char c : bytes) ids.push_back(c);
+        ids.push_back(ByteTokenizer::end_of_turn);  // special ids are dropped
+        return chat.decode(ids);
+    };
+    CHECK(decode("plain") == "plain");
+    CHECK(decode("a\xe2\x82") == "a\xef\xbf\xbd");
+    CHECK(decode("\xff") == "\xef\xbf\xbd");
+    CHECK(decode("\xed\xa0\x80") == "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd");
+    CHECK(decode("\xc0\xaf") == "\xef\xbf\xbd\xef\xbf\xbd");
+    CHECK(decode("\xf0\x9f\x98z") == "\xef\xbf\xbdz");
+    CHECK(decode("ok \xe2\x82\xac \xef\xbf\xbd \x80") == "ok \xe2\x82\xac \xef\xbf\xbd \xef\xbf\xbd");
+    CHECK_NOTHROW((void)nlohmann::json(decode("\x80\x81")).dump());
+}
+
 TEST_CASE("ByteTokenizer: special tokens") {
     const ByteTokenizer tok;
     CHECK(ByteTokenizer::vocab_size() == 263);

@@ -148,6 +148,14 @@ TEST_CASE_TEMPLATE("student matches PyTorch: logits, loss, hidden states, attent
     };
     compare("logits", m.logits().data(), m.logits().numel());
     CHECK(loss == doctest::Approx(read_tensor<float>(golden, "loss")[0]).epsilon(1e-5));
+    {  // a model built for inference (a teacher keeping only its logits) gives the same value, no gradient
+        student::Transformer<float, Dev> inference(cfg, B, Dev{}, student::activations::inference);
+        io::load_weights(wfile, inference);
+        inference.forward(tokens.data(), B, T);
+        CHECK(inference.cross_entropy(targets.data()) ==
+              doctest::Approx(read_tensor<float>(golden, "loss")[0]).epsilon(1e-5));
+        CHECK_THROWS_AS(inference.backward(), config_error);
+    }
     for (int i = 0; i <= cfg.n_layers; ++i) {
         compare("hidden." + std::to_string(i), m.hidden_state(i).data(), m.hidden_state(i).numel());
     }

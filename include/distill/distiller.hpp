@@ -41,6 +41,7 @@
 /// configuration in the same directory is refused with an error naming the file, never reused.
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -91,6 +92,13 @@ namespace distill {
 namespace distiller_detail {
 
 /// Whether loss `L` reads any signal only an in-process teacher has.
+// Per term of a loss (one entry for a single term), whether it reads cached top-k log-probabilities.
+template <class L>
+inline constexpr std::array<bool, 1> reads_topk = {loss::term_needs<L, signal::topk_logprobs_t>};
+template <class... Terms>
+inline constexpr std::array<bool, sizeof...(Terms)> reads_topk<loss::Sum<Terms...>> = {
+    loss::term_needs<Terms, signal::topk_logprobs_t>...};
+
 template <class L>
 inline constexpr bool needs_online =
     loss::term_needs<L, signal::logits_t> || loss::term_needs<L, signal::hidden_states_t> ||
@@ -509,17 +517,20 @@ private:
     }
 
     // The job's loss object read into the loss's config: terms the job does not name get weight 0;
-    // a term without its own temperature takes hyperparameters.temperature.
+    // a term without its own temperature takes hyperparameters.temperature, except one that reads
+    // cached top-k log-probabilities: those are at the teacher's temperature, 1, and cannot be
+    // re-tempered, so the term keeps its default (1).
     typename loss_type::config parse_loss_config() const {
         typename loss_type::config cfg;
         nlohmann::json j = job_.loss;
         if constexpr (requires { loss_type::names(); }) {
             const nlohmann::json defaults = io::to_json(cfg);
-            for (const char* name : loss_type::names()) {
+            for (std::size_t i = 0; i < loss_type::names().size(); ++i) {
+                const char* name = loss_type::names()[i];
                 if (!j.contains(name)) {
                     j[name] = {{"weight", 0.0}};
                 } else if (j[name].is_object() && !j[name].contains("temperature") &&
-                           defaults[name].contains("temperature")) {
+                           defaults[name].contains("temperature") && !distiller_detail::reads_topk<loss_type>[i]) {
                     j[name]["temperature"] = job_.hyperparameters.temperature;
                 }
             }
@@ -529,7 +540,8 @@ private:
                 throw config_error("loss", std::string("this distiller's loss is the single term \"") +
                                                loss_type::name + "\"; the job's loss object must name exactly it");
             nlohmann::json term = j[loss_type::name];
-            if (term.is_object() && !term.contains("temperature") && io::to_json(cfg).contains("temperature"))
+            if (term.is_object() && !term.contains("temperature") && io::to_json(cfg).contains("temperature") &&
+                !distiller_detail::reads_topk<loss_type>[0])
                 term["temperature"] = job_.hyperparameters.temperature;
             io::from_json(term, cfg, std::string("loss.") + loss_type::name);
             return cfg;

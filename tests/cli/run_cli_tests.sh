@@ -134,6 +134,76 @@ kill_when kill_finetune '[[ -f $dir/student/checkpoints/latest ]]' reuse
 kill_when kill_baseline '[[ -f $dir/baseline/metrics.jsonl ]]' reuse
 kill_when kill_evaluate '[[ -f $dir/eval/teacher.answers.jsonl ]]' reuse
 
+# ---- every loss term the job format accepts, alone and in the common pairs, to a report -------------------
+# Reduced: a 2-layer d=32 student, 8 steps, 20 test prompts, no baseline; the teacher's answers are the
+# reference run's (same teacher, data and generation), except for topk_soft_kl, whose generation asks for
+# top-k log-probabilities.
+teacher_weights=$(grep -o '"weights": "[^"]*"' "$WORK/base/quickstart.job.json" | cut -d'"' -f4)
+head -n 20 "$WORK/base/data/test.jsonl" >"$WORK/base/data/test20.jsonl"
+loss_job() {  # loss_job NAME LOSS_JSON [top_logprobs]
+    cat >"$WORK/loss_$1.json" <<EOF
+{
+  "teacher": {"kind": "model", "weights": "$teacher_weights", "max_batch": 32},
+  "student": {"vocab_size": 263, "context_length": 96, "d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64},
+  "training_data": "$WORK/base/data/train.jsonl",
+  "validation_data": "$WORK/base/data/validation.jsonl",
+  "test_data": "$WORK/base/data/test20.jsonl",
+  "task_type": "math",
+  "generation": {"temperature": 0.0, "max_new_tokens": 48${3:+, \"top_logprobs\": $3}},
+  "hyperparameters": {"learning_rate": 0.01, "batch_size": 16, "max_steps": 8, "checkpoint_every": 0, "log_every": 4},
+  "loss": $2,
+  "baseline": {"enabled": false},
+  "evaluation": {"batch_size": 20, "latency_samples": 2},
+  "output_dir": "$WORK/loss_$1"
+}
+EOF
+    [[ -z ${3:-} ]] && mkdir -p "$WORK/loss_$1" && cp -r "$WORK/ref/generate" "$WORK/loss_$1/"
+    if "$DISTILL" run "$WORK/loss_$1.json" --quiet >/dev/null 2>"$WORK/loss_$1.stderr" &&
+        grep -q '"exact_match"' "$WORK/loss_$1/report.json" 2>/dev/null; then
+        pass "loss $2: distill run to a report"
+    else
+        fail "loss $2: $(tail -2 "$WORK/loss_$1.stderr")"
+    fi
+}
+loss_job soft_kl '{"soft_kl": {}}'
+loss_job reverse_kl '{"reverse_kl": {}}'
+loss_job jsd '{"jsd": {"beta": 0.5}}'
+loss_job hard_ce '{"hard_ce": {}}'
+loss_job hidden_mse '{"hidden_mse": {}}'
+loss_job attention_kl '{"attention_kl": {}}'
+loss_job attention_relation '{"attention_relation": {}}'
+loss_job topk_soft_kl '{"topk_soft_kl": {}}' 5
+loss_job soft_kl_hard_ce '{"soft_kl": {}, "hard_ce": {}}'
+loss_job reverse_kl_hard_ce '{"reverse_kl": {}, "hard_ce": {}}'
+loss_job jsd_hard_ce '{"jsd": {}, "hard_ce": {}}'
+loss_job topk_soft_kl_hard_ce '{"topk_soft_kl": {}, "hard_ce": {}}' 5
+loss_job soft_kl_hidden_mse '{"soft_kl": {}, "hidden_mse": {"weight": 0.1}}'
+loss_job soft_kl_attention_kl '{"soft_kl": {}, "attention_kl": {"weight": 0.1}}'
+loss_job hidden_attention '{"hidden_mse": {}, "attention_kl": {}}'
+
+# ---- precision: bf16 runs where oneDNN and the CPU can, and is refused with one line elsewhere --------------
+expect 2 "--precision: expected fp32 or bf16, got fp16" -- "$DISTILL" run "$WORK/loss_soft_kl.json" --precision fp16
+expect 2 'precision: expected "fp32" or "bf16", got "fp16"' -- \
+    "$DISTILL" run "$(variant fp16 's/"task_type"/"precision": "fp16", "task_type"/')"
+if "$DISTILL" --version | grep -q "oneDNN yes"; then
+    # a CPU without oneDNN's bf16 matmul, as on an AVX2 host
+    ONEDNN_MAX_CPU_ISA=AVX2 DNNL_MAX_CPU_ISA=AVX2 expect 2 'precision: "bf16" is refused: this CPU \(oneDNN.s ISA: avx2\)' -- \
+        "$DISTILL" run "$WORK/loss_soft_kl.json" --precision bf16
+else
+    expect 2 'precision: "bf16" is refused: bf16 needs oneDNN' -- "$DISTILL" run "$WORK/loss_soft_kl.json" --precision bf16
+fi
+if "$DISTILL" --version | grep -q "bf16 precision: available"; then
+    sed 's/"loss": {/"precision": "bf16", "loss": {/; s#loss_soft_kl"#loss_soft_kl_bf16"#' "$WORK/loss_soft_kl.json" >"$WORK/bf16.json"
+    if "$DISTILL" run "$WORK/bf16.json" --quiet >/dev/null 2>"$WORK/bf16.stderr" &&
+        grep -q '"exact_match"' "$WORK/loss_soft_kl_bf16/report.json"; then
+        pass "a job with \"precision\": \"bf16\" runs to a report"
+    else
+        fail "bf16 job: $(tail -2 "$WORK/bf16.stderr")"
+    fi
+    cp "$WORK/bf16.json" "$WORK/bf16_over_fp32.json" && sed -i 's#loss_soft_kl_bf16"#loss_soft_kl"#' "$WORK/bf16_over_fp32.json"
+    expect 1 "fingerprint" -- "$DISTILL" run "$WORK/bf16_over_fp32.json" --quiet
+fi
+
 # ---- a teacher behind an OpenAI-compatible endpoint ---------------------------------------------------
 if [[ -n $SERVE ]]; then
     weights=$(grep -o '"weights": "[^"]*"' "$WORK/base/quickstart.job.json" | cut -d'"' -f4)

@@ -1,5 +1,5 @@
 # Builds and runs tests/consumer/main.cpp the way a user consumes the library, by MODE:
-#   find_package     install the build tree into WORK_DIR/prefix, then find_package(distill CONFIG)
+#   find_package     install the build tree into WORK_DIR/prefix (the distill command too), then find_package(distill CONFIG)
 #   add_subdirectory add_subdirectory(<checkout>)
 #   fetchcontent     FetchContent from the checkout's git repository
 #   single_header    one plain compiler command with only single_include/ on the include path
@@ -19,6 +19,14 @@ if(MODE STREQUAL "find_package")
   # the pkg-config file is installed too
   if(NOT EXISTS ${WORK_DIR}/prefix/share/pkgconfig/distill.pc)
     message(FATAL_ERROR "distill.pc was not installed")
+  endif()
+  # and the distill command, which runs from the prefix
+  if(EXISTS ${BINARY_DIR}/apps/distill)
+    run(${WORK_DIR}/prefix/bin/distill --version)
+    execute_process(COMMAND ${WORK_DIR}/prefix/bin/distill --help OUTPUT_VARIABLE help RESULT_VARIABLE rc)
+    if(NOT rc EQUAL 0 OR NOT help MATCHES "SYNOPSIS")
+      message(FATAL_ERROR "the installed distill --help failed (${rc}): ${help}")
+    endif()
   endif()
 elseif(MODE STREQUAL "add_subdirectory")
   run(${CMAKE_COMMAND} -S ${consumer}/add_subdirectory -B ${WORK_DIR}/build -DDISTILL_SOURCE_DIR=${SOURCE_DIR}

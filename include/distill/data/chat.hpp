@@ -35,6 +35,7 @@
 
 #include "distill/data/byte_tokenizer.hpp"
 #include "distill/data/jsonl.hpp"
+#include "distill/data/utf8.hpp"
 #include "distill/data/vocab_alignment.hpp"
 #include "distill/detail/hash.hpp"
 #include "distill/error.hpp"
@@ -386,8 +387,10 @@ public:
     std::vector<std::int32_t> encode_response(std::string_view response) const {
         return format_->encode_response(response);
     }
-    /// The text of generated ids (special tokens and padding-row ids dropped).
-    std::string decode(std::span<const std::int32_t> ids) const { return format_->decode(ids); }
+    /// The text of generated ids (special tokens and padding-row ids dropped), valid UTF-8: an
+    /// invalid byte sequence (a byte-level model may stop inside a character) becomes U+FFFD, as in
+    /// transformers' `decode`.
+    std::string decode(std::span<const std::int32_t> ids) const { return utf8::make_valid(format_->decode(ids)); }
     /// Whether generation stops at `token`.
     bool is_stop_token(std::int32_t token) const { return format_->is_stop_token(token); }
     /// The id that pads batch rows.

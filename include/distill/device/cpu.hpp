@@ -74,10 +74,16 @@ struct Cpu : HostMemory {
                "build has only Eigen's fp32 GEMM";
 #endif
     }
-    static bool bf16_supported() { return bf16_unsupported_reason().empty(); }
+    static bool bf16_supported() {
+        return bf16_unsupported_reason().empty();
+    }
 
-    int threads() const noexcept { return num_threads; }
-    precision compute_precision() const noexcept { return compute; }
+    int threads() const noexcept {
+        return num_threads;
+    }
+    precision compute_precision() const noexcept {
+        return compute;
+    }
 
     int num_threads;
     precision compute = precision::fp32;

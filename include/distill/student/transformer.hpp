@@ -423,9 +423,10 @@ public:
 
     /// Mean cross-entropy of the last forward's logits against targets(B,T); a target of -1 masks
     /// its position (prompt or padding) out of the mean. Writes d(loss)/d(logits) to `grad_logits()`.
-    /// Returns 0 (and zero gradient) when every position is masked.
+    /// Returns 0 (and zero gradient) when every position is masked. A model built with
+    /// `activations::inference` has no gradient buffers: it returns the value alone (evaluation's
+    /// perplexity of a teacher that keeps only its logits).
     T cross_entropy(const std::int32_t* targets) {
-        require_training("cross_entropy");
         const int N = B_ * T_, V = cfg_.vocab_size;
         int count = 0;
         for (int n = 0; n < N; ++n) {
@@ -433,6 +434,21 @@ public:
                 throw shape_error("cross_entropy: target " + std::to_string(targets[n]) + " at position " +
                                   std::to_string(n) + " is outside [-1, " + std::to_string(V) + ")");
             count += targets[n] >= 0;
+        }
+        if (mode_ == activations::inference) {
+            // log_softmax(z)[t] = (z_t - max) - log(sum exp(z - max)), per row, in double
+            const auto logits =
+                detail::read_on_host(dev_, static_cast<const T*>(act(logits_)), std::size_t(N) * std::size_t(V));
+            double nll = 0;
+            for (int n = 0; n < N; ++n) {
+                if (targets[n] < 0) continue;
+                const T* z = logits.data() + std::size_t(n) * std::size_t(V);
+                double m = -INFINITY, s = 0;
+                for (int v = 0; v < V; ++v) m = std::max(m, double(z[v]));
+                for (int v = 0; v < V; ++v) s += std::exp(double(z[v]) - m);
+                nll -= (double(z[targets[n]]) - m) - std::log(s);
+            }
+            return count ? T(nll / count) : T(0);
         }
         const T dloss = count ? T(1) / T(count) : T(0);
         cross_entropy_forward_backward(dev_, act(dlogits_), act(losses_), act(logits_), targets, N, V, dloss);

@@ -129,7 +129,8 @@ public:
     std::filesystem::path tokenizer_file() const { return data::tokenizer_file(tokenizer_of(cfg_)); }
 
     /// Hash of the architecture config and every parameter's name and bytes, the tokenizer and the
-    /// chat template: two teachers with equal fingerprints answer identically.
+    /// chat template, and a precision other than fp32: two teachers with equal fingerprints answer
+    /// identically.
     std::string fingerprint() const {
         detail::Sha256 h;
         h.update("distill.teacher.model.v1\n");
@@ -138,7 +139,11 @@ public:
             h.update(p.name);
             h.update(p.value.data(), sizeof(T) * std::size_t(p.value.numel()));
         }
-        return "model:sha256=" + h.hex().substr(0, 32) + ";" + template_.id();
+        std::string fp = "model:sha256=" + h.hex().substr(0, 32) + ";" + template_.id();
+        if constexpr (requires { net_.device().compute_precision(); })
+            if (net_.device().compute_precision() == decltype(net_.device().compute_precision())::bf16)
+                fp += ";precision=bf16";
+        return fp;
     }
 
     /// "model:<file> (<n> parameters)".

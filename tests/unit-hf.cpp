@@ -293,6 +293,17 @@ TEST_CASE("hf: defects name the file and what was expected") {
         s.edit_config([](nlohmann::json& j) { j["hidden_act"] = "gelu"; });
         CHECK(load_error(s.dir).find("hidden_act: \"gelu\" is not supported, only \"silu\"") != std::string::npos);
     }
+    {  // found with fuzz_hf_config: head_dim × heads overflowed int; an absent head_dim was read as a key
+        testing::ScratchCheckpoint s(hf_fixtures / "llama");
+        s.edit_config([](nlohmann::json& j) { j["head_dim"] = 1 << 30; });
+        CHECK(load_error(s.dir).find("head_dim: 1073741824 is not supported, only hidden_size / "
+                                     "num_attention_heads") != std::string::npos);
+        s.edit_config([](nlohmann::json& j) {
+            j.erase("head_dim");
+            j["num_attention_heads"] = 3;
+        });
+        CHECK(load_error(s.dir).find("n_heads: must divide d_model") != std::string::npos);
+    }
     {
         testing::ScratchCheckpoint s(hf_fixtures / "qwen2");
         s.edit_config([](nlohmann::json& j) { j["use_sliding_window"] = true; });

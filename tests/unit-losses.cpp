@@ -173,9 +173,30 @@ struct full_teacher {
                                                            signal::hidden_states, signal::attentions, signal::qkv);
 };
 
+// A signal the library does not know and a term that needs it (the compile-fail twin is
+// tests/compile_fail/user_signal_not_provided.cpp).
+struct reward_t {
+    static constexpr const char* name = "reward";
+};
+struct reward_term {
+    static constexpr auto needs = boost::hana::make_set(signal::logits, boost::hana::type_c<reward_t>);
+    DISTILL_LOSS_TERM_CHECKS(reward_term)
+};
+struct reward_generic_term {  // without the macro: the generic check
+    static constexpr auto needs = boost::hana::make_set(boost::hana::type_c<reward_t>);
+};
+struct reward_teacher {
+    static constexpr auto provides =
+        boost::hana::make_set(signal::tokens, signal::logits, boost::hana::type_c<reward_t>);
+};
+
 }  // namespace
 
 // ---- compile-time contract ---------------------------------------------------------------------------
+
+static_assert(loss::check_needs<reward_teacher, reward_term>());
+static_assert(loss::check_needs<reward_teacher, reward_generic_term>());
+static_assert(loss::check_needs<reward_teacher, loss::Sum<loss::SoftKL, loss::HardCE>>());
 
 using AllTerms = loss::Sum<loss::SoftKL, loss::TopKSoftKL, loss::ReverseKL, loss::JSD, loss::HardCE, loss::HiddenMSE,
                            loss::AttentionKL, loss::AttentionRelation>;
@@ -341,6 +362,139 @@ TEST_CASE_TEMPLATE("loss golden: every divergence at vocabulary 50 000", Dev, de
         const std::vector<std::int32_t> y = {12345};
         check("large.hard_ce", run_logits<float, Dev>(term, s1, 1, 1, V, {}, all1, grad, &y));
     }
+}
+
+// ---- golden: the numerically hard classes (make_loss_edge_golden.py) ----------------------------------
+
+namespace {
+
+// One case of loss_edge_golden.safetensors: the term's value and gradient for the group's inputs
+// (N rows as B = 1, T = N), against the float64 truth at `rtol` (values) and rtol·max|grad| +
+// rtol·|grad| (gradients). Where PyTorch's own fp32 evaluation of the same expressions on the same
+// inputs is within 1e-6 of the truth, the fp32 result is also compared with it at the same
+// tolerance (elsewhere PyTorch's fp32 is the less accurate side: it rounds s/τ near 3e4, or forms
+// log(M) − log(q) by cancellation at β = 1e-6, and is reported, not compared).
+template <class T, class Dev, class Term>
+void edge_case(const io::safetensors_file& g, const std::string& group, const std::string& name, Term term, double rtol,
+               const std::vector<std::int32_t>* labels = nullptr, int k = 0) {
+    const std::string label = name + (std::is_same_v<T, float> ? " (float)" : " (double)");
+    INFO("case " << label);
+    const auto shape = shape_of(g, group + ".s");
+    const int N = int(shape[0]), V = int(shape[1]);
+    const auto s = as<T>(read_tensor<float>(g, group + ".s"));
+    const auto t = as<T>(read_tensor<float>(g, group + ".t"));
+    std::vector<std::int32_t> ids;
+    std::vector<T> lp;
+    loss::teacher_outputs<T> teacher = teacher_logits(t, 1, N, V);
+    if (k) {
+        ids = read_ids(g, name + ".ids");
+        lp = as<T>(read_tensor<float>(g, name + ".lp"));
+        teacher = teacher_topk(ids, lp, 1, N, k, 1.0);
+    }
+    if (labels) teacher.tokens = Tensor<const std::int32_t>(labels->data(), {1, N});
+    std::vector<T> grad;
+    const T v = run_logits<T, Dev>(term, s, 1, N, V, teacher, {}, grad);
+    const double truth = read_tensor<double>(g, name + ".value")[0];
+    CHECK(double(v) == doctest::Approx(truth).epsilon(rtol));
+    const auto expected = read_tensor<double>(g, name + ".grad");
+    compare(name + ".grad", grad.data(), expected, rtol, rtol);
+    if constexpr (std::is_same_v<T, float>) {
+        const auto torch32 = read_tensor<double>(g, name + ".grad_f32");
+        double err = 0, scale = 0;
+        for (std::size_t i = 0; i < expected.size(); ++i) {
+            err = std::max(err, std::abs(torch32[i] - expected[i]));
+            scale = std::max(scale, std::abs(expected[i]));
+        }
+        if (err <= 1e-6 * scale)
+            compare(name + ".grad vs PyTorch fp32", grad.data(), torch32, rtol, rtol);
+        else
+            MESSAGE(name << ": PyTorch fp32's gradient is " << err / scale
+                         << " of max|grad| off the float64 truth; compared with the truth only");
+        const double torch_value = read_tensor<double>(g, name + ".value_f32")[0];
+        if (std::abs(torch_value - truth) <= 1e-6 * std::abs(truth))
+            CHECK(double(v) == doctest::Approx(torch_value).epsilon(rtol));
+        else
+            MESSAGE(name << ": PyTorch fp32's value " << torch_value << " is "
+                         << std::abs(torch_value - truth) / std::abs(truth)
+                         << " off the float64 truth; compared with the truth only");
+    }
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("loss golden: logits at +-1e4 offsets keep fp32 precision (1e-5 of the float64 truth)", Dev,
+                   device::Cpu, device::Reference) {
+    io::safetensors_file g(fixtures / "loss_edge_golden.safetensors");
+    auto run_all = [&]<class T>(T, double rtol) {
+        edge_case<T, Dev>(g, "big", "big.soft_kl.tau1", loss::SoftKL({.temperature = 1.0}), rtol);
+        edge_case<T, Dev>(g, "big", "big.soft_kl.tau0.3", loss::SoftKL({.temperature = 0.3}), rtol);
+        edge_case<T, Dev>(g, "big", "big.reverse_kl", loss::ReverseKL(), rtol);
+        edge_case<T, Dev>(g, "big", "big.jsd", loss::JSD({.beta = 0.5}), rtol);
+        edge_case<T, Dev>(g, "big", "big.topk", loss::TopKSoftKL(), rtol, nullptr, 5);
+        const auto y = read_ids(g, "big.hard_ce.y");
+        edge_case<T, Dev>(g, "big", "big.hard_ce", loss::HardCE(), rtol, &y);
+    };
+    run_all(float{}, 1e-5);
+    run_all(double{}, 1e-6);
+}
+
+TEST_CASE_TEMPLATE("loss golden: -inf logits on the teacher's side, the student's, and both", Dev, device::Cpu,
+                   device::Reference) {
+    io::safetensors_file g(fixtures / "loss_edge_golden.safetensors");
+    auto run_all = [&]<class T>(T, double rtol) {
+        for (const std::string side : {"teacher", "student", "both", "mixed"}) {
+            const std::string group = "inf." + side;
+            for (double beta : {0.1, 0.5, 0.9}) {
+                char name[64];
+                std::snprintf(name, sizeof name, "%s.jsd.beta%g", group.c_str(), beta);
+                edge_case<T, Dev>(g, group, name, loss::JSD({.beta = beta, .temperature = 2.0}), rtol);
+            }
+            if (side == "teacher" || side == "both")
+                edge_case<T, Dev>(g, group, group + ".soft_kl", loss::SoftKL({.temperature = 2.0}), rtol);
+            if (side == "student" || side == "both")
+                edge_case<T, Dev>(g, group, group + ".reverse_kl", loss::ReverseKL({.temperature = 2.0}), rtol);
+        }
+    };
+    run_all(float{}, 1e-5);
+    run_all(double{}, 1e-6);
+    // and the law behind it: a token the student masks gets exactly zero gradient, every other
+    // token a gradient of the size the unmasked row gives (never a silently zero row)
+    const auto shape = shape_of(g, "inf.student.s");
+    const int N = int(shape[0]), V = int(shape[1]);
+    const auto s = read_tensor<float>(g, "inf.student.s"), t = read_tensor<float>(g, "inf.student.t");
+    std::vector<float> grad;
+    for (double beta : {1e-6, 0.5, 1 - 1e-6}) {
+        INFO("beta " << beta);
+        loss::JSD term({.beta = beta});
+        CHECK(std::isfinite(run_logits<float, Dev>(term, s, 1, N, V, teacher_logits(t, 1, N, V), {}, grad)));
+        for (int n = 0; n < N; ++n) {
+            double live = 0;
+            for (int j = 0; j < V; ++j) {
+                const float x = grad[std::size_t(n * V + j)];
+                CHECK(std::isfinite(x));
+                if (std::isinf(s[std::size_t(n * V + j)]))
+                    CHECK(x == 0.0f);
+                else
+                    live = std::max(live, double(std::abs(x)));
+            }
+            CHECK(live > 1e-3);
+        }
+    }
+}
+
+TEST_CASE_TEMPLATE("loss golden: JSD at beta = 1e-6 and 1 - 1e-6 keeps fp32 precision", Dev, device::Cpu,
+                   device::Reference) {
+    io::safetensors_file g(fixtures / "loss_edge_golden.safetensors");
+    auto run_all = [&]<class T>(T, double rtol) {
+        for (double tau : {1.0, 2.0}) {
+            const std::string t = tau == 1.0 ? "1" : "2";
+            edge_case<T, Dev>(g, "beta", "beta.1e-6.tau" + t, loss::JSD({.beta = 1e-6, .temperature = tau}), rtol);
+            edge_case<T, Dev>(g, "beta", "beta.1-1e-6.tau" + t, loss::JSD({.beta = 1 - 1e-6, .temperature = tau}),
+                              rtol);
+        }
+    };
+    run_all(float{}, 1e-5);
+    run_all(double{}, 1e-6);
 }
 
 TEST_CASE_TEMPLATE("loss golden: HiddenMSE (mse, cosine, identity) matches PyTorch, projections included", Dev,
@@ -1143,6 +1297,73 @@ TEST_CASE("loss kernels: Cpu agrees with Reference across chunk boundaries, and 
         both("cross_entropy", [&](auto dev, float* d, float* l) {
             masked_cross_entropy_forward_backward(dev, d, acc, l, s.data(), y.data(), mask.data(), N, V, 0.3f);
         });
+    }
+}
+
+TEST_CASE("loss kernels: Cpu agrees with Reference on +-1e4 offsets and on -inf masks of either side") {
+    const int N = 6, V = 2500;
+    device::Reference ref;
+    device::Cpu cpu(2);
+    auto s = random_vector<float>(N * V, 31, 3.0), t = random_vector<float>(N * V, 32, 3.0);
+    const float ninf = -std::numeric_limits<float>::infinity();
+    auto both = [&](const char* what, const std::vector<float>& ss, const std::vector<float>& tt, auto kernel) {
+        INFO(what);
+        std::vector<float> d0(std::size_t(N) * V), l0(N), d1(d0.size()), l1(N);
+        kernel(ref, d0.data(), l0.data(), ss.data(), tt.data());
+        kernel(cpu, d1.data(), l1.data(), ss.data(), tt.data());
+        CHECK(all_finite(d1));
+        CHECK(all_finite(l1));
+        compare(std::string(what) + " d", d1.data(), std::vector<double>(d0.begin(), d0.end()), 1e-5, 1e-5);
+        compare(std::string(what) + " losses", l1.data(), std::vector<double>(l0.begin(), l0.end()), 1e-5, 1e-5);
+    };
+    auto kl = [&](auto dev, float* d, float* l, const float* ss, const float* tt) {
+        kl_forward_backward(dev, d, false, l, ss, tt, nullptr, N, V, 1 / 0.3f, 0.5f);
+    };
+    auto rev = [&](auto dev, float* d, float* l, const float* ss, const float* tt) {
+        reverse_kl_forward_backward(dev, d, false, l, ss, tt, nullptr, N, V, 1.0f, 0.5f);
+    };
+    auto jsd_at = [&](double beta) {
+        return [=](auto dev, float* d, float* l, const float* ss, const float* tt) {
+            jsd_forward_backward(dev, d, false, l, ss, tt, nullptr, N, V, beta, 0.5f, 0.5f);
+        };
+    };
+    const std::vector<std::int32_t> y = {0, 17, 1024, 2047, 2499, 3};
+    auto ce = [&](auto dev, float* d, float* l, const float* ss, const float*) {
+        masked_cross_entropy_forward_backward(dev, d, false, l, ss, y.data(), nullptr, N, V, 0.5f);
+    };
+    {  // offsets: equal, opposite, one side only
+        std::vector<float> so(s), to(t);
+        const float off_s[N] = {1e4f, -1e4f, 0, 1e4f, 0, -1e4f}, off_t[N] = {1e4f, -1e4f, 1e4f, 0, -1e4f, 1e4f};
+        for (int n = 0; n < N; ++n)
+            for (int j = 0; j < V; ++j) {
+                so[std::size_t(n * V + j)] += off_s[n];
+                to[std::size_t(n * V + j)] =
+                    so[std::size_t(n * V + j)] - off_s[n] + off_t[n] + 0.5f * t[std::size_t(n * V + j)];
+            }
+        both("kl offsets", so, to, kl);
+        both("reverse_kl offsets", so, to, rev);
+        for (double beta : {1e-6, 0.5, 1 - 1e-6}) both("jsd offsets", so, to, jsd_at(beta));
+        both("cross_entropy offsets", so, to, ce);
+    }
+    {  // masks: the teacher's only, the student's only, both at the same entries
+        std::vector<float> st(s), tt(t), ss(s), ts(t), sb(s), tb(t);
+        for (int n = 0; n < N; ++n)
+            for (int j = 0; j < V; ++j) {
+                const std::size_t i = std::size_t(n * V + j);
+                if (j % 5 == 1 || (j >= 1024 && j < 2048)) tt[i] = ninf;
+                if (j % 7 == 3 && j != y[std::size_t(n)]) ss[i] = ninf;
+                if (j % 9 == 4 || (j >= 1024 && j < 2048)) sb[i] = tb[i] = ninf;
+            }
+        for (double beta : {1e-6, 0.1, 0.5, 0.9, 1 - 1e-6}) {
+            both("jsd teacher mask", st, tt, jsd_at(beta));
+            both("jsd student mask", ss, ts, jsd_at(beta));
+            both("jsd both masks", sb, tb, jsd_at(beta));
+        }
+        both("kl teacher mask", st, tt, kl);
+        both("kl both masks", sb, tb, kl);
+        both("reverse_kl student mask", ss, ts, rev);
+        both("reverse_kl both masks", sb, tb, rev);
+        both("cross_entropy student mask", ss, ts, ce);
     }
 }
 

@@ -16,7 +16,14 @@
 ///   `layernorm_forward/backward`, `gelu_forward/backward`, `causal_softmax_forward/backward`,
 ///   `embedding_forward/backward`, `cross_entropy_forward_backward`, `add`, `accumulate`; for the
 ///   Llama family's blocks `rmsnorm_forward/backward`, `swiglu_forward/backward`, `rope_rotate`; for
-///   incremental decoding `attention_decode` (and `kv_cache_store` on a device with its own memory).
+///   incremental decoding `attention_decode` (and `kv_cache_store` on a device with its own memory);
+///   for the loss terms the fused row kernels of `device/reference_losses.hpp` (`kl_forward_backward`,
+///   `reverse_kl_forward_backward`, `jsd_forward_backward`, `topk_kl_forward_backward`,
+///   `masked_cross_entropy_forward_backward`, `attention_kl_forward_backward`,
+///   `relation_kl_forward_backward`, and `hidden_match_forward_backward` on a device with its own
+///   memory). Those write per-row divergences (no τ², no mean over rows) and
+///   `grad_scale · ∂row/∂input` — the loss terms of `loss/` are the entry point for everyone else
+///   (see `reference_losses.hpp` and docs/losses.md, "Kernels and numerics").
 ///   `device/reference.hpp` is the plain-loop definition of each kernel, with its shapes and formula.
 ///
 /// **Laws.** Every kernel of a device agrees with the `Reference` kernel of the same name to fp32

@@ -73,6 +73,7 @@
 #include <boost/hana/set.hpp>
 #include <boost/hana/string.hpp>
 #include <boost/hana/type.hpp>
+#include <boost/hana/unpack.hpp>
 
 #include "distill/detail/arena.hpp"
 #include "distill/error.hpp"
@@ -524,36 +525,62 @@ private:
 
 // ---- needs ⊆ provides ----------------------------------------------------------------------------
 
+// One static_assert for `Signal` of the term called `who` (a string literal): the library's
+// signals by name, any other signal type generically.
+#define DISTILL_LOSS_CHECK_SIGNAL_(who, Teacher_, Signal_)                                           \
+    if constexpr (::std::is_same_v<Signal_, ::distill::signal::tokens_t>)                            \
+        DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, "tokens")                                  \
+    else if constexpr (::std::is_same_v<Signal_, ::distill::signal::topk_logprobs_t>)                \
+        DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, "topk_logprobs")                           \
+    else if constexpr (::std::is_same_v<Signal_, ::distill::signal::logits_t>)                       \
+        DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, "logits")                                  \
+    else if constexpr (::std::is_same_v<Signal_, ::distill::signal::hidden_states_t>)                \
+        DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, "hidden_states")                           \
+    else if constexpr (::std::is_same_v<Signal_, ::distill::signal::attentions_t>)                   \
+        DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, "attentions")                              \
+    else if constexpr (::std::is_same_v<Signal_, ::distill::signal::qkv_t>)                          \
+        DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, "qkv")                                     \
+    else                                                                                             \
+        static_assert(::distill::loss::teacher_provides<Teacher_, Signal_>,                          \
+                      "Loss: " who                                                                   \
+                      " needs a signal that the teacher does not provide (the note below names the " \
+                      "signal and the teacher); see docs/losses.md");
+
+#define DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, sig)                                                \
+    {                                                                                                         \
+        static_assert(::distill::loss::teacher_provides<Teacher_, Signal_>,                                   \
+                      "Loss: " who " needs " sig ", which the teacher does not provide; see docs/losses.md"); \
+    }
+
 namespace check_detail {
 template <class>
 inline constexpr bool always_false = false;
 
-// One static_assert per signal: the fallback for terms without DISTILL_LOSS_TERM_CHECKS, whose
-// message cannot name the term (C++20 static_assert messages are literals); the compiler's
-// "required from" lines and the note under the assertion name the term and the teacher.
+// The fallback for terms without DISTILL_LOSS_TERM_CHECKS, whose message cannot name the term
+// (C++20 static_assert messages are literals); the compiler's "required from" lines and the note
+// under the assertion name the term, the signal and the teacher.
+template <class Term, class Teacher, class Signal>
+constexpr bool generic_check() {
+    DISTILL_LOSS_CHECK_SIGNAL_("a loss term", Teacher, Signal)
+    return true;
+}
 template <class Term, class Teacher>
 constexpr bool generic_checks() {
-#define DISTILL_LOSS_GENERIC_CHECK_(sig)                                                                           \
-    if constexpr (::distill::loss::term_needs<Term, ::distill::signal::sig##_t>) {                                 \
-        static_assert(::distill::loss::teacher_provides<Teacher, ::distill::signal::sig##_t>,                      \
-                      "Loss: a loss term needs " #sig ", which the teacher does not provide; see docs/losses.md"); \
-    }
-    DISTILL_LOSS_GENERIC_CHECK_(tokens)
-    DISTILL_LOSS_GENERIC_CHECK_(topk_logprobs)
-    DISTILL_LOSS_GENERIC_CHECK_(logits)
-    DISTILL_LOSS_GENERIC_CHECK_(hidden_states)
-    DISTILL_LOSS_GENERIC_CHECK_(attentions)
-    DISTILL_LOSS_GENERIC_CHECK_(qkv)
-#undef DISTILL_LOSS_GENERIC_CHECK_
-    return true;
+    return boost::hana::unpack(Term::needs, [](auto... signals) {
+        return (generic_check<Term, Teacher, typename decltype(signals)::type>() && ... && true);
+    });
 }
 }  // namespace check_detail
 
-/// Checks, for every term of `Loss`, that `Teacher` provides each signal the term needs; fails to
-/// compile with one `static_assert` per missing signal, first term first:
-/// `"Loss: distill::loss::AttentionKL needs attentions, which the teacher does not provide; see
-/// docs/losses.md"`, the compiler's note under it naming the teacher
-/// (`'distill::loss::teacher_provides<my_teacher, distill::signal::attentions_t>' evaluates to false`).
+/// Checks, for every term of `Loss`, that `Teacher` provides each signal the term needs: every
+/// element of the term's `needs` set must be in the teacher's `provides` set, whatever the signal
+/// type (the library's `signal::*` tags or a user's own). Fails to compile with one
+/// `static_assert` per missing signal, first term first, its message naming the term and the
+/// signal: `"Loss: distill::loss::AttentionKL needs attentions, which the teacher does not
+/// provide; see docs/losses.md"`, and the compiler's note under it naming the teacher
+/// (`'distill::loss::teacher_provides<my_teacher, distill::signal::attentions_t>' evaluates to
+/// false`). A user-defined signal cannot be pasted into a C++20 message, so its message says "needs
+/// a signal that the teacher does not provide" and the note names the signal type and the teacher.
 /// @tparam Teacher a type with `static constexpr auto provides` (a Hana set of signals).
 /// @tparam Loss a term or a `Sum` of terms.
 template <class Teacher, class Loss>
@@ -572,25 +599,21 @@ constexpr bool check_needs() {
 
 /// Put in a loss term's class body (public, after `needs`) with the term's fully qualified name
 /// as users spell it: makes `check_needs` report a missing signal as "Loss: <Term> needs
-/// <signal>, which the teacher does not provide; see docs/losses.md". (C++20 static_assert
-/// messages are string literals, so the name is pasted in by the preprocessor.)
-#define DISTILL_LOSS_TERM_CHECKS(Term)                       \
-    template <class Teacher>                                 \
-    static constexpr bool check_teacher() {                  \
-        DISTILL_LOSS_TERM_CHECK_SIGNAL_(Term, tokens)        \
-        DISTILL_LOSS_TERM_CHECK_SIGNAL_(Term, topk_logprobs) \
-        DISTILL_LOSS_TERM_CHECK_SIGNAL_(Term, logits)        \
-        DISTILL_LOSS_TERM_CHECK_SIGNAL_(Term, hidden_states) \
-        DISTILL_LOSS_TERM_CHECK_SIGNAL_(Term, attentions)    \
-        DISTILL_LOSS_TERM_CHECK_SIGNAL_(Term, qkv)           \
-        return true;                                         \
-    }
-
-#define DISTILL_LOSS_TERM_CHECK_SIGNAL_(Term, sig)                                                               \
-    if constexpr (decltype(::boost::hana::contains(needs,                                                        \
-                                                   ::boost::hana::type_c<::distill::signal::sig##_t>))::value) { \
-        static_assert(::distill::loss::teacher_provides<Teacher, ::distill::signal::sig##_t>,                    \
-                      "Loss: " #Term " needs " #sig ", which the teacher does not provide; see docs/losses.md"); \
+/// <signal>, which the teacher does not provide; see docs/losses.md" (for a user-defined signal:
+/// "Loss: <Term> needs a signal that the teacher does not provide (...)", the note naming it).
+/// (C++20 static_assert messages are string literals, so the name is pasted in by the preprocessor.)
+/// Every element of `needs` is checked, in order.
+#define DISTILL_LOSS_TERM_CHECKS(Term)                                                                  \
+    template <class Teacher>                                                                            \
+    static constexpr bool check_teacher() {                                                             \
+        return ::boost::hana::unpack(needs, [](auto... signals) {                                       \
+            return (distill_check_signal_<Teacher, typename decltype(signals)::type>() && ... && true); \
+        });                                                                                             \
+    }                                                                                                   \
+    template <class Teacher, class Signal>                                                              \
+    static constexpr bool distill_check_signal_() {                                                     \
+        DISTILL_LOSS_CHECK_SIGNAL_(#Term, Teacher, Signal)                                              \
+        return true;                                                                                    \
     }
 
 BOOST_HANA_ADAPT_STRUCT(distill::loss::model_dims, vocab_size, d_model, n_layers, n_heads);

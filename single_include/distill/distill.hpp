@@ -2584,6 +2584,22 @@ struct KeyHash {
     }
 };
 
+/// The instruction set oneDNN dispatches to on this CPU (after ONEDNN_MAX_CPU_ISA), e.g. "avx2".
+inline const char* isa_name() {
+    using isa = dnnl::cpu_isa;
+    switch (dnnl::get_effective_cpu_isa()) {
+        case isa::sse41: return "sse41";
+        case isa::avx: return "avx";
+        case isa::avx2: return "avx2";
+        case isa::avx2_vnni: return "avx2_vnni";
+        case isa::avx512_core: return "avx512_core";
+        case isa::avx512_core_vnni: return "avx512_core_vnni";
+        case isa::avx512_core_bf16: return "avx512_core_bf16";
+        case isa::avx512_core_amx: return "avx512_core_amx";
+        default: return "other";
+    }
+}
+
 // One GEMM shape: its primitive, the three memory objects whose data handles change per call, and
 // the argument array handed to the C API (the C++ wrapper's execute builds a vector per call).
 struct Entry {
@@ -2621,6 +2637,26 @@ struct State {
 inline State& state() {
     thread_local State s;
     return s;
+}
+
+/// Why this CPU cannot run oneDNN's bf16 matmul, or "" when it can. oneDNN 2.x has a bf16 matmul only
+/// from AVX-512 up (native on AVX512-BF16 and AMX); elsewhere creating one throws. Asked once: a
+/// small bf16 primitive descriptor is created (respecting ONEDNN_MAX_CPU_ISA / DNNL_MAX_CPU_ISA).
+inline const std::string& bf16_unsupported_reason() {
+    static const std::string reason = [] {
+        using dt = dnnl::memory::data_type;
+        using dims = dnnl::memory::dims;
+        try {
+            const dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+            const dnnl::memory::desc a(dims{16, 16}, dt::bf16, dims{16, 1}), c(dims{16, 16}, dt::f32, dims{16, 1});
+            const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a, a, c), engine);
+            return std::string();
+        } catch (const dnnl::error&) {
+            return std::string("this CPU (oneDNN's ISA: ") + isa_name() +
+                   ") has no bf16 matmul; oneDNN needs AVX-512 (AVX512-BF16 or AMX to be fast)";
+        }
+    }();
+    return reason;
 }
 
 /// C(M,N) = alpha op(A) op(B) + beta C (row-major, see the Reference gemm) through oneDNN, the
@@ -2711,14 +2747,24 @@ struct Cpu : HostMemory {
 
     /// Threads from `DISTILL_NUM_THREADS` when set, else OpenMP's default (OMP_NUM_THREADS or the cores).
     Cpu() : num_threads(default_threads()) {}
-    /// Exactly `threads` threads (>= 1), GEMMs in `p` (bf16 needs oneDNN: `has_bf16_gemm`).
+    /// Exactly `threads` threads (>= 1), GEMMs in `p` (bf16: `bf16_supported()`, else config_error).
     explicit Cpu(int threads, precision p = precision::fp32) : num_threads(threads), compute(p) {
         if (threads < 1) throw config_error("device.threads", "must be >= 1, got " + std::to_string(threads));
-        if (p == precision::bf16 && !has_bf16_gemm)
-            throw config_error("device.precision",
-                               "bf16 needs oneDNN's GEMM: install libdnnl-dev and link distill::dnnl "
-                               "(DISTILL_WITH_DNNL); this build has only Eigen's fp32 GEMM");
+        if (p == precision::bf16 && !bf16_supported())
+            throw config_error("device.precision", "bf16 is refused: " + bf16_unsupported_reason());
     }
+
+    /// Why `precision::bf16` cannot run here ("" when it can): this build has no oneDNN, or this CPU
+    /// has no oneDNN bf16 matmul (oneDNN 2.x needs AVX-512; detected at run time, never assumed).
+    static std::string bf16_unsupported_reason() {
+#if defined(DISTILL_WITH_DNNL)
+        return dnnl_detail::bf16_unsupported_reason();
+#else
+        return "bf16 needs oneDNN's GEMM: install libdnnl-dev and link distill::dnnl (DISTILL_WITH_DNNL); this "
+               "build has only Eigen's fp32 GEMM";
+#endif
+    }
+    static bool bf16_supported() { return bf16_unsupported_reason().empty(); }
 
     int threads() const noexcept { return num_threads; }
     precision compute_precision() const noexcept { return compute; }
@@ -8259,8 +8305,10 @@ inline student::TransformerConfig llama_config(const nlohmann::json& c, const st
     t.n_heads = r.integer("num_attention_heads");
     t.n_kv_heads = r.integer("num_key_value_heads", t.n_heads);
     t.d_ff = r.integer("intermediate_size");
-    if (r.integer("head_dim", t.d_model / t.n_heads) * t.n_heads != t.d_model)
-        fail("head_dim: " + c["head_dim"].dump() + " is not supported, only hidden_size / num_attention_heads");
+    // (64-bit: head_dim and the head count are each up to 2^30; absent, validated() checks the division)
+    if (const auto hd = c.find("head_dim"); hd != c.end() && !hd->is_null())
+        if (std::int64_t(r.integer("head_dim")) * t.n_heads != t.d_model)
+            fail("head_dim: " + hd->dump() + " is not supported, only hidden_size / num_attention_heads");
     t.norm = "rmsnorm";
     t.norm_eps = r.number("rms_norm_eps", model_type == "phi3" ? 1e-5 : 1e-6);
     t.positions = "rope";
@@ -8929,7 +8977,7 @@ concept student_model = device_policy<typename M::device_type> &&
 /// response (text, finish reason, usage, `logprobs.content[].top_logprobs`), mapping token strings
 /// onto a tokenizer's ids, and the retry rules (which statuses are transient, `Retry-After`,
 /// exponential backoff with jitter). `teacher::OpenAI` sends what this builds, `teacher::Cache`
-/// reads saved responses with it, and `examples/serve` answers in it, so all three agree.
+/// reads saved responses with it, and `apps/serve` answers in it, so all three agree.
 
 #include <algorithm>
 #include <charconv>
@@ -9188,7 +9236,7 @@ nlohmann::json token_json(const Tokenizer& tok, std::int32_t id, float logprob) 
     return t;
 }
 
-/// A chat completion object for `r` (what `examples/serve` answers), with
+/// A chat completion object for `r` (what `apps/serve` answers), with
 /// `choices[0].logprobs.content` when `with_logprobs` (r.tokens mapped back to token strings).
 template <class Tokenizer>
 nlohmann::json make_completion(std::string_view id, std::string_view model, std::int64_t created, const Response& r,
@@ -9618,7 +9666,7 @@ private:
 // ---- begin distill/teacher/sampler.hpp ----
 /// @file sampler.hpp
 /// Choosing the next token from a row of logits, and the log-probabilities reported with it. Shared
-/// by every in-process generator (teacher::Model, examples/serve), so they sample identically.
+/// by every in-process generator (teacher::Model, apps/serve), so they sample identically.
 ///
 /// Sampling, for `temperature > 0`: scale the logits by 1/temperature; keep the `top_k` most likely
 /// tokens (all when 0); keep the smallest prefix of those, most likely first, whose probability
@@ -10151,7 +10199,7 @@ constexpr const char* version() noexcept {
 // ---- begin distill/teacher/openai.hpp ----
 /// @file openai.hpp
 /// `teacher::OpenAI`: any OpenAI-compatible chat-completions endpoint as a teacher (OpenAI, vLLM,
-/// llama.cpp's server, TGI, DeepSeek, Together, `examples/serve`, ...), over cpp-httplib (HTTPS
+/// llama.cpp's server, TGI, DeepSeek, Together, `apps/serve`, ...), over cpp-httplib (HTTPS
 /// through OpenSSL).
 ///
 /// **Needs cpp-httplib**, a compiled library: link the CMake target `distill::http` (Debian
@@ -19704,6 +19752,10 @@ struct Job {
     EvaluationConfig evaluation{};
     std::string output_dir = "out";  ///< every output of the run
     int threads = 0;                 ///< CPU threads (0: DISTILL_NUM_THREADS or all cores)
+    /// The arithmetic of the device's matrix products: "fp32", or "bf16" (bf16 operands, fp32
+    /// accumulation, fp32 master weights; needs oneDNN and a CPU with its bf16 matmul). The device the
+    /// Distiller is given must compute in it.
+    std::string precision = "fp32";
 
     /// Checks the fixed part (the policy sections are checked by the Distiller); throws config_error.
     void validate() const {
@@ -19734,6 +19786,8 @@ struct Job {
         evaluation.validate();
         if (output_dir.empty()) throw config_error("output_dir", "must not be empty");
         if (threads < 0 || threads > 4096) throw config_error("threads", "must be in [0, 4096]");
+        if (precision != "fp32" && precision != "bf16")
+            throw config_error("precision", "expected \"fp32\" or \"bf16\", got \"" + precision + "\"");
     }
 
     /// The teacher's kind ("model", "openai", "cache").
@@ -19763,7 +19817,7 @@ BOOST_HANA_ADAPT_STRUCT(distill::EvaluationConfig, batch_size, latency_samples, 
                         evaluate_teacher);
 BOOST_HANA_ADAPT_STRUCT(distill::Job, teacher, student, student_weights, tokenizer, training_data, validation_data,
                         test_data, task_type, generation, hyperparameters, optimizer, loss, baseline, evaluation,
-                        output_dir, threads);
+                        output_dir, threads, precision);
 
 namespace distill {
 
@@ -19907,6 +19961,7 @@ public:
     Distiller(Job job, Teacher& teacher, Device device = Device{}, DistillerOptions options = {})
         : job_(std::move(job)), teacher_(teacher), device_(device), opt_(options), out_(job_.output_dir) {
         job_.validate();
+        check_precision();
         student_cfg_ = read_student_config();
         template_ = student_template();
         if (student_cfg_.vocab_size < template_.vocab_size())
@@ -20542,6 +20597,7 @@ private:
                                  {"data", train.data.fingerprint()},
                                  {"validation", val ? val->data.fingerprint() : 0}};
         add_initialization(fp_fields);
+        if (job_.precision != "fp32") fp_fields["precision"] = job_.precision;
         const std::string fp = distiller_detail::sha(fp_fields.dump());
         say("finetune: distilling into a student of " + std::to_string(student_cfg_.parameter_count()) +
             " parameters for " + std::to_string(steps) + " steps (" + (online ? "online" : "offline") + ")");
@@ -20584,6 +20640,7 @@ private:
                                  {"data", train.fingerprint()},
                                  {"validation", val ? val->fingerprint() : 0}};
         add_initialization(fp_fields);
+        if (job_.precision != "fp32") fp_fields["precision"] = job_.precision;
         const std::string fp = distiller_detail::sha(fp_fields.dump());
         say("finetune: baseline on " + std::to_string(train.size()) + " labeled examples for " + std::to_string(steps) +
             " steps");
@@ -20603,18 +20660,30 @@ private:
 
     // ---- evaluation -------------------------------------------------------------------------------
 
+    // The job's precision is the device's: a device with a precision (device::Cpu) must compute in the
+    // job's; any other device computes in fp32.
+    void check_precision() const {
+        std::string has = "fp32";
+        if constexpr (requires { device_.compute_precision(); })
+            if (device_.compute_precision() == decltype(device_.compute_precision())::bf16) has = "bf16";
+        if (has != job_.precision)
+            throw config_error("precision", "is \"" + job_.precision + "\", but the " + Device::name +
+                                                " device given to the Distiller computes in " + has +
+                                                " (construct it with the job's precision)");
+    }
+
     std::string evaluation_fingerprint(const std::string& student_digest, const std::string& baseline_digest) const {
-        return distiller_detail::sha(nlohmann::json{
-            {"stage", "evaluate"},
-            {"student", student_digest},
-            {"baseline", baseline_digest},
-            {"teacher", job_.evaluation.evaluate_teacher ? teacher_.fingerprint() : ""},
-            {"test", detail::sha256_file(job_.test_data)},
-            {"template", template_.id()},
-            {"evaluation", io::to_json(job_.evaluation)},
-            {"generation", io::to_json(sampling_)},
-            {"task_type",
-             job_.task_type}}.dump());
+        nlohmann::json fp{{"stage", "evaluate"},
+                          {"student", student_digest},
+                          {"baseline", baseline_digest},
+                          {"teacher", job_.evaluation.evaluate_teacher ? teacher_.fingerprint() : ""},
+                          {"test", detail::sha256_file(job_.test_data)},
+                          {"template", template_.id()},
+                          {"evaluation", io::to_json(job_.evaluation)},
+                          {"generation", io::to_json(sampling_)},
+                          {"task_type", job_.task_type}};
+        if (job_.precision != "fp32") fp["precision"] = job_.precision;  // fp32 runs keep their fingerprints
+        return distiller_detail::sha(fp.dump());
     }
 
     // Answers, latency and throughput of `model` on `requests`; metrics against the references (and

@@ -13,8 +13,6 @@
 #include <string_view>
 #include <vector>
 
-#include <unistd.h>
-
 #include <nlohmann/json.hpp>
 
 #include "distill/device/cpu.hpp"
@@ -54,13 +52,8 @@ std::string fix_manifest(std::string_view text, std::string_view student, std::s
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     using namespace distill;
-    static const fs::path dir = [] {
-        // tmpfs when there is one: three files are written per input
-        const fs::path base = fs::is_directory("/dev/shm") ? fs::path("/dev/shm") : fs::temp_directory_path();
-        const fs::path d = base / ("distill-fuzz-checkpoint-" + std::to_string(::getpid()));
-        fs::create_directories(d);
-        return d;
-    }();
+    static const fuzz::ScratchDir scratch("distill-fuzz-checkpoint");  // three files are written per input
+    const fs::path& dir = scratch.path();
     static fuzz::TinyTrained state;
     if (size < 1) return 0;
     const bool fix = data[0] & 1;

@@ -48,6 +48,29 @@ private:
     std::filesystem::path path_;
 };
 
+/// A directory of this process on tmpfs when there is one (`/dev/shm/<name>-<pid>`), for targets whose
+/// reader takes a directory; removed when the process exits normally, so the many processes of a
+/// -fork run do not leave theirs behind.
+class ScratchDir {
+public:
+    explicit ScratchDir(const std::string& name) {
+        const std::filesystem::path base =
+            std::filesystem::is_directory("/dev/shm") ? "/dev/shm" : std::filesystem::temp_directory_path();
+        path_ = base / (name + "-" + std::to_string(::getpid()));
+        std::filesystem::create_directories(path_);
+    }
+    ScratchDir(const ScratchDir&) = delete;
+    ScratchDir& operator=(const ScratchDir&) = delete;
+    ~ScratchDir() {
+        std::error_code ec;
+        std::filesystem::remove_all(path_, ec);
+    }
+    const std::filesystem::path& path() const noexcept { return path_; }
+
+private:
+    std::filesystem::path path_;
+};
+
 /// Splits a fuzz input into parts at a separator line, so one input can hold several files.
 inline std::string_view next_part(std::string_view& rest, std::string_view separator) {
     const auto at = rest.find(separator);

@@ -13,8 +13,6 @@
 #include <string>
 #include <string_view>
 
-#include <unistd.h>
-
 #include "distill/device/cpu.hpp"
 #include "distill/error.hpp"
 #include "distill/io/hf.hpp"
@@ -36,11 +34,11 @@ void write(const fs::path& path, std::string_view bytes) {
 // One directory per fixture on tmpfs (when there is one), holding a copy of its model.safetensors;
 // config.json and 1_Pooling/config.json are rewritten per input.
 const std::array<fs::path, families.size()>& directories() {
+    static const distill::fuzz::ScratchDir scratch("distill-fuzz-hf-config");
     static const auto dirs = [] {
-        const fs::path base = fs::is_directory("/dev/shm") ? fs::path("/dev/shm") : fs::temp_directory_path();
         std::array<fs::path, families.size()> d;
         for (std::size_t i = 0; i < families.size(); ++i) {
-            d[i] = base / ("distill-fuzz-hf-config-" + std::to_string(::getpid())) / families[i];
+            d[i] = scratch.path() / families[i];
             fs::create_directories(d[i] / "1_Pooling");
             fs::copy_file(fs::path(DISTILL_FIXTURE_DIR) / families[i] / "model.safetensors", d[i] / "model.safetensors",
                           fs::copy_options::overwrite_existing);

@@ -12,8 +12,6 @@
 #include <string>
 #include <string_view>
 
-#include <unistd.h>
-
 #include "distill/device/cpu.hpp"
 #include "distill/error.hpp"
 #include "distill/io/hf.hpp"
@@ -33,11 +31,9 @@ void write(const fs::path& path, std::string_view bytes) {
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     using namespace distill;
+    static const fuzz::ScratchDir scratch("distill-fuzz-hf-index");  // three files are written per input
     static const fs::path dir = [] {
-        // tmpfs when there is one: three files are written per input
-        const fs::path base = fs::is_directory("/dev/shm") ? fs::path("/dev/shm") : fs::temp_directory_path();
-        const fs::path d = base / ("distill-fuzz-hf-index-" + std::to_string(::getpid()));
-        fs::create_directories(d);
+        const fs::path d = scratch.path();
         fs::copy_file(fs::path(DISTILL_FIXTURE_DIR) / "gpt2-sharded" / "config.json", d / "config.json",
                       fs::copy_options::overwrite_existing);
         return d;

@@ -16,8 +16,6 @@
 #include <string_view>
 #include <vector>
 
-#include <unistd.h>
-
 #include "distill/data/chat.hpp"
 #include "distill/data/chat_template.hpp"
 #include "distill/data/hf_tokenizer.hpp"
@@ -38,11 +36,11 @@ void write(const fs::path& path, std::string_view bytes) {
 // One directory per fixture on tmpfs (when there is one), holding a copy of its tokenizer.json;
 // tokenizer_config.json and chat_template.jinja are rewritten per input.
 const std::array<fs::path, families.size()>& directories() {
+    static const distill::fuzz::ScratchDir scratch("distill-fuzz-tokenizer-config");
     static const auto dirs = [] {
-        const fs::path base = fs::is_directory("/dev/shm") ? fs::path("/dev/shm") : fs::temp_directory_path();
         std::array<fs::path, families.size()> d;
         for (std::size_t i = 0; i < families.size(); ++i) {
-            d[i] = base / ("distill-fuzz-tokenizer-config-" + std::to_string(::getpid())) / families[i];
+            d[i] = scratch.path() / families[i];
             fs::create_directories(d[i]);
             fs::copy_file(fs::path(DISTILL_FIXTURE_DIR) / families[i] / "tokenizer.json", d[i] / "tokenizer.json",
                           fs::copy_options::overwrite_existing);

@@ -505,8 +505,8 @@ void causal_softmax_forward(const Cpu& dev, T* att, int BH, int Tn, T scale) {
         const int t = static_cast<int>(r % Tn);
         T* row = att + r * Tn;
         Array<T> p(row, t + 1);
-        const T mx = p.maxCoeff() * scale;  // scale > 0
-        p = (p * scale - mx).exp();
+        const T mx = p.maxCoeff();  // the raw maximum: (x - max)·scale keeps the low bits of large scores
+        p = ((p - mx) * scale).exp();
         p /= p.sum();
         std::fill(row + t + 1, row + Tn, T(0));
     });
@@ -573,10 +573,11 @@ int cross_entropy_forward_backward(const Cpu& dev, T* dlogits, T* losses, const 
             return;
         }
         const ConstArray<T> x(logits + off, V);
+        // (x - max) - log(sum), never x - lse with lse rounded near the largest logit
         const T mx = x.maxCoeff();
-        const T lse = mx + std::log((x - mx).exp().sum());
-        losses[n] = lse - x[targets[n]];
-        d = (x - lse).exp() * dloss;
+        const T log_sum = std::log((x - mx).exp().sum());
+        losses[n] = log_sum - (x[targets[n]] - mx);
+        d = ((x - mx) - log_sum).exp() * dloss;
         d[targets[n]] -= dloss;
     });
     return count;
@@ -601,8 +602,8 @@ void attention_decode(const Cpu& dev, T* out, T* scratch, const T* qkv, const T*
         const Eigen::Map<const Vec> q(qkv + std::int64_t(b) * row + h * hs, hs);
         Eigen::Map<Vec> p(scratch + std::int64_t(bh) * Tmax, n);
         p.noalias() = K * q;
-        const T mx = p.maxCoeff() * scale;
-        p = (p.array() * scale - mx).exp().matrix();
+        const T mx = p.maxCoeff();
+        p = ((p.array() - mx) * scale).exp().matrix();
         p /= p.sum();
         Eigen::Map<Vec>(out + std::int64_t(b) * C + h * hs, hs).noalias() = Vm.transpose() * p;
     });

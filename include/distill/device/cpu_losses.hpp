@@ -2,12 +2,17 @@
 /// @file cpu_losses.hpp
 /// The loss kernels of `device::Cpu`: the same functions as `reference_losses.hpp`, fused and
 /// streaming. Each row is read from memory once: the first pass keeps an online maximum and
-/// log-sum-exp per 1024-element chunk (the chunk is swept twice while it sits in L1: max, then
+/// exp-sum per 1024-element chunk (the chunk is swept twice while it sits in L1: max, then
 /// exp-sum rescaled to the running maximum); the gradient pass re-reads the row, which is still in
 /// L2 (a 32 000-entry fp32 row pair is 256 KB), and writes the gradient. No (tokens × vocab)
 /// probability tensor exists at any point. Rows are spread over OpenMP threads with a static
 /// schedule and each row is reduced in a fixed order, so results are bit-identical run to run for
-/// a fixed thread count. Vectorized through Eigen array expressions (exp, log1p, expm1).
+/// a fixed thread count. Vectorized through Eigen packets and array expressions.
+///
+/// Numerics shared by every kernel here: log-probabilities are (x − max)·scale − log(sum) with the
+/// row's raw maximum and the log of its exp-sum kept apart (`math::log_softmax_entry`), never
+/// x·scale − lse with lse rounded to one number near the maximum logit; the exponential of −inf
+/// (a masked vocabulary entry) is exactly 0, so every term with a zero probability vanishes.
 
 #include <algorithm>
 #include <cmath>
@@ -22,6 +27,7 @@
 #include <immintrin.h>
 #endif
 
+#include "distill/detail/math.hpp"
 #include "distill/device/cpu.hpp"
 #include "distill/device/reference_losses.hpp"
 
@@ -38,63 +44,115 @@ inline constexpr int chunk = 1024;
 template <class T>
 inline constexpr T neg_inf = -std::numeric_limits<T>::infinity();
 
-// Running (max, Σ exp(x - max)) of a stream of scaled logits, merged chunk by chunk.
+// Whether T's Eigen packet is the 16-float AVX-512 register (the intrinsics below apply).
+template <class T>
+inline constexpr bool is_avx512_float = std::is_same_v<T, float>&& Eigen::internal::packet_traits<float>::size == 16;
+
+// The smallest argument whose exponential is a normal number; below it exp gives 0 here.
+template <class T>
+inline constexpr T exp_floor = std::is_same_v<T, float> ? T(-87.33654475f) : T(-708.3964185322641);
+
+// exp of a packet, exactly 0 for −inf (and for anything whose exponential is subnormal).
+// Eigen's pexp clamps its argument at about −88.7 (fp32) / −709.8 (fp64) and returns a tiny
+// positive number for anything below, −inf included: a masked entry's probability would not be 0,
+// and its terms p·log(p/M) would become tiny·(+inf) = +inf instead of vanishing.
+// With AVX-512 and fp32, a leaner version of Eigen's: Cody–Waite reduction x = n ln2 + r,
+// |r| <= ln2/2, e^r by its degree-6 Taylor polynomial (relative error 1.2e-7, about one ulp), and
+// 2^n applied by `vscalefps`, which saturates to inf/0 by itself — 12 instructions against Eigen's
+// ~20, and the kernels' arithmetic is mostly these exponentials. Inputs below -104 give 0 (e^-104
+// rounds to 0 in fp32, so −inf gives exactly 0 without a mask).
+template <class T, class P>
+inline P vexp(const P& x) {
+#if defined(__AVX512F__)
+    if constexpr (is_avx512_float<T>) {
+        const __m512 xc = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-104.0f)), _mm512_set1_ps(88.7f));
+        const __m512 n =
+            _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT);
+        __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), xc);
+        r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+        __m512 p = _mm512_set1_ps(1.0f / 720.0f);
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+        return _mm512_scalef_ps(p, n);
+    } else
+#endif
+    {
+        using namespace Eigen::internal;
+        return pandnot(pexp(x), pcmp_lt(x, pset1<P>(exp_floor<T>)));
+    }
+}
+
+// Scalar exp with the same convention (std::exp already gives 0 for −inf; kept for symmetry).
+template <class T>
+inline T sexp(T x) {
+    return x < exp_floor<T> ? T(0) : std::exp(x);
+}
+
+// `vexp` as an Eigen unary functor: `array.unaryExpr(exp_op{})` instead of `array.exp()`.
+struct exp_op {
+    template <class S>
+    S operator()(const S& x) const {
+        return sexp(x);
+    }
+    template <class Packet>
+    Packet packetOp(const Packet& x) const {
+        return vexp<typename Eigen::internal::unpacket_traits<Packet>::type>(x);
+    }
+};
+
+// Running (raw max, Σ exp((x − max)·scale)) of a stream of logits, merged chunk by chunk; the
+// log-probability of x is (x − max)·scale − log(sum).
 template <class T>
 struct online_lse {
+    T scale = 1;
     T max = neg_inf<T>;
     T sum = 0;
     const T* max_chunk = nullptr;  // the chunk that holds the maximum
     int max_len = 0;
 
-    // Adds x[0..len) · scale (scale > 0). A chunk that is all -inf adds nothing.
-    void add(const T* x, int len, T scale) {
-        const ConstArray<T> a(x, len);
-        const T cmax = a.maxCoeff() * scale;
-        if (cmax == neg_inf<T>) return;
+    // Raises the running max to cmax (a chunk's max), rescaling the sum.
+    void raise(T cmax, const T* x, int len) {
         if (cmax > max) {
-            sum *= std::exp(max - cmax);
+            sum *= sexp((max - cmax) * scale);
             max = cmax;
             max_chunk = x;
             max_len = len;
         }
-        sum += (a * scale - max).exp().sum();
     }
-    // The offset of the (first) maximum from `row`, given the scale used in `add`.
-    std::int64_t argmax(const T* row, T scale) const {
-        for (int j = 0; j < max_len; ++j)
-            if (max_chunk[j] * scale == max) return (max_chunk - row) + j;
-        return 0;
+    // Adds x[0..len). A chunk that is all -inf adds nothing.
+    void add(const T* x, int len) {
+        const ConstArray<T> a(x, len);
+        const T cmax = a.maxCoeff();
+        if (cmax == neg_inf<T>) return;
+        raise(cmax, x, len);
+        sum += ((a - max) * scale).unaryExpr(exp_op{}).sum();
     }
-    // add(), also writing exp(x·scale - max) (relative to the running max after this chunk) to e.
-    void add_store(const T* x, int len, T scale, T* e) {
+    // add(), also writing exp((x − max)·scale) (relative to the running max after this chunk) to e.
+    void add_store(const T* x, int len, T* e) {
         const ConstArray<T> a(x, len);
         Array<T> out(e, len);
-        const T cmax = a.maxCoeff() * scale;
+        const T cmax = a.maxCoeff();
         if (cmax == neg_inf<T>) {
             out.setZero();
             return;
         }
-        if (cmax > max) {
-            sum *= std::exp(max - cmax);
-            max = cmax;
-            max_chunk = x;
-            max_len = len;
-        }
-        out = (a * scale - max).exp();
+        raise(cmax, x, len);
+        out = ((a - max) * scale).unaryExpr(exp_op{});
         sum += out.sum();
     }
-    // Adds an explicit array (already scaled).
-    void add_scaled(const T* x, int len) {
-        const ConstArray<T> a(x, len);
-        const T cmax = a.maxCoeff();
-        if (cmax == neg_inf<T>) return;
-        if (cmax > max) {
-            sum *= std::exp(max - cmax);
-            max = cmax;
-        }
-        sum += (a - max).exp().sum();
+    // The offset of the (first) maximum from `row`.
+    std::int64_t argmax(const T* row) const {
+        for (int j = 0; j < max_len; ++j)
+            if (max_chunk[j] == max) return (max_chunk - row) + j;
+        return 0;
     }
-    T value() const { return max == neg_inf<T> ? max : max + std::log(sum); }
+    bool empty() const { return max == neg_inf<T>; }
+    T log_sum() const { return std::log(sum); }
+    T log_prob(T x) const { return math::log_softmax_entry(x, max, scale, log_sum()); }
 };
 
 // A per-thread buffer of at least n elements for one row's intermediate values. It grows on the
@@ -107,21 +165,6 @@ T* row_scratch(std::size_t n) {
     return buffer.data();
 }
 
-// The first pass over a student/teacher row pair: both log-sum-exps in one sweep of memory, and
-// the position of the student's largest logit when `argmax` is given.
-template <class T>
-void lse_pair(const T* s, const T* t, int V, T inv_tau, T& lse_s, T& lse_t, std::int64_t* argmax = nullptr) {
-    online_lse<T> a, b;
-    for (int c = 0; c < V; c += chunk) {
-        const int len = std::min(chunk, V - c);
-        a.add(s + c, len, inv_tau);
-        b.add(t + c, len, inv_tau);
-    }
-    lse_s = a.value();
-    lse_t = b.value();
-    if (argmax) *argmax = a.argmax(s, inv_tau);
-}
-
 template <class T, class E>
 void store(T* d, int len, const E& g, bool accumulate) {
     Array<T> out(d, len);
@@ -132,9 +175,9 @@ void store(T* d, int len, const E& g, bool accumulate) {
 }
 
 // p · x where p > 0 and x is not -inf or NaN, else 0 — the terms p log(p/q) of a divergence,
-// where 0 · log 0 = 0: x is -inf or NaN (-inf - -inf) exactly where the probability's logit was
-// -inf, and then p is 0 (or, in double, the 5e-309 Eigen's exp returns for -inf). A vectorized
-// select (Eigen's `select` on a comparison runs one element at a time).
+// where 0 · log 0 = 0: p is exactly 0 wherever its logit was −inf (`vexp`), and x is −inf or NaN
+// where the other side's logit was. A vectorized select (Eigen's `select` on a comparison runs
+// one element at a time).
 struct product_where_positive {
     template <class S>
     S operator()(const S& p, const S& x) const {
@@ -161,6 +204,20 @@ void blend_if_less(T* out, const T* r, T bound, const T* a, const T* b, int len)
     for (; i + width <= len; i += width)
         pstoreu(out + i, pselect(pcmp_lt(ploadu<Packet>(r + i), pb), ploadu<Packet>(a + i), ploadu<Packet>(b + i)));
     for (; i < len; ++i) out[i] = r[i] < bound ? a[i] : b[i];
+}
+
+// out = math::log_mix(x, a, log_a, log_b) = log(a·e^x + b) elementwise (see there for the two
+// forms): both evaluated whole, then blended on |a·expm1(x)| < 1/2. y_buf and b_buf are scratch.
+template <class T>
+void log_mix(T* out, const T* x, int len, T a, T log_a, T log_b, T* y_buf, T* b_buf) {
+    const ConstArray<T> xa(x, len);
+    Array<T> y(y_buf, len), bb(b_buf, len), o(out, len);
+    // log-add-exp of log a + x and log b: max + log1p(exp(−|difference|))
+    bb = (xa + log_a).max(log_b) + (-((xa + log_a) - log_b).abs()).unaryExpr(exp_op{}).log1p();
+    y = a * xa.expm1();
+    o = y.log1p();
+    y = y.abs();
+    blend_if_less(out, y_buf, math::log_mix_switch<T>, out, b_buf, len);
 }
 
 // Below this many elements a kernel runs on one thread: waking a team costs more than the work.
@@ -192,41 +249,14 @@ template <>
 struct Eigen::internal::functor_traits<distill::device::cpu_loss_detail::product_where_positive> {
     enum { Cost = 3, PacketAccess = true };
 };
+template <>
+struct Eigen::internal::functor_traits<distill::device::cpu_loss_detail::exp_op> {
+    enum { Cost = 20, PacketAccess = true };
+};
 
 namespace distill::device {
 
 namespace cpu_loss_detail {
-
-// Whether T's Eigen packet is the 16-float AVX-512 register (the intrinsics below apply).
-template <class T>
-inline constexpr bool is_avx512_float = std::is_same_v<T, float>&& Eigen::internal::packet_traits<float>::size == 16;
-
-// exp of a packet. With AVX-512 and fp32, a leaner version of Eigen's: Cody–Waite reduction
-// x = n ln2 + r, |r| <= ln2/2, e^r by its degree-6 Taylor polynomial (relative error 1.2e-7,
-// about one ulp), and 2^n applied by `vscalefps`, which saturates to inf/0 by itself — 12
-// instructions against Eigen's ~20, and the kernels' arithmetic is mostly these exponentials.
-// Inputs below -104 give 0 (e^-104 is below the smallest subnormal float).
-template <class T, class P>
-inline P vexp(const P& x) {
-#if defined(__AVX512F__)
-    if constexpr (is_avx512_float<T>) {
-        const __m512 xc = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-104.0f)), _mm512_set1_ps(88.7f));
-        const __m512 n =
-            _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT);
-        __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), xc);
-        r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-        __m512 p = _mm512_set1_ps(1.0f / 720.0f);
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-        return _mm512_scalef_ps(p, n);
-    } else
-#endif
-        return Eigen::internal::pexp(x);
-}
 
 // Stores a packet of the gradient. `Stream` (first writer, 64-byte aligned address) uses a
 // non-temporal store: the (tokens × vocab) gradient does not fit any cache and is read back by
@@ -249,10 +279,10 @@ inline void stream_fence() {
 }
 
 // One row of the forward KL, written with Eigen's packet primitives so each sweep does all its
-// work in one loop: the streaming pass keeps both online log-sum-exps chunk by chunk and stores
-// the exponentials exp(z - running max) in `scratch` (2V + 2·chunks elements, L2-resident); the
-// second pass turns them into p and q with one multiply (no exp), adds p (log p - log q) from the
-// logits (re-read from cache) and writes the gradient g (q - p).
+// work in one loop: the streaming pass keeps both online (raw max, exp-sum) pairs chunk by chunk
+// and stores the exponentials exp((x − running max)·inv_tau) in `scratch` (2V + 2·chunks elements,
+// L2-resident); the second pass turns them into p and q with one multiply (no exp), adds
+// p (log p - log q) from the logits (re-read from cache) and writes the gradient g (q - p).
 template <bool Accumulate, class T>
 T kl_row(T* d, const T* s, const T* t, int V, T inv_tau, T g, T* scratch) {
     using namespace Eigen::internal;
@@ -261,13 +291,12 @@ T kl_row(T* d, const T* s, const T* t, int V, T inv_tau, T g, T* scratch) {
     const int chunks = (V + chunk - 1) / chunk;
     T* e_s = scratch;
     T* e_t = e_s + V;
-    T* m_s = e_t + V;  // the running maximum each chunk's exponentials are relative to
+    T* m_s = e_t + V;  // the running (raw) maximum each chunk's exponentials are relative to
     T* m_t = m_s + chunks;
     const P sc = pset1<P>(inv_tau);
     T max_s = neg_inf<T>, max_t = neg_inf<T>, sum_s = 0, sum_t = 0;
     for (int c = 0, k = 0; c < V; c += chunk, ++k) {
         const int len = std::min(chunk, V - c), vl = len / W * W;
-        // chunk maxima (inv_tau > 0, so max(x)·inv_tau = max(x·inv_tau))
         P vs = pset1<P>(neg_inf<T>), vt = vs;
         for (int i = 0; i < vl; i += W) {
             vs = pmax(vs, ploadu<P>(s + c + i));
@@ -278,35 +307,31 @@ T kl_row(T* d, const T* s, const T* t, int V, T inv_tau, T g, T* scratch) {
             cs = std::max(cs, s[c + i]);
             ct = std::max(ct, t[c + i]);
         }
-        cs *= inv_tau;
-        ct *= inv_tau;
         if (cs > max_s) {
-            sum_s *= std::exp(max_s - cs);
+            sum_s *= sexp((max_s - cs) * inv_tau);
             max_s = cs;
         }
         if (ct > max_t) {
-            sum_t *= std::exp(max_t - ct);
+            sum_t *= sexp((max_t - ct) * inv_tau);
             max_t = ct;
         }
         m_s[k] = max_s;
         m_t[k] = max_t;
-        if (max_s == neg_inf<T> || max_t == neg_inf<T>) {  // nothing finite yet: these exponentials are 0
+        if (max_s == neg_inf<T> || max_t == neg_inf<T>) {  // nothing finite yet on a side: its exponentials are 0
             std::fill(e_s + c, e_s + c + len, T(0));
             std::fill(e_t + c, e_t + c + len, T(0));
-            if (max_s == neg_inf<T>) m_s[k] = T(0);
-            if (max_t == neg_inf<T>) m_t[k] = T(0);
             if (max_s > neg_inf<T>)
-                for (int i = 0; i < len; ++i) sum_s += (e_s[c + i] = std::exp(s[c + i] * inv_tau - max_s));
+                for (int i = 0; i < len; ++i) sum_s += (e_s[c + i] = sexp((s[c + i] - max_s) * inv_tau));
             if (max_t > neg_inf<T>)
-                for (int i = 0; i < len; ++i) sum_t += (e_t[c + i] = std::exp(t[c + i] * inv_tau - max_t));
+                for (int i = 0; i < len; ++i) sum_t += (e_t[c + i] = sexp((t[c + i] - max_t) * inv_tau));
             continue;
         }
         // exponentials relative to the running maxima, stored and summed in the same sweep
         const P ms = pset1<P>(max_s), mt = pset1<P>(max_t);
         P as = pzero(ms), at = pzero(mt);
         for (int i = 0; i < vl; i += W) {
-            const P es = vexp<T>(psub(pmul(ploadu<P>(s + c + i), sc), ms));
-            const P et = vexp<T>(psub(pmul(ploadu<P>(t + c + i), sc), mt));
+            const P es = vexp<T>(pmul(psub(ploadu<P>(s + c + i), ms), sc));
+            const P et = vexp<T>(pmul(psub(ploadu<P>(t + c + i), mt), sc));
             pstoreu(e_s + c + i, es);
             pstoreu(e_t + c + i, et);
             as = padd(as, es);
@@ -314,28 +339,30 @@ T kl_row(T* d, const T* s, const T* t, int V, T inv_tau, T g, T* scratch) {
         }
         T rs = predux(as), rt = predux(at);
         for (int i = vl; i < len; ++i) {
-            rs += (e_s[c + i] = std::exp(s[c + i] * inv_tau - max_s));
-            rt += (e_t[c + i] = std::exp(t[c + i] * inv_tau - max_t));
+            rs += (e_s[c + i] = sexp((s[c + i] - max_s) * inv_tau));
+            rt += (e_t[c + i] = sexp((t[c + i] - max_t) * inv_tau));
         }
         sum_s += rs;
         sum_t += rt;
     }
-    const T lse_s = max_s + std::log(sum_s), lse_t = max_t + std::log(sum_t), delta = lse_t - lse_s;
+    // log q_j = (s_j − max_s)·inv_tau − log_s, log p_j likewise
+    const T log_s = std::log(sum_s), log_t = std::log(sum_t), delta = log_t - log_s;
     const product_where_positive plogr;
-    const P pd = pset1<P>(delta), pg = pset1<P>(g);
+    const P pd = pset1<P>(delta), pg = pset1<P>(g), pms = pset1<P>(max_s), pmt = pset1<P>(max_t);
     P acc = pset1<P>(T(0));
     T tail = 0;
     auto second_pass = [&]<bool Stream>() {
         for (int c = 0, k = 0; c < V; c += chunk, ++k) {
             const int len = std::min(chunk, V - c), vl = len / W * W;
-            // q = exp(z_s - m_k) · exp(m_k - lse_s), p likewise
-            const T fs = std::exp(m_s[k] - lse_s), ft = std::exp(m_t[k] - lse_t);
+            // q = exp((s - m_k)·inv_tau) · exp((m_k - max_s)·inv_tau - log_s), p likewise
+            const T fs = sexp((m_s[k] - max_s) * inv_tau - log_s), ft = sexp((m_t[k] - max_t) * inv_tau - log_t);
             const P pfs = pset1<P>(fs), pft = pset1<P>(ft);
             for (int i = 0; i < vl; i += W) {
                 const P q = pmul(ploadu<P>(e_s + c + i), pfs);
                 const P p = pmul(ploadu<P>(e_t + c + i), pft);
-                // log p - log q = (t - s)/τ - (lse_t - lse_s), exact where p underflows
-                const P x = psub(pmul(psub(ploadu<P>(t + c + i), ploadu<P>(s + c + i)), sc), pd);
+                // log p - log q = ((t - max_t) - (s - max_s))/τ - (log_t - log_s): each difference of
+                // logits is taken against its own row's maximum, so no offset enters the rounding
+                const P x = psub(pmul(psub(psub(ploadu<P>(t + c + i), pmt), psub(ploadu<P>(s + c + i), pms)), sc), pd);
                 acc = padd(acc, plogr.packetOp(p, x));
                 P grad = pmul(pg, psub(q, p));
                 if constexpr (Accumulate) grad = padd(grad, ploadu<P>(d + c + i));
@@ -343,7 +370,7 @@ T kl_row(T* d, const T* s, const T* t, int V, T inv_tau, T g, T* scratch) {
             }
             for (int i = vl; i < len; ++i) {
                 const T q = e_s[c + i] * fs, p = e_t[c + i] * ft;
-                tail += plogr(p, (t[c + i] - s[c + i]) * inv_tau - delta);
+                tail += plogr(p, ((t[c + i] - max_t) - (s[c + i] - max_s)) * inv_tau - delta);
                 d[c + i] = (Accumulate ? d[c + i] : T(0)) + g * (q - p);
             }
         }
@@ -361,11 +388,11 @@ T kl_row(T* d, const T* s, const T* t, int V, T inv_tau, T g, T* scratch) {
 }  // namespace cpu_loss_detail
 
 /// Forward KL per row with its gradient (see the Reference kernel for the formula). The streaming
-/// pass reads both rows from memory once, keeps the online log-sum-exps and leaves the
-/// exponentials exp(z - running max) of every chunk in a per-thread row buffer (L2-resident; grown
-/// once, never per call); the second pass turns them into p and q with one multiply per element
-/// (no exp), re-reading the logits from cache only for the value Σ p (log p - log q), and writes
-/// the gradient. Two exponentials per element in all.
+/// pass reads both rows from memory once, keeps the online (max, exp-sum) pairs and leaves the
+/// exponentials exp((x - running max)/τ) of every chunk in a per-thread row buffer (L2-resident;
+/// grown once, never per call); the second pass turns them into p and q with one multiply per
+/// element (no exp), re-reading the logits from cache only for the value Σ p (log p - log q), and
+/// writes the gradient. Two exponentials per element in all.
 template <class T>
 void kl_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losses, const T* student, const T* teacher,
                          const std::uint8_t* mask, std::int64_t N, int V, T inv_tau, T grad_scale) {
@@ -379,10 +406,11 @@ void kl_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losses, const
     });
 }
 
-/// Reverse KL per row with its gradient (see the Reference kernel): log-sum-exps, then the value,
-/// then the gradient, which needs the value (the last two passes read the row from cache). The
-/// gradient is q_j (e_j − Σ q_i e_i) with e the log-ratio shifted to 0 at the student's argmax m:
-/// where q_m ≈ 1 the unshifted form subtracts two nearly equal numbers of the size of the KL.
+/// Reverse KL per row with its gradient (see the Reference kernel): (max, exp-sum) pairs, then the
+/// value, then the gradient, which needs the value (the last two passes read the row from cache).
+/// The gradient is q_j (e_j − Σ q_i e_i) with e the log-ratio shifted to 0 at the student's argmax
+/// m, e_j = ((s_j − s_m) − (t_j − t_m))/τ: where q_m ≈ 1 the unshifted form subtracts two nearly
+/// equal numbers of the size of the KL.
 template <class T>
 void reverse_kl_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losses, const T* student, const T* teacher,
                                  const std::uint8_t* mask, std::int64_t N, int V, T inv_tau, T grad_scale) {
@@ -396,79 +424,85 @@ void reverse_kl_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losse
         const int chunks = (V + chunk - 1) / chunk;
         T* e_s = row_scratch<T>(std::size_t(V) + std::size_t(chunks));
         T* m_s = e_s + V;
-        online_lse<T> ls, lt;
+        online_lse<T> ls{inv_tau}, lt{inv_tau};
         for (int c = 0, k = 0; c < V; c += chunk, ++k) {
             const int len = std::min(chunk, V - c);
-            ls.add_store(s + c, len, inv_tau, e_s + c);
-            lt.add(t + c, len, inv_tau);
+            ls.add_store(s + c, len, e_s + c);
+            lt.add(t + c, len);
             m_s[k] = ls.max;
         }
-        const T lse_s = ls.value(), lse_t = lt.value();
-        const std::int64_t m = ls.argmax(s, inv_tau);
-        const T shift = (s[m] - t[m]) * inv_tau;  // e_i = (s_i - t_i)/τ - shift: log(q_i/p_i) - log(q_m/p_m)
+        const T log_s = ls.log_sum(), log_t = lt.log_sum();
+        const std::int64_t m = ls.argmax(s);
+        const T sm = s[m], tm = t[m];
         T kl = 0, ke = 0;
         for (int c = 0, k = 0; c < V; c += chunk, ++k) {
             const int len = std::min(chunk, V - c);
             const ConstArray<T> sa(s + c, len), ta(t + c, len);
-            const auto q = ConstArray<T>(e_s + c, len) * std::exp(m_s[k] - lse_s);
-            kl += q.binaryExpr((sa - ta) * inv_tau + (lse_t - lse_s), product_where_positive{}).sum();
-            ke += q.binaryExpr((sa - ta) * inv_tau - shift, product_where_positive{}).sum();
+            const auto q = ConstArray<T>(e_s + c, len) * sexp((m_s[k] - ls.max) * inv_tau - log_s);
+            // log q − log p = ((s − max_s) − (t − max_t))/τ − (log_s − log_t)
+            kl += q.binaryExpr(((sa - ls.max) - (ta - lt.max)) * inv_tau - (log_s - log_t), product_where_positive{})
+                      .sum();
+            ke += q.binaryExpr(((sa - sm) - (ta - tm)) * inv_tau, product_where_positive{}).sum();
         }
         for (int c = 0, k = 0; c < V; c += chunk, ++k) {
             const int len = std::min(chunk, V - c);
             const ConstArray<T> sa(s + c, len), ta(t + c, len);
-            const auto q = ConstArray<T>(e_s + c, len) * std::exp(m_s[k] - lse_s);
-            store(d + n * V + c, len, g * q.binaryExpr(((sa - ta) * inv_tau - shift) - ke, product_where_positive{}),
-                  accumulate);
+            const auto q = ConstArray<T>(e_s + c, len) * sexp((m_s[k] - ls.max) * inv_tau - log_s);
+            store(d + n * V + c, len,
+                  g * q.binaryExpr(((sa - sm) - (ta - tm)) * inv_tau - ke, product_where_positive{}), accumulate);
         }
         return kl;
     });
 }
 
 /// Generalized JSD per row with its gradient (see the Reference kernel for the formula and its
-/// normalization); β = 0 and β = 1 are exactly the forward and reverse KL kernels.
+/// normalization); β = 0 and β = 1 are exactly the forward and reverse KL kernels. `beta` is a
+/// double so that β and 1 − β are both formed before rounding; log(M/q) and log(M/p) are
+/// `math::log_mix`, whose two forms are evaluated whole and blended.
 template <class T>
 void jsd_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losses, const T* student, const T* teacher,
-                          const std::uint8_t* mask, std::int64_t N, int V, T beta, T inv_tau, T grad_scale) {
+                          const std::uint8_t* mask, std::int64_t N, int V, double beta, T inv_tau, T grad_scale) {
     using namespace cpu_loss_detail;
-    if (beta <= T(0))
+    if (beta <= 0)
         return kl_forward_backward(dev, d, accumulate, losses, student, teacher, mask, N, V, inv_tau, grad_scale);
-    if (beta >= T(1))
+    if (beta >= 1)
         return reverse_kl_forward_backward(dev, d, accumulate, losses, student, teacher, mask, N, V, inv_tau,
                                            grad_scale);
-    const T g = grad_scale * inv_tau / beta;
-    const T log_beta = std::log(beta), log_1m_beta = std::log1p(-beta);
+    const T b = T(beta), b1 = T(1 - beta), log_b = T(std::log(beta)), log_b1 = T(std::log1p(-beta));
+    const T g = T(double(grad_scale) * double(inv_tau) / beta);
     for_rows(dev.threads(), d, accumulate, losses, mask, N, V, [&](std::int64_t n) {
         const T* s = student + n * V;
         const T* t = teacher + n * V;
-        T lse_s, lse_t;
-        std::int64_t m;
-        lse_pair(s, t, V, inv_tau, lse_s, lse_t, &m);
+        online_lse<T> ls{inv_tau}, lt{inv_tau};
+        for (int c = 0; c < V; c += chunk) {
+            const int len = std::min(chunk, V - c);
+            ls.add(s + c, len);
+            lt.add(t + c, len);
+        }
+        const T log_s = ls.log_sum(), log_t = lt.log_sum();
         // log(M/q) at the student's argmax: the gradient uses log(M/q) shifted to 0 there (see ReverseKL)
-        const T lmq_m = math::jsd_log_m_over_q((t[m] * inv_tau - lse_t) - (s[m] * inv_tau - lse_s), beta);
+        const std::int64_t m = ls.argmax(s);
+        const T lmq_m = math::log_mix(lt.log_prob(t[m]) - ls.log_prob(s[m]), b, log_b, log_b1);
         // q and log(M/q) of the whole row stay in a per-thread buffer for the gradient pass
         T* q_row = row_scratch<T>(2 * std::size_t(V));
         T* lmq_row = q_row + V;
-        alignas(64) T r_buf[chunk], a_buf[chunk], b_buf[chunk];
+        alignas(64) T r_buf[chunk], lmp_buf[chunk], y_buf[chunk], b_buf[chunk];
         T kl_pm = 0, kl_qm = 0, kh = 0;
         for (int c = 0; c < V; c += chunk) {
             const int len = std::min(chunk, V - c);
             const ConstArray<T> sa(s + c, len), ta(t + c, len);
-            Array<T> r(r_buf, len), a(a_buf, len), b(b_buf, len), q(q_row + c, len), lmq(lmq_row + c, len);
-            r = (ta * inv_tau - lse_t) - (sa * inv_tau - lse_s);
-            q = (sa * inv_tau - lse_s).exp();
-            // log(M/q): the two branches of math::jsd_log_m_over_q evaluated whole, then blended
-            a = (beta * r.expm1()).log1p();
-            b = (r + log_beta).max(log_1m_beta) + (-((r + log_beta) - log_1m_beta).abs()).exp().log1p();
-            blend_if_less(lmq_row + c, r_buf, T(1), a_buf, b_buf, len);
-            // log(M/p): log1p((1-β) expm1(-r)) for -r < 1, else log-add-exp (math::jsd_log_m_over_p)
-            b = (log_1m_beta - r).max(log_beta) + (-((log_1m_beta - r) - log_beta).abs()).exp().log1p();
-            a = ((T(1) - beta) * (-r).expm1()).log1p();
+            Array<T> r(r_buf, len), q(q_row + c, len);
+            const auto lq = (sa - ls.max) * inv_tau - log_s;
+            const auto lp = (ta - lt.max) * inv_tau - log_t;
+            r = lp - lq;  // log p − log q
+            q = lq.unaryExpr(exp_op{});
+            const auto p = lp.unaryExpr(exp_op{});
+            log_mix(lmq_row + c, r_buf, len, b, log_b, log_b1, y_buf, b_buf);  // log(M/q)
             r = -r;
-            blend_if_less(a_buf, r_buf, T(1), a_buf, b_buf, len);
-            const auto p = (ta * inv_tau - lse_t).exp();
+            log_mix(lmp_buf, r_buf, len, b1, log_b1, log_b, y_buf, b_buf);  // log(M/p)
+            const ConstArray<T> lmq(lmq_row + c, len), lmp(lmp_buf, len);
             kl_qm -= q.binaryExpr(lmq, product_where_positive{}).sum();
-            kl_pm -= p.binaryExpr(a, product_where_positive{}).sum();
+            kl_pm -= p.binaryExpr(lmp, product_where_positive{}).sum();
             kh += q.binaryExpr(lmq - lmq_m, product_where_positive{}).sum();
         }
         for (int c = 0; c < V; c += chunk) {
@@ -476,13 +510,14 @@ void jsd_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losses, cons
             const ConstArray<T> q(q_row + c, len), lmq(lmq_row + c, len);
             store(d + n * V + c, len, -g * q.binaryExpr((lmq - lmq_m) - kh, product_where_positive{}), accumulate);
         }
-        return (beta * kl_pm + (T(1) - beta) * kl_qm) / (beta * (T(1) - beta));
+        return T(double(kl_pm) / (1 - beta) + double(kl_qm) / beta);
     });
 }
 
 /// Sparse top-k forward KL per row with its gradient (see the Reference kernel). The first pass
-/// keeps two online log-sum-exps: over the whole row, and over the row with the top-k entries set
-/// to -inf (the tail, summed directly so q_rest keeps full relative precision however small it is).
+/// keeps the (max, exp-sum) pair of the tail: the row with the top-k entries set to -inf (summed
+/// directly, so q_rest keeps full relative precision however small it is); the whole row's pair
+/// is the tail's merged with the k top entries.
 template <class T>
 void topk_kl_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losses, const T* student,
                               const std::int32_t* ids, const T* logprobs, const std::uint8_t* mask, std::int64_t N,
@@ -495,62 +530,70 @@ void topk_kl_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losses, 
         const T* lp = logprobs + n * k;
         T* dr = d + n * V;
         alignas(64) T z_buf[chunk];
-        online_lse<T> tail;
+        online_lse<T> tail{inv_tau};
         for (int c = 0; c < V; c += chunk) {
             const int len = std::min(chunk, V - c);
-            Array<T> z(z_buf, len);
-            z = ConstArray<T>(s + c, len) * inv_tau;
+            std::copy(s + c, s + c + len, z_buf);
             for (int i = 0; i < k; ++i)
                 if (id[i] >= c && id[i] < c + len) z_buf[id[i] - c] = neg_inf<T>;
-            tail.add_scaled(z_buf, len);
+            tail.add(z_buf, len);
         }
-        const T lse_rest = tail.value();
-        T lse_k = neg_inf<T>, lse_p = neg_inf<T>;
+        // the whole row: the tail's pair merged with the top-k entries
+        T max = tail.max;
+        for (int i = 0; i < k; ++i)
+            if (id[i] >= 0) max = std::max(max, s[id[i]]);
+        T sum = tail.empty() ? T(0) : tail.sum * sexp((tail.max - max) * inv_tau);
+        T lse_p = neg_inf<T>;
         for (int i = 0; i < k; ++i)
             if (id[i] >= 0) {
-                lse_k = math::logaddexp(lse_k, s[id[i]] * inv_tau);
+                sum += sexp((s[id[i]] - max) * inv_tau);
                 lse_p = math::logaddexp(lse_p, lp[i]);
             }
-        const T lse = math::logaddexp(lse_rest, lse_k);
-        const bool has_rest = lse_p < T(0) && lse_rest > neg_inf<T>;
+        const T log_sum = std::log(sum);
+        auto log_q = [&](T x) { return math::log_softmax_entry(x, max, inv_tau, log_sum); };
+        const bool has_rest = lse_p < T(0) && !tail.empty();
+        const T log_q_rest = has_rest ? (tail.max - max) * inv_tau + (tail.log_sum() - log_sum) : neg_inf<T>;
         const T log_p_rest = has_rest ? math::log1mexp(lse_p) : neg_inf<T>;
-        const T p_rest = std::exp(log_p_rest);
+        const T p_rest = sexp(log_p_rest);
         T kl = 0;
         for (int i = 0; i < k; ++i)
-            if (id[i] >= 0 && lp[i] > neg_inf<T>) kl += std::exp(lp[i]) * (lp[i] - (s[id[i]] * inv_tau - lse));
-        if (has_rest && p_rest > 0) kl += p_rest * (log_p_rest - (lse_rest - lse));
+            if (id[i] >= 0 && lp[i] > neg_inf<T>) kl += std::exp(lp[i]) * (lp[i] - log_q(s[id[i]]));
+        if (has_rest && p_rest > 0) kl += p_rest * (log_p_rest - log_q_rest);
         // the top-k entries' old values, so the tail formula can be replaced there afterwards
         constexpr int stash = 64;
         T old[stash];
         const bool stashed = accumulate && k <= stash;
         if (stashed)
             for (int i = 0; i < k; ++i) old[i] = id[i] >= 0 ? dr[id[i]] : T(0);
+        const T tail_log_sum = has_rest ? tail.log_sum() : T(0);
         for (int c = 0; c < V; c += chunk) {
             const int len = std::min(chunk, V - c);
             const ConstArray<T> sa(s + c, len);
-            if (has_rest)
-                store(dr + c, len, g * ((sa * inv_tau - lse).exp() - p_rest * (sa * inv_tau - lse_rest).exp()),
+            const auto q = ((sa - max) * inv_tau - log_sum).unaryExpr(exp_op{});
+            if (has_rest)  // q_j − P_rest · q_j/q_rest, q_j/q_rest = exp((s_j − tail max)/τ − tail log-sum)
+                store(dr + c, len, g * (q - p_rest * ((sa - tail.max) * inv_tau - tail_log_sum).unaryExpr(exp_op{})),
                       accumulate);
             else
-                store(dr + c, len, g * (sa * inv_tau - lse).exp(), accumulate);
+                store(dr + c, len, g * q, accumulate);
         }
         for (int i = 0; i < k; ++i) {
             if (id[i] < 0) continue;
-            const T z = s[id[i]] * inv_tau;
-            const T gi = g * (std::exp(z - lse) - std::exp(lp[i]));
+            const T x = s[id[i]];
+            const T gi = g * (sexp(log_q(x)) - std::exp(lp[i]));
             if (!accumulate)
                 dr[id[i]] = gi;
             else if (stashed)
                 dr[id[i]] = old[i] + gi;
-            else  // more slots than the stash: undo the tail formula instead (p_rest e^{z-lse_rest} <= p_rest)
-                dr[id[i]] += gi - g * (std::exp(z - lse) - (has_rest ? p_rest * std::exp(z - lse_rest) : T(0)));
+            else  // more slots than the stash: undo the tail formula instead
+                dr[id[i]] += gi - g * (sexp(log_q(x)) -
+                                       (has_rest ? p_rest * sexp((x - tail.max) * inv_tau - tail_log_sum) : T(0)));
         }
         return kl;
     });
 }
 
 /// Cross-entropy per row with its gradient (see the Reference kernel): one online pass for the
-/// log-sum-exp, one for the gradient.
+/// (max, exp-sum) pair, one for the gradient.
 template <class T>
 void masked_cross_entropy_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losses, const T* logits,
                                            const std::int32_t* targets, const std::uint8_t* mask, std::int64_t N, int V,
@@ -566,16 +609,18 @@ void masked_cross_entropy_forward_backward(const Cpu& dev, T* d, bool accumulate
                 if (!accumulate) std::fill(dr, dr + V, T(0));
                 return;
             }
-            online_lse<T> acc;
-            for (int c = 0; c < V; c += chunk) acc.add(x + c, std::min(chunk, V - c), T(1));
-            const T lse = acc.value();
+            online_lse<T> acc{T(1)};
+            for (int c = 0; c < V; c += chunk) acc.add(x + c, std::min(chunk, V - c));
+            const T max = acc.max, log_sum = acc.log_sum();
             const T old = dr[targets[n]];
             for (int c = 0; c < V; c += chunk) {
                 const int len = std::min(chunk, V - c);
-                store(dr + c, len, grad_scale * (ConstArray<T>(x + c, len) - lse).exp(), accumulate);
+                store(dr + c, len, grad_scale * ((ConstArray<T>(x + c, len) - max) - log_sum).unaryExpr(exp_op{}),
+                      accumulate);
             }
-            dr[targets[n]] = (accumulate ? old : T(0)) + grad_scale * (std::exp(x[targets[n]] - lse) - T(1));
-            losses[n] = lse - x[targets[n]];
+            const T lp = acc.log_prob(x[targets[n]]);
+            dr[targets[n]] = (accumulate ? old : T(0)) + grad_scale * (sexp(lp) - T(1));
+            losses[n] = -lp;
         },
         N * V >= parallel_threshold);
 }
@@ -643,14 +688,13 @@ void relation_kl_forward_backward(const Cpu& dev, T* d, T* losses, const T* stud
                     continue;
                 }
                 const ConstArray<T> sa(student + off, len), ta(teacher + off, len);
-                online_lse<T> ls, lt;
-                ls.add(student + off, len, s_scale);
-                lt.add(teacher + off, len, t_scale);
-                const T lse_s = ls.value(), lse_t = lt.value();
-                const auto lp = ta * t_scale - lse_t;
-                const auto lq = sa * s_scale - lse_s;
-                kl += lp.exp().binaryExpr(lp - lq, product_where_positive{}).sum();
-                Array<T>(dr, len) = grad_scale * s_scale * (lq.exp() - lp.exp());
+                online_lse<T> ls{s_scale}, lt{t_scale};
+                ls.add(student + off, len);
+                lt.add(teacher + off, len);
+                const auto lp = (ta - lt.max) * t_scale - lt.log_sum();
+                const auto lq = (sa - ls.max) * s_scale - ls.log_sum();
+                kl += lp.unaryExpr(exp_op{}).binaryExpr(lp - lq, product_where_positive{}).sum();
+                Array<T>(dr, len) = grad_scale * s_scale * (lq.unaryExpr(exp_op{}) - lp.unaryExpr(exp_op{}));
                 std::fill(dr + len, dr + Tn, T(0));
             }
             losses[t] = kl;

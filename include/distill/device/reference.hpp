@@ -261,11 +261,11 @@ void causal_softmax_forward(const Reference&, T* att, int BH, int Tn, T scale) {
     for (int bh = 0; bh < BH; ++bh)
         for (int t = 0; t < Tn; ++t) {
             T* row = att + (std::int64_t(bh) * Tn + t) * Tn;
-            T mx = -std::numeric_limits<T>::infinity();
-            for (int j = 0; j <= t; ++j) mx = std::max(mx, scale * row[j]);
+            T mx = -std::numeric_limits<T>::infinity();  // the raw maximum: (x - max)·scale keeps the low bits
+            for (int j = 0; j <= t; ++j) mx = std::max(mx, row[j]);
             T sum = 0;
             for (int j = 0; j <= t; ++j) {
-                row[j] = std::exp(scale * row[j] - mx);
+                row[j] = std::exp((row[j] - mx) * scale);
                 sum += row[j];
             }
             for (int j = 0; j <= t; ++j) row[j] /= sum;
@@ -318,6 +318,8 @@ void embedding_backward(const Reference&, T* dwte, T* dwpe, const T* dout, const
 /// Cross-entropy with ignore_index -1 (torch.nn.functional.cross_entropy), fused with its gradient.
 /// For each of the N rows of logits(N,V) whose target >= 0: losses[n] = logsumexp(row) - row[target],
 /// dlogits[n] = (softmax(row) - onehot(target)) * dloss; ignored rows get loss 0 and zero gradient.
+/// The log-probabilities are (x - max) - log(sum) (math::log_softmax_entry), never x - lse with lse
+/// rounded near the largest logit.
 /// Returns the number of rows that count. dlogits may alias logits.
 template <class T>
 int cross_entropy_forward_backward(const Reference&, T* dlogits, T* losses, const T* logits,
@@ -336,9 +338,11 @@ int cross_entropy_forward_backward(const Reference&, T* dlogits, T* losses, cons
         for (int v = 0; v < V; ++v) mx = std::max(mx, row[v]);
         T sum = 0;
         for (int v = 0; v < V; ++v) sum += std::exp(row[v] - mx);
-        const T lse = mx + std::log(sum);
-        losses[n] = lse - row[targets[n]];
-        for (int v = 0; v < V; ++v) drow[v] = (std::exp(row[v] - lse) - (v == targets[n] ? T(1) : T(0))) * dloss;
+        const T log_sum = std::log(sum);
+        losses[n] = -math::log_softmax_entry(row[targets[n]], mx, T(1), log_sum);
+        for (int v = 0; v < V; ++v)
+            drow[v] = (std::exp(math::log_softmax_entry(row[v], mx, T(1), log_sum)) - (v == targets[n] ? T(1) : T(0))) *
+                      dloss;
     }
     return count;
 }
@@ -363,12 +367,12 @@ void attention_decode(const Reference&, T* out, T* scratch, const T* qkv, const 
             for (int j = 0; j < n; ++j) {
                 T s = 0;
                 for (int d = 0; d < hs; ++d) s += q[d] * kcache[base + std::int64_t(j) * hs + d];
-                p[j] = s * scale;
+                p[j] = s;
                 mx = std::max(mx, p[j]);
             }
             T sum = 0;
             for (int j = 0; j < n; ++j) {
-                p[j] = std::exp(p[j] - mx);
+                p[j] = std::exp((p[j] - mx) * scale);
                 sum += p[j];
             }
             T* o = out + std::int64_t(b) * C + h * hs;

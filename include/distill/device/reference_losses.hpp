@@ -5,13 +5,20 @@
 /// double). They are the oracle `cpu_losses.hpp` is tested against; each names the PyTorch
 /// expression it mirrors.
 ///
-/// Conventions shared by every row kernel here and in `cpu_losses.hpp`:
+/// These are the building blocks of the loss terms (`loss/*.hpp`), not an entry point: code that
+/// wants a divergence of flat (N,V) logits calls the term with a (1,N,V) batch. Conventions shared
+/// by every row kernel here, in `cpu_losses.hpp` and in `cuda/losses.cuh`:
 /// - rows are (N,V) row-major; `mask` (N) says which rows count (nullptr: all of them);
-/// - `losses[n]` receives the row's divergence (0 for rows that do not count), not yet scaled;
+/// - `losses[n]` receives the row's divergence (0 for rows that do not count) — not multiplied by
+///   τ², not averaged over rows: a term's value is s · Σ losses / count (s = τ² or 1);
 /// - the gradient of row n goes to `d` (same shape as the student input): `d = g` when
 ///   `accumulate` is false (rows that do not count get zeros), `d += g` when it is true (rows that
-///   do not count are left alone), with g = grad_scale · ∂losses[n]/∂student;
-/// - logits are finite or −inf (a masked vocabulary entry); every row has a finite entry.
+///   do not count are left alone), with g = grad_scale · ∂losses[n]/∂student, the derivative with
+///   respect to the *unscaled* student logits (the kernel applies inv_tau itself) and `grad_scale`
+///   the caller's whole outer factor (a term passes weight · s / count);
+/// - logits are finite or −inf (a masked vocabulary entry); every row has a finite entry; a
+///   probability whose logit is −inf is exactly 0 and its terms vanish;
+/// - log-probabilities are formed as (x − max)·inv_tau − log(sum) (`math::log_softmax_entry`).
 
 #include <algorithm>
 #include <cmath>
@@ -20,40 +27,8 @@
 #include <type_traits>
 
 #include "distill/detail/macros.hpp"
+#include "distill/detail/math.hpp"
 #include "distill/device/reference.hpp"
-
-namespace distill::math {
-
-/// log(exp(a) + exp(b)), exact for infinite arguments.
-template <class T>
-DISTILL_HD inline T logaddexp(T a, T b) {
-    const T mx = a > b ? a : b;
-    if (mx == -std::numeric_limits<T>::infinity()) return mx;
-    return mx + std::log1p(std::exp(-std::abs(a - b)));
-}
-
-/// log(1 - exp(x)) for x <= 0 (Mächler's log1mexp: accurate for x near 0 and for x << 0).
-template <class T>
-DISTILL_HD inline T log1mexp(T x) {
-    return x > T(-0.6931471805599453) ? std::log(-std::expm1(x)) : std::log1p(-std::exp(x));
-}
-
-/// log(M/q) with M = β p + (1-β) q and r = log p - log q, 0 < β < 1: log1p(β expm1(r)) where
-/// that is accurate (r < 1; the JSD's first-order terms cancel in the sum, so each must be exact
-/// to relative rounding), log(β e^r + 1 - β) by log-add-exp where expm1 would overflow.
-template <class T>
-DISTILL_HD inline T jsd_log_m_over_q(T r, T beta) {
-    return r < T(1) ? std::log1p(beta * std::expm1(r)) : logaddexp(r + std::log(beta), std::log1p(-beta));
-}
-
-/// log(M/p), the mirror image: log1p((1-β) expm1(-r)) for r > -1, else log((1-β) e^{-r} + β) by
-/// log-add-exp (log(M/q) - r would lose log(M/p) to cancellation as β → 1).
-template <class T>
-DISTILL_HD inline T jsd_log_m_over_p(T r, T beta) {
-    return r > T(-1) ? std::log1p((T(1) - beta) * std::expm1(-r)) : logaddexp(std::log1p(-beta) - r, std::log(beta));
-}
-
-}  // namespace distill::math
 
 namespace distill::device {
 
@@ -62,20 +37,41 @@ namespace reference_detail {
 template <class T>
 inline constexpr T neg_inf = -std::numeric_limits<T>::infinity();
 
-// The oracle sums in at least double, so it stays the more accurate side of every comparison
-// however long the row (a 50 000-term fp32 running sum drifts by ~1e-3 relative).
+// The oracle works in at least double (sums, log-probabilities, the mixture logs), so it stays the
+// more accurate side of every comparison however long the row or large the logits (a 50 000-term
+// fp32 running sum drifts by ~1e-3 relative). Results are rounded to T once, at the store.
 template <class T>
 using acc_t = std::conditional_t<(sizeof(T) < sizeof(double)), double, T>;
 
-// log Σ exp(x[j] · scale), j in [0, n).
+// The log-softmax of a row x[0..n) at scale c, as the unscaled maximum and the log of the sum
+// kept apart (math::log_softmax_entry): log softmax(c·x)_j = (x_j − max)·c − log_sum.
 template <class T>
-T logsumexp(const T* x, std::int64_t n, T scale) {
-    T mx = neg_inf<T>;
-    for (std::int64_t j = 0; j < n; ++j) mx = std::max(mx, x[j] * scale);
-    if (mx == neg_inf<T>) return mx;
-    acc_t<T> sum = 0;
-    for (std::int64_t j = 0; j < n; ++j) sum += std::exp(x[j] * scale - mx);
-    return mx + static_cast<T>(std::log(sum));
+struct row_stats {
+    acc_t<T> max = neg_inf<acc_t<T>>;
+    acc_t<T> log_sum = 0;
+    acc_t<T> scale = 1;
+    acc_t<T> log_prob(T x) const { return math::log_softmax_entry(acc_t<T>(x), max, scale, log_sum); }
+    bool empty() const { return max == neg_inf<acc_t<T>>; }
+};
+
+// row_stats of x[j]·scale over the j in [0, n) with keep(j).
+template <class T, class Keep>
+row_stats<T> log_softmax_stats(const T* x, std::int64_t n, T scale, Keep&& keep) {
+    using A = acc_t<T>;
+    row_stats<T> r;
+    r.scale = A(scale);
+    for (std::int64_t j = 0; j < n; ++j)
+        if (keep(j)) r.max = std::max(r.max, A(x[j]));
+    if (r.empty()) return r;
+    A sum = 0;
+    for (std::int64_t j = 0; j < n; ++j)
+        if (keep(j)) sum += std::exp((A(x[j]) - r.max) * r.scale);
+    r.log_sum = std::log(sum);
+    return r;
+}
+template <class T>
+row_stats<T> log_softmax_stats(const T* x, std::int64_t n, T scale) {
+    return log_softmax_stats(x, n, scale, [](std::int64_t) { return true; });
 }
 
 // The first index of the largest element of x[0..n).
@@ -87,9 +83,9 @@ std::int64_t argmax(const T* x, std::int64_t n) {
     return m;
 }
 
-template <class T>
-void store(T& d, T g, bool accumulate) {
-    d = accumulate ? d + g : g;
+template <class T, class A>
+void store(T& d, A g, bool accumulate) {
+    d = accumulate ? static_cast<T>(A(d) + g) : static_cast<T>(g);
 }
 
 }  // namespace reference_detail
@@ -103,6 +99,7 @@ template <class T>
 void kl_forward_backward(const Reference&, T* d, bool accumulate, T* losses, const T* student, const T* teacher,
                          const std::uint8_t* mask, std::int64_t N, int V, T inv_tau, T grad_scale) {
     using namespace reference_detail;
+    using A = acc_t<T>;
     for (std::int64_t n = 0; n < N; ++n) {
         const T* s = student + n * V;
         const T* t = teacher + n * V;
@@ -112,13 +109,13 @@ void kl_forward_backward(const Reference&, T* d, bool accumulate, T* losses, con
             if (!accumulate) std::fill(dr, dr + V, T(0));
             continue;
         }
-        const T lse_s = logsumexp(s, V, inv_tau), lse_t = logsumexp(t, V, inv_tau);
-        acc_t<T> kl = 0;
+        const auto ls = log_softmax_stats(s, V, inv_tau), lt = log_softmax_stats(t, V, inv_tau);
+        A kl = 0;
         for (int j = 0; j < V; ++j) {
-            const T p = std::exp(t[j] * inv_tau - lse_t), q = std::exp(s[j] * inv_tau - lse_s);
-            // log p - log q from the logits: exact where p underflows; p = 0 terms vanish (0 log 0 = 0)
-            if (p > 0) kl += p * ((t[j] * inv_tau - lse_t) - (s[j] * inv_tau - lse_s));
-            store(dr[j], grad_scale * inv_tau * (q - p), accumulate);
+            const A lp = lt.log_prob(t[j]), lq = ls.log_prob(s[j]);
+            const A p = std::exp(lp), q = std::exp(lq);
+            if (p > 0) kl += p * (lp - lq);  // p = 0 terms vanish (0 log 0 = 0)
+            store(dr[j], A(grad_scale) * A(inv_tau) * (q - p), accumulate);
         }
         losses[n] = static_cast<T>(kl);
     }
@@ -127,14 +124,16 @@ void kl_forward_backward(const Reference&, T* d, bool accumulate, T* losses, con
 /// Reverse KL per row with its gradient (torch: kl_div(log_softmax(t/τ), log_softmax(s/τ),
 /// log_target=True) summed over the row).
 /// losses[n] = KL(q‖p) = Σ_j q_j (log q_j - log p_j);  ∂/∂student_j = inv_tau q_j (e_j - Σ_i q_i e_i),
-/// e = log(q/p) - log(q_m/p_m), m the student's argmax: the same as q_j (log(q_j/p_j) - KL), but
-/// without subtracting two numbers of the size of the KL where q_m ≈ 1.
+/// e_j = log(q_j/p_j) - log(q_m/p_m) = ((s_j - s_m) - (t_j - t_m))·inv_tau, m the student's argmax:
+/// the same as q_j (log(q_j/p_j) - KL), but without subtracting two numbers of the size of the KL
+/// where q_m ≈ 1, and without the logits' offsets.
 /// Precondition: the teacher gives probability to every token the student does (−inf only where
 /// the student has −inf too), or the divergence is infinite.
 template <class T>
 void reverse_kl_forward_backward(const Reference&, T* d, bool accumulate, T* losses, const T* student, const T* teacher,
                                  const std::uint8_t* mask, std::int64_t N, int V, T inv_tau, T grad_scale) {
     using namespace reference_detail;
+    using A = acc_t<T>;
     for (std::int64_t n = 0; n < N; ++n) {
         const T* s = student + n * V;
         const T* t = teacher + n * V;
@@ -144,21 +143,22 @@ void reverse_kl_forward_backward(const Reference&, T* d, bool accumulate, T* los
             if (!accumulate) std::fill(dr, dr + V, T(0));
             continue;
         }
-        const T lse_s = logsumexp(s, V, inv_tau), lse_t = logsumexp(t, V, inv_tau);
+        const auto ls = log_softmax_stats(s, V, inv_tau), lt = log_softmax_stats(t, V, inv_tau);
         const std::int64_t m = argmax(s, V);
-        const T shift = (s[m] - t[m]) * inv_tau;
-        acc_t<T> kl = 0, ke = 0;
+        auto e = [&](int j) { return ((A(s[j]) - A(s[m])) - (A(t[j]) - A(t[m]))) * A(inv_tau); };
+        A kl = 0, ke = 0;
         for (int j = 0; j < V; ++j) {
-            const T q = std::exp(s[j] * inv_tau - lse_s);
+            const A lq = ls.log_prob(s[j]);
+            const A q = std::exp(lq);
             if (q > 0) {
-                kl += q * ((s[j] * inv_tau - lse_s) - (t[j] * inv_tau - lse_t));
-                ke += q * ((s[j] - t[j]) * inv_tau - shift);
+                kl += q * (lq - lt.log_prob(t[j]));
+                ke += q * e(j);
             }
         }
         for (int j = 0; j < V; ++j) {
-            const T q = std::exp(s[j] * inv_tau - lse_s);
-            const T g = q > 0 ? q * (((s[j] - t[j]) * inv_tau - shift) - static_cast<T>(ke)) : T(0);
-            store(dr[j], grad_scale * inv_tau * g, accumulate);
+            const A q = std::exp(ls.log_prob(s[j]));
+            const A g = q > 0 ? q * (e(j) - ke) : A(0);
+            store(dr[j], A(grad_scale) * A(inv_tau) * g, accumulate);
         }
         losses[n] = static_cast<T>(kl);
     }
@@ -166,19 +166,23 @@ void reverse_kl_forward_backward(const Reference&, T* d, bool accumulate, T* los
 
 /// Generalized Jensen–Shannon divergence per row with its gradient, normalized so that it is
 /// continuous in β on [0, 1] (see docs/losses.md):
-///   M = β p + (1-β) q,   J_β = [β KL(p‖M) + (1-β) KL(q‖M)] / (β (1-β)),
+///   M = β p + (1-β) q,   J_β = [β KL(p‖M) + (1-β) KL(q‖M)] / (β (1-β)) = KL(p‖M)/(1-β) + KL(q‖M)/β,
 ///   J_0 = KL(p‖q) (forward), J_1 = KL(q‖p) (reverse);
 ///   ∂J_β/∂z_j = -(1/β) q_j (log(M_j/q_j) + KL(q‖M)), z = student·inv_tau.
-/// The mixture is built from probabilities, in log space: log(M/q) = log1p(β expm1(log p - log q)).
+/// `beta` is a double: β and 1 − β are both formed in double before rounding (in fp32, 1 − β of a
+/// rounded β = 1 − 10⁻⁶ is 1.3 % off). The mixture is built from probabilities, in log space:
+/// log(M/q) = math::log_mix(log p − log q, β, ...), log(M/p) = math::log_mix(log q − log p, 1−β, ...).
 template <class T>
 void jsd_forward_backward(const Reference& dev, T* d, bool accumulate, T* losses, const T* student, const T* teacher,
-                          const std::uint8_t* mask, std::int64_t N, int V, T beta, T inv_tau, T grad_scale) {
+                          const std::uint8_t* mask, std::int64_t N, int V, double beta, T inv_tau, T grad_scale) {
     using namespace reference_detail;
-    if (beta <= T(0))
+    using A = acc_t<T>;
+    if (beta <= 0)
         return kl_forward_backward(dev, d, accumulate, losses, student, teacher, mask, N, V, inv_tau, grad_scale);
-    if (beta >= T(1))
+    if (beta >= 1)
         return reverse_kl_forward_backward(dev, d, accumulate, losses, student, teacher, mask, N, V, inv_tau,
                                            grad_scale);
+    const A b = A(beta), b1 = A(1 - beta), log_b = A(std::log(beta)), log_b1 = A(std::log1p(-beta));
     for (std::int64_t n = 0; n < N; ++n) {
         const T* s = student + n * V;
         const T* t = teacher + n * V;
@@ -188,30 +192,30 @@ void jsd_forward_backward(const Reference& dev, T* d, bool accumulate, T* losses
             if (!accumulate) std::fill(dr, dr + V, T(0));
             continue;
         }
-        const T lse_s = logsumexp(s, V, inv_tau), lse_t = logsumexp(t, V, inv_tau);
+        const auto ls = log_softmax_stats(s, V, inv_tau), lt = log_softmax_stats(t, V, inv_tau);
+        auto log_m_over_q = [&](int j) {
+            return math::log_mix(lt.log_prob(t[j]) - ls.log_prob(s[j]), b, log_b, log_b1);
+        };
         // the gradient's log(M/q) is shifted to 0 at the student's argmax m (see reverse_kl_forward_backward)
-        const std::int64_t m = argmax(s, V);
-        const T lmq_m = math::jsd_log_m_over_q((t[m] * inv_tau - lse_t) - (s[m] * inv_tau - lse_s), beta);
-        acc_t<T> kl_pm = 0, kl_qm = 0, kh = 0;  // KL(p‖M), KL(q‖M), Σ q (log(M/q) - log(M_m/q_m))
+        const A lmq_m = log_m_over_q(int(argmax(s, V)));
+        A kl_pm = 0, kl_qm = 0, kh = 0;  // KL(p‖M), KL(q‖M), Σ q (log(M/q) - log(M_m/q_m))
         for (int j = 0; j < V; ++j) {
-            const T lp = t[j] * inv_tau - lse_t, lq = s[j] * inv_tau - lse_s;
-            const T p = std::exp(lp), q = std::exp(lq);
-            const T r = lp - lq;
-            const T lmq = math::jsd_log_m_over_q(r, beta);
+            const A lp = lt.log_prob(t[j]), lq = ls.log_prob(s[j]);
+            const A p = std::exp(lp), q = std::exp(lq);
+            // a zero probability on one side makes its own terms vanish, whatever the other side's log
             if (q > 0) {
+                const A lmq = math::log_mix(lp - lq, b, log_b, log_b1);
                 kl_qm -= q * lmq;
                 kh += q * (lmq - lmq_m);
             }
-            if (p > 0) kl_pm -= p * math::jsd_log_m_over_p(r, beta);
+            if (p > 0) kl_pm -= p * math::log_mix(lq - lp, b1, log_b1, log_b);
         }
         for (int j = 0; j < V; ++j) {
-            const T lp = t[j] * inv_tau - lse_t, lq = s[j] * inv_tau - lse_s;
-            const T q = std::exp(lq);
-            const T g =
-                q > 0 ? -q * ((math::jsd_log_m_over_q(lp - lq, beta) - lmq_m) - static_cast<T>(kh)) / beta : T(0);
-            store(dr[j], grad_scale * inv_tau * g, accumulate);
+            const A q = std::exp(ls.log_prob(s[j]));
+            const A g = q > 0 ? -q * ((log_m_over_q(j) - lmq_m) - kh) / b : A(0);
+            store(dr[j], A(grad_scale) * A(inv_tau) * g, accumulate);
         }
-        losses[n] = static_cast<T>((beta * kl_pm + (1 - beta) * kl_qm) / (beta * (1 - beta)));
+        losses[n] = static_cast<T>(kl_pm / b1 + kl_qm / b);
     }
 }
 
@@ -228,6 +232,7 @@ void topk_kl_forward_backward(const Reference&, T* d, bool accumulate, T* losses
                               const std::int32_t* ids, const T* logprobs, const std::uint8_t* mask, std::int64_t N,
                               int V, int k, T inv_tau, T grad_scale) {
     using namespace reference_detail;
+    using A = acc_t<T>;
     for (std::int64_t n = 0; n < N; ++n) {
         const T* s = student + n * V;
         const std::int32_t* id = ids + n * k;
@@ -238,41 +243,36 @@ void topk_kl_forward_backward(const Reference&, T* d, bool accumulate, T* losses
             if (!accumulate) std::fill(dr, dr + V, T(0));
             continue;
         }
-        auto in_topk = [&](int j) {
+        auto in_topk = [&](std::int64_t j) {
             for (int i = 0; i < k; ++i)
                 if (id[i] == j) return true;
             return false;
         };
-        const T lse = logsumexp(s, V, inv_tau);
-        T tail_max = neg_inf<T>;
-        for (int j = 0; j < V; ++j)
-            if (!in_topk(j)) tail_max = std::max(tail_max, s[j] * inv_tau);
-        acc_t<T> tail_sum = 0;
-        if (tail_max > neg_inf<T>)
-            for (int j = 0; j < V; ++j)
-                if (!in_topk(j)) tail_sum += std::exp(s[j] * inv_tau - tail_max);
-        const T lse_rest = tail_max > neg_inf<T> ? tail_max + static_cast<T>(std::log(tail_sum)) : neg_inf<T>;
-        T lse_p = neg_inf<T>;
+        const auto all = log_softmax_stats(s, V, inv_tau);
+        const auto tail = log_softmax_stats(s, V, inv_tau, [&](std::int64_t j) { return !in_topk(j); });
+        // log q_rest = lse_rest - lse, from the two (max, log-sum) pairs
+        const A log_q_rest =
+            tail.empty() ? neg_inf<A> : (tail.max - all.max) * all.scale + (tail.log_sum - all.log_sum);
+        A lse_p = neg_inf<A>;
         for (int i = 0; i < k; ++i)
-            if (id[i] >= 0) lse_p = math::logaddexp(lse_p, lp[i]);
-        const bool has_rest = lse_p < T(0) && lse_rest > neg_inf<T>;
-        const T log_p_rest = has_rest ? math::log1mexp(lse_p) : neg_inf<T>;
-        const T p_rest = std::exp(log_p_rest);
-        acc_t<T> kl = 0;
+            if (id[i] >= 0) lse_p = math::logaddexp(lse_p, A(lp[i]));
+        const bool has_rest = lse_p < A(0) && !tail.empty();
+        const A log_p_rest = has_rest ? math::log1mexp(lse_p) : neg_inf<A>;
+        const A p_rest = std::exp(log_p_rest);
+        A kl = 0;
         for (int i = 0; i < k; ++i)
-            if (id[i] >= 0 && lp[i] > neg_inf<T>) kl += std::exp(lp[i]) * (lp[i] - (s[id[i]] * inv_tau - lse));
-        if (has_rest && p_rest > 0) kl += p_rest * (log_p_rest - (lse_rest - lse));
+            if (id[i] >= 0 && lp[i] > neg_inf<T>) kl += std::exp(A(lp[i])) * (A(lp[i]) - all.log_prob(s[id[i]]));
+        if (has_rest && p_rest > 0) kl += p_rest * (log_p_rest - log_q_rest);
         for (int j = 0; j < V; ++j) {
-            const T z = s[j] * inv_tau;
-            T g = std::exp(z - lse);
+            A g = std::exp(all.log_prob(s[j]));
             bool topk = false;
             for (int i = 0; i < k; ++i)
                 if (id[i] == j) {
-                    g -= std::exp(lp[i]);
+                    g -= std::exp(A(lp[i]));
                     topk = true;
                 }
-            if (!topk && has_rest) g -= p_rest * std::exp(z - lse_rest);
-            store(dr[j], grad_scale * inv_tau * g, accumulate);
+            if (!topk && has_rest) g -= p_rest * std::exp(tail.log_prob(s[j]));  // P_rest · q_j / q_rest
+            store(dr[j], A(grad_scale) * A(inv_tau) * g, accumulate);
         }
         losses[n] = static_cast<T>(kl);
     }
@@ -280,12 +280,13 @@ void topk_kl_forward_backward(const Reference&, T* d, bool accumulate, T* losses
 
 /// Cross-entropy per row with its gradient (torch: cross_entropy(logits, targets, ignore_index=-1,
 /// reduction='none')). A row counts when mask[n] (or no mask) and targets[n] >= 0.
-/// losses[n] = logsumexp(logits[n]) - logits[n, target];  ∂/∂logits = softmax - onehot(target).
+/// losses[n] = -log softmax(logits[n])_target;  ∂/∂logits = softmax - onehot(target).
 template <class T>
 void masked_cross_entropy_forward_backward(const Reference&, T* d, bool accumulate, T* losses, const T* logits,
                                            const std::int32_t* targets, const std::uint8_t* mask, std::int64_t N, int V,
                                            T grad_scale) {
     using namespace reference_detail;
+    using A = acc_t<T>;
     for (std::int64_t n = 0; n < N; ++n) {
         const T* x = logits + n * V;
         T* dr = d + n * V;
@@ -294,10 +295,10 @@ void masked_cross_entropy_forward_backward(const Reference&, T* d, bool accumula
             if (!accumulate) std::fill(dr, dr + V, T(0));
             continue;
         }
-        const T lse = logsumexp(x, V, T(1));
-        losses[n] = lse - x[targets[n]];
+        const auto st = log_softmax_stats(x, V, T(1));
+        losses[n] = static_cast<T>(-st.log_prob(x[targets[n]]));
         for (int j = 0; j < V; ++j)
-            store(dr[j], grad_scale * (std::exp(x[j] - lse) - (j == targets[n] ? T(1) : T(0))), accumulate);
+            store(dr[j], A(grad_scale) * (std::exp(st.log_prob(x[j])) - (j == targets[n] ? A(1) : A(0))), accumulate);
     }
 }
 
@@ -356,6 +357,7 @@ template <class T>
 void relation_kl_forward_backward(const Reference&, T* d, T* losses, const T* student, const T* teacher,
                                   const std::uint8_t* mask, int R, int Tn, T s_scale, T t_scale, T grad_scale) {
     using namespace reference_detail;
+    using A = acc_t<T>;
     const std::int64_t tt = std::int64_t(Tn) * Tn;
     for (int t = 0; t < Tn; ++t) losses[t] = 0;
     for (int r = 0; r < R; ++r)
@@ -365,13 +367,13 @@ void relation_kl_forward_backward(const Reference&, T* d, T* losses, const T* st
             T* dr = d + r * tt + std::int64_t(t) * Tn;
             std::fill(dr, dr + Tn, T(0));
             if (mask && !mask[t]) continue;
-            const T lse_s = logsumexp(s, t + 1, s_scale), lse_t = logsumexp(te, t + 1, t_scale);
-            acc_t<T> kl = 0;
+            const auto ls = log_softmax_stats(s, t + 1, s_scale), lt = log_softmax_stats(te, t + 1, t_scale);
+            A kl = 0;
             for (int j = 0; j <= t; ++j) {
-                const T lp = te[j] * t_scale - lse_t, lq = s[j] * s_scale - lse_s;
-                const T p = std::exp(lp);
+                const A lp = lt.log_prob(te[j]), lq = ls.log_prob(s[j]);
+                const A p = std::exp(lp);
                 if (p > 0) kl += p * (lp - lq);
-                dr[j] = grad_scale * s_scale * (std::exp(lq) - p);
+                dr[j] = static_cast<T>(A(grad_scale) * A(s_scale) * (std::exp(lq) - p));
             }
             losses[t] += static_cast<T>(kl);
         }

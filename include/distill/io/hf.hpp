@@ -269,8 +269,10 @@ inline student::TransformerConfig llama_config(const nlohmann::json& c, const st
     t.n_heads = r.integer("num_attention_heads");
     t.n_kv_heads = r.integer("num_key_value_heads", t.n_heads);
     t.d_ff = r.integer("intermediate_size");
-    if (r.integer("head_dim", t.d_model / t.n_heads) * t.n_heads != t.d_model)
-        fail("head_dim: " + c["head_dim"].dump() + " is not supported, only hidden_size / num_attention_heads");
+    // (64-bit: head_dim and the head count are each up to 2^30; absent, validated() checks the division)
+    if (const auto hd = c.find("head_dim"); hd != c.end() && !hd->is_null())
+        if (std::int64_t(r.integer("head_dim")) * t.n_heads != t.d_model)
+            fail("head_dim: " + hd->dump() + " is not supported, only hidden_size / num_attention_heads");
     t.norm = "rmsnorm";
     t.norm_eps = r.number("rms_norm_eps", model_type == "phi3" ? 1e-5 : 1e-6);
     t.positions = "rope";

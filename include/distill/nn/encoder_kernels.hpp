@@ -112,12 +112,12 @@ void masked_softmax_forward(const Device& dev, T* att, const T* mask, int B, int
     for (std::int64_t r = 0; r < rows; ++r) {
         const T* m = mask + (r / (std::int64_t(H) * Tn)) * Tn;
         T* row = att + r * Tn;
-        T mx = -std::numeric_limits<T>::infinity();
+        T mx = -std::numeric_limits<T>::infinity();  // the raw maximum: (x - max)·scale keeps the low bits
         for (int j = 0; j < Tn; ++j)
-            if (m[j] != T(0)) mx = std::max(mx, scale * row[j]);
+            if (m[j] != T(0)) mx = std::max(mx, row[j]);
         T sum = 0;
         for (int j = 0; j < Tn; ++j) {
-            row[j] = m[j] != T(0) ? std::exp(scale * row[j] - mx) : T(0);
+            row[j] = m[j] != T(0) ? std::exp((row[j] - mx) * scale) : T(0);
             sum += row[j];
         }
         const T inv = T(1) / sum;

@@ -245,11 +245,11 @@ __global__ void causal_softmax_forward_kernel(T* att, std::int64_t rows, int Tn,
     const int t = static_cast<int>(r % Tn);
     T* row = att + r * Tn;
     T mx = -INFINITY;
-    for (int j = lane; j <= t; j += warp) mx = fmax(mx, row[j] * scale);
+    for (int j = lane; j <= t; j += warp) mx = fmax(mx, row[j]);  // the raw maximum: (x - max)·scale
     mx = warp_max(mx);
     T s = 0;
     for (int j = lane; j <= t; j += warp) {
-        const T e = exp(row[j] * scale - mx);
+        const T e = exp((row[j] - mx) * scale);
         row[j] = e;
         s += e;
     }

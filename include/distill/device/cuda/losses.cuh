@@ -5,8 +5,13 @@
 /// row: one streaming pass for the row's log-sum-exps (online max and sum, both distributions at
 /// once), one pass for the value and the gradient. Nothing (B·T × V) is materialized. Sums run in
 /// double through fixed-shape block reductions: deterministic, and as accurate as the oracle.
+/// Log-probabilities are formed in double too, x·(1/τ) − lse with both in double (so the
+/// log-sum-exp near a logit of 1e4 keeps ~1e-12 absolute, where one fp32 number would lose 5e-4;
+/// see math::log_softmax_entry), and rounded to T only at the store. A logit of −inf gives a
+/// probability of exactly 0, whose terms are skipped.
 /// Masks, targets and top-k ids may be in host or device memory.
 
+#include <cmath>
 #include <cstdint>
 #include <limits>
 
@@ -66,18 +71,19 @@ __global__ void kl_kernel(T* d, bool accumulate, T* losses, const T* student, co
     const T* t = teacher + n * V;
     T* dr = d + n * V;
     if (skip_row(mask, n, losses, dr, V, accumulate)) return;
+    const double c = double(inv_tau);
     Lse as = lse_init(), at = lse_init();
     for (int j = threadIdx.x; j < V; j += blockDim.x) {
-        as = lse_push(as, double(s[j] * inv_tau));
-        at = lse_push(at, double(t[j] * inv_tau));
+        as = lse_push(as, double(s[j]) * c);
+        at = lse_push(at, double(t[j]) * c);
     }
-    const T lse_s = T(block_lse(as, sl)), lse_t = T(block_lse(at, sl));
+    const double lse_s = block_lse(as, sl), lse_t = block_lse(at, sl);
     double kl = 0;
     for (int j = threadIdx.x; j < V; j += blockDim.x) {
-        const T lp = t[j] * inv_tau - lse_t, lq = s[j] * inv_tau - lse_s;
-        const T p = exp(lp), q = exp(lq);
-        if (p > 0) kl += double(p) * double(lp - lq);
-        store_grad(dr[j], grad_scale * inv_tau * (q - p), accumulate);
+        const double lp = double(t[j]) * c - lse_t, lq = double(s[j]) * c - lse_s;
+        const double p = exp(lp), q = exp(lq);
+        if (p > 0) kl += p * (lp - lq);
+        store_grad(dr[j], T(double(grad_scale) * c * (q - p)), accumulate);
     }
     kl = block_sum(kl, sd);
     if (threadIdx.x == 0) losses[n] = T(kl);
@@ -96,39 +102,45 @@ __global__ void reverse_kl_kernel(T* d, bool accumulate, T* losses, const T* stu
     const T* t = teacher + n * V;
     T* dr = d + n * V;
     if (skip_row(mask, n, losses, dr, V, accumulate)) return;
+    const double c = double(inv_tau);
     Lse as = lse_init(), at = lse_init();
     float best = -INFINITY;
     int arg = 0x7fffffff;
     for (int j = threadIdx.x; j < V; j += blockDim.x) {
-        as = lse_push(as, double(s[j] * inv_tau));
-        at = lse_push(at, double(t[j] * inv_tau));
+        as = lse_push(as, double(s[j]) * c);
+        at = lse_push(at, double(t[j]) * c);
         if (float(s[j]) > best) best = float(s[j]), arg = j;
     }
-    const T lse_s = T(block_lse(as, sl)), lse_t = T(block_lse(at, sl));
+    const double lse_s = block_lse(as, sl), lse_t = block_lse(at, sl);
     const int m = block_argmax(best, arg, sv, si);
-    const T shift = (s[m] - t[m]) * inv_tau;
+    const double sm = double(s[m]), tm = double(t[m]);
+    // e_j = log(q_j/p_j) - log(q_m/p_m), each logit against its own row's value at m
+    auto e = [&](int j) { return ((double(s[j]) - sm) - (double(t[j]) - tm)) * c; };
     double kl = 0, ke = 0;
     for (int j = threadIdx.x; j < V; j += blockDim.x) {
-        const T q = exp(s[j] * inv_tau - lse_s);
+        const double lq = double(s[j]) * c - lse_s;
+        const double q = exp(lq);
         if (q > 0) {
-            kl += double(q) * double((s[j] * inv_tau - lse_s) - (t[j] * inv_tau - lse_t));
-            ke += double(q) * double((s[j] - t[j]) * inv_tau - shift);
+            kl += q * (lq - (double(t[j]) * c - lse_t));
+            ke += q * e(j);
         }
     }
     kl = block_sum(kl, sd);
     ke = block_sum(ke, sd);
     for (int j = threadIdx.x; j < V; j += blockDim.x) {
-        const T q = exp(s[j] * inv_tau - lse_s);
-        const T g = q > 0 ? q * (((s[j] - t[j]) * inv_tau - shift) - T(ke)) : T(0);
-        store_grad(dr[j], grad_scale * inv_tau * g, accumulate);
+        const double q = exp(double(s[j]) * c - lse_s);
+        const double g = q > 0 ? q * (e(j) - ke) : 0.0;
+        store_grad(dr[j], T(double(grad_scale) * c * g), accumulate);
     }
     if (threadIdx.x == 0) losses[n] = T(kl);
 }
 
-// Generalized JSD, 0 < beta < 1 (see jsd_forward_backward of the Reference).
+// Generalized JSD, 0 < beta < 1 (see jsd_forward_backward of the Reference): b = β, b1 = 1 − β and
+// their logs, all formed in double on the host.
 template <class T>
 __global__ void jsd_kernel(T* d, bool accumulate, T* losses, const T* student, const T* teacher,
-                           const std::uint8_t* mask, int V, T beta, T inv_tau, T grad_scale) {
+                           const std::uint8_t* mask, int V, double b, double b1, double log_b, double log_b1, T inv_tau,
+                           T grad_scale) {
     __shared__ Lse sl[32];
     __shared__ double sd[32];
     __shared__ float sv[32];
@@ -138,40 +150,42 @@ __global__ void jsd_kernel(T* d, bool accumulate, T* losses, const T* student, c
     const T* t = teacher + n * V;
     T* dr = d + n * V;
     if (skip_row(mask, n, losses, dr, V, accumulate)) return;
+    const double c = double(inv_tau);
     Lse as = lse_init(), at = lse_init();
     float best = -INFINITY;
     int arg = 0x7fffffff;
     for (int j = threadIdx.x; j < V; j += blockDim.x) {
-        as = lse_push(as, double(s[j] * inv_tau));
-        at = lse_push(at, double(t[j] * inv_tau));
+        as = lse_push(as, double(s[j]) * c);
+        at = lse_push(at, double(t[j]) * c);
         if (float(s[j]) > best) best = float(s[j]), arg = j;
     }
-    const T lse_s = T(block_lse(as, sl)), lse_t = T(block_lse(at, sl));
+    const double lse_s = block_lse(as, sl), lse_t = block_lse(at, sl);
     const int m = block_argmax(best, arg, sv, si);
-    const T lmq_m = math::jsd_log_m_over_q((t[m] * inv_tau - lse_t) - (s[m] * inv_tau - lse_s), beta);
+    auto log_m_over_q = [&](int j) {
+        return math::log_mix((double(t[j]) * c - lse_t) - (double(s[j]) * c - lse_s), b, log_b, log_b1);
+    };
+    const double lmq_m = log_m_over_q(m);
     double kl_pm = 0, kl_qm = 0, kh = 0;
     for (int j = threadIdx.x; j < V; j += blockDim.x) {
-        const T lp = t[j] * inv_tau - lse_t, lq = s[j] * inv_tau - lse_s;
-        const T p = exp(lp), q = exp(lq);
-        const T r = lp - lq;
-        const T lmq = math::jsd_log_m_over_q(r, beta);
+        const double lp = double(t[j]) * c - lse_t, lq = double(s[j]) * c - lse_s;
+        const double p = exp(lp), q = exp(lq);
+        // a zero probability on one side makes its own terms vanish, whatever the other side's log
         if (q > 0) {
-            kl_qm -= double(q) * double(lmq);
-            kh += double(q) * double(lmq - lmq_m);
+            const double lmq = math::log_mix(lp - lq, b, log_b, log_b1);
+            kl_qm -= q * lmq;
+            kh += q * (lmq - lmq_m);
         }
-        if (p > 0) kl_pm -= double(p) * double(math::jsd_log_m_over_p(r, beta));
+        if (p > 0) kl_pm -= p * math::log_mix(lq - lp, b1, log_b1, log_b);
     }
     kl_pm = block_sum(kl_pm, sd);
     kl_qm = block_sum(kl_qm, sd);
     kh = block_sum(kh, sd);
     for (int j = threadIdx.x; j < V; j += blockDim.x) {
-        const T lp = t[j] * inv_tau - lse_t, lq = s[j] * inv_tau - lse_s;
-        const T q = exp(lq);
-        const T g = q > 0 ? -q * ((math::jsd_log_m_over_q(lp - lq, beta) - lmq_m) - T(kh)) / beta : T(0);
-        store_grad(dr[j], grad_scale * inv_tau * g, accumulate);
+        const double q = exp(double(s[j]) * c - lse_s);
+        const double g = q > 0 ? -q * ((log_m_over_q(j) - lmq_m) - kh) / b : 0.0;
+        store_grad(dr[j], T(double(grad_scale) * c * g), accumulate);
     }
-    if (threadIdx.x == 0)
-        losses[n] = T((double(beta) * kl_pm + (1 - double(beta)) * kl_qm) / (double(beta) * (1 - double(beta))));
+    if (threadIdx.x == 0) losses[n] = T(kl_pm / b1 + kl_qm / b);
 }
 
 // Sparse forward KL against the teacher's top-k and a "rest" bucket (see the Reference).
@@ -191,37 +205,39 @@ __global__ void topk_kl_kernel(T* d, bool accumulate, T* losses, const T* studen
             if (id[i] == j) return true;
         return false;
     };
+    const double c = double(inv_tau);
     Lse all = lse_init(), tail = lse_init();
     for (int j = threadIdx.x; j < V; j += blockDim.x) {
-        const double z = double(s[j] * inv_tau);
+        const double z = double(s[j]) * c;
         all = lse_push(all, z);
         if (!in_topk(j)) tail = lse_push(tail, z);
     }
-    const T lse = T(block_lse(all, sl)), lse_rest = T(block_lse(tail, sl));
-    const T ninf = -std::numeric_limits<T>::infinity();
-    T lse_p = ninf;
+    const double lse = block_lse(all, sl), lse_rest = block_lse(tail, sl);
+    const double ninf = -INFINITY;
+    double lse_p = ninf;
     for (int i = 0; i < k; ++i)
-        if (id[i] >= 0) lse_p = math::logaddexp(lse_p, lp[i]);
-    const bool has_rest = lse_p < T(0) && lse_rest > ninf;
-    const T log_p_rest = has_rest ? math::log1mexp(lse_p) : ninf;
-    const T p_rest = exp(log_p_rest);
+        if (id[i] >= 0) lse_p = math::logaddexp(lse_p, double(lp[i]));
+    const bool has_rest = lse_p < 0 && lse_rest > ninf;
+    const double log_p_rest = has_rest ? math::log1mexp(lse_p) : ninf;
+    const double p_rest = exp(log_p_rest);
     for (int j = threadIdx.x; j < V; j += blockDim.x) {
-        const T z = s[j] * inv_tau;
-        T g = exp(z - lse);
+        const double z = double(s[j]) * c;
+        double g = exp(z - lse);
         bool topk = false;
         for (int i = 0; i < k; ++i)
             if (id[i] == j) {
-                g -= exp(lp[i]);
+                g -= exp(double(lp[i]));
                 topk = true;
             }
         if (!topk && has_rest) g -= p_rest * exp(z - lse_rest);
-        store_grad(dr[j], grad_scale * inv_tau * g, accumulate);
+        store_grad(dr[j], T(double(grad_scale) * c * g), accumulate);
     }
     if (threadIdx.x == 0) {
         double kl = 0;
         for (int i = 0; i < k; ++i)
-            if (id[i] >= 0 && lp[i] > ninf) kl += double(exp(lp[i])) * double(lp[i] - (s[id[i]] * inv_tau - lse));
-        if (has_rest && p_rest > 0) kl += double(p_rest) * double(log_p_rest - (lse_rest - lse));
+            if (id[i] >= 0 && double(lp[i]) > ninf)
+                kl += exp(double(lp[i])) * (double(lp[i]) - (double(s[id[i]]) * c - lse));
+        if (has_rest && p_rest > 0) kl += p_rest * (log_p_rest - (lse_rest - lse));
         losses[n] = T(kl);
     }
     (void)sd;
@@ -244,10 +260,10 @@ __global__ void masked_ce_kernel(T* d, bool accumulate, T* losses, const T* logi
     }
     Lse a = lse_init();
     for (int j = threadIdx.x; j < V; j += blockDim.x) a = lse_push(a, double(x[j]));
-    const T lse = T(block_lse(a, sl));
-    if (threadIdx.x == 0) losses[n] = lse - x[target];
+    const double lse = block_lse(a, sl);
+    if (threadIdx.x == 0) losses[n] = T(lse - double(x[target]));
     for (int j = threadIdx.x; j < V; j += blockDim.x)
-        store_grad(dr[j], grad_scale * (T(exp(x[j] - lse)) - (j == target ? T(1) : T(0))), accumulate);
+        store_grad(dr[j], T(double(grad_scale) * (exp(double(x[j]) - lse) - (j == target ? 1.0 : 0.0))), accumulate);
 }
 
 // Attention-map KL, one block per position (b, t), heads in order, threads over keys.
@@ -306,20 +322,20 @@ __global__ void relation_kl_kernel(T* d, T* losses, const T* student, const T* t
         }
         Lse as = lse_init(), at = lse_init();
         for (int j = threadIdx.x; j <= t; j += blockDim.x) {
-            as = lse_push(as, double(s[j] * s_scale));
-            at = lse_push(at, double(te[j] * t_scale));
+            as = lse_push(as, double(s[j]) * double(s_scale));
+            at = lse_push(at, double(te[j]) * double(t_scale));
         }
-        const T lse_s = T(block_lse(as, sl)), lse_t = T(block_lse(at, sl));
+        const double lse_s = block_lse(as, sl), lse_t = block_lse(at, sl);
         double kl = 0;
         for (int j = threadIdx.x; j < Tn; j += blockDim.x) {
             if (j > t) {
                 dr[j] = 0;
                 continue;
             }
-            const T lp = te[j] * t_scale - lse_t, lq = s[j] * s_scale - lse_s;
-            const T p = exp(lp);
-            if (p > 0) kl += double(p) * double(lp - lq);
-            dr[j] = grad_scale * s_scale * (exp(lq) - p);
+            const double lp = double(te[j]) * double(t_scale) - lse_t, lq = double(s[j]) * double(s_scale) - lse_s;
+            const double p = exp(lp);
+            if (p > 0) kl += p * (lp - lq);
+            dr[j] = T(double(grad_scale) * double(s_scale) * (exp(lq) - p));
         }
         total += block_sum(kl, sd);
     }
@@ -393,19 +409,20 @@ void reverse_kl_forward_backward(const Cuda& dev, T* d, bool accumulate, T* loss
 }
 
 /// Generalized Jensen–Shannon divergence per row with its gradient (see the Reference); β ≤ 0 is
-/// the forward KL, β ≥ 1 the reverse KL.
+/// the forward KL, β ≥ 1 the reverse KL. β and 1 − β are formed in double.
 template <class T>
 void jsd_forward_backward(const Cuda& dev, T* d, bool accumulate, T* losses, const T* student, const T* teacher,
-                          const std::uint8_t* mask, std::int64_t N, int V, T beta, T inv_tau, T grad_scale) {
-    if (beta <= T(0))
+                          const std::uint8_t* mask, std::int64_t N, int V, double beta, T inv_tau, T grad_scale) {
+    if (beta <= 0)
         return kl_forward_backward(dev, d, accumulate, losses, student, teacher, mask, N, V, inv_tau, grad_scale);
-    if (beta >= T(1))
+    if (beta >= 1)
         return reverse_kl_forward_backward(dev, d, accumulate, losses, student, teacher, mask, N, V, inv_tau,
                                            grad_scale);
     if (N <= 0) return;
     const std::uint8_t* m = dev.on_device(mask, std::size_t(N), cuda_detail::slot_mask);
     cuda_detail::jsd_kernel<<<static_cast<unsigned>(N), cuda_detail::row_threads, 0, dev.stream()>>>(
-        d, accumulate, losses, student, teacher, m, V, beta, inv_tau, grad_scale);
+        d, accumulate, losses, student, teacher, m, V, beta, 1 - beta, std::log(beta), std::log1p(-beta), inv_tau,
+        grad_scale);
     DISTILL_CUDA_CHECK_LAUNCH("jsd_kernel");
 }
 

@@ -36,11 +36,11 @@ __global__ void sample_kernel(std::int32_t* out, const T* logits, int V, T inv_t
     __shared__ int pick;
     const T* x = logits + std::int64_t(blockIdx.x) * V;
     Lse a = lse_init();
-    for (int j = threadIdx.x; j < V; j += blockDim.x) a = lse_push(a, double(x[j] * inv_tau));
+    for (int j = threadIdx.x; j < V; j += blockDim.x) a = lse_push(a, double(x[j]) * double(inv_tau));
     const double lse = block_lse(a, sl);
     const int per = (V + blockDim.x - 1) / blockDim.x, b = threadIdx.x * per, e = min(V, b + per);
     double s = 0;
-    for (int j = b; j < e; ++j) s += exp(double(x[j] * inv_tau) - lse);
+    for (int j = b; j < e; ++j) s += exp(double(x[j]) * double(inv_tau) - lse);
     chunk[threadIdx.x] = s;
     __syncthreads();
     if (threadIdx.x == 0) {
@@ -51,7 +51,7 @@ __global__ void sample_kernel(std::int32_t* out, const T* logits, int V, T inv_t
         int token = -1;
         const int kb = k * per, ke = min(V, kb + per);
         for (int j = kb; j < ke; ++j) {
-            c += exp(double(x[j] * inv_tau) - lse);
+            c += exp(double(x[j]) * double(inv_tau) - lse);
             if (c > u) {
                 token = j;
                 break;
@@ -59,7 +59,7 @@ __global__ void sample_kernel(std::int32_t* out, const T* logits, int V, T inv_t
         }
         if (token < 0)  // u beyond the rounded total: the last token with probability > 0
             for (int j = V - 1; j >= 0 && token < 0; --j)
-                if (double(x[j] * inv_tau) > -INFINITY) token = j;
+                if (double(x[j]) * double(inv_tau) > -INFINITY) token = j;
         pick = token < 0 ? 0 : token;
     }
     __syncthreads();

@@ -426,6 +426,103 @@ inline JsonlStats read_jsonl(const std::filesystem::path& path, const JsonlConfi
 
 BOOST_HANA_ADAPT_STRUCT(distill::data::JsonlConfig, on_bad_line, max_line_bytes);
 // ---- end distill/data/jsonl.hpp ----
+// ---- begin distill/data/utf8.hpp ----
+/// @file utf8.hpp
+/// UTF-8 encoding and lossy decoding, shared by the tokenizers and the pipeline: text a model
+/// generates is bytes until it is checked, and a byte-level model may stop in the middle of a
+/// character; JSON (synthetic.jsonl, answers, reports) holds only valid UTF-8.
+
+#include <cstddef>
+#include <string>
+#include <string_view>
+
+namespace distill::utf8 {
+
+/// Appends the UTF-8 encoding of `cp` to `out`.
+inline void append_utf8(std::string& out, char32_t cp) {
+    if (cp < 0x80) {
+        out.push_back(static_cast<char>(cp));
+    } else if (cp < 0x800) {
+        out.push_back(static_cast<char>(0xC0 | (cp >> 6)));
+        out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+    } else if (cp < 0x10000) {
+        out.push_back(static_cast<char>(0xE0 | (cp >> 12)));
+        out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+        out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+    } else {
+        out.push_back(static_cast<char>(0xF0 | (cp >> 18)));
+        out.push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
+        out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+        out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+    }
+}
+
+inline constexpr char32_t replacement_char = 0xFFFD;
+
+/// Decodes one code point at `s[pos]`, advancing `pos`. An invalid sequence yields U+FFFD and
+/// advances over its maximal subpart (the longest prefix of a valid sequence, at least one byte), the
+/// substitution Python's and Rust's lossy decoders make.
+inline char32_t next_utf8(std::string_view s, std::size_t& pos) {
+    const auto b0 = static_cast<unsigned char>(s[pos]);
+    if (b0 < 0x80) {
+        ++pos;
+        return b0;
+    }
+    int need = 0;
+    char32_t cp = 0;
+    unsigned char lo = 0x80, hi = 0xBF;  // the valid range of the second byte
+    if (b0 >= 0xC2 && b0 <= 0xDF) {
+        need = 1;
+        cp = b0 & 0x1F;
+    } else if (b0 >= 0xE0 && b0 <= 0xEF) {
+        need = 2;
+        cp = b0 & 0x0F;
+        if (b0 == 0xE0) lo = 0xA0;
+        if (b0 == 0xED) hi = 0x9F;
+    } else if (b0 >= 0xF0 && b0 <= 0xF4) {
+        need = 3;
+        cp = b0 & 0x07;
+        if (b0 == 0xF0) lo = 0x90;
+        if (b0 == 0xF4) hi = 0x8F;
+    } else {
+        ++pos;
+        return replacement_char;
+    }
+    std::size_t p = pos + 1;
+    for (int i = 0; i < need; ++i, ++p) {
+        if (p >= s.size()) {
+            pos = p;
+            return replacement_char;
+        }
+        const auto b = static_cast<unsigned char>(s[p]);
+        if (b < lo || b > hi) {
+            pos = p;
+            return replacement_char;
+        }
+        lo = 0x80;
+        hi = 0xBF;
+        cp = (cp << 6) | (b & 0x3F);
+    }
+    pos = p;
+    return cp;
+}
+
+/// `s` with each maximal invalid subpart replaced by U+FFFD, as Python's
+/// `bytes.decode("utf-8", "replace")` and transformers' `decode` do; valid input is returned as is.
+inline std::string make_valid(std::string s) {
+    for (std::size_t p = 0; p < s.size();) {
+        const std::size_t from = p;
+        if (next_utf8(s, p) == replacement_char && s.compare(from, 3, "\xEF\xBF\xBD") != 0) {
+            std::string out = s.substr(0, from);  // the valid prefix, then the rest decoded lossily
+            for (std::size_t q = from; q < s.size();) append_utf8(out, next_utf8(s, q));
+            return out;
+        }
+    }
+    return s;
+}
+
+}  // namespace distill::utf8
+// ---- end distill/data/utf8.hpp ----
 // ---- begin distill/data/vocab_alignment.hpp ----
 /// @file vocab_alignment.hpp
 /// Whether a teacher's and a student's vocabularies line up, decided once at startup: logit-level
@@ -1134,8 +1231,10 @@ public:
     std::vector<std::int32_t> encode_response(std::string_view response) const {
         return format_->encode_response(response);
     }
-    /// The text of generated ids (special tokens and padding-row ids dropped).
-    std::string decode(std::span<const std::int32_t> ids) const { return format_->decode(ids); }
+    /// The text of generated ids (special tokens and padding-row ids dropped), valid UTF-8: an
+    /// invalid byte sequence (a byte-level model may stop inside a character) becomes U+FFFD, as in
+    /// transformers' `decode`.
+    std::string decode(std::span<const std::int32_t> ids) const { return utf8::make_valid(format_->decode(ids)); }
     /// Whether generation stops at `token`.
     bool is_stop_token(std::int32_t token) const { return format_->is_stop_token(token); }
     /// The id that pads batch rows.
@@ -1870,7 +1969,14 @@ auto xview(const Tensor<T>& t) {
 ///   `layernorm_forward/backward`, `gelu_forward/backward`, `causal_softmax_forward/backward`,
 ///   `embedding_forward/backward`, `cross_entropy_forward_backward`, `add`, `accumulate`; for the
 ///   Llama family's blocks `rmsnorm_forward/backward`, `swiglu_forward/backward`, `rope_rotate`; for
-///   incremental decoding `attention_decode` (and `kv_cache_store` on a device with its own memory).
+///   incremental decoding `attention_decode` (and `kv_cache_store` on a device with its own memory);
+///   for the loss terms the fused row kernels of `device/reference_losses.hpp` (`kl_forward_backward`,
+///   `reverse_kl_forward_backward`, `jsd_forward_backward`, `topk_kl_forward_backward`,
+///   `masked_cross_entropy_forward_backward`, `attention_kl_forward_backward`,
+///   `relation_kl_forward_backward`, and `hidden_match_forward_backward` on a device with its own
+///   memory). Those write per-row divergences (no τ², no mean over rows) and
+///   `grad_scale · ∂row/∂input` — the loss terms of `loss/` are the entry point for everyone else
+///   (see `reference_losses.hpp` and docs/losses.md, "Kernels and numerics").
 ///   `device/reference.hpp` is the plain-loop definition of each kernel, with its shapes and formula.
 ///
 /// **Laws.** Every kernel of a device agrees with the `Reference` kernel of the same name to fp32
@@ -2059,6 +2165,7 @@ void parallel_for(int threads, std::int64_t n, F&& f, bool parallel = true) {
 /// numerically stable softmax pieces. One definition, so the devices agree by construction.
 
 #include <cmath>
+#include <limits>
 
 
 namespace distill::math {
@@ -2102,6 +2209,59 @@ template <class T>
 DISTILL_HD inline T silu_grad(T x) {
     const T s = sigmoid(x);
     return s * (T(1) + x * (T(1) - s));
+}
+
+// ---- log-softmax pieces ----------------------------------------------------------------------------
+//
+// A row's log-softmax at scale c (c = 1/τ > 0) is formed from the row's *unscaled* maximum m and the
+// log of the sum of the shifted exponentials, kept apart:
+//
+//   log softmax(c·x)_j = (x_j − m)·c − log s,   s = Σ_i exp((x_i − m)·c),   m = max_i x_i.
+//
+// Never as c·x_j − lse with lse = c·m + log s rounded to one number: near |c·m| = 1e4 that number
+// carries an absolute error of ulp(1e4)/2 ≈ 5e-4 in fp32, which every log-probability inherits (a
+// 5e-4 relative error in every probability and gradient). x_j − m is exact wherever it matters
+// (Sterbenz: within a factor 2 of each other), so the log-probability keeps full relative
+// precision whatever the offset of the logits. (This is also how torch.log_softmax evaluates it.)
+
+/// (x − max)·scale − log_sum: one log-softmax entry (see above); −inf for x = −inf.
+template <class T>
+DISTILL_HD inline T log_softmax_entry(T x, T max, T scale, T log_sum) {
+    return (x - max) * scale - log_sum;
+}
+
+/// log(exp(a) + exp(b)), exact for infinite arguments.
+template <class T>
+DISTILL_HD inline T logaddexp(T a, T b) {
+    const T mx = a > b ? a : b;
+    if (mx == -std::numeric_limits<T>::infinity()) return mx;
+    return mx + std::log1p(std::exp(-std::abs(a - b)));
+}
+
+/// log(1 - exp(x)) for x <= 0 (Mächler's log1mexp: accurate for x near 0 and for x << 0).
+template <class T>
+DISTILL_HD inline T log1mexp(T x) {
+    return x > T(-0.6931471805599453) ? std::log(-std::expm1(x)) : std::log1p(-std::exp(x));
+}
+
+/// Below this |y| the mixture log `log_mix` takes its log1p form.
+template <class T>
+inline constexpr T log_mix_switch = T(0.5);
+
+/// log(a·e^x + b) for mixture weights a, b >= 0 with a + b = 1, each given to full precision
+/// (with its log), as the JSD's log(M/q) (a = β, x = log p − log q) and log(M/p) (a = 1−β,
+/// x = log q − log p) need it. Two forms, each accurate where it is used:
+/// - y = a·expm1(x) with |y| < 1/2: log1p(y). Near a·e^x + b = 1 the result is small and must keep
+///   *relative* precision (the JSD's first-order terms cancel in the sum, so each must be exact to
+///   rounding); y is, and log1p is well conditioned on (−1/2, 1/2).
+/// - otherwise: log-add-exp of log a + x and log b. Here 1 + y would cancel catastrophically (e.g.
+///   a = 1 − 10⁻⁶, x = −20: 1 + y = 10⁻⁶ + e⁻²⁰ from two numbers of size 1), while the two positive
+///   terms add without cancellation.
+/// x = −inf gives log b, x = +inf gives +inf; NaN x gives NaN.
+template <class T>
+DISTILL_HD inline T log_mix(T x, T a, T log_a, T log_b) {
+    const T y = a * std::expm1(x);
+    return (y > -log_mix_switch<T> && y < log_mix_switch<T>) ? std::log1p(y) : logaddexp(x + log_a, log_b);
 }
 
 }  // namespace distill::math
@@ -2352,11 +2512,11 @@ void causal_softmax_forward(const Reference&, T* att, int BH, int Tn, T scale) {
     for (int bh = 0; bh < BH; ++bh)
         for (int t = 0; t < Tn; ++t) {
             T* row = att + (std::int64_t(bh) * Tn + t) * Tn;
-            T mx = -std::numeric_limits<T>::infinity();
-            for (int j = 0; j <= t; ++j) mx = std::max(mx, scale * row[j]);
+            T mx = -std::numeric_limits<T>::infinity();  // the raw maximum: (x - max)·scale keeps the low bits
+            for (int j = 0; j <= t; ++j) mx = std::max(mx, row[j]);
             T sum = 0;
             for (int j = 0; j <= t; ++j) {
-                row[j] = std::exp(scale * row[j] - mx);
+                row[j] = std::exp((row[j] - mx) * scale);
                 sum += row[j];
             }
             for (int j = 0; j <= t; ++j) row[j] /= sum;
@@ -2409,6 +2569,8 @@ void embedding_backward(const Reference&, T* dwte, T* dwpe, const T* dout, const
 /// Cross-entropy with ignore_index -1 (torch.nn.functional.cross_entropy), fused with its gradient.
 /// For each of the N rows of logits(N,V) whose target >= 0: losses[n] = logsumexp(row) - row[target],
 /// dlogits[n] = (softmax(row) - onehot(target)) * dloss; ignored rows get loss 0 and zero gradient.
+/// The log-probabilities are (x - max) - log(sum) (math::log_softmax_entry), never x - lse with lse
+/// rounded near the largest logit.
 /// Returns the number of rows that count. dlogits may alias logits.
 template <class T>
 int cross_entropy_forward_backward(const Reference&, T* dlogits, T* losses, const T* logits,
@@ -2427,9 +2589,11 @@ int cross_entropy_forward_backward(const Reference&, T* dlogits, T* losses, cons
         for (int v = 0; v < V; ++v) mx = std::max(mx, row[v]);
         T sum = 0;
         for (int v = 0; v < V; ++v) sum += std::exp(row[v] - mx);
-        const T lse = mx + std::log(sum);
-        losses[n] = lse - row[targets[n]];
-        for (int v = 0; v < V; ++v) drow[v] = (std::exp(row[v] - lse) - (v == targets[n] ? T(1) : T(0))) * dloss;
+        const T log_sum = std::log(sum);
+        losses[n] = -math::log_softmax_entry(row[targets[n]], mx, T(1), log_sum);
+        for (int v = 0; v < V; ++v)
+            drow[v] = (std::exp(math::log_softmax_entry(row[v], mx, T(1), log_sum)) - (v == targets[n] ? T(1) : T(0))) *
+                      dloss;
     }
     return count;
 }
@@ -2454,12 +2618,12 @@ void attention_decode(const Reference&, T* out, T* scratch, const T* qkv, const 
             for (int j = 0; j < n; ++j) {
                 T s = 0;
                 for (int d = 0; d < hs; ++d) s += q[d] * kcache[base + std::int64_t(j) * hs + d];
-                p[j] = s * scale;
+                p[j] = s;
                 mx = std::max(mx, p[j]);
             }
             T sum = 0;
             for (int j = 0; j < n; ++j) {
-                p[j] = std::exp(p[j] - mx);
+                p[j] = std::exp((p[j] - mx) * scale);
                 sum += p[j];
             }
             T* o = out + std::int64_t(b) * C + h * hs;
@@ -2588,15 +2752,24 @@ struct KeyHash {
 inline const char* isa_name() {
     using isa = dnnl::cpu_isa;
     switch (dnnl::get_effective_cpu_isa()) {
-        case isa::sse41: return "sse41";
-        case isa::avx: return "avx";
-        case isa::avx2: return "avx2";
-        case isa::avx2_vnni: return "avx2_vnni";
-        case isa::avx512_core: return "avx512_core";
-        case isa::avx512_core_vnni: return "avx512_core_vnni";
-        case isa::avx512_core_bf16: return "avx512_core_bf16";
-        case isa::avx512_core_amx: return "avx512_core_amx";
-        default: return "other";
+        case isa::sse41:
+            return "sse41";
+        case isa::avx:
+            return "avx";
+        case isa::avx2:
+            return "avx2";
+        case isa::avx2_vnni:
+            return "avx2_vnni";
+        case isa::avx512_core:
+            return "avx512_core";
+        case isa::avx512_core_vnni:
+            return "avx512_core_vnni";
+        case isa::avx512_core_bf16:
+            return "avx512_core_bf16";
+        case isa::avx512_core_amx:
+            return "avx512_core_amx";
+        default:
+            return "other";
     }
 }
 
@@ -2764,10 +2937,16 @@ struct Cpu : HostMemory {
                "build has only Eigen's fp32 GEMM";
 #endif
     }
-    static bool bf16_supported() { return bf16_unsupported_reason().empty(); }
+    static bool bf16_supported() {
+        return bf16_unsupported_reason().empty();
+    }
 
-    int threads() const noexcept { return num_threads; }
-    precision compute_precision() const noexcept { return compute; }
+    int threads() const noexcept {
+        return num_threads;
+    }
+    precision compute_precision() const noexcept {
+        return compute;
+    }
 
     int num_threads;
     precision compute = precision::fp32;
@@ -3189,8 +3368,8 @@ void causal_softmax_forward(const Cpu& dev, T* att, int BH, int Tn, T scale) {
         const int t = static_cast<int>(r % Tn);
         T* row = att + r * Tn;
         Array<T> p(row, t + 1);
-        const T mx = p.maxCoeff() * scale;  // scale > 0
-        p = (p * scale - mx).exp();
+        const T mx = p.maxCoeff();  // the raw maximum: (x - max)·scale keeps the low bits of large scores
+        p = ((p - mx) * scale).exp();
         p /= p.sum();
         std::fill(row + t + 1, row + Tn, T(0));
     });
@@ -3257,10 +3436,11 @@ int cross_entropy_forward_backward(const Cpu& dev, T* dlogits, T* losses, const 
             return;
         }
         const ConstArray<T> x(logits + off, V);
+        // (x - max) - log(sum), never x - lse with lse rounded near the largest logit
         const T mx = x.maxCoeff();
-        const T lse = mx + std::log((x - mx).exp().sum());
-        losses[n] = lse - x[targets[n]];
-        d = (x - lse).exp() * dloss;
+        const T log_sum = std::log((x - mx).exp().sum());
+        losses[n] = log_sum - (x[targets[n]] - mx);
+        d = ((x - mx) - log_sum).exp() * dloss;
         d[targets[n]] -= dloss;
     });
     return count;
@@ -3285,8 +3465,8 @@ void attention_decode(const Cpu& dev, T* out, T* scratch, const T* qkv, const T*
         const Eigen::Map<const Vec> q(qkv + std::int64_t(b) * row + h * hs, hs);
         Eigen::Map<Vec> p(scratch + std::int64_t(bh) * Tmax, n);
         p.noalias() = K * q;
-        const T mx = p.maxCoeff() * scale;
-        p = (p.array() * scale - mx).exp().matrix();
+        const T mx = p.maxCoeff();
+        p = ((p.array() - mx) * scale).exp().matrix();
         p /= p.sum();
         Eigen::Map<Vec>(out + std::int64_t(b) * C + h * hs, hs).noalias() = Vm.transpose() * p;
     });
@@ -6553,12 +6733,12 @@ void masked_softmax_forward(const Device& dev, T* att, const T* mask, int B, int
     for (std::int64_t r = 0; r < rows; ++r) {
         const T* m = mask + (r / (std::int64_t(H) * Tn)) * Tn;
         T* row = att + r * Tn;
-        T mx = -std::numeric_limits<T>::infinity();
+        T mx = -std::numeric_limits<T>::infinity();  // the raw maximum: (x - max)·scale keeps the low bits
         for (int j = 0; j < Tn; ++j)
-            if (m[j] != T(0)) mx = std::max(mx, scale * row[j]);
+            if (m[j] != T(0)) mx = std::max(mx, row[j]);
         T sum = 0;
         for (int j = 0; j < Tn; ++j) {
-            row[j] = m[j] != T(0) ? std::exp(scale * row[j] - mx) : T(0);
+            row[j] = m[j] != T(0) ? std::exp((row[j] - mx) * scale) : T(0);
             sum += row[j];
         }
         const T inv = T(1) / sum;
@@ -7704,9 +7884,10 @@ public:
 
     /// Mean cross-entropy of the last forward's logits against targets(B,T); a target of -1 masks
     /// its position (prompt or padding) out of the mean. Writes d(loss)/d(logits) to `grad_logits()`.
-    /// Returns 0 (and zero gradient) when every position is masked.
+    /// Returns 0 (and zero gradient) when every position is masked. A model built with
+    /// `activations::inference` has no gradient buffers: it returns the value alone (evaluation's
+    /// perplexity of a teacher that keeps only its logits).
     T cross_entropy(const std::int32_t* targets) {
-        require_training("cross_entropy");
         const int N = B_ * T_, V = cfg_.vocab_size;
         int count = 0;
         for (int n = 0; n < N; ++n) {
@@ -7714,6 +7895,21 @@ public:
                 throw shape_error("cross_entropy: target " + std::to_string(targets[n]) + " at position " +
                                   std::to_string(n) + " is outside [-1, " + std::to_string(V) + ")");
             count += targets[n] >= 0;
+        }
+        if (mode_ == activations::inference) {
+            // log_softmax(z)[t] = (z_t - max) - log(sum exp(z - max)), per row, in double
+            const auto logits =
+                detail::read_on_host(dev_, static_cast<const T*>(act(logits_)), std::size_t(N) * std::size_t(V));
+            double nll = 0;
+            for (int n = 0; n < N; ++n) {
+                if (targets[n] < 0) continue;
+                const T* z = logits.data() + std::size_t(n) * std::size_t(V);
+                double m = -INFINITY, s = 0;
+                for (int v = 0; v < V; ++v) m = std::max(m, double(z[v]));
+                for (int v = 0; v < V; ++v) s += std::exp(double(z[v]) - m);
+                nll -= (double(z[targets[n]]) - m) - std::log(s);
+            }
+            return count ? T(nll / count) : T(0);
         }
         const T dloss = count ? T(1) / T(count) : T(0);
         cross_entropy_forward_backward(dev_, act(dlogits_), act(losses_), act(logits_), targets, N, V, dloss);
@@ -9888,7 +10084,8 @@ public:
     std::filesystem::path tokenizer_file() const { return data::tokenizer_file(tokenizer_of(cfg_)); }
 
     /// Hash of the architecture config and every parameter's name and bytes, the tokenizer and the
-    /// chat template: two teachers with equal fingerprints answer identically.
+    /// chat template, and a precision other than fp32: two teachers with equal fingerprints answer
+    /// identically.
     std::string fingerprint() const {
         detail::Sha256 h;
         h.update("distill.teacher.model.v1\n");
@@ -9897,7 +10094,11 @@ public:
             h.update(p.name);
             h.update(p.value.data(), sizeof(T) * std::size_t(p.value.numel()));
         }
-        return "model:sha256=" + h.hex().substr(0, 32) + ";" + template_.id();
+        std::string fp = "model:sha256=" + h.hex().substr(0, 32) + ";" + template_.id();
+        if constexpr (requires { net_.device().compute_precision(); })
+            if (net_.device().compute_precision() == decltype(net_.device().compute_precision())::bf16)
+                fp += ";precision=bf16";
+        return fp;
     }
 
     /// "model:<file> (<n> parameters)".
@@ -11495,74 +11696,9 @@ using json = nlohmann::json;
 
 // ---------------------------------------------------------------- UTF-8
 
-/// Appends the UTF-8 encoding of `cp` to `out`.
-inline void append_utf8(std::string& out, char32_t cp) {
-    if (cp < 0x80) {
-        out.push_back(static_cast<char>(cp));
-    } else if (cp < 0x800) {
-        out.push_back(static_cast<char>(0xC0 | (cp >> 6)));
-        out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-    } else if (cp < 0x10000) {
-        out.push_back(static_cast<char>(0xE0 | (cp >> 12)));
-        out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-        out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-    } else {
-        out.push_back(static_cast<char>(0xF0 | (cp >> 18)));
-        out.push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
-        out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-        out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-    }
-}
-
-inline constexpr char32_t replacement_char = 0xFFFD;
-
-/// Decodes one code point at `s[pos]`, advancing `pos`. An invalid sequence yields U+FFFD and
-/// advances over its maximal subpart (the longest prefix of a valid sequence, at least one byte), the
-/// substitution Python's and Rust's lossy decoders make.
-inline char32_t next_utf8(std::string_view s, std::size_t& pos) {
-    const auto b0 = static_cast<unsigned char>(s[pos]);
-    if (b0 < 0x80) {
-        ++pos;
-        return b0;
-    }
-    int need = 0;
-    char32_t cp = 0;
-    unsigned char lo = 0x80, hi = 0xBF;  // the valid range of the second byte
-    if (b0 >= 0xC2 && b0 <= 0xDF) {
-        need = 1;
-        cp = b0 & 0x1F;
-    } else if (b0 >= 0xE0 && b0 <= 0xEF) {
-        need = 2;
-        cp = b0 & 0x0F;
-        if (b0 == 0xE0) lo = 0xA0;
-        if (b0 == 0xED) hi = 0x9F;
-    } else if (b0 >= 0xF0 && b0 <= 0xF4) {
-        need = 3;
-        cp = b0 & 0x07;
-        if (b0 == 0xF0) lo = 0x90;
-        if (b0 == 0xF4) hi = 0x8F;
-    } else {
-        ++pos;
-        return replacement_char;
-    }
-    std::size_t p = pos + 1;
-    for (int i = 0; i < need; ++i, ++p) {
-        if (p >= s.size()) {
-            pos = p;
-            return replacement_char;
-        }
-        const auto b = static_cast<unsigned char>(s[p]);
-        if (b < lo || b > hi) {
-            pos = p;
-            return replacement_char;
-        }
-        lo = 0x80;
-        hi = 0xBF;
-        cp = (cp << 6) | (b & 0x3F);
-    }
-    pos = p;
-    return cp;
-}
+using utf8::append_utf8;
+using utf8::next_utf8;
+using utf8::replacement_char;
 
 /// Decodes valid UTF-8 (as every string inside the tokenizer is) into code points.
 inline std::u32string to_u32(std::string_view s) {
@@ -13842,12 +13978,17 @@ inline std::vector<std::int64_t> shuffled_order(std::size_t n, Rng& rng) {
 /// @file cpu_losses.hpp
 /// The loss kernels of `device::Cpu`: the same functions as `reference_losses.hpp`, fused and
 /// streaming. Each row is read from memory once: the first pass keeps an online maximum and
-/// log-sum-exp per 1024-element chunk (the chunk is swept twice while it sits in L1: max, then
+/// exp-sum per 1024-element chunk (the chunk is swept twice while it sits in L1: max, then
 /// exp-sum rescaled to the running maximum); the gradient pass re-reads the row, which is still in
 /// L2 (a 32 000-entry fp32 row pair is 256 KB), and writes the gradient. No (tokens × vocab)
 /// probability tensor exists at any point. Rows are spread over OpenMP threads with a static
 /// schedule and each row is reduced in a fixed order, so results are bit-identical run to run for
-/// a fixed thread count. Vectorized through Eigen array expressions (exp, log1p, expm1).
+/// a fixed thread count. Vectorized through Eigen packets and array expressions.
+///
+/// Numerics shared by every kernel here: log-probabilities are (x − max)·scale − log(sum) with the
+/// row's raw maximum and the log of its exp-sum kept apart (`math::log_softmax_entry`), never
+/// x·scale − lse with lse rounded to one number near the maximum logit; the exponential of −inf
+/// (a masked vocabulary entry) is exactly 0, so every term with a zero probability vanishes.
 
 #include <algorithm>
 #include <cmath>
@@ -13869,13 +14010,20 @@ inline std::vector<std::int64_t> shuffled_order(std::size_t n, Rng& rng) {
 /// double). They are the oracle `cpu_losses.hpp` is tested against; each names the PyTorch
 /// expression it mirrors.
 ///
-/// Conventions shared by every row kernel here and in `cpu_losses.hpp`:
+/// These are the building blocks of the loss terms (`loss/*.hpp`), not an entry point: code that
+/// wants a divergence of flat (N,V) logits calls the term with a (1,N,V) batch. Conventions shared
+/// by every row kernel here, in `cpu_losses.hpp` and in `cuda/losses.cuh`:
 /// - rows are (N,V) row-major; `mask` (N) says which rows count (nullptr: all of them);
-/// - `losses[n]` receives the row's divergence (0 for rows that do not count), not yet scaled;
+/// - `losses[n]` receives the row's divergence (0 for rows that do not count) — not multiplied by
+///   τ², not averaged over rows: a term's value is s · Σ losses / count (s = τ² or 1);
 /// - the gradient of row n goes to `d` (same shape as the student input): `d = g` when
 ///   `accumulate` is false (rows that do not count get zeros), `d += g` when it is true (rows that
-///   do not count are left alone), with g = grad_scale · ∂losses[n]/∂student;
-/// - logits are finite or −inf (a masked vocabulary entry); every row has a finite entry.
+///   do not count are left alone), with g = grad_scale · ∂losses[n]/∂student, the derivative with
+///   respect to the *unscaled* student logits (the kernel applies inv_tau itself) and `grad_scale`
+///   the caller's whole outer factor (a term passes weight · s / count);
+/// - logits are finite or −inf (a masked vocabulary entry); every row has a finite entry; a
+///   probability whose logit is −inf is exactly 0 and its terms vanish;
+/// - log-probabilities are formed as (x − max)·inv_tau − log(sum) (`math::log_softmax_entry`).
 
 #include <algorithm>
 #include <cmath>
@@ -13884,39 +14032,6 @@ inline std::vector<std::int64_t> shuffled_order(std::size_t n, Rng& rng) {
 #include <type_traits>
 
 
-namespace distill::math {
-
-/// log(exp(a) + exp(b)), exact for infinite arguments.
-template <class T>
-DISTILL_HD inline T logaddexp(T a, T b) {
-    const T mx = a > b ? a : b;
-    if (mx == -std::numeric_limits<T>::infinity()) return mx;
-    return mx + std::log1p(std::exp(-std::abs(a - b)));
-}
-
-/// log(1 - exp(x)) for x <= 0 (Mächler's log1mexp: accurate for x near 0 and for x << 0).
-template <class T>
-DISTILL_HD inline T log1mexp(T x) {
-    return x > T(-0.6931471805599453) ? std::log(-std::expm1(x)) : std::log1p(-std::exp(x));
-}
-
-/// log(M/q) with M = β p + (1-β) q and r = log p - log q, 0 < β < 1: log1p(β expm1(r)) where
-/// that is accurate (r < 1; the JSD's first-order terms cancel in the sum, so each must be exact
-/// to relative rounding), log(β e^r + 1 - β) by log-add-exp where expm1 would overflow.
-template <class T>
-DISTILL_HD inline T jsd_log_m_over_q(T r, T beta) {
-    return r < T(1) ? std::log1p(beta * std::expm1(r)) : logaddexp(r + std::log(beta), std::log1p(-beta));
-}
-
-/// log(M/p), the mirror image: log1p((1-β) expm1(-r)) for r > -1, else log((1-β) e^{-r} + β) by
-/// log-add-exp (log(M/q) - r would lose log(M/p) to cancellation as β → 1).
-template <class T>
-DISTILL_HD inline T jsd_log_m_over_p(T r, T beta) {
-    return r > T(-1) ? std::log1p((T(1) - beta) * std::expm1(-r)) : logaddexp(std::log1p(-beta) - r, std::log(beta));
-}
-
-}  // namespace distill::math
-
 namespace distill::device {
 
 namespace reference_detail {
@@ -13924,20 +14039,41 @@ namespace reference_detail {
 template <class T>
 inline constexpr T neg_inf = -std::numeric_limits<T>::infinity();
 
-// The oracle sums in at least double, so it stays the more accurate side of every comparison
-// however long the row (a 50 000-term fp32 running sum drifts by ~1e-3 relative).
+// The oracle works in at least double (sums, log-probabilities, the mixture logs), so it stays the
+// more accurate side of every comparison however long the row or large the logits (a 50 000-term
+// fp32 running sum drifts by ~1e-3 relative). Results are rounded to T once, at the store.
 template <class T>
 using acc_t = std::conditional_t<(sizeof(T) < sizeof(double)), double, T>;
 
-// log Σ exp(x[j] · scale), j in [0, n).
+// The log-softmax of a row x[0..n) at scale c, as the unscaled maximum and the log of the sum
+// kept apart (math::log_softmax_entry): log softmax(c·x)_j = (x_j − max)·c − log_sum.
 template <class T>
-T logsumexp(const T* x, std::int64_t n, T scale) {
-    T mx = neg_inf<T>;
-    for (std::int64_t j = 0; j < n; ++j) mx = std::max(mx, x[j] * scale);
-    if (mx == neg_inf<T>) return mx;
-    acc_t<T> sum = 0;
-    for (std::int64_t j = 0; j < n; ++j) sum += std::exp(x[j] * scale - mx);
-    return mx + static_cast<T>(std::log(sum));
+struct row_stats {
+    acc_t<T> max = neg_inf<acc_t<T>>;
+    acc_t<T> log_sum = 0;
+    acc_t<T> scale = 1;
+    acc_t<T> log_prob(T x) const { return math::log_softmax_entry(acc_t<T>(x), max, scale, log_sum); }
+    bool empty() const { return max == neg_inf<acc_t<T>>; }
+};
+
+// row_stats of x[j]·scale over the j in [0, n) with keep(j).
+template <class T, class Keep>
+row_stats<T> log_softmax_stats(const T* x, std::int64_t n, T scale, Keep&& keep) {
+    using A = acc_t<T>;
+    row_stats<T> r;
+    r.scale = A(scale);
+    for (std::int64_t j = 0; j < n; ++j)
+        if (keep(j)) r.max = std::max(r.max, A(x[j]));
+    if (r.empty()) return r;
+    A sum = 0;
+    for (std::int64_t j = 0; j < n; ++j)
+        if (keep(j)) sum += std::exp((A(x[j]) - r.max) * r.scale);
+    r.log_sum = std::log(sum);
+    return r;
+}
+template <class T>
+row_stats<T> log_softmax_stats(const T* x, std::int64_t n, T scale) {
+    return log_softmax_stats(x, n, scale, [](std::int64_t) { return true; });
 }
 
 // The first index of the largest element of x[0..n).
@@ -13949,9 +14085,9 @@ std::int64_t argmax(const T* x, std::int64_t n) {
     return m;
 }
 
-template <class T>
-void store(T& d, T g, bool accumulate) {
-    d = accumulate ? d + g : g;
+template <class T, class A>
+void store(T& d, A g, bool accumulate) {
+    d = accumulate ? static_cast<T>(A(d) + g) : static_cast<T>(g);
 }
 
 }  // namespace reference_detail
@@ -13965,6 +14101,7 @@ template <class T>
 void kl_forward_backward(const Reference&, T* d, bool accumulate, T* losses, const T* student, const T* teacher,
                          const std::uint8_t* mask, std::int64_t N, int V, T inv_tau, T grad_scale) {
     using namespace reference_detail;
+    using A = acc_t<T>;
     for (std::int64_t n = 0; n < N; ++n) {
         const T* s = student + n * V;
         const T* t = teacher + n * V;
@@ -13974,13 +14111,13 @@ void kl_forward_backward(const Reference&, T* d, bool accumulate, T* losses, con
             if (!accumulate) std::fill(dr, dr + V, T(0));
             continue;
         }
-        const T lse_s = logsumexp(s, V, inv_tau), lse_t = logsumexp(t, V, inv_tau);
-        acc_t<T> kl = 0;
+        const auto ls = log_softmax_stats(s, V, inv_tau), lt = log_softmax_stats(t, V, inv_tau);
+        A kl = 0;
         for (int j = 0; j < V; ++j) {
-            const T p = std::exp(t[j] * inv_tau - lse_t), q = std::exp(s[j] * inv_tau - lse_s);
-            // log p - log q from the logits: exact where p underflows; p = 0 terms vanish (0 log 0 = 0)
-            if (p > 0) kl += p * ((t[j] * inv_tau - lse_t) - (s[j] * inv_tau - lse_s));
-            store(dr[j], grad_scale * inv_tau * (q - p), accumulate);
+            const A lp = lt.log_prob(t[j]), lq = ls.log_prob(s[j]);
+            const A p = std::exp(lp), q = std::exp(lq);
+            if (p > 0) kl += p * (lp - lq);  // p = 0 terms vanish (0 log 0 = 0)
+            store(dr[j], A(grad_scale) * A(inv_tau) * (q - p), accumulate);
         }
         losses[n] = static_cast<T>(kl);
     }
@@ -13989,14 +14126,16 @@ void kl_forward_backward(const Reference&, T* d, bool accumulate, T* losses, con
 /// Reverse KL per row with its gradient (torch: kl_div(log_softmax(t/τ), log_softmax(s/τ),
 /// log_target=True) summed over the row).
 /// losses[n] = KL(q‖p) = Σ_j q_j (log q_j - log p_j);  ∂/∂student_j = inv_tau q_j (e_j - Σ_i q_i e_i),
-/// e = log(q/p) - log(q_m/p_m), m the student's argmax: the same as q_j (log(q_j/p_j) - KL), but
-/// without subtracting two numbers of the size of the KL where q_m ≈ 1.
+/// e_j = log(q_j/p_j) - log(q_m/p_m) = ((s_j - s_m) - (t_j - t_m))·inv_tau, m the student's argmax:
+/// the same as q_j (log(q_j/p_j) - KL), but without subtracting two numbers of the size of the KL
+/// where q_m ≈ 1, and without the logits' offsets.
 /// Precondition: the teacher gives probability to every token the student does (−inf only where
 /// the student has −inf too), or the divergence is infinite.
 template <class T>
 void reverse_kl_forward_backward(const Reference&, T* d, bool accumulate, T* losses, const T* student, const T* teacher,
                                  const std::uint8_t* mask, std::int64_t N, int V, T inv_tau, T grad_scale) {
     using namespace reference_detail;
+    using A = acc_t<T>;
     for (std::int64_t n = 0; n < N; ++n) {
         const T* s = student + n * V;
         const T* t = teacher + n * V;
@@ -14006,21 +14145,22 @@ void reverse_kl_forward_backward(const Reference&, T* d, bool accumulate, T* los
             if (!accumulate) std::fill(dr, dr + V, T(0));
             continue;
         }
-        const T lse_s = logsumexp(s, V, inv_tau), lse_t = logsumexp(t, V, inv_tau);
+        const auto ls = log_softmax_stats(s, V, inv_tau), lt = log_softmax_stats(t, V, inv_tau);
         const std::int64_t m = argmax(s, V);
-        const T shift = (s[m] - t[m]) * inv_tau;
-        acc_t<T> kl = 0, ke = 0;
+        auto e = [&](int j) { return ((A(s[j]) - A(s[m])) - (A(t[j]) - A(t[m]))) * A(inv_tau); };
+        A kl = 0, ke = 0;
         for (int j = 0; j < V; ++j) {
-            const T q = std::exp(s[j] * inv_tau - lse_s);
+            const A lq = ls.log_prob(s[j]);
+            const A q = std::exp(lq);
             if (q > 0) {
-                kl += q * ((s[j] * inv_tau - lse_s) - (t[j] * inv_tau - lse_t));
-                ke += q * ((s[j] - t[j]) * inv_tau - shift);
+                kl += q * (lq - lt.log_prob(t[j]));
+                ke += q * e(j);
             }
         }
         for (int j = 0; j < V; ++j) {
-            const T q = std::exp(s[j] * inv_tau - lse_s);
-            const T g = q > 0 ? q * (((s[j] - t[j]) * inv_tau - shift) - static_cast<T>(ke)) : T(0);
-            store(dr[j], grad_scale * inv_tau * g, accumulate);
+            const A q = std::exp(ls.log_prob(s[j]));
+            const A g = q > 0 ? q * (e(j) - ke) : A(0);
+            store(dr[j], A(grad_scale) * A(inv_tau) * g, accumulate);
         }
         losses[n] = static_cast<T>(kl);
     }
@@ -14028,19 +14168,23 @@ void reverse_kl_forward_backward(const Reference&, T* d, bool accumulate, T* los
 
 /// Generalized Jensen–Shannon divergence per row with its gradient, normalized so that it is
 /// continuous in β on [0, 1] (see docs/losses.md):
-///   M = β p + (1-β) q,   J_β = [β KL(p‖M) + (1-β) KL(q‖M)] / (β (1-β)),
+///   M = β p + (1-β) q,   J_β = [β KL(p‖M) + (1-β) KL(q‖M)] / (β (1-β)) = KL(p‖M)/(1-β) + KL(q‖M)/β,
 ///   J_0 = KL(p‖q) (forward), J_1 = KL(q‖p) (reverse);
 ///   ∂J_β/∂z_j = -(1/β) q_j (log(M_j/q_j) + KL(q‖M)), z = student·inv_tau.
-/// The mixture is built from probabilities, in log space: log(M/q) = log1p(β expm1(log p - log q)).
+/// `beta` is a double: β and 1 − β are both formed in double before rounding (in fp32, 1 − β of a
+/// rounded β = 1 − 10⁻⁶ is 1.3 % off). The mixture is built from probabilities, in log space:
+/// log(M/q) = math::log_mix(log p − log q, β, ...), log(M/p) = math::log_mix(log q − log p, 1−β, ...).
 template <class T>
 void jsd_forward_backward(const Reference& dev, T* d, bool accumulate, T* losses, const T* student, const T* teacher,
-                          const std::uint8_t* mask, std::int64_t N, int V, T beta, T inv_tau, T grad_scale) {
+                          const std::uint8_t* mask, std::int64_t N, int V, double beta, T inv_tau, T grad_scale) {
     using namespace reference_detail;
-    if (beta <= T(0))
+    using A = acc_t<T>;
+    if (beta <= 0)
         return kl_forward_backward(dev, d, accumulate, losses, student, teacher, mask, N, V, inv_tau, grad_scale);
-    if (beta >= T(1))
+    if (beta >= 1)
         return reverse_kl_forward_backward(dev, d, accumulate, losses, student, teacher, mask, N, V, inv_tau,
                                            grad_scale);
+    const A b = A(beta), b1 = A(1 - beta), log_b = A(std::log(beta)), log_b1 = A(std::log1p(-beta));
     for (std::int64_t n = 0; n < N; ++n) {
         const T* s = student + n * V;
         const T* t = teacher + n * V;
@@ -14050,30 +14194,30 @@ void jsd_forward_backward(const Reference& dev, T* d, bool accumulate, T* losses
             if (!accumulate) std::fill(dr, dr + V, T(0));
             continue;
         }
-        const T lse_s = logsumexp(s, V, inv_tau), lse_t = logsumexp(t, V, inv_tau);
+        const auto ls = log_softmax_stats(s, V, inv_tau), lt = log_softmax_stats(t, V, inv_tau);
+        auto log_m_over_q = [&](int j) {
+            return math::log_mix(lt.log_prob(t[j]) - ls.log_prob(s[j]), b, log_b, log_b1);
+        };
         // the gradient's log(M/q) is shifted to 0 at the student's argmax m (see reverse_kl_forward_backward)
-        const std::int64_t m = argmax(s, V);
-        const T lmq_m = math::jsd_log_m_over_q((t[m] * inv_tau - lse_t) - (s[m] * inv_tau - lse_s), beta);
-        acc_t<T> kl_pm = 0, kl_qm = 0, kh = 0;  // KL(p‖M), KL(q‖M), Σ q (log(M/q) - log(M_m/q_m))
+        const A lmq_m = log_m_over_q(int(argmax(s, V)));
+        A kl_pm = 0, kl_qm = 0, kh = 0;  // KL(p‖M), KL(q‖M), Σ q (log(M/q) - log(M_m/q_m))
         for (int j = 0; j < V; ++j) {
-            const T lp = t[j] * inv_tau - lse_t, lq = s[j] * inv_tau - lse_s;
-            const T p = std::exp(lp), q = std::exp(lq);
-            const T r = lp - lq;
-            const T lmq = math::jsd_log_m_over_q(r, beta);
+            const A lp = lt.log_prob(t[j]), lq = ls.log_prob(s[j]);
+            const A p = std::exp(lp), q = std::exp(lq);
+            // a zero probability on one side makes its own terms vanish, whatever the other side's log
             if (q > 0) {
+                const A lmq = math::log_mix(lp - lq, b, log_b, log_b1);
                 kl_qm -= q * lmq;
                 kh += q * (lmq - lmq_m);
             }
-            if (p > 0) kl_pm -= p * math::jsd_log_m_over_p(r, beta);
+            if (p > 0) kl_pm -= p * math::log_mix(lq - lp, b1, log_b1, log_b);
         }
         for (int j = 0; j < V; ++j) {
-            const T lp = t[j] * inv_tau - lse_t, lq = s[j] * inv_tau - lse_s;
-            const T q = std::exp(lq);
-            const T g =
-                q > 0 ? -q * ((math::jsd_log_m_over_q(lp - lq, beta) - lmq_m) - static_cast<T>(kh)) / beta : T(0);
-            store(dr[j], grad_scale * inv_tau * g, accumulate);
+            const A q = std::exp(ls.log_prob(s[j]));
+            const A g = q > 0 ? -q * ((log_m_over_q(j) - lmq_m) - kh) / b : A(0);
+            store(dr[j], A(grad_scale) * A(inv_tau) * g, accumulate);
         }
-        losses[n] = static_cast<T>((beta * kl_pm + (1 - beta) * kl_qm) / (beta * (1 - beta)));
+        losses[n] = static_cast<T>(kl_pm / b1 + kl_qm / b);
     }
 }
 
@@ -14090,6 +14234,7 @@ void topk_kl_forward_backward(const Reference&, T* d, bool accumulate, T* losses
                               const std::int32_t* ids, const T* logprobs, const std::uint8_t* mask, std::int64_t N,
                               int V, int k, T inv_tau, T grad_scale) {
     using namespace reference_detail;
+    using A = acc_t<T>;
     for (std::int64_t n = 0; n < N; ++n) {
         const T* s = student + n * V;
         const std::int32_t* id = ids + n * k;
@@ -14100,41 +14245,36 @@ void topk_kl_forward_backward(const Reference&, T* d, bool accumulate, T* losses
             if (!accumulate) std::fill(dr, dr + V, T(0));
             continue;
         }
-        auto in_topk = [&](int j) {
+        auto in_topk = [&](std::int64_t j) {
             for (int i = 0; i < k; ++i)
                 if (id[i] == j) return true;
             return false;
         };
-        const T lse = logsumexp(s, V, inv_tau);
-        T tail_max = neg_inf<T>;
-        for (int j = 0; j < V; ++j)
-            if (!in_topk(j)) tail_max = std::max(tail_max, s[j] * inv_tau);
-        acc_t<T> tail_sum = 0;
-        if (tail_max > neg_inf<T>)
-            for (int j = 0; j < V; ++j)
-                if (!in_topk(j)) tail_sum += std::exp(s[j] * inv_tau - tail_max);
-        const T lse_rest = tail_max > neg_inf<T> ? tail_max + static_cast<T>(std::log(tail_sum)) : neg_inf<T>;
-        T lse_p = neg_inf<T>;
+        const auto all = log_softmax_stats(s, V, inv_tau);
+        const auto tail = log_softmax_stats(s, V, inv_tau, [&](std::int64_t j) { return !in_topk(j); });
+        // log q_rest = lse_rest - lse, from the two (max, log-sum) pairs
+        const A log_q_rest =
+            tail.empty() ? neg_inf<A> : (tail.max - all.max) * all.scale + (tail.log_sum - all.log_sum);
+        A lse_p = neg_inf<A>;
         for (int i = 0; i < k; ++i)
-            if (id[i] >= 0) lse_p = math::logaddexp(lse_p, lp[i]);
-        const bool has_rest = lse_p < T(0) && lse_rest > neg_inf<T>;
-        const T log_p_rest = has_rest ? math::log1mexp(lse_p) : neg_inf<T>;
-        const T p_rest = std::exp(log_p_rest);
-        acc_t<T> kl = 0;
+            if (id[i] >= 0) lse_p = math::logaddexp(lse_p, A(lp[i]));
+        const bool has_rest = lse_p < A(0) && !tail.empty();
+        const A log_p_rest = has_rest ? math::log1mexp(lse_p) : neg_inf<A>;
+        const A p_rest = std::exp(log_p_rest);
+        A kl = 0;
         for (int i = 0; i < k; ++i)
-            if (id[i] >= 0 && lp[i] > neg_inf<T>) kl += std::exp(lp[i]) * (lp[i] - (s[id[i]] * inv_tau - lse));
-        if (has_rest && p_rest > 0) kl += p_rest * (log_p_rest - (lse_rest - lse));
+            if (id[i] >= 0 && lp[i] > neg_inf<T>) kl += std::exp(A(lp[i])) * (A(lp[i]) - all.log_prob(s[id[i]]));
+        if (has_rest && p_rest > 0) kl += p_rest * (log_p_rest - log_q_rest);
         for (int j = 0; j < V; ++j) {
-            const T z = s[j] * inv_tau;
-            T g = std::exp(z - lse);
+            A g = std::exp(all.log_prob(s[j]));
             bool topk = false;
             for (int i = 0; i < k; ++i)
                 if (id[i] == j) {
-                    g -= std::exp(lp[i]);
+                    g -= std::exp(A(lp[i]));
                     topk = true;
                 }
-            if (!topk && has_rest) g -= p_rest * std::exp(z - lse_rest);
-            store(dr[j], grad_scale * inv_tau * g, accumulate);
+            if (!topk && has_rest) g -= p_rest * std::exp(tail.log_prob(s[j]));  // P_rest · q_j / q_rest
+            store(dr[j], A(grad_scale) * A(inv_tau) * g, accumulate);
         }
         losses[n] = static_cast<T>(kl);
     }
@@ -14142,12 +14282,13 @@ void topk_kl_forward_backward(const Reference&, T* d, bool accumulate, T* losses
 
 /// Cross-entropy per row with its gradient (torch: cross_entropy(logits, targets, ignore_index=-1,
 /// reduction='none')). A row counts when mask[n] (or no mask) and targets[n] >= 0.
-/// losses[n] = logsumexp(logits[n]) - logits[n, target];  ∂/∂logits = softmax - onehot(target).
+/// losses[n] = -log softmax(logits[n])_target;  ∂/∂logits = softmax - onehot(target).
 template <class T>
 void masked_cross_entropy_forward_backward(const Reference&, T* d, bool accumulate, T* losses, const T* logits,
                                            const std::int32_t* targets, const std::uint8_t* mask, std::int64_t N, int V,
                                            T grad_scale) {
     using namespace reference_detail;
+    using A = acc_t<T>;
     for (std::int64_t n = 0; n < N; ++n) {
         const T* x = logits + n * V;
         T* dr = d + n * V;
@@ -14156,10 +14297,10 @@ void masked_cross_entropy_forward_backward(const Reference&, T* d, bool accumula
             if (!accumulate) std::fill(dr, dr + V, T(0));
             continue;
         }
-        const T lse = logsumexp(x, V, T(1));
-        losses[n] = lse - x[targets[n]];
+        const auto st = log_softmax_stats(x, V, T(1));
+        losses[n] = static_cast<T>(-st.log_prob(x[targets[n]]));
         for (int j = 0; j < V; ++j)
-            store(dr[j], grad_scale * (std::exp(x[j] - lse) - (j == targets[n] ? T(1) : T(0))), accumulate);
+            store(dr[j], A(grad_scale) * (std::exp(st.log_prob(x[j])) - (j == targets[n] ? A(1) : A(0))), accumulate);
     }
 }
 
@@ -14218,6 +14359,7 @@ template <class T>
 void relation_kl_forward_backward(const Reference&, T* d, T* losses, const T* student, const T* teacher,
                                   const std::uint8_t* mask, int R, int Tn, T s_scale, T t_scale, T grad_scale) {
     using namespace reference_detail;
+    using A = acc_t<T>;
     const std::int64_t tt = std::int64_t(Tn) * Tn;
     for (int t = 0; t < Tn; ++t) losses[t] = 0;
     for (int r = 0; r < R; ++r)
@@ -14227,13 +14369,13 @@ void relation_kl_forward_backward(const Reference&, T* d, T* losses, const T* st
             T* dr = d + r * tt + std::int64_t(t) * Tn;
             std::fill(dr, dr + Tn, T(0));
             if (mask && !mask[t]) continue;
-            const T lse_s = logsumexp(s, t + 1, s_scale), lse_t = logsumexp(te, t + 1, t_scale);
-            acc_t<T> kl = 0;
+            const auto ls = log_softmax_stats(s, t + 1, s_scale), lt = log_softmax_stats(te, t + 1, t_scale);
+            A kl = 0;
             for (int j = 0; j <= t; ++j) {
-                const T lp = te[j] * t_scale - lse_t, lq = s[j] * s_scale - lse_s;
-                const T p = std::exp(lp);
+                const A lp = lt.log_prob(te[j]), lq = ls.log_prob(s[j]);
+                const A p = std::exp(lp);
                 if (p > 0) kl += p * (lp - lq);
-                dr[j] = grad_scale * s_scale * (std::exp(lq) - p);
+                dr[j] = static_cast<T>(A(grad_scale) * A(s_scale) * (std::exp(lq) - p));
             }
             losses[t] += static_cast<T>(kl);
         }
@@ -14255,63 +14397,115 @@ inline constexpr int chunk = 1024;
 template <class T>
 inline constexpr T neg_inf = -std::numeric_limits<T>::infinity();
 
-// Running (max, Σ exp(x - max)) of a stream of scaled logits, merged chunk by chunk.
+// Whether T's Eigen packet is the 16-float AVX-512 register (the intrinsics below apply).
+template <class T>
+inline constexpr bool is_avx512_float = std::is_same_v<T, float>&& Eigen::internal::packet_traits<float>::size == 16;
+
+// The smallest argument whose exponential is a normal number; below it exp gives 0 here.
+template <class T>
+inline constexpr T exp_floor = std::is_same_v<T, float> ? T(-87.33654475f) : T(-708.3964185322641);
+
+// exp of a packet, exactly 0 for −inf (and for anything whose exponential is subnormal).
+// Eigen's pexp clamps its argument at about −88.7 (fp32) / −709.8 (fp64) and returns a tiny
+// positive number for anything below, −inf included: a masked entry's probability would not be 0,
+// and its terms p·log(p/M) would become tiny·(+inf) = +inf instead of vanishing.
+// With AVX-512 and fp32, a leaner version of Eigen's: Cody–Waite reduction x = n ln2 + r,
+// |r| <= ln2/2, e^r by its degree-6 Taylor polynomial (relative error 1.2e-7, about one ulp), and
+// 2^n applied by `vscalefps`, which saturates to inf/0 by itself — 12 instructions against Eigen's
+// ~20, and the kernels' arithmetic is mostly these exponentials. Inputs below -104 give 0 (e^-104
+// rounds to 0 in fp32, so −inf gives exactly 0 without a mask).
+template <class T, class P>
+inline P vexp(const P& x) {
+#if defined(__AVX512F__)
+    if constexpr (is_avx512_float<T>) {
+        const __m512 xc = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-104.0f)), _mm512_set1_ps(88.7f));
+        const __m512 n =
+            _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT);
+        __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), xc);
+        r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+        __m512 p = _mm512_set1_ps(1.0f / 720.0f);
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+        return _mm512_scalef_ps(p, n);
+    } else
+#endif
+    {
+        using namespace Eigen::internal;
+        return pandnot(pexp(x), pcmp_lt(x, pset1<P>(exp_floor<T>)));
+    }
+}
+
+// Scalar exp with the same convention (std::exp already gives 0 for −inf; kept for symmetry).
+template <class T>
+inline T sexp(T x) {
+    return x < exp_floor<T> ? T(0) : std::exp(x);
+}
+
+// `vexp` as an Eigen unary functor: `array.unaryExpr(exp_op{})` instead of `array.exp()`.
+struct exp_op {
+    template <class S>
+    S operator()(const S& x) const {
+        return sexp(x);
+    }
+    template <class Packet>
+    Packet packetOp(const Packet& x) const {
+        return vexp<typename Eigen::internal::unpacket_traits<Packet>::type>(x);
+    }
+};
+
+// Running (raw max, Σ exp((x − max)·scale)) of a stream of logits, merged chunk by chunk; the
+// log-probability of x is (x − max)·scale − log(sum).
 template <class T>
 struct online_lse {
+    T scale = 1;
     T max = neg_inf<T>;
     T sum = 0;
     const T* max_chunk = nullptr;  // the chunk that holds the maximum
     int max_len = 0;
 
-    // Adds x[0..len) · scale (scale > 0). A chunk that is all -inf adds nothing.
-    void add(const T* x, int len, T scale) {
-        const ConstArray<T> a(x, len);
-        const T cmax = a.maxCoeff() * scale;
-        if (cmax == neg_inf<T>) return;
+    // Raises the running max to cmax (a chunk's max), rescaling the sum.
+    void raise(T cmax, const T* x, int len) {
         if (cmax > max) {
-            sum *= std::exp(max - cmax);
+            sum *= sexp((max - cmax) * scale);
             max = cmax;
             max_chunk = x;
             max_len = len;
         }
-        sum += (a * scale - max).exp().sum();
     }
-    // The offset of the (first) maximum from `row`, given the scale used in `add`.
-    std::int64_t argmax(const T* row, T scale) const {
-        for (int j = 0; j < max_len; ++j)
-            if (max_chunk[j] * scale == max) return (max_chunk - row) + j;
-        return 0;
+    // Adds x[0..len). A chunk that is all -inf adds nothing.
+    void add(const T* x, int len) {
+        const ConstArray<T> a(x, len);
+        const T cmax = a.maxCoeff();
+        if (cmax == neg_inf<T>) return;
+        raise(cmax, x, len);
+        sum += ((a - max) * scale).unaryExpr(exp_op{}).sum();
     }
-    // add(), also writing exp(x·scale - max) (relative to the running max after this chunk) to e.
-    void add_store(const T* x, int len, T scale, T* e) {
+    // add(), also writing exp((x − max)·scale) (relative to the running max after this chunk) to e.
+    void add_store(const T* x, int len, T* e) {
         const ConstArray<T> a(x, len);
         Array<T> out(e, len);
-        const T cmax = a.maxCoeff() * scale;
+        const T cmax = a.maxCoeff();
         if (cmax == neg_inf<T>) {
             out.setZero();
             return;
         }
-        if (cmax > max) {
-            sum *= std::exp(max - cmax);
-            max = cmax;
-            max_chunk = x;
-            max_len = len;
-        }
-        out = (a * scale - max).exp();
+        raise(cmax, x, len);
+        out = ((a - max) * scale).unaryExpr(exp_op{});
         sum += out.sum();
     }
-    // Adds an explicit array (already scaled).
-    void add_scaled(const T* x, int len) {
-        const ConstArray<T> a(x, len);
-        const T cmax = a.maxCoeff();
-        if (cmax == neg_inf<T>) return;
-        if (cmax > max) {
-            sum *= std::exp(max - cmax);
-            max = cmax;
-        }
-        sum += (a - max).exp().sum();
+    // The offset of the (first) maximum from `row`.
+    std::int64_t argmax(const T* row) const {
+        for (int j = 0; j < max_len; ++j)
+            if (max_chunk[j] == max) return (max_chunk - row) + j;
+        return 0;
     }
-    T value() const { return max == neg_inf<T> ? max : max + std::log(sum); }
+    bool empty() const { return max == neg_inf<T>; }
+    T log_sum() const { return std::log(sum); }
+    T log_prob(T x) const { return math::log_softmax_entry(x, max, scale, log_sum()); }
 };
 
 // A per-thread buffer of at least n elements for one row's intermediate values. It grows on the
@@ -14324,21 +14518,6 @@ T* row_scratch(std::size_t n) {
     return buffer.data();
 }
 
-// The first pass over a student/teacher row pair: both log-sum-exps in one sweep of memory, and
-// the position of the student's largest logit when `argmax` is given.
-template <class T>
-void lse_pair(const T* s, const T* t, int V, T inv_tau, T& lse_s, T& lse_t, std::int64_t* argmax = nullptr) {
-    online_lse<T> a, b;
-    for (int c = 0; c < V; c += chunk) {
-        const int len = std::min(chunk, V - c);
-        a.add(s + c, len, inv_tau);
-        b.add(t + c, len, inv_tau);
-    }
-    lse_s = a.value();
-    lse_t = b.value();
-    if (argmax) *argmax = a.argmax(s, inv_tau);
-}
-
 template <class T, class E>
 void store(T* d, int len, const E& g, bool accumulate) {
     Array<T> out(d, len);
@@ -14349,9 +14528,9 @@ void store(T* d, int len, const E& g, bool accumulate) {
 }
 
 // p · x where p > 0 and x is not -inf or NaN, else 0 — the terms p log(p/q) of a divergence,
-// where 0 · log 0 = 0: x is -inf or NaN (-inf - -inf) exactly where the probability's logit was
-// -inf, and then p is 0 (or, in double, the 5e-309 Eigen's exp returns for -inf). A vectorized
-// select (Eigen's `select` on a comparison runs one element at a time).
+// where 0 · log 0 = 0: p is exactly 0 wherever its logit was −inf (`vexp`), and x is −inf or NaN
+// where the other side's logit was. A vectorized select (Eigen's `select` on a comparison runs
+// one element at a time).
 struct product_where_positive {
     template <class S>
     S operator()(const S& p, const S& x) const {
@@ -14378,6 +14557,20 @@ void blend_if_less(T* out, const T* r, T bound, const T* a, const T* b, int len)
     for (; i + width <= len; i += width)
         pstoreu(out + i, pselect(pcmp_lt(ploadu<Packet>(r + i), pb), ploadu<Packet>(a + i), ploadu<Packet>(b + i)));
     for (; i < len; ++i) out[i] = r[i] < bound ? a[i] : b[i];
+}
+
+// out = math::log_mix(x, a, log_a, log_b) = log(a·e^x + b) elementwise (see there for the two
+// forms): both evaluated whole, then blended on |a·expm1(x)| < 1/2. y_buf and b_buf are scratch.
+template <class T>
+void log_mix(T* out, const T* x, int len, T a, T log_a, T log_b, T* y_buf, T* b_buf) {
+    const ConstArray<T> xa(x, len);
+    Array<T> y(y_buf, len), bb(b_buf, len), o(out, len);
+    // log-add-exp of log a + x and log b: max + log1p(exp(−|difference|))
+    bb = (xa + log_a).max(log_b) + (-((xa + log_a) - log_b).abs()).unaryExpr(exp_op{}).log1p();
+    y = a * xa.expm1();
+    o = y.log1p();
+    y = y.abs();
+    blend_if_less(out, y_buf, math::log_mix_switch<T>, out, b_buf, len);
 }
 
 // Below this many elements a kernel runs on one thread: waking a team costs more than the work.
@@ -14409,41 +14602,14 @@ template <>
 struct Eigen::internal::functor_traits<distill::device::cpu_loss_detail::product_where_positive> {
     enum { Cost = 3, PacketAccess = true };
 };
+template <>
+struct Eigen::internal::functor_traits<distill::device::cpu_loss_detail::exp_op> {
+    enum { Cost = 20, PacketAccess = true };
+};
 
 namespace distill::device {
 
 namespace cpu_loss_detail {
-
-// Whether T's Eigen packet is the 16-float AVX-512 register (the intrinsics below apply).
-template <class T>
-inline constexpr bool is_avx512_float = std::is_same_v<T, float>&& Eigen::internal::packet_traits<float>::size == 16;
-
-// exp of a packet. With AVX-512 and fp32, a leaner version of Eigen's: Cody–Waite reduction
-// x = n ln2 + r, |r| <= ln2/2, e^r by its degree-6 Taylor polynomial (relative error 1.2e-7,
-// about one ulp), and 2^n applied by `vscalefps`, which saturates to inf/0 by itself — 12
-// instructions against Eigen's ~20, and the kernels' arithmetic is mostly these exponentials.
-// Inputs below -104 give 0 (e^-104 is below the smallest subnormal float).
-template <class T, class P>
-inline P vexp(const P& x) {
-#if defined(__AVX512F__)
-    if constexpr (is_avx512_float<T>) {
-        const __m512 xc = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-104.0f)), _mm512_set1_ps(88.7f));
-        const __m512 n =
-            _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT);
-        __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), xc);
-        r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-        __m512 p = _mm512_set1_ps(1.0f / 720.0f);
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-        return _mm512_scalef_ps(p, n);
-    } else
-#endif
-        return Eigen::internal::pexp(x);
-}
 
 // Stores a packet of the gradient. `Stream` (first writer, 64-byte aligned address) uses a
 // non-temporal store: the (tokens × vocab) gradient does not fit any cache and is read back by
@@ -14466,10 +14632,10 @@ inline void stream_fence() {
 }
 
 // One row of the forward KL, written with Eigen's packet primitives so each sweep does all its
-// work in one loop: the streaming pass keeps both online log-sum-exps chunk by chunk and stores
-// the exponentials exp(z - running max) in `scratch` (2V + 2·chunks elements, L2-resident); the
-// second pass turns them into p and q with one multiply (no exp), adds p (log p - log q) from the
-// logits (re-read from cache) and writes the gradient g (q - p).
+// work in one loop: the streaming pass keeps both online (raw max, exp-sum) pairs chunk by chunk
+// and stores the exponentials exp((x − running max)·inv_tau) in `scratch` (2V + 2·chunks elements,
+// L2-resident); the second pass turns them into p and q with one multiply (no exp), adds
+// p (log p - log q) from the logits (re-read from cache) and writes the gradient g (q - p).
 template <bool Accumulate, class T>
 T kl_row(T* d, const T* s, const T* t, int V, T inv_tau, T g, T* scratch) {
     using namespace Eigen::internal;
@@ -14478,13 +14644,12 @@ T kl_row(T* d, const T* s, const T* t, int V, T inv_tau, T g, T* scratch) {
     const int chunks = (V + chunk - 1) / chunk;
     T* e_s = scratch;
     T* e_t = e_s + V;
-    T* m_s = e_t + V;  // the running maximum each chunk's exponentials are relative to
+    T* m_s = e_t + V;  // the running (raw) maximum each chunk's exponentials are relative to
     T* m_t = m_s + chunks;
     const P sc = pset1<P>(inv_tau);
     T max_s = neg_inf<T>, max_t = neg_inf<T>, sum_s = 0, sum_t = 0;
     for (int c = 0, k = 0; c < V; c += chunk, ++k) {
         const int len = std::min(chunk, V - c), vl = len / W * W;
-        // chunk maxima (inv_tau > 0, so max(x)·inv_tau = max(x·inv_tau))
         P vs = pset1<P>(neg_inf<T>), vt = vs;
         for (int i = 0; i < vl; i += W) {
             vs = pmax(vs, ploadu<P>(s + c + i));
@@ -14495,35 +14660,31 @@ T kl_row(T* d, const T* s, const T* t, int V, T inv_tau, T g, T* scratch) {
             cs = std::max(cs, s[c + i]);
             ct = std::max(ct, t[c + i]);
         }
-        cs *= inv_tau;
-        ct *= inv_tau;
         if (cs > max_s) {
-            sum_s *= std::exp(max_s - cs);
+            sum_s *= sexp((max_s - cs) * inv_tau);
             max_s = cs;
         }
         if (ct > max_t) {
-            sum_t *= std::exp(max_t - ct);
+            sum_t *= sexp((max_t - ct) * inv_tau);
             max_t = ct;
         }
         m_s[k] = max_s;
         m_t[k] = max_t;
-        if (max_s == neg_inf<T> || max_t == neg_inf<T>) {  // nothing finite yet: these exponentials are 0
+        if (max_s == neg_inf<T> || max_t == neg_inf<T>) {  // nothing finite yet on a side: its exponentials are 0
             std::fill(e_s + c, e_s + c + len, T(0));
             std::fill(e_t + c, e_t + c + len, T(0));
-            if (max_s == neg_inf<T>) m_s[k] = T(0);
-            if (max_t == neg_inf<T>) m_t[k] = T(0);
             if (max_s > neg_inf<T>)
-                for (int i = 0; i < len; ++i) sum_s += (e_s[c + i] = std::exp(s[c + i] * inv_tau - max_s));
+                for (int i = 0; i < len; ++i) sum_s += (e_s[c + i] = sexp((s[c + i] - max_s) * inv_tau));
             if (max_t > neg_inf<T>)
-                for (int i = 0; i < len; ++i) sum_t += (e_t[c + i] = std::exp(t[c + i] * inv_tau - max_t));
+                for (int i = 0; i < len; ++i) sum_t += (e_t[c + i] = sexp((t[c + i] - max_t) * inv_tau));
             continue;
         }
         // exponentials relative to the running maxima, stored and summed in the same sweep
         const P ms = pset1<P>(max_s), mt = pset1<P>(max_t);
         P as = pzero(ms), at = pzero(mt);
         for (int i = 0; i < vl; i += W) {
-            const P es = vexp<T>(psub(pmul(ploadu<P>(s + c + i), sc), ms));
-            const P et = vexp<T>(psub(pmul(ploadu<P>(t + c + i), sc), mt));
+            const P es = vexp<T>(pmul(psub(ploadu<P>(s + c + i), ms), sc));
+            const P et = vexp<T>(pmul(psub(ploadu<P>(t + c + i), mt), sc));
             pstoreu(e_s + c + i, es);
             pstoreu(e_t + c + i, et);
             as = padd(as, es);
@@ -14531,28 +14692,30 @@ T kl_row(T* d, const T* s, const T* t, int V, T inv_tau, T g, T* scratch) {
         }
         T rs = predux(as), rt = predux(at);
         for (int i = vl; i < len; ++i) {
-            rs += (e_s[c + i] = std::exp(s[c + i] * inv_tau - max_s));
-            rt += (e_t[c + i] = std::exp(t[c + i] * inv_tau - max_t));
+            rs += (e_s[c + i] = sexp((s[c + i] - max_s) * inv_tau));
+            rt += (e_t[c + i] = sexp((t[c + i] - max_t) * inv_tau));
         }
         sum_s += rs;
         sum_t += rt;
     }
-    const T lse_s = max_s + std::log(sum_s), lse_t = max_t + std::log(sum_t), delta = lse_t - lse_s;
+    // log q_j = (s_j − max_s)·inv_tau − log_s, log p_j likewise
+    const T log_s = std::log(sum_s), log_t = std::log(sum_t), delta = log_t - log_s;
     const product_where_positive plogr;
-    const P pd = pset1<P>(delta), pg = pset1<P>(g);
+    const P pd = pset1<P>(delta), pg = pset1<P>(g), pms = pset1<P>(max_s), pmt = pset1<P>(max_t);
     P acc = pset1<P>(T(0));
     T tail = 0;
     auto second_pass = [&]<bool Stream>() {
         for (int c = 0, k = 0; c < V; c += chunk, ++k) {
             const int len = std::min(chunk, V - c), vl = len / W * W;
-            // q = exp(z_s - m_k) · exp(m_k - lse_s), p likewise
-            const T fs = std::exp(m_s[k] - lse_s), ft = std::exp(m_t[k] - lse_t);
+            // q = exp((s - m_k)·inv_tau) · exp((m_k - max_s)·inv_tau - log_s), p likewise
+            const T fs = sexp((m_s[k] - max_s) * inv_tau - log_s), ft = sexp((m_t[k] - max_t) * inv_tau - log_t);
             const P pfs = pset1<P>(fs), pft = pset1<P>(ft);
             for (int i = 0; i < vl; i += W) {
                 const P q = pmul(ploadu<P>(e_s + c + i), pfs);
                 const P p = pmul(ploadu<P>(e_t + c + i), pft);
-                // log p - log q = (t - s)/τ - (lse_t - lse_s), exact where p underflows
-                const P x = psub(pmul(psub(ploadu<P>(t + c + i), ploadu<P>(s + c + i)), sc), pd);
+                // log p - log q = ((t - max_t) - (s - max_s))/τ - (log_t - log_s): each difference of
+                // logits is taken against its own row's maximum, so no offset enters the rounding
+                const P x = psub(pmul(psub(psub(ploadu<P>(t + c + i), pmt), psub(ploadu<P>(s + c + i), pms)), sc), pd);
                 acc = padd(acc, plogr.packetOp(p, x));
                 P grad = pmul(pg, psub(q, p));
                 if constexpr (Accumulate) grad = padd(grad, ploadu<P>(d + c + i));
@@ -14560,7 +14723,7 @@ T kl_row(T* d, const T* s, const T* t, int V, T inv_tau, T g, T* scratch) {
             }
             for (int i = vl; i < len; ++i) {
                 const T q = e_s[c + i] * fs, p = e_t[c + i] * ft;
-                tail += plogr(p, (t[c + i] - s[c + i]) * inv_tau - delta);
+                tail += plogr(p, ((t[c + i] - max_t) - (s[c + i] - max_s)) * inv_tau - delta);
                 d[c + i] = (Accumulate ? d[c + i] : T(0)) + g * (q - p);
             }
         }
@@ -14578,11 +14741,11 @@ T kl_row(T* d, const T* s, const T* t, int V, T inv_tau, T g, T* scratch) {
 }  // namespace cpu_loss_detail
 
 /// Forward KL per row with its gradient (see the Reference kernel for the formula). The streaming
-/// pass reads both rows from memory once, keeps the online log-sum-exps and leaves the
-/// exponentials exp(z - running max) of every chunk in a per-thread row buffer (L2-resident; grown
-/// once, never per call); the second pass turns them into p and q with one multiply per element
-/// (no exp), re-reading the logits from cache only for the value Σ p (log p - log q), and writes
-/// the gradient. Two exponentials per element in all.
+/// pass reads both rows from memory once, keeps the online (max, exp-sum) pairs and leaves the
+/// exponentials exp((x - running max)/τ) of every chunk in a per-thread row buffer (L2-resident;
+/// grown once, never per call); the second pass turns them into p and q with one multiply per
+/// element (no exp), re-reading the logits from cache only for the value Σ p (log p - log q), and
+/// writes the gradient. Two exponentials per element in all.
 template <class T>
 void kl_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losses, const T* student, const T* teacher,
                          const std::uint8_t* mask, std::int64_t N, int V, T inv_tau, T grad_scale) {
@@ -14596,10 +14759,11 @@ void kl_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losses, const
     });
 }
 
-/// Reverse KL per row with its gradient (see the Reference kernel): log-sum-exps, then the value,
-/// then the gradient, which needs the value (the last two passes read the row from cache). The
-/// gradient is q_j (e_j − Σ q_i e_i) with e the log-ratio shifted to 0 at the student's argmax m:
-/// where q_m ≈ 1 the unshifted form subtracts two nearly equal numbers of the size of the KL.
+/// Reverse KL per row with its gradient (see the Reference kernel): (max, exp-sum) pairs, then the
+/// value, then the gradient, which needs the value (the last two passes read the row from cache).
+/// The gradient is q_j (e_j − Σ q_i e_i) with e the log-ratio shifted to 0 at the student's argmax
+/// m, e_j = ((s_j − s_m) − (t_j − t_m))/τ: where q_m ≈ 1 the unshifted form subtracts two nearly
+/// equal numbers of the size of the KL.
 template <class T>
 void reverse_kl_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losses, const T* student, const T* teacher,
                                  const std::uint8_t* mask, std::int64_t N, int V, T inv_tau, T grad_scale) {
@@ -14613,79 +14777,85 @@ void reverse_kl_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losse
         const int chunks = (V + chunk - 1) / chunk;
         T* e_s = row_scratch<T>(std::size_t(V) + std::size_t(chunks));
         T* m_s = e_s + V;
-        online_lse<T> ls, lt;
+        online_lse<T> ls{inv_tau}, lt{inv_tau};
         for (int c = 0, k = 0; c < V; c += chunk, ++k) {
             const int len = std::min(chunk, V - c);
-            ls.add_store(s + c, len, inv_tau, e_s + c);
-            lt.add(t + c, len, inv_tau);
+            ls.add_store(s + c, len, e_s + c);
+            lt.add(t + c, len);
             m_s[k] = ls.max;
         }
-        const T lse_s = ls.value(), lse_t = lt.value();
-        const std::int64_t m = ls.argmax(s, inv_tau);
-        const T shift = (s[m] - t[m]) * inv_tau;  // e_i = (s_i - t_i)/τ - shift: log(q_i/p_i) - log(q_m/p_m)
+        const T log_s = ls.log_sum(), log_t = lt.log_sum();
+        const std::int64_t m = ls.argmax(s);
+        const T sm = s[m], tm = t[m];
         T kl = 0, ke = 0;
         for (int c = 0, k = 0; c < V; c += chunk, ++k) {
             const int len = std::min(chunk, V - c);
             const ConstArray<T> sa(s + c, len), ta(t + c, len);
-            const auto q = ConstArray<T>(e_s + c, len) * std::exp(m_s[k] - lse_s);
-            kl += q.binaryExpr((sa - ta) * inv_tau + (lse_t - lse_s), product_where_positive{}).sum();
-            ke += q.binaryExpr((sa - ta) * inv_tau - shift, product_where_positive{}).sum();
+            const auto q = ConstArray<T>(e_s + c, len) * sexp((m_s[k] - ls.max) * inv_tau - log_s);
+            // log q − log p = ((s − max_s) − (t − max_t))/τ − (log_s − log_t)
+            kl += q.binaryExpr(((sa - ls.max) - (ta - lt.max)) * inv_tau - (log_s - log_t), product_where_positive{})
+                      .sum();
+            ke += q.binaryExpr(((sa - sm) - (ta - tm)) * inv_tau, product_where_positive{}).sum();
         }
         for (int c = 0, k = 0; c < V; c += chunk, ++k) {
             const int len = std::min(chunk, V - c);
             const ConstArray<T> sa(s + c, len), ta(t + c, len);
-            const auto q = ConstArray<T>(e_s + c, len) * std::exp(m_s[k] - lse_s);
-            store(d + n * V + c, len, g * q.binaryExpr(((sa - ta) * inv_tau - shift) - ke, product_where_positive{}),
-                  accumulate);
+            const auto q = ConstArray<T>(e_s + c, len) * sexp((m_s[k] - ls.max) * inv_tau - log_s);
+            store(d + n * V + c, len,
+                  g * q.binaryExpr(((sa - sm) - (ta - tm)) * inv_tau - ke, product_where_positive{}), accumulate);
         }
         return kl;
     });
 }
 
 /// Generalized JSD per row with its gradient (see the Reference kernel for the formula and its
-/// normalization); β = 0 and β = 1 are exactly the forward and reverse KL kernels.
+/// normalization); β = 0 and β = 1 are exactly the forward and reverse KL kernels. `beta` is a
+/// double so that β and 1 − β are both formed before rounding; log(M/q) and log(M/p) are
+/// `math::log_mix`, whose two forms are evaluated whole and blended.
 template <class T>
 void jsd_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losses, const T* student, const T* teacher,
-                          const std::uint8_t* mask, std::int64_t N, int V, T beta, T inv_tau, T grad_scale) {
+                          const std::uint8_t* mask, std::int64_t N, int V, double beta, T inv_tau, T grad_scale) {
     using namespace cpu_loss_detail;
-    if (beta <= T(0))
+    if (beta <= 0)
         return kl_forward_backward(dev, d, accumulate, losses, student, teacher, mask, N, V, inv_tau, grad_scale);
-    if (beta >= T(1))
+    if (beta >= 1)
         return reverse_kl_forward_backward(dev, d, accumulate, losses, student, teacher, mask, N, V, inv_tau,
                                            grad_scale);
-    const T g = grad_scale * inv_tau / beta;
-    const T log_beta = std::log(beta), log_1m_beta = std::log1p(-beta);
+    const T b = T(beta), b1 = T(1 - beta), log_b = T(std::log(beta)), log_b1 = T(std::log1p(-beta));
+    const T g = T(double(grad_scale) * double(inv_tau) / beta);
     for_rows(dev.threads(), d, accumulate, losses, mask, N, V, [&](std::int64_t n) {
         const T* s = student + n * V;
         const T* t = teacher + n * V;
-        T lse_s, lse_t;
-        std::int64_t m;
-        lse_pair(s, t, V, inv_tau, lse_s, lse_t, &m);
+        online_lse<T> ls{inv_tau}, lt{inv_tau};
+        for (int c = 0; c < V; c += chunk) {
+            const int len = std::min(chunk, V - c);
+            ls.add(s + c, len);
+            lt.add(t + c, len);
+        }
+        const T log_s = ls.log_sum(), log_t = lt.log_sum();
         // log(M/q) at the student's argmax: the gradient uses log(M/q) shifted to 0 there (see ReverseKL)
-        const T lmq_m = math::jsd_log_m_over_q((t[m] * inv_tau - lse_t) - (s[m] * inv_tau - lse_s), beta);
+        const std::int64_t m = ls.argmax(s);
+        const T lmq_m = math::log_mix(lt.log_prob(t[m]) - ls.log_prob(s[m]), b, log_b, log_b1);
         // q and log(M/q) of the whole row stay in a per-thread buffer for the gradient pass
         T* q_row = row_scratch<T>(2 * std::size_t(V));
         T* lmq_row = q_row + V;
-        alignas(64) T r_buf[chunk], a_buf[chunk], b_buf[chunk];
+        alignas(64) T r_buf[chunk], lmp_buf[chunk], y_buf[chunk], b_buf[chunk];
         T kl_pm = 0, kl_qm = 0, kh = 0;
         for (int c = 0; c < V; c += chunk) {
             const int len = std::min(chunk, V - c);
             const ConstArray<T> sa(s + c, len), ta(t + c, len);
-            Array<T> r(r_buf, len), a(a_buf, len), b(b_buf, len), q(q_row + c, len), lmq(lmq_row + c, len);
-            r = (ta * inv_tau - lse_t) - (sa * inv_tau - lse_s);
-            q = (sa * inv_tau - lse_s).exp();
-            // log(M/q): the two branches of math::jsd_log_m_over_q evaluated whole, then blended
-            a = (beta * r.expm1()).log1p();
-            b = (r + log_beta).max(log_1m_beta) + (-((r + log_beta) - log_1m_beta).abs()).exp().log1p();
-            blend_if_less(lmq_row + c, r_buf, T(1), a_buf, b_buf, len);
-            // log(M/p): log1p((1-β) expm1(-r)) for -r < 1, else log-add-exp (math::jsd_log_m_over_p)
-            b = (log_1m_beta - r).max(log_beta) + (-((log_1m_beta - r) - log_beta).abs()).exp().log1p();
-            a = ((T(1) - beta) * (-r).expm1()).log1p();
+            Array<T> r(r_buf, len), q(q_row + c, len);
+            const auto lq = (sa - ls.max) * inv_tau - log_s;
+            const auto lp = (ta - lt.max) * inv_tau - log_t;
+            r = lp - lq;  // log p − log q
+            q = lq.unaryExpr(exp_op{});
+            const auto p = lp.unaryExpr(exp_op{});
+            log_mix(lmq_row + c, r_buf, len, b, log_b, log_b1, y_buf, b_buf);  // log(M/q)
             r = -r;
-            blend_if_less(a_buf, r_buf, T(1), a_buf, b_buf, len);
-            const auto p = (ta * inv_tau - lse_t).exp();
+            log_mix(lmp_buf, r_buf, len, b1, log_b1, log_b, y_buf, b_buf);  // log(M/p)
+            const ConstArray<T> lmq(lmq_row + c, len), lmp(lmp_buf, len);
             kl_qm -= q.binaryExpr(lmq, product_where_positive{}).sum();
-            kl_pm -= p.binaryExpr(a, product_where_positive{}).sum();
+            kl_pm -= p.binaryExpr(lmp, product_where_positive{}).sum();
             kh += q.binaryExpr(lmq - lmq_m, product_where_positive{}).sum();
         }
         for (int c = 0; c < V; c += chunk) {
@@ -14693,13 +14863,14 @@ void jsd_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losses, cons
             const ConstArray<T> q(q_row + c, len), lmq(lmq_row + c, len);
             store(d + n * V + c, len, -g * q.binaryExpr((lmq - lmq_m) - kh, product_where_positive{}), accumulate);
         }
-        return (beta * kl_pm + (T(1) - beta) * kl_qm) / (beta * (T(1) - beta));
+        return T(double(kl_pm) / (1 - beta) + double(kl_qm) / beta);
     });
 }
 
 /// Sparse top-k forward KL per row with its gradient (see the Reference kernel). The first pass
-/// keeps two online log-sum-exps: over the whole row, and over the row with the top-k entries set
-/// to -inf (the tail, summed directly so q_rest keeps full relative precision however small it is).
+/// keeps the (max, exp-sum) pair of the tail: the row with the top-k entries set to -inf (summed
+/// directly, so q_rest keeps full relative precision however small it is); the whole row's pair
+/// is the tail's merged with the k top entries.
 template <class T>
 void topk_kl_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losses, const T* student,
                               const std::int32_t* ids, const T* logprobs, const std::uint8_t* mask, std::int64_t N,
@@ -14712,62 +14883,70 @@ void topk_kl_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losses, 
         const T* lp = logprobs + n * k;
         T* dr = d + n * V;
         alignas(64) T z_buf[chunk];
-        online_lse<T> tail;
+        online_lse<T> tail{inv_tau};
         for (int c = 0; c < V; c += chunk) {
             const int len = std::min(chunk, V - c);
-            Array<T> z(z_buf, len);
-            z = ConstArray<T>(s + c, len) * inv_tau;
+            std::copy(s + c, s + c + len, z_buf);
             for (int i = 0; i < k; ++i)
                 if (id[i] >= c && id[i] < c + len) z_buf[id[i] - c] = neg_inf<T>;
-            tail.add_scaled(z_buf, len);
+            tail.add(z_buf, len);
         }
-        const T lse_rest = tail.value();
-        T lse_k = neg_inf<T>, lse_p = neg_inf<T>;
+        // the whole row: the tail's pair merged with the top-k entries
+        T max = tail.max;
+        for (int i = 0; i < k; ++i)
+            if (id[i] >= 0) max = std::max(max, s[id[i]]);
+        T sum = tail.empty() ? T(0) : tail.sum * sexp((tail.max - max) * inv_tau);
+        T lse_p = neg_inf<T>;
         for (int i = 0; i < k; ++i)
             if (id[i] >= 0) {
-                lse_k = math::logaddexp(lse_k, s[id[i]] * inv_tau);
+                sum += sexp((s[id[i]] - max) * inv_tau);
                 lse_p = math::logaddexp(lse_p, lp[i]);
             }
-        const T lse = math::logaddexp(lse_rest, lse_k);
-        const bool has_rest = lse_p < T(0) && lse_rest > neg_inf<T>;
+        const T log_sum = std::log(sum);
+        auto log_q = [&](T x) { return math::log_softmax_entry(x, max, inv_tau, log_sum); };
+        const bool has_rest = lse_p < T(0) && !tail.empty();
+        const T log_q_rest = has_rest ? (tail.max - max) * inv_tau + (tail.log_sum() - log_sum) : neg_inf<T>;
         const T log_p_rest = has_rest ? math::log1mexp(lse_p) : neg_inf<T>;
-        const T p_rest = std::exp(log_p_rest);
+        const T p_rest = sexp(log_p_rest);
         T kl = 0;
         for (int i = 0; i < k; ++i)
-            if (id[i] >= 0 && lp[i] > neg_inf<T>) kl += std::exp(lp[i]) * (lp[i] - (s[id[i]] * inv_tau - lse));
-        if (has_rest && p_rest > 0) kl += p_rest * (log_p_rest - (lse_rest - lse));
+            if (id[i] >= 0 && lp[i] > neg_inf<T>) kl += std::exp(lp[i]) * (lp[i] - log_q(s[id[i]]));
+        if (has_rest && p_rest > 0) kl += p_rest * (log_p_rest - log_q_rest);
         // the top-k entries' old values, so the tail formula can be replaced there afterwards
         constexpr int stash = 64;
         T old[stash];
         const bool stashed = accumulate && k <= stash;
         if (stashed)
             for (int i = 0; i < k; ++i) old[i] = id[i] >= 0 ? dr[id[i]] : T(0);
+        const T tail_log_sum = has_rest ? tail.log_sum() : T(0);
         for (int c = 0; c < V; c += chunk) {
             const int len = std::min(chunk, V - c);
             const ConstArray<T> sa(s + c, len);
-            if (has_rest)
-                store(dr + c, len, g * ((sa * inv_tau - lse).exp() - p_rest * (sa * inv_tau - lse_rest).exp()),
+            const auto q = ((sa - max) * inv_tau - log_sum).unaryExpr(exp_op{});
+            if (has_rest)  // q_j − P_rest · q_j/q_rest, q_j/q_rest = exp((s_j − tail max)/τ − tail log-sum)
+                store(dr + c, len, g * (q - p_rest * ((sa - tail.max) * inv_tau - tail_log_sum).unaryExpr(exp_op{})),
                       accumulate);
             else
-                store(dr + c, len, g * (sa * inv_tau - lse).exp(), accumulate);
+                store(dr + c, len, g * q, accumulate);
         }
         for (int i = 0; i < k; ++i) {
             if (id[i] < 0) continue;
-            const T z = s[id[i]] * inv_tau;
-            const T gi = g * (std::exp(z - lse) - std::exp(lp[i]));
+            const T x = s[id[i]];
+            const T gi = g * (sexp(log_q(x)) - std::exp(lp[i]));
             if (!accumulate)
                 dr[id[i]] = gi;
             else if (stashed)
                 dr[id[i]] = old[i] + gi;
-            else  // more slots than the stash: undo the tail formula instead (p_rest e^{z-lse_rest} <= p_rest)
-                dr[id[i]] += gi - g * (std::exp(z - lse) - (has_rest ? p_rest * std::exp(z - lse_rest) : T(0)));
+            else  // more slots than the stash: undo the tail formula instead
+                dr[id[i]] += gi - g * (sexp(log_q(x)) -
+                                       (has_rest ? p_rest * sexp((x - tail.max) * inv_tau - tail_log_sum) : T(0)));
         }
         return kl;
     });
 }
 
 /// Cross-entropy per row with its gradient (see the Reference kernel): one online pass for the
-/// log-sum-exp, one for the gradient.
+/// (max, exp-sum) pair, one for the gradient.
 template <class T>
 void masked_cross_entropy_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losses, const T* logits,
                                            const std::int32_t* targets, const std::uint8_t* mask, std::int64_t N, int V,
@@ -14783,16 +14962,18 @@ void masked_cross_entropy_forward_backward(const Cpu& dev, T* d, bool accumulate
                 if (!accumulate) std::fill(dr, dr + V, T(0));
                 return;
             }
-            online_lse<T> acc;
-            for (int c = 0; c < V; c += chunk) acc.add(x + c, std::min(chunk, V - c), T(1));
-            const T lse = acc.value();
+            online_lse<T> acc{T(1)};
+            for (int c = 0; c < V; c += chunk) acc.add(x + c, std::min(chunk, V - c));
+            const T max = acc.max, log_sum = acc.log_sum();
             const T old = dr[targets[n]];
             for (int c = 0; c < V; c += chunk) {
                 const int len = std::min(chunk, V - c);
-                store(dr + c, len, grad_scale * (ConstArray<T>(x + c, len) - lse).exp(), accumulate);
+                store(dr + c, len, grad_scale * ((ConstArray<T>(x + c, len) - max) - log_sum).unaryExpr(exp_op{}),
+                      accumulate);
             }
-            dr[targets[n]] = (accumulate ? old : T(0)) + grad_scale * (std::exp(x[targets[n]] - lse) - T(1));
-            losses[n] = lse - x[targets[n]];
+            const T lp = acc.log_prob(x[targets[n]]);
+            dr[targets[n]] = (accumulate ? old : T(0)) + grad_scale * (sexp(lp) - T(1));
+            losses[n] = -lp;
         },
         N * V >= parallel_threshold);
 }
@@ -14860,14 +15041,13 @@ void relation_kl_forward_backward(const Cpu& dev, T* d, T* losses, const T* stud
                     continue;
                 }
                 const ConstArray<T> sa(student + off, len), ta(teacher + off, len);
-                online_lse<T> ls, lt;
-                ls.add(student + off, len, s_scale);
-                lt.add(teacher + off, len, t_scale);
-                const T lse_s = ls.value(), lse_t = lt.value();
-                const auto lp = ta * t_scale - lse_t;
-                const auto lq = sa * s_scale - lse_s;
-                kl += lp.exp().binaryExpr(lp - lq, product_where_positive{}).sum();
-                Array<T>(dr, len) = grad_scale * s_scale * (lq.exp() - lp.exp());
+                online_lse<T> ls{s_scale}, lt{t_scale};
+                ls.add(student + off, len);
+                lt.add(teacher + off, len);
+                const auto lp = (ta - lt.max) * t_scale - lt.log_sum();
+                const auto lq = (sa - ls.max) * s_scale - ls.log_sum();
+                kl += lp.unaryExpr(exp_op{}).binaryExpr(lp - lq, product_where_positive{}).sum();
+                Array<T>(dr, len) = grad_scale * s_scale * (lq.unaryExpr(exp_op{}) - lp.unaryExpr(exp_op{}));
                 std::fill(dr + len, dr + Tn, T(0));
             }
             losses[t] = kl;
@@ -15527,6 +15707,7 @@ private:
 #include <boost/hana/set.hpp>
 #include <boost/hana/string.hpp>
 #include <boost/hana/type.hpp>
+#include <boost/hana/unpack.hpp>
 
 
 namespace distill::loss {
@@ -15972,36 +16153,62 @@ private:
 
 // ---- needs ⊆ provides ----------------------------------------------------------------------------
 
+// One static_assert for `Signal` of the term called `who` (a string literal): the library's
+// signals by name, any other signal type generically.
+#define DISTILL_LOSS_CHECK_SIGNAL_(who, Teacher_, Signal_)                                           \
+    if constexpr (::std::is_same_v<Signal_, ::distill::signal::tokens_t>)                            \
+        DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, "tokens")                                  \
+    else if constexpr (::std::is_same_v<Signal_, ::distill::signal::topk_logprobs_t>)                \
+        DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, "topk_logprobs")                           \
+    else if constexpr (::std::is_same_v<Signal_, ::distill::signal::logits_t>)                       \
+        DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, "logits")                                  \
+    else if constexpr (::std::is_same_v<Signal_, ::distill::signal::hidden_states_t>)                \
+        DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, "hidden_states")                           \
+    else if constexpr (::std::is_same_v<Signal_, ::distill::signal::attentions_t>)                   \
+        DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, "attentions")                              \
+    else if constexpr (::std::is_same_v<Signal_, ::distill::signal::qkv_t>)                          \
+        DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, "qkv")                                     \
+    else                                                                                             \
+        static_assert(::distill::loss::teacher_provides<Teacher_, Signal_>,                          \
+                      "Loss: " who                                                                   \
+                      " needs a signal that the teacher does not provide (the note below names the " \
+                      "signal and the teacher); see docs/losses.md");
+
+#define DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, sig)                                                \
+    {                                                                                                         \
+        static_assert(::distill::loss::teacher_provides<Teacher_, Signal_>,                                   \
+                      "Loss: " who " needs " sig ", which the teacher does not provide; see docs/losses.md"); \
+    }
+
 namespace check_detail {
 template <class>
 inline constexpr bool always_false = false;
 
-// One static_assert per signal: the fallback for terms without DISTILL_LOSS_TERM_CHECKS, whose
-// message cannot name the term (C++20 static_assert messages are literals); the compiler's
-// "required from" lines and the note under the assertion name the term and the teacher.
+// The fallback for terms without DISTILL_LOSS_TERM_CHECKS, whose message cannot name the term
+// (C++20 static_assert messages are literals); the compiler's "required from" lines and the note
+// under the assertion name the term, the signal and the teacher.
+template <class Term, class Teacher, class Signal>
+constexpr bool generic_check() {
+    DISTILL_LOSS_CHECK_SIGNAL_("a loss term", Teacher, Signal)
+    return true;
+}
 template <class Term, class Teacher>
 constexpr bool generic_checks() {
-#define DISTILL_LOSS_GENERIC_CHECK_(sig)                                                                           \
-    if constexpr (::distill::loss::term_needs<Term, ::distill::signal::sig##_t>) {                                 \
-        static_assert(::distill::loss::teacher_provides<Teacher, ::distill::signal::sig##_t>,                      \
-                      "Loss: a loss term needs " #sig ", which the teacher does not provide; see docs/losses.md"); \
-    }
-    DISTILL_LOSS_GENERIC_CHECK_(tokens)
-    DISTILL_LOSS_GENERIC_CHECK_(topk_logprobs)
-    DISTILL_LOSS_GENERIC_CHECK_(logits)
-    DISTILL_LOSS_GENERIC_CHECK_(hidden_states)
-    DISTILL_LOSS_GENERIC_CHECK_(attentions)
-    DISTILL_LOSS_GENERIC_CHECK_(qkv)
-#undef DISTILL_LOSS_GENERIC_CHECK_
-    return true;
+    return boost::hana::unpack(Term::needs, [](auto... signals) {
+        return (generic_check<Term, Teacher, typename decltype(signals)::type>() && ... && true);
+    });
 }
 }  // namespace check_detail
 
-/// Checks, for every term of `Loss`, that `Teacher` provides each signal the term needs; fails to
-/// compile with one `static_assert` per missing signal, first term first:
-/// `"Loss: distill::loss::AttentionKL needs attentions, which the teacher does not provide; see
-/// docs/losses.md"`, the compiler's note under it naming the teacher
-/// (`'distill::loss::teacher_provides<my_teacher, distill::signal::attentions_t>' evaluates to false`).
+/// Checks, for every term of `Loss`, that `Teacher` provides each signal the term needs: every
+/// element of the term's `needs` set must be in the teacher's `provides` set, whatever the signal
+/// type (the library's `signal::*` tags or a user's own). Fails to compile with one
+/// `static_assert` per missing signal, first term first, its message naming the term and the
+/// signal: `"Loss: distill::loss::AttentionKL needs attentions, which the teacher does not
+/// provide; see docs/losses.md"`, and the compiler's note under it naming the teacher
+/// (`'distill::loss::teacher_provides<my_teacher, distill::signal::attentions_t>' evaluates to
+/// false`). A user-defined signal cannot be pasted into a C++20 message, so its message says "needs
+/// a signal that the teacher does not provide" and the note names the signal type and the teacher.
 /// @tparam Teacher a type with `static constexpr auto provides` (a Hana set of signals).
 /// @tparam Loss a term or a `Sum` of terms.
 template <class Teacher, class Loss>
@@ -16020,25 +16227,21 @@ constexpr bool check_needs() {
 
 /// Put in a loss term's class body (public, after `needs`) with the term's fully qualified name
 /// as users spell it: makes `check_needs` report a missing signal as "Loss: <Term> needs
-/// <signal>, which the teacher does not provide; see docs/losses.md". (C++20 static_assert
-/// messages are string literals, so the name is pasted in by the preprocessor.)
-#define DISTILL_LOSS_TERM_CHECKS(Term)                       \
-    template <class Teacher>                                 \
-    static constexpr bool check_teacher() {                  \
-        DISTILL_LOSS_TERM_CHECK_SIGNAL_(Term, tokens)        \
-        DISTILL_LOSS_TERM_CHECK_SIGNAL_(Term, topk_logprobs) \
-        DISTILL_LOSS_TERM_CHECK_SIGNAL_(Term, logits)        \
-        DISTILL_LOSS_TERM_CHECK_SIGNAL_(Term, hidden_states) \
-        DISTILL_LOSS_TERM_CHECK_SIGNAL_(Term, attentions)    \
-        DISTILL_LOSS_TERM_CHECK_SIGNAL_(Term, qkv)           \
-        return true;                                         \
-    }
-
-#define DISTILL_LOSS_TERM_CHECK_SIGNAL_(Term, sig)                                                               \
-    if constexpr (decltype(::boost::hana::contains(needs,                                                        \
-                                                   ::boost::hana::type_c<::distill::signal::sig##_t>))::value) { \
-        static_assert(::distill::loss::teacher_provides<Teacher, ::distill::signal::sig##_t>,                    \
-                      "Loss: " #Term " needs " #sig ", which the teacher does not provide; see docs/losses.md"); \
+/// <signal>, which the teacher does not provide; see docs/losses.md" (for a user-defined signal:
+/// "Loss: <Term> needs a signal that the teacher does not provide (...)", the note naming it).
+/// (C++20 static_assert messages are string literals, so the name is pasted in by the preprocessor.)
+/// Every element of `needs` is checked, in order.
+#define DISTILL_LOSS_TERM_CHECKS(Term)                                                                  \
+    template <class Teacher>                                                                            \
+    static constexpr bool check_teacher() {                                                             \
+        return ::boost::hana::unpack(needs, [](auto... signals) {                                       \
+            return (distill_check_signal_<Teacher, typename decltype(signals)::type>() && ... && true); \
+        });                                                                                             \
+    }                                                                                                   \
+    template <class Teacher, class Signal>                                                              \
+    static constexpr bool distill_check_signal_() {                                                     \
+        DISTILL_LOSS_CHECK_SIGNAL_(#Term, Teacher, Signal)                                              \
+        return true;                                                                                    \
     }
 
 BOOST_HANA_ADAPT_STRUCT(distill::loss::model_dims, vocab_size, d_model, n_layers, n_heads);
@@ -16789,8 +16992,12 @@ struct JSDConfig {
 /// `generalized_jsd_loss` (β weights the teacher in M). Unnormalized, that divergence goes to 0 at
 /// both ends, so a library that special-cases β = 0 as forward KL is discontinuous there; dividing
 /// by β(1−β) makes J_β → KL(p‖q) as β → 0 and → KL(q‖p) as β → 1 (first order of log(M/q) in β),
-/// and J_0.5 = 4·JSD, symmetric in p and q. Near the ends the cancelling first-order terms are each
-/// computed to relative precision (log1p/expm1), so J_β stays accurate for β = 1e-6.
+/// and J_0.5 = 4·JSD, symmetric in p and q. The limit is pointwise, not uniform: where the teacher is
+/// confident about a token the student neglects (p/q ~ 1e6), β = 1e-6 is not small for that token,
+/// and J_β can be far from J_0 (docs/losses.md quotes 0.97·KL at β = 1e-6 and 0.83·KL at 1e-4 on
+/// logits of spread 4); use β = 0 or 1 for the KLs themselves. β and 1 − β are formed in double,
+/// and log(M/q), log(M/p) use `math::log_mix`, accurate on both sides of its branch, so fp32 stays
+/// within 1e-5 of the float64 truth at β = 1e-6 and 1 − 1e-6.
 /// Needs `logits`. Config: `beta` ∈ [0, 1] (default 0.5), `temperature`, `temperature_squared`.
 class JSD {
 public:
@@ -16822,7 +17029,7 @@ public:
         const T factor = cfg_.temperature_squared ? tau * tau : T(1);
         const auto sink = ctx.d_logits();
         jsd_forward_backward(ctx.device, sink.tensor.data(), sink.accumulate, ctx.rows(), s.data(), t.data(),
-                             ctx.mask_data(), N, static_cast<int>(s.size(2)), static_cast<T>(cfg_.beta), T(1) / tau,
+                             ctx.mask_data(), N, static_cast<int>(s.size(2)), cfg_.beta, T(1) / tau,
                              ctx.weight * factor / T(count ? count : 1));
         return factor * util::mean_rows(ctx.device, ctx.rows(), N, count);
     }
@@ -19204,6 +19411,7 @@ BOOST_HANA_ADAPT_STRUCT(distill::train::FinetuneConfig, num_epochs, max_steps, b
 /// configuration in the same directory is refused with an error naming the file, never reused.
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -19858,6 +20066,13 @@ namespace distill {
 namespace distiller_detail {
 
 /// Whether loss `L` reads any signal only an in-process teacher has.
+// Per term of a loss (one entry for a single term), whether it reads cached top-k log-probabilities.
+template <class L>
+inline constexpr std::array<bool, 1> reads_topk = {loss::term_needs<L, signal::topk_logprobs_t>};
+template <class... Terms>
+inline constexpr std::array<bool, sizeof...(Terms)> reads_topk<loss::Sum<Terms...>> = {
+    loss::term_needs<Terms, signal::topk_logprobs_t>...};
+
 template <class L>
 inline constexpr bool needs_online =
     loss::term_needs<L, signal::logits_t> || loss::term_needs<L, signal::hidden_states_t> ||
@@ -20276,17 +20491,20 @@ private:
     }
 
     // The job's loss object read into the loss's config: terms the job does not name get weight 0;
-    // a term without its own temperature takes hyperparameters.temperature.
+    // a term without its own temperature takes hyperparameters.temperature, except one that reads
+    // cached top-k log-probabilities: those are at the teacher's temperature, 1, and cannot be
+    // re-tempered, so the term keeps its default (1).
     typename loss_type::config parse_loss_config() const {
         typename loss_type::config cfg;
         nlohmann::json j = job_.loss;
         if constexpr (requires { loss_type::names(); }) {
             const nlohmann::json defaults = io::to_json(cfg);
-            for (const char* name : loss_type::names()) {
+            for (std::size_t i = 0; i < loss_type::names().size(); ++i) {
+                const char* name = loss_type::names()[i];
                 if (!j.contains(name)) {
                     j[name] = {{"weight", 0.0}};
                 } else if (j[name].is_object() && !j[name].contains("temperature") &&
-                           defaults[name].contains("temperature")) {
+                           defaults[name].contains("temperature") && !distiller_detail::reads_topk<loss_type>[i]) {
                     j[name]["temperature"] = job_.hyperparameters.temperature;
                 }
             }
@@ -20296,7 +20514,8 @@ private:
                 throw config_error("loss", std::string("this distiller's loss is the single term \"") +
                                                loss_type::name + "\"; the job's loss object must name exactly it");
             nlohmann::json term = j[loss_type::name];
-            if (term.is_object() && !term.contains("temperature") && io::to_json(cfg).contains("temperature"))
+            if (term.is_object() && !term.contains("temperature") && io::to_json(cfg).contains("temperature") &&
+                !distiller_detail::reads_topk<loss_type>[0])
                 term["temperature"] = job_.hyperparameters.temperature;
             io::from_json(term, cfg, std::string("loss.") + loss_type::name);
             return cfg;

@@ -77,6 +77,7 @@
 #include "distill/io/weights.hpp"
 #include "distill/job.hpp"
 #include "distill/loss.hpp"
+#include "distill/loss/sum.hpp"
 #include "distill/optim/schedule.hpp"
 #include "distill/optimizer.hpp"
 #include "distill/signals.hpp"

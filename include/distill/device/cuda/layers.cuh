@@ -347,13 +347,13 @@ __global__ void attention_decode_kernel(T* out, T* scratch, const T* qkv, const 
     for (int j = threadIdx.x; j < n; j += blockDim.x) {
         T s = 0;
         for (int d = 0; d < hs; ++d) s += q[d] * kcache[base + std::int64_t(j) * hs + d];
-        p[j] = s * scale;
+        p[j] = s;  // raw scores: (x - max)·scale keeps the low bits of large ones
         mx = fmax(mx, p[j]);
     }
     mx = block_max(mx, shared);
     T sum = 0;
     for (int j = threadIdx.x; j < n; j += blockDim.x) {
-        p[j] = exp(p[j] - mx);
+        p[j] = exp((p[j] - mx) * scale);
         sum += p[j];
     }
     sum = block_sum(sum, shared);  // synchronizes: every p[j] is written

@@ -28,11 +28,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-void write(const fs::path& path, std::string_view bytes) {
-    std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
-
 std::string fix_manifest(std::string_view text, std::string_view student, std::string_view training) {
     nlohmann::json m = nlohmann::json::parse(text, nullptr, false);
     if (m.is_discarded() || !m.is_object()) return std::string(text);
@@ -61,9 +56,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     const std::string_view manifest = fuzz::next_part(rest, "\n--8<--\n");
     const std::string_view student = fuzz::next_part(rest, "\n--8<--\n");
     const std::string_view training = rest;
-    write(dir / "manifest.json", fix ? fix_manifest(manifest, student, training) : std::string(manifest));
-    write(dir / "student.safetensors", student);
-    write(dir / "training.safetensors", training);
+    fuzz::write_file(dir / "manifest.json", fix ? fix_manifest(manifest, student, training) : std::string(manifest));
+    fuzz::write_file(dir / "student.safetensors", student);
+    fuzz::write_file(dir / "training.safetensors", training);
     try {
         const auto ck = io::Checkpoint::open(dir);
         std::vector<std::int64_t> order;

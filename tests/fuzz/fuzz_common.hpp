@@ -7,10 +7,12 @@
 // libFuzzer reports as a crash, just like a sanitizer finding, a hang (-timeout) or an allocation
 // over -rss_limit_mb / -malloc_limit_mb.
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <string_view>
 
@@ -70,6 +72,30 @@ public:
 private:
     std::filesystem::path path_;
 };
+
+/// Replaces the file at `path` with `bytes` (targets whose reader takes a directory of files).
+inline void write_file(const std::filesystem::path& path, std::string_view bytes) {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+/// One scratch directory per fixture family, `<scratch>/<family>`, each holding a copy of the
+/// family's `file` from the committed fixtures (`fixture_dir/<family>/<file>`) and the empty
+/// subdirectory `subdir` when given; the per-input files are written beside it.
+template <std::size_t N>
+std::array<std::filesystem::path, N> fixture_copies(const ScratchDir& scratch,
+                                                    const std::array<const char*, N>& families,
+                                                    const std::filesystem::path& fixture_dir, const char* file,
+                                                    const char* subdir = "") {
+    std::array<std::filesystem::path, N> d;
+    for (std::size_t i = 0; i < N; ++i) {
+        d[i] = scratch.path() / families[i];
+        std::filesystem::create_directories(d[i] / subdir);
+        std::filesystem::copy_file(fixture_dir / families[i] / file, d[i] / file,
+                                   std::filesystem::copy_options::overwrite_existing);
+    }
+    return d;
+}
 
 /// Splits a fuzz input into parts at a separator line, so one input can hold several files.
 inline std::string_view next_part(std::string_view& rest, std::string_view separator) {

@@ -26,25 +26,12 @@ namespace {
 
 constexpr std::array<const char*, 6> families = {"gpt2", "gpt2-bf16", "llama", "qwen2", "phi3", "bert"};
 
-void write(const fs::path& path, std::string_view bytes) {
-    std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
-
 // One directory per fixture on tmpfs (when there is one), holding a copy of its model.safetensors;
 // config.json and 1_Pooling/config.json are rewritten per input.
 const std::array<fs::path, families.size()>& directories() {
     static const distill::fuzz::ScratchDir scratch("distill-fuzz-hf-config");
-    static const auto dirs = [] {
-        std::array<fs::path, families.size()> d;
-        for (std::size_t i = 0; i < families.size(); ++i) {
-            d[i] = scratch.path() / families[i];
-            fs::create_directories(d[i] / "1_Pooling");
-            fs::copy_file(fs::path(DISTILL_FIXTURE_DIR) / families[i] / "model.safetensors", d[i] / "model.safetensors",
-                          fs::copy_options::overwrite_existing);
-        }
-        return d;
-    }();
+    static const auto dirs =
+        distill::fuzz::fixture_copies(scratch, families, DISTILL_FIXTURE_DIR, "model.safetensors", "1_Pooling");
     return dirs;
 }
 
@@ -56,9 +43,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     const fs::path& dir = directories()[data[0] % families.size()];
     std::string_view rest(reinterpret_cast<const char*>(data + 1), size - 1);
     const bool has_pooling = rest.find("\n--8<--\n") != std::string_view::npos;
-    write(dir / "config.json", fuzz::next_part(rest, "\n--8<--\n"));
+    fuzz::write_file(dir / "config.json", fuzz::next_part(rest, "\n--8<--\n"));
     if (has_pooling)
-        write(dir / "1_Pooling" / "config.json", rest);
+        fuzz::write_file(dir / "1_Pooling" / "config.json", rest);
     else
         fs::remove(dir / "1_Pooling" / "config.json");
     try {

@@ -20,14 +20,7 @@
 
 namespace fs = std::filesystem;
 
-namespace {
-
-void write(const fs::path& path, std::string_view bytes) {
-    std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
-
-}  // namespace
+namespace {}  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     using namespace distill;
@@ -39,9 +32,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         return d;
     }();
     std::string_view rest(reinterpret_cast<const char*>(data), size);
-    write(dir / "model.safetensors.index.json", fuzz::next_part(rest, "\n--8<--\n"));
-    write(dir / "model-00001-of-00002.safetensors", fuzz::next_part(rest, "\n--8<--\n"));
-    write(dir / "model-00002-of-00002.safetensors", rest);
+    fuzz::write_file(dir / "model.safetensors.index.json", fuzz::next_part(rest, "\n--8<--\n"));
+    fuzz::write_file(dir / "model-00001-of-00002.safetensors", fuzz::next_part(rest, "\n--8<--\n"));
+    fuzz::write_file(dir / "model-00002-of-00002.safetensors", rest);
     try {
         const io::hf::Checkpoint ckpt(dir);
         for (const auto& name : ckpt.tensor_names())

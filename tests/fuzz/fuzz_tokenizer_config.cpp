@@ -28,25 +28,11 @@ namespace {
 
 constexpr std::array<const char*, 6> families = {"gpt2", "llama3", "qwen2", "llama2", "bert_uncased", "roberta"};
 
-void write(const fs::path& path, std::string_view bytes) {
-    std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
-
 // One directory per fixture on tmpfs (when there is one), holding a copy of its tokenizer.json;
 // tokenizer_config.json and chat_template.jinja are rewritten per input.
 const std::array<fs::path, families.size()>& directories() {
     static const distill::fuzz::ScratchDir scratch("distill-fuzz-tokenizer-config");
-    static const auto dirs = [] {
-        std::array<fs::path, families.size()> d;
-        for (std::size_t i = 0; i < families.size(); ++i) {
-            d[i] = scratch.path() / families[i];
-            fs::create_directories(d[i]);
-            fs::copy_file(fs::path(DISTILL_FIXTURE_DIR) / families[i] / "tokenizer.json", d[i] / "tokenizer.json",
-                          fs::copy_options::overwrite_existing);
-        }
-        return d;
-    }();
+    static const auto dirs = distill::fuzz::fixture_copies(scratch, families, DISTILL_FIXTURE_DIR, "tokenizer.json");
     return dirs;
 }
 
@@ -58,9 +44,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     const fs::path& dir = directories()[data[0] % families.size()];
     std::string_view rest(reinterpret_cast<const char*>(data + 1), size - 1);
     const bool has_jinja = rest.find("\n--8<--\n") != std::string_view::npos;
-    write(dir / "tokenizer_config.json", fuzz::next_part(rest, "\n--8<--\n"));
+    fuzz::write_file(dir / "tokenizer_config.json", fuzz::next_part(rest, "\n--8<--\n"));
     if (has_jinja)
-        write(dir / "chat_template.jinja", rest);
+        fuzz::write_file(dir / "chat_template.jinja", rest);
     else
         fs::remove(dir / "chat_template.jinja");
     try {

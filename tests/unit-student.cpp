@@ -290,10 +290,12 @@ TEST_CASE("training smoke test: plain SGD learns to reverse strings (>= 95% toke
     student::Transformer<float, device::Cpu> m(cfg, B);
     m.init(1);
     Rng rng(2);
-    const float lr = 0.3f;
+    const float lr = 0.1f;
     float loss = 0;
     int step = 0;
-    for (; step < 2000; ++step) {
+    // lr 0.1 and up to 4000 steps (it stops at loss < 0.02): plain SGD at 0.3 stalled above 0.2 on some
+    // trajectories (an AVX2 build takes another path through rounding than an AVX-512 one)
+    for (; step < 4000; ++step) {
         auto batch = data::make_reversal_batch(rng, B, 2, 4);
         m.forward(batch.tokens.data(), B, batch.length);
         loss = m.cross_entropy(batch.targets.data());

@@ -56,8 +56,14 @@ if command -v clang++ >/dev/null; then
 fi
 
 # 2. macro hygiene: macros defined by the umbrella minus those its third-party includes define
-thirdparty=$(grep -rhoE '^\s*#\s*include\s*<[^>]+>' "$root/include/distill" | sed -E 's/^\s*#\s*include\s*//' | sort -u)
-printf '#include %s\n' $thirdparty > "$work/thirdparty.cpp"
+# (the host headers' includes; CUDA-only .cuh files are not in the umbrella; an optional library that
+# is not installed here, e.g. cpp-httplib, cannot be in it either, so its header is left out)
+: > "$work/thirdparty.cpp"
+for h in $(grep -rhoE --include='*.hpp' '^\s*#\s*include\s*<[^>]+>' "$root/include/distill" |
+           sed -E 's/^\s*#\s*include\s*//' | sort -u); do
+  printf '#include %s\n' "$h" | "$cxx" -std=c++20 -fopenmp -DPCRE2_CODE_UNIT_WIDTH=8 "${sys[@]}" -E -x c++ - \
+    >/dev/null 2>&1 && printf '#include %s\n' "$h" >> "$work/thirdparty.cpp"
+done
 # pcre2.h needs its code-unit width, which distill::text defines
 "$cxx" -std=c++20 -fopenmp -DPCRE2_CODE_UNIT_WIDTH=8 "${sys[@]}" -dM -E "$work/thirdparty.cpp" | awk '{print $2}' | sed 's/(.*//' | sort -u > "$work/macros_thirdparty"
 printf '#include <distill/distill.hpp>\n' > "$work/umbrella.cpp"

@@ -3,8 +3,10 @@
 # (-DCMAKE_DISABLE_FIND_PACKAGE_<Name>=ON, honoured by the pkg-config lookups too), the project
 # configures with one status line saying what is skipped, builds the quickstart and the distill command
 # (which carries every optional part), and `distill --version` reports the part as absent.
-# Built at -O0: this tests the build, not the speed.
-#   run_optional_deps.sh SOURCE_DIR WORK_DIR CXX_COMPILER [NAME...]
+# Built at -O0: this tests the build, not the speed. Run by scripts/test-optional-deps.sh (CI runs it
+# after the test command; ten builds of the two largest programs would take the test command past its
+# time budget).
+#   run_optional_deps.sh SOURCE_DIR WORK_DIR CXX_COMPILER [NAME...]      (JOBS: parallel compile jobs)
 set -u
 src=$1 work=$2 cxx=$3
 shift 3
@@ -29,7 +31,7 @@ for name in "${names[@]}"; do
   line=$(grep -E "distill: .*(${status[$name]})" <<<"$log")
   [[ -n $line ]] || { fail "$name hidden: no status line matching '${status[$name]}' in:"$'\n'"$(grep 'distill:' <<<"$log")"; continue; }
   echo "$name hidden: configure:${line#--}"
-  if ! out=$(cmake --build "$b" --target quickstart distill_cli 2>&1); then
+  if ! out=$(cmake --build "$b" -j "${JOBS:-1}" --target quickstart distill_cli 2>&1); then
     fail "$name hidden: build failed:"$'\n'"$(grep -E 'error|Error' <<<"$out" | head -n 20)"
     continue
   fi

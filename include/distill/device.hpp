@@ -50,6 +50,27 @@ concept device_policy = std::copy_constructible<D> && requires(const D& d, void*
     d.copy(p, q, n);
 };
 
+namespace device {
+
+/// The arithmetic of a device's matrix products.
+enum class precision {
+    fp32,  ///< fp32 operands, fp32 accumulation
+    bf16   ///< operands rounded to bf16, fp32 accumulation (fp32 master weights and reductions)
+};
+
+/// The precision `dev` computes in: its `compute_precision()` where it has one (device::Cpu), else fp32.
+template <class D>
+precision compute_precision_of(const D& dev) noexcept {
+    if constexpr (requires {
+                      { dev.compute_precision() } -> std::same_as<precision>;
+                  })
+        return dev.compute_precision();
+    else
+        return precision::fp32;
+}
+
+}  // namespace device
+
 namespace detail {
 
 /// `n` elements of a device's memory, readable on the host: the memory itself on a host device

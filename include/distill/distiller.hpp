@@ -909,9 +909,7 @@ private:
     // The job's precision is the device's: a device with a precision (device::Cpu) must compute in the
     // job's; any other device computes in fp32.
     void check_precision() const {
-        std::string has = "fp32";
-        if constexpr (requires { device_.compute_precision(); })
-            if (device_.compute_precision() == decltype(device_.compute_precision())::bf16) has = "bf16";
+        const std::string has = device::compute_precision_of(device_) == device::precision::bf16 ? "bf16" : "fp32";
         if (has != job_.precision)
             throw config_error("precision", "is \"" + job_.precision + "\", but the " + Device::name +
                                                 " device given to the Distiller computes in " + has +

@@ -2002,6 +2002,27 @@ concept device_policy = std::copy_constructible<D> && requires(const D& d, void*
     d.copy(p, q, n);
 };
 
+namespace device {
+
+/// The arithmetic of a device's matrix products.
+enum class precision {
+    fp32,  ///< fp32 operands, fp32 accumulation
+    bf16   ///< operands rounded to bf16, fp32 accumulation (fp32 master weights and reductions)
+};
+
+/// The precision `dev` computes in: its `compute_precision()` where it has one (device::Cpu), else fp32.
+template <class D>
+precision compute_precision_of(const D& dev) noexcept {
+    if constexpr (requires {
+                      { dev.compute_precision() } -> std::same_as<precision>;
+                  })
+        return dev.compute_precision();
+    else
+        return precision::fp32;
+}
+
+}  // namespace device
+
 namespace detail {
 
 /// `n` elements of a device's memory, readable on the host: the memory itself on a host device
@@ -2899,12 +2920,6 @@ inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int 
 #endif
 
 namespace distill::device {
-
-/// The arithmetic of a device's matrix products.
-enum class precision {
-    fp32,  ///< fp32 operands, fp32 accumulation
-    bf16   ///< operands rounded to bf16, fp32 accumulation (fp32 master weights and reductions)
-};
 
 /// Whether this build has a fast bf16 GEMM (oneDNN linked through `distill::dnnl`).
 inline constexpr bool has_bf16_gemm =
@@ -10095,9 +10110,7 @@ public:
             h.update(p.value.data(), sizeof(T) * std::size_t(p.value.numel()));
         }
         std::string fp = "model:sha256=" + h.hex().substr(0, 32) + ";" + template_.id();
-        if constexpr (requires { net_.device().compute_precision(); })
-            if (net_.device().compute_precision() == decltype(net_.device().compute_precision())::bf16)
-                fp += ";precision=bf16";
+        if (device::compute_precision_of(net_.device()) == device::precision::bf16) fp += ";precision=bf16";
         return fp;
     }
 
@@ -20882,9 +20895,7 @@ private:
     // The job's precision is the device's: a device with a precision (device::Cpu) must compute in the
     // job's; any other device computes in fp32.
     void check_precision() const {
-        std::string has = "fp32";
-        if constexpr (requires { device_.compute_precision(); })
-            if (device_.compute_precision() == decltype(device_.compute_precision())::bf16) has = "bf16";
+        const std::string has = device::compute_precision_of(device_) == device::precision::bf16 ? "bf16" : "fp32";
         if (has != job_.precision)
             throw config_error("precision", "is \"" + job_.precision + "\", but the " + Device::name +
                                                 " device given to the Distiller computes in " + has +

@@ -24,6 +24,7 @@
 
 #include "distill/detail/macros.hpp"
 #include "distill/detail/parallel.hpp"
+#include "distill/device.hpp"
 #include "distill/device/reference.hpp"
 #include "distill/error.hpp"
 
@@ -36,12 +37,6 @@
 #endif
 
 namespace distill::device {
-
-/// The arithmetic of a device's matrix products.
-enum class precision {
-    fp32,  ///< fp32 operands, fp32 accumulation
-    bf16   ///< operands rounded to bf16, fp32 accumulation (fp32 master weights and reductions)
-};
 
 /// Whether this build has a fast bf16 GEMM (oneDNN linked through `distill::dnnl`).
 inline constexpr bool has_bf16_gemm =

@@ -140,9 +140,7 @@ public:
             h.update(p.value.data(), sizeof(T) * std::size_t(p.value.numel()));
         }
         std::string fp = "model:sha256=" + h.hex().substr(0, 32) + ";" + template_.id();
-        if constexpr (requires { net_.device().compute_precision(); })
-            if (net_.device().compute_precision() == decltype(net_.device().compute_precision())::bf16)
-                fp += ";precision=bf16";
+        if (device::compute_precision_of(net_.device()) == device::precision::bf16) fp += ";precision=bf16";
         return fp;
     }
 

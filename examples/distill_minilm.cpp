@@ -49,6 +49,7 @@
 #include "distill/data/hf_tokenizer.hpp"
 #include "distill/detail/rng.hpp"
 #include "distill/device/cpu.hpp"
+#include "distill/eval/embedding.hpp"
 #include "distill/io/atomic_file.hpp"
 #include "distill/io/hf.hpp"
 #include "distill/optim/adam.hpp"
@@ -278,76 +279,21 @@ Batch make_batch(const std::vector<std::vector<std::int32_t>>& seqs, std::span<c
     return b;
 }
 
-// L2-normalized pooled embeddings of every sequence, batched by length.
-std::vector<std::vector<float>> embed(Model& m, const std::vector<std::vector<std::int32_t>>& seqs) {
+// Pooled embeddings of every sequence (N, C), batched by length.
+eval::embeddings embed(Model& m, const std::vector<std::vector<std::int32_t>>& seqs) {
     std::vector<std::size_t> order(seqs.size());
     std::iota(order.begin(), order.end(), 0);
     std::stable_sort(order.begin(), order.end(), [&](auto a, auto b) { return seqs[a].size() < seqs[b].size(); });
-    std::vector<std::vector<float>> out(seqs.size());
-    const int C = m.config().d_model;
+    const auto C = std::size_t(m.config().d_model);
+    eval::embeddings out({seqs.size(), C});
     for (std::size_t s = 0; s < order.size(); s += std::size_t(m.max_batch())) {
         const auto n = std::min(order.size() - s, std::size_t(m.max_batch()));
         const auto b = make_batch(seqs, std::span(order).subspan(s, n));
         m.forward(b.tokens.data(), b.B, b.T, b.lengths.data());
-        for (int r = 0; r < b.B; ++r) {
-            const float* p = m.pooled().data() + std::int64_t(r) * C;
-            double norm = 0;
-            for (int c = 0; c < C; ++c) norm += double(p[c]) * p[c];
-            const float inv = float(1 / std::max(std::sqrt(norm), 1e-12));
-            auto& e = out[order[s + std::size_t(r)]];
-            e.resize(std::size_t(C));
-            for (int c = 0; c < C; ++c) e[std::size_t(c)] = p[c] * inv;
-        }
+        for (int r = 0; r < b.B; ++r)
+            std::copy_n(m.pooled().data() + std::int64_t(r) * std::int64_t(C), C, &out(order[s + std::size_t(r)], 0));
     }
     return out;
-}
-
-double dot(const std::vector<float>& a, const std::vector<float>& b) {
-    double s = 0;
-    for (std::size_t i = 0; i < a.size(); ++i) s += double(a[i]) * b[i];
-    return s;
-}
-
-// Indices of the k nearest neighbours of every embedding (cosine; itself excluded).
-std::vector<std::vector<std::size_t>> neighbours(const std::vector<std::vector<float>>& e, std::size_t k) {
-    std::vector<std::vector<std::size_t>> nn(e.size());
-    std::vector<std::pair<double, std::size_t>> sims;
-    for (std::size_t i = 0; i < e.size(); ++i) {
-        sims.clear();
-        for (std::size_t j = 0; j < e.size(); ++j)
-            if (j != i) sims.push_back({-dot(e[i], e[j]), j});
-        const auto kk = std::min(k, sims.size());
-        std::partial_sort(sims.begin(), sims.begin() + std::ptrdiff_t(kk), sims.end());
-        for (std::size_t r = 0; r < kk; ++r) nn[i].push_back(sims[r].second);
-    }
-    return nn;
-}
-
-struct Agreement {
-    double mean_cosine = 0, min_cosine = 1, recall_at_10 = 0;
-};
-
-Agreement agreement(const std::vector<std::vector<float>>& student, const std::vector<std::vector<float>>& teacher,
-                    const std::vector<std::vector<std::size_t>>& teacher_nn) {
-    Agreement a;
-    for (std::size_t i = 0; i < student.size(); ++i) {
-        const double c = dot(student[i], teacher[i]);
-        a.mean_cosine += c;
-        a.min_cosine = std::min(a.min_cosine, c);
-    }
-    a.mean_cosine /= double(student.size());
-    const auto snn = neighbours(student, 10);
-    for (std::size_t i = 0; i < student.size(); ++i) {
-        std::size_t hit = 0;
-        for (auto j : snn[i]) hit += std::count(teacher_nn[i].begin(), teacher_nn[i].end(), j);
-        a.recall_at_10 += double(hit) / double(teacher_nn[i].size());
-    }
-    a.recall_at_10 /= double(student.size());
-    return a;
-}
-
-nlohmann::json to_json(const Agreement& a) {
-    return {{"mean_cosine", a.mean_cosine}, {"min_cosine", a.min_cosine}, {"recall_at_10", a.recall_at_10}};
 }
 
 struct Speed {
@@ -407,10 +353,13 @@ int embed_mode(const Options& o) {
     for (const auto& s : seqs) longest = std::max(longest, int(s.size()));
     Model teacher(io::hf::encoder_config(ckpt), 16, longest);
     io::hf::load(ckpt, teacher);
-    const auto e = embed(teacher, seqs);
-    nlohmann::json j = {{"model", o.model_dir.string()}, {"sentences", lines}, {"embeddings", e}};
+    const auto e = eval::normalized_rows(embed(teacher, seqs));
+    std::vector<std::vector<float>> rows(e.shape()[0]);
+    for (std::size_t i = 0; i < rows.size(); ++i)
+        rows[i].assign(&e(i, 0), &e(i, 0) + e.shape()[1]);  // narrowed to float, as written before
+    nlohmann::json j = {{"model", o.model_dir.string()}, {"sentences", lines}, {"embeddings", rows}};
     io::write_file_atomic(o.out, j.dump() + "\n");
-    std::cout << "wrote " << e.size() << " embeddings to " << o.out.string() << "\n";
+    std::cout << "wrote " << rows.size() << " embeddings to " << o.out.string() << "\n";
     return 0;
 }
 
@@ -487,9 +436,8 @@ int main(int argc, char** argv) try {
     std::cout << "teacher answers for " << train.size() << " training sentences: " << cache_s << " s\n";
 
     const auto teacher_test = embed(teacher, test);
-    const auto teacher_nn = neighbours(teacher_test, 10);
-    const Agreement before = agreement(embed(student, test), teacher_test, teacher_nn);
-    std::cout << "student before training: mean cosine " << before.mean_cosine << ", recall@10 " << before.recall_at_10
+    const auto before = eval::agreement(embed(student, test), teacher_test, 10);
+    std::cout << "student before training: mean cosine " << before.mean_cosine << ", recall@10 " << before.recall_at_k
               << "\n";
 
     // AdamW over every parameter but the word embeddings when they are the teacher's
@@ -585,8 +533,8 @@ int main(int argc, char** argv) try {
     }
     const double train_s = std::chrono::duration<double>(Clock::now() - t_train).count();
 
-    const Agreement after = agreement(embed(student, test), teacher_test, teacher_nn);
-    std::cout << "student after training: mean cosine " << after.mean_cosine << ", recall@10 " << after.recall_at_10
+    const auto after = eval::agreement(embed(student, test), teacher_test, 10);
+    std::cout << "student after training: mean cosine " << after.mean_cosine << ", recall@10 " << after.recall_at_k
               << "\n";
     const std::size_t latency_n = std::min<std::size_t>(200, test.size());
     const Speed t_speed = measure(teacher, test, latency_n), s_speed = measure(student, test, latency_n);
@@ -627,8 +575,8 @@ int main(int argc, char** argv) try {
           {"attention_weight", o.attention_weight},
           {"mse_weight", o.mse_weight},
           {"threads", dev.threads()}}},
-        {"student_before", to_json(before)},
-        {"student_after", to_json(after)},
+        {"student_before", eval::to_json(before)},
+        {"student_after", eval::to_json(after)},
         {"teacher_cache_seconds", cache_s},
         {"training_seconds", train_s},
         {"total_seconds", std::chrono::duration<double>(Clock::now() - t_start).count()},
@@ -642,8 +590,8 @@ int main(int argc, char** argv) try {
        << " steps of " << o.batch << ", " << train_s << " s on " << dev.threads() << " threads).\n\n"
        << "| | mean cosine to teacher | min cosine | recall@10 vs teacher |\n|---|---|---|---|\n"
        << "| student at init (" << o.init << (o.init == "teacher" ? " layers " + layers : "") << ") | "
-       << before.mean_cosine << " | " << before.min_cosine << " | " << before.recall_at_10 << " |\n"
-       << "| distilled student | " << after.mean_cosine << " | " << after.min_cosine << " | " << after.recall_at_10
+       << before.mean_cosine << " | " << before.min_cosine << " | " << before.recall_at_k << " |\n"
+       << "| distilled student | " << after.mean_cosine << " | " << after.min_cosine << " | " << after.recall_at_k
        << " |\n\n"
        << "| | layers | parameters | non-embedding | checkpoint bytes | latency p50 (batch 1) | sentences/s (batch "
        << o.batch << ") |\n|---|---|---|---|---|---|---|\n";

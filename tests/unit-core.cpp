@@ -7,11 +7,11 @@
 
 #include "distill/detail/arena.hpp"
 #include "distill/detail/rng.hpp"
-#include "distill/detail/xview.hpp"
 #include "distill/device/cpu.hpp"
 #include "distill/io/reflect.hpp"
 #include "distill/student/transformer.hpp"
 #include "distill/version.hpp"
+#include "distill/xview.hpp"
 
 using namespace distill;
 
@@ -42,6 +42,29 @@ TEST_CASE("xview: a tensor as an xtensor expression, no copy") {
     CHECK(mem[0] == 42.0f);
     CHECK(xview<3>(t[0].reshape({2, 2, 1}))(1, 1, 0) == 3.0f);
     CHECK_THROWS_AS(xview<3>(t), shape_error);
+}
+
+TEST_CASE("xarray: a strided tensor of any device copied to the host, and a model's attention maps as views") {
+    std::vector<float> mem(24);
+    for (int i = 0; i < 24; ++i) mem[i] = float(i);
+    const Tensor<const float> t(mem.data(), {2, 3, 4});
+    const auto row = xarray(t[1], device::Cpu(1));  // (3,4), offset 12
+    REQUIRE(row.shape().size() == 2);
+    CHECK(row.shape()[0] == 3);
+    CHECK(row(2, 3) == 23.0f);
+    mem[23] = -1.0f;  // a copy, not a view
+    CHECK(row(2, 3) == 23.0f);
+
+    student::Transformer<float, device::Cpu> model({.d_model = 16, .n_layers = 2, .n_heads = 2}, 8);
+    model.init(5);
+    const std::vector<std::int32_t> tokens = {1, 2, 3, 4, 5, 6};
+    model.forward(tokens.data(), 2, 3);
+    const auto attention = xview<4>(model.attention(1));  // (B,H,T,T)
+    CHECK(attention.shape()[1] == 2);
+    // every row of a causal softmax sums to one and puts no weight on later positions
+    const xt::xarray<float> sums = xt::sum(attention, {3});
+    CHECK(xt::allclose(sums, 1.0f, 1e-5, 1e-5));
+    CHECK(attention(1, 1, 0, 2) == 0.0f);
 }
 
 TEST_CASE("Arena: blocks are 64-byte aligned and zeroed") {

@@ -3,9 +3,11 @@
 
 #include <doctest/doctest.h>
 
+#include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "distill/eval/embedding.hpp"
 #include "distill/eval/metrics.hpp"
 #include "distill/eval/svg.hpp"
 
@@ -92,4 +94,31 @@ TEST_CASE("SVG charts: every series and bar is drawn, text is escaped, non-finit
     for (std::size_t p = 0; (p = bars.find("<rect x=", p)) != std::string::npos; ++p) ++rects;
     CHECK(rects == 4 + 2);  // four bars, two legend swatches
     CHECK(bars.find("student: 0.8") != std::string::npos);
+}
+
+TEST_CASE("embedding agreement: cosines and recall@k on points of known angles") {
+    const auto at = [](std::initializer_list<double> degrees, std::initializer_list<double> norms) {
+        distill::eval::embeddings e({degrees.size(), 2});
+        std::size_t i = 0;
+        for (auto d = degrees.begin(), n = norms.begin(); d != degrees.end(); ++d, ++n, ++i) {
+            e(i, 0) = float(*n * std::cos(*d * M_PI / 180));
+            e(i, 1) = float(*n * std::sin(*d * M_PI / 180));
+        }
+        return e;
+    };
+    const auto teacher = at({0, 10, 90, 100}, {1, 1, 1, 1});
+    const auto student = at({0, 10, 90, 180}, {3, 0.5, 2, 1});  // the norms must not matter
+    // nearest by cosine: teacher 0↔1, 2↔3; student 0↔1, 2→1 (80°), 3→2 (90°)
+    CHECK(distill::eval::nearest_neighbours(student, 1) == std::vector<std::vector<std::size_t>>{{1}, {0}, {1}, {2}});
+    const auto a = distill::eval::agreement(student, teacher, 1);
+    CHECK(a.mean_cosine == doctest::Approx((3 + std::cos(80 * M_PI / 180)) / 4).epsilon(1e-6));
+    CHECK(a.min_cosine == doctest::Approx(std::cos(80 * M_PI / 180)).epsilon(1e-6));
+    CHECK(a.recall_at_k == doctest::Approx(0.75));  // sentence 2 lost its neighbour
+    CHECK(distill::eval::to_json(a).contains("recall_at_1"));
+    const auto self = distill::eval::agreement(teacher, teacher, 3);  // k ≥ N−1: every other sentence
+    CHECK(self.mean_cosine == doctest::Approx(1));
+    CHECK(self.recall_at_k == doctest::Approx(1));
+    CHECK(distill::eval::nearest_neighbours(teacher, 5)[0].size() == 3);
+    CHECK_THROWS_WITH(distill::eval::agreement(student, at({0, 1, 2}, {1, 1, 1})),
+                      doctest::Contains("4 student embeddings but 3 teacher embeddings"));
 }

@@ -26,6 +26,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <xtensor/xsort.hpp>
 
 #include "distill/detail/rng.hpp"
 #include "distill/device/cpu.hpp"
@@ -37,6 +38,7 @@
 #include "distill/io/weights.hpp"
 #include "distill/optim/adam.hpp"
 #include "distill/student/transformer.hpp"
+#include "distill/xview.hpp"
 
 namespace fs = std::filesystem;
 using distill::format_error;
@@ -949,4 +951,31 @@ TEST_CASE("checkpoint (fuzz regression): manifest numbers of the wrong kind are 
               m["files"]["training.safetensors"]["crc32c"] = 4294967296u;
           }).find("\"crc32c\"") != std::string::npos);
     CHECK(with([](nlohmann::json&) {}) == "no format_error");
+}
+
+TEST_CASE("xarray and xview: a checkpoint's tensors and a top-k cache's records as N-d arrays") {
+    temp_dir dir;
+    const std::vector<float> w = {1, 2, 3, 4, 5, 6}, b = {0.5f};
+    const std::vector<named_tensor<const float>> tensors = {{"w", w.data(), {2, 3}}, {"b", b.data(), {}}};
+    const fs::path p = dir.path / "weights.safetensors";
+    distill::io::save_tensors<float>(p, tensors, dtype::BF16);
+    const safetensors_file file(p);
+    const auto x = distill::xarray(file, "w");
+    REQUIRE(x.dimension() == 2);
+    CHECK(x.shape()[1] == 3);
+    CHECK(x(1, 2) == 6.0f);  // small integers are exact in bf16
+    CHECK(xt::sum(xt::view(x, xt::all(), 0))() == 5.0f);
+    CHECK(distill::xarray<double>(file, "b").dimension() == 0);
+    CHECK_THROWS_WITH_AS(distill::xarray(file, "v"), Contains("no tensor named 'v'"), distill::format_error);
+
+    const distill::io::topk_header h{.k = 2, .vocab_size = 263, .fingerprint = "fp:1", .tokenizer = "byte-v1"};
+    const std::vector<std::int32_t> tokens = {104, 105, 33}, top = {104, 97, 105, 98, 33, 46};
+    const std::vector<float> lp = {-0.1f, -2.5f, -0.2f, -3.0f, -0.05f, -4.0f};
+    const distill::io::topk_file cache(dir.file(
+        "c.topk", distill::io::encode_topk_header(h) + distill::io::encode_topk_record("a", 2, tokens, top, lp)));
+    const auto arrays = distill::xview(cache[0]);
+    CHECK(arrays.top_ids.shape()[0] == 3);
+    CHECK(arrays.top_ids(2, 1) == 46);
+    CHECK(arrays.top_logprobs(1, 0) == -0.2f);
+    CHECK(xt::argmax(xt::view(arrays.top_logprobs, 2, xt::all()))() == 0);
 }

@@ -13,7 +13,7 @@
 #include "distill/detail/arena.hpp"
 #include "distill/detail/hash.hpp"
 #include "distill/detail/rng.hpp"
-#include "distill/detail/xview.hpp"
+#include "distill/xview.hpp"
 #include "distill/device.hpp"
 #include "distill/device/cpu.hpp"
 #include "distill/device/reference.hpp"

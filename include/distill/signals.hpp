@@ -6,35 +6,33 @@
 /// `Distiller` checks `needs ⊆ provides` and names the missing signal when it is not (see
 /// `docs/losses.md`).
 
+#include <algorithm>
+#include <cstddef>
+
 #include <boost/hana/set.hpp>
 #include <boost/hana/type.hpp>
 
 namespace distill::signal {
 
-/// The teacher's response tokens (sequence-level distillation; every teacher has these).
-struct tokens_t {
-    static constexpr const char* name = "tokens";
+/// A signal's name, usable as a template argument (`signal_t<"logits">`).
+template <std::size_t N>
+struct name_literal {
+    char text[N];
+    constexpr name_literal(const char (&s)[N]) { std::copy_n(s, N, text); }
 };
-/// The teacher's top-k log-probabilities per response position (API teachers, cached runs).
-struct topk_logprobs_t {
-    static constexpr const char* name = "topk_logprobs";
+
+/// The tag type of the signal named `Name`; `name` is what error messages print.
+template <name_literal Name>
+struct signal_t {
+    static constexpr const char* name = Name.text;
 };
-/// The teacher's full-vocabulary logits per position (in-process teachers).
-struct logits_t {
-    static constexpr const char* name = "logits";
-};
-/// The teacher's hidden states, (B,T,C_teacher) per layer (in-process teachers).
-struct hidden_states_t {
-    static constexpr const char* name = "hidden_states";
-};
-/// The teacher's attention probabilities, (B,H,T,T) per layer (in-process teachers).
-struct attentions_t {
-    static constexpr const char* name = "attentions";
-};
-/// The teacher's query/key/value projections, (B,T,3C) per layer (relation distillation).
-struct qkv_t {
-    static constexpr const char* name = "qkv";
-};
+
+using tokens_t = signal_t<"tokens">;                ///< the teacher's response tokens (every teacher)
+using topk_logprobs_t = signal_t<"topk_logprobs">;  ///< top-k log-probabilities per position (API teachers, caches)
+using logits_t = signal_t<"logits">;                ///< full-vocabulary logits per position (in-process teachers)
+using hidden_states_t = signal_t<"hidden_states">;  ///< hidden states, (B,T,C_teacher) per layer
+using attentions_t = signal_t<"attentions">;        ///< attention probabilities, (B,H,T,T) per layer
+using qkv_t = signal_t<"qkv">;                      ///< query/key/value projections, (B,T,3C) per layer
 
 inline constexpr auto tokens = boost::hana::type_c<tokens_t>;
 inline constexpr auto topk_logprobs = boost::hana::type_c<topk_logprobs_t>;

@@ -30,7 +30,7 @@
 #include "distill/detail/rng.hpp"
 #include "distill/device/cpu.hpp"
 #include "distill/error.hpp"
-#include "distill/io/atomic_file.hpp"
+#include "distill/io/durable.hpp"
 #include "distill/io/checkpoint.hpp"
 #include "distill/io/safetensors.hpp"
 #include "distill/io/topk_cache.hpp"

@@ -21,7 +21,7 @@
 #include "distill/eval/metrics.hpp"
 #include "distill/eval/svg.hpp"
 #include "distill/generate.hpp"
-#include "distill/io/atomic_file.hpp"
+#include "distill/io/durable.hpp"
 #include "distill/io/hf.hpp"
 #include "distill/io/reflect.hpp"
 #include "distill/io/safetensors.hpp"

@@ -188,7 +188,7 @@ int main(int argc, char** argv) try {
         const fs::path dir = fixtures / "hf" / hf_families[i];
         const std::string config = slurp(dir / "config.json");
         put("hf_config", std::string(hf_families[i]), with_mode(char(i), config));
-        const io::hf::Checkpoint ckpt(dir);
+        const io::hf::Directory ckpt(dir);
         if (ckpt.model_type() == "bert") {
             for (const char* pooling : {"mean_tokens", "cls_token"})
                 put("hf_config", std::string("bert-pooling-") + pooling,

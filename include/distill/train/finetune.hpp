@@ -34,18 +34,14 @@
 #include <utility>
 #include <vector>
 
-#include <fcntl.h>
-#include <sys/file.h>
-#include <unistd.h>
-
 #include <boost/hana/adapt_struct.hpp>
 #include <nlohmann/json.hpp>
 
 #include "distill/data/dataset.hpp"
 #include "distill/detail/rng.hpp"
 #include "distill/error.hpp"
-#include "distill/io/atomic_file.hpp"
 #include "distill/io/checkpoint.hpp"
+#include "distill/io/durable.hpp"
 #include "distill/io/reflect.hpp"
 #include "distill/optim/clip.hpp"
 #include "distill/optim/schedule.hpp"
@@ -55,50 +51,8 @@
 
 namespace distill::train {
 
-namespace detail {
-
-/// An exclusive advisory lock (flock) on `<dir>/.lock`, held while a run writes into `dir`: two
-/// processes training into one output directory would interleave checkpoints and delete each
-/// other's temporaries. The kernel drops the lock when the process dies, SIGKILL included, so a
-/// crashed run never leaves a stale lock behind.
-class DirectoryLock {
-public:
-    DirectoryLock() = default;
-    explicit DirectoryLock(const std::filesystem::path& dir) {
-        const auto path = dir / ".lock";
-        fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0666);
-        if (fd_ < 0) {
-            const int err = errno;
-            throw io_error(path, distill::detail::io_errno_message("cannot open the run's lock file", err));
-        }
-        if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
-            ::close(fd_);
-            fd_ = -1;
-            throw config_error("training.output_dir", "another process is training into " + dir.string() +
-                                                          " (it holds " + path.string() + "); one run per directory");
-        }
-    }
-    DirectoryLock(DirectoryLock&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
-    DirectoryLock& operator=(DirectoryLock&& o) noexcept {
-        if (this != &o) {
-            release();
-            fd_ = std::exchange(o.fd_, -1);
-        }
-        return *this;
-    }
-    ~DirectoryLock() { release(); }
-
-private:
-    void release() noexcept {
-        if (fd_ >= 0) ::close(fd_);  // closing the descriptor releases the flock
-        fd_ = -1;
-    }
-    int fd_ = -1;
-};
-
-}  // namespace detail
-
-/// The loop's settings: the JSON keys of the job's `training` object.
+/// The loop's settings. A job's `hyperparameters` section sets the keys it shares with them (the
+/// Distiller reads them from there); errors name them under `FinetuneOptions::config_path`.
 struct FinetuneConfig {
     int num_epochs = 1;                 ///< passes over the training set (when max_steps is 0)
     std::int64_t max_steps = 0;         ///< > 0: exactly this many optimizer steps, epochs continuing as needed
@@ -244,6 +198,12 @@ struct FinetuneOptions {
     std::FILE* progress = stderr;
     /// Called after every step (after its checkpoint, if any).
     std::function<void(const StepReport&)> on_step{};
+    /// Where the loop's settings sit in the caller's configuration, for error messages
+    /// ("<config_path>.batch_size: ..."): "hyperparameters" in a job file.
+    std::string config_path = "training";
+    /// The key that chose `output_dir`, for the message refusing a second run into it ("" = the
+    /// config_path's "output_dir"; "output_dir" in a job file).
+    std::string output_dir_key{};
 };
 
 /// How a run ended.
@@ -286,18 +246,18 @@ public:
           options_(std::move(options)),
           rng_(cfg_.seed),
           clipper_(std::span<const Parameter<T>>(opt_.parameters())) {
-        cfg_.validate();
+        cfg_.validate(options_.config_path);
         if (train_.empty()) throw config_error("training_data", "the training set is empty");
         const int eval_batch = cfg_.eval_batch_size ? cfg_.eval_batch_size : cfg_.batch_size;
         if constexpr (requires { model.max_batch(); }) {
             if (cfg_.batch_size > model.max_batch())
-                throw config_error("training.batch_size", "is " + std::to_string(cfg_.batch_size) +
-                                                              ", the student was built for at most " +
-                                                              std::to_string(model.max_batch()) + " sequences");
+                throw config_error(key("batch_size"), "is " + std::to_string(cfg_.batch_size) +
+                                                          ", the student was built for at most " +
+                                                          std::to_string(model.max_batch()) + " sequences");
             if (eval_batch > model.max_batch())
-                throw config_error("training.eval_batch_size", "is " + std::to_string(eval_batch) +
-                                                                   ", the student was built for at most " +
-                                                                   std::to_string(model.max_batch()) + " sequences");
+                throw config_error(key("eval_batch_size"), "is " + std::to_string(eval_batch) +
+                                                               ", the student was built for at most " +
+                                                               std::to_string(model.max_batch()) + " sequences");
         }
         total_ = total_steps(cfg_, train_.size());
         if (!cfg_.output_dir.empty()) {
@@ -305,7 +265,9 @@ public:
             std::error_code ec;
             std::filesystem::create_directories(out_, ec);
             if (ec) throw io_error(out_, "cannot create the output directory: " + ec.message());
-            lock_ = detail::DirectoryLock(out_);  // before the store, which cleans up temporaries
+            // before the store, which cleans up temporaries
+            lock_ = io::directory_lock(
+                out_, options_.output_dir_key.empty() ? key("output_dir") : options_.output_dir_key, "training");
             store_.emplace(out_ / "checkpoints");
         }
     }
@@ -452,6 +414,9 @@ public:
     std::int64_t total() const noexcept { return total_; }
 
 private:
+    /// The path of one of the loop's settings in the caller's configuration (error messages).
+    std::string key(const char* name) const { return options_.config_path + "." + name; }
+
     auto model_device() const {
         if constexpr (requires { model_.device(); })
             return model_.device();
@@ -464,7 +429,7 @@ private:
         std::optional<std::filesystem::path> latest;
         if (store_) latest = store_->latest();
         if (latest && !cfg_.resume)
-            throw config_error("training.resume",
+            throw config_error(key("resume"),
                                "is false, but " + out_.string() +
                                    " already holds checkpoints of a run; choose an empty output_dir or resume");
         if (!latest) {
@@ -678,7 +643,7 @@ private:
     optim::GradClipper<T> clipper_;                            // clipping without allocation
     std::vector<std::pair<std::string, double>> term_sums_{};  // the step's loss terms, kept across steps
     std::filesystem::path out_{};
-    detail::DirectoryLock lock_;
+    io::directory_lock lock_;
     std::optional<io::CheckpointStore> store_{};
     std::filesystem::path last_checkpoint_{};
 

@@ -70,7 +70,7 @@
 #include "distill/eval/report.hpp"
 #include "distill/eval/task_metrics.hpp"
 #include "distill/generate.hpp"
-#include "distill/io/atomic_file.hpp"
+#include "distill/io/durable.hpp"
 #include "distill/io/hf.hpp"
 #include "distill/io/reflect.hpp"
 #include "distill/io/topk_cache.hpp"
@@ -431,7 +431,7 @@ private:
         student_config init{};
         if (student_from_hf()) {
             if constexpr (std::is_same_v<student_config, student::TransformerConfig>)
-                init = io::hf::checked_transformer_config(io::hf::Checkpoint(job_.student_weights));
+                init = io::hf::checked_transformer_config(io::hf::Directory(job_.student_weights));
             else
                 throw config_error("student_weights",
                                    "is a Hugging Face directory, which initializes "
@@ -792,7 +792,7 @@ private:
         if (job_.student_weights.empty())
             s.init(job_.hyperparameters.seed);
         else if (student_from_hf())
-            io::hf::load(io::hf::Checkpoint(job_.student_weights), s);
+            io::hf::load(io::hf::Directory(job_.student_weights), s);
         else
             io::load_weights(io::safetensors_file(job_.student_weights), s);
         return s;
@@ -820,7 +820,7 @@ private:
             const auto dir = out_ / "student_hf";
             student_type s(student_cfg_, 1, device_);
             io::load_weights(io::safetensors_file(out_ / "student.safetensors"), s);
-            const io::hf::Checkpoint init(job_.student_weights);
+            const io::hf::Directory init(job_.student_weights);
             nlohmann::json extra = nlohmann::json::object();
             for (const char* key : {"bos_token_id", "eos_token_id", "pad_token_id"})
                 if (init.config().contains(key)) extra[key] = init.config()[key];

@@ -536,14 +536,14 @@ private:
     else if constexpr (::std::is_same_v<Signal_, ::distill::signal::qkv_t>)                          \
         DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, "qkv")                                     \
     else                                                                                             \
-        static_assert(::distill::teacher_provides<Teacher_, Signal_>,                          \
+        static_assert(::distill::teacher_provides<Teacher_, Signal_>,                                \
                       "Loss: " who                                                                   \
                       " needs a signal that the teacher does not provide (the note below names the " \
                       "signal and the teacher); see docs/losses.md");
 
 #define DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, sig)                                                \
     {                                                                                                         \
-        static_assert(::distill::teacher_provides<Teacher_, Signal_>,                                   \
+        static_assert(::distill::teacher_provides<Teacher_, Signal_>,                                         \
                       "Loss: " who " needs " sig ", which the teacher does not provide; see docs/losses.md"); \
     }
 

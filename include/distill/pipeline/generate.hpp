@@ -415,6 +415,31 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
     return report;
 }
 
+/// The generate stage of a run: the teacher answers every training (and validation) prompt of
+/// `setup` (a `RunSetup`) into the run directory's `generate/` (see `distill::generate`); resumes and
+/// skips what is done. Returns the training set's report.
+template <teacher_source Teacher, class Setup>
+GenerateReport generate_stage(Teacher& teacher, const Setup& setup) {
+    GenerateConfig g;
+    g.output_dir = setup.dir.generate_dir().string();
+    g.progress = !setup.options.quiet;
+    setup.say("generate: " + teacher.name() + " answers " + std::to_string(setup.train.examples.size()) +
+              " training prompts");
+    GenerateReport r = distill::generate(teacher, setup.train, setup.job.generation, g);
+    if (setup.validation) {
+        g.name = "synthetic.validation";
+        distill::generate(teacher, *setup.validation, setup.job.generation, g);
+    }
+    const auto rejected = r.rejected_empty + r.rejected_truncated + r.rejected_duplicate;
+    if (rejected > 0)
+        setup.say("generate: " + std::to_string(rejected) + " answers rejected (" +
+                  std::to_string(r.rejected_truncated) + " cut off by generation.max_new_tokens, " +
+                  std::to_string(r.rejected_duplicate) + " duplicates, " + std::to_string(r.rejected_empty) +
+                  " empty); see generate/synthetic.rejected.jsonl");
+    if (r.failed > 0) setup.say("generate: " + std::to_string(r.failed) + " prompts unanswered (rerun to retry them)");
+    return r;
+}
+
 }  // namespace distill
 
 BOOST_HANA_ADAPT_STRUCT(distill::GenerateConfig, output_dir, name, keep_truncated, deduplicate, write_topk,

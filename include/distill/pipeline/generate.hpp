@@ -57,7 +57,8 @@
 
 namespace distill {
 
-/// Settings of the generate stage. Keys are the JSON keys of a job's `generate` object.
+/// Settings of the generate stage (not part of a job file: the Distiller sets them from the run
+/// directory and its options; errors name them under `generate`).
 struct GenerateConfig {
     std::string output_dir = "out";    ///< where synthetic.jsonl and its companions go (created if absent)
     std::string name = "synthetic";    ///< the output files' common name: <name>.jsonl, <name>.topk, ...

@@ -54,6 +54,20 @@ inline int write_all_fd(int fd, const void* data, std::size_t size) noexcept {
     return 0;
 }
 
+/// fsyncs and closes `fd`, a descriptor of `path` written through: both results checked (close can
+/// report a deferred write error). The descriptor is closed either way. Throws io_error naming `path`.
+inline void fsync_and_close(int fd, const std::filesystem::path& path) {
+    if (::fsync(fd) != 0) {
+        const int err = errno;
+        ::close(fd);
+        throw io_error(path, io_errno_message("cannot fsync", err));
+    }
+    if (::close(fd) != 0) {
+        const int err = errno;
+        throw io_error(path, io_errno_message("cannot close", err));
+    }
+}
+
 /// The directory holding `path`, "." for a bare file name.
 inline std::filesystem::path parent_directory(const std::filesystem::path& path) {
     std::filesystem::path dir = path.parent_path();
@@ -233,15 +247,7 @@ inline void append_durably(const std::filesystem::path& path, std::string_view r
         ::close(fd);
         throw io_error(path, detail::io_errno_message("cannot append", err));
     }
-    if (::fsync(fd) != 0) {
-        const int err = errno;
-        ::close(fd);
-        throw io_error(path, detail::io_errno_message("cannot fsync", err));
-    }
-    if (::close(fd) != 0) {
-        const int err = errno;
-        throw io_error(path, detail::io_errno_message("cannot close", err));
-    }
+    detail::fsync_and_close(fd, path);
     // A new file's directory entry is only durable once the directory itself is synced.
     if (created) detail::fsync_parent_directory(path);
 }
@@ -332,15 +338,7 @@ inline void truncate_durably(const std::filesystem::path& path, std::uint64_t si
         ::close(fd);
         throw io_error(path, detail::io_errno_message("cannot truncate", err));
     }
-    if (::fsync(fd) != 0) {
-        const int err = errno;
-        ::close(fd);
-        throw io_error(path, detail::io_errno_message("cannot fsync", err));
-    }
-    if (::close(fd) != 0) {
-        const int err = errno;
-        throw io_error(path, detail::io_errno_message("cannot close", err));
-    }
+    detail::fsync_and_close(fd, path);
 }
 
 /// Cuts a line-oriented file (JSONL) back to its last complete line: a last line without its newline

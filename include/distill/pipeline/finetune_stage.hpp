@@ -103,20 +103,18 @@ typename OptimizerT::config_type optimizer_config_of(const Job& job) {
 /// The finetune loop's settings of a job's training run into `dir`: the `hyperparameters` the loop
 /// shares (its other settings keep the loop's defaults).
 inline train::FinetuneConfig finetune_config_of(const Hyperparameters& h, const std::string& dir, bool quiet) {
-    train::FinetuneConfig c;
-    c.num_epochs = h.num_epochs;
-    c.max_steps = h.max_steps;
-    c.batch_size = h.batch_size;
-    c.grad_accum = h.grad_accum;
-    c.grad_clip = h.grad_clip;
-    c.seed = h.seed;
-    c.eval_every = h.eval_every;
-    c.patience = h.patience;
-    c.checkpoint_every = h.checkpoint_every;
-    c.log_every = h.log_every;
-    c.output_dir = dir;
-    c.quiet = quiet;
-    return c;
+    return {.num_epochs = h.num_epochs,
+            .max_steps = h.max_steps,
+            .batch_size = h.batch_size,
+            .grad_accum = h.grad_accum,
+            .grad_clip = h.grad_clip,
+            .seed = h.seed,
+            .eval_every = h.eval_every,
+            .patience = h.patience,
+            .checkpoint_every = h.checkpoint_every,
+            .log_every = h.log_every,
+            .output_dir = dir,
+            .quiet = quiet};
 }
 
 /// The learning-rate schedule of a job's training runs.

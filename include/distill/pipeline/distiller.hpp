@@ -323,6 +323,7 @@ private:
         if (s_.alignment.match == data::vocab_match::padded) s_.say("tokenizer: " + s_.alignment.message);
     }
 
+    // The job's precision is the device's: a device with a precision (device::Cpu) must compute in the
     // job's; any other device computes in fp32.
     void check_precision() const {
         const std::string has = device::compute_precision_of(device_) == device::precision::bf16 ? "bf16" : "fp32";

@@ -108,10 +108,10 @@ public:
     using device_type = Device;
     /// What every stage reads: the job as the constructor read and checked it.
     using setup_type = typename types::setup_type;
-    using evaluate_stage = EvaluateStage<Teacher, Student, Loss, Optimizer, Device>;
-    using finetune_stage = FinetuneStage<Teacher, Student, Loss, Optimizer, Device>;
+    using evaluate_stage_type = EvaluateStage<Teacher, Student, Loss, Optimizer, Device>;
+    using finetune_stage_type = FinetuneStage<Teacher, Student, Loss, Optimizer, Device>;
     /// Runs a trained student (or the baseline) for evaluation: the in-process teacher over `Student`.
-    using runner_type = typename evaluate_stage::runner_type;
+    using runner_type = typename evaluate_stage_type::runner_type;
 
     /// Online distillation (a teacher forward per batch) when the loss reads in-process signals.
     static constexpr bool online = types::online;
@@ -204,14 +204,14 @@ public:
     /// stage's output. Returns a summary of both runs.
     nlohmann::ordered_json finetune() {
         s_.dir.write_job_copy(s_.job);
-        return finetune_stage(s_, teacher_, device_).run();
+        return finetune_stage_type(s_, teacher_, device_).run();
     }
 
     /// Measures the teacher, the baseline and the distilled student on the test set and writes the
     /// report; see `EvaluateStage`. Returns report.json's object.
     nlohmann::ordered_json evaluate() {
         s_.dir.write_job_copy(s_.job);
-        return evaluate_stage(s_, teacher_, device_).run();
+        return evaluate_stage_type(s_, teacher_, device_).run();
     }
 
     /// generate(), finetune(), evaluate() (the last only when the job has test data).

@@ -41,7 +41,7 @@
 
 // distill first: httplib.h's <resolv.h> defines a `_res` macro that breaks Eigen parsed after it.
 #include <distill/data/chat.hpp>
-#include <distill/io/atomic_file.hpp>
+#include <distill/io/durable.hpp>
 #include <distill/student/transformer.hpp>
 #include <distill/teacher/model.hpp>
 #include <distill/teacher/openai_format.hpp>

@@ -50,7 +50,7 @@
 #include "distill/detail/rng.hpp"
 #include "distill/device/cpu.hpp"
 #include "distill/eval/embedding.hpp"
-#include "distill/io/atomic_file.hpp"
+#include "distill/io/durable.hpp"
 #include "distill/io/hf.hpp"
 #include "distill/optim/adam.hpp"
 #include "distill/student/encoder.hpp"
@@ -340,7 +340,7 @@ void init_from_teacher(const Model& teacher, Model& student, const std::vector<i
 }
 
 int embed_mode(const Options& o) {
-    const io::hf::Checkpoint ckpt(o.model_dir);
+    const io::hf::Directory ckpt(o.model_dir);
     const data::HfTokenizer tok = load_tokenizer(o.model_dir);
     std::ifstream in(o.embed);
     if (!in) usage("cannot read " + o.embed.string());
@@ -371,7 +371,7 @@ int main(int argc, char** argv) try {
     const device::Cpu dev = o.threads > 0 ? device::Cpu(o.threads) : device::Cpu();
     const auto t_start = Clock::now();
 
-    const io::hf::Checkpoint ckpt(o.model_dir);
+    const io::hf::Directory ckpt(o.model_dir);
     const auto tcfg = io::hf::encoder_config(ckpt);
     const data::HfTokenizer tok = load_tokenizer(o.model_dir);
     const Corpus corpus = read_corpus(o);

@@ -17,7 +17,7 @@
 #include <thread>
 
 #include "distill/data/chat.hpp"
-#include "distill/generate.hpp"
+#include "distill/pipeline/generate.hpp"
 #include "distill/student/transformer.hpp"
 #include "distill/teacher/model.hpp"
 #include "distill/teacher/openai.hpp"

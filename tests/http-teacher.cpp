@@ -31,7 +31,7 @@
 #include <unistd.h>
 
 #include "distill/data/chat.hpp"
-#include "distill/generate.hpp"
+#include "distill/pipeline/generate.hpp"
 #include "distill/teacher/model.hpp"
 #include "distill/teacher/openai.hpp"
 #include "distill/teacher/synthetic.hpp"

@@ -35,7 +35,7 @@ const std::filesystem::path bert_fixtures = std::filesystem::path(DISTILL_TEST_D
 
 template <class Dev>
 student::Encoder<float, Dev> load_encoder(const std::filesystem::path& dir, int max_batch) {
-    const io::hf::Checkpoint ckpt(dir);
+    const io::hf::Directory ckpt(dir);
     student::Encoder<float, Dev> m(io::hf::encoder_config(ckpt), max_batch);
     io::hf::load(ckpt, m);
     return m;
@@ -235,7 +235,7 @@ TEST_CASE("hf bert: BertFor* names, skipped heads and buffers, CLS pooling from 
         std::filesystem::create_directories(s.dir / "1_Pooling");
         std::ofstream(s.dir / "1_Pooling" / "config.json")
             << R"({"word_embedding_dimension": 16, "pooling_mode_cls_token": true, "pooling_mode_mean_tokens": false})";
-        CHECK(io::hf::encoder_config(io::hf::Checkpoint(s.dir)).pooling == "cls");
+        CHECK(io::hf::encoder_config(io::hf::Directory(s.dir)).pooling == "cls");
         std::ofstream(s.dir / "1_Pooling" / "config.json") << R"({"pooling_mode_max_tokens": true})";
         CHECK(encoder_load_error(s.dir).find("pooling_mode_max_tokens is not supported") != std::string::npos);
     }
@@ -304,17 +304,17 @@ TEST_CASE("hf bert: defects name the file and what was expected") {
               std::string::npos);
     }
     {  // the decoder student is pointed to the Encoder; the Encoder refuses gpt2
-        const io::hf::Checkpoint bert(bert_fixtures / "bert");
+        const io::hf::Directory bert(bert_fixtures / "bert");
         CHECK_THROWS_WITH_AS(io::hf::transformer_config(bert),
                              doctest::Contains("is a bidirectional encoder: load it as student::Encoder"),
                              format_error);
-        const io::hf::Checkpoint gpt2(bert_fixtures / "gpt2");
+        const io::hf::Directory gpt2(bert_fixtures / "gpt2");
         CHECK_THROWS_WITH_AS(io::hf::encoder_config(gpt2), doctest::Contains("gpt2 loads as student::Transformer"),
                              format_error);
     }
     student::Encoder<float, device::Cpu> other(
         {.vocab_size = 50, .context_length = 12, .d_model = 16, .n_layers = 3, .n_heads = 2, .d_ff = 24}, 1);
-    CHECK_THROWS_WITH_AS(io::hf::load(io::hf::Checkpoint(bert_fixtures / "bert"), other),
+    CHECK_THROWS_WITH_AS(io::hf::load(io::hf::Directory(bert_fixtures / "bert"), other),
                          doctest::Contains("the model's config differs from config.json's"), shape_error);
 }
 

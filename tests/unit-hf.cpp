@@ -32,7 +32,7 @@ const std::filesystem::path hf_fixtures = std::filesystem::path(DISTILL_TEST_DAT
 
 template <class Dev>
 student::Transformer<float, Dev> load_model(const std::filesystem::path& dir, int max_batch) {
-    const io::hf::Checkpoint ckpt(dir);
+    const io::hf::Directory ckpt(dir);
     student::Transformer<float, Dev> m(io::hf::transformer_config(ckpt), max_batch);
     io::hf::load(ckpt, m);
     return m;
@@ -105,7 +105,7 @@ TEST_CASE_TEMPLATE("hf: logits, hidden states, attention, loss and all gradients
                    device::Reference) {
     SUBCASE("gpt2") {
         check_golden<Dev>("gpt2");
-        const auto cfg = io::hf::transformer_config(io::hf::Checkpoint(hf_fixtures / "gpt2"));
+        const auto cfg = io::hf::transformer_config(io::hf::Directory(hf_fixtures / "gpt2"));
         CHECK(cfg.vocab_size == 40);
         CHECK(cfg.context_length == 12);
         CHECK(cfg.d_model == 16);
@@ -114,7 +114,7 @@ TEST_CASE_TEMPLATE("hf: logits, hidden states, attention, loss and all gradients
     }
     SUBCASE("llama: grouped-query attention, untied head, llama3 rotary scaling") {
         check_golden<Dev>("llama");
-        const auto cfg = io::hf::transformer_config(io::hf::Checkpoint(hf_fixtures / "llama"));
+        const auto cfg = io::hf::transformer_config(io::hf::Directory(hf_fixtures / "llama"));
         CHECK(cfg.n_kv_heads == 2);
         CHECK(!cfg.tie_embeddings);
         CHECK(cfg.rope_scaling.type == "llama3");
@@ -123,7 +123,7 @@ TEST_CASE_TEMPLATE("hf: logits, hidden states, attention, loss and all gradients
     }
     SUBCASE("qwen2: q/k/v biases, tied head") {
         check_golden<Dev>("qwen2");
-        const auto cfg = io::hf::transformer_config(io::hf::Checkpoint(hf_fixtures / "qwen2"));
+        const auto cfg = io::hf::transformer_config(io::hf::Directory(hf_fixtures / "qwen2"));
         CHECK(cfg.qkv_bias);
         CHECK(!cfg.proj_bias);
         CHECK(cfg.tie_embeddings);
@@ -209,7 +209,7 @@ TEST_CASE("hf: a saved student holds exactly transformers' tensors and config") 
 }
 
 TEST_CASE("hf: a rotary model loads into a shorter context; a learned-position one does not") {
-    const io::hf::Checkpoint llama(hf_fixtures / "llama");
+    const io::hf::Directory llama(hf_fixtures / "llama");
     auto cfg = io::hf::transformer_config(llama);
     CHECK(cfg.context_length == 32);
     cfg.context_length = 12;
@@ -217,10 +217,10 @@ TEST_CASE("hf: a rotary model loads into a shorter context; a learned-position o
     io::hf::load(llama, short_model);
     const auto full = load_model<device::Cpu>(hf_fixtures / "llama", 2);
     CHECK(std::equal(full.parameter_data(), full.parameter_data() + full.arena_size(), short_model.parameter_data()));
-    auto gcfg = io::hf::transformer_config(io::hf::Checkpoint(hf_fixtures / "gpt2"));
+    auto gcfg = io::hf::transformer_config(io::hf::Directory(hf_fixtures / "gpt2"));
     gcfg.context_length = 8;
     student::Transformer<float, device::Cpu> g(gcfg, 1);
-    CHECK_THROWS_WITH_AS(io::hf::load(io::hf::Checkpoint(hf_fixtures / "gpt2"), g),
+    CHECK_THROWS_WITH_AS(io::hf::load(io::hf::Directory(hf_fixtures / "gpt2"), g),
                          doctest::Contains("the model's config differs from config.json's"), shape_error);
 }
 
@@ -356,6 +356,6 @@ TEST_CASE("hf: defects name the file and what was expected") {
     // a model of another shape is refused before anything is written
     student::Transformer<float, device::Cpu> other(
         {.vocab_size = 40, .context_length = 12, .d_model = 16, .n_layers = 3, .n_heads = 2, .d_ff = 24}, 1);
-    CHECK_THROWS_WITH_AS(io::hf::load(io::hf::Checkpoint(hf_fixtures / "gpt2"), other),
+    CHECK_THROWS_WITH_AS(io::hf::load(io::hf::Directory(hf_fixtures / "gpt2"), other),
                          Contains("the model's config differs from config.json's"), shape_error);
 }

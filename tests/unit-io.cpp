@@ -31,8 +31,8 @@
 #include "distill/detail/rng.hpp"
 #include "distill/device/cpu.hpp"
 #include "distill/error.hpp"
-#include "distill/io/atomic_file.hpp"
 #include "distill/io/checkpoint.hpp"
+#include "distill/io/durable.hpp"
 #include "distill/io/safetensors.hpp"
 #include "distill/io/topk_cache.hpp"
 #include "distill/io/weights.hpp"
@@ -698,6 +698,49 @@ TEST_CASE("append_durably: appends whole records, creating the file, and reports
     const fs::path nowhere = dir.path / "no-such-dir" / "log.jsonl";
     CHECK_THROWS_WITH_AS(distill::io::append_durably(nowhere, "x\n"),
                          Contains((nowhere.string() + ": cannot open for appending").c_str()), io_error);
+}
+
+TEST_CASE("truncate_to_last_line: cuts a torn last record, leaves complete files alone") {
+    temp_dir dir;
+    const fs::path p = dir.file("log.jsonl", "{\"a\":1}\n{\"a\":2}\n{\"a\":");
+    CHECK(distill::io::truncate_to_last_line(p) == 6);
+    CHECK(read_all(p) == "{\"a\":1}\n{\"a\":2}\n");
+    CHECK(distill::io::truncate_to_last_line(p) == 0);  // complete: untouched
+    CHECK(read_all(p) == "{\"a\":1}\n{\"a\":2}\n");
+    const fs::path torn_only = dir.file("torn.jsonl", "{\"a\"");
+    CHECK(distill::io::truncate_to_last_line(torn_only) == 5);
+    CHECK(read_all(torn_only).empty());
+    CHECK(distill::io::truncate_to_last_line(dir.path / "absent.jsonl") == 0);
+}
+
+TEST_CASE("truncate_durably and copy_file_atomic: cut and copy, failures name the file") {
+    temp_dir dir;
+    const fs::path p = dir.file("data.bin", "0123456789");
+    distill::io::truncate_durably(p, 4);
+    CHECK(read_all(p) == "0123");
+    const fs::path absent = dir.path / "absent.bin";
+    CHECK_THROWS_WITH_AS(distill::io::truncate_durably(absent, 0),
+                         Contains((absent.string() + ": cannot open for truncating").c_str()), io_error);
+    const fs::path copy = dir.path / "copy.bin";
+    distill::io::copy_file_atomic(p, copy);
+    CHECK(read_all(copy) == "0123");
+    CHECK_THROWS_WITH_AS(distill::io::copy_file_atomic(absent, copy), Contains(absent.string().c_str()), io_error);
+    CHECK(read_all(copy) == "0123");  // a failed copy leaves the target as it was
+}
+
+TEST_CASE("directory_lock: one holder per directory, named by the caller's key; released on destruction") {
+    temp_dir dir;
+    {
+        distill::io::directory_lock first(dir.path, "output_dir", "training");
+        try {
+            distill::io::directory_lock second(dir.path, "output_dir", "training");
+            FAIL("the second lock was granted");
+        } catch (const distill::config_error& e) {
+            CHECK(e.field() == "output_dir");
+            CHECK(std::string(e.what()).starts_with("output_dir: another process is training into"));
+        }
+    }
+    distill::io::directory_lock again(dir.path, "output_dir", "training");  // the first one is gone
 }
 
 // ---------------------------------------------------------------------------------------------------

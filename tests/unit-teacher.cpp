@@ -14,8 +14,8 @@
 
 #include "distill/data/chat.hpp"
 #include "distill/data/jsonl.hpp"
-#include "distill/generate.hpp"
 #include "distill/io/topk_cache.hpp"
+#include "distill/pipeline/generate.hpp"
 #include "distill/teacher.hpp"
 #include "distill/teacher/cache.hpp"
 #include "distill/teacher/callable.hpp"

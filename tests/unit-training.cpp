@@ -922,6 +922,33 @@ TEST_CASE("training: on a terminal, progress is one bar redrawn in place") {
     CHECK(text.find("tok/s  ETA 0s") != std::string::npos);
 }
 
+TEST_CASE("training: errors name the caller's keys (a job's hyperparameters and output_dir)") {
+    TempDir dir("keys");
+    NoiseTask task;
+    Model model(NoiseTask::model_config(), 4, device::Cpu(1));
+    model.init(3);
+    optim::AdamW<float, device::Cpu> opt(model.parameters(), {}, device::Cpu(1));
+    auto cfg = noise_config(dir.path);
+    const auto schedule = noise_schedule(cfg, task.train.size());
+    train::FinetuneOptions<float> job_keys;
+    job_keys.config_path = "hyperparameters";
+    job_keys.output_dir_key = "output_dir";
+    job_keys.progress = nullptr;
+    auto run = [&] {
+        train::finetune(model, opt, schedule, task.train, nullptr, cfg, train::CrossEntropy{}, job_keys);
+    };
+    CHECK(error_of(run) == "hyperparameters.batch_size: is 8, the student was built for at most 4 sequences");
+    cfg.batch_size = 4;
+    cfg.grad_accum = 0;
+    CHECK(error_of(run) == "hyperparameters.grad_accum: must be >= 1, got 0");
+    cfg.grad_accum = 1;
+    cfg.max_steps = 1;
+    train::Finetuner first(model, opt, schedule, task.train, nullptr, cfg, train::CrossEntropy{}, job_keys);
+    CHECK(error_of([&] {
+              train::Finetuner(model, opt, schedule, task.train, nullptr, cfg, train::CrossEntropy{}, job_keys);
+          }).starts_with("output_dir: another process is training into"));
+}
+
 TEST_CASE("training: bad configurations, other data and damaged checkpoints are refused when a run starts") {
     TempDir dir("refuse");
     NoiseTask task;

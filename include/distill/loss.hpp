@@ -288,11 +288,6 @@ bool reads_activations(const L& loss) {
         return needs_activations<L>;
 }
 
-/// Whether teacher `Teacher` declares signal `Signal` in its `provides` set.
-template <class Teacher, class Signal>
-inline constexpr bool teacher_provides =
-    decltype(boost::hana::contains(Teacher::provides, boost::hana::type_c<Signal>))::value;
-
 /// The learned parameters of a term or loss (none unless it has `parameters()`).
 template <class T, class L>
 std::vector<Parameter<T>> parameters_of(const L& term) {
@@ -541,14 +536,14 @@ private:
     else if constexpr (::std::is_same_v<Signal_, ::distill::signal::qkv_t>)                          \
         DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, "qkv")                                     \
     else                                                                                             \
-        static_assert(::distill::loss::teacher_provides<Teacher_, Signal_>,                          \
+        static_assert(::distill::teacher_provides<Teacher_, Signal_>,                                \
                       "Loss: " who                                                                   \
                       " needs a signal that the teacher does not provide (the note below names the " \
                       "signal and the teacher); see docs/losses.md");
 
 #define DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, sig)                                                \
     {                                                                                                         \
-        static_assert(::distill::loss::teacher_provides<Teacher_, Signal_>,                                   \
+        static_assert(::distill::teacher_provides<Teacher_, Signal_>,                                         \
                       "Loss: " who " needs " sig ", which the teacher does not provide; see docs/losses.md"); \
     }
 
@@ -578,7 +573,7 @@ constexpr bool generic_checks() {
 /// `static_assert` per missing signal, first term first, its message naming the term and the
 /// signal: `"Loss: distill::loss::AttentionKL needs attentions, which the teacher does not
 /// provide; see docs/losses.md"`, and the compiler's note under it naming the teacher
-/// (`'distill::loss::teacher_provides<my_teacher, distill::signal::attentions_t>' evaluates to
+/// (`'distill::teacher_provides<my_teacher, distill::signal::attentions_t>' evaluates to
 /// false`). A user-defined signal cannot be pasted into a C++20 message, so its message says "needs
 /// a signal that the teacher does not provide" and the note names the signal type and the teacher.
 /// @tparam Teacher a type with `static constexpr auto provides` (a Hana set of signals).

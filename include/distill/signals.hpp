@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstddef>
 
+#include <boost/hana/contains.hpp>
 #include <boost/hana/set.hpp>
 #include <boost/hana/type.hpp>
 
@@ -42,3 +43,14 @@ inline constexpr auto attentions = boost::hana::type_c<attentions_t>;
 inline constexpr auto qkv = boost::hana::type_c<qkv_t>;
 
 }  // namespace distill::signal
+
+namespace distill {
+
+/// Whether teacher type `Teacher` provides `Signal` (a `distill::signal::*` tag) at compile time: the
+/// signal is in its `provides` set. Teachers (teacher.hpp) declare the set; losses (loss.hpp) check
+/// their needs against it.
+template <class Teacher, class Signal>
+inline constexpr bool teacher_provides =
+    decltype(boost::hana::contains(Teacher::provides, boost::hana::type_c<Signal>))::value;
+
+}  // namespace distill

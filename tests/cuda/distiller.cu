@@ -16,7 +16,7 @@
 #include "../teacher_fixtures.hpp"
 #include "distill/device/cpu.hpp"
 #include "distill/device/cuda.hpp"
-#include "distill/distiller.hpp"
+#include "distill/pipeline/distiller.hpp"
 #include "distill/loss/attention_kl.hpp"
 #include "distill/loss/hard_ce.hpp"
 #include "distill/loss/hidden_mse.hpp"

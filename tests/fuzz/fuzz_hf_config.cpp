@@ -1,4 +1,4 @@
-// Fuzz target: the readers of a Hugging Face checkpoint's config.json (io::hf::Checkpoint,
+// Fuzz target: the readers of a Hugging Face checkpoint's config.json (io::hf::Directory,
 // transformer_config / checked_transformer_config for gpt2, llama, qwen2 and phi3, encoder_config for
 // bert with its sentence-transformers 1_Pooling/config.json), then loading the model the config
 // describes from the tensors beside it. The first input byte picks the committed transformers
@@ -49,7 +49,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     else
         fs::remove(dir / "1_Pooling" / "config.json");
     try {
-        const io::hf::Checkpoint ckpt(dir);
+        const io::hf::Directory ckpt(dir);
         if (ckpt.model_type() == "bert") {
             const student::EncoderConfig c = io::hf::encoder_config(ckpt);
             io::hf::check_parameter_count(ckpt, c.parameter_count());

@@ -1,4 +1,4 @@
-// Fuzz target: a sharded Hugging Face checkpoint's model.safetensors.index.json (io::hf::Checkpoint:
+// Fuzz target: a sharded Hugging Face checkpoint's model.safetensors.index.json (io::hf::Directory:
 // weight_map, shard names, the shard count bound, every tensor in the shard the index names, no
 // tensor in two shards), then the config check against the tensors and loading the model from the
 // shards. An input holds the index and the two shards (model-00001-of-00002.safetensors,
@@ -36,7 +36,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     fuzz::write_file(dir / "model-00001-of-00002.safetensors", fuzz::next_part(rest, "\n--8<--\n"));
     fuzz::write_file(dir / "model-00002-of-00002.safetensors", rest);
     try {
-        const io::hf::Checkpoint ckpt(dir);
+        const io::hf::Directory ckpt(dir);
         for (const auto& name : ckpt.tensor_names())
             if (!ckpt.find(name) || ckpt.find(name)->second == nullptr) __builtin_trap();
         const student::TransformerConfig c = io::hf::checked_transformer_config(ckpt);

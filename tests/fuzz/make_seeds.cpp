@@ -18,16 +18,16 @@
 #include "distill/data/byte_tokenizer.hpp"
 #include "distill/data/chat.hpp"
 #include "distill/data/jsonl.hpp"
-#include "distill/generate.hpp"
 #include "distill/io/checkpoint.hpp"
 #include "distill/io/hf.hpp"
 #include "distill/io/reflect.hpp"
 #include "distill/io/safetensors.hpp"
 #include "distill/io/topk_cache.hpp"
 #include "distill/io/weights.hpp"
-#include "distill/job.hpp"
 #include "distill/optim/schedule.hpp"
 #include "distill/optim/sgd.hpp"
+#include "distill/pipeline/generate.hpp"
+#include "distill/pipeline/job.hpp"
 #include "distill/teacher.hpp"
 #include "distill/teacher/cache.hpp"
 #include "distill/teacher/model.hpp"
@@ -188,7 +188,7 @@ int main(int argc, char** argv) try {
         const fs::path dir = fixtures / "hf" / hf_families[i];
         const std::string config = slurp(dir / "config.json");
         put("hf_config", std::string(hf_families[i]), with_mode(char(i), config));
-        const io::hf::Checkpoint ckpt(dir);
+        const io::hf::Directory ckpt(dir);
         if (ckpt.model_type() == "bert") {
             for (const char* pooling : {"mean_tokens", "cls_token"})
                 put("hf_config", std::string("bert-pooling-") + pooling,

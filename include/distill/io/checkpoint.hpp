@@ -46,7 +46,7 @@
 
 #include "distill/detail/hash.hpp"
 #include "distill/error.hpp"
-#include "distill/io/atomic_file.hpp"
+#include "distill/io/durable.hpp"
 #include "distill/io/reflect.hpp"
 #include "distill/io/safetensors.hpp"
 #include "distill/io/weights.hpp"
@@ -117,7 +117,7 @@ inline void write_raw(const std::filesystem::path& path, std::span<const raw_ten
 
 /// Size and CRC-32C of a whole file, read through a mapping.
 inline std::pair<std::uint64_t, std::uint32_t> file_digest(const std::filesystem::path& path) {
-    const distill::detail::mapped_file map(path);
+    const io::mapped_file map(path);
     const auto bytes = map.bytes();
     return {bytes.size(), distill::detail::crc32c(bytes.data(), bytes.size())};
 }
@@ -163,7 +163,7 @@ public:
         const auto manifest_path = dir / "manifest.json";
         if (!std::filesystem::exists(manifest_path))
             throw format_error(manifest_path, 0, "missing: " + dir.string() + " is not a complete checkpoint");
-        const distill::detail::mapped_file map(manifest_path);
+        const io::mapped_file map(manifest_path);
         const auto bytes = map.bytes();
         // A manifest is kilobytes (the job config and the loop's state); a huge one is not ours, and
         // parsing it would cost many times its size in memory.
@@ -477,7 +477,7 @@ private:
     std::optional<std::filesystem::path> pointer(const char* pointer_name) const {
         const auto path = root_ / pointer_name;
         if (!std::filesystem::exists(path)) return std::nullopt;
-        const distill::detail::mapped_file map(path);
+        const io::mapped_file map(path);
         // "step-NNNNNNNN\n"; anything much longer is not a pointer (and is not copied whole).
         if (map.bytes().size() > 4096)
             throw format_error(path, 1,

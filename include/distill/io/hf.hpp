@@ -50,7 +50,7 @@
 
 #include "distill/device.hpp"
 #include "distill/error.hpp"
-#include "distill/io/atomic_file.hpp"
+#include "distill/io/durable.hpp"
 #include "distill/io/reflect.hpp"
 #include "distill/io/safetensors.hpp"
 #include "distill/student/encoder.hpp"
@@ -82,12 +82,14 @@ inline nlohmann::json read_json(const std::filesystem::path& path) {
 
 }  // namespace detail
 
-/// A checkpoint directory opened for reading: its config and every shard, mapped.
-class Checkpoint {
+/// A Hugging Face model directory (what `save_pretrained` writes) opened for reading: its
+/// config.json and every safetensors shard, mapped. (Not to be confused with `io::Checkpoint`,
+/// distill's own training checkpoint in io/checkpoint.hpp.)
+class Directory {
 public:
     /// Opens `dir`/config.json and `dir`/model.safetensors, or the shards its
     /// model.safetensors.index.json lists. Throws io_error / format_error naming the file.
-    explicit Checkpoint(std::filesystem::path dir) : dir_(std::move(dir)) {
+    explicit Directory(std::filesystem::path dir) : dir_(std::move(dir)) {
         config_ = detail::read_json(dir_ / "config.json");
         const auto type = config_.find("model_type");
         if (type == config_.end() || !type->is_string())
@@ -316,7 +318,7 @@ inline student::TransformerConfig llama_config(const nlohmann::json& c, const st
 
 /// The student config a checkpoint describes. Throws format_error naming config.json for a model type
 /// or a setting the student cannot compute.
-inline student::TransformerConfig transformer_config(const Checkpoint& ckpt) {
+inline student::TransformerConfig transformer_config(const Directory& ckpt) {
     const auto file = ckpt.directory() / "config.json";
     const std::string& type = ckpt.model_type();
     if (type == "gpt2") return gpt2_config(ckpt.config(), file);
@@ -332,7 +334,7 @@ inline student::TransformerConfig transformer_config(const Checkpoint& ckpt) {
 /// Throws format_error unless the checkpoint's tensors hold at least the `parameters` a config read
 /// from its config.json describes — checked before a model is laid out, so a crafted config.json
 /// beside a small file cannot make us allocate a large model.
-inline void check_parameter_count(const Checkpoint& ckpt, std::int64_t parameters) {
+inline void check_parameter_count(const Directory& ckpt, std::int64_t parameters) {
     std::int64_t held = 0;
     for (const auto& name : ckpt.tensor_names()) held += ckpt.find(name)->second->numel();
     if (held < parameters)
@@ -343,7 +345,7 @@ inline void check_parameter_count(const Checkpoint& ckpt, std::int64_t parameter
 
 /// `transformer_config(ckpt)`, checked against the tensors (`check_parameter_count`) before anything
 /// is laid out: what a teacher or a student loaded from a directory is built from.
-inline student::TransformerConfig checked_transformer_config(const Checkpoint& ckpt) {
+inline student::TransformerConfig checked_transformer_config(const Directory& ckpt) {
     const student::TransformerConfig c = transformer_config(ckpt);
     check_parameter_count(ckpt, c.parameter_count());
     return c;
@@ -376,7 +378,7 @@ inline student::EncoderConfig bert_config(const nlohmann::json& c, const std::fi
 /// sentence-transformers `1_Pooling/config.json` beside it when there is one (mean or CLS; other
 /// modes are refused), else mean. Throws format_error naming the file for another model type or a
 /// setting the Encoder cannot compute.
-inline student::EncoderConfig encoder_config(const Checkpoint& ckpt) {
+inline student::EncoderConfig encoder_config(const Directory& ckpt) {
     const auto file = ckpt.directory() / "config.json";
     if (ckpt.model_type() != "bert")
         throw format_error(file, 0,
@@ -494,7 +496,7 @@ constexpr bool is_encoder = std::is_same_v<typename Model::config_type, student:
 /// skips) before any parameter is written, so a failed load leaves the model as it was.
 /// Throws format_error / shape_error naming the file and tensor.
 template <class Model>
-void load(const Checkpoint& ckpt, Model& model) {
+void load(const Directory& ckpt, Model& model) {
     using T = typename Model::scalar_type;
     constexpr bool encoder = detail::is_encoder<Model>;
     const std::string& family = ckpt.model_type();

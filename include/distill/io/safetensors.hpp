@@ -41,7 +41,7 @@
 
 #include "distill/detail/hash.hpp"
 #include "distill/error.hpp"
-#include "distill/io/atomic_file.hpp"
+#include "distill/io/durable.hpp"
 
 // Tensors are copied between the file and memory without byte swapping.
 static_assert(std::endian::native == std::endian::little,
@@ -221,70 +221,6 @@ inline std::optional<std::int64_t> checked_numel(std::span<const std::int64_t> s
     if (n > max / static_cast<std::int64_t>(element_size)) return std::nullopt;
     return n;
 }
-
-/// A read-only memory mapping of a whole regular file; unmapped on destruction.
-class mapped_file {
-public:
-    mapped_file() = default;
-
-    /// Maps `path`. Throws io_error if it cannot be opened, is not a regular file or cannot be mapped.
-    explicit mapped_file(const std::filesystem::path& path) {
-        const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-        if (fd < 0) {
-            const int err = errno;
-            throw io_error(path, io_errno_message("cannot open", err));
-        }
-        struct stat info {};
-        if (::fstat(fd, &info) != 0) {
-            const int err = errno;
-            ::close(fd);
-            throw io_error(path, io_errno_message("cannot stat", err));
-        }
-        if (!S_ISREG(info.st_mode)) {
-            ::close(fd);
-            throw io_error(path, "not a regular file");
-        }
-        size_ = static_cast<std::size_t>(info.st_size);
-        // mmap rejects a length of 0; an empty file is simply an empty span.
-        if (size_ > 0) {
-            void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
-            if (p == MAP_FAILED) {
-                const int err = errno;
-                ::close(fd);
-                throw io_error(path, io_errno_message("cannot mmap", err));
-            }
-            data_ = static_cast<const std::byte*>(p);
-        }
-        ::close(fd);  // the mapping keeps the file alive
-    }
-
-    mapped_file(const mapped_file&) = delete;
-    mapped_file& operator=(const mapped_file&) = delete;
-    mapped_file(mapped_file&& other) noexcept
-        : data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)) {}
-    mapped_file& operator=(mapped_file&& other) noexcept {
-        if (this != &other) {
-            unmap();
-            data_ = std::exchange(other.data_, nullptr);
-            size_ = std::exchange(other.size_, 0);
-        }
-        return *this;
-    }
-    ~mapped_file() { unmap(); }
-
-    /// The file's bytes.
-    std::span<const std::byte> bytes() const noexcept { return {data_, size_}; }
-
-private:
-    void unmap() noexcept {
-        if (data_) ::munmap(const_cast<std::byte*>(data_), size_);
-        data_ = nullptr;
-        size_ = 0;
-    }
-
-    const std::byte* data_ = nullptr;
-    std::size_t size_ = 0;
-};
 
 /// Element `index` of a little-endian array of `Stored` at `src`, which need not be aligned.
 template <class Stored>
@@ -693,7 +629,7 @@ private:
     }
 
     std::filesystem::path path_;
-    detail::mapped_file map_;
+    io::mapped_file map_;
     std::span<const std::byte> data_;  // the data buffer, inside map_
     std::vector<tensor_info> tensors_;
     std::map<std::string, std::size_t, std::less<>> index_;  // name -> position in tensors_

@@ -41,7 +41,7 @@
 
 #include "distill/detail/hash.hpp"
 #include "distill/error.hpp"
-#include "distill/io/atomic_file.hpp"
+#include "distill/io/durable.hpp"
 #include "distill/io/safetensors.hpp"
 
 static_assert(std::endian::native == std::endian::little,
@@ -295,7 +295,7 @@ private:
     }
 
     std::filesystem::path path_;
-    detail::mapped_file map_;
+    io::mapped_file map_;
     topk_header header_;
     std::vector<topk_record> records_{};
     std::map<std::string_view, std::size_t, std::less<>> index_;
@@ -306,7 +306,7 @@ private:
 /// back to it after a crash in the middle of an append.
 inline std::uint64_t topk_complete_prefix(const std::filesystem::path& path) {
     using namespace topk_detail;
-    detail::mapped_file map(path);
+    io::mapped_file map(path);
     const auto bytes = map.bytes();
     const std::byte* base = bytes.data();
     if (bytes.size() < fixed_header_v1 || std::memcmp(base, file_magic, 8) != 0) return 0;

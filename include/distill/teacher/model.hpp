@@ -225,7 +225,7 @@ private:
             if (!c.config.empty())
                 throw config_error("teacher.config",
                                    "must be empty for a Hugging Face directory (its config.json is used)");
-            return io::hf::checked_transformer_config(io::hf::Checkpoint(c.weights));
+            return io::hf::checked_transformer_config(io::hf::Directory(c.weights));
         }
         if (c.config.empty()) {
             io::safetensors_file file(c.weights);
@@ -248,7 +248,7 @@ private:
 
     void load_weights() {
         if (is_hf(cfg_))
-            io::hf::load(io::hf::Checkpoint(cfg_.weights), net_);
+            io::hf::load(io::hf::Directory(cfg_.weights), net_);
         else
             io::load_weights(io::safetensors_file(cfg_.weights), net_);
         source_ = std::filesystem::path(cfg_.weights).filename().string();

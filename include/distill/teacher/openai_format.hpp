@@ -25,12 +25,6 @@
 
 namespace distill::teacher::openai {
 
-/// A response body that is not a well-formed chat completion (also used for error bodies).
-class protocol_error : public error {
-public:
-    using error::error;
-};
-
 /// JSON text of `j`; invalid UTF-8 in strings (a byte-level model can produce it) becomes U+FFFD
 /// instead of an exception, because the wire format is JSON and JSON is UTF-8.
 inline std::string dump(const nlohmann::json& j) {

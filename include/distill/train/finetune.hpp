@@ -34,18 +34,14 @@
 #include <utility>
 #include <vector>
 
-#include <fcntl.h>
-#include <sys/file.h>
-#include <unistd.h>
-
 #include <boost/hana/adapt_struct.hpp>
 #include <nlohmann/json.hpp>
 
 #include "distill/data/dataset.hpp"
 #include "distill/detail/rng.hpp"
 #include "distill/error.hpp"
-#include "distill/io/atomic_file.hpp"
 #include "distill/io/checkpoint.hpp"
+#include "distill/io/durable.hpp"
 #include "distill/io/reflect.hpp"
 #include "distill/optim/clip.hpp"
 #include "distill/optim/schedule.hpp"
@@ -55,50 +51,8 @@
 
 namespace distill::train {
 
-namespace detail {
-
-/// An exclusive advisory lock (flock) on `<dir>/.lock`, held while a run writes into `dir`: two
-/// processes training into one output directory would interleave checkpoints and delete each
-/// other's temporaries. The kernel drops the lock when the process dies, SIGKILL included, so a
-/// crashed run never leaves a stale lock behind.
-class DirectoryLock {
-public:
-    DirectoryLock() = default;
-    explicit DirectoryLock(const std::filesystem::path& dir) {
-        const auto path = dir / ".lock";
-        fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0666);
-        if (fd_ < 0) {
-            const int err = errno;
-            throw io_error(path, distill::detail::io_errno_message("cannot open the run's lock file", err));
-        }
-        if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
-            ::close(fd_);
-            fd_ = -1;
-            throw config_error("training.output_dir", "another process is training into " + dir.string() +
-                                                          " (it holds " + path.string() + "); one run per directory");
-        }
-    }
-    DirectoryLock(DirectoryLock&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
-    DirectoryLock& operator=(DirectoryLock&& o) noexcept {
-        if (this != &o) {
-            release();
-            fd_ = std::exchange(o.fd_, -1);
-        }
-        return *this;
-    }
-    ~DirectoryLock() { release(); }
-
-private:
-    void release() noexcept {
-        if (fd_ >= 0) ::close(fd_);  // closing the descriptor releases the flock
-        fd_ = -1;
-    }
-    int fd_ = -1;
-};
-
-}  // namespace detail
-
-/// The loop's settings: the JSON keys of the job's `training` object.
+/// The loop's settings. A job's `hyperparameters` section sets the keys it shares with them (the
+/// Distiller reads them from there); errors name them under `FinetuneOptions::config_path`.
 struct FinetuneConfig {
     int num_epochs = 1;                 ///< passes over the training set (when max_steps is 0)
     std::int64_t max_steps = 0;         ///< > 0: exactly this many optimizer steps, epochs continuing as needed
@@ -244,6 +198,12 @@ struct FinetuneOptions {
     std::FILE* progress = stderr;
     /// Called after every step (after its checkpoint, if any).
     std::function<void(const StepReport&)> on_step{};
+    /// Where the loop's settings sit in the caller's configuration, for error messages
+    /// ("<config_path>.batch_size: ..."): "hyperparameters" in a job file.
+    std::string config_path = "training";
+    /// The key that chose `output_dir`, for the message refusing a second run into it ("" = the
+    /// config_path's "output_dir"; "output_dir" in a job file).
+    std::string output_dir_key{};
 };
 
 /// How a run ended.
@@ -259,6 +219,51 @@ struct FinetuneResult {
     std::int64_t loss_spikes = 0;                                ///< explosions reported by this process
     std::filesystem::path best_checkpoint{}, last_checkpoint{};  ///< empty without output_dir
 };
+
+/// The RNG's state as a checkpoint stores it (the spare normal as its bits).
+struct RngRecord {
+    std::vector<std::uint64_t> words{};  ///< the xoshiro state, 4 words
+    std::uint64_t spare_bits = 0;
+    bool has_spare = false;
+};
+
+/// What the run trains on, so a resume can refuse other data.
+struct DatasetRecord {
+    std::uint64_t size = 0;
+    std::uint64_t fingerprint = 0;
+};
+
+/// The loop's own state, stored as "state" in every checkpoint's manifest (io/checkpoint.hpp) and
+/// read back on resume through the same reflection as the configs (io/reflect.hpp). Doubles the
+/// resume compares against are kept as their bits, so it continues with exactly the same values;
+/// `best_loss`, `total_steps` and `lr_next` are for readers of the manifest.
+struct LoopState {
+    std::int64_t epoch = 0;
+    std::int64_t cursor = 0;  ///< position in the epoch's example order
+    std::int64_t epochs_completed = 0;
+    RngRecord rng{};
+    std::optional<std::uint64_t> best_loss_bits{};  ///< null: no validation yet
+    std::optional<double> best_loss{};
+    std::int64_t best_step = -1;
+    int bad_validations = 0;
+    bool stopped = false;
+    bool finished = false;
+    std::uint64_t loss_mean_bits = 0;  ///< the explosion guard's running mean
+    std::int64_t loss_count = 0;
+    std::int64_t total_steps = 0;
+    double lr_next = 0;
+    DatasetRecord dataset{};
+};
+
+}  // namespace distill::train
+
+BOOST_HANA_ADAPT_STRUCT(distill::train::RngRecord, words, spare_bits, has_spare);
+BOOST_HANA_ADAPT_STRUCT(distill::train::DatasetRecord, size, fingerprint);
+BOOST_HANA_ADAPT_STRUCT(distill::train::LoopState, epoch, cursor, epochs_completed, rng, best_loss_bits, best_loss,
+                        best_step, bad_validations, stopped, finished, loss_mean_bits, loss_count, total_steps, lr_next,
+                        dataset);
+
+namespace distill::train {
 
 /// The finetune loop over `Model`, `Optimizer`, `Schedule` and a loss callback (see the file comment).
 /// @tparam Model a `student_model`. @tparam Optimizer an `optimizer_policy` over the model's scalar.
@@ -286,18 +291,18 @@ public:
           options_(std::move(options)),
           rng_(cfg_.seed),
           clipper_(std::span<const Parameter<T>>(opt_.parameters())) {
-        cfg_.validate();
+        cfg_.validate(options_.config_path);
         if (train_.empty()) throw config_error("training_data", "the training set is empty");
         const int eval_batch = cfg_.eval_batch_size ? cfg_.eval_batch_size : cfg_.batch_size;
         if constexpr (requires { model.max_batch(); }) {
             if (cfg_.batch_size > model.max_batch())
-                throw config_error("training.batch_size", "is " + std::to_string(cfg_.batch_size) +
-                                                              ", the student was built for at most " +
-                                                              std::to_string(model.max_batch()) + " sequences");
+                throw config_error(key("batch_size"), "is " + std::to_string(cfg_.batch_size) +
+                                                          ", the student was built for at most " +
+                                                          std::to_string(model.max_batch()) + " sequences");
             if (eval_batch > model.max_batch())
-                throw config_error("training.eval_batch_size", "is " + std::to_string(eval_batch) +
-                                                                   ", the student was built for at most " +
-                                                                   std::to_string(model.max_batch()) + " sequences");
+                throw config_error(key("eval_batch_size"), "is " + std::to_string(eval_batch) +
+                                                               ", the student was built for at most " +
+                                                               std::to_string(model.max_batch()) + " sequences");
         }
         total_ = total_steps(cfg_, train_.size());
         if (!cfg_.output_dir.empty()) {
@@ -305,7 +310,9 @@ public:
             std::error_code ec;
             std::filesystem::create_directories(out_, ec);
             if (ec) throw io_error(out_, "cannot create the output directory: " + ec.message());
-            lock_ = detail::DirectoryLock(out_);  // before the store, which cleans up temporaries
+            // before the store, which cleans up temporaries
+            lock_ = io::directory_lock(
+                out_, options_.output_dir_key.empty() ? key("output_dir") : options_.output_dir_key, "training");
             store_.emplace(out_ / "checkpoints");
         }
     }
@@ -452,6 +459,9 @@ public:
     std::int64_t total() const noexcept { return total_; }
 
 private:
+    /// The path of one of the loop's settings in the caller's configuration (error messages).
+    std::string key(const char* name) const { return options_.config_path + "." + name; }
+
     auto model_device() const {
         if constexpr (requires { model_.device(); })
             return model_.device();
@@ -464,7 +474,7 @@ private:
         std::optional<std::filesystem::path> latest;
         if (store_) latest = store_->latest();
         if (latest && !cfg_.resume)
-            throw config_error("training.resume",
+            throw config_error(key("resume"),
                                "is false, but " + out_.string() +
                                    " already holds checkpoints of a run; choose an empty output_dir or resume");
         if (!latest) {
@@ -478,33 +488,28 @@ private:
         } catch (const format_error& e) {
             throw format_error(e.path(), e.line(), refusal_hint(e, *latest));
         }
-        const nlohmann::json& s = ck->state();
-        const auto& ds = s.at("dataset");
-        if (ds.at("size").get<std::uint64_t>() != train_.size() ||
-            ds.at("fingerprint").get<std::uint64_t>() != train_.fingerprint())
+        const LoopState s = read_state(*ck, *latest);
+        if (s.dataset.size != train_.size() || s.dataset.fingerprint != train_.fingerprint())
             throw config_error("training_data",
                                "differs from the data the checkpoint " + latest->string() +
                                    " was trained on (size or content); resuming would not continue that run");
         ck->restore(model_, std::span<const Parameter<T>>(options_.extra), opt_, order_);
         step_ = ck->step();
-        epoch_ = s.at("epoch").get<std::int64_t>();
-        cursor_ = s.at("cursor").get<std::int64_t>();
-        epochs_completed_ = s.at("epochs_completed").get<std::int64_t>();
+        epoch_ = s.epoch;
+        cursor_ = s.cursor;
+        epochs_completed_ = s.epochs_completed;
         Rng::state_type rs;
-        for (int i = 0; i < 4; ++i)
-            rs.words[static_cast<std::size_t>(i)] =
-                s.at("rng").at("words").at(static_cast<std::size_t>(i)).get<std::uint64_t>();
-        rs.spare = std::bit_cast<double>(s.at("rng").at("spare_bits").get<std::uint64_t>());
-        rs.has_spare = s.at("rng").at("has_spare").get<bool>();
+        for (std::size_t i = 0; i < rs.words.size(); ++i) rs.words[i] = s.rng.words[i];
+        rs.spare = std::bit_cast<double>(s.rng.spare_bits);
+        rs.has_spare = s.rng.has_spare;
         rng_.set_state(rs);
-        if (!s.at("best_loss_bits").is_null())
-            best_loss_ = std::bit_cast<double>(s.at("best_loss_bits").get<std::uint64_t>());
-        best_step_ = s.at("best_step").get<std::int64_t>();
-        bad_validations_ = s.at("bad_validations").get<int>();
-        stopped_ = s.at("stopped").get<bool>();
-        finished_ = s.at("finished").get<bool>();
-        loss_mean_ = std::bit_cast<double>(s.at("loss_mean_bits").get<std::uint64_t>());
-        loss_count_ = s.at("loss_count").get<std::int64_t>();
+        if (s.best_loss_bits) best_loss_ = std::bit_cast<double>(*s.best_loss_bits);
+        best_step_ = s.best_step;
+        bad_validations_ = s.bad_validations;
+        stopped_ = s.stopped;
+        finished_ = s.finished;
+        loss_mean_ = std::bit_cast<double>(s.loss_mean_bits);
+        loss_count_ = s.loss_count;
         last_checkpoint_ = *latest;
         result.resumed = true;
         result.resumed_from_step = step_;
@@ -516,30 +521,47 @@ private:
         return true;
     }
 
-    /// The loop's own state for the checkpoint manifest; doubles as their bits, so a resume compares
-    /// against exactly the same best loss.
+    /// The loop's own state for the checkpoint manifest (see `LoopState`).
     nlohmann::json loop_state() const {
         const auto rs = rng_.state();
-        nlohmann::json words = nlohmann::json::array();
-        for (auto w : rs.words) words.push_back(w);
-        return {
-            {"epoch", epoch_},
-            {"cursor", cursor_},
-            {"epochs_completed", epochs_completed_ + (cursor_ >= static_cast<std::int64_t>(train_.size()) ? 1 : 0)},
-            {"rng",
-             {{"words", words}, {"spare_bits", std::bit_cast<std::uint64_t>(rs.spare)}, {"has_spare", rs.has_spare}}},
-            {"best_loss_bits",
-             best_loss_ ? nlohmann::json(std::bit_cast<std::uint64_t>(*best_loss_)) : nlohmann::json(nullptr)},
-            {"best_loss", best_loss_ ? nlohmann::json(*best_loss_) : nlohmann::json(nullptr)},
-            {"best_step", best_step_},
-            {"bad_validations", bad_validations_},
-            {"stopped", stopped_},
-            {"finished", finished_},
-            {"loss_mean_bits", std::bit_cast<std::uint64_t>(loss_mean_)},
-            {"loss_count", loss_count_},
-            {"total_steps", total_},
-            {"lr_next", schedule_.lr(step_)},
-            {"dataset", {{"size", train_.size()}, {"fingerprint", train_.fingerprint()}}}};
+        LoopState st;
+        st.epoch = epoch_;
+        st.cursor = cursor_;
+        st.epochs_completed = epochs_completed_ + (cursor_ >= static_cast<std::int64_t>(train_.size()) ? 1 : 0);
+        st.rng = {std::vector<std::uint64_t>(rs.words.begin(), rs.words.end()), std::bit_cast<std::uint64_t>(rs.spare),
+                  rs.has_spare};
+        if (best_loss_) {
+            st.best_loss_bits = std::bit_cast<std::uint64_t>(*best_loss_);
+            st.best_loss = *best_loss_;
+        }
+        st.best_step = best_step_;
+        st.bad_validations = bad_validations_;
+        st.stopped = stopped_;
+        st.finished = finished_;
+        st.loss_mean_bits = std::bit_cast<std::uint64_t>(loss_mean_);
+        st.loss_count = loss_count_;
+        st.total_steps = total_;
+        st.lr_next = schedule_.lr(step_);
+        st.dataset = {train_.size(), train_.fingerprint()};
+        return io::to_json(st);
+    }
+
+    /// The manifest's loop state of checkpoint `dir`; every field must be there (a format_error
+    /// naming the manifest otherwise).
+    static LoopState read_state(const io::Checkpoint& ck, const std::filesystem::path& dir) {
+        const auto manifest = dir / "manifest.json";
+        LoopState st;
+        try {
+            const nlohmann::json& j = ck.state();
+            if (j.is_object())
+                for (const auto& k : io::to_json(st).items())
+                    if (!j.contains(k.key())) throw config_error("state." + k.key(), "is missing");
+            io::from_json(j, st, "state");
+            if (st.rng.words.size() != 4) throw config_error("state.rng.words", "expected 4 words");
+        } catch (const config_error& e) {
+            throw format_error(manifest, 0, e.what());
+        }
+        return st;
     }
 
     nlohmann::json job_config() const {
@@ -678,7 +700,7 @@ private:
     optim::GradClipper<T> clipper_;                            // clipping without allocation
     std::vector<std::pair<std::string, double>> term_sums_{};  // the step's loss terms, kept across steps
     std::filesystem::path out_{};
-    detail::DirectoryLock lock_;
+    io::directory_lock lock_;
     std::optional<io::CheckpointStore> store_{};
     std::filesystem::path last_checkpoint_{};
 

@@ -1,5 +1,5 @@
 #pragma once
-/// @file job.hpp
+/// @file pipeline/job.hpp
 /// The job file: one JSON object holding a whole distillation run — the teacher, the student, the
 /// data, the task, sampling, hyperparameters, loss terms, the baseline and the output directory.
 /// `docs/job-format.md` lists every key with its default.

@@ -1,5 +1,5 @@
 #pragma once
-/// @file generate.hpp
+/// @file pipeline/generate.hpp
 /// The generate stage: the teacher answers every example, and its answers become the student's
 /// training data.
 ///
@@ -33,6 +33,7 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <set>
 #include <string>
@@ -42,14 +43,13 @@
 #include <boost/hana/adapt_struct.hpp>
 #include <nlohmann/json.hpp>
 
-#include <fcntl.h>
 #include <unistd.h>
 
 #include "distill/data/chat.hpp"
 #include "distill/data/jsonl.hpp"
 #include "distill/detail/hash.hpp"
 #include "distill/error.hpp"
-#include "distill/io/atomic_file.hpp"
+#include "distill/io/durable.hpp"
 #include "distill/io/topk_cache.hpp"
 #include "distill/signals.hpp"
 #include "distill/teacher.hpp"
@@ -57,7 +57,8 @@
 
 namespace distill {
 
-/// Settings of the generate stage. Keys are the JSON keys of a job's `generate` object.
+/// Settings of the generate stage (not part of a job file: the Distiller sets them from the run
+/// directory and its options; errors name them under `generate`).
 struct GenerateConfig {
     std::string output_dir = "out";    ///< where synthetic.jsonl and its companions go (created if absent)
     std::string name = "synthetic";    ///< the output files' common name: <name>.jsonl, <name>.topk, ...
@@ -111,16 +112,6 @@ struct GenerateReport {
     double success_ratio() const noexcept { return requested ? double(requested - failed) / double(requested) : 1.0; }
 };
 
-/// The stage failed: too few answers. The report has been written; `report()` holds it.
-class generate_error : public error {
-public:
-    generate_error(const std::string& what, GenerateReport report) : error(what), report_(std::move(report)) {}
-    const GenerateReport& report() const noexcept { return report_; }
-
-private:
-    GenerateReport report_;
-};
-
 namespace generate_detail {
 
 // std::filesystem reports failures as filesystem_error; the stage reports io_error naming the file.
@@ -131,37 +122,6 @@ auto fs_call(const std::filesystem::path& path, const char* what, F&& f) {
     } catch (const std::filesystem::filesystem_error& e) {
         throw io_error(path, std::string(what) + ": " + e.code().message());
     }
-}
-
-// Cuts a file to `size` bytes and makes the cut durable.
-inline void cut_file(const std::filesystem::path& path, std::uint64_t size) {
-    fs_call(path, "cannot truncate", [&] { std::filesystem::resize_file(path, size); });
-    const int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
-    if (fd >= 0) {
-        ::fsync(fd);
-        ::close(fd);
-    }
-}
-
-// Cuts a JSONL file back to its last complete line: a line without its newline is a record whose
-// append a crash interrupted. Returns the bytes removed.
-inline std::uint64_t cut_torn_line(const std::filesystem::path& path) {
-    if (!std::filesystem::exists(path)) return 0;
-    const auto size = fs_call(path, "cannot stat", [&] { return std::filesystem::file_size(path); });
-    if (size == 0) return 0;
-    std::uint64_t keep = 0;
-    {
-        detail::mapped_file map(path);
-        const auto bytes = map.bytes();
-        if (bytes.back() == std::byte('\n')) return 0;
-        for (std::size_t i = bytes.size(); i > 0; --i)
-            if (bytes[i - 1] == std::byte('\n')) {
-                keep = i;
-                break;
-            }
-    }
-    cut_file(path, keep);
-    return size - keep;
 }
 
 inline std::string answer_key(const std::vector<data::Message>& prompt, const std::string& text) {
@@ -238,8 +198,8 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
     std::set<std::string> done;     // ids with a record or a rejection
     std::set<std::string> answers;  // answer keys, for deduplication
     std::set<std::string> with_record;
-    report.repaired_bytes += generate_detail::cut_torn_line(synthetic);
-    report.repaired_bytes += generate_detail::cut_torn_line(rejected_path);
+    report.repaired_bytes += io::truncate_to_last_line(synthetic);
+    report.repaired_bytes += io::truncate_to_last_line(rejected_path);
     if (fs::exists(synthetic)) {
         data::read_jsonl(synthetic, {}, [&](std::uint64_t, const nlohmann::json& j) {
             auto r = teacher::parse_synthetic(j);
@@ -266,7 +226,7 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
                                 keep = io::topk_complete_prefix(topk_path);
             if (keep == 0) throw format_error(topk_path, 0, "top-k cache: not a distill top-k cache file (bad header)");
             if (keep < size) {
-                generate_detail::cut_file(topk_path, keep);
+                io::truncate_durably(topk_path, keep);
                 report.repaired_bytes += size - keep;
             }
             // A crash between the two appends of one answer leaves a top-k record without its line:
@@ -293,7 +253,7 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
             }
             if (cut) {
                 report.repaired_bytes += std::filesystem::file_size(topk_path) - cut;
-                generate_detail::cut_file(topk_path, cut);
+                io::truncate_durably(topk_path, cut);
             }
         } else {
             if (!with_record.empty())
@@ -451,9 +411,34 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
             what += "\n  " + report.failures[i].id + " (line " + std::to_string(report.failures[i].line) +
                     "): " + report.failures[i].error;
         if (report.failures.size() > 5) what += "\n  ... and " + std::to_string(report.failures.size() - 5) + " more";
-        throw generate_error(what, report);
+        throw generate_error(what, std::make_shared<const GenerateReport>(report));
     }
     return report;
+}
+
+/// The generate stage of a run: the teacher answers every training (and validation) prompt of
+/// `setup` (a `RunSetup`) into the run directory's `generate/` (see `distill::generate`); resumes and
+/// skips what is done. Returns the training set's report.
+template <teacher_source Teacher, class Setup>
+GenerateReport generate_stage(Teacher& teacher, const Setup& setup) {
+    GenerateConfig g;
+    g.output_dir = setup.dir.generate_dir().string();
+    g.progress = !setup.options.quiet;
+    setup.say("generate: " + teacher.name() + " answers " + std::to_string(setup.train.examples.size()) +
+              " training prompts");
+    GenerateReport r = distill::generate(teacher, setup.train, setup.job.generation, g);
+    if (setup.validation) {
+        g.name = "synthetic.validation";
+        distill::generate(teacher, *setup.validation, setup.job.generation, g);
+    }
+    const auto rejected = r.rejected_empty + r.rejected_truncated + r.rejected_duplicate;
+    if (rejected > 0)
+        setup.say("generate: " + std::to_string(rejected) + " answers rejected (" +
+                  std::to_string(r.rejected_truncated) + " cut off by generation.max_new_tokens, " +
+                  std::to_string(r.rejected_duplicate) + " duplicates, " + std::to_string(r.rejected_empty) +
+                  " empty); see generate/synthetic.rejected.jsonl");
+    if (r.failed > 0) setup.say("generate: " + std::to_string(r.failed) + " prompts unanswered (rerun to retry them)");
+    return r;
 }
 
 }  // namespace distill

@@ -1,19 +1,30 @@
 #pragma once
-/// @file atomic_file.hpp
-/// Crash-safe file output: whole files are replaced atomically (temp file, fsync, rename, fsync of the
-/// directory) and log records are appended with fsync, so a crash at any moment leaves either the
-/// previous good content or the new one, never a mixture (design.md §5).
+/// @file durable.hpp
+/// Every way distill touches a file so that a crash at any moment leaves the previous good state
+/// readable (design.md §5), in one place, every fsync and close result checked:
+/// - `atomic_writer` / `write_file_atomic` / `copy_file_atomic`: whole files replaced atomically (temp
+///   file, fsync, rename, fsync of the directory): the previous content or the new one, never a mixture;
+/// - `append_durably`: one record appended with fsync (a torn append is cut back);
+/// - `truncate_durably` / `truncate_to_last_line`: a file cut back (to a size, or to its last complete
+///   line after a crash interrupted an append) with the cut made durable;
+/// - `mapped_file`: a read-only mapping of a whole file;
+/// - `directory_lock`: one process writing into a directory at a time.
 
 #include <cerrno>
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <span>
 #include <string>
 #include <string_view>
 #include <utility>
 
 #include <fcntl.h>
+#include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -43,6 +54,20 @@ inline int write_all_fd(int fd, const void* data, std::size_t size) noexcept {
     return 0;
 }
 
+/// fsyncs and closes `fd`, a descriptor of `path` written through: both results checked (close can
+/// report a deferred write error). The descriptor is closed either way. Throws io_error naming `path`.
+inline void fsync_and_close(int fd, const std::filesystem::path& path) {
+    if (::fsync(fd) != 0) {
+        const int err = errno;
+        ::close(fd);
+        throw io_error(path, io_errno_message("cannot fsync", err));
+    }
+    if (::close(fd) != 0) {
+        const int err = errno;
+        throw io_error(path, io_errno_message("cannot close", err));
+    }
+}
+
 /// The directory holding `path`, "." for a bare file name.
 inline std::filesystem::path parent_directory(const std::filesystem::path& path) {
     std::filesystem::path dir = path.parent_path();
@@ -61,8 +86,14 @@ inline void fsync_parent_directory(const std::filesystem::path& path) {
     int err = 0;
     // Some file systems cannot sync a directory and say EINVAL; there is nothing more to make durable.
     if (::fsync(fd) != 0 && errno != EINVAL) err = errno;
-    ::close(fd);
-    if (err != 0) throw io_error(path, io_errno_message("cannot fsync directory " + dir.string(), err));
+    if (err != 0) {
+        ::close(fd);
+        throw io_error(path, io_errno_message("cannot fsync directory " + dir.string(), err));
+    }
+    if (::close(fd) != 0) {
+        err = errno;
+        throw io_error(path, io_errno_message("cannot close directory " + dir.string(), err));
+    }
 }
 
 }  // namespace distill::detail
@@ -216,17 +247,168 @@ inline void append_durably(const std::filesystem::path& path, std::string_view r
         ::close(fd);
         throw io_error(path, detail::io_errno_message("cannot append", err));
     }
-    if (::fsync(fd) != 0) {
-        const int err = errno;
-        ::close(fd);
-        throw io_error(path, detail::io_errno_message("cannot fsync", err));
-    }
-    if (::close(fd) != 0) {
-        const int err = errno;
-        throw io_error(path, detail::io_errno_message("cannot close", err));
-    }
+    detail::fsync_and_close(fd, path);
     // A new file's directory entry is only durable once the directory itself is synced.
     if (created) detail::fsync_parent_directory(path);
 }
+
+/// A read-only memory mapping of a whole regular file; unmapped on destruction.
+class mapped_file {
+public:
+    mapped_file() = default;
+
+    /// Maps `path`. Throws io_error if it cannot be opened, is not a regular file or cannot be mapped.
+    explicit mapped_file(const std::filesystem::path& path) {
+        const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+        if (fd < 0) {
+            const int err = errno;
+            throw io_error(path, detail::io_errno_message("cannot open", err));
+        }
+        struct stat info {};
+        if (::fstat(fd, &info) != 0) {
+            const int err = errno;
+            ::close(fd);
+            throw io_error(path, detail::io_errno_message("cannot stat", err));
+        }
+        if (!S_ISREG(info.st_mode)) {
+            ::close(fd);
+            throw io_error(path, "not a regular file");
+        }
+        size_ = static_cast<std::size_t>(info.st_size);
+        // mmap rejects a length of 0; an empty file is simply an empty span.
+        if (size_ > 0) {
+            void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+            if (p == MAP_FAILED) {
+                const int err = errno;
+                ::close(fd);
+                throw io_error(path, detail::io_errno_message("cannot mmap", err));
+            }
+            data_ = static_cast<const std::byte*>(p);
+        }
+        ::close(fd);  // the mapping keeps the file alive
+    }
+
+    mapped_file(const mapped_file&) = delete;
+    mapped_file& operator=(const mapped_file&) = delete;
+    mapped_file(mapped_file&& other) noexcept
+        : data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)) {}
+    mapped_file& operator=(mapped_file&& other) noexcept {
+        if (this != &other) {
+            unmap();
+            data_ = std::exchange(other.data_, nullptr);
+            size_ = std::exchange(other.size_, 0);
+        }
+        return *this;
+    }
+    ~mapped_file() { unmap(); }
+
+    /// The file's bytes.
+    std::span<const std::byte> bytes() const noexcept { return {data_, size_}; }
+
+private:
+    void unmap() noexcept {
+        if (data_) ::munmap(const_cast<std::byte*>(data_), size_);
+        data_ = nullptr;
+        size_ = 0;
+    }
+
+    const std::byte* data_ = nullptr;
+    std::size_t size_ = 0;
+};
+
+/// Replaces the content of `to` with the bytes of `from` atomically. Throws io_error naming the file.
+inline void copy_file_atomic(const std::filesystem::path& from, const std::filesystem::path& to) {
+    std::ifstream in(from, std::ios::binary);
+    if (!in) throw io_error(from, "cannot open");
+    const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (in.bad()) throw io_error(from, "cannot read");
+    write_file_atomic(to, bytes);
+}
+
+/// Cuts `path` to its first `size` bytes and makes the cut durable (fsync, then close, both checked).
+/// Throws io_error naming `path` and the system's reason.
+inline void truncate_durably(const std::filesystem::path& path, std::uint64_t size) {
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+    if (fd < 0) {
+        const int err = errno;
+        throw io_error(path, detail::io_errno_message("cannot open for truncating", err));
+    }
+    if (::ftruncate(fd, static_cast<off_t>(size)) != 0) {
+        const int err = errno;
+        ::close(fd);
+        throw io_error(path, detail::io_errno_message("cannot truncate", err));
+    }
+    detail::fsync_and_close(fd, path);
+}
+
+/// Cuts a line-oriented file (JSONL) back to its last complete line: a last line without its newline
+/// is a record whose append a crash interrupted. Returns the bytes removed (0 when the file is absent,
+/// empty or ends with a newline). Throws io_error.
+inline std::uint64_t truncate_to_last_line(const std::filesystem::path& path) {
+    std::error_code ec;
+    if (!std::filesystem::exists(path, ec)) {
+        if (ec) throw io_error(path, "cannot stat: " + ec.message());
+        return 0;
+    }
+    std::uint64_t size = 0, keep = 0;
+    {
+        const mapped_file map(path);
+        const auto bytes = map.bytes();
+        size = bytes.size();
+        if (size == 0 || bytes.back() == std::byte('\n')) return 0;
+        for (std::size_t i = bytes.size(); i > 0; --i)
+            if (bytes[i - 1] == std::byte('\n')) {
+                keep = i;
+                break;
+            }
+    }
+    truncate_durably(path, keep);
+    return size - keep;
+}
+
+/// An exclusive advisory lock (flock) on `<dir>/.lock`, held while a process writes into `dir`: two
+/// processes writing one output directory would interleave their files and delete each other's
+/// temporaries. The kernel drops the lock when the process dies, SIGKILL included, so a crashed run
+/// never leaves a stale lock behind.
+class directory_lock {
+public:
+    directory_lock() = default;
+    /// Takes the lock on `dir` (which must exist). When another process holds it, throws config_error
+    /// naming `key` (the setting that chose the directory) and `activity` ("training").
+    directory_lock(const std::filesystem::path& dir, const std::string& key, const std::string& activity) {
+        const auto path = dir / ".lock";
+        fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+        if (fd_ < 0) {
+            const int err = errno;
+            throw io_error(path, detail::io_errno_message("cannot open the run's lock file", err));
+        }
+        if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+            ::close(fd_);
+            fd_ = -1;
+            throw config_error(key, "another process is " + activity + " into " + dir.string() + " (it holds " +
+                                        path.string() + "); one run per directory");
+        }
+    }
+    directory_lock(const directory_lock&) = delete;
+    directory_lock& operator=(const directory_lock&) = delete;
+    directory_lock(directory_lock&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
+    directory_lock& operator=(directory_lock&& o) noexcept {
+        if (this != &o) {
+            release();
+            fd_ = std::exchange(o.fd_, -1);
+        }
+        return *this;
+    }
+    ~directory_lock() { release(); }
+
+private:
+    void release() noexcept {
+        // Closing the descriptor releases the flock; nothing was written through it, so there is
+        // no deferred write error for close() to report.
+        if (fd_ >= 0) ::close(fd_);
+        fd_ = -1;
+    }
+    int fd_ = -1;
+};
 
 }  // namespace distill::io

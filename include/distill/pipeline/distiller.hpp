@@ -1,0 +1,341 @@
+#pragma once
+/// @file pipeline/distiller.hpp
+/// `Distiller<Teacher, Student, Loss, Optimizer, Device>`: the whole generate → finetune → evaluate
+/// pipeline of one job, composed at compile time from one policy per kind. Start reading here.
+///
+/// @code
+/// using MyDistiller = distill::Distiller<
+///     distill::teacher::Model<distill::student::Transformer>,    // where answers and soft labels come from
+///     distill::student::Transformer,                             // what is trained
+///     distill::loss::Sum<distill::loss::SoftKL, distill::loss::HiddenMSE, distill::loss::AttentionKL>,
+///     distill::optim::AdamW,
+///     distill::device::Cpu>;
+/// distill::Job job = distill::load_job("job.json");
+/// distill::teacher::Model<distill::student::Transformer> teacher(teacher_config);
+/// MyDistiller d(job, teacher);
+/// nlohmann::ordered_json report = d.run();                      // or generate(), finetune(), evaluate()
+/// @endcode
+///
+/// **Compile-time checks**, one readable `static_assert` per slot, in dependency order: the device
+/// is a `device_policy`, the teacher a `teacher_source`, `Student<float, Device>` a `student_model`,
+/// the loss a `loss_policy`, `Optimizer<float, Device>` an `optimizer_policy`; then every loss term's
+/// needs ⊆ the teacher's provides (`loss::check_needs`), and an `online_teacher` when a term reads
+/// logits, hidden states, attention maps or q|k|v.
+///
+/// **Online or offline** follows from the types: a loss that reads the teacher's logits, hidden
+/// states or attention maps runs the teacher's forward on every batch (online); a loss that reads
+/// only top-k log-probabilities takes them from the generate stage's `synthetic.topk` (offline);
+/// token-level terms read the teacher's answers, which are the training sequences either way.
+///
+/// **The rooms.** The constructor reads and checks the whole job into a `RunSetup`
+/// (pipeline/setup.hpp); each stage is its own header and reads only that: `generate_stage`
+/// (pipeline/generate.hpp), `FinetuneStage` (pipeline/finetune_stage.hpp, over the loop in
+/// train/finetune.hpp), `EvaluateStage` (pipeline/evaluate.hpp). Where each writes, and when a stage is
+/// skipped, resumed or refused, is pipeline/run_dir.hpp: each stage resumes after a crash (generate
+/// by record, finetune from its latest checkpoint, evaluate from scratch, deterministically) and is
+/// skipped when complete; output of another configuration in the same directory is refused with an
+/// error naming the file, never reused.
+
+#include <algorithm>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+#include <nlohmann/json.hpp>
+
+#include "distill/data/chat.hpp"
+#include "distill/data/dataset.hpp"
+#include "distill/data/load_chat_template.hpp"
+#include "distill/data/vocab_alignment.hpp"
+#include "distill/device.hpp"
+#include "distill/error.hpp"
+#include "distill/io/hf.hpp"
+#include "distill/io/reflect.hpp"
+#include "distill/io/safetensors.hpp"
+#include "distill/io/weights.hpp"
+#include "distill/loss.hpp"
+#include "distill/optimizer.hpp"
+#include "distill/pipeline/evaluate.hpp"
+#include "distill/pipeline/finetune_stage.hpp"
+#include "distill/pipeline/generate.hpp"
+#include "distill/pipeline/job.hpp"
+#include "distill/pipeline/run_dir.hpp"
+#include "distill/pipeline/setup.hpp"
+#include "distill/student.hpp"
+#include "distill/teacher.hpp"
+#include "distill/teacher/model.hpp"
+
+namespace distill {
+
+/// The generate → finetune → evaluate pipeline of one job (see the file comment).
+/// @tparam Teacher a `teacher_source` (e.g. `teacher::Model<student::Transformer>`, `teacher::OpenAI<>`).
+/// @tparam Student a class template `Student<T, Device>` that is a `student_model` (`student::Transformer`).
+/// @tparam Loss a `loss_policy` (a term or a `loss::Sum`); rebound to float on `Device`.
+/// @tparam Optimizer a class template `Optimizer<T, Device>` that is an `optimizer_policy` (`optim::AdamW`).
+/// @tparam Device a `device_policy` (`device::Cpu`).
+template <class Teacher, template <class, class> class Student, class Loss, template <class, class> class Optimizer,
+          class Device = device::Cpu>
+class Distiller {
+    static_assert(device_policy<Device>,
+                  "Device: not a distill::device_policy (memory, name, allocate, deallocate, fill_zero, copy); see "
+                  "docs/devices.md");
+    static_assert(teacher_source<Teacher>,
+                  "Teacher: not a distill::teacher_source (provides, fingerprint(), name(), generate(...)); see "
+                  "docs/teachers.md");
+    static_assert(student_model<Student<float, Device>>,
+                  "Student: Student<float, Device> is not a distill::student_model; see docs/students.md");
+    static_assert(loss::loss_policy<loss::rebind_t<Loss, float, Device>, float, Device>,
+                  "Loss: not a distill::loss::loss_policy (name, needs, config, constructor from (config, dims), "
+                  "operator()(context)); see docs/losses.md");
+    static_assert(optimizer_policy<Optimizer<float, Device>>,
+                  "Optimizer: Optimizer<float, Device> is not a distill::optimizer_policy; see docs/training.md");
+    static_assert(loss::check_needs<Teacher, Loss>());
+    static_assert(!pipeline_detail::needs_online<Loss> || online_teacher<Teacher>,
+                  "Teacher: the loss reads the teacher's logits, hidden states or attention maps, so the teacher must "
+                  "run in-process (distill::online_teacher, e.g. teacher::Model); see docs/teachers.md");
+
+    using types = RunTypes<Student, Loss, Optimizer, Device>;
+
+public:
+    using scalar_type = float;
+    using teacher_type = Teacher;
+    using student_type = typename types::student_type;
+    using student_config = typename types::student_config;
+    using loss_type = typename types::loss_type;
+    using optimizer_type = typename types::optimizer_type;
+    using device_type = Device;
+    /// What every stage reads: the job as the constructor read and checked it.
+    using setup_type = typename types::setup_type;
+    using evaluate_stage_type = EvaluateStage<Teacher, Student, Loss, Optimizer, Device>;
+    using finetune_stage_type = FinetuneStage<Teacher, Student, Loss, Optimizer, Device>;
+    /// Runs a trained student (or the baseline) for evaluation: the in-process teacher over `Student`.
+    using runner_type = typename evaluate_stage_type::runner_type;
+
+    /// Online distillation (a teacher forward per batch) when the loss reads in-process signals.
+    static constexpr bool online = types::online;
+    /// Whether the loss reads cached top-k log-probabilities.
+    static constexpr bool uses_topk = types::uses_topk;
+
+    /// Validates everything that can be validated before work starts — every section of `job`
+    /// against the policies' configs, the data files (read and parsed), the teacher's shape against
+    /// the student's — so a bad job fails here (config_error, io_error, format_error naming the key,
+    /// file or line), never hours later. `teacher` is kept by reference and must outlive the Distiller.
+    Distiller(Job job, Teacher& teacher, Device device = Device{}, DistillerOptions options = {})
+        : teacher_(teacher), device_(device) {
+        s_.job = std::move(job);
+        s_.dir = RunDir(s_.job.output_dir);
+        s_.options = options;
+        s_.job.validate();
+        check_precision();
+        s_.student = read_student_config();
+        s_.chat_template = student_template();
+        if (s_.student.vocab_size < s_.chat_template.vocab_size())
+            throw config_error("student.vocab_size", "is " + std::to_string(s_.student.vocab_size) +
+                                                         ", but the student's tokenizer " +
+                                                         s_.chat_template.tokenizer_id() + " has " +
+                                                         std::to_string(s_.chat_template.vocab_size()) + " ids");
+        s_.answer_tokens_reusable = teacher_tokenizer_id(teacher_) == s_.chat_template.tokenizer_id();
+        s_.loss = loss_config_of<loss_type>(s_.job);
+        s_.optimizer = optimizer_config_of<optimizer_type>(s_.job);
+        s_.train = read_data("training_data", s_.job.training_data);
+        if (s_.train.examples.empty())
+            throw format_error(s_.job.training_data, 0, "has no examples (training_data must not be empty)");
+        if (!s_.job.validation_data.empty()) s_.validation = read_data("validation_data", s_.job.validation_data);
+        if (!s_.job.test_data.empty()) {
+            s_.test = read_data("test_data", s_.job.test_data);
+            for (const auto& ex : s_.test->examples)
+                if (!ex.reference)
+                    throw format_error(s_.job.test_data, ex.line,
+                                       "test example has no reference answer (the evaluation compares against it)");
+        }
+        if (s_.job.baseline.enabled && s_.job.baseline.data != "labeled")
+            s_.baseline_data = read_data("baseline.data", s_.job.baseline.data);
+        if constexpr (uses_topk) {
+            if (s_.job.generation.top_logprobs == 0)
+                throw config_error("generation.top_logprobs",
+                                   "is 0, but the loss reads the teacher's top-k log-probabilities; set 1..20");
+        }
+        if constexpr (online || uses_topk || requires { teacher_.chat_template(); }) align_vocabularies();
+        if constexpr (online) {
+            const auto& t = teacher_.network().config();
+            if (t.context_length < s_.student.context_length)
+                throw config_error("student.context_length",
+                                   "is " + std::to_string(s_.student.context_length) + ", longer than the teacher's " +
+                                       std::to_string(t.context_length) + " (the teacher forwards the same sequences)");
+            if (teacher_batch_size(teacher_) < s_.job.hyperparameters.batch_size)
+                throw config_error("teacher.max_batch",
+                                   "is " + std::to_string(teacher_batch_size(teacher_)) +
+                                       ", smaller than hyperparameters.batch_size " +
+                                       std::to_string(s_.job.hyperparameters.batch_size) +
+                                       " (online distillation forwards the teacher on every batch)");
+        }
+        const int B = s_.job.hyperparameters.batch_size;
+        const loss_type probe(s_.loss, loss_dims_of<online>(teacher_, s_.student, B));  // checks layer maps, widths
+        if constexpr (online && requires { teacher_.keeps_activations(); })
+            if (!teacher_.keeps_activations() && loss::reads_activations(probe))
+                throw config_error("teacher.keep_activations",
+                                   "is false, but the loss reads the teacher's hidden states, attention maps or "
+                                   "q|k|v; set it to true (or drop those terms)");
+    }
+
+    Distiller(const Distiller&) = delete;
+    Distiller& operator=(const Distiller&) = delete;
+
+    const Job& job() const noexcept { return s_.job; }
+    const std::filesystem::path& output_dir() const noexcept { return s_.dir.root(); }
+    /// The student's tokenizer and chat format (see `Job::tokenizer`).
+    const data::ChatTemplate& chat_template() const noexcept { return s_.chat_template; }
+    /// How the teacher's and the student's vocabularies line up, decided at construction for losses
+    /// that compare them (online terms, top-k); `different` otherwise.
+    const data::VocabAlignment& alignment() const noexcept { return s_.alignment; }
+    /// Everything the stages read (see pipeline/setup.hpp).
+    const setup_type& setup() const noexcept { return s_; }
+
+    /// The teacher answers every training (and validation) prompt; see `generate_stage`. Resumes
+    /// and skips what is done. Returns the training set's report.
+    GenerateReport generate() {
+        s_.dir.write_job_copy(s_.job);
+        return generate_stage(teacher_, s_);
+    }
+
+    /// Trains the distilled student and the baseline; see `FinetuneStage`. Needs the generate
+    /// stage's output. Returns a summary of both runs.
+    nlohmann::ordered_json finetune() {
+        s_.dir.write_job_copy(s_.job);
+        return finetune_stage_type(s_, teacher_, device_).run();
+    }
+
+    /// Measures the teacher, the baseline and the distilled student on the test set and writes the
+    /// report; see `EvaluateStage`. Returns report.json's object.
+    nlohmann::ordered_json evaluate() {
+        s_.dir.write_job_copy(s_.job);
+        return evaluate_stage_type(s_, teacher_, device_).run();
+    }
+
+    /// generate(), finetune(), evaluate() (the last only when the job has test data).
+    nlohmann::ordered_json run() {
+        generate();
+        finetune();
+        if (s_.test) return evaluate();
+        return nlohmann::ordered_json::object();
+    }
+
+private:
+    // ---- reading the job against the policies -------------------------------------------------------
+
+    // A data file of the job; its io/format errors become config errors of the key that names it
+    // ("training_data: train.jsonl:7: ...").
+    static data::Dataset read_data(const char* key, const std::string& path) {
+        try {
+            return data::read_examples(path);
+        } catch (const io_error& e) {
+            throw config_error(key, e.what());
+        } catch (const format_error& e) {
+            throw config_error(key, e.what());
+        }
+    }
+
+    // The job's `student` section, or the architecture of `student_weights` (the section must then be
+    // empty or describe the same one).
+    student_config read_student_config() const {
+        student_config c{};
+        if (s_.job.student_weights.empty() || !s_.job.student.empty()) {
+            io::from_json(s_.job.student, c, "student");
+            c.validate("student");
+        }
+        if (s_.job.student_weights.empty()) return c;
+        student_config init{};
+        if (s_.student_from_hf()) {
+            if constexpr (std::is_same_v<student_config, student::TransformerConfig>)
+                init = io::hf::checked_transformer_config(io::hf::Directory(s_.job.student_weights));
+            else
+                throw config_error("student_weights",
+                                   "is a Hugging Face directory, which initializes "
+                                   "student::Transformer only");
+        } else {
+            init = io::load_weights_config<student_config>(io::safetensors_file(s_.job.student_weights));
+        }
+        if (s_.job.student.empty()) return init;
+        const nlohmann::json want = io::to_json(init), have = io::to_json(c);
+        for (const auto& item : want.items())
+            if (have.value(item.key(), nlohmann::json()) != item.value())
+                throw config_error("student." + item.key(),
+                                   "is " + have.value(item.key(), nlohmann::json()).dump() + ", but student_weights " +
+                                       s_.job.student_weights + " has " + item.value().dump() +
+                                       " (leave \"student\" empty to take the checkpoint's architecture)");
+        return c;
+    }
+
+    // The student's tokenizer and chat format (`Job::tokenizer`): the job's, else the one beside
+    // `student_weights`, else the in-process teacher's own, else the byte tokenizer. Chat-template
+    // settings come from the teacher's, the format recognized anew for another tokenizer. Notes
+    // the tokenizer.json it came from, which the transformers-layout student is given.
+    data::ChatTemplate student_template() {
+        std::string tokenizer = s_.job.tokenizer;
+        const char* field = "tokenizer";
+        if (tokenizer.empty() && s_.student_from_hf() &&
+            std::filesystem::exists(std::filesystem::path(s_.job.student_weights) / "tokenizer.json")) {
+            tokenizer = s_.job.student_weights;
+            field = "student_weights";
+        }
+        data::ChatTemplateConfig settings{};
+        if constexpr (requires { teacher_.chat_template(); }) {
+            if (tokenizer.empty()) {
+                if constexpr (requires { teacher_.tokenizer_file(); }) s_.tokenizer_source = teacher_.tokenizer_file();
+                return teacher_.chat_template();
+            }
+            settings = teacher_.chat_template().config();
+            settings.format.clear();
+        }
+        s_.tokenizer_source = data::tokenizer_file(tokenizer, field);
+        return data::load_chat_template(tokenizer, settings, field);
+    }
+
+    // Losses that compare the two models position by position and column by column (online terms,
+    // top-k) need one tokenizer: the teacher's padding rows past the student's are trimmed (with a
+    // notice); different tokenizers are refused with the advice to distill through the text, which
+    // works across tokenizers (the teacher's answers are then re-encoded with the student's).
+    void align_vocabularies() {
+        const std::int64_t student_rows = s_.student.vocab_size;
+        data::VocabInfo teacher_vocab;
+        if constexpr (requires { teacher_.chat_template(); }) {
+            teacher_vocab = teacher_.chat_template().vocab_info("teacher", teacher_vocab_size(teacher_));
+        } else {  // a cache or an endpoint, known by its tokenizer's name
+            teacher_vocab = s_.chat_template.vocab_info("teacher");
+            if (!s_.answer_tokens_reusable)
+                teacher_vocab.tokens = {"(tokenizer " + teacher_tokenizer_id(teacher_) + ")"};
+        }
+        s_.alignment = data::align_vocabularies(teacher_vocab, s_.chat_template.vocab_info("student", student_rows));
+        if constexpr (!online && !uses_topk) return;  // text distillation works across tokenizers
+        data::require_logit_compatible(s_.alignment);
+        if constexpr (online) {
+            const std::int64_t teacher_rows = teacher_.network().config().vocab_size;
+            if (teacher_rows < student_rows)
+                throw config_error("student.vocab_size",
+                                   "is " + std::to_string(student_rows) + ", more rows than the teacher's " +
+                                       std::to_string(teacher_rows) +
+                                       ": online losses compare the teacher's logits column by column; give the "
+                                       "student at most the teacher's rows (and at least the tokenizer's " +
+                                       std::to_string(s_.chat_template.vocab_size()) + " ids)");
+        }
+        if (s_.alignment.match == data::vocab_match::padded) s_.say("tokenizer: " + s_.alignment.message);
+    }
+
+    // The job's precision is the device's: a device with a precision (device::Cpu) must compute in the
+    // job's; any other device computes in fp32.
+    void check_precision() const {
+        const std::string has = device::compute_precision_of(device_) == device::precision::bf16 ? "bf16" : "fp32";
+        if (has != s_.job.precision)
+            throw config_error("precision", "is \"" + s_.job.precision + "\", but the " + Device::name +
+                                                " device given to the Distiller computes in " + has +
+                                                " (construct it with the job's precision)");
+    }
+
+    Teacher& teacher_;
+    Device device_;
+    setup_type s_{};
+};
+
+}  // namespace distill

@@ -1,0 +1,301 @@
+#pragma once
+/// @file pipeline/evaluate.hpp
+/// The evaluate stage: the same test prompts through the teacher, the baseline student and the
+/// distilled student — each one's answers (`eval/<model>.answers.jsonl`), the task's metrics against
+/// the references (and against the teacher's answers), reference perplexity, latency percentiles,
+/// throughput, peak memory, parameters and checkpoint size — written as `report.json`, `report.md`,
+/// `loss.svg` and `models.svg`. The stage is skipped when report.json holds the fingerprint of the
+/// same models, test set and settings; otherwise it runs from scratch, deterministically.
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "distill/data/dataset.hpp"
+#include "distill/detail/hash.hpp"
+#include "distill/error.hpp"
+#include "distill/eval/memory.hpp"
+#include "distill/eval/metrics.hpp"
+#include "distill/eval/report.hpp"
+#include "distill/eval/task_metrics.hpp"
+#include "distill/io/durable.hpp"
+#include "distill/io/reflect.hpp"
+#include "distill/pipeline/run_dir.hpp"
+#include "distill/pipeline/setup.hpp"
+#include "distill/teacher.hpp"
+#include "distill/teacher/model.hpp"
+#include "distill/version.hpp"
+
+namespace distill {
+
+namespace pipeline_detail {
+
+/// The bytes of a checkpoint: a weights file, or the safetensors files of a Hugging Face directory.
+inline std::uintmax_t checkpoint_bytes(const std::filesystem::path& weights) {
+    if (!std::filesystem::is_directory(weights)) return std::filesystem::file_size(weights);
+    std::uintmax_t bytes = 0;
+    for (const auto& e : std::filesystem::directory_iterator(weights))
+        if (e.is_regular_file() && e.path().extension() == ".safetensors") bytes += e.file_size();
+    return bytes;
+}
+
+}  // namespace pipeline_detail
+
+/// The evaluate stage of a run (see the file comment); the template parameters are the Distiller's.
+template <class Teacher, template <class, class> class Student, class Loss, template <class, class> class Optimizer,
+          class Device>
+class EvaluateStage {
+    using types = RunTypes<Student, Loss, Optimizer, Device>;
+
+public:
+    /// Runs a trained student (or the baseline) for evaluation: the in-process teacher over `Student`.
+    using runner_type = teacher::Model<Student, float, Device>;
+
+    /// `setup` and `teacher` are kept by reference.
+    EvaluateStage(const typename types::setup_type& setup, Teacher& teacher, Device device)
+        : s_(setup), teacher_(teacher), device_(device) {}
+
+    /// Measures the teacher, the baseline and the distilled student on the test set and writes the
+    /// report (report.json, report.md, loss.svg, models.svg). Returns report.json's object.
+    nlohmann::ordered_json run() {
+        const RunDir& out = s_.dir;
+        if (!s_.test)
+            throw config_error("test_data", "is not set; the evaluate stage needs a test set with references");
+        const auto student_file = out.weights("student"), baseline_file = out.weights("baseline");
+        if (!std::filesystem::exists(student_file))
+            throw error("evaluate: " + student_file.string() + " does not exist; run the finetune stage first");
+        const bool with_baseline = s_.job.baseline.enabled && std::filesystem::exists(baseline_file);
+        // "sha256:" + 32 hex digits of each weights file: the report's fingerprints and the stage's
+        const auto digest = [](const std::filesystem::path& f) {
+            return "sha256:" + detail::sha256_file(f).substr(0, 32);
+        };
+        const std::string student_digest = digest(student_file),
+                          baseline_digest = with_baseline ? digest(baseline_file) : std::string();
+        const std::string fp = evaluation_fingerprint(student_digest, baseline_digest);
+        if (pipeline_detail::stored_fingerprint(out.report_json()) == fp) {
+            s_.say("evaluate: report.json is complete for these models; skipped");
+            return pipeline_detail::read_json_file(out.report_json());
+        }
+        const auto t0 = std::chrono::steady_clock::now();
+        std::vector<teacher::Request> requests;
+        std::vector<std::string> references;
+        for (const auto& ex : s_.test->examples) {
+            if (s_.job.evaluation.max_examples > 0 && std::int64_t(requests.size()) >= s_.job.evaluation.max_examples)
+                break;
+            requests.push_back({ex.id, ex.line, ex.prompt});
+            references.push_back(*ex.reference);
+        }
+        teacher::Sampling sampling = s_.job.generation;
+        sampling.top_logprobs = 0;
+        if (s_.job.evaluation.max_new_tokens > 0) sampling.max_new_tokens = s_.job.evaluation.max_new_tokens;
+
+        nlohmann::ordered_json models = nlohmann::ordered_json::object();
+        teacher_answers_.clear();
+        if (s_.job.evaluation.evaluate_teacher) {
+            s_.say("evaluate: teacher on " + std::to_string(requests.size()) + " test prompts");
+            models["teacher"] = measure_teacher(requests, references, sampling);
+        }
+        if (with_baseline) {
+            s_.say("evaluate: baseline student");
+            models["baseline"] = measure_student(baseline_file, "baseline", requests, references, sampling);
+        }
+        s_.say("evaluate: distilled student");
+        models["student"] = measure_student(student_file, "student", requests, references, sampling);
+
+        nlohmann::ordered_json report;
+        report["distill_version"] = version();
+        report["fingerprint"] = fp;
+        report["task_type"] = s_.job.task_type;
+        report["primary_metric"] = s_.job.primary_metric();
+        report["test_examples"] = requests.size();
+        report["models"] = models;
+        report["fingerprints"] = {{"teacher", teacher_.fingerprint()},
+                                  {"generation", generation_fingerprint(teacher_, s_.job.generation)},
+                                  {"student", student_digest}};
+        if (with_baseline) report["fingerprints"]["baseline"] = baseline_digest;
+        report["training"] = out.training_summary();
+        report["timings"] = stage_timings(report["training"]);
+        report["timings"]["evaluate_s"] = pipeline_detail::seconds_since(t0);
+        report["job"] = io::to_json(s_.job);
+        report["summary"] = eval::report_summary(report);
+        write_report(report);
+        return report;
+    }
+
+private:
+    std::string evaluation_fingerprint(const std::string& student_digest, const std::string& baseline_digest) const {
+        nlohmann::json fp{{"stage", "evaluate"},
+                          {"student", student_digest},
+                          {"baseline", baseline_digest},
+                          {"teacher", s_.job.evaluation.evaluate_teacher ? teacher_.fingerprint() : ""},
+                          {"test", detail::sha256_file(s_.job.test_data)},
+                          {"template", s_.chat_template.id()},
+                          {"evaluation", io::to_json(s_.job.evaluation)},
+                          {"generation", io::to_json(s_.job.generation)},
+                          {"task_type", s_.job.task_type}};
+        if (s_.job.precision != "fp32") fp["precision"] = s_.job.precision;  // fp32 runs keep their fingerprints
+        return pipeline_detail::sha(fp.dump());
+    }
+
+    // Answers, latency and throughput of `model` on `requests`; metrics against the references (and
+    // the teacher's answers, which the teacher's own measurement keeps in teacher_answers_).
+    template <class Model>
+    nlohmann::ordered_json measure(Model& model, const std::string& name, const std::vector<teacher::Request>& requests,
+                                   const std::vector<std::string>& references, const teacher::Sampling& sampling,
+                                   const eval::PeakMemory& memory) {
+        using clock = std::chrono::steady_clock;
+        std::vector<double> latencies;
+        const std::size_t samples =
+            std::min<std::size_t>(std::size_t(s_.job.evaluation.latency_samples), requests.size());
+        for (std::size_t i = 0; i < samples; ++i) {
+            const auto t0 = clock::now();
+            generate_all(model, std::span<const teacher::Request>(&requests[i], 1), sampling);
+            latencies.push_back(1e3 * pipeline_detail::seconds_since(t0));
+        }
+        const auto t0 = clock::now();
+        const auto responses = generate_all(model, std::span<const teacher::Request>(requests), sampling);
+        const double seconds = pipeline_detail::seconds_since(t0);
+        std::vector<std::string> answers;
+        std::int64_t tokens = 0, failed = 0;
+        std::string jsonl;
+        for (std::size_t i = 0; i < responses.size(); ++i) {
+            const auto& r = responses[i];
+            failed += r.ok() ? 0 : 1;
+            answers.push_back(r.ok() ? r.text : std::string());
+            tokens += r.usage.completion_tokens > 0 ? r.usage.completion_tokens : std::int64_t(r.tokens.size());
+            nlohmann::ordered_json line = {{"id", requests[i].id},
+                                           {"answer", answers.back()},
+                                           {"reference", references[i]},
+                                           {"finish_reason", teacher::finish_reason_name(r.finish)}};
+            if (!r.ok()) line["error"] = r.error;
+            jsonl += line.dump() + "\n";
+        }
+        std::filesystem::create_directories(s_.dir.answers(name).parent_path());
+        io::write_file_atomic(s_.dir.answers(name), jsonl);
+        nlohmann::ordered_json m;
+        m["name"] = model.name();
+        m["parameters"] = nullptr;
+        m["checkpoint_bytes"] = nullptr;
+        if constexpr (requires { model.network().config().parameter_count(); })
+            m["parameters"] = model.network().config().parameter_count();
+        if constexpr (requires { model.config().weights; })
+            if (!model.config().weights.empty() && std::filesystem::exists(model.config().weights))
+                m["checkpoint_bytes"] = pipeline_detail::checkpoint_bytes(model.config().weights);
+        m["peak_rss_bytes"] = memory.peak_bytes();
+        m["latency_ms_p50"] = eval::percentile(latencies, 0.5);
+        m["latency_ms_p95"] = eval::percentile(latencies, 0.95);
+        m["responses_per_s"] = seconds > 0 ? double(responses.size()) / seconds : 0.0;
+        m["tokens_per_s"] = seconds > 0 ? double(tokens) / seconds : 0.0;
+        m["failed"] = failed;
+        const bool is_teacher = name == "teacher";
+        m["metrics"] = eval::task_metrics(s_.job.task_type, answers, references,
+                                          is_teacher ? std::vector<std::string>{} : teacher_answers_);
+        if (is_teacher) teacher_answers_ = std::move(answers);
+        if constexpr (requires {
+                          model.network();
+                          model.chat_template();
+                      })
+            m["metrics"]["perplexity"] = reference_perplexity(model.network(), requests, references);
+        return m;
+    }
+
+    nlohmann::ordered_json measure_teacher(const std::vector<teacher::Request>& requests,
+                                           const std::vector<std::string>& references,
+                                           const teacher::Sampling& sampling) {
+        nlohmann::ordered_json m;
+        bool fresh = false;
+        if constexpr (requires {
+                          Teacher(teacher_.config(), device_);
+                          teacher_.config().weights;
+                      }) {
+            // a teacher loaded from a file is loaded again, so its memory is measured like the students'
+            if (!teacher_.config().weights.empty()) {
+                eval::PeakMemory memory;
+                Teacher t(teacher_.config(), device_);
+                m = measure(t, "teacher", requests, references, sampling, memory);
+                fresh = true;
+            }
+        }
+        if (!fresh) {
+            eval::PeakMemory memory;
+            m = measure(teacher_, "teacher", requests, references, sampling, memory);
+            if (m["parameters"].is_number())
+                m["peak_rss_bytes"] = m["peak_rss_bytes"].get<std::int64_t>() + 4 * m["parameters"].get<std::int64_t>();
+        }
+        return m;
+    }
+
+    nlohmann::ordered_json measure_student(const std::filesystem::path& weights, const std::string& name,
+                                           const std::vector<teacher::Request>& requests,
+                                           const std::vector<std::string>& references,
+                                           const teacher::Sampling& sampling) {
+        eval::PeakMemory memory;
+        teacher::ModelConfig cfg;
+        cfg.weights = weights.string();
+        cfg.max_batch = s_.job.evaluation.batch_size;
+        runner_type model(cfg, s_.chat_template, device_);
+        return measure(model, name, requests, references, sampling, memory);
+    }
+
+    // exp(mean NLL) of the reference answers given their prompts, teacher-forced.
+    template <class Net>
+    double reference_perplexity(Net& net, const std::vector<teacher::Request>& requests,
+                                const std::vector<std::string>& references) const {
+        data::SequenceDataset seqs(s_.chat_template.pad(), net.config().context_length);
+        for (std::size_t i = 0; i < requests.size(); ++i) {
+            const auto prompt = s_.chat_template.encode_prompt(requests[i].messages);
+            const auto response = s_.chat_template.encode_response(references[i]);
+            if (prompt.size() + response.size() <= std::size_t(net.config().context_length))
+                seqs.add_prompt_response(prompt, response);
+        }
+        double nll = 0;
+        std::int64_t tokens = 0;
+        data::Batch batch;
+        std::vector<std::int64_t> rows;
+        const std::size_t step = std::size_t(std::max(1, net.max_batch()));
+        for (std::size_t first = 0; first < seqs.size(); first += step) {
+            rows.clear();
+            for (std::size_t i = first; i < std::min(seqs.size(), first + step); ++i) rows.push_back(std::int64_t(i));
+            seqs.make_batch(rows, batch);
+            net.forward(batch.tokens.data(), batch.batch, batch.length);
+            nll += double(net.cross_entropy(batch.targets.data())) * double(batch.loss_tokens);
+            tokens += batch.loss_tokens;
+        }
+        return eval::perplexity(nll, tokens);
+    }
+
+    // Seconds per stage, from the stages' own records (`RunDir::training_summary()`).
+    static nlohmann::ordered_json stage_timings(const nlohmann::ordered_json& s) {
+        nlohmann::ordered_json t;
+        if (s.contains("generate")) t["generate_s"] = s["generate"].value("seconds", 0.0);
+        double finetune = 0;
+        for (const char* name : {"student", "baseline"})
+            if (s.contains(name)) finetune += s[name].value("seconds", 0.0);
+        t["finetune_s"] = finetune;
+        return t;
+    }
+
+    void write_report(const nlohmann::ordered_json& report) {
+        io::write_file_atomic(s_.dir.report_md(), eval::render_markdown(report));
+        std::vector<std::pair<std::string, std::filesystem::path>> runs;
+        for (const char* name : {"student", "baseline"})
+            if (const auto p = s_.dir.metrics(name); std::filesystem::exists(p)) runs.emplace_back(name, p);
+        io::write_file_atomic(s_.dir.loss_svg(), eval::loss_chart(runs));
+        io::write_file_atomic(s_.dir.models_svg(), eval::models_chart(report));
+        io::write_file_atomic(s_.dir.report_json(), report.dump(2) + "\n");  // last: its presence means complete
+    }
+
+    const typename types::setup_type& s_;
+    Teacher& teacher_;
+    Device device_;
+    std::vector<std::string> teacher_answers_{};  // what the student's agreement with the teacher is measured on
+};
+
+}  // namespace distill

@@ -1,0 +1,521 @@
+#pragma once
+/// @file pipeline/finetune_stage.hpp
+/// The finetune stage: the teacher's answers (generate/synthetic.jsonl) become training sequences
+/// in the student's tokenizer; the distilled student trains on them with the job's loss — a live
+/// teacher forward per batch (online) or the cached top-k log-probabilities (offline) — and the
+/// baseline, the same student and step budget without the teacher, on the ground-truth answers.
+/// Each run goes through `train::finetune` (train/finetune.hpp: the loop only) into its own
+/// directory of the run (see `RunDir`): skipped when complete under the same fingerprint, resumed
+/// from its latest checkpoint after a crash, refused when another configuration wrote it. The best
+/// (or last) checkpoint's weights become `student.safetensors` / `baseline.safetensors`; a student
+/// that started from a Hugging Face directory also leaves as one (`student_hf/`).
+///
+/// The job's sections are read here into the policies' configs (`loss_config_of`,
+/// `optimizer_config_of`) and the loop's (`finetune_config_of`, `schedule_config_of`), so that every
+/// value a training run uses is visibly the job's.
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "distill/data/dataset.hpp"
+#include "distill/detail/arena.hpp"
+#include "distill/detail/hash.hpp"
+#include "distill/device.hpp"
+#include "distill/error.hpp"
+#include "distill/io/durable.hpp"
+#include "distill/io/hf.hpp"
+#include "distill/io/reflect.hpp"
+#include "distill/io/topk_cache.hpp"
+#include "distill/io/weights.hpp"
+#include "distill/loss.hpp"
+#include "distill/loss/sum.hpp"
+#include "distill/optim/schedule.hpp"
+#include "distill/optimizer.hpp"
+#include "distill/pipeline/job.hpp"
+#include "distill/pipeline/run_dir.hpp"
+#include "distill/pipeline/setup.hpp"
+#include "distill/signals.hpp"
+#include "distill/student.hpp"
+#include "distill/teacher.hpp"
+#include "distill/teacher/synthetic.hpp"
+#include "distill/train/finetune.hpp"
+
+namespace distill {
+
+/// The job's `loss` object read into `LossT`'s config: terms the job does not name get weight 0; a
+/// term without its own temperature takes `hyperparameters.temperature`, except one that reads
+/// cached top-k log-probabilities: those are at the teacher's temperature, 1, and cannot be
+/// re-tempered, so the term keeps its default (1). Throws config_error naming `loss.<term>.<key>`.
+template <class LossT>
+typename LossT::config loss_config_of(const Job& job) {
+    typename LossT::config cfg;
+    nlohmann::json j = job.loss;
+    if constexpr (requires { LossT::names(); }) {
+        const nlohmann::json defaults = io::to_json(cfg);
+        for (std::size_t i = 0; i < LossT::names().size(); ++i) {
+            const char* name = LossT::names()[i];
+            if (!j.contains(name)) {
+                j[name] = {{"weight", 0.0}};
+            } else if (j[name].is_object() && !j[name].contains("temperature") &&
+                       defaults[name].contains("temperature") && !pipeline_detail::reads_topk<LossT>[i]) {
+                j[name]["temperature"] = job.hyperparameters.temperature;
+            }
+        }
+    } else {
+        // a single term: the job's loss object is {"<name>": {...}}
+        if (j.size() != 1 || !j.contains(LossT::name))
+            throw config_error("loss", std::string("this distiller's loss is the single term \"") + LossT::name +
+                                           "\"; the job's loss object must name exactly it");
+        nlohmann::json term = j[LossT::name];
+        if (term.is_object() && !term.contains("temperature") && io::to_json(cfg).contains("temperature") &&
+            !pipeline_detail::reads_topk<LossT>[0])
+            term["temperature"] = job.hyperparameters.temperature;
+        io::from_json(term, cfg, std::string("loss.") + LossT::name);
+        return cfg;
+    }
+    io::from_json(j, cfg, "loss");
+    return cfg;
+}
+
+/// The job's `optimizer` object read into `OptimizerT`'s config; weight_decay from the
+/// hyperparameters unless the optimizer object sets it. Throws config_error naming `optimizer.<key>`.
+template <class OptimizerT>
+typename OptimizerT::config_type optimizer_config_of(const Job& job) {
+    typename OptimizerT::config_type cfg;
+    nlohmann::json j = job.optimizer;
+    if (!j.contains("weight_decay") && io::to_json(cfg).contains("weight_decay"))
+        j["weight_decay"] = job.hyperparameters.weight_decay;
+    io::from_json(j, cfg, "optimizer");
+    if constexpr (requires { cfg.validate(std::string()); }) cfg.validate("optimizer");
+    return cfg;
+}
+
+/// The finetune loop's settings of a job's training run into `dir`: the `hyperparameters` the loop
+/// shares (its other settings keep the loop's defaults).
+inline train::FinetuneConfig finetune_config_of(const Hyperparameters& h, const std::string& dir, bool quiet) {
+    return {.num_epochs = h.num_epochs,
+            .max_steps = h.max_steps,
+            .batch_size = h.batch_size,
+            .grad_accum = h.grad_accum,
+            .grad_clip = h.grad_clip,
+            .seed = h.seed,
+            .eval_every = h.eval_every,
+            .patience = h.patience,
+            .checkpoint_every = h.checkpoint_every,
+            .log_every = h.log_every,
+            .output_dir = dir,
+            .quiet = quiet};
+}
+
+/// The learning-rate schedule of a job's training runs.
+inline optim::ScheduleConfig schedule_config_of(const Hyperparameters& h) {
+    return {h.learning_rate, h.warmup, h.decay, h.min_lr_ratio};
+}
+
+/// The shapes the loss is built for: the student's, and the teacher's when it runs in process
+/// (`Online`), its logit columns cut to the student's (padding rows past them are trimmed).
+template <bool Online, class Teacher, class StudentConfig>
+loss::dims loss_dims_of(Teacher& teacher, const StudentConfig& student, int max_batch) {
+    loss::dims d;
+    d.student = loss::model_dims_of_config(student);
+    if constexpr (Online) {
+        d.teacher = loss::model_dims_of(teacher.network());
+        d.teacher.vocab_size = student.vocab_size;
+    } else
+        d.teacher = {student.vocab_size, 0, 0, 0};
+    d.max_batch = max_batch;
+    d.max_length = student.context_length;
+    return d;
+}
+
+/// The finetune stage of a run (see the file comment); the template parameters are the Distiller's.
+template <class Teacher, template <class, class> class Student, class Loss, template <class, class> class Optimizer,
+          class Device>
+class FinetuneStage {
+    using types = RunTypes<Student, Loss, Optimizer, Device>;
+    using student_type = typename types::student_type;
+    using student_config = typename types::student_config;
+    using loss_type = typename types::loss_type;
+    using optimizer_type = typename types::optimizer_type;
+    static constexpr bool online = types::online;
+    static constexpr bool uses_topk = types::uses_topk;
+
+public:
+    /// `setup` and `teacher` are kept by reference.
+    FinetuneStage(const typename types::setup_type& setup, Teacher& teacher, Device device)
+        : s_(setup), teacher_(teacher), device_(device) {}
+
+    /// Trains the distilled student on the teacher's answers and the baseline on the ground truth,
+    /// with the same architecture and step budget. Needs the generate stage's output. Returns a
+    /// summary of both runs.
+    nlohmann::ordered_json run() {
+        const RunDir& out = s_.dir;
+        if (!std::filesystem::exists(out.synthetic())) {
+            if (std::filesystem::exists(out.rejected()))
+                throw error("finetune: the teacher's answers were all rejected (see " + out.rejected().string() +
+                            "); nothing to train on (answers cut off by generation.max_new_tokens are rejected)");
+            throw error("finetune: " + out.synthetic().string() + " does not exist; run the generate stage first");
+        }
+        Sequences train = sequences_from_synthetic(out.synthetic(), "training");
+        std::optional<Sequences> val;
+        if (s_.validation) val = sequences_from_synthetic(out.synthetic_validation(), "validation");
+        const std::int64_t steps = train::total_steps(finetune_config(""), train.data.size());
+        nlohmann::ordered_json summary;
+        summary["student"] = train_student(train, val ? &*val : nullptr, steps);
+        if (s_.student_from_hf()) export_student_hf();
+        if (s_.job.baseline.enabled) summary["baseline"] = train_baseline(steps);
+        return summary;
+    }
+
+private:
+    // The training sequences of one data set, with each row's prompt length and top-k record.
+    struct Sequences {
+        data::SequenceDataset data;
+        std::vector<std::int32_t> prompt_length{};
+        std::vector<const io::topk_record*> topk{};
+        std::shared_ptr<io::topk_file> topk_file{};
+        std::int64_t skipped_too_long = 0;
+    };
+
+    // ---- generate → training sequences -------------------------------------------------------------
+
+    Sequences sequences_from_synthetic(const std::filesystem::path& path, const char* what) const {
+        if (!std::filesystem::exists(path))
+            throw error("finetune: " + path.string() + " does not exist; run the generate stage first");
+        const std::string fp = generation_fingerprint(teacher_, s_.job.generation);
+        Sequences s{data::SequenceDataset(s_.chat_template.pad(), s_.student.context_length)};
+        if constexpr (uses_topk) {
+            auto topk_path = path;
+            topk_path.replace_extension(".topk");
+            s.topk_file = std::make_shared<io::topk_file>(topk_path);
+            if (s.topk_file->header().tokenizer != s_.chat_template.tokenizer_id())
+                throw config_error("tokenizer",
+                                   "the top-k ids of " + topk_path.string() + " belong to tokenizer " +
+                                       s.topk_file->header().tokenizer + ", the student's is " +
+                                       s_.chat_template.tokenizer_id() +
+                                       ": top-k losses need the teacher's tokenizer (data/vocab_alignment.hpp)");
+        }
+        const auto records = teacher::read_synthetic(path);
+        // In input order, not file order: answers retried by a later run (an endpoint that failed
+        // some requests) are appended after the others, and training must not depend on that.
+        std::vector<std::size_t> order(records.size());
+        for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+        std::stable_sort(order.begin(), order.end(),
+                         [&](std::size_t a, std::size_t b) { return records[a].source_line < records[b].source_line; });
+        for (const std::size_t i : order) {
+            const auto& r = records[i];
+            if (r.fingerprint != fp) throw teacher::fingerprint_error(path.string(), r.fingerprint, fp);
+            const auto prompt = s_.chat_template.encode_prompt(r.prompt);
+            // the teacher's own ids when they are the student tokenizer's, else its text re-encoded
+            const bool same_tokenizer =
+                r.tokenizer.empty() ? s_.answer_tokens_reusable : r.tokenizer == s_.chat_template.tokenizer_id();
+            const bool reuse = same_tokenizer && !r.response.tokens.empty() &&
+                               std::all_of(r.response.tokens.begin(), r.response.tokens.end(),
+                                           [&](std::int32_t id) { return id >= 0 && id < s_.student.vocab_size; });
+            const auto response = reuse ? r.response.tokens : s_.chat_template.encode_response(r.response.text);
+            if (prompt.size() + response.size() > std::size_t(s_.student.context_length)) {
+                ++s.skipped_too_long;
+                continue;
+            }
+            s.data.add_prompt_response(prompt, response);
+            s.prompt_length.push_back(std::int32_t(prompt.size()));
+            if constexpr (uses_topk) {
+                const io::topk_record* t = i < s.topk_file->size() ? &(*s.topk_file)[i] : nullptr;
+                if (!t || t->id != r.id || t->positions() != response.size())
+                    throw format_error(s.topk_file->path(), 0,
+                                       "has no matching top-k record for line " + std::to_string(i + 1) + " of " +
+                                           path.string() + " (id \"" + r.id + "\"); delete both to generate anew");
+                s.topk.push_back(t);
+            }
+        }
+        if (s.skipped_too_long > 0)
+            s_.say(std::string("finetune: ") + std::to_string(s.skipped_too_long) + " " + what +
+                   " examples longer than the student's context_length " + std::to_string(s_.student.context_length) +
+                   " are left out");
+        if (s.data.empty()) throw error(std::string("finetune: no usable ") + what + " example in " + path.string());
+        return s;
+    }
+
+    data::SequenceDataset reference_sequences(const data::Dataset& ds, std::int64_t* skipped) const {
+        data::SequenceDataset seqs(s_.chat_template.pad(), s_.student.context_length);
+        for (const auto& ex : ds.examples) {
+            if (!ex.reference) continue;
+            const auto prompt = s_.chat_template.encode_prompt(ex.prompt);
+            const auto response = s_.chat_template.encode_response(*ex.reference);
+            if (prompt.size() + response.size() > std::size_t(s_.student.context_length)) {
+                ++*skipped;
+                continue;
+            }
+            seqs.add_prompt_response(prompt, response);
+        }
+        return seqs;
+    }
+
+    // ---- the distillation loss as the finetune loop's callback -------------------------------------
+
+    // One micro-batch: student forward, teacher signals (live forward or cached top-k), the loss
+    // terms, and for training the student's backward.
+    class Step {
+    public:
+        Step(FinetuneStage& d, const Sequences& train, const Sequences* val, loss_type& loss,
+             loss::Workspace<float, Device>& ws)
+            : d_(&d), train_(&train), val_(val), loss_(&loss), ws_(&ws) {}
+
+        train::LossValues operator()(student_type& s, const data::Batch& batch, train::pass p) {
+            const int B = batch.batch, T = batch.length;
+            const std::size_t N = std::size_t(B) * std::size_t(T);
+            s.forward(batch.tokens.data(), B, T);
+            mask_.resize(N);
+            for (std::size_t n = 0; n < N; ++n) mask_[n] = batch.targets[n] >= 0;
+            out_.tokens = Tensor<const std::int32_t>(batch.targets.data(), {B, T});
+            if constexpr (online) {
+                d_->teacher_.forward(batch.tokens.data(), B, T);
+                loss::collect_outputs(d_->teacher_, out_);
+                if (out_.logits.size(2) > d_->s_.student.vocab_size) trim_teacher_logits(B, T);
+            }
+            if constexpr (uses_topk) fill_topk(p == train::pass::train ? *train_ : *val_, batch);
+            auto ctx = ws_->begin(s, out_, Tensor<const std::uint8_t>(mask_.data(), {B, T}),
+                                  Tensor<const std::int32_t>(batch.targets.data(), {B, T}));
+            const double total = static_cast<double>((*loss_)(ctx));
+            ws_->finish();
+            if (p == train::pass::train) s.backward(ws_->d_hidden(), ws_->d_attention(), ws_->d_qkv());
+            train::LossValues v{total, {}};
+            if constexpr (requires { loss_->values(); }) {
+                const auto names = loss_type::names();
+                for (std::size_t i = 0; i < names.size(); ++i)
+                    if (loss_->weights()[i] != 0) v.terms.emplace_back(names[i], loss_->values()[i]);
+            }
+            return v;
+        }
+
+    private:
+        // The teacher's (B,T,Vt) logits cut to the student's (B,T,Vs) columns, Vt > Vs: the same
+        // tokens, the teacher's embedding padded further (data/vocab_alignment.hpp).
+        void trim_teacher_logits(int B, int T) {
+            const std::int64_t Vt = out_.logits.size(2), Vs = d_->s_.student.vocab_size, rows = std::int64_t(B) * T;
+            const std::size_t need = std::size_t(rows * Vs);
+            if (trimmed_.size() < need) trimmed_ = detail::Arena<float, Device>(d_->device_, need);
+            const float* from = out_.logits.data();
+            for (std::int64_t r = 0; r < rows; ++r)  // one copy per row: Vs of every Vt values
+                d_->device_.copy(trimmed_.data() + r * Vs, from + r * Vt, sizeof(float) * std::size_t(Vs));
+            out_.logits = Tensor<const float>(trimmed_.data(), {B, T, Vs}, Device::memory);
+        }
+
+        // (B,T,k) ids and log-probabilities: the teacher's distribution over response token j sits
+        // at the position that predicts it, prompt_length + j - 1; -1 ids elsewhere.
+        void fill_topk(const Sequences& seqs, const data::Batch& batch) {
+            const int B = batch.batch, T = batch.length, k = d_->s_.job.generation.top_logprobs,
+                      V = d_->s_.student.vocab_size;
+            ids_.assign(std::size_t(B) * T * k, -1);
+            lps_.assign(ids_.size(), 0.0f);
+            for (int b = 0; b < B; ++b) {
+                const auto row = std::size_t(batch.indices[std::size_t(b)]);
+                const io::topk_record& r = *seqs.topk[row];
+                const int rk = int(r.top_ids.size() / std::max<std::size_t>(r.positions(), 1));
+                const int use = std::min(k, rk);
+                for (std::size_t j = 0; j < r.positions(); ++j) {
+                    const std::int64_t pos = seqs.prompt_length[row] + std::int64_t(j) - 1;
+                    if (pos < 0 || pos >= T) continue;
+                    const std::size_t dst = (std::size_t(b) * T + std::size_t(pos)) * k;
+                    for (int c = 0; c < use; ++c) {
+                        const std::int32_t id = r.top_ids[j * rk + c];
+                        if (id >= V) continue;  // a padding row of a teacher with more rows: not a token
+                        ids_[dst + c] = id;
+                        lps_[dst + c] = r.top_logprobs[j * rk + c];
+                    }
+                }
+            }
+            out_.topk_ids = Tensor<const std::int32_t>(ids_.data(), {B, T, k});
+            out_.topk_logprobs = Tensor<const float>(lps_.data(), {B, T, k});
+            out_.topk_temperature = 1.0;
+        }
+
+        FinetuneStage* d_;
+        const Sequences* train_;
+        const Sequences* val_;
+        loss_type* loss_;
+        loss::Workspace<float, Device>* ws_;
+        loss::teacher_outputs<float> out_{};
+        std::vector<std::uint8_t> mask_{};
+        std::vector<std::int32_t> ids_{};
+        std::vector<float> lps_{};
+        detail::Arena<float, Device> trimmed_{};  // the teacher's logits on the student's columns
+    };
+
+    // ---- training runs ----------------------------------------------------------------------------
+
+    // Trains run `name` into its directory unless it is complete under `fp` (see RunDir); `train`
+    // runs the loop there and returns its result.
+    template <class Train>
+    nlohmann::ordered_json run_training(const std::string& name, const std::string& fp, Train&& train) {
+        const RunDir& out = s_.dir;
+        if (out.training_complete(name, fp)) {
+            s_.say("finetune: " + name + " is complete for this configuration; skipped");
+            return pipeline_detail::read_json_file(out.done(name));
+        }
+        out.claim_training(name, fp);
+        const auto t0 = std::chrono::steady_clock::now();
+        const train::FinetuneResult r = train(out.training_dir(name).string());
+        const auto& from = !r.best_checkpoint.empty() ? r.best_checkpoint : r.last_checkpoint;
+        if (from.empty()) throw error("finetune: the " + name + " run wrote no checkpoint");
+        io::copy_file_atomic(from / "student.safetensors", out.weights(name));
+        nlohmann::ordered_json result = {{"fingerprint", fp},
+                                         {"steps", r.steps},
+                                         {"epochs_completed", r.epochs_completed},
+                                         {"early_stopped", r.early_stopped},
+                                         {"final_loss", r.last_loss},
+                                         {"weights_from", from.filename().string()},
+                                         {"seconds", pipeline_detail::seconds_since(t0)}};
+        if (r.best_step >= 0) {
+            result["best_step"] = r.best_step;
+            result["best_validation_loss"] = r.best_validation_loss;
+        }
+        io::write_file_atomic(out.done(name), result.dump(2) + "\n");
+        return result;
+    }
+
+    student_type make_student() const {
+        student_type s(s_.student, std::max(s_.job.hyperparameters.batch_size, 1), device_);
+        if (s_.job.student_weights.empty())
+            s.init(s_.job.hyperparameters.seed);
+        else if (s_.student_from_hf())
+            io::hf::load(io::hf::Directory(s_.job.student_weights), s);
+        else
+            io::load_weights(io::safetensors_file(s_.job.student_weights), s);
+        return s;
+    }
+
+    // What the student and the baseline start from, for their fingerprints: the checkpoint's bytes
+    // (nothing is added for a random initialization, whose seed is among the hyperparameters).
+    void add_initialization(nlohmann::json& fp) const {
+        if (s_.job.student_weights.empty()) return;
+        std::string digests;
+        if (s_.student_from_hf()) {
+            for (const auto& e : std::filesystem::directory_iterator(s_.job.student_weights))
+                if (e.path().extension() == ".safetensors" || e.path().filename() == "config.json")
+                    digests += e.path().filename().string() + "=" + detail::sha256_file(e.path()) + ";";
+        } else {
+            digests = detail::sha256_file(s_.job.student_weights);
+        }
+        fp["initialization"] = detail::sha256_hex(digests);
+    }
+
+    // The trained student in transformers' layout beside student.safetensors, with its tokenizer's
+    // files: a student that started from a Hugging Face directory leaves as one.
+    void export_student_hf() {
+        if constexpr (std::is_same_v<student_config, student::TransformerConfig>) {
+            const auto dir = s_.dir.student_hf();
+            student_type s(s_.student, 1, device_);
+            io::load_weights(io::safetensors_file(s_.dir.weights("student")), s);
+            const io::hf::Directory init(s_.job.student_weights);
+            nlohmann::json extra = nlohmann::json::object();
+            for (const char* key : {"bos_token_id", "eos_token_id", "pad_token_id"})
+                if (init.config().contains(key)) extra[key] = init.config()[key];
+            io::hf::save(dir, s, io::dtype::F32, extra, init.model_type() == "phi3" ? "phi3" : "");
+            if (!s_.tokenizer_source.empty())
+                for (const char* name : {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja"})
+                    if (const auto from = s_.tokenizer_source.parent_path() / name; std::filesystem::exists(from))
+                        io::copy_file_atomic(from, dir / name);
+            s_.say("finetune: the student in transformers' layout: " + dir.string());
+        }
+    }
+
+    nlohmann::ordered_json train_student(const Sequences& train, const Sequences* val, std::int64_t steps) {
+        nlohmann::json fp_fields{{"stage", "student"},
+                                 {"student", io::to_json(s_.student)},
+                                 {"loss", io::to_json(s_.loss)},
+                                 {"optimizer", io::to_json(s_.optimizer)},
+                                 {"hyperparameters", io::to_json(s_.job.hyperparameters)},
+                                 {"generation", generation_fingerprint(teacher_, s_.job.generation)},
+                                 {"data", train.data.fingerprint()},
+                                 {"validation", val ? val->data.fingerprint() : 0}};
+        add_initialization(fp_fields);
+        if (s_.job.precision != "fp32") fp_fields["precision"] = s_.job.precision;
+        const std::string fp = pipeline_detail::sha(fp_fields.dump());
+        s_.say("finetune: distilling into a student of " + std::to_string(s_.student.parameter_count()) +
+               " parameters for " + std::to_string(steps) + " steps (" + (online ? "online" : "offline") + ")");
+        return run_training("student", fp, [&](const std::string& dir) {
+            student_type s = make_student();
+            const int B = s_.job.hyperparameters.batch_size;
+            loss_type loss(s_.loss, dims(B));
+            loss::Workspace<float, Device> ws(loss, dims(B), device_);
+            std::vector<Parameter<float>> extra;
+            if constexpr (requires { loss.parameters(); }) extra = loss.parameters();
+            optimizer_type opt(optim::gather(s.parameters(), extra), s_.optimizer);
+            optim::Schedule schedule(schedule_config(), steps);
+            train::FinetuneOptions<float> options = loop_options();
+            options.extra = extra;
+            return train::finetune(s, opt, schedule, train.data, val ? &val->data : nullptr, finetune_config(dir),
+                                   Step(*this, train, val, loss, ws), std::move(options));
+        });
+    }
+
+    nlohmann::ordered_json train_baseline(std::int64_t steps) {
+        std::int64_t skipped = 0;
+        const data::Dataset& source = s_.baseline_data ? *s_.baseline_data : s_.train;
+        data::SequenceDataset train = reference_sequences(source, &skipped);
+        if (train.empty()) {
+            s_.say("finetune: no training example carries a reference; the baseline is not trained");
+            return {{"skipped", "no labeled training example"}};
+        }
+        std::optional<data::SequenceDataset> val;
+        if (s_.validation) {
+            val = reference_sequences(*s_.validation, &skipped);
+            if (val->empty()) val.reset();
+        }
+        nlohmann::json fp_fields{{"stage", "baseline"},
+                                 {"student", io::to_json(s_.student)},
+                                 {"optimizer", io::to_json(s_.optimizer)},
+                                 {"hyperparameters", io::to_json(s_.job.hyperparameters)},
+                                 {"steps", steps},
+                                 {"data", train.fingerprint()},
+                                 {"validation", val ? val->fingerprint() : 0}};
+        add_initialization(fp_fields);
+        if (s_.job.precision != "fp32") fp_fields["precision"] = s_.job.precision;
+        const std::string fp = pipeline_detail::sha(fp_fields.dump());
+        s_.say("finetune: baseline on " + std::to_string(train.size()) + " labeled examples for " +
+               std::to_string(steps) + " steps");
+        return run_training("baseline", fp, [&](const std::string& dir) {
+            student_type s = make_student();
+            optimizer_type opt(s.parameters(), s_.optimizer);
+            optim::Schedule schedule(schedule_config(), steps);
+            train::FinetuneConfig cfg = finetune_config(dir);
+            cfg.max_steps = steps;  // the distilled student's budget, whatever the data size
+            train::FinetuneOptions<float> options = loop_options();
+            return train::finetune(s, opt, schedule, train, val ? &*val : nullptr, cfg, train::CrossEntropy{},
+                                   std::move(options));
+        });
+    }
+
+    train::FinetuneConfig finetune_config(const std::string& dir) const {
+        return finetune_config_of(s_.job.hyperparameters, dir, s_.options.quiet);
+    }
+    optim::ScheduleConfig schedule_config() const { return schedule_config_of(s_.job.hyperparameters); }
+    loss::dims dims(int max_batch) const { return loss_dims_of<online>(teacher_, s_.student, max_batch); }
+
+    // The loop's options of a job's training run: errors name the job's keys.
+    train::FinetuneOptions<float> loop_options() const {
+        train::FinetuneOptions<float> options;
+        options.job_config = io::to_json(s_.job);
+        options.progress = s_.options.quiet ? nullptr : s_.options.log;
+        options.config_path = "hyperparameters";
+        options.output_dir_key = "output_dir";
+        return options;
+    }
+
+    const typename types::setup_type& s_;
+    Teacher& teacher_;
+    Device device_;
+};
+
+}  // namespace distill

@@ -703,12 +703,12 @@ TEST_CASE("append_durably: appends whole records, creating the file, and reports
 TEST_CASE("truncate_to_last_line: cuts a torn last record, leaves complete files alone") {
     temp_dir dir;
     const fs::path p = dir.file("log.jsonl", "{\"a\":1}\n{\"a\":2}\n{\"a\":");
-    CHECK(distill::io::truncate_to_last_line(p) == 6);
+    CHECK(distill::io::truncate_to_last_line(p) == 5);
     CHECK(read_all(p) == "{\"a\":1}\n{\"a\":2}\n");
     CHECK(distill::io::truncate_to_last_line(p) == 0);  // complete: untouched
     CHECK(read_all(p) == "{\"a\":1}\n{\"a\":2}\n");
     const fs::path torn_only = dir.file("torn.jsonl", "{\"a\"");
-    CHECK(distill::io::truncate_to_last_line(torn_only) == 5);
+    CHECK(distill::io::truncate_to_last_line(torn_only) == 4);
     CHECK(read_all(torn_only).empty());
     CHECK(distill::io::truncate_to_last_line(dir.path / "absent.jsonl") == 0);
 }

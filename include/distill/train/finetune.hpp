@@ -553,8 +553,9 @@ private:
         LoopState st;
         try {
             const nlohmann::json& j = ck.state();
+            const nlohmann::json keys = io::to_json(st);
             if (j.is_object())
-                for (const auto& k : io::to_json(st).items())
+                for (const auto& k : keys.items())
                     if (!j.contains(k.key())) throw config_error("state." + k.key(), "is missing");
             io::from_json(j, st, "state");
             if (st.rng.words.size() != 4) throw config_error("state.rng.words", "expected 4 words");

@@ -19,7 +19,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "distill/data/chat_template.hpp"
+#include "distill/data/hf/chat_format.hpp"
 #include "distill/data/hf_tokenizer.hpp"
 #include "distill/data/load_chat_template.hpp"
 #include "distill/data/vocab_alignment.hpp"

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Writes include/distill/detail/unicode_tables.hpp: the Unicode data the Hugging Face tokenizers need
+"""Writes include/distill/data/hf/unicode_tables.hpp: the Unicode data the Hugging Face tokenizers need
 beyond what PCRE2 answers (general categories come from PCRE2): canonical decompositions with their
 composition flag (NFD, NFC, strip_accents), canonical combining classes (canonical ordering) and the
 simple lowercase mapping (BertNormalizer, Lowercase). Generated from Python's unicodedata, the same
 tables the reference tokenizers are checked against.
-    python3 tools/make_unicode_tables.py > include/distill/detail/unicode_tables.hpp
+    python3 tools/make_unicode_tables.py > include/distill/data/hf/unicode_tables.hpp
 """
 import sys
 import unicodedata
@@ -74,9 +74,9 @@ def rows(items, fmt, per_line):
 w = sys.stdout.write
 w("#pragma once\n")
 w("/// @file unicode_tables.hpp\n")
-w("/// Unicode data for the Hugging Face tokenizers (data/hf_tokenizer.hpp), generated from Python's\n")
+w("/// Unicode data for the Hugging Face tokenizers (data/hf/unicode.hpp), generated from Python's\n")
 w(f"/// unicodedata {unicodedata.unidata_version} by tools/make_unicode_tables.py; do not edit by hand.\n\n")
-w("#include <cstdint>\n\nnamespace distill::detail::unicode {\n\n")
+w("#include <cstdint>\n\nnamespace distill::data::hf::tables {\n\n")
 w("/// A canonical decomposition: `cp` → `first` `second` (`second` 0 for a singleton); `composes` when\n")
 w("/// NFC recombines the pair (a primary composite). Sorted by `cp`; Hangul syllables are not listed.\n")
 w("struct Decomposition {\n    char32_t cp, first, second;\n    bool composes;\n};\n")
@@ -93,4 +93,4 @@ w("/// U+0130 (İ), whose lowercase is two code points, is handled by the caller
 w("struct LowercaseRun {\n    char32_t first, last;\n    std::int32_t delta;\n    std::uint8_t stride;\n};\n")
 w(f"inline constexpr LowercaseRun lowercase_runs[{len(lower)}] = {{\n")
 w(rows(lower, lambda r: f"{{0x{r[0]:X}, 0x{r[1]:X}, {r[2]}, {r[3]}}},", 5))
-w("\n};\n\n}  // namespace distill::detail::unicode\n")
+w("\n};\n\n}  // namespace distill::data::hf::tables\n")

@@ -4,7 +4,7 @@
 
 #include "distill/data/byte_tokenizer.hpp"
 #include "distill/data/chat.hpp"
-#include "distill/data/chat_template.hpp"
+#include "distill/data/hf/chat_format.hpp"
 #include "distill/data/jsonl.hpp"
 #include "distill/data/load_chat_template.hpp"
 #include "distill/data/math_task.hpp"

@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "distill/data/chat.hpp"
-#include "distill/data/chat_template.hpp"
+#include "distill/data/hf/chat_format.hpp"
 #include "distill/data/hf_tokenizer.hpp"
 #include "distill/error.hpp"
 #include "fuzz_common.hpp"

@@ -19,6 +19,8 @@
 /// tokenizer's template (ChatML, Llama-3, Phi-3, plain) is `data::hf_chat_template`
 /// (data/hf_tokenizer.hpp); `ChatTemplate` holds either as a value.
 
+#include <array>
+#include <cstddef>
 #include <cstdint>
 #include <filesystem>
 #include <map>
@@ -55,15 +57,9 @@ enum class input_format : std::uint8_t { chat, prompt_completion, input_label };
 
 /// The name of `f` as documented ("chat", "prompt_completion", "input_label").
 constexpr std::string_view format_name(input_format f) noexcept {
-    switch (f) {
-        case input_format::chat:
-            return "chat";
-        case input_format::prompt_completion:
-            return "prompt_completion";
-        case input_format::input_label:
-            return "input_label";
-    }
-    return "?";
+    constexpr std::array<std::string_view, 3> names = {"chat", "prompt_completion", "input_label"};
+    const auto i = static_cast<std::size_t>(f);
+    return i < names.size() ? names[i] : "?";
 }
 
 /// One example: the prompt turns the teacher and student see and, when the data has it, the

@@ -2,27 +2,22 @@
 /// @file load_chat_template.hpp
 /// `data::load_chat_template`: the template of the tokenizer a job names — `"byte"` (or `""`) for
 /// the byte tokenizer, else a Hugging Face `tokenizer.json` or a directory holding one (with its
-/// tokenizer_config.json). Published tokenizers load in a program that includes
-/// `data/hf_tokenizer.hpp` (through `<distill/distill.hpp>` when linked with `distill::text`, PCRE2):
-/// that header registers their loader here, so the translation units that only run a teacher or a
-/// Distiller do not compile the tokenizer. Elsewhere naming one is a config_error that says so.
+/// tokenizer_config.json). Published tokenizers need PCRE2: where the program links `distill::text`
+/// (`DISTILL_WITH_TEXT`, as every translation unit of one target sees it), this header brings in
+/// data/hf_tokenizer.hpp and loads them; without it naming one is a config_error that says how to
+/// build with it. So the call means the same in every program built alike, whatever else it includes.
 
 #include <filesystem>
+#include <memory>
 #include <string>
 
 #include "distill/data/chat.hpp"
 #include "distill/error.hpp"
+#if defined(DISTILL_WITH_TEXT)
+#include "distill/data/hf_tokenizer.hpp"
+#endif
 
 namespace distill::data {
-
-/// Builds the template of a published tokenizer.json; set by data/hf_tokenizer.hpp.
-using published_template_loader = ChatTemplate (*)(const std::filesystem::path&, const ChatTemplateConfig&);
-
-/// The loader of published tokenizers (nullptr until data/hf_tokenizer.hpp registers one).
-inline published_template_loader& published_loader() noexcept {
-    static published_template_loader loader = nullptr;
-    return loader;
-}
 
 /// The tokenizer.json that `tokenizer` names (a file, or a directory holding one), or "" when it
 /// names the byte tokenizer. Throws config_error (field `field`) for anything else.
@@ -45,11 +40,13 @@ inline ChatTemplate load_chat_template(const std::string& tokenizer, const ChatT
                                        const std::string& field = "tokenizer") {
     const std::filesystem::path file = tokenizer_file(tokenizer, field);
     if (file.empty()) return ChatTemplate(config);
-    if (!published_loader())
-        throw config_error(field, "is the Hugging Face tokenizer " + file.string() +
-                                      ", which needs data/hf_tokenizer.hpp in the program: build with "
-                                      "libpcre2-dev installed, link distill::text and include <distill/distill.hpp>");
-    return published_loader()(file, config);
+#if defined(DISTILL_WITH_TEXT)
+    return hf_chat_template(std::make_shared<const HfTokenizer>(file), config);
+#else
+    throw config_error(field, "is the Hugging Face tokenizer " + file.string() +
+                                  ", which needs PCRE2: build with libpcre2-dev installed and link distill::text "
+                                  "(which defines DISTILL_WITH_TEXT)");
+#endif
 }
 
 }  // namespace distill::data

@@ -1,11 +1,11 @@
 #pragma once
 /// @file unicode_tables.hpp
-/// Unicode data for the Hugging Face tokenizers (data/hf_tokenizer.hpp), generated from Python's
+/// Unicode data for the Hugging Face tokenizers (data/hf/unicode.hpp), generated from Python's
 /// unicodedata 14.0.0 by tools/make_unicode_tables.py; do not edit by hand.
 
 #include <cstdint>
 
-namespace distill::detail::unicode {
+namespace distill::data::hf::tables {
 
 /// A canonical decomposition: `cp` → `first` `second` (`second` 0 for a singleton); `composes` when
 /// NFC recombines the pair (a primary composite). Sorted by `cp`; Hangul syllables are not listed.
@@ -863,4 +863,4 @@ inline constexpr LowercaseRun lowercase_runs[181] = {
     {0x1E900, 0x1E921, 34, 1},
 };
 
-}  // namespace distill::detail::unicode
+}  // namespace distill::data::hf::tables

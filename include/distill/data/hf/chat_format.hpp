@@ -1,5 +1,5 @@
 #pragma once
-/// @file chat_template.hpp
+/// @file chat_format.hpp
 /// The chat templates of published models, rendered without a Jinja interpreter: ChatML (Qwen2,
 /// SmolLM, ... with the default system prompt the template carries), Llama-3, Phi-3 and a plain one.
 /// `HfChatTemplate::recognize` picks one from the `chat_template` string of a model's
@@ -7,7 +7,11 @@
 /// says how to name one explicitly (`HfChatTemplate::named`). The rendered prompt equals what
 /// transformers' `apply_chat_template(messages, add_generation_prompt=True)` gives for these
 /// templates (tests/unit-tokenizer.cpp, goldens from tests/reference/make_tokenizer_golden.py).
+/// Plain text in, plain text out: no PCRE2, no tokenizer (data/hf_tokenizer.hpp pairs one with it).
 
+#include <algorithm>
+#include <array>
+#include <cstddef>
 #include <cstdint>
 #include <span>
 #include <string>
@@ -26,19 +30,13 @@ enum class chat_format : std::uint8_t {
     plain    ///< the contents separated by blank lines; no markers, no generation prompt
 };
 
+/// The names of the built-in formats, in the order of `chat_format`.
+inline constexpr std::array<std::string_view, 4> chat_format_names = {"chatml", "llama3", "phi3", "plain"};
+
 /// The name of `f` as `HfChatTemplate::named` takes it.
 constexpr std::string_view chat_format_name(chat_format f) noexcept {
-    switch (f) {
-        case chat_format::chatml:
-            return "chatml";
-        case chat_format::llama3:
-            return "llama3";
-        case chat_format::phi3:
-            return "phi3";
-        case chat_format::plain:
-            return "plain";
-    }
-    return "?";
+    const auto i = static_cast<std::size_t>(f);
+    return i < chat_format_names.size() ? chat_format_names[i] : "?";
 }
 
 /// A model's chat template: the format and what it takes from the tokenizer (bos/eos names) and the
@@ -57,17 +55,11 @@ struct HfChatTemplate {
         t.bos_token = std::move(bos_token);
         t.eos_token = std::move(eos_token);
         t.default_system = std::move(default_system);
-        if (name == "chatml")
-            t.format = chat_format::chatml;
-        else if (name == "llama3")
-            t.format = chat_format::llama3;
-        else if (name == "phi3")
-            t.format = chat_format::phi3;
-        else if (name == "plain")
-            t.format = chat_format::plain;
-        else
+        const auto* it = std::find(chat_format_names.begin(), chat_format_names.end(), name);
+        if (it == chat_format_names.end())
             throw config_error("chat_template", "unknown chat template \"" + std::string(name) +
                                                     "\" (built in: chatml, llama3, phi3, plain)");
+        t.format = static_cast<chat_format>(it - chat_format_names.begin());
         return t;
     }
 

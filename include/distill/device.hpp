@@ -15,19 +15,23 @@
 ///   argument-dependent lookup, first argument the device. `device::kernel` below lists every one of
 ///   them with its signature, one concept per kernel, grouped by feature:
 ///
-///   | group (its check)            | needed by                                      | kernels |
-///   |---|---|---|
-///   | `require_layer_kernels`      | `student::Transformer`, `student::Encoder`, `loss::HiddenMSE`'s projections |
-///   gemm, gemm_strided_batched, add_bias, bias_grad, add, accumulate, layernorm_forward/backward,
-///   gelu_forward/backward, causal_softmax_forward/backward, embedding_forward/backward, cross_entropy_forward_backward
-///   | | `require_llama_kernels`      | `student::Transformer` (the Llama family's blocks) | rmsnorm_forward/backward,
-///   swiglu_forward/backward, rope_rotate | | `require_decoding_kernels`   | `Transformer::prefill` and `decode` |
-///   attention_decode, kv_cache_store | | `require_loss_kernels`       | every `loss::` term (through `loss::context`)
-///   | kl_, reverse_kl_, jsd_, topk_kl_, masked_cross_entropy_, attention_kl_, relation_kl_forward_backward,
-///   hidden_match_forward_backward | | `require_optimizer_kernels`  | `optim::Adam`, `AdamW`, `Sgd`, `GradClipper`   |
-///   adam_update, sgd_update, sum_of_squares, scale_in_place | | `require_encoder_kernels`    | `student::Encoder` |
-///   bert_embedding_forward/backward, gelu_erf_forward/backward, masked_softmax_forward/backward,
-///   mean_pool_forward/backward, cls_pool_forward/backward |
+///   - layers (`layer_device`, checked by `require_layer_kernels`; `student::Transformer`,
+///     `student::Encoder`): gemm, gemm_strided_batched, add_bias, bias_grad, add, accumulate,
+///     layernorm_forward/backward, gelu_forward/backward, causal_softmax_forward/backward,
+///     embedding_forward/backward, cross_entropy_forward_backward;
+///   - Llama blocks (`llama_device`, `require_llama_kernels`; `student::Transformer`):
+///     rmsnorm_forward/backward, swiglu_forward/backward, rope_rotate;
+///   - decoding (`decoding_device`, `require_decoding_kernels`; `Transformer::prefill`, `decode`):
+///     attention_decode, kv_cache_store;
+///   - losses (`loss_device`, `require_loss_kernels`; every `loss::` term, through `loss::context`):
+///     kl_, reverse_kl_, jsd_, topk_kl_, masked_cross_entropy_, attention_kl_ and
+///     relation_kl_forward_backward, hidden_match_forward_backward;
+///   - optimizers (`optimizer_device`, `require_optimizer_kernels`; `optim::Adam`, `AdamW`, `Sgd`,
+///     `GradClipper`): adam_update, sgd_update, sum_of_squares, scale_in_place, each over a
+///     `tensor_list` (all parameters at once);
+///   - encoder (`encoder_device`, `require_encoder_kernels`; `student::Encoder`):
+///     bert_embedding_forward/backward, gelu_erf_forward/backward, masked_softmax_forward/backward,
+///     mean_pool_forward/backward, cls_pool_forward/backward.
 ///
 ///   Each check is one `static_assert` per kernel, made where the feature is instantiated with the
 ///   device (the model's and the optimizer's class templates, the loss context), so a device that

@@ -1,5 +1,5 @@
 // SoftKL forward + backward over (tokens × vocab) fp32 logits: the fused streaming kernel of
-// device/cpu_losses.hpp through the loss::SoftKL term, against PyTorch's
+// device/cpu/losses.hpp through the loss::SoftKL term, against PyTorch's
 // kl_div(log_softmax(s/τ), log_softmax(t/τ), log_target=True) · τ² + backward
 // (benchmarks/reference/bench_losses.py, run in the same invocation on the same shape).
 //

@@ -19,9 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "distill/device/cpu.hpp"
-#include "distill/device/cpu_losses.hpp"
 #include "distill/device/reference.hpp"
-#include "distill/device/reference_losses.hpp"
 #include "distill/io/reflect.hpp"
 #include "distill/io/safetensors.hpp"
 #include "distill/loss.hpp"

@@ -27,7 +27,6 @@
 #include "distill/io/topk_cache.hpp"
 #include "distill/io/weights.hpp"
 #include "distill/nn/attention.hpp"
-#include "distill/nn/encoder_kernels.hpp"
 #include "distill/nn/linear.hpp"
 #include "distill/parameter.hpp"
 #include "distill/signals.hpp"
@@ -52,8 +51,6 @@
 #include "distill/data/hf_tokenizer.hpp"
 #endif
 #include "distill/data/dataset.hpp"
-#include "distill/device/cpu_losses.hpp"
-#include "distill/device/reference_losses.hpp"
 #include "distill/io/checkpoint.hpp"
 #include "distill/loss.hpp"
 #include "distill/loss/attention_kl.hpp"

@@ -76,6 +76,7 @@
 #include <boost/hana/unpack.hpp>
 
 #include "distill/detail/arena.hpp"
+#include "distill/device.hpp"
 #include "distill/error.hpp"
 #include "distill/io/reflect.hpp"
 #include "distill/parameter.hpp"
@@ -208,6 +209,8 @@ class Workspace;
 /// @tparam T scalar type. @tparam Device the device whose kernels the terms call.
 template <class T, class Device>
 struct context {
+    static_assert(device::require_loss_kernels<Device, T>::value);  // one line per missing loss kernel
+
     Device device;
     const student_outputs<T>* student = nullptr;
     const teacher_outputs<T>* teacher = nullptr;

@@ -18,9 +18,8 @@
 
 #include "distill/detail/rng.hpp"
 #include "distill/device/cpu.hpp"
-#include "distill/device/cpu_losses.hpp"
 #include "distill/device/cuda.hpp"
-#include "distill/device/reference_losses.hpp"
+#include "distill/device/reference.hpp"
 #include "distill/loss/attention_kl.hpp"
 #include "distill/loss/attention_relation.hpp"
 #include "distill/loss/hidden_mse.hpp"

@@ -21,7 +21,7 @@ compilers=("$cxx")
 check_one() {
   local h="$1" log="$work/$(echo "$1" | tr / _).log" c extra=()
   # the oneDNN provider is compiled only with DISTILL_WITH_DNNL (distill::dnnl), where oneDNN is installed
-  if [[ $h == distill/device/cpu_dnnl.hpp ]]; then
+  if [[ $h == distill/device/cpu/dnnl.hpp ]]; then
     [[ -f /usr/include/oneapi/dnnl/dnnl.hpp ]] || return 0
     extra=(-DDISTILL_WITH_DNNL)
   fi

@@ -10,8 +10,7 @@
 #include <boost/hana/adapt_struct.hpp>
 #include <boost/hana/set.hpp>
 
-#include "distill/device/cpu_losses.hpp"
-#include "distill/device/reference_losses.hpp"
+#include "distill/device.hpp"
 #include "distill/loss.hpp"
 #include "distill/loss/util.hpp"
 

@@ -13,8 +13,7 @@
 
 #include "distill/detail/arena.hpp"
 #include "distill/detail/rng.hpp"
-#include "distill/device/cpu.hpp"
-#include "distill/device/reference.hpp"
+#include "distill/device.hpp"
 #include "distill/loss.hpp"
 #include "distill/loss/layer_map.hpp"
 #include "distill/loss/util.hpp"
@@ -98,7 +97,6 @@ public:
         const auto& H = ctx.teacher->hidden_states;
         const int B = ctx.batch(), Tn = ctx.length();
         const std::int64_t N = std::int64_t(B) * Tn, count = ctx.count();
-        const T eps = T(1e-8);
         T* y = ctx.scratch();
         double total = 0;
         for (std::size_t k = 0; k < pairs_.size(); ++k) {
@@ -119,47 +117,10 @@ public:
             } else {
                 dev_.copy(y, hs.data(), sizeof(T) * std::size_t(N) * std::size_t(Ct_));
             }
-            // value, and dy (N,Ct) in place of y: rows that do not count get 0
             const T scale = ctx.weight / T(count ? count : 1) / T(pairs_.size());
-            double value = 0;
-            if constexpr (Device::memory != memory_space::host) {
-                // a device with its own memory: the same rows in one kernel, per-row values to ctx.rows()
-                hidden_match_forward_backward(dev_, y, ctx.rows(), ht.data(), ctx.mask_data(), N, Ct_, scale,
-                                              cfg_.form == "cosine");
-                const auto rows = ::distill::detail::read_on_host(dev_, ctx.rows(), std::size_t(N));
-                for (std::int64_t n = 0; n < N; ++n) value += double(rows[n]);
-            } else {
-                for (std::int64_t n = 0; n < N; ++n) {
-                    T* yr = y + n * Ct_;
-                    const T* g = ht.data() + n * Ct_;
-                    if (!ctx.counts(n)) {
-                        std::fill(yr, yr + Ct_, T(0));
-                        continue;
-                    }
-                    if (cfg_.form == "mse") {
-                        double sq = 0;
-                        for (int c = 0; c < Ct_; ++c) {
-                            const T r = yr[c] - g[c];
-                            sq += double(r) * double(r);
-                            yr[c] = scale * T(2) * r / T(Ct_);
-                        }
-                        value += sq / Ct_;
-                    } else {
-                        T dot = 0, yy = 0, gg = 0;
-                        for (int c = 0; c < Ct_; ++c) {
-                            dot += yr[c] * g[c];
-                            yy += yr[c] * yr[c];
-                            gg += g[c] * g[c];
-                        }
-                        const T ny = std::max(std::sqrt(yy), eps), ng = std::max(std::sqrt(gg), eps);
-                        const T cos = dot / (ny * ng);
-                        value += 1.0 - double(cos);
-                        // d(1 - cos)/dy = -(g/(ny ng) - cos y/ny²); the second part vanishes where |y| is clamped
-                        const T c2 = std::sqrt(yy) > eps ? cos / (ny * ny) : T(0);
-                        for (int c = 0; c < Ct_; ++c) yr[c] = -scale * (g[c] / (ny * ng) - c2 * yr[c]);
-                    }
-                }
-            }
+            // the rows' values (summed in double) and dy (N,Ct) in place of y: rows that do not count get 0
+            const double value = hidden_match_forward_backward(dev_, y, ctx.rows(), ht.data(), ctx.mask_data(), N, Ct_,
+                                                               scale, cfg_.form == "cosine");
             total += count ? value / double(count) : 0.0;
             const auto sink = ctx.d_hidden(i);
             if (projected_) {

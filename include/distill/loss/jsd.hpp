@@ -9,8 +9,7 @@
 #include <boost/hana/adapt_struct.hpp>
 #include <boost/hana/set.hpp>
 
-#include "distill/device/cpu_losses.hpp"
-#include "distill/device/reference_losses.hpp"
+#include "distill/device.hpp"
 #include "distill/loss.hpp"
 #include "distill/loss/util.hpp"
 
@@ -70,9 +69,18 @@ public:
         const T tau = static_cast<T>(cfg_.temperature);
         const T factor = cfg_.temperature_squared ? tau * tau : T(1);
         const auto sink = ctx.d_logits();
-        jsd_forward_backward(ctx.device, sink.tensor.data(), sink.accumulate, ctx.rows(), s.data(), t.data(),
-                             ctx.mask_data(), N, static_cast<int>(s.size(2)), cfg_.beta, T(1) / tau,
-                             ctx.weight * factor / T(count ? count : 1));
+        const int V = static_cast<int>(s.size(2));
+        const T grad_scale = ctx.weight * factor / T(count ? count : 1);
+        // the ends are the KLs themselves (J_0 = KL(p‖q), J_1 = KL(q‖p)); the kernel computes 0 < β < 1
+        if (cfg_.beta <= 0)
+            kl_forward_backward(ctx.device, sink.tensor.data(), sink.accumulate, ctx.rows(), s.data(), t.data(),
+                                ctx.mask_data(), N, V, T(1) / tau, grad_scale);
+        else if (cfg_.beta >= 1)
+            reverse_kl_forward_backward(ctx.device, sink.tensor.data(), sink.accumulate, ctx.rows(), s.data(), t.data(),
+                                        ctx.mask_data(), N, V, T(1) / tau, grad_scale);
+        else
+            jsd_forward_backward(ctx.device, sink.tensor.data(), sink.accumulate, ctx.rows(), s.data(), t.data(),
+                                 ctx.mask_data(), N, V, cfg_.beta, T(1) / tau, grad_scale);
         return factor * util::mean_rows(ctx.device, ctx.rows(), N, count);
     }
 

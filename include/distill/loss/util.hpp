@@ -41,18 +41,14 @@ T mean_rows(const T* rows, std::int64_t n, std::int64_t count) {
     return static_cast<T>(sum / static_cast<double>(count));
 }
 
-/// `mean_rows` of per-row values in `dev`'s memory: in place on a host device, after one copy of
-/// the n values to the host on a device with its own memory (same order, same result).
+/// `mean_rows` of per-row values in `dev`'s memory, read through `detail::read_on_host`: in place on
+/// a host device, after one copy of the n values on a device with its own memory (same order, same
+/// result).
 template <class Device, class T>
 T mean_rows(const Device& dev, const T* rows, std::int64_t n, std::int64_t count) {
-    if constexpr (Device::memory == memory_space::host) {
-        (void)dev;
-        return mean_rows(rows, n, count);
-    } else {
-        if (count == 0) return T(0);
-        const auto host = ::distill::detail::read_on_host(dev, rows, static_cast<std::size_t>(n));
-        return mean_rows(host.data(), n, count);
-    }
+    if (count == 0) return T(0);
+    const auto host = ::distill::detail::read_on_host(dev, rows, static_cast<std::size_t>(n));
+    return mean_rows(host.data(), n, count);
 }
 
 }  // namespace distill::loss::util

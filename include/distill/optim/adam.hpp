@@ -1,10 +1,10 @@
 #pragma once
 /// @file adam.hpp
 /// `optim::Adam` (weight decay as an L2 term added to the gradient, as `torch.optim.Adam`) and
-/// `optim::AdamW` (decoupled weight decay, as `torch.optim.AdamW`). One flat update over every
-/// parameter: chunked, multithreaded, fused — each element's p, g, m, v are read once and p, m, v
-/// written once (28 bytes per fp32 parameter), where a tensor-op implementation streams them once
-/// per op.
+/// `optim::AdamW` (decoupled weight decay, as `torch.optim.AdamW`). One step is one call of the
+/// device's `adam_update` kernel over every parameter at once (a `device::tensor_list` laid out at
+/// construction); on `device::Cpu` that is a flat, chunked, multithreaded, fused sweep that reads each
+/// element's p, g, m, v once and writes p, m, v once (see `device/cpu/optim.hpp`).
 
 #include <cmath>
 #include <cstdint>
@@ -42,6 +42,8 @@ namespace detail {
 /// Adam's update with the weight decay coupled (L2, `Decoupled = false`) or decoupled (AdamW).
 template <class T, class Device, bool Decoupled>
 class AdamImpl {
+    static_assert(device::require_optimizer_kernels<Device, T>::value);  // one line per missing kernel
+
 public:
     using scalar_type = T;
     using device_type = Device;
@@ -54,8 +56,10 @@ public:
         validate_parameters<T>(params_, Decoupled ? "AdamW" : "Adam", Device::memory);
         static constexpr const char* slots[] = {"exp_avg", "exp_avg_sq"};
         state_ = StateArena<T, Device>(dev_, params_, slots);
-        chunks_ = make_chunks<T>(params_);
-        for (const auto& p : params_) decays_.push_back(cfg_.decay.applies_to(p.kind) && cfg_.weight_decay != 0);
+        const std::size_t n = params_.size();
+        for (std::size_t i = 0; i < n; ++i)
+            list_.add(params_[i].value.numel(), params_[i].value.data(), params_[i].grad.data(), state_.data(0, i, n),
+                      state_.data(1, i, n), cfg_.decay.applies_to(params_[i].kind) && cfg_.weight_decay != 0);
     }
 
     /// torch's defaults: no decay for Adam, 0.01 for AdamW.
@@ -77,7 +81,7 @@ public:
         const double t = static_cast<double>(steps_);
         const double bc1 = 1.0 - std::pow(cfg_.beta1, t);
         const double bc2 = 1.0 - std::pow(cfg_.beta2, t);
-        Kernel k;
+        device::adam_coefficients<T> k;
         k.b1 = static_cast<T>(cfg_.beta1);
         k.c1 = static_cast<T>(1.0 - cfg_.beta1);
         k.b2 = static_cast<T>(cfg_.beta2);
@@ -87,26 +91,8 @@ public:
         k.eps = static_cast<T>(cfg_.eps);
         k.wd = static_cast<T>(cfg_.weight_decay);
         k.shrink = static_cast<T>(1.0 - lr * cfg_.weight_decay);
-        Kernel plain = k;
-        plain.decay = false;
-        k.decay = true;
-        const std::size_t n = params_.size();
-        if constexpr (Device::memory != memory_space::host) {
-            // a device with its own memory: one update kernel per parameter, the same expressions
-            const adam_coefficients<T> ck{k.b1,       k.c1,  k.b2, k.c2,     k.neg_step_size,
-                                          k.bc2_sqrt, k.eps, k.wd, k.shrink, Decoupled};
-            for (std::size_t i = 0; i < n; ++i)
-                adam_update(dev_, params_[i].value.data(), params_[i].grad.data(), state_.data(0, i, n),
-                            state_.data(1, i, n), params_[i].value.numel(), ck, bool(decays_[i]));
-            return;
-        }
-        for_each_chunk(dev_, chunks_, [&](std::size_t c) {
-            const Chunk& ch = chunks_[c];
-            const auto& prm = params_[ch.parameter];
-            packetwise<T>(decays_[ch.parameter] ? k : plain, ch.size, prm.value.data() + ch.offset,
-                          prm.grad.data() + ch.offset, state_.data(0, ch.parameter, n) + ch.offset,
-                          state_.data(1, ch.parameter, n) + ch.offset);
-        });
+        k.decoupled = Decoupled;
+        adam_update(dev_, list_, k);
     }
 
     /// Zeroes the gradient of every parameter (of every owner).
@@ -134,44 +120,11 @@ public:
     std::size_t state_bytes() const noexcept { return state_.bytes(); }
 
 private:
-    /// The update of `n` elements (a multiple of the vector width); out of line so that every element
-    /// runs the same instructions (see `packetwise`).
-    struct Kernel {
-        T b1, c1, b2, c2, neg_step_size, bc2_sqrt, eps, wd, shrink;
-        bool decay;
-        [[gnu::noinline]] void operator()(T* p, const T* g, T* m, T* v, std::int64_t n) const {
-            using V = simd<T>;
-            const auto vb1 = V::set1(b1), vc1 = V::set1(c1), vb2 = V::set1(b2), vc2 = V::set1(c2);
-            const auto vstep = V::set1(neg_step_size), vbc2 = V::set1(bc2_sqrt), veps = V::set1(eps);
-            const auto vwd = V::set1(wd), vshrink = V::set1(shrink);
-            for (std::int64_t i = 0; i < n; i += V::width) {
-                auto pp = V::load(p + i), gg = V::load(g + i);
-                if (decay) {
-                    if constexpr (Decoupled)
-                        pp = V::mul(pp, vshrink);  // torch: param.mul_(1 - lr * weight_decay)
-                    else
-                        gg = V::add(gg, V::mul(vwd, pp));  // torch: grad = grad.add(param, alpha=weight_decay)
-                }
-                // exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
-                const auto mm = V::add(V::mul(V::load(m + i), vb1), V::mul(vc1, gg));
-                // exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                const auto vv = V::add(V::mul(V::load(v + i), vb2), V::mul(V::mul(vc2, gg), gg));
-                // denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps); param.addcdiv_(exp_avg, denom,
-                // value=-step_size)
-                const auto denom = V::add(V::div(V::sqrt(vv), vbc2), veps);
-                V::store(p + i, V::add(pp, V::div(V::mul(vstep, mm), denom)));
-                V::store(m + i, mm);
-                V::store(v + i, vv);
-            }
-        }
-    };
-
     std::vector<Parameter<T>> params_;
     AdamConfig cfg_;
     Device dev_;
     StateArena<T, Device> state_;
-    std::vector<Chunk> chunks_;
-    std::vector<bool> decays_;
+    device::tensor_list<T> list_;  // per parameter: value, gradient, exp_avg, exp_avg_sq; decayed or not
     std::int64_t steps_ = 0;
 };
 
@@ -179,8 +132,8 @@ private:
 
 /// Adam (Kingma & Ba) with `torch.optim.Adam` semantics: `weight_decay` is an L2 penalty added to the
 /// gradient before the moments (so it is rescaled by the adaptive denominator).
-/// @tparam T scalar type. @tparam Device a `device_policy`: host memory (threads from `threads()`), or its own memory
-/// with `adam_update` kernels (`device::Cuda`).
+/// @tparam T scalar type. @tparam Device a `device_policy` with the optimizer kernels
+/// (`device::optimizer_device`; its `adam_update` runs the step).
 template <class T, class Device>
 class Adam : public detail::AdamImpl<T, Device, false> {
 public:
@@ -189,7 +142,7 @@ public:
 
 /// AdamW (Loshchilov & Hutter) with `torch.optim.AdamW` semantics: decoupled decay
 /// `p ← p·(1 − lr·weight_decay)` before the Adam update; default weight_decay 0.01.
-/// @tparam T scalar type. @tparam Device a `device_policy` (host memory, or its own with update kernels).
+/// @tparam T scalar type. @tparam Device a `device_policy` with the optimizer kernels (`device::optimizer_device`).
 template <class T, class Device>
 class AdamW : public detail::AdamImpl<T, Device, true> {
 public:

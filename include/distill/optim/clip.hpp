@@ -14,62 +14,26 @@
 
 namespace distill::optim {
 
-namespace detail {
-
-/// Σ x² of n values in double, in eight interleaved accumulators (element i goes to lane i mod 8,
-/// which the compiler vectorizes without reassociating), so the bits depend only on the values.
-template <class T>
-double sum_of_squares(const T* x, std::int64_t n) noexcept {
-    double acc[8] = {};
-    std::int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int j = 0; j < 8; ++j) {
-            const double v = static_cast<double>(x[i + j]);
-            acc[j] += v * v;
-        }
-    for (int j = 0; i < n; ++i, ++j) {
-        const double v = static_cast<double>(x[i]);
-        acc[j] += v * v;
-    }
-    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-}
-
-}  // namespace detail
-
-/// Global-norm clipping (`torch.nn.utils.clip_grad_norm_` semantics) with its work list (chunks and
-/// per-chunk partial sums) laid out once, so a training step clips without allocating. The free
-/// functions below are one-shot uses of it.
+/// Global-norm clipping (`torch.nn.utils.clip_grad_norm_` semantics) with its work list (a
+/// `device::tensor_list` of the gradients: chunks and per-chunk partial sums) laid out once, so a
+/// training step clips without allocating. The reduction and the scaling are the device's
+/// `sum_of_squares` and `scale_in_place` kernels. The free functions below are one-shot uses of it.
 /// @tparam T scalar type.
 template <class T>
 class GradClipper {
 public:
     /// Clips the gradients of `params` (the views are kept; the tensors must outlive the clipper).
-    explicit GradClipper(std::span<const Parameter<T>> params)
-        : params_(params.begin(), params.end()), chunks_(detail::make_chunks<T>(params_)), partial_(chunks_.size()) {}
+    explicit GradClipper(std::span<const Parameter<T>> params) {
+        for (const auto& p : params) grads_.add(p.grad.numel(), p.grad.data());
+    }
 
-    /// The L2 norm of all gradients taken together, √(Σ‖gᵢ‖²). Each chunk's sum of squares is
-    /// accumulated in double and the partial sums are added in chunk order, so the result is the same
-    /// bits for any thread count. NaN or ±Inf when a gradient holds one.
+    /// The L2 norm of all gradients taken together, √(Σ‖gᵢ‖²), through the device's `sum_of_squares`
+    /// (on host devices: per chunk in double, the partial sums added in chunk order, so the result is
+    /// the same bits for any thread count). NaN or ±Inf when a gradient holds one.
     template <class Device>
     double norm(const Device& dev) {
-        if constexpr (Device::memory != memory_space::host) {
-            // a device with its own memory: its `sum_of_squares` reduction, one value back to the host
-            std::vector<const T*> grads;
-            std::vector<std::int64_t> sizes;
-            for (const auto& p : params_) {
-                grads.push_back(p.grad.data());
-                sizes.push_back(p.grad.numel());
-            }
-            return std::sqrt(sum_of_squares(dev, grads.data(), sizes.data(), grads.size()));
-        } else {
-            detail::for_each_chunk(dev, chunks_, [&](std::size_t c) {
-                const detail::Chunk& ch = chunks_[c];
-                partial_[c] = detail::sum_of_squares(params_[ch.parameter].grad.data() + ch.offset, ch.size);
-            });
-            double total = 0;
-            for (double s : partial_) total += s;
-            return std::sqrt(total);
-        }
+        static_assert(device::require_optimizer_kernels<Device, T>::value);
+        return std::sqrt(sum_of_squares(dev, grads_));
     }
 
     /// Scales every gradient by `max_norm / (norm + 1e-6)` when that is below 1, and returns the norm
@@ -89,21 +53,12 @@ public:
     /// Multiplies every gradient by `factor` (clipping; averaging over accumulated micro-batches).
     template <class Device>
     void scale(T factor, const Device& dev) {
-        if constexpr (Device::memory != memory_space::host) {
-            for (const auto& p : params_) scale_in_place(dev, p.grad.data(), factor, p.grad.numel());
-        } else {
-            detail::for_each_chunk(dev, chunks_, [&](std::size_t c) {
-                const detail::Chunk& ch = chunks_[c];
-                T* g = params_[ch.parameter].grad.data() + ch.offset;
-                for (std::int64_t i = 0; i < ch.size; ++i) g[i] *= factor;  // one rounding per element
-            });
-        }
+        static_assert(device::require_optimizer_kernels<Device, T>::value);
+        scale_in_place(dev, grads_, factor);
     }
 
 private:
-    std::vector<Parameter<T>> params_;
-    std::vector<detail::Chunk> chunks_;
-    std::vector<double> partial_;
+    device::tensor_list<T> grads_;  // every parameter's gradient
 };
 
 /// The global L2 norm of the gradients of `params` (see `GradClipper::norm`).

@@ -36,9 +36,12 @@ struct SgdConfig {
 };
 
 /// SGD with momentum (torch.optim.SGD, `foreach=False`, `maximize=False`).
-/// @tparam T scalar type. @tparam Device a `device_policy` (host memory, or its own with update kernels).
+/// One step is one call of the device's `sgd_update` kernel over every parameter at once.
+/// @tparam T scalar type. @tparam Device a `device_policy` with the optimizer kernels (`device::optimizer_device`).
 template <class T, class Device>
 class Sgd {
+    static_assert(device::require_optimizer_kernels<Device, T>::value);  // one line per missing kernel
+
 public:
     using scalar_type = T;
     using device_type = Device;
@@ -51,8 +54,11 @@ public:
         detail::validate_parameters<T>(params_, "Sgd", Device::memory);
         static constexpr const char* slots[] = {"momentum_buffer"};
         if (cfg_.momentum != 0) state_ = detail::StateArena<T, Device>(dev_, params_, slots);
-        chunks_ = detail::make_chunks<T>(params_);
-        for (const auto& p : params_) decays_.push_back(cfg_.decay.applies_to(p.kind) && cfg_.weight_decay != 0);
+        const std::size_t n = params_.size();
+        for (std::size_t i = 0; i < n; ++i)
+            list_.add(params_[i].value.numel(), params_[i].value.data(), params_[i].grad.data(),
+                      cfg_.momentum != 0 ? state_.data(0, i, n) : nullptr, nullptr,
+                      cfg_.decay.applies_to(params_[i].kind) && cfg_.weight_decay != 0);
     }
 
     /// One step at learning rate `lr` (>= 0):
@@ -60,34 +66,15 @@ public:
     void step(double lr) {
         if (!(lr >= 0) || !std::isfinite(lr))
             throw numeric_error("Sgd step: learning rate " + std::to_string(lr) + " is not a finite number >= 0");
-        Kernel k{static_cast<T>(-lr),
-                 static_cast<T>(cfg_.weight_decay),
-                 static_cast<T>(cfg_.momentum),
-                 static_cast<T>(1.0 - cfg_.dampening),
-                 true,
-                 cfg_.momentum != 0,
-                 steps_ == 0,
-                 cfg_.nesterov};
-        Kernel plain = k;
-        plain.decay = false;
+        const device::sgd_coefficients<T> k{static_cast<T>(-lr),
+                                            static_cast<T>(cfg_.weight_decay),
+                                            static_cast<T>(cfg_.momentum),
+                                            static_cast<T>(1.0 - cfg_.dampening),
+                                            cfg_.momentum != 0,
+                                            steps_ == 0,
+                                            cfg_.nesterov};
         ++steps_;
-        const std::size_t n = params_.size();
-        const bool momentum = cfg_.momentum != 0;
-        if constexpr (Device::memory != memory_space::host) {
-            // a device with its own memory: one update kernel per parameter, the same expressions
-            const sgd_coefficients<T> ck{k.neg_lr, k.wd, k.mu, k.keep, k.momentum, k.first, k.nesterov};
-            for (std::size_t i = 0; i < n; ++i)
-                sgd_update(dev_, params_[i].value.data(), params_[i].grad.data(),
-                           momentum ? state_.data(0, i, n) : nullptr, params_[i].value.numel(), ck, bool(decays_[i]));
-            return;
-        }
-        detail::for_each_chunk(dev_, chunks_, [&](std::size_t c) {
-            const detail::Chunk& ch = chunks_[c];
-            const auto& prm = params_[ch.parameter];
-            detail::packetwise<T>(decays_[ch.parameter] ? k : plain, ch.size, prm.value.data() + ch.offset,
-                                  prm.grad.data() + ch.offset,
-                                  momentum ? state_.data(0, ch.parameter, n) + ch.offset : nullptr, nullptr);
-        });
+        sgd_update(dev_, list_, k);
     }
 
     /// Zeroes the gradient of every parameter (of every owner).
@@ -115,34 +102,11 @@ public:
     std::size_t state_bytes() const noexcept { return state_.bytes(); }
 
 private:
-    /// The update of `n` elements (a multiple of the vector width), out of line (see `packetwise`).
-    struct Kernel {
-        T neg_lr, wd, mu, keep;
-        bool decay, momentum, first, nesterov;
-        [[gnu::noinline]] void operator()(T* p, const T* g, T* buf, T*, std::int64_t n) const {
-            using V = detail::simd<T>;
-            const auto vlr = V::set1(neg_lr), vwd = V::set1(wd), vmu = V::set1(mu), vkeep = V::set1(keep);
-            for (std::int64_t i = 0; i < n; i += V::width) {
-                const auto pp = V::load(p + i);
-                auto d = V::load(g + i);
-                if (decay) d = V::add(d, V::mul(vwd, pp));  // d_p = d_p.add(param, alpha=weight_decay)
-                if (momentum) {
-                    // first step: buf = clone(d_p); then buf.mul_(momentum).add_(d_p, alpha=1 - dampening)
-                    const auto b = first ? d : V::add(V::mul(V::load(buf + i), vmu), V::mul(vkeep, d));
-                    V::store(buf + i, b);
-                    d = nesterov ? V::add(d, V::mul(vmu, b)) : b;  // d_p.add(buf, alpha=momentum) or buf
-                }
-                V::store(p + i, V::add(pp, V::mul(vlr, d)));  // param.add_(d_p, alpha=-lr)
-            }
-        }
-    };
-
     std::vector<Parameter<T>> params_;
     SgdConfig cfg_;
     Device dev_;
     detail::StateArena<T, Device> state_;
-    std::vector<detail::Chunk> chunks_;
-    std::vector<bool> decays_;
+    device::tensor_list<T> list_;  // per parameter: value, gradient, momentum buffer (or null); decayed or not
     std::int64_t steps_ = 0;
 };
 

@@ -8,8 +8,11 @@
 /// once, no allocation in `forward` or `backward`, hidden states and attention maps exposed for
 /// transfer losses.
 ///
-/// Runs on devices with host memory (`device::Reference`, `device::Cpu`): its GEMMs and LayerNorms
-/// are the device's kernels, the encoder-only kernels are the host code of `nn/encoder_kernels.hpp`.
+/// Every kernel is the device's, found by argument-dependent lookup: the layer kernels (GEMMs,
+/// LayerNorms) and the encoder kernels (`device::encoder_device`: embeddings, erf-GELU, masked
+/// softmax, pooling; `device/<name>/encoder`), with the attention core of
+/// `nn/bidirectional_attention.hpp` built from them. The model writes its masks and initial weights
+/// from the host, so it runs on devices with host memory (`device::Reference`, `device::Cpu`).
 
 #include <algorithm>
 #include <cmath>
@@ -24,7 +27,7 @@
 #include "distill/detail/rng.hpp"
 #include "distill/device.hpp"
 #include "distill/error.hpp"
-#include "distill/nn/encoder_kernels.hpp"
+#include "distill/nn/bidirectional_attention.hpp"
 #include "distill/nn/linear.hpp"
 #include "distill/parameter.hpp"
 #include "distill/tensor.hpp"
@@ -79,12 +82,15 @@ struct EncoderConfig {
 
 /// A BERT-layout bidirectional encoder with a pooling head.
 /// @tparam T scalar type (`float`; `double` for gradient checks).
-/// @tparam Device a `device_policy` with host memory whose kernels accept `T`.
+/// @tparam Device a `device_policy` with host memory and the layer and encoder kernels for `T`
+/// (`device::layer_device`, `device::encoder_device`).
 template <class T, class Device>
 class Encoder {
+    static_assert(device::require_layer_kernels<Device, T>::value);    // one line per missing kernel
+    static_assert(device::require_encoder_kernels<Device, T>::value);  // likewise
     static_assert(Device::memory == memory_space::host,
-                  "student::Encoder runs on devices with host memory (device::Reference, device::Cpu): its "
-                  "encoder-only kernels are host code (nn/encoder_kernels.hpp); see docs/students.md");
+                  "student::Encoder writes its masks and initial weights from the host: run it on a device "
+                  "with host memory (device::Reference, device::Cpu); see docs/students.md");
 
 public:
     using scalar_type = T;
@@ -239,9 +245,9 @@ public:
         T* d_tmp = act(d_tmp_);
         dev_.fill_zero(d_cur, sizeof(T) * NC);
         if (cls_)
-            nn::cls_pool_backward(dev_, d_cur, act(d_pooled_), B, Tn, C);
+            cls_pool_backward(dev_, d_cur, act(d_pooled_), B, Tn, C);
         else
-            nn::mean_pool_backward(dev_, d_cur, act(d_pooled_), act(mask_), B, Tn, C);
+            mean_pool_backward(dev_, d_cur, act(d_pooled_), act(mask_), B, Tn, C);
         if (const T* e = extra(d_hidden, L, NC)) accumulate(dev_, d_cur, e, NC);
         for (int l = L - 1; l >= 0; --l) {
             const auto& w = layer_params_[l];
@@ -254,7 +260,7 @@ public:
             // o = h1 + W2 gelu(W1 h1 + b1) + b2:  d_tmp = d_h1 = d_o + W1^T gelu'(f) (W2^T d_o)
             nn::linear_backward(dev_, act(d_fc_), grad(w.out_w), grad(w.out_b), d_tmp, act(a.fc_gelu), val(w.out_w), N,
                                 F, C);
-            nn::gelu_erf_backward(dev_, act(d_fc_), act(a.fc), act(d_fc_), std::int64_t(N) * F);
+            gelu_erf_backward(dev_, act(d_fc_), act(a.fc), act(d_fc_), std::int64_t(N) * F);
             nn::linear_backward(dev_, static_cast<T*>(nullptr), grad(w.fc_w), grad(w.fc_b), act(d_fc_), act(a.ln1),
                                 val(w.fc_w), N, C, F);
             gemm(dev_, false, false, N, C, F, T(1), act(d_fc_), F, val(w.fc_w), C, T(1), d_tmp, C);
@@ -280,8 +286,8 @@ public:
         dev_.fill_zero(d_tmp, sizeof(T) * NC);
         layernorm_backward(dev_, d_tmp, grad(emb_ln_w_), grad(emb_ln_b_), d_cur, act(emb_), val(emb_ln_w_),
                            act(emb_mean_), act(emb_rstd_), N, C);
-        nn::bert_embedding_backward(dev_, grad(word_), grad(pos_), grad(type_), d_tmp, tokens_.data(),
-                                    has_types_ ? types_.data() : nullptr, B, Tn, C);
+        bert_embedding_backward(dev_, grad(word_), grad(pos_), grad(type_), d_tmp, tokens_.data(),
+                                has_types_ ? types_.data() : nullptr, B, Tn, C);
     }
 
     /// Bytes held by the parameter, gradient and activation arenas and the token buffers.
@@ -307,8 +313,8 @@ private:
         std::copy_n(tokens, N, tokens_.data());
         has_types_ = token_types != nullptr;
         if (has_types_) std::copy_n(token_types, N, types_.data());
-        nn::bert_embedding_forward(dev_, act(emb_), tokens_.data(), has_types_ ? types_.data() : nullptr, val(word_),
-                                   val(pos_), val(type_), B, Tn, C);
+        bert_embedding_forward(dev_, act(emb_), tokens_.data(), has_types_ ? types_.data() : nullptr, val(word_),
+                               val(pos_), val(type_), B, Tn, C);
         layernorm_forward(dev_, act(emb_ln_), act(emb_mean_), act(emb_rstd_), act(emb_), val(emb_ln_w_), val(emb_ln_b_),
                           N, C, eps);
         for (int l = 0; l < cfg_.n_layers; ++l) {
@@ -325,7 +331,7 @@ private:
             layernorm_forward(dev_, act(a.ln1), act(a.ln1_mean), act(a.ln1_rstd), act(a.res_attn), val(w.ln1_w),
                               val(w.ln1_b), N, C, eps);
             nn::linear_forward(dev_, act(a.fc), act(a.ln1), val(w.fc_w), val(w.fc_b), N, C, F);
-            nn::gelu_erf_forward(dev_, act(a.fc_gelu), act(a.fc), std::int64_t(N) * F);
+            gelu_erf_forward(dev_, act(a.fc_gelu), act(a.fc), std::int64_t(N) * F);
             dev_.copy(act(a.res_out), act(a.ln1), sizeof(T) * N * C);
             nn::linear_forward(dev_, act(a.res_out), act(a.fc_gelu), val(w.out_w), val(w.out_b), N, F, C, true);
             layernorm_forward(dev_, act(a.ln2), act(a.ln2_mean), act(a.ln2_rstd), act(a.res_out), val(w.ln2_w),
@@ -333,9 +339,9 @@ private:
         }
         const T* last = act(hidden_block(cfg_.n_layers));
         if (cls_)
-            nn::cls_pool_forward(dev_, act(pooled_), last, B, Tn, C);
+            cls_pool_forward(dev_, act(pooled_), last, B, Tn, C);
         else
-            nn::mean_pool_forward(dev_, act(pooled_), last, act(mask_), B, Tn, C);
+            mean_pool_forward(dev_, act(pooled_), last, act(mask_), B, Tn, C);
         dev_.fill_zero(act(d_pooled_), sizeof(T) * B * C);
     }
 

@@ -203,9 +203,13 @@ private:
 /// positions, GELU, tied head) by default; Llama, Qwen2 and Phi-3 (RMSNorm, rotary positions, SwiGLU,
 /// grouped-query attention, optional biases, untied head) by setting its keys.
 /// @tparam T scalar type (`float`; `double` for gradient checks).
-/// @tparam Device a `device_policy` whose kernels accept `T`.
+/// @tparam Device a `device_policy` with the layer and Llama-block kernels for `T`
+/// (`device::layer_device`, `device::llama_device`; `prefill`/`decode` also `device::decoding_device`).
 template <class T, class Device>
 class Transformer {
+    static_assert(device::require_layer_kernels<Device, T>::value);  // one line per missing kernel
+    static_assert(device::require_llama_kernels<Device, T>::value);  // likewise
+
 public:
     using scalar_type = T;
     using device_type = Device;
@@ -473,6 +477,7 @@ public:
     /// their keys and values and leaves the next-token logits in `next_logits()`. Overwrites the
     /// last forward's activations.
     void prefill(KvCache<T, Device>& cache, const std::int32_t* tokens, const int* lengths, int B, int Tn) {
+        static_assert(device::require_decoding_kernels<Device, T>::value);  // one line per missing kernel
         if (B > cache.max_batch())
             throw shape_error("prefill: batch " + std::to_string(B) + " exceeds the cache's " +
                               std::to_string(cache.max_batch()));
@@ -481,22 +486,15 @@ public:
                 throw shape_error("prefill: length " + std::to_string(lengths[b]) + " of sequence " +
                                   std::to_string(b) + " outside [1, " + std::to_string(Tn) + "]");
         const int V = cfg_.vocab_size;
-        std::vector<std::int32_t> rows;  // devices with their own memory: (row of qkv, sequence, position)
-        if constexpr (Device::memory != memory_space::host)
-            for (int b = 0; b < B; ++b)
-                for (int t = 0; t < lengths[b]; ++t) rows.insert(rows.end(), {b * Tn + t, b, t});
+        std::vector<std::int32_t> rows;  // per token kept: (row of qkv, sequence, position)
+        for (int b = 0; b < B; ++b)
+            for (int t = 0; t < lengths[b]; ++t) rows.insert(rows.end(), {b * Tn + t, b, t});
         // each layer's keys and values go to the cache as soon as they exist (an inference model
         // reuses the buffer for the next layer)
         forward_layers(tokens, B, Tn, [&](int l) {
-            const T* qkv = act(layer_acts_[l].qkv);
-            if constexpr (Device::memory != memory_space::host)
-                kv_cache_store(dev_, cache.keys(l), cache.values(l), qkv, rows.data(),
-                               static_cast<int>(rows.size() / 3), cfg_.n_heads, cfg_.kv_heads(), cfg_.head_size(),
-                               cfg_.context_length);
-            else
-                for (int b = 0; b < B; ++b)
-                    for (int t = 0; t < lengths[b]; ++t)
-                        store_kv(cache, l, qkv + (std::int64_t(b) * Tn + t) * cfg_.qkv_width(), b, t);
+            kv_cache_store(dev_, cache.keys(l), cache.values(l), static_cast<const T*>(act(layer_acts_[l].qkv)),
+                           rows.data(), static_cast<int>(rows.size() / 3), cfg_.n_heads, cfg_.kv_heads(),
+                           cfg_.head_size(), cfg_.context_length);
         });
         for (int b = 0; b < B; ++b) {
             dev_.copy(act(next_logits_) + std::int64_t(b) * V,
@@ -509,6 +507,7 @@ public:
     /// Appends tokens[b] to sequence b of `cache` (at position cache.length(b)), runs one decoding step
     /// and leaves the next-token logits in `next_logits()`. Overwrites the last forward's activations.
     void decode(KvCache<T, Device>& cache, const std::int32_t* tokens, int B) {
+        static_assert(device::require_decoding_kernels<Device, T>::value);  // one line per missing kernel
         const int C = cfg_.d_model, V = cfg_.vocab_size, Tmax = cfg_.context_length;
         if (B < 1 || B > cache.max_batch())
             throw shape_error("decode: batch " + std::to_string(B) + " outside [1, " +
@@ -536,18 +535,13 @@ public:
             longest = std::max(longest, cache.length(b));
         }
         if (cfg_.rope()) update_rope(longest);
-        std::vector<std::int32_t> rows;  // devices with their own memory: (row of qkv, sequence, position)
-        if constexpr (Device::memory != memory_space::host)
-            for (int b = 0; b < B; ++b) rows.insert(rows.end(), {b, b, cache.length(b) - 1});
+        std::vector<std::int32_t> rows;  // per sequence: (row of qkv, sequence, position)
+        for (int b = 0; b < B; ++b) rows.insert(rows.end(), {b, b, cache.length(b) - 1});
         for (int l = 0; l < cfg_.n_layers; ++l) {
             const auto& a = layer_acts_[l];
             block_forward(l, x, B, [&] {
-                if constexpr (Device::memory != memory_space::host)
-                    kv_cache_store(dev_, cache.keys(l), cache.values(l), static_cast<const T*>(act(a.qkv)), rows.data(),
-                                   B, cfg_.n_heads, cfg_.kv_heads(), cfg_.head_size(), Tmax);
-                else
-                    for (int b = 0; b < B; ++b)
-                        store_kv(cache, l, act(a.qkv) + std::int64_t(b) * cfg_.qkv_width(), b, cache.length(b) - 1);
+                kv_cache_store(dev_, cache.keys(l), cache.values(l), static_cast<const T*>(act(a.qkv)), rows.data(), B,
+                               cfg_.n_heads, cfg_.kv_heads(), cfg_.head_size(), Tmax);
                 attention_decode(dev_, act(a.atty), act(a.att), act(a.qkv), cache.keys(l), cache.values(l),
                                  cache.lengths_.data(), B, cfg_.n_heads, cfg_.kv_heads(), cfg_.head_size(), Tmax);
             });
@@ -737,17 +731,6 @@ private:
         act_arena_ = detail::Arena<T, Device>(dev_, act_layout_.size());
         tokens_ = static_cast<std::int32_t*>(dev_.allocate(tokens_bytes()));
         tokens_owner_ = {tokens_, TokenFree{dev_, tokens_bytes()}};
-    }
-
-    // Copies the key and value of every kv head of one token, qkv_row ((H+2Hkv)hs) = q | k | v, into
-    // `cache` at sequence b, position t: (max_batch, Hkv, Tmax, hs) per layer.
-    void store_kv(KvCache<T, Device>& cache, int l, const T* qkv_row, int b, int t) const {
-        const int Hkv = cfg_.kv_heads(), hs = cfg_.head_size(), C = cfg_.d_model;
-        for (int h = 0; h < Hkv; ++h) {
-            const std::int64_t dst = ((std::int64_t(b) * Hkv + h) * cfg_.context_length + t) * hs;
-            dev_.copy(cache.keys(l) + dst, qkv_row + C + h * hs, sizeof(T) * hs);
-            dev_.copy(cache.values(l) + dst, qkv_row + C + (Hkv + h) * hs, sizeof(T) * hs);
-        }
     }
 
     void require_training(const char* what) const {

@@ -1,6 +1,6 @@
 #pragma once
 /// @file layers.cuh
-/// The layer kernels of `device::Cuda`: the same functions as `device/reference.hpp` (read it for
+/// The layer kernels of `device::Cuda`: the same functions as `device/reference/layers.hpp` (read it for
 /// the specification), one thread per element, one warp per row or a two-stage column reduction.
 /// No atomics: every sum has a fixed order, so results are bit-identical run after run.
 

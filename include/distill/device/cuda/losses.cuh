@@ -1,6 +1,6 @@
 #pragma once
 /// @file losses.cuh
-/// The fused loss kernels of `device::Cuda`: each divergence of `device/reference_losses.hpp` (read
+/// The fused loss kernels of `device::Cuda`: each divergence of `device/reference/losses.hpp` (read
 /// it for the formulas and conventions: mask, losses, accumulate, grad_scale) with one block per
 /// row: one streaming pass for the row's log-sum-exps (online max and sum, both distributions at
 /// once), one pass for the value and the gradient. Nothing (B·T × V) is materialized. Sums run in
@@ -15,8 +15,9 @@
 #include <cstdint>
 #include <limits>
 
+#include "distill/device.hpp"
 #include "distill/device/cuda/common.cuh"
-#include "distill/device/reference_losses.hpp"
+#include "distill/device/reference/losses.hpp"
 
 namespace distill::device {
 
@@ -408,16 +409,11 @@ void reverse_kl_forward_backward(const Cuda& dev, T* d, bool accumulate, T* loss
     DISTILL_CUDA_CHECK_LAUNCH("reverse_kl_kernel");
 }
 
-/// Generalized Jensen–Shannon divergence per row with its gradient (see the Reference); β ≤ 0 is
-/// the forward KL, β ≥ 1 the reverse KL. β and 1 − β are formed in double.
+/// Generalized Jensen–Shannon divergence per row with its gradient (see the Reference); precondition
+/// 0 < β < 1 (`loss::JSD` runs the KL kernels at the ends). β and 1 − β are formed in double.
 template <class T>
 void jsd_forward_backward(const Cuda& dev, T* d, bool accumulate, T* losses, const T* student, const T* teacher,
                           const std::uint8_t* mask, std::int64_t N, int V, double beta, T inv_tau, T grad_scale) {
-    if (beta <= 0)
-        return kl_forward_backward(dev, d, accumulate, losses, student, teacher, mask, N, V, inv_tau, grad_scale);
-    if (beta >= 1)
-        return reverse_kl_forward_backward(dev, d, accumulate, losses, student, teacher, mask, N, V, inv_tau,
-                                           grad_scale);
     if (N <= 0) return;
     const std::uint8_t* m = dev.on_device(mask, std::size_t(N), cuda_detail::slot_mask);
     cuda_detail::jsd_kernel<<<static_cast<unsigned>(N), cuda_detail::row_threads, 0, dev.stream()>>>(
@@ -483,15 +479,20 @@ void relation_kl_forward_backward(const Cuda& dev, T* d, T* losses, const T* stu
 /// student state on entry and its gradient on exit; g(N,C) the teacher state; losses(N) per row.
 ///   mse:    losses[n] = Σ_c (y - g)² / C,              y ← scale · 2 (y - g) / C;
 ///   cosine: losses[n] = 1 - y·g / (max(|y|,ε) max(|g|,ε)), y ← -scale (g/(|y||g|) - cos y/|y|²).
-/// Rows that do not count get loss 0 and gradient 0.
+/// Rows that do not count get loss 0 and gradient 0. Returns Σ_n losses[n] in double, summed in row
+/// order on the host after one copy of the N values (see the Reference).
 template <class T>
-void hidden_match_forward_backward(const Cuda& dev, T* y, T* losses, const T* g, const std::uint8_t* mask,
-                                   std::int64_t N, int C, T scale, bool cosine) {
-    if (N <= 0) return;
+double hidden_match_forward_backward(const Cuda& dev, T* y, T* losses, const T* g, const std::uint8_t* mask,
+                                     std::int64_t N, int C, T scale, bool cosine) {
+    if (N <= 0) return 0.0;
     const std::uint8_t* m = dev.on_device(mask, std::size_t(N), cuda_detail::slot_mask);
     cuda_detail::hidden_match_kernel<<<static_cast<unsigned>(N), 128, 0, dev.stream()>>>(y, losses, g, m, C, scale,
                                                                                          cosine);
     DISTILL_CUDA_CHECK_LAUNCH("hidden_match_kernel");
+    const auto rows = ::distill::detail::read_on_host(dev, losses, std::size_t(N));
+    double value = 0;
+    for (std::int64_t n = 0; n < N; ++n) value += double(rows[n]);
+    return value;
 }
 
 }  // namespace distill::device

@@ -1,14 +1,14 @@
 #pragma once
 /// @file optim.cuh
 /// Optimizer kernels of `device::Cuda`: the AdamW/Adam and SGD updates, elementwise with the same
-/// expressions (and the same order of operations) as the host kernels of `optim/adam.hpp` and
-/// `optim/sgd.hpp`, and the deterministic sum of squares behind gradient-norm clipping.
+/// expressions (and the same order of operations) as `device/reference/optim.hpp`, one launch per
+/// tensor of the `tensor_list`, and the deterministic sum of squares behind gradient-norm clipping.
 
 #include <cstdint>
 #include <vector>
 
+#include "distill/device.hpp"
 #include "distill/device/cuda/common.cuh"
-#include "distill/optim/common.hpp"
 
 namespace distill::device {
 
@@ -23,7 +23,7 @@ __device__ inline double mul_rn(double a, double b) {
 }
 
 template <class T>
-__global__ void adam_kernel(T* p, const T* g, T* m, T* v, std::int64_t n, optim::adam_coefficients<T> k, bool decay) {
+__global__ void adam_kernel(T* p, const T* g, T* m, T* v, std::int64_t n, adam_coefficients<T> k, bool decay) {
     for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < n;
          i += std::int64_t(gridDim.x) * blockDim.x) {
         T pp = p[i], gg = g[i];
@@ -43,7 +43,7 @@ __global__ void adam_kernel(T* p, const T* g, T* m, T* v, std::int64_t n, optim:
 }
 
 template <class T>
-__global__ void sgd_kernel(T* p, const T* g, T* buf, std::int64_t n, optim::sgd_coefficients<T> k, bool decay) {
+__global__ void sgd_kernel(T* p, const T* g, T* buf, std::int64_t n, sgd_coefficients<T> k, bool decay) {
     for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < n;
          i += std::int64_t(gridDim.x) * blockDim.x) {
         const T pp = p[i];
@@ -87,46 +87,55 @@ __global__ void scale_kernel(T* x, T factor, std::int64_t n) {
 
 }  // namespace cuda_detail
 
-/// One Adam/AdamW update of n elements (torch.optim.Adam/AdamW, foreach=False):
-///   [decoupled: p ← p (1 - lr λ) | coupled: g ← g + λ p]  (when `decay`),
+/// One Adam/AdamW step over every tensor of `list` (arrays p, g, m, v; flag = decay), the
+/// Reference's expressions (torch.optim.Adam/AdamW, foreach=False):
+///   [decoupled: p ← p (1 - lr λ) | coupled: g ← g + λ p]  (when the flag is set),
 ///   m ← β₁ m + (1-β₁) g,  v ← β₂ v + (1-β₂) g²,  p ← p - (lr/bc₁) m / (√v / √bc₂ + ε).
 template <class T>
-void adam_update(const Cuda& dev, T* p, const T* g, T* m, T* v, std::int64_t n, const optim::adam_coefficients<T>& k,
-                 bool decay) {
-    if (!n) return;
-    cuda_detail::adam_kernel<<<cuda_detail::blocks_for(n, 256), 256, 0, dev.stream()>>>(p, g, m, v, n, k, decay);
-    DISTILL_CUDA_CHECK_LAUNCH("adam_kernel");
+void adam_update(const Cuda& dev, const tensor_list<T>& list, const adam_coefficients<T>& k) {
+    for (std::size_t t = 0; t < list.size(); ++t) {
+        const std::int64_t n = list.numel(t);
+        if (!n) continue;
+        cuda_detail::adam_kernel<<<cuda_detail::blocks_for(n, 256), 256, 0, dev.stream()>>>(
+            list.array(t, 0), list.array(t, 1), list.array(t, 2), list.array(t, 3), n, k, list.flag(t));
+        DISTILL_CUDA_CHECK_LAUNCH("adam_kernel");
+    }
 }
 
-/// One SGD update of n elements (torch.optim.SGD): d ← g [+ λ p]; with momentum
-/// buf ← d (first step) or μ buf + (1-τ) d, d ← d + μ buf (Nesterov) or buf;  p ← p - lr d.
+/// One SGD step over every tensor of `list` (arrays p, g, buf — null without momentum; flag = decay):
+/// d ← g [+ λ p]; with momentum buf ← d (first step) or μ buf + (1-τ) d, d ← d + μ buf (Nesterov) or
+/// buf;  p ← p - lr d.
 template <class T>
-void sgd_update(const Cuda& dev, T* p, const T* g, T* buf, std::int64_t n, const optim::sgd_coefficients<T>& k,
-                bool decay) {
-    if (!n) return;
-    cuda_detail::sgd_kernel<<<cuda_detail::blocks_for(n, 256), 256, 0, dev.stream()>>>(p, g, buf, n, k, decay);
-    DISTILL_CUDA_CHECK_LAUNCH("sgd_kernel");
+void sgd_update(const Cuda& dev, const tensor_list<T>& list, const sgd_coefficients<T>& k) {
+    for (std::size_t t = 0; t < list.size(); ++t) {
+        const std::int64_t n = list.numel(t);
+        if (!n) continue;
+        cuda_detail::sgd_kernel<<<cuda_detail::blocks_for(n, 256), 256, 0, dev.stream()>>>(
+            list.array(t, 0), list.array(t, 1), list.array(t, 2), n, k, list.flag(t));
+        DISTILL_CUDA_CHECK_LAUNCH("sgd_kernel");
+    }
 }
 
-/// Σ_i Σ_j x_i[j]² over `count` tensors (x_i of sizes[i] elements), in double, returned to the host.
-/// Fixed grid per tensor and a fixed final tree: the same bits every run (not the CPU's bits: the
+/// Σ_i Σ_j x_i[j]² over array 0 of the tensors of `list`, in double, returned to the host. Fixed
+/// grid per tensor and a fixed final tree: the same bits every run (not the CPU's bits: the
 /// summation order differs).
 template <class T>
-double sum_of_squares(const Cuda& dev, const T* const* tensors, const std::int64_t* sizes, std::size_t count) {
+double sum_of_squares(const Cuda& dev, const tensor_list<T>& list) {
     constexpr int threads = 256, max_blocks = 64;
+    const std::size_t count = list.size();
     std::vector<int> blocks(count);
     int total = 0;
     for (std::size_t i = 0; i < count; ++i) {
-        blocks[i] = cuda_detail::blocks_for(sizes[i], threads, max_blocks);
-        total += sizes[i] > 0 ? blocks[i] : 0;
+        blocks[i] = cuda_detail::blocks_for(list.numel(i), threads, max_blocks);
+        total += list.numel(i) > 0 ? blocks[i] : 0;
     }
     if (total == 0) return 0.0;
     double* partial = static_cast<double*>(dev.staging(cuda_detail::slot_partials, sizeof(double) * (total + 1)));
     int offset = 0;
     for (std::size_t i = 0; i < count; ++i) {
-        if (sizes[i] <= 0) continue;
-        cuda_detail::sum_squares_kernel<<<blocks[i], threads, 0, dev.stream()>>>(partial + offset, tensors[i],
-                                                                                 sizes[i]);
+        if (list.numel(i) <= 0) continue;
+        cuda_detail::sum_squares_kernel<<<blocks[i], threads, 0, dev.stream()>>>(
+            partial + offset, static_cast<const T*>(list.array(i, 0)), list.numel(i));
         DISTILL_CUDA_CHECK_LAUNCH("sum_squares_kernel");
         offset += blocks[i];
     }
@@ -137,12 +146,16 @@ double sum_of_squares(const Cuda& dev, const T* const* tensors, const std::int64
     return result;
 }
 
-/// x ← factor · x, n elements (gradient clipping and averaging).
+/// x ← factor · x for array 0 of every tensor of `list` (gradient clipping and averaging).
 template <class T>
-void scale_in_place(const Cuda& dev, T* x, T factor, std::int64_t n) {
-    if (!n) return;
-    cuda_detail::scale_kernel<<<cuda_detail::blocks_for(n, 256), 256, 0, dev.stream()>>>(x, factor, n);
-    DISTILL_CUDA_CHECK_LAUNCH("scale_kernel");
+void scale_in_place(const Cuda& dev, const tensor_list<T>& list, T factor) {
+    for (std::size_t t = 0; t < list.size(); ++t) {
+        const std::int64_t n = list.numel(t);
+        if (!n) continue;
+        cuda_detail::scale_kernel<<<cuda_detail::blocks_for(n, 256), 256, 0, dev.stream()>>>(list.array(t, 0), factor,
+                                                                                             n);
+        DISTILL_CUDA_CHECK_LAUNCH("scale_kernel");
+    }
 }
 
 }  // namespace distill::device

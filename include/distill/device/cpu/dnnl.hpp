@@ -1,5 +1,5 @@
 #pragma once
-/// @file cpu_dnnl.hpp
+/// @file cpu/dnnl.hpp
 /// `device::Cpu`'s oneDNN GEMM provider (compiled only with `DISTILL_WITH_DNNL`, which the CMake
 /// target `distill::dnnl` sets when oneDNN is installed; Debian: libdnnl-dev). oneDNN's matmul is
 /// the GEMM PyTorch itself uses on CPU; here it runs fp32 GEMMs ~1.3x faster than Eigen's, and bf16
@@ -16,7 +16,7 @@
 /// fixed thread count (oneDNN's CPU matmul uses no atomics).
 
 #if !defined(DISTILL_WITH_DNNL)
-#error "device/cpu_dnnl.hpp needs oneDNN: link distill::dnnl (DISTILL_WITH_DNNL)"
+#error "device/cpu/dnnl.hpp needs oneDNN: link distill::dnnl (DISTILL_WITH_DNNL)"
 #endif
 
 #include <cstdint>

@@ -1,13 +1,13 @@
 #pragma once
-/// @file reference_losses.hpp
+/// @file reference/losses.hpp
 /// The loss kernels of `device::Reference`: each divergence of `docs/losses.md` as the plainest
 /// loops that compute it, single-threaded, any scalar type (the gradient checks run them in
-/// double). They are the oracle `cpu_losses.hpp` is tested against; each names the PyTorch
+/// double). They are the oracle `cpu/losses.hpp` is tested against; each names the PyTorch
 /// expression it mirrors.
 ///
 /// These are the building blocks of the loss terms (`loss/*.hpp`), not an entry point: code that
 /// wants a divergence of flat (N,V) logits calls the term with a (1,N,V) batch. Conventions shared
-/// by every row kernel here, in `cpu_losses.hpp` and in `cuda/losses.cuh`:
+/// by every row kernel here, in `cpu/losses.hpp` and in `cuda/losses.cuh`:
 /// - rows are (N,V) row-major; `mask` (N) says which rows count (nullptr: all of them);
 /// - `losses[n]` receives the row's divergence (0 for rows that do not count) — not multiplied by
 ///   τ², not averaged over rows: a term's value is s · Σ losses / count (s = τ² or 1);
@@ -28,7 +28,7 @@
 
 #include "distill/detail/macros.hpp"
 #include "distill/detail/math.hpp"
-#include "distill/device/reference.hpp"
+#include "distill/device/reference/layers.hpp"
 
 namespace distill::device {
 
@@ -167,21 +167,17 @@ void reverse_kl_forward_backward(const Reference&, T* d, bool accumulate, T* los
 /// Generalized Jensen–Shannon divergence per row with its gradient, normalized so that it is
 /// continuous in β on [0, 1] (see docs/losses.md):
 ///   M = β p + (1-β) q,   J_β = [β KL(p‖M) + (1-β) KL(q‖M)] / (β (1-β)) = KL(p‖M)/(1-β) + KL(q‖M)/β,
-///   J_0 = KL(p‖q) (forward), J_1 = KL(q‖p) (reverse);
+///   J_0 = KL(p‖q) (forward), J_1 = KL(q‖p) (reverse): the ends are the loss term's to choose
+///   (`loss::JSD` calls the KL kernels there); precondition 0 < β < 1;
 ///   ∂J_β/∂z_j = -(1/β) q_j (log(M_j/q_j) + KL(q‖M)), z = student·inv_tau.
 /// `beta` is a double: β and 1 − β are both formed in double before rounding (in fp32, 1 − β of a
 /// rounded β = 1 − 10⁻⁶ is 1.3 % off). The mixture is built from probabilities, in log space:
 /// log(M/q) = math::log_mix(log p − log q, β, ...), log(M/p) = math::log_mix(log q − log p, 1−β, ...).
 template <class T>
-void jsd_forward_backward(const Reference& dev, T* d, bool accumulate, T* losses, const T* student, const T* teacher,
+void jsd_forward_backward(const Reference&, T* d, bool accumulate, T* losses, const T* student, const T* teacher,
                           const std::uint8_t* mask, std::int64_t N, int V, double beta, T inv_tau, T grad_scale) {
     using namespace reference_detail;
     using A = acc_t<T>;
-    if (beta <= 0)
-        return kl_forward_backward(dev, d, accumulate, losses, student, teacher, mask, N, V, inv_tau, grad_scale);
-    if (beta >= 1)
-        return reverse_kl_forward_backward(dev, d, accumulate, losses, student, teacher, mask, N, V, inv_tau,
-                                           grad_scale);
     const A b = A(beta), b1 = A(1 - beta), log_b = A(std::log(beta)), log_b1 = A(std::log1p(-beta));
     for (std::int64_t n = 0; n < N; ++n) {
         const T* s = student + n * V;
@@ -377,6 +373,56 @@ void relation_kl_forward_backward(const Reference&, T* d, T* losses, const T* st
             }
             losses[t] += static_cast<T>(kl);
         }
+}
+
+/// Hidden-state matching rows (the device half of `loss::HiddenMSE`): y(N,C) is the (projected)
+/// student state on entry and its gradient on exit, g(N,C) the teacher state, losses(N) per row:
+///   mse:    losses[n] = Σ_c (y − g)² / C  (summed in double),   y ← scale · 2 (y − g) / C;
+///   cosine: losses[n] = 1 − y·g / (max(|y|,ε) max(|g|,ε)), ε = 1e-8,
+///           y ← −scale (g / (|y|_ε |g|_ε) − cos y / |y|_ε²), the second part 0 where |y| ≤ ε
+///   (torch: F.mse_loss, 1 − F.cosine_similarity(eps=1e-8)). Rows that do not count get loss 0 and
+/// gradient 0. Returns Σ_n of the row values in double (each row's value before its rounding to T),
+/// summed in row order. `device::Cpu` runs this one (O(N·C), next to the projection's GEMMs).
+template <class T>
+double hidden_match_forward_backward(const Reference&, T* y, T* losses, const T* g, const std::uint8_t* mask,
+                                     std::int64_t N, int C, T scale, bool cosine) {
+    const T eps = T(1e-8);
+    double value = 0;
+    for (std::int64_t n = 0; n < N; ++n) {
+        T* yr = y + n * C;
+        const T* gr = g + n * C;
+        if (mask && !mask[n]) {
+            std::fill(yr, yr + C, T(0));
+            losses[n] = T(0);
+            continue;
+        }
+        double row = 0;
+        if (!cosine) {
+            double sq = 0;
+            for (int c = 0; c < C; ++c) {
+                const T r = yr[c] - gr[c];
+                sq += double(r) * double(r);
+                yr[c] = scale * T(2) * r / T(C);
+            }
+            row = sq / C;
+        } else {
+            T dot = 0, yy = 0, gg = 0;
+            for (int c = 0; c < C; ++c) {
+                dot += yr[c] * gr[c];
+                yy += yr[c] * yr[c];
+                gg += gr[c] * gr[c];
+            }
+            const T ny = std::max(std::sqrt(yy), eps), ng = std::max(std::sqrt(gg), eps);
+            const T cos = dot / (ny * ng);
+            row = 1.0 - double(cos);
+            // d(1 - cos)/dy = -(g/(ny ng) - cos y/ny²); the second part vanishes where |y| is clamped
+            const T c2 = std::sqrt(yy) > eps ? cos / (ny * ny) : T(0);
+            for (int c = 0; c < C; ++c) yr[c] = -scale * (gr[c] / (ny * ng) - c2 * yr[c]);
+        }
+        losses[n] = static_cast<T>(row);
+        value += row;
+    }
+    return value;
 }
 
 }  // namespace distill::device

@@ -1,6 +1,6 @@
 #pragma once
-/// @file cpu_losses.hpp
-/// The loss kernels of `device::Cpu`: the same functions as `reference_losses.hpp`, fused and
+/// @file cpu/losses.hpp
+/// The loss kernels of `device::Cpu`: the same functions as `reference/losses.hpp`, fused and
 /// streaming. Each row is read from memory once: the first pass keeps an online maximum and
 /// exp-sum per 1024-element chunk (the chunk is swept twice while it sits in L1: max, then
 /// exp-sum rescaled to the running maximum); the gradient pass re-reads the row, which is still in
@@ -28,8 +28,8 @@
 #endif
 
 #include "distill/detail/math.hpp"
-#include "distill/device/cpu.hpp"
-#include "distill/device/reference_losses.hpp"
+#include "distill/device/cpu/layers.hpp"
+#include "distill/device/reference/losses.hpp"
 
 namespace distill::device {
 
@@ -456,18 +456,13 @@ void reverse_kl_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losse
 }
 
 /// Generalized JSD per row with its gradient (see the Reference kernel for the formula and its
-/// normalization); β = 0 and β = 1 are exactly the forward and reverse KL kernels. `beta` is a
+/// normalization); precondition 0 < β < 1 (`loss::JSD` runs the KL kernels at the ends). `beta` is a
 /// double so that β and 1 − β are both formed before rounding; log(M/q) and log(M/p) are
 /// `math::log_mix`, whose two forms are evaluated whole and blended.
 template <class T>
 void jsd_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losses, const T* student, const T* teacher,
                           const std::uint8_t* mask, std::int64_t N, int V, double beta, T inv_tau, T grad_scale) {
     using namespace cpu_loss_detail;
-    if (beta <= 0)
-        return kl_forward_backward(dev, d, accumulate, losses, student, teacher, mask, N, V, inv_tau, grad_scale);
-    if (beta >= 1)
-        return reverse_kl_forward_backward(dev, d, accumulate, losses, student, teacher, mask, N, V, inv_tau,
-                                           grad_scale);
     const T b = T(beta), b1 = T(1 - beta), log_b = T(std::log(beta)), log_b1 = T(std::log1p(-beta));
     const T g = T(double(grad_scale) * double(inv_tau) / beta);
     for_rows(dev.threads(), d, accumulate, losses, mask, N, V, [&](std::int64_t n) {
@@ -700,6 +695,14 @@ void relation_kl_forward_backward(const Cpu& dev, T* d, T* losses, const T* stud
             losses[t] = kl;
         },
         R * tt >= parallel_threshold);
+}
+
+/// Hidden-state matching rows with their gradient (see the Reference): the Reference's serial loop,
+/// whose double row sum is the term's value bit for bit (it is O(N·C), next to the projection's GEMMs).
+template <class T>
+double hidden_match_forward_backward(const Cpu&, T* y, T* losses, const T* g, const std::uint8_t* mask, std::int64_t N,
+                                     int C, T scale, bool cosine) {
+    return hidden_match_forward_backward(Reference{}, y, losses, g, mask, N, C, scale, cosine);
 }
 
 }  // namespace distill::device

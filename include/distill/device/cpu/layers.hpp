@@ -1,0 +1,608 @@
+#pragma once
+/// @file cpu/layers.hpp
+/// The `device::Cpu` tag and its layer kernels: those of `device/reference/layers.hpp`, fast (its
+/// other parts: `cpu/{losses,optim,encoder}.hpp`). GEMMs go through oneDNN's matmul when
+/// the program links `distill::dnnl` (`DISTILL_WITH_DNNL`; see `device/cpu/dnnl.hpp`), else through
+/// Eigen's GEMM kernel (AVX-512 when compiled for the host), split over threads by us and packing into
+/// per-thread buffers kept across calls, so a steady-state step allocates nothing; row
+/// kernels through Eigen array expressions (vectorized exp/tanh), parallel over rows or column
+/// blocks (`detail::parallel_for`, OpenMP). Reductions never use atomics and split work by a fixed rule, so a fixed
+/// thread count gives bit-identical results run after run.
+///
+/// Precision: `Cpu(threads, precision::bf16)` rounds the operands of the model's GEMMs to bf16 and
+/// accumulates in fp32 (oneDNN; refused with a config_error without it — Eigen has no fast bf16
+/// GEMM). Everything else stays fp32: master weights, gradients, optimizer state, losses, softmax,
+/// LayerNorm statistics, and the per-head attention products (small, in cache, fp32 in both modes).
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <limits>
+#include <string>
+#include <type_traits>
+
+#include <Eigen/Core>
+
+#include "distill/detail/macros.hpp"
+#include "distill/detail/parallel.hpp"
+#include "distill/device.hpp"
+#include "distill/device/reference/layers.hpp"
+#include "distill/error.hpp"
+
+#if defined(DISTILL_WITH_DNNL)
+#include "distill/device/cpu/dnnl.hpp"
+#endif
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+namespace distill::device {
+
+/// Whether this build has a fast bf16 GEMM (oneDNN linked through `distill::dnnl`).
+inline constexpr bool has_bf16_gemm =
+#if defined(DISTILL_WITH_DNNL)
+    true;
+#else
+    false;
+#endif
+
+/// The multithreaded CPU device.
+struct Cpu : HostMemory {
+    static constexpr const char* name = "cpu";
+
+    /// Threads from `DISTILL_NUM_THREADS` when set, else OpenMP's default (OMP_NUM_THREADS or the cores).
+    Cpu() : num_threads(default_threads()) {}
+    /// Exactly `threads` threads (>= 1), GEMMs in `p` (bf16: `bf16_supported()`, else config_error).
+    explicit Cpu(int threads, precision p = precision::fp32) : num_threads(threads), compute(p) {
+        if (threads < 1) throw config_error("device.threads", "must be >= 1, got " + std::to_string(threads));
+        if (p == precision::bf16 && !bf16_supported())
+            throw config_error("device.precision", "bf16 is refused: " + bf16_unsupported_reason());
+    }
+
+    /// Why `precision::bf16` cannot run here ("" when it can): this build has no oneDNN, or this CPU
+    /// has no oneDNN bf16 matmul (oneDNN 2.x needs AVX-512; detected at run time, never assumed).
+    static std::string bf16_unsupported_reason() {
+#if defined(DISTILL_WITH_DNNL)
+        return dnnl_detail::bf16_unsupported_reason();
+#else
+        return "bf16 needs oneDNN's GEMM: install libdnnl-dev and link distill::dnnl (DISTILL_WITH_DNNL); this "
+               "build has only Eigen's fp32 GEMM";
+#endif
+    }
+    static bool bf16_supported() {
+        return bf16_unsupported_reason().empty();
+    }
+
+    int threads() const noexcept {
+        return num_threads;
+    }
+    precision compute_precision() const noexcept {
+        return compute;
+    }
+
+    int num_threads;
+    precision compute = precision::fp32;
+
+private:
+    static int default_threads() {
+        if (const char* env = std::getenv("DISTILL_NUM_THREADS")) {
+            char* end = nullptr;
+            const long n = std::strtol(env, &end, 10);
+            if (end == env || *end != '\0' || n < 1 || n > 4096)
+                throw config_error("DISTILL_NUM_THREADS",
+                                   std::string("expected an integer in [1, 4096], got \"") + env + "\"");
+            return static_cast<int>(n);
+        }
+#if defined(_OPENMP)
+        return omp_get_max_threads();
+#else
+        return 1;
+#endif
+    }
+};
+
+namespace cpu_detail {
+
+template <class T>
+using RowMajor = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+template <class T>
+using ConstMap = Eigen::Map<const RowMajor<T>, 0, Eigen::OuterStride<>>;
+template <class T>
+using Map = Eigen::Map<RowMajor<T>, 0, Eigen::OuterStride<>>;
+template <class T>
+using ConstArray = Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>;
+template <class T>
+using Array = Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>;
+
+// Splits [0, n) into `parts` contiguous ranges, the same for every run; range `k` is [begin, end).
+inline void split(std::int64_t n, int parts, int k, std::int64_t align, std::int64_t& begin, std::int64_t& end) {
+    const std::int64_t blocks = (n + align - 1) / align;
+    const std::int64_t per = blocks / parts, extra = blocks % parts;
+    const std::int64_t b0 = k * per + std::min<std::int64_t>(k, extra);
+    const std::int64_t b1 = b0 + per + (k < extra ? 1 : 0);
+    begin = std::min(n, b0 * align);
+    end = std::min(n, b1 * align);
+}
+
+// Runs f(begin, end) on `threads` contiguous column blocks of [0, n) (64-byte aligned so no two
+// threads share a cache line): the pattern of every deterministic reduction over rows.
+template <class F>
+void for_column_blocks(int threads, std::int64_t n, std::int64_t align, F&& f) {
+    const int parts =
+        static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(threads, (n + align - 1) / align)));
+    distill::detail::parallel_for(parts, parts, [&](std::int64_t k_) {
+        const int k = static_cast<int>(k_);
+        std::int64_t b, e;
+        split(n, parts, k, align, b, e);
+        if (b < e) f(b, e);
+    });
+}
+
+}  // namespace cpu_detail
+
+// ---- GEMM ---------------------------------------------------------------------------------------
+
+namespace cpu_detail {
+
+// Eigen's GEMM kernel packing into buffers kept per thread (Eigen's own product allocates its
+// packing blocks on every call beyond a 128 KiB stack limit), with the output split over our threads.
+template <class T>
+struct PackingBuffers {
+    T* a = nullptr;
+    T* b = nullptr;
+    std::size_t a_size = 0, b_size = 0;
+    PackingBuffers() = default;
+    PackingBuffers(const PackingBuffers&) = delete;
+    PackingBuffers& operator=(const PackingBuffers&) = delete;
+    ~PackingBuffers() {
+        Eigen::internal::aligned_free(a);
+        Eigen::internal::aligned_free(b);
+    }
+    static T* grow(T*& p, std::size_t& size, std::size_t n) {
+        if (n > size) {
+            Eigen::internal::aligned_free(p);
+            p = static_cast<T*>(Eigen::internal::aligned_malloc(sizeof(T) * n));
+            size = n;
+        }
+        return p;
+    }
+};
+
+// Eigen's cache blocking for a (M,N,K) row-major product on one thread, over this thread's buffers.
+template <class T>
+class ThreadBlocking : public Eigen::internal::level3_blocking<T, T> {
+public:
+    ThreadBlocking(Eigen::Index M, Eigen::Index N, Eigen::Index K) {
+        // a row-major result is computed as its column-major transpose: Eigen's rows are our N
+        this->m_mc = N;
+        this->m_nc = M;
+        this->m_kc = K;
+        Eigen::internal::computeProductBlockingSizes<T, T, 1>(this->m_kc, this->m_mc, this->m_nc, Eigen::Index(1));
+        thread_local PackingBuffers<T> buffers;
+        this->m_blockA = PackingBuffers<T>::grow(buffers.a, buffers.a_size, std::size_t(this->m_kc * this->m_mc));
+        this->m_blockB = PackingBuffers<T>::grow(buffers.b, buffers.b_size, std::size_t(this->m_kc * this->m_nc));
+    }
+};
+
+// C(M,N) += alpha op(A) op(B) on this thread (row-major, see gemm).
+template <class T>
+void gemm_block(bool trans_a, bool trans_b, Eigen::Index M, Eigen::Index N, Eigen::Index K, T alpha, const T* A,
+                Eigen::Index lda, const T* B, Eigen::Index ldb, T* C, Eigen::Index ldc) {
+    ThreadBlocking<T> blocking(M, N, K);
+    auto run = [&](auto lhs, auto rhs) {
+        using Product = Eigen::internal::general_matrix_matrix_product<Eigen::Index, T, decltype(lhs)::value, false, T,
+                                                                       decltype(rhs)::value, false, Eigen::RowMajor, 1>;
+        Product::run(M, N, K, A, lda, B, ldb, C, 1, ldc, alpha, blocking, nullptr);
+    };
+    using R = std::integral_constant<int, Eigen::RowMajor>;
+    using Cm = std::integral_constant<int, Eigen::ColMajor>;
+    if (!trans_a && !trans_b)
+        run(R{}, R{});
+    else if (!trans_a && trans_b)
+        run(R{}, Cm{});
+    else if (trans_a && !trans_b)
+        run(Cm{}, R{});
+    else
+        run(Cm{}, Cm{});
+}
+
+// C(M,N) = alpha op(A) op(B) + beta C (row-major, see gemm) through Eigen's GEMM kernel: the longer
+// side of C split into contiguous blocks, one per thread (a fixed rule, so runs are bit-identical),
+// each packed into its thread's buffers. One thread inside a parallel region (a GEMM per attention
+// head) or below ~64 rows or columns per thread; a matrix-vector product goes to Eigen's GEMV.
+template <class T>
+void eigen_gemm(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda,
+                const T* B, int ldb, T beta, T* C, int ldc) {
+    Map<T> c(C, M, N, Eigen::OuterStride<>(ldc));
+    if (beta == T(0))
+        c.setZero();
+    else if (beta != T(1))
+        c *= beta;
+    if (K == 0 || M == 0 || N == 0) return;
+#if defined(_OPENMP)
+    const int threads = omp_in_parallel() ? 1 : dev.threads();
+#else
+    const int threads = 1;
+    (void)dev;
+#endif
+    if (M == 1 || N == 1) {  // a matrix-vector product: Eigen's GEMV, no packing (decoding one token)
+        const ConstMap<T> a(A, trans_a ? K : M, trans_a ? M : K, Eigen::OuterStride<>(lda));
+        const ConstMap<T> b(B, trans_b ? N : K, trans_b ? K : N, Eigen::OuterStride<>(ldb));
+        if (!trans_a && !trans_b)
+            c.noalias() += alpha * (a * b);
+        else if (!trans_a && trans_b)
+            c.noalias() += alpha * (a * b.transpose());
+        else if (trans_a && !trans_b)
+            c.noalias() += alpha * (a.transpose() * b);
+        else
+            c.noalias() += alpha * (a.transpose() * b.transpose());
+        return;
+    }
+    const bool by_rows = M >= N;
+    const std::int64_t side = by_rows ? M : N;
+    const int parts = static_cast<int>(std::clamp<std::int64_t>(side / 64, 1, threads));
+    if (parts == 1) return gemm_block<T>(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, C, ldc);
+    distill::detail::parallel_for(parts, parts, [&](std::int64_t k_) {
+        const int k = static_cast<int>(k_);
+        std::int64_t b, e;
+        split(side, parts, k, 16, b, e);
+        if (b >= e) return;
+        if (by_rows)  // rows [b, e) of C and of op(A)
+            gemm_block<T>(trans_a, trans_b, e - b, N, K, alpha, trans_a ? A + b : A + b * lda, lda, B, ldb, C + b * ldc,
+                          ldc);
+        else  // columns [b, e) of C and of op(B)
+            gemm_block<T>(trans_a, trans_b, M, e - b, K, alpha, A, lda, trans_b ? B + b * ldb : B + b, ldb, C + b, ldc);
+    });
+}
+}  // namespace cpu_detail
+
+/// C(M,N) = alpha op(A) op(B) + beta C, row-major (see the Reference kernel): oneDNN's matmul with
+/// `distill::dnnl` (fp32, or bf16 operands when the device's precision says so), else Eigen's GEMM.
+template <class T>
+void gemm(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda, const T* B,
+          int ldb, T beta, T* C, int ldc) {
+#if defined(DISTILL_WITH_DNNL)
+    // oneDNN for the model's GEMMs; a GEMM inside a parallel region (one attention head per thread)
+    // stays with Eigen, single-threaded and in cache
+    if constexpr (std::is_same_v<T, float>) {
+#if defined(_OPENMP)
+        const bool nested = omp_in_parallel();
+#else
+        const bool nested = false;
+#endif
+        if (!nested && M > 0 && N > 0 && K > 0) {
+            dnnl_detail::gemm(dev.compute == precision::bf16, dev.threads(), trans_a, trans_b, M, N, K, alpha, A, lda,
+                              B, ldb, beta, C, ldc);
+            return;
+        }
+    }
+#endif
+    cpu_detail::eigen_gemm(dev, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+/// `batch` GEMMs at fixed strides, split over the threads (each single-threaded, in cache; a batch of
+/// one gets every thread), Eigen, fp32 in every precision.
+template <class T>
+void gemm_strided_batched(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda,
+                          std::int64_t stride_a, const T* B, int ldb, std::int64_t stride_b, T beta, T* C, int ldc,
+                          std::int64_t stride_c, int batch) {
+    distill::detail::parallel_for(dev.threads(), batch, [&](std::int64_t b) {
+        cpu_detail::eigen_gemm(dev, trans_a, trans_b, M, N, K, alpha, A + b * stride_a, lda, B + b * stride_b, ldb,
+                               beta, C + b * stride_c, ldc);
+    });
+}
+
+// ---- elementwise and row kernels -----------------------------------------------------------------
+
+/// out(N,OC) += bias(OC).
+template <class T>
+void add_bias(const Cpu& dev, T* out, const T* bias, int N, int OC) {
+    using namespace cpu_detail;
+    const ConstArray<T> b(bias, OC);
+    distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
+        const int n = static_cast<int>(n_);
+        Array<T>(out + std::int64_t(n) * OC, OC) += b;
+    });
+}
+
+/// dbias(OC) += column sums of dout(N,OC); each thread owns a block of columns.
+template <class T>
+void bias_grad(const Cpu& dev, T* dbias, const T* dout, int N, int OC) {
+    using namespace cpu_detail;
+    for_column_blocks(dev.threads(), OC, 64 / sizeof(T), [&](std::int64_t b, std::int64_t e) {
+        Array<T> acc(dbias + b, e - b);
+        for (int n = 0; n < N; ++n) acc += ConstArray<T>(dout + std::int64_t(n) * OC + b, e - b);
+    });
+}
+
+/// out = a + b.
+template <class T>
+void add(const Cpu& dev, T* out, const T* a, const T* b, std::int64_t n) {
+    using namespace cpu_detail;
+    for_column_blocks(dev.threads(), n, 4096, [&](std::int64_t s, std::int64_t e) {
+        Array<T>(out + s, e - s) = ConstArray<T>(a + s, e - s) + ConstArray<T>(b + s, e - s);
+    });
+}
+
+/// y += x.
+template <class T>
+void accumulate(const Cpu& dev, T* y, const T* x, std::int64_t n) {
+    using namespace cpu_detail;
+    for_column_blocks(dev.threads(), n, 4096,
+                      [&](std::int64_t s, std::int64_t e) { Array<T>(y + s, e - s) += ConstArray<T>(x + s, e - s); });
+}
+
+/// LayerNorm forward (see Reference), parallel over rows.
+template <class T>
+void layernorm_forward(const Cpu& dev, T* out, T* mean, T* rstd, const T* in, const T* w, const T* b, int N, int C,
+                       T eps) {
+    using namespace cpu_detail;
+    const ConstArray<T> wa(w, C), ba(b, C);
+    distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
+        const int n = static_cast<int>(n_);
+        const ConstArray<T> x(in + std::int64_t(n) * C, C);
+        const T m = x.mean();
+        const T s = T(1) / std::sqrt((x - m).square().mean() + eps);
+        Array<T>(out + std::int64_t(n) * C, C) = (x - m) * s * wa + ba;
+        mean[n] = m;
+        rstd[n] = s;
+    });
+}
+
+/// LayerNorm backward (see Reference): din by rows, then dw/db by column blocks.
+template <class T>
+void layernorm_backward(const Cpu& dev, T* din, T* dw, T* db, const T* dout, const T* in, const T* w, const T* mean,
+                        const T* rstd, int N, int C) {
+    using namespace cpu_detail;
+    const ConstArray<T> wa(w, C);
+    distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
+        const int n = static_cast<int>(n_);
+        const std::int64_t row = std::int64_t(n) * C;
+        const ConstArray<T> x(in + row, C), dy(dout + row, C);
+        const auto xhat = (x - mean[n]) * rstd[n];
+        const auto g = dy * wa;
+        const T g_mean = g.mean();
+        const T gx_mean = (g * xhat).mean();
+        Array<T>(din + row, C) += rstd[n] * (g - g_mean - xhat * gx_mean);
+    });
+    for_column_blocks(dev.threads(), C, 64 / sizeof(T), [&](std::int64_t b, std::int64_t e) {
+        Array<T> dwa(dw + b, e - b), dba(db + b, e - b);
+        for (int n = 0; n < N; ++n) {
+            const std::int64_t row = std::int64_t(n) * C;
+            const ConstArray<T> dy(dout + row + b, e - b);
+            dwa += dy * (ConstArray<T>(in + row + b, e - b) - mean[n]) * rstd[n];
+            dba += dy;
+        }
+    });
+}
+
+/// out = gelu_tanh(in), written as x * sigmoid(2u) (u the tanh argument): the same function, but
+/// with Eigen's vectorized exp it stays accurate where 1 + tanh(u) would cancel (x << 0).
+template <class T>
+void gelu_forward(const Cpu& dev, T* out, const T* in, std::int64_t n) {
+    using namespace cpu_detail;
+    for_column_blocks(dev.threads(), n, 4096, [&](std::int64_t s, std::int64_t e) {
+        const ConstArray<T> x(in + s, e - s);
+        Array<T>(out + s, e - s) = x / (T(1) + (T(-2) * math::gelu_k<T> * (x + T(0.044715) * x.cube())).exp());
+    });
+}
+
+/// din = dout * gelu_tanh'(in) = dout * (s + 2 x u' s (1 - s)), s = sigmoid(2u), with s (1 - s)
+/// computed as e / (1 + e)^2, e = exp(-2|u|), which neither overflows nor cancels.
+template <class T>
+void gelu_backward(const Cpu& dev, T* din, const T* in, const T* dout, std::int64_t n) {
+    using namespace cpu_detail;
+    for_column_blocks(dev.threads(), n, 4096, [&](std::int64_t s, std::int64_t e) {
+        constexpr std::int64_t chunk = 1024;
+        alignas(64) T u_buf[chunk], e_buf[chunk];
+        for (std::int64_t i = s; i < e; i += chunk) {
+            const std::int64_t len = std::min(chunk, e - i);
+            const ConstArray<T> x(in + i, len);
+            Array<T> u(u_buf, len), ex(e_buf, len);
+            u = math::gelu_k<T> * (x + T(0.044715) * x.cube());
+            ex = (T(-2) * u.abs()).exp();
+            const auto sig = (u >= T(0)).select(T(1) / (T(1) + ex), ex / (T(1) + ex));
+            const auto sig_1m = ex / (T(1) + ex).square();
+            const auto du = math::gelu_k<T> * (T(1) + T(3 * 0.044715) * x.square());
+            Array<T>(din + i, len) = ConstArray<T>(dout + i, len) * (sig + T(2) * x * du * sig_1m);
+        }
+    });
+}
+
+/// RMSNorm forward (see Reference), parallel over rows.
+template <class T>
+void rmsnorm_forward(const Cpu& dev, T* out, T* rstd, const T* in, const T* w, int N, int C, T eps) {
+    using namespace cpu_detail;
+    const ConstArray<T> wa(w, C);
+    distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
+        const int n = static_cast<int>(n_);
+        const ConstArray<T> x(in + std::int64_t(n) * C, C);
+        const T s = T(1) / std::sqrt(x.square().mean() + eps);
+        Array<T>(out + std::int64_t(n) * C, C) = x * s * wa;
+        rstd[n] = s;
+    });
+}
+
+/// RMSNorm backward (see Reference): din by rows, then dw by column blocks.
+template <class T>
+void rmsnorm_backward(const Cpu& dev, T* din, T* dw, const T* dout, const T* in, const T* w, const T* rstd, int N,
+                      int C) {
+    using namespace cpu_detail;
+    const ConstArray<T> wa(w, C);
+    distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
+        const int n = static_cast<int>(n_);
+        const std::int64_t row = std::int64_t(n) * C;
+        const ConstArray<T> x(in + row, C), dy(dout + row, C);
+        const T gx_mean = (dy * wa * x).mean() * rstd[n];
+        Array<T>(din + row, C) += rstd[n] * (dy * wa - x * (rstd[n] * gx_mean));
+    });
+    for_column_blocks(dev.threads(), C, 64 / sizeof(T), [&](std::int64_t b, std::int64_t e) {
+        Array<T> dwa(dw + b, e - b);
+        for (int n = 0; n < N; ++n) {
+            const std::int64_t row = std::int64_t(n) * C;
+            dwa += ConstArray<T>(dout + row + b, e - b) * ConstArray<T>(in + row + b, e - b) * rstd[n];
+        }
+    });
+}
+
+/// SwiGLU forward (see Reference), parallel over rows: out(N,F) = silu(gate) * up.
+template <class T>
+void swiglu_forward(const Cpu& dev, T* out, const T* in, int N, int F) {
+    using namespace cpu_detail;
+    distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
+        const int n = static_cast<int>(n_);
+        const ConstArray<T> g(in + std::int64_t(n) * 2 * F, F), u(in + std::int64_t(n) * 2 * F + F, F);
+        Array<T>(out + std::int64_t(n) * F, F) = g / (T(1) + (-g).exp()) * u;
+    });
+}
+
+/// SwiGLU backward (see Reference): din(N,2F) = dout up silu'(gate) | dout silu(gate), with
+/// silu'(g) = s (1 + g (1 - s)), s = sigmoid(g).
+template <class T>
+void swiglu_backward(const Cpu& dev, T* din, const T* in, const T* dout, int N, int F) {
+    using namespace cpu_detail;
+    distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
+        const int n = static_cast<int>(n_);
+        const std::int64_t r = std::int64_t(n) * 2 * F;
+        const ConstArray<T> g(in + r, F), u(in + r + F, F), d(dout + std::int64_t(n) * F, F);
+        const auto sig = T(1) / (T(1) + (-g).exp());
+        Array<T>(din + r, F) = d * u * sig * (T(1) + g * (T(1) - sig));
+        Array<T>(din + r + F, F) = d * g * sig;
+    });
+}
+
+/// Rotary embedding in place (see Reference), parallel over rows.
+template <class T>
+void rope_rotate(const Cpu& dev, T* x, const T* cos, const T* sin, const std::int32_t* positions, int N, int row,
+                 int heads, int hs, bool inverse) {
+    const int half = hs / 2;
+    const T sign = inverse ? T(-1) : T(1);
+    distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n) {
+        const T* c = cos + std::int64_t(positions[n]) * half;
+        const T* s = sin + std::int64_t(positions[n]) * half;
+        for (int h = 0; h < heads; ++h) {
+            T* v = x + n * row + std::int64_t(h) * hs;
+            for (int i = 0; i < half; ++i) {  // a plain loop the compiler vectorizes, no temporary
+                const T x1 = v[i], x2 = v[i + half];
+                v[i] = x1 * c[i] - sign * x2 * s[i];
+                v[i + half] = x2 * c[i] + sign * x1 * s[i];
+            }
+        }
+    });
+}
+
+/// Scaled causal softmax in place on att(BH,T,T), parallel over rows.
+template <class T>
+void causal_softmax_forward(const Cpu& dev, T* att, int BH, int Tn, T scale) {
+    using namespace cpu_detail;
+    const std::int64_t rows = std::int64_t(BH) * Tn;
+    distill::detail::parallel_for(dev.threads(), rows, [&](std::int64_t r) {
+        const int t = static_cast<int>(r % Tn);
+        T* row = att + r * Tn;
+        Array<T> p(row, t + 1);
+        const T mx = p.maxCoeff();  // the raw maximum: (x - max)·scale keeps the low bits of large scores
+        p = ((p - mx) * scale).exp();
+        p /= p.sum();
+        std::fill(row + t + 1, row + Tn, T(0));
+    });
+}
+
+/// Causal softmax backward (see Reference); dscores may alias datt.
+template <class T>
+void causal_softmax_backward(const Cpu& dev, T* dscores, const T* att, const T* datt, int BH, int Tn, T scale) {
+    using namespace cpu_detail;
+    const std::int64_t rows = std::int64_t(BH) * Tn;
+    distill::detail::parallel_for(dev.threads(), rows, [&](std::int64_t r) {
+        const int t = static_cast<int>(r % Tn);
+        const ConstArray<T> p(att + r * Tn, t + 1), d(datt + r * Tn, t + 1);
+        const T dot = (p * d).sum();
+        Array<T>(dscores + r * Tn, t + 1) = scale * p * (d - dot);
+        std::fill(dscores + r * Tn + t + 1, dscores + (r + 1) * Tn, T(0));
+    });
+}
+
+/// out(B,T,C) = wte[tokens] + wpe[t] (wpe null: wte[tokens] alone), parallel over positions.
+template <class T>
+void embedding_forward(const Cpu& dev, T* out, const std::int32_t* tokens, const T* wte, const T* wpe, int B, int Tn,
+                       int C) {
+    using namespace cpu_detail;
+    const std::int64_t rows = std::int64_t(B) * Tn;
+    distill::detail::parallel_for(dev.threads(), rows, [&](std::int64_t bt) {
+        Array<T> o(out + bt * C, C);
+        o = ConstArray<T>(wte + std::int64_t(tokens[bt]) * C, C);
+        if (wpe) o += ConstArray<T>(wpe + (bt % Tn) * C, C);
+    });
+}
+
+/// dwte(V,C), dwpe(T,C) (when not null) += scatter of dout(B,T,C); each thread owns a block of channels, so
+/// repeated tokens never race and the summation order is fixed.
+template <class T>
+void embedding_backward(const Cpu& dev, T* dwte, T* dwpe, const T* dout, const std::int32_t* tokens, int B, int Tn,
+                        int C) {
+    using namespace cpu_detail;
+    const std::int64_t rows = std::int64_t(B) * Tn;
+    for_column_blocks(dev.threads(), C, 64 / sizeof(T), [&](std::int64_t b, std::int64_t e) {
+        for (std::int64_t bt = 0; bt < rows; ++bt) {
+            const ConstArray<T> g(dout + bt * C + b, e - b);
+            Array<T>(dwte + std::int64_t(tokens[bt]) * C + b, e - b) += g;
+            if (dwpe) Array<T>(dwpe + (bt % Tn) * C + b, e - b) += g;
+        }
+    });
+}
+
+/// Fused cross-entropy and its gradient (see Reference), parallel over rows, one streaming pass
+/// for the max and sum and one for the gradient; dlogits may alias logits.
+template <class T>
+int cross_entropy_forward_backward(const Cpu& dev, T* dlogits, T* losses, const T* logits, const std::int32_t* targets,
+                                   int N, int V, T dloss) {
+    using namespace cpu_detail;
+    int count = 0;
+    for (int n = 0; n < N; ++n) count += targets[n] >= 0;
+    distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
+        const int n = static_cast<int>(n_);
+        const std::int64_t off = std::int64_t(n) * V;
+        Array<T> d(dlogits + off, V);
+        if (targets[n] < 0) {
+            losses[n] = 0;
+            d.setZero();
+            return;
+        }
+        const ConstArray<T> x(logits + off, V);
+        // (x - max) - log(sum), never x - lse with lse rounded near the largest logit
+        const T mx = x.maxCoeff();
+        const T log_sum = std::log((x - mx).exp().sum());
+        losses[n] = log_sum - (x[targets[n]] - mx);
+        d = ((x - mx) - log_sum).exp() * dloss;
+        d[targets[n]] -= dloss;
+    });
+    return count;
+}
+
+/// One decoding step of attention against a KV cache (see Reference), parallel over (b, h): a
+/// matrix-vector product for the scores, a vectorized softmax, and one for the output. Query head h
+/// reads kv head h / (H / Hkv); caches (max_batch, Hkv, Tmax, hs); q from qkv(B,(H+2Hkv)hs).
+template <class T>
+void attention_decode(const Cpu& dev, T* out, T* scratch, const T* qkv, const T* kcache, const T* vcache,
+                      const int* lengths, int B, int H, int Hkv, int hs, int Tmax) {
+    using namespace cpu_detail;
+    using Vec = Eigen::Matrix<T, Eigen::Dynamic, 1>;
+    const int C = H * hs, row = (H + 2 * Hkv) * hs;
+    const T scale = T(1) / std::sqrt(T(hs));
+    distill::detail::parallel_for(dev.threads(), B * H, [&](std::int64_t bh_) {
+        const int bh = static_cast<int>(bh_);
+        const int b = bh / H, h = bh % H, n = lengths[b];
+        const std::int64_t base = (std::int64_t(b) * Hkv + h / (H / Hkv)) * Tmax * hs;
+        const ConstMap<T> K(kcache + base, n, hs, Eigen::OuterStride<>(hs));
+        const ConstMap<T> Vm(vcache + base, n, hs, Eigen::OuterStride<>(hs));
+        const Eigen::Map<const Vec> q(qkv + std::int64_t(b) * row + h * hs, hs);
+        Eigen::Map<Vec> p(scratch + std::int64_t(bh) * Tmax, n);
+        p.noalias() = K * q;
+        const T mx = p.maxCoeff();
+        p = ((p.array() - mx) * scale).exp().matrix();
+        p /= p.sum();
+        Eigen::Map<Vec>(out + std::int64_t(b) * C + h * hs, hs).noalias() = Vm.transpose() * p;
+    });
+}
+
+}  // namespace distill::device

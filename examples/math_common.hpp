@@ -27,7 +27,7 @@ inline std::vector<distill::data::Message> prompt_of(const distill::data::MathPr
 }
 
 /// Adds prompt (chat template) + `answer` (+ <|end|>) as a training sequence.
-inline void add_example(distill::data::SequenceDataset& d, const distill::data::ChatTemplate& tmpl,
+inline void add_example(distill::data::SequenceDataset& d, const distill::data::ChatTokenizer& tmpl,
                         const distill::data::MathProblem& p, const std::string& answer) {
     const auto prompt = tmpl.encode_prompt(prompt_of(p));
     const auto response = tmpl.encode_response(answer);

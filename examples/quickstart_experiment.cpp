@@ -130,7 +130,7 @@ int main(int argc, char** argv) try {
     std::vector<std::size_t> labeled_rows;
     for (std::size_t i = 0; i < train.size(); i += label_every) labeled_rows.push_back(i);
     const std::size_t n_labeled = labeled_rows.size();
-    const data::ChatTemplate tmpl;
+    const data::ChatTokenizer tmpl;
 
     // ---- the teacher answers every training prompt
     auto t0 = std::chrono::steady_clock::now();

@@ -85,7 +85,7 @@ int main(int argc, char** argv) try {
     std::set<std::string> seen;
     for (const auto& p : train_problems) seen.insert(p.question);
     const auto test = data::make_math_problems(1002, std::size_t(n_test));
-    const data::ChatTemplate tmpl;
+    const data::ChatTokenizer tmpl;
     data::SequenceDataset train(data::ByteTokenizer::pad, cfg.context_length);
     for (const auto& p : train_problems) math_kd::add_example(train, tmpl, p, p.solution);
 

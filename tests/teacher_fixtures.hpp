@@ -104,7 +104,7 @@ struct MathWorld {
     std::filesystem::path teacher = dir / "teacher.safetensors";
     MathWorld() {
         const auto problems = data::make_math_problems(11, 260);
-        data::ChatTemplate tpl;
+        data::ChatTokenizer tpl;
         data::SequenceDataset ds(data::ByteTokenizer::pad, 96);
         for (const auto& p : problems) {
             const std::vector<data::Message> m{{"user", p.question}};

@@ -46,10 +46,10 @@ TEST_CASE("ByteTokenizer: invalid UTF-8, NUL and empty input round trip") {
 }
 
 TEST_CASE(
-    "ChatTemplate::decode gives valid UTF-8: invalid bytes become U+FFFD as Python's decode('utf-8', 'replace')") {
+    "ChatTokenizer::decode gives valid UTF-8: invalid bytes become U+FFFD as Python's decode('utf-8', 'replace')") {
     // A byte-level model may stop inside a character; what it says goes into JSON, which holds only
     // UTF-8. Expected: Python 3's bytes.decode("utf-8", "replace") of each input, re-encoded.
-    const distill::data::ChatTemplate chat;
+    const distill::data::ChatTokenizer chat;
     auto decode = [&](std::string_view bytes) {
         std::vector<std::int32_t> ids;
         for (unsigned char c : bytes) ids.push_back(c);

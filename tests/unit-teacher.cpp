@@ -210,13 +210,13 @@ TEST_SUITE("teacher") {
 
     TEST_CASE("chat template: the documented token layout") {
         using Tok = data::ByteTokenizer;
-        const data::ChatTemplate tpl;
+        const data::ChatTokenizer tpl;
         const std::vector<data::Message> msgs = {{"system", "s"}, {"user", "hi"}};
         const std::vector<std::int32_t> want = {
             Tok::bos, Tok::system, 's', Tok::end_of_turn, Tok::user, 'h', 'i', Tok::end_of_turn, Tok::assistant};
         CHECK(tpl.encode_prompt(msgs) == want);
         CHECK(tpl.encode_response("ok") == std::vector<std::int32_t>{'o', 'k', Tok::end_of_turn});
-        const data::ChatTemplate with_system({.add_bos = false, .system_prompt = "S"});
+        const data::ChatTokenizer with_system({.add_bos = false, .system_prompt = "S"});
         const std::vector<data::Message> user_only = {{"user", "q"}};
         CHECK(with_system.encode_prompt(user_only) == std::vector<std::int32_t>{Tok::system, 'S', Tok::end_of_turn,
                                                                                 Tok::user, 'q', Tok::end_of_turn,
@@ -349,7 +349,7 @@ TEST_SUITE("teacher") {
         const auto full = generate_all(teacher, std::span<const teacher::Request>(requests), g);
         for (const auto& r : full) {
             CHECK(int(r.tokens.size()) <= 12);
-            if (int(r.tokens.size()) == 12 && !data::ChatTemplate().is_stop_token(r.tokens.back()))
+            if (int(r.tokens.size()) == 12 && !data::ChatTokenizer().is_stop_token(r.tokens.back()))
                 CHECK(r.finish == teacher::finish_reason::length);
         }
         // a stop sequence taken from the middle of an answer ends it just before its first occurrence

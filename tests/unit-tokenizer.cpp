@@ -21,7 +21,7 @@
 
 #include "distill/data/hf/chat_format.hpp"
 #include "distill/data/hf_tokenizer.hpp"
-#include "distill/data/load_chat_template.hpp"
+#include "distill/data/load_chat_tokenizer.hpp"
 #include "distill/data/vocab_alignment.hpp"
 #include "distill/error.hpp"
 
@@ -326,8 +326,8 @@ TEST_CASE("HfChatTemplate: recognized templates render what transformers renders
     CHECK(llama.chat().render(conversations[0]) == g["templates"][2]["expected"][0].get<std::string>());
 }
 
-TEST_CASE("ChatTemplate over a published tokenizer: prompt and answer ids equal transformers'") {
-    using distill::data::ChatTemplate;
+TEST_CASE("ChatTokenizer over a published tokenizer: prompt and answer ids equal transformers'") {
+    using distill::data::ChatTokenizer;
     const nlohmann::json g = read_json(fixtures / "chat_ids.json");
     const auto conversations = read_conversations(g["conversations"]);
     for (const auto& c : g["cases"]) {
@@ -341,7 +341,7 @@ TEST_CASE("ChatTemplate over a published tokenizer: prompt and answer ids equal 
         cfg["chat_template"] = c["chat_template"];
         auto tok = std::make_shared<const HfTokenizer>(
             HfTokenizer::from_json(slurp(fixtures / fixture / "tokenizer.json"), cfg.dump()));
-        const ChatTemplate tpl = distill::data::hf_chat_template(tok);
+        const ChatTokenizer tpl = distill::data::hf_chat_tokenizer(tok);
         CHECK(tpl.tokenizer_id() == tok->id());
         CHECK(tpl.vocab_size() == tok->vocab_size());
         for (std::size_t i = 0; i < conversations.size(); ++i) {
@@ -362,24 +362,24 @@ TEST_CASE("ChatTemplate over a published tokenizer: prompt and answer ids equal 
         }
         CHECK(!tpl.is_stop_token(tpl.encode_response("x").front()));
         // a format named in the job's chat_template overrides the recognized one
-        const ChatTemplate plain = distill::data::hf_chat_template(tok, {.format = "plain"});
+        const ChatTokenizer plain = distill::data::hf_chat_tokenizer(tok, {.format = "plain"});
         CHECK(plain.id() != tpl.id());
         CHECK(plain.encode_prompt(conversations[0]) == tok->encode("Hello!", false));
     }
     // a format whose end-of-turn token the tokenizer lacks, and an unknown format name, are errors
     const auto gpt2 = std::make_shared<const HfTokenizer>(fixtures / "gpt2" / "tokenizer.json");
-    CHECK_THROWS_WITH_AS(distill::data::hf_chat_template(gpt2, {.format = "llama3"}),
+    CHECK_THROWS_WITH_AS(distill::data::hf_chat_tokenizer(gpt2, {.format = "llama3"}),
                          Contains("ends a turn with \"<|eot_id|>\", which tokenizer"), distill::config_error);
-    CHECK_THROWS_WITH_AS(distill::data::hf_chat_template(gpt2, {.format = "vicuna"}), Contains("chat_template.format"),
+    CHECK_THROWS_WITH_AS(distill::data::hf_chat_tokenizer(gpt2, {.format = "vicuna"}), Contains("chat_template.format"),
                          distill::config_error);
     // the byte tokenizer has its own template: naming a format there is an error
-    CHECK_THROWS_WITH_AS(ChatTemplate({.format = "chatml"}), Contains("the byte tokenizer has its own template"),
+    CHECK_THROWS_WITH_AS(ChatTokenizer({.format = "chatml"}), Contains("the byte tokenizer has its own template"),
                          distill::config_error);
-    // load_chat_template: "byte", a directory holding a tokenizer.json, or a file; anything else is named
-    CHECK(distill::data::load_chat_template("byte").tokenizer_id() == "byte-v1");
-    CHECK(distill::data::load_chat_template((fixtures / "qwen2").string()).tokenizer_id() ==
+    // load_chat_tokenizer: "byte", a directory holding a tokenizer.json, or a file; anything else is named
+    CHECK(distill::data::load_chat_tokenizer("byte").tokenizer_id() == "byte-v1");
+    CHECK(distill::data::load_chat_tokenizer((fixtures / "qwen2").string()).tokenizer_id() ==
           HfTokenizer(fixtures / "qwen2" / "tokenizer.json").id());
-    CHECK_THROWS_WITH_AS(distill::data::load_chat_template("/nonexistent/tok", {}, "tokenizer"),
+    CHECK_THROWS_WITH_AS(distill::data::load_chat_tokenizer("/nonexistent/tok", {}, "tokenizer"),
                          Contains("tokenizer: is \"/nonexistent/tok\": expected \"byte\""), distill::config_error);
 }
 

@@ -6,14 +6,13 @@
 #include "distill/data/chat.hpp"
 #include "distill/data/hf/chat_format.hpp"
 #include "distill/data/jsonl.hpp"
-#include "distill/data/load_chat_template.hpp"
+#include "distill/data/load_chat_tokenizer.hpp"
 #include "distill/data/math_task.hpp"
 #include "distill/data/reversal.hpp"
 #include "distill/data/vocab_alignment.hpp"
 #include "distill/detail/arena.hpp"
 #include "distill/detail/hash.hpp"
 #include "distill/detail/rng.hpp"
-#include "distill/xview.hpp"
 #include "distill/device.hpp"
 #include "distill/device/cpu.hpp"
 #include "distill/device/reference.hpp"
@@ -42,6 +41,7 @@
 #include "distill/teacher/synthetic.hpp"
 #include "distill/tensor.hpp"
 #include "distill/version.hpp"
+#include "distill/xview.hpp"
 // The HTTP teacher needs cpp-httplib: link distill::http, which defines DISTILL_WITH_HTTP.
 #if defined(DISTILL_WITH_HTTP)
 #include "distill/teacher/openai.hpp"

@@ -29,7 +29,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
             });
         } else {
             const auto ds = distill::data::read_examples(path, config);
-            const distill::data::ChatTemplate chat;
+            const distill::data::ChatTokenizer chat;
             for (const auto& ex : ds.examples) {
                 (void)chat.encode_prompt(ex.prompt);
                 if (ex.reference) (void)chat.encode_response(*ex.reference);

@@ -1,7 +1,7 @@
 // Fuzz target: a published tokenizer's tokenizer_config.json (data::HfTokenizer's special-token names
 // and chat_template, string or list of named templates, and a chat_template.jinja beside it), then
 // the chat template recognized from it (data::HfChatTemplate::recognize) and the pipeline's chat
-// format over it (data::hf_chat_template): a fixed conversation's prompt and an answer encoded, and
+// format over it (data::hf_chat_tokenizer): a fixed conversation's prompt and an answer encoded, and
 // decoded back. The first input byte picks the committed tokenizer.json the config lies beside
 // (tests/reference/fixtures/tokenizers/); the rest is tokenizer_config.json, optionally followed by
 // the line "--8<--" and a chat_template.jinja.
@@ -52,7 +52,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     try {
         const auto tok = std::make_shared<const data::HfTokenizer>(dir / "tokenizer.json");
         (void)tok->chat();
-        const data::ChatTemplate chat = data::hf_chat_template(tok);
+        const data::ChatTokenizer chat = data::hf_chat_tokenizer(tok);
         const data::Message conversation[] = {
             {"system", "Be brief."}, {"user", "Hello! Ça va? 你好 😀"}, {"assistant", "Hi."}, {"user", "2+2?"}};
         const std::vector<std::int32_t> prompt = chat.format().encode_prompt(conversation);

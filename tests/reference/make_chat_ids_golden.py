@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Golden ids for data::ChatTemplate over published tokenizers (tests/unit-tokenizer.cpp): for the
+"""Golden ids for data::ChatTokenizer over published tokenizers (tests/unit-tokenizer.cpp): for the
 committed fixture tokenizers with a model family's chat template, the prompt ids transformers'
 apply_chat_template(add_generation_prompt=True, tokenize=True) gives, an answer's ids (its text
 encoded without special tokens, then the token that ends the assistant turn) and the text those

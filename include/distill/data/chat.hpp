@@ -16,8 +16,8 @@
 /// `<|user|>`, `<|assistant|>`), the content bytes and `<|end|>`; the prompt ends with
 /// `<|assistant|>`, and the answer is its bytes followed by `<|end|>`. Generation stops at `<|end|>`
 /// or `<|eos|>`. Configurable: the leading `<|bos|>` and a default system prompt. A published
-/// tokenizer's template (ChatML, Llama-3, Phi-3, plain) is `data::hf_chat_template`
-/// (data/hf_tokenizer.hpp); `ChatTemplate` holds either as a value.
+/// tokenizer's template (ChatML, Llama-3, Phi-3, plain) is `data::hf_chat_tokenizer`
+/// (data/hf_tokenizer.hpp); `ChatTokenizer` holds either as a value.
 
 #include <array>
 #include <cstddef>
@@ -250,8 +250,8 @@ struct ChatTemplateConfig {
     }
 };
 
-/// What a tokenizer and its chat format do for the pipeline. `ChatTemplate` holds one; the byte
-/// tokenizer's is below, a published tokenizer's is `data::hf_chat_template` (data/hf_tokenizer.hpp).
+/// What a tokenizer and its chat format do for the pipeline. `ChatTokenizer` holds one; the byte
+/// tokenizer's is below, a published tokenizer's is `data::hf_chat_tokenizer` (data/hf_tokenizer.hpp).
 class ChatFormat {
 public:
     virtual ~ChatFormat() = default;
@@ -338,10 +338,10 @@ private:
 /// A tokenizer with its chat format, as every stage uses it: turns conversations into ids for
 /// generation and training, and generated ids back into text. A value (copies share one immutable
 /// format), so a teacher, the Distiller and its evaluation runners hold the same one.
-class ChatTemplate {
+class ChatTokenizer {
 public:
     /// The byte tokenizer's template (see the file comment). Throws config_error for a named format.
-    explicit ChatTemplate(ChatTemplateConfig config = {}) : cfg_(std::move(config)) {
+    explicit ChatTokenizer(ChatTemplateConfig config = {}) : cfg_(std::move(config)) {
         cfg_.validate();
         if (!cfg_.format.empty())
             throw config_error("chat_template.format", "is \"" + cfg_.format +
@@ -350,11 +350,11 @@ public:
         format_ = std::make_shared<const ByteChatFormat>(cfg_.add_bos);
     }
 
-    /// A template over `format` (a published tokenizer's: `data::hf_chat_template`).
-    ChatTemplate(ChatTemplateConfig config, std::shared_ptr<const ChatFormat> format)
+    /// A template over `format` (a published tokenizer's: `data::hf_chat_tokenizer`).
+    ChatTokenizer(ChatTemplateConfig config, std::shared_ptr<const ChatFormat> format)
         : cfg_(std::move(config)), format_(std::move(format)) {
         cfg_.validate();
-        if (!format_) throw error("ChatTemplate: no format given");
+        if (!format_) throw error("ChatTokenizer: no format given");
     }
 
     const ChatTemplateConfig& config() const noexcept { return cfg_; }

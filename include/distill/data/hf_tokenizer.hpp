@@ -336,7 +336,7 @@ private:
     std::string bos_token_{}, eos_token_{}, chat_template_{};
 };
 
-/// A published tokenizer's chat format for the pipeline (`data::ChatTemplate`): prompts rendered by
+/// A published tokenizer's chat format for the pipeline (`data::ChatTokenizer`): prompts rendered by
 /// the model's template (data/hf/chat_format.hpp) and encoded without added special tokens, as
 /// transformers' `apply_chat_template(..., add_generation_prompt=True, tokenize=True)` does; an answer
 /// is its text and the token that ends the template's assistant turn (`<|im_end|>`, `<|eot_id|>`,
@@ -405,13 +405,13 @@ private:
 /// The pipeline's template over a published tokenizer: the chat format `config.format` names, or the
 /// one recognized from the tokenizer's tokenizer_config.json when it is "". Throws config_error for
 /// an unrecognized template (saying how to name one) or a format the tokenizer cannot end a turn in.
-inline ChatTemplate hf_chat_template(std::shared_ptr<const HfTokenizer> tokenizer, ChatTemplateConfig config = {}) {
+inline ChatTokenizer hf_chat_tokenizer(std::shared_ptr<const HfTokenizer> tokenizer, ChatTemplateConfig config = {}) {
     config.validate();
     HfChatTemplate chat = config.format.empty()
                               ? tokenizer->chat()
                               : HfChatTemplate::named(config.format, tokenizer->bos_token(), tokenizer->eos_token());
     auto format = std::make_shared<const HfChatFormat>(std::move(tokenizer), std::move(chat));
-    return ChatTemplate(std::move(config), std::move(format));
+    return ChatTokenizer(std::move(config), std::move(format));
 }
 
 }  // namespace distill::data

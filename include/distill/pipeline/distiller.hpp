@@ -47,7 +47,7 @@
 
 #include "distill/data/chat.hpp"
 #include "distill/data/dataset.hpp"
-#include "distill/data/load_chat_template.hpp"
+#include "distill/data/load_chat_tokenizer.hpp"
 #include "distill/data/vocab_alignment.hpp"
 #include "distill/device.hpp"
 #include "distill/error.hpp"
@@ -186,7 +186,7 @@ public:
     const Job& job() const noexcept { return s_.job; }
     const std::filesystem::path& output_dir() const noexcept { return s_.dir.root(); }
     /// The student's tokenizer and chat format (see `Job::tokenizer`).
-    const data::ChatTemplate& chat_template() const noexcept { return s_.chat_template; }
+    const data::ChatTokenizer& chat_template() const noexcept { return s_.chat_template; }
     /// How the teacher's and the student's vocabularies line up, decided at construction for losses
     /// that compare them (online terms, top-k); `different` otherwise.
     const data::VocabAlignment& alignment() const noexcept { return s_.alignment; }
@@ -272,7 +272,7 @@ private:
     // `student_weights`, else the in-process teacher's own, else the byte tokenizer. Chat-template
     // settings come from the teacher's, the format recognized anew for another tokenizer. Notes
     // the tokenizer.json it came from, which the transformers-layout student is given.
-    data::ChatTemplate student_template() {
+    data::ChatTokenizer student_template() {
         std::string tokenizer = s_.job.tokenizer;
         const char* field = "tokenizer";
         if (tokenizer.empty() && s_.student_from_hf() &&
@@ -290,7 +290,7 @@ private:
             settings.format.clear();
         }
         s_.tokenizer_source = data::tokenizer_file(tokenizer, field);
-        return data::load_chat_template(tokenizer, settings, field);
+        return data::load_chat_tokenizer(tokenizer, settings, field);
     }
 
     // Losses that compare the two models position by position and column by column (online terms,

@@ -12,7 +12,7 @@
 #include <string>
 
 #include "distill/data/dataset.hpp"
-#include "distill/data/load_chat_template.hpp"
+#include "distill/data/load_chat_tokenizer.hpp"
 #include "distill/data/vocab_alignment.hpp"
 #include "distill/loss.hpp"
 #include "distill/loss/sum.hpp"
@@ -53,7 +53,7 @@ struct RunSetup {
     RunDir dir;  ///< the job's output_dir
     DistillerOptions options{};
     StudentConfig student{};                       ///< the job's `student` or the `student_weights` architecture
-    data::ChatTemplate chat_template{};            ///< the student's tokenizer and chat format
+    data::ChatTokenizer chat_template{};           ///< the student's tokenizer and chat format
     std::filesystem::path tokenizer_source{};      ///< its tokenizer.json ("" = the byte tokenizer)
     bool answer_tokens_reusable = true;            ///< the teacher's answer ids are the student tokenizer's
     data::VocabAlignment alignment{};              ///< teacher and student vocabularies (logit-level losses)

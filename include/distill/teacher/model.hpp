@@ -4,7 +4,7 @@
 /// whose metadata carries its config (`io::save_weights` writes such files) or from a Hugging Face
 /// checkpoint directory (`io::hf`: GPT-2, Llama, Qwen2, Phi-3), with its tokenizer: the byte tokenizer,
 /// or a published one (`tokenizer`, or the tokenizer.json of the Hugging Face directory) with its chat
-/// template (data/load_chat_template.hpp).
+/// template (data/load_chat_tokenizer.hpp).
 ///
 /// It answers prompts by batched generation with a KV cache (greedy, temperature, top-k, top-p, with
 /// a seed; max new tokens; stop tokens and stop sequences) and reports per generated token the
@@ -28,7 +28,7 @@
 #include <nlohmann/json.hpp>
 
 #include "distill/data/chat.hpp"
-#include "distill/data/load_chat_template.hpp"
+#include "distill/data/load_chat_tokenizer.hpp"
 #include "distill/detail/hash.hpp"
 #include "distill/detail/rng.hpp"
 #include "distill/device/cpu.hpp"
@@ -97,7 +97,7 @@ public:
 
     /// Loads the checkpoint `config.weights` to answer through `chat_template` instead of the
     /// tokenizer `config` names (a Distiller's student, measured with the student's tokenizer).
-    Model(const ModelConfig& config, data::ChatTemplate chat_template, Device device = Device{})
+    Model(const ModelConfig& config, data::ChatTokenizer chat_template, Device device = Device{})
         : cfg_(validated(config)),
           template_(std::move(chat_template)),
           net_(load_arch_config(cfg_), cfg_.max_batch, device, network_mode(cfg_)),
@@ -122,7 +122,7 @@ public:
     network_type& network() noexcept { return net_; }
     const network_type& network() const noexcept { return net_; }
     const ModelConfig& config() const noexcept { return cfg_; }
-    const data::ChatTemplate& chat_template() const noexcept { return template_; }
+    const data::ChatTokenizer& chat_template() const noexcept { return template_; }
     /// The tokenizer its token ids (answers, top-k) belong to.
     std::string tokenizer_id() const { return template_.tokenizer_id(); }
     /// The tokenizer.json it reads ("" for the byte tokenizer).
@@ -215,9 +215,9 @@ private:
         return c.tokenizer;
     }
 
-    static data::ChatTemplate load_template(const ModelConfig& c) {
-        return data::load_chat_template(tokenizer_of(c), c.chat_template,
-                                        c.tokenizer.empty() ? "teacher.weights" : "teacher.tokenizer");
+    static data::ChatTokenizer load_template(const ModelConfig& c) {
+        return data::load_chat_tokenizer(tokenizer_of(c), c.chat_template,
+                                         c.tokenizer.empty() ? "teacher.weights" : "teacher.tokenizer");
     }
 
     static arch_config load_arch_config(const ModelConfig& c) {
@@ -410,7 +410,7 @@ private:
     }
 
     ModelConfig cfg_;
-    data::ChatTemplate template_;
+    data::ChatTokenizer template_;
     network_type net_;
     decltype(std::declval<network_type&>().make_cache(1)) cache_;
     Sampler sampler_;

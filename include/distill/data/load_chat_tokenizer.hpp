@@ -1,6 +1,6 @@
 #pragma once
-/// @file load_chat_template.hpp
-/// `data::load_chat_template`: the template of the tokenizer a job names — `"byte"` (or `""`) for
+/// @file load_chat_tokenizer.hpp
+/// `data::load_chat_tokenizer`: the template of the tokenizer a job names — `"byte"` (or `""`) for
 /// the byte tokenizer, else a Hugging Face `tokenizer.json` or a directory holding one (with its
 /// tokenizer_config.json). Published tokenizers need PCRE2: where the program links `distill::text`
 /// (`DISTILL_WITH_TEXT`, as every translation unit of one target sees it), this header brings in
@@ -36,12 +36,12 @@ inline std::filesystem::path tokenizer_file(const std::string& tokenizer, const 
 /// The chat template over the tokenizer `tokenizer` names (see the file comment), with `config`.
 /// Throws config_error naming `field` or the tokenizer file, io_error / format_error for a file that
 /// cannot be read or parsed.
-inline ChatTemplate load_chat_template(const std::string& tokenizer, const ChatTemplateConfig& config = {},
-                                       const std::string& field = "tokenizer") {
+inline ChatTokenizer load_chat_tokenizer(const std::string& tokenizer, const ChatTemplateConfig& config = {},
+                                         const std::string& field = "tokenizer") {
     const std::filesystem::path file = tokenizer_file(tokenizer, field);
-    if (file.empty()) return ChatTemplate(config);
+    if (file.empty()) return ChatTokenizer(config);
 #if defined(DISTILL_WITH_TEXT)
-    return hf_chat_template(std::make_shared<const HfTokenizer>(file), config);
+    return hf_chat_tokenizer(std::make_shared<const HfTokenizer>(file), config);
 #else
     throw config_error(field, "is the Hugging Face tokenizer " + file.string() +
                                   ", which needs PCRE2: build with libpcre2-dev installed and link distill::text "

@@ -68,6 +68,17 @@ inline void fsync_and_close(int fd, const std::filesystem::path& path) {
     }
 }
 
+/// fstat of the open `fd` of `path`; on failure closes fd and throws io_error with the system's reason.
+inline struct stat stat_or_close(int fd, const std::filesystem::path& path) {
+    struct stat info {};
+    if (::fstat(fd, &info) != 0) {
+        const int err = errno;
+        ::close(fd);
+        throw io_error(path, io_errno_message("cannot stat", err));
+    }
+    return info;
+}
+
 /// The directory holding `path`, "." for a bare file name.
 inline std::filesystem::path parent_directory(const std::filesystem::path& path) {
     std::filesystem::path dir = path.parent_path();
@@ -235,12 +246,7 @@ inline void append_durably(const std::filesystem::path& path, std::string_view r
         throw io_error(path, detail::io_errno_message("cannot open for appending", err));
     }
 
-    struct stat before {};
-    if (::fstat(fd, &before) != 0) {
-        const int err = errno;
-        ::close(fd);
-        throw io_error(path, detail::io_errno_message("cannot stat", err));
-    }
+    const struct stat before = detail::stat_or_close(fd, path);
     if (const int err = detail::write_all_fd(fd, record.data(), record.size()); err != 0) {
         // Best effort: a failure here leaves the torn tail, which is still no worse than not trying.
         [[maybe_unused]] const int ignored = ::ftruncate(fd, before.st_size);
@@ -264,12 +270,7 @@ public:
             const int err = errno;
             throw io_error(path, detail::io_errno_message("cannot open", err));
         }
-        struct stat info {};
-        if (::fstat(fd, &info) != 0) {
-            const int err = errno;
-            ::close(fd);
-            throw io_error(path, detail::io_errno_message("cannot stat", err));
-        }
+        const struct stat info = detail::stat_or_close(fd, path);
         if (!S_ISREG(info.st_mode)) {
             ::close(fd);
             throw io_error(path, "not a regular file");

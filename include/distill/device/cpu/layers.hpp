@@ -139,6 +139,17 @@ void for_column_blocks(int threads, std::int64_t n, std::int64_t align, F&& f) {
     });
 }
 
+// The row half of a norm's backward (LayerNorm, RMSNorm), rows in parallel on the device's
+// threads: f(n, x, dy, dx) with row n's input x, output gradient dy and input gradient dx (C wide).
+template <class T, class F>
+void norm_backward_rows(const Cpu& dev, T* din, const T* dout, const T* in, int N, int C, F&& f) {
+    distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
+        const int n = static_cast<int>(n_);
+        const std::int64_t row = std::int64_t(n) * C;
+        f(n, ConstArray<T>(in + row, C), ConstArray<T>(dout + row, C), Array<T>(din + row, C));
+    });
+}
+
 }  // namespace cpu_detail
 
 // ---- GEMM ---------------------------------------------------------------------------------------
@@ -356,16 +367,14 @@ void layernorm_backward(const Cpu& dev, T* din, T* dw, T* db, const T* dout, con
                         const T* rstd, int N, int C) {
     using namespace cpu_detail;
     const ConstArray<T> wa(w, C);
-    distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
-        const int n = static_cast<int>(n_);
-        const std::int64_t row = std::int64_t(n) * C;
-        const ConstArray<T> x(in + row, C), dy(dout + row, C);
-        const auto xhat = (x - mean[n]) * rstd[n];
-        const auto g = dy * wa;
-        const T g_mean = g.mean();
-        const T gx_mean = (g * xhat).mean();
-        Array<T>(din + row, C) += rstd[n] * (g - g_mean - xhat * gx_mean);
-    });
+    norm_backward_rows(dev, din, dout, in, N, C,
+                       [&](int n, const ConstArray<T>& x, const ConstArray<T>& dy, Array<T> dx) {
+                           const auto xhat = (x - mean[n]) * rstd[n];
+                           const auto g = dy * wa;
+                           const T g_mean = g.mean();
+                           const T gx_mean = (g * xhat).mean();
+                           dx += rstd[n] * (g - g_mean - xhat * gx_mean);
+                       });
     for_column_blocks(dev.threads(), C, 64 / sizeof(T), [&](std::int64_t b, std::int64_t e) {
         Array<T> dwa(dw + b, e - b), dba(db + b, e - b);
         for (int n = 0; n < N; ++n) {
@@ -430,13 +439,11 @@ void rmsnorm_backward(const Cpu& dev, T* din, T* dw, const T* dout, const T* in,
                       int C) {
     using namespace cpu_detail;
     const ConstArray<T> wa(w, C);
-    distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
-        const int n = static_cast<int>(n_);
-        const std::int64_t row = std::int64_t(n) * C;
-        const ConstArray<T> x(in + row, C), dy(dout + row, C);
-        const T gx_mean = (dy * wa * x).mean() * rstd[n];
-        Array<T>(din + row, C) += rstd[n] * (dy * wa - x * (rstd[n] * gx_mean));
-    });
+    norm_backward_rows(dev, din, dout, in, N, C,
+                       [&](int n, const ConstArray<T>& x, const ConstArray<T>& dy, Array<T> dx) {
+                           const T gx_mean = (dy * wa * x).mean() * rstd[n];
+                           dx += rstd[n] * (dy * wa - x * (rstd[n] * gx_mean));
+                       });
     for_column_blocks(dev.threads(), C, 64 / sizeof(T), [&](std::int64_t b, std::int64_t e) {
         Array<T> dwa(dw + b, e - b);
         for (int n = 0; n < N; ++n) {

@@ -231,12 +231,10 @@ void for_rows(int threads, T* d, bool accumulate, T* losses, const std::uint8_t*
     distill::detail::parallel_for(
         threads, N,
         [&](std::int64_t n) {
-            if (mask && !mask[n]) {
-                losses[n] = 0;
-                if (!accumulate) std::fill(d + n * width, d + (n + 1) * width, T(0));
-                return;
-            }
-            losses[n] = row(n);
+            if (mask && !mask[n])
+                reference_detail::clear_row(losses[n], d + n * width, width, accumulate);
+            else
+                losses[n] = row(n);
         },
         N * width >= parallel_threshold);
 }
@@ -600,8 +598,7 @@ void masked_cross_entropy_forward_backward(const Cpu& dev, T* d, bool accumulate
             const T* x = logits + n * V;
             T* dr = d + n * V;
             if ((mask && !mask[n]) || targets[n] < 0) {
-                losses[n] = 0;
-                if (!accumulate) std::fill(dr, dr + V, T(0));
+                reference_detail::clear_row(losses[n], dr, V, accumulate);
                 return;
             }
             online_lse<T> acc{T(1)};

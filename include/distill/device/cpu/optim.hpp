@@ -36,34 +36,39 @@ void for_each_chunk(const Cpu& dev, const tensor_list<T>& list, F&& f) {
     distill::detail::parallel_for(threads, n, [&](std::int64_t i) { f(static_cast<std::size_t>(i)); });
 }
 
+/// Runs an element kernel over every chunk of `list` through `host_detail::packetwise`: `decayed`
+/// on the tensors whose flag is set, `plain` on the others, over arrays 0..arrays-1 of the chunk's
+/// tensor (a null array, and every array from `arrays` on, passed as nullptr).
+template <class T, class Kernel>
+void packetwise_chunks(const Cpu& dev, const tensor_list<T>& list, const Kernel& decayed, const Kernel& plain,
+                       int arrays) {
+    for_each_chunk(dev, list, [&](std::size_t c) {
+        const auto& ch = list.chunks()[c];
+        const std::size_t t = ch.tensor;
+        auto array = [&](int a) -> T* {
+            T* x = a < arrays ? list.array(t, a) : nullptr;
+            return x ? x + ch.offset : nullptr;
+        };
+        host_detail::packetwise<T>(list.flag(t) ? decayed : plain, ch.size, array(0), array(1), array(2), array(3));
+    });
+}
+
 }  // namespace cpu_detail
 
 /// One Adam/AdamW step over every tensor of `list` (arrays p, g, m, v; flag = decay): the
 /// Reference's element kernel, threaded over the chunks.
 template <class T>
 void adam_update(const Cpu& dev, const tensor_list<T>& list, const adam_coefficients<T>& k) {
-    const host_detail::adam_kernel<T> decayed{k, true}, plain{k, false};
-    cpu_detail::for_each_chunk(dev, list, [&](std::size_t c) {
-        const auto& ch = list.chunks()[c];
-        const std::size_t t = ch.tensor;
-        host_detail::packetwise<T>(list.flag(t) ? decayed : plain, ch.size, list.array(t, 0) + ch.offset,
-                                   list.array(t, 1) + ch.offset, list.array(t, 2) + ch.offset,
-                                   list.array(t, 3) + ch.offset);
-    });
+    cpu_detail::packetwise_chunks(dev, list, host_detail::adam_kernel<T>{k, true},
+                                  host_detail::adam_kernel<T>{k, false}, 4);
 }
 
 /// One SGD step over every tensor of `list` (arrays p, g, buf — null without momentum; flag = decay):
 /// the Reference's element kernel, threaded over the chunks.
 template <class T>
 void sgd_update(const Cpu& dev, const tensor_list<T>& list, const sgd_coefficients<T>& k) {
-    const host_detail::sgd_kernel<T> decayed{k, true}, plain{k, false};
-    cpu_detail::for_each_chunk(dev, list, [&](std::size_t c) {
-        const auto& ch = list.chunks()[c];
-        const std::size_t t = ch.tensor;
-        T* buf = list.array(t, 2);
-        host_detail::packetwise<T>(list.flag(t) ? decayed : plain, ch.size, list.array(t, 0) + ch.offset,
-                                   list.array(t, 1) + ch.offset, buf ? buf + ch.offset : nullptr, nullptr);
-    });
+    cpu_detail::packetwise_chunks(dev, list, host_detail::sgd_kernel<T>{k, true}, host_detail::sgd_kernel<T>{k, false},
+                                  3);
 }
 
 /// Σ x² over array 0 of every tensor of `list`, in double: the chunk sums on the threads, added in

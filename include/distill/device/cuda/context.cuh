@@ -61,6 +61,13 @@ inline void check(cublasStatus_t s, const char* call, const char* file, int line
 /// Checks the launch of the kernel just started (bad configuration, no device code for this GPU).
 #define DISTILL_CUDA_CHECK_LAUNCH(name) \
     ::distill::device::cuda_detail::check(cudaGetLastError(), name "<<<...>>>", __FILE__, __LINE__)
+/// Launches `kernel<<<grid, block, 0, stream>>>(args...)` and checks the launch, naming the kernel
+/// as written: the one way the Cuda kernels are started.
+#define DISTILL_CUDA_LAUNCH(kernel, grid, block, stream, ...)  \
+    do {                                                       \
+        kernel<<<(grid), (block), 0, (stream)>>>(__VA_ARGS__); \
+        DISTILL_CUDA_CHECK_LAUNCH(#kernel);                    \
+    } while (0)
 
 namespace distill::device {
 

@@ -74,8 +74,7 @@ void argmax_rows(const Cuda& dev, std::int32_t* out, const T* logits, int N, int
     if (N <= 0) return;
     const bool host = !cuda_detail::is_device_pointer(out);
     auto* d = host ? static_cast<std::int32_t*>(dev.staging(cuda_detail::slot_misc, sizeof(std::int32_t) * N)) : out;
-    cuda_detail::argmax_kernel<<<N, 256, 0, dev.stream()>>>(d, logits, V);
-    DISTILL_CUDA_CHECK_LAUNCH("argmax_kernel");
+    DISTILL_CUDA_LAUNCH(cuda_detail::argmax_kernel, N, 256, dev.stream(), d, logits, V);
     if (host) dev.copy(out, d, sizeof(std::int32_t) * N);
 }
 
@@ -88,8 +87,7 @@ void sample_rows(const Cuda& dev, std::int32_t* out, const T* logits, int N, int
     const float* u = dev.on_device(uniforms, std::size_t(N), cuda_detail::slot_values);
     const bool host = !cuda_detail::is_device_pointer(out);
     auto* d = host ? static_cast<std::int32_t*>(dev.staging(cuda_detail::slot_misc, sizeof(std::int32_t) * N)) : out;
-    cuda_detail::sample_kernel<<<N, 256, 0, dev.stream()>>>(d, logits, V, T(1) / temperature, u);
-    DISTILL_CUDA_CHECK_LAUNCH("sample_kernel");
+    DISTILL_CUDA_LAUNCH(cuda_detail::sample_kernel, N, 256, dev.stream(), d, logits, V, T(1) / temperature, u);
     if (host) dev.copy(out, d, sizeof(std::int32_t) * N);
 }
 

@@ -18,7 +18,7 @@ struct Series {
     std::vector<double> x, y;
 };
 
-namespace svg_detail {
+namespace detail {
 
 inline std::string escape(const std::string& s) {
     std::string out;
@@ -69,12 +69,12 @@ inline const char* color(std::size_t i) {
     return palette[i % 8];
 }
 
-}  // namespace svg_detail
+}  // namespace detail
 
 /// A line chart of `series` (non-finite points skipped), with axes, ticks and a legend.
 inline std::string line_chart(const std::string& title, const std::string& x_label, const std::string& y_label,
                               const std::vector<Series>& series, int width = 720, int height = 400) {
-    using namespace svg_detail;
+    using namespace detail;
     double x0 = std::numeric_limits<double>::infinity(), x1 = -x0, y0 = x0, y1 = -x0;
     for (const auto& s : series)
         for (std::size_t i = 0; i < std::min(s.x.size(), s.y.size()); ++i)
@@ -128,7 +128,7 @@ inline std::string line_chart(const std::string& title, const std::string& x_lab
 inline std::string bar_chart(const std::string& title, const std::vector<std::string>& groups,
                              const std::vector<std::string>& bars, const std::vector<std::vector<double>>& values,
                              int width = 720, int height = 400) {
-    using namespace svg_detail;
+    using namespace detail;
     double vmax = 0;
     for (const auto& row : values)
         for (double v : row)

@@ -80,7 +80,7 @@ T mean_rows(const T* rows, std::int64_t n, std::int64_t count) {
     return static_cast<T>(sum / static_cast<double>(count));
 }
 
-/// `mean_rows` of per-row values in `dev`'s memory, read through `detail::read_on_host`: in place on
+/// `mean_rows` of per-row values in `dev`'s memory, read through `distill::detail::read_on_host`: in place on
 /// a host device, after one copy of the n values on a device with its own memory (same order, same
 /// result).
 template <class Device, class T>

@@ -21,7 +21,7 @@
 
 namespace distill::device {
 
-namespace cuda_detail {
+namespace detail {
 
 inline constexpr int row_threads = 256;
 
@@ -284,7 +284,7 @@ __global__ void attention_kl_kernel(T* d, bool accumulate, T* losses, const T* s
             }
             T gr = 0;
             if (j <= t) {
-                const T at = reference_detail::grouped_teacher_prob(teacher, b, h, g, Ht, t, Tn, j);
+                const T at = detail::grouped_teacher_prob(teacher, b, h, g, Ht, t, Tn, j);
                 const T as = a[j] > tiny ? a[j] : tiny;
                 if (at > 0) kl += double(at) * double(log(at) - log(as));
                 gr = -at / as;
@@ -377,7 +377,7 @@ __global__ void hidden_match_kernel(T* y, T* losses, const T* g, const std::uint
     if (threadIdx.x == 0) losses[n] = T(1) - cs;
 }
 
-}  // namespace cuda_detail
+}  // namespace detail
 
 /// Forward KL per row fused with its gradient (see the Reference): student, teacher, d (N,V);
 /// losses, mask (N). One block per row.
@@ -385,9 +385,9 @@ template <class T>
 void kl_forward_backward(const Cuda& dev, T* d, bool accumulate, T* losses, const T* student, const T* teacher,
                          const std::uint8_t* mask, std::int64_t N, int V, T inv_tau, T grad_scale) {
     if (N <= 0) return;
-    const std::uint8_t* m = dev.on_device(mask, std::size_t(N), cuda_detail::slot_mask);
-    DISTILL_CUDA_LAUNCH(cuda_detail::kl_kernel, static_cast<unsigned>(N), cuda_detail::row_threads, dev.stream(), d,
-                        accumulate, losses, student, teacher, m, V, inv_tau, grad_scale);
+    const std::uint8_t* m = dev.on_device(mask, std::size_t(N), detail::slot_mask);
+    DISTILL_CUDA_LAUNCH(detail::kl_kernel, static_cast<unsigned>(N), detail::row_threads, dev.stream(), d, accumulate,
+                        losses, student, teacher, m, V, inv_tau, grad_scale);
 }
 
 /// Reverse KL per row fused with its gradient (see the Reference).
@@ -395,9 +395,9 @@ template <class T>
 void reverse_kl_forward_backward(const Cuda& dev, T* d, bool accumulate, T* losses, const T* student, const T* teacher,
                                  const std::uint8_t* mask, std::int64_t N, int V, T inv_tau, T grad_scale) {
     if (N <= 0) return;
-    const std::uint8_t* m = dev.on_device(mask, std::size_t(N), cuda_detail::slot_mask);
-    DISTILL_CUDA_LAUNCH(cuda_detail::reverse_kl_kernel, static_cast<unsigned>(N), cuda_detail::row_threads,
-                        dev.stream(), d, accumulate, losses, student, teacher, m, V, inv_tau, grad_scale);
+    const std::uint8_t* m = dev.on_device(mask, std::size_t(N), detail::slot_mask);
+    DISTILL_CUDA_LAUNCH(detail::reverse_kl_kernel, static_cast<unsigned>(N), detail::row_threads, dev.stream(), d,
+                        accumulate, losses, student, teacher, m, V, inv_tau, grad_scale);
 }
 
 /// Generalized Jensen–Shannon divergence per row with its gradient (see the Reference); precondition
@@ -406,10 +406,10 @@ template <class T>
 void jsd_forward_backward(const Cuda& dev, T* d, bool accumulate, T* losses, const T* student, const T* teacher,
                           const std::uint8_t* mask, std::int64_t N, int V, double beta, T inv_tau, T grad_scale) {
     if (N <= 0) return;
-    const std::uint8_t* m = dev.on_device(mask, std::size_t(N), cuda_detail::slot_mask);
-    DISTILL_CUDA_LAUNCH(cuda_detail::jsd_kernel, static_cast<unsigned>(N), cuda_detail::row_threads, dev.stream(), d,
-                        accumulate, losses, student, teacher, m, V, beta, 1 - beta, std::log(beta), std::log1p(-beta),
-                        inv_tau, grad_scale);
+    const std::uint8_t* m = dev.on_device(mask, std::size_t(N), detail::slot_mask);
+    DISTILL_CUDA_LAUNCH(detail::jsd_kernel, static_cast<unsigned>(N), detail::row_threads, dev.stream(), d, accumulate,
+                        losses, student, teacher, m, V, beta, 1 - beta, std::log(beta), std::log1p(-beta), inv_tau,
+                        grad_scale);
 }
 
 /// Sparse forward KL against the teacher's top-k (see the Reference): ids, logprobs (N,k) in host
@@ -419,11 +419,11 @@ void topk_kl_forward_backward(const Cuda& dev, T* d, bool accumulate, T* losses,
                               const std::int32_t* ids, const T* logprobs, const std::uint8_t* mask, std::int64_t N,
                               int V, int k, T inv_tau, T grad_scale) {
     if (N <= 0) return;
-    const std::uint8_t* m = dev.on_device(mask, std::size_t(N), cuda_detail::slot_mask);
-    const std::int32_t* di = dev.on_device(ids, std::size_t(N) * k, cuda_detail::slot_index);
-    const T* dl = dev.on_device(logprobs, std::size_t(N) * k, cuda_detail::slot_values);
-    DISTILL_CUDA_LAUNCH(cuda_detail::topk_kl_kernel, static_cast<unsigned>(N), cuda_detail::row_threads, dev.stream(),
-                        d, accumulate, losses, student, di, dl, m, V, k, inv_tau, grad_scale);
+    const std::uint8_t* m = dev.on_device(mask, std::size_t(N), detail::slot_mask);
+    const std::int32_t* di = dev.on_device(ids, std::size_t(N) * k, detail::slot_index);
+    const T* dl = dev.on_device(logprobs, std::size_t(N) * k, detail::slot_values);
+    DISTILL_CUDA_LAUNCH(detail::topk_kl_kernel, static_cast<unsigned>(N), detail::row_threads, dev.stream(), d,
+                        accumulate, losses, student, di, dl, m, V, k, inv_tau, grad_scale);
 }
 
 /// Cross-entropy per row with mask and ignore_index -1, with its gradient (see the Reference).
@@ -432,10 +432,10 @@ void masked_cross_entropy_forward_backward(const Cuda& dev, T* d, bool accumulat
                                            const std::int32_t* targets, const std::uint8_t* mask, std::int64_t N, int V,
                                            T grad_scale) {
     if (N <= 0) return;
-    const std::uint8_t* m = dev.on_device(mask, std::size_t(N), cuda_detail::slot_mask);
-    const std::int32_t* tg = dev.on_device(targets, std::size_t(N), cuda_detail::slot_index);
-    DISTILL_CUDA_LAUNCH(cuda_detail::masked_ce_kernel, static_cast<unsigned>(N), cuda_detail::row_threads, dev.stream(),
-                        d, accumulate, losses, logits, tg, m, V, grad_scale);
+    const std::uint8_t* m = dev.on_device(mask, std::size_t(N), detail::slot_mask);
+    const std::int32_t* tg = dev.on_device(targets, std::size_t(N), detail::slot_index);
+    DISTILL_CUDA_LAUNCH(detail::masked_ce_kernel, static_cast<unsigned>(N), detail::row_threads, dev.stream(), d,
+                        accumulate, losses, logits, tg, m, V, grad_scale);
 }
 
 /// Attention-map KL with grouped teacher heads (see the Reference): student, d (B,Hs,T,T);
@@ -445,9 +445,9 @@ void attention_kl_forward_backward(const Cuda& dev, T* d, bool accumulate, T* lo
                                    const T* teacher, const std::uint8_t* mask, int B, int Hs, int Ht, int Tn,
                                    T grad_scale) {
     if (B * Tn <= 0) return;
-    const std::uint8_t* m = dev.on_device(mask, std::size_t(B) * Tn, cuda_detail::slot_mask);
-    DISTILL_CUDA_LAUNCH(cuda_detail::attention_kl_kernel, B * Tn, 128, dev.stream(), d, accumulate, losses, student,
-                        teacher, m, Hs, Ht, Tn, grad_scale);
+    const std::uint8_t* m = dev.on_device(mask, std::size_t(B) * Tn, detail::slot_mask);
+    DISTILL_CUDA_LAUNCH(detail::attention_kl_kernel, B * Tn, 128, dev.stream(), d, accumulate, losses, student, teacher,
+                        m, Hs, Ht, Tn, grad_scale);
 }
 
 /// Causal relation rows of one sequence (MiniLMv2; see the Reference): student, teacher, d
@@ -456,8 +456,8 @@ template <class T>
 void relation_kl_forward_backward(const Cuda& dev, T* d, T* losses, const T* student, const T* teacher,
                                   const std::uint8_t* mask, int R, int Tn, T s_scale, T t_scale, T grad_scale) {
     if (Tn <= 0) return;
-    const std::uint8_t* m = dev.on_device(mask, std::size_t(Tn), cuda_detail::slot_mask);
-    DISTILL_CUDA_LAUNCH(cuda_detail::relation_kl_kernel, Tn, 128, dev.stream(), d, losses, student, teacher, m, R, Tn,
+    const std::uint8_t* m = dev.on_device(mask, std::size_t(Tn), detail::slot_mask);
+    DISTILL_CUDA_LAUNCH(detail::relation_kl_kernel, Tn, 128, dev.stream(), d, losses, student, teacher, m, R, Tn,
                         s_scale, t_scale, grad_scale);
 }
 
@@ -471,9 +471,9 @@ template <class T>
 double hidden_match_forward_backward(const Cuda& dev, T* y, T* losses, const T* g, const std::uint8_t* mask,
                                      std::int64_t N, int C, T scale, bool cosine) {
     if (N <= 0) return 0.0;
-    const std::uint8_t* m = dev.on_device(mask, std::size_t(N), cuda_detail::slot_mask);
-    DISTILL_CUDA_LAUNCH(cuda_detail::hidden_match_kernel, static_cast<unsigned>(N), 128, dev.stream(), y, losses, g, m,
-                        C, scale, cosine);
+    const std::uint8_t* m = dev.on_device(mask, std::size_t(N), detail::slot_mask);
+    DISTILL_CUDA_LAUNCH(detail::hidden_match_kernel, static_cast<unsigned>(N), 128, dev.stream(), y, losses, g, m, C,
+                        scale, cosine);
     const auto rows = ::distill::detail::read_on_host(dev, losses, std::size_t(N));
     double value = 0;
     for (std::int64_t n = 0; n < N; ++n) value += double(rows[n]);

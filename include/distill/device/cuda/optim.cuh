@@ -12,7 +12,7 @@
 
 namespace distill::device {
 
-namespace cuda_detail {
+namespace detail {
 
 // Products rounded on their own (never contracted into an FMA), as the host kernels compute them.
 __device__ inline float mul_rn(float a, float b) {
@@ -23,7 +23,7 @@ __device__ inline double mul_rn(double a, double b) {
 }
 
 template <class T>
-__global__ void adam_kernel(T* p, const T* g, T* m, T* v, std::int64_t n, adam_coefficients<T> k, bool decay) {
+__global__ void adam_tensor_kernel(T* p, const T* g, T* m, T* v, std::int64_t n, adam_coefficients<T> k, bool decay) {
     for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < n;
          i += std::int64_t(gridDim.x) * blockDim.x) {
         T pp = p[i], gg = g[i];
@@ -43,7 +43,7 @@ __global__ void adam_kernel(T* p, const T* g, T* m, T* v, std::int64_t n, adam_c
 }
 
 template <class T>
-__global__ void sgd_kernel(T* p, const T* g, T* buf, std::int64_t n, sgd_coefficients<T> k, bool decay) {
+__global__ void sgd_tensor_kernel(T* p, const T* g, T* buf, std::int64_t n, sgd_coefficients<T> k, bool decay) {
     for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < n;
          i += std::int64_t(gridDim.x) * blockDim.x) {
         const T pp = p[i];
@@ -92,7 +92,7 @@ void for_each_tensor(const tensor_list<T>& list, F&& f) {
         if (const std::int64_t n = list.numel(t)) f(t, n);
 }
 
-}  // namespace cuda_detail
+}  // namespace detail
 
 /// One Adam/AdamW step over every tensor of `list` (arrays p, g, m, v; flag = decay), the
 /// Reference's expressions (torch.optim.Adam/AdamW, foreach=False):
@@ -100,9 +100,9 @@ void for_each_tensor(const tensor_list<T>& list, F&& f) {
 ///   m ← β₁ m + (1-β₁) g,  v ← β₂ v + (1-β₂) g²,  p ← p - (lr/bc₁) m / (√v / √bc₂ + ε).
 template <class T>
 void adam_update(const Cuda& dev, const tensor_list<T>& list, const adam_coefficients<T>& k) {
-    cuda_detail::for_each_tensor(list, [&](std::size_t t, std::int64_t n) {
-        DISTILL_CUDA_LAUNCH(cuda_detail::adam_kernel, cuda_detail::blocks_for(n, 256), 256, dev.stream(),
-                            list.array(t, 0), list.array(t, 1), list.array(t, 2), list.array(t, 3), n, k, list.flag(t));
+    detail::for_each_tensor(list, [&](std::size_t t, std::int64_t n) {
+        DISTILL_CUDA_LAUNCH(detail::adam_tensor_kernel, detail::blocks_for(n, 256), 256, dev.stream(), list.array(t, 0),
+                            list.array(t, 1), list.array(t, 2), list.array(t, 3), n, k, list.flag(t));
     });
 }
 
@@ -111,9 +111,9 @@ void adam_update(const Cuda& dev, const tensor_list<T>& list, const adam_coeffic
 /// buf;  p ← p - lr d.
 template <class T>
 void sgd_update(const Cuda& dev, const tensor_list<T>& list, const sgd_coefficients<T>& k) {
-    cuda_detail::for_each_tensor(list, [&](std::size_t t, std::int64_t n) {
-        DISTILL_CUDA_LAUNCH(cuda_detail::sgd_kernel, cuda_detail::blocks_for(n, 256), 256, dev.stream(),
-                            list.array(t, 0), list.array(t, 1), list.array(t, 2), n, k, list.flag(t));
+    detail::for_each_tensor(list, [&](std::size_t t, std::int64_t n) {
+        DISTILL_CUDA_LAUNCH(detail::sgd_tensor_kernel, detail::blocks_for(n, 256), 256, dev.stream(), list.array(t, 0),
+                            list.array(t, 1), list.array(t, 2), n, k, list.flag(t));
     });
 }
 
@@ -127,19 +127,19 @@ double sum_of_squares(const Cuda& dev, const tensor_list<T>& list) {
     std::vector<int> blocks(count);
     int total = 0;
     for (std::size_t i = 0; i < count; ++i) {
-        blocks[i] = cuda_detail::blocks_for(list.numel(i), threads, max_blocks);
+        blocks[i] = detail::blocks_for(list.numel(i), threads, max_blocks);
         total += list.numel(i) > 0 ? blocks[i] : 0;
     }
     if (total == 0) return 0.0;
-    double* partial = static_cast<double*>(dev.staging(cuda_detail::slot_partials, sizeof(double) * (total + 1)));
+    double* partial = static_cast<double*>(dev.staging(detail::slot_partials, sizeof(double) * (total + 1)));
     int offset = 0;
     for (std::size_t i = 0; i < count; ++i) {
         if (list.numel(i) <= 0) continue;
-        DISTILL_CUDA_LAUNCH(cuda_detail::sum_squares_kernel, blocks[i], threads, dev.stream(), partial + offset,
+        DISTILL_CUDA_LAUNCH(detail::sum_squares_kernel, blocks[i], threads, dev.stream(), partial + offset,
                             static_cast<const T*>(list.array(i, 0)), list.numel(i));
         offset += blocks[i];
     }
-    DISTILL_CUDA_LAUNCH(cuda_detail::sum_partials_kernel, 1, 1024, dev.stream(), partial + total, partial, total);
+    DISTILL_CUDA_LAUNCH(detail::sum_partials_kernel, 1, 1024, dev.stream(), partial + total, partial, total);
     double result = 0;
     dev.copy(&result, partial + total, sizeof(double));
     return result;
@@ -148,9 +148,9 @@ double sum_of_squares(const Cuda& dev, const tensor_list<T>& list) {
 /// x ← factor · x for array 0 of every tensor of `list` (gradient clipping and averaging).
 template <class T>
 void scale_in_place(const Cuda& dev, const tensor_list<T>& list, T factor) {
-    cuda_detail::for_each_tensor(list, [&](std::size_t t, std::int64_t n) {
-        DISTILL_CUDA_LAUNCH(cuda_detail::scale_kernel, cuda_detail::blocks_for(n, 256), 256, dev.stream(),
-                            list.array(t, 0), factor, n);
+    detail::for_each_tensor(list, [&](std::size_t t, std::int64_t n) {
+        DISTILL_CUDA_LAUNCH(detail::scale_kernel, detail::blocks_for(n, 256), 256, dev.stream(), list.array(t, 0),
+                            factor, n);
     });
 }
 

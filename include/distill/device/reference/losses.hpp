@@ -32,7 +32,7 @@
 
 namespace distill::device {
 
-namespace reference_detail {
+namespace detail {
 
 template <class T>
 inline constexpr T neg_inf = -std::numeric_limits<T>::infinity();
@@ -133,7 +133,7 @@ DISTILL_HD T grouped_teacher_prob(const T* teacher, int b, int h, int g, int Ht,
     return at;
 }
 
-}  // namespace reference_detail
+}  // namespace detail
 
 /// Forward KL per row, fused with its gradient (torch: kl_div(log_softmax(s/τ), log_softmax(t/τ),
 /// log_target=True) summed over the row).
@@ -143,7 +143,7 @@ DISTILL_HD T grouped_teacher_prob(const T* teacher, int b, int h, int g, int Ht,
 template <class T>
 void kl_forward_backward(const Reference&, T* d, bool accumulate, T* losses, const T* student, const T* teacher,
                          const std::uint8_t* mask, std::int64_t N, int V, T inv_tau, T grad_scale) {
-    using namespace reference_detail;
+    using namespace detail;
     using A = acc_t<T>;
     auto row = [&](const T* s, const T* t, T* dr, const row_stats<T>& ls, const row_stats<T>& lt) {
         A kl = 0;
@@ -169,7 +169,7 @@ void kl_forward_backward(const Reference&, T* d, bool accumulate, T* losses, con
 template <class T>
 void reverse_kl_forward_backward(const Reference&, T* d, bool accumulate, T* losses, const T* student, const T* teacher,
                                  const std::uint8_t* mask, std::int64_t N, int V, T inv_tau, T grad_scale) {
-    using namespace reference_detail;
+    using namespace detail;
     using A = acc_t<T>;
     auto row = [&](const T* s, const T* t, T* dr, const row_stats<T>& ls, const row_stats<T>& lt) {
         const std::int64_t m = argmax(s, V);
@@ -205,7 +205,7 @@ void reverse_kl_forward_backward(const Reference&, T* d, bool accumulate, T* los
 template <class T>
 void jsd_forward_backward(const Reference&, T* d, bool accumulate, T* losses, const T* student, const T* teacher,
                           const std::uint8_t* mask, std::int64_t N, int V, double beta, T inv_tau, T grad_scale) {
-    using namespace reference_detail;
+    using namespace detail;
     using A = acc_t<T>;
     const A b = A(beta), b1 = A(1 - beta), log_b = A(std::log(beta)), log_b1 = A(std::log1p(-beta));
     auto row = [&](const T* s, const T* t, T* dr, const row_stats<T>& ls, const row_stats<T>& lt) {
@@ -250,7 +250,7 @@ template <class T>
 void topk_kl_forward_backward(const Reference&, T* d, bool accumulate, T* losses, const T* student,
                               const std::int32_t* ids, const T* logprobs, const std::uint8_t* mask, std::int64_t N,
                               int V, int k, T inv_tau, T grad_scale) {
-    using namespace reference_detail;
+    using namespace detail;
     using A = acc_t<T>;
     for_counted_rows(mask, N, V, d, losses, accumulate, [&](std::int64_t n, T* dr) {
         const T* s = student + n * V;
@@ -298,7 +298,7 @@ template <class T>
 void masked_cross_entropy_forward_backward(const Reference&, T* d, bool accumulate, T* losses, const T* logits,
                                            const std::int32_t* targets, const std::uint8_t* mask, std::int64_t N, int V,
                                            T grad_scale) {
-    using namespace reference_detail;
+    using namespace detail;
     using A = acc_t<T>;
     for (std::int64_t n = 0; n < N; ++n) {
         const T* x = logits + n * V;
@@ -326,7 +326,7 @@ template <class T>
 void attention_kl_forward_backward(const Reference&, T* d, bool accumulate, T* losses, const T* student,
                                    const T* teacher, const std::uint8_t* mask, int B, int Hs, int Ht, int Tn,
                                    T grad_scale) {
-    using namespace reference_detail;
+    using namespace detail;
     const int g = Ht / Hs;
     const T tiny = std::numeric_limits<T>::min();
     const std::int64_t tt = std::int64_t(Tn) * Tn;
@@ -350,7 +350,7 @@ void attention_kl_forward_backward(const Reference&, T* d, bool accumulate, T* l
                         if (at > 0) kl += at * (std::log(at) - std::log(as));
                         gr = -at / as;
                     }
-                    reference_detail::store(dr[j], grad_scale * gr, accumulate);
+                    detail::store(dr[j], grad_scale * gr, accumulate);
                 }
             }
             losses[bt] = counts ? static_cast<T>(kl) : T(0);
@@ -365,7 +365,7 @@ void attention_kl_forward_backward(const Reference&, T* d, bool accumulate, T* l
 template <class T>
 void relation_kl_forward_backward(const Reference&, T* d, T* losses, const T* student, const T* teacher,
                                   const std::uint8_t* mask, int R, int Tn, T s_scale, T t_scale, T grad_scale) {
-    using namespace reference_detail;
+    using namespace detail;
     using A = acc_t<T>;
     const std::int64_t tt = std::int64_t(Tn) * Tn;
     for (int t = 0; t < Tn; ++t) losses[t] = 0;

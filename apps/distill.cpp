@@ -86,7 +86,7 @@ struct TermNeeds {
 
 template <class... Terms>
 std::vector<TermNeeds> needs_of(std::type_identity<loss::Sum<Terms...>>) {
-    return {TermNeeds{Terms::name, pipeline_detail::needs_online<Terms>, loss::needs_activations<Terms>,
+    return {TermNeeds{Terms::name, detail::needs_online<Terms>, loss::needs_activations<Terms>,
                       loss::term_needs<Terms, signal::topk_logprobs_t>}...};
 }
 

@@ -26,7 +26,7 @@ TEST_CASE("13a tokenization equals sacreBLEU's on every golden segment") {
     for (std::size_t i = 0; i < g["pairs"].size(); ++i) {
         const std::string hyp = g["pairs"][i]["hypothesis"];
         INFO("segment " << i << ": " << hyp);
-        CHECK(eval::tokenize_13a(eval::metrics_detail::rstrip_python(hyp)) == g["tokenized_13a"][i].get<std::string>());
+        CHECK(eval::tokenize_13a(eval::detail::rstrip_python(hyp)) == g["tokenized_13a"][i].get<std::string>());
     }
 }
 

@@ -975,7 +975,7 @@ TEST_CASE("checkpoint (fuzz regression): manifest numbers of the wrong kind are 
     const auto with = [&](const std::function<void(nlohmann::json&)>& edit) {
         nlohmann::json m = nlohmann::json::parse(original);
         edit(m);
-        m["checksum"] = distill::io::checkpoint_detail::manifest_checksum(m);
+        m["checksum"] = distill::io::detail::manifest_checksum(m);
         std::ofstream(ck / "manifest.json", std::ios::binary) << m.dump(1);
         try {
             distill::io::Checkpoint::open(ck);

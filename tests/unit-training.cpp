@@ -561,7 +561,7 @@ TEST_CASE("training: damaged checkpoints are refused before anything is loaded; 
          [&] {
              auto m = nlohmann::json::parse(read_file(manifest));
              m["version"] = 2;
-             m["checksum"] = io::checkpoint_detail::manifest_checksum(m);  // a genuine v2 manifest, correctly summed
+             m["checksum"] = io::detail::manifest_checksum(m);  // a genuine v2 manifest, correctly summed
              write_bytes(manifest, m.dump(1));
          },
          "checkpoint format version 2, but this build of distill reads only version 1; the checkpoint is refused"},
@@ -732,7 +732,7 @@ TEST_CASE("training: validation turns up on the noise task; early stopping and t
 
     // The best checkpoint is kept (retention keeps only 2 others) and holds exactly the best model.
     REQUIRE(!r.best_checkpoint.empty());
-    CHECK(r.best_checkpoint.filename() == io::checkpoint_detail::step_name(r.best_step));
+    CHECK(r.best_checkpoint.filename() == io::detail::step_name(r.best_step));
     const auto ck = io::Checkpoint::open(r.best_checkpoint);
     Model best_model(NoiseTask::model_config(), 8, device::Cpu(1));
     io::load_weights(ck.student_file(), best_model);

@@ -375,7 +375,7 @@ public:
                     "d_attention", {std::int64_t(d.max_batch) * d.student.n_heads * d.max_length * d.max_length}));
         if (qkv)
             for (std::int64_t l = 0; l < L; ++l) qkv_.push_back(layout_.add<T>("d_qkv", {N * d.student.qkv()}));
-        arena_ = detail::Arena<T, Device>(dev_, layout_.size());
+        arena_ = distill::detail::Arena<T, Device>(dev_, layout_.size());
         hidden_state_.assign(hidden_.size(), 0);
         attention_state_.assign(attention_.size(), 0);
         qkv_state_.assign(qkv_.size(), 0);
@@ -508,8 +508,8 @@ private:
 
     dims dims_;
     Device dev_;
-    detail::ArenaLayout layout_;
-    detail::Arena<T, Device> arena_;
+    distill::detail::ArenaLayout layout_;
+    distill::detail::Arena<T, Device> arena_;
     std::size_t rows_ = 0;
     std::optional<std::size_t> scratch_;
     std::vector<std::size_t> hidden_, attention_, qkv_;
@@ -550,7 +550,7 @@ private:
                       "Loss: " who " needs " sig ", which the teacher does not provide; see docs/losses.md"); \
     }
 
-namespace check_detail {
+namespace detail {
 template <class>
 inline constexpr bool always_false = false;
 
@@ -568,7 +568,7 @@ constexpr bool generic_checks() {
         return (generic_check<Term, Teacher, typename decltype(signals)::type>() && ... && true);
     });
 }
-}  // namespace check_detail
+}  // namespace detail
 
 /// Checks, for every term of `Loss`, that `Teacher` provides each signal the term needs: every
 /// element of the term's `needs` set must be in the teacher's `provides` set, whatever the signal
@@ -590,7 +590,7 @@ constexpr bool check_needs() {
     if constexpr (requires { Loss::template check_teacher<Teacher>(); })
         return Loss::template check_teacher<Teacher>();
     else
-        return check_detail::generic_checks<Loss, Teacher>();
+        return detail::generic_checks<Loss, Teacher>();
 }
 
 }  // namespace distill::loss

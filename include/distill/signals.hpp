@@ -42,6 +42,16 @@ inline constexpr auto hidden_states = boost::hana::type_c<hidden_states_t>;
 inline constexpr auto attentions = boost::hana::type_c<attentions_t>;
 inline constexpr auto qkv = boost::hana::type_c<qkv_t>;
 
+/// What a teacher of sampled tokens provides (`provides`): `tokens`, and `topk_logprobs` too when
+/// it gives the top-k log-probabilities of each token (`topk`).
+template <bool topk>
+inline constexpr auto sampled_tokens = [] {
+    if constexpr (topk)
+        return boost::hana::make_set(tokens, topk_logprobs);
+    else
+        return boost::hana::make_set(tokens);
+}();
+
 }  // namespace distill::signal
 
 namespace distill {

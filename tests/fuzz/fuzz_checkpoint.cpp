@@ -39,7 +39,7 @@ std::string fix_manifest(std::string_view text, std::string_view student, std::s
         m["files"][name]["bytes"] = bytes.size();
         m["files"][name]["crc32c"] = distill::detail::crc32c(bytes.data(), bytes.size());
     }
-    m["checksum"] = distill::io::checkpoint_detail::manifest_checksum(m);
+    m["checksum"] = distill::io::detail::manifest_checksum(m);
     return m.dump(1);
 }
 

@@ -17,7 +17,7 @@ namespace {
 
 // Recomputes the checksums of a version 2 file in place, as far as its lengths allow.
 void fix_checksums(std::string& b) {
-    using namespace distill::io::topk_detail;
+    using namespace distill::io::detail;
     if (b.size() < fixed_header || get32(reinterpret_cast<const std::byte*>(b.data()) + 8) != 2) return;
     const auto* base = reinterpret_cast<const std::byte*>(b.data());
     const std::uint64_t header_bytes = get32(base + 12), k = get32(base + 16);

@@ -95,9 +95,9 @@ int main(int argc, char** argv) try {
     put("safetensors", "tiny-bf16", slurp(tmp / "w16.safetensors"));
     const std::vector<std::int64_t> ids = {1, 2, 3};
     const std::vector<float> f = {0.5f, -1.0f};
-    const io::checkpoint_detail::raw_tensor raw[] = {{"ids", io::dtype::I64, {3}, ids.data()},
-                                                     {"x", io::dtype::F32, {2, 1}, f.data()}};
-    io::checkpoint_detail::write_raw(tmp / "raw.safetensors", raw, {{"note", "seed"}});
+    const io::detail::raw_tensor raw[] = {{"ids", io::dtype::I64, {3}, ids.data()},
+                                          {"x", io::dtype::F32, {2, 1}, f.data()}};
+    io::detail::write_raw(tmp / "raw.safetensors", raw, {{"note", "seed"}});
     put("safetensors", "mixed", slurp(tmp / "raw.safetensors"));
     // the tiny model without the checksum entry, as other writers' files are: the fuzzer can then
     // mutate tensor data and reach the loading code behind the checksum

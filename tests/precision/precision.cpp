@@ -27,7 +27,7 @@ void check(bool ok, const std::string& what) {
 }
 
 float round_bf16(float x) {
-    return device::dnnl_detail::from_bf16(device::dnnl_detail::to_bf16(x));
+    return device::detail::from_bf16(device::detail::to_bf16(x));
 }
 
 void gemm_parity(bool bf16) {

@@ -81,10 +81,10 @@ inline nlohmann::json messages_to_json(std::span<const Message> messages) {
 
 /// The id derived from a prompt: the first 16 hex digits of the SHA-256 of its canonical JSON.
 inline std::string prompt_key(std::span<const Message> prompt) {
-    return detail::sha256_hex(messages_to_json(prompt).dump()).substr(0, 16);
+    return distill::detail::sha256_hex(messages_to_json(prompt).dump()).substr(0, 16);
 }
 
-namespace chat_detail {
+namespace detail {
 
 inline std::string json_type(const nlohmann::json& j) {
     if (j.is_number_integer()) return "an integer";
@@ -128,13 +128,13 @@ inline std::string message_content(const nlohmann::json& c, const std::string& w
     return s;
 }
 
-}  // namespace chat_detail
+}  // namespace detail
 
 /// Parses one line's JSON into an example (id not yet assigned unless the line has one).
 /// Throws `bad_line` naming the defect: missing field, wrong type, empty content, unknown role,
 /// a prompt without a user turn.
 inline Example parse_example(const nlohmann::json& j) {
-    using namespace chat_detail;
+    using namespace detail;
     if (!j.is_object()) throw bad_line("wrong type: expected a JSON object, got " + json_type(j));
     Example ex;
     if (auto id = j.find("id"); id != j.end()) {
@@ -362,7 +362,7 @@ public:
 
     /// The template's identity for fingerprints: its format, tokenizer and settings.
     std::string id() const {
-        return format_->id() + ";system_prompt=" + detail::sha256_hex(cfg_.system_prompt).substr(0, 16);
+        return format_->id() + ";system_prompt=" + distill::detail::sha256_hex(cfg_.system_prompt).substr(0, 16);
     }
     /// The tokenizer's identity ("byte-v1", "hf-<digest>").
     std::string tokenizer_id() const { return format_->tokenizer_id(); }

@@ -237,13 +237,13 @@ private:
         if (const json* p = Reader::find(j, "post_processor")) post_.read(r, *p, "post_processor");
         for (std::int32_t id : post_.before) check_id(r, "post_processor", id);
         for (std::int32_t id : post_.after) check_id(r, "post_processor", id);
-        pipeline_ = detail::sha256_hex((j.contains("normalizer") ? j["normalizer"].dump() : "null") + "\n" +
-                                       (j.contains("pre_tokenizer") ? j["pre_tokenizer"].dump() : "null") + "\n" +
-                                       j["model"].dump());
-        std::string fingerprint = detail::sha256_hex(text);
+        pipeline_ = distill::detail::sha256_hex((j.contains("normalizer") ? j["normalizer"].dump() : "null") + "\n" +
+                                                (j.contains("pre_tokenizer") ? j["pre_tokenizer"].dump() : "null") +
+                                                "\n" + j["model"].dump());
+        std::string fingerprint = distill::detail::sha256_hex(text);
         if (config) {
             read_config(*config, config_file);
-            fingerprint = detail::sha256_hex(fingerprint + detail::sha256_hex(*config));
+            fingerprint = distill::detail::sha256_hex(fingerprint + distill::detail::sha256_hex(*config));
         }
         if (!unk_ && !model_.unk_token.empty()) unk_ = token_to_id(model_.unk_token);
         id_ = "hf-" + fingerprint.substr(0, 16);
@@ -363,7 +363,7 @@ public:
         eos_ = tok_->eos_id().value_or(end_of_turn_);
         pad_ = tok_->pad_id().value_or(eos_);
         id_ = "chat-v1;tokenizer=" + tok_->id() + ";format=" + std::string(name) +
-              ";default_system=" + detail::sha256_hex(chat_.default_system).substr(0, 16);
+              ";default_system=" + distill::detail::sha256_hex(chat_.default_system).substr(0, 16);
     }
 
     std::string id() const override { return id_; }

@@ -60,7 +60,7 @@ struct JsonlStats {
     std::vector<BadLine> skipped{};  ///< bad lines skipped under on_bad_line = "skip"
 };
 
-namespace jsonl_detail {
+namespace detail {
 
 /// Byte offset of the first invalid UTF-8 sequence in `s` (overlong forms, surrogates and code points
 /// above U+10FFFF are invalid, as RFC 3629 says), or npos when `s` is valid.
@@ -148,7 +148,7 @@ private:
     std::uint64_t max_;
 };
 
-}  // namespace jsonl_detail
+}  // namespace detail
 
 /// Reads `path` line by line and calls `handle(line_number, json)` for every non-blank line that is
 /// valid UTF-8 JSON within the size limit. The handler throws `bad_line` to reject its line (a
@@ -168,7 +168,7 @@ inline JsonlStats read_jsonl(const std::filesystem::path& path, const JsonlConfi
         if (!skip) throw format_error(path, line, defect);
         stats.skipped.push_back({line, std::move(defect)});
     };
-    jsonl_detail::line_reader reader(in, config.max_line_bytes);
+    detail::line_reader reader(in, config.max_line_bytes);
     std::string buffer;
     std::uint64_t length = 0, line_no = 0;
     while (reader.next(buffer, length)) {
@@ -189,7 +189,7 @@ inline JsonlStats read_jsonl(const std::filesystem::path& path, const JsonlConfi
             ++stats.blank_lines;
             continue;
         }
-        if (const std::size_t at = jsonl_detail::invalid_utf8_at(line); at != std::string_view::npos) {
+        if (const std::size_t at = detail::invalid_utf8_at(line); at != std::string_view::npos) {
             reject(line_no, "invalid UTF-8 at byte " + std::to_string(at + 1) + " of the line");
             continue;
         }
@@ -197,11 +197,11 @@ inline JsonlStats read_jsonl(const std::filesystem::path& path, const JsonlConfi
         try {
             j = nlohmann::json::parse(line);
         } catch (const nlohmann::json::parse_error& e) {
-            reject(line_no, jsonl_detail::json_defect(e));
+            reject(line_no, detail::json_defect(e));
             continue;
         } catch (const nlohmann::json::exception& e) {
             // Valid syntax the parser still refuses, e.g. a number beyond double's range (1e400).
-            reject(line_no, "invalid JSON: " + jsonl_detail::json_message(e));
+            reject(line_no, "invalid JSON: " + detail::json_message(e));
             continue;
         }
         try {
@@ -211,7 +211,7 @@ inline JsonlStats read_jsonl(const std::filesystem::path& path, const JsonlConfi
             reject(line_no, e.what());
         } catch (const nlohmann::json::exception& e) {
             // A handler that reads a field with the wrong type: a defect of the line, not a crash.
-            reject(line_no, "wrong type: " + jsonl_detail::json_message(e));
+            reject(line_no, "wrong type: " + detail::json_message(e));
         }
     }
     if (in.bad()) throw io_error(path, "read error");

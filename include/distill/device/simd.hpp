@@ -16,7 +16,7 @@
 #include <immintrin.h>
 #endif
 
-namespace distill::device::host_detail {
+namespace distill::device::detail {
 
 /// The operations on one register type `V` holding `sizeof(V) / sizeof(T)` elements of `T`;
 /// `Sqrt` is the register's correctly rounded square root.
@@ -74,4 +74,4 @@ DISTILL_SIMD_WIDTH(16, _mm_sqrt_ps, _mm_sqrt_pd, __m128, __m128d)
 #endif
 #undef DISTILL_SIMD_WIDTH
 
-}  // namespace distill::device::host_detail
+}  // namespace distill::device::detail

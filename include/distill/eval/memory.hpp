@@ -25,7 +25,7 @@
 
 namespace distill::eval {
 
-namespace memory_detail {
+namespace detail {
 
 /// A "VmRSS:" / "VmHWM:" line of /proc/self/status in bytes, or nullopt where there is none.
 inline std::optional<std::int64_t> status_bytes(const char* key) {
@@ -45,11 +45,11 @@ inline std::optional<std::int64_t> status_bytes(const char* key) {
     return out;
 }
 
-}  // namespace memory_detail
+}  // namespace detail
 
 /// The process's resident set size in bytes (0 where /proc is unavailable).
 inline std::int64_t resident_bytes() {
-    return memory_detail::status_bytes("VmRSS:").value_or(0);
+    return detail::status_bytes("VmRSS:").value_or(0);
 }
 
 /// Measures the peak memory a stretch of work adds (see the file comment).
@@ -70,7 +70,7 @@ public:
     }
     /// Bytes added at the peak since construction (the absolute peak when `exact()` is false).
     std::int64_t peak_bytes() const {
-        const std::int64_t hwm = memory_detail::status_bytes("VmHWM:").value_or(0);
+        const std::int64_t hwm = detail::status_bytes("VmHWM:").value_or(0);
         return hwm > start_ ? hwm - start_ : 0;
     }
     /// Whether the high-water mark could be reset (else the figure includes everything before).

@@ -23,7 +23,7 @@
 
 namespace distill::eval {
 
-namespace metrics_detail {
+namespace detail {
 
 // Decodes the UTF-8 sequence at s[i] (advancing i); invalid bytes decode as themselves (one byte).
 inline std::uint32_t next_code_point(std::string_view s, std::size_t& i) {
@@ -88,11 +88,11 @@ inline bool is_digit(char c) {
     return c >= '0' && c <= '9';
 }
 
-}  // namespace metrics_detail
+}  // namespace detail
 
 /// sacreBLEU's 13a tokenization (mteval-v13a) of one segment, tokens joined by single spaces.
 inline std::string tokenize_13a(std::string_view segment) {
-    using namespace metrics_detail;
+    using namespace detail;
     std::string line(segment);
     replace_all(line, "<skipped>", "");
     replace_all(line, "-\n", "");
@@ -175,7 +175,7 @@ struct BleuResult {
 
 /// Corpus BLEU of `hypotheses` against one reference each, exactly as `sacrebleu.corpus_bleu(hyps, [refs])`.
 inline BleuResult corpus_bleu(const std::vector<std::string>& hypotheses, const std::vector<std::string>& references) {
-    using namespace metrics_detail;
+    using namespace detail;
     if (hypotheses.size() != references.size())
         throw error("corpus_bleu: " + std::to_string(hypotheses.size()) + " hypotheses but " +
                     std::to_string(references.size()) + " references");
@@ -218,7 +218,7 @@ inline BleuResult corpus_bleu(const std::vector<std::string>& hypotheses, const 
 
 /// The `rouge-score` package's default tokenization (lowercase, runs of anything but [a-z0-9] split).
 inline std::vector<std::string> tokenize_rouge(std::string_view text) {
-    using namespace metrics_detail;
+    using namespace detail;
     std::vector<std::string> tokens;
     std::string cur;
     auto flush = [&] {
@@ -284,7 +284,7 @@ inline std::string normalize_answer(std::string_view s) {
         lowered += u < 0x80 ? static_cast<char>(std::tolower(u)) : c;
     }
     std::string out;
-    for (const auto& w : metrics_detail::split_python(lowered)) {
+    for (const auto& w : detail::split_python(lowered)) {
         if (w == "a" || w == "an" || w == "the") continue;
         if (!out.empty()) out += ' ';
         out += w;
@@ -300,7 +300,7 @@ inline bool exact_match(std::string_view prediction, std::string_view reference)
 /// The last number in `text` (optional sign, thousands separators, decimals; "1,234.5" -> 1234.5),
 /// the convention for the final answer of a math solution. nullopt when there is none.
 inline std::optional<double> final_number(std::string_view text) {
-    using metrics_detail::is_digit;
+    using detail::is_digit;
     auto digit_at = [&](std::size_t k) { return k < text.size() && is_digit(text[k]); };
     // a comma between digits with exactly three digits after it is a thousands separator
     auto thousands_at = [&](std::size_t k) {

@@ -22,7 +22,7 @@
 
 namespace distill::eval {
 
-namespace report_detail {
+namespace detail {
 
 inline const char* const model_names[] = {"teacher", "baseline", "student"};
 
@@ -69,23 +69,22 @@ inline std::string change(double student, double teacher) {
     return (c >= 0 ? "+" : "−") + fixed(std::abs(c), 0) + "%";
 }
 
-}  // namespace report_detail
+}  // namespace detail
 
 /// The value of `key` for model `model` of a report (NaN when absent or null).
 inline double report_value(const nlohmann::ordered_json& report, const std::string& model, const std::string& key) {
     const auto& models = report.at("models");
     if (!models.contains(model)) return std::nan("");
     const auto& m = models[model];
-    if (report_detail::has_number(m, key.c_str())) return m[key].get<double>();
-    if (m.contains("metrics") && report_detail::has_number(m["metrics"], key.c_str()))
-        return m["metrics"][key].get<double>();
+    if (detail::has_number(m, key.c_str())) return m[key].get<double>();
+    if (m.contains("metrics") && detail::has_number(m["metrics"], key.c_str())) return m["metrics"][key].get<double>();
     return std::nan("");
 }
 
 /// One sentence: the student's change against the teacher and what it keeps of the primary metric,
 /// e.g. "−88% parameters, −80% latency, −85% memory; keeps 95% of the teacher's exact_match (baseline: 34%)".
 inline std::string report_summary(const nlohmann::ordered_json& report) {
-    using namespace report_detail;
+    using namespace detail;
     const std::string primary = report.at("primary_metric");
     auto v = [&](const char* model, const std::string& key) { return report_value(report, model, key); };
     std::vector<std::string> parts;
@@ -109,7 +108,7 @@ inline std::string report_summary(const nlohmann::ordered_json& report) {
 
 /// `report.md`: the comparison table and the summary (see the file comment).
 inline std::string render_markdown(const nlohmann::ordered_json& report) {
-    using namespace report_detail;
+    using namespace detail;
     const std::string primary = report.at("primary_metric");
     std::vector<std::string> present;
     for (const char* m : model_names)
@@ -172,7 +171,7 @@ inline std::string models_chart(const nlohmann::ordered_json& report) {
     const std::vector<std::string> groups = {primary, "tokens/s", "peak memory", "parameters"};
     std::vector<std::string> bars;
     std::vector<std::vector<double>> values;
-    for (const char* m : report_detail::model_names) {
+    for (const char* m : detail::model_names) {
         if (!report.at("models").contains(m)) continue;
         bars.emplace_back(m);
         std::vector<double> row;

@@ -18,7 +18,7 @@ struct Series {
     std::vector<double> x, y;
 };
 
-namespace svg_detail {
+namespace detail {
 
 inline std::string escape(const std::string& s) {
     std::string out;
@@ -49,18 +49,32 @@ inline std::string num(double v) {
     return buf;
 }
 
+/// The start of a chart: the <svg> element of width × height on white, the title centred at the
+/// top and the x axis from `left` to `right` at `bottom`.
+inline std::string open_chart(const std::string& title, int width, int height, double left, double right,
+                              double bottom) {
+    std::string svg = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" + std::to_string(width) + "\" height=\"" +
+                      std::to_string(height) + "\" font-family=\"sans-serif\" font-size=\"12\">\n";
+    svg += "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
+    svg += "<text x=\"" + num(width / 2.0) + "\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">" + escape(title) +
+           "</text>\n";
+    svg += "<line x1=\"" + num(left) + "\" y1=\"" + num(bottom) + "\" x2=\"" + num(right) + "\" y2=\"" + num(bottom) +
+           "\" stroke=\"black\"/>\n";
+    return svg;
+}
+
 inline const char* color(std::size_t i) {
     static const char* palette[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728",
                                     "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"};
     return palette[i % 8];
 }
 
-}  // namespace svg_detail
+}  // namespace detail
 
 /// A line chart of `series` (non-finite points skipped), with axes, ticks and a legend.
 inline std::string line_chart(const std::string& title, const std::string& x_label, const std::string& y_label,
                               const std::vector<Series>& series, int width = 720, int height = 400) {
-    using namespace svg_detail;
+    using namespace detail;
     double x0 = std::numeric_limits<double>::infinity(), x1 = -x0, y0 = x0, y1 = -x0;
     for (const auto& s : series)
         for (std::size_t i = 0; i < std::min(s.x.size(), s.y.size()); ++i)
@@ -79,13 +93,7 @@ inline std::string line_chart(const std::string& title, const std::string& x_lab
                  bottom = height - 50;
     auto px = [&](double x) { return left + (x - x0) / (x1 - x0) * (right - left); };
     auto py = [&](double y) { return bottom - (y - y0) / (y1 - y0) * (bottom - top); };
-    std::string svg = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" + std::to_string(width) + "\" height=\"" +
-                      std::to_string(height) + "\" font-family=\"sans-serif\" font-size=\"12\">\n";
-    svg += "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
-    svg += "<text x=\"" + num(width / 2.0) + "\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">" + escape(title) +
-           "</text>\n";
-    svg += "<line x1=\"" + num(left) + "\" y1=\"" + num(bottom) + "\" x2=\"" + num(right) + "\" y2=\"" + num(bottom) +
-           "\" stroke=\"black\"/>\n";
+    std::string svg = open_chart(title, width, height, left, right, bottom);
     svg += "<line x1=\"" + num(left) + "\" y1=\"" + num(top) + "\" x2=\"" + num(left) + "\" y2=\"" + num(bottom) +
            "\" stroke=\"black\"/>\n";
     for (int k = 0; k <= 4; ++k) {
@@ -120,7 +128,7 @@ inline std::string line_chart(const std::string& title, const std::string& x_lab
 inline std::string bar_chart(const std::string& title, const std::vector<std::string>& groups,
                              const std::vector<std::string>& bars, const std::vector<std::vector<double>>& values,
                              int width = 720, int height = 400) {
-    using namespace svg_detail;
+    using namespace detail;
     double vmax = 0;
     for (const auto& row : values)
         for (double v : row)
@@ -129,13 +137,7 @@ inline std::string bar_chart(const std::string& title, const std::vector<std::st
     const double left = 40, right = width - 20.0, top = 40, bottom = height - 60.0;
     const double group_w = (right - left) / double(std::max<std::size_t>(1, groups.size()));
     const double bar_w = group_w * 0.8 / double(std::max<std::size_t>(1, bars.size()));
-    std::string svg = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" + std::to_string(width) + "\" height=\"" +
-                      std::to_string(height) + "\" font-family=\"sans-serif\" font-size=\"12\">\n";
-    svg += "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
-    svg += "<text x=\"" + num(width / 2.0) + "\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">" + escape(title) +
-           "</text>\n";
-    svg += "<line x1=\"" + num(left) + "\" y1=\"" + num(bottom) + "\" x2=\"" + num(right) + "\" y2=\"" + num(bottom) +
-           "\" stroke=\"black\"/>\n";
+    std::string svg = open_chart(title, width, height, left, right, bottom);
     for (std::size_t g = 0; g < groups.size(); ++g) {
         const double gx = left + group_w * double(g) + group_w * 0.1;
         for (std::size_t b = 0; b < bars.size(); ++b) {

@@ -67,7 +67,7 @@ constexpr dtype exact_dtype() {
     return std::is_same_v<T, float> ? dtype::F32 : dtype::F64;
 }
 
-namespace checkpoint_detail {
+namespace detail {
 
 /// A tensor to write byte for byte.
 struct raw_tensor {
@@ -146,7 +146,7 @@ inline std::optional<std::int64_t> parse_step_name(std::string_view name) {
     return step;
 }
 
-}  // namespace checkpoint_detail
+}  // namespace detail
 
 /// A checkpoint directory, opened and verified (manifest checksum and version, every file's size and
 /// CRC-32C, safetensors structure); nothing has been loaded into a model yet. Move-only.
@@ -209,7 +209,7 @@ private:
                                    ", but this build of distill reads only version " +
                                    std::to_string(checkpoint_format_version) + "; the checkpoint is refused");
         if (!field("checksum").is_number_unsigned() ||
-            field("checksum").get<std::uint64_t>() != checkpoint_detail::manifest_checksum(m))
+            field("checksum").get<std::uint64_t>() != detail::manifest_checksum(m))
             throw format_error(manifest_path, 0,
                                "checksum mismatch: the manifest was modified or corrupted; the checkpoint is refused");
         // Numbers are checked for their kind before get<>(): converting a float out of range is undefined.
@@ -236,7 +236,7 @@ private:
             const nlohmann::json& f = field("files");
             if (!f.contains(name)) throw format_error(manifest_path, 0, std::string("does not list ") + name);
             if (!std::filesystem::exists(path)) throw format_error(path, 0, "missing from the checkpoint");
-            const auto [size, crc] = checkpoint_detail::file_digest(path);
+            const auto [size, crc] = detail::file_digest(path);
             const auto want_size = unsigned_at(f[name], "bytes", UINT64_MAX);
             if (size != want_size)
                 throw format_error(path, 0,
@@ -286,7 +286,7 @@ public:
                           std::set<std::string>& seen) {
             const tensor_info* info = file.find(name);
             if (!info) throw format_error(file.path(), 0, "has no tensor '" + name + "' (the run expects it)");
-            const auto shape = checkpoint_detail::shape_of(target);
+            const auto shape = detail::shape_of(target);
             if (info->shape != shape)
                 throw shape_error(file.path().string() + ": tensor '" + name + "' has shape " +
                                   distill::detail::shape_string(info->shape) + ", the run expects " +
@@ -375,7 +375,7 @@ public:
                                const Optimizer& optimizer, std::span<const std::int64_t> data_order,
                                const nlohmann::json& state, const nlohmann::json& config) {
         using T = typename Model::scalar_type;
-        const std::string name = checkpoint_detail::step_name(step);
+        const std::string name = detail::step_name(step);
         const auto final_dir = root_ / name;
         const auto tmp = root_ / (name + ".tmp." + std::to_string(::getpid()));
         std::error_code ec;
@@ -384,16 +384,14 @@ public:
             throw io_error(tmp, "cannot create checkpoint directory: " + ec.message());
 
         save_weights(tmp / "student.safetensors", model, exact_dtype<T>());
-        std::vector<checkpoint_detail::raw_tensor> tensors;
+        std::vector<detail::raw_tensor> tensors;
         for (const auto& p : extra)
-            tensors.push_back(
-                {"extra." + p.name, exact_dtype<T>(), checkpoint_detail::shape_of(p.value), p.value.data()});
+            tensors.push_back({"extra." + p.name, exact_dtype<T>(), detail::shape_of(p.value), p.value.data()});
         for (const auto& s : optimizer.state())
-            tensors.push_back(
-                {"optimizer." + s.name, exact_dtype<T>(), checkpoint_detail::shape_of(s.value), s.value.data()});
+            tensors.push_back({"optimizer." + s.name, exact_dtype<T>(), detail::shape_of(s.value), s.value.data()});
         tensors.push_back(
             {"data.order", dtype::I64, {static_cast<std::int64_t>(data_order.size())}, data_order.data()});
-        checkpoint_detail::write_raw(tmp / "training.safetensors", tensors, {});
+        detail::write_raw(tmp / "training.safetensors", tensors, {});
 
         nlohmann::json manifest;
         manifest["format"] = checkpoint_format_name;
@@ -402,12 +400,12 @@ public:
         manifest["optimizer_steps"] = optimizer.steps();
         manifest["scalar_type"] = dtype_name(exact_dtype<T>());
         for (const char* file : {"student.safetensors", "training.safetensors"}) {
-            const auto [size, crc] = checkpoint_detail::file_digest(tmp / file);
+            const auto [size, crc] = detail::file_digest(tmp / file);
             manifest["files"][file] = {{"bytes", size}, {"crc32c", crc}};
         }
         manifest["state"] = state;
         manifest["config"] = config;
-        manifest["checksum"] = checkpoint_detail::manifest_checksum(manifest);
+        manifest["checksum"] = detail::manifest_checksum(manifest);
         write_file_atomic(tmp / "manifest.json", manifest.dump(1) + "\n");
 
         // Swap into place. rename() cannot replace a non-empty directory, so an older checkpoint of the
@@ -439,7 +437,7 @@ public:
         std::vector<std::pair<std::int64_t, std::filesystem::path>> found;
         for (const auto& entry : std::filesystem::directory_iterator(root_))
             if (entry.is_directory())
-                if (auto s = checkpoint_detail::parse_step_name(entry.path().filename().string()))
+                if (auto s = detail::parse_step_name(entry.path().filename().string()))
                     found.push_back({*s, entry.path()});
         std::sort(found.begin(), found.end());
         std::vector<std::filesystem::path> out;
@@ -485,7 +483,7 @@ private:
                                    " bytes, expected step-NNNNNNNN)");
         std::string text(reinterpret_cast<const char*>(map.bytes().data()), map.bytes().size());
         while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
-        if (!checkpoint_detail::parse_step_name(text))
+        if (!detail::parse_step_name(text))
             throw format_error(path, 1,
                                "does not name a checkpoint directory (expected step-NNNNNNNN, got \"" + text + "\")");
         const auto dir = root_ / text;

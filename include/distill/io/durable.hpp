@@ -68,6 +68,17 @@ inline void fsync_and_close(int fd, const std::filesystem::path& path) {
     }
 }
 
+/// fstat of the open `fd` of `path`; on failure closes fd and throws io_error with the system's reason.
+inline struct stat stat_or_close(int fd, const std::filesystem::path& path) {
+    struct stat info {};
+    if (::fstat(fd, &info) != 0) {
+        const int err = errno;
+        ::close(fd);
+        throw io_error(path, io_errno_message("cannot stat", err));
+    }
+    return info;
+}
+
 /// The directory holding `path`, "." for a bare file name.
 inline std::filesystem::path parent_directory(const std::filesystem::path& path) {
     std::filesystem::path dir = path.parent_path();
@@ -115,7 +126,7 @@ public:
         fd_ = ::open(temp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
         if (fd_ < 0) {
             const int err = errno;
-            throw io_error(path_, detail::io_errno_message("cannot create temp file " + temp_.string(), err));
+            throw io_error(path_, distill::detail::io_errno_message("cannot create temp file " + temp_.string(), err));
         }
     }
 
@@ -143,7 +154,7 @@ public:
     /// Appends `size` bytes to the new content. Throws io_error (and removes the temp file) on failure.
     void write(const void* data, std::size_t size) {
         require_open("write");
-        if (const int err = detail::write_all_fd(fd_, data, size); err != 0) {
+        if (const int err = distill::detail::write_all_fd(fd_, data, size); err != 0) {
             fail("cannot write temp file " + temp_.string(), err);
         }
     }
@@ -165,14 +176,15 @@ public:
         if (::close(fd) != 0) {
             const int err = errno;
             ::unlink(temp_.c_str());
-            throw io_error(path_, detail::io_errno_message("cannot close temp file " + temp_.string(), err));
+            throw io_error(path_, distill::detail::io_errno_message("cannot close temp file " + temp_.string(), err));
         }
         if (::rename(temp_.c_str(), path_.c_str()) != 0) {
             const int err = errno;
             ::unlink(temp_.c_str());
-            throw io_error(path_, detail::io_errno_message("cannot rename " + temp_.string() + " over it", err));
+            throw io_error(path_,
+                           distill::detail::io_errno_message("cannot rename " + temp_.string() + " over it", err));
         }
-        detail::fsync_parent_directory(path_);
+        distill::detail::fsync_parent_directory(path_);
     }
 
     /// The file this writer replaces.
@@ -193,7 +205,7 @@ private:
     /// Closes and removes the temp file, then throws io_error with the system's reason `err`.
     [[noreturn]] void fail(const std::string& operation, int err) {
         abandon();
-        throw io_error(path_, detail::io_errno_message(operation, err));
+        throw io_error(path_, distill::detail::io_errno_message(operation, err));
     }
 
     void abandon() noexcept {
@@ -232,24 +244,19 @@ inline void append_durably(const std::filesystem::path& path, std::string_view r
     }
     if (fd < 0) {
         const int err = errno;
-        throw io_error(path, detail::io_errno_message("cannot open for appending", err));
+        throw io_error(path, distill::detail::io_errno_message("cannot open for appending", err));
     }
 
-    struct stat before {};
-    if (::fstat(fd, &before) != 0) {
-        const int err = errno;
-        ::close(fd);
-        throw io_error(path, detail::io_errno_message("cannot stat", err));
-    }
-    if (const int err = detail::write_all_fd(fd, record.data(), record.size()); err != 0) {
+    const struct stat before = distill::detail::stat_or_close(fd, path);
+    if (const int err = distill::detail::write_all_fd(fd, record.data(), record.size()); err != 0) {
         // Best effort: a failure here leaves the torn tail, which is still no worse than not trying.
         [[maybe_unused]] const int ignored = ::ftruncate(fd, before.st_size);
         ::close(fd);
-        throw io_error(path, detail::io_errno_message("cannot append", err));
+        throw io_error(path, distill::detail::io_errno_message("cannot append", err));
     }
-    detail::fsync_and_close(fd, path);
+    distill::detail::fsync_and_close(fd, path);
     // A new file's directory entry is only durable once the directory itself is synced.
-    if (created) detail::fsync_parent_directory(path);
+    if (created) distill::detail::fsync_parent_directory(path);
 }
 
 /// A read-only memory mapping of a whole regular file; unmapped on destruction.
@@ -262,14 +269,9 @@ public:
         const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
         if (fd < 0) {
             const int err = errno;
-            throw io_error(path, detail::io_errno_message("cannot open", err));
+            throw io_error(path, distill::detail::io_errno_message("cannot open", err));
         }
-        struct stat info {};
-        if (::fstat(fd, &info) != 0) {
-            const int err = errno;
-            ::close(fd);
-            throw io_error(path, detail::io_errno_message("cannot stat", err));
-        }
+        const struct stat info = distill::detail::stat_or_close(fd, path);
         if (!S_ISREG(info.st_mode)) {
             ::close(fd);
             throw io_error(path, "not a regular file");
@@ -281,7 +283,7 @@ public:
             if (p == MAP_FAILED) {
                 const int err = errno;
                 ::close(fd);
-                throw io_error(path, detail::io_errno_message("cannot mmap", err));
+                throw io_error(path, distill::detail::io_errno_message("cannot mmap", err));
             }
             data_ = static_cast<const std::byte*>(p);
         }
@@ -331,14 +333,14 @@ inline void truncate_durably(const std::filesystem::path& path, std::uint64_t si
     const int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
     if (fd < 0) {
         const int err = errno;
-        throw io_error(path, detail::io_errno_message("cannot open for truncating", err));
+        throw io_error(path, distill::detail::io_errno_message("cannot open for truncating", err));
     }
     if (::ftruncate(fd, static_cast<off_t>(size)) != 0) {
         const int err = errno;
         ::close(fd);
-        throw io_error(path, detail::io_errno_message("cannot truncate", err));
+        throw io_error(path, distill::detail::io_errno_message("cannot truncate", err));
     }
-    detail::fsync_and_close(fd, path);
+    distill::detail::fsync_and_close(fd, path);
 }
 
 /// Cuts a line-oriented file (JSONL) back to its last complete line: a last line without its newline
@@ -380,7 +382,7 @@ public:
         fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0666);
         if (fd_ < 0) {
             const int err = errno;
-            throw io_error(path, detail::io_errno_message("cannot open the run's lock file", err));
+            throw io_error(path, distill::detail::io_errno_message("cannot open the run's lock file", err));
         }
         if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
             ::close(fd_);

@@ -25,7 +25,7 @@
 
 namespace distill::io {
 
-namespace reflect_detail {
+namespace detail {
 
 template <class T>
 struct is_vector : std::false_type {};
@@ -75,7 +75,7 @@ std::string expected_name() {
         return "an object";
 }
 
-}  // namespace reflect_detail
+}  // namespace detail
 
 /// A reflected struct (declared with BOOST_HANA_DEFINE_STRUCT or BOOST_HANA_ADAPT_STRUCT).
 template <class S>
@@ -87,7 +87,7 @@ nlohmann::json to_json(const T& value);
 /// Reads `j` into `out`, strictly (see the file comment). `path` prefixes error messages.
 template <class T>
 void from_json(const nlohmann::json& j, T& out, const std::string& path) {
-    using namespace reflect_detail;
+    using namespace detail;
     auto wrong = [&] { return config_error(path, "expected " + expected_name<T>() + ", got " + type_name(j)); };
     if constexpr (std::is_same_v<T, bool>) {
         if (!j.is_boolean()) throw wrong();
@@ -151,7 +151,7 @@ void from_json(const nlohmann::json& j, T& out, const std::string& path) {
 /// Writes any reflected struct (or supported value) as JSON, every field included.
 template <class T>
 nlohmann::json to_json(const T& value) {
-    using namespace reflect_detail;
+    using namespace detail;
     if constexpr (std::is_arithmetic_v<T> || std::is_same_v<T, std::string> || std::is_same_v<T, nlohmann::json>) {
         return value;
     } else if constexpr (is_optional<T>::value) {

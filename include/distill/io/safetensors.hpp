@@ -369,29 +369,31 @@ public:
         const auto n = static_cast<std::size_t>(info.numel());
         if (out.size() != n) {
             throw shape_error(path_.string() + ": tensor '" + info.name + "' of shape " +
-                              detail::shape_string(info.shape) + " has " + std::to_string(n) +
+                              distill::detail::shape_string(info.shape) + " has " + std::to_string(n) +
                               " elements, the output holds " + std::to_string(out.size()));
         }
         switch (info.type) {
             case dtype::F64:
                 for (std::size_t i = 0; i < n; ++i)
-                    out[i] = static_cast<T>(detail::load_unaligned<double>(src.data(), i));
+                    out[i] = static_cast<T>(distill::detail::load_unaligned<double>(src.data(), i));
                 return;
             case dtype::F32:
                 if constexpr (std::is_same_v<T, float>) {
                     if (n > 0) std::memcpy(out.data(), src.data(), n * sizeof(float));
                 } else {
-                    for (std::size_t i = 0; i < n; ++i) out[i] = detail::load_unaligned<float>(src.data(), i);
+                    for (std::size_t i = 0; i < n; ++i) out[i] = distill::detail::load_unaligned<float>(src.data(), i);
                 }
                 return;
             case dtype::F16:
                 for (std::size_t i = 0; i < n; ++i) {
-                    out[i] = static_cast<T>(f16_to_float(detail::load_unaligned<std::uint16_t>(src.data(), i)));
+                    out[i] =
+                        static_cast<T>(f16_to_float(distill::detail::load_unaligned<std::uint16_t>(src.data(), i)));
                 }
                 return;
             case dtype::BF16:
                 for (std::size_t i = 0; i < n; ++i) {
-                    out[i] = static_cast<T>(bf16_to_float(detail::load_unaligned<std::uint16_t>(src.data(), i)));
+                    out[i] =
+                        static_cast<T>(bf16_to_float(distill::detail::load_unaligned<std::uint16_t>(src.data(), i)));
                 }
                 return;
             default:
@@ -409,7 +411,7 @@ public:
         std::vector<std::int64_t> out(n);
         const auto widen = [&]<class Stored>(Stored) {
             for (std::size_t i = 0; i < n; ++i)
-                out[i] = static_cast<std::int64_t>(detail::load_unaligned<Stored>(src.data(), i));
+                out[i] = static_cast<std::int64_t>(distill::detail::load_unaligned<Stored>(src.data(), i));
         };
         switch (info.type) {
             case dtype::I64:
@@ -456,7 +458,7 @@ private:
             throw defect("file is " + std::to_string(file.size()) +
                          " bytes, too short to hold the 8-byte header length");
         }
-        const auto header_size = detail::load_unaligned<std::uint64_t>(file.data(), 0);
+        const auto header_size = distill::detail::load_unaligned<std::uint64_t>(file.data(), 0);
         // Checked before the end of the file so that a garbage length gets the clearer of the two messages.
         if (header_size > max_header_bytes) {
             throw defect("header length " + std::to_string(header_size) + " exceeds the limit of " +
@@ -496,15 +498,16 @@ private:
     void verify_checksum(const json& header) {
         const auto it = metadata_.find(std::string(checksum_key));
         if (it == metadata_.end()) return;
-        const std::optional<std::uint32_t> recorded = detail::parse_hex32(it->second);
+        const std::optional<std::uint32_t> recorded = distill::detail::parse_hex32(it->second);
         if (!recorded) {
             throw defect("__metadata__ \"" + std::string(checksum_key) + "\" must be 8 lowercase hex digits, found \"" +
                          it->second.substr(0, 16) + "\"");
         }
-        const std::uint32_t actual = detail::crc32c(data_.data(), data_.size(), detail::header_checksum(header));
+        const std::uint32_t actual =
+            distill::detail::crc32c(data_.data(), data_.size(), distill::detail::header_checksum(header));
         if (actual != *recorded) {
             throw defect("checksum mismatch: __metadata__ records CRC-32C " + it->second +
-                         ", the header and data give " + detail::hex32(actual) +
+                         ", the header and data give " + distill::detail::hex32(actual) +
                          " (a flipped bit or a modified file); refused");
         }
         metadata_.erase(it);
@@ -566,11 +569,11 @@ private:
             info.shape.push_back(dim.get<std::int64_t>());
         }
         if (std::any_of(info.shape.begin(), info.shape.end(), [](std::int64_t d) { return d < 0; })) {
-            throw defect(where + "shape " + detail::shape_string(info.shape) + " has a negative dimension");
+            throw defect(where + "shape " + distill::detail::shape_string(info.shape) + " has a negative dimension");
         }
-        const std::optional<std::int64_t> numel = detail::checked_numel(info.shape, dtype_size(info.type));
+        const std::optional<std::int64_t> numel = distill::detail::checked_numel(info.shape, dtype_size(info.type));
         if (!numel) {
-            throw defect(where + "shape " + detail::shape_string(info.shape) + " has too many elements");
+            throw defect(where + "shape " + distill::detail::shape_string(info.shape) + " has too many elements");
         }
 
         const json& offsets = field("data_offsets");
@@ -589,7 +592,7 @@ private:
         if (info.end < info.begin) throw defect(where + "data_offsets " + range + " end before they begin");
         const auto needed = static_cast<std::uint64_t>(*numel) * dtype_size(info.type);
         if (info.end - info.begin != needed) {
-            throw defect(where + "shape " + detail::shape_string(info.shape) + " of " +
+            throw defect(where + "shape " + distill::detail::shape_string(info.shape) + " of " +
                          std::string(dtype_name(info.type)) + " needs " + std::to_string(needed) +
                          " bytes, data_offsets give " + std::to_string(info.end - info.begin));
         }
@@ -664,12 +667,12 @@ void load_tensors(const safetensors_file& file, std::span<const named_tensor<T>>
         std::string what = "tensors do not match the model:";
         if (!missing.empty()) {
             what += " missing " + std::to_string(missing.size()) +
-                    " tensor(s) the model expects: " + detail::name_list(missing);
+                    " tensor(s) the model expects: " + distill::detail::name_list(missing);
             if (!unexpected.empty()) what += ";";
         }
         if (!unexpected.empty()) {
             what += " " + std::to_string(unexpected.size()) +
-                    " unexpected tensor(s) the model does not have: " + detail::name_list(unexpected);
+                    " unexpected tensor(s) the model does not have: " + distill::detail::name_list(unexpected);
         }
         throw format_error(file.path(), 0, what);
     }
@@ -678,7 +681,8 @@ void load_tensors(const safetensors_file& file, std::span<const named_tensor<T>>
         const tensor_info& info = *file.find(target.name);
         if (info.shape != target.shape) {
             throw shape_error(where + "tensor '" + target.name + "': expected shape " +
-                              detail::shape_string(target.shape) + ", found " + detail::shape_string(info.shape));
+                              distill::detail::shape_string(target.shape) + ", found " +
+                              distill::detail::shape_string(info.shape));
         }
         if (!is_floating(info.type)) {
             throw format_error(file.path(), 0,
@@ -724,9 +728,9 @@ void save_tensors(const std::filesystem::path& path, std::span<const named_tenso
             throw error(where + "'" + t.name + "' cannot be a tensor name");
         }
         if (!names.insert(t.name).second) throw error(where + "tensor '" + t.name + "' is listed twice");
-        const std::optional<std::int64_t> numel = detail::checked_numel(t.shape, dtype_size(out));
+        const std::optional<std::int64_t> numel = distill::detail::checked_numel(t.shape, dtype_size(out));
         if (!numel) {
-            throw error(where + "tensor '" + t.name + "' has invalid shape " + detail::shape_string(t.shape));
+            throw error(where + "tensor '" + t.name + "' has invalid shape " + distill::detail::shape_string(t.shape));
         }
         if (t.data == nullptr && *numel > 0) throw error(where + "tensor '" + t.name + "' has no data pointer");
         const std::uint64_t size = static_cast<std::uint64_t>(*numel) * dtype_size(out);
@@ -739,12 +743,13 @@ void save_tensors(const std::filesystem::path& path, std::span<const named_tenso
     std::string text;
     try {
         // dump() refuses names and metadata that are not valid UTF-8; so does the checksum's canonical form.
-        std::uint32_t crc = detail::header_checksum(nlohmann::json::parse(header.dump()));
+        std::uint32_t crc = distill::detail::header_checksum(nlohmann::json::parse(header.dump()));
         for (const named_tensor<const T>& t : tensors) {
-            detail::stream_tensor(t.data, static_cast<std::size_t>(*detail::checked_numel(t.shape, 1)), out,
-                                  [&](const void* p, std::size_t n) { crc = detail::crc32c(p, n, crc); });
+            distill::detail::stream_tensor(
+                t.data, static_cast<std::size_t>(*distill::detail::checked_numel(t.shape, 1)), out,
+                [&](const void* p, std::size_t n) { crc = distill::detail::crc32c(p, n, crc); });
         }
-        meta[std::string(checksum_key)] = detail::hex32(crc);
+        meta[std::string(checksum_key)] = distill::detail::hex32(crc);
         header["__metadata__"] = meta;
         text = header.dump();
     } catch (const nlohmann::json::exception& e) {
@@ -757,8 +762,8 @@ void save_tensors(const std::filesystem::path& path, std::span<const named_tenso
     writer.write(&header_size, sizeof header_size);
     writer.write(text.data(), text.size());
     for (const named_tensor<const T>& t : tensors) {
-        detail::stream_tensor(t.data, static_cast<std::size_t>(*detail::checked_numel(t.shape, 1)), out,
-                              [&](const void* p, std::size_t n) { writer.write(p, n); });
+        distill::detail::stream_tensor(t.data, static_cast<std::size_t>(*distill::detail::checked_numel(t.shape, 1)),
+                                       out, [&](const void* p, std::size_t n) { writer.write(p, n); });
     }
     writer.commit();
 }

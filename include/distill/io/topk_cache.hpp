@@ -69,7 +69,7 @@ struct topk_record {
     std::size_t positions() const noexcept { return tokens.size(); }
 };
 
-namespace topk_detail {
+namespace detail {
 
 inline constexpr char file_magic[8] = {'D', 'S', 'T', 'L', 'T', 'O', 'P', 'K'};
 inline constexpr char record_magic[4] = {'T', 'K', 'R', 'C'};
@@ -107,23 +107,23 @@ constexpr std::uint64_t payload_bytes(std::uint64_t id_bytes, std::uint64_t n, s
 inline std::uint32_t header_crc(const void* p, std::size_t size) noexcept {
     const auto* b = static_cast<const unsigned char*>(p);
     const std::uint32_t zero = 0;
-    std::uint32_t crc = detail::crc32(b, header_crc_at);
-    crc = detail::crc32(&zero, 4, crc);
-    return detail::crc32(b + header_crc_at + 4, size - header_crc_at - 4, crc);
+    std::uint32_t crc = distill::detail::crc32(b, header_crc_at);
+    crc = distill::detail::crc32(&zero, 4, crc);
+    return distill::detail::crc32(b + header_crc_at + 4, size - header_crc_at - 4, crc);
 }
 
 // The checksum of the record at `r` with `payload` payload bytes: version 2 covers n and id_bytes too,
 // so a flipped length cannot silently shorten an id; version 1 covers the payload only.
 inline std::uint32_t record_crc(const std::byte* r, std::uint64_t payload, std::uint32_t version) noexcept {
-    if (version == 1) return detail::crc32(r + record_header, payload);
-    return detail::crc32(r + record_header, payload, detail::crc32(r + 4, 8));
+    if (version == 1) return distill::detail::crc32(r + record_header, payload);
+    return distill::detail::crc32(r + record_header, payload, distill::detail::crc32(r + 4, 8));
 }
 
-}  // namespace topk_detail
+}  // namespace detail
 
 /// The header bytes of a new cache file for `header` (always the current version, 2; `header.version` is ignored).
 inline std::string encode_topk_header(const topk_header& header) {
-    using namespace topk_detail;
+    using namespace detail;
     if (header.k < 1 || header.k > max_k)
         throw error("top-k cache: k must be in [1, 1024], got " + std::to_string(header.k));
     if (header.vocab_size < 1) throw error("top-k cache: vocab_size must be >= 1");
@@ -152,8 +152,8 @@ inline std::string encode_topk_header(const topk_header& header) {
 /// distill::error when the sizes disagree.
 inline std::string encode_topk_record(std::string_view id, std::uint32_t k, std::span<const std::int32_t> tokens,
                                       std::span<const std::int32_t> top_ids, std::span<const float> top_logprobs,
-                                      std::uint32_t version = topk_detail::current_version) {
-    using namespace topk_detail;
+                                      std::uint32_t version = detail::current_version) {
+    using namespace detail;
     const std::size_t n = tokens.size();
     if (top_ids.size() != n * k || top_logprobs.size() != n * k)
         throw error("top-k cache record '" + std::string(id) + "': " + std::to_string(top_ids.size()) + " ids and " +
@@ -174,8 +174,9 @@ inline std::string encode_topk_record(std::string_view id, std::uint32_t k, std:
     std::string out(record_magic, 4);
     put32(out, std::uint32_t(n));
     put32(out, std::uint32_t(id.size()));
-    put32(out, version == 1 ? detail::crc32(payload.data(), payload.size())
-                            : detail::crc32(payload.data(), payload.size(), detail::crc32(out.data() + 4, 8)));
+    put32(out, version == 1
+                   ? distill::detail::crc32(payload.data(), payload.size())
+                   : distill::detail::crc32(payload.data(), payload.size(), distill::detail::crc32(out.data() + 4, 8)));
     return out + payload;
 }
 
@@ -204,7 +205,7 @@ private:
     }
 
     void parse() {
-        using namespace topk_detail;
+        using namespace detail;
         const auto bytes = map_.bytes();
         const std::byte* base = bytes.data();
         if (bytes.size() < fixed_header_v1)
@@ -305,7 +306,7 @@ private:
 /// complete records only (0 when even the header is incomplete). The generate stage cuts a file
 /// back to it after a crash in the middle of an append.
 inline std::uint64_t topk_complete_prefix(const std::filesystem::path& path) {
-    using namespace topk_detail;
+    using namespace detail;
     io::mapped_file map(path);
     const auto bytes = map.bytes();
     const std::byte* base = bytes.data();

@@ -38,16 +38,14 @@ struct AttentionKLConfig {
 /// smallest normal number so an underflowed probability gives a large finite value, never Inf/NaN.
 /// Needs `attentions`. Config: `layer_map` ("uniform" default, "last", "explicit") and `layers`
 /// (attention layer indices 0..L−1).
-class AttentionKL {
+class AttentionKL : public util::term_base<AttentionKLConfig> {
 public:
-    using config = AttentionKLConfig;
-
     static constexpr char name[] = "attention_kl";
     static constexpr auto needs = boost::hana::make_set(signal::attentions);
 
     /// Resolves the layer map and checks the head counts.
     explicit AttentionKL(const config& c = {}, const dims& d = {})
-        : cfg_(c), Hs_(d.student.n_heads), Ht_(d.teacher.n_heads) {
+        : term_base(c), Hs_(d.student.n_heads), Ht_(d.teacher.n_heads) {
         if (Hs_ < 1 || Ht_ < 1)
             throw config_error("attention_kl", "the student's and the teacher's n_heads must be known (got " +
                                                    std::to_string(Hs_) + " and " + std::to_string(Ht_) + ")");
@@ -60,7 +58,6 @@ public:
                                    d.teacher.n_layers);
     }
 
-    const config& settings() const noexcept { return cfg_; }
     /// The resolved (student, teacher) attention-layer pairs.
     const std::vector<layer_pair>& pairs() const noexcept { return pairs_; }
 
@@ -74,12 +71,8 @@ public:
         const T grad_scale = ctx.weight / T(count ? count : 1) / T(Hs_) / T(pairs_.size());
         double total = 0;
         for (std::size_t k = 0; k < pairs_.size(); ++k) {
-            const auto [ls, lt] = pairs_[k];
-            if (ls >= int(S.size()) || lt >= int(A.size()))
-                throw shape_error("attention_kl: pair " + std::to_string(k) + " needs student attention layer " +
-                                  std::to_string(ls) + " and teacher layer " + std::to_string(lt) +
-                                  "; the outputs hold " + std::to_string(S.size()) + " and " +
-                                  std::to_string(A.size()));
+            const auto [ls, lt] = checked_pair("attention_kl", k, pairs_[k], "student attention layer", "teacher layer",
+                                               S.size(), A.size());
             check_map("a student attention map", S[std::size_t(ls)], B, Hs_, Tn);
             check_map("a teacher attention map", A[std::size_t(lt)], B, Ht_, Tn);
             const auto sink = ctx.d_attention(ls);
@@ -102,7 +95,6 @@ private:
                               std::to_string(Tn) + "]");
     }
 
-    config cfg_;
     int Hs_, Ht_;
     std::vector<layer_pair> pairs_;
 };

@@ -42,16 +42,14 @@ struct AttentionRelationConfig {
 /// must be multiples of R). Needs `qkv`. Config: `relation_heads` (R; 0 = the student's n_heads),
 /// `relations` (any of "query", "key", "value"; default all three), `layer_map` ("last" default,
 /// as MiniLMv2 transfers one layer; "uniform", "explicit") and `layers`.
-class AttentionRelation {
+class AttentionRelation : public util::term_base<AttentionRelationConfig> {
 public:
-    using config = AttentionRelationConfig;
-
     static constexpr char name[] = "attention_relation";
     static constexpr auto needs = boost::hana::make_set(signal::qkv);
 
     /// Resolves the layer map and checks the relation heads against both widths.
     explicit AttentionRelation(const config& c = {}, const dims& d = {})
-        : cfg_(c),
+        : term_base(c),
           Cs_(d.student.d_model),
           Ct_(d.teacher.d_model),
           R_(c.relation_heads ? c.relation_heads : d.student.n_heads) {
@@ -90,7 +88,6 @@ public:
         scratch_ = 3 * std::size_t(R_) * std::size_t(d.max_length) * std::size_t(d.max_length);
     }
 
-    const config& settings() const noexcept { return cfg_; }
     const std::vector<layer_pair>& pairs() const noexcept { return pairs_; }
     int relation_heads() const noexcept { return R_; }
     /// Scratch for one sequence's relation logits, teacher and student, and their gradient: 3·R·T².
@@ -113,12 +110,8 @@ public:
         T* losses = ctx.rows();
         double total = 0;
         for (std::size_t k = 0; k < pairs_.size(); ++k) {
-            const auto [ls, lt] = pairs_[k];
-            if (ls >= int(S.size()) || lt >= int(Q.size()))
-                throw shape_error("attention_relation: pair " + std::to_string(k) + " needs student q|k|v " +
-                                  std::to_string(ls) + " and teacher q|k|v " + std::to_string(lt) +
-                                  "; the outputs hold " + std::to_string(S.size()) + " and " +
-                                  std::to_string(Q.size()));
+            const auto [ls, lt] =
+                checked_pair("attention_relation", k, pairs_[k], "student q|k|v", "teacher q|k|v", S.size(), Q.size());
             util::check_btx("attention_relation", "a student q|k|v", S[std::size_t(ls)], ctx.student->logits, 3 * Cs_);
             util::check_btx("attention_relation", "a teacher q|k|v", Q[std::size_t(lt)], ctx.student->logits, 3 * Ct_);
             const Tensor<T> dx = ctx.d_qkv_accumulate(ls);
@@ -153,7 +146,6 @@ public:
     DISTILL_LOSS_TERM_CHECKS(distill::loss::AttentionRelation)
 
 private:
-    config cfg_;
     int Cs_, Ct_, R_;
     std::vector<int> which_;
     std::vector<layer_pair> pairs_;

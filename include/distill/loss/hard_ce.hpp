@@ -29,19 +29,15 @@ struct HardCEConfig {
 /// `targets`: "teacher" reads `teacher.tokens` (the token the teacher produced after each position;
 /// −1 where none), "labels" reads the context's ground-truth `labels`. Needs `tokens` (every
 /// teacher provides them; with "labels" they are not read). Config: `targets` (default "teacher").
-class HardCE {
+class HardCE : public util::term_base<HardCEConfig> {
 public:
-    using config = HardCEConfig;
-
     static constexpr char name[] = "hard_ce";
     static constexpr auto needs = boost::hana::make_set(signal::tokens);
 
-    explicit HardCE(const config& c = {}, const dims& = {}) : cfg_(c) {
+    explicit HardCE(const config& c = {}, const dims& = {}) : term_base(c) {
         if (c.targets != "teacher" && c.targets != "labels")
             throw config_error("hard_ce.targets", "expected \"teacher\" or \"labels\", got \"" + c.targets + "\"");
     }
-
-    const config& settings() const noexcept { return cfg_; }
 
     /// The value; adds its gradient (times `ctx.weight`) to the logits' sink.
     template <class T, class Device>
@@ -71,9 +67,6 @@ public:
     }
 
     DISTILL_LOSS_TERM_CHECKS(distill::loss::HardCE)
-
-private:
-    config cfg_;
 };
 
 }  // namespace distill::loss

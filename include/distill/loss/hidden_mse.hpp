@@ -44,9 +44,8 @@ struct HiddenMSEConfig {
 /// `hidden_states`. A projection is needed whenever the widths differ ("none" is then an error).
 /// @tparam T scalar type of the projections. @tparam Device where they live.
 template <class T = float, class Device = device::Cpu>
-class BasicHiddenMSE {
+class BasicHiddenMSE : public util::term_base<HiddenMSEConfig> {
 public:
-    using config = HiddenMSEConfig;
     using scalar_type = T;
     using device_type = Device;
     /// The same term in another scalar type or on another device (see loss::rebind_t).
@@ -58,7 +57,7 @@ public:
 
     /// Resolves and validates the layer map, and lays out and initializes the projections.
     explicit BasicHiddenMSE(const config& c = {}, const dims& d = {}, Device device = Device{})
-        : cfg_(c), dev_(device), Cs_(d.student.d_model), Ct_(d.teacher.d_model) {
+        : term_base(c), dev_(device), Cs_(d.student.d_model), Ct_(d.teacher.d_model) {
         if (c.form != "mse" && c.form != "cosine")
             throw config_error("hidden_mse.form", "expected \"mse\" or \"cosine\", got \"" + c.form + "\"");
         if (c.projection != "auto" && c.projection != "always" && c.projection != "none")
@@ -78,7 +77,6 @@ public:
         if (projected_) layout_projections();
     }
 
-    const config& settings() const noexcept { return cfg_; }
     /// The resolved (student, teacher) hidden-state pairs.
     const std::vector<layer_pair>& pairs() const noexcept { return pairs_; }
     bool projected() const noexcept { return projected_; }
@@ -100,12 +98,8 @@ public:
         T* y = ctx.scratch();
         double total = 0;
         for (std::size_t k = 0; k < pairs_.size(); ++k) {
-            const auto [i, j] = pairs_[k];
-            if (i >= int(S.size()) || j >= int(H.size()))
-                throw shape_error("hidden_mse: pair " + std::to_string(k) + " needs student hidden state " +
-                                  std::to_string(i) + " and teacher hidden state " + std::to_string(j) +
-                                  "; the outputs hold " + std::to_string(S.size()) + " and " +
-                                  std::to_string(H.size()));
+            const auto [i, j] = checked_pair("hidden_mse", k, pairs_[k], "student hidden state", "teacher hidden state",
+                                             S.size(), H.size());
             const auto& hs = S[std::size_t(i)];
             const auto& ht = H[std::size_t(j)];
             util::check_btx("hidden_mse", "a student hidden state", hs, ctx.student->logits, Cs_);
@@ -170,7 +164,6 @@ private:
         return grads_.data() + layout_.blocks()[2 * pair + which].offset;
     }
 
-    config cfg_;
     Device dev_;
     int Cs_, Ct_;
     std::vector<layer_pair> pairs_;

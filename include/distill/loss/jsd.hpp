@@ -40,54 +40,38 @@ struct JSDConfig {
 /// and log(M/q), log(M/p) use `math::log_mix`, accurate on both sides of its branch, so fp32 stays
 /// within 1e-5 of the float64 truth at β = 1e-6 and 1 − 1e-6.
 /// Needs `logits`. Config: `beta` ∈ [0, 1] (default 0.5), `temperature`, `temperature_squared`.
-class JSD {
+class JSD : public util::logits_divergence<JSD, JSDConfig> {
 public:
-    using config = JSDConfig;
-
     static constexpr char name[] = "jsd";
     static constexpr auto needs = boost::hana::make_set(signal::logits);
+    static constexpr const char* vocab_note = nullptr;
 
-    explicit JSD(const config& c = {}, const dims& d = {}) : cfg_(c) {
-        if (!(c.beta >= 0 && c.beta <= 1))
-            throw config_error("jsd.beta", "must be in [0, 1], got " + std::to_string(c.beta));
-        util::check_temperature("jsd.temperature", c.temperature);
-        if (d.student.vocab_size && d.teacher.vocab_size && d.student.vocab_size != d.teacher.vocab_size)
-            throw config_error("jsd", "the teacher's vocabulary (" + std::to_string(d.teacher.vocab_size) +
-                                          ") differs from the student's (" + std::to_string(d.student.vocab_size) +
-                                          ")");
-    }
+    explicit JSD(const config& c = {}, const dims& d = {}) : logits_divergence(checked_beta(c), d) {}
 
-    const config& settings() const noexcept { return cfg_; }
-
-    /// The value; adds its gradient (times `ctx.weight`) to the logits' sink.
+    /// The kernel of the call (see util::logits_divergence): the ends are the KLs themselves
+    /// (J_0 = KL(p‖q), J_1 = KL(q‖p)); the JSD kernel computes 0 < β < 1.
     template <class T, class Device>
-    T operator()(const context<T, Device>& ctx) {
-        const auto& s = ctx.student->logits;
-        const auto& t = ctx.teacher->logits;
-        util::check_btx("jsd", "the teacher's logits", t, s, s.size(2));
-        const std::int64_t N = s.size(0) * s.size(1), count = ctx.count();
-        const T tau = static_cast<T>(cfg_.temperature);
-        const T factor = cfg_.temperature_squared ? tau * tau : T(1);
-        const auto sink = ctx.d_logits();
-        const int V = static_cast<int>(s.size(2));
-        const T grad_scale = ctx.weight * factor / T(count ? count : 1);
-        // the ends are the KLs themselves (J_0 = KL(p‖q), J_1 = KL(q‖p)); the kernel computes 0 < β < 1
+    void rows(const context<T, Device>& ctx, T* d, bool accumulate, const T* s, const T* t, std::int64_t N, int V,
+              T inv_tau, T grad_scale) const {
         if (cfg_.beta <= 0)
-            kl_forward_backward(ctx.device, sink.tensor.data(), sink.accumulate, ctx.rows(), s.data(), t.data(),
-                                ctx.mask_data(), N, V, T(1) / tau, grad_scale);
+            kl_forward_backward(ctx.device, d, accumulate, ctx.rows(), s, t, ctx.mask_data(), N, V, inv_tau,
+                                grad_scale);
         else if (cfg_.beta >= 1)
-            reverse_kl_forward_backward(ctx.device, sink.tensor.data(), sink.accumulate, ctx.rows(), s.data(), t.data(),
-                                        ctx.mask_data(), N, V, T(1) / tau, grad_scale);
+            reverse_kl_forward_backward(ctx.device, d, accumulate, ctx.rows(), s, t, ctx.mask_data(), N, V, inv_tau,
+                                        grad_scale);
         else
-            jsd_forward_backward(ctx.device, sink.tensor.data(), sink.accumulate, ctx.rows(), s.data(), t.data(),
-                                 ctx.mask_data(), N, V, cfg_.beta, T(1) / tau, grad_scale);
-        return factor * util::mean_rows(ctx.device, ctx.rows(), N, count);
+            jsd_forward_backward(ctx.device, d, accumulate, ctx.rows(), s, t, ctx.mask_data(), N, V, cfg_.beta, inv_tau,
+                                 grad_scale);
     }
 
     DISTILL_LOSS_TERM_CHECKS(distill::loss::JSD)
 
 private:
-    config cfg_;
+    static const config& checked_beta(const config& c) {
+        if (!(c.beta >= 0 && c.beta <= 1))
+            throw config_error("jsd.beta", "must be in [0, 1], got " + std::to_string(c.beta));
+        return c;
+    }
 };
 
 }  // namespace distill::loss

@@ -81,6 +81,19 @@ inline std::vector<layer_pair> resolve_layer_map(const std::string& path, const 
     return out;
 }
 
+/// Pair k of `term`, p, once checked against the outputs: throws shape_error unless the student has
+/// a p.student-th of its `student_count` tensors (`student_what`, e.g. "student hidden state") and
+/// the teacher a p.teacher-th of its `teacher_count` (`teacher_what`).
+inline layer_pair checked_pair(const char* term, std::size_t k, layer_pair p, const char* student_what,
+                               const char* teacher_what, std::size_t student_count, std::size_t teacher_count) {
+    if (p.student >= int(student_count) || p.teacher >= int(teacher_count))
+        throw shape_error(std::string(term) + ": pair " + std::to_string(k) + " needs " + student_what + " " +
+                          std::to_string(p.student) + " and " + teacher_what + " " + std::to_string(p.teacher) +
+                          "; the outputs hold " + std::to_string(student_count) + " and " +
+                          std::to_string(teacher_count));
+    return p;
+}
+
 }  // namespace distill::loss
 
 BOOST_HANA_ADAPT_STRUCT(distill::loss::layer_pair, student, teacher);

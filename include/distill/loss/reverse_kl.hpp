@@ -15,10 +15,7 @@
 namespace distill::loss {
 
 /// Keys of the job's `loss.reverse_kl` object.
-struct ReverseKLConfig {
-    double temperature = 1.0;         ///< τ > 0
-    bool temperature_squared = true;  ///< multiply the value (and gradient) by τ²
-};
+using ReverseKLConfig = TemperatureConfig;
 
 /// Reverse KL at temperature τ, full vocabulary:
 ///
@@ -32,45 +29,23 @@ struct ReverseKLConfig {
 /// swapped in a library that computes `kl_div(student, teacher)`; the expectation is under the
 /// student. Needs `logits`. Config: `temperature` (default 1), `temperature_squared` (default true).
 /// A token the teacher masks (−inf) must be masked by the student too, or the value is infinite.
-class ReverseKL {
+class ReverseKL : public util::logits_divergence<ReverseKL, ReverseKLConfig> {
 public:
-    using config = ReverseKLConfig;
-
     static constexpr char name[] = "reverse_kl";
     static constexpr auto needs = boost::hana::make_set(signal::logits);
+    static constexpr const char* vocab_note = nullptr;
 
-    explicit ReverseKL(const config& c = {}, const dims& d = {}) : cfg_(c) {
-        util::check_temperature("reverse_kl.temperature", c.temperature);
-        if (d.student.vocab_size && d.teacher.vocab_size && d.student.vocab_size != d.teacher.vocab_size)
-            throw config_error("reverse_kl", "the teacher's vocabulary (" + std::to_string(d.teacher.vocab_size) +
-                                                 ") differs from the student's (" +
-                                                 std::to_string(d.student.vocab_size) + ")");
-    }
+    using logits_divergence::logits_divergence;
 
-    const config& settings() const noexcept { return cfg_; }
-
-    /// The value; adds its gradient (times `ctx.weight`) to the logits' sink.
+    /// The kernel of the call (see util::logits_divergence): the reverse KL rows.
     template <class T, class Device>
-    T operator()(const context<T, Device>& ctx) {
-        const auto& s = ctx.student->logits;
-        const auto& t = ctx.teacher->logits;
-        util::check_btx("reverse_kl", "the teacher's logits", t, s, s.size(2));
-        const std::int64_t N = s.size(0) * s.size(1), count = ctx.count();
-        const T tau = static_cast<T>(cfg_.temperature);
-        const T factor = cfg_.temperature_squared ? tau * tau : T(1);
-        const auto sink = ctx.d_logits();
-        reverse_kl_forward_backward(ctx.device, sink.tensor.data(), sink.accumulate, ctx.rows(), s.data(), t.data(),
-                                    ctx.mask_data(), N, static_cast<int>(s.size(2)), T(1) / tau,
-                                    ctx.weight * factor / T(count ? count : 1));
-        return factor * util::mean_rows(ctx.device, ctx.rows(), N, count);
+    void rows(const context<T, Device>& ctx, T* d, bool accumulate, const T* s, const T* t, std::int64_t N, int V,
+              T inv_tau, T grad_scale) const {
+        reverse_kl_forward_backward(ctx.device, d, accumulate, ctx.rows(), s, t, ctx.mask_data(), N, V, inv_tau,
+                                    grad_scale);
     }
 
     DISTILL_LOSS_TERM_CHECKS(distill::loss::ReverseKL)
-
-private:
-    config cfg_;
 };
 
 }  // namespace distill::loss
-
-BOOST_HANA_ADAPT_STRUCT(distill::loss::ReverseKLConfig, temperature, temperature_squared);

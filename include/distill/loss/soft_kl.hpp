@@ -18,11 +18,8 @@
 
 namespace distill::loss {
 
-/// Keys of the job's `loss.soft_kl` object.
-struct SoftKLConfig {
-    double temperature = 1.0;         ///< τ > 0; both distributions are softmax(logits/τ)
-    bool temperature_squared = true;  ///< multiply the value (and gradient) by τ²
-};
+/// Keys of the job's `loss.soft_kl` and `loss.topk_soft_kl` objects.
+using SoftKLConfig = TemperatureConfig;
 
 /// Forward KL from the teacher to the student at temperature τ, full vocabulary:
 ///
@@ -34,44 +31,23 @@ struct SoftKLConfig {
 /// available; it is "mode covering": the student spreads mass over everything the teacher deems
 /// plausible. Needs `logits`. Config: `temperature` (τ > 0, default 1), `temperature_squared`
 /// (default true). The teacher's vocabulary must be the student's.
-class SoftKL {
+class SoftKL : public util::logits_divergence<SoftKL, SoftKLConfig> {
 public:
-    using config = SoftKLConfig;
-
     static constexpr char name[] = "soft_kl";
     static constexpr auto needs = boost::hana::make_set(signal::logits);
+    static constexpr const char* vocab_note = "full-vocabulary KL needs the same tokenizer";
 
     /// Validates the config; the vocabularies must agree when both are known.
-    explicit SoftKL(const config& c = {}, const dims& d = {}) : cfg_(c) {
-        util::check_temperature("soft_kl.temperature", c.temperature);
-        if (d.student.vocab_size && d.teacher.vocab_size && d.student.vocab_size != d.teacher.vocab_size)
-            throw config_error("soft_kl", "the teacher's vocabulary (" + std::to_string(d.teacher.vocab_size) +
-                                              ") differs from the student's (" + std::to_string(d.student.vocab_size) +
-                                              "); full-vocabulary KL needs the same tokenizer");
-    }
+    using logits_divergence::logits_divergence;
 
-    const config& settings() const noexcept { return cfg_; }
-
-    /// The value; adds its gradient (times `ctx.weight`) to the logits' sink.
+    /// The kernel of the call (see util::logits_divergence): the forward KL rows.
     template <class T, class Device>
-    T operator()(const context<T, Device>& ctx) {
-        const auto& s = ctx.student->logits;
-        const auto& t = ctx.teacher->logits;
-        util::check_btx("soft_kl", "the teacher's logits", t, s, s.size(2));
-        const std::int64_t N = s.size(0) * s.size(1), count = ctx.count();
-        const int V = static_cast<int>(s.size(2));
-        const T tau = static_cast<T>(cfg_.temperature);
-        const T factor = cfg_.temperature_squared ? tau * tau : T(1);
-        const auto sink = ctx.d_logits();
-        kl_forward_backward(ctx.device, sink.tensor.data(), sink.accumulate, ctx.rows(), s.data(), t.data(),
-                            ctx.mask_data(), N, V, T(1) / tau, ctx.weight * factor / T(count ? count : 1));
-        return factor * util::mean_rows(ctx.device, ctx.rows(), N, count);
+    void rows(const context<T, Device>& ctx, T* d, bool accumulate, const T* s, const T* t, std::int64_t N, int V,
+              T inv_tau, T grad_scale) const {
+        kl_forward_backward(ctx.device, d, accumulate, ctx.rows(), s, t, ctx.mask_data(), N, V, inv_tau, grad_scale);
     }
 
     DISTILL_LOSS_TERM_CHECKS(distill::loss::SoftKL)
-
-private:
-    config cfg_;
 };
 
 /// Forward KL from a teacher known only by its top-k log-probabilities per position, over k+1
@@ -97,18 +73,14 @@ private:
 /// unused slot). Config as `SoftKL`. Ids must be in the vocabulary and distinct per position and
 /// the probabilities must not sum above 1 (+1e-3 for rounding): violations throw `error` naming the
 /// position.
-class TopKSoftKL {
+class TopKSoftKL : public util::term_base<SoftKLConfig> {
 public:
-    using config = SoftKLConfig;
-
     static constexpr char name[] = "topk_soft_kl";
     static constexpr auto needs = boost::hana::make_set(signal::topk_logprobs);
 
-    explicit TopKSoftKL(const config& c = {}, const dims& = {}) : cfg_(c) {
+    explicit TopKSoftKL(const config& c = {}, const dims& = {}) : term_base(c) {
         util::check_temperature("topk_soft_kl.temperature", c.temperature);
     }
-
-    const config& settings() const noexcept { return cfg_; }
 
     /// The value; adds its gradient (times `ctx.weight`) to the logits' sink.
     template <class T, class Device>
@@ -167,10 +139,6 @@ private:
                 throw error(where(n) + "top-k probabilities sum to " + std::to_string(mass) + " > 1");
         }
     }
-
-    config cfg_;
 };
 
 }  // namespace distill::loss
-
-BOOST_HANA_ADAPT_STRUCT(distill::loss::SoftKLConfig, temperature, temperature_squared);

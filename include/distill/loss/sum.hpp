@@ -60,7 +60,7 @@ struct SumConfig {
     }
 };
 
-namespace sum_detail {
+namespace detail {
 
 // A compile-time Hana string with the characters of the static array S.
 template <const auto& S, std::size_t... I>
@@ -97,7 +97,7 @@ struct parameter_scalar<First, Rest...> {
     using type = typename First::scalar_type;
 };
 
-}  // namespace sum_detail
+}  // namespace detail
 
 /// The weighted sum Σ_i w_i · term_i of loss terms, itself a loss term (so sums nest).
 ///
@@ -110,7 +110,7 @@ struct parameter_scalar<First, Rest...> {
 template <class... Terms>
 class Sum {
     static_assert(sizeof...(Terms) >= 1, "Loss: loss::Sum needs at least one term");
-    static_assert(sum_detail::distinct_names<Terms...>(),
+    static_assert(detail::distinct_names<Terms...>(),
                   "Loss: the terms of a loss::Sum must have distinct names (each names its config in the job)");
 
 public:
@@ -180,7 +180,7 @@ public:
 
     /// Every term's learned parameters, names prefixed with "loss.".
     /// @tparam T their scalar type (by default that of the first term that has parameters).
-    template <class T = typename sum_detail::parameter_scalar<Terms...>::type>
+    template <class T = typename detail::parameter_scalar<Terms...>::type>
     std::vector<Parameter<T>> parameters() const {
         std::vector<Parameter<T>> out;
         boost::hana::for_each(terms_, [&](const auto& term) {
@@ -262,9 +262,9 @@ private:
     };
     template <std::size_t... I>
     static constexpr auto apply_(std::index_sequence<I...>) {
-        return hana::make_tuple(hana::make_pair(
-            distill::loss::sum_detail::hana_string<std::tuple_element_t<I, std::tuple<Terms...>>::name>(),
-            term_accessor<I>{})...);
+        return hana::make_tuple(
+            hana::make_pair(distill::loss::detail::hana_string<std::tuple_element_t<I, std::tuple<Terms...>>::name>(),
+                            term_accessor<I>{})...);
     }
 };
 

@@ -1,21 +1,60 @@
 #pragma once
 /// @file util.hpp
-/// Checks and reductions shared by the loss terms.
+/// What the built-in loss terms share: their config's home (`term_base`), the checks of their
+/// configs and inputs, the run of a tempered full-vocabulary divergence, and the reductions.
 
 #include <cmath>
 #include <cstdint>
 #include <string>
 
+#include <boost/hana/adapt_struct.hpp>
+
 #include "distill/device.hpp"
 #include "distill/error.hpp"
+#include "distill/loss.hpp"
 #include "distill/tensor.hpp"
 
+namespace distill::loss {
+
+/// Keys of the job's `loss.soft_kl`, `loss.topk_soft_kl` and `loss.reverse_kl` objects: the
+/// temperature of a divergence between tempered distributions.
+struct TemperatureConfig {
+    double temperature = 1.0;         ///< τ > 0; both distributions are softmax(logits/τ)
+    bool temperature_squared = true;  ///< multiply the value (and gradient) by τ²
+};
+
+}  // namespace distill::loss
+
 namespace distill::loss::util {
+
+/// The base of every built-in term: it holds the term's config, which the term's constructor has
+/// validated, and gives it back through `settings()`.
+template <class Config>
+class term_base {
+public:
+    using config = Config;
+
+    const config& settings() const noexcept { return cfg_; }
+
+protected:
+    explicit term_base(const config& c) : cfg_(c) {}
+
+    config cfg_;
+};
 
 /// Throws config_error at `path` unless tau is a finite number > 0.
 inline void check_temperature(const std::string& path, double tau) {
     if (!(tau > 0) || !std::isfinite(tau))
         throw config_error(path, "must be a finite number > 0, got " + std::to_string(tau));
+}
+
+/// Throws config_error at `term` when both models' vocabulary sizes are known and differ; `why`,
+/// when given, ends the message after "; ".
+inline void check_same_vocab(const char* term, const dims& d, const char* why = nullptr) {
+    if (d.student.vocab_size && d.teacher.vocab_size && d.student.vocab_size != d.teacher.vocab_size)
+        throw config_error(term, "the teacher's vocabulary (" + std::to_string(d.teacher.vocab_size) +
+                                     ") differs from the student's (" + std::to_string(d.student.vocab_size) + ")" +
+                                     (why ? std::string("; ") + why : std::string()));
 }
 
 /// Throws shape_error unless `t` is a non-empty (B,T,·) tensor matching `like` in its first two
@@ -41,7 +80,7 @@ T mean_rows(const T* rows, std::int64_t n, std::int64_t count) {
     return static_cast<T>(sum / static_cast<double>(count));
 }
 
-/// `mean_rows` of per-row values in `dev`'s memory, read through `detail::read_on_host`: in place on
+/// `mean_rows` of per-row values in `dev`'s memory, read through `distill::detail::read_on_host`: in place on
 /// a host device, after one copy of the n values on a device with its own memory (same order, same
 /// result).
 template <class Device, class T>
@@ -51,4 +90,47 @@ T mean_rows(const Device& dev, const T* rows, std::int64_t n, std::int64_t count
     return mean_rows(host.data(), n, count);
 }
 
+/// The run of a divergence between the student's and the teacher's logits at temperature τ
+/// (`SoftKL`, `ReverseKL`, `JSD`): checks the teacher's logits against the student's (B,T,V), calls
+/// `kernel(d, accumulate, student, teacher, N, V, 1/τ, grad_scale)` with the logits' sink, N = B·T
+/// and grad_scale = weight · s / count, s = τ² when `squared` (else 1), and returns s · the mean of
+/// the per-row values over the counted positions.
+template <class T, class Device, class Kernel>
+T tempered_logits(const char* term, const context<T, Device>& ctx, double temperature, bool squared, Kernel&& kernel) {
+    const auto& s = ctx.student->logits;
+    const auto& t = ctx.teacher->logits;
+    check_btx(term, "the teacher's logits", t, s, s.size(2));
+    const std::int64_t N = s.size(0) * s.size(1), count = ctx.count();
+    const T tau = static_cast<T>(temperature);
+    const T factor = squared ? tau * tau : T(1);
+    const auto sink = ctx.d_logits();
+    kernel(sink.tensor.data(), sink.accumulate, s.data(), t.data(), N, static_cast<int>(s.size(2)), T(1) / tau,
+           ctx.weight * factor / T(count ? count : 1));
+    return factor * mean_rows(ctx.device, ctx.rows(), N, count);
+}
+
+/// The base of the divergences between the student's and the teacher's logits at temperature τ
+/// (`SoftKL`, `ReverseKL`, `JSD`): the constructor checks the temperature (`<name>.temperature`)
+/// and that both vocabularies agree when known (`Derived::vocab_note`, when not null, ends that
+/// message); the call runs `tempered_logits` with `Derived::rows(ctx, d, accumulate, student,
+/// teacher, N, V, inv_tau, grad_scale)`, the term's kernel. Config: `temperature`,
+/// `temperature_squared` (and the term's own keys).
+template <class Derived, class Config>
+class logits_divergence : public term_base<Config> {
+public:
+    explicit logits_divergence(const Config& c = {}, const dims& d = {}) : term_base<Config>(c) {
+        check_temperature(std::string(Derived::name) + ".temperature", c.temperature);
+        check_same_vocab(Derived::name, d, Derived::vocab_note);
+    }
+
+    /// The value; adds its gradient (times `ctx.weight`) to the logits' sink.
+    template <class T, class Device>
+    T operator()(const context<T, Device>& ctx) {
+        return tempered_logits(Derived::name, ctx, this->cfg_.temperature, this->cfg_.temperature_squared,
+                               [&](auto&&... args) { static_cast<const Derived&>(*this).rows(ctx, args...); });
+    }
+};
+
 }  // namespace distill::loss::util
+
+BOOST_HANA_ADAPT_STRUCT(distill::loss::TemperatureConfig, temperature, temperature_squared);

@@ -13,7 +13,7 @@
 
 namespace distill::nn {
 
-namespace attention_detail {
+namespace detail {
 
 // Calls f(h0, j, count, kv_stride) for each run of query heads [h0, h0 + count) that one batched GEMM
 // covers: all H at once with key/value stride hs (multi-head), or the G heads of kv head j with
@@ -24,7 +24,7 @@ void for_head_groups(int H, int Hkv, int hs, F&& f) {
     for (int j = 0; j < Hkv; ++j) f(j * (H / Hkv), j, H / Hkv, std::int64_t(0));
 }
 
-}  // namespace attention_detail
+}  // namespace detail
 
 /// Forward. qkv(B,T,(H+2Hkv)hs) as in the file comment.
 /// att(B,H,T,T) = softmax(q k^T / sqrt(hs) + causal mask)   — the attention map, kept for backward
@@ -35,7 +35,7 @@ void attention_forward(const Device& dev, T* out, T* att, const T* qkv, int B, i
     const std::int64_t tt = std::int64_t(Tn) * Tn;
     for (int b = 0; b < B; ++b) {
         const T* x = qkv + std::int64_t(b) * Tn * row;
-        attention_detail::for_head_groups(H, Hkv, hs, [&](int h0, int j, int count, std::int64_t kv_stride) {
+        detail::for_head_groups(H, Hkv, hs, [&](int h0, int j, int count, std::int64_t kv_stride) {
             // scores(h) = q_h (T,hs) · k_j^T (hs,T)
             gemm_strided_batched(dev, false, true, Tn, Tn, hs, T(1), x + h0 * hs, row, hs, x + kof + j * hs, row,
                                  kv_stride, T(0), att + (std::int64_t(b) * H + h0) * tt, Tn, tt, count);
@@ -44,7 +44,7 @@ void attention_forward(const Device& dev, T* out, T* att, const T* qkv, int B, i
     causal_softmax_forward(dev, att, B * H, Tn, T(1) / std::sqrt(T(hs)));
     for (int b = 0; b < B; ++b) {
         const T* x = qkv + std::int64_t(b) * Tn * row;
-        attention_detail::for_head_groups(H, Hkv, hs, [&](int h0, int j, int count, std::int64_t kv_stride) {
+        detail::for_head_groups(H, Hkv, hs, [&](int h0, int j, int count, std::int64_t kv_stride) {
             // out_h (T,hs) = att_h (T,T) · v_j (T,hs)
             gemm_strided_batched(dev, false, false, Tn, hs, Tn, T(1), att + (std::int64_t(b) * H + h0) * tt, Tn, tt,
                                  x + vof + j * hs, row, kv_stride, T(0), out + std::int64_t(b) * Tn * C + h0 * hs, C,
@@ -76,7 +76,7 @@ void attention_backward(const Device& dev, T* dqkv, T* datt, const T* dout, cons
     };
     for (int b = 0; b < B; ++b) {
         const std::int64_t xo = std::int64_t(b) * Tn * row, yo = std::int64_t(b) * Tn * C;
-        attention_detail::for_head_groups(H, Hkv, hs, [&](int h0, int j, int count, std::int64_t kv_stride) {
+        detail::for_head_groups(H, Hkv, hs, [&](int h0, int j, int count, std::int64_t kv_stride) {
             // datt_h (T,T) = dout_h (T,hs) · v_j^T
             gemm_strided_batched(dev, false, true, Tn, Tn, hs, T(1), dout + yo + h0 * hs, C, hs,
                                  qkv + xo + vof + j * hs, row, kv_stride, T(0), datt + (std::int64_t(b) * H + h0) * tt,
@@ -89,7 +89,7 @@ void attention_backward(const Device& dev, T* dqkv, T* datt, const T* dout, cons
     causal_softmax_backward(dev, datt, att, datt, B * H, Tn, T(1) / std::sqrt(T(hs)));
     for (int b = 0; b < B; ++b) {
         const std::int64_t xo = std::int64_t(b) * Tn * row;
-        attention_detail::for_head_groups(H, Hkv, hs, [&](int h0, int j, int count, std::int64_t kv_stride) {
+        detail::for_head_groups(H, Hkv, hs, [&](int h0, int j, int count, std::int64_t kv_stride) {
             // dq_h = dscores_h (T,T) · k_j
             gemm_strided_batched(dev, false, false, Tn, hs, Tn, T(1), datt + (std::int64_t(b) * H + h0) * tt, Tn, tt,
                                  qkv + xo + kof + j * hs, row, kv_stride, T(0), dqkv + xo + h0 * hs, row, hs, count);

@@ -92,7 +92,7 @@ class Distiller {
     static_assert(optimizer_policy<Optimizer<float, Device>>,
                   "Optimizer: Optimizer<float, Device> is not a distill::optimizer_policy; see docs/training.md");
     static_assert(loss::check_needs<Teacher, Loss>());
-    static_assert(!pipeline_detail::needs_online<Loss> || online_teacher<Teacher>,
+    static_assert(!detail::needs_online<Loss> || online_teacher<Teacher>,
                   "Teacher: the loss reads the teacher's logits, hidden states or attention maps, so the teacher must "
                   "run in-process (distill::online_teacher, e.g. teacher::Model); see docs/teachers.md");
 

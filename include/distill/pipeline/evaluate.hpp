@@ -35,7 +35,7 @@
 
 namespace distill {
 
-namespace pipeline_detail {
+namespace detail {
 
 /// The bytes of a checkpoint: a weights file, or the safetensors files of a Hugging Face directory.
 inline std::uintmax_t checkpoint_bytes(const std::filesystem::path& weights) {
@@ -46,7 +46,7 @@ inline std::uintmax_t checkpoint_bytes(const std::filesystem::path& weights) {
     return bytes;
 }
 
-}  // namespace pipeline_detail
+}  // namespace detail
 
 /// The evaluate stage of a run (see the file comment); the template parameters are the Distiller's.
 template <class Teacher, template <class, class> class Student, class Loss, template <class, class> class Optimizer,
@@ -79,9 +79,9 @@ public:
         const std::string student_digest = digest(student_file),
                           baseline_digest = with_baseline ? digest(baseline_file) : std::string();
         const std::string fp = evaluation_fingerprint(student_digest, baseline_digest);
-        if (pipeline_detail::stored_fingerprint(out.report_json()) == fp) {
+        if (detail::stored_fingerprint(out.report_json()) == fp) {
             s_.say("evaluate: report.json is complete for these models; skipped");
-            return pipeline_detail::read_json_file(out.report_json());
+            return detail::read_json_file(out.report_json());
         }
         const auto t0 = std::chrono::steady_clock::now();
         std::vector<teacher::Request> requests;
@@ -122,7 +122,7 @@ public:
         if (with_baseline) report["fingerprints"]["baseline"] = baseline_digest;
         report["training"] = out.training_summary();
         report["timings"] = stage_timings(report["training"]);
-        report["timings"]["evaluate_s"] = pipeline_detail::seconds_since(t0);
+        report["timings"]["evaluate_s"] = detail::seconds_since(t0);
         report["job"] = io::to_json(s_.job);
         report["summary"] = eval::report_summary(report);
         write_report(report);
@@ -141,7 +141,7 @@ private:
                           {"generation", io::to_json(s_.job.generation)},
                           {"task_type", s_.job.task_type}};
         if (s_.job.precision != "fp32") fp["precision"] = s_.job.precision;  // fp32 runs keep their fingerprints
-        return pipeline_detail::sha(fp.dump());
+        return detail::sha(fp.dump());
     }
 
     // Answers, latency and throughput of `model` on `requests`; metrics against the references (and
@@ -157,11 +157,11 @@ private:
         for (std::size_t i = 0; i < samples; ++i) {
             const auto t0 = clock::now();
             generate_all(model, std::span<const teacher::Request>(&requests[i], 1), sampling);
-            latencies.push_back(1e3 * pipeline_detail::seconds_since(t0));
+            latencies.push_back(1e3 * detail::seconds_since(t0));
         }
         const auto t0 = clock::now();
         const auto responses = generate_all(model, std::span<const teacher::Request>(requests), sampling);
-        const double seconds = pipeline_detail::seconds_since(t0);
+        const double seconds = detail::seconds_since(t0);
         std::vector<std::string> answers;
         std::int64_t tokens = 0, failed = 0;
         std::string jsonl;
@@ -187,7 +187,7 @@ private:
             m["parameters"] = model.network().config().parameter_count();
         if constexpr (requires { model.config().weights; })
             if (!model.config().weights.empty() && std::filesystem::exists(model.config().weights))
-                m["checkpoint_bytes"] = pipeline_detail::checkpoint_bytes(model.config().weights);
+                m["checkpoint_bytes"] = detail::checkpoint_bytes(model.config().weights);
         m["peak_rss_bytes"] = memory.peak_bytes();
         m["latency_ms_p50"] = eval::percentile(latencies, 0.5);
         m["latency_ms_p95"] = eval::percentile(latencies, 0.95);

@@ -67,7 +67,7 @@ typename LossT::config loss_config_of(const Job& job) {
             if (!j.contains(name)) {
                 j[name] = {{"weight", 0.0}};
             } else if (j[name].is_object() && !j[name].contains("temperature") &&
-                       defaults[name].contains("temperature") && !pipeline_detail::reads_topk<LossT>[i]) {
+                       defaults[name].contains("temperature") && !detail::reads_topk<LossT>[i]) {
                 j[name]["temperature"] = job.hyperparameters.temperature;
             }
         }
@@ -78,7 +78,7 @@ typename LossT::config loss_config_of(const Job& job) {
                                            "\"; the job's loss object must name exactly it");
         nlohmann::json term = j[LossT::name];
         if (term.is_object() && !term.contains("temperature") && io::to_json(cfg).contains("temperature") &&
-            !pipeline_detail::reads_topk<LossT>[0])
+            !detail::reads_topk<LossT>[0])
             term["temperature"] = job.hyperparameters.temperature;
         io::from_json(term, cfg, std::string("loss.") + LossT::name);
         return cfg;
@@ -361,7 +361,7 @@ private:
         const RunDir& out = s_.dir;
         if (out.training_complete(name, fp)) {
             s_.say("finetune: " + name + " is complete for this configuration; skipped");
-            return pipeline_detail::read_json_file(out.done(name));
+            return detail::read_json_file(out.done(name));
         }
         out.claim_training(name, fp);
         const auto t0 = std::chrono::steady_clock::now();
@@ -375,7 +375,7 @@ private:
                                          {"early_stopped", r.early_stopped},
                                          {"final_loss", r.last_loss},
                                          {"weights_from", from.filename().string()},
-                                         {"seconds", pipeline_detail::seconds_since(t0)}};
+                                         {"seconds", detail::seconds_since(t0)}};
         if (r.best_step >= 0) {
             result["best_step"] = r.best_step;
             result["best_validation_loss"] = r.best_validation_loss;
@@ -441,7 +441,7 @@ private:
                                  {"validation", val ? val->data.fingerprint() : 0}};
         add_initialization(fp_fields);
         if (s_.job.precision != "fp32") fp_fields["precision"] = s_.job.precision;
-        const std::string fp = pipeline_detail::sha(fp_fields.dump());
+        const std::string fp = detail::sha(fp_fields.dump());
         s_.say("finetune: distilling into a student of " + std::to_string(s_.student.parameter_count()) +
                " parameters for " + std::to_string(steps) + " steps (" + (online ? "online" : "offline") + ")");
         return run_training("student", fp, [&](const std::string& dir) {
@@ -482,7 +482,7 @@ private:
                                  {"validation", val ? val->fingerprint() : 0}};
         add_initialization(fp_fields);
         if (s_.job.precision != "fp32") fp_fields["precision"] = s_.job.precision;
-        const std::string fp = pipeline_detail::sha(fp_fields.dump());
+        const std::string fp = detail::sha(fp_fields.dump());
         s_.say("finetune: baseline on " + std::to_string(train.size()) + " labeled examples for " +
                std::to_string(steps) + " steps");
         return run_training("baseline", fp, [&](const std::string& dir) {

@@ -112,7 +112,7 @@ struct GenerateReport {
     double success_ratio() const noexcept { return requested ? double(requested - failed) / double(requested) : 1.0; }
 };
 
-namespace generate_detail {
+namespace detail {
 
 // std::filesystem reports failures as filesystem_error; the stage reports io_error naming the file.
 template <class F>
@@ -164,7 +164,7 @@ inline std::string duration(double s) {
     return buf;
 }
 
-}  // namespace generate_detail
+}  // namespace detail
 
 /// Runs the generate stage (see the file comment): `teacher` answers every example of `data` under
 /// `sampling`; the results go to `config.output_dir`. Returns the report. Throws fingerprint_error
@@ -178,8 +178,8 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
     config.validate();
     sampling.validate();
     const auto t0 = clock::now();
-    generate_detail::fs_call(config.output_dir, "cannot create the output directory",
-                             [&] { return fs::create_directories(config.output_dir); });
+    detail::fs_call(config.output_dir, "cannot create the output directory",
+                    [&] { return fs::create_directories(config.output_dir); });
     const fs::path dir = config.output_dir;
     const fs::path synthetic = dir / (config.name + ".jsonl"), topk_path = dir / (config.name + ".topk"),
                    rejected_path = dir / (config.name + ".rejected.jsonl"),
@@ -205,7 +205,7 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
             auto r = teacher::parse_synthetic(j);
             if (r.fingerprint != report.fingerprint)
                 throw teacher::fingerprint_error(synthetic.string(), r.fingerprint, report.fingerprint);
-            answers.insert(generate_detail::answer_key(r.prompt, r.response.text));
+            answers.insert(detail::answer_key(r.prompt, r.response.text));
             with_record.insert(r.id);
             done.insert(r.id);
         });
@@ -219,7 +219,7 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
             done.insert(j["id"].get<std::string>());
         });
     }
-    std::uint32_t topk_version = io::topk_detail::current_version;
+    std::uint32_t topk_version = io::detail::current_version;
     if (with_topk) {
         if (fs::exists(topk_path)) {
             const std::uint64_t size = std::filesystem::file_size(topk_path),
@@ -262,7 +262,7 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
                                        " records; delete it to generate anew");
             if constexpr (teacher_provides<Teacher, signal::topk_logprobs_t>) {
                 io::write_file_atomic(topk_path,
-                                      io::encode_topk_header({.version = io::topk_detail::current_version,
+                                      io::encode_topk_header({.version = io::detail::current_version,
                                                               .k = std::uint32_t(sampling.top_logprobs),
                                                               .vocab_size = std::uint32_t(teacher_vocab_size(teacher)),
                                                               .fingerprint = report.fingerprint,
@@ -295,7 +295,7 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
                      tty ? "\r" : "", (unsigned long long)finished, (unsigned long long)total,
                      total ? 100.0 * double(finished) / double(total) : 100.0, rate,
                      double(report.completion_tokens) / s, (unsigned long long)report.failed,
-                     final ? "0s" : generate_detail::duration(eta).c_str(), tty && !final ? "" : "\n");
+                     final ? "0s" : detail::duration(eta).c_str(), tty && !final ? "" : "\n");
         std::fflush(stderr);
     };
 
@@ -328,7 +328,7 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
             ++report.rejected_truncated;
             return reject(ex, r, "truncated");
         }
-        const std::string key = generate_detail::answer_key(ex.prompt, r.text);
+        const std::string key = detail::answer_key(ex.prompt, r.text);
         if (config.deduplicate && !answers.insert(key).second) {
             ++report.rejected_duplicate;
             return reject(ex, r, "duplicate");
@@ -401,7 +401,7 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
 
     report.seconds = std::chrono::duration<double>(clock::now() - t0).count();
     progress(true);
-    io::write_file_atomic(report_path, generate_detail::report_json(report).dump(2) + "\n");
+    io::write_file_atomic(report_path, detail::report_json(report).dump(2) + "\n");
     if (report.success_ratio() < config.min_success_ratio) {
         std::string what = "generate: only " + std::to_string(report.requested - report.failed) + " of " +
                            std::to_string(report.requested) + " requests were answered (success ratio " +

@@ -33,7 +33,7 @@
 
 namespace distill {
 
-namespace pipeline_detail {
+namespace detail {
 
 /// A stage fingerprint: "sha256:" and 32 hex digits of `text` (a configuration's canonical JSON).
 inline std::string sha(const std::string& text) {
@@ -61,7 +61,7 @@ inline double seconds_since(std::chrono::steady_clock::time_point t0) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-}  // namespace pipeline_detail
+}  // namespace detail
 
 /// The layout of one run's output directory (see the file comment), and the skip/refuse rules of
 /// its stages.
@@ -111,13 +111,13 @@ public:
     /// Whether training run `run` is complete under fingerprint `fp`: done.json holds it and the
     /// weights are there.
     bool training_complete(const std::string& run, const std::string& fp) const {
-        return pipeline_detail::stored_fingerprint(done(run)) == fp && std::filesystem::exists(weights(run));
+        return detail::stored_fingerprint(done(run)) == fp && std::filesystem::exists(weights(run));
     }
 
     /// Claims the directory of training run `run` for fingerprint `fp`: refuses (fingerprint_error)
     /// a directory claimed by another configuration, else creates it and writes its marker.
     void claim_training(const std::string& run, const std::string& fp) const {
-        const std::string found = pipeline_detail::stored_fingerprint(marker(run));
+        const std::string found = detail::stored_fingerprint(marker(run));
         if (!found.empty() && found != fp) throw teacher::fingerprint_error(training_dir(run).string(), found, fp);
         std::filesystem::create_directories(training_dir(run));
         if (found.empty()) io::write_file_atomic(marker(run), nlohmann::json{{"fingerprint", fp}}.dump() + "\n");
@@ -127,9 +127,8 @@ public:
     nlohmann::ordered_json training_summary() const {
         nlohmann::ordered_json t = nlohmann::ordered_json::object();
         for (const char* run : {"student", "baseline"})
-            if (std::filesystem::exists(done(run))) t[run] = pipeline_detail::read_json_file(done(run));
-        if (std::filesystem::exists(generate_report()))
-            t["generate"] = pipeline_detail::read_json_file(generate_report());
+            if (std::filesystem::exists(done(run))) t[run] = detail::read_json_file(done(run));
+        if (std::filesystem::exists(generate_report())) t["generate"] = detail::read_json_file(generate_report());
         return t;
     }
 
@@ -146,7 +145,7 @@ inline nlohmann::ordered_json run_status(const std::filesystem::path& output_dir
     nlohmann::ordered_json s;
     s["output_dir"] = output_dir.string();
     if (fs::exists(dir.generate_report())) {
-        const auto r = pipeline_detail::read_json_file(dir.generate_report());
+        const auto r = detail::read_json_file(dir.generate_report());
         // the report counts one invocation; the files count every run
         auto count_lines = [&](const fs::path& path) {
             std::ifstream in(path);
@@ -185,7 +184,7 @@ inline nlohmann::ordered_json run_status(const std::filesystem::path& output_dir
         s[name] = f;
     }
     if (fs::exists(dir.report_json())) {
-        const auto r = pipeline_detail::read_json_file(dir.report_json());
+        const auto r = detail::read_json_file(dir.report_json());
         nlohmann::ordered_json e = {{"done", true}, {"primary_metric", r.value("primary_metric", "")}};
         const std::string primary = r.value("primary_metric", "");
         for (const auto& item : r["models"].items())

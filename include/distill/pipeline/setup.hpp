@@ -21,7 +21,7 @@
 
 namespace distill {
 
-namespace pipeline_detail {
+namespace detail {
 
 // Per term of a loss (one entry for a single term), whether it reads cached top-k log-probabilities.
 template <class L>
@@ -36,7 +36,7 @@ inline constexpr bool needs_online =
     loss::term_needs<L, signal::logits_t> || loss::term_needs<L, signal::hidden_states_t> ||
     loss::term_needs<L, signal::attentions_t> || loss::term_needs<L, signal::qkv_t>;
 
-}  // namespace pipeline_detail
+}  // namespace detail
 
 /// Settings of a Distiller that are not part of the job (how it talks, not what it computes).
 struct DistillerOptions {
@@ -82,7 +82,7 @@ struct RunTypes {
     using optimizer_type = Optimizer<float, Device>;
     using setup_type = RunSetup<student_config, typename loss_type::config, typename optimizer_type::config_type>;
     /// Online distillation (a teacher forward per batch) when the loss reads in-process signals.
-    static constexpr bool online = pipeline_detail::needs_online<Loss>;
+    static constexpr bool online = detail::needs_online<Loss>;
     /// Whether the loss reads cached top-k log-probabilities.
     static constexpr bool uses_topk = loss::term_needs<Loss, signal::topk_logprobs_t>;
 };

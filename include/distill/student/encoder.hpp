@@ -30,6 +30,7 @@
 #include "distill/nn/bidirectional_attention.hpp"
 #include "distill/nn/linear.hpp"
 #include "distill/parameter.hpp"
+#include "distill/student/parameters.hpp"
 #include "distill/tensor.hpp"
 
 namespace distill::student {
@@ -85,7 +86,11 @@ struct EncoderConfig {
 /// @tparam Device a `device_policy` with host memory and the layer and encoder kernels for `T`
 /// (`device::layer_device`, `device::encoder_device`).
 template <class T, class Device>
-class Encoder {
+class Encoder : public parameter_store<T, Device> {
+    using store = parameter_store<T, Device>;
+    using store::grad;
+    using store::val;
+
     static_assert(device::require_layer_kernels<Device, T>::value);    // one line per missing kernel
     static_assert(device::require_encoder_kernels<Device, T>::value);  // likewise
     static_assert(Device::memory == memory_space::host,
@@ -123,19 +128,15 @@ public:
     /// Longest sequence a forward takes (the constructor's max_length, else context_length).
     int max_length() const noexcept { return max_length_; }
 
-    /// Every parameter in checkpoint order, under transformers' BertModel names
-    /// (`embeddings.word_embeddings.weight`, `encoder.layer.N.attention.self.query.weight`, ...).
-    const std::vector<Parameter<T>>& parameters() const noexcept { return params_; }
-    /// The parameter and gradient arenas as flat arrays (same layout), for optimizers and checkpoints.
-    T* parameter_data() const noexcept { return param_arena_.data(); }
-    T* gradient_data() const noexcept { return grad_arena_.data(); }
-    std::size_t arena_size() const noexcept { return param_arena_.size(); }
+    // parameters() lists every parameter in checkpoint order, under transformers' BertModel names
+    // (`embeddings.word_embeddings.weight`, `encoder.layer.N.attention.self.query.weight`, ...);
+    // parameter_data(), gradient_data() and arena_size() are the flat arenas (see parameter_store).
 
     /// BERT initialization (transformers' `_init_weights`): weights and embeddings ~ N(0, 0.02),
     /// biases 0, LayerNorm gain 1 and shift 0.
     void init(std::uint64_t seed) {
         Rng rng(seed);
-        for (auto& p : params_) {
+        for (const auto& p : this->parameters()) {
             T* d = p.value.data();
             for (std::int64_t i = 0; i < p.value.numel(); ++i) {
                 switch (p.kind) {
@@ -221,7 +222,7 @@ public:
     }
 
     /// Sets every gradient to zero (gradients accumulate across `backward` calls).
-    void zero_grad() { dev_.fill_zero(grad_arena_.data(), sizeof(T) * grad_arena_.size()); }
+    void zero_grad() { this->zero_gradients(dev_); }
 
     /// Backpropagates `grad_pooled()` through the last forward, accumulating into the gradients.
     /// `d_hidden[i]` (B,T,C) adds a gradient on hidden state i and `d_attention[l]` (B,H,T,T) one on
@@ -292,7 +293,7 @@ public:
 
     /// Bytes held by the parameter, gradient and activation arenas and the token buffers.
     std::size_t arena_bytes() const noexcept {
-        return sizeof(T) * (param_arena_.size() + grad_arena_.size() + act_arena_.size()) +
+        return this->parameter_bytes() + sizeof(T) * act_arena_.size() +
                sizeof(std::int32_t) * (tokens_.size() + types_.size());
     }
 
@@ -348,8 +349,7 @@ private:
     void layout_parameters() {
         const std::int64_t V = cfg_.vocab_size, C = cfg_.d_model, F = cfg_.d_ff;
         auto add = [&](std::string name, std::initializer_list<std::int64_t> shape, parameter_kind kind) {
-            kinds_.push_back(kind);
-            return param_layout_.add<T>(std::move(name), shape);
+            return this->add_parameter(std::move(name), shape, kind);
         };
         word_ = add("embeddings.word_embeddings.weight", {V, C}, parameter_kind::embedding);
         pos_ = add("embeddings.position_embeddings.weight", {cfg_.context_length, C}, parameter_kind::embedding);
@@ -377,11 +377,7 @@ private:
             w.ln2_b = add(p + "output.LayerNorm.bias", {C}, parameter_kind::norm);
             layer_params_.push_back(w);
         }
-        param_arena_ = detail::Arena<T, Device>(dev_, param_layout_.size());
-        grad_arena_ = detail::Arena<T, Device>(dev_, param_layout_.size());
-        const auto& blocks = param_layout_.blocks();
-        for (std::size_t i = 0; i < blocks.size(); ++i)
-            params_.push_back({blocks[i].name, param_arena_.view(blocks[i]), grad_arena_.view(blocks[i]), kinds_[i]});
+        this->allocate_parameters(dev_, true);
     }
 
     void layout_activations() {
@@ -447,8 +443,6 @@ private:
     }
 
     std::size_t hidden_block(int i) const noexcept { return i == 0 ? emb_ln_ : layer_acts_[i - 1].ln2; }
-    T* val(std::size_t i) const noexcept { return param_arena_.data() + param_layout_.blocks()[i].offset; }
-    T* grad(std::size_t i) const noexcept { return grad_arena_.data() + param_layout_.blocks()[i].offset; }
     T* act(std::size_t i) const noexcept { return act_arena_.data() + act_layout_.blocks()[i].offset; }
 
     EncoderConfig cfg_;
@@ -458,10 +452,8 @@ private:
     int B_ = 0, T_ = 0;
     bool has_types_ = false;
 
-    detail::ArenaLayout param_layout_, act_layout_;
-    std::vector<parameter_kind> kinds_;
-    detail::Arena<T, Device> param_arena_, grad_arena_, act_arena_;
-    std::vector<Parameter<T>> params_;
+    detail::ArenaLayout act_layout_;
+    detail::Arena<T, Device> act_arena_;
     std::vector<LayerParams> layer_params_;
     std::vector<LayerActs> layer_acts_;
     std::size_t word_ = 0, pos_ = 0, type_ = 0, emb_ln_w_ = 0, emb_ln_b_ = 0;

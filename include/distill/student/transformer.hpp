@@ -23,6 +23,7 @@
 #include "distill/nn/attention.hpp"
 #include "distill/nn/linear.hpp"
 #include "distill/parameter.hpp"
+#include "distill/student/parameters.hpp"
 #include "distill/tensor.hpp"
 
 namespace distill::student {
@@ -206,7 +207,12 @@ private:
 /// @tparam Device a `device_policy` with the layer and Llama-block kernels for `T`
 /// (`device::layer_device`, `device::llama_device`; `prefill`/`decode` also `device::decoding_device`).
 template <class T, class Device>
-class Transformer {
+class Transformer : public parameter_store<T, Device> {
+    using store = parameter_store<T, Device>;
+    using store::grad;
+    using store::none;
+    using store::val;
+
     static_assert(device::require_layer_kernels<Device, T>::value);  // one line per missing kernel
     static_assert(device::require_llama_kernels<Device, T>::value);  // likewise
 
@@ -233,13 +239,9 @@ public:
     const Device& device() const noexcept { return dev_; }
     int max_batch() const noexcept { return max_batch_; }
 
-    /// Every parameter in checkpoint order (names as in `tests/reference/gpt.py`; an untied head is
-    /// `lm_head.weight`, last).
-    const std::vector<Parameter<T>>& parameters() const noexcept { return params_; }
-    /// The parameter and gradient arenas as flat arrays (same layout), for optimizers and checkpoints.
-    T* parameter_data() const noexcept { return param_arena_.data(); }
-    T* gradient_data() const noexcept { return grad_arena_.data(); }
-    std::size_t arena_size() const noexcept { return param_arena_.size(); }
+    // parameters() lists every parameter in checkpoint order (names as in `tests/reference/gpt.py`;
+    // an untied head is `lm_head.weight`, last); parameter_data(), gradient_data() and arena_size()
+    // are the flat arenas (see parameter_store).
 
     /// GPT-2 initialization: weights ~ N(0, 0.02), residual output projections scaled by
     /// 1/sqrt(2 L), position embedding ~ N(0, 0.01), biases 0, norm gains 1. The same values on
@@ -248,13 +250,13 @@ public:
         Rng rng(seed);
         const double proj_std = 0.02 / std::sqrt(2.0 * cfg_.n_layers);
         std::vector<T> staged;  // a host image of the parameter arena for devices with their own memory
-        T* base = param_arena_.data();
+        T* base = this->parameter_data();
         if constexpr (Device::memory != memory_space::host) {
-            staged.assign(param_arena_.size(), T(0));
+            staged.assign(this->arena_size(), T(0));
             base = staged.data();
         }
-        for (auto& p : params_) {
-            T* d = base + (p.value.data() - param_arena_.data());
+        for (const auto& p : this->parameters()) {
+            T* d = base + (p.value.data() - this->parameter_data());
             const std::int64_t n = p.value.numel();
             const bool residual_proj = p.name.ends_with("c_proj.weight");
             const double std = p.name == "wpe.weight" ? 0.01 : residual_proj ? proj_std : 0.02;
@@ -272,7 +274,7 @@ public:
             }
         }
         if constexpr (Device::memory != memory_space::host)
-            dev_.copy(param_arena_.data(), staged.data(), sizeof(T) * staged.size());
+            dev_.copy(this->parameter_data(), staged.data(), sizeof(T) * staged.size());
     }
 
     /// Runs the model on tokens(B,T) (row-major, B <= max_batch, T <= context_length, every id in
@@ -559,9 +561,7 @@ public:
     }
 
     /// Sets every gradient to zero (gradients accumulate across `backward` calls).
-    void zero_grad() {
-        if (grad_arena_.size()) dev_.fill_zero(grad_arena_.data(), sizeof(T) * grad_arena_.size());
-    }
+    void zero_grad() { this->zero_gradients(dev_); }
 
     /// Backpropagates `grad_logits()` through the last forward, accumulating into the gradients.
     /// `d_hidden[i]` (B,T,C) adds a gradient on hidden state i and `d_attention[l]` (B,H,T,T) one on
@@ -628,12 +628,10 @@ public:
 
     /// Bytes held by the parameter, gradient and activation arenas.
     std::size_t arena_bytes() const noexcept {
-        return sizeof(T) * (param_arena_.size() + grad_arena_.size() + act_arena_.size()) + tokens_bytes();
+        return this->parameter_bytes() + sizeof(T) * act_arena_.size() + tokens_bytes();
     }
 
 private:
-    static constexpr std::size_t none = std::size_t(-1);  // a parameter this config does not have
-
     struct LayerParams {
         std::size_t ln1_w, ln1_b, attn_w, attn_b, proj_w, proj_b, ln2_w, ln2_b, fc_w, fc_b, mlp_proj_w, mlp_proj_b;
     };
@@ -645,8 +643,7 @@ private:
         const std::int64_t V = cfg_.vocab_size, C = cfg_.d_model, F = cfg_.d_ff, Q = cfg_.qkv_width(),
                            F1 = cfg_.fc_width();
         auto add = [&](std::string name, std::initializer_list<std::int64_t> shape, parameter_kind kind) {
-            kinds_.push_back(kind);
-            return param_layout_.add<T>(std::move(name), shape);
+            return this->add_parameter(std::move(name), shape, kind);
         };
         auto add_if = [&](bool on, std::string name, std::int64_t n, parameter_kind kind) {
             return on ? add(std::move(name), {n}, kind) : none;
@@ -674,12 +671,7 @@ private:
         lnf_w_ = add("ln_f.weight", {C}, parameter_kind::norm);
         lnf_b_ = add_if(ln, "ln_f.bias", C, parameter_kind::norm);
         head_ = cfg_.tie_embeddings ? wte_ : add("lm_head.weight", {V, C}, parameter_kind::weight);
-        param_arena_ = detail::Arena<T, Device>(dev_, param_layout_.size());
-        if (mode_ == activations::training) grad_arena_ = detail::Arena<T, Device>(dev_, param_layout_.size());
-        const auto& blocks = param_layout_.blocks();
-        for (std::size_t i = 0; i < blocks.size(); ++i)
-            params_.push_back({blocks[i].name, param_arena_.view(blocks[i]),
-                               grad_arena_.size() ? grad_arena_.view(blocks[i]) : Tensor<T>{}, kinds_[i]});
+        this->allocate_parameters(dev_, mode_ == activations::training);
     }
 
     void layout_activations() {
@@ -759,13 +751,6 @@ private:
     std::size_t tokens_bytes() const noexcept {
         return sizeof(std::int32_t) * std::size_t(max_batch_) * std::size_t(cfg_.context_length);
     }
-    // a parameter's value / gradient; null for one this config does not have
-    T* val(std::size_t i) const noexcept {
-        return i == none ? nullptr : param_arena_.data() + param_layout_.blocks()[i].offset;
-    }
-    T* grad(std::size_t i) const noexcept {
-        return i == none ? nullptr : grad_arena_.data() + param_layout_.blocks()[i].offset;
-    }
     T* act(std::size_t i) const noexcept { return act_arena_.data() + act_layout_.blocks()[i].offset; }
     const T* wte() const noexcept { return val(wte_); }
     const T* wpe() const noexcept { return val(wpe_); }
@@ -784,10 +769,8 @@ private:
     T eps_ = T(1e-5);
     int B_ = 0, T_ = 0;
 
-    detail::ArenaLayout param_layout_, act_layout_;
-    std::vector<parameter_kind> kinds_;
-    detail::Arena<T, Device> param_arena_, grad_arena_, act_arena_;
-    std::vector<Parameter<T>> params_;
+    detail::ArenaLayout act_layout_;
+    detail::Arena<T, Device> act_arena_;
     std::vector<LayerParams> layer_params_;
     std::vector<LayerActs> layer_acts_;
     std::size_t wte_ = 0, wpe_ = none, lnf_w_ = 0, lnf_b_ = none, head_ = 0;

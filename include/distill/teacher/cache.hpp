@@ -60,12 +60,7 @@ struct CacheConfig {
 template <bool TopK = false, class Tokenizer = data::ByteTokenizer>
 class Cache {
 public:
-    static constexpr auto provides = [] {
-        if constexpr (TopK)
-            return boost::hana::make_set(signal::tokens, signal::topk_logprobs);
-        else
-            return boost::hana::make_set(signal::tokens);
-    }();
+    static constexpr auto provides = signal::sampled_tokens<TopK>;
     static constexpr bool batch_invariant = true;
     using tokenizer_type = Tokenizer;
 

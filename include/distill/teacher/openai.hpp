@@ -108,12 +108,7 @@ template <class Tokenizer = void>
 class OpenAI {
 public:
     static constexpr bool maps_logprobs = !std::is_void_v<Tokenizer>;
-    static constexpr auto provides = [] {
-        if constexpr (maps_logprobs)
-            return boost::hana::make_set(signal::tokens, signal::topk_logprobs);
-        else
-            return boost::hana::make_set(signal::tokens);
-    }();
+    static constexpr auto provides = signal::sampled_tokens<maps_logprobs>;
     /// Every request stands alone.
     static constexpr bool batch_invariant = true;
     using tokenizer_type = std::conditional_t<maps_logprobs, Tokenizer, void>;

@@ -36,7 +36,7 @@
 #include <immintrin.h>
 #endif
 
-namespace distill::device::dnnl_detail {
+namespace distill::device::detail {
 
 /// fp32 -> bf16, round to nearest even (NaN stays NaN), as torch's `.to(torch.bfloat16)`.
 inline std::uint16_t to_bf16(float f) noexcept {
@@ -143,17 +143,17 @@ struct Entry {
 };
 
 // Per-thread state: engine, stream, primitive cache, bf16 scratch.
-struct State {
+struct DnnlState {
     dnnl::engine engine{dnnl::engine::kind::cpu, 0};
     dnnl::stream stream{engine};
     std::unordered_map<Key, std::unique_ptr<Entry>, KeyHash> cache;
     std::uint16_t* scratch = nullptr;
     std::size_t scratch_elems = 0;
 
-    State() { cache.reserve(256); }
-    ~State() { std::free(scratch); }
-    State(const State&) = delete;
-    State& operator=(const State&) = delete;
+    DnnlState() { cache.reserve(256); }
+    ~DnnlState() { std::free(scratch); }
+    DnnlState(const DnnlState&) = delete;
+    DnnlState& operator=(const DnnlState&) = delete;
 
     // Room for n bf16 elements; grows (reallocates) only when a larger GEMM than any before appears.
     std::uint16_t* bf16_scratch(std::size_t n) {
@@ -168,8 +168,8 @@ struct State {
     }
 };
 
-inline State& state() {
-    thread_local State s;
+inline DnnlState& state() {
+    thread_local DnnlState s;
     return s;
 }
 
@@ -199,7 +199,7 @@ inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int 
                  int lda, const float* B, int ldb, float beta, float* C, int ldc) {
     using dt = dnnl::memory::data_type;
     using dims = dnnl::memory::dims;
-    State& st = state();
+    DnnlState& st = state();
 #if defined(_OPENMP)
     if (omp_get_max_threads() != threads) omp_set_num_threads(threads);
 #endif
@@ -251,4 +251,4 @@ inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int 
     st.stream.wait();
 }
 
-}  // namespace distill::device::dnnl_detail
+}  // namespace distill::device::detail

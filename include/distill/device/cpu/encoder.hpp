@@ -21,22 +21,21 @@ void bert_embedding_forward(const Cpu& dev, T* out, const std::int32_t* tokens, 
                             const T* word, const T* pos, const T* type, int B, int Tn, int C) {
     const std::int64_t N = std::int64_t(B) * Tn;
     DISTILL_OMP(parallel for schedule(static) num_threads(std::max(1, dev.threads())))
-    for (std::int64_t n = 0; n < N; ++n)
-        reference_detail::bert_embedding_row(out, tokens, types, word, pos, type, n, Tn, C);
+    for (std::int64_t n = 0; n < N; ++n) detail::bert_embedding_row(out, tokens, types, word, pos, type, n, Tn, C);
 }
 
 /// out = x Φ(x), n elements (see the Reference), threaded.
 template <class T>
 void gelu_erf_forward(const Cpu& dev, T* out, const T* in, std::int64_t n) {
     DISTILL_OMP(parallel for schedule(static) num_threads(std::max(1, dev.threads())))
-    for (std::int64_t i = 0; i < n; ++i) out[i] = reference_detail::gelu_erf(in[i]);
+    for (std::int64_t i = 0; i < n; ++i) out[i] = detail::gelu_erf(in[i]);
 }
 
 /// din = dout · (Φ(x) + x φ(x)), n elements (see the Reference), threaded; din may alias dout.
 template <class T>
 void gelu_erf_backward(const Cpu& dev, T* din, const T* in, const T* dout, std::int64_t n) {
     DISTILL_OMP(parallel for schedule(static) num_threads(std::max(1, dev.threads())))
-    for (std::int64_t i = 0; i < n; ++i) din[i] = reference_detail::gelu_erf_grad(in[i], dout[i]);
+    for (std::int64_t i = 0; i < n; ++i) din[i] = detail::gelu_erf_grad(in[i], dout[i]);
 }
 
 /// Masked softmax in place on att(B,H,T,T) (see the Reference), threaded over the B·H·T rows.
@@ -45,7 +44,7 @@ void masked_softmax_forward(const Cpu& dev, T* att, const T* mask, int B, int H,
     const std::int64_t rows = std::int64_t(B) * H * Tn;
     DISTILL_OMP(parallel for schedule(static) num_threads(std::max(1, dev.threads())))
     for (std::int64_t r = 0; r < rows; ++r)
-        reference_detail::masked_softmax_row(att + r * Tn, mask + (r / (std::int64_t(H) * Tn)) * Tn, Tn, scale);
+        detail::masked_softmax_row(att + r * Tn, mask + (r / (std::int64_t(H) * Tn)) * Tn, Tn, scale);
 }
 
 /// Backward of `masked_softmax_forward` (see the Reference), threaded over rows; dscores may alias datt.
@@ -55,22 +54,22 @@ void masked_softmax_backward(const Cpu& dev, T* dscores, const T* att, const T* 
     const std::int64_t rows = std::int64_t(B) * H * Tn;
     DISTILL_OMP(parallel for schedule(static) num_threads(std::max(1, dev.threads())))
     for (std::int64_t r = 0; r < rows; ++r)
-        reference_detail::masked_softmax_backward_row(dscores + r * Tn, att + r * Tn, datt + r * Tn,
-                                                      mask + (r / (std::int64_t(H) * Tn)) * Tn, Tn, scale);
+        detail::masked_softmax_backward_row(dscores + r * Tn, att + r * Tn, datt + r * Tn,
+                                            mask + (r / (std::int64_t(H) * Tn)) * Tn, Tn, scale);
 }
 
 /// Mean pooling out(B,C) over the valid tokens of h(B,T,C) (see the Reference), threaded over sequences.
 template <class T>
 void mean_pool_forward(const Cpu& dev, T* out, const T* h, const T* mask, int B, int Tn, int C) {
     DISTILL_OMP(parallel for schedule(static) num_threads(std::max(1, dev.threads())))
-    for (int b = 0; b < B; ++b) reference_detail::mean_pool_row(out, h, mask, b, Tn, C);
+    for (int b = 0; b < B; ++b) detail::mean_pool_row(out, h, mask, b, Tn, C);
 }
 
 /// Backward of `mean_pool_forward` (see the Reference), threaded over sequences.
 template <class T>
 void mean_pool_backward(const Cpu& dev, T* dh, const T* dout, const T* mask, int B, int Tn, int C) {
     DISTILL_OMP(parallel for schedule(static) num_threads(std::max(1, dev.threads())))
-    for (int b = 0; b < B; ++b) reference_detail::mean_pool_backward_row(dh, dout, mask, b, Tn, C);
+    for (int b = 0; b < B; ++b) detail::mean_pool_backward_row(dh, dout, mask, b, Tn, C);
 }
 
 }  // namespace distill::device

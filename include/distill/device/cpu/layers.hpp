@@ -6,8 +6,8 @@
 /// Eigen's GEMM kernel (AVX-512 when compiled for the host), split over threads by us and packing into
 /// per-thread buffers kept across calls, so a steady-state step allocates nothing; row
 /// kernels through Eigen array expressions (vectorized exp/tanh), parallel over rows or column
-/// blocks (`detail::parallel_for`, OpenMP). Reductions never use atomics and split work by a fixed rule, so a fixed
-/// thread count gives bit-identical results run after run.
+/// blocks (`distill::detail::parallel_for`, OpenMP). Reductions never use atomics and split work by a fixed rule, so a
+/// fixed thread count gives bit-identical results run after run.
 ///
 /// Precision: `Cpu(threads, precision::bf16)` rounds the operands of the model's GEMMs to bf16 and
 /// accumulates in fp32 (oneDNN; refused with a config_error without it — Eigen has no fast bf16
@@ -64,7 +64,7 @@ struct Cpu : HostMemory {
     /// has no oneDNN bf16 matmul (oneDNN 2.x needs AVX-512; detected at run time, never assumed).
     static std::string bf16_unsupported_reason() {
 #if defined(DISTILL_WITH_DNNL)
-        return dnnl_detail::bf16_unsupported_reason();
+        return detail::bf16_unsupported_reason();
 #else
         return "bf16 needs oneDNN's GEMM: install libdnnl-dev and link distill::dnnl (DISTILL_WITH_DNNL); this "
                "build has only Eigen's fp32 GEMM";
@@ -102,7 +102,7 @@ private:
     }
 };
 
-namespace cpu_detail {
+namespace detail {
 
 template <class T>
 using RowMajor = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
@@ -139,11 +139,22 @@ void for_column_blocks(int threads, std::int64_t n, std::int64_t align, F&& f) {
     });
 }
 
-}  // namespace cpu_detail
+// The row half of a norm's backward (LayerNorm, RMSNorm), rows in parallel on the device's
+// threads: f(n, x, dy, dx) with row n's input x, output gradient dy and input gradient dx (C wide).
+template <class T, class F>
+void norm_backward_rows(const Cpu& dev, T* din, const T* dout, const T* in, int N, int C, F&& f) {
+    distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
+        const int n = static_cast<int>(n_);
+        const std::int64_t row = std::int64_t(n) * C;
+        f(n, ConstArray<T>(in + row, C), ConstArray<T>(dout + row, C), Array<T>(din + row, C));
+    });
+}
+
+}  // namespace detail
 
 // ---- GEMM ---------------------------------------------------------------------------------------
 
-namespace cpu_detail {
+namespace detail {
 
 // Eigen's GEMM kernel packing into buffers kept per thread (Eigen's own product allocates its
 // packing blocks on every call beyond a 128 KiB stack limit), with the output split over our threads.
@@ -255,7 +266,7 @@ void eigen_gemm(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K,
             gemm_block<T>(trans_a, trans_b, M, e - b, K, alpha, A, lda, trans_b ? B + b * ldb : B + b, ldb, C + b, ldc);
     });
 }
-}  // namespace cpu_detail
+}  // namespace detail
 
 /// C(M,N) = alpha op(A) op(B) + beta C, row-major (see the Reference kernel): oneDNN's matmul with
 /// `distill::dnnl` (fp32, or bf16 operands when the device's precision says so), else Eigen's GEMM.
@@ -272,13 +283,13 @@ void gemm(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, T alp
         const bool nested = false;
 #endif
         if (!nested && M > 0 && N > 0 && K > 0) {
-            dnnl_detail::gemm(dev.compute == precision::bf16, dev.threads(), trans_a, trans_b, M, N, K, alpha, A, lda,
-                              B, ldb, beta, C, ldc);
+            detail::gemm(dev.compute == precision::bf16, dev.threads(), trans_a, trans_b, M, N, K, alpha, A, lda, B,
+                         ldb, beta, C, ldc);
             return;
         }
     }
 #endif
-    cpu_detail::eigen_gemm(dev, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    detail::eigen_gemm(dev, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 /// `batch` GEMMs at fixed strides, split over the threads (each single-threaded, in cache; a batch of
@@ -288,8 +299,8 @@ void gemm_strided_batched(const Cpu& dev, bool trans_a, bool trans_b, int M, int
                           std::int64_t stride_a, const T* B, int ldb, std::int64_t stride_b, T beta, T* C, int ldc,
                           std::int64_t stride_c, int batch) {
     distill::detail::parallel_for(dev.threads(), batch, [&](std::int64_t b) {
-        cpu_detail::eigen_gemm(dev, trans_a, trans_b, M, N, K, alpha, A + b * stride_a, lda, B + b * stride_b, ldb,
-                               beta, C + b * stride_c, ldc);
+        detail::eigen_gemm(dev, trans_a, trans_b, M, N, K, alpha, A + b * stride_a, lda, B + b * stride_b, ldb, beta,
+                           C + b * stride_c, ldc);
     });
 }
 
@@ -298,7 +309,7 @@ void gemm_strided_batched(const Cpu& dev, bool trans_a, bool trans_b, int M, int
 /// out(N,OC) += bias(OC).
 template <class T>
 void add_bias(const Cpu& dev, T* out, const T* bias, int N, int OC) {
-    using namespace cpu_detail;
+    using namespace detail;
     const ConstArray<T> b(bias, OC);
     distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
         const int n = static_cast<int>(n_);
@@ -309,7 +320,7 @@ void add_bias(const Cpu& dev, T* out, const T* bias, int N, int OC) {
 /// dbias(OC) += column sums of dout(N,OC); each thread owns a block of columns.
 template <class T>
 void bias_grad(const Cpu& dev, T* dbias, const T* dout, int N, int OC) {
-    using namespace cpu_detail;
+    using namespace detail;
     for_column_blocks(dev.threads(), OC, 64 / sizeof(T), [&](std::int64_t b, std::int64_t e) {
         Array<T> acc(dbias + b, e - b);
         for (int n = 0; n < N; ++n) acc += ConstArray<T>(dout + std::int64_t(n) * OC + b, e - b);
@@ -319,7 +330,7 @@ void bias_grad(const Cpu& dev, T* dbias, const T* dout, int N, int OC) {
 /// out = a + b.
 template <class T>
 void add(const Cpu& dev, T* out, const T* a, const T* b, std::int64_t n) {
-    using namespace cpu_detail;
+    using namespace detail;
     for_column_blocks(dev.threads(), n, 4096, [&](std::int64_t s, std::int64_t e) {
         Array<T>(out + s, e - s) = ConstArray<T>(a + s, e - s) + ConstArray<T>(b + s, e - s);
     });
@@ -328,7 +339,7 @@ void add(const Cpu& dev, T* out, const T* a, const T* b, std::int64_t n) {
 /// y += x.
 template <class T>
 void accumulate(const Cpu& dev, T* y, const T* x, std::int64_t n) {
-    using namespace cpu_detail;
+    using namespace detail;
     for_column_blocks(dev.threads(), n, 4096,
                       [&](std::int64_t s, std::int64_t e) { Array<T>(y + s, e - s) += ConstArray<T>(x + s, e - s); });
 }
@@ -337,7 +348,7 @@ void accumulate(const Cpu& dev, T* y, const T* x, std::int64_t n) {
 template <class T>
 void layernorm_forward(const Cpu& dev, T* out, T* mean, T* rstd, const T* in, const T* w, const T* b, int N, int C,
                        T eps) {
-    using namespace cpu_detail;
+    using namespace detail;
     const ConstArray<T> wa(w, C), ba(b, C);
     distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
         const int n = static_cast<int>(n_);
@@ -354,18 +365,16 @@ void layernorm_forward(const Cpu& dev, T* out, T* mean, T* rstd, const T* in, co
 template <class T>
 void layernorm_backward(const Cpu& dev, T* din, T* dw, T* db, const T* dout, const T* in, const T* w, const T* mean,
                         const T* rstd, int N, int C) {
-    using namespace cpu_detail;
+    using namespace detail;
     const ConstArray<T> wa(w, C);
-    distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
-        const int n = static_cast<int>(n_);
-        const std::int64_t row = std::int64_t(n) * C;
-        const ConstArray<T> x(in + row, C), dy(dout + row, C);
-        const auto xhat = (x - mean[n]) * rstd[n];
-        const auto g = dy * wa;
-        const T g_mean = g.mean();
-        const T gx_mean = (g * xhat).mean();
-        Array<T>(din + row, C) += rstd[n] * (g - g_mean - xhat * gx_mean);
-    });
+    norm_backward_rows(dev, din, dout, in, N, C,
+                       [&](int n, const ConstArray<T>& x, const ConstArray<T>& dy, Array<T> dx) {
+                           const auto xhat = (x - mean[n]) * rstd[n];
+                           const auto g = dy * wa;
+                           const T g_mean = g.mean();
+                           const T gx_mean = (g * xhat).mean();
+                           dx += rstd[n] * (g - g_mean - xhat * gx_mean);
+                       });
     for_column_blocks(dev.threads(), C, 64 / sizeof(T), [&](std::int64_t b, std::int64_t e) {
         Array<T> dwa(dw + b, e - b), dba(db + b, e - b);
         for (int n = 0; n < N; ++n) {
@@ -381,7 +390,7 @@ void layernorm_backward(const Cpu& dev, T* din, T* dw, T* db, const T* dout, con
 /// with Eigen's vectorized exp it stays accurate where 1 + tanh(u) would cancel (x << 0).
 template <class T>
 void gelu_forward(const Cpu& dev, T* out, const T* in, std::int64_t n) {
-    using namespace cpu_detail;
+    using namespace detail;
     for_column_blocks(dev.threads(), n, 4096, [&](std::int64_t s, std::int64_t e) {
         const ConstArray<T> x(in + s, e - s);
         Array<T>(out + s, e - s) = x / (T(1) + (T(-2) * math::gelu_k<T> * (x + T(0.044715) * x.cube())).exp());
@@ -392,7 +401,7 @@ void gelu_forward(const Cpu& dev, T* out, const T* in, std::int64_t n) {
 /// computed as e / (1 + e)^2, e = exp(-2|u|), which neither overflows nor cancels.
 template <class T>
 void gelu_backward(const Cpu& dev, T* din, const T* in, const T* dout, std::int64_t n) {
-    using namespace cpu_detail;
+    using namespace detail;
     for_column_blocks(dev.threads(), n, 4096, [&](std::int64_t s, std::int64_t e) {
         constexpr std::int64_t chunk = 1024;
         alignas(64) T u_buf[chunk], e_buf[chunk];
@@ -413,7 +422,7 @@ void gelu_backward(const Cpu& dev, T* din, const T* in, const T* dout, std::int6
 /// RMSNorm forward (see Reference), parallel over rows.
 template <class T>
 void rmsnorm_forward(const Cpu& dev, T* out, T* rstd, const T* in, const T* w, int N, int C, T eps) {
-    using namespace cpu_detail;
+    using namespace detail;
     const ConstArray<T> wa(w, C);
     distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
         const int n = static_cast<int>(n_);
@@ -428,15 +437,13 @@ void rmsnorm_forward(const Cpu& dev, T* out, T* rstd, const T* in, const T* w, i
 template <class T>
 void rmsnorm_backward(const Cpu& dev, T* din, T* dw, const T* dout, const T* in, const T* w, const T* rstd, int N,
                       int C) {
-    using namespace cpu_detail;
+    using namespace detail;
     const ConstArray<T> wa(w, C);
-    distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
-        const int n = static_cast<int>(n_);
-        const std::int64_t row = std::int64_t(n) * C;
-        const ConstArray<T> x(in + row, C), dy(dout + row, C);
-        const T gx_mean = (dy * wa * x).mean() * rstd[n];
-        Array<T>(din + row, C) += rstd[n] * (dy * wa - x * (rstd[n] * gx_mean));
-    });
+    norm_backward_rows(dev, din, dout, in, N, C,
+                       [&](int n, const ConstArray<T>& x, const ConstArray<T>& dy, Array<T> dx) {
+                           const T gx_mean = (dy * wa * x).mean() * rstd[n];
+                           dx += rstd[n] * (dy * wa - x * (rstd[n] * gx_mean));
+                       });
     for_column_blocks(dev.threads(), C, 64 / sizeof(T), [&](std::int64_t b, std::int64_t e) {
         Array<T> dwa(dw + b, e - b);
         for (int n = 0; n < N; ++n) {
@@ -449,7 +456,7 @@ void rmsnorm_backward(const Cpu& dev, T* din, T* dw, const T* dout, const T* in,
 /// SwiGLU forward (see Reference), parallel over rows: out(N,F) = silu(gate) * up.
 template <class T>
 void swiglu_forward(const Cpu& dev, T* out, const T* in, int N, int F) {
-    using namespace cpu_detail;
+    using namespace detail;
     distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
         const int n = static_cast<int>(n_);
         const ConstArray<T> g(in + std::int64_t(n) * 2 * F, F), u(in + std::int64_t(n) * 2 * F + F, F);
@@ -461,7 +468,7 @@ void swiglu_forward(const Cpu& dev, T* out, const T* in, int N, int F) {
 /// silu'(g) = s (1 + g (1 - s)), s = sigmoid(g).
 template <class T>
 void swiglu_backward(const Cpu& dev, T* din, const T* in, const T* dout, int N, int F) {
-    using namespace cpu_detail;
+    using namespace detail;
     distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
         const int n = static_cast<int>(n_);
         const std::int64_t r = std::int64_t(n) * 2 * F;
@@ -495,7 +502,7 @@ void rope_rotate(const Cpu& dev, T* x, const T* cos, const T* sin, const std::in
 /// Scaled causal softmax in place on att(BH,T,T), parallel over rows.
 template <class T>
 void causal_softmax_forward(const Cpu& dev, T* att, int BH, int Tn, T scale) {
-    using namespace cpu_detail;
+    using namespace detail;
     const std::int64_t rows = std::int64_t(BH) * Tn;
     distill::detail::parallel_for(dev.threads(), rows, [&](std::int64_t r) {
         const int t = static_cast<int>(r % Tn);
@@ -511,7 +518,7 @@ void causal_softmax_forward(const Cpu& dev, T* att, int BH, int Tn, T scale) {
 /// Causal softmax backward (see Reference); dscores may alias datt.
 template <class T>
 void causal_softmax_backward(const Cpu& dev, T* dscores, const T* att, const T* datt, int BH, int Tn, T scale) {
-    using namespace cpu_detail;
+    using namespace detail;
     const std::int64_t rows = std::int64_t(BH) * Tn;
     distill::detail::parallel_for(dev.threads(), rows, [&](std::int64_t r) {
         const int t = static_cast<int>(r % Tn);
@@ -526,7 +533,7 @@ void causal_softmax_backward(const Cpu& dev, T* dscores, const T* att, const T* 
 template <class T>
 void embedding_forward(const Cpu& dev, T* out, const std::int32_t* tokens, const T* wte, const T* wpe, int B, int Tn,
                        int C) {
-    using namespace cpu_detail;
+    using namespace detail;
     const std::int64_t rows = std::int64_t(B) * Tn;
     distill::detail::parallel_for(dev.threads(), rows, [&](std::int64_t bt) {
         Array<T> o(out + bt * C, C);
@@ -540,7 +547,7 @@ void embedding_forward(const Cpu& dev, T* out, const std::int32_t* tokens, const
 template <class T>
 void embedding_backward(const Cpu& dev, T* dwte, T* dwpe, const T* dout, const std::int32_t* tokens, int B, int Tn,
                         int C) {
-    using namespace cpu_detail;
+    using namespace detail;
     const std::int64_t rows = std::int64_t(B) * Tn;
     for_column_blocks(dev.threads(), C, 64 / sizeof(T), [&](std::int64_t b, std::int64_t e) {
         for (std::int64_t bt = 0; bt < rows; ++bt) {
@@ -556,7 +563,7 @@ void embedding_backward(const Cpu& dev, T* dwte, T* dwpe, const T* dout, const s
 template <class T>
 int cross_entropy_forward_backward(const Cpu& dev, T* dlogits, T* losses, const T* logits, const std::int32_t* targets,
                                    int N, int V, T dloss) {
-    using namespace cpu_detail;
+    using namespace detail;
     int count = 0;
     for (int n = 0; n < N; ++n) count += targets[n] >= 0;
     distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
@@ -585,7 +592,7 @@ int cross_entropy_forward_backward(const Cpu& dev, T* dlogits, T* losses, const 
 template <class T>
 void attention_decode(const Cpu& dev, T* out, T* scratch, const T* qkv, const T* kcache, const T* vcache,
                       const int* lengths, int B, int H, int Hkv, int hs, int Tmax) {
-    using namespace cpu_detail;
+    using namespace detail;
     using Vec = Eigen::Matrix<T, Eigen::Dynamic, 1>;
     const int C = H * hs, row = (H + 2 * Hkv) * hs;
     const T scale = T(1) / std::sqrt(T(hs));

@@ -33,16 +33,10 @@
 
 namespace distill::device {
 
-namespace cpu_loss_detail {
-
-using cpu_detail::Array;
-using cpu_detail::ConstArray;
+namespace detail {
 
 // Elements per chunk of the online pass: 4 KB of fp32, so a chunk and its exponentials stay in L1.
 inline constexpr int chunk = 1024;
-
-template <class T>
-inline constexpr T neg_inf = -std::numeric_limits<T>::infinity();
 
 // Whether T's Eigen packet is the 16-float AVX-512 register (the intrinsics below apply).
 template <class T>
@@ -166,7 +160,7 @@ T* row_scratch(std::size_t n) {
 }
 
 template <class T, class E>
-void store(T* d, int len, const E& g, bool accumulate) {
+void store_chunk(T* d, int len, const E& g, bool accumulate) {
     Array<T> out(d, len);
     if (accumulate)
         out += g;
@@ -231,39 +225,37 @@ void for_rows(int threads, T* d, bool accumulate, T* losses, const std::uint8_t*
     distill::detail::parallel_for(
         threads, N,
         [&](std::int64_t n) {
-            if (mask && !mask[n]) {
-                losses[n] = 0;
-                if (!accumulate) std::fill(d + n * width, d + (n + 1) * width, T(0));
-                return;
-            }
-            losses[n] = row(n);
+            if (mask && !mask[n])
+                clear_row(losses[n], d + n * width, width, accumulate);
+            else
+                losses[n] = row(n);
         },
         N * width >= parallel_threshold);
 }
 
-}  // namespace cpu_loss_detail
+}  // namespace detail
 
 }  // namespace distill::device
 
 template <>
-struct Eigen::internal::functor_traits<distill::device::cpu_loss_detail::product_where_positive> {
+struct Eigen::internal::functor_traits<distill::device::detail::product_where_positive> {
     enum { Cost = 3, PacketAccess = true };
 };
 template <>
-struct Eigen::internal::functor_traits<distill::device::cpu_loss_detail::exp_op> {
+struct Eigen::internal::functor_traits<distill::device::detail::exp_op> {
     enum { Cost = 20, PacketAccess = true };
 };
 
 namespace distill::device {
 
-namespace cpu_loss_detail {
+namespace detail {
 
 // Stores a packet of the gradient. `Stream` (first writer, 64-byte aligned address) uses a
 // non-temporal store: the (tokens × vocab) gradient does not fit any cache and is read back by
 // the next GEMM from memory anyway, so skipping the read-for-ownership saves a quarter of the
 // kernel's memory traffic. The caller issues `stream_fence()` before the row is handed on.
 template <bool Stream, class T, class P>
-inline void store_grad(T* to, const P& x) {
+inline void store_gradient_packet(T* to, const P& x) {
 #if defined(__AVX512F__)
     if constexpr (Stream && is_avx512_float<T>) {
         _mm512_stream_ps(to, x);
@@ -366,7 +358,7 @@ T kl_row(T* d, const T* s, const T* t, int V, T inv_tau, T g, T* scratch) {
                 acc = padd(acc, plogr.packetOp(p, x));
                 P grad = pmul(pg, psub(q, p));
                 if constexpr (Accumulate) grad = padd(grad, ploadu<P>(d + c + i));
-                store_grad<Stream>(d + c + i, grad);
+                store_gradient_packet<Stream>(d + c + i, grad);
             }
             for (int i = vl; i < len; ++i) {
                 const T q = e_s[c + i] * fs, p = e_t[c + i] * ft;
@@ -385,7 +377,7 @@ T kl_row(T* d, const T* s, const T* t, int V, T inv_tau, T g, T* scratch) {
     return predux(acc) + tail;
 }
 
-}  // namespace cpu_loss_detail
+}  // namespace detail
 
 /// Forward KL per row with its gradient (see the Reference kernel for the formula). The streaming
 /// pass reads both rows from memory once, keeps the online (max, exp-sum) pairs and leaves the
@@ -396,7 +388,7 @@ T kl_row(T* d, const T* s, const T* t, int V, T inv_tau, T g, T* scratch) {
 template <class T>
 void kl_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losses, const T* student, const T* teacher,
                          const std::uint8_t* mask, std::int64_t N, int V, T inv_tau, T grad_scale) {
-    using namespace cpu_loss_detail;
+    using namespace detail;
     const T g = grad_scale * inv_tau;
     const int chunks = (V + chunk - 1) / chunk;
     for_rows(dev.threads(), d, accumulate, losses, mask, N, V, [&](std::int64_t n) {
@@ -414,7 +406,7 @@ void kl_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losses, const
 template <class T>
 void reverse_kl_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losses, const T* student, const T* teacher,
                                  const std::uint8_t* mask, std::int64_t N, int V, T inv_tau, T grad_scale) {
-    using namespace cpu_loss_detail;
+    using namespace detail;
     const T g = grad_scale * inv_tau;
     for_rows(dev.threads(), d, accumulate, losses, mask, N, V, [&](std::int64_t n) {
         const T* s = student + n * V;
@@ -448,8 +440,8 @@ void reverse_kl_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losse
             const int len = std::min(chunk, V - c);
             const ConstArray<T> sa(s + c, len), ta(t + c, len);
             const auto q = ConstArray<T>(e_s + c, len) * sexp((m_s[k] - ls.max) * inv_tau - log_s);
-            store(d + n * V + c, len,
-                  g * q.binaryExpr(((sa - sm) - (ta - tm)) * inv_tau - ke, product_where_positive{}), accumulate);
+            store_chunk(d + n * V + c, len,
+                        g * q.binaryExpr(((sa - sm) - (ta - tm)) * inv_tau - ke, product_where_positive{}), accumulate);
         }
         return kl;
     });
@@ -462,7 +454,7 @@ void reverse_kl_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losse
 template <class T>
 void jsd_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losses, const T* student, const T* teacher,
                           const std::uint8_t* mask, std::int64_t N, int V, double beta, T inv_tau, T grad_scale) {
-    using namespace cpu_loss_detail;
+    using namespace detail;
     const T b = T(beta), b1 = T(1 - beta), log_b = T(std::log(beta)), log_b1 = T(std::log1p(-beta));
     const T g = T(double(grad_scale) * double(inv_tau) / beta);
     for_rows(dev.threads(), d, accumulate, losses, mask, N, V, [&](std::int64_t n) {
@@ -503,7 +495,8 @@ void jsd_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losses, cons
         for (int c = 0; c < V; c += chunk) {
             const int len = std::min(chunk, V - c);
             const ConstArray<T> q(q_row + c, len), lmq(lmq_row + c, len);
-            store(d + n * V + c, len, -g * q.binaryExpr((lmq - lmq_m) - kh, product_where_positive{}), accumulate);
+            store_chunk(d + n * V + c, len, -g * q.binaryExpr((lmq - lmq_m) - kh, product_where_positive{}),
+                        accumulate);
         }
         return T(double(kl_pm) / (1 - beta) + double(kl_qm) / beta);
     });
@@ -517,7 +510,7 @@ template <class T>
 void topk_kl_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losses, const T* student,
                               const std::int32_t* ids, const T* logprobs, const std::uint8_t* mask, std::int64_t N,
                               int V, int k, T inv_tau, T grad_scale) {
-    using namespace cpu_loss_detail;
+    using namespace detail;
     const T g = grad_scale * inv_tau;
     for_rows(dev.threads(), d, accumulate, losses, mask, N, V, [&](std::int64_t n) {
         const T* s = student + n * V;
@@ -566,10 +559,11 @@ void topk_kl_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losses, 
             const ConstArray<T> sa(s + c, len);
             const auto q = ((sa - max) * inv_tau - log_sum).unaryExpr(exp_op{});
             if (has_rest)  // q_j − P_rest · q_j/q_rest, q_j/q_rest = exp((s_j − tail max)/τ − tail log-sum)
-                store(dr + c, len, g * (q - p_rest * ((sa - tail.max) * inv_tau - tail_log_sum).unaryExpr(exp_op{})),
-                      accumulate);
+                store_chunk(dr + c, len,
+                            g * (q - p_rest * ((sa - tail.max) * inv_tau - tail_log_sum).unaryExpr(exp_op{})),
+                            accumulate);
             else
-                store(dr + c, len, g * q, accumulate);
+                store_chunk(dr + c, len, g * q, accumulate);
         }
         for (int i = 0; i < k; ++i) {
             if (id[i] < 0) continue;
@@ -593,15 +587,14 @@ template <class T>
 void masked_cross_entropy_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losses, const T* logits,
                                            const std::int32_t* targets, const std::uint8_t* mask, std::int64_t N, int V,
                                            T grad_scale) {
-    using namespace cpu_loss_detail;
+    using namespace detail;
     distill::detail::parallel_for(
         dev.threads(), N,
         [&](std::int64_t n) {
             const T* x = logits + n * V;
             T* dr = d + n * V;
             if ((mask && !mask[n]) || targets[n] < 0) {
-                losses[n] = 0;
-                if (!accumulate) std::fill(dr, dr + V, T(0));
+                detail::clear_row(losses[n], dr, V, accumulate);
                 return;
             }
             online_lse<T> acc{T(1)};
@@ -610,8 +603,8 @@ void masked_cross_entropy_forward_backward(const Cpu& dev, T* d, bool accumulate
             const T old = dr[targets[n]];
             for (int c = 0; c < V; c += chunk) {
                 const int len = std::min(chunk, V - c);
-                store(dr + c, len, grad_scale * ((ConstArray<T>(x + c, len) - max) - log_sum).unaryExpr(exp_op{}),
-                      accumulate);
+                store_chunk(dr + c, len, grad_scale * ((ConstArray<T>(x + c, len) - max) - log_sum).unaryExpr(exp_op{}),
+                            accumulate);
             }
             const T lp = acc.log_prob(x[targets[n]]);
             dr[targets[n]] = (accumulate ? old : T(0)) + grad_scale * (sexp(lp) - T(1));
@@ -626,7 +619,7 @@ void masked_cross_entropy_forward_backward(const Cpu& dev, T* d, bool accumulate
 template <class T>
 void attention_kl_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losses, const T* student, const T* teacher,
                                    const std::uint8_t* mask, int B, int Hs, int Ht, int Tn, T grad_scale) {
-    using namespace cpu_loss_detail;
+    using namespace detail;
     const int g = Ht / Hs;
     const T tiny = std::numeric_limits<T>::min();
     const std::int64_t tt = std::int64_t(Tn) * Tn, rows = std::int64_t(B) * Tn;
@@ -654,7 +647,7 @@ void attention_kl_forward_backward(const Cpu& dev, T* d, bool accumulate, T* los
                     at /= T(g);
                     const auto as = ConstArray<T>(student + off + c, cl).max(tiny);
                     kl += at.binaryExpr(at.log() - as.log(), product_where_positive{}).sum();
-                    store(dr + c, cl, -grad_scale * at / as, accumulate);
+                    store_chunk(dr + c, cl, -grad_scale * at / as, accumulate);
                 }
                 if (!accumulate) std::fill(dr + len, dr + Tn, T(0));
             }
@@ -667,7 +660,7 @@ void attention_kl_forward_backward(const Cpu& dev, T* d, bool accumulate, T* los
 template <class T>
 void relation_kl_forward_backward(const Cpu& dev, T* d, T* losses, const T* student, const T* teacher,
                                   const std::uint8_t* mask, int R, int Tn, T s_scale, T t_scale, T grad_scale) {
-    using namespace cpu_loss_detail;
+    using namespace detail;
     const std::int64_t tt = std::int64_t(Tn) * Tn;
     distill::detail::parallel_for(
         dev.threads(), Tn,

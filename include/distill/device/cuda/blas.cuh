@@ -12,7 +12,7 @@
 
 namespace distill::device {
 
-namespace cuda_detail {
+namespace detail {
 
 inline cublasStatus_t gemm_call(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
                                 const float* alpha, const float* A, int lda, const float* B, int ldb, const float* beta,
@@ -40,7 +40,7 @@ inline cublasOperation_t op(bool trans) {
     return trans ? CUBLAS_OP_T : CUBLAS_OP_N;
 }
 
-}  // namespace cuda_detail
+}  // namespace detail
 
 /// C(M,N) = alpha op(A)(M,K) op(B)(K,N) + beta C, row-major (see the Reference kernel; torch.addmm).
 /// beta == 0 overwrites C without reading it, as BLAS does. T is float or double.
@@ -49,8 +49,8 @@ void gemm(const Cuda& dev, bool trans_a, bool trans_b, int M, int N, int K, T al
           int ldb, T beta, T* C, int ldc) {
     static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "device::Cuda: GEMMs in float or double");
     if (M == 0 || N == 0) return;
-    DISTILL_CUDA_CHECK(cuda_detail::gemm_call(dev.cublas(), cuda_detail::op(trans_b), cuda_detail::op(trans_a), N, M, K,
-                                              &alpha, B, ldb, A, lda, &beta, C, ldc));
+    DISTILL_CUDA_CHECK(detail::gemm_call(dev.cublas(), detail::op(trans_b), detail::op(trans_a), N, M, K, &alpha, B,
+                                         ldb, A, lda, &beta, C, ldc));
 }
 
 /// `batch` GEMMs at fixed strides (torch.baddbmm): matrix b of A, B, C at b·stride_{a,b,c}.
@@ -60,9 +60,9 @@ void gemm_strided_batched(const Cuda& dev, bool trans_a, bool trans_b, int M, in
                           int ldc, std::int64_t stride_c, int batch) {
     static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "device::Cuda: GEMMs in float or double");
     if (M == 0 || N == 0 || batch == 0) return;
-    DISTILL_CUDA_CHECK(cuda_detail::gemm_batched_call(dev.cublas(), cuda_detail::op(trans_b), cuda_detail::op(trans_a),
-                                                      N, M, K, &alpha, B, ldb, stride_b, A, lda, stride_a, &beta, C,
-                                                      ldc, stride_c, batch));
+    DISTILL_CUDA_CHECK(detail::gemm_batched_call(dev.cublas(), detail::op(trans_b), detail::op(trans_a), N, M, K,
+                                                 &alpha, B, ldb, stride_b, A, lda, stride_a, &beta, C, ldc, stride_c,
+                                                 batch));
 }
 
 }  // namespace distill::device

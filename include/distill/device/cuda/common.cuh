@@ -9,7 +9,7 @@
 
 #include "distill/device/cuda/context.cuh"
 
-namespace distill::device::cuda_detail {
+namespace distill::device::detail {
 
 /// Sum over the 32 lanes of a warp (butterfly; every lane gets the same bits).
 template <class T>
@@ -85,4 +85,4 @@ __device__ inline double block_lse(Lse v, Lse* shared) {
     return v.m == -INFINITY ? -INFINITY : v.m + log(v.s);
 }
 
-}  // namespace distill::device::cuda_detail
+}  // namespace distill::device::detail

@@ -39,7 +39,7 @@ private:
     std::string call_;
 };
 
-namespace device::cuda_detail {
+namespace device::detail {
 
 inline void check(cudaError_t e, const char* call, const char* file, int line) {
     if (e != cudaSuccess) {
@@ -53,18 +53,25 @@ inline void check(cublasStatus_t s, const char* call, const char* file, int line
         throw cuda_error(call, file, line, std::string(cublasGetStatusName(s)) + " (" + cublasGetStatusString(s) + ")");
 }
 
-}  // namespace device::cuda_detail
+}  // namespace device::detail
 }  // namespace distill
 
 /// Checks a CUDA runtime or cuBLAS call: throws `distill::cuda_error` with the call, file and line.
-#define DISTILL_CUDA_CHECK(call) ::distill::device::cuda_detail::check((call), #call, __FILE__, __LINE__)
+#define DISTILL_CUDA_CHECK(call) ::distill::device::detail::check((call), #call, __FILE__, __LINE__)
 /// Checks the launch of the kernel just started (bad configuration, no device code for this GPU).
 #define DISTILL_CUDA_CHECK_LAUNCH(name) \
-    ::distill::device::cuda_detail::check(cudaGetLastError(), name "<<<...>>>", __FILE__, __LINE__)
+    ::distill::device::detail::check(cudaGetLastError(), name "<<<...>>>", __FILE__, __LINE__)
+/// Launches `kernel<<<grid, block, 0, stream>>>(args...)` and checks the launch, naming the kernel
+/// as written: the one way the Cuda kernels are started.
+#define DISTILL_CUDA_LAUNCH(kernel, grid, block, stream, ...)  \
+    do {                                                       \
+        kernel<<<(grid), (block), 0, (stream)>>>(__VA_ARGS__); \
+        DISTILL_CUDA_CHECK_LAUNCH(#kernel);                    \
+    } while (0)
 
 namespace distill::device {
 
-namespace cuda_detail {
+namespace detail {
 
 /// What a `Cuda` tag points to: the GPU ordinal, its stream, its cuBLAS handle and staging buffers.
 /// Shared by every copy of the tag; destroyed with the last one.
@@ -128,7 +135,7 @@ inline bool is_device_pointer(const void* p) {
     return a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged;
 }
 
-}  // namespace cuda_detail
+}  // namespace detail
 
 /// The NVIDIA GPU device: tensors in device memory, kernels on one CUDA stream, GEMMs through
 /// cuBLAS. A tag as cheap to copy as the others: copies share one context (GPU, stream, cuBLAS
@@ -146,18 +153,18 @@ struct Cuda {
     static constexpr const char* name = "cuda";
 
     /// The shared context of GPU 0. Throws `cuda_error` when no GPU is visible.
-    Cuda() : state_(cuda_detail::default_state()) {}
+    Cuda() : state_(detail::default_state()) {}
     /// A new context (its own stream and cuBLAS handle) on GPU `ordinal`.
     explicit Cuda(int ordinal) {
-        const int n = cuda_detail::device_count();
+        const int n = detail::device_count();
         if (ordinal < 0 || ordinal >= n)
             throw config_error("device.ordinal",
                                "GPU " + std::to_string(ordinal) + " requested, " + std::to_string(n) + " visible");
-        state_ = std::make_shared<cuda_detail::State>(ordinal);
+        state_ = std::make_shared<detail::State>(ordinal);
     }
 
     /// Number of GPUs visible to this process (0 without a driver or device).
-    static int visible_devices() noexcept { return cuda_detail::device_count(); }
+    static int visible_devices() noexcept { return detail::device_count(); }
 
     void* allocate(std::size_t bytes) const {
         activate();
@@ -179,7 +186,7 @@ struct Cuda {
     void copy(void* dst, const void* src, std::size_t bytes) const {
         if (!bytes) return;
         DISTILL_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream()));
-        if (!cuda_detail::is_device_pointer(dst) || !cuda_detail::is_device_pointer(src)) synchronize();
+        if (!detail::is_device_pointer(dst) || !detail::is_device_pointer(src)) synchronize();
     }
 
     /// Waits until everything launched on this context's stream has finished.
@@ -212,7 +219,7 @@ struct Cuda {
     /// `p` itself when the GPU can read it, else a copy of its `n` elements in staging slot `slot`.
     template <class T>
     const T* on_device(const T* p, std::size_t n, int slot) const {
-        if (!p || cuda_detail::is_device_pointer(p)) return p;
+        if (!p || detail::is_device_pointer(p)) return p;
         void* d = staging(slot, n * sizeof(T));
         DISTILL_CUDA_CHECK(cudaMemcpyAsync(d, p, n * sizeof(T), cudaMemcpyHostToDevice, stream()));
         return static_cast<const T*>(d);
@@ -220,10 +227,10 @@ struct Cuda {
 
 private:
     void activate() const { DISTILL_CUDA_CHECK(cudaSetDevice(state_->ordinal)); }
-    std::shared_ptr<cuda_detail::State> state_;
+    std::shared_ptr<detail::State> state_;
 };
 
-namespace cuda_detail {
+namespace detail {
 
 // Staging slots, one per kind of host array, so two arrays of one call never share a buffer.
 inline constexpr int slot_mask = 0, slot_index = 1, slot_values = 2, slot_partials = 3, slot_order = 4,
@@ -236,5 +243,5 @@ inline int blocks_for(std::int64_t n, int threads, std::int64_t cap = 65535LL * 
     return static_cast<int>(b < 1 ? 1 : (b > cap ? cap : b));
 }
 
-}  // namespace cuda_detail
+}  // namespace detail
 }  // namespace distill::device

@@ -14,7 +14,7 @@
 
 namespace distill::device {
 
-namespace cuda_detail {
+namespace detail {
 
 template <class T>
 __global__ void add_bias_kernel(T* out, const T* bias, std::int64_t n, int OC) {
@@ -67,10 +67,9 @@ void column_reduce(const Cuda& dev, T* out, int N, int OC, F f) {
     const int chunks = (N + R - 1) / R;
     T* partial = static_cast<T*>(dev.staging(slot_partials, sizeof(T) * std::size_t(chunks) * std::size_t(OC)));
     const dim3 grid((OC + threads - 1) / threads, chunks);
-    column_partials_kernel<<<grid, threads, 0, dev.stream()>>>(partial, N, OC, R, f);
-    DISTILL_CUDA_CHECK_LAUNCH("column_partials_kernel");
-    column_finish_kernel<<<(OC + threads - 1) / threads, threads, 0, dev.stream()>>>(out, partial, chunks, OC);
-    DISTILL_CUDA_CHECK_LAUNCH("column_finish_kernel");
+    DISTILL_CUDA_LAUNCH(column_partials_kernel, grid, threads, dev.stream(), partial, N, OC, R, f);
+    DISTILL_CUDA_LAUNCH(column_finish_kernel, (OC + threads - 1) / threads, threads, dev.stream(), out, partial, chunks,
+                        OC);
 }
 
 template <class T>
@@ -380,7 +379,7 @@ __global__ void kv_cache_store_kernel(T* keys, T* values, const T* qkv, const st
     }
 }
 
-}  // namespace cuda_detail
+}  // namespace detail
 
 /// Writes the keys and values of `count` tokens into a KV cache (max_batch, Hkv, Tmax, hs) per
 /// tensor: token i is row rows[3i] of qkv(·, (H+2Hkv)hs) (q H·hs | k Hkv·hs | v Hkv·hs), stored at
@@ -389,9 +388,9 @@ template <class T>
 void kv_cache_store(const Cuda& dev, T* keys, T* values, const T* qkv, const std::int32_t* rows, int count, int H,
                     int Hkv, int hs, int Tmax) {
     if (count <= 0) return;
-    const std::int32_t* r = dev.on_device(rows, 3 * std::size_t(count), cuda_detail::slot_kv);
-    cuda_detail::kv_cache_store_kernel<<<count, 128, 0, dev.stream()>>>(keys, values, qkv, r, H, Hkv, hs, Tmax);
-    DISTILL_CUDA_CHECK_LAUNCH("kv_cache_store_kernel");
+    const std::int32_t* r = dev.on_device(rows, 3 * std::size_t(count), detail::slot_kv);
+    DISTILL_CUDA_LAUNCH(detail::kv_cache_store_kernel, count, 128, dev.stream(), keys, values, qkv, r, H, Hkv, hs,
+                        Tmax);
 }
 
 /// out(N,OC) += bias(OC) broadcast over rows.
@@ -399,30 +398,27 @@ template <class T>
 void add_bias(const Cuda& dev, T* out, const T* bias, int N, int OC) {
     const std::int64_t n = std::int64_t(N) * OC;
     if (!n) return;
-    cuda_detail::add_bias_kernel<<<cuda_detail::blocks_for(n, 256), 256, 0, dev.stream()>>>(out, bias, n, OC);
-    DISTILL_CUDA_CHECK_LAUNCH("add_bias_kernel");
+    DISTILL_CUDA_LAUNCH(detail::add_bias_kernel, detail::blocks_for(n, 256), 256, dev.stream(), out, bias, n, OC);
 }
 
 /// dbias(OC) += Σ_n dout(N,OC): 64-row partial sums, then the partials in order.
 template <class T>
 void bias_grad(const Cuda& dev, T* dbias, const T* dout, int N, int OC) {
-    cuda_detail::column_reduce(dev, dbias, N, OC, cuda_detail::read_element<T>{dout, OC});
+    detail::column_reduce(dev, dbias, N, OC, detail::read_element<T>{dout, OC});
 }
 
 /// out = a + b, n elements (the residual connection).
 template <class T>
 void add(const Cuda& dev, T* out, const T* a, const T* b, std::int64_t n) {
     if (!n) return;
-    cuda_detail::add_kernel<<<cuda_detail::blocks_for(n, 256), 256, 0, dev.stream()>>>(out, a, b, n);
-    DISTILL_CUDA_CHECK_LAUNCH("add_kernel");
+    DISTILL_CUDA_LAUNCH(detail::add_kernel, detail::blocks_for(n, 256), 256, dev.stream(), out, a, b, n);
 }
 
 /// y += x, n elements.
 template <class T>
 void accumulate(const Cuda& dev, T* y, const T* x, std::int64_t n) {
     if (!n) return;
-    cuda_detail::accumulate_kernel<<<cuda_detail::blocks_for(n, 256), 256, 0, dev.stream()>>>(y, x, n);
-    DISTILL_CUDA_CHECK_LAUNCH("accumulate_kernel");
+    DISTILL_CUDA_LAUNCH(detail::accumulate_kernel, detail::blocks_for(n, 256), 256, dev.stream(), y, x, n);
 }
 
 /// LayerNorm over the last dimension: out(N,C) = (in - mean) rstd w + b, rstd = 1/sqrt(var + eps);
@@ -432,10 +428,8 @@ void layernorm_forward(const Cuda& dev, T* out, T* mean, T* rstd, const T* in, c
                        T eps) {
     if (N <= 0) return;
     constexpr int rows_per_block = 8;
-    cuda_detail::
-        layernorm_forward_kernel<<<(N + rows_per_block - 1) / rows_per_block, rows_per_block * 32, 0, dev.stream()>>>(
-            out, mean, rstd, in, w, b, N, C, eps);
-    DISTILL_CUDA_CHECK_LAUNCH("layernorm_forward_kernel");
+    DISTILL_CUDA_LAUNCH(detail::layernorm_forward_kernel, (N + rows_per_block - 1) / rows_per_block,
+                        rows_per_block * 32, dev.stream(), out, mean, rstd, in, w, b, N, C, eps);
 }
 
 /// LayerNorm backward, accumulating: din(N,C) += rstd (g - mean(g) - xhat mean(g xhat)), g = dout w;
@@ -445,12 +439,10 @@ void layernorm_backward(const Cuda& dev, T* din, T* dw, T* db, const T* dout, co
                         const T* rstd, int N, int C) {
     if (N <= 0) return;
     constexpr int rows_per_block = 8;
-    cuda_detail::
-        layernorm_din_kernel<<<(N + rows_per_block - 1) / rows_per_block, rows_per_block * 32, 0, dev.stream()>>>(
-            din, dout, in, w, mean, rstd, N, C);
-    DISTILL_CUDA_CHECK_LAUNCH("layernorm_din_kernel");
-    cuda_detail::column_reduce(dev, dw, N, C, cuda_detail::layernorm_dw_term<T>{dout, in, mean, rstd, C});
-    cuda_detail::column_reduce(dev, db, N, C, cuda_detail::read_element<T>{dout, C});
+    DISTILL_CUDA_LAUNCH(detail::layernorm_din_kernel, (N + rows_per_block - 1) / rows_per_block, rows_per_block * 32,
+                        dev.stream(), din, dout, in, w, mean, rstd, N, C);
+    detail::column_reduce(dev, dw, N, C, detail::layernorm_dw_term<T>{dout, in, mean, rstd, C});
+    detail::column_reduce(dev, db, N, C, detail::read_element<T>{dout, C});
 }
 
 /// RMSNorm over the last dimension: out(N,C) = in rstd w, rstd(N) = 1/sqrt(mean(in²) + eps) saved.
@@ -459,10 +451,8 @@ template <class T>
 void rmsnorm_forward(const Cuda& dev, T* out, T* rstd, const T* in, const T* w, int N, int C, T eps) {
     if (N <= 0) return;
     constexpr int rows_per_block = 8;
-    cuda_detail::
-        rmsnorm_forward_kernel<<<(N + rows_per_block - 1) / rows_per_block, rows_per_block * 32, 0, dev.stream()>>>(
-            out, rstd, in, w, N, C, eps);
-    DISTILL_CUDA_CHECK_LAUNCH("rmsnorm_forward_kernel");
+    DISTILL_CUDA_LAUNCH(detail::rmsnorm_forward_kernel, (N + rows_per_block - 1) / rows_per_block, rows_per_block * 32,
+                        dev.stream(), out, rstd, in, w, N, C, eps);
 }
 
 /// RMSNorm backward, accumulating: din(N,C) += rstd (g - xhat mean(g xhat)), g = dout w, xhat = in
@@ -472,11 +462,9 @@ void rmsnorm_backward(const Cuda& dev, T* din, T* dw, const T* dout, const T* in
                       int C) {
     if (N <= 0) return;
     constexpr int rows_per_block = 8;
-    cuda_detail::
-        rmsnorm_din_kernel<<<(N + rows_per_block - 1) / rows_per_block, rows_per_block * 32, 0, dev.stream()>>>(
-            din, dout, in, w, rstd, N, C);
-    DISTILL_CUDA_CHECK_LAUNCH("rmsnorm_din_kernel");
-    cuda_detail::column_reduce(dev, dw, N, C, cuda_detail::rmsnorm_dw_term<T>{dout, in, rstd, C});
+    DISTILL_CUDA_LAUNCH(detail::rmsnorm_din_kernel, (N + rows_per_block - 1) / rows_per_block, rows_per_block * 32,
+                        dev.stream(), din, dout, in, w, rstd, N, C);
+    detail::column_reduce(dev, dw, N, C, detail::rmsnorm_dw_term<T>{dout, in, rstd, C});
 }
 
 /// SwiGLU: out(N,F) = silu(gate) up, in(N,2F) = gate | up per row.
@@ -484,8 +472,7 @@ template <class T>
 void swiglu_forward(const Cuda& dev, T* out, const T* in, int N, int F) {
     const std::int64_t n = std::int64_t(N) * F;
     if (n <= 0) return;
-    cuda_detail::swiglu_forward_kernel<<<cuda_detail::blocks_for(n, 256), 256, 0, dev.stream()>>>(out, in, F, n);
-    DISTILL_CUDA_CHECK_LAUNCH("swiglu_forward_kernel");
+    DISTILL_CUDA_LAUNCH(detail::swiglu_forward_kernel, detail::blocks_for(n, 256), 256, dev.stream(), out, in, F, n);
 }
 
 /// SwiGLU backward: din(N,2F) = dout up silu'(gate) | dout silu(gate) (overwrites din).
@@ -493,8 +480,8 @@ template <class T>
 void swiglu_backward(const Cuda& dev, T* din, const T* in, const T* dout, int N, int F) {
     const std::int64_t n = std::int64_t(N) * F;
     if (n <= 0) return;
-    cuda_detail::swiglu_backward_kernel<<<cuda_detail::blocks_for(n, 256), 256, 0, dev.stream()>>>(din, in, dout, F, n);
-    DISTILL_CUDA_CHECK_LAUNCH("swiglu_backward_kernel");
+    DISTILL_CUDA_LAUNCH(detail::swiglu_backward_kernel, detail::blocks_for(n, 256), 256, dev.stream(), din, in, dout, F,
+                        n);
 }
 
 /// Rotary position embedding in place (rotate-half pairing): in each of the first `heads` heads (hs
@@ -506,18 +493,16 @@ void rope_rotate(const Cuda& dev, T* x, const T* cos, const T* sin, const std::i
                  int heads, int hs, bool inverse) {
     const std::int64_t n = std::int64_t(N) * heads * (hs / 2);
     if (n <= 0) return;
-    const std::int32_t* pos = dev.on_device(positions, std::size_t(N), cuda_detail::slot_positions);
-    cuda_detail::rope_rotate_kernel<<<cuda_detail::blocks_for(n, 256), 256, 0, dev.stream()>>>(x, cos, sin, pos, row,
-                                                                                               heads, hs, inverse, n);
-    DISTILL_CUDA_CHECK_LAUNCH("rope_rotate_kernel");
+    const std::int32_t* pos = dev.on_device(positions, std::size_t(N), detail::slot_positions);
+    DISTILL_CUDA_LAUNCH(detail::rope_rotate_kernel, detail::blocks_for(n, 256), 256, dev.stream(), x, cos, sin, pos,
+                        row, heads, hs, inverse, n);
 }
 
 /// out = gelu_tanh(in), n elements (the shared `math::gelu`).
 template <class T>
 void gelu_forward(const Cuda& dev, T* out, const T* in, std::int64_t n) {
     if (!n) return;
-    cuda_detail::gelu_forward_kernel<<<cuda_detail::blocks_for(n, 256), 256, 0, dev.stream()>>>(out, in, n);
-    DISTILL_CUDA_CHECK_LAUNCH("gelu_forward_kernel");
+    DISTILL_CUDA_LAUNCH(detail::gelu_forward_kernel, detail::blocks_for(n, 256), 256, dev.stream(), out, in, n);
 }
 
 /// Fused bias + GELU of an MLP's first projection: pre(N,OC) += bias(OC) (kept for the backward
@@ -526,16 +511,14 @@ template <class T>
 void bias_gelu_forward(const Cuda& dev, T* out, T* pre, const T* bias, int N, int OC) {
     const std::int64_t n = std::int64_t(N) * OC;
     if (!n) return;
-    cuda_detail::bias_gelu_kernel<<<cuda_detail::blocks_for(n, 256), 256, 0, dev.stream()>>>(out, pre, bias, n, OC);
-    DISTILL_CUDA_CHECK_LAUNCH("bias_gelu_kernel");
+    DISTILL_CUDA_LAUNCH(detail::bias_gelu_kernel, detail::blocks_for(n, 256), 256, dev.stream(), out, pre, bias, n, OC);
 }
 
 /// din = dout gelu_tanh'(in), n elements (overwrites; din may alias dout).
 template <class T>
 void gelu_backward(const Cuda& dev, T* din, const T* in, const T* dout, std::int64_t n) {
     if (!n) return;
-    cuda_detail::gelu_backward_kernel<<<cuda_detail::blocks_for(n, 256), 256, 0, dev.stream()>>>(din, in, dout, n);
-    DISTILL_CUDA_CHECK_LAUNCH("gelu_backward_kernel");
+    DISTILL_CUDA_LAUNCH(detail::gelu_backward_kernel, detail::blocks_for(n, 256), 256, dev.stream(), din, in, dout, n);
 }
 
 /// In place on att(BH,T,T): row t = softmax(scale · att[t, 0..t]), zeros after t. One warp per row.
@@ -544,9 +527,9 @@ void causal_softmax_forward(const Cuda& dev, T* att, int BH, int Tn, T scale) {
     const std::int64_t rows = std::int64_t(BH) * Tn;
     if (!rows) return;
     constexpr int rows_per_block = 8;
-    cuda_detail::causal_softmax_forward_kernel<<<static_cast<unsigned>((rows + rows_per_block - 1) / rows_per_block),
-                                                 rows_per_block * 32, 0, dev.stream()>>>(att, rows, Tn, scale);
-    DISTILL_CUDA_CHECK_LAUNCH("causal_softmax_forward_kernel");
+    DISTILL_CUDA_LAUNCH(detail::causal_softmax_forward_kernel,
+                        static_cast<unsigned>((rows + rows_per_block - 1) / rows_per_block), rows_per_block * 32,
+                        dev.stream(), att, rows, Tn, scale);
 }
 
 /// dscores(BH,T,T)[t,j] = scale p[t,j] (datt[t,j] - Σ_k p[t,k] datt[t,k]) for j ≤ t, else 0.
@@ -555,10 +538,9 @@ void causal_softmax_backward(const Cuda& dev, T* dscores, const T* att, const T*
     const std::int64_t rows = std::int64_t(BH) * Tn;
     if (!rows) return;
     constexpr int rows_per_block = 8;
-    cuda_detail::causal_softmax_backward_kernel<<<static_cast<unsigned>((rows + rows_per_block - 1) / rows_per_block),
-                                                  rows_per_block * 32, 0, dev.stream()>>>(dscores, att, datt, rows, Tn,
-                                                                                          scale);
-    DISTILL_CUDA_CHECK_LAUNCH("causal_softmax_backward_kernel");
+    DISTILL_CUDA_LAUNCH(detail::causal_softmax_backward_kernel,
+                        static_cast<unsigned>((rows + rows_per_block - 1) / rows_per_block), rows_per_block * 32,
+                        dev.stream(), dscores, att, datt, rows, Tn, scale);
 }
 
 /// out(B,T,C) = wte[tokens[b,t]] + wpe[t] (wpe null: the token embedding alone, for rotary models).
@@ -568,10 +550,9 @@ void embedding_forward(const Cuda& dev, T* out, const std::int32_t* tokens, cons
                        int C) {
     const std::int64_t n = std::int64_t(B) * Tn * C;
     if (!n) return;
-    const std::int32_t* tok = dev.on_device(tokens, std::size_t(B) * Tn, cuda_detail::slot_index);
-    cuda_detail::embedding_forward_kernel<<<cuda_detail::blocks_for(n, 256), 256, 0, dev.stream()>>>(out, tok, wte, wpe,
-                                                                                                     Tn, C, n);
-    DISTILL_CUDA_CHECK_LAUNCH("embedding_forward_kernel");
+    const std::int32_t* tok = dev.on_device(tokens, std::size_t(B) * Tn, detail::slot_index);
+    DISTILL_CUDA_LAUNCH(detail::embedding_forward_kernel, detail::blocks_for(n, 256), 256, dev.stream(), out, tok, wte,
+                        wpe, Tn, C, n);
 }
 
 /// dwte(V,C) += Σ_{(b,t): tokens=v} dout(b,t,:), dwpe(T,C) += Σ_b dout(b,t,:) (skipped when dwpe is
@@ -584,10 +565,8 @@ void embedding_backward(const Cuda& dev, T* dwte, T* dwpe, const T* dout, const 
     const int N = B * Tn;
     if (N <= 0) return;
     if (dwpe) {
-        cuda_detail::
-            embedding_dwpe_kernel<<<cuda_detail::blocks_for(std::int64_t(Tn) * C, 256), 256, 0, dev.stream()>>>(
-                dwpe, dout, B, Tn, C);
-        DISTILL_CUDA_CHECK_LAUNCH("embedding_dwpe_kernel");
+        DISTILL_CUDA_LAUNCH(detail::embedding_dwpe_kernel, detail::blocks_for(std::int64_t(Tn) * C, 256), 256,
+                            dev.stream(), dwpe, dout, B, Tn, C);
     }
     std::vector<std::int32_t> tok(static_cast<std::size_t>(N));
     dev.copy(tok.data(), tokens, sizeof(std::int32_t) * tok.size());
@@ -610,10 +589,9 @@ void embedding_backward(const Cuda& dev, T* dwte, T* dwpe, const T* dout, const 
         segments[2 * k + 1] = ends[k];
         segments[2 * K + k] = ids[k];
     }
-    const std::int32_t* d_order = dev.on_device(order.data(), order.size(), cuda_detail::slot_order);
-    const std::int32_t* d_segments = dev.on_device(segments.data(), segments.size(), cuda_detail::slot_segments);
-    cuda_detail::embedding_dwte_kernel<<<K, 128, 0, dev.stream()>>>(dwte, dout, d_order, d_segments, C);
-    DISTILL_CUDA_CHECK_LAUNCH("embedding_dwte_kernel");
+    const std::int32_t* d_order = dev.on_device(order.data(), order.size(), detail::slot_order);
+    const std::int32_t* d_segments = dev.on_device(segments.data(), segments.size(), detail::slot_segments);
+    DISTILL_CUDA_LAUNCH(detail::embedding_dwte_kernel, K, 128, dev.stream(), dwte, dout, d_order, d_segments, C);
 }
 
 /// Cross-entropy with ignore_index -1, fused with its gradient (see Reference): for rows with
@@ -628,9 +606,8 @@ int cross_entropy_forward_backward(const Cuda& dev, T* dlogits, T* losses, const
     dev.copy(host.data(), targets, sizeof(std::int32_t) * host.size());
     int count = 0;
     for (auto t : host) count += t >= 0;
-    const std::int32_t* tg = dev.on_device(host.data(), host.size(), cuda_detail::slot_index);
-    cuda_detail::cross_entropy_kernel<<<N, 256, 0, dev.stream()>>>(dlogits, losses, logits, tg, V, dloss);
-    DISTILL_CUDA_CHECK_LAUNCH("cross_entropy_kernel");
+    const std::int32_t* tg = dev.on_device(host.data(), host.size(), detail::slot_index);
+    DISTILL_CUDA_LAUNCH(detail::cross_entropy_kernel, N, 256, dev.stream(), dlogits, losses, logits, tg, V, dloss);
     return count;
 }
 
@@ -642,10 +619,9 @@ template <class T>
 void attention_decode(const Cuda& dev, T* out, T* scratch, const T* qkv, const T* kcache, const T* vcache,
                       const int* lengths, int B, int H, int Hkv, int hs, int Tmax) {
     if (B * H <= 0) return;
-    const int* len = dev.on_device(lengths, std::size_t(B), cuda_detail::slot_misc);
-    cuda_detail::attention_decode_kernel<<<B * H, 128, 0, dev.stream()>>>(out, scratch, qkv, kcache, vcache, len, H,
-                                                                          Hkv, hs, Tmax);
-    DISTILL_CUDA_CHECK_LAUNCH("attention_decode_kernel");
+    const int* len = dev.on_device(lengths, std::size_t(B), detail::slot_misc);
+    DISTILL_CUDA_LAUNCH(detail::attention_decode_kernel, B * H, 128, dev.stream(), out, scratch, qkv, kcache, vcache,
+                        len, H, Hkv, hs, Tmax);
 }
 
 }  // namespace distill::device

@@ -21,7 +21,7 @@
 
 namespace distill::device {
 
-namespace cuda_detail {
+namespace detail {
 
 inline constexpr int row_threads = 256;
 
@@ -61,79 +61,92 @@ __device__ inline int block_argmax(float v, int i, float* sv, int* si) {
     return i;
 }
 
+// Row blockIdx.x of a pair of (N,V) logits at scale c, for one block: the student's and the
+// teacher's rows, the gradient's row, both log-sum-exps (in double) and, with `argmax`, the
+// student's argmax m (the first index of its largest value; 0 without).
+template <class T>
+struct pair_row {
+    const T* s;
+    const T* t;
+    T* d;
+    double c, lse_s, lse_t;
+    int m;
+};
+
+// Opens the block's row into r: false (after skip_row) for a row that does not count.
+template <bool argmax, class T>
+__device__ inline bool open_pair_row(pair_row<T>& r, T* d, bool accumulate, T* losses, const T* student,
+                                     const T* teacher, const std::uint8_t* mask, int V, T inv_tau) {
+    __shared__ Lse sl[32];
+    __shared__ float sv[32];
+    __shared__ int si[32];
+    const std::int64_t n = blockIdx.x;
+    r.s = student + n * V;
+    r.t = teacher + n * V;
+    r.d = d + n * V;
+    if (skip_row(mask, n, losses, r.d, V, accumulate)) return false;
+    r.c = double(inv_tau);
+    Lse as = lse_init(), at = lse_init();
+    float best = -INFINITY;
+    int arg = 0x7fffffff;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) {
+        as = lse_push(as, double(r.s[j]) * r.c);
+        at = lse_push(at, double(r.t[j]) * r.c);
+        if constexpr (argmax)
+            if (float(r.s[j]) > best) best = float(r.s[j]), arg = j;
+    }
+    r.lse_s = block_lse(as, sl);
+    r.lse_t = block_lse(at, sl);
+    r.m = 0;
+    if constexpr (argmax) r.m = block_argmax(best, arg, sv, si);
+    return true;
+}
+
 // losses[n] = KL(p‖q), p = softmax(t·inv_tau), q = softmax(s·inv_tau); d = grad_scale inv_tau (q - p).
 template <class T>
 __global__ void kl_kernel(T* d, bool accumulate, T* losses, const T* student, const T* teacher,
                           const std::uint8_t* mask, int V, T inv_tau, T grad_scale) {
-    __shared__ Lse sl[32];
     __shared__ double sd[32];
-    const std::int64_t n = blockIdx.x;
-    const T* s = student + n * V;
-    const T* t = teacher + n * V;
-    T* dr = d + n * V;
-    if (skip_row(mask, n, losses, dr, V, accumulate)) return;
-    const double c = double(inv_tau);
-    Lse as = lse_init(), at = lse_init();
-    for (int j = threadIdx.x; j < V; j += blockDim.x) {
-        as = lse_push(as, double(s[j]) * c);
-        at = lse_push(at, double(t[j]) * c);
-    }
-    const double lse_s = block_lse(as, sl), lse_t = block_lse(at, sl);
+    pair_row<T> r;
+    if (!open_pair_row<false>(r, d, accumulate, losses, student, teacher, mask, V, inv_tau)) return;
     double kl = 0;
     for (int j = threadIdx.x; j < V; j += blockDim.x) {
-        const double lp = double(t[j]) * c - lse_t, lq = double(s[j]) * c - lse_s;
+        const double lp = double(r.t[j]) * r.c - r.lse_t, lq = double(r.s[j]) * r.c - r.lse_s;
         const double p = exp(lp), q = exp(lq);
         if (p > 0) kl += p * (lp - lq);
-        store_grad(dr[j], T(double(grad_scale) * c * (q - p)), accumulate);
+        store_grad(r.d[j], T(double(grad_scale) * r.c * (q - p)), accumulate);
     }
     kl = block_sum(kl, sd);
-    if (threadIdx.x == 0) losses[n] = T(kl);
+    if (threadIdx.x == 0) losses[blockIdx.x] = T(kl);
 }
 
 // losses[n] = KL(q‖p); gradient inv_tau q_j (e_j - Σ q e), e = log(q/p) shifted to 0 at argmax(s).
 template <class T>
 __global__ void reverse_kl_kernel(T* d, bool accumulate, T* losses, const T* student, const T* teacher,
                                   const std::uint8_t* mask, int V, T inv_tau, T grad_scale) {
-    __shared__ Lse sl[32];
     __shared__ double sd[32];
-    __shared__ float sv[32];
-    __shared__ int si[32];
-    const std::int64_t n = blockIdx.x;
-    const T* s = student + n * V;
-    const T* t = teacher + n * V;
-    T* dr = d + n * V;
-    if (skip_row(mask, n, losses, dr, V, accumulate)) return;
-    const double c = double(inv_tau);
-    Lse as = lse_init(), at = lse_init();
-    float best = -INFINITY;
-    int arg = 0x7fffffff;
-    for (int j = threadIdx.x; j < V; j += blockDim.x) {
-        as = lse_push(as, double(s[j]) * c);
-        at = lse_push(at, double(t[j]) * c);
-        if (float(s[j]) > best) best = float(s[j]), arg = j;
-    }
-    const double lse_s = block_lse(as, sl), lse_t = block_lse(at, sl);
-    const int m = block_argmax(best, arg, sv, si);
-    const double sm = double(s[m]), tm = double(t[m]);
+    pair_row<T> r;
+    if (!open_pair_row<true>(r, d, accumulate, losses, student, teacher, mask, V, inv_tau)) return;
+    const double sm = double(r.s[r.m]), tm = double(r.t[r.m]);
     // e_j = log(q_j/p_j) - log(q_m/p_m), each logit against its own row's value at m
-    auto e = [&](int j) { return ((double(s[j]) - sm) - (double(t[j]) - tm)) * c; };
+    auto e = [&](int j) { return ((double(r.s[j]) - sm) - (double(r.t[j]) - tm)) * r.c; };
     double kl = 0, ke = 0;
     for (int j = threadIdx.x; j < V; j += blockDim.x) {
-        const double lq = double(s[j]) * c - lse_s;
+        const double lq = double(r.s[j]) * r.c - r.lse_s;
         const double q = exp(lq);
         if (q > 0) {
-            kl += q * (lq - (double(t[j]) * c - lse_t));
+            kl += q * (lq - (double(r.t[j]) * r.c - r.lse_t));
             ke += q * e(j);
         }
     }
     kl = block_sum(kl, sd);
     ke = block_sum(ke, sd);
     for (int j = threadIdx.x; j < V; j += blockDim.x) {
-        const double q = exp(double(s[j]) * c - lse_s);
+        const double q = exp(double(r.s[j]) * r.c - r.lse_s);
         const double g = q > 0 ? q * (e(j) - ke) : 0.0;
-        store_grad(dr[j], T(double(grad_scale) * c * g), accumulate);
+        store_grad(r.d[j], T(double(grad_scale) * r.c * g), accumulate);
     }
-    if (threadIdx.x == 0) losses[n] = T(kl);
+    if (threadIdx.x == 0) losses[blockIdx.x] = T(kl);
 }
 
 // Generalized JSD, 0 < beta < 1 (see jsd_forward_backward of the Reference): b = β, b1 = 1 − β and
@@ -142,33 +155,16 @@ template <class T>
 __global__ void jsd_kernel(T* d, bool accumulate, T* losses, const T* student, const T* teacher,
                            const std::uint8_t* mask, int V, double b, double b1, double log_b, double log_b1, T inv_tau,
                            T grad_scale) {
-    __shared__ Lse sl[32];
     __shared__ double sd[32];
-    __shared__ float sv[32];
-    __shared__ int si[32];
-    const std::int64_t n = blockIdx.x;
-    const T* s = student + n * V;
-    const T* t = teacher + n * V;
-    T* dr = d + n * V;
-    if (skip_row(mask, n, losses, dr, V, accumulate)) return;
-    const double c = double(inv_tau);
-    Lse as = lse_init(), at = lse_init();
-    float best = -INFINITY;
-    int arg = 0x7fffffff;
-    for (int j = threadIdx.x; j < V; j += blockDim.x) {
-        as = lse_push(as, double(s[j]) * c);
-        at = lse_push(at, double(t[j]) * c);
-        if (float(s[j]) > best) best = float(s[j]), arg = j;
-    }
-    const double lse_s = block_lse(as, sl), lse_t = block_lse(at, sl);
-    const int m = block_argmax(best, arg, sv, si);
+    pair_row<T> r;
+    if (!open_pair_row<true>(r, d, accumulate, losses, student, teacher, mask, V, inv_tau)) return;
     auto log_m_over_q = [&](int j) {
-        return math::log_mix((double(t[j]) * c - lse_t) - (double(s[j]) * c - lse_s), b, log_b, log_b1);
+        return math::log_mix((double(r.t[j]) * r.c - r.lse_t) - (double(r.s[j]) * r.c - r.lse_s), b, log_b, log_b1);
     };
-    const double lmq_m = log_m_over_q(m);
+    const double lmq_m = log_m_over_q(r.m);
     double kl_pm = 0, kl_qm = 0, kh = 0;
     for (int j = threadIdx.x; j < V; j += blockDim.x) {
-        const double lp = double(t[j]) * c - lse_t, lq = double(s[j]) * c - lse_s;
+        const double lp = double(r.t[j]) * r.c - r.lse_t, lq = double(r.s[j]) * r.c - r.lse_s;
         const double p = exp(lp), q = exp(lq);
         // a zero probability on one side makes its own terms vanish, whatever the other side's log
         if (q > 0) {
@@ -182,11 +178,11 @@ __global__ void jsd_kernel(T* d, bool accumulate, T* losses, const T* student, c
     kl_qm = block_sum(kl_qm, sd);
     kh = block_sum(kh, sd);
     for (int j = threadIdx.x; j < V; j += blockDim.x) {
-        const double q = exp(double(s[j]) * c - lse_s);
+        const double q = exp(double(r.s[j]) * r.c - r.lse_s);
         const double g = q > 0 ? -q * ((log_m_over_q(j) - lmq_m) - kh) / b : 0.0;
-        store_grad(dr[j], T(double(grad_scale) * c * g), accumulate);
+        store_grad(r.d[j], T(double(grad_scale) * r.c * g), accumulate);
     }
-    if (threadIdx.x == 0) losses[n] = T(kl_pm / b1 + kl_qm / b);
+    if (threadIdx.x == 0) losses[blockIdx.x] = T(kl_pm / b1 + kl_qm / b);
 }
 
 // Sparse forward KL against the teacher's top-k and a "rest" bucket (see the Reference).
@@ -288,10 +284,7 @@ __global__ void attention_kl_kernel(T* d, bool accumulate, T* losses, const T* s
             }
             T gr = 0;
             if (j <= t) {
-                T at = 0;
-                for (int i = 0; i < g; ++i)
-                    at += teacher[(std::int64_t(b) * Ht + h * g + i) * tt + std::int64_t(t) * Tn + j];
-                at /= T(g);
+                const T at = detail::grouped_teacher_prob(teacher, b, h, g, Ht, t, Tn, j);
                 const T as = a[j] > tiny ? a[j] : tiny;
                 if (at > 0) kl += double(at) * double(log(at) - log(as));
                 gr = -at / as;
@@ -384,7 +377,7 @@ __global__ void hidden_match_kernel(T* y, T* losses, const T* g, const std::uint
     if (threadIdx.x == 0) losses[n] = T(1) - cs;
 }
 
-}  // namespace cuda_detail
+}  // namespace detail
 
 /// Forward KL per row fused with its gradient (see the Reference): student, teacher, d (N,V);
 /// losses, mask (N). One block per row.
@@ -392,10 +385,9 @@ template <class T>
 void kl_forward_backward(const Cuda& dev, T* d, bool accumulate, T* losses, const T* student, const T* teacher,
                          const std::uint8_t* mask, std::int64_t N, int V, T inv_tau, T grad_scale) {
     if (N <= 0) return;
-    const std::uint8_t* m = dev.on_device(mask, std::size_t(N), cuda_detail::slot_mask);
-    cuda_detail::kl_kernel<<<static_cast<unsigned>(N), cuda_detail::row_threads, 0, dev.stream()>>>(
-        d, accumulate, losses, student, teacher, m, V, inv_tau, grad_scale);
-    DISTILL_CUDA_CHECK_LAUNCH("kl_kernel");
+    const std::uint8_t* m = dev.on_device(mask, std::size_t(N), detail::slot_mask);
+    DISTILL_CUDA_LAUNCH(detail::kl_kernel, static_cast<unsigned>(N), detail::row_threads, dev.stream(), d, accumulate,
+                        losses, student, teacher, m, V, inv_tau, grad_scale);
 }
 
 /// Reverse KL per row fused with its gradient (see the Reference).
@@ -403,10 +395,9 @@ template <class T>
 void reverse_kl_forward_backward(const Cuda& dev, T* d, bool accumulate, T* losses, const T* student, const T* teacher,
                                  const std::uint8_t* mask, std::int64_t N, int V, T inv_tau, T grad_scale) {
     if (N <= 0) return;
-    const std::uint8_t* m = dev.on_device(mask, std::size_t(N), cuda_detail::slot_mask);
-    cuda_detail::reverse_kl_kernel<<<static_cast<unsigned>(N), cuda_detail::row_threads, 0, dev.stream()>>>(
-        d, accumulate, losses, student, teacher, m, V, inv_tau, grad_scale);
-    DISTILL_CUDA_CHECK_LAUNCH("reverse_kl_kernel");
+    const std::uint8_t* m = dev.on_device(mask, std::size_t(N), detail::slot_mask);
+    DISTILL_CUDA_LAUNCH(detail::reverse_kl_kernel, static_cast<unsigned>(N), detail::row_threads, dev.stream(), d,
+                        accumulate, losses, student, teacher, m, V, inv_tau, grad_scale);
 }
 
 /// Generalized Jensen–Shannon divergence per row with its gradient (see the Reference); precondition
@@ -415,11 +406,10 @@ template <class T>
 void jsd_forward_backward(const Cuda& dev, T* d, bool accumulate, T* losses, const T* student, const T* teacher,
                           const std::uint8_t* mask, std::int64_t N, int V, double beta, T inv_tau, T grad_scale) {
     if (N <= 0) return;
-    const std::uint8_t* m = dev.on_device(mask, std::size_t(N), cuda_detail::slot_mask);
-    cuda_detail::jsd_kernel<<<static_cast<unsigned>(N), cuda_detail::row_threads, 0, dev.stream()>>>(
-        d, accumulate, losses, student, teacher, m, V, beta, 1 - beta, std::log(beta), std::log1p(-beta), inv_tau,
-        grad_scale);
-    DISTILL_CUDA_CHECK_LAUNCH("jsd_kernel");
+    const std::uint8_t* m = dev.on_device(mask, std::size_t(N), detail::slot_mask);
+    DISTILL_CUDA_LAUNCH(detail::jsd_kernel, static_cast<unsigned>(N), detail::row_threads, dev.stream(), d, accumulate,
+                        losses, student, teacher, m, V, beta, 1 - beta, std::log(beta), std::log1p(-beta), inv_tau,
+                        grad_scale);
 }
 
 /// Sparse forward KL against the teacher's top-k (see the Reference): ids, logprobs (N,k) in host
@@ -429,12 +419,11 @@ void topk_kl_forward_backward(const Cuda& dev, T* d, bool accumulate, T* losses,
                               const std::int32_t* ids, const T* logprobs, const std::uint8_t* mask, std::int64_t N,
                               int V, int k, T inv_tau, T grad_scale) {
     if (N <= 0) return;
-    const std::uint8_t* m = dev.on_device(mask, std::size_t(N), cuda_detail::slot_mask);
-    const std::int32_t* di = dev.on_device(ids, std::size_t(N) * k, cuda_detail::slot_index);
-    const T* dl = dev.on_device(logprobs, std::size_t(N) * k, cuda_detail::slot_values);
-    cuda_detail::topk_kl_kernel<<<static_cast<unsigned>(N), cuda_detail::row_threads, 0, dev.stream()>>>(
-        d, accumulate, losses, student, di, dl, m, V, k, inv_tau, grad_scale);
-    DISTILL_CUDA_CHECK_LAUNCH("topk_kl_kernel");
+    const std::uint8_t* m = dev.on_device(mask, std::size_t(N), detail::slot_mask);
+    const std::int32_t* di = dev.on_device(ids, std::size_t(N) * k, detail::slot_index);
+    const T* dl = dev.on_device(logprobs, std::size_t(N) * k, detail::slot_values);
+    DISTILL_CUDA_LAUNCH(detail::topk_kl_kernel, static_cast<unsigned>(N), detail::row_threads, dev.stream(), d,
+                        accumulate, losses, student, di, dl, m, V, k, inv_tau, grad_scale);
 }
 
 /// Cross-entropy per row with mask and ignore_index -1, with its gradient (see the Reference).
@@ -443,11 +432,10 @@ void masked_cross_entropy_forward_backward(const Cuda& dev, T* d, bool accumulat
                                            const std::int32_t* targets, const std::uint8_t* mask, std::int64_t N, int V,
                                            T grad_scale) {
     if (N <= 0) return;
-    const std::uint8_t* m = dev.on_device(mask, std::size_t(N), cuda_detail::slot_mask);
-    const std::int32_t* tg = dev.on_device(targets, std::size_t(N), cuda_detail::slot_index);
-    cuda_detail::masked_ce_kernel<<<static_cast<unsigned>(N), cuda_detail::row_threads, 0, dev.stream()>>>(
-        d, accumulate, losses, logits, tg, m, V, grad_scale);
-    DISTILL_CUDA_CHECK_LAUNCH("masked_ce_kernel");
+    const std::uint8_t* m = dev.on_device(mask, std::size_t(N), detail::slot_mask);
+    const std::int32_t* tg = dev.on_device(targets, std::size_t(N), detail::slot_index);
+    DISTILL_CUDA_LAUNCH(detail::masked_ce_kernel, static_cast<unsigned>(N), detail::row_threads, dev.stream(), d,
+                        accumulate, losses, logits, tg, m, V, grad_scale);
 }
 
 /// Attention-map KL with grouped teacher heads (see the Reference): student, d (B,Hs,T,T);
@@ -457,10 +445,9 @@ void attention_kl_forward_backward(const Cuda& dev, T* d, bool accumulate, T* lo
                                    const T* teacher, const std::uint8_t* mask, int B, int Hs, int Ht, int Tn,
                                    T grad_scale) {
     if (B * Tn <= 0) return;
-    const std::uint8_t* m = dev.on_device(mask, std::size_t(B) * Tn, cuda_detail::slot_mask);
-    cuda_detail::attention_kl_kernel<<<B * Tn, 128, 0, dev.stream()>>>(d, accumulate, losses, student, teacher, m, Hs,
-                                                                       Ht, Tn, grad_scale);
-    DISTILL_CUDA_CHECK_LAUNCH("attention_kl_kernel");
+    const std::uint8_t* m = dev.on_device(mask, std::size_t(B) * Tn, detail::slot_mask);
+    DISTILL_CUDA_LAUNCH(detail::attention_kl_kernel, B * Tn, 128, dev.stream(), d, accumulate, losses, student, teacher,
+                        m, Hs, Ht, Tn, grad_scale);
 }
 
 /// Causal relation rows of one sequence (MiniLMv2; see the Reference): student, teacher, d
@@ -469,10 +456,9 @@ template <class T>
 void relation_kl_forward_backward(const Cuda& dev, T* d, T* losses, const T* student, const T* teacher,
                                   const std::uint8_t* mask, int R, int Tn, T s_scale, T t_scale, T grad_scale) {
     if (Tn <= 0) return;
-    const std::uint8_t* m = dev.on_device(mask, std::size_t(Tn), cuda_detail::slot_mask);
-    cuda_detail::relation_kl_kernel<<<Tn, 128, 0, dev.stream()>>>(d, losses, student, teacher, m, R, Tn, s_scale,
-                                                                  t_scale, grad_scale);
-    DISTILL_CUDA_CHECK_LAUNCH("relation_kl_kernel");
+    const std::uint8_t* m = dev.on_device(mask, std::size_t(Tn), detail::slot_mask);
+    DISTILL_CUDA_LAUNCH(detail::relation_kl_kernel, Tn, 128, dev.stream(), d, losses, student, teacher, m, R, Tn,
+                        s_scale, t_scale, grad_scale);
 }
 
 /// Hidden-state matching rows (the device half of `loss::HiddenMSE`): y(N,C) is the (projected)
@@ -485,10 +471,9 @@ template <class T>
 double hidden_match_forward_backward(const Cuda& dev, T* y, T* losses, const T* g, const std::uint8_t* mask,
                                      std::int64_t N, int C, T scale, bool cosine) {
     if (N <= 0) return 0.0;
-    const std::uint8_t* m = dev.on_device(mask, std::size_t(N), cuda_detail::slot_mask);
-    cuda_detail::hidden_match_kernel<<<static_cast<unsigned>(N), 128, 0, dev.stream()>>>(y, losses, g, m, C, scale,
-                                                                                         cosine);
-    DISTILL_CUDA_CHECK_LAUNCH("hidden_match_kernel");
+    const std::uint8_t* m = dev.on_device(mask, std::size_t(N), detail::slot_mask);
+    DISTILL_CUDA_LAUNCH(detail::hidden_match_kernel, static_cast<unsigned>(N), 128, dev.stream(), y, losses, g, m, C,
+                        scale, cosine);
     const auto rows = ::distill::detail::read_on_host(dev, losses, std::size_t(N));
     double value = 0;
     for (std::int64_t n = 0; n < N; ++n) value += double(rows[n]);

@@ -12,7 +12,7 @@
 
 namespace distill::device {
 
-namespace cuda_detail {
+namespace detail {
 
 // Products rounded on their own (never contracted into an FMA), as the host kernels compute them.
 __device__ inline float mul_rn(float a, float b) {
@@ -23,7 +23,7 @@ __device__ inline double mul_rn(double a, double b) {
 }
 
 template <class T>
-__global__ void adam_kernel(T* p, const T* g, T* m, T* v, std::int64_t n, adam_coefficients<T> k, bool decay) {
+__global__ void adam_tensor_kernel(T* p, const T* g, T* m, T* v, std::int64_t n, adam_coefficients<T> k, bool decay) {
     for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < n;
          i += std::int64_t(gridDim.x) * blockDim.x) {
         T pp = p[i], gg = g[i];
@@ -43,7 +43,7 @@ __global__ void adam_kernel(T* p, const T* g, T* m, T* v, std::int64_t n, adam_c
 }
 
 template <class T>
-__global__ void sgd_kernel(T* p, const T* g, T* buf, std::int64_t n, sgd_coefficients<T> k, bool decay) {
+__global__ void sgd_tensor_kernel(T* p, const T* g, T* buf, std::int64_t n, sgd_coefficients<T> k, bool decay) {
     for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < n;
          i += std::int64_t(gridDim.x) * blockDim.x) {
         const T pp = p[i];
@@ -85,7 +85,14 @@ __global__ void scale_kernel(T* x, T factor, std::int64_t n) {
         x[i] *= factor;
 }
 
-}  // namespace cuda_detail
+// Calls f(t, n) for every tensor t of `list` that has elements, n = its element count, in order.
+template <class T, class F>
+void for_each_tensor(const tensor_list<T>& list, F&& f) {
+    for (std::size_t t = 0; t < list.size(); ++t)
+        if (const std::int64_t n = list.numel(t)) f(t, n);
+}
+
+}  // namespace detail
 
 /// One Adam/AdamW step over every tensor of `list` (arrays p, g, m, v; flag = decay), the
 /// Reference's expressions (torch.optim.Adam/AdamW, foreach=False):
@@ -93,13 +100,10 @@ __global__ void scale_kernel(T* x, T factor, std::int64_t n) {
 ///   m ← β₁ m + (1-β₁) g,  v ← β₂ v + (1-β₂) g²,  p ← p - (lr/bc₁) m / (√v / √bc₂ + ε).
 template <class T>
 void adam_update(const Cuda& dev, const tensor_list<T>& list, const adam_coefficients<T>& k) {
-    for (std::size_t t = 0; t < list.size(); ++t) {
-        const std::int64_t n = list.numel(t);
-        if (!n) continue;
-        cuda_detail::adam_kernel<<<cuda_detail::blocks_for(n, 256), 256, 0, dev.stream()>>>(
-            list.array(t, 0), list.array(t, 1), list.array(t, 2), list.array(t, 3), n, k, list.flag(t));
-        DISTILL_CUDA_CHECK_LAUNCH("adam_kernel");
-    }
+    detail::for_each_tensor(list, [&](std::size_t t, std::int64_t n) {
+        DISTILL_CUDA_LAUNCH(detail::adam_tensor_kernel, detail::blocks_for(n, 256), 256, dev.stream(), list.array(t, 0),
+                            list.array(t, 1), list.array(t, 2), list.array(t, 3), n, k, list.flag(t));
+    });
 }
 
 /// One SGD step over every tensor of `list` (arrays p, g, buf — null without momentum; flag = decay):
@@ -107,13 +111,10 @@ void adam_update(const Cuda& dev, const tensor_list<T>& list, const adam_coeffic
 /// buf;  p ← p - lr d.
 template <class T>
 void sgd_update(const Cuda& dev, const tensor_list<T>& list, const sgd_coefficients<T>& k) {
-    for (std::size_t t = 0; t < list.size(); ++t) {
-        const std::int64_t n = list.numel(t);
-        if (!n) continue;
-        cuda_detail::sgd_kernel<<<cuda_detail::blocks_for(n, 256), 256, 0, dev.stream()>>>(
-            list.array(t, 0), list.array(t, 1), list.array(t, 2), n, k, list.flag(t));
-        DISTILL_CUDA_CHECK_LAUNCH("sgd_kernel");
-    }
+    detail::for_each_tensor(list, [&](std::size_t t, std::int64_t n) {
+        DISTILL_CUDA_LAUNCH(detail::sgd_tensor_kernel, detail::blocks_for(n, 256), 256, dev.stream(), list.array(t, 0),
+                            list.array(t, 1), list.array(t, 2), n, k, list.flag(t));
+    });
 }
 
 /// Σ_i Σ_j x_i[j]² over array 0 of the tensors of `list`, in double, returned to the host. Fixed
@@ -126,21 +127,19 @@ double sum_of_squares(const Cuda& dev, const tensor_list<T>& list) {
     std::vector<int> blocks(count);
     int total = 0;
     for (std::size_t i = 0; i < count; ++i) {
-        blocks[i] = cuda_detail::blocks_for(list.numel(i), threads, max_blocks);
+        blocks[i] = detail::blocks_for(list.numel(i), threads, max_blocks);
         total += list.numel(i) > 0 ? blocks[i] : 0;
     }
     if (total == 0) return 0.0;
-    double* partial = static_cast<double*>(dev.staging(cuda_detail::slot_partials, sizeof(double) * (total + 1)));
+    double* partial = static_cast<double*>(dev.staging(detail::slot_partials, sizeof(double) * (total + 1)));
     int offset = 0;
     for (std::size_t i = 0; i < count; ++i) {
         if (list.numel(i) <= 0) continue;
-        cuda_detail::sum_squares_kernel<<<blocks[i], threads, 0, dev.stream()>>>(
-            partial + offset, static_cast<const T*>(list.array(i, 0)), list.numel(i));
-        DISTILL_CUDA_CHECK_LAUNCH("sum_squares_kernel");
+        DISTILL_CUDA_LAUNCH(detail::sum_squares_kernel, blocks[i], threads, dev.stream(), partial + offset,
+                            static_cast<const T*>(list.array(i, 0)), list.numel(i));
         offset += blocks[i];
     }
-    cuda_detail::sum_partials_kernel<<<1, 1024, 0, dev.stream()>>>(partial + total, partial, total);
-    DISTILL_CUDA_CHECK_LAUNCH("sum_partials_kernel");
+    DISTILL_CUDA_LAUNCH(detail::sum_partials_kernel, 1, 1024, dev.stream(), partial + total, partial, total);
     double result = 0;
     dev.copy(&result, partial + total, sizeof(double));
     return result;
@@ -149,13 +148,10 @@ double sum_of_squares(const Cuda& dev, const tensor_list<T>& list) {
 /// x ← factor · x for array 0 of every tensor of `list` (gradient clipping and averaging).
 template <class T>
 void scale_in_place(const Cuda& dev, const tensor_list<T>& list, T factor) {
-    for (std::size_t t = 0; t < list.size(); ++t) {
-        const std::int64_t n = list.numel(t);
-        if (!n) continue;
-        cuda_detail::scale_kernel<<<cuda_detail::blocks_for(n, 256), 256, 0, dev.stream()>>>(list.array(t, 0), factor,
-                                                                                             n);
-        DISTILL_CUDA_CHECK_LAUNCH("scale_kernel");
-    }
+    detail::for_each_tensor(list, [&](std::size_t t, std::int64_t n) {
+        DISTILL_CUDA_LAUNCH(detail::scale_kernel, detail::blocks_for(n, 256), 256, dev.stream(), list.array(t, 0),
+                            factor, n);
+    });
 }
 
 }  // namespace distill::device

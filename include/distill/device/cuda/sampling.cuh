@@ -11,7 +11,7 @@
 
 namespace distill::device {
 
-namespace cuda_detail {
+namespace detail {
 
 template <class T>
 __global__ void argmax_kernel(std::int32_t* out, const T* logits, int V) {
@@ -66,16 +66,15 @@ __global__ void sample_kernel(std::int32_t* out, const T* logits, int V, T inv_t
     if (threadIdx.x == 0) out[blockIdx.x] = pick;
 }
 
-}  // namespace cuda_detail
+}  // namespace detail
 
 /// out[n] = argmax_j logits(N,V)[n, j] (the first of ties): greedy decoding. `out` host or device.
 template <class T>
 void argmax_rows(const Cuda& dev, std::int32_t* out, const T* logits, int N, int V) {
     if (N <= 0) return;
-    const bool host = !cuda_detail::is_device_pointer(out);
-    auto* d = host ? static_cast<std::int32_t*>(dev.staging(cuda_detail::slot_misc, sizeof(std::int32_t) * N)) : out;
-    cuda_detail::argmax_kernel<<<N, 256, 0, dev.stream()>>>(d, logits, V);
-    DISTILL_CUDA_CHECK_LAUNCH("argmax_kernel");
+    const bool host = !detail::is_device_pointer(out);
+    auto* d = host ? static_cast<std::int32_t*>(dev.staging(detail::slot_misc, sizeof(std::int32_t) * N)) : out;
+    DISTILL_CUDA_LAUNCH(detail::argmax_kernel, N, 256, dev.stream(), d, logits, V);
     if (host) dev.copy(out, d, sizeof(std::int32_t) * N);
 }
 
@@ -85,11 +84,10 @@ template <class T>
 void sample_rows(const Cuda& dev, std::int32_t* out, const T* logits, int N, int V, T temperature,
                  const float* uniforms) {
     if (N <= 0) return;
-    const float* u = dev.on_device(uniforms, std::size_t(N), cuda_detail::slot_values);
-    const bool host = !cuda_detail::is_device_pointer(out);
-    auto* d = host ? static_cast<std::int32_t*>(dev.staging(cuda_detail::slot_misc, sizeof(std::int32_t) * N)) : out;
-    cuda_detail::sample_kernel<<<N, 256, 0, dev.stream()>>>(d, logits, V, T(1) / temperature, u);
-    DISTILL_CUDA_CHECK_LAUNCH("sample_kernel");
+    const float* u = dev.on_device(uniforms, std::size_t(N), detail::slot_values);
+    const bool host = !detail::is_device_pointer(out);
+    auto* d = host ? static_cast<std::int32_t*>(dev.staging(detail::slot_misc, sizeof(std::int32_t) * N)) : out;
+    DISTILL_CUDA_LAUNCH(detail::sample_kernel, N, 256, dev.stream(), d, logits, V, T(1) / temperature, u);
     if (host) dev.copy(out, d, sizeof(std::int32_t) * N);
 }
 

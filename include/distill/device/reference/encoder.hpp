@@ -3,7 +3,7 @@
 /// The kernels only a bidirectional (BERT-layout) encoder adds to the layer kernels, on
 /// `device::Reference`: word + position + token-type embeddings, the exact (erf) GELU, the non-causal
 /// softmax with a key padding mask, mean and CLS pooling. Each is a loop over rows (or elements) of a
-/// row function in `reference_detail`; `device::Cpu` runs the same row functions on its threads
+/// row function in `detail`; `device::Cpu` runs the same row functions on its threads
 /// (`cpu/encoder.hpp`), so the two give the same bits. The attention core built from them and the
 /// device's batched GEMM is `nn/bidirectional_attention.hpp`.
 ///
@@ -20,7 +20,7 @@
 
 namespace distill::device {
 
-namespace reference_detail {
+namespace detail {
 
 // Row n = b·T + t of bert_embedding_forward.
 template <class T>
@@ -102,7 +102,7 @@ void mean_pool_backward_row(T* dh, const T* dout, const T* mask, int b, int Tn, 
     }
 }
 
-}  // namespace reference_detail
+}  // namespace detail
 
 /// out(B,T,C) = word[tokens[b,t]] + pos[t] + type[types[b,t]] (`BertEmbeddings` before its
 /// LayerNorm; position ids 0..T-1). `types` may be null: every token has type 0.
@@ -110,7 +110,7 @@ template <class T>
 void bert_embedding_forward(const Reference&, T* out, const std::int32_t* tokens, const std::int32_t* types,
                             const T* word, const T* pos, const T* type, int B, int Tn, int C) {
     for (std::int64_t n = 0; n < std::int64_t(B) * Tn; ++n)
-        reference_detail::bert_embedding_row(out, tokens, types, word, pos, type, n, Tn, C);
+        detail::bert_embedding_row(out, tokens, types, word, pos, type, n, Tn, C);
 }
 
 /// Accumulates dword(V,C), dpos(T,C) and dtype(TT,C) from dout(B,T,C), serially in token order: a
@@ -137,13 +137,13 @@ void bert_embedding_backward(const HostMemory&, T* dword, T* dpos, T* dtype, con
 /// BERT's `hidden_act: "gelu"`).
 template <class T>
 void gelu_erf_forward(const Reference&, T* out, const T* in, std::int64_t n) {
-    for (std::int64_t i = 0; i < n; ++i) out[i] = reference_detail::gelu_erf(in[i]);
+    for (std::int64_t i = 0; i < n; ++i) out[i] = detail::gelu_erf(in[i]);
 }
 
 /// din = dout · (Φ(x) + x φ(x)), φ the standard normal density; n elements, din may alias dout.
 template <class T>
 void gelu_erf_backward(const Reference&, T* din, const T* in, const T* dout, std::int64_t n) {
-    for (std::int64_t i = 0; i < n; ++i) din[i] = reference_detail::gelu_erf_grad(in[i], dout[i]);
+    for (std::int64_t i = 0; i < n; ++i) din[i] = detail::gelu_erf_grad(in[i], dout[i]);
 }
 
 /// In place on att(B,H,T,T): row (b,h,t) becomes softmax over the keys j with mask[b,j] = 1 of
@@ -152,7 +152,7 @@ void gelu_erf_backward(const Reference&, T* din, const T* in, const T* dout, std
 template <class T>
 void masked_softmax_forward(const Reference&, T* att, const T* mask, int B, int H, int Tn, T scale) {
     for (std::int64_t r = 0; r < std::int64_t(B) * H * Tn; ++r)
-        reference_detail::masked_softmax_row(att + r * Tn, mask + (r / (std::int64_t(H) * Tn)) * Tn, Tn, scale);
+        detail::masked_softmax_row(att + r * Tn, mask + (r / (std::int64_t(H) * Tn)) * Tn, Tn, scale);
 }
 
 /// Backward of `masked_softmax_forward` from the probabilities att(B,H,T,T) and their gradient datt:
@@ -162,21 +162,21 @@ template <class T>
 void masked_softmax_backward(const Reference&, T* dscores, const T* att, const T* datt, const T* mask, int B, int H,
                              int Tn, T scale) {
     for (std::int64_t r = 0; r < std::int64_t(B) * H * Tn; ++r)
-        reference_detail::masked_softmax_backward_row(dscores + r * Tn, att + r * Tn, datt + r * Tn,
-                                                      mask + (r / (std::int64_t(H) * Tn)) * Tn, Tn, scale);
+        detail::masked_softmax_backward_row(dscores + r * Tn, att + r * Tn, datt + r * Tn,
+                                            mask + (r / (std::int64_t(H) * Tn)) * Tn, Tn, scale);
 }
 
 /// Mean pooling over the valid tokens (sentence-transformers' `Pooling`, mean mode):
 /// out(B,C)[b] = Σ_t mask[b,t] h[b,t] / max(Σ_t mask[b,t], 1e-9), h (B,T,C).
 template <class T>
 void mean_pool_forward(const Reference&, T* out, const T* h, const T* mask, int B, int Tn, int C) {
-    for (int b = 0; b < B; ++b) reference_detail::mean_pool_row(out, h, mask, b, Tn, C);
+    for (int b = 0; b < B; ++b) detail::mean_pool_row(out, h, mask, b, Tn, C);
 }
 
 /// Backward of `mean_pool_forward`: dh(B,T,C) += mask[b,t] dout[b] / max(Σ_t mask[b,t], 1e-9).
 template <class T>
 void mean_pool_backward(const Reference&, T* dh, const T* dout, const T* mask, int B, int Tn, int C) {
-    for (int b = 0; b < B; ++b) reference_detail::mean_pool_backward_row(dh, dout, mask, b, Tn, C);
+    for (int b = 0; b < B; ++b) detail::mean_pool_backward_row(dh, dout, mask, b, Tn, C);
 }
 
 /// CLS pooling: out(B,C)[b] = h[b,0], h (B,T,C). Every host device runs this one (a copy per sequence).

@@ -32,7 +32,7 @@
 
 namespace distill::device {
 
-namespace reference_detail {
+namespace detail {
 
 template <class T>
 inline constexpr T neg_inf = -std::numeric_limits<T>::infinity();
@@ -88,7 +88,52 @@ void store(T& d, A g, bool accumulate) {
     d = accumulate ? static_cast<T>(A(d) + g) : static_cast<T>(g);
 }
 
-}  // namespace reference_detail
+// A row that does not count: loss 0, its gradient dr[0..width) zeroed (overwrite) or left
+// (accumulate). The Cpu kernels use it too.
+template <class T>
+void clear_row(T& loss, T* dr, std::int64_t width, bool accumulate) {
+    loss = 0;
+    if (!accumulate) std::fill(dr, dr + width, T(0));
+}
+
+// The row loop of the (N,V) divergences: losses[n] = row(n, d + n·V) for the rows that count
+// (mask[n], or every row without a mask), clear_row for the others; rows in order.
+template <class T, class Row>
+void for_counted_rows(const std::uint8_t* mask, std::int64_t N, int V, T* d, T* losses, bool accumulate, Row&& row) {
+    for (std::int64_t n = 0; n < N; ++n) {
+        T* dr = d + n * V;
+        if (mask && !mask[n])
+            clear_row(losses[n], dr, V, accumulate);
+        else
+            losses[n] = row(n, dr);
+    }
+}
+
+// for_counted_rows over a pair of (N,V) logits: losses[n] = row(s, t, dr, ls, lt) with s, t the
+// student's and the teacher's row n and ls, lt their log_softmax_stats at scale inv_tau.
+template <class T, class Row>
+void for_counted_pair_rows(const std::uint8_t* mask, std::int64_t N, int V, T* d, T* losses, bool accumulate,
+                           const T* student, const T* teacher, T inv_tau, Row&& row) {
+    for_counted_rows(mask, N, V, d, losses, accumulate, [&](std::int64_t n, T* dr) {
+        const T* s = student + n * V;
+        const T* t = teacher + n * V;
+        return row(s, t, dr, log_softmax_stats(s, V, inv_tau), log_softmax_stats(t, V, inv_tau));
+    });
+}
+
+// The teacher's attention probability that student head h is matched with, at query t, key j:
+// the mean of teacher heads [h·g, (h+1)·g) of sequence b, summed in order in T. teacher: (B,Ht,T,T).
+// The Cuda kernel uses it too.
+template <class T>
+DISTILL_HD T grouped_teacher_prob(const T* teacher, int b, int h, int g, int Ht, int t, int Tn, int j) {
+    const std::int64_t tt = std::int64_t(Tn) * Tn;
+    T at = 0;
+    for (int i = 0; i < g; ++i) at += teacher[(std::int64_t(b) * Ht + h * g + i) * tt + std::int64_t(t) * Tn + j];
+    at /= T(g);
+    return at;
+}
+
+}  // namespace detail
 
 /// Forward KL per row, fused with its gradient (torch: kl_div(log_softmax(s/τ), log_softmax(t/τ),
 /// log_target=True) summed over the row).
@@ -98,18 +143,9 @@ void store(T& d, A g, bool accumulate) {
 template <class T>
 void kl_forward_backward(const Reference&, T* d, bool accumulate, T* losses, const T* student, const T* teacher,
                          const std::uint8_t* mask, std::int64_t N, int V, T inv_tau, T grad_scale) {
-    using namespace reference_detail;
+    using namespace detail;
     using A = acc_t<T>;
-    for (std::int64_t n = 0; n < N; ++n) {
-        const T* s = student + n * V;
-        const T* t = teacher + n * V;
-        T* dr = d + n * V;
-        if (mask && !mask[n]) {
-            losses[n] = 0;
-            if (!accumulate) std::fill(dr, dr + V, T(0));
-            continue;
-        }
-        const auto ls = log_softmax_stats(s, V, inv_tau), lt = log_softmax_stats(t, V, inv_tau);
+    auto row = [&](const T* s, const T* t, T* dr, const row_stats<T>& ls, const row_stats<T>& lt) {
         A kl = 0;
         for (int j = 0; j < V; ++j) {
             const A lp = lt.log_prob(t[j]), lq = ls.log_prob(s[j]);
@@ -117,8 +153,9 @@ void kl_forward_backward(const Reference&, T* d, bool accumulate, T* losses, con
             if (p > 0) kl += p * (lp - lq);  // p = 0 terms vanish (0 log 0 = 0)
             store(dr[j], A(grad_scale) * A(inv_tau) * (q - p), accumulate);
         }
-        losses[n] = static_cast<T>(kl);
-    }
+        return static_cast<T>(kl);
+    };
+    for_counted_pair_rows(mask, N, V, d, losses, accumulate, student, teacher, inv_tau, row);
 }
 
 /// Reverse KL per row with its gradient (torch: kl_div(log_softmax(t/τ), log_softmax(s/τ),
@@ -132,18 +169,9 @@ void kl_forward_backward(const Reference&, T* d, bool accumulate, T* losses, con
 template <class T>
 void reverse_kl_forward_backward(const Reference&, T* d, bool accumulate, T* losses, const T* student, const T* teacher,
                                  const std::uint8_t* mask, std::int64_t N, int V, T inv_tau, T grad_scale) {
-    using namespace reference_detail;
+    using namespace detail;
     using A = acc_t<T>;
-    for (std::int64_t n = 0; n < N; ++n) {
-        const T* s = student + n * V;
-        const T* t = teacher + n * V;
-        T* dr = d + n * V;
-        if (mask && !mask[n]) {
-            losses[n] = 0;
-            if (!accumulate) std::fill(dr, dr + V, T(0));
-            continue;
-        }
-        const auto ls = log_softmax_stats(s, V, inv_tau), lt = log_softmax_stats(t, V, inv_tau);
+    auto row = [&](const T* s, const T* t, T* dr, const row_stats<T>& ls, const row_stats<T>& lt) {
         const std::int64_t m = argmax(s, V);
         auto e = [&](int j) { return ((A(s[j]) - A(s[m])) - (A(t[j]) - A(t[m]))) * A(inv_tau); };
         A kl = 0, ke = 0;
@@ -160,8 +188,9 @@ void reverse_kl_forward_backward(const Reference&, T* d, bool accumulate, T* los
             const A g = q > 0 ? q * (e(j) - ke) : A(0);
             store(dr[j], A(grad_scale) * A(inv_tau) * g, accumulate);
         }
-        losses[n] = static_cast<T>(kl);
-    }
+        return static_cast<T>(kl);
+    };
+    for_counted_pair_rows(mask, N, V, d, losses, accumulate, student, teacher, inv_tau, row);
 }
 
 /// Generalized Jensen–Shannon divergence per row with its gradient, normalized so that it is
@@ -176,29 +205,22 @@ void reverse_kl_forward_backward(const Reference&, T* d, bool accumulate, T* los
 template <class T>
 void jsd_forward_backward(const Reference&, T* d, bool accumulate, T* losses, const T* student, const T* teacher,
                           const std::uint8_t* mask, std::int64_t N, int V, double beta, T inv_tau, T grad_scale) {
-    using namespace reference_detail;
+    using namespace detail;
     using A = acc_t<T>;
     const A b = A(beta), b1 = A(1 - beta), log_b = A(std::log(beta)), log_b1 = A(std::log1p(-beta));
-    for (std::int64_t n = 0; n < N; ++n) {
-        const T* s = student + n * V;
-        const T* t = teacher + n * V;
-        T* dr = d + n * V;
-        if (mask && !mask[n]) {
-            losses[n] = 0;
-            if (!accumulate) std::fill(dr, dr + V, T(0));
-            continue;
-        }
-        const auto ls = log_softmax_stats(s, V, inv_tau), lt = log_softmax_stats(t, V, inv_tau);
+    auto row = [&](const T* s, const T* t, T* dr, const row_stats<T>& ls, const row_stats<T>& lt) {
         auto log_m_over_q = [&](int j) {
             return math::log_mix(lt.log_prob(t[j]) - ls.log_prob(s[j]), b, log_b, log_b1);
         };
-        // the gradient's log(M/q) is shifted to 0 at the student's argmax m (see reverse_kl_forward_backward)
+        // the gradient's log(M/q) is shifted to 0 at the student's argmax m (see
+        // reverse_kl_forward_backward)
         const A lmq_m = log_m_over_q(int(argmax(s, V)));
         A kl_pm = 0, kl_qm = 0, kh = 0;  // KL(p‖M), KL(q‖M), Σ q (log(M/q) - log(M_m/q_m))
         for (int j = 0; j < V; ++j) {
             const A lp = lt.log_prob(t[j]), lq = ls.log_prob(s[j]);
             const A p = std::exp(lp), q = std::exp(lq);
-            // a zero probability on one side makes its own terms vanish, whatever the other side's log
+            // a zero probability on one side makes its own terms vanish, whatever the other
+            // side's log
             if (q > 0) {
                 const A lmq = math::log_mix(lp - lq, b, log_b, log_b1);
                 kl_qm -= q * lmq;
@@ -211,8 +233,9 @@ void jsd_forward_backward(const Reference&, T* d, bool accumulate, T* losses, co
             const A g = q > 0 ? -q * ((log_m_over_q(j) - lmq_m) - kh) / b : A(0);
             store(dr[j], A(grad_scale) * A(inv_tau) * g, accumulate);
         }
-        losses[n] = static_cast<T>(kl_pm / b1 + kl_qm / b);
-    }
+        return static_cast<T>(kl_pm / b1 + kl_qm / b);
+    };
+    for_counted_pair_rows(mask, N, V, d, losses, accumulate, student, teacher, inv_tau, row);
 }
 
 /// Sparse forward KL against a teacher known only by its top-k, over k+1 outcomes: the k tokens
@@ -227,18 +250,12 @@ template <class T>
 void topk_kl_forward_backward(const Reference&, T* d, bool accumulate, T* losses, const T* student,
                               const std::int32_t* ids, const T* logprobs, const std::uint8_t* mask, std::int64_t N,
                               int V, int k, T inv_tau, T grad_scale) {
-    using namespace reference_detail;
+    using namespace detail;
     using A = acc_t<T>;
-    for (std::int64_t n = 0; n < N; ++n) {
+    for_counted_rows(mask, N, V, d, losses, accumulate, [&](std::int64_t n, T* dr) {
         const T* s = student + n * V;
         const std::int32_t* id = ids + n * k;
         const T* lp = logprobs + n * k;
-        T* dr = d + n * V;
-        if (mask && !mask[n]) {
-            losses[n] = 0;
-            if (!accumulate) std::fill(dr, dr + V, T(0));
-            continue;
-        }
         auto in_topk = [&](std::int64_t j) {
             for (int i = 0; i < k; ++i)
                 if (id[i] == j) return true;
@@ -270,8 +287,8 @@ void topk_kl_forward_backward(const Reference&, T* d, bool accumulate, T* losses
             if (!topk && has_rest) g -= p_rest * std::exp(tail.log_prob(s[j]));  // P_rest · q_j / q_rest
             store(dr[j], A(grad_scale) * A(inv_tau) * g, accumulate);
         }
-        losses[n] = static_cast<T>(kl);
-    }
+        return static_cast<T>(kl);
+    });
 }
 
 /// Cross-entropy per row with its gradient (torch: cross_entropy(logits, targets, ignore_index=-1,
@@ -281,14 +298,13 @@ template <class T>
 void masked_cross_entropy_forward_backward(const Reference&, T* d, bool accumulate, T* losses, const T* logits,
                                            const std::int32_t* targets, const std::uint8_t* mask, std::int64_t N, int V,
                                            T grad_scale) {
-    using namespace reference_detail;
+    using namespace detail;
     using A = acc_t<T>;
     for (std::int64_t n = 0; n < N; ++n) {
         const T* x = logits + n * V;
         T* dr = d + n * V;
         if ((mask && !mask[n]) || targets[n] < 0) {
-            losses[n] = 0;
-            if (!accumulate) std::fill(dr, dr + V, T(0));
+            clear_row(losses[n], dr, V, accumulate);
             continue;
         }
         const auto st = log_softmax_stats(x, V, T(1));
@@ -310,7 +326,7 @@ template <class T>
 void attention_kl_forward_backward(const Reference&, T* d, bool accumulate, T* losses, const T* student,
                                    const T* teacher, const std::uint8_t* mask, int B, int Hs, int Ht, int Tn,
                                    T grad_scale) {
-    using namespace reference_detail;
+    using namespace detail;
     const int g = Ht / Hs;
     const T tiny = std::numeric_limits<T>::min();
     const std::int64_t tt = std::int64_t(Tn) * Tn;
@@ -329,15 +345,12 @@ void attention_kl_forward_backward(const Reference&, T* d, bool accumulate, T* l
                 for (int j = 0; j < Tn; ++j) {
                     T gr = 0;
                     if (j <= t) {
-                        T at = 0;
-                        for (int i = 0; i < g; ++i)
-                            at += teacher[(std::int64_t(b) * Ht + h * g + i) * tt + std::int64_t(t) * Tn + j];
-                        at /= T(g);
+                        const T at = grouped_teacher_prob(teacher, b, h, g, Ht, t, Tn, j);
                         const T as = std::max(a[j], tiny);
                         if (at > 0) kl += at * (std::log(at) - std::log(as));
                         gr = -at / as;
                     }
-                    reference_detail::store(dr[j], grad_scale * gr, accumulate);
+                    detail::store(dr[j], grad_scale * gr, accumulate);
                 }
             }
             losses[bt] = counts ? static_cast<T>(kl) : T(0);
@@ -352,7 +365,7 @@ void attention_kl_forward_backward(const Reference&, T* d, bool accumulate, T* l
 template <class T>
 void relation_kl_forward_backward(const Reference&, T* d, T* losses, const T* student, const T* teacher,
                                   const std::uint8_t* mask, int R, int Tn, T s_scale, T t_scale, T grad_scale) {
-    using namespace reference_detail;
+    using namespace detail;
     using A = acc_t<T>;
     const std::int64_t tt = std::int64_t(Tn) * Tn;
     for (int t = 0; t < Tn; ++t) losses[t] = 0;

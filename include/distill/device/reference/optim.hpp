@@ -8,7 +8,7 @@
 /// One exception to "plain loops": an update's bits are part of the contract (a resumed run equals an
 /// uninterrupted one; `device::Cpu` on any thread count equals `device::Reference`), and a compiler
 /// that contracts a·b + c into an FMA does so differently in a scalar loop and in a vector one. So the
-/// element kernels (`host_detail::adam_kernel`, `sgd_kernel`) are written once, on the vector shim of
+/// element kernels (`detail::adam_kernel`, `sgd_kernel`) are written once, on the vector shim of
 /// `device/simd.hpp` (scalar where the build has no vectors), and every host device runs them through
 /// `packetwise`: the Reference one tensor after another, `device::Cpu` on its threads.
 
@@ -22,7 +22,7 @@
 
 namespace distill::device {
 
-namespace reference_detail {
+namespace detail {
 
 /// Σ x² of the n ≤ `tensor_list::chunk_elements` values of one chunk, in double, in eight
 /// interleaved accumulators (element i to lane i mod 8, which the compiler vectorizes without
@@ -42,10 +42,6 @@ double chunk_sum_of_squares(const T* x, std::int64_t n) noexcept {
     }
     return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
 }
-
-}  // namespace reference_detail
-
-namespace host_detail {
 
 /// Runs `kernel(p, g, s0, s1, count)` over `n` elements, `count` always a multiple of the vector
 /// width: the whole vectors in place, the remainder through zero-padded vector-sized copies. The
@@ -125,33 +121,33 @@ struct sgd_kernel {
     }
 };
 
-}  // namespace host_detail
+}  // namespace detail
 
 /// One Adam/AdamW step over every tensor i of `list` (torch.optim.Adam/AdamW, foreach=False), arrays
 /// 0..3 = p, g, m, v (numel(i) elements each), flag = weight decay applies:
 ///   [flag, decoupled: p ← p·shrink | flag, coupled: g ← g + wd·p]
 ///   m ← b1·m + c1·g,   v ← b2·v + (c2·g)·g,   p ← p + (neg_step_size·m) / (√v / bc2_sqrt + eps)
 /// (the optimizer folds lr, the bias corrections and the decay into `k`; see optim/adam.hpp), each
-/// tensor through `host_detail::adam_kernel`.
+/// tensor through `detail::adam_kernel`.
 template <class T>
 void adam_update(const Reference&, const tensor_list<T>& list, const adam_coefficients<T>& k) {
-    const host_detail::adam_kernel<T> decayed{k, true}, plain{k, false};
+    const detail::adam_kernel<T> decayed{k, true}, plain{k, false};
     for (std::size_t t = 0; t < list.size(); ++t)
-        host_detail::packetwise<T>(list.flag(t) ? decayed : plain, list.numel(t), list.array(t, 0), list.array(t, 1),
-                                   list.array(t, 2), list.array(t, 3));
+        detail::packetwise<T>(list.flag(t) ? decayed : plain, list.numel(t), list.array(t, 0), list.array(t, 1),
+                              list.array(t, 2), list.array(t, 3));
 }
 
 /// One SGD step over every tensor i of `list` (torch.optim.SGD, foreach=False), arrays 0..2 = p, g,
 /// buf (buf null without momentum), flag = weight decay applies:
 ///   d ← g (+ wd·p);  with momentum buf ← d (first step) or buf·mu + keep·d, d ← d + mu·buf (Nesterov) or buf;
 ///   p ← p + neg_lr·d,
-/// each tensor through `host_detail::sgd_kernel`.
+/// each tensor through `detail::sgd_kernel`.
 template <class T>
 void sgd_update(const Reference&, const tensor_list<T>& list, const sgd_coefficients<T>& k) {
-    const host_detail::sgd_kernel<T> decayed{k, true}, plain{k, false};
+    const detail::sgd_kernel<T> decayed{k, true}, plain{k, false};
     for (std::size_t t = 0; t < list.size(); ++t)
-        host_detail::packetwise<T>(list.flag(t) ? decayed : plain, list.numel(t), list.array(t, 0), list.array(t, 1),
-                                   list.array(t, 2), nullptr);
+        detail::packetwise<T>(list.flag(t) ? decayed : plain, list.numel(t), list.array(t, 0), list.array(t, 1),
+                              list.array(t, 2), nullptr);
 }
 
 /// Σ over the tensors of `list` of Σ x² (array 0), in double: each chunk's `chunk_sum_of_squares`,
@@ -161,7 +157,7 @@ template <class T>
 double sum_of_squares(const Reference&, const tensor_list<T>& list) {
     double total = 0;
     for (const auto& c : list.chunks())
-        total += reference_detail::chunk_sum_of_squares(list.array(c.tensor, 0) + c.offset, c.size);
+        total += detail::chunk_sum_of_squares(list.array(c.tensor, 0) + c.offset, c.size);
     return total;
 }
 

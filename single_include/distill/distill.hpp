@@ -315,7 +315,7 @@ struct JsonlStats {
     std::vector<BadLine> skipped{};  ///< bad lines skipped under on_bad_line = "skip"
 };
 
-namespace jsonl_detail {
+namespace detail {
 
 /// Byte offset of the first invalid UTF-8 sequence in `s` (overlong forms, surrogates and code points
 /// above U+10FFFF are invalid, as RFC 3629 says), or npos when `s` is valid.
@@ -403,7 +403,7 @@ private:
     std::uint64_t max_;
 };
 
-}  // namespace jsonl_detail
+}  // namespace detail
 
 /// Reads `path` line by line and calls `handle(line_number, json)` for every non-blank line that is
 /// valid UTF-8 JSON within the size limit. The handler throws `bad_line` to reject its line (a
@@ -423,7 +423,7 @@ inline JsonlStats read_jsonl(const std::filesystem::path& path, const JsonlConfi
         if (!skip) throw format_error(path, line, defect);
         stats.skipped.push_back({line, std::move(defect)});
     };
-    jsonl_detail::line_reader reader(in, config.max_line_bytes);
+    detail::line_reader reader(in, config.max_line_bytes);
     std::string buffer;
     std::uint64_t length = 0, line_no = 0;
     while (reader.next(buffer, length)) {
@@ -444,7 +444,7 @@ inline JsonlStats read_jsonl(const std::filesystem::path& path, const JsonlConfi
             ++stats.blank_lines;
             continue;
         }
-        if (const std::size_t at = jsonl_detail::invalid_utf8_at(line); at != std::string_view::npos) {
+        if (const std::size_t at = detail::invalid_utf8_at(line); at != std::string_view::npos) {
             reject(line_no, "invalid UTF-8 at byte " + std::to_string(at + 1) + " of the line");
             continue;
         }
@@ -452,11 +452,11 @@ inline JsonlStats read_jsonl(const std::filesystem::path& path, const JsonlConfi
         try {
             j = nlohmann::json::parse(line);
         } catch (const nlohmann::json::parse_error& e) {
-            reject(line_no, jsonl_detail::json_defect(e));
+            reject(line_no, detail::json_defect(e));
             continue;
         } catch (const nlohmann::json::exception& e) {
             // Valid syntax the parser still refuses, e.g. a number beyond double's range (1e400).
-            reject(line_no, "invalid JSON: " + jsonl_detail::json_message(e));
+            reject(line_no, "invalid JSON: " + detail::json_message(e));
             continue;
         }
         try {
@@ -466,7 +466,7 @@ inline JsonlStats read_jsonl(const std::filesystem::path& path, const JsonlConfi
             reject(line_no, e.what());
         } catch (const nlohmann::json::exception& e) {
             // A handler that reads a field with the wrong type: a defect of the line, not a crash.
-            reject(line_no, "wrong type: " + jsonl_detail::json_message(e));
+            reject(line_no, "wrong type: " + detail::json_message(e));
         }
     }
     if (in.bad()) throw io_error(path, "read error");
@@ -974,10 +974,10 @@ inline nlohmann::json messages_to_json(std::span<const Message> messages) {
 
 /// The id derived from a prompt: the first 16 hex digits of the SHA-256 of its canonical JSON.
 inline std::string prompt_key(std::span<const Message> prompt) {
-    return detail::sha256_hex(messages_to_json(prompt).dump()).substr(0, 16);
+    return distill::detail::sha256_hex(messages_to_json(prompt).dump()).substr(0, 16);
 }
 
-namespace chat_detail {
+namespace detail {
 
 inline std::string json_type(const nlohmann::json& j) {
     if (j.is_number_integer()) return "an integer";
@@ -1021,13 +1021,13 @@ inline std::string message_content(const nlohmann::json& c, const std::string& w
     return s;
 }
 
-}  // namespace chat_detail
+}  // namespace detail
 
 /// Parses one line's JSON into an example (id not yet assigned unless the line has one).
 /// Throws `bad_line` naming the defect: missing field, wrong type, empty content, unknown role,
 /// a prompt without a user turn.
 inline Example parse_example(const nlohmann::json& j) {
-    using namespace chat_detail;
+    using namespace detail;
     if (!j.is_object()) throw bad_line("wrong type: expected a JSON object, got " + json_type(j));
     Example ex;
     if (auto id = j.find("id"); id != j.end()) {
@@ -1255,7 +1255,7 @@ public:
 
     /// The template's identity for fingerprints: its format, tokenizer and settings.
     std::string id() const {
-        return format_->id() + ";system_prompt=" + detail::sha256_hex(cfg_.system_prompt).substr(0, 16);
+        return format_->id() + ";system_prompt=" + distill::detail::sha256_hex(cfg_.system_prompt).substr(0, 16);
     }
     /// The tokenizer's identity ("byte-v1", "hf-<digest>").
     std::string tokenizer_id() const { return format_->tokenizer_id(); }
@@ -4485,13 +4485,13 @@ private:
         if (const json* p = Reader::find(j, "post_processor")) post_.read(r, *p, "post_processor");
         for (std::int32_t id : post_.before) check_id(r, "post_processor", id);
         for (std::int32_t id : post_.after) check_id(r, "post_processor", id);
-        pipeline_ = detail::sha256_hex((j.contains("normalizer") ? j["normalizer"].dump() : "null") + "\n" +
-                                       (j.contains("pre_tokenizer") ? j["pre_tokenizer"].dump() : "null") + "\n" +
-                                       j["model"].dump());
-        std::string fingerprint = detail::sha256_hex(text);
+        pipeline_ = distill::detail::sha256_hex((j.contains("normalizer") ? j["normalizer"].dump() : "null") + "\n" +
+                                                (j.contains("pre_tokenizer") ? j["pre_tokenizer"].dump() : "null") +
+                                                "\n" + j["model"].dump());
+        std::string fingerprint = distill::detail::sha256_hex(text);
         if (config) {
             read_config(*config, config_file);
-            fingerprint = detail::sha256_hex(fingerprint + detail::sha256_hex(*config));
+            fingerprint = distill::detail::sha256_hex(fingerprint + distill::detail::sha256_hex(*config));
         }
         if (!unk_ && !model_.unk_token.empty()) unk_ = token_to_id(model_.unk_token);
         id_ = "hf-" + fingerprint.substr(0, 16);
@@ -4611,7 +4611,7 @@ public:
         eos_ = tok_->eos_id().value_or(end_of_turn_);
         pad_ = tok_->pad_id().value_or(eos_);
         id_ = "chat-v1;tokenizer=" + tok_->id() + ";format=" + std::string(name) +
-              ";default_system=" + detail::sha256_hex(chat_.default_system).substr(0, 16);
+              ";default_system=" + distill::detail::sha256_hex(chat_.default_system).substr(0, 16);
     }
 
     std::string id() const override { return id_; }
@@ -5605,8 +5605,8 @@ host_readable<T> read_on_host(const Device& dev, const T* src, std::size_t n) {
 /// Eigen's GEMM kernel (AVX-512 when compiled for the host), split over threads by us and packing into
 /// per-thread buffers kept across calls, so a steady-state step allocates nothing; row
 /// kernels through Eigen array expressions (vectorized exp/tanh), parallel over rows or column
-/// blocks (`detail::parallel_for`, OpenMP). Reductions never use atomics and split work by a fixed rule, so a fixed
-/// thread count gives bit-identical results run after run.
+/// blocks (`distill::detail::parallel_for`, OpenMP). Reductions never use atomics and split work by a fixed rule, so a
+/// fixed thread count gives bit-identical results run after run.
 ///
 /// Precision: `Cpu(threads, precision::bf16)` rounds the operands of the model's GEMMs to bf16 and
 /// accumulates in fp32 (oneDNN; refused with a config_error without it — Eigen has no fast bf16
@@ -6232,7 +6232,7 @@ void kv_cache_store(const HostMemory&, T* keys, T* values, const T* qkv, const s
 #include <immintrin.h>
 #endif
 
-namespace distill::device::dnnl_detail {
+namespace distill::device::detail {
 
 /// fp32 -> bf16, round to nearest even (NaN stays NaN), as torch's `.to(torch.bfloat16)`.
 inline std::uint16_t to_bf16(float f) noexcept {
@@ -6339,17 +6339,17 @@ struct Entry {
 };
 
 // Per-thread state: engine, stream, primitive cache, bf16 scratch.
-struct State {
+struct DnnlState {
     dnnl::engine engine{dnnl::engine::kind::cpu, 0};
     dnnl::stream stream{engine};
     std::unordered_map<Key, std::unique_ptr<Entry>, KeyHash> cache;
     std::uint16_t* scratch = nullptr;
     std::size_t scratch_elems = 0;
 
-    State() { cache.reserve(256); }
-    ~State() { std::free(scratch); }
-    State(const State&) = delete;
-    State& operator=(const State&) = delete;
+    DnnlState() { cache.reserve(256); }
+    ~DnnlState() { std::free(scratch); }
+    DnnlState(const DnnlState&) = delete;
+    DnnlState& operator=(const DnnlState&) = delete;
 
     // Room for n bf16 elements; grows (reallocates) only when a larger GEMM than any before appears.
     std::uint16_t* bf16_scratch(std::size_t n) {
@@ -6364,8 +6364,8 @@ struct State {
     }
 };
 
-inline State& state() {
-    thread_local State s;
+inline DnnlState& state() {
+    thread_local DnnlState s;
     return s;
 }
 
@@ -6395,7 +6395,7 @@ inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int 
                  int lda, const float* B, int ldb, float beta, float* C, int ldc) {
     using dt = dnnl::memory::data_type;
     using dims = dnnl::memory::dims;
-    State& st = state();
+    DnnlState& st = state();
 #if defined(_OPENMP)
     if (omp_get_max_threads() != threads) omp_set_num_threads(threads);
 #endif
@@ -6447,7 +6447,7 @@ inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int 
     st.stream.wait();
 }
 
-}  // namespace distill::device::dnnl_detail
+}  // namespace distill::device::detail
 // ---- end distill/device/cpu/dnnl.hpp ----
 #endif
 
@@ -6482,7 +6482,7 @@ struct Cpu : HostMemory {
     /// has no oneDNN bf16 matmul (oneDNN 2.x needs AVX-512; detected at run time, never assumed).
     static std::string bf16_unsupported_reason() {
 #if defined(DISTILL_WITH_DNNL)
-        return dnnl_detail::bf16_unsupported_reason();
+        return detail::bf16_unsupported_reason();
 #else
         return "bf16 needs oneDNN's GEMM: install libdnnl-dev and link distill::dnnl (DISTILL_WITH_DNNL); this "
                "build has only Eigen's fp32 GEMM";
@@ -6520,7 +6520,7 @@ private:
     }
 };
 
-namespace cpu_detail {
+namespace detail {
 
 template <class T>
 using RowMajor = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
@@ -6557,11 +6557,22 @@ void for_column_blocks(int threads, std::int64_t n, std::int64_t align, F&& f) {
     });
 }
 
-}  // namespace cpu_detail
+// The row half of a norm's backward (LayerNorm, RMSNorm), rows in parallel on the device's
+// threads: f(n, x, dy, dx) with row n's input x, output gradient dy and input gradient dx (C wide).
+template <class T, class F>
+void norm_backward_rows(const Cpu& dev, T* din, const T* dout, const T* in, int N, int C, F&& f) {
+    distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
+        const int n = static_cast<int>(n_);
+        const std::int64_t row = std::int64_t(n) * C;
+        f(n, ConstArray<T>(in + row, C), ConstArray<T>(dout + row, C), Array<T>(din + row, C));
+    });
+}
+
+}  // namespace detail
 
 // ---- GEMM ---------------------------------------------------------------------------------------
 
-namespace cpu_detail {
+namespace detail {
 
 // Eigen's GEMM kernel packing into buffers kept per thread (Eigen's own product allocates its
 // packing blocks on every call beyond a 128 KiB stack limit), with the output split over our threads.
@@ -6673,7 +6684,7 @@ void eigen_gemm(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K,
             gemm_block<T>(trans_a, trans_b, M, e - b, K, alpha, A, lda, trans_b ? B + b * ldb : B + b, ldb, C + b, ldc);
     });
 }
-}  // namespace cpu_detail
+}  // namespace detail
 
 /// C(M,N) = alpha op(A) op(B) + beta C, row-major (see the Reference kernel): oneDNN's matmul with
 /// `distill::dnnl` (fp32, or bf16 operands when the device's precision says so), else Eigen's GEMM.
@@ -6690,13 +6701,13 @@ void gemm(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, T alp
         const bool nested = false;
 #endif
         if (!nested && M > 0 && N > 0 && K > 0) {
-            dnnl_detail::gemm(dev.compute == precision::bf16, dev.threads(), trans_a, trans_b, M, N, K, alpha, A, lda,
-                              B, ldb, beta, C, ldc);
+            detail::gemm(dev.compute == precision::bf16, dev.threads(), trans_a, trans_b, M, N, K, alpha, A, lda, B,
+                         ldb, beta, C, ldc);
             return;
         }
     }
 #endif
-    cpu_detail::eigen_gemm(dev, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    detail::eigen_gemm(dev, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 /// `batch` GEMMs at fixed strides, split over the threads (each single-threaded, in cache; a batch of
@@ -6706,8 +6717,8 @@ void gemm_strided_batched(const Cpu& dev, bool trans_a, bool trans_b, int M, int
                           std::int64_t stride_a, const T* B, int ldb, std::int64_t stride_b, T beta, T* C, int ldc,
                           std::int64_t stride_c, int batch) {
     distill::detail::parallel_for(dev.threads(), batch, [&](std::int64_t b) {
-        cpu_detail::eigen_gemm(dev, trans_a, trans_b, M, N, K, alpha, A + b * stride_a, lda, B + b * stride_b, ldb,
-                               beta, C + b * stride_c, ldc);
+        detail::eigen_gemm(dev, trans_a, trans_b, M, N, K, alpha, A + b * stride_a, lda, B + b * stride_b, ldb, beta,
+                           C + b * stride_c, ldc);
     });
 }
 
@@ -6716,7 +6727,7 @@ void gemm_strided_batched(const Cpu& dev, bool trans_a, bool trans_b, int M, int
 /// out(N,OC) += bias(OC).
 template <class T>
 void add_bias(const Cpu& dev, T* out, const T* bias, int N, int OC) {
-    using namespace cpu_detail;
+    using namespace detail;
     const ConstArray<T> b(bias, OC);
     distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
         const int n = static_cast<int>(n_);
@@ -6727,7 +6738,7 @@ void add_bias(const Cpu& dev, T* out, const T* bias, int N, int OC) {
 /// dbias(OC) += column sums of dout(N,OC); each thread owns a block of columns.
 template <class T>
 void bias_grad(const Cpu& dev, T* dbias, const T* dout, int N, int OC) {
-    using namespace cpu_detail;
+    using namespace detail;
     for_column_blocks(dev.threads(), OC, 64 / sizeof(T), [&](std::int64_t b, std::int64_t e) {
         Array<T> acc(dbias + b, e - b);
         for (int n = 0; n < N; ++n) acc += ConstArray<T>(dout + std::int64_t(n) * OC + b, e - b);
@@ -6737,7 +6748,7 @@ void bias_grad(const Cpu& dev, T* dbias, const T* dout, int N, int OC) {
 /// out = a + b.
 template <class T>
 void add(const Cpu& dev, T* out, const T* a, const T* b, std::int64_t n) {
-    using namespace cpu_detail;
+    using namespace detail;
     for_column_blocks(dev.threads(), n, 4096, [&](std::int64_t s, std::int64_t e) {
         Array<T>(out + s, e - s) = ConstArray<T>(a + s, e - s) + ConstArray<T>(b + s, e - s);
     });
@@ -6746,7 +6757,7 @@ void add(const Cpu& dev, T* out, const T* a, const T* b, std::int64_t n) {
 /// y += x.
 template <class T>
 void accumulate(const Cpu& dev, T* y, const T* x, std::int64_t n) {
-    using namespace cpu_detail;
+    using namespace detail;
     for_column_blocks(dev.threads(), n, 4096,
                       [&](std::int64_t s, std::int64_t e) { Array<T>(y + s, e - s) += ConstArray<T>(x + s, e - s); });
 }
@@ -6755,7 +6766,7 @@ void accumulate(const Cpu& dev, T* y, const T* x, std::int64_t n) {
 template <class T>
 void layernorm_forward(const Cpu& dev, T* out, T* mean, T* rstd, const T* in, const T* w, const T* b, int N, int C,
                        T eps) {
-    using namespace cpu_detail;
+    using namespace detail;
     const ConstArray<T> wa(w, C), ba(b, C);
     distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
         const int n = static_cast<int>(n_);
@@ -6772,18 +6783,16 @@ void layernorm_forward(const Cpu& dev, T* out, T* mean, T* rstd, const T* in, co
 template <class T>
 void layernorm_backward(const Cpu& dev, T* din, T* dw, T* db, const T* dout, const T* in, const T* w, const T* mean,
                         const T* rstd, int N, int C) {
-    using namespace cpu_detail;
+    using namespace detail;
     const ConstArray<T> wa(w, C);
-    distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
-        const int n = static_cast<int>(n_);
-        const std::int64_t row = std::int64_t(n) * C;
-        const ConstArray<T> x(in + row, C), dy(dout + row, C);
-        const auto xhat = (x - mean[n]) * rstd[n];
-        const auto g = dy * wa;
-        const T g_mean = g.mean();
-        const T gx_mean = (g * xhat).mean();
-        Array<T>(din + row, C) += rstd[n] * (g - g_mean - xhat * gx_mean);
-    });
+    norm_backward_rows(dev, din, dout, in, N, C,
+                       [&](int n, const ConstArray<T>& x, const ConstArray<T>& dy, Array<T> dx) {
+                           const auto xhat = (x - mean[n]) * rstd[n];
+                           const auto g = dy * wa;
+                           const T g_mean = g.mean();
+                           const T gx_mean = (g * xhat).mean();
+                           dx += rstd[n] * (g - g_mean - xhat * gx_mean);
+                       });
     for_column_blocks(dev.threads(), C, 64 / sizeof(T), [&](std::int64_t b, std::int64_t e) {
         Array<T> dwa(dw + b, e - b), dba(db + b, e - b);
         for (int n = 0; n < N; ++n) {
@@ -6799,7 +6808,7 @@ void layernorm_backward(const Cpu& dev, T* din, T* dw, T* db, const T* dout, con
 /// with Eigen's vectorized exp it stays accurate where 1 + tanh(u) would cancel (x << 0).
 template <class T>
 void gelu_forward(const Cpu& dev, T* out, const T* in, std::int64_t n) {
-    using namespace cpu_detail;
+    using namespace detail;
     for_column_blocks(dev.threads(), n, 4096, [&](std::int64_t s, std::int64_t e) {
         const ConstArray<T> x(in + s, e - s);
         Array<T>(out + s, e - s) = x / (T(1) + (T(-2) * math::gelu_k<T> * (x + T(0.044715) * x.cube())).exp());
@@ -6810,7 +6819,7 @@ void gelu_forward(const Cpu& dev, T* out, const T* in, std::int64_t n) {
 /// computed as e / (1 + e)^2, e = exp(-2|u|), which neither overflows nor cancels.
 template <class T>
 void gelu_backward(const Cpu& dev, T* din, const T* in, const T* dout, std::int64_t n) {
-    using namespace cpu_detail;
+    using namespace detail;
     for_column_blocks(dev.threads(), n, 4096, [&](std::int64_t s, std::int64_t e) {
         constexpr std::int64_t chunk = 1024;
         alignas(64) T u_buf[chunk], e_buf[chunk];
@@ -6831,7 +6840,7 @@ void gelu_backward(const Cpu& dev, T* din, const T* in, const T* dout, std::int6
 /// RMSNorm forward (see Reference), parallel over rows.
 template <class T>
 void rmsnorm_forward(const Cpu& dev, T* out, T* rstd, const T* in, const T* w, int N, int C, T eps) {
-    using namespace cpu_detail;
+    using namespace detail;
     const ConstArray<T> wa(w, C);
     distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
         const int n = static_cast<int>(n_);
@@ -6846,15 +6855,13 @@ void rmsnorm_forward(const Cpu& dev, T* out, T* rstd, const T* in, const T* w, i
 template <class T>
 void rmsnorm_backward(const Cpu& dev, T* din, T* dw, const T* dout, const T* in, const T* w, const T* rstd, int N,
                       int C) {
-    using namespace cpu_detail;
+    using namespace detail;
     const ConstArray<T> wa(w, C);
-    distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
-        const int n = static_cast<int>(n_);
-        const std::int64_t row = std::int64_t(n) * C;
-        const ConstArray<T> x(in + row, C), dy(dout + row, C);
-        const T gx_mean = (dy * wa * x).mean() * rstd[n];
-        Array<T>(din + row, C) += rstd[n] * (dy * wa - x * (rstd[n] * gx_mean));
-    });
+    norm_backward_rows(dev, din, dout, in, N, C,
+                       [&](int n, const ConstArray<T>& x, const ConstArray<T>& dy, Array<T> dx) {
+                           const T gx_mean = (dy * wa * x).mean() * rstd[n];
+                           dx += rstd[n] * (dy * wa - x * (rstd[n] * gx_mean));
+                       });
     for_column_blocks(dev.threads(), C, 64 / sizeof(T), [&](std::int64_t b, std::int64_t e) {
         Array<T> dwa(dw + b, e - b);
         for (int n = 0; n < N; ++n) {
@@ -6867,7 +6874,7 @@ void rmsnorm_backward(const Cpu& dev, T* din, T* dw, const T* dout, const T* in,
 /// SwiGLU forward (see Reference), parallel over rows: out(N,F) = silu(gate) * up.
 template <class T>
 void swiglu_forward(const Cpu& dev, T* out, const T* in, int N, int F) {
-    using namespace cpu_detail;
+    using namespace detail;
     distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
         const int n = static_cast<int>(n_);
         const ConstArray<T> g(in + std::int64_t(n) * 2 * F, F), u(in + std::int64_t(n) * 2 * F + F, F);
@@ -6879,7 +6886,7 @@ void swiglu_forward(const Cpu& dev, T* out, const T* in, int N, int F) {
 /// silu'(g) = s (1 + g (1 - s)), s = sigmoid(g).
 template <class T>
 void swiglu_backward(const Cpu& dev, T* din, const T* in, const T* dout, int N, int F) {
-    using namespace cpu_detail;
+    using namespace detail;
     distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
         const int n = static_cast<int>(n_);
         const std::int64_t r = std::int64_t(n) * 2 * F;
@@ -6913,7 +6920,7 @@ void rope_rotate(const Cpu& dev, T* x, const T* cos, const T* sin, const std::in
 /// Scaled causal softmax in place on att(BH,T,T), parallel over rows.
 template <class T>
 void causal_softmax_forward(const Cpu& dev, T* att, int BH, int Tn, T scale) {
-    using namespace cpu_detail;
+    using namespace detail;
     const std::int64_t rows = std::int64_t(BH) * Tn;
     distill::detail::parallel_for(dev.threads(), rows, [&](std::int64_t r) {
         const int t = static_cast<int>(r % Tn);
@@ -6929,7 +6936,7 @@ void causal_softmax_forward(const Cpu& dev, T* att, int BH, int Tn, T scale) {
 /// Causal softmax backward (see Reference); dscores may alias datt.
 template <class T>
 void causal_softmax_backward(const Cpu& dev, T* dscores, const T* att, const T* datt, int BH, int Tn, T scale) {
-    using namespace cpu_detail;
+    using namespace detail;
     const std::int64_t rows = std::int64_t(BH) * Tn;
     distill::detail::parallel_for(dev.threads(), rows, [&](std::int64_t r) {
         const int t = static_cast<int>(r % Tn);
@@ -6944,7 +6951,7 @@ void causal_softmax_backward(const Cpu& dev, T* dscores, const T* att, const T* 
 template <class T>
 void embedding_forward(const Cpu& dev, T* out, const std::int32_t* tokens, const T* wte, const T* wpe, int B, int Tn,
                        int C) {
-    using namespace cpu_detail;
+    using namespace detail;
     const std::int64_t rows = std::int64_t(B) * Tn;
     distill::detail::parallel_for(dev.threads(), rows, [&](std::int64_t bt) {
         Array<T> o(out + bt * C, C);
@@ -6958,7 +6965,7 @@ void embedding_forward(const Cpu& dev, T* out, const std::int32_t* tokens, const
 template <class T>
 void embedding_backward(const Cpu& dev, T* dwte, T* dwpe, const T* dout, const std::int32_t* tokens, int B, int Tn,
                         int C) {
-    using namespace cpu_detail;
+    using namespace detail;
     const std::int64_t rows = std::int64_t(B) * Tn;
     for_column_blocks(dev.threads(), C, 64 / sizeof(T), [&](std::int64_t b, std::int64_t e) {
         for (std::int64_t bt = 0; bt < rows; ++bt) {
@@ -6974,7 +6981,7 @@ void embedding_backward(const Cpu& dev, T* dwte, T* dwpe, const T* dout, const s
 template <class T>
 int cross_entropy_forward_backward(const Cpu& dev, T* dlogits, T* losses, const T* logits, const std::int32_t* targets,
                                    int N, int V, T dloss) {
-    using namespace cpu_detail;
+    using namespace detail;
     int count = 0;
     for (int n = 0; n < N; ++n) count += targets[n] >= 0;
     distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
@@ -7003,7 +7010,7 @@ int cross_entropy_forward_backward(const Cpu& dev, T* dlogits, T* losses, const 
 template <class T>
 void attention_decode(const Cpu& dev, T* out, T* scratch, const T* qkv, const T* kcache, const T* vcache,
                       const int* lengths, int B, int H, int Hkv, int hs, int Tmax) {
-    using namespace cpu_detail;
+    using namespace detail;
     using Vec = Eigen::Matrix<T, Eigen::Dynamic, 1>;
     const int C = H * hs, row = (H + 2 * Hkv) * hs;
     const T scale = T(1) / std::sqrt(T(hs));
@@ -7030,7 +7037,7 @@ void attention_decode(const Cpu& dev, T* out, T* scratch, const T* qkv, const T*
 /// The kernels only a bidirectional (BERT-layout) encoder adds to the layer kernels, on
 /// `device::Reference`: word + position + token-type embeddings, the exact (erf) GELU, the non-causal
 /// softmax with a key padding mask, mean and CLS pooling. Each is a loop over rows (or elements) of a
-/// row function in `reference_detail`; `device::Cpu` runs the same row functions on its threads
+/// row function in `detail`; `device::Cpu` runs the same row functions on its threads
 /// (`cpu/encoder.hpp`), so the two give the same bits. The attention core built from them and the
 /// device's batched GEMM is `nn/bidirectional_attention.hpp`.
 ///
@@ -7046,7 +7053,7 @@ void attention_decode(const Cpu& dev, T* out, T* scratch, const T* qkv, const T*
 
 namespace distill::device {
 
-namespace reference_detail {
+namespace detail {
 
 // Row n = b·T + t of bert_embedding_forward.
 template <class T>
@@ -7128,7 +7135,7 @@ void mean_pool_backward_row(T* dh, const T* dout, const T* mask, int b, int Tn, 
     }
 }
 
-}  // namespace reference_detail
+}  // namespace detail
 
 /// out(B,T,C) = word[tokens[b,t]] + pos[t] + type[types[b,t]] (`BertEmbeddings` before its
 /// LayerNorm; position ids 0..T-1). `types` may be null: every token has type 0.
@@ -7136,7 +7143,7 @@ template <class T>
 void bert_embedding_forward(const Reference&, T* out, const std::int32_t* tokens, const std::int32_t* types,
                             const T* word, const T* pos, const T* type, int B, int Tn, int C) {
     for (std::int64_t n = 0; n < std::int64_t(B) * Tn; ++n)
-        reference_detail::bert_embedding_row(out, tokens, types, word, pos, type, n, Tn, C);
+        detail::bert_embedding_row(out, tokens, types, word, pos, type, n, Tn, C);
 }
 
 /// Accumulates dword(V,C), dpos(T,C) and dtype(TT,C) from dout(B,T,C), serially in token order: a
@@ -7163,13 +7170,13 @@ void bert_embedding_backward(const HostMemory&, T* dword, T* dpos, T* dtype, con
 /// BERT's `hidden_act: "gelu"`).
 template <class T>
 void gelu_erf_forward(const Reference&, T* out, const T* in, std::int64_t n) {
-    for (std::int64_t i = 0; i < n; ++i) out[i] = reference_detail::gelu_erf(in[i]);
+    for (std::int64_t i = 0; i < n; ++i) out[i] = detail::gelu_erf(in[i]);
 }
 
 /// din = dout · (Φ(x) + x φ(x)), φ the standard normal density; n elements, din may alias dout.
 template <class T>
 void gelu_erf_backward(const Reference&, T* din, const T* in, const T* dout, std::int64_t n) {
-    for (std::int64_t i = 0; i < n; ++i) din[i] = reference_detail::gelu_erf_grad(in[i], dout[i]);
+    for (std::int64_t i = 0; i < n; ++i) din[i] = detail::gelu_erf_grad(in[i], dout[i]);
 }
 
 /// In place on att(B,H,T,T): row (b,h,t) becomes softmax over the keys j with mask[b,j] = 1 of
@@ -7178,7 +7185,7 @@ void gelu_erf_backward(const Reference&, T* din, const T* in, const T* dout, std
 template <class T>
 void masked_softmax_forward(const Reference&, T* att, const T* mask, int B, int H, int Tn, T scale) {
     for (std::int64_t r = 0; r < std::int64_t(B) * H * Tn; ++r)
-        reference_detail::masked_softmax_row(att + r * Tn, mask + (r / (std::int64_t(H) * Tn)) * Tn, Tn, scale);
+        detail::masked_softmax_row(att + r * Tn, mask + (r / (std::int64_t(H) * Tn)) * Tn, Tn, scale);
 }
 
 /// Backward of `masked_softmax_forward` from the probabilities att(B,H,T,T) and their gradient datt:
@@ -7188,21 +7195,21 @@ template <class T>
 void masked_softmax_backward(const Reference&, T* dscores, const T* att, const T* datt, const T* mask, int B, int H,
                              int Tn, T scale) {
     for (std::int64_t r = 0; r < std::int64_t(B) * H * Tn; ++r)
-        reference_detail::masked_softmax_backward_row(dscores + r * Tn, att + r * Tn, datt + r * Tn,
-                                                      mask + (r / (std::int64_t(H) * Tn)) * Tn, Tn, scale);
+        detail::masked_softmax_backward_row(dscores + r * Tn, att + r * Tn, datt + r * Tn,
+                                            mask + (r / (std::int64_t(H) * Tn)) * Tn, Tn, scale);
 }
 
 /// Mean pooling over the valid tokens (sentence-transformers' `Pooling`, mean mode):
 /// out(B,C)[b] = Σ_t mask[b,t] h[b,t] / max(Σ_t mask[b,t], 1e-9), h (B,T,C).
 template <class T>
 void mean_pool_forward(const Reference&, T* out, const T* h, const T* mask, int B, int Tn, int C) {
-    for (int b = 0; b < B; ++b) reference_detail::mean_pool_row(out, h, mask, b, Tn, C);
+    for (int b = 0; b < B; ++b) detail::mean_pool_row(out, h, mask, b, Tn, C);
 }
 
 /// Backward of `mean_pool_forward`: dh(B,T,C) += mask[b,t] dout[b] / max(Σ_t mask[b,t], 1e-9).
 template <class T>
 void mean_pool_backward(const Reference&, T* dh, const T* dout, const T* mask, int B, int Tn, int C) {
-    for (int b = 0; b < B; ++b) reference_detail::mean_pool_backward_row(dh, dout, mask, b, Tn, C);
+    for (int b = 0; b < B; ++b) detail::mean_pool_backward_row(dh, dout, mask, b, Tn, C);
 }
 
 /// CLS pooling: out(B,C)[b] = h[b,0], h (B,T,C). Every host device runs this one (a copy per sequence).
@@ -7229,22 +7236,21 @@ void bert_embedding_forward(const Cpu& dev, T* out, const std::int32_t* tokens, 
                             const T* word, const T* pos, const T* type, int B, int Tn, int C) {
     const std::int64_t N = std::int64_t(B) * Tn;
     DISTILL_OMP(parallel for schedule(static) num_threads(std::max(1, dev.threads())))
-    for (std::int64_t n = 0; n < N; ++n)
-        reference_detail::bert_embedding_row(out, tokens, types, word, pos, type, n, Tn, C);
+    for (std::int64_t n = 0; n < N; ++n) detail::bert_embedding_row(out, tokens, types, word, pos, type, n, Tn, C);
 }
 
 /// out = x Φ(x), n elements (see the Reference), threaded.
 template <class T>
 void gelu_erf_forward(const Cpu& dev, T* out, const T* in, std::int64_t n) {
     DISTILL_OMP(parallel for schedule(static) num_threads(std::max(1, dev.threads())))
-    for (std::int64_t i = 0; i < n; ++i) out[i] = reference_detail::gelu_erf(in[i]);
+    for (std::int64_t i = 0; i < n; ++i) out[i] = detail::gelu_erf(in[i]);
 }
 
 /// din = dout · (Φ(x) + x φ(x)), n elements (see the Reference), threaded; din may alias dout.
 template <class T>
 void gelu_erf_backward(const Cpu& dev, T* din, const T* in, const T* dout, std::int64_t n) {
     DISTILL_OMP(parallel for schedule(static) num_threads(std::max(1, dev.threads())))
-    for (std::int64_t i = 0; i < n; ++i) din[i] = reference_detail::gelu_erf_grad(in[i], dout[i]);
+    for (std::int64_t i = 0; i < n; ++i) din[i] = detail::gelu_erf_grad(in[i], dout[i]);
 }
 
 /// Masked softmax in place on att(B,H,T,T) (see the Reference), threaded over the B·H·T rows.
@@ -7253,7 +7259,7 @@ void masked_softmax_forward(const Cpu& dev, T* att, const T* mask, int B, int H,
     const std::int64_t rows = std::int64_t(B) * H * Tn;
     DISTILL_OMP(parallel for schedule(static) num_threads(std::max(1, dev.threads())))
     for (std::int64_t r = 0; r < rows; ++r)
-        reference_detail::masked_softmax_row(att + r * Tn, mask + (r / (std::int64_t(H) * Tn)) * Tn, Tn, scale);
+        detail::masked_softmax_row(att + r * Tn, mask + (r / (std::int64_t(H) * Tn)) * Tn, Tn, scale);
 }
 
 /// Backward of `masked_softmax_forward` (see the Reference), threaded over rows; dscores may alias datt.
@@ -7263,22 +7269,22 @@ void masked_softmax_backward(const Cpu& dev, T* dscores, const T* att, const T* 
     const std::int64_t rows = std::int64_t(B) * H * Tn;
     DISTILL_OMP(parallel for schedule(static) num_threads(std::max(1, dev.threads())))
     for (std::int64_t r = 0; r < rows; ++r)
-        reference_detail::masked_softmax_backward_row(dscores + r * Tn, att + r * Tn, datt + r * Tn,
-                                                      mask + (r / (std::int64_t(H) * Tn)) * Tn, Tn, scale);
+        detail::masked_softmax_backward_row(dscores + r * Tn, att + r * Tn, datt + r * Tn,
+                                            mask + (r / (std::int64_t(H) * Tn)) * Tn, Tn, scale);
 }
 
 /// Mean pooling out(B,C) over the valid tokens of h(B,T,C) (see the Reference), threaded over sequences.
 template <class T>
 void mean_pool_forward(const Cpu& dev, T* out, const T* h, const T* mask, int B, int Tn, int C) {
     DISTILL_OMP(parallel for schedule(static) num_threads(std::max(1, dev.threads())))
-    for (int b = 0; b < B; ++b) reference_detail::mean_pool_row(out, h, mask, b, Tn, C);
+    for (int b = 0; b < B; ++b) detail::mean_pool_row(out, h, mask, b, Tn, C);
 }
 
 /// Backward of `mean_pool_forward` (see the Reference), threaded over sequences.
 template <class T>
 void mean_pool_backward(const Cpu& dev, T* dh, const T* dout, const T* mask, int B, int Tn, int C) {
     DISTILL_OMP(parallel for schedule(static) num_threads(std::max(1, dev.threads())))
-    for (int b = 0; b < B; ++b) reference_detail::mean_pool_backward_row(dh, dout, mask, b, Tn, C);
+    for (int b = 0; b < B; ++b) detail::mean_pool_backward_row(dh, dout, mask, b, Tn, C);
 }
 
 }  // namespace distill::device
@@ -7343,7 +7349,7 @@ void mean_pool_backward(const Cpu& dev, T* dh, const T* dout, const T* mask, int
 
 namespace distill::device {
 
-namespace reference_detail {
+namespace detail {
 
 template <class T>
 inline constexpr T neg_inf = -std::numeric_limits<T>::infinity();
@@ -7399,7 +7405,52 @@ void store(T& d, A g, bool accumulate) {
     d = accumulate ? static_cast<T>(A(d) + g) : static_cast<T>(g);
 }
 
-}  // namespace reference_detail
+// A row that does not count: loss 0, its gradient dr[0..width) zeroed (overwrite) or left
+// (accumulate). The Cpu kernels use it too.
+template <class T>
+void clear_row(T& loss, T* dr, std::int64_t width, bool accumulate) {
+    loss = 0;
+    if (!accumulate) std::fill(dr, dr + width, T(0));
+}
+
+// The row loop of the (N,V) divergences: losses[n] = row(n, d + n·V) for the rows that count
+// (mask[n], or every row without a mask), clear_row for the others; rows in order.
+template <class T, class Row>
+void for_counted_rows(const std::uint8_t* mask, std::int64_t N, int V, T* d, T* losses, bool accumulate, Row&& row) {
+    for (std::int64_t n = 0; n < N; ++n) {
+        T* dr = d + n * V;
+        if (mask && !mask[n])
+            clear_row(losses[n], dr, V, accumulate);
+        else
+            losses[n] = row(n, dr);
+    }
+}
+
+// for_counted_rows over a pair of (N,V) logits: losses[n] = row(s, t, dr, ls, lt) with s, t the
+// student's and the teacher's row n and ls, lt their log_softmax_stats at scale inv_tau.
+template <class T, class Row>
+void for_counted_pair_rows(const std::uint8_t* mask, std::int64_t N, int V, T* d, T* losses, bool accumulate,
+                           const T* student, const T* teacher, T inv_tau, Row&& row) {
+    for_counted_rows(mask, N, V, d, losses, accumulate, [&](std::int64_t n, T* dr) {
+        const T* s = student + n * V;
+        const T* t = teacher + n * V;
+        return row(s, t, dr, log_softmax_stats(s, V, inv_tau), log_softmax_stats(t, V, inv_tau));
+    });
+}
+
+// The teacher's attention probability that student head h is matched with, at query t, key j:
+// the mean of teacher heads [h·g, (h+1)·g) of sequence b, summed in order in T. teacher: (B,Ht,T,T).
+// The Cuda kernel uses it too.
+template <class T>
+DISTILL_HD T grouped_teacher_prob(const T* teacher, int b, int h, int g, int Ht, int t, int Tn, int j) {
+    const std::int64_t tt = std::int64_t(Tn) * Tn;
+    T at = 0;
+    for (int i = 0; i < g; ++i) at += teacher[(std::int64_t(b) * Ht + h * g + i) * tt + std::int64_t(t) * Tn + j];
+    at /= T(g);
+    return at;
+}
+
+}  // namespace detail
 
 /// Forward KL per row, fused with its gradient (torch: kl_div(log_softmax(s/τ), log_softmax(t/τ),
 /// log_target=True) summed over the row).
@@ -7409,18 +7460,9 @@ void store(T& d, A g, bool accumulate) {
 template <class T>
 void kl_forward_backward(const Reference&, T* d, bool accumulate, T* losses, const T* student, const T* teacher,
                          const std::uint8_t* mask, std::int64_t N, int V, T inv_tau, T grad_scale) {
-    using namespace reference_detail;
+    using namespace detail;
     using A = acc_t<T>;
-    for (std::int64_t n = 0; n < N; ++n) {
-        const T* s = student + n * V;
-        const T* t = teacher + n * V;
-        T* dr = d + n * V;
-        if (mask && !mask[n]) {
-            losses[n] = 0;
-            if (!accumulate) std::fill(dr, dr + V, T(0));
-            continue;
-        }
-        const auto ls = log_softmax_stats(s, V, inv_tau), lt = log_softmax_stats(t, V, inv_tau);
+    auto row = [&](const T* s, const T* t, T* dr, const row_stats<T>& ls, const row_stats<T>& lt) {
         A kl = 0;
         for (int j = 0; j < V; ++j) {
             const A lp = lt.log_prob(t[j]), lq = ls.log_prob(s[j]);
@@ -7428,8 +7470,9 @@ void kl_forward_backward(const Reference&, T* d, bool accumulate, T* losses, con
             if (p > 0) kl += p * (lp - lq);  // p = 0 terms vanish (0 log 0 = 0)
             store(dr[j], A(grad_scale) * A(inv_tau) * (q - p), accumulate);
         }
-        losses[n] = static_cast<T>(kl);
-    }
+        return static_cast<T>(kl);
+    };
+    for_counted_pair_rows(mask, N, V, d, losses, accumulate, student, teacher, inv_tau, row);
 }
 
 /// Reverse KL per row with its gradient (torch: kl_div(log_softmax(t/τ), log_softmax(s/τ),
@@ -7443,18 +7486,9 @@ void kl_forward_backward(const Reference&, T* d, bool accumulate, T* losses, con
 template <class T>
 void reverse_kl_forward_backward(const Reference&, T* d, bool accumulate, T* losses, const T* student, const T* teacher,
                                  const std::uint8_t* mask, std::int64_t N, int V, T inv_tau, T grad_scale) {
-    using namespace reference_detail;
+    using namespace detail;
     using A = acc_t<T>;
-    for (std::int64_t n = 0; n < N; ++n) {
-        const T* s = student + n * V;
-        const T* t = teacher + n * V;
-        T* dr = d + n * V;
-        if (mask && !mask[n]) {
-            losses[n] = 0;
-            if (!accumulate) std::fill(dr, dr + V, T(0));
-            continue;
-        }
-        const auto ls = log_softmax_stats(s, V, inv_tau), lt = log_softmax_stats(t, V, inv_tau);
+    auto row = [&](const T* s, const T* t, T* dr, const row_stats<T>& ls, const row_stats<T>& lt) {
         const std::int64_t m = argmax(s, V);
         auto e = [&](int j) { return ((A(s[j]) - A(s[m])) - (A(t[j]) - A(t[m]))) * A(inv_tau); };
         A kl = 0, ke = 0;
@@ -7471,8 +7505,9 @@ void reverse_kl_forward_backward(const Reference&, T* d, bool accumulate, T* los
             const A g = q > 0 ? q * (e(j) - ke) : A(0);
             store(dr[j], A(grad_scale) * A(inv_tau) * g, accumulate);
         }
-        losses[n] = static_cast<T>(kl);
-    }
+        return static_cast<T>(kl);
+    };
+    for_counted_pair_rows(mask, N, V, d, losses, accumulate, student, teacher, inv_tau, row);
 }
 
 /// Generalized Jensen–Shannon divergence per row with its gradient, normalized so that it is
@@ -7487,29 +7522,22 @@ void reverse_kl_forward_backward(const Reference&, T* d, bool accumulate, T* los
 template <class T>
 void jsd_forward_backward(const Reference&, T* d, bool accumulate, T* losses, const T* student, const T* teacher,
                           const std::uint8_t* mask, std::int64_t N, int V, double beta, T inv_tau, T grad_scale) {
-    using namespace reference_detail;
+    using namespace detail;
     using A = acc_t<T>;
     const A b = A(beta), b1 = A(1 - beta), log_b = A(std::log(beta)), log_b1 = A(std::log1p(-beta));
-    for (std::int64_t n = 0; n < N; ++n) {
-        const T* s = student + n * V;
-        const T* t = teacher + n * V;
-        T* dr = d + n * V;
-        if (mask && !mask[n]) {
-            losses[n] = 0;
-            if (!accumulate) std::fill(dr, dr + V, T(0));
-            continue;
-        }
-        const auto ls = log_softmax_stats(s, V, inv_tau), lt = log_softmax_stats(t, V, inv_tau);
+    auto row = [&](const T* s, const T* t, T* dr, const row_stats<T>& ls, const row_stats<T>& lt) {
         auto log_m_over_q = [&](int j) {
             return math::log_mix(lt.log_prob(t[j]) - ls.log_prob(s[j]), b, log_b, log_b1);
         };
-        // the gradient's log(M/q) is shifted to 0 at the student's argmax m (see reverse_kl_forward_backward)
+        // the gradient's log(M/q) is shifted to 0 at the student's argmax m (see
+        // reverse_kl_forward_backward)
         const A lmq_m = log_m_over_q(int(argmax(s, V)));
         A kl_pm = 0, kl_qm = 0, kh = 0;  // KL(p‖M), KL(q‖M), Σ q (log(M/q) - log(M_m/q_m))
         for (int j = 0; j < V; ++j) {
             const A lp = lt.log_prob(t[j]), lq = ls.log_prob(s[j]);
             const A p = std::exp(lp), q = std::exp(lq);
-            // a zero probability on one side makes its own terms vanish, whatever the other side's log
+            // a zero probability on one side makes its own terms vanish, whatever the other
+            // side's log
             if (q > 0) {
                 const A lmq = math::log_mix(lp - lq, b, log_b, log_b1);
                 kl_qm -= q * lmq;
@@ -7522,8 +7550,9 @@ void jsd_forward_backward(const Reference&, T* d, bool accumulate, T* losses, co
             const A g = q > 0 ? -q * ((log_m_over_q(j) - lmq_m) - kh) / b : A(0);
             store(dr[j], A(grad_scale) * A(inv_tau) * g, accumulate);
         }
-        losses[n] = static_cast<T>(kl_pm / b1 + kl_qm / b);
-    }
+        return static_cast<T>(kl_pm / b1 + kl_qm / b);
+    };
+    for_counted_pair_rows(mask, N, V, d, losses, accumulate, student, teacher, inv_tau, row);
 }
 
 /// Sparse forward KL against a teacher known only by its top-k, over k+1 outcomes: the k tokens
@@ -7538,18 +7567,12 @@ template <class T>
 void topk_kl_forward_backward(const Reference&, T* d, bool accumulate, T* losses, const T* student,
                               const std::int32_t* ids, const T* logprobs, const std::uint8_t* mask, std::int64_t N,
                               int V, int k, T inv_tau, T grad_scale) {
-    using namespace reference_detail;
+    using namespace detail;
     using A = acc_t<T>;
-    for (std::int64_t n = 0; n < N; ++n) {
+    for_counted_rows(mask, N, V, d, losses, accumulate, [&](std::int64_t n, T* dr) {
         const T* s = student + n * V;
         const std::int32_t* id = ids + n * k;
         const T* lp = logprobs + n * k;
-        T* dr = d + n * V;
-        if (mask && !mask[n]) {
-            losses[n] = 0;
-            if (!accumulate) std::fill(dr, dr + V, T(0));
-            continue;
-        }
         auto in_topk = [&](std::int64_t j) {
             for (int i = 0; i < k; ++i)
                 if (id[i] == j) return true;
@@ -7581,8 +7604,8 @@ void topk_kl_forward_backward(const Reference&, T* d, bool accumulate, T* losses
             if (!topk && has_rest) g -= p_rest * std::exp(tail.log_prob(s[j]));  // P_rest · q_j / q_rest
             store(dr[j], A(grad_scale) * A(inv_tau) * g, accumulate);
         }
-        losses[n] = static_cast<T>(kl);
-    }
+        return static_cast<T>(kl);
+    });
 }
 
 /// Cross-entropy per row with its gradient (torch: cross_entropy(logits, targets, ignore_index=-1,
@@ -7592,14 +7615,13 @@ template <class T>
 void masked_cross_entropy_forward_backward(const Reference&, T* d, bool accumulate, T* losses, const T* logits,
                                            const std::int32_t* targets, const std::uint8_t* mask, std::int64_t N, int V,
                                            T grad_scale) {
-    using namespace reference_detail;
+    using namespace detail;
     using A = acc_t<T>;
     for (std::int64_t n = 0; n < N; ++n) {
         const T* x = logits + n * V;
         T* dr = d + n * V;
         if ((mask && !mask[n]) || targets[n] < 0) {
-            losses[n] = 0;
-            if (!accumulate) std::fill(dr, dr + V, T(0));
+            clear_row(losses[n], dr, V, accumulate);
             continue;
         }
         const auto st = log_softmax_stats(x, V, T(1));
@@ -7621,7 +7643,7 @@ template <class T>
 void attention_kl_forward_backward(const Reference&, T* d, bool accumulate, T* losses, const T* student,
                                    const T* teacher, const std::uint8_t* mask, int B, int Hs, int Ht, int Tn,
                                    T grad_scale) {
-    using namespace reference_detail;
+    using namespace detail;
     const int g = Ht / Hs;
     const T tiny = std::numeric_limits<T>::min();
     const std::int64_t tt = std::int64_t(Tn) * Tn;
@@ -7640,15 +7662,12 @@ void attention_kl_forward_backward(const Reference&, T* d, bool accumulate, T* l
                 for (int j = 0; j < Tn; ++j) {
                     T gr = 0;
                     if (j <= t) {
-                        T at = 0;
-                        for (int i = 0; i < g; ++i)
-                            at += teacher[(std::int64_t(b) * Ht + h * g + i) * tt + std::int64_t(t) * Tn + j];
-                        at /= T(g);
+                        const T at = grouped_teacher_prob(teacher, b, h, g, Ht, t, Tn, j);
                         const T as = std::max(a[j], tiny);
                         if (at > 0) kl += at * (std::log(at) - std::log(as));
                         gr = -at / as;
                     }
-                    reference_detail::store(dr[j], grad_scale * gr, accumulate);
+                    detail::store(dr[j], grad_scale * gr, accumulate);
                 }
             }
             losses[bt] = counts ? static_cast<T>(kl) : T(0);
@@ -7663,7 +7682,7 @@ void attention_kl_forward_backward(const Reference&, T* d, bool accumulate, T* l
 template <class T>
 void relation_kl_forward_backward(const Reference&, T* d, T* losses, const T* student, const T* teacher,
                                   const std::uint8_t* mask, int R, int Tn, T s_scale, T t_scale, T grad_scale) {
-    using namespace reference_detail;
+    using namespace detail;
     using A = acc_t<T>;
     const std::int64_t tt = std::int64_t(Tn) * Tn;
     for (int t = 0; t < Tn; ++t) losses[t] = 0;
@@ -7741,16 +7760,10 @@ double hidden_match_forward_backward(const Reference&, T* y, T* losses, const T*
 
 namespace distill::device {
 
-namespace cpu_loss_detail {
-
-using cpu_detail::Array;
-using cpu_detail::ConstArray;
+namespace detail {
 
 // Elements per chunk of the online pass: 4 KB of fp32, so a chunk and its exponentials stay in L1.
 inline constexpr int chunk = 1024;
-
-template <class T>
-inline constexpr T neg_inf = -std::numeric_limits<T>::infinity();
 
 // Whether T's Eigen packet is the 16-float AVX-512 register (the intrinsics below apply).
 template <class T>
@@ -7874,7 +7887,7 @@ T* row_scratch(std::size_t n) {
 }
 
 template <class T, class E>
-void store(T* d, int len, const E& g, bool accumulate) {
+void store_chunk(T* d, int len, const E& g, bool accumulate) {
     Array<T> out(d, len);
     if (accumulate)
         out += g;
@@ -7939,39 +7952,37 @@ void for_rows(int threads, T* d, bool accumulate, T* losses, const std::uint8_t*
     distill::detail::parallel_for(
         threads, N,
         [&](std::int64_t n) {
-            if (mask && !mask[n]) {
-                losses[n] = 0;
-                if (!accumulate) std::fill(d + n * width, d + (n + 1) * width, T(0));
-                return;
-            }
-            losses[n] = row(n);
+            if (mask && !mask[n])
+                clear_row(losses[n], d + n * width, width, accumulate);
+            else
+                losses[n] = row(n);
         },
         N * width >= parallel_threshold);
 }
 
-}  // namespace cpu_loss_detail
+}  // namespace detail
 
 }  // namespace distill::device
 
 template <>
-struct Eigen::internal::functor_traits<distill::device::cpu_loss_detail::product_where_positive> {
+struct Eigen::internal::functor_traits<distill::device::detail::product_where_positive> {
     enum { Cost = 3, PacketAccess = true };
 };
 template <>
-struct Eigen::internal::functor_traits<distill::device::cpu_loss_detail::exp_op> {
+struct Eigen::internal::functor_traits<distill::device::detail::exp_op> {
     enum { Cost = 20, PacketAccess = true };
 };
 
 namespace distill::device {
 
-namespace cpu_loss_detail {
+namespace detail {
 
 // Stores a packet of the gradient. `Stream` (first writer, 64-byte aligned address) uses a
 // non-temporal store: the (tokens × vocab) gradient does not fit any cache and is read back by
 // the next GEMM from memory anyway, so skipping the read-for-ownership saves a quarter of the
 // kernel's memory traffic. The caller issues `stream_fence()` before the row is handed on.
 template <bool Stream, class T, class P>
-inline void store_grad(T* to, const P& x) {
+inline void store_gradient_packet(T* to, const P& x) {
 #if defined(__AVX512F__)
     if constexpr (Stream && is_avx512_float<T>) {
         _mm512_stream_ps(to, x);
@@ -8074,7 +8085,7 @@ T kl_row(T* d, const T* s, const T* t, int V, T inv_tau, T g, T* scratch) {
                 acc = padd(acc, plogr.packetOp(p, x));
                 P grad = pmul(pg, psub(q, p));
                 if constexpr (Accumulate) grad = padd(grad, ploadu<P>(d + c + i));
-                store_grad<Stream>(d + c + i, grad);
+                store_gradient_packet<Stream>(d + c + i, grad);
             }
             for (int i = vl; i < len; ++i) {
                 const T q = e_s[c + i] * fs, p = e_t[c + i] * ft;
@@ -8093,7 +8104,7 @@ T kl_row(T* d, const T* s, const T* t, int V, T inv_tau, T g, T* scratch) {
     return predux(acc) + tail;
 }
 
-}  // namespace cpu_loss_detail
+}  // namespace detail
 
 /// Forward KL per row with its gradient (see the Reference kernel for the formula). The streaming
 /// pass reads both rows from memory once, keeps the online (max, exp-sum) pairs and leaves the
@@ -8104,7 +8115,7 @@ T kl_row(T* d, const T* s, const T* t, int V, T inv_tau, T g, T* scratch) {
 template <class T>
 void kl_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losses, const T* student, const T* teacher,
                          const std::uint8_t* mask, std::int64_t N, int V, T inv_tau, T grad_scale) {
-    using namespace cpu_loss_detail;
+    using namespace detail;
     const T g = grad_scale * inv_tau;
     const int chunks = (V + chunk - 1) / chunk;
     for_rows(dev.threads(), d, accumulate, losses, mask, N, V, [&](std::int64_t n) {
@@ -8122,7 +8133,7 @@ void kl_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losses, const
 template <class T>
 void reverse_kl_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losses, const T* student, const T* teacher,
                                  const std::uint8_t* mask, std::int64_t N, int V, T inv_tau, T grad_scale) {
-    using namespace cpu_loss_detail;
+    using namespace detail;
     const T g = grad_scale * inv_tau;
     for_rows(dev.threads(), d, accumulate, losses, mask, N, V, [&](std::int64_t n) {
         const T* s = student + n * V;
@@ -8156,8 +8167,8 @@ void reverse_kl_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losse
             const int len = std::min(chunk, V - c);
             const ConstArray<T> sa(s + c, len), ta(t + c, len);
             const auto q = ConstArray<T>(e_s + c, len) * sexp((m_s[k] - ls.max) * inv_tau - log_s);
-            store(d + n * V + c, len,
-                  g * q.binaryExpr(((sa - sm) - (ta - tm)) * inv_tau - ke, product_where_positive{}), accumulate);
+            store_chunk(d + n * V + c, len,
+                        g * q.binaryExpr(((sa - sm) - (ta - tm)) * inv_tau - ke, product_where_positive{}), accumulate);
         }
         return kl;
     });
@@ -8170,7 +8181,7 @@ void reverse_kl_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losse
 template <class T>
 void jsd_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losses, const T* student, const T* teacher,
                           const std::uint8_t* mask, std::int64_t N, int V, double beta, T inv_tau, T grad_scale) {
-    using namespace cpu_loss_detail;
+    using namespace detail;
     const T b = T(beta), b1 = T(1 - beta), log_b = T(std::log(beta)), log_b1 = T(std::log1p(-beta));
     const T g = T(double(grad_scale) * double(inv_tau) / beta);
     for_rows(dev.threads(), d, accumulate, losses, mask, N, V, [&](std::int64_t n) {
@@ -8211,7 +8222,8 @@ void jsd_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losses, cons
         for (int c = 0; c < V; c += chunk) {
             const int len = std::min(chunk, V - c);
             const ConstArray<T> q(q_row + c, len), lmq(lmq_row + c, len);
-            store(d + n * V + c, len, -g * q.binaryExpr((lmq - lmq_m) - kh, product_where_positive{}), accumulate);
+            store_chunk(d + n * V + c, len, -g * q.binaryExpr((lmq - lmq_m) - kh, product_where_positive{}),
+                        accumulate);
         }
         return T(double(kl_pm) / (1 - beta) + double(kl_qm) / beta);
     });
@@ -8225,7 +8237,7 @@ template <class T>
 void topk_kl_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losses, const T* student,
                               const std::int32_t* ids, const T* logprobs, const std::uint8_t* mask, std::int64_t N,
                               int V, int k, T inv_tau, T grad_scale) {
-    using namespace cpu_loss_detail;
+    using namespace detail;
     const T g = grad_scale * inv_tau;
     for_rows(dev.threads(), d, accumulate, losses, mask, N, V, [&](std::int64_t n) {
         const T* s = student + n * V;
@@ -8274,10 +8286,11 @@ void topk_kl_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losses, 
             const ConstArray<T> sa(s + c, len);
             const auto q = ((sa - max) * inv_tau - log_sum).unaryExpr(exp_op{});
             if (has_rest)  // q_j − P_rest · q_j/q_rest, q_j/q_rest = exp((s_j − tail max)/τ − tail log-sum)
-                store(dr + c, len, g * (q - p_rest * ((sa - tail.max) * inv_tau - tail_log_sum).unaryExpr(exp_op{})),
-                      accumulate);
+                store_chunk(dr + c, len,
+                            g * (q - p_rest * ((sa - tail.max) * inv_tau - tail_log_sum).unaryExpr(exp_op{})),
+                            accumulate);
             else
-                store(dr + c, len, g * q, accumulate);
+                store_chunk(dr + c, len, g * q, accumulate);
         }
         for (int i = 0; i < k; ++i) {
             if (id[i] < 0) continue;
@@ -8301,15 +8314,14 @@ template <class T>
 void masked_cross_entropy_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losses, const T* logits,
                                            const std::int32_t* targets, const std::uint8_t* mask, std::int64_t N, int V,
                                            T grad_scale) {
-    using namespace cpu_loss_detail;
+    using namespace detail;
     distill::detail::parallel_for(
         dev.threads(), N,
         [&](std::int64_t n) {
             const T* x = logits + n * V;
             T* dr = d + n * V;
             if ((mask && !mask[n]) || targets[n] < 0) {
-                losses[n] = 0;
-                if (!accumulate) std::fill(dr, dr + V, T(0));
+                detail::clear_row(losses[n], dr, V, accumulate);
                 return;
             }
             online_lse<T> acc{T(1)};
@@ -8318,8 +8330,8 @@ void masked_cross_entropy_forward_backward(const Cpu& dev, T* d, bool accumulate
             const T old = dr[targets[n]];
             for (int c = 0; c < V; c += chunk) {
                 const int len = std::min(chunk, V - c);
-                store(dr + c, len, grad_scale * ((ConstArray<T>(x + c, len) - max) - log_sum).unaryExpr(exp_op{}),
-                      accumulate);
+                store_chunk(dr + c, len, grad_scale * ((ConstArray<T>(x + c, len) - max) - log_sum).unaryExpr(exp_op{}),
+                            accumulate);
             }
             const T lp = acc.log_prob(x[targets[n]]);
             dr[targets[n]] = (accumulate ? old : T(0)) + grad_scale * (sexp(lp) - T(1));
@@ -8334,7 +8346,7 @@ void masked_cross_entropy_forward_backward(const Cpu& dev, T* d, bool accumulate
 template <class T>
 void attention_kl_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losses, const T* student, const T* teacher,
                                    const std::uint8_t* mask, int B, int Hs, int Ht, int Tn, T grad_scale) {
-    using namespace cpu_loss_detail;
+    using namespace detail;
     const int g = Ht / Hs;
     const T tiny = std::numeric_limits<T>::min();
     const std::int64_t tt = std::int64_t(Tn) * Tn, rows = std::int64_t(B) * Tn;
@@ -8362,7 +8374,7 @@ void attention_kl_forward_backward(const Cpu& dev, T* d, bool accumulate, T* los
                     at /= T(g);
                     const auto as = ConstArray<T>(student + off + c, cl).max(tiny);
                     kl += at.binaryExpr(at.log() - as.log(), product_where_positive{}).sum();
-                    store(dr + c, cl, -grad_scale * at / as, accumulate);
+                    store_chunk(dr + c, cl, -grad_scale * at / as, accumulate);
                 }
                 if (!accumulate) std::fill(dr + len, dr + Tn, T(0));
             }
@@ -8375,7 +8387,7 @@ void attention_kl_forward_backward(const Cpu& dev, T* d, bool accumulate, T* los
 template <class T>
 void relation_kl_forward_backward(const Cpu& dev, T* d, T* losses, const T* student, const T* teacher,
                                   const std::uint8_t* mask, int R, int Tn, T s_scale, T t_scale, T grad_scale) {
-    using namespace cpu_loss_detail;
+    using namespace detail;
     const std::int64_t tt = std::int64_t(Tn) * Tn;
     distill::detail::parallel_for(
         dev.threads(), Tn,
@@ -8422,7 +8434,7 @@ double hidden_match_forward_backward(const Cpu&, T* y, T* losses, const T* g, co
 /// vectorized kernel that reads p, g, m, v once and writes p, m, v once (28 bytes per fp32 Adam
 /// parameter, where a tensor-op implementation streams them once per op). The element kernels are
 /// the Reference's (`reference/optim.hpp`): every element of every tensor goes through the same
-/// instructions (see `host_detail::packetwise`), whatever its address or thread, so a resumed run, a
+/// instructions (see `detail::packetwise`), whatever its address or thread, so a resumed run, a
 /// run on another thread count and a run on `device::Reference` give the same parameters.
 
 #include <algorithm>
@@ -8438,7 +8450,7 @@ double hidden_match_forward_backward(const Cpu&, T* y, T* losses, const T* g, co
 /// One exception to "plain loops": an update's bits are part of the contract (a resumed run equals an
 /// uninterrupted one; `device::Cpu` on any thread count equals `device::Reference`), and a compiler
 /// that contracts a·b + c into an FMA does so differently in a scalar loop and in a vector one. So the
-/// element kernels (`host_detail::adam_kernel`, `sgd_kernel`) are written once, on the vector shim of
+/// element kernels (`detail::adam_kernel`, `sgd_kernel`) are written once, on the vector shim of
 /// `device/simd.hpp` (scalar where the build has no vectors), and every host device runs them through
 /// `packetwise`: the Reference one tensor after another, `device::Cpu` on its threads.
 
@@ -8464,7 +8476,7 @@ double hidden_match_forward_backward(const Cpu&, T* y, T* losses, const T* g, co
 #include <immintrin.h>
 #endif
 
-namespace distill::device::host_detail {
+namespace distill::device::detail {
 
 /// The operations on one register type `V` holding `sizeof(V) / sizeof(T)` elements of `T`;
 /// `Sqrt` is the register's correctly rounded square root.
@@ -8522,12 +8534,12 @@ DISTILL_SIMD_WIDTH(16, _mm_sqrt_ps, _mm_sqrt_pd, __m128, __m128d)
 #endif
 #undef DISTILL_SIMD_WIDTH
 
-}  // namespace distill::device::host_detail
+}  // namespace distill::device::detail
 // ---- end distill/device/simd.hpp ----
 
 namespace distill::device {
 
-namespace reference_detail {
+namespace detail {
 
 /// Σ x² of the n ≤ `tensor_list::chunk_elements` values of one chunk, in double, in eight
 /// interleaved accumulators (element i to lane i mod 8, which the compiler vectorizes without
@@ -8547,10 +8559,6 @@ double chunk_sum_of_squares(const T* x, std::int64_t n) noexcept {
     }
     return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
 }
-
-}  // namespace reference_detail
-
-namespace host_detail {
 
 /// Runs `kernel(p, g, s0, s1, count)` over `n` elements, `count` always a multiple of the vector
 /// width: the whole vectors in place, the remainder through zero-padded vector-sized copies. The
@@ -8630,33 +8638,33 @@ struct sgd_kernel {
     }
 };
 
-}  // namespace host_detail
+}  // namespace detail
 
 /// One Adam/AdamW step over every tensor i of `list` (torch.optim.Adam/AdamW, foreach=False), arrays
 /// 0..3 = p, g, m, v (numel(i) elements each), flag = weight decay applies:
 ///   [flag, decoupled: p ← p·shrink | flag, coupled: g ← g + wd·p]
 ///   m ← b1·m + c1·g,   v ← b2·v + (c2·g)·g,   p ← p + (neg_step_size·m) / (√v / bc2_sqrt + eps)
 /// (the optimizer folds lr, the bias corrections and the decay into `k`; see optim/adam.hpp), each
-/// tensor through `host_detail::adam_kernel`.
+/// tensor through `detail::adam_kernel`.
 template <class T>
 void adam_update(const Reference&, const tensor_list<T>& list, const adam_coefficients<T>& k) {
-    const host_detail::adam_kernel<T> decayed{k, true}, plain{k, false};
+    const detail::adam_kernel<T> decayed{k, true}, plain{k, false};
     for (std::size_t t = 0; t < list.size(); ++t)
-        host_detail::packetwise<T>(list.flag(t) ? decayed : plain, list.numel(t), list.array(t, 0), list.array(t, 1),
-                                   list.array(t, 2), list.array(t, 3));
+        detail::packetwise<T>(list.flag(t) ? decayed : plain, list.numel(t), list.array(t, 0), list.array(t, 1),
+                              list.array(t, 2), list.array(t, 3));
 }
 
 /// One SGD step over every tensor i of `list` (torch.optim.SGD, foreach=False), arrays 0..2 = p, g,
 /// buf (buf null without momentum), flag = weight decay applies:
 ///   d ← g (+ wd·p);  with momentum buf ← d (first step) or buf·mu + keep·d, d ← d + mu·buf (Nesterov) or buf;
 ///   p ← p + neg_lr·d,
-/// each tensor through `host_detail::sgd_kernel`.
+/// each tensor through `detail::sgd_kernel`.
 template <class T>
 void sgd_update(const Reference&, const tensor_list<T>& list, const sgd_coefficients<T>& k) {
-    const host_detail::sgd_kernel<T> decayed{k, true}, plain{k, false};
+    const detail::sgd_kernel<T> decayed{k, true}, plain{k, false};
     for (std::size_t t = 0; t < list.size(); ++t)
-        host_detail::packetwise<T>(list.flag(t) ? decayed : plain, list.numel(t), list.array(t, 0), list.array(t, 1),
-                                   list.array(t, 2), nullptr);
+        detail::packetwise<T>(list.flag(t) ? decayed : plain, list.numel(t), list.array(t, 0), list.array(t, 1),
+                              list.array(t, 2), nullptr);
 }
 
 /// Σ over the tensors of `list` of Σ x² (array 0), in double: each chunk's `chunk_sum_of_squares`,
@@ -8666,7 +8674,7 @@ template <class T>
 double sum_of_squares(const Reference&, const tensor_list<T>& list) {
     double total = 0;
     for (const auto& c : list.chunks())
-        total += reference_detail::chunk_sum_of_squares(list.array(c.tensor, 0) + c.offset, c.size);
+        total += detail::chunk_sum_of_squares(list.array(c.tensor, 0) + c.offset, c.size);
     return total;
 }
 
@@ -8684,7 +8692,7 @@ void scale_in_place(const Reference&, const tensor_list<T>& list, T factor) {
 
 namespace distill::device {
 
-namespace cpu_detail {
+namespace detail {
 
 /// Elements per thread below which more threads cost more (waking a team, a barrier) than they save.
 inline constexpr std::int64_t min_elements_per_thread = 65536;
@@ -8702,34 +8710,37 @@ void for_each_chunk(const Cpu& dev, const tensor_list<T>& list, F&& f) {
     distill::detail::parallel_for(threads, n, [&](std::int64_t i) { f(static_cast<std::size_t>(i)); });
 }
 
-}  // namespace cpu_detail
+/// Runs an element kernel over every chunk of `list` through `detail::packetwise`: `decayed`
+/// on the tensors whose flag is set, `plain` on the others, over arrays 0..arrays-1 of the chunk's
+/// tensor (a null array, and every array from `arrays` on, passed as nullptr).
+template <class T, class Kernel>
+void packetwise_chunks(const Cpu& dev, const tensor_list<T>& list, const Kernel& decayed, const Kernel& plain,
+                       int arrays) {
+    for_each_chunk(dev, list, [&](std::size_t c) {
+        const auto& ch = list.chunks()[c];
+        const std::size_t t = ch.tensor;
+        auto array = [&](int a) -> T* {
+            T* x = a < arrays ? list.array(t, a) : nullptr;
+            return x ? x + ch.offset : nullptr;
+        };
+        detail::packetwise<T>(list.flag(t) ? decayed : plain, ch.size, array(0), array(1), array(2), array(3));
+    });
+}
+
+}  // namespace detail
 
 /// One Adam/AdamW step over every tensor of `list` (arrays p, g, m, v; flag = decay): the
 /// Reference's element kernel, threaded over the chunks.
 template <class T>
 void adam_update(const Cpu& dev, const tensor_list<T>& list, const adam_coefficients<T>& k) {
-    const host_detail::adam_kernel<T> decayed{k, true}, plain{k, false};
-    cpu_detail::for_each_chunk(dev, list, [&](std::size_t c) {
-        const auto& ch = list.chunks()[c];
-        const std::size_t t = ch.tensor;
-        host_detail::packetwise<T>(list.flag(t) ? decayed : plain, ch.size, list.array(t, 0) + ch.offset,
-                                   list.array(t, 1) + ch.offset, list.array(t, 2) + ch.offset,
-                                   list.array(t, 3) + ch.offset);
-    });
+    detail::packetwise_chunks(dev, list, detail::adam_kernel<T>{k, true}, detail::adam_kernel<T>{k, false}, 4);
 }
 
 /// One SGD step over every tensor of `list` (arrays p, g, buf — null without momentum; flag = decay):
 /// the Reference's element kernel, threaded over the chunks.
 template <class T>
 void sgd_update(const Cpu& dev, const tensor_list<T>& list, const sgd_coefficients<T>& k) {
-    const host_detail::sgd_kernel<T> decayed{k, true}, plain{k, false};
-    cpu_detail::for_each_chunk(dev, list, [&](std::size_t c) {
-        const auto& ch = list.chunks()[c];
-        const std::size_t t = ch.tensor;
-        T* buf = list.array(t, 2);
-        host_detail::packetwise<T>(list.flag(t) ? decayed : plain, ch.size, list.array(t, 0) + ch.offset,
-                                   list.array(t, 1) + ch.offset, buf ? buf + ch.offset : nullptr, nullptr);
-    });
+    detail::packetwise_chunks(dev, list, detail::sgd_kernel<T>{k, true}, detail::sgd_kernel<T>{k, false}, 3);
 }
 
 /// Σ x² over array 0 of every tensor of `list`, in double: the chunk sums on the threads, added in
@@ -8737,9 +8748,9 @@ void sgd_update(const Cpu& dev, const tensor_list<T>& list, const sgd_coefficien
 template <class T>
 double sum_of_squares(const Cpu& dev, const tensor_list<T>& list) {
     double* partial = list.partials();
-    cpu_detail::for_each_chunk(dev, list, [&](std::size_t c) {
+    detail::for_each_chunk(dev, list, [&](std::size_t c) {
         const auto& ch = list.chunks()[c];
-        partial[c] = reference_detail::chunk_sum_of_squares(list.array(ch.tensor, 0) + ch.offset, ch.size);
+        partial[c] = detail::chunk_sum_of_squares(list.array(ch.tensor, 0) + ch.offset, ch.size);
     });
     double total = 0;
     for (std::size_t c = 0; c < list.chunks().size(); ++c) total += partial[c];
@@ -8749,7 +8760,7 @@ double sum_of_squares(const Cpu& dev, const tensor_list<T>& list) {
 /// x ← factor·x for array 0 of every tensor of `list`, threaded over the chunks.
 template <class T>
 void scale_in_place(const Cpu& dev, const tensor_list<T>& list, T factor) {
-    cpu_detail::for_each_chunk(dev, list, [&](std::size_t c) {
+    detail::for_each_chunk(dev, list, [&](std::size_t c) {
         const auto& ch = list.chunks()[c];
         T* x = list.array(ch.tensor, 0) + ch.offset;
         for (std::int64_t i = 0; i < ch.size; ++i) x[i] *= factor;  // one rounding per element
@@ -8796,7 +8807,7 @@ void scale_in_place(const Cpu& dev, const tensor_list<T>& list, T factor) {
 
 namespace distill::eval {
 
-namespace metrics_detail {
+namespace detail {
 
 // Decodes the UTF-8 sequence at s[i] (advancing i); invalid bytes decode as themselves (one byte).
 inline std::uint32_t next_code_point(std::string_view s, std::size_t& i) {
@@ -8861,11 +8872,11 @@ inline bool is_digit(char c) {
     return c >= '0' && c <= '9';
 }
 
-}  // namespace metrics_detail
+}  // namespace detail
 
 /// sacreBLEU's 13a tokenization (mteval-v13a) of one segment, tokens joined by single spaces.
 inline std::string tokenize_13a(std::string_view segment) {
-    using namespace metrics_detail;
+    using namespace detail;
     std::string line(segment);
     replace_all(line, "<skipped>", "");
     replace_all(line, "-\n", "");
@@ -8948,7 +8959,7 @@ struct BleuResult {
 
 /// Corpus BLEU of `hypotheses` against one reference each, exactly as `sacrebleu.corpus_bleu(hyps, [refs])`.
 inline BleuResult corpus_bleu(const std::vector<std::string>& hypotheses, const std::vector<std::string>& references) {
-    using namespace metrics_detail;
+    using namespace detail;
     if (hypotheses.size() != references.size())
         throw error("corpus_bleu: " + std::to_string(hypotheses.size()) + " hypotheses but " +
                     std::to_string(references.size()) + " references");
@@ -8991,7 +9002,7 @@ inline BleuResult corpus_bleu(const std::vector<std::string>& hypotheses, const 
 
 /// The `rouge-score` package's default tokenization (lowercase, runs of anything but [a-z0-9] split).
 inline std::vector<std::string> tokenize_rouge(std::string_view text) {
-    using namespace metrics_detail;
+    using namespace detail;
     std::vector<std::string> tokens;
     std::string cur;
     auto flush = [&] {
@@ -9057,7 +9068,7 @@ inline std::string normalize_answer(std::string_view s) {
         lowered += u < 0x80 ? static_cast<char>(std::tolower(u)) : c;
     }
     std::string out;
-    for (const auto& w : metrics_detail::split_python(lowered)) {
+    for (const auto& w : detail::split_python(lowered)) {
         if (w == "a" || w == "an" || w == "the") continue;
         if (!out.empty()) out += ' ';
         out += w;
@@ -9073,7 +9084,7 @@ inline bool exact_match(std::string_view prediction, std::string_view reference)
 /// The last number in `text` (optional sign, thousands separators, decimals; "1,234.5" -> 1234.5),
 /// the convention for the final answer of a math solution. nullopt when there is none.
 inline std::optional<double> final_number(std::string_view text) {
-    using metrics_detail::is_digit;
+    using detail::is_digit;
     auto digit_at = [&](std::size_t k) { return k < text.size() && is_digit(text[k]); };
     // a comma between digits with exactly three digits after it is a thousands separator
     auto thousands_at = [&](std::size_t k) {
@@ -9150,7 +9161,7 @@ struct Series {
     std::vector<double> x, y;
 };
 
-namespace svg_detail {
+namespace detail {
 
 inline std::string escape(const std::string& s) {
     std::string out;
@@ -9181,18 +9192,32 @@ inline std::string num(double v) {
     return buf;
 }
 
+/// The start of a chart: the <svg> element of width × height on white, the title centred at the
+/// top and the x axis from `left` to `right` at `bottom`.
+inline std::string open_chart(const std::string& title, int width, int height, double left, double right,
+                              double bottom) {
+    std::string svg = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" + std::to_string(width) + "\" height=\"" +
+                      std::to_string(height) + "\" font-family=\"sans-serif\" font-size=\"12\">\n";
+    svg += "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
+    svg += "<text x=\"" + num(width / 2.0) + "\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">" + escape(title) +
+           "</text>\n";
+    svg += "<line x1=\"" + num(left) + "\" y1=\"" + num(bottom) + "\" x2=\"" + num(right) + "\" y2=\"" + num(bottom) +
+           "\" stroke=\"black\"/>\n";
+    return svg;
+}
+
 inline const char* color(std::size_t i) {
     static const char* palette[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728",
                                     "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"};
     return palette[i % 8];
 }
 
-}  // namespace svg_detail
+}  // namespace detail
 
 /// A line chart of `series` (non-finite points skipped), with axes, ticks and a legend.
 inline std::string line_chart(const std::string& title, const std::string& x_label, const std::string& y_label,
                               const std::vector<Series>& series, int width = 720, int height = 400) {
-    using namespace svg_detail;
+    using namespace detail;
     double x0 = std::numeric_limits<double>::infinity(), x1 = -x0, y0 = x0, y1 = -x0;
     for (const auto& s : series)
         for (std::size_t i = 0; i < std::min(s.x.size(), s.y.size()); ++i)
@@ -9211,13 +9236,7 @@ inline std::string line_chart(const std::string& title, const std::string& x_lab
                  bottom = height - 50;
     auto px = [&](double x) { return left + (x - x0) / (x1 - x0) * (right - left); };
     auto py = [&](double y) { return bottom - (y - y0) / (y1 - y0) * (bottom - top); };
-    std::string svg = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" + std::to_string(width) + "\" height=\"" +
-                      std::to_string(height) + "\" font-family=\"sans-serif\" font-size=\"12\">\n";
-    svg += "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
-    svg += "<text x=\"" + num(width / 2.0) + "\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">" + escape(title) +
-           "</text>\n";
-    svg += "<line x1=\"" + num(left) + "\" y1=\"" + num(bottom) + "\" x2=\"" + num(right) + "\" y2=\"" + num(bottom) +
-           "\" stroke=\"black\"/>\n";
+    std::string svg = open_chart(title, width, height, left, right, bottom);
     svg += "<line x1=\"" + num(left) + "\" y1=\"" + num(top) + "\" x2=\"" + num(left) + "\" y2=\"" + num(bottom) +
            "\" stroke=\"black\"/>\n";
     for (int k = 0; k <= 4; ++k) {
@@ -9252,7 +9271,7 @@ inline std::string line_chart(const std::string& title, const std::string& x_lab
 inline std::string bar_chart(const std::string& title, const std::vector<std::string>& groups,
                              const std::vector<std::string>& bars, const std::vector<std::vector<double>>& values,
                              int width = 720, int height = 400) {
-    using namespace svg_detail;
+    using namespace detail;
     double vmax = 0;
     for (const auto& row : values)
         for (double v : row)
@@ -9261,13 +9280,7 @@ inline std::string bar_chart(const std::string& title, const std::vector<std::st
     const double left = 40, right = width - 20.0, top = 40, bottom = height - 60.0;
     const double group_w = (right - left) / double(std::max<std::size_t>(1, groups.size()));
     const double bar_w = group_w * 0.8 / double(std::max<std::size_t>(1, bars.size()));
-    std::string svg = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" + std::to_string(width) + "\" height=\"" +
-                      std::to_string(height) + "\" font-family=\"sans-serif\" font-size=\"12\">\n";
-    svg += "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
-    svg += "<text x=\"" + num(width / 2.0) + "\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">" + escape(title) +
-           "</text>\n";
-    svg += "<line x1=\"" + num(left) + "\" y1=\"" + num(bottom) + "\" x2=\"" + num(right) + "\" y2=\"" + num(bottom) +
-           "\" stroke=\"black\"/>\n";
+    std::string svg = open_chart(title, width, height, left, right, bottom);
     for (std::size_t g = 0; g < groups.size(); ++g) {
         const double gx = left + group_w * double(g) + group_w * 0.1;
         for (std::size_t b = 0; b < bars.size(); ++b) {
@@ -9364,6 +9377,17 @@ inline void fsync_and_close(int fd, const std::filesystem::path& path) {
     }
 }
 
+/// fstat of the open `fd` of `path`; on failure closes fd and throws io_error with the system's reason.
+inline struct stat stat_or_close(int fd, const std::filesystem::path& path) {
+    struct stat info {};
+    if (::fstat(fd, &info) != 0) {
+        const int err = errno;
+        ::close(fd);
+        throw io_error(path, io_errno_message("cannot stat", err));
+    }
+    return info;
+}
+
 /// The directory holding `path`, "." for a bare file name.
 inline std::filesystem::path parent_directory(const std::filesystem::path& path) {
     std::filesystem::path dir = path.parent_path();
@@ -9411,7 +9435,7 @@ public:
         fd_ = ::open(temp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
         if (fd_ < 0) {
             const int err = errno;
-            throw io_error(path_, detail::io_errno_message("cannot create temp file " + temp_.string(), err));
+            throw io_error(path_, distill::detail::io_errno_message("cannot create temp file " + temp_.string(), err));
         }
     }
 
@@ -9439,7 +9463,7 @@ public:
     /// Appends `size` bytes to the new content. Throws io_error (and removes the temp file) on failure.
     void write(const void* data, std::size_t size) {
         require_open("write");
-        if (const int err = detail::write_all_fd(fd_, data, size); err != 0) {
+        if (const int err = distill::detail::write_all_fd(fd_, data, size); err != 0) {
             fail("cannot write temp file " + temp_.string(), err);
         }
     }
@@ -9461,14 +9485,15 @@ public:
         if (::close(fd) != 0) {
             const int err = errno;
             ::unlink(temp_.c_str());
-            throw io_error(path_, detail::io_errno_message("cannot close temp file " + temp_.string(), err));
+            throw io_error(path_, distill::detail::io_errno_message("cannot close temp file " + temp_.string(), err));
         }
         if (::rename(temp_.c_str(), path_.c_str()) != 0) {
             const int err = errno;
             ::unlink(temp_.c_str());
-            throw io_error(path_, detail::io_errno_message("cannot rename " + temp_.string() + " over it", err));
+            throw io_error(path_,
+                           distill::detail::io_errno_message("cannot rename " + temp_.string() + " over it", err));
         }
-        detail::fsync_parent_directory(path_);
+        distill::detail::fsync_parent_directory(path_);
     }
 
     /// The file this writer replaces.
@@ -9489,7 +9514,7 @@ private:
     /// Closes and removes the temp file, then throws io_error with the system's reason `err`.
     [[noreturn]] void fail(const std::string& operation, int err) {
         abandon();
-        throw io_error(path_, detail::io_errno_message(operation, err));
+        throw io_error(path_, distill::detail::io_errno_message(operation, err));
     }
 
     void abandon() noexcept {
@@ -9528,24 +9553,19 @@ inline void append_durably(const std::filesystem::path& path, std::string_view r
     }
     if (fd < 0) {
         const int err = errno;
-        throw io_error(path, detail::io_errno_message("cannot open for appending", err));
+        throw io_error(path, distill::detail::io_errno_message("cannot open for appending", err));
     }
 
-    struct stat before {};
-    if (::fstat(fd, &before) != 0) {
-        const int err = errno;
-        ::close(fd);
-        throw io_error(path, detail::io_errno_message("cannot stat", err));
-    }
-    if (const int err = detail::write_all_fd(fd, record.data(), record.size()); err != 0) {
+    const struct stat before = distill::detail::stat_or_close(fd, path);
+    if (const int err = distill::detail::write_all_fd(fd, record.data(), record.size()); err != 0) {
         // Best effort: a failure here leaves the torn tail, which is still no worse than not trying.
         [[maybe_unused]] const int ignored = ::ftruncate(fd, before.st_size);
         ::close(fd);
-        throw io_error(path, detail::io_errno_message("cannot append", err));
+        throw io_error(path, distill::detail::io_errno_message("cannot append", err));
     }
-    detail::fsync_and_close(fd, path);
+    distill::detail::fsync_and_close(fd, path);
     // A new file's directory entry is only durable once the directory itself is synced.
-    if (created) detail::fsync_parent_directory(path);
+    if (created) distill::detail::fsync_parent_directory(path);
 }
 
 /// A read-only memory mapping of a whole regular file; unmapped on destruction.
@@ -9558,14 +9578,9 @@ public:
         const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
         if (fd < 0) {
             const int err = errno;
-            throw io_error(path, detail::io_errno_message("cannot open", err));
+            throw io_error(path, distill::detail::io_errno_message("cannot open", err));
         }
-        struct stat info {};
-        if (::fstat(fd, &info) != 0) {
-            const int err = errno;
-            ::close(fd);
-            throw io_error(path, detail::io_errno_message("cannot stat", err));
-        }
+        const struct stat info = distill::detail::stat_or_close(fd, path);
         if (!S_ISREG(info.st_mode)) {
             ::close(fd);
             throw io_error(path, "not a regular file");
@@ -9577,7 +9592,7 @@ public:
             if (p == MAP_FAILED) {
                 const int err = errno;
                 ::close(fd);
-                throw io_error(path, detail::io_errno_message("cannot mmap", err));
+                throw io_error(path, distill::detail::io_errno_message("cannot mmap", err));
             }
             data_ = static_cast<const std::byte*>(p);
         }
@@ -9627,14 +9642,14 @@ inline void truncate_durably(const std::filesystem::path& path, std::uint64_t si
     const int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
     if (fd < 0) {
         const int err = errno;
-        throw io_error(path, detail::io_errno_message("cannot open for truncating", err));
+        throw io_error(path, distill::detail::io_errno_message("cannot open for truncating", err));
     }
     if (::ftruncate(fd, static_cast<off_t>(size)) != 0) {
         const int err = errno;
         ::close(fd);
-        throw io_error(path, detail::io_errno_message("cannot truncate", err));
+        throw io_error(path, distill::detail::io_errno_message("cannot truncate", err));
     }
-    detail::fsync_and_close(fd, path);
+    distill::detail::fsync_and_close(fd, path);
 }
 
 /// Cuts a line-oriented file (JSONL) back to its last complete line: a last line without its newline
@@ -9676,7 +9691,7 @@ public:
         fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0666);
         if (fd_ < 0) {
             const int err = errno;
-            throw io_error(path, detail::io_errno_message("cannot open the run's lock file", err));
+            throw io_error(path, distill::detail::io_errno_message("cannot open the run's lock file", err));
         }
         if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
             ::close(fd_);
@@ -9785,7 +9800,7 @@ private:
 
 namespace distill::io {
 
-namespace reflect_detail {
+namespace detail {
 
 template <class T>
 struct is_vector : std::false_type {};
@@ -9835,7 +9850,7 @@ std::string expected_name() {
         return "an object";
 }
 
-}  // namespace reflect_detail
+}  // namespace detail
 
 /// A reflected struct (declared with BOOST_HANA_DEFINE_STRUCT or BOOST_HANA_ADAPT_STRUCT).
 template <class S>
@@ -9847,7 +9862,7 @@ nlohmann::json to_json(const T& value);
 /// Reads `j` into `out`, strictly (see the file comment). `path` prefixes error messages.
 template <class T>
 void from_json(const nlohmann::json& j, T& out, const std::string& path) {
-    using namespace reflect_detail;
+    using namespace detail;
     auto wrong = [&] { return config_error(path, "expected " + expected_name<T>() + ", got " + type_name(j)); };
     if constexpr (std::is_same_v<T, bool>) {
         if (!j.is_boolean()) throw wrong();
@@ -9911,7 +9926,7 @@ void from_json(const nlohmann::json& j, T& out, const std::string& path) {
 /// Writes any reflected struct (or supported value) as JSON, every field included.
 template <class T>
 nlohmann::json to_json(const T& value) {
-    using namespace reflect_detail;
+    using namespace detail;
     if constexpr (std::is_arithmetic_v<T> || std::is_same_v<T, std::string> || std::is_same_v<T, nlohmann::json>) {
         return value;
     } else if constexpr (is_optional<T>::value) {
@@ -10300,29 +10315,31 @@ public:
         const auto n = static_cast<std::size_t>(info.numel());
         if (out.size() != n) {
             throw shape_error(path_.string() + ": tensor '" + info.name + "' of shape " +
-                              detail::shape_string(info.shape) + " has " + std::to_string(n) +
+                              distill::detail::shape_string(info.shape) + " has " + std::to_string(n) +
                               " elements, the output holds " + std::to_string(out.size()));
         }
         switch (info.type) {
             case dtype::F64:
                 for (std::size_t i = 0; i < n; ++i)
-                    out[i] = static_cast<T>(detail::load_unaligned<double>(src.data(), i));
+                    out[i] = static_cast<T>(distill::detail::load_unaligned<double>(src.data(), i));
                 return;
             case dtype::F32:
                 if constexpr (std::is_same_v<T, float>) {
                     if (n > 0) std::memcpy(out.data(), src.data(), n * sizeof(float));
                 } else {
-                    for (std::size_t i = 0; i < n; ++i) out[i] = detail::load_unaligned<float>(src.data(), i);
+                    for (std::size_t i = 0; i < n; ++i) out[i] = distill::detail::load_unaligned<float>(src.data(), i);
                 }
                 return;
             case dtype::F16:
                 for (std::size_t i = 0; i < n; ++i) {
-                    out[i] = static_cast<T>(f16_to_float(detail::load_unaligned<std::uint16_t>(src.data(), i)));
+                    out[i] =
+                        static_cast<T>(f16_to_float(distill::detail::load_unaligned<std::uint16_t>(src.data(), i)));
                 }
                 return;
             case dtype::BF16:
                 for (std::size_t i = 0; i < n; ++i) {
-                    out[i] = static_cast<T>(bf16_to_float(detail::load_unaligned<std::uint16_t>(src.data(), i)));
+                    out[i] =
+                        static_cast<T>(bf16_to_float(distill::detail::load_unaligned<std::uint16_t>(src.data(), i)));
                 }
                 return;
             default:
@@ -10340,7 +10357,7 @@ public:
         std::vector<std::int64_t> out(n);
         const auto widen = [&]<class Stored>(Stored) {
             for (std::size_t i = 0; i < n; ++i)
-                out[i] = static_cast<std::int64_t>(detail::load_unaligned<Stored>(src.data(), i));
+                out[i] = static_cast<std::int64_t>(distill::detail::load_unaligned<Stored>(src.data(), i));
         };
         switch (info.type) {
             case dtype::I64:
@@ -10387,7 +10404,7 @@ private:
             throw defect("file is " + std::to_string(file.size()) +
                          " bytes, too short to hold the 8-byte header length");
         }
-        const auto header_size = detail::load_unaligned<std::uint64_t>(file.data(), 0);
+        const auto header_size = distill::detail::load_unaligned<std::uint64_t>(file.data(), 0);
         // Checked before the end of the file so that a garbage length gets the clearer of the two messages.
         if (header_size > max_header_bytes) {
             throw defect("header length " + std::to_string(header_size) + " exceeds the limit of " +
@@ -10427,15 +10444,16 @@ private:
     void verify_checksum(const json& header) {
         const auto it = metadata_.find(std::string(checksum_key));
         if (it == metadata_.end()) return;
-        const std::optional<std::uint32_t> recorded = detail::parse_hex32(it->second);
+        const std::optional<std::uint32_t> recorded = distill::detail::parse_hex32(it->second);
         if (!recorded) {
             throw defect("__metadata__ \"" + std::string(checksum_key) + "\" must be 8 lowercase hex digits, found \"" +
                          it->second.substr(0, 16) + "\"");
         }
-        const std::uint32_t actual = detail::crc32c(data_.data(), data_.size(), detail::header_checksum(header));
+        const std::uint32_t actual =
+            distill::detail::crc32c(data_.data(), data_.size(), distill::detail::header_checksum(header));
         if (actual != *recorded) {
             throw defect("checksum mismatch: __metadata__ records CRC-32C " + it->second +
-                         ", the header and data give " + detail::hex32(actual) +
+                         ", the header and data give " + distill::detail::hex32(actual) +
                          " (a flipped bit or a modified file); refused");
         }
         metadata_.erase(it);
@@ -10497,11 +10515,11 @@ private:
             info.shape.push_back(dim.get<std::int64_t>());
         }
         if (std::any_of(info.shape.begin(), info.shape.end(), [](std::int64_t d) { return d < 0; })) {
-            throw defect(where + "shape " + detail::shape_string(info.shape) + " has a negative dimension");
+            throw defect(where + "shape " + distill::detail::shape_string(info.shape) + " has a negative dimension");
         }
-        const std::optional<std::int64_t> numel = detail::checked_numel(info.shape, dtype_size(info.type));
+        const std::optional<std::int64_t> numel = distill::detail::checked_numel(info.shape, dtype_size(info.type));
         if (!numel) {
-            throw defect(where + "shape " + detail::shape_string(info.shape) + " has too many elements");
+            throw defect(where + "shape " + distill::detail::shape_string(info.shape) + " has too many elements");
         }
 
         const json& offsets = field("data_offsets");
@@ -10520,7 +10538,7 @@ private:
         if (info.end < info.begin) throw defect(where + "data_offsets " + range + " end before they begin");
         const auto needed = static_cast<std::uint64_t>(*numel) * dtype_size(info.type);
         if (info.end - info.begin != needed) {
-            throw defect(where + "shape " + detail::shape_string(info.shape) + " of " +
+            throw defect(where + "shape " + distill::detail::shape_string(info.shape) + " of " +
                          std::string(dtype_name(info.type)) + " needs " + std::to_string(needed) +
                          " bytes, data_offsets give " + std::to_string(info.end - info.begin));
         }
@@ -10595,12 +10613,12 @@ void load_tensors(const safetensors_file& file, std::span<const named_tensor<T>>
         std::string what = "tensors do not match the model:";
         if (!missing.empty()) {
             what += " missing " + std::to_string(missing.size()) +
-                    " tensor(s) the model expects: " + detail::name_list(missing);
+                    " tensor(s) the model expects: " + distill::detail::name_list(missing);
             if (!unexpected.empty()) what += ";";
         }
         if (!unexpected.empty()) {
             what += " " + std::to_string(unexpected.size()) +
-                    " unexpected tensor(s) the model does not have: " + detail::name_list(unexpected);
+                    " unexpected tensor(s) the model does not have: " + distill::detail::name_list(unexpected);
         }
         throw format_error(file.path(), 0, what);
     }
@@ -10609,7 +10627,8 @@ void load_tensors(const safetensors_file& file, std::span<const named_tensor<T>>
         const tensor_info& info = *file.find(target.name);
         if (info.shape != target.shape) {
             throw shape_error(where + "tensor '" + target.name + "': expected shape " +
-                              detail::shape_string(target.shape) + ", found " + detail::shape_string(info.shape));
+                              distill::detail::shape_string(target.shape) + ", found " +
+                              distill::detail::shape_string(info.shape));
         }
         if (!is_floating(info.type)) {
             throw format_error(file.path(), 0,
@@ -10655,9 +10674,9 @@ void save_tensors(const std::filesystem::path& path, std::span<const named_tenso
             throw error(where + "'" + t.name + "' cannot be a tensor name");
         }
         if (!names.insert(t.name).second) throw error(where + "tensor '" + t.name + "' is listed twice");
-        const std::optional<std::int64_t> numel = detail::checked_numel(t.shape, dtype_size(out));
+        const std::optional<std::int64_t> numel = distill::detail::checked_numel(t.shape, dtype_size(out));
         if (!numel) {
-            throw error(where + "tensor '" + t.name + "' has invalid shape " + detail::shape_string(t.shape));
+            throw error(where + "tensor '" + t.name + "' has invalid shape " + distill::detail::shape_string(t.shape));
         }
         if (t.data == nullptr && *numel > 0) throw error(where + "tensor '" + t.name + "' has no data pointer");
         const std::uint64_t size = static_cast<std::uint64_t>(*numel) * dtype_size(out);
@@ -10670,12 +10689,13 @@ void save_tensors(const std::filesystem::path& path, std::span<const named_tenso
     std::string text;
     try {
         // dump() refuses names and metadata that are not valid UTF-8; so does the checksum's canonical form.
-        std::uint32_t crc = detail::header_checksum(nlohmann::json::parse(header.dump()));
+        std::uint32_t crc = distill::detail::header_checksum(nlohmann::json::parse(header.dump()));
         for (const named_tensor<const T>& t : tensors) {
-            detail::stream_tensor(t.data, static_cast<std::size_t>(*detail::checked_numel(t.shape, 1)), out,
-                                  [&](const void* p, std::size_t n) { crc = detail::crc32c(p, n, crc); });
+            distill::detail::stream_tensor(
+                t.data, static_cast<std::size_t>(*distill::detail::checked_numel(t.shape, 1)), out,
+                [&](const void* p, std::size_t n) { crc = distill::detail::crc32c(p, n, crc); });
         }
-        meta[std::string(checksum_key)] = detail::hex32(crc);
+        meta[std::string(checksum_key)] = distill::detail::hex32(crc);
         header["__metadata__"] = meta;
         text = header.dump();
     } catch (const nlohmann::json::exception& e) {
@@ -10688,8 +10708,8 @@ void save_tensors(const std::filesystem::path& path, std::span<const named_tenso
     writer.write(&header_size, sizeof header_size);
     writer.write(text.data(), text.size());
     for (const named_tensor<const T>& t : tensors) {
-        detail::stream_tensor(t.data, static_cast<std::size_t>(*detail::checked_numel(t.shape, 1)), out,
-                              [&](const void* p, std::size_t n) { writer.write(p, n); });
+        distill::detail::stream_tensor(t.data, static_cast<std::size_t>(*distill::detail::checked_numel(t.shape, 1)),
+                                       out, [&](const void* p, std::size_t n) { writer.write(p, n); });
     }
     writer.commit();
 }
@@ -10835,6 +10855,81 @@ struct Parameter {
 
 }  // namespace distill
 // ---- end distill/parameter.hpp ----
+// ---- begin distill/student/parameters.hpp ----
+/// @file student/parameters.hpp
+/// `parameter_store`: the parameters of a student model (`Transformer`, `Encoder`) in two arenas,
+/// values and gradients, with the same layout: how they are laid out, allocated, read back as
+/// `Parameter`s and flat arrays, and zeroed.
+
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
+#include <string>
+#include <utility>
+#include <vector>
+
+
+namespace distill::student {
+
+/// The base of the student models: their parameters, laid out one by one (`add_parameter`), then
+/// allocated at once (`allocate_parameters`), values and gradients in two arenas of the same layout.
+/// @tparam T scalar type. @tparam Device where the arenas live.
+template <class T, class Device>
+class parameter_store {
+public:
+    /// Every parameter in checkpoint order.
+    const std::vector<Parameter<T>>& parameters() const noexcept { return params_; }
+    /// The parameter and gradient arenas as flat arrays (same layout), for optimizers and checkpoints.
+    T* parameter_data() const noexcept { return param_arena_.data(); }
+    T* gradient_data() const noexcept { return grad_arena_.data(); }
+    std::size_t arena_size() const noexcept { return param_arena_.size(); }
+
+protected:
+    /// The index of a parameter a model's config does not have: val and grad give nullptr.
+    static constexpr std::size_t none = std::size_t(-1);
+
+    /// Lays out the next parameter; returns its index.
+    std::size_t add_parameter(std::string name, std::initializer_list<std::int64_t> shape, parameter_kind kind) {
+        kinds_.push_back(kind);
+        return param_layout_.add<T>(std::move(name), shape);
+    }
+
+    /// Allocates the values (and, with `gradients`, the gradients) of every parameter laid out, and
+    /// lists them; a parameter's gradient is an empty tensor without.
+    void allocate_parameters(const Device& dev, bool gradients) {
+        param_arena_ = detail::Arena<T, Device>(dev, param_layout_.size());
+        if (gradients) grad_arena_ = detail::Arena<T, Device>(dev, param_layout_.size());
+        const auto& blocks = param_layout_.blocks();
+        for (std::size_t i = 0; i < blocks.size(); ++i)
+            params_.push_back({blocks[i].name, param_arena_.view(blocks[i]),
+                               grad_arena_.size() ? grad_arena_.view(blocks[i]) : Tensor<T>{}, kinds_[i]});
+    }
+
+    /// Sets every gradient to zero (none without a gradient arena).
+    void zero_gradients(const Device& dev) {
+        if (grad_arena_.size()) dev.fill_zero(grad_arena_.data(), sizeof(T) * grad_arena_.size());
+    }
+
+    /// Bytes held by the parameter and gradient arenas.
+    std::size_t parameter_bytes() const noexcept { return sizeof(T) * (param_arena_.size() + grad_arena_.size()); }
+
+    /// Parameter i's value / gradient; nullptr for `none`.
+    T* val(std::size_t i) const noexcept {
+        return i == none ? nullptr : param_arena_.data() + param_layout_.blocks()[i].offset;
+    }
+    T* grad(std::size_t i) const noexcept {
+        return i == none ? nullptr : grad_arena_.data() + param_layout_.blocks()[i].offset;
+    }
+
+private:
+    detail::ArenaLayout param_layout_;
+    std::vector<parameter_kind> kinds_;
+    detail::Arena<T, Device> param_arena_, grad_arena_;
+    std::vector<Parameter<T>> params_;
+};
+
+}  // namespace distill::student
+// ---- end distill/student/parameters.hpp ----
 
 namespace distill::student {
 
@@ -10889,7 +10984,11 @@ struct EncoderConfig {
 /// @tparam Device a `device_policy` with host memory and the layer and encoder kernels for `T`
 /// (`device::layer_device`, `device::encoder_device`).
 template <class T, class Device>
-class Encoder {
+class Encoder : public parameter_store<T, Device> {
+    using store = parameter_store<T, Device>;
+    using store::grad;
+    using store::val;
+
     static_assert(device::require_layer_kernels<Device, T>::value);    // one line per missing kernel
     static_assert(device::require_encoder_kernels<Device, T>::value);  // likewise
     static_assert(Device::memory == memory_space::host,
@@ -10927,19 +11026,15 @@ public:
     /// Longest sequence a forward takes (the constructor's max_length, else context_length).
     int max_length() const noexcept { return max_length_; }
 
-    /// Every parameter in checkpoint order, under transformers' BertModel names
-    /// (`embeddings.word_embeddings.weight`, `encoder.layer.N.attention.self.query.weight`, ...).
-    const std::vector<Parameter<T>>& parameters() const noexcept { return params_; }
-    /// The parameter and gradient arenas as flat arrays (same layout), for optimizers and checkpoints.
-    T* parameter_data() const noexcept { return param_arena_.data(); }
-    T* gradient_data() const noexcept { return grad_arena_.data(); }
-    std::size_t arena_size() const noexcept { return param_arena_.size(); }
+    // parameters() lists every parameter in checkpoint order, under transformers' BertModel names
+    // (`embeddings.word_embeddings.weight`, `encoder.layer.N.attention.self.query.weight`, ...);
+    // parameter_data(), gradient_data() and arena_size() are the flat arenas (see parameter_store).
 
     /// BERT initialization (transformers' `_init_weights`): weights and embeddings ~ N(0, 0.02),
     /// biases 0, LayerNorm gain 1 and shift 0.
     void init(std::uint64_t seed) {
         Rng rng(seed);
-        for (auto& p : params_) {
+        for (const auto& p : this->parameters()) {
             T* d = p.value.data();
             for (std::int64_t i = 0; i < p.value.numel(); ++i) {
                 switch (p.kind) {
@@ -11025,7 +11120,7 @@ public:
     }
 
     /// Sets every gradient to zero (gradients accumulate across `backward` calls).
-    void zero_grad() { dev_.fill_zero(grad_arena_.data(), sizeof(T) * grad_arena_.size()); }
+    void zero_grad() { this->zero_gradients(dev_); }
 
     /// Backpropagates `grad_pooled()` through the last forward, accumulating into the gradients.
     /// `d_hidden[i]` (B,T,C) adds a gradient on hidden state i and `d_attention[l]` (B,H,T,T) one on
@@ -11096,7 +11191,7 @@ public:
 
     /// Bytes held by the parameter, gradient and activation arenas and the token buffers.
     std::size_t arena_bytes() const noexcept {
-        return sizeof(T) * (param_arena_.size() + grad_arena_.size() + act_arena_.size()) +
+        return this->parameter_bytes() + sizeof(T) * act_arena_.size() +
                sizeof(std::int32_t) * (tokens_.size() + types_.size());
     }
 
@@ -11152,8 +11247,7 @@ private:
     void layout_parameters() {
         const std::int64_t V = cfg_.vocab_size, C = cfg_.d_model, F = cfg_.d_ff;
         auto add = [&](std::string name, std::initializer_list<std::int64_t> shape, parameter_kind kind) {
-            kinds_.push_back(kind);
-            return param_layout_.add<T>(std::move(name), shape);
+            return this->add_parameter(std::move(name), shape, kind);
         };
         word_ = add("embeddings.word_embeddings.weight", {V, C}, parameter_kind::embedding);
         pos_ = add("embeddings.position_embeddings.weight", {cfg_.context_length, C}, parameter_kind::embedding);
@@ -11181,11 +11275,7 @@ private:
             w.ln2_b = add(p + "output.LayerNorm.bias", {C}, parameter_kind::norm);
             layer_params_.push_back(w);
         }
-        param_arena_ = detail::Arena<T, Device>(dev_, param_layout_.size());
-        grad_arena_ = detail::Arena<T, Device>(dev_, param_layout_.size());
-        const auto& blocks = param_layout_.blocks();
-        for (std::size_t i = 0; i < blocks.size(); ++i)
-            params_.push_back({blocks[i].name, param_arena_.view(blocks[i]), grad_arena_.view(blocks[i]), kinds_[i]});
+        this->allocate_parameters(dev_, true);
     }
 
     void layout_activations() {
@@ -11251,8 +11341,6 @@ private:
     }
 
     std::size_t hidden_block(int i) const noexcept { return i == 0 ? emb_ln_ : layer_acts_[i - 1].ln2; }
-    T* val(std::size_t i) const noexcept { return param_arena_.data() + param_layout_.blocks()[i].offset; }
-    T* grad(std::size_t i) const noexcept { return grad_arena_.data() + param_layout_.blocks()[i].offset; }
     T* act(std::size_t i) const noexcept { return act_arena_.data() + act_layout_.blocks()[i].offset; }
 
     EncoderConfig cfg_;
@@ -11262,10 +11350,8 @@ private:
     int B_ = 0, T_ = 0;
     bool has_types_ = false;
 
-    detail::ArenaLayout param_layout_, act_layout_;
-    std::vector<parameter_kind> kinds_;
-    detail::Arena<T, Device> param_arena_, grad_arena_, act_arena_;
-    std::vector<Parameter<T>> params_;
+    detail::ArenaLayout act_layout_;
+    detail::Arena<T, Device> act_arena_;
     std::vector<LayerParams> layer_params_;
     std::vector<LayerActs> layer_acts_;
     std::size_t word_ = 0, pos_ = 0, type_ = 0, emb_ln_w_ = 0, emb_ln_b_ = 0;
@@ -11311,7 +11397,7 @@ BOOST_HANA_ADAPT_STRUCT(distill::student::EncoderConfig, vocab_size, context_len
 
 namespace distill::nn {
 
-namespace attention_detail {
+namespace detail {
 
 // Calls f(h0, j, count, kv_stride) for each run of query heads [h0, h0 + count) that one batched GEMM
 // covers: all H at once with key/value stride hs (multi-head), or the G heads of kv head j with
@@ -11322,7 +11408,7 @@ void for_head_groups(int H, int Hkv, int hs, F&& f) {
     for (int j = 0; j < Hkv; ++j) f(j * (H / Hkv), j, H / Hkv, std::int64_t(0));
 }
 
-}  // namespace attention_detail
+}  // namespace detail
 
 /// Forward. qkv(B,T,(H+2Hkv)hs) as in the file comment.
 /// att(B,H,T,T) = softmax(q k^T / sqrt(hs) + causal mask)   — the attention map, kept for backward
@@ -11333,7 +11419,7 @@ void attention_forward(const Device& dev, T* out, T* att, const T* qkv, int B, i
     const std::int64_t tt = std::int64_t(Tn) * Tn;
     for (int b = 0; b < B; ++b) {
         const T* x = qkv + std::int64_t(b) * Tn * row;
-        attention_detail::for_head_groups(H, Hkv, hs, [&](int h0, int j, int count, std::int64_t kv_stride) {
+        detail::for_head_groups(H, Hkv, hs, [&](int h0, int j, int count, std::int64_t kv_stride) {
             // scores(h) = q_h (T,hs) · k_j^T (hs,T)
             gemm_strided_batched(dev, false, true, Tn, Tn, hs, T(1), x + h0 * hs, row, hs, x + kof + j * hs, row,
                                  kv_stride, T(0), att + (std::int64_t(b) * H + h0) * tt, Tn, tt, count);
@@ -11342,7 +11428,7 @@ void attention_forward(const Device& dev, T* out, T* att, const T* qkv, int B, i
     causal_softmax_forward(dev, att, B * H, Tn, T(1) / std::sqrt(T(hs)));
     for (int b = 0; b < B; ++b) {
         const T* x = qkv + std::int64_t(b) * Tn * row;
-        attention_detail::for_head_groups(H, Hkv, hs, [&](int h0, int j, int count, std::int64_t kv_stride) {
+        detail::for_head_groups(H, Hkv, hs, [&](int h0, int j, int count, std::int64_t kv_stride) {
             // out_h (T,hs) = att_h (T,T) · v_j (T,hs)
             gemm_strided_batched(dev, false, false, Tn, hs, Tn, T(1), att + (std::int64_t(b) * H + h0) * tt, Tn, tt,
                                  x + vof + j * hs, row, kv_stride, T(0), out + std::int64_t(b) * Tn * C + h0 * hs, C,
@@ -11374,7 +11460,7 @@ void attention_backward(const Device& dev, T* dqkv, T* datt, const T* dout, cons
     };
     for (int b = 0; b < B; ++b) {
         const std::int64_t xo = std::int64_t(b) * Tn * row, yo = std::int64_t(b) * Tn * C;
-        attention_detail::for_head_groups(H, Hkv, hs, [&](int h0, int j, int count, std::int64_t kv_stride) {
+        detail::for_head_groups(H, Hkv, hs, [&](int h0, int j, int count, std::int64_t kv_stride) {
             // datt_h (T,T) = dout_h (T,hs) · v_j^T
             gemm_strided_batched(dev, false, true, Tn, Tn, hs, T(1), dout + yo + h0 * hs, C, hs,
                                  qkv + xo + vof + j * hs, row, kv_stride, T(0), datt + (std::int64_t(b) * H + h0) * tt,
@@ -11387,7 +11473,7 @@ void attention_backward(const Device& dev, T* dqkv, T* datt, const T* dout, cons
     causal_softmax_backward(dev, datt, att, datt, B * H, Tn, T(1) / std::sqrt(T(hs)));
     for (int b = 0; b < B; ++b) {
         const std::int64_t xo = std::int64_t(b) * Tn * row;
-        attention_detail::for_head_groups(H, Hkv, hs, [&](int h0, int j, int count, std::int64_t kv_stride) {
+        detail::for_head_groups(H, Hkv, hs, [&](int h0, int j, int count, std::int64_t kv_stride) {
             // dq_h = dscores_h (T,T) · k_j
             gemm_strided_batched(dev, false, false, Tn, hs, Tn, T(1), datt + (std::int64_t(b) * H + h0) * tt, Tn, tt,
                                  qkv + xo + kof + j * hs, row, kv_stride, T(0), dqkv + xo + h0 * hs, row, hs, count);
@@ -11581,7 +11667,12 @@ private:
 /// @tparam Device a `device_policy` with the layer and Llama-block kernels for `T`
 /// (`device::layer_device`, `device::llama_device`; `prefill`/`decode` also `device::decoding_device`).
 template <class T, class Device>
-class Transformer {
+class Transformer : public parameter_store<T, Device> {
+    using store = parameter_store<T, Device>;
+    using store::grad;
+    using store::none;
+    using store::val;
+
     static_assert(device::require_layer_kernels<Device, T>::value);  // one line per missing kernel
     static_assert(device::require_llama_kernels<Device, T>::value);  // likewise
 
@@ -11608,13 +11699,9 @@ public:
     const Device& device() const noexcept { return dev_; }
     int max_batch() const noexcept { return max_batch_; }
 
-    /// Every parameter in checkpoint order (names as in `tests/reference/gpt.py`; an untied head is
-    /// `lm_head.weight`, last).
-    const std::vector<Parameter<T>>& parameters() const noexcept { return params_; }
-    /// The parameter and gradient arenas as flat arrays (same layout), for optimizers and checkpoints.
-    T* parameter_data() const noexcept { return param_arena_.data(); }
-    T* gradient_data() const noexcept { return grad_arena_.data(); }
-    std::size_t arena_size() const noexcept { return param_arena_.size(); }
+    // parameters() lists every parameter in checkpoint order (names as in `tests/reference/gpt.py`;
+    // an untied head is `lm_head.weight`, last); parameter_data(), gradient_data() and arena_size()
+    // are the flat arenas (see parameter_store).
 
     /// GPT-2 initialization: weights ~ N(0, 0.02), residual output projections scaled by
     /// 1/sqrt(2 L), position embedding ~ N(0, 0.01), biases 0, norm gains 1. The same values on
@@ -11623,13 +11710,13 @@ public:
         Rng rng(seed);
         const double proj_std = 0.02 / std::sqrt(2.0 * cfg_.n_layers);
         std::vector<T> staged;  // a host image of the parameter arena for devices with their own memory
-        T* base = param_arena_.data();
+        T* base = this->parameter_data();
         if constexpr (Device::memory != memory_space::host) {
-            staged.assign(param_arena_.size(), T(0));
+            staged.assign(this->arena_size(), T(0));
             base = staged.data();
         }
-        for (auto& p : params_) {
-            T* d = base + (p.value.data() - param_arena_.data());
+        for (const auto& p : this->parameters()) {
+            T* d = base + (p.value.data() - this->parameter_data());
             const std::int64_t n = p.value.numel();
             const bool residual_proj = p.name.ends_with("c_proj.weight");
             const double std = p.name == "wpe.weight" ? 0.01 : residual_proj ? proj_std : 0.02;
@@ -11647,7 +11734,7 @@ public:
             }
         }
         if constexpr (Device::memory != memory_space::host)
-            dev_.copy(param_arena_.data(), staged.data(), sizeof(T) * staged.size());
+            dev_.copy(this->parameter_data(), staged.data(), sizeof(T) * staged.size());
     }
 
     /// Runs the model on tokens(B,T) (row-major, B <= max_batch, T <= context_length, every id in
@@ -11934,9 +12021,7 @@ public:
     }
 
     /// Sets every gradient to zero (gradients accumulate across `backward` calls).
-    void zero_grad() {
-        if (grad_arena_.size()) dev_.fill_zero(grad_arena_.data(), sizeof(T) * grad_arena_.size());
-    }
+    void zero_grad() { this->zero_gradients(dev_); }
 
     /// Backpropagates `grad_logits()` through the last forward, accumulating into the gradients.
     /// `d_hidden[i]` (B,T,C) adds a gradient on hidden state i and `d_attention[l]` (B,H,T,T) one on
@@ -12003,12 +12088,10 @@ public:
 
     /// Bytes held by the parameter, gradient and activation arenas.
     std::size_t arena_bytes() const noexcept {
-        return sizeof(T) * (param_arena_.size() + grad_arena_.size() + act_arena_.size()) + tokens_bytes();
+        return this->parameter_bytes() + sizeof(T) * act_arena_.size() + tokens_bytes();
     }
 
 private:
-    static constexpr std::size_t none = std::size_t(-1);  // a parameter this config does not have
-
     struct LayerParams {
         std::size_t ln1_w, ln1_b, attn_w, attn_b, proj_w, proj_b, ln2_w, ln2_b, fc_w, fc_b, mlp_proj_w, mlp_proj_b;
     };
@@ -12020,8 +12103,7 @@ private:
         const std::int64_t V = cfg_.vocab_size, C = cfg_.d_model, F = cfg_.d_ff, Q = cfg_.qkv_width(),
                            F1 = cfg_.fc_width();
         auto add = [&](std::string name, std::initializer_list<std::int64_t> shape, parameter_kind kind) {
-            kinds_.push_back(kind);
-            return param_layout_.add<T>(std::move(name), shape);
+            return this->add_parameter(std::move(name), shape, kind);
         };
         auto add_if = [&](bool on, std::string name, std::int64_t n, parameter_kind kind) {
             return on ? add(std::move(name), {n}, kind) : none;
@@ -12049,12 +12131,7 @@ private:
         lnf_w_ = add("ln_f.weight", {C}, parameter_kind::norm);
         lnf_b_ = add_if(ln, "ln_f.bias", C, parameter_kind::norm);
         head_ = cfg_.tie_embeddings ? wte_ : add("lm_head.weight", {V, C}, parameter_kind::weight);
-        param_arena_ = detail::Arena<T, Device>(dev_, param_layout_.size());
-        if (mode_ == activations::training) grad_arena_ = detail::Arena<T, Device>(dev_, param_layout_.size());
-        const auto& blocks = param_layout_.blocks();
-        for (std::size_t i = 0; i < blocks.size(); ++i)
-            params_.push_back({blocks[i].name, param_arena_.view(blocks[i]),
-                               grad_arena_.size() ? grad_arena_.view(blocks[i]) : Tensor<T>{}, kinds_[i]});
+        this->allocate_parameters(dev_, mode_ == activations::training);
     }
 
     void layout_activations() {
@@ -12134,13 +12211,6 @@ private:
     std::size_t tokens_bytes() const noexcept {
         return sizeof(std::int32_t) * std::size_t(max_batch_) * std::size_t(cfg_.context_length);
     }
-    // a parameter's value / gradient; null for one this config does not have
-    T* val(std::size_t i) const noexcept {
-        return i == none ? nullptr : param_arena_.data() + param_layout_.blocks()[i].offset;
-    }
-    T* grad(std::size_t i) const noexcept {
-        return i == none ? nullptr : grad_arena_.data() + param_layout_.blocks()[i].offset;
-    }
     T* act(std::size_t i) const noexcept { return act_arena_.data() + act_layout_.blocks()[i].offset; }
     const T* wte() const noexcept { return val(wte_); }
     const T* wpe() const noexcept { return val(wpe_); }
@@ -12159,10 +12229,8 @@ private:
     T eps_ = T(1e-5);
     int B_ = 0, T_ = 0;
 
-    detail::ArenaLayout param_layout_, act_layout_;
-    std::vector<parameter_kind> kinds_;
-    detail::Arena<T, Device> param_arena_, grad_arena_, act_arena_;
-    std::vector<Parameter<T>> params_;
+    detail::ArenaLayout act_layout_;
+    detail::Arena<T, Device> act_arena_;
     std::vector<LayerParams> layer_params_;
     std::vector<LayerActs> layer_acts_;
     std::size_t wte_ = 0, wpe_ = none, lnf_w_ = 0, lnf_b_ = none, head_ = 0;
@@ -12971,7 +13039,7 @@ struct topk_record {
     std::size_t positions() const noexcept { return tokens.size(); }
 };
 
-namespace topk_detail {
+namespace detail {
 
 inline constexpr char file_magic[8] = {'D', 'S', 'T', 'L', 'T', 'O', 'P', 'K'};
 inline constexpr char record_magic[4] = {'T', 'K', 'R', 'C'};
@@ -13009,23 +13077,23 @@ constexpr std::uint64_t payload_bytes(std::uint64_t id_bytes, std::uint64_t n, s
 inline std::uint32_t header_crc(const void* p, std::size_t size) noexcept {
     const auto* b = static_cast<const unsigned char*>(p);
     const std::uint32_t zero = 0;
-    std::uint32_t crc = detail::crc32(b, header_crc_at);
-    crc = detail::crc32(&zero, 4, crc);
-    return detail::crc32(b + header_crc_at + 4, size - header_crc_at - 4, crc);
+    std::uint32_t crc = distill::detail::crc32(b, header_crc_at);
+    crc = distill::detail::crc32(&zero, 4, crc);
+    return distill::detail::crc32(b + header_crc_at + 4, size - header_crc_at - 4, crc);
 }
 
 // The checksum of the record at `r` with `payload` payload bytes: version 2 covers n and id_bytes too,
 // so a flipped length cannot silently shorten an id; version 1 covers the payload only.
 inline std::uint32_t record_crc(const std::byte* r, std::uint64_t payload, std::uint32_t version) noexcept {
-    if (version == 1) return detail::crc32(r + record_header, payload);
-    return detail::crc32(r + record_header, payload, detail::crc32(r + 4, 8));
+    if (version == 1) return distill::detail::crc32(r + record_header, payload);
+    return distill::detail::crc32(r + record_header, payload, distill::detail::crc32(r + 4, 8));
 }
 
-}  // namespace topk_detail
+}  // namespace detail
 
 /// The header bytes of a new cache file for `header` (always the current version, 2; `header.version` is ignored).
 inline std::string encode_topk_header(const topk_header& header) {
-    using namespace topk_detail;
+    using namespace detail;
     if (header.k < 1 || header.k > max_k)
         throw error("top-k cache: k must be in [1, 1024], got " + std::to_string(header.k));
     if (header.vocab_size < 1) throw error("top-k cache: vocab_size must be >= 1");
@@ -13054,8 +13122,8 @@ inline std::string encode_topk_header(const topk_header& header) {
 /// distill::error when the sizes disagree.
 inline std::string encode_topk_record(std::string_view id, std::uint32_t k, std::span<const std::int32_t> tokens,
                                       std::span<const std::int32_t> top_ids, std::span<const float> top_logprobs,
-                                      std::uint32_t version = topk_detail::current_version) {
-    using namespace topk_detail;
+                                      std::uint32_t version = detail::current_version) {
+    using namespace detail;
     const std::size_t n = tokens.size();
     if (top_ids.size() != n * k || top_logprobs.size() != n * k)
         throw error("top-k cache record '" + std::string(id) + "': " + std::to_string(top_ids.size()) + " ids and " +
@@ -13076,8 +13144,9 @@ inline std::string encode_topk_record(std::string_view id, std::uint32_t k, std:
     std::string out(record_magic, 4);
     put32(out, std::uint32_t(n));
     put32(out, std::uint32_t(id.size()));
-    put32(out, version == 1 ? detail::crc32(payload.data(), payload.size())
-                            : detail::crc32(payload.data(), payload.size(), detail::crc32(out.data() + 4, 8)));
+    put32(out, version == 1
+                   ? distill::detail::crc32(payload.data(), payload.size())
+                   : distill::detail::crc32(payload.data(), payload.size(), distill::detail::crc32(out.data() + 4, 8)));
     return out + payload;
 }
 
@@ -13106,7 +13175,7 @@ private:
     }
 
     void parse() {
-        using namespace topk_detail;
+        using namespace detail;
         const auto bytes = map_.bytes();
         const std::byte* base = bytes.data();
         if (bytes.size() < fixed_header_v1)
@@ -13207,7 +13276,7 @@ private:
 /// complete records only (0 when even the header is incomplete). The generate stage cuts a file
 /// back to it after a crash in the middle of an append.
 inline std::uint64_t topk_complete_prefix(const std::filesystem::path& path) {
-    using namespace topk_detail;
+    using namespace detail;
     io::mapped_file map(path);
     const auto bytes = map.bytes();
     const std::byte* base = bytes.data();
@@ -13349,6 +13418,16 @@ inline constexpr auto logits = boost::hana::type_c<logits_t>;
 inline constexpr auto hidden_states = boost::hana::type_c<hidden_states_t>;
 inline constexpr auto attentions = boost::hana::type_c<attentions_t>;
 inline constexpr auto qkv = boost::hana::type_c<qkv_t>;
+
+/// What a teacher of sampled tokens provides (`provides`): `tokens`, and `topk_logprobs` too when
+/// it gives the top-k log-probabilities of each token (`topk`).
+template <bool topk>
+inline constexpr auto sampled_tokens = [] {
+    if constexpr (topk)
+        return boost::hana::make_set(tokens, topk_logprobs);
+    else
+        return boost::hana::make_set(tokens);
+}();
 
 }  // namespace distill::signal
 
@@ -14274,12 +14353,7 @@ struct CacheConfig {
 template <bool TopK = false, class Tokenizer = data::ByteTokenizer>
 class Cache {
 public:
-    static constexpr auto provides = [] {
-        if constexpr (TopK)
-            return boost::hana::make_set(signal::tokens, signal::topk_logprobs);
-        else
-            return boost::hana::make_set(signal::tokens);
-    }();
+    static constexpr auto provides = signal::sampled_tokens<TopK>;
     static constexpr bool batch_invariant = true;
     using tokenizer_type = Tokenizer;
 
@@ -15335,12 +15409,7 @@ template <class Tokenizer = void>
 class OpenAI {
 public:
     static constexpr bool maps_logprobs = !std::is_void_v<Tokenizer>;
-    static constexpr auto provides = [] {
-        if constexpr (maps_logprobs)
-            return boost::hana::make_set(signal::tokens, signal::topk_logprobs);
-        else
-            return boost::hana::make_set(signal::tokens);
-    }();
+    static constexpr auto provides = signal::sampled_tokens<maps_logprobs>;
     /// Every request stands alone.
     static constexpr bool batch_invariant = true;
     using tokenizer_type = std::conditional_t<maps_logprobs, Tokenizer, void>;
@@ -15903,7 +15972,7 @@ constexpr dtype exact_dtype() {
     return std::is_same_v<T, float> ? dtype::F32 : dtype::F64;
 }
 
-namespace checkpoint_detail {
+namespace detail {
 
 /// A tensor to write byte for byte.
 struct raw_tensor {
@@ -15982,7 +16051,7 @@ inline std::optional<std::int64_t> parse_step_name(std::string_view name) {
     return step;
 }
 
-}  // namespace checkpoint_detail
+}  // namespace detail
 
 /// A checkpoint directory, opened and verified (manifest checksum and version, every file's size and
 /// CRC-32C, safetensors structure); nothing has been loaded into a model yet. Move-only.
@@ -16045,7 +16114,7 @@ private:
                                    ", but this build of distill reads only version " +
                                    std::to_string(checkpoint_format_version) + "; the checkpoint is refused");
         if (!field("checksum").is_number_unsigned() ||
-            field("checksum").get<std::uint64_t>() != checkpoint_detail::manifest_checksum(m))
+            field("checksum").get<std::uint64_t>() != detail::manifest_checksum(m))
             throw format_error(manifest_path, 0,
                                "checksum mismatch: the manifest was modified or corrupted; the checkpoint is refused");
         // Numbers are checked for their kind before get<>(): converting a float out of range is undefined.
@@ -16072,7 +16141,7 @@ private:
             const nlohmann::json& f = field("files");
             if (!f.contains(name)) throw format_error(manifest_path, 0, std::string("does not list ") + name);
             if (!std::filesystem::exists(path)) throw format_error(path, 0, "missing from the checkpoint");
-            const auto [size, crc] = checkpoint_detail::file_digest(path);
+            const auto [size, crc] = detail::file_digest(path);
             const auto want_size = unsigned_at(f[name], "bytes", UINT64_MAX);
             if (size != want_size)
                 throw format_error(path, 0,
@@ -16122,7 +16191,7 @@ public:
                           std::set<std::string>& seen) {
             const tensor_info* info = file.find(name);
             if (!info) throw format_error(file.path(), 0, "has no tensor '" + name + "' (the run expects it)");
-            const auto shape = checkpoint_detail::shape_of(target);
+            const auto shape = detail::shape_of(target);
             if (info->shape != shape)
                 throw shape_error(file.path().string() + ": tensor '" + name + "' has shape " +
                                   distill::detail::shape_string(info->shape) + ", the run expects " +
@@ -16211,7 +16280,7 @@ public:
                                const Optimizer& optimizer, std::span<const std::int64_t> data_order,
                                const nlohmann::json& state, const nlohmann::json& config) {
         using T = typename Model::scalar_type;
-        const std::string name = checkpoint_detail::step_name(step);
+        const std::string name = detail::step_name(step);
         const auto final_dir = root_ / name;
         const auto tmp = root_ / (name + ".tmp." + std::to_string(::getpid()));
         std::error_code ec;
@@ -16220,16 +16289,14 @@ public:
             throw io_error(tmp, "cannot create checkpoint directory: " + ec.message());
 
         save_weights(tmp / "student.safetensors", model, exact_dtype<T>());
-        std::vector<checkpoint_detail::raw_tensor> tensors;
+        std::vector<detail::raw_tensor> tensors;
         for (const auto& p : extra)
-            tensors.push_back(
-                {"extra." + p.name, exact_dtype<T>(), checkpoint_detail::shape_of(p.value), p.value.data()});
+            tensors.push_back({"extra." + p.name, exact_dtype<T>(), detail::shape_of(p.value), p.value.data()});
         for (const auto& s : optimizer.state())
-            tensors.push_back(
-                {"optimizer." + s.name, exact_dtype<T>(), checkpoint_detail::shape_of(s.value), s.value.data()});
+            tensors.push_back({"optimizer." + s.name, exact_dtype<T>(), detail::shape_of(s.value), s.value.data()});
         tensors.push_back(
             {"data.order", dtype::I64, {static_cast<std::int64_t>(data_order.size())}, data_order.data()});
-        checkpoint_detail::write_raw(tmp / "training.safetensors", tensors, {});
+        detail::write_raw(tmp / "training.safetensors", tensors, {});
 
         nlohmann::json manifest;
         manifest["format"] = checkpoint_format_name;
@@ -16238,12 +16305,12 @@ public:
         manifest["optimizer_steps"] = optimizer.steps();
         manifest["scalar_type"] = dtype_name(exact_dtype<T>());
         for (const char* file : {"student.safetensors", "training.safetensors"}) {
-            const auto [size, crc] = checkpoint_detail::file_digest(tmp / file);
+            const auto [size, crc] = detail::file_digest(tmp / file);
             manifest["files"][file] = {{"bytes", size}, {"crc32c", crc}};
         }
         manifest["state"] = state;
         manifest["config"] = config;
-        manifest["checksum"] = checkpoint_detail::manifest_checksum(manifest);
+        manifest["checksum"] = detail::manifest_checksum(manifest);
         write_file_atomic(tmp / "manifest.json", manifest.dump(1) + "\n");
 
         // Swap into place. rename() cannot replace a non-empty directory, so an older checkpoint of the
@@ -16275,7 +16342,7 @@ public:
         std::vector<std::pair<std::int64_t, std::filesystem::path>> found;
         for (const auto& entry : std::filesystem::directory_iterator(root_))
             if (entry.is_directory())
-                if (auto s = checkpoint_detail::parse_step_name(entry.path().filename().string()))
+                if (auto s = detail::parse_step_name(entry.path().filename().string()))
                     found.push_back({*s, entry.path()});
         std::sort(found.begin(), found.end());
         std::vector<std::filesystem::path> out;
@@ -16321,7 +16388,7 @@ private:
                                    " bytes, expected step-NNNNNNNN)");
         std::string text(reinterpret_cast<const char*>(map.bytes().data()), map.bytes().size());
         while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
-        if (!checkpoint_detail::parse_step_name(text))
+        if (!detail::parse_step_name(text))
             throw format_error(path, 1,
                                "does not name a checkpoint directory (expected step-NNNNNNNN, got \"" + text + "\")");
         const auto dir = root_ / text;
@@ -16705,7 +16772,7 @@ public:
                     "d_attention", {std::int64_t(d.max_batch) * d.student.n_heads * d.max_length * d.max_length}));
         if (qkv)
             for (std::int64_t l = 0; l < L; ++l) qkv_.push_back(layout_.add<T>("d_qkv", {N * d.student.qkv()}));
-        arena_ = detail::Arena<T, Device>(dev_, layout_.size());
+        arena_ = distill::detail::Arena<T, Device>(dev_, layout_.size());
         hidden_state_.assign(hidden_.size(), 0);
         attention_state_.assign(attention_.size(), 0);
         qkv_state_.assign(qkv_.size(), 0);
@@ -16838,8 +16905,8 @@ private:
 
     dims dims_;
     Device dev_;
-    detail::ArenaLayout layout_;
-    detail::Arena<T, Device> arena_;
+    distill::detail::ArenaLayout layout_;
+    distill::detail::Arena<T, Device> arena_;
     std::size_t rows_ = 0;
     std::optional<std::size_t> scratch_;
     std::vector<std::size_t> hidden_, attention_, qkv_;
@@ -16880,7 +16947,7 @@ private:
                       "Loss: " who " needs " sig ", which the teacher does not provide; see docs/losses.md"); \
     }
 
-namespace check_detail {
+namespace detail {
 template <class>
 inline constexpr bool always_false = false;
 
@@ -16898,7 +16965,7 @@ constexpr bool generic_checks() {
         return (generic_check<Term, Teacher, typename decltype(signals)::type>() && ... && true);
     });
 }
-}  // namespace check_detail
+}  // namespace detail
 
 /// Checks, for every term of `Loss`, that `Teacher` provides each signal the term needs: every
 /// element of the term's `needs` set must be in the teacher's `provides` set, whatever the signal
@@ -16920,7 +16987,7 @@ constexpr bool check_needs() {
     if constexpr (requires { Loss::template check_teacher<Teacher>(); })
         return Loss::template check_teacher<Teacher>();
     else
-        return check_detail::generic_checks<Loss, Teacher>();
+        return detail::generic_checks<Loss, Teacher>();
 }
 
 }  // namespace distill::loss
@@ -17040,25 +17107,76 @@ inline std::vector<layer_pair> resolve_layer_map(const std::string& path, const 
     return out;
 }
 
+/// Pair k of `term`, p, once checked against the outputs: throws shape_error unless the student has
+/// a p.student-th of its `student_count` tensors (`student_what`, e.g. "student hidden state") and
+/// the teacher a p.teacher-th of its `teacher_count` (`teacher_what`).
+inline layer_pair checked_pair(const char* term, std::size_t k, layer_pair p, const char* student_what,
+                               const char* teacher_what, std::size_t student_count, std::size_t teacher_count) {
+    if (p.student >= int(student_count) || p.teacher >= int(teacher_count))
+        throw shape_error(std::string(term) + ": pair " + std::to_string(k) + " needs " + student_what + " " +
+                          std::to_string(p.student) + " and " + teacher_what + " " + std::to_string(p.teacher) +
+                          "; the outputs hold " + std::to_string(student_count) + " and " +
+                          std::to_string(teacher_count));
+    return p;
+}
+
 }  // namespace distill::loss
 
 BOOST_HANA_ADAPT_STRUCT(distill::loss::layer_pair, student, teacher);
 // ---- end distill/loss/layer_map.hpp ----
 // ---- begin distill/loss/util.hpp ----
 /// @file util.hpp
-/// Checks and reductions shared by the loss terms.
+/// What the built-in loss terms share: their config's home (`term_base`), the checks of their
+/// configs and inputs, the run of a tempered full-vocabulary divergence, and the reductions.
 
 #include <cmath>
 #include <cstdint>
 #include <string>
 
+#include <boost/hana/adapt_struct.hpp>
+
+
+namespace distill::loss {
+
+/// Keys of the job's `loss.soft_kl`, `loss.topk_soft_kl` and `loss.reverse_kl` objects: the
+/// temperature of a divergence between tempered distributions.
+struct TemperatureConfig {
+    double temperature = 1.0;         ///< τ > 0; both distributions are softmax(logits/τ)
+    bool temperature_squared = true;  ///< multiply the value (and gradient) by τ²
+};
+
+}  // namespace distill::loss
 
 namespace distill::loss::util {
+
+/// The base of every built-in term: it holds the term's config, which the term's constructor has
+/// validated, and gives it back through `settings()`.
+template <class Config>
+class term_base {
+public:
+    using config = Config;
+
+    const config& settings() const noexcept { return cfg_; }
+
+protected:
+    explicit term_base(const config& c) : cfg_(c) {}
+
+    config cfg_;
+};
 
 /// Throws config_error at `path` unless tau is a finite number > 0.
 inline void check_temperature(const std::string& path, double tau) {
     if (!(tau > 0) || !std::isfinite(tau))
         throw config_error(path, "must be a finite number > 0, got " + std::to_string(tau));
+}
+
+/// Throws config_error at `term` when both models' vocabulary sizes are known and differ; `why`,
+/// when given, ends the message after "; ".
+inline void check_same_vocab(const char* term, const dims& d, const char* why = nullptr) {
+    if (d.student.vocab_size && d.teacher.vocab_size && d.student.vocab_size != d.teacher.vocab_size)
+        throw config_error(term, "the teacher's vocabulary (" + std::to_string(d.teacher.vocab_size) +
+                                     ") differs from the student's (" + std::to_string(d.student.vocab_size) + ")" +
+                                     (why ? std::string("; ") + why : std::string()));
 }
 
 /// Throws shape_error unless `t` is a non-empty (B,T,·) tensor matching `like` in its first two
@@ -17084,7 +17202,7 @@ T mean_rows(const T* rows, std::int64_t n, std::int64_t count) {
     return static_cast<T>(sum / static_cast<double>(count));
 }
 
-/// `mean_rows` of per-row values in `dev`'s memory, read through `detail::read_on_host`: in place on
+/// `mean_rows` of per-row values in `dev`'s memory, read through `distill::detail::read_on_host`: in place on
 /// a host device, after one copy of the n values on a device with its own memory (same order, same
 /// result).
 template <class Device, class T>
@@ -17094,7 +17212,50 @@ T mean_rows(const Device& dev, const T* rows, std::int64_t n, std::int64_t count
     return mean_rows(host.data(), n, count);
 }
 
+/// The run of a divergence between the student's and the teacher's logits at temperature τ
+/// (`SoftKL`, `ReverseKL`, `JSD`): checks the teacher's logits against the student's (B,T,V), calls
+/// `kernel(d, accumulate, student, teacher, N, V, 1/τ, grad_scale)` with the logits' sink, N = B·T
+/// and grad_scale = weight · s / count, s = τ² when `squared` (else 1), and returns s · the mean of
+/// the per-row values over the counted positions.
+template <class T, class Device, class Kernel>
+T tempered_logits(const char* term, const context<T, Device>& ctx, double temperature, bool squared, Kernel&& kernel) {
+    const auto& s = ctx.student->logits;
+    const auto& t = ctx.teacher->logits;
+    check_btx(term, "the teacher's logits", t, s, s.size(2));
+    const std::int64_t N = s.size(0) * s.size(1), count = ctx.count();
+    const T tau = static_cast<T>(temperature);
+    const T factor = squared ? tau * tau : T(1);
+    const auto sink = ctx.d_logits();
+    kernel(sink.tensor.data(), sink.accumulate, s.data(), t.data(), N, static_cast<int>(s.size(2)), T(1) / tau,
+           ctx.weight * factor / T(count ? count : 1));
+    return factor * mean_rows(ctx.device, ctx.rows(), N, count);
+}
+
+/// The base of the divergences between the student's and the teacher's logits at temperature τ
+/// (`SoftKL`, `ReverseKL`, `JSD`): the constructor checks the temperature (`<name>.temperature`)
+/// and that both vocabularies agree when known (`Derived::vocab_note`, when not null, ends that
+/// message); the call runs `tempered_logits` with `Derived::rows(ctx, d, accumulate, student,
+/// teacher, N, V, inv_tau, grad_scale)`, the term's kernel. Config: `temperature`,
+/// `temperature_squared` (and the term's own keys).
+template <class Derived, class Config>
+class logits_divergence : public term_base<Config> {
+public:
+    explicit logits_divergence(const Config& c = {}, const dims& d = {}) : term_base<Config>(c) {
+        check_temperature(std::string(Derived::name) + ".temperature", c.temperature);
+        check_same_vocab(Derived::name, d, Derived::vocab_note);
+    }
+
+    /// The value; adds its gradient (times `ctx.weight`) to the logits' sink.
+    template <class T, class Device>
+    T operator()(const context<T, Device>& ctx) {
+        return tempered_logits(Derived::name, ctx, this->cfg_.temperature, this->cfg_.temperature_squared,
+                               [&](auto&&... args) { static_cast<const Derived&>(*this).rows(ctx, args...); });
+    }
+};
+
 }  // namespace distill::loss::util
+
+BOOST_HANA_ADAPT_STRUCT(distill::loss::TemperatureConfig, temperature, temperature_squared);
 // ---- end distill/loss/util.hpp ----
 
 namespace distill::loss {
@@ -17120,16 +17281,14 @@ struct AttentionKLConfig {
 /// smallest normal number so an underflowed probability gives a large finite value, never Inf/NaN.
 /// Needs `attentions`. Config: `layer_map` ("uniform" default, "last", "explicit") and `layers`
 /// (attention layer indices 0..L−1).
-class AttentionKL {
+class AttentionKL : public util::term_base<AttentionKLConfig> {
 public:
-    using config = AttentionKLConfig;
-
     static constexpr char name[] = "attention_kl";
     static constexpr auto needs = boost::hana::make_set(signal::attentions);
 
     /// Resolves the layer map and checks the head counts.
     explicit AttentionKL(const config& c = {}, const dims& d = {})
-        : cfg_(c), Hs_(d.student.n_heads), Ht_(d.teacher.n_heads) {
+        : term_base(c), Hs_(d.student.n_heads), Ht_(d.teacher.n_heads) {
         if (Hs_ < 1 || Ht_ < 1)
             throw config_error("attention_kl", "the student's and the teacher's n_heads must be known (got " +
                                                    std::to_string(Hs_) + " and " + std::to_string(Ht_) + ")");
@@ -17142,7 +17301,6 @@ public:
                                    d.teacher.n_layers);
     }
 
-    const config& settings() const noexcept { return cfg_; }
     /// The resolved (student, teacher) attention-layer pairs.
     const std::vector<layer_pair>& pairs() const noexcept { return pairs_; }
 
@@ -17156,12 +17314,8 @@ public:
         const T grad_scale = ctx.weight / T(count ? count : 1) / T(Hs_) / T(pairs_.size());
         double total = 0;
         for (std::size_t k = 0; k < pairs_.size(); ++k) {
-            const auto [ls, lt] = pairs_[k];
-            if (ls >= int(S.size()) || lt >= int(A.size()))
-                throw shape_error("attention_kl: pair " + std::to_string(k) + " needs student attention layer " +
-                                  std::to_string(ls) + " and teacher layer " + std::to_string(lt) +
-                                  "; the outputs hold " + std::to_string(S.size()) + " and " +
-                                  std::to_string(A.size()));
+            const auto [ls, lt] = checked_pair("attention_kl", k, pairs_[k], "student attention layer", "teacher layer",
+                                               S.size(), A.size());
             check_map("a student attention map", S[std::size_t(ls)], B, Hs_, Tn);
             check_map("a teacher attention map", A[std::size_t(lt)], B, Ht_, Tn);
             const auto sink = ctx.d_attention(ls);
@@ -17184,7 +17338,6 @@ private:
                               std::to_string(Tn) + "]");
     }
 
-    config cfg_;
     int Hs_, Ht_;
     std::vector<layer_pair> pairs_;
 };
@@ -17233,16 +17386,14 @@ struct AttentionRelationConfig {
 /// must be multiples of R). Needs `qkv`. Config: `relation_heads` (R; 0 = the student's n_heads),
 /// `relations` (any of "query", "key", "value"; default all three), `layer_map` ("last" default,
 /// as MiniLMv2 transfers one layer; "uniform", "explicit") and `layers`.
-class AttentionRelation {
+class AttentionRelation : public util::term_base<AttentionRelationConfig> {
 public:
-    using config = AttentionRelationConfig;
-
     static constexpr char name[] = "attention_relation";
     static constexpr auto needs = boost::hana::make_set(signal::qkv);
 
     /// Resolves the layer map and checks the relation heads against both widths.
     explicit AttentionRelation(const config& c = {}, const dims& d = {})
-        : cfg_(c),
+        : term_base(c),
           Cs_(d.student.d_model),
           Ct_(d.teacher.d_model),
           R_(c.relation_heads ? c.relation_heads : d.student.n_heads) {
@@ -17281,7 +17432,6 @@ public:
         scratch_ = 3 * std::size_t(R_) * std::size_t(d.max_length) * std::size_t(d.max_length);
     }
 
-    const config& settings() const noexcept { return cfg_; }
     const std::vector<layer_pair>& pairs() const noexcept { return pairs_; }
     int relation_heads() const noexcept { return R_; }
     /// Scratch for one sequence's relation logits, teacher and student, and their gradient: 3·R·T².
@@ -17304,12 +17454,8 @@ public:
         T* losses = ctx.rows();
         double total = 0;
         for (std::size_t k = 0; k < pairs_.size(); ++k) {
-            const auto [ls, lt] = pairs_[k];
-            if (ls >= int(S.size()) || lt >= int(Q.size()))
-                throw shape_error("attention_relation: pair " + std::to_string(k) + " needs student q|k|v " +
-                                  std::to_string(ls) + " and teacher q|k|v " + std::to_string(lt) +
-                                  "; the outputs hold " + std::to_string(S.size()) + " and " +
-                                  std::to_string(Q.size()));
+            const auto [ls, lt] =
+                checked_pair("attention_relation", k, pairs_[k], "student q|k|v", "teacher q|k|v", S.size(), Q.size());
             util::check_btx("attention_relation", "a student q|k|v", S[std::size_t(ls)], ctx.student->logits, 3 * Cs_);
             util::check_btx("attention_relation", "a teacher q|k|v", Q[std::size_t(lt)], ctx.student->logits, 3 * Ct_);
             const Tensor<T> dx = ctx.d_qkv_accumulate(ls);
@@ -17344,7 +17490,6 @@ public:
     DISTILL_LOSS_TERM_CHECKS(distill::loss::AttentionRelation)
 
 private:
-    config cfg_;
     int Cs_, Ct_, R_;
     std::vector<int> which_;
     std::vector<layer_pair> pairs_;
@@ -17383,19 +17528,15 @@ struct HardCEConfig {
 /// `targets`: "teacher" reads `teacher.tokens` (the token the teacher produced after each position;
 /// −1 where none), "labels" reads the context's ground-truth `labels`. Needs `tokens` (every
 /// teacher provides them; with "labels" they are not read). Config: `targets` (default "teacher").
-class HardCE {
+class HardCE : public util::term_base<HardCEConfig> {
 public:
-    using config = HardCEConfig;
-
     static constexpr char name[] = "hard_ce";
     static constexpr auto needs = boost::hana::make_set(signal::tokens);
 
-    explicit HardCE(const config& c = {}, const dims& = {}) : cfg_(c) {
+    explicit HardCE(const config& c = {}, const dims& = {}) : term_base(c) {
         if (c.targets != "teacher" && c.targets != "labels")
             throw config_error("hard_ce.targets", "expected \"teacher\" or \"labels\", got \"" + c.targets + "\"");
     }
-
-    const config& settings() const noexcept { return cfg_; }
 
     /// The value; adds its gradient (times `ctx.weight`) to the logits' sink.
     template <class T, class Device>
@@ -17425,9 +17566,6 @@ public:
     }
 
     DISTILL_LOSS_TERM_CHECKS(distill::loss::HardCE)
-
-private:
-    config cfg_;
 };
 
 }  // namespace distill::loss
@@ -17474,9 +17612,8 @@ struct HiddenMSEConfig {
 /// `hidden_states`. A projection is needed whenever the widths differ ("none" is then an error).
 /// @tparam T scalar type of the projections. @tparam Device where they live.
 template <class T = float, class Device = device::Cpu>
-class BasicHiddenMSE {
+class BasicHiddenMSE : public util::term_base<HiddenMSEConfig> {
 public:
-    using config = HiddenMSEConfig;
     using scalar_type = T;
     using device_type = Device;
     /// The same term in another scalar type or on another device (see loss::rebind_t).
@@ -17488,7 +17625,7 @@ public:
 
     /// Resolves and validates the layer map, and lays out and initializes the projections.
     explicit BasicHiddenMSE(const config& c = {}, const dims& d = {}, Device device = Device{})
-        : cfg_(c), dev_(device), Cs_(d.student.d_model), Ct_(d.teacher.d_model) {
+        : term_base(c), dev_(device), Cs_(d.student.d_model), Ct_(d.teacher.d_model) {
         if (c.form != "mse" && c.form != "cosine")
             throw config_error("hidden_mse.form", "expected \"mse\" or \"cosine\", got \"" + c.form + "\"");
         if (c.projection != "auto" && c.projection != "always" && c.projection != "none")
@@ -17508,7 +17645,6 @@ public:
         if (projected_) layout_projections();
     }
 
-    const config& settings() const noexcept { return cfg_; }
     /// The resolved (student, teacher) hidden-state pairs.
     const std::vector<layer_pair>& pairs() const noexcept { return pairs_; }
     bool projected() const noexcept { return projected_; }
@@ -17530,12 +17666,8 @@ public:
         T* y = ctx.scratch();
         double total = 0;
         for (std::size_t k = 0; k < pairs_.size(); ++k) {
-            const auto [i, j] = pairs_[k];
-            if (i >= int(S.size()) || j >= int(H.size()))
-                throw shape_error("hidden_mse: pair " + std::to_string(k) + " needs student hidden state " +
-                                  std::to_string(i) + " and teacher hidden state " + std::to_string(j) +
-                                  "; the outputs hold " + std::to_string(S.size()) + " and " +
-                                  std::to_string(H.size()));
+            const auto [i, j] = checked_pair("hidden_mse", k, pairs_[k], "student hidden state", "teacher hidden state",
+                                             S.size(), H.size());
             const auto& hs = S[std::size_t(i)];
             const auto& ht = H[std::size_t(j)];
             util::check_btx("hidden_mse", "a student hidden state", hs, ctx.student->logits, Cs_);
@@ -17600,7 +17732,6 @@ private:
         return grads_.data() + layout_.blocks()[2 * pair + which].offset;
     }
 
-    config cfg_;
     Device dev_;
     int Cs_, Ct_;
     std::vector<layer_pair> pairs_;
@@ -17657,54 +17788,38 @@ struct JSDConfig {
 /// and log(M/q), log(M/p) use `math::log_mix`, accurate on both sides of its branch, so fp32 stays
 /// within 1e-5 of the float64 truth at β = 1e-6 and 1 − 1e-6.
 /// Needs `logits`. Config: `beta` ∈ [0, 1] (default 0.5), `temperature`, `temperature_squared`.
-class JSD {
+class JSD : public util::logits_divergence<JSD, JSDConfig> {
 public:
-    using config = JSDConfig;
-
     static constexpr char name[] = "jsd";
     static constexpr auto needs = boost::hana::make_set(signal::logits);
+    static constexpr const char* vocab_note = nullptr;
 
-    explicit JSD(const config& c = {}, const dims& d = {}) : cfg_(c) {
-        if (!(c.beta >= 0 && c.beta <= 1))
-            throw config_error("jsd.beta", "must be in [0, 1], got " + std::to_string(c.beta));
-        util::check_temperature("jsd.temperature", c.temperature);
-        if (d.student.vocab_size && d.teacher.vocab_size && d.student.vocab_size != d.teacher.vocab_size)
-            throw config_error("jsd", "the teacher's vocabulary (" + std::to_string(d.teacher.vocab_size) +
-                                          ") differs from the student's (" + std::to_string(d.student.vocab_size) +
-                                          ")");
-    }
+    explicit JSD(const config& c = {}, const dims& d = {}) : logits_divergence(checked_beta(c), d) {}
 
-    const config& settings() const noexcept { return cfg_; }
-
-    /// The value; adds its gradient (times `ctx.weight`) to the logits' sink.
+    /// The kernel of the call (see util::logits_divergence): the ends are the KLs themselves
+    /// (J_0 = KL(p‖q), J_1 = KL(q‖p)); the JSD kernel computes 0 < β < 1.
     template <class T, class Device>
-    T operator()(const context<T, Device>& ctx) {
-        const auto& s = ctx.student->logits;
-        const auto& t = ctx.teacher->logits;
-        util::check_btx("jsd", "the teacher's logits", t, s, s.size(2));
-        const std::int64_t N = s.size(0) * s.size(1), count = ctx.count();
-        const T tau = static_cast<T>(cfg_.temperature);
-        const T factor = cfg_.temperature_squared ? tau * tau : T(1);
-        const auto sink = ctx.d_logits();
-        const int V = static_cast<int>(s.size(2));
-        const T grad_scale = ctx.weight * factor / T(count ? count : 1);
-        // the ends are the KLs themselves (J_0 = KL(p‖q), J_1 = KL(q‖p)); the kernel computes 0 < β < 1
+    void rows(const context<T, Device>& ctx, T* d, bool accumulate, const T* s, const T* t, std::int64_t N, int V,
+              T inv_tau, T grad_scale) const {
         if (cfg_.beta <= 0)
-            kl_forward_backward(ctx.device, sink.tensor.data(), sink.accumulate, ctx.rows(), s.data(), t.data(),
-                                ctx.mask_data(), N, V, T(1) / tau, grad_scale);
+            kl_forward_backward(ctx.device, d, accumulate, ctx.rows(), s, t, ctx.mask_data(), N, V, inv_tau,
+                                grad_scale);
         else if (cfg_.beta >= 1)
-            reverse_kl_forward_backward(ctx.device, sink.tensor.data(), sink.accumulate, ctx.rows(), s.data(), t.data(),
-                                        ctx.mask_data(), N, V, T(1) / tau, grad_scale);
+            reverse_kl_forward_backward(ctx.device, d, accumulate, ctx.rows(), s, t, ctx.mask_data(), N, V, inv_tau,
+                                        grad_scale);
         else
-            jsd_forward_backward(ctx.device, sink.tensor.data(), sink.accumulate, ctx.rows(), s.data(), t.data(),
-                                 ctx.mask_data(), N, V, cfg_.beta, T(1) / tau, grad_scale);
-        return factor * util::mean_rows(ctx.device, ctx.rows(), N, count);
+            jsd_forward_backward(ctx.device, d, accumulate, ctx.rows(), s, t, ctx.mask_data(), N, V, cfg_.beta, inv_tau,
+                                 grad_scale);
     }
 
     DISTILL_LOSS_TERM_CHECKS(distill::loss::JSD)
 
 private:
-    config cfg_;
+    static const config& checked_beta(const config& c) {
+        if (!(c.beta >= 0 && c.beta <= 1))
+            throw config_error("jsd.beta", "must be in [0, 1], got " + std::to_string(c.beta));
+        return c;
+    }
 };
 
 }  // namespace distill::loss
@@ -17725,10 +17840,7 @@ BOOST_HANA_ADAPT_STRUCT(distill::loss::JSDConfig, beta, temperature, temperature
 namespace distill::loss {
 
 /// Keys of the job's `loss.reverse_kl` object.
-struct ReverseKLConfig {
-    double temperature = 1.0;         ///< τ > 0
-    bool temperature_squared = true;  ///< multiply the value (and gradient) by τ²
-};
+using ReverseKLConfig = TemperatureConfig;
 
 /// Reverse KL at temperature τ, full vocabulary:
 ///
@@ -17742,48 +17854,26 @@ struct ReverseKLConfig {
 /// swapped in a library that computes `kl_div(student, teacher)`; the expectation is under the
 /// student. Needs `logits`. Config: `temperature` (default 1), `temperature_squared` (default true).
 /// A token the teacher masks (−inf) must be masked by the student too, or the value is infinite.
-class ReverseKL {
+class ReverseKL : public util::logits_divergence<ReverseKL, ReverseKLConfig> {
 public:
-    using config = ReverseKLConfig;
-
     static constexpr char name[] = "reverse_kl";
     static constexpr auto needs = boost::hana::make_set(signal::logits);
+    static constexpr const char* vocab_note = nullptr;
 
-    explicit ReverseKL(const config& c = {}, const dims& d = {}) : cfg_(c) {
-        util::check_temperature("reverse_kl.temperature", c.temperature);
-        if (d.student.vocab_size && d.teacher.vocab_size && d.student.vocab_size != d.teacher.vocab_size)
-            throw config_error("reverse_kl", "the teacher's vocabulary (" + std::to_string(d.teacher.vocab_size) +
-                                                 ") differs from the student's (" +
-                                                 std::to_string(d.student.vocab_size) + ")");
-    }
+    using logits_divergence::logits_divergence;
 
-    const config& settings() const noexcept { return cfg_; }
-
-    /// The value; adds its gradient (times `ctx.weight`) to the logits' sink.
+    /// The kernel of the call (see util::logits_divergence): the reverse KL rows.
     template <class T, class Device>
-    T operator()(const context<T, Device>& ctx) {
-        const auto& s = ctx.student->logits;
-        const auto& t = ctx.teacher->logits;
-        util::check_btx("reverse_kl", "the teacher's logits", t, s, s.size(2));
-        const std::int64_t N = s.size(0) * s.size(1), count = ctx.count();
-        const T tau = static_cast<T>(cfg_.temperature);
-        const T factor = cfg_.temperature_squared ? tau * tau : T(1);
-        const auto sink = ctx.d_logits();
-        reverse_kl_forward_backward(ctx.device, sink.tensor.data(), sink.accumulate, ctx.rows(), s.data(), t.data(),
-                                    ctx.mask_data(), N, static_cast<int>(s.size(2)), T(1) / tau,
-                                    ctx.weight * factor / T(count ? count : 1));
-        return factor * util::mean_rows(ctx.device, ctx.rows(), N, count);
+    void rows(const context<T, Device>& ctx, T* d, bool accumulate, const T* s, const T* t, std::int64_t N, int V,
+              T inv_tau, T grad_scale) const {
+        reverse_kl_forward_backward(ctx.device, d, accumulate, ctx.rows(), s, t, ctx.mask_data(), N, V, inv_tau,
+                                    grad_scale);
     }
 
     DISTILL_LOSS_TERM_CHECKS(distill::loss::ReverseKL)
-
-private:
-    config cfg_;
 };
 
 }  // namespace distill::loss
-
-BOOST_HANA_ADAPT_STRUCT(distill::loss::ReverseKLConfig, temperature, temperature_squared);
 // ---- end distill/loss/reverse_kl.hpp ----
 // ---- begin distill/loss/soft_kl.hpp ----
 /// @file soft_kl.hpp
@@ -17802,11 +17892,8 @@ BOOST_HANA_ADAPT_STRUCT(distill::loss::ReverseKLConfig, temperature, temperature
 
 namespace distill::loss {
 
-/// Keys of the job's `loss.soft_kl` object.
-struct SoftKLConfig {
-    double temperature = 1.0;         ///< τ > 0; both distributions are softmax(logits/τ)
-    bool temperature_squared = true;  ///< multiply the value (and gradient) by τ²
-};
+/// Keys of the job's `loss.soft_kl` and `loss.topk_soft_kl` objects.
+using SoftKLConfig = TemperatureConfig;
 
 /// Forward KL from the teacher to the student at temperature τ, full vocabulary:
 ///
@@ -17818,44 +17905,23 @@ struct SoftKLConfig {
 /// available; it is "mode covering": the student spreads mass over everything the teacher deems
 /// plausible. Needs `logits`. Config: `temperature` (τ > 0, default 1), `temperature_squared`
 /// (default true). The teacher's vocabulary must be the student's.
-class SoftKL {
+class SoftKL : public util::logits_divergence<SoftKL, SoftKLConfig> {
 public:
-    using config = SoftKLConfig;
-
     static constexpr char name[] = "soft_kl";
     static constexpr auto needs = boost::hana::make_set(signal::logits);
+    static constexpr const char* vocab_note = "full-vocabulary KL needs the same tokenizer";
 
     /// Validates the config; the vocabularies must agree when both are known.
-    explicit SoftKL(const config& c = {}, const dims& d = {}) : cfg_(c) {
-        util::check_temperature("soft_kl.temperature", c.temperature);
-        if (d.student.vocab_size && d.teacher.vocab_size && d.student.vocab_size != d.teacher.vocab_size)
-            throw config_error("soft_kl", "the teacher's vocabulary (" + std::to_string(d.teacher.vocab_size) +
-                                              ") differs from the student's (" + std::to_string(d.student.vocab_size) +
-                                              "); full-vocabulary KL needs the same tokenizer");
-    }
+    using logits_divergence::logits_divergence;
 
-    const config& settings() const noexcept { return cfg_; }
-
-    /// The value; adds its gradient (times `ctx.weight`) to the logits' sink.
+    /// The kernel of the call (see util::logits_divergence): the forward KL rows.
     template <class T, class Device>
-    T operator()(const context<T, Device>& ctx) {
-        const auto& s = ctx.student->logits;
-        const auto& t = ctx.teacher->logits;
-        util::check_btx("soft_kl", "the teacher's logits", t, s, s.size(2));
-        const std::int64_t N = s.size(0) * s.size(1), count = ctx.count();
-        const int V = static_cast<int>(s.size(2));
-        const T tau = static_cast<T>(cfg_.temperature);
-        const T factor = cfg_.temperature_squared ? tau * tau : T(1);
-        const auto sink = ctx.d_logits();
-        kl_forward_backward(ctx.device, sink.tensor.data(), sink.accumulate, ctx.rows(), s.data(), t.data(),
-                            ctx.mask_data(), N, V, T(1) / tau, ctx.weight * factor / T(count ? count : 1));
-        return factor * util::mean_rows(ctx.device, ctx.rows(), N, count);
+    void rows(const context<T, Device>& ctx, T* d, bool accumulate, const T* s, const T* t, std::int64_t N, int V,
+              T inv_tau, T grad_scale) const {
+        kl_forward_backward(ctx.device, d, accumulate, ctx.rows(), s, t, ctx.mask_data(), N, V, inv_tau, grad_scale);
     }
 
     DISTILL_LOSS_TERM_CHECKS(distill::loss::SoftKL)
-
-private:
-    config cfg_;
 };
 
 /// Forward KL from a teacher known only by its top-k log-probabilities per position, over k+1
@@ -17881,18 +17947,14 @@ private:
 /// unused slot). Config as `SoftKL`. Ids must be in the vocabulary and distinct per position and
 /// the probabilities must not sum above 1 (+1e-3 for rounding): violations throw `error` naming the
 /// position.
-class TopKSoftKL {
+class TopKSoftKL : public util::term_base<SoftKLConfig> {
 public:
-    using config = SoftKLConfig;
-
     static constexpr char name[] = "topk_soft_kl";
     static constexpr auto needs = boost::hana::make_set(signal::topk_logprobs);
 
-    explicit TopKSoftKL(const config& c = {}, const dims& = {}) : cfg_(c) {
+    explicit TopKSoftKL(const config& c = {}, const dims& = {}) : term_base(c) {
         util::check_temperature("topk_soft_kl.temperature", c.temperature);
     }
-
-    const config& settings() const noexcept { return cfg_; }
 
     /// The value; adds its gradient (times `ctx.weight`) to the logits' sink.
     template <class T, class Device>
@@ -17951,13 +18013,9 @@ private:
                 throw error(where(n) + "top-k probabilities sum to " + std::to_string(mass) + " > 1");
         }
     }
-
-    config cfg_;
 };
 
 }  // namespace distill::loss
-
-BOOST_HANA_ADAPT_STRUCT(distill::loss::SoftKLConfig, temperature, temperature_squared);
 // ---- end distill/loss/soft_kl.hpp ----
 // ---- begin distill/loss/sum.hpp ----
 /// @file sum.hpp
@@ -18019,7 +18077,7 @@ struct SumConfig {
     }
 };
 
-namespace sum_detail {
+namespace detail {
 
 // A compile-time Hana string with the characters of the static array S.
 template <const auto& S, std::size_t... I>
@@ -18056,7 +18114,7 @@ struct parameter_scalar<First, Rest...> {
     using type = typename First::scalar_type;
 };
 
-}  // namespace sum_detail
+}  // namespace detail
 
 /// The weighted sum Σ_i w_i · term_i of loss terms, itself a loss term (so sums nest).
 ///
@@ -18069,7 +18127,7 @@ struct parameter_scalar<First, Rest...> {
 template <class... Terms>
 class Sum {
     static_assert(sizeof...(Terms) >= 1, "Loss: loss::Sum needs at least one term");
-    static_assert(sum_detail::distinct_names<Terms...>(),
+    static_assert(detail::distinct_names<Terms...>(),
                   "Loss: the terms of a loss::Sum must have distinct names (each names its config in the job)");
 
 public:
@@ -18139,7 +18197,7 @@ public:
 
     /// Every term's learned parameters, names prefixed with "loss.".
     /// @tparam T their scalar type (by default that of the first term that has parameters).
-    template <class T = typename sum_detail::parameter_scalar<Terms...>::type>
+    template <class T = typename detail::parameter_scalar<Terms...>::type>
     std::vector<Parameter<T>> parameters() const {
         std::vector<Parameter<T>> out;
         boost::hana::for_each(terms_, [&](const auto& term) {
@@ -18221,9 +18279,9 @@ private:
     };
     template <std::size_t... I>
     static constexpr auto apply_(std::index_sequence<I...>) {
-        return hana::make_tuple(hana::make_pair(
-            distill::loss::sum_detail::hana_string<std::tuple_element_t<I, std::tuple<Terms...>>::name>(),
-            term_accessor<I>{})...);
+        return hana::make_tuple(
+            hana::make_pair(distill::loss::detail::hana_string<std::tuple_element_t<I, std::tuple<Terms...>>::name>(),
+                            term_accessor<I>{})...);
     }
 };
 
@@ -19763,7 +19821,7 @@ BOOST_HANA_ADAPT_STRUCT(distill::train::FinetuneConfig, num_epochs, max_steps, b
 
 namespace distill::eval {
 
-namespace memory_detail {
+namespace detail {
 
 /// A "VmRSS:" / "VmHWM:" line of /proc/self/status in bytes, or nullopt where there is none.
 inline std::optional<std::int64_t> status_bytes(const char* key) {
@@ -19783,11 +19841,11 @@ inline std::optional<std::int64_t> status_bytes(const char* key) {
     return out;
 }
 
-}  // namespace memory_detail
+}  // namespace detail
 
 /// The process's resident set size in bytes (0 where /proc is unavailable).
 inline std::int64_t resident_bytes() {
-    return memory_detail::status_bytes("VmRSS:").value_or(0);
+    return detail::status_bytes("VmRSS:").value_or(0);
 }
 
 /// Measures the peak memory a stretch of work adds (see the file comment).
@@ -19808,7 +19866,7 @@ public:
     }
     /// Bytes added at the peak since construction (the absolute peak when `exact()` is false).
     std::int64_t peak_bytes() const {
-        const std::int64_t hwm = memory_detail::status_bytes("VmHWM:").value_or(0);
+        const std::int64_t hwm = detail::status_bytes("VmHWM:").value_or(0);
         return hwm > start_ ? hwm - start_ : 0;
     }
     /// Whether the high-water mark could be reset (else the figure includes everything before).
@@ -19846,7 +19904,7 @@ private:
 
 namespace distill::eval {
 
-namespace report_detail {
+namespace detail {
 
 inline const char* const model_names[] = {"teacher", "baseline", "student"};
 
@@ -19893,23 +19951,22 @@ inline std::string change(double student, double teacher) {
     return (c >= 0 ? "+" : "−") + fixed(std::abs(c), 0) + "%";
 }
 
-}  // namespace report_detail
+}  // namespace detail
 
 /// The value of `key` for model `model` of a report (NaN when absent or null).
 inline double report_value(const nlohmann::ordered_json& report, const std::string& model, const std::string& key) {
     const auto& models = report.at("models");
     if (!models.contains(model)) return std::nan("");
     const auto& m = models[model];
-    if (report_detail::has_number(m, key.c_str())) return m[key].get<double>();
-    if (m.contains("metrics") && report_detail::has_number(m["metrics"], key.c_str()))
-        return m["metrics"][key].get<double>();
+    if (detail::has_number(m, key.c_str())) return m[key].get<double>();
+    if (m.contains("metrics") && detail::has_number(m["metrics"], key.c_str())) return m["metrics"][key].get<double>();
     return std::nan("");
 }
 
 /// One sentence: the student's change against the teacher and what it keeps of the primary metric,
 /// e.g. "−88% parameters, −80% latency, −85% memory; keeps 95% of the teacher's exact_match (baseline: 34%)".
 inline std::string report_summary(const nlohmann::ordered_json& report) {
-    using namespace report_detail;
+    using namespace detail;
     const std::string primary = report.at("primary_metric");
     auto v = [&](const char* model, const std::string& key) { return report_value(report, model, key); };
     std::vector<std::string> parts;
@@ -19933,7 +19990,7 @@ inline std::string report_summary(const nlohmann::ordered_json& report) {
 
 /// `report.md`: the comparison table and the summary (see the file comment).
 inline std::string render_markdown(const nlohmann::ordered_json& report) {
-    using namespace report_detail;
+    using namespace detail;
     const std::string primary = report.at("primary_metric");
     std::vector<std::string> present;
     for (const char* m : model_names)
@@ -19996,7 +20053,7 @@ inline std::string models_chart(const nlohmann::ordered_json& report) {
     const std::vector<std::string> groups = {primary, "tokens/s", "peak memory", "parameters"};
     std::vector<std::string> bars;
     std::vector<std::vector<double>> values;
-    for (const char* m : report_detail::model_names) {
+    for (const char* m : detail::model_names) {
         if (!report.at("models").contains(m)) continue;
         bars.emplace_back(m);
         std::vector<double> row;
@@ -20466,7 +20523,7 @@ inline Job load_job(const std::filesystem::path& path) {
 
 namespace distill {
 
-namespace pipeline_detail {
+namespace detail {
 
 /// A stage fingerprint: "sha256:" and 32 hex digits of `text` (a configuration's canonical JSON).
 inline std::string sha(const std::string& text) {
@@ -20494,7 +20551,7 @@ inline double seconds_since(std::chrono::steady_clock::time_point t0) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-}  // namespace pipeline_detail
+}  // namespace detail
 
 /// The layout of one run's output directory (see the file comment), and the skip/refuse rules of
 /// its stages.
@@ -20544,13 +20601,13 @@ public:
     /// Whether training run `run` is complete under fingerprint `fp`: done.json holds it and the
     /// weights are there.
     bool training_complete(const std::string& run, const std::string& fp) const {
-        return pipeline_detail::stored_fingerprint(done(run)) == fp && std::filesystem::exists(weights(run));
+        return detail::stored_fingerprint(done(run)) == fp && std::filesystem::exists(weights(run));
     }
 
     /// Claims the directory of training run `run` for fingerprint `fp`: refuses (fingerprint_error)
     /// a directory claimed by another configuration, else creates it and writes its marker.
     void claim_training(const std::string& run, const std::string& fp) const {
-        const std::string found = pipeline_detail::stored_fingerprint(marker(run));
+        const std::string found = detail::stored_fingerprint(marker(run));
         if (!found.empty() && found != fp) throw teacher::fingerprint_error(training_dir(run).string(), found, fp);
         std::filesystem::create_directories(training_dir(run));
         if (found.empty()) io::write_file_atomic(marker(run), nlohmann::json{{"fingerprint", fp}}.dump() + "\n");
@@ -20560,9 +20617,8 @@ public:
     nlohmann::ordered_json training_summary() const {
         nlohmann::ordered_json t = nlohmann::ordered_json::object();
         for (const char* run : {"student", "baseline"})
-            if (std::filesystem::exists(done(run))) t[run] = pipeline_detail::read_json_file(done(run));
-        if (std::filesystem::exists(generate_report()))
-            t["generate"] = pipeline_detail::read_json_file(generate_report());
+            if (std::filesystem::exists(done(run))) t[run] = detail::read_json_file(done(run));
+        if (std::filesystem::exists(generate_report())) t["generate"] = detail::read_json_file(generate_report());
         return t;
     }
 
@@ -20579,7 +20635,7 @@ inline nlohmann::ordered_json run_status(const std::filesystem::path& output_dir
     nlohmann::ordered_json s;
     s["output_dir"] = output_dir.string();
     if (fs::exists(dir.generate_report())) {
-        const auto r = pipeline_detail::read_json_file(dir.generate_report());
+        const auto r = detail::read_json_file(dir.generate_report());
         // the report counts one invocation; the files count every run
         auto count_lines = [&](const fs::path& path) {
             std::ifstream in(path);
@@ -20618,7 +20674,7 @@ inline nlohmann::ordered_json run_status(const std::filesystem::path& output_dir
         s[name] = f;
     }
     if (fs::exists(dir.report_json())) {
-        const auto r = pipeline_detail::read_json_file(dir.report_json());
+        const auto r = detail::read_json_file(dir.report_json());
         nlohmann::ordered_json e = {{"done", true}, {"primary_metric", r.value("primary_metric", "")}};
         const std::string primary = r.value("primary_metric", "");
         for (const auto& item : r["models"].items())
@@ -20650,7 +20706,7 @@ inline nlohmann::ordered_json run_status(const std::filesystem::path& output_dir
 
 namespace distill {
 
-namespace pipeline_detail {
+namespace detail {
 
 // Per term of a loss (one entry for a single term), whether it reads cached top-k log-probabilities.
 template <class L>
@@ -20665,7 +20721,7 @@ inline constexpr bool needs_online =
     loss::term_needs<L, signal::logits_t> || loss::term_needs<L, signal::hidden_states_t> ||
     loss::term_needs<L, signal::attentions_t> || loss::term_needs<L, signal::qkv_t>;
 
-}  // namespace pipeline_detail
+}  // namespace detail
 
 /// Settings of a Distiller that are not part of the job (how it talks, not what it computes).
 struct DistillerOptions {
@@ -20711,7 +20767,7 @@ struct RunTypes {
     using optimizer_type = Optimizer<float, Device>;
     using setup_type = RunSetup<student_config, typename loss_type::config, typename optimizer_type::config_type>;
     /// Online distillation (a teacher forward per batch) when the loss reads in-process signals.
-    static constexpr bool online = pipeline_detail::needs_online<Loss>;
+    static constexpr bool online = detail::needs_online<Loss>;
     /// Whether the loss reads cached top-k log-probabilities.
     static constexpr bool uses_topk = loss::term_needs<Loss, signal::topk_logprobs_t>;
 };
@@ -20721,7 +20777,7 @@ struct RunTypes {
 
 namespace distill {
 
-namespace pipeline_detail {
+namespace detail {
 
 /// The bytes of a checkpoint: a weights file, or the safetensors files of a Hugging Face directory.
 inline std::uintmax_t checkpoint_bytes(const std::filesystem::path& weights) {
@@ -20732,7 +20788,7 @@ inline std::uintmax_t checkpoint_bytes(const std::filesystem::path& weights) {
     return bytes;
 }
 
-}  // namespace pipeline_detail
+}  // namespace detail
 
 /// The evaluate stage of a run (see the file comment); the template parameters are the Distiller's.
 template <class Teacher, template <class, class> class Student, class Loss, template <class, class> class Optimizer,
@@ -20765,9 +20821,9 @@ public:
         const std::string student_digest = digest(student_file),
                           baseline_digest = with_baseline ? digest(baseline_file) : std::string();
         const std::string fp = evaluation_fingerprint(student_digest, baseline_digest);
-        if (pipeline_detail::stored_fingerprint(out.report_json()) == fp) {
+        if (detail::stored_fingerprint(out.report_json()) == fp) {
             s_.say("evaluate: report.json is complete for these models; skipped");
-            return pipeline_detail::read_json_file(out.report_json());
+            return detail::read_json_file(out.report_json());
         }
         const auto t0 = std::chrono::steady_clock::now();
         std::vector<teacher::Request> requests;
@@ -20808,7 +20864,7 @@ public:
         if (with_baseline) report["fingerprints"]["baseline"] = baseline_digest;
         report["training"] = out.training_summary();
         report["timings"] = stage_timings(report["training"]);
-        report["timings"]["evaluate_s"] = pipeline_detail::seconds_since(t0);
+        report["timings"]["evaluate_s"] = detail::seconds_since(t0);
         report["job"] = io::to_json(s_.job);
         report["summary"] = eval::report_summary(report);
         write_report(report);
@@ -20827,7 +20883,7 @@ private:
                           {"generation", io::to_json(s_.job.generation)},
                           {"task_type", s_.job.task_type}};
         if (s_.job.precision != "fp32") fp["precision"] = s_.job.precision;  // fp32 runs keep their fingerprints
-        return pipeline_detail::sha(fp.dump());
+        return detail::sha(fp.dump());
     }
 
     // Answers, latency and throughput of `model` on `requests`; metrics against the references (and
@@ -20843,11 +20899,11 @@ private:
         for (std::size_t i = 0; i < samples; ++i) {
             const auto t0 = clock::now();
             generate_all(model, std::span<const teacher::Request>(&requests[i], 1), sampling);
-            latencies.push_back(1e3 * pipeline_detail::seconds_since(t0));
+            latencies.push_back(1e3 * detail::seconds_since(t0));
         }
         const auto t0 = clock::now();
         const auto responses = generate_all(model, std::span<const teacher::Request>(requests), sampling);
-        const double seconds = pipeline_detail::seconds_since(t0);
+        const double seconds = detail::seconds_since(t0);
         std::vector<std::string> answers;
         std::int64_t tokens = 0, failed = 0;
         std::string jsonl;
@@ -20873,7 +20929,7 @@ private:
             m["parameters"] = model.network().config().parameter_count();
         if constexpr (requires { model.config().weights; })
             if (!model.config().weights.empty() && std::filesystem::exists(model.config().weights))
-                m["checkpoint_bytes"] = pipeline_detail::checkpoint_bytes(model.config().weights);
+                m["checkpoint_bytes"] = detail::checkpoint_bytes(model.config().weights);
         m["peak_rss_bytes"] = memory.peak_bytes();
         m["latency_ms_p50"] = eval::percentile(latencies, 0.5);
         m["latency_ms_p95"] = eval::percentile(latencies, 0.95);
@@ -21033,7 +21089,7 @@ typename LossT::config loss_config_of(const Job& job) {
             if (!j.contains(name)) {
                 j[name] = {{"weight", 0.0}};
             } else if (j[name].is_object() && !j[name].contains("temperature") &&
-                       defaults[name].contains("temperature") && !pipeline_detail::reads_topk<LossT>[i]) {
+                       defaults[name].contains("temperature") && !detail::reads_topk<LossT>[i]) {
                 j[name]["temperature"] = job.hyperparameters.temperature;
             }
         }
@@ -21044,7 +21100,7 @@ typename LossT::config loss_config_of(const Job& job) {
                                            "\"; the job's loss object must name exactly it");
         nlohmann::json term = j[LossT::name];
         if (term.is_object() && !term.contains("temperature") && io::to_json(cfg).contains("temperature") &&
-            !pipeline_detail::reads_topk<LossT>[0])
+            !detail::reads_topk<LossT>[0])
             term["temperature"] = job.hyperparameters.temperature;
         io::from_json(term, cfg, std::string("loss.") + LossT::name);
         return cfg;
@@ -21327,7 +21383,7 @@ private:
         const RunDir& out = s_.dir;
         if (out.training_complete(name, fp)) {
             s_.say("finetune: " + name + " is complete for this configuration; skipped");
-            return pipeline_detail::read_json_file(out.done(name));
+            return detail::read_json_file(out.done(name));
         }
         out.claim_training(name, fp);
         const auto t0 = std::chrono::steady_clock::now();
@@ -21341,7 +21397,7 @@ private:
                                          {"early_stopped", r.early_stopped},
                                          {"final_loss", r.last_loss},
                                          {"weights_from", from.filename().string()},
-                                         {"seconds", pipeline_detail::seconds_since(t0)}};
+                                         {"seconds", detail::seconds_since(t0)}};
         if (r.best_step >= 0) {
             result["best_step"] = r.best_step;
             result["best_validation_loss"] = r.best_validation_loss;
@@ -21407,7 +21463,7 @@ private:
                                  {"validation", val ? val->data.fingerprint() : 0}};
         add_initialization(fp_fields);
         if (s_.job.precision != "fp32") fp_fields["precision"] = s_.job.precision;
-        const std::string fp = pipeline_detail::sha(fp_fields.dump());
+        const std::string fp = detail::sha(fp_fields.dump());
         s_.say("finetune: distilling into a student of " + std::to_string(s_.student.parameter_count()) +
                " parameters for " + std::to_string(steps) + " steps (" + (online ? "online" : "offline") + ")");
         return run_training("student", fp, [&](const std::string& dir) {
@@ -21448,7 +21504,7 @@ private:
                                  {"validation", val ? val->fingerprint() : 0}};
         add_initialization(fp_fields);
         if (s_.job.precision != "fp32") fp_fields["precision"] = s_.job.precision;
-        const std::string fp = pipeline_detail::sha(fp_fields.dump());
+        const std::string fp = detail::sha(fp_fields.dump());
         s_.say("finetune: baseline on " + std::to_string(train.size()) + " labeled examples for " +
                std::to_string(steps) + " steps");
         return run_training("baseline", fp, [&](const std::string& dir) {
@@ -21591,7 +21647,7 @@ struct GenerateReport {
     double success_ratio() const noexcept { return requested ? double(requested - failed) / double(requested) : 1.0; }
 };
 
-namespace generate_detail {
+namespace detail {
 
 // std::filesystem reports failures as filesystem_error; the stage reports io_error naming the file.
 template <class F>
@@ -21643,7 +21699,7 @@ inline std::string duration(double s) {
     return buf;
 }
 
-}  // namespace generate_detail
+}  // namespace detail
 
 /// Runs the generate stage (see the file comment): `teacher` answers every example of `data` under
 /// `sampling`; the results go to `config.output_dir`. Returns the report. Throws fingerprint_error
@@ -21657,8 +21713,8 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
     config.validate();
     sampling.validate();
     const auto t0 = clock::now();
-    generate_detail::fs_call(config.output_dir, "cannot create the output directory",
-                             [&] { return fs::create_directories(config.output_dir); });
+    detail::fs_call(config.output_dir, "cannot create the output directory",
+                    [&] { return fs::create_directories(config.output_dir); });
     const fs::path dir = config.output_dir;
     const fs::path synthetic = dir / (config.name + ".jsonl"), topk_path = dir / (config.name + ".topk"),
                    rejected_path = dir / (config.name + ".rejected.jsonl"),
@@ -21684,7 +21740,7 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
             auto r = teacher::parse_synthetic(j);
             if (r.fingerprint != report.fingerprint)
                 throw teacher::fingerprint_error(synthetic.string(), r.fingerprint, report.fingerprint);
-            answers.insert(generate_detail::answer_key(r.prompt, r.response.text));
+            answers.insert(detail::answer_key(r.prompt, r.response.text));
             with_record.insert(r.id);
             done.insert(r.id);
         });
@@ -21698,7 +21754,7 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
             done.insert(j["id"].get<std::string>());
         });
     }
-    std::uint32_t topk_version = io::topk_detail::current_version;
+    std::uint32_t topk_version = io::detail::current_version;
     if (with_topk) {
         if (fs::exists(topk_path)) {
             const std::uint64_t size = std::filesystem::file_size(topk_path),
@@ -21741,7 +21797,7 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
                                        " records; delete it to generate anew");
             if constexpr (teacher_provides<Teacher, signal::topk_logprobs_t>) {
                 io::write_file_atomic(topk_path,
-                                      io::encode_topk_header({.version = io::topk_detail::current_version,
+                                      io::encode_topk_header({.version = io::detail::current_version,
                                                               .k = std::uint32_t(sampling.top_logprobs),
                                                               .vocab_size = std::uint32_t(teacher_vocab_size(teacher)),
                                                               .fingerprint = report.fingerprint,
@@ -21774,7 +21830,7 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
                      tty ? "\r" : "", (unsigned long long)finished, (unsigned long long)total,
                      total ? 100.0 * double(finished) / double(total) : 100.0, rate,
                      double(report.completion_tokens) / s, (unsigned long long)report.failed,
-                     final ? "0s" : generate_detail::duration(eta).c_str(), tty && !final ? "" : "\n");
+                     final ? "0s" : detail::duration(eta).c_str(), tty && !final ? "" : "\n");
         std::fflush(stderr);
     };
 
@@ -21807,7 +21863,7 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
             ++report.rejected_truncated;
             return reject(ex, r, "truncated");
         }
-        const std::string key = generate_detail::answer_key(ex.prompt, r.text);
+        const std::string key = detail::answer_key(ex.prompt, r.text);
         if (config.deduplicate && !answers.insert(key).second) {
             ++report.rejected_duplicate;
             return reject(ex, r, "duplicate");
@@ -21880,7 +21936,7 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
 
     report.seconds = std::chrono::duration<double>(clock::now() - t0).count();
     progress(true);
-    io::write_file_atomic(report_path, generate_detail::report_json(report).dump(2) + "\n");
+    io::write_file_atomic(report_path, detail::report_json(report).dump(2) + "\n");
     if (report.success_ratio() < config.min_success_ratio) {
         std::string what = "generate: only " + std::to_string(report.requested - report.failed) + " of " +
                            std::to_string(report.requested) + " requests were answered (success ratio " +
@@ -21951,7 +22007,7 @@ class Distiller {
     static_assert(optimizer_policy<Optimizer<float, Device>>,
                   "Optimizer: Optimizer<float, Device> is not a distill::optimizer_policy; see docs/training.md");
     static_assert(loss::check_needs<Teacher, Loss>());
-    static_assert(!pipeline_detail::needs_online<Loss> || online_teacher<Teacher>,
+    static_assert(!detail::needs_online<Loss> || online_teacher<Teacher>,
                   "Teacher: the loss reads the teacher's logits, hidden states or attention maps, so the teacher must "
                   "run in-process (distill::online_teacher, e.g. teacher::Model); see docs/teachers.md");
 

@@ -55,6 +55,8 @@ constexpr const char* usage_text =
     "    hyperparameters, loss terms with weights, baseline, evaluation, output_dir, threads, precision.\n"
     "    Every key with its default: docs/job-format.md. Teachers of kind \"model\" feed every loss term;\n"
     "    \"openai\" and \"cache\" teachers feed \"hard_ce\" and, with top-k log-probabilities, \"topk_soft_kl\".\n"
+    "    task_type \"embedding\": a BERT teacher directory (kind \"model\") into a student::Encoder, with\n"
+    "    \"cosine_embedding\", \"embedding_mse\", \"attention_kl\" and \"hidden_mse\" (docs/minilm.md).\n"
     "\n"
     "ENVIRONMENT\n"
     "    DISTILL_NUM_THREADS  default thread count\n"
@@ -75,6 +77,10 @@ using OnlineLoss = loss::Sum<loss::SoftKL, loss::ReverseKL, loss::JSD, loss::Har
 using TopKLoss = loss::Sum<loss::TopKSoftKL, loss::HardCE>;
 using TextLoss = loss::Sum<loss::HardCE>;
 using ModelTeacher = teacher::Model<student::Transformer>;
+#if defined(DISTILL_WITH_TEXT)
+// The embedding task: a student::Encoder learns a teacher::EncoderModel's sentence embeddings.
+using EmbeddingLoss = loss::Sum<loss::CosineEmbedding, loss::EmbeddingMSE, loss::AttentionKL, loss::HiddenMSE>;
+#endif
 
 /// What a loss term the command knows reads, from the term's own `needs`.
 struct TermNeeds {
@@ -107,8 +113,8 @@ const TermNeeds* find_term(std::string_view name) {
     return nullptr;
 }
 
-template <class Teacher, class Loss>
-using CliDistiller = Distiller<Teacher, student::Transformer, Loss, optim::AdamW, device::Cpu>;
+template <class Teacher, class Loss, template <class, class> class Student = student::Transformer>
+using CliDistiller = Distiller<Teacher, Student, Loss, optim::AdamW, device::Cpu>;
 
 struct Options {
     std::string command, target, precision;
@@ -136,7 +142,10 @@ int run_stage(D& d, const Options& o) {
         return 0;
     }
     nlohmann::ordered_json report = o.command == "evaluate" ? d.evaluate() : d.run();
-    if (report.contains("models")) {
+    if (report.value("task_type", "") == "embedding") {
+        std::printf("\n%s\n", report.value("summary", "").c_str());
+        std::printf("report: %s\n", (d.output_dir() / "report.md").string().c_str());
+    } else if (report.contains("models")) {
         std::printf("\n%s\nreport: %s\n", eval::render_markdown(report).c_str(),
                     (d.output_dir() / "report.md").string().c_str());
     }
@@ -144,10 +153,11 @@ int run_stage(D& d, const Options& o) {
 }
 
 // Builds the distiller (errors: bad job, exit 2), then runs the stage (errors: exit 1).
-template <class Teacher, class Loss, class... TeacherArgs>
+template <class Teacher, class Loss, template <class, class> class Student = student::Transformer,
+          class... TeacherArgs>
 int with_distiller(const Job& job, const Options& o, const device::Cpu& cpu, TeacherArgs&&... args) {
     std::optional<Teacher> teacher;
-    std::optional<CliDistiller<Teacher, Loss>> d;
+    std::optional<CliDistiller<Teacher, Loss, Student>> d;
     try {
         teacher.emplace(std::forward<TeacherArgs>(args)...);
     } catch (const distill::error& e) {
@@ -172,6 +182,19 @@ int dispatch(Job job, const Options& o) {
     if (!o.precision.empty()) job.precision = o.precision;
     const device::Cpu cpu = make_device(job, o);
     const std::string kind = job.teacher_kind();
+    if (job.task_type == "embedding") {
+        if (kind != "model")
+            throw usage_error("teacher.kind: the embedding task learns from an in-process encoder; expected \"model\" "
+                              "(a Hugging Face BERT directory), got \"" +
+                              kind + "\"");
+#if defined(DISTILL_WITH_TEXT)
+        const auto c = read_config<teacher::EncoderModelConfig>(job.teacher_config(), "teacher");
+        return with_distiller<teacher::EncoderModel<>, EmbeddingLoss, student::Encoder>(job, o, cpu, c, cpu);
+#else
+        throw usage_error("task_type: \"embedding\" reads Hugging Face tokenizers, which need PCRE2; this distill was "
+                          "built without it");
+#endif
+    }
     bool online = false, topk = false, activations = false;
     std::string online_term;
     for (const auto& item : job.loss.items()) {

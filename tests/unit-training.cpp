@@ -371,7 +371,7 @@ TEST_CASE("training: clipping reports the pre-clip norm, leaves non-finite gradi
     const float before = owner.grads[0][0];
     CHECK(std::isinf(optim::clip_grad_norm<float>(ps, 1.0, device::Cpu(2))));
     CHECK(owner.grads[0][0] == before);
-    const auto bad = optim::find_nonfinite<float>(ps);
+    const auto bad = optim::find_nonfinite<float>(ps, device::Cpu(2));
     REQUIRE(bad);
     CHECK(bad->parameter == 1);
     CHECK(bad->element == 2);

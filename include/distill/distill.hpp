@@ -49,6 +49,7 @@
 // Hugging Face tokenizers need PCRE2: link distill::text, which defines DISTILL_WITH_TEXT.
 #if defined(DISTILL_WITH_TEXT)
 #include "distill/data/hf_tokenizer.hpp"
+#include "distill/teacher/encoder_model.hpp"
 #endif
 #include "distill/data/dataset.hpp"
 #include "distill/io/checkpoint.hpp"
@@ -76,6 +77,7 @@
 #include "distill/eval/report.hpp"
 #include "distill/eval/task_metrics.hpp"
 #include "distill/pipeline/distiller.hpp"
+#include "distill/pipeline/embedding.hpp"
 #include "distill/pipeline/evaluate.hpp"
 #include "distill/pipeline/finetune_stage.hpp"
 #include "distill/pipeline/generate.hpp"

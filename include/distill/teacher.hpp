@@ -238,6 +238,23 @@ concept online_teacher = teacher_source<T> && teacher_provides<T, signal::logits
     { ct.qkv(n) } -> std::convertible_to<Tensor<typename T::scalar_type>>;
 };
 
+/// A sentence-embedding teacher running in-process (the `embedding` task, `teacher::EncoderModel`):
+/// it provides `signal::pooled`, turns text into the token ids student and teacher both read
+/// (`encode(text, limit)`, special tokens included, truncated to `limit` or its own `max_length()`),
+/// and forwards right-padded batches whose outputs its `network()` exposes as `student::Encoder` does.
+template <class T>
+concept embedding_teacher = teacher_provides<T, signal::pooled_t> &&
+    requires(T& t, const T& ct, const std::int32_t* tokens, const int* lengths, int n, std::string_view text) {
+    typename T::scalar_type;
+    { ct.fingerprint() } -> std::convertible_to<std::string>;
+    { ct.name() } -> std::convertible_to<std::string>;
+    { ct.encode(text, n) } -> std::convertible_to<std::vector<std::int32_t>>;
+    { ct.max_length() } -> std::convertible_to<int>;
+    { ct.max_batch() } -> std::convertible_to<int>;
+    t.forward(tokens, n, n, lengths);
+    ct.network().pooled();
+};
+
 /// The fingerprint stamped on generated data: the teacher's own fingerprint and the sampling
 /// settings, hashed ("sha256:" and 32 hex digits). Output whose fingerprint differs is stale.
 template <teacher_source Teacher>

@@ -9,6 +9,7 @@
 ///   `content` may also be an array of `{"type": "text", "text": "..."}` parts, which are joined.
 /// - Completion: `{"prompt": "...", "completion": "..."}` (`completion` optional: the reference).
 /// - Classification (NLI): `{"input": "...", "label": "..." | 0 | true}` (`label` optional).
+/// - Text (the `embedding` task): `{"text": "..."}`, a sentence to embed; no reference.
 /// An optional `"id"` (string or integer) names the example; otherwise its id is derived from its
 /// prompt, so it is stable when lines are reordered or added. Other keys are ignored.
 ///
@@ -52,12 +53,12 @@ struct Message {
     friend bool operator==(const Message&, const Message&) = default;
 };
 
-/// Which of the three input formats a line was in.
-enum class input_format : std::uint8_t { chat, prompt_completion, input_label };
+/// Which of the four input formats a line was in.
+enum class input_format : std::uint8_t { chat, prompt_completion, input_label, text };
 
-/// The name of `f` as documented ("chat", "prompt_completion", "input_label").
+/// The name of `f` as documented ("chat", "prompt_completion", "input_label", "text").
 constexpr std::string_view format_name(input_format f) noexcept {
-    constexpr std::array<std::string_view, 3> names = {"chat", "prompt_completion", "input_label"};
+    constexpr std::array<std::string_view, 4> names = {"chat", "prompt_completion", "input_label", "text"};
     const auto i = static_cast<std::size_t>(f);
     return i < names.size() ? names[i] : "?";
 }
@@ -189,9 +190,13 @@ inline Example parse_example(const nlohmann::json& j) {
                 throw bad_line("wrong type: \"label\" must be a string, an integer or a boolean, got " +
                                json_type(*label));
         }
+    } else if (j.contains("text")) {
+        ex.format = input_format::text;
+        ex.prompt.push_back({"user", required_text(j, "text", "text")});
     } else {
         throw bad_line(
-            "missing field: expected \"messages\" (chat), \"prompt\" (completion) or \"input\" (classification)");
+            "missing field: expected \"messages\" (chat), \"prompt\" (completion), \"input\" (classification) "
+            "or \"text\" (a sentence to embed)");
     }
     return ex;
 }
@@ -203,7 +208,7 @@ struct Dataset {
     JsonlStats stats;
 };
 
-/// Reads the examples of a JSONL file in any of the three formats (see the file comment). Ids: a
+/// Reads the examples of a JSONL file in any of the four formats (see the file comment). Ids: a
 /// line's own "id" (a duplicate is a defect), else `prompt_key(prompt)`, with "-2", "-3", ...
 /// appended for repeated prompts so every example has a distinct, stable id.
 /// Throws format_error naming `file:line` and the defect (or skips, under on_bad_line = "skip").

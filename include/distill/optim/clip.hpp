@@ -88,14 +88,17 @@ struct NonFinite {
 };
 
 /// The first NaN or infinity among the gradients (`values = false`) or values (`values = true`) of
-/// `params`, in list order; nullopt when all are finite. Serial: it runs only after a check failed.
-template <class T>
-std::optional<NonFinite> find_nonfinite(std::span<const Parameter<T>> params, bool values = false) {
+/// `params` in `dev`'s memory, in list order; nullopt when all are finite. Serial, one parameter at a
+/// time read on the host (`detail::read_on_host`: in place on a host device, copied from a device with
+/// its own memory): it runs only after a check failed, to name the culprit.
+template <class T, class Device>
+std::optional<NonFinite> find_nonfinite(std::span<const Parameter<T>> params, const Device& dev, bool values = false) {
     for (std::size_t i = 0; i < params.size(); ++i) {
-        const T* d = values ? params[i].value.data() : params[i].grad.data();
         const std::int64_t n = params[i].value.numel();
+        const auto host = ::distill::detail::read_on_host(dev, values ? params[i].value.data() : params[i].grad.data(),
+                                                          static_cast<std::size_t>(n));
         for (std::int64_t k = 0; k < n; ++k)
-            if (!std::isfinite(d[k])) return NonFinite{i, k, static_cast<double>(d[k])};
+            if (!std::isfinite(host.data()[k])) return NonFinite{i, k, static_cast<double>(host.data()[k])};
     }
     return std::nullopt;
 }

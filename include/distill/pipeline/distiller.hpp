@@ -57,6 +57,7 @@
 #include "distill/io/weights.hpp"
 #include "distill/loss.hpp"
 #include "distill/optimizer.hpp"
+#include "distill/pipeline/embedding.hpp"
 #include "distill/pipeline/evaluate.hpp"
 #include "distill/pipeline/finetune_stage.hpp"
 #include "distill/pipeline/generate.hpp"
@@ -81,18 +82,24 @@ class Distiller {
     static_assert(device_policy<Device>,
                   "Device: not a distill::device_policy (memory, name, allocate, deallocate, fill_zero, copy); see "
                   "docs/devices.md");
-    static_assert(teacher_source<Teacher>,
+    static_assert(student_model<Student<float, Device>>,
+                  "Student: Student<float, Device> is not a distill::student_model (a sequence_model or an "
+                  "embedding_model); see docs/students.md");
+    static constexpr bool embedding = embedding_model<Student<float, Device>>;
+    static_assert(embedding || teacher_source<Teacher>,
                   "Teacher: not a distill::teacher_source (provides, fingerprint(), name(), generate(...)); see "
                   "docs/teachers.md");
-    static_assert(student_model<Student<float, Device>>,
-                  "Student: Student<float, Device> is not a distill::student_model; see docs/students.md");
+    static_assert(!embedding || embedding_teacher<Teacher>,
+                  "Teacher: an embedding student learns from a distill::embedding_teacher (provides pooled, "
+                  "encode(text, limit), forward(tokens, B, T, lengths), e.g. teacher::EncoderModel); see "
+                  "docs/teachers.md");
     static_assert(loss::loss_policy<loss::rebind_t<Loss, float, Device>, float, Device>,
                   "Loss: not a distill::loss::loss_policy (name, needs, config, constructor from (config, dims), "
                   "operator()(context)); see docs/losses.md");
     static_assert(optimizer_policy<Optimizer<float, Device>>,
                   "Optimizer: Optimizer<float, Device> is not a distill::optimizer_policy; see docs/training.md");
     static_assert(loss::check_needs<Teacher, Loss>());
-    static_assert(!detail::needs_online<Loss> || online_teacher<Teacher>,
+    static_assert(embedding || !detail::needs_online<Loss> || online_teacher<Teacher>,
                   "Teacher: the loss reads the teacher's logits, hidden states or attention maps, so the teacher must "
                   "run in-process (distill::online_teacher, e.g. teacher::Model); see docs/teachers.md");
 
@@ -110,8 +117,8 @@ public:
     using setup_type = typename types::setup_type;
     using evaluate_stage_type = EvaluateStage<Teacher, Student, Loss, Optimizer, Device>;
     using finetune_stage_type = FinetuneStage<Teacher, Student, Loss, Optimizer, Device>;
-    /// Runs a trained student (or the baseline) for evaluation: the in-process teacher over `Student`.
-    using runner_type = typename evaluate_stage_type::runner_type;
+    /// The `embedding` task's stages (when `Student` is an `embedding_model`).
+    using embedding_stages_type = EmbeddingStages<Teacher, Student, Loss, Optimizer, Device>;
 
     /// Online distillation (a teacher forward per batch) when the loss reads in-process signals.
     static constexpr bool online = types::online;
@@ -130,6 +137,76 @@ public:
         s_.job.validate();
         check_precision();
         s_.student = read_student_config();
+        if constexpr (embedding)
+            prepare_embedding();
+        else
+            prepare_sequences();
+    }
+
+    Distiller(const Distiller&) = delete;
+    Distiller& operator=(const Distiller&) = delete;
+
+    const Job& job() const noexcept { return s_.job; }
+    const std::filesystem::path& output_dir() const noexcept { return s_.dir.root(); }
+    /// The student's tokenizer and chat format (see `Job::tokenizer`).
+    const data::ChatTokenizer& chat_template() const noexcept { return s_.chat_template; }
+    /// How the teacher's and the student's vocabularies line up, decided at construction for losses
+    /// that compare them (online terms, top-k); `different` otherwise.
+    const data::VocabAlignment& alignment() const noexcept { return s_.alignment; }
+    /// Everything the stages read (see pipeline/setup.hpp).
+    const setup_type& setup() const noexcept { return s_; }
+
+    /// The teacher answers every training (and validation) prompt; see `generate_stage`. Resumes
+    /// and skips what is done. Returns the training set's report.
+    GenerateReport generate() {
+        s_.dir.write_job_copy(s_.job);
+        if constexpr (embedding) {
+            s_.say("generate: nothing to generate for the embedding task; the teacher embeds each training batch "
+                   "during finetune");
+            return GenerateReport{.teacher = teacher_.name(), .examples = s_.train.examples.size()};
+        } else {
+            return generate_stage(teacher_, s_);
+        }
+    }
+
+    /// Trains the distilled student and the baseline; see `FinetuneStage`. Needs the generate
+    /// stage's output. Returns a summary of both runs.
+    nlohmann::ordered_json finetune() {
+        s_.dir.write_job_copy(s_.job);
+        if constexpr (embedding)
+            return embedding_stages_type(s_, teacher_, device_).finetune();
+        else
+            return finetune_stage_type(s_, teacher_, device_).run();
+    }
+
+    /// Measures the teacher, the baseline and the distilled student on the test set and writes the
+    /// report; see `EvaluateStage`. Returns report.json's object.
+    nlohmann::ordered_json evaluate() {
+        s_.dir.write_job_copy(s_.job);
+        if constexpr (embedding)
+            return embedding_stages_type(s_, teacher_, device_).evaluate();
+        else
+            return evaluate_stage_type(s_, teacher_, device_).run();
+    }
+
+    /// generate(), finetune(), evaluate() (the last only when the job has test data).
+    nlohmann::ordered_json run() {
+        generate();
+        finetune();
+        if (s_.test) return evaluate();
+        return nlohmann::ordered_json::object();
+    }
+
+private:
+    // ---- reading the job against the policies -------------------------------------------------------
+
+    // The language tasks: the student's tokenizer and chat format, the data (test examples with
+    // references), the vocabularies and shapes the loss compares.
+    void prepare_sequences() {
+        if (s_.job.task_type == "embedding")
+            throw config_error("task_type", "is \"embedding\", which needs an embedding student (student::Encoder)");
+        if (!s_.job.student_layers.empty())
+            throw config_error("student_layers", "selects checkpoint layers for embedding students only");
         s_.chat_template = student_template();
         if (s_.student.vocab_size < s_.chat_template.vocab_size())
             throw config_error("student.vocab_size", "is " + std::to_string(s_.student.vocab_size) +
@@ -180,62 +257,37 @@ public:
                                    "q|k|v; set it to true (or drop those terms)");
     }
 
-    Distiller(const Distiller&) = delete;
-    Distiller& operator=(const Distiller&) = delete;
-
-    const Job& job() const noexcept { return s_.job; }
-    const std::filesystem::path& output_dir() const noexcept { return s_.dir.root(); }
-    /// The student's tokenizer and chat format (see `Job::tokenizer`).
-    const data::ChatTokenizer& chat_template() const noexcept { return s_.chat_template; }
-    /// How the teacher's and the student's vocabularies line up, decided at construction for losses
-    /// that compare them (online terms, top-k); `different` otherwise.
-    const data::VocabAlignment& alignment() const noexcept { return s_.alignment; }
-    /// Everything the stages read (see pipeline/setup.hpp).
-    const setup_type& setup() const noexcept { return s_; }
-
-    /// The teacher answers every training (and validation) prompt; see `generate_stage`. Resumes
-    /// and skips what is done. Returns the training set's report.
-    GenerateReport generate() {
-        s_.dir.write_job_copy(s_.job);
-        return generate_stage(teacher_, s_);
+    // The embedding task: sentences in every data file, the teacher's tokenizer, the shapes the loss
+    // compares (pipeline/embedding.hpp).
+    void prepare_embedding() {
+        if (s_.job.task_type != "embedding")
+            throw config_error("task_type", "is \"" + s_.job.task_type +
+                                                "\", but the student embeds sentences: set \"embedding\"");
+        if (!s_.job.tokenizer.empty())
+            throw config_error("tokenizer", "must be empty for the embedding task: student and teacher read the "
+                                            "teacher's tokenizer's ids");
+        s_.loss = loss_config_of<loss_type>(s_.job);
+        s_.optimizer = optimizer_config_of<optimizer_type>(s_.job);
+        s_.train = read_data("training_data", s_.job.training_data);
+        if (s_.train.examples.empty())
+            throw format_error(s_.job.training_data, 0, "has no examples (training_data must not be empty)");
+        if (!s_.job.validation_data.empty()) s_.validation = read_data("validation_data", s_.job.validation_data);
+        if (!s_.job.test_data.empty()) s_.test = read_data("test_data", s_.job.test_data);
+        const auto& t = teacher_.network().config();
+        if (s_.student.vocab_size != t.vocab_size)
+            throw config_error("student.vocab_size", "is " + std::to_string(s_.student.vocab_size) +
+                                                         ", but the teacher's is " + std::to_string(t.vocab_size) +
+                                                         " (both read the teacher's tokenizer's ids)");
+        const int B = s_.job.hyperparameters.batch_size;
+        if (teacher_.max_batch() < B)
+            throw config_error("teacher.max_batch", "is " + std::to_string(teacher_.max_batch()) +
+                                                        ", smaller than hyperparameters.batch_size " +
+                                                        std::to_string(B) +
+                                                        " (the teacher embeds every training batch)");
+        const int L = embedding_stages_type::input_limit(s_, teacher_);
+        const loss_type probe(s_.loss, embedding_stages_type::dims(s_, teacher_, B, L));  // widths, layer maps
     }
 
-    /// Trains the distilled student and the baseline; see `FinetuneStage`. Needs the generate
-    /// stage's output. Returns a summary of both runs.
-    nlohmann::ordered_json finetune() {
-        s_.dir.write_job_copy(s_.job);
-        return finetune_stage_type(s_, teacher_, device_).run();
-    }
-
-    /// Measures the teacher, the baseline and the distilled student on the test set and writes the
-    /// report; see `EvaluateStage`. Returns report.json's object.
-    nlohmann::ordered_json evaluate() {
-        s_.dir.write_job_copy(s_.job);
-        return evaluate_stage_type(s_, teacher_, device_).run();
-    }
-
-    /// generate(), finetune(), evaluate() (the last only when the job has test data).
-    nlohmann::ordered_json run() {
-        generate();
-        finetune();
-        if (s_.test) return evaluate();
-        return nlohmann::ordered_json::object();
-    }
-
-private:
-    // ---- reading the job against the policies -------------------------------------------------------
-
-    // A data file of the job; its io/format errors become config errors of the key that names it
-    // ("training_data: train.jsonl:7: ...").
-    static data::Dataset read_data(const char* key, const std::string& path) {
-        try {
-            return data::read_examples(path);
-        } catch (const io_error& e) {
-            throw config_error(key, e.what());
-        } catch (const format_error& e) {
-            throw config_error(key, e.what());
-        }
-    }
 
     // The job's `student` section, or the architecture of `student_weights` (the section must then be
     // empty or describe the same one).
@@ -250,10 +302,12 @@ private:
         if (s_.student_from_hf()) {
             if constexpr (std::is_same_v<student_config, student::TransformerConfig>)
                 init = io::hf::checked_transformer_config(io::hf::Directory(s_.job.student_weights));
+            else if constexpr (std::is_same_v<student_config, student::EncoderConfig>)
+                init = detail::student_encoder_config(io::hf::Directory(s_.job.student_weights), s_.job);
             else
                 throw config_error("student_weights",
                                    "is a Hugging Face directory, which initializes "
-                                   "student::Transformer only");
+                                   "student::Transformer and student::Encoder only");
         } else {
             init = io::load_weights_config<student_config>(io::safetensors_file(s_.job.student_weights));
         }

@@ -138,6 +138,102 @@ loss::dims loss_dims_of(Teacher& teacher, const StudentConfig& student, int max_
     return d;
 }
 
+/// The parameters of `params` the optimizer updates: all but those the job's `frozen_parameters`
+/// name (an exact name, or a prefix ending in "."). Throws config_error naming the entry that matches
+/// no parameter.
+template <class T>
+std::vector<Parameter<T>> trainable_parameters(const std::vector<Parameter<T>>& params,
+                                               const std::vector<std::string>& frozen) {
+    auto matches = [](const std::string& pattern, const std::string& name) {
+        return pattern.ends_with('.') ? name.starts_with(pattern) : name == pattern;
+    };
+    for (std::size_t i = 0; i < frozen.size(); ++i)
+        if (std::none_of(params.begin(), params.end(), [&](const auto& p) { return matches(frozen[i], p.name); }))
+            throw config_error("frozen_parameters[" + std::to_string(i) + "]",
+                               "\"" + frozen[i] + "\" names no parameter of the student (e.g. \"" +
+                                   (params.empty() ? std::string() : params.front().name) + "\")");
+    std::vector<Parameter<T>> out;
+    for (const auto& p : params)
+        if (std::none_of(frozen.begin(), frozen.end(), [&](const auto& f) { return matches(f, p.name); }))
+            out.push_back(p);
+    return out;
+}
+
+/// What a training run starts from, added to its fingerprint fields: the bytes of `student_weights`
+/// (nothing for a random initialization, whose seed is among the hyperparameters), the layers taken
+/// from it and the frozen parameters (each only when set).
+inline void add_initialization(const Job& job, nlohmann::json& fp) {
+    if (!job.frozen_parameters.empty()) fp["frozen_parameters"] = job.frozen_parameters;
+    if (job.student_weights.empty()) return;
+    std::string digests;
+    if (std::filesystem::is_directory(job.student_weights)) {
+        for (const auto& e : std::filesystem::directory_iterator(job.student_weights))
+            if (e.path().extension() == ".safetensors" || e.path().filename() == "config.json")
+                digests += e.path().filename().string() + "=" + detail::sha256_file(e.path()) + ";";
+    } else {
+        digests = detail::sha256_file(job.student_weights);
+    }
+    fp["initialization"] = detail::sha256_hex(digests);
+    if (!job.student_layers.empty()) fp["student_layers"] = job.student_layers;
+}
+
+/// Trains run `name` ("student", "baseline") into its directory of `setup.dir` unless it is complete
+/// under fingerprint `fp` (see RunDir); `train(dir)` runs the loop there and returns its result. The
+/// best (or last) checkpoint's weights become `<name>.safetensors`. Returns the run's summary.
+template <class Setup, class Train>
+nlohmann::ordered_json run_training(const Setup& setup, const std::string& name, const std::string& fp,
+                                    Train&& train) {
+    const RunDir& out = setup.dir;
+    if (out.training_complete(name, fp)) {
+        setup.say("finetune: " + name + " is complete for this configuration; skipped");
+        return detail::read_json_file(out.done(name));
+    }
+    out.claim_training(name, fp);
+    const auto t0 = std::chrono::steady_clock::now();
+    const train::FinetuneResult r = train(out.training_dir(name).string());
+    const auto& from = !r.best_checkpoint.empty() ? r.best_checkpoint : r.last_checkpoint;
+    if (from.empty()) throw error("finetune: the " + name + " run wrote no checkpoint");
+    io::copy_file_atomic(from / "student.safetensors", out.weights(name));
+    nlohmann::ordered_json result = {{"fingerprint", fp},
+                                     {"steps", r.steps},
+                                     {"epochs_completed", r.epochs_completed},
+                                     {"early_stopped", r.early_stopped},
+                                     {"final_loss", r.last_loss},
+                                     {"weights_from", from.filename().string()},
+                                     {"seconds", detail::seconds_since(t0)}};
+    if (r.best_step >= 0) {
+        result["best_step"] = r.best_step;
+        result["best_validation_loss"] = r.best_validation_loss;
+    }
+    io::write_file_atomic(out.done(name), result.dump(2) + "\n");
+    return result;
+}
+
+/// The loss callback's result for one micro-batch: the total and, for a `Sum`, each term of nonzero
+/// weight by name.
+template <class LossT>
+train::LossValues loss_values(const LossT& loss, double total) {
+    train::LossValues v{total, {}};
+    if constexpr (requires { loss.values(); }) {
+        const auto names = LossT::names();
+        for (std::size_t i = 0; i < names.size(); ++i)
+            if (loss.weights()[i] != 0) v.terms.emplace_back(names[i], loss.values()[i]);
+    }
+    return v;
+}
+
+/// The loop's options of a job's training run: progress to the setup's log, errors naming the job's
+/// keys.
+template <class Setup>
+train::FinetuneOptions<float> loop_options_of(const Setup& setup) {
+    train::FinetuneOptions<float> options;
+    options.job_config = io::to_json(setup.job);
+    options.progress = setup.options.quiet ? nullptr : setup.options.log;
+    options.config_path = "hyperparameters";
+    options.output_dir_key = "output_dir";
+    return options;
+}
+
 /// The finetune stage of a run (see the file comment); the template parameters are the Distiller's.
 template <class Teacher, template <class, class> class Student, class Loss, template <class, class> class Optimizer,
           class Device>
@@ -289,13 +385,7 @@ private:
             const double total = static_cast<double>((*loss_)(ctx));
             ws_->finish();
             if (p == train::pass::train) s.backward(ws_->d_hidden(), ws_->d_attention(), ws_->d_qkv());
-            train::LossValues v{total, {}};
-            if constexpr (requires { loss_->values(); }) {
-                const auto names = loss_type::names();
-                for (std::size_t i = 0; i < names.size(); ++i)
-                    if (loss_->weights()[i] != 0) v.terms.emplace_back(names[i], loss_->values()[i]);
-            }
-            return v;
+            return loss_values(*loss_, total);
         }
 
     private:
@@ -354,36 +444,6 @@ private:
 
     // ---- training runs ----------------------------------------------------------------------------
 
-    // Trains run `name` into its directory unless it is complete under `fp` (see RunDir); `train`
-    // runs the loop there and returns its result.
-    template <class Train>
-    nlohmann::ordered_json run_training(const std::string& name, const std::string& fp, Train&& train) {
-        const RunDir& out = s_.dir;
-        if (out.training_complete(name, fp)) {
-            s_.say("finetune: " + name + " is complete for this configuration; skipped");
-            return detail::read_json_file(out.done(name));
-        }
-        out.claim_training(name, fp);
-        const auto t0 = std::chrono::steady_clock::now();
-        const train::FinetuneResult r = train(out.training_dir(name).string());
-        const auto& from = !r.best_checkpoint.empty() ? r.best_checkpoint : r.last_checkpoint;
-        if (from.empty()) throw error("finetune: the " + name + " run wrote no checkpoint");
-        io::copy_file_atomic(from / "student.safetensors", out.weights(name));
-        nlohmann::ordered_json result = {{"fingerprint", fp},
-                                         {"steps", r.steps},
-                                         {"epochs_completed", r.epochs_completed},
-                                         {"early_stopped", r.early_stopped},
-                                         {"final_loss", r.last_loss},
-                                         {"weights_from", from.filename().string()},
-                                         {"seconds", detail::seconds_since(t0)}};
-        if (r.best_step >= 0) {
-            result["best_step"] = r.best_step;
-            result["best_validation_loss"] = r.best_validation_loss;
-        }
-        io::write_file_atomic(out.done(name), result.dump(2) + "\n");
-        return result;
-    }
-
     student_type make_student() const {
         student_type s(s_.student, std::max(s_.job.hyperparameters.batch_size, 1), device_);
         if (s_.job.student_weights.empty())
@@ -393,21 +453,6 @@ private:
         else
             io::load_weights(io::safetensors_file(s_.job.student_weights), s);
         return s;
-    }
-
-    // What the student and the baseline start from, for their fingerprints: the checkpoint's bytes
-    // (nothing is added for a random initialization, whose seed is among the hyperparameters).
-    void add_initialization(nlohmann::json& fp) const {
-        if (s_.job.student_weights.empty()) return;
-        std::string digests;
-        if (s_.student_from_hf()) {
-            for (const auto& e : std::filesystem::directory_iterator(s_.job.student_weights))
-                if (e.path().extension() == ".safetensors" || e.path().filename() == "config.json")
-                    digests += e.path().filename().string() + "=" + detail::sha256_file(e.path()) + ";";
-        } else {
-            digests = detail::sha256_file(s_.job.student_weights);
-        }
-        fp["initialization"] = detail::sha256_hex(digests);
     }
 
     // The trained student in transformers' layout beside student.safetensors, with its tokenizer's
@@ -439,19 +484,20 @@ private:
                                  {"generation", generation_fingerprint(teacher_, s_.job.generation)},
                                  {"data", train.data.fingerprint()},
                                  {"validation", val ? val->data.fingerprint() : 0}};
-        add_initialization(fp_fields);
+        add_initialization(s_.job, fp_fields);
         if (s_.job.precision != "fp32") fp_fields["precision"] = s_.job.precision;
         const std::string fp = detail::sha(fp_fields.dump());
         s_.say("finetune: distilling into a student of " + std::to_string(s_.student.parameter_count()) +
                " parameters for " + std::to_string(steps) + " steps (" + (online ? "online" : "offline") + ")");
-        return run_training("student", fp, [&](const std::string& dir) {
+        return run_training(s_, "student", fp, [&](const std::string& dir) {
             student_type s = make_student();
             const int B = s_.job.hyperparameters.batch_size;
             loss_type loss(s_.loss, dims(B));
             loss::Workspace<float, Device> ws(loss, dims(B), device_);
             std::vector<Parameter<float>> extra;
             if constexpr (requires { loss.parameters(); }) extra = loss.parameters();
-            optimizer_type opt(optim::gather(s.parameters(), extra), s_.optimizer);
+            optimizer_type opt(optim::gather(trainable_parameters(s.parameters(), s_.job.frozen_parameters), extra),
+                               s_.optimizer);
             optim::Schedule schedule(schedule_config(), steps);
             train::FinetuneOptions<float> options = loop_options();
             options.extra = extra;
@@ -480,14 +526,14 @@ private:
                                  {"steps", steps},
                                  {"data", train.fingerprint()},
                                  {"validation", val ? val->fingerprint() : 0}};
-        add_initialization(fp_fields);
+        add_initialization(s_.job, fp_fields);
         if (s_.job.precision != "fp32") fp_fields["precision"] = s_.job.precision;
         const std::string fp = detail::sha(fp_fields.dump());
         s_.say("finetune: baseline on " + std::to_string(train.size()) + " labeled examples for " +
                std::to_string(steps) + " steps");
-        return run_training("baseline", fp, [&](const std::string& dir) {
+        return run_training(s_, "baseline", fp, [&](const std::string& dir) {
             student_type s = make_student();
-            optimizer_type opt(s.parameters(), s_.optimizer);
+            optimizer_type opt(trainable_parameters(s.parameters(), s_.job.frozen_parameters), s_.optimizer);
             optim::Schedule schedule(schedule_config(), steps);
             train::FinetuneConfig cfg = finetune_config(dir);
             cfg.max_steps = steps;  // the distilled student's budget, whatever the data size
@@ -503,15 +549,7 @@ private:
     optim::ScheduleConfig schedule_config() const { return schedule_config_of(s_.job.hyperparameters); }
     loss::dims dims(int max_batch) const { return loss_dims_of<online>(teacher_, s_.student, max_batch); }
 
-    // The loop's options of a job's training run: errors name the job's keys.
-    train::FinetuneOptions<float> loop_options() const {
-        train::FinetuneOptions<float> options;
-        options.job_config = io::to_json(s_.job);
-        options.progress = s_.options.quiet ? nullptr : s_.options.log;
-        options.config_path = "hyperparameters";
-        options.output_dir_key = "output_dir";
-        return options;
-    }
+    train::FinetuneOptions<float> loop_options() const { return loop_options_of(s_); }
 
     const typename types::setup_type& s_;
     Teacher& teacher_;

@@ -32,7 +32,9 @@
 namespace distill {
 
 /// The task a data set poses; it decides the metrics (see `eval/task_metrics.hpp`).
-inline constexpr std::string_view task_types[] = {"conversation", "qa", "math", "summarization", "nli"};
+/// "embedding" is the sentence-embedding task: a `student::Encoder` learns a teacher's embeddings
+/// (pipeline/embedding.hpp).
+inline constexpr std::string_view task_types[] = {"conversation", "qa", "math", "summarization", "nli", "embedding"};
 
 /// Training settings shared by the distilled student and the baseline. Keys of the job's
 /// `hyperparameters` object.
@@ -107,6 +109,7 @@ struct EvaluationConfig {
     std::int64_t max_examples = 0;  ///< evaluate the first N test examples (0: all)
     int max_new_tokens = 0;         ///< answer length limit (0: generation.max_new_tokens)
     bool evaluate_teacher = true;   ///< measure the teacher too (costs API calls for a remote one)
+    int recall_at = 10;             ///< the embedding task's recall@k: k nearest neighbours compared
 
     void validate(const std::string& path = "evaluation") const {
         if (batch_size < 1) throw config_error(path + ".batch_size", "must be >= 1, got " + std::to_string(batch_size));
@@ -116,6 +119,7 @@ struct EvaluationConfig {
             throw config_error(path + ".max_examples", "must be >= 0, got " + std::to_string(max_examples));
         if (max_new_tokens < 0)
             throw config_error(path + ".max_new_tokens", "must be >= 0, got " + std::to_string(max_new_tokens));
+        if (recall_at < 1) throw config_error(path + ".recall_at", "must be >= 1, got " + std::to_string(recall_at));
     }
 };
 
@@ -132,6 +136,14 @@ struct Job {
     /// transformers' layout, `student_hf/`). `student` may then be {} (the checkpoint's architecture);
     /// otherwise it must describe the same one.
     std::string student_weights{};
+    /// The layers of a `student_weights` Hugging Face directory the student's layers start from, in
+    /// order (e.g. [0, 5]: a 2-layer student from a 6-layer checkpoint's first and last); empty: all
+    /// of them. The student then has as many layers, the checkpoint's architecture otherwise.
+    /// Embedding students (`student::Encoder`) only.
+    std::vector<int> student_layers{};
+    /// Student parameters kept at their initial values: exact parameter names (e.g.
+    /// "embeddings.word_embeddings.weight"), or prefixes ending in "." ("encoder.layer.0.").
+    std::vector<std::string> frozen_parameters{};
     /// The student's tokenizer: "byte", a tokenizer.json or a directory holding one; "" = the one in
     /// the `student_weights` directory, else the teacher's when it runs in process, else the byte
     /// tokenizer. A tokenizer other than the teacher's allows only sequence-level (text) distillation
@@ -177,9 +189,18 @@ struct Job {
         for (auto t : task_types) known = known || task_type == t;
         if (!known)
             throw config_error("task_type",
-                               "expected \"conversation\", \"qa\", \"math\", \"summarization\" or "
-                               "\"nli\", got \"" +
+                               "expected \"conversation\", \"qa\", \"math\", \"summarization\", \"nli\" or "
+                               "\"embedding\", got \"" +
                                    task_type + "\"");
+        for (std::size_t i = 0; i < student_layers.size(); ++i)
+            if (student_layers[i] < 0)
+                throw config_error("student_layers[" + std::to_string(i) + "]",
+                                   "must be a layer index >= 0, got " + std::to_string(student_layers[i]));
+        if (!student_layers.empty() && student_weights.empty())
+            throw config_error("student_layers", "selects layers of student_weights, which is not set");
+        for (std::size_t i = 0; i < frozen_parameters.size(); ++i)
+            if (frozen_parameters[i].empty())
+                throw config_error("frozen_parameters[" + std::to_string(i) + "]", "must not be empty");
         generation.validate("generation");
         hyperparameters.validate();
         baseline.validate();
@@ -203,6 +224,7 @@ struct Job {
         if (task_type == "nli") return "accuracy";
         if (task_type == "qa" || task_type == "math") return "exact_match";
         if (task_type == "summarization") return "rouge_l";
+        if (task_type == "embedding") return "mean_cosine";
         return "bleu";
     }
 };
@@ -214,8 +236,8 @@ BOOST_HANA_ADAPT_STRUCT(distill::Hyperparameters, learning_rate, batch_size, num
                         checkpoint_every, log_every);
 BOOST_HANA_ADAPT_STRUCT(distill::BaselineConfig, enabled, data);
 BOOST_HANA_ADAPT_STRUCT(distill::EvaluationConfig, batch_size, latency_samples, max_examples, max_new_tokens,
-                        evaluate_teacher);
-BOOST_HANA_ADAPT_STRUCT(distill::Job, teacher, student, student_weights, tokenizer, training_data, validation_data,
+                        evaluate_teacher, recall_at);
+BOOST_HANA_ADAPT_STRUCT(distill::Job, teacher, student, student_weights, student_layers, frozen_parameters, tokenizer, training_data, validation_data,
                         test_data, task_type, generation, hyperparameters, optimizer, loss, baseline, evaluation,
                         output_dir, threads, precision);
 

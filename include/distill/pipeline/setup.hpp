@@ -18,6 +18,7 @@
 #include "distill/loss/sum.hpp"
 #include "distill/pipeline/job.hpp"
 #include "distill/pipeline/run_dir.hpp"
+#include "distill/student.hpp"
 
 namespace distill {
 
@@ -37,6 +38,18 @@ inline constexpr bool needs_online =
     loss::term_needs<L, signal::attentions_t> || loss::term_needs<L, signal::qkv_t>;
 
 }  // namespace detail
+
+/// A data file of the job; its io and format errors become config errors of the key that names it
+/// ("training_data: train.jsonl:7: ...").
+inline data::Dataset read_data(const char* key, const std::string& path) {
+    try {
+        return data::read_examples(path);
+    } catch (const io_error& e) {
+        throw config_error(key, e.what());
+    } catch (const format_error& e) {
+        throw config_error(key, e.what());
+    }
+}
 
 /// Settings of a Distiller that are not part of the job (how it talks, not what it computes).
 struct DistillerOptions {
@@ -85,6 +98,8 @@ struct RunTypes {
     static constexpr bool online = detail::needs_online<Loss>;
     /// Whether the loss reads cached top-k log-probabilities.
     static constexpr bool uses_topk = loss::term_needs<Loss, signal::topk_logprobs_t>;
+    /// The `embedding` task: the student embeds sentences (pipeline/embedding.hpp).
+    static constexpr bool embedding = embedding_model<student_type>;
 };
 
 }  // namespace distill

@@ -102,6 +102,7 @@ inline SyntheticRecord parse_synthetic(const nlohmann::json& j) {
         const auto name = f->get<std::string>();
         r.format = name == "prompt_completion" ? data::input_format::prompt_completion
                    : name == "input_label"     ? data::input_format::input_label
+                   : name == "text"            ? data::input_format::text
                                                : data::input_format::chat;
     }
     if (auto ref = j.find("reference"); ref != j.end()) {

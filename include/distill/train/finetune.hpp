@@ -615,7 +615,7 @@ private:
     /// NaN/Inf guard on the gradients: names the step, the parameter and the element.
     numeric_error gradient_error(std::span<const Parameter<T>> params) const {
         std::string where = "a gradient";
-        if (auto bad = optim::find_nonfinite<T>(params))
+        if (auto bad = optim::find_nonfinite<T>(params, model_device()))
             where = "the gradient of '" + params[bad->parameter].name + "' (element " + std::to_string(bad->element) +
                     ") is " + describe(bad->value);
         return numeric_error("step " + std::to_string(step_ + 1) + " (epoch " + std::to_string(epoch_) + "): " + where +

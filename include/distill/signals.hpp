@@ -34,6 +34,7 @@ using logits_t = signal_t<"logits">;                ///< full-vocabulary logits 
 using hidden_states_t = signal_t<"hidden_states">;  ///< hidden states, (B,T,C_teacher) per layer
 using attentions_t = signal_t<"attentions">;        ///< attention probabilities, (B,H,T,T) per layer
 using qkv_t = signal_t<"qkv">;                      ///< query/key/value projections, (B,T,3C) per layer
+using pooled_t = signal_t<"pooled">;                ///< one embedding per sequence, (B,C) (sentence encoders)
 
 inline constexpr auto tokens = boost::hana::type_c<tokens_t>;
 inline constexpr auto topk_logprobs = boost::hana::type_c<topk_logprobs_t>;
@@ -41,6 +42,7 @@ inline constexpr auto logits = boost::hana::type_c<logits_t>;
 inline constexpr auto hidden_states = boost::hana::type_c<hidden_states_t>;
 inline constexpr auto attentions = boost::hana::type_c<attentions_t>;
 inline constexpr auto qkv = boost::hana::type_c<qkv_t>;
+inline constexpr auto pooled = boost::hana::type_c<pooled_t>;
 
 /// What a teacher of sampled tokens provides (`provides`): `tokens`, and `topk_logprobs` too when
 /// it gives the top-k log-probabilities of each token (`topk`).

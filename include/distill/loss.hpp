@@ -602,32 +602,26 @@ private:
 
 // One static_assert for `Signal` of the term called `who` (a string literal): the library's
 // signals by name, any other signal type generically.
-#define DISTILL_LOSS_CHECK_SIGNAL_(who, Teacher_, Signal_)                                           \
-    if constexpr (::std::is_same_v<Signal_, ::distill::signal::tokens_t>)                            \
-        DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, "tokens")                                  \
-    else if constexpr (::std::is_same_v<Signal_, ::distill::signal::topk_logprobs_t>)                \
-        DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, "topk_logprobs")                           \
-    else if constexpr (::std::is_same_v<Signal_, ::distill::signal::logits_t>)                       \
-        DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, "logits")                                  \
-    else if constexpr (::std::is_same_v<Signal_, ::distill::signal::hidden_states_t>)                \
-        DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, "hidden_states")                           \
-    else if constexpr (::std::is_same_v<Signal_, ::distill::signal::attentions_t>)                   \
-        DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, "attentions")                              \
-    else if constexpr (::std::is_same_v<Signal_, ::distill::signal::qkv_t>)                          \
-        DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, "qkv")                                     \
-    else if constexpr (::std::is_same_v<Signal_, ::distill::signal::pooled_t>)                       \
-        DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, "pooled")                                  \
-    else                                                                                             \
-        static_assert(::distill::teacher_provides<Teacher_, Signal_>,                                \
-                      "Loss: " who                                                                   \
-                      " needs a signal that the teacher does not provide (the note below names the " \
-                      "signal and the teacher); see docs/losses.md");
+#define DISTILL_LOSS_CHECK_SIGNAL_(who, Teacher_, Signal_)                                       \
+    DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, tokens)                                    \
+    DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, topk_logprobs)                             \
+    DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, logits)                                    \
+    DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, pooled)                                    \
+    DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, hidden_states)                             \
+    DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, attentions)                                \
+    DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, qkv)                                       \
+    static_assert(::distill::teacher_provides<Teacher_, Signal_>,                                \
+                  "Loss: " who                                                                   \
+                  " needs a signal that the teacher does not provide (the note below names the " \
+                  "signal and the teacher); see docs/losses.md");
 
-#define DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, sig)                                                \
-    {                                                                                                         \
-        static_assert(::distill::teacher_provides<Teacher_, Signal_>,                                         \
-                      "Loss: " who " needs " sig ", which the teacher does not provide; see docs/losses.md"); \
-    }
+// One link of that chain: the check of the library's signal `sig` (`signal::sig##_t`), named in
+// the message, and an `else` for the next link.
+#define DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, sig)                                                 \
+    if constexpr (::std::is_same_v<Signal_, ::distill::signal::sig##_t>) {                                     \
+        static_assert(::distill::teacher_provides<Teacher_, Signal_>,                                          \
+                      "Loss: " who " needs " #sig ", which the teacher does not provide; see docs/losses.md"); \
+    } else
 
 namespace detail {
 template <class>

@@ -26,21 +26,17 @@ struct CosineEmbeddingConfig {};
 /// position and each sequence has exactly one embedding. Scale-free: only the directions are
 /// matched (use `EmbeddingMSE` to match the vectors themselves). Needs `pooled`. Both models' widths
 /// must agree when known (a `config_error` otherwise: there is no projection). Config: no keys.
-class CosineEmbedding : public util::term_base<CosineEmbeddingConfig> {
+class CosineEmbedding : public util::pooled_embedding_term<CosineEmbedding, CosineEmbeddingConfig> {
 public:
     static constexpr char name[] = "cosine_embedding";
     static constexpr auto needs = boost::hana::make_set(signal::pooled);
 
-    /// Checks that the two widths agree where both are known.
-    explicit CosineEmbedding(const config& c = {}, const dims& d = {}) : term_base(c) {
-        util::check_same_width(name, d);
-    }
+    using pooled_embedding_term::pooled_embedding_term;
 
-    /// The value; adds its gradient (times `ctx.weight`) to the pooled sink.
-    template <class T, class Device>
-    T operator()(const context<T, Device>& ctx) {
-        return util::pooled_rows(name, ctx,
-                                 [&](auto&&... args) { cosine_embedding_forward_backward(ctx.device, args...); });
+    /// The kernel of the call (see util::pooled_embedding_term).
+    template <class Device, class... Args>
+    static void kernel(const Device& dev, Args... args) {
+        cosine_embedding_forward_backward(dev, args...);
     }
 
     DISTILL_LOSS_TERM_CHECKS(distill::loss::CosineEmbedding)

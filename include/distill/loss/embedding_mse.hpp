@@ -24,19 +24,17 @@ struct EmbeddingMSEConfig {};
 /// of Reimers & Gurevych 2020). Every row counts: the mask is per position and each sequence has
 /// exactly one embedding. Needs `pooled`. Both models' widths must agree when known (a
 /// `config_error` otherwise: there is no projection). Config: no keys.
-class EmbeddingMSE : public util::term_base<EmbeddingMSEConfig> {
+class EmbeddingMSE : public util::pooled_embedding_term<EmbeddingMSE, EmbeddingMSEConfig> {
 public:
     static constexpr char name[] = "embedding_mse";
     static constexpr auto needs = boost::hana::make_set(signal::pooled);
 
-    /// Checks that the two widths agree where both are known.
-    explicit EmbeddingMSE(const config& c = {}, const dims& d = {}) : term_base(c) { util::check_same_width(name, d); }
+    using pooled_embedding_term::pooled_embedding_term;
 
-    /// The value; adds its gradient (times `ctx.weight`) to the pooled sink.
-    template <class T, class Device>
-    T operator()(const context<T, Device>& ctx) {
-        return util::pooled_rows(name, ctx,
-                                 [&](auto&&... args) { embedding_mse_forward_backward(ctx.device, args...); });
+    /// The kernel of the call (see util::pooled_embedding_term).
+    template <class Device, class... Args>
+    static void kernel(const Device& dev, Args... args) {
+        embedding_mse_forward_backward(dev, args...);
     }
 
     DISTILL_LOSS_TERM_CHECKS(distill::loss::EmbeddingMSE)

@@ -143,6 +143,24 @@ T tempered_logits(const char* term, const context<T, Device>& ctx, double temper
     return factor * mean_rows(ctx.device, ctx.rows(), N, count);
 }
 
+/// The base of the pooled-embedding terms (`CosineEmbedding`, `EmbeddingMSE`): the constructor
+/// checks that both widths agree when known (`check_same_width`); the call runs `pooled_rows` with
+/// `Derived::kernel(dev, d, accumulate, losses, student, teacher, B, C, grad_scale)`, the term's
+/// kernel.
+template <class Derived, class Config>
+class pooled_embedding_term : public term_base<Config> {
+public:
+    explicit pooled_embedding_term(const Config& c = {}, const dims& d = {}) : term_base<Config>(c) {
+        check_same_width(Derived::name, d);
+    }
+
+    /// The value; adds its gradient (times `ctx.weight`) to the pooled sink.
+    template <class T, class Device>
+    T operator()(const context<T, Device>& ctx) {
+        return pooled_rows(Derived::name, ctx, [&](auto&&... args) { Derived::kernel(ctx.device, args...); });
+    }
+};
+
 /// The base of the divergences between the student's and the teacher's logits at temperature τ
 /// (`SoftKL`, `ReverseKL`, `JSD`): the constructor checks the temperature (`<name>.temperature`)
 /// and that both vocabularies agree when known (`Derived::vocab_note`, when not null, ends that

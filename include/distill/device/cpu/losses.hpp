@@ -233,6 +233,19 @@ void for_rows(int threads, T* d, bool accumulate, T* losses, const std::uint8_t*
         N * width >= parallel_threshold);
 }
 
+// Runs losses[b] = row(d_b, accumulate, s_b, t_b, C, grad_scale) for the B rows of (B,C)
+// embeddings on the device's threads (the pooled-embedding kernels).
+template <class Dev, class T, class Row>
+void embedding_rows(const Dev& dev, Row row, T* d, bool accumulate, T* losses, const T* student, const T* teacher,
+                    int B, int C, T grad_scale) {
+    distill::detail::parallel_for(
+        dev.threads(), B,
+        [&](std::int64_t b) {
+            losses[b] = row(d + b * C, accumulate, student + b * C, teacher + b * C, C, grad_scale);
+        },
+        std::int64_t(B) * C >= parallel_threshold);
+}
+
 }  // namespace detail
 
 }  // namespace distill::device
@@ -704,13 +717,8 @@ double hidden_match_forward_backward(const Cpu&, T* y, T* losses, const T* g, co
 template <class T>
 void cosine_embedding_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losses, const T* student,
                                        const T* teacher, int B, int C, T grad_scale) {
-    distill::detail::parallel_for(
-        dev.threads(), B,
-        [&](std::int64_t b) {
-            losses[b] =
-                detail::cosine_embedding_row(d + b * C, accumulate, student + b * C, teacher + b * C, C, grad_scale);
-        },
-        std::int64_t(B) * C >= detail::parallel_threshold);
+    detail::embedding_rows(dev, detail::cosine_embedding_row<T>, d, accumulate, losses, student, teacher, B, C,
+                           grad_scale);
 }
 
 /// Embedding MSE rows (see the Reference kernel), rows spread over the threads as
@@ -718,13 +726,8 @@ void cosine_embedding_forward_backward(const Cpu& dev, T* d, bool accumulate, T*
 template <class T>
 void embedding_mse_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losses, const T* student,
                                     const T* teacher, int B, int C, T grad_scale) {
-    distill::detail::parallel_for(
-        dev.threads(), B,
-        [&](std::int64_t b) {
-            losses[b] =
-                detail::embedding_mse_row(d + b * C, accumulate, student + b * C, teacher + b * C, C, grad_scale);
-        },
-        std::int64_t(B) * C >= detail::parallel_threshold);
+    detail::embedding_rows(dev, detail::embedding_mse_row<T>, d, accumulate, losses, student, teacher, B, C,
+                           grad_scale);
 }
 
 }  // namespace distill::device

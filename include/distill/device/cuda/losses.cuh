@@ -378,11 +378,12 @@ __global__ void hidden_match_kernel(T* y, T* losses, const T* g, const std::uint
     if (threadIdx.x == 0) losses[n] = T(1) - cs;
 }
 
-// Cosine embedding, one block per row b of student, teacher, d (B,C): the three sums (s·t, |s|²,
-// |t|²) in double through block reductions, then the gradient; losses (B).
-template <class T>
-__global__ void cosine_embedding_kernel(T* d, bool accumulate, T* losses, const T* student, const T* teacher, int C,
-                                        T grad_scale) {
+// The pooled-embedding rows, one block per row b of student, teacher, d (B,C); losses (B). Cosine:
+// the three sums (s·t, |s|², |t|²) in double through block reductions, then the gradient (see
+// the Reference's cosine_embedding_row); else the MSE row, Σ (s − t)² in double.
+template <bool Cosine, class T>
+__global__ void embedding_kernel(T* d, bool accumulate, T* losses, const T* student, const T* teacher, int C,
+                                 T grad_scale) {
     __shared__ double sd[32];
     const std::int64_t b = blockIdx.x;
     const T* s = student + b * C;
@@ -390,12 +391,20 @@ __global__ void cosine_embedding_kernel(T* d, bool accumulate, T* losses, const 
     T* dr = d + b * C;
     double dot = 0, ss = 0, tt = 0;
     for (int c = threadIdx.x; c < C; c += blockDim.x) {
-        dot += double(s[c]) * double(t[c]);
-        ss += double(s[c]) * double(s[c]);
-        tt += double(t[c]) * double(t[c]);
+        const double x = s[c], y = t[c];
+        if constexpr (Cosine) {
+            dot += x * y, ss += x * x, tt += y * y;
+        } else {
+            ss += (x - y) * (x - y);
+            store_grad(dr[c], T(double(grad_scale) * 2.0 * (x - y) / double(C)), accumulate);
+        }
+    }
+    ss = block_sum(ss, sd);
+    if constexpr (!Cosine) {
+        if (threadIdx.x == 0) losses[b] = T(ss / double(C));
+        return;
     }
     dot = block_sum(dot, sd);
-    ss = block_sum(ss, sd);
     tt = block_sum(tt, sd);
     const double eps = 1e-8, norm_s = sqrt(ss), ns = fmax(norm_s, eps), nt = fmax(sqrt(tt), eps);
     const double cs = dot / (ns * nt);
@@ -403,26 +412,6 @@ __global__ void cosine_embedding_kernel(T* d, bool accumulate, T* losses, const 
     for (int c = threadIdx.x; c < C; c += blockDim.x)
         store_grad(dr[c], T(-double(grad_scale) * (double(t[c]) / (ns * nt) - k2 * double(s[c]))), accumulate);
     if (threadIdx.x == 0) losses[b] = T(1.0 - cs);
-}
-
-// Embedding MSE, one block per row b of student, teacher, d (B,C): Σ (s − t)² in double through a
-// block reduction; losses (B).
-template <class T>
-__global__ void embedding_mse_kernel(T* d, bool accumulate, T* losses, const T* student, const T* teacher, int C,
-                                     T grad_scale) {
-    __shared__ double sd[32];
-    const std::int64_t b = blockIdx.x;
-    const T* s = student + b * C;
-    const T* t = teacher + b * C;
-    T* dr = d + b * C;
-    double sq = 0;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) {
-        const double r = double(s[c]) - double(t[c]);
-        sq += r * r;
-        store_grad(dr[c], T(double(grad_scale) * 2.0 * r / double(C)), accumulate);
-    }
-    sq = block_sum(sq, sd);
-    if (threadIdx.x == 0) losses[b] = T(sq / double(C));
 }
 
 }  // namespace detail
@@ -533,19 +522,18 @@ double hidden_match_forward_backward(const Cuda& dev, T* y, T* losses, const T* 
 template <class T>
 void cosine_embedding_forward_backward(const Cuda& dev, T* d, bool accumulate, T* losses, const T* student,
                                        const T* teacher, int B, int C, T grad_scale) {
-    if (B <= 0) return;
-    DISTILL_CUDA_LAUNCH(detail::cosine_embedding_kernel, static_cast<unsigned>(B), 128, dev.stream(), d, accumulate,
-                        losses, student, teacher, C, grad_scale);
+    if (B > 0)
+        DISTILL_CUDA_LAUNCH(detail::embedding_kernel<true>, static_cast<unsigned>(B), 128, dev.stream(), d, accumulate,
+                            losses, student, teacher, C, grad_scale);
 }
 
-/// Embedding MSE rows (see the Reference): student, teacher, d (B,C) in device memory; losses (B).
-/// One block of 128 threads per row.
+/// Embedding MSE rows (see the Reference): as `cosine_embedding_forward_backward`.
 template <class T>
 void embedding_mse_forward_backward(const Cuda& dev, T* d, bool accumulate, T* losses, const T* student,
                                     const T* teacher, int B, int C, T grad_scale) {
-    if (B <= 0) return;
-    DISTILL_CUDA_LAUNCH(detail::embedding_mse_kernel, static_cast<unsigned>(B), 128, dev.stream(), d, accumulate,
-                        losses, student, teacher, C, grad_scale);
+    if (B > 0)
+        DISTILL_CUDA_LAUNCH(detail::embedding_kernel<false>, static_cast<unsigned>(B), 128, dev.stream(), d, accumulate,
+                            losses, student, teacher, C, grad_scale);
 }
 
 }  // namespace distill::device

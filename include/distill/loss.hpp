@@ -5,7 +5,8 @@
 /// are in `docs/losses.md`; each term lives in its own header under `loss/`.
 ///
 /// **What a loss term represents.** A differentiable scalar of the student's outputs (logits,
-/// hidden states, attention maps, q|k|v projections) and the teacher's outputs for the same batch.
+/// pooled sentence embeddings, hidden states, attention maps, q|k|v projections) and the teacher's
+/// outputs for the same batch.
 /// One call computes the value *and* writes its gradient: the term adds `weight · ∂value/∂x` to the
 /// gradient sink of every student output `x` it reads. Several terms share the sinks, so gradients
 /// accumulate; the `Workspace` tracks which sinks were written this step so the first writer may
@@ -31,8 +32,10 @@
 /// **Reduction.** Every term is a *mean over the positions that count*: `mask(b,t) = 1` (prompt
 /// and padding positions are 0). Per-position terms average over those positions; attention terms
 /// average over mapped layers, heads and the query rows at those positions (every key ≤ t of a
-/// counted row is part of its distribution); hidden-state terms average over mapped layer pairs,
-/// counted positions and channels. With no counted position the value is 0 and the gradient 0.
+/// counted row is part of its distribution; every key for a bidirectional student,
+/// `model_dims::causal` false); hidden-state terms average over mapped layer pairs, counted
+/// positions and channels; pooled-embedding terms average over the B sequences (one row each, all
+/// counted). With no counted position the value is 0 and the gradient 0.
 ///
 /// **Laws** (tested in `tests/unit-losses.cpp`): value and gradient agree with PyTorch autograd and
 /// with finite differences; divergences are ≥ 0 and vanish when student and teacher agree;

@@ -402,16 +402,16 @@ __global__ void embedding_kernel(T* d, bool accumulate, T* losses, const T* stud
     ss = block_sum(ss, sd);
     if constexpr (!Cosine) {
         if (threadIdx.x == 0) losses[b] = T(ss / double(C));
-        return;
+    } else {
+        dot = block_sum(dot, sd);
+        tt = block_sum(tt, sd);
+        const double eps = 1e-8, norm_s = sqrt(ss), ns = fmax(norm_s, eps), nt = fmax(sqrt(tt), eps);
+        const double cs = dot / (ns * nt);
+        const double k2 = norm_s > 0 ? cs / (ns * norm_s) : 0.0;
+        for (int c = threadIdx.x; c < C; c += blockDim.x)
+            store_grad(dr[c], T(-double(grad_scale) * (double(t[c]) / (ns * nt) - k2 * double(s[c]))), accumulate);
+        if (threadIdx.x == 0) losses[b] = T(1.0 - cs);
     }
-    dot = block_sum(dot, sd);
-    tt = block_sum(tt, sd);
-    const double eps = 1e-8, norm_s = sqrt(ss), ns = fmax(norm_s, eps), nt = fmax(sqrt(tt), eps);
-    const double cs = dot / (ns * nt);
-    const double k2 = norm_s > 0 ? cs / (ns * norm_s) : 0.0;
-    for (int c = threadIdx.x; c < C; c += blockDim.x)
-        store_grad(dr[c], T(-double(grad_scale) * (double(t[c]) / (ns * nt) - k2 * double(s[c]))), accumulate);
-    if (threadIdx.x == 0) losses[b] = T(1.0 - cs);
 }
 
 }  // namespace detail

@@ -1,8 +1,8 @@
 // Loss terms: value and gradient of every term against PyTorch autograd (golden fixtures from
-// tests/reference/make_loss_golden.py), finite-difference gradient checks in double on both
-// devices (per term, and end to end through a student model), the laws (KL(p,p)=0,
-// non-negativity, JSD symmetry and continuity, τ² scaling, masks, accumulation), finite results
-// on extreme inputs, the fast kernels against the reference ones, and the config errors.
+// tests/reference/make_loss_golden.py and make_embedding_loss_golden.py), finite-difference gradient checks in double
+// on both devices (per term, and end to end through a student model), the laws (KL(p,p)=0, non-negativity, JSD symmetry
+// and continuity, τ² scaling, masks, accumulation), finite results on extreme inputs, the fast kernels against the
+// reference ones, and the config errors.
 
 #include <doctest/doctest.h>
 
@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
+#include <fstream>
 #include <limits>
 #include <numeric>
 #include <string>
@@ -25,12 +26,15 @@
 #include "distill/loss.hpp"
 #include "distill/loss/attention_kl.hpp"
 #include "distill/loss/attention_relation.hpp"
+#include "distill/loss/cosine_embedding.hpp"
+#include "distill/loss/embedding_mse.hpp"
 #include "distill/loss/hard_ce.hpp"
 #include "distill/loss/hidden_mse.hpp"
 #include "distill/loss/jsd.hpp"
 #include "distill/loss/reverse_kl.hpp"
 #include "distill/loss/soft_kl.hpp"
 #include "distill/loss/sum.hpp"
+#include "distill/student/encoder.hpp"
 #include "distill/student/transformer.hpp"
 #include "testing.hpp"
 
@@ -1535,4 +1539,362 @@ TEST_CASE("loss parameters: Sum lists the projections under loss.*, zero_grad cl
     loss::Sum<loss::SoftKL, loss::HiddenMSE> again({}, d);
     CHECK(std::equal(params[0].value.data(), params[0].value.data() + 96, again.parameters()[0].value.data()));
     CHECK(sum.scratch_elements() == std::size_t(2 * 8 * 12));
+}
+
+// ---- sentence embeddings and bidirectional encoders ---------------------------------------------------
+
+namespace {
+
+nlohmann::json embedding_golden() {
+    std::ifstream in(fixtures / "embedding_loss_golden.json");
+    REQUIRE(in.good());
+    return nlohmann::json::parse(in);
+}
+
+template <class T>
+std::vector<T> json_vector(const nlohmann::json& j) {
+    std::vector<T> v;
+    for (const auto& x : j) v.push_back(static_cast<T>(x.template get<double>()));
+    return v;
+}
+
+// One call of a pooled-embedding term on explicit views: student s, teacher t (B,C); the gradient
+// buffer starts as NaN unless `accumulate_into` (then it is added to: a second call of the step).
+template <class T, class Dev, class Term>
+T run_pooled(Term& term, const std::vector<T>& s, const std::vector<T>& t, int B, int C, std::vector<T>& grad,
+             T weight = T(1)) {
+    loss::student_outputs<T> so;
+    so.pooled = Tensor<const T>(s.data(), {B, C});
+    loss::teacher_outputs<T> to;
+    to.pooled = Tensor<const T>(t.data(), {B, C});
+    grad.assign(s.size(), std::numeric_limits<T>::quiet_NaN());
+    loss::Workspace<T, Dev> ws(term, loss::dims{{0, C, 0, 0}, {0, C, 0, 0}, B, 1});
+    auto ctx = ws.begin(so, Tensor<T>{}, Tensor<T>(grad.data(), {B, C}), to);
+    CHECK(ctx.batch() == B);
+    CHECK(ctx.length() == 1);
+    ctx.weight = weight;
+    const T v = term(ctx);
+    ws.finish();
+    return v;
+}
+
+// Rows of (B,H,T,T) scores softmaxed over the valid keys j < lengths[b] (padded keys 0), as an
+// encoder's masked softmax gives, padded query rows included.
+std::vector<double> masked_softmax_rows(std::vector<double> v, int B, int H, int Tn, const std::vector<int>& lengths) {
+    for (int b = 0; b < B; ++b)
+        for (int r = 0; r < H * Tn; ++r) {
+            double* row = v.data() + (std::int64_t(b) * H * Tn + r) * Tn;
+            const int n = lengths[std::size_t(b)];
+            double mx = -1e300, sum = 0;
+            for (int j = 0; j < n; ++j) mx = std::max(mx, row[j]);
+            for (int j = 0; j < n; ++j) sum += (row[j] = std::exp(row[j] - mx));
+            for (int j = 0; j < Tn; ++j) row[j] = j < n ? row[j] / sum : 0.0;
+        }
+    return v;
+}
+
+// A sentence encoder's outputs as the Workspace reads them (the shape of student::Encoder): pooled
+// embeddings and their gradient buffer, hidden states and attention maps, no logits.
+struct toy_embedder {
+    int B, Tn, C, H;
+    std::vector<double> p, dp, h0, h1, att;
+    toy_embedder(int B_, int T_, int C_, int H_)
+        : B(B_),
+          Tn(T_),
+          C(C_),
+          H(H_),
+          p(random_vector<double>(std::size_t(B_) * C_, 91)),
+          dp(std::size_t(B_) * C_, std::numeric_limits<double>::quiet_NaN()),
+          h0(random_vector<double>(std::size_t(B_) * T_ * C_, 92)),
+          h1(random_vector<double>(h0.size(), 93)),
+          att(masked_softmax_rows(random_vector<double>(std::size_t(B_) * H_ * T_ * T_, 94), B_, H_, T_,
+                                  std::vector<int>(std::size_t(B_), T_))) {}
+    Tensor<double> pooled() const { return Tensor<double>(const_cast<double*>(p.data()), {B, C}); }
+    Tensor<double> grad_pooled() const { return Tensor<double>(const_cast<double*>(dp.data()), {B, C}); }
+    int hidden_state_count() const { return 2; }
+    Tensor<double> hidden_state(int i) const {
+        return Tensor<double>(const_cast<double*>((i ? h1 : h0).data()), {B, Tn, C});
+    }
+    Tensor<double> attention(int) const { return Tensor<double>(const_cast<double*>(att.data()), {B, H, Tn, Tn}); }
+};
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("loss golden: CosineEmbedding and EmbeddingMSE match PyTorch (cosine_similarity, mse_loss)", Dev,
+                   device::Cpu, device::Reference) {
+    const auto g = embedding_golden();
+    auto run = [&]<class T>(T) {
+        for (const char* name : {"cosine", "cosine_tiny", "mse"}) {
+            INFO("case " << name << ", " << (std::is_same_v<T, float> ? "float" : "double"));
+            const auto& c = g[name];
+            const int B = c["B"], C = c["C"];
+            const auto s = json_vector<T>(c["s"]), t = json_vector<T>(c["t"]);
+            std::vector<T> grad;
+            T v;
+            if (std::string(name) == "mse") {
+                loss::EmbeddingMSE term({}, loss::dims{{0, C, 0, 0}, {0, C, 0, 0}, B, 1});
+                v = run_pooled<T, Dev>(term, s, t, B, C, grad);
+            } else {
+                loss::CosineEmbedding term({}, loss::dims{{0, C, 0, 0}, {0, C, 0, 0}, B, 1});
+                v = run_pooled<T, Dev>(term, s, t, B, C, grad);
+            }
+            CHECK(double(v) == doctest::Approx(c["value"].get<double>()).epsilon(rtol_for<T>));
+            compare(std::string(name) + ".grad", grad.data(), json_vector<double>(c["grad"]), rtol_for<T>, atol_for<T>);
+        }
+    };
+    run(float{});
+    run(double{});
+}
+
+TEST_CASE_TEMPLATE("loss golden: bidirectional AttentionKL with key and query padding matches PyTorch", Dev,
+                   device::Cpu, device::Reference) {
+    const auto c = embedding_golden()["attention_kl_bidirectional"];
+    auto run = [&]<class T>(T) {
+        const int B = c["B"], Hs = c["Hs"], Ht = c["Ht"], Tn = c["T"];
+        const auto s = json_vector<T>(c["s"]), t = json_vector<T>(c["t"]);
+        std::vector<std::uint8_t> mask;
+        for (const auto& m : c["mask"]) mask.push_back(static_cast<std::uint8_t>(m.get<int>()));
+        loss::dims d{{0, 8, 1, Hs}, {0, 8, 1, Ht}, B, Tn};
+        d.student.causal = false;
+        loss::AttentionKL term({}, d);
+        std::vector<T> pooled(std::size_t(B) * 8), dpooled(pooled.size());
+        loss::student_outputs<T> so;
+        so.pooled = Tensor<const T>(pooled.data(), {B, 8});
+        so.attentions.push_back(Tensor<const T>(s.data(), {B, Hs, Tn, Tn}));
+        loss::teacher_outputs<T> to;
+        to.attentions.push_back(Tensor<const T>(t.data(), {B, Ht, Tn, Tn}));
+        loss::Workspace<T, Dev> ws(term, d);
+        auto ctx = ws.begin(so, Tensor<T>{}, Tensor<T>(dpooled.data(), {B, 8}), to, mask_view(mask, B, Tn));
+        CHECK(ctx.length() == Tn);  // from the mask: this student has no hidden states
+        const T v = term(ctx);
+        ws.finish();
+        CHECK(double(v) == doctest::Approx(c["value"].get<double>()).epsilon(rtol_for<T>));
+        compare("attention_kl_bidirectional.grad", ws.d_attention()[0].data(), json_vector<double>(c["grad"]),
+                rtol_for<T>, atol_for<T>);
+        CHECK(std::all_of(dpooled.begin(), dpooled.end(), [](T x) { return x == T(0); }));  // finish() zeroed it
+    };
+    run(float{});
+    run(double{});
+}
+
+TEST_CASE_TEMPLATE(
+    "loss gradient: CosineEmbedding, EmbeddingMSE and bidirectional AttentionKL with padding match finite "
+    "differences (double)",
+    Dev, device::Cpu, device::Reference) {
+    SUBCASE("pooled embeddings") {
+        const int B = 3, C = 5;
+        auto s = random_vector<double>(B * C, 101);
+        const auto t = random_vector<double>(B * C, 102, 2.0);
+        for (int which = 0; which < 2; ++which) {
+            INFO((which ? "embedding_mse" : "cosine_embedding"));
+            loss::CosineEmbedding cos_term;
+            loss::EmbeddingMSE mse_term;
+            std::vector<double> grad, scratch;
+            auto value = [&] {
+                return which ? run_pooled<double, Dev>(mse_term, s, t, B, C, scratch, 0.7)
+                             : run_pooled<double, Dev>(cos_term, s, t, B, C, scratch, 0.7);
+            };
+            value();
+            grad = scratch;
+            for (auto& x : grad) x /= 0.7;  // the sinks hold weight · gradient
+            check_gradient("d pooled", s, value, grad, 1e-6);
+        }
+    }
+    SUBCASE("bidirectional attention_kl") {
+        const int B = 2, Tn = 4, Hs = 2, Ht = 4;
+        const std::vector<int> lengths = {4, 2};
+        const std::vector<std::uint8_t> mask = {1, 1, 1, 1, 1, 1, 0, 0};
+        std::vector<std::vector<double>> as, at;
+        for (int l = 0; l < 2; ++l)
+            as.push_back(masked_softmax_rows(random_vector<double>(B * Hs * Tn * Tn, 110 + l), B, Hs, Tn, lengths));
+        for (int l = 0; l < 2; ++l)
+            at.push_back(masked_softmax_rows(random_vector<double>(B * Ht * Tn * Tn, 120 + l), B, Ht, Tn, lengths));
+        loss::dims d{{0, 4, 2, Hs}, {0, 8, 2, Ht}, B, Tn};
+        d.student.causal = false;
+        loss::AttentionKL term({}, d);
+        std::vector<double> pooled(std::size_t(B) * 4), dpooled(pooled.size()), h(std::size_t(B) * Tn * 4);
+        loss::student_outputs<double> so;
+        so.pooled = Tensor<const double>(pooled.data(), {B, 4});
+        so.hidden_states.push_back(Tensor<const double>(h.data(), {B, Tn, 4}));
+        for (auto& a : as) so.attentions.push_back(Tensor<const double>(a.data(), {B, Hs, Tn, Tn}));
+        loss::teacher_outputs<double> to;
+        for (auto& a : at) to.attentions.push_back(Tensor<const double>(a.data(), {B, Ht, Tn, Tn}));
+        loss::Workspace<double, Dev> ws(term, d);
+        auto value = [&] {
+            auto ctx =
+                ws.begin(so, Tensor<double>{}, Tensor<double>(dpooled.data(), {B, 4}), to, mask_view(mask, B, Tn));
+            const double v = term(ctx);
+            ws.finish();
+            return v;
+        };
+        const double v0 = value();
+        CHECK(v0 > 0);
+        for (int l = 0; l < 2; ++l) {
+            std::vector<double> g(ws.d_attention()[l].data(), ws.d_attention()[l].data() + B * Hs * Tn * Tn);
+            // padded keys (b = 1, j >= 2) and padded query rows (b = 1, t >= 2) get exactly 0
+            for (int hh = 0; hh < Hs; ++hh)
+                for (int t = 0; t < Tn; ++t)
+                    for (int j = 0; j < Tn; ++j)
+                        if (t >= 2 || j >= 2) CHECK(g[std::size_t(((Hs + hh) * Tn + t) * Tn + j)] == 0.0);
+            // keys above the diagonal of a counted row count (a causal student would ignore them)
+            CHECK(g[std::size_t(0 * Tn + 3)] != 0.0);
+            check_gradient("d attention " + std::to_string(l), as[std::size_t(l)], value, g, 1e-6, 1e-7);
+        }
+        // the same maps read causally give another value: the rule is the student's
+        loss::dims dc = d;
+        dc.student.causal = true;
+        loss::AttentionKL causal_term({}, dc);
+        auto ctx = ws.begin(so, Tensor<double>{}, Tensor<double>(dpooled.data(), {B, 4}), to, mask_view(mask, B, Tn));
+        CHECK(causal_term(ctx) != doctest::Approx(v0));
+        ws.finish();
+    }
+}
+
+TEST_CASE_TEMPLATE("loss law: the embedding terms are >= 0, vanish at s = t, accumulate a + b, stay finite at 0", Dev,
+                   device::Cpu, device::Reference) {
+    const int B = 3, C = 6;
+    auto s = random_vector<double>(B * C, 130);
+    auto t = random_vector<double>(B * C, 131, 3.0);
+    loss::CosineEmbedding cos_term;
+    loss::EmbeddingMSE mse_term;
+    std::vector<double> g;
+    CHECK(run_pooled<double, Dev>(cos_term, s, t, B, C, g) >= 0);
+    CHECK(run_pooled<double, Dev>(mse_term, s, t, B, C, g) >= 0);
+    CHECK(run_pooled<double, Dev>(cos_term, t, t, B, C, g) == doctest::Approx(0).scale(1e-12));
+    for (double x : g) CHECK(x == doctest::Approx(0).scale(1e-12));
+    CHECK(run_pooled<double, Dev>(mse_term, t, t, B, C, g) == 0.0);
+    for (double x : g) CHECK(x == 0.0);
+    // cosine is scale-free: 5 s has the value of s, and a gradient 5 times smaller
+    std::vector<double> s5 = s, g1, g5;
+    for (auto& x : s5) x *= 5;
+    CHECK(run_pooled<double, Dev>(cos_term, s5, t, B, C, g5) ==
+          doctest::Approx(run_pooled<double, Dev>(cos_term, s, t, B, C, g1)).epsilon(1e-12));
+    for (std::size_t i = 0; i < g1.size(); ++i) CHECK(5 * g5[i] == doctest::Approx(g1[i]).epsilon(1e-10));
+
+    // zero and tiny vectors: finite values and gradients; a zero teacher row gives the student row
+    // gradient 0 (its cosine is 0 whatever the student)
+    std::fill(s.begin(), s.begin() + C, 0.0);                    // row 0 of the student: zero
+    for (int c = 0; c < C; ++c) s[std::size_t(C + c)] *= 1e-10;  // row 1: |s| < eps
+    std::fill(t.begin() + 2 * C, t.end(), 0.0);                  // row 2 of the teacher: zero
+    {
+        double dot = 0, ss = 0, tt = 0;  // row 1: the norm is clamped at eps = 1e-8
+        for (int c = C; c < 2 * C; ++c)
+            dot += s[std::size_t(c)] * t[std::size_t(c)], ss += s[std::size_t(c)] * s[std::size_t(c)],
+                tt += t[std::size_t(c)] * t[std::size_t(c)];
+        REQUIRE(std::sqrt(ss) < 1e-8);
+        const double cos1 = dot / (1e-8 * std::sqrt(tt));
+        const double v = run_pooled<double, Dev>(cos_term, s, t, B, C, g);
+        CHECK(v == doctest::Approx((1.0 + (1.0 - cos1) + 1.0) / 3).epsilon(1e-12));  // rows 0 and 2: cosine 0
+        for (double x : g) CHECK(std::isfinite(x));
+        for (int c = 0; c < C; ++c) CHECK(g[std::size_t(2 * C + c)] == 0.0);
+    }
+    CHECK(std::isfinite(run_pooled<double, Dev>(mse_term, s, t, B, C, g)));
+
+    // a term called twice in one step with weights a and b leaves (a + b) times its gradient
+    s = random_vector<double>(B * C, 132);
+    t = random_vector<double>(B * C, 133);
+    for (int which = 0; which < 2; ++which) {
+        loss::student_outputs<double> so;
+        so.pooled = Tensor<const double>(s.data(), {B, C});
+        loss::teacher_outputs<double> to;
+        to.pooled = Tensor<const double>(t.data(), {B, C});
+        std::vector<double> grad(s.size(), std::numeric_limits<double>::quiet_NaN()), once;
+        const double v1 = which ? run_pooled<double, Dev>(mse_term, s, t, B, C, once)
+                                : run_pooled<double, Dev>(cos_term, s, t, B, C, once);
+        loss::Workspace<double, Dev> ws(cos_term, loss::dims{{0, C, 0, 0}, {0, C, 0, 0}, B, 1});
+        auto ctx = ws.begin(so, Tensor<double>{}, Tensor<double>(grad.data(), {B, C}), to);
+        for (double w : {0.25, 2.0}) {
+            ctx.weight = w;
+            CHECK((which ? mse_term(ctx) : cos_term(ctx)) == doctest::Approx(v1).epsilon(1e-14));
+        }
+        ws.finish();
+        for (std::size_t i = 0; i < grad.size(); ++i) CHECK(grad[i] == doctest::Approx(2.25 * once[i]).epsilon(1e-12));
+    }
+}
+
+TEST_CASE("loss law: the workspace hands a sentence encoder's grad_pooled as the pooled sink and zeroes it unwritten") {
+    toy_embedder student(2, 3, 4, 2);
+    const loss::dims d{{0, 4, 1, 2}, {0, 4, 1, 2}, 2, 3};
+    std::vector<double> tp = random_vector<double>(8, 95);
+    loss::teacher_outputs<double> to;
+    to.pooled = Tensor<const double>(tp.data(), {2, 4});
+    to.attentions.push_back(student.attention(0));
+
+    // overwrite, then accumulate
+    loss::Sum<loss::CosineEmbedding, loss::EmbeddingMSE> sum({}, d);
+    loss::Workspace<double, device::Reference> ws(sum, d);
+    auto ctx = ws.begin(student, to);
+    CHECK(ctx.batch() == 2);
+    CHECK(ctx.length() == 3);  // from hidden state 0
+    CHECK(ctx.student->logits.empty());
+    CHECK(ctx.student->pooled.data() == student.p.data());
+    CHECK(ctx.student->hidden_states.size() == 2);
+    CHECK(ctx.student->attentions.size() == 1);
+    const auto first = ctx.d_pooled();
+    CHECK(first.tensor.data() == student.dp.data());
+    CHECK(!first.accumulate);
+    CHECK(ctx.d_pooled().accumulate);
+    CHECK_THROWS_WITH_AS(ctx.d_logits(), "loss: the student has no logits, so no logits gradient to write",
+                         shape_error);
+    ws.finish();
+
+    // a Sum writes the weighted sum of both terms' gradients over the NaN the buffer started with
+    std::fill(student.dp.begin(), student.dp.end(), std::numeric_limits<double>::quiet_NaN());
+    ctx = ws.begin(student, to);
+    const double total = sum(ctx);
+    ws.finish();
+    std::vector<double> gc, gm;
+    loss::CosineEmbedding c1;
+    loss::EmbeddingMSE m1;
+    const double vc = run_pooled<double, device::Reference>(c1, student.p, tp, 2, 4, gc);
+    const double vm = run_pooled<double, device::Reference>(m1, student.p, tp, 2, 4, gm);
+    CHECK(total == doctest::Approx(vc + vm).epsilon(1e-14));
+    for (std::size_t i = 0; i < gc.size(); ++i) CHECK(student.dp[i] == doctest::Approx(gc[i] + gm[i]).epsilon(1e-12));
+
+    // a loss that does not write the pooled gradient: finish() zeroes it (backward always reads it)
+    loss::dims da = d;
+    da.student.causal = da.teacher.causal = false;
+    loss::AttentionKL att({}, da);
+    loss::Workspace<double, device::Reference> wa(att, da);
+    std::fill(student.dp.begin(), student.dp.end(), std::numeric_limits<double>::quiet_NaN());
+    auto actx = wa.begin(student, to);
+    CHECK(att(actx) == doctest::Approx(0).scale(1e-12));  // the teacher's maps are the student's
+    wa.finish();
+    CHECK(std::all_of(student.dp.begin(), student.dp.end(), [](double x) { return x == 0.0; }));
+    CHECK(!wa.d_attention()[0].empty());
+
+    // a student with logits and no pooled output has no pooled sink
+    loss::student_outputs<double> so;
+    std::vector<double> logits(6), dlogits(6);
+    so.logits = Tensor<const double>(logits.data(), {2, 3, 1});
+    auto lctx = wa.begin(so, Tensor<double>(dlogits.data(), {2, 3, 1}), to);
+    CHECK_THROWS_WITH_AS(lctx.d_pooled(), "loss: the student has no pooled embeddings, so no pooled gradient to write",
+                         shape_error);
+    CHECK_THROWS_WITH_AS(
+        wa.begin(so, Tensor<double>(dlogits.data(), {2, 3, 1}), Tensor<double>(student.dp.data(), {2, 4}), to),
+        "loss: the pooled embeddings' gradient buffer has shape [2, 4], expected []", shape_error);
+}
+
+TEST_CASE("loss config: embedding widths must agree, relations need a causal student, encoders are not causal") {
+    CHECK_THROWS_WITH_AS(loss::CosineEmbedding({}, loss::dims{{0, 384, 6, 12}, {0, 768, 12, 12}}),
+                         "cosine_embedding: the teacher's width (d_model 768) differs from the student's (384); this "
+                         "term has no projection, so both embeddings must be equally wide",
+                         config_error);
+    CHECK_THROWS_WITH_AS(loss::EmbeddingMSE({}, loss::dims{{0, 384, 6, 12}, {0, 768, 12, 12}}),
+                         "embedding_mse: the teacher's width (d_model 768) differs from the student's (384); this "
+                         "term has no projection, so both embeddings must be equally wide",
+                         config_error);
+    CHECK_NOTHROW(loss::EmbeddingMSE({}, loss::dims{{0, 384, 6, 12}, {0, 0, 0, 0}}));  // an API teacher: unknown
+    CHECK_NOTHROW(loss::CosineEmbedding({}, loss::dims{{0, 384, 6, 12}, {0, 384, 12, 12}}));
+    CHECK(io::to_json(loss::CosineEmbedding::config{}) == nlohmann::json::object());
+
+    CHECK(!loss::model_dims_of_config(student::EncoderConfig{}).causal);
+    CHECK(loss::model_dims_of_config(student::TransformerConfig{}).causal);
+    loss::dims d{{50, 16, 4, 4}, {50, 48, 8, 12}};
+    d.student.causal = false;
+    CHECK_THROWS_WITH_AS(loss::AttentionRelation({}, d),
+                         "attention_relation: the student is bidirectional (not causal); the relation rows are causal "
+                         "(keys j <= t), so this term supports causal students only (use attention_kl for encoders)",
+                         config_error);
+    CHECK_NOTHROW(loss::AttentionKL({}, d));
 }

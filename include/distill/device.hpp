@@ -24,8 +24,9 @@
 ///   - decoding (`decoding_device`, `require_decoding_kernels`; `Transformer::prefill`, `decode`):
 ///     attention_decode, kv_cache_store;
 ///   - losses (`loss_device`, `require_loss_kernels`; every `loss::` term, through `loss::context`):
-///     kl_, reverse_kl_, jsd_, topk_kl_, masked_cross_entropy_, attention_kl_ and
-///     relation_kl_forward_backward, hidden_match_forward_backward;
+///     kl_, reverse_kl_, jsd_, topk_kl_, masked_cross_entropy_, attention_kl_,
+///     relation_kl_, cosine_embedding_ and embedding_mse_forward_backward,
+///     hidden_match_forward_backward;
 ///   - optimizers (`optimizer_device`, `require_optimizer_kernels`; `optim::Adam`, `AdamW`, `Sgd`,
 ///     `GradClipper`): adam_update, sgd_update, sum_of_squares, scale_in_place, each over a
 ///     `tensor_list` (all parameters at once);
@@ -217,8 +218,10 @@ template <class D, class T> concept has_reverse_kl_forward_backward = requires(c
 template <class D, class T> concept has_jsd_forward_backward = requires(const D& d, T* y, const T* x, const std::uint8_t* m, std::int64_t n, T s, int i, bool f, double r) { jsd_forward_backward(d, y, f, y, x, x, m, n, i, r, s, s); };
 template <class D, class T> concept has_topk_kl_forward_backward = requires(const D& d, T* y, const T* x, const std::int32_t* ids, const std::uint8_t* m, std::int64_t n, T s, int i, bool f) { topk_kl_forward_backward(d, y, f, y, x, ids, x, m, n, i, i, s, s); };
 template <class D, class T> concept has_masked_cross_entropy_forward_backward = requires(const D& d, T* y, const T* x, const std::int32_t* ids, const std::uint8_t* m, std::int64_t n, T s, int i, bool f) { masked_cross_entropy_forward_backward(d, y, f, y, x, ids, m, n, i, s); };
-template <class D, class T> concept has_attention_kl_forward_backward = requires(const D& d, T* y, const T* x, const std::uint8_t* m, T s, int i, bool f) { attention_kl_forward_backward(d, y, f, y, x, x, m, i, i, i, i, s); };
+template <class D, class T> concept has_attention_kl_forward_backward = requires(const D& d, T* y, const T* x, const std::uint8_t* m, T s, int i, bool f) { attention_kl_forward_backward(d, y, f, y, x, x, m, i, i, i, i, s, f); };
 template <class D, class T> concept has_relation_kl_forward_backward = requires(const D& d, T* y, const T* x, const std::uint8_t* m, T s, int i) { relation_kl_forward_backward(d, y, y, x, x, m, i, i, s, s, s); };
+template <class D, class T> concept has_cosine_embedding_forward_backward = requires(const D& d, T* y, const T* x, T s, int i, bool f) { cosine_embedding_forward_backward(d, y, f, y, x, x, i, i, s); };
+template <class D, class T> concept has_embedding_mse_forward_backward = requires(const D& d, T* y, const T* x, T s, int i, bool f) { embedding_mse_forward_backward(d, y, f, y, x, x, i, i, s); };
 template <class D, class T> concept has_hidden_match_forward_backward = requires(const D& d, T* y, const T* x, const std::uint8_t* m, std::int64_t n, T s, int i, bool f) { { hidden_match_forward_backward(d, y, y, x, m, n, i, s, f) } -> std::convertible_to<double>; };
 // optimizers (device/<name>/optim): multi-tensor updates and reductions
 template <class D, class T> concept has_adam_update = requires(const D& d, const tensor_list<T>& l, const adam_coefficients<T>& k) { adam_update(d, l, k); };
@@ -260,7 +263,8 @@ template <class D, class T>
 concept loss_device = kernel::has_kl_forward_backward<D, T> && kernel::has_reverse_kl_forward_backward<D, T> &&
     kernel::has_jsd_forward_backward<D, T> && kernel::has_topk_kl_forward_backward<D, T> &&
     kernel::has_masked_cross_entropy_forward_backward<D, T> && kernel::has_attention_kl_forward_backward<D, T> &&
-    kernel::has_relation_kl_forward_backward<D, T> && kernel::has_hidden_match_forward_backward<D, T>;
+    kernel::has_relation_kl_forward_backward<D, T> && kernel::has_cosine_embedding_forward_backward<D, T> &&
+    kernel::has_embedding_mse_forward_backward<D, T> && kernel::has_hidden_match_forward_backward<D, T>;
 /// The kernels of the optimizers and of gradient clipping.
 template <class D, class T>
 concept optimizer_device = kernel::has_adam_update<D, T> && kernel::has_sgd_update<D, T> &&
@@ -332,8 +336,10 @@ struct require_loss_kernels {
     static_assert(kernel::has_jsd_forward_backward<D, T>, "device lacks kernel: jsd_forward_backward(dev, d, accumulate, losses, student, teacher, mask, N, V, double beta, inv_tau, grad_scale)");
     static_assert(kernel::has_topk_kl_forward_backward<D, T>, "device lacks kernel: topk_kl_forward_backward(dev, d, accumulate, losses, student, ids, logprobs, mask, N, V, k, inv_tau, grad_scale)");
     static_assert(kernel::has_masked_cross_entropy_forward_backward<D, T>, "device lacks kernel: masked_cross_entropy_forward_backward(dev, d, accumulate, losses, logits, targets, mask, N, V, grad_scale)");
-    static_assert(kernel::has_attention_kl_forward_backward<D, T>, "device lacks kernel: attention_kl_forward_backward(dev, d, accumulate, losses, student, teacher, mask, B, Hs, Ht, T, grad_scale)");
+    static_assert(kernel::has_attention_kl_forward_backward<D, T>, "device lacks kernel: attention_kl_forward_backward(dev, d, accumulate, losses, student, teacher, mask, B, Hs, Ht, T, grad_scale, causal)");
     static_assert(kernel::has_relation_kl_forward_backward<D, T>, "device lacks kernel: relation_kl_forward_backward(dev, d, losses, student, teacher, mask, R, T, s_scale, t_scale, grad_scale)");
+    static_assert(kernel::has_cosine_embedding_forward_backward<D, T>, "device lacks kernel: cosine_embedding_forward_backward(dev, d, accumulate, losses, student, teacher, B, C, grad_scale)");
+    static_assert(kernel::has_embedding_mse_forward_backward<D, T>, "device lacks kernel: embedding_mse_forward_backward(dev, d, accumulate, losses, student, teacher, B, C, grad_scale)");
     static_assert(kernel::has_hidden_match_forward_backward<D, T>, "device lacks kernel: double hidden_match_forward_backward(dev, y, losses, g, mask, N, C, scale, cosine)");
     // clang-format on
     static constexpr bool value = true;

@@ -56,6 +56,8 @@
 #include "distill/loss.hpp"
 #include "distill/loss/attention_kl.hpp"
 #include "distill/loss/attention_relation.hpp"
+#include "distill/loss/cosine_embedding.hpp"
+#include "distill/loss/embedding_mse.hpp"
 #include "distill/loss/hard_ce.hpp"
 #include "distill/loss/hidden_mse.hpp"
 #include "distill/loss/jsd.hpp"

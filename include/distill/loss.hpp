@@ -5,7 +5,8 @@
 /// are in `docs/losses.md`; each term lives in its own header under `loss/`.
 ///
 /// **What a loss term represents.** A differentiable scalar of the student's outputs (logits,
-/// hidden states, attention maps, q|k|v projections) and the teacher's outputs for the same batch.
+/// pooled sentence embeddings, hidden states, attention maps, q|k|v projections) and the teacher's
+/// outputs for the same batch.
 /// One call computes the value *and* writes its gradient: the term adds `weight · ∂value/∂x` to the
 /// gradient sink of every student output `x` it reads. Several terms share the sinks, so gradients
 /// accumulate; the `Workspace` tracks which sinks were written this step so the first writer may
@@ -31,8 +32,10 @@
 /// **Reduction.** Every term is a *mean over the positions that count*: `mask(b,t) = 1` (prompt
 /// and padding positions are 0). Per-position terms average over those positions; attention terms
 /// average over mapped layers, heads and the query rows at those positions (every key ≤ t of a
-/// counted row is part of its distribution); hidden-state terms average over mapped layer pairs,
-/// counted positions and channels. With no counted position the value is 0 and the gradient 0.
+/// counted row is part of its distribution; every key for a bidirectional student,
+/// `model_dims::causal` false); hidden-state terms average over mapped layer pairs, counted
+/// positions and channels; pooled-embedding terms average over the B sequences (one row each, all
+/// counted). With no counted position the value is 0 and the gradient 0.
 ///
 /// **Laws** (tested in `tests/unit-losses.cpp`): value and gradient agree with PyTorch autograd and
 /// with finite differences; divergences are ≥ 0 and vanish when student and teacher agree;
@@ -95,6 +98,9 @@ struct model_dims {
     int n_layers = 0;    ///< L: hidden states 0..L, attention layers 0..L-1
     int n_heads = 0;     ///< H, attention heads per layer
     int qkv_width = 0;   ///< width of a q|k|v row: 3C, less with grouped-query attention; 0 = 3C
+    /// Whether query t attends to keys j ≤ t only (decoders); false for bidirectional encoders,
+    /// whose queries attend to every valid key.
+    bool causal = true;
 
     /// The q|k|v row width (3C unless the model says otherwise).
     int qkv() const noexcept { return qkv_width ? qkv_width : 3 * d_model; }
@@ -109,11 +115,13 @@ struct dims {
 };
 
 /// The `model_dims` of a config with `vocab_size`, `d_model`, `n_layers`, `n_heads` (and
-/// `qkv_width()` where q|k|v is not 3C wide), e.g. `student::TransformerConfig`.
+/// `qkv_width()` where q|k|v is not 3C wide, and a `static constexpr bool causal` where the model
+/// is not a causal decoder, e.g. `student::EncoderConfig`), e.g. `student::TransformerConfig`.
 template <class Config>
 model_dims model_dims_of_config(const Config& c) {
     model_dims d{c.vocab_size, c.d_model, c.n_layers, c.n_heads};
     if constexpr (requires { c.qkv_width(); }) d.qkv_width = c.qkv_width();
+    if constexpr (requires { Config::causal; }) d.causal = Config::causal;
     return d;
 }
 
@@ -139,6 +147,7 @@ dims dims_of(const Student& student, const Teacher& teacher, int max_batch) {
 template <class T>
 struct model_outputs {
     Tensor<const T> logits;                      ///< (B,T,V)
+    Tensor<const T> pooled;                      ///< (B,C): one embedding per sequence (sentence encoders)
     std::vector<Tensor<const T>> hidden_states;  ///< L+1 × (B,T,C): 0 embeddings, L after the final norm
     std::vector<Tensor<const T>> attentions;     ///< L × (B,H,T,T) probabilities, zeros above the diagonal
     std::vector<Tensor<const T>> qkv;            ///< L × (B,T,3C): q | k | v, head h in columns [h·C/H, (h+1)·C/H)
@@ -164,12 +173,20 @@ struct teacher_outputs : model_outputs<T> {
     double topk_temperature = 1.0;
 };
 
-/// Fills `out` with views of `model`'s last forward: logits, every hidden state, every attention
-/// map and, when the model has `qkv(l)`, every q|k|v projection. Reuses `out`'s vectors, so after
-/// the first call it does not allocate.
+/// Fills `out` with views of `model`'s last forward: its logits when it has `logits()`, its
+/// pooled embeddings when it has `pooled()`, every hidden state, every attention map and, when the
+/// model has `qkv(l)`, every q|k|v projection. Reuses `out`'s vectors, so after the first call it
+/// does not allocate.
 template <class T, class Model>
 void collect_outputs(const Model& model, model_outputs<T>& out) {
-    out.logits = model.logits();
+    if constexpr (requires { model.logits(); })
+        out.logits = model.logits();
+    else
+        out.logits = {};
+    if constexpr (requires { model.pooled(); })
+        out.pooled = model.pooled();
+    else
+        out.pooled = {};
     if constexpr (requires { model.keeps_activations(); })
         if (!model.keeps_activations()) {  // an inference-only network: its logits alone
             out.hidden_states.clear();
@@ -221,9 +238,13 @@ struct context {
     /// Multiplies every gradient a term writes (a `Sum` sets it to its weight for the term).
     T weight = T(1);
     Workspace<T, Device>* workspace = nullptr;
+    /// The batch's shape, B sequences of T positions (set by `Workspace::begin`; a model without
+    /// logits has them too).
+    int batch_size = 0;
+    int sequence_length = 0;
 
-    int batch() const noexcept { return static_cast<int>(student->logits.size(0)); }
-    int length() const noexcept { return static_cast<int>(student->logits.size(1)); }
+    int batch() const noexcept { return batch_size; }
+    int length() const noexcept { return sequence_length; }
     /// Whether position n = b·T + t counts.
     bool counts(std::int64_t n) const noexcept { return mask.empty() || mask.data()[n] != 0; }
     /// The mask as a pointer (nullptr: every position counts), the form the kernels take.
@@ -239,12 +260,16 @@ struct context {
 
     /// The gradient sink of the logits (B,T,V); see `sink::accumulate`.
     sink<T> d_logits() const { return workspace->logits_sink(); }
+    /// The gradient sink of the pooled embeddings (B,C) (the student's `grad_pooled()`), with the
+    /// same overwrite/accumulate semantics as `d_logits`.
+    sink<T> d_pooled() const { return workspace->pooled_sink(); }
     /// The sink of hidden state i (B,T,C), of attention map l (B,H,T,T), of q|k|v of layer l (B,T,3C).
     sink<T> d_hidden(int i) const { return workspace->hidden_sink(i); }
     sink<T> d_attention(int l) const { return workspace->attention_sink(l); }
     sink<T> d_qkv(int l) const { return workspace->qkv_sink(l); }
     /// The same sinks for terms that only add: zeroed on the first touch of the step.
     Tensor<T> d_logits_accumulate() const { return workspace->logits_accumulate(); }
+    Tensor<T> d_pooled_accumulate() const { return workspace->pooled_accumulate(); }
     Tensor<T> d_hidden_accumulate(int i) const { return workspace->hidden_accumulate(i); }
     Tensor<T> d_attention_accumulate(int l) const { return workspace->attention_accumulate(l); }
     Tensor<T> d_qkv_accumulate(int l) const { return workspace->qkv_accumulate(l); }
@@ -393,16 +418,22 @@ public:
                     term_needs<Loss, signal::qkv_t>, scratch_elements_of(loss), device) {}
 
     /// Starts a step on `student`'s last forward: the student's views, its `grad_logits()` as the
-    /// logits sink, and no sink written yet. `mask` and `labels` are (B,T) or empty.
+    /// logits sink and, for a sentence encoder, its `grad_pooled()` as the pooled sink (a student
+    /// may have either or both), and no sink written yet. `mask` and `labels` are (B,T) or empty.
     template <class Student>
     requires requires(const Student& s) {
-        s.grad_logits();
         s.hidden_state_count();
-    }
-    context<T, Device> begin(const Student& student, const teacher_outputs<T>& teacher,
-                             Tensor<const std::uint8_t> mask = {}, Tensor<const std::int32_t> labels = {}) {
+    } &&(
+        requires(const Student& s) { s.grad_logits(); } ||
+        requires(const Student& s) {
+            s.grad_pooled();
+        }) context<T, Device> begin(const Student& student, const teacher_outputs<T>& teacher,
+                                    Tensor<const std::uint8_t> mask = {}, Tensor<const std::int32_t> labels = {}) {
         collect_outputs(student, own_student_);
-        return begin(own_student_, student.grad_logits(), teacher, mask, labels);
+        Tensor<T> d_logits, d_pooled;
+        if constexpr (requires { student.grad_logits(); }) d_logits = student.grad_logits();
+        if constexpr (requires { student.grad_pooled(); }) d_pooled = student.grad_pooled();
+        return begin(own_student_, d_logits, d_pooled, teacher, mask, labels);
     }
 
     /// Starts a step on explicit views: `student` outputs and `d_logits`, the buffer `backward`
@@ -411,15 +442,46 @@ public:
                              Tensor<const std::uint8_t> mask = {}, Tensor<const std::int32_t> labels = {}) {
         if (student.logits.rank() != 3)
             throw shape_error("loss: the student's logits must be (B,T,V), got " + student.logits.shape_string());
-        B_ = static_cast<int>(student.logits.size(0));
-        T_ = static_cast<int>(student.logits.size(1));
+        return begin(student, d_logits, Tensor<T>{}, teacher, mask, labels);
+    }
+
+    /// Starts a step on explicit views of any student: `d_logits` (the shape of `student.logits`)
+    /// and `d_pooled` (the shape of `student.pooled`) are the buffers `backward` reads the
+    /// gradients from; each is empty exactly when the student has no such output. B and T come
+    /// from the logits (B,T,V) when there are any, else B from the pooled embeddings (B,C) and T
+    /// from hidden state 0 (B,T,C) or, without hidden states, from the mask (B,T), else T = 1.
+    context<T, Device> begin(const student_outputs<T>& student, Tensor<T> d_logits, Tensor<T> d_pooled,
+                             const teacher_outputs<T>& teacher, Tensor<const std::uint8_t> mask = {},
+                             Tensor<const std::int32_t> labels = {}) {
+        if (!student.logits.empty()) {
+            if (student.logits.rank() != 3)
+                throw shape_error("loss: the student's logits must be (B,T,V), got " + student.logits.shape_string());
+            B_ = static_cast<int>(student.logits.size(0));
+            T_ = static_cast<int>(student.logits.size(1));
+        } else if (!student.pooled.empty()) {
+            if (student.pooled.rank() != 2)
+                throw shape_error("loss: the student's pooled embeddings must be (B,C), got " +
+                                  student.pooled.shape_string());
+            B_ = static_cast<int>(student.pooled.size(0));
+            if (!student.hidden_states.empty() && student.hidden_states[0].rank() == 3)
+                T_ = static_cast<int>(student.hidden_states[0].size(1));
+            else if (mask.rank() == 2)
+                T_ = static_cast<int>(mask.size(1));
+            else
+                T_ = 1;  // embeddings only: one "position" per sequence
+        } else {
+            throw shape_error("loss: the student has neither logits (B,T,V) nor pooled embeddings (B,C)");
+        }
         if (B_ > dims_.max_batch || T_ > dims_.max_length)
             throw shape_error("loss: batch (B=" + std::to_string(B_) + ", T=" + std::to_string(T_) +
                               ") exceeds the workspace (max_batch=" + std::to_string(dims_.max_batch) +
                               ", max_length=" + std::to_string(dims_.max_length) + ")");
-        if (d_logits.numel() != student.logits.numel() || !d_logits.contiguous())
+        if (d_logits.numel() != student.logits.numel() || (!d_logits.empty() && !d_logits.contiguous()))
             throw shape_error("loss: the logits' gradient buffer has shape " + d_logits.shape_string() + ", expected " +
                               student.logits.shape_string());
+        if (d_pooled.numel() != student.pooled.numel() || (!d_pooled.empty() && !d_pooled.contiguous()))
+            throw shape_error("loss: the pooled embeddings' gradient buffer has shape " + d_pooled.shape_string() +
+                              ", expected " + student.pooled.shape_string());
         auto check_bt = [&](const auto& t, const char* what) {
             if (!t.empty() && (t.rank() != 2 || t.size(0) != B_ || t.size(1) != T_))
                 throw shape_error(std::string("loss: ") + what + " must be (B,T) = [" + std::to_string(B_) + ", " +
@@ -429,6 +491,8 @@ public:
         check_bt(labels, "the labels");
         d_logits_ = d_logits;
         logits_written_ = false;
+        d_pooled_ = d_pooled;
+        pooled_written_ = false;
         std::fill(hidden_state_.begin(), hidden_state_.end(), 0);
         std::fill(attention_state_.begin(), attention_state_.end(), 0);
         std::fill(qkv_state_.begin(), qkv_state_.end(), 0);
@@ -442,13 +506,20 @@ public:
         ctx.mask = mask;
         ctx.labels = labels;
         ctx.workspace = this;
+        ctx.batch_size = B_;
+        ctx.sequence_length = T_;
         return ctx;
     }
 
-    /// Ends the step: a logits gradient no term wrote becomes zeros (`backward` always reads it).
+    /// Ends the step: a logits or pooled gradient no term wrote becomes zeros (`backward` always
+    /// reads it).
     void finish() {
-        if (!logits_written_) dev_.fill_zero(d_logits_.data(), sizeof(T) * std::size_t(d_logits_.numel()));
+        if (!logits_written_ && !d_logits_.empty())
+            dev_.fill_zero(d_logits_.data(), sizeof(T) * std::size_t(d_logits_.numel()));
         logits_written_ = true;
+        if (!pooled_written_ && !d_pooled_.empty())
+            dev_.fill_zero(d_pooled_.data(), sizeof(T) * std::size_t(d_pooled_.numel()));
+        pooled_written_ = true;
     }
 
     /// The extra gradients for `student.backward(d_hidden(), d_attention(), d_qkv())`: one entry per
@@ -459,9 +530,17 @@ public:
 
     /// The sinks (see `context`). `accumulate` is false for the first writer of the step.
     sink<T> logits_sink() {
+        if (d_logits_.empty()) throw shape_error("loss: the student has no logits, so no logits gradient to write");
         const bool acc = logits_written_;
         logits_written_ = true;
         return {d_logits_, acc};
+    }
+    sink<T> pooled_sink() {
+        if (d_pooled_.empty())
+            throw shape_error("loss: the student has no pooled embeddings, so no pooled gradient to write");
+        const bool acc = pooled_written_;
+        pooled_written_ = true;
+        return {d_pooled_, acc};
     }
     sink<T> hidden_sink(int i) {
         return layer_sink(hidden_, hidden_state_, hidden_views_, i, "hidden-state", {B_, T_, dims_.student.d_model});
@@ -474,6 +553,7 @@ public:
         return layer_sink(qkv_, qkv_state_, qkv_views_, l, "qkv", {B_, T_, dims_.student.qkv()});
     }
     Tensor<T> logits_accumulate() { return zeroed(logits_sink()); }
+    Tensor<T> pooled_accumulate() { return zeroed(pooled_sink()); }
     Tensor<T> hidden_accumulate(int i) { return zeroed(hidden_sink(i)); }
     Tensor<T> attention_accumulate(int l) { return zeroed(attention_sink(l)); }
     Tensor<T> qkv_accumulate(int l) { return zeroed(qkv_sink(l)); }
@@ -516,8 +596,8 @@ private:
     std::vector<char> hidden_state_, attention_state_, qkv_state_;
     std::vector<Tensor<const T>> hidden_views_, attention_views_, qkv_views_;
     student_outputs<T> own_student_;
-    Tensor<T> d_logits_;
-    bool logits_written_ = true;
+    Tensor<T> d_logits_, d_pooled_;
+    bool logits_written_ = true, pooled_written_ = true;
     int B_ = 0, T_ = 0;
 };
 
@@ -525,30 +605,26 @@ private:
 
 // One static_assert for `Signal` of the term called `who` (a string literal): the library's
 // signals by name, any other signal type generically.
-#define DISTILL_LOSS_CHECK_SIGNAL_(who, Teacher_, Signal_)                                           \
-    if constexpr (::std::is_same_v<Signal_, ::distill::signal::tokens_t>)                            \
-        DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, "tokens")                                  \
-    else if constexpr (::std::is_same_v<Signal_, ::distill::signal::topk_logprobs_t>)                \
-        DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, "topk_logprobs")                           \
-    else if constexpr (::std::is_same_v<Signal_, ::distill::signal::logits_t>)                       \
-        DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, "logits")                                  \
-    else if constexpr (::std::is_same_v<Signal_, ::distill::signal::hidden_states_t>)                \
-        DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, "hidden_states")                           \
-    else if constexpr (::std::is_same_v<Signal_, ::distill::signal::attentions_t>)                   \
-        DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, "attentions")                              \
-    else if constexpr (::std::is_same_v<Signal_, ::distill::signal::qkv_t>)                          \
-        DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, "qkv")                                     \
-    else                                                                                             \
-        static_assert(::distill::teacher_provides<Teacher_, Signal_>,                                \
-                      "Loss: " who                                                                   \
-                      " needs a signal that the teacher does not provide (the note below names the " \
-                      "signal and the teacher); see docs/losses.md");
+#define DISTILL_LOSS_CHECK_SIGNAL_(who, Teacher_, Signal_)                                       \
+    DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, tokens)                                    \
+    DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, topk_logprobs)                             \
+    DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, logits)                                    \
+    DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, pooled)                                    \
+    DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, hidden_states)                             \
+    DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, attentions)                                \
+    DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, qkv)                                       \
+    static_assert(::distill::teacher_provides<Teacher_, Signal_>,                                \
+                  "Loss: " who                                                                   \
+                  " needs a signal that the teacher does not provide (the note below names the " \
+                  "signal and the teacher); see docs/losses.md");
 
-#define DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, sig)                                                \
-    {                                                                                                         \
-        static_assert(::distill::teacher_provides<Teacher_, Signal_>,                                         \
-                      "Loss: " who " needs " sig ", which the teacher does not provide; see docs/losses.md"); \
-    }
+// One link of that chain: the check of the library's signal `sig` (`signal::sig##_t`), named in
+// the message, and an `else` for the next link.
+#define DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, sig)                                                 \
+    if constexpr (::std::is_same_v<Signal_, ::distill::signal::sig##_t>) {                                     \
+        static_assert(::distill::teacher_provides<Teacher_, Signal_>,                                          \
+                      "Loss: " who " needs " #sig ", which the teacher does not provide; see docs/losses.md"); \
+    } else
 
 namespace detail {
 template <class>

@@ -34,7 +34,7 @@ using logits_t = signal_t<"logits">;                ///< full-vocabulary logits 
 using hidden_states_t = signal_t<"hidden_states">;  ///< hidden states, (B,T,C_teacher) per layer
 using attentions_t = signal_t<"attentions">;        ///< attention probabilities, (B,H,T,T) per layer
 using qkv_t = signal_t<"qkv">;                      ///< query/key/value projections, (B,T,3C) per layer
-using pooled_t = signal_t<"pooled">;                ///< one embedding per sequence, (B,C) (embedding models)
+using pooled_t = signal_t<"pooled">;                ///< one embedding per sequence, (B,C) (sentence encoders)
 
 inline constexpr auto tokens = boost::hana::type_c<tokens_t>;
 inline constexpr auto topk_logprobs = boost::hana::type_c<topk_logprobs_t>;

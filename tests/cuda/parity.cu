@@ -465,6 +465,33 @@ TEST_CASE("fused loss kernels match device::Reference (overwrite and accumulate,
     }
 }
 
+TEST_CASE("embedding kernels: cosine embedding and embedding MSE") {
+    const int B = 5, C = 300;  // C spans several 128-thread strides
+    auto s = randn<float>(std::size_t(B) * C, 80), t = randn<float>(s.size(), 81);
+    for (int c = 0; c < C; ++c) s[std::size_t(C) + c] = 0.0f;  // row 1: a zero student vector
+    DeviceVec<float> ds(gpu(), s), dt(gpu(), t);
+    for (bool acc : {false, true}) {
+        const auto init = randn<float>(s.size(), 82);
+        for (int which = 0; which < 2; ++which) {
+            DeviceVec<float> dd(gpu(), init), dl(gpu(), std::size_t(B));
+            auto d = init;
+            std::vector<float> losses(std::size_t(B));
+            if (which == 0) {
+                device::cosine_embedding_forward_backward(gpu(), dd.ptr, acc, dl.ptr, ds.ptr, dt.ptr, B, C, 0.3f);
+                device::cosine_embedding_forward_backward(device::Reference{}, d.data(), acc, losses.data(), s.data(),
+                                                          t.data(), B, C, 0.3f);
+            } else {
+                device::embedding_mse_forward_backward(gpu(), dd.ptr, acc, dl.ptr, ds.ptr, dt.ptr, B, C, 0.3f);
+                device::embedding_mse_forward_backward(device::Reference{}, d.data(), acc, losses.data(), s.data(),
+                                                       t.data(), B, C, 0.3f);
+            }
+            close(which == 0 ? "cosine embedding losses" : "embedding mse losses", dl.host(), losses, elementwise,
+                  1e-6);
+            close(which == 0 ? "cosine embedding grad" : "embedding mse grad", dd.host(), d, elementwise, 1e-6);
+        }
+    }
+}
+
 TEST_CASE("attention-transfer kernels: attention KL (grouped heads) and relation KL") {
     const int B = 2, Hs = 2, Ht = 4, Tn = 37;
     auto make_att = [&](int H, std::uint64_t seed) {
@@ -476,18 +503,19 @@ TEST_CASE("attention-transfer kernels: attention KL (grouped heads) and relation
     std::vector<std::uint8_t> mask(std::size_t(B) * Tn);
     for (std::size_t i = 0; i < mask.size(); ++i) mask[i] = i % 5 != 2;
     DeviceVec<float> das(gpu(), as), dat(gpu(), at);
-    for (bool acc : {false, true}) {
-        const auto init = randn<float>(as.size(), 72);
-        DeviceVec<float> dd(gpu(), init), dl(gpu(), mask.size());
-        auto d = init;
-        std::vector<float> losses(mask.size());
-        device::attention_kl_forward_backward(gpu(), dd.ptr, acc, dl.ptr, das.ptr, dat.ptr, mask.data(), B, Hs, Ht, Tn,
-                                              0.2f);
-        device::attention_kl_forward_backward(device::Reference{}, d.data(), acc, losses.data(), as.data(), at.data(),
-                                              mask.data(), B, Hs, Ht, Tn, 0.2f);
-        close("attention kl losses", dl.host(), losses, elementwise, 1e-7);
-        close("attention kl grad", dd.host(), d, elementwise, 1e-6);
-    }
+    for (bool causal : {true, false})  // not causal: every key; those above the diagonal carry 0 here
+        for (bool acc : {false, true}) {
+            const auto init = randn<float>(as.size(), 72);
+            DeviceVec<float> dd(gpu(), init), dl(gpu(), mask.size());
+            auto d = init;
+            std::vector<float> losses(mask.size());
+            device::attention_kl_forward_backward(gpu(), dd.ptr, acc, dl.ptr, das.ptr, dat.ptr, mask.data(), B, Hs, Ht,
+                                                  Tn, 0.2f, causal);
+            device::attention_kl_forward_backward(device::Reference{}, d.data(), acc, losses.data(), as.data(),
+                                                  at.data(), mask.data(), B, Hs, Ht, Tn, 0.2f, causal);
+            close("attention kl losses", dl.host(), losses, elementwise, 1e-7);
+            close("attention kl grad", dd.host(), d, elementwise, 1e-6);
+        }
     const int R = 3;
     const auto rs = randn<float>(std::size_t(R) * Tn * Tn, 73), rt = randn<float>(rs.size(), 74);
     DeviceVec<float> drs(gpu(), rs), drt(gpu(), rt), dd(gpu(), rs.size()), dl(gpu(), Tn);

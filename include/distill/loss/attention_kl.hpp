@@ -27,10 +27,12 @@ struct AttentionKLConfig {
 /// with the average of teacher heads [h·g, (h+1)·g), g = Ht/Hs — an average of distributions is a
 /// distribution, and grouping adjacent heads keeps each student head's target a blend of heads
 /// that shared a projection block. Ht must be a multiple of Hs (a `config_error` otherwise). With
-/// ā the grouped teacher row and a the student row of query t (keys j ≤ t):
+/// ā the grouped teacher row and a the student row of query t, over the keys j of t — j ≤ t for a
+/// causal student (`model_dims::causal`, a decoder), every j < T for a bidirectional one (an
+/// encoder; a padded key has probability 0 in both maps, so it adds 0 and gets gradient 0):
 ///
 ///   value = mean over layer pairs, student heads and counted query positions of
-///           KL(ā‖a) = Σ_{j≤t} ā_j (log ā_j − log a_j);
+///           KL(ā‖a) = Σ_j ā_j (log ā_j − log a_j);
 ///   ∂value/∂a_j = −ā_j / a_j / (pairs · Hs · count),
 ///
 /// written to the student's attention-map sink (gradients w.r.t. the probabilities, which the
@@ -45,7 +47,7 @@ public:
 
     /// Resolves the layer map and checks the head counts.
     explicit AttentionKL(const config& c = {}, const dims& d = {})
-        : term_base(c), Hs_(d.student.n_heads), Ht_(d.teacher.n_heads) {
+        : term_base(c), Hs_(d.student.n_heads), Ht_(d.teacher.n_heads), causal_(d.student.causal) {
         if (Hs_ < 1 || Ht_ < 1)
             throw config_error("attention_kl", "the student's and the teacher's n_heads must be known (got " +
                                                    std::to_string(Hs_) + " and " + std::to_string(Ht_) + ")");
@@ -78,7 +80,7 @@ public:
             const auto sink = ctx.d_attention(ls);
             attention_kl_forward_backward(ctx.device, sink.tensor.data(), sink.accumulate, ctx.rows(),
                                           S[std::size_t(ls)].data(), A[std::size_t(lt)].data(), ctx.mask_data(), B, Hs_,
-                                          Ht_, Tn, grad_scale);
+                                          Ht_, Tn, grad_scale, causal_);
             total += double(util::mean_rows(ctx.device, ctx.rows(), N, count)) / Hs_;
         }
         return static_cast<T>(total / double(pairs_.size()));
@@ -96,6 +98,7 @@ private:
     }
 
     int Hs_, Ht_;
+    bool causal_;  // the student's: keys j ≤ t, or every key
     std::vector<layer_pair> pairs_;
 };
 

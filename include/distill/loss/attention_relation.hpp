@@ -41,7 +41,8 @@ struct AttentionRelationConfig {
 /// attention heads — which is what lets teachers and students of any widths be paired (both widths
 /// must be multiples of R). Needs `qkv`. Config: `relation_heads` (R; 0 = the student's n_heads),
 /// `relations` (any of "query", "key", "value"; default all three), `layer_map` ("last" default,
-/// as MiniLMv2 transfers one layer; "uniform", "explicit") and `layers`.
+/// as MiniLMv2 transfers one layer; "uniform", "explicit") and `layers`. Causal students only (the
+/// relations are causal): a bidirectional student (`model_dims::causal` false) is a `config_error`.
 class AttentionRelation : public util::term_base<AttentionRelationConfig> {
 public:
     static constexpr char name[] = "attention_relation";
@@ -56,6 +57,10 @@ public:
         if (Cs_ < 1 || Ct_ < 1)
             throw config_error("attention_relation", "the student's and the teacher's d_model must be known (got " +
                                                          std::to_string(Cs_) + " and " + std::to_string(Ct_) + ")");
+        if (!d.student.causal)
+            throw config_error("attention_relation",
+                               "the student is bidirectional (not causal); the relation rows are causal (keys j <= t), "
+                               "so this term supports causal students only (use attention_kl for encoders)");
         if (R_ < 1) throw config_error("attention_relation.relation_heads", "must be >= 1, got " + std::to_string(R_));
         for (const auto& [who, m] :
              {std::pair<const char*, const model_dims&>{"student", d.student}, {"teacher", d.teacher}})

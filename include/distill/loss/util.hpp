@@ -57,6 +57,15 @@ inline void check_same_vocab(const char* term, const dims& d, const char* why = 
                                      (why ? std::string("; ") + why : std::string()));
 }
 
+/// Throws config_error at `term` when both models' widths (d_model) are known and differ: the
+/// term compares the two models' vectors element by element and has no projection between them.
+inline void check_same_width(const char* term, const dims& d) {
+    if (d.student.d_model && d.teacher.d_model && d.student.d_model != d.teacher.d_model)
+        throw config_error(term, "the teacher's width (d_model " + std::to_string(d.teacher.d_model) +
+                                     ") differs from the student's (" + std::to_string(d.student.d_model) +
+                                     "); this term has no projection, so both embeddings must be equally wide");
+}
+
 /// Throws shape_error unless `t` is a non-empty (B,T,·) tensor matching `like` in its first two
 /// dimensions and, when `last` >= 0, with `last` as its last dimension.
 template <class A, class B>
@@ -90,6 +99,31 @@ T mean_rows(const Device& dev, const T* rows, std::int64_t n, std::int64_t count
     return mean_rows(host.data(), n, count);
 }
 
+/// The run of a term over the pooled embeddings, one (B,C) row per sequence (`CosineEmbedding`,
+/// `EmbeddingMSE`): checks the student's and the teacher's pooled embeddings, calls
+/// `kernel(d, accumulate, losses, student, teacher, B, C, grad_scale)` with the pooled sink and
+/// grad_scale = weight / B, and returns the mean of the per-row values over the B rows (every row
+/// counts: the mask is per position, and each sequence has one embedding).
+template <class T, class Device, class Kernel>
+T pooled_rows(const char* term, const context<T, Device>& ctx, Kernel&& kernel) {
+    const auto& s = ctx.student->pooled;
+    const auto& t = ctx.teacher->pooled;
+    if (s.empty()) throw shape_error(std::string(term) + ": the student has no pooled embeddings");
+    if (t.empty())
+        throw shape_error(std::string(term) +
+                          ": the teacher's pooled embeddings are missing (the teacher source filled no such tensor)");
+    if (s.rank() != 2 || !s.contiguous())
+        throw shape_error(std::string(term) + ": the student's pooled embeddings have shape " + s.shape_string() +
+                          ", expected (B,C) (contiguous)");
+    if (t.rank() != 2 || t.size(0) != s.size(0) || t.size(1) != s.size(1) || !t.contiguous())
+        throw shape_error(std::string(term) + ": the teacher's pooled embeddings have shape " + t.shape_string() +
+                          ", expected " + s.shape_string() + " (contiguous)");
+    const int B = static_cast<int>(s.size(0)), C = static_cast<int>(s.size(1));
+    const auto sink = ctx.d_pooled();
+    kernel(sink.tensor.data(), sink.accumulate, ctx.rows(), s.data(), t.data(), B, C, ctx.weight / T(B ? B : 1));
+    return mean_rows(ctx.device, ctx.rows(), B, B);
+}
+
 /// The run of a divergence between the student's and the teacher's logits at temperature τ
 /// (`SoftKL`, `ReverseKL`, `JSD`): checks the teacher's logits against the student's (B,T,V), calls
 /// `kernel(d, accumulate, student, teacher, N, V, 1/τ, grad_scale)` with the logits' sink, N = B·T
@@ -108,6 +142,24 @@ T tempered_logits(const char* term, const context<T, Device>& ctx, double temper
            ctx.weight * factor / T(count ? count : 1));
     return factor * mean_rows(ctx.device, ctx.rows(), N, count);
 }
+
+/// The base of the pooled-embedding terms (`CosineEmbedding`, `EmbeddingMSE`): the constructor
+/// checks that both widths agree when known (`check_same_width`); the call runs `pooled_rows` with
+/// `Derived::kernel(dev, d, accumulate, losses, student, teacher, B, C, grad_scale)`, the term's
+/// kernel.
+template <class Derived, class Config>
+class pooled_embedding_term : public term_base<Config> {
+public:
+    explicit pooled_embedding_term(const Config& c = {}, const dims& d = {}) : term_base<Config>(c) {
+        check_same_width(Derived::name, d);
+    }
+
+    /// The value; adds its gradient (times `ctx.weight`) to the pooled sink.
+    template <class T, class Device>
+    T operator()(const context<T, Device>& ctx) {
+        return pooled_rows(Derived::name, ctx, [&](auto&&... args) { Derived::kernel(ctx.device, args...); });
+    }
+};
 
 /// The base of the divergences between the student's and the teacher's logits at temperature τ
 /// (`SoftKL`, `ReverseKL`, `JSD`): the constructor checks the temperature (`<name>.temperature`)

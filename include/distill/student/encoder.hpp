@@ -48,6 +48,9 @@ struct EncoderConfig {
     int d_ff = 1536;                ///< MLP hidden width F (intermediate_size)
     double layer_norm_eps = 1e-12;  ///< every LayerNorm's epsilon (BERT: 1e-12)
     std::string pooling = "mean";   ///< "mean" (over valid tokens) or "cls" (the first token)
+    /// Queries attend to every valid key (bidirectional), not only to earlier ones: read by
+    /// `loss::model_dims_of_config` (attention terms sum over every key of a counted query).
+    static constexpr bool causal = false;
 
     /// Throws `config_error` naming the first field out of range. The upper bounds are far beyond any
     /// published encoder; configs come from downloaded files, and the bounds keep every size computed

@@ -233,6 +233,19 @@ void for_rows(int threads, T* d, bool accumulate, T* losses, const std::uint8_t*
         N * width >= parallel_threshold);
 }
 
+// Runs losses[b] = row(d_b, accumulate, s_b, t_b, C, grad_scale) for the B rows of (B,C)
+// embeddings on the device's threads (the pooled-embedding kernels).
+template <class Dev, class T, class Row>
+void embedding_rows(const Dev& dev, Row row, T* d, bool accumulate, T* losses, const T* student, const T* teacher,
+                    int B, int C, T grad_scale) {
+    distill::detail::parallel_for(
+        dev.threads(), B,
+        [&](std::int64_t b) {
+            losses[b] = row(d + b * C, accumulate, student + b * C, teacher + b * C, C, grad_scale);
+        },
+        std::int64_t(B) * C >= parallel_threshold);
+}
+
 }  // namespace detail
 
 }  // namespace distill::device
@@ -613,12 +626,12 @@ void masked_cross_entropy_forward_backward(const Cpu& dev, T* d, bool accumulate
         N * V >= parallel_threshold);
 }
 
-/// Attention-map KL with grouped teacher heads (see the Reference kernel), parallel over query
-/// positions (b,t); each handles every student head of its row, so the loss needs no reduction
-/// across threads.
+/// Attention-map KL with grouped teacher heads (see the Reference kernel; keys j ≤ t when
+/// `causal`, every key otherwise), parallel over query positions (b,t); each handles every student
+/// head of its row, so the loss needs no reduction across threads.
 template <class T>
 void attention_kl_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losses, const T* student, const T* teacher,
-                                   const std::uint8_t* mask, int B, int Hs, int Ht, int Tn, T grad_scale) {
+                                   const std::uint8_t* mask, int B, int Hs, int Ht, int Tn, T grad_scale, bool causal) {
     using namespace detail;
     const int g = Ht / Hs;
     const T tiny = std::numeric_limits<T>::min();
@@ -627,7 +640,7 @@ void attention_kl_forward_backward(const Cpu& dev, T* d, bool accumulate, T* los
         dev.threads(), rows,
         [&](std::int64_t bt) {
             const std::int64_t b = bt / Tn;
-            const int t = static_cast<int>(bt % Tn), len = t + 1;
+            const int t = static_cast<int>(bt % Tn), len = causal ? t + 1 : Tn;
             const bool counts = !mask || mask[bt];
             T kl = 0;
             alignas(64) T at_buf[chunk];
@@ -696,6 +709,25 @@ template <class T>
 double hidden_match_forward_backward(const Cpu&, T* y, T* losses, const T* g, const std::uint8_t* mask, std::int64_t N,
                                      int C, T scale, bool cosine) {
     return hidden_match_forward_backward(Reference{}, y, losses, g, mask, N, C, scale, cosine);
+}
+
+/// Cosine embedding rows (see the Reference kernel): the Reference's row, rows spread over the
+/// threads (static schedule; each row is summed in order in double, so the result does not depend
+/// on the thread count). B·C is one embedding per sequence — small next to the encoder's GEMMs.
+template <class T>
+void cosine_embedding_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losses, const T* student,
+                                       const T* teacher, int B, int C, T grad_scale) {
+    detail::embedding_rows(dev, detail::cosine_embedding_row<T>, d, accumulate, losses, student, teacher, B, C,
+                           grad_scale);
+}
+
+/// Embedding MSE rows (see the Reference kernel), rows spread over the threads as
+/// `cosine_embedding_forward_backward`.
+template <class T>
+void embedding_mse_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losses, const T* student,
+                                    const T* teacher, int B, int C, T grad_scale) {
+    detail::embedding_rows(dev, detail::embedding_mse_row<T>, d, accumulate, losses, student, teacher, B, C,
+                           grad_scale);
 }
 
 }  // namespace distill::device

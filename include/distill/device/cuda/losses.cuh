@@ -263,10 +263,11 @@ __global__ void masked_ce_kernel(T* d, bool accumulate, T* losses, const T* logi
         store_grad(dr[j], T(double(grad_scale) * (exp(double(x[j]) - lse) - (j == target ? 1.0 : 0.0))), accumulate);
 }
 
-// Attention-map KL, one block per position (b, t), heads in order, threads over keys.
+// Attention-map KL, one block per position (b, t), heads in order, threads over keys (j ≤ t when
+// `causal`, all T otherwise).
 template <class T>
 __global__ void attention_kl_kernel(T* d, bool accumulate, T* losses, const T* student, const T* teacher,
-                                    const std::uint8_t* mask, int Hs, int Ht, int Tn, T grad_scale) {
+                                    const std::uint8_t* mask, int Hs, int Ht, int Tn, T grad_scale, bool causal) {
     __shared__ double sd[32];
     const std::int64_t bt = blockIdx.x;
     const int b = static_cast<int>(bt / Tn), t = static_cast<int>(bt % Tn), g = Ht / Hs;
@@ -283,7 +284,7 @@ __global__ void attention_kl_kernel(T* d, bool accumulate, T* losses, const T* s
                 continue;
             }
             T gr = 0;
-            if (j <= t) {
+            if (!causal || j <= t) {
                 const T at = detail::grouped_teacher_prob(teacher, b, h, g, Ht, t, Tn, j);
                 const T as = a[j] > tiny ? a[j] : tiny;
                 if (at > 0) kl += double(at) * double(log(at) - log(as));
@@ -377,6 +378,42 @@ __global__ void hidden_match_kernel(T* y, T* losses, const T* g, const std::uint
     if (threadIdx.x == 0) losses[n] = T(1) - cs;
 }
 
+// The pooled-embedding rows, one block per row b of student, teacher, d (B,C); losses (B). Cosine:
+// the three sums (s·t, |s|², |t|²) in double through block reductions, then the gradient (see
+// the Reference's cosine_embedding_row); else the MSE row, Σ (s − t)² in double.
+template <bool Cosine, class T>
+__global__ void embedding_kernel(T* d, bool accumulate, T* losses, const T* student, const T* teacher, int C,
+                                 T grad_scale) {
+    __shared__ double sd[32];
+    const std::int64_t b = blockIdx.x;
+    const T* s = student + b * C;
+    const T* t = teacher + b * C;
+    T* dr = d + b * C;
+    double dot = 0, ss = 0, tt = 0;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        const double x = s[c], y = t[c];
+        if constexpr (Cosine) {
+            dot += x * y, ss += x * x, tt += y * y;
+        } else {
+            ss += (x - y) * (x - y);
+            store_grad(dr[c], T(double(grad_scale) * 2.0 * (x - y) / double(C)), accumulate);
+        }
+    }
+    ss = block_sum(ss, sd);
+    if constexpr (!Cosine) {
+        if (threadIdx.x == 0) losses[b] = T(ss / double(C));
+    } else {
+        dot = block_sum(dot, sd);
+        tt = block_sum(tt, sd);
+        const double eps = 1e-8, norm_s = sqrt(ss), ns = fmax(norm_s, eps), nt = fmax(sqrt(tt), eps);
+        const double cs = dot / (ns * nt);
+        const double k2 = norm_s > 0 ? cs / (ns * norm_s) : 0.0;
+        for (int c = threadIdx.x; c < C; c += blockDim.x)
+            store_grad(dr[c], T(-double(grad_scale) * (double(t[c]) / (ns * nt) - k2 * double(s[c]))), accumulate);
+        if (threadIdx.x == 0) losses[b] = T(1.0 - cs);
+    }
+}
+
 }  // namespace detail
 
 /// Forward KL per row fused with its gradient (see the Reference): student, teacher, d (N,V);
@@ -438,16 +475,16 @@ void masked_cross_entropy_forward_backward(const Cuda& dev, T* d, bool accumulat
                         accumulate, losses, logits, tg, m, V, grad_scale);
 }
 
-/// Attention-map KL with grouped teacher heads (see the Reference): student, d (B,Hs,T,T);
-/// teacher (B,Ht,T,T); mask, losses (B,T). One block per position.
+/// Attention-map KL with grouped teacher heads (see the Reference; keys j ≤ t when `causal`, all
+/// otherwise): student, d (B,Hs,T,T); teacher (B,Ht,T,T); mask, losses (B,T). One block per position.
 template <class T>
 void attention_kl_forward_backward(const Cuda& dev, T* d, bool accumulate, T* losses, const T* student,
                                    const T* teacher, const std::uint8_t* mask, int B, int Hs, int Ht, int Tn,
-                                   T grad_scale) {
+                                   T grad_scale, bool causal) {
     if (B * Tn <= 0) return;
     const std::uint8_t* m = dev.on_device(mask, std::size_t(B) * Tn, detail::slot_mask);
     DISTILL_CUDA_LAUNCH(detail::attention_kl_kernel, B * Tn, 128, dev.stream(), d, accumulate, losses, student, teacher,
-                        m, Hs, Ht, Tn, grad_scale);
+                        m, Hs, Ht, Tn, grad_scale, causal);
 }
 
 /// Causal relation rows of one sequence (MiniLMv2; see the Reference): student, teacher, d
@@ -478,6 +515,25 @@ double hidden_match_forward_backward(const Cuda& dev, T* y, T* losses, const T* 
     double value = 0;
     for (std::int64_t n = 0; n < N; ++n) value += double(rows[n]);
     return value;
+}
+
+/// Cosine embedding rows (see the Reference): student, teacher, d (B,C) in device memory; losses
+/// (B). One block of 128 threads per row.
+template <class T>
+void cosine_embedding_forward_backward(const Cuda& dev, T* d, bool accumulate, T* losses, const T* student,
+                                       const T* teacher, int B, int C, T grad_scale) {
+    if (B > 0)
+        DISTILL_CUDA_LAUNCH(detail::embedding_kernel<true>, static_cast<unsigned>(B), 128, dev.stream(), d, accumulate,
+                            losses, student, teacher, C, grad_scale);
+}
+
+/// Embedding MSE rows (see the Reference): as `cosine_embedding_forward_backward`.
+template <class T>
+void embedding_mse_forward_backward(const Cuda& dev, T* d, bool accumulate, T* losses, const T* student,
+                                    const T* teacher, int B, int C, T grad_scale) {
+    if (B > 0)
+        DISTILL_CUDA_LAUNCH(detail::embedding_kernel<false>, static_cast<unsigned>(B), 128, dev.stream(), d, accumulate,
+                            losses, student, teacher, C, grad_scale);
 }
 
 }  // namespace distill::device

@@ -133,6 +133,39 @@ DISTILL_HD T grouped_teacher_prob(const T* teacher, int b, int h, int g, int Ht,
     return at;
 }
 
+// One row of `cosine_embedding_forward_backward` (see there): writes the row's gradient to d[0..C)
+// and returns 1 − cos. Shared with device::Cpu, which runs rows in parallel.
+template <class T>
+T cosine_embedding_row(T* d, bool accumulate, const T* s, const T* t, int C, T grad_scale) {
+    using A = acc_t<T>;
+    const A eps = A(1e-8);
+    A dot = 0, ss = 0, tt = 0;
+    for (int c = 0; c < C; ++c) {
+        dot += A(s[c]) * A(t[c]);
+        ss += A(s[c]) * A(s[c]);
+        tt += A(t[c]) * A(t[c]);
+    }
+    const A norm_s = std::sqrt(ss), ns = std::max(norm_s, eps), nt = std::max(std::sqrt(tt), eps);
+    const A cos = dot / (ns * nt);
+    const A k2 = norm_s > 0 ? cos / (ns * norm_s) : A(0);
+    for (int c = 0; c < C; ++c) store(d[c], -A(grad_scale) * (A(t[c]) / (ns * nt) - k2 * A(s[c])), accumulate);
+    return static_cast<T>(A(1) - cos);
+}
+
+// One row of `embedding_mse_forward_backward` (see there): writes the row's gradient to d[0..C)
+// and returns Σ (s − t)² / C.
+template <class T>
+T embedding_mse_row(T* d, bool accumulate, const T* s, const T* t, int C, T grad_scale) {
+    using A = acc_t<T>;
+    A sq = 0;
+    for (int c = 0; c < C; ++c) {
+        const A r = A(s[c]) - A(t[c]);
+        sq += r * r;
+        store(d[c], A(grad_scale) * A(2) * r / A(C), accumulate);
+    }
+    return static_cast<T>(sq / A(C));
+}
+
 }  // namespace detail
 
 /// Forward KL per row, fused with its gradient (torch: kl_div(log_softmax(s/τ), log_softmax(t/τ),
@@ -316,16 +349,18 @@ void masked_cross_entropy_forward_backward(const Reference&, T* d, bool accumula
 
 /// Attention-map KL with grouped teacher heads, per query row, with the gradient on the student's
 /// attention probabilities. Student head h is matched with the mean of teacher heads
-/// [h·g, (h+1)·g), g = Ht/Hs. For a counted position (b,t):
-///   losses[b·T+t] = Σ_h KL(ā_{h,t} ‖ a_{h,t}) over keys j ≤ t,
-///   ∂/∂a_{h,t,j} = -ā_{h,t,j} / a_{h,t,j}  (keys j ≤ t; zero above the diagonal),
+/// [h·g, (h+1)·g), g = Ht/Hs. The keys of query t are j ≤ t when `causal` (a decoder), every
+/// j < T otherwise (a bidirectional encoder: a padded key has probability 0 in both maps, so it
+/// adds 0 and gets gradient 0). For a counted position (b,t):
+///   losses[b·T+t] = Σ_h KL(ā_{h,t} ‖ a_{h,t}) over its keys j,
+///   ∂/∂a_{h,t,j} = -ā_{h,t,j} / a_{h,t,j}  (its keys; zero elsewhere, e.g. above the diagonal),
 /// with a clamped below at the smallest normal number, so a probability that underflowed to 0
 /// gives a large finite value and a gradient the softmax backward multiplies by 0.
 /// student, d: (B,Hs,T,T); teacher: (B,Ht,T,T); mask, losses: (B,T).
 template <class T>
 void attention_kl_forward_backward(const Reference&, T* d, bool accumulate, T* losses, const T* student,
                                    const T* teacher, const std::uint8_t* mask, int B, int Hs, int Ht, int Tn,
-                                   T grad_scale) {
+                                   T grad_scale, bool causal) {
     using namespace detail;
     const int g = Ht / Hs;
     const T tiny = std::numeric_limits<T>::min();
@@ -344,7 +379,7 @@ void attention_kl_forward_backward(const Reference&, T* d, bool accumulate, T* l
                 }
                 for (int j = 0; j < Tn; ++j) {
                     T gr = 0;
-                    if (j <= t) {
+                    if (!causal || j <= t) {
                         const T at = grouped_teacher_prob(teacher, b, h, g, Ht, t, Tn, j);
                         const T as = std::max(a[j], tiny);
                         if (at > 0) kl += at * (std::log(at) - std::log(as));
@@ -436,6 +471,35 @@ double hidden_match_forward_backward(const Reference&, T* y, T* losses, const T*
         value += row;
     }
     return value;
+}
+
+/// Cosine embedding rows (the kernel of `loss::CosineEmbedding`): student, teacher, d (B,C) —
+/// one embedding per sequence — and losses (B). Every row counts. With ε = 1e-8,
+/// n_s = max(|s|, ε), n_t = max(|t|, ε) and cos = s·t / (n_s n_t):
+///   losses[b] = 1 − cos,
+///   d[b] = (or +=) −grad_scale (t / (n_s n_t) − cos s / (n_s |s|)), the second part 0 where |s| = 0
+/// — torch 2.x's `1 − F.cosine_similarity(s, t, dim=-1)` and its autograd (the norms are clamped
+/// without a gradient through the clamp, so below ε the derivative of |s| is still s/|s|). Sums in
+/// at least double.
+template <class T>
+void cosine_embedding_forward_backward(const Reference&, T* d, bool accumulate, T* losses, const T* student,
+                                       const T* teacher, int B, int C, T grad_scale) {
+    for (int b = 0; b < B; ++b)
+        losses[b] = detail::cosine_embedding_row(d + std::int64_t(b) * C, accumulate, student + std::int64_t(b) * C,
+                                                 teacher + std::int64_t(b) * C, C, grad_scale);
+}
+
+/// Embedding MSE rows (the kernel of `loss::EmbeddingMSE`): student, teacher, d (B,C), losses (B).
+/// Every row counts:
+///   losses[b] = Σ_c (s − t)² / C  (summed in at least double),
+///   d[b] = (or +=) grad_scale · 2 (s − t) / C
+/// — a term's value Σ_b losses / B is torch's `F.mse_loss(s, t)` (the mean over B·C).
+template <class T>
+void embedding_mse_forward_backward(const Reference&, T* d, bool accumulate, T* losses, const T* student,
+                                    const T* teacher, int B, int C, T grad_scale) {
+    for (int b = 0; b < B; ++b)
+        losses[b] = detail::embedding_mse_row(d + std::int64_t(b) * C, accumulate, student + std::int64_t(b) * C,
+                                              teacher + std::int64_t(b) * C, C, grad_scale);
 }
 
 }  // namespace distill::device

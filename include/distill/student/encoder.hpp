@@ -38,7 +38,6 @@ namespace distill::student {
 /// Shape of an `Encoder`. Keys are the JSON keys of a job's `student` object; `io::hf::encoder_config`
 /// maps transformers' BERT config.json onto it.
 struct EncoderConfig {
-    static constexpr bool causal = false;  ///< every token attends to every token (loss::model_dims)
     int vocab_size = 30522;         ///< word-piece ids the model knows
     int context_length = 512;       ///< longest sequence (max_position_embeddings)
     int type_vocab_size = 2;        ///< token types (segment A/B)

@@ -249,7 +249,9 @@ int status(const Options& o) {
     }
     const auto& g = s["generate"];
     std::printf("run: %s\n", o.target.c_str());
-    if (g.contains("examples"))
+    if (g.contains("skipped"))
+        std::printf("generate  %s\n", g.value("skipped", "").c_str());
+    else if (g.contains("examples"))
         std::printf("generate  %s (%lld prompts: %lld answers kept, %lld rejected, %lld failed)\n",
                     g.value("done", false) ? "done" : "incomplete", g.value("examples", 0LL), g.value("kept", 0LL),
                     g.value("rejected", 0LL), g.value("failed", 0LL));
@@ -257,6 +259,10 @@ int status(const Options& o) {
         std::printf("generate  not started\n");
     for (const char* name : {"student", "baseline"}) {
         const auto& f = s[name];
+        if (f.contains("skipped")) {
+            std::printf("%-9s %s\n", name, f.value("skipped", "").c_str());
+            continue;
+        }
         std::printf("%-9s %s", name, f.value("done", false) ? "done" : f.contains("step") ? "training" : "not started");
         if (f.contains("step")) std::printf(" (step %lld, loss %.4f", f.value("step", 0LL), f.value("loss", 0.0));
         if (f.contains("validation_loss")) std::printf(", validation %.4f", f.value("validation_loss", 0.0));

@@ -235,9 +235,10 @@ int main(int argc, char** argv) try {
     teacher::EncoderModelConfig teacher_config;
     io::from_json(job.teacher_config(), teacher_config, "teacher");
     teacher::EncoderModel<> teacher(teacher_config, cpu);
-    Distiller<teacher::EncoderModel<>, student::Encoder,
-              loss::Sum<loss::CosineEmbedding, loss::EmbeddingMSE, loss::AttentionKL>, optim::AdamW>
-        d(job, teacher, cpu);
+    // the loss type of `distill run` (apps/distill.cpp): the job's fingerprints are then the same, so
+    // either program resumes or skips what the other did
+    using Loss = loss::Sum<loss::CosineEmbedding, loss::EmbeddingMSE, loss::AttentionKL, loss::HiddenMSE>;
+    Distiller<teacher::EncoderModel<>, student::Encoder, Loss, optim::AdamW> d(job, teacher, cpu);
     const auto report = d.run();
     std::cout << "\n" << report.value("summary", "") << "\nreport: " << (d.output_dir() / "report.md").string()
               << "\n";

@@ -141,6 +141,13 @@ TEST_CASE("embedding task: a BERT teacher distilled into a 1-layer encoder throu
     CHECK(tensor(trained, "encoder.layer.0.attention.self.query.weight") !=
           tensor(original, "encoder.layer.1.attention.self.query.weight"));
 
+    // `distill status` reads the run back: no generate stage, no baseline run, the report's metric
+    const auto status = run_status(d.output_dir());
+    CHECK(status["task_type"] == "embedding");
+    CHECK(status["generate"]["done"] == true);
+    CHECK(status["student"]["done"] == true);
+    CHECK(status["evaluate"]["student"].get<double>() == doctest::Approx(student));
+
     // a second run finds every stage complete and returns the same report
     EmbeddingDistiller again(job, teacher, cpu, {.quiet = true});
     CHECK(again.run() == report);

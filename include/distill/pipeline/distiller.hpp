@@ -27,6 +27,11 @@
 /// only top-k log-probabilities takes them from the generate stage's `synthetic.topk` (offline);
 /// token-level terms read the teacher's answers, which are the training sequences either way.
 ///
+/// **Two kinds of run**, chosen by the student: a `sequence_model` (`student::Transformer`) learns a
+/// `teacher_source`'s answers through the stages below; an `embedding_model` (`student::Encoder`)
+/// learns an `embedding_teacher`'s sentence embeddings (`task_type` "embedding",
+/// pipeline/embedding.hpp: the same job file, loss terms, finetune loop and run directory).
+///
 /// **The rooms.** The constructor reads and checks the whole job into a `RunSetup`
 /// (pipeline/setup.hpp); each stage is its own header and reads only that: `generate_stage`
 /// (pipeline/generate.hpp), `FinetuneStage` (pipeline/finetune_stage.hpp, over the loop in
@@ -71,8 +76,10 @@
 namespace distill {
 
 /// The generate → finetune → evaluate pipeline of one job (see the file comment).
-/// @tparam Teacher a `teacher_source` (e.g. `teacher::Model<student::Transformer>`, `teacher::OpenAI<>`).
-/// @tparam Student a class template `Student<T, Device>` that is a `student_model` (`student::Transformer`).
+/// @tparam Teacher a `teacher_source` (e.g. `teacher::Model<student::Transformer>`, `teacher::OpenAI<>`), or
+///         for an embedding student an `embedding_teacher` (`teacher::EncoderModel<>`).
+/// @tparam Student a class template `Student<T, Device>` that is a `student_model` (`student::Transformer`,
+///         `student::Encoder`).
 /// @tparam Loss a `loss_policy` (a term or a `loss::Sum`); rebound to float on `Device`.
 /// @tparam Optimizer a class template `Optimizer<T, Device>` that is an `optimizer_policy` (`optim::AdamW`).
 /// @tparam Device a `device_policy` (`device::Cpu`).

@@ -178,14 +178,16 @@ nlohmann::ordered_json embedding_speed(Model& model, const SentenceRows& rows, i
     return j;
 }
 
-/// Parameters of an encoder config, and those outside its embedding tables.
+/// Parameters of an encoder config, those outside its embedding tables, and the bytes of its
+/// checkpoint (0: none written, left out).
 template <class Config>
 nlohmann::ordered_json encoder_size(const Config& c, std::uintmax_t checkpoint_bytes) {
     const std::int64_t embedding = (std::int64_t(c.vocab_size) + c.context_length + c.type_vocab_size) * c.d_model;
-    return {{"layers", c.n_layers},
-            {"parameters", c.parameter_count()},
-            {"non_embedding_parameters", c.parameter_count() - embedding},
-            {"checkpoint_bytes", checkpoint_bytes}};
+    nlohmann::ordered_json j = {{"layers", c.n_layers},
+                                {"parameters", c.parameter_count()},
+                                {"non_embedding_parameters", c.parameter_count() - embedding}};
+    if (checkpoint_bytes > 0) j["checkpoint_bytes"] = checkpoint_bytes;
+    return j;
 }
 
 }  // namespace detail
@@ -462,8 +464,12 @@ private:
                    << " ms | " << m["speed"]["sentences_per_s"].get<double>();
             else
                 md << "– | –";
-            md << " | " << m["size"]["layers"] << " | " << m["size"]["parameters"] << " | "
-               << m["size"]["checkpoint_bytes"] << " |\n";
+            md << " | " << m["size"]["layers"] << " | " << m["size"]["parameters"] << " | ";
+            if (m["size"].contains("checkpoint_bytes"))
+                md << m["size"]["checkpoint_bytes"];
+            else
+                md << "–";
+            md << " |\n";
         }
         md << "\n" << r["summary"].get<std::string>() << "\n";
         return md.str();

@@ -22,6 +22,7 @@
 #include <fstream>
 #include <iterator>
 #include <string>
+#include <string_view>
 
 #include <nlohmann/json.hpp>
 
@@ -144,7 +145,12 @@ inline nlohmann::ordered_json run_status(const std::filesystem::path& output_dir
     const RunDir dir(output_dir);
     nlohmann::ordered_json s;
     s["output_dir"] = output_dir.string();
-    if (fs::exists(dir.generate_report())) {
+    const fs::path job = output_dir / "job.json";
+    s["task_type"] = fs::exists(job) ? detail::read_json_file(job).value("task_type", "conversation") : "";
+    const bool embedding = s["task_type"] == "embedding";
+    if (embedding) {  // the teacher embeds each batch during finetune: no generate stage, no baseline run
+        s["generate"] = {{"done", true}, {"skipped", "nothing to generate for the embedding task"}};
+    } else if (fs::exists(dir.generate_report())) {
         const auto r = detail::read_json_file(dir.generate_report());
         // the report counts one invocation; the files count every run
         auto count_lines = [&](const fs::path& path) {
@@ -163,6 +169,10 @@ inline nlohmann::ordered_json run_status(const std::filesystem::path& output_dir
         s["generate"] = {{"done", false}};
     }
     for (const char* name : {"student", "baseline"}) {
+        if (embedding && std::string_view(name) == "baseline") {
+            s[name] = {{"done", true}, {"skipped", "the embedding task's baseline is the student as initialized"}};
+            continue;
+        }
         nlohmann::ordered_json f = {{"done", fs::exists(dir.done(name))}};
         if (std::ifstream in(dir.metrics(name)); in) {
             std::string line, last_train, last_val;

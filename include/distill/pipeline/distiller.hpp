@@ -176,8 +176,8 @@ public:
         }
     }
 
-    /// Trains the distilled student and the baseline; see `FinetuneStage`. Needs the generate
-    /// stage's output. Returns a summary of both runs.
+    /// Trains the distilled student and the baseline; see `FinetuneStage` (`EmbeddingStages` for an
+    /// embedding student). Needs the generate stage's output. Returns a summary of both runs.
     nlohmann::ordered_json finetune() {
         s_.dir.write_job_copy(s_.job);
         if constexpr (embedding)
@@ -187,7 +187,7 @@ public:
     }
 
     /// Measures the teacher, the baseline and the distilled student on the test set and writes the
-    /// report; see `EvaluateStage`. Returns report.json's object.
+    /// report; see `EvaluateStage` (`EmbeddingStages`). Returns report.json's object.
     nlohmann::ordered_json evaluate() {
         s_.dir.write_job_copy(s_.job);
         if constexpr (embedding)

@@ -475,7 +475,7 @@ TEST_CASE("embedding kernels: cosine embedding and embedding MSE") {
         for (int which = 0; which < 2; ++which) {
             DeviceVec<float> dd(gpu(), init), dl(gpu(), std::size_t(B));
             auto d = init;
-            std::vector<float> losses(std::size_t(B));
+            std::vector<float> losses(static_cast<std::size_t>(B));
             if (which == 0) {
                 device::cosine_embedding_forward_backward(gpu(), dd.ptr, acc, dl.ptr, ds.ptr, dt.ptr, B, C, 0.3f);
                 device::cosine_embedding_forward_backward(device::Reference{}, d.data(), acc, losses.data(), s.data(),

@@ -44,6 +44,11 @@ void write_teacher(const std::filesystem::path& dir) {
     c.d_ff = 64;
     student::Encoder<float, device::Cpu> m(c, 1, 1);
     m.init(7);
+    // BERT's N(0, 0.02) leaves the embeddings nearly unchanged through the blocks; weights 10x larger
+    // make each layer matter, so a student of one of them starts measurably far from the teacher
+    for (const auto& p : m.parameters())
+        if (p.name.starts_with("encoder.layer.") && p.kind == parameter_kind::weight)
+            for (std::int64_t i = 0; i < p.value.numel(); ++i) p.value.data()[i] *= 10.0f;
     io::hf::save(dir, m);
     for (const char* f : {"tokenizer.json", "tokenizer_config.json"})
         std::filesystem::copy_file(tokenizer_dir / f, dir / f, std::filesystem::copy_options::overwrite_existing);
@@ -107,7 +112,7 @@ TEST_CASE("embedding task: a BERT teacher distilled into a 1-layer encoder throu
     const double student = models["student"]["metrics"]["mean_cosine"];
     const double baseline = models["baseline"]["metrics"]["mean_cosine"];
     CHECK(models["teacher"]["metrics"]["mean_cosine"].get<double>() == doctest::Approx(1.0).epsilon(1e-6));
-    CHECK(student > baseline + 0.05);  // distillation moved the student towards the teacher
+    CHECK(student > baseline + 0.3);  // distillation moved the student towards the teacher (0.35 → 0.97)
     CHECK(student <= 1.0);
     CHECK(models["student"]["size"]["layers"] == 1);
     CHECK(models["teacher"]["size"]["layers"] == 2);

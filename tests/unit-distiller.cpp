@@ -44,6 +44,12 @@ std::string error_of(const nlohmann::json& j) {
     return "(no error)";
 }
 
+// The weight decay the finetune stage gives optimizer `Opt` for `job`.
+template <template <class, class> class Opt>
+double optim_weight_decay(const Job& job) {
+    return optimizer_config_of<Opt<float, device::Cpu>>(job).weight_decay;
+}
+
 teacher::ModelConfig teacher_config(const Job& job) {
     teacher::ModelConfig c;
     io::from_json(job.teacher_config(), c, "teacher");
@@ -64,7 +70,7 @@ TEST_CASE("job: defaults, and every defect class names its JSON path") {
     const Job job = parse_job(minimal);
     CHECK(job.task_type == "conversation");
     CHECK(job.primary_metric() == "bleu");
-    CHECK(job.hyperparameters.batch_size == 16);
+    CHECK(job.hyperparameters.loop.batch_size == 16);
     CHECK(job.generation.temperature == 0.0);
     CHECK(job.output_dir == "out");
     CHECK(job.teacher_kind() == "model");
@@ -100,6 +106,135 @@ TEST_CASE("job: defaults, and every defect class names its JSON path") {
         CHECK(std::string(e.what()).find("not valid JSON") != std::string::npos);
     }
     CHECK_THROWS_AS(load_job(dir / "absent.json"), io_error);
+}
+
+TEST_CASE("job: hyperparameters are the stages' configs; each value has one default; errors name the job keys") {
+    // the keys and defaults a job has always had (they enter the training fingerprints)
+    CHECK(io::to_json(Hyperparameters{}) == nlohmann::json{{"learning_rate", 1e-3},
+                                                           {"batch_size", 16},
+                                                           {"num_epochs", 1},
+                                                           {"max_steps", 0},
+                                                           {"temperature", 2.0},
+                                                           {"warmup", 0},
+                                                           {"decay", "cosine"},
+                                                           {"min_lr_ratio", 0.1},
+                                                           {"weight_decay", 0.01},
+                                                           {"grad_clip", 1.0},
+                                                           {"grad_accum", 1},
+                                                           {"seed", 0},
+                                                           {"eval_every", 0},
+                                                           {"patience", 0},
+                                                           {"checkpoint_every", 50},
+                                                           {"log_every", 10}});
+    const nlohmann::json minimal = {{"teacher", {{"kind", "model"}, {"weights", "t.safetensors"}}},
+                                    {"training_data", "train.jsonl"},
+                                    {"loss", {{"soft_kl", nlohmann::json::object()}}}};
+    nlohmann::json j = minimal;
+    j["hyperparameters"] = {{"warmup", 7},           {"learning_rate", 0.01}, {"batch_size", 4},
+                            {"checkpoint_every", 3}, {"decay", "linear"},     {"seed", 9}};
+    const Job job = parse_job(j);
+    // the job's keys set the fields of the configs the finetune stage hands to the loop and the schedule
+    const train::FinetuneConfig loop = finetune_config_of(job.hyperparameters, "runs/x", true);
+    CHECK(loop.batch_size == 4);
+    CHECK(loop.checkpoint_every == 3);
+    CHECK(loop.seed == 9);
+    CHECK(loop.output_dir == "runs/x");
+    CHECK(loop.quiet);
+    CHECK(loop.keep_last_n == train::FinetuneConfig{}.keep_last_n);  // not a job key: the loop's default
+    CHECK(loop.eval_batch_size == train::FinetuneConfig{}.eval_batch_size);
+    const optim::ScheduleConfig schedule = schedule_config_of(job.hyperparameters);
+    CHECK(schedule.warmup_steps == 7);
+    CHECK(schedule.learning_rate == 0.01);
+    CHECK(schedule.decay == "linear");
+    CHECK(schedule.min_lr_ratio == optim::ScheduleConfig{}.min_lr_ratio);
+    // where a job's default differs from a program's (the one decision, in Hyperparameters)
+    CHECK(Hyperparameters{}.loop.batch_size == 16);
+    CHECK(train::FinetuneConfig{}.batch_size == 8);
+    CHECK(Hyperparameters{}.loop.checkpoint_every == 50);
+    CHECK(train::FinetuneConfig{}.checkpoint_every == 0);
+    CHECK(Hyperparameters{}.schedule.learning_rate == 1e-3);
+    CHECK(optim::ScheduleConfig{}.learning_rate == 3e-4);
+
+    // errors of the loop's and the schedule's checks name the job's keys, not schedule.* or training.*
+    auto with = [&](const char* key, nlohmann::json value) {
+        nlohmann::json k = minimal;
+        k["hyperparameters"][key] = std::move(value);
+        return k;
+    };
+    CHECK(error_of(with("warmup", -1)) == "hyperparameters.warmup: must be >= 0, got -1");
+    CHECK(error_of(with("decay", "cosin")) ==
+          "hyperparameters.decay: must be \"constant\", \"cosine\" or \"linear\", got \"cosin\"");
+    CHECK(error_of(with("min_lr_ratio", 2)).starts_with("hyperparameters.min_lr_ratio: must be in [0, 1], got 2"));
+    CHECK(error_of(with("learning_rate", 0)).starts_with("hyperparameters.learning_rate: must be a finite number > 0"));
+    CHECK(error_of(with("grad_clip", -1)).starts_with("hyperparameters.grad_clip: must be a finite number >= 0"));
+    CHECK(error_of(with("grad_accum", 0)) == "hyperparameters.grad_accum: must be >= 1, got 0");
+    CHECK(error_of(with("log_every", -1)) == "hyperparameters.log_every: must be >= 0, got -1");
+    CHECK(error_of(with("temperature", 0)).starts_with("hyperparameters.temperature: must be a finite number > 0"));
+    CHECK(error_of(with("weight_decay", -1)).starts_with("hyperparameters.weight_decay: must be a finite number >= 0"));
+    CHECK(error_of(with("warmpu", 3)) == "hyperparameters.warmpu: unknown key; did you mean \"warmup\"?");
+    // a job built in code is checked by the same validate (the Distiller's constructor calls it)
+    auto code_error = [&](auto change) -> std::string {
+        Job k = parse_job(minimal);
+        change(k.hyperparameters);
+        try {
+            k.validate();
+        } catch (const config_error& e) {
+            return e.what();
+        }
+        return "(no error)";
+    };
+    CHECK(code_error([](Hyperparameters& h) { h.schedule.warmup_steps = -2; }) ==
+          "hyperparameters.warmup: must be >= 0, got -2");
+    CHECK(code_error([](Hyperparameters& h) { h.schedule.decay = "step"; }).starts_with("hyperparameters.decay: "));
+    CHECK(code_error([](Hyperparameters& h) { h.loop.batch_size = 0; }) ==
+          "hyperparameters.batch_size: must be >= 1, got 0");
+    // a loop setting that is not a job key keeps its own name under the section
+    CHECK(code_error([](Hyperparameters& h) { h.loop.keep_last_n = 0; }) ==
+          "hyperparameters.keep_last_n: must be >= 1, got 0");
+}
+
+TEST_CASE("job: the temperature and the weight decay reach the typed configs of the loss and the optimizer") {
+    using L = loss::Sum<loss::SoftKL, loss::TopKSoftKL, loss::JSD, loss::HardCE>;
+    nlohmann::json j = {{"teacher", {{"kind", "model"}, {"weights", "t.safetensors"}}},
+                        {"training_data", "train.jsonl"},
+                        {"loss", {{"soft_kl", {{"weight", 0.5}}}, {"topk_soft_kl", nlohmann::json::object()}}}};
+    {
+        const auto c = loss_config_of<L>(parse_job(j));
+        CHECK(c.get<0>().weight == 0.5);
+        CHECK(c.get<0>().config.temperature == 2.0);  // hyperparameters.temperature's default
+        CHECK(c.get<1>().weight == 1.0);
+        CHECK(c.get<1>().config.temperature == 1.0);  // cached top-k log-probabilities: stays at 1
+        CHECK(c.get<2>().weight == 0.0);              // not named: weight 0, the term's own default
+        CHECK(c.get<2>().config.temperature == 1.0);
+        CHECK(c.get<3>().weight == 0.0);
+    }
+    j["hyperparameters"]["temperature"] = 4.0;
+    j["loss"]["jsd"] = {{"temperature", 3.0}};
+    {
+        const auto c = loss_config_of<L>(parse_job(j));
+        CHECK(c.get<0>().config.temperature == 4.0);
+        CHECK(c.get<1>().config.temperature == 1.0);
+        CHECK(c.get<2>().config.temperature == 3.0);  // its own
+        CHECK(c.get<2>().weight == 1.0);
+    }
+    j["loss"] = {{"soft_kl", nlohmann::json::object()}};
+    CHECK(loss_config_of<loss::SoftKL>(parse_job(j)).temperature == 4.0);  // a single term
+    j["loss"]["soft_kl"]["temperature"] = 1.5;
+    CHECK(loss_config_of<loss::SoftKL>(parse_job(j)).temperature == 1.5);
+
+    CHECK(optim_weight_decay<optim::AdamW>(parse_job(j)) == 0.01);  // hyperparameters.weight_decay's default
+    CHECK(optim_weight_decay<optim::Adam>(parse_job(j)) == 0.01);   // the job's, not Adam's 0
+    j["hyperparameters"]["weight_decay"] = 0.05;
+    CHECK(optim_weight_decay<optim::AdamW>(parse_job(j)) == 0.05);
+    j["optimizer"] = {{"weight_decay", 0.2}};
+    CHECK(optim_weight_decay<optim::AdamW>(parse_job(j)) == 0.2);  // the optimizer's own wins
+    j["optimizer"] = {{"weight_decay", -1.0}};
+    try {
+        (void)optim_weight_decay<optim::AdamW>(parse_job(j));
+        FAIL("a negative weight decay accepted");
+    } catch (const config_error& e) {
+        CHECK(std::string(e.what()).starts_with("optimizer.weight_decay"));
+    }
 }
 
 TEST_CASE("Distiller: bad policy sections, data and combinations fail at construction with the key") {

@@ -3,10 +3,16 @@
 /// One generic mapping between Hana-reflected structs and JSON, used for every config in distill.
 /// Reading is strict: an unknown key is an error naming its JSON path and the closest valid key; a
 /// value of the wrong type names the path and the expected type; missing keys keep their defaults.
+///
+/// A struct may be reflected with accessors that reach into configs it holds
+/// (BOOST_HANA_ADAPT_ADT, each accessor returning a reference): its keys are then a section of a
+/// file that sets those configs' fields, and `validate_part` makes their checks name the section's
+/// keys (a job's `hyperparameters.warmup` is the schedule's `warmup_steps`).
 
 #include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -167,6 +173,33 @@ nlohmann::json to_json(const T& value) {
             o[boost::hana::to<const char*>(boost::hana::first(pair))] = to_json(boost::hana::second(pair)(value));
         });
         return o;
+    }
+}
+
+/// Runs `part.validate("")` — the checks of a reflected config `part` that `section`, a reflected
+/// struct, holds and exposes fields of under keys of its own — and re-throws its config_error naming
+/// the key `section` gives the field, under `path`: `validate_part(hyperparameters, schedule,
+/// "hyperparameters")` reports the schedule's `warmup_steps` as `hyperparameters.warmup`. A field
+/// the section does not expose keeps its own name. `part.validate(p)` must name a field `p.<field>`.
+template <reflected Section, reflected Part>
+void validate_part(const Section& section, const Part& part, const std::string& path) {
+    namespace hana = boost::hana;
+    try {
+        part.validate("");
+    } catch (const config_error& e) {
+        const std::string& field = e.field();  // ".<field of part>"
+        const std::string name = field.substr(1);
+        std::string key = name;
+        hana::for_each(hana::accessors<Part>(), [&](auto member) {
+            if (name != hana::to<const char*>(hana::first(member))) return;
+            const auto& target = hana::second(member)(part);
+            hana::for_each(hana::accessors<Section>(), [&](auto exposed) {
+                const auto& at = hana::second(exposed)(section);
+                if constexpr (std::is_same_v<std::remove_cvref_t<decltype(at)>, std::remove_cvref_t<decltype(target)>>)
+                    if (std::addressof(at) == std::addressof(target)) key = hana::to<const char*>(hana::first(exposed));
+            });
+        });
+        throw config_error(path.empty() ? key : path + "." + key, std::string(e.what()).substr(field.size() + 2));
     }
 }
 

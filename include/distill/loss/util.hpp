@@ -17,7 +17,10 @@
 namespace distill::loss {
 
 /// Keys of the job's `loss.soft_kl`, `loss.topk_soft_kl` and `loss.reverse_kl` objects: the
-/// temperature of a divergence between tempered distributions.
+/// temperature of a divergence between tempered distributions. The default is a term's built in
+/// code; in a job, a term whose entry does not set `temperature` runs at the job's
+/// `hyperparameters.temperature` (its own default, 2), except `topk_soft_kl`, which stays at 1
+/// (`loss_config_of`, pipeline/finetune_stage.hpp).
 struct TemperatureConfig {
     double temperature = 1.0;         ///< τ > 0; both distributions are softmax(logits/τ)
     bool temperature_squared = true;  ///< multiply the value (and gradient) by τ²

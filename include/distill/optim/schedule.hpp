@@ -95,7 +95,8 @@ struct WarmupThen {
 using LinearWarmup = WarmupThen<Constant>;
 
 /// The schedule a job file selects: optional linear warmup, then constant, cosine or linear decay
-/// over the remaining steps. Keys of the job's `schedule` object.
+/// over the remaining steps. A job's `hyperparameters` section holds one (`Hyperparameters::schedule`,
+/// pipeline/job.hpp) and sets its fields (`hyperparameters.warmup` is `warmup_steps`).
 struct ScheduleConfig {
     double learning_rate = 3e-4;    ///< peak rate
     std::int64_t warmup_steps = 0;  ///< linear warmup length (0: none)
@@ -132,7 +133,6 @@ public:
         kind_ = cfg_.decay == "cosine" ? kind::cosine : cfg_.decay == "linear" ? kind::linear : kind::constant;
     }
 
-    /// The rate of update `step` (0-based).
     /// The rate of update `step` (0-based).
     double lr(std::int64_t step) const noexcept {
         switch (kind_) {

@@ -248,14 +248,14 @@ private:
                 throw config_error("student.context_length",
                                    "is " + std::to_string(s_.student.context_length) + ", longer than the teacher's " +
                                        std::to_string(t.context_length) + " (the teacher forwards the same sequences)");
-            if (teacher_batch_size(teacher_) < s_.job.hyperparameters.batch_size)
+            if (teacher_batch_size(teacher_) < s_.job.hyperparameters.loop.batch_size)
                 throw config_error("teacher.max_batch",
                                    "is " + std::to_string(teacher_batch_size(teacher_)) +
                                        ", smaller than hyperparameters.batch_size " +
-                                       std::to_string(s_.job.hyperparameters.batch_size) +
+                                       std::to_string(s_.job.hyperparameters.loop.batch_size) +
                                        " (online distillation forwards the teacher on every batch)");
         }
-        const int B = s_.job.hyperparameters.batch_size;
+        const int B = s_.job.hyperparameters.loop.batch_size;
         const loss_type probe(s_.loss, loss_dims_of<online>(teacher_, s_.student, B));  // checks layer maps, widths
         if constexpr (online && requires { teacher_.keeps_activations(); })
             if (!teacher_.keeps_activations() && loss::reads_activations(probe))

@@ -25,6 +25,7 @@
 #include <utility>
 #include <vector>
 
+#include <boost/hana/for_each.hpp>
 #include <nlohmann/json.hpp>
 
 #include "distill/data/dataset.hpp"
@@ -52,74 +53,73 @@
 
 namespace distill {
 
-/// The job's `loss` object read into `LossT`'s config: terms the job does not name get weight 0; a
-/// term without its own temperature takes `hyperparameters.temperature`, except one that reads
-/// cached top-k log-probabilities: those are at the teacher's temperature, 1, and cannot be
-/// re-tempered, so the term keeps its default (1). Throws config_error naming `loss.<term>.<key>`.
+namespace detail {
+
+// Sets `c.temperature` to `t` when the config has one.
+template <class Config>
+void set_temperature(Config& c, double t) {
+    if constexpr (requires { c.temperature = t; }) c.temperature = t;
+}
+
+}  // namespace detail
+
+/// The job's `loss` object read into `LossT`'s config; then, on the typed config, what the job adds:
+/// terms the job does not name get weight 0, and a named term whose entry has no `temperature` runs
+/// at `hyperparameters.temperature` — except one that reads cached top-k log-probabilities: those
+/// are at the teacher's temperature, 1, and cannot be re-tempered, so the term keeps its config's
+/// default (1). Throws config_error naming `loss.<term>.<key>`.
 template <class LossT>
 typename LossT::config loss_config_of(const Job& job) {
     typename LossT::config cfg;
-    nlohmann::json j = job.loss;
+    const double temperature = job.hyperparameters.temperature;
     if constexpr (requires { LossT::names(); }) {
-        const nlohmann::json defaults = io::to_json(cfg);
-        for (std::size_t i = 0; i < LossT::names().size(); ++i) {
+        io::from_json(job.loss, cfg, "loss");
+        std::size_t i = 0;  // the term's index in LossT::names()
+        boost::hana::for_each(cfg.terms, [&](auto& term) {
             const char* name = LossT::names()[i];
-            if (!j.contains(name)) {
-                j[name] = {{"weight", 0.0}};
-            } else if (j[name].is_object() && !j[name].contains("temperature") &&
-                       defaults[name].contains("temperature") && !detail::reads_topk<LossT>[i]) {
-                j[name]["temperature"] = job.hyperparameters.temperature;
-            }
-        }
+            if (!job.loss.contains(name))
+                term.weight = 0.0;
+            else if (!job.loss[name].contains("temperature") && !detail::reads_topk<LossT>[i])
+                detail::set_temperature(term.config, temperature);
+            ++i;
+        });
     } else {
         // a single term: the job's loss object is {"<name>": {...}}
-        if (j.size() != 1 || !j.contains(LossT::name))
+        if (job.loss.size() != 1 || !job.loss.contains(LossT::name))
             throw config_error("loss", std::string("this distiller's loss is the single term \"") + LossT::name +
                                            "\"; the job's loss object must name exactly it");
-        nlohmann::json term = j[LossT::name];
-        if (term.is_object() && !term.contains("temperature") && io::to_json(cfg).contains("temperature") &&
-            !detail::reads_topk<LossT>[0])
-            term["temperature"] = job.hyperparameters.temperature;
+        const nlohmann::json& term = job.loss[LossT::name];
         io::from_json(term, cfg, std::string("loss.") + LossT::name);
-        return cfg;
+        if (!term.contains("temperature") && !detail::reads_topk<LossT>[0]) detail::set_temperature(cfg, temperature);
     }
-    io::from_json(j, cfg, "loss");
     return cfg;
 }
 
-/// The job's `optimizer` object read into `OptimizerT`'s config; weight_decay from the
-/// hyperparameters unless the optimizer object sets it. Throws config_error naming `optimizer.<key>`.
+/// The job's `optimizer` object read into `OptimizerT`'s config; its weight decay is
+/// `hyperparameters.weight_decay` unless the optimizer object sets its own. Throws config_error
+/// naming `optimizer.<key>`.
 template <class OptimizerT>
 typename OptimizerT::config_type optimizer_config_of(const Job& job) {
     typename OptimizerT::config_type cfg;
-    nlohmann::json j = job.optimizer;
-    if (!j.contains("weight_decay") && io::to_json(cfg).contains("weight_decay"))
-        j["weight_decay"] = job.hyperparameters.weight_decay;
-    io::from_json(j, cfg, "optimizer");
+    io::from_json(job.optimizer, cfg, "optimizer");
+    if constexpr (requires { cfg.weight_decay = 0.0; })
+        if (!job.optimizer.contains("weight_decay")) cfg.weight_decay = job.hyperparameters.weight_decay;
     if constexpr (requires { cfg.validate(std::string()); }) cfg.validate("optimizer");
     return cfg;
 }
 
-/// The finetune loop's settings of a job's training run into `dir`: the `hyperparameters` the loop
-/// shares (its other settings keep the loop's defaults).
+/// The finetune loop's settings of a job's training run into `dir`: the hyperparameters' loop
+/// settings, writing into `dir`, progress shown unless `quiet`.
 inline train::FinetuneConfig finetune_config_of(const Hyperparameters& h, const std::string& dir, bool quiet) {
-    return {.num_epochs = h.num_epochs,
-            .max_steps = h.max_steps,
-            .batch_size = h.batch_size,
-            .grad_accum = h.grad_accum,
-            .grad_clip = h.grad_clip,
-            .seed = h.seed,
-            .eval_every = h.eval_every,
-            .patience = h.patience,
-            .checkpoint_every = h.checkpoint_every,
-            .log_every = h.log_every,
-            .output_dir = dir,
-            .quiet = quiet};
+    train::FinetuneConfig c = h.loop;
+    c.output_dir = dir;
+    c.quiet = quiet;
+    return c;
 }
 
 /// The learning-rate schedule of a job's training runs.
 inline optim::ScheduleConfig schedule_config_of(const Hyperparameters& h) {
-    return {h.learning_rate, h.warmup, h.decay, h.min_lr_ratio};
+    return h.schedule;
 }
 
 /// The shapes the loss is built for: the student's, and the teacher's when it runs in process
@@ -445,9 +445,9 @@ private:
     // ---- training runs ----------------------------------------------------------------------------
 
     student_type make_student() const {
-        student_type s(s_.student, std::max(s_.job.hyperparameters.batch_size, 1), device_);
+        student_type s(s_.student, std::max(s_.job.hyperparameters.loop.batch_size, 1), device_);
         if (s_.job.student_weights.empty())
-            s.init(s_.job.hyperparameters.seed);
+            s.init(s_.job.hyperparameters.loop.seed);
         else if (s_.student_from_hf())
             io::hf::load(io::hf::Directory(s_.job.student_weights), s);
         else
@@ -491,7 +491,7 @@ private:
                " parameters for " + std::to_string(steps) + " steps (" + (online ? "online" : "offline") + ")");
         return run_training(s_, "student", fp, [&](const std::string& dir) {
             student_type s = make_student();
-            const int B = s_.job.hyperparameters.batch_size;
+            const int B = s_.job.hyperparameters.loop.batch_size;
             loss_type loss(s_.loss, dims(B));
             loss::Workspace<float, Device> ws(loss, dims(B), device_);
             std::vector<Parameter<float>> extra;

@@ -14,6 +14,7 @@
 /// distill::Job job = distill::load_job("job.json");   // config_error / io_error / format_error
 /// @endcode
 
+#include <cmath>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -22,12 +23,15 @@
 #include <string_view>
 #include <vector>
 
+#include <boost/hana/adapt_adt.hpp>
 #include <boost/hana/adapt_struct.hpp>
 #include <nlohmann/json.hpp>
 
 #include "distill/error.hpp"
 #include "distill/io/reflect.hpp"
+#include "distill/optim/schedule.hpp"
 #include "distill/teacher.hpp"
+#include "distill/train/finetune.hpp"
 
 namespace distill {
 
@@ -37,56 +41,34 @@ namespace distill {
 inline constexpr std::string_view task_types[] = {"conversation", "qa", "math", "summarization", "nli", "embedding"};
 
 /// Training settings shared by the distilled student and the baseline. Keys of the job's
-/// `hyperparameters` object.
+/// `hyperparameters` object. The section holds the configs the stages read — the finetune loop's
+/// (`train::FinetuneConfig`) and the learning-rate schedule's (`optim::ScheduleConfig`) — and the two
+/// values the job passes on to its policies: the loss terms' temperature and the optimizer's weight
+/// decay (`loss_config_of`, `optimizer_config_of` in pipeline/finetune_stage.hpp). Which job key sets
+/// which field is listed once, in the reflection below the namespace (`warmup` is the schedule's
+/// `warmup_steps`); the loop's other settings are not job keys: the finetune stage sets `output_dir`
+/// and `quiet`, and a job runs with the loop's defaults for the rest.
 struct Hyperparameters {
-    double learning_rate = 1e-3;         ///< peak learning rate
-    int batch_size = 16;                 ///< sequences per micro-batch
-    int num_epochs = 1;                  ///< passes over the training set (when max_steps is 0)
-    std::int64_t max_steps = 0;          ///< > 0: exactly this many optimizer steps
-    double temperature = 2.0;            ///< the temperature of every logit-level term that does not set its own
-    std::int64_t warmup = 0;             ///< linear warmup steps
-    std::string decay = "cosine";        ///< "constant", "cosine" or "linear" after the warmup
-    double min_lr_ratio = 0.1;           ///< final rate of the decay as a fraction of the peak
-    double weight_decay = 0.01;          ///< decoupled weight decay (optimizers that have one)
-    double grad_clip = 1.0;              ///< max global gradient norm (0: measure only)
-    int grad_accum = 1;                  ///< micro-batches per optimizer step
-    std::uint64_t seed = 0;              ///< student initialization and data order
-    std::int64_t eval_every = 0;         ///< validate every N steps (0: at epoch ends only)
-    int patience = 0;                    ///< early stopping after N validations without improvement (0: off)
-    std::int64_t checkpoint_every = 50;  ///< checkpoint every N steps (a killed run loses at most N steps)
-    std::int64_t log_every = 10;         ///< a metrics record every N steps
+    /// The loop's settings; its defaults are the loop's, except where a job's differ from a program's
+    /// that calls `train::finetune` itself — decided here, once. `batch_size` 16: the in-process
+    /// teacher's `max_batch` and `evaluation.batch_size` default to 16 too, so a job that sets none of
+    /// them runs (online distillation needs the teacher to take a whole batch). `checkpoint_every` 50:
+    /// a job is an unattended run that resumes after a kill and should lose at most 50 steps; a
+    /// program decides its own checkpointing (the loop's 0: at validations and the end).
+    train::FinetuneConfig loop{.batch_size = 16, .checkpoint_every = 50};
+    /// The schedule; its defaults are the schedule's, except the peak rate: 1e-3 for a job, whose
+    /// student usually starts from random weights, against the schedule's 3e-4, a fine-tuning rate.
+    optim::ScheduleConfig schedule{.learning_rate = 1e-3};
+    /// The temperature of every loss term that has one and whose job entry does not set its own
+    /// (except terms reading cached top-k log-probabilities, which stay at 1); a term built in code
+    /// has its config's default, 1 (loss::TemperatureConfig).
+    double temperature = 2.0;
+    /// The optimizer's weight decay unless the job's `optimizer` object sets its own; an optimizer
+    /// built in code has its config's default (AdamW 0.01, Adam and Sgd 0).
+    double weight_decay = 0.01;
 
-    void validate(const std::string& path = "hyperparameters") const {
-        auto positive = [&](double v, const char* key) {
-            if (!(v > 0) || !std::isfinite(v))
-                throw config_error(path + "." + key, "must be a finite number > 0, got " + std::to_string(v));
-        };
-        auto at_least = [&](std::int64_t v, std::int64_t lo, const char* key) {
-            if (v < lo)
-                throw config_error(path + "." + key, "must be >= " + std::to_string(lo) + ", got " + std::to_string(v));
-        };
-        positive(learning_rate, "learning_rate");
-        positive(temperature, "temperature");
-        at_least(batch_size, 1, "batch_size");
-        at_least(num_epochs, 1, "num_epochs");
-        at_least(max_steps, 0, "max_steps");
-        at_least(warmup, 0, "warmup");
-        at_least(grad_accum, 1, "grad_accum");
-        at_least(eval_every, 0, "eval_every");
-        at_least(patience, 0, "patience");
-        at_least(checkpoint_every, 0, "checkpoint_every");
-        at_least(log_every, 0, "log_every");
-        if (decay != "constant" && decay != "cosine" && decay != "linear")
-            throw config_error(path + ".decay",
-                               "must be \"constant\", \"cosine\" or \"linear\", got \"" + decay + "\"");
-        if (!(min_lr_ratio >= 0 && min_lr_ratio <= 1))
-            throw config_error(path + ".min_lr_ratio", "must be in [0, 1], got " + std::to_string(min_lr_ratio));
-        if (!(weight_decay >= 0) || !std::isfinite(weight_decay))
-            throw config_error(path + ".weight_decay",
-                               "must be a finite number >= 0, got " + std::to_string(weight_decay));
-        if (!(grad_clip >= 0) || !std::isfinite(grad_clip))
-            throw config_error(path + ".grad_clip", "must be a finite number >= 0, got " + std::to_string(grad_clip));
-    }
+    /// Throws config_error naming the first invalid key under `path` ("hyperparameters.warmup: ...").
+    void validate(const std::string& path = "hyperparameters") const;
 };
 
 /// How the baseline student — same architecture, same step budget, no teacher — is trained.
@@ -231,9 +213,26 @@ struct Job {
 
 }  // namespace distill
 
-BOOST_HANA_ADAPT_STRUCT(distill::Hyperparameters, learning_rate, batch_size, num_epochs, max_steps, temperature, warmup,
-                        decay, min_lr_ratio, weight_decay, grad_clip, grad_accum, seed, eval_every, patience,
-                        checkpoint_every, log_every);
+// The keys of the job's `hyperparameters` object, each with the field of the stage config it sets.
+// clang-format off
+BOOST_HANA_ADAPT_ADT(distill::Hyperparameters,
+    (learning_rate,    [](auto& h) -> auto& { return h.schedule.learning_rate; }),
+    (batch_size,       [](auto& h) -> auto& { return h.loop.batch_size; }),
+    (num_epochs,       [](auto& h) -> auto& { return h.loop.num_epochs; }),
+    (max_steps,        [](auto& h) -> auto& { return h.loop.max_steps; }),
+    (temperature,      [](auto& h) -> auto& { return h.temperature; }),
+    (warmup,           [](auto& h) -> auto& { return h.schedule.warmup_steps; }),
+    (decay,            [](auto& h) -> auto& { return h.schedule.decay; }),
+    (min_lr_ratio,     [](auto& h) -> auto& { return h.schedule.min_lr_ratio; }),
+    (weight_decay,     [](auto& h) -> auto& { return h.weight_decay; }),
+    (grad_clip,        [](auto& h) -> auto& { return h.loop.grad_clip; }),
+    (grad_accum,       [](auto& h) -> auto& { return h.loop.grad_accum; }),
+    (seed,             [](auto& h) -> auto& { return h.loop.seed; }),
+    (eval_every,       [](auto& h) -> auto& { return h.loop.eval_every; }),
+    (patience,         [](auto& h) -> auto& { return h.loop.patience; }),
+    (checkpoint_every, [](auto& h) -> auto& { return h.loop.checkpoint_every; }),
+    (log_every,        [](auto& h) -> auto& { return h.loop.log_every; }));
+// clang-format on
 BOOST_HANA_ADAPT_STRUCT(distill::BaselineConfig, enabled, data);
 BOOST_HANA_ADAPT_STRUCT(distill::EvaluationConfig, batch_size, latency_samples, max_examples, max_new_tokens,
                         evaluate_teacher, recall_at);
@@ -242,6 +241,16 @@ BOOST_HANA_ADAPT_STRUCT(distill::Job, teacher, student, student_weights, student
                         output_dir, threads, precision);
 
 namespace distill {
+
+inline void Hyperparameters::validate(const std::string& path) const {
+    // each check once, in the config that owns the value; the errors name the job's keys
+    io::validate_part(*this, loop, path);
+    io::validate_part(*this, schedule, path);
+    if (!(temperature > 0) || !std::isfinite(temperature))
+        throw config_error(path + ".temperature", "must be a finite number > 0, got " + std::to_string(temperature));
+    if (!(weight_decay >= 0) || !std::isfinite(weight_decay))
+        throw config_error(path + ".weight_decay", "must be a finite number >= 0, got " + std::to_string(weight_decay));
+}
 
 /// Reads and validates a job from JSON. Relative data paths stay relative to the working directory.
 inline Job parse_job(const nlohmann::json& j) {

@@ -51,8 +51,9 @@
 
 namespace distill::train {
 
-/// The loop's settings. A job's `hyperparameters` section sets the keys it shares with them (the
-/// Distiller reads them from there); errors name them under `FinetuneOptions::config_path`.
+/// The loop's settings. A job's `hyperparameters` section holds one (`Hyperparameters::loop`,
+/// pipeline/job.hpp) and sets the keys it shares with it; errors name them under
+/// `FinetuneOptions::config_path`.
 struct FinetuneConfig {
     int num_epochs = 1;                 ///< passes over the training set (when max_steps is 0)
     std::int64_t max_steps = 0;         ///< > 0: exactly this many optimizer steps, epochs continuing as needed

@@ -153,8 +153,7 @@ int run_stage(D& d, const Options& o) {
 }
 
 // Builds the distiller (errors: bad job, exit 2), then runs the stage (errors: exit 1).
-template <class Teacher, class Loss, template <class, class> class Student = student::Transformer,
-          class... TeacherArgs>
+template <class Teacher, class Loss, template <class, class> class Student = student::Transformer, class... TeacherArgs>
 int with_distiller(const Job& job, const Options& o, const device::Cpu& cpu, TeacherArgs&&... args) {
     std::optional<Teacher> teacher;
     std::optional<CliDistiller<Teacher, Loss, Student>> d;
@@ -184,15 +183,17 @@ int dispatch(Job job, const Options& o) {
     const std::string kind = job.teacher_kind();
     if (job.task_type == "embedding") {
         if (kind != "model")
-            throw usage_error("teacher.kind: the embedding task learns from an in-process encoder; expected \"model\" "
-                              "(a Hugging Face BERT directory), got \"" +
-                              kind + "\"");
+            throw usage_error(
+                "teacher.kind: the embedding task learns from an in-process encoder; expected \"model\" "
+                "(a Hugging Face BERT directory), got \"" +
+                kind + "\"");
 #if defined(DISTILL_WITH_TEXT)
         const auto c = read_config<teacher::EncoderModelConfig>(job.teacher_config(), "teacher");
         return with_distiller<teacher::EncoderModel<>, EmbeddingLoss, student::Encoder>(job, o, cpu, c, cpu);
 #else
-        throw usage_error("task_type: \"embedding\" reads Hugging Face tokenizers, which need PCRE2; this distill was "
-                          "built without it");
+        throw usage_error(
+            "task_type: \"embedding\" reads Hugging Face tokenizers, which need PCRE2; this distill was "
+            "built without it");
 #endif
     }
     bool online = false, topk = false, activations = false;

@@ -240,8 +240,7 @@ int main(int argc, char** argv) try {
     using Loss = loss::Sum<loss::CosineEmbedding, loss::EmbeddingMSE, loss::AttentionKL, loss::HiddenMSE>;
     Distiller<teacher::EncoderModel<>, student::Encoder, Loss, optim::AdamW> d(job, teacher, cpu);
     const auto report = d.run();
-    std::cout << "\n" << report.value("summary", "") << "\nreport: " << (d.output_dir() / "report.md").string()
-              << "\n";
+    std::cout << "\n" << report.value("summary", "") << "\nreport: " << (d.output_dir() / "report.md").string() << "\n";
     return 0;
 } catch (const distill::error& e) {
     std::cerr << "distill_minilm: " << e.what() << "\n";

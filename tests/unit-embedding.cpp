@@ -56,8 +56,8 @@ void write_teacher(const std::filesystem::path& dir) {
 
 // `n` short sentences of the fixture vocabulary's common words, varied by `salt`.
 std::string sentences_jsonl(int n, int salt) {
-    static const char* words[] = {"the", "a", "is", "of", "and", "to", "in", "it", "that", "was",
-                                  "he", "for", "on", "are", "with", "as", "his", "they", "be", "at"};
+    static const char* words[] = {"the", "a",   "is", "of",  "and",  "to", "in",  "it",   "that", "was",
+                                  "he",  "for", "on", "are", "with", "as", "his", "they", "be",   "at"};
     std::string s;
     for (int i = 0; i < n; ++i) {
         std::string text;
@@ -176,13 +176,14 @@ TEST_CASE("embedding task: bad jobs name the key") {
     };
     CHECK(refused([](auto& j) { j["task_type"] = "qa"; }).find("task_type") != std::string::npos);
     CHECK(refused([](auto& j) { j["student_layers"] = {0, 2}; }).find("student_layers[1]") != std::string::npos);
-    CHECK(refused([](auto& j) { j["frozen_parameters"] = {"encoder.layer.9."}; })
-              .find("frozen_parameters[0]") != std::string::npos);
+    CHECK(refused([](auto& j) { j["frozen_parameters"] = {"encoder.layer.9."}; }).find("frozen_parameters[0]") !=
+          std::string::npos);
     CHECK(refused([](auto& j) { j["hyperparameters"]["batch_size"] = 16; }).find("teacher.max_batch") !=
           std::string::npos);
     CHECK(refused([](auto& j) { j["tokenizer"] = "byte"; }).find("tokenizer") != std::string::npos);
-    CHECK(refused([](auto& j) { j["loss"] = {{"cosine_embedding", {{"weight", 1.0}}}, {"nope", {}}}; })
-              .find("loss") != std::string::npos);
+    CHECK(refused([](auto& j) {
+              j["loss"] = {{"cosine_embedding", {{"weight", 1.0}}}, {"nope", {}}};
+          }).find("loss") != std::string::npos);
 
     // {"text": ...} lines are read as sentences; a line without a known field names the formats
     write_text(dir / "bad.jsonl", "{\"text\": \"one sentence.\"}\n{\"sentence\": \"x\"}\n");

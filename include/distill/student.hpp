@@ -20,7 +20,8 @@
 /// - `m.zero_grad()` and `m.parameters()` (named value/gradient views).
 ///
 /// **Laws.** `backward` computes the exact gradient of the scalar whose partial derivatives were
-/// supplied (finite differences agree, `tests/unit-student.cpp`, `tests/unit-encoder.cpp`); gradients accumulate until `zero_grad`.
+/// supplied (finite differences agree, `tests/unit-student.cpp`, `tests/unit-encoder.cpp`); gradients accumulate until
+/// `zero_grad`.
 ///
 /// **Example.**
 /// @code
@@ -68,8 +69,8 @@ concept sequence_model = trainable_model<M> && requires(M& m, const M& cm, const
 /// `lengths[b]` tokens, then `pooled()` (B,C), one embedding per sequence, and `grad_pooled()` (B,C),
 /// which losses write and `backward` reads (`student::Encoder`).
 template <class M>
-concept embedding_model =
-    trainable_model<M> && requires(M& m, const M& cm, const std::int32_t* tokens, const int* lengths, int n) {
+concept embedding_model = trainable_model<M> &&
+    requires(M& m, const M& cm, const std::int32_t* tokens, const int* lengths, int n) {
     m.forward(tokens, n, n, lengths);
     { cm.pooled() } -> std::convertible_to<Tensor<typename M::scalar_type>>;
     { cm.grad_pooled() } -> std::convertible_to<Tensor<typename M::scalar_type>>;

@@ -228,6 +228,7 @@ private:
 ///   `content` may also be an array of `{"type": "text", "text": "..."}` parts, which are joined.
 /// - Completion: `{"prompt": "...", "completion": "..."}` (`completion` optional: the reference).
 /// - Classification (NLI): `{"input": "...", "label": "..." | 0 | true}` (`label` optional).
+/// - Text (the `embedding` task): `{"text": "..."}`, a sentence to embed; no reference.
 /// An optional `"id"` (string or integer) names the example; otherwise its id is derived from its
 /// prompt, so it is stable when lines are reordered or added. Other keys are ignored.
 ///
@@ -945,12 +946,12 @@ struct Message {
     friend bool operator==(const Message&, const Message&) = default;
 };
 
-/// Which of the three input formats a line was in.
-enum class input_format : std::uint8_t { chat, prompt_completion, input_label };
+/// Which of the four input formats a line was in.
+enum class input_format : std::uint8_t { chat, prompt_completion, input_label, text };
 
-/// The name of `f` as documented ("chat", "prompt_completion", "input_label").
+/// The name of `f` as documented ("chat", "prompt_completion", "input_label", "text").
 constexpr std::string_view format_name(input_format f) noexcept {
-    constexpr std::array<std::string_view, 3> names = {"chat", "prompt_completion", "input_label"};
+    constexpr std::array<std::string_view, 4> names = {"chat", "prompt_completion", "input_label", "text"};
     const auto i = static_cast<std::size_t>(f);
     return i < names.size() ? names[i] : "?";
 }
@@ -1082,9 +1083,13 @@ inline Example parse_example(const nlohmann::json& j) {
                 throw bad_line("wrong type: \"label\" must be a string, an integer or a boolean, got " +
                                json_type(*label));
         }
+    } else if (j.contains("text")) {
+        ex.format = input_format::text;
+        ex.prompt.push_back({"user", required_text(j, "text", "text")});
     } else {
         throw bad_line(
-            "missing field: expected \"messages\" (chat), \"prompt\" (completion) or \"input\" (classification)");
+            "missing field: expected \"messages\" (chat), \"prompt\" (completion), \"input\" (classification) "
+            "or \"text\" (a sentence to embed)");
     }
     return ex;
 }
@@ -1096,7 +1101,7 @@ struct Dataset {
     JsonlStats stats;
 };
 
-/// Reads the examples of a JSONL file in any of the three formats (see the file comment). Ids: a
+/// Reads the examples of a JSONL file in any of the four formats (see the file comment). Ids: a
 /// line's own "id" (a duplicate is a defect), else `prompt_key(prompt)`, with "-2", "-3", ...
 /// appended for repeated prompts so every example has a distinct, stable id.
 /// Throws format_error naming `file:line` and the defect (or skips, under on_bad_line = "skip").
@@ -5168,8 +5173,9 @@ private:
 ///   - decoding (`decoding_device`, `require_decoding_kernels`; `Transformer::prefill`, `decode`):
 ///     attention_decode, kv_cache_store;
 ///   - losses (`loss_device`, `require_loss_kernels`; every `loss::` term, through `loss::context`):
-///     kl_, reverse_kl_, jsd_, topk_kl_, masked_cross_entropy_, attention_kl_ and
-///     relation_kl_forward_backward, hidden_match_forward_backward;
+///     kl_, reverse_kl_, jsd_, topk_kl_, masked_cross_entropy_, attention_kl_,
+///     relation_kl_, cosine_embedding_ and embedding_mse_forward_backward,
+///     hidden_match_forward_backward;
 ///   - optimizers (`optimizer_device`, `require_optimizer_kernels`; `optim::Adam`, `AdamW`, `Sgd`,
 ///     `GradClipper`): adam_update, sgd_update, sum_of_squares, scale_in_place, each over a
 ///     `tensor_list` (all parameters at once);
@@ -5360,8 +5366,10 @@ template <class D, class T> concept has_reverse_kl_forward_backward = requires(c
 template <class D, class T> concept has_jsd_forward_backward = requires(const D& d, T* y, const T* x, const std::uint8_t* m, std::int64_t n, T s, int i, bool f, double r) { jsd_forward_backward(d, y, f, y, x, x, m, n, i, r, s, s); };
 template <class D, class T> concept has_topk_kl_forward_backward = requires(const D& d, T* y, const T* x, const std::int32_t* ids, const std::uint8_t* m, std::int64_t n, T s, int i, bool f) { topk_kl_forward_backward(d, y, f, y, x, ids, x, m, n, i, i, s, s); };
 template <class D, class T> concept has_masked_cross_entropy_forward_backward = requires(const D& d, T* y, const T* x, const std::int32_t* ids, const std::uint8_t* m, std::int64_t n, T s, int i, bool f) { masked_cross_entropy_forward_backward(d, y, f, y, x, ids, m, n, i, s); };
-template <class D, class T> concept has_attention_kl_forward_backward = requires(const D& d, T* y, const T* x, const std::uint8_t* m, T s, int i, bool f) { attention_kl_forward_backward(d, y, f, y, x, x, m, i, i, i, i, s); };
+template <class D, class T> concept has_attention_kl_forward_backward = requires(const D& d, T* y, const T* x, const std::uint8_t* m, T s, int i, bool f) { attention_kl_forward_backward(d, y, f, y, x, x, m, i, i, i, i, s, f); };
 template <class D, class T> concept has_relation_kl_forward_backward = requires(const D& d, T* y, const T* x, const std::uint8_t* m, T s, int i) { relation_kl_forward_backward(d, y, y, x, x, m, i, i, s, s, s); };
+template <class D, class T> concept has_cosine_embedding_forward_backward = requires(const D& d, T* y, const T* x, T s, int i, bool f) { cosine_embedding_forward_backward(d, y, f, y, x, x, i, i, s); };
+template <class D, class T> concept has_embedding_mse_forward_backward = requires(const D& d, T* y, const T* x, T s, int i, bool f) { embedding_mse_forward_backward(d, y, f, y, x, x, i, i, s); };
 template <class D, class T> concept has_hidden_match_forward_backward = requires(const D& d, T* y, const T* x, const std::uint8_t* m, std::int64_t n, T s, int i, bool f) { { hidden_match_forward_backward(d, y, y, x, m, n, i, s, f) } -> std::convertible_to<double>; };
 // optimizers (device/<name>/optim): multi-tensor updates and reductions
 template <class D, class T> concept has_adam_update = requires(const D& d, const tensor_list<T>& l, const adam_coefficients<T>& k) { adam_update(d, l, k); };
@@ -5403,7 +5411,8 @@ template <class D, class T>
 concept loss_device = kernel::has_kl_forward_backward<D, T> && kernel::has_reverse_kl_forward_backward<D, T> &&
     kernel::has_jsd_forward_backward<D, T> && kernel::has_topk_kl_forward_backward<D, T> &&
     kernel::has_masked_cross_entropy_forward_backward<D, T> && kernel::has_attention_kl_forward_backward<D, T> &&
-    kernel::has_relation_kl_forward_backward<D, T> && kernel::has_hidden_match_forward_backward<D, T>;
+    kernel::has_relation_kl_forward_backward<D, T> && kernel::has_cosine_embedding_forward_backward<D, T> &&
+    kernel::has_embedding_mse_forward_backward<D, T> && kernel::has_hidden_match_forward_backward<D, T>;
 /// The kernels of the optimizers and of gradient clipping.
 template <class D, class T>
 concept optimizer_device = kernel::has_adam_update<D, T> && kernel::has_sgd_update<D, T> &&
@@ -5475,8 +5484,10 @@ struct require_loss_kernels {
     static_assert(kernel::has_jsd_forward_backward<D, T>, "device lacks kernel: jsd_forward_backward(dev, d, accumulate, losses, student, teacher, mask, N, V, double beta, inv_tau, grad_scale)");
     static_assert(kernel::has_topk_kl_forward_backward<D, T>, "device lacks kernel: topk_kl_forward_backward(dev, d, accumulate, losses, student, ids, logprobs, mask, N, V, k, inv_tau, grad_scale)");
     static_assert(kernel::has_masked_cross_entropy_forward_backward<D, T>, "device lacks kernel: masked_cross_entropy_forward_backward(dev, d, accumulate, losses, logits, targets, mask, N, V, grad_scale)");
-    static_assert(kernel::has_attention_kl_forward_backward<D, T>, "device lacks kernel: attention_kl_forward_backward(dev, d, accumulate, losses, student, teacher, mask, B, Hs, Ht, T, grad_scale)");
+    static_assert(kernel::has_attention_kl_forward_backward<D, T>, "device lacks kernel: attention_kl_forward_backward(dev, d, accumulate, losses, student, teacher, mask, B, Hs, Ht, T, grad_scale, causal)");
     static_assert(kernel::has_relation_kl_forward_backward<D, T>, "device lacks kernel: relation_kl_forward_backward(dev, d, losses, student, teacher, mask, R, T, s_scale, t_scale, grad_scale)");
+    static_assert(kernel::has_cosine_embedding_forward_backward<D, T>, "device lacks kernel: cosine_embedding_forward_backward(dev, d, accumulate, losses, student, teacher, B, C, grad_scale)");
+    static_assert(kernel::has_embedding_mse_forward_backward<D, T>, "device lacks kernel: embedding_mse_forward_backward(dev, d, accumulate, losses, student, teacher, B, C, grad_scale)");
     static_assert(kernel::has_hidden_match_forward_backward<D, T>, "device lacks kernel: double hidden_match_forward_backward(dev, y, losses, g, mask, N, C, scale, cosine)");
     // clang-format on
     static constexpr bool value = true;
@@ -7450,6 +7461,39 @@ DISTILL_HD T grouped_teacher_prob(const T* teacher, int b, int h, int g, int Ht,
     return at;
 }
 
+// One row of `cosine_embedding_forward_backward` (see there): writes the row's gradient to d[0..C)
+// and returns 1 − cos. Shared with device::Cpu, which runs rows in parallel.
+template <class T>
+T cosine_embedding_row(T* d, bool accumulate, const T* s, const T* t, int C, T grad_scale) {
+    using A = acc_t<T>;
+    const A eps = A(1e-8);
+    A dot = 0, ss = 0, tt = 0;
+    for (int c = 0; c < C; ++c) {
+        dot += A(s[c]) * A(t[c]);
+        ss += A(s[c]) * A(s[c]);
+        tt += A(t[c]) * A(t[c]);
+    }
+    const A norm_s = std::sqrt(ss), ns = std::max(norm_s, eps), nt = std::max(std::sqrt(tt), eps);
+    const A cos = dot / (ns * nt);
+    const A k2 = norm_s > 0 ? cos / (ns * norm_s) : A(0);
+    for (int c = 0; c < C; ++c) store(d[c], -A(grad_scale) * (A(t[c]) / (ns * nt) - k2 * A(s[c])), accumulate);
+    return static_cast<T>(A(1) - cos);
+}
+
+// One row of `embedding_mse_forward_backward` (see there): writes the row's gradient to d[0..C)
+// and returns Σ (s − t)² / C.
+template <class T>
+T embedding_mse_row(T* d, bool accumulate, const T* s, const T* t, int C, T grad_scale) {
+    using A = acc_t<T>;
+    A sq = 0;
+    for (int c = 0; c < C; ++c) {
+        const A r = A(s[c]) - A(t[c]);
+        sq += r * r;
+        store(d[c], A(grad_scale) * A(2) * r / A(C), accumulate);
+    }
+    return static_cast<T>(sq / A(C));
+}
+
 }  // namespace detail
 
 /// Forward KL per row, fused with its gradient (torch: kl_div(log_softmax(s/τ), log_softmax(t/τ),
@@ -7633,16 +7677,18 @@ void masked_cross_entropy_forward_backward(const Reference&, T* d, bool accumula
 
 /// Attention-map KL with grouped teacher heads, per query row, with the gradient on the student's
 /// attention probabilities. Student head h is matched with the mean of teacher heads
-/// [h·g, (h+1)·g), g = Ht/Hs. For a counted position (b,t):
-///   losses[b·T+t] = Σ_h KL(ā_{h,t} ‖ a_{h,t}) over keys j ≤ t,
-///   ∂/∂a_{h,t,j} = -ā_{h,t,j} / a_{h,t,j}  (keys j ≤ t; zero above the diagonal),
+/// [h·g, (h+1)·g), g = Ht/Hs. The keys of query t are j ≤ t when `causal` (a decoder), every
+/// j < T otherwise (a bidirectional encoder: a padded key has probability 0 in both maps, so it
+/// adds 0 and gets gradient 0). For a counted position (b,t):
+///   losses[b·T+t] = Σ_h KL(ā_{h,t} ‖ a_{h,t}) over its keys j,
+///   ∂/∂a_{h,t,j} = -ā_{h,t,j} / a_{h,t,j}  (its keys; zero elsewhere, e.g. above the diagonal),
 /// with a clamped below at the smallest normal number, so a probability that underflowed to 0
 /// gives a large finite value and a gradient the softmax backward multiplies by 0.
 /// student, d: (B,Hs,T,T); teacher: (B,Ht,T,T); mask, losses: (B,T).
 template <class T>
 void attention_kl_forward_backward(const Reference&, T* d, bool accumulate, T* losses, const T* student,
                                    const T* teacher, const std::uint8_t* mask, int B, int Hs, int Ht, int Tn,
-                                   T grad_scale) {
+                                   T grad_scale, bool causal) {
     using namespace detail;
     const int g = Ht / Hs;
     const T tiny = std::numeric_limits<T>::min();
@@ -7661,7 +7707,7 @@ void attention_kl_forward_backward(const Reference&, T* d, bool accumulate, T* l
                 }
                 for (int j = 0; j < Tn; ++j) {
                     T gr = 0;
-                    if (j <= t) {
+                    if (!causal || j <= t) {
                         const T at = grouped_teacher_prob(teacher, b, h, g, Ht, t, Tn, j);
                         const T as = std::max(a[j], tiny);
                         if (at > 0) kl += at * (std::log(at) - std::log(as));
@@ -7753,6 +7799,35 @@ double hidden_match_forward_backward(const Reference&, T* y, T* losses, const T*
         value += row;
     }
     return value;
+}
+
+/// Cosine embedding rows (the kernel of `loss::CosineEmbedding`): student, teacher, d (B,C) —
+/// one embedding per sequence — and losses (B). Every row counts. With ε = 1e-8,
+/// n_s = max(|s|, ε), n_t = max(|t|, ε) and cos = s·t / (n_s n_t):
+///   losses[b] = 1 − cos,
+///   d[b] = (or +=) −grad_scale (t / (n_s n_t) − cos s / (n_s |s|)), the second part 0 where |s| = 0
+/// — torch 2.x's `1 − F.cosine_similarity(s, t, dim=-1)` and its autograd (the norms are clamped
+/// without a gradient through the clamp, so below ε the derivative of |s| is still s/|s|). Sums in
+/// at least double.
+template <class T>
+void cosine_embedding_forward_backward(const Reference&, T* d, bool accumulate, T* losses, const T* student,
+                                       const T* teacher, int B, int C, T grad_scale) {
+    for (int b = 0; b < B; ++b)
+        losses[b] = detail::cosine_embedding_row(d + std::int64_t(b) * C, accumulate, student + std::int64_t(b) * C,
+                                                 teacher + std::int64_t(b) * C, C, grad_scale);
+}
+
+/// Embedding MSE rows (the kernel of `loss::EmbeddingMSE`): student, teacher, d (B,C), losses (B).
+/// Every row counts:
+///   losses[b] = Σ_c (s − t)² / C  (summed in at least double),
+///   d[b] = (or +=) grad_scale · 2 (s − t) / C
+/// — a term's value Σ_b losses / B is torch's `F.mse_loss(s, t)` (the mean over B·C).
+template <class T>
+void embedding_mse_forward_backward(const Reference&, T* d, bool accumulate, T* losses, const T* student,
+                                    const T* teacher, int B, int C, T grad_scale) {
+    for (int b = 0; b < B; ++b)
+        losses[b] = detail::embedding_mse_row(d + std::int64_t(b) * C, accumulate, student + std::int64_t(b) * C,
+                                              teacher + std::int64_t(b) * C, C, grad_scale);
 }
 
 }  // namespace distill::device
@@ -7958,6 +8033,19 @@ void for_rows(int threads, T* d, bool accumulate, T* losses, const std::uint8_t*
                 losses[n] = row(n);
         },
         N * width >= parallel_threshold);
+}
+
+// Runs losses[b] = row(d_b, accumulate, s_b, t_b, C, grad_scale) for the B rows of (B,C)
+// embeddings on the device's threads (the pooled-embedding kernels).
+template <class Dev, class T, class Row>
+void embedding_rows(const Dev& dev, Row row, T* d, bool accumulate, T* losses, const T* student, const T* teacher,
+                    int B, int C, T grad_scale) {
+    distill::detail::parallel_for(
+        dev.threads(), B,
+        [&](std::int64_t b) {
+            losses[b] = row(d + b * C, accumulate, student + b * C, teacher + b * C, C, grad_scale);
+        },
+        std::int64_t(B) * C >= parallel_threshold);
 }
 
 }  // namespace detail
@@ -8340,12 +8428,12 @@ void masked_cross_entropy_forward_backward(const Cpu& dev, T* d, bool accumulate
         N * V >= parallel_threshold);
 }
 
-/// Attention-map KL with grouped teacher heads (see the Reference kernel), parallel over query
-/// positions (b,t); each handles every student head of its row, so the loss needs no reduction
-/// across threads.
+/// Attention-map KL with grouped teacher heads (see the Reference kernel; keys j ≤ t when
+/// `causal`, every key otherwise), parallel over query positions (b,t); each handles every student
+/// head of its row, so the loss needs no reduction across threads.
 template <class T>
 void attention_kl_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losses, const T* student, const T* teacher,
-                                   const std::uint8_t* mask, int B, int Hs, int Ht, int Tn, T grad_scale) {
+                                   const std::uint8_t* mask, int B, int Hs, int Ht, int Tn, T grad_scale, bool causal) {
     using namespace detail;
     const int g = Ht / Hs;
     const T tiny = std::numeric_limits<T>::min();
@@ -8354,7 +8442,7 @@ void attention_kl_forward_backward(const Cpu& dev, T* d, bool accumulate, T* los
         dev.threads(), rows,
         [&](std::int64_t bt) {
             const std::int64_t b = bt / Tn;
-            const int t = static_cast<int>(bt % Tn), len = t + 1;
+            const int t = static_cast<int>(bt % Tn), len = causal ? t + 1 : Tn;
             const bool counts = !mask || mask[bt];
             T kl = 0;
             alignas(64) T at_buf[chunk];
@@ -8423,6 +8511,25 @@ template <class T>
 double hidden_match_forward_backward(const Cpu&, T* y, T* losses, const T* g, const std::uint8_t* mask, std::int64_t N,
                                      int C, T scale, bool cosine) {
     return hidden_match_forward_backward(Reference{}, y, losses, g, mask, N, C, scale, cosine);
+}
+
+/// Cosine embedding rows (see the Reference kernel): the Reference's row, rows spread over the
+/// threads (static schedule; each row is summed in order in double, so the result does not depend
+/// on the thread count). B·C is one embedding per sequence — small next to the encoder's GEMMs.
+template <class T>
+void cosine_embedding_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losses, const T* student,
+                                       const T* teacher, int B, int C, T grad_scale) {
+    detail::embedding_rows(dev, detail::cosine_embedding_row<T>, d, accumulate, losses, student, teacher, B, C,
+                           grad_scale);
+}
+
+/// Embedding MSE rows (see the Reference kernel), rows spread over the threads as
+/// `cosine_embedding_forward_backward`.
+template <class T>
+void embedding_mse_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losses, const T* student,
+                                    const T* teacher, int B, int C, T grad_scale) {
+    detail::embedding_rows(dev, detail::embedding_mse_row<T>, d, accumulate, losses, student, teacher, B, C,
+                           grad_scale);
 }
 
 }  // namespace distill::device
@@ -9779,10 +9886,16 @@ private:
 /// One generic mapping between Hana-reflected structs and JSON, used for every config in distill.
 /// Reading is strict: an unknown key is an error naming its JSON path and the closest valid key; a
 /// value of the wrong type names the path and the expected type; missing keys keep their defaults.
+///
+/// A struct may be reflected with accessors that reach into configs it holds
+/// (BOOST_HANA_ADAPT_ADT, each accessor returning a reference): its keys are then a section of a
+/// file that sets those configs' fields, and `validate_part` makes their checks name the section's
+/// keys (a job's `hyperparameters.warmup` is the schedule's `warmup_steps`).
 
 #include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -9942,6 +10055,33 @@ nlohmann::json to_json(const T& value) {
             o[boost::hana::to<const char*>(boost::hana::first(pair))] = to_json(boost::hana::second(pair)(value));
         });
         return o;
+    }
+}
+
+/// Runs `part.validate("")` — the checks of a reflected config `part` that `section`, a reflected
+/// struct, holds and exposes fields of under keys of its own — and re-throws its config_error naming
+/// the key `section` gives the field, under `path`: `validate_part(hyperparameters, schedule,
+/// "hyperparameters")` reports the schedule's `warmup_steps` as `hyperparameters.warmup`. A field
+/// the section does not expose keeps its own name. `part.validate(p)` must name a field `p.<field>`.
+template <reflected Section, reflected Part>
+void validate_part(const Section& section, const Part& part, const std::string& path) {
+    namespace hana = boost::hana;
+    try {
+        part.validate("");
+    } catch (const config_error& e) {
+        const std::string& field = e.field();  // ".<field of part>"
+        const std::string name = field.substr(1);
+        std::string key = name;
+        hana::for_each(hana::accessors<Part>(), [&](auto member) {
+            if (name != hana::to<const char*>(hana::first(member))) return;
+            const auto& target = hana::second(member)(part);
+            hana::for_each(hana::accessors<Section>(), [&](auto exposed) {
+                const auto& at = hana::second(exposed)(section);
+                if constexpr (std::is_same_v<std::remove_cvref_t<decltype(at)>, std::remove_cvref_t<decltype(target)>>)
+                    if (std::addressof(at) == std::addressof(target)) key = hana::to<const char*>(hana::first(exposed));
+            });
+        });
+        throw config_error(path.empty() ? key : path + "." + key, std::string(e.what()).substr(field.size() + 2));
     }
 }
 
@@ -10945,6 +11085,9 @@ struct EncoderConfig {
     int d_ff = 1536;                ///< MLP hidden width F (intermediate_size)
     double layer_norm_eps = 1e-12;  ///< every LayerNorm's epsilon (BERT: 1e-12)
     std::string pooling = "mean";   ///< "mean" (over valid tokens) or "cls" (the first token)
+    /// Queries attend to every valid key (bidirectional), not only to earlier ones: read by
+    /// `loss::model_dims_of_config` (attention terms sum over every key of a counted query).
+    static constexpr bool causal = false;
 
     /// Throws `config_error` naming the first field out of range. The upper bounds are far beyond any
     /// published encoder; configs come from downloaded files, and the bounds keep every size computed
@@ -13411,6 +13554,7 @@ using logits_t = signal_t<"logits">;                ///< full-vocabulary logits 
 using hidden_states_t = signal_t<"hidden_states">;  ///< hidden states, (B,T,C_teacher) per layer
 using attentions_t = signal_t<"attentions">;        ///< attention probabilities, (B,H,T,T) per layer
 using qkv_t = signal_t<"qkv">;                      ///< query/key/value projections, (B,T,3C) per layer
+using pooled_t = signal_t<"pooled">;                ///< one embedding per sequence, (B,C) (sentence encoders)
 
 inline constexpr auto tokens = boost::hana::type_c<tokens_t>;
 inline constexpr auto topk_logprobs = boost::hana::type_c<topk_logprobs_t>;
@@ -13418,6 +13562,7 @@ inline constexpr auto logits = boost::hana::type_c<logits_t>;
 inline constexpr auto hidden_states = boost::hana::type_c<hidden_states_t>;
 inline constexpr auto attentions = boost::hana::type_c<attentions_t>;
 inline constexpr auto qkv = boost::hana::type_c<qkv_t>;
+inline constexpr auto pooled = boost::hana::type_c<pooled_t>;
 
 /// What a teacher of sampled tokens provides (`provides`): `tokens`, and `topk_logprobs` too when
 /// it gives the top-k log-probabilities of each token (`topk`).
@@ -13444,7 +13589,8 @@ inline constexpr bool teacher_provides =
 // ---- end distill/signals.hpp ----
 // ---- begin distill/student.hpp ----
 /// @file student.hpp
-/// The `student_model` concept: the network that is trained.
+/// The `student_model` concept: the network that is trained, a `sequence_model` (next-token logits)
+/// or an `embedding_model` (one pooled embedding per sequence).
 ///
 /// **What a student represents.** A differentiable sequence model over token ids that owns its
 /// parameters, gradients and activations (three arenas laid out at construction; nothing is allocated
@@ -13453,16 +13599,18 @@ inline constexpr bool teacher_provides =
 ///
 /// **Minimal complete definition** (for a model `m`):
 /// - `scalar_type`, `device_type`, `config_type` (a Hana-adapted struct, so jobs can configure it);
-/// - `m.forward(tokens, B, T)` over row-major int32 ids;
-/// - `m.logits()` (B,T,V); `m.grad_logits()` (B,T,V), which losses write and `backward` reads;
+/// - a sequence model: `m.forward(tokens, B, T)` over row-major int32 ids, `m.logits()` (B,T,V) and
+///   `m.grad_logits()` (B,T,V), which losses write and `backward` reads; an embedding model:
+///   `m.forward(tokens, B, T, lengths)`, `m.pooled()` (B,C) and `m.grad_pooled()` (B,C) likewise;
 /// - `m.hidden_state_count()`, `m.hidden_state(i)` (B,T,C) and `m.attention(l)` (B,H,T,T) when
 ///   the model exposes them (what the transfer losses need);
 /// - `m.backward(d_hidden, d_attention)`, which accumulates parameter gradients from `grad_logits()`
-///   plus optional extra gradients on hidden states and attention maps;
+///   (or `grad_pooled()`) plus optional extra gradients on hidden states and attention maps;
 /// - `m.zero_grad()` and `m.parameters()` (named value/gradient views).
 ///
 /// **Laws.** `backward` computes the exact gradient of the scalar whose partial derivatives were
-/// supplied (finite differences agree, `tests/unit-student.cpp`); gradients accumulate until `zero_grad`.
+/// supplied (finite differences agree, `tests/unit-student.cpp`, `tests/unit-encoder.cpp`); gradients accumulate until
+/// `zero_grad`.
 ///
 /// **Example.**
 /// @code
@@ -13481,15 +13629,12 @@ inline constexpr bool teacher_provides =
 
 namespace distill {
 
-/// A trainable sequence model (see the file comment for the full contract).
+/// What every trainable model shares (see the file comment): a config, parameters, gradients, the
+/// hidden states and attention maps transfer losses read, and `backward` with extra gradients on them.
 template <class M>
-concept student_model = device_policy<typename M::device_type> &&
-    requires(M& m, const M& cm, const std::int32_t* tokens, int n,
-             std::span<const Tensor<const typename M::scalar_type>> extra) {
+concept trainable_model = device_policy<typename M::device_type> &&
+    requires(M& m, const M& cm, int n, std::span<const Tensor<const typename M::scalar_type>> extra) {
     typename M::config_type;
-    m.forward(tokens, n, n);
-    { cm.logits() } -> std::convertible_to<Tensor<typename M::scalar_type>>;
-    { cm.grad_logits() } -> std::convertible_to<Tensor<typename M::scalar_type>>;
     { cm.hidden_state_count() } -> std::convertible_to<int>;
     { cm.hidden_state(n) } -> std::convertible_to<Tensor<typename M::scalar_type>>;
     { cm.attention(n) } -> std::convertible_to<Tensor<typename M::scalar_type>>;
@@ -13497,6 +13642,32 @@ concept student_model = device_policy<typename M::device_type> &&
     m.zero_grad();
     cm.parameters();
 };
+
+/// A model that predicts the next token: `forward(tokens, B, T)`, then `logits()` (B,T,V) and
+/// `grad_logits()` (B,T,V), which losses write and `backward` reads (`student::Transformer`).
+template <class M>
+concept sequence_model = trainable_model<M> && requires(M& m, const M& cm, const std::int32_t* tokens, int n) {
+    m.forward(tokens, n, n);
+    { cm.logits() } -> std::convertible_to<Tensor<typename M::scalar_type>>;
+    { cm.grad_logits() } -> std::convertible_to<Tensor<typename M::scalar_type>>;
+};
+
+/// A model that embeds a sentence: `forward(tokens, B, T, lengths)` over right-padded rows of
+/// `lengths[b]` tokens, then `pooled()` (B,C), one embedding per sequence, and `grad_pooled()` (B,C),
+/// which losses write and `backward` reads (`student::Encoder`).
+template <class M>
+concept embedding_model = trainable_model<M> &&
+    requires(M& m, const M& cm, const std::int32_t* tokens, const int* lengths, int n) {
+    m.forward(tokens, n, n, lengths);
+    { cm.pooled() } -> std::convertible_to<Tensor<typename M::scalar_type>>;
+    { cm.grad_pooled() } -> std::convertible_to<Tensor<typename M::scalar_type>>;
+    { cm.max_length() } -> std::convertible_to<int>;
+};
+
+/// A model the Distiller can train: a `sequence_model` (language tasks) or an `embedding_model`
+/// (the `embedding` task).
+template <class M>
+concept student_model = sequence_model<M> || embedding_model<M>;
 
 }  // namespace distill
 // ---- end distill/student.hpp ----
@@ -13732,6 +13903,23 @@ concept online_teacher = teacher_source<T> && teacher_provides<T, signal::logits
     { ct.hidden_state(n) } -> std::convertible_to<Tensor<typename T::scalar_type>>;
     { ct.attention(n) } -> std::convertible_to<Tensor<typename T::scalar_type>>;
     { ct.qkv(n) } -> std::convertible_to<Tensor<typename T::scalar_type>>;
+};
+
+/// A sentence-embedding teacher running in-process (the `embedding` task, `teacher::EncoderModel`):
+/// it provides `signal::pooled`, turns text into the token ids student and teacher both read
+/// (`encode(text, limit)`, special tokens included, truncated to `limit` or its own `max_length()`),
+/// and forwards right-padded batches whose outputs its `network()` exposes as `student::Encoder` does.
+template <class T>
+concept embedding_teacher = teacher_provides<T, signal::pooled_t> &&
+    requires(T& t, const T& ct, const std::int32_t* tokens, const int* lengths, int n, std::string_view text) {
+    typename T::scalar_type;
+    { ct.fingerprint() } -> std::convertible_to<std::string>;
+    { ct.name() } -> std::convertible_to<std::string>;
+    { ct.encode(text, n) } -> std::convertible_to<std::vector<std::int32_t>>;
+    { ct.max_length() } -> std::convertible_to<int>;
+    { ct.max_batch() } -> std::convertible_to<int>;
+    t.forward(tokens, n, n, lengths);
+    ct.network().pooled();
 };
 
 /// The fingerprint stamped on generated data: the teacher's own fingerprint and the sampling
@@ -14269,6 +14457,7 @@ inline SyntheticRecord parse_synthetic(const nlohmann::json& j) {
         const auto name = f->get<std::string>();
         r.format = name == "prompt_completion" ? data::input_format::prompt_completion
                    : name == "input_label"     ? data::input_format::input_label
+                   : name == "text"            ? data::input_format::text
                                                : data::input_format::chat;
     }
     if (auto ref = j.find("reference"); ref != j.end()) {
@@ -15670,6 +15859,195 @@ BOOST_HANA_ADAPT_STRUCT(distill::teacher::OpenAIConfig, base_url, model, api_key
 #endif
 // Hugging Face tokenizers need PCRE2: link distill::text, which defines DISTILL_WITH_TEXT.
 #if defined(DISTILL_WITH_TEXT)
+// ---- begin distill/teacher/encoder_model.hpp ----
+/// @file teacher/encoder_model.hpp
+/// `teacher::EncoderModel`: a sentence-embedding teacher running in this process — a Hugging Face
+/// BERT directory (config.json, model.safetensors, tokenizer.json, optionally sentence-transformers'
+/// `1_Pooling/config.json` and `sentence_bert_config.json`, e.g. all-MiniLM-L6-v2) loaded into a
+/// `student::Encoder`, with its tokenizer. It is the `embedding_teacher` of the `embedding` task:
+/// the Distiller tokenizes every sentence with it (student and teacher read the same ids) and
+/// forwards it on every training batch, so loss terms read its pooled embeddings, hidden states and
+/// attention maps.
+///
+/// Needs PCRE2 (link distill::text): the tokenizer is `data::HfTokenizer`.
+///
+/// @code
+/// distill::teacher::EncoderModel<> teacher({.weights = "all-MiniLM-L6-v2"});
+/// auto ids = teacher.encode("A sentence.");            // [CLS] … [SEP], truncated to max_length()
+/// teacher.forward(ids.data(), 1, int(ids.size()), nullptr);
+/// auto embedding = teacher.network().pooled();          // (1, 384)
+/// @endcode
+
+#include <algorithm>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <boost/hana/adapt_struct.hpp>
+#include <boost/hana/set.hpp>
+#include <nlohmann/json.hpp>
+
+
+namespace distill::teacher {
+
+/// Keys of the job's `teacher` object for the `embedding` task (kind "model").
+struct EncoderModelConfig {
+    std::string weights{};  ///< the Hugging Face BERT directory
+    int max_batch = 32;     ///< sentences forwarded at once
+    /// Longest input in tokens, special tokens included; longer sentences are truncated, keeping the
+    /// closing special token. 0: the directory's sentence_bert_config.json max_seq_length, else
+    /// the model's max_position_embeddings.
+    int max_length = 0;
+
+    /// Throws `config_error` naming the field.
+    void validate(const std::string& path = "teacher") const {
+        if (weights.empty()) throw config_error(path + ".weights", "is required (a Hugging Face BERT directory)");
+        if (max_batch < 1) throw config_error(path + ".max_batch", "must be >= 1, got " + std::to_string(max_batch));
+        if (max_length < 0 || max_length == 1)
+            throw config_error(path + ".max_length",
+                               "must be 0 (the model's) or >= 2, got " + std::to_string(max_length));
+    }
+};
+
+/// An in-process sentence-embedding teacher (see the file comment).
+/// @tparam T scalar type of the network. @tparam Device a host-memory device (`device::Cpu`).
+template <class T = float, class Device = device::Cpu>
+class EncoderModel {
+public:
+    using network_type = student::Encoder<T, Device>;
+    using scalar_type = T;
+    using device_type = Device;
+
+    static constexpr auto provides = boost::hana::make_set(signal::pooled, signal::hidden_states, signal::attentions);
+
+    /// Loads `config.weights` and its tokenizer. Throws io_error / format_error naming the file,
+    /// config_error naming the field.
+    explicit EncoderModel(const EncoderModelConfig& config, Device device = Device{})
+        : cfg_(validated(config)),
+          dir_(cfg_.weights),
+          tokenizer_(load_tokenizer(dir_.directory() / "tokenizer.json")),
+          max_length_(resolve_max_length(cfg_, dir_)),
+          net_(io::hf::encoder_config(dir_), cfg_.max_batch, max_length_, device) {
+        io::hf::load(dir_, net_);
+        if (tokenizer_.vocab_size() > net_.config().vocab_size)
+            throw config_error("teacher.weights", dir_.directory().string() + ": the tokenizer has " +
+                                                      std::to_string(tokenizer_.vocab_size()) +
+                                                      " ids, more than the model's vocab_size " +
+                                                      std::to_string(net_.config().vocab_size));
+    }
+
+    /// The network, for the forward and the loss terms' views.
+    network_type& network() noexcept { return net_; }
+    const network_type& network() const noexcept { return net_; }
+    const EncoderModelConfig& config() const noexcept { return cfg_; }
+    const data::HfTokenizer& tokenizer() const noexcept { return tokenizer_; }
+    /// The directory the weights, tokenizer and sentence-transformers files come from.
+    const std::filesystem::path& directory() const noexcept { return dir_.directory(); }
+    /// Longest input in tokens (see `EncoderModelConfig::max_length`).
+    int max_length() const noexcept { return max_length_; }
+    /// Sentences forwarded at once.
+    int max_batch() const noexcept { return cfg_.max_batch; }
+
+    /// `text` as the model reads it: the tokenizer's ids with its special tokens ([CLS] … [SEP]),
+    /// truncated to `limit` (default `max_length()`) keeping the closing special token, as
+    /// transformers' truncation does.
+    std::vector<std::int32_t> encode(std::string_view text, int limit = 0) const {
+        const int n = limit > 0 ? std::min(limit, max_length_) : max_length_;
+        auto ids = tokenizer_.encode(text, true);
+        if (static_cast<int>(ids.size()) > n) {
+            const std::int32_t last = ids.back();
+            ids.resize(static_cast<std::size_t>(n));
+            if (tokenizer_.is_special(last)) ids.back() = last;
+        }
+        return ids;
+    }
+
+    /// Forwards tokens(B,T), right-padded rows of `lengths[b]` tokens (see `student::Encoder::forward`).
+    void forward(const std::int32_t* tokens, int B, int Tn, const int* lengths) {
+        net_.forward(tokens, B, Tn, lengths);
+    }
+
+    /// Hash of the architecture, every parameter and the tokenizer file, and the input length:
+    /// equal fingerprints embed every sentence identically.
+    std::string fingerprint() const {
+        detail::Sha256 h;
+        h.update("distill.teacher.encoder.v1\n");
+        h.update(io::to_json(net_.config()).dump());
+        for (const auto& p : net_.parameters()) {
+            h.update(p.name);
+            h.update(p.value.data(), sizeof(T) * std::size_t(p.value.numel()));
+        }
+        return "encoder:sha256=" + h.hex().substr(0, 32) + ";" + tokenizer_.id() +
+               ";max_length=" + std::to_string(max_length_);
+    }
+
+    /// "encoder:<dir> (<n> parameters)".
+    std::string name() const {
+        return "encoder:" + dir_.directory().string() + " (" + std::to_string(net_.config().parameter_count()) +
+               " parameters)";
+    }
+
+private:
+    static EncoderModelConfig validated(const EncoderModelConfig& c) {
+        c.validate();
+        return c;
+    }
+
+    // sentence-transformers' tokenizer.json asks for truncation and padding to a fixed length, which
+    // data::HfTokenizer refuses rather than ignores; this teacher truncates (`encode`) and the
+    // pipeline pads per batch, so both are cleared.
+    static data::HfTokenizer load_tokenizer(const std::filesystem::path& file) {
+        std::ifstream in(file, std::ios::binary);
+        if (!in) throw io_error(file, "cannot open the teacher's tokenizer (a BERT directory holds tokenizer.json)");
+        std::stringstream ss;
+        ss << in.rdbuf();
+        nlohmann::json j = nlohmann::json::parse(ss.str(), nullptr, false);
+        if (j.is_discarded() || !j.is_object()) throw format_error(file, 0, "not a JSON object");
+        j["truncation"] = nullptr;
+        j["padding"] = nullptr;
+        std::optional<std::string> config;
+        if (std::ifstream c(file.parent_path() / "tokenizer_config.json", std::ios::binary); c) {
+            std::stringstream cs;
+            cs << c.rdbuf();
+            config = cs.str();
+        }
+        return data::HfTokenizer::from_json(j.dump(), config, file.string());
+    }
+
+    static int resolve_max_length(const EncoderModelConfig& c, const io::hf::Directory& dir) {
+        const int positions = io::hf::encoder_config(dir).context_length;
+        int n = c.max_length;
+        if (n == 0) {
+            n = positions;
+            const auto st = dir.directory() / "sentence_bert_config.json";
+            if (std::filesystem::exists(st)) {
+                const nlohmann::json j = io::hf::detail::read_json(st);
+                if (j.contains("max_seq_length") && j["max_seq_length"].is_number_integer())
+                    n = std::min(positions, j["max_seq_length"].get<int>());
+            }
+        }
+        if (n > positions)
+            throw config_error("teacher.max_length", "is " + std::to_string(n) + ", more than the model's " +
+                                                         std::to_string(positions) + " positions");
+        return n;
+    }
+
+    EncoderModelConfig cfg_;
+    io::hf::Directory dir_;
+    data::HfTokenizer tokenizer_;
+    int max_length_;
+    network_type net_;
+};
+
+}  // namespace distill::teacher
+
+BOOST_HANA_ADAPT_STRUCT(distill::teacher::EncoderModelConfig, weights, max_batch, max_length);
+// ---- end distill/teacher/encoder_model.hpp ----
 #endif
 // ---- begin distill/data/dataset.hpp ----
 /// @file dataset.hpp
@@ -16409,7 +16787,8 @@ private:
 /// are in `docs/losses.md`; each term lives in its own header under `loss/`.
 ///
 /// **What a loss term represents.** A differentiable scalar of the student's outputs (logits,
-/// hidden states, attention maps, q|k|v projections) and the teacher's outputs for the same batch.
+/// pooled sentence embeddings, hidden states, attention maps, q|k|v projections) and the teacher's
+/// outputs for the same batch.
 /// One call computes the value *and* writes its gradient: the term adds `weight · ∂value/∂x` to the
 /// gradient sink of every student output `x` it reads. Several terms share the sinks, so gradients
 /// accumulate; the `Workspace` tracks which sinks were written this step so the first writer may
@@ -16435,8 +16814,10 @@ private:
 /// **Reduction.** Every term is a *mean over the positions that count*: `mask(b,t) = 1` (prompt
 /// and padding positions are 0). Per-position terms average over those positions; attention terms
 /// average over mapped layers, heads and the query rows at those positions (every key ≤ t of a
-/// counted row is part of its distribution); hidden-state terms average over mapped layer pairs,
-/// counted positions and channels. With no counted position the value is 0 and the gradient 0.
+/// counted row is part of its distribution; every key for a bidirectional student,
+/// `model_dims::causal` false); hidden-state terms average over mapped layer pairs, counted
+/// positions and channels; pooled-embedding terms average over the B sequences (one row each, all
+/// counted). With no counted position the value is 0 and the gradient 0.
 ///
 /// **Laws** (tested in `tests/unit-losses.cpp`): value and gradient agree with PyTorch autograd and
 /// with finite differences; divergences are ≥ 0 and vanish when student and teacher agree;
@@ -16492,6 +16873,9 @@ struct model_dims {
     int n_layers = 0;    ///< L: hidden states 0..L, attention layers 0..L-1
     int n_heads = 0;     ///< H, attention heads per layer
     int qkv_width = 0;   ///< width of a q|k|v row: 3C, less with grouped-query attention; 0 = 3C
+    /// Whether query t attends to keys j ≤ t only (decoders); false for bidirectional encoders,
+    /// whose queries attend to every valid key.
+    bool causal = true;
 
     /// The q|k|v row width (3C unless the model says otherwise).
     int qkv() const noexcept { return qkv_width ? qkv_width : 3 * d_model; }
@@ -16506,11 +16890,13 @@ struct dims {
 };
 
 /// The `model_dims` of a config with `vocab_size`, `d_model`, `n_layers`, `n_heads` (and
-/// `qkv_width()` where q|k|v is not 3C wide), e.g. `student::TransformerConfig`.
+/// `qkv_width()` where q|k|v is not 3C wide, and a `static constexpr bool causal` where the model
+/// is not a causal decoder, e.g. `student::EncoderConfig`), e.g. `student::TransformerConfig`.
 template <class Config>
 model_dims model_dims_of_config(const Config& c) {
     model_dims d{c.vocab_size, c.d_model, c.n_layers, c.n_heads};
     if constexpr (requires { c.qkv_width(); }) d.qkv_width = c.qkv_width();
+    if constexpr (requires { Config::causal; }) d.causal = Config::causal;
     return d;
 }
 
@@ -16536,6 +16922,7 @@ dims dims_of(const Student& student, const Teacher& teacher, int max_batch) {
 template <class T>
 struct model_outputs {
     Tensor<const T> logits;                      ///< (B,T,V)
+    Tensor<const T> pooled;                      ///< (B,C): one embedding per sequence (sentence encoders)
     std::vector<Tensor<const T>> hidden_states;  ///< L+1 × (B,T,C): 0 embeddings, L after the final norm
     std::vector<Tensor<const T>> attentions;     ///< L × (B,H,T,T) probabilities, zeros above the diagonal
     std::vector<Tensor<const T>> qkv;            ///< L × (B,T,3C): q | k | v, head h in columns [h·C/H, (h+1)·C/H)
@@ -16561,12 +16948,20 @@ struct teacher_outputs : model_outputs<T> {
     double topk_temperature = 1.0;
 };
 
-/// Fills `out` with views of `model`'s last forward: logits, every hidden state, every attention
-/// map and, when the model has `qkv(l)`, every q|k|v projection. Reuses `out`'s vectors, so after
-/// the first call it does not allocate.
+/// Fills `out` with views of `model`'s last forward: its logits when it has `logits()`, its
+/// pooled embeddings when it has `pooled()`, every hidden state, every attention map and, when the
+/// model has `qkv(l)`, every q|k|v projection. Reuses `out`'s vectors, so after the first call it
+/// does not allocate.
 template <class T, class Model>
 void collect_outputs(const Model& model, model_outputs<T>& out) {
-    out.logits = model.logits();
+    if constexpr (requires { model.logits(); })
+        out.logits = model.logits();
+    else
+        out.logits = {};
+    if constexpr (requires { model.pooled(); })
+        out.pooled = model.pooled();
+    else
+        out.pooled = {};
     if constexpr (requires { model.keeps_activations(); })
         if (!model.keeps_activations()) {  // an inference-only network: its logits alone
             out.hidden_states.clear();
@@ -16618,9 +17013,13 @@ struct context {
     /// Multiplies every gradient a term writes (a `Sum` sets it to its weight for the term).
     T weight = T(1);
     Workspace<T, Device>* workspace = nullptr;
+    /// The batch's shape, B sequences of T positions (set by `Workspace::begin`; a model without
+    /// logits has them too).
+    int batch_size = 0;
+    int sequence_length = 0;
 
-    int batch() const noexcept { return static_cast<int>(student->logits.size(0)); }
-    int length() const noexcept { return static_cast<int>(student->logits.size(1)); }
+    int batch() const noexcept { return batch_size; }
+    int length() const noexcept { return sequence_length; }
     /// Whether position n = b·T + t counts.
     bool counts(std::int64_t n) const noexcept { return mask.empty() || mask.data()[n] != 0; }
     /// The mask as a pointer (nullptr: every position counts), the form the kernels take.
@@ -16636,12 +17035,16 @@ struct context {
 
     /// The gradient sink of the logits (B,T,V); see `sink::accumulate`.
     sink<T> d_logits() const { return workspace->logits_sink(); }
+    /// The gradient sink of the pooled embeddings (B,C) (the student's `grad_pooled()`), with the
+    /// same overwrite/accumulate semantics as `d_logits`.
+    sink<T> d_pooled() const { return workspace->pooled_sink(); }
     /// The sink of hidden state i (B,T,C), of attention map l (B,H,T,T), of q|k|v of layer l (B,T,3C).
     sink<T> d_hidden(int i) const { return workspace->hidden_sink(i); }
     sink<T> d_attention(int l) const { return workspace->attention_sink(l); }
     sink<T> d_qkv(int l) const { return workspace->qkv_sink(l); }
     /// The same sinks for terms that only add: zeroed on the first touch of the step.
     Tensor<T> d_logits_accumulate() const { return workspace->logits_accumulate(); }
+    Tensor<T> d_pooled_accumulate() const { return workspace->pooled_accumulate(); }
     Tensor<T> d_hidden_accumulate(int i) const { return workspace->hidden_accumulate(i); }
     Tensor<T> d_attention_accumulate(int l) const { return workspace->attention_accumulate(l); }
     Tensor<T> d_qkv_accumulate(int l) const { return workspace->qkv_accumulate(l); }
@@ -16790,16 +17193,22 @@ public:
                     term_needs<Loss, signal::qkv_t>, scratch_elements_of(loss), device) {}
 
     /// Starts a step on `student`'s last forward: the student's views, its `grad_logits()` as the
-    /// logits sink, and no sink written yet. `mask` and `labels` are (B,T) or empty.
+    /// logits sink and, for a sentence encoder, its `grad_pooled()` as the pooled sink (a student
+    /// may have either or both), and no sink written yet. `mask` and `labels` are (B,T) or empty.
     template <class Student>
     requires requires(const Student& s) {
-        s.grad_logits();
         s.hidden_state_count();
-    }
-    context<T, Device> begin(const Student& student, const teacher_outputs<T>& teacher,
-                             Tensor<const std::uint8_t> mask = {}, Tensor<const std::int32_t> labels = {}) {
+    } &&(
+        requires(const Student& s) { s.grad_logits(); } ||
+        requires(const Student& s) {
+            s.grad_pooled();
+        }) context<T, Device> begin(const Student& student, const teacher_outputs<T>& teacher,
+                                    Tensor<const std::uint8_t> mask = {}, Tensor<const std::int32_t> labels = {}) {
         collect_outputs(student, own_student_);
-        return begin(own_student_, student.grad_logits(), teacher, mask, labels);
+        Tensor<T> d_logits, d_pooled;
+        if constexpr (requires { student.grad_logits(); }) d_logits = student.grad_logits();
+        if constexpr (requires { student.grad_pooled(); }) d_pooled = student.grad_pooled();
+        return begin(own_student_, d_logits, d_pooled, teacher, mask, labels);
     }
 
     /// Starts a step on explicit views: `student` outputs and `d_logits`, the buffer `backward`
@@ -16808,15 +17217,46 @@ public:
                              Tensor<const std::uint8_t> mask = {}, Tensor<const std::int32_t> labels = {}) {
         if (student.logits.rank() != 3)
             throw shape_error("loss: the student's logits must be (B,T,V), got " + student.logits.shape_string());
-        B_ = static_cast<int>(student.logits.size(0));
-        T_ = static_cast<int>(student.logits.size(1));
+        return begin(student, d_logits, Tensor<T>{}, teacher, mask, labels);
+    }
+
+    /// Starts a step on explicit views of any student: `d_logits` (the shape of `student.logits`)
+    /// and `d_pooled` (the shape of `student.pooled`) are the buffers `backward` reads the
+    /// gradients from; each is empty exactly when the student has no such output. B and T come
+    /// from the logits (B,T,V) when there are any, else B from the pooled embeddings (B,C) and T
+    /// from hidden state 0 (B,T,C) or, without hidden states, from the mask (B,T), else T = 1.
+    context<T, Device> begin(const student_outputs<T>& student, Tensor<T> d_logits, Tensor<T> d_pooled,
+                             const teacher_outputs<T>& teacher, Tensor<const std::uint8_t> mask = {},
+                             Tensor<const std::int32_t> labels = {}) {
+        if (!student.logits.empty()) {
+            if (student.logits.rank() != 3)
+                throw shape_error("loss: the student's logits must be (B,T,V), got " + student.logits.shape_string());
+            B_ = static_cast<int>(student.logits.size(0));
+            T_ = static_cast<int>(student.logits.size(1));
+        } else if (!student.pooled.empty()) {
+            if (student.pooled.rank() != 2)
+                throw shape_error("loss: the student's pooled embeddings must be (B,C), got " +
+                                  student.pooled.shape_string());
+            B_ = static_cast<int>(student.pooled.size(0));
+            if (!student.hidden_states.empty() && student.hidden_states[0].rank() == 3)
+                T_ = static_cast<int>(student.hidden_states[0].size(1));
+            else if (mask.rank() == 2)
+                T_ = static_cast<int>(mask.size(1));
+            else
+                T_ = 1;  // embeddings only: one "position" per sequence
+        } else {
+            throw shape_error("loss: the student has neither logits (B,T,V) nor pooled embeddings (B,C)");
+        }
         if (B_ > dims_.max_batch || T_ > dims_.max_length)
             throw shape_error("loss: batch (B=" + std::to_string(B_) + ", T=" + std::to_string(T_) +
                               ") exceeds the workspace (max_batch=" + std::to_string(dims_.max_batch) +
                               ", max_length=" + std::to_string(dims_.max_length) + ")");
-        if (d_logits.numel() != student.logits.numel() || !d_logits.contiguous())
+        if (d_logits.numel() != student.logits.numel() || (!d_logits.empty() && !d_logits.contiguous()))
             throw shape_error("loss: the logits' gradient buffer has shape " + d_logits.shape_string() + ", expected " +
                               student.logits.shape_string());
+        if (d_pooled.numel() != student.pooled.numel() || (!d_pooled.empty() && !d_pooled.contiguous()))
+            throw shape_error("loss: the pooled embeddings' gradient buffer has shape " + d_pooled.shape_string() +
+                              ", expected " + student.pooled.shape_string());
         auto check_bt = [&](const auto& t, const char* what) {
             if (!t.empty() && (t.rank() != 2 || t.size(0) != B_ || t.size(1) != T_))
                 throw shape_error(std::string("loss: ") + what + " must be (B,T) = [" + std::to_string(B_) + ", " +
@@ -16826,6 +17266,8 @@ public:
         check_bt(labels, "the labels");
         d_logits_ = d_logits;
         logits_written_ = false;
+        d_pooled_ = d_pooled;
+        pooled_written_ = false;
         std::fill(hidden_state_.begin(), hidden_state_.end(), 0);
         std::fill(attention_state_.begin(), attention_state_.end(), 0);
         std::fill(qkv_state_.begin(), qkv_state_.end(), 0);
@@ -16839,13 +17281,20 @@ public:
         ctx.mask = mask;
         ctx.labels = labels;
         ctx.workspace = this;
+        ctx.batch_size = B_;
+        ctx.sequence_length = T_;
         return ctx;
     }
 
-    /// Ends the step: a logits gradient no term wrote becomes zeros (`backward` always reads it).
+    /// Ends the step: a logits or pooled gradient no term wrote becomes zeros (`backward` always
+    /// reads it).
     void finish() {
-        if (!logits_written_) dev_.fill_zero(d_logits_.data(), sizeof(T) * std::size_t(d_logits_.numel()));
+        if (!logits_written_ && !d_logits_.empty())
+            dev_.fill_zero(d_logits_.data(), sizeof(T) * std::size_t(d_logits_.numel()));
         logits_written_ = true;
+        if (!pooled_written_ && !d_pooled_.empty())
+            dev_.fill_zero(d_pooled_.data(), sizeof(T) * std::size_t(d_pooled_.numel()));
+        pooled_written_ = true;
     }
 
     /// The extra gradients for `student.backward(d_hidden(), d_attention(), d_qkv())`: one entry per
@@ -16856,9 +17305,17 @@ public:
 
     /// The sinks (see `context`). `accumulate` is false for the first writer of the step.
     sink<T> logits_sink() {
+        if (d_logits_.empty()) throw shape_error("loss: the student has no logits, so no logits gradient to write");
         const bool acc = logits_written_;
         logits_written_ = true;
         return {d_logits_, acc};
+    }
+    sink<T> pooled_sink() {
+        if (d_pooled_.empty())
+            throw shape_error("loss: the student has no pooled embeddings, so no pooled gradient to write");
+        const bool acc = pooled_written_;
+        pooled_written_ = true;
+        return {d_pooled_, acc};
     }
     sink<T> hidden_sink(int i) {
         return layer_sink(hidden_, hidden_state_, hidden_views_, i, "hidden-state", {B_, T_, dims_.student.d_model});
@@ -16871,6 +17328,7 @@ public:
         return layer_sink(qkv_, qkv_state_, qkv_views_, l, "qkv", {B_, T_, dims_.student.qkv()});
     }
     Tensor<T> logits_accumulate() { return zeroed(logits_sink()); }
+    Tensor<T> pooled_accumulate() { return zeroed(pooled_sink()); }
     Tensor<T> hidden_accumulate(int i) { return zeroed(hidden_sink(i)); }
     Tensor<T> attention_accumulate(int l) { return zeroed(attention_sink(l)); }
     Tensor<T> qkv_accumulate(int l) { return zeroed(qkv_sink(l)); }
@@ -16913,8 +17371,8 @@ private:
     std::vector<char> hidden_state_, attention_state_, qkv_state_;
     std::vector<Tensor<const T>> hidden_views_, attention_views_, qkv_views_;
     student_outputs<T> own_student_;
-    Tensor<T> d_logits_;
-    bool logits_written_ = true;
+    Tensor<T> d_logits_, d_pooled_;
+    bool logits_written_ = true, pooled_written_ = true;
     int B_ = 0, T_ = 0;
 };
 
@@ -16922,30 +17380,26 @@ private:
 
 // One static_assert for `Signal` of the term called `who` (a string literal): the library's
 // signals by name, any other signal type generically.
-#define DISTILL_LOSS_CHECK_SIGNAL_(who, Teacher_, Signal_)                                           \
-    if constexpr (::std::is_same_v<Signal_, ::distill::signal::tokens_t>)                            \
-        DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, "tokens")                                  \
-    else if constexpr (::std::is_same_v<Signal_, ::distill::signal::topk_logprobs_t>)                \
-        DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, "topk_logprobs")                           \
-    else if constexpr (::std::is_same_v<Signal_, ::distill::signal::logits_t>)                       \
-        DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, "logits")                                  \
-    else if constexpr (::std::is_same_v<Signal_, ::distill::signal::hidden_states_t>)                \
-        DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, "hidden_states")                           \
-    else if constexpr (::std::is_same_v<Signal_, ::distill::signal::attentions_t>)                   \
-        DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, "attentions")                              \
-    else if constexpr (::std::is_same_v<Signal_, ::distill::signal::qkv_t>)                          \
-        DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, "qkv")                                     \
-    else                                                                                             \
-        static_assert(::distill::teacher_provides<Teacher_, Signal_>,                                \
-                      "Loss: " who                                                                   \
-                      " needs a signal that the teacher does not provide (the note below names the " \
-                      "signal and the teacher); see docs/losses.md");
+#define DISTILL_LOSS_CHECK_SIGNAL_(who, Teacher_, Signal_)                                       \
+    DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, tokens)                                    \
+    DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, topk_logprobs)                             \
+    DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, logits)                                    \
+    DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, pooled)                                    \
+    DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, hidden_states)                             \
+    DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, attentions)                                \
+    DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, qkv)                                       \
+    static_assert(::distill::teacher_provides<Teacher_, Signal_>,                                \
+                  "Loss: " who                                                                   \
+                  " needs a signal that the teacher does not provide (the note below names the " \
+                  "signal and the teacher); see docs/losses.md");
 
-#define DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, sig)                                                \
-    {                                                                                                         \
-        static_assert(::distill::teacher_provides<Teacher_, Signal_>,                                         \
-                      "Loss: " who " needs " sig ", which the teacher does not provide; see docs/losses.md"); \
-    }
+// One link of that chain: the check of the library's signal `sig` (`signal::sig##_t`), named in
+// the message, and an `else` for the next link.
+#define DISTILL_LOSS_CHECK_NAMED_(who, Teacher_, Signal_, sig)                                                 \
+    if constexpr (::std::is_same_v<Signal_, ::distill::signal::sig##_t>) {                                     \
+        static_assert(::distill::teacher_provides<Teacher_, Signal_>,                                          \
+                      "Loss: " who " needs " #sig ", which the teacher does not provide; see docs/losses.md"); \
+    } else
 
 namespace detail {
 template <class>
@@ -17139,7 +17593,10 @@ BOOST_HANA_ADAPT_STRUCT(distill::loss::layer_pair, student, teacher);
 namespace distill::loss {
 
 /// Keys of the job's `loss.soft_kl`, `loss.topk_soft_kl` and `loss.reverse_kl` objects: the
-/// temperature of a divergence between tempered distributions.
+/// temperature of a divergence between tempered distributions. The default is a term's built in
+/// code; in a job, a term whose entry does not set `temperature` runs at the job's
+/// `hyperparameters.temperature` (its own default, 2), except `topk_soft_kl`, which stays at 1
+/// (`loss_config_of`, pipeline/finetune_stage.hpp).
 struct TemperatureConfig {
     double temperature = 1.0;         ///< τ > 0; both distributions are softmax(logits/τ)
     bool temperature_squared = true;  ///< multiply the value (and gradient) by τ²
@@ -17179,6 +17636,15 @@ inline void check_same_vocab(const char* term, const dims& d, const char* why = 
                                      (why ? std::string("; ") + why : std::string()));
 }
 
+/// Throws config_error at `term` when both models' widths (d_model) are known and differ: the
+/// term compares the two models' vectors element by element and has no projection between them.
+inline void check_same_width(const char* term, const dims& d) {
+    if (d.student.d_model && d.teacher.d_model && d.student.d_model != d.teacher.d_model)
+        throw config_error(term, "the teacher's width (d_model " + std::to_string(d.teacher.d_model) +
+                                     ") differs from the student's (" + std::to_string(d.student.d_model) +
+                                     "); this term has no projection, so both embeddings must be equally wide");
+}
+
 /// Throws shape_error unless `t` is a non-empty (B,T,·) tensor matching `like` in its first two
 /// dimensions and, when `last` >= 0, with `last` as its last dimension.
 template <class A, class B>
@@ -17212,6 +17678,31 @@ T mean_rows(const Device& dev, const T* rows, std::int64_t n, std::int64_t count
     return mean_rows(host.data(), n, count);
 }
 
+/// The run of a term over the pooled embeddings, one (B,C) row per sequence (`CosineEmbedding`,
+/// `EmbeddingMSE`): checks the student's and the teacher's pooled embeddings, calls
+/// `kernel(d, accumulate, losses, student, teacher, B, C, grad_scale)` with the pooled sink and
+/// grad_scale = weight / B, and returns the mean of the per-row values over the B rows (every row
+/// counts: the mask is per position, and each sequence has one embedding).
+template <class T, class Device, class Kernel>
+T pooled_rows(const char* term, const context<T, Device>& ctx, Kernel&& kernel) {
+    const auto& s = ctx.student->pooled;
+    const auto& t = ctx.teacher->pooled;
+    if (s.empty()) throw shape_error(std::string(term) + ": the student has no pooled embeddings");
+    if (t.empty())
+        throw shape_error(std::string(term) +
+                          ": the teacher's pooled embeddings are missing (the teacher source filled no such tensor)");
+    if (s.rank() != 2 || !s.contiguous())
+        throw shape_error(std::string(term) + ": the student's pooled embeddings have shape " + s.shape_string() +
+                          ", expected (B,C) (contiguous)");
+    if (t.rank() != 2 || t.size(0) != s.size(0) || t.size(1) != s.size(1) || !t.contiguous())
+        throw shape_error(std::string(term) + ": the teacher's pooled embeddings have shape " + t.shape_string() +
+                          ", expected " + s.shape_string() + " (contiguous)");
+    const int B = static_cast<int>(s.size(0)), C = static_cast<int>(s.size(1));
+    const auto sink = ctx.d_pooled();
+    kernel(sink.tensor.data(), sink.accumulate, ctx.rows(), s.data(), t.data(), B, C, ctx.weight / T(B ? B : 1));
+    return mean_rows(ctx.device, ctx.rows(), B, B);
+}
+
 /// The run of a divergence between the student's and the teacher's logits at temperature τ
 /// (`SoftKL`, `ReverseKL`, `JSD`): checks the teacher's logits against the student's (B,T,V), calls
 /// `kernel(d, accumulate, student, teacher, N, V, 1/τ, grad_scale)` with the logits' sink, N = B·T
@@ -17230,6 +17721,24 @@ T tempered_logits(const char* term, const context<T, Device>& ctx, double temper
            ctx.weight * factor / T(count ? count : 1));
     return factor * mean_rows(ctx.device, ctx.rows(), N, count);
 }
+
+/// The base of the pooled-embedding terms (`CosineEmbedding`, `EmbeddingMSE`): the constructor
+/// checks that both widths agree when known (`check_same_width`); the call runs `pooled_rows` with
+/// `Derived::kernel(dev, d, accumulate, losses, student, teacher, B, C, grad_scale)`, the term's
+/// kernel.
+template <class Derived, class Config>
+class pooled_embedding_term : public term_base<Config> {
+public:
+    explicit pooled_embedding_term(const Config& c = {}, const dims& d = {}) : term_base<Config>(c) {
+        check_same_width(Derived::name, d);
+    }
+
+    /// The value; adds its gradient (times `ctx.weight`) to the pooled sink.
+    template <class T, class Device>
+    T operator()(const context<T, Device>& ctx) {
+        return pooled_rows(Derived::name, ctx, [&](auto&&... args) { Derived::kernel(ctx.device, args...); });
+    }
+};
 
 /// The base of the divergences between the student's and the teacher's logits at temperature τ
 /// (`SoftKL`, `ReverseKL`, `JSD`): the constructor checks the temperature (`<name>.temperature`)
@@ -17270,10 +17779,12 @@ struct AttentionKLConfig {
 /// with the average of teacher heads [h·g, (h+1)·g), g = Ht/Hs — an average of distributions is a
 /// distribution, and grouping adjacent heads keeps each student head's target a blend of heads
 /// that shared a projection block. Ht must be a multiple of Hs (a `config_error` otherwise). With
-/// ā the grouped teacher row and a the student row of query t (keys j ≤ t):
+/// ā the grouped teacher row and a the student row of query t, over the keys j of t — j ≤ t for a
+/// causal student (`model_dims::causal`, a decoder), every j < T for a bidirectional one (an
+/// encoder; a padded key has probability 0 in both maps, so it adds 0 and gets gradient 0):
 ///
 ///   value = mean over layer pairs, student heads and counted query positions of
-///           KL(ā‖a) = Σ_{j≤t} ā_j (log ā_j − log a_j);
+///           KL(ā‖a) = Σ_j ā_j (log ā_j − log a_j);
 ///   ∂value/∂a_j = −ā_j / a_j / (pairs · Hs · count),
 ///
 /// written to the student's attention-map sink (gradients w.r.t. the probabilities, which the
@@ -17288,7 +17799,7 @@ public:
 
     /// Resolves the layer map and checks the head counts.
     explicit AttentionKL(const config& c = {}, const dims& d = {})
-        : term_base(c), Hs_(d.student.n_heads), Ht_(d.teacher.n_heads) {
+        : term_base(c), Hs_(d.student.n_heads), Ht_(d.teacher.n_heads), causal_(d.student.causal) {
         if (Hs_ < 1 || Ht_ < 1)
             throw config_error("attention_kl", "the student's and the teacher's n_heads must be known (got " +
                                                    std::to_string(Hs_) + " and " + std::to_string(Ht_) + ")");
@@ -17321,7 +17832,7 @@ public:
             const auto sink = ctx.d_attention(ls);
             attention_kl_forward_backward(ctx.device, sink.tensor.data(), sink.accumulate, ctx.rows(),
                                           S[std::size_t(ls)].data(), A[std::size_t(lt)].data(), ctx.mask_data(), B, Hs_,
-                                          Ht_, Tn, grad_scale);
+                                          Ht_, Tn, grad_scale, causal_);
             total += double(util::mean_rows(ctx.device, ctx.rows(), N, count)) / Hs_;
         }
         return static_cast<T>(total / double(pairs_.size()));
@@ -17339,6 +17850,7 @@ private:
     }
 
     int Hs_, Ht_;
+    bool causal_;  // the student's: keys j ≤ t, or every key
     std::vector<layer_pair> pairs_;
 };
 
@@ -17385,7 +17897,8 @@ struct AttentionRelationConfig {
 /// attention heads — which is what lets teachers and students of any widths be paired (both widths
 /// must be multiples of R). Needs `qkv`. Config: `relation_heads` (R; 0 = the student's n_heads),
 /// `relations` (any of "query", "key", "value"; default all three), `layer_map` ("last" default,
-/// as MiniLMv2 transfers one layer; "uniform", "explicit") and `layers`.
+/// as MiniLMv2 transfers one layer; "uniform", "explicit") and `layers`. Causal students only (the
+/// relations are causal): a bidirectional student (`model_dims::causal` false) is a `config_error`.
 class AttentionRelation : public util::term_base<AttentionRelationConfig> {
 public:
     static constexpr char name[] = "attention_relation";
@@ -17400,6 +17913,10 @@ public:
         if (Cs_ < 1 || Ct_ < 1)
             throw config_error("attention_relation", "the student's and the teacher's d_model must be known (got " +
                                                          std::to_string(Cs_) + " and " + std::to_string(Ct_) + ")");
+        if (!d.student.causal)
+            throw config_error("attention_relation",
+                               "the student is bidirectional (not causal); the relation rows are causal (keys j <= t), "
+                               "so this term supports causal students only (use attention_kl for encoders)");
         if (R_ < 1) throw config_error("attention_relation.relation_heads", "must be >= 1, got " + std::to_string(R_));
         for (const auto& [who, m] :
              {std::pair<const char*, const model_dims&>{"student", d.student}, {"teacher", d.teacher}})
@@ -17500,6 +18017,94 @@ private:
 
 BOOST_HANA_ADAPT_STRUCT(distill::loss::AttentionRelationConfig, relation_heads, relations, layer_map, layers);
 // ---- end distill/loss/attention_relation.hpp ----
+// ---- begin distill/loss/cosine_embedding.hpp ----
+/// @file cosine_embedding.hpp
+/// `CosineEmbedding`: sentence-embedding distillation — one minus the cosine similarity between
+/// the student's and the teacher's pooled embedding of each sequence.
+
+#include <boost/hana/adapt_struct.hpp>
+#include <boost/hana/set.hpp>
+
+
+namespace distill::loss {
+
+/// Keys of the job's `loss.cosine_embedding` object: none (the object is `{}`).
+struct CosineEmbeddingConfig {};
+
+/// Cosine distance between pooled embeddings s_b (student) and t_b (teacher), (B,C):
+///
+///   value = mean over the B rows of 1 − cos(s_b, t_b),
+///   cos = s·t / (max(|s|, ε) max(|t|, ε)), ε = 1e-8;
+///   ∂value/∂s_b = −(t_b / (n_s n_t) − cos s_b / (n_s |s_b|)) / B, n = max(|·|, ε)
+///
+/// (the second part 0 where s_b = 0) — `1 − F.cosine_similarity(s, t, dim=-1).mean()` and its
+/// autograd in torch 2.x, written to the student's pooled sink. Every row counts: the mask is per
+/// position and each sequence has exactly one embedding. Scale-free: only the directions are
+/// matched (use `EmbeddingMSE` to match the vectors themselves). Needs `pooled`. Both models' widths
+/// must agree when known (a `config_error` otherwise: there is no projection). Config: no keys.
+class CosineEmbedding : public util::pooled_embedding_term<CosineEmbedding, CosineEmbeddingConfig> {
+public:
+    static constexpr char name[] = "cosine_embedding";
+    static constexpr auto needs = boost::hana::make_set(signal::pooled);
+
+    using pooled_embedding_term::pooled_embedding_term;
+
+    /// The kernel of the call (see util::pooled_embedding_term).
+    template <class Device, class... Args>
+    static void kernel(const Device& dev, Args... args) {
+        cosine_embedding_forward_backward(dev, args...);
+    }
+
+    DISTILL_LOSS_TERM_CHECKS(distill::loss::CosineEmbedding)
+};
+
+}  // namespace distill::loss
+
+BOOST_HANA_ADAPT_STRUCT(distill::loss::CosineEmbeddingConfig);
+// ---- end distill/loss/cosine_embedding.hpp ----
+// ---- begin distill/loss/embedding_mse.hpp ----
+/// @file embedding_mse.hpp
+/// `EmbeddingMSE`: sentence-embedding distillation — the mean squared error between the student's
+/// and the teacher's pooled embedding of each sequence.
+
+#include <boost/hana/adapt_struct.hpp>
+#include <boost/hana/set.hpp>
+
+
+namespace distill::loss {
+
+/// Keys of the job's `loss.embedding_mse` object: none (the object is `{}`).
+struct EmbeddingMSEConfig {};
+
+/// Mean squared error between pooled embeddings s (student) and t (teacher), (B,C):
+///
+///   value = mean over the B·C elements of (s − t)²,
+///   ∂value/∂s = 2 (s − t) / (B·C)
+///
+/// — `F.mse_loss(s, t)`, written to the student's pooled sink (the sentence-embedding distillation
+/// of Reimers & Gurevych 2020). Every row counts: the mask is per position and each sequence has
+/// exactly one embedding. Needs `pooled`. Both models' widths must agree when known (a
+/// `config_error` otherwise: there is no projection). Config: no keys.
+class EmbeddingMSE : public util::pooled_embedding_term<EmbeddingMSE, EmbeddingMSEConfig> {
+public:
+    static constexpr char name[] = "embedding_mse";
+    static constexpr auto needs = boost::hana::make_set(signal::pooled);
+
+    using pooled_embedding_term::pooled_embedding_term;
+
+    /// The kernel of the call (see util::pooled_embedding_term).
+    template <class Device, class... Args>
+    static void kernel(const Device& dev, Args... args) {
+        embedding_mse_forward_backward(dev, args...);
+    }
+
+    DISTILL_LOSS_TERM_CHECKS(distill::loss::EmbeddingMSE)
+};
+
+}  // namespace distill::loss
+
+BOOST_HANA_ADAPT_STRUCT(distill::loss::EmbeddingMSEConfig);
+// ---- end distill/loss/embedding_mse.hpp ----
 // ---- begin distill/loss/hard_ce.hpp ----
 /// @file hard_ce.hpp
 /// `HardCE`: cross-entropy on hard targets — the teacher's generated tokens (sequence-level
@@ -18665,14 +19270,17 @@ struct NonFinite {
 };
 
 /// The first NaN or infinity among the gradients (`values = false`) or values (`values = true`) of
-/// `params`, in list order; nullopt when all are finite. Serial: it runs only after a check failed.
-template <class T>
-std::optional<NonFinite> find_nonfinite(std::span<const Parameter<T>> params, bool values = false) {
+/// `params` in `dev`'s memory, in list order; nullopt when all are finite. Serial, one parameter at a
+/// time read on the host (`detail::read_on_host`: in place on a host device, copied from a device with
+/// its own memory): it runs only after a check failed, to name the culprit.
+template <class T, class Device>
+std::optional<NonFinite> find_nonfinite(std::span<const Parameter<T>> params, const Device& dev, bool values = false) {
     for (std::size_t i = 0; i < params.size(); ++i) {
-        const T* d = values ? params[i].value.data() : params[i].grad.data();
         const std::int64_t n = params[i].value.numel();
+        const auto host = ::distill::detail::read_on_host(dev, values ? params[i].value.data() : params[i].grad.data(),
+                                                          static_cast<std::size_t>(n));
         for (std::int64_t k = 0; k < n; ++k)
-            if (!std::isfinite(d[k])) return NonFinite{i, k, static_cast<double>(d[k])};
+            if (!std::isfinite(host.data()[k])) return NonFinite{i, k, static_cast<double>(host.data()[k])};
     }
     return std::nullopt;
 }
@@ -18775,7 +19383,8 @@ struct WarmupThen {
 using LinearWarmup = WarmupThen<Constant>;
 
 /// The schedule a job file selects: optional linear warmup, then constant, cosine or linear decay
-/// over the remaining steps. Keys of the job's `schedule` object.
+/// over the remaining steps. A job's `hyperparameters` section holds one (`Hyperparameters::schedule`,
+/// pipeline/job.hpp) and sets its fields (`hyperparameters.warmup` is `warmup_steps`).
 struct ScheduleConfig {
     double learning_rate = 3e-4;    ///< peak rate
     std::int64_t warmup_steps = 0;  ///< linear warmup length (0: none)
@@ -18812,7 +19421,6 @@ public:
         kind_ = cfg_.decay == "cosine" ? kind::cosine : cfg_.decay == "linear" ? kind::linear : kind::constant;
     }
 
-    /// The rate of update `step` (0-based).
     /// The rate of update `step` (0-based).
     double lr(std::int64_t step) const noexcept {
         switch (kind_) {
@@ -19112,8 +19720,9 @@ private:
 
 namespace distill::train {
 
-/// The loop's settings. A job's `hyperparameters` section sets the keys it shares with them (the
-/// Distiller reads them from there); errors name them under `FinetuneOptions::config_path`.
+/// The loop's settings. A job's `hyperparameters` section holds one (`Hyperparameters::loop`,
+/// pipeline/job.hpp) and sets the keys it shares with it; errors name them under
+/// `FinetuneOptions::config_path`.
 struct FinetuneConfig {
     int num_epochs = 1;                 ///< passes over the training set (when max_steps is 0)
     std::int64_t max_steps = 0;         ///< > 0: exactly this many optimizer steps, epochs continuing as needed
@@ -19676,7 +20285,7 @@ private:
     /// NaN/Inf guard on the gradients: names the step, the parameter and the element.
     numeric_error gradient_error(std::span<const Parameter<T>> params) const {
         std::string where = "a gradient";
-        if (auto bad = optim::find_nonfinite<T>(params))
+        if (auto bad = optim::find_nonfinite<T>(params, model_device()))
             where = "the gradient of '" + params[bad->parameter].name + "' (element " + std::to_string(bad->element) +
                     ") is " + describe(bad->value);
         return numeric_error("step " + std::to_string(step_ + 1) + " (epoch " + std::to_string(epoch_) + "): " + where +
@@ -20204,6 +20813,11 @@ inline nlohmann::ordered_json task_metrics(std::string_view task_type, const std
 /// only top-k log-probabilities takes them from the generate stage's `synthetic.topk` (offline);
 /// token-level terms read the teacher's answers, which are the training sequences either way.
 ///
+/// **Two kinds of run**, chosen by the student: a `sequence_model` (`student::Transformer`) learns a
+/// `teacher_source`'s answers through the stages below; an `embedding_model` (`student::Encoder`)
+/// learns an `embedding_teacher`'s sentence embeddings (`task_type` "embedding",
+/// pipeline/embedding.hpp: the same job file, loss terms, finetune loop and run directory).
+///
 /// **The rooms.** The constructor reads and checks the whole job into a `RunSetup`
 /// (pipeline/setup.hpp); each stage is its own header and reads only that: `generate_stage`
 /// (pipeline/generate.hpp), `FinetuneStage` (pipeline/finetune_stage.hpp, over the loop in
@@ -20222,51 +20836,173 @@ inline nlohmann::ordered_json task_metrics(std::string_view task_type, const std
 
 #include <nlohmann/json.hpp>
 
-// ---- begin distill/pipeline/evaluate.hpp ----
-/// @file pipeline/evaluate.hpp
-/// The evaluate stage: the same test prompts through the teacher, the baseline student and the
-/// distilled student — each one's answers (`eval/<model>.answers.jsonl`), the task's metrics against
-/// the references (and against the teacher's answers), reference perplexity, latency percentiles,
-/// throughput, peak memory, parameters and checkpoint size — written as `report.json`, `report.md`,
-/// `loss.svg` and `models.svg`. The stage is skipped when report.json holds the fingerprint of the
-/// same models, test set and settings; otherwise it runs from scratch, deterministically.
+// ---- begin distill/pipeline/embedding.hpp ----
+/// @file pipeline/embedding.hpp
+/// The `embedding` task's stages: a sentence-embedding student (`student::Encoder`, an
+/// `embedding_model`) learns an in-process sentence-embedding teacher (`teacher::EncoderModel`, an
+/// `embedding_teacher`) through the same loss terms, finetune loop, checkpoints and run directory as
+/// the language tasks.
+///
+/// - **Data**: every example's text (`{"text": ...}` lines, or any input format's last user turn),
+///   tokenized by the teacher — student and teacher read the same ids — and truncated to the teacher's
+///   `max_length()`, keeping the closing special token.
+/// - **Generate**: nothing to generate: the teacher embeds each training batch during finetune (online).
+/// - **Finetune**: per batch, the student's and the teacher's forward over the same right-padded rows,
+///   the job's loss (pooled-embedding terms such as `cosine_embedding` and `embedding_mse`, and
+///   `attention_kl` / `hidden_mse` over the unpadded tokens), the student's backward; the loop is
+///   `train::finetune`, so checkpoints, resume, validation and early stopping are the language tasks'.
+///   The trained student is `student.safetensors` and, in transformers' BertModel layout with the
+///   teacher's tokenizer and sentence-transformers files, `student_hf/`. There is no baseline to train
+///   (there are no labels): the baseline is the student as initialized, measured by evaluate.
+/// - **Evaluate**: on the test sentences, each model's embeddings against the teacher's — mean and
+///   minimum cosine, recall@k (`eval::agreement`) — and latency at batch 1, throughput, parameters and
+///   checkpoint size: `report.json` and `report.md`. Skipped when report.json holds the same fingerprint.
 
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <numeric>
 #include <span>
+#include <sstream>
 #include <string>
-#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
-// ---- begin distill/pipeline/run_dir.hpp ----
-/// @file pipeline/run_dir.hpp
-/// The run directory: where each stage writes under the job's `output_dir`, how a stage's output is
-/// stamped with the fingerprint of the configuration that produced it, when a stage is skipped (its
-/// output is complete under the same fingerprint) or refused (output of another configuration is
-/// there), and `run_status`, which reads all of it back for `distill status`.
-///
-/// | stage | writes | complete when |
-/// |---|---|---|
-/// | generate | `generate/synthetic{,.validation}.jsonl` (+ `.topk`, `.rejected.jsonl`, `.report.json`) | every prompt
-/// answered under the same generation fingerprint |
-/// | finetune | `student/` and `baseline/` (fingerprint.json, checkpoints, metrics.jsonl, done.json),
-/// `student.safetensors`, `baseline.safetensors`, `student_hf/` | done.json holds the same fingerprint |
-/// | evaluate | `eval/<model>.answers.jsonl`, `report.json`, `report.md`, `loss.svg`, `models.svg` | report.json
-/// holds the same fingerprint |
-///
-/// `job.json` is the job as the last stage read it.
+// ---- begin distill/eval/embedding.hpp ----
+/// @file embedding.hpp
+/// How close a student's sentence embeddings stay to its teacher's, on the same sentences:
+/// - mean and min cosine similarity of each sentence's two embeddings;
+/// - recall@k: for each sentence, the share of the teacher's k nearest neighbours (cosine, among the
+///   same sentences, itself excluded) that are also among the student's k nearest, averaged over
+///   sentences — whether the student keeps the teacher's geometry, which is what retrieval uses.
+/// Embeddings are (N, C) xtensor arrays, one row per sentence; they need not be normalized.
 
+#include <algorithm>
+#include <cstddef>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <Eigen/Core>
+#include <nlohmann/json.hpp>
+#include <xtensor/xmath.hpp>
+#include <xtensor/xtensor.hpp>
+#include <xtensor/xview.hpp>
+
+
+namespace distill::eval {
+
+/// (N, C) sentence embeddings, one row each.
+using embeddings = xt::xtensor<float, 2>;
+
+/// `e` in double with every row scaled to unit L2 norm (a zero row stays zero).
+inline xt::xtensor<double, 2> normalized_rows(const embeddings& e) {
+    xt::xtensor<double, 2> out = xt::cast<double>(e);
+    const xt::xtensor<double, 1> norms = xt::sqrt(xt::sum(out * out, {1}));
+    out /= xt::view(xt::maximum(norms, 1e-12), xt::all(), xt::newaxis());
+    return out;
+}
+
+/// For each row of `e`, the indices of its `k` nearest other rows by cosine similarity, nearest first
+/// (ties: lower index first); min(k, N−1) of them.
+inline std::vector<std::vector<std::size_t>> nearest_neighbours(const embeddings& e, std::size_t k) {
+    const xt::xtensor<double, 2> u = normalized_rows(e);
+    const auto n = static_cast<Eigen::Index>(u.shape()[0]), c = static_cast<Eigen::Index>(u.shape()[1]);
+    using RowMajor = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+    const Eigen::Map<const RowMajor> m(u.data(), n, c);
+    const RowMajor sim = m * m.transpose();  // (N, N) cosine similarities
+    std::vector<std::vector<std::size_t>> out(static_cast<std::size_t>(n));
+    std::vector<std::size_t> order;
+    for (Eigen::Index i = 0; i < n; ++i) {
+        order.clear();
+        for (Eigen::Index j = 0; j < n; ++j)
+            if (j != i) order.push_back(static_cast<std::size_t>(j));
+        const std::size_t kk = std::min(k, order.size());
+        std::partial_sort(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(kk), order.end(),
+                          [&](std::size_t a, std::size_t b) {
+                              const double sa = sim(i, Eigen::Index(a)), sb = sim(i, Eigen::Index(b));
+                              return sa != sb ? sa > sb : a < b;
+                          });
+        order.resize(kk);
+        out[static_cast<std::size_t>(i)] = order;
+    }
+    return out;
+}
+
+/// The agreement of a student's embeddings with its teacher's (see the file comment).
+struct embedding_agreement {
+    double mean_cosine = 0;  ///< mean over sentences of cos(student_i, teacher_i)
+    double min_cosine = 0;   ///< the least of them
+    double recall_at_k = 0;  ///< mean over sentences of |NN_k(student) ∩ NN_k(teacher)| / |NN_k(teacher)|
+    std::size_t k = 0;       ///< the k of recall_at_k
+};
+
+/// Compares `student` with `teacher`, both (N, C) for the same N sentences in the same order.
+/// Throws error if the shapes differ, N < 2 or k = 0.
+inline embedding_agreement agreement(const embeddings& student, const embeddings& teacher, std::size_t k = 10) {
+    const std::size_t n = student.shape()[0];
+    if (teacher.shape()[0] != n)
+        throw error("embedding agreement: " + std::to_string(n) + " student embeddings but " +
+                    std::to_string(teacher.shape()[0]) + " teacher embeddings");
+    if (student.shape()[1] != teacher.shape()[1])
+        throw error("embedding agreement: student embeddings are " + std::to_string(student.shape()[1]) +
+                    " wide, the teacher's " + std::to_string(teacher.shape()[1]));
+    if (n < 2) throw error("embedding agreement: needs at least 2 sentences, got " + std::to_string(n));
+    if (k == 0) throw error("embedding agreement: k must be at least 1");
+    embedding_agreement a;
+    a.k = k;
+    const xt::xtensor<double, 1> cos = xt::sum(normalized_rows(student) * normalized_rows(teacher), {1});
+    a.mean_cosine = xt::mean(cos)();
+    a.min_cosine = xt::amin(cos)();
+    const auto s_nn = nearest_neighbours(student, k), t_nn = nearest_neighbours(teacher, k);
+    for (std::size_t i = 0; i < n; ++i) {
+        std::size_t hits = 0;
+        for (std::size_t j : s_nn[i]) hits += std::count(t_nn[i].begin(), t_nn[i].end(), j) ? 1 : 0;
+        a.recall_at_k += double(hits) / double(t_nn[i].size());
+    }
+    a.recall_at_k /= double(n);
+    return a;
+}
+
+/// {"mean_cosine", "min_cosine", "recall_at_<k>"} for a report.
+inline nlohmann::ordered_json to_json(const embedding_agreement& a) {
+    return {{"mean_cosine", a.mean_cosine},
+            {"min_cosine", a.min_cosine},
+            {"recall_at_" + std::to_string(a.k), a.recall_at_k}};
+}
+
+}  // namespace distill::eval
+// ---- end distill/eval/embedding.hpp ----
+// ---- begin distill/pipeline/finetune_stage.hpp ----
+/// @file pipeline/finetune_stage.hpp
+/// The finetune stage: the teacher's answers (generate/synthetic.jsonl) become training sequences
+/// in the student's tokenizer; the distilled student trains on them with the job's loss — a live
+/// teacher forward per batch (online) or the cached top-k log-probabilities (offline) — and the
+/// baseline, the same student and step budget without the teacher, on the ground-truth answers.
+/// Each run goes through `train::finetune` (train/finetune.hpp: the loop only) into its own
+/// directory of the run (see `RunDir`): skipped when complete under the same fingerprint, resumed
+/// from its latest checkpoint after a crash, refused when another configuration wrote it. The best
+/// (or last) checkpoint's weights become `student.safetensors` / `baseline.safetensors`; a student
+/// that started from a Hugging Face directory also leaves as one (`student_hf/`).
+///
+/// The job's sections are read here into the policies' configs (`loss_config_of`,
+/// `optimizer_config_of`) and the loop's (`finetune_config_of`, `schedule_config_of`), so that every
+/// value a training run uses is visibly the job's.
+
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
+#include <memory>
+#include <optional>
 #include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
 
+#include <boost/hana/for_each.hpp>
 #include <nlohmann/json.hpp>
 
 // ---- begin distill/pipeline/job.hpp ----
@@ -20285,6 +21021,7 @@ inline nlohmann::ordered_json task_metrics(std::string_view task_type, const std
 /// distill::Job job = distill::load_job("job.json");   // config_error / io_error / format_error
 /// @endcode
 
+#include <cmath>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -20293,6 +21030,7 @@ inline nlohmann::ordered_json task_metrics(std::string_view task_type, const std
 #include <string_view>
 #include <vector>
 
+#include <boost/hana/adapt_adt.hpp>
 #include <boost/hana/adapt_struct.hpp>
 #include <nlohmann/json.hpp>
 
@@ -20300,59 +21038,39 @@ inline nlohmann::ordered_json task_metrics(std::string_view task_type, const std
 namespace distill {
 
 /// The task a data set poses; it decides the metrics (see `eval/task_metrics.hpp`).
-inline constexpr std::string_view task_types[] = {"conversation", "qa", "math", "summarization", "nli"};
+/// "embedding" is the sentence-embedding task: a `student::Encoder` learns a teacher's embeddings
+/// (pipeline/embedding.hpp).
+inline constexpr std::string_view task_types[] = {"conversation", "qa", "math", "summarization", "nli", "embedding"};
 
 /// Training settings shared by the distilled student and the baseline. Keys of the job's
-/// `hyperparameters` object.
+/// `hyperparameters` object. The section holds the configs the stages read — the finetune loop's
+/// (`train::FinetuneConfig`) and the learning-rate schedule's (`optim::ScheduleConfig`) — and the two
+/// values the job passes on to its policies: the loss terms' temperature and the optimizer's weight
+/// decay (`loss_config_of`, `optimizer_config_of` in pipeline/finetune_stage.hpp). Which job key sets
+/// which field is listed once, in the reflection below the namespace (`warmup` is the schedule's
+/// `warmup_steps`); the loop's other settings are not job keys: the finetune stage sets `output_dir`
+/// and `quiet`, and a job runs with the loop's defaults for the rest.
 struct Hyperparameters {
-    double learning_rate = 1e-3;         ///< peak learning rate
-    int batch_size = 16;                 ///< sequences per micro-batch
-    int num_epochs = 1;                  ///< passes over the training set (when max_steps is 0)
-    std::int64_t max_steps = 0;          ///< > 0: exactly this many optimizer steps
-    double temperature = 2.0;            ///< the temperature of every logit-level term that does not set its own
-    std::int64_t warmup = 0;             ///< linear warmup steps
-    std::string decay = "cosine";        ///< "constant", "cosine" or "linear" after the warmup
-    double min_lr_ratio = 0.1;           ///< final rate of the decay as a fraction of the peak
-    double weight_decay = 0.01;          ///< decoupled weight decay (optimizers that have one)
-    double grad_clip = 1.0;              ///< max global gradient norm (0: measure only)
-    int grad_accum = 1;                  ///< micro-batches per optimizer step
-    std::uint64_t seed = 0;              ///< student initialization and data order
-    std::int64_t eval_every = 0;         ///< validate every N steps (0: at epoch ends only)
-    int patience = 0;                    ///< early stopping after N validations without improvement (0: off)
-    std::int64_t checkpoint_every = 50;  ///< checkpoint every N steps (a killed run loses at most N steps)
-    std::int64_t log_every = 10;         ///< a metrics record every N steps
+    /// The loop's settings; its defaults are the loop's, except where a job's differ from a program's
+    /// that calls `train::finetune` itself — decided here, once. `batch_size` 16: the in-process
+    /// teacher's `max_batch` and `evaluation.batch_size` default to 16 too, so a job that sets none of
+    /// them runs (online distillation needs the teacher to take a whole batch). `checkpoint_every` 50:
+    /// a job is an unattended run that resumes after a kill and should lose at most 50 steps; a
+    /// program decides its own checkpointing (the loop's 0: at validations and the end).
+    train::FinetuneConfig loop{.batch_size = 16, .checkpoint_every = 50};
+    /// The schedule; its defaults are the schedule's, except the peak rate: 1e-3 for a job, whose
+    /// student usually starts from random weights, against the schedule's 3e-4, a fine-tuning rate.
+    optim::ScheduleConfig schedule{.learning_rate = 1e-3};
+    /// The temperature of every loss term that has one and whose job entry does not set its own
+    /// (except terms reading cached top-k log-probabilities, which stay at 1); a term built in code
+    /// has its config's default, 1 (loss::TemperatureConfig).
+    double temperature = 2.0;
+    /// The optimizer's weight decay unless the job's `optimizer` object sets its own; an optimizer
+    /// built in code has its config's default (AdamW 0.01, Adam and Sgd 0).
+    double weight_decay = 0.01;
 
-    void validate(const std::string& path = "hyperparameters") const {
-        auto positive = [&](double v, const char* key) {
-            if (!(v > 0) || !std::isfinite(v))
-                throw config_error(path + "." + key, "must be a finite number > 0, got " + std::to_string(v));
-        };
-        auto at_least = [&](std::int64_t v, std::int64_t lo, const char* key) {
-            if (v < lo)
-                throw config_error(path + "." + key, "must be >= " + std::to_string(lo) + ", got " + std::to_string(v));
-        };
-        positive(learning_rate, "learning_rate");
-        positive(temperature, "temperature");
-        at_least(batch_size, 1, "batch_size");
-        at_least(num_epochs, 1, "num_epochs");
-        at_least(max_steps, 0, "max_steps");
-        at_least(warmup, 0, "warmup");
-        at_least(grad_accum, 1, "grad_accum");
-        at_least(eval_every, 0, "eval_every");
-        at_least(patience, 0, "patience");
-        at_least(checkpoint_every, 0, "checkpoint_every");
-        at_least(log_every, 0, "log_every");
-        if (decay != "constant" && decay != "cosine" && decay != "linear")
-            throw config_error(path + ".decay",
-                               "must be \"constant\", \"cosine\" or \"linear\", got \"" + decay + "\"");
-        if (!(min_lr_ratio >= 0 && min_lr_ratio <= 1))
-            throw config_error(path + ".min_lr_ratio", "must be in [0, 1], got " + std::to_string(min_lr_ratio));
-        if (!(weight_decay >= 0) || !std::isfinite(weight_decay))
-            throw config_error(path + ".weight_decay",
-                               "must be a finite number >= 0, got " + std::to_string(weight_decay));
-        if (!(grad_clip >= 0) || !std::isfinite(grad_clip))
-            throw config_error(path + ".grad_clip", "must be a finite number >= 0, got " + std::to_string(grad_clip));
-    }
+    /// Throws config_error naming the first invalid key under `path` ("hyperparameters.warmup: ...").
+    void validate(const std::string& path = "hyperparameters") const;
 };
 
 /// How the baseline student — same architecture, same step budget, no teacher — is trained.
@@ -20375,6 +21093,7 @@ struct EvaluationConfig {
     std::int64_t max_examples = 0;  ///< evaluate the first N test examples (0: all)
     int max_new_tokens = 0;         ///< answer length limit (0: generation.max_new_tokens)
     bool evaluate_teacher = true;   ///< measure the teacher too (costs API calls for a remote one)
+    int recall_at = 10;             ///< the embedding task's recall@k: k nearest neighbours compared
 
     void validate(const std::string& path = "evaluation") const {
         if (batch_size < 1) throw config_error(path + ".batch_size", "must be >= 1, got " + std::to_string(batch_size));
@@ -20384,6 +21103,7 @@ struct EvaluationConfig {
             throw config_error(path + ".max_examples", "must be >= 0, got " + std::to_string(max_examples));
         if (max_new_tokens < 0)
             throw config_error(path + ".max_new_tokens", "must be >= 0, got " + std::to_string(max_new_tokens));
+        if (recall_at < 1) throw config_error(path + ".recall_at", "must be >= 1, got " + std::to_string(recall_at));
     }
 };
 
@@ -20400,6 +21120,14 @@ struct Job {
     /// transformers' layout, `student_hf/`). `student` may then be {} (the checkpoint's architecture);
     /// otherwise it must describe the same one.
     std::string student_weights{};
+    /// The layers of a `student_weights` Hugging Face directory the student's layers start from, in
+    /// order (e.g. [0, 5]: a 2-layer student from a 6-layer checkpoint's first and last); empty: all
+    /// of them. The student then has as many layers, the checkpoint's architecture otherwise.
+    /// Embedding students (`student::Encoder`) only.
+    std::vector<int> student_layers{};
+    /// Student parameters kept at their initial values: exact parameter names (e.g.
+    /// "embeddings.word_embeddings.weight"), or prefixes ending in "." ("encoder.layer.0.").
+    std::vector<std::string> frozen_parameters{};
     /// The student's tokenizer: "byte", a tokenizer.json or a directory holding one; "" = the one in
     /// the `student_weights` directory, else the teacher's when it runs in process, else the byte
     /// tokenizer. A tokenizer other than the teacher's allows only sequence-level (text) distillation
@@ -20445,9 +21173,18 @@ struct Job {
         for (auto t : task_types) known = known || task_type == t;
         if (!known)
             throw config_error("task_type",
-                               "expected \"conversation\", \"qa\", \"math\", \"summarization\" or "
-                               "\"nli\", got \"" +
+                               "expected \"conversation\", \"qa\", \"math\", \"summarization\", \"nli\" or "
+                               "\"embedding\", got \"" +
                                    task_type + "\"");
+        for (std::size_t i = 0; i < student_layers.size(); ++i)
+            if (student_layers[i] < 0)
+                throw config_error("student_layers[" + std::to_string(i) + "]",
+                                   "must be a layer index >= 0, got " + std::to_string(student_layers[i]));
+        if (!student_layers.empty() && student_weights.empty())
+            throw config_error("student_layers", "selects layers of student_weights, which is not set");
+        for (std::size_t i = 0; i < frozen_parameters.size(); ++i)
+            if (frozen_parameters[i].empty())
+                throw config_error("frozen_parameters[" + std::to_string(i) + "]", "must not be empty");
         generation.validate("generation");
         hyperparameters.validate();
         baseline.validate();
@@ -20471,23 +21208,51 @@ struct Job {
         if (task_type == "nli") return "accuracy";
         if (task_type == "qa" || task_type == "math") return "exact_match";
         if (task_type == "summarization") return "rouge_l";
+        if (task_type == "embedding") return "mean_cosine";
         return "bleu";
     }
 };
 
 }  // namespace distill
 
-BOOST_HANA_ADAPT_STRUCT(distill::Hyperparameters, learning_rate, batch_size, num_epochs, max_steps, temperature, warmup,
-                        decay, min_lr_ratio, weight_decay, grad_clip, grad_accum, seed, eval_every, patience,
-                        checkpoint_every, log_every);
+// The keys of the job's `hyperparameters` object, each with the field of the stage config it sets.
+// clang-format off
+BOOST_HANA_ADAPT_ADT(distill::Hyperparameters,
+    (learning_rate,    [](auto& h) -> auto& { return h.schedule.learning_rate; }),
+    (batch_size,       [](auto& h) -> auto& { return h.loop.batch_size; }),
+    (num_epochs,       [](auto& h) -> auto& { return h.loop.num_epochs; }),
+    (max_steps,        [](auto& h) -> auto& { return h.loop.max_steps; }),
+    (temperature,      [](auto& h) -> auto& { return h.temperature; }),
+    (warmup,           [](auto& h) -> auto& { return h.schedule.warmup_steps; }),
+    (decay,            [](auto& h) -> auto& { return h.schedule.decay; }),
+    (min_lr_ratio,     [](auto& h) -> auto& { return h.schedule.min_lr_ratio; }),
+    (weight_decay,     [](auto& h) -> auto& { return h.weight_decay; }),
+    (grad_clip,        [](auto& h) -> auto& { return h.loop.grad_clip; }),
+    (grad_accum,       [](auto& h) -> auto& { return h.loop.grad_accum; }),
+    (seed,             [](auto& h) -> auto& { return h.loop.seed; }),
+    (eval_every,       [](auto& h) -> auto& { return h.loop.eval_every; }),
+    (patience,         [](auto& h) -> auto& { return h.loop.patience; }),
+    (checkpoint_every, [](auto& h) -> auto& { return h.loop.checkpoint_every; }),
+    (log_every,        [](auto& h) -> auto& { return h.loop.log_every; }));
+// clang-format on
 BOOST_HANA_ADAPT_STRUCT(distill::BaselineConfig, enabled, data);
 BOOST_HANA_ADAPT_STRUCT(distill::EvaluationConfig, batch_size, latency_samples, max_examples, max_new_tokens,
-                        evaluate_teacher);
-BOOST_HANA_ADAPT_STRUCT(distill::Job, teacher, student, student_weights, tokenizer, training_data, validation_data,
-                        test_data, task_type, generation, hyperparameters, optimizer, loss, baseline, evaluation,
-                        output_dir, threads, precision);
+                        evaluate_teacher, recall_at);
+BOOST_HANA_ADAPT_STRUCT(distill::Job, teacher, student, student_weights, student_layers, frozen_parameters, tokenizer,
+                        training_data, validation_data, test_data, task_type, generation, hyperparameters, optimizer,
+                        loss, baseline, evaluation, output_dir, threads, precision);
 
 namespace distill {
+
+inline void Hyperparameters::validate(const std::string& path) const {
+    // each check once, in the config that owns the value; the errors name the job's keys
+    io::validate_part(*this, loop, path);
+    io::validate_part(*this, schedule, path);
+    if (!(temperature > 0) || !std::isfinite(temperature))
+        throw config_error(path + ".temperature", "must be a finite number > 0, got " + std::to_string(temperature));
+    if (!(weight_decay >= 0) || !std::isfinite(weight_decay))
+        throw config_error(path + ".weight_decay", "must be a finite number >= 0, got " + std::to_string(weight_decay));
+}
 
 /// Reads and validates a job from JSON. Relative data paths stay relative to the working directory.
 inline Job parse_job(const nlohmann::json& j) {
@@ -20520,6 +21285,34 @@ inline Job load_job(const std::filesystem::path& path) {
 
 }  // namespace distill
 // ---- end distill/pipeline/job.hpp ----
+// ---- begin distill/pipeline/run_dir.hpp ----
+/// @file pipeline/run_dir.hpp
+/// The run directory: where each stage writes under the job's `output_dir`, how a stage's output is
+/// stamped with the fingerprint of the configuration that produced it, when a stage is skipped (its
+/// output is complete under the same fingerprint) or refused (output of another configuration is
+/// there), and `run_status`, which reads all of it back for `distill status`.
+///
+/// | stage | writes | complete when |
+/// |---|---|---|
+/// | generate | `generate/synthetic{,.validation}.jsonl` (+ `.topk`, `.rejected.jsonl`, `.report.json`) | every prompt
+/// answered under the same generation fingerprint |
+/// | finetune | `student/` and `baseline/` (fingerprint.json, checkpoints, metrics.jsonl, done.json),
+/// `student.safetensors`, `baseline.safetensors`, `student_hf/` | done.json holds the same fingerprint |
+/// | evaluate | `eval/<model>.answers.jsonl`, `report.json`, `report.md`, `loss.svg`, `models.svg` | report.json
+/// holds the same fingerprint |
+///
+/// `job.json` is the job as the last stage read it.
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
 
 namespace distill {
 
@@ -20634,7 +21427,12 @@ inline nlohmann::ordered_json run_status(const std::filesystem::path& output_dir
     const RunDir dir(output_dir);
     nlohmann::ordered_json s;
     s["output_dir"] = output_dir.string();
-    if (fs::exists(dir.generate_report())) {
+    const fs::path job = output_dir / "job.json";
+    s["task_type"] = fs::exists(job) ? detail::read_json_file(job).value("task_type", "conversation") : "";
+    const bool embedding = s["task_type"] == "embedding";
+    if (embedding) {  // the teacher embeds each batch during finetune: no generate stage, no baseline run
+        s["generate"] = {{"done", true}, {"skipped", "nothing to generate for the embedding task"}};
+    } else if (fs::exists(dir.generate_report())) {
         const auto r = detail::read_json_file(dir.generate_report());
         // the report counts one invocation; the files count every run
         auto count_lines = [&](const fs::path& path) {
@@ -20653,6 +21451,10 @@ inline nlohmann::ordered_json run_status(const std::filesystem::path& output_dir
         s["generate"] = {{"done", false}};
     }
     for (const char* name : {"student", "baseline"}) {
+        if (embedding && std::string_view(name) == "baseline") {
+            s[name] = {{"done", true}, {"skipped", "the embedding task's baseline is the student as initialized"}};
+            continue;
+        }
         nlohmann::ordered_json f = {{"done", fs::exists(dir.done(name))}};
         if (std::ifstream in(dir.metrics(name)); in) {
             std::string line, last_train, last_val;
@@ -20723,6 +21525,18 @@ inline constexpr bool needs_online =
 
 }  // namespace detail
 
+/// A data file of the job; its io and format errors become config errors of the key that names it
+/// ("training_data: train.jsonl:7: ...").
+inline data::Dataset read_data(const char* key, const std::string& path) {
+    try {
+        return data::read_examples(path);
+    } catch (const io_error& e) {
+        throw config_error(key, e.what());
+    } catch (const format_error& e) {
+        throw config_error(key, e.what());
+    }
+}
+
 /// Settings of a Distiller that are not part of the job (how it talks, not what it computes).
 struct DistillerOptions {
     bool quiet = false;       ///< no progress output
@@ -20770,10 +21584,975 @@ struct RunTypes {
     static constexpr bool online = detail::needs_online<Loss>;
     /// Whether the loss reads cached top-k log-probabilities.
     static constexpr bool uses_topk = loss::term_needs<Loss, signal::topk_logprobs_t>;
+    /// The `embedding` task: the student embeds sentences (pipeline/embedding.hpp).
+    static constexpr bool embedding = embedding_model<student_type>;
 };
 
 }  // namespace distill
 // ---- end distill/pipeline/setup.hpp ----
+
+namespace distill {
+
+namespace detail {
+
+// Sets `c.temperature` to `t` when the config has one.
+template <class Config>
+void set_temperature(Config& c, double t) {
+    if constexpr (requires { c.temperature = t; }) c.temperature = t;
+}
+
+}  // namespace detail
+
+/// The job's `loss` object read into `LossT`'s config; then, on the typed config, what the job adds:
+/// terms the job does not name get weight 0, and a named term whose entry has no `temperature` runs
+/// at `hyperparameters.temperature` — except one that reads cached top-k log-probabilities: those
+/// are at the teacher's temperature, 1, and cannot be re-tempered, so the term keeps its config's
+/// default (1). Throws config_error naming `loss.<term>.<key>`.
+template <class LossT>
+typename LossT::config loss_config_of(const Job& job) {
+    typename LossT::config cfg;
+    const double temperature = job.hyperparameters.temperature;
+    if constexpr (requires { LossT::names(); }) {
+        io::from_json(job.loss, cfg, "loss");
+        std::size_t i = 0;  // the term's index in LossT::names()
+        boost::hana::for_each(cfg.terms, [&](auto& term) {
+            const char* name = LossT::names()[i];
+            if (!job.loss.contains(name))
+                term.weight = 0.0;
+            else if (!job.loss[name].contains("temperature") && !detail::reads_topk<LossT>[i])
+                detail::set_temperature(term.config, temperature);
+            ++i;
+        });
+    } else {
+        // a single term: the job's loss object is {"<name>": {...}}
+        if (job.loss.size() != 1 || !job.loss.contains(LossT::name))
+            throw config_error("loss", std::string("this distiller's loss is the single term \"") + LossT::name +
+                                           "\"; the job's loss object must name exactly it");
+        const nlohmann::json& term = job.loss[LossT::name];
+        io::from_json(term, cfg, std::string("loss.") + LossT::name);
+        if (!term.contains("temperature") && !detail::reads_topk<LossT>[0]) detail::set_temperature(cfg, temperature);
+    }
+    return cfg;
+}
+
+/// The job's `optimizer` object read into `OptimizerT`'s config; its weight decay is
+/// `hyperparameters.weight_decay` unless the optimizer object sets its own. Throws config_error
+/// naming `optimizer.<key>`.
+template <class OptimizerT>
+typename OptimizerT::config_type optimizer_config_of(const Job& job) {
+    typename OptimizerT::config_type cfg;
+    io::from_json(job.optimizer, cfg, "optimizer");
+    if constexpr (requires { cfg.weight_decay = 0.0; })
+        if (!job.optimizer.contains("weight_decay")) cfg.weight_decay = job.hyperparameters.weight_decay;
+    if constexpr (requires { cfg.validate(std::string()); }) cfg.validate("optimizer");
+    return cfg;
+}
+
+/// The finetune loop's settings of a job's training run into `dir`: the hyperparameters' loop
+/// settings, writing into `dir`, progress shown unless `quiet`.
+inline train::FinetuneConfig finetune_config_of(const Hyperparameters& h, const std::string& dir, bool quiet) {
+    train::FinetuneConfig c = h.loop;
+    c.output_dir = dir;
+    c.quiet = quiet;
+    return c;
+}
+
+/// The learning-rate schedule of a job's training runs.
+inline optim::ScheduleConfig schedule_config_of(const Hyperparameters& h) {
+    return h.schedule;
+}
+
+/// The shapes the loss is built for: the student's, and the teacher's when it runs in process
+/// (`Online`), its logit columns cut to the student's (padding rows past them are trimmed).
+template <bool Online, class Teacher, class StudentConfig>
+loss::dims loss_dims_of(Teacher& teacher, const StudentConfig& student, int max_batch) {
+    loss::dims d;
+    d.student = loss::model_dims_of_config(student);
+    if constexpr (Online) {
+        d.teacher = loss::model_dims_of(teacher.network());
+        d.teacher.vocab_size = student.vocab_size;
+    } else
+        d.teacher = {student.vocab_size, 0, 0, 0};
+    d.max_batch = max_batch;
+    d.max_length = student.context_length;
+    return d;
+}
+
+/// The parameters of `params` the optimizer updates: all but those the job's `frozen_parameters`
+/// name (an exact name, or a prefix ending in "."). Throws config_error naming the entry that matches
+/// no parameter.
+template <class T>
+std::vector<Parameter<T>> trainable_parameters(const std::vector<Parameter<T>>& params,
+                                               const std::vector<std::string>& frozen) {
+    auto matches = [](const std::string& pattern, const std::string& name) {
+        return pattern.ends_with('.') ? name.starts_with(pattern) : name == pattern;
+    };
+    for (std::size_t i = 0; i < frozen.size(); ++i)
+        if (std::none_of(params.begin(), params.end(), [&](const auto& p) { return matches(frozen[i], p.name); }))
+            throw config_error("frozen_parameters[" + std::to_string(i) + "]",
+                               "\"" + frozen[i] + "\" names no parameter of the student (e.g. \"" +
+                                   (params.empty() ? std::string() : params.front().name) + "\")");
+    std::vector<Parameter<T>> out;
+    for (const auto& p : params)
+        if (std::none_of(frozen.begin(), frozen.end(), [&](const auto& f) { return matches(f, p.name); }))
+            out.push_back(p);
+    return out;
+}
+
+/// What a training run starts from, added to its fingerprint fields: the bytes of `student_weights`
+/// (nothing for a random initialization, whose seed is among the hyperparameters), the layers taken
+/// from it and the frozen parameters (each only when set).
+inline void add_initialization(const Job& job, nlohmann::json& fp) {
+    if (!job.frozen_parameters.empty()) fp["frozen_parameters"] = job.frozen_parameters;
+    if (job.student_weights.empty()) return;
+    std::string digests;
+    if (std::filesystem::is_directory(job.student_weights)) {
+        for (const auto& e : std::filesystem::directory_iterator(job.student_weights))
+            if (e.path().extension() == ".safetensors" || e.path().filename() == "config.json")
+                digests += e.path().filename().string() + "=" + detail::sha256_file(e.path()) + ";";
+    } else {
+        digests = detail::sha256_file(job.student_weights);
+    }
+    fp["initialization"] = detail::sha256_hex(digests);
+    if (!job.student_layers.empty()) fp["student_layers"] = job.student_layers;
+}
+
+/// Trains run `name` ("student", "baseline") into its directory of `setup.dir` unless it is complete
+/// under fingerprint `fp` (see RunDir); `train(dir)` runs the loop there and returns its result. The
+/// best (or last) checkpoint's weights become `<name>.safetensors`. Returns the run's summary.
+template <class Setup, class Train>
+nlohmann::ordered_json run_training(const Setup& setup, const std::string& name, const std::string& fp, Train&& train) {
+    const RunDir& out = setup.dir;
+    if (out.training_complete(name, fp)) {
+        setup.say("finetune: " + name + " is complete for this configuration; skipped");
+        return detail::read_json_file(out.done(name));
+    }
+    out.claim_training(name, fp);
+    const auto t0 = std::chrono::steady_clock::now();
+    const train::FinetuneResult r = train(out.training_dir(name).string());
+    const auto& from = !r.best_checkpoint.empty() ? r.best_checkpoint : r.last_checkpoint;
+    if (from.empty()) throw error("finetune: the " + name + " run wrote no checkpoint");
+    io::copy_file_atomic(from / "student.safetensors", out.weights(name));
+    nlohmann::ordered_json result = {{"fingerprint", fp},
+                                     {"steps", r.steps},
+                                     {"epochs_completed", r.epochs_completed},
+                                     {"early_stopped", r.early_stopped},
+                                     {"final_loss", r.last_loss},
+                                     {"weights_from", from.filename().string()},
+                                     {"seconds", detail::seconds_since(t0)}};
+    if (r.best_step >= 0) {
+        result["best_step"] = r.best_step;
+        result["best_validation_loss"] = r.best_validation_loss;
+    }
+    io::write_file_atomic(out.done(name), result.dump(2) + "\n");
+    return result;
+}
+
+/// The loss callback's result for one micro-batch: the total and, for a `Sum`, each term of nonzero
+/// weight by name.
+template <class LossT>
+train::LossValues loss_values(const LossT& loss, double total) {
+    train::LossValues v{total, {}};
+    if constexpr (requires { loss.values(); }) {
+        const auto names = LossT::names();
+        for (std::size_t i = 0; i < names.size(); ++i)
+            if (loss.weights()[i] != 0) v.terms.emplace_back(names[i], loss.values()[i]);
+    }
+    return v;
+}
+
+/// The loop's options of a job's training run: progress to the setup's log, errors naming the job's
+/// keys.
+template <class Setup>
+train::FinetuneOptions<float> loop_options_of(const Setup& setup) {
+    train::FinetuneOptions<float> options;
+    options.job_config = io::to_json(setup.job);
+    options.progress = setup.options.quiet ? nullptr : setup.options.log;
+    options.config_path = "hyperparameters";
+    options.output_dir_key = "output_dir";
+    return options;
+}
+
+/// The finetune stage of a run (see the file comment); the template parameters are the Distiller's.
+template <class Teacher, template <class, class> class Student, class Loss, template <class, class> class Optimizer,
+          class Device>
+class FinetuneStage {
+    using types = RunTypes<Student, Loss, Optimizer, Device>;
+    using student_type = typename types::student_type;
+    using student_config = typename types::student_config;
+    using loss_type = typename types::loss_type;
+    using optimizer_type = typename types::optimizer_type;
+    static constexpr bool online = types::online;
+    static constexpr bool uses_topk = types::uses_topk;
+
+public:
+    /// `setup` and `teacher` are kept by reference.
+    FinetuneStage(const typename types::setup_type& setup, Teacher& teacher, Device device)
+        : s_(setup), teacher_(teacher), device_(device) {}
+
+    /// Trains the distilled student on the teacher's answers and the baseline on the ground truth,
+    /// with the same architecture and step budget. Needs the generate stage's output. Returns a
+    /// summary of both runs.
+    nlohmann::ordered_json run() {
+        const RunDir& out = s_.dir;
+        if (!std::filesystem::exists(out.synthetic())) {
+            if (std::filesystem::exists(out.rejected()))
+                throw error("finetune: the teacher's answers were all rejected (see " + out.rejected().string() +
+                            "); nothing to train on (answers cut off by generation.max_new_tokens are rejected)");
+            throw error("finetune: " + out.synthetic().string() + " does not exist; run the generate stage first");
+        }
+        Sequences train = sequences_from_synthetic(out.synthetic(), "training");
+        std::optional<Sequences> val;
+        if (s_.validation) val = sequences_from_synthetic(out.synthetic_validation(), "validation");
+        const std::int64_t steps = train::total_steps(finetune_config(""), train.data.size());
+        nlohmann::ordered_json summary;
+        summary["student"] = train_student(train, val ? &*val : nullptr, steps);
+        if (s_.student_from_hf()) export_student_hf();
+        if (s_.job.baseline.enabled) summary["baseline"] = train_baseline(steps);
+        return summary;
+    }
+
+private:
+    // The training sequences of one data set, with each row's prompt length and top-k record.
+    struct Sequences {
+        data::SequenceDataset data;
+        std::vector<std::int32_t> prompt_length{};
+        std::vector<const io::topk_record*> topk{};
+        std::shared_ptr<io::topk_file> topk_file{};
+        std::int64_t skipped_too_long = 0;
+    };
+
+    // ---- generate → training sequences -------------------------------------------------------------
+
+    Sequences sequences_from_synthetic(const std::filesystem::path& path, const char* what) const {
+        if (!std::filesystem::exists(path))
+            throw error("finetune: " + path.string() + " does not exist; run the generate stage first");
+        const std::string fp = generation_fingerprint(teacher_, s_.job.generation);
+        Sequences s{data::SequenceDataset(s_.chat_template.pad(), s_.student.context_length)};
+        if constexpr (uses_topk) {
+            auto topk_path = path;
+            topk_path.replace_extension(".topk");
+            s.topk_file = std::make_shared<io::topk_file>(topk_path);
+            if (s.topk_file->header().tokenizer != s_.chat_template.tokenizer_id())
+                throw config_error("tokenizer",
+                                   "the top-k ids of " + topk_path.string() + " belong to tokenizer " +
+                                       s.topk_file->header().tokenizer + ", the student's is " +
+                                       s_.chat_template.tokenizer_id() +
+                                       ": top-k losses need the teacher's tokenizer (data/vocab_alignment.hpp)");
+        }
+        const auto records = teacher::read_synthetic(path);
+        // In input order, not file order: answers retried by a later run (an endpoint that failed
+        // some requests) are appended after the others, and training must not depend on that.
+        std::vector<std::size_t> order(records.size());
+        for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+        std::stable_sort(order.begin(), order.end(),
+                         [&](std::size_t a, std::size_t b) { return records[a].source_line < records[b].source_line; });
+        for (const std::size_t i : order) {
+            const auto& r = records[i];
+            if (r.fingerprint != fp) throw teacher::fingerprint_error(path.string(), r.fingerprint, fp);
+            const auto prompt = s_.chat_template.encode_prompt(r.prompt);
+            // the teacher's own ids when they are the student tokenizer's, else its text re-encoded
+            const bool same_tokenizer =
+                r.tokenizer.empty() ? s_.answer_tokens_reusable : r.tokenizer == s_.chat_template.tokenizer_id();
+            const bool reuse = same_tokenizer && !r.response.tokens.empty() &&
+                               std::all_of(r.response.tokens.begin(), r.response.tokens.end(),
+                                           [&](std::int32_t id) { return id >= 0 && id < s_.student.vocab_size; });
+            const auto response = reuse ? r.response.tokens : s_.chat_template.encode_response(r.response.text);
+            if (prompt.size() + response.size() > std::size_t(s_.student.context_length)) {
+                ++s.skipped_too_long;
+                continue;
+            }
+            s.data.add_prompt_response(prompt, response);
+            s.prompt_length.push_back(std::int32_t(prompt.size()));
+            if constexpr (uses_topk) {
+                const io::topk_record* t = i < s.topk_file->size() ? &(*s.topk_file)[i] : nullptr;
+                if (!t || t->id != r.id || t->positions() != response.size())
+                    throw format_error(s.topk_file->path(), 0,
+                                       "has no matching top-k record for line " + std::to_string(i + 1) + " of " +
+                                           path.string() + " (id \"" + r.id + "\"); delete both to generate anew");
+                s.topk.push_back(t);
+            }
+        }
+        if (s.skipped_too_long > 0)
+            s_.say(std::string("finetune: ") + std::to_string(s.skipped_too_long) + " " + what +
+                   " examples longer than the student's context_length " + std::to_string(s_.student.context_length) +
+                   " are left out");
+        if (s.data.empty()) throw error(std::string("finetune: no usable ") + what + " example in " + path.string());
+        return s;
+    }
+
+    data::SequenceDataset reference_sequences(const data::Dataset& ds, std::int64_t* skipped) const {
+        data::SequenceDataset seqs(s_.chat_template.pad(), s_.student.context_length);
+        for (const auto& ex : ds.examples) {
+            if (!ex.reference) continue;
+            const auto prompt = s_.chat_template.encode_prompt(ex.prompt);
+            const auto response = s_.chat_template.encode_response(*ex.reference);
+            if (prompt.size() + response.size() > std::size_t(s_.student.context_length)) {
+                ++*skipped;
+                continue;
+            }
+            seqs.add_prompt_response(prompt, response);
+        }
+        return seqs;
+    }
+
+    // ---- the distillation loss as the finetune loop's callback -------------------------------------
+
+    // One micro-batch: student forward, teacher signals (live forward or cached top-k), the loss
+    // terms, and for training the student's backward.
+    class Step {
+    public:
+        Step(FinetuneStage& d, const Sequences& train, const Sequences* val, loss_type& loss,
+             loss::Workspace<float, Device>& ws)
+            : d_(&d), train_(&train), val_(val), loss_(&loss), ws_(&ws) {}
+
+        train::LossValues operator()(student_type& s, const data::Batch& batch, train::pass p) {
+            const int B = batch.batch, T = batch.length;
+            const std::size_t N = std::size_t(B) * std::size_t(T);
+            s.forward(batch.tokens.data(), B, T);
+            mask_.resize(N);
+            for (std::size_t n = 0; n < N; ++n) mask_[n] = batch.targets[n] >= 0;
+            out_.tokens = Tensor<const std::int32_t>(batch.targets.data(), {B, T});
+            if constexpr (online) {
+                d_->teacher_.forward(batch.tokens.data(), B, T);
+                loss::collect_outputs(d_->teacher_, out_);
+                if (out_.logits.size(2) > d_->s_.student.vocab_size) trim_teacher_logits(B, T);
+            }
+            if constexpr (uses_topk) fill_topk(p == train::pass::train ? *train_ : *val_, batch);
+            auto ctx = ws_->begin(s, out_, Tensor<const std::uint8_t>(mask_.data(), {B, T}),
+                                  Tensor<const std::int32_t>(batch.targets.data(), {B, T}));
+            const double total = static_cast<double>((*loss_)(ctx));
+            ws_->finish();
+            if (p == train::pass::train) s.backward(ws_->d_hidden(), ws_->d_attention(), ws_->d_qkv());
+            return loss_values(*loss_, total);
+        }
+
+    private:
+        // The teacher's (B,T,Vt) logits cut to the student's (B,T,Vs) columns, Vt > Vs: the same
+        // tokens, the teacher's embedding padded further (data/vocab_alignment.hpp).
+        void trim_teacher_logits(int B, int T) {
+            const std::int64_t Vt = out_.logits.size(2), Vs = d_->s_.student.vocab_size, rows = std::int64_t(B) * T;
+            const std::size_t need = std::size_t(rows * Vs);
+            if (trimmed_.size() < need) trimmed_ = detail::Arena<float, Device>(d_->device_, need);
+            const float* from = out_.logits.data();
+            for (std::int64_t r = 0; r < rows; ++r)  // one copy per row: Vs of every Vt values
+                d_->device_.copy(trimmed_.data() + r * Vs, from + r * Vt, sizeof(float) * std::size_t(Vs));
+            out_.logits = Tensor<const float>(trimmed_.data(), {B, T, Vs}, Device::memory);
+        }
+
+        // (B,T,k) ids and log-probabilities: the teacher's distribution over response token j sits
+        // at the position that predicts it, prompt_length + j - 1; -1 ids elsewhere.
+        void fill_topk(const Sequences& seqs, const data::Batch& batch) {
+            const int B = batch.batch, T = batch.length, k = d_->s_.job.generation.top_logprobs,
+                      V = d_->s_.student.vocab_size;
+            ids_.assign(std::size_t(B) * T * k, -1);
+            lps_.assign(ids_.size(), 0.0f);
+            for (int b = 0; b < B; ++b) {
+                const auto row = std::size_t(batch.indices[std::size_t(b)]);
+                const io::topk_record& r = *seqs.topk[row];
+                const int rk = int(r.top_ids.size() / std::max<std::size_t>(r.positions(), 1));
+                const int use = std::min(k, rk);
+                for (std::size_t j = 0; j < r.positions(); ++j) {
+                    const std::int64_t pos = seqs.prompt_length[row] + std::int64_t(j) - 1;
+                    if (pos < 0 || pos >= T) continue;
+                    const std::size_t dst = (std::size_t(b) * T + std::size_t(pos)) * k;
+                    for (int c = 0; c < use; ++c) {
+                        const std::int32_t id = r.top_ids[j * rk + c];
+                        if (id >= V) continue;  // a padding row of a teacher with more rows: not a token
+                        ids_[dst + c] = id;
+                        lps_[dst + c] = r.top_logprobs[j * rk + c];
+                    }
+                }
+            }
+            out_.topk_ids = Tensor<const std::int32_t>(ids_.data(), {B, T, k});
+            out_.topk_logprobs = Tensor<const float>(lps_.data(), {B, T, k});
+            out_.topk_temperature = 1.0;
+        }
+
+        FinetuneStage* d_;
+        const Sequences* train_;
+        const Sequences* val_;
+        loss_type* loss_;
+        loss::Workspace<float, Device>* ws_;
+        loss::teacher_outputs<float> out_{};
+        std::vector<std::uint8_t> mask_{};
+        std::vector<std::int32_t> ids_{};
+        std::vector<float> lps_{};
+        detail::Arena<float, Device> trimmed_{};  // the teacher's logits on the student's columns
+    };
+
+    // ---- training runs ----------------------------------------------------------------------------
+
+    student_type make_student() const {
+        student_type s(s_.student, std::max(s_.job.hyperparameters.loop.batch_size, 1), device_);
+        if (s_.job.student_weights.empty())
+            s.init(s_.job.hyperparameters.loop.seed);
+        else if (s_.student_from_hf())
+            io::hf::load(io::hf::Directory(s_.job.student_weights), s);
+        else
+            io::load_weights(io::safetensors_file(s_.job.student_weights), s);
+        return s;
+    }
+
+    // The trained student in transformers' layout beside student.safetensors, with its tokenizer's
+    // files: a student that started from a Hugging Face directory leaves as one.
+    void export_student_hf() {
+        if constexpr (std::is_same_v<student_config, student::TransformerConfig>) {
+            const auto dir = s_.dir.student_hf();
+            student_type s(s_.student, 1, device_);
+            io::load_weights(io::safetensors_file(s_.dir.weights("student")), s);
+            const io::hf::Directory init(s_.job.student_weights);
+            nlohmann::json extra = nlohmann::json::object();
+            for (const char* key : {"bos_token_id", "eos_token_id", "pad_token_id"})
+                if (init.config().contains(key)) extra[key] = init.config()[key];
+            io::hf::save(dir, s, io::dtype::F32, extra, init.model_type() == "phi3" ? "phi3" : "");
+            if (!s_.tokenizer_source.empty())
+                for (const char* name : {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja"})
+                    if (const auto from = s_.tokenizer_source.parent_path() / name; std::filesystem::exists(from))
+                        io::copy_file_atomic(from, dir / name);
+            s_.say("finetune: the student in transformers' layout: " + dir.string());
+        }
+    }
+
+    nlohmann::ordered_json train_student(const Sequences& train, const Sequences* val, std::int64_t steps) {
+        nlohmann::json fp_fields{{"stage", "student"},
+                                 {"student", io::to_json(s_.student)},
+                                 {"loss", io::to_json(s_.loss)},
+                                 {"optimizer", io::to_json(s_.optimizer)},
+                                 {"hyperparameters", io::to_json(s_.job.hyperparameters)},
+                                 {"generation", generation_fingerprint(teacher_, s_.job.generation)},
+                                 {"data", train.data.fingerprint()},
+                                 {"validation", val ? val->data.fingerprint() : 0}};
+        add_initialization(s_.job, fp_fields);
+        if (s_.job.precision != "fp32") fp_fields["precision"] = s_.job.precision;
+        const std::string fp = detail::sha(fp_fields.dump());
+        s_.say("finetune: distilling into a student of " + std::to_string(s_.student.parameter_count()) +
+               " parameters for " + std::to_string(steps) + " steps (" + (online ? "online" : "offline") + ")");
+        return run_training(s_, "student", fp, [&](const std::string& dir) {
+            student_type s = make_student();
+            const int B = s_.job.hyperparameters.loop.batch_size;
+            loss_type loss(s_.loss, dims(B));
+            loss::Workspace<float, Device> ws(loss, dims(B), device_);
+            std::vector<Parameter<float>> extra;
+            if constexpr (requires { loss.parameters(); }) extra = loss.parameters();
+            optimizer_type opt(optim::gather(trainable_parameters(s.parameters(), s_.job.frozen_parameters), extra),
+                               s_.optimizer);
+            optim::Schedule schedule(schedule_config(), steps);
+            train::FinetuneOptions<float> options = loop_options();
+            options.extra = extra;
+            return train::finetune(s, opt, schedule, train.data, val ? &val->data : nullptr, finetune_config(dir),
+                                   Step(*this, train, val, loss, ws), std::move(options));
+        });
+    }
+
+    nlohmann::ordered_json train_baseline(std::int64_t steps) {
+        std::int64_t skipped = 0;
+        const data::Dataset& source = s_.baseline_data ? *s_.baseline_data : s_.train;
+        data::SequenceDataset train = reference_sequences(source, &skipped);
+        if (train.empty()) {
+            s_.say("finetune: no training example carries a reference; the baseline is not trained");
+            return {{"skipped", "no labeled training example"}};
+        }
+        std::optional<data::SequenceDataset> val;
+        if (s_.validation) {
+            val = reference_sequences(*s_.validation, &skipped);
+            if (val->empty()) val.reset();
+        }
+        nlohmann::json fp_fields{{"stage", "baseline"},
+                                 {"student", io::to_json(s_.student)},
+                                 {"optimizer", io::to_json(s_.optimizer)},
+                                 {"hyperparameters", io::to_json(s_.job.hyperparameters)},
+                                 {"steps", steps},
+                                 {"data", train.fingerprint()},
+                                 {"validation", val ? val->fingerprint() : 0}};
+        add_initialization(s_.job, fp_fields);
+        if (s_.job.precision != "fp32") fp_fields["precision"] = s_.job.precision;
+        const std::string fp = detail::sha(fp_fields.dump());
+        s_.say("finetune: baseline on " + std::to_string(train.size()) + " labeled examples for " +
+               std::to_string(steps) + " steps");
+        return run_training(s_, "baseline", fp, [&](const std::string& dir) {
+            student_type s = make_student();
+            optimizer_type opt(trainable_parameters(s.parameters(), s_.job.frozen_parameters), s_.optimizer);
+            optim::Schedule schedule(schedule_config(), steps);
+            train::FinetuneConfig cfg = finetune_config(dir);
+            cfg.max_steps = steps;  // the distilled student's budget, whatever the data size
+            train::FinetuneOptions<float> options = loop_options();
+            return train::finetune(s, opt, schedule, train, val ? &*val : nullptr, cfg, train::CrossEntropy{},
+                                   std::move(options));
+        });
+    }
+
+    train::FinetuneConfig finetune_config(const std::string& dir) const {
+        return finetune_config_of(s_.job.hyperparameters, dir, s_.options.quiet);
+    }
+    optim::ScheduleConfig schedule_config() const { return schedule_config_of(s_.job.hyperparameters); }
+    loss::dims dims(int max_batch) const { return loss_dims_of<online>(teacher_, s_.student, max_batch); }
+
+    train::FinetuneOptions<float> loop_options() const { return loop_options_of(s_); }
+
+    const typename types::setup_type& s_;
+    Teacher& teacher_;
+    Device device_;
+};
+
+}  // namespace distill
+// ---- end distill/pipeline/finetune_stage.hpp ----
+
+namespace distill {
+
+namespace detail {
+
+/// The sentences of a data set as rows for the finetune loop.
+struct SentenceRows {
+    /// One row per sentence. Only its last position is marked in the loss mask, so a batch's
+    /// `loss_tokens` counts its sentences (the loop weighs validation batches by it).
+    data::SequenceDataset data;
+    std::vector<int> length{};  ///< tokens of row i
+    std::int64_t truncated = 0;
+    int longest = 1;
+};
+
+/// The text an example poses: its last user turn.
+inline const std::string& sentence_of(const data::Example& ex) {
+    return ex.prompt.back().content;
+}
+
+/// The first `limit` (0: all) examples of `ds`, tokenized by `teacher` and truncated to `max_length`.
+template <class Teacher>
+SentenceRows sentence_rows(const Teacher& teacher, const data::Dataset& ds, int max_length, std::int64_t limit = 0) {
+    SentenceRows rows{data::SequenceDataset(0, max_length)};
+    for (const auto& ex : ds.examples) {
+        if (limit > 0 && std::int64_t(rows.length.size()) >= limit) break;
+        const std::string& text = sentence_of(ex);
+        std::vector<std::int32_t> ids = teacher.encode(text, 0);
+        if (int(ids.size()) > max_length) {
+            ids = teacher.encode(text, max_length);
+            ++rows.truncated;
+        }
+        std::vector<std::uint8_t> mask(ids.size(), 0);
+        if (ids.size() > 1) mask.back() = 1;
+        rows.longest = std::max(rows.longest, int(ids.size()));
+        rows.length.push_back(int(ids.size()));
+        rows.data.add(std::move(ids), std::move(mask));
+    }
+    return rows;
+}
+
+/// The config of a student initialized from the Hugging Face BERT directory `dir` (the job's
+/// `student_weights`): its architecture, with as many layers as the job's `student_layers` takes.
+inline student::EncoderConfig student_encoder_config(const io::hf::Directory& dir, const Job& job) {
+    auto c = io::hf::encoder_config(dir);
+    const auto& layers = job.student_layers;
+    for (std::size_t i = 0; i < layers.size(); ++i)
+        if (layers[i] >= c.n_layers)
+            throw config_error("student_layers[" + std::to_string(i) + "]",
+                               "is " + std::to_string(layers[i]) + ", but " + job.student_weights + " has " +
+                                   std::to_string(c.n_layers) + " layers");
+    if (!layers.empty()) c.n_layers = int(layers.size());
+    return c;
+}
+
+/// Copies `from`'s parameters into `to`, student layer i from `from`'s layer `layers[i]` (names
+/// `encoder.layer.<i>.…`, BERT's); every other parameter by name.
+template <class Model>
+void copy_selected_layers(const Model& from, Model& to, const std::vector<int>& layers) {
+    const std::string prefix = "encoder.layer.";
+    for (const auto& p : to.parameters()) {
+        std::string name = p.name;
+        if (name.starts_with(prefix)) {
+            const auto dot = name.find('.', prefix.size());
+            const auto l = std::size_t(std::stoi(name.substr(prefix.size(), dot - prefix.size())));
+            name = prefix + std::to_string(layers.at(l)) + name.substr(dot);
+        }
+        const auto& params = from.parameters();
+        const auto src = std::find_if(params.begin(), params.end(), [&](const auto& q) { return q.name == name; });
+        if (src == params.end() || src->value.numel() != p.value.numel())
+            throw shape_error("student_layers: the checkpoint has no parameter " + name + " of " +
+                              std::to_string(p.value.numel()) + " elements");
+        to.device().copy(p.value.data(), src->value.data(), sizeof(*p.value.data()) * std::size_t(p.value.numel()));
+    }
+}
+
+/// Pooled embeddings (N,C) of every row of `rows` under `model`, in batches of up to `batch` rows of
+/// similar length (less padding).
+template <class Model>
+eval::embeddings embed_rows(Model& model, const SentenceRows& rows, int batch) {
+    const std::size_t n = rows.length.size(), C = std::size_t(model.config().d_model);
+    std::vector<std::int64_t> order(n);
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(),
+                     [&](auto a, auto b) { return rows.length[std::size_t(a)] < rows.length[std::size_t(b)]; });
+    eval::embeddings out({n, C});
+    data::Batch b;
+    std::vector<int> lengths;
+    const auto step = std::size_t(std::max(1, std::min(batch, model.max_batch())));
+    for (std::size_t s = 0; s < n; s += step) {
+        const auto idx = std::span(order).subspan(s, std::min(step, n - s));
+        rows.data.make_batch(idx, b);
+        lengths.clear();
+        for (const auto i : idx) lengths.push_back(rows.length[std::size_t(i)]);
+        model.forward(b.tokens.data(), b.batch, b.length, lengths.data());
+        const auto pooled = model.pooled();
+        for (int r = 0; r < b.batch; ++r)
+            std::copy_n(pooled.data() + std::int64_t(r) * std::int64_t(C), C,
+                        &out(std::size_t(idx[std::size_t(r)]), 0));
+    }
+    return out;
+}
+
+/// Latency of single sentences (the first `samples` rows, batch 1: p50 and p95 in ms) and the
+/// throughput of embedding every row in batches of `batch` (sentences per second).
+template <class Model>
+nlohmann::ordered_json embedding_speed(Model& model, const SentenceRows& rows, int samples, int batch) {
+    std::vector<double> ms;
+    data::Batch b;
+    for (std::int64_t i = 0; i < std::min<std::int64_t>(samples, std::int64_t(rows.length.size())); ++i) {
+        const std::int64_t one[1] = {i};
+        rows.data.make_batch(one, b);
+        const int len = rows.length[std::size_t(i)];
+        const auto t0 = std::chrono::steady_clock::now();
+        model.forward(b.tokens.data(), 1, b.length, &len);
+        ms.push_back(1000 * seconds_since(t0));
+    }
+    nlohmann::ordered_json j;
+    if (!ms.empty()) {
+        std::sort(ms.begin(), ms.end());
+        j["latency_p50_ms"] = ms[ms.size() / 2];
+        j["latency_p95_ms"] = ms[std::min(ms.size() - 1, ms.size() * 95 / 100)];
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    (void)embed_rows(model, rows, batch);
+    j["sentences_per_s"] = double(rows.length.size()) / std::max(seconds_since(t0), 1e-9);
+    j["batch"] = batch;
+    return j;
+}
+
+/// Parameters of an encoder config, those outside its embedding tables, and the bytes of its
+/// checkpoint (0: none written, left out).
+template <class Config>
+nlohmann::ordered_json encoder_size(const Config& c, std::uintmax_t checkpoint_bytes) {
+    const std::int64_t embedding = (std::int64_t(c.vocab_size) + c.context_length + c.type_vocab_size) * c.d_model;
+    nlohmann::ordered_json j = {{"layers", c.n_layers},
+                                {"parameters", c.parameter_count()},
+                                {"non_embedding_parameters", c.parameter_count() - embedding}};
+    if (checkpoint_bytes > 0) j["checkpoint_bytes"] = checkpoint_bytes;
+    return j;
+}
+
+}  // namespace detail
+
+/// The `embedding` task's stages of a run (see the file comment); the template parameters are the
+/// Distiller's.
+template <class Teacher, template <class, class> class Student, class Loss, template <class, class> class Optimizer,
+          class Device>
+class EmbeddingStages {
+    using types = RunTypes<Student, Loss, Optimizer, Device>;
+    using student_type = typename types::student_type;
+    using loss_type = typename types::loss_type;
+    using optimizer_type = typename types::optimizer_type;
+
+public:
+    /// `setup` and `teacher` are kept by reference.
+    EmbeddingStages(const typename types::setup_type& setup, Teacher& teacher, Device device)
+        : s_(setup), teacher_(teacher), device_(device) {}
+
+    /// The longest input a student of `setup` reads: the teacher's max_length, at most the student's
+    /// context_length.
+    static int input_limit(const typename types::setup_type& setup, const Teacher& teacher) {
+        return std::min(teacher.max_length(), setup.student.context_length);
+    }
+
+    /// The shapes the loss is built for: the student's and the teacher network's, for batches of up
+    /// to `max_batch` rows of up to `max_length` tokens.
+    static loss::dims dims(const typename types::setup_type& setup, const Teacher& teacher, int max_batch,
+                           int max_length) {
+        return {loss::model_dims_of_config(setup.student), loss::model_dims_of(teacher.network()), max_batch,
+                max_length};
+    }
+
+    /// Trains the student on the teacher's embeddings of the training sentences. Returns a summary.
+    nlohmann::ordered_json finetune() {
+        const int limit = input_limit(s_, teacher_);
+        const auto train = detail::sentence_rows(teacher_, s_.train, limit);
+        std::optional<detail::SentenceRows> val;
+        if (s_.validation) val = detail::sentence_rows(teacher_, *s_.validation, limit);
+        const std::int64_t truncated = train.truncated + (val ? val->truncated : 0);
+        if (truncated > 0)
+            s_.say("finetune: " + std::to_string(truncated) + " sentences longer than " + std::to_string(limit) +
+                   " tokens are truncated (teacher.max_length)");
+        const int max_length = std::max(train.longest, val ? val->longest : 1);
+        const auto& h = s_.job.hyperparameters;
+        const std::int64_t steps = train::total_steps(finetune_config_of(h, "", true), train.data.size());
+        nlohmann::json fp_fields{{"stage", "student"},
+                                 {"task_type", "embedding"},
+                                 {"teacher", teacher_.fingerprint()},
+                                 {"student", io::to_json(s_.student)},
+                                 {"loss", io::to_json(s_.loss)},
+                                 {"optimizer", io::to_json(s_.optimizer)},
+                                 {"hyperparameters", io::to_json(h)},
+                                 {"data", train.data.fingerprint()},
+                                 {"validation", val ? val->data.fingerprint() : 0}};
+        add_initialization(s_.job, fp_fields);
+        const std::string fp = detail::sha(fp_fields.dump());
+        s_.say("finetune: distilling " + teacher_.name() + " into a " + std::to_string(s_.student.n_layers) +
+               "-layer student of " + std::to_string(s_.student.parameter_count()) + " parameters for " +
+               std::to_string(steps) + " steps (" + std::to_string(train.data.size()) + " sentences)");
+        nlohmann::ordered_json summary;
+        summary["student"] = run_training(s_, "student", fp, [&](const std::string& dir) {
+            const int B = h.loop.batch_size;
+            student_type s = make_student(B, max_length);
+            loss_type loss(s_.loss, dims(s_, teacher_, B, max_length));
+            loss::Workspace<float, Device> ws(loss, dims(s_, teacher_, B, max_length), device_);
+            std::vector<Parameter<float>> extra;
+            if constexpr (requires { loss.parameters(); }) extra = loss.parameters();
+            optimizer_type opt(optim::gather(trainable_parameters(s.parameters(), s_.job.frozen_parameters), extra),
+                               s_.optimizer);
+            optim::Schedule schedule(schedule_config_of(h), steps);
+            train::FinetuneOptions<float> options = loop_options_of(s_);
+            options.extra = extra;
+            return train::finetune(s, opt, schedule, train.data, val ? &val->data : nullptr,
+                                   finetune_config_of(h, dir, s_.options.quiet),
+                                   Step(teacher_, train, val ? &*val : nullptr, loss, ws), std::move(options));
+        });
+        export_student_hf(max_length);
+        if (s_.job.baseline.enabled)
+            summary["baseline"] = {{"skipped",
+                                    "the embedding task has no labels to train a baseline on; evaluate "
+                                    "measures the student as initialized instead"}};
+        return summary;
+    }
+
+    /// Measures the teacher, the student as initialized (the baseline) and the distilled student on
+    /// the test sentences and writes report.json and report.md. Returns report.json's object.
+    nlohmann::ordered_json evaluate() {
+        const RunDir& out = s_.dir;
+        if (!s_.test) throw config_error("test_data", "is not set; the evaluate stage needs test sentences");
+        const auto student_file = out.weights("student");
+        if (!std::filesystem::exists(student_file))
+            throw error("evaluate: " + student_file.string() + " does not exist; run the finetune stage first");
+        const auto& e = s_.job.evaluation;
+        const auto test = detail::sentence_rows(teacher_, *s_.test, input_limit(s_, teacher_), e.max_examples);
+        if (test.length.size() < 2) throw config_error("test_data", "needs at least 2 sentences to compare neighbours");
+        const nlohmann::json fp_fields{{"teacher", teacher_.fingerprint()},
+                                       {"student", "sha256:" + detail::sha256_file(student_file).substr(0, 32)},
+                                       {"baseline", s_.job.baseline.enabled},
+                                       {"initialization", initialization()},
+                                       {"test", test.data.fingerprint()},
+                                       {"evaluation", io::to_json(e)},
+                                       {"version", version()}};
+        const std::string fp = detail::sha(fp_fields.dump());
+        if (detail::stored_fingerprint(out.report_json()) == fp) {
+            s_.say("evaluate: report.json is complete for these models and this test set; skipped");
+            return detail::read_json_file(out.report_json());
+        }
+        const std::size_t k = std::min<std::size_t>(std::size_t(e.recall_at), test.length.size() - 1);
+        const int B = e.batch_size;
+        s_.say("evaluate: " + std::to_string(test.length.size()) + " test sentences");
+
+        nlohmann::ordered_json report;
+        report["fingerprint"] = fp;
+        report["task_type"] = "embedding";
+        report["primary_metric"] = "mean_cosine";
+        report["teacher"] = teacher_.name();
+        report["test_examples"] = test.length.size();
+        report["recall_at"] = k;
+        nlohmann::ordered_json models;
+        const eval::embeddings reference = detail::embed_rows(teacher_.network(), test, B);
+        auto measure = [&](auto& model, std::uintmax_t bytes, bool speed) {
+            nlohmann::ordered_json m;
+            const auto a = eval::agreement(detail::embed_rows(model, test, B), reference, k);
+            m["metrics"] = {{"mean_cosine", a.mean_cosine},
+                            {"min_cosine", a.min_cosine},
+                            {"recall_at_" + std::to_string(k), a.recall_at_k}};
+            if (speed) m["speed"] = detail::embedding_speed(model, test, e.latency_samples, B);
+            m["size"] = detail::encoder_size(model.config(), bytes);
+            return m;
+        };
+        if (e.evaluate_teacher) {
+            std::error_code ec;
+            const auto bytes = std::filesystem::file_size(teacher_.directory() / "model.safetensors", ec);
+            models["teacher"] = measure(teacher_.network(), ec ? 0 : bytes, true);
+        }
+        if (s_.job.baseline.enabled) {
+            student_type base = make_student(B, test.longest);
+            models["baseline"] = measure(base, 0, false);
+            models["baseline"]["description"] = "the student as initialized, before distillation";
+        }
+        {
+            student_type s(s_.student, B, test.longest, device_);
+            io::load_weights(io::safetensors_file(student_file), s);
+            models["student"] = measure(s, std::filesystem::file_size(student_file), true);
+        }
+        report["models"] = models;
+        report["training"] = out.training_summary();
+        report["summary"] = summary(report);
+        io::write_file_atomic(out.report_md(), markdown(report));
+        io::write_file_atomic(out.report_json(), report.dump(2) + "\n");
+        s_.say("evaluate: " + report["summary"].get<std::string>());
+        return report;
+    }
+
+private:
+    // One micro-batch: the student's and the teacher's forward over the same rows, the loss terms and,
+    // for training, the student's backward.
+    class Step {
+    public:
+        Step(Teacher& teacher, const detail::SentenceRows& train, const detail::SentenceRows* val, loss_type& loss,
+             loss::Workspace<float, Device>& ws)
+            : teacher_(&teacher), train_(&train), val_(val), loss_(&loss), ws_(&ws) {}
+
+        train::LossValues operator()(student_type& s, const data::Batch& batch, train::pass p) {
+            const detail::SentenceRows& rows = p == train::pass::train ? *train_ : *val_;
+            const int B = batch.batch, T = batch.length;
+            lengths_.resize(std::size_t(B));
+            mask_.assign(std::size_t(B) * std::size_t(T), 0);
+            for (int b = 0; b < B; ++b) {
+                lengths_[std::size_t(b)] = rows.length[std::size_t(batch.indices[std::size_t(b)])];
+                std::fill_n(mask_.begin() + std::ptrdiff_t(b) * T, lengths_[std::size_t(b)], std::uint8_t{1});
+            }
+            s.forward(batch.tokens.data(), B, T, lengths_.data());
+            teacher_->forward(batch.tokens.data(), B, T, lengths_.data());
+            loss::collect_outputs(teacher_->network(), out_);
+            auto ctx = ws_->begin(s, out_, Tensor<const std::uint8_t>(mask_.data(), {B, T}));
+            const double total = static_cast<double>((*loss_)(ctx));
+            ws_->finish();
+            if (p == train::pass::train) s.backward(ws_->d_hidden(), ws_->d_attention());
+            return loss_values(*loss_, total);
+        }
+
+    private:
+        Teacher* teacher_;
+        const detail::SentenceRows* train_;
+        const detail::SentenceRows* val_;
+        loss_type* loss_;
+        loss::Workspace<float, Device>* ws_;
+        loss::teacher_outputs<float> out_{};
+        std::vector<int> lengths_{};
+        std::vector<std::uint8_t> mask_{};
+    };
+
+    // The student as initialized: random (hyperparameters.seed), a safetensors checkpoint, or a
+    // Hugging Face directory, whole or the layers `student_layers` names.
+    student_type make_student(int max_batch, int max_length) const {
+        student_type s(s_.student, max_batch, max_length, device_);
+        const Job& job = s_.job;
+        if (job.student_weights.empty()) {
+            s.init(job.hyperparameters.loop.seed);
+        } else if (!s_.student_from_hf()) {
+            io::load_weights(io::safetensors_file(job.student_weights), s);
+        } else if (job.student_layers.empty()) {
+            io::hf::load(io::hf::Directory(job.student_weights), s);
+        } else {
+            const io::hf::Directory dir(job.student_weights);
+            auto whole_config = io::hf::encoder_config(dir);
+            whole_config.pooling = s_.student.pooling;
+            student_type whole(whole_config, 1, 1, device_);
+            io::hf::load(dir, whole);
+            detail::copy_selected_layers(whole, s, job.student_layers);
+        }
+        return s;
+    }
+
+    std::string initialization() const {
+        nlohmann::json fp = nlohmann::json::object();
+        add_initialization(s_.job, fp);
+        fp["seed"] = s_.job.hyperparameters.loop.seed;
+        return fp.dump();
+    }
+
+    // The trained student in BertModel's layout with the teacher's tokenizer and sentence-transformers
+    // files beside it, so transformers and SentenceTransformer load it as they load the teacher.
+    void export_student_hf(int max_length) const {
+        const auto dir = s_.dir.student_hf();
+        student_type s(s_.student, 1, max_length, device_);
+        io::load_weights(io::safetensors_file(s_.dir.weights("student")), s);
+        io::hf::save(dir, s);
+        for (const char* name : {"tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json",
+                                 "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json"})
+            if (const auto from = teacher_.directory() / name; std::filesystem::exists(from))
+                io::copy_file_atomic(from, dir / name);
+        s_.say("finetune: the student in transformers' layout: " + dir.string());
+    }
+
+    static std::string summary(const nlohmann::ordered_json& r) {
+        const auto& m = r["models"];
+        const std::string recall = "recall_at_" + std::to_string(r["recall_at"].get<std::size_t>());
+        std::ostringstream s;
+        s.precision(3);
+        s << "student: mean cosine " << m["student"]["metrics"]["mean_cosine"].get<double>() << " to the teacher, "
+          << recall << " " << m["student"]["metrics"][recall].get<double>();
+        if (m.contains("baseline"))
+            s << " (as initialized: " << m["baseline"]["metrics"]["mean_cosine"].get<double>() << ", "
+              << m["baseline"]["metrics"][recall].get<double>() << ")";
+        if (m.contains("teacher") && m["teacher"]["speed"].contains("latency_p50_ms") &&
+            m["student"]["speed"].contains("latency_p50_ms"))
+            s << "; "
+              << m["teacher"]["speed"]["latency_p50_ms"].get<double>() /
+                     m["student"]["speed"]["latency_p50_ms"].get<double>()
+              << "x the teacher's speed at batch 1";
+        return s.str();
+    }
+
+    static std::string markdown(const nlohmann::ordered_json& r) {
+        const std::size_t k = r["recall_at"];
+        const std::string recall = "recall_at_" + std::to_string(k);
+        std::ostringstream md;
+        md.precision(4);
+        md << "# Embedding distillation report\n\nTeacher: " << r["teacher"].get<std::string>() << ". "
+           << r["test_examples"].get<std::size_t>() << " test sentences. recall@" << k
+           << ": for each test sentence, the fraction of the teacher's " << k
+           << " nearest test sentences (cosine) that are among the model's " << k << " nearest.\n\n"
+           << "| model | mean cosine to teacher | min cosine | recall@" << k
+           << " | latency p50 / p95 (batch 1) | sentences/s | layers | parameters | checkpoint bytes |\n"
+           << "|---|---|---|---|---|---|---|---|---|\n";
+        for (const auto& item : r["models"].items()) {
+            const nlohmann::ordered_json& m = item.value();
+            const nlohmann::ordered_json& x = m["metrics"];
+            md << "| " << item.key() << " | " << x["mean_cosine"].get<double>() << " | "
+               << x["min_cosine"].get<double>() << " | " << x[recall].get<double>() << " | ";
+            if (m.contains("speed") && m["speed"].contains("latency_p50_ms"))
+                md << m["speed"]["latency_p50_ms"].get<double>() << " / " << m["speed"]["latency_p95_ms"].get<double>()
+                   << " ms | " << m["speed"]["sentences_per_s"].get<double>();
+            else
+                md << "– | –";
+            md << " | " << m["size"]["layers"] << " | " << m["size"]["parameters"] << " | ";
+            if (m["size"].contains("checkpoint_bytes"))
+                md << m["size"]["checkpoint_bytes"];
+            else
+                md << "–";
+            md << " |\n";
+        }
+        md << "\n" << r["summary"].get<std::string>() << "\n";
+        return md.str();
+    }
+
+    const typename types::setup_type& s_;
+    Teacher& teacher_;
+    Device device_;
+};
+
+}  // namespace distill
+// ---- end distill/pipeline/embedding.hpp ----
+// ---- begin distill/pipeline/evaluate.hpp ----
+/// @file pipeline/evaluate.hpp
+/// The evaluate stage: the same test prompts through the teacher, the baseline student and the
+/// distilled student — each one's answers (`eval/<model>.answers.jsonl`), the task's metrics against
+/// the references (and against the teacher's answers), reference perplexity, latency percentiles,
+/// throughput, peak memory, parameters and checkpoint size — written as `report.json`, `report.md`,
+/// `loss.svg` and `models.svg`. The stage is skipped when report.json holds the fingerprint of the
+/// same models, test set and settings; otherwise it runs from scratch, deterministically.
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
 
 namespace distill {
 
@@ -21042,506 +22821,6 @@ private:
 
 }  // namespace distill
 // ---- end distill/pipeline/evaluate.hpp ----
-// ---- begin distill/pipeline/finetune_stage.hpp ----
-/// @file pipeline/finetune_stage.hpp
-/// The finetune stage: the teacher's answers (generate/synthetic.jsonl) become training sequences
-/// in the student's tokenizer; the distilled student trains on them with the job's loss — a live
-/// teacher forward per batch (online) or the cached top-k log-probabilities (offline) — and the
-/// baseline, the same student and step budget without the teacher, on the ground-truth answers.
-/// Each run goes through `train::finetune` (train/finetune.hpp: the loop only) into its own
-/// directory of the run (see `RunDir`): skipped when complete under the same fingerprint, resumed
-/// from its latest checkpoint after a crash, refused when another configuration wrote it. The best
-/// (or last) checkpoint's weights become `student.safetensors` / `baseline.safetensors`; a student
-/// that started from a Hugging Face directory also leaves as one (`student_hf/`).
-///
-/// The job's sections are read here into the policies' configs (`loss_config_of`,
-/// `optimizer_config_of`) and the loop's (`finetune_config_of`, `schedule_config_of`), so that every
-/// value a training run uses is visibly the job's.
-
-#include <algorithm>
-#include <chrono>
-#include <cstdint>
-#include <filesystem>
-#include <memory>
-#include <optional>
-#include <string>
-#include <type_traits>
-#include <utility>
-#include <vector>
-
-#include <nlohmann/json.hpp>
-
-
-namespace distill {
-
-/// The job's `loss` object read into `LossT`'s config: terms the job does not name get weight 0; a
-/// term without its own temperature takes `hyperparameters.temperature`, except one that reads
-/// cached top-k log-probabilities: those are at the teacher's temperature, 1, and cannot be
-/// re-tempered, so the term keeps its default (1). Throws config_error naming `loss.<term>.<key>`.
-template <class LossT>
-typename LossT::config loss_config_of(const Job& job) {
-    typename LossT::config cfg;
-    nlohmann::json j = job.loss;
-    if constexpr (requires { LossT::names(); }) {
-        const nlohmann::json defaults = io::to_json(cfg);
-        for (std::size_t i = 0; i < LossT::names().size(); ++i) {
-            const char* name = LossT::names()[i];
-            if (!j.contains(name)) {
-                j[name] = {{"weight", 0.0}};
-            } else if (j[name].is_object() && !j[name].contains("temperature") &&
-                       defaults[name].contains("temperature") && !detail::reads_topk<LossT>[i]) {
-                j[name]["temperature"] = job.hyperparameters.temperature;
-            }
-        }
-    } else {
-        // a single term: the job's loss object is {"<name>": {...}}
-        if (j.size() != 1 || !j.contains(LossT::name))
-            throw config_error("loss", std::string("this distiller's loss is the single term \"") + LossT::name +
-                                           "\"; the job's loss object must name exactly it");
-        nlohmann::json term = j[LossT::name];
-        if (term.is_object() && !term.contains("temperature") && io::to_json(cfg).contains("temperature") &&
-            !detail::reads_topk<LossT>[0])
-            term["temperature"] = job.hyperparameters.temperature;
-        io::from_json(term, cfg, std::string("loss.") + LossT::name);
-        return cfg;
-    }
-    io::from_json(j, cfg, "loss");
-    return cfg;
-}
-
-/// The job's `optimizer` object read into `OptimizerT`'s config; weight_decay from the
-/// hyperparameters unless the optimizer object sets it. Throws config_error naming `optimizer.<key>`.
-template <class OptimizerT>
-typename OptimizerT::config_type optimizer_config_of(const Job& job) {
-    typename OptimizerT::config_type cfg;
-    nlohmann::json j = job.optimizer;
-    if (!j.contains("weight_decay") && io::to_json(cfg).contains("weight_decay"))
-        j["weight_decay"] = job.hyperparameters.weight_decay;
-    io::from_json(j, cfg, "optimizer");
-    if constexpr (requires { cfg.validate(std::string()); }) cfg.validate("optimizer");
-    return cfg;
-}
-
-/// The finetune loop's settings of a job's training run into `dir`: the `hyperparameters` the loop
-/// shares (its other settings keep the loop's defaults).
-inline train::FinetuneConfig finetune_config_of(const Hyperparameters& h, const std::string& dir, bool quiet) {
-    return {.num_epochs = h.num_epochs,
-            .max_steps = h.max_steps,
-            .batch_size = h.batch_size,
-            .grad_accum = h.grad_accum,
-            .grad_clip = h.grad_clip,
-            .seed = h.seed,
-            .eval_every = h.eval_every,
-            .patience = h.patience,
-            .checkpoint_every = h.checkpoint_every,
-            .log_every = h.log_every,
-            .output_dir = dir,
-            .quiet = quiet};
-}
-
-/// The learning-rate schedule of a job's training runs.
-inline optim::ScheduleConfig schedule_config_of(const Hyperparameters& h) {
-    return {h.learning_rate, h.warmup, h.decay, h.min_lr_ratio};
-}
-
-/// The shapes the loss is built for: the student's, and the teacher's when it runs in process
-/// (`Online`), its logit columns cut to the student's (padding rows past them are trimmed).
-template <bool Online, class Teacher, class StudentConfig>
-loss::dims loss_dims_of(Teacher& teacher, const StudentConfig& student, int max_batch) {
-    loss::dims d;
-    d.student = loss::model_dims_of_config(student);
-    if constexpr (Online) {
-        d.teacher = loss::model_dims_of(teacher.network());
-        d.teacher.vocab_size = student.vocab_size;
-    } else
-        d.teacher = {student.vocab_size, 0, 0, 0};
-    d.max_batch = max_batch;
-    d.max_length = student.context_length;
-    return d;
-}
-
-/// The finetune stage of a run (see the file comment); the template parameters are the Distiller's.
-template <class Teacher, template <class, class> class Student, class Loss, template <class, class> class Optimizer,
-          class Device>
-class FinetuneStage {
-    using types = RunTypes<Student, Loss, Optimizer, Device>;
-    using student_type = typename types::student_type;
-    using student_config = typename types::student_config;
-    using loss_type = typename types::loss_type;
-    using optimizer_type = typename types::optimizer_type;
-    static constexpr bool online = types::online;
-    static constexpr bool uses_topk = types::uses_topk;
-
-public:
-    /// `setup` and `teacher` are kept by reference.
-    FinetuneStage(const typename types::setup_type& setup, Teacher& teacher, Device device)
-        : s_(setup), teacher_(teacher), device_(device) {}
-
-    /// Trains the distilled student on the teacher's answers and the baseline on the ground truth,
-    /// with the same architecture and step budget. Needs the generate stage's output. Returns a
-    /// summary of both runs.
-    nlohmann::ordered_json run() {
-        const RunDir& out = s_.dir;
-        if (!std::filesystem::exists(out.synthetic())) {
-            if (std::filesystem::exists(out.rejected()))
-                throw error("finetune: the teacher's answers were all rejected (see " + out.rejected().string() +
-                            "); nothing to train on (answers cut off by generation.max_new_tokens are rejected)");
-            throw error("finetune: " + out.synthetic().string() + " does not exist; run the generate stage first");
-        }
-        Sequences train = sequences_from_synthetic(out.synthetic(), "training");
-        std::optional<Sequences> val;
-        if (s_.validation) val = sequences_from_synthetic(out.synthetic_validation(), "validation");
-        const std::int64_t steps = train::total_steps(finetune_config(""), train.data.size());
-        nlohmann::ordered_json summary;
-        summary["student"] = train_student(train, val ? &*val : nullptr, steps);
-        if (s_.student_from_hf()) export_student_hf();
-        if (s_.job.baseline.enabled) summary["baseline"] = train_baseline(steps);
-        return summary;
-    }
-
-private:
-    // The training sequences of one data set, with each row's prompt length and top-k record.
-    struct Sequences {
-        data::SequenceDataset data;
-        std::vector<std::int32_t> prompt_length{};
-        std::vector<const io::topk_record*> topk{};
-        std::shared_ptr<io::topk_file> topk_file{};
-        std::int64_t skipped_too_long = 0;
-    };
-
-    // ---- generate → training sequences -------------------------------------------------------------
-
-    Sequences sequences_from_synthetic(const std::filesystem::path& path, const char* what) const {
-        if (!std::filesystem::exists(path))
-            throw error("finetune: " + path.string() + " does not exist; run the generate stage first");
-        const std::string fp = generation_fingerprint(teacher_, s_.job.generation);
-        Sequences s{data::SequenceDataset(s_.chat_template.pad(), s_.student.context_length)};
-        if constexpr (uses_topk) {
-            auto topk_path = path;
-            topk_path.replace_extension(".topk");
-            s.topk_file = std::make_shared<io::topk_file>(topk_path);
-            if (s.topk_file->header().tokenizer != s_.chat_template.tokenizer_id())
-                throw config_error("tokenizer",
-                                   "the top-k ids of " + topk_path.string() + " belong to tokenizer " +
-                                       s.topk_file->header().tokenizer + ", the student's is " +
-                                       s_.chat_template.tokenizer_id() +
-                                       ": top-k losses need the teacher's tokenizer (data/vocab_alignment.hpp)");
-        }
-        const auto records = teacher::read_synthetic(path);
-        // In input order, not file order: answers retried by a later run (an endpoint that failed
-        // some requests) are appended after the others, and training must not depend on that.
-        std::vector<std::size_t> order(records.size());
-        for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
-        std::stable_sort(order.begin(), order.end(),
-                         [&](std::size_t a, std::size_t b) { return records[a].source_line < records[b].source_line; });
-        for (const std::size_t i : order) {
-            const auto& r = records[i];
-            if (r.fingerprint != fp) throw teacher::fingerprint_error(path.string(), r.fingerprint, fp);
-            const auto prompt = s_.chat_template.encode_prompt(r.prompt);
-            // the teacher's own ids when they are the student tokenizer's, else its text re-encoded
-            const bool same_tokenizer =
-                r.tokenizer.empty() ? s_.answer_tokens_reusable : r.tokenizer == s_.chat_template.tokenizer_id();
-            const bool reuse = same_tokenizer && !r.response.tokens.empty() &&
-                               std::all_of(r.response.tokens.begin(), r.response.tokens.end(),
-                                           [&](std::int32_t id) { return id >= 0 && id < s_.student.vocab_size; });
-            const auto response = reuse ? r.response.tokens : s_.chat_template.encode_response(r.response.text);
-            if (prompt.size() + response.size() > std::size_t(s_.student.context_length)) {
-                ++s.skipped_too_long;
-                continue;
-            }
-            s.data.add_prompt_response(prompt, response);
-            s.prompt_length.push_back(std::int32_t(prompt.size()));
-            if constexpr (uses_topk) {
-                const io::topk_record* t = i < s.topk_file->size() ? &(*s.topk_file)[i] : nullptr;
-                if (!t || t->id != r.id || t->positions() != response.size())
-                    throw format_error(s.topk_file->path(), 0,
-                                       "has no matching top-k record for line " + std::to_string(i + 1) + " of " +
-                                           path.string() + " (id \"" + r.id + "\"); delete both to generate anew");
-                s.topk.push_back(t);
-            }
-        }
-        if (s.skipped_too_long > 0)
-            s_.say(std::string("finetune: ") + std::to_string(s.skipped_too_long) + " " + what +
-                   " examples longer than the student's context_length " + std::to_string(s_.student.context_length) +
-                   " are left out");
-        if (s.data.empty()) throw error(std::string("finetune: no usable ") + what + " example in " + path.string());
-        return s;
-    }
-
-    data::SequenceDataset reference_sequences(const data::Dataset& ds, std::int64_t* skipped) const {
-        data::SequenceDataset seqs(s_.chat_template.pad(), s_.student.context_length);
-        for (const auto& ex : ds.examples) {
-            if (!ex.reference) continue;
-            const auto prompt = s_.chat_template.encode_prompt(ex.prompt);
-            const auto response = s_.chat_template.encode_response(*ex.reference);
-            if (prompt.size() + response.size() > std::size_t(s_.student.context_length)) {
-                ++*skipped;
-                continue;
-            }
-            seqs.add_prompt_response(prompt, response);
-        }
-        return seqs;
-    }
-
-    // ---- the distillation loss as the finetune loop's callback -------------------------------------
-
-    // One micro-batch: student forward, teacher signals (live forward or cached top-k), the loss
-    // terms, and for training the student's backward.
-    class Step {
-    public:
-        Step(FinetuneStage& d, const Sequences& train, const Sequences* val, loss_type& loss,
-             loss::Workspace<float, Device>& ws)
-            : d_(&d), train_(&train), val_(val), loss_(&loss), ws_(&ws) {}
-
-        train::LossValues operator()(student_type& s, const data::Batch& batch, train::pass p) {
-            const int B = batch.batch, T = batch.length;
-            const std::size_t N = std::size_t(B) * std::size_t(T);
-            s.forward(batch.tokens.data(), B, T);
-            mask_.resize(N);
-            for (std::size_t n = 0; n < N; ++n) mask_[n] = batch.targets[n] >= 0;
-            out_.tokens = Tensor<const std::int32_t>(batch.targets.data(), {B, T});
-            if constexpr (online) {
-                d_->teacher_.forward(batch.tokens.data(), B, T);
-                loss::collect_outputs(d_->teacher_, out_);
-                if (out_.logits.size(2) > d_->s_.student.vocab_size) trim_teacher_logits(B, T);
-            }
-            if constexpr (uses_topk) fill_topk(p == train::pass::train ? *train_ : *val_, batch);
-            auto ctx = ws_->begin(s, out_, Tensor<const std::uint8_t>(mask_.data(), {B, T}),
-                                  Tensor<const std::int32_t>(batch.targets.data(), {B, T}));
-            const double total = static_cast<double>((*loss_)(ctx));
-            ws_->finish();
-            if (p == train::pass::train) s.backward(ws_->d_hidden(), ws_->d_attention(), ws_->d_qkv());
-            train::LossValues v{total, {}};
-            if constexpr (requires { loss_->values(); }) {
-                const auto names = loss_type::names();
-                for (std::size_t i = 0; i < names.size(); ++i)
-                    if (loss_->weights()[i] != 0) v.terms.emplace_back(names[i], loss_->values()[i]);
-            }
-            return v;
-        }
-
-    private:
-        // The teacher's (B,T,Vt) logits cut to the student's (B,T,Vs) columns, Vt > Vs: the same
-        // tokens, the teacher's embedding padded further (data/vocab_alignment.hpp).
-        void trim_teacher_logits(int B, int T) {
-            const std::int64_t Vt = out_.logits.size(2), Vs = d_->s_.student.vocab_size, rows = std::int64_t(B) * T;
-            const std::size_t need = std::size_t(rows * Vs);
-            if (trimmed_.size() < need) trimmed_ = detail::Arena<float, Device>(d_->device_, need);
-            const float* from = out_.logits.data();
-            for (std::int64_t r = 0; r < rows; ++r)  // one copy per row: Vs of every Vt values
-                d_->device_.copy(trimmed_.data() + r * Vs, from + r * Vt, sizeof(float) * std::size_t(Vs));
-            out_.logits = Tensor<const float>(trimmed_.data(), {B, T, Vs}, Device::memory);
-        }
-
-        // (B,T,k) ids and log-probabilities: the teacher's distribution over response token j sits
-        // at the position that predicts it, prompt_length + j - 1; -1 ids elsewhere.
-        void fill_topk(const Sequences& seqs, const data::Batch& batch) {
-            const int B = batch.batch, T = batch.length, k = d_->s_.job.generation.top_logprobs,
-                      V = d_->s_.student.vocab_size;
-            ids_.assign(std::size_t(B) * T * k, -1);
-            lps_.assign(ids_.size(), 0.0f);
-            for (int b = 0; b < B; ++b) {
-                const auto row = std::size_t(batch.indices[std::size_t(b)]);
-                const io::topk_record& r = *seqs.topk[row];
-                const int rk = int(r.top_ids.size() / std::max<std::size_t>(r.positions(), 1));
-                const int use = std::min(k, rk);
-                for (std::size_t j = 0; j < r.positions(); ++j) {
-                    const std::int64_t pos = seqs.prompt_length[row] + std::int64_t(j) - 1;
-                    if (pos < 0 || pos >= T) continue;
-                    const std::size_t dst = (std::size_t(b) * T + std::size_t(pos)) * k;
-                    for (int c = 0; c < use; ++c) {
-                        const std::int32_t id = r.top_ids[j * rk + c];
-                        if (id >= V) continue;  // a padding row of a teacher with more rows: not a token
-                        ids_[dst + c] = id;
-                        lps_[dst + c] = r.top_logprobs[j * rk + c];
-                    }
-                }
-            }
-            out_.topk_ids = Tensor<const std::int32_t>(ids_.data(), {B, T, k});
-            out_.topk_logprobs = Tensor<const float>(lps_.data(), {B, T, k});
-            out_.topk_temperature = 1.0;
-        }
-
-        FinetuneStage* d_;
-        const Sequences* train_;
-        const Sequences* val_;
-        loss_type* loss_;
-        loss::Workspace<float, Device>* ws_;
-        loss::teacher_outputs<float> out_{};
-        std::vector<std::uint8_t> mask_{};
-        std::vector<std::int32_t> ids_{};
-        std::vector<float> lps_{};
-        detail::Arena<float, Device> trimmed_{};  // the teacher's logits on the student's columns
-    };
-
-    // ---- training runs ----------------------------------------------------------------------------
-
-    // Trains run `name` into its directory unless it is complete under `fp` (see RunDir); `train`
-    // runs the loop there and returns its result.
-    template <class Train>
-    nlohmann::ordered_json run_training(const std::string& name, const std::string& fp, Train&& train) {
-        const RunDir& out = s_.dir;
-        if (out.training_complete(name, fp)) {
-            s_.say("finetune: " + name + " is complete for this configuration; skipped");
-            return detail::read_json_file(out.done(name));
-        }
-        out.claim_training(name, fp);
-        const auto t0 = std::chrono::steady_clock::now();
-        const train::FinetuneResult r = train(out.training_dir(name).string());
-        const auto& from = !r.best_checkpoint.empty() ? r.best_checkpoint : r.last_checkpoint;
-        if (from.empty()) throw error("finetune: the " + name + " run wrote no checkpoint");
-        io::copy_file_atomic(from / "student.safetensors", out.weights(name));
-        nlohmann::ordered_json result = {{"fingerprint", fp},
-                                         {"steps", r.steps},
-                                         {"epochs_completed", r.epochs_completed},
-                                         {"early_stopped", r.early_stopped},
-                                         {"final_loss", r.last_loss},
-                                         {"weights_from", from.filename().string()},
-                                         {"seconds", detail::seconds_since(t0)}};
-        if (r.best_step >= 0) {
-            result["best_step"] = r.best_step;
-            result["best_validation_loss"] = r.best_validation_loss;
-        }
-        io::write_file_atomic(out.done(name), result.dump(2) + "\n");
-        return result;
-    }
-
-    student_type make_student() const {
-        student_type s(s_.student, std::max(s_.job.hyperparameters.batch_size, 1), device_);
-        if (s_.job.student_weights.empty())
-            s.init(s_.job.hyperparameters.seed);
-        else if (s_.student_from_hf())
-            io::hf::load(io::hf::Directory(s_.job.student_weights), s);
-        else
-            io::load_weights(io::safetensors_file(s_.job.student_weights), s);
-        return s;
-    }
-
-    // What the student and the baseline start from, for their fingerprints: the checkpoint's bytes
-    // (nothing is added for a random initialization, whose seed is among the hyperparameters).
-    void add_initialization(nlohmann::json& fp) const {
-        if (s_.job.student_weights.empty()) return;
-        std::string digests;
-        if (s_.student_from_hf()) {
-            for (const auto& e : std::filesystem::directory_iterator(s_.job.student_weights))
-                if (e.path().extension() == ".safetensors" || e.path().filename() == "config.json")
-                    digests += e.path().filename().string() + "=" + detail::sha256_file(e.path()) + ";";
-        } else {
-            digests = detail::sha256_file(s_.job.student_weights);
-        }
-        fp["initialization"] = detail::sha256_hex(digests);
-    }
-
-    // The trained student in transformers' layout beside student.safetensors, with its tokenizer's
-    // files: a student that started from a Hugging Face directory leaves as one.
-    void export_student_hf() {
-        if constexpr (std::is_same_v<student_config, student::TransformerConfig>) {
-            const auto dir = s_.dir.student_hf();
-            student_type s(s_.student, 1, device_);
-            io::load_weights(io::safetensors_file(s_.dir.weights("student")), s);
-            const io::hf::Directory init(s_.job.student_weights);
-            nlohmann::json extra = nlohmann::json::object();
-            for (const char* key : {"bos_token_id", "eos_token_id", "pad_token_id"})
-                if (init.config().contains(key)) extra[key] = init.config()[key];
-            io::hf::save(dir, s, io::dtype::F32, extra, init.model_type() == "phi3" ? "phi3" : "");
-            if (!s_.tokenizer_source.empty())
-                for (const char* name : {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja"})
-                    if (const auto from = s_.tokenizer_source.parent_path() / name; std::filesystem::exists(from))
-                        io::copy_file_atomic(from, dir / name);
-            s_.say("finetune: the student in transformers' layout: " + dir.string());
-        }
-    }
-
-    nlohmann::ordered_json train_student(const Sequences& train, const Sequences* val, std::int64_t steps) {
-        nlohmann::json fp_fields{{"stage", "student"},
-                                 {"student", io::to_json(s_.student)},
-                                 {"loss", io::to_json(s_.loss)},
-                                 {"optimizer", io::to_json(s_.optimizer)},
-                                 {"hyperparameters", io::to_json(s_.job.hyperparameters)},
-                                 {"generation", generation_fingerprint(teacher_, s_.job.generation)},
-                                 {"data", train.data.fingerprint()},
-                                 {"validation", val ? val->data.fingerprint() : 0}};
-        add_initialization(fp_fields);
-        if (s_.job.precision != "fp32") fp_fields["precision"] = s_.job.precision;
-        const std::string fp = detail::sha(fp_fields.dump());
-        s_.say("finetune: distilling into a student of " + std::to_string(s_.student.parameter_count()) +
-               " parameters for " + std::to_string(steps) + " steps (" + (online ? "online" : "offline") + ")");
-        return run_training("student", fp, [&](const std::string& dir) {
-            student_type s = make_student();
-            const int B = s_.job.hyperparameters.batch_size;
-            loss_type loss(s_.loss, dims(B));
-            loss::Workspace<float, Device> ws(loss, dims(B), device_);
-            std::vector<Parameter<float>> extra;
-            if constexpr (requires { loss.parameters(); }) extra = loss.parameters();
-            optimizer_type opt(optim::gather(s.parameters(), extra), s_.optimizer);
-            optim::Schedule schedule(schedule_config(), steps);
-            train::FinetuneOptions<float> options = loop_options();
-            options.extra = extra;
-            return train::finetune(s, opt, schedule, train.data, val ? &val->data : nullptr, finetune_config(dir),
-                                   Step(*this, train, val, loss, ws), std::move(options));
-        });
-    }
-
-    nlohmann::ordered_json train_baseline(std::int64_t steps) {
-        std::int64_t skipped = 0;
-        const data::Dataset& source = s_.baseline_data ? *s_.baseline_data : s_.train;
-        data::SequenceDataset train = reference_sequences(source, &skipped);
-        if (train.empty()) {
-            s_.say("finetune: no training example carries a reference; the baseline is not trained");
-            return {{"skipped", "no labeled training example"}};
-        }
-        std::optional<data::SequenceDataset> val;
-        if (s_.validation) {
-            val = reference_sequences(*s_.validation, &skipped);
-            if (val->empty()) val.reset();
-        }
-        nlohmann::json fp_fields{{"stage", "baseline"},
-                                 {"student", io::to_json(s_.student)},
-                                 {"optimizer", io::to_json(s_.optimizer)},
-                                 {"hyperparameters", io::to_json(s_.job.hyperparameters)},
-                                 {"steps", steps},
-                                 {"data", train.fingerprint()},
-                                 {"validation", val ? val->fingerprint() : 0}};
-        add_initialization(fp_fields);
-        if (s_.job.precision != "fp32") fp_fields["precision"] = s_.job.precision;
-        const std::string fp = detail::sha(fp_fields.dump());
-        s_.say("finetune: baseline on " + std::to_string(train.size()) + " labeled examples for " +
-               std::to_string(steps) + " steps");
-        return run_training("baseline", fp, [&](const std::string& dir) {
-            student_type s = make_student();
-            optimizer_type opt(s.parameters(), s_.optimizer);
-            optim::Schedule schedule(schedule_config(), steps);
-            train::FinetuneConfig cfg = finetune_config(dir);
-            cfg.max_steps = steps;  // the distilled student's budget, whatever the data size
-            train::FinetuneOptions<float> options = loop_options();
-            return train::finetune(s, opt, schedule, train, val ? &*val : nullptr, cfg, train::CrossEntropy{},
-                                   std::move(options));
-        });
-    }
-
-    train::FinetuneConfig finetune_config(const std::string& dir) const {
-        return finetune_config_of(s_.job.hyperparameters, dir, s_.options.quiet);
-    }
-    optim::ScheduleConfig schedule_config() const { return schedule_config_of(s_.job.hyperparameters); }
-    loss::dims dims(int max_batch) const { return loss_dims_of<online>(teacher_, s_.student, max_batch); }
-
-    // The loop's options of a job's training run: errors name the job's keys.
-    train::FinetuneOptions<float> loop_options() const {
-        train::FinetuneOptions<float> options;
-        options.job_config = io::to_json(s_.job);
-        options.progress = s_.options.quiet ? nullptr : s_.options.log;
-        options.config_path = "hyperparameters";
-        options.output_dir_key = "output_dir";
-        return options;
-    }
-
-    const typename types::setup_type& s_;
-    Teacher& teacher_;
-    Device device_;
-};
-
-}  // namespace distill
-// ---- end distill/pipeline/finetune_stage.hpp ----
 // ---- begin distill/pipeline/generate.hpp ----
 /// @file pipeline/generate.hpp
 /// The generate stage: the teacher answers every example, and its answers become the student's
@@ -21985,8 +23264,10 @@ BOOST_HANA_ADAPT_STRUCT(distill::GenerateConfig, output_dir, name, keep_truncate
 namespace distill {
 
 /// The generate → finetune → evaluate pipeline of one job (see the file comment).
-/// @tparam Teacher a `teacher_source` (e.g. `teacher::Model<student::Transformer>`, `teacher::OpenAI<>`).
-/// @tparam Student a class template `Student<T, Device>` that is a `student_model` (`student::Transformer`).
+/// @tparam Teacher a `teacher_source` (e.g. `teacher::Model<student::Transformer>`, `teacher::OpenAI<>`), or
+///         for an embedding student an `embedding_teacher` (`teacher::EncoderModel<>`).
+/// @tparam Student a class template `Student<T, Device>` that is a `student_model` (`student::Transformer`,
+///         `student::Encoder`).
 /// @tparam Loss a `loss_policy` (a term or a `loss::Sum`); rebound to float on `Device`.
 /// @tparam Optimizer a class template `Optimizer<T, Device>` that is an `optimizer_policy` (`optim::AdamW`).
 /// @tparam Device a `device_policy` (`device::Cpu`).
@@ -21996,18 +23277,24 @@ class Distiller {
     static_assert(device_policy<Device>,
                   "Device: not a distill::device_policy (memory, name, allocate, deallocate, fill_zero, copy); see "
                   "docs/devices.md");
-    static_assert(teacher_source<Teacher>,
+    static_assert(student_model<Student<float, Device>>,
+                  "Student: Student<float, Device> is not a distill::student_model (a sequence_model or an "
+                  "embedding_model); see docs/students.md");
+    static constexpr bool embedding = embedding_model<Student<float, Device>>;
+    static_assert(embedding || teacher_source<Teacher>,
                   "Teacher: not a distill::teacher_source (provides, fingerprint(), name(), generate(...)); see "
                   "docs/teachers.md");
-    static_assert(student_model<Student<float, Device>>,
-                  "Student: Student<float, Device> is not a distill::student_model; see docs/students.md");
+    static_assert(!embedding || embedding_teacher<Teacher>,
+                  "Teacher: an embedding student learns from a distill::embedding_teacher (provides pooled, "
+                  "encode(text, limit), forward(tokens, B, T, lengths), e.g. teacher::EncoderModel); see "
+                  "docs/teachers.md");
     static_assert(loss::loss_policy<loss::rebind_t<Loss, float, Device>, float, Device>,
                   "Loss: not a distill::loss::loss_policy (name, needs, config, constructor from (config, dims), "
                   "operator()(context)); see docs/losses.md");
     static_assert(optimizer_policy<Optimizer<float, Device>>,
                   "Optimizer: Optimizer<float, Device> is not a distill::optimizer_policy; see docs/training.md");
     static_assert(loss::check_needs<Teacher, Loss>());
-    static_assert(!detail::needs_online<Loss> || online_teacher<Teacher>,
+    static_assert(embedding || !detail::needs_online<Loss> || online_teacher<Teacher>,
                   "Teacher: the loss reads the teacher's logits, hidden states or attention maps, so the teacher must "
                   "run in-process (distill::online_teacher, e.g. teacher::Model); see docs/teachers.md");
 
@@ -22025,8 +23312,8 @@ public:
     using setup_type = typename types::setup_type;
     using evaluate_stage_type = EvaluateStage<Teacher, Student, Loss, Optimizer, Device>;
     using finetune_stage_type = FinetuneStage<Teacher, Student, Loss, Optimizer, Device>;
-    /// Runs a trained student (or the baseline) for evaluation: the in-process teacher over `Student`.
-    using runner_type = typename evaluate_stage_type::runner_type;
+    /// The `embedding` task's stages (when `Student` is an `embedding_model`).
+    using embedding_stages_type = EmbeddingStages<Teacher, Student, Loss, Optimizer, Device>;
 
     /// Online distillation (a teacher forward per batch) when the loss reads in-process signals.
     static constexpr bool online = types::online;
@@ -22045,6 +23332,77 @@ public:
         s_.job.validate();
         check_precision();
         s_.student = read_student_config();
+        if constexpr (embedding)
+            prepare_embedding();
+        else
+            prepare_sequences();
+    }
+
+    Distiller(const Distiller&) = delete;
+    Distiller& operator=(const Distiller&) = delete;
+
+    const Job& job() const noexcept { return s_.job; }
+    const std::filesystem::path& output_dir() const noexcept { return s_.dir.root(); }
+    /// The student's tokenizer and chat format (see `Job::tokenizer`).
+    const data::ChatTokenizer& chat_template() const noexcept { return s_.chat_template; }
+    /// How the teacher's and the student's vocabularies line up, decided at construction for losses
+    /// that compare them (online terms, top-k); `different` otherwise.
+    const data::VocabAlignment& alignment() const noexcept { return s_.alignment; }
+    /// Everything the stages read (see pipeline/setup.hpp).
+    const setup_type& setup() const noexcept { return s_; }
+
+    /// The teacher answers every training (and validation) prompt; see `generate_stage`. Resumes
+    /// and skips what is done. Returns the training set's report.
+    GenerateReport generate() {
+        s_.dir.write_job_copy(s_.job);
+        if constexpr (embedding) {
+            s_.say(
+                "generate: nothing to generate for the embedding task; the teacher embeds each training batch "
+                "during finetune");
+            return GenerateReport{.teacher = teacher_.name(), .examples = s_.train.examples.size()};
+        } else {
+            return generate_stage(teacher_, s_);
+        }
+    }
+
+    /// Trains the distilled student and the baseline; see `FinetuneStage` (`EmbeddingStages` for an
+    /// embedding student). Needs the generate stage's output. Returns a summary of both runs.
+    nlohmann::ordered_json finetune() {
+        s_.dir.write_job_copy(s_.job);
+        if constexpr (embedding)
+            return embedding_stages_type(s_, teacher_, device_).finetune();
+        else
+            return finetune_stage_type(s_, teacher_, device_).run();
+    }
+
+    /// Measures the teacher, the baseline and the distilled student on the test set and writes the
+    /// report; see `EvaluateStage` (`EmbeddingStages`). Returns report.json's object.
+    nlohmann::ordered_json evaluate() {
+        s_.dir.write_job_copy(s_.job);
+        if constexpr (embedding)
+            return embedding_stages_type(s_, teacher_, device_).evaluate();
+        else
+            return evaluate_stage_type(s_, teacher_, device_).run();
+    }
+
+    /// generate(), finetune(), evaluate() (the last only when the job has test data).
+    nlohmann::ordered_json run() {
+        generate();
+        finetune();
+        if (s_.test) return evaluate();
+        return nlohmann::ordered_json::object();
+    }
+
+private:
+    // ---- reading the job against the policies -------------------------------------------------------
+
+    // The language tasks: the student's tokenizer and chat format, the data (test examples with
+    // references), the vocabularies and shapes the loss compares.
+    void prepare_sequences() {
+        if (s_.job.task_type == "embedding")
+            throw config_error("task_type", "is \"embedding\", which needs an embedding student (student::Encoder)");
+        if (!s_.job.student_layers.empty())
+            throw config_error("student_layers", "selects checkpoint layers for embedding students only");
         s_.chat_template = student_template();
         if (s_.student.vocab_size < s_.chat_template.vocab_size())
             throw config_error("student.vocab_size", "is " + std::to_string(s_.student.vocab_size) +
@@ -22079,14 +23437,14 @@ public:
                 throw config_error("student.context_length",
                                    "is " + std::to_string(s_.student.context_length) + ", longer than the teacher's " +
                                        std::to_string(t.context_length) + " (the teacher forwards the same sequences)");
-            if (teacher_batch_size(teacher_) < s_.job.hyperparameters.batch_size)
+            if (teacher_batch_size(teacher_) < s_.job.hyperparameters.loop.batch_size)
                 throw config_error("teacher.max_batch",
                                    "is " + std::to_string(teacher_batch_size(teacher_)) +
                                        ", smaller than hyperparameters.batch_size " +
-                                       std::to_string(s_.job.hyperparameters.batch_size) +
+                                       std::to_string(s_.job.hyperparameters.loop.batch_size) +
                                        " (online distillation forwards the teacher on every batch)");
         }
-        const int B = s_.job.hyperparameters.batch_size;
+        const int B = s_.job.hyperparameters.loop.batch_size;
         const loss_type probe(s_.loss, loss_dims_of<online>(teacher_, s_.student, B));  // checks layer maps, widths
         if constexpr (online && requires { teacher_.keeps_activations(); })
             if (!teacher_.keeps_activations() && loss::reads_activations(probe))
@@ -22095,61 +23453,36 @@ public:
                                    "q|k|v; set it to true (or drop those terms)");
     }
 
-    Distiller(const Distiller&) = delete;
-    Distiller& operator=(const Distiller&) = delete;
-
-    const Job& job() const noexcept { return s_.job; }
-    const std::filesystem::path& output_dir() const noexcept { return s_.dir.root(); }
-    /// The student's tokenizer and chat format (see `Job::tokenizer`).
-    const data::ChatTokenizer& chat_template() const noexcept { return s_.chat_template; }
-    /// How the teacher's and the student's vocabularies line up, decided at construction for losses
-    /// that compare them (online terms, top-k); `different` otherwise.
-    const data::VocabAlignment& alignment() const noexcept { return s_.alignment; }
-    /// Everything the stages read (see pipeline/setup.hpp).
-    const setup_type& setup() const noexcept { return s_; }
-
-    /// The teacher answers every training (and validation) prompt; see `generate_stage`. Resumes
-    /// and skips what is done. Returns the training set's report.
-    GenerateReport generate() {
-        s_.dir.write_job_copy(s_.job);
-        return generate_stage(teacher_, s_);
-    }
-
-    /// Trains the distilled student and the baseline; see `FinetuneStage`. Needs the generate
-    /// stage's output. Returns a summary of both runs.
-    nlohmann::ordered_json finetune() {
-        s_.dir.write_job_copy(s_.job);
-        return finetune_stage_type(s_, teacher_, device_).run();
-    }
-
-    /// Measures the teacher, the baseline and the distilled student on the test set and writes the
-    /// report; see `EvaluateStage`. Returns report.json's object.
-    nlohmann::ordered_json evaluate() {
-        s_.dir.write_job_copy(s_.job);
-        return evaluate_stage_type(s_, teacher_, device_).run();
-    }
-
-    /// generate(), finetune(), evaluate() (the last only when the job has test data).
-    nlohmann::ordered_json run() {
-        generate();
-        finetune();
-        if (s_.test) return evaluate();
-        return nlohmann::ordered_json::object();
-    }
-
-private:
-    // ---- reading the job against the policies -------------------------------------------------------
-
-    // A data file of the job; its io/format errors become config errors of the key that names it
-    // ("training_data: train.jsonl:7: ...").
-    static data::Dataset read_data(const char* key, const std::string& path) {
-        try {
-            return data::read_examples(path);
-        } catch (const io_error& e) {
-            throw config_error(key, e.what());
-        } catch (const format_error& e) {
-            throw config_error(key, e.what());
-        }
+    // The embedding task: sentences in every data file, the teacher's tokenizer, the shapes the loss
+    // compares (pipeline/embedding.hpp).
+    void prepare_embedding() {
+        if (s_.job.task_type != "embedding")
+            throw config_error("task_type",
+                               "is \"" + s_.job.task_type + "\", but the student embeds sentences: set \"embedding\"");
+        if (!s_.job.tokenizer.empty())
+            throw config_error("tokenizer",
+                               "must be empty for the embedding task: student and teacher read the "
+                               "teacher's tokenizer's ids");
+        s_.loss = loss_config_of<loss_type>(s_.job);
+        s_.optimizer = optimizer_config_of<optimizer_type>(s_.job);
+        s_.train = read_data("training_data", s_.job.training_data);
+        if (s_.train.examples.empty())
+            throw format_error(s_.job.training_data, 0, "has no examples (training_data must not be empty)");
+        if (!s_.job.validation_data.empty()) s_.validation = read_data("validation_data", s_.job.validation_data);
+        if (!s_.job.test_data.empty()) s_.test = read_data("test_data", s_.job.test_data);
+        const auto& t = teacher_.network().config();
+        if (s_.student.vocab_size != t.vocab_size)
+            throw config_error("student.vocab_size", "is " + std::to_string(s_.student.vocab_size) +
+                                                         ", but the teacher's is " + std::to_string(t.vocab_size) +
+                                                         " (both read the teacher's tokenizer's ids)");
+        const int B = s_.job.hyperparameters.loop.batch_size;
+        if (teacher_.max_batch() < B)
+            throw config_error("teacher.max_batch", "is " + std::to_string(teacher_.max_batch()) +
+                                                        ", smaller than hyperparameters.batch_size " +
+                                                        std::to_string(B) +
+                                                        " (the teacher embeds every training batch)");
+        const int L = embedding_stages_type::input_limit(s_, teacher_);
+        const loss_type probe(s_.loss, embedding_stages_type::dims(s_, teacher_, B, L));  // widths, layer maps
     }
 
     // The job's `student` section, or the architecture of `student_weights` (the section must then be
@@ -22165,10 +23498,12 @@ private:
         if (s_.student_from_hf()) {
             if constexpr (std::is_same_v<student_config, student::TransformerConfig>)
                 init = io::hf::checked_transformer_config(io::hf::Directory(s_.job.student_weights));
+            else if constexpr (std::is_same_v<student_config, student::EncoderConfig>)
+                init = detail::student_encoder_config(io::hf::Directory(s_.job.student_weights), s_.job);
             else
                 throw config_error("student_weights",
                                    "is a Hugging Face directory, which initializes "
-                                   "student::Transformer only");
+                                   "student::Transformer and student::Encoder only");
         } else {
             init = io::load_weights_config<student_config>(io::safetensors_file(s_.job.student_weights));
         }

@@ -168,8 +168,9 @@ public:
     GenerateReport generate() {
         s_.dir.write_job_copy(s_.job);
         if constexpr (embedding) {
-            s_.say("generate: nothing to generate for the embedding task; the teacher embeds each training batch "
-                   "during finetune");
+            s_.say(
+                "generate: nothing to generate for the embedding task; the teacher embeds each training batch "
+                "during finetune");
             return GenerateReport{.teacher = teacher_.name(), .examples = s_.train.examples.size()};
         } else {
             return generate_stage(teacher_, s_);
@@ -268,11 +269,12 @@ private:
     // compares (pipeline/embedding.hpp).
     void prepare_embedding() {
         if (s_.job.task_type != "embedding")
-            throw config_error("task_type", "is \"" + s_.job.task_type +
-                                                "\", but the student embeds sentences: set \"embedding\"");
+            throw config_error("task_type",
+                               "is \"" + s_.job.task_type + "\", but the student embeds sentences: set \"embedding\"");
         if (!s_.job.tokenizer.empty())
-            throw config_error("tokenizer", "must be empty for the embedding task: student and teacher read the "
-                                            "teacher's tokenizer's ids");
+            throw config_error("tokenizer",
+                               "must be empty for the embedding task: student and teacher read the "
+                               "teacher's tokenizer's ids");
         s_.loss = loss_config_of<loss_type>(s_.job);
         s_.optimizer = optimizer_config_of<optimizer_type>(s_.job);
         s_.train = read_data("training_data", s_.job.training_data);
@@ -285,7 +287,7 @@ private:
             throw config_error("student.vocab_size", "is " + std::to_string(s_.student.vocab_size) +
                                                          ", but the teacher's is " + std::to_string(t.vocab_size) +
                                                          " (both read the teacher's tokenizer's ids)");
-        const int B = s_.job.hyperparameters.batch_size;
+        const int B = s_.job.hyperparameters.loop.batch_size;
         if (teacher_.max_batch() < B)
             throw config_error("teacher.max_batch", "is " + std::to_string(teacher_.max_batch()) +
                                                         ", smaller than hyperparameters.batch_size " +
@@ -294,7 +296,6 @@ private:
         const int L = embedding_stages_type::input_limit(s_, teacher_);
         const loss_type probe(s_.loss, embedding_stages_type::dims(s_, teacher_, B, L));  // widths, layer maps
     }
-
 
     // The job's `student` section, or the architecture of `student_weights` (the section must then be
     // empty or describe the same one).

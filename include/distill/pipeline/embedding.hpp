@@ -67,7 +67,9 @@ struct SentenceRows {
 };
 
 /// The text an example poses: its last user turn.
-inline const std::string& sentence_of(const data::Example& ex) { return ex.prompt.back().content; }
+inline const std::string& sentence_of(const data::Example& ex) {
+    return ex.prompt.back().content;
+}
 
 /// The first `limit` (0: all) examples of `ds`, tokenized by `teacher` and truncated to `max_length`.
 template <class Teacher>
@@ -146,7 +148,8 @@ eval::embeddings embed_rows(Model& model, const SentenceRows& rows, int batch) {
         model.forward(b.tokens.data(), b.batch, b.length, lengths.data());
         const auto pooled = model.pooled();
         for (int r = 0; r < b.batch; ++r)
-            std::copy_n(pooled.data() + std::int64_t(r) * std::int64_t(C), C, &out(std::size_t(idx[std::size_t(r)]), 0));
+            std::copy_n(pooled.data() + std::int64_t(r) * std::int64_t(C), C,
+                        &out(std::size_t(idx[std::size_t(r)]), 0));
     }
     return out;
 }
@@ -250,7 +253,7 @@ public:
                std::to_string(steps) + " steps (" + std::to_string(train.data.size()) + " sentences)");
         nlohmann::ordered_json summary;
         summary["student"] = run_training(s_, "student", fp, [&](const std::string& dir) {
-            const int B = h.batch_size;
+            const int B = h.loop.batch_size;
             student_type s = make_student(B, max_length);
             loss_type loss(s_.loss, dims(s_, teacher_, B, max_length));
             loss::Workspace<float, Device> ws(loss, dims(s_, teacher_, B, max_length), device_);
@@ -267,8 +270,9 @@ public:
         });
         export_student_hf(max_length);
         if (s_.job.baseline.enabled)
-            summary["baseline"] = {{"skipped", "the embedding task has no labels to train a baseline on; evaluate "
-                                               "measures the student as initialized instead"}};
+            summary["baseline"] = {{"skipped",
+                                    "the embedding task has no labels to train a baseline on; evaluate "
+                                    "measures the student as initialized instead"}};
         return summary;
     }
 
@@ -387,7 +391,7 @@ private:
         student_type s(s_.student, max_batch, max_length, device_);
         const Job& job = s_.job;
         if (job.student_weights.empty()) {
-            s.init(job.hyperparameters.seed);
+            s.init(job.hyperparameters.loop.seed);
         } else if (!s_.student_from_hf()) {
             io::load_weights(io::safetensors_file(job.student_weights), s);
         } else if (job.student_layers.empty()) {
@@ -406,7 +410,7 @@ private:
     std::string initialization() const {
         nlohmann::json fp = nlohmann::json::object();
         add_initialization(s_.job, fp);
-        fp["seed"] = s_.job.hyperparameters.seed;
+        fp["seed"] = s_.job.hyperparameters.loop.seed;
         return fp.dump();
     }
 
@@ -436,8 +440,9 @@ private:
               << m["baseline"]["metrics"][recall].get<double>() << ")";
         if (m.contains("teacher") && m["teacher"]["speed"].contains("latency_p50_ms") &&
             m["student"]["speed"].contains("latency_p50_ms"))
-            s << "; " << m["teacher"]["speed"]["latency_p50_ms"].get<double>() /
-                             m["student"]["speed"]["latency_p50_ms"].get<double>()
+            s << "; "
+              << m["teacher"]["speed"]["latency_p50_ms"].get<double>() /
+                     m["student"]["speed"]["latency_p50_ms"].get<double>()
               << "x the teacher's speed at batch 1";
         return s.str();
     }
@@ -457,8 +462,8 @@ private:
         for (const auto& item : r["models"].items()) {
             const nlohmann::ordered_json& m = item.value();
             const nlohmann::ordered_json& x = m["metrics"];
-            md << "| " << item.key() << " | " << x["mean_cosine"].get<double>() << " | " << x["min_cosine"].get<double>()
-               << " | " << x[recall].get<double>() << " | ";
+            md << "| " << item.key() << " | " << x["mean_cosine"].get<double>() << " | "
+               << x["min_cosine"].get<double>() << " | " << x[recall].get<double>() << " | ";
             if (m.contains("speed") && m["speed"].contains("latency_p50_ms"))
                 md << m["speed"]["latency_p50_ms"].get<double>() << " / " << m["speed"]["latency_p95_ms"].get<double>()
                    << " ms | " << m["speed"]["sentences_per_s"].get<double>();

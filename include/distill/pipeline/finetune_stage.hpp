@@ -181,8 +181,7 @@ inline void add_initialization(const Job& job, nlohmann::json& fp) {
 /// under fingerprint `fp` (see RunDir); `train(dir)` runs the loop there and returns its result. The
 /// best (or last) checkpoint's weights become `<name>.safetensors`. Returns the run's summary.
 template <class Setup, class Train>
-nlohmann::ordered_json run_training(const Setup& setup, const std::string& name, const std::string& fp,
-                                    Train&& train) {
+nlohmann::ordered_json run_training(const Setup& setup, const std::string& name, const std::string& fp, Train&& train) {
     const RunDir& out = setup.dir;
     if (out.training_complete(name, fp)) {
         setup.say("finetune: " + name + " is complete for this configuration; skipped");

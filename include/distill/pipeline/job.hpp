@@ -236,9 +236,9 @@ BOOST_HANA_ADAPT_ADT(distill::Hyperparameters,
 BOOST_HANA_ADAPT_STRUCT(distill::BaselineConfig, enabled, data);
 BOOST_HANA_ADAPT_STRUCT(distill::EvaluationConfig, batch_size, latency_samples, max_examples, max_new_tokens,
                         evaluate_teacher, recall_at);
-BOOST_HANA_ADAPT_STRUCT(distill::Job, teacher, student, student_weights, student_layers, frozen_parameters, tokenizer, training_data, validation_data,
-                        test_data, task_type, generation, hyperparameters, optimizer, loss, baseline, evaluation,
-                        output_dir, threads, precision);
+BOOST_HANA_ADAPT_STRUCT(distill::Job, teacher, student, student_weights, student_layers, frozen_parameters, tokenizer,
+                        training_data, validation_data, test_data, task_type, generation, hyperparameters, optimizer,
+                        loss, baseline, evaluation, output_dir, threads, precision);
 
 namespace distill {
 

@@ -55,7 +55,8 @@ struct EncoderModelConfig {
         if (weights.empty()) throw config_error(path + ".weights", "is required (a Hugging Face BERT directory)");
         if (max_batch < 1) throw config_error(path + ".max_batch", "must be >= 1, got " + std::to_string(max_batch));
         if (max_length < 0 || max_length == 1)
-            throw config_error(path + ".max_length", "must be 0 (the model's) or >= 2, got " + std::to_string(max_length));
+            throw config_error(path + ".max_length",
+                               "must be 0 (the model's) or >= 2, got " + std::to_string(max_length));
     }
 };
 

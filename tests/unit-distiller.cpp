@@ -259,7 +259,7 @@ TEST_CASE("Distiller: bad policy sections, data and combinations fail at constru
     CHECK(construct(with("/student/d_modle", 8)) == "student.d_modle: unknown key; did you mean \"d_model\"?");
     CHECK(construct(with("/loss/sotf_kl", nlohmann::json::object())) ==
           "loss.sotf_kl: unknown key; did you mean \"soft_kl\"?");
-    CHECK(construct(with("/loss/soft_kl/temperature", -1.0)).starts_with("soft_kl.temperature"));
+    CHECK(construct(with("/loss/soft_kl/temperature", -1.0)).starts_with("loss.soft_kl.temperature"));
     CHECK(construct(with("/optimizer/beta1", 1.5)).starts_with("optimizer.beta1"));
     CHECK(construct(with("/hyperparameters/batch_size", 32)).starts_with("teacher.max_batch: is 16, smaller than"));
     CHECK(construct(with("/student/vocab_size", 300))

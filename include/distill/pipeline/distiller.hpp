@@ -257,7 +257,7 @@ private:
                                        " (online distillation forwards the teacher on every batch)");
         }
         const int B = s_.job.hyperparameters.loop.batch_size;
-        const loss_type probe(s_.loss, loss_dims_of<online>(teacher_, s_.student, B));  // checks layer maps, widths
+        const auto probe = checked_loss<loss_type>(s_.loss, loss_dims_of<online>(teacher_, s_.student, B));
         if constexpr (online && requires { teacher_.keeps_activations(); })
             if (!teacher_.keeps_activations() && loss::reads_activations(probe))
                 throw config_error("teacher.keep_activations",
@@ -265,37 +265,8 @@ private:
                                    "q|k|v; set it to true (or drop those terms)");
     }
 
-    // The embedding task: sentences in every data file, the teacher's tokenizer, the shapes the loss
-    // compares (pipeline/embedding.hpp).
-    void prepare_embedding() {
-        if (s_.job.task_type != "embedding")
-            throw config_error("task_type",
-                               "is \"" + s_.job.task_type + "\", but the student embeds sentences: set \"embedding\"");
-        if (!s_.job.tokenizer.empty())
-            throw config_error("tokenizer",
-                               "must be empty for the embedding task: student and teacher read the "
-                               "teacher's tokenizer's ids");
-        s_.loss = loss_config_of<loss_type>(s_.job);
-        s_.optimizer = optimizer_config_of<optimizer_type>(s_.job);
-        s_.train = read_data("training_data", s_.job.training_data);
-        if (s_.train.examples.empty())
-            throw format_error(s_.job.training_data, 0, "has no examples (training_data must not be empty)");
-        if (!s_.job.validation_data.empty()) s_.validation = read_data("validation_data", s_.job.validation_data);
-        if (!s_.job.test_data.empty()) s_.test = read_data("test_data", s_.job.test_data);
-        const auto& t = teacher_.network().config();
-        if (s_.student.vocab_size != t.vocab_size)
-            throw config_error("student.vocab_size", "is " + std::to_string(s_.student.vocab_size) +
-                                                         ", but the teacher's is " + std::to_string(t.vocab_size) +
-                                                         " (both read the teacher's tokenizer's ids)");
-        const int B = s_.job.hyperparameters.loop.batch_size;
-        if (teacher_.max_batch() < B)
-            throw config_error("teacher.max_batch", "is " + std::to_string(teacher_.max_batch()) +
-                                                        ", smaller than hyperparameters.batch_size " +
-                                                        std::to_string(B) +
-                                                        " (the teacher embeds every training batch)");
-        const int L = embedding_stages_type::input_limit(s_, teacher_);
-        const loss_type probe(s_.loss, embedding_stages_type::dims(s_, teacher_, B, L));  // widths, layer maps
-    }
+    // The embedding task: see `EmbeddingStages::prepare`.
+    void prepare_embedding() { embedding_stages_type::prepare(s_, teacher_); }
 
     // The job's `student` section, or the architecture of `student_weights` (the section must then be
     // empty or describe the same one).

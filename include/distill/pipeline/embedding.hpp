@@ -224,6 +224,40 @@ public:
                 max_length};
     }
 
+    /// The Distiller's constructor for the embedding task: reads the job's loss, optimizer and data
+    /// into `s` (its student config already read) and checks them against `teacher` — the task type,
+    /// one tokenizer (the teacher's), equal vocabularies, a teacher batch that takes a training batch,
+    /// the loss's layer maps and widths. Throws config_error / format_error naming the key or file.
+    static void prepare(typename types::setup_type& s, const Teacher& teacher) {
+        const Job& job = s.job;
+        if (job.task_type != "embedding")
+            throw config_error("task_type",
+                               "is \"" + job.task_type + "\", but the student embeds sentences: set \"embedding\"");
+        if (!job.tokenizer.empty())
+            throw config_error("tokenizer",
+                               "must be empty for the embedding task: student and teacher read the "
+                               "teacher's tokenizer's ids");
+        s.loss = loss_config_of<loss_type>(job);
+        s.optimizer = optimizer_config_of<optimizer_type>(job);
+        s.train = read_data("training_data", job.training_data);
+        if (s.train.examples.empty())
+            throw format_error(job.training_data, 0, "has no examples (training_data must not be empty)");
+        if (!job.validation_data.empty()) s.validation = read_data("validation_data", job.validation_data);
+        if (!job.test_data.empty()) s.test = read_data("test_data", job.test_data);
+        const int V = teacher.network().config().vocab_size;
+        if (s.student.vocab_size != V)
+            throw config_error("student.vocab_size", "is " + std::to_string(s.student.vocab_size) +
+                                                         ", but the teacher's is " + std::to_string(V) +
+                                                         " (both read the teacher's tokenizer's ids)");
+        const int B = job.hyperparameters.loop.batch_size;
+        if (teacher.max_batch() < B)
+            throw config_error("teacher.max_batch", "is " + std::to_string(teacher.max_batch()) +
+                                                        ", smaller than hyperparameters.batch_size " +
+                                                        std::to_string(B) +
+                                                        " (the teacher embeds every training batch)");
+        (void)checked_loss<loss_type>(s.loss, dims(s, teacher, B, input_limit(s, teacher)));
+    }
+
     /// Trains the student on the teacher's embeddings of the training sentences. Returns a summary.
     nlohmann::ordered_json finetune() {
         const int limit = input_limit(s_, teacher_);

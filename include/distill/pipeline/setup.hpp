@@ -51,6 +51,19 @@ inline data::Dataset read_data(const char* key, const std::string& path) {
     }
 }
 
+/// `LossT` built from `config` for `dims`, once, to check the config against both models (layer maps,
+/// widths, head counts); a term's config error is named by its path in the job
+/// ("loss.soft_kl.temperature").
+template <class LossT>
+LossT checked_loss(const typename LossT::config& config, const loss::dims& dims) {
+    try {
+        return LossT(config, dims);
+    } catch (const config_error& e) {
+        if (e.field().starts_with("loss")) throw;
+        throw config_error("loss." + e.field(), std::string(e.what()).substr(e.field().size() + 2));
+    }
+}
+
 /// Settings of a Distiller that are not part of the job (how it talks, not what it computes).
 struct DistillerOptions {
     bool quiet = false;       ///< no progress output

@@ -81,6 +81,7 @@
 
 #include "distill/data/chat.hpp"
 #include "distill/detail/hash.hpp"
+#include "distill/device.hpp"
 #include "distill/error.hpp"
 #include "distill/io/reflect.hpp"
 #include "distill/signals.hpp"
@@ -254,6 +255,22 @@ concept embedding_teacher = teacher_provides<T, signal::pooled_t> &&
     t.forward(tokens, n, n, lengths);
     ct.network().pooled();
 };
+
+/// The first 32 hex digits of the SHA-256 of `tag`, `net`'s config (as JSON) and every parameter's
+/// name and bytes (read on the host): the part of an in-process teacher's fingerprint that says which
+/// weights it runs.
+template <class Network>
+std::string network_digest(std::string_view tag, const Network& net) {
+    ::distill::detail::Sha256 h;
+    h.update(tag);
+    h.update(io::to_json(net.config()).dump());
+    for (const auto& p : net.parameters()) {
+        const auto n = static_cast<std::size_t>(p.value.numel());
+        h.update(p.name);
+        h.update(::distill::detail::read_on_host(net.device(), p.value.data(), n).data(), sizeof(*p.value.data()) * n);
+    }
+    return h.hex().substr(0, 32);
+}
 
 /// The fingerprint stamped on generated data: the teacher's own fingerprint and the sampling
 /// settings, hashed ("sha256:" and 32 hex digits). Output whose fingerprint differs is stale.

@@ -13922,6 +13922,22 @@ concept embedding_teacher = teacher_provides<T, signal::pooled_t> &&
     ct.network().pooled();
 };
 
+/// The first 32 hex digits of the SHA-256 of `tag`, `net`'s config (as JSON) and every parameter's
+/// name and bytes (read on the host): the part of an in-process teacher's fingerprint that says which
+/// weights it runs.
+template <class Network>
+std::string network_digest(std::string_view tag, const Network& net) {
+    ::distill::detail::Sha256 h;
+    h.update(tag);
+    h.update(io::to_json(net.config()).dump());
+    for (const auto& p : net.parameters()) {
+        const auto n = static_cast<std::size_t>(p.value.numel());
+        h.update(p.name);
+        h.update(::distill::detail::read_on_host(net.device(), p.value.data(), n).data(), sizeof(*p.value.data()) * n);
+    }
+    return h.hex().substr(0, 32);
+}
+
 /// The fingerprint stamped on generated data: the teacher's own fingerprint and the sampling
 /// settings, hashed ("sha256:" and 32 hex digits). Output whose fingerprint differs is stale.
 template <teacher_source Teacher>
@@ -15094,14 +15110,7 @@ public:
     /// chat template, and a precision other than fp32: two teachers with equal fingerprints answer
     /// identically.
     std::string fingerprint() const {
-        detail::Sha256 h;
-        h.update("distill.teacher.model.v1\n");
-        h.update(io::to_json(net_.config()).dump());
-        for (const auto& p : net_.parameters()) {
-            h.update(p.name);
-            h.update(p.value.data(), sizeof(T) * std::size_t(p.value.numel()));
-        }
-        std::string fp = "model:sha256=" + h.hex().substr(0, 32) + ";" + template_.id();
+        std::string fp = "model:sha256=" + network_digest("distill.teacher.model.v1\n", net_) + ";" + template_.id();
         if (device::compute_precision_of(net_.device()) == device::precision::bf16) fp += ";precision=bf16";
         return fp;
     }
@@ -15975,14 +15984,7 @@ public:
     /// Hash of the architecture, every parameter and the tokenizer file, and the input length:
     /// equal fingerprints embed every sentence identically.
     std::string fingerprint() const {
-        detail::Sha256 h;
-        h.update("distill.teacher.encoder.v1\n");
-        h.update(io::to_json(net_.config()).dump());
-        for (const auto& p : net_.parameters()) {
-            h.update(p.name);
-            h.update(p.value.data(), sizeof(T) * std::size_t(p.value.numel()));
-        }
-        return "encoder:sha256=" + h.hex().substr(0, 32) + ";" + tokenizer_.id() +
+        return "encoder:sha256=" + network_digest("distill.teacher.encoder.v1\n", net_) + ";" + tokenizer_.id() +
                ";max_length=" + std::to_string(max_length_);
     }
 
@@ -22133,6 +22135,7 @@ inline const std::string& sentence_of(const data::Example& ex) {
 /// The first `limit` (0: all) examples of `ds`, tokenized by `teacher` and truncated to `max_length`.
 template <class Teacher>
 SentenceRows sentence_rows(const Teacher& teacher, const data::Dataset& ds, int max_length, std::int64_t limit = 0) {
+    // padding id 0: any valid id does, the models mask padded positions by the rows' lengths
     SentenceRows rows{data::SequenceDataset(0, max_length)};
     for (const auto& ex : ds.examples) {
         if (limit > 0 && std::int64_t(rows.length.size()) >= limit) break;
@@ -22254,30 +22257,25 @@ nlohmann::ordered_json encoder_size(const Config& c, std::uintmax_t checkpoint_b
 
 }  // namespace detail
 
-/// The `embedding` task's stages of a run (see the file comment); the template parameters are the
-/// Distiller's.
-template <class Teacher, template <class, class> class Student, class Loss, template <class, class> class Optimizer,
-          class Device>
+/// The `embedding` task's stages of a run (see the file comment). @tparam Teacher an
+/// `embedding_teacher`. @tparam Types the Distiller's `RunTypes` (its student an `embedding_model`).
+/// @tparam Device the Distiller's device.
+template <class Teacher, class Types, class Device>
 class EmbeddingStages {
-    using types = RunTypes<Student, Loss, Optimizer, Device>;
-    using student_type = typename types::student_type;
-    using loss_type = typename types::loss_type;
-    using optimizer_type = typename types::optimizer_type;
-
 public:
     /// `setup` and `teacher` are kept by reference.
-    EmbeddingStages(const typename types::setup_type& setup, Teacher& teacher, Device device)
+    EmbeddingStages(const typename Types::setup_type& setup, Teacher& teacher, Device device)
         : s_(setup), teacher_(teacher), device_(device) {}
 
     /// The longest input a student of `setup` reads: the teacher's max_length, at most the student's
     /// context_length.
-    static int input_limit(const typename types::setup_type& setup, const Teacher& teacher) {
+    static int input_limit(const typename Types::setup_type& setup, const Teacher& teacher) {
         return std::min(teacher.max_length(), setup.student.context_length);
     }
 
     /// The shapes the loss is built for: the student's and the teacher network's, for batches of up
     /// to `max_batch` rows of up to `max_length` tokens.
-    static loss::dims dims(const typename types::setup_type& setup, const Teacher& teacher, int max_batch,
+    static loss::dims dims(const typename Types::setup_type& setup, const Teacher& teacher, int max_batch,
                            int max_length) {
         return {loss::model_dims_of_config(setup.student), loss::model_dims_of(teacher.network()), max_batch,
                 max_length};
@@ -22287,7 +22285,7 @@ public:
     /// into `s` (its student config already read) and checks them against `teacher` — the task type,
     /// one tokenizer (the teacher's), equal vocabularies, a teacher batch that takes a training batch,
     /// the loss's layer maps and widths. Throws config_error / format_error naming the key or file.
-    static void prepare(typename types::setup_type& s, const Teacher& teacher) {
+    static void prepare(typename Types::setup_type& s, const Teacher& teacher) {
         const Job& job = s.job;
         if (job.task_type != "embedding")
             throw config_error("task_type",
@@ -22440,6 +22438,10 @@ public:
     }
 
 private:
+    using student_type = typename Types::student_type;
+    using loss_type = typename Types::loss_type;
+    using optimizer_type = typename Types::optimizer_type;
+
     // One micro-batch: the student's and the teacher's forward over the same rows, the loss terms and,
     // for training, the student's backward.
     class Step {
@@ -22573,9 +22575,23 @@ private:
         return md.str();
     }
 
-    const typename types::setup_type& s_;
+    const typename Types::setup_type& s_;
     Teacher& teacher_;
     Device device_;
+};
+
+/// The embedding task's finetune stage, run as the Distiller runs its stages (`run()`).
+template <class Teacher, class Types, class Device>
+struct EmbeddingFinetune : EmbeddingStages<Teacher, Types, Device> {
+    using EmbeddingStages<Teacher, Types, Device>::EmbeddingStages;
+    nlohmann::ordered_json run() { return this->finetune(); }
+};
+
+/// The embedding task's evaluate stage, run as the Distiller runs its stages (`run()`).
+template <class Teacher, class Types, class Device>
+struct EmbeddingEvaluate : EmbeddingStages<Teacher, Types, Device> {
+    using EmbeddingStages<Teacher, Types, Device>::EmbeddingStages;
+    nlohmann::ordered_json run() { return this->evaluate(); }
 };
 
 }  // namespace distill
@@ -23357,10 +23373,12 @@ public:
     using device_type = Device;
     /// What every stage reads: the job as the constructor read and checked it.
     using setup_type = typename types::setup_type;
-    using evaluate_stage_type = EvaluateStage<Teacher, Student, Loss, Optimizer, Device>;
-    using finetune_stage_type = FinetuneStage<Teacher, Student, Loss, Optimizer, Device>;
-    /// The `embedding` task's stages (when `Student` is an `embedding_model`).
-    using embedding_stages_type = EmbeddingStages<Teacher, Student, Loss, Optimizer, Device>;
+    /// The stages, chosen by the student: the language tasks' for a `sequence_model`, the
+    /// `embedding` task's (pipeline/embedding.hpp) for an `embedding_model`.
+    using finetune_stage_type = std::conditional_t<embedding, EmbeddingFinetune<Teacher, types, Device>,
+                                                   FinetuneStage<Teacher, Student, Loss, Optimizer, Device>>;
+    using evaluate_stage_type = std::conditional_t<embedding, EmbeddingEvaluate<Teacher, types, Device>,
+                                                   EvaluateStage<Teacher, Student, Loss, Optimizer, Device>>;
 
     /// Online distillation (a teacher forward per batch) when the loss reads in-process signals.
     static constexpr bool online = types::online;
@@ -23416,20 +23434,14 @@ public:
     /// embedding student). Needs the generate stage's output. Returns a summary of both runs.
     nlohmann::ordered_json finetune() {
         s_.dir.write_job_copy(s_.job);
-        if constexpr (embedding)
-            return embedding_stages_type(s_, teacher_, device_).finetune();
-        else
-            return finetune_stage_type(s_, teacher_, device_).run();
+        return finetune_stage_type(s_, teacher_, device_).run();
     }
 
     /// Measures the teacher, the baseline and the distilled student on the test set and writes the
     /// report; see `EvaluateStage` (`EmbeddingStages`). Returns report.json's object.
     nlohmann::ordered_json evaluate() {
         s_.dir.write_job_copy(s_.job);
-        if constexpr (embedding)
-            return embedding_stages_type(s_, teacher_, device_).evaluate();
-        else
-            return evaluate_stage_type(s_, teacher_, device_).run();
+        return evaluate_stage_type(s_, teacher_, device_).run();
     }
 
     /// generate(), finetune(), evaluate() (the last only when the job has test data).
@@ -23501,7 +23513,7 @@ private:
     }
 
     // The embedding task: see `EmbeddingStages::prepare`.
-    void prepare_embedding() { embedding_stages_type::prepare(s_, teacher_); }
+    void prepare_embedding() { EmbeddingStages<Teacher, types, Device>::prepare(s_, teacher_); }
 
     // The job's `student` section, or the architecture of `student_weights` (the section must then be
     // empty or describe the same one).

@@ -122,10 +122,12 @@ public:
     using device_type = Device;
     /// What every stage reads: the job as the constructor read and checked it.
     using setup_type = typename types::setup_type;
-    using evaluate_stage_type = EvaluateStage<Teacher, Student, Loss, Optimizer, Device>;
-    using finetune_stage_type = FinetuneStage<Teacher, Student, Loss, Optimizer, Device>;
-    /// The `embedding` task's stages (when `Student` is an `embedding_model`).
-    using embedding_stages_type = EmbeddingStages<Teacher, Student, Loss, Optimizer, Device>;
+    /// The stages, chosen by the student: the language tasks' for a `sequence_model`, the
+    /// `embedding` task's (pipeline/embedding.hpp) for an `embedding_model`.
+    using finetune_stage_type = std::conditional_t<embedding, EmbeddingFinetune<Teacher, types, Device>,
+                                                   FinetuneStage<Teacher, Student, Loss, Optimizer, Device>>;
+    using evaluate_stage_type = std::conditional_t<embedding, EmbeddingEvaluate<Teacher, types, Device>,
+                                                   EvaluateStage<Teacher, Student, Loss, Optimizer, Device>>;
 
     /// Online distillation (a teacher forward per batch) when the loss reads in-process signals.
     static constexpr bool online = types::online;
@@ -181,20 +183,14 @@ public:
     /// embedding student). Needs the generate stage's output. Returns a summary of both runs.
     nlohmann::ordered_json finetune() {
         s_.dir.write_job_copy(s_.job);
-        if constexpr (embedding)
-            return embedding_stages_type(s_, teacher_, device_).finetune();
-        else
-            return finetune_stage_type(s_, teacher_, device_).run();
+        return finetune_stage_type(s_, teacher_, device_).run();
     }
 
     /// Measures the teacher, the baseline and the distilled student on the test set and writes the
     /// report; see `EvaluateStage` (`EmbeddingStages`). Returns report.json's object.
     nlohmann::ordered_json evaluate() {
         s_.dir.write_job_copy(s_.job);
-        if constexpr (embedding)
-            return embedding_stages_type(s_, teacher_, device_).evaluate();
-        else
-            return evaluate_stage_type(s_, teacher_, device_).run();
+        return evaluate_stage_type(s_, teacher_, device_).run();
     }
 
     /// generate(), finetune(), evaluate() (the last only when the job has test data).
@@ -266,7 +262,7 @@ private:
     }
 
     // The embedding task: see `EmbeddingStages::prepare`.
-    void prepare_embedding() { embedding_stages_type::prepare(s_, teacher_); }
+    void prepare_embedding() { EmbeddingStages<Teacher, types, Device>::prepare(s_, teacher_); }
 
     // The job's `student` section, or the architecture of `student_weights` (the section must then be
     // empty or describe the same one).

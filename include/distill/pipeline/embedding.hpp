@@ -74,6 +74,7 @@ inline const std::string& sentence_of(const data::Example& ex) {
 /// The first `limit` (0: all) examples of `ds`, tokenized by `teacher` and truncated to `max_length`.
 template <class Teacher>
 SentenceRows sentence_rows(const Teacher& teacher, const data::Dataset& ds, int max_length, std::int64_t limit = 0) {
+    // padding id 0: any valid id does, the models mask padded positions by the rows' lengths
     SentenceRows rows{data::SequenceDataset(0, max_length)};
     for (const auto& ex : ds.examples) {
         if (limit > 0 && std::int64_t(rows.length.size()) >= limit) break;
@@ -195,30 +196,25 @@ nlohmann::ordered_json encoder_size(const Config& c, std::uintmax_t checkpoint_b
 
 }  // namespace detail
 
-/// The `embedding` task's stages of a run (see the file comment); the template parameters are the
-/// Distiller's.
-template <class Teacher, template <class, class> class Student, class Loss, template <class, class> class Optimizer,
-          class Device>
+/// The `embedding` task's stages of a run (see the file comment). @tparam Teacher an
+/// `embedding_teacher`. @tparam Types the Distiller's `RunTypes` (its student an `embedding_model`).
+/// @tparam Device the Distiller's device.
+template <class Teacher, class Types, class Device>
 class EmbeddingStages {
-    using types = RunTypes<Student, Loss, Optimizer, Device>;
-    using student_type = typename types::student_type;
-    using loss_type = typename types::loss_type;
-    using optimizer_type = typename types::optimizer_type;
-
 public:
     /// `setup` and `teacher` are kept by reference.
-    EmbeddingStages(const typename types::setup_type& setup, Teacher& teacher, Device device)
+    EmbeddingStages(const typename Types::setup_type& setup, Teacher& teacher, Device device)
         : s_(setup), teacher_(teacher), device_(device) {}
 
     /// The longest input a student of `setup` reads: the teacher's max_length, at most the student's
     /// context_length.
-    static int input_limit(const typename types::setup_type& setup, const Teacher& teacher) {
+    static int input_limit(const typename Types::setup_type& setup, const Teacher& teacher) {
         return std::min(teacher.max_length(), setup.student.context_length);
     }
 
     /// The shapes the loss is built for: the student's and the teacher network's, for batches of up
     /// to `max_batch` rows of up to `max_length` tokens.
-    static loss::dims dims(const typename types::setup_type& setup, const Teacher& teacher, int max_batch,
+    static loss::dims dims(const typename Types::setup_type& setup, const Teacher& teacher, int max_batch,
                            int max_length) {
         return {loss::model_dims_of_config(setup.student), loss::model_dims_of(teacher.network()), max_batch,
                 max_length};
@@ -228,7 +224,7 @@ public:
     /// into `s` (its student config already read) and checks them against `teacher` — the task type,
     /// one tokenizer (the teacher's), equal vocabularies, a teacher batch that takes a training batch,
     /// the loss's layer maps and widths. Throws config_error / format_error naming the key or file.
-    static void prepare(typename types::setup_type& s, const Teacher& teacher) {
+    static void prepare(typename Types::setup_type& s, const Teacher& teacher) {
         const Job& job = s.job;
         if (job.task_type != "embedding")
             throw config_error("task_type",
@@ -381,6 +377,10 @@ public:
     }
 
 private:
+    using student_type = typename Types::student_type;
+    using loss_type = typename Types::loss_type;
+    using optimizer_type = typename Types::optimizer_type;
+
     // One micro-batch: the student's and the teacher's forward over the same rows, the loss terms and,
     // for training, the student's backward.
     class Step {
@@ -514,9 +514,23 @@ private:
         return md.str();
     }
 
-    const typename types::setup_type& s_;
+    const typename Types::setup_type& s_;
     Teacher& teacher_;
     Device device_;
+};
+
+/// The embedding task's finetune stage, run as the Distiller runs its stages (`run()`).
+template <class Teacher, class Types, class Device>
+struct EmbeddingFinetune : EmbeddingStages<Teacher, Types, Device> {
+    using EmbeddingStages<Teacher, Types, Device>::EmbeddingStages;
+    nlohmann::ordered_json run() { return this->finetune(); }
+};
+
+/// The embedding task's evaluate stage, run as the Distiller runs its stages (`run()`).
+template <class Teacher, class Types, class Device>
+struct EmbeddingEvaluate : EmbeddingStages<Teacher, Types, Device> {
+    using EmbeddingStages<Teacher, Types, Device>::EmbeddingStages;
+    nlohmann::ordered_json run() { return this->evaluate(); }
 };
 
 }  // namespace distill

@@ -38,6 +38,7 @@
 #include "distill/io/hf.hpp"
 #include "distill/signals.hpp"
 #include "distill/student/encoder.hpp"
+#include "distill/teacher.hpp"
 
 namespace distill::teacher {
 
@@ -121,14 +122,7 @@ public:
     /// Hash of the architecture, every parameter and the tokenizer file, and the input length:
     /// equal fingerprints embed every sentence identically.
     std::string fingerprint() const {
-        detail::Sha256 h;
-        h.update("distill.teacher.encoder.v1\n");
-        h.update(io::to_json(net_.config()).dump());
-        for (const auto& p : net_.parameters()) {
-            h.update(p.name);
-            h.update(p.value.data(), sizeof(T) * std::size_t(p.value.numel()));
-        }
-        return "encoder:sha256=" + h.hex().substr(0, 32) + ";" + tokenizer_.id() +
+        return "encoder:sha256=" + network_digest("distill.teacher.encoder.v1\n", net_) + ";" + tokenizer_.id() +
                ";max_length=" + std::to_string(max_length_);
     }
 

@@ -132,14 +132,7 @@ public:
     /// chat template, and a precision other than fp32: two teachers with equal fingerprints answer
     /// identically.
     std::string fingerprint() const {
-        detail::Sha256 h;
-        h.update("distill.teacher.model.v1\n");
-        h.update(io::to_json(net_.config()).dump());
-        for (const auto& p : net_.parameters()) {
-            h.update(p.name);
-            h.update(p.value.data(), sizeof(T) * std::size_t(p.value.numel()));
-        }
-        std::string fp = "model:sha256=" + h.hex().substr(0, 32) + ";" + template_.id();
+        std::string fp = "model:sha256=" + network_digest("distill.teacher.model.v1\n", net_) + ";" + template_.id();
         if (device::compute_precision_of(net_.device()) == device::precision::bf16) fp += ";precision=bf16";
         return fp;
     }

@@ -20,6 +20,8 @@
 #include "distill/eval/metrics.hpp"
 #include "distill/eval/svg.hpp"
 #include "distill/io/durable.hpp"
+#include "distill/io/gguf.hpp"
+#include "distill/io/gguf_export.hpp"
 #include "distill/io/hf.hpp"
 #include "distill/io/reflect.hpp"
 #include "distill/io/safetensors.hpp"

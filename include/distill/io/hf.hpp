@@ -293,12 +293,19 @@ inline student::TransformerConfig llama_config(const nlohmann::json& c, const st
     if (model_type == "phi3")  // sequences no longer than the window attend exactly as transformers'
         if (const auto w = c.find("sliding_window"); w != c.end() && !w->is_null())
             t.context_length = std::min(t.context_length, r.integer("sliding_window"));
-    if (const auto it = c.find("rope_scaling"); it != c.end() && !it->is_null()) {
-        if (!it->is_object()) fail("rope_scaling: expected an object or null, got " + it->dump());
+    // transformers 5 writes one `rope_parameters` object (rope_theta inside, rope_type "default" when
+    // unscaled) where 4.x wrote `rope_theta` and `rope_scaling`.
+    const auto params = c.find("rope_parameters");
+    const bool v5 = params != c.end() && !params->is_null();
+    const std::string key = v5 ? "rope_parameters" : "rope_scaling";
+    if (const auto it = c.find(key); it != c.end() && !it->is_null()) {
+        if (!it->is_object()) fail(key + ": expected an object or null, got " + it->dump());
         const detail::ConfigReader s{*it, file};
+        if (v5) t.rope_theta = s.number("rope_theta", t.rope_theta);
         const auto type = it->contains("rope_type") ? (*it)["rope_type"] : it->value("type", nlohmann::json());
+        if (v5 && type == "default") return r.validated(t);
         if (type != "linear" && type != "dynamic" && type != "llama3")
-            fail("rope_scaling: type " + type.dump() +
+            fail(key + ": type " + type.dump() +
                  " is not supported, only \"linear\", \"dynamic\" or \"llama3\" (YaRN, LongRoPE and su are not "
                  "implemented)");
         auto& rs = t.rope_scaling;

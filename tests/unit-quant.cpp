@@ -73,7 +73,9 @@ TEST_CASE("quant: every golden row quantizes to llama.cpp's bytes, for every typ
     for (const auto& row : g["rows"]) {
         const auto x = floats_from_hex(row["x"]);
         REQUIRE(x.size() == row["n"].get<std::size_t>());
-        for (const auto& [tname, want] : row["types"].items()) {
+        for (const auto& item : row["types"].items()) {
+            const std::string tname = item.key();
+            const auto& want = item.value();
             const quant::type t = type_named(tname);
             const auto expected = from_hex(want["bytes"]);
             const auto got = quantize(t, x);
@@ -91,7 +93,9 @@ TEST_CASE("quant: every golden row quantizes to llama.cpp's bytes, for every typ
 TEST_CASE("quant: dequantizing llama.cpp's bytes gives ggml's floats bit for bit") {
     for (const auto& row : golden()["rows"]) {
         const std::int64_t n = row["n"];
-        for (const auto& [tname, want] : row["types"].items()) {
+        for (const auto& item : row["types"].items()) {
+            const std::string tname = item.key();
+            const auto& want = item.value();
             if (!want.contains("dequantized")) continue;  // the extra Q4_K rows pin bytes only
             const quant::type t = type_named(tname);
             const auto expected = floats_from_hex(want["dequantized"]);
@@ -254,7 +258,8 @@ TEST_CASE("quant: a non-finite weight is refused by the block formats, converted
 TEST_CASE("quant_matmul: Cpu equals Reference to fp32 rounding for every type; any thread count, same bits") {
     const std::int64_t k = 256 * 3;
     device::Reference ref;
-    for (auto [m, n] : {std::pair<std::int64_t, std::int64_t>{1, 13}, {3, 7}, {5, 17}, {2, 1}}) {
+    for (const auto& shape : {std::pair<std::int64_t, std::int64_t>{1, 13}, {3, 7}, {5, 17}, {2, 1}, {1, 2}}) {
+        const std::int64_t m = shape.first, n = shape.second;
         const auto x = random_vector<float>(std::size_t(m * k), 5 + std::uint64_t(m));
         const auto W = random_vector<float>(std::size_t(n * k), 11 + std::uint64_t(n), 0.05);
         for (quant::type t : all_types) {

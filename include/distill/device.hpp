@@ -32,7 +32,11 @@
 ///     `tensor_list` (all parameters at once);
 ///   - encoder (`encoder_device`, `require_encoder_kernels`; `student::Encoder`):
 ///     bert_embedding_forward/backward, gelu_erf_forward/backward, masked_softmax_forward/backward,
-///     mean_pool_forward/backward, cls_pool_forward/backward.
+///     mean_pool_forward/backward, cls_pool_forward/backward;
+///   - quantized inference (`quant_device`, `require_quant_kernels`; the quantized student of a GGUF
+///     export, used for generation only): quant_matmul, y = x · Wᵀ with W in ggml blocks (F32, F16,
+///     BF16, Q8_0, Q4_0, Q4_K; `io/quant.hpp`), fp32 activations. Host devices only: `device::Cuda`
+///     does not provide it, and nothing that trains calls it.
 ///
 ///   Each check is one `static_assert` per kernel, made where the feature is instantiated with the
 ///   device (the model's and the optimizer's class templates, the loss context), so a device that
@@ -60,6 +64,7 @@
 #include <utility>
 #include <vector>
 
+#include "distill/io/quant.hpp"
 #include "distill/tensor.hpp"
 
 namespace distill {
@@ -239,6 +244,8 @@ template <class D, class T> concept has_mean_pool_forward = requires(const D& d,
 template <class D, class T> concept has_mean_pool_backward = requires(const D& d, T* y, const T* x, int i) { mean_pool_backward(d, y, x, x, i, i, i); };
 template <class D, class T> concept has_cls_pool_forward = requires(const D& d, T* y, const T* x, int i) { cls_pool_forward(d, y, x, i, i, i); };
 template <class D, class T> concept has_cls_pool_backward = requires(const D& d, T* y, const T* x, int i) { cls_pool_backward(d, y, x, i, i, i); };
+// quantized inference (device/<name>/quant): fp32 activations, weights in ggml blocks (not templated on T)
+template <class D> concept has_quant_matmul = requires(const D& d, float* y, const float* x, const std::byte* w, quant::type t, std::int64_t n) { quant_matmul(d, x, w, t, y, n, n, n); };
 // clang-format on
 
 }  // namespace kernel
@@ -276,6 +283,10 @@ concept encoder_device = kernel::has_bert_embedding_forward<D, T> && kernel::has
     kernel::has_masked_softmax_forward<D, T> && kernel::has_masked_softmax_backward<D, T> &&
     kernel::has_mean_pool_forward<D, T> && kernel::has_mean_pool_backward<D, T> && kernel::has_cls_pool_forward<D, T> &&
     kernel::has_cls_pool_backward<D, T>;
+
+/// The kernels of quantized inference (weights in ggml blocks, fp32 activations).
+template <class D>
+concept quant_device = kernel::has_quant_matmul<D>;
 
 // The checks: instantiating `require_<group>_kernels<D, T>` runs one static_assert per kernel of the
 // group, each naming its kernel (C++20 messages are string literals; the "required from" lines name
@@ -371,6 +382,15 @@ struct require_encoder_kernels {
     static_assert(kernel::has_mean_pool_backward<D, T>, "device lacks kernel: mean_pool_backward(dev, dh, dout, mask, B, T, C)");
     static_assert(kernel::has_cls_pool_forward<D, T>, "device lacks kernel: cls_pool_forward(dev, out, h, B, T, C)");
     static_assert(kernel::has_cls_pool_backward<D, T>, "device lacks kernel: cls_pool_backward(dev, dh, dout, B, T, C)");
+    // clang-format on
+    static constexpr bool value = true;
+};
+
+/// Checks `quant_device<D>` kernel by kernel.
+template <class D>
+struct require_quant_kernels {
+    // clang-format off
+    static_assert(kernel::has_quant_matmul<D>, "device lacks kernel: quant_matmul(dev, x, w, quant::type, y, m, k, n)");
     // clang-format on
     static constexpr bool value = true;
 };

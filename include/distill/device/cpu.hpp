@@ -8,9 +8,12 @@
 /// - `cpu/losses.hpp`  — the fused, streaming divergence rows of the loss terms and hidden-state matching;
 /// - `cpu/optim.hpp`   — the optimizer updates and gradient-norm reduction over all parameters at once,
 ///                       through the vector shim of `cpu/simd.hpp`;
-/// - `cpu/encoder.hpp` — the bidirectional encoder's kernels, threaded over rows.
+/// - `cpu/encoder.hpp` — the bidirectional encoder's kernels, threaded over rows;
+/// - `cpu/quant.hpp`   — the weight-only quantized matrix product of generation (ggml blocks, fp32
+///                       activations), threaded over weight rows.
 
 #include "distill/device/cpu/encoder.hpp"
 #include "distill/device/cpu/layers.hpp"
 #include "distill/device/cpu/losses.hpp"
 #include "distill/device/cpu/optim.hpp"
+#include "distill/device/cpu/quant.hpp"

@@ -8,9 +8,11 @@
 ///                              activations, attention, embeddings, cross-entropy, decoding);
 /// - `reference/losses.hpp`  — the fused divergence rows of the loss terms and hidden-state matching;
 /// - `reference/optim.hpp`   — the optimizer updates, the gradient-norm reduction and scaling;
-/// - `reference/encoder.hpp` — what a bidirectional (BERT-layout) encoder adds.
+/// - `reference/encoder.hpp` — what a bidirectional (BERT-layout) encoder adds;
+/// - `reference/quant.hpp`   — the weight-only quantized matrix product (ggml blocks dequantized, then dotted).
 
 #include "distill/device/reference/encoder.hpp"
 #include "distill/device/reference/layers.hpp"
 #include "distill/device/reference/losses.hpp"
 #include "distill/device/reference/optim.hpp"
+#include "distill/device/reference/quant.hpp"

@@ -1,0 +1,492 @@
+#pragma once
+/// @file quant.hpp
+/// ggml's tensor types (the element types of a GGUF file) and their row quantizers, bit-exact with
+/// llama.cpp: a row quantized here holds the same bytes as one quantized by `ggml_quantize_chunk`
+/// without an importance matrix (the reference quantizers `quantize_row_*_ref` of ggml-quants.c,
+/// which llama.cpp's converter and `llama-quantize` write), and dequantizes to the same floats.
+///
+/// **Block layouts** (little-endian; `d`, `dmin` are IEEE fp16; a row of n elements is n / QK blocks
+/// back to back, nothing between rows):
+/// - `F32`  — 4-byte floats; `F16` — IEEE binary16; `BF16` — the upper half of an fp32 (1 element each).
+/// - `Q8_0` — 32 elements in 34 bytes: `d`, then 32 int8 `qs`;            x = d · qs[i].
+/// - `Q4_0` — 32 elements in 18 bytes: `d`, then 16 bytes of nibbles: byte i holds element i in its
+///            low nibble and element i + 16 in its high nibble;              x = d · (q − 8).
+/// - `Q4_K` — 256 elements in 144 bytes: `d`, `dmin`, 12 bytes of 6-bit scales and mins for the 8
+///            sub-blocks of 32, then 128 bytes of nibbles: 64-element group g (0..3) uses bytes
+///            32g..32g+31, element 64g + i in the low nibble of byte 32g + i and 64g + 32 + i in its
+///            high nibble;  x = d·sc[s] · q − dmin·m[s] for sub-block s. The 6-bit packing: for s < 4,
+///            sc[s] = scales[s] & 63 and m[s] = scales[s+4] & 63; for s ≥ 4, the low 4 bits sit in
+///            scales[s+4] (sc low nibble, m high nibble) and the top 2 bits in the top 2 bits of
+///            scales[s−4] (sc) and scales[s] (m).
+///
+/// **Bit-exactness.** ggml's reference quantizers are C compiled for the baseline ISA, so every
+/// product is rounded to fp32 before it is added. A C++ build with `-ffp-contract=fast` (GCC's
+/// default in GNU modes) and FMA hardware would fuse some of those into FMAs and change a few
+/// rounding decisions, hence a few bytes; `detail::product` keeps each such product rounded.
+
+#include <bit>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <string_view>
+
+#include "distill/error.hpp"
+
+namespace distill::quant {
+
+static_assert(std::endian::native == std::endian::little,
+              "ggml's blocks are little-endian; big-endian hosts are not supported");
+
+/// A ggml tensor type; the values are ggml's `ggml_type` ids (as stored in a GGUF tensor record).
+enum class type : std::uint32_t { F32 = 0, F16 = 1, Q4_0 = 2, Q8_0 = 8, Q4_K = 12, BF16 = 30 };
+
+/// Elements per Q8_0 / Q4_0 block and per Q4_K super-block.
+inline constexpr int qk8_0 = 32, qk4_0 = 32, qk_k = 256;
+
+/// ggml's `block_q8_0`: 32 weights as int8 times one fp16 scale.
+struct block_q8_0 {
+    std::uint16_t d;        ///< fp16 scale
+    std::int8_t qs[qk8_0];  ///< quants
+};
+/// ggml's `block_q4_0`: 32 weights as 4-bit unsigned offsets from 8, times one fp16 scale.
+struct block_q4_0 {
+    std::uint16_t d;             ///< fp16 scale
+    std::uint8_t qs[qk4_0 / 2];  ///< nibbles: element i low, element i + 16 high
+};
+/// ggml's `block_q4_K`: 256 weights in 8 sub-blocks of 32, each with a 6-bit scale and min.
+struct block_q4_K {
+    std::uint16_t d;            ///< fp16 super-block scale of the sub-block scales
+    std::uint16_t dmin;         ///< fp16 super-block scale of the sub-block mins
+    std::uint8_t scales[12];    ///< 8 scales and 8 mins, 6 bits each (see the file comment)
+    std::uint8_t qs[qk_k / 2];  ///< nibbles (see the file comment)
+};
+static_assert(sizeof(block_q8_0) == 34 && alignof(block_q8_0) == 2, "block_q8_0 must be ggml's 34 bytes");
+static_assert(sizeof(block_q4_0) == 18 && alignof(block_q4_0) == 2, "block_q4_0 must be ggml's 18 bytes");
+static_assert(sizeof(block_q4_K) == 144 && alignof(block_q4_K) == 2, "block_q4_K must be ggml's 144 bytes");
+
+// ---- scalar conversions -------------------------------------------------------------------------
+
+/// fp32 → IEEE fp16 bits, rounding to nearest even (overflow to ±inf, subnormals kept), NaN → the
+/// quiet NaN 0x7e00 with the sign: ggml's `ggml_compute_fp32_to_fp16`, written with integers only so
+/// that no compiler setting can change a bit.
+inline std::uint16_t fp32_to_fp16(float f) noexcept {
+    const std::uint32_t x = std::bit_cast<std::uint32_t>(f);
+    const auto sign = static_cast<std::uint16_t>((x >> 16) & 0x8000u);
+    const std::uint32_t a = x & 0x7fffffffu;
+    if (a > 0x7f800000u) return sign | 0x7e00u;   // NaN
+    if (a >= 0x47800000u) return sign | 0x7c00u;  // >= 2^16: ±inf (inf itself too)
+    if (a >= 0x38800000u) {                       // a normal fp16 (>= 2^-14): rebias, round 13 bits away
+        const std::uint32_t r = a - 0x38000000u;  // exponent 127 → 15 bias
+        return static_cast<std::uint16_t>(sign | ((r + 0xfffu + ((r >> 13) & 1u)) >> 13));  // may carry to inf
+    }
+    // A subnormal fp16: the value in units of 2^-24, rounded to nearest even.
+    const int shift = 126 - static_cast<int>(a >> 23);  // >= 14
+    if (shift > 24) return sign;                        // below half the smallest subnormal
+    const std::uint32_t m = (a & 0x7fffffu) | 0x800000u;
+    const std::uint32_t half = 1u << (shift - 1);
+    return static_cast<std::uint16_t>(sign | ((m + half - 1u + ((m >> shift) & 1u)) >> shift));
+}
+
+/// IEEE fp16 bits → fp32 (exact).
+inline float fp16_to_fp32(std::uint16_t h) noexcept {
+    const std::uint32_t sign = std::uint32_t(h & 0x8000u) << 16;
+    const std::uint32_t e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    if (e == 0x1f) return std::bit_cast<float>(sign | 0x7f800000u | (m << 13));  // inf, NaN
+    if (e != 0) return std::bit_cast<float>(sign | ((e + 112u) << 23) | (m << 13));
+    const float v = static_cast<float>(m) * 0x1p-24f;  // zero or subnormal: exact in fp32
+    return sign ? -v : v;
+}
+
+/// fp32 → bf16 bits, rounding to nearest even; NaN → its upper half with the quiet bit set
+/// (ggml's `ggml_compute_fp32_to_bf16`, which gguf-py mirrors).
+inline std::uint16_t fp32_to_bf16(float f) noexcept {
+    const std::uint32_t x = std::bit_cast<std::uint32_t>(f);
+    if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((x >> 16) | 64u);
+    return static_cast<std::uint16_t>((x + (0x7fffu + ((x >> 16) & 1u))) >> 16);
+}
+
+/// bf16 bits → fp32 (exact).
+inline float bf16_to_fp32(std::uint16_t b) noexcept {
+    return std::bit_cast<float>(std::uint32_t(b) << 16);
+}
+
+// ---- sizes and names ----------------------------------------------------------------------------
+
+/// The type's name in errors for a value outside the enum.
+inline std::string unknown_type_text(type t) {
+    return "unsupported ggml type " + std::to_string(std::uint32_t(t));
+}
+
+/// Elements per block: 1 (F32, F16, BF16), 32 (Q8_0, Q4_0), 256 (Q4_K). Throws distill::error for
+/// another ggml type.
+inline std::int64_t block_elements(type t) {
+    switch (t) {
+        case type::F32:
+        case type::F16:
+        case type::BF16:
+            return 1;
+        case type::Q8_0:
+        case type::Q4_0:
+            return 32;
+        case type::Q4_K:
+            return qk_k;
+    }
+    throw error("quant: " + unknown_type_text(t));
+}
+
+/// Bytes per block: 4, 2, 18, 34, 144, 2 for F32, F16, Q4_0, Q8_0, Q4_K, BF16.
+inline std::size_t block_bytes(type t) {
+    switch (t) {
+        case type::F32:
+            return 4;
+        case type::F16:
+        case type::BF16:
+            return 2;
+        case type::Q8_0:
+            return sizeof(block_q8_0);
+        case type::Q4_0:
+            return sizeof(block_q4_0);
+        case type::Q4_K:
+            return sizeof(block_q4_K);
+    }
+    throw error("quant: " + unknown_type_text(t));
+}
+
+/// The type's lower-case name: "f32", "f16", "q4_0", "q8_0", "q4_k", "bf16" (job keys, file names).
+inline std::string_view name(type t) {
+    switch (t) {
+        case type::F32:
+            return "f32";
+        case type::F16:
+            return "f16";
+        case type::BF16:
+            return "bf16";
+        case type::Q8_0:
+            return "q8_0";
+        case type::Q4_0:
+            return "q4_0";
+        case type::Q4_K:
+            return "q4_k";
+    }
+    throw error("quant: " + unknown_type_text(t));
+}
+
+/// Bytes of a row of `n` elements of type `t`. Throws distill::error naming the type and `n` when
+/// `n` is negative or not a whole number of blocks.
+inline std::size_t row_bytes(type t, std::int64_t n) {
+    const std::int64_t qk = block_elements(t);
+    if (n < 0 || n % qk != 0)
+        throw error("quant: a " + std::string(name(t)) + " row of " + std::to_string(n) +
+                    " elements is not a whole number of " + std::to_string(qk) + "-element blocks");
+    return static_cast<std::size_t>(n / qk) * block_bytes(t);
+}
+
+/// The type named `s`, case-insensitively ("Q4_K", "q8_0", ...). Throws
+/// config_error("export.gguf", ...) listing the valid names for any other.
+inline type parse(std::string_view s) {
+    std::string lower(s);
+    for (char& c : lower) c = (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
+    for (type t : {type::F32, type::F16, type::BF16, type::Q8_0, type::Q4_0, type::Q4_K})
+        if (lower == name(t)) return t;
+    throw config_error("export.gguf", "unknown tensor type \"" + std::string(s) +
+                                          "\"; expected one of f32, f16, bf16, q8_0, q4_0, q4_k");
+}
+
+namespace detail {
+
+/// `v`, rounded to fp32 here: the empty asm claims to change it, so the compiler cannot fuse the
+/// multiply that produced it into a later add (see the file comment).
+inline float rounded(float v) noexcept {
+#if defined(__GNUC__) && defined(__SSE__)
+    __asm__("" : "+x"(v));
+#elif defined(__GNUC__) && defined(__aarch64__)
+    __asm__("" : "+w"(v));
+#else
+    volatile float t = v;
+    v = t;
+#endif
+    return v;
+}
+
+/// a · b rounded to fp32 (never part of an FMA).
+inline float product(float a, float b) noexcept {
+    return rounded(a * b);
+}
+
+/// ggml's `nearest_int`: round to nearest even by adding 1.5·2^23 and reading the mantissa; exact
+/// for |v| < 2^22 and, like ggml's, garbage (but the same garbage) beyond.
+inline int nearest_int(float v) noexcept {
+    const float shifted = rounded(v) + 12582912.f;
+    const auto bits = std::bit_cast<std::int32_t>(shifted);
+    return (bits & 0x007fffff) - 0x00400000;
+}
+
+/// Throws when the row holds NaN or ±inf: ggml's quantizers would write meaningless blocks.
+inline void check_finite(type t, const float* x, std::int64_t n) {
+    for (std::int64_t i = 0; i < n; ++i)
+        if (!std::isfinite(x[i]))
+            throw error("quant: cannot quantize a non-finite value (" + std::to_string(x[i]) + " at element " +
+                        std::to_string(i) + ") to " + std::string(name(t)));
+}
+
+/// One Q8_0 block (ggml's quantize_row_q8_0_ref): d = max|x| / 127, q = round(x / d) (half away from zero).
+inline void quantize_block_q8_0(const float* x, block_q8_0& b) noexcept {
+    float amax = 0.0f;
+    for (int j = 0; j < qk8_0; ++j) amax = std::fmax(amax, std::fabs(x[j]));
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    b.d = fp32_to_fp16(d);
+    for (int j = 0; j < qk8_0; ++j) b.qs[j] = static_cast<std::int8_t>(std::round(x[j] * id));
+}
+
+/// One Q4_0 block (ggml's quantize_row_q4_0_ref): d = (the signed value of largest magnitude) / −8,
+/// q = min(15, trunc(x / d + 8.5)), so that extreme maps to 0 and the other end clips to 15.
+inline void quantize_block_q4_0(const float* x, block_q4_0& b) noexcept {
+    float amax = 0.0f, max = 0.0f;
+    for (int j = 0; j < qk4_0; ++j)
+        if (amax < std::fabs(x[j])) {  // the first of equal magnitudes wins, as in ggml
+            amax = std::fabs(x[j]);
+            max = x[j];
+        }
+    const float d = max / -8.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    b.d = fp32_to_fp16(d);
+    auto q = [&](float v) {  // v·id ∈ [−8, 8], so v·id + 8.5 ∈ [0.5, 16.5]: the cast truncates in range
+        return static_cast<std::uint8_t>(std::min(15, static_cast<int>(product(v, id) + 8.5f)));
+    };
+    for (int j = 0; j < qk4_0 / 2; ++j) b.qs[j] = static_cast<std::uint8_t>(q(x[j]) | (q(x[j + qk4_0 / 2]) << 4));
+}
+
+/// ggml's `make_qkx2_quants` (weighted least squares of scale and min over levels 0..nmax, starting
+/// from the range and trying nstep + 1 rescalings), as quantize_row_q4_K_ref calls it: use_mad false.
+/// Writes the levels to L, the min (a positive offset to subtract) to the_min; returns the scale.
+inline float make_qkx2_quants(int n, int nmax, const float* x, const float* weights, std::uint8_t* L, float* the_min,
+                              std::uint8_t* Laux, float rmin, float rdelta, int nstep) noexcept {
+    float min = x[0], max = x[0];
+    float sum_w = weights[0];
+    float sum_x = product(sum_w, x[0]);
+    for (int i = 1; i < n; ++i) {
+        if (x[i] < min) min = x[i];
+        if (x[i] > max) max = x[i];
+        const float w = weights[i];
+        sum_w += w;
+        sum_x += product(w, x[i]);
+    }
+    if (min > 0) min = 0;
+    if (max == min) {
+        for (int i = 0; i < n; ++i) L[i] = 0;
+        *the_min = -min;
+        return 0.f;
+    }
+    float iscale = static_cast<float>(nmax) / (max - min);
+    float scale = 1 / iscale;
+    float best_error = 0;
+    for (int i = 0; i < n; ++i) {
+        const int l = nearest_int(iscale * (x[i] - min));
+        L[i] = static_cast<std::uint8_t>(std::max(0, std::min(nmax, l)));
+        const float diff = product(scale, float(L[i])) + min - x[i];
+        best_error += product(weights[i], diff * diff);
+    }
+    for (int is = 0; is <= nstep; ++is) {
+        iscale = (rmin + product(rdelta, float(is)) + static_cast<float>(nmax)) / (max - min);
+        float sum_l = 0, sum_l2 = 0, sum_xl = 0;
+        for (int i = 0; i < n; ++i) {
+            const int l = std::max(0, std::min(nmax, nearest_int(iscale * (x[i] - min))));
+            Laux[i] = static_cast<std::uint8_t>(l);
+            const float w = weights[i], wl = product(w, float(l));
+            sum_l += wl;
+            sum_l2 += product(wl, float(l));
+            sum_xl += product(wl, x[i]);
+        }
+        const float D = product(sum_w, sum_l2) - product(sum_l, sum_l);
+        if (D > 0) {
+            float this_scale = (product(sum_w, sum_xl) - product(sum_x, sum_l)) / D;
+            float this_min = (product(sum_l2, sum_x) - product(sum_l, sum_xl)) / D;
+            if (this_min > 0) {
+                this_min = 0;
+                this_scale = sum_xl / sum_l2;
+            }
+            float cur_error = 0;
+            for (int i = 0; i < n; ++i) {
+                const float diff = product(this_scale, float(Laux[i])) + this_min - x[i];
+                cur_error += product(weights[i], diff * diff);
+            }
+            if (cur_error < best_error) {
+                for (int i = 0; i < n; ++i) L[i] = Laux[i];
+                best_error = cur_error;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    *the_min = -min;
+    return scale;
+}
+
+/// Sub-block `j`'s 6-bit scale and min from a Q4_K block's 12 packed bytes (ggml's get_scale_min_k4).
+inline void scale_min_k4(int j, const std::uint8_t* q, std::uint8_t& sc, std::uint8_t& m) noexcept {
+    if (j < 4) {
+        sc = q[j] & 63;
+        m = q[j + 4] & 63;
+    } else {
+        sc = static_cast<std::uint8_t>((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
+        m = static_cast<std::uint8_t>((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+    }
+}
+
+/// One Q4_K super-block (ggml's quantize_row_q4_K_ref): per sub-block of 32 a weighted scale/min fit
+/// (weights av|x| + |x|), the 8 scales and 8 mins quantized to 6 bits against their maxima (d, dmin
+/// in fp16), then every element re-quantized against its sub-block's rounded scale and min.
+inline void quantize_block_q4_K(const float* x, block_q4_K& b) noexcept {
+    std::uint8_t L[qk_k], Laux[32];
+    float weights[32], mins[qk_k / 32], scales[qk_k / 32];
+    float max_scale = 0, max_min = 0;  // scales are positive: the min is subtracted
+    for (int j = 0; j < qk_k / 32; ++j) {
+        float sum_x2 = 0;
+        for (int l = 0; l < 32; ++l) sum_x2 += product(x[32 * j + l], x[32 * j + l]);
+        const float av_x = std::sqrt(sum_x2 / 32);
+        for (int l = 0; l < 32; ++l) weights[l] = av_x + std::fabs(x[32 * j + l]);
+        scales[j] = make_qkx2_quants(32, 15, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -1.f, 0.1f, 20);
+        if (scales[j] > max_scale) max_scale = scales[j];
+        if (mins[j] > max_min) max_min = mins[j];
+    }
+    const float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f;
+    const float inv_min = max_min > 0 ? 63.f / max_min : 0.f;
+    std::memset(b.scales, 0, sizeof b.scales);
+    for (int j = 0; j < qk_k / 32; ++j) {
+        // ggml stores nearest_int's result in a uint8_t (modulo 256) before clamping to 63
+        const auto ls = std::min<std::uint8_t>(63, static_cast<std::uint8_t>(nearest_int(inv_scale * scales[j])));
+        const auto lm = std::min<std::uint8_t>(63, static_cast<std::uint8_t>(nearest_int(inv_min * mins[j])));
+        if (j < 4) {
+            b.scales[j] = ls;
+            b.scales[j + 4] = lm;
+        } else {
+            b.scales[j + 4] = static_cast<std::uint8_t>((ls & 0xF) | ((lm & 0xF) << 4));
+            b.scales[j - 4] |= static_cast<std::uint8_t>((ls >> 4) << 6);
+            b.scales[j] |= static_cast<std::uint8_t>((lm >> 4) << 6);
+        }
+    }
+    b.d = fp32_to_fp16(max_scale / 63.f);
+    b.dmin = fp32_to_fp16(max_min / 63.f);
+    for (int j = 0; j < qk_k / 32; ++j) {
+        std::uint8_t sc, m;
+        scale_min_k4(j, b.scales, sc, m);
+        const float d = fp16_to_fp32(b.d) * sc;
+        if (d == 0.0f) continue;  // keeps the levels of the fit, as ggml does
+        const float dm = product(fp16_to_fp32(b.dmin), m);
+        for (int i = 0; i < 32; ++i)
+            L[32 * j + i] = static_cast<std::uint8_t>(std::max(0, std::min(15, nearest_int((x[32 * j + i] + dm) / d))));
+    }
+    for (int g = 0; g < qk_k / 64; ++g)
+        for (int l = 0; l < 32; ++l)
+            b.qs[32 * g + l] = static_cast<std::uint8_t>(L[64 * g + l] | (L[64 * g + 32 + l] << 4));
+}
+
+/// A Q8_0 block's 32 values: d · q.
+inline void dequantize_block(const block_q8_0& b, float* y) noexcept {
+    const float d = fp16_to_fp32(b.d);
+    for (int j = 0; j < qk8_0; ++j) y[j] = static_cast<float>(b.qs[j]) * d;
+}
+/// A Q4_0 block's 32 values: d · (q − 8).
+inline void dequantize_block(const block_q4_0& b, float* y) noexcept {
+    const float d = fp16_to_fp32(b.d);
+    for (int j = 0; j < qk4_0 / 2; ++j) {
+        y[j] = static_cast<float>((b.qs[j] & 0xF) - 8) * d;
+        y[j + qk4_0 / 2] = static_cast<float>((b.qs[j] >> 4) - 8) * d;
+    }
+}
+/// A Q4_K super-block's 256 values: (d·sc) · q − (dmin·m) per sub-block, the product rounded first as
+/// in ggml's dequantize_row_q4_K.
+inline void dequantize_block(const block_q4_K& b, float* y) noexcept {
+    const float d = fp16_to_fp32(b.d), dmin = fp16_to_fp32(b.dmin);
+    for (int g = 0; g < qk_k / 64; ++g) {
+        std::uint8_t sc, m;
+        scale_min_k4(2 * g, b.scales, sc, m);
+        const float d1 = d * sc, m1 = product(dmin, m);
+        scale_min_k4(2 * g + 1, b.scales, sc, m);
+        const float d2 = d * sc, m2 = product(dmin, m);
+        const std::uint8_t* q = b.qs + 32 * g;
+        for (int l = 0; l < 32; ++l) y[64 * g + l] = product(d1, float(q[l] & 0xF)) - m1;
+        for (int l = 0; l < 32; ++l) y[64 * g + 32 + l] = product(d2, float(q[l] >> 4)) - m2;
+    }
+}
+
+/// Quantizes `n` / QK blocks of `Block` with `quantize` (blocks go through a local, so `out` needs no alignment).
+template <class Block, class Quantize>
+void quantize_blocks(const float* x, std::int64_t n, std::byte* out, std::int64_t qk, Quantize quantize) {
+    for (std::int64_t i = 0; i < n / qk; ++i) {
+        Block b{};
+        quantize(x + i * qk, b);
+        std::memcpy(out + i * static_cast<std::int64_t>(sizeof(Block)), &b, sizeof(Block));
+    }
+}
+
+/// Dequantizes `n` / QK blocks of `Block`.
+template <class Block>
+void dequantize_blocks(const std::byte* in, std::int64_t n, float* y, std::int64_t qk) {
+    for (std::int64_t i = 0; i < n / qk; ++i) {
+        Block b;
+        std::memcpy(&b, in + i * static_cast<std::int64_t>(sizeof(Block)), sizeof(Block));
+        dequantize_block(b, y + i * qk);
+    }
+}
+
+}  // namespace detail
+
+/// Quantizes the `n` floats at `x` to type `t`, writing `row_bytes(t, n)` bytes to `out` (any
+/// alignment): the bytes ggml's reference quantizer writes. Throws distill::error when `n` is not a
+/// whole number of blocks, or, for Q8_0, Q4_0 and Q4_K, when the row holds NaN or ±inf (F16 and BF16
+/// convert those as ggml does).
+inline void quantize_row(type t, const float* x, std::int64_t n, std::byte* out) {
+    (void)row_bytes(t, n);  // validates n and t
+    switch (t) {
+        case type::F32:
+            std::memcpy(out, x, static_cast<std::size_t>(n) * sizeof(float));
+            return;
+        case type::F16:
+        case type::BF16:
+            for (std::int64_t i = 0; i < n; ++i) {
+                const std::uint16_t h = t == type::F16 ? fp32_to_fp16(x[i]) : fp32_to_bf16(x[i]);
+                std::memcpy(out + 2 * i, &h, 2);
+            }
+            return;
+        case type::Q8_0:
+            detail::check_finite(t, x, n);
+            return detail::quantize_blocks<block_q8_0>(x, n, out, qk8_0, detail::quantize_block_q8_0);
+        case type::Q4_0:
+            detail::check_finite(t, x, n);
+            return detail::quantize_blocks<block_q4_0>(x, n, out, qk4_0, detail::quantize_block_q4_0);
+        case type::Q4_K:
+            detail::check_finite(t, x, n);
+            return detail::quantize_blocks<block_q4_K>(x, n, out, qk_k, detail::quantize_block_q4_K);
+    }
+}
+
+/// Dequantizes a row of `n` elements of type `t` at `in` (any alignment) into `y`: ggml's
+/// `dequantize_row_*`. Throws distill::error when `n` is not a whole number of blocks.
+inline void dequantize_row(type t, const std::byte* in, std::int64_t n, float* y) {
+    (void)row_bytes(t, n);
+    switch (t) {
+        case type::F32:
+            std::memcpy(y, in, static_cast<std::size_t>(n) * sizeof(float));
+            return;
+        case type::F16:
+        case type::BF16:
+            for (std::int64_t i = 0; i < n; ++i) {
+                std::uint16_t h;
+                std::memcpy(&h, in + 2 * i, 2);
+                y[i] = t == type::F16 ? fp16_to_fp32(h) : bf16_to_fp32(h);
+            }
+            return;
+        case type::Q8_0:
+            return detail::dequantize_blocks<block_q8_0>(in, n, y, qk8_0);
+        case type::Q4_0:
+            return detail::dequantize_blocks<block_q4_0>(in, n, y, qk4_0);
+        case type::Q4_K:
+            return detail::dequantize_blocks<block_q4_K>(in, n, y, qk_k);
+    }
+}
+
+}  // namespace distill::quant

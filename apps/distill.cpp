@@ -5,6 +5,7 @@
 //
 // Exit codes: 0 success, 1 runtime failure, 2 bad job or usage; failures print one line on stderr.
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <set>
@@ -25,6 +26,7 @@ constexpr const char* usage_text =
     "\n"
     "SYNOPSIS\n"
     "    distill run|generate|finetune|evaluate JOB.json [--quiet] [--threads N] [--precision fp32|bf16]\n"
+    "    distill export JOB.json [--gguf TYPES]\n"
     "    distill status OUTPUT_DIR [--json]\n"
     "    distill --help | --version\n"
     "\n"
@@ -37,6 +39,8 @@ constexpr const char* usage_text =
     "               OUTPUT_DIR/baseline.safetensors)\n"
     "    evaluate   measure teacher, baseline and student on the test set; write OUTPUT_DIR/report.json,\n"
     "               report.md and the SVG charts\n"
+    "    export     write the trained student as GGUF files for llama.cpp, one per tensor type of the\n"
+    "               job's export.gguf or --gguf (OUTPUT_DIR/gguf/student-<type>.gguf; docs/deployment.md)\n"
     "    status     which stages of a run are done, training progress, the last metrics\n"
     "\n"
     "OPTIONS\n"
@@ -46,6 +50,8 @@ constexpr const char* usage_text =
     "    --precision P        fp32 or bf16: the arithmetic of the matrix products (default: the job's\n"
     "                         \"precision\", else fp32). bf16 needs oneDNN and a CPU with its bf16 matmul\n"
     "                         (AVX-512, AVX512-BF16 or AMX); elsewhere it is refused with the reason\n"
+    "    --gguf TYPES         (export) comma-separated tensor types instead of the job's export.gguf:\n"
+    "                         f32, f16, bf16, q8_0, q4_0, q4_k\n"
     "    --json               (status) print the status as JSON\n"
     "    -h, --help           this text\n"
     "    --version            the version and the optional parts this build has\n"
@@ -117,7 +123,7 @@ template <class Teacher, class Loss, template <class, class> class Student = stu
 using CliDistiller = Distiller<Teacher, Student, Loss, optim::AdamW, device::Cpu>;
 
 struct Options {
-    std::string command, target, precision;
+    std::string command, target, precision, gguf;
     bool quiet = false, json = false;
     int threads = 0;
 };
@@ -139,6 +145,10 @@ int run_stage(D& d, const Options& o) {
     }
     if (o.command == "finetune") {
         d.finetune();
+        return 0;
+    }
+    if (o.command == "export") {
+        for (const auto& file : d.export_gguf()) std::printf("%s\n", file.string().c_str());
         return 0;
     }
     nlohmann::ordered_json report = o.command == "evaluate" ? d.evaluate() : d.run();
@@ -296,6 +306,9 @@ Options parse_args(int argc, char** argv) {
             o.precision = argv[++i];
             if (o.precision != "fp32" && o.precision != "bf16")
                 throw usage_error("--precision: expected fp32 or bf16, got " + o.precision);
+        } else if (a == "--gguf") {
+            if (i + 1 >= argc) throw usage_error("--gguf needs a comma-separated list of tensor types");
+            o.gguf = argv[++i];
         } else if (a == "--threads") {
             if (i + 1 >= argc) throw usage_error("--threads needs a number");
             char* end = nullptr;
@@ -312,7 +325,7 @@ Options parse_args(int argc, char** argv) {
     if (positional.size() != 2) throw usage_error("expected a command and one argument (see distill --help)");
     o.command = positional[0];
     o.target = positional[1];
-    static const std::set<std::string> commands = {"run", "generate", "finetune", "evaluate", "status"};
+    static const std::set<std::string> commands = {"run", "generate", "finetune", "evaluate", "export", "status"};
     if (!commands.count(o.command)) throw usage_error("unknown command \"" + o.command + "\" (see distill --help)");
     return o;
 }
@@ -363,6 +376,20 @@ int main(int argc, char** argv) {
         Job job;
         try {
             job = load_job(o.target);
+            if (o.command == "export") {
+                if (!o.gguf.empty()) {
+                    job.exports.gguf.clear();
+                    for (std::size_t at = 0; at <= o.gguf.size();) {
+                        const std::size_t comma = std::min(o.gguf.find(',', at), o.gguf.size());
+                        job.exports.gguf.push_back(o.gguf.substr(at, comma - at));
+                        at = comma + 1;
+                    }
+                    job.validate();
+                }
+                if (job.exports.gguf.empty())
+                    throw usage_error(
+                        "export: the job's export.gguf names no tensor type; give --gguf, e.g. q8_0,q4_k");
+            }
         } catch (const distill::error& e) {
             throw usage_error(e.what());
         }

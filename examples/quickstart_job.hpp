@@ -88,6 +88,8 @@ inline nlohmann::json job(const std::filesystem::path& data_dir, const std::file
           {"hidden_mse", {{"weight", 0.1}}},
           {"attention_kl", {{"weight", 0.1}}}}},
         {"evaluation", {{"batch_size", 32}, {"latency_samples", 32}}},
+        // the student for llama.cpp, also measured in the report (docs/deployment.md)
+        {"export", {{"gguf", {"q8_0", "q4_k"}}}},
         {"output_dir", out.string()},
     };
 }

@@ -237,14 +237,21 @@ TEST_CASE("gguf export: a student's file holds what llama.cpp's converter writes
                 const auto b = f.bytes(t);
                 CHECK(detail::sha256_hex({reinterpret_cast<const char*>(b.data()), b.size()}) == g["sha256"]);
             }
+            // for tests/reference/check_gguf_llamacpp.py, under distill's own general.name: llama.cpp
+            // expects Phi-3's SentencePiece tokens in any model whose name contains "phi3"
+            if (const char* keep = std::getenv("DISTILL_KEEP_GGUF_EXPORT"))
+                io::gguf::save(std::filesystem::path(keep) / (arch + "-" + type + ".gguf"), m,
+                               {.type = quant::parse(type),
+                                .model_type = arch == "phi3" ? "phi3" : "",
+                                .tokenizer = dir / "tokenizer.json"});
             std::filesystem::remove(path);
         }
     }
 }
 
 TEST_CASE("gguf export: the byte tokenizer, quantized types and refusals") {
-    student::TransformerConfig cfg{.vocab_size = 263, .context_length = 16, .d_model = 256, .n_layers = 1,
-                                   .n_heads = 4, .d_ff = 512};
+    student::TransformerConfig cfg{
+        .vocab_size = 263, .context_length = 16, .d_model = 256, .n_layers = 1, .n_heads = 4, .d_ff = 512};
     student::Transformer<float, device::Cpu> m(cfg, 1);
     m.init(3);
     for (const std::string type : {"f16", "bf16", "q8_0", "q4_0", "q4_k"}) {
@@ -258,8 +265,8 @@ TEST_CASE("gguf export: the byte tokenizer, quantized types and refusals") {
         const auto& tokens = f.at("tokenizer.ggml.tokens").data;
         REQUIRE(tokens.size() == 263);
         CHECK(tokens[65] == "A");
-        CHECK(tokens[32] == "\xc4\xa0");   // GPT-2's byte-level space, Ġ
-        CHECK(tokens[10] == "\xc4\x8a");   // newline, Ċ
+        CHECK(tokens[32] == "\xc4\xa0");  // GPT-2's byte-level space, Ġ
+        CHECK(tokens[10] == "\xc4\x8a");  // newline, Ċ
         CHECK(tokens[262] == "<|end|>");
         CHECK(f.at("tokenizer.ggml.token_type").data[262] == 3);
         CHECK(f.at("tokenizer.ggml.merges").data.empty());
@@ -282,19 +289,96 @@ TEST_CASE("gguf export: the byte tokenizer, quantized types and refusals") {
         std::filesystem::remove(path);
     }
     // refusals name what is wrong
-    student::TransformerConfig dyn{.vocab_size = 263, .context_length = 16, .d_model = 32, .n_layers = 1,
-                                   .n_heads = 2, .norm = "rmsnorm", .positions = "rope", .mlp = "swiglu",
-                                   .qkv_bias = false, .proj_bias = false, .mlp_bias = false};
+    student::TransformerConfig dyn{.vocab_size = 263,
+                                   .context_length = 16,
+                                   .d_model = 32,
+                                   .n_layers = 1,
+                                   .n_heads = 2,
+                                   .norm = "rmsnorm",
+                                   .positions = "rope",
+                                   .mlp = "swiglu",
+                                   .qkv_bias = false,
+                                   .proj_bias = false,
+                                   .mlp_bias = false};
     dyn.rope_scaling = {.type = "dynamic", .factor = 2, .original_context_length = 8};
     student::Transformer<float, device::Cpu> d(dyn, 1);
     CHECK_THROWS_WITH_AS(io::gguf::save(temp_file("dyn.gguf"), d), doctest::Contains("\"dynamic\""), config_error);
     student::TransformerConfig small = cfg;
     small.vocab_size = 100;
     student::Transformer<float, device::Cpu> s(small, 1);
-    CHECK_THROWS_WITH_AS(io::gguf::save(temp_file("small.gguf"), s), doctest::Contains("smaller than the byte tokenizer"),
-                         config_error);
-    CHECK_THROWS_WITH_AS(io::gguf::save(temp_file("spm.gguf"), m,
-                                        {.tokenizer = fixtures / "tokenizers" / "llama2" / "tokenizer.json"}),
-                         doctest::Contains("SentencePiece-style BPE"), config_error);
+    CHECK_THROWS_WITH_AS(io::gguf::save(temp_file("small.gguf"), s),
+                         doctest::Contains("smaller than the byte tokenizer"), config_error);
+    CHECK_THROWS_WITH_AS(
+        io::gguf::save(temp_file("spm.gguf"), m, {.tokenizer = fixtures / "tokenizers" / "llama2" / "tokenizer.json"}),
+        doctest::Contains("SentencePiece-style BPE"), config_error);
     CHECK_THROWS_WITH_AS(quant::parse("q5_k"), doctest::Contains("q4_k"), config_error);
+}
+
+// The quantized student the report measures: Transformer::quantize stores the matrices as a GGUF
+// export of the same type does and multiplies through quant_matmul.
+TEST_CASE("quantized student: logits equal fp32 arithmetic on the dequantized weights, in forward and decode") {
+    for (const std::string arch : {"gpt2", "llama"}) {
+        student::TransformerConfig cfg{
+            .vocab_size = 263, .context_length = 16, .d_model = 256, .n_layers = 2, .n_heads = 4, .d_ff = 512};
+        if (arch == "llama") {
+            cfg.norm = "rmsnorm";
+            cfg.positions = "rope";
+            cfg.mlp = "swiglu";
+            cfg.qkv_bias = cfg.proj_bias = cfg.mlp_bias = false;
+            cfg.tie_embeddings = false;
+            cfg.n_kv_heads = 2;
+            cfg.d_ff = 96;  // rows of the down projection: not a whole q4_k block, so q4_0
+        }
+        for (const std::string type : {"q8_0", "q4_k", "f16"}) {
+            CAPTURE(arch);
+            CAPTURE(type);
+            using Model = student::Transformer<float, device::Cpu>;
+            Model q(cfg, 2, device::Cpu{}, student::activations::inference),
+                plain(cfg, 2, device::Cpu{}, student::activations::inference);
+            q.init(5);
+            const auto path = temp_file("quantized-" + arch + ".gguf");
+            io::gguf::save(path, q, {.type = quant::parse(type)});  // before quantize: the trained weights
+            q.quantize(quant::parse(type));
+            CHECK(q.quantized());
+            // `plain` holds the dequantized values and multiplies in fp32 (gemm)
+            std::copy(q.parameter_data(), q.parameter_data() + q.arena_size(), plain.parameter_data());
+            // the embedding the file stores is the one the quantized model reads
+            const io::gguf::File f(path);
+            const auto embd = f.dequantize(f.tensor("token_embd.weight"));
+            CHECK(std::equal(embd.begin(), embd.end(), q.parameter_data()));
+            std::vector<std::int32_t> tokens(2 * 12);
+            for (std::size_t i = 0; i < tokens.size(); ++i) tokens[i] = std::int32_t((i * 37 + 11) % 263);
+            q.forward(tokens.data(), 2, 12);
+            plain.forward(tokens.data(), 2, 12);
+            const auto a = q.logits(), b = plain.logits();
+            double worst = 0, scale = 0;
+            for (std::int64_t i = 0; i < a.numel(); ++i) {
+                worst = std::max(worst, double(std::abs(a.data()[i] - b.data()[i])));
+                scale = std::max(scale, double(std::abs(b.data()[i])));
+            }
+            CHECK(worst <= 1e-4 * scale);
+            // decode: the prompt, then one token, through the KV cache
+            auto cq = q.make_cache(2), cp = plain.make_cache(2);
+            const int lengths[2] = {12, 7};
+            q.prefill(cq, tokens.data(), lengths, 2, 12);
+            plain.prefill(cp, tokens.data(), lengths, 2, 12);
+            const std::int32_t next[2] = {65, 66};
+            q.decode(cq, next, 2);
+            plain.decode(cp, next, 2);
+            const auto na = q.next_logits(), nb = plain.next_logits();
+            worst = 0;
+            for (std::int64_t i = 0; i < na.numel(); ++i)
+                worst = std::max(worst, double(std::abs(na.data()[i] - nb.data()[i])));
+            CHECK(worst <= 1e-4 * scale);
+            std::filesystem::remove(path);
+        }
+    }
+    student::TransformerConfig cfg{
+        .vocab_size = 263, .context_length = 8, .d_model = 64, .n_layers = 1, .n_heads = 2, .d_ff = 128};
+    student::Transformer<float, device::Cpu> m(cfg, 1);
+    m.init(1);
+    m.quantize(quant::type::Q8_0);
+    const std::vector<std::int32_t> tokens = {1, 2, 3};
+    m.forward(tokens.data(), 1, 3);
+    CHECK_THROWS_WITH_AS(m.backward(), doctest::Contains("quantized for inference"), config_error);
 }

@@ -361,14 +361,15 @@ TEST_CASE("hf: defects name the file and what was expected") {
 }
 
 TEST_CASE("hf: transformers 5's rope_parameters are read as 4.x's rope_theta and rope_scaling") {
-    nlohmann::json c = {{"vocab_size", 48},        {"max_position_embeddings", 64}, {"hidden_size", 32},
-                        {"num_hidden_layers", 1},  {"num_attention_heads", 4},      {"intermediate_size", 64},
-                        {"hidden_act", "silu"},    {"rms_norm_eps", 1e-5}};
+    nlohmann::json c = {{"vocab_size", 48},       {"max_position_embeddings", 64}, {"hidden_size", 32},
+                        {"num_hidden_layers", 1}, {"num_attention_heads", 4},      {"intermediate_size", 64},
+                        {"hidden_act", "silu"},   {"rms_norm_eps", 1e-5}};
     c["rope_parameters"] = {{"rope_theta", 500000.0}, {"rope_type", "default"}};
     auto t = io::hf::llama_config(c, "config.json", "llama");
     CHECK(t.rope_theta == 500000.0);
     CHECK(t.rope_scaling.type == "none");
-    c["rope_parameters"] = {{"rope_theta", 500000.0}, {"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0},
+    c["rope_parameters"] = {{"rope_theta", 500000.0},  {"rope_type", "llama3"},
+                            {"factor", 8.0},           {"low_freq_factor", 1.0},
                             {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 16}};
     t = io::hf::llama_config(c, "config.json", "llama");
     CHECK(t.rope_theta == 500000.0);

@@ -90,6 +90,20 @@ before=$(md5sum "$WORK/ref/report.json" "$WORK/ref/student.safetensors")
 "$DISTILL" run "$ref" --quiet >/dev/null 2>&1 && [[ $(md5sum "$WORK/ref/report.json" "$WORK/ref/student.safetensors") == "$before" ]] &&
     pass "a complete run is skipped" || fail "a rerun changed the outputs"
 
+# ---- GGUF export of the trained student (docs/deployment.md) ------------------------------------------
+expect 2 "export: the job's export.gguf names no tensor type" -- "$DISTILL" export "$ref"
+expect 2 'export.gguf\[1\]: unknown tensor type "q5"' -- "$DISTILL" export "$ref" --gguf q8_0,q5
+if "$DISTILL" export "$ref" --gguf q8_0,q4_k >"$WORK/export.stdout" 2>"$WORK/export.stderr" &&
+    [[ $(head -c 4 "$WORK/ref/gguf/student-q8_0.gguf") == GGUF && $(head -c 4 "$WORK/ref/gguf/student-q4_k.gguf") == GGUF ]] &&
+    grep -q "gguf/student-q4_k.gguf" "$WORK/export.stdout"; then
+    pass "distill export writes the GGUF files"
+else
+    fail "distill export: $(tail -3 "$WORK/export.stderr")"
+fi
+before=$(md5sum "$WORK/ref/gguf/student-q8_0.gguf")
+"$DISTILL" export "$ref" --gguf q8_0 >/dev/null 2>&1 && [[ $(md5sum "$WORK/ref/gguf/student-q8_0.gguf") == "$before" ]] &&
+    pass "a GGUF file newer than the student is kept" || fail "export rewrote a current GGUF file"
+
 # ---- SIGKILL in each stage, then the same command again ----------------------------------------------
 metrics() { grep -E '"(exact_match|perplexity|teacher_agreement|parameters|checkpoint_bytes)"' "$1/report.json"; }
 same_as_reference() {

@@ -9,6 +9,7 @@
 /// `tokens_per_s` and `metrics` (keyed by metric name); null where a figure does not exist (an API
 /// teacher has no parameter count). At top level: `task_type` and `primary_metric`.
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -25,6 +26,24 @@ namespace distill::eval {
 namespace detail {
 
 inline const char* const model_names[] = {"teacher", "baseline", "student"};
+
+// The report's models in table order: teacher, baseline, student, then the quantized students
+// ("student_q8_0", ...) as the evaluate stage added them.
+inline std::vector<std::string> present_models(const nlohmann::ordered_json& report) {
+    std::vector<std::string> present;
+    const auto& models = report.at("models");
+    for (const char* m : model_names)
+        if (models.contains(m)) present.emplace_back(m);
+    for (const auto& item : models.items())
+        if (item.key().starts_with("student_")) present.push_back(item.key());
+    return present;
+}
+
+// A model's column label: "student_q8_0" -> "student q8_0".
+inline std::string label(std::string model) {
+    std::replace(model.begin(), model.end(), '_', ' ');
+    return model;
+}
 
 inline bool has_number(const nlohmann::ordered_json& j, const char* key) {
     return j.is_object() && j.contains(key) && j[key].is_number();
@@ -110,15 +129,13 @@ inline std::string report_summary(const nlohmann::ordered_json& report) {
 inline std::string render_markdown(const nlohmann::ordered_json& report) {
     using namespace detail;
     const std::string primary = report.at("primary_metric");
-    std::vector<std::string> present;
-    for (const char* m : model_names)
-        if (report.at("models").contains(m)) present.push_back(m);
+    const std::vector<std::string> present = present_models(report);
     std::string md = "# Distillation report\n\n";
     md += "Task: **" + report.at("task_type").get<std::string>() + "**, " +
           std::to_string(report.value("test_examples", 0)) + " test examples; primary metric: **" + primary + "**.\n\n";
     md += report_summary(report) + ".\n\n";
     md += "| |";
-    for (const auto& m : present) md += " " + m + " |";
+    for (const auto& m : present) md += " " + label(m) + " |";
     md += " student vs teacher |\n|---|";
     for (std::size_t i = 0; i < present.size(); ++i) md += "---:|";
     md += "---:|\n";
@@ -158,7 +175,7 @@ inline std::string render_markdown(const nlohmann::ordered_json& report) {
     row(
         "tokens/s", "tokens_per_s", [](double x) { return fixed(x, 0); }, true);
     md +=
-        "\nCharts: `loss.svg` (training and validation loss per term), `models.svg` (the three models, relative "
+        "\nCharts: `loss.svg` (training and validation loss per term), `models.svg` (the models, relative "
         "to the teacher). Machine-readable: `report.json`.\n";
     return md;
 }
@@ -171,9 +188,8 @@ inline std::string models_chart(const nlohmann::ordered_json& report) {
     const std::vector<std::string> groups = {primary, "tokens/s", "peak memory", "parameters"};
     std::vector<std::string> bars;
     std::vector<std::vector<double>> values;
-    for (const char* m : detail::model_names) {
-        if (!report.at("models").contains(m)) continue;
-        bars.emplace_back(m);
+    for (const std::string& m : detail::present_models(report)) {
+        bars.push_back(detail::label(m));
         std::vector<double> row;
         for (const auto& k : keys) {
             const double t = report_value(report, "teacher", k), x = report_value(report, m, k);
@@ -181,7 +197,7 @@ inline std::string models_chart(const nlohmann::ordered_json& report) {
         }
         values.push_back(std::move(row));
     }
-    return bar_chart("The three models, relative to the teacher (teacher = 1)", groups, bars, values);
+    return bar_chart("The models, relative to the teacher (teacher = 1)", groups, bars, values);
 }
 
 /// Training loss per term (and the validation loss) over steps from metrics.jsonl files, one prefix

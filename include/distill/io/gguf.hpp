@@ -84,16 +84,21 @@ inline std::size_t scalar_bytes(value_type t) {
     switch (t) {
         case value_type::u8:
         case value_type::i8:
-        case value_type::boolean: return 1;
+        case value_type::boolean:
+            return 1;
         case value_type::u16:
-        case value_type::i16: return 2;
+        case value_type::i16:
+            return 2;
         case value_type::u32:
         case value_type::i32:
-        case value_type::f32: return 4;
+        case value_type::f32:
+            return 4;
         case value_type::u64:
         case value_type::i64:
-        case value_type::f64: return 8;
-        default: return 0;  // string, array: variable
+        case value_type::f64:
+            return 8;
+        default:
+            return 0;  // string, array: variable
     }
 }
 
@@ -123,7 +128,8 @@ void put_integer(std::string& out, const nlohmann::json& v, const std::string& k
         ok = v.get<std::uint64_t>() <= std::uint64_t(std::numeric_limits<T>::max());
     else if (ok)
         ok = v.get<std::int64_t>() >= std::int64_t(std::numeric_limits<T>::min()) &&
-             (v.get<std::int64_t>() < 0 || std::uint64_t(v.get<std::int64_t>()) <= std::uint64_t(std::numeric_limits<T>::max()));
+             (v.get<std::int64_t>() < 0 ||
+              std::uint64_t(v.get<std::int64_t>()) <= std::uint64_t(std::numeric_limits<T>::max()));
     if (!ok) throw error("gguf: metadata " + key + " is " + v.dump() + ", which is not a value of its type");
     put<T>(out, v.is_number_unsigned() ? T(v.get<std::uint64_t>()) : T(v.get<std::int64_t>()));
 }
@@ -133,19 +139,48 @@ inline void put_scalar(std::string& out, value_type t, const nlohmann::json& v, 
         if (!ok) throw error("gguf: metadata " + key + " is " + v.dump() + ", which is not a value of its type");
     };
     switch (t) {
-        case value_type::u8: put_integer<std::uint8_t>(out, v, key); break;
-        case value_type::i8: put_integer<std::int8_t>(out, v, key); break;
-        case value_type::u16: put_integer<std::uint16_t>(out, v, key); break;
-        case value_type::i16: put_integer<std::int16_t>(out, v, key); break;
-        case value_type::u32: put_integer<std::uint32_t>(out, v, key); break;
-        case value_type::i32: put_integer<std::int32_t>(out, v, key); break;
-        case value_type::u64: put_integer<std::uint64_t>(out, v, key); break;
-        case value_type::i64: put_integer<std::int64_t>(out, v, key); break;
-        case value_type::f32: check(v.is_number()); put<float>(out, v.get<float>()); break;
-        case value_type::f64: check(v.is_number()); put<double>(out, v.get<double>()); break;
-        case value_type::boolean: check(v.is_boolean()); put<std::uint8_t>(out, v.get<bool>() ? 1 : 0); break;
-        case value_type::string: check(v.is_string()); put_string(out, v.get_ref<const std::string&>()); break;
-        case value_type::array: throw error("gguf: metadata " + key + ": arrays of arrays are not written");
+        case value_type::u8:
+            put_integer<std::uint8_t>(out, v, key);
+            break;
+        case value_type::i8:
+            put_integer<std::int8_t>(out, v, key);
+            break;
+        case value_type::u16:
+            put_integer<std::uint16_t>(out, v, key);
+            break;
+        case value_type::i16:
+            put_integer<std::int16_t>(out, v, key);
+            break;
+        case value_type::u32:
+            put_integer<std::uint32_t>(out, v, key);
+            break;
+        case value_type::i32:
+            put_integer<std::int32_t>(out, v, key);
+            break;
+        case value_type::u64:
+            put_integer<std::uint64_t>(out, v, key);
+            break;
+        case value_type::i64:
+            put_integer<std::int64_t>(out, v, key);
+            break;
+        case value_type::f32:
+            check(v.is_number());
+            put<float>(out, v.get<float>());
+            break;
+        case value_type::f64:
+            check(v.is_number());
+            put<double>(out, v.get<double>());
+            break;
+        case value_type::boolean:
+            check(v.is_boolean());
+            put<std::uint8_t>(out, v.get<bool>() ? 1 : 0);
+            break;
+        case value_type::string:
+            check(v.is_string());
+            put_string(out, v.get_ref<const std::string&>());
+            break;
+        case value_type::array:
+            throw error("gguf: metadata " + key + ": arrays of arrays are not written");
     }
 }
 
@@ -172,13 +207,11 @@ public:
         std::int64_t n = 1;
         for (auto d : shape) n *= d;
         if (shape.empty() || std::int64_t(values.size()) != n)
-            throw error("gguf: tensor " + name + " has " + std::to_string(values.size()) +
-                        " values for its shape");
+            throw error("gguf: tensor " + name + " has " + std::to_string(values.size()) + " values for its shape");
         const std::int64_t row = shape.back();
         if (row % quant::block_elements(type) != 0)
             throw error("gguf: tensor " + name + " has rows of " + std::to_string(row) + " values, not a multiple of " +
-                        std::string(quant::name(type)) + "'s block of " +
-                        std::to_string(quant::block_elements(type)));
+                        std::string(quant::name(type)) + "'s block of " + std::to_string(quant::block_elements(type)));
         TensorInfo info{std::move(name), {shape.rbegin(), shape.rend()}, type, 0, 0};
         info.bytes = quant::row_bytes(type, row) * std::size_t(n / row);
         tensors_.push_back({std::move(info), std::move(values)});
@@ -226,7 +259,8 @@ public:
             const std::int64_t row = t.info.ne.front(), rows = t.info.elements() / row;
             const std::size_t stride = quant::row_bytes(t.info.type, row);
             for (std::int64_t r = 0; r < rows; ++r)
-                quant::quantize_row(t.info.type, t.values.data() + r * row, row, buffer.data() + std::size_t(r) * stride);
+                quant::quantize_row(t.info.type, t.values.data() + r * row, row,
+                                    buffer.data() + std::size_t(r) * stride);
             out.write(buffer.data(), buffer.size());
             const std::uint64_t pad = detail::align_up(t.info.bytes, alignment) - t.info.bytes;
             if (pad) out.write(zeros, pad);
@@ -259,9 +293,7 @@ public:
     /// Throws io_error when the file cannot be read, format_error (naming the file and the byte
     /// offset) when it is not a GGUF v2/v3 file distill can read: a bad magic, a length or offset
     /// past the end, an unknown value type, a tensor type other than f32, f16, bf16, q8_0, q4_0, q4_k.
-    explicit File(std::filesystem::path path) : path_(std::move(path)), map_(path_), bytes_(map_.bytes()) {
-        parse();
-    }
+    explicit File(std::filesystem::path path) : path_(std::move(path)), map_(path_), bytes_(map_.bytes()) { parse(); }
 
     const std::filesystem::path& path() const noexcept { return path_; }
     std::uint32_t version() const noexcept { return version_; }
@@ -312,8 +344,8 @@ private:
         throw format_error(path_, 0, "byte " + std::to_string(at) + ": " + what);
     }
     void need(std::uint64_t n, const char* what) const {
-        if (n > size_ - pos_) fail(pos_, std::string(what) + " runs past the end of the file (" +
-                                             std::to_string(size_) + " bytes)");
+        if (n > size_ - pos_)
+            fail(pos_, std::string(what) + " runs past the end of the file (" + std::to_string(size_) + " bytes)");
     }
     template <class T>
     T get(const char* what) {
@@ -332,32 +364,44 @@ private:
     }
     nlohmann::json get_scalar(value_type t, const std::string& key) {
         switch (t) {
-            case value_type::u8: return get<std::uint8_t>(key.c_str());
-            case value_type::i8: return get<std::int8_t>(key.c_str());
-            case value_type::u16: return get<std::uint16_t>(key.c_str());
-            case value_type::i16: return get<std::int16_t>(key.c_str());
-            case value_type::u32: return get<std::uint32_t>(key.c_str());
-            case value_type::i32: return get<std::int32_t>(key.c_str());
-            case value_type::u64: return get<std::uint64_t>(key.c_str());
-            case value_type::i64: return get<std::int64_t>(key.c_str());
-            case value_type::f32: return get<float>(key.c_str());
-            case value_type::f64: return get<double>(key.c_str());
+            case value_type::u8:
+                return get<std::uint8_t>(key.c_str());
+            case value_type::i8:
+                return get<std::int8_t>(key.c_str());
+            case value_type::u16:
+                return get<std::uint16_t>(key.c_str());
+            case value_type::i16:
+                return get<std::int16_t>(key.c_str());
+            case value_type::u32:
+                return get<std::uint32_t>(key.c_str());
+            case value_type::i32:
+                return get<std::int32_t>(key.c_str());
+            case value_type::u64:
+                return get<std::uint64_t>(key.c_str());
+            case value_type::i64:
+                return get<std::int64_t>(key.c_str());
+            case value_type::f32:
+                return get<float>(key.c_str());
+            case value_type::f64:
+                return get<double>(key.c_str());
             case value_type::boolean: {
                 const auto b = get<std::uint8_t>(key.c_str());
                 if (b > 1) fail(pos_ - 1, "metadata " + key + " is a bool of value " + std::to_string(b));
                 return b == 1;
             }
-            case value_type::string: return get_string(key.c_str());
-            default: fail(pos_ - 4, "metadata " + key + " has value type " + std::to_string(std::uint32_t(t)) +
-                                        ", expected 0..12 (arrays of arrays are not read)");
+            case value_type::string:
+                return get_string(key.c_str());
+            default:
+                fail(pos_ - 4, "metadata " + key + " has value type " + std::to_string(std::uint32_t(t)) +
+                                   ", expected 0..12 (arrays of arrays are not read)");
         }
     }
     value_type get_type(const std::string& key, bool element) {
         const auto t = get<std::uint32_t>("a value type");
         if (t > 12 || (element && t == std::uint32_t(value_type::array)))
-            fail(pos_ - 4, "metadata " + key + " has value type " + std::to_string(t) +
-                               (element ? ", expected 0..12 other than 9 (array) for an array's elements"
-                                        : ", expected 0..12"));
+            fail(pos_ - 4,
+                 "metadata " + key + " has value type " + std::to_string(t) +
+                     (element ? ", expected 0..12 other than 9 (array) for an array's elements" : ", expected 0..12"));
         return value_type(t);
     }
 
@@ -381,8 +425,9 @@ private:
                 v.element = get_type(key, true);
                 const auto n = get<std::uint64_t>("an array length");
                 const std::size_t least = std::max<std::size_t>(detail::scalar_bytes(v.element), 8);
-                if (n > (size_ - pos_) / least) fail(pos_ - 8, "metadata " + key + " declares " + std::to_string(n) +
-                                                                   " elements, more than the file can hold");
+                if (n > (size_ - pos_) / least)
+                    fail(pos_ - 8, "metadata " + key + " declares " + std::to_string(n) +
+                                       " elements, more than the file can hold");
                 v.data = nlohmann::json::array();
                 for (std::uint64_t j = 0; j < n; ++j) v.data.push_back(get_scalar(v.element, key));
             } else {
@@ -400,12 +445,12 @@ private:
             TensorInfo t;
             t.name = get_string("a tensor name");
             const auto n_dims = get<std::uint32_t>("a tensor's dimension count");
-            if (n_dims < 1 || n_dims > 4) fail(pos_ - 4, "tensor " + t.name + " has " + std::to_string(n_dims) +
-                                                             " dimensions, expected 1 to 4");
+            if (n_dims < 1 || n_dims > 4)
+                fail(pos_ - 4, "tensor " + t.name + " has " + std::to_string(n_dims) + " dimensions, expected 1 to 4");
             for (std::uint32_t d = 0; d < n_dims; ++d) {
                 const auto n = get<std::uint64_t>("a tensor dimension");
-                if (n < 1 || n > (std::uint64_t(1) << 40)) fail(pos_ - 8, "tensor " + t.name + " has dimension " +
-                                                                            std::to_string(n));
+                if (n < 1 || n > (std::uint64_t(1) << 40))
+                    fail(pos_ - 8, "tensor " + t.name + " has dimension " + std::to_string(n));
                 t.ne.push_back(std::int64_t(n));
             }
             const auto type = get<std::uint32_t>("a tensor type");
@@ -425,8 +470,8 @@ private:
         data_start_ = detail::align_up(pos_, alignment);
         for (const auto& t : tensors_)
             if (data_start_ > size_ || t.offset > size_ - data_start_ || t.bytes > size_ - data_start_ - t.offset)
-                fail(data_start_ + t.offset, "tensor " + t.name + " (" + std::to_string(t.bytes) +
-                                                 " bytes) runs past the end of the file");
+                fail(data_start_ + t.offset,
+                     "tensor " + t.name + " (" + std::to_string(t.bytes) + " bytes) runs past the end of the file");
     }
 
     std::filesystem::path path_;

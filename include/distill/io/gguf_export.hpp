@@ -15,9 +15,8 @@
 ///   (NEOX) rope in llama.cpp too and are written as they are. Llama 3 rope scaling is the
 ///   `rope_freqs.weight` factors the converter computes.
 /// - tensor types by the converter's rule: norms, biases, 1-D tensors and learned positions stay
-///   f32; every other matrix is stored as the requested type. A matrix whose rows are not a whole
-///   number of the type's blocks falls back: q4_k to q4_0 (llama.cpp's quantizer picks q5_0, which
-///   distill does not write), q8_0 and q4_0 to f16.
+///   f32; every other matrix is stored as the requested type, or as `quant::storable`'s fallback
+///   when its rows are not a whole number of the type's blocks.
 ///
 /// Tokenizers: the byte tokenizer is written as a byte-level BPE (`gpt2` model) with the 256 byte
 /// tokens, no merges and its special tokens as control tokens, so llama.cpp gives the same ids; a
@@ -57,27 +56,28 @@ struct ExportOptions {
 
 /// The type `requested` gives the tensor `name` of `shape` (outermost first) under the converter's
 /// rule and distill's fallbacks (file comment).
-inline quant::type tensor_type(const std::string& name, const std::vector<std::int64_t>& shape,
-                               quant::type requested) {
-    using enum quant::type;
+inline quant::type tensor_type(const std::string& name, const std::vector<std::int64_t>& shape, quant::type requested) {
     if (shape.size() < 2 || name.ends_with("_norm.weight") || !name.ends_with(".weight") ||
         name == "position_embd.weight" || name == "rope_freqs.weight")
-        return F32;
-    const std::int64_t row = shape.back();
-    if (row % quant::block_elements(requested) == 0) return requested;
-    if (requested == Q4_K && row % quant::block_elements(Q4_0) == 0) return Q4_0;
-    return F16;
+        return quant::type::F32;
+    return quant::storable(requested, shape.back());
 }
 
 /// llama.cpp's `general.file_type` (llama_ftype) for a file of `t`'s matrices.
 inline std::uint32_t file_type(quant::type t) {
     switch (t) {
-        case quant::type::F32: return 0;
-        case quant::type::F16: return 1;
-        case quant::type::Q4_0: return 2;
-        case quant::type::Q8_0: return 7;
-        case quant::type::Q4_K: return 14;  // MOSTLY_Q4_K_S: every matrix Q4_K
-        case quant::type::BF16: return 32;
+        case quant::type::F32:
+            return 0;
+        case quant::type::F16:
+            return 1;
+        case quant::type::Q4_0:
+            return 2;
+        case quant::type::Q8_0:
+            return 7;
+        case quant::type::Q4_K:
+            return 14;  // MOSTLY_Q4_K_S: every matrix Q4_K
+        case quant::type::BF16:
+            return 32;
     }
     return 0;
 }
@@ -124,10 +124,12 @@ inline std::string token_text(const nlohmann::json& v) {
 // llama.cpp's name for a byte-level BPE tokenizer's pre-tokenizer (its regex), from tokenizer.json.
 inline std::string pre_tokenizer_name(const nlohmann::json& tok, const std::filesystem::path& file) {
     static const std::map<std::string, std::string, std::less<>> by_regex = {
-        {"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|"
+        {"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| "
+         "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|"
          "\\s+(?!\\S)|\\s+",
          "llama-bpe"},
-        {"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|"
+        {"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| "
+         "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|"
          "\\s+(?!\\S)|\\s+",
          "qwen2"}};
     const nlohmann::json& pre = tok.contains("pre_tokenizer") ? tok["pre_tokenizer"] : nlohmann::json();
@@ -154,7 +156,9 @@ inline void hf_tokenizer_metadata(Writer& w, const std::filesystem::path& file, 
     const nlohmann::json& model = tok.contains("model") ? tok["model"] : nlohmann::json();
     const std::string kind = model.is_object() ? model.value("type", "") : "";
     const std::string dumped = tok.dump();
-    auto uses = [&](const char* type) { return dumped.find(std::string("\"type\":\"") + type + "\"") != std::string::npos; };
+    auto uses = [&](const char* type) {
+        return dumped.find(std::string("\"type\":\"") + type + "\"") != std::string::npos;
+    };
     if (kind != "BPE")
         throw config_error(file.string(), "is a " + (kind.empty() ? std::string("model-less") : kind) +
                                               " tokenizer; GGUF export writes byte-level BPE tokenizers");
@@ -207,18 +211,19 @@ inline void hf_tokenizer_metadata(Writer& w, const std::filesystem::path& file, 
     w.set_array("tokenizer.ggml.merges", value_type::string, std::move(merges));
 
     const auto config_file = file.parent_path() / "tokenizer_config.json";
-    const nlohmann::json config = std::filesystem::exists(config_file) ? read_json_file(config_file) : nlohmann::json::object();
+    const nlohmann::json config =
+        std::filesystem::exists(config_file) ? read_json_file(config_file) : nlohmann::json::object();
     for (const auto& [key, gguf_key] : std::map<std::string, std::string>{{"bos_token", "bos_token_id"},
-                                                                            {"eos_token", "eos_token_id"},
-                                                                            {"unk_token", "unknown_token_id"},
-                                                                            {"pad_token", "padding_token_id"}}) {
+                                                                          {"eos_token", "eos_token_id"},
+                                                                          {"unk_token", "unknown_token_id"},
+                                                                          {"pad_token", "padding_token_id"}}) {
         if (!config.contains(key)) continue;
         const std::string text = token_text(config[key]);
         if (text.empty()) continue;
         const auto it = ids.find(text);
         if (it == ids.end())
-            throw config_error(config_file.string() + "." + key, "names \"" + text + "\", which is not a token of " +
-                                                                      file.string());
+            throw config_error(config_file.string() + "." + key,
+                               "names \"" + text + "\", which is not a token of " + file.string());
         w.set("tokenizer.ggml." + gguf_key, value_type::u32, std::uint32_t(it->second));
     }
     // Whether llama.cpp adds BOS/EOS (and a separator between pairs), read as the converter reads it:
@@ -228,8 +233,8 @@ inline void hf_tokenizer_metadata(Writer& w, const std::filesystem::path& file, 
     const std::string eos = config.contains("eos_token") ? token_text(config["eos_token"]) : "";
     const nlohmann::json post = tok.contains("post_processor") ? tok["post_processor"] : nlohmann::json();
     const nlohmann::json processors = post.is_object() && post.contains("processors") ? post["processors"]
-                                      : post.is_object() ? nlohmann::json::array({post})
-                                                         : nlohmann::json::array();
+                                      : post.is_object()                              ? nlohmann::json::array({post})
+                                                                                      : nlohmann::json::array();
     auto special = [](const nlohmann::json& piece) -> std::string {
         return piece.contains("SpecialToken") ? piece["SpecialToken"].value("id", "") : "";
     };
@@ -357,7 +362,8 @@ void save(const std::filesystem::path& file, const Model& model, const ExportOpt
     const std::string inferred = hf::family_of(c);
     const std::string arch = options.model_type.empty() ? inferred : options.model_type;
     if (arch != inferred && !(arch == "phi3" && inferred == "llama" && !c.qkv_bias && !c.mlp_bias && !c.proj_bias))
-        throw config_error("model_type", "\"" + arch + "\" cannot hold this student's blocks; \"" + inferred + "\" can");
+        throw config_error("model_type",
+                           "\"" + arch + "\" cannot hold this student's blocks; \"" + inferred + "\" can");
     if (c.rope_scaling.type == "dynamic")
         throw config_error("student.rope_scaling.type",
                            "is \"dynamic\" (NTK-aware scaling), which llama.cpp's " + arch + " does not compute");
@@ -420,10 +426,22 @@ void save(const std::filesystem::path& file, const Model& model, const ExportOpt
         const float* data = host.data() + (p.value.data() - model.parameter_data());
         std::vector<std::int64_t> shape(p.value.shape().begin(), p.value.shape().begin() + p.value.rank());
         const std::string& n = p.name;
-        if (n == "wte.weight") { add("token_embd.weight", shape, data); continue; }
-        if (n == "wpe.weight") { add("position_embd.weight", shape, data); continue; }
-        if (n == "lm_head.weight") { add("output.weight", shape, data); continue; }
-        if (n.starts_with("ln_f.")) { add("output_norm" + n.substr(4), shape, data); continue; }
+        if (n == "wte.weight") {
+            add("token_embd.weight", shape, data);
+            continue;
+        }
+        if (n == "wpe.weight") {
+            add("position_embd.weight", shape, data);
+            continue;
+        }
+        if (n == "lm_head.weight") {
+            add("output.weight", shape, data);
+            continue;
+        }
+        if (n.starts_with("ln_f.")) {
+            add("output_norm" + n.substr(4), shape, data);
+            continue;
+        }
         // h.{l}.{part}.{weight|bias}
         const std::size_t dot = n.find('.', 2), last = n.rfind('.');
         const std::string blk = "blk." + n.substr(2, dot - 2) + ".", part = n.substr(dot + 1, last - dot - 1),
@@ -434,17 +452,24 @@ void save(const std::filesystem::path& file, const Model& model, const ExportOpt
             s[0] = rows;
             return s;
         };
-        if (part == "ln_1") add(blk + "attn_norm" + kind, shape, data);
-        else if (part == "ln_2") add(blk + "ffn_norm" + kind, shape, data);
-        else if (part == "attn.c_proj") add(blk + "attn_output" + kind, shape, data);
-        else if (part == "mlp.c_proj") add(blk + "ffn_down" + kind, shape, data);
-        else if (part == "attn.c_attn" && (arch == "gpt2" || arch == "phi3")) add(blk + "attn_qkv" + kind, shape, data);
+        if (part == "ln_1")
+            add(blk + "attn_norm" + kind, shape, data);
+        else if (part == "ln_2")
+            add(blk + "ffn_norm" + kind, shape, data);
+        else if (part == "attn.c_proj")
+            add(blk + "attn_output" + kind, shape, data);
+        else if (part == "mlp.c_proj")
+            add(blk + "ffn_down" + kind, shape, data);
+        else if (part == "attn.c_attn" && (arch == "gpt2" || arch == "phi3"))
+            add(blk + "attn_qkv" + kind, shape, data);
         else if (part == "attn.c_attn") {
             const float* k = data + q_rows * cols;
             const float* v = k + kv_rows * cols;
             if (arch == "llama") {
-                add(blk + "attn_q" + kind, rows_of(q_rows), detail::interleave_rope_rows(data, c.n_heads, hs, cols).data());
-                add(blk + "attn_k" + kind, rows_of(kv_rows), detail::interleave_rope_rows(k, c.kv_heads(), hs, cols).data());
+                add(blk + "attn_q" + kind, rows_of(q_rows),
+                    detail::interleave_rope_rows(data, c.n_heads, hs, cols).data());
+                add(blk + "attn_k" + kind, rows_of(kv_rows),
+                    detail::interleave_rope_rows(k, c.kv_heads(), hs, cols).data());
             } else {
                 add(blk + "attn_q" + kind, rows_of(q_rows), data);
                 add(blk + "attn_k" + kind, rows_of(kv_rows), k);

@@ -183,15 +183,24 @@ inline std::size_t row_bytes(type t, std::int64_t n) {
     return static_cast<std::size_t>(n / qk) * block_bytes(t);
 }
 
-/// The type named `s`, case-insensitively ("Q4_K", "q8_0", ...). Throws
-/// config_error("export.gguf", ...) listing the valid names for any other.
-inline type parse(std::string_view s) {
+/// The type a matrix with rows of `n` elements is stored as when `requested` is asked for: itself
+/// when the rows are whole blocks; else q4_k falls back to q4_0 (llama.cpp's quantizer would pick
+/// q5_0, which distill does not write) and every type to f16 (as llama.cpp's converter does).
+inline type storable(type requested, std::int64_t n) {
+    if (n % block_elements(requested) == 0) return requested;
+    if (requested == type::Q4_K && n % block_elements(type::Q4_0) == 0) return type::Q4_0;
+    return type::F16;
+}
+
+/// The type named `s`, case-insensitively ("Q4_K", "q8_0", ...). Throws config_error(field, ...)
+/// listing the valid names for any other.
+inline type parse(std::string_view s, const std::string& field = "export.gguf") {
     std::string lower(s);
     for (char& c : lower) c = (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
     for (type t : {type::F32, type::F16, type::BF16, type::Q8_0, type::Q4_0, type::Q4_K})
         if (lower == name(t)) return t;
-    throw config_error("export.gguf", "unknown tensor type \"" + std::string(s) +
-                                          "\"; expected one of f32, f16, bf16, q8_0, q4_0, q4_k");
+    throw config_error(
+        field, "unknown tensor type \"" + std::string(s) + "\"; expected one of f32, f16, bf16, q8_0, q4_0, q4_k");
 }
 
 namespace detail {

@@ -193,6 +193,15 @@ public:
         return evaluate_stage_type(s_, teacher_, device_).run();
     }
 
+    /// Writes the job's GGUF files (`export.gguf`) from the trained student; see
+    /// `FinetuneStage::export_gguf` (finetune() writes them too). Returns the files.
+    std::vector<std::filesystem::path> export_gguf() {
+        if constexpr (requires(finetune_stage_type & f) { f.export_gguf(); })
+            return finetune_stage_type(s_, teacher_, device_).export_gguf();
+        else
+            return {};  // embedding students: the job refuses export.gguf
+    }
+
     /// generate(), finetune(), evaluate() (the last only when the job has test data).
     nlohmann::ordered_json run() {
         generate();

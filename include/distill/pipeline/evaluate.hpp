@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <span>
 #include <string>
 #include <utility>
@@ -26,6 +27,7 @@
 #include "distill/eval/report.hpp"
 #include "distill/eval/task_metrics.hpp"
 #include "distill/io/durable.hpp"
+#include "distill/io/quant.hpp"
 #include "distill/io/reflect.hpp"
 #include "distill/pipeline/run_dir.hpp"
 #include "distill/pipeline/setup.hpp"
@@ -108,6 +110,11 @@ public:
         }
         s_.say("evaluate: distilled student");
         models["student"] = measure_student(student_file, "student", requests, references, sampling);
+        for (const std::string& type : quantized_types()) {
+            s_.say("evaluate: distilled student in " + type);
+            models["student_" + type] =
+                measure_student(student_file, "student_" + type, requests, references, sampling, quant::parse(type));
+        }
 
         nlohmann::ordered_json report;
         report["distill_version"] = version();
@@ -140,7 +147,8 @@ private:
                           {"evaluation", io::to_json(s_.job.evaluation)},
                           {"generation", io::to_json(s_.job.generation)},
                           {"task_type", s_.job.task_type}};
-        if (s_.job.precision != "fp32") fp["precision"] = s_.job.precision;  // fp32 runs keep their fingerprints
+        if (s_.job.precision != "fp32") fp["precision"] = s_.job.precision;   // fp32 runs keep their fingerprints
+        if (!quantized_types().empty()) fp["quantized"] = quantized_types();  // so do runs without export.gguf
         return detail::sha(fp.dump());
     }
 
@@ -232,15 +240,39 @@ private:
         return m;
     }
 
+    // The export.gguf types the student is also measured in: those that change its weights (not f32),
+    // for students that can be quantized on this device.
+    std::vector<std::string> quantized_types() const {
+        std::vector<std::string> types;
+        if constexpr (requires(typename runner_type::network_type & n) { n.quantize(quant::type::Q8_0); })
+            for (const std::string& name : s_.job.exports.gguf)
+                if (quant::parse(name) != quant::type::F32) types.emplace_back(quant::name(quant::parse(name)));
+        return types;
+    }
+
+    // `weights` through the runner; with `quantized`, its matrices in that ggml type (the student of
+    // OUTPUT_DIR/gguf/student-<type>.gguf, through the device's quantized kernels).
     nlohmann::ordered_json measure_student(const std::filesystem::path& weights, const std::string& name,
                                            const std::vector<teacher::Request>& requests,
                                            const std::vector<std::string>& references,
-                                           const teacher::Sampling& sampling) {
+                                           const teacher::Sampling& sampling,
+                                           std::optional<quant::type> quantized = std::nullopt) {
         eval::PeakMemory memory;
         teacher::ModelConfig cfg;
         cfg.weights = weights.string();
         cfg.max_batch = s_.job.evaluation.batch_size;
         runner_type model(cfg, s_.chat_template, device_);
+        if constexpr (requires { model.network().quantize(quant::type::Q8_0); }) {
+            if (!quantized) return measure(model, name, requests, references, sampling, memory);
+            model.network().quantize(*quantized);
+            auto m = measure(model, name, requests, references, sampling, memory);
+            const auto file = s_.dir.gguf(quant::name(*quantized));
+            m["name"] = m["name"].template get<std::string>() + " (" + std::string(quant::name(*quantized)) + ")";
+            m["checkpoint_bytes"] = std::filesystem::exists(file)
+                                        ? nlohmann::ordered_json(std::filesystem::file_size(file))
+                                        : nlohmann::ordered_json(nullptr);
+            return m;
+        }
         return measure(model, name, requests, references, sampling, memory);
     }
 

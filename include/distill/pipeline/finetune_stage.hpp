@@ -34,6 +34,7 @@
 #include "distill/device.hpp"
 #include "distill/error.hpp"
 #include "distill/io/durable.hpp"
+#include "distill/io/gguf_export.hpp"
 #include "distill/io/hf.hpp"
 #include "distill/io/reflect.hpp"
 #include "distill/io/topk_cache.hpp"
@@ -268,8 +269,43 @@ public:
         nlohmann::ordered_json summary;
         summary["student"] = train_student(train, val ? &*val : nullptr, steps);
         if (s_.student_from_hf()) export_student_hf();
+        export_gguf();
         if (s_.job.baseline.enabled) summary["baseline"] = train_baseline(steps);
         return summary;
+    }
+
+    /// Writes the trained student as the job's GGUF files (`export.gguf`): OUTPUT_DIR/gguf/
+    /// student-<type>.gguf, each atomically, with the student's tokenizer (io::gguf::save). A file
+    /// newer than student.safetensors is kept. Returns the files. Needs the finetune stage's output.
+    std::vector<std::filesystem::path> export_gguf() {
+        std::vector<std::filesystem::path> files;
+        if constexpr (std::is_same_v<student_config, student::TransformerConfig>) {
+            const auto weights = s_.dir.weights("student");
+            if (!s_.job.exports.gguf.empty() && !std::filesystem::exists(weights))
+                throw error("export: " + weights.string() + " does not exist; run the finetune stage first");
+            std::optional<student_type> s;
+            for (const std::string& name : s_.job.exports.gguf) {
+                const quant::type type = quant::parse(name);
+                const auto file = s_.dir.gguf(quant::name(type));
+                files.push_back(file);
+                if (std::filesystem::exists(file) &&
+                    std::filesystem::last_write_time(file) >= std::filesystem::last_write_time(weights))
+                    continue;
+                if (!s) {
+                    s.emplace(s_.student, 1, device_);
+                    io::load_weights(io::safetensors_file(weights), *s);
+                }
+                const bool phi3 =
+                    s_.student_from_hf() && io::hf::Directory(s_.job.student_weights).model_type() == "phi3";
+                io::gguf::save(file, *s,
+                               {.type = type,
+                                .model_type = phi3 ? "phi3" : "",
+                                .tokenizer = s_.tokenizer_source,
+                                .add_bos = s_.chat_template.config().add_bos});
+                s_.say("finetune: the student for llama.cpp: " + file.string());
+            }
+        }
+        return files;
     }
 
 private:

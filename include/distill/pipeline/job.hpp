@@ -28,6 +28,7 @@
 #include <nlohmann/json.hpp>
 
 #include "distill/error.hpp"
+#include "distill/io/quant.hpp"
 #include "distill/io/reflect.hpp"
 #include "distill/optim/schedule.hpp"
 #include "distill/teacher.hpp"
@@ -105,6 +106,23 @@ struct EvaluationConfig {
     }
 };
 
+/// What leaves the run besides student.safetensors. Keys of the job's `export` object.
+struct ExportConfig {
+    /// GGUF files for llama.cpp, one per tensor type ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_k"):
+    /// OUTPUT_DIR/gguf/student-<type>.gguf, written after finetune (docs/deployment.md).
+    std::vector<std::string> gguf{};
+
+    void validate(const std::string& path = "export") const {
+        for (std::size_t i = 0; i < gguf.size(); ++i) {
+            const std::string at = path + ".gguf[" + std::to_string(i) + "]";
+            (void)quant::parse(gguf[i], at);
+            for (std::size_t j = 0; j < i; ++j)
+                if (quant::parse(gguf[j]) == quant::parse(gguf[i]))
+                    throw config_error(at, "\"" + gguf[i] + "\" is listed twice");
+        }
+    }
+};
+
 /// A whole distillation run (see the file comment; every key in docs/job-format.md).
 struct Job {
     /// `{"kind": "model" | "openai" | "cache" | "custom", ...}`: the kind's own keys
@@ -144,6 +162,7 @@ struct Job {
     nlohmann::json loss = nlohmann::json::object();
     BaselineConfig baseline{};
     EvaluationConfig evaluation{};
+    ExportConfig exports{};          ///< the job's "export" object (`export` is a C++ keyword)
     std::string output_dir = "out";  ///< every output of the run
     int threads = 0;                 ///< CPU threads (0: DISTILL_NUM_THREADS or all cores)
     /// The arithmetic of the device's matrix products: "fp32", or "bf16" (bf16 operands, fp32
@@ -187,6 +206,9 @@ struct Job {
         hyperparameters.validate();
         baseline.validate();
         evaluation.validate();
+        exports.validate();
+        if (task_type == "embedding" && !exports.gguf.empty())
+            throw config_error("export.gguf", "is for decoder students; an embedding student leaves as student_hf/");
         if (output_dir.empty()) throw config_error("output_dir", "must not be empty");
         if (threads < 0 || threads > 4096) throw config_error("threads", "must be in [0, 4096]");
         if (precision != "fp32" && precision != "bf16")
@@ -234,11 +256,33 @@ BOOST_HANA_ADAPT_ADT(distill::Hyperparameters,
     (log_every,        [](auto& h) -> auto& { return h.loop.log_every; }));
 // clang-format on
 BOOST_HANA_ADAPT_STRUCT(distill::BaselineConfig, enabled, data);
+BOOST_HANA_ADAPT_STRUCT(distill::ExportConfig, gguf);
 BOOST_HANA_ADAPT_STRUCT(distill::EvaluationConfig, batch_size, latency_samples, max_examples, max_new_tokens,
                         evaluate_teacher, recall_at);
-BOOST_HANA_ADAPT_STRUCT(distill::Job, teacher, student, student_weights, student_layers, frozen_parameters, tokenizer,
-                        training_data, validation_data, test_data, task_type, generation, hyperparameters, optimizer,
-                        loss, baseline, evaluation, output_dir, threads, precision);
+// The job's keys, each with the field it sets.
+// clang-format off
+BOOST_HANA_ADAPT_ADT(distill::Job,
+    (teacher,            [](auto& j) -> auto& { return j.teacher; }),
+    (student,            [](auto& j) -> auto& { return j.student; }),
+    (student_weights,    [](auto& j) -> auto& { return j.student_weights; }),
+    (student_layers,     [](auto& j) -> auto& { return j.student_layers; }),
+    (frozen_parameters,  [](auto& j) -> auto& { return j.frozen_parameters; }),
+    (tokenizer,          [](auto& j) -> auto& { return j.tokenizer; }),
+    (training_data,      [](auto& j) -> auto& { return j.training_data; }),
+    (validation_data,    [](auto& j) -> auto& { return j.validation_data; }),
+    (test_data,          [](auto& j) -> auto& { return j.test_data; }),
+    (task_type,          [](auto& j) -> auto& { return j.task_type; }),
+    (generation,         [](auto& j) -> auto& { return j.generation; }),
+    (hyperparameters,    [](auto& j) -> auto& { return j.hyperparameters; }),
+    (optimizer,          [](auto& j) -> auto& { return j.optimizer; }),
+    (loss,               [](auto& j) -> auto& { return j.loss; }),
+    (baseline,           [](auto& j) -> auto& { return j.baseline; }),
+    (evaluation,         [](auto& j) -> auto& { return j.evaluation; }),
+    (export,             [](auto& j) -> auto& { return j.exports; }),
+    (output_dir,         [](auto& j) -> auto& { return j.output_dir; }),
+    (threads,            [](auto& j) -> auto& { return j.threads; }),
+    (precision,          [](auto& j) -> auto& { return j.precision; }));
+// clang-format on
 
 namespace distill {
 

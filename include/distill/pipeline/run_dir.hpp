@@ -93,6 +93,10 @@ public:
     std::filesystem::path metrics(const std::string& run) const { return training_dir(run) / "metrics.jsonl"; }
     /// The trained student in transformers' layout (a student that started from a Hugging Face directory).
     std::filesystem::path student_hf() const { return root_ / "student_hf"; }
+    /// The student as a GGUF file of tensor type `type` ("q8_0", ...) for llama.cpp.
+    std::filesystem::path gguf(std::string_view type) const {
+        return root_ / "gguf" / ("student-" + std::string(type) + ".gguf");
+    }
 
     // ---- evaluate ----
     std::filesystem::path answers(const std::string& model) const {

@@ -9,9 +9,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <boost/hana/adapt_struct.hpp>
@@ -20,6 +22,7 @@
 #include "distill/detail/rng.hpp"
 #include "distill/device.hpp"
 #include "distill/error.hpp"
+#include "distill/io/quant.hpp"
 #include "distill/nn/attention.hpp"
 #include "distill/nn/linear.hpp"
 #include "distill/parameter.hpp"
@@ -316,7 +319,24 @@ private:
         }
         norm_forward(act(lnf_), act(lnf_mean_), act(lnf_rstd_), x, lnf_w_, lnf_b_, N);
         // logits (N,V) = lnf (N,C) · head^T — the LM head (the token embedding when tied)
-        gemm(dev_, false, true, N, V, C, T(1), act(lnf_), C, head(), C, T(0), act(logits_), V);
+        linear(act(logits_), act(lnf_), head_, none, N, C, V);
+    }
+
+    // out(N,OC) = [out +] in(N,C) · W(OC,C)ᵀ + b: nn::linear_forward, or the quantized product when
+    // `quantize` stored W as ggml blocks.
+    void linear(T* out, const T* in, std::size_t w, std::size_t b, int N, int C, int OC, bool add_to_out = false) {
+        if constexpr (std::is_same_v<T, float> && device::quant_device<Device>) {
+            if (const auto it = quantized_.find(w); it != quantized_.end()) {
+                const std::size_t n = std::size_t(N) * std::size_t(OC);
+                if (add_to_out && quant_scratch_.size() < n) quant_scratch_.resize(n);
+                T* y = add_to_out ? quant_scratch_.data() : out;
+                quant_matmul(dev_, in, it->second.rows.data(), it->second.type, y, N, C, OC);
+                if (add_to_out) accumulate(dev_, out, y, std::int64_t(n));
+                if (b != none) add_bias(dev_, out, val(b), N, OC);
+                return;
+            }
+        }
+        nn::linear_forward(dev_, out, in, val(w), val(b), N, C, OC, add_to_out);
     }
 
     // One block on rows x(N,C): res_out = res_attn + mlp(norm2(res_attn)), res_attn = x +
@@ -327,21 +347,21 @@ private:
         const auto& w = layer_params_[l];
         const auto& a = layer_acts_[l];
         norm_forward(act(a.ln1), act(a.ln1_mean), act(a.ln1_rstd), x, w.ln1_w, w.ln1_b, N);
-        nn::linear_forward(dev_, act(a.qkv), act(a.ln1), val(w.attn_w), val(w.attn_b), N, C, Q);
+        linear(act(a.qkv), act(a.ln1), w.attn_w, w.attn_b, N, C, Q);
         if (cfg_.rope())
             rope_rotate(dev_, act(a.qkv), rope_cos(), rope_sin(), positions_.data(), N, Q,
                         cfg_.n_heads + cfg_.kv_heads(), cfg_.head_size(), false);
         attend();
         dev_.copy(act(a.res_attn), x, sizeof(T) * N * C);
-        nn::linear_forward(dev_, act(a.res_attn), act(a.atty), val(w.proj_w), val(w.proj_b), N, C, C, true);
+        linear(act(a.res_attn), act(a.atty), w.proj_w, w.proj_b, N, C, C, true);
         norm_forward(act(a.ln2), act(a.ln2_mean), act(a.ln2_rstd), act(a.res_attn), w.ln2_w, w.ln2_b, N);
-        nn::linear_forward(dev_, act(a.fc), act(a.ln2), val(w.fc_w), val(w.fc_b), N, C, cfg_.fc_width());
+        linear(act(a.fc), act(a.ln2), w.fc_w, w.fc_b, N, C, cfg_.fc_width());
         if (cfg_.swiglu())
             swiglu_forward(dev_, act(a.fc_act), act(a.fc), N, F);
         else
             gelu_forward(dev_, act(a.fc_act), act(a.fc), std::int64_t(N) * F);
         dev_.copy(act(a.res_out), act(a.res_attn), sizeof(T) * N * C);
-        nn::linear_forward(dev_, act(a.res_out), act(a.fc_act), val(w.mlp_proj_w), val(w.mlp_proj_b), N, F, C, true);
+        linear(act(a.res_out), act(a.fc_act), w.mlp_proj_w, w.mlp_proj_b, N, F, C, true);
     }
 
     void norm_forward(T* out, T* mean, T* rstd, const T* in, std::size_t w, std::size_t b, int N) {
@@ -550,7 +570,7 @@ public:
             x = act(a.res_out);
         }
         norm_forward(act(lnf_), act(lnf_mean_), act(lnf_rstd_), x, lnf_w_, lnf_b_, B);
-        gemm(dev_, false, true, B, V, C, T(1), act(lnf_), C, head(), C, T(0), act(next_logits_), V);
+        linear(act(next_logits_), act(lnf_), head_, none, B, C, V);
         decode_batch_ = B;
         B_ = T_ = 0;  // the training-forward views are no longer valid
     }
@@ -562,6 +582,38 @@ public:
 
     /// Sets every gradient to zero (gradients accumulate across `backward` calls).
     void zero_grad() { this->zero_gradients(dev_); }
+
+    /// Runs inference with weights stored as ggml blocks of `type` (weight-only quantization, io/quant.hpp),
+    /// as a GGUF export of the same type stores them (io/gguf_export.hpp): the token embedding, the LM
+    /// head and every block's four matrices, each as `quant::storable` allows its rows; norms, biases
+    /// and learned positions stay fp32. Each matrix's values become its dequantized values (which the
+    /// embedding lookup reads) and its products run through the device's `quant_matmul` with fp32
+    /// activations. The model then generates and scores; `backward` refuses it. Quantizing twice
+    /// quantizes the dequantized values again, so call it once, on the trained weights.
+    void quantize(quant::type type) requires(std::is_same_v<T, float>&& device::quant_device<Device>) {
+        const std::int64_t V = cfg_.vocab_size, C = cfg_.d_model, F = cfg_.d_ff;
+        auto matrix = [&](std::size_t w, std::int64_t rows, std::int64_t cols) {
+            QuantizedMatrix q{quant::storable(type, cols), {}};
+            const std::size_t stride = quant::row_bytes(q.type, cols);
+            q.rows.resize(stride * std::size_t(rows));
+            T* values = val(w);
+            for (std::int64_t r = 0; r < rows; ++r) {
+                quant::quantize_row(q.type, values + r * cols, cols, q.rows.data() + std::size_t(r) * stride);
+                quant::dequantize_row(q.type, q.rows.data() + std::size_t(r) * stride, cols, values + r * cols);
+            }
+            quantized_.insert_or_assign(w, std::move(q));
+        };
+        matrix(wte_, V, C);  // also the head when tied
+        if (head_ != wte_) matrix(head_, V, C);
+        for (const auto& w : layer_params_) {
+            matrix(w.attn_w, cfg_.qkv_width(), C);
+            matrix(w.proj_w, C, C);
+            matrix(w.fc_w, cfg_.fc_width(), C);
+            matrix(w.mlp_proj_w, C, F);
+        }
+    }
+    /// Whether `quantize` was called.
+    bool quantized() const noexcept { return !quantized_.empty(); }
 
     /// Backpropagates `grad_logits()` through the last forward, accumulating into the gradients.
     /// `d_hidden[i]` (B,T,C) adds a gradient on hidden state i and `d_attention[l]` (B,H,T,T) one on
@@ -726,6 +778,8 @@ private:
     }
 
     void require_training(const char* what) const {
+        if (!quantized_.empty())
+            throw config_error("student", std::string(what) + ": this model was quantized for inference (quantize)");
         if (mode_ != activations::training)
             throw config_error("student", std::string(what) +
                                               ": this model was built for inference (activations::inference) and "
@@ -782,6 +836,12 @@ private:
     std::size_t d_res_ = 0, d_ln_ = 0, d_qkv_ = 0, d_att_ = 0, d_atty_ = 0, d_fc_ = 0, d_act_ = 0;
     std::int32_t* tokens_ = nullptr;
     std::unique_ptr<std::int32_t, TokenFree> tokens_owner_{nullptr, TokenFree{}};
+    struct QuantizedMatrix {
+        quant::type type;
+        std::vector<std::byte> rows;  // ggml blocks, row by row
+    };
+    std::map<std::size_t, QuantizedMatrix> quantized_;  // by parameter index (`quantize`)
+    std::vector<T> quant_scratch_;                      // a product to add to the residual stream
 };
 
 }  // namespace distill::student

@@ -4,23 +4,32 @@
 // same invocation. Prints generated tokens/s, the ratio to PyTorch, and the fraction of the measured
 // FP32 FMA peak that the matrix products reach.
 //
+// With --quantize TYPE (q8_0, q4_k, ...) the same model is measured a second time with its matrices
+// in that ggml type (Transformer::quantize, weight-only, through quant_matmul), beside its fp32 run,
+// and against llama.cpp generating from distill's GGUF export of the same model
+// (benchmarks/reference/bench_generate_llamacpp.py through llama-cpp-python: a Python call per token).
+//
 // The model is the size of the quickstart's teacher unless --weights names a checkpoint. Special
 // tokens' embedding rows are zeroed, so greedy decoding never picks a stop token and every sequence
 // generates exactly --new tokens (equal work on both sides).
 //
 //   bench_generate [--weights FILE] [--vocab 263] [--context 256] [--d-model 256] [--layers 4]
 //                  [--heads 4] [--d-ff 1024] [--prompt 32] [--new 128] [--batches 1,16]
-//                  [--threads 2] [--reps 3] [--no-reference]
+//                  [--threads 2] [--reps 3] [--no-reference] [--quantize TYPE[,TYPE]]
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 #include "common.hpp"
 #include "distill/data/byte_tokenizer.hpp"
+#include "distill/io/gguf_export.hpp"
 #include "distill/io/weights.hpp"
 #include "distill/student/transformer.hpp"
 #include "distill/teacher/model.hpp"
@@ -34,6 +43,7 @@ int main(int argc, char** argv) {
     int prompt_len = 32, n_new = 128, threads = 2, reps = 3;
     std::vector<int> batches = {1, 16};
     bool reference = true;
+    std::vector<std::string> quantized;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         auto next = [&]() -> std::string {
@@ -71,6 +81,13 @@ int main(int argc, char** argv) {
             for (std::size_t at = 0; at < list.size();) {
                 const std::size_t comma = std::min(list.find(',', at), list.size());
                 batches.push_back(std::stoi(list.substr(at, comma - at)));
+                at = comma + 1;
+            }
+        } else if (a == "--quantize") {
+            const std::string list = next();
+            for (std::size_t at = 0; at < list.size();) {
+                const std::size_t comma = std::min(list.find(',', at), list.size());
+                quantized.push_back(list.substr(at, comma - at));
                 at = comma + 1;
             }
         } else if (a == "--no-reference")
@@ -146,54 +163,100 @@ int main(int argc, char** argv) {
         "tokens, %d threads\n",
         cfg.vocab_size, cfg.context_length, cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.d_ff,
         (long long)cfg.parameter_count(), prompt_len, n_new, threads);
-    for (int B : batches) {
-        const std::span<const teacher::Request> batch(requests.data(), std::size_t(B));
-        generate_all(t, batch, greedy);  // warm-up
-        double best = 1e30;
-        for (int rep = 0; rep < reps; ++rep) {
-            const double t0 = bench::now();
-            const auto out = generate_all(t, batch, greedy);
-            best = std::min(best, bench::now() - t0);
-            for (const auto& r : out)
-                if (int(r.tokens.size()) != n_new) {
-                    std::fprintf(stderr, "a sequence stopped early (%zu tokens)\n", r.tokens.size());
-                    return 1;
-                }
-        }
-        const double tok_s = double(B) * n_new / best;
-        // Matrix products per generated token (decode; attention over the cache at its mean length);
-        // the prefill is counted the same way per prompt token.
-        const double mean_ctx = prompt_len + n_new / 2.0;
-        const double per_token = 2.0 * L * (3 * C * C + C * C + 2 * C * F) + 2.0 * C * V + 4.0 * L * mean_ctx * C;
-        const double gflops = (double(B) * (n_new + prompt_len) * per_token) / best / 1e9;
-        std::printf(
-            "distill batch %2d: %8.0f tokens/s (%.1f ms per batch), %.1f GFLOP/s = %.1f%% of the FP32 peak (%.0f "
-            "GFLOP/s)\n",
-            B, tok_s, best * 1e3, gflops, 100.0 * gflops / peak, peak);
-        char workload[160];
-        std::snprintf(workload, sizeof workload, "generation (KV cache, greedy) batch %d: d=%d L=%d, %d+%d tokens", B,
-                      cfg.d_model, cfg.n_layers, prompt_len, n_new);
-        bench::Result res{.workload = workload,
-                          .distill = tok_s,
-                          .unit = "tokens/s",
-                          .peak_fraction = gflops / peak,
-                          .bound = "compute (latency-bound)",
-                          .threads = threads};
-        if (reference) {
-            char cmd[768];
-            std::snprintf(cmd, sizeof cmd,
-                          "bench_generate.py --vocab %d --context %d --d-model %d --layers %d --heads %d --d-ff %d "
-                          "--batch %d --prompt %d --new %d --threads %d --reps %d",
-                          cfg.vocab_size, cfg.context_length, cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.d_ff, B,
-                          prompt_len, n_new, threads, reps);
-            const auto ref = bench::run_reference(cmd, "tokens_per_s");
-            if (ref.value > 0) {
-                std::printf("ratio distill / PyTorch at batch %d: %.2fx tokens/s\n", B, tok_s / ref.value);
-                res.pytorch = ref.value;
-                res.torch = ref.torch;
+    // Measures `t` at every batch size; returns tokens/s per batch. `type` names the weights' type
+    // ("" = fp32) in the workload; `gguf` is the same model for llama.cpp (quantized runs, batch 1).
+    auto measure = [&](Teacher& m, const std::string& type, const std::filesystem::path& gguf,
+                       const std::vector<double>& fp32) -> std::vector<double> {
+        std::vector<double> rates;
+        for (int B : batches) {
+            const std::span<const teacher::Request> batch(requests.data(), std::size_t(B));
+            generate_all(m, batch, greedy);  // warm-up
+            double best = 1e30;
+            for (int rep = 0; rep < reps; ++rep) {
+                const double t0 = bench::now();
+                const auto out = generate_all(m, batch, greedy);
+                best = std::min(best, bench::now() - t0);
+                for (const auto& r : out)
+                    if (int(r.tokens.size()) != n_new) {
+                        std::fprintf(stderr, "a sequence stopped early (%zu tokens)\n", r.tokens.size());
+                        std::exit(1);
+                    }
             }
+            const double tok_s = double(B) * n_new / best;
+            // Matrix products per generated token (decode; attention over the cache at its mean length);
+            // the prefill is counted the same way per prompt token.
+            const double mean_ctx = prompt_len + n_new / 2.0;
+            const double per_token = 2.0 * L * (3 * C * C + C * C + 2 * C * F) + 2.0 * C * V + 4.0 * L * mean_ctx * C;
+            const double gflops = (double(B) * (n_new + prompt_len) * per_token) / best / 1e9;
+            std::printf(
+                "distill batch %2d: %8.0f tokens/s (%.1f ms per batch), %.1f GFLOP/s = %.1f%% of the FP32 peak (%.0f "
+                "GFLOP/s)\n",
+                B, tok_s, best * 1e3, gflops, 100.0 * gflops / peak, peak);
+            char workload[160];
+            std::snprintf(workload, sizeof workload, "generation (KV cache, greedy) batch %d: d=%d L=%d, %d+%d tokens%s%s",
+                          B, cfg.d_model, cfg.n_layers, prompt_len, n_new, type.empty() ? "" : ", weights ",
+                          type.c_str());
+            bench::Result res{.workload = workload,
+                              .distill = tok_s,
+                              .unit = "tokens/s",
+                              .peak_fraction = gflops / peak,
+                              .bound = "compute (latency-bound)",
+                              .threads = threads};
+            rates.push_back(tok_s);
+            if (!type.empty()) {
+                const double base = fp32[rates.size() - 1];
+                std::printf("ratio %s / fp32 at batch %d: %.2fx tokens/s\n", type.c_str(), B, tok_s / base);
+                res.extra["distill_fp32_tokens_per_s"] = base;
+                res.extra["ratio_to_fp32"] = tok_s / base;
+                if (reference && B == 1) {
+                    char cmd[768];
+                    std::snprintf(cmd, sizeof cmd,
+                                  "bench_generate_llamacpp.py --gguf %s --prompt %d --new %d --threads %d --reps %d",
+                                  gguf.c_str(), prompt_len, n_new, threads, reps);
+                    bench::Reference best;
+                    for (const auto& py : bench::torch_pythons()) {
+                        const auto r = bench::run_reference(cmd, "tokens_per_s", py, "llama_cpp");
+                        if (r.value > best.value) best = r;
+                    }
+                    if (best.value > 0) {
+                        std::printf("ratio distill / llama.cpp (%s) at batch 1: %.2fx tokens/s\n", type.c_str(),
+                                    tok_s / best.value);
+                        res.extra["llama_cpp_tokens_per_s"] = best.value;
+                        res.extra["ratio_to_llama_cpp"] = tok_s / best.value;
+                        res.extra["llama_cpp"] = best.line.value("llama_cpp_python", "");
+                    }
+                }
+            } else if (reference) {
+                char cmd[768];
+                std::snprintf(cmd, sizeof cmd,
+                              "bench_generate.py --vocab %d --context %d --d-model %d --layers %d --heads %d --d-ff %d "
+                              "--batch %d --prompt %d --new %d --threads %d --reps %d",
+                              cfg.vocab_size, cfg.context_length, cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.d_ff, B,
+                              prompt_len, n_new, threads, reps);
+                const auto ref = bench::run_reference(cmd, "tokens_per_s");
+                if (ref.value > 0) {
+                    std::printf("ratio distill / PyTorch at batch %d: %.2fx tokens/s\n", B, tok_s / ref.value);
+                    res.pytorch = ref.value;
+                    res.torch = ref.torch;
+                }
+            }
+            bench::emit(res);
         }
-        bench::emit(res);
+        return rates;
+    };
+    const auto fp32 = measure(t, "", {}, {});
+    for (const std::string& name : quantized) {
+        // a fresh copy of the same weights, exported for llama.cpp before it is quantized here
+        Teacher q(cfg, teacher::ModelConfig{.max_batch = max_batch}, device::Cpu(threads));
+        std::copy(t.network().parameter_data(), t.network().parameter_data() + t.network().arena_size(),
+                  q.network().parameter_data());
+        const auto type = quant::parse(name, "--quantize");
+        const auto gguf = std::filesystem::temp_directory_path() /
+                          ("distill-bench-" + std::to_string(::getpid()) + "-" + std::string(quant::name(type)) + ".gguf");
+        io::gguf::save(gguf, q.network(), {.type = type, .add_bos = true});
+        q.network().quantize(type);
+        measure(q, std::string(quant::name(type)), gguf, fp32);
+        std::filesystem::remove(gguf);
     }
     return 0;
 }

@@ -20,9 +20,11 @@
 ///            scales[s−4] (sc) and scales[s] (m).
 ///
 /// **Bit-exactness.** ggml's reference quantizers are C compiled for the baseline ISA, so every
-/// product is rounded to fp32 before it is added. A C++ build with `-ffp-contract=fast` (GCC's
-/// default in GNU modes) and FMA hardware would fuse some of those into FMAs and change a few
-/// rounding decisions, hence a few bytes; `detail::product` keeps each such product rounded.
+/// product is rounded to fp32 before it is added. A C++ build with FMA hardware that contracts
+/// (GCC's `-ffp-contract=fast`, its default in GNU modes; Clang's default `on`, within an
+/// expression) would fuse some of those into FMAs and change rounding decisions — without the guard
+/// below, about 7% of Q4_K super-blocks get other bytes — so `detail::product` keeps each such product
+/// rounded, and the tests compare with llama.cpp's own bytes.
 
 #include <bit>
 #include <cmath>
@@ -47,19 +49,19 @@ inline constexpr int qk8_0 = 32, qk4_0 = 32, qk_k = 256;
 
 /// ggml's `block_q8_0`: 32 weights as int8 times one fp16 scale.
 struct block_q8_0 {
-    static constexpr int elements = 32;
+    static constexpr int elements = qk8_0;
     std::uint16_t d;        ///< fp16 scale
     std::int8_t qs[qk8_0];  ///< quants
 };
 /// ggml's `block_q4_0`: 32 weights as 4-bit unsigned offsets from 8, times one fp16 scale.
 struct block_q4_0 {
-    static constexpr int elements = 32;
+    static constexpr int elements = qk4_0;
     std::uint16_t d;             ///< fp16 scale
     std::uint8_t qs[qk4_0 / 2];  ///< nibbles: element i low, element i + 16 high
 };
 /// ggml's `block_q4_K`: 256 weights in 8 sub-blocks of 32, each with a 6-bit scale and min.
 struct block_q4_K {
-    static constexpr int elements = 256;
+    static constexpr int elements = qk_k;
     std::uint16_t d;            ///< fp16 super-block scale of the sub-block scales
     std::uint16_t dmin;         ///< fp16 super-block scale of the sub-block mins
     std::uint8_t scales[12];    ///< 8 scales and 8 mins, 6 bits each (see the file comment)
@@ -216,7 +218,8 @@ inline void check_finite(type t, const float* x, std::int64_t n) {
                         std::to_string(i) + ") to " + std::string(name(t)));
 }
 
-/// One Q8_0 block (ggml's quantize_row_q8_0_ref): d = max|x| / 127, q = round(x / d) (half away from zero).
+/// One Q8_0 block (ggml's quantize_row_q8_0_ref): d = max|x| / 127, q = round(x · (1/d)), halves
+/// away from zero.
 inline void quantize_block(const float* x, block_q8_0& b) noexcept {
     float amax = 0.0f;
     for (int j = 0; j < qk8_0; ++j) amax = std::fmax(amax, std::fabs(x[j]));

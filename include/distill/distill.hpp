@@ -21,6 +21,7 @@
 #include "distill/eval/svg.hpp"
 #include "distill/io/durable.hpp"
 #include "distill/io/hf.hpp"
+#include "distill/io/quant.hpp"
 #include "distill/io/reflect.hpp"
 #include "distill/io/safetensors.hpp"
 #include "distill/io/topk_cache.hpp"

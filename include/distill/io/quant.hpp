@@ -22,9 +22,9 @@
 /// **Bit-exactness.** ggml's reference quantizers are C compiled for the baseline ISA, so every
 /// product is rounded to fp32 before it is added. A C++ build with FMA hardware that contracts
 /// (GCC's `-ffp-contract=fast`, its default in GNU modes; Clang's default `on`, within an
-/// expression) would fuse some of those into FMAs and change rounding decisions — without the guard
-/// below, about 7% of Q4_K super-blocks get other bytes — so `detail::product` keeps each such product
-/// rounded, and the tests compare with llama.cpp's own bytes.
+/// expression) would fuse some of those into FMAs and change rounding decisions: without the guard,
+/// about 6% of the Q4_K super-blocks of random rows get other bytes (GCC 12, `-march=native`). So
+/// `detail::product` keeps each such product rounded, and the tests compare with llama.cpp's bytes.
 
 #include <bit>
 #include <cmath>

@@ -258,7 +258,9 @@ TEST_CASE("quant: a non-finite weight is refused by the block formats, converted
 TEST_CASE("quant_matmul: Cpu equals Reference to fp32 rounding for every type; any thread count, same bits") {
     const std::int64_t k = 256 * 3;
     device::Reference ref;
-    for (const auto& shape : {std::pair<std::int64_t, std::int64_t>{1, 13}, {3, 7}, {5, 17}, {2, 1}, {1, 2}}) {
+    // the last two are large enough (m·n·k >= 2^18) for Cpu to split the rows over its threads
+    for (const auto& shape :
+         {std::pair<std::int64_t, std::int64_t>{1, 13}, {3, 7}, {5, 17}, {2, 1}, {1, 2}, {1, 403}, {3, 151}}) {
         const std::int64_t m = shape.first, n = shape.second;
         const auto x = random_vector<float>(std::size_t(m * k), 5 + std::uint64_t(m));
         const auto W = random_vector<float>(std::size_t(n * k), 11 + std::uint64_t(n), 0.05);

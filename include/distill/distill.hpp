@@ -23,6 +23,7 @@
 #include "distill/io/gguf.hpp"
 #include "distill/io/gguf_export.hpp"
 #include "distill/io/hf.hpp"
+#include "distill/io/quant.hpp"
 #include "distill/io/reflect.hpp"
 #include "distill/io/safetensors.hpp"
 #include "distill/io/topk_cache.hpp"

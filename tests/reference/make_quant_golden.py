@@ -123,7 +123,7 @@ def rows():
 def fit_rows():
     """Extra Q4_K rows (Q4_K only) of 8 super-blocks each: Q4_K's least-squares fit makes many
     rounding decisions, and a quantizer that lets the compiler fuse a product into an add (an FMA)
-    writes other bytes than ggml for about 7% of super-blocks; 64 of them pin that."""
+    writes other bytes than ggml for about 6% of super-blocks; 64 of them pin that."""
     rng = np.random.default_rng(99)
     out = []
     for i in range(8):

@@ -20,9 +20,11 @@
 ///            scales[s−4] (sc) and scales[s] (m).
 ///
 /// **Bit-exactness.** ggml's reference quantizers are C compiled for the baseline ISA, so every
-/// product is rounded to fp32 before it is added. A C++ build with `-ffp-contract=fast` (GCC's
-/// default in GNU modes) and FMA hardware would fuse some of those into FMAs and change a few
-/// rounding decisions, hence a few bytes; `detail::product` keeps each such product rounded.
+/// product is rounded to fp32 before it is added. A C++ build with FMA hardware that contracts
+/// (GCC's `-ffp-contract=fast`, its default in GNU modes; Clang's default `on`, within an
+/// expression) would fuse some of those into FMAs and change rounding decisions: without the guard,
+/// about 6% of the Q4_K super-blocks of random rows get other bytes (GCC 12, `-march=native`). So
+/// `detail::product` keeps each such product rounded, and the tests compare with llama.cpp's bytes.
 
 #include <bit>
 #include <cmath>
@@ -47,16 +49,19 @@ inline constexpr int qk8_0 = 32, qk4_0 = 32, qk_k = 256;
 
 /// ggml's `block_q8_0`: 32 weights as int8 times one fp16 scale.
 struct block_q8_0 {
+    static constexpr int elements = qk8_0;
     std::uint16_t d;        ///< fp16 scale
     std::int8_t qs[qk8_0];  ///< quants
 };
 /// ggml's `block_q4_0`: 32 weights as 4-bit unsigned offsets from 8, times one fp16 scale.
 struct block_q4_0 {
+    static constexpr int elements = qk4_0;
     std::uint16_t d;             ///< fp16 scale
     std::uint8_t qs[qk4_0 / 2];  ///< nibbles: element i low, element i + 16 high
 };
 /// ggml's `block_q4_K`: 256 weights in 8 sub-blocks of 32, each with a 6-bit scale and min.
 struct block_q4_K {
+    static constexpr int elements = qk_k;
     std::uint16_t d;            ///< fp16 super-block scale of the sub-block scales
     std::uint16_t dmin;         ///< fp16 super-block scale of the sub-block mins
     std::uint8_t scales[12];    ///< 8 scales and 8 mins, 6 bits each (see the file comment)
@@ -114,63 +119,45 @@ inline float bf16_to_fp32(std::uint16_t b) noexcept {
 
 // ---- sizes and names ----------------------------------------------------------------------------
 
-/// The type's name in errors for a value outside the enum.
-inline std::string unknown_type_text(type t) {
-    return "unsupported ggml type " + std::to_string(std::uint32_t(t));
+/// What distill knows of one ggml type: its id, name and block geometry.
+struct type_info {
+    type id;
+    std::string_view name;        ///< lower case, as in job keys and file names
+    std::int64_t block_elements;  ///< elements per block
+    std::size_t block_bytes;      ///< bytes per block
+};
+
+/// Every supported type, in the order errors list them.
+inline constexpr type_info supported_types[] = {
+    {type::F32, "f32", 1, 4},
+    {type::F16, "f16", 1, 2},
+    {type::BF16, "bf16", 1, 2},
+    {type::Q8_0, "q8_0", qk8_0, sizeof(block_q8_0)},
+    {type::Q4_0, "q4_0", qk4_0, sizeof(block_q4_0)},
+    {type::Q4_K, "q4_k", qk_k, sizeof(block_q4_K)},
+};
+
+/// The entry of `t` in `supported_types`; throws distill::error("quant: unsupported ggml type 7") for another id.
+inline const type_info& info(type t) {
+    for (const type_info& i : supported_types)
+        if (i.id == t) return i;
+    throw error("quant: unsupported ggml type " + std::to_string(static_cast<std::uint32_t>(t)));
 }
 
 /// Elements per block: 1 (F32, F16, BF16), 32 (Q8_0, Q4_0), 256 (Q4_K). Throws distill::error for
 /// another ggml type.
 inline std::int64_t block_elements(type t) {
-    switch (t) {
-        case type::F32:
-        case type::F16:
-        case type::BF16:
-            return 1;
-        case type::Q8_0:
-        case type::Q4_0:
-            return 32;
-        case type::Q4_K:
-            return qk_k;
-    }
-    throw error("quant: " + unknown_type_text(t));
+    return info(t).block_elements;
 }
 
 /// Bytes per block: 4, 2, 18, 34, 144, 2 for F32, F16, Q4_0, Q8_0, Q4_K, BF16.
 inline std::size_t block_bytes(type t) {
-    switch (t) {
-        case type::F32:
-            return 4;
-        case type::F16:
-        case type::BF16:
-            return 2;
-        case type::Q8_0:
-            return sizeof(block_q8_0);
-        case type::Q4_0:
-            return sizeof(block_q4_0);
-        case type::Q4_K:
-            return sizeof(block_q4_K);
-    }
-    throw error("quant: " + unknown_type_text(t));
+    return info(t).block_bytes;
 }
 
 /// The type's lower-case name: "f32", "f16", "q4_0", "q8_0", "q4_k", "bf16" (job keys, file names).
 inline std::string_view name(type t) {
-    switch (t) {
-        case type::F32:
-            return "f32";
-        case type::F16:
-            return "f16";
-        case type::BF16:
-            return "bf16";
-        case type::Q8_0:
-            return "q8_0";
-        case type::Q4_0:
-            return "q4_0";
-        case type::Q4_K:
-            return "q4_k";
-    }
-    throw error("quant: " + unknown_type_text(t));
+    return info(t).name;
 }
 
 /// Bytes of a row of `n` elements of type `t`. Throws distill::error naming the type and `n` when
@@ -197,8 +184,8 @@ inline type storable(type requested, std::int64_t n) {
 inline type parse(std::string_view s, const std::string& field = "export.gguf") {
     std::string lower(s);
     for (char& c : lower) c = (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
-    for (type t : {type::F32, type::F16, type::BF16, type::Q8_0, type::Q4_0, type::Q4_K})
-        if (lower == name(t)) return t;
+    for (const type_info& i : supported_types)
+        if (lower == i.name) return i.id;
     throw config_error(
         field, "unknown tensor type \"" + std::string(s) + "\"; expected one of f32, f16, bf16, q8_0, q4_0, q4_k");
 }
@@ -240,8 +227,9 @@ inline void check_finite(type t, const float* x, std::int64_t n) {
                         std::to_string(i) + ") to " + std::string(name(t)));
 }
 
-/// One Q8_0 block (ggml's quantize_row_q8_0_ref): d = max|x| / 127, q = round(x / d) (half away from zero).
-inline void quantize_block_q8_0(const float* x, block_q8_0& b) noexcept {
+/// One Q8_0 block (ggml's quantize_row_q8_0_ref): d = max|x| / 127, q = round(x · (1/d)), halves
+/// away from zero.
+inline void quantize_block(const float* x, block_q8_0& b) noexcept {
     float amax = 0.0f;
     for (int j = 0; j < qk8_0; ++j) amax = std::fmax(amax, std::fabs(x[j]));
     const float d = amax / 127.0f;
@@ -252,7 +240,7 @@ inline void quantize_block_q8_0(const float* x, block_q8_0& b) noexcept {
 
 /// One Q4_0 block (ggml's quantize_row_q4_0_ref): d = (the signed value of largest magnitude) / −8,
 /// q = min(15, trunc(x / d + 8.5)), so that extreme maps to 0 and the other end clips to 15.
-inline void quantize_block_q4_0(const float* x, block_q4_0& b) noexcept {
+inline void quantize_block(const float* x, block_q4_0& b) noexcept {
     float amax = 0.0f, max = 0.0f;
     for (int j = 0; j < qk4_0; ++j)
         if (amax < std::fabs(x[j])) {  // the first of equal magnitudes wins, as in ggml
@@ -348,7 +336,7 @@ inline void scale_min_k4(int j, const std::uint8_t* q, std::uint8_t& sc, std::ui
 /// One Q4_K super-block (ggml's quantize_row_q4_K_ref): per sub-block of 32 a weighted scale/min fit
 /// (weights av|x| + |x|), the 8 scales and 8 mins quantized to 6 bits against their maxima (d, dmin
 /// in fp16), then every element re-quantized against its sub-block's rounded scale and min.
-inline void quantize_block_q4_K(const float* x, block_q4_K& b) noexcept {
+inline void quantize_block(const float* x, block_q4_K& b) noexcept {
     std::uint8_t L[qk_k], Laux[32];
     float weights[32], mins[qk_k / 32], scales[qk_k / 32];
     float max_scale = 0, max_min = 0;  // scales are positive: the min is subtracted
@@ -422,23 +410,37 @@ inline void dequantize_block(const block_q4_K& b, float* y) noexcept {
     }
 }
 
-/// Quantizes `n` / QK blocks of `Block` with `quantize` (blocks go through a local, so `out` needs no alignment).
-template <class Block, class Quantize>
-void quantize_blocks(const float* x, std::int64_t n, std::byte* out, std::int64_t qk, Quantize quantize) {
-    for (std::int64_t i = 0; i < n / qk; ++i) {
-        Block b{};
-        quantize(x + i * qk, b);
-        std::memcpy(out + i * static_cast<std::int64_t>(sizeof(Block)), &b, sizeof(Block));
+/// Calls f.template operator()<Block>() with the block struct of a block type (Q8_0, Q4_0, Q4_K).
+template <class F>
+void with_block(type t, F&& f) {
+    switch (t) {
+        case type::Q8_0:
+            return f.template operator()<block_q8_0>();
+        case type::Q4_0:
+            return f.template operator()<block_q4_0>();
+        case type::Q4_K:
+            return f.template operator()<block_q4_K>();
+        default:
+            throw error("quant: " + std::string(name(t)) + " has no blocks");  // callers exclude it
     }
 }
 
-/// Dequantizes `n` / QK blocks of `Block`.
-template <class Block>
-void dequantize_blocks(const std::byte* in, std::int64_t n, float* y, std::int64_t qk) {
-    for (std::int64_t i = 0; i < n / qk; ++i) {
-        Block b;
-        std::memcpy(&b, in + i * static_cast<std::int64_t>(sizeof(Block)), sizeof(Block));
-        dequantize_block(b, y + i * qk);
+/// fp32 → F32 / F16 / BF16 elements (ggml's conversions; NaN and ±inf as ggml converts them).
+inline void encode_elements(type t, const float* x, std::int64_t n, std::byte* out) noexcept {
+    if (t == type::F32) return (void)std::memcpy(out, x, static_cast<std::size_t>(n) * sizeof(float));
+    for (std::int64_t i = 0; i < n; ++i) {
+        const std::uint16_t h = t == type::F16 ? fp32_to_fp16(x[i]) : fp32_to_bf16(x[i]);
+        std::memcpy(out + 2 * i, &h, 2);
+    }
+}
+
+/// F32 / F16 / BF16 elements → fp32 (exact).
+inline void decode_elements(type t, const std::byte* in, std::int64_t n, float* y) noexcept {
+    if (t == type::F32) return (void)std::memcpy(y, in, static_cast<std::size_t>(n) * sizeof(float));
+    for (std::int64_t i = 0; i < n; ++i) {
+        std::uint16_t h;
+        std::memcpy(&h, in + 2 * i, 2);
+        y[i] = t == type::F16 ? fp16_to_fp32(h) : bf16_to_fp32(h);
     }
 }
 
@@ -449,53 +451,30 @@ void dequantize_blocks(const std::byte* in, std::int64_t n, float* y, std::int64
 /// whole number of blocks, or, for Q8_0, Q4_0 and Q4_K, when the row holds NaN or ±inf (F16 and BF16
 /// convert those as ggml does).
 inline void quantize_row(type t, const float* x, std::int64_t n, std::byte* out) {
-    (void)row_bytes(t, n);  // validates n and t
-    switch (t) {
-        case type::F32:
-            std::memcpy(out, x, static_cast<std::size_t>(n) * sizeof(float));
-            return;
-        case type::F16:
-        case type::BF16:
-            for (std::int64_t i = 0; i < n; ++i) {
-                const std::uint16_t h = t == type::F16 ? fp32_to_fp16(x[i]) : fp32_to_bf16(x[i]);
-                std::memcpy(out + 2 * i, &h, 2);
-            }
-            return;
-        case type::Q8_0:
-            detail::check_finite(t, x, n);
-            return detail::quantize_blocks<block_q8_0>(x, n, out, qk8_0, detail::quantize_block_q8_0);
-        case type::Q4_0:
-            detail::check_finite(t, x, n);
-            return detail::quantize_blocks<block_q4_0>(x, n, out, qk4_0, detail::quantize_block_q4_0);
-        case type::Q4_K:
-            detail::check_finite(t, x, n);
-            return detail::quantize_blocks<block_q4_K>(x, n, out, qk_k, detail::quantize_block_q4_K);
-    }
+    if (row_bytes(t, n) == 0) return;  // validates t and n
+    if (block_elements(t) == 1) return detail::encode_elements(t, x, n, out);
+    detail::check_finite(t, x, n);
+    detail::with_block(t, [&]<class Block>() {
+        for (std::int64_t i = 0; i < n / Block::elements; ++i) {
+            Block b{};  // through a local: `out` need not be aligned
+            detail::quantize_block(x + i * Block::elements, b);
+            std::memcpy(out + i * std::int64_t(sizeof(Block)), &b, sizeof(Block));
+        }
+    });
 }
 
 /// Dequantizes a row of `n` elements of type `t` at `in` (any alignment) into `y`: ggml's
 /// `dequantize_row_*`. Throws distill::error when `n` is not a whole number of blocks.
 inline void dequantize_row(type t, const std::byte* in, std::int64_t n, float* y) {
-    (void)row_bytes(t, n);
-    switch (t) {
-        case type::F32:
-            std::memcpy(y, in, static_cast<std::size_t>(n) * sizeof(float));
-            return;
-        case type::F16:
-        case type::BF16:
-            for (std::int64_t i = 0; i < n; ++i) {
-                std::uint16_t h;
-                std::memcpy(&h, in + 2 * i, 2);
-                y[i] = t == type::F16 ? fp16_to_fp32(h) : bf16_to_fp32(h);
-            }
-            return;
-        case type::Q8_0:
-            return detail::dequantize_blocks<block_q8_0>(in, n, y, qk8_0);
-        case type::Q4_0:
-            return detail::dequantize_blocks<block_q4_0>(in, n, y, qk4_0);
-        case type::Q4_K:
-            return detail::dequantize_blocks<block_q4_K>(in, n, y, qk_k);
-    }
+    if (row_bytes(t, n) == 0) return;
+    if (block_elements(t) == 1) return detail::decode_elements(t, in, n, y);
+    detail::with_block(t, [&]<class Block>() {
+        for (std::int64_t i = 0; i < n / Block::elements; ++i) {
+            Block b;
+            std::memcpy(&b, in + i * std::int64_t(sizeof(Block)), sizeof(Block));
+            detail::dequantize_block(b, y + i * Block::elements);
+        }
+    });
 }
 
 }  // namespace distill::quant

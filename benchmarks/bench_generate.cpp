@@ -193,9 +193,9 @@ int main(int argc, char** argv) {
                 "GFLOP/s)\n",
                 B, tok_s, best * 1e3, gflops, 100.0 * gflops / peak, peak);
             char workload[160];
-            std::snprintf(workload, sizeof workload, "generation (KV cache, greedy) batch %d: d=%d L=%d, %d+%d tokens%s%s",
-                          B, cfg.d_model, cfg.n_layers, prompt_len, n_new, type.empty() ? "" : ", weights ",
-                          type.c_str());
+            std::snprintf(workload, sizeof workload,
+                          "generation (KV cache, greedy) batch %d: d=%d L=%d, %d+%d tokens%s%s", B, cfg.d_model,
+                          cfg.n_layers, prompt_len, n_new, type.empty() ? "" : ", weights ", type.c_str());
             bench::Result res{.workload = workload,
                               .distill = tok_s,
                               .unit = "tokens/s",
@@ -251,8 +251,8 @@ int main(int argc, char** argv) {
         std::copy(t.network().parameter_data(), t.network().parameter_data() + t.network().arena_size(),
                   q.network().parameter_data());
         const auto type = quant::parse(name, "--quantize");
-        const auto gguf = std::filesystem::temp_directory_path() /
-                          ("distill-bench-" + std::to_string(::getpid()) + "-" + std::string(quant::name(type)) + ".gguf");
+        const auto gguf = std::filesystem::temp_directory_path() / ("distill-bench-" + std::to_string(::getpid()) +
+                                                                    "-" + std::string(quant::name(type)) + ".gguf");
         io::gguf::save(gguf, q.network(), {.type = type, .add_bos = true});
         q.network().quantize(type);
         measure(q, std::string(quant::name(type)), gguf, fp32);

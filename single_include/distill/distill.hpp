@@ -5181,7 +5181,11 @@ private:
 ///     `tensor_list` (all parameters at once);
 ///   - encoder (`encoder_device`, `require_encoder_kernels`; `student::Encoder`):
 ///     bert_embedding_forward/backward, gelu_erf_forward/backward, masked_softmax_forward/backward,
-///     mean_pool_forward/backward, cls_pool_forward/backward.
+///     mean_pool_forward/backward, cls_pool_forward/backward;
+///   - quantized inference (`quant_device`, `require_quant_kernels`; the quantized student of a GGUF
+///     export, used for generation only): quant_matmul, y = x · Wᵀ with W in ggml blocks (F32, F16,
+///     BF16, Q8_0, Q4_0, Q4_K; `io/quant.hpp`), fp32 activations. Host devices only: `device::Cuda`
+///     does not provide it, and nothing that trains calls it.
 ///
 ///   Each check is one `static_assert` per kernel, made where the feature is instantiated with the
 ///   device (the model's and the optimizer's class templates, the loss context), so a device that
@@ -5209,6 +5213,486 @@ private:
 #include <utility>
 #include <vector>
 
+// ---- begin distill/io/quant.hpp ----
+/// @file quant.hpp
+/// ggml's tensor types (the element types of a GGUF file) and their row quantizers, bit-exact with
+/// llama.cpp: a row quantized here holds the same bytes as one quantized by `ggml_quantize_chunk`
+/// without an importance matrix (the reference quantizers `quantize_row_*_ref` of ggml-quants.c,
+/// which llama.cpp's converter and `llama-quantize` write), and dequantizes to the same floats.
+///
+/// **Block layouts** (little-endian; `d`, `dmin` are IEEE fp16; a row of n elements is n / QK blocks
+/// back to back, nothing between rows):
+/// - `F32`  — 4-byte floats; `F16` — IEEE binary16; `BF16` — the upper half of an fp32 (1 element each).
+/// - `Q8_0` — 32 elements in 34 bytes: `d`, then 32 int8 `qs`;            x = d · qs[i].
+/// - `Q4_0` — 32 elements in 18 bytes: `d`, then 16 bytes of nibbles: byte i holds element i in its
+///            low nibble and element i + 16 in its high nibble;              x = d · (q − 8).
+/// - `Q4_K` — 256 elements in 144 bytes: `d`, `dmin`, 12 bytes of 6-bit scales and mins for the 8
+///            sub-blocks of 32, then 128 bytes of nibbles: 64-element group g (0..3) uses bytes
+///            32g..32g+31, element 64g + i in the low nibble of byte 32g + i and 64g + 32 + i in its
+///            high nibble;  x = d·sc[s] · q − dmin·m[s] for sub-block s. The 6-bit packing: for s < 4,
+///            sc[s] = scales[s] & 63 and m[s] = scales[s+4] & 63; for s ≥ 4, the low 4 bits sit in
+///            scales[s+4] (sc low nibble, m high nibble) and the top 2 bits in the top 2 bits of
+///            scales[s−4] (sc) and scales[s] (m).
+///
+/// **Bit-exactness.** ggml's reference quantizers are C compiled for the baseline ISA, so every
+/// product is rounded to fp32 before it is added. A C++ build with FMA hardware that contracts
+/// (GCC's `-ffp-contract=fast`, its default in GNU modes; Clang's default `on`, within an
+/// expression) would fuse some of those into FMAs and change rounding decisions: without the guard,
+/// about 6% of the Q4_K super-blocks of random rows get other bytes (GCC 12, `-march=native`). So
+/// `detail::product` keeps each such product rounded, and the tests compare with llama.cpp's bytes.
+
+#include <bit>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <string_view>
+
+
+namespace distill::quant {
+
+static_assert(std::endian::native == std::endian::little,
+              "ggml's blocks are little-endian; big-endian hosts are not supported");
+
+/// A ggml tensor type; the values are ggml's `ggml_type` ids (as stored in a GGUF tensor record).
+enum class type : std::uint32_t { F32 = 0, F16 = 1, Q4_0 = 2, Q8_0 = 8, Q4_K = 12, BF16 = 30 };
+
+/// Elements per Q8_0 / Q4_0 block and per Q4_K super-block.
+inline constexpr int qk8_0 = 32, qk4_0 = 32, qk_k = 256;
+
+/// ggml's `block_q8_0`: 32 weights as int8 times one fp16 scale.
+struct block_q8_0 {
+    static constexpr int elements = qk8_0;
+    std::uint16_t d;        ///< fp16 scale
+    std::int8_t qs[qk8_0];  ///< quants
+};
+/// ggml's `block_q4_0`: 32 weights as 4-bit unsigned offsets from 8, times one fp16 scale.
+struct block_q4_0 {
+    static constexpr int elements = qk4_0;
+    std::uint16_t d;             ///< fp16 scale
+    std::uint8_t qs[qk4_0 / 2];  ///< nibbles: element i low, element i + 16 high
+};
+/// ggml's `block_q4_K`: 256 weights in 8 sub-blocks of 32, each with a 6-bit scale and min.
+struct block_q4_K {
+    static constexpr int elements = qk_k;
+    std::uint16_t d;            ///< fp16 super-block scale of the sub-block scales
+    std::uint16_t dmin;         ///< fp16 super-block scale of the sub-block mins
+    std::uint8_t scales[12];    ///< 8 scales and 8 mins, 6 bits each (see the file comment)
+    std::uint8_t qs[qk_k / 2];  ///< nibbles (see the file comment)
+};
+static_assert(sizeof(block_q8_0) == 34 && alignof(block_q8_0) == 2, "block_q8_0 must be ggml's 34 bytes");
+static_assert(sizeof(block_q4_0) == 18 && alignof(block_q4_0) == 2, "block_q4_0 must be ggml's 18 bytes");
+static_assert(sizeof(block_q4_K) == 144 && alignof(block_q4_K) == 2, "block_q4_K must be ggml's 144 bytes");
+
+// ---- scalar conversions -------------------------------------------------------------------------
+
+/// fp32 → IEEE fp16 bits, rounding to nearest even (overflow to ±inf, subnormals kept), NaN → the
+/// quiet NaN 0x7e00 with the sign: ggml's `ggml_compute_fp32_to_fp16`, written with integers only so
+/// that no compiler setting can change a bit.
+inline std::uint16_t fp32_to_fp16(float f) noexcept {
+    const std::uint32_t x = std::bit_cast<std::uint32_t>(f);
+    const auto sign = static_cast<std::uint16_t>((x >> 16) & 0x8000u);
+    const std::uint32_t a = x & 0x7fffffffu;
+    if (a > 0x7f800000u) return sign | 0x7e00u;   // NaN
+    if (a >= 0x47800000u) return sign | 0x7c00u;  // >= 2^16: ±inf (inf itself too)
+    if (a >= 0x38800000u) {                       // a normal fp16 (>= 2^-14): rebias, round 13 bits away
+        const std::uint32_t r = a - 0x38000000u;  // exponent 127 → 15 bias
+        return static_cast<std::uint16_t>(sign | ((r + 0xfffu + ((r >> 13) & 1u)) >> 13));  // may carry to inf
+    }
+    // A subnormal fp16: the value in units of 2^-24, rounded to nearest even.
+    const int shift = 126 - static_cast<int>(a >> 23);  // >= 14
+    if (shift > 24) return sign;                        // below half the smallest subnormal
+    const std::uint32_t m = (a & 0x7fffffu) | 0x800000u;
+    const std::uint32_t half = 1u << (shift - 1);
+    return static_cast<std::uint16_t>(sign | ((m + half - 1u + ((m >> shift) & 1u)) >> shift));
+}
+
+/// IEEE fp16 bits → fp32 (exact).
+inline float fp16_to_fp32(std::uint16_t h) noexcept {
+    const std::uint32_t sign = std::uint32_t(h & 0x8000u) << 16;
+    const std::uint32_t e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    if (e == 0x1f) return std::bit_cast<float>(sign | 0x7f800000u | (m << 13));  // inf, NaN
+    if (e != 0) return std::bit_cast<float>(sign | ((e + 112u) << 23) | (m << 13));
+    const float v = static_cast<float>(m) * 0x1p-24f;  // zero or subnormal: exact in fp32
+    return sign ? -v : v;
+}
+
+/// fp32 → bf16 bits, rounding to nearest even; NaN → its upper half with the quiet bit set
+/// (ggml's `ggml_compute_fp32_to_bf16`, which gguf-py mirrors).
+inline std::uint16_t fp32_to_bf16(float f) noexcept {
+    const std::uint32_t x = std::bit_cast<std::uint32_t>(f);
+    if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((x >> 16) | 64u);
+    return static_cast<std::uint16_t>((x + (0x7fffu + ((x >> 16) & 1u))) >> 16);
+}
+
+/// bf16 bits → fp32 (exact).
+inline float bf16_to_fp32(std::uint16_t b) noexcept {
+    return std::bit_cast<float>(std::uint32_t(b) << 16);
+}
+
+// ---- sizes and names ----------------------------------------------------------------------------
+
+/// What distill knows of one ggml type: its id, name and block geometry.
+struct type_info {
+    type id;
+    std::string_view name;        ///< lower case, as in job keys and file names
+    std::int64_t block_elements;  ///< elements per block
+    std::size_t block_bytes;      ///< bytes per block
+};
+
+/// Every supported type, in the order errors list them.
+inline constexpr type_info supported_types[] = {
+    {type::F32, "f32", 1, 4},
+    {type::F16, "f16", 1, 2},
+    {type::BF16, "bf16", 1, 2},
+    {type::Q8_0, "q8_0", qk8_0, sizeof(block_q8_0)},
+    {type::Q4_0, "q4_0", qk4_0, sizeof(block_q4_0)},
+    {type::Q4_K, "q4_k", qk_k, sizeof(block_q4_K)},
+};
+
+/// The entry of `t` in `supported_types`; throws distill::error("quant: unsupported ggml type 7") for another id.
+inline const type_info& info(type t) {
+    for (const type_info& i : supported_types)
+        if (i.id == t) return i;
+    throw error("quant: unsupported ggml type " + std::to_string(static_cast<std::uint32_t>(t)));
+}
+
+/// Elements per block: 1 (F32, F16, BF16), 32 (Q8_0, Q4_0), 256 (Q4_K). Throws distill::error for
+/// another ggml type.
+inline std::int64_t block_elements(type t) {
+    return info(t).block_elements;
+}
+
+/// Bytes per block: 4, 2, 18, 34, 144, 2 for F32, F16, Q4_0, Q8_0, Q4_K, BF16.
+inline std::size_t block_bytes(type t) {
+    return info(t).block_bytes;
+}
+
+/// The type's lower-case name: "f32", "f16", "q4_0", "q8_0", "q4_k", "bf16" (job keys, file names).
+inline std::string_view name(type t) {
+    return info(t).name;
+}
+
+/// Bytes of a row of `n` elements of type `t`. Throws distill::error naming the type and `n` when
+/// `n` is negative or not a whole number of blocks.
+inline std::size_t row_bytes(type t, std::int64_t n) {
+    const std::int64_t qk = block_elements(t);
+    if (n < 0 || n % qk != 0)
+        throw error("quant: a " + std::string(name(t)) + " row of " + std::to_string(n) +
+                    " elements is not a whole number of " + std::to_string(qk) + "-element blocks");
+    return static_cast<std::size_t>(n / qk) * block_bytes(t);
+}
+
+/// The type a matrix with rows of `n` elements is stored as when `requested` is asked for: itself
+/// when the rows are whole blocks; else q4_k falls back to q4_0 (llama.cpp's quantizer would pick
+/// q5_0, which distill does not write) and every type to f16 (as llama.cpp's converter does).
+inline type storable(type requested, std::int64_t n) {
+    if (n % block_elements(requested) == 0) return requested;
+    if (requested == type::Q4_K && n % block_elements(type::Q4_0) == 0) return type::Q4_0;
+    return type::F16;
+}
+
+/// The type named `s`, case-insensitively ("Q4_K", "q8_0", ...). Throws config_error(field, ...)
+/// listing the valid names for any other.
+inline type parse(std::string_view s, const std::string& field = "export.gguf") {
+    std::string lower(s);
+    for (char& c : lower) c = (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
+    for (const type_info& i : supported_types)
+        if (lower == i.name) return i.id;
+    throw config_error(
+        field, "unknown tensor type \"" + std::string(s) + "\"; expected one of f32, f16, bf16, q8_0, q4_0, q4_k");
+}
+
+namespace detail {
+
+/// `v`, rounded to fp32 here: the empty asm claims to change it, so the compiler cannot fuse the
+/// multiply that produced it into a later add (see the file comment).
+inline float rounded(float v) noexcept {
+#if defined(__GNUC__) && defined(__SSE__)
+    __asm__("" : "+x"(v));
+#elif defined(__GNUC__) && defined(__aarch64__)
+    __asm__("" : "+w"(v));
+#else
+    volatile float t = v;
+    v = t;
+#endif
+    return v;
+}
+
+/// a · b rounded to fp32 (never part of an FMA).
+inline float product(float a, float b) noexcept {
+    return rounded(a * b);
+}
+
+/// ggml's `nearest_int`: round to nearest even by adding 1.5·2^23 and reading the mantissa; exact
+/// for |v| < 2^22 and, like ggml's, garbage (but the same garbage) beyond.
+inline int nearest_int(float v) noexcept {
+    const float shifted = rounded(v) + 12582912.f;
+    const auto bits = std::bit_cast<std::int32_t>(shifted);
+    return (bits & 0x007fffff) - 0x00400000;
+}
+
+/// Throws when the row holds NaN or ±inf: ggml's quantizers would write meaningless blocks.
+inline void check_finite(type t, const float* x, std::int64_t n) {
+    for (std::int64_t i = 0; i < n; ++i)
+        if (!std::isfinite(x[i]))
+            throw error("quant: cannot quantize a non-finite value (" + std::to_string(x[i]) + " at element " +
+                        std::to_string(i) + ") to " + std::string(name(t)));
+}
+
+/// One Q8_0 block (ggml's quantize_row_q8_0_ref): d = max|x| / 127, q = round(x · (1/d)), halves
+/// away from zero.
+inline void quantize_block(const float* x, block_q8_0& b) noexcept {
+    float amax = 0.0f;
+    for (int j = 0; j < qk8_0; ++j) amax = std::fmax(amax, std::fabs(x[j]));
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    b.d = fp32_to_fp16(d);
+    for (int j = 0; j < qk8_0; ++j) b.qs[j] = static_cast<std::int8_t>(std::round(x[j] * id));
+}
+
+/// One Q4_0 block (ggml's quantize_row_q4_0_ref): d = (the signed value of largest magnitude) / −8,
+/// q = min(15, trunc(x / d + 8.5)), so that extreme maps to 0 and the other end clips to 15.
+inline void quantize_block(const float* x, block_q4_0& b) noexcept {
+    float amax = 0.0f, max = 0.0f;
+    for (int j = 0; j < qk4_0; ++j)
+        if (amax < std::fabs(x[j])) {  // the first of equal magnitudes wins, as in ggml
+            amax = std::fabs(x[j]);
+            max = x[j];
+        }
+    const float d = max / -8.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    b.d = fp32_to_fp16(d);
+    auto q = [&](float v) {  // v·id ∈ [−8, 8], so v·id + 8.5 ∈ [0.5, 16.5]: the cast truncates in range
+        return static_cast<std::uint8_t>(std::min(15, static_cast<int>(product(v, id) + 8.5f)));
+    };
+    for (int j = 0; j < qk4_0 / 2; ++j) b.qs[j] = static_cast<std::uint8_t>(q(x[j]) | (q(x[j + qk4_0 / 2]) << 4));
+}
+
+/// ggml's `make_qkx2_quants` (weighted least squares of scale and min over levels 0..nmax, starting
+/// from the range and trying nstep + 1 rescalings), as quantize_row_q4_K_ref calls it: use_mad false.
+/// Writes the levels to L, the min (a positive offset to subtract) to the_min; returns the scale.
+inline float make_qkx2_quants(int n, int nmax, const float* x, const float* weights, std::uint8_t* L, float* the_min,
+                              std::uint8_t* Laux, float rmin, float rdelta, int nstep) noexcept {
+    float min = x[0], max = x[0];
+    float sum_w = weights[0];
+    float sum_x = product(sum_w, x[0]);
+    for (int i = 1; i < n; ++i) {
+        if (x[i] < min) min = x[i];
+        if (x[i] > max) max = x[i];
+        const float w = weights[i];
+        sum_w += w;
+        sum_x += product(w, x[i]);
+    }
+    if (min > 0) min = 0;
+    if (max == min) {
+        for (int i = 0; i < n; ++i) L[i] = 0;
+        *the_min = -min;
+        return 0.f;
+    }
+    float iscale = static_cast<float>(nmax) / (max - min);
+    float scale = 1 / iscale;
+    float best_error = 0;
+    for (int i = 0; i < n; ++i) {
+        const int l = nearest_int(iscale * (x[i] - min));
+        L[i] = static_cast<std::uint8_t>(std::max(0, std::min(nmax, l)));
+        const float diff = product(scale, float(L[i])) + min - x[i];
+        best_error += product(weights[i], diff * diff);
+    }
+    for (int is = 0; is <= nstep; ++is) {
+        iscale = (rmin + product(rdelta, float(is)) + static_cast<float>(nmax)) / (max - min);
+        float sum_l = 0, sum_l2 = 0, sum_xl = 0;
+        for (int i = 0; i < n; ++i) {
+            const int l = std::max(0, std::min(nmax, nearest_int(iscale * (x[i] - min))));
+            Laux[i] = static_cast<std::uint8_t>(l);
+            const float w = weights[i], wl = product(w, float(l));
+            sum_l += wl;
+            sum_l2 += product(wl, float(l));
+            sum_xl += product(wl, x[i]);
+        }
+        const float D = product(sum_w, sum_l2) - product(sum_l, sum_l);
+        if (D > 0) {
+            float this_scale = (product(sum_w, sum_xl) - product(sum_x, sum_l)) / D;
+            float this_min = (product(sum_l2, sum_x) - product(sum_l, sum_xl)) / D;
+            if (this_min > 0) {
+                this_min = 0;
+                this_scale = sum_xl / sum_l2;
+            }
+            float cur_error = 0;
+            for (int i = 0; i < n; ++i) {
+                const float diff = product(this_scale, float(Laux[i])) + this_min - x[i];
+                cur_error += product(weights[i], diff * diff);
+            }
+            if (cur_error < best_error) {
+                for (int i = 0; i < n; ++i) L[i] = Laux[i];
+                best_error = cur_error;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    *the_min = -min;
+    return scale;
+}
+
+/// Sub-block `j`'s 6-bit scale and min from a Q4_K block's 12 packed bytes (ggml's get_scale_min_k4).
+inline void scale_min_k4(int j, const std::uint8_t* q, std::uint8_t& sc, std::uint8_t& m) noexcept {
+    if (j < 4) {
+        sc = q[j] & 63;
+        m = q[j + 4] & 63;
+    } else {
+        sc = static_cast<std::uint8_t>((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
+        m = static_cast<std::uint8_t>((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+    }
+}
+
+/// One Q4_K super-block (ggml's quantize_row_q4_K_ref): per sub-block of 32 a weighted scale/min fit
+/// (weights av|x| + |x|), the 8 scales and 8 mins quantized to 6 bits against their maxima (d, dmin
+/// in fp16), then every element re-quantized against its sub-block's rounded scale and min.
+inline void quantize_block(const float* x, block_q4_K& b) noexcept {
+    std::uint8_t L[qk_k], Laux[32];
+    float weights[32], mins[qk_k / 32], scales[qk_k / 32];
+    float max_scale = 0, max_min = 0;  // scales are positive: the min is subtracted
+    for (int j = 0; j < qk_k / 32; ++j) {
+        float sum_x2 = 0;
+        for (int l = 0; l < 32; ++l) sum_x2 += product(x[32 * j + l], x[32 * j + l]);
+        const float av_x = std::sqrt(sum_x2 / 32);
+        for (int l = 0; l < 32; ++l) weights[l] = av_x + std::fabs(x[32 * j + l]);
+        scales[j] = make_qkx2_quants(32, 15, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -1.f, 0.1f, 20);
+        if (scales[j] > max_scale) max_scale = scales[j];
+        if (mins[j] > max_min) max_min = mins[j];
+    }
+    const float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f;
+    const float inv_min = max_min > 0 ? 63.f / max_min : 0.f;
+    std::memset(b.scales, 0, sizeof b.scales);
+    for (int j = 0; j < qk_k / 32; ++j) {
+        // ggml stores nearest_int's result in a uint8_t (modulo 256) before clamping to 63
+        const auto ls = std::min<std::uint8_t>(63, static_cast<std::uint8_t>(nearest_int(inv_scale * scales[j])));
+        const auto lm = std::min<std::uint8_t>(63, static_cast<std::uint8_t>(nearest_int(inv_min * mins[j])));
+        if (j < 4) {
+            b.scales[j] = ls;
+            b.scales[j + 4] = lm;
+        } else {
+            b.scales[j + 4] = static_cast<std::uint8_t>((ls & 0xF) | ((lm & 0xF) << 4));
+            b.scales[j - 4] |= static_cast<std::uint8_t>((ls >> 4) << 6);
+            b.scales[j] |= static_cast<std::uint8_t>((lm >> 4) << 6);
+        }
+    }
+    b.d = fp32_to_fp16(max_scale / 63.f);
+    b.dmin = fp32_to_fp16(max_min / 63.f);
+    for (int j = 0; j < qk_k / 32; ++j) {
+        std::uint8_t sc, m;
+        scale_min_k4(j, b.scales, sc, m);
+        const float d = fp16_to_fp32(b.d) * sc;
+        if (d == 0.0f) continue;  // keeps the levels of the fit, as ggml does
+        const float dm = product(fp16_to_fp32(b.dmin), m);
+        for (int i = 0; i < 32; ++i)
+            L[32 * j + i] = static_cast<std::uint8_t>(std::max(0, std::min(15, nearest_int((x[32 * j + i] + dm) / d))));
+    }
+    for (int g = 0; g < qk_k / 64; ++g)
+        for (int l = 0; l < 32; ++l)
+            b.qs[32 * g + l] = static_cast<std::uint8_t>(L[64 * g + l] | (L[64 * g + 32 + l] << 4));
+}
+
+/// A Q8_0 block's 32 values: d · q.
+inline void dequantize_block(const block_q8_0& b, float* y) noexcept {
+    const float d = fp16_to_fp32(b.d);
+    for (int j = 0; j < qk8_0; ++j) y[j] = static_cast<float>(b.qs[j]) * d;
+}
+/// A Q4_0 block's 32 values: d · (q − 8).
+inline void dequantize_block(const block_q4_0& b, float* y) noexcept {
+    const float d = fp16_to_fp32(b.d);
+    for (int j = 0; j < qk4_0 / 2; ++j) {
+        y[j] = static_cast<float>((b.qs[j] & 0xF) - 8) * d;
+        y[j + qk4_0 / 2] = static_cast<float>((b.qs[j] >> 4) - 8) * d;
+    }
+}
+/// A Q4_K super-block's 256 values: (d·sc) · q − (dmin·m) per sub-block, the product rounded first as
+/// in ggml's dequantize_row_q4_K.
+inline void dequantize_block(const block_q4_K& b, float* y) noexcept {
+    const float d = fp16_to_fp32(b.d), dmin = fp16_to_fp32(b.dmin);
+    for (int g = 0; g < qk_k / 64; ++g) {
+        std::uint8_t sc, m;
+        scale_min_k4(2 * g, b.scales, sc, m);
+        const float d1 = d * sc, m1 = product(dmin, m);
+        scale_min_k4(2 * g + 1, b.scales, sc, m);
+        const float d2 = d * sc, m2 = product(dmin, m);
+        const std::uint8_t* q = b.qs + 32 * g;
+        for (int l = 0; l < 32; ++l) y[64 * g + l] = product(d1, float(q[l] & 0xF)) - m1;
+        for (int l = 0; l < 32; ++l) y[64 * g + 32 + l] = product(d2, float(q[l] >> 4)) - m2;
+    }
+}
+
+/// Calls f.template operator()<Block>() with the block struct of a block type (Q8_0, Q4_0, Q4_K).
+template <class F>
+void with_block(type t, F&& f) {
+    switch (t) {
+        case type::Q8_0:
+            return f.template operator()<block_q8_0>();
+        case type::Q4_0:
+            return f.template operator()<block_q4_0>();
+        case type::Q4_K:
+            return f.template operator()<block_q4_K>();
+        default:
+            throw error("quant: " + std::string(name(t)) + " has no blocks");  // callers exclude it
+    }
+}
+
+/// fp32 → F32 / F16 / BF16 elements (ggml's conversions; NaN and ±inf as ggml converts them).
+inline void encode_elements(type t, const float* x, std::int64_t n, std::byte* out) noexcept {
+    if (t == type::F32) return (void)std::memcpy(out, x, static_cast<std::size_t>(n) * sizeof(float));
+    for (std::int64_t i = 0; i < n; ++i) {
+        const std::uint16_t h = t == type::F16 ? fp32_to_fp16(x[i]) : fp32_to_bf16(x[i]);
+        std::memcpy(out + 2 * i, &h, 2);
+    }
+}
+
+/// F32 / F16 / BF16 elements → fp32 (exact).
+inline void decode_elements(type t, const std::byte* in, std::int64_t n, float* y) noexcept {
+    if (t == type::F32) return (void)std::memcpy(y, in, static_cast<std::size_t>(n) * sizeof(float));
+    for (std::int64_t i = 0; i < n; ++i) {
+        std::uint16_t h;
+        std::memcpy(&h, in + 2 * i, 2);
+        y[i] = t == type::F16 ? fp16_to_fp32(h) : bf16_to_fp32(h);
+    }
+}
+
+}  // namespace detail
+
+/// Quantizes the `n` floats at `x` to type `t`, writing `row_bytes(t, n)` bytes to `out` (any
+/// alignment): the bytes ggml's reference quantizer writes. Throws distill::error when `n` is not a
+/// whole number of blocks, or, for Q8_0, Q4_0 and Q4_K, when the row holds NaN or ±inf (F16 and BF16
+/// convert those as ggml does).
+inline void quantize_row(type t, const float* x, std::int64_t n, std::byte* out) {
+    if (row_bytes(t, n) == 0) return;  // validates t and n
+    if (block_elements(t) == 1) return detail::encode_elements(t, x, n, out);
+    detail::check_finite(t, x, n);
+    detail::with_block(t, [&]<class Block>() {
+        for (std::int64_t i = 0; i < n / Block::elements; ++i) {
+            Block b{};  // through a local: `out` need not be aligned
+            detail::quantize_block(x + i * Block::elements, b);
+            std::memcpy(out + i * std::int64_t(sizeof(Block)), &b, sizeof(Block));
+        }
+    });
+}
+
+/// Dequantizes a row of `n` elements of type `t` at `in` (any alignment) into `y`: ggml's
+/// `dequantize_row_*`. Throws distill::error when `n` is not a whole number of blocks.
+inline void dequantize_row(type t, const std::byte* in, std::int64_t n, float* y) {
+    if (row_bytes(t, n) == 0) return;
+    if (block_elements(t) == 1) return detail::decode_elements(t, in, n, y);
+    detail::with_block(t, [&]<class Block>() {
+        for (std::int64_t i = 0; i < n / Block::elements; ++i) {
+            Block b;
+            std::memcpy(&b, in + i * std::int64_t(sizeof(Block)), sizeof(Block));
+            detail::dequantize_block(b, y + i * Block::elements);
+        }
+    });
+}
+
+}  // namespace distill::quant
+// ---- end distill/io/quant.hpp ----
 
 namespace distill {
 
@@ -5387,6 +5871,8 @@ template <class D, class T> concept has_mean_pool_forward = requires(const D& d,
 template <class D, class T> concept has_mean_pool_backward = requires(const D& d, T* y, const T* x, int i) { mean_pool_backward(d, y, x, x, i, i, i); };
 template <class D, class T> concept has_cls_pool_forward = requires(const D& d, T* y, const T* x, int i) { cls_pool_forward(d, y, x, i, i, i); };
 template <class D, class T> concept has_cls_pool_backward = requires(const D& d, T* y, const T* x, int i) { cls_pool_backward(d, y, x, i, i, i); };
+// quantized inference (device/<name>/quant): fp32 activations, weights in ggml blocks (not templated on T)
+template <class D> concept has_quant_matmul = requires(const D& d, float* y, const float* x, const std::byte* w, quant::type t, std::int64_t n) { quant_matmul(d, x, w, t, y, n, n, n); };
 // clang-format on
 
 }  // namespace kernel
@@ -5424,6 +5910,10 @@ concept encoder_device = kernel::has_bert_embedding_forward<D, T> && kernel::has
     kernel::has_masked_softmax_forward<D, T> && kernel::has_masked_softmax_backward<D, T> &&
     kernel::has_mean_pool_forward<D, T> && kernel::has_mean_pool_backward<D, T> && kernel::has_cls_pool_forward<D, T> &&
     kernel::has_cls_pool_backward<D, T>;
+
+/// The kernels of quantized inference (weights in ggml blocks, fp32 activations).
+template <class D>
+concept quant_device = kernel::has_quant_matmul<D>;
 
 // The checks: instantiating `require_<group>_kernels<D, T>` runs one static_assert per kernel of the
 // group, each naming its kernel (C++20 messages are string literals; the "required from" lines name
@@ -5523,6 +6013,15 @@ struct require_encoder_kernels {
     static constexpr bool value = true;
 };
 
+/// Checks `quant_device<D>` kernel by kernel.
+template <class D>
+struct require_quant_kernels {
+    // clang-format off
+    static_assert(kernel::has_quant_matmul<D>, "device lacks kernel: quant_matmul(dev, x, w, quant::type, y, m, k, n)");
+    // clang-format on
+    static constexpr bool value = true;
+};
+
 }  // namespace device
 
 namespace detail {
@@ -5577,7 +6076,9 @@ host_readable<T> read_on_host(const Device& dev, const T* src, std::size_t n) {
 /// - `cpu/losses.hpp`  — the fused, streaming divergence rows of the loss terms and hidden-state matching;
 /// - `cpu/optim.hpp`   — the optimizer updates and gradient-norm reduction over all parameters at once,
 ///                       through the vector shim of `cpu/simd.hpp`;
-/// - `cpu/encoder.hpp` — the bidirectional encoder's kernels, threaded over rows.
+/// - `cpu/encoder.hpp` — the bidirectional encoder's kernels, threaded over rows;
+/// - `cpu/quant.hpp`   — the weight-only quantized matrix product of generation (ggml blocks, fp32
+///                       activations), threaded over weight rows.
 
 // ---- begin distill/device/cpu/encoder.hpp ----
 /// @file cpu/encoder.hpp
@@ -8876,6 +9377,389 @@ void scale_in_place(const Cpu& dev, const tensor_list<T>& list, T factor) {
 
 }  // namespace distill::device
 // ---- end distill/device/cpu/optim.hpp ----
+// ---- begin distill/device/cpu/quant.hpp ----
+/// @file cpu/quant.hpp
+/// `device::Cpu`'s weight-only quantized matrix product for generation (batch-1 GEMV and small
+/// batches). The weights stay in ggml blocks in memory (Q8_0 is 1.06 bytes per weight, Q4_0 and
+/// Q4_K 0.56, against 4 for fp32), so decoding streams a quarter to a seventh of the bytes. Each type
+/// has one decoder of 16 lanes (`format_*`), written with GCC/Clang vector extensions on 16-float
+/// vectors — one AVX-512 register, two AVX ones, four SSE ones, or scalar code, as the build targets —
+/// with the int8 → float widening by ISA (AVX-512, AVX2, else scalar). One activation row: the weights
+/// are decoded in registers and multiplied as they are decoded (4 weight rows, 4 accumulators);
+/// several rows: a tile of 4 weight rows is decoded once into a per-thread scratch that stays in
+/// L1/L2, then multiplied with 2 activation rows at a time (8 accumulators). Threads split the
+/// weight rows. Every output element is computed by the same instructions in the same order
+/// whichever thread runs it, so the result is the same for every thread count.
+///
+/// For large m (a long prefill) dequantizing the whole matrix and calling `gemm` is faster; this
+/// kernel is for the m ≤ a few rows of decoding.
+
+#include <algorithm>
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
+
+namespace distill::device {
+
+namespace detail {
+
+/// Weight rows multiplied together: 4 rows (× 2 activation rows) = 4 (8) independent accumulators,
+/// which hides the FMA latency.
+inline constexpr int quant_tile_rows = 4;
+/// Activation rows per micro-kernel call.
+inline constexpr int quant_tile_inputs = 2;
+/// Below this many multiply-adds one thread does the product (waking a team costs more).
+inline constexpr std::int64_t quant_min_parallel_work = std::int64_t(1) << 18;
+
+// 16 lanes of bytes, halves and floats as GCC/Clang vector extensions: one AVX-512 register of
+// floats, two AVX or four SSE ones (the compiler splits them), so the decoders below are written once.
+// Vectors wider than 16 bytes are passed by reference, never by value: a by-value signature's ABI
+// differs between ISAs, and GCC warns about it (-Wpsabi) on builds without AVX.
+using u8x16 = std::uint8_t __attribute__((vector_size(16)));
+using i8x16 = std::int8_t __attribute__((vector_size(16)));
+using u16x16 = std::uint16_t __attribute__((vector_size(32)));
+using u32x16 = std::uint32_t __attribute__((vector_size(64)));
+using f32x16 = float __attribute__((vector_size(64)));
+
+/// sizeof(V) bytes at p (unaligned) into v.
+template <class V>
+void load_vector(V& v, const void* p) noexcept {
+    std::memcpy(&v, p, sizeof v);
+}
+/// 16 bytes at p as a vector.
+template <class V>
+V load_bytes(const void* p) noexcept {
+    static_assert(sizeof(V) == 16);
+    V v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/// 16 small integers as floats (int8 lanes; nibbles fit). By ISA, because GCC 12 lowers a widening
+/// `__builtin_convertvector` to scalar code.
+inline void to_float(i8x16 q, f32x16& f) noexcept {
+#if defined(__AVX512F__)
+    __m128i v;
+    std::memcpy(&v, &q, 16);
+    // the masked widening and a same-width vector conversion: GCC 12's plain intrinsics trip its
+    // -Wmaybe-uninitialized false positive (PR 105593)
+    const __m512i r = _mm512_maskz_cvtepi8_epi32(0xFFFF, v);
+    using i32x16 = std::int32_t __attribute__((vector_size(64)));
+    i32x16 i;
+    std::memcpy(&i, &r, 64);
+    f = __builtin_convertvector(i, f32x16);
+#elif defined(__AVX2__)
+    __m128i v;
+    std::memcpy(&v, &q, 16);
+    const __m256 lo = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v));
+    const __m256 hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v, 8)));
+    std::memcpy(&f, &lo, 32);
+    std::memcpy(reinterpret_cast<char*>(&f) + 32, &hi, 32);
+#else
+    for (int i = 0; i < 16; ++i) f[i] = static_cast<float>(q[i]);
+#endif
+}
+inline void to_float(u8x16 q, f32x16& f) noexcept {
+    to_float(reinterpret_cast<i8x16>(q), f);
+}  // lanes < 128
+
+/// 16 fp16 values at p as floats: F16C's conversion where the build has it, else ggml's exact rule.
+inline void fp16x16_to_fp32(const std::byte* p, f32x16& f) noexcept {
+#if defined(__AVX512F__)
+    const __m512 v =
+        _mm512_maskz_cvtph_ps(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));  // masked: see to_float
+    std::memcpy(&f, &v, sizeof f);
+#elif defined(__F16C__)
+    const __m256 lo = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    const __m256 hi = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16)));
+    std::memcpy(&f, &lo, 32);
+    std::memcpy(reinterpret_cast<char*>(&f) + 32, &hi, 32);
+#else
+    for (int i = 0; i < 16; ++i) {
+        std::uint16_t h;
+        std::memcpy(&h, p + 2 * i, 2);
+        f[i] = quant::fp16_to_fp32(h);
+    }
+#endif
+}
+
+// ---- the formats: one 16-lane decoder per type ---------------------------------------------------
+// Each has `qk` (elements per block; 16 for the 1-element types, whose rows may end in a partial
+// block handled by `scalar`), a `block` view made once per block and row (scales decoded there), and
+// `lanes(view, v, w)`: elements 16v..16v+15 of the block as floats into w. Unlike
+// `quant::dequantize_row`, which keeps ggml's rounding bit for bit, Q4_K's d·q − m may become an FMA
+// here: the product only needs fp32 accuracy.
+
+struct format_q8_0 {
+    static constexpr int qk = quant::qk8_0;
+    struct block {
+        const std::byte* qs;
+        float d;
+    };
+    static block load(const std::byte* row, std::int64_t i) noexcept {
+        const std::byte* p = row + i * std::int64_t(sizeof(quant::block_q8_0));
+        std::uint16_t d;
+        std::memcpy(&d, p, 2);
+        return {p + 2, quant::fp16_to_fp32(d)};
+    }
+    static void lanes(const block& b, int v, f32x16& w) noexcept {
+        to_float(load_bytes<i8x16>(b.qs + 16 * v), w);
+        w *= b.d;
+    }
+};
+
+struct format_q4_0 {
+    static constexpr int qk = quant::qk4_0;
+    struct block {
+        u8x16 qs;
+        float d;
+    };
+    static block load(const std::byte* row, std::int64_t i) noexcept {
+        const std::byte* p = row + i * std::int64_t(sizeof(quant::block_q4_0));
+        std::uint16_t d;
+        std::memcpy(&d, p, 2);
+        return {load_bytes<u8x16>(p + 2), quant::fp16_to_fp32(d)};
+    }
+    // elements 0..15 are the low nibbles, 16..31 the high ones
+    static void lanes(const block& b, int v, f32x16& w) noexcept {
+        to_float(v == 0 ? b.qs & 0xF : b.qs >> 4, w);
+        w = (w - 8.0f) * b.d;
+    }
+};
+
+struct format_q4_K {
+    static constexpr int qk = quant::qk_k;
+    struct block {
+        const std::byte* qs;
+        float scale[8], min[8];  // per sub-block: d·sc and dmin·m
+    };
+    static block load(const std::byte* row, std::int64_t i) noexcept {
+        const std::byte* p = row + i * std::int64_t(sizeof(quant::block_q4_K));
+        quant::block_q4_K h;
+        std::memcpy(&h, p, offsetof(quant::block_q4_K, qs));  // d, dmin, scales
+        block b{p + offsetof(quant::block_q4_K, qs), {}, {}};
+        const float d = quant::fp16_to_fp32(h.d), dmin = quant::fp16_to_fp32(h.dmin);
+        for (int s = 0; s < 8; ++s) {
+            std::uint8_t sc, m;
+            quant::detail::scale_min_k4(s, h.scales, sc, m);
+            b.scale[s] = d * sc;
+            b.min[s] = dmin * m;
+        }
+        return b;
+    }
+    // 16v..16v+15 lie in 64-element group g = v/4 (32 bytes): low nibbles of its bytes for v%4 < 2
+    // (sub-block 2g), high nibbles otherwise (sub-block 2g+1); bytes 16·(v%2) on.
+    static void lanes(const block& b, int v, f32x16& w) noexcept {
+        const int g = v / 4, high = (v / 2) % 2, s = 2 * g + high;
+        const auto q = load_bytes<u8x16>(b.qs + 32 * g + 16 * (v % 2));
+        to_float(high ? q >> 4 : q & 0xF, w);
+        w = w * b.scale[s] - b.min[s];
+    }
+};
+
+template <quant::type T>
+struct format_16 {  // F32, F16, BF16: 16 elements per "block"
+    static constexpr int qk = 16;
+    using block = const std::byte*;
+    static constexpr std::int64_t element_bytes = T == quant::type::F32 ? 4 : 2;
+    static block load(const std::byte* row, std::int64_t i) noexcept { return row + i * 16 * element_bytes; }
+    static void lanes(block p, int, f32x16& w) noexcept {
+        if constexpr (T == quant::type::F32) {
+            load_vector(w, p);
+        } else if constexpr (T == quant::type::F16) {
+            fp16x16_to_fp32(p, w);
+        } else {  // bf16 is the top half of an fp32
+            u16x16 h;
+            load_vector(h, p);
+            const u32x16 bits = __builtin_convertvector(h, u32x16) << 16;
+            std::memcpy(&w, &bits, sizeof w);
+        }
+    }
+    static float scalar(const std::byte* row, std::int64_t c) noexcept {
+        if constexpr (T == quant::type::F32) {
+            float f;
+            std::memcpy(&f, row + 4 * c, 4);
+            return f;
+        } else {
+            std::uint16_t h;
+            std::memcpy(&h, row + 2 * c, 2);
+            return T == quant::type::F16 ? quant::fp16_to_fp32(h) : quant::bf16_to_fp32(h);
+        }
+    }
+};
+
+/// Elements [qk·(k/qk), k) of a row: only the 16-element formats have them.
+template <class F>
+float tail_element(const std::byte* row, std::int64_t c) noexcept {
+    if constexpr (requires { F::scalar(row, c); })
+        return F::scalar(row, c);
+    else
+        return 0.0f;  // unreachable: block formats have whole blocks
+}
+
+/// Calls f.template operator()<Format>() with the format of `t`.
+template <class F>
+decltype(auto) with_format(quant::type t, F&& f) {
+    switch (t) {
+        case quant::type::Q8_0:
+            return f.template operator()<format_q8_0>();
+        case quant::type::Q4_0:
+            return f.template operator()<format_q4_0>();
+        case quant::type::Q4_K:
+            return f.template operator()<format_q4_K>();
+        case quant::type::F16:
+            return f.template operator()<format_16<quant::type::F16>>();
+        case quant::type::BF16:
+            return f.template operator()<format_16<quant::type::BF16>>();
+        case quant::type::F32:
+            break;
+    }
+    return f.template operator()<format_16<quant::type::F32>>();
+}
+
+/// The 16 lanes of `v` added in lane order.
+inline float horizontal_sum(const f32x16& v) noexcept {
+    float s = 0;
+    for (int i = 0; i < 16; ++i) s += v[i];
+    return s;
+}
+
+/// Dequantizes one weight row of k elements into `out`, 16 lanes at a time.
+template <class F>
+void dequantize_row_fast(const std::byte* row, std::int64_t k, float* out) noexcept {
+    const std::int64_t blocks = k / F::qk;
+    for (std::int64_t i = 0; i < blocks; ++i) {
+        const typename F::block b = F::load(row, i);
+        for (int v = 0; v < F::qk / 16; ++v) {
+            f32x16 w;
+            F::lanes(b, v, w);
+            std::memcpy(out + i * F::qk + 16 * v, &w, sizeof w);
+        }
+    }
+    for (std::int64_t c = blocks * F::qk; c < k; ++c) out[c] = tail_element<F>(row, c);
+}
+
+/// y(RW) = x(k) · w(RW, k)ᵀ for one activation row (decoding, m = 1), weight row b at `w[b]` in
+/// format F, dequantized in registers: per block, each row's scales once, then per 16 lanes a
+/// decode and an FMA into that row's accumulator (RW independent chains), no scratch.
+template <class F, int RW>
+void gemv_tile(const std::byte* const* w, const float* x, std::int64_t k, float* y) noexcept {
+    f32x16 acc[RW] = {};
+    const std::int64_t blocks = k / F::qk;
+    for (std::int64_t i = 0; i < blocks; ++i) {
+        typename F::block b[RW];
+        for (int r = 0; r < RW; ++r) b[r] = F::load(w[r], i);
+        for (int v = 0; v < F::qk / 16; ++v) {
+            f32x16 xv, wv;
+            load_vector(xv, x + i * F::qk + 16 * v);
+            for (int r = 0; r < RW; ++r) {
+                F::lanes(b[r], v, wv);
+                acc[r] += xv * wv;
+            }
+        }
+    }
+    for (int r = 0; r < RW; ++r) {
+        float s = horizontal_sum(acc[r]);
+        for (std::int64_t c = blocks * F::qk; c < k; ++c) s += x[c] * tail_element<F>(w[r], c);
+        y[r] = s;
+    }
+}
+
+/// y(RX, RW) = x(RX, k) · w(RW, k)ᵀ on dequantized fp32 rows (several activation rows), rows of x
+/// `k` apart, rows of y `ldy` apart, weight row b at `w[b]`: RW·RX vector accumulators over the
+/// whole of k, then a scalar tail for k % 16.
+template <int RW, int RX>
+void dot_tile(const float* const* w, const float* x, std::int64_t k, float* y, std::int64_t ldy) noexcept {
+    f32x16 acc[RX][RW] = {};
+    const std::int64_t kv = k / 16 * 16;
+    for (std::int64_t c = 0; c < kv; c += 16) {
+        f32x16 xv[RX];
+        for (int r = 0; r < RX; ++r) load_vector(xv[r], x + r * k + c);
+        for (int b = 0; b < RW; ++b) {
+            f32x16 wv;
+            load_vector(wv, w[b] + c);
+            for (int r = 0; r < RX; ++r) acc[r][b] += xv[r] * wv;
+        }
+    }
+    for (int r = 0; r < RX; ++r)
+        for (int b = 0; b < RW; ++b) {
+            float s = horizontal_sum(acc[r][b]);
+            for (std::int64_t c = kv; c < k; ++c) s += x[r * k + c] * w[b][c];
+            y[r * ldy + b] = s;
+        }
+}
+
+/// Calls f.template operator()<R>() for the runtime r in 1..4.
+template <class F>
+void with_rows(int r, F&& f) {
+    switch (r) {
+        case 4:
+            return f.template operator()<4>();
+        case 3:
+            return f.template operator()<3>();
+        case 2:
+            return f.template operator()<2>();
+        default:
+            return f.template operator()<1>();
+    }
+}
+
+}  // namespace detail
+
+/// The Reference's `quant_matmul` (y(m,n) = x(m,k) · W(n,k)ᵀ, W in ggml blocks, see
+/// `reference/quant.hpp`), fast. Threads split the weight rows in tiles of 4. For one activation row
+/// (decoding) each tile is dequantized in registers and multiplied as it is decoded; for several,
+/// each tile is dequantized once into a per-thread scratch (kept across calls) and multiplied with 2
+/// activation rows at a time. Bit-identical for every thread count. F32 weights must be 4-byte aligned.
+inline void quant_matmul(const Cpu& dev, const float* x, const std::byte* w, quant::type t, float* y, std::int64_t m,
+                         std::int64_t k, std::int64_t n) {
+    const std::size_t stride = quant::row_bytes(t, k);
+    if (m <= 0 || n <= 0) return;
+    constexpr int RW = detail::quant_tile_rows, RX = detail::quant_tile_inputs;
+    const std::int64_t tiles = (n + RW - 1) / RW;
+    const bool parallel = m * n * k >= detail::quant_min_parallel_work;
+    detail::with_format(t, [&]<class F>() {
+        distill::detail::parallel_for(
+            dev.threads(), tiles,
+            [&](std::int64_t tile) {
+                const std::int64_t j0 = tile * RW;
+                const int rw = static_cast<int>(std::min<std::int64_t>(RW, n - j0));
+                const std::byte* rows[RW] = {};
+                for (int b = 0; b < rw; ++b) rows[b] = w + static_cast<std::size_t>(j0 + b) * stride;
+                if (m == 1) return detail::with_rows(rw, [&]<int R>() { detail::gemv_tile<F, R>(rows, x, k, y + j0); });
+                thread_local std::vector<float> scratch;  // (RW, k) dequantized rows; grows once, then reused
+                const float* dense[RW] = {};
+                if (t == quant::type::F32) {
+                    for (int b = 0; b < rw; ++b) dense[b] = reinterpret_cast<const float*>(rows[b]);
+                } else {
+                    if (scratch.size() < static_cast<std::size_t>(RW * k))
+                        scratch.resize(static_cast<std::size_t>(RW * k));
+                    for (int b = 0; b < rw; ++b) {
+                        detail::dequantize_row_fast<F>(rows[b], k, scratch.data() + b * k);
+                        dense[b] = scratch.data() + b * k;
+                    }
+                }
+                for (std::int64_t i = 0; i < m; i += RX)
+                    detail::with_rows(rw, [&]<int R>() {
+                        if (m - i >= 2)
+                            detail::dot_tile<R, 2>(dense, x + i * k, k, y + i * n + j0, n);
+                        else
+                            detail::dot_tile<R, 1>(dense, x + i * k, k, y + i * n + j0, n);
+                    });
+            },
+            parallel);
+    });
+}
+
+}  // namespace distill::device
+// ---- end distill/device/cpu/quant.hpp ----
 // ---- end distill/device/cpu.hpp ----
 // ---- begin distill/device/reference.hpp ----
 /// @file reference.hpp
@@ -8887,8 +9771,43 @@ void scale_in_place(const Cpu& dev, const tensor_list<T>& list, T factor) {
 ///                              activations, attention, embeddings, cross-entropy, decoding);
 /// - `reference/losses.hpp`  — the fused divergence rows of the loss terms and hidden-state matching;
 /// - `reference/optim.hpp`   — the optimizer updates, the gradient-norm reduction and scaling;
-/// - `reference/encoder.hpp` — what a bidirectional (BERT-layout) encoder adds.
+/// - `reference/encoder.hpp` — what a bidirectional (BERT-layout) encoder adds;
+/// - `reference/quant.hpp`   — the weight-only quantized matrix product (ggml blocks dequantized, then dotted).
 
+// ---- begin distill/device/reference/quant.hpp ----
+/// @file reference/quant.hpp
+/// `device::Reference`'s weight-only quantized matrix product (the contract's quantized-inference
+/// group): each weight row dequantized with ggml's own dequantizer (`quant::dequantize_row`), then a
+/// plain dot product — the oracle of the fast kernels in `cpu/quant.hpp`.
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+
+namespace distill::device {
+
+/// y(m,n) = x(m,k) · W(n,k)ᵀ with W in ggml type `t`: row j of W is the `quant::row_bytes(t, k)`
+/// bytes at w + j·row_bytes(t, k) — the data of a GGUF tensor with ne = [k, n] (a Linear weight,
+/// out_features rows). fp32 activations and accumulation; mirrors torch.nn.functional.linear on the
+/// dequantized weight (what llama.cpp computes up to its activation rounding). Throws distill::error
+/// when k is not a whole number of t's blocks.
+inline void quant_matmul(const Reference&, const float* x, const std::byte* w, quant::type t, float* y, std::int64_t m,
+                         std::int64_t k, std::int64_t n) {
+    const std::size_t stride = quant::row_bytes(t, k);
+    std::vector<float> row(static_cast<std::size_t>(k));  // one dequantized weight row (k)
+    for (std::int64_t j = 0; j < n; ++j) {
+        quant::dequantize_row(t, w + static_cast<std::size_t>(j) * stride, k, row.data());
+        for (std::int64_t i = 0; i < m; ++i) {
+            float acc = 0;
+            for (std::int64_t c = 0; c < k; ++c) acc += x[i * k + c] * row[static_cast<std::size_t>(c)];
+            y[i * n + j] = acc;
+        }
+    }
+}
+
+}  // namespace distill::device
+// ---- end distill/device/reference/quant.hpp ----
 // ---- end distill/device/reference.hpp ----
 // ---- begin distill/eval/metrics.hpp ----
 /// @file metrics.hpp
@@ -9831,6 +10750,528 @@ private:
 
 }  // namespace distill::io
 // ---- end distill/io/durable.hpp ----
+// ---- begin distill/io/gguf.hpp ----
+/// @file gguf.hpp
+/// GGUF, the single-file model format of llama.cpp (ggml's `docs/gguf.md`, version 3): a header,
+/// typed key/value metadata, tensor descriptions, then the tensors' bytes, each at a multiple of the
+/// alignment (32 bytes unless `general.alignment` says otherwise). All integers are little-endian.
+///
+///     "GGUF" u32 version=3 | u64 n_tensors | u64 n_kv
+///     n_kv  × { string key | u32 value_type | value }            string = u64 length + UTF-8 bytes
+///     n_tensors × { string name | u32 n_dims | u64 ne[n_dims] | u32 ggml_type | u64 offset }
+///     padding to the alignment | tensor data (offsets relative to here)
+///
+/// A tensor's `ne` lists its dimensions innermost first: a PyTorch (out, in) weight is ne = [in, out],
+/// and its rows are stored as ggml blocks of `quant::type` (io/quant.hpp). `Writer` builds a file
+/// and writes it atomically; `File` maps one and checks every length, offset and type against the
+/// file's size before anything reads it, so a truncated or corrupt file is a `format_error` naming
+/// the file and the byte offset, never a crash.
+
+#include <algorithm>
+#include <bit>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <limits>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+
+namespace distill::io::gguf {
+
+inline constexpr std::uint32_t version = 3;
+inline constexpr std::uint64_t default_alignment = 32;
+
+/// GGUF's metadata value types (gguf_metadata_value_type).
+enum class value_type : std::uint32_t {
+    u8 = 0,
+    i8 = 1,
+    u16 = 2,
+    i16 = 3,
+    u32 = 4,
+    i32 = 5,
+    f32 = 6,
+    boolean = 7,
+    string = 8,
+    array = 9,
+    u64 = 10,
+    i64 = 11,
+    f64 = 12
+};
+
+/// One metadata value: its GGUF type (for an array, also its elements' type) and the value as JSON
+/// (numbers, a bool, a string, or an array of them).
+struct Value {
+    value_type type = value_type::u32;
+    value_type element = value_type::u8;  ///< the elements' type when `type` is array
+    nlohmann::json data{};
+};
+
+/// A tensor as the file describes it.
+struct TensorInfo {
+    std::string name;
+    std::vector<std::int64_t> ne;  ///< dimensions, innermost first (GGUF's order)
+    quant::type type = quant::type::F32;
+    std::uint64_t offset = 0;  ///< from the start of the data section
+    std::size_t bytes = 0;
+
+    std::int64_t elements() const {
+        std::int64_t n = 1;
+        for (auto d : ne) n *= d;
+        return n;
+    }
+};
+
+namespace detail {
+
+inline std::size_t scalar_bytes(value_type t) {
+    switch (t) {
+        case value_type::u8:
+        case value_type::i8:
+        case value_type::boolean:
+            return 1;
+        case value_type::u16:
+        case value_type::i16:
+            return 2;
+        case value_type::u32:
+        case value_type::i32:
+        case value_type::f32:
+            return 4;
+        case value_type::u64:
+        case value_type::i64:
+        case value_type::f64:
+            return 8;
+        default:
+            return 0;  // string, array: variable
+    }
+}
+
+inline std::uint64_t align_up(std::uint64_t n, std::uint64_t alignment) {
+    return (n + alignment - 1) / alignment * alignment;
+}
+
+// Appends the little-endian bytes of `v` (x86-64 and aarch64 are little-endian; see the static_assert).
+template <class T>
+void put(std::string& out, T v) {
+    static_assert(std::endian::native == std::endian::little, "GGUF is little-endian");
+    char b[sizeof(T)];
+    std::memcpy(b, &v, sizeof(T));
+    out.append(b, sizeof(T));
+}
+
+inline void put_string(std::string& out, std::string_view s) {
+    put<std::uint64_t>(out, s.size());
+    out.append(s);
+}
+
+// An integer metadata value of type T, refused when `v` is not an integer in T's range.
+template <class T>
+void put_integer(std::string& out, const nlohmann::json& v, const std::string& key) {
+    bool ok = v.is_number_integer();
+    if (ok && v.is_number_unsigned())
+        ok = v.get<std::uint64_t>() <= std::uint64_t(std::numeric_limits<T>::max());
+    else if (ok)
+        ok = v.get<std::int64_t>() >= std::int64_t(std::numeric_limits<T>::min()) &&
+             (v.get<std::int64_t>() < 0 ||
+              std::uint64_t(v.get<std::int64_t>()) <= std::uint64_t(std::numeric_limits<T>::max()));
+    if (!ok) throw error("gguf: metadata " + key + " is " + v.dump() + ", which is not a value of its type");
+    put<T>(out, v.is_number_unsigned() ? T(v.get<std::uint64_t>()) : T(v.get<std::int64_t>()));
+}
+
+inline void put_scalar(std::string& out, value_type t, const nlohmann::json& v, const std::string& key) {
+    auto check = [&](bool ok) {
+        if (!ok) throw error("gguf: metadata " + key + " is " + v.dump() + ", which is not a value of its type");
+    };
+    switch (t) {
+        case value_type::u8:
+            put_integer<std::uint8_t>(out, v, key);
+            break;
+        case value_type::i8:
+            put_integer<std::int8_t>(out, v, key);
+            break;
+        case value_type::u16:
+            put_integer<std::uint16_t>(out, v, key);
+            break;
+        case value_type::i16:
+            put_integer<std::int16_t>(out, v, key);
+            break;
+        case value_type::u32:
+            put_integer<std::uint32_t>(out, v, key);
+            break;
+        case value_type::i32:
+            put_integer<std::int32_t>(out, v, key);
+            break;
+        case value_type::u64:
+            put_integer<std::uint64_t>(out, v, key);
+            break;
+        case value_type::i64:
+            put_integer<std::int64_t>(out, v, key);
+            break;
+        case value_type::f32:
+            check(v.is_number());
+            put<float>(out, v.get<float>());
+            break;
+        case value_type::f64:
+            check(v.is_number());
+            put<double>(out, v.get<double>());
+            break;
+        case value_type::boolean:
+            check(v.is_boolean());
+            put<std::uint8_t>(out, v.get<bool>() ? 1 : 0);
+            break;
+        case value_type::string:
+            check(v.is_string());
+            put_string(out, v.get_ref<const std::string&>());
+            break;
+        case value_type::array:
+            throw error("gguf: metadata " + key + ": arrays of arrays are not written");
+    }
+}
+
+}  // namespace detail
+
+/// Builds a GGUF file: metadata in the order set (a key set twice keeps its first place), tensors in
+/// the order added, each quantized to its type when written.
+class Writer {
+public:
+    /// Sets a scalar or string value.
+    void set(const std::string& key, value_type type, nlohmann::json value) {
+        assign(key, Value{type, value_type::u8, std::move(value)});
+    }
+    /// Sets an array of `element` values.
+    void set_array(const std::string& key, value_type element, nlohmann::json values) {
+        if (!values.is_array()) throw error("gguf: metadata " + key + " must be an array");
+        assign(key, Value{value_type::array, element, std::move(values)});
+    }
+
+    /// Adds a tensor of `shape` (outermost first, as PyTorch lists it) holding `values` (row-major),
+    /// stored as `type`. Throws distill::error when the innermost dimension is not a whole number of
+    /// the type's blocks.
+    void add_tensor(std::string name, std::vector<std::int64_t> shape, quant::type type, std::vector<float> values) {
+        std::int64_t n = 1;
+        for (auto d : shape) n *= d;
+        if (shape.empty() || std::int64_t(values.size()) != n)
+            throw error("gguf: tensor " + name + " has " + std::to_string(values.size()) + " values for its shape");
+        const std::int64_t row = shape.back();
+        if (row % quant::block_elements(type) != 0)
+            throw error("gguf: tensor " + name + " has rows of " + std::to_string(row) + " values, not a multiple of " +
+                        std::string(quant::name(type)) + "'s block of " + std::to_string(quant::block_elements(type)));
+        TensorInfo info{std::move(name), {shape.rbegin(), shape.rend()}, type, 0, 0};
+        info.bytes = quant::row_bytes(type, row) * std::size_t(n / row);
+        tensors_.push_back({std::move(info), std::move(values)});
+    }
+
+    const std::vector<std::pair<std::string, Value>>& metadata() const noexcept { return metadata_; }
+
+    /// Writes the file atomically (temp, fsync, rename): a crash leaves the previous file or none.
+    void write(const std::filesystem::path& path) const {
+        std::uint64_t alignment = default_alignment;
+        for (const auto& [key, v] : metadata_)
+            if (key == "general.alignment") alignment = v.data.get<std::uint64_t>();
+        std::string head;
+        head.append("GGUF");
+        detail::put<std::uint32_t>(head, version);
+        detail::put<std::uint64_t>(head, tensors_.size());
+        detail::put<std::uint64_t>(head, metadata_.size());
+        for (const auto& [key, v] : metadata_) {
+            detail::put_string(head, key);
+            detail::put<std::uint32_t>(head, std::uint32_t(v.type));
+            if (v.type != value_type::array) {
+                detail::put_scalar(head, v.type, v.data, key);
+                continue;
+            }
+            detail::put<std::uint32_t>(head, std::uint32_t(v.element));
+            detail::put<std::uint64_t>(head, v.data.size());
+            for (const auto& e : v.data) detail::put_scalar(head, v.element, e, key);
+        }
+        std::uint64_t offset = 0;
+        for (const auto& t : tensors_) {
+            detail::put_string(head, t.info.name);
+            detail::put<std::uint32_t>(head, std::uint32_t(t.info.ne.size()));
+            for (auto d : t.info.ne) detail::put<std::uint64_t>(head, std::uint64_t(d));
+            detail::put<std::uint32_t>(head, std::uint32_t(t.info.type));
+            detail::put<std::uint64_t>(head, offset);
+            offset = detail::align_up(offset + t.info.bytes, alignment);
+        }
+        head.resize(detail::align_up(head.size(), alignment), '\0');
+        atomic_writer out(path);
+        out.write(head.data(), head.size());
+        std::vector<std::byte> buffer;
+        const std::byte zeros[64] = {};
+        for (const auto& t : tensors_) {
+            buffer.resize(t.info.bytes);
+            const std::int64_t row = t.info.ne.front(), rows = t.info.elements() / row;
+            const std::size_t stride = quant::row_bytes(t.info.type, row);
+            for (std::int64_t r = 0; r < rows; ++r)
+                quant::quantize_row(t.info.type, t.values.data() + r * row, row,
+                                    buffer.data() + std::size_t(r) * stride);
+            out.write(buffer.data(), buffer.size());
+            const std::uint64_t pad = detail::align_up(t.info.bytes, alignment) - t.info.bytes;
+            if (pad) out.write(zeros, pad);
+        }
+        out.commit();
+    }
+
+private:
+    struct Pending {
+        TensorInfo info;
+        std::vector<float> values;
+    };
+
+    void assign(const std::string& key, Value v) {
+        for (auto& [k, old] : metadata_)
+            if (k == key) {
+                old = std::move(v);
+                return;
+            }
+        metadata_.emplace_back(key, std::move(v));
+    }
+
+    std::vector<std::pair<std::string, Value>> metadata_;
+    std::vector<Pending> tensors_;
+};
+
+/// A GGUF file, mapped and checked: metadata, tensor descriptions and the tensors' bytes.
+class File {
+public:
+    /// Throws io_error when the file cannot be read, format_error (naming the file and the byte
+    /// offset) when it is not a GGUF v2/v3 file distill can read: a bad magic, a length or offset
+    /// past the end, an unknown value type, a tensor type other than f32, f16, bf16, q8_0, q4_0, q4_k.
+    explicit File(std::filesystem::path path) : path_(std::move(path)), map_(path_), bytes_(map_.bytes()) { parse(); }
+
+    const std::filesystem::path& path() const noexcept { return path_; }
+    std::uint32_t version() const noexcept { return version_; }
+    const std::vector<std::pair<std::string, Value>>& metadata() const noexcept { return metadata_; }
+    const std::vector<TensorInfo>& tensors() const noexcept { return tensors_; }
+
+    /// The value of `key`, or nullptr.
+    const Value* find(std::string_view key) const {
+        for (const auto& [k, v] : metadata_)
+            if (k == key) return &v;
+        return nullptr;
+    }
+    /// The value of `key`; a format_error naming the key when the file lacks it.
+    const Value& at(std::string_view key) const {
+        if (const Value* v = find(key)) return *v;
+        throw format_error(path_, 0, "has no metadata key " + std::string(key));
+    }
+    /// The tensor named `name`; a format_error naming it when the file lacks it.
+    const TensorInfo& tensor(std::string_view name) const {
+        for (const auto& t : tensors_)
+            if (t.name == name) return t;
+        throw format_error(path_, 0, "has no tensor " + std::string(name));
+    }
+
+    /// The stored bytes of `t` (ggml blocks of its type).
+    std::span<const std::byte> bytes(const TensorInfo& t) const {
+        return {bytes_.data() + data_start_ + t.offset, t.bytes};
+    }
+    /// `t`'s values as floats (row-major, innermost dimension last in memory).
+    std::vector<float> dequantize(const TensorInfo& t) const {
+        std::vector<float> out(std::size_t(t.elements()));
+        const std::int64_t row = t.ne.front(), rows = t.elements() / row;
+        const std::size_t stride = quant::row_bytes(t.type, row);
+        const std::byte* src = bytes(t).data();
+        for (std::int64_t r = 0; r < rows; ++r)
+            quant::dequantize_row(t.type, src + std::size_t(r) * stride, row, out.data() + r * row);
+        return out;
+    }
+
+private:
+    static bool readable_type(std::uint32_t t) {
+        using enum quant::type;
+        for (quant::type r : {F32, F16, BF16, Q8_0, Q4_0, Q4_K})
+            if (t == std::uint32_t(r)) return true;
+        return false;
+    }
+    [[noreturn]] void fail(std::uint64_t at, const std::string& what) const {
+        throw format_error(path_, 0, "byte " + std::to_string(at) + ": " + what);
+    }
+    void need(std::uint64_t n, const char* what) const {
+        if (n > size_ - pos_)
+            fail(pos_, std::string(what) + " runs past the end of the file (" + std::to_string(size_) + " bytes)");
+    }
+    template <class T>
+    T get(const char* what) {
+        need(sizeof(T), what);
+        T v;
+        std::memcpy(&v, bytes_.data() + pos_, sizeof(T));
+        pos_ += sizeof(T);
+        return v;
+    }
+    std::string get_string(const char* what) {
+        const auto n = get<std::uint64_t>(what);
+        need(n, what);
+        std::string s(reinterpret_cast<const char*>(bytes_.data()) + pos_, std::size_t(n));
+        pos_ += n;
+        return s;
+    }
+    nlohmann::json get_scalar(value_type t, const std::string& key) {
+        switch (t) {
+            case value_type::u8:
+                return get<std::uint8_t>(key.c_str());
+            case value_type::i8:
+                return get<std::int8_t>(key.c_str());
+            case value_type::u16:
+                return get<std::uint16_t>(key.c_str());
+            case value_type::i16:
+                return get<std::int16_t>(key.c_str());
+            case value_type::u32:
+                return get<std::uint32_t>(key.c_str());
+            case value_type::i32:
+                return get<std::int32_t>(key.c_str());
+            case value_type::u64:
+                return get<std::uint64_t>(key.c_str());
+            case value_type::i64:
+                return get<std::int64_t>(key.c_str());
+            case value_type::f32:
+                return get<float>(key.c_str());
+            case value_type::f64:
+                return get<double>(key.c_str());
+            case value_type::boolean: {
+                const auto b = get<std::uint8_t>(key.c_str());
+                if (b > 1) fail(pos_ - 1, "metadata " + key + " is a bool of value " + std::to_string(b));
+                return b == 1;
+            }
+            case value_type::string:
+                return get_string(key.c_str());
+            default:
+                fail(pos_ - 4, "metadata " + key + " has value type " + std::to_string(std::uint32_t(t)) +
+                                   ", expected 0..12 (arrays of arrays are not read)");
+        }
+    }
+    value_type get_type(const std::string& key, bool element) {
+        const auto t = get<std::uint32_t>("a value type");
+        if (t > 12 || (element && t == std::uint32_t(value_type::array)))
+            fail(pos_ - 4,
+                 "metadata " + key + " has value type " + std::to_string(t) +
+                     (element ? ", expected 0..12 other than 9 (array) for an array's elements" : ", expected 0..12"));
+        return value_type(t);
+    }
+
+    void parse() {
+        size_ = bytes_.size();
+        if (size_ < 4 || std::memcmp(bytes_.data(), "GGUF", 4) != 0) fail(0, "is not a GGUF file (no \"GGUF\" magic)");
+        pos_ = 4;
+        version_ = get<std::uint32_t>("the version");
+        if (version_ != 2 && version_ != 3)
+            fail(4, "is GGUF version " + std::to_string(version_) + ", expected 2 or 3");
+        const auto n_tensors = get<std::uint64_t>("the tensor count");
+        const auto n_kv = get<std::uint64_t>("the metadata count");
+        // Every entry takes at least 12 bytes: a bound that stops absurd counts before any allocation.
+        if (n_kv > size_ / 12 || n_tensors > size_ / 12) fail(8, "declares more entries than the file can hold");
+        std::uint64_t alignment = default_alignment;
+        for (std::uint64_t i = 0; i < n_kv; ++i) {
+            std::string key = get_string("a metadata key");
+            Value v;
+            v.type = get_type(key, false);
+            if (v.type == value_type::array) {
+                v.element = get_type(key, true);
+                const auto n = get<std::uint64_t>("an array length");
+                const std::size_t least = std::max<std::size_t>(detail::scalar_bytes(v.element), 8);
+                if (n > (size_ - pos_) / least)
+                    fail(pos_ - 8, "metadata " + key + " declares " + std::to_string(n) +
+                                       " elements, more than the file can hold");
+                v.data = nlohmann::json::array();
+                for (std::uint64_t j = 0; j < n; ++j) v.data.push_back(get_scalar(v.element, key));
+            } else {
+                v.data = get_scalar(v.type, key);
+            }
+            if (key == "general.alignment") {
+                if (v.type != value_type::u32 || v.data.get<std::uint64_t>() == 0 ||
+                    (v.data.get<std::uint64_t>() & (v.data.get<std::uint64_t>() - 1)) != 0)
+                    fail(pos_, "general.alignment must be a u32 power of two");
+                alignment = v.data.get<std::uint64_t>();
+            }
+            metadata_.emplace_back(std::move(key), std::move(v));
+        }
+        for (std::uint64_t i = 0; i < n_tensors; ++i) {
+            TensorInfo t;
+            t.name = get_string("a tensor name");
+            const auto n_dims = get<std::uint32_t>("a tensor's dimension count");
+            if (n_dims < 1 || n_dims > 4)
+                fail(pos_ - 4, "tensor " + t.name + " has " + std::to_string(n_dims) + " dimensions, expected 1 to 4");
+            for (std::uint32_t d = 0; d < n_dims; ++d) {
+                const auto n = get<std::uint64_t>("a tensor dimension");
+                if (n < 1 || n > (std::uint64_t(1) << 40))
+                    fail(pos_ - 8, "tensor " + t.name + " has dimension " + std::to_string(n));
+                t.ne.push_back(std::int64_t(n));
+            }
+            const auto type = get<std::uint32_t>("a tensor type");
+            if (!readable_type(type))
+                fail(pos_ - 4, "tensor " + t.name + " has ggml type " + std::to_string(type) +
+                                   ", which distill does not read (it reads f32, f16, bf16, q8_0, q4_0, q4_k)");
+            t.type = quant::type(type);
+            t.offset = get<std::uint64_t>("a tensor offset");
+            if (t.ne.front() % quant::block_elements(t.type) != 0)
+                fail(pos_ - 8, "tensor " + t.name + " has rows of " + std::to_string(t.ne.front()) +
+                                   " values, not a multiple of its type's block");
+            if (t.offset % alignment != 0) fail(pos_ - 8, "tensor " + t.name + " is not aligned");
+            if (t.elements() > (std::int64_t(1) << 40)) fail(pos_ - 8, "tensor " + t.name + " is too large");
+            t.bytes = quant::row_bytes(t.type, t.ne.front()) * std::size_t(t.elements() / t.ne.front());
+            tensors_.push_back(std::move(t));
+        }
+        data_start_ = detail::align_up(pos_, alignment);
+        for (const auto& t : tensors_)
+            if (data_start_ > size_ || t.offset > size_ - data_start_ || t.bytes > size_ - data_start_ - t.offset)
+                fail(data_start_ + t.offset,
+                     "tensor " + t.name + " (" + std::to_string(t.bytes) + " bytes) runs past the end of the file");
+    }
+
+    std::filesystem::path path_;
+    mapped_file map_;
+    std::span<const std::byte> bytes_;
+    std::uint64_t size_ = 0, pos_ = 0, data_start_ = 0;
+    std::uint32_t version_ = 0;
+    std::vector<std::pair<std::string, Value>> metadata_;
+    std::vector<TensorInfo> tensors_;
+};
+
+}  // namespace distill::io::gguf
+// ---- end distill/io/gguf.hpp ----
+// ---- begin distill/io/gguf_export.hpp ----
+/// @file gguf_export.hpp
+/// A decoder student as a GGUF file llama.cpp runs: `io::gguf::save(file, model, options)`.
+///
+/// The file holds what llama.cpp's own converter (`convert_hf_to_gguf.py`) writes for the same
+/// model in transformers' layout (`io::hf::save`), so llama.cpp loads it with its `gpt2`, `llama`,
+/// `qwen2` or `phi3` architecture:
+/// - metadata: `general.*`, the architecture's hyperparameters (`<arch>.context_length`,
+///   `embedding_length`, `block_count`, `feed_forward_length`, `attention.head_count[_kv]`, the norm
+///   epsilon, `rope.freq_base`, `rope.dimension_count`, rope scaling) and the tokenizer
+///   (`tokenizer.ggml.*`, `tokenizer.chat_template`);
+/// - tensors, named as llama.cpp names them (`token_embd`, `blk.N.attn_q`, ...). Llama's q and k
+///   rows are permuted from transformers' rotate-half order back to the interleaved pairs llama.cpp's
+///   `llama` rope rotates (the converter's `LlamaModel.permute`); Qwen2 and Phi-3 use rotate-half
+///   (NEOX) rope in llama.cpp too and are written as they are. Llama 3 rope scaling is the
+///   `rope_freqs.weight` factors the converter computes.
+/// - tensor types by the converter's rule: norms, biases, 1-D tensors and learned positions stay
+///   f32; every other matrix is stored as the requested type, or as `quant::storable`'s fallback
+///   when its rows are not a whole number of the type's blocks.
+///
+/// Tokenizers: the byte tokenizer is written as a byte-level BPE (`gpt2` model) with the 256 byte
+/// tokens, no merges and its special tokens as control tokens, so llama.cpp gives the same ids; a
+/// Hugging Face byte-level BPE tokenizer.json (GPT-2, Llama 3, Qwen2, SmolLM pre-tokenizers) is
+/// written with its tokens, merges, token types, special ids and chat template. SentencePiece-style
+/// tokenizers (byte fallback, Metaspace: Llama 2, Phi-3) are refused with a config_error, since
+/// their GGUF form needs the scores of the original `tokenizer.model`.
+
+#include <cmath>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <numbers>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
 // ---- begin distill/io/hf.hpp ----
 /// @file hf.hpp
 /// Hugging Face checkpoints: a directory with `config.json` and `model.safetensors`, or shards listed
@@ -11519,9 +12960,11 @@ BOOST_HANA_ADAPT_STRUCT(distill::student::EncoderConfig, vocab_size, context_len
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <boost/hana/adapt_struct.hpp>
@@ -11919,7 +13362,24 @@ private:
         }
         norm_forward(act(lnf_), act(lnf_mean_), act(lnf_rstd_), x, lnf_w_, lnf_b_, N);
         // logits (N,V) = lnf (N,C) · head^T — the LM head (the token embedding when tied)
-        gemm(dev_, false, true, N, V, C, T(1), act(lnf_), C, head(), C, T(0), act(logits_), V);
+        linear(act(logits_), act(lnf_), head_, none, N, C, V);
+    }
+
+    // out(N,OC) = [out +] in(N,C) · W(OC,C)ᵀ + b: nn::linear_forward, or the quantized product when
+    // `quantize` stored W as ggml blocks.
+    void linear(T* out, const T* in, std::size_t w, std::size_t b, int N, int C, int OC, bool add_to_out = false) {
+        if constexpr (std::is_same_v<T, float> && device::quant_device<Device>) {
+            if (const auto it = quantized_.find(w); it != quantized_.end()) {
+                const std::size_t n = std::size_t(N) * std::size_t(OC);
+                if (add_to_out && quant_scratch_.size() < n) quant_scratch_.resize(n);
+                T* y = add_to_out ? quant_scratch_.data() : out;
+                quant_matmul(dev_, in, it->second.rows.data(), it->second.type, y, N, C, OC);
+                if (add_to_out) accumulate(dev_, out, y, std::int64_t(n));
+                if (b != none) add_bias(dev_, out, val(b), N, OC);
+                return;
+            }
+        }
+        nn::linear_forward(dev_, out, in, val(w), val(b), N, C, OC, add_to_out);
     }
 
     // One block on rows x(N,C): res_out = res_attn + mlp(norm2(res_attn)), res_attn = x +
@@ -11930,21 +13390,21 @@ private:
         const auto& w = layer_params_[l];
         const auto& a = layer_acts_[l];
         norm_forward(act(a.ln1), act(a.ln1_mean), act(a.ln1_rstd), x, w.ln1_w, w.ln1_b, N);
-        nn::linear_forward(dev_, act(a.qkv), act(a.ln1), val(w.attn_w), val(w.attn_b), N, C, Q);
+        linear(act(a.qkv), act(a.ln1), w.attn_w, w.attn_b, N, C, Q);
         if (cfg_.rope())
             rope_rotate(dev_, act(a.qkv), rope_cos(), rope_sin(), positions_.data(), N, Q,
                         cfg_.n_heads + cfg_.kv_heads(), cfg_.head_size(), false);
         attend();
         dev_.copy(act(a.res_attn), x, sizeof(T) * N * C);
-        nn::linear_forward(dev_, act(a.res_attn), act(a.atty), val(w.proj_w), val(w.proj_b), N, C, C, true);
+        linear(act(a.res_attn), act(a.atty), w.proj_w, w.proj_b, N, C, C, true);
         norm_forward(act(a.ln2), act(a.ln2_mean), act(a.ln2_rstd), act(a.res_attn), w.ln2_w, w.ln2_b, N);
-        nn::linear_forward(dev_, act(a.fc), act(a.ln2), val(w.fc_w), val(w.fc_b), N, C, cfg_.fc_width());
+        linear(act(a.fc), act(a.ln2), w.fc_w, w.fc_b, N, C, cfg_.fc_width());
         if (cfg_.swiglu())
             swiglu_forward(dev_, act(a.fc_act), act(a.fc), N, F);
         else
             gelu_forward(dev_, act(a.fc_act), act(a.fc), std::int64_t(N) * F);
         dev_.copy(act(a.res_out), act(a.res_attn), sizeof(T) * N * C);
-        nn::linear_forward(dev_, act(a.res_out), act(a.fc_act), val(w.mlp_proj_w), val(w.mlp_proj_b), N, F, C, true);
+        linear(act(a.res_out), act(a.fc_act), w.mlp_proj_w, w.mlp_proj_b, N, F, C, true);
     }
 
     void norm_forward(T* out, T* mean, T* rstd, const T* in, std::size_t w, std::size_t b, int N) {
@@ -12153,7 +13613,7 @@ public:
             x = act(a.res_out);
         }
         norm_forward(act(lnf_), act(lnf_mean_), act(lnf_rstd_), x, lnf_w_, lnf_b_, B);
-        gemm(dev_, false, true, B, V, C, T(1), act(lnf_), C, head(), C, T(0), act(next_logits_), V);
+        linear(act(next_logits_), act(lnf_), head_, none, B, C, V);
         decode_batch_ = B;
         B_ = T_ = 0;  // the training-forward views are no longer valid
     }
@@ -12165,6 +13625,38 @@ public:
 
     /// Sets every gradient to zero (gradients accumulate across `backward` calls).
     void zero_grad() { this->zero_gradients(dev_); }
+
+    /// Runs inference with weights stored as ggml blocks of `type` (weight-only quantization, io/quant.hpp),
+    /// as a GGUF export of the same type stores them (io/gguf_export.hpp): the token embedding, the LM
+    /// head and every block's four matrices, each as `quant::storable` allows its rows; norms, biases
+    /// and learned positions stay fp32. Each matrix's values become its dequantized values (which the
+    /// embedding lookup reads) and its products run through the device's `quant_matmul` with fp32
+    /// activations. The model then generates and scores; `backward` refuses it. Quantizing twice
+    /// quantizes the dequantized values again, so call it once, on the trained weights.
+    void quantize(quant::type type) requires(std::is_same_v<T, float>&& device::quant_device<Device>) {
+        const std::int64_t V = cfg_.vocab_size, C = cfg_.d_model, F = cfg_.d_ff;
+        auto matrix = [&](std::size_t w, std::int64_t rows, std::int64_t cols) {
+            QuantizedMatrix q{quant::storable(type, cols), {}};
+            const std::size_t stride = quant::row_bytes(q.type, cols);
+            q.rows.resize(stride * std::size_t(rows));
+            T* values = val(w);
+            for (std::int64_t r = 0; r < rows; ++r) {
+                quant::quantize_row(q.type, values + r * cols, cols, q.rows.data() + std::size_t(r) * stride);
+                quant::dequantize_row(q.type, q.rows.data() + std::size_t(r) * stride, cols, values + r * cols);
+            }
+            quantized_.insert_or_assign(w, std::move(q));
+        };
+        matrix(wte_, V, C);  // also the head when tied
+        if (head_ != wte_) matrix(head_, V, C);
+        for (const auto& w : layer_params_) {
+            matrix(w.attn_w, cfg_.qkv_width(), C);
+            matrix(w.proj_w, C, C);
+            matrix(w.fc_w, cfg_.fc_width(), C);
+            matrix(w.mlp_proj_w, C, F);
+        }
+    }
+    /// Whether `quantize` was called.
+    bool quantized() const noexcept { return !quantized_.empty(); }
 
     /// Backpropagates `grad_logits()` through the last forward, accumulating into the gradients.
     /// `d_hidden[i]` (B,T,C) adds a gradient on hidden state i and `d_attention[l]` (B,H,T,T) one on
@@ -12329,6 +13821,8 @@ private:
     }
 
     void require_training(const char* what) const {
+        if (!quantized_.empty())
+            throw config_error("student", std::string(what) + ": this model was quantized for inference (quantize)");
         if (mode_ != activations::training)
             throw config_error("student", std::string(what) +
                                               ": this model was built for inference (activations::inference) and "
@@ -12385,6 +13879,12 @@ private:
     std::size_t d_res_ = 0, d_ln_ = 0, d_qkv_ = 0, d_att_ = 0, d_atty_ = 0, d_fc_ = 0, d_act_ = 0;
     std::int32_t* tokens_ = nullptr;
     std::unique_ptr<std::int32_t, TokenFree> tokens_owner_{nullptr, TokenFree{}};
+    struct QuantizedMatrix {
+        quant::type type;
+        std::vector<std::byte> rows;  // ggml blocks, row by row
+    };
+    std::map<std::size_t, QuantizedMatrix> quantized_;  // by parameter index (`quantize`)
+    std::vector<T> quant_scratch_;                      // a product to add to the residual stream
 };
 
 }  // namespace distill::student
@@ -12633,12 +14133,19 @@ inline student::TransformerConfig llama_config(const nlohmann::json& c, const st
     if (model_type == "phi3")  // sequences no longer than the window attend exactly as transformers'
         if (const auto w = c.find("sliding_window"); w != c.end() && !w->is_null())
             t.context_length = std::min(t.context_length, r.integer("sliding_window"));
-    if (const auto it = c.find("rope_scaling"); it != c.end() && !it->is_null()) {
-        if (!it->is_object()) fail("rope_scaling: expected an object or null, got " + it->dump());
+    // transformers 5 writes one `rope_parameters` object (rope_theta inside, rope_type "default" when
+    // unscaled) where 4.x wrote `rope_theta` and `rope_scaling`.
+    const auto params = c.find("rope_parameters");
+    const bool v5 = params != c.end() && !params->is_null();
+    const std::string key = v5 ? "rope_parameters" : "rope_scaling";
+    if (const auto it = c.find(key); it != c.end() && !it->is_null()) {
+        if (!it->is_object()) fail(key + ": expected an object or null, got " + it->dump());
         const detail::ConfigReader s{*it, file};
+        if (v5) t.rope_theta = s.number("rope_theta", t.rope_theta);
         const auto type = it->contains("rope_type") ? (*it)["rope_type"] : it->value("type", nlohmann::json());
+        if (v5 && type == "default") return r.validated(t);
         if (type != "linear" && type != "dynamic" && type != "llama3")
-            fail("rope_scaling: type " + type.dump() +
+            fail(key + ": type " + type.dump() +
                  " is not supported, only \"linear\", \"dynamic\" or \"llama3\" (YaRN, LongRoPE and su are not "
                  "implemented)");
         auto& rs = t.rope_scaling;
@@ -13115,6 +14622,454 @@ void save(const std::filesystem::path& dir, const Model& model, dtype out = dtyp
 
 }  // namespace distill::io::hf
 // ---- end distill/io/hf.hpp ----
+
+namespace distill::io::gguf {
+
+/// How a student is exported.
+struct ExportOptions {
+    quant::type type = quant::type::F32;  ///< the type of every matrix (see the file comment)
+    std::string model_type{};             ///< "" = io::hf::family_of(config); "phi3" asks for Phi-3's fused layout
+    std::filesystem::path tokenizer{};    ///< the student's tokenizer.json (tokenizer_config.json beside it); "" = byte
+    bool add_bos = true;                  ///< the byte tokenizer's: prompts start with <|bos|>
+    std::string name = "distill student";  ///< general.name
+};
+
+/// The type `requested` gives the tensor `name` of `shape` (outermost first) under the converter's
+/// rule and distill's fallbacks (file comment).
+inline quant::type tensor_type(const std::string& name, const std::vector<std::int64_t>& shape, quant::type requested) {
+    if (shape.size() < 2 || name.ends_with("_norm.weight") || !name.ends_with(".weight") ||
+        name == "position_embd.weight" || name == "rope_freqs.weight")
+        return quant::type::F32;
+    return quant::storable(requested, shape.back());
+}
+
+/// llama.cpp's `general.file_type` (llama_ftype) for a file of `t`'s matrices.
+inline std::uint32_t file_type(quant::type t) {
+    switch (t) {
+        case quant::type::F32:
+            return 0;
+        case quant::type::F16:
+            return 1;
+        case quant::type::Q4_0:
+            return 2;
+        case quant::type::Q8_0:
+            return 7;
+        case quant::type::Q4_K:
+            return 14;  // MOSTLY_Q4_K_S: every matrix Q4_K
+        case quant::type::BF16:
+            return 32;
+    }
+    return 0;
+}
+
+namespace detail {
+
+// GPT-2's bytes_to_unicode: the printable character byte-level BPE vocabularies use for each byte.
+inline std::string byte_token(unsigned b) {
+    unsigned cp = b;
+    const bool printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
+    if (!printable) {
+        unsigned n = 0;  // the rank of b among the non-printable bytes, mapped above 255
+        for (unsigned c = 0; c < b; ++c)
+            if (!((c >= 33 && c <= 126) || (c >= 161 && c <= 172) || (c >= 174 && c <= 255))) ++n;
+        cp = 256 + n;
+    }
+    std::string s;
+    if (cp < 0x80) {
+        s.push_back(char(cp));
+    } else {
+        s.push_back(char(0xC0 | (cp >> 6)));
+        s.push_back(char(0x80 | (cp & 0x3F)));
+    }
+    return s;
+}
+
+inline nlohmann::json read_json_file(const std::filesystem::path& p) {
+    std::ifstream in(p);
+    if (!in) throw io_error(p, "cannot open");
+    try {
+        return nlohmann::json::parse(in);
+    } catch (const nlohmann::json::parse_error& e) {
+        throw format_error(p, 0, std::string("is not valid JSON: ") + e.what());
+    }
+}
+
+// The text of a special token in tokenizer_config.json: a string or an AddedToken object.
+inline std::string token_text(const nlohmann::json& v) {
+    if (v.is_string()) return v.get<std::string>();
+    if (v.is_object() && v.contains("content") && v["content"].is_string()) return v["content"].get<std::string>();
+    return {};
+}
+
+// llama.cpp's name for a byte-level BPE tokenizer's pre-tokenizer (its regex), from tokenizer.json.
+inline std::string pre_tokenizer_name(const nlohmann::json& tok, const std::filesystem::path& file) {
+    static const std::map<std::string, std::string, std::less<>> by_regex = {
+        {"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| "
+         "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|"
+         "\\s+(?!\\S)|\\s+",
+         "llama-bpe"},
+        {"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| "
+         "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|"
+         "\\s+(?!\\S)|\\s+",
+         "qwen2"}};
+    const nlohmann::json& pre = tok.contains("pre_tokenizer") ? tok["pre_tokenizer"] : nlohmann::json();
+    auto is = [](const nlohmann::json& p, const char* type) { return p.is_object() && p.value("type", "") == type; };
+    if (is(pre, "ByteLevel") && pre.value("use_regex", true)) return "gpt-2";
+    if (is(pre, "Sequence") && pre.contains("pretokenizers") && pre["pretokenizers"].size() == 2) {
+        const auto& a = pre["pretokenizers"][0];
+        const auto& b = pre["pretokenizers"][1];
+        if (is(a, "Split") && a.contains("pattern") && a["pattern"].contains("Regex") && is(b, "ByteLevel")) {
+            if (auto it = by_regex.find(a["pattern"]["Regex"].get<std::string>()); it != by_regex.end())
+                return it->second;
+        }
+        if (is(a, "Digits") && a.value("individual_digits", false) && is(b, "ByteLevel")) return "smollm";
+    }
+    throw config_error(file.string(), "its pre_tokenizer " + pre.dump().substr(0, 200) +
+                                          " is not one llama.cpp names; GGUF export knows GPT-2's, Llama 3's, "
+                                          "Qwen2's and SmolLM's byte-level pre-tokenizers");
+}
+
+// tokenizer.ggml.* and tokenizer.chat_template of a Hugging Face tokenizer.json for a model of
+// `rows` embedding rows.
+inline void hf_tokenizer_metadata(Writer& w, const std::filesystem::path& file, std::int64_t rows) {
+    const nlohmann::json tok = read_json_file(file);
+    const nlohmann::json& model = tok.contains("model") ? tok["model"] : nlohmann::json();
+    const std::string kind = model.is_object() ? model.value("type", "") : "";
+    const std::string dumped = tok.dump();
+    auto uses = [&](const char* type) {
+        return dumped.find(std::string("\"type\":\"") + type + "\"") != std::string::npos;
+    };
+    if (kind != "BPE")
+        throw config_error(file.string(), "is a " + (kind.empty() ? std::string("model-less") : kind) +
+                                              " tokenizer; GGUF export writes byte-level BPE tokenizers");
+    if (model.value("byte_fallback", false) || uses("Metaspace") || uses("ByteFallback"))
+        throw config_error(file.string(),
+                           "is a SentencePiece-style BPE (byte fallback / Metaspace), whose GGUF form needs the "
+                           "original tokenizer.model's scores; convert that directory with llama.cpp's "
+                           "convert_hf_to_gguf.py, or export the student with a byte-level BPE tokenizer");
+    const std::string pre = pre_tokenizer_name(tok, file);
+
+    std::vector<std::string> tokens;
+    std::vector<std::int32_t> types;
+    auto place = [&](std::int64_t id, std::string text, std::int32_t type) {
+        if (id < 0) throw format_error(file, 0, "has a negative token id");
+        if (id >= rows)
+            throw config_error(file.string(), "has token id " + std::to_string(id) + " (" + text +
+                                                  "), but the model has only " + std::to_string(rows) +
+                                                  " embedding rows");
+        if (std::int64_t(tokens.size()) <= id) {
+            tokens.resize(std::size_t(id) + 1);
+            types.resize(std::size_t(id) + 1, 0);
+        }
+        tokens[std::size_t(id)] = std::move(text);
+        types[std::size_t(id)] = type;
+    };
+    for (const auto& [text, id] : model.at("vocab").items()) place(id.get<std::int64_t>(), text, 1);  // normal
+    std::map<std::string, std::int64_t, std::less<>> ids;
+    for (const auto& [text, id] : model.at("vocab").items()) ids[text] = id.get<std::int64_t>();
+    if (tok.contains("added_tokens"))
+        for (const auto& a : tok["added_tokens"]) {
+            const auto id = a.at("id").get<std::int64_t>();
+            place(id, a.at("content").get<std::string>(), a.value("special", false) ? 3 : 4);  // control, user
+            ids[a.at("content").get<std::string>()] = id;
+        }
+    tokens.resize(std::size_t(rows));
+    types.resize(std::size_t(rows), 0);
+    for (std::size_t i = 0; i < tokens.size(); ++i)
+        if (types[i] == 0) {  // rows no token uses: the converter's "[PAD<i>]", unused
+            tokens[i] = "[PAD" + std::to_string(i) + "]";
+            types[i] = 5;
+        }
+    nlohmann::json merges = nlohmann::json::array();
+    for (const auto& m : model.at("merges"))
+        merges.push_back(m.is_array() ? m[0].get<std::string>() + " " + m[1].get<std::string>() : m.get<std::string>());
+
+    w.set("tokenizer.ggml.model", value_type::string, "gpt2");
+    w.set("tokenizer.ggml.pre", value_type::string, pre);
+    w.set_array("tokenizer.ggml.tokens", value_type::string, tokens);
+    w.set_array("tokenizer.ggml.token_type", value_type::i32, types);
+    w.set_array("tokenizer.ggml.merges", value_type::string, std::move(merges));
+
+    const auto config_file = file.parent_path() / "tokenizer_config.json";
+    const nlohmann::json config =
+        std::filesystem::exists(config_file) ? read_json_file(config_file) : nlohmann::json::object();
+    for (const auto& [key, gguf_key] : std::map<std::string, std::string>{{"bos_token", "bos_token_id"},
+                                                                          {"eos_token", "eos_token_id"},
+                                                                          {"unk_token", "unknown_token_id"},
+                                                                          {"pad_token", "padding_token_id"}}) {
+        if (!config.contains(key)) continue;
+        const std::string text = token_text(config[key]);
+        if (text.empty()) continue;
+        const auto it = ids.find(text);
+        if (it == ids.end())
+            throw config_error(config_file.string() + "." + key,
+                               "names \"" + text + "\", which is not a token of " + file.string());
+        w.set("tokenizer.ggml." + gguf_key, value_type::u32, std::uint32_t(it->second));
+    }
+    // Whether llama.cpp adds BOS/EOS (and a separator between pairs), read as the converter reads it:
+    // from the post-processor's template, else tokenizer_config's add_bos_token / add_eos_token.
+    bool add_bos = config.value("add_bos_token", false), add_eos = config.value("add_eos_token", false);
+    const std::string bos = config.contains("bos_token") ? token_text(config["bos_token"]) : "";
+    const std::string eos = config.contains("eos_token") ? token_text(config["eos_token"]) : "";
+    const nlohmann::json post = tok.contains("post_processor") ? tok["post_processor"] : nlohmann::json();
+    const nlohmann::json processors = post.is_object() && post.contains("processors") ? post["processors"]
+                                      : post.is_object()                              ? nlohmann::json::array({post})
+                                                                                      : nlohmann::json::array();
+    auto special = [](const nlohmann::json& piece) -> std::string {
+        return piece.contains("SpecialToken") ? piece["SpecialToken"].value("id", "") : "";
+    };
+    for (const auto& p : processors) {
+        if (p.value("type", "") != "TemplateProcessing") continue;
+        const auto& single = p.value("single", nlohmann::json::array());
+        if (single.size() > 1) {
+            add_bos = !special(single.front()).empty() && special(single.front()) == bos;
+            add_eos = !special(single.back()).empty() && special(single.back()) == eos;
+        }
+        auto pair = p.value("pair", nlohmann::json::array());
+        if (!pair.empty() && add_bos && special(pair.front()) == bos) pair.erase(pair.begin());
+        if (!pair.empty() && add_eos && special(pair.back()) == eos) pair.erase(pair.end() - 1);
+        if (pair.size() > 2) {  // A <middle> B: a separator only when the middle is the sep/eos token
+            const std::string middle = special(pair[1]);
+            const std::string sep = config.contains("sep_token") ? token_text(config["sep_token"]) : "";
+            w.set("tokenizer.ggml.add_sep_token", value_type::boolean,
+                  !add_eos && !middle.empty() && (middle == sep || middle == eos));
+        }
+    }
+    w.set("tokenizer.ggml.add_bos_token", value_type::boolean, add_bos);
+    w.set("tokenizer.ggml.add_eos_token", value_type::boolean, add_eos);
+    std::string chat_template;
+    if (config.contains("chat_template") && config["chat_template"].is_string()) {
+        chat_template = config["chat_template"].get<std::string>();
+    } else if (config.contains("chat_template") && config["chat_template"].is_array()) {
+        for (const auto& t : config["chat_template"])
+            if (t.value("name", "") == "default") chat_template = t.value("template", "");
+    } else if (const auto jinja = file.parent_path() / "chat_template.jinja"; std::filesystem::exists(jinja)) {
+        std::ifstream in(jinja);
+        chat_template.assign(std::istreambuf_iterator<char>(in), {});
+    }
+    if (!chat_template.empty()) w.set("tokenizer.chat_template", value_type::string, chat_template);
+}
+
+// The byte tokenizer as a byte-level BPE without merges (file comment) and its chat template.
+inline void byte_tokenizer_metadata(Writer& w, std::int64_t rows, bool add_bos) {
+    using data::ByteTokenizer;
+    if (rows < ByteTokenizer::vocab_size())
+        throw config_error("student.vocab_size", "is " + std::to_string(rows) + ", smaller than the byte tokenizer's " +
+                                                     std::to_string(ByteTokenizer::vocab_size()) + " ids");
+    const ByteTokenizer tok;
+    nlohmann::json tokens = nlohmann::json::array(), types = nlohmann::json::array();
+    for (std::int64_t i = 0; i < rows; ++i) {
+        if (i < 256) {
+            tokens.push_back(byte_token(unsigned(i)));
+            types.push_back(1);
+        } else if (i < ByteTokenizer::vocab_size()) {
+            tokens.push_back(std::string(tok.token_name(std::int32_t(i))));
+            types.push_back(3);
+        } else {
+            tokens.push_back("[PAD" + std::to_string(i) + "]");
+            types.push_back(5);
+        }
+    }
+    w.set("tokenizer.ggml.model", value_type::string, "gpt2");
+    w.set("tokenizer.ggml.pre", value_type::string, "default");
+    w.set_array("tokenizer.ggml.tokens", value_type::string, std::move(tokens));
+    w.set_array("tokenizer.ggml.token_type", value_type::i32, std::move(types));
+    w.set_array("tokenizer.ggml.merges", value_type::string, nlohmann::json::array());
+    w.set("tokenizer.ggml.bos_token_id", value_type::u32, std::uint32_t(ByteTokenizer::bos));
+    w.set("tokenizer.ggml.eos_token_id", value_type::u32, std::uint32_t(ByteTokenizer::eos));
+    w.set("tokenizer.ggml.eot_token_id", value_type::u32, std::uint32_t(ByteTokenizer::end_of_turn));
+    w.set("tokenizer.ggml.padding_token_id", value_type::u32, std::uint32_t(ByteTokenizer::pad));
+    w.set("tokenizer.ggml.add_bos_token", value_type::boolean, add_bos);
+    // data::ByteChatFormat in Jinja: <|role|>content<|end|> per turn, then <|assistant|>
+    w.set("tokenizer.chat_template", value_type::string,
+          "{%- for message in messages -%}"
+          "{%- if message['role'] == 'system' or message['role'] == 'user' -%}<|{{ message['role'] }}|>"
+          "{%- else -%}<|assistant|>{%- endif -%}"
+          "{{ message['content'] }}<|end|>"
+          "{%- endfor -%}"
+          "{%- if add_generation_prompt -%}<|assistant|>{%- endif -%}");
+}
+
+// Llama's q/k rows: transformers' rotate-half order (per head: the first halves, then the second
+// halves of each pair) -> llama.cpp's interleaved pairs; the converter's LlamaModel.permute.
+// rows = heads · head_size, each `cols` wide (1 for a bias).
+inline std::vector<float> interleave_rope_rows(const float* in, std::int64_t heads, std::int64_t head_size,
+                                               std::int64_t cols) {
+    std::vector<float> out(std::size_t(heads * head_size * cols));
+    const std::int64_t half = head_size / 2;
+    for (std::int64_t h = 0; h < heads; ++h)
+        for (std::int64_t i = 0; i < half; ++i)
+            for (std::int64_t j = 0; j < 2; ++j)
+                std::copy_n(in + (h * head_size + j * half + i) * cols, cols,
+                            out.begin() + (h * head_size + 2 * i + j) * cols);
+    return out;
+}
+
+// Llama 3 rope scaling as llama.cpp reads it: one factor per rotary frequency (the converter's
+// LlamaModel.generate_extra_tensors).
+inline std::vector<float> llama3_rope_factors(const student::TransformerConfig& c) {
+    const auto& rs = c.rope_scaling;
+    const int dim = c.head_size();
+    const double low_wavelen = rs.original_context_length / rs.low_freq_factor;
+    const double high_wavelen = rs.original_context_length / rs.high_freq_factor;
+    std::vector<float> factors;
+    for (int i = 0; i < dim; i += 2) {
+        const float freq = 1.0f / std::pow(float(c.rope_theta), float(i) / float(dim));
+        const double wavelen = 2 * std::numbers::pi / freq;
+        if (wavelen < high_wavelen) {
+            factors.push_back(1.0f);
+        } else if (wavelen > low_wavelen) {
+            factors.push_back(float(rs.factor));
+        } else {
+            const double smooth = (rs.original_context_length / wavelen - rs.low_freq_factor) /
+                                  (rs.high_freq_factor - rs.low_freq_factor);
+            factors.push_back(float(1 / ((1 - smooth) / rs.factor + smooth)));
+        }
+    }
+    return factors;
+}
+
+}  // namespace detail
+
+/// Writes `model` (a `student::Transformer`) to `file` as GGUF v3 (see the file comment), atomically.
+/// Throws config_error when no llama.cpp architecture computes the student's blocks, for rope scaling
+/// llama.cpp does not have (dynamic NTK), or for a tokenizer it cannot hold.
+template <class Model>
+void save(const std::filesystem::path& file, const Model& model, const ExportOptions& options = {}) {
+    static_assert(std::is_same_v<typename Model::config_type, student::TransformerConfig>,
+                  "io::gguf::save writes decoder students (student::Transformer)");
+    const auto& c = model.config();
+    const std::string inferred = hf::family_of(c);
+    const std::string arch = options.model_type.empty() ? inferred : options.model_type;
+    if (arch != inferred && !(arch == "phi3" && inferred == "llama" && !c.qkv_bias && !c.mlp_bias && !c.proj_bias))
+        throw config_error("model_type",
+                           "\"" + arch + "\" cannot hold this student's blocks; \"" + inferred + "\" can");
+    if (c.rope_scaling.type == "dynamic")
+        throw config_error("student.rope_scaling.type",
+                           "is \"dynamic\" (NTK-aware scaling), which llama.cpp's " + arch + " does not compute");
+    if (arch == "phi3" && c.rope_scaling.type != "none")
+        throw config_error("student.rope_scaling.type", "must be \"none\" for a phi3 export");
+
+    Writer w;
+    const std::string a = arch + ".";
+    w.set("general.architecture", value_type::string, arch);
+    w.set("general.type", value_type::string, "model");
+    w.set("general.name", value_type::string, options.name);
+    w.set(a + "context_length", value_type::u32, std::uint32_t(c.context_length));
+    w.set(a + "embedding_length", value_type::u32, std::uint32_t(c.d_model));
+    w.set(a + "feed_forward_length", value_type::u32, std::uint32_t(c.d_ff));
+    w.set(a + "block_count", value_type::u32, std::uint32_t(c.n_layers));
+    w.set(a + "attention.head_count", value_type::u32, std::uint32_t(c.n_heads));
+    if (arch == "gpt2") {
+        w.set(a + "attention.layer_norm_epsilon", value_type::f32, float(c.norm_eps));
+    } else {
+        w.set(a + "attention.head_count_kv", value_type::u32, std::uint32_t(c.kv_heads()));
+        w.set(a + "attention.layer_norm_rms_epsilon", value_type::f32, float(c.norm_eps));
+        w.set(a + "rope.freq_base", value_type::f32, float(c.rope_theta));
+        if (arch != "qwen2")  // qwen2's converter leaves it to llama.cpp's default, the head size
+            w.set(a + "rope.dimension_count", value_type::u32, std::uint32_t(c.head_size()));
+        if (c.rope_scaling.type == "linear") {
+            w.set(a + "rope.scaling.type", value_type::string, "linear");
+            w.set(a + "rope.scaling.factor", value_type::f32, float(c.rope_scaling.factor));
+        }
+        if (arch == "llama") {  // transformers' LlamaConfig records head_dim, which the converter copies
+            w.set(a + "attention.key_length", value_type::u32, std::uint32_t(c.head_size()));
+            w.set(a + "attention.value_length", value_type::u32, std::uint32_t(c.head_size()));
+            w.set(a + "vocab_size", value_type::u32, std::uint32_t(c.vocab_size));
+        }
+        if (arch == "phi3") {
+            w.set(a + "rope.scaling.original_context_length", value_type::u32, std::uint32_t(c.context_length));
+            w.set(a + "attention.sliding_window", value_type::u32, 0u);  // none, as transformers' null
+        }
+    }
+    w.set("general.file_type", value_type::u32, file_type(options.type));
+    w.set("general.quantization_version", value_type::u32, 2u);  // ggml's QK layout version
+    if (options.tokenizer.empty())
+        detail::byte_tokenizer_metadata(w, c.vocab_size, options.add_bos);
+    else
+        detail::hf_tokenizer_metadata(w, options.tokenizer, c.vocab_size);
+
+    const auto host = hf::detail::host_parameters(model);
+    auto add = [&](std::string name, std::vector<std::int64_t> shape, const float* data) {
+        std::int64_t n = 1;
+        for (auto d : shape) n *= d;
+        const quant::type t = tensor_type(name, shape, options.type);
+        w.add_tensor(std::move(name), std::move(shape), t, std::vector<float>(data, data + n));
+    };
+    const std::int64_t hs = c.head_size(), q_rows = std::int64_t(c.n_heads) * hs,
+                       kv_rows = std::int64_t(c.kv_heads()) * hs;
+    if (c.rope_scaling.type == "llama3") {
+        const auto f = detail::llama3_rope_factors(c);
+        add("rope_freqs.weight", {std::int64_t(f.size())}, f.data());
+    }
+    for (const auto& p : model.parameters()) {
+        const float* data = host.data() + (p.value.data() - model.parameter_data());
+        std::vector<std::int64_t> shape(p.value.shape().begin(), p.value.shape().begin() + p.value.rank());
+        const std::string& n = p.name;
+        if (n == "wte.weight") {
+            add("token_embd.weight", shape, data);
+            continue;
+        }
+        if (n == "wpe.weight") {
+            add("position_embd.weight", shape, data);
+            continue;
+        }
+        if (n == "lm_head.weight") {
+            add("output.weight", shape, data);
+            continue;
+        }
+        if (n.starts_with("ln_f.")) {
+            add("output_norm" + n.substr(4), shape, data);
+            continue;
+        }
+        // h.{l}.{part}.{weight|bias}
+        const std::size_t dot = n.find('.', 2), last = n.rfind('.');
+        const std::string blk = "blk." + n.substr(2, dot - 2) + ".", part = n.substr(dot + 1, last - dot - 1),
+                          kind = n.substr(last);
+        const std::int64_t cols = shape.size() == 2 ? shape[1] : 1;
+        auto rows_of = [&](std::int64_t rows) {
+            auto s = shape;
+            s[0] = rows;
+            return s;
+        };
+        if (part == "ln_1")
+            add(blk + "attn_norm" + kind, shape, data);
+        else if (part == "ln_2")
+            add(blk + "ffn_norm" + kind, shape, data);
+        else if (part == "attn.c_proj")
+            add(blk + "attn_output" + kind, shape, data);
+        else if (part == "mlp.c_proj")
+            add(blk + "ffn_down" + kind, shape, data);
+        else if (part == "attn.c_attn" && (arch == "gpt2" || arch == "phi3"))
+            add(blk + "attn_qkv" + kind, shape, data);
+        else if (part == "attn.c_attn") {
+            const float* k = data + q_rows * cols;
+            const float* v = k + kv_rows * cols;
+            if (arch == "llama") {
+                add(blk + "attn_q" + kind, rows_of(q_rows),
+                    detail::interleave_rope_rows(data, c.n_heads, hs, cols).data());
+                add(blk + "attn_k" + kind, rows_of(kv_rows),
+                    detail::interleave_rope_rows(k, c.kv_heads(), hs, cols).data());
+            } else {
+                add(blk + "attn_q" + kind, rows_of(q_rows), data);
+                add(blk + "attn_k" + kind, rows_of(kv_rows), k);
+            }
+            add(blk + "attn_v" + kind, rows_of(kv_rows), v);
+        } else if (part == "mlp.c_fc" && (arch == "gpt2" || arch == "phi3")) {
+            add(blk + "ffn_up" + kind, shape, data);  // phi3: gate|up fused, as llama.cpp's phi3 reads it
+        } else if (part == "mlp.c_fc") {
+            add(blk + "ffn_gate" + kind, rows_of(c.d_ff), data);
+            add(blk + "ffn_up" + kind, rows_of(c.d_ff), data + std::int64_t(c.d_ff) * cols);
+        } else {
+            throw error("io::gguf: no " + arch + " tensor for the student's parameter " + n);
+        }
+    }
+    std::filesystem::create_directories(file.parent_path().empty() ? std::filesystem::path(".") : file.parent_path());
+    w.write(file);
+}
+
+}  // namespace distill::io::gguf
+// ---- end distill/io/gguf_export.hpp ----
 // ---- begin distill/io/topk_cache.hpp ----
 /// @file topk_cache.hpp
 /// The top-k cache: a teacher's per-token top-k log-probabilities for every generated answer, in an
@@ -20503,6 +22458,7 @@ private:
 /// `tokens_per_s` and `metrics` (keyed by metric name); null where a figure does not exist (an API
 /// teacher has no parameter count). At top level: `task_type` and `primary_metric`.
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -20518,6 +22474,24 @@ namespace distill::eval {
 namespace detail {
 
 inline const char* const model_names[] = {"teacher", "baseline", "student"};
+
+// The report's models in table order: teacher, baseline, student, then the quantized students
+// ("student_q8_0", ...) as the evaluate stage added them.
+inline std::vector<std::string> present_models(const nlohmann::ordered_json& report) {
+    std::vector<std::string> present;
+    const auto& models = report.at("models");
+    for (const char* m : model_names)
+        if (models.contains(m)) present.emplace_back(m);
+    for (const auto& item : models.items())
+        if (item.key().starts_with("student_")) present.push_back(item.key());
+    return present;
+}
+
+// A model's column label: "student_q8_0" -> "student q8_0".
+inline std::string label(std::string model) {
+    std::replace(model.begin(), model.end(), '_', ' ');
+    return model;
+}
 
 inline bool has_number(const nlohmann::ordered_json& j, const char* key) {
     return j.is_object() && j.contains(key) && j[key].is_number();
@@ -20603,15 +22577,13 @@ inline std::string report_summary(const nlohmann::ordered_json& report) {
 inline std::string render_markdown(const nlohmann::ordered_json& report) {
     using namespace detail;
     const std::string primary = report.at("primary_metric");
-    std::vector<std::string> present;
-    for (const char* m : model_names)
-        if (report.at("models").contains(m)) present.push_back(m);
+    const std::vector<std::string> present = present_models(report);
     std::string md = "# Distillation report\n\n";
     md += "Task: **" + report.at("task_type").get<std::string>() + "**, " +
           std::to_string(report.value("test_examples", 0)) + " test examples; primary metric: **" + primary + "**.\n\n";
     md += report_summary(report) + ".\n\n";
     md += "| |";
-    for (const auto& m : present) md += " " + m + " |";
+    for (const auto& m : present) md += " " + label(m) + " |";
     md += " student vs teacher |\n|---|";
     for (std::size_t i = 0; i < present.size(); ++i) md += "---:|";
     md += "---:|\n";
@@ -20651,7 +22623,7 @@ inline std::string render_markdown(const nlohmann::ordered_json& report) {
     row(
         "tokens/s", "tokens_per_s", [](double x) { return fixed(x, 0); }, true);
     md +=
-        "\nCharts: `loss.svg` (training and validation loss per term), `models.svg` (the three models, relative "
+        "\nCharts: `loss.svg` (training and validation loss per term), `models.svg` (the models, relative "
         "to the teacher). Machine-readable: `report.json`.\n";
     return md;
 }
@@ -20664,9 +22636,8 @@ inline std::string models_chart(const nlohmann::ordered_json& report) {
     const std::vector<std::string> groups = {primary, "tokens/s", "peak memory", "parameters"};
     std::vector<std::string> bars;
     std::vector<std::vector<double>> values;
-    for (const char* m : detail::model_names) {
-        if (!report.at("models").contains(m)) continue;
-        bars.emplace_back(m);
+    for (const std::string& m : detail::present_models(report)) {
+        bars.push_back(detail::label(m));
         std::vector<double> row;
         for (const auto& k : keys) {
             const double t = report_value(report, "teacher", k), x = report_value(report, m, k);
@@ -20674,7 +22645,7 @@ inline std::string models_chart(const nlohmann::ordered_json& report) {
         }
         values.push_back(std::move(row));
     }
-    return bar_chart("The three models, relative to the teacher (teacher = 1)", groups, bars, values);
+    return bar_chart("The models, relative to the teacher (teacher = 1)", groups, bars, values);
 }
 
 /// Training loss per term (and the validation loss) over steps from metrics.jsonl files, one prefix
@@ -21109,6 +23080,23 @@ struct EvaluationConfig {
     }
 };
 
+/// What leaves the run besides student.safetensors. Keys of the job's `export` object.
+struct ExportConfig {
+    /// GGUF files for llama.cpp, one per tensor type ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_k"):
+    /// OUTPUT_DIR/gguf/student-<type>.gguf, written after finetune (docs/deployment.md).
+    std::vector<std::string> gguf{};
+
+    void validate(const std::string& path = "export") const {
+        for (std::size_t i = 0; i < gguf.size(); ++i) {
+            const std::string at = path + ".gguf[" + std::to_string(i) + "]";
+            (void)quant::parse(gguf[i], at);
+            for (std::size_t j = 0; j < i; ++j)
+                if (quant::parse(gguf[j]) == quant::parse(gguf[i]))
+                    throw config_error(at, "\"" + gguf[i] + "\" is listed twice");
+        }
+    }
+};
+
 /// A whole distillation run (see the file comment; every key in docs/job-format.md).
 struct Job {
     /// `{"kind": "model" | "openai" | "cache" | "custom", ...}`: the kind's own keys
@@ -21148,6 +23136,7 @@ struct Job {
     nlohmann::json loss = nlohmann::json::object();
     BaselineConfig baseline{};
     EvaluationConfig evaluation{};
+    ExportConfig exports{};          ///< the job's "export" object (`export` is a C++ keyword)
     std::string output_dir = "out";  ///< every output of the run
     int threads = 0;                 ///< CPU threads (0: DISTILL_NUM_THREADS or all cores)
     /// The arithmetic of the device's matrix products: "fp32", or "bf16" (bf16 operands, fp32
@@ -21191,6 +23180,9 @@ struct Job {
         hyperparameters.validate();
         baseline.validate();
         evaluation.validate();
+        exports.validate();
+        if (task_type == "embedding" && !exports.gguf.empty())
+            throw config_error("export.gguf", "is for decoder students; an embedding student leaves as student_hf/");
         if (output_dir.empty()) throw config_error("output_dir", "must not be empty");
         if (threads < 0 || threads > 4096) throw config_error("threads", "must be in [0, 4096]");
         if (precision != "fp32" && precision != "bf16")
@@ -21238,11 +23230,33 @@ BOOST_HANA_ADAPT_ADT(distill::Hyperparameters,
     (log_every,        [](auto& h) -> auto& { return h.loop.log_every; }));
 // clang-format on
 BOOST_HANA_ADAPT_STRUCT(distill::BaselineConfig, enabled, data);
+BOOST_HANA_ADAPT_STRUCT(distill::ExportConfig, gguf);
 BOOST_HANA_ADAPT_STRUCT(distill::EvaluationConfig, batch_size, latency_samples, max_examples, max_new_tokens,
                         evaluate_teacher, recall_at);
-BOOST_HANA_ADAPT_STRUCT(distill::Job, teacher, student, student_weights, student_layers, frozen_parameters, tokenizer,
-                        training_data, validation_data, test_data, task_type, generation, hyperparameters, optimizer,
-                        loss, baseline, evaluation, output_dir, threads, precision);
+// The job's keys, each with the field it sets.
+// clang-format off
+BOOST_HANA_ADAPT_ADT(distill::Job,
+    (teacher,            [](auto& j) -> auto& { return j.teacher; }),
+    (student,            [](auto& j) -> auto& { return j.student; }),
+    (student_weights,    [](auto& j) -> auto& { return j.student_weights; }),
+    (student_layers,     [](auto& j) -> auto& { return j.student_layers; }),
+    (frozen_parameters,  [](auto& j) -> auto& { return j.frozen_parameters; }),
+    (tokenizer,          [](auto& j) -> auto& { return j.tokenizer; }),
+    (training_data,      [](auto& j) -> auto& { return j.training_data; }),
+    (validation_data,    [](auto& j) -> auto& { return j.validation_data; }),
+    (test_data,          [](auto& j) -> auto& { return j.test_data; }),
+    (task_type,          [](auto& j) -> auto& { return j.task_type; }),
+    (generation,         [](auto& j) -> auto& { return j.generation; }),
+    (hyperparameters,    [](auto& j) -> auto& { return j.hyperparameters; }),
+    (optimizer,          [](auto& j) -> auto& { return j.optimizer; }),
+    (loss,               [](auto& j) -> auto& { return j.loss; }),
+    (baseline,           [](auto& j) -> auto& { return j.baseline; }),
+    (evaluation,         [](auto& j) -> auto& { return j.evaluation; }),
+    (export,             [](auto& j) -> auto& { return j.exports; }),
+    (output_dir,         [](auto& j) -> auto& { return j.output_dir; }),
+    (threads,            [](auto& j) -> auto& { return j.threads; }),
+    (precision,          [](auto& j) -> auto& { return j.precision; }));
+// clang-format on
 
 namespace distill {
 
@@ -21377,6 +23391,10 @@ public:
     std::filesystem::path metrics(const std::string& run) const { return training_dir(run) / "metrics.jsonl"; }
     /// The trained student in transformers' layout (a student that started from a Hugging Face directory).
     std::filesystem::path student_hf() const { return root_ / "student_hf"; }
+    /// The student as a GGUF file of tensor type `type` ("q8_0", ...) for llama.cpp.
+    std::filesystem::path gguf(std::string_view type) const {
+        return root_ / "gguf" / ("student-" + std::string(type) + ".gguf");
+    }
 
     // ---- evaluate ----
     std::filesystem::path answers(const std::string& model) const {
@@ -21823,8 +23841,43 @@ public:
         nlohmann::ordered_json summary;
         summary["student"] = train_student(train, val ? &*val : nullptr, steps);
         if (s_.student_from_hf()) export_student_hf();
+        export_gguf();
         if (s_.job.baseline.enabled) summary["baseline"] = train_baseline(steps);
         return summary;
+    }
+
+    /// Writes the trained student as the job's GGUF files (`export.gguf`): OUTPUT_DIR/gguf/
+    /// student-<type>.gguf, each atomically, with the student's tokenizer (io::gguf::save). A file
+    /// newer than student.safetensors is kept. Returns the files. Needs the finetune stage's output.
+    std::vector<std::filesystem::path> export_gguf() {
+        std::vector<std::filesystem::path> files;
+        if constexpr (std::is_same_v<student_config, student::TransformerConfig>) {
+            const auto weights = s_.dir.weights("student");
+            if (!s_.job.exports.gguf.empty() && !std::filesystem::exists(weights))
+                throw error("export: " + weights.string() + " does not exist; run the finetune stage first");
+            std::optional<student_type> s;
+            for (const std::string& name : s_.job.exports.gguf) {
+                const quant::type type = quant::parse(name);
+                const auto file = s_.dir.gguf(quant::name(type));
+                files.push_back(file);
+                if (std::filesystem::exists(file) &&
+                    std::filesystem::last_write_time(file) >= std::filesystem::last_write_time(weights))
+                    continue;
+                if (!s) {
+                    s.emplace(s_.student, 1, device_);
+                    io::load_weights(io::safetensors_file(weights), *s);
+                }
+                const bool phi3 =
+                    s_.student_from_hf() && io::hf::Directory(s_.job.student_weights).model_type() == "phi3";
+                io::gguf::save(file, *s,
+                               {.type = type,
+                                .model_type = phi3 ? "phi3" : "",
+                                .tokenizer = s_.tokenizer_source,
+                                .add_bos = s_.chat_template.config().add_bos});
+                s_.say("finetune: the student for llama.cpp: " + file.string());
+            }
+        }
+        return files;
     }
 
 private:
@@ -22609,6 +24662,7 @@ struct EmbeddingEvaluate : EmbeddingStages<Teacher, Types, Device> {
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <span>
 #include <string>
 #include <utility>
@@ -22692,6 +24746,11 @@ public:
         }
         s_.say("evaluate: distilled student");
         models["student"] = measure_student(student_file, "student", requests, references, sampling);
+        for (const std::string& type : quantized_types()) {
+            s_.say("evaluate: distilled student in " + type);
+            models["student_" + type] =
+                measure_student(student_file, "student_" + type, requests, references, sampling, quant::parse(type));
+        }
 
         nlohmann::ordered_json report;
         report["distill_version"] = version();
@@ -22724,7 +24783,8 @@ private:
                           {"evaluation", io::to_json(s_.job.evaluation)},
                           {"generation", io::to_json(s_.job.generation)},
                           {"task_type", s_.job.task_type}};
-        if (s_.job.precision != "fp32") fp["precision"] = s_.job.precision;  // fp32 runs keep their fingerprints
+        if (s_.job.precision != "fp32") fp["precision"] = s_.job.precision;   // fp32 runs keep their fingerprints
+        if (!quantized_types().empty()) fp["quantized"] = quantized_types();  // so do runs without export.gguf
         return detail::sha(fp.dump());
     }
 
@@ -22816,15 +24876,39 @@ private:
         return m;
     }
 
+    // The export.gguf types the student is also measured in: those that change its weights (not f32),
+    // for students that can be quantized on this device.
+    std::vector<std::string> quantized_types() const {
+        std::vector<std::string> types;
+        if constexpr (requires(typename runner_type::network_type & n) { n.quantize(quant::type::Q8_0); })
+            for (const std::string& name : s_.job.exports.gguf)
+                if (quant::parse(name) != quant::type::F32) types.emplace_back(quant::name(quant::parse(name)));
+        return types;
+    }
+
+    // `weights` through the runner; with `quantized`, its matrices in that ggml type (the student of
+    // OUTPUT_DIR/gguf/student-<type>.gguf, through the device's quantized kernels).
     nlohmann::ordered_json measure_student(const std::filesystem::path& weights, const std::string& name,
                                            const std::vector<teacher::Request>& requests,
                                            const std::vector<std::string>& references,
-                                           const teacher::Sampling& sampling) {
+                                           const teacher::Sampling& sampling,
+                                           std::optional<quant::type> quantized = std::nullopt) {
         eval::PeakMemory memory;
         teacher::ModelConfig cfg;
         cfg.weights = weights.string();
         cfg.max_batch = s_.job.evaluation.batch_size;
         runner_type model(cfg, s_.chat_template, device_);
+        if constexpr (requires { model.network().quantize(quant::type::Q8_0); }) {
+            if (!quantized) return measure(model, name, requests, references, sampling, memory);
+            model.network().quantize(*quantized);
+            auto m = measure(model, name, requests, references, sampling, memory);
+            const auto file = s_.dir.gguf(quant::name(*quantized));
+            m["name"] = m["name"].template get<std::string>() + " (" + std::string(quant::name(*quantized)) + ")";
+            m["checkpoint_bytes"] = std::filesystem::exists(file)
+                                        ? nlohmann::ordered_json(std::filesystem::file_size(file))
+                                        : nlohmann::ordered_json(nullptr);
+            return m;
+        }
         return measure(model, name, requests, references, sampling, memory);
     }
 
@@ -23442,6 +25526,15 @@ public:
     nlohmann::ordered_json evaluate() {
         s_.dir.write_job_copy(s_.job);
         return evaluate_stage_type(s_, teacher_, device_).run();
+    }
+
+    /// Writes the job's GGUF files (`export.gguf`) from the trained student; see
+    /// `FinetuneStage::export_gguf` (finetune() writes them too). Returns the files.
+    std::vector<std::filesystem::path> export_gguf() {
+        if constexpr (requires(finetune_stage_type & f) { f.export_gguf(); })
+            return finetune_stage_type(s_, teacher_, device_).export_gguf();
+        else
+            return {};  // embedding students: the job refuses export.gguf
     }
 
     /// generate(), finetune(), evaluate() (the last only when the job has test data).

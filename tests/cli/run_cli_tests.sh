@@ -91,11 +91,17 @@ before=$(md5sum "$WORK/ref/report.json" "$WORK/ref/student.safetensors")
     pass "a complete run is skipped" || fail "a rerun changed the outputs"
 
 # ---- GGUF export of the trained student (docs/deployment.md) ------------------------------------------
-expect 2 "export: the job's export.gguf names no tensor type" -- "$DISTILL" export "$ref"
+# (the quickstart's job exports q8_0 and q4_k after finetune; the same job without them)
+perl -0pe 's/"gguf": \[[^\]]*\]/"gguf": []/s' "$ref" >"$WORK/no_export.json"
+expect 2 "export: the job's export.gguf names no tensor type" -- "$DISTILL" export "$WORK/no_export.json"
 expect 2 'export.gguf\[1\]: unknown tensor type "q5"' -- "$DISTILL" export "$ref" --gguf q8_0,q5
-if "$DISTILL" export "$ref" --gguf q8_0,q4_k >"$WORK/export.stdout" 2>"$WORK/export.stderr" &&
+[[ -s $WORK/ref/gguf/student-q8_0.gguf && -s $WORK/ref/gguf/student-q4_k.gguf ]] &&
+    pass "finetune writes the job's GGUF files" || fail "finetune did not write gguf/student-{q8_0,q4_k}.gguf"
+grep -q '"student_q4_k"' "$WORK/ref/report.json" && pass "the report measures the quantized students" ||
+    fail "report.json has no student_q4_k"
+if "$DISTILL" export "$ref" --gguf q8_0,q4_k,f16 >"$WORK/export.stdout" 2>"$WORK/export.stderr" &&
     [[ $(head -c 4 "$WORK/ref/gguf/student-q8_0.gguf") == GGUF && $(head -c 4 "$WORK/ref/gguf/student-q4_k.gguf") == GGUF ]] &&
-    grep -q "gguf/student-q4_k.gguf" "$WORK/export.stdout"; then
+    [[ $(head -c 4 "$WORK/ref/gguf/student-f16.gguf") == GGUF ]] && grep -q "gguf/student-f16.gguf" "$WORK/export.stdout"; then
     pass "distill export writes the GGUF files"
 else
     fail "distill export: $(tail -3 "$WORK/export.stderr")"

@@ -25,13 +25,16 @@
 /// tokenizers (byte fallback, Metaspace: Llama 2, Phi-3) are refused with a config_error, since
 /// their GGUF form needs the scores of the original `tokenizer.model`.
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <numbers>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <nlohmann/json.hpp>

@@ -22461,7 +22461,6 @@ private:
 /// `tokens_per_s` and `metrics` (keyed by metric name); null where a figure does not exist (an API
 /// teacher has no parameter count). At top level: `task_type` and `primary_metric`.
 
-#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -22492,7 +22491,7 @@ inline std::vector<std::string> present_models(const nlohmann::ordered_json& rep
 
 // A model's column label: "student_q8_0" -> "student q8_0".
 inline std::string label(std::string model) {
-    std::replace(model.begin(), model.end(), '_', ' ');
+    if (const auto at = model.find('_'); at != std::string::npos) model[at] = ' ';
     return model;
 }
 

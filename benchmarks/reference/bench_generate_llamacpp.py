@@ -28,7 +28,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     a = ap.parse_args()
     llm = llama_cpp.Llama(model_path=a.gguf, n_ctx=a.prompt + a.new, n_batch=a.prompt, n_threads=a.threads,
-                          n_threads_batch=a.threads, logits_all=False, verbose=False)
+                          n_threads_batch=a.threads, logits_all=True, verbose=False)
     rng = random.Random(1)
     prompt = [256] + [ord("a") + rng.randrange(26) for _ in range(a.prompt - 1)]  # <|bos|> + letters
 

@@ -187,9 +187,11 @@ inline void hf_tokenizer_metadata(Writer& w, const std::filesystem::path& file, 
         tokens[std::size_t(id)] = std::move(text);
         types[std::size_t(id)] = type;
     };
-    for (const auto& [text, id] : model.at("vocab").items()) place(id.get<std::int64_t>(), text, 1);  // normal
     std::map<std::string, std::int64_t, std::less<>> ids;
-    for (const auto& [text, id] : model.at("vocab").items()) ids[text] = id.get<std::int64_t>();
+    for (const auto& [text, id] : model.at("vocab").items()) {
+        place(id.get<std::int64_t>(), text, 1);  // normal
+        ids[text] = id.get<std::int64_t>();
+    }
     if (tok.contains("added_tokens"))
         for (const auto& a : tok["added_tokens"]) {
             const auto id = a.at("id").get<std::int64_t>();

@@ -295,11 +295,9 @@ public:
                     s.emplace(s_.student, 1, device_);
                     io::load_weights(io::safetensors_file(weights), *s);
                 }
-                const bool phi3 =
-                    s_.student_from_hf() && io::hf::Directory(s_.job.student_weights).model_type() == "phi3";
                 io::gguf::save(file, *s,
                                {.type = type,
-                                .model_type = phi3 ? "phi3" : "",
+                                .model_type = export_layout(),
                                 .tokenizer = s_.tokenizer_source,
                                 .add_bos = s_.chat_template.config().add_bos});
                 s_.say("finetune: the student for llama.cpp: " + file.string());
@@ -490,6 +488,12 @@ private:
         return s;
     }
 
+    // The layout a trained student leaves in: "phi3" (fused projections) for one that started from a
+    // Phi-3 directory, else "" (the family its blocks imply).
+    std::string export_layout() const {
+        return s_.student_from_hf() && io::hf::Directory(s_.job.student_weights).model_type() == "phi3" ? "phi3" : "";
+    }
+
     // The trained student in transformers' layout beside student.safetensors, with its tokenizer's
     // files: a student that started from a Hugging Face directory leaves as one.
     void export_student_hf() {
@@ -501,7 +505,7 @@ private:
             nlohmann::json extra = nlohmann::json::object();
             for (const char* key : {"bos_token_id", "eos_token_id", "pad_token_id"})
                 if (init.config().contains(key)) extra[key] = init.config()[key];
-            io::hf::save(dir, s, io::dtype::F32, extra, init.model_type() == "phi3" ? "phi3" : "");
+            io::hf::save(dir, s, io::dtype::F32, extra, export_layout());
             if (!s_.tokenizer_source.empty())
                 for (const char* name : {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja"})
                     if (const auto from = s_.tokenizer_source.parent_path() / name; std::filesystem::exists(from))

@@ -32,6 +32,17 @@ const nlohmann::json& golden() {
     return g;
 }
 
+// fixtures/quant_dot_golden.json (tests/reference/make_quant_dot_golden.py): ggml's CPU backend's
+// activation conversion and vec_dot, from llama.cpp's libggml-cpu.
+const nlohmann::json& dot_golden() {
+    static const nlohmann::json g = [] {
+        std::ifstream in(std::string(DISTILL_TEST_DATA_DIR) + "/quant_dot_golden.json");
+        REQUIRE(in.good());
+        return nlohmann::json::parse(in);
+    }();
+    return g;
+}
+
 std::vector<std::byte> from_hex(const std::string& hex) {
     REQUIRE(hex.size() % 2 == 0);
     std::vector<std::byte> out(hex.size() / 2);
@@ -255,6 +266,111 @@ TEST_CASE("quant: a non-finite weight is refused by the block formats, converted
 
 // ---- quant_matmul ---------------------------------------------------------------------------------
 
+// The activations as quant_matmul multiplies them: `quantize_activations`' blocks dequantized
+// (Q8_0: d·q; Q8_K: d·q), or the rounded floats.
+static std::vector<float> converted_activations(quant::type t, const std::vector<float>& x) {
+    const auto k = std::int64_t(x.size());
+    std::vector<std::byte> a(quant::activation_row_bytes(t, k));
+    quant::quantize_activations(t, x.data(), k, a.data());
+    std::vector<float> out(x.size());
+    if (t == quant::type::Q4_K) {
+        for (std::int64_t i = 0; i < k / quant::qk_k; ++i) {
+            quant::block_q8_K b;
+            std::memcpy(&b, a.data() + i * std::int64_t(sizeof b), sizeof b);
+            for (int c = 0; c < quant::qk_k; ++c) out[std::size_t(i * quant::qk_k + c)] = b.d * float(b.qs[c]);
+        }
+    } else {
+        quant::dequantize_row(t == quant::type::Q4_0 ? quant::type::Q8_0 : t, a.data(), k, out.data());
+    }
+    return out;
+}
+
+TEST_CASE("quantize_activations: ggml's CPU bytes; each activation within half a quantization step") {
+    const auto& g = dot_golden();
+    const std::int64_t k = g["k"];
+    for (const auto& [tname, entry] : g["types"].items()) {
+        const quant::type t = type_named(tname);
+        for (const auto& [aname, hex] : entry["converted"].items()) {
+            CAPTURE(tname);
+            CAPTURE(aname);
+            const auto x = floats_from_hex(g["activations"][aname]);
+            std::vector<std::byte> a(quant::activation_row_bytes(t, k));
+            quant::quantize_activations(t, x.data(), k, a.data());
+            CHECK(a == from_hex(hex));
+            // the law, independent of ggml: |x − d·q| ≤ step/2 per block, step = max|x| / 127, plus
+            // q times the fp16 rounding of a Q8_0 block's d
+            const auto back = converted_activations(t, x);
+            const std::int64_t block = t == quant::type::Q4_K ? 256 : quant::block_elements(t) > 1 ? 32 : 1;
+            for (std::int64_t i = 0; i < k; i += block) {
+                float amax = 0;
+                for (std::int64_t c = i; c < i + block; ++c) amax = std::max(amax, std::fabs(x[std::size_t(c)]));
+                // one element: its ulp in fp16 (10 stored bits; 2^-24 among subnormals) or bf16 (7)
+                const double step = block == 1 ? std::max(std::ldexp(double(amax), t == quant::type::BF16 ? -7 : -10),
+                                                          t == quant::type::F16 ? std::ldexp(1.0, -24) : 0.0)
+                                               : amax / 127.0;
+                const double d_rounding = block == 32 ? 127 * step * std::ldexp(1.0, -11) : 0.0;  // fp16 d
+                for (std::int64_t c = i; c < i + block; ++c)
+                    REQUIRE(std::fabs(double(back[std::size_t(c)]) - x[std::size_t(c)]) <=
+                            0.5 * step * 1.001 + d_rounding);
+            }
+        }
+    }
+}
+
+#if defined(DISTILL_QUANT_INT_KERNELS)
+TEST_CASE("quantize_activations: Cpu's vectorized conversion writes the reference's bytes") {
+    const std::int64_t k = 1024;
+    std::vector<std::vector<float>> rows;
+    for (std::uint64_t seed = 1; seed <= 4; ++seed) rows.push_back(random_vector<float>(std::size_t(k), seed));
+    std::vector<float> ties(static_cast<std::size_t>(k));  // x · 127/max lands on halves
+    for (std::int64_t c = 0; c < k; ++c) ties[std::size_t(c)] = float((c % 64) - 31.5f) / 31.5f * (c % 3 ? 1 : -1);
+    rows.push_back(ties);
+    std::vector<float> special = rows[0];
+    std::fill(special.begin(), special.begin() + 256, 0.0f);  // an all-zero block (Q8_K: d = 0)
+    special[300] = -5;                                        // two maxima of opposite signs: the first wins
+    special[301] = 5;
+    special[600] = 1e-30f;  // tiny among normal values
+    rows.push_back(special);
+    for (quant::type t : {quant::type::Q8_0, quant::type::Q4_0, quant::type::Q4_K})
+        for (std::size_t r = 0; r < rows.size(); ++r) {
+            CAPTURE(quant::name(t));
+            CAPTURE(r);
+            std::vector<std::byte> want(quant::activation_row_bytes(t, k)), got(want.size(), std::byte{0x5a});
+            quant::quantize_activations(t, rows[r].data(), k, want.data());
+            device::detail::quantize_activations(t, rows[r].data(), k, got.data());
+            CHECK(got == want);
+        }
+}
+#endif
+
+TEST_CASE("quant_matmul: llama.cpp's vec_dot results for every weight type, on Reference and Cpu") {
+    const auto& g = dot_golden();
+    const std::int64_t k = g["k"];
+    for (const auto& [tname, entry] : g["types"].items()) {
+        const quant::type t = type_named(tname);
+        for (const auto& [wname, whex] : g["weights"].items()) {
+            const auto W = floats_from_hex(whex);
+            const auto q = quantize(t, W);
+            const auto wdeq = dequantize(t, q, k);
+            for (const auto& [aname, ahex] : g["activations"].items()) {
+                CAPTURE(tname);
+                CAPTURE(wname);
+                CAPTURE(aname);
+                const auto x = floats_from_hex(ahex);
+                const float want = floats_from_hex(entry["dots"][aname + "." + wname])[0];
+                const auto a = converted_activations(t, x);
+                double mag = 0;
+                for (std::int64_t c = 0; c < k; ++c) mag += std::fabs(double(a[std::size_t(c)]) * wdeq[std::size_t(c)]);
+                float y_ref = NAN, y_cpu = NAN;
+                quant_matmul(device::Reference{}, x.data(), q.data(), t, &y_ref, 1, k, 1);
+                quant_matmul(device::Cpu(1), x.data(), q.data(), t, &y_cpu, 1, k, 1);
+                CHECK(std::fabs(double(y_ref) - want) <= 2e-6 * mag + 1e-30);
+                CHECK(std::fabs(double(y_cpu) - want) <= 2e-6 * mag + 1e-30);
+            }
+        }
+    }
+}
+
 TEST_CASE("quant_matmul: Cpu equals Reference to fp32 rounding for every type; any thread count, same bits") {
     const std::int64_t k = 256 * 3;
     device::Reference ref;
@@ -272,22 +388,29 @@ TEST_CASE("quant_matmul: Cpu equals Reference to fp32 rounding for every type; a
             quant_matmul(ref, x.data(), q.data(), t, y_ref.data(), m, k, n);
             quant_matmul(device::Cpu(1), x.data(), q.data(), t, y1.data(), m, k, n);
             quant_matmul(device::Cpu(3), x.data(), q.data(), t, y3.data(), m, k, n);
-            // The reference computed independently: dequantize, then a double dot product; the bound
-            // is fp32 summation error over k terms relative to Σ|x||w|.
+            // Independently of the kernels' integer arithmetic: the converted activations times the
+            // dequantized weights in double; the bound is fp32 summation error over k terms relative
+            // to Σ|a||w|. The fp32 product x·w differs from it only by the activations' rounding.
             std::vector<float> wrow(static_cast<std::size_t>(k));
-            for (std::int64_t j = 0; j < n; ++j) {
-                quant::dequantize_row(t, q.data() + j * rb, k, wrow.data());
-                for (std::int64_t i = 0; i < m; ++i) {
-                    double exact = 0, mag = 0;
+            for (std::int64_t i = 0; i < m; ++i) {
+                const std::vector<float> xi(x.begin() + i * k, x.begin() + (i + 1) * k);
+                const auto a = converted_activations(t, xi);
+                for (std::int64_t j = 0; j < n; ++j) {
+                    quant::dequantize_row(t, q.data() + j * rb, k, wrow.data());
+                    double exact = 0, mag = 0, fp32 = 0, rounding = 0;
                     for (std::int64_t c = 0; c < k; ++c) {
-                        exact += double(x[std::size_t(i * k + c)]) * wrow[std::size_t(c)];
-                        mag += std::fabs(double(x[std::size_t(i * k + c)]) * wrow[std::size_t(c)]);
+                        const double w = wrow[std::size_t(c)];
+                        exact += double(a[std::size_t(c)]) * w;
+                        mag += std::fabs(double(a[std::size_t(c)]) * w);
+                        fp32 += double(xi[std::size_t(c)]) * w;
+                        rounding += std::fabs((double(a[std::size_t(c)]) - xi[std::size_t(c)]) * w);
                     }
                     const std::size_t o = std::size_t(i * n + j);
                     INFO(quant::name(t) << " m=" << m << " n=" << n << " y[" << i << "," << j << "]: cpu " << y1[o]
                                         << ", reference " << y_ref[o] << ", exact " << exact);
                     REQUIRE(std::fabs(double(y_ref[o]) - exact) <= 1e-5 * mag);
                     REQUIRE(std::fabs(double(y1[o]) - exact) <= 1e-5 * mag);
+                    REQUIRE(std::fabs(exact - fp32) <= rounding + 1e-12);
                 }
             }
             INFO(quant::name(t) << " m=" << m << " n=" << n);

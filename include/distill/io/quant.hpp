@@ -33,6 +33,7 @@
 #include <cstring>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "distill/error.hpp"
 
@@ -67,7 +68,16 @@ struct block_q4_K {
     std::uint8_t scales[12];    ///< 8 scales and 8 mins, 6 bits each (see the file comment)
     std::uint8_t qs[qk_k / 2];  ///< nibbles (see the file comment)
 };
+/// ggml's `block_q8_K`: 256 activations as int8 with an fp32 scale and the sum of each 16 quants
+/// (what ggml's CPU backend multiplies K-quant weights with; never stored in a file).
+struct block_q8_K {
+    static constexpr int elements = qk_k;
+    float d;                        ///< fp32 scale (negative when the largest magnitude is positive)
+    std::int8_t qs[qk_k];           ///< quants
+    std::int16_t bsums[qk_k / 16];  ///< sum of qs[16i..16i+15]
+};
 static_assert(sizeof(block_q8_0) == 34 && alignof(block_q8_0) == 2, "block_q8_0 must be ggml's 34 bytes");
+static_assert(sizeof(block_q8_K) == 292, "block_q8_K must be ggml's 292 bytes");
 static_assert(sizeof(block_q4_0) == 18 && alignof(block_q4_0) == 2, "block_q4_0 must be ggml's 18 bytes");
 static_assert(sizeof(block_q4_K) == 144 && alignof(block_q4_K) == 2, "block_q4_K must be ggml's 144 bytes");
 
@@ -444,6 +454,102 @@ inline void decode_elements(type t, const std::byte* in, std::int64_t n, float* 
     }
 }
 
+/// v rounded to the nearest integer, halves to even, in any floating-point environment.
+inline float round_half_even(float v) noexcept {
+#if defined(__has_builtin)
+#if __has_builtin(__builtin_roundevenf)
+    return __builtin_roundevenf(v);
+#endif
+#endif
+    return std::nearbyint(v);  // the default environment rounds halves to even
+}
+
+/// One Q8_0 block of activations as ggml's CPU backend quantizes them on x86 (`quantize_row_q8_0`
+/// of ggml-cpu, AVX path), which differs from the weights' reference rule in two roundings:
+/// q = round-half-even(x · (127 / max|x|)), and d = max|x| / 127 is stored as fp16 after, not before,
+/// the quants are computed.
+/// (The loops are written so that compilers vectorize them: activations are converted on every call.)
+inline void quantize_activation_block(const float* x, block_q8_0& b) noexcept {
+    float amax = 0.0f;
+    for (int j = 0; j < qk8_0; ++j) amax = std::fabs(x[j]) > amax ? std::fabs(x[j]) : amax;
+    b.d = fp32_to_fp16(amax / 127.0f);
+    const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+    float q[qk8_0];
+    for (int j = 0; j < qk8_0; ++j) q[j] = round_half_even(x[j] * id);
+    for (int j = 0; j < qk8_0; ++j) b.qs[j] = static_cast<std::int8_t>(q[j]);
+}
+
+/// One Q8_K block (ggml's quantize_row_q8_K_ref, which the CPU backend uses on x86): the element
+/// of largest magnitude, `max`, maps to −127; q = min(127, round-half-even(x · (−127 / max))),
+/// d = 1 / (−127 / max), and bsums the sums of 16 quants. An all-zero block is d = 0, quants 0.
+inline void quantize_activation_block(const float* x, block_q8_K& b) noexcept {
+    float amax = 0.0f;
+    for (int j = 0; j < qk_k; ++j) amax = std::fabs(x[j]) > amax ? std::fabs(x[j]) : amax;
+    b = block_q8_K{};
+    if (amax == 0.0f) return;
+    int first = 0;  // ggml's `max`: the first element of that magnitude, with its sign
+    while (first < qk_k - 1 && std::fabs(x[first]) != amax) ++first;  // (bounded for NaN)
+    const float iscale = -127.0f / x[first];
+    float q[qk_k];
+    for (int j = 0; j < qk_k; ++j) {
+        const float r = round_half_even(x[j] * iscale);
+        q[j] = r < 127.0f ? r : 127.0f;
+    }
+    for (int j = 0; j < qk_k; ++j) b.qs[j] = static_cast<std::int8_t>(q[j]);
+    for (int j = 0; j < qk_k / 16; ++j) {
+        int sum = 0;
+        for (int i = 0; i < 16; ++i) sum += b.qs[16 * j + i];
+        b.bsums[j] = static_cast<std::int16_t>(sum);
+    }
+    b.d = 1.0f / iscale;
+}
+
+}  // namespace detail
+
+/// The row of activations ggml's CPU backend multiplies a row of weights of type `weight` with
+/// (its `vec_dot_type`): the weight type itself for F32, F16 and BF16 (the activations rounded to
+/// it), Q8_0 blocks for Q8_0 and Q4_0 weights, Q8_K blocks (`block_q8_K`) for Q4_K. `quant_matmul`
+/// multiplies these, so that a quantized student computes what llama.cpp computes from its GGUF file.
+/// Bytes of such a row of `n` activations; throws distill::error as `row_bytes(weight, n)` does.
+inline std::size_t activation_row_bytes(type weight, std::int64_t n) {
+    const std::size_t weight_bytes = row_bytes(weight, n);  // validates n against the weight's blocks
+    switch (weight) {
+        case type::Q8_0:
+        case type::Q4_0:
+            return static_cast<std::size_t>(n / qk8_0) * sizeof(block_q8_0);
+        case type::Q4_K:
+            return static_cast<std::size_t>(n / qk_k) * sizeof(block_q8_K);
+        default:
+            return weight_bytes;
+    }
+}
+
+/// Converts `n` activations at `x` to the form `activation_row_bytes` describes, writing that many
+/// bytes to `out` (any alignment): the bytes ggml's CPU backend (x86) writes. Non-finite activations
+/// give meaningless blocks, as in ggml; callers check their inputs.
+inline void quantize_activations(type weight, const float* x, std::int64_t n, std::byte* out) {
+    (void)activation_row_bytes(weight, n);
+    auto blocks = [&]<class Block>() {
+        for (std::int64_t i = 0; i < n / Block::elements; ++i) {
+            Block b;
+            detail::quantize_activation_block(x + i * Block::elements, b);
+            std::memcpy(out + i * std::int64_t(sizeof(Block)), &b, sizeof(Block));
+        }
+    };
+    if (weight == type::Q8_0 || weight == type::Q4_0)
+        blocks.template operator()<block_q8_0>();
+    else if (weight == type::Q4_K)
+        blocks.template operator()<block_q8_K>();
+    else
+        detail::encode_elements(weight, x, n, out);
+}
+
+namespace detail {
+/// Quant of element `c` of a Q4_0 block, as an offset from 8 (file comment).
+inline int q4_0_quant(const quant::block_q4_0& b, int c) noexcept {
+    return (c < 16 ? b.qs[c] & 0xF : b.qs[c - 16] >> 4) - 8;
+}
+
 }  // namespace detail
 
 /// Quantizes the `n` floats at `x` to type `t`, writing `row_bytes(t, n)` bytes to `out` (any
@@ -475,6 +581,63 @@ inline void dequantize_row(type t, const std::byte* in, std::int64_t n, float* y
             detail::dequantize_block(b, y + i * Block::elements);
         }
     });
+}
+
+/// One weight row of k elements of type `t` (at `w`) times one activation row converted by
+/// `quantize_activations(t, ...)` (at `a`), as ggml's CPU `vec_dot` computes it, in plain loops: Σ_blocks d_w · d_a · Σ
+/// q_w · q_a, and for Q4_K Σ_super-blocks d_a · (d · Σ_s sc_s · Σ q_w · q_a − dmin · Σ_s m_s · Σ q_a).
+inline float vec_dot(type t, const std::byte* w, const std::byte* a, std::int64_t k) {
+    auto load = [](const std::byte* p, std::int64_t i, auto& block) {
+        std::memcpy(&block, p + i * std::int64_t(sizeof block), sizeof block);
+    };
+    float sum = 0;
+    if (t == type::Q8_0 || t == type::Q4_0) {
+        for (std::int64_t i = 0; i < k / qk8_0; ++i) {
+            block_q8_0 x;
+            load(a, i, x);
+            int isum = 0;
+            float d;
+            if (t == type::Q8_0) {
+                block_q8_0 b;
+                load(w, i, b);
+                for (int c = 0; c < qk8_0; ++c) isum += b.qs[c] * x.qs[c];
+                d = fp16_to_fp32(b.d);
+            } else {
+                block_q4_0 b;
+                load(w, i, b);
+                for (int c = 0; c < qk4_0; ++c) isum += detail::q4_0_quant(b, c) * x.qs[c];
+                d = fp16_to_fp32(b.d);
+            }
+            sum += d * fp16_to_fp32(x.d) * static_cast<float>(isum);
+        }
+    } else if (t == type::Q4_K) {
+        for (std::int64_t i = 0; i < k / qk_k; ++i) {
+            block_q4_K b;
+            block_q8_K x;
+            load(w, i, b);
+            load(a, i, x);
+            int isum = 0, msum = 0;
+            for (int s = 0; s < 8; ++s) {  // sub-block s: elements 32s..32s+31
+                std::uint8_t sc, m;
+                detail::scale_min_k4(s, b.scales, sc, m);
+                int dot = 0;
+                for (int c = 0; c < 32; ++c) {
+                    const std::uint8_t byte = b.qs[32 * (s / 2) + c];
+                    dot += (s % 2 ? byte >> 4 : byte & 0xF) * x.qs[32 * s + c];
+                }
+                isum += sc * dot;
+                msum += m * (x.bsums[2 * s] + x.bsums[2 * s + 1]);
+            }
+            sum += x.d * fp16_to_fp32(b.d) * static_cast<float>(isum) -
+                   x.d * fp16_to_fp32(b.dmin) * static_cast<float>(msum);
+        }
+    } else {  // F32, F16, BF16: both operands in the weight's type
+        std::vector<float> wf(static_cast<std::size_t>(k)), af(wf.size());
+        dequantize_row(t, w, k, wf.data());
+        dequantize_row(t, a, k, af.data());
+        for (std::int64_t c = 0; c < k; ++c) sum += wf[std::size_t(c)] * af[std::size_t(c)];
+    }
+    return sum;
 }
 
 }  // namespace distill::quant

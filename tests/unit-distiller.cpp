@@ -293,6 +293,19 @@ TEST_CASE("Distiller: bad policy sections, data and combinations fail at constru
         CHECK(std::equal(full.logits().data(), full.logits().data() + full.logits().numel(), lean.logits().data()));
         CHECK_THROWS_AS(lean.hidden_state(1), shape_error);
     }
+    {  // export.gguf the student cannot be written as: refused now, not after finetune
+        nlohmann::json exported = with("/export", {{"gguf", {"q8_0"}}});
+        CHECK(construct(exported) == "(no error)");
+        const nlohmann::json llama_blocks = {{"norm", "rmsnorm"}, {"positions", "rope"}, {"mlp", "swiglu"},
+                                             {"qkv_bias", false}, {"proj_bias", false},  {"mlp_bias", false}};
+        exported["student"].update(llama_blocks);
+        exported["student"]["rope_scaling"] = {{"type", "dynamic"}, {"factor", 2.0}, {"original_context_length", 48}};
+        CHECK(construct(exported) ==
+              "export.gguf: cannot be written for this student: student.rope_scaling.type: is \"dynamic\" (NTK-aware "
+              "scaling), which llama.cpp's llama does not compute");
+        exported.erase("export");
+        CHECK(construct(exported) == "(no error)");  // without export.gguf the student may train
+    }
     // the offline distiller's top-k term needs top-k log-probabilities from the generation
     const Job job = parse_job(with("/loss", {{"topk_soft_kl", nlohmann::json::object()}}));
     teacher::Model<student::Transformer> t(teacher_config(job));
@@ -646,6 +659,21 @@ TEST_CASE("Distiller across tokenizers: logit-level losses refused, text distill
     const fs::path llama3 = fs::path(DISTILL_TEST_DATA_DIR) / "tokenizers" / "llama3";
     CHECK(refusal(w.job("x", w.padded, 1024, llama3.string(), online_loss), std::type_identity<OnlineDistiller>{})
               .find("tokenizer has") != std::string::npos);
+
+    // a student tokenizer GGUF export cannot hold refuses the job's export.gguf at construction; a
+    // SentencePiece-style one is exported
+    const nlohmann::json text_loss = {{"hard_ce", nlohmann::json::object()}};
+    // (Metaspace with prepend_scheme "first": llama.cpp would put '▁' after every special token)
+    nlohmann::json metaspace = w.job(
+        "x", w.padded, 500, (fs::path(DISTILL_TEST_DATA_DIR) / "tokenizers" / "llama2_metaspace").string(), text_loss);
+    metaspace["export"] = {{"gguf", {"f16"}}};
+    const std::string refused = refusal(metaspace, std::type_identity<TextDistiller>{});
+    CHECK(refused.starts_with("export.gguf: cannot be written for this student: "));
+    CHECK(refused.find("prepend_scheme \"first\"") != std::string::npos);
+    nlohmann::json spm =
+        w.job("x", w.padded, 704, (fs::path(DISTILL_TEST_DATA_DIR) / "gguf" / "llama2").string(), text_loss);
+    spm["export"] = {{"gguf", {"f16"}}};
+    CHECK(refusal(spm, std::type_identity<TextDistiller>{}) == "(no error)");
 
     // sequence-level distillation into a byte-tokenizer student: the teacher's text, re-encoded
     const Job job = parse_job(w.job("text", w.padded, 263, "byte", {{"hard_ce", nlohmann::json::object()}}));

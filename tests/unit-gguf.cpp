@@ -185,10 +185,13 @@ TEST_CASE("gguf export: tensor types follow llama.cpp's converter, with distill'
 }
 
 // The golden: for each architecture, a random transformers checkpoint and its tokenizer
-// (fixtures/gguf/<arch>/), and what llama.cpp's convert_hf_to_gguf.py wrote for it at f32 and q8_0,
-// read back by gguf-py (fixtures/gguf/<arch>/converter-<type>.json).
+// (fixtures/gguf/<arch>/; llama2: a Llama with a SentencePiece-style tokenizer.json), and what
+// llama.cpp's convert_hf_to_gguf.py wrote for it at f32 and q8_0, read back by gguf-py
+// (fixtures/gguf/<arch>/converter-<type>.json). Where distill deliberately writes other values (the
+// SentencePiece scores, for which the converter writes a placeholder) the golden's "replaced" holds
+// them, computed by the script.
 TEST_CASE("gguf export: a student's file holds what llama.cpp's converter writes") {
-    for (const std::string arch : {"gpt2", "llama", "qwen2", "phi3"}) {
+    for (const std::string arch : {"gpt2", "llama", "qwen2", "phi3", "llama2"}) {
         const auto dir = fixtures / "gguf" / arch;
         const io::hf::Directory ckpt(dir);
         student::Transformer<float, device::Cpu> m(io::hf::transformer_config(ckpt), 1);
@@ -208,10 +211,12 @@ TEST_CASE("gguf export: a student's file holds what llama.cpp's converter writes
             const io::gguf::File f(path);
             const auto ignored = golden["ignored"].get<std::set<std::string>>();
             const auto extra = golden["extra"].get<std::set<std::string>>();
+            const auto replaced = golden.value("replaced", nlohmann::json::object());
             // every key the converter wrote, with its type and value (floats as f32)
-            for (const auto& [key, g] : golden["metadata"].items()) {
+            for (const auto& [key, converter] : golden["metadata"].items()) {
                 CAPTURE(key);
                 if (ignored.contains(key)) continue;
+                const nlohmann::json& g = replaced.contains(key) ? replaced[key] : converter;
                 const io::gguf::Value* v = f.find(key);
                 if (!v) {
                     FAIL_CHECK("missing key " << key);
@@ -221,6 +226,8 @@ TEST_CASE("gguf export: a student's file holds what llama.cpp's converter writes
                 if (v->type == value_type::array) CHECK(std::uint32_t(v->element) == g["element"].get<std::uint32_t>());
                 if (v->type == value_type::f32)
                     CHECK(v->data.get<float>() == g["value"].get<float>());
+                else if (v->type == value_type::array && v->element == value_type::f32)
+                    CHECK(v->data.get<std::vector<float>>() == g["value"].get<std::vector<float>>());
                 else
                     CHECK(v->data == g["value"]);
             }
@@ -246,6 +253,10 @@ TEST_CASE("gguf export: a student's file holds what llama.cpp's converter writes
                                 .model_type = arch == "phi3" ? "phi3" : "",
                                 .tokenizer = dir / "tokenizer.json"});
             std::filesystem::remove(path);
+            if (arch == "llama2") {  // the metadata checked above is the SentencePiece vocabulary
+                CHECK(f.at("tokenizer.ggml.model").data == "llama");
+                CHECK(f.at("tokenizer.ggml.add_space_prefix").data == true);
+            }
         }
     }
 }
@@ -311,8 +322,73 @@ TEST_CASE("gguf export: the byte tokenizer, quantized types and refusals") {
                          doctest::Contains("smaller than the byte tokenizer"), config_error);
     CHECK_THROWS_WITH_AS(
         io::gguf::save(temp_file("spm.gguf"), m, {.tokenizer = fixtures / "tokenizers" / "llama2" / "tokenizer.json"}),
-        doctest::Contains("SentencePiece-style BPE"), config_error);
+        doctest::Contains("but the model has only 263 embedding rows"), config_error);
     CHECK_THROWS_WITH_AS(quant::parse("q5_k"), doctest::Contains("q4_k"), config_error);
+}
+
+// The rules check_exportable applies are save()'s: a job is refused with them before it trains.
+TEST_CASE("gguf export: check_exportable refuses what save refuses, SentencePiece-style tokenizers included") {
+    const auto golden_dir = fixtures / "gguf" / "llama2";
+    const auto cfg = io::hf::transformer_config(io::hf::Directory(golden_dir));
+    const auto spm = golden_dir / "tokenizer.json";
+    CHECK_NOTHROW(io::gguf::check_exportable(cfg, {.tokenizer = spm}));
+    CHECK_NOTHROW(io::gguf::check_exportable(cfg, {.model_type = "phi3", .tokenizer = spm}));
+    CHECK_THROWS_WITH_AS(io::gguf::check_exportable(cfg, {.model_type = "qwen2", .tokenizer = spm}),
+                         doctest::Contains("model_type: \"qwen2\" cannot hold"), config_error);
+    auto small = cfg;
+    small.vocab_size = 700;  // the added chat tokens 700..703 have no row
+    CHECK_THROWS_WITH_AS(io::gguf::check_exportable(small, {.tokenizer = spm}),
+                         doctest::Contains("has token id 700 (<|user|>), but the model has only 700"), config_error);
+    auto dyn = cfg;
+    dyn.rope_scaling = {.type = "dynamic", .factor = 2, .original_context_length = 8};
+    CHECK_THROWS_WITH_AS(io::gguf::check_exportable(dyn, {.tokenizer = spm}),
+                         doctest::Contains("student.rope_scaling.type"), config_error);
+
+    // variants of the fixture's tokenizer.json that llama.cpp's SPM tokenizer would read differently
+    std::ifstream in(spm);
+    const auto tok = nlohmann::json::parse(in);
+    const auto dir = temp_file("spm-variants");
+    std::filesystem::create_directories(dir);
+    auto refused = [&](nlohmann::json variant, const char* expect) {
+        std::ofstream(dir / "tokenizer.json") << variant.dump();
+        CAPTURE(expect);
+        CHECK_THROWS_WITH_AS(io::gguf::check_exportable(cfg, {.tokenizer = dir / "tokenizer.json"}),
+                             doctest::Contains(expect), config_error);
+    };
+    auto t = tok;
+    t["normalizer"]["normalizers"].push_back({{"type", "NFKC"}});
+    refused(t, "its normalizer step {\"type\":\"NFKC\"}");
+    t = tok;
+    t["normalizer"] = nullptr;
+    refused(t, "keeps spaces as spaces");
+    t = tok;
+    t["normalizer"] = nullptr;
+    t["pre_tokenizer"] = {
+        {"type", "Metaspace"}, {"replacement", "\u2581"}, {"prepend_scheme", "first"}, {"split", true}};
+    refused(t, "split false");
+    t["pre_tokenizer"]["split"] = false;  // Llama 2's newer form: llama.cpp's '▁' differs
+    refused(t, "prepend_scheme \"first\", which puts no \"▁\" before text that starts with a space or follows");
+    t["pre_tokenizer"]["prepend_scheme"] = "always";
+    refused(t, "prepend_scheme \"always\"");
+    // a Metaspace that does not prepend is llama.cpp's SPM tokenizer without add_space_prefix
+    t["pre_tokenizer"]["prepend_scheme"] = "never";
+    std::ofstream(dir / "tokenizer.json") << t.dump();
+    io::gguf::Writer w;
+    io::gguf::detail::hf_tokenizer_metadata(w, dir / "tokenizer.json", cfg.vocab_size);
+    bool found = false;
+    for (const auto& [key, v] : w.metadata())
+        if (key == "tokenizer.ggml.add_space_prefix") {
+            found = true;
+            CHECK(v.data == false);
+        }
+    CHECK(found);
+    t = tok;
+    t["model"]["vocab"].erase("<0x7F>");
+    refused(t, "has byte fallback but no byte token <0x7F>");
+    t = tok;
+    t["model"]["ignore_merges"] = true;
+    refused(t, "ignore_merges");
+    std::filesystem::remove_all(dir);
 }
 
 // The quantized student the report measures: Transformer::quantize stores the matrices as a GGUF

@@ -21,18 +21,24 @@
 /// Tokenizers: the byte tokenizer is written as a byte-level BPE (`gpt2` model) with the 256 byte
 /// tokens, no merges and its special tokens as control tokens, so llama.cpp gives the same ids; a
 /// Hugging Face byte-level BPE tokenizer.json (GPT-2, Llama 3, Qwen2, SmolLM pre-tokenizers) is
-/// written with its tokens, merges, token types, special ids and chat template. SentencePiece-style
-/// tokenizers (byte fallback, Metaspace: Llama 2, Phi-3) are refused with a config_error, since
-/// their GGUF form needs the scores of the original `tokenizer.model`.
+/// written with its tokens, merges, token types, special ids and chat template. A SentencePiece-style
+/// tokenizer.json (BPE with byte fallback, '▁' for spaces: Llama 2, Mistral, Phi-3) is written as
+/// llama.cpp's `llama` (SPM) vocabulary as the converter writes it without tokenizer.model, but with
+/// scores from the merge ranks instead of its placeholder, so that llama.cpp merges in the BPE's
+/// order; text handling llama.cpp's SPM tokenizer does not compute is refused (spm_add_space_prefix).
+/// `check_exportable` applies save's refusals without writing, so a job fails before it trains.
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <map>
 #include <numbers>
+#include <set>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -152,28 +158,186 @@ inline std::string pre_tokenizer_name(const nlohmann::json& tok, const std::file
                                           "Qwen2's and SmolLM's byte-level pre-tokenizers");
 }
 
-// tokenizer.ggml.* and tokenizer.chat_template of a Hugging Face tokenizer.json for a model of
-// `rows` embedding rows.
-inline void hf_tokenizer_metadata(Writer& w, const std::filesystem::path& file, std::int64_t rows) {
-    const nlohmann::json tok = read_json_file(file);
-    const nlohmann::json& model = tok.contains("model") ? tok["model"] : nlohmann::json();
-    const std::string kind = model.is_object() ? model.value("type", "") : "";
-    const std::string dumped = tok.dump();
-    auto uses = [&](const char* type) {
-        return dumped.find(std::string("\"type\":\"") + type + "\"") != std::string::npos;
-    };
-    if (kind != "BPE")
-        throw config_error(file.string(), "is a " + (kind.empty() ? std::string("model-less") : kind) +
-                                              " tokenizer; GGUF export writes byte-level BPE tokenizers");
-    if (model.value("byte_fallback", false) || uses("Metaspace") || uses("ByteFallback"))
-        throw config_error(file.string(),
-                           "is a SentencePiece-style BPE (byte fallback / Metaspace), whose GGUF form needs the "
-                           "original tokenizer.model's scores; convert that directory with llama.cpp's "
-                           "convert_hf_to_gguf.py, or export the student with a byte-level BPE tokenizer");
-    const std::string pre = pre_tokenizer_name(tok, file);
-
+// The vocabulary as llama.cpp's tables hold it: each row's text and token type, by id.
+struct Vocabulary {
     std::vector<std::string> tokens;
     std::vector<std::int32_t> types;
+    std::map<std::string, std::int64_t, std::less<>> ids;  // text -> id, of the tokenizer's own tokens
+};
+
+// llama.cpp's token types (llama_token_type).
+enum token_type : std::int32_t { normal = 1, unknown = 2, control = 3, user_defined = 4, unused = 5, byte = 6 };
+
+// The texts tokenizer_config.json names as special tokens (transformers' all_special_tokens): the
+// bos/eos/unk/sep/pad/cls/mask tokens and additional_special_tokens (extra_special_tokens).
+inline std::set<std::string, std::less<>> named_special_tokens(const nlohmann::json& config) {
+    std::set<std::string, std::less<>> names;
+    for (const char* key : {"bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"})
+        if (config.contains(key))
+            if (auto t = token_text(config[key]); !t.empty()) names.insert(std::move(t));
+    for (const char* key : {"additional_special_tokens", "extra_special_tokens"})
+        if (config.contains(key) && (config[key].is_array() || config[key].is_object()))
+            for (const auto& v : config[key])
+                if (auto t = token_text(v); !t.empty()) names.insert(std::move(t));
+    return names;
+}
+
+// Whether a tokenizer.json is SentencePiece-style: BPE with byte fallback, spaces as '▁'.
+inline bool sentencepiece_style(const nlohmann::json& tok) {
+    const std::string dumped = tok.dump();
+    return (tok.contains("model") && tok["model"].is_object() && tok["model"].value("byte_fallback", false)) ||
+           dumped.find("\"type\":\"Metaspace\"") != std::string::npos ||
+           dumped.find("\"type\":\"ByteFallback\"") != std::string::npos;
+}
+
+// Whether llama.cpp's SPM tokenizer computes the tokenizer.json's text handling, which it does for
+// Llama 2's form: normalizer Prepend("▁") + Replace(" ", "▁") without a pre-tokenizer (a '▁' before
+// every text, llama.cpp's add_space_prefix), and for the same without Prepend or with a Metaspace
+// pre-tokenizer that neither splits nor prepends. Metaspace's prepend schemes "first" and "always"
+// are refused: they put no '▁' before text that starts with a space ("always", "first") or follows
+// a special token ("first"), where llama.cpp does. Returns add_space_prefix.
+inline bool spm_add_space_prefix(const nlohmann::json& tok, const std::filesystem::path& file) {
+    const std::string space = "\xe2\x96\x81";  // ▁
+    auto is = [](const nlohmann::json& p, const char* type) { return p.is_object() && p.value("type", "") == type; };
+    bool prepend = false, replaced = false;
+    const nlohmann::json norm = tok.contains("normalizer") ? tok["normalizer"] : nlohmann::json();
+    const nlohmann::json steps = is(norm, "Sequence") ? norm.value("normalizers", nlohmann::json::array())
+                                 : norm.is_null()     ? nlohmann::json::array()
+                                                      : nlohmann::json::array({norm});
+    for (const auto& n : steps) {
+        if (is(n, "Prepend") && n.value("prepend", "") == space) {
+            prepend = true;
+        } else if (is(n, "Replace") && n.contains("pattern") && n["pattern"].value("String", "") == " " &&
+                   n.value("content", "") == space) {
+            replaced = true;
+        } else {
+            throw config_error(file.string(), "its normalizer step " + n.dump().substr(0, 200) +
+                                                  " is not one llama.cpp's SentencePiece tokenizer computes; GGUF "
+                                                  "export knows Prepend(\"▁\") and Replace(\" \", \"▁\")");
+        }
+    }
+    const nlohmann::json pre = tok.contains("pre_tokenizer") ? tok["pre_tokenizer"] : nlohmann::json();
+    if (is(pre, "Metaspace")) {
+        if (pre.value("replacement", space) != space || pre.value("split", true))
+            throw config_error(file.string(), "has a Metaspace pre-tokenizer " + pre.dump() +
+                                                  "; llama.cpp's SentencePiece tokenizer computes the one with "
+                                                  "replacement \"▁\" and split false (Llama 2's)");
+        const std::string scheme = pre.contains("prepend_scheme")
+                                       ? pre.value("prepend_scheme", "always")
+                                       : (pre.value("add_prefix_space", true) ? "always" : "never");
+        if (scheme != "never")
+            throw config_error(file.string(),
+                               "has a Metaspace pre-tokenizer with prepend_scheme \"" + scheme +
+                                   "\", which puts no \"▁\" before text that starts with a space" +
+                                   (scheme == "first" ? " or follows a special token" : "") +
+                                   "; llama.cpp's SentencePiece tokenizer does, so its ids would differ (Llama 2's "
+                                   "form, normalizer Prepend(\"▁\") + Replace(\" \", \"▁\"), is exported)");
+        replaced = true;
+    } else if (!pre.is_null()) {
+        throw config_error(file.string(), "has the pre-tokenizer " + pre.dump().substr(0, 200) +
+                                              "; a SentencePiece-style tokenizer for llama.cpp has none or Metaspace");
+    }
+    if (!replaced)
+        throw config_error(file.string(),
+                           "keeps spaces as spaces, but llama.cpp's SentencePiece tokenizer turns "
+                           "them into \"▁\" (Replace(\" \", \"▁\") or Metaspace)");
+    return prepend;
+}
+
+// A SentencePiece-style tokenizer.json as llama.cpp's `llama` (SPM) vocabulary, with the texts and
+// token types llama.cpp's converter writes for it (gguf-py's LlamaHfVocab): the model's vocabulary
+// by id (<0xNN> byte tokens BYTE, the tokens tokenizer_config.json names CONTROL, the rest NORMAL),
+// then the added tokens past it (CONTROL when named, else USER_DEFINED). The converter's scores
+// are a placeholder (-1000 for all), with which llama.cpp merges left to right; these make its
+// merges the BPE's: a token some merge yields scores -(1 + the rank of the first such merge), every
+// other token -(1 + the number of merges), below all (docs/deployment.md).
+inline Vocabulary spm_vocabulary(Writer& w, const nlohmann::json& tok, const nlohmann::json& config,
+                                 const std::filesystem::path& file, std::int64_t rows) {
+    const nlohmann::json& model = tok["model"];
+    const bool add_space_prefix = spm_add_space_prefix(tok, file);
+    if (model.value("ignore_merges", false))
+        throw config_error(file.string(), "sets ignore_merges, which llama.cpp's SentencePiece tokenizer does not do");
+    const auto& vocab = model.at("vocab");
+    for (unsigned b = 0; b < 256; ++b) {  // llama.cpp's byte fallback looks every byte up
+        char name[8];
+        std::snprintf(name, sizeof name, "<0x%02X>", b);
+        if (!vocab.contains(name))
+            throw config_error(file.string(), std::string("has byte fallback but no byte token ") + name +
+                                                  "; llama.cpp's SentencePiece tokenizer needs all 256");
+    }
+    Vocabulary v;
+    auto place = [&](std::int64_t id, const std::string& text, std::int32_t type) {
+        if (id < 0) throw format_error(file, 0, "has a negative token id");
+        if (id >= rows)
+            throw config_error(file.string(), "has token id " + std::to_string(id) + " (" + text +
+                                                  "), but the model has only " + std::to_string(rows) +
+                                                  " embedding rows");
+        if (std::int64_t(v.tokens.size()) <= id) {
+            v.tokens.resize(std::size_t(id) + 1);
+            v.types.resize(std::size_t(id) + 1, 0);
+        }
+        v.tokens[std::size_t(id)] = text;
+        v.types[std::size_t(id)] = type;
+        v.ids[text] = id;
+    };
+    const auto names = named_special_tokens(config);
+    std::map<std::int64_t, std::string> added;
+    if (tok.contains("added_tokens"))
+        for (const auto& a : tok["added_tokens"]) added[a.at("id").get<std::int64_t>()] = a.at("content");
+    const auto base = std::int64_t(vocab.size());
+    for (const auto& [text, id_json] : vocab.items()) {
+        const auto id = id_json.get<std::int64_t>();
+        const auto a = added.find(id);
+        const std::string& t = a != added.end() ? a->second : text;  // transformers' get_vocab(): the added text
+        const bool is_byte = t.size() == 6 && t.starts_with("<0x") && t.ends_with(">") &&
+                             std::isxdigit(static_cast<unsigned char>(t[3])) &&
+                             std::isxdigit(static_cast<unsigned char>(t[4]));
+        place(id, t, is_byte ? byte : names.contains(t) ? control : normal);
+    }
+    for (const auto& [id, text] : added)
+        if (id >= base) place(id, text, names.contains(text) ? control : user_defined);
+
+    std::map<std::string, std::int64_t, std::less<>> rank;  // a token's first merge
+    std::int64_t n_merges = 0;
+    for (const auto& m : model.at("merges")) {
+        std::string joined;
+        if (m.is_array()) {
+            joined = m.at(0).get<std::string>() + m.at(1).get<std::string>();
+        } else {
+            joined = m.get<std::string>();
+            if (const auto sp = joined.find(' '); sp != std::string::npos) joined.erase(sp, 1);
+        }
+        rank.emplace(std::move(joined), n_merges++);
+    }
+    v.tokens.resize(std::size_t(rows));
+    v.types.resize(std::size_t(rows), 0);
+    nlohmann::json scores = nlohmann::json::array();
+    for (std::size_t i = 0; i < v.tokens.size(); ++i) {
+        if (v.types[i] == 0) {  // rows no token uses, as the converter pads
+            v.tokens[i] = "[PAD" + std::to_string(i) + "]";
+            v.types[i] = unused;
+        }
+        const auto r = rank.find(v.tokens[i]);
+        scores.push_back(float(-(1 + (r != rank.end() ? r->second : n_merges))));
+    }
+    w.set("tokenizer.ggml.model", value_type::string, "llama");
+    w.set("tokenizer.ggml.pre", value_type::string, "default");
+    w.set_array("tokenizer.ggml.tokens", value_type::string, v.tokens);
+    w.set_array("tokenizer.ggml.scores", value_type::f32, std::move(scores));
+    w.set_array("tokenizer.ggml.token_type", value_type::i32, v.types);
+    w.set("tokenizer.ggml.add_space_prefix", value_type::boolean, add_space_prefix);
+    return v;
+}
+
+// A byte-level BPE tokenizer.json as llama.cpp's `gpt2` vocabulary: tokens, token types and merges.
+inline Vocabulary byte_level_vocabulary(Writer& w, const nlohmann::json& tok, const std::filesystem::path& file,
+                                        std::int64_t rows) {
+    const nlohmann::json& model = tok["model"];
+    const std::string pre = pre_tokenizer_name(tok, file);
+    Vocabulary v;
+    auto& tokens = v.tokens;
+    auto& types = v.types;
+    auto& ids = v.ids;
     auto place = [&](std::int64_t id, std::string text, std::int32_t type) {
         if (id < 0) throw format_error(file, 0, "has a negative token id");
         if (id >= rows)
@@ -187,7 +351,6 @@ inline void hf_tokenizer_metadata(Writer& w, const std::filesystem::path& file, 
         tokens[std::size_t(id)] = std::move(text);
         types[std::size_t(id)] = type;
     };
-    std::map<std::string, std::int64_t, std::less<>> ids;
     for (const auto& [text, id] : model.at("vocab").items()) {
         place(id.get<std::int64_t>(), text, 1);  // normal
         ids[text] = id.get<std::int64_t>();
@@ -214,10 +377,25 @@ inline void hf_tokenizer_metadata(Writer& w, const std::filesystem::path& file, 
     w.set_array("tokenizer.ggml.tokens", value_type::string, tokens);
     w.set_array("tokenizer.ggml.token_type", value_type::i32, types);
     w.set_array("tokenizer.ggml.merges", value_type::string, std::move(merges));
+    return v;
+}
 
+// tokenizer.ggml.* and tokenizer.chat_template of a Hugging Face tokenizer.json for a model of
+// `rows` embedding rows: byte-level BPE as llama.cpp's `gpt2` vocabulary, SentencePiece-style BPE
+// as its `llama` one.
+inline void hf_tokenizer_metadata(Writer& w, const std::filesystem::path& file, std::int64_t rows) {
+    const nlohmann::json tok = read_json_file(file);
+    const std::string kind = tok.contains("model") && tok["model"].is_object() ? tok["model"].value("type", "") : "";
+    if (kind != "BPE")
+        throw config_error(file.string(), "is a " + (kind.empty() ? std::string("model-less") : kind) +
+                                              " tokenizer; GGUF export writes BPE tokenizers (byte-level or "
+                                              "SentencePiece-style)");
     const auto config_file = file.parent_path() / "tokenizer_config.json";
     const nlohmann::json config =
         std::filesystem::exists(config_file) ? read_json_file(config_file) : nlohmann::json::object();
+    const Vocabulary v = sentencepiece_style(tok) ? spm_vocabulary(w, tok, config, file, rows)
+                                                  : byte_level_vocabulary(w, tok, file, rows);
+    const auto& ids = v.ids;
     for (const auto& [key, gguf_key] : std::map<std::string, std::string>{{"bos_token", "bos_token_id"},
                                                                           {"eos_token", "eos_token_id"},
                                                                           {"unk_token", "unknown_token_id"},
@@ -354,16 +532,9 @@ inline std::vector<float> llama3_rope_factors(const student::TransformerConfig& 
     return factors;
 }
 
-}  // namespace detail
-
-/// Writes `model` (a `student::Transformer`) to `file` as GGUF v3 (see the file comment), atomically.
-/// Throws config_error when no llama.cpp architecture computes the student's blocks, for rope scaling
-/// llama.cpp does not have (dynamic NTK), or for a tokenizer it cannot hold.
-template <class Model>
-void save(const std::filesystem::path& file, const Model& model, const ExportOptions& options = {}) {
-    static_assert(std::is_same_v<typename Model::config_type, student::TransformerConfig>,
-                  "io::gguf::save writes decoder students (student::Transformer)");
-    const auto& c = model.config();
+// The llama.cpp architecture `options` export a student of config `c` as; throws config_error when
+// none computes its blocks or llama.cpp lacks its rope scaling.
+inline std::string architecture(const student::TransformerConfig& c, const ExportOptions& options) {
     const std::string inferred = hf::family_of(c);
     const std::string arch = options.model_type.empty() ? inferred : options.model_type;
     if (arch != inferred && !(arch == "phi3" && inferred == "llama" && !c.qkv_bias && !c.mlp_bias && !c.proj_bias))
@@ -374,6 +545,37 @@ void save(const std::filesystem::path& file, const Model& model, const ExportOpt
                            "is \"dynamic\" (NTK-aware scaling), which llama.cpp's " + arch + " does not compute");
     if (arch == "phi3" && c.rope_scaling.type != "none")
         throw config_error("student.rope_scaling.type", "must be \"none\" for a phi3 export");
+    return arch;
+}
+
+// The tokenizer's metadata: `options.tokenizer`'s, or the byte tokenizer's.
+inline void tokenizer_metadata(Writer& w, const student::TransformerConfig& c, const ExportOptions& options) {
+    if (options.tokenizer.empty())
+        byte_tokenizer_metadata(w, c.vocab_size, options.add_bos);
+    else
+        hf_tokenizer_metadata(w, options.tokenizer, c.vocab_size);
+}
+
+}  // namespace detail
+
+/// Throws config_error when `save` would refuse a student of config `c` with `options` (its
+/// architecture, rope scaling or tokenizer; see `save`), so that a job can be refused before it
+/// trains. Reads the tokenizer's files.
+inline void check_exportable(const student::TransformerConfig& c, const ExportOptions& options = {}) {
+    (void)detail::architecture(c, options);
+    Writer scratch;
+    detail::tokenizer_metadata(scratch, c, options);
+}
+
+/// Writes `model` (a `student::Transformer`) to `file` as GGUF v3 (see the file comment), atomically.
+/// Throws config_error when no llama.cpp architecture computes the student's blocks, for rope scaling
+/// llama.cpp does not have (dynamic NTK), or for a tokenizer it cannot hold (`check_exportable`).
+template <class Model>
+void save(const std::filesystem::path& file, const Model& model, const ExportOptions& options = {}) {
+    static_assert(std::is_same_v<typename Model::config_type, student::TransformerConfig>,
+                  "io::gguf::save writes decoder students (student::Transformer)");
+    const auto& c = model.config();
+    const std::string arch = detail::architecture(c, options);
 
     Writer w;
     const std::string a = arch + ".";
@@ -409,10 +611,7 @@ void save(const std::filesystem::path& file, const Model& model, const ExportOpt
     }
     w.set("general.file_type", value_type::u32, file_type(options.type));
     w.set("general.quantization_version", value_type::u32, 2u);  // ggml's QK layout version
-    if (options.tokenizer.empty())
-        detail::byte_tokenizer_metadata(w, c.vocab_size, options.add_bos);
-    else
-        detail::hf_tokenizer_metadata(w, options.tokenizer, c.vocab_size);
+    detail::tokenizer_metadata(w, c, options);
 
     const auto host = hf::detail::host_parameters(model);
     auto add = [&](std::string name, std::vector<std::int64_t> shape, const float* data) {

@@ -146,10 +146,12 @@ public:
         s_.job.validate();
         check_precision();
         s_.student = read_student_config();
-        if constexpr (embedding)
+        if constexpr (embedding) {
             prepare_embedding();
-        else
+        } else {
             prepare_sequences();
+            finetune_stage_type(s_, teacher_, device_).check_gguf_export();
+        }
     }
 
     Distiller(const Distiller&) = delete;

@@ -295,15 +295,25 @@ public:
                     s.emplace(s_.student, 1, device_);
                     io::load_weights(io::safetensors_file(weights), *s);
                 }
-                io::gguf::save(file, *s,
-                               {.type = type,
-                                .model_type = export_layout(),
-                                .tokenizer = s_.tokenizer_source,
-                                .add_bos = s_.chat_template.config().add_bos});
+                io::gguf::save(file, *s, gguf_options(type));
                 s_.say("finetune: the student for llama.cpp: " + file.string());
             }
         }
         return files;
+    }
+
+    /// Refuses (config_error naming export.gguf and the cause) a job whose `export.gguf` files
+    /// io::gguf::save would refuse for the student's architecture, layout or tokenizer, so that the
+    /// job fails when the Distiller is constructed, not after finetune. Reads the tokenizer's files.
+    void check_gguf_export() const {
+        if constexpr (std::is_same_v<student_config, student::TransformerConfig>) {
+            if (s_.job.exports.gguf.empty()) return;
+            try {
+                io::gguf::check_exportable(s_.student, gguf_options(quant::type::F32));
+            } catch (const config_error& e) {
+                throw config_error("export.gguf", std::string("cannot be written for this student: ") + e.what());
+            }
+        }
     }
 
 private:
@@ -486,6 +496,14 @@ private:
         else
             io::load_weights(io::safetensors_file(s_.job.student_weights), s);
         return s;
+    }
+
+    // How the student is exported as a GGUF file of `type`: its layout and tokenizer.
+    io::gguf::ExportOptions gguf_options(quant::type type) const {
+        return {.type = type,
+                .model_type = export_layout(),
+                .tokenizer = s_.tokenizer_source,
+                .add_bos = s_.chat_template.config().add_bos};
     }
 
     // The layout a trained student leaves in: "phi3" (fused projections) for one that started from a

@@ -5,7 +5,7 @@
 // FP32 FMA peak that the matrix products reach.
 //
 // With --quantize TYPE (q8_0, q4_k, ...) the same model is measured a second time with its matrices
-// in that ggml type (Transformer::quantize, weight-only, through quant_matmul), beside its fp32 run,
+// in that ggml type (Transformer::quantize, through quant_matmul), beside its fp32 run,
 // and against llama.cpp generating from distill's GGUF export of the same model
 // (benchmarks/reference/bench_generate_llamacpp.py through llama-cpp-python: a Python call per token).
 //

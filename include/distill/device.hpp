@@ -35,7 +35,8 @@
 ///     mean_pool_forward/backward, cls_pool_forward/backward;
 ///   - quantized inference (`quant_device`, `require_quant_kernels`; the quantized student of a GGUF
 ///     export, used for generation only): quant_matmul, y = x · Wᵀ with W in ggml blocks (F32, F16,
-///     BF16, Q8_0, Q4_0, Q4_K; `io/quant.hpp`), fp32 activations. Host devices only: `device::Cuda`
+///     BF16, Q8_0, Q4_0, Q4_K; `io/quant.hpp`) as ggml's CPU backend computes it (fp32 activations in,
+///     converted to the weight type's 8-bit or 16-bit form inside). Host devices only: `device::Cuda`
 ///     does not provide it, and nothing that trains calls it.
 ///
 ///   Each check is one `static_assert` per kernel, made where the feature is instantiated with the
@@ -244,7 +245,7 @@ template <class D, class T> concept has_mean_pool_forward = requires(const D& d,
 template <class D, class T> concept has_mean_pool_backward = requires(const D& d, T* y, const T* x, int i) { mean_pool_backward(d, y, x, x, i, i, i); };
 template <class D, class T> concept has_cls_pool_forward = requires(const D& d, T* y, const T* x, int i) { cls_pool_forward(d, y, x, i, i, i); };
 template <class D, class T> concept has_cls_pool_backward = requires(const D& d, T* y, const T* x, int i) { cls_pool_backward(d, y, x, i, i, i); };
-// quantized inference (device/<name>/quant): fp32 activations, weights in ggml blocks (not templated on T)
+// quantized inference (device/<name>/quant): fp32 activations in, weights in ggml blocks (not templated on T)
 template <class D> concept has_quant_matmul = requires(const D& d, float* y, const float* x, const std::byte* w, quant::type t, std::int64_t n) { quant_matmul(d, x, w, t, y, n, n, n); };
 // clang-format on
 
@@ -284,7 +285,7 @@ concept encoder_device = kernel::has_bert_embedding_forward<D, T> && kernel::has
     kernel::has_mean_pool_forward<D, T> && kernel::has_mean_pool_backward<D, T> && kernel::has_cls_pool_forward<D, T> &&
     kernel::has_cls_pool_backward<D, T>;
 
-/// The kernels of quantized inference (weights in ggml blocks, fp32 activations).
+/// The kernels of quantized inference (weights in ggml blocks, fp32 activations in and out).
 template <class D>
 concept quant_device = kernel::has_quant_matmul<D>;
 

@@ -5184,7 +5184,8 @@ private:
 ///     mean_pool_forward/backward, cls_pool_forward/backward;
 ///   - quantized inference (`quant_device`, `require_quant_kernels`; the quantized student of a GGUF
 ///     export, used for generation only): quant_matmul, y = x · Wᵀ with W in ggml blocks (F32, F16,
-///     BF16, Q8_0, Q4_0, Q4_K; `io/quant.hpp`), fp32 activations. Host devices only: `device::Cuda`
+///     BF16, Q8_0, Q4_0, Q4_K; `io/quant.hpp`) as ggml's CPU backend computes it (fp32 activations in,
+///     converted to the weight type's 8-bit or 16-bit form inside). Host devices only: `device::Cuda`
 ///     does not provide it, and nothing that trains calls it.
 ///
 ///   Each check is one `static_assert` per kernel, made where the feature is instantiated with the
@@ -5248,6 +5249,7 @@ private:
 #include <cstring>
 #include <string>
 #include <string_view>
+#include <vector>
 
 
 namespace distill::quant {
@@ -5281,7 +5283,16 @@ struct block_q4_K {
     std::uint8_t scales[12];    ///< 8 scales and 8 mins, 6 bits each (see the file comment)
     std::uint8_t qs[qk_k / 2];  ///< nibbles (see the file comment)
 };
+/// ggml's `block_q8_K`: 256 activations as int8 with an fp32 scale and the sum of each 16 quants
+/// (what ggml's CPU backend multiplies K-quant weights with; never stored in a file).
+struct block_q8_K {
+    static constexpr int elements = qk_k;
+    float d;                        ///< fp32 scale (negative when the largest magnitude is positive)
+    std::int8_t qs[qk_k];           ///< quants
+    std::int16_t bsums[qk_k / 16];  ///< sum of qs[16i..16i+15]
+};
 static_assert(sizeof(block_q8_0) == 34 && alignof(block_q8_0) == 2, "block_q8_0 must be ggml's 34 bytes");
+static_assert(sizeof(block_q8_K) == 292, "block_q8_K must be ggml's 292 bytes");
 static_assert(sizeof(block_q4_0) == 18 && alignof(block_q4_0) == 2, "block_q4_0 must be ggml's 18 bytes");
 static_assert(sizeof(block_q4_K) == 144 && alignof(block_q4_K) == 2, "block_q4_K must be ggml's 144 bytes");
 
@@ -5658,6 +5669,102 @@ inline void decode_elements(type t, const std::byte* in, std::int64_t n, float* 
     }
 }
 
+/// v rounded to the nearest integer, halves to even, in any floating-point environment.
+inline float round_half_even(float v) noexcept {
+#if defined(__has_builtin)
+#if __has_builtin(__builtin_roundevenf)
+    return __builtin_roundevenf(v);
+#endif
+#endif
+    return std::nearbyint(v);  // the default environment rounds halves to even
+}
+
+/// One Q8_0 block of activations as ggml's CPU backend quantizes them on x86 (`quantize_row_q8_0`
+/// of ggml-cpu, AVX path), which differs from the weights' reference rule in two roundings:
+/// q = round-half-even(x · (127 / max|x|)), and d = max|x| / 127 is stored as fp16 after, not before,
+/// the quants are computed.
+/// (The loops are written so that compilers vectorize them: activations are converted on every call.)
+inline void quantize_activation_block(const float* x, block_q8_0& b) noexcept {
+    float amax = 0.0f;
+    for (int j = 0; j < qk8_0; ++j) amax = std::fabs(x[j]) > amax ? std::fabs(x[j]) : amax;
+    b.d = fp32_to_fp16(amax / 127.0f);
+    const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+    float q[qk8_0];
+    for (int j = 0; j < qk8_0; ++j) q[j] = round_half_even(x[j] * id);
+    for (int j = 0; j < qk8_0; ++j) b.qs[j] = static_cast<std::int8_t>(q[j]);
+}
+
+/// One Q8_K block (ggml's quantize_row_q8_K_ref, which the CPU backend uses on x86): the element
+/// of largest magnitude, `max`, maps to −127; q = min(127, round-half-even(x · (−127 / max))),
+/// d = 1 / (−127 / max), and bsums the sums of 16 quants. An all-zero block is d = 0, quants 0.
+inline void quantize_activation_block(const float* x, block_q8_K& b) noexcept {
+    float amax = 0.0f;
+    for (int j = 0; j < qk_k; ++j) amax = std::fabs(x[j]) > amax ? std::fabs(x[j]) : amax;
+    b = block_q8_K{};
+    if (amax == 0.0f) return;
+    int first = 0;  // ggml's `max`: the first element of that magnitude, with its sign
+    while (first < qk_k - 1 && std::fabs(x[first]) != amax) ++first;  // (bounded for NaN)
+    const float iscale = -127.0f / x[first];
+    float q[qk_k];
+    for (int j = 0; j < qk_k; ++j) {
+        const float r = round_half_even(x[j] * iscale);
+        q[j] = r < 127.0f ? r : 127.0f;
+    }
+    for (int j = 0; j < qk_k; ++j) b.qs[j] = static_cast<std::int8_t>(q[j]);
+    for (int j = 0; j < qk_k / 16; ++j) {
+        int sum = 0;
+        for (int i = 0; i < 16; ++i) sum += b.qs[16 * j + i];
+        b.bsums[j] = static_cast<std::int16_t>(sum);
+    }
+    b.d = 1.0f / iscale;
+}
+
+}  // namespace detail
+
+/// The row of activations ggml's CPU backend multiplies a row of weights of type `weight` with
+/// (its `vec_dot_type`): the weight type itself for F32, F16 and BF16 (the activations rounded to
+/// it), Q8_0 blocks for Q8_0 and Q4_0 weights, Q8_K blocks (`block_q8_K`) for Q4_K. `quant_matmul`
+/// multiplies these, so that a quantized student computes what llama.cpp computes from its GGUF file.
+/// Bytes of such a row of `n` activations; throws distill::error as `row_bytes(weight, n)` does.
+inline std::size_t activation_row_bytes(type weight, std::int64_t n) {
+    const std::size_t weight_bytes = row_bytes(weight, n);  // validates n against the weight's blocks
+    switch (weight) {
+        case type::Q8_0:
+        case type::Q4_0:
+            return static_cast<std::size_t>(n / qk8_0) * sizeof(block_q8_0);
+        case type::Q4_K:
+            return static_cast<std::size_t>(n / qk_k) * sizeof(block_q8_K);
+        default:
+            return weight_bytes;
+    }
+}
+
+/// Converts `n` activations at `x` to the form `activation_row_bytes` describes, writing that many
+/// bytes to `out` (any alignment): the bytes ggml's CPU backend (x86) writes. Non-finite activations
+/// give meaningless blocks, as in ggml; callers check their inputs.
+inline void quantize_activations(type weight, const float* x, std::int64_t n, std::byte* out) {
+    (void)activation_row_bytes(weight, n);
+    auto blocks = [&]<class Block>() {
+        for (std::int64_t i = 0; i < n / Block::elements; ++i) {
+            Block b;
+            detail::quantize_activation_block(x + i * Block::elements, b);
+            std::memcpy(out + i * std::int64_t(sizeof(Block)), &b, sizeof(Block));
+        }
+    };
+    if (weight == type::Q8_0 || weight == type::Q4_0)
+        blocks.template operator()<block_q8_0>();
+    else if (weight == type::Q4_K)
+        blocks.template operator()<block_q8_K>();
+    else
+        detail::encode_elements(weight, x, n, out);
+}
+
+namespace detail {
+/// Quant of element `c` of a Q4_0 block, as an offset from 8 (file comment).
+inline int q4_0_quant(const quant::block_q4_0& b, int c) noexcept {
+    return (c < 16 ? b.qs[c] & 0xF : b.qs[c - 16] >> 4) - 8;
+}
+
 }  // namespace detail
 
 /// Quantizes the `n` floats at `x` to type `t`, writing `row_bytes(t, n)` bytes to `out` (any
@@ -5689,6 +5796,63 @@ inline void dequantize_row(type t, const std::byte* in, std::int64_t n, float* y
             detail::dequantize_block(b, y + i * Block::elements);
         }
     });
+}
+
+/// One weight row of k elements of type `t` (at `w`) times one activation row converted by
+/// `quantize_activations(t, ...)` (at `a`), as ggml's CPU `vec_dot` computes it, in plain loops: Σ_blocks d_w · d_a · Σ
+/// q_w · q_a, and for Q4_K Σ_super-blocks d_a · (d · Σ_s sc_s · Σ q_w · q_a − dmin · Σ_s m_s · Σ q_a).
+inline float vec_dot(type t, const std::byte* w, const std::byte* a, std::int64_t k) {
+    auto load = [](const std::byte* p, std::int64_t i, auto& block) {
+        std::memcpy(&block, p + i * std::int64_t(sizeof block), sizeof block);
+    };
+    float sum = 0;
+    if (t == type::Q8_0 || t == type::Q4_0) {
+        for (std::int64_t i = 0; i < k / qk8_0; ++i) {
+            block_q8_0 x;
+            load(a, i, x);
+            int isum = 0;
+            float d;
+            if (t == type::Q8_0) {
+                block_q8_0 b;
+                load(w, i, b);
+                for (int c = 0; c < qk8_0; ++c) isum += b.qs[c] * x.qs[c];
+                d = fp16_to_fp32(b.d);
+            } else {
+                block_q4_0 b;
+                load(w, i, b);
+                for (int c = 0; c < qk4_0; ++c) isum += detail::q4_0_quant(b, c) * x.qs[c];
+                d = fp16_to_fp32(b.d);
+            }
+            sum += d * fp16_to_fp32(x.d) * static_cast<float>(isum);
+        }
+    } else if (t == type::Q4_K) {
+        for (std::int64_t i = 0; i < k / qk_k; ++i) {
+            block_q4_K b;
+            block_q8_K x;
+            load(w, i, b);
+            load(a, i, x);
+            int isum = 0, msum = 0;
+            for (int s = 0; s < 8; ++s) {  // sub-block s: elements 32s..32s+31
+                std::uint8_t sc, m;
+                detail::scale_min_k4(s, b.scales, sc, m);
+                int dot = 0;
+                for (int c = 0; c < 32; ++c) {
+                    const std::uint8_t byte = b.qs[32 * (s / 2) + c];
+                    dot += (s % 2 ? byte >> 4 : byte & 0xF) * x.qs[32 * s + c];
+                }
+                isum += sc * dot;
+                msum += m * (x.bsums[2 * s] + x.bsums[2 * s + 1]);
+            }
+            sum += x.d * fp16_to_fp32(b.d) * static_cast<float>(isum) -
+                   x.d * fp16_to_fp32(b.dmin) * static_cast<float>(msum);
+        }
+    } else {  // F32, F16, BF16: both operands in the weight's type
+        std::vector<float> wf(static_cast<std::size_t>(k)), af(wf.size());
+        dequantize_row(t, w, k, wf.data());
+        dequantize_row(t, a, k, af.data());
+        for (std::int64_t c = 0; c < k; ++c) sum += wf[std::size_t(c)] * af[std::size_t(c)];
+    }
+    return sum;
 }
 
 }  // namespace distill::quant
@@ -5871,7 +6035,7 @@ template <class D, class T> concept has_mean_pool_forward = requires(const D& d,
 template <class D, class T> concept has_mean_pool_backward = requires(const D& d, T* y, const T* x, int i) { mean_pool_backward(d, y, x, x, i, i, i); };
 template <class D, class T> concept has_cls_pool_forward = requires(const D& d, T* y, const T* x, int i) { cls_pool_forward(d, y, x, i, i, i); };
 template <class D, class T> concept has_cls_pool_backward = requires(const D& d, T* y, const T* x, int i) { cls_pool_backward(d, y, x, i, i, i); };
-// quantized inference (device/<name>/quant): fp32 activations, weights in ggml blocks (not templated on T)
+// quantized inference (device/<name>/quant): fp32 activations in, weights in ggml blocks (not templated on T)
 template <class D> concept has_quant_matmul = requires(const D& d, float* y, const float* x, const std::byte* w, quant::type t, std::int64_t n) { quant_matmul(d, x, w, t, y, n, n, n); };
 // clang-format on
 
@@ -5911,7 +6075,7 @@ concept encoder_device = kernel::has_bert_embedding_forward<D, T> && kernel::has
     kernel::has_mean_pool_forward<D, T> && kernel::has_mean_pool_backward<D, T> && kernel::has_cls_pool_forward<D, T> &&
     kernel::has_cls_pool_backward<D, T>;
 
-/// The kernels of quantized inference (weights in ggml blocks, fp32 activations).
+/// The kernels of quantized inference (weights in ggml blocks, fp32 activations in and out).
 template <class D>
 concept quant_device = kernel::has_quant_matmul<D>;
 
@@ -6077,8 +6241,8 @@ host_readable<T> read_on_host(const Device& dev, const T* src, std::size_t n) {
 /// - `cpu/optim.hpp`   — the optimizer updates and gradient-norm reduction over all parameters at once,
 ///                       through the vector shim of `cpu/simd.hpp`;
 /// - `cpu/encoder.hpp` — the bidirectional encoder's kernels, threaded over rows;
-/// - `cpu/quant.hpp`   — the weight-only quantized matrix product of generation (ggml blocks, fp32
-///                       activations), threaded over weight rows.
+/// - `cpu/quant.hpp`   — the quantized matrix product of generation (ggml blocks, integer dot
+///                       products as ggml's CPU backend), threaded over weight rows.
 
 // ---- begin distill/device/cpu/encoder.hpp ----
 /// @file cpu/encoder.hpp
@@ -9379,20 +9543,22 @@ void scale_in_place(const Cpu& dev, const tensor_list<T>& list, T factor) {
 // ---- end distill/device/cpu/optim.hpp ----
 // ---- begin distill/device/cpu/quant.hpp ----
 /// @file cpu/quant.hpp
-/// `device::Cpu`'s weight-only quantized matrix product for generation (batch-1 GEMV and small
-/// batches). The weights stay in ggml blocks in memory (Q8_0 is 1.06 bytes per weight, Q4_0 and
-/// Q4_K 0.56, against 4 for fp32), so decoding streams a quarter to a seventh of the bytes. Each type
-/// has one decoder of 16 lanes (`format_*`), written with GCC/Clang vector extensions on 16-float
-/// vectors — one AVX-512 register, two AVX ones, four SSE ones, or scalar code, as the build targets —
-/// with the int8 → float widening by ISA (AVX-512, AVX2, else scalar). One activation row: the weights
-/// are decoded in registers and multiplied as they are decoded (4 weight rows, 4 accumulators);
-/// several rows: a tile of 4 weight rows is decoded once into a per-thread scratch that stays in
-/// L1/L2, then multiplied with 2 activation rows at a time (8 accumulators). Threads split the
-/// weight rows. Every output element is computed by the same instructions in the same order
-/// whichever thread runs it, so the result is the same for every thread count.
+/// `device::Cpu`'s quantized matrix product for generation (batch-1 GEMV and small batches): what
+/// `reference/quant.hpp` computes — ggml's CPU semantics, so a quantized student gives llama.cpp's
+/// numbers — fast. The weights stay in ggml blocks in memory (Q8_0 is 1.06 bytes per weight, Q4_0
+/// and Q4_K 0.56, against 4 for fp32), so decoding streams a quarter to a seventh of the bytes.
 ///
-/// For large m (a long prefill) dequantizing the whole matrix and calling `gemm` is faster; this
-/// kernel is for the m ≤ a few rows of decoding.
+/// Each activation row is converted once per call to the weight type's `vec_dot_type`
+/// (`quant::quantize_activations`). Block types are then multiplied in integers, 32 quants at a
+/// time in 256-bit registers, as ggml's x86 kernels do: Q8_0 and Q4_0 weights against Q8_0
+/// activations with VNNI's `vpdpbusd` (AVX512-VNNI or AVX-VNNI; else AVX2's `vpmaddubsw` pairs),
+/// Q4_K against Q8_K with the sub-block scales folded in by `vpmaddwd`; each block's integer sum is
+/// scaled and accumulated in fp32. F32, F16 and BF16 weights are decoded 16 lanes at a time
+/// (`format_16`, GCC/Clang vector extensions) and multiplied in fp32. A tile of 4 weight rows is
+/// multiplied with 1 or 2 activation rows at a time (4 or 8 independent accumulators); threads split
+/// the weight rows. Every output element is computed by the same instructions in the same order
+/// whichever thread runs it, so the result is the same for every thread count. Builds without AVX2
+/// and FMA multiply the block types with `quant::vec_dot` (portable, slow).
 
 #include <algorithm>
 #include <bit>
@@ -9422,8 +9588,6 @@ inline constexpr std::int64_t quant_min_parallel_work = std::int64_t(1) << 18;
 // floats, two AVX or four SSE ones (the compiler splits them), so the decoders below are written once.
 // Vectors wider than 16 bytes are passed by reference, never by value: a by-value signature's ABI
 // differs between ISAs, and GCC warns about it (-Wpsabi) on builds without AVX.
-using u8x16 = std::uint8_t __attribute__((vector_size(16)));
-using i8x16 = std::int8_t __attribute__((vector_size(16)));
 using u16x16 = std::uint16_t __attribute__((vector_size(32)));
 using u32x16 = std::uint32_t __attribute__((vector_size(64)));
 using f32x16 = float __attribute__((vector_size(64)));
@@ -9433,43 +9597,6 @@ template <class V>
 void load_vector(V& v, const void* p) noexcept {
     std::memcpy(&v, p, sizeof v);
 }
-/// 16 bytes at p as a vector.
-template <class V>
-V load_bytes(const void* p) noexcept {
-    static_assert(sizeof(V) == 16);
-    V v;
-    std::memcpy(&v, p, sizeof v);
-    return v;
-}
-
-/// 16 small integers as floats (int8 lanes; nibbles fit). By ISA, because GCC 12 lowers a widening
-/// `__builtin_convertvector` to scalar code.
-inline void to_float(i8x16 q, f32x16& f) noexcept {
-#if defined(__AVX512F__)
-    __m128i v;
-    std::memcpy(&v, &q, 16);
-    // the masked widening and a same-width vector conversion: GCC 12's plain intrinsics trip its
-    // -Wmaybe-uninitialized false positive (PR 105593)
-    const __m512i r = _mm512_maskz_cvtepi8_epi32(0xFFFF, v);
-    using i32x16 = std::int32_t __attribute__((vector_size(64)));
-    i32x16 i;
-    std::memcpy(&i, &r, 64);
-    f = __builtin_convertvector(i, f32x16);
-#elif defined(__AVX2__)
-    __m128i v;
-    std::memcpy(&v, &q, 16);
-    const __m256 lo = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v));
-    const __m256 hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v, 8)));
-    std::memcpy(&f, &lo, 32);
-    std::memcpy(reinterpret_cast<char*>(&f) + 32, &hi, 32);
-#else
-    for (int i = 0; i < 16; ++i) f[i] = static_cast<float>(q[i]);
-#endif
-}
-inline void to_float(u8x16 q, f32x16& f) noexcept {
-    to_float(reinterpret_cast<i8x16>(q), f);
-}  // lanes < 128
-
 /// 16 fp16 values at p as floats: F16C's conversion where the build has it, else ggml's exact rule.
 inline void fp16x16_to_fp32(const std::byte* p, f32x16& f) noexcept {
 #if defined(__AVX512F__)
@@ -9490,79 +9617,9 @@ inline void fp16x16_to_fp32(const std::byte* p, f32x16& f) noexcept {
 #endif
 }
 
-// ---- the formats: one 16-lane decoder per type ---------------------------------------------------
-// Each has `qk` (elements per block; 16 for the 1-element types, whose rows may end in a partial
-// block handled by `scalar`), a `block` view made once per block and row (scales decoded there), and
-// `lanes(view, v, w)`: elements 16v..16v+15 of the block as floats into w. Unlike
-// `quant::dequantize_row`, which keeps ggml's rounding bit for bit, Q4_K's d·q − m may become an FMA
-// here: the product only needs fp32 accuracy.
-
-struct format_q8_0 {
-    static constexpr int qk = quant::qk8_0;
-    struct block {
-        const std::byte* qs;
-        float d;
-    };
-    static block load(const std::byte* row, std::int64_t i) noexcept {
-        const std::byte* p = row + i * std::int64_t(sizeof(quant::block_q8_0));
-        std::uint16_t d;
-        std::memcpy(&d, p, 2);
-        return {p + 2, quant::fp16_to_fp32(d)};
-    }
-    static void lanes(const block& b, int v, f32x16& w) noexcept {
-        to_float(load_bytes<i8x16>(b.qs + 16 * v), w);
-        w *= b.d;
-    }
-};
-
-struct format_q4_0 {
-    static constexpr int qk = quant::qk4_0;
-    struct block {
-        u8x16 qs;
-        float d;
-    };
-    static block load(const std::byte* row, std::int64_t i) noexcept {
-        const std::byte* p = row + i * std::int64_t(sizeof(quant::block_q4_0));
-        std::uint16_t d;
-        std::memcpy(&d, p, 2);
-        return {load_bytes<u8x16>(p + 2), quant::fp16_to_fp32(d)};
-    }
-    // elements 0..15 are the low nibbles, 16..31 the high ones
-    static void lanes(const block& b, int v, f32x16& w) noexcept {
-        to_float(v == 0 ? b.qs & 0xF : b.qs >> 4, w);
-        w = (w - 8.0f) * b.d;
-    }
-};
-
-struct format_q4_K {
-    static constexpr int qk = quant::qk_k;
-    struct block {
-        const std::byte* qs;
-        float scale[8], min[8];  // per sub-block: d·sc and dmin·m
-    };
-    static block load(const std::byte* row, std::int64_t i) noexcept {
-        const std::byte* p = row + i * std::int64_t(sizeof(quant::block_q4_K));
-        quant::block_q4_K h;
-        std::memcpy(&h, p, offsetof(quant::block_q4_K, qs));  // d, dmin, scales
-        block b{p + offsetof(quant::block_q4_K, qs), {}, {}};
-        const float d = quant::fp16_to_fp32(h.d), dmin = quant::fp16_to_fp32(h.dmin);
-        for (int s = 0; s < 8; ++s) {
-            std::uint8_t sc, m;
-            quant::detail::scale_min_k4(s, h.scales, sc, m);
-            b.scale[s] = d * sc;
-            b.min[s] = dmin * m;
-        }
-        return b;
-    }
-    // 16v..16v+15 lie in 64-element group g = v/4 (32 bytes): low nibbles of its bytes for v%4 < 2
-    // (sub-block 2g), high nibbles otherwise (sub-block 2g+1); bytes 16·(v%2) on.
-    static void lanes(const block& b, int v, f32x16& w) noexcept {
-        const int g = v / 4, high = (v / 2) % 2, s = 2 * g + high;
-        const auto q = load_bytes<u8x16>(b.qs + 32 * g + 16 * (v % 2));
-        to_float(high ? q >> 4 : q & 0xF, w);
-        w = w * b.scale[s] - b.min[s];
-    }
-};
+// ---- fp32, fp16 and bf16 weights: a 16-lane decoder per type -----------------------------------
+// Each has `qk` = 16 elements per "block" (rows may end in a partial block, handled by `scalar`), a
+// `block` view of 16 elements and `lanes(view, v, w)`: those 16 elements as floats into w.
 
 template <quant::type T>
 struct format_16 {  // F32, F16, BF16: 16 elements per "block"
@@ -9595,33 +9652,24 @@ struct format_16 {  // F32, F16, BF16: 16 elements per "block"
     }
 };
 
-/// Elements [qk·(k/qk), k) of a row: only the 16-element formats have them.
+/// Calls f.template operator()<Format>() with the format of `t` (F32, F16 or BF16).
 template <class F>
-float tail_element(const std::byte* row, std::int64_t c) noexcept {
-    if constexpr (requires { F::scalar(row, c); })
-        return F::scalar(row, c);
-    else
-        return 0.0f;  // unreachable: block formats have whole blocks
+decltype(auto) with_float_format(quant::type t, F&& f) {
+    if (t == quant::type::F16) return f.template operator()<format_16<quant::type::F16>>();
+    if (t == quant::type::BF16) return f.template operator()<format_16<quant::type::BF16>>();
+    return f.template operator()<format_16<quant::type::F32>>();
 }
 
-/// Calls f.template operator()<Format>() with the format of `t`.
+/// One weight row of k elements in format F into `out`, 16 lanes at a time.
 template <class F>
-decltype(auto) with_format(quant::type t, F&& f) {
-    switch (t) {
-        case quant::type::Q8_0:
-            return f.template operator()<format_q8_0>();
-        case quant::type::Q4_0:
-            return f.template operator()<format_q4_0>();
-        case quant::type::Q4_K:
-            return f.template operator()<format_q4_K>();
-        case quant::type::F16:
-            return f.template operator()<format_16<quant::type::F16>>();
-        case quant::type::BF16:
-            return f.template operator()<format_16<quant::type::BF16>>();
-        case quant::type::F32:
-            break;
+void decode_row(const std::byte* row, std::int64_t k, float* out) noexcept {
+    const std::int64_t vectors = k / 16;
+    for (std::int64_t i = 0; i < vectors; ++i) {
+        f32x16 w;
+        F::lanes(F::load(row, i), 0, w);
+        std::memcpy(out + 16 * i, &w, sizeof w);
     }
-    return f.template operator()<format_16<quant::type::F32>>();
+    for (std::int64_t c = 16 * vectors; c < k; ++c) out[c] = F::scalar(row, c);
 }
 
 /// The 16 lanes of `v` added in lane order.
@@ -9631,24 +9679,9 @@ inline float horizontal_sum(const f32x16& v) noexcept {
     return s;
 }
 
-/// Dequantizes one weight row of k elements into `out`, 16 lanes at a time.
-template <class F>
-void dequantize_row_fast(const std::byte* row, std::int64_t k, float* out) noexcept {
-    const std::int64_t blocks = k / F::qk;
-    for (std::int64_t i = 0; i < blocks; ++i) {
-        const typename F::block b = F::load(row, i);
-        for (int v = 0; v < F::qk / 16; ++v) {
-            f32x16 w;
-            F::lanes(b, v, w);
-            std::memcpy(out + i * F::qk + 16 * v, &w, sizeof w);
-        }
-    }
-    for (std::int64_t c = blocks * F::qk; c < k; ++c) out[c] = tail_element<F>(row, c);
-}
-
 /// y(RW) = x(k) · w(RW, k)ᵀ for one activation row (decoding, m = 1), weight row b at `w[b]` in
-/// format F, dequantized in registers: per block, each row's scales once, then per 16 lanes a
-/// decode and an FMA into that row's accumulator (RW independent chains), no scratch.
+/// format F, decoded in registers: per 16 lanes a decode and an FMA into that row's accumulator (RW
+/// independent chains), no scratch.
 template <class F, int RW>
 void gemv_tile(const std::byte* const* w, const float* x, std::int64_t k, float* y) noexcept {
     f32x16 acc[RW] = {};
@@ -9667,7 +9700,7 @@ void gemv_tile(const std::byte* const* w, const float* x, std::int64_t k, float*
     }
     for (int r = 0; r < RW; ++r) {
         float s = horizontal_sum(acc[r]);
-        for (std::int64_t c = blocks * F::qk; c < k; ++c) s += x[c] * tail_element<F>(w[r], c);
+        for (std::int64_t c = blocks * F::qk; c < k; ++c) s += x[c] * F::scalar(w[r], c);
         y[r] = s;
     }
 }
@@ -9711,30 +9744,322 @@ void with_rows(int r, F&& f) {
     }
 }
 
+#if defined(__AVX2__) && defined(__FMA__)
+#define DISTILL_QUANT_INT_KERNELS 1
+
+// ---- block types: integer dot products of weight and activation quants -------------------------
+
+/// An fp16 scale as fp32 (exact either way): one F16C instruction where the build has it.
+inline float fp16_scale(const std::byte* p) noexcept {
+    std::uint16_t h;
+    std::memcpy(&h, p, 2);
+#if defined(__F16C__)
+    return _cvtsh_ss(h);
+#else
+    return quant::fp16_to_fp32(h);
+#endif
+}
+
+inline __m256i load256(const std::byte* p) noexcept {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+}
+
+/// 8 int32 lanes: lane l = Σ_{i<4} u[4l+i]·s[4l+i] (u unsigned, s signed bytes; u·s pairs must fit
+/// in int16 without VNNI, which holds for |u| ≤ 128, |s| ≤ 127).
+inline __m256i dot_u8_i8(__m256i u, __m256i s) noexcept {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
+#elif defined(__AVXVNNI__)
+    return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+#endif
+}
+
+/// The 8 lanes of v added in a fixed order.
+inline float hsum8(__m256 v) noexcept {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/// The 8 lanes of v added (int32).
+inline int hsum8(__m256i v) noexcept {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 1));
+    return _mm_cvtsi128_si32(s);
+}
+
+/// The largest lane of v.
+inline float hmax8(__m256 v) noexcept {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+
+/// Rounds the 32 floats at x · scale half to even into int8 quants at out (ggml's x86 sequence:
+/// round, convert, two saturating packs, then a permutation that undoes the packs' lane order).
+inline void round_to_quants(const float* x, __m256 scale, std::byte* out, __m256i (&ints)[4]) noexcept {
+    for (int v = 0; v < 4; ++v)
+        ints[v] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * v), scale),
+                                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    const __m256i packed =
+        _mm256_packs_epi16(_mm256_packs_epi32(ints[0], ints[1]), _mm256_packs_epi32(ints[2], ints[3]));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out),
+                        _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+}
+
+/// `quant::quantize_activations` for block weight types (Q8_0, Q4_0: Q8_0 blocks; Q4_K: Q8_K),
+/// vectorized; the same bytes.
+inline void quantize_activations(quant::type t, const float* x, std::int64_t k, std::byte* out) noexcept {
+    const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256i ints[4];
+    if (t != quant::type::Q4_K) {
+        for (std::int64_t i = 0; i < k / quant::qk8_0; ++i, x += quant::qk8_0, out += sizeof(quant::block_q8_0)) {
+            __m256 m = _mm256_setzero_ps();
+            for (int v = 0; v < 4; ++v) m = _mm256_max_ps(m, _mm256_and_ps(_mm256_loadu_ps(x + 8 * v), magnitude));
+            const float amax = hmax8(m);
+            const std::uint16_t d = quant::fp32_to_fp16(amax / 127.0f);
+            std::memcpy(out, &d, 2);
+            round_to_quants(x, _mm256_set1_ps(amax != 0.0f ? 127.0f / amax : 0.0f), out + 2, ints);
+        }
+        return;
+    }
+    constexpr std::size_t qs = offsetof(quant::block_q8_K, qs), bsums = offsetof(quant::block_q8_K, bsums);
+    for (std::int64_t i = 0; i < k / quant::qk_k; ++i, x += quant::qk_k, out += sizeof(quant::block_q8_K)) {
+        __m256 m = _mm256_setzero_ps();
+        for (int v = 0; v < 32; ++v) m = _mm256_max_ps(m, _mm256_and_ps(_mm256_loadu_ps(x + 8 * v), magnitude));
+        const float amax = hmax8(m);
+        if (amax == 0.0f) {
+            std::memset(out, 0, sizeof(quant::block_q8_K));
+            continue;
+        }
+        int first = 0;  // ggml's `max`: the first element of that magnitude, with its sign
+        while (first < quant::qk_k - 1 && std::fabs(x[first]) != amax) ++first;  // (bounded for NaN)
+        const float iscale = -127.0f / x[first], d = 1.0f / iscale;
+        std::memcpy(out, &d, 4);
+        for (int g = 0; g < 8; ++g) {  // |x · iscale| ≤ 127: no clamp, and the packs never saturate
+            round_to_quants(x + 32 * g, _mm256_set1_ps(iscale), out + qs + 32 * g, ints);
+            const std::int16_t sums[2] = {static_cast<std::int16_t>(hsum8(_mm256_add_epi32(ints[0], ints[1]))),
+                                          static_cast<std::int16_t>(hsum8(_mm256_add_epi32(ints[2], ints[3])))};
+            std::memcpy(out + bsums + 4 * g, sums, 4);
+        }
+    }
+}
+
+/// Q8_0 weight blocks: fp16 d, then the 32 quants as they are.
+struct int_q8_0 {
+    static constexpr std::int64_t bytes = sizeof(quant::block_q8_0);
+    static __m256i quants(const std::byte* block) noexcept { return load256(block + 2); }
+};
+/// Q4_0 weight blocks: fp16 d, then 16 bytes of nibbles (elements 0..15 low, 16..31 high), minus 8.
+struct int_q4_0 {
+    static constexpr std::int64_t bytes = sizeof(quant::block_q4_0);
+    static __m256i quants(const std::byte* block) noexcept {
+        const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block + 2));
+        const __m256i q = _mm256_set_m128i(_mm_srli_epi16(b, 4), b);
+        return _mm256_sub_epi8(_mm256_and_si256(q, _mm256_set1_epi8(0xF)), _mm256_set1_epi8(8));
+    }
+};
+
+/// y(RX, RW) = a(RX, k) · w(RW, k)ᵀ for Q8_0 or Q4_0 weights (format F) and Q8_0 activation rows
+/// `astride` bytes apart, k = 32·blocks, rows of y `ldy` apart: per block and pair, the signed
+/// quants' dot product as |w| · sign(a, w) (vpdpbusd multiplies unsigned by signed), scaled by
+/// d_w · d_a into an 8-lane fp32 accumulator.
+template <class F, int RW, int RX>
+void q8_0_tile(const std::byte* const* w, const std::byte* a, std::size_t astride, std::int64_t blocks, float* y,
+               std::int64_t ldy) noexcept {
+    constexpr std::int64_t ab = sizeof(quant::block_q8_0);
+    __m256 acc[RX][RW];
+    for (auto& row : acc)
+        for (auto& v : row) v = _mm256_setzero_ps();
+    for (std::int64_t i = 0; i < blocks; ++i) {
+        __m256i aq[RX];
+        float ad[RX];
+        for (int r = 0; r < RX; ++r) {
+            const std::byte* block = a + r * astride + i * ab;
+            ad[r] = fp16_scale(block);
+            aq[r] = load256(block + 2);
+        }
+        for (int b = 0; b < RW; ++b) {
+            const std::byte* block = w[b] + i * F::bytes;
+            const float wd = fp16_scale(block);
+            const __m256i q = F::quants(block), magnitude = _mm256_sign_epi8(q, q);
+            for (int r = 0; r < RX; ++r) {
+                const __m256i sum = dot_u8_i8(magnitude, _mm256_sign_epi8(aq[r], q));
+                acc[r][b] = _mm256_fmadd_ps(_mm256_set1_ps(wd * ad[r]), _mm256_cvtepi32_ps(sum), acc[r][b]);
+            }
+        }
+    }
+    for (int r = 0; r < RX; ++r)
+        for (int b = 0; b < RW; ++b) y[r * ldy + b] = hsum8(acc[r][b]);
+}
+
+/// Q4_K's 12 bytes of 6-bit scales and mins (file comment of io/quant.hpp) as 8 scale bytes then 8
+/// min bytes, with 32-bit shifts and masks (`quant::detail::scale_min_k4` for all 8 at once).
+inline void unpack_scales_mins(const std::byte* packed, std::uint8_t out[16]) noexcept {
+    std::uint32_t u[4];
+    std::memcpy(u, packed, 12);
+    constexpr std::uint32_t low6 = 0x3f3f3f3f, low4 = 0x0f0f0f0f, low2 = 0x03030303;
+    u[3] = ((u[2] >> 4) & low4) | (((u[1] >> 6) & low2) << 4);  // mins 4..7
+    const std::uint32_t mins_0_3 = u[1] & low6;
+    u[1] = (u[2] & low4) | (((u[0] >> 6) & low2) << 4);  // scales 4..7
+    u[2] = mins_0_3;
+    u[0] &= low6;  // scales 0..3
+    std::memcpy(out, u, 16);
+}
+
+/// y(RX, RW) = a(RX, k) · w(RW, k)ᵀ for Q4_K weights and Q8_K activation rows `astride` bytes apart,
+/// k = 256·blocks: per super-block and pair, Σ_s sc_s · Σ q4 · q8 in int32 (nibbles times quants in
+/// int16 pairs by vpmaddubsw, times the sub-block scale and paired by vpmaddwd), scaled by d · d_a
+/// into an fp32 accumulator, and the mins' term d_a · dmin · Σ_s m_s · (sub-block s's quant sum,
+/// from bsums) into a second one, subtracted at the end.
+template <int RW, int RX>
+void q4_K_tile(const std::byte* const* w, const std::byte* a, std::size_t astride, std::int64_t blocks, float* y,
+               std::int64_t ldy) noexcept {
+    constexpr std::int64_t wb = sizeof(quant::block_q4_K), ab = sizeof(quant::block_q8_K);
+    constexpr std::size_t a_qs = offsetof(quant::block_q8_K, qs), a_bsums = offsetof(quant::block_q8_K, bsums);
+    constexpr std::size_t w_scales = offsetof(quant::block_q4_K, scales), w_qs = offsetof(quant::block_q4_K, qs);
+    const __m256i low = _mm256_set1_epi8(0xF);
+    __m256 acc[RX][RW];
+    __m128 mins[RX][RW];
+    for (int r = 0; r < RX; ++r)
+        for (int b = 0; b < RW; ++b) {
+            acc[r][b] = _mm256_setzero_ps();
+            mins[r][b] = _mm_setzero_ps();
+        }
+    for (std::int64_t i = 0; i < blocks; ++i) {
+        const std::byte* aq[RX];
+        float ad[RX];
+        __m128i sub_sums[RX];  // 8 int16: Σ of sub-block s's 32 activation quants
+        for (int r = 0; r < RX; ++r) {
+            const std::byte* block = a + r * astride + i * ab;
+            std::memcpy(&ad[r], block, 4);
+            aq[r] = block + a_qs;
+            const __m256i bsums = load256(block + a_bsums);
+            sub_sums[r] = _mm_hadd_epi16(_mm256_castsi256_si128(bsums), _mm256_extracti128_si256(bsums, 1));
+        }
+        for (int b = 0; b < RW; ++b) {
+            const std::byte* block = w[b] + i * wb;
+            const float d = fp16_scale(block), dmin = fp16_scale(block + 2);
+            alignas(16) std::uint8_t sm[16];  // scales 0..7, mins 0..7
+            unpack_scales_mins(block + w_scales, sm);
+            const __m128i m16 = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sm + 8)));
+            __m256i sum[RX];
+            for (auto& v : sum) v = _mm256_setzero_si256();
+            for (int g = 0; g < 4; ++g) {  // 64 elements: sub-blocks 2g (low nibbles), 2g + 1 (high)
+                const __m256i q4 = load256(block + w_qs + 32 * g);
+                const __m256i lo = _mm256_and_si256(q4, low), hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), low);
+                const __m256i sc_lo = _mm256_set1_epi16(sm[2 * g]), sc_hi = _mm256_set1_epi16(sm[2 * g + 1]);
+                for (int r = 0; r < RX; ++r) {
+                    const __m256i p_lo = _mm256_madd_epi16(sc_lo, _mm256_maddubs_epi16(lo, load256(aq[r] + 64 * g)));
+                    const __m256i p_hi =
+                        _mm256_madd_epi16(sc_hi, _mm256_maddubs_epi16(hi, load256(aq[r] + 64 * g + 32)));
+                    sum[r] = _mm256_add_epi32(sum[r], _mm256_add_epi32(p_lo, p_hi));
+                }
+            }
+            for (int r = 0; r < RX; ++r) {
+                acc[r][b] = _mm256_fmadd_ps(_mm256_set1_ps(ad[r] * d), _mm256_cvtepi32_ps(sum[r]), acc[r][b]);
+                mins[r][b] = _mm_fmadd_ps(_mm_set1_ps(ad[r] * dmin), _mm_cvtepi32_ps(_mm_madd_epi16(m16, sub_sums[r])),
+                                          mins[r][b]);
+            }
+        }
+    }
+    for (int r = 0; r < RX; ++r)
+        for (int b = 0; b < RW; ++b) {
+            __m128 m = _mm_add_ps(mins[r][b], _mm_movehl_ps(mins[r][b], mins[r][b]));
+            m = _mm_add_ss(m, _mm_movehdup_ps(m));
+            y[r * ldy + b] = hsum8(acc[r][b]) - _mm_cvtss_f32(m);
+        }
+}
+
+/// y(RX, RW) = a(RX) · w(RW)ᵀ with the integer micro-kernel of block type t.
+template <int RW, int RX>
+void int_tile(quant::type t, const std::byte* const* w, const std::byte* a, std::size_t astride, std::int64_t k,
+              float* y, std::int64_t ldy) noexcept {
+    if (t == quant::type::Q8_0) return q8_0_tile<int_q8_0, RW, RX>(w, a, astride, k / quant::qk8_0, y, ldy);
+    if (t == quant::type::Q4_0) return q8_0_tile<int_q4_0, RW, RX>(w, a, astride, k / quant::qk4_0, y, ldy);
+    return q4_K_tile<RW, RX>(w, a, astride, k / quant::qk_k, y, ldy);
+}
+#endif
+
+/// y(RX, RW) = a(RX) · w(RW)ᵀ for block type t by `quant::vec_dot` (the portable path).
+template <int RW, int RX>
+void vec_dot_tile(quant::type t, const std::byte* const* w, const std::byte* a, std::size_t astride, std::int64_t k,
+                  float* y, std::int64_t ldy) {
+    for (int r = 0; r < RX; ++r)
+        for (int b = 0; b < RW; ++b) y[r * ldy + b] = quant::vec_dot(t, w[b], a + r * astride, k);
+}
+
 }  // namespace detail
 
-/// The Reference's `quant_matmul` (y(m,n) = x(m,k) · W(n,k)ᵀ, W in ggml blocks, see
-/// `reference/quant.hpp`), fast. Threads split the weight rows in tiles of 4. For one activation row
-/// (decoding) each tile is dequantized in registers and multiplied as it is decoded; for several,
-/// each tile is dequantized once into a per-thread scratch (kept across calls) and multiplied with 2
-/// activation rows at a time. Bit-identical for every thread count. F32 weights must be 4-byte aligned.
+/// The Reference's `quant_matmul` (y(m,n) = x(m,k) · W(n,k)ᵀ as ggml's CPU backend computes it, W
+/// in ggml blocks, see `reference/quant.hpp`), fast (file comment). Threads split the weight rows in
+/// tiles of 4, each multiplied with 1 or 2 activation rows at a time. Equal to the Reference up to
+/// the order of fp32 additions; bit-identical for every thread count. F32 weights must be 4-byte aligned.
 inline void quant_matmul(const Cpu& dev, const float* x, const std::byte* w, quant::type t, float* y, std::int64_t m,
                          std::int64_t k, std::int64_t n) {
-    const std::size_t stride = quant::row_bytes(t, k);
+    const std::size_t stride = quant::row_bytes(t, k), astride = quant::activation_row_bytes(t, k);
     if (m <= 0 || n <= 0) return;
     constexpr int RW = detail::quant_tile_rows, RX = detail::quant_tile_inputs;
     const std::int64_t tiles = (n + RW - 1) / RW;
     const bool parallel = m * n * k >= detail::quant_min_parallel_work;
-    detail::with_format(t, [&]<class F>() {
-        distill::detail::parallel_for(
-            dev.threads(), tiles,
-            [&](std::int64_t tile) {
-                const std::int64_t j0 = tile * RW;
-                const int rw = static_cast<int>(std::min<std::int64_t>(RW, n - j0));
-                const std::byte* rows[RW] = {};
-                for (int b = 0; b < rw; ++b) rows[b] = w + static_cast<std::size_t>(j0 + b) * stride;
-                if (m == 1) return detail::with_rows(rw, [&]<int R>() { detail::gemv_tile<F, R>(rows, x, k, y + j0); });
-                thread_local std::vector<float> scratch;  // (RW, k) dequantized rows; grows once, then reused
+    const bool blocks = quant::block_elements(t) > 1;
+    // the activations in the weight type's vec_dot type: blocks, or floats rounded to f16 / bf16
+    thread_local std::vector<std::byte> converted;  // grows once, then reused; read by the team below
+    const std::size_t a_bytes = blocks ? static_cast<std::size_t>(m) * astride : static_cast<std::size_t>(m * k) * 4;
+    if (t != quant::type::F32 && converted.size() < a_bytes) converted.resize(a_bytes);
+    const float* xf = x;
+    if (blocks) {
+        for (std::int64_t i = 0; i < m; ++i) {
+            std::byte* row = converted.data() + static_cast<std::size_t>(i) * astride;
+#if defined(DISTILL_QUANT_INT_KERNELS)
+            detail::quantize_activations(t, x + i * k, k, row);
+#else
+            quant::quantize_activations(t, x + i * k, k, row);
+#endif
+        }
+    } else if (t != quant::type::F32) {
+        float* rounded = reinterpret_cast<float*>(converted.data());
+        for (std::int64_t c = 0; c < m * k; ++c)
+            rounded[c] = t == quant::type::F16 ? quant::fp16_to_fp32(quant::fp32_to_fp16(x[c]))
+                                               : quant::bf16_to_fp32(quant::fp32_to_bf16(x[c]));
+        xf = rounded;
+    }
+    const std::byte* a = converted.data();
+    distill::detail::parallel_for(
+        dev.threads(), tiles,
+        [&](std::int64_t tile) {
+            const std::int64_t j0 = tile * RW;
+            const int rw = static_cast<int>(std::min<std::int64_t>(RW, n - j0));
+            const std::byte* rows[RW] = {};
+            for (int b = 0; b < rw; ++b) rows[b] = w + static_cast<std::size_t>(j0 + b) * stride;
+            if (blocks) {
+                for (std::int64_t i = 0; i < m; i += RX)
+                    detail::with_rows(rw, [&]<int R>() {
+                        const std::byte* ai = a + static_cast<std::size_t>(i) * astride;
+                        float* yi = y + i * n + j0;
+#if defined(DISTILL_QUANT_INT_KERNELS)
+                        if (m - i >= 2)
+                            detail::int_tile<R, 2>(t, rows, ai, astride, k, yi, n);
+                        else
+                            detail::int_tile<R, 1>(t, rows, ai, astride, k, yi, n);
+#else
+                        if (m - i >= 2)
+                            detail::vec_dot_tile<R, 2>(t, rows, ai, astride, k, yi, n);
+                        else
+                            detail::vec_dot_tile<R, 1>(t, rows, ai, astride, k, yi, n);
+#endif
+                    });
+                return;
+            }
+            detail::with_float_format(t, [&]<class F>() {
+                if (m == 1)
+                    return detail::with_rows(rw, [&]<int R>() { detail::gemv_tile<F, R>(rows, xf, k, y + j0); });
+                thread_local std::vector<float> scratch;  // (RW, k) decoded rows; grows once, then reused
                 const float* dense[RW] = {};
                 if (t == quant::type::F32) {
                     for (int b = 0; b < rw; ++b) dense[b] = reinterpret_cast<const float*>(rows[b]);
@@ -9742,20 +10067,20 @@ inline void quant_matmul(const Cpu& dev, const float* x, const std::byte* w, qua
                     if (scratch.size() < static_cast<std::size_t>(RW * k))
                         scratch.resize(static_cast<std::size_t>(RW * k));
                     for (int b = 0; b < rw; ++b) {
-                        detail::dequantize_row_fast<F>(rows[b], k, scratch.data() + b * k);
+                        detail::decode_row<F>(rows[b], k, scratch.data() + b * k);
                         dense[b] = scratch.data() + b * k;
                     }
                 }
                 for (std::int64_t i = 0; i < m; i += RX)
                     detail::with_rows(rw, [&]<int R>() {
                         if (m - i >= 2)
-                            detail::dot_tile<R, 2>(dense, x + i * k, k, y + i * n + j0, n);
+                            detail::dot_tile<R, 2>(dense, xf + i * k, k, y + i * n + j0, n);
                         else
-                            detail::dot_tile<R, 1>(dense, x + i * k, k, y + i * n + j0, n);
+                            detail::dot_tile<R, 1>(dense, xf + i * k, k, y + i * n + j0, n);
                     });
-            },
-            parallel);
-    });
+            });
+        },
+        parallel);
 }
 
 }  // namespace distill::device
@@ -9772,13 +10097,15 @@ inline void quant_matmul(const Cpu& dev, const float* x, const std::byte* w, qua
 /// - `reference/losses.hpp`  — the fused divergence rows of the loss terms and hidden-state matching;
 /// - `reference/optim.hpp`   — the optimizer updates, the gradient-norm reduction and scaling;
 /// - `reference/encoder.hpp` — what a bidirectional (BERT-layout) encoder adds;
-/// - `reference/quant.hpp`   — the weight-only quantized matrix product (ggml blocks dequantized, then dotted).
+/// - `reference/quant.hpp`   — the quantized matrix product (ggml's CPU semantics, plain loops).
 
 // ---- begin distill/device/reference/quant.hpp ----
 /// @file reference/quant.hpp
-/// `device::Reference`'s weight-only quantized matrix product (the contract's quantized-inference
-/// group): each weight row dequantized with ggml's own dequantizer (`quant::dequantize_row`), then a
-/// plain dot product — the oracle of the fast kernels in `cpu/quant.hpp`.
+/// `device::Reference`'s quantized matrix product (the contract's quantized-inference group): what
+/// ggml's CPU backend computes for a weight stored in a ggml type — the activations converted to the
+/// type's `vec_dot_type` (`quant::quantize_activations`), then per block an exact integer dot product
+/// of the quants, scaled in fp32 (`quant::vec_dot`, plain loops): the oracle of the fast kernels in
+/// `cpu/quant.hpp`.
 
 #include <cstddef>
 #include <cstdint>
@@ -9787,22 +10114,20 @@ inline void quant_matmul(const Cpu& dev, const float* x, const std::byte* w, qua
 
 namespace distill::device {
 
-/// y(m,n) = x(m,k) · W(n,k)ᵀ with W in ggml type `t`: row j of W is the `quant::row_bytes(t, k)`
-/// bytes at w + j·row_bytes(t, k) — the data of a GGUF tensor with ne = [k, n] (a Linear weight,
-/// out_features rows). fp32 activations and accumulation; mirrors torch.nn.functional.linear on the
-/// dequantized weight (what llama.cpp computes up to its activation rounding). Throws distill::error
-/// when k is not a whole number of t's blocks.
+/// y(m,n) = x(m,k) · W(n,k)ᵀ with W in ggml type `t`, as ggml's CPU backend (and so llama.cpp)
+/// computes it: row j of W is the `quant::row_bytes(t, k)` bytes at w + j·row_bytes(t, k) — the data
+/// of a GGUF tensor with ne = [k, n] (a Linear weight, out_features rows); each row of x is first
+/// converted to the type's `vec_dot_type` (`quant::quantize_activations`: Q8_0 blocks for Q8_0 and
+/// Q4_0 weights, Q8_K for Q4_K, fp16 / bf16 for F16 / BF16, fp32 for F32), then multiplied block by
+/// block (`quant::vec_dot`). Throws distill::error when k is not a whole number of t's blocks.
 inline void quant_matmul(const Reference&, const float* x, const std::byte* w, quant::type t, float* y, std::int64_t m,
                          std::int64_t k, std::int64_t n) {
-    const std::size_t stride = quant::row_bytes(t, k);
-    std::vector<float> row(static_cast<std::size_t>(k));  // one dequantized weight row (k)
-    for (std::int64_t j = 0; j < n; ++j) {
-        quant::dequantize_row(t, w + static_cast<std::size_t>(j) * stride, k, row.data());
-        for (std::int64_t i = 0; i < m; ++i) {
-            float acc = 0;
-            for (std::int64_t c = 0; c < k; ++c) acc += x[i * k + c] * row[static_cast<std::size_t>(c)];
-            y[i * n + j] = acc;
-        }
+    const std::size_t stride = quant::row_bytes(t, k), astride = quant::activation_row_bytes(t, k);
+    std::vector<std::byte> a(astride);  // one activation row, converted
+    for (std::int64_t i = 0; i < m; ++i) {
+        quant::quantize_activations(t, x + i * k, k, a.data());
+        for (std::int64_t j = 0; j < n; ++j)
+            y[i * n + j] = quant::vec_dot(t, w + static_cast<std::size_t>(j) * stride, a.data(), k);
     }
 }
 
@@ -11257,18 +11582,24 @@ private:
 /// Tokenizers: the byte tokenizer is written as a byte-level BPE (`gpt2` model) with the 256 byte
 /// tokens, no merges and its special tokens as control tokens, so llama.cpp gives the same ids; a
 /// Hugging Face byte-level BPE tokenizer.json (GPT-2, Llama 3, Qwen2, SmolLM pre-tokenizers) is
-/// written with its tokens, merges, token types, special ids and chat template. SentencePiece-style
-/// tokenizers (byte fallback, Metaspace: Llama 2, Phi-3) are refused with a config_error, since
-/// their GGUF form needs the scores of the original `tokenizer.model`.
+/// written with its tokens, merges, token types, special ids and chat template. A SentencePiece-style
+/// tokenizer.json (BPE with byte fallback, '▁' for spaces: Llama 2, Mistral, Phi-3) is written as
+/// llama.cpp's `llama` (SPM) vocabulary as the converter writes it without tokenizer.model, but with
+/// scores from the merge ranks instead of its placeholder, so that llama.cpp merges in the BPE's
+/// order; text handling llama.cpp's SPM tokenizer does not compute is refused (spm_add_space_prefix).
+/// `check_exportable` applies save's refusals without writing, so a job fails before it trains.
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <map>
 #include <numbers>
+#include <set>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -13629,13 +13960,13 @@ public:
     /// Sets every gradient to zero (gradients accumulate across `backward` calls).
     void zero_grad() { this->zero_gradients(dev_); }
 
-    /// Runs inference with weights stored as ggml blocks of `type` (weight-only quantization, io/quant.hpp),
+    /// Runs inference with weights stored as ggml blocks of `type` (io/quant.hpp),
     /// as a GGUF export of the same type stores them (io/gguf_export.hpp): the token embedding, the LM
     /// head and every block's four matrices, each as `quant::storable` allows its rows; norms, biases
     /// and learned positions stay fp32. Each matrix's values become its dequantized values (which the
-    /// embedding lookup reads) and its products run through the device's `quant_matmul` with fp32
-    /// activations. The model then generates and scores; `backward` refuses it. Quantizing twice
-    /// quantizes the dequantized values again, so call it once, on the trained weights.
+    /// embedding lookup reads) and its products run through the device's `quant_matmul` (ggml's CPU
+    /// semantics: what llama.cpp computes from the file). The model then generates and scores; `backward` refuses it.
+    /// Quantizing twice quantizes the dequantized values again, so call it once, on the trained weights.
     void quantize(quant::type type) requires(std::is_same_v<T, float>&& device::quant_device<Device>) {
         const std::int64_t V = cfg_.vocab_size, C = cfg_.d_model, F = cfg_.d_ff;
         auto matrix = [&](std::size_t w, std::int64_t rows, std::int64_t cols) {
@@ -14732,28 +15063,186 @@ inline std::string pre_tokenizer_name(const nlohmann::json& tok, const std::file
                                           "Qwen2's and SmolLM's byte-level pre-tokenizers");
 }
 
-// tokenizer.ggml.* and tokenizer.chat_template of a Hugging Face tokenizer.json for a model of
-// `rows` embedding rows.
-inline void hf_tokenizer_metadata(Writer& w, const std::filesystem::path& file, std::int64_t rows) {
-    const nlohmann::json tok = read_json_file(file);
-    const nlohmann::json& model = tok.contains("model") ? tok["model"] : nlohmann::json();
-    const std::string kind = model.is_object() ? model.value("type", "") : "";
-    const std::string dumped = tok.dump();
-    auto uses = [&](const char* type) {
-        return dumped.find(std::string("\"type\":\"") + type + "\"") != std::string::npos;
-    };
-    if (kind != "BPE")
-        throw config_error(file.string(), "is a " + (kind.empty() ? std::string("model-less") : kind) +
-                                              " tokenizer; GGUF export writes byte-level BPE tokenizers");
-    if (model.value("byte_fallback", false) || uses("Metaspace") || uses("ByteFallback"))
-        throw config_error(file.string(),
-                           "is a SentencePiece-style BPE (byte fallback / Metaspace), whose GGUF form needs the "
-                           "original tokenizer.model's scores; convert that directory with llama.cpp's "
-                           "convert_hf_to_gguf.py, or export the student with a byte-level BPE tokenizer");
-    const std::string pre = pre_tokenizer_name(tok, file);
-
+// The vocabulary as llama.cpp's tables hold it: each row's text and token type, by id.
+struct Vocabulary {
     std::vector<std::string> tokens;
     std::vector<std::int32_t> types;
+    std::map<std::string, std::int64_t, std::less<>> ids;  // text -> id, of the tokenizer's own tokens
+};
+
+// llama.cpp's token types (llama_token_type).
+enum token_type : std::int32_t { normal = 1, unknown = 2, control = 3, user_defined = 4, unused = 5, byte = 6 };
+
+// The texts tokenizer_config.json names as special tokens (transformers' all_special_tokens): the
+// bos/eos/unk/sep/pad/cls/mask tokens and additional_special_tokens (extra_special_tokens).
+inline std::set<std::string, std::less<>> named_special_tokens(const nlohmann::json& config) {
+    std::set<std::string, std::less<>> names;
+    for (const char* key : {"bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"})
+        if (config.contains(key))
+            if (auto t = token_text(config[key]); !t.empty()) names.insert(std::move(t));
+    for (const char* key : {"additional_special_tokens", "extra_special_tokens"})
+        if (config.contains(key) && (config[key].is_array() || config[key].is_object()))
+            for (const auto& v : config[key])
+                if (auto t = token_text(v); !t.empty()) names.insert(std::move(t));
+    return names;
+}
+
+// Whether a tokenizer.json is SentencePiece-style: BPE with byte fallback, spaces as '▁'.
+inline bool sentencepiece_style(const nlohmann::json& tok) {
+    const std::string dumped = tok.dump();
+    return (tok.contains("model") && tok["model"].is_object() && tok["model"].value("byte_fallback", false)) ||
+           dumped.find("\"type\":\"Metaspace\"") != std::string::npos ||
+           dumped.find("\"type\":\"ByteFallback\"") != std::string::npos;
+}
+
+// Whether llama.cpp's SPM tokenizer computes the tokenizer.json's text handling, which it does for
+// Llama 2's form: normalizer Prepend("▁") + Replace(" ", "▁") without a pre-tokenizer (a '▁' before
+// every text, llama.cpp's add_space_prefix), and for the same without Prepend or with a Metaspace
+// pre-tokenizer that neither splits nor prepends. Metaspace's prepend schemes "first" and "always"
+// are refused: they put no '▁' before text that starts with a space ("always", "first") or follows
+// a special token ("first"), where llama.cpp does. Returns add_space_prefix.
+inline bool spm_add_space_prefix(const nlohmann::json& tok, const std::filesystem::path& file) {
+    const std::string space = "\xe2\x96\x81";  // ▁
+    auto is = [](const nlohmann::json& p, const char* type) { return p.is_object() && p.value("type", "") == type; };
+    bool prepend = false, replaced = false;
+    const nlohmann::json norm = tok.contains("normalizer") ? tok["normalizer"] : nlohmann::json();
+    const nlohmann::json steps = is(norm, "Sequence") ? norm.value("normalizers", nlohmann::json::array())
+                                 : norm.is_null()     ? nlohmann::json::array()
+                                                      : nlohmann::json::array({norm});
+    for (const auto& n : steps) {
+        if (is(n, "Prepend") && n.value("prepend", "") == space) {
+            prepend = true;
+        } else if (is(n, "Replace") && n.contains("pattern") && n["pattern"].value("String", "") == " " &&
+                   n.value("content", "") == space) {
+            replaced = true;
+        } else {
+            throw config_error(file.string(), "its normalizer step " + n.dump().substr(0, 200) +
+                                                  " is not one llama.cpp's SentencePiece tokenizer computes; GGUF "
+                                                  "export knows Prepend(\"▁\") and Replace(\" \", \"▁\")");
+        }
+    }
+    const nlohmann::json pre = tok.contains("pre_tokenizer") ? tok["pre_tokenizer"] : nlohmann::json();
+    if (is(pre, "Metaspace")) {
+        if (pre.value("replacement", space) != space || pre.value("split", true))
+            throw config_error(file.string(), "has a Metaspace pre-tokenizer " + pre.dump() +
+                                                  "; llama.cpp's SentencePiece tokenizer computes the one with "
+                                                  "replacement \"▁\" and split false (Llama 2's)");
+        const std::string scheme = pre.contains("prepend_scheme")
+                                       ? pre.value("prepend_scheme", "always")
+                                       : (pre.value("add_prefix_space", true) ? "always" : "never");
+        if (scheme != "never")
+            throw config_error(file.string(),
+                               "has a Metaspace pre-tokenizer with prepend_scheme \"" + scheme +
+                                   "\", which puts no \"▁\" before text that starts with a space" +
+                                   (scheme == "first" ? " or follows a special token" : "") +
+                                   "; llama.cpp's SentencePiece tokenizer does, so its ids would differ (Llama 2's "
+                                   "form, normalizer Prepend(\"▁\") + Replace(\" \", \"▁\"), is exported)");
+        replaced = true;
+    } else if (!pre.is_null()) {
+        throw config_error(file.string(), "has the pre-tokenizer " + pre.dump().substr(0, 200) +
+                                              "; a SentencePiece-style tokenizer for llama.cpp has none or Metaspace");
+    }
+    if (!replaced)
+        throw config_error(file.string(),
+                           "keeps spaces as spaces, but llama.cpp's SentencePiece tokenizer turns "
+                           "them into \"▁\" (Replace(\" \", \"▁\") or Metaspace)");
+    return prepend;
+}
+
+// A SentencePiece-style tokenizer.json as llama.cpp's `llama` (SPM) vocabulary, with the texts and
+// token types llama.cpp's converter writes for it (gguf-py's LlamaHfVocab): the model's vocabulary
+// by id (<0xNN> byte tokens BYTE, the tokens tokenizer_config.json names CONTROL, the rest NORMAL),
+// then the added tokens past it (CONTROL when named, else USER_DEFINED). The converter's scores
+// are a placeholder (-1000 for all), with which llama.cpp merges left to right; these make its
+// merges the BPE's: a token some merge yields scores -(1 + the rank of the first such merge), every
+// other token -(1 + the number of merges), below all (docs/deployment.md).
+inline Vocabulary spm_vocabulary(Writer& w, const nlohmann::json& tok, const nlohmann::json& config,
+                                 const std::filesystem::path& file, std::int64_t rows) {
+    const nlohmann::json& model = tok["model"];
+    const bool add_space_prefix = spm_add_space_prefix(tok, file);
+    if (model.value("ignore_merges", false))
+        throw config_error(file.string(), "sets ignore_merges, which llama.cpp's SentencePiece tokenizer does not do");
+    const auto& vocab = model.at("vocab");
+    for (unsigned b = 0; b < 256; ++b) {  // llama.cpp's byte fallback looks every byte up
+        char name[8];
+        std::snprintf(name, sizeof name, "<0x%02X>", b);
+        if (!vocab.contains(name))
+            throw config_error(file.string(), std::string("has byte fallback but no byte token ") + name +
+                                                  "; llama.cpp's SentencePiece tokenizer needs all 256");
+    }
+    Vocabulary v;
+    auto place = [&](std::int64_t id, const std::string& text, std::int32_t type) {
+        if (id < 0) throw format_error(file, 0, "has a negative token id");
+        if (id >= rows)
+            throw config_error(file.string(), "has token id " + std::to_string(id) + " (" + text +
+                                                  "), but the model has only " + std::to_string(rows) +
+                                                  " embedding rows");
+        if (std::int64_t(v.tokens.size()) <= id) {
+            v.tokens.resize(std::size_t(id) + 1);
+            v.types.resize(std::size_t(id) + 1, 0);
+        }
+        v.tokens[std::size_t(id)] = text;
+        v.types[std::size_t(id)] = type;
+        v.ids[text] = id;
+    };
+    const auto names = named_special_tokens(config);
+    std::map<std::int64_t, std::string> added;
+    if (tok.contains("added_tokens"))
+        for (const auto& a : tok["added_tokens"]) added[a.at("id").get<std::int64_t>()] = a.at("content");
+    const auto base = std::int64_t(vocab.size());
+    for (const auto& [text, id_json] : vocab.items()) {
+        const auto id = id_json.get<std::int64_t>();
+        const auto a = added.find(id);
+        const std::string& t = a != added.end() ? a->second : text;  // transformers' get_vocab(): the added text
+        const bool is_byte = t.size() == 6 && t.starts_with("<0x") && t.ends_with(">") &&
+                             std::isxdigit(static_cast<unsigned char>(t[3])) &&
+                             std::isxdigit(static_cast<unsigned char>(t[4]));
+        place(id, t, is_byte ? byte : names.contains(t) ? control : normal);
+    }
+    for (const auto& [id, text] : added)
+        if (id >= base) place(id, text, names.contains(text) ? control : user_defined);
+
+    std::map<std::string, std::int64_t, std::less<>> rank;  // a token's first merge
+    std::int64_t n_merges = 0;
+    for (const auto& m : model.at("merges")) {
+        std::string joined;
+        if (m.is_array()) {
+            joined = m.at(0).get<std::string>() + m.at(1).get<std::string>();
+        } else {
+            joined = m.get<std::string>();
+            if (const auto sp = joined.find(' '); sp != std::string::npos) joined.erase(sp, 1);
+        }
+        rank.emplace(std::move(joined), n_merges++);
+    }
+    v.tokens.resize(std::size_t(rows));
+    v.types.resize(std::size_t(rows), 0);
+    nlohmann::json scores = nlohmann::json::array();
+    for (std::size_t i = 0; i < v.tokens.size(); ++i) {
+        if (v.types[i] == 0) {  // rows no token uses, as the converter pads
+            v.tokens[i] = "[PAD" + std::to_string(i) + "]";
+            v.types[i] = unused;
+        }
+        const auto r = rank.find(v.tokens[i]);
+        scores.push_back(float(-(1 + (r != rank.end() ? r->second : n_merges))));
+    }
+    w.set("tokenizer.ggml.model", value_type::string, "llama");
+    w.set("tokenizer.ggml.pre", value_type::string, "default");
+    w.set_array("tokenizer.ggml.tokens", value_type::string, v.tokens);
+    w.set_array("tokenizer.ggml.scores", value_type::f32, std::move(scores));
+    w.set_array("tokenizer.ggml.token_type", value_type::i32, v.types);
+    w.set("tokenizer.ggml.add_space_prefix", value_type::boolean, add_space_prefix);
+    return v;
+}
+
+// A byte-level BPE tokenizer.json as llama.cpp's `gpt2` vocabulary: tokens, token types and merges.
+inline Vocabulary byte_level_vocabulary(Writer& w, const nlohmann::json& tok, const std::filesystem::path& file,
+                                        std::int64_t rows) {
+    const nlohmann::json& model = tok["model"];
+    const std::string pre = pre_tokenizer_name(tok, file);
+    Vocabulary v;
+    auto& tokens = v.tokens;
+    auto& types = v.types;
+    auto& ids = v.ids;
     auto place = [&](std::int64_t id, std::string text, std::int32_t type) {
         if (id < 0) throw format_error(file, 0, "has a negative token id");
         if (id >= rows)
@@ -14767,7 +15256,6 @@ inline void hf_tokenizer_metadata(Writer& w, const std::filesystem::path& file, 
         tokens[std::size_t(id)] = std::move(text);
         types[std::size_t(id)] = type;
     };
-    std::map<std::string, std::int64_t, std::less<>> ids;
     for (const auto& [text, id] : model.at("vocab").items()) {
         place(id.get<std::int64_t>(), text, 1);  // normal
         ids[text] = id.get<std::int64_t>();
@@ -14794,10 +15282,25 @@ inline void hf_tokenizer_metadata(Writer& w, const std::filesystem::path& file, 
     w.set_array("tokenizer.ggml.tokens", value_type::string, tokens);
     w.set_array("tokenizer.ggml.token_type", value_type::i32, types);
     w.set_array("tokenizer.ggml.merges", value_type::string, std::move(merges));
+    return v;
+}
 
+// tokenizer.ggml.* and tokenizer.chat_template of a Hugging Face tokenizer.json for a model of
+// `rows` embedding rows: byte-level BPE as llama.cpp's `gpt2` vocabulary, SentencePiece-style BPE
+// as its `llama` one.
+inline void hf_tokenizer_metadata(Writer& w, const std::filesystem::path& file, std::int64_t rows) {
+    const nlohmann::json tok = read_json_file(file);
+    const std::string kind = tok.contains("model") && tok["model"].is_object() ? tok["model"].value("type", "") : "";
+    if (kind != "BPE")
+        throw config_error(file.string(), "is a " + (kind.empty() ? std::string("model-less") : kind) +
+                                              " tokenizer; GGUF export writes BPE tokenizers (byte-level or "
+                                              "SentencePiece-style)");
     const auto config_file = file.parent_path() / "tokenizer_config.json";
     const nlohmann::json config =
         std::filesystem::exists(config_file) ? read_json_file(config_file) : nlohmann::json::object();
+    const Vocabulary v = sentencepiece_style(tok) ? spm_vocabulary(w, tok, config, file, rows)
+                                                  : byte_level_vocabulary(w, tok, file, rows);
+    const auto& ids = v.ids;
     for (const auto& [key, gguf_key] : std::map<std::string, std::string>{{"bos_token", "bos_token_id"},
                                                                           {"eos_token", "eos_token_id"},
                                                                           {"unk_token", "unknown_token_id"},
@@ -14934,16 +15437,9 @@ inline std::vector<float> llama3_rope_factors(const student::TransformerConfig& 
     return factors;
 }
 
-}  // namespace detail
-
-/// Writes `model` (a `student::Transformer`) to `file` as GGUF v3 (see the file comment), atomically.
-/// Throws config_error when no llama.cpp architecture computes the student's blocks, for rope scaling
-/// llama.cpp does not have (dynamic NTK), or for a tokenizer it cannot hold.
-template <class Model>
-void save(const std::filesystem::path& file, const Model& model, const ExportOptions& options = {}) {
-    static_assert(std::is_same_v<typename Model::config_type, student::TransformerConfig>,
-                  "io::gguf::save writes decoder students (student::Transformer)");
-    const auto& c = model.config();
+// The llama.cpp architecture `options` export a student of config `c` as; throws config_error when
+// none computes its blocks or llama.cpp lacks its rope scaling.
+inline std::string architecture(const student::TransformerConfig& c, const ExportOptions& options) {
     const std::string inferred = hf::family_of(c);
     const std::string arch = options.model_type.empty() ? inferred : options.model_type;
     if (arch != inferred && !(arch == "phi3" && inferred == "llama" && !c.qkv_bias && !c.mlp_bias && !c.proj_bias))
@@ -14954,6 +15450,37 @@ void save(const std::filesystem::path& file, const Model& model, const ExportOpt
                            "is \"dynamic\" (NTK-aware scaling), which llama.cpp's " + arch + " does not compute");
     if (arch == "phi3" && c.rope_scaling.type != "none")
         throw config_error("student.rope_scaling.type", "must be \"none\" for a phi3 export");
+    return arch;
+}
+
+// The tokenizer's metadata: `options.tokenizer`'s, or the byte tokenizer's.
+inline void tokenizer_metadata(Writer& w, const student::TransformerConfig& c, const ExportOptions& options) {
+    if (options.tokenizer.empty())
+        byte_tokenizer_metadata(w, c.vocab_size, options.add_bos);
+    else
+        hf_tokenizer_metadata(w, options.tokenizer, c.vocab_size);
+}
+
+}  // namespace detail
+
+/// Throws config_error when `save` would refuse a student of config `c` with `options` (its
+/// architecture, rope scaling or tokenizer; see `save`), so that a job can be refused before it
+/// trains. Reads the tokenizer's files.
+inline void check_exportable(const student::TransformerConfig& c, const ExportOptions& options = {}) {
+    (void)detail::architecture(c, options);
+    Writer scratch;
+    detail::tokenizer_metadata(scratch, c, options);
+}
+
+/// Writes `model` (a `student::Transformer`) to `file` as GGUF v3 (see the file comment), atomically.
+/// Throws config_error when no llama.cpp architecture computes the student's blocks, for rope scaling
+/// llama.cpp does not have (dynamic NTK), or for a tokenizer it cannot hold (`check_exportable`).
+template <class Model>
+void save(const std::filesystem::path& file, const Model& model, const ExportOptions& options = {}) {
+    static_assert(std::is_same_v<typename Model::config_type, student::TransformerConfig>,
+                  "io::gguf::save writes decoder students (student::Transformer)");
+    const auto& c = model.config();
+    const std::string arch = detail::architecture(c, options);
 
     Writer w;
     const std::string a = arch + ".";
@@ -14989,10 +15516,7 @@ void save(const std::filesystem::path& file, const Model& model, const ExportOpt
     }
     w.set("general.file_type", value_type::u32, file_type(options.type));
     w.set("general.quantization_version", value_type::u32, 2u);  // ggml's QK layout version
-    if (options.tokenizer.empty())
-        detail::byte_tokenizer_metadata(w, c.vocab_size, options.add_bos);
-    else
-        detail::hf_tokenizer_metadata(w, options.tokenizer, c.vocab_size);
+    detail::tokenizer_metadata(w, c, options);
 
     const auto host = hf::detail::host_parameters(model);
     auto add = [&](std::string name, std::vector<std::int64_t> shape, const float* data) {
@@ -23871,15 +24395,25 @@ public:
                     s.emplace(s_.student, 1, device_);
                     io::load_weights(io::safetensors_file(weights), *s);
                 }
-                io::gguf::save(file, *s,
-                               {.type = type,
-                                .model_type = export_layout(),
-                                .tokenizer = s_.tokenizer_source,
-                                .add_bos = s_.chat_template.config().add_bos});
+                io::gguf::save(file, *s, gguf_options(type));
                 s_.say("finetune: the student for llama.cpp: " + file.string());
             }
         }
         return files;
+    }
+
+    /// Refuses (config_error naming export.gguf and the cause) a job whose `export.gguf` files
+    /// io::gguf::save would refuse for the student's architecture, layout or tokenizer, so that the
+    /// job fails when the Distiller is constructed, not after finetune. Reads the tokenizer's files.
+    void check_gguf_export() const {
+        if constexpr (std::is_same_v<student_config, student::TransformerConfig>) {
+            if (s_.job.exports.gguf.empty()) return;
+            try {
+                io::gguf::check_exportable(s_.student, gguf_options(quant::type::F32));
+            } catch (const config_error& e) {
+                throw config_error("export.gguf", std::string("cannot be written for this student: ") + e.what());
+            }
+        }
     }
 
 private:
@@ -24062,6 +24596,14 @@ private:
         else
             io::load_weights(io::safetensors_file(s_.job.student_weights), s);
         return s;
+    }
+
+    // How the student is exported as a GGUF file of `type`: its layout and tokenizer.
+    io::gguf::ExportOptions gguf_options(quant::type type) const {
+        return {.type = type,
+                .model_type = export_layout(),
+                .tokenizer = s_.tokenizer_source,
+                .add_bos = s_.chat_template.config().add_bos};
     }
 
     // The layout a trained student leaves in: "phi3" (fused projections) for one that started from a
@@ -25489,10 +26031,12 @@ public:
         s_.job.validate();
         check_precision();
         s_.student = read_student_config();
-        if constexpr (embedding)
+        if constexpr (embedding) {
             prepare_embedding();
-        else
+        } else {
             prepare_sequences();
+            finetune_stage_type(s_, teacher_, device_).check_gguf_export();
+        }
     }
 
     Distiller(const Distiller&) = delete;

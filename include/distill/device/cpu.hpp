@@ -9,8 +9,8 @@
 /// - `cpu/optim.hpp`   — the optimizer updates and gradient-norm reduction over all parameters at once,
 ///                       through the vector shim of `cpu/simd.hpp`;
 /// - `cpu/encoder.hpp` — the bidirectional encoder's kernels, threaded over rows;
-/// - `cpu/quant.hpp`   — the weight-only quantized matrix product of generation (ggml blocks, fp32
-///                       activations), threaded over weight rows.
+/// - `cpu/quant.hpp`   — the quantized matrix product of generation (ggml blocks, integer dot
+///                       products as ggml's CPU backend), threaded over weight rows.
 
 #include "distill/device/cpu/encoder.hpp"
 #include "distill/device/cpu/layers.hpp"

@@ -9,7 +9,7 @@
 /// - `reference/losses.hpp`  — the fused divergence rows of the loss terms and hidden-state matching;
 /// - `reference/optim.hpp`   — the optimizer updates, the gradient-norm reduction and scaling;
 /// - `reference/encoder.hpp` — what a bidirectional (BERT-layout) encoder adds;
-/// - `reference/quant.hpp`   — the weight-only quantized matrix product (ggml blocks dequantized, then dotted).
+/// - `reference/quant.hpp`   — the quantized matrix product (ggml's CPU semantics, plain loops).
 
 #include "distill/device/reference/encoder.hpp"
 #include "distill/device/reference/layers.hpp"

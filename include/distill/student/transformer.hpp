@@ -583,13 +583,13 @@ public:
     /// Sets every gradient to zero (gradients accumulate across `backward` calls).
     void zero_grad() { this->zero_gradients(dev_); }
 
-    /// Runs inference with weights stored as ggml blocks of `type` (weight-only quantization, io/quant.hpp),
+    /// Runs inference with weights stored as ggml blocks of `type` (io/quant.hpp),
     /// as a GGUF export of the same type stores them (io/gguf_export.hpp): the token embedding, the LM
     /// head and every block's four matrices, each as `quant::storable` allows its rows; norms, biases
     /// and learned positions stay fp32. Each matrix's values become its dequantized values (which the
-    /// embedding lookup reads) and its products run through the device's `quant_matmul` with fp32
-    /// activations. The model then generates and scores; `backward` refuses it. Quantizing twice
-    /// quantizes the dequantized values again, so call it once, on the trained weights.
+    /// embedding lookup reads) and its products run through the device's `quant_matmul` (ggml's CPU
+    /// semantics: what llama.cpp computes from the file). The model then generates and scores; `backward` refuses it.
+    /// Quantizing twice quantizes the dequantized values again, so call it once, on the trained weights.
     void quantize(quant::type type) requires(std::is_same_v<T, float>&& device::quant_device<Device>) {
         const std::int64_t V = cfg_.vocab_size, C = cfg_.d_model, F = cfg_.d_ff;
         auto matrix = [&](std::size_t w, std::int64_t rows, std::int64_t cols) {

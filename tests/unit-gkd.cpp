@@ -229,7 +229,7 @@ TEST_CASE("gkd: the KV-cache sampler decodes what teacher-forced forwards comput
         teacher::Sampling s{.temperature = 0.0, .max_new_tokens = 6};
         data::Batch out;
         const int max_length = 11;  // row 2 may sample 4 tokens only
-        sampler.sample(m, given, plen, s, 1, max_length, pad, is_stop, out);
+        sampler.sample(m, given, plen, s, 1, max_length, 0, pad, is_stop, out);
         for (int b = 0; b < 3; ++b) {
             std::vector<std::int32_t> seq = prompts[std::size_t(b)];
             std::vector<std::int32_t> expected;
@@ -254,12 +254,12 @@ TEST_CASE("gkd: the KV-cache sampler decodes what teacher-forced forwards comput
         "sampled: the same (seed, step, micro) gives the same samples; a row's samples do not depend on its batch") {
         teacher::Sampling s{.temperature = 1.0, .top_p = 1.0, .max_new_tokens = 8};
         data::Batch a, b2, c;
-        sampler.sample(m, given, plen, s, 9, 16, pad, is_stop, a);
-        sampler.sample(m, given, plen, s, 9, 16, pad, is_stop, b2);
+        sampler.sample(m, given, plen, s, 9, 16, 0, pad, is_stop, a);
+        sampler.sample(m, given, plen, s, 9, 16, 0, pad, is_stop, b2);
         CHECK(a.tokens == b2.tokens);
         CHECK(a.targets == b2.targets);
         given.step = 4;
-        sampler.sample(m, given, plen, s, 9, 16, pad, is_stop, c);
+        sampler.sample(m, given, plen, s, 9, 16, 0, pad, is_stop, c);
         CHECK(a.tokens != c.tokens);
         // row 0 alone: its RNG is seeded by its row, so it samples what it sampled in the batch
         given.step = 3;
@@ -267,8 +267,13 @@ TEST_CASE("gkd: the KV-cache sampler decodes what teacher-forced forwards comput
         ds.make_batch(std::vector<std::int64_t>{0}, one);
         one.step = 3;
         data::Batch alone;
-        sampler.sample(m, one, std::vector<std::int32_t>{4}, s, 9, 16, pad, is_stop, alone);
+        sampler.sample(m, one, std::vector<std::int32_t>{4}, s, 9, 16, 0, pad, is_stop, alone);
         for (int i = 0; i < alone.length; ++i) CHECK(alone.tokens[std::size_t(i)] == a.tokens[std::size_t(i)]);
         CHECK(a.loss_tokens > 3);
+        // only the first `vocab` ids are drawn (a teacher's padding rows past the student's vocabulary)
+        data::Batch few;
+        sampler.sample(m, given, plen, s, 9, 16, 5, pad, is_stop, few);
+        for (std::size_t n = 0; n < few.targets.size(); ++n)
+            if (few.targets[n] >= 0) CHECK(few.targets[n] < 5);
     }
 }

@@ -463,13 +463,14 @@ private:
                 const int limit = d_->s_.student.context_length;
                 if (from == train::response_source::student) {
                     if (!student_sampler_) student_sampler_.emplace(s, max_batch);
-                    student_sampler_->sample(s, given, prompt_length_, job.generation, seed, limit, tmpl.pad(), is_stop,
-                                             sampled_);
+                    student_sampler_->sample(s, given, prompt_length_, job.generation, seed, limit, 0, tmpl.pad(),
+                                             is_stop, sampled_);
                 } else if constexpr (requires { d_->teacher_.network().make_cache(1); }) {
                     auto& net = d_->teacher_.network();
                     if (!teacher_sampler_) teacher_sampler_.emplace(net, max_batch);
-                    teacher_sampler_->sample(net, given, prompt_length_, job.generation, seed, limit, tmpl.pad(),
-                                             is_stop, sampled_);
+                    // only ids the student has: the teacher's embedding may have padding rows past them
+                    teacher_sampler_->sample(net, given, prompt_length_, job.generation, seed, limit,
+                                             d_->s_.student.vocab_size, tmpl.pad(), is_stop, sampled_);
                 } else {
                     throw config_error("on_policy.seq_kd", "needs a teacher whose network decodes with a KV cache");
                 }

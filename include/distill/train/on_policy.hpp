@@ -136,12 +136,14 @@ public:
     /// `net` samples under `s` (temperature, top_k, top_p, max_new_tokens; stop sequences are not
     /// applied — a sampled response ends at a stop token), seeded per row by
     /// `batch_seed(seed, in.step, in.micro, b + 1)`; each row at most `max_length` tokens in all.
-    /// `is_stop(id)` says whether a token ends a response.
+    /// Tokens are drawn from the first `vocab` ids only (a teacher's embedding may have padding rows
+    /// past the student's vocabulary; 0: all). `is_stop(id)` says whether a token ends a response.
     template <class IsStop>
     void sample(Network& net, const data::Batch& in, std::span<const std::int32_t> prompt_length,
-                const teacher::Sampling& s, std::uint64_t seed, int max_length, std::int32_t pad, IsStop&& is_stop,
-                data::Batch& out) {
+                const teacher::Sampling& s, std::uint64_t seed, int max_length, int vocab, std::int32_t pad,
+                IsStop&& is_stop, data::Batch& out) {
         const int B = in.batch, V = net.config().vocab_size, Tmax = net.config().context_length;
+        const int drawn = vocab > 0 ? std::min(vocab, V) : V;
         if (B > cache_.max_batch())
             throw shape_error("on-policy sampling: batch of " + std::to_string(B) + " rows exceeds " +
                               std::to_string(cache_.max_batch()));
@@ -164,7 +166,7 @@ public:
                 const auto b = std::size_t(rows_[r]);
                 auto& resp = responses_[b];
                 if (done(b, is_stop)) continue;
-                resp.push_back(sampler_.sample(logits + std::int64_t(r) * V, V, s, rngs_[b]));
+                resp.push_back(sampler_.sample(logits + std::int64_t(r) * V, drawn, s, rngs_[b]));
                 all_done = all_done && done(b, is_stop);
             }
             if (all_done) break;

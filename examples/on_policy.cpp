@@ -3,17 +3,22 @@
 // fewer steps, and per seed four students that differ only in where their training responses come
 // from and what they learn from them:
 //
-//   sequence-level KD   cross-entropy on the teacher's answer tokens (hard_ce)
+//   sequence-level KD   cross-entropy on the teacher's answer tokens (hard_ce), all N steps
 //   supervised KD       JSD (β = 0.5, τ = 1) to the teacher on the teacher's answers (λ = 0)
 //   on-policy λ = 0.5   the same JSD; half the batches' responses sampled by the student
 //   on-policy λ = 1     every batch's responses sampled by the student
 //
-//   on_policy [--out DIR] [--steps N] [--seeds N] [--temperature T] [--threads N] [--max-examples N]
+// The last three start, as GKD's students do (Agarwal et al. 2024 fine-tune theirs on the task
+// first), from a student trained by sequence-level KD for the fraction `--warm-start` of the budget
+// and spend the rest on their own objective (0: from random weights); every variant has N steps.
+//
+//   on_policy [--out DIR] [--steps N] [--seeds N] [--warm-start F] [--temperature T] [--threads N]
+//             [--max-examples N]
 //
 // The teacher answers once, at `--temperature`, which is also the students' sampling temperature
 // (one `generation` object serves both); each seed changes the student's initialization, data
-// order and samples. `--max-examples` evaluates the first N test problems (0: all). Prints a markdown table of test
-// exact match (mean and range over seeds) and writes it to DIR/on_policy.md.
+// order and samples. `--max-examples` evaluates the first N test problems (0: all). Prints a
+// markdown table of test exact match (mean and range over seeds) and writes it to DIR/on_policy.md.
 
 #include <algorithm>
 #include <cstdio>
@@ -39,7 +44,7 @@ int main(int argc, char** argv) try {
     std::string out = "out/on_policy";
     int seeds = 3, threads = 0, max_examples = 0;
     std::int64_t steps = 300;
-    double temperature = 1.0;
+    double temperature = 1.0, warm = 0.5;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         if (a == "--out" && i + 1 < argc)
@@ -48,6 +53,8 @@ int main(int argc, char** argv) try {
             steps = std::atoll(argv[++i]);
         else if (a == "--seeds" && i + 1 < argc)
             seeds = std::atoi(argv[++i]);
+        else if (a == "--warm-start" && i + 1 < argc)
+            warm = std::atof(argv[++i]);
         else if (a == "--temperature" && i + 1 < argc)
             temperature = std::atof(argv[++i]);
         else if (a == "--threads" && i + 1 < argc)
@@ -56,8 +63,8 @@ int main(int argc, char** argv) try {
             max_examples = std::atoi(argv[++i]);
         else {
             std::fprintf(stderr,
-                         "usage: on_policy [--out DIR] [--steps N] [--seeds N] [--temperature T] [--threads N] "
-                         "[--max-examples N]\n");
+                         "usage: on_policy [--out DIR] [--steps N] [--seeds N] [--warm-start F] [--temperature T] "
+                         "[--threads N] [--max-examples N]\n");
             return 2;
         }
     }
@@ -82,34 +89,54 @@ int main(int argc, char** argv) try {
     std::map<std::string, std::vector<double>> em;    // variant -> per-seed exact match
     std::map<std::string, std::vector<double>> secs;  // variant -> per-seed training seconds
     double teacher_em = -1;
+    const std::int64_t warm_steps = std::int64_t(warm * double(steps));
+    if (warm < 0 || warm >= 1) throw config_error("--warm-start", "must be in [0, 1)");
+    // One job: the quickstart's, with the variant's loss, λ and steps; the teacher's answers of the
+    // first run are copied into every other (they do not depend on the student).
+    auto run = [&](const fs::path& dir, int seed, const nlohmann::json& loss, double lambda, std::int64_t n,
+                   const fs::path& init, bool evaluate, bool evaluate_teacher) {
+        nlohmann::json j = quickstart::job(data_dir, dir, sizes);
+        j["hyperparameters"]["seed"] = seed;
+        j["hyperparameters"]["max_steps"] = n;
+        j["hyperparameters"]["warmup"] = n / 20;
+        j["hyperparameters"]["eval_every"] = 0;
+        j["generation"]["temperature"] = temperature;
+        j["generation"]["seed"] = 1;  // one set of teacher answers; the students' draws follow `seed`
+        j["loss"] = loss;
+        j["on_policy"] = {{"lambda", lambda}};
+        j["baseline"]["enabled"] = false;
+        j["export"] = {{"gguf", nlohmann::json::array()}};
+        if (!evaluate) j["test_data"] = "";
+        j["evaluation"]["evaluate_teacher"] = evaluate_teacher;
+        j["evaluation"]["latency_samples"] = 0;
+        j["evaluation"]["max_examples"] = max_examples;
+        if (!init.empty()) j["student_weights"] = init.string();
+        const fs::path shared = root / "seed1" / "v0" / "generate";
+        if (dir != root / "seed1" / "v0") {
+            fs::create_directories(dir);
+            if (!fs::exists(dir / "generate")) fs::copy(shared, dir / "generate", fs::copy_options::recursive);
+        }
+        const Job job = parse_job(j);
+        teacher::ModelConfig tcfg;
+        io::from_json(job.teacher_config(), tcfg, "teacher");
+        tcfg.keep_activations = false;  // the losses read the teacher's logits only
+        teacher::Model<student::Transformer> teacher(tcfg, cpu);
+        GkdDistiller d(job, teacher, cpu, {.quiet = true});
+        if (!evaluate) return nlohmann::ordered_json{{"training", {{"student", d.finetune()["student"]}}}};
+        return d.run();
+    };
     for (int seed = 1; seed <= seeds; ++seed) {
+        const fs::path sd = root / ("seed" + std::to_string(seed));
+        fs::path init;
         for (std::size_t k = 0; k < variants.size(); ++k) {
-            const fs::path dir = root / ("seed" + std::to_string(seed)) / ("v" + std::to_string(k));
-            nlohmann::json j = quickstart::job(data_dir, dir, sizes);
-            j["hyperparameters"]["seed"] = seed;
-            j["hyperparameters"]["eval_every"] = 0;
-            j["generation"]["temperature"] = temperature;
-            j["generation"]["seed"] = 1;  // one set of teacher answers; the students' draws follow `seed`
-            j["loss"] = variants[k].loss;
-            j["on_policy"] = {{"lambda", variants[k].lambda}};
-            j["baseline"]["enabled"] = false;
-            j["export"] = {{"gguf", nlohmann::json::array()}};
-            j["evaluation"]["evaluate_teacher"] = seed == 1 && k == 0;
-            j["evaluation"]["latency_samples"] = 0;
-            j["evaluation"]["max_examples"] = max_examples;
-            const fs::path shared = root / "seed1" / "v0" / "generate";
-            if (k > 0 || seed > 1) {  // the teacher's answers do not depend on the student
-                fs::create_directories(dir);
-                if (!fs::exists(dir / "generate")) fs::copy(shared, dir / "generate", fs::copy_options::recursive);
-            }
-            const Job job = parse_job(j);
-            teacher::ModelConfig tcfg;
-            io::from_json(job.teacher_config(), tcfg, "teacher");
-            tcfg.keep_activations = false;  // the loss reads the teacher's logits only
-            teacher::Model<student::Transformer> teacher(tcfg, cpu);
-            GkdDistiller d(job, teacher, cpu, {.quiet = true});
             std::fprintf(stderr, "on_policy: seed %d, %s\n", seed, variants[k].name.c_str());
-            const auto report = d.run();
+            if (k == 1 && warm_steps > 0) {  // the warm start of the others: sequence-level KD
+                run(sd / "warm", seed, variants[0].loss, 0.0, warm_steps, {}, false, false);
+                init = sd / "warm" / "student.safetensors";
+            }
+            const std::int64_t n = k == 0 ? steps : steps - warm_steps;
+            const auto report = run(sd / ("v" + std::to_string(k)), seed, variants[k].loss, variants[k].lambda, n,
+                                    k == 0 ? fs::path() : init, true, seed == 1 && k == 0);
             em[variants[k].name].push_back(report["models"]["student"]["metrics"].value("exact_match", 0.0));
             secs[variants[k].name].push_back(report["training"]["student"].value("seconds", 0.0));
             if (report["models"].contains("teacher"))
@@ -117,9 +144,10 @@ int main(int argc, char** argv) try {
         }
     }
 
-    std::string md = "| student (" + std::to_string(steps) + " steps, generation temperature " +
+    std::string md = "| student (" + std::to_string(steps) + " steps; the last three after " +
+                     std::to_string(warm_steps) + " of sequence-level KD; generation temperature " +
                      std::to_string(temperature).substr(0, 4) +
-                     ") | test exact match: mean (min–max) | per seed | training s (mean) |\n|---|---:|---|---:|\n";
+                     ") | test exact match: mean (min–max) | per seed | training s, own phase (mean) |\n|---|---:|---|---:|\n";
     for (const auto& v : variants) {
         const auto& x = em[v.name];
         double mean = 0, lo = 1, hi = 0, s = 0;

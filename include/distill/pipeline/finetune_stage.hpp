@@ -4,6 +4,9 @@
 /// in the student's tokenizer; the distilled student trains on them with the job's loss — a live
 /// teacher forward per batch (online) or the cached top-k log-probabilities (offline) — and the
 /// baseline, the same student and step budget without the teacher, on the ground-truth answers.
+/// With the job's `on_policy` settings a training batch keeps its prompts and gets responses the
+/// student (or, `seq_kd`, the teacher) samples now, which the online teacher then scores
+/// (train/on_policy.hpp).
 /// Each run goes through `train::finetune` (train/finetune.hpp: the loop only) into its own
 /// directory of the run (see `RunDir`): skipped when complete under the same fingerprint, resumed
 /// from its latest checkpoint after a crash, refused when another configuration wrote it. The best
@@ -415,8 +418,8 @@ private:
 
     // ---- the distillation loss as the finetune loop's callback -------------------------------------
 
-    // One micro-batch: student forward, teacher signals (live forward or cached top-k), the loss
-    // terms, and for training the student's backward.
+    // One micro-batch: on-policy responses sampled when the job asks, student forward, teacher
+    // signals (live forward or cached top-k), the loss terms, and for training the student's backward.
     class Step {
     public:
         Step(FinetuneStage& d, const Sequences& train, const Sequences* val, loss_type& loss,
@@ -655,7 +658,7 @@ private:
         });
     }
 
-    // ", on-policy λ = 0.5, seq_kd" when the job samples responses.
+    // ", on-policy lambda = 0.5, seq_kd" when the job samples responses.
     std::string on_policy_note() const {
         const auto& op = s_.job.on_policy;
         if (!op.enabled()) return "";

@@ -441,6 +441,69 @@ TEST_CASE("Distiller offline: top-k log-probabilities from the generate stage's 
     CHECK_THROWS_WITH_AS(d.evaluate(), doctest::Contains("test_data"), config_error);
 }
 
+TEST_CASE("Distiller on-policy (GKD): sampled batches train, reproducibly across a resume; refusals name the key") {
+    auto& w = world();
+    nlohmann::json j = w.job("gkd");
+    j["loss"] = {{"soft_kl", {{"weight", 1.0}}}};
+    j["test_data"] = "";
+    j["baseline"] = {{"enabled", false}};
+    j["generation"] = {{"temperature", 1.0}, {"top_p", 1.0}, {"max_new_tokens", 40}, {"seed", 3}};
+    const Job plain = parse_job(j);
+    teacher::Model<student::Transformer> t(teacher_config(plain));
+    OnlineDistiller(plain, t, device::Cpu{}, {.quiet = true}).generate();
+    const fs::path gen = fs::path(plain.output_dir) / "generate";
+
+    // λ = 0.5 with seq_kd: half the batches sampled by the student, the others by the teacher
+    auto run_into = [&](const std::string& out, const nlohmann::json& on_policy) {
+        nlohmann::json k = j;
+        k["output_dir"] = (w.dir / out).string();
+        if (!on_policy.is_null()) k["on_policy"] = on_policy;
+        const Job job = parse_job(k);
+        fs::create_directories(fs::path(job.output_dir) / "generate");
+        fs::copy(gen, fs::path(job.output_dir) / "generate",
+                 fs::copy_options::recursive | fs::copy_options::overwrite_existing);
+        OnlineDistiller d(job, t, device::Cpu{}, {.quiet = true});
+        return d.finetune();
+    };
+    const nlohmann::json op = {{"lambda", 0.5}, {"seq_kd", true}};
+    const auto summary = run_into("gkd-a", op);
+    CHECK(summary["student"]["steps"] == 12);
+    CHECK(std::isfinite(summary["student"]["final_loss"].get<double>()));
+    run_into("gkd-off", nullptr);
+    const fs::path a = w.dir / "gkd-a";
+    CHECK(read(a / "student.safetensors") != read(w.dir / "gkd-off" / "student.safetensors"));
+
+    // resumed from step 5 after a crash: the same coins and samples, the same student
+    const fs::path ck = a / "student" / "checkpoints";
+    const std::string finished = read(a / "student.safetensors");
+    for (const char* step : {"step-00000010", "step-00000012"}) fs::remove_all(ck / step);
+    distill::testing::write_text(ck / "latest", "step-00000005\n");
+    fs::remove(a / "student" / "done.json");
+    fs::remove(a / "student.safetensors");
+    REQUIRE(fs::exists(ck / "step-00000005"));
+    const auto resumed = run_into("gkd-a", op);
+    CHECK(resumed["student"]["steps"] == 12);
+    CHECK(read(a / "student.safetensors") == finished);
+
+    // refused: a loss that cannot score fresh samples, and λ out of range
+    nlohmann::json offline = j;
+    offline["loss"] = {{"topk_soft_kl", {{"weight", 1.0}, {"temperature", 1.0}}}};
+    offline["generation"]["top_logprobs"] = 4;
+    offline["on_policy"] = {{"lambda", 0.5}};
+    try {
+        OfflineDistiller d(parse_job(offline), t, device::Cpu{}, {.quiet = true});
+        FAIL("an offline loss was accepted for on-policy batches");
+    } catch (const config_error& e) {
+        CHECK(e.field() == "on_policy.lambda");
+        CHECK(std::string(e.what()).find("only a teacher running in process can score") != std::string::npos);
+    }
+    nlohmann::json bad = j;
+    bad["on_policy"] = {{"lambda", 2}};
+    CHECK(error_of(bad) == "on_policy.lambda: must be in [0, 1], got 2.000000");
+    bad["on_policy"] = {{"lamda", 0.5}};
+    CHECK(error_of(bad) == "on_policy.lamda: unknown key; did you mean \"lambda\"?");
+}
+
 #if defined(DISTILL_WITH_TEXT)
 namespace {
 

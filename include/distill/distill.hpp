@@ -76,6 +76,7 @@
 #include "distill/optim/sgd.hpp"
 #include "distill/optimizer.hpp"
 #include "distill/train/finetune.hpp"
+#include "distill/train/on_policy.hpp"
 #include "distill/train/progress.hpp"
 // the pipeline, last: it composes everything above
 #include "distill/eval/memory.hpp"

@@ -33,6 +33,11 @@ struct Batch {
     std::vector<std::int64_t> indices{};
     std::int64_t loss_tokens = 0;  ///< targets that are not -1
     std::int64_t real_tokens = 0;  ///< tokens that are not padding
+    /// Where the training loop drew it: the optimizer step (0-based) and the micro-batch within it;
+    /// -1 outside a training step. A loss that draws random numbers (on-policy sampling) seeds them
+    /// from these, so a resumed run draws what the uninterrupted one did.
+    std::int64_t step = -1;
+    int micro = 0;
 };
 
 /// An in-memory list of `Sequence`s, validated as they are added.

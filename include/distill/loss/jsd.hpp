@@ -20,6 +20,9 @@ struct JSDConfig {
     double beta = 0.5;                ///< the teacher's weight in the mixture; 0 forward KL, 1 reverse KL
     double temperature = 1.0;         ///< τ > 0
     bool temperature_squared = true;  ///< multiply the value (and gradient) by τ²
+    /// Divide by β(1−β) for 0 < β < 1 (continuous at the KL ends); false: the GKD paper's and TRL's
+    /// unnormalized β KL(p‖M) + (1−β) KL(q‖M), which goes to 0 at both ends.
+    bool normalize = true;
 };
 
 /// Generalized JSD at temperature τ, full vocabulary, with p = softmax(t/τ), q = softmax(z/τ):
@@ -39,7 +42,11 @@ struct JSDConfig {
 /// logits of spread 4); use β = 0 or 1 for the KLs themselves. β and 1 − β are formed in double,
 /// and log(M/q), log(M/p) use `math::log_mix`, accurate on both sides of its branch, so fp32 stays
 /// within 1e-5 of the float64 truth at β = 1e-6 and 1 − 1e-6.
-/// Needs `logits`. Config: `beta` ∈ [0, 1] (default 0.5), `temperature`, `temperature_squared`.
+/// `normalize: false` leaves out the division (value and gradient times β(1−β) for 0 < β < 1; the
+/// ends are the KLs either way): TRL's `GKDTrainer.generalized_jsd_loss` exactly, for runs compared
+/// with it (tests/reference/make_gkd_golden.py).
+/// Needs `logits`. Config: `beta` ∈ [0, 1] (default 0.5), `temperature`, `temperature_squared`,
+/// `normalize` (default true).
 class JSD : public util::logits_divergence<JSD, JSDConfig> {
 public:
     static constexpr char name[] = "jsd";
@@ -47,6 +54,18 @@ public:
     static constexpr const char* vocab_note = nullptr;
 
     explicit JSD(const config& c = {}, const dims& d = {}) : logits_divergence(checked_beta(c), d) {}
+
+    /// The value; adds its gradient (times `ctx.weight`) to the logits' sink. Unnormalized, the
+    /// kernel's J_β and its gradient are both scaled by β(1−β).
+    template <class T, class Device>
+    T operator()(const context<T, Device>& ctx) {
+        const bool inner = cfg_.beta > 0 && cfg_.beta < 1;
+        const T scale = !cfg_.normalize && inner ? static_cast<T>(cfg_.beta * (1.0 - cfg_.beta)) : T(1);
+        return scale * util::tempered_logits(
+                           name, ctx, cfg_.temperature, cfg_.temperature_squared,
+                           [&](T* d, bool accumulate, const T* s, const T* t, std::int64_t N, int V, T inv_tau,
+                               T grad_scale) { rows(ctx, d, accumulate, s, t, N, V, inv_tau, grad_scale * scale); });
+    }
 
     /// The kernel of the call (see util::logits_divergence): the ends are the KLs themselves
     /// (J_0 = KL(p‖q), J_1 = KL(q‖p)); the JSD kernel computes 0 < β < 1.
@@ -76,4 +95,4 @@ private:
 
 }  // namespace distill::loss
 
-BOOST_HANA_ADAPT_STRUCT(distill::loss::JSDConfig, beta, temperature, temperature_squared);
+BOOST_HANA_ADAPT_STRUCT(distill::loss::JSDConfig, beta, temperature, temperature_squared, normalize);

@@ -249,6 +249,7 @@ private:
                 throw config_error("generation.top_logprobs",
                                    "is 0, but the loss reads the teacher's top-k log-probabilities; set 1..20");
         }
+        check_on_policy();
         if constexpr (online || uses_topk || requires { teacher_.chat_template(); }) align_vocabularies();
         if constexpr (online) {
             const auto& t = teacher_.network().config();
@@ -270,6 +271,34 @@ private:
                 throw config_error("teacher.keep_activations",
                                    "is false, but the loss reads the teacher's hidden states, attention maps or "
                                    "q|k|v; set it to true (or drop those terms)");
+    }
+
+    // On-policy batches (train/on_policy.hpp) are scored by a live teacher forward, position by
+    // position: the loss must read the teacher's logits, in process, and nothing cached per example;
+    // the sampling model must decode with a KV cache.
+    void check_on_policy() const {
+        const auto& op = s_.job.on_policy;
+        if (!op.enabled()) return;
+        const std::string key = op.lambda > 0 ? "on_policy.lambda" : "on_policy.seq_kd";
+        if constexpr (!online || !loss::term_needs<Loss, signal::logits_t>)
+            throw config_error(key,
+                               "samples responses that only a teacher running in process can score: the loss "
+                               "must read the teacher's logits (jsd, soft_kl, reverse_kl) with teacher.kind "
+                               "\"model\"; this job's loss does not");
+        if constexpr (uses_topk)
+            throw config_error(key,
+                               "samples responses, but the loss reads cached top-k log-probabilities, which "
+                               "exist only for the teacher's answers; use a full-logit term (jsd, soft_kl, "
+                               "reverse_kl)");
+        if constexpr (!requires(student_type & st) { st.make_cache(1); })
+            throw config_error("on_policy.lambda",
+                               "needs a student that decodes with a KV cache (make_cache, "
+                               "prefill, decode)");
+        if constexpr (!requires(Teacher & t) { t.network().make_cache(1); })
+            if (op.seq_kd)
+                throw config_error("on_policy.seq_kd",
+                                   "needs a teacher whose network decodes with a KV cache "
+                                   "(teacher::Model)");
     }
 
     // The embedding task: see `EmbeddingStages::prepare`.

@@ -4,6 +4,9 @@
 /// in the student's tokenizer; the distilled student trains on them with the job's loss — a live
 /// teacher forward per batch (online) or the cached top-k log-probabilities (offline) — and the
 /// baseline, the same student and step budget without the teacher, on the ground-truth answers.
+/// With the job's `on_policy` settings a training batch keeps its prompts and gets responses the
+/// student (or, `seq_kd`, the teacher) samples now, which the online teacher then scores
+/// (train/on_policy.hpp).
 /// Each run goes through `train::finetune` (train/finetune.hpp: the loop only) into its own
 /// directory of the run (see `RunDir`): skipped when complete under the same fingerprint, resumed
 /// from its latest checkpoint after a crash, refused when another configuration wrote it. The best
@@ -17,6 +20,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <filesystem>
 #include <memory>
 #include <optional>
@@ -51,6 +55,7 @@
 #include "distill/teacher.hpp"
 #include "distill/teacher/synthetic.hpp"
 #include "distill/train/finetune.hpp"
+#include "distill/train/on_policy.hpp"
 
 namespace distill {
 
@@ -245,6 +250,17 @@ class FinetuneStage {
     using optimizer_type = typename types::optimizer_type;
     static constexpr bool online = types::online;
     static constexpr bool uses_topk = types::uses_topk;
+    // the network a teacher samples with (seq_kd); the student's type for a teacher without one
+    template <class T>
+    struct network_of {
+        using type = student_type;
+    };
+    template <class T>
+    requires requires(T& t) { t.network(); }
+    struct network_of<T> {
+        using type = std::remove_cvref_t<decltype(std::declval<T&>().network())>;
+    };
+    using teacher_network = typename network_of<Teacher>::type;
 
 public:
     /// `setup` and `teacher` are kept by reference.
@@ -402,15 +418,16 @@ private:
 
     // ---- the distillation loss as the finetune loop's callback -------------------------------------
 
-    // One micro-batch: student forward, teacher signals (live forward or cached top-k), the loss
-    // terms, and for training the student's backward.
+    // One micro-batch: on-policy responses sampled when the job asks, student forward, teacher
+    // signals (live forward or cached top-k), the loss terms, and for training the student's backward.
     class Step {
     public:
         Step(FinetuneStage& d, const Sequences& train, const Sequences* val, loss_type& loss,
              loss::Workspace<float, Device>& ws)
             : d_(&d), train_(&train), val_(val), loss_(&loss), ws_(&ws) {}
 
-        train::LossValues operator()(student_type& s, const data::Batch& batch, train::pass p) {
+        train::LossValues operator()(student_type& s, const data::Batch& given, train::pass p) {
+            const data::Batch& batch = responses(s, given);
             const int B = batch.batch, T = batch.length;
             const std::size_t N = std::size_t(B) * std::size_t(T);
             s.forward(batch.tokens.data(), B, T);
@@ -432,6 +449,40 @@ private:
         }
 
     private:
+        // `given` itself, or (on-policy, train/on_policy.hpp) its prompts with responses the student
+        // or the teacher samples now; the samplers' caches are made at their first use.
+        const data::Batch& responses(student_type& s, const data::Batch& given) {
+            if constexpr (online && requires { s.make_cache(1); }) {
+                const Job& job = d_->s_.job;
+                const std::uint64_t seed = detail::mix64(job.hyperparameters.loop.seed, job.generation.seed);
+                const train::response_source from = train::source_of(job.on_policy, seed, given);
+                if (from == train::response_source::data) return given;
+                prompt_length_.resize(std::size_t(given.batch));
+                for (int b = 0; b < given.batch; ++b)
+                    prompt_length_[std::size_t(b)] = train_->prompt_length[std::size_t(given.indices[std::size_t(b)])];
+                const auto& tmpl = d_->s_.chat_template;
+                auto is_stop = [&](std::int32_t id) { return tmpl.is_stop_token(id); };
+                const int max_batch = std::max(job.hyperparameters.loop.batch_size, given.batch);
+                const int limit = d_->s_.student.context_length;
+                if (from == train::response_source::student) {
+                    if (!student_sampler_) student_sampler_.emplace(s, max_batch);
+                    student_sampler_->sample(s, given, prompt_length_, job.generation, seed, limit, 0, tmpl.pad(),
+                                             is_stop, sampled_);
+                } else if constexpr (requires { d_->teacher_.network().make_cache(1); }) {
+                    auto& net = d_->teacher_.network();
+                    if (!teacher_sampler_) teacher_sampler_.emplace(net, max_batch);
+                    // only ids the student has: the teacher's embedding may have padding rows past them
+                    teacher_sampler_->sample(net, given, prompt_length_, job.generation, seed, limit,
+                                             d_->s_.student.vocab_size, tmpl.pad(), is_stop, sampled_);
+                } else {
+                    throw config_error("on_policy.seq_kd", "needs a teacher whose network decodes with a KV cache");
+                }
+                return sampled_;
+            } else {
+                return given;
+            }
+        }
+
         // The teacher's (B,T,Vt) logits cut to the student's (B,T,Vs) columns, Vt > Vs: the same
         // tokens, the teacher's embedding padded further (data/vocab_alignment.hpp).
         void trim_teacher_logits(int B, int T) {
@@ -483,6 +534,11 @@ private:
         std::vector<std::int32_t> ids_{};
         std::vector<float> lps_{};
         detail::Arena<float, Device> trimmed_{};  // the teacher's logits on the student's columns
+        // on-policy sampling: the batch with sampled responses, its prompt lengths, the samplers
+        data::Batch sampled_{};
+        std::vector<std::int32_t> prompt_length_{};
+        std::optional<train::ResponseSampler<student_type>> student_sampler_{};
+        std::optional<train::ResponseSampler<teacher_network>> teacher_sampler_{};
     };
 
     // ---- training runs ----------------------------------------------------------------------------
@@ -543,9 +599,11 @@ private:
                                  {"validation", val ? val->data.fingerprint() : 0}};
         add_initialization(s_.job, fp_fields);
         if (s_.job.precision != "fp32") fp_fields["precision"] = s_.job.precision;
+        if (s_.job.on_policy.enabled()) fp_fields["on_policy"] = io::to_json(s_.job.on_policy);
         const std::string fp = detail::sha(fp_fields.dump());
         s_.say("finetune: distilling into a student of " + std::to_string(s_.student.parameter_count()) +
-               " parameters for " + std::to_string(steps) + " steps (" + (online ? "online" : "offline") + ")");
+               " parameters for " + std::to_string(steps) + " steps (" + (online ? "online" : "offline") +
+               on_policy_note() + ")");
         return run_training(s_, "student", fp, [&](const std::string& dir) {
             student_type s = make_student();
             const int B = s_.job.hyperparameters.loop.batch_size;
@@ -598,6 +656,15 @@ private:
             return train::finetune(s, opt, schedule, train, val ? &*val : nullptr, cfg, train::CrossEntropy{},
                                    std::move(options));
         });
+    }
+
+    // ", on-policy lambda = 0.5, seq_kd" when the job samples responses.
+    std::string on_policy_note() const {
+        const auto& op = s_.job.on_policy;
+        if (!op.enabled()) return "";
+        char buf[64];
+        std::snprintf(buf, sizeof buf, ", on-policy lambda = %g%s", op.lambda, op.seq_kd ? ", seq_kd" : "");
+        return buf;
     }
 
     train::FinetuneConfig finetune_config(const std::string& dir) const {

@@ -33,6 +33,7 @@
 #include "distill/optim/schedule.hpp"
 #include "distill/teacher.hpp"
 #include "distill/train/finetune.hpp"
+#include "distill/train/on_policy.hpp"
 
 namespace distill {
 
@@ -155,6 +156,10 @@ struct Job {
     std::string task_type = "conversation";  ///< one of task_types; decides the metrics
     teacher::Sampling generation{.temperature = 0.0, .top_p = 1.0};  ///< how the teacher answers
     Hyperparameters hyperparameters{};
+    /// On-policy distillation (GKD): the fraction `lambda` of training batches whose responses the
+    /// student samples with the `generation` settings, the teacher scoring them; `seq_kd`: the teacher
+    /// samples the others. Needs an in-process teacher and a logit-level loss (train/on_policy.hpp).
+    train::OnPolicyConfig on_policy{};
     /// The optimizer's own keys besides the learning rate and weight decay (e.g. AdamW's beta1).
     nlohmann::json optimizer = nlohmann::json::object();
     /// Loss terms by name with weights and configs: {"soft_kl": {"weight": 1, "temperature": 2}, ...}.
@@ -204,6 +209,10 @@ struct Job {
                 throw config_error("frozen_parameters[" + std::to_string(i) + "]", "must not be empty");
         generation.validate("generation");
         hyperparameters.validate();
+        on_policy.validate();
+        if (on_policy.enabled() && task_type == "embedding")
+            throw config_error(on_policy.lambda > 0 ? "on_policy.lambda" : "on_policy.seq_kd",
+                               "samples responses, which an embedding task has none of");
         baseline.validate();
         evaluation.validate();
         exports.validate();
@@ -274,6 +283,7 @@ BOOST_HANA_ADAPT_ADT(distill::Job,
     (task_type,          [](auto& j) -> auto& { return j.task_type; }),
     (generation,         [](auto& j) -> auto& { return j.generation; }),
     (hyperparameters,    [](auto& j) -> auto& { return j.hyperparameters; }),
+    (on_policy,          [](auto& j) -> auto& { return j.on_policy; }),
     (optimizer,          [](auto& j) -> auto& { return j.optimizer; }),
     (loss,               [](auto& j) -> auto& { return j.loss; }),
     (baseline,           [](auto& j) -> auto& { return j.baseline; }),

@@ -348,6 +348,8 @@ public:
                     std::min<std::int64_t>(cfg_.batch_size, static_cast<std::int64_t>(n) - cursor_);
                 rows.assign(order_.begin() + cursor_, order_.begin() + cursor_ + take);
                 train_.make_batch(rows, batch);
+                batch.step = step_;
+                batch.micro = micro;
                 cursor_ += take;
                 const LossValues lv = loss_(model_, batch, pass::train);
                 check_loss(lv, "");

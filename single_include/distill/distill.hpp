@@ -18568,6 +18568,11 @@ struct Batch {
     std::vector<std::int64_t> indices{};
     std::int64_t loss_tokens = 0;  ///< targets that are not -1
     std::int64_t real_tokens = 0;  ///< tokens that are not padding
+    /// Where the training loop drew it: the optimizer step (0-based) and the micro-batch within it;
+    /// -1 outside a training step. A loss that draws random numbers (on-policy sampling) seeds them
+    /// from these, so a resumed run draws what the uninterrupted one did.
+    std::int64_t step = -1;
+    int micro = 0;
 };
 
 /// An in-memory list of `Sequence`s, validated as they are added.
@@ -20859,6 +20864,9 @@ struct JSDConfig {
     double beta = 0.5;                ///< the teacher's weight in the mixture; 0 forward KL, 1 reverse KL
     double temperature = 1.0;         ///< τ > 0
     bool temperature_squared = true;  ///< multiply the value (and gradient) by τ²
+    /// Divide by β(1−β) for 0 < β < 1 (continuous at the KL ends); false: the GKD paper's and TRL's
+    /// unnormalized β KL(p‖M) + (1−β) KL(q‖M), which goes to 0 at both ends.
+    bool normalize = true;
 };
 
 /// Generalized JSD at temperature τ, full vocabulary, with p = softmax(t/τ), q = softmax(z/τ):
@@ -20878,7 +20886,11 @@ struct JSDConfig {
 /// logits of spread 4); use β = 0 or 1 for the KLs themselves. β and 1 − β are formed in double,
 /// and log(M/q), log(M/p) use `math::log_mix`, accurate on both sides of its branch, so fp32 stays
 /// within 1e-5 of the float64 truth at β = 1e-6 and 1 − 1e-6.
-/// Needs `logits`. Config: `beta` ∈ [0, 1] (default 0.5), `temperature`, `temperature_squared`.
+/// `normalize: false` leaves out the division (value and gradient times β(1−β) for 0 < β < 1; the
+/// ends are the KLs either way): TRL's `GKDTrainer.generalized_jsd_loss` exactly, for runs compared
+/// with it (tests/reference/make_gkd_golden.py).
+/// Needs `logits`. Config: `beta` ∈ [0, 1] (default 0.5), `temperature`, `temperature_squared`,
+/// `normalize` (default true).
 class JSD : public util::logits_divergence<JSD, JSDConfig> {
 public:
     static constexpr char name[] = "jsd";
@@ -20886,6 +20898,18 @@ public:
     static constexpr const char* vocab_note = nullptr;
 
     explicit JSD(const config& c = {}, const dims& d = {}) : logits_divergence(checked_beta(c), d) {}
+
+    /// The value; adds its gradient (times `ctx.weight`) to the logits' sink. Unnormalized, the
+    /// kernel's J_β and its gradient are both scaled by β(1−β).
+    template <class T, class Device>
+    T operator()(const context<T, Device>& ctx) {
+        const bool inner = cfg_.beta > 0 && cfg_.beta < 1;
+        const T scale = !cfg_.normalize && inner ? static_cast<T>(cfg_.beta * (1.0 - cfg_.beta)) : T(1);
+        return scale * util::tempered_logits(
+                           name, ctx, cfg_.temperature, cfg_.temperature_squared,
+                           [&](T* d, bool accumulate, const T* s, const T* t, std::int64_t N, int V, T inv_tau,
+                               T grad_scale) { rows(ctx, d, accumulate, s, t, N, V, inv_tau, grad_scale * scale); });
+    }
 
     /// The kernel of the call (see util::logits_divergence): the ends are the KLs themselves
     /// (J_0 = KL(p‖q), J_1 = KL(q‖p)); the JSD kernel computes 0 < β < 1.
@@ -20915,7 +20939,7 @@ private:
 
 }  // namespace distill::loss
 
-BOOST_HANA_ADAPT_STRUCT(distill::loss::JSDConfig, beta, temperature, temperature_squared);
+BOOST_HANA_ADAPT_STRUCT(distill::loss::JSDConfig, beta, temperature, temperature_squared, normalize);
 // ---- end distill/loss/jsd.hpp ----
 // ---- begin distill/loss/reverse_kl.hpp ----
 /// @file reverse_kl.hpp
@@ -22503,6 +22527,8 @@ public:
                     std::min<std::int64_t>(cfg_.batch_size, static_cast<std::int64_t>(n) - cursor_);
                 rows.assign(order_.begin() + cursor_, order_.begin() + cursor_ + take);
                 train_.make_batch(rows, batch);
+                batch.step = step_;
+                batch.micro = micro;
                 cursor_ += take;
                 const LossValues lv = loss_(model_, batch, pass::train);
                 check_loss(lv, "");
@@ -22888,6 +22914,246 @@ BOOST_HANA_ADAPT_STRUCT(distill::train::FinetuneConfig, num_epochs, max_steps, b
                         eval_every, eval_batch_size, patience, min_delta, checkpoint_every, keep_last_n, log_every,
                         explosion_factor, explosion_warmup, output_dir, resume, quiet);
 // ---- end distill/train/finetune.hpp ----
+// ---- begin distill/train/on_policy.hpp ----
+/// @file train/on_policy.hpp
+/// On-policy distillation (GKD, Agarwal et al. 2024; TRL's `GKDTrainer`): with probability λ a
+/// training micro-batch keeps its prompts and replaces its responses by ones the *student* samples
+/// on the fly, which the teacher then scores token by token; otherwise, with `seq_kd`, the teacher
+/// samples them (sequence-level KD on fresh samples); otherwise the data's responses stay. The
+/// divergence itself is the job's loss term (jsd with β, soft_kl, reverse_kl) on the response
+/// positions.
+///
+/// Everything random is seeded from the run's seed, the optimizer step and the micro-batch
+/// (`data::Batch::step`, `micro`), never from a generator that advances across steps: a resumed run
+/// draws exactly the coins and samples of the uninterrupted one. Sampling runs the network's own
+/// decoding path (`make_cache` / `prefill` / `decode` / `next_logits`, the device's kernels) and
+/// `teacher::Sampler`, the in-process teacher's sampler; the cache and every buffer are made once
+/// and reused.
+
+#include <algorithm>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include <boost/hana/adapt_struct.hpp>
+
+
+namespace distill::train {
+
+/// Keys of the job's `on_policy` object (TRL's `GKDConfig.lmbda` and `seq_kd`).
+struct OnPolicyConfig {
+    /// Fraction of training micro-batches whose responses the student samples (TRL's `lmbda`); 0: none.
+    double lambda = 0.0;
+    /// The other training micro-batches' responses are sampled by the teacher instead of read from
+    /// the data (TRL's `seq_kd`).
+    bool seq_kd = false;
+
+    /// Whether any batch is sampled.
+    bool enabled() const noexcept { return lambda > 0 || seq_kd; }
+
+    /// Throws config_error naming `<path>.lambda`.
+    void validate(const std::string& path = "on_policy") const {
+        if (!(lambda >= 0 && lambda <= 1))
+            throw config_error(path + ".lambda", "must be in [0, 1], got " + std::to_string(lambda));
+    }
+};
+
+/// Where a micro-batch's responses come from.
+enum class response_source { data, student, teacher };
+
+/// The seed of micro-batch `micro` of optimizer step `step` of a run seeded `seed`; `row` 0 draws
+/// the batch's coin, row b+1 sequence b's tokens.
+constexpr std::uint64_t batch_seed(std::uint64_t seed, std::int64_t step, int micro, int row) noexcept {
+    return detail::mix64(detail::mix64(detail::mix64(seed, std::uint64_t(step)), std::uint64_t(micro)),
+                         std::uint64_t(row));
+}
+
+/// The source of `batch`'s responses under `cfg`: validation batches (step < 0) keep the data's;
+/// a training batch is the student's with probability λ (one uniform draw seeded by `batch_seed`),
+/// else the teacher's when `seq_kd`, else the data's — TRL's `training_step` order.
+inline response_source source_of(const OnPolicyConfig& cfg, std::uint64_t seed, const data::Batch& batch) noexcept {
+    if (batch.step < 0 || !cfg.enabled()) return response_source::data;
+    Rng coin(batch_seed(seed, batch.step, batch.micro, 0));
+    if (coin.uniform() < cfg.lambda) return response_source::student;
+    return cfg.seq_kd ? response_source::teacher : response_source::data;
+}
+
+/// `out` as `in` with row b's tokens past its first `prompt_length[b]` replaced by `responses[b]`:
+/// right-padded with `pad`, every response token a target (predicted at the position before it),
+/// nothing else; `indices`, `step` and `micro` copied. Throws shape_error when a row would exceed
+/// `max_length` or a prompt length is outside [1, in.length].
+inline void batch_with_responses(const data::Batch& in, std::span<const std::int32_t> prompt_length,
+                                 std::span<const std::vector<std::int32_t>> responses, std::int32_t pad, int max_length,
+                                 data::Batch& out) {
+    const int B = in.batch;
+    if (int(prompt_length.size()) != B || int(responses.size()) != B)
+        throw shape_error("on-policy batch: " + std::to_string(prompt_length.size()) + " prompt lengths and " +
+                          std::to_string(responses.size()) + " responses for " + std::to_string(B) + " rows");
+    int length = 1;
+    for (int b = 0; b < B; ++b) {
+        const int P = prompt_length[std::size_t(b)];
+        if (P < 1 || P > in.length)
+            throw shape_error("on-policy batch: prompt length " + std::to_string(P) + " of row " + std::to_string(b) +
+                              " outside [1, " + std::to_string(in.length) + "]");
+        const int n = P + int(responses[std::size_t(b)].size());
+        if (n > max_length)
+            throw shape_error("on-policy batch: row " + std::to_string(b) + " holds " + std::to_string(n) +
+                              " tokens, more than " + std::to_string(max_length));
+        length = std::max(length, n);
+    }
+    out.batch = B;
+    out.length = length;
+    const std::size_t N = std::size_t(B) * std::size_t(length);
+    out.tokens.assign(N, pad);
+    out.targets.assign(N, -1);
+    out.indices.assign(in.indices.begin(), in.indices.end());
+    out.step = in.step;
+    out.micro = in.micro;
+    out.loss_tokens = 0;
+    out.real_tokens = 0;
+    for (int b = 0; b < B; ++b) {
+        const int P = prompt_length[std::size_t(b)];
+        const auto& r = responses[std::size_t(b)];
+        std::int32_t* tok = out.tokens.data() + std::size_t(b) * std::size_t(length);
+        std::int32_t* tgt = out.targets.data() + std::size_t(b) * std::size_t(length);
+        std::copy_n(in.tokens.data() + std::size_t(b) * std::size_t(in.length), P, tok);
+        std::copy(r.begin(), r.end(), tok + P);
+        for (std::size_t j = 0; j < r.size(); ++j) tgt[std::size_t(P) - 1 + j] = r[j];
+        out.loss_tokens += std::int64_t(r.size());
+        out.real_tokens += P + std::int64_t(r.size());
+    }
+}
+
+/// Samples responses to a batch's prompts from a network with a KV cache, as the in-process teacher
+/// generates: prefill the prompts, then one `decode` per token, each row drawing from its logits
+/// with `teacher::Sampler` until it samples a stop token (kept, as the data's responses keep it) or
+/// reaches `max_new_tokens` or the length limit. Rows that finished are fed padding; when one would
+/// overrun the context, the rows still sampling are prefilled again into a smaller batch (the
+/// teacher's rule, teacher/model.hpp). The cache and the buffers are sized once.
+/// @tparam Network `student::Transformer<T, Device>` or anything with its decoding interface.
+template <class Network>
+class ResponseSampler {
+public:
+    using scalar_type = typename Network::scalar_type;
+    using device_type = typename Network::device_type;
+
+    /// A cache for `max_batch` rows of `net`.
+    ResponseSampler(Network& net, int max_batch) : cache_(net.make_cache(max_batch)) {}
+
+    /// Fills `out` with `in`'s prompts (row b: its first `prompt_length[b]` tokens) and responses
+    /// `net` samples under `s` (temperature, top_k, top_p, max_new_tokens; stop sequences are not
+    /// applied — a sampled response ends at a stop token), seeded per row by
+    /// `batch_seed(seed, in.step, in.micro, b + 1)`; each row at most `max_length` tokens in all.
+    /// Tokens are drawn from the first `vocab` ids only (a teacher's embedding may have padding rows
+    /// past the student's vocabulary; 0: all). `is_stop(id)` says whether a token ends a response.
+    template <class IsStop>
+    void sample(Network& net, const data::Batch& in, std::span<const std::int32_t> prompt_length,
+                const teacher::Sampling& s, std::uint64_t seed, int max_length, int vocab, std::int32_t pad,
+                IsStop&& is_stop, data::Batch& out) {
+        const int B = in.batch, V = net.config().vocab_size, Tmax = net.config().context_length;
+        const int drawn = vocab > 0 ? std::min(vocab, V) : V;
+        if (B > cache_.max_batch())
+            throw shape_error("on-policy sampling: batch of " + std::to_string(B) + " rows exceeds " +
+                              std::to_string(cache_.max_batch()));
+        responses_.resize(std::size_t(B));
+        limit_.resize(std::size_t(B));
+        rngs_.resize(std::size_t(B));
+        rows_.clear();
+        for (int b = 0; b < B; ++b) {
+            responses_[std::size_t(b)].clear();
+            const int P = prompt_length[std::size_t(b)];
+            limit_[std::size_t(b)] = std::max(0, std::min(s.max_new_tokens, std::min(max_length, Tmax) - P));
+            rngs_[std::size_t(b)] = Rng(batch_seed(seed, in.step, in.micro, b + 1));
+            if (limit_[std::size_t(b)] > 0) rows_.push_back(b);
+        }
+        if (!rows_.empty()) prefill(net, in, prompt_length);
+        while (!rows_.empty()) {
+            const scalar_type* logits = next_logits_on_host(net);  // (rows, V)
+            bool all_done = true;
+            for (std::size_t r = 0; r < rows_.size(); ++r) {
+                const auto b = std::size_t(rows_[r]);
+                auto& resp = responses_[b];
+                if (done(b, is_stop)) continue;
+                resp.push_back(sampler_.sample(logits + std::int64_t(r) * V, drawn, s, rngs_[b]));
+                all_done = all_done && done(b, is_stop);
+            }
+            if (all_done) break;
+            bool overflow = false;
+            for (std::size_t r = 0; r < rows_.size(); ++r)
+                overflow = overflow || (done(std::size_t(rows_[r]), is_stop) && cache_.length(int(r)) >= Tmax);
+            if (overflow) {
+                std::erase_if(rows_, [&](int b) { return done(std::size_t(b), is_stop); });
+                prefill(net, in, prompt_length);
+                continue;
+            }
+            next_.resize(rows_.size());
+            for (std::size_t r = 0; r < rows_.size(); ++r) {
+                const auto b = std::size_t(rows_[r]);
+                next_[r] = done(b, is_stop) ? pad : responses_[b].back();
+            }
+            net.decode(cache_, next_.data(), int(rows_.size()));
+        }
+        batch_with_responses(in, prompt_length, responses_, pad, max_length, out);
+    }
+
+private:
+    template <class IsStop>
+    bool done(std::size_t b, IsStop& is_stop) const {
+        const auto& r = responses_[b];
+        return int(r.size()) >= limit_[b] || (!r.empty() && is_stop(r.back()));
+    }
+
+    // Prefills the cache with rows_' prompts and what they sampled so far (the last sampled token is
+    // then fed here, not by decode).
+    void prefill(Network& net, const data::Batch& in, std::span<const std::int32_t> prompt_length) {
+        int Tn = 0;
+        lengths_.resize(rows_.size());
+        for (std::size_t r = 0; r < rows_.size(); ++r) {
+            const auto b = std::size_t(rows_[r]);
+            lengths_[r] = prompt_length[b] + int(responses_[b].size());
+            Tn = std::max(Tn, lengths_[r]);
+        }
+        tokens_.assign(rows_.size() * std::size_t(Tn), 0);
+        for (std::size_t r = 0; r < rows_.size(); ++r) {
+            const auto b = std::size_t(rows_[r]);
+            std::int32_t* row = tokens_.data() + r * std::size_t(Tn);
+            std::copy_n(in.tokens.data() + b * std::size_t(in.length), prompt_length[b], row);
+            std::copy(responses_[b].begin(), responses_[b].end(), row + prompt_length[b]);
+        }
+        cache_.reset();
+        net.prefill(cache_, tokens_.data(), lengths_.data(), int(rows_.size()), Tn);
+    }
+
+    // The (rows, V) next-token logits where the sampler reads them: in place on a host-memory device,
+    // else copied into a buffer sized once (one transfer per step, as the teacher's generation).
+    const scalar_type* next_logits_on_host(Network& net) {
+        const auto logits = net.next_logits();
+        if constexpr (device_type::memory == memory_space::host) {
+            return logits.data();
+        } else {
+            host_logits_.resize(std::size_t(cache_.max_batch()) * std::size_t(net.config().vocab_size));
+            net.device().copy(host_logits_.data(), logits.data(), sizeof(scalar_type) * std::size_t(logits.numel()));
+            return host_logits_.data();
+        }
+    }
+
+    decltype(std::declval<Network&>().make_cache(1)) cache_;
+    teacher::Sampler sampler_{};
+    std::vector<std::vector<std::int32_t>> responses_{};  // per row of the batch
+    std::vector<int> limit_{};                            // per row: most tokens it may sample
+    std::vector<Rng> rngs_{};
+    std::vector<int> rows_{};  // the batch rows in the cache, in cache order
+    std::vector<int> lengths_{};
+    std::vector<std::int32_t> tokens_{};
+    std::vector<std::int32_t> next_{};
+    std::vector<scalar_type> host_logits_{};
+};
+
+}  // namespace distill::train
+
+BOOST_HANA_ADAPT_STRUCT(distill::train::OnPolicyConfig, lambda, seq_kd);
+// ---- end distill/train/on_policy.hpp ----
 // the pipeline, last: it composes everything above
 // ---- begin distill/eval/memory.hpp ----
 /// @file memory.hpp
@@ -23482,6 +23748,9 @@ inline nlohmann::ordered_json to_json(const embedding_agreement& a) {
 /// in the student's tokenizer; the distilled student trains on them with the job's loss — a live
 /// teacher forward per batch (online) or the cached top-k log-probabilities (offline) — and the
 /// baseline, the same student and step budget without the teacher, on the ground-truth answers.
+/// With the job's `on_policy` settings a training batch keeps its prompts and gets responses the
+/// student (or, `seq_kd`, the teacher) samples now, which the online teacher then scores
+/// (train/on_policy.hpp).
 /// Each run goes through `train::finetune` (train/finetune.hpp: the loop only) into its own
 /// directory of the run (see `RunDir`): skipped when complete under the same fingerprint, resumed
 /// from its latest checkpoint after a crash, refused when another configuration wrote it. The best
@@ -23495,6 +23764,7 @@ inline nlohmann::ordered_json to_json(const embedding_agreement& a) {
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <filesystem>
 #include <memory>
 #include <optional>
@@ -23657,6 +23927,10 @@ struct Job {
     std::string task_type = "conversation";  ///< one of task_types; decides the metrics
     teacher::Sampling generation{.temperature = 0.0, .top_p = 1.0};  ///< how the teacher answers
     Hyperparameters hyperparameters{};
+    /// On-policy distillation (GKD): the fraction `lambda` of training batches whose responses the
+    /// student samples with the `generation` settings, the teacher scoring them; `seq_kd`: the teacher
+    /// samples the others. Needs an in-process teacher and a logit-level loss (train/on_policy.hpp).
+    train::OnPolicyConfig on_policy{};
     /// The optimizer's own keys besides the learning rate and weight decay (e.g. AdamW's beta1).
     nlohmann::json optimizer = nlohmann::json::object();
     /// Loss terms by name with weights and configs: {"soft_kl": {"weight": 1, "temperature": 2}, ...}.
@@ -23706,6 +23980,10 @@ struct Job {
                 throw config_error("frozen_parameters[" + std::to_string(i) + "]", "must not be empty");
         generation.validate("generation");
         hyperparameters.validate();
+        on_policy.validate();
+        if (on_policy.enabled() && task_type == "embedding")
+            throw config_error(on_policy.lambda > 0 ? "on_policy.lambda" : "on_policy.seq_kd",
+                               "samples responses, which an embedding task has none of");
         baseline.validate();
         evaluation.validate();
         exports.validate();
@@ -23776,6 +24054,7 @@ BOOST_HANA_ADAPT_ADT(distill::Job,
     (task_type,          [](auto& j) -> auto& { return j.task_type; }),
     (generation,         [](auto& j) -> auto& { return j.generation; }),
     (hyperparameters,    [](auto& j) -> auto& { return j.hyperparameters; }),
+    (on_policy,          [](auto& j) -> auto& { return j.on_policy; }),
     (optimizer,          [](auto& j) -> auto& { return j.optimizer; }),
     (loss,               [](auto& j) -> auto& { return j.loss; }),
     (baseline,           [](auto& j) -> auto& { return j.baseline; }),
@@ -24345,6 +24624,17 @@ class FinetuneStage {
     using optimizer_type = typename types::optimizer_type;
     static constexpr bool online = types::online;
     static constexpr bool uses_topk = types::uses_topk;
+    // the network a teacher samples with (seq_kd); the student's type for a teacher without one
+    template <class T>
+    struct network_of {
+        using type = student_type;
+    };
+    template <class T>
+    requires requires(T& t) { t.network(); }
+    struct network_of<T> {
+        using type = std::remove_cvref_t<decltype(std::declval<T&>().network())>;
+    };
+    using teacher_network = typename network_of<Teacher>::type;
 
 public:
     /// `setup` and `teacher` are kept by reference.
@@ -24502,15 +24792,16 @@ private:
 
     // ---- the distillation loss as the finetune loop's callback -------------------------------------
 
-    // One micro-batch: student forward, teacher signals (live forward or cached top-k), the loss
-    // terms, and for training the student's backward.
+    // One micro-batch: on-policy responses sampled when the job asks, student forward, teacher
+    // signals (live forward or cached top-k), the loss terms, and for training the student's backward.
     class Step {
     public:
         Step(FinetuneStage& d, const Sequences& train, const Sequences* val, loss_type& loss,
              loss::Workspace<float, Device>& ws)
             : d_(&d), train_(&train), val_(val), loss_(&loss), ws_(&ws) {}
 
-        train::LossValues operator()(student_type& s, const data::Batch& batch, train::pass p) {
+        train::LossValues operator()(student_type& s, const data::Batch& given, train::pass p) {
+            const data::Batch& batch = responses(s, given);
             const int B = batch.batch, T = batch.length;
             const std::size_t N = std::size_t(B) * std::size_t(T);
             s.forward(batch.tokens.data(), B, T);
@@ -24532,6 +24823,40 @@ private:
         }
 
     private:
+        // `given` itself, or (on-policy, train/on_policy.hpp) its prompts with responses the student
+        // or the teacher samples now; the samplers' caches are made at their first use.
+        const data::Batch& responses(student_type& s, const data::Batch& given) {
+            if constexpr (online && requires { s.make_cache(1); }) {
+                const Job& job = d_->s_.job;
+                const std::uint64_t seed = detail::mix64(job.hyperparameters.loop.seed, job.generation.seed);
+                const train::response_source from = train::source_of(job.on_policy, seed, given);
+                if (from == train::response_source::data) return given;
+                prompt_length_.resize(std::size_t(given.batch));
+                for (int b = 0; b < given.batch; ++b)
+                    prompt_length_[std::size_t(b)] = train_->prompt_length[std::size_t(given.indices[std::size_t(b)])];
+                const auto& tmpl = d_->s_.chat_template;
+                auto is_stop = [&](std::int32_t id) { return tmpl.is_stop_token(id); };
+                const int max_batch = std::max(job.hyperparameters.loop.batch_size, given.batch);
+                const int limit = d_->s_.student.context_length;
+                if (from == train::response_source::student) {
+                    if (!student_sampler_) student_sampler_.emplace(s, max_batch);
+                    student_sampler_->sample(s, given, prompt_length_, job.generation, seed, limit, 0, tmpl.pad(),
+                                             is_stop, sampled_);
+                } else if constexpr (requires { d_->teacher_.network().make_cache(1); }) {
+                    auto& net = d_->teacher_.network();
+                    if (!teacher_sampler_) teacher_sampler_.emplace(net, max_batch);
+                    // only ids the student has: the teacher's embedding may have padding rows past them
+                    teacher_sampler_->sample(net, given, prompt_length_, job.generation, seed, limit,
+                                             d_->s_.student.vocab_size, tmpl.pad(), is_stop, sampled_);
+                } else {
+                    throw config_error("on_policy.seq_kd", "needs a teacher whose network decodes with a KV cache");
+                }
+                return sampled_;
+            } else {
+                return given;
+            }
+        }
+
         // The teacher's (B,T,Vt) logits cut to the student's (B,T,Vs) columns, Vt > Vs: the same
         // tokens, the teacher's embedding padded further (data/vocab_alignment.hpp).
         void trim_teacher_logits(int B, int T) {
@@ -24583,6 +24908,11 @@ private:
         std::vector<std::int32_t> ids_{};
         std::vector<float> lps_{};
         detail::Arena<float, Device> trimmed_{};  // the teacher's logits on the student's columns
+        // on-policy sampling: the batch with sampled responses, its prompt lengths, the samplers
+        data::Batch sampled_{};
+        std::vector<std::int32_t> prompt_length_{};
+        std::optional<train::ResponseSampler<student_type>> student_sampler_{};
+        std::optional<train::ResponseSampler<teacher_network>> teacher_sampler_{};
     };
 
     // ---- training runs ----------------------------------------------------------------------------
@@ -24643,9 +24973,11 @@ private:
                                  {"validation", val ? val->data.fingerprint() : 0}};
         add_initialization(s_.job, fp_fields);
         if (s_.job.precision != "fp32") fp_fields["precision"] = s_.job.precision;
+        if (s_.job.on_policy.enabled()) fp_fields["on_policy"] = io::to_json(s_.job.on_policy);
         const std::string fp = detail::sha(fp_fields.dump());
         s_.say("finetune: distilling into a student of " + std::to_string(s_.student.parameter_count()) +
-               " parameters for " + std::to_string(steps) + " steps (" + (online ? "online" : "offline") + ")");
+               " parameters for " + std::to_string(steps) + " steps (" + (online ? "online" : "offline") +
+               on_policy_note() + ")");
         return run_training(s_, "student", fp, [&](const std::string& dir) {
             student_type s = make_student();
             const int B = s_.job.hyperparameters.loop.batch_size;
@@ -24698,6 +25030,15 @@ private:
             return train::finetune(s, opt, schedule, train, val ? &*val : nullptr, cfg, train::CrossEntropy{},
                                    std::move(options));
         });
+    }
+
+    // ", on-policy lambda = 0.5, seq_kd" when the job samples responses.
+    std::string on_policy_note() const {
+        const auto& op = s_.job.on_policy;
+        if (!op.enabled()) return "";
+        char buf[64];
+        std::snprintf(buf, sizeof buf, ", on-policy lambda = %g%s", op.lambda, op.seq_kd ? ", seq_kd" : "");
+        return buf;
     }
 
     train::FinetuneConfig finetune_config(const std::string& dir) const {
@@ -26134,6 +26475,7 @@ private:
                 throw config_error("generation.top_logprobs",
                                    "is 0, but the loss reads the teacher's top-k log-probabilities; set 1..20");
         }
+        check_on_policy();
         if constexpr (online || uses_topk || requires { teacher_.chat_template(); }) align_vocabularies();
         if constexpr (online) {
             const auto& t = teacher_.network().config();
@@ -26155,6 +26497,34 @@ private:
                 throw config_error("teacher.keep_activations",
                                    "is false, but the loss reads the teacher's hidden states, attention maps or "
                                    "q|k|v; set it to true (or drop those terms)");
+    }
+
+    // On-policy batches (train/on_policy.hpp) are scored by a live teacher forward, position by
+    // position: the loss must read the teacher's logits, in process, and nothing cached per example;
+    // the sampling model must decode with a KV cache.
+    void check_on_policy() const {
+        const auto& op = s_.job.on_policy;
+        if (!op.enabled()) return;
+        const std::string key = op.lambda > 0 ? "on_policy.lambda" : "on_policy.seq_kd";
+        if constexpr (!online || !loss::term_needs<Loss, signal::logits_t>)
+            throw config_error(key,
+                               "samples responses that only a teacher running in process can score: the loss "
+                               "must read the teacher's logits (jsd, soft_kl, reverse_kl) with teacher.kind "
+                               "\"model\"; this job's loss does not");
+        if constexpr (uses_topk)
+            throw config_error(key,
+                               "samples responses, but the loss reads cached top-k log-probabilities, which "
+                               "exist only for the teacher's answers; use a full-logit term (jsd, soft_kl, "
+                               "reverse_kl)");
+        if constexpr (!requires(student_type & st) { st.make_cache(1); })
+            throw config_error("on_policy.lambda",
+                               "needs a student that decodes with a KV cache (make_cache, "
+                               "prefill, decode)");
+        if constexpr (!requires(Teacher & t) { t.network().make_cache(1); })
+            if (op.seq_kd)
+                throw config_error("on_policy.seq_kd",
+                                   "needs a teacher whose network decodes with a KV cache "
+                                   "(teacher::Model)");
     }
 
     // The embedding task: see `EmbeddingStages::prepare`.

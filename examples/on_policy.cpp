@@ -144,10 +144,10 @@ int main(int argc, char** argv) try {
         }
     }
 
-    std::string md = "| student (" + std::to_string(steps) + " steps; the last three after " +
-                     std::to_string(warm_steps) + " of sequence-level KD; generation temperature " +
-                     std::to_string(temperature).substr(0, 4) +
-                     ") | test exact match: mean (min–max) | per seed | training s, own phase (mean) |\n|---|---:|---|---:|\n";
+    std::string md =
+        "| student (" + std::to_string(steps) + " steps; the last three after " + std::to_string(warm_steps) +
+        " of sequence-level KD; generation temperature " + std::to_string(temperature).substr(0, 4) +
+        ") | test exact match: mean (min–max) | per seed | training s, own phase (mean) |\n|---|---:|---|---:|\n";
     for (const auto& v : variants) {
         const auto& x = em[v.name];
         double mean = 0, lo = 1, hi = 0, s = 0;

@@ -140,6 +140,16 @@ int main(int argc, char** argv) {
     const int B = size.batch, T = size.student.context_length, V = size.student.vocab_size;
     const std::size_t N = std::size_t(B) * T;
 
+    if (bf16 && !device::Cpu::bf16_supported()) {  // a row that says so, not an abort
+        bench::Result r;
+        r.workload = "train step " + size.name + (arch == "llama" ? " llama" : "") +
+                     " bf16: unsupported: " + device::Cpu::bf16_unsupported_reason();
+        r.unit = "tokens/s";
+        r.threads = threads;
+        std::printf("%s\n", r.workload.c_str());
+        bench::emit(r);
+        return 0;
+    }
     device::Cpu dev = bf16 ? device::Cpu(threads, device::precision::bf16) : device::Cpu(threads);
     student::Transformer<float, device::Cpu> teacher(size.teacher, B, dev, student::activations::inference);
     student::Transformer<float, device::Cpu> student(size.student, B, dev);

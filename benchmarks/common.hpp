@@ -221,7 +221,7 @@ inline Reference run_reference(const std::string& script_and_args, const std::st
 /// unit runs; `peak_fraction` the fraction of the machine's limit named by `bound`.
 struct Result {
     std::string workload;
-    double distill = -1;
+    double distill = -1;  ///< negative: not run (the row says why)
     double pytorch = -1;  ///< negative: not run
     std::string unit;     ///< "tokens/s", "ms", ...
     bool higher_is_better = true;
@@ -235,7 +235,7 @@ struct Result {
 inline void emit(const Result& r) {
     nlohmann::json j;
     j["workload"] = r.workload;
-    j["distill"] = r.distill;
+    j["distill"] = r.distill >= 0 ? nlohmann::json(r.distill) : nlohmann::json(nullptr);  // negative: not run
     j["pytorch"] = r.pytorch > 0 ? nlohmann::json(r.pytorch) : nlohmann::json(nullptr);
     j["unit"] = r.unit;
     if (r.pytorch > 0 && r.distill > 0)

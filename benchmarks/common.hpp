@@ -177,15 +177,31 @@ inline Reference run_reference(const std::string& script_and_args, const std::st
 
 /// Runs `python reference/script args` (a reference that prints one JSON line) after checking that
 /// `python` can `import <modules>`, and returns `key` from that line. Without `python`, under every
-/// interpreter of `torch_pythons()`, returning the best result (the smallest for a key that starts
-/// with "ms", else the largest). Prints each line, or why it was skipped.
+/// interpreter of `torch_pythons()` and, when the arguments say `--threads N` with N > 1, at 1
+/// thread as well (a BLAS can run slower on more threads), returning the best result (the smallest
+/// for a key that starts with "ms", else the largest), whose `torch` names the setting. Prints each
+/// line, or why it was skipped.
 inline Reference run_reference(const std::string& script_and_args, const std::string& key) {
+    std::vector<std::pair<std::string, int>> settings{{script_and_args, 0}};  // (arguments, threads if swept)
+    const std::string flag = "--threads ";
+    if (const auto at = script_and_args.find(flag); at != std::string::npos) {
+        const auto begin = at + flag.size(), end = script_and_args.find(' ', begin);
+        const std::string n = script_and_args.substr(begin, end == std::string::npos ? end : end - begin);
+        if (std::atoi(n.c_str()) > 1) {
+            settings[0].second = std::atoi(n.c_str());
+            settings.emplace_back(script_and_args.substr(0, begin) + "1" +
+                                      (end == std::string::npos ? std::string() : script_and_args.substr(end)),
+                                  1);
+        }
+    }
     Reference best;
     const bool lower = key.rfind("ms", 0) == 0;
-    for (const auto& py : torch_pythons()) {
-        Reference r = run_reference(script_and_args, key, py, "torch");
-        if (r.value > 0 && (best.value <= 0 || (lower ? r.value < best.value : r.value > best.value))) best = r;
-    }
+    for (const auto& py : torch_pythons())
+        for (const auto& [args, threads] : settings) {
+            Reference r = run_reference(args, key, py, "torch");
+            if (threads) r.torch += threads == 1 ? ", 1 thread" : ", " + std::to_string(threads) + " threads";
+            if (r.value > 0 && (best.value <= 0 || (lower ? r.value < best.value : r.value > best.value))) best = r;
+        }
     return best;
 }
 

@@ -13,8 +13,8 @@ Llama with a SentencePiece-style tokenizer) it loads
 distill's f32 and q8_0 exports in llama.cpp, evaluates a prompt, and compares every position's logits
 with transformers' forward of the checkpoint the export was made from: f32 must agree within 1e-3 of
 the logit range (llama.cpp keeps its KV cache in f16). q8_0 is reported only: its difference from the
-fp32 checkpoint is the quantization error; the check that llama.cpp's q8_0 equals distill's own
-quantized inference waits for that inference (docs/deployment.md, "Not yet").
+fp32 checkpoint is the quantization error. That llama.cpp's quantized files compute what distill's
+own quantized inference computes is check_gguf_generations.py's check.
 
 Tokenization: for each fixture, llama.cpp's tokenizer on distill's f32 export (vocab only) must give
 the ids Hugging Face `tokenizers` gives on the fixture's tokenizer.json, for every text of a sample:

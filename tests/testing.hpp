@@ -23,6 +23,13 @@
 
 namespace distill::testing {
 
+/// A JSON fixture file, parsed (the test fails when it cannot be opened).
+inline nlohmann::json read_json(const std::filesystem::path& p) {
+    std::ifstream in(p);
+    REQUIRE_MESSAGE(in.good(), "cannot open " << p.string());
+    return nlohmann::json::parse(in);
+}
+
 /// Tensor `name` of a fixture file, converted to T.
 template <class T>
 std::vector<T> read_tensor(const io::safetensors_file& f, const std::string& name) {

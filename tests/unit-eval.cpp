@@ -10,14 +10,13 @@
 #include "distill/eval/embedding.hpp"
 #include "distill/eval/metrics.hpp"
 #include "distill/eval/svg.hpp"
+#include "testing.hpp"
 
 using namespace distill;
 
 namespace {
 nlohmann::json golden() {
-    std::ifstream in(std::string(DISTILL_TEST_DATA_DIR) + "/metrics_golden.json");
-    REQUIRE(in.good());
-    return nlohmann::json::parse(in);
+    return distill::testing::read_json(std::string(DISTILL_TEST_DATA_DIR) + "/metrics_golden.json");
 }
 }  // namespace
 

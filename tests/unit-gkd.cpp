@@ -27,6 +27,7 @@
 
 using namespace distill;
 using distill::testing::check_close;
+using distill::testing::read_json;
 using distill::testing::read_tensor;
 
 #ifndef DISTILL_TEST_DATA_DIR
@@ -43,12 +44,6 @@ student::Transformer<float, Dev> load_gpt2(const std::filesystem::path& dir, int
     student::Transformer<float, Dev> m(io::hf::transformer_config(ckpt), max_batch);
     io::hf::load(ckpt, m);
     return m;
-}
-
-nlohmann::json read_json(const std::filesystem::path& p) {
-    std::ifstream in(p);
-    REQUIRE(in);
-    return nlohmann::json::parse(in);
 }
 
 // The batch of the golden's prompts with the data's responses, as the finetune stage makes it.

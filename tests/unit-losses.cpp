@@ -1546,9 +1546,7 @@ TEST_CASE("loss parameters: Sum lists the projections under loss.*, zero_grad cl
 namespace {
 
 nlohmann::json embedding_golden() {
-    std::ifstream in(fixtures / "embedding_loss_golden.json");
-    REQUIRE(in.good());
-    return nlohmann::json::parse(in);
+    return distill::testing::read_json(fixtures / "embedding_loss_golden.json");
 }
 
 template <class T>

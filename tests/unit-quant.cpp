@@ -23,23 +23,18 @@ using distill::testing::random_vector;
 
 namespace {
 
+// fixtures/quant_golden.json (make_quant_golden.py): ggml's quantized bytes and floats.
 const nlohmann::json& golden() {
-    static const nlohmann::json g = [] {
-        std::ifstream in(std::string(DISTILL_TEST_DATA_DIR) + "/quant_golden.json");
-        REQUIRE(in.good());
-        return nlohmann::json::parse(in);
-    }();
+    static const nlohmann::json g =
+        distill::testing::read_json(std::string(DISTILL_TEST_DATA_DIR) + "/quant_golden.json");
     return g;
 }
 
 // fixtures/quant_dot_golden.json (tests/reference/make_quant_dot_golden.py): ggml's CPU backend's
 // activation conversion and vec_dot, from llama.cpp's libggml-cpu.
 const nlohmann::json& dot_golden() {
-    static const nlohmann::json g = [] {
-        std::ifstream in(std::string(DISTILL_TEST_DATA_DIR) + "/quant_dot_golden.json");
-        REQUIRE(in.good());
-        return nlohmann::json::parse(in);
-    }();
+    static const nlohmann::json g =
+        distill::testing::read_json(std::string(DISTILL_TEST_DATA_DIR) + "/quant_dot_golden.json");
     return g;
 }
 

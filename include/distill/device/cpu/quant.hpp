@@ -446,12 +446,26 @@ void int_tile(quant::type t, const std::byte* const* w, const std::byte* a, std:
 }
 #endif
 
-/// y(RX, RW) = a(RX) · w(RW)ᵀ for block type t by `quant::vec_dot` (the portable path).
+/// y(RX, RW) = a(RX) · w(RW)ᵀ for block type t: the integer micro-kernels, or `quant::vec_dot`
+/// (the portable path) in builds without AVX2 and FMA.
 template <int RW, int RX>
-void vec_dot_tile(quant::type t, const std::byte* const* w, const std::byte* a, std::size_t astride, std::int64_t k,
-                  float* y, std::int64_t ldy) {
+void block_tile(quant::type t, const std::byte* const* w, const std::byte* a, std::size_t astride, std::int64_t k,
+                float* y, std::int64_t ldy) {
+#if defined(DISTILL_QUANT_INT_KERNELS)
+    int_tile<RW, RX>(t, w, a, astride, k, y, ldy);
+#else
     for (int r = 0; r < RX; ++r)
         for (int b = 0; b < RW; ++b) y[r * ldy + b] = quant::vec_dot(t, w[b], a + r * astride, k);
+#endif
+}
+
+/// `quant::quantize_activations` for a block weight type: vectorized where the build has AVX2.
+inline void convert_activations(quant::type t, const float* x, std::int64_t k, std::byte* out) {
+#if defined(DISTILL_QUANT_INT_KERNELS)
+    device::detail::quantize_activations(t, x, k, out);
+#else
+    quant::quantize_activations(t, x, k, out);
+#endif
 }
 
 }  // namespace detail
@@ -474,14 +488,8 @@ inline void quant_matmul(const Cpu& dev, const float* x, const std::byte* w, qua
     if (t != quant::type::F32 && converted.size() < a_bytes) converted.resize(a_bytes);
     const float* xf = x;
     if (blocks) {
-        for (std::int64_t i = 0; i < m; ++i) {
-            std::byte* row = converted.data() + static_cast<std::size_t>(i) * astride;
-#if defined(DISTILL_QUANT_INT_KERNELS)
-            detail::quantize_activations(t, x + i * k, k, row);
-#else
-            quant::quantize_activations(t, x + i * k, k, row);
-#endif
-        }
+        for (std::int64_t i = 0; i < m; ++i)
+            detail::convert_activations(t, x + i * k, k, converted.data() + static_cast<std::size_t>(i) * astride);
     } else if (t != quant::type::F32) {
         float* rounded = reinterpret_cast<float*>(converted.data());
         for (std::int64_t c = 0; c < m * k; ++c)
@@ -501,18 +509,10 @@ inline void quant_matmul(const Cpu& dev, const float* x, const std::byte* w, qua
                 for (std::int64_t i = 0; i < m; i += RX)
                     detail::with_rows(rw, [&]<int R>() {
                         const std::byte* ai = a + static_cast<std::size_t>(i) * astride;
-                        float* yi = y + i * n + j0;
-#if defined(DISTILL_QUANT_INT_KERNELS)
                         if (m - i >= 2)
-                            detail::int_tile<R, 2>(t, rows, ai, astride, k, yi, n);
+                            detail::block_tile<R, 2>(t, rows, ai, astride, k, y + i * n + j0, n);
                         else
-                            detail::int_tile<R, 1>(t, rows, ai, astride, k, yi, n);
-#else
-                        if (m - i >= 2)
-                            detail::vec_dot_tile<R, 2>(t, rows, ai, astride, k, yi, n);
-                        else
-                            detail::vec_dot_tile<R, 1>(t, rows, ai, astride, k, yi, n);
-#endif
+                            detail::block_tile<R, 1>(t, rows, ai, astride, k, y + i * n + j0, n);
                     });
                 return;
             }

@@ -372,6 +372,29 @@ TEST_CASE("Distiller online: run() writes the report; stages are skipped when co
     CHECK(fs::last_write_time(out / "student.safetensors") == weights_time);
     CHECK(report2["models"]["student"]["metrics"] == report["models"]["student"]["metrics"]);
 
+    // the cost table: the teacher's tokens from the answers on file, unpriced until the job sets prices
+    const auto& cost = report["cost"];
+    CHECK(cost["priced"] == false);
+    CHECK(cost["teacher_billed"] == "per machine hour");
+    CHECK(cost["generate"]["completion_tokens"].get<double>() > 0);
+    CHECK(cost["generate"]["lines_without_usage"] == 0);
+    CHECK(cost["serving_per_1000_requests"]["student"]["machine_hours"].get<double>() ==
+          doctest::Approx(1000.0 / report["models"]["student"]["responses_per_s"].get<double>() / 3600.0));
+    CHECK(cost["serving_per_1000_requests"]["student"]["cost"].is_null());
+    {  // prices set later: the cost table is recomputed, nothing is measured again
+        nlohmann::json priced = w.job("online");
+        priced["cost"] = {{"machine_per_hour", 2.0}, {"teacher_machine_per_hour", 10.0}};
+        const auto answers_time = fs::last_write_time(out / "eval" / "student.answers.jsonl");
+        OnlineDistiller with_prices(parse_job(priced), t, device::Cpu{}, {.quiet = true});
+        const auto r3 = with_prices.run();
+        CHECK(fs::last_write_time(out / "eval" / "student.answers.jsonl") == answers_time);
+        CHECK(r3["models"] == report["models"]);
+        CHECK(r3["cost"]["serving_per_1000_requests"]["teacher"]["cost"].get<double>() ==
+              doctest::Approx(10.0 * 1000.0 / report["models"]["teacher"]["responses_per_s"].get<double>() / 3600.0));
+        CHECK(read(out / "report.md").find("## Cost") != std::string::npos);
+        CHECK(detail::read_json_file(out / "report.json")["cost"] == r3["cost"]);
+    }
+
     // answers in another file order (a later run appends retried answers): the same student
     {
         nlohmann::json j2 = w.job("online-reordered");
@@ -772,6 +795,80 @@ TEST_CASE("task metrics per task type, and agreement with the teacher") {
     CHECK(c["teacher_agreement"] == doctest::Approx(1.0));
     CHECK_THROWS_AS(eval::task_metrics("poetry", {}, {}), config_error);
     CHECK_THROWS_AS(eval::task_metrics("qa", {"a"}, {}), error);
+}
+
+TEST_CASE("cost: generate, finetune and serving per 1000 requests from the measurements and the prices") {
+    nlohmann::ordered_json r = {{"task_type", "math"}, {"primary_metric", "exact_match"}, {"test_examples", 10}};
+    r["timings"] = {{"generate_s", 3600.0}, {"finetune_s", 1800.0}};
+    r["models"] = {{"teacher",
+                    {{"responses_per_s", 1.0},
+                     {"requests", 10},
+                     {"prompt_tokens", 2000},
+                     {"completion_tokens", 5000},
+                     {"metrics", {{"exact_match", 0.8}}}}},
+                   {"student",
+                    {{"responses_per_s", 10.0},
+                     {"requests", 10},
+                     {"prompt_tokens", 2000},
+                     {"completion_tokens", 4000},
+                     {"metrics", {{"exact_match", 0.7}}}}}};
+    eval::GeneratedTokens generated{.prompt = 1000000, .completion = 2000000, .answers = 100};
+
+    // an in-process teacher: machine hours at each machine's price
+    eval::CostConfig prices{.machine_per_hour = 2.0, .teacher_machine_per_hour = 10.0};
+    auto c = eval::cost_section(r, generated, prices, false);
+    CHECK(c["generate"]["cost"].get<double>() == doctest::Approx(10.0));  // 1 h of the teacher's machine
+    CHECK(c["finetune"]["cost"].get<double>() == doctest::Approx(1.0));   // 0.5 h of the student's
+    CHECK(c["distillation_cost"].get<double>() == doctest::Approx(11.0));
+    CHECK(c["serving_per_1000_requests"]["teacher"]["cost"].get<double>() == doctest::Approx(10.0 * 1000 / 3600.0));
+    CHECK(c["serving_per_1000_requests"]["student"]["cost"].get<double>() == doctest::Approx(2.0 * 100 / 3600.0));
+    // 11 / ((25/9 - 1/18) / 1000) = 4040.8 requests
+    CHECK(c["break_even_requests"] == 4041);
+    r["cost"] = c;
+    CHECK(eval::report_summary(r) == "−98% serving cost; keeps 88% of the teacher's exact_match");
+    const std::string md = eval::render_markdown(r);
+    CHECK(md.find("| finetune (student and baseline) | 0.500 h | 1 USD |") != std::string::npos);
+    CHECK(md.find("pays for itself after 4041 requests") != std::string::npos);
+
+    // an API teacher: its tokens at the token prices
+    prices = {.currency = "EUR", .teacher_prompt_per_million = 0.27, .teacher_completion_per_million = 1.10};
+    c = eval::cost_section(r, generated, prices, true);
+    CHECK(c["generate"]["cost"].get<double>() == doctest::Approx(0.27 + 2.2));
+    CHECK(c["finetune"]["cost"].get<double>() == 0.0);  // no machine price
+    CHECK(c["serving_per_1000_requests"]["teacher"]["prompt_tokens"].get<double>() == doctest::Approx(200000));
+    CHECK(c["serving_per_1000_requests"]["teacher"]["cost"].get<double>() == doctest::Approx(0.054 + 0.55));
+    CHECK(c["serving_per_1000_requests"]["student"]["cost"].get<double>() == 0.0);
+    CHECK(c["break_even_requests"].get<double>() == doctest::Approx(std::ceil(2.47 / (0.604 / 1000))));
+
+    // no prices: quantities without money
+    c = eval::cost_section(r, generated, {}, false);
+    CHECK(c["priced"] == false);
+    CHECK(c["generate"]["cost"].is_null());
+    CHECK(c["serving_per_1000_requests"]["teacher"]["machine_hours"].get<double>() == doctest::Approx(1000 / 3600.0));
+    CHECK(c["break_even_requests"].is_null());
+
+    // the teacher's tokens are counted from the generate directory's files, torn lines skipped
+    const TempDir tmp("cost-tokens");
+    const fs::path dir = tmp.path;
+    distill::testing::write_text(
+        dir / "synthetic.jsonl",
+        "{\"id\":\"a\",\"teacher\":{\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":7}}}\n"
+        "{\"id\":\"b\",\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2}}\n{\"id\":");
+    distill::testing::write_text(
+        dir / "synthetic.rejected.jsonl",
+        "{\"id\":\"c\",\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":9}}\n{\"id\":\"d\"}\n");
+    distill::testing::write_text(dir / "synthetic.report.json", "{\"usage\":{\"prompt_tokens\":1000}}\n");
+    const auto t = eval::count_generated_tokens(dir);
+    CHECK(t.prompt == 9);
+    CHECK(t.completion == 18);
+    CHECK(t.answers == 4);
+    CHECK(t.lines_without_usage == 1);
+
+    CHECK_THROWS_WITH_AS(parse_job({{"teacher", {{"kind", "model"}}},
+                                    {"training_data", "x.jsonl"},
+                                    {"loss", {{"hard_ce", nlohmann::json::object()}}},
+                                    {"cost", {{"machine_per_hour", -1}}}}),
+                         doctest::Contains("cost.machine_per_hour"), config_error);
 }
 
 TEST_CASE("report: the table and the summary are computed from report.json's figures") {

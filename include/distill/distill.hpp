@@ -79,6 +79,7 @@
 #include "distill/train/on_policy.hpp"
 #include "distill/train/progress.hpp"
 // the pipeline, last: it composes everything above
+#include "distill/eval/cost.hpp"
 #include "distill/eval/memory.hpp"
 #include "distill/eval/report.hpp"
 #include "distill/eval/task_metrics.hpp"

@@ -23155,6 +23155,236 @@ private:
 BOOST_HANA_ADAPT_STRUCT(distill::train::OnPolicyConfig, lambda, seq_kd);
 // ---- end distill/train/on_policy.hpp ----
 // the pipeline, last: it composes everything above
+// ---- begin distill/eval/cost.hpp ----
+/// @file cost.hpp
+/// What a distillation costs and what it saves, from measured figures and the user's prices (the
+/// job's `cost` object): the teacher's tokens for the training data, the machine time of generate and
+/// finetune, and the cost of serving 1 000 requests with the teacher and with each student at the
+/// throughput the evaluate stage measured. `report.json` holds it under `cost`, `report.md` as a
+/// table (docs/job-format.md, "cost").
+///
+/// Two ways a model is billed: an API teacher (kind "openai", or "cache", whose answers came from
+/// one) per token — the mean prompt and completion tokens of its test answers times the token prices;
+/// a model run in process per machine hour — the hours its measured responses/s needs for 1 000
+/// requests times the hourly price. Generate and finetune are billed the same way (an API teacher's
+/// generate by its tokens, an in-process teacher's by the stage's seconds).
+
+#include <cmath>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <boost/hana/adapt_struct.hpp>
+#include <nlohmann/json.hpp>
+
+
+namespace distill::eval {
+
+/// The user's prices. Keys of the job's `cost` object; all default to 0 (not priced: the report then
+/// shows the quantities without money).
+struct CostConfig {
+    std::string currency = "USD";               ///< the unit of every price, as printed in the report
+    double teacher_prompt_per_million = 0;      ///< an API teacher's price per million prompt tokens
+    double teacher_completion_per_million = 0;  ///< ... per million completion tokens
+    double machine_per_hour = 0;                ///< the machine that trains and serves the students
+    /// The machine that serves an in-process teacher (a bigger one, usually); unset: machine_per_hour.
+    std::optional<double> teacher_machine_per_hour{};
+
+    double teacher_machine() const { return teacher_machine_per_hour.value_or(machine_per_hour); }
+    bool priced() const {
+        return teacher_prompt_per_million > 0 || teacher_completion_per_million > 0 || machine_per_hour > 0 ||
+               teacher_machine() > 0;
+    }
+    void validate(const std::string& path = "cost") const {
+        if (currency.empty()) throw config_error(path + ".currency", "must not be empty");
+        auto check = [&](const char* key, double v) {
+            if (!(v >= 0) || !std::isfinite(v))
+                throw config_error(path + "." + key, "must be a finite price >= 0, got " + std::to_string(v));
+        };
+        check("teacher_prompt_per_million", teacher_prompt_per_million);
+        check("teacher_completion_per_million", teacher_completion_per_million);
+        check("machine_per_hour", machine_per_hour);
+        if (teacher_machine_per_hour) check("teacher_machine_per_hour", *teacher_machine_per_hour);
+    }
+};
+
+/// The teacher's tokens for the answers on file in a generate directory: the `usage` of every line of
+/// its `*.jsonl` files (answers kept, `teacher.usage`, and answers rejected, `usage`; a line without `usage` — a
+/// rejection written by a version that did not record it — is counted in `lines_without_usage`). Read from the files,
+/// so answers of interrupted and resumed runs all count; requests that failed are not billed here.
+struct GeneratedTokens {
+    std::int64_t prompt = 0, completion = 0, answers = 0, lines_without_usage = 0;
+};
+
+inline GeneratedTokens count_generated_tokens(const std::filesystem::path& generate_dir) {
+    GeneratedTokens t;
+    if (!std::filesystem::is_directory(generate_dir)) return t;
+    std::vector<std::filesystem::path> files;
+    for (const auto& e : std::filesystem::directory_iterator(generate_dir))
+        if (e.is_regular_file() && e.path().extension() == ".jsonl") files.push_back(e.path());
+    for (const auto& file : files) {
+        std::ifstream in(file);
+        std::string line;
+        while (std::getline(in, line)) {
+            const auto j = nlohmann::json::parse(line, nullptr, false);
+            if (!j.is_object()) continue;  // a torn last line: the next generate repairs it
+            ++t.answers;
+            // synthetic records keep it under "teacher", rejections at the top level
+            const auto& holder = j.contains("teacher") && j["teacher"].is_object() ? j["teacher"] : j;
+            const auto u = holder.find("usage");
+            if (u == holder.end() || !u->is_object()) {
+                ++t.lines_without_usage;
+                continue;
+            }
+            t.prompt += u->value("prompt_tokens", std::int64_t(0));
+            t.completion += u->value("completion_tokens", std::int64_t(0));
+        }
+    }
+    return t;
+}
+
+namespace detail {
+
+inline double number_or_nan(const nlohmann::ordered_json& j, const char* key) {
+    return j.is_object() && j.contains(key) && j[key].is_number() ? j[key].get<double>() : std::nan("");
+}
+
+// A price when the user gave one, else null: a quantity without a price has no cost.
+inline nlohmann::ordered_json money(double amount, bool priced) {
+    return priced && std::isfinite(amount) ? nlohmann::ordered_json(amount) : nlohmann::ordered_json();
+}
+
+}  // namespace detail
+
+/// `report["cost"]`: from the report's measured figures (its `timings` and each model's
+/// `responses_per_s`, `requests`, `prompt_tokens`, `completion_tokens`), the teacher's tokens on file
+/// and the prices. `teacher_per_token`: the teacher is an API (billed per token), not run in process.
+inline nlohmann::ordered_json cost_section(const nlohmann::ordered_json& report, const GeneratedTokens& generated,
+                                           const CostConfig& prices, bool teacher_per_token) {
+    using detail::money;
+    const bool priced = prices.priced();
+    nlohmann::ordered_json c;
+    c["currency"] = prices.currency;
+    c["priced"] = priced;
+    c["teacher_billed"] = teacher_per_token ? "per token" : "per machine hour";
+    const auto& timings = report.contains("timings") ? report["timings"] : nlohmann::ordered_json::object();
+    const double generate_h = timings.value("generate_s", 0.0) / 3600.0,
+                 finetune_h = timings.value("finetune_s", 0.0) / 3600.0;
+    const double token_cost = (double(generated.prompt) * prices.teacher_prompt_per_million +
+                               double(generated.completion) * prices.teacher_completion_per_million) /
+                              1e6;
+    const double generate_cost = teacher_per_token ? token_cost : generate_h * prices.teacher_machine();
+    const double finetune_cost = finetune_h * prices.machine_per_hour;
+    c["generate"] = {{"prompt_tokens", generated.prompt},
+                     {"completion_tokens", generated.completion},
+                     {"answers", generated.answers},
+                     {"lines_without_usage", generated.lines_without_usage},
+                     {"hours", generate_h},
+                     {"cost", money(generate_cost, priced)}};
+    c["finetune"] = {{"hours", finetune_h}, {"cost", money(finetune_cost, priced)}};
+    c["distillation_cost"] = money(generate_cost + finetune_cost, priced);
+
+    // Serving 1 000 requests like the test set's, at the measured throughput (batched as in the
+    // evaluate stage) or at the API's token prices.
+    nlohmann::ordered_json serving = nlohmann::ordered_json::object();
+    for (const auto& item : report.at("models").items()) {
+        const std::string& name = item.key();
+        const auto& m = item.value();
+        nlohmann::ordered_json s;
+        const double requests = detail::number_or_nan(m, "requests");
+        if (name == "teacher" && teacher_per_token) {
+            const double p = detail::number_or_nan(m, "prompt_tokens"),
+                         q = detail::number_or_nan(m, "completion_tokens");
+            if (!(requests > 0) || !std::isfinite(p) || !std::isfinite(q)) continue;
+            s["prompt_tokens"] = 1000.0 * p / requests;
+            s["completion_tokens"] = 1000.0 * q / requests;
+            s["cost"] =
+                money(1000.0 * (p * prices.teacher_prompt_per_million + q * prices.teacher_completion_per_million) /
+                          1e6 / requests,
+                      priced);
+        } else {
+            const double rps = detail::number_or_nan(m, "responses_per_s");
+            if (!(rps > 0)) continue;
+            const double hours = 1000.0 / rps / 3600.0;
+            s["machine_hours"] = hours;
+            s["cost"] = money(hours * (name == "teacher" ? prices.teacher_machine() : prices.machine_per_hour), priced);
+        }
+        serving[name] = std::move(s);
+    }
+    c["serving_per_1000_requests"] = serving;
+
+    // After how many requests the student's savings pay for the distillation.
+    c["break_even_requests"] = nullptr;
+    if (priced && serving.contains("teacher") && serving.contains("student") &&
+        serving["teacher"]["cost"].is_number() && serving["student"]["cost"].is_number()) {
+        const double saved =
+            (serving["teacher"]["cost"].get<double>() - serving["student"]["cost"].get<double>()) / 1000.0;
+        if (saved > 0) c["break_even_requests"] = std::ceil((generate_cost + finetune_cost) / saved);
+    }
+    return c;
+}
+
+/// The cost section of report.md (empty when the report has none).
+inline std::string render_cost_markdown(const nlohmann::ordered_json& report) {
+    if (!report.contains("cost") || !report["cost"].is_object()) return {};
+    const auto& c = report["cost"];
+    const std::string cur = c.value("currency", "USD");
+    auto fmt = [](const char* f, double v) {
+        char buf[64];
+        std::snprintf(buf, sizeof buf, f, v);
+        return std::string(buf);
+    };
+    auto amount = [&](const nlohmann::ordered_json& v) {
+        return v.is_number() ? fmt("%.4g", v.get<double>()) + " " + cur : std::string("–");
+    };
+    std::string md = "\n## Cost\n\n";
+    if (!c.value("priced", false))
+        md += "No prices are set (the job's `cost` object): the quantities below, without money.\n\n";
+    const auto& g = c["generate"];
+    md += "| distillation | quantity | cost |\n|---|---:|---:|\n";
+    md += "| teacher tokens (" + std::to_string(g.value("answers", 0)) + " answers on file) | " +
+          std::to_string(g.value("prompt_tokens", 0)) + " prompt + " + std::to_string(g.value("completion_tokens", 0)) +
+          " completion | " + (c.value("teacher_billed", "") == "per token" ? amount(g["cost"]) : "–") + " |\n";
+    md += "| generate | " + fmt("%.3f h", g.value("hours", 0.0)) + " | " +
+          (c.value("teacher_billed", "") == "per token" ? "–" : amount(g["cost"])) + " |\n";
+    md += "| finetune (student and baseline) | " + fmt("%.3f h", c["finetune"].value("hours", 0.0)) + " | " +
+          amount(c["finetune"]["cost"]) + " |\n";
+    md += "| **total** | | " + amount(c["distillation_cost"]) + " |\n\n";
+
+    const auto& serving = c["serving_per_1000_requests"];
+    if (!serving.empty()) {
+        md += "| serving 1 000 requests | billed by | quantity | cost |\n|---|---|---:|---:|\n";
+        for (const auto& item : serving.items()) {
+            std::string label = item.key();
+            if (const auto at = label.find('_'); at != std::string::npos) label[at] = ' ';
+            const auto& s = item.value();
+            if (s.contains("machine_hours"))
+                md += "| " + label + " | machine time | " + fmt("%.4g h", s["machine_hours"].get<double>()) + " | " +
+                      amount(s["cost"]) + " |\n";
+            else
+                md += "| " + label + " | tokens | " + fmt("%.0f", s["prompt_tokens"].get<double>()) + " prompt + " +
+                      fmt("%.0f", s["completion_tokens"].get<double>()) + " completion | " + amount(s["cost"]) + " |\n";
+        }
+        if (c["break_even_requests"].is_number())
+            md += "\nThe distillation pays for itself after " + fmt("%.0f", c["break_even_requests"].get<double>()) +
+                  " requests served by the student instead of the teacher.\n";
+        md +=
+            "\nMachine time is 1 000 requests at the responses/s measured above (answers generated in batches "
+            "of `evaluation.batch_size` on this machine); an API teacher costs its mean tokens per test request "
+            "at the token prices. Generate and finetune hours are the wall time of the invocations that "
+            "completed each stage.\n";
+    }
+    return md;
+}
+
+}  // namespace distill::eval
+
+BOOST_HANA_ADAPT_STRUCT(distill::eval::CostConfig, currency, teacher_prompt_per_million, teacher_completion_per_million,
+                        machine_per_hour, teacher_machine_per_hour);
+// ---- end distill/eval/cost.hpp ----
 // ---- begin distill/eval/memory.hpp ----
 /// @file memory.hpp
 /// Peak resident memory of a stretch of work, read from Linux's /proc: the evaluation reports how
@@ -23250,8 +23480,9 @@ private:
 ///
 /// `report.json` has, under `models`, for each of `teacher`, `baseline` and `student`: `parameters`,
 /// `checkpoint_bytes`, `peak_rss_bytes`, `latency_ms_p50`, `latency_ms_p95`, `responses_per_s`,
-/// `tokens_per_s` and `metrics` (keyed by metric name); null where a figure does not exist (an API
-/// teacher has no parameter count). At top level: `task_type` and `primary_metric`.
+/// `tokens_per_s`, `requests`, `prompt_tokens`, `completion_tokens` and `metrics` (keyed by metric
+/// name); null where a figure does not exist (an API teacher has no parameter count). At top level:
+/// `task_type`, `primary_metric` and `cost` (eval/cost.hpp).
 
 #include <cmath>
 #include <cstdio>
@@ -23356,6 +23587,15 @@ inline std::string report_summary(const nlohmann::ordered_json& report) {
     add("parameters", "parameters");
     add("latency_ms_p50", "latency");
     add("peak_rss_bytes", "memory");
+    if (report.contains("cost") && report["cost"].value("priced", false)) {
+        const auto& serving = report["cost"]["serving_per_1000_requests"];
+        auto cost = [&](const char* m) {
+            return serving.contains(m) && serving[m]["cost"].is_number() ? serving[m]["cost"].get<double>()
+                                                                         : std::nan("");
+        };
+        if (const std::string c = change(cost("student"), cost("teacher")); !c.empty())
+            parts.push_back(c + " serving cost");
+    }
     std::string s;
     for (std::size_t i = 0; i < parts.size(); ++i) s += (i ? ", " : "") + parts[i];
     const double t = v("teacher", primary), st = v("student", primary), b = v("baseline", primary);
@@ -23416,6 +23656,7 @@ inline std::string render_markdown(const nlohmann::ordered_json& report) {
         "responses/s", "responses_per_s", [](double x) { return fixed(x, 1); }, true);
     row(
         "tokens/s", "tokens_per_s", [](double x) { return fixed(x, 0); }, true);
+    md += render_cost_markdown(report);
     md +=
         "\nCharts: `loss.svg` (training and validation loss per term), `models.svg` (the models, relative "
         "to the teacher). Machine-readable: `report.json`.\n";
@@ -23938,7 +24179,9 @@ struct Job {
     nlohmann::json loss = nlohmann::json::object();
     BaselineConfig baseline{};
     EvaluationConfig evaluation{};
-    ExportConfig exports{};          ///< the job's "export" object (`export` is a C++ keyword)
+    ExportConfig exports{};  ///< the job's "export" object (`export` is a C++ keyword)
+    /// Prices for the report's cost table (eval/cost.hpp); they change no measurement.
+    eval::CostConfig cost{};
     std::string output_dir = "out";  ///< every output of the run
     int threads = 0;                 ///< CPU threads (0: DISTILL_NUM_THREADS or all cores)
     /// The arithmetic of the device's matrix products: "fp32", or "bf16" (bf16 operands, fp32
@@ -23987,6 +24230,7 @@ struct Job {
         baseline.validate();
         evaluation.validate();
         exports.validate();
+        cost.validate();
         if (task_type == "embedding" && !exports.gguf.empty())
             throw config_error("export.gguf", "is for decoder students; an embedding student leaves as student_hf/");
         if (output_dir.empty()) throw config_error("output_dir", "must not be empty");
@@ -24060,6 +24304,7 @@ BOOST_HANA_ADAPT_ADT(distill::Job,
     (baseline,           [](auto& j) -> auto& { return j.baseline; }),
     (evaluation,         [](auto& j) -> auto& { return j.evaluation; }),
     (export,             [](auto& j) -> auto& { return j.exports; }),
+    (cost,               [](auto& j) -> auto& { return j.cost; }),
     (output_dir,         [](auto& j) -> auto& { return j.output_dir; }),
     (threads,            [](auto& j) -> auto& { return j.threads; }),
     (precision,          [](auto& j) -> auto& { return j.precision; }));
@@ -25610,7 +25855,14 @@ public:
         const std::string fp = evaluation_fingerprint(student_digest, baseline_digest);
         if (detail::stored_fingerprint(out.report_json()) == fp) {
             s_.say("evaluate: report.json is complete for these models; skipped");
-            return detail::read_json_file(out.report_json());
+            nlohmann::ordered_json report = detail::read_json_file(out.report_json());
+            // prices change no measurement: a job with new ones gets its cost table, not a new evaluation
+            if (auto cost = cost_section(report); report.value("cost", nlohmann::ordered_json()) != cost) {
+                report["cost"] = std::move(cost);
+                report["summary"] = eval::report_summary(report);
+                write_report(report);
+            }
+            return report;
         }
         const auto t0 = std::chrono::steady_clock::now();
         std::vector<teacher::Request> requests;
@@ -25658,6 +25910,7 @@ public:
         report["timings"] = stage_timings(report["training"]);
         report["timings"]["evaluate_s"] = detail::seconds_since(t0);
         report["job"] = io::to_json(s_.job);
+        report["cost"] = cost_section(report);
         report["summary"] = eval::report_summary(report);
         write_report(report);
         return report;
@@ -25698,13 +25951,14 @@ private:
         const auto responses = generate_all(model, std::span<const teacher::Request>(requests), sampling);
         const double seconds = detail::seconds_since(t0);
         std::vector<std::string> answers;
-        std::int64_t tokens = 0, failed = 0;
+        std::int64_t tokens = 0, prompt_tokens = 0, failed = 0;
         std::string jsonl;
         for (std::size_t i = 0; i < responses.size(); ++i) {
             const auto& r = responses[i];
             failed += r.ok() ? 0 : 1;
             answers.push_back(r.ok() ? r.text : std::string());
             tokens += r.usage.completion_tokens > 0 ? r.usage.completion_tokens : std::int64_t(r.tokens.size());
+            prompt_tokens += std::max<std::int64_t>(0, r.usage.prompt_tokens);
             nlohmann::ordered_json line = {{"id", requests[i].id},
                                            {"answer", answers.back()},
                                            {"reference", references[i]},
@@ -25726,6 +25980,9 @@ private:
         m["peak_rss_bytes"] = memory.peak_bytes();
         m["latency_ms_p50"] = eval::percentile(latencies, 0.5);
         m["latency_ms_p95"] = eval::percentile(latencies, 0.95);
+        m["requests"] = responses.size();
+        m["prompt_tokens"] = prompt_tokens;
+        m["completion_tokens"] = tokens;
         m["responses_per_s"] = seconds > 0 ? double(responses.size()) / seconds : 0.0;
         m["tokens_per_s"] = seconds > 0 ? double(tokens) / seconds : 0.0;
         m["failed"] = failed;
@@ -25830,10 +26087,24 @@ private:
         return eval::perplexity(nll, tokens);
     }
 
-    // Seconds per stage, from the stages' own records (`RunDir::training_summary()`).
-    static nlohmann::ordered_json stage_timings(const nlohmann::ordered_json& s) {
+    // The report's cost table from its measurements and the job's prices (eval/cost.hpp).
+    nlohmann::ordered_json cost_section(const nlohmann::ordered_json& report) const {
+        const std::string kind = s_.job.teacher_kind();
+        return eval::cost_section(report, eval::count_generated_tokens(s_.dir.generate_dir()), s_.job.cost,
+                                  kind == "openai" || kind == "cache");
+    }
+
+    // Seconds per stage, from the stages' own records (`RunDir::training_summary()`; the validation
+    // set's generate report beside the training set's).
+    nlohmann::ordered_json stage_timings(const nlohmann::ordered_json& s) const {
         nlohmann::ordered_json t;
-        if (s.contains("generate")) t["generate_s"] = s["generate"].value("seconds", 0.0);
+        if (s.contains("generate")) {
+            double generate = s["generate"].value("seconds", 0.0);
+            const auto validation = s_.dir.generate_dir() / "synthetic.validation.report.json";
+            if (std::filesystem::exists(validation))
+                generate += detail::read_json_file(validation).value("seconds", 0.0);
+            t["generate_s"] = generate;
+        }
         double finetune = 0;
         for (const char* name : {"student", "baseline"})
             if (s.contains(name)) finetune += s[name].value("seconds", 0.0);
@@ -26159,6 +26430,7 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
         j["reason"] = reason;
         j["finish_reason"] = std::string(teacher::finish_reason_name(r.finish));
         j["text"] = r.text;
+        j["usage"] = {{"prompt_tokens", r.usage.prompt_tokens}, {"completion_tokens", r.usage.completion_tokens}};
         j["fingerprint"] = report.fingerprint;
         io::append_durably(rejected_path,
                            j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n");

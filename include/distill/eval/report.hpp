@@ -6,8 +6,9 @@
 ///
 /// `report.json` has, under `models`, for each of `teacher`, `baseline` and `student`: `parameters`,
 /// `checkpoint_bytes`, `peak_rss_bytes`, `latency_ms_p50`, `latency_ms_p95`, `responses_per_s`,
-/// `tokens_per_s` and `metrics` (keyed by metric name); null where a figure does not exist (an API
-/// teacher has no parameter count). At top level: `task_type` and `primary_metric`.
+/// `tokens_per_s`, `requests`, `prompt_tokens`, `completion_tokens` and `metrics` (keyed by metric
+/// name); null where a figure does not exist (an API teacher has no parameter count). At top level:
+/// `task_type`, `primary_metric` and `cost` (eval/cost.hpp).
 
 #include <cmath>
 #include <cstdio>
@@ -18,6 +19,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "distill/eval/cost.hpp"
 #include "distill/eval/svg.hpp"
 
 namespace distill::eval {
@@ -113,6 +115,15 @@ inline std::string report_summary(const nlohmann::ordered_json& report) {
     add("parameters", "parameters");
     add("latency_ms_p50", "latency");
     add("peak_rss_bytes", "memory");
+    if (report.contains("cost") && report["cost"].value("priced", false)) {
+        const auto& serving = report["cost"]["serving_per_1000_requests"];
+        auto cost = [&](const char* m) {
+            return serving.contains(m) && serving[m]["cost"].is_number() ? serving[m]["cost"].get<double>()
+                                                                         : std::nan("");
+        };
+        if (const std::string c = change(cost("student"), cost("teacher")); !c.empty())
+            parts.push_back(c + " serving cost");
+    }
     std::string s;
     for (std::size_t i = 0; i < parts.size(); ++i) s += (i ? ", " : "") + parts[i];
     const double t = v("teacher", primary), st = v("student", primary), b = v("baseline", primary);
@@ -173,6 +184,7 @@ inline std::string render_markdown(const nlohmann::ordered_json& report) {
         "responses/s", "responses_per_s", [](double x) { return fixed(x, 1); }, true);
     row(
         "tokens/s", "tokens_per_s", [](double x) { return fixed(x, 0); }, true);
+    md += render_cost_markdown(report);
     md +=
         "\nCharts: `loss.svg` (training and validation loss per term), `models.svg` (the models, relative "
         "to the teacher). Machine-readable: `report.json`.\n";

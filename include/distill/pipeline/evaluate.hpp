@@ -83,7 +83,14 @@ public:
         const std::string fp = evaluation_fingerprint(student_digest, baseline_digest);
         if (detail::stored_fingerprint(out.report_json()) == fp) {
             s_.say("evaluate: report.json is complete for these models; skipped");
-            return detail::read_json_file(out.report_json());
+            nlohmann::ordered_json report = detail::read_json_file(out.report_json());
+            // prices change no measurement: a job with new ones gets its cost table, not a new evaluation
+            if (auto cost = cost_section(report); report.value("cost", nlohmann::ordered_json()) != cost) {
+                report["cost"] = std::move(cost);
+                report["summary"] = eval::report_summary(report);
+                write_report(report);
+            }
+            return report;
         }
         const auto t0 = std::chrono::steady_clock::now();
         std::vector<teacher::Request> requests;
@@ -131,6 +138,7 @@ public:
         report["timings"] = stage_timings(report["training"]);
         report["timings"]["evaluate_s"] = detail::seconds_since(t0);
         report["job"] = io::to_json(s_.job);
+        report["cost"] = cost_section(report);
         report["summary"] = eval::report_summary(report);
         write_report(report);
         return report;
@@ -171,13 +179,14 @@ private:
         const auto responses = generate_all(model, std::span<const teacher::Request>(requests), sampling);
         const double seconds = detail::seconds_since(t0);
         std::vector<std::string> answers;
-        std::int64_t tokens = 0, failed = 0;
+        std::int64_t tokens = 0, prompt_tokens = 0, failed = 0;
         std::string jsonl;
         for (std::size_t i = 0; i < responses.size(); ++i) {
             const auto& r = responses[i];
             failed += r.ok() ? 0 : 1;
             answers.push_back(r.ok() ? r.text : std::string());
             tokens += r.usage.completion_tokens > 0 ? r.usage.completion_tokens : std::int64_t(r.tokens.size());
+            prompt_tokens += std::max<std::int64_t>(0, r.usage.prompt_tokens);
             nlohmann::ordered_json line = {{"id", requests[i].id},
                                            {"answer", answers.back()},
                                            {"reference", references[i]},
@@ -199,6 +208,9 @@ private:
         m["peak_rss_bytes"] = memory.peak_bytes();
         m["latency_ms_p50"] = eval::percentile(latencies, 0.5);
         m["latency_ms_p95"] = eval::percentile(latencies, 0.95);
+        m["requests"] = responses.size();
+        m["prompt_tokens"] = prompt_tokens;
+        m["completion_tokens"] = tokens;
         m["responses_per_s"] = seconds > 0 ? double(responses.size()) / seconds : 0.0;
         m["tokens_per_s"] = seconds > 0 ? double(tokens) / seconds : 0.0;
         m["failed"] = failed;
@@ -303,10 +315,24 @@ private:
         return eval::perplexity(nll, tokens);
     }
 
-    // Seconds per stage, from the stages' own records (`RunDir::training_summary()`).
-    static nlohmann::ordered_json stage_timings(const nlohmann::ordered_json& s) {
+    // The report's cost table from its measurements and the job's prices (eval/cost.hpp).
+    nlohmann::ordered_json cost_section(const nlohmann::ordered_json& report) const {
+        const std::string kind = s_.job.teacher_kind();
+        return eval::cost_section(report, eval::count_generated_tokens(s_.dir.generate_dir()), s_.job.cost,
+                                  kind == "openai" || kind == "cache");
+    }
+
+    // Seconds per stage, from the stages' own records (`RunDir::training_summary()`; the validation
+    // set's generate report beside the training set's).
+    nlohmann::ordered_json stage_timings(const nlohmann::ordered_json& s) const {
         nlohmann::ordered_json t;
-        if (s.contains("generate")) t["generate_s"] = s["generate"].value("seconds", 0.0);
+        if (s.contains("generate")) {
+            double generate = s["generate"].value("seconds", 0.0);
+            const auto validation = s_.dir.generate_dir() / "synthetic.validation.report.json";
+            if (std::filesystem::exists(validation))
+                generate += detail::read_json_file(validation).value("seconds", 0.0);
+            t["generate_s"] = generate;
+        }
         double finetune = 0;
         for (const char* name : {"student", "baseline"})
             if (s.contains(name)) finetune += s[name].value("seconds", 0.0);

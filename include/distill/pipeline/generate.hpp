@@ -307,6 +307,7 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
         j["reason"] = reason;
         j["finish_reason"] = std::string(teacher::finish_reason_name(r.finish));
         j["text"] = r.text;
+        j["usage"] = {{"prompt_tokens", r.usage.prompt_tokens}, {"completion_tokens", r.usage.completion_tokens}};
         j["fingerprint"] = report.fingerprint;
         io::append_durably(rejected_path,
                            j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n");

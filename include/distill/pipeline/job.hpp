@@ -28,6 +28,7 @@
 #include <nlohmann/json.hpp>
 
 #include "distill/error.hpp"
+#include "distill/eval/cost.hpp"
 #include "distill/io/quant.hpp"
 #include "distill/io/reflect.hpp"
 #include "distill/optim/schedule.hpp"
@@ -167,7 +168,9 @@ struct Job {
     nlohmann::json loss = nlohmann::json::object();
     BaselineConfig baseline{};
     EvaluationConfig evaluation{};
-    ExportConfig exports{};          ///< the job's "export" object (`export` is a C++ keyword)
+    ExportConfig exports{};  ///< the job's "export" object (`export` is a C++ keyword)
+    /// Prices for the report's cost table (eval/cost.hpp); they change no measurement.
+    eval::CostConfig cost{};
     std::string output_dir = "out";  ///< every output of the run
     int threads = 0;                 ///< CPU threads (0: DISTILL_NUM_THREADS or all cores)
     /// The arithmetic of the device's matrix products: "fp32", or "bf16" (bf16 operands, fp32
@@ -216,6 +219,7 @@ struct Job {
         baseline.validate();
         evaluation.validate();
         exports.validate();
+        cost.validate();
         if (task_type == "embedding" && !exports.gguf.empty())
             throw config_error("export.gguf", "is for decoder students; an embedding student leaves as student_hf/");
         if (output_dir.empty()) throw config_error("output_dir", "must not be empty");
@@ -289,6 +293,7 @@ BOOST_HANA_ADAPT_ADT(distill::Job,
     (baseline,           [](auto& j) -> auto& { return j.baseline; }),
     (evaluation,         [](auto& j) -> auto& { return j.evaluation; }),
     (export,             [](auto& j) -> auto& { return j.exports; }),
+    (cost,               [](auto& j) -> auto& { return j.cost; }),
     (output_dir,         [](auto& j) -> auto& { return j.output_dir; }),
     (threads,            [](auto& j) -> auto& { return j.threads; }),
     (precision,          [](auto& j) -> auto& { return j.precision; }));

@@ -17,7 +17,10 @@
 // PyTorch under torch.autocast("cpu", dtype=torch.bfloat16).
 //
 //   bench_train [--size small|medium|large] [--arch gpt|llama] [--threads 2] [--steps 5]
-//               [--precision fp32|bf16] [--no-reference]
+//               [--precision fp32|bf16] [--checkpoint] [--no-reference]
+//
+// `--checkpoint` trains the student with activation checkpointing (student::activations::checkpointed;
+// PyTorch: torch.utils.checkpoint around every block) and reports the student's activation memory.
 
 #include <cmath>
 #include <cstdio>
@@ -74,7 +77,7 @@ double forward_flops(const student::TransformerConfig& c, int B) {
 // attention probabilities, q|k|v, the GELU input, the residual stream and LayerNorm statistics;
 // then the final LayerNorm's output), its logits and their gradient, one layer's backward
 // temporaries; the teacher's weights, logits and the working memory of one of its layers.
-double minimum_bytes(const Size& s) {
+double minimum_bytes(const Size& s, bool checkpoint) {
     const auto& c = s.student;
     const double N = double(s.batch) * c.context_length, C = c.d_model, F = c.d_ff, L = c.n_layers, V = c.vocab_size,
                  att = double(s.batch) * c.n_heads * c.context_length * c.context_length, Q = c.qkv_width(),
@@ -83,7 +86,9 @@ double minimum_bytes(const Size& s) {
     const double per_layer = N * C /*ln1 out*/ + N * Q /*qkv*/ + att /*probabilities*/ + N * C /*att out*/ +
                              N * C /*res after attention*/ + N * C /*ln2 out*/ + N * F1 /*fc*/ + N * F /*act*/ +
                              4 * N /*norm statistics*/ + N * C /*block input*/;
-    const double student = 4 * P + L * per_layer + N * C + 2 * N * V + (att + N * F1 + N * Q + 2 * N * C);
+    // checkpointed: each block's input kept, one block's activations at a time
+    const double kept = checkpoint ? L * N * C + per_layer : L * per_layer;
+    const double student = 4 * P + kept + N * C + 2 * N * V + (att + N * F1 + N * Q + 2 * N * C);
     const auto& t = s.teacher;
     const double tN = double(s.batch) * t.context_length, tC = t.d_model, tF = t.d_ff,
                  tatt = double(s.batch) * t.n_heads * t.context_length * t.context_length;
@@ -97,7 +102,7 @@ double minimum_bytes(const Size& s) {
 int main(int argc, char** argv) {
     std::string size_name = "medium", precision = "fp32", arch = "gpt";
     int threads = 2, steps = 5;
-    bool reference = true;
+    bool reference = true, checkpoint = false;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         auto next = [&]() -> std::string {
@@ -119,6 +124,8 @@ int main(int argc, char** argv) {
             arch = next();
         else if (a == "--no-reference")
             reference = false;
+        else if (a == "--checkpoint")
+            checkpoint = true;
         else {
             std::fprintf(stderr, "unknown argument %s\n", a.c_str());
             return 2;
@@ -152,7 +159,8 @@ int main(int argc, char** argv) {
     }
     device::Cpu dev = bf16 ? device::Cpu(threads, device::precision::bf16) : device::Cpu(threads);
     student::Transformer<float, device::Cpu> teacher(size.teacher, B, dev, student::activations::inference);
-    student::Transformer<float, device::Cpu> student(size.student, B, dev);
+    student::Transformer<float, device::Cpu> student(
+        size.student, B, dev, checkpoint ? student::activations::checkpointed : student::activations::training);
     teacher.init(1);
     student.init(2);
     using Loss = loss::Sum<loss::SoftKL, loss::HardCE>;
@@ -210,7 +218,7 @@ int main(int argc, char** argv) {
     }
     std::sort(times.begin(), times.end());
     const double dt = times[times.size() / 2];
-    const double rss = bench::peak_rss_bytes(), minimum = minimum_bytes(size);
+    const double rss = bench::peak_rss_bytes(), minimum = minimum_bytes(size, checkpoint);
 
     // teacher forward + student forward and backward (2× the forward); elementwise work not counted
     const double flops = forward_flops(size.teacher, B) + 3.0 * forward_flops(size.student, B);
@@ -220,16 +228,20 @@ int main(int argc, char** argv) {
     const auto& c = size.student;
     const auto& t = size.teacher;
     char workload[256];
-    std::snprintf(workload, sizeof workload, "train step %s%s %s: V=%d T=%d d=%d L=%d B=%d, teacher d=%d L=%d",
-                  size.name.c_str(), arch == "llama" ? " llama" : "", precision.c_str(), V, T, c.d_model, c.n_layers, B,
-                  t.d_model, t.n_layers);
+    std::snprintf(workload, sizeof workload, "train step %s%s %s%s: V=%d T=%d d=%d L=%d B=%d, teacher d=%d L=%d",
+                  size.name.c_str(), arch == "llama" ? " llama" : "", precision.c_str(),
+                  checkpoint ? " checkpointed" : "", V, T, c.d_model, c.n_layers, B, t.d_model, t.n_layers);
     std::printf("workload: %s, SoftKL(tau=2)+HardCE, AdamW, clip 1.0, %d threads\n", workload, threads);
     std::printf(
         "distill: %.1f ms/step (median of %d), %.0f tokens/s, %.1f GFLOP/s = %.1f%% of the measured FP32 FMA "
         "peak (%.0f GFLOP/s)\n",
         dt * 1e3, steps, tok_s, gflops, 100.0 * gflops / peak, peak);
-    std::printf("memory: peak RSS %.1f MiB, analytic minimum %.1f MiB (%.2fx)\n", rss / 1048576.0, minimum / 1048576.0,
-                rss / minimum);
+    const double kept_mib = double(student.activation_bytes() - student.backward_buffer_bytes()) / 1048576.0,
+                 backward_mib = double(student.backward_buffer_bytes()) / 1048576.0;
+    std::printf(
+        "memory: peak RSS %.1f MiB, analytic minimum %.1f MiB (%.2fx); student: activations kept by the forward "
+        "%.1f MiB, backward buffers %.1f MiB\n",
+        rss / 1048576.0, minimum / 1048576.0, rss / minimum, kept_mib, backward_mib);
 
     bench::Result r;
     r.workload = workload;
@@ -243,15 +255,18 @@ int main(int argc, char** argv) {
                {"peak_gflops", peak},
                {"peak_rss_mib", rss / 1048576.0},
                {"minimum_mib", minimum / 1048576.0},
-               {"rss_over_minimum", rss / minimum}};
+               {"rss_over_minimum", rss / minimum},
+               {"student_activation_mib", kept_mib},
+               {"student_backward_buffers_mib", backward_mib}};
     if (reference) {
         char args[512];
         std::snprintf(args, sizeof args,
                       "bench_train.py --vocab %d --context %d --d-model %d --layers %d --heads %d --d-ff %d "
                       "--teacher-d-model %d --teacher-layers %d --teacher-heads %d --teacher-d-ff %d --batch %d "
-                      "--threads %d --steps %d%s --arch %s",
+                      "--threads %d --steps %d%s%s --arch %s",
                       V, T, c.d_model, c.n_layers, c.n_heads, c.d_ff, t.d_model, t.n_layers, t.n_heads, t.d_ff, B,
-                      threads, std::max(3, steps), bf16 ? " --bf16" : "", arch.c_str());
+                      threads, std::max(3, steps), bf16 ? " --bf16" : "", checkpoint ? " --checkpoint" : "",
+                      arch.c_str());
         const auto ref = bench::run_reference(args, "tokens_per_s");
         if (ref.value > 0) {
             std::printf("ratio distill / PyTorch: %.2fx tokens/s\n", tok_s / ref.value);

@@ -414,6 +414,32 @@ TEST_CASE("Distiller online: run() writes the report; stages are skipped when co
         CHECK(read(out2 / "student.safetensors") == read(out / "student.safetensors"));
     }
 
+    {  // activation checkpointing: refused while a term reads the student's attention maps; without them
+       // the same student, bit for bit, as training that keeps every activation
+        nlohmann::json j = w.job("online-checkpointed");
+        j["activation_checkpointing"] = true;
+        CHECK_THROWS_WITH_AS(OnlineDistiller(parse_job(j), t, device::Cpu{}, {.quiet = true}),
+                             doctest::Contains("activation_checkpointing: is true, but the loss reads the student's "
+                                               "attention maps"),
+                             config_error);
+        j["loss"].erase("attention_kl");
+        j["student"]["n_layers"] = 3;
+        j["baseline"]["enabled"] = false;
+        nlohmann::json plain = j;
+        plain["activation_checkpointing"] = false;
+        plain["output_dir"] = j["output_dir"].get<std::string>() + "-plain";
+        for (const auto& job_json : {j, plain}) {
+            const fs::path o = job_json["output_dir"].get<std::string>();
+            fs::create_directories(o / "generate");
+            fs::copy(out / "generate", o / "generate",
+                     fs::copy_options::recursive | fs::copy_options::overwrite_existing);
+            OnlineDistiller d2(parse_job(job_json), t, device::Cpu{}, {.quiet = true});
+            d2.finetune();
+        }
+        CHECK(read(fs::path(j["output_dir"].get<std::string>()) / "student.safetensors") ==
+              read(fs::path(plain["output_dir"].get<std::string>()) / "student.safetensors"));
+    }
+
     // other hyperparameters into the same directory: refused, naming the directory
     nlohmann::json other = w.job("online");
     other["hyperparameters"]["learning_rate"] = 1e-2;

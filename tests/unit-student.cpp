@@ -283,6 +283,48 @@ TEST_CASE("forward and backward are bit-identical run to run (fixed threads)") {
     CHECK(g[0] == g[1]);
 }
 
+TEST_CASE_TEMPLATE("activation checkpointing: the gradients of a full training forward, bit for bit, in less memory",
+                   Dev, device::Cpu, device::Reference) {
+    const student::TransformerConfig gpt{
+        .vocab_size = 50, .context_length = 16, .d_model = 32, .n_layers = 3, .n_heads = 4, .d_ff = 64};
+    const int B = 3, T = 12;
+    Rng rng(11);
+    std::vector<std::int32_t> tok(B * T), tg(B * T);
+    for (std::size_t i = 0; i < tok.size(); ++i) {
+        tok[i] = std::int32_t(rng.below(50));
+        tg[i] = i % 5 == 0 ? -1 : std::int32_t(rng.below(50));
+    }
+    for (const auto& cfg : {gpt, llama_like(gpt, "llama3")}) {
+        INFO(cfg.norm);
+        student::Transformer<float, Dev> full(cfg, B), ckpt(cfg, B, Dev{}, student::activations::checkpointed);
+        full.init(4);
+        ckpt.init(4);
+        // extra gradients on hidden states 1 and 2 (hidden-state losses read them from a checkpointed student)
+        std::vector<float> d1 = random_vector<float>(std::size_t(B) * T * cfg.d_model, 21),
+                           d2 = random_vector<float>(std::size_t(B) * T * cfg.d_model, 22);
+        const std::vector<Tensor<const float>> dh = {{},
+                                                     Tensor<const float>(d1.data(), {B, T, cfg.d_model}),
+                                                     Tensor<const float>(d2.data(), {B, T, cfg.d_model})};
+        for (auto* m : {&full, &ckpt}) {
+            m->forward(tok.data(), B, T);
+            m->cross_entropy(tg.data());
+            m->zero_grad();
+            m->backward(dh);
+        }
+        for (int i = 0; i <= cfg.n_layers; ++i) {
+            const auto a = full.hidden_state(i), b = ckpt.hidden_state(i);
+            CHECK(std::equal(a.data(), a.data() + a.numel(), b.data()));
+        }
+        CHECK(std::equal(full.gradient_data(), full.gradient_data() + full.arena_size(), ckpt.gradient_data()));
+        CHECK(!ckpt.keeps_attention());
+        CHECK(ckpt.keeps_activations());
+        CHECK_THROWS_WITH_AS(ckpt.attention(0), doctest::Contains("activations::checkpointed"), config_error);
+        CHECK_THROWS_AS(ckpt.qkv(1), config_error);
+        // the blocks' working memory once instead of per layer: 3 layers keep far less
+        CHECK(double(ckpt.activation_bytes()) < 0.75 * double(full.activation_bytes()));
+    }
+}
+
 TEST_CASE("training smoke test: plain SGD learns to reverse strings (>= 95% token accuracy)") {
     const student::TransformerConfig cfg{
         .vocab_size = 263, .context_length = 11, .d_model = 64, .n_layers = 2, .n_heads = 4, .d_ff = 256};

@@ -21,6 +21,7 @@ Example:
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import resource
@@ -54,6 +55,8 @@ def main():
     ap.add_argument("--steps", type=int, default=5, help="timed steps (the median is reported)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--bf16", action="store_true", help="forwards and loss under torch.autocast('cpu', bfloat16)")
+    ap.add_argument("--checkpoint", action="store_true",
+                    help="activation checkpointing of every student block (torch.utils.checkpoint, non-reentrant)")
     ap.add_argument("--arch", choices=["gpt", "llama"], default="gpt",
                     help="llama: tests/reference/llama.py (RMSNorm, RoPE, SwiGLU, GQA with heads/2 kv heads)")
     args = ap.parse_args()
@@ -72,6 +75,10 @@ def main():
                                 args.teacher_d_ff)).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
+    if args.checkpoint:
+        import torch.utils.checkpoint as cp
+        for block in student.layers if args.arch == "llama" else student.h:
+            block.forward = functools.partial(cp.checkpoint, block.forward, use_reentrant=False)
     opt = torch.optim.AdamW(student.parameters(), lr=1e-4, weight_decay=0.1, foreach=True)
     tokens = torch.randint(0, V, (B, T))
     targets = torch.cat([tokens[:, 1:], torch.full((B, 1), -1)], dim=1)  # the last position has no target
@@ -116,6 +123,8 @@ def main():
     }
     if args.bf16:
         result["dtype"] = "bf16-autocast"
+    if args.checkpoint:
+        result["checkpoint"] = "torch.utils.checkpoint per block"
     print(json.dumps(result))
 
 

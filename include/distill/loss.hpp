@@ -175,7 +175,8 @@ struct teacher_outputs : model_outputs<T> {
 
 /// Fills `out` with views of `model`'s last forward: its logits when it has `logits()`, its
 /// pooled embeddings when it has `pooled()`, every hidden state, every attention map and, when the
-/// model has `qkv(l)`, every q|k|v projection. Reuses `out`'s vectors, so after the first call it
+/// model has `qkv(l)`, every q|k|v projection — what the model keeps of them (`keeps_activations()`,
+/// `keeps_attention()`). Reuses `out`'s vectors, so after the first call it
 /// does not allocate.
 template <class T, class Model>
 void collect_outputs(const Model& model, model_outputs<T>& out) {
@@ -197,6 +198,12 @@ void collect_outputs(const Model& model, model_outputs<T>& out) {
     const int hidden = model.hidden_state_count();
     out.hidden_states.resize(static_cast<std::size_t>(hidden));
     for (int i = 0; i < hidden; ++i) out.hidden_states[static_cast<std::size_t>(i)] = model.hidden_state(i);
+    if constexpr (requires { model.keeps_attention(); })
+        if (!model.keeps_attention()) {  // activation checkpointing: hidden states alone
+            out.attentions.clear();
+            out.qkv.clear();
+            return;
+        }
     const int layers = hidden - 1;
     out.attentions.resize(static_cast<std::size_t>(layers));
     for (int l = 0; l < layers; ++l) out.attentions[static_cast<std::size_t>(l)] = model.attention(l);
@@ -306,6 +313,10 @@ template <class L>
 inline constexpr bool needs_activations =
     term_needs<L, signal::hidden_states_t> || term_needs<L, signal::attentions_t> || term_needs<L, signal::qkv_t>;
 
+/// Whether term `L` reads attention maps or q|k|v (of the teacher and the student alike).
+template <class L>
+inline constexpr bool needs_attention = term_needs<L, signal::attentions_t> || term_needs<L, signal::qkv_t>;
+
 /// Whether `loss` reads the teacher's activations at run time (a `Sum` counts only its terms of
 /// nonzero weight).
 template <class L>
@@ -314,6 +325,16 @@ bool reads_activations(const L& loss) {
         return loss.reads_activations();
     else
         return needs_activations<L>;
+}
+
+/// Whether `loss` reads attention maps or q|k|v at run time (a `Sum` counts only its terms of
+/// nonzero weight): a student trained with activation checkpointing keeps neither.
+template <class L>
+bool reads_attention(const L& loss) {
+    if constexpr (requires { loss.reads_attention(); })
+        return loss.reads_attention();
+    else
+        return needs_attention<L>;
 }
 
 /// The learned parameters of a term or loss (none unless it has `parameters()`).

@@ -13511,9 +13511,14 @@ struct TransformerConfig {
 };
 
 /// What a `Transformer` keeps of a forward: everything the backward and the transfer losses read
-/// (`training`), or only the logits, one layer's working memory reused by every layer, no gradient
-/// arena and no backward buffers (`inference`: a teacher whose loss reads logits alone, generation).
-enum class activations { training, inference };
+/// (`training`); or only the logits, one layer's working memory reused by every layer, no gradient
+/// arena and no backward buffers (`inference`: a teacher whose loss reads logits alone, generation);
+/// or, for training in less memory, each block's output (the hidden states) and one block's working
+/// memory, the backward recomputing each block's activations from its input before differentiating
+/// it (`checkpointed`: activation checkpointing, one more forward of every block but the last per
+/// step; the gradients are those of `training`, bit for bit; attention maps and q|k|v are not kept,
+/// so losses that read them need `training`).
+enum class activations { training, inference, checkpointed };
 
 template <class T, class Device>
 class Transformer;
@@ -13604,7 +13609,8 @@ public:
     /// Lays out and allocates all three arenas for batches of up to `max_batch` sequences of up to
     /// `config.context_length` tokens. Parameters start at zero; call `init` or load weights. With
     /// `activations::inference` the model only runs forwards: `backward` throws, `hidden_state(i)`
-    /// exists for i = 0 and L only, `attention` and `qkv` not at all, and gradients are empty.
+    /// exists for i = 0 and L only, `attention` and `qkv` not at all, and gradients are empty. With
+    /// `activations::checkpointed` it trains like `training` in less memory, without `attention` and `qkv`.
     Transformer(const TransformerConfig& config, int max_batch, Device device = Device{},
                 activations mode = activations::training)
         : cfg_(config), dev_(device), max_batch_(max_batch), mode_(mode) {
@@ -13665,8 +13671,12 @@ public:
 
     /// What this model keeps of a forward.
     activations mode() const noexcept { return mode_; }
-    /// Whether hidden states, attention maps and q|k|v of a forward are kept (activations::training).
-    bool keeps_activations() const noexcept { return mode_ == activations::training; }
+    /// Whether every hidden state of a forward is kept (activations::training and checkpointed).
+    bool keeps_activations() const noexcept { return mode_ != activations::inference; }
+    /// Whether attention maps and q|k|v of a forward are kept (activations::training).
+    bool keeps_attention() const noexcept { return mode_ == activations::training; }
+    /// Whether `backward` runs (activations::training and checkpointed).
+    bool trains() const noexcept { return mode_ != activations::inference; }
 
 private:
     // The forward; `after_qkv(l)` runs once layer l's q|k|v projections (keys rotated) are in
@@ -13809,7 +13819,7 @@ public:
         if (l < 0 || l >= cfg_.n_layers)
             throw shape_error("attention(" + std::to_string(l) + "): valid layers are 0.." +
                               std::to_string(cfg_.n_layers - 1));
-        require_training("attention");
+        require_kept("attention");
         return Tensor<T>(act(layer_acts_[l].att), {B_, cfg_.n_heads, T_, T_}, Device::memory);
     }
 
@@ -13820,7 +13830,7 @@ public:
         if (l < 0 || l >= cfg_.n_layers)
             throw shape_error("qkv(" + std::to_string(l) + "): valid layers are 0.." +
                               std::to_string(cfg_.n_layers - 1));
-        require_training("qkv");
+        require_kept("qkv");
         return Tensor<T>(act(layer_acts_[l].qkv), {B_, T_, cfg_.qkv_width()}, Device::memory);
     }
 
@@ -14024,6 +14034,13 @@ public:
             const auto& w = layer_params_[l];
             const auto& a = layer_acts_[l];
             const T* x_in = l ? act(layer_acts_[l - 1].res_out) : act(encoded_);
+            // checkpointed: the blocks share one working memory, which holds the last block's
+            // activations after the forward; the others are recomputed from their kept input
+            if (mode_ == activations::checkpointed && l + 1 < L)
+                block_forward(l, x_in, N, [&] {
+                    nn::attention_forward(dev_, act(a.atty), act(a.att), act(a.qkv), B, Tn, H, cfg_.kv_heads(),
+                                          cfg_.head_size());
+                });
             if (l + 1 < L)
                 if (const T* e = extra(d_hidden, l + 1, std::int64_t(N) * C))
                     accumulate(dev_, d_res, e, std::int64_t(N) * C);
@@ -14056,8 +14073,14 @@ public:
     }
 
     /// Bytes held by the parameter, gradient and activation arenas.
-    std::size_t arena_bytes() const noexcept {
-        return this->parameter_bytes() + sizeof(T) * act_arena_.size() + tokens_bytes();
+    std::size_t arena_bytes() const noexcept { return this->parameter_bytes() + activation_bytes() + tokens_bytes(); }
+    /// Bytes of the activation arena: what a forward keeps and the backward's buffers.
+    std::size_t activation_bytes() const noexcept { return sizeof(T) * act_arena_.size(); }
+    /// Bytes of the backward's own buffers (the logits' gradient, the per-layer gradient scratch),
+    /// the same for activations::training and checkpointed; the rest of `activation_bytes()` is what
+    /// a forward keeps for the backward and the losses.
+    std::size_t backward_buffer_bytes() const noexcept {
+        return trains() ? sizeof(T) * (act_arena_.size() - act_layout_.blocks()[dlogits_].offset) : 0;
     }
 
 private:
@@ -14100,7 +14123,7 @@ private:
         lnf_w_ = add("ln_f.weight", {C}, parameter_kind::norm);
         lnf_b_ = add_if(ln, "ln_f.bias", C, parameter_kind::norm);
         head_ = cfg_.tie_embeddings ? wte_ : add("lm_head.weight", {V, C}, parameter_kind::weight);
-        this->allocate_parameters(dev_, mode_ == activations::training);
+        this->allocate_parameters(dev_, trains());
     }
 
     void layout_activations() {
@@ -14109,10 +14132,12 @@ private:
         const std::int64_t att = std::int64_t(max_batch_) * cfg_.n_heads * cfg_.context_length * cfg_.context_length;
         auto add = [&](const char* name, std::int64_t n) { return act_layout_.add<T>(name, {n}); };
         encoded_ = add("encoded", N * C);
-        const bool training = mode_ == activations::training;
+        const bool training = trains();
         for (int l = 0; l < cfg_.n_layers; ++l) {
-            if (!training && l > 0) {  // inference: every layer works in layer 0's buffers
+            if (mode_ != activations::training && l > 0) {  // every layer works in layer 0's buffers
                 layer_acts_.push_back(layer_acts_.front());
+                // checkpointed: but keeps its output, the next block's input (and a hidden state)
+                if (mode_ == activations::checkpointed) layer_acts_.back().res_out = add("res_out", N * C);
                 continue;
             }
             LayerActs a;
@@ -14157,10 +14182,19 @@ private:
     void require_training(const char* what) const {
         if (!quantized_.empty())
             throw config_error("student", std::string(what) + ": this model was quantized for inference (quantize)");
-        if (mode_ != activations::training)
+        if (!trains())
             throw config_error("student", std::string(what) +
                                               ": this model was built for inference (activations::inference) and "
                                               "keeps only its logits; build it with activations::training");
+    }
+    // attention maps and q|k|v: kept by activations::training only
+    void require_kept(const char* what) const {
+        require_training(what);
+        if (mode_ == activations::checkpointed)
+            throw config_error("student", std::string(what) +
+                                              ": this model recomputes attention maps and q|k|v in backward "
+                                              "(activations::checkpointed) and keeps none; a loss that reads them "
+                                              "needs activations::training");
     }
 
     void check_batch(const std::int32_t* tokens, int B, int Tn) const {
@@ -19441,7 +19475,8 @@ struct teacher_outputs : model_outputs<T> {
 
 /// Fills `out` with views of `model`'s last forward: its logits when it has `logits()`, its
 /// pooled embeddings when it has `pooled()`, every hidden state, every attention map and, when the
-/// model has `qkv(l)`, every q|k|v projection. Reuses `out`'s vectors, so after the first call it
+/// model has `qkv(l)`, every q|k|v projection — what the model keeps of them (`keeps_activations()`,
+/// `keeps_attention()`). Reuses `out`'s vectors, so after the first call it
 /// does not allocate.
 template <class T, class Model>
 void collect_outputs(const Model& model, model_outputs<T>& out) {
@@ -19463,6 +19498,12 @@ void collect_outputs(const Model& model, model_outputs<T>& out) {
     const int hidden = model.hidden_state_count();
     out.hidden_states.resize(static_cast<std::size_t>(hidden));
     for (int i = 0; i < hidden; ++i) out.hidden_states[static_cast<std::size_t>(i)] = model.hidden_state(i);
+    if constexpr (requires { model.keeps_attention(); })
+        if (!model.keeps_attention()) {  // activation checkpointing: hidden states alone
+            out.attentions.clear();
+            out.qkv.clear();
+            return;
+        }
     const int layers = hidden - 1;
     out.attentions.resize(static_cast<std::size_t>(layers));
     for (int l = 0; l < layers; ++l) out.attentions[static_cast<std::size_t>(l)] = model.attention(l);
@@ -19572,6 +19613,10 @@ template <class L>
 inline constexpr bool needs_activations =
     term_needs<L, signal::hidden_states_t> || term_needs<L, signal::attentions_t> || term_needs<L, signal::qkv_t>;
 
+/// Whether term `L` reads attention maps or q|k|v (of the teacher and the student alike).
+template <class L>
+inline constexpr bool needs_attention = term_needs<L, signal::attentions_t> || term_needs<L, signal::qkv_t>;
+
 /// Whether `loss` reads the teacher's activations at run time (a `Sum` counts only its terms of
 /// nonzero weight).
 template <class L>
@@ -19580,6 +19625,16 @@ bool reads_activations(const L& loss) {
         return loss.reads_activations();
     else
         return needs_activations<L>;
+}
+
+/// Whether `loss` reads attention maps or q|k|v at run time (a `Sum` counts only its terms of
+/// nonzero weight): a student trained with activation checkpointing keeps neither.
+template <class L>
+bool reads_attention(const L& loss) {
+    if constexpr (requires { loss.reads_attention(); })
+        return loss.reads_attention();
+    else
+        return needs_attention<L>;
 }
 
 /// The learned parameters of a term or loss (none unless it has `parameters()`).
@@ -21266,12 +21321,9 @@ public:
     const std::array<double, size>& weights() const noexcept { return weights_; }
     /// Whether a term of nonzero weight reads the teacher's activations (`loss::needs_activations`):
     /// the run-time refinement of `needs`.
-    bool reads_activations() const noexcept {
-        constexpr std::array<bool, size> reads = {needs_activations<Terms>...};
-        for (std::size_t i = 0; i < size; ++i)
-            if (reads[i] && weights_[i] != 0) return true;
-        return false;
-    }
+    bool reads_activations() const noexcept { return any_weighted({needs_activations<Terms>...}); }
+    /// Whether a term of nonzero weight reads attention maps or q|k|v (`loss::needs_attention`).
+    bool reads_attention() const noexcept { return any_weighted({needs_attention<Terms>...}); }
     /// Changes term i's weight (e.g. a schedule); finite and >= 0.
     void set_weight(std::size_t i, double w) {
         if (i >= size) throw config_error("loss", "term index " + std::to_string(i) + " out of range");
@@ -21345,6 +21397,11 @@ private:
     Sum(const config& c, const dims& d, std::index_sequence<I...>)
         : terms_(Terms(c.template get<I>().config, d)...), weights_{c.template get<I>().weight...} {
         for (std::size_t i = 0; i < size; ++i) check_weight(names()[i], weights_[i]);
+    }
+    bool any_weighted(const std::array<bool, size>& reads) const noexcept {
+        for (std::size_t i = 0; i < size; ++i)
+            if (reads[i] && weights_[i] != 0) return true;
+        return false;
     }
     static void check_weight(const char* term, double w) {
         if (!(w >= 0) || !std::isfinite(w))
@@ -24184,6 +24241,10 @@ struct Job {
     eval::CostConfig cost{};
     std::string output_dir = "out";  ///< every output of the run
     int threads = 0;                 ///< CPU threads (0: DISTILL_NUM_THREADS or all cores)
+    /// Train the student and the baseline with activation checkpointing (student::activations::
+    /// checkpointed): each block's activations recomputed in backward, for less memory; the weights
+    /// are the same bit for bit, so it is no part of any fingerprint and a run may resume either way.
+    bool activation_checkpointing = false;
     /// The arithmetic of the device's matrix products: "fp32", or "bf16" (bf16 operands, fp32
     /// accumulation, fp32 master weights; needs oneDNN and a CPU with its bf16 matmul). The device the
     /// Distiller is given must compute in it.
@@ -24307,6 +24368,7 @@ BOOST_HANA_ADAPT_ADT(distill::Job,
     (cost,               [](auto& j) -> auto& { return j.cost; }),
     (output_dir,         [](auto& j) -> auto& { return j.output_dir; }),
     (threads,            [](auto& j) -> auto& { return j.threads; }),
+    (activation_checkpointing, [](auto& j) -> auto& { return j.activation_checkpointing; }),
     (precision,          [](auto& j) -> auto& { return j.precision; }));
 // clang-format on
 
@@ -25163,7 +25225,14 @@ private:
     // ---- training runs ----------------------------------------------------------------------------
 
     student_type make_student() const {
-        student_type s(s_.student, std::max(s_.job.hyperparameters.loop.batch_size, 1), device_);
+        const int batch = std::max(s_.job.hyperparameters.loop.batch_size, 1);
+        student_type s = [&] {
+            if constexpr (std::is_constructible_v<student_type, const typename student_type::config_type&, int, Device,
+                                                  student::activations>)
+                if (s_.job.activation_checkpointing)
+                    return student_type(s_.student, batch, device_, student::activations::checkpointed);
+            return student_type(s_.student, batch, device_);
+        }();
         if (s_.job.student_weights.empty())
             s.init(s_.job.hyperparameters.loop.seed);
         else if (s_.student_from_hf())
@@ -25859,6 +25928,7 @@ public:
             // prices change no measurement: a job with new ones gets its cost table, not a new evaluation
             if (auto cost = cost_section(report); report.value("cost", nlohmann::ordered_json()) != cost) {
                 report["cost"] = std::move(cost);
+                if (report.contains("job")) report["job"]["cost"] = io::to_json(s_.job.cost);
                 report["summary"] = eval::report_summary(report);
                 write_report(report);
             }
@@ -26769,6 +26839,18 @@ private:
                 throw config_error("teacher.keep_activations",
                                    "is false, but the loss reads the teacher's hidden states, attention maps or "
                                    "q|k|v; set it to true (or drop those terms)");
+        if (s_.job.activation_checkpointing) {
+            if constexpr (!std::is_constructible_v<student_type, const typename student_type::config_type&, int, Device,
+                                                   student::activations>)
+                throw config_error("activation_checkpointing",
+                                   "is true, but this student type has no checkpointed mode (student::Transformer "
+                                   "has); set it to false");
+            else if (loss::reads_attention(probe))
+                throw config_error("activation_checkpointing",
+                                   "is true, but the loss reads the student's attention maps or q|k|v "
+                                   "(attention_kl, attention_relation), which a checkpointed student recomputes "
+                                   "in backward and does not keep; set it to false (or drop those terms)");
+        }
     }
 
     // On-policy batches (train/on_policy.hpp) are scored by a live teacher forward, position by

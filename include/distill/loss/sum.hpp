@@ -134,12 +134,9 @@ public:
     const std::array<double, size>& weights() const noexcept { return weights_; }
     /// Whether a term of nonzero weight reads the teacher's activations (`loss::needs_activations`):
     /// the run-time refinement of `needs`.
-    bool reads_activations() const noexcept {
-        constexpr std::array<bool, size> reads = {needs_activations<Terms>...};
-        for (std::size_t i = 0; i < size; ++i)
-            if (reads[i] && weights_[i] != 0) return true;
-        return false;
-    }
+    bool reads_activations() const noexcept { return any_weighted({needs_activations<Terms>...}); }
+    /// Whether a term of nonzero weight reads attention maps or q|k|v (`loss::needs_attention`).
+    bool reads_attention() const noexcept { return any_weighted({needs_attention<Terms>...}); }
     /// Changes term i's weight (e.g. a schedule); finite and >= 0.
     void set_weight(std::size_t i, double w) {
         if (i >= size) throw config_error("loss", "term index " + std::to_string(i) + " out of range");
@@ -213,6 +210,11 @@ private:
     Sum(const config& c, const dims& d, std::index_sequence<I...>)
         : terms_(Terms(c.template get<I>().config, d)...), weights_{c.template get<I>().weight...} {
         for (std::size_t i = 0; i < size; ++i) check_weight(names()[i], weights_[i]);
+    }
+    bool any_weighted(const std::array<bool, size>& reads) const noexcept {
+        for (std::size_t i = 0; i < size; ++i)
+            if (reads[i] && weights_[i] != 0) return true;
+        return false;
     }
     static void check_weight(const char* term, double w) {
         if (!(w >= 0) || !std::isfinite(w))

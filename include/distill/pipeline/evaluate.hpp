@@ -87,6 +87,7 @@ public:
             // prices change no measurement: a job with new ones gets its cost table, not a new evaluation
             if (auto cost = cost_section(report); report.value("cost", nlohmann::ordered_json()) != cost) {
                 report["cost"] = std::move(cost);
+                if (report.contains("job")) report["job"]["cost"] = io::to_json(s_.job.cost);
                 report["summary"] = eval::report_summary(report);
                 write_report(report);
             }

@@ -544,7 +544,14 @@ private:
     // ---- training runs ----------------------------------------------------------------------------
 
     student_type make_student() const {
-        student_type s(s_.student, std::max(s_.job.hyperparameters.loop.batch_size, 1), device_);
+        const int batch = std::max(s_.job.hyperparameters.loop.batch_size, 1);
+        student_type s = [&] {
+            if constexpr (std::is_constructible_v<student_type, const typename student_type::config_type&, int, Device,
+                                                  student::activations>)
+                if (s_.job.activation_checkpointing)
+                    return student_type(s_.student, batch, device_, student::activations::checkpointed);
+            return student_type(s_.student, batch, device_);
+        }();
         if (s_.job.student_weights.empty())
             s.init(s_.job.hyperparameters.loop.seed);
         else if (s_.student_from_hf())

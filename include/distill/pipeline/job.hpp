@@ -173,6 +173,10 @@ struct Job {
     eval::CostConfig cost{};
     std::string output_dir = "out";  ///< every output of the run
     int threads = 0;                 ///< CPU threads (0: DISTILL_NUM_THREADS or all cores)
+    /// Train the student and the baseline with activation checkpointing (student::activations::
+    /// checkpointed): each block's activations recomputed in backward, for less memory; the weights
+    /// are the same bit for bit, so it is no part of any fingerprint and a run may resume either way.
+    bool activation_checkpointing = false;
     /// The arithmetic of the device's matrix products: "fp32", or "bf16" (bf16 operands, fp32
     /// accumulation, fp32 master weights; needs oneDNN and a CPU with its bf16 matmul). The device the
     /// Distiller is given must compute in it.
@@ -296,6 +300,7 @@ BOOST_HANA_ADAPT_ADT(distill::Job,
     (cost,               [](auto& j) -> auto& { return j.cost; }),
     (output_dir,         [](auto& j) -> auto& { return j.output_dir; }),
     (threads,            [](auto& j) -> auto& { return j.threads; }),
+    (activation_checkpointing, [](auto& j) -> auto& { return j.activation_checkpointing; }),
     (precision,          [](auto& j) -> auto& { return j.precision; }));
 // clang-format on
 

@@ -134,9 +134,14 @@ struct TransformerConfig {
 };
 
 /// What a `Transformer` keeps of a forward: everything the backward and the transfer losses read
-/// (`training`), or only the logits, one layer's working memory reused by every layer, no gradient
-/// arena and no backward buffers (`inference`: a teacher whose loss reads logits alone, generation).
-enum class activations { training, inference };
+/// (`training`); or only the logits, one layer's working memory reused by every layer, no gradient
+/// arena and no backward buffers (`inference`: a teacher whose loss reads logits alone, generation);
+/// or, for training in less memory, each block's output (the hidden states) and one block's working
+/// memory, the backward recomputing each block's activations from its input before differentiating
+/// it (`checkpointed`: activation checkpointing, one more forward of every block but the last per
+/// step; the gradients are those of `training`, bit for bit; attention maps and q|k|v are not kept,
+/// so losses that read them need `training`).
+enum class activations { training, inference, checkpointed };
 
 template <class T, class Device>
 class Transformer;
@@ -227,7 +232,8 @@ public:
     /// Lays out and allocates all three arenas for batches of up to `max_batch` sequences of up to
     /// `config.context_length` tokens. Parameters start at zero; call `init` or load weights. With
     /// `activations::inference` the model only runs forwards: `backward` throws, `hidden_state(i)`
-    /// exists for i = 0 and L only, `attention` and `qkv` not at all, and gradients are empty.
+    /// exists for i = 0 and L only, `attention` and `qkv` not at all, and gradients are empty. With
+    /// `activations::checkpointed` it trains like `training` in less memory, without `attention` and `qkv`.
     Transformer(const TransformerConfig& config, int max_batch, Device device = Device{},
                 activations mode = activations::training)
         : cfg_(config), dev_(device), max_batch_(max_batch), mode_(mode) {
@@ -288,8 +294,12 @@ public:
 
     /// What this model keeps of a forward.
     activations mode() const noexcept { return mode_; }
-    /// Whether hidden states, attention maps and q|k|v of a forward are kept (activations::training).
-    bool keeps_activations() const noexcept { return mode_ == activations::training; }
+    /// Whether every hidden state of a forward is kept (activations::training and checkpointed).
+    bool keeps_activations() const noexcept { return mode_ != activations::inference; }
+    /// Whether attention maps and q|k|v of a forward are kept (activations::training).
+    bool keeps_attention() const noexcept { return mode_ == activations::training; }
+    /// Whether `backward` runs (activations::training and checkpointed).
+    bool trains() const noexcept { return mode_ != activations::inference; }
 
 private:
     // The forward; `after_qkv(l)` runs once layer l's q|k|v projections (keys rotated) are in
@@ -432,7 +442,7 @@ public:
         if (l < 0 || l >= cfg_.n_layers)
             throw shape_error("attention(" + std::to_string(l) + "): valid layers are 0.." +
                               std::to_string(cfg_.n_layers - 1));
-        require_training("attention");
+        require_kept("attention");
         return Tensor<T>(act(layer_acts_[l].att), {B_, cfg_.n_heads, T_, T_}, Device::memory);
     }
 
@@ -443,7 +453,7 @@ public:
         if (l < 0 || l >= cfg_.n_layers)
             throw shape_error("qkv(" + std::to_string(l) + "): valid layers are 0.." +
                               std::to_string(cfg_.n_layers - 1));
-        require_training("qkv");
+        require_kept("qkv");
         return Tensor<T>(act(layer_acts_[l].qkv), {B_, T_, cfg_.qkv_width()}, Device::memory);
     }
 
@@ -647,6 +657,13 @@ public:
             const auto& w = layer_params_[l];
             const auto& a = layer_acts_[l];
             const T* x_in = l ? act(layer_acts_[l - 1].res_out) : act(encoded_);
+            // checkpointed: the blocks share one working memory, which holds the last block's
+            // activations after the forward; the others are recomputed from their kept input
+            if (mode_ == activations::checkpointed && l + 1 < L)
+                block_forward(l, x_in, N, [&] {
+                    nn::attention_forward(dev_, act(a.atty), act(a.att), act(a.qkv), B, Tn, H, cfg_.kv_heads(),
+                                          cfg_.head_size());
+                });
             if (l + 1 < L)
                 if (const T* e = extra(d_hidden, l + 1, std::int64_t(N) * C))
                     accumulate(dev_, d_res, e, std::int64_t(N) * C);
@@ -679,8 +696,14 @@ public:
     }
 
     /// Bytes held by the parameter, gradient and activation arenas.
-    std::size_t arena_bytes() const noexcept {
-        return this->parameter_bytes() + sizeof(T) * act_arena_.size() + tokens_bytes();
+    std::size_t arena_bytes() const noexcept { return this->parameter_bytes() + activation_bytes() + tokens_bytes(); }
+    /// Bytes of the activation arena: what a forward keeps and the backward's buffers.
+    std::size_t activation_bytes() const noexcept { return sizeof(T) * act_arena_.size(); }
+    /// Bytes of the backward's own buffers (the logits' gradient, the per-layer gradient scratch),
+    /// the same for activations::training and checkpointed; the rest of `activation_bytes()` is what
+    /// a forward keeps for the backward and the losses.
+    std::size_t backward_buffer_bytes() const noexcept {
+        return trains() ? sizeof(T) * (act_arena_.size() - act_layout_.blocks()[dlogits_].offset) : 0;
     }
 
 private:
@@ -723,7 +746,7 @@ private:
         lnf_w_ = add("ln_f.weight", {C}, parameter_kind::norm);
         lnf_b_ = add_if(ln, "ln_f.bias", C, parameter_kind::norm);
         head_ = cfg_.tie_embeddings ? wte_ : add("lm_head.weight", {V, C}, parameter_kind::weight);
-        this->allocate_parameters(dev_, mode_ == activations::training);
+        this->allocate_parameters(dev_, trains());
     }
 
     void layout_activations() {
@@ -732,10 +755,12 @@ private:
         const std::int64_t att = std::int64_t(max_batch_) * cfg_.n_heads * cfg_.context_length * cfg_.context_length;
         auto add = [&](const char* name, std::int64_t n) { return act_layout_.add<T>(name, {n}); };
         encoded_ = add("encoded", N * C);
-        const bool training = mode_ == activations::training;
+        const bool training = trains();
         for (int l = 0; l < cfg_.n_layers; ++l) {
-            if (!training && l > 0) {  // inference: every layer works in layer 0's buffers
+            if (mode_ != activations::training && l > 0) {  // every layer works in layer 0's buffers
                 layer_acts_.push_back(layer_acts_.front());
+                // checkpointed: but keeps its output, the next block's input (and a hidden state)
+                if (mode_ == activations::checkpointed) layer_acts_.back().res_out = add("res_out", N * C);
                 continue;
             }
             LayerActs a;
@@ -780,10 +805,19 @@ private:
     void require_training(const char* what) const {
         if (!quantized_.empty())
             throw config_error("student", std::string(what) + ": this model was quantized for inference (quantize)");
-        if (mode_ != activations::training)
+        if (!trains())
             throw config_error("student", std::string(what) +
                                               ": this model was built for inference (activations::inference) and "
                                               "keeps only its logits; build it with activations::training");
+    }
+    // attention maps and q|k|v: kept by activations::training only
+    void require_kept(const char* what) const {
+        require_training(what);
+        if (mode_ == activations::checkpointed)
+            throw config_error("student", std::string(what) +
+                                              ": this model recomputes attention maps and q|k|v in backward "
+                                              "(activations::checkpointed) and keeps none; a loss that reads them "
+                                              "needs activations::training");
     }
 
     void check_batch(const std::int32_t* tokens, int B, int Tn) const {

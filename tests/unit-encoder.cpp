@@ -380,3 +380,31 @@ TEST_CASE("encoder: same input, same threads, bit-identical outputs and gradient
     };
     CHECK(run() == run());
 }
+
+TEST_CASE_TEMPLATE("encoder activation checkpointing: the gradients of a full training forward, bit for bit", Dev,
+                   device::Cpu, device::Reference) {
+    const student::EncoderConfig cfg{
+        .vocab_size = 40, .context_length = 16, .d_model = 32, .n_layers = 3, .n_heads = 4, .d_ff = 64};
+    std::vector<std::int32_t> tokens(64);
+    for (std::size_t i = 0; i < tokens.size(); ++i) tokens[i] = std::int32_t((i * 7 + 3) % 40);
+    const int lengths[] = {16, 9, 4, 12};
+    std::vector<float> d1(4 * 16 * 32);
+    for (std::size_t i = 0; i < d1.size(); ++i) d1[i] = float(int(i % 7) - 3) / 8;
+    const std::vector<Tensor<const float>> dh = {{}, Tensor<const float>(d1.data(), {4, 16, 32})};
+    student::Encoder<float, Dev> full(cfg, 4), ckpt(cfg, 4, Dev{}, student::activations::checkpointed);
+    for (auto* m : {&full, &ckpt}) {
+        m->init(5);
+        m->forward(tokens.data(), 4, 16, lengths);
+        for (std::int64_t i = 0; i < m->grad_pooled().numel(); ++i) m->grad_pooled().data()[i] = float(i % 5) - 2;
+        m->zero_grad();
+        m->backward(dh);
+    }
+    for (int i = 0; i <= cfg.n_layers; ++i)
+        CHECK(std::equal(full.hidden_state(i).data(), full.hidden_state(i).data() + full.hidden_state(i).numel(),
+                         ckpt.hidden_state(i).data()));
+    CHECK(std::equal(full.gradient_data(), full.gradient_data() + full.arena_size(), ckpt.gradient_data()));
+    CHECK_THROWS_WITH_AS(ckpt.attention(0), doctest::Contains("activations::checkpointed"), config_error);
+    CHECK(double(ckpt.activation_bytes()) < 0.75 * double(full.activation_bytes()));
+    using Model = student::Encoder<float, Dev>;
+    CHECK_THROWS_AS(Model(cfg, 4, Dev{}, student::activations::inference), config_error);
+}

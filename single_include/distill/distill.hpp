@@ -12786,6 +12786,17 @@ struct Parameter {
 
 namespace distill::student {
 
+/// What a student model keeps of a forward (`Transformer`; `Encoder`: training and checkpointed):
+/// everything the backward and the transfer losses read
+/// (`training`); or only the logits, one layer's working memory reused by every layer, no gradient
+/// arena and no backward buffers (`inference`: a teacher whose loss reads logits alone, generation);
+/// or, for training in less memory, each block's output (the hidden states) and one block's working
+/// memory, the backward recomputing each block's activations from its input before differentiating
+/// it (`checkpointed`: activation checkpointing, one more forward of every block but the last per
+/// step; the gradients are those of `training`, bit for bit; attention maps and q|k|v are not kept,
+/// so losses that read them need `training`).
+enum class activations { training, inference, checkpointed };
+
 /// The base of the student models: their parameters, laid out one by one (`add_parameter`), then
 /// allocated at once (`allocate_parameters`), values and gradients in two arenas of the same layout.
 /// @tparam T scalar type. @tparam Device where the arenas live.
@@ -12920,15 +12931,20 @@ public:
 
     /// Lays out and allocates all three arenas for batches of up to `max_batch` sequences of up to
     /// `config.context_length` tokens. Parameters start at zero; call `init` or load weights.
-    Encoder(const EncoderConfig& config, int max_batch, Device device = Device{})
-        : Encoder(config, max_batch, config.context_length, device) {}
+    /// `activations::checkpointed` trains in less memory, without `attention` (activations).
+    Encoder(const EncoderConfig& config, int max_batch, Device device = Device{},
+            activations mode = activations::training)
+        : Encoder(config, max_batch, config.context_length, device, mode) {}
 
     /// As above for sequences of up to `max_length` (<= context_length) tokens: the activations
     /// (attention maps are max_batch·H·max_length² per layer) are laid out for that length, so a
     /// model with 512 positions embedding short sentences does not hold 512² maps.
-    Encoder(const EncoderConfig& config, int max_batch, int max_length, Device device = Device{})
-        : cfg_(config), dev_(device), max_batch_(max_batch), max_length_(max_length) {
+    Encoder(const EncoderConfig& config, int max_batch, int max_length, Device device = Device{},
+            activations mode = activations::training)
+        : cfg_(config), dev_(device), max_batch_(max_batch), max_length_(max_length), mode_(mode) {
         cfg_.validate();
+        if (mode == activations::inference)
+            throw config_error("student", "student::Encoder has no activations::inference mode (it always trains)");
         if (max_batch < 1) throw config_error("max_batch", "must be >= 1, got " + std::to_string(max_batch));
         if (max_length < 1 || max_length > cfg_.context_length)
             throw config_error("max_length", "must be in [1, context_length = " + std::to_string(cfg_.context_length) +
@@ -13029,11 +13045,18 @@ public:
                               std::to_string(cfg_.n_layers));
         return Tensor<T>(act(hidden_block(i)), {B_, T_, cfg_.d_model}, Device::memory);
     }
+    /// Whether attention maps of a forward are kept (not with activations::checkpointed).
+    bool keeps_attention() const noexcept { return mode_ == activations::training; }
     /// (B,H,T,T) attention probabilities of layer l of the last forward (0 at padded keys).
     Tensor<T> attention(int l) const {
         if (l < 0 || l >= cfg_.n_layers)
             throw shape_error("attention(" + std::to_string(l) + "): valid layers are 0.." +
                               std::to_string(cfg_.n_layers - 1));
+        if (!keeps_attention())
+            throw config_error("student",
+                               "attention: this model recomputes attention maps in backward "
+                               "(activations::checkpointed) and keeps none; a loss that reads them "
+                               "needs activations::training");
         return Tensor<T>(act(layer_acts_[l].att), {B_, cfg_.n_heads, T_, T_}, Device::memory);
     }
 
@@ -13070,6 +13093,9 @@ public:
             const auto& w = layer_params_[l];
             const auto& a = layer_acts_[l];
             const T* x_in = act(hidden_block(l));
+            // checkpointed: the blocks share one working memory, which holds the last block's
+            // activations after the forward; the others are recomputed from their kept input
+            if (mode_ == activations::checkpointed && l + 1 < L) block_forward(l, B, Tn);
             // y = LN2(o):  d_tmp = d_o
             dev_.fill_zero(d_tmp, sizeof(T) * NC);
             layernorm_backward(dev_, d_tmp, grad(w.ln2_w), grad(w.ln2_b), d_cur, act(a.res_out), val(w.ln2_w),
@@ -13109,9 +13135,10 @@ public:
 
     /// Bytes held by the parameter, gradient and activation arenas and the token buffers.
     std::size_t arena_bytes() const noexcept {
-        return this->parameter_bytes() + sizeof(T) * act_arena_.size() +
-               sizeof(std::int32_t) * (tokens_.size() + types_.size());
+        return this->parameter_bytes() + activation_bytes() + sizeof(std::int32_t) * (tokens_.size() + types_.size());
     }
+    /// Bytes of the activation arena: what a forward keeps and the backward's buffers.
+    std::size_t activation_bytes() const noexcept { return sizeof(T) * act_arena_.size(); }
 
 private:
     struct LayerParams {
@@ -13124,7 +13151,7 @@ private:
     void run(const std::int32_t* tokens, const std::int32_t* token_types, int B, int Tn) {
         B_ = B;
         T_ = Tn;
-        const int C = cfg_.d_model, F = cfg_.d_ff, H = cfg_.n_heads;
+        const int C = cfg_.d_model;
         const int N = B * Tn;
         const T eps = static_cast<T>(cfg_.layer_norm_eps);
         std::copy_n(tokens, N, tokens_.data());
@@ -13134,32 +13161,38 @@ private:
                                val(pos_), val(type_), B, Tn, C);
         layernorm_forward(dev_, act(emb_ln_), act(emb_mean_), act(emb_rstd_), act(emb_), val(emb_ln_w_), val(emb_ln_b_),
                           N, C, eps);
-        for (int l = 0; l < cfg_.n_layers; ++l) {
-            const auto& w = layer_params_[l];
-            const auto& a = layer_acts_[l];
-            const T* x = act(hidden_block(l));
-            nn::linear_forward(dev_, act(a.q), x, val(w.q_w), val(w.q_b), N, C, C);
-            nn::linear_forward(dev_, act(a.k), x, val(w.k_w), val(w.k_b), N, C, C);
-            nn::linear_forward(dev_, act(a.v), x, val(w.v_w), val(w.v_b), N, C, C);
-            nn::bidirectional_attention_forward(dev_, act(a.ctx), act(a.att), act(a.q), act(a.k), act(a.v), act(mask_),
-                                                B, Tn, C, H);
-            dev_.copy(act(a.res_attn), x, sizeof(T) * N * C);
-            nn::linear_forward(dev_, act(a.res_attn), act(a.ctx), val(w.o_w), val(w.o_b), N, C, C, true);
-            layernorm_forward(dev_, act(a.ln1), act(a.ln1_mean), act(a.ln1_rstd), act(a.res_attn), val(w.ln1_w),
-                              val(w.ln1_b), N, C, eps);
-            nn::linear_forward(dev_, act(a.fc), act(a.ln1), val(w.fc_w), val(w.fc_b), N, C, F);
-            gelu_erf_forward(dev_, act(a.fc_gelu), act(a.fc), std::int64_t(N) * F);
-            dev_.copy(act(a.res_out), act(a.ln1), sizeof(T) * N * C);
-            nn::linear_forward(dev_, act(a.res_out), act(a.fc_gelu), val(w.out_w), val(w.out_b), N, F, C, true);
-            layernorm_forward(dev_, act(a.ln2), act(a.ln2_mean), act(a.ln2_rstd), act(a.res_out), val(w.ln2_w),
-                              val(w.ln2_b), N, C, eps);
-        }
+        for (int l = 0; l < cfg_.n_layers; ++l) block_forward(l, B, Tn);
         const T* last = act(hidden_block(cfg_.n_layers));
         if (cls_)
             cls_pool_forward(dev_, act(pooled_), last, B, Tn, C);
         else
             mean_pool_forward(dev_, act(pooled_), last, act(mask_), B, Tn, C);
         dev_.fill_zero(act(d_pooled_), sizeof(T) * B * C);
+    }
+
+    // Block l on its input hidden_state(l) (B,Tn,C): its activations, and its output hidden_state(l+1).
+    void block_forward(int l, int B, int Tn) {
+        const int C = cfg_.d_model, F = cfg_.d_ff, H = cfg_.n_heads;
+        const int N = B * Tn;
+        const T eps = static_cast<T>(cfg_.layer_norm_eps);
+        const auto& w = layer_params_[l];
+        const auto& a = layer_acts_[l];
+        const T* x = act(hidden_block(l));
+        nn::linear_forward(dev_, act(a.q), x, val(w.q_w), val(w.q_b), N, C, C);
+        nn::linear_forward(dev_, act(a.k), x, val(w.k_w), val(w.k_b), N, C, C);
+        nn::linear_forward(dev_, act(a.v), x, val(w.v_w), val(w.v_b), N, C, C);
+        nn::bidirectional_attention_forward(dev_, act(a.ctx), act(a.att), act(a.q), act(a.k), act(a.v), act(mask_), B,
+                                            Tn, C, H);
+        dev_.copy(act(a.res_attn), x, sizeof(T) * N * C);
+        nn::linear_forward(dev_, act(a.res_attn), act(a.ctx), val(w.o_w), val(w.o_b), N, C, C, true);
+        layernorm_forward(dev_, act(a.ln1), act(a.ln1_mean), act(a.ln1_rstd), act(a.res_attn), val(w.ln1_w),
+                          val(w.ln1_b), N, C, eps);
+        nn::linear_forward(dev_, act(a.fc), act(a.ln1), val(w.fc_w), val(w.fc_b), N, C, F);
+        gelu_erf_forward(dev_, act(a.fc_gelu), act(a.fc), std::int64_t(N) * F);
+        dev_.copy(act(a.res_out), act(a.ln1), sizeof(T) * N * C);
+        nn::linear_forward(dev_, act(a.res_out), act(a.fc_gelu), val(w.out_w), val(w.out_b), N, F, C, true);
+        layernorm_forward(dev_, act(a.ln2), act(a.ln2_mean), act(a.ln2_rstd), act(a.res_out), val(w.ln2_w),
+                          val(w.ln2_b), N, C, eps);
     }
 
     void layout_parameters() {
@@ -13206,6 +13239,11 @@ private:
         emb_mean_ = add("emb_mean", N);
         emb_rstd_ = add("emb_rstd", N);
         for (int l = 0; l < cfg_.n_layers; ++l) {
+            if (mode_ == activations::checkpointed && l > 0) {  // layer 0's working memory, its own output
+                layer_acts_.push_back(layer_acts_.front());
+                layer_acts_.back().ln2 = add("ln2", N * C);
+                continue;
+            }
             LayerActs a;
             a.q = add("q", N * C);
             a.k = add("k", N * C);
@@ -13264,6 +13302,7 @@ private:
     EncoderConfig cfg_;
     Device dev_;
     int max_batch_, max_length_;
+    activations mode_;
     bool cls_ = false;
     int B_ = 0, T_ = 0;
     bool has_types_ = false;
@@ -13509,16 +13548,6 @@ struct TransformerConfig {
                (rope() ? 0 : std::int64_t(context_length) * C) + n_layers * block + norm_size;
     }
 };
-
-/// What a `Transformer` keeps of a forward: everything the backward and the transfer losses read
-/// (`training`); or only the logits, one layer's working memory reused by every layer, no gradient
-/// arena and no backward buffers (`inference`: a teacher whose loss reads logits alone, generation);
-/// or, for training in less memory, each block's output (the hidden states) and one block's working
-/// memory, the backward recomputing each block's activations from its input before differentiating
-/// it (`checkpointed`: activation checkpointing, one more forward of every block but the last per
-/// step; the gradients are those of `training`, bit for bit; attention maps and q|k|v are not kept,
-/// so losses that read them need `training`).
-enum class activations { training, inference, checkpointed };
 
 template <class T, class Device>
 class Transformer;
@@ -24846,6 +24875,28 @@ std::vector<Parameter<T>> trainable_parameters(const std::vector<Parameter<T>>& 
     return out;
 }
 
+/// Whether `Student` has a checkpointed mode (a constructor taking `student::activations`).
+template <class Student, class Device>
+concept checkpointable =
+    std::is_constructible_v<Student, const typename Student::config_type&, int, Device, student::activations>;
+
+/// A job's `activation_checkpointing` with the student type and the loss (`probe`, built from the
+/// job): refused, naming the key, for a student without the mode and for a loss that reads attention
+/// maps or q|k|v, which a checkpointed student does not keep.
+template <class Student, class Device, class Loss>
+void check_activation_checkpointing(const Job& job, const Loss& probe) {
+    if (!job.activation_checkpointing) return;
+    if constexpr (!checkpointable<Student, Device>)
+        throw config_error("activation_checkpointing",
+                           "is true, but this student type has no checkpointed mode (student::Transformer and "
+                           "student::Encoder have); set it to false");
+    else if (loss::reads_attention(probe))
+        throw config_error("activation_checkpointing",
+                           "is true, but the loss reads the student's attention maps or q|k|v (attention_kl, "
+                           "attention_relation), which a checkpointed student recomputes in backward and does "
+                           "not keep; set it to false (or drop those terms)");
+}
+
 /// What a training run starts from, added to its fingerprint fields: the bytes of `student_weights`
 /// (nothing for a random initialization, whose seed is among the hyperparameters), the layers taken
 /// from it and the frozen parameters (each only when set).
@@ -25227,8 +25278,7 @@ private:
     student_type make_student() const {
         const int batch = std::max(s_.job.hyperparameters.loop.batch_size, 1);
         student_type s = [&] {
-            if constexpr (std::is_constructible_v<student_type, const typename student_type::config_type&, int, Device,
-                                                  student::activations>)
+            if constexpr (checkpointable<student_type, Device>)
                 if (s_.job.activation_checkpointing)
                     return student_type(s_.student, batch, device_, student::activations::checkpointed);
             return student_type(s_.student, batch, device_);
@@ -25570,7 +25620,8 @@ public:
                                                         ", smaller than hyperparameters.batch_size " +
                                                         std::to_string(B) +
                                                         " (the teacher embeds every training batch)");
-        (void)checked_loss<loss_type>(s.loss, dims(s, teacher, B, input_limit(s, teacher)));
+        const auto probe = checked_loss<loss_type>(s.loss, dims(s, teacher, B, input_limit(s, teacher)));
+        check_activation_checkpointing<student_type, Device>(job, probe);
     }
 
     /// Trains the student on the teacher's embeddings of the training sentences. Returns a summary.
@@ -25741,7 +25792,9 @@ private:
     // The student as initialized: random (hyperparameters.seed), a safetensors checkpoint, or a
     // Hugging Face directory, whole or the layers `student_layers` names.
     student_type make_student(int max_batch, int max_length) const {
-        student_type s(s_.student, max_batch, max_length, device_);
+        student_type s(
+            s_.student, max_batch, max_length, device_,
+            s_.job.activation_checkpointing ? student::activations::checkpointed : student::activations::training);
         const Job& job = s_.job;
         if (job.student_weights.empty()) {
             s.init(job.hyperparameters.loop.seed);
@@ -26839,18 +26892,7 @@ private:
                 throw config_error("teacher.keep_activations",
                                    "is false, but the loss reads the teacher's hidden states, attention maps or "
                                    "q|k|v; set it to true (or drop those terms)");
-        if (s_.job.activation_checkpointing) {
-            if constexpr (!std::is_constructible_v<student_type, const typename student_type::config_type&, int, Device,
-                                                   student::activations>)
-                throw config_error("activation_checkpointing",
-                                   "is true, but this student type has no checkpointed mode (student::Transformer "
-                                   "has); set it to false");
-            else if (loss::reads_attention(probe))
-                throw config_error("activation_checkpointing",
-                                   "is true, but the loss reads the student's attention maps or q|k|v "
-                                   "(attention_kl, attention_relation), which a checkpointed student recomputes "
-                                   "in backward and does not keep; set it to false (or drop those terms)");
-        }
+        check_activation_checkpointing<student_type, Device>(s_.job, probe);
     }
 
     // On-policy batches (train/on_policy.hpp) are scored by a live teacher forward, position by

@@ -271,18 +271,7 @@ private:
                 throw config_error("teacher.keep_activations",
                                    "is false, but the loss reads the teacher's hidden states, attention maps or "
                                    "q|k|v; set it to true (or drop those terms)");
-        if (s_.job.activation_checkpointing) {
-            if constexpr (!std::is_constructible_v<student_type, const typename student_type::config_type&, int, Device,
-                                                   student::activations>)
-                throw config_error("activation_checkpointing",
-                                   "is true, but this student type has no checkpointed mode (student::Transformer "
-                                   "has); set it to false");
-            else if (loss::reads_attention(probe))
-                throw config_error("activation_checkpointing",
-                                   "is true, but the loss reads the student's attention maps or q|k|v "
-                                   "(attention_kl, attention_relation), which a checkpointed student recomputes "
-                                   "in backward and does not keep; set it to false (or drop those terms)");
-        }
+        check_activation_checkpointing<student_type, Device>(s_.job, probe);
     }
 
     // On-policy batches (train/on_policy.hpp) are scored by a live teacher forward, position by

@@ -251,7 +251,8 @@ public:
                                                         ", smaller than hyperparameters.batch_size " +
                                                         std::to_string(B) +
                                                         " (the teacher embeds every training batch)");
-        (void)checked_loss<loss_type>(s.loss, dims(s, teacher, B, input_limit(s, teacher)));
+        const auto probe = checked_loss<loss_type>(s.loss, dims(s, teacher, B, input_limit(s, teacher)));
+        check_activation_checkpointing<student_type, Device>(job, probe);
     }
 
     /// Trains the student on the teacher's embeddings of the training sentences. Returns a summary.
@@ -422,7 +423,9 @@ private:
     // The student as initialized: random (hyperparameters.seed), a safetensors checkpoint, or a
     // Hugging Face directory, whole or the layers `student_layers` names.
     student_type make_student(int max_batch, int max_length) const {
-        student_type s(s_.student, max_batch, max_length, device_);
+        student_type s(
+            s_.student, max_batch, max_length, device_,
+            s_.job.activation_checkpointing ? student::activations::checkpointed : student::activations::training);
         const Job& job = s_.job;
         if (job.student_weights.empty()) {
             s.init(job.hyperparameters.loop.seed);

@@ -165,6 +165,28 @@ std::vector<Parameter<T>> trainable_parameters(const std::vector<Parameter<T>>& 
     return out;
 }
 
+/// Whether `Student` has a checkpointed mode (a constructor taking `student::activations`).
+template <class Student, class Device>
+concept checkpointable =
+    std::is_constructible_v<Student, const typename Student::config_type&, int, Device, student::activations>;
+
+/// A job's `activation_checkpointing` with the student type and the loss (`probe`, built from the
+/// job): refused, naming the key, for a student without the mode and for a loss that reads attention
+/// maps or q|k|v, which a checkpointed student does not keep.
+template <class Student, class Device, class Loss>
+void check_activation_checkpointing(const Job& job, const Loss& probe) {
+    if (!job.activation_checkpointing) return;
+    if constexpr (!checkpointable<Student, Device>)
+        throw config_error("activation_checkpointing",
+                           "is true, but this student type has no checkpointed mode (student::Transformer and "
+                           "student::Encoder have); set it to false");
+    else if (loss::reads_attention(probe))
+        throw config_error("activation_checkpointing",
+                           "is true, but the loss reads the student's attention maps or q|k|v (attention_kl, "
+                           "attention_relation), which a checkpointed student recomputes in backward and does "
+                           "not keep; set it to false (or drop those terms)");
+}
+
 /// What a training run starts from, added to its fingerprint fields: the bytes of `student_weights`
 /// (nothing for a random initialization, whose seed is among the hyperparameters), the layers taken
 /// from it and the frozen parameters (each only when set).
@@ -546,8 +568,7 @@ private:
     student_type make_student() const {
         const int batch = std::max(s_.job.hyperparameters.loop.batch_size, 1);
         student_type s = [&] {
-            if constexpr (std::is_constructible_v<student_type, const typename student_type::config_type&, int, Device,
-                                                  student::activations>)
+            if constexpr (checkpointable<student_type, Device>)
                 if (s_.job.activation_checkpointing)
                     return student_type(s_.student, batch, device_, student::activations::checkpointed);
             return student_type(s_.student, batch, device_);

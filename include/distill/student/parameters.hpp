@@ -17,6 +17,17 @@
 
 namespace distill::student {
 
+/// What a student model keeps of a forward (`Transformer`; `Encoder`: training and checkpointed):
+/// everything the backward and the transfer losses read
+/// (`training`); or only the logits, one layer's working memory reused by every layer, no gradient
+/// arena and no backward buffers (`inference`: a teacher whose loss reads logits alone, generation);
+/// or, for training in less memory, each block's output (the hidden states) and one block's working
+/// memory, the backward recomputing each block's activations from its input before differentiating
+/// it (`checkpointed`: activation checkpointing, one more forward of every block but the last per
+/// step; the gradients are those of `training`, bit for bit; attention maps and q|k|v are not kept,
+/// so losses that read them need `training`).
+enum class activations { training, inference, checkpointed };
+
 /// The base of the student models: their parameters, laid out one by one (`add_parameter`), then
 /// allocated at once (`allocate_parameters`), values and gradients in two arenas of the same layout.
 /// @tparam T scalar type. @tparam Device where the arenas live.

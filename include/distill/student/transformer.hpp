@@ -133,16 +133,6 @@ struct TransformerConfig {
     }
 };
 
-/// What a `Transformer` keeps of a forward: everything the backward and the transfer losses read
-/// (`training`); or only the logits, one layer's working memory reused by every layer, no gradient
-/// arena and no backward buffers (`inference`: a teacher whose loss reads logits alone, generation);
-/// or, for training in less memory, each block's output (the hidden states) and one block's working
-/// memory, the backward recomputing each block's activations from its input before differentiating
-/// it (`checkpointed`: activation checkpointing, one more forward of every block but the last per
-/// step; the gradients are those of `training`, bit for bit; attention maps and q|k|v are not kept,
-/// so losses that read them need `training`).
-enum class activations { training, inference, checkpointed };
-
 template <class T, class Device>
 class Transformer;
 

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "distill/data/inspect.hpp"
+#include "distill/teacher/synthetic.hpp"
 
 namespace data = distill::data;
 
@@ -277,4 +278,54 @@ TEST_CASE("inspect: LSH finds every pair brute force finds at Jaccard >= 0.8 amo
     for (const auto& p : r.near_duplicates) found.emplace(p.a, p.b);
     CHECK(expected.size() >= 20);  // most planted variants are above 0.8 (a few short first words are not)
     CHECK(found == expected);
+}
+
+TEST_CASE("teacher_output: refusals, truncated and empty answers, completion length against max_new_tokens") {
+    namespace teacher = distill::teacher;
+    ScratchDir s;
+    std::string synthetic;
+    auto record = [&](const std::string& answer, teacher::finish_reason finish, std::int64_t tokens) {
+        teacher::SyntheticRecord r;
+        r.id = "q" + std::to_string(tokens);
+        r.format = data::input_format::prompt_completion;
+        r.prompt = {{"user", "question " + std::to_string(tokens)}};
+        r.fingerprint = "fp";
+        r.response.text = answer;
+        r.response.finish = finish;
+        r.response.usage.completion_tokens = tokens;
+        synthetic += teacher::to_line(r);
+    };
+    record("Paris is the capital of France.", teacher::finish_reason::stop, 10);
+    record("I\u2019m sorry, that is not something to help with.", teacher::finish_reason::stop, 12);  // ’ read as '
+    record("Step one: mix the flour and", teacher::finish_reason::length, 64);
+    record("  As an AI language model, I have no opinion.", teacher::finish_reason::stop, 20);
+    record("The answer is 42. " + std::string(120, 'x') + " I cannot say more.", teacher::finish_reason::stop,
+           30);  // "i cannot" past the first 120 bytes does not count
+    const auto rejected = s.write("synthetic.rejected.jsonl", R"({"id": "a", "reason": "empty", "text": ""})"
+                                                              "\n"
+                                                              R"({"id": "b", "reason": "truncated", "text": "x"})"
+                                                              "\n"
+                                                              R"({"id": "c", "reason": "truncated", "text": "y"})"
+                                                              "\n");
+    const auto path = s.write("synthetic.jsonl", synthetic);
+    const auto t = data::teacher_output(path, rejected, 64);
+    CHECK(t.answers == 5);
+    CHECK(t.refusals == 2);
+    CHECK(t.refusal_lines == std::vector<std::uint64_t>{2, 4});
+    CHECK(t.truncated_kept == 1);
+    CHECK(t.rejected_empty == 1);
+    CHECK(t.rejected_truncated == 2);
+    CHECK(t.rejected_duplicate == 0);
+    CHECK(t.at_limit == 1);
+    CHECK(t.completion_tokens.p50 == 20);  // 10 12 20 30 64
+    CHECK(t.completion_tokens.max == 64);
+
+    // the synthetic set is a chat data set: its answers are the assistant role
+    auto ins = data::inspect(path);
+    CHECK(ins.examples == 5);
+    CHECK(ins.roles.at("assistant") == 5);
+    ins.teacher = t;
+    data::write_inspection(ins, s.dir / "out");
+    CHECK(std::filesystem::exists(s.dir / "out" / "teacher-completion-tokens.svg"));
+    CHECK(data::to_json(ins)["teacher_output"]["refusals"] == 2);
 }

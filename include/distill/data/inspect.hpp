@@ -28,6 +28,7 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <string_view>
@@ -107,6 +108,26 @@ struct DuplicateGroup {
     std::string text{};  ///< the normalized prompt (its first 120 bytes)
 };
 
+/// The phrases that mark an answer as a refusal when the first 120 bytes of its normalized text
+/// (lowercase, whitespace collapsed; ’ read as ') contain one. A heuristic: short, English-only, and blind to a refusal
+/// worded otherwise.
+inline constexpr std::array<std::string_view, 12> refusal_phrases = {
+    "i'm sorry",  "i am sorry",  "i apologize", "i cannot",   "i can't",  "i can not",
+    "i'm unable", "i am unable", "i won't",     "i will not", "as an ai", "as a language model"};
+
+/// What a teacher produced in the generate stage (`teacher_output`): its synthetic.jsonl answers and
+/// the answers the stage rejected.
+struct TeacherOutput {
+    std::uint64_t answers = 0;                   ///< records of synthetic.jsonl
+    std::uint64_t refusals = 0;                  ///< answers containing a `refusal_phrases` entry near the start
+    std::vector<std::uint64_t> refusal_lines{};  ///< their lines in synthetic.jsonl
+    std::uint64_t truncated_kept = 0;            ///< answers with finish_reason "length" (kept under keep_truncated)
+    std::uint64_t rejected_empty = 0, rejected_truncated = 0, rejected_duplicate = 0;  ///< from rejected.jsonl
+    int max_new_tokens = 0;                                                            ///< the generation limit
+    LengthStats completion_tokens{};  ///< the teacher's completion_tokens of each answer
+    std::uint64_t at_limit = 0;       ///< answers whose completion_tokens >= max_new_tokens
+};
+
 /// Everything `inspect` found.
 struct Inspection {
     std::filesystem::path file{}, test{};
@@ -129,6 +150,7 @@ struct Inspection {
     std::vector<NearPair> test_exact{};       ///< (training line, test line), Jaccard 1
     std::vector<NearPair> test_near{};        ///< (training line, test line, Jaccard), not exact matches
     std::uint64_t contaminated_examples = 0;  ///< training examples with an exact or near test match
+    std::optional<TeacherOutput> teacher{};   ///< set by the generate stage for its synthetic set
 };
 
 namespace inspect_detail {
@@ -459,6 +481,47 @@ inline Inspection inspect(const std::filesystem::path& path, const InspectOption
     return r;
 }
 
+/// What the teacher produced: reads `synthetic` (the generate stage's synthetic.jsonl, see
+/// teacher/synthetic.hpp) and, when it exists, `rejected` (its rejected.jsonl); `max_new_tokens` is
+/// the generation limit. Lines that are not such records are skipped. Throws io_error.
+inline TeacherOutput teacher_output(const std::filesystem::path& synthetic, const std::filesystem::path& rejected,
+                                    int max_new_tokens, int bins = 20) {
+    TeacherOutput t;
+    t.max_new_tokens = max_new_tokens;
+    JsonlConfig skip;
+    skip.on_bad_line = "skip";
+    std::vector<double> tokens;
+    read_jsonl(synthetic, skip, [&](std::uint64_t line, const nlohmann::json& j) {
+        const auto& msgs = j.at("messages");
+        const auto& meta = j.at("teacher");
+        if (msgs.empty() || msgs.back().value("role", "") != "assistant") throw bad_line("no assistant answer");
+        ++t.answers;
+        std::string head = inspect_detail::normalize(msgs.back().at("content").get<std::string>());
+        for (std::size_t at; (at = head.find("\xE2\x80\x99")) != std::string::npos;) head.replace(at, 3, "'");
+        head = head.substr(0, 120);
+        for (std::string_view p : refusal_phrases)
+            if (head.find(p) != std::string::npos) {
+                ++t.refusals;
+                t.refusal_lines.push_back(line);
+                break;
+            }
+        if (meta.value("finish_reason", "") == "length") ++t.truncated_kept;
+        const double n = meta.contains("usage") ? meta["usage"].value("completion_tokens", 0.0) : 0.0;
+        tokens.push_back(n);
+        if (max_new_tokens > 0 && n >= max_new_tokens) ++t.at_limit;
+    });
+    t.completion_tokens = length_stats(std::move(tokens), bins);
+    std::error_code ec;
+    if (std::filesystem::exists(rejected, ec))
+        read_jsonl(rejected, skip, [&](std::uint64_t, const nlohmann::json& j) {
+            const std::string reason = j.value("reason", "");
+            t.rejected_empty += reason == "empty";
+            t.rejected_truncated += reason == "truncated";
+            t.rejected_duplicate += reason == "duplicate";
+        });
+    return t;
+}
+
 namespace inspect_detail {
 
 inline nlohmann::ordered_json stats_json(const LengthStats& s) {
@@ -547,6 +610,19 @@ inline nlohmann::ordered_json to_json(const Inspection& r) {
                               {"contaminated_examples", r.contaminated_examples},
                               {"exact", pairs_json(r.test_exact, "line", "test_line")},
                               {"near", pairs_json(r.test_near, "line", "test_line")}};
+    if (r.teacher) {
+        const TeacherOutput& t = *r.teacher;
+        j["teacher_output"] = {
+            {"answers", t.answers},
+            {"refusals", t.refusals},
+            {"refusal_lines", t.refusal_lines},
+            {"truncated_kept", t.truncated_kept},
+            {"rejected",
+             {{"empty", t.rejected_empty}, {"truncated", t.rejected_truncated}, {"duplicate", t.rejected_duplicate}}},
+            {"max_new_tokens", t.max_new_tokens},
+            {"completion_tokens", stats_json(t.completion_tokens)},
+            {"at_max_new_tokens", t.at_limit}};
+    }
     return j;
 }
 
@@ -555,9 +631,10 @@ inline std::string summary(const Inspection& r) {
     using inspect_detail::fmt;
     std::string s = r.file.string() + ": " + std::to_string(r.examples) + " examples in " + std::to_string(r.lines) +
                     " lines, " + std::to_string(r.malformed.size()) + " malformed\n";
+    if (!r.lengths.empty()) s += "  tokens (" + r.tokenizer + ") per field, p50 / p95 / max:";
     for (const auto& f : r.lengths)
-        s += "  " + f.field + ": " + r.tokenizer + " tokens p50 " + fmt(f.tokens.p50) + ", p95 " + fmt(f.tokens.p95) +
-             ", max " + fmt(f.tokens.max) + "\n";
+        s += " " + f.field + " " + fmt(f.tokens.p50) + " / " + fmt(f.tokens.p95) + " / " + fmt(f.tokens.max) + ";";
+    if (!r.lengths.empty()) s.back() = '\n';
     s += "  prompts: distinct-2 " + fmt(r.prompt_diversity.distinct2, "%.3f") + "; " +
          std::to_string(r.exact_duplicates.size()) + " exact duplicate groups (" +
          std::to_string(r.duplicate_examples) + " extra examples), " + std::to_string(r.near_duplicates.size()) +
@@ -569,6 +646,13 @@ inline std::string summary(const Inspection& r) {
         s += "  contamination: " + std::to_string(r.contaminated_examples) + " training examples match " +
              r.test.string() + " (" + std::to_string(r.test_exact.size()) + " exact, " +
              std::to_string(r.test_near.size()) + " near pairs)\n";
+    if (r.teacher) {
+        const TeacherOutput& t = *r.teacher;
+        s += "  teacher: " + std::to_string(t.answers) + " answers, " + std::to_string(t.refusals) + " refusals, " +
+             std::to_string(t.rejected_empty) + " empty and " + std::to_string(t.rejected_truncated) +
+             " truncated rejected; completion tokens p50 " + fmt(t.completion_tokens.p50) + ", max " +
+             fmt(t.completion_tokens.max) + " of max_new_tokens " + std::to_string(t.max_new_tokens) + "\n";
+    }
     return s;
 }
 
@@ -650,32 +734,52 @@ inline std::string to_markdown(const Inspection& r) {
         if (!r.test_malformed.empty())
             md += "\nThe test file has " + std::to_string(r.test_malformed.size()) + " malformed lines.\n";
     }
+    if (r.teacher) {
+        const TeacherOutput& t = *r.teacher;
+        md += "\n## What the teacher produced\n\n";
+        md += "- answers kept: " + std::to_string(t.answers) + " (" + std::to_string(t.truncated_kept) +
+              " of them cut off by max_new_tokens)\n";
+        md += "- rejected: " + std::to_string(t.rejected_empty) + " empty, " + std::to_string(t.rejected_truncated) +
+              " truncated (hit max_new_tokens), " + std::to_string(t.rejected_duplicate) + " duplicates\n";
+        md += "- refusals (a refusal phrase in the first 120 bytes): " + std::to_string(t.refusals);
+        for (std::size_t i = 0; i < std::min(shown, t.refusal_lines.size()); ++i)
+            md += (i ? ", " : "; lines ") + std::to_string(t.refusal_lines[i]);
+        md += "\n- completion tokens: p50 " + fmt(t.completion_tokens.p50) + ", p95 " + fmt(t.completion_tokens.p95) +
+              ", max " + fmt(t.completion_tokens.max) + " of max_new_tokens " + std::to_string(t.max_new_tokens) +
+              "; " + std::to_string(t.at_limit) + " answers reached it\n";
+    }
     md += "\n## Length histograms\n\n";
     for (const auto& f : r.lengths) {
         const std::string p = inspect_detail::file_part(f.field);
         md += "![" + f.field + " tokens](lengths-" + p + "-tokens.svg) ![" + f.field + " chars](lengths-" + p +
               "-chars.svg)\n";
     }
+    if (r.teacher) md += "![teacher completion tokens](teacher-completion-tokens.svg)\n";
     return md;
 }
 
 /// The histogram charts: (file name, SVG) for every field, in tokens and in characters.
 inline std::vector<std::pair<std::string, std::string>> histogram_charts(const Inspection& r) {
     std::vector<std::pair<std::string, std::string>> out;
-    for (const auto& f : r.lengths)
-        for (const auto* u : {&f.tokens, &f.chars}) {
-            const std::string unit = u == &f.tokens ? "tokens" : "chars";
-            std::vector<std::string> groups;
-            std::vector<double> counts;
-            for (std::size_t i = 0; i < u->counts.size(); ++i) {
-                groups.push_back(inspect_detail::fmt(u->edges[i], "%.0f"));
-                counts.push_back(double(u->counts[i]));
-            }
-            out.emplace_back("lengths-" + inspect_detail::file_part(f.field) + "-" + unit + ".svg",
-                             eval::bar_chart(f.field + " length (" + (unit == "tokens" ? r.tokenizer + " " : "") +
-                                                 unit + "), bins from their lower edge",
-                                             groups, {"examples"}, {counts}, 960, 400));
+    auto chart = [&](std::string file, const std::string& title, const LengthStats& u) {
+        std::vector<std::string> groups;
+        std::vector<double> counts;
+        for (std::size_t i = 0; i < u.counts.size(); ++i) {
+            groups.push_back(inspect_detail::fmt(u.edges[i], "%.0f"));
+            counts.push_back(double(u.counts[i]));
         }
+        out.emplace_back(std::move(file), eval::bar_chart(title + ", bins from their lower edge", groups, {"examples"},
+                                                          {counts}, 960, 400));
+    };
+    for (const auto& f : r.lengths) {
+        const std::string p = "lengths-" + inspect_detail::file_part(f.field);
+        chart(p + "-tokens.svg", f.field + " length (" + r.tokenizer + " tokens)", f.tokens);
+        chart(p + "-chars.svg", f.field + " length (chars)", f.chars);
+    }
+    if (r.teacher)
+        chart("teacher-completion-tokens.svg",
+              "teacher completion tokens (max_new_tokens " + std::to_string(r.teacher->max_new_tokens) + ")",
+              r.teacher->completion_tokens);
     return out;
 }
 

@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <memory>
 #include <set>
 #include <string>
 #include <string_view>
@@ -28,6 +30,8 @@ constexpr const char* usage_text =
     "    distill run|generate|finetune|evaluate JOB.json [--quiet] [--threads N] [--precision fp32|bf16]\n"
     "    distill export JOB.json [--gguf TYPES]\n"
     "    distill status OUTPUT_DIR [--json]\n"
+    "    distill inspect DATA.jsonl [--test TEST.jsonl] [--out DIR] [--json] [--tokenizer PATH]\n"
+    "                   [--near-threshold J]\n"
     "    distill --help | --version\n"
     "\n"
     "COMMANDS\n"
@@ -42,6 +46,10 @@ constexpr const char* usage_text =
     "    export     write the trained student as GGUF files for llama.cpp, one per tensor type of the\n"
     "               job's export.gguf or --gguf (OUTPUT_DIR/gguf/student-<type>.gguf; docs/deployment.md)\n"
     "    status     which stages of a run are done, training progress, the last metrics\n"
+    "    inspect    what a data file holds before a teacher answers it: counts, malformed lines, lengths,\n"
+    "               diversity, duplicate and near-duplicate prompts, labels, overlap with --test; writes\n"
+    "               inspect.json, inspect.md and length histograms (SVG) to --out (default: DATA with its\n"
+    "               extension replaced by .inspect) and prints a summary (docs/data.md)\n"
     "\n"
     "OPTIONS\n"
     "    -q, --quiet          no progress output (errors still go to stderr)\n"
@@ -52,7 +60,13 @@ constexpr const char* usage_text =
     "                         (AVX-512, AVX512-BF16 or AMX); elsewhere it is refused with the reason\n"
     "    --gguf TYPES         (export) comma-separated tensor types instead of the job's export.gguf:\n"
     "                         f32, f16, bf16, q8_0, q4_0, q4_k\n"
-    "    --json               (status) print the status as JSON\n"
+    "    --json               (status, inspect) print the status or the inspection as JSON\n"
+    "    --test FILE          (inspect) a test file: training prompts equal or near to its prompts\n"
+    "    --out DIR            (inspect) where the report files go\n"
+    "    --tokenizer PATH     (inspect) count tokens with a Hugging Face tokenizer.json (or a directory\n"
+    "                         holding one) instead of the byte tokenizer; needs a build with PCRE2\n"
+    "    --near-threshold J   (inspect) near duplicate: Jaccard of character 5-grams >= J, in (0, 1]\n"
+    "                         (default 0.8)\n"
     "    -h, --help           this text\n"
     "    --version            the version and the optional parts this build has\n"
     "\n"
@@ -71,8 +85,9 @@ constexpr const char* usage_text =
     "    written to a file or a log\n"
     "\n"
     "EXIT STATUS\n"
-    "    0 success, 1 runtime failure (I/O, a teacher that fails, an interrupted stage), 2 bad job or\n"
-    "    usage. A failure prints one line on stderr naming the file, line or key and what was expected.\n";
+    "    0 success, 1 runtime failure (I/O, a teacher that fails, an interrupted stage; for inspect,\n"
+    "    malformed lines in a data file, after the report is written), 2 bad job or usage. A failure\n"
+    "    prints one line on stderr naming the file, line or key and what was expected.\n";
 
 /// A bad job or bad usage: exit code 2.
 struct usage_error : std::runtime_error {
@@ -127,6 +142,9 @@ struct Options {
     std::string command, target, precision, gguf;
     bool quiet = false, json = false;
     int threads = 0;
+    std::string test, out, tokenizer;  // inspect
+    double near_threshold = 0.8;
+    bool inspect_options = false;  // one of the four above was given
 };
 
 template <class Config>
@@ -293,6 +311,42 @@ int status(const Options& o) {
     return 0;
 }
 
+// `distill inspect`: the report files, then the summary (or the JSON) on stdout. Exit 1 when either
+// file has malformed lines.
+int inspect(const Options& o) {
+    data::InspectOptions opts;
+    opts.near_threshold = o.near_threshold;
+    opts.test = o.test;
+    for (const std::string& f : {o.target, o.test})
+        if (!f.empty() && !std::filesystem::is_regular_file(f)) throw usage_error(f + ": no such file");
+    if (!o.tokenizer.empty() && o.tokenizer != "byte") {
+#if defined(DISTILL_WITH_TEXT)
+        std::shared_ptr<const data::HfTokenizer> tok;
+        try {
+            tok = std::make_shared<const data::HfTokenizer>(data::tokenizer_file(o.tokenizer, "--tokenizer"));
+        } catch (const distill::error& e) {
+            throw usage_error(e.what());
+        }
+        opts.count_tokens = [tok](std::string_view text) { return tok->encode(text, false).size(); };
+        opts.tokenizer_name = o.tokenizer;
+#else
+        throw usage_error("--tokenizer: published tokenizers need PCRE2; this distill was built without it");
+#endif
+    }
+    const data::Inspection r = data::inspect(o.target, opts);
+    std::filesystem::path out = o.out;
+    if (out.empty()) out = std::filesystem::path(o.target).replace_extension(".inspect");
+    data::write_inspection(r, out);
+    if (o.json)
+        std::printf("%s\n", data::to_json(r).dump(2).c_str());
+    else
+        std::printf("%sreport: %s\n", data::summary(r).c_str(), (out / "inspect.md").string().c_str());
+    const std::size_t bad = r.malformed.size() + r.test_malformed.size();
+    if (bad == 0) return 0;
+    std::fprintf(stderr, "distill: %zu malformed lines (%s lists them)\n", bad, (out / "inspect.md").string().c_str());
+    return 1;
+}
+
 Options parse_args(int argc, char** argv) {
     Options o;
     std::vector<std::string> positional;
@@ -310,6 +364,17 @@ Options parse_args(int argc, char** argv) {
         } else if (a == "--gguf") {
             if (i + 1 >= argc) throw usage_error("--gguf needs a comma-separated list of tensor types");
             o.gguf = argv[++i];
+        } else if (a == "--test" || a == "--out" || a == "--tokenizer") {
+            if (i + 1 >= argc) throw usage_error(a + " needs a path");
+            (a == "--test" ? o.test : a == "--out" ? o.out : o.tokenizer) = argv[++i];
+            o.inspect_options = true;
+        } else if (a == "--near-threshold") {
+            if (i + 1 >= argc) throw usage_error("--near-threshold needs a number in (0, 1]");
+            char* end = nullptr;
+            o.near_threshold = std::strtod(argv[++i], &end);
+            if (*end != '\0' || !(o.near_threshold > 0 && o.near_threshold <= 1))
+                throw usage_error("--near-threshold: expected a number in (0, 1], got " + std::string(argv[i]));
+            o.inspect_options = true;
         } else if (a == "--threads") {
             if (i + 1 >= argc) throw usage_error("--threads needs a number");
             char* end = nullptr;
@@ -326,8 +391,11 @@ Options parse_args(int argc, char** argv) {
     if (positional.size() != 2) throw usage_error("expected a command and one argument (see distill --help)");
     o.command = positional[0];
     o.target = positional[1];
-    static const std::set<std::string> commands = {"run", "generate", "finetune", "evaluate", "export", "status"};
+    static const std::set<std::string> commands = {"run",    "generate", "finetune", "evaluate",
+                                                   "export", "status",   "inspect"};
     if (!commands.count(o.command)) throw usage_error("unknown command \"" + o.command + "\" (see distill --help)");
+    if (o.inspect_options && o.command != "inspect")
+        throw usage_error("--test, --out, --tokenizer and --near-threshold are options of inspect");
     return o;
 }
 
@@ -367,6 +435,7 @@ int main(int argc, char** argv) {
     }
     try {
         const Options o = parse_args(argc, argv);
+        if (o.command == "inspect") return inspect(o);
         if (o.command == "status") {
             try {
                 return status(o);

@@ -474,6 +474,17 @@ TEST_CASE("Distiller offline: top-k log-probabilities from the generate stage's 
     OfflineDistiller d(job, t, device::Cpu{}, {.quiet = true});
     d.generate();
     CHECK(fs::exists(fs::path(job.output_dir) / "generate" / "synthetic.topk"));
+    {  // the generate stage's inspection of its answers (docs/data.md)
+        const fs::path gen = fs::path(job.output_dir) / "generate";
+        const auto ins = nlohmann::json::parse(read(gen / "synthetic.inspect" / "inspect.json"));
+        std::size_t answers = 0;
+        for (const char c : read(gen / "synthetic.jsonl")) answers += c == '\n';
+        CHECK(answers > 0);
+        CHECK(ins["examples"] == answers);
+        CHECK(ins["teacher_output"]["answers"] == answers);
+        CHECK(ins["teacher_output"]["max_new_tokens"] == job.generation.max_new_tokens);
+        CHECK(ins["messages_per_role"]["assistant"] == answers);
+    }
     const auto summary = d.finetune();
     CHECK(summary["student"]["steps"] == 12);
     const std::string metrics = read(fs::path(job.output_dir) / "student" / "metrics.jsonl");

@@ -5,6 +5,7 @@
 #include "distill/data/byte_tokenizer.hpp"
 #include "distill/data/chat.hpp"
 #include "distill/data/hf/chat_format.hpp"
+#include "distill/data/inspect.hpp"
 #include "distill/data/jsonl.hpp"
 #include "distill/data/load_chat_tokenizer.hpp"
 #include "distill/data/math_task.hpp"

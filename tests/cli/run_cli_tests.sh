@@ -2,6 +2,7 @@
 # The `distill` command line as users run it: usage and bad jobs (exit code 2 and the message, one
 # test per defect class), the reduced quickstart job end to end, SIGKILL in each stage and a rerun
 # that ends with the same student, answers and report metrics as an uninterrupted run, `status`,
+# `inspect` on a data file with planted defects and on the quickstart data,
 # and a teacher behind an OpenAI-compatible endpoint (apps/serve on 127.0.0.1).
 #
 #   run_cli_tests.sh DISTILL_BIN QUICKSTART_BIN WORK_DIR [SERVE_BIN]
@@ -72,6 +73,31 @@ expect 2 "loss.attention_kl needs the teacher's logits, hidden states or attenti
 expect 2 "teacher: .*nothing.safetensors" -- \
     "$DISTILL" run "$(variant no_teacher 's#"weights": "[^"]*"#"weights": "nothing.safetensors"#')"
 
+# ---- inspect: a data file before a teacher answers it (docs/data.md) --------------------------------------
+mkdir -p "$WORK/inspect"
+{
+    echo '{"prompt": "Name the largest planet in the solar system and one of its moons"}'
+    echo '{"prompt": "name the LARGEST planet in the solar system  and one of its moons"}'
+    echo '{"prompt": "torn'
+    echo '{"prompt": "Which gas do plants absorb from the air during photosynthesis"}'
+} >"$WORK/inspect/train.jsonl"
+echo '{"prompt": "Which gas do plants absorb from the air during photosynthesis"}' >"$WORK/inspect/test.jsonl"
+expect 1 "1 malformed lines" -- "$DISTILL" inspect "$WORK/inspect/train.jsonl" --test "$WORK/inspect/test.jsonl"
+for f in inspect.json inspect.md lengths-prompt-tokens.svg lengths-prompt-chars.svg; do
+    [[ -s $WORK/inspect/train.inspect/$f ]] || fail "inspect: missing train.inspect/$f"
+done
+tr -d ' \n' <"$WORK/inspect/train.inspect/inspect.json" >"$WORK/inspect/flat.json"
+grep -q '"exact_groups":\[{"lines":\[1,2\]' "$WORK/inspect/flat.json" &&
+    grep -q '"contaminated_examples":1,"exact":\[{"line":4,"test_line":1' "$WORK/inspect/flat.json" &&
+    pass "inspect: the duplicate group and the test overlap" || fail "inspect: $(head -c 900 "$WORK/inspect/flat.json")"
+"$DISTILL" inspect "$WORK/base/data/train.jsonl" --test "$WORK/base/data/test.jsonl" --out "$WORK/inspect/qs" \
+    --json >"$WORK/inspect/qs.json" && grep -q '"malformed": \[\]' "$WORK/inspect/qs.json" &&
+    pass "inspect the quickstart data: exit 0, JSON on stdout" || fail "inspect the quickstart data"
+expect 2 "absent.jsonl: no such file" -- "$DISTILL" inspect "$WORK/inspect/absent.jsonl"
+expect 2 "--near-threshold: expected a number in \(0, 1\]" -- \
+    "$DISTILL" inspect "$WORK/inspect/test.jsonl" --near-threshold 0
+expect 2 "are options of inspect" -- "$DISTILL" status "$WORK/inspect" --test "$WORK/inspect/test.jsonl"
+
 # ---- the pipeline, uninterrupted ------------------------------------------------------------------------
 ref=$(variant ref "s#\"output_dir\": \"[^\"]*\"#\"output_dir\": \"$WORK/ref\"#")
 if "$DISTILL" run "$ref" --quiet >"$WORK/ref.stdout" 2>"$WORK/ref.stderr"; then
@@ -83,6 +109,8 @@ grep -q "student vs teacher" "$WORK/ref.stdout" && pass "run prints the comparis
 for f in report.json report.md loss.svg models.svg student.safetensors baseline.safetensors; do
     [[ -s $WORK/ref/$f ]] || fail "missing $f"
 done
+grep -q '"teacher_output"' "$WORK/ref/generate/synthetic.inspect/inspect.json" &&
+    pass "generate inspects the teacher's answers" || fail "no generate/synthetic.inspect/inspect.json"
 "$DISTILL" status "$WORK/ref" >"$WORK/status.txt" && grep -q "evaluate  done" "$WORK/status.txt" &&
     pass "status after a run" || fail "status: $(cat "$WORK/status.txt")"
 # a rerun skips every stage and changes nothing

@@ -12,6 +12,7 @@
 /// - `synthetic.rejected.jsonl` — answers dropped by validation (empty; truncated by max_new_tokens
 ///   unless `keep_truncated`; exact duplicates of an earlier prompt and answer), with the reason;
 /// - `synthetic.report.json` — the report: counts of each outcome, failures, throughput (written atomically).
+/// `generate_stage` also writes `synthetic.inspect/` (data/inspect.hpp) for the training set's answers.
 ///
 /// **Resume.** Every record carries the generation fingerprint (teacher + sampling settings). A
 /// rerun refuses output with another fingerprint (`fingerprint_error`, naming both), cuts off a
@@ -46,6 +47,7 @@
 #include <unistd.h>
 
 #include "distill/data/chat.hpp"
+#include "distill/data/inspect.hpp"
 #include "distill/data/jsonl.hpp"
 #include "distill/detail/hash.hpp"
 #include "distill/error.hpp"
@@ -439,6 +441,22 @@ GenerateReport generate_stage(Teacher& teacher, const Setup& setup) {
                   std::to_string(r.rejected_duplicate) + " duplicates, " + std::to_string(r.rejected_empty) +
                   " empty); see generate/synthetic.rejected.jsonl");
     if (r.failed > 0) setup.say("generate: " + std::to_string(r.failed) + " prompts unanswered (rerun to retry them)");
+    // The synthetic set inspected as `distill inspect` would, with what the teacher produced
+    // (docs/data.md), into generate/synthetic.inspect/. A report, so its failure does not fail the stage.
+    const std::filesystem::path synthetic = setup.dir.generate_dir() / "synthetic.jsonl";
+    if (std::filesystem::exists(synthetic)) {
+        try {
+            data::Inspection ins = data::inspect(synthetic);
+            ins.teacher = data::teacher_output(synthetic, setup.dir.generate_dir() / "synthetic.rejected.jsonl",
+                                               setup.job.generation.max_new_tokens);
+            data::write_inspection(ins, setup.dir.generate_dir() / "synthetic.inspect");
+            std::string summary = data::summary(ins);
+            if (!summary.empty() && summary.back() == '\n') summary.pop_back();
+            setup.say("generate: " + summary);
+        } catch (const distill::error& e) {
+            setup.say(std::string("generate: the synthetic set's inspection failed: ") + e.what());
+        }
+    }
     return r;
 }
 

@@ -1465,6 +1465,1382 @@ private:
 
 }  // namespace distill::data
 // ---- end distill/data/hf/chat_format.hpp ----
+// ---- begin distill/data/inspect.hpp ----
+/// @file inspect.hpp
+/// `data::inspect`: what to know about a data set before paying a teacher to answer it. It reads a
+/// JSONL file in any format `data::read_examples` reads (data/chat.hpp) and reports:
+/// - counts: physical lines, blank lines, examples, examples per format, chat messages per role;
+/// - malformed lines: line number and defect, exactly as training would reject them (the read goes on);
+/// - lengths per field (chat: per role, over every turn; else "prompt"/"completion", "input"/"label",
+///   "text"), in characters (Unicode code points) and in tokens (the byte tokenizer's: UTF-8 bytes;
+///   or any counter given), with min, mean, p50, p95, max and an equal-width histogram;
+/// - distinct-1/2/3 over words of the prompts and of the references;
+/// - exact duplicate prompts after normalization (ASCII lowercase, runs of whitespace collapsed to
+///   one space, trimmed), as groups of line numbers;
+/// - near-duplicate prompts: MinHash over character 5-grams of the normalized prompt, LSH banding to
+///   find candidates, then the exact Jaccard similarity of the candidates' 5-gram sets, so every
+///   reported pair has Jaccard >= the threshold (5-grams are compared by 64-bit hashes);
+/// - label counts and the imbalance ratio (largest / smallest count), for classification data;
+/// - contamination: training prompts equal (normalized) or near (same MinHash machinery) to a prompt
+///   of a test file.
+/// A prompt's text is the content of its turns joined with newlines. `to_json`, `to_markdown`,
+/// `histogram_charts` and `write_inspection` turn an `Inspection` into the report files.
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+// ---- begin distill/eval/svg.hpp ----
+/// @file svg.hpp
+/// Self-contained SVG charts for reports: line charts (loss curves per term) and grouped bar charts
+/// (teacher / baseline / student side by side). Plain SVG 1.1 text, no scripts, no external fonts.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <string>
+#include <vector>
+
+namespace distill::eval {
+
+/// One named curve of (x, y) points.
+struct Series {
+    std::string name;
+    std::vector<double> x, y;
+};
+
+namespace detail {
+
+inline std::string escape(const std::string& s) {
+    std::string out;
+    for (char c : s) {
+        switch (c) {
+            case '&':
+                out += "&amp;";
+                break;
+            case '<':
+                out += "&lt;";
+                break;
+            case '>':
+                out += "&gt;";
+                break;
+            case '"':
+                out += "&quot;";
+                break;
+            default:
+                out += c;
+        }
+    }
+    return out;
+}
+
+inline std::string num(double v) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.4g", v);
+    return buf;
+}
+
+/// The start of a chart: the <svg> element of width × height on white, the title centred at the
+/// top and the x axis from `left` to `right` at `bottom`.
+inline std::string open_chart(const std::string& title, int width, int height, double left, double right,
+                              double bottom) {
+    std::string svg = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" + std::to_string(width) + "\" height=\"" +
+                      std::to_string(height) + "\" font-family=\"sans-serif\" font-size=\"12\">\n";
+    svg += "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
+    svg += "<text x=\"" + num(width / 2.0) + "\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">" + escape(title) +
+           "</text>\n";
+    svg += "<line x1=\"" + num(left) + "\" y1=\"" + num(bottom) + "\" x2=\"" + num(right) + "\" y2=\"" + num(bottom) +
+           "\" stroke=\"black\"/>\n";
+    return svg;
+}
+
+inline const char* color(std::size_t i) {
+    static const char* palette[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728",
+                                    "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"};
+    return palette[i % 8];
+}
+
+}  // namespace detail
+
+/// A line chart of `series` (non-finite points skipped), with axes, ticks and a legend.
+inline std::string line_chart(const std::string& title, const std::string& x_label, const std::string& y_label,
+                              const std::vector<Series>& series, int width = 720, int height = 400) {
+    using namespace detail;
+    double x0 = std::numeric_limits<double>::infinity(), x1 = -x0, y0 = x0, y1 = -x0;
+    for (const auto& s : series)
+        for (std::size_t i = 0; i < std::min(s.x.size(), s.y.size()); ++i)
+            if (std::isfinite(s.x[i]) && std::isfinite(s.y[i])) {
+                x0 = std::min(x0, s.x[i]);
+                x1 = std::max(x1, s.x[i]);
+                y0 = std::min(y0, s.y[i]);
+                y1 = std::max(y1, s.y[i]);
+            }
+    if (!(x0 <= x1)) x0 = 0, x1 = 1, y0 = 0, y1 = 1;
+    if (x1 == x0) x1 = x0 + 1;
+    if (y1 == y0) y1 = y0 + 1;
+    std::size_t longest = 0;  // the legend's column is as wide as its longest name
+    for (const auto& s : series) longest = std::max(longest, s.name.size());
+    const double left = 70, right = width - std::max(160.0, 50.0 + 7.0 * double(longest)), top = 40,
+                 bottom = height - 50;
+    auto px = [&](double x) { return left + (x - x0) / (x1 - x0) * (right - left); };
+    auto py = [&](double y) { return bottom - (y - y0) / (y1 - y0) * (bottom - top); };
+    std::string svg = open_chart(title, width, height, left, right, bottom);
+    svg += "<line x1=\"" + num(left) + "\" y1=\"" + num(top) + "\" x2=\"" + num(left) + "\" y2=\"" + num(bottom) +
+           "\" stroke=\"black\"/>\n";
+    for (int k = 0; k <= 4; ++k) {
+        const double xv = x0 + (x1 - x0) * k / 4, yv = y0 + (y1 - y0) * k / 4;
+        svg += "<text x=\"" + num(px(xv)) + "\" y=\"" + num(bottom + 16) + "\" text-anchor=\"middle\">" + num(xv) +
+               "</text>\n";
+        svg += "<text x=\"" + num(left - 6) + "\" y=\"" + num(py(yv) + 4) + "\" text-anchor=\"end\">" + num(yv) +
+               "</text>\n";
+        svg += "<line x1=\"" + num(left) + "\" y1=\"" + num(py(yv)) + "\" x2=\"" + num(right) + "\" y2=\"" +
+               num(py(yv)) + "\" stroke=\"#ddd\"/>\n";
+    }
+    svg += "<text x=\"" + num((left + right) / 2) + "\" y=\"" + num(height - 12.0) + "\" text-anchor=\"middle\">" +
+           escape(x_label) + "</text>\n";
+    svg += "<text transform=\"translate(16," + num((top + bottom) / 2) + ") rotate(-90)\" text-anchor=\"middle\">" +
+           escape(y_label) + "</text>\n";
+    for (std::size_t k = 0; k < series.size(); ++k) {
+        const auto& s = series[k];
+        std::string points;
+        for (std::size_t i = 0; i < std::min(s.x.size(), s.y.size()); ++i)
+            if (std::isfinite(s.x[i]) && std::isfinite(s.y[i])) points += num(px(s.x[i])) + "," + num(py(s.y[i])) + " ";
+        svg += "<polyline fill=\"none\" stroke=\"" + std::string(color(k)) + "\" stroke-width=\"1.5\" points=\"" +
+               points + "\"/>\n";
+        const double ly = top + 16.0 * double(k);
+        svg += "<line x1=\"" + num(right + 12) + "\" y1=\"" + num(ly) + "\" x2=\"" + num(right + 30) + "\" y2=\"" +
+               num(ly) + "\" stroke=\"" + color(k) + "\" stroke-width=\"3\"/>\n";
+        svg += "<text x=\"" + num(right + 36) + "\" y=\"" + num(ly + 4) + "\">" + escape(s.name) + "</text>\n";
+    }
+    return svg + "</svg>\n";
+}
+
+/// A grouped bar chart: one group per `groups` entry, one bar per `bars` name, values[bar][group].
+inline std::string bar_chart(const std::string& title, const std::vector<std::string>& groups,
+                             const std::vector<std::string>& bars, const std::vector<std::vector<double>>& values,
+                             int width = 720, int height = 400) {
+    using namespace detail;
+    double vmax = 0;
+    for (const auto& row : values)
+        for (double v : row)
+            if (std::isfinite(v)) vmax = std::max(vmax, v);
+    if (vmax <= 0) vmax = 1;
+    const double left = 40, right = width - 20.0, top = 40, bottom = height - 60.0;
+    const double group_w = (right - left) / double(std::max<std::size_t>(1, groups.size()));
+    const double bar_w = group_w * 0.8 / double(std::max<std::size_t>(1, bars.size()));
+    std::string svg = open_chart(title, width, height, left, right, bottom);
+    for (std::size_t g = 0; g < groups.size(); ++g) {
+        const double gx = left + group_w * double(g) + group_w * 0.1;
+        for (std::size_t b = 0; b < bars.size(); ++b) {
+            const double v =
+                b < values.size() && g < values[b].size() && std::isfinite(values[b][g]) ? values[b][g] : 0.0;
+            const double h = v / vmax * (bottom - top);
+            const double x = gx + bar_w * double(b);
+            svg += "<rect x=\"" + num(x) + "\" y=\"" + num(bottom - h) + "\" width=\"" + num(bar_w * 0.95) +
+                   "\" height=\"" + num(h) + "\" fill=\"" + color(b) + "\"><title>" + escape(bars[b]) + ": " + num(v) +
+                   "</title></rect>\n";
+            svg += "<text x=\"" + num(x + bar_w / 2) + "\" y=\"" + num(bottom - h - 3) +
+                   "\" text-anchor=\"middle\" font-size=\"10\">" + num(v) + "</text>\n";
+        }
+        svg += "<text x=\"" + num(gx + group_w * 0.4) + "\" y=\"" + num(bottom + 16) + "\" text-anchor=\"middle\">" +
+               escape(groups[g]) + "</text>\n";
+    }
+    for (std::size_t b = 0; b < bars.size(); ++b) {
+        const double lx = left + 120.0 * double(b);
+        svg += "<rect x=\"" + num(lx) + "\" y=\"" + num(height - 24.0) + "\" width=\"12\" height=\"12\" fill=\"" +
+               color(b) + "\"/>\n";
+        svg += "<text x=\"" + num(lx + 16) + "\" y=\"" + num(height - 14.0) + "\">" + escape(bars[b]) + "</text>\n";
+    }
+    return svg + "</svg>\n";
+}
+
+}  // namespace distill::eval
+// ---- end distill/eval/svg.hpp ----
+// ---- begin distill/io/durable.hpp ----
+/// @file durable.hpp
+/// Every way distill touches a file so that a crash at any moment leaves the previous good state
+/// readable (design.md §5), in one place, every fsync and close result checked:
+/// - `atomic_writer` / `write_file_atomic` / `copy_file_atomic`: whole files replaced atomically (temp
+///   file, fsync, rename, fsync of the directory): the previous content or the new one, never a mixture;
+/// - `append_durably`: one record appended with fsync (a torn append is cut back);
+/// - `truncate_durably` / `truncate_to_last_line`: a file cut back (to a size, or to its last complete
+///   line after a crash interrupted an append) with the cut made durable;
+/// - `mapped_file`: a read-only mapping of a whole file;
+/// - `directory_lock`: one process writing into a directory at a time.
+
+#include <cerrno>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+
+namespace distill::detail {
+
+/// "`operation`: `strerror(err)`", the text of every io_error this header throws.
+inline std::string io_errno_message(std::string_view operation, int err) {
+    return std::string(operation) + ": " + std::strerror(err);
+}
+
+/// Writes all `size` bytes to `fd`, retrying after signals and short writes; returns 0 or an errno.
+inline int write_all_fd(int fd, const void* data, std::size_t size) noexcept {
+    const char* p = static_cast<const char*>(data);
+    while (size > 0) {
+        const ssize_t n = ::write(fd, p, size);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return errno;
+        }
+        // write() returning 0 for a non-empty request means the device accepted nothing: out of space.
+        if (n == 0) return ENOSPC;
+        p += n;
+        size -= static_cast<std::size_t>(n);
+    }
+    return 0;
+}
+
+/// fsyncs and closes `fd`, a descriptor of `path` written through: both results checked (close can
+/// report a deferred write error). The descriptor is closed either way. Throws io_error naming `path`.
+inline void fsync_and_close(int fd, const std::filesystem::path& path) {
+    if (::fsync(fd) != 0) {
+        const int err = errno;
+        ::close(fd);
+        throw io_error(path, io_errno_message("cannot fsync", err));
+    }
+    if (::close(fd) != 0) {
+        const int err = errno;
+        throw io_error(path, io_errno_message("cannot close", err));
+    }
+}
+
+/// fstat of the open `fd` of `path`; on failure closes fd and throws io_error with the system's reason.
+inline struct stat stat_or_close(int fd, const std::filesystem::path& path) {
+    struct stat info {};
+    if (::fstat(fd, &info) != 0) {
+        const int err = errno;
+        ::close(fd);
+        throw io_error(path, io_errno_message("cannot stat", err));
+    }
+    return info;
+}
+
+/// The directory holding `path`, "." for a bare file name.
+inline std::filesystem::path parent_directory(const std::filesystem::path& path) {
+    std::filesystem::path dir = path.parent_path();
+    return dir.empty() ? std::filesystem::path(".") : dir;
+}
+
+/// fsyncs the directory holding `path` so that a rename or a newly created entry survives a crash.
+/// Throws io_error naming `path` on failure.
+inline void fsync_parent_directory(const std::filesystem::path& path) {
+    const std::filesystem::path dir = parent_directory(path);
+    const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) {
+        const int err = errno;
+        throw io_error(path, io_errno_message("cannot open directory " + dir.string(), err));
+    }
+    int err = 0;
+    // Some file systems cannot sync a directory and say EINVAL; there is nothing more to make durable.
+    if (::fsync(fd) != 0 && errno != EINVAL) err = errno;
+    if (err != 0) {
+        ::close(fd);
+        throw io_error(path, io_errno_message("cannot fsync directory " + dir.string(), err));
+    }
+    if (::close(fd) != 0) {
+        err = errno;
+        throw io_error(path, io_errno_message("cannot close directory " + dir.string(), err));
+    }
+}
+
+}  // namespace distill::detail
+
+namespace distill::io {
+
+/// Streams a file's new content into `<name>.tmp.<pid>` next to it and, on `commit()`, makes it the
+/// file's content atomically. Until `commit()` returns, the previous file is untouched; a writer that
+/// is destroyed or fails before committing removes its temp file.
+///
+/// Any failure (open, short write, out of space, fsync, rename) throws io_error naming the target
+/// path and the system's reason; the writer is then closed and further writes throw too.
+class atomic_writer {
+public:
+    /// Creates the temp file for `path`. Precondition: the directory of `path` exists.
+    explicit atomic_writer(std::filesystem::path path)
+        : path_(std::move(path)), temp_(path_.string() + ".tmp." + std::to_string(::getpid())) {
+        // O_TRUNC rather than O_EXCL: a temp file left by a crashed process with our pid is garbage.
+        fd_ = ::open(temp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+        if (fd_ < 0) {
+            const int err = errno;
+            throw io_error(path_, distill::detail::io_errno_message("cannot create temp file " + temp_.string(), err));
+        }
+    }
+
+    atomic_writer(const atomic_writer&) = delete;
+    atomic_writer& operator=(const atomic_writer&) = delete;
+
+    /// Takes over `other`'s temp file; `other` is left closed.
+    atomic_writer(atomic_writer&& other) noexcept
+        : path_(std::move(other.path_)), temp_(std::move(other.temp_)), fd_(std::exchange(other.fd_, -1)) {}
+
+    /// Abandons this writer's own temp file, then takes over `other`'s.
+    atomic_writer& operator=(atomic_writer&& other) noexcept {
+        if (this != &other) {
+            abandon();
+            path_ = std::move(other.path_);
+            temp_ = std::move(other.temp_);
+            fd_ = std::exchange(other.fd_, -1);
+        }
+        return *this;
+    }
+
+    /// Removes the temp file unless `commit()` succeeded; the previous file stays as it was.
+    ~atomic_writer() { abandon(); }
+
+    /// Appends `size` bytes to the new content. Throws io_error (and removes the temp file) on failure.
+    void write(const void* data, std::size_t size) {
+        require_open("write");
+        if (const int err = distill::detail::write_all_fd(fd_, data, size); err != 0) {
+            fail("cannot write temp file " + temp_.string(), err);
+        }
+    }
+
+    /// Appends `bytes` to the new content.
+    void write(std::span<const std::byte> bytes) { write(bytes.data(), bytes.size()); }
+
+    /// Makes the written content the file's content: fsync, rename over the target, fsync the directory.
+    /// Throws io_error on failure; unless the failure is the final directory fsync, the previous file
+    /// is untouched and the temp file removed.
+    void commit() {
+        require_open("commit");
+        if (::fsync(fd_) != 0) {
+            const int err = errno;
+            fail("cannot fsync temp file " + temp_.string(), err);
+        }
+        // close() can report a deferred write error (e.g. on NFS), so it must succeed before the rename.
+        const int fd = std::exchange(fd_, -1);
+        if (::close(fd) != 0) {
+            const int err = errno;
+            ::unlink(temp_.c_str());
+            throw io_error(path_, distill::detail::io_errno_message("cannot close temp file " + temp_.string(), err));
+        }
+        if (::rename(temp_.c_str(), path_.c_str()) != 0) {
+            const int err = errno;
+            ::unlink(temp_.c_str());
+            throw io_error(path_,
+                           distill::detail::io_errno_message("cannot rename " + temp_.string() + " over it", err));
+        }
+        distill::detail::fsync_parent_directory(path_);
+    }
+
+    /// The file this writer replaces.
+    const std::filesystem::path& path() const noexcept { return path_; }
+
+    /// The temp file the content goes to until `commit()`.
+    const std::filesystem::path& temp_path() const noexcept { return temp_; }
+
+private:
+    void require_open(const char* operation) const {
+        if (fd_ < 0) {
+            throw io_error(path_, std::string(operation) +
+                                      " on an atomic_writer that is closed "
+                                      "(already committed, failed or moved from)");
+        }
+    }
+
+    /// Closes and removes the temp file, then throws io_error with the system's reason `err`.
+    [[noreturn]] void fail(const std::string& operation, int err) {
+        abandon();
+        throw io_error(path_, distill::detail::io_errno_message(operation, err));
+    }
+
+    void abandon() noexcept {
+        if (fd_ >= 0) {
+            ::close(std::exchange(fd_, -1));
+            ::unlink(temp_.c_str());
+        }
+    }
+
+    std::filesystem::path path_;
+    std::filesystem::path temp_;
+    int fd_ = -1;
+};
+
+/// Replaces the content of `path` with `bytes` atomically (see atomic_writer). Throws io_error.
+inline void write_file_atomic(const std::filesystem::path& path, std::span<const std::byte> bytes) {
+    atomic_writer writer(path);
+    writer.write(bytes);
+    writer.commit();
+}
+
+/// Replaces the content of `path` with the text `text` atomically (see atomic_writer). Throws io_error.
+inline void write_file_atomic(const std::filesystem::path& path, std::string_view text) {
+    write_file_atomic(path, std::as_bytes(std::span(text.data(), text.size())));
+}
+
+/// Appends `record` to `path` (created if absent) with one O_APPEND write and fsyncs it, so the record
+/// is durable when this returns. If the write fails part way, the file is cut back to its previous
+/// length so no torn record is left behind. Throws io_error naming `path` and the system's reason.
+inline void append_durably(const std::filesystem::path& path, std::string_view record) {
+    bool created = false;
+    int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+    if (fd < 0 && errno == ENOENT) {
+        fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0666);
+        created = fd >= 0;
+    }
+    if (fd < 0) {
+        const int err = errno;
+        throw io_error(path, distill::detail::io_errno_message("cannot open for appending", err));
+    }
+
+    const struct stat before = distill::detail::stat_or_close(fd, path);
+    if (const int err = distill::detail::write_all_fd(fd, record.data(), record.size()); err != 0) {
+        // Best effort: a failure here leaves the torn tail, which is still no worse than not trying.
+        [[maybe_unused]] const int ignored = ::ftruncate(fd, before.st_size);
+        ::close(fd);
+        throw io_error(path, distill::detail::io_errno_message("cannot append", err));
+    }
+    distill::detail::fsync_and_close(fd, path);
+    // A new file's directory entry is only durable once the directory itself is synced.
+    if (created) distill::detail::fsync_parent_directory(path);
+}
+
+/// A read-only memory mapping of a whole regular file; unmapped on destruction.
+class mapped_file {
+public:
+    mapped_file() = default;
+
+    /// Maps `path`. Throws io_error if it cannot be opened, is not a regular file or cannot be mapped.
+    explicit mapped_file(const std::filesystem::path& path) {
+        const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+        if (fd < 0) {
+            const int err = errno;
+            throw io_error(path, distill::detail::io_errno_message("cannot open", err));
+        }
+        const struct stat info = distill::detail::stat_or_close(fd, path);
+        if (!S_ISREG(info.st_mode)) {
+            ::close(fd);
+            throw io_error(path, "not a regular file");
+        }
+        size_ = static_cast<std::size_t>(info.st_size);
+        // mmap rejects a length of 0; an empty file is simply an empty span.
+        if (size_ > 0) {
+            void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+            if (p == MAP_FAILED) {
+                const int err = errno;
+                ::close(fd);
+                throw io_error(path, distill::detail::io_errno_message("cannot mmap", err));
+            }
+            data_ = static_cast<const std::byte*>(p);
+        }
+        ::close(fd);  // the mapping keeps the file alive
+    }
+
+    mapped_file(const mapped_file&) = delete;
+    mapped_file& operator=(const mapped_file&) = delete;
+    mapped_file(mapped_file&& other) noexcept
+        : data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)) {}
+    mapped_file& operator=(mapped_file&& other) noexcept {
+        if (this != &other) {
+            unmap();
+            data_ = std::exchange(other.data_, nullptr);
+            size_ = std::exchange(other.size_, 0);
+        }
+        return *this;
+    }
+    ~mapped_file() { unmap(); }
+
+    /// The file's bytes.
+    std::span<const std::byte> bytes() const noexcept { return {data_, size_}; }
+
+private:
+    void unmap() noexcept {
+        if (data_) ::munmap(const_cast<std::byte*>(data_), size_);
+        data_ = nullptr;
+        size_ = 0;
+    }
+
+    const std::byte* data_ = nullptr;
+    std::size_t size_ = 0;
+};
+
+/// Replaces the content of `to` with the bytes of `from` atomically. Throws io_error naming the file.
+inline void copy_file_atomic(const std::filesystem::path& from, const std::filesystem::path& to) {
+    std::ifstream in(from, std::ios::binary);
+    if (!in) throw io_error(from, "cannot open");
+    const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (in.bad()) throw io_error(from, "cannot read");
+    write_file_atomic(to, bytes);
+}
+
+/// Cuts `path` to its first `size` bytes and makes the cut durable (fsync, then close, both checked).
+/// Throws io_error naming `path` and the system's reason.
+inline void truncate_durably(const std::filesystem::path& path, std::uint64_t size) {
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+    if (fd < 0) {
+        const int err = errno;
+        throw io_error(path, distill::detail::io_errno_message("cannot open for truncating", err));
+    }
+    if (::ftruncate(fd, static_cast<off_t>(size)) != 0) {
+        const int err = errno;
+        ::close(fd);
+        throw io_error(path, distill::detail::io_errno_message("cannot truncate", err));
+    }
+    distill::detail::fsync_and_close(fd, path);
+}
+
+/// Cuts a line-oriented file (JSONL) back to its last complete line: a last line without its newline
+/// is a record whose append a crash interrupted. Returns the bytes removed (0 when the file is absent,
+/// empty or ends with a newline). Throws io_error.
+inline std::uint64_t truncate_to_last_line(const std::filesystem::path& path) {
+    std::error_code ec;
+    if (!std::filesystem::exists(path, ec)) {
+        if (ec) throw io_error(path, "cannot stat: " + ec.message());
+        return 0;
+    }
+    std::uint64_t size = 0, keep = 0;
+    {
+        const mapped_file map(path);
+        const auto bytes = map.bytes();
+        size = bytes.size();
+        if (size == 0 || bytes.back() == std::byte('\n')) return 0;
+        for (std::size_t i = bytes.size(); i > 0; --i)
+            if (bytes[i - 1] == std::byte('\n')) {
+                keep = i;
+                break;
+            }
+    }
+    truncate_durably(path, keep);
+    return size - keep;
+}
+
+/// An exclusive advisory lock (flock) on `<dir>/.lock`, held while a process writes into `dir`: two
+/// processes writing one output directory would interleave their files and delete each other's
+/// temporaries. The kernel drops the lock when the process dies, SIGKILL included, so a crashed run
+/// never leaves a stale lock behind.
+class directory_lock {
+public:
+    directory_lock() = default;
+    /// Takes the lock on `dir` (which must exist). When another process holds it, throws config_error
+    /// naming `key` (the setting that chose the directory) and `activity` ("training").
+    directory_lock(const std::filesystem::path& dir, const std::string& key, const std::string& activity) {
+        const auto path = dir / ".lock";
+        fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+        if (fd_ < 0) {
+            const int err = errno;
+            throw io_error(path, distill::detail::io_errno_message("cannot open the run's lock file", err));
+        }
+        if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+            ::close(fd_);
+            fd_ = -1;
+            throw config_error(key, "another process is " + activity + " into " + dir.string() + " (it holds " +
+                                        path.string() + "); one run per directory");
+        }
+    }
+    directory_lock(const directory_lock&) = delete;
+    directory_lock& operator=(const directory_lock&) = delete;
+    directory_lock(directory_lock&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
+    directory_lock& operator=(directory_lock&& o) noexcept {
+        if (this != &o) {
+            release();
+            fd_ = std::exchange(o.fd_, -1);
+        }
+        return *this;
+    }
+    ~directory_lock() { release(); }
+
+private:
+    void release() noexcept {
+        // Closing the descriptor releases the flock; nothing was written through it, so there is
+        // no deferred write error for close() to report.
+        if (fd_ >= 0) ::close(fd_);
+        fd_ = -1;
+    }
+    int fd_ = -1;
+};
+
+}  // namespace distill::io
+// ---- end distill/io/durable.hpp ----
+
+namespace distill::data {
+
+/// Settings of `inspect`.
+struct InspectOptions {
+    std::filesystem::path test{};  ///< a test file to check for contamination ("" = none)
+    double near_threshold = 0.8;   ///< near duplicate: Jaccard of the prompts' 5-gram sets >= this
+    /// MinHash signature: `bands` × `rows` hashes. 32 × 4 makes a pair of Jaccard 0.8 a candidate with
+    /// probability 1 - (1 - 0.8^4)^32 > 0.9999999, of Jaccard 0.6 with 0.988; candidates are verified.
+    int bands = 32;
+    int rows = 4;
+    int shingle = 5;  ///< characters per shingle
+    int histogram_bins = 20;
+    /// Tokens of a text; empty = the byte tokenizer (one token per UTF-8 byte). The count is of the
+    /// text alone, without chat-template tokens.
+    std::function<std::size_t(std::string_view)> count_tokens{};
+    std::string tokenizer_name = "byte";  ///< how the report names the token counter
+
+    /// Throws config_error naming the option when a value is out of range.
+    void validate() const {
+        if (!(near_threshold > 0.0 && near_threshold <= 1.0))
+            throw config_error("near_threshold", "must be in (0, 1], got " + std::to_string(near_threshold));
+        if (bands < 1 || rows < 1 || bands * rows > 4096)
+            throw config_error("bands", "bands and rows must be >= 1 with bands * rows <= 4096");
+        if (shingle < 1 || shingle > 64) throw config_error("shingle", "must be in 1..64");
+        if (histogram_bins < 1 || histogram_bins > 1000) throw config_error("histogram_bins", "must be in 1..1000");
+    }
+};
+
+/// A distribution of lengths: summary and an equal-width histogram from min to max.
+struct LengthStats {
+    std::size_t count = 0;
+    double min = 0, mean = 0, p50 = 0, p95 = 0, max = 0;
+    std::vector<double> edges{};        ///< bins + 1 boundaries; bin i is [edges[i], edges[i+1]) (last closed)
+    std::vector<std::size_t> counts{};  ///< values per bin
+};
+
+/// The lengths of one field (a chat role, or a key of the line).
+struct FieldLengths {
+    std::string field;
+    LengthStats chars, tokens;
+};
+
+/// distinct-n: distinct word n-grams / all word n-grams (n-grams do not cross texts); 0 where the
+/// texts have no n-gram (`ngrams[n - 1]` = 0; the reports show it as null / "-").
+struct DistinctN {
+    std::size_t words = 0;
+    double distinct1 = 0, distinct2 = 0, distinct3 = 0;
+    std::array<std::size_t, 3> ngrams{};  ///< all 1-, 2- and 3-grams counted
+};
+
+/// Two lines with similar prompts (`b` is in the test file for contamination).
+struct NearPair {
+    std::uint64_t a = 0, b = 0;
+    double jaccard = 0;
+};
+
+/// Lines whose normalized prompts are equal.
+struct DuplicateGroup {
+    std::vector<std::uint64_t> lines{};
+    std::string text{};  ///< the normalized prompt (its first 120 bytes)
+};
+
+/// The phrases that mark an answer as a refusal when the first 120 bytes of its normalized text
+/// (lowercase, whitespace collapsed; ’ read as ') contain one. A heuristic: short, English-only, and blind to a refusal
+/// worded otherwise.
+inline constexpr std::array<std::string_view, 12> refusal_phrases = {
+    "i'm sorry",  "i am sorry",  "i apologize", "i cannot",   "i can't",  "i can not",
+    "i'm unable", "i am unable", "i won't",     "i will not", "as an ai", "as a language model"};
+
+/// What a teacher produced in the generate stage (`teacher_output`): its synthetic.jsonl answers and
+/// the answers the stage rejected.
+struct TeacherOutput {
+    std::uint64_t answers = 0;                   ///< records of synthetic.jsonl
+    std::uint64_t refusals = 0;                  ///< answers containing a `refusal_phrases` entry near the start
+    std::vector<std::uint64_t> refusal_lines{};  ///< their lines in synthetic.jsonl
+    std::uint64_t truncated_kept = 0;            ///< answers with finish_reason "length" (kept under keep_truncated)
+    std::uint64_t rejected_empty = 0, rejected_truncated = 0, rejected_duplicate = 0;  ///< from rejected.jsonl
+    int max_new_tokens = 0;                                                            ///< the generation limit
+    LengthStats completion_tokens{};  ///< the teacher's completion_tokens of each answer
+    std::uint64_t at_limit = 0;       ///< answers whose completion_tokens >= max_new_tokens
+};
+
+/// Everything `inspect` found.
+struct Inspection {
+    std::filesystem::path file{}, test{};
+    std::string tokenizer{};
+    InspectOptions options{};
+    std::uint64_t lines = 0, blank_lines = 0, examples = 0;
+    std::map<std::string, std::uint64_t> formats{};  ///< examples per input format
+    std::map<std::string, std::uint64_t> roles{};    ///< chat messages per role (final assistant turn included)
+    std::vector<BadLine> malformed{};
+    std::vector<FieldLengths> lengths{};
+    DistinctN prompt_diversity{}, reference_diversity{};
+    std::vector<DuplicateGroup> exact_duplicates{};
+    std::uint64_t duplicate_examples = 0;           ///< examples beyond the first of each group (what dedup removes)
+    std::vector<NearPair> near_duplicates{};        ///< between first lines of distinct normalized prompts
+    std::map<std::string, std::uint64_t> labels{};  ///< empty unless examples are input/label
+    double label_imbalance = 0;                     ///< largest / smallest label count
+    // contamination (when a test file is given)
+    std::uint64_t test_examples = 0;
+    std::vector<BadLine> test_malformed{};
+    std::vector<NearPair> test_exact{};       ///< (training line, test line), Jaccard 1
+    std::vector<NearPair> test_near{};        ///< (training line, test line, Jaccard), not exact matches
+    std::uint64_t contaminated_examples = 0;  ///< training examples with an exact or near test match
+    std::optional<TeacherOutput> teacher{};   ///< set by the generate stage for its synthetic set
+};
+
+namespace inspect_detail {
+
+/// ASCII lowercase, runs of whitespace to one space, trimmed.
+inline std::string normalize(std::string_view s) {
+    std::string out;
+    out.reserve(s.size());
+    bool space = false;
+    for (char c : s) {
+        if (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v') {
+            space = !out.empty();
+            continue;
+        }
+        if (space) out.push_back(' ');
+        space = false;
+        out.push_back(c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c);
+    }
+    return out;
+}
+
+/// Unicode code points of UTF-8 text (bytes that are not continuation bytes).
+inline std::size_t code_points(std::string_view s) {
+    std::size_t n = 0;
+    for (unsigned char c : s) n += (c & 0xc0) != 0x80;
+    return n;
+}
+
+inline std::uint64_t fnv1a(std::string_view s, std::uint64_t h = 0xcbf29ce484222325ULL) {
+    for (unsigned char c : s) h = (h ^ c) * 0x100000001b3ULL;
+    return h;
+}
+
+inline std::uint64_t mix(std::uint64_t x) {  // splitmix64's finalizer
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ULL;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+/// Sorted distinct hashes of the `k`-code-point substrings of `s` (the whole text when shorter).
+inline std::vector<std::uint64_t> shingles(std::string_view s, int k) {
+    std::vector<std::size_t> starts;  // byte offset of each code point, then the end
+    for (std::size_t i = 0; i < s.size(); ++i)
+        if ((static_cast<unsigned char>(s[i]) & 0xc0) != 0x80) starts.push_back(i);
+    std::vector<std::uint64_t> out;
+    if (starts.empty()) return out;
+    starts.push_back(s.size());
+    const std::size_t points = starts.size() - 1, kk = static_cast<std::size_t>(k);
+    if (points <= kk) {
+        out.push_back(fnv1a(s));
+    } else {
+        for (std::size_t i = 0; i + kk <= points; ++i)
+            out.push_back(fnv1a(s.substr(starts[i], starts[i + kk] - starts[i])));
+    }
+    std::sort(out.begin(), out.end());
+    out.erase(std::unique(out.begin(), out.end()), out.end());
+    return out;
+}
+
+/// |a ∩ b| / |a ∪ b| of two sorted distinct sets (1 for two empty sets).
+inline double jaccard(const std::vector<std::uint64_t>& a, const std::vector<std::uint64_t>& b) {
+    std::size_t i = 0, j = 0, common = 0;
+    while (i < a.size() && j < b.size()) {
+        if (a[i] < b[j])
+            ++i;
+        else if (b[j] < a[i])
+            ++j;
+        else
+            ++common, ++i, ++j;
+    }
+    const std::size_t all = a.size() + b.size() - common;
+    return all == 0 ? 1.0 : double(common) / double(all);
+}
+
+/// The LSH band keys of a shingle set: MinHash with bands × rows hash functions, each band's rows
+/// hashed into one key (the band index mixed in, so equal rows in different bands never collide).
+inline std::vector<std::uint64_t> band_keys(const std::vector<std::uint64_t>& set, int bands, int rows) {
+    const int n = bands * rows;
+    std::vector<std::uint64_t> sig(static_cast<std::size_t>(n), ~0ULL);
+    for (std::uint64_t x : set)
+        for (int h = 0; h < n; ++h)
+            sig[static_cast<std::size_t>(h)] =
+                std::min(sig[static_cast<std::size_t>(h)], mix(x ^ mix(0x9e3779b97f4a7c15ULL * std::uint64_t(h + 1))));
+    std::vector<std::uint64_t> keys(static_cast<std::size_t>(bands));
+    for (int b = 0; b < bands; ++b) {
+        std::uint64_t k = mix(std::uint64_t(b) + 1);
+        for (int r = 0; r < rows; ++r) k = mix(k ^ sig[static_cast<std::size_t>(b * rows + r)]);
+        keys[static_cast<std::size_t>(b)] = k;
+    }
+    return keys;
+}
+
+/// Pairs (i, j) with Jaccard(left[i], right[j]) >= threshold among LSH candidates; with `right` null,
+/// pairs i < j within `left`. Empty sets take no part.
+inline std::vector<std::tuple<std::size_t, std::size_t, double>> similar_pairs(
+    const std::vector<std::vector<std::uint64_t>>& left, const std::vector<std::vector<std::uint64_t>>* right,
+    const InspectOptions& o) {
+    const auto& index_sets = right ? *right : left;
+    std::unordered_map<std::uint64_t, std::vector<std::size_t>> buckets;  // band key -> indices into index_sets
+    std::vector<std::vector<std::uint64_t>> left_keys(left.size());
+    for (std::size_t i = 0; i < index_sets.size(); ++i) {
+        if (index_sets[i].empty()) continue;
+        auto keys = band_keys(index_sets[i], o.bands, o.rows);
+        for (std::uint64_t k : keys) buckets[k].push_back(i);
+        if (!right) left_keys[i] = std::move(keys);
+    }
+    std::set<std::pair<std::size_t, std::size_t>> candidates;
+    for (std::size_t i = 0; i < left.size(); ++i) {
+        if (left[i].empty()) continue;
+        const auto keys = right ? band_keys(left[i], o.bands, o.rows) : left_keys[i];
+        for (std::uint64_t k : keys) {
+            auto it = buckets.find(k);
+            if (it == buckets.end()) continue;
+            for (std::size_t j : it->second)
+                if (right || j > i) candidates.emplace(i, j);
+        }
+    }
+    std::vector<std::tuple<std::size_t, std::size_t, double>> out;
+    for (auto [i, j] : candidates) {
+        const double s = jaccard(left[i], index_sets[j]);
+        if (s >= o.near_threshold) out.emplace_back(i, j, s);
+    }
+    return out;
+}
+
+inline std::vector<std::string> words(std::string_view normalized) {
+    std::vector<std::string> w;
+    std::size_t at = 0;
+    while (at < normalized.size()) {
+        const std::size_t end = std::min(normalized.find(' ', at), normalized.size());
+        if (end > at) w.emplace_back(normalized.substr(at, end - at));
+        at = end + 1;
+    }
+    return w;
+}
+
+/// The prompt's text: its turns' content joined with newlines.
+inline std::string prompt_text(const Example& ex) {
+    std::string s;
+    for (const auto& m : ex.prompt) {
+        if (!s.empty()) s += '\n';
+        s += m.content;
+    }
+    return s;
+}
+
+}  // namespace inspect_detail
+
+/// The p-th percentile (0..100) of ascending `sorted` by linear interpolation between the closest
+/// ranks (numpy's default): position p/100 × (n - 1). 0 for an empty list.
+inline double percentile(const std::vector<double>& sorted, double p) {
+    if (sorted.empty()) return 0;
+    const double pos = p / 100.0 * double(sorted.size() - 1);
+    const auto lo = static_cast<std::size_t>(std::floor(pos));
+    const std::size_t hi = std::min(lo + 1, sorted.size() - 1);
+    return sorted[lo] + (pos - double(lo)) * (sorted[hi] - sorted[lo]);
+}
+
+/// Summary and `bins`-bin histogram of `values`.
+inline LengthStats length_stats(std::vector<double> values, int bins) {
+    LengthStats s;
+    s.count = values.size();
+    if (values.empty()) return s;
+    std::sort(values.begin(), values.end());
+    s.min = values.front();
+    s.max = values.back();
+    double sum = 0;
+    for (double v : values) sum += v;
+    s.mean = sum / double(values.size());
+    s.p50 = percentile(values, 50);
+    s.p95 = percentile(values, 95);
+    const double width = s.max > s.min ? (s.max - s.min) / bins : 1.0;
+    for (int i = 0; i <= bins; ++i) s.edges.push_back(s.min + width * i);
+    s.counts.assign(static_cast<std::size_t>(bins), 0);
+    for (double v : values)
+        ++s.counts[std::min<std::size_t>(static_cast<std::size_t>((v - s.min) / width), std::size_t(bins) - 1)];
+    return s;
+}
+
+/// distinct-1/2/3 over the words of `texts` (normalized as duplicates are: lowercase, whitespace-split).
+inline DistinctN distinct_n(const std::vector<std::string>& texts) {
+    DistinctN d;
+    std::array<std::unordered_set<std::string>, 3> seen;
+    std::array<std::size_t, 3> total{};
+    for (const auto& t : texts) {
+        const auto w = inspect_detail::words(inspect_detail::normalize(t));
+        d.words += w.size();
+        for (std::size_t n = 1; n <= 3; ++n)
+            for (std::size_t i = 0; i + n <= w.size(); ++i) {
+                std::string gram = w[i];
+                for (std::size_t k = 1; k < n; ++k) gram += ' ' + w[i + k];
+                seen[n - 1].insert(std::move(gram));
+                ++total[n - 1];
+            }
+    }
+    auto ratio = [&](std::size_t n) { return total[n] ? double(seen[n].size()) / double(total[n]) : 0.0; };
+    d.distinct1 = ratio(0);
+    d.distinct2 = ratio(1);
+    d.distinct3 = ratio(2);
+    d.ngrams = total;
+    return d;
+}
+
+/// Inspects the JSONL file `path` (see the file comment). Malformed lines are reported, never thrown;
+/// throws io_error when a file cannot be read, config_error for bad options.
+inline Inspection inspect(const std::filesystem::path& path, const InspectOptions& options = {}) {
+    using namespace inspect_detail;
+    options.validate();
+    Inspection r;
+    r.file = path;
+    r.test = options.test;
+    r.options = options;
+    r.tokenizer = options.tokenizer_name;
+    JsonlConfig skip;
+    skip.on_bad_line = "skip";
+    const Dataset ds = read_examples(path, skip);
+    r.lines = ds.stats.lines;
+    r.blank_lines = ds.stats.blank_lines;
+    r.examples = ds.examples.size();
+    r.malformed = ds.stats.skipped;
+
+    // lengths per field, in first-seen order
+    std::vector<std::string> order;
+    std::map<std::string, std::pair<std::vector<double>, std::vector<double>>> values;
+    auto add = [&](const std::string& field, std::string_view text) {
+        if (!values.count(field)) order.push_back(field);
+        auto& v = values[field];
+        v.first.push_back(double(code_points(text)));
+        v.second.push_back(double(options.count_tokens ? options.count_tokens(text) : text.size()));
+    };
+    std::vector<std::string> prompts, references;
+    for (const auto& ex : ds.examples) {
+        ++r.formats[std::string(format_name(ex.format))];
+        prompts.push_back(prompt_text(ex));
+        if (ex.reference) references.push_back(*ex.reference);
+        switch (ex.format) {
+            case input_format::chat:
+                for (const auto& m : ex.prompt) {
+                    ++r.roles[m.role];
+                    add(m.role, m.content);
+                }
+                if (ex.reference) {
+                    ++r.roles["assistant"];
+                    add("assistant", *ex.reference);
+                }
+                break;
+            case input_format::prompt_completion:
+                add("prompt", ex.prompt[0].content);
+                if (ex.reference) add("completion", *ex.reference);
+                break;
+            case input_format::input_label:
+                add("input", ex.prompt[0].content);
+                if (ex.reference) ++r.labels[*ex.reference];
+                break;
+            case input_format::text:
+                add("text", ex.prompt[0].content);
+                break;
+        }
+    }
+    if (!r.labels.empty()) {
+        std::uint64_t lo = ~0ULL, hi = 0;
+        for (const auto& [label, n] : r.labels) lo = std::min(lo, n), hi = std::max(hi, n);
+        r.label_imbalance = double(hi) / double(lo);
+    }
+    for (const auto& f : order)
+        r.lengths.push_back({f, length_stats(values[f].first, options.histogram_bins),
+                             length_stats(values[f].second, options.histogram_bins)});
+    r.prompt_diversity = distinct_n(prompts);
+    r.reference_diversity = distinct_n(references);
+
+    // exact duplicates: groups of equal normalized prompts; near duplicates among one line per group
+    std::vector<std::string> normalized(prompts.size());
+    std::map<std::string, std::vector<std::size_t>> groups;
+    std::vector<std::size_t> firsts;  // example index of each distinct normalized prompt, in file order
+    for (std::size_t i = 0; i < prompts.size(); ++i) {
+        normalized[i] = normalize(prompts[i]);
+        auto& g = groups[normalized[i]];
+        if (g.empty()) firsts.push_back(i);
+        g.push_back(i);
+    }
+    for (std::size_t first : firsts) {
+        const auto& g = groups[normalized[first]];
+        if (g.size() < 2) continue;
+        DuplicateGroup d;
+        for (std::size_t i : g) d.lines.push_back(ds.examples[i].line);
+        d.text = normalized[first].substr(0, 120);
+        r.duplicate_examples += g.size() - 1;
+        r.exact_duplicates.push_back(std::move(d));
+    }
+    std::vector<std::vector<std::uint64_t>> sets(firsts.size());
+    for (std::size_t k = 0; k < firsts.size(); ++k) sets[k] = shingles(normalized[firsts[k]], options.shingle);
+    for (auto [i, j, s] : similar_pairs(sets, nullptr, options))
+        r.near_duplicates.push_back({ds.examples[firsts[i]].line, ds.examples[firsts[j]].line, s});
+    std::sort(r.near_duplicates.begin(), r.near_duplicates.end(),
+              [](const NearPair& x, const NearPair& y) { return std::tie(x.a, x.b) < std::tie(y.a, y.b); });
+
+    if (!options.test.empty()) {
+        const Dataset test = read_examples(options.test, skip);
+        r.test_examples = test.examples.size();
+        r.test_malformed = test.stats.skipped;
+        std::vector<std::vector<std::uint64_t>> test_sets;
+        std::unordered_map<std::string, std::uint64_t> test_exact;  // normalized prompt -> first test line
+        for (const auto& ex : test.examples) {
+            const std::string n = normalize(prompt_text(ex));
+            test_exact.emplace(n, ex.line);
+            test_sets.push_back(shingles(n, options.shingle));
+        }
+        std::set<std::uint64_t> contaminated;
+        std::vector<std::vector<std::uint64_t>> train_sets(prompts.size());
+        for (std::size_t i = 0; i < prompts.size(); ++i) {
+            if (auto it = test_exact.find(normalized[i]); it != test_exact.end()) {
+                r.test_exact.push_back({ds.examples[i].line, it->second, 1.0});
+                contaminated.insert(ds.examples[i].line);
+            } else {
+                train_sets[i] = shingles(normalized[i], options.shingle);  // exact matches need no near search
+            }
+        }
+        for (auto [i, j, s] : similar_pairs(train_sets, &test_sets, options)) {
+            r.test_near.push_back({ds.examples[i].line, test.examples[j].line, s});
+            contaminated.insert(ds.examples[i].line);
+        }
+        std::sort(r.test_near.begin(), r.test_near.end(),
+                  [](const NearPair& x, const NearPair& y) { return std::tie(x.a, x.b) < std::tie(y.a, y.b); });
+        r.contaminated_examples = contaminated.size();
+    }
+    return r;
+}
+
+/// What the teacher produced: reads `synthetic` (the generate stage's synthetic.jsonl, see
+/// teacher/synthetic.hpp) and, when it exists, `rejected` (its rejected.jsonl); `max_new_tokens` is
+/// the generation limit. Lines that are not such records are skipped. Throws io_error.
+inline TeacherOutput teacher_output(const std::filesystem::path& synthetic, const std::filesystem::path& rejected,
+                                    int max_new_tokens, int bins = 20) {
+    TeacherOutput t;
+    t.max_new_tokens = max_new_tokens;
+    JsonlConfig skip;
+    skip.on_bad_line = "skip";
+    std::vector<double> tokens;
+    read_jsonl(synthetic, skip, [&](std::uint64_t line, const nlohmann::json& j) {
+        const auto& msgs = j.at("messages");
+        const auto& meta = j.at("teacher");
+        if (msgs.empty() || msgs.back().value("role", "") != "assistant") throw bad_line("no assistant answer");
+        ++t.answers;
+        std::string head = inspect_detail::normalize(msgs.back().at("content").get<std::string>());
+        for (std::size_t at; (at = head.find("\xE2\x80\x99")) != std::string::npos;) head.replace(at, 3, "'");
+        head = head.substr(0, 120);
+        for (std::string_view p : refusal_phrases)
+            if (head.find(p) != std::string::npos) {
+                ++t.refusals;
+                t.refusal_lines.push_back(line);
+                break;
+            }
+        if (meta.value("finish_reason", "") == "length") ++t.truncated_kept;
+        const double n = meta.contains("usage") ? meta["usage"].value("completion_tokens", 0.0) : 0.0;
+        tokens.push_back(n);
+        if (max_new_tokens > 0 && n >= max_new_tokens) ++t.at_limit;
+    });
+    t.completion_tokens = length_stats(std::move(tokens), bins);
+    std::error_code ec;
+    if (std::filesystem::exists(rejected, ec))
+        read_jsonl(rejected, skip, [&](std::uint64_t, const nlohmann::json& j) {
+            const std::string reason = j.value("reason", "");
+            t.rejected_empty += reason == "empty";
+            t.rejected_truncated += reason == "truncated";
+            t.rejected_duplicate += reason == "duplicate";
+        });
+    return t;
+}
+
+namespace inspect_detail {
+
+inline nlohmann::ordered_json stats_json(const LengthStats& s) {
+    return {{"count", s.count}, {"min", s.min}, {"mean", s.mean},   {"p50", s.p50},
+            {"p95", s.p95},     {"max", s.max}, {"edges", s.edges}, {"counts", s.counts}};
+}
+
+inline nlohmann::ordered_json pairs_json(const std::vector<NearPair>& pairs, const char* a, const char* b) {
+    auto out = nlohmann::ordered_json::array();
+    for (const auto& p : pairs) out.push_back({{a, p.a}, {b, p.b}, {"jaccard", p.jaccard}});
+    return out;
+}
+
+inline nlohmann::ordered_json bad_json(const std::vector<BadLine>& bad) {
+    auto out = nlohmann::ordered_json::array();
+    for (const auto& b : bad) out.push_back({{"line", b.line}, {"reason", b.defect}});
+    return out;
+}
+
+inline std::string fmt(double v, const char* f = "%.4g") {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, f, v);
+    return buf;
+}
+
+/// `s` fit for a Markdown table cell: '|' escaped, line breaks as spaces.
+inline std::string table_cell(std::string_view s) {
+    std::string out;
+    for (char c : s) {
+        if (c == '|') out += '\\';
+        out += c == '\n' || c == '\r' ? ' ' : c;
+    }
+    return out;
+}
+
+/// A file name part from a field name: [A-Za-z0-9_-], others become '_'.
+inline std::string file_part(std::string s) {
+    for (char& c : s)
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '_'))
+            c = '_';
+    return s;
+}
+
+}  // namespace inspect_detail
+
+/// The inspection as JSON (inspect.json): every finding, none truncated.
+inline nlohmann::ordered_json to_json(const Inspection& r) {
+    using namespace inspect_detail;
+    nlohmann::ordered_json j;
+    j["file"] = r.file.string();
+    j["tokenizer"] = r.tokenizer;
+    j["lines"] = r.lines;
+    j["blank_lines"] = r.blank_lines;
+    j["examples"] = r.examples;
+    j["formats"] = r.formats;
+    if (!r.roles.empty()) j["messages_per_role"] = r.roles;
+    j["malformed"] = bad_json(r.malformed);
+    auto& lengths = j["lengths"] = nlohmann::ordered_json::object();
+    for (const auto& f : r.lengths)
+        lengths[f.field] = {{"chars", stats_json(f.chars)}, {"tokens", stats_json(f.tokens)}};
+    auto div = [](const DistinctN& d) {
+        auto v = [&](std::size_t n, double x) {
+            return d.ngrams[n] ? nlohmann::ordered_json(x) : nlohmann::ordered_json();
+        };
+        return nlohmann::ordered_json{{"words", d.words},
+                                      {"distinct_1", v(0, d.distinct1)},
+                                      {"distinct_2", v(1, d.distinct2)},
+                                      {"distinct_3", v(2, d.distinct3)}};
+    };
+    j["diversity"] = {{"prompt", div(r.prompt_diversity)}, {"reference", div(r.reference_diversity)}};
+    auto groups = nlohmann::ordered_json::array();
+    for (const auto& g : r.exact_duplicates) groups.push_back({{"lines", g.lines}, {"text", g.text}});
+    j["duplicates"] = {{"exact_groups", groups},
+                       {"duplicate_examples", r.duplicate_examples},
+                       {"near_threshold", r.options.near_threshold},
+                       {"near_method",
+                        {{"shingle", "character " + std::to_string(r.options.shingle) + "-grams"},
+                         {"bands", r.options.bands},
+                         {"rows", r.options.rows}}},
+                       {"near_pairs", pairs_json(r.near_duplicates, "line_a", "line_b")}};
+    if (!r.labels.empty()) j["labels"] = {{"counts", r.labels}, {"imbalance_ratio", r.label_imbalance}};
+    if (!r.test.empty())
+        j["contamination"] = {{"test_file", r.test.string()},
+                              {"test_examples", r.test_examples},
+                              {"test_malformed", bad_json(r.test_malformed)},
+                              {"contaminated_examples", r.contaminated_examples},
+                              {"exact", pairs_json(r.test_exact, "line", "test_line")},
+                              {"near", pairs_json(r.test_near, "line", "test_line")}};
+    if (r.teacher) {
+        const TeacherOutput& t = *r.teacher;
+        j["teacher_output"] = {
+            {"answers", t.answers},
+            {"refusals", t.refusals},
+            {"refusal_lines", t.refusal_lines},
+            {"truncated_kept", t.truncated_kept},
+            {"rejected",
+             {{"empty", t.rejected_empty}, {"truncated", t.rejected_truncated}, {"duplicate", t.rejected_duplicate}}},
+            {"max_new_tokens", t.max_new_tokens},
+            {"completion_tokens", stats_json(t.completion_tokens)},
+            {"at_max_new_tokens", t.at_limit}};
+    }
+    return j;
+}
+
+/// A few lines for a terminal: counts, defects, duplicates, contamination.
+inline std::string summary(const Inspection& r) {
+    using inspect_detail::fmt;
+    std::string s = r.file.string() + ": " + std::to_string(r.examples) + " examples in " + std::to_string(r.lines) +
+                    " lines, " + std::to_string(r.malformed.size()) + " malformed\n";
+    if (!r.lengths.empty()) s += "  tokens (" + r.tokenizer + ") per field, p50 / p95 / max:";
+    for (const auto& f : r.lengths)
+        s += " " + f.field + " " + fmt(f.tokens.p50) + " / " + fmt(f.tokens.p95) + " / " + fmt(f.tokens.max) + ";";
+    if (!r.lengths.empty()) s.back() = '\n';
+    s += "  prompts: distinct-2 " + fmt(r.prompt_diversity.distinct2, "%.3f") + "; " +
+         std::to_string(r.exact_duplicates.size()) + " exact duplicate groups (" +
+         std::to_string(r.duplicate_examples) + " extra examples), " + std::to_string(r.near_duplicates.size()) +
+         " near-duplicate pairs (Jaccard >= " + fmt(r.options.near_threshold) + ")\n";
+    if (!r.labels.empty())
+        s += "  labels: " + std::to_string(r.labels.size()) + ", imbalance ratio " + fmt(r.label_imbalance, "%.2f") +
+             "\n";
+    if (!r.test.empty())
+        s += "  contamination: " + std::to_string(r.contaminated_examples) + " training examples match " +
+             r.test.string() + " (" + std::to_string(r.test_exact.size()) + " exact, " +
+             std::to_string(r.test_near.size()) + " near pairs)\n";
+    if (r.teacher) {
+        const TeacherOutput& t = *r.teacher;
+        s += "  teacher: " + std::to_string(t.answers) + " answers, " + std::to_string(t.refusals) + " refusals, " +
+             std::to_string(t.rejected_empty) + " empty and " + std::to_string(t.rejected_truncated) +
+             " truncated rejected; completion tokens p50 " + fmt(t.completion_tokens.p50) + ", max " +
+             fmt(t.completion_tokens.max) + " of max_new_tokens " + std::to_string(t.max_new_tokens) + "\n";
+    }
+    return s;
+}
+
+/// The inspection as Markdown (inspect.md); long lists show their first 20 entries.
+inline std::string to_markdown(const Inspection& r) {
+    using inspect_detail::fmt;
+    constexpr std::size_t shown = 20;
+    auto more = [&](std::size_t n) {
+        return n > shown ? "\n… and " + std::to_string(n - shown) + " more (inspect.json lists all)\n" : std::string();
+    };
+    std::string md = "# Data inspection: " + r.file.string() + "\n\n";
+    md += "- lines: " + std::to_string(r.lines) + " (" + std::to_string(r.blank_lines) + " blank)\n";
+    md += "- examples: " + std::to_string(r.examples);
+    for (const auto& [f, n] : r.formats) md += ", " + f + " " + std::to_string(n);
+    md += "\n";
+    if (!r.roles.empty()) {
+        md += "- chat messages per role:";
+        for (const auto& [role, n] : r.roles) md += " " + role + " " + std::to_string(n);
+        md += "\n";
+    }
+    md += "- malformed lines: " + std::to_string(r.malformed.size()) + "\n";
+    if (!r.malformed.empty()) {
+        md += "\n| line | defect |\n|---:|---|\n";
+        for (std::size_t i = 0; i < std::min(shown, r.malformed.size()); ++i)
+            md += "| " + std::to_string(r.malformed[i].line) + " | " +
+                  inspect_detail::table_cell(r.malformed[i].defect) + " |\n";
+        md += more(r.malformed.size());
+    }
+    md += "\n## Lengths (" + r.tokenizer + " tokens and characters)\n\n";
+    md += "| field | unit | count | min | mean | p50 | p95 | max |\n|---|---|---:|---:|---:|---:|---:|---:|\n";
+    for (const auto& f : r.lengths)
+        for (const auto* u : {&f.tokens, &f.chars})
+            md += "| " + f.field + " | " + (u == &f.tokens ? "tokens" : "chars") + " | " + std::to_string(u->count) +
+                  " | " + fmt(u->min) + " | " + fmt(u->mean) + " | " + fmt(u->p50) + " | " + fmt(u->p95) + " | " +
+                  fmt(u->max) + " |\n";
+    md +=
+        "\n## Diversity (distinct word n-grams / all)\n\n| text | words | distinct-1 | distinct-2 | distinct-3 |\n"
+        "|---|---:|---:|---:|---:|\n";
+    for (const auto& [name, diversity] :
+         {std::pair{"prompts", r.prompt_diversity}, std::pair{"references", r.reference_diversity}}) {
+        const DistinctN& d = diversity;  // clang 14 cannot capture a structured binding in a lambda
+        auto v = [&](std::size_t n, double x) { return d.ngrams[n] ? fmt(x, "%.4f") : std::string("-"); };
+        md += std::string("| ") + name + " | " + std::to_string(d.words) + " | " + v(0, d.distinct1) + " | " +
+              v(1, d.distinct2) + " | " + v(2, d.distinct3) + " |\n";
+    }
+    md += "\n## Duplicate prompts\n\n" + std::to_string(r.exact_duplicates.size()) +
+          " groups of equal prompts after normalization (lowercase, whitespace collapsed); " +
+          std::to_string(r.duplicate_examples) + " examples beyond the first of their group.\n\n";
+    for (std::size_t i = 0; i < std::min(shown, r.exact_duplicates.size()); ++i) {
+        md += "- lines";
+        for (auto l : r.exact_duplicates[i].lines) md += " " + std::to_string(l);
+        md += ": `" + r.exact_duplicates[i].text + "`\n";
+    }
+    md += more(r.exact_duplicates.size());
+    md += "\n" + std::to_string(r.near_duplicates.size()) + " near-duplicate pairs (Jaccard of character " +
+          std::to_string(r.options.shingle) + "-grams >= " + fmt(r.options.near_threshold) + "):\n\n";
+    for (std::size_t i = 0; i < std::min(shown, r.near_duplicates.size()); ++i)
+        md += "- lines " + std::to_string(r.near_duplicates[i].a) + " and " + std::to_string(r.near_duplicates[i].b) +
+              ": " + fmt(r.near_duplicates[i].jaccard, "%.3f") + "\n";
+    md += more(r.near_duplicates.size());
+    if (!r.labels.empty()) {
+        md += "\n## Labels\n\n| label | examples |\n|---|---:|\n";
+        for (const auto& [label, n] : r.labels)
+            md += "| " + inspect_detail::table_cell(label) + " | " + std::to_string(n) + " |\n";
+        md += "\nimbalance ratio (largest / smallest): " + fmt(r.label_imbalance, "%.2f") + "\n";
+    }
+    if (!r.test.empty()) {
+        md += "\n## Contamination with " + r.test.string() + "\n\n" + std::to_string(r.contaminated_examples) + " of " +
+              std::to_string(r.examples) + " training examples have a prompt equal or near to one of the " +
+              std::to_string(r.test_examples) + " test examples.\n\n";
+        for (std::size_t i = 0; i < std::min(shown, r.test_exact.size()); ++i)
+            md += "- line " + std::to_string(r.test_exact[i].a) + " = test line " + std::to_string(r.test_exact[i].b) +
+                  "\n";
+        md += more(r.test_exact.size());
+        for (std::size_t i = 0; i < std::min(shown, r.test_near.size()); ++i)
+            md += "- line " + std::to_string(r.test_near[i].a) + " ~ test line " + std::to_string(r.test_near[i].b) +
+                  " (Jaccard " + fmt(r.test_near[i].jaccard, "%.3f") + ")\n";
+        md += more(r.test_near.size());
+        if (!r.test_malformed.empty())
+            md += "\nThe test file has " + std::to_string(r.test_malformed.size()) + " malformed lines.\n";
+    }
+    if (r.teacher) {
+        const TeacherOutput& t = *r.teacher;
+        md += "\n## What the teacher produced\n\n";
+        md += "- answers kept: " + std::to_string(t.answers) + " (" + std::to_string(t.truncated_kept) +
+              " of them cut off by max_new_tokens)\n";
+        md += "- rejected: " + std::to_string(t.rejected_empty) + " empty, " + std::to_string(t.rejected_truncated) +
+              " truncated (hit max_new_tokens), " + std::to_string(t.rejected_duplicate) + " duplicates\n";
+        md += "- refusals (a refusal phrase in the first 120 bytes): " + std::to_string(t.refusals);
+        for (std::size_t i = 0; i < std::min(shown, t.refusal_lines.size()); ++i)
+            md += (i ? ", " : "; lines ") + std::to_string(t.refusal_lines[i]);
+        md += "\n- completion tokens: p50 " + fmt(t.completion_tokens.p50) + ", p95 " + fmt(t.completion_tokens.p95) +
+              ", max " + fmt(t.completion_tokens.max) + " of max_new_tokens " + std::to_string(t.max_new_tokens) +
+              "; " + std::to_string(t.at_limit) + " answers reached it\n";
+    }
+    md += "\n## Length histograms\n\n";
+    for (const auto& f : r.lengths) {
+        const std::string p = inspect_detail::file_part(f.field);
+        md += "![" + f.field + " tokens](lengths-" + p + "-tokens.svg) ![" + f.field + " chars](lengths-" + p +
+              "-chars.svg)\n";
+    }
+    if (r.teacher) md += "![teacher completion tokens](teacher-completion-tokens.svg)\n";
+    return md;
+}
+
+/// The histogram charts: (file name, SVG) for every field, in tokens and in characters.
+inline std::vector<std::pair<std::string, std::string>> histogram_charts(const Inspection& r) {
+    std::vector<std::pair<std::string, std::string>> out;
+    auto chart = [&](std::string file, const std::string& title, const LengthStats& u) {
+        std::vector<std::string> groups;
+        std::vector<double> counts;
+        for (std::size_t i = 0; i < u.counts.size(); ++i) {
+            groups.push_back(inspect_detail::fmt(u.edges[i], "%.0f"));
+            counts.push_back(double(u.counts[i]));
+        }
+        out.emplace_back(std::move(file), eval::bar_chart(title + ", bins from their lower edge", groups, {"examples"},
+                                                          {counts}, 960, 400));
+    };
+    for (const auto& f : r.lengths) {
+        const std::string p = "lengths-" + inspect_detail::file_part(f.field);
+        chart(p + "-tokens.svg", f.field + " length (" + r.tokenizer + " tokens)", f.tokens);
+        chart(p + "-chars.svg", f.field + " length (chars)", f.chars);
+    }
+    if (r.teacher)
+        chart("teacher-completion-tokens.svg",
+              "teacher completion tokens (max_new_tokens " + std::to_string(r.teacher->max_new_tokens) + ")",
+              r.teacher->completion_tokens);
+    return out;
+}
+
+/// Writes inspect.json, inspect.md and the histogram SVGs into `dir` (created if absent), each file
+/// atomically. Throws io_error.
+inline void write_inspection(const Inspection& r, const std::filesystem::path& dir) {
+    std::error_code ec;
+    std::filesystem::create_directories(dir, ec);
+    if (ec) throw io_error(dir, "cannot create the directory: " + ec.message());
+    io::write_file_atomic(dir / "inspect.json", to_json(r).dump(2) + "\n");
+    io::write_file_atomic(dir / "inspect.md", to_markdown(r));
+    for (const auto& [name, svg] : histogram_charts(r)) io::write_file_atomic(dir / name, svg);
+}
+
+}  // namespace distill::data
+// ---- end distill/data/inspect.hpp ----
 // ---- begin distill/data/load_chat_tokenizer.hpp ----
 /// @file load_chat_tokenizer.hpp
 /// `data::load_chat_tokenizer`: the template of the tokenizer a job names — `"byte"` (or `""`) for
@@ -10492,589 +11868,6 @@ inline double percentile(std::vector<double> values, double q) {
 
 }  // namespace distill::eval
 // ---- end distill/eval/metrics.hpp ----
-// ---- begin distill/eval/svg.hpp ----
-/// @file svg.hpp
-/// Self-contained SVG charts for reports: line charts (loss curves per term) and grouped bar charts
-/// (teacher / baseline / student side by side). Plain SVG 1.1 text, no scripts, no external fonts.
-
-#include <algorithm>
-#include <cmath>
-#include <cstdio>
-#include <limits>
-#include <string>
-#include <vector>
-
-namespace distill::eval {
-
-/// One named curve of (x, y) points.
-struct Series {
-    std::string name;
-    std::vector<double> x, y;
-};
-
-namespace detail {
-
-inline std::string escape(const std::string& s) {
-    std::string out;
-    for (char c : s) {
-        switch (c) {
-            case '&':
-                out += "&amp;";
-                break;
-            case '<':
-                out += "&lt;";
-                break;
-            case '>':
-                out += "&gt;";
-                break;
-            case '"':
-                out += "&quot;";
-                break;
-            default:
-                out += c;
-        }
-    }
-    return out;
-}
-
-inline std::string num(double v) {
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "%.4g", v);
-    return buf;
-}
-
-/// The start of a chart: the <svg> element of width × height on white, the title centred at the
-/// top and the x axis from `left` to `right` at `bottom`.
-inline std::string open_chart(const std::string& title, int width, int height, double left, double right,
-                              double bottom) {
-    std::string svg = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" + std::to_string(width) + "\" height=\"" +
-                      std::to_string(height) + "\" font-family=\"sans-serif\" font-size=\"12\">\n";
-    svg += "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
-    svg += "<text x=\"" + num(width / 2.0) + "\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">" + escape(title) +
-           "</text>\n";
-    svg += "<line x1=\"" + num(left) + "\" y1=\"" + num(bottom) + "\" x2=\"" + num(right) + "\" y2=\"" + num(bottom) +
-           "\" stroke=\"black\"/>\n";
-    return svg;
-}
-
-inline const char* color(std::size_t i) {
-    static const char* palette[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728",
-                                    "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"};
-    return palette[i % 8];
-}
-
-}  // namespace detail
-
-/// A line chart of `series` (non-finite points skipped), with axes, ticks and a legend.
-inline std::string line_chart(const std::string& title, const std::string& x_label, const std::string& y_label,
-                              const std::vector<Series>& series, int width = 720, int height = 400) {
-    using namespace detail;
-    double x0 = std::numeric_limits<double>::infinity(), x1 = -x0, y0 = x0, y1 = -x0;
-    for (const auto& s : series)
-        for (std::size_t i = 0; i < std::min(s.x.size(), s.y.size()); ++i)
-            if (std::isfinite(s.x[i]) && std::isfinite(s.y[i])) {
-                x0 = std::min(x0, s.x[i]);
-                x1 = std::max(x1, s.x[i]);
-                y0 = std::min(y0, s.y[i]);
-                y1 = std::max(y1, s.y[i]);
-            }
-    if (!(x0 <= x1)) x0 = 0, x1 = 1, y0 = 0, y1 = 1;
-    if (x1 == x0) x1 = x0 + 1;
-    if (y1 == y0) y1 = y0 + 1;
-    std::size_t longest = 0;  // the legend's column is as wide as its longest name
-    for (const auto& s : series) longest = std::max(longest, s.name.size());
-    const double left = 70, right = width - std::max(160.0, 50.0 + 7.0 * double(longest)), top = 40,
-                 bottom = height - 50;
-    auto px = [&](double x) { return left + (x - x0) / (x1 - x0) * (right - left); };
-    auto py = [&](double y) { return bottom - (y - y0) / (y1 - y0) * (bottom - top); };
-    std::string svg = open_chart(title, width, height, left, right, bottom);
-    svg += "<line x1=\"" + num(left) + "\" y1=\"" + num(top) + "\" x2=\"" + num(left) + "\" y2=\"" + num(bottom) +
-           "\" stroke=\"black\"/>\n";
-    for (int k = 0; k <= 4; ++k) {
-        const double xv = x0 + (x1 - x0) * k / 4, yv = y0 + (y1 - y0) * k / 4;
-        svg += "<text x=\"" + num(px(xv)) + "\" y=\"" + num(bottom + 16) + "\" text-anchor=\"middle\">" + num(xv) +
-               "</text>\n";
-        svg += "<text x=\"" + num(left - 6) + "\" y=\"" + num(py(yv) + 4) + "\" text-anchor=\"end\">" + num(yv) +
-               "</text>\n";
-        svg += "<line x1=\"" + num(left) + "\" y1=\"" + num(py(yv)) + "\" x2=\"" + num(right) + "\" y2=\"" +
-               num(py(yv)) + "\" stroke=\"#ddd\"/>\n";
-    }
-    svg += "<text x=\"" + num((left + right) / 2) + "\" y=\"" + num(height - 12.0) + "\" text-anchor=\"middle\">" +
-           escape(x_label) + "</text>\n";
-    svg += "<text transform=\"translate(16," + num((top + bottom) / 2) + ") rotate(-90)\" text-anchor=\"middle\">" +
-           escape(y_label) + "</text>\n";
-    for (std::size_t k = 0; k < series.size(); ++k) {
-        const auto& s = series[k];
-        std::string points;
-        for (std::size_t i = 0; i < std::min(s.x.size(), s.y.size()); ++i)
-            if (std::isfinite(s.x[i]) && std::isfinite(s.y[i])) points += num(px(s.x[i])) + "," + num(py(s.y[i])) + " ";
-        svg += "<polyline fill=\"none\" stroke=\"" + std::string(color(k)) + "\" stroke-width=\"1.5\" points=\"" +
-               points + "\"/>\n";
-        const double ly = top + 16.0 * double(k);
-        svg += "<line x1=\"" + num(right + 12) + "\" y1=\"" + num(ly) + "\" x2=\"" + num(right + 30) + "\" y2=\"" +
-               num(ly) + "\" stroke=\"" + color(k) + "\" stroke-width=\"3\"/>\n";
-        svg += "<text x=\"" + num(right + 36) + "\" y=\"" + num(ly + 4) + "\">" + escape(s.name) + "</text>\n";
-    }
-    return svg + "</svg>\n";
-}
-
-/// A grouped bar chart: one group per `groups` entry, one bar per `bars` name, values[bar][group].
-inline std::string bar_chart(const std::string& title, const std::vector<std::string>& groups,
-                             const std::vector<std::string>& bars, const std::vector<std::vector<double>>& values,
-                             int width = 720, int height = 400) {
-    using namespace detail;
-    double vmax = 0;
-    for (const auto& row : values)
-        for (double v : row)
-            if (std::isfinite(v)) vmax = std::max(vmax, v);
-    if (vmax <= 0) vmax = 1;
-    const double left = 40, right = width - 20.0, top = 40, bottom = height - 60.0;
-    const double group_w = (right - left) / double(std::max<std::size_t>(1, groups.size()));
-    const double bar_w = group_w * 0.8 / double(std::max<std::size_t>(1, bars.size()));
-    std::string svg = open_chart(title, width, height, left, right, bottom);
-    for (std::size_t g = 0; g < groups.size(); ++g) {
-        const double gx = left + group_w * double(g) + group_w * 0.1;
-        for (std::size_t b = 0; b < bars.size(); ++b) {
-            const double v =
-                b < values.size() && g < values[b].size() && std::isfinite(values[b][g]) ? values[b][g] : 0.0;
-            const double h = v / vmax * (bottom - top);
-            const double x = gx + bar_w * double(b);
-            svg += "<rect x=\"" + num(x) + "\" y=\"" + num(bottom - h) + "\" width=\"" + num(bar_w * 0.95) +
-                   "\" height=\"" + num(h) + "\" fill=\"" + color(b) + "\"><title>" + escape(bars[b]) + ": " + num(v) +
-                   "</title></rect>\n";
-            svg += "<text x=\"" + num(x + bar_w / 2) + "\" y=\"" + num(bottom - h - 3) +
-                   "\" text-anchor=\"middle\" font-size=\"10\">" + num(v) + "</text>\n";
-        }
-        svg += "<text x=\"" + num(gx + group_w * 0.4) + "\" y=\"" + num(bottom + 16) + "\" text-anchor=\"middle\">" +
-               escape(groups[g]) + "</text>\n";
-    }
-    for (std::size_t b = 0; b < bars.size(); ++b) {
-        const double lx = left + 120.0 * double(b);
-        svg += "<rect x=\"" + num(lx) + "\" y=\"" + num(height - 24.0) + "\" width=\"12\" height=\"12\" fill=\"" +
-               color(b) + "\"/>\n";
-        svg += "<text x=\"" + num(lx + 16) + "\" y=\"" + num(height - 14.0) + "\">" + escape(bars[b]) + "</text>\n";
-    }
-    return svg + "</svg>\n";
-}
-
-}  // namespace distill::eval
-// ---- end distill/eval/svg.hpp ----
-// ---- begin distill/io/durable.hpp ----
-/// @file durable.hpp
-/// Every way distill touches a file so that a crash at any moment leaves the previous good state
-/// readable (design.md §5), in one place, every fsync and close result checked:
-/// - `atomic_writer` / `write_file_atomic` / `copy_file_atomic`: whole files replaced atomically (temp
-///   file, fsync, rename, fsync of the directory): the previous content or the new one, never a mixture;
-/// - `append_durably`: one record appended with fsync (a torn append is cut back);
-/// - `truncate_durably` / `truncate_to_last_line`: a file cut back (to a size, or to its last complete
-///   line after a crash interrupted an append) with the cut made durable;
-/// - `mapped_file`: a read-only mapping of a whole file;
-/// - `directory_lock`: one process writing into a directory at a time.
-
-#include <cerrno>
-#include <cstddef>
-#include <cstdint>
-#include <cstring>
-#include <filesystem>
-#include <fstream>
-#include <iterator>
-#include <span>
-#include <string>
-#include <string_view>
-#include <utility>
-
-#include <fcntl.h>
-#include <sys/file.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-
-namespace distill::detail {
-
-/// "`operation`: `strerror(err)`", the text of every io_error this header throws.
-inline std::string io_errno_message(std::string_view operation, int err) {
-    return std::string(operation) + ": " + std::strerror(err);
-}
-
-/// Writes all `size` bytes to `fd`, retrying after signals and short writes; returns 0 or an errno.
-inline int write_all_fd(int fd, const void* data, std::size_t size) noexcept {
-    const char* p = static_cast<const char*>(data);
-    while (size > 0) {
-        const ssize_t n = ::write(fd, p, size);
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            return errno;
-        }
-        // write() returning 0 for a non-empty request means the device accepted nothing: out of space.
-        if (n == 0) return ENOSPC;
-        p += n;
-        size -= static_cast<std::size_t>(n);
-    }
-    return 0;
-}
-
-/// fsyncs and closes `fd`, a descriptor of `path` written through: both results checked (close can
-/// report a deferred write error). The descriptor is closed either way. Throws io_error naming `path`.
-inline void fsync_and_close(int fd, const std::filesystem::path& path) {
-    if (::fsync(fd) != 0) {
-        const int err = errno;
-        ::close(fd);
-        throw io_error(path, io_errno_message("cannot fsync", err));
-    }
-    if (::close(fd) != 0) {
-        const int err = errno;
-        throw io_error(path, io_errno_message("cannot close", err));
-    }
-}
-
-/// fstat of the open `fd` of `path`; on failure closes fd and throws io_error with the system's reason.
-inline struct stat stat_or_close(int fd, const std::filesystem::path& path) {
-    struct stat info {};
-    if (::fstat(fd, &info) != 0) {
-        const int err = errno;
-        ::close(fd);
-        throw io_error(path, io_errno_message("cannot stat", err));
-    }
-    return info;
-}
-
-/// The directory holding `path`, "." for a bare file name.
-inline std::filesystem::path parent_directory(const std::filesystem::path& path) {
-    std::filesystem::path dir = path.parent_path();
-    return dir.empty() ? std::filesystem::path(".") : dir;
-}
-
-/// fsyncs the directory holding `path` so that a rename or a newly created entry survives a crash.
-/// Throws io_error naming `path` on failure.
-inline void fsync_parent_directory(const std::filesystem::path& path) {
-    const std::filesystem::path dir = parent_directory(path);
-    const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) {
-        const int err = errno;
-        throw io_error(path, io_errno_message("cannot open directory " + dir.string(), err));
-    }
-    int err = 0;
-    // Some file systems cannot sync a directory and say EINVAL; there is nothing more to make durable.
-    if (::fsync(fd) != 0 && errno != EINVAL) err = errno;
-    if (err != 0) {
-        ::close(fd);
-        throw io_error(path, io_errno_message("cannot fsync directory " + dir.string(), err));
-    }
-    if (::close(fd) != 0) {
-        err = errno;
-        throw io_error(path, io_errno_message("cannot close directory " + dir.string(), err));
-    }
-}
-
-}  // namespace distill::detail
-
-namespace distill::io {
-
-/// Streams a file's new content into `<name>.tmp.<pid>` next to it and, on `commit()`, makes it the
-/// file's content atomically. Until `commit()` returns, the previous file is untouched; a writer that
-/// is destroyed or fails before committing removes its temp file.
-///
-/// Any failure (open, short write, out of space, fsync, rename) throws io_error naming the target
-/// path and the system's reason; the writer is then closed and further writes throw too.
-class atomic_writer {
-public:
-    /// Creates the temp file for `path`. Precondition: the directory of `path` exists.
-    explicit atomic_writer(std::filesystem::path path)
-        : path_(std::move(path)), temp_(path_.string() + ".tmp." + std::to_string(::getpid())) {
-        // O_TRUNC rather than O_EXCL: a temp file left by a crashed process with our pid is garbage.
-        fd_ = ::open(temp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
-        if (fd_ < 0) {
-            const int err = errno;
-            throw io_error(path_, distill::detail::io_errno_message("cannot create temp file " + temp_.string(), err));
-        }
-    }
-
-    atomic_writer(const atomic_writer&) = delete;
-    atomic_writer& operator=(const atomic_writer&) = delete;
-
-    /// Takes over `other`'s temp file; `other` is left closed.
-    atomic_writer(atomic_writer&& other) noexcept
-        : path_(std::move(other.path_)), temp_(std::move(other.temp_)), fd_(std::exchange(other.fd_, -1)) {}
-
-    /// Abandons this writer's own temp file, then takes over `other`'s.
-    atomic_writer& operator=(atomic_writer&& other) noexcept {
-        if (this != &other) {
-            abandon();
-            path_ = std::move(other.path_);
-            temp_ = std::move(other.temp_);
-            fd_ = std::exchange(other.fd_, -1);
-        }
-        return *this;
-    }
-
-    /// Removes the temp file unless `commit()` succeeded; the previous file stays as it was.
-    ~atomic_writer() { abandon(); }
-
-    /// Appends `size` bytes to the new content. Throws io_error (and removes the temp file) on failure.
-    void write(const void* data, std::size_t size) {
-        require_open("write");
-        if (const int err = distill::detail::write_all_fd(fd_, data, size); err != 0) {
-            fail("cannot write temp file " + temp_.string(), err);
-        }
-    }
-
-    /// Appends `bytes` to the new content.
-    void write(std::span<const std::byte> bytes) { write(bytes.data(), bytes.size()); }
-
-    /// Makes the written content the file's content: fsync, rename over the target, fsync the directory.
-    /// Throws io_error on failure; unless the failure is the final directory fsync, the previous file
-    /// is untouched and the temp file removed.
-    void commit() {
-        require_open("commit");
-        if (::fsync(fd_) != 0) {
-            const int err = errno;
-            fail("cannot fsync temp file " + temp_.string(), err);
-        }
-        // close() can report a deferred write error (e.g. on NFS), so it must succeed before the rename.
-        const int fd = std::exchange(fd_, -1);
-        if (::close(fd) != 0) {
-            const int err = errno;
-            ::unlink(temp_.c_str());
-            throw io_error(path_, distill::detail::io_errno_message("cannot close temp file " + temp_.string(), err));
-        }
-        if (::rename(temp_.c_str(), path_.c_str()) != 0) {
-            const int err = errno;
-            ::unlink(temp_.c_str());
-            throw io_error(path_,
-                           distill::detail::io_errno_message("cannot rename " + temp_.string() + " over it", err));
-        }
-        distill::detail::fsync_parent_directory(path_);
-    }
-
-    /// The file this writer replaces.
-    const std::filesystem::path& path() const noexcept { return path_; }
-
-    /// The temp file the content goes to until `commit()`.
-    const std::filesystem::path& temp_path() const noexcept { return temp_; }
-
-private:
-    void require_open(const char* operation) const {
-        if (fd_ < 0) {
-            throw io_error(path_, std::string(operation) +
-                                      " on an atomic_writer that is closed "
-                                      "(already committed, failed or moved from)");
-        }
-    }
-
-    /// Closes and removes the temp file, then throws io_error with the system's reason `err`.
-    [[noreturn]] void fail(const std::string& operation, int err) {
-        abandon();
-        throw io_error(path_, distill::detail::io_errno_message(operation, err));
-    }
-
-    void abandon() noexcept {
-        if (fd_ >= 0) {
-            ::close(std::exchange(fd_, -1));
-            ::unlink(temp_.c_str());
-        }
-    }
-
-    std::filesystem::path path_;
-    std::filesystem::path temp_;
-    int fd_ = -1;
-};
-
-/// Replaces the content of `path` with `bytes` atomically (see atomic_writer). Throws io_error.
-inline void write_file_atomic(const std::filesystem::path& path, std::span<const std::byte> bytes) {
-    atomic_writer writer(path);
-    writer.write(bytes);
-    writer.commit();
-}
-
-/// Replaces the content of `path` with the text `text` atomically (see atomic_writer). Throws io_error.
-inline void write_file_atomic(const std::filesystem::path& path, std::string_view text) {
-    write_file_atomic(path, std::as_bytes(std::span(text.data(), text.size())));
-}
-
-/// Appends `record` to `path` (created if absent) with one O_APPEND write and fsyncs it, so the record
-/// is durable when this returns. If the write fails part way, the file is cut back to its previous
-/// length so no torn record is left behind. Throws io_error naming `path` and the system's reason.
-inline void append_durably(const std::filesystem::path& path, std::string_view record) {
-    bool created = false;
-    int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
-    if (fd < 0 && errno == ENOENT) {
-        fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0666);
-        created = fd >= 0;
-    }
-    if (fd < 0) {
-        const int err = errno;
-        throw io_error(path, distill::detail::io_errno_message("cannot open for appending", err));
-    }
-
-    const struct stat before = distill::detail::stat_or_close(fd, path);
-    if (const int err = distill::detail::write_all_fd(fd, record.data(), record.size()); err != 0) {
-        // Best effort: a failure here leaves the torn tail, which is still no worse than not trying.
-        [[maybe_unused]] const int ignored = ::ftruncate(fd, before.st_size);
-        ::close(fd);
-        throw io_error(path, distill::detail::io_errno_message("cannot append", err));
-    }
-    distill::detail::fsync_and_close(fd, path);
-    // A new file's directory entry is only durable once the directory itself is synced.
-    if (created) distill::detail::fsync_parent_directory(path);
-}
-
-/// A read-only memory mapping of a whole regular file; unmapped on destruction.
-class mapped_file {
-public:
-    mapped_file() = default;
-
-    /// Maps `path`. Throws io_error if it cannot be opened, is not a regular file or cannot be mapped.
-    explicit mapped_file(const std::filesystem::path& path) {
-        const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-        if (fd < 0) {
-            const int err = errno;
-            throw io_error(path, distill::detail::io_errno_message("cannot open", err));
-        }
-        const struct stat info = distill::detail::stat_or_close(fd, path);
-        if (!S_ISREG(info.st_mode)) {
-            ::close(fd);
-            throw io_error(path, "not a regular file");
-        }
-        size_ = static_cast<std::size_t>(info.st_size);
-        // mmap rejects a length of 0; an empty file is simply an empty span.
-        if (size_ > 0) {
-            void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
-            if (p == MAP_FAILED) {
-                const int err = errno;
-                ::close(fd);
-                throw io_error(path, distill::detail::io_errno_message("cannot mmap", err));
-            }
-            data_ = static_cast<const std::byte*>(p);
-        }
-        ::close(fd);  // the mapping keeps the file alive
-    }
-
-    mapped_file(const mapped_file&) = delete;
-    mapped_file& operator=(const mapped_file&) = delete;
-    mapped_file(mapped_file&& other) noexcept
-        : data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)) {}
-    mapped_file& operator=(mapped_file&& other) noexcept {
-        if (this != &other) {
-            unmap();
-            data_ = std::exchange(other.data_, nullptr);
-            size_ = std::exchange(other.size_, 0);
-        }
-        return *this;
-    }
-    ~mapped_file() { unmap(); }
-
-    /// The file's bytes.
-    std::span<const std::byte> bytes() const noexcept { return {data_, size_}; }
-
-private:
-    void unmap() noexcept {
-        if (data_) ::munmap(const_cast<std::byte*>(data_), size_);
-        data_ = nullptr;
-        size_ = 0;
-    }
-
-    const std::byte* data_ = nullptr;
-    std::size_t size_ = 0;
-};
-
-/// Replaces the content of `to` with the bytes of `from` atomically. Throws io_error naming the file.
-inline void copy_file_atomic(const std::filesystem::path& from, const std::filesystem::path& to) {
-    std::ifstream in(from, std::ios::binary);
-    if (!in) throw io_error(from, "cannot open");
-    const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    if (in.bad()) throw io_error(from, "cannot read");
-    write_file_atomic(to, bytes);
-}
-
-/// Cuts `path` to its first `size` bytes and makes the cut durable (fsync, then close, both checked).
-/// Throws io_error naming `path` and the system's reason.
-inline void truncate_durably(const std::filesystem::path& path, std::uint64_t size) {
-    const int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
-    if (fd < 0) {
-        const int err = errno;
-        throw io_error(path, distill::detail::io_errno_message("cannot open for truncating", err));
-    }
-    if (::ftruncate(fd, static_cast<off_t>(size)) != 0) {
-        const int err = errno;
-        ::close(fd);
-        throw io_error(path, distill::detail::io_errno_message("cannot truncate", err));
-    }
-    distill::detail::fsync_and_close(fd, path);
-}
-
-/// Cuts a line-oriented file (JSONL) back to its last complete line: a last line without its newline
-/// is a record whose append a crash interrupted. Returns the bytes removed (0 when the file is absent,
-/// empty or ends with a newline). Throws io_error.
-inline std::uint64_t truncate_to_last_line(const std::filesystem::path& path) {
-    std::error_code ec;
-    if (!std::filesystem::exists(path, ec)) {
-        if (ec) throw io_error(path, "cannot stat: " + ec.message());
-        return 0;
-    }
-    std::uint64_t size = 0, keep = 0;
-    {
-        const mapped_file map(path);
-        const auto bytes = map.bytes();
-        size = bytes.size();
-        if (size == 0 || bytes.back() == std::byte('\n')) return 0;
-        for (std::size_t i = bytes.size(); i > 0; --i)
-            if (bytes[i - 1] == std::byte('\n')) {
-                keep = i;
-                break;
-            }
-    }
-    truncate_durably(path, keep);
-    return size - keep;
-}
-
-/// An exclusive advisory lock (flock) on `<dir>/.lock`, held while a process writes into `dir`: two
-/// processes writing one output directory would interleave their files and delete each other's
-/// temporaries. The kernel drops the lock when the process dies, SIGKILL included, so a crashed run
-/// never leaves a stale lock behind.
-class directory_lock {
-public:
-    directory_lock() = default;
-    /// Takes the lock on `dir` (which must exist). When another process holds it, throws config_error
-    /// naming `key` (the setting that chose the directory) and `activity` ("training").
-    directory_lock(const std::filesystem::path& dir, const std::string& key, const std::string& activity) {
-        const auto path = dir / ".lock";
-        fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0666);
-        if (fd_ < 0) {
-            const int err = errno;
-            throw io_error(path, distill::detail::io_errno_message("cannot open the run's lock file", err));
-        }
-        if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
-            ::close(fd_);
-            fd_ = -1;
-            throw config_error(key, "another process is " + activity + " into " + dir.string() + " (it holds " +
-                                        path.string() + "); one run per directory");
-        }
-    }
-    directory_lock(const directory_lock&) = delete;
-    directory_lock& operator=(const directory_lock&) = delete;
-    directory_lock(directory_lock&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
-    directory_lock& operator=(directory_lock&& o) noexcept {
-        if (this != &o) {
-            release();
-            fd_ = std::exchange(o.fd_, -1);
-        }
-        return *this;
-    }
-    ~directory_lock() { release(); }
-
-private:
-    void release() noexcept {
-        // Closing the descriptor releases the flock; nothing was written through it, so there is
-        // no deferred write error for close() to report.
-        if (fd_ >= 0) ::close(fd_);
-        fd_ = -1;
-    }
-    int fd_ = -1;
-};
-
-}  // namespace distill::io
-// ---- end distill/io/durable.hpp ----
 // ---- begin distill/io/gguf.hpp ----
 /// @file gguf.hpp
 /// GGUF, the single-file model format of llama.cpp (ggml's `docs/gguf.md`, version 3): a header,
@@ -26267,6 +27060,7 @@ private:
 /// - `synthetic.rejected.jsonl` — answers dropped by validation (empty; truncated by max_new_tokens
 ///   unless `keep_truncated`; exact duplicates of an earlier prompt and answer), with the reason;
 /// - `synthetic.report.json` — the report: counts of each outcome, failures, throughput (written atomically).
+/// `generate_stage` also writes `synthetic.inspect/` (data/inspect.hpp) for the training set's answers.
 ///
 /// **Resume.** Every record carries the generation fingerprint (teacher + sampling settings). A
 /// rerun refuses output with another fingerprint (`fingerprint_error`, naming both), cuts off a
@@ -26685,6 +27479,22 @@ GenerateReport generate_stage(Teacher& teacher, const Setup& setup) {
                   std::to_string(r.rejected_duplicate) + " duplicates, " + std::to_string(r.rejected_empty) +
                   " empty); see generate/synthetic.rejected.jsonl");
     if (r.failed > 0) setup.say("generate: " + std::to_string(r.failed) + " prompts unanswered (rerun to retry them)");
+    // The synthetic set inspected as `distill inspect` would, with what the teacher produced
+    // (docs/data.md), into generate/synthetic.inspect/. A report, so its failure does not fail the stage.
+    const std::filesystem::path synthetic = setup.dir.generate_dir() / "synthetic.jsonl";
+    if (std::filesystem::exists(synthetic)) {
+        try {
+            data::Inspection ins = data::inspect(synthetic);
+            ins.teacher = data::teacher_output(synthetic, setup.dir.generate_dir() / "synthetic.rejected.jsonl",
+                                               setup.job.generation.max_new_tokens);
+            data::write_inspection(ins, setup.dir.generate_dir() / "synthetic.inspect");
+            std::string summary = data::summary(ins);
+            if (!summary.empty() && summary.back() == '\n') summary.pop_back();
+            setup.say("generate: " + summary);
+        } catch (const distill::error& e) {
+            setup.say(std::string("generate: the synthetic set's inspection failed: ") + e.what());
+        }
+    }
     return r;
 }
 

@@ -260,6 +260,24 @@ nlohmann::json token_json(const Tokenizer& tok, std::int32_t id, float logprob) 
     return t;
 }
 
+/// The `logprobs.content` entries of tokens [from, to) of `r`: each token with its log-probability
+/// and its `top_logprobs` (r.k of them).
+template <class Tokenizer>
+nlohmann::json logprob_content(const Tokenizer& tok, const Response& r, std::size_t from, std::size_t to) {
+    nlohmann::json content = nlohmann::json::array();
+    for (std::size_t i = from; i < to && i < r.tokens.size(); ++i) {
+        nlohmann::json e = token_json(tok, r.tokens[i], i < r.token_logprobs.size() ? r.token_logprobs[i] : 0.0f);
+        nlohmann::json top = nlohmann::json::array();
+        for (int j = 0; j < r.k; ++j) {
+            const std::size_t at = i * std::size_t(r.k) + std::size_t(j);
+            top.push_back(token_json(tok, r.top_ids[at], r.top_logprobs[at]));
+        }
+        e["top_logprobs"] = std::move(top);
+        content.push_back(std::move(e));
+    }
+    return content;
+}
+
 /// A chat completion object for `r` (what `apps/serve` answers), with
 /// `choices[0].logprobs.content` when `with_logprobs` (r.tokens mapped back to token strings).
 template <class Tokenizer>
@@ -268,22 +286,10 @@ nlohmann::json make_completion(std::string_view id, std::string_view model, std:
     nlohmann::json choice = {{"index", 0},
                              {"message", {{"role", "assistant"}, {"content", r.text}}},
                              {"finish_reason", std::string(finish_reason_name(r.finish))}};
-    if (with_logprobs) {
-        nlohmann::json content = nlohmann::json::array();
-        for (std::size_t i = 0; i < r.tokens.size(); ++i) {
-            nlohmann::json e = token_json(tok, r.tokens[i], i < r.token_logprobs.size() ? r.token_logprobs[i] : 0.0f);
-            nlohmann::json top = nlohmann::json::array();
-            for (int j = 0; j < r.k; ++j) {
-                const std::size_t at = i * std::size_t(r.k) + std::size_t(j);
-                top.push_back(token_json(tok, r.top_ids[at], r.top_logprobs[at]));
-            }
-            e["top_logprobs"] = std::move(top);
-            content.push_back(std::move(e));
-        }
-        choice["logprobs"] = {{"content", std::move(content)}};
-    } else {
+    if (with_logprobs)
+        choice["logprobs"] = {{"content", logprob_content(tok, r, 0, r.tokens.size())}};
+    else
         choice["logprobs"] = nullptr;
-    }
     return {{"id", id},
             {"object", "chat.completion"},
             {"created", created},

@@ -934,4 +934,47 @@ TEST_SUITE("teacher-http") {
         CHECK(generated < full);
     }
 
+    TEST_CASE("apps/loadtest: rising concurrency against apps/serve, TTFT and latency percentiles, 503s counted") {
+        TempDir dir("loadtest");
+        testing::write_tiny_teacher(dir / "teacher.safetensors", 2, 128);
+        Server server(dir, "loadtest", dir / "teacher.safetensors", "DISTILL_TEST_LOADTEST_KEY", "k",
+                      {"--max-concurrency", "2"});
+        Child run(
+            {DISTILL_LOADTEST_BIN, "--url", server.url(), "--api-key-env", "DISTILL_TEST_LOADTEST_KEY", "--concurrency",
+             "1,6", "--requests", "12", "--max-tokens", "16", "--out", (dir / "report.json").string()},
+            {"DISTILL_TEST_LOADTEST_KEY=k"}, dir / "loadtest.log");
+        REQUIRE_MESSAGE(run.wait(120) == 0, read_text(dir / "loadtest.log"));
+        const auto report = nlohmann::json::parse(read_text(dir / "report.json"));
+        REQUIRE(report["levels"].size() == 2);
+        const auto& one = report["levels"][0];
+        CHECK(one["concurrency"] == 1);
+        CHECK(one["requests"] == 12);
+        CHECK(one["ok"] == 12);  // one at a time: never over the server's limit
+        CHECK(one["errors"].empty());
+        CHECK(one["completion_tokens"].get<int>() >= 12);
+        CHECK(one["ttft_ms"]["p50"].get<double>() > 0);
+        CHECK(one["ttft_ms"]["p50"].get<double>() <= one["latency_ms"]["p50"].get<double>());
+        CHECK(one["ttft_ms"]["p50"].get<double>() <= one["ttft_ms"]["p95"].get<double>());
+        CHECK(one["ttft_ms"]["p95"].get<double>() <= one["ttft_ms"]["p99"].get<double>());
+        CHECK(one["tokens_per_s"].get<double>() > 0);
+        // six clients against two slots: each request answered or refused with 503, nothing else
+        const auto& six = report["levels"][1];
+        int refused = 0;
+        for (const auto& [kind, count] : six["errors"].items()) {
+            CHECK(kind == "503");
+            refused += count.get<int>();
+        }
+        CHECK(six["ok"].get<int>() + refused == 12);
+        CHECK(six["ok"].get<int>() >= 1);
+        MESSAGE("loadtest: concurrency 1 ttft p50 " << one["ttft_ms"]["p50"] << " ms, " << one["tokens_per_s"]
+                                                    << " tokens/s; concurrency 6: " << six["ok"] << " ok, " << refused
+                                                    << " refused (503)");
+        CHECK(read_text(dir / "loadtest.log").find("\"levels\"") != std::string::npos);  // the report on stdout
+        server.stop();
+        // loopback only
+        Child elsewhere({DISTILL_LOADTEST_BIN, "--url", "http://example.com/v1"}, {}, dir / "elsewhere.log");
+        CHECK(elsewhere.wait(30) == 2);
+        CHECK(read_text(dir / "elsewhere.log").find("loopback") != std::string::npos);
+    }
+
 }  // TEST_SUITE

@@ -446,23 +446,6 @@ nlohmann::json completion_body(const Job& job, const std::string& id, const std:
             {"usage", usage_of(job, answers)}};
 }
 
-// How much of an answer's text so far can be streamed: not a tail that may still become a stop
-// sequence (the answer would end before it), nor trailing U+FFFD, which may be a character whose
-// remaining bytes are still to come. Cut at a character boundary.
-std::size_t streamable(const std::string& text, const std::vector<std::string>& stops) {
-    std::size_t keep = text.size();
-    for (const auto& stop : stops)
-        for (std::size_t k = std::min(stop.size() - 1, text.size()); k > 0; --k)
-            if (text.compare(text.size() - k, k, stop, 0, k) == 0) {
-                keep = std::min(keep, text.size() - k);
-                break;
-            }
-    while (keep > 0 && keep < text.size() && (static_cast<unsigned char>(text[keep]) & 0xC0) == 0x80) --keep;
-    static const std::string replacement = "\xEF\xBF\xBD";
-    while (keep >= 3 && text.compare(keep - 3, 3, replacement) == 0) keep -= 3;
-    return keep;
-}
-
 std::atomic<bool> stopping{false};
 
 }  // namespace
@@ -723,7 +706,7 @@ int main(int argc, char** argv) try {
                     emit(c, r, "", r.tokens.size(), r.tokens.size(),
                          std::string(teacher::finish_reason_name(r.finish)).c_str());
                 } else {
-                    const std::size_t safe = streamable(r.text, job->sampling.stop);
+                    const std::size_t safe = teacher::openai::streamable(r.text, job->sampling.stop);
                     if (safe > p.sent.size() && r.text.compare(0, p.sent.size(), p.sent) == 0) {
                         // Log-probabilities go with the text of their tokens: those ending within it.
                         std::size_t to = p.tokens_sent;

@@ -510,6 +510,29 @@ TEST_SUITE("teacher") {
 
     // ---- OpenAI wire format -----------------------------------------------------------------------------
 
+    TEST_CASE("openai format: what a stream may send of a partial answer") {
+        using teacher::openai::streamable;
+        const std::vector<std::string> none, stops = {"END", "\xE2\x82\xAC!"};  // "END", "€!"
+        CHECK(streamable("hello", none) == 5);
+        CHECK(streamable("", none) == 0);
+        // a character still incomplete is shown as U+FFFD by the decoder: held back
+        CHECK(streamable("ab\xEF\xBF\xBD", none) == 2);
+        CHECK(streamable("ab\xEF\xBF\xBD\xEF\xBF\xBD", none) == 2);
+        CHECK(streamable("ab\xEF\xBF\xBD"
+                         "c",
+                         none) == 6);                       // followed by more text: it stays U+FFFD
+        CHECK(streamable("\xC3\xA9t\xC3\xA9", none) == 5);  // "été", complete
+        // a tail that may still become a stop sequence waits; one that cannot does not
+        CHECK(streamable("the E", stops) == 4);
+        CHECK(streamable("the EN", stops) == 4);
+        CHECK(streamable("the ENx", stops) == 7);
+        CHECK(streamable("cost 5\xE2\x82\xAC", stops) == 6);  // "€" may begin "€!"
+        CHECK(streamable("cost 5\xE2\x82\xAC.", stops) == 10);
+        // a stop prefix that ends inside a character: cut at the character's start
+        const std::vector<std::string> mid = {"\xC3\xA9"};  // "é"
+        CHECK(streamable("caf\xC3", mid) == 3);
+    }
+
     TEST_CASE("openai format: request body, response parsing, token mapping, Retry-After and backoff") {
         using namespace teacher::openai;
         const std::vector<data::Message> msgs = {{"user", "hi"}};

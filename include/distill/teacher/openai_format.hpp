@@ -301,6 +301,25 @@ nlohmann::json make_completion(std::string_view id, std::string_view model, std:
               {"total_tokens", r.usage.prompt_tokens + r.usage.completion_tokens}}}};
 }
 
+/// How many bytes of an answer's text so far a stream can send for good: the text without a tail
+/// that may still become one of the `stops` (the answer would end before it) and without trailing
+/// U+FFFD, which may stand for a character whose remaining bytes are still to come (a decoder shows
+/// an incomplete character so), cut at a character boundary. What it allows is a prefix of the final
+/// answer as long as the decoder only appends, so streamed pieces join into the whole answer.
+inline std::size_t streamable(std::string_view text, std::span<const std::string> stops) {
+    std::size_t keep = text.size();
+    for (const auto& stop : stops)
+        for (std::size_t k = std::min(stop.size() > 0 ? stop.size() - 1 : 0, text.size()); k > 0; --k)
+            if (text.substr(text.size() - k) == std::string_view(stop).substr(0, k)) {
+                keep = std::min(keep, text.size() - k);
+                break;
+            }
+    while (keep > 0 && keep < text.size() && (static_cast<unsigned char>(text[keep]) & 0xC0) == 0x80) --keep;
+    constexpr std::string_view replacement = "\xEF\xBF\xBD";
+    while (keep >= 3 && text.substr(keep - 3, 3) == replacement) keep -= 3;
+    return keep;
+}
+
 /// Whether an HTTP status is worth retrying: 408 (timeout), 413 (some gateways use it for a
 /// momentarily full queue), 429 (rate limit) and every 5xx.
 constexpr bool retryable_status(int status) noexcept {

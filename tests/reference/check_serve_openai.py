@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import struct
 import subprocess
 import sys
@@ -107,6 +108,10 @@ def main():
         proc.terminate()
         proc.wait(20)
         log.close()
+        if failures == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print("serve's log: %s" % os.path.join(tmp, "serve.log"))
     print("%d failure(s)" % failures)
     return 1 if failures else 0
 

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -19,6 +20,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include <arpa/inet.h>
@@ -29,6 +31,8 @@
 #include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include <nlohmann/json.hpp>
 
 #include "distill/data/chat.hpp"
 #include "distill/pipeline/generate.hpp"
@@ -220,13 +224,58 @@ HttpReply raw_http(int port, const std::string& request, double timeout_s = 20) 
     return r;
 }
 
-/// A POST of `body` to the chat completions endpoint, with optional Authorization and Content-Type.
-std::string post_request(const std::string& body, const std::string& key,
-                         const std::string& type = "application/json") {
-    std::string r = "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n";
+/// A POST of `body` to an endpoint (chat completions by default), with optional Authorization and Content-Type.
+std::string post_request(const std::string& body, const std::string& key, const std::string& type = "application/json",
+                         const std::string& path = "/v1/chat/completions") {
+    std::string r = "POST " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n";
     if (!key.empty()) r += "Authorization: Bearer " + key + "\r\n";
     if (!type.empty()) r += "Content-Type: " + type + "\r\n";
     return r + "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+}
+
+/// The body of a response: after the headers, with a chunked transfer encoding undone. Fails the test
+/// on broken chunk framing.
+std::string body_of(const std::string& response) {
+    const std::size_t head = response.find("\r\n\r\n");
+    REQUIRE(head != std::string::npos);
+    const std::string headers = response.substr(0, head), rest = response.substr(head + 4);
+    if (headers.find("Transfer-Encoding: chunked") == std::string::npos) return rest;
+    std::string body;
+    for (std::size_t at = 0;;) {
+        const std::size_t eol = rest.find("\r\n", at);
+        REQUIRE_MESSAGE(eol != std::string::npos, "a chunk size line is missing its CRLF");
+        const std::size_t size = std::stoul(rest.substr(at, eol - at), nullptr, 16);
+        if (size == 0) break;
+        REQUIRE_MESSAGE(rest.size() >= eol + 2 + size + 2, "a chunk is cut short");
+        body += rest.substr(eol + 2, size);
+        REQUIRE(rest.substr(eol + 2 + size, 2) == "\r\n");
+        at = eol + 2 + size + 2;
+    }
+    return body;
+}
+
+/// The data of each server-sent event of `body`, checking the framing: nothing but `data: X\n\n`
+/// events, the last one `[DONE]` (not returned).
+std::vector<nlohmann::json> sse_events(const std::string& body) {
+    std::vector<nlohmann::json> events;
+    std::size_t at = 0;
+    bool done = false;
+    while (at < body.size()) {
+        INFO("event at byte " << at << ": " << body.substr(at, 200));
+        REQUIRE(!done);  // nothing after [DONE]
+        REQUIRE(body.compare(at, 6, "data: ") == 0);
+        const std::size_t end = body.find("\n\n", at);
+        REQUIRE(end != std::string::npos);
+        const std::string data = body.substr(at + 6, end - at - 6);
+        REQUIRE(data.find('\n') == std::string::npos);
+        if (data == "[DONE]")
+            done = true;
+        else
+            events.push_back(nlohmann::json::parse(data));
+        at = end + 2;
+    }
+    CHECK(done);
+    return events;
 }
 
 std::string get_request(const std::string& path, const std::string& key) {
@@ -495,9 +544,12 @@ TEST_SUITE("teacher-http") {
             R"({"messages":[{"role":"user","content":"x"}],"top_p":0})",
             R"({"messages":[{"role":"user","content":"x"}],"max_tokens":0})",
             R"({"messages":[{"role":"user","content":"x"}],"max_tokens":1.5})",
-            R"({"messages":[{"role":"user","content":"x"}],"n":2})",
+            R"({"messages":[{"role":"user","content":"x"}],"n":17})",
+            R"({"messages":[{"role":"user","content":"x"}],"n":0})",
             R"({"messages":[{"role":"user","content":"x"}],"n":"1"})",
-            R"({"messages":[{"role":"user","content":"x"}],"stream":true})",
+            R"({"messages":[{"role":"user","content":"x"}],"stream":"yes"})",
+            R"({"messages":[{"role":"user","content":"x"}],"stream_options":{"include_usage":true}})",
+            R"({"messages":[{"role":"user","content":"x"}],"stream":true,"stream_options":3})",
             R"({"messages":[{"role":"user","content":"x"}],"logprobs":"yes"})",
             R"({"messages":[{"role":"user","content":"x"}],"logprobs":true,"top_logprobs":100000})",
             R"({"messages":[{"role":"user","content":"x"}],"stop":[1]})",
@@ -602,19 +654,22 @@ TEST_SUITE("teacher-http") {
         MESSAGE("serve abuse: statuses seen:" << summary);
     }
 
-    TEST_CASE("apps/serve: past --max-concurrency requests are refused with 503 + Retry-After, not queued") {
+    TEST_CASE(
+        "apps/serve: past --max-concurrency requests, streamed or not, are refused with 503 + Retry-After, not "
+        "queued") {
         TempDir dir("serve-busy");
         testing::write_tiny_teacher(dir / "teacher.safetensors", 3, 64);
         // every request stalls 1.5 s inside its slot, so 6 at once overrun 2 slots deterministically
         Server server(dir, "busy", dir / "teacher.safetensors", "DISTILL_TEST_BUSY_KEY", "k",
                       {"--max-concurrency", "2", "--fault-rate", "1", "--faults", "stall", "--stall-ms", "1500"});
         const std::string valid = R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":4})";
+        const std::string stream = R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":4,"stream":true})";
         std::vector<std::thread> clients;
         std::mutex m;
         std::vector<int> statuses;
-        for (int i = 0; i < 6; ++i)
-            clients.emplace_back([&] {
-                const HttpReply r = raw_http(server.port, post_request(valid, "k"), 30);
+        for (int i = 0; i < 6; ++i)  // streamed requests count against the limit as the others do
+            clients.emplace_back([&, i] {
+                const HttpReply r = raw_http(server.port, post_request(i % 2 ? stream : valid, "k"), 30);
                 std::lock_guard lock(m);
                 statuses.push_back(r.status);
             });
@@ -622,6 +677,304 @@ TEST_SUITE("teacher-http") {
         CHECK(std::count(statuses.begin(), statuses.end(), 200) == 2);
         CHECK(std::count(statuses.begin(), statuses.end(), 503) == 4);
         server.stop();
+    }
+
+    TEST_CASE(
+        "apps/serve: streamed chat and text completions (server-sent events), n choices, legacy logprobs, bad "
+        "fields named") {
+        TempDir dir("serve-stream");
+        testing::write_tiny_teacher(dir / "teacher.safetensors", 5, 128);
+        Server server(dir, "stream", dir / "teacher.safetensors", "DISTILL_TEST_STREAM_KEY", "k", {"--max-batch", "2"});
+        // A POST answered 200, and its body.
+        auto post = [&](const std::string& path, const nlohmann::json& body) {
+            const HttpReply r = raw_http(server.port, post_request(body.dump(), "k", "application/json", path));
+            INFO(path << " " << body.dump() << " -> " << r.text.substr(0, 600));
+            REQUIRE(r.status == 200);
+            return r.text;
+        };
+        auto json_of = [&](const std::string& path, const nlohmann::json& body) {
+            return nlohmann::json::parse(body_of(post(path, body)));
+        };
+        const nlohmann::json messages = {{{"role", "user"}, {"content", "What is 3 + 4?"}}};
+        const nlohmann::json greedy = {{"messages", messages}, {"temperature", 0}, {"max_tokens", 40}};
+
+        // ---- chat: the stream's deltas assemble into the non-streamed answer
+        const nlohmann::json whole = json_of("/v1/chat/completions", greedy);
+        const std::string answer = whole["choices"][0]["message"]["content"];
+        MESSAGE("greedy answer: " << whole["choices"][0]["message"].dump() << ", "
+                                  << whole["usage"]["completion_tokens"] << " tokens");
+        nlohmann::json streamed = greedy;
+        streamed["stream"] = true;
+        streamed["stream_options"] = {{"include_usage", true}};
+        const std::string raw = post("/v1/chat/completions", streamed);
+        CHECK(raw.find("Content-Type: text/event-stream") != std::string::npos);
+        CHECK(raw.find("Transfer-Encoding: chunked") != std::string::npos);
+        const auto events = sse_events(body_of(raw));
+        REQUIRE(events.size() >= 3);
+        std::string text;
+        int finishes = 0, content_chunks = 0;
+        for (std::size_t i = 0; i + 1 < events.size(); ++i) {
+            const auto& e = events[i];
+            CHECK(e["object"] == "chat.completion.chunk");
+            CHECK(e["id"] == events[0]["id"]);
+            REQUIRE(e["choices"].size() == 1);
+            const auto& c = e["choices"][0];
+            CHECK(c["index"] == 0);
+            CHECK(c["delta"].contains("role") == (i == 0));
+            if (c["delta"].contains("content")) {
+                text += c["delta"]["content"].get<std::string>();
+                content_chunks += !c["delta"]["content"].get<std::string>().empty();
+            }
+            if (!c["finish_reason"].is_null()) {
+                ++finishes;
+                CHECK(i + 2 == events.size());  // the last chunk of the choice
+                CHECK(c["finish_reason"] == whole["choices"][0]["finish_reason"]);
+            }
+        }
+        CHECK(events[0]["choices"][0]["delta"]["role"] == "assistant");
+        CHECK(text == answer);
+        CHECK(finishes == 1);
+        CHECK(content_chunks > 1);  // sent as generated, not at the end
+        CHECK(events.back()["choices"].empty());
+        CHECK(events.back()["usage"] == whole["usage"]);
+
+        // ---- streamed log-probabilities: the non-streamed ones, split over the chunks
+        nlohmann::json with_lp = greedy;
+        with_lp["logprobs"] = true;
+        with_lp["top_logprobs"] = 2;
+        const auto lp_whole = json_of("/v1/chat/completions", with_lp)["choices"][0]["logprobs"]["content"];
+        CHECK(lp_whole.size() == whole["usage"]["completion_tokens"].get<std::size_t>());
+        with_lp["stream"] = true;
+        nlohmann::json lp_streamed = nlohmann::json::array();
+        for (const auto& e : sse_events(body_of(post("/v1/chat/completions", with_lp))))
+            if (!e["choices"][0]["logprobs"].is_null())
+                for (const auto& x : e["choices"][0]["logprobs"]["content"]) lp_streamed.push_back(x);
+        CHECK(lp_streamed == lp_whole);
+
+        // ---- n choices: independent samples with temperature, equal when greedy, choice 0 as n = 1
+        nlohmann::json sampled = {
+            {"messages", messages}, {"temperature", 1.0}, {"max_tokens", 12}, {"seed", 9}, {"n", 3},
+            {"logprobs", true}};
+        const auto three = json_of("/v1/chat/completions", sampled);
+        REQUIRE(three["choices"].size() == 3);
+        std::set<std::string> distinct;
+        std::size_t tokens = 0;
+        for (std::size_t c = 0; c < 3; ++c) {
+            CHECK(three["choices"][c]["index"] == c);
+            distinct.insert(three["choices"][c]["message"]["content"].get<std::string>());
+            tokens += three["choices"][c]["logprobs"]["content"].size();
+        }
+        CHECK(distinct.size() == 3);
+        CHECK(three["usage"]["completion_tokens"] == tokens);                       // every choice counted
+        CHECK(three["usage"]["prompt_tokens"] == whole["usage"]["prompt_tokens"]);  // the prompt once
+        nlohmann::json single = sampled;
+        single["n"] = 1;
+        CHECK(json_of("/v1/chat/completions", single)["choices"][0] == three["choices"][0]);
+        nlohmann::json greedy3 = greedy;
+        greedy3["n"] = 3;
+        const auto equal = json_of("/v1/chat/completions", greedy3);
+        for (std::size_t c = 0; c < 3; ++c) CHECK(equal["choices"][c]["message"]["content"] == answer);
+        sampled["stream"] = true;
+        std::vector<std::string> parts(3);
+        for (const auto& e : sse_events(body_of(post("/v1/chat/completions", sampled))))
+            for (const auto& c : e["choices"])
+                parts.at(c["index"].get<std::size_t>()) += c["delta"].value("content", "");
+        for (std::size_t c = 0; c < 3; ++c) CHECK(parts[c] == three["choices"][c]["message"]["content"]);
+
+        // ---- text completions: the prompt as raw text (no template), against the model in-process
+        teacher::Model<student::Transformer> reference(
+            teacher::ModelConfig{.weights = (dir / "teacher.safetensors").string(), .max_batch = 1}, device::Cpu(1));
+        teacher::Sampling s{.temperature = 0, .top_p = 1, .max_new_tokens = 20, .top_logprobs = 3};
+        const std::string prompt = "The sum of 3 and 4 is";
+        teacher::Response want;
+        const teacher::TokenPrompt tp{.id = "", .ids = reference.chat_template().encode_text(prompt)};
+        reference.generate_tokens(std::span(&tp, 1), s, [&](std::size_t, teacher::Response&& r) { want = r; });
+        REQUIRE(want.ok());
+        const nlohmann::json completion = {{"prompt", prompt}, {"temperature", 0}, {"max_tokens", 20}, {"logprobs", 3}};
+        const auto legacy = json_of("/v1/completions", completion);
+        CHECK(legacy["object"] == "text_completion");
+        CHECK(legacy["choices"][0]["text"] == want.text);
+        CHECK(legacy["usage"]["prompt_tokens"] == prompt.size());
+        CHECK(legacy["usage"]["completion_tokens"] == want.tokens.size());
+        const auto& L = legacy["choices"][0]["logprobs"];
+        REQUIRE(L["tokens"].size() == want.tokens.size());
+        REQUIRE(L["token_logprobs"].size() == want.tokens.size());
+        REQUIRE(L["top_logprobs"].size() == want.tokens.size());
+        REQUIRE(L["text_offset"].size() == want.tokens.size());
+        CHECK(L["text_offset"][0] == 0);
+        for (std::size_t i = 0; i < want.tokens.size(); ++i) {
+            CHECK(L["token_logprobs"][i].get<double>() == doctest::Approx(want.token_logprobs[i]).epsilon(1e-6));
+            CHECK(L["top_logprobs"][i].size() == 3);
+            // greedy: the chosen token is the most likely, under its own name in the top dict
+            CHECK(L["top_logprobs"][i].contains(L["tokens"][i].get<std::string>()));
+            CHECK(L["top_logprobs"][i][L["tokens"][i].get<std::string>()] == L["token_logprobs"][i]);
+            if (i > 0) CHECK(L["text_offset"][i] >= L["text_offset"][i - 1]);
+        }
+        // a prompt given as token ids is the same prompt
+        nlohmann::json by_ids = completion;
+        by_ids["prompt"] = tp.ids;
+        CHECK(json_of("/v1/completions", by_ids)["choices"] == legacy["choices"]);
+        // streamed: the same text and the same legacy log-probabilities, piece by piece
+        nlohmann::json legacy_stream = completion;
+        legacy_stream["stream"] = true;
+        std::string legacy_text;
+        nlohmann::json stream_lp = nlohmann::json::array(), stream_offsets = nlohmann::json::array();
+        const auto legacy_events = sse_events(body_of(post("/v1/completions", legacy_stream)));
+        for (const auto& e : legacy_events) {
+            CHECK(e["object"] == "text_completion");
+            legacy_text += e["choices"][0]["text"].get<std::string>();
+            if (!e["choices"][0]["logprobs"].is_null()) {
+                for (const auto& x : e["choices"][0]["logprobs"]["token_logprobs"]) stream_lp.push_back(x);
+                for (const auto& x : e["choices"][0]["logprobs"]["text_offset"]) stream_offsets.push_back(x);
+            }
+        }
+        CHECK(legacy_text == legacy["choices"][0]["text"]);
+        CHECK(stream_lp == L["token_logprobs"]);
+        CHECK(stream_offsets == L["text_offset"]);
+        CHECK(legacy_events.back()["choices"][0]["finish_reason"] == legacy["choices"][0]["finish_reason"]);
+        // a list of prompts times n: prompt p's choice j at index p * n + j, as if asked alone
+        const auto many =
+            json_of("/v1/completions",
+                    {{"prompt", {"one", "two"}}, {"n", 2}, {"temperature", 0.9}, {"seed", 4}, {"max_tokens", 8}});
+        const auto alone = json_of("/v1/completions",
+                                   {{"prompt", "two"}, {"n", 2}, {"temperature", 0.9}, {"seed", 4}, {"max_tokens", 8}});
+        REQUIRE(many["choices"].size() == 4);
+        for (std::size_t c = 0; c < 4; ++c) CHECK(many["choices"][c]["index"] == c);
+        CHECK(many["choices"][2]["text"] == alone["choices"][0]["text"]);
+        CHECK(many["choices"][3]["text"] == alone["choices"][1]["text"]);
+        CHECK(many["usage"]["prompt_tokens"] == 6);
+
+        // ---- bad fields: 400 with a message naming the field
+        const std::vector<std::tuple<std::string, std::string, std::string>> bad = {
+            {"/v1/chat/completions", R"({"messages":[{"role":"user","content":"x"}],"n":17})", "\"n\""},
+            {"/v1/chat/completions", R"({"messages":[{"role":"user","content":"x"}],"stream":1})", "\"stream\""},
+            {"/v1/chat/completions", R"({"messages":[{"role":"user","content":"x"}],"stream_options":{}})",
+             "\"stream_options\""},
+            {"/v1/chat/completions", R"({"messages":[{"role":"user","content":"x"}],"logprobs":3})", "\"logprobs\""},
+            {"/v1/completions", R"({"max_tokens":3})", "\"prompt\""},
+            {"/v1/completions", R"({"prompt":3})", "\"prompt\""},
+            {"/v1/completions", R"({"prompt":[]})", "\"prompt\""},
+            {"/v1/completions", R"({"prompt":""})", "\"prompt\""},
+            {"/v1/completions", R"({"prompt":["a",""]})", "\"prompt[1]\""},
+            {"/v1/completions", R"({"prompt":[1,99999]})", "\"prompt\""},
+            {"/v1/completions", R"({"prompt":[[1],[-1]]})", "\"prompt[1]\""},
+            {"/v1/completions", R"({"prompt":")" + std::string(200, 'x') + R"("})", "\"prompt\""},
+            {"/v1/completions", R"({"prompt":["a","b","c","d","e"],"n":4})", "\"n\""},
+            {"/v1/completions", R"({"prompt":"a","logprobs":true})", "\"logprobs\""},
+            {"/v1/completions", R"({"prompt":"a","logprobs":21})", "\"logprobs\""},
+            {"/v1/completions", R"({"prompt":"a","echo":true})", "\"echo\""},
+            {"/v1/completions", R"({"prompt":"a","suffix":"b"})", "\"suffix\""},
+            {"/v1/completions", R"({"prompt":"a","best_of":3})", "\"best_of\""},
+            {"/v1/completions", R"({"prompt":"a","max_tokens":0})", "max_new_tokens"},
+        };
+        for (const auto& [path, body, field] : bad) {
+            const HttpReply r = raw_http(server.port, post_request(body, "k", "application/json", path));
+            INFO(path << " " << body.substr(0, 80) << " -> " << r.text.substr(0, 400));
+            CHECK(r.status == 400);
+            const auto error = nlohmann::json::parse(body_of(r.text))["error"];
+            CHECK(error["message"].get<std::string>().find(field) != std::string::npos);
+            CHECK(error["type"] == "invalid_request_error");
+        }
+        // the key and auth apply to the new endpoint too
+        CHECK(raw_http(server.port, post_request(R"({"prompt":"a"})", "", "application/json", "/v1/completions"))
+                  .status == 401);
+        const std::string log = server.stop();
+        CHECK(log.find("stream ended early") == std::string::npos);
+    }
+
+    TEST_CASE("apps/serve: a stream holds its --max-concurrency slot, and a client that hangs up stops generation") {
+        TempDir dir("serve-hangup");
+        testing::write_tiny_teacher(dir / "teacher.safetensors", 3, 4096);
+        Server server(dir, "hangup", dir / "teacher.safetensors", "DISTILL_TEST_HANGUP_KEY", "k",
+                      {"--max-concurrency", "1"});
+        const nlohmann::json body = {{"messages", {{{"role", "user"}, {"content", "Tell me everything."}}}},
+                                     {"temperature", 0},
+                                     {"max_tokens", 4000}};
+        // the whole answer, not streamed: how long it is
+        const HttpReply whole = raw_http(server.port, post_request(body.dump(), "k"), 60);
+        REQUIRE(whole.status == 200);
+        const auto full = nlohmann::json::parse(body_of(whole.text))["usage"]["completion_tokens"].get<int>();
+        MESSAGE("the greedy answer has " << full << " tokens");
+        REQUIRE(full > 1000);  // long enough that a hang-up lands mid-answer
+
+        nlohmann::json streamed = body;
+        streamed["stream"] = true;
+        {
+            Socket client(server.port, 30);
+            REQUIRE(client.connected);
+            client.send(post_request(streamed.dump(), "k"));
+            // the headers and a first event arrive while the answer is still being generated
+            std::string got;
+            char buf[4096];
+            while (got.find("data: ") == std::string::npos) {
+                const ssize_t n = ::recv(client.fd, buf, sizeof buf, 0);
+                REQUIRE(n > 0);
+                got.append(buf, std::size_t(n));
+            }
+            CHECK(got.starts_with("HTTP/1.1 200"));
+            // the stream holds the only slot: another request is told to retry
+            const HttpReply busy = raw_http(server.port, post_request(body.dump(), "k"));
+            CHECK(busy.status == 503);
+        }  // hang up mid-stream
+        // the slot comes free once the server notices; generation stopped early, not run to the end
+        HttpReply after;
+        for (int i = 0; i < 200; ++i) {
+            after = raw_http(server.port,
+                             post_request(R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":4})", "k"));
+            if (after.status != 503) break;
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        }
+        CHECK(after.status == 200);
+        const std::string log = server.stop();
+        INFO(log);
+        const auto at = log.find("stream ended early after ");
+        REQUIRE(at != std::string::npos);
+        const int generated = std::atoi(log.c_str() + at + std::strlen("stream ended early after "));
+        MESSAGE("the stream stopped after " << generated << " of " << full << " tokens");
+        CHECK(generated < full);
+    }
+
+    TEST_CASE("apps/loadtest: rising concurrency against apps/serve, TTFT and latency percentiles, 503s counted") {
+        TempDir dir("loadtest");
+        testing::write_tiny_teacher(dir / "teacher.safetensors", 2, 128);
+        Server server(dir, "loadtest", dir / "teacher.safetensors", "DISTILL_TEST_LOADTEST_KEY", "k",
+                      {"--max-concurrency", "2"});
+        Child run(
+            {DISTILL_LOADTEST_BIN, "--url", server.url(), "--api-key-env", "DISTILL_TEST_LOADTEST_KEY", "--concurrency",
+             "1,6", "--requests", "12", "--max-tokens", "16", "--out", (dir / "report.json").string()},
+            {"DISTILL_TEST_LOADTEST_KEY=k"}, dir / "loadtest.log");
+        REQUIRE_MESSAGE(run.wait(120) == 0, read_text(dir / "loadtest.log"));
+        const auto report = nlohmann::json::parse(read_text(dir / "report.json"));
+        REQUIRE(report["levels"].size() == 2);
+        const auto& one = report["levels"][0];
+        CHECK(one["concurrency"] == 1);
+        CHECK(one["requests"] == 12);
+        CHECK(one["ok"] == 12);  // one at a time: never over the server's limit
+        CHECK(one["errors"].empty());
+        CHECK(one["completion_tokens"].get<int>() >= 12);
+        CHECK(one["ttft_ms"]["p50"].get<double>() > 0);
+        CHECK(one["ttft_ms"]["p50"].get<double>() <= one["latency_ms"]["p50"].get<double>());
+        CHECK(one["ttft_ms"]["p50"].get<double>() <= one["ttft_ms"]["p95"].get<double>());
+        CHECK(one["ttft_ms"]["p95"].get<double>() <= one["ttft_ms"]["p99"].get<double>());
+        CHECK(one["tokens_per_s"].get<double>() > 0);
+        // six clients against two slots: each request answered or refused with 503, nothing else
+        const auto& six = report["levels"][1];
+        int refused = 0;
+        for (const auto& [kind, count] : six["errors"].items()) {
+            CHECK(kind == "503");
+            refused += count.get<int>();
+        }
+        CHECK(six["ok"].get<int>() + refused == 12);
+        CHECK(six["ok"].get<int>() >= 1);
+        MESSAGE("loadtest: concurrency 1 ttft p50 " << one["ttft_ms"]["p50"] << " ms, " << one["tokens_per_s"]
+                                                    << " tokens/s; concurrency 6: " << six["ok"] << " ok, " << refused
+                                                    << " refused (503)");
+        CHECK(read_text(dir / "loadtest.log").find("\"levels\"") != std::string::npos);  // the report on stdout
+        server.stop();
+        // loopback only
+        Child elsewhere({DISTILL_LOADTEST_BIN, "--url", "http://example.com/v1"}, {}, dir / "elsewhere.log");
+        CHECK(elsewhere.wait(30) == 2);
+        CHECK(read_text(dir / "elsewhere.log").find("loopback") != std::string::npos);
     }
 
 }  // TEST_SUITE

@@ -377,6 +377,54 @@ TEST_SUITE("teacher") {
         CHECK(std::equal(stopped[pick].tokens.begin(), stopped[pick].tokens.end(), full[pick].tokens.begin()));
     }
 
+    TEST_CASE("Model: a token observer sees every token as it comes and can stop one request; prompts as token ids") {
+        TempDir dir("model-observe");
+        auto teacher = make_teacher(dir, 3);
+        const auto requests = requests_for({"tell me", "a story", "please"});
+        const teacher::Sampling s{.temperature = 1.0, .top_p = 0.9, .max_new_tokens = 20, .seed = 7, .top_logprobs = 2};
+        const auto plain = generate_all(teacher, std::span<const teacher::Request>(requests), s);
+        std::vector<teacher::Response> seen(3), got(3);
+        std::vector<int> calls(3, 0), finished(3, 0);
+        bool one_at_a_time = true;
+        teacher.generate(
+            requests, s, [&](std::size_t i, teacher::Response&& r) { got[i] = std::move(r); },
+            [&](std::size_t i, const teacher::Response& r, bool done) {
+                one_at_a_time &= r.tokens.size() == std::size_t(++calls[i]);
+                finished[i] += done;
+                seen[i] = r;
+                return true;
+            });
+        CHECK(one_at_a_time);
+        for (std::size_t i = 0; i < 3; ++i) {
+            CHECK(finished[i] == 1);
+            CHECK(got[i].tokens == plain[i].tokens);  // watching changes nothing
+            CHECK(got[i].text == plain[i].text);
+            CHECK(seen[i].tokens == plain[i].tokens);  // the last call saw the final answer
+            CHECK(seen[i].text == plain[i].text);
+        }
+        // stopping request 1 after 3 tokens: it is answered "cancelled", the others as before
+        REQUIRE(plain[1].tokens.size() > 3);
+        teacher.generate(
+            requests, s, [&](std::size_t i, teacher::Response&& r) { got[i] = std::move(r); },
+            [&](std::size_t i, const teacher::Response& r, bool) { return i != 1 || r.tokens.size() < 3; });
+        CHECK(got[1].finish == teacher::finish_reason::error);
+        CHECK(got[1].error == "cancelled");
+        CHECK(got[0].tokens == plain[0].tokens);
+        CHECK(got[2].tokens == plain[2].tokens);
+
+        // a prompt given as ids: the chat template's ids answer as the Request does (same id, same seed)
+        std::vector<teacher::TokenPrompt> prompts;
+        for (const auto& r : requests) prompts.push_back({r.id, teacher.chat_template().encode_prompt(r.messages)});
+        std::vector<teacher::Response> by_ids(3);
+        teacher.generate_tokens(prompts, s, [&](std::size_t i, teacher::Response&& r) { by_ids[i] = std::move(r); });
+        for (std::size_t i = 0; i < 3; ++i) CHECK(by_ids[i].tokens == plain[i].tokens);
+        // raw text has no template: "hi" is two byte ids
+        CHECK(teacher.chat_template().encode_text("hi") == std::vector<std::int32_t>{'h', 'i'});
+        CHECK_THROWS_WITH_AS(teacher.generate_tokens(std::vector<teacher::TokenPrompt>{{"x", {1, 9999}}}, s,
+                                                     [](std::size_t, teacher::Response&&) {}),
+                             Contains("token id 9999 is outside the vocabulary"), config_error);
+    }
+
     TEST_CASE(
         "Model: teacher-forced forward exposes logits, hidden states, attentions and q|k|v; bad config is named") {
         TempDir dir("model-forward");
@@ -461,6 +509,29 @@ TEST_SUITE("teacher") {
     }
 
     // ---- OpenAI wire format -----------------------------------------------------------------------------
+
+    TEST_CASE("openai format: what a stream may send of a partial answer") {
+        using teacher::openai::streamable;
+        const std::vector<std::string> none, stops = {"END", "\xE2\x82\xAC!"};  // "END", "€!"
+        CHECK(streamable("hello", none) == 5);
+        CHECK(streamable("", none) == 0);
+        // a character still incomplete is shown as U+FFFD by the decoder: held back
+        CHECK(streamable("ab\xEF\xBF\xBD", none) == 2);
+        CHECK(streamable("ab\xEF\xBF\xBD\xEF\xBF\xBD", none) == 2);
+        CHECK(streamable("ab\xEF\xBF\xBD"
+                         "c",
+                         none) == 6);                       // followed by more text: it stays U+FFFD
+        CHECK(streamable("\xC3\xA9t\xC3\xA9", none) == 5);  // "été", complete
+        // a tail that may still become a stop sequence waits; one that cannot does not
+        CHECK(streamable("the E", stops) == 4);
+        CHECK(streamable("the EN", stops) == 4);
+        CHECK(streamable("the ENx", stops) == 7);
+        CHECK(streamable("cost 5\xE2\x82\xAC", stops) == 6);  // "€" may begin "€!"
+        CHECK(streamable("cost 5\xE2\x82\xAC.", stops) == 10);
+        // a stop prefix that ends inside a character: cut at the character's start
+        const std::vector<std::string> mid = {"\xC3\xA9"};  // "é"
+        CHECK(streamable("caf\xC3", mid) == 3);
+    }
 
     TEST_CASE("openai format: request body, response parsing, token mapping, Retry-After and backoff") {
         using namespace teacher::openai;

@@ -271,6 +271,8 @@ public:
     virtual std::vector<std::int32_t> encode_prompt(std::span<const Message> prompt) const = 0;
     /// An answer's ids: its text and the token that ends an assistant turn.
     virtual std::vector<std::int32_t> encode_response(std::string_view response) const = 0;
+    /// The ids of plain text: no template, no special tokens (raw text completions).
+    virtual std::vector<std::int32_t> encode_text(std::string_view text) const = 0;
     /// The text of generated ids: special tokens and ids past the tokenizer's (padding rows) dropped,
     /// runs of ids decoded together (a character may span several ids).
     virtual std::string decode(std::span<const std::int32_t> ids) const = 0;
@@ -316,6 +318,8 @@ public:
         ids.push_back(ByteTokenizer::end_of_turn);
         return ids;
     }
+
+    std::vector<std::int32_t> encode_text(std::string_view text) const override { return tok_.encode(text); }
 
     std::string decode(std::span<const std::int32_t> ids) const override {
         std::string text;
@@ -388,6 +392,8 @@ public:
     std::vector<std::int32_t> encode_response(std::string_view response) const {
         return format_->encode_response(response);
     }
+    /// The ids of plain text: no template, no special tokens (a raw text completion's prompt).
+    std::vector<std::int32_t> encode_text(std::string_view text) const { return format_->encode_text(text); }
     /// The text of generated ids (special tokens and padding-row ids dropped), valid UTF-8: an
     /// invalid byte sequence (a byte-level model may stop inside a character) becomes U+FFFD, as in
     /// transformers' `decode`.

@@ -380,6 +380,10 @@ public:
         return ids;
     }
 
+    std::vector<std::int32_t> encode_text(std::string_view text) const override {
+        return tok_->encode(text, /*add_special_tokens=*/false);
+    }
+
     std::string decode(std::span<const std::int32_t> ids) const override {
         std::vector<std::int32_t> kept;
         kept.reserve(ids.size());

@@ -8,14 +8,17 @@
 ///
 /// It answers prompts by batched generation with a KV cache (greedy, temperature, top-k, top-p, with
 /// a seed; max new tokens; stop tokens and stop sequences) and reports per generated token the
-/// top-k log-probabilities of its full distribution. For online distillation it runs teacher-forced
-/// forwards whose logits, hidden states, attention maps and q|k|v projections the loss terms read.
-/// It provides every signal.
+/// top-k log-probabilities of its full distribution; a `token_observer` watches each token as it is
+/// generated and can stop a request (a streaming server), and `generate_tokens` takes prompts as
+/// token ids, without the chat template (raw text completions). For online distillation it runs
+/// teacher-forced forwards whose logits, hidden states, attention maps and q|k|v projections the loss
+/// terms read. It provides every signal.
 
 #include <algorithm>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <optional>
 #include <span>
 #include <string>
@@ -65,6 +68,21 @@ struct ModelConfig {
         if (max_batch < 1) throw config_error(path + ".max_batch", "must be >= 1, got " + std::to_string(max_batch));
     }
 };
+
+/// A prompt already in token ids (a raw text completion, no chat template); `id` seeds its draws as
+/// `Request::id` does.
+struct TokenPrompt {
+    std::string id{};
+    std::vector<std::int32_t> ids{};
+};
+
+/// Watches generation token by token (serving streamed answers): `observe(i, answer, finished)` runs
+/// after every token request `i` (its index in the span given to generate) gets, with its answer so
+/// far — the text decoded so far, where a character still incomplete shows as U+FFFD, the tokens and
+/// their log-probabilities. When `finished`, the answer is the final one the sink gets (stop
+/// sequence cut). Returning false stops request `i` (a client that went away): it is answered with
+/// finish_reason::error "cancelled" while the others of its batch go on.
+using token_observer = std::function<bool(std::size_t, const Response&, bool)>;
 
 /// An in-process teacher over a network architecture.
 /// @tparam Arch a class template `Arch<T, Device>` with the `student::Transformer` interface (forward,
@@ -150,14 +168,37 @@ public:
 
     /// Answers `requests` in batches of up to max_batch (see the file comment). A prompt that does not
     /// leave room for one answer token in the context is answered with finish_reason::error.
-    void generate(std::span<const Request> requests, const Sampling& sampling, const response_sink& sink) {
-        sampling.validate();
-        if (sampling.top_logprobs > net_.config().vocab_size)
-            throw config_error("generation.top_logprobs",
-                               "exceeds the vocabulary of " + std::to_string(net_.config().vocab_size));
+    /// `observe`, when given, watches every token as it is generated (`token_observer`).
+    void generate(std::span<const Request> requests, const Sampling& sampling, const response_sink& sink,
+                  const token_observer& observe = {}) {
+        check(sampling);
         for (std::size_t first = 0; first < requests.size(); first += std::size_t(cfg_.max_batch)) {
             const std::size_t n = std::min<std::size_t>(std::size_t(cfg_.max_batch), requests.size() - first);
-            generate_batch(requests.subspan(first, n), first, sampling, sink);
+            std::vector<Prompt> batch;
+            for (std::size_t i = first; i < first + n; ++i)
+                batch.push_back(
+                    {i, template_.encode_prompt(requests[i].messages), request_seed(sampling, requests[i])});
+            generate_batch(batch, sampling, sink, observe);
+        }
+    }
+
+    /// Answers prompts given as token ids, as `generate` does but without the chat template (raw
+    /// text completions: `chat_template().encode_text`). Each is seeded by its id as a Request is.
+    void generate_tokens(std::span<const TokenPrompt> prompts, const Sampling& sampling, const response_sink& sink,
+                         const token_observer& observe = {}) {
+        check(sampling);
+        const int V = net_.config().vocab_size;
+        for (std::size_t first = 0; first < prompts.size(); first += std::size_t(cfg_.max_batch)) {
+            const std::size_t n = std::min<std::size_t>(std::size_t(cfg_.max_batch), prompts.size() - first);
+            std::vector<Prompt> batch;
+            for (std::size_t i = first; i < first + n; ++i) {
+                for (std::int32_t t : prompts[i].ids)
+                    if (t < 0 || t >= V)
+                        throw config_error("prompt", "token id " + std::to_string(t) +
+                                                         " is outside the vocabulary of " + std::to_string(V));
+                batch.push_back({i, prompts[i].ids, request_seed(sampling, Request{.id = prompts[i].id})});
+            }
+            generate_batch(batch, sampling, sink, observe);
         }
     }
 
@@ -179,6 +220,20 @@ public:
     Tensor<T> qkv(int l) const { return net_.qkv(l); }
 
 private:
+    // A prompt in ids with the seed of its draws; `request` indexes the span given to generate().
+    struct Prompt {
+        std::size_t request = 0;
+        std::vector<std::int32_t> ids;
+        std::uint64_t seed = 0;
+    };
+
+    void check(const Sampling& sampling) const {
+        sampling.validate();
+        if (sampling.top_logprobs > net_.config().vocab_size)
+            throw config_error("generation.top_logprobs",
+                               "exceeds the vocabulary of " + std::to_string(net_.config().vocab_size));
+    }
+
     // Everything one sequence of a batch accumulates while it is generated.
     struct Sequence {
         std::size_t request = 0;           // index into the span given to generate()
@@ -256,22 +311,25 @@ private:
                                                       "'s " + std::to_string(template_.vocab_size()));
     }
 
-    void generate_batch(std::span<const Request> requests, std::size_t offset, const Sampling& s,
-                        const response_sink& sink) {
+    void generate_batch(std::vector<Prompt>& prompts, const Sampling& s, const response_sink& sink,
+                        const token_observer& observe) {
         const int V = net_.config().vocab_size, Tmax = net_.config().context_length, k = s.top_logprobs;
         std::vector<Sequence> seqs;
-        for (std::size_t i = 0; i < requests.size(); ++i) {
-            auto ids = template_.encode_prompt(requests[i].messages);
-            if (int(ids.size()) >= Tmax) {
-                sink(offset + i, Response::failure("prompt of " + std::to_string(ids.size()) +
-                                                   " tokens leaves no room for an answer in the context of " +
-                                                   std::to_string(Tmax) + " tokens"));
+        for (auto& p : prompts) {
+            if (int(p.ids.size()) >= Tmax) {
+                sink(p.request, Response::failure("prompt of " + std::to_string(p.ids.size()) +
+                                                  " tokens leaves no room for an answer in the context of " +
+                                                  std::to_string(Tmax) + " tokens"));
+                continue;
+            }
+            if (p.ids.empty()) {
+                sink(p.request, Response::failure("the prompt is empty"));
                 continue;
             }
             Sequence q;
-            q.request = offset + i;
-            q.prompt = std::move(ids);
-            q.rng = Rng(request_seed(s, requests[i]));
+            q.request = p.request;
+            q.prompt = std::move(p.ids);
+            q.rng = Rng(p.seed);
             q.out.k = k;
             q.out.usage.prompt_tokens = std::int64_t(q.prompt.size());
             seqs.push_back(std::move(q));
@@ -291,6 +349,10 @@ private:
                 Sequence& q = seqs[rows[r]];
                 if (q.done) continue;
                 step(q, logits + std::int64_t(r) * V, V, Tmax, s);
+                if (observe && !observe(q.request, q.out, q.done) && !q.done) {
+                    q.out = Response::failure("cancelled");
+                    q.done = true;
+                }
                 any_active |= !q.done;
             }
             if (!any_active) break;

@@ -260,6 +260,24 @@ nlohmann::json token_json(const Tokenizer& tok, std::int32_t id, float logprob) 
     return t;
 }
 
+/// The `logprobs.content` entries of tokens [from, to) of `r`: each token with its log-probability
+/// and its `top_logprobs` (r.k of them).
+template <class Tokenizer>
+nlohmann::json logprob_content(const Tokenizer& tok, const Response& r, std::size_t from, std::size_t to) {
+    nlohmann::json content = nlohmann::json::array();
+    for (std::size_t i = from; i < to && i < r.tokens.size(); ++i) {
+        nlohmann::json e = token_json(tok, r.tokens[i], i < r.token_logprobs.size() ? r.token_logprobs[i] : 0.0f);
+        nlohmann::json top = nlohmann::json::array();
+        for (int j = 0; j < r.k; ++j) {
+            const std::size_t at = i * std::size_t(r.k) + std::size_t(j);
+            top.push_back(token_json(tok, r.top_ids[at], r.top_logprobs[at]));
+        }
+        e["top_logprobs"] = std::move(top);
+        content.push_back(std::move(e));
+    }
+    return content;
+}
+
 /// A chat completion object for `r` (what `apps/serve` answers), with
 /// `choices[0].logprobs.content` when `with_logprobs` (r.tokens mapped back to token strings).
 template <class Tokenizer>
@@ -268,22 +286,10 @@ nlohmann::json make_completion(std::string_view id, std::string_view model, std:
     nlohmann::json choice = {{"index", 0},
                              {"message", {{"role", "assistant"}, {"content", r.text}}},
                              {"finish_reason", std::string(finish_reason_name(r.finish))}};
-    if (with_logprobs) {
-        nlohmann::json content = nlohmann::json::array();
-        for (std::size_t i = 0; i < r.tokens.size(); ++i) {
-            nlohmann::json e = token_json(tok, r.tokens[i], i < r.token_logprobs.size() ? r.token_logprobs[i] : 0.0f);
-            nlohmann::json top = nlohmann::json::array();
-            for (int j = 0; j < r.k; ++j) {
-                const std::size_t at = i * std::size_t(r.k) + std::size_t(j);
-                top.push_back(token_json(tok, r.top_ids[at], r.top_logprobs[at]));
-            }
-            e["top_logprobs"] = std::move(top);
-            content.push_back(std::move(e));
-        }
-        choice["logprobs"] = {{"content", std::move(content)}};
-    } else {
+    if (with_logprobs)
+        choice["logprobs"] = {{"content", logprob_content(tok, r, 0, r.tokens.size())}};
+    else
         choice["logprobs"] = nullptr;
-    }
     return {{"id", id},
             {"object", "chat.completion"},
             {"created", created},
@@ -293,6 +299,25 @@ nlohmann::json make_completion(std::string_view id, std::string_view model, std:
              {{"prompt_tokens", r.usage.prompt_tokens},
               {"completion_tokens", r.usage.completion_tokens},
               {"total_tokens", r.usage.prompt_tokens + r.usage.completion_tokens}}}};
+}
+
+/// How many bytes of an answer's text so far a stream can send for good: the text without a tail
+/// that may still become one of the `stops` (the answer would end before it) and without trailing
+/// U+FFFD, which may stand for a character whose remaining bytes are still to come (a decoder shows
+/// an incomplete character so), cut at a character boundary. What it allows is a prefix of the final
+/// answer as long as the decoder only appends, so streamed pieces join into the whole answer.
+inline std::size_t streamable(std::string_view text, std::span<const std::string> stops) {
+    std::size_t keep = text.size();
+    for (const auto& stop : stops)
+        for (std::size_t k = std::min(stop.size() > 0 ? stop.size() - 1 : 0, text.size()); k > 0; --k)
+            if (text.substr(text.size() - k) == std::string_view(stop).substr(0, k)) {
+                keep = std::min(keep, text.size() - k);
+                break;
+            }
+    while (keep > 0 && keep < text.size() && (static_cast<unsigned char>(text[keep]) & 0xC0) == 0x80) --keep;
+    constexpr std::string_view replacement = "\xEF\xBF\xBD";
+    while (keep >= 3 && text.substr(keep - 3, 3) == replacement) keep -= 3;
+    return keep;
 }
 
 /// Whether an HTTP status is worth retrying: 408 (timeout), 413 (some gateways use it for a

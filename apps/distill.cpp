@@ -84,6 +84,11 @@ constexpr const char* usage_text =
     "    the variable named by teacher.api_key_env (openai teachers) holds the API key; it is never\n"
     "    written to a file or a log\n"
     "\n"
+    "MPI\n"
+    "    Under mpirun -np N (or srun) a distill built with MPI trains data-parallel: rank 0 generates,\n"
+    "    evaluates and writes every file; every rank computes its share of each step's micro-batches\n"
+    "    (hyperparameters.grad_accum must be a multiple of N). See docs/scaling.md.\n"
+    "\n"
     "EXIT STATUS\n"
     "    0 success, 1 runtime failure (I/O, a teacher that fails, an interrupted stage; for inspect,\n"
     "    malformed lines in a data file, after the report is written), 2 bad job or usage. A failure\n"
@@ -138,6 +143,9 @@ const TermNeeds* find_term(std::string_view name) {
 template <class Teacher, class Loss, template <class, class> class Student = student::Transformer>
 using CliDistiller = Distiller<Teacher, Student, Loss, optim::AdamW, device::Cpu>;
 
+// The ranks of the run: this process alone, or those of mpirun when it started this one.
+parallel::Communicator* ranks = &parallel::single();
+
 struct Options {
     std::string command, target, precision, gguf;
     bool quiet = false, json = false;
@@ -171,6 +179,7 @@ int run_stage(D& d, const Options& o) {
         return 0;
     }
     nlohmann::ordered_json report = o.command == "evaluate" ? d.evaluate() : d.run();
+    if (!ranks->root()) return 0;  // rank 0 prints
     if (report.value("task_type", "") == "embedding") {
         std::printf("\n%s\n", report.value("summary", "").c_str());
         std::printf("report: %s\n", (d.output_dir() / "report.md").string().c_str());
@@ -192,7 +201,7 @@ int with_distiller(const Job& job, const Options& o, const device::Cpu& cpu, Tea
         throw usage_error(std::string("teacher: ") + e.what());
     }
     try {
-        d.emplace(job, *teacher, cpu, DistillerOptions{o.quiet, stderr});
+        d.emplace(job, *teacher, cpu, DistillerOptions{o.quiet, stderr, ranks});
     } catch (const distill::error& e) {
         throw usage_error(e.what());
     }
@@ -401,14 +410,33 @@ Options parse_args(int argc, char** argv) {
 
 }  // namespace
 
+// A failure: one line on stderr and the exit code; under mpirun, every rank stops with it (the others
+// would otherwise wait for this one in their next collective call).
+int fail(int code, const char* what) {
+    if (ranks->size() == 1) {
+        std::fprintf(stderr, "distill: %s\n", what);
+        return code;
+    }
+    std::fprintf(stderr, "distill (rank %d of %d): %s\n", ranks->rank(), ranks->size(), what);
+    std::fflush(stderr);
+    ranks->abort(code);
+}
+
 int main(int argc, char** argv) {
+#if defined(DISTILL_WITH_MPI)
+    std::unique_ptr<parallel::Mpi> mpi;
+    if (parallel::launched_by_mpi()) {
+        mpi = std::make_unique<parallel::Mpi>(&argc, &argv);
+        ranks = mpi.get();
+    }
+#endif
     if (argc >= 2 && (std::string_view(argv[1]) == "--help" || std::string_view(argv[1]) == "-h")) {
         std::fputs(usage_text, stdout);
         return 0;
     }
     if (argc >= 2 && std::string_view(argv[1]) == "--version") {
         std::printf("distill %s\n", distill::version());
-        std::printf("built with: http %s, published tokenizers %s, oneDNN %s, OpenMP %s\n",
+        std::printf("built with: http %s, published tokenizers %s, oneDNN %s, OpenMP %s, MPI %s\n",
 #if defined(DISTILL_WITH_HTTP)
                     "yes",
 #else
@@ -425,9 +453,14 @@ int main(int argc, char** argv) {
                     "no",
 #endif
 #if defined(_OPENMP)
+                    "yes",
+#else
+                    "no",
+#endif
+#if defined(DISTILL_WITH_MPI)
                     "yes");
 #else
-                    "no");
+                    "no (MPI not found)");
 #endif
         const std::string bf16 = device::Cpu::bf16_unsupported_reason();
         std::printf("bf16 precision: %s\n", bf16.empty() ? "available on this CPU" : ("no: " + bf16).c_str());
@@ -465,10 +498,8 @@ int main(int argc, char** argv) {
         }
         return dispatch(job, o);
     } catch (const usage_error& e) {
-        std::fprintf(stderr, "distill: %s\n", e.what());
-        return 2;
+        return fail(2, e.what());
     } catch (const std::exception& e) {
-        std::fprintf(stderr, "distill: %s\n", e.what());
-        return 1;
+        return fail(1, e.what());
     }
 }

@@ -8,7 +8,8 @@ set -euo pipefail
 packages=(build-essential cmake pkg-config libeigen3-dev libboost-dev nlohmann-json3-dev
           libxtensor-dev xtl-dev libxsimd-dev doctest-dev libomp-dev
           libcpp-httplib-dev libpcre2-dev git clang-format
-          libdnnl-dev ocl-icd-opencl-dev)  # optional for the library: oneDNN GEMMs and the bf16 precision of device::Cpu
+          libdnnl-dev ocl-icd-opencl-dev  # optional for the library: oneDNN GEMMs and the bf16 precision of device::Cpu
+          libopenmpi-dev openmpi-bin)     # optional: data-parallel runs under mpirun (distill::mpi)
 if [[ "${1:-}" == "--bench" ]]; then
   # Debian's torch takes whatever BLAS the system provides; without OpenBLAS that is the slow
   # reference BLAS, which would make every ratio against PyTorch meaningless.

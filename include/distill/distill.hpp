@@ -31,6 +31,7 @@
 #include "distill/io/weights.hpp"
 #include "distill/nn/attention.hpp"
 #include "distill/nn/linear.hpp"
+#include "distill/parallel.hpp"
 #include "distill/parameter.hpp"
 #include "distill/signals.hpp"
 #include "distill/student.hpp"
@@ -49,6 +50,10 @@
 // The HTTP teacher needs cpp-httplib: link distill::http, which defines DISTILL_WITH_HTTP.
 #if defined(DISTILL_WITH_HTTP)
 #include "distill/teacher/openai.hpp"
+#endif
+// Data-parallel runs over MPI: link distill::mpi, which defines DISTILL_WITH_MPI.
+#if defined(DISTILL_WITH_MPI)
+#include "distill/parallel/mpi.hpp"
 #endif
 // Hugging Face tokenizers need PCRE2: link distill::text, which defines DISTILL_WITH_TEXT.
 #if defined(DISTILL_WITH_TEXT)

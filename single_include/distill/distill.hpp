@@ -1164,6 +1164,8 @@ public:
     virtual std::vector<std::int32_t> encode_prompt(std::span<const Message> prompt) const = 0;
     /// An answer's ids: its text and the token that ends an assistant turn.
     virtual std::vector<std::int32_t> encode_response(std::string_view response) const = 0;
+    /// The ids of plain text: no template, no special tokens (raw text completions).
+    virtual std::vector<std::int32_t> encode_text(std::string_view text) const = 0;
     /// The text of generated ids: special tokens and ids past the tokenizer's (padding rows) dropped,
     /// runs of ids decoded together (a character may span several ids).
     virtual std::string decode(std::span<const std::int32_t> ids) const = 0;
@@ -1209,6 +1211,8 @@ public:
         ids.push_back(ByteTokenizer::end_of_turn);
         return ids;
     }
+
+    std::vector<std::int32_t> encode_text(std::string_view text) const override { return tok_.encode(text); }
 
     std::string decode(std::span<const std::int32_t> ids) const override {
         std::string text;
@@ -1281,6 +1285,8 @@ public:
     std::vector<std::int32_t> encode_response(std::string_view response) const {
         return format_->encode_response(response);
     }
+    /// The ids of plain text: no template, no special tokens (a raw text completion's prompt).
+    std::vector<std::int32_t> encode_text(std::string_view text) const { return format_->encode_text(text); }
     /// The text of generated ids (special tokens and padding-row ids dropped), valid UTF-8: an
     /// invalid byte sequence (a byte-level model may stop inside a character) becomes U+FFFD, as in
     /// transformers' `decode`.
@@ -6007,6 +6013,10 @@ public:
         std::vector<std::int32_t> ids = tok_->encode(response, /*add_special_tokens=*/false);
         ids.push_back(end_of_turn_);
         return ids;
+    }
+
+    std::vector<std::int32_t> encode_text(std::string_view text) const override {
+        return tok_->encode(text, /*add_special_tokens=*/false);
     }
 
     std::string decode(std::span<const std::int32_t> ids) const override {
@@ -16858,6 +16868,87 @@ void load_weights(const safetensors_file& file, Model& model) {
 
 }  // namespace distill::io
 // ---- end distill/io/weights.hpp ----
+// ---- begin distill/parallel.hpp ----
+/// @file parallel.hpp
+/// The parallelism policy: how the processes of one run talk. `parallel::Communicator` is what the
+/// finetune loop and the pipeline's stages use — this process's rank, the world size, sums over all
+/// ranks, a broadcast and a barrier; `parallel::Single` is the one-process default (every call is a
+/// no-op, no MPI needed); `parallel::Mpi` (parallel/mpi.hpp, link `distill::mpi`) runs the ranks of
+/// `mpirun -np N` or `srun`.
+///
+/// Unlike the compile-time policies (device, loss, optimizer), the communicator is a run-time
+/// interface: one program binary runs alone or under mpirun, decided at start, and its few calls per
+/// optimizer step (one all-reduce of the gradients) cost far more than a virtual call.
+///
+/// What each stage does with it (docs/scaling.md): finetune is data-parallel — rank r computes the
+/// micro-batches m ≡ r (mod N) of each step, the gradients are summed over ranks, every rank clips and
+/// updates the same replicated weights; rank 0 alone writes checkpoints, metrics and reports.
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <string>
+
+namespace distill::parallel {
+
+/// The ranks of one run. Every collective call must be made by every rank, in the same order.
+class Communicator {
+public:
+    virtual ~Communicator() = default;
+    /// This process's rank, 0-based.
+    virtual int rank() const noexcept = 0;
+    /// Number of ranks.
+    virtual int size() const noexcept = 0;
+    /// data[i] = the sum over ranks of data[i], on every rank; the order of the additions depends only
+    /// on the world size (a run is reproducible for a given size).
+    virtual void all_reduce_sum(float* data, std::size_t n) = 0;
+    virtual void all_reduce_sum(double* data, std::size_t n) = 0;
+    /// The maximum over ranks, on every rank.
+    virtual std::int64_t all_reduce_max(std::int64_t value) = 0;
+    /// Rank `root`'s `bytes` bytes at `data`, on every rank.
+    virtual void broadcast(void* data, std::size_t bytes, int root = 0) = 0;
+    /// Returns once every rank has called it.
+    virtual void barrier() = 0;
+    /// Stops every rank of the run with `code` (a failure on one rank must not leave the others
+    /// waiting in a collective call forever).
+    [[noreturn]] virtual void abort(int code) = 0;
+    /// "single", "mpi", ...
+    virtual std::string name() const = 0;
+
+    bool root() const noexcept { return rank() == 0; }
+
+    /// `text` of rank `root` on every rank.
+    std::string broadcast_string(std::string text, int root = 0) {
+        std::uint64_t n = text.size();
+        broadcast(&n, sizeof n, root);
+        text.resize(n);
+        if (n) broadcast(text.data(), n, root);
+        return text;
+    }
+};
+
+/// One process: rank 0 of 1; every collective is the identity.
+class Single final : public Communicator {
+public:
+    int rank() const noexcept override { return 0; }
+    int size() const noexcept override { return 1; }
+    void all_reduce_sum(float*, std::size_t) override {}
+    void all_reduce_sum(double*, std::size_t) override {}
+    std::int64_t all_reduce_max(std::int64_t value) override { return value; }
+    void broadcast(void*, std::size_t, int) override {}
+    void barrier() override {}
+    [[noreturn]] void abort(int code) override { std::exit(code); }
+    std::string name() const override { return "single"; }
+};
+
+/// The process-wide one-process communicator (what a null communicator means).
+inline Communicator& single() {
+    static Single s;
+    return s;
+}
+
+}  // namespace distill::parallel
+// ---- end distill/parallel.hpp ----
 // ---- begin distill/signals.hpp ----
 /// @file signals.hpp
 /// The signals a teacher can provide and a loss term can need, as compile-time tags. A teacher
@@ -17641,6 +17732,24 @@ nlohmann::json token_json(const Tokenizer& tok, std::int32_t id, float logprob) 
     return t;
 }
 
+/// The `logprobs.content` entries of tokens [from, to) of `r`: each token with its log-probability
+/// and its `top_logprobs` (r.k of them).
+template <class Tokenizer>
+nlohmann::json logprob_content(const Tokenizer& tok, const Response& r, std::size_t from, std::size_t to) {
+    nlohmann::json content = nlohmann::json::array();
+    for (std::size_t i = from; i < to && i < r.tokens.size(); ++i) {
+        nlohmann::json e = token_json(tok, r.tokens[i], i < r.token_logprobs.size() ? r.token_logprobs[i] : 0.0f);
+        nlohmann::json top = nlohmann::json::array();
+        for (int j = 0; j < r.k; ++j) {
+            const std::size_t at = i * std::size_t(r.k) + std::size_t(j);
+            top.push_back(token_json(tok, r.top_ids[at], r.top_logprobs[at]));
+        }
+        e["top_logprobs"] = std::move(top);
+        content.push_back(std::move(e));
+    }
+    return content;
+}
+
 /// A chat completion object for `r` (what `apps/serve` answers), with
 /// `choices[0].logprobs.content` when `with_logprobs` (r.tokens mapped back to token strings).
 template <class Tokenizer>
@@ -17649,22 +17758,10 @@ nlohmann::json make_completion(std::string_view id, std::string_view model, std:
     nlohmann::json choice = {{"index", 0},
                              {"message", {{"role", "assistant"}, {"content", r.text}}},
                              {"finish_reason", std::string(finish_reason_name(r.finish))}};
-    if (with_logprobs) {
-        nlohmann::json content = nlohmann::json::array();
-        for (std::size_t i = 0; i < r.tokens.size(); ++i) {
-            nlohmann::json e = token_json(tok, r.tokens[i], i < r.token_logprobs.size() ? r.token_logprobs[i] : 0.0f);
-            nlohmann::json top = nlohmann::json::array();
-            for (int j = 0; j < r.k; ++j) {
-                const std::size_t at = i * std::size_t(r.k) + std::size_t(j);
-                top.push_back(token_json(tok, r.top_ids[at], r.top_logprobs[at]));
-            }
-            e["top_logprobs"] = std::move(top);
-            content.push_back(std::move(e));
-        }
-        choice["logprobs"] = {{"content", std::move(content)}};
-    } else {
+    if (with_logprobs)
+        choice["logprobs"] = {{"content", logprob_content(tok, r, 0, r.tokens.size())}};
+    else
         choice["logprobs"] = nullptr;
-    }
     return {{"id", id},
             {"object", "chat.completion"},
             {"created", created},
@@ -17674,6 +17771,25 @@ nlohmann::json make_completion(std::string_view id, std::string_view model, std:
              {{"prompt_tokens", r.usage.prompt_tokens},
               {"completion_tokens", r.usage.completion_tokens},
               {"total_tokens", r.usage.prompt_tokens + r.usage.completion_tokens}}}};
+}
+
+/// How many bytes of an answer's text so far a stream can send for good: the text without a tail
+/// that may still become one of the `stops` (the answer would end before it) and without trailing
+/// U+FFFD, which may stand for a character whose remaining bytes are still to come (a decoder shows
+/// an incomplete character so), cut at a character boundary. What it allows is a prefix of the final
+/// answer as long as the decoder only appends, so streamed pieces join into the whole answer.
+inline std::size_t streamable(std::string_view text, std::span<const std::string> stops) {
+    std::size_t keep = text.size();
+    for (const auto& stop : stops)
+        for (std::size_t k = std::min(stop.size() > 0 ? stop.size() - 1 : 0, text.size()); k > 0; --k)
+            if (text.substr(text.size() - k) == std::string_view(stop).substr(0, k)) {
+                keep = std::min(keep, text.size() - k);
+                break;
+            }
+    while (keep > 0 && keep < text.size() && (static_cast<unsigned char>(text[keep]) & 0xC0) == 0x80) --keep;
+    constexpr std::string_view replacement = "\xEF\xBF\xBD";
+    while (keep >= 3 && text.substr(keep - 3, 3) == replacement) keep -= 3;
+    return keep;
 }
 
 /// Whether an HTTP status is worth retrying: 408 (timeout), 413 (some gateways use it for a
@@ -18203,14 +18319,17 @@ private:
 ///
 /// It answers prompts by batched generation with a KV cache (greedy, temperature, top-k, top-p, with
 /// a seed; max new tokens; stop tokens and stop sequences) and reports per generated token the
-/// top-k log-probabilities of its full distribution. For online distillation it runs teacher-forced
-/// forwards whose logits, hidden states, attention maps and q|k|v projections the loss terms read.
-/// It provides every signal.
+/// top-k log-probabilities of its full distribution; a `token_observer` watches each token as it is
+/// generated and can stop a request (a streaming server), and `generate_tokens` takes prompts as
+/// token ids, without the chat template (raw text completions). For online distillation it runs
+/// teacher-forced forwards whose logits, hidden states, attention maps and q|k|v projections the loss
+/// terms read. It provides every signal.
 
 #include <algorithm>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <optional>
 #include <span>
 #include <string>
@@ -18384,6 +18503,21 @@ struct ModelConfig {
     }
 };
 
+/// A prompt already in token ids (a raw text completion, no chat template); `id` seeds its draws as
+/// `Request::id` does.
+struct TokenPrompt {
+    std::string id{};
+    std::vector<std::int32_t> ids{};
+};
+
+/// Watches generation token by token (serving streamed answers): `observe(i, answer, finished)` runs
+/// after every token request `i` (its index in the span given to generate) gets, with its answer so
+/// far — the text decoded so far, where a character still incomplete shows as U+FFFD, the tokens and
+/// their log-probabilities. When `finished`, the answer is the final one the sink gets (stop
+/// sequence cut). Returning false stops request `i` (a client that went away): it is answered with
+/// finish_reason::error "cancelled" while the others of its batch go on.
+using token_observer = std::function<bool(std::size_t, const Response&, bool)>;
+
 /// An in-process teacher over a network architecture.
 /// @tparam Arch a class template `Arch<T, Device>` with the `student::Transformer` interface (forward,
 ///         views, `make_cache`/`prefill`/`decode`/`next_logits`, `parameters()`, `config()`).
@@ -18468,14 +18602,37 @@ public:
 
     /// Answers `requests` in batches of up to max_batch (see the file comment). A prompt that does not
     /// leave room for one answer token in the context is answered with finish_reason::error.
-    void generate(std::span<const Request> requests, const Sampling& sampling, const response_sink& sink) {
-        sampling.validate();
-        if (sampling.top_logprobs > net_.config().vocab_size)
-            throw config_error("generation.top_logprobs",
-                               "exceeds the vocabulary of " + std::to_string(net_.config().vocab_size));
+    /// `observe`, when given, watches every token as it is generated (`token_observer`).
+    void generate(std::span<const Request> requests, const Sampling& sampling, const response_sink& sink,
+                  const token_observer& observe = {}) {
+        check(sampling);
         for (std::size_t first = 0; first < requests.size(); first += std::size_t(cfg_.max_batch)) {
             const std::size_t n = std::min<std::size_t>(std::size_t(cfg_.max_batch), requests.size() - first);
-            generate_batch(requests.subspan(first, n), first, sampling, sink);
+            std::vector<Prompt> batch;
+            for (std::size_t i = first; i < first + n; ++i)
+                batch.push_back(
+                    {i, template_.encode_prompt(requests[i].messages), request_seed(sampling, requests[i])});
+            generate_batch(batch, sampling, sink, observe);
+        }
+    }
+
+    /// Answers prompts given as token ids, as `generate` does but without the chat template (raw
+    /// text completions: `chat_template().encode_text`). Each is seeded by its id as a Request is.
+    void generate_tokens(std::span<const TokenPrompt> prompts, const Sampling& sampling, const response_sink& sink,
+                         const token_observer& observe = {}) {
+        check(sampling);
+        const int V = net_.config().vocab_size;
+        for (std::size_t first = 0; first < prompts.size(); first += std::size_t(cfg_.max_batch)) {
+            const std::size_t n = std::min<std::size_t>(std::size_t(cfg_.max_batch), prompts.size() - first);
+            std::vector<Prompt> batch;
+            for (std::size_t i = first; i < first + n; ++i) {
+                for (std::int32_t t : prompts[i].ids)
+                    if (t < 0 || t >= V)
+                        throw config_error("prompt", "token id " + std::to_string(t) +
+                                                         " is outside the vocabulary of " + std::to_string(V));
+                batch.push_back({i, prompts[i].ids, request_seed(sampling, Request{.id = prompts[i].id})});
+            }
+            generate_batch(batch, sampling, sink, observe);
         }
     }
 
@@ -18497,6 +18654,20 @@ public:
     Tensor<T> qkv(int l) const { return net_.qkv(l); }
 
 private:
+    // A prompt in ids with the seed of its draws; `request` indexes the span given to generate().
+    struct Prompt {
+        std::size_t request = 0;
+        std::vector<std::int32_t> ids;
+        std::uint64_t seed = 0;
+    };
+
+    void check(const Sampling& sampling) const {
+        sampling.validate();
+        if (sampling.top_logprobs > net_.config().vocab_size)
+            throw config_error("generation.top_logprobs",
+                               "exceeds the vocabulary of " + std::to_string(net_.config().vocab_size));
+    }
+
     // Everything one sequence of a batch accumulates while it is generated.
     struct Sequence {
         std::size_t request = 0;           // index into the span given to generate()
@@ -18574,22 +18745,25 @@ private:
                                                       "'s " + std::to_string(template_.vocab_size()));
     }
 
-    void generate_batch(std::span<const Request> requests, std::size_t offset, const Sampling& s,
-                        const response_sink& sink) {
+    void generate_batch(std::vector<Prompt>& prompts, const Sampling& s, const response_sink& sink,
+                        const token_observer& observe) {
         const int V = net_.config().vocab_size, Tmax = net_.config().context_length, k = s.top_logprobs;
         std::vector<Sequence> seqs;
-        for (std::size_t i = 0; i < requests.size(); ++i) {
-            auto ids = template_.encode_prompt(requests[i].messages);
-            if (int(ids.size()) >= Tmax) {
-                sink(offset + i, Response::failure("prompt of " + std::to_string(ids.size()) +
-                                                   " tokens leaves no room for an answer in the context of " +
-                                                   std::to_string(Tmax) + " tokens"));
+        for (auto& p : prompts) {
+            if (int(p.ids.size()) >= Tmax) {
+                sink(p.request, Response::failure("prompt of " + std::to_string(p.ids.size()) +
+                                                  " tokens leaves no room for an answer in the context of " +
+                                                  std::to_string(Tmax) + " tokens"));
+                continue;
+            }
+            if (p.ids.empty()) {
+                sink(p.request, Response::failure("the prompt is empty"));
                 continue;
             }
             Sequence q;
-            q.request = offset + i;
-            q.prompt = std::move(ids);
-            q.rng = Rng(request_seed(s, requests[i]));
+            q.request = p.request;
+            q.prompt = std::move(p.ids);
+            q.rng = Rng(p.seed);
             q.out.k = k;
             q.out.usage.prompt_tokens = std::int64_t(q.prompt.size());
             seqs.push_back(std::move(q));
@@ -18609,6 +18783,10 @@ private:
                 Sequence& q = seqs[rows[r]];
                 if (q.done) continue;
                 step(q, logits + std::int64_t(r) * V, V, Tmax, s);
+                if (observe && !observe(q.request, q.out, q.done) && !q.done) {
+                    q.out = Response::failure("cancelled");
+                    q.done = true;
+                }
                 any_active |= !q.done;
             }
             if (!any_active) break;
@@ -19205,6 +19383,115 @@ BOOST_HANA_ADAPT_STRUCT(distill::teacher::OpenAIConfig, base_url, model, api_key
                         request_timeout_s, connect_timeout_s, max_retries, backoff_initial_s, backoff_max_s,
                         max_retry_after_s);
 // ---- end distill/teacher/openai.hpp ----
+#endif
+// Data-parallel runs over MPI: link distill::mpi, which defines DISTILL_WITH_MPI.
+#if defined(DISTILL_WITH_MPI)
+// ---- begin distill/parallel/mpi.hpp ----
+/// @file parallel/mpi.hpp
+/// `parallel::Mpi`: the ranks of a program launched by `mpirun -np N` (or `srun`), over MPI's
+/// COMM_WORLD. Needs MPI: link `distill::mpi` (Debian: libopenmpi-dev openmpi-bin), which defines
+/// DISTILL_WITH_MPI. Construct one per process, before any other thread calls MPI; it initializes
+/// MPI when nothing else has and finalizes what it initialized.
+///
+/// @code
+/// std::unique_ptr<distill::parallel::Communicator> comm;
+/// if (distill::parallel::launched_by_mpi()) comm = std::make_unique<distill::parallel::Mpi>(&argc, &argv);
+/// @endcode
+
+#include <algorithm>
+#include <cstdlib>
+#include <limits>
+#include <string>
+
+#include <mpi.h>
+
+
+namespace distill::parallel {
+
+/// Whether this process was started by an MPI launcher (Open MPI's mpirun, a PMI/PMIx launcher such
+/// as srun): a program built with MPI then joins the run instead of training alone.
+inline bool launched_by_mpi() {
+    for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"})
+        if (std::getenv(v)) return true;
+    return false;
+}
+
+class Mpi final : public Communicator {
+public:
+    /// Initializes MPI (funneled: only the thread that constructs it calls MPI) unless already done.
+    explicit Mpi(int* argc = nullptr, char*** argv = nullptr) {
+        int initialized = 0;
+        MPI_Initialized(&initialized);
+        if (!initialized) {
+            int provided = 0;
+            check(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
+            owns_ = true;
+        }
+        check(MPI_Comm_dup(MPI_COMM_WORLD, &comm_), "MPI_Comm_dup");
+        // errors come back as codes (and become exceptions) instead of aborting inside MPI
+        MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
+        MPI_Comm_rank(comm_, &rank_);
+        MPI_Comm_size(comm_, &size_);
+    }
+    Mpi(const Mpi&) = delete;
+    Mpi& operator=(const Mpi&) = delete;
+    ~Mpi() override {
+        MPI_Comm_free(&comm_);
+        if (owns_) MPI_Finalize();
+    }
+
+    int rank() const noexcept override { return rank_; }
+    int size() const noexcept override { return size_; }
+    void all_reduce_sum(float* data, std::size_t n) override { reduce(data, n, MPI_FLOAT); }
+    void all_reduce_sum(double* data, std::size_t n) override { reduce(data, n, MPI_DOUBLE); }
+    std::int64_t all_reduce_max(std::int64_t value) override {
+        std::int64_t out = 0;
+        check(MPI_Allreduce(&value, &out, 1, MPI_INT64_T, MPI_MAX, comm_), "MPI_Allreduce");
+        return out;
+    }
+    void broadcast(void* data, std::size_t bytes, int root) override {
+        auto* p = static_cast<char*>(data);
+        for (std::size_t done = 0; done < bytes;) {
+            const int n = int(std::min(bytes - done, chunk));
+            check(MPI_Bcast(p + done, n, MPI_BYTE, root, comm_), "MPI_Bcast");
+            done += std::size_t(n);
+        }
+    }
+    void barrier() override { check(MPI_Barrier(comm_), "MPI_Barrier"); }
+    [[noreturn]] void abort(int code) override {
+        MPI_Abort(comm_, code);
+        std::exit(code);  // MPI_Abort does not return
+    }
+    std::string name() const override { return "mpi"; }
+
+private:
+    static constexpr std::size_t chunk = std::size_t(std::numeric_limits<int>::max()) / 8;
+
+    // In place, in chunks MPI's int counts can address. MPI_Allreduce's algorithm is chosen from the
+    // world size and message size, so runs of the same size and MPI settings reduce in the same order.
+    template <class T>
+    void reduce(T* data, std::size_t n, MPI_Datatype type) {
+        for (std::size_t done = 0; done < n;) {
+            const int m = int(std::min(n - done, chunk));
+            check(MPI_Allreduce(MPI_IN_PLACE, data + done, m, type, MPI_SUM, comm_), "MPI_Allreduce");
+            done += std::size_t(m);
+        }
+    }
+    static void check(int rc, const char* what) {
+        if (rc == MPI_SUCCESS) return;
+        char text[MPI_MAX_ERROR_STRING];
+        int len = 0;
+        MPI_Error_string(rc, text, &len);
+        throw error(std::string(what) + " failed: " + std::string(text, std::size_t(len)));
+    }
+
+    MPI_Comm comm_ = MPI_COMM_NULL;
+    int rank_ = 0, size_ = 1;
+    bool owns_ = false;
+};
+
+}  // namespace distill::parallel
+// ---- end distill/parallel/mpi.hpp ----
 #endif
 // Hugging Face tokenizers need PCRE2: link distill::text, which defines DISTILL_WITH_TEXT.
 #if defined(DISTILL_WITH_TEXT)
@@ -23208,6 +23495,17 @@ private:
     std::size_t n_ = 0;
 };
 
+/// A data-parallel run of `world` ranks shares each step's micro-batches among them: `grad_accum`
+/// must be a multiple of `world`. Throws config_error naming `<path>.grad_accum`.
+inline void check_data_parallel(const FinetuneConfig& cfg, int world, const std::string& path) {
+    if (world > 1 && cfg.grad_accum % world != 0)
+        throw config_error(path + ".grad_accum",
+                           "is " + std::to_string(cfg.grad_accum) + ", but the " + std::to_string(world) +
+                               " ranks of a data-parallel run share each step's micro-batches: make it a multiple "
+                               "of " +
+                               std::to_string(world) + " (the global batch is batch_size x grad_accum)");
+}
+
 /// What a loss callback returns for one micro-batch: the total (the mean over the batch's loss
 /// tokens of the weighted sum of terms) and each named term as it enters the total.
 struct LossValues {
@@ -23263,6 +23561,11 @@ struct FinetuneOptions {
     /// The key that chose `output_dir`, for the message refusing a second run into it ("" = the
     /// config_path's "output_dir"; "output_dir" in a job file).
     std::string output_dir_key{};
+    /// The ranks of a data-parallel run (null: this process alone). Each rank computes the
+    /// micro-batches m ≡ rank (mod size) of every step (`grad_accum` must be a multiple of the size),
+    /// the gradients are summed over ranks, and every rank takes the same update; rank 0 alone writes
+    /// `output_dir`, which must be on a filesystem every rank reads (they resume from its checkpoints).
+    parallel::Communicator* communicator = nullptr;
 };
 
 /// How a run ended.
@@ -23349,8 +23652,20 @@ public:
           loss_(std::move(loss)),
           options_(std::move(options)),
           rng_(cfg_.seed),
-          clipper_(std::span<const Parameter<T>>(opt_.parameters())) {
+          clipper_(std::span<const Parameter<T>>(opt_.parameters())),
+          comm_(options_.communicator ? *options_.communicator : parallel::single()) {
         cfg_.validate(options_.config_path);
+        if (comm_.size() > 1) {
+            check_data_parallel(cfg_, comm_.size(), options_.config_path);
+            if constexpr (Model::device_type::memory != memory_space::host)
+                throw config_error("device",
+                                   "a data-parallel run sums gradients through MPI in host memory; this device's "
+                                   "gradients live on the device (NCCL is not wired in yet)");
+            if (!comm_.root()) {  // rank 0 writes; the others train and read its checkpoints
+                options_.progress = nullptr;
+                cfg_.output_dir.clear();
+            }
+        }
         if (train_.empty()) throw config_error("training_data", "the training set is empty");
         const int eval_batch = cfg_.eval_batch_size ? cfg_.eval_batch_size : cfg_.batch_size;
         if constexpr (requires { model.max_batch(); }) {
@@ -23404,18 +23719,21 @@ public:
             while (micro < cfg_.grad_accum && cursor_ < static_cast<std::int64_t>(n)) {
                 const std::int64_t take =
                     std::min<std::int64_t>(cfg_.batch_size, static_cast<std::int64_t>(n) - cursor_);
-                rows.assign(order_.begin() + cursor_, order_.begin() + cursor_ + take);
-                train_.make_batch(rows, batch);
-                batch.step = step_;
-                batch.micro = micro;
+                if (micro % comm_.size() == comm_.rank()) {  // this rank's share of the step
+                    rows.assign(order_.begin() + cursor_, order_.begin() + cursor_ + take);
+                    train_.make_batch(rows, batch);
+                    batch.step = step_;
+                    batch.micro = micro;
+                    const LossValues lv = loss_(model_, batch, pass::train);
+                    check_loss(lv, "");
+                    loss_sum += lv.total;
+                    add_terms(term_sums_, lv.terms, 1.0);
+                    tokens += batch.real_tokens;
+                }
                 cursor_ += take;
-                const LossValues lv = loss_(model_, batch, pass::train);
-                check_loss(lv, "");
-                loss_sum += lv.total;
-                add_terms(term_sums_, lv.terms, 1.0);
-                tokens += batch.real_tokens;
                 ++micro;
             }
+            if (comm_.size() > 1) sum_over_ranks(loss_sum, tokens);
             const std::span<const Parameter<T>> params(opt_.parameters());
             if (micro > 1) clipper_.scale(T(1) / static_cast<T>(micro), device);
             const double grad_norm = clipper_(cfg_.grad_clip, device);
@@ -23534,6 +23852,11 @@ private:
     bool begin(FinetuneResult& result) {
         std::optional<std::filesystem::path> latest;
         if (store_) latest = store_->latest();
+        if (comm_.size() > 1) {  // rank 0's choice; every rank restores from that checkpoint
+            const std::string chosen = comm_.broadcast_string(latest ? latest->string() : std::string());
+            latest.reset();
+            if (!chosen.empty()) latest = std::filesystem::path(chosen);
+        }
         if (latest && !cfg_.resume)
             throw config_error(key("resume"),
                                "is false, but " + out_.string() +
@@ -23547,6 +23870,7 @@ private:
         try {
             ck.emplace(io::Checkpoint::open(*latest));
         } catch (const format_error& e) {
+            if (!store_) throw;
             throw format_error(e.path(), e.line(), refusal_hint(e, *latest));
         }
         const LoopState s = read_state(*ck, *latest);
@@ -23712,6 +24036,35 @@ private:
             loss_mean_ = 0.98 * loss_mean_ + 0.02 * loss;
     }
 
+    // Data parallelism: the step's gradients, loss, terms and tokens summed over the ranks. The
+    // gradients go in as few calls as there are contiguous runs of them (the student's arena is one).
+    void sum_over_ranks(double& loss_sum, std::int64_t& tokens) {
+        if (grad_runs_.empty())  // the parameters never move: their runs are found once
+            for (const auto& p : opt_.parameters()) {
+                T* g = p.grad.data();
+                const auto n = std::size_t(p.grad.numel());
+                if (!grad_runs_.empty() && grad_runs_.back().first + grad_runs_.back().second == g)
+                    grad_runs_.back().second += n;
+                else
+                    grad_runs_.emplace_back(g, n);
+            }
+        for (auto [g, n] : grad_runs_) comm_.all_reduce_sum(g, n);
+        // Rank 0 computes micro-batch 0 of every step, so it always knows the terms' names; a rank
+        // that computed nothing this step adds zeros in the same order.
+        const auto terms = std::size_t(comm_.all_reduce_max(std::int64_t(term_sums_.size())));
+        rank_sums_.assign(2 + terms, 0.0);
+        rank_sums_[0] = loss_sum;
+        rank_sums_[1] = double(tokens);
+        const bool known = term_sums_.size() == terms;
+        if (known)
+            for (std::size_t i = 0; i < terms; ++i) rank_sums_[2 + i] = term_sums_[i].second;
+        comm_.all_reduce_sum(rank_sums_.data(), rank_sums_.size());
+        loss_sum = rank_sums_[0];
+        tokens = std::int64_t(rank_sums_[1]);
+        if (known)
+            for (std::size_t i = 0; i < terms; ++i) term_sums_[i].second = rank_sums_[2 + i];
+    }
+
     void append_metrics(const nlohmann::json& record) const {
         if (out_.empty()) return;
         io::append_durably(out_ / "metrics.jsonl", record.dump() + "\n");
@@ -23720,6 +24073,7 @@ private:
     /// After a crash, metrics.jsonl may hold records of steps after the checkpoint resumed from; they
     /// are dropped (atomically) so the resumed run's log reads like an uninterrupted one.
     void truncate_metrics(std::int64_t step) const {
+        if (out_.empty()) return;
         const auto path = out_ / "metrics.jsonl";
         if (!std::filesystem::exists(path)) return;
         std::ifstream in(path);
@@ -23760,6 +24114,9 @@ private:
     FinetuneOptions<T> options_;
     Rng rng_;
     optim::GradClipper<T> clipper_;                            // clipping without allocation
+    parallel::Communicator& comm_;                             // the ranks of a data-parallel run
+    std::vector<std::pair<T*, std::size_t>> grad_runs_;        // contiguous gradient ranges (sum_over_ranks)
+    std::vector<double> rank_sums_;                            // loss, tokens, terms (sum_over_ranks)
     std::vector<std::pair<std::string, double>> term_sums_{};  // the step's loss terms, kept across steps
     std::filesystem::path out_{};
     io::directory_lock lock_;
@@ -25510,6 +25867,11 @@ LossT checked_loss(const typename LossT::config& config, const loss::dims& dims)
 struct DistillerOptions {
     bool quiet = false;       ///< no progress output
     std::FILE* log = stderr;  ///< where stage messages and progress go
+    /// The ranks of a data-parallel run (null: this process alone; parallel.hpp). Rank 0 generates,
+    /// evaluates, exports and writes every file; every rank trains its share of each step.
+    parallel::Communicator* communicator = nullptr;
+
+    parallel::Communicator& comm() const { return communicator ? *communicator : parallel::single(); }
 };
 
 /// The prepared inputs of one run (see the file comment).
@@ -25537,7 +25899,7 @@ struct RunSetup {
 
     /// Prints a stage message unless quiet.
     void say(const std::string& message) const {
-        if (!options.quiet && options.log) std::fprintf(options.log, "%s\n", message.c_str());
+        if (!options.quiet && options.log && options.comm().root()) std::fprintf(options.log, "%s\n", message.c_str());
     }
 };
 
@@ -25718,9 +26080,14 @@ nlohmann::ordered_json run_training(const Setup& setup, const std::string& name,
         setup.say("finetune: " + name + " is complete for this configuration; skipped");
         return detail::read_json_file(out.done(name));
     }
-    out.claim_training(name, fp);
+    auto& comm = setup.options.comm();
+    if (comm.root()) out.claim_training(name, fp);
     const auto t0 = std::chrono::steady_clock::now();
     const train::FinetuneResult r = train(out.training_dir(name).string());
+    if (!comm.root()) {  // every rank trained its share; rank 0 writes the results
+        comm.barrier();
+        return detail::read_json_file(out.done(name));
+    }
     const auto& from = !r.best_checkpoint.empty() ? r.best_checkpoint : r.last_checkpoint;
     if (from.empty()) throw error("finetune: the " + name + " run wrote no checkpoint");
     io::copy_file_atomic(from / "student.safetensors", out.weights(name));
@@ -25736,6 +26103,7 @@ nlohmann::ordered_json run_training(const Setup& setup, const std::string& name,
         result["best_validation_loss"] = r.best_validation_loss;
     }
     io::write_file_atomic(out.done(name), result.dump(2) + "\n");
+    comm.barrier();
     return result;
 }
 
@@ -25761,6 +26129,7 @@ train::FinetuneOptions<float> loop_options_of(const Setup& setup) {
     options.progress = setup.options.quiet ? nullptr : setup.options.log;
     options.config_path = "hyperparameters";
     options.output_dir_key = "output_dir";
+    options.communicator = setup.options.communicator;
     return options;
 }
 
@@ -25809,8 +26178,10 @@ public:
         const std::int64_t steps = train::total_steps(finetune_config(""), train.data.size());
         nlohmann::ordered_json summary;
         summary["student"] = train_student(train, val ? &*val : nullptr, steps);
-        if (s_.student_from_hf()) export_student_hf();
-        export_gguf();
+        if (s_.options.comm().root()) {
+            if (s_.student_from_hf()) export_student_hf();
+            export_gguf();
+        }
         if (s_.job.baseline.enabled) summary["baseline"] = train_baseline(steps);
         return summary;
     }
@@ -26461,7 +26832,7 @@ public:
                                    finetune_config_of(h, dir, s_.options.quiet),
                                    Step(teacher_, train, val ? &*val : nullptr, loss, ws), std::move(options));
         });
-        export_student_hf(max_length);
+        if (s_.options.comm().root()) export_student_hf(max_length);
         if (s_.job.baseline.enabled)
             summary["baseline"] = {{"skipped",
                                     "the embedding task has no labels to train a baseline on; evaluate "
@@ -27576,6 +27947,7 @@ public:
         s_.options = options;
         s_.job.validate();
         check_precision();
+        train::check_data_parallel(s_.job.hyperparameters.loop, s_.options.comm().size(), "hyperparameters");
         s_.student = read_student_config();
         if constexpr (embedding) {
             prepare_embedding();
@@ -27601,38 +27973,56 @@ public:
     /// The teacher answers every training (and validation) prompt; see `generate_stage`. Resumes
     /// and skips what is done. Returns the training set's report.
     GenerateReport generate() {
+        auto& comm = s_.options.comm();
+        if (!comm.root()) {  // rank 0 answers; the others train on its files
+            comm.barrier();
+            return GenerateReport{.teacher = teacher_.name(), .examples = s_.train.examples.size()};
+        }
+        const auto done = [&](GenerateReport r) {
+            comm.barrier();
+            return r;
+        };
         s_.dir.write_job_copy(s_.job);
         if constexpr (embedding) {
             s_.say(
                 "generate: nothing to generate for the embedding task; the teacher embeds each training batch "
                 "during finetune");
-            return GenerateReport{.teacher = teacher_.name(), .examples = s_.train.examples.size()};
+            return done(GenerateReport{.teacher = teacher_.name(), .examples = s_.train.examples.size()});
         } else {
-            return generate_stage(teacher_, s_);
+            return done(generate_stage(teacher_, s_));
         }
     }
 
     /// Trains the distilled student and the baseline; see `FinetuneStage` (`EmbeddingStages` for an
     /// embedding student). Needs the generate stage's output. Returns a summary of both runs.
     nlohmann::ordered_json finetune() {
-        s_.dir.write_job_copy(s_.job);
+        if (s_.options.comm().root()) s_.dir.write_job_copy(s_.job);
         return finetune_stage_type(s_, teacher_, device_).run();
     }
 
     /// Measures the teacher, the baseline and the distilled student on the test set and writes the
     /// report; see `EvaluateStage` (`EmbeddingStages`). Returns report.json's object.
     nlohmann::ordered_json evaluate() {
+        auto& comm = s_.options.comm();
+        if (!comm.root()) {  // rank 0 measures, as a user would deploy: one process
+            comm.barrier();
+            return detail::read_json_file(s_.dir.report_json());
+        }
         s_.dir.write_job_copy(s_.job);
-        return evaluate_stage_type(s_, teacher_, device_).run();
+        auto report = evaluate_stage_type(s_, teacher_, device_).run();
+        comm.barrier();
+        return report;
     }
 
     /// Writes the job's GGUF files (`export.gguf`) from the trained student; see
     /// `FinetuneStage::export_gguf` (finetune() writes them too). Returns the files.
     std::vector<std::filesystem::path> export_gguf() {
-        if constexpr (requires(finetune_stage_type & f) { f.export_gguf(); })
+        if constexpr (requires(finetune_stage_type & f) { f.export_gguf(); }) {
+            if (!s_.options.comm().root()) return {};
             return finetune_stage_type(s_, teacher_, device_).export_gguf();
-        else
+        } else {
             return {};  // embedding students: the job refuses export.gguf
+        }
     }
 
     /// generate(), finetune(), evaluate() (the last only when the job has test data).

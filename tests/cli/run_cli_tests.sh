@@ -252,6 +252,68 @@ if "$DISTILL" --version | grep -q "bf16 precision: available"; then
     expect 1 "fingerprint" -- "$DISTILL" run "$WORK/bf16_over_fp32.json" --quiet
 fi
 
+# ---- data parallelism: distill run under mpirun -np 2 (docs/scaling.md) ------------------------------------
+if "$DISTILL" --version | grep -q "MPI yes" && command -v mpirun >/dev/null; then
+    mpi=(mpirun -np 2 --allow-run-as-root --oversubscribe)
+    for d in dp_a dp_b; do  # the loss_soft_kl job with its global batch of 16 as 2 micro-batches of 8
+        sed "s#loss_soft_kl\"#$d\"#; s/\"batch_size\": 16, /\"batch_size\": 8, \"grad_accum\": 2, /;
+             s/\"max_steps\": 8/\"max_steps\": 16/; s/\"checkpoint_every\": 0/\"checkpoint_every\": 2/" \
+            "$WORK/loss_soft_kl.json" >"$WORK/$d.json"
+        mkdir -p "$WORK/$d" && cp -r "$WORK/ref/generate" "$WORK/$d/"
+        "${mpi[@]}" "$DISTILL" run "$WORK/$d.json" --quiet >"$WORK/$d.stdout" 2>"$WORK/$d.stderr" ||
+            fail "mpirun -np 2 distill run $d.json: $(tail -3 "$WORK/$d.stderr")"
+    done
+    if [[ -f $WORK/dp_a/report.json ]] && grep -q "Distillation report" "$WORK/dp_a.stdout" &&
+        [[ $(grep -c "Distillation report" "$WORK/dp_a.stdout") -eq 1 ]]; then
+        pass "mpirun -np 2 distill run: a report, printed once (by rank 0)"
+    else
+        fail "mpirun -np 2 distill run: no report, or printed by both ranks"
+    fi
+    if cmp -s "$WORK/dp_a/student.safetensors" "$WORK/dp_b/student.safetensors"; then
+        pass "two 2-rank runs train bit-identical students"
+    else
+        fail "two 2-rank runs trained different students"
+    fi
+    # a rank SIGKILLed in finetune ends the job (no rank left waiting); the rerun ends with the same student
+    sed 's#/dp_a"#/dp_kill"#' "$WORK/dp_a.json" >"$WORK/dp_kill.json"
+    mkdir -p "$WORK/dp_kill" && cp -r "$WORK/ref/generate" "$WORK/dp_kill/"
+    "${mpi[@]}" "$DISTILL" run "$WORK/dp_kill.json" --quiet >/dev/null 2>&1 &
+    launcher=$! waited=0
+    until [[ -f $WORK/dp_kill/student/checkpoints/latest ]] || ! kill -0 $launcher 2>/dev/null; do
+        sleep 0.02
+        waited=$((waited + 1))
+        [[ $waited -gt 15000 ]] && break
+    done
+    victim=$(pgrep -f "distill run $WORK/dp_kill.json" | grep -v "^$launcher\$" | tail -n 1)
+    if [[ -n $victim ]] && kill -9 "$victim" 2>/dev/null; then
+        t0=$SECONDS
+        wait $launcher
+        rc=$?
+        if [[ $rc -ne 0 && $((SECONDS - t0)) -le 30 ]]; then
+            pass "a rank SIGKILLed: the job exits $rc within $((SECONDS - t0)) s"
+        else
+            fail "a rank SIGKILLed: the job exited $rc after $((SECONDS - t0)) s"
+        fi
+        if "${mpi[@]}" "$DISTILL" run "$WORK/dp_kill.json" --quiet >/dev/null 2>"$WORK/dp_kill.stderr" &&
+            cmp -s "$WORK/dp_kill/student.safetensors" "$WORK/dp_a/student.safetensors"; then
+            pass "the rerun after a killed rank ends with the uninterrupted run's student"
+        else
+            fail "the rerun after a killed rank: $(tail -2 "$WORK/dp_kill.stderr")"
+        fi
+    else
+        wait $launcher
+        fail "dp_kill: the run ended before a rank could be killed"
+    fi
+    sed 's#/dp_a"#/dp_odd"#; s/"grad_accum": 2/"grad_accum": 1/' "$WORK/dp_a.json" >"$WORK/dp_odd.json"
+    "${mpi[@]}" "$DISTILL" run "$WORK/dp_odd.json" --quiet >/dev/null 2>"$WORK/dp_odd.stderr"
+    rc=$?
+    if [[ $rc -eq 2 ]] && grep -q "hyperparameters.grad_accum: is 1, but the 2 ranks" "$WORK/dp_odd.stderr"; then
+        pass "mpirun -np 2 with grad_accum 1 -> 2: $(grep -m1 grad_accum "$WORK/dp_odd.stderr")"
+    else
+        fail "mpirun -np 2 with grad_accum 1 exited $rc: $(head -3 "$WORK/dp_odd.stderr")"
+    fi
+fi
+
 # ---- a teacher behind an OpenAI-compatible endpoint ---------------------------------------------------
 if [[ -n $SERVE ]]; then
     weights=$(grep -o '"weights": "[^"]*"' "$WORK/base/quickstart.job.json" | cut -d'"' -f4)

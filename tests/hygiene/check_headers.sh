@@ -25,6 +25,11 @@ check_one() {
     [[ -f /usr/include/oneapi/dnnl/dnnl.hpp ]] || return 0
     extra=(-DDISTILL_WITH_DNNL)
   fi
+  # the MPI communicator is compiled only with DISTILL_WITH_MPI (distill::mpi), where MPI is installed
+  if [[ $h == distill/parallel/mpi.hpp ]]; then
+    command -v mpicxx >/dev/null || return 0
+    read -ra extra <<<"$(mpicxx --showme:compile) -DOMPI_SKIP_MPICXX -DDISTILL_WITH_MPI"
+  fi
   for c in "${compilers[@]}"; do
     printf '#include "%s"\n' "$h" | $c -x c++ -fsyntax-only "${flags[@]}" "${extra[@]}" - >"$log" 2>&1 || { echo "$h ($c)"; return; }
   done

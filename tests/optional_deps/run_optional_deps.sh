@@ -11,12 +11,13 @@ set -u
 src=$1 work=$2 cxx=$3
 shift 3
 names=("$@")
-[[ ${#names[@]} -eq 0 ]] && names=(dnnl OpenCL CPPHTTPLIB PCRE2 OpenMP)
+[[ ${#names[@]} -eq 0 ]] && names=(dnnl OpenCL CPPHTTPLIB PCRE2 OpenMP MPI)
 # what configure must say, and what `distill --version` must then report, per hidden dependency
 declare -A status=([dnnl]="oneDNN not used \(disabled" [OpenCL]="oneDNN not used \(.*OpenCL"
-                   [CPPHTTPLIB]="cpp-httplib not found" [PCRE2]="PCRE2 not found" [OpenMP]="OpenMP not found")
+                   [CPPHTTPLIB]="cpp-httplib not found" [PCRE2]="PCRE2 not found" [OpenMP]="OpenMP not found"
+                   [MPI]="MPI not found")
 declare -A version=([dnnl]="oneDNN no" [OpenCL]="oneDNN no" [CPPHTTPLIB]="http no" [PCRE2]="published tokenizers no"
-                    [OpenMP]="OpenMP no")
+                    [OpenMP]="OpenMP no" [MPI]="MPI no")
 failures=0
 fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
 for name in "${names[@]}"; do

@@ -145,6 +145,7 @@ public:
         s_.options = options;
         s_.job.validate();
         check_precision();
+        train::check_data_parallel(s_.job.hyperparameters.loop, s_.options.comm().size(), "hyperparameters");
         s_.student = read_student_config();
         if constexpr (embedding) {
             prepare_embedding();
@@ -170,38 +171,56 @@ public:
     /// The teacher answers every training (and validation) prompt; see `generate_stage`. Resumes
     /// and skips what is done. Returns the training set's report.
     GenerateReport generate() {
+        auto& comm = s_.options.comm();
+        if (!comm.root()) {  // rank 0 answers; the others train on its files
+            comm.barrier();
+            return GenerateReport{.teacher = teacher_.name(), .examples = s_.train.examples.size()};
+        }
+        const auto done = [&](GenerateReport r) {
+            comm.barrier();
+            return r;
+        };
         s_.dir.write_job_copy(s_.job);
         if constexpr (embedding) {
             s_.say(
                 "generate: nothing to generate for the embedding task; the teacher embeds each training batch "
                 "during finetune");
-            return GenerateReport{.teacher = teacher_.name(), .examples = s_.train.examples.size()};
+            return done(GenerateReport{.teacher = teacher_.name(), .examples = s_.train.examples.size()});
         } else {
-            return generate_stage(teacher_, s_);
+            return done(generate_stage(teacher_, s_));
         }
     }
 
     /// Trains the distilled student and the baseline; see `FinetuneStage` (`EmbeddingStages` for an
     /// embedding student). Needs the generate stage's output. Returns a summary of both runs.
     nlohmann::ordered_json finetune() {
-        s_.dir.write_job_copy(s_.job);
+        if (s_.options.comm().root()) s_.dir.write_job_copy(s_.job);
         return finetune_stage_type(s_, teacher_, device_).run();
     }
 
     /// Measures the teacher, the baseline and the distilled student on the test set and writes the
     /// report; see `EvaluateStage` (`EmbeddingStages`). Returns report.json's object.
     nlohmann::ordered_json evaluate() {
+        auto& comm = s_.options.comm();
+        if (!comm.root()) {  // rank 0 measures, as a user would deploy: one process
+            comm.barrier();
+            return detail::read_json_file(s_.dir.report_json());
+        }
         s_.dir.write_job_copy(s_.job);
-        return evaluate_stage_type(s_, teacher_, device_).run();
+        auto report = evaluate_stage_type(s_, teacher_, device_).run();
+        comm.barrier();
+        return report;
     }
 
     /// Writes the job's GGUF files (`export.gguf`) from the trained student; see
     /// `FinetuneStage::export_gguf` (finetune() writes them too). Returns the files.
     std::vector<std::filesystem::path> export_gguf() {
-        if constexpr (requires(finetune_stage_type & f) { f.export_gguf(); })
+        if constexpr (requires(finetune_stage_type & f) { f.export_gguf(); }) {
+            if (!s_.options.comm().root()) return {};
             return finetune_stage_type(s_, teacher_, device_).export_gguf();
-        else
+        } else {
             return {};  // embedding students: the job refuses export.gguf
+        }
     }
 
     /// generate(), finetune(), evaluate() (the last only when the job has test data).

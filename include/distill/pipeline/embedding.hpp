@@ -299,7 +299,7 @@ public:
                                    finetune_config_of(h, dir, s_.options.quiet),
                                    Step(teacher_, train, val ? &*val : nullptr, loss, ws), std::move(options));
         });
-        export_student_hf(max_length);
+        if (s_.options.comm().root()) export_student_hf(max_length);
         if (s_.job.baseline.enabled)
             summary["baseline"] = {{"skipped",
                                     "the embedding task has no labels to train a baseline on; evaluate "

@@ -215,9 +215,14 @@ nlohmann::ordered_json run_training(const Setup& setup, const std::string& name,
         setup.say("finetune: " + name + " is complete for this configuration; skipped");
         return detail::read_json_file(out.done(name));
     }
-    out.claim_training(name, fp);
+    auto& comm = setup.options.comm();
+    if (comm.root()) out.claim_training(name, fp);
     const auto t0 = std::chrono::steady_clock::now();
     const train::FinetuneResult r = train(out.training_dir(name).string());
+    if (!comm.root()) {  // every rank trained its share; rank 0 writes the results
+        comm.barrier();
+        return detail::read_json_file(out.done(name));
+    }
     const auto& from = !r.best_checkpoint.empty() ? r.best_checkpoint : r.last_checkpoint;
     if (from.empty()) throw error("finetune: the " + name + " run wrote no checkpoint");
     io::copy_file_atomic(from / "student.safetensors", out.weights(name));
@@ -233,6 +238,7 @@ nlohmann::ordered_json run_training(const Setup& setup, const std::string& name,
         result["best_validation_loss"] = r.best_validation_loss;
     }
     io::write_file_atomic(out.done(name), result.dump(2) + "\n");
+    comm.barrier();
     return result;
 }
 
@@ -258,6 +264,7 @@ train::FinetuneOptions<float> loop_options_of(const Setup& setup) {
     options.progress = setup.options.quiet ? nullptr : setup.options.log;
     options.config_path = "hyperparameters";
     options.output_dir_key = "output_dir";
+    options.communicator = setup.options.communicator;
     return options;
 }
 
@@ -306,8 +313,10 @@ public:
         const std::int64_t steps = train::total_steps(finetune_config(""), train.data.size());
         nlohmann::ordered_json summary;
         summary["student"] = train_student(train, val ? &*val : nullptr, steps);
-        if (s_.student_from_hf()) export_student_hf();
-        export_gguf();
+        if (s_.options.comm().root()) {
+            if (s_.student_from_hf()) export_student_hf();
+            export_gguf();
+        }
         if (s_.job.baseline.enabled) summary["baseline"] = train_baseline(steps);
         return summary;
     }

@@ -16,6 +16,7 @@
 #include "distill/data/vocab_alignment.hpp"
 #include "distill/loss.hpp"
 #include "distill/loss/sum.hpp"
+#include "distill/parallel.hpp"
 #include "distill/pipeline/job.hpp"
 #include "distill/pipeline/run_dir.hpp"
 #include "distill/student.hpp"
@@ -68,6 +69,11 @@ LossT checked_loss(const typename LossT::config& config, const loss::dims& dims)
 struct DistillerOptions {
     bool quiet = false;       ///< no progress output
     std::FILE* log = stderr;  ///< where stage messages and progress go
+    /// The ranks of a data-parallel run (null: this process alone; parallel.hpp). Rank 0 generates,
+    /// evaluates, exports and writes every file; every rank trains its share of each step.
+    parallel::Communicator* communicator = nullptr;
+
+    parallel::Communicator& comm() const { return communicator ? *communicator : parallel::single(); }
 };
 
 /// The prepared inputs of one run (see the file comment).
@@ -95,7 +101,7 @@ struct RunSetup {
 
     /// Prints a stage message unless quiet.
     void say(const std::string& message) const {
-        if (!options.quiet && options.log) std::fprintf(options.log, "%s\n", message.c_str());
+        if (!options.quiet && options.log && options.comm().root()) std::fprintf(options.log, "%s\n", message.c_str());
     }
 };
 

@@ -46,6 +46,7 @@
 #include "distill/optim/clip.hpp"
 #include "distill/optim/schedule.hpp"
 #include "distill/optimizer.hpp"
+#include "distill/parallel.hpp"
 #include "distill/parameter.hpp"
 #include "distill/train/progress.hpp"
 
@@ -150,6 +151,17 @@ private:
     std::size_t n_ = 0;
 };
 
+/// A data-parallel run of `world` ranks shares each step's micro-batches among them: `grad_accum`
+/// must be a multiple of `world`. Throws config_error naming `<path>.grad_accum`.
+inline void check_data_parallel(const FinetuneConfig& cfg, int world, const std::string& path) {
+    if (world > 1 && cfg.grad_accum % world != 0)
+        throw config_error(path + ".grad_accum",
+                           "is " + std::to_string(cfg.grad_accum) + ", but the " + std::to_string(world) +
+                               " ranks of a data-parallel run share each step's micro-batches: make it a multiple "
+                               "of " +
+                               std::to_string(world) + " (the global batch is batch_size x grad_accum)");
+}
+
 /// What a loss callback returns for one micro-batch: the total (the mean over the batch's loss
 /// tokens of the weighted sum of terms) and each named term as it enters the total.
 struct LossValues {
@@ -205,6 +217,11 @@ struct FinetuneOptions {
     /// The key that chose `output_dir`, for the message refusing a second run into it ("" = the
     /// config_path's "output_dir"; "output_dir" in a job file).
     std::string output_dir_key{};
+    /// The ranks of a data-parallel run (null: this process alone). Each rank computes the
+    /// micro-batches m ≡ rank (mod size) of every step (`grad_accum` must be a multiple of the size),
+    /// the gradients are summed over ranks, and every rank takes the same update; rank 0 alone writes
+    /// `output_dir`, which must be on a filesystem every rank reads (they resume from its checkpoints).
+    parallel::Communicator* communicator = nullptr;
 };
 
 /// How a run ended.
@@ -291,8 +308,20 @@ public:
           loss_(std::move(loss)),
           options_(std::move(options)),
           rng_(cfg_.seed),
-          clipper_(std::span<const Parameter<T>>(opt_.parameters())) {
+          clipper_(std::span<const Parameter<T>>(opt_.parameters())),
+          comm_(options_.communicator ? *options_.communicator : parallel::single()) {
         cfg_.validate(options_.config_path);
+        if (comm_.size() > 1) {
+            check_data_parallel(cfg_, comm_.size(), options_.config_path);
+            if constexpr (Model::device_type::memory != memory_space::host)
+                throw config_error("device",
+                                   "a data-parallel run sums gradients through MPI in host memory; this device's "
+                                   "gradients live on the device (NCCL is not wired in yet)");
+            if (!comm_.root()) {  // rank 0 writes; the others train and read its checkpoints
+                options_.progress = nullptr;
+                cfg_.output_dir.clear();
+            }
+        }
         if (train_.empty()) throw config_error("training_data", "the training set is empty");
         const int eval_batch = cfg_.eval_batch_size ? cfg_.eval_batch_size : cfg_.batch_size;
         if constexpr (requires { model.max_batch(); }) {
@@ -346,18 +375,21 @@ public:
             while (micro < cfg_.grad_accum && cursor_ < static_cast<std::int64_t>(n)) {
                 const std::int64_t take =
                     std::min<std::int64_t>(cfg_.batch_size, static_cast<std::int64_t>(n) - cursor_);
-                rows.assign(order_.begin() + cursor_, order_.begin() + cursor_ + take);
-                train_.make_batch(rows, batch);
-                batch.step = step_;
-                batch.micro = micro;
+                if (micro % comm_.size() == comm_.rank()) {  // this rank's share of the step
+                    rows.assign(order_.begin() + cursor_, order_.begin() + cursor_ + take);
+                    train_.make_batch(rows, batch);
+                    batch.step = step_;
+                    batch.micro = micro;
+                    const LossValues lv = loss_(model_, batch, pass::train);
+                    check_loss(lv, "");
+                    loss_sum += lv.total;
+                    add_terms(term_sums_, lv.terms, 1.0);
+                    tokens += batch.real_tokens;
+                }
                 cursor_ += take;
-                const LossValues lv = loss_(model_, batch, pass::train);
-                check_loss(lv, "");
-                loss_sum += lv.total;
-                add_terms(term_sums_, lv.terms, 1.0);
-                tokens += batch.real_tokens;
                 ++micro;
             }
+            if (comm_.size() > 1) sum_over_ranks(loss_sum, tokens);
             const std::span<const Parameter<T>> params(opt_.parameters());
             if (micro > 1) clipper_.scale(T(1) / static_cast<T>(micro), device);
             const double grad_norm = clipper_(cfg_.grad_clip, device);
@@ -476,6 +508,11 @@ private:
     bool begin(FinetuneResult& result) {
         std::optional<std::filesystem::path> latest;
         if (store_) latest = store_->latest();
+        if (comm_.size() > 1) {  // rank 0's choice; every rank restores from that checkpoint
+            const std::string chosen = comm_.broadcast_string(latest ? latest->string() : std::string());
+            latest.reset();
+            if (!chosen.empty()) latest = std::filesystem::path(chosen);
+        }
         if (latest && !cfg_.resume)
             throw config_error(key("resume"),
                                "is false, but " + out_.string() +
@@ -489,6 +526,7 @@ private:
         try {
             ck.emplace(io::Checkpoint::open(*latest));
         } catch (const format_error& e) {
+            if (!store_) throw;
             throw format_error(e.path(), e.line(), refusal_hint(e, *latest));
         }
         const LoopState s = read_state(*ck, *latest);
@@ -654,6 +692,35 @@ private:
             loss_mean_ = 0.98 * loss_mean_ + 0.02 * loss;
     }
 
+    // Data parallelism: the step's gradients, loss, terms and tokens summed over the ranks. The
+    // gradients go in as few calls as there are contiguous runs of them (the student's arena is one).
+    void sum_over_ranks(double& loss_sum, std::int64_t& tokens) {
+        if (grad_runs_.empty())  // the parameters never move: their runs are found once
+            for (const auto& p : opt_.parameters()) {
+                T* g = p.grad.data();
+                const auto n = std::size_t(p.grad.numel());
+                if (!grad_runs_.empty() && grad_runs_.back().first + grad_runs_.back().second == g)
+                    grad_runs_.back().second += n;
+                else
+                    grad_runs_.emplace_back(g, n);
+            }
+        for (auto [g, n] : grad_runs_) comm_.all_reduce_sum(g, n);
+        // Rank 0 computes micro-batch 0 of every step, so it always knows the terms' names; a rank
+        // that computed nothing this step adds zeros in the same order.
+        const auto terms = std::size_t(comm_.all_reduce_max(std::int64_t(term_sums_.size())));
+        rank_sums_.assign(2 + terms, 0.0);
+        rank_sums_[0] = loss_sum;
+        rank_sums_[1] = double(tokens);
+        const bool known = term_sums_.size() == terms;
+        if (known)
+            for (std::size_t i = 0; i < terms; ++i) rank_sums_[2 + i] = term_sums_[i].second;
+        comm_.all_reduce_sum(rank_sums_.data(), rank_sums_.size());
+        loss_sum = rank_sums_[0];
+        tokens = std::int64_t(rank_sums_[1]);
+        if (known)
+            for (std::size_t i = 0; i < terms; ++i) term_sums_[i].second = rank_sums_[2 + i];
+    }
+
     void append_metrics(const nlohmann::json& record) const {
         if (out_.empty()) return;
         io::append_durably(out_ / "metrics.jsonl", record.dump() + "\n");
@@ -662,6 +729,7 @@ private:
     /// After a crash, metrics.jsonl may hold records of steps after the checkpoint resumed from; they
     /// are dropped (atomically) so the resumed run's log reads like an uninterrupted one.
     void truncate_metrics(std::int64_t step) const {
+        if (out_.empty()) return;
         const auto path = out_ / "metrics.jsonl";
         if (!std::filesystem::exists(path)) return;
         std::ifstream in(path);
@@ -702,6 +770,9 @@ private:
     FinetuneOptions<T> options_;
     Rng rng_;
     optim::GradClipper<T> clipper_;                            // clipping without allocation
+    parallel::Communicator& comm_;                             // the ranks of a data-parallel run
+    std::vector<std::pair<T*, std::size_t>> grad_runs_;        // contiguous gradient ranges (sum_over_ranks)
+    std::vector<double> rank_sums_;                            // loss, tokens, terms (sum_over_ranks)
     std::vector<std::pair<std::string, double>> term_sums_{};  // the step's loss terms, kept across steps
     std::filesystem::path out_{};
     io::directory_lock lock_;

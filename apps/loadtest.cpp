@@ -6,7 +6,13 @@
 //
 //   loadtest --url http://127.0.0.1:8080/v1 [--api-key-env VAR] [--model NAME] [--endpoint chat|completions]
 //            [--concurrency 1,2,4,8] [--requests 32] [--max-tokens 64] [--prompt TEXT] [--temperature 0]
-//            [--timeout 60] [--out FILE]
+//            [--timeout 60] [--out FILE] [--p95-target-ms MS] [--svg FILE] [--report REPORT.json --name MODEL]
+//
+// --p95-target-ms: the highest level whose p95 latency stays under the target with no errors is the
+// concurrency the server sustains ("sustained_concurrency"). --svg: p50/p95 latency and p50 time to
+// first token against concurrency. --report: the result goes into a run's report.json under
+// "loadtest"."<MODEL>" (MODEL: teacher, student, ...), and report.md is written again with a load-test
+// table and, with the teacher's and the student's, the ratio of the concurrency each sustains.
 //
 // Loopback only (127.0.0.1, localhost, [::1]): it is a tool to measure one's own server, not to load
 // someone else's. The key comes from the environment variable --api-key-env names, never the command
@@ -21,6 +27,8 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -29,6 +37,8 @@
 #include <vector>
 
 // distill first: httplib.h's <resolv.h> defines a `_res` macro that breaks Eigen parsed after it.
+#include <distill/eval/report.hpp>
+#include <distill/eval/svg.hpp>
 #include <distill/io/durable.hpp>
 
 #include <httplib.h>
@@ -38,6 +48,8 @@ namespace {
 
 struct Options {
     std::string url, api_key_env, model = "default", endpoint = "chat", prompt = "Tell me a story.", out;
+    std::string svg, report, name;
+    double p95_target_ms = 0;
     std::vector<int> concurrency = {1, 2, 4, 8};
     int requests = 32, max_tokens = 64;
     double temperature = 0, timeout = 60;
@@ -47,7 +59,8 @@ struct Options {
     std::fprintf(stderr,
                  "loadtest: %s\nusage: loadtest --url http://127.0.0.1:PORT/v1 [--api-key-env VAR] [--model NAME]\n"
                  "                [--endpoint chat|completions] [--concurrency 1,2,4,8] [--requests 32]\n"
-                 "                [--max-tokens 64] [--prompt TEXT] [--temperature 0] [--timeout 60] [--out FILE]\n",
+                 "                [--max-tokens 64] [--prompt TEXT] [--temperature 0] [--timeout 60] [--out FILE]\n"
+                 "                [--p95-target-ms MS] [--svg FILE] [--report REPORT.json --name MODEL]\n",
                  why.c_str());
     std::exit(2);
 }
@@ -97,12 +110,23 @@ Options parse(int argc, char** argv) {
             o.timeout = number(value(), 0.1, 3600);
         else if (a == "--out")
             o.out = value();
+        else if (a == "--p95-target-ms")
+            o.p95_target_ms = number(value(), 0.001, 1e7);
+        else if (a == "--svg")
+            o.svg = value();
+        else if (a == "--report")
+            o.report = value();
+        else if (a == "--name")
+            o.name = value();
         else if (a == "--help" || a == "-h")
             usage("measures an OpenAI-compatible server on loopback");
         else
             usage("unknown argument " + a);
     }
     if (o.url.empty()) usage("--url is required");
+    if (o.report.empty() != o.name.empty()) usage("--report and --name go together (the model the server runs)");
+    if (!o.report.empty() && !std::filesystem::is_regular_file(o.report))
+        usage("--report: " + o.report + " is not a file (a run's report.json)");
     return o;
 }
 
@@ -290,14 +314,48 @@ int main(int argc, char** argv) try {
                      samples.size(), double(ok) / wall, double(tokens) / wall, level["ttft_ms"]["p50"].dump().c_str());
         levels.push_back(std::move(level));
     }
-    const nlohmann::json report = {{"url", o.url},
-                                   {"endpoint", o.endpoint},
-                                   {"model", o.model},
-                                   {"max_tokens", o.max_tokens},
-                                   {"requests_per_level", o.requests},
-                                   {"levels", levels}};
+    nlohmann::json report = {{"url", o.url},
+                             {"endpoint", o.endpoint},
+                             {"model", o.model},
+                             {"max_tokens", o.max_tokens},
+                             {"requests_per_level", o.requests},
+                             {"levels", levels}};
+    if (o.p95_target_ms > 0) {
+        report["p95_target_ms"] = o.p95_target_ms;
+        report["sustained_concurrency"] = nullptr;
+        for (const auto& l : levels)
+            if (l["errors"].empty() && l["latency_ms"]["p95"].is_number() &&
+                l["latency_ms"]["p95"].get<double>() <= o.p95_target_ms)
+                report["sustained_concurrency"] = l["concurrency"];
+    }
     const std::string out = report.dump(2) + "\n";
     if (!o.out.empty()) distill::io::write_file_atomic(o.out, out);
+    if (!o.svg.empty()) {
+        std::vector<distill::eval::Series> series = {
+            {"latency p50", {}, {}}, {"latency p95", {}, {}}, {"time to first token p50", {}, {}}};
+        for (const auto& l : levels) {
+            const double c = l["concurrency"].get<double>();
+            auto point = [&](distill::eval::Series& s, const nlohmann::json& v) {
+                s.x.push_back(c);
+                s.y.push_back(v.is_number() ? v.get<double>() : std::nan(""));
+            };
+            point(series[0], l["latency_ms"]["p50"]);
+            point(series[1], l["latency_ms"]["p95"]);
+            point(series[2], l["ttft_ms"]["p50"]);
+        }
+        distill::io::write_file_atomic(o.svg, distill::eval::line_chart("Latency against concurrency: " + o.model,
+                                                                        "concurrent requests", "ms", series));
+    }
+    if (!o.report.empty()) {  // into the run's report, which is then rendered again
+        std::ifstream in(o.report, std::ios::binary);
+        auto run = nlohmann::ordered_json::parse(in, nullptr, false);
+        if (!run.is_object() || !run.contains("models"))
+            throw distill::format_error(o.report, 0, "is not a distill report (no \"models\")");
+        run["loadtest"][o.name] = nlohmann::ordered_json::parse(report.dump());
+        distill::io::write_file_atomic(std::filesystem::path(o.report).replace_filename("report.md"),
+                                       distill::eval::render_markdown(run));
+        distill::io::write_file_atomic(o.report, run.dump(2) + "\n");
+    }
     std::fputs(out.c_str(), stdout);
     return 0;
 } catch (const std::exception& ex) {

@@ -929,6 +929,32 @@ TEST_CASE("report: the table and the summary are computed from report.json's fig
     CHECK(md.find("| exact_match | 0.8000 | 0.2000 | 0.7200 | keeps 90% |") != std::string::npos);
     CHECK(md.find("| parameters | 1.00M | 100.00k | 100.00k | −90% |") != std::string::npos);
     CHECK(md.find("| latency p50 (ms) | 10.00 | 2.00 | 2.00 | −80% |") != std::string::npos);
+    CHECK(md.find("## Load test") == std::string::npos);
+
+    // apps/loadtest's results for teacher and student (--report --name): their table and the ratio
+    auto level = [](int c, double p95, int errors) {
+        nlohmann::ordered_json l = {{"concurrency", c},
+                                    {"requests_per_s", 10.0 * c},
+                                    {"tokens_per_s", 300 * c},
+                                    {"ttft_ms", {{"p50", 5.0}}},
+                                    {"latency_ms", {{"p50", p95 / 2}, {"p95", p95}}}};
+        l["errors"] = nlohmann::ordered_json::object();
+        if (errors) l["errors"]["503"] = errors;
+        return l;
+    };
+    r["loadtest"]["teacher"] = {{"p95_target_ms", 100.0},
+                                {"sustained_concurrency", 2},
+                                {"levels", {level(1, 40, 0), level(2, 90, 0), level(4, 180, 0)}}};
+    r["loadtest"]["student"] = {{"p95_target_ms", 100.0},
+                                {"sustained_concurrency", 8},
+                                {"levels", {level(4, 30, 0), level(8, 60, 0), level(16, 95, 2)}}};
+    const std::string with_load = eval::render_markdown(r);
+    CHECK(with_load.find("| teacher | 4 | 40.00 | 1200 | 5.0 | 90.0 | 180.0 | 0 |") != std::string::npos);
+    CHECK(with_load.find("| student | 16 | 160.00 | 4800 | 5.0 | 47.5 | 95.0 | 2 |") != std::string::npos);
+    CHECK(with_load.find("- student: 8 concurrent requests with p95 latency under 100 ms and no errors") !=
+          std::string::npos);
+    CHECK(with_load.find("The student sustains 4.0x the teacher's concurrent requests under the same target.") !=
+          std::string::npos);
     const std::string svg = eval::models_chart(r);
     CHECK(svg.find("baseline") != std::string::npos);
     CHECK(svg.find("</svg>") != std::string::npos);

@@ -135,6 +135,55 @@ inline std::string report_summary(const nlohmann::ordered_json& report) {
     return s;
 }
 
+/// The load-test section of report.md: `loadtest` in report.json, one entry per model that
+/// apps/loadtest measured behind a server (`--report ... --name MODEL`); empty when there is none.
+inline std::string render_loadtest_markdown(const nlohmann::ordered_json& report) {
+    using namespace detail;
+    if (!report.contains("loadtest") || !report["loadtest"].is_object() || report["loadtest"].empty()) return {};
+    const auto& runs = report["loadtest"];
+    auto number = [](const nlohmann::ordered_json& v, int digits) {
+        return v.is_number() ? fixed(v.get<double>(), digits) : std::string("–");
+    };
+    std::string md =
+        "\n## Load test\n\nStreamed requests at each concurrency (apps/loadtest against an OpenAI-compatible "
+        "server on this machine).\n\n| model | concurrent | requests/s | tokens/s | first token p50 (ms) | "
+        "latency p50 (ms) | latency p95 (ms) | errors |\n|---|---:|---:|---:|---:|---:|---:|---:|\n";
+    for (const auto& run : runs.items()) {
+        if (!run.value().contains("levels")) continue;
+        for (const auto& l : run.value()["levels"]) {
+            int errors = 0;
+            if (l.contains("errors") && l["errors"].is_object())
+                for (const auto& e : l["errors"].items()) errors += e.value().get<int>();
+            md += "| " + label(run.key()) + " | " + number(l["concurrency"], 0) + " | " +
+                  number(l["requests_per_s"], 2) + " | " + number(l["tokens_per_s"], 0) + " | " +
+                  number(l["ttft_ms"]["p50"], 1) + " | " + number(l["latency_ms"]["p50"], 1) + " | " +
+                  number(l["latency_ms"]["p95"], 1) + " | " + std::to_string(errors) + " |\n";
+        }
+    }
+    auto sustained = [&](const std::string& m) {
+        return runs.contains(m) && runs[m].contains("sustained_concurrency") &&
+                       runs[m]["sustained_concurrency"].is_number()
+                   ? runs[m]["sustained_concurrency"].get<double>()
+                   : std::nan("");
+    };
+    md += "\n";
+    for (const auto& run : runs.items())
+        if (run.value().contains("p95_target_ms"))
+            md += "- " + label(run.key()) + ": " +
+                  (std::isfinite(sustained(run.key())) ? fixed(sustained(run.key()), 0) + " concurrent requests"
+                                                       : std::string("no level tested")) +
+                  " with p95 latency under " + number(run.value()["p95_target_ms"], 0) + " ms and no errors\n";
+    const double t = sustained("teacher"), s = sustained("student");
+    if (std::isfinite(t) && std::isfinite(s) && t > 0) {
+        double highest = 0;  // a student that held at every level tested may sustain more
+        for (const auto& l : runs["student"]["levels"]) highest = std::max(highest, l["concurrency"].get<double>());
+        md += "\nThe student sustains " + fixed(s / t, 1) +
+              "x the teacher's concurrent requests under the same target" +
+              (s >= highest ? " (at least: it held at the highest level tested)" : "") + ".\n";
+    }
+    return md;
+}
+
 /// `report.md`: the comparison table and the summary (see the file comment).
 inline std::string render_markdown(const nlohmann::ordered_json& report) {
     using namespace detail;
@@ -185,6 +234,7 @@ inline std::string render_markdown(const nlohmann::ordered_json& report) {
     row(
         "tokens/s", "tokens_per_s", [](double x) { return fixed(x, 0); }, true);
     md += render_cost_markdown(report);
+    md += render_loadtest_markdown(report);
     md +=
         "\nCharts: `loss.svg` (training and validation loss per term), `models.svg` (the models, relative "
         "to the teacher). Machine-readable: `report.json`.\n";

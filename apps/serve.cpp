@@ -35,10 +35,12 @@
 #include <algorithm>
 #include <atomic>
 #include <cctype>
+#include <cerrno>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <ctime>
 #include <exception>
 #include <filesystem>
@@ -51,6 +53,7 @@
 #include <vector>
 
 #include <pthread.h>
+#include <sys/socket.h>
 
 // distill first: httplib.h's <resolv.h> defines a `_res` macro that breaks Eigen parsed after it.
 #include <distill/data/chat.hpp>
@@ -759,6 +762,14 @@ int main(int argc, char** argv) try {
     server.Post("/v1/completions",
                 [&](const httplib::Request& req, httplib::Response& res) { complete(req, res, false); });
 
+    // cpp-httplib's compiled library listens with a backlog of 5: a sixth client connecting at once
+    // waits for its SYN's retransmission (1 s). The listening socket is remembered here and listen()
+    // called again after binding, which raises a listening socket's backlog (Linux, BSD).
+    int listen_socket = -1;
+    server.set_socket_options([&](int sock) {
+        httplib::default_socket_options(sock);
+        listen_socket = sock;
+    });
     int port = opt.port;
     if (port == 0) {
         port = server.bind_to_any_port(opt.host);
@@ -766,6 +777,8 @@ int main(int argc, char** argv) try {
     } else if (!server.bind_to_port(opt.host, port)) {
         throw error("cannot bind " + opt.host + ":" + std::to_string(port) + " (in use?)");
     }
+    if (listen_socket >= 0 && ::listen(listen_socket, SOMAXCONN) != 0)
+        throw error(std::string("listen: ") + std::strerror(errno));
     if (!opt.port_file.empty()) io::write_file_atomic(opt.port_file, std::to_string(port) + "\n");
     std::printf("serve: listening on http://%s:%d/v1 (model %s, %s)%s\n", opt.host.c_str(), port, opt.model.c_str(),
                 model.name().c_str(), opt.fault_rate > 0 ? " with injected faults" : "");

@@ -24563,59 +24563,6 @@ inline nlohmann::ordered_json cost_section(const nlohmann::ordered_json& report,
     return c;
 }
 
-/// The cost section of report.md (empty when the report has none).
-inline std::string render_cost_markdown(const nlohmann::ordered_json& report) {
-    if (!report.contains("cost") || !report["cost"].is_object()) return {};
-    const auto& c = report["cost"];
-    const std::string cur = c.value("currency", "USD");
-    auto fmt = [](const char* f, double v) {
-        char buf[64];
-        std::snprintf(buf, sizeof buf, f, v);
-        return std::string(buf);
-    };
-    auto amount = [&](const nlohmann::ordered_json& v) {
-        return v.is_number() ? fmt("%.4g", v.get<double>()) + " " + cur : std::string("–");
-    };
-    std::string md = "\n## Cost\n\n";
-    if (!c.value("priced", false))
-        md += "No prices are set (the job's `cost` object): the quantities below, without money.\n\n";
-    const auto& g = c["generate"];
-    md += "| distillation | quantity | cost |\n|---|---:|---:|\n";
-    md += "| teacher tokens (" + std::to_string(g.value("answers", 0)) + " answers on file) | " +
-          std::to_string(g.value("prompt_tokens", 0)) + " prompt + " + std::to_string(g.value("completion_tokens", 0)) +
-          " completion | " + (c.value("teacher_billed", "") == "per token" ? amount(g["cost"]) : "–") + " |\n";
-    md += "| generate | " + fmt("%.3f h", g.value("hours", 0.0)) + " | " +
-          (c.value("teacher_billed", "") == "per token" ? "–" : amount(g["cost"])) + " |\n";
-    md += "| finetune (student and baseline) | " + fmt("%.3f h", c["finetune"].value("hours", 0.0)) + " | " +
-          amount(c["finetune"]["cost"]) + " |\n";
-    md += "| **total** | | " + amount(c["distillation_cost"]) + " |\n\n";
-
-    const auto& serving = c["serving_per_1000_requests"];
-    if (!serving.empty()) {
-        md += "| serving 1 000 requests | billed by | quantity | cost |\n|---|---|---:|---:|\n";
-        for (const auto& item : serving.items()) {
-            std::string label = item.key();
-            if (const auto at = label.find('_'); at != std::string::npos) label[at] = ' ';
-            const auto& s = item.value();
-            if (s.contains("machine_hours"))
-                md += "| " + label + " | machine time | " + fmt("%.4g h", s["machine_hours"].get<double>()) + " | " +
-                      amount(s["cost"]) + " |\n";
-            else
-                md += "| " + label + " | tokens | " + fmt("%.0f", s["prompt_tokens"].get<double>()) + " prompt + " +
-                      fmt("%.0f", s["completion_tokens"].get<double>()) + " completion | " + amount(s["cost"]) + " |\n";
-        }
-        if (c["break_even_requests"].is_number())
-            md += "\nThe distillation pays for itself after " + fmt("%.0f", c["break_even_requests"].get<double>()) +
-                  " requests served by the student instead of the teacher.\n";
-        md +=
-            "\nMachine time is 1 000 requests at the responses/s measured above (answers generated in batches "
-            "of `evaluation.batch_size` on this machine); an API teacher costs its mean tokens per test request "
-            "at the token prices. Generate and finetune hours are the wall time of the invocations that "
-            "completed each stage.\n";
-    }
-    return md;
-}
-
 }  // namespace distill::eval
 
 BOOST_HANA_ADAPT_STRUCT(distill::eval::CostConfig, currency, teacher_prompt_per_million, teacher_completion_per_million,
@@ -24841,6 +24788,58 @@ inline std::string report_summary(const nlohmann::ordered_json& report) {
         if (std::isfinite(b)) s += " (baseline: " + fixed(100.0 * b / t, 0) + "%)";
     }
     return s;
+}
+
+/// The cost section of report.md: `cost` in report.json (eval/cost.hpp); empty when there is none.
+inline std::string render_cost_markdown(const nlohmann::ordered_json& report) {
+    if (!report.contains("cost") || !report["cost"].is_object()) return {};
+    const auto& c = report["cost"];
+    const std::string cur = c.value("currency", "USD");
+    auto fmt = [](const char* f, double v) {
+        char buf[64];
+        std::snprintf(buf, sizeof buf, f, v);
+        return std::string(buf);
+    };
+    auto amount = [&](const nlohmann::ordered_json& v) {
+        return v.is_number() ? fmt("%.4g", v.get<double>()) + " " + cur : std::string("–");
+    };
+    std::string md = "\n## Cost\n\n";
+    if (!c.value("priced", false))
+        md += "No prices are set (the job's `cost` object): the quantities below, without money.\n\n";
+    const auto& g = c["generate"];
+    md += "| distillation | quantity | cost |\n|---|---:|---:|\n";
+    md += "| teacher tokens (" + std::to_string(g.value("answers", 0)) + " answers on file) | " +
+          std::to_string(g.value("prompt_tokens", 0)) + " prompt + " + std::to_string(g.value("completion_tokens", 0)) +
+          " completion | " + (c.value("teacher_billed", "") == "per token" ? amount(g["cost"]) : "–") + " |\n";
+    md += "| generate | " + fmt("%.3f h", g.value("hours", 0.0)) + " | " +
+          (c.value("teacher_billed", "") == "per token" ? "–" : amount(g["cost"])) + " |\n";
+    md += "| finetune (student and baseline) | " + fmt("%.3f h", c["finetune"].value("hours", 0.0)) + " | " +
+          amount(c["finetune"]["cost"]) + " |\n";
+    md += "| **total** | | " + amount(c["distillation_cost"]) + " |\n\n";
+
+    const auto& serving = c["serving_per_1000_requests"];
+    if (!serving.empty()) {
+        md += "| serving 1 000 requests | billed by | quantity | cost |\n|---|---|---:|---:|\n";
+        for (const auto& item : serving.items()) {
+            const std::string name = detail::label(item.key());
+            const auto& s = item.value();
+            if (s.contains("machine_hours"))
+                md += "| " + name + " | machine time | " + fmt("%.4g h", s["machine_hours"].get<double>()) + " | " +
+                      amount(s["cost"]) + " |\n";
+            else
+                md += "| " + name + " | tokens | " + fmt("%.0f", s["prompt_tokens"].get<double>()) + " prompt + " +
+                      fmt("%.0f", s["completion_tokens"].get<double>()) + " completion | " + amount(s["cost"]) + " |\n";
+        }
+        if (c["break_even_requests"].is_number())
+            md += "\nThe distillation pays for itself after " + fmt("%.0f", c["break_even_requests"].get<double>()) +
+                  " requests served by the student instead of the teacher.\n";
+        md +=
+            "\nMachine time is 1 000 requests at the responses/s measured above (answers generated in batches "
+            "of `evaluation.batch_size` on this machine); an API teacher costs its mean tokens per test request "
+            "at the token prices. Generate and finetune hours are the wall time of the invocations that "
+            "completed each stage.\n";
+    }
+    return md;
 }
 
 /// The load-test section of report.md: `loadtest` in report.json, one entry per model that

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian packages distill needs, and only those missing; silent when all are present.
 #   scripts/install-deps.sh            build and test dependencies
-#   scripts/install-deps.sh --bench    also PyTorch (the reference of the benchmarks) and OpenBLAS
+#   scripts/install-deps.sh --bench    also the benchmarks' references: Debian's PyTorch with OpenBLAS, and
+#                                      PyTorch 2.x from PyPI (MKL, oneDNN) in a venv, $DISTILL_BENCH_VENV
+#                                      (default ~/.cache/distill/torch-venv), found there by benchmarks/run
 #   scripts/install-deps.sh --fuzz     also clang 14 and its libFuzzer/sanitizer runtimes (scripts/fuzz.sh)
 set -euo pipefail
 
@@ -13,7 +15,7 @@ packages=(build-essential cmake pkg-config libeigen3-dev libboost-dev nlohmann-j
 if [[ "${1:-}" == "--bench" ]]; then
   # Debian's torch takes whatever BLAS the system provides; without OpenBLAS that is the slow
   # reference BLAS, which would make every ratio against PyTorch meaningless.
-  packages+=(python3-torch libopenblas0-pthread)
+  packages+=(python3-torch libopenblas0-pthread python3-venv)
 fi
 if [[ "${1:-}" == "--fuzz" ]]; then
   packages+=(clang-14 libclang-rt-14-dev)
@@ -23,10 +25,21 @@ missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-[[ ${#missing[@]} -eq 0 ]] && exit 0
+if [[ ${#missing[@]} -gt 0 ]]; then
+  echo "installing: ${missing[*]}"
+  sudo=""
+  [[ $(id -u) -ne 0 ]] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
 
-echo "installing: ${missing[*]}"
-sudo=""
-[[ $(id -u) -ne 0 ]] && sudo="sudo"
-$sudo apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+if [[ "${1:-}" == "--bench" ]]; then
+  # The strongest PyTorch a user would install: PyPI's wheel (MKL and oneDNN inside), beside Debian's
+  # 1.13, so that no ratio comes from a handicapped reference. A venv keeps it off the system Python.
+  venv="${DISTILL_BENCH_VENV:-$HOME/.cache/distill/torch-venv}"
+  if ! "$venv/bin/python" -c 'import torch, numpy' 2>/dev/null; then
+    echo "installing PyTorch 2.x from PyPI into $venv (a few GB: PyPI's wheel brings its CUDA libraries)"
+    /usr/bin/python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check 'torch>=2' numpy
+  fi
+fi

@@ -1,7 +1,7 @@
 #pragma once
-// What train_teacher and quickstart_experiment share: the math problems as chat-template token
-// sequences, greedy answering through teacher::Model, and exact-match scoring (final number
-// compared numerically).
+// What train_teacher and quickstart_experiment share: prompts and answers as chat-template token
+// sequences, greedy answering through teacher::Model, and the math task's exact-match scoring (final
+// number compared numerically).
 
 #include <algorithm>
 #include <chrono>
@@ -21,27 +21,25 @@ inline double seconds_since(std::chrono::steady_clock::time_point t0) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-/// The prompt of a problem as the teacher's chat template sees it: one user turn.
-inline std::vector<distill::data::Message> prompt_of(const distill::data::MathProblem& p) {
-    return {{"user", p.question}};
+/// Adds `prompt` (one user turn, chat template) + `answer` (+ <|end|>) as a training sequence.
+inline void add_example(distill::data::SequenceDataset& d, const distill::data::ChatTokenizer& tmpl,
+                        const std::string& prompt, const std::string& answer) {
+    const std::vector<distill::data::Message> turn = {{"user", prompt}};
+    d.add_prompt_response(tmpl.encode_prompt(turn), tmpl.encode_response(answer));
 }
 
-/// Adds prompt (chat template) + `answer` (+ <|end|>) as a training sequence.
 inline void add_example(distill::data::SequenceDataset& d, const distill::data::ChatTokenizer& tmpl,
                         const distill::data::MathProblem& p, const std::string& answer) {
-    const auto prompt = tmpl.encode_prompt(prompt_of(p));
-    const auto response = tmpl.encode_response(answer);
-    d.add_prompt_response(prompt, response);
+    add_example(d, tmpl, p.question, answer);
 }
 
-/// Greedy answers of `model` to `problems`.
-inline std::vector<std::string> answer_all(Runner& model, const std::vector<distill::data::MathProblem>& problems,
+/// Greedy answers of `model` to `prompts` (each one user turn).
+inline std::vector<std::string> answer_all(Runner& model, const std::vector<std::string>& prompts,
                                            int max_new_tokens = 40) {
     std::vector<distill::teacher::Request> requests;
-    requests.reserve(problems.size());
-    for (std::size_t i = 0; i < problems.size(); ++i)
-        requests.push_back({std::to_string(i), i, prompt_of(problems[i])});
-    std::vector<std::string> out(problems.size());
+    requests.reserve(prompts.size());
+    for (std::size_t i = 0; i < prompts.size(); ++i) requests.push_back({std::to_string(i), i, {{"user", prompts[i]}}});
+    std::vector<std::string> out(prompts.size());
     distill::teacher::Sampling s;
     s.temperature = 0;
     s.top_p = 1.0;
@@ -50,6 +48,13 @@ inline std::vector<std::string> answer_all(Runner& model, const std::vector<dist
         out[i] = r.ok() ? std::move(r.text) : std::string{};
     });
     return out;
+}
+
+inline std::vector<std::string> answer_all(Runner& model, const std::vector<distill::data::MathProblem>& problems,
+                                           int max_new_tokens = 40) {
+    std::vector<std::string> prompts;
+    for (const auto& p : problems) prompts.push_back(p.question);
+    return answer_all(model, prompts, max_new_tokens);
 }
 
 /// Fraction of `answers` whose final number equals the problem's answer.

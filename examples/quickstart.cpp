@@ -8,15 +8,20 @@
 // budget learns from the labeled 10% alone. The evaluation compares teacher, baseline and student on
 // the test set and writes report.json, report.md and SVG charts.
 //
-//   quickstart [--out DIR] [--threads N] [--small] [--quiet] [--prepare]
+//   quickstart [--task math|nli|qa|conversation|summarization] [--out DIR] [--threads N] [--small]
+//              [--quiet] [--prepare]
 //
+// --task runs the same pipeline on another task type's templated data (data/text_tasks.hpp) with
+// its shipped teacher (examples/data/<task>_teacher.safetensors; docs/tasks.md).
 // --small runs a reduced pipeline (fewer problems and steps) for the test suite. --prepare only
 // writes the data and the job file (DIR/quickstart.job.json): `distill run DIR/quickstart.job.json`
 // then runs the same pipeline from the command line.
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <iterator>
 #include <string>
 
 #include <distill/distill.hpp>
@@ -24,13 +29,15 @@
 #include "quickstart_job.hpp"
 
 int main(int argc, char** argv) try {
-    std::string out = "out/quickstart";
+    std::string out, task = "math";
     int threads = 0;
     bool small = false, quiet = false, prepare = false;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         if (a == "--out" && i + 1 < argc)
             out = argv[++i];
+        else if (a == "--task" && i + 1 < argc)
+            task = argv[++i];
         else if (a == "--threads" && i + 1 < argc)
             threads = std::atoi(argv[++i]);
         else if (a == "--small")
@@ -40,18 +47,24 @@ int main(int argc, char** argv) try {
         else if (a == "--prepare")
             prepare = true;
         else {
-            std::fprintf(stderr, "usage: quickstart [--out DIR] [--threads N] [--small] [--quiet] [--prepare]\n");
+            std::fprintf(stderr,
+                         "usage: quickstart [--task math|nli|qa|conversation|summarization] [--out DIR] [--threads N]\n"
+                         "                  [--small] [--quiet] [--prepare]\n");
             return 2;
         }
     }
+    if (std::find(std::begin(quickstart::tasks), std::end(quickstart::tasks), task) == std::end(quickstart::tasks))
+        throw distill::config_error("--task",
+                                    "expected math, nli, qa, conversation or summarization, got \"" + task + "\"");
+    if (out.empty()) out = task == "math" ? "out/quickstart" : "out/quickstart-" + task;
     using namespace distill;
     const quickstart::Sizes sizes = small ? quickstart::Sizes::small() : quickstart::Sizes::full();
 
-    // the data: seeded arithmetic word problems; 10% of the training prompts are labeled
+    // the data: the seeded task (arithmetic word problems by default); 10% of the training prompts are labeled
     const std::filesystem::path dir = out, data_dir = dir / "data";
-    quickstart::write_data(data_dir, sizes, 10);
+    quickstart::write_data(data_dir, sizes, 10, task);
     // the job: what a user writes in job.json for `distill run`
-    const nlohmann::json j = quickstart::job(data_dir, dir, sizes);
+    const nlohmann::json j = quickstart::job(data_dir, dir, sizes, task);
     const Job job = parse_job(j);
     io::write_file_atomic(dir / "quickstart.job.json", j.dump(2) + "\n");
     if (prepare) {
@@ -66,8 +79,8 @@ int main(int argc, char** argv) try {
     quickstart::MathDistiller distiller(job, teacher, cpu, {.quiet = quiet});
 
     std::printf("distill %s quickstart: teacher %s, %d threads\n", version(), teacher.name().c_str(), cpu.threads());
-    std::printf("task: arithmetic word problems — %d training prompts (10%% labeled), %d validation, %d test\n\n",
-                sizes.train, sizes.validation, sizes.test);
+    std::printf("task: %s — %d training prompts (10%% labeled), %d validation, %d test\n\n",
+                task == "math" ? "arithmetic word problems" : task.c_str(), sizes.train, sizes.validation, sizes.test);
     const nlohmann::ordered_json report = distiller.run();
     std::printf("\n%s\nreport: %s (also report.json, loss.svg, models.svg)\n", eval::render_markdown(report).c_str(),
                 (dir / "report.md").string().c_str());

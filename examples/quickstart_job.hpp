@@ -1,6 +1,8 @@
 #pragma once
 // The quickstart's data, job and Distiller type, shared by examples/quickstart.cpp and the ablation
-// (examples/ablation.cpp), so both measure exactly the same setting.
+// (examples/ablation.cpp), so both measure exactly the same setting. The task is math by default;
+// `quickstart --task nli|qa|conversation|summarization` runs the same pipeline on the other task
+// types' templated data (data/text_tasks.hpp) with their shipped teachers.
 
 #include <cstdint>
 #include <filesystem>
@@ -31,22 +33,33 @@ struct Sizes {
     static Sizes small() { return {800, 64, 100, 300}; }
 };
 
-/// The shipped teacher (examples/train_teacher writes it).
-inline std::string teacher_weights() {
-    return std::string(DISTILL_EXAMPLES_DIR) + "/data/math_teacher.safetensors";
+/// The task types the quickstart runs, each with a shipped teacher.
+inline constexpr const char* tasks[] = {"math", "nli", "qa", "conversation", "summarization"};
+
+/// The shipped teacher of `task` (examples/train_teacher --task writes it; docs/tasks.md).
+inline std::string teacher_weights(const std::string& task = "math") {
+    return std::string(DISTILL_EXAMPLES_DIR) + "/data/" + task + "_teacher.safetensors";
 }
 
-/// Writes train/validation/test JSONL under `data_dir` from the seeded math task: every
-/// `label_every`-th training prompt carries its worked solution (1: all), validation and test all do.
-inline void write_data(const std::filesystem::path& data_dir, const Sizes& sizes, std::size_t label_every) {
+/// The context the longest prompt + response of `task` fits in (its teacher's).
+inline int context_length(const std::string& task) {
+    if (task == "nli" || task == "math") return 96;
+    if (task == "conversation") return 112;
+    return 128;
+}
+
+/// Writes train/validation/test JSONL under `data_dir` from the seeded `task`: every
+/// `label_every`-th training prompt carries its reference response (1: all), validation and test all do.
+inline void write_data(const std::filesystem::path& data_dir, const Sizes& sizes, std::size_t label_every,
+                       const std::string& task = "math") {
     std::filesystem::create_directories(data_dir);
-    const auto problems =
-        distill::data::make_math_problems(2026, std::size_t(sizes.train + sizes.validation + sizes.test));
+    const auto examples =
+        distill::data::make_task_examples(task, 2026, std::size_t(sizes.train + sizes.validation + sizes.test));
     auto split = [&](const char* name, std::size_t first, std::size_t count, std::size_t every) {
         std::string text;
         for (std::size_t i = first; i < first + count; ++i) {
-            nlohmann::ordered_json j = {{"id", "math-" + std::to_string(i)}, {"prompt", problems[i].question}};
-            if (every > 0 && (i - first) % every == 0) j["completion"] = problems[i].solution;
+            nlohmann::ordered_json j = {{"id", task + "-" + std::to_string(i)}, {"prompt", examples[i].prompt}};
+            if (every > 0 && (i - first) % every == 0) j["completion"] = examples[i].response;
             text += j.dump() + "\n";
         }
         distill::io::write_file_atomic(data_dir / name, text);
@@ -57,12 +70,13 @@ inline void write_data(const std::filesystem::path& data_dir, const Sizes& sizes
 }
 
 /// The job (what a user writes in job.json for `distill run`).
-inline nlohmann::json job(const std::filesystem::path& data_dir, const std::filesystem::path& out, const Sizes& sizes) {
-    return {
-        {"teacher", {{"kind", "model"}, {"weights", teacher_weights()}, {"max_batch", 32}}},
+inline nlohmann::json job(const std::filesystem::path& data_dir, const std::filesystem::path& out, const Sizes& sizes,
+                          const std::string& task = "math") {
+    nlohmann::json j = {
+        {"teacher", {{"kind", "model"}, {"weights", teacher_weights(task)}, {"max_batch", 32}}},
         {"student",
          {{"vocab_size", 263},
-          {"context_length", 96},
+          {"context_length", context_length(task)},
           {"d_model", 64},
           {"n_layers", 2},
           {"n_heads", 4},
@@ -70,7 +84,7 @@ inline nlohmann::json job(const std::filesystem::path& data_dir, const std::file
         {"training_data", (data_dir / "train.jsonl").string()},
         {"validation_data", (data_dir / "validation.jsonl").string()},
         {"test_data", (data_dir / "test.jsonl").string()},
-        {"task_type", "math"},
+        {"task_type", task},
         {"generation", {{"temperature", 0.0}, {"max_new_tokens", 48}}},
         {"hyperparameters",
          {{"learning_rate", 1e-2},
@@ -88,10 +102,11 @@ inline nlohmann::json job(const std::filesystem::path& data_dir, const std::file
           {"hidden_mse", {{"weight", 0.1}}},
           {"attention_kl", {{"weight", 0.1}}}}},
         {"evaluation", {{"batch_size", 32}, {"latency_samples", 32}}},
-        // the student for llama.cpp, also measured in the report (docs/deployment.md)
-        {"export", {{"gguf", {"q8_0", "q4_k"}}}},
         {"output_dir", out.string()},
     };
+    // the math student for llama.cpp, also measured in the report (docs/deployment.md)
+    if (task == "math") j["export"] = {{"gguf", {"q8_0", "q4_k"}}};
+    return j;
 }
 
 }  // namespace quickstart

@@ -1,15 +1,18 @@
-// Trains the quickstart's math teacher: a byte-level GPT that answers the built-in arithmetic word
-// problems (data::make_math_problems) in the chat-template format teacher::Model uses, so that
-// teacher::Model's greedy `generate` answers them. Fixed seeds: the same command and thread count
-// give the same checkpoint, bit for bit. Writes the weights (config in the metadata) and prints the
-// held-out exact match (greedy, final number compared numerically).
+// Trains the examples' teachers: a byte-level GPT that answers one of the built-in seeded tasks
+// (data::make_task_examples: math word problems, or the templated nli, qa, conversation and
+// summarization tasks of data/text_tasks.hpp) in the chat-template format teacher::Model uses, so
+// that teacher::Model's greedy `generate` answers them. Fixed seeds: the same command and thread
+// count give the same checkpoint, bit for bit. Writes the weights (config in the metadata) and prints
+// the held-out score in the task's primary metric (eval::task_metrics).
 //
-//   DISTILL_NUM_THREADS=1 train_teacher [--out examples/data/math_teacher.safetensors] [--steps N]
-//       [--batch B] [--lr X] [--train N] [--test N] [--eval-every N]
-//       [--d-model C] [--layers L] [--heads H] [--d-ff F] [--context T] [--bf16] [--evaluate]
+//   DISTILL_NUM_THREADS=1 train_teacher [--task math|nli|qa|conversation|summarization]
+//       [--out examples/data/<task>_teacher.safetensors] [--steps N] [--batch B] [--lr X] [--train N]
+//       [--test N] [--eval-every N] [--d-model C] [--layers L] [--heads H] [--d-ff F] [--context T]
+//       [--bf16] [--evaluate]
 //
 // --evaluate only scores the checkpoint --out names. The shipped examples/data/math_teacher.safetensors
-// is this program's default run (1500 steps of 32 sequences; 1600 s on one core shared with other jobs).
+// is this program's default run (1500 steps of 32 sequences; 1600 s on one core shared with other jobs);
+// docs/tasks.md gives the commands of the other tasks' teachers.
 
 #include <cstdio>
 #include <cstdlib>
@@ -20,7 +23,7 @@
 
 int main(int argc, char** argv) try {
     using namespace distill;
-    std::string out = "examples/data/math_teacher.safetensors";
+    std::string task = "math", out;
     std::int64_t steps = 1500, eval_every = 0;
     int batch = 32, n_train = 60000, n_test = 500, threads = 0;
     double lr = 2e-3;
@@ -37,7 +40,9 @@ int main(int argc, char** argv) try {
             if (i + 1 >= argc) throw config_error(a, "needs a value");
             return argv[++i];
         };
-        if (a == "--out")
+        if (a == "--task")
+            task = next();
+        else if (a == "--out")
             out = next();
         else if (a == "--steps")
             steps = std::atoll(next());
@@ -69,7 +74,8 @@ int main(int argc, char** argv) try {
             evaluate_only = true;
         else {
             std::fprintf(stderr,
-                         "usage: train_teacher [--out FILE] [--steps N] [--batch B] [--lr X] [--train N] [--test N]\n"
+                         "usage: train_teacher [--task math|nli|qa|conversation|summarization] [--out FILE]\n"
+                         "       [--steps N] [--batch B] [--lr X] [--train N] [--test N]\n"
                          "       [--eval-every N] [--threads N] [--d-model C] [--layers L] [--heads H] [--d-ff F]\n"
                          "       [--context T] [--bf16] [--evaluate]\n");
             return 2;
@@ -78,30 +84,43 @@ int main(int argc, char** argv) try {
     const device::Cpu cpu = threads > 0 ? device::Cpu(threads) : device::Cpu();
     const auto t_start = std::chrono::steady_clock::now();
 
-    // training problems from one seed, held-out problems from another. The task has only about
-    // 11 500 distinct questions (8 names x 6 objects x ~240 operand pairs), so most held-out questions
-    // also occur in training; the score is reported on all of them and on the unseen ones alone.
-    const auto train_problems = data::make_math_problems(1001, std::size_t(n_train));
+    if (out.empty()) out = "examples/data/" + task + "_teacher.safetensors";
+    // training examples from one seed, held-out examples from another. The tasks' spaces are small
+    // (the math task has about 11 500 distinct questions), so held-out prompts may also occur in
+    // training; the score is reported on all of them and on the unseen ones alone.
+    const auto train_examples = data::make_task_examples(task, 1001, std::size_t(n_train));
     std::set<std::string> seen;
-    for (const auto& p : train_problems) seen.insert(p.question);
-    const auto test = data::make_math_problems(1002, std::size_t(n_test));
+    for (const auto& e : train_examples) seen.insert(e.prompt);
+    const auto test = data::make_task_examples(task, 1002, std::size_t(n_test));
+    std::vector<std::string> test_prompts, test_references;
+    for (const auto& e : test) {
+        test_prompts.push_back(e.prompt);
+        test_references.push_back(e.response);
+    }
     const data::ChatTokenizer tmpl;
     data::SequenceDataset train(data::ByteTokenizer::pad, cfg.context_length);
-    for (const auto& p : train_problems) math_kd::add_example(train, tmpl, p, p.solution);
+    for (const auto& e : train_examples) math_kd::add_example(train, tmpl, e.prompt, e.response);
+    // the task's primary metric (the first eval::task_metrics reports) of `answers` against `references`
+    const std::string primary = eval::task_metrics(task, {""}, {""}).begin().key();
+    auto score = [&](const std::vector<std::string>& answers, const std::vector<std::string>& references) {
+        return eval::task_metrics(task, answers, references).begin().value().get<double>();
+    };
 
     math_kd::Net model(cfg, batch, cpu);
     model.init(7);
     std::printf("teacher: d_model %d, %d layers, %d heads, d_ff %d, context %d: %lld parameters; %d threads\n",
                 cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.d_ff, cfg.context_length,
                 static_cast<long long>(cfg.parameter_count()), cpu.threads());
-    std::printf("data: %zu training problems (seed 1001), %zu held-out (seed 1002)\n", train_problems.size(),
-                test.size());
+    std::printf("data: %s, %zu training examples (seed 1001), %zu held-out (seed 1002)\n", task.c_str(),
+                train_examples.size(), test.size());
 
     math_kd::Runner runner(cfg, math_kd::runner_config(32), cpu);
     auto accuracy = [&](std::size_t n) {
         math_kd::copy_weights(model, runner);
-        const std::vector<data::MathProblem> sub(test.begin(), test.begin() + std::ptrdiff_t(std::min(n, test.size())));
-        return math_kd::exact_match(sub, math_kd::answer_all(runner, sub));
+        n = std::min(n, test.size());
+        const std::vector<std::string> prompts(test_prompts.begin(), test_prompts.begin() + std::ptrdiff_t(n));
+        const std::vector<std::string> refs(test_references.begin(), test_references.begin() + std::ptrdiff_t(n));
+        return score(math_kd::answer_all(runner, prompts, 48), refs);
     };
 
     optim::AdamW<float, device::Cpu> opt(model.parameters(), {.weight_decay = 0.1}, cpu);
@@ -116,16 +135,15 @@ int main(int argc, char** argv) try {
     if (eval_every > 0)
         options.on_step = [&](const train::StepReport& r) {
             if (r.step % eval_every == 0 && r.step < steps)
-                std::printf("step %lld: loss %.4f, held-out exact match (200) %.1f%%  [%.0f s]\n",
-                            static_cast<long long>(r.step), r.loss, 100 * accuracy(200),
-                            math_kd::seconds_since(t_start));
+                std::printf("step %lld: loss %.4f, held-out %s (200) %.4f  [%.0f s]\n", static_cast<long long>(r.step),
+                            r.loss, primary.c_str(), accuracy(200), math_kd::seconds_since(t_start));
         };
     if (!evaluate_only) {
         const auto t_train = std::chrono::steady_clock::now();
         const auto result = train::finetune(model, opt, schedule, train, nullptr, fc, train::CrossEntropy{}, options);
         const double train_s = math_kd::seconds_since(t_train);
         io::save_weights(out, model, bf16 ? io::dtype::BF16 : io::dtype::F32,
-                         {{"task", "distill math word problems (data::make_math_problems), seed 1001"},
+                         {{"task", "distill " + task + " task (data::make_task_examples), seed 1001"},
                           {"trained_by", "examples/train_teacher"}});
         std::printf("trained %lld steps of %d in %.1f s (final loss %.4f); wrote %s (%lld bytes)\n",
                     static_cast<long long>(result.steps), batch, train_s, result.last_loss, out.c_str(),
@@ -138,22 +156,19 @@ int main(int argc, char** argv) try {
     mc.max_batch = 32;
     math_kd::Runner loaded(mc, cpu);
     const auto t_eval = std::chrono::steady_clock::now();
-    const auto answers = math_kd::answer_all(loaded, test);
-    const double em = math_kd::exact_match(test, answers);
+    const auto answers = math_kd::answer_all(loaded, test_prompts, 48);
+    const double held_out = score(answers, test_references);
     for (std::size_t i = 0; i < 3 && i < test.size(); ++i)
-        std::printf("  Q: %s\n  A: %s\n", test[i].question.c_str(), answers[i].c_str());
-    std::vector<data::MathProblem> unseen;
-    std::vector<std::string> unseen_answers;
+        std::printf("  Q: %s\n  A: %s\n", test_prompts[i].c_str(), answers[i].c_str());
+    std::vector<std::string> unseen_answers, unseen_references;
     for (std::size_t i = 0; i < test.size(); ++i)
-        if (!seen.count(test[i].question)) {
-            unseen.push_back(test[i]);
+        if (!seen.count(test_prompts[i])) {
             unseen_answers.push_back(answers[i]);
+            unseen_references.push_back(test_references[i]);
         }
-    std::printf(
-        "held-out exact match: %.2f%% of %zu (%.1f s to answer them); on the %zu questions not in the "
-        "training set: %.2f%%\n",
-        100 * em, test.size(), math_kd::seconds_since(t_eval), unseen.size(),
-        100 * math_kd::exact_match(unseen, unseen_answers));
+    std::printf("held-out %s: %.4f on %zu (%.1f s to answer them); on the %zu prompts not in the training set: %.4f\n",
+                primary.c_str(), held_out, test.size(), math_kd::seconds_since(t_eval), unseen_answers.size(),
+                unseen_answers.empty() ? 0.0 : score(unseen_answers, unseen_references));
     return 0;
 } catch (const std::exception& e) {
     std::fprintf(stderr, "train_teacher: %s\n", e.what());

@@ -1,4 +1,5 @@
-// Tests of distill/data: the byte tokenizer, and JSONL inputs found by fuzzing (tests/fuzz/fuzz_jsonl.cpp).
+// Tests of distill/data: the byte tokenizer, the templated tasks, and JSONL inputs found by fuzzing
+// (tests/fuzz/fuzz_jsonl.cpp).
 
 #include <doctest/doctest.h>
 
@@ -6,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <set>
 #include <string>
 #include <string_view>
@@ -16,6 +18,7 @@
 #include "distill/data/byte_tokenizer.hpp"
 #include "distill/data/chat.hpp"
 #include "distill/data/jsonl.hpp"
+#include "distill/data/text_tasks.hpp"
 #include "distill/error.hpp"
 #include "distill/teacher/synthetic.hpp"
 
@@ -185,4 +188,90 @@ TEST_CASE("synthetic.jsonl (fuzz regressions): wrong types and out-of-range numb
     CHECK(with(R"("topk":2)", R"("topk":4294967297)").find("\"teacher.topk\" must be a positive integer") !=
           std::string::npos);
     CHECK(with(R"("topk":2)", R"("topk":0)").find("positive integer") != std::string::npos);
+}
+
+TEST_CASE("templated tasks: seeded, balanced, and each response follows from its prompt") {
+    using namespace distill::data;
+    for (const char* task : {"math", "nli", "qa", "conversation", "summarization"}) {
+        const auto a = make_task_examples(task, 5, 300), b = make_task_examples(task, 5, 300);
+        const auto c = make_task_examples(task, 6, 300);
+        REQUIRE(a.size() == 300);
+        bool same = true, differs = false;
+        for (std::size_t i = 0; i < a.size(); ++i) {
+            same = same && a[i].prompt == b[i].prompt && a[i].response == b[i].response;
+            differs = differs || a[i].prompt != c[i].prompt;
+        }
+        CHECK_MESSAGE(same, task);
+        CHECK_MESSAGE(differs, task);
+    }
+    CHECK_THROWS_AS(make_task_examples("poetry", 1, 1), distill::config_error);
+
+    // nli: a third of each label; the label follows from the hypothesis' relation to the premise
+    std::map<std::string, int> labels;
+    for (const auto& e : make_nli_examples(1, 600)) {
+        ++labels[e.response];
+        const auto nl = e.prompt.find('\n');
+        const std::string premise = e.prompt.substr(9, nl - 9);  // after "Premise: "
+        const std::string hyp = e.prompt.substr(nl + 13);        // after "\nHypothesis: "
+        const std::string who = premise.substr(0, premise.find(' '));
+        const std::string thing = premise.substr(premise.rfind(' ') + 1);  // "cup."
+        const std::string color = premise.substr(premise.find(" a ") + 3, premise.rfind(' ') - premise.find(" a ") - 3);
+        const bool same_who = hyp.rfind(who + " ", 0) == 0 || hyp.rfind("Someone ", 0) == 0;
+        const bool same_thing =
+            hyp.size() >= thing.size() && hyp.compare(hyp.size() - thing.size(), thing.size(), thing) == 0;
+        std::string expected;
+        if (!same_who || !same_thing)
+            expected = "neutral";
+        else if (hyp.find(" no ") != std::string::npos ||
+                 (hyp.find(" a " + color + " ") == std::string::npos && hyp != who + " has a " + thing))
+            expected = "contradiction";
+        else
+            expected = "entailment";
+        INFO(e.prompt);
+        CHECK(e.response == expected);
+    }
+    CHECK(labels == std::map<std::string, int>{{"contradiction", 200}, {"entailment", 200}, {"neutral", 200}});
+
+    // qa: the answer is a span of the passage, the name or city the question pairs it with
+    for (const auto& e : make_qa_examples(2, 300)) {
+        const std::string passage = e.prompt.substr(0, e.prompt.find('\n'));
+        INFO(e.prompt);
+        CHECK(passage.find(e.response) != std::string::npos);
+        if (e.prompt.find("Where does ") != std::string::npos) {
+            const auto p = e.prompt.find("Where does ") + 11;
+            const std::string who = e.prompt.substr(p, e.prompt.find(" live?") - p);
+            CHECK(passage.find(who + " lives in " + e.response + ".") != std::string::npos);
+        } else {
+            const auto p = e.prompt.find("Who lives in ") + 13;
+            const std::string city = e.prompt.substr(p, e.prompt.size() - 1 - p);
+            CHECK(passage.find(e.response + " lives in " + city + ".") != std::string::npos);
+        }
+    }
+
+    // conversation: the answer greets the user by name; one timetable across all dialogues
+    std::map<std::string, std::string> opens;
+    for (const auto& e : make_conversation_examples(3, 300)) {
+        const auto p = e.prompt.find("I am ") + 5;
+        const std::string who = e.prompt.substr(p, e.prompt.find('.', p) - p);
+        INFO(e.prompt << " -> " << e.response);
+        CHECK(e.response.find(who) != std::string::npos);
+        const auto at = e.response.find(" opens at ");
+        if (at != std::string::npos) {
+            const std::string place = e.response.substr(e.response.find("The ") + 4, at - e.response.find("The ") - 4);
+            auto [it, fresh] = opens.emplace(place, e.response.substr(at));
+            CHECK(it->second == e.response.substr(at));
+        }
+    }
+    CHECK(opens.size() == 6);
+
+    // summarization: the summary's person, count and object come from the purchase sentence
+    for (const auto& e : make_summarization_examples(4, 300)) {
+        const std::string who = e.response.substr(0, e.response.find(' '));
+        const auto bought = e.response.find(" bought ") + 8;
+        const std::string what = e.response.substr(bought, e.response.find(" at the ") - bought);
+        const std::string shop = e.response.substr(e.response.find(" at the ") + 8);
+        INFO(e.prompt << " -> " << e.response);
+        CHECK(e.prompt.find("There " + who + " bought " + what + ".") != std::string::npos);
+        CHECK(e.prompt.find(who + " went to the " + shop.substr(0, shop.size() - 1) + " on ") != std::string::npos);
+    }
 }

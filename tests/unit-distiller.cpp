@@ -820,9 +820,12 @@ TEST_CASE("task metrics per task type, and agreement with the teacher") {
     CHECK(m["teacher_agreement"] == doctest::Approx(0.5));
     auto n = eval::task_metrics("nli", {"Entailment", "neutral"}, {"entailment", "contradiction"});
     CHECK(n["accuracy"] == doctest::Approx(0.5));
+    // classes entailment and contradiction: F1 1 and 0
+    CHECK(n["macro_f1"] == doctest::Approx(0.5));
     CHECK(!n.contains("teacher_agreement"));
-    auto q = eval::task_metrics("qa", {"The Paris"}, {"paris"});
-    CHECK(q["exact_match"] == doctest::Approx(1.0));
+    auto q = eval::task_metrics("qa", {"The Paris", "in Rome"}, {"paris", "Rome"});
+    CHECK(q["exact_match"] == doctest::Approx(0.5));
+    CHECK(q["f1"] == doctest::Approx((1.0 + 2.0 / 3.0) / 2));
     auto s = eval::task_metrics("summarization", {"the cat sat on the mat"}, {"the cat sat on the mat"});
     CHECK(s.begin().key() == "rouge_l");  // the primary metric first
     CHECK(s["rouge_l"] == doctest::Approx(1.0));

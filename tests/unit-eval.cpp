@@ -77,6 +77,23 @@ TEST_CASE("answers: exact match, final numbers, perplexity, percentiles") {
     CHECK(eval::percentile({5}, 0.95) == 5);
 }
 
+TEST_CASE("SQuAD token F1 and macro-F1 equal the official script's and scikit-learn's") {
+    const auto g = distill::testing::read_json(std::string(DISTILL_TEST_DATA_DIR) + "/task_metrics_golden.json");
+    REQUIRE(g["token_f1"].size() > 40);
+    for (const auto& c : g["token_f1"]) {
+        const std::string p = c["prediction"], r = c["reference"];
+        INFO("prediction \"" << p << "\", reference \"" << r << "\"");
+        CHECK(eval::token_f1(p, r) == doctest::Approx(c["f1"].get<double>()).epsilon(1e-12));
+    }
+    REQUIRE(g["macro_f1"].size() > 5);
+    for (const auto& c : g["macro_f1"]) {
+        const auto pred = c["predictions"].get<std::vector<std::string>>();
+        const auto ref = c["references"].get<std::vector<std::string>>();
+        INFO("case " << c.dump());
+        CHECK(eval::macro_f1(pred, ref) == doctest::Approx(c["macro_f1"].get<double>()).epsilon(1e-12));
+    }
+}
+
 TEST_CASE("SVG charts: every series and bar is drawn, text is escaped, non-finite points skipped") {
     eval::Series a{"soft_kl", {0, 1, 2}, {3.0, 2.0, 1.0}}, b{"hidden <mse>", {0, 1, 2}, {1.0, std::nan(""), 0.5}};
     const auto line = eval::line_chart("loss & friends", "step", "loss", {a, b});

@@ -10,6 +10,7 @@
 #include "distill/data/load_chat_tokenizer.hpp"
 #include "distill/data/math_task.hpp"
 #include "distill/data/reversal.hpp"
+#include "distill/data/text_tasks.hpp"
 #include "distill/data/vocab_alignment.hpp"
 #include "distill/detail/arena.hpp"
 #include "distill/detail/hash.hpp"

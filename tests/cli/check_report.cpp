@@ -1,16 +1,19 @@
 // Checks a quickstart report.json: the structure the issue fixes (every model with parameters,
 // checkpoint_bytes, peak_rss_bytes, latency_ms_p50/p95, responses_per_s, tokens_per_s and metrics;
-// task_type and primary_metric at the top), and that the distilled student beats the baseline on
-// the primary metric by at least MARGIN (absolute). With the job's export.gguf, each quantized type
-// is a model "student_<type>" with the same fields, its GGUF file's size as checkpoint_bytes
-// (smaller than the fp32 student's), and an exact match within 0.2 of the fp32 student's.
+// task_type TASK (default math) and its primary metric at the top, each of the task's metrics with
+// its definition in report.md beside the JSON), and that the distilled student beats the baseline on
+// the primary metric by at least MARGIN (absolute, in the metric's unit). With the job's export.gguf, each quantized
+// type is a model "student_<type>" with the same fields, its GGUF file's size as checkpoint_bytes (smaller than the
+// fp32 student's), and an exact match within 0.2 of the fp32 student's.
 //
-//   check_report REPORT.json [MARGIN]
+//   check_report REPORT.json [MARGIN] [TASK]
 
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <map>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -18,10 +21,22 @@
 
 int main(int argc, char** argv) {
     if (argc < 2) {
-        std::fprintf(stderr, "usage: check_report REPORT.json [MARGIN]\n");
+        std::fprintf(stderr, "usage: check_report REPORT.json [MARGIN] [TASK]\n");
         return 2;
     }
     const double margin = argc > 2 ? std::atof(argv[2]) : 0.0;
+    const std::string task = argc > 3 ? argv[3] : "math";
+    // each task's metrics, the primary one first (the issue's list, independent of the library's table)
+    const std::map<std::string, std::vector<std::string>> task_metrics = {{"math", {"exact_match"}},
+                                                                          {"nli", {"accuracy", "macro_f1"}},
+                                                                          {"qa", {"exact_match", "f1"}},
+                                                                          {"conversation", {"bleu", "rouge_l"}},
+                                                                          {"summarization", {"rouge_l", "bleu"}}};
+    if (!task_metrics.count(task)) {
+        std::fprintf(stderr, "check_report: unknown task %s\n", task.c_str());
+        return 2;
+    }
+    const auto& metrics = task_metrics.at(task);
     std::ifstream in(argv[1]);
     const auto r = nlohmann::json::parse(in, nullptr, false);
     int failures = 0;
@@ -33,9 +48,16 @@ int main(int argc, char** argv) {
         check(false, std::string(argv[1]) + " is valid JSON");
         return 1;
     }
-    check(r.value("task_type", "") == "math", "task_type is math");
+    check(r.value("task_type", "") == task, "task_type is " + task);
     const std::string primary = r.value("primary_metric", "");
-    check(primary == "exact_match", "primary_metric is exact_match");
+    check(primary == metrics.front(), "primary_metric is " + metrics.front());
+    std::string md;
+    {
+        std::ifstream f(std::string(argv[1]).substr(0, std::string(argv[1]).rfind('/') + 1) + "report.md");
+        std::stringstream ss;
+        ss << f.rdbuf();
+        md = ss.str();
+    }
     for (const char* m : {"teacher", "baseline", "student"}) {
         const bool has = r.contains("models") && r["models"].contains(m);
         check(has, std::string("models.") + m);
@@ -45,10 +67,12 @@ int main(int argc, char** argv) {
                               "responses_per_s", "tokens_per_s"})
             check(x.contains(k) && x[k].is_number() && x[k].get<double>() > 0,
                   std::string("models.") + m + "." + k + " > 0");
-        check(x.contains("metrics") && x["metrics"].contains(primary) && x["metrics"][primary].is_number(),
-              std::string("models.") + m + ".metrics." + primary);
+        for (const auto& k : metrics)
+            check(x.contains("metrics") && x["metrics"].contains(k) && x["metrics"][k].is_number(),
+                  std::string("models.") + m + ".metrics." + k);
         check(x["metrics"].contains("perplexity"), std::string("models.") + m + ".metrics.perplexity");
     }
+    for (const auto& k : metrics) check(md.find("- **" + k + "**: ") != std::string::npos, "report.md defines " + k);
     std::vector<std::string> quantized;
     if (r.contains("job") && r["job"].contains("export"))
         for (const auto& type : r["job"]["export"].value("gguf", nlohmann::json::array()))

@@ -5,13 +5,15 @@
 ///   per hypothesis), 0–100; golden-tested against the `sacrebleu` package to 0.01.
 /// - `rouge_l`: the `rouge-score` package's ROUGE-L (its default tokenizer, no stemmer): precision,
 ///   recall and F1 of one pair, 0–1; `mean_rouge_l_f1` averages F1 over pairs.
-/// - `exact_match` (SQuAD-style normalization), `numeric_match` (the final number of a math
+/// - `exact_match` and `token_f1` (SQuAD's normalization and token F1), `macro_f1` (scikit-learn's
+///   macro-averaged F1 over the references' classes), `numeric_match` (the final number of a math
 ///   answer), `perplexity` from summed negative log-likelihood.
 
 #include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <cstdint>
+#include <iterator>
 #include <limits>
 #include <map>
 #include <optional>
@@ -295,6 +297,58 @@ inline std::string normalize_answer(std::string_view s) {
 /// Exact match after `normalize_answer`.
 inline bool exact_match(std::string_view prediction, std::string_view reference) {
     return normalize_answer(prediction) == normalize_answer(reference);
+}
+
+/// SQuAD's token F1 of one answer: the harmonic mean of precision and recall of the
+/// `normalize_answer` tokens shared with the reference (a multiset intersection); when either side
+/// normalizes to no tokens, 1 if both do and 0 otherwise (the official evaluate-v2.0 script).
+inline double token_f1(std::string_view prediction, std::string_view reference) {
+    auto pred = detail::split_python(normalize_answer(prediction));
+    auto ref = detail::split_python(normalize_answer(reference));
+    if (pred.empty() || ref.empty()) return pred.empty() && ref.empty() ? 1.0 : 0.0;
+    std::sort(pred.begin(), pred.end());
+    std::sort(ref.begin(), ref.end());
+    std::vector<std::string> common;
+    std::set_intersection(pred.begin(), pred.end(), ref.begin(), ref.end(), std::back_inserter(common));
+    if (common.empty()) return 0.0;
+    const double precision = double(common.size()) / double(pred.size());
+    const double recall = double(common.size()) / double(ref.size());
+    return 2 * precision * recall / (precision + recall);
+}
+
+/// Mean `token_f1` over pairs (0 for an empty corpus).
+inline double mean_token_f1(const std::vector<std::string>& predictions, const std::vector<std::string>& references) {
+    double sum = 0;
+    for (std::size_t i = 0; i < predictions.size() && i < references.size(); ++i)
+        sum += token_f1(predictions[i], references[i]);
+    return predictions.empty() ? 0.0 : sum / double(predictions.size());
+}
+
+/// Macro-averaged F1 of a classification: labels compared after `normalize_answer`; the classes
+/// are the labels the references use, so a prediction outside them counts as a miss of its true
+/// class and a false positive of none (scikit-learn's `f1_score(y_true, y_pred, average="macro",
+/// labels=sorted(set(y_true)))`; a class with no true and no predicted positive scores 0 there too).
+inline double macro_f1(const std::vector<std::string>& predictions, const std::vector<std::string>& references) {
+    std::vector<std::string> pred, ref;
+    for (std::size_t i = 0; i < predictions.size() && i < references.size(); ++i) {
+        pred.push_back(normalize_answer(predictions[i]));
+        ref.push_back(normalize_answer(references[i]));
+    }
+    std::vector<std::string> classes = ref;
+    std::sort(classes.begin(), classes.end());
+    classes.erase(std::unique(classes.begin(), classes.end()), classes.end());
+    if (classes.empty()) return 0.0;
+    double sum = 0;
+    for (const auto& c : classes) {
+        std::size_t tp = 0, fp = 0, fn = 0;
+        for (std::size_t i = 0; i < ref.size(); ++i) {
+            tp += pred[i] == c && ref[i] == c;
+            fp += pred[i] == c && ref[i] != c;
+            fn += pred[i] != c && ref[i] == c;
+        }
+        if (tp > 0) sum += 2.0 * double(tp) / double(2 * tp + fp + fn);
+    }
+    return sum / double(classes.size());
 }
 
 /// The last number in `text` (optional sign, thousands separators, decimals; "1,234.5" -> 1234.5),

@@ -10,6 +10,7 @@
 /// name); null where a figure does not exist (an API teacher has no parameter count). At top level:
 /// `task_type`, `primary_metric` and `cost` (eval/cost.hpp).
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -21,6 +22,7 @@
 
 #include "distill/eval/cost.hpp"
 #include "distill/eval/svg.hpp"
+#include "distill/eval/task_metrics.hpp"
 
 namespace distill::eval {
 
@@ -285,6 +287,16 @@ inline std::string render_markdown(const nlohmann::ordered_json& report) {
         "responses/s", "responses_per_s", [](double x) { return fixed(x, 1); }, true);
     row(
         "tokens/s", "tokens_per_s", [](double x) { return fixed(x, 0); }, true);
+    std::string definitions;
+    std::vector<std::string> defined;
+    for (const auto& m : present)
+        for (const auto& item : report["models"][m]["metrics"].items()) {
+            const std::string def = metric_definition(report.at("task_type").get<std::string>(), item.key());
+            if (def.empty() || std::find(defined.begin(), defined.end(), item.key()) != defined.end()) continue;
+            defined.push_back(item.key());
+            definitions += "- **" + item.key() + "**: " + def + ".\n";
+        }
+    if (!definitions.empty()) md += "\nMetrics:\n\n" + definitions;
     md += render_cost_markdown(report);
     md += render_loadtest_markdown(report);
     md +=

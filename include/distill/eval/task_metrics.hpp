@@ -5,8 +5,8 @@
 ///
 /// | task_type | metrics (the first is the primary one) |
 /// |---|---|
-/// | nli | accuracy (normalized exact match of the label) |
-/// | qa | exact_match (SQuAD normalization) |
+/// | nli | accuracy (normalized exact match of the label), macro_f1 |
+/// | qa | exact_match, f1 (SQuAD's normalization and token F1) |
 /// | math | exact_match (the final number of the answer equals the reference's, numerically) |
 /// | summarization | rouge_l (mean F1, as rouge-score), bleu (corpus, as sacreBLEU) |
 /// | conversation | bleu, rouge_l |
@@ -56,7 +56,11 @@ inline nlohmann::ordered_json task_metrics(std::string_view task_type, const std
     nlohmann::ordered_json m = nlohmann::ordered_json::object();
     if (task_type == "nli") {
         m["accuracy"] = agreement(task_type, predictions, references);
-    } else if (task_type == "qa" || task_type == "math") {
+        m["macro_f1"] = macro_f1(predictions, references);
+    } else if (task_type == "qa") {
+        m["exact_match"] = agreement(task_type, predictions, references);
+        m["f1"] = mean_token_f1(predictions, references);
+    } else if (task_type == "math") {
         m["exact_match"] = agreement(task_type, predictions, references);
     } else if (task_type == "summarization") {
         m["rouge_l"] = mean_rouge_l_f1(predictions, references);
@@ -69,6 +73,28 @@ inline nlohmann::ordered_json task_metrics(std::string_view task_type, const std
     }
     if (!teacher.empty()) m["teacher_agreement"] = agreement(task_type, predictions, teacher);
     return m;
+}
+
+/// What a metric `task_metrics` (or the evaluation: perplexity) reports measures, in one sentence
+/// for the report; empty for a name it does not know.
+inline std::string metric_definition(std::string_view task_type, std::string_view metric) {
+    if (metric == "accuracy") return "share of answers equal to the reference label after SQuAD normalization";
+    if (metric == "macro_f1")
+        return "F1 of each label the references use, averaged with equal weight (scikit-learn's macro F1)";
+    if (metric == "exact_match")
+        return task_type == "math" ? "share of answers whose final number equals the reference's"
+                                   : "share of answers equal to the reference after SQuAD normalization (lowercase, "
+                                     "no punctuation or articles)";
+    if (metric == "f1") return "SQuAD token F1: overlap of normalized answer tokens with the reference's, averaged";
+    if (metric == "bleu") return "corpus BLEU against the references as sacreBLEU computes it (13a tokens, 0-100)";
+    if (metric == "rouge_l")
+        return "mean ROUGE-L F1 (longest common subsequence) against the references, as rouge-score";
+    if (metric == "teacher_agreement")
+        return task_type == "math" || task_type == "qa" || task_type == "nli"
+                   ? "the primary metric's comparison made against the teacher's answers instead of the references"
+                   : "mean ROUGE-L F1 against the teacher's answers";
+    if (metric == "perplexity") return "exp of the mean negative log-likelihood of the reference responses' tokens";
+    return {};
 }
 
 }  // namespace distill::eval

@@ -391,7 +391,7 @@ int sweep_command(const Options& o) {
             if (rc != 0)
                 throw error("sweep: trial " + trial.id + "'s training ended with status " + std::to_string(rc) + " (" +
                             log.string() + "); run the sweep again to continue");
-            return sweep::Outcome{sweep::validation_loss_at(RunDir(out).metrics("student"), stop_at), ""};
+            return sweep::Outcome{sweep::validation_loss_at(RunDir(out).metrics("student"), stop_at, sw.metric()), ""};
         },
         say);
     std::ifstream md(dir / "sweep.md");

@@ -31,7 +31,8 @@ json base_job() {
 
 json grid() {
     return json::parse(R"({"space": {"hyperparameters.learning_rate": [0.001, 0.01, 0.1],
-                                     "hyperparameters.temperature": [1, 2, 4]}})");
+                                     "hyperparameters.temperature": [1, 2, 4]},
+                          "metric": "hard_ce"})");
 }
 
 // A stand-in for a trial's validation loss: best at lr 1e-2 and temperature 2, falling with steps.
@@ -62,6 +63,26 @@ TEST_CASE("sweep: rung steps are ceil(S / eta^(R-1-k)), the last the full steps"
     CHECK(sw::rung_steps(100, 0, 3, 3) == 12);  // 11.1 up
     CHECK(sw::rung_steps(100, 1, 3, 3) == 34);  // 33.3 up
     CHECK(sw::rung_steps(5, 0, 4, 3) == 1);     // at least one step
+}
+
+TEST_CASE("sweep: the metric is read from metrics.jsonl at the rung's step: the total or one term") {
+    Dir d("distill_sweep_metrics");
+    std::filesystem::create_directories(d.path);
+    const auto file = d.path / "metrics.jsonl";
+    distill::io::write_file_atomic(
+        file, std::string(R"({"kind":"train","step":5,"loss":9.0})"
+                          "\n"
+                          R"({"kind":"validation","step":5,"loss":4.0,"terms":{"hard_ce":1.5,"soft_kl":2.5}})"
+                          "\n"
+                          R"({"kind":"validation","step":8,"loss":3.0,"pause":true,"terms":{"hard_ce":1.25}})"
+                          "\n"
+                          R"({"kind":"validation","step":10,"loss":2.0,"terms":{"hard_ce":1.0}})"
+                          "\n"));
+    CHECK(sw::validation_loss_at(file, 8) == 3.0);
+    CHECK(sw::validation_loss_at(file, 9, "hard_ce") == 1.25);
+    CHECK(sw::validation_loss_at(file, 7, "soft_kl") == 2.5);
+    CHECK(std::isnan(sw::validation_loss_at(file, 10, "soft_kl")));  // not measured at step 10
+    CHECK(std::isnan(sw::validation_loss_at(file, 4)));
 }
 
 TEST_CASE("sweep: successive halving over a 3 x 3 grid keeps the best third at each rung") {
@@ -184,7 +205,7 @@ TEST_CASE("sweep: random search draws within the ranges, reproducibly from the s
         json::parse(R"({"space": {"hyperparameters.learning_rate": {"min": 1e-4, "max": 1e-1, "scale": "log"},
                                             "hyperparameters.batch_size": {"min": 8, "max": 64},
                                             "loss.soft_kl.weight": [0.5, 1.0]},
-                                  "trials": 20, "seed": 7})");
+                                  "trials": 20, "seed": 7, "metric": "hard_ce"})");
     const auto spec = sw::parse_spec(j, base);
     const auto t1 = sw::make_trials(spec, base), t2 = sw::make_trials(spec, base);
     REQUIRE(t1.size() == 20);
@@ -215,7 +236,17 @@ TEST_CASE("sweep: bad specs name the key") {
     };
     CHECK(err(R"({"space": {}})").starts_with("sweep.space: is required"));
     CHECK(err(R"({"space": {"hyperparameters.learning_rate": [1e-3]}, "rungs": 2})") ==
-          "sweep.rungs: unknown key (expected space, trials, seed, halving)");
+          "sweep.rungs: unknown key (expected space, trials, seed, halving, metric)");
+    // the total changes meaning with the temperature and the weights; a term with its own settings
+    CHECK(err(R"({"space": {"hyperparameters.temperature": [1, 2]}})")
+              .starts_with("sweep.metric: is \"loss\", which hyperparameters.temperature changes the meaning of"));
+    CHECK(err(R"({"space": {"loss.hard_ce.weight": [0.5, 1]}})").starts_with("sweep.metric: is \"loss\", which"));
+    CHECK(err(R"({"space": {"loss.soft_kl.temperature": [1, 2]}, "metric": "soft_kl"})")
+              .starts_with("sweep.metric: is \"soft_kl\", which loss.soft_kl.temperature changes"));
+    CHECK(err(R"({"space": {"loss.soft_kl.temperature": [1, 2]}, "metric": "hard_ce"})") == "no error");
+    CHECK(err(R"({"space": {"loss.hard_ce.weight": [0.5, 1]}, "metric": "hard_ce"})") == "no error");
+    CHECK(err(R"({"space": {"hyperparameters.learning_rate": [1e-3]}, "metric": "jsd"})") ==
+          "sweep.metric: \"jsd\" is neither \"loss\" nor a term of the job's loss");
     CHECK(err(R"({"space": {"hyperparameters.learning_rate": []}})") ==
           "sweep.space.hyperparameters.learning_rate: lists no value");
     CHECK(err(R"({"space": {"hyperparameters.learning_rate": {"min": 0, "max": 1, "scale": "log"}}, "trials": 2})") ==

@@ -2,7 +2,8 @@
 # The `distill` command line as users run it: usage and bad jobs (exit code 2 and the message, one
 # test per defect class), the reduced quickstart job end to end, SIGKILL in each stage and a rerun
 # that ends with the same student, answers and report metrics as an uninterrupted run, `status`,
-# `inspect` on a data file with planted defects and on the quickstart data,
+# `inspect` on a data file with planted defects and on the quickstart data, `sweep` (successive halving,
+# the best trial against its job trained alone, SIGKILL and rerun),
 # and a teacher behind an OpenAI-compatible endpoint (apps/serve on 127.0.0.1).
 #
 #   run_cli_tests.sh DISTILL_BIN QUICKSTART_BIN WORK_DIR [SERVE_BIN]

@@ -10,7 +10,8 @@
 /// Successive halving, synchronous (every trial of a rung finishes before the next rung starts,
 /// which on one machine costs nothing against asynchronous ASHA and makes the result independent of
 /// timing): rung k trains each surviving trial to ceil(S / eta^(R-1-k)) of its S steps; the best
-/// floor(n / eta) (at least 1) by validation loss at that step go on, resuming from their
+/// floor(n / eta) (at least 1) by the validation metric at that step (`metric`: the loss, or one
+/// term, "hard_ce", when the space changes what the loss measures) go on, resuming from their
 /// checkpoints. A trial's learning-rate schedule is laid out for its full S steps from the start
 /// (the job keeps max_steps = S; the rung only pauses the loop, `DistillerOptions::stop_at`), so a
 /// trial continued through the rungs equals one trained without a pause, bit for bit.
@@ -67,6 +68,10 @@ struct Spec {
     bool halving = true;     ///< successive halving (false: every trial to its full steps)
     double eta = 3;          ///< the reduction factor: 1/eta of a rung's trials go on
     int rungs = 3;           ///< rungs of halving, the last at the full steps
+    /// What ranks the trials: "loss", the validation loss (the job's weighted sum of its terms), or
+    /// the name of one term, its unweighted value on the validation set ("hard_ce": the student's
+    /// cross-entropy on the teacher's answers, at temperature 1).
+    std::string metric = "loss";
 };
 
 namespace detail {
@@ -96,8 +101,9 @@ inline Spec parse_spec(const nlohmann::json& j, const nlohmann::json& base) {
     if (!j.is_object()) throw config_error("sweep", "expected an object with \"space\"");
     Spec s;
     for (const auto& item : j.items())
-        if (item.key() != "space" && item.key() != "trials" && item.key() != "seed" && item.key() != "halving")
-            throw config_error("sweep." + item.key(), "unknown key (expected space, trials, seed, halving)");
+        if (item.key() != "space" && item.key() != "trials" && item.key() != "seed" && item.key() != "halving" &&
+            item.key() != "metric")
+            throw config_error("sweep." + item.key(), "unknown key (expected space, trials, seed, halving, metric)");
     if (!j.contains("space") || !j["space"].is_object() || j["space"].empty())
         throw config_error("sweep.space",
                            "is required: an object of settings to vary, e.g. "
@@ -182,6 +188,26 @@ inline Spec parse_spec(const nlohmann::json& j, const nlohmann::json& base) {
         } else {
             throw config_error("sweep.halving", "expected true, false or {\"eta\", \"rungs\"}");
         }
+    }
+    if (j.contains("metric")) {
+        if (!j["metric"].is_string()) throw config_error("sweep.metric", "expected \"loss\" or a loss term's name");
+        s.metric = j["metric"].get<std::string>();
+        if (s.metric != "loss" &&
+            !(base.contains("loss") && base["loss"].is_object() && base["loss"].contains(s.metric)))
+            throw config_error("sweep.metric", "\"" + s.metric + "\" is neither \"loss\" nor a term of the job's loss");
+    }
+    // Trials are compared on one scale: the total changes meaning with the temperature and the weights,
+    // a term with its own settings.
+    for (const auto& d : s.space) {
+        const bool changes_total = d.pointer.starts_with("/loss/") || d.pointer == "/hyperparameters/temperature";
+        const bool changes_term =
+            d.pointer.starts_with("/loss/" + s.metric + "/") && d.pointer != "/loss/" + s.metric + "/weight";
+        if ((s.metric == "loss" && changes_total) || (s.metric != "loss" && changes_term))
+            throw config_error("sweep.metric",
+                               "is \"" + s.metric + "\", which " + d.key +
+                                   " changes the meaning of: trials would be ranked on different scales; rank by a "
+                                   "term it leaves alone, e.g. \"metric\": \"hard_ce\" (the student's "
+                                   "cross-entropy on the teacher's answers)");
     }
     return s;
 }
@@ -303,8 +329,10 @@ struct Outcome {
 /// continuing from where it stopped; returns the validation loss at that step.
 using TrainFn = std::function<Outcome(const Trial& trial, const nlohmann::json& job, std::int64_t stop_at)>;
 
-/// The last validation loss at or before `step` in a finetune run's metrics.jsonl (NaN: none).
-inline double validation_loss_at(const std::filesystem::path& metrics, std::int64_t step) {
+/// The last validation `metric` ("loss", or a term's name) at or before `step` in a finetune run's
+/// metrics.jsonl (NaN: none).
+inline double validation_loss_at(const std::filesystem::path& metrics, std::int64_t step,
+                                 const std::string& metric = "loss") {
     std::ifstream in(metrics);
     double loss = std::numeric_limits<double>::quiet_NaN();
     std::int64_t at = -1;
@@ -314,7 +342,10 @@ inline double validation_loss_at(const std::filesystem::path& metrics, std::int6
         const std::int64_t s = j.value("step", std::int64_t(-1));
         if (s <= step && s >= at) {
             at = s;
-            loss = j.value("loss", loss);
+            const nlohmann::json* v = metric == "loss" ? (j.contains("loss") ? &j["loss"] : nullptr)
+                                      : j.contains("terms") && j["terms"].contains(metric) ? &j["terms"][metric]
+                                                                                           : nullptr;
+            loss = v && v->is_number() ? v->get<double>() : std::numeric_limits<double>::quiet_NaN();
         }
     }
     return loss;
@@ -329,6 +360,7 @@ public:
                              {"trials", nlohmann::json::array()},
                              {"halving", spec_.halving},
                              {"eta", spec_.eta},
+                             {"metric", spec_.metric},
                              {"rungs", rungs()}};
         for (const auto& t : trials_) fp["trials"].push_back(t.settings.dump());
         fingerprint_ = distill::detail::sha(fp.dump());
@@ -336,6 +368,8 @@ public:
     }
 
     int rungs() const { return spec_.halving ? spec_.rungs : 1; }
+    /// What ranks the trials (Spec::metric).
+    const std::string& metric() const { return spec_.metric; }
     const std::vector<Trial>& trials() const { return trials_; }
     const std::filesystem::path& dir() const { return dir_; }
     std::filesystem::path state_file() const { return dir_ / "sweep_state.json"; }
@@ -459,8 +493,12 @@ public:
             for (std::string line; std::getline(in, line);) {
                 const auto j = nlohmann::json::parse(line, nullptr, false);
                 if (j.is_object() && j.value("kind", "") == "validation" && j.contains("loss") &&
-                    j.value("step", std::int64_t(0)) <= results_[i].back().steps)
-                    points.emplace_back(j.value("step", 0.0), j.value("loss", 0.0));
+                    j.value("step", std::int64_t(0)) <= results_[i].back().steps) {
+                    const double v = spec_.metric == "loss"
+                                         ? j.value("loss", 0.0)
+                                         : j.value(nlohmann::json::json_pointer("/terms/" + spec_.metric), 0.0);
+                    points.emplace_back(j.value("step", 0.0), v);
+                }
             }
             std::sort(points.begin(), points.end());
             points.erase(std::unique(points.begin(), points.end(),
@@ -481,6 +519,7 @@ public:
         const std::int64_t spent = steps_spent(), full = full_grid_steps();
         nlohmann::ordered_json j = {{"fingerprint", fingerprint_},
                                     {"method", spec_.halving ? "successive halving" : "full grid"},
+                                    {"metric", spec_.metric},
                                     {"eta", spec_.eta},
                                     {"rungs", rungs()},
                                     {"trials", trials_.size()},
@@ -503,7 +542,7 @@ public:
         md += buf;
         md += "| rank | trial |";
         for (const auto& d : spec_.space) md += " " + d.key + " |";
-        md += " steps | validation loss per rung |\n|---|---|";
+        md += " steps | validation " + spec_.metric + " per rung |\n|---|---|";
         for (std::size_t i = 0; i < spec_.space.size(); ++i) md += "---|";
         md += "---|---|\n";
         int rank = 0;
@@ -522,8 +561,8 @@ public:
         }
         md += "\nBest job: `best_job.json` (run it with `distill run`).\n";
         io::write_file_atomic(dir_ / "sweep.md", md);
-        io::write_file_atomic(dir_ / "sweep.svg",
-                              eval::line_chart("Validation loss per trial", "step", "validation loss", curves()));
+        io::write_file_atomic(dir_ / "sweep.svg", eval::line_chart("Validation " + spec_.metric + " per trial", "step",
+                                                                   "validation " + spec_.metric, curves()));
         io::write_file_atomic(dir_ / "best_job.json", best_job().dump(2) + "\n");
     }
 

@@ -30,12 +30,17 @@ sweep halving "$base" "{\"space\": $grid, $metric, \"halving\": {\"eta\": 3, \"r
 sweep full "$base" "{\"space\": $grid, $metric, \"halving\": false}"
 best=$(jq 'del(.output_dir)' "$WORK/full/best_job.json")
 sweep seeds "$best" "{\"space\": {\"hyperparameters.seed\": [1, 2, 3]}, $metric, \"halving\": false}"
+picked=$(jq 'del(.output_dir)' "$WORK/halving/best_job.json")
+sweep seeds_halving "$picked" "{\"space\": {\"hyperparameters.seed\": [1, 2, 3]}, $metric, \"halving\": false}"
 
 for s in halving full; do
     jq -r --arg s "$s" '"\($s): best \(.best.trial) \(.best.settings | tojson) validation \(.metric) \(.best.validation_loss);
   steps \(.steps_spent) of \(.full_grid_steps) (\(.fraction_of_full_grid * 1000 | round / 10)%)"' "$WORK/$s/sweep.json"
 done
-jq -r '[.ranking[].validation_loss] | "seeds 1-3 of the full grid'"'"'s best: \(map(tostring) | join(", ")); spread \(max - min)"' \
-    "$WORK/seeds/sweep.json"
+for s in seeds seeds_halving; do
+    jq -r --arg s "$s" '[.ranking[] | {(.settings["hyperparameters.seed"] | tostring): .validation_loss}] | add as $v
+      | [$v[]] | "\($s) (seeds 1, 2, 3 of the \(if $s == "seeds" then "full grid'"'"'s" else "halving'"'"'s" end) best): \($v | tojson);
+  mean \(add / length), spread \(max - min)"' "$WORK/$s/sweep.json"
+done
 echo "full grid, ranked:"
 jq -r '.ranking[] | "  \(.trial) \(.settings | tojson) \(.validation_loss)"' "$WORK/full/sweep.json"

@@ -6,15 +6,26 @@
 // Exit codes: 0 success, 1 runtime failure, 2 bad job or usage; failures print one line on stderr.
 
 #include <algorithm>
+#include <cerrno>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <limits>
 #include <memory>
 #include <set>
 #include <string>
 #include <string_view>
 #include <type_traits>
 #include <vector>
+
+#include <fcntl.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <distill/distill.hpp>
 
@@ -28,7 +39,9 @@ constexpr const char* usage_text =
     "\n"
     "SYNOPSIS\n"
     "    distill run|generate|finetune|evaluate JOB.json [--quiet] [--threads N] [--precision fp32|bf16]\n"
+    "    distill finetune JOB.json --stop-at STEP ...\n"
     "    distill export JOB.json [--gguf TYPES]\n"
+    "    distill sweep JOB.json [--quiet] [--threads N] [--precision fp32|bf16]\n"
     "    distill status OUTPUT_DIR [--json]\n"
     "    distill inspect DATA.jsonl [--test TEST.jsonl] [--out DIR] [--json] [--tokenizer PATH]\n"
     "                   [--near-threshold J]\n"
@@ -45,6 +58,11 @@ constexpr const char* usage_text =
     "               report.md and the SVG charts\n"
     "    export     write the trained student as GGUF files for llama.cpp, one per tensor type of the\n"
     "               job's export.gguf or --gguf (OUTPUT_DIR/gguf/student-<type>.gguf; docs/deployment.md)\n"
+    "    sweep      tune the settings the job's \"sweep\" object names (learning rate, temperature, loss\n"
+    "               weights, batch size, steps): a grid or random search with successive halving on the\n"
+    "               validation loss, the teacher's answers generated once for every trial; resumes after a\n"
+    "               crash; writes OUTPUT_DIR/sweep.md, sweep.json, sweep.svg and best_job.json\n"
+    "               (docs/job-format.md, \"sweep\")\n"
     "    status     which stages of a run are done, training progress, the last metrics\n"
     "    inspect    what a data file holds before a teacher answers it: counts, malformed lines, lengths,\n"
     "               diversity, duplicate and near-duplicate prompts, labels, overlap with --test; writes\n"
@@ -58,6 +76,9 @@ constexpr const char* usage_text =
     "    --precision P        fp32 or bf16: the arithmetic of the matrix products (default: the job's\n"
     "                         \"precision\", else fp32). bf16 needs oneDNN and a CPU with its bf16 matmul\n"
     "                         (AVX-512, AVX512-BF16 or AMX); elsewhere it is refused with the reason\n"
+    "    --stop-at STEP       (finetune) pause the student's training after STEP, unfinished: no weights\n"
+    "                         and no baseline yet; finetune again continues it, as if never paused (the\n"
+    "                         sweep's rungs)\n"
     "    --gguf TYPES         (export) comma-separated tensor types instead of the job's export.gguf:\n"
     "                         f32, f16, bf16, q8_0, q4_0, q4_k\n"
     "    --json               (status, inspect) print the status or the inspection as JSON\n"
@@ -153,6 +174,7 @@ struct Options {
     std::string test, out, tokenizer;  // inspect
     double near_threshold = 0.8;
     bool inspect_options = false;  // one of the four above was given
+    std::int64_t stop_at = 0;      // sweep trials: pause the student's training after this step
 };
 
 template <class Config>
@@ -201,7 +223,7 @@ int with_distiller(const Job& job, const Options& o, const device::Cpu& cpu, Tea
         throw usage_error(std::string("teacher: ") + e.what());
     }
     try {
-        d.emplace(job, *teacher, cpu, DistillerOptions{o.quiet, stderr, ranks});
+        d.emplace(job, *teacher, cpu, DistillerOptions{o.quiet, stderr, ranks, o.stop_at});
     } catch (const distill::error& e) {
         throw usage_error(e.what());
     }
@@ -278,6 +300,105 @@ int dispatch(Job job, const Options& o) {
 #else
     throw usage_error("teacher.kind: \"openai\" needs HTTP support; this distill was built without cpp-httplib");
 #endif
+}
+
+// Runs this program with `args` in a child process, its stdout to /dev/null and its stderr to `log`;
+// the child is killed with the sweep (a sweep killed and rerun must not meet a trial still training).
+// Returns the exit status, or 128 + the signal that ended it.
+int run_child(const std::vector<std::string>& args, const std::filesystem::path& log) {
+    std::vector<char*> argv;
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    const std::string log_path = log.string();
+    const pid_t parent = getpid();
+    std::fflush(nullptr);
+    const pid_t pid = fork();
+    if (pid < 0) throw io_error(log, std::string("cannot start a trial: fork: ") + std::strerror(errno));
+    if (pid == 0) {  // only async-signal-safe calls until exec
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent) _exit(127);
+        const int err = open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        const int out = open("/dev/null", O_WRONLY);
+        if (err < 0 || out < 0 || dup2(err, 2) < 0 || dup2(out, 1) < 0) _exit(127);
+        execv("/proc/self/exe", argv.data());
+        _exit(127);
+    }
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0)
+        if (errno != EINTR) throw io_error(log, std::string("waiting for a trial: ") + std::strerror(errno));
+    return WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status);
+}
+
+// The last line of a file, without the "distill: " prefix.
+std::string last_line(const std::filesystem::path& path) {
+    std::ifstream in(path);
+    std::string line, last;
+    while (std::getline(in, line))
+        if (!line.empty()) last = line;
+    return last.starts_with("distill: ") ? last.substr(9) : last;
+}
+
+// `distill sweep`: the teacher answers once into OUTPUT_DIR/shared; every trial's finetune reads
+// those answers (its generate/ links there) and pauses at each rung (pipeline/sweep.hpp). Each
+// trial-rung is `distill finetune TRIAL.json --stop-at STEP` in a child process: a trial trains as
+// that command trains it alone (a process's earlier trials leave no trace in its arithmetic, which
+// heap layout can otherwise reach through the alignment of vectorized sums).
+int sweep_command(const Options& o) {
+    namespace fs = std::filesystem;
+    if (ranks->size() > 1) throw usage_error("sweep: runs in one process (not under mpirun)");
+    sweep::SweepJob sj;
+    std::vector<sweep::Trial> trials;
+    try {
+        sj = sweep::load_sweep_job(o.target);
+        if (sj.job.task_type == "embedding")
+            throw config_error("task_type", "\"embedding\" is not swept by distill sweep (language tasks only)");
+        if (sj.job.validation_data.empty())
+            throw config_error("validation_data", "is required by a sweep: trials are ranked by validation loss");
+        trials = sweep::make_trials(sj.spec, sj.base);
+    } catch (const distill::error& e) {
+        throw usage_error(e.what());
+    }
+    const fs::path dir = sj.job.output_dir;
+    sweep::Sweep sw(sj.spec, sj.base, dir, std::move(trials));
+    auto say = [&](const std::string& line) {
+        if (!o.quiet) std::fprintf(stderr, "%s\n", line.c_str());
+    };
+    // the teacher's answers, once, for every trial
+    nlohmann::json shared = sj.base;
+    shared["output_dir"] = (dir / "shared").string();
+    Options go = o;
+    go.command = "generate";
+    say("sweep: " + std::to_string(sw.trials().size()) + " trials; the teacher answers once into " +
+        (dir / "shared").string());
+    dispatch(parse_job(shared), go);
+    const fs::path answers = fs::absolute(dir / "shared" / "generate");
+    sw.run(
+        [&](const sweep::Trial& trial, const nlohmann::json& trial_job, std::int64_t stop_at) {
+            const fs::path out = trial_job["output_dir"].get<std::string>();
+            const fs::path link = out / "generate";
+            fs::create_directories(out);
+            if (!fs::exists(fs::symlink_status(link))) fs::create_directory_symlink(answers, link);
+            io::write_file_atomic(out / "trial.json", trial_job.dump(2) + "\n");
+            std::vector<std::string> args = {"distill", "finetune", (out / "trial.json").string(), "--quiet"};
+            if (stop_at < trial.full_steps) args.insert(args.end(), {"--stop-at", std::to_string(stop_at)});
+            if (o.threads > 0) args.insert(args.end(), {"--threads", std::to_string(o.threads)});
+            if (!o.precision.empty()) args.insert(args.end(), {"--precision", o.precision});
+            const fs::path log = out / ("finetune-" + std::to_string(stop_at) + ".stderr");
+            const int rc = run_child(args, log);
+            if (rc == 2) throw usage_error("trial " + trial.id + ": " + last_line(log));
+            if (rc == 1)  // the trial failed (a non-finite loss, ...): ranked last, the sweep goes on
+                return sweep::Outcome{std::numeric_limits<double>::quiet_NaN(), last_line(log)};
+            if (rc != 0)
+                throw error("sweep: trial " + trial.id + "'s training ended with status " + std::to_string(rc) + " (" +
+                            log.string() + "); run the sweep again to continue");
+            return sweep::Outcome{sweep::validation_loss_at(RunDir(out).metrics("student"), stop_at, sw.metric()), ""};
+        },
+        say);
+    std::ifstream md(dir / "sweep.md");
+    const std::string table((std::istreambuf_iterator<char>(md)), std::istreambuf_iterator<char>());
+    std::printf("%s\nranking: %s\nbest job: %s\n", table.c_str(), (dir / "sweep.json").string().c_str(),
+                (dir / "best_job.json").string().c_str());
+    return 0;
 }
 
 int status(const Options& o) {
@@ -384,6 +505,13 @@ Options parse_args(int argc, char** argv) {
             if (*end != '\0' || !(o.near_threshold > 0 && o.near_threshold <= 1))
                 throw usage_error("--near-threshold: expected a number in (0, 1], got " + std::string(argv[i]));
             o.inspect_options = true;
+        } else if (a == "--stop-at") {
+            if (i + 1 >= argc) throw usage_error("--stop-at needs a step number");
+            char* end = nullptr;
+            const long long n = std::strtoll(argv[++i], &end, 10);
+            if (*end != '\0' || n < 1)
+                throw usage_error("--stop-at: expected a step >= 1, got " + std::string(argv[i]));
+            o.stop_at = n;
         } else if (a == "--threads") {
             if (i + 1 >= argc) throw usage_error("--threads needs a number");
             char* end = nullptr;
@@ -401,8 +529,9 @@ Options parse_args(int argc, char** argv) {
     o.command = positional[0];
     o.target = positional[1];
     static const std::set<std::string> commands = {"run",    "generate", "finetune", "evaluate",
-                                                   "export", "status",   "inspect"};
+                                                   "export", "status",   "inspect",  "sweep"};
     if (!commands.count(o.command)) throw usage_error("unknown command \"" + o.command + "\" (see distill --help)");
+    if (o.stop_at > 0 && o.command != "finetune") throw usage_error("--stop-at is an option of finetune");
     if (o.inspect_options && o.command != "inspect")
         throw usage_error("--test, --out, --tokenizer and --near-threshold are options of inspect");
     return o;
@@ -469,6 +598,7 @@ int main(int argc, char** argv) {
     try {
         const Options o = parse_args(argc, argv);
         if (o.command == "inspect") return inspect(o);
+        if (o.command == "sweep") return sweep_command(o);
         if (o.command == "status") {
             try {
                 return status(o);
@@ -493,6 +623,12 @@ int main(int argc, char** argv) {
                     throw usage_error(
                         "export: the job's export.gguf names no tensor type; give --gguf, e.g. q8_0,q4_k");
             }
+        } catch (const config_error& e) {
+            if (e.field() == "sweep")  // a sweep job's other key
+                throw usage_error(
+                    "sweep: is read by distill sweep only; run the job it writes, "
+                    "OUTPUT_DIR/best_job.json, or remove \"sweep\"");
+            throw usage_error(e.what());
         } catch (const distill::error& e) {
             throw usage_error(e.what());
         }

@@ -750,6 +750,59 @@ TEST_CASE("training: validation turns up on the noise task; early stopping and t
     CHECK(again.best_step == r.best_step);
 }
 
+TEST_CASE("training: a run paused at stop_at and continued ends as one never paused (distill sweep's rungs)") {
+    TempDir a("whole"), b("paused");
+    NoiseTask task;
+    auto cfg_of = [](const fs::path& out) {
+        auto cfg = noise_config(out);
+        cfg.num_epochs = 8;  // 3 steps an epoch: 24 steps, validated at each epoch's end
+        cfg.patience = 0;
+        return cfg;
+    };
+    auto run = [&](const fs::path& out, std::int64_t stop_at) {
+        Model model(NoiseTask::model_config(), 8, device::Cpu(1));
+        model.init(3);
+        optim::AdamW<float, device::Cpu> opt(model.parameters(), {.weight_decay = 0.01}, device::Cpu(1));
+        const auto cfg = cfg_of(out);
+        train::FinetuneOptions<float> options;
+        options.stop_at = stop_at;
+        return train::finetune(model, opt, noise_schedule(cfg, task.train.size()), task.train, &task.validation, cfg,
+                               train::CrossEntropy{}, options);
+    };
+    const auto whole = run(a.path, 0);
+    REQUIRE(whole.steps == 24);
+    CHECK_FALSE(whole.paused);
+    const auto paused = run(b.path, 7);  // step 7 is no epoch end: the pause validates on its own
+    CHECK(paused.paused);
+    CHECK(paused.steps == 7);
+    CHECK(paused.best_step % 3 == 0);   // an epoch end: the pause's validation is a measurement only
+    const auto again = run(b.path, 7);  // paused there already: nothing to train
+    CHECK(again.paused);
+    CHECK(again.resumed);
+    CHECK(again.steps == 7);
+    const auto rest = run(b.path, 0);
+    CHECK_FALSE(rest.paused);
+    CHECK(rest.resumed_from_step == 7);
+    CHECK(rest.steps == 24);
+    CHECK(rest.best_step == whole.best_step);
+    CHECK(rest.best_validation_loss == whole.best_validation_loss);
+    auto bytes = [](const fs::path& ck) {
+        std::ifstream in(ck / "student.safetensors", std::ios::binary);
+        return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    };
+    CHECK(bytes(rest.last_checkpoint) == bytes(whole.last_checkpoint));
+    CHECK(bytes(rest.best_checkpoint) == bytes(whole.best_checkpoint));
+    // metrics.jsonl: the uninterrupted run's records, and the pause's validation marked as one
+    std::ifstream in(b.path / "metrics.jsonl");
+    int pauses = 0;
+    for (std::string line; std::getline(in, line);)
+        if (line.find("\"pause\":true") != std::string::npos) {
+            ++pauses;
+            CHECK(nlohmann::json::parse(line)["step"] == 7);
+        }
+    CHECK(pauses == 1);
+}
+
 TEST_CASE("training: gradient accumulation over micro-batches equals one batch of their union") {
     NoiseTask task;  // validation sequences all have the same length: micro-batch means average exactly
     auto run = [&](int batch, int accum) {

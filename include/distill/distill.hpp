@@ -98,3 +98,4 @@
 #include "distill/pipeline/job.hpp"
 #include "distill/pipeline/run_dir.hpp"
 #include "distill/pipeline/setup.hpp"
+#include "distill/pipeline/sweep.hpp"

@@ -2,7 +2,8 @@
 # The `distill` command line as users run it: usage and bad jobs (exit code 2 and the message, one
 # test per defect class), the reduced quickstart job end to end, SIGKILL in each stage and a rerun
 # that ends with the same student, answers and report metrics as an uninterrupted run, `status`,
-# `inspect` on a data file with planted defects and on the quickstart data,
+# `inspect` on a data file with planted defects and on the quickstart data, `sweep` (successive halving,
+# the best trial against its job trained alone, SIGKILL and rerun),
 # and a teacher behind an OpenAI-compatible endpoint (apps/serve on 127.0.0.1).
 #
 #   run_cli_tests.sh DISTILL_BIN QUICKSTART_BIN WORK_DIR [SERVE_BIN]
@@ -181,6 +182,64 @@ kill_when kill_generate '[[ $(lines "$dir/generate/synthetic.jsonl") -ge 40 ]]'
 kill_when kill_finetune '[[ -f $dir/student/checkpoints/latest ]]' reuse
 kill_when kill_baseline '[[ -f $dir/baseline/metrics.jsonl ]]' reuse
 kill_when kill_evaluate '[[ -f $dir/eval/teacher.answers.jsonl ]]' reuse
+
+# ---- distill sweep: successive halving over three learning rates (docs/job-format.md#sweep) -----------
+# eta 4, 2 rungs: all three trials to step ceil(30/4) = 8 (not a validation step of the job: the pause
+# measures), the best one on to 30; 2*8 + 30 = 46 steps of the full grid's 90. The teacher's answers
+# are the reference run's.
+sweep_job() {  # sweep_job NAME SWEEP_JSON: the reference job with a sweep object, into $WORK/NAME
+    perl -0pe "s#\"output_dir\": \"[^\"]*\"#\"output_dir\": \"$WORK/$1\"#; s#^\\{#{\"sweep\": $2,#" "$ref" >"$WORK/$1.json"
+    mkdir -p "$WORK/$1/shared" && cp -r "$WORK/ref/generate" "$WORK/$1/shared/"
+    echo "$WORK/$1.json"
+}
+lrs='"space": {"hyperparameters.learning_rate": [0.003, 0.01, 0.03]}'
+sweep_spec="{$lrs, \"halving\": {\"eta\": 4, \"rungs\": 2}}"
+expect 2 "sweep: is read by distill sweep only" -- "$DISTILL" run "$(sweep_job sweep_run "$sweep_spec")"
+expect 2 'sweep.space: trial t00 .*hyperparameters.learnig_rate: unknown key; did you mean "learning_rate"' -- \
+    "$DISTILL" sweep "$(sweep_job sweep_key '{"space": {"hyperparameters.learnig_rate": [0.01]}}')"
+expect 2 "sweep.halving.eta: must be a number >= 2, got 1" -- \
+    "$DISTILL" sweep "$(sweep_job sweep_eta "{$lrs, \"halving\": {\"eta\": 1}}")"
+expect 2 "--stop-at is an option of finetune" -- "$DISTILL" run "$ref" --stop-at 3
+sweep=$(sweep_job sweep "$sweep_spec")
+if "$DISTILL" sweep "$sweep" --quiet >"$WORK/sweep.stdout" 2>"$WORK/sweep.stderr" &&
+    grep -q '"steps_spent": 46' "$WORK/sweep/sweep.json" && grep -q '"full_grid_steps": 90' "$WORK/sweep/sweep.json" &&
+    grep -q "| 1 | t0" "$WORK/sweep.stdout" && [[ -s $WORK/sweep/sweep.svg && -s $WORK/sweep/best_job.json ]]; then
+    pass "distill sweep: ranked table, 46 of 90 steps, chart, best job"
+else
+    fail "distill sweep: $(tail -3 "$WORK/sweep.stderr")"
+fi
+best=$(grep -o '| 1 | t0[0-9]' "$WORK/sweep/sweep.md" | cut -c7-)
+# the best trial paused at step 8 and went on; trained alone by its job it ends with the same weights
+mkdir -p "$WORK/sweep/best" && cp -r "$WORK/ref/generate" "$WORK/sweep/best/"
+if "$DISTILL" finetune "$WORK/sweep/best_job.json" --quiet 2>"$WORK/sweep_best.stderr" &&
+    cmp -s "$WORK/sweep/best/student.safetensors" "$WORK/sweep/trials/$best/student.safetensors"; then
+    pass "sweep: the best trial, paused at a rung and continued, equals its job trained without a pause"
+else
+    fail "sweep: best_job.json's student differs from trial $best's $(tail -2 "$WORK/sweep_best.stderr")"
+fi
+# SIGKILL during the second trial's first rung (its child process dies with it), then the same command
+killed=$(sweep_job sweep_kill "$sweep_spec")
+"$DISTILL" sweep "$killed" --quiet >/dev/null 2>&1 &
+pid=$! waited=0
+until [[ -f $WORK/sweep_kill/trials/t01/student/metrics.jsonl ]] || ! kill -0 $pid 2>/dev/null; do
+    sleep 0.02
+    waited=$((waited + 1))
+    [[ $waited -gt 15000 ]] && break
+done
+if kill -0 $pid 2>/dev/null; then
+    kill -9 $pid
+    wait $pid 2>/dev/null
+    if "$DISTILL" sweep "$killed" --quiet >/dev/null 2>"$WORK/sweep_kill.stderr" &&
+        cmp -s "$WORK/sweep/sweep.md" "$WORK/sweep_kill/sweep.md" &&
+        cmp -s "$WORK/sweep/trials/$best/student.safetensors" "$WORK/sweep_kill/trials/$best/student.safetensors"; then
+        pass "sweep: killed in a trial, rerun, the same ranking and best student"
+    else
+        fail "sweep: killed and rerun: $(tail -2 "$WORK/sweep_kill.stderr"; diff "$WORK/sweep/sweep.md" "$WORK/sweep_kill/sweep.md")"
+    fi
+else
+    wait $pid
+    fail "sweep_kill: the sweep ended before the kill point"
+fi
 
 # ---- every loss term the job format accepts, alone and in the common pairs, to a report -------------------
 # Reduced: a 2-layer d=32 student, 8 steps, 20 test prompts, no baseline; the teacher's answers are the

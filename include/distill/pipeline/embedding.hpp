@@ -294,6 +294,7 @@ public:
                                s_.optimizer);
             optim::Schedule schedule(schedule_config_of(h), steps);
             train::FinetuneOptions<float> options = loop_options_of(s_);
+            options.stop_at = 0;  // the embedding task does not pause (distill sweep refuses it)
             options.extra = extra;
             return train::finetune(s, opt, schedule, train.data, val ? &val->data : nullptr,
                                    finetune_config_of(h, dir, s_.options.quiet),

@@ -219,6 +219,10 @@ nlohmann::ordered_json run_training(const Setup& setup, const std::string& name,
     if (comm.root()) out.claim_training(name, fp);
     const auto t0 = std::chrono::steady_clock::now();
     const train::FinetuneResult r = train(out.training_dir(name).string());
+    if (r.paused) {  // DistillerOptions::stop_at: no weights and no done.json until the run ends
+        comm.barrier();
+        return {{"fingerprint", fp}, {"paused_at", r.steps}};
+    }
     if (!comm.root()) {  // every rank trained its share; rank 0 writes the results
         comm.barrier();
         return detail::read_json_file(out.done(name));
@@ -265,6 +269,7 @@ train::FinetuneOptions<float> loop_options_of(const Setup& setup) {
     options.config_path = "hyperparameters";
     options.output_dir_key = "output_dir";
     options.communicator = setup.options.communicator;
+    options.stop_at = setup.options.stop_at;
     return options;
 }
 
@@ -313,6 +318,7 @@ public:
         const std::int64_t steps = train::total_steps(finetune_config(""), train.data.size());
         nlohmann::ordered_json summary;
         summary["student"] = train_student(train, val ? &*val : nullptr, steps);
+        if (summary["student"].contains("paused_at")) return summary;  // DistillerOptions::stop_at
         if (s_.options.comm().root()) {
             if (s_.student_from_hf()) export_student_hf();
             export_gguf();
@@ -690,6 +696,7 @@ private:
             train::FinetuneConfig cfg = finetune_config(dir);
             cfg.max_steps = steps;  // the distilled student's budget, whatever the data size
             train::FinetuneOptions<float> options = loop_options();
+            options.stop_at = 0;  // a pause is the student's (DistillerOptions::stop_at)
             return train::finetune(s, opt, schedule, train, val ? &*val : nullptr, cfg, train::CrossEntropy{},
                                    std::move(options));
         });

@@ -72,6 +72,9 @@ struct DistillerOptions {
     /// The ranks of a data-parallel run (null: this process alone; parallel.hpp). Rank 0 generates,
     /// evaluates, exports and writes every file; every rank trains its share of each step.
     parallel::Communicator* communicator = nullptr;
+    /// > 0: the student's training pauses after this step, unfinished, and a later finetune continues
+    /// it (train::FinetuneOptions::stop_at; `distill sweep`'s rungs). No part of any fingerprint.
+    std::int64_t stop_at = 0;
 
     parallel::Communicator& comm() const { return communicator ? *communicator : parallel::single(); }
 };

@@ -217,6 +217,11 @@ struct FinetuneOptions {
     /// The key that chose `output_dir`, for the message refusing a second run into it ("" = the
     /// config_path's "output_dir"; "output_dir" in a job file).
     std::string output_dir_key{};
+    /// > 0: pause after this step — validate, checkpoint and return unfinished (`FinetuneResult::paused`);
+    /// the same run started again continues from there, as if never paused (the schedule is the full
+    /// run's). A pause's validation is a measurement only: it moves neither the best checkpoint nor
+    /// early stopping. Not configuration: no part of a fingerprint (a hyperparameter sweep's rungs).
+    std::int64_t stop_at = 0;
     /// The ranks of a data-parallel run (null: this process alone). Each rank computes the
     /// micro-batches m ≡ rank (mod size) of every step (`grad_accum` must be a multiple of the size),
     /// the gradients are summed over ranks, and every rank takes the same update; rank 0 alone writes
@@ -230,6 +235,7 @@ struct FinetuneResult {
     std::int64_t epochs_completed = 0;
     bool early_stopped = false;
     bool resumed = false;  ///< started from a checkpoint
+    bool paused = false;   ///< stopped at `FinetuneOptions::stop_at`, unfinished
     std::int64_t resumed_from_step = 0;
     std::int64_t best_step = -1;  ///< step of the best validation (-1: none)
     double best_validation_loss = std::numeric_limits<double>::quiet_NaN();
@@ -354,6 +360,11 @@ public:
         FinetuneResult result;
         const auto device = model_device();
         if (!begin(result)) return result;  // the checkpoint says the run had already finished
+        if (pause_at(step_)) {              // paused there before
+            fill(result);
+            result.paused = true;
+            return result;
+        }
         Progress progress(options_.progress, cfg_.quiet, total_, cfg_.log_every);
         const std::int64_t first_step = step_;
         data::Batch batch;
@@ -417,8 +428,16 @@ public:
             StepReport report{step_, epoch_, loss, lr, grad_norm, std::nullopt, std::nullopt};
             const bool epoch_end = cursor_ >= static_cast<std::int64_t>(n);
             bool improved = false;
-            if (val_ && !val_->empty() &&
-                ((cfg_.eval_every > 0 && step_ % cfg_.eval_every == 0) || epoch_end || last_step)) {
+            const bool scheduled = (cfg_.eval_every > 0 && step_ % cfg_.eval_every == 0) || epoch_end || last_step;
+            const bool pause = !last_step && pause_at(step_);
+            if (pause && !scheduled && val_ && !val_->empty()) {  // a measurement only (see stop_at)
+                const LossValues v = evaluate();
+                report.validation_loss = v.total;
+                nlohmann::json rec = {{"kind", "validation"}, {"step", step_}, {"epoch", epoch_},
+                                      {"loss", v.total},      {"best", false}, {"pause", true}};
+                for (const auto& [name, value] : v.terms) rec["terms"][name] = value;
+                append_metrics(rec);
+            } else if (val_ && !val_->empty() && scheduled) {
                 const LossValues v = evaluate();
                 report.validation_loss = v.total;
                 improved = !best_loss_ || v.total < *best_loss_ - cfg_.min_delta;
@@ -444,7 +463,7 @@ public:
                 progress.message(msg);
             }
             const bool finished = stopped_ || last_step;
-            if (store_ && (report.validation_loss || finished ||
+            if (store_ && (report.validation_loss || finished || pause ||
                            (cfg_.checkpoint_every > 0 && step_ % cfg_.checkpoint_every == 0))) {
                 finished_ = finished;
                 const auto dir = store_->save(step_, model_, std::span<const Parameter<T>>(options_.extra), opt_,
@@ -457,6 +476,10 @@ public:
             if (epoch_end) ++epochs_completed_;
             if (options_.on_step) options_.on_step(report);
             if (finished) break;
+            if (pause) {
+                result.paused = true;
+                break;
+            }
         }
         progress.finish();
         fill(result);
@@ -494,6 +517,11 @@ public:
     std::int64_t total() const noexcept { return total_; }
 
 private:
+    /// Whether the run pauses after `step` (FinetuneOptions::stop_at).
+    bool pause_at(std::int64_t step) const noexcept {
+        return options_.stop_at > 0 && step >= options_.stop_at && step < total_;
+    }
+
     /// The path of one of the loop's settings in the caller's configuration (error messages).
     std::string key(const char* name) const { return options_.config_path + "." + name; }
 

@@ -7,13 +7,17 @@
 //   DISTILL_NUM_THREADS=1 train_teacher [--out examples/data/math_teacher.safetensors] [--steps N]
 //       [--batch B] [--lr X] [--train N] [--test N] [--eval-every N]
 //       [--d-model C] [--layers L] [--heads H] [--d-ff F] [--context T] [--bf16] [--evaluate]
+//       [--ops add,sub,mul]
 //
-// --evaluate only scores the checkpoint --out names. The shipped examples/data/math_teacher.safetensors
-// is this program's default run (1500 steps of 32 sequences; 1600 s on one core shared with other jobs).
+// --ops picks the operations of the training and held-out problems (add, sub, mul, div; default the
+// quickstart's add,sub,mul). --evaluate only scores the checkpoint --out names. The shipped
+// examples/data/math_teacher.safetensors is this program's default run (1500 steps of 32 sequences; 1600 s on one core
+// shared with other jobs).
 
 #include <cstdio>
 #include <cstdlib>
 #include <set>
+#include <sstream>
 #include <string>
 
 #include "math_common.hpp"
@@ -25,6 +29,8 @@ int main(int argc, char** argv) try {
     int batch = 32, n_train = 60000, n_test = 500, threads = 0;
     double lr = 2e-3;
     bool bf16 = false, evaluate_only = false;
+    std::vector<data::MathOp> ops(std::begin(data::default_math_ops), std::end(data::default_math_ops));
+    std::string ops_text = "add,sub,mul";
     student::TransformerConfig cfg{.vocab_size = data::ByteTokenizer::vocab_size(),
                                    .context_length = 96,
                                    .d_model = 160,
@@ -67,11 +73,16 @@ int main(int argc, char** argv) try {
             bf16 = true;
         else if (a == "--evaluate")
             evaluate_only = true;
-        else {
+        else if (a == "--ops") {
+            ops_text = next();
+            ops.clear();
+            std::stringstream list(ops_text);
+            for (std::string op; std::getline(list, op, ',');) ops.push_back(data::parse_math_op(op, "--ops"));
+        } else {
             std::fprintf(stderr,
                          "usage: train_teacher [--out FILE] [--steps N] [--batch B] [--lr X] [--train N] [--test N]\n"
                          "       [--eval-every N] [--threads N] [--d-model C] [--layers L] [--heads H] [--d-ff F]\n"
-                         "       [--context T] [--bf16] [--evaluate]\n");
+                         "       [--context T] [--bf16] [--evaluate] [--ops add,sub,mul,div]\n");
             return 2;
         }
     }
@@ -81,10 +92,10 @@ int main(int argc, char** argv) try {
     // training problems from one seed, held-out problems from another. The task has only about
     // 11 500 distinct questions (8 names x 6 objects x ~240 operand pairs), so most held-out questions
     // also occur in training; the score is reported on all of them and on the unseen ones alone.
-    const auto train_problems = data::make_math_problems(1001, std::size_t(n_train));
+    const auto train_problems = data::make_math_problems(1001, std::size_t(n_train), ops);
     std::set<std::string> seen;
     for (const auto& p : train_problems) seen.insert(p.question);
-    const auto test = data::make_math_problems(1002, std::size_t(n_test));
+    const auto test = data::make_math_problems(1002, std::size_t(n_test), ops);
     const data::ChatTokenizer tmpl;
     data::SequenceDataset train(data::ByteTokenizer::pad, cfg.context_length);
     for (const auto& p : train_problems) math_kd::add_example(train, tmpl, p, p.solution);
@@ -94,8 +105,8 @@ int main(int argc, char** argv) try {
     std::printf("teacher: d_model %d, %d layers, %d heads, d_ff %d, context %d: %lld parameters; %d threads\n",
                 cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.d_ff, cfg.context_length,
                 static_cast<long long>(cfg.parameter_count()), cpu.threads());
-    std::printf("data: %zu training problems (seed 1001), %zu held-out (seed 1002)\n", train_problems.size(),
-                test.size());
+    std::printf("data: %zu training problems (seed 1001), %zu held-out (seed 1002); operations %s\n",
+                train_problems.size(), test.size(), ops_text.c_str());
 
     math_kd::Runner runner(cfg, math_kd::runner_config(32), cpu);
     auto accuracy = [&](std::size_t n) {
@@ -125,7 +136,11 @@ int main(int argc, char** argv) try {
         const auto result = train::finetune(model, opt, schedule, train, nullptr, fc, train::CrossEntropy{}, options);
         const double train_s = math_kd::seconds_since(t_train);
         io::save_weights(out, model, bf16 ? io::dtype::BF16 : io::dtype::F32,
-                         {{"task", "distill math word problems (data::make_math_problems), seed 1001"},
+                         {{"task", ops_text == "add,sub,mul"
+                                       ? std::string("distill math word problems (data::make_math_problems), seed 1001")
+                                       : "distill math word problems (data::make_math_problems), seed 1001, "
+                                         "operations " +
+                                             ops_text},
                           {"trained_by", "examples/train_teacher"}});
         std::printf("trained %lld steps of %d in %.1f s (final loss %.4f); wrote %s (%lld bytes)\n",
                     static_cast<long long>(result.steps), batch, train_s, result.last_loss, out.c_str(),

@@ -118,7 +118,11 @@ public:
                     const std::string name = "teacher_" + teacher_.member_name(i);
                     s_.say("evaluate: " + name);
                     eval::PeakMemory memory;
-                    models[name] = measure(teacher_.member(i), name, requests, references, sampling, memory);
+                    auto m = measure(teacher_.member(i), name, requests, references, sampling, memory);
+                    if (m["parameters"].is_number())  // loaded before the measurement: its weights added
+                        m["peak_rss_bytes"] =
+                            m["peak_rss_bytes"].get<std::int64_t>() + 4 * m["parameters"].get<std::int64_t>();
+                    models[name] = std::move(m);
                 }
         }
         if (with_baseline) {
@@ -213,6 +217,21 @@ private:
         m["checkpoint_bytes"] = nullptr;
         if constexpr (requires { model.network().config().parameter_count(); })
             m["parameters"] = model.network().config().parameter_count();
+        if constexpr (requires {
+                          model.member(0).network().config().parameter_count();
+                          model.member(0).config().weights;
+                      }) {
+            // several teachers: all of them are loaded to answer
+            std::int64_t parameters = 0;
+            std::uintmax_t bytes = 0;
+            for (std::size_t i = 0; i < model.size(); ++i) {
+                parameters += model.member(i).network().config().parameter_count();
+                const auto& w = model.member(i).config().weights;
+                if (!w.empty() && std::filesystem::exists(w)) bytes += detail::checkpoint_bytes(w);
+            }
+            m["parameters"] = parameters;
+            if (bytes > 0) m["checkpoint_bytes"] = bytes;
+        }
         if constexpr (requires { model.config().weights; })
             if (!model.config().weights.empty() && std::filesystem::exists(model.config().weights))
                 m["checkpoint_bytes"] = detail::checkpoint_bytes(model.config().weights);

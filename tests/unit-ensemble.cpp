@@ -249,6 +249,9 @@ TEST_CASE("Distiller with two teachers: answers record their teacher, the report
     CHECK(report["teachers"][0]["share"].get<double>() == doctest::Approx(double(answered["a"]) / n));
     CHECK(report["models"].contains("teacher_a"));
     CHECK(report["models"].contains("teacher_b"));
+    // the routed pair loads both: its parameters are the two teachers'
+    CHECK(report["models"]["teacher"]["parameters"].get<std::int64_t>() ==
+          2 * report["models"]["teacher_a"]["parameters"].get<std::int64_t>());
     // the same checkpoint twice: each alone scores what the routed pair scores
     CHECK(report["models"]["teacher_a"]["metrics"]["exact_match"] ==
           report["models"]["teacher"]["metrics"]["exact_match"]);

@@ -118,7 +118,8 @@ public:
                     const std::string name = "teacher_" + teacher_.member_name(i);
                     s_.say("evaluate: " + name);
                     eval::PeakMemory memory;
-                    auto m = measure(teacher_.member(i), name, requests, references, sampling, memory);
+                    nlohmann::ordered_json m =
+                        measure(teacher_.member(i), name, requests, references, sampling, memory);
                     if (m["parameters"].is_number())  // loaded before the measurement: its weights added
                         m["peak_rss_bytes"] =
                             m["peak_rss_bytes"].get<std::int64_t>() + 4 * m["parameters"].get<std::int64_t>();

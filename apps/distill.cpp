@@ -125,6 +125,9 @@ using OnlineLoss = loss::Sum<loss::SoftKL, loss::ReverseKL, loss::JSD, loss::Har
 using TopKLoss = loss::Sum<loss::TopKSoftKL, loss::HardCE>;
 using TextLoss = loss::Sum<loss::HardCE>;
 using ModelTeacher = teacher::Model<student::Transformer>;
+// Several teachers (the job's `teachers`): their mixed logits only, no hidden states or attention maps.
+using EnsembleOnlineLoss = loss::Sum<loss::SoftKL, loss::ReverseKL, loss::JSD, loss::HardCE>;
+using ModelEnsemble = teacher::Ensemble<ModelTeacher>;
 #if defined(DISTILL_WITH_TEXT)
 // The embedding task: a student::Encoder learns a teacher::EncoderModel's sentence embeddings.
 using EmbeddingLoss = loss::Sum<loss::CosineEmbedding, loss::EmbeddingMSE, loss::AttentionKL, loss::HiddenMSE>;
@@ -230,6 +233,28 @@ int with_distiller(const Job& job, const Options& o, const device::Cpu& cpu, Tea
     return run_stage(*d, o);
 }
 
+// A job with several teachers of kind "model": each loaded (errors name teachers[i]), handed to the
+// Distiller as a teacher::Ensemble with the job's names, weights and route.
+template <class Loss>
+int with_ensemble(const Job& job, const Options& o, const device::Cpu& cpu, bool activations) {
+    std::vector<std::unique_ptr<ModelTeacher>> owned;
+    std::vector<ModelEnsemble::Member> members;
+    std::vector<std::string> names;
+    for (std::size_t i = 0; i < job.teachers.size(); ++i) {
+        const std::string at = "teachers[" + std::to_string(i) + "]";
+        auto c = read_config<teacher::ModelConfig>(job.teacher_config(i), at);
+        if (!job.teachers[i].contains("keep_activations")) c.keep_activations = activations;
+        try {
+            owned.push_back(std::make_unique<ModelTeacher>(c, cpu));
+        } catch (const distill::error& e) {
+            throw usage_error(at + ": " + e.what());
+        }
+        members.push_back({job.teacher_name(i), job.teacher_weight(i), owned.back().get()});
+        names.push_back(job.teacher_name(i));
+    }
+    return with_distiller<ModelEnsemble, Loss>(job, o, cpu, std::move(members), teacher::parse_route(job.route, names));
+}
+
 device::Cpu make_device(const Job& job, const Options& o) {
     const int threads = o.threads > 0 ? o.threads : job.threads > 0 ? job.threads : device::Cpu().threads();
     if (job.precision == "bf16" && !device::Cpu::bf16_supported())
@@ -275,6 +300,19 @@ int dispatch(Job job, const Options& o) {
         throw usage_error(
             "loss: \"topk_soft_kl\" and full-logit terms cannot be mixed here; an in-process teacher "
             "gives full logits (use \"soft_kl\")");
+    if (job.multi_teacher()) {
+        if (kind != "model")
+            throw usage_error(
+                "teachers[0].kind: the distill command runs several teachers of kind \"model\"; "
+                "other kinds are combined in C++ (teacher::Ensemble, examples/multi_teacher.cpp)");
+        if (activations)
+            throw usage_error(
+                "loss: with several teachers only their logits are mixed; hidden_mse, attention_kl "
+                "and attention_relation read one teacher's activations (drop them)");
+        if (online) return with_ensemble<EnsembleOnlineLoss>(job, o, cpu, false);
+        if (topk) return with_ensemble<TopKLoss>(job, o, cpu, false);
+        return with_ensemble<TextLoss>(job, o, cpu, false);
+    }
     const nlohmann::json tcfg = job.teacher_config();
     if (kind == "model") {
         auto c = read_config<teacher::ModelConfig>(tcfg, "teacher");

@@ -41,6 +41,7 @@
 #include "distill/teacher.hpp"
 #include "distill/teacher/cache.hpp"
 #include "distill/teacher/callable.hpp"
+#include "distill/teacher/ensemble.hpp"
 #include "distill/teacher/model.hpp"
 #include "distill/teacher/openai_format.hpp"
 #include "distill/teacher/sampler.hpp"

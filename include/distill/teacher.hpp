@@ -66,6 +66,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <optional>
 #include <span>
 #include <string>
@@ -156,6 +157,8 @@ struct Request {
     std::string id{};                 ///< the example's stable id (seeds, cache lookups, resume)
     std::uint64_t index = 0;          ///< the example's position in its data set
     std::vector<Message> messages{};  ///< the prompt turns, ending with a user turn
+    /// The example's other fields (`data::Example::fields`): what a teacher::Ensemble routes by.
+    std::map<std::string, std::string> fields{};
 };
 
 /// Token counts of one answer, as APIs report them.
@@ -177,6 +180,8 @@ struct Response {
     std::vector<float> top_logprobs{};    ///< their log-probabilities
     std::vector<float> token_logprobs{};  ///< log-probability of each chosen token (tokens.size() entries, or none)
     std::string error{};                  ///< why the request failed, when finish == error
+    /// Which teacher of a teacher::Ensemble answered (its name in the job); "" for a single teacher.
+    std::string answered_by{};
 
     /// Whether the request was answered.
     bool ok() const noexcept { return finish != finish_reason::error; }

@@ -288,6 +288,22 @@ loss_job soft_kl_hidden_mse '{"soft_kl": {}, "hidden_mse": {"weight": 0.1}}'
 loss_job soft_kl_attention_kl '{"soft_kl": {}, "attention_kl": {"weight": 0.1}}'
 loss_job hidden_attention '{"hidden_mse": {}, "attention_kl": {}}'
 
+# ---- several teachers: the loss_soft_kl_hard_ce job with the same checkpoint twice, routed per example --------
+sed "s#\"teacher\": {\"kind\"#\"route\": \"example\", \"teachers\": [{\"name\": \"a\", \"kind\"#;
+     s#\"max_batch\": 32}#\"max_batch\": 32}, {\"name\": \"b\", \"weight\": 3, \"kind\": \"model\", \"weights\": \"$teacher_weights\", \"max_batch\": 32}]#;
+     s#loss_soft_kl_hard_ce\"#multi_teacher\"#" "$WORK/loss_soft_kl_hard_ce.json" >"$WORK/multi_teacher.json"
+if "$DISTILL" run "$WORK/multi_teacher.json" --quiet >/dev/null 2>"$WORK/multi_teacher.stderr" &&
+    grep -q '"answered_by":"b"' "$WORK/multi_teacher/generate/synthetic.jsonl" &&
+    grep -q '"teacher_a"' "$WORK/multi_teacher/report.json" && grep -q '## Teachers' "$WORK/multi_teacher/report.md"; then
+    pass "a job with two teachers: answers record their teacher, the report shows each"
+else
+    fail "two teachers: $(tail -2 "$WORK/multi_teacher.stderr")"
+fi
+expect 2 'loss: with several teachers only their logits are mixed' -- \
+    "$DISTILL" run "$(sed 's#"hard_ce": {}#"hidden_mse": {}#' "$WORK/multi_teacher.json" >"$WORK/multi_hidden.json"; echo "$WORK/multi_hidden.json")"
+expect 2 'teachers: and "teacher" are exclusive' -- \
+    "$DISTILL" run "$(sed 's#"route": "example", #"teacher": {"kind": "model"}, "route": "example", #' "$WORK/multi_teacher.json" >"$WORK/multi_both.json"; echo "$WORK/multi_both.json")"
+
 # ---- precision: bf16 runs where oneDNN and the CPU can, and is refused with one line elsewhere --------------
 expect 2 "--precision: expected fp32 or bf16, got fp16" -- "$DISTILL" run "$WORK/loss_soft_kl.json" --precision fp16
 expect 2 'precision: expected "fp32" or "bf16", got "fp16"' -- \

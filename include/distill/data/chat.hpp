@@ -20,6 +20,7 @@
 /// tokenizer's template (ChatML, Llama-3, Phi-3, plain) is `data::hf_chat_tokenizer`
 /// (data/hf_tokenizer.hpp); `ChatTokenizer` holds either as a value.
 
+#include <algorithm>
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -71,6 +72,9 @@ struct Example {
     input_format format = input_format::chat;
     std::vector<Message> prompt{};           ///< ends with a user turn
     std::optional<std::string> reference{};  ///< last assistant turn / completion / label
+    /// The line's other top-level fields whose values are strings or numbers (e.g. {"op": "div"}),
+    /// as text: what a multi-teacher job's `route.field` reads (teacher/ensemble.hpp).
+    std::map<std::string, std::string> fields{};
 };
 
 /// The turns as a JSON array `[{"role":..., "content":...}, ...]`.
@@ -197,6 +201,14 @@ inline Example parse_example(const nlohmann::json& j) {
         throw bad_line(
             "missing field: expected \"messages\" (chat), \"prompt\" (completion), \"input\" (classification) "
             "or \"text\" (a sentence to embed)");
+    }
+    static constexpr std::string_view read[] = {"id", "messages", "prompt", "completion", "input", "label", "text"};
+    for (const auto& item : j.items()) {
+        if (std::find(std::begin(read), std::end(read), item.key()) != std::end(read)) continue;
+        if (item.value().is_string())
+            ex.fields.emplace(item.key(), item.value().get<std::string>());
+        else if (item.value().is_number() || item.value().is_boolean())
+            ex.fields.emplace(item.key(), item.value().dump());
     }
     return ex;
 }

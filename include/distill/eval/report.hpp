@@ -16,6 +16,7 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -35,8 +36,12 @@ inline const char* const model_names[] = {"teacher", "baseline", "student"};
 inline std::vector<std::string> present_models(const nlohmann::ordered_json& report) {
     std::vector<std::string> present;
     const auto& models = report.at("models");
-    for (const char* m : model_names)
+    for (const char* m : model_names) {
         if (models.contains(m)) present.emplace_back(m);
+        if (std::string_view(m) == "teacher")  // a multi-teacher job's teachers, one by one
+            for (const auto& item : models.items())
+                if (item.key().starts_with("teacher_")) present.push_back(item.key());
+    }
     for (const auto& item : models.items())
         if (item.key().starts_with("student_")) present.push_back(item.key());
     return present;
@@ -238,6 +243,24 @@ inline std::string render_loadtest_markdown(const nlohmann::ordered_json& report
     return md;
 }
 
+/// A multi-teacher job's teachers (report.json's `teachers`): weight, the training answers each gave
+/// and their share, and the primary metric of each alone on the test set; "" for one teacher.
+inline std::string render_teachers_markdown(const nlohmann::ordered_json& report) {
+    using namespace detail;
+    if (!report.contains("teachers") || !report["teachers"].is_array()) return "";
+    const std::string primary = report.at("primary_metric");
+    std::string md = "\n## Teachers\n\nRoute: `" + report.value("route", nlohmann::ordered_json()).dump() +
+                     "`.\n\n| teacher | weight | training answers | share | " + primary +
+                     " |\n|---|---:|---:|---:|---:|\n";
+    for (const auto& t : report["teachers"]) {
+        const double m = report_value(report, "teacher_" + t.value("name", ""), primary);
+        md += "| " + t.value("name", "") + " | " + fixed(t.value("weight", 0.0), 3) + " | " +
+              std::to_string(t.value("answers", 0)) + " | " + fixed(100.0 * t.value("share", 0.0), 1) + "% | " +
+              (std::isfinite(m) ? fixed(m, 4) : std::string("–")) + " |\n";
+    }
+    return md;
+}
+
 /// `report.md`: the comparison table and the summary (see the file comment).
 inline std::string render_markdown(const nlohmann::ordered_json& report) {
     using namespace detail;
@@ -297,6 +320,7 @@ inline std::string render_markdown(const nlohmann::ordered_json& report) {
             definitions += "- **" + item.key() + "**: " + def + ".\n";
         }
     if (!definitions.empty()) md += "\nMetrics:\n\n" + definitions;
+    md += render_teachers_markdown(report);
     md += render_cost_markdown(report);
     md += render_loadtest_markdown(report);
     md +=

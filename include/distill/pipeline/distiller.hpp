@@ -71,6 +71,7 @@
 #include "distill/pipeline/setup.hpp"
 #include "distill/student.hpp"
 #include "distill/teacher.hpp"
+#include "distill/teacher/ensemble.hpp"
 #include "distill/teacher/model.hpp"
 
 namespace distill {
@@ -270,12 +271,16 @@ private:
         }
         check_on_policy();
         if constexpr (online || uses_topk || requires { teacher_.chat_template(); }) align_vocabularies();
+        check_teachers();
         if constexpr (online) {
-            const auto& t = teacher_.network().config();
-            if (t.context_length < s_.student.context_length)
-                throw config_error("student.context_length",
-                                   "is " + std::to_string(s_.student.context_length) + ", longer than the teacher's " +
-                                       std::to_string(t.context_length) + " (the teacher forwards the same sequences)");
+            for_each_network([&](const auto& net, const std::string& who) {
+                const auto& t = net.config();
+                if (t.context_length < s_.student.context_length)
+                    throw config_error("student.context_length", "is " + std::to_string(s_.student.context_length) +
+                                                                     ", longer than " + who + "'s " +
+                                                                     std::to_string(t.context_length) +
+                                                                     " (the teacher forwards the same sequences)");
+            });
             if (teacher_batch_size(teacher_) < s_.job.hyperparameters.loop.batch_size)
                 throw config_error("teacher.max_batch",
                                    "is " + std::to_string(teacher_batch_size(teacher_)) +
@@ -314,6 +319,11 @@ private:
             throw config_error("on_policy.lambda",
                                "needs a student that decodes with a KV cache (make_cache, "
                                "prefill, decode)");
+        if constexpr (detail::is_ensemble<Teacher>)
+            if (op.seq_kd)
+                throw config_error("on_policy.seq_kd",
+                                   "samples responses from one teacher; a job with several teachers cannot "
+                                   "(on_policy.lambda, the student sampling, works: the teachers' mixture scores it)");
         if constexpr (!requires(Teacher & t) { t.network().make_cache(1); })
             if (op.seq_kd)
                 throw config_error("on_policy.seq_kd",
@@ -387,20 +397,29 @@ private:
     // notice); different tokenizers are refused with the advice to distill through the text, which
     // works across tokenizers (the teacher's answers are then re-encoded with the student's).
     void align_vocabularies() {
+        if constexpr (detail::is_ensemble<Teacher>) {
+            // each teacher as a single teacher would be: the same alignment, the same refusal
+            for (std::size_t i = 0; i < teacher_.size(); ++i) align_vocabularies(teacher_.member(i));
+        } else {
+            align_vocabularies(teacher_);
+        }
+    }
+
+    template <class One>
+    void align_vocabularies(One& one) {
         const std::int64_t student_rows = s_.student.vocab_size;
         data::VocabInfo teacher_vocab;
-        if constexpr (requires { teacher_.chat_template(); }) {
-            teacher_vocab = teacher_.chat_template().vocab_info("teacher", teacher_vocab_size(teacher_));
+        if constexpr (requires { one.chat_template(); }) {
+            teacher_vocab = one.chat_template().vocab_info("teacher", teacher_vocab_size(one));
         } else {  // a cache or an endpoint, known by its tokenizer's name
             teacher_vocab = s_.chat_template.vocab_info("teacher");
-            if (!s_.answer_tokens_reusable)
-                teacher_vocab.tokens = {"(tokenizer " + teacher_tokenizer_id(teacher_) + ")"};
+            if (!s_.answer_tokens_reusable) teacher_vocab.tokens = {"(tokenizer " + teacher_tokenizer_id(one) + ")"};
         }
         s_.alignment = data::align_vocabularies(teacher_vocab, s_.chat_template.vocab_info("student", student_rows));
         if constexpr (!online && !uses_topk) return;  // text distillation works across tokenizers
         data::require_logit_compatible(s_.alignment);
         if constexpr (online) {
-            const std::int64_t teacher_rows = teacher_.network().config().vocab_size;
+            const std::int64_t teacher_rows = one.network().config().vocab_size;
             if (teacher_rows < student_rows)
                 throw config_error("student.vocab_size",
                                    "is " + std::to_string(student_rows) + ", more rows than the teacher's " +
@@ -410,6 +429,64 @@ private:
                                        std::to_string(s_.chat_template.vocab_size()) + " ids)");
         }
         if (s_.alignment.match == data::vocab_match::padded) s_.say("tokenizer: " + s_.alignment.message);
+    }
+
+    // Calls f(network, "the teacher" | "teacher <name>") for the in-process teacher, or for each
+    // member of an ensemble.
+    template <class F>
+    void for_each_network(F&& f) const {
+        if constexpr (detail::is_ensemble<Teacher>) {
+            for (std::size_t i = 0; i < teacher_.size(); ++i)
+                f(teacher_.member(i).network(), "teacher \"" + teacher_.member_name(i) + "\"");
+        } else {
+            f(teacher_.network(), std::string("the teacher"));
+        }
+    }
+
+    // A job with `teachers` needs a teacher::Ensemble built from them (same names, weights and route,
+    // so that the report and the fingerprints say what the job says); a single-teacher job refuses one.
+    // Under a field route every training and validation example must reach a teacher.
+    void check_teachers() const {
+        if constexpr (detail::is_ensemble<Teacher>) {
+            if (!s_.job.multi_teacher())
+                throw config_error("teachers", "is empty, but the Distiller was given a teacher::Ensemble");
+            if (s_.job.teachers.size() != teacher_.size())
+                throw config_error("teachers", "names " + std::to_string(s_.job.teachers.size()) +
+                                                   " teachers, but the ensemble holds " +
+                                                   std::to_string(teacher_.size()));
+            double total = 0;
+            for (std::size_t i = 0; i < teacher_.size(); ++i) total += s_.job.teacher_weight(i);
+            for (std::size_t i = 0; i < teacher_.size(); ++i) {
+                const std::string at = "teachers[" + std::to_string(i) + "]";
+                if (s_.job.teacher_name(i) != teacher_.member_name(i))
+                    throw config_error(at + ".name", "is \"" + s_.job.teacher_name(i) + "\", but the ensemble's " +
+                                                         std::to_string(i) + "th teacher is \"" +
+                                                         teacher_.member_name(i) + "\"");
+                if (std::abs(s_.job.teacher_weight(i) / total - teacher_.weights()[i]) > 1e-12)
+                    throw config_error(at + ".weight",
+                                       "differs from the ensemble's weight of \"" + teacher_.member_name(i) + "\"");
+            }
+            std::vector<std::string> names;
+            for (std::size_t i = 0; i < teacher_.size(); ++i) names.push_back(teacher_.member_name(i));
+            if (teacher::parse_route(s_.job.route, names).to_json() != teacher_.route().to_json())
+                throw config_error("route", "differs from the ensemble's route " + teacher_.route().to_json().dump());
+            if (teacher_.route().mode == teacher::Route::by::field) {
+                auto check = [&](const data::Dataset& d, const std::string& file) {
+                    for (const auto& ex : d.examples) try {
+                            (void)teacher_.route_of(ex.id, ex.fields);
+                        } catch (const config_error& e) {
+                            throw format_error(file, ex.line, e.what());
+                        }
+                };
+                check(s_.train, s_.job.training_data);
+                if (s_.validation) check(*s_.validation, s_.job.validation_data);
+            }
+        } else {
+            if (s_.job.multi_teacher())
+                throw config_error("teachers",
+                                   "names several teachers; give the Distiller a teacher::Ensemble of them "
+                                   "(examples/multi_teacher.cpp)");
+        }
     }
 
     // The job's precision is the device's: a device with a precision (device::Cpu) must compute in the

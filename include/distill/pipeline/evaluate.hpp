@@ -32,7 +32,9 @@
 #include "distill/pipeline/run_dir.hpp"
 #include "distill/pipeline/setup.hpp"
 #include "distill/teacher.hpp"
+#include "distill/teacher/ensemble.hpp"
 #include "distill/teacher/model.hpp"
+#include "distill/teacher/synthetic.hpp"
 #include "distill/version.hpp"
 
 namespace distill {
@@ -99,7 +101,7 @@ public:
         for (const auto& ex : s_.test->examples) {
             if (s_.job.evaluation.max_examples > 0 && std::int64_t(requests.size()) >= s_.job.evaluation.max_examples)
                 break;
-            requests.push_back({ex.id, ex.line, ex.prompt});
+            requests.push_back({ex.id, ex.line, ex.prompt, ex.fields});
             references.push_back(*ex.reference);
         }
         teacher::Sampling sampling = s_.job.generation;
@@ -111,6 +113,18 @@ public:
         if (s_.job.evaluation.evaluate_teacher) {
             s_.say("evaluate: teacher on " + std::to_string(requests.size()) + " test prompts");
             models["teacher"] = measure_teacher(requests, references, sampling);
+            if constexpr (detail::is_ensemble<Teacher>)  // and each of several teachers alone
+                for (std::size_t i = 0; i < teacher_.size(); ++i) {
+                    const std::string name = "teacher_" + teacher_.member_name(i);
+                    s_.say("evaluate: " + name);
+                    eval::PeakMemory memory;
+                    nlohmann::ordered_json m =
+                        measure(teacher_.member(i), name, requests, references, sampling, memory);
+                    if (m["parameters"].is_number())  // loaded before the measurement: its weights added
+                        m["peak_rss_bytes"] =
+                            m["peak_rss_bytes"].get<std::int64_t>() + 4 * m["parameters"].get<std::int64_t>();
+                    models[name] = std::move(m);
+                }
         }
         if (with_baseline) {
             s_.say("evaluate: baseline student");
@@ -135,6 +149,7 @@ public:
                                   {"generation", generation_fingerprint(teacher_, s_.job.generation)},
                                   {"student", student_digest}};
         if (with_baseline) report["fingerprints"]["baseline"] = baseline_digest;
+        if constexpr (detail::is_ensemble<Teacher>) teachers_section(report);
         report["training"] = out.training_summary();
         report["timings"] = stage_timings(report["training"]);
         report["timings"]["evaluate_s"] = detail::seconds_since(t0);
@@ -203,6 +218,21 @@ private:
         m["checkpoint_bytes"] = nullptr;
         if constexpr (requires { model.network().config().parameter_count(); })
             m["parameters"] = model.network().config().parameter_count();
+        if constexpr (requires {
+                          model.member(0).network().config().parameter_count();
+                          model.member(0).config().weights;
+                      }) {
+            // several teachers: all of them are loaded to answer
+            std::int64_t parameters = 0;
+            std::uintmax_t bytes = 0;
+            for (std::size_t i = 0; i < model.size(); ++i) {
+                parameters += model.member(i).network().config().parameter_count();
+                const auto& w = model.member(i).config().weights;
+                if (!w.empty() && std::filesystem::exists(w)) bytes += detail::checkpoint_bytes(w);
+            }
+            m["parameters"] = parameters;
+            if (bytes > 0) m["checkpoint_bytes"] = bytes;
+        }
         if constexpr (requires { model.config().weights; })
             if (!model.config().weights.empty() && std::filesystem::exists(model.config().weights))
                 m["checkpoint_bytes"] = detail::checkpoint_bytes(model.config().weights);
@@ -314,6 +344,29 @@ private:
             tokens += batch.loss_tokens;
         }
         return eval::perplexity(nll, tokens);
+    }
+
+    // A multi-teacher job's `route` and `teachers`: each one's name, normalized weight, fingerprint and
+    // the training answers it gave (synthetic.jsonl's answered_by) with their share.
+    void teachers_section(nlohmann::ordered_json& report) const {
+        std::vector<std::int64_t> answers(teacher_.size(), 0);
+        std::int64_t total = 0;
+        const auto synthetic = s_.dir.generate_dir() / "synthetic.jsonl";
+        if (std::filesystem::exists(synthetic))
+            for (const auto& r : teacher::read_synthetic(synthetic))
+                if (const int k = teacher_.index_of(r.response.answered_by); k >= 0) {
+                    ++answers[std::size_t(k)];
+                    ++total;
+                }
+        report["route"] = teacher_.route().to_json();
+        nlohmann::ordered_json list = nlohmann::ordered_json::array();
+        for (std::size_t i = 0; i < teacher_.size(); ++i)
+            list.push_back({{"name", teacher_.member_name(i)},
+                            {"weight", teacher_.weights()[i]},
+                            {"fingerprint", teacher_.member(i).fingerprint()},
+                            {"answers", answers[i]},
+                            {"share", total > 0 ? double(answers[i]) / double(total) : 0.0}});
+        report["teachers"] = std::move(list);
     }
 
     // The report's cost table from its measurements and the job's prices (eval/cost.hpp).

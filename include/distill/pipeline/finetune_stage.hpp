@@ -135,7 +135,10 @@ loss::dims loss_dims_of(Teacher& teacher, const StudentConfig& student, int max_
     loss::dims d;
     d.student = loss::model_dims_of_config(student);
     if constexpr (Online) {
-        d.teacher = loss::model_dims_of(teacher.network());
+        if constexpr (detail::is_ensemble<Teacher>)  // mixed logits only: the first member's shapes
+            d.teacher = loss::model_dims_of(teacher.member(0).network());
+        else
+            d.teacher = loss::model_dims_of(teacher.network());
         d.teacher.vocab_size = student.vocab_size;
     } else
         d.teacher = {student.vocab_size, 0, 0, 0};
@@ -375,6 +378,8 @@ private:
         data::SequenceDataset data;
         std::vector<std::int32_t> prompt_length{};
         std::vector<const io::topk_record*> topk{};
+        /// Per row, the ensemble member whose logits it reads (teacher::Ensemble::set_rows; -1: the mixture).
+        std::vector<int> teacher_row{};
         std::shared_ptr<io::topk_file> topk_file{};
         std::int64_t skipped_too_long = 0;
     };
@@ -421,6 +426,17 @@ private:
             }
             s.data.add_prompt_response(prompt, response);
             s.prompt_length.push_back(std::int32_t(prompt.size()));
+            if constexpr (detail::is_ensemble<Teacher>) {
+                // "example" and "field" routes: the logits of the teacher that answered; "mix": all of them
+                int row = -1;
+                if (teacher_.route().mode != teacher::Route::by::mix) {
+                    row = teacher_.index_of(r.response.answered_by);
+                    if (row < 0)
+                        throw format_error(
+                            path, i + 1, "answered_by \"" + r.response.answered_by + "\" names no teacher of the job");
+                }
+                s.teacher_row.push_back(row);
+            }
             if constexpr (uses_topk) {
                 const io::topk_record* t = i < s.topk_file->size() ? &(*s.topk_file)[i] : nullptr;
                 if (!t || t->id != r.id || t->positions() != response.size())
@@ -472,6 +488,13 @@ private:
             for (std::size_t n = 0; n < N; ++n) mask_[n] = batch.targets[n] >= 0;
             out_.tokens = Tensor<const std::int32_t>(batch.targets.data(), {B, T});
             if constexpr (online) {
+                if constexpr (detail::is_ensemble<Teacher>) {
+                    const Sequences& seqs = p == train::pass::train ? *train_ : *val_;
+                    rows_.resize(std::size_t(B));
+                    for (int b = 0; b < B; ++b)
+                        rows_[std::size_t(b)] = seqs.teacher_row[std::size_t(batch.indices[std::size_t(b)])];
+                    d_->teacher_.set_rows(rows_);
+                }
                 d_->teacher_.forward(batch.tokens.data(), B, T);
                 loss::collect_outputs(d_->teacher_, out_);
                 if (out_.logits.size(2) > d_->s_.student.vocab_size) trim_teacher_logits(B, T);
@@ -561,6 +584,7 @@ private:
             out_.topk_temperature = 1.0;
         }
 
+        std::vector<int> rows_{};  // the batch rows' ensemble members (teacher::Ensemble)
         FinetuneStage* d_;
         const Sequences* train_;
         const Sequences* val_;

@@ -373,7 +373,7 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
         for (std::size_t i = first; i < first + n; ++i)
             if (!teacher_batch_invariant<Teacher> || !done.count(examples[i].id)) members.push_back(i);
         std::vector<teacher::Request> requests;
-        for (std::size_t i : members) requests.push_back({examples[i].id, i, examples[i].prompt});
+        for (std::size_t i : members) requests.push_back({examples[i].id, i, examples[i].prompt, examples[i].fields});
         report.requested += pending;
 
         // Answers arrive in any order; they are written in input order as soon as the prefix is complete.

@@ -33,6 +33,7 @@
 #include "distill/io/reflect.hpp"
 #include "distill/optim/schedule.hpp"
 #include "distill/teacher.hpp"
+#include "distill/teacher/ensemble.hpp"
 #include "distill/train/finetune.hpp"
 #include "distill/train/on_policy.hpp"
 
@@ -131,6 +132,13 @@ struct Job {
     /// (teacher::ModelConfig, teacher::OpenAIConfig, teacher::CacheConfig) beside "kind"; "custom" is a
     /// teacher constructed in code and handed to the Distiller (its keys are the program's business).
     nlohmann::json teacher = nlohmann::json::object();
+    /// Several teachers instead of `teacher` (the two are exclusive): `[{"name": ..., "weight": 1,
+    /// "kind": ..., <the kind's keys>}, ...]`, all of one kind; `route` picks or mixes them
+    /// (teacher/ensemble.hpp, docs/job-format.md). Empty: the single `teacher`.
+    nlohmann::json teachers = nlohmann::json::array();
+    /// How several `teachers` share the examples: "mix" (default), "example", or {"field": F, "map":
+    /// {value: name}, "default": name} (teacher::parse_route). Only with `teachers`.
+    nlohmann::json route = nullptr;
     /// The student architecture's config (for student::Transformer: TransformerConfig's keys).
     nlohmann::json student = nlohmann::json::object();
     /// A checkpoint the student and the baseline start from instead of random weights: a safetensors
@@ -185,14 +193,14 @@ struct Job {
     /// Checks the fixed part (the policy sections are checked by the Distiller); throws config_error.
     void validate() const {
         if (!teacher.is_object()) throw config_error("teacher", "expected an object");
-        if (!teacher.contains("kind") || !teacher["kind"].is_string())
-            throw config_error("teacher.kind", "is required: \"model\", \"openai\", \"cache\" or \"custom\"");
-        const std::string kind = teacher["kind"];
-        if (kind != "model" && kind != "openai" && kind != "cache" && kind != "custom")
-            throw config_error("teacher.kind",
-                               "expected \"model\", \"openai\", \"cache\" or \"custom\" (a teacher built in code), "
-                               "got \"" +
-                                   kind + "\"");
+        if (!teachers.is_array()) throw config_error("teachers", "expected an array of teacher objects");
+        if (!teachers.empty()) {
+            validate_teachers();
+        } else {
+            if (!route.is_null())
+                throw config_error("route", "routes several teachers; this job names one (\"teacher\")");
+            validate_kind(teacher, "teacher");
+        }
         if (!student.is_object()) throw config_error("student", "expected an object");
         if (!optimizer.is_object()) throw config_error("optimizer", "expected an object");
         if (!loss.is_object()) throw config_error("loss", "expected an object");
@@ -232,14 +240,70 @@ struct Job {
             throw config_error("precision", "expected \"fp32\" or \"bf16\", got \"" + precision + "\"");
     }
 
-    /// The teacher's kind ("model", "openai", "cache").
-    std::string teacher_kind() const { return teacher.value("kind", ""); }
+    /// The teacher's kind ("model", "openai", "cache"); with `teachers`, their common kind.
+    std::string teacher_kind() const {
+        if (!teachers.empty()) return teachers[0].value("kind", "");
+        return teacher.value("kind", "");
+    }
     /// The teacher section without "kind": the kind's config object.
     nlohmann::json teacher_config() const {
         nlohmann::json c = teacher;
         c.erase("kind");
         return c;
     }
+    /// Whether the job names several `teachers`.
+    bool multi_teacher() const { return !teachers.empty(); }
+    /// `teachers[i]` without "kind", "name" and "weight": the kind's config object.
+    nlohmann::json teacher_config(std::size_t i) const {
+        nlohmann::json c = teachers.at(i);
+        for (const char* k : {"kind", "name", "weight"}) c.erase(k);
+        return c;
+    }
+    /// `teachers[i]`'s name and weight.
+    std::string teacher_name(std::size_t i) const { return teachers.at(i).value("name", ""); }
+    double teacher_weight(std::size_t i) const { return teachers.at(i).value("weight", 1.0); }
+    /// Checks one teacher object's kind (`path`: "teacher" or "teachers[i]").
+    static void validate_kind(const nlohmann::json& t, const std::string& path) {
+        if (!t.contains("kind") || !t["kind"].is_string())
+            throw config_error(path + ".kind", "is required: \"model\", \"openai\", \"cache\" or \"custom\"");
+        const std::string kind = t["kind"];
+        if (kind != "model" && kind != "openai" && kind != "cache" && kind != "custom")
+            throw config_error(path + ".kind",
+                               "expected \"model\", \"openai\", \"cache\" or \"custom\" (a teacher built in code), "
+                               "got \"" +
+                                   kind + "\"");
+    }
+
+    /// `teachers` and `route` (see their comments); throws config_error naming the key.
+    void validate_teachers() const {
+        if (!teacher.empty())
+            throw config_error("teachers", "and \"teacher\" are exclusive: give one teacher or a list of them");
+        std::vector<std::string> names;
+        for (std::size_t i = 0; i < teachers.size(); ++i) {
+            const std::string at = "teachers[" + std::to_string(i) + "]";
+            const auto& t = teachers[i];
+            if (!t.is_object()) throw config_error(at, "expected a teacher object");
+            validate_kind(t, at);
+            if (t["kind"] != teachers[0]["kind"])
+                throw config_error(at + ".kind", "is \"" + t["kind"].get<std::string>() + "\", but teachers[0] is \"" +
+                                                     teachers[0]["kind"].get<std::string>() +
+                                                     "\": the teachers of one job are of one kind");
+            if (!t.contains("name") || !t["name"].is_string() || t["name"].get<std::string>().empty())
+                throw config_error(at + ".name", "is required: a non-empty string the route and the report use");
+            const std::string name = t["name"];
+            for (std::size_t j = 0; j < names.size(); ++j)
+                if (names[j] == name)
+                    throw config_error(at + ".name", "\"" + name + "\" is also teachers[" + std::to_string(j) + "]'s");
+            names.push_back(name);
+            if (t.contains("weight")) {
+                const auto& w = t["weight"];
+                if (!w.is_number() || !(w.get<double>() > 0) || !std::isfinite(w.get<double>()))
+                    throw config_error(at + ".weight", "must be a finite number > 0, got " + w.dump());
+            }
+        }
+        (void)teacher::parse_route(route, names, "route");
+    }
+
     /// The primary metric of the task type (the report's leading column).
     std::string primary_metric() const {
         if (task_type == "nli") return "accuracy";
@@ -280,6 +344,8 @@ BOOST_HANA_ADAPT_STRUCT(distill::EvaluationConfig, batch_size, latency_samples, 
 // clang-format off
 BOOST_HANA_ADAPT_ADT(distill::Job,
     (teacher,            [](auto& j) -> auto& { return j.teacher; }),
+    (teachers,           [](auto& j) -> auto& { return j.teachers; }),
+    (route,              [](auto& j) -> auto& { return j.route; }),
     (student,            [](auto& j) -> auto& { return j.student; }),
     (student_weights,    [](auto& j) -> auto& { return j.student_weights; }),
     (student_layers,     [](auto& j) -> auto& { return j.student_layers; }),

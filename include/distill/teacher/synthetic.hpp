@@ -62,6 +62,7 @@ inline nlohmann::ordered_json to_json(const SyntheticRecord& r) {
     if (!r.response.tokens.empty()) t["tokens"] = r.response.tokens;
     if (!r.response.tokens.empty() && !r.tokenizer.empty()) t["tokenizer"] = r.tokenizer;
     if (r.topk > 0) t["topk"] = r.topk;
+    if (!r.response.answered_by.empty()) t["answered_by"] = r.response.answered_by;
     j["teacher"] = std::move(t);
     return j;
 }
@@ -140,6 +141,10 @@ inline SyntheticRecord parse_synthetic(const nlohmann::json& j) {
     if (auto tk = t.find("tokenizer"); tk != t.end()) {
         if (!tk->is_string()) throw data::bad_line("wrong type: \"teacher.tokenizer\" must be a string");
         r.tokenizer = tk->get<std::string>();
+    }
+    if (auto a = t.find("answered_by"); a != t.end()) {
+        if (!a->is_string()) throw data::bad_line("wrong type: \"teacher.answered_by\" must be a string");
+        r.response.answered_by = a->get<std::string>();
     }
     if (auto k = t.find("topk"); k != t.end()) {
         const bool in_range = k->is_number_unsigned()  ? k->get<std::uint64_t>() >= 1 && k->get<std::uint64_t>() <= 1024

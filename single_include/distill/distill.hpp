@@ -239,6 +239,7 @@ private:
 /// tokenizer's template (ChatML, Llama-3, Phi-3, plain) is `data::hf_chat_tokenizer`
 /// (data/hf_tokenizer.hpp); `ChatTokenizer` holds either as a value.
 
+#include <algorithm>
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -964,6 +965,9 @@ struct Example {
     input_format format = input_format::chat;
     std::vector<Message> prompt{};           ///< ends with a user turn
     std::optional<std::string> reference{};  ///< last assistant turn / completion / label
+    /// The line's other top-level fields whose values are strings or numbers (e.g. {"op": "div"}),
+    /// as text: what a multi-teacher job's `route.field` reads (teacher/ensemble.hpp).
+    std::map<std::string, std::string> fields{};
 };
 
 /// The turns as a JSON array `[{"role":..., "content":...}, ...]`.
@@ -1090,6 +1094,14 @@ inline Example parse_example(const nlohmann::json& j) {
         throw bad_line(
             "missing field: expected \"messages\" (chat), \"prompt\" (completion), \"input\" (classification) "
             "or \"text\" (a sentence to embed)");
+    }
+    static constexpr std::string_view read[] = {"id", "messages", "prompt", "completion", "input", "label", "text"};
+    for (const auto& item : j.items()) {
+        if (std::find(std::begin(read), std::end(read), item.key()) != std::end(read)) continue;
+        if (item.value().is_string())
+            ex.fields.emplace(item.key(), item.value().get<std::string>());
+        else if (item.value().is_number() || item.value().is_boolean())
+            ex.fields.emplace(item.key(), item.value().dump());
     }
     return ex;
 }
@@ -6098,10 +6110,16 @@ inline ChatTokenizer load_chat_tokenizer(const std::string& tokenizer, const Cha
 /// Small enough for byte-level models trained in minutes (the quickstart's student learns it in a
 /// few hundred steps), hard enough that a model must compute: it has to find both operands in the
 /// question and know about 240 addition, subtraction and multiplication facts, not one template.
+/// A fourth operation, exact division, none of the default problems pose: a teacher trained on
+/// another operation set (`make_math_problems(seed, count, ops)`) knows what the quickstart's does not
+/// (the multi-teacher example, examples/multi_teacher.cpp).
 
 #include <cstdint>
+#include <span>
 #include <string>
+#include <string_view>
 #include <vector>
+
 
 // ---- begin distill/detail/rng.hpp ----
 /// @file rng.hpp
@@ -6192,17 +6210,50 @@ private:
 
 namespace distill::data {
 
-/// One word problem: the question, its worked solution, and the exact numeric answer.
+/// The operations a problem can pose.
+enum class MathOp { add, sub, mul, div };
+
+/// "add", "sub", "mul", "div".
+inline std::string_view math_op_name(MathOp op) {
+    switch (op) {
+        case MathOp::add:
+            return "add";
+        case MathOp::sub:
+            return "sub";
+        case MathOp::mul:
+            return "mul";
+        default:
+            return "div";
+    }
+}
+
+/// The operation named `name` ("add", "sub", "mul", "div"); config_error naming `field` otherwise.
+inline MathOp parse_math_op(std::string_view name, const std::string& field = "op") {
+    for (MathOp op : {MathOp::add, MathOp::sub, MathOp::mul, MathOp::div})
+        if (math_op_name(op) == name) return op;
+    throw config_error(field, "expected \"add\", \"sub\", \"mul\" or \"div\", got \"" + std::string(name) + "\"");
+}
+
+/// One word problem: the question, its worked solution, the exact numeric answer and its operation.
 struct MathProblem {
     std::string question;
     std::string solution;
     std::int64_t answer = 0;
+    MathOp op = MathOp::add;
 };
 
-/// `count` problems from `seed`, a third each: addition of two numbers in 2..9, subtraction of a
-/// number in 2..9 from one in 5..18 (never negative), multiplication of two numbers in 2..9, in a
-/// handful of phrasings. The same seed gives the same problems on every platform.
-inline std::vector<MathProblem> make_math_problems(std::uint64_t seed, std::size_t count) {
+/// The quickstart's operations: addition, subtraction, multiplication.
+inline constexpr MathOp default_math_ops[] = {MathOp::add, MathOp::sub, MathOp::mul};
+
+/// `count` problems from `seed`, each operation of `ops` equally likely: addition of two numbers in
+/// 2..9, subtraction of a number in 2..9 from one in 5..18 (never negative), multiplication of two
+/// numbers in 2..9, exact division of a product of two numbers in 2..9 by one of them, in a handful of
+/// phrasings. The same seed and `ops` give the same problems on every platform; the default `ops`
+/// gives the problems this function gave before `ops` existed, byte for byte (the draws are the same:
+/// one `below(ops.size())` picks the operation). config_error when `ops` is empty.
+inline std::vector<MathProblem> make_math_problems(std::uint64_t seed, std::size_t count,
+                                                   std::span<const MathOp> ops = default_math_ops) {
+    if (ops.empty()) throw config_error("ops", "names no operation");
     static const char* names[] = {"Ann", "Bob", "Cy", "Dee", "Eve", "Fay", "Gus", "Hal"};
     static const char* things[] = {"apples", "pens", "cards", "eggs", "coins", "books"};
     Rng rng(seed);
@@ -6213,8 +6264,9 @@ inline std::vector<MathProblem> make_math_problems(std::uint64_t seed, std::size
     for (std::size_t i = 0; i < count; ++i) {
         const std::string who = pick(names), what = pick(things);
         MathProblem p;
-        switch (rng.below(3)) {
-            case 0: {
+        p.op = ops[rng.below(ops.size())];
+        switch (p.op) {
+            case MathOp::add: {
                 const auto a = num(2, 9), b = num(2, 9);
                 p.question = who + " has " + std::to_string(a) + " " + what + " and gets " + std::to_string(b) +
                              " more. How many " + what + " now?";
@@ -6222,7 +6274,7 @@ inline std::vector<MathProblem> make_math_problems(std::uint64_t seed, std::size
                 p.solution = std::to_string(a) + "+" + std::to_string(b) + "=" + std::to_string(p.answer) + ".";
                 break;
             }
-            case 1: {
+            case MathOp::sub: {
                 auto a = num(5, 18), b = num(2, 9);
                 if (b > a) std::swap(a, b);
                 p.question = who + " has " + std::to_string(a) + " " + what + " and gives away " + std::to_string(b) +
@@ -6231,12 +6283,20 @@ inline std::vector<MathProblem> make_math_problems(std::uint64_t seed, std::size
                 p.solution = std::to_string(a) + "-" + std::to_string(b) + "=" + std::to_string(p.answer) + ".";
                 break;
             }
-            default: {
+            case MathOp::mul: {
                 const auto a = num(2, 9), b = num(2, 9);
                 p.question = who + " buys " + std::to_string(a) + " bags of " + std::to_string(b) + " " + what +
                              ". How many " + what + " in all?";
                 p.answer = a * b;
                 p.solution = std::to_string(a) + "*" + std::to_string(b) + "=" + std::to_string(p.answer) + ".";
+                break;
+            }
+            case MathOp::div: {
+                const auto q = num(2, 9), b = num(2, 9);
+                p.question = who + " shares " + std::to_string(q * b) + " " + what + " equally among " +
+                             std::to_string(b) + " friends. How many " + what + " each?";
+                p.answer = q;
+                p.solution = std::to_string(q * b) + "/" + std::to_string(b) + "=" + std::to_string(q) + ".";
                 break;
             }
         }
@@ -6294,6 +6354,231 @@ inline TokenBatch make_reversal_batch(Rng& rng, int batch, int min_len, int max_
 
 }  // namespace distill::data
 // ---- end distill/data/reversal.hpp ----
+// ---- begin distill/data/text_tasks.hpp ----
+/// @file text_tasks.hpp
+/// Seeded, templated tasks for the four text task types besides math (`nli`, `qa`, `conversation`,
+/// `summarization`): each small enough for the byte-level models of the examples to learn in
+/// minutes, and each needing what the real task needs — comparing two sentences, finding a span,
+/// recalling facts and copying the user's words, picking the key facts out of distractors. The
+/// examples ship a teacher trained on each (examples/train_teacher --task).
+///
+/// | task | prompt | response |
+/// |---|---|---|
+/// | nli | "Premise: Ann has a red cup.\nHypothesis: Someone has a red cup." | "entailment" / "neutral" /
+/// "contradiction" | | qa | "Ann lives in Oslo. Bob lives in Rome.\nQuestion: Where does Bob live?" | "Rome" (a span of
+/// the passage) | | conversation | "Hi, I am Ann. When does the pool open?" | "Hello Ann! The pool opens at 7." | |
+/// summarization | three sentences: a trip, a purchase, the weather, in any order | "Ann bought 3 cups at the market."
+/// |
+///
+/// The same seed gives the same examples on every platform (data/math_task.hpp's generator).
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+
+namespace distill::data {
+
+/// One example of a text task: the user's prompt and the reference response.
+struct TaskExample {
+    std::string prompt;
+    std::string response;
+};
+
+namespace detail_tasks {
+
+inline constexpr std::array<const char*, 8> names = {"Ann", "Bob", "Cy", "Dee", "Eve", "Fay", "Gus", "Hal"};
+inline constexpr std::array<const char*, 6> colors = {"red", "blue", "green", "black", "white", "pink"};
+inline constexpr std::array<const char*, 6> objects = {"cup", "hat", "ball", "book", "kite", "lamp"};
+inline constexpr std::array<const char*, 8> cities = {"Oslo", "Rome", "Lima", "Kyiv", "Doha", "Baku", "Riga", "Bern"};
+
+/// A uniform pick from `list`, different from `other` when given (index into the list).
+template <class List>
+std::size_t pick(Rng& rng, const List& list, std::size_t other = std::size_t(-1)) {
+    for (;;) {
+        const auto i = static_cast<std::size_t>(rng.below(list.size()));
+        if (i != other) return i;
+    }
+}
+
+}  // namespace detail_tasks
+
+/// `count` NLI examples from `seed`, labels balanced in turn (entailment, neutral, contradiction).
+/// The premise says someone has a thing of one colour; the hypothesis is entailed when it names
+/// the same person and thing with the same colour or none ("Someone" for the person also entails),
+/// contradicts when it gives the same person and thing another colour or says they have none, and is
+/// neutral when it is about another person or another thing.
+inline std::vector<TaskExample> make_nli_examples(std::uint64_t seed, std::size_t count) {
+    using namespace detail_tasks;
+    Rng rng(seed);
+    std::vector<TaskExample> out;
+    out.reserve(count);
+    for (std::size_t i = 0; i < count; ++i) {
+        const auto n = pick(rng, names), c = pick(rng, colors), o = pick(rng, objects);
+        const std::string who = names[n], color = colors[c], thing = objects[o];
+        std::string hypothesis, label;
+        switch (i % 3) {
+            case 0:
+                label = "entailment";
+                switch (rng.below(3)) {
+                    case 0:
+                        hypothesis = who + " has a " + thing + ".";
+                        break;
+                    case 1:
+                        hypothesis = "Someone has a " + color + " " + thing + ".";
+                        break;
+                    default:
+                        hypothesis = who + " has a " + color + " " + thing + ".";
+                        break;
+                }
+                break;
+            case 1:
+                label = "neutral";
+                if (rng.below(2) == 0)
+                    hypothesis = std::string(names[pick(rng, names, n)]) + " has a " + color + " " + thing + ".";
+                else
+                    hypothesis = who + " has a " + color + " " + objects[pick(rng, objects, o)] + ".";
+                break;
+            default:
+                label = "contradiction";
+                if (rng.below(2) == 0)
+                    hypothesis = who + " has no " + thing + ".";
+                else
+                    hypothesis = who + " has a " + colors[pick(rng, colors, c)] + " " + thing + ".";
+                break;
+        }
+        out.push_back(
+            {"Premise: " + who + " has a " + color + " " + thing + ".\nHypothesis: " + hypothesis, std::move(label)});
+    }
+    return out;
+}
+
+/// `count` extractive QA examples from `seed`: a passage of three "<name> lives in <city>." facts
+/// (distinct names and cities) and a question whose answer is a span of it: "Where does <name>
+/// live?" (the city) or "Who lives in <city>?" (the name).
+inline std::vector<TaskExample> make_qa_examples(std::uint64_t seed, std::size_t count) {
+    using namespace detail_tasks;
+    Rng rng(seed);
+    std::vector<TaskExample> out;
+    out.reserve(count);
+    for (std::size_t i = 0; i < count; ++i) {
+        std::array<std::size_t, 3> who{}, where{};
+        for (std::size_t k = 0; k < 3; ++k) {
+            bool fresh = false;
+            while (!fresh) {
+                who[k] = pick(rng, names);
+                where[k] = pick(rng, cities);
+                fresh = true;
+                for (std::size_t j = 0; j < k; ++j) fresh = fresh && who[j] != who[k] && where[j] != where[k];
+            }
+        }
+        std::string passage;
+        for (std::size_t k = 0; k < 3; ++k)
+            passage += std::string(k ? " " : "") + names[who[k]] + " lives in " + cities[where[k]] + ".";
+        const auto k = static_cast<std::size_t>(rng.below(3));
+        if (rng.below(2) == 0)
+            out.push_back({passage + "\nQuestion: Where does " + names[who[k]] + " live?", cities[where[k]]});
+        else
+            out.push_back({passage + "\nQuestion: Who lives in " + cities[where[k]] + "?", names[who[k]]});
+    }
+    return out;
+}
+
+/// `count` one-turn dialogues from `seed`: a user greets with their name and asks when a place
+/// opens or whether it opens on a weekday; the assistant greets them back by name and answers from
+/// a fixed timetable (the facts the model must learn).
+inline std::vector<TaskExample> make_conversation_examples(std::uint64_t seed, std::size_t count) {
+    using namespace detail_tasks;
+    static constexpr std::array<const char*, 6> places = {"pool", "bank", "museum", "library", "bakery", "gym"};
+    static constexpr std::array<int, 6> opens = {7, 9, 10, 8, 6, 5};
+    static constexpr std::array<const char*, 6> closed_on = {"Monday", "Sunday", "Tuesday",
+                                                             "Sunday", "Monday", "Friday"};
+    static constexpr std::array<const char*, 4> days = {"Monday", "Sunday", "Tuesday", "Friday"};
+    static constexpr std::array<const char*, 3> greetings = {"Hi", "Hello", "Hey"};
+    Rng rng(seed);
+    std::vector<TaskExample> out;
+    out.reserve(count);
+    for (std::size_t i = 0; i < count; ++i) {
+        const std::string who = names[pick(rng, names)];
+        const auto p = pick(rng, places);
+        const std::string place = places[p];
+        std::string prompt = std::string(greetings[pick(rng, greetings)]) + ", I am " + who + ". ";
+        std::string response;
+        if (rng.below(2) == 0) {
+            prompt += "When does the " + place + " open?";
+            response = "Hello " + who + "! The " + place + " opens at " + std::to_string(opens[p]) + ".";
+        } else {
+            const std::string day = days[pick(rng, days)];
+            prompt += "Is the " + place + " open on " + day + "?";
+            response = day == closed_on[p] ? "Sorry " + who + ", the " + place + " is closed on " + day + "."
+                                           : "Yes " + who + ", the " + place + " is open on " + day + ".";
+        }
+        out.push_back({std::move(prompt), std::move(response)});
+    }
+    return out;
+}
+
+/// `count` short reports from `seed` with their one-sentence summaries: three sentences — where
+/// someone went, what they bought, the weather — in a random order; the summary keeps who, how many
+/// of what, and where ("Ann bought 3 cups at the market.") and drops the weather.
+inline std::vector<TaskExample> make_summarization_examples(std::uint64_t seed, std::size_t count) {
+    using namespace detail_tasks;
+    static constexpr std::array<const char*, 5> shops = {"market", "mall", "fair", "store", "kiosk"};
+    static constexpr std::array<const char*, 4> weather = {"It was sunny.", "It rained all day.", "It was cold.",
+                                                           "The wind was strong."};
+    static constexpr std::array<const char*, 3> days = {"Monday", "Friday", "Sunday"};
+    Rng rng(seed);
+    std::vector<TaskExample> out;
+    out.reserve(count);
+    for (std::size_t i = 0; i < count; ++i) {
+        const std::string who = names[pick(rng, names)], shop = shops[pick(rng, shops)];
+        const std::string thing = objects[pick(rng, objects)];
+        const auto k = 2 + static_cast<int>(rng.below(8));
+        std::array<std::string, 3> sentences = {
+            who + " went to the " + shop + " on " + days[pick(rng, days)] + ".",
+            "There " + who + " bought " + std::to_string(k) + " " + thing + "s.",
+            weather[pick(rng, weather)],
+        };
+        // any order but the purchase's "There" after the trip
+        switch (rng.below(3)) {
+            case 0:
+                break;
+            case 1:
+                std::swap(sentences[1], sentences[2]);
+                break;
+            default:
+                std::rotate(sentences.begin(), sentences.begin() + 2, sentences.end());
+                break;
+        }
+        out.push_back({sentences[0] + " " + sentences[1] + " " + sentences[2],
+                       who + " bought " + std::to_string(k) + " " + thing + "s at the " + shop + "."});
+    }
+    return out;
+}
+
+/// The examples of `task_type` ("math", "nli", "qa", "conversation", "summarization") from `seed`;
+/// math's are make_math_problems' questions and worked solutions.
+inline std::vector<TaskExample> make_task_examples(std::string_view task_type, std::uint64_t seed, std::size_t count) {
+    if (task_type == "math") {
+        std::vector<TaskExample> out;
+        out.reserve(count);
+        for (auto& p : make_math_problems(seed, count)) out.push_back({std::move(p.question), std::move(p.solution)});
+        return out;
+    }
+    if (task_type == "nli") return make_nli_examples(seed, count);
+    if (task_type == "qa") return make_qa_examples(seed, count);
+    if (task_type == "conversation") return make_conversation_examples(seed, count);
+    if (task_type == "summarization") return make_summarization_examples(seed, count);
+    throw config_error("task", "expected \"math\", \"nli\", \"qa\", \"conversation\" or \"summarization\", got \"" +
+                                   std::string(task_type) + "\"");
+}
+
+}  // namespace distill::data
+// ---- end distill/data/text_tasks.hpp ----
 // ---- begin distill/detail/arena.hpp ----
 /// @file arena.hpp
 /// One allocation, laid out once, carved into tensors (llm.c style). A model owns three arenas
@@ -11527,13 +11812,15 @@ inline void quant_matmul(const Reference&, const float* x, const std::byte* w, q
 ///   per hypothesis), 0–100; golden-tested against the `sacrebleu` package to 0.01.
 /// - `rouge_l`: the `rouge-score` package's ROUGE-L (its default tokenizer, no stemmer): precision,
 ///   recall and F1 of one pair, 0–1; `mean_rouge_l_f1` averages F1 over pairs.
-/// - `exact_match` (SQuAD-style normalization), `numeric_match` (the final number of a math
+/// - `exact_match` and `token_f1` (SQuAD's normalization and token F1), `macro_f1` (scikit-learn's
+///   macro-averaged F1 over the references' classes), `numeric_match` (the final number of a math
 ///   answer), `perplexity` from summed negative log-likelihood.
 
 #include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <cstdint>
+#include <iterator>
 #include <limits>
 #include <map>
 #include <optional>
@@ -11816,6 +12103,58 @@ inline std::string normalize_answer(std::string_view s) {
 /// Exact match after `normalize_answer`.
 inline bool exact_match(std::string_view prediction, std::string_view reference) {
     return normalize_answer(prediction) == normalize_answer(reference);
+}
+
+/// SQuAD's token F1 of one answer: the harmonic mean of precision and recall of the
+/// `normalize_answer` tokens shared with the reference (a multiset intersection); when either side
+/// normalizes to no tokens, 1 if both do and 0 otherwise (the official evaluate-v2.0 script).
+inline double token_f1(std::string_view prediction, std::string_view reference) {
+    auto pred = detail::split_python(normalize_answer(prediction));
+    auto ref = detail::split_python(normalize_answer(reference));
+    if (pred.empty() || ref.empty()) return pred.empty() && ref.empty() ? 1.0 : 0.0;
+    std::sort(pred.begin(), pred.end());
+    std::sort(ref.begin(), ref.end());
+    std::vector<std::string> common;
+    std::set_intersection(pred.begin(), pred.end(), ref.begin(), ref.end(), std::back_inserter(common));
+    if (common.empty()) return 0.0;
+    const double precision = double(common.size()) / double(pred.size());
+    const double recall = double(common.size()) / double(ref.size());
+    return 2 * precision * recall / (precision + recall);
+}
+
+/// Mean `token_f1` over pairs (0 for an empty corpus).
+inline double mean_token_f1(const std::vector<std::string>& predictions, const std::vector<std::string>& references) {
+    double sum = 0;
+    for (std::size_t i = 0; i < predictions.size() && i < references.size(); ++i)
+        sum += token_f1(predictions[i], references[i]);
+    return predictions.empty() ? 0.0 : sum / double(predictions.size());
+}
+
+/// Macro-averaged F1 of a classification: labels compared after `normalize_answer`; the classes
+/// are the labels the references use, so a prediction outside them counts as a miss of its true
+/// class and a false positive of none (scikit-learn's `f1_score(y_true, y_pred, average="macro",
+/// labels=sorted(set(y_true)))`; a class with no true and no predicted positive scores 0 there too).
+inline double macro_f1(const std::vector<std::string>& predictions, const std::vector<std::string>& references) {
+    std::vector<std::string> pred, ref;
+    for (std::size_t i = 0; i < predictions.size() && i < references.size(); ++i) {
+        pred.push_back(normalize_answer(predictions[i]));
+        ref.push_back(normalize_answer(references[i]));
+    }
+    std::vector<std::string> classes = ref;
+    std::sort(classes.begin(), classes.end());
+    classes.erase(std::unique(classes.begin(), classes.end()), classes.end());
+    if (classes.empty()) return 0.0;
+    double sum = 0;
+    for (const auto& c : classes) {
+        std::size_t tp = 0, fp = 0, fn = 0;
+        for (std::size_t i = 0; i < ref.size(); ++i) {
+            tp += pred[i] == c && ref[i] == c;
+            fp += pred[i] == c && ref[i] != c;
+            fn += pred[i] != c && ref[i] == c;
+        }
+        if (tp > 0) sum += 2.0 * double(tp) / double(2 * tp + fp + fn);
+    }
+    return sum / double(classes.size());
 }
 
 /// The last number in `text` (optional sign, thousands separators, decimals; "1,234.5" -> 1234.5),
@@ -17170,6 +17509,7 @@ concept student_model = sequence_model<M> || embedding_model<M>;
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <optional>
 #include <span>
 #include <string>
@@ -17253,6 +17593,8 @@ struct Request {
     std::string id{};                 ///< the example's stable id (seeds, cache lookups, resume)
     std::uint64_t index = 0;          ///< the example's position in its data set
     std::vector<Message> messages{};  ///< the prompt turns, ending with a user turn
+    /// The example's other fields (`data::Example::fields`): what a teacher::Ensemble routes by.
+    std::map<std::string, std::string> fields{};
 };
 
 /// Token counts of one answer, as APIs report them.
@@ -17274,6 +17616,8 @@ struct Response {
     std::vector<float> top_logprobs{};    ///< their log-probabilities
     std::vector<float> token_logprobs{};  ///< log-probability of each chosen token (tokens.size() entries, or none)
     std::string error{};                  ///< why the request failed, when finish == error
+    /// Which teacher of a teacher::Ensemble answered (its name in the job); "" for a single teacher.
+    std::string answered_by{};
 
     /// Whether the request was answered.
     bool ok() const noexcept { return finish != finish_reason::error; }
@@ -17889,6 +18233,7 @@ inline nlohmann::ordered_json to_json(const SyntheticRecord& r) {
     if (!r.response.tokens.empty()) t["tokens"] = r.response.tokens;
     if (!r.response.tokens.empty() && !r.tokenizer.empty()) t["tokenizer"] = r.tokenizer;
     if (r.topk > 0) t["topk"] = r.topk;
+    if (!r.response.answered_by.empty()) t["answered_by"] = r.response.answered_by;
     j["teacher"] = std::move(t);
     return j;
 }
@@ -17967,6 +18312,10 @@ inline SyntheticRecord parse_synthetic(const nlohmann::json& j) {
     if (auto tk = t.find("tokenizer"); tk != t.end()) {
         if (!tk->is_string()) throw data::bad_line("wrong type: \"teacher.tokenizer\" must be a string");
         r.tokenizer = tk->get<std::string>();
+    }
+    if (auto a = t.find("answered_by"); a != t.end()) {
+        if (!a->is_string()) throw data::bad_line("wrong type: \"teacher.answered_by\" must be a string");
+        r.response.answered_by = a->get<std::string>();
     }
     if (auto k = t.find("topk"); k != t.end()) {
         const bool in_range = k->is_number_unsigned()  ? k->get<std::uint64_t>() >= 1 && k->get<std::uint64_t>() <= 1024
@@ -18309,6 +18658,384 @@ private:
 
 }  // namespace distill::teacher
 // ---- end distill/teacher/callable.hpp ----
+// ---- begin distill/teacher/ensemble.hpp ----
+/// @file ensemble.hpp
+/// `teacher::Ensemble<T>`: several teachers of one type (a job's `teachers`), each with a name and a
+/// weight, seen by the pipeline as one teacher.
+///
+/// **Text (the generate stage).** Each prompt is answered by one teacher, chosen by the route:
+/// - `"mix"` (the default) and `"example"`: in proportion to the weights, by a hash of the example's
+///   id and the route's seed — the same example goes to the same teacher in every run, resumed or not,
+///   whatever the batching;
+/// - `{"field": F, "map": {value: name, ...}, "default": name}`: by the example's field F (a top-level
+///   string or number of its JSONL line, `data::Example::fields`).
+/// The answer records its teacher (`Response::answered_by`, `"teacher": {"answered_by": ...}` in
+/// synthetic.jsonl).
+///
+/// **Logits (online losses).** The ensemble's `forward` runs the teachers and gives, per position,
+/// the log of the mixture in probability space, log Σ_k w_k softmax(z_k), with weights per row of the
+/// batch: the normalized job weights under `"mix"`; under `"example"` and `"field"` all weight on the
+/// teacher that answered that example (`set_rows`, from synthetic.jsonl). Probability space keeps
+/// each teacher's modes: where teachers disagree the student is taught both answers with their
+/// weights; a log-space mixture (normalized geometric mean, a product of experts) would put the mass
+/// where the teachers agree and, for teachers that each know one operation and are confidently wrong
+/// on the other's, teach neither (docs/training.md, "Several teachers"). The loss terms then read
+/// these log-probabilities as logits; their temperature tempers the mixture (softmax(log p / τ)), which
+/// for τ = 1 is the mixture itself. Only logits are mixed: hidden states, attention maps and q|k|v are
+/// not provided (`provides` has no such signal, so a loss reading them fails to compile).
+///
+/// The teachers are kept by pointer and must outlive the ensemble.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <map>
+#include <span>
+#include <string>
+#include <vector>
+
+#include <boost/hana/intersection.hpp>
+#include <boost/hana/set.hpp>
+#include <nlohmann/json.hpp>
+
+
+namespace distill::teacher {
+
+/// How a multi-teacher job picks a teacher per example (a job's `route`; see the file comment).
+struct Route {
+    enum class by { mix, example, field };
+    by mode = by::mix;
+    std::string field{};                       ///< the example field (`by::field`)
+    std::map<std::string, std::string> map{};  ///< field value → teacher name (`by::field`)
+    std::string fallback{};                    ///< teacher of unmapped values ("" = refused)
+    std::uint64_t seed = 0;                    ///< the hash seed (`by::mix`, `by::example`)
+
+    /// The route as JSON, canonical (part of the ensemble's fingerprint).
+    nlohmann::json to_json() const {
+        if (mode == by::field) {
+            nlohmann::json j{{"field", field}, {"map", map}};
+            if (!fallback.empty()) j["default"] = fallback;
+            return j;
+        }
+        return {{"by", mode == by::mix ? "mix" : "example"}, {"seed", seed}};
+    }
+};
+
+/// Reads a job's `route` (`path` names it in errors) for the teachers `names`: "mix", "example",
+/// {"by": "mix"|"example", "seed": N}, or {"field": F, "map": {value: name}, "default": name}.
+/// Throws config_error naming the key.
+inline Route parse_route(const nlohmann::json& j, const std::vector<std::string>& names,
+                         const std::string& path = "route") {
+    Route r;
+    auto known = [&](const std::string& name, const std::string& at) {
+        if (std::find(names.begin(), names.end(), name) == names.end()) {
+            std::string list;
+            for (const auto& n : names) list += (list.empty() ? "\"" : ", \"") + n + "\"";
+            throw config_error(at, "names no teacher: \"" + name + "\" (the teachers are " + list + ")");
+        }
+    };
+    auto mode_of = [&](const std::string& s, const std::string& at) {
+        if (s == "mix") return Route::by::mix;
+        if (s == "example") return Route::by::example;
+        throw config_error(
+            at, "expected \"mix\", \"example\" or an object {\"field\": ..., \"map\": {...}}, got \"" + s + "\"");
+    };
+    if (j.is_null()) return r;
+    if (j.is_string()) {
+        r.mode = mode_of(j.get<std::string>(), path);
+        return r;
+    }
+    if (!j.is_object())
+        throw config_error(path, "expected \"mix\", \"example\" or an object {\"field\": ..., \"map\": {...}}");
+    for (const auto& item : j.items())
+        if (item.key() != "by" && item.key() != "seed" && item.key() != "field" && item.key() != "map" &&
+            item.key() != "default")
+            throw config_error(path + "." + item.key(), "unknown key (expected by, seed, field, map, default)");
+    if (j.contains("field")) {
+        if (j.contains("by") && j["by"] != "field")
+            throw config_error(path + ".by", "must be \"field\" (or absent) when route.field is given");
+        if (j.contains("seed")) throw config_error(path + ".seed", "is for \"mix\" and \"example\" routes");
+        r.mode = Route::by::field;
+        if (!j["field"].is_string() || j["field"].get<std::string>().empty())
+            throw config_error(path + ".field", "expected the name of an example field, e.g. \"op\"");
+        r.field = j["field"].get<std::string>();
+        if (!j.contains("map") || !j["map"].is_object() || j["map"].empty())
+            throw config_error(path + ".map", "is required: an object {field value: teacher name, ...}");
+        for (const auto& item : j["map"].items()) {
+            const std::string at = path + ".map." + item.key();
+            if (!item.value().is_string()) throw config_error(at, "expected a teacher name (a string)");
+            known(item.value().get<std::string>(), at);
+            r.map[item.key()] = item.value().get<std::string>();
+        }
+        if (j.contains("default")) {
+            if (!j["default"].is_string()) throw config_error(path + ".default", "expected a teacher name");
+            r.fallback = j["default"].get<std::string>();
+            known(r.fallback, path + ".default");
+        }
+        return r;
+    }
+    if (j.contains("map") || j.contains("default"))
+        throw config_error(path + ".field", "is required with route.map and route.default");
+    if (j.contains("by")) {
+        if (!j["by"].is_string()) throw config_error(path + ".by", "expected \"mix\" or \"example\"");
+        r.mode = mode_of(j["by"].get<std::string>(), path + ".by");
+    }
+    if (j.contains("seed")) {
+        if (!j["seed"].is_number_integer() || j["seed"].get<std::int64_t>() < 0)
+            throw config_error(path + ".seed", "expected an integer >= 0");
+        r.seed = j["seed"].get<std::uint64_t>();
+    }
+    return r;
+}
+
+/// Several teachers of type `T` as one teacher (see the file comment).
+template <teacher_source T>
+class Ensemble {
+public:
+    /// One teacher with its job name and weight (> 0; normalized over the ensemble).
+    struct Member {
+        std::string name{};
+        double weight = 1.0;
+        T* teacher = nullptr;
+    };
+
+    using member_type = T;
+    /// Only what can be combined: answers, the answering teacher's top-k, mixed logits.
+    static constexpr auto provides = boost::hana::intersection(
+        T::provides, boost::hana::make_set(signal::tokens, signal::topk_logprobs, signal::logits));
+    static constexpr bool batch_invariant = teacher_batch_invariant<T>;
+
+    /// Throws config_error ("teachers[i].name" / ".weight") for an empty or repeated name, a weight
+    /// that is not finite and > 0, or no member; and for a field route naming an unknown teacher.
+    Ensemble(std::vector<Member> members, Route route = {}) : members_(std::move(members)), route_(std::move(route)) {
+        if (members_.empty()) throw config_error("teachers", "names no teacher");
+        double total = 0;
+        for (std::size_t i = 0; i < members_.size(); ++i) {
+            const std::string at = "teachers[" + std::to_string(i) + "]";
+            if (!members_[i].teacher) throw config_error(at, "has no teacher");
+            if (members_[i].name.empty()) throw config_error(at + ".name", "must not be empty");
+            for (std::size_t j = 0; j < i; ++j)
+                if (members_[j].name == members_[i].name)
+                    throw config_error(at + ".name", "\"" + members_[i].name + "\" is also teachers[" +
+                                                         std::to_string(j) + "]'s name");
+            if (!(members_[i].weight > 0) || !std::isfinite(members_[i].weight))
+                throw config_error(at + ".weight",
+                                   "must be a finite number > 0, got " + std::to_string(members_[i].weight));
+            total += members_[i].weight;
+        }
+        for (const auto& m : members_) weights_.push_back(m.weight / total);
+        std::vector<std::string> names;
+        for (const auto& m : members_) names.push_back(m.name);
+        (void)parse_route(route_.to_json(), names);  // a route built in code names known teachers too
+    }
+
+    std::size_t size() const noexcept { return members_.size(); }
+    T& member(std::size_t i) { return *members_.at(i).teacher; }
+    const T& member(std::size_t i) const { return *members_.at(i).teacher; }
+    const std::string& member_name(std::size_t i) const { return members_.at(i).name; }
+    /// The normalized weights (summing to 1), in member order.
+    const std::vector<double>& weights() const noexcept { return weights_; }
+    const Route& route() const noexcept { return route_; }
+    /// The member called `name`, or -1.
+    int index_of(const std::string& name) const {
+        for (std::size_t i = 0; i < members_.size(); ++i)
+            if (members_[i].name == name) return int(i);
+        return -1;
+    }
+
+    /// The member that answers the example `id` with `fields` (see the file comment). Throws
+    /// config_error naming route.field when the example lacks the field or its value is unmapped.
+    std::size_t route_of(const std::string& id, const std::map<std::string, std::string>& fields) const {
+        if (route_.mode == Route::by::field) {
+            auto f = fields.find(route_.field);
+            std::string name = route_.fallback;
+            if (f != fields.end())
+                if (auto m = route_.map.find(f->second); m != route_.map.end()) name = m->second;
+            if (name.empty())
+                throw config_error("route.field",
+                                   f == fields.end()
+                                       ? "example \"" + id + "\" has no field \"" + route_.field + "\""
+                                       : "example \"" + id + "\" has " + route_.field + " \"" + f->second +
+                                             "\", which route.map does not name (and there is no route.default)");
+            return std::size_t(index_of(name));
+        }
+        // a uniform draw in [0, 1) from the id alone: the same teacher however the examples are batched
+        const std::uint64_t h = detail::mix64(route_.seed, detail::fnv1a64(id));
+        const double u = double(h >> 11) * 0x1.0p-53;
+        double cum = 0;
+        for (std::size_t i = 0; i + 1 < weights_.size(); ++i) {
+            cum += weights_[i];
+            if (u < cum) return i;
+        }
+        return weights_.size() - 1;
+    }
+
+    /// "ensemble:v1" with the route and each member's name, weight and fingerprint.
+    std::string fingerprint() const {
+        nlohmann::json j{{"route", route_.to_json()}, {"teachers", nlohmann::json::array()}};
+        for (const auto& m : members_)
+            j["teachers"].push_back(
+                {{"name", m.name}, {"weight", m.weight}, {"fingerprint", m.teacher->fingerprint()}});
+        return "ensemble:v1:sha256=" + detail::sha256_hex(j.dump()).substr(0, 32);
+    }
+
+    /// "ensemble(name: teacher, ...)".
+    std::string name() const {
+        std::string s = "ensemble(";
+        for (std::size_t i = 0; i < members_.size(); ++i)
+            s += (i ? ", " : "") + members_[i].name + ": " + members_[i].teacher->name();
+        return s + ")";
+    }
+
+    /// The members' common tokenizer, or "mixed(...)" when they differ (then no answer tokens are
+    /// reused: every answer is re-encoded with the student's tokenizer).
+    std::string tokenizer_id() const {
+        const std::string first = teacher_tokenizer_id(*members_[0].teacher);
+        std::string all;
+        bool same = true;
+        for (const auto& m : members_) {
+            const std::string id = teacher_tokenizer_id(*m.teacher);
+            same = same && id == first;
+            all += (all.empty() ? "" : ",") + id;
+        }
+        return same ? first : "mixed(" + all + ")";
+    }
+    /// The smallest of the members' vocabularies (ids every member can give).
+    int vocab_size() const {
+        int v = std::numeric_limits<int>::max();
+        for (const auto& m : members_) v = std::min(v, teacher_vocab_size(*m.teacher));
+        return v;
+    }
+    /// The largest batch every member takes.
+    int batch_size() const {
+        int b = std::numeric_limits<int>::max();
+        for (const auto& m : members_) b = std::min(b, teacher_batch_size(*m.teacher));
+        return b;
+    }
+    /// The first member's chat template (the student's tokenizer when the job names none).
+    decltype(auto) chat_template() const requires requires(const T& t) { t.chat_template(); }
+    { return members_[0].teacher->chat_template(); }
+
+    /// Each request goes to its routed member (in input order within each member); the answer
+    /// carries the member's name in `answered_by`.
+    void generate(std::span<const Request> requests, const Sampling& sampling, const response_sink& sink) {
+        std::vector<std::vector<std::size_t>> of(members_.size());
+        for (std::size_t i = 0; i < requests.size(); ++i) of[route_of(requests[i].id, requests[i].fields)].push_back(i);
+        for (std::size_t k = 0; k < members_.size(); ++k) {
+            if (of[k].empty()) continue;
+            std::vector<Request> sub;
+            for (std::size_t i : of[k]) sub.push_back(requests[i]);
+            members_[k].teacher->generate(std::span<const Request>(sub), sampling, [&](std::size_t j, Response&& r) {
+                if (j >= of[k].size())
+                    throw error("teacher " + members_[k].name + " answered request " + std::to_string(j) +
+                                ", out of range");
+                r.answered_by = members_[k].name;
+                sink(of[k][j], std::move(r));
+            });
+        }
+    }
+
+    // ---- online: mixed logits --------------------------------------------------------------------
+
+    /// The teacher whose distribution row b of the next `forward` takes (a member index), or -1 for
+    /// the weighted mixture of all; rows past `rows.size()` mix. The finetune stage sets it per batch
+    /// from the answers' `answered_by` under the "example" and "field" routes.
+    void set_rows(std::span<const int> rows) { rows_.assign(rows.begin(), rows.end()); }
+
+    /// Teacher-forced forward of every member a row needs, then per position log Σ_k w_k softmax(z_k)
+    /// over the first `vocab_size()` columns (each softmax over its member's own columns). Host memory.
+    void forward(const std::int32_t* tokens, int B, int T_) requires online_teacher<T> {
+        static_assert(T::device_type::memory == memory_space::host,
+                      "teacher::Ensemble mixes logits on the host: its teachers must run on a host device");
+        const std::size_t K = members_.size();
+        std::vector<std::vector<double>> w(std::size_t(B), weights_);  // per row, per member
+        for (int b = 0; b < B; ++b) {
+            const int r = std::size_t(b) < rows_.size() ? rows_[std::size_t(b)] : -1;
+            if (r >= 0) {
+                if (std::size_t(r) >= K) throw error("ensemble: row teacher " + std::to_string(r) + " out of range");
+                std::fill(w[std::size_t(b)].begin(), w[std::size_t(b)].end(), 0.0);
+                w[std::size_t(b)][std::size_t(r)] = 1.0;
+            }
+        }
+        int V = std::numeric_limits<int>::max();
+        for (const auto& m : members_) V = std::min(V, int(m.teacher->network().config().vocab_size));
+        mixed_.assign(std::size_t(B) * std::size_t(T_) * std::size_t(V), -std::numeric_limits<float>::infinity());
+        std::vector<double> acc(mixed_.size(), -std::numeric_limits<double>::infinity());
+        std::vector<bool> touched(std::size_t(B), false);
+        for (std::size_t k = 0; k < K; ++k) {
+            bool used = false;
+            for (int b = 0; b < B; ++b) used = used || w[std::size_t(b)][k] > 0;
+            if (!used) continue;
+            T& t = *members_[k].teacher;
+            t.forward(tokens, B, T_);
+            const auto logits = t.logits();
+            const std::int64_t Vk = logits.size(2);
+            const auto host =
+                ::distill::detail::read_on_host(t.network().device(), logits.data(), std::size_t(logits.numel()));
+            const float* z = &host[0];
+            for (int b = 0; b < B; ++b) {
+                const double wk = w[std::size_t(b)][k];
+                if (!(wk > 0)) continue;
+                const double lw = std::log(wk);
+                for (int p = 0; p < T_; ++p) {
+                    const float* row = z + (std::int64_t(b) * T_ + p) * Vk;
+                    mix_row(row, Vk, V, lw, acc.data() + (std::size_t(b) * std::size_t(T_) + std::size_t(p)) * V);
+                }
+            }
+        }
+        for (std::size_t i = 0; i < mixed_.size(); ++i) mixed_[i] = float(acc[i]);
+        B_ = B;
+        T__ = T_;
+        V_ = V;
+        rows_.clear();  // set_rows holds for one forward
+    }
+
+    /// The mixed log-probabilities of the last `forward`, (B, T, vocab) on the host.
+    Tensor<float> logits() const { return Tensor<float>(const_cast<float*>(mixed_.data()), {B_, T__, V_}); }
+    /// Only logits are mixed (see the file comment).
+    bool keeps_activations() const noexcept { return false; }
+    int hidden_state_count() const noexcept { return 0; }
+    Tensor<float> hidden_state(int) const { throw error("teacher::Ensemble mixes logits only"); }
+    Tensor<float> attention(int) const { throw error("teacher::Ensemble mixes logits only"); }
+    Tensor<float> qkv(int) const { throw error("teacher::Ensemble mixes logits only"); }
+    using scalar_type = float;
+
+    /// acc[v] = logaddexp(acc[v], lw + z[v] - logsumexp(z)) for v < V (z has Vk ≥ V columns): one
+    /// member's weighted log-probabilities added into the running log-mixture, stably.
+    static void mix_row(const float* z, std::int64_t Vk, std::int64_t V, double lw, double* acc) {
+        double mx = -std::numeric_limits<double>::infinity();
+        for (std::int64_t v = 0; v < Vk; ++v) mx = std::max(mx, double(z[v]));
+        double s = 0;
+        for (std::int64_t v = 0; v < Vk; ++v) s += std::exp(double(z[v]) - mx);
+        const double lse = mx + std::log(s);
+        for (std::int64_t v = 0; v < V; ++v) {
+            const double a = lw + double(z[v]) - lse, b = acc[v];
+            if (std::isinf(b) && b < 0)
+                acc[v] = a;
+            else
+                acc[v] = std::max(a, b) + std::log1p(std::exp(-std::abs(a - b)));
+        }
+    }
+
+private:
+    std::vector<Member> members_;
+    Route route_;
+    std::vector<double> weights_{};
+    std::vector<int> rows_{};
+    std::vector<float> mixed_{};
+    std::int64_t B_ = 0, T__ = 0, V_ = 0;
+};
+
+}  // namespace distill::teacher
+
+namespace distill::detail {
+template <class T>
+inline constexpr bool is_ensemble = false;
+template <class T>
+inline constexpr bool is_ensemble<teacher::Ensemble<T>> = true;
+}  // namespace distill::detail
+// ---- end distill/teacher/ensemble.hpp ----
 // ---- begin distill/teacher/model.hpp ----
 /// @file model.hpp
 /// `teacher::Model<Arch>`: a teacher running in this process, loaded from a safetensors checkpoint
@@ -23561,6 +24288,11 @@ struct FinetuneOptions {
     /// The key that chose `output_dir`, for the message refusing a second run into it ("" = the
     /// config_path's "output_dir"; "output_dir" in a job file).
     std::string output_dir_key{};
+    /// > 0: pause after this step — validate, checkpoint and return unfinished (`FinetuneResult::paused`);
+    /// the same run started again continues from there, as if never paused (the schedule is the full
+    /// run's). A pause's validation is a measurement only: it moves neither the best checkpoint nor
+    /// early stopping. Not configuration: no part of a fingerprint (a hyperparameter sweep's rungs).
+    std::int64_t stop_at = 0;
     /// The ranks of a data-parallel run (null: this process alone). Each rank computes the
     /// micro-batches m ≡ rank (mod size) of every step (`grad_accum` must be a multiple of the size),
     /// the gradients are summed over ranks, and every rank takes the same update; rank 0 alone writes
@@ -23574,6 +24306,7 @@ struct FinetuneResult {
     std::int64_t epochs_completed = 0;
     bool early_stopped = false;
     bool resumed = false;  ///< started from a checkpoint
+    bool paused = false;   ///< stopped at `FinetuneOptions::stop_at`, unfinished
     std::int64_t resumed_from_step = 0;
     std::int64_t best_step = -1;  ///< step of the best validation (-1: none)
     double best_validation_loss = std::numeric_limits<double>::quiet_NaN();
@@ -23698,6 +24431,11 @@ public:
         FinetuneResult result;
         const auto device = model_device();
         if (!begin(result)) return result;  // the checkpoint says the run had already finished
+        if (pause_at(step_)) {              // paused there before
+            fill(result);
+            result.paused = true;
+            return result;
+        }
         Progress progress(options_.progress, cfg_.quiet, total_, cfg_.log_every);
         const std::int64_t first_step = step_;
         data::Batch batch;
@@ -23761,8 +24499,16 @@ public:
             StepReport report{step_, epoch_, loss, lr, grad_norm, std::nullopt, std::nullopt};
             const bool epoch_end = cursor_ >= static_cast<std::int64_t>(n);
             bool improved = false;
-            if (val_ && !val_->empty() &&
-                ((cfg_.eval_every > 0 && step_ % cfg_.eval_every == 0) || epoch_end || last_step)) {
+            const bool scheduled = (cfg_.eval_every > 0 && step_ % cfg_.eval_every == 0) || epoch_end || last_step;
+            const bool pause = !last_step && pause_at(step_);
+            if (pause && !scheduled && val_ && !val_->empty()) {  // a measurement only (see stop_at)
+                const LossValues v = evaluate();
+                report.validation_loss = v.total;
+                nlohmann::json rec = {{"kind", "validation"}, {"step", step_}, {"epoch", epoch_},
+                                      {"loss", v.total},      {"best", false}, {"pause", true}};
+                for (const auto& [name, value] : v.terms) rec["terms"][name] = value;
+                append_metrics(rec);
+            } else if (val_ && !val_->empty() && scheduled) {
                 const LossValues v = evaluate();
                 report.validation_loss = v.total;
                 improved = !best_loss_ || v.total < *best_loss_ - cfg_.min_delta;
@@ -23788,7 +24534,7 @@ public:
                 progress.message(msg);
             }
             const bool finished = stopped_ || last_step;
-            if (store_ && (report.validation_loss || finished ||
+            if (store_ && (report.validation_loss || finished || pause ||
                            (cfg_.checkpoint_every > 0 && step_ % cfg_.checkpoint_every == 0))) {
                 finished_ = finished;
                 const auto dir = store_->save(step_, model_, std::span<const Parameter<T>>(options_.extra), opt_,
@@ -23801,6 +24547,10 @@ public:
             if (epoch_end) ++epochs_completed_;
             if (options_.on_step) options_.on_step(report);
             if (finished) break;
+            if (pause) {
+                result.paused = true;
+                break;
+            }
         }
         progress.finish();
         fill(result);
@@ -23838,6 +24588,11 @@ public:
     std::int64_t total() const noexcept { return total_; }
 
 private:
+    /// Whether the run pauses after `step` (FinetuneOptions::stop_at).
+    bool pause_at(std::int64_t step) const noexcept {
+        return options_.stop_at > 0 && step >= options_.stop_at && step < total_;
+    }
+
     /// The path of one of the loop's settings in the caller's configuration (error messages).
     std::string key(const char* name) const { return options_.config_path + "." + name; }
 
@@ -24667,15 +25422,116 @@ private:
 /// name); null where a figure does not exist (an API teacher has no parameter count). At top level:
 /// `task_type`, `primary_metric` and `cost` (eval/cost.hpp).
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+// ---- begin distill/eval/task_metrics.hpp ----
+/// @file task_metrics.hpp
+/// The metrics of each task type, computed from a model's answers, the references and the
+/// teacher's answers. Every metric is "higher is better" except perplexity.
+///
+/// | task_type | metrics (the first is the primary one) |
+/// |---|---|
+/// | nli | accuracy (normalized exact match of the label), macro_f1 |
+/// | qa | exact_match, f1 (SQuAD's normalization and token F1) |
+/// | math | exact_match (the final number of the answer equals the reference's, numerically) |
+/// | summarization | rouge_l (mean F1, as rouge-score), bleu (corpus, as sacreBLEU) |
+/// | conversation | bleu, rouge_l |
+///
+/// Every type also has `teacher_agreement`: the same comparison as the primary metric, made against
+/// the teacher's answers instead of the references (for text tasks, mean ROUGE-L F1 against them).
+/// Perplexity is added by the caller for models it can score.
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+
+namespace distill::eval {
+
+/// The share of pairs for which `match(prediction, reference)` holds (0 for none).
+template <class Match>
+double match_rate(const std::vector<std::string>& predictions, const std::vector<std::string>& references,
+                  Match match) {
+    if (predictions.size() != references.size())
+        throw error("metrics: " + std::to_string(predictions.size()) + " predictions but " +
+                    std::to_string(references.size()) + " references");
+    std::size_t hits = 0;
+    for (std::size_t i = 0; i < predictions.size(); ++i) hits += match(predictions[i], references[i]) ? 1 : 0;
+    return predictions.empty() ? 0.0 : double(hits) / double(predictions.size());
+}
+
+/// The primary-metric comparison of `task_type` between two answer lists (see the file comment).
+inline double agreement(std::string_view task_type, const std::vector<std::string>& predictions,
+                        const std::vector<std::string>& others) {
+    if (task_type == "math")
+        return match_rate(predictions, others, [](const auto& p, const auto& r) { return numeric_match(p, r); });
+    if (task_type == "qa" || task_type == "nli")
+        return match_rate(predictions, others, [](const auto& p, const auto& r) { return exact_match(p, r); });
+    return mean_rouge_l_f1(predictions, others);
+}
+
+/// The metrics of `task_type` (see the file comment), in report order; `teacher` may be empty
+/// (no teacher answers: no teacher_agreement).
+inline nlohmann::ordered_json task_metrics(std::string_view task_type, const std::vector<std::string>& predictions,
+                                           const std::vector<std::string>& references,
+                                           const std::vector<std::string>& teacher = {}) {
+    nlohmann::ordered_json m = nlohmann::ordered_json::object();
+    if (task_type == "nli") {
+        m["accuracy"] = agreement(task_type, predictions, references);
+        m["macro_f1"] = macro_f1(predictions, references);
+    } else if (task_type == "qa") {
+        m["exact_match"] = agreement(task_type, predictions, references);
+        m["f1"] = mean_token_f1(predictions, references);
+    } else if (task_type == "math") {
+        m["exact_match"] = agreement(task_type, predictions, references);
+    } else if (task_type == "summarization") {
+        m["rouge_l"] = mean_rouge_l_f1(predictions, references);
+        m["bleu"] = corpus_bleu(predictions, references).score;
+    } else if (task_type == "conversation") {
+        m["bleu"] = corpus_bleu(predictions, references).score;
+        m["rouge_l"] = mean_rouge_l_f1(predictions, references);
+    } else {
+        throw config_error("task_type", "unknown task type \"" + std::string(task_type) + "\"");
+    }
+    if (!teacher.empty()) m["teacher_agreement"] = agreement(task_type, predictions, teacher);
+    return m;
+}
+
+/// What a metric `task_metrics` (or the evaluation: perplexity) reports measures, in one sentence
+/// for the report; empty for a name it does not know.
+inline std::string metric_definition(std::string_view task_type, std::string_view metric) {
+    if (metric == "accuracy") return "share of answers equal to the reference label after SQuAD normalization";
+    if (metric == "macro_f1")
+        return "F1 of each label the references use, averaged with equal weight (scikit-learn's macro F1)";
+    if (metric == "exact_match")
+        return task_type == "math" ? "share of answers whose final number equals the reference's"
+                                   : "share of answers equal to the reference after SQuAD normalization (lowercase, "
+                                     "no punctuation or articles)";
+    if (metric == "f1") return "SQuAD token F1: overlap of normalized answer tokens with the reference's, averaged";
+    if (metric == "bleu") return "corpus BLEU against the references as sacreBLEU computes it (13a tokens, 0-100)";
+    if (metric == "rouge_l")
+        return "mean ROUGE-L F1 (longest common subsequence) against the references, as rouge-score";
+    if (metric == "teacher_agreement")
+        return task_type == "math" || task_type == "qa" || task_type == "nli"
+                   ? "the primary metric's comparison made against the teacher's answers instead of the references"
+                   : "mean ROUGE-L F1 against the teacher's answers";
+    if (metric == "perplexity") return "exp of the mean negative log-likelihood of the reference responses' tokens";
+    return {};
+}
+
+}  // namespace distill::eval
+// ---- end distill/eval/task_metrics.hpp ----
 
 namespace distill::eval {
 
@@ -24688,8 +25544,12 @@ inline const char* const model_names[] = {"teacher", "baseline", "student"};
 inline std::vector<std::string> present_models(const nlohmann::ordered_json& report) {
     std::vector<std::string> present;
     const auto& models = report.at("models");
-    for (const char* m : model_names)
+    for (const char* m : model_names) {
         if (models.contains(m)) present.emplace_back(m);
+        if (std::string_view(m) == "teacher")  // a multi-teacher job's teachers, one by one
+            for (const auto& item : models.items())
+                if (item.key().starts_with("teacher_")) present.push_back(item.key());
+    }
     for (const auto& item : models.items())
         if (item.key().starts_with("student_")) present.push_back(item.key());
     return present;
@@ -24891,6 +25751,24 @@ inline std::string render_loadtest_markdown(const nlohmann::ordered_json& report
     return md;
 }
 
+/// A multi-teacher job's teachers (report.json's `teachers`): weight, the training answers each gave
+/// and their share, and the primary metric of each alone on the test set; "" for one teacher.
+inline std::string render_teachers_markdown(const nlohmann::ordered_json& report) {
+    using namespace detail;
+    if (!report.contains("teachers") || !report["teachers"].is_array()) return "";
+    const std::string primary = report.at("primary_metric");
+    std::string md = "\n## Teachers\n\nRoute: `" + report.value("route", nlohmann::ordered_json()).dump() +
+                     "`.\n\n| teacher | weight | training answers | share | " + primary +
+                     " |\n|---|---:|---:|---:|---:|\n";
+    for (const auto& t : report["teachers"]) {
+        const double m = report_value(report, "teacher_" + t.value("name", ""), primary);
+        md += "| " + t.value("name", "") + " | " + fixed(t.value("weight", 0.0), 3) + " | " +
+              std::to_string(t.value("answers", 0)) + " | " + fixed(100.0 * t.value("share", 0.0), 1) + "% | " +
+              (std::isfinite(m) ? fixed(m, 4) : std::string("–")) + " |\n";
+    }
+    return md;
+}
+
 /// `report.md`: the comparison table and the summary (see the file comment).
 inline std::string render_markdown(const nlohmann::ordered_json& report) {
     using namespace detail;
@@ -24940,6 +25818,17 @@ inline std::string render_markdown(const nlohmann::ordered_json& report) {
         "responses/s", "responses_per_s", [](double x) { return fixed(x, 1); }, true);
     row(
         "tokens/s", "tokens_per_s", [](double x) { return fixed(x, 0); }, true);
+    std::string definitions;
+    std::vector<std::string> defined;
+    for (const auto& m : present)
+        for (const auto& item : report["models"][m]["metrics"].items()) {
+            const std::string def = metric_definition(report.at("task_type").get<std::string>(), item.key());
+            if (def.empty() || std::find(defined.begin(), defined.end(), item.key()) != defined.end()) continue;
+            defined.push_back(item.key());
+            definitions += "- **" + item.key() + "**: " + def + ".\n";
+        }
+    if (!definitions.empty()) md += "\nMetrics:\n\n" + definitions;
+    md += render_teachers_markdown(report);
     md += render_cost_markdown(report);
     md += render_loadtest_markdown(report);
     md +=
@@ -25004,79 +25893,6 @@ inline std::string loss_chart(const std::vector<std::pair<std::string, std::file
 
 }  // namespace distill::eval
 // ---- end distill/eval/report.hpp ----
-// ---- begin distill/eval/task_metrics.hpp ----
-/// @file task_metrics.hpp
-/// The metrics of each task type, computed from a model's answers, the references and the
-/// teacher's answers. Every metric is "higher is better" except perplexity.
-///
-/// | task_type | metrics (the first is the primary one) |
-/// |---|---|
-/// | nli | accuracy (normalized exact match of the label) |
-/// | qa | exact_match (SQuAD normalization) |
-/// | math | exact_match (the final number of the answer equals the reference's, numerically) |
-/// | summarization | rouge_l (mean F1, as rouge-score), bleu (corpus, as sacreBLEU) |
-/// | conversation | bleu, rouge_l |
-///
-/// Every type also has `teacher_agreement`: the same comparison as the primary metric, made against
-/// the teacher's answers instead of the references (for text tasks, mean ROUGE-L F1 against them).
-/// Perplexity is added by the caller for models it can score.
-
-#include <string>
-#include <string_view>
-#include <vector>
-
-#include <nlohmann/json.hpp>
-
-
-namespace distill::eval {
-
-/// The share of pairs for which `match(prediction, reference)` holds (0 for none).
-template <class Match>
-double match_rate(const std::vector<std::string>& predictions, const std::vector<std::string>& references,
-                  Match match) {
-    if (predictions.size() != references.size())
-        throw error("metrics: " + std::to_string(predictions.size()) + " predictions but " +
-                    std::to_string(references.size()) + " references");
-    std::size_t hits = 0;
-    for (std::size_t i = 0; i < predictions.size(); ++i) hits += match(predictions[i], references[i]) ? 1 : 0;
-    return predictions.empty() ? 0.0 : double(hits) / double(predictions.size());
-}
-
-/// The primary-metric comparison of `task_type` between two answer lists (see the file comment).
-inline double agreement(std::string_view task_type, const std::vector<std::string>& predictions,
-                        const std::vector<std::string>& others) {
-    if (task_type == "math")
-        return match_rate(predictions, others, [](const auto& p, const auto& r) { return numeric_match(p, r); });
-    if (task_type == "qa" || task_type == "nli")
-        return match_rate(predictions, others, [](const auto& p, const auto& r) { return exact_match(p, r); });
-    return mean_rouge_l_f1(predictions, others);
-}
-
-/// The metrics of `task_type` (see the file comment), in report order; `teacher` may be empty
-/// (no teacher answers: no teacher_agreement).
-inline nlohmann::ordered_json task_metrics(std::string_view task_type, const std::vector<std::string>& predictions,
-                                           const std::vector<std::string>& references,
-                                           const std::vector<std::string>& teacher = {}) {
-    nlohmann::ordered_json m = nlohmann::ordered_json::object();
-    if (task_type == "nli") {
-        m["accuracy"] = agreement(task_type, predictions, references);
-    } else if (task_type == "qa" || task_type == "math") {
-        m["exact_match"] = agreement(task_type, predictions, references);
-    } else if (task_type == "summarization") {
-        m["rouge_l"] = mean_rouge_l_f1(predictions, references);
-        m["bleu"] = corpus_bleu(predictions, references).score;
-    } else if (task_type == "conversation") {
-        m["bleu"] = corpus_bleu(predictions, references).score;
-        m["rouge_l"] = mean_rouge_l_f1(predictions, references);
-    } else {
-        throw config_error("task_type", "unknown task type \"" + std::string(task_type) + "\"");
-    }
-    if (!teacher.empty()) m["teacher_agreement"] = agreement(task_type, predictions, teacher);
-    return m;
-}
-
-}  // namespace distill::eval
-// ---- end distill/eval/task_metrics.hpp ----
 // ---- begin distill/pipeline/distiller.hpp ----
 /// @file pipeline/distiller.hpp
 /// `Distiller<Teacher, Student, Loss, Optimizer, Device>`: the whole generate → finetune → evaluate
@@ -25427,6 +26243,13 @@ struct Job {
     /// (teacher::ModelConfig, teacher::OpenAIConfig, teacher::CacheConfig) beside "kind"; "custom" is a
     /// teacher constructed in code and handed to the Distiller (its keys are the program's business).
     nlohmann::json teacher = nlohmann::json::object();
+    /// Several teachers instead of `teacher` (the two are exclusive): `[{"name": ..., "weight": 1,
+    /// "kind": ..., <the kind's keys>}, ...]`, all of one kind; `route` picks or mixes them
+    /// (teacher/ensemble.hpp, docs/job-format.md). Empty: the single `teacher`.
+    nlohmann::json teachers = nlohmann::json::array();
+    /// How several `teachers` share the examples: "mix" (default), "example", or {"field": F, "map":
+    /// {value: name}, "default": name} (teacher::parse_route). Only with `teachers`.
+    nlohmann::json route = nullptr;
     /// The student architecture's config (for student::Transformer: TransformerConfig's keys).
     nlohmann::json student = nlohmann::json::object();
     /// A checkpoint the student and the baseline start from instead of random weights: a safetensors
@@ -25481,14 +26304,14 @@ struct Job {
     /// Checks the fixed part (the policy sections are checked by the Distiller); throws config_error.
     void validate() const {
         if (!teacher.is_object()) throw config_error("teacher", "expected an object");
-        if (!teacher.contains("kind") || !teacher["kind"].is_string())
-            throw config_error("teacher.kind", "is required: \"model\", \"openai\", \"cache\" or \"custom\"");
-        const std::string kind = teacher["kind"];
-        if (kind != "model" && kind != "openai" && kind != "cache" && kind != "custom")
-            throw config_error("teacher.kind",
-                               "expected \"model\", \"openai\", \"cache\" or \"custom\" (a teacher built in code), "
-                               "got \"" +
-                                   kind + "\"");
+        if (!teachers.is_array()) throw config_error("teachers", "expected an array of teacher objects");
+        if (!teachers.empty()) {
+            validate_teachers();
+        } else {
+            if (!route.is_null())
+                throw config_error("route", "routes several teachers; this job names one (\"teacher\")");
+            validate_kind(teacher, "teacher");
+        }
         if (!student.is_object()) throw config_error("student", "expected an object");
         if (!optimizer.is_object()) throw config_error("optimizer", "expected an object");
         if (!loss.is_object()) throw config_error("loss", "expected an object");
@@ -25528,14 +26351,70 @@ struct Job {
             throw config_error("precision", "expected \"fp32\" or \"bf16\", got \"" + precision + "\"");
     }
 
-    /// The teacher's kind ("model", "openai", "cache").
-    std::string teacher_kind() const { return teacher.value("kind", ""); }
+    /// The teacher's kind ("model", "openai", "cache"); with `teachers`, their common kind.
+    std::string teacher_kind() const {
+        if (!teachers.empty()) return teachers[0].value("kind", "");
+        return teacher.value("kind", "");
+    }
     /// The teacher section without "kind": the kind's config object.
     nlohmann::json teacher_config() const {
         nlohmann::json c = teacher;
         c.erase("kind");
         return c;
     }
+    /// Whether the job names several `teachers`.
+    bool multi_teacher() const { return !teachers.empty(); }
+    /// `teachers[i]` without "kind", "name" and "weight": the kind's config object.
+    nlohmann::json teacher_config(std::size_t i) const {
+        nlohmann::json c = teachers.at(i);
+        for (const char* k : {"kind", "name", "weight"}) c.erase(k);
+        return c;
+    }
+    /// `teachers[i]`'s name and weight.
+    std::string teacher_name(std::size_t i) const { return teachers.at(i).value("name", ""); }
+    double teacher_weight(std::size_t i) const { return teachers.at(i).value("weight", 1.0); }
+    /// Checks one teacher object's kind (`path`: "teacher" or "teachers[i]").
+    static void validate_kind(const nlohmann::json& t, const std::string& path) {
+        if (!t.contains("kind") || !t["kind"].is_string())
+            throw config_error(path + ".kind", "is required: \"model\", \"openai\", \"cache\" or \"custom\"");
+        const std::string kind = t["kind"];
+        if (kind != "model" && kind != "openai" && kind != "cache" && kind != "custom")
+            throw config_error(path + ".kind",
+                               "expected \"model\", \"openai\", \"cache\" or \"custom\" (a teacher built in code), "
+                               "got \"" +
+                                   kind + "\"");
+    }
+
+    /// `teachers` and `route` (see their comments); throws config_error naming the key.
+    void validate_teachers() const {
+        if (!teacher.empty())
+            throw config_error("teachers", "and \"teacher\" are exclusive: give one teacher or a list of them");
+        std::vector<std::string> names;
+        for (std::size_t i = 0; i < teachers.size(); ++i) {
+            const std::string at = "teachers[" + std::to_string(i) + "]";
+            const auto& t = teachers[i];
+            if (!t.is_object()) throw config_error(at, "expected a teacher object");
+            validate_kind(t, at);
+            if (t["kind"] != teachers[0]["kind"])
+                throw config_error(at + ".kind", "is \"" + t["kind"].get<std::string>() + "\", but teachers[0] is \"" +
+                                                     teachers[0]["kind"].get<std::string>() +
+                                                     "\": the teachers of one job are of one kind");
+            if (!t.contains("name") || !t["name"].is_string() || t["name"].get<std::string>().empty())
+                throw config_error(at + ".name", "is required: a non-empty string the route and the report use");
+            const std::string name = t["name"];
+            for (std::size_t j = 0; j < names.size(); ++j)
+                if (names[j] == name)
+                    throw config_error(at + ".name", "\"" + name + "\" is also teachers[" + std::to_string(j) + "]'s");
+            names.push_back(name);
+            if (t.contains("weight")) {
+                const auto& w = t["weight"];
+                if (!w.is_number() || !(w.get<double>() > 0) || !std::isfinite(w.get<double>()))
+                    throw config_error(at + ".weight", "must be a finite number > 0, got " + w.dump());
+            }
+        }
+        (void)teacher::parse_route(route, names, "route");
+    }
+
     /// The primary metric of the task type (the report's leading column).
     std::string primary_metric() const {
         if (task_type == "nli") return "accuracy";
@@ -25576,6 +26455,8 @@ BOOST_HANA_ADAPT_STRUCT(distill::EvaluationConfig, batch_size, latency_samples, 
 // clang-format off
 BOOST_HANA_ADAPT_ADT(distill::Job,
     (teacher,            [](auto& j) -> auto& { return j.teacher; }),
+    (teachers,           [](auto& j) -> auto& { return j.teachers; }),
+    (route,              [](auto& j) -> auto& { return j.route; }),
     (student,            [](auto& j) -> auto& { return j.student; }),
     (student_weights,    [](auto& j) -> auto& { return j.student_weights; }),
     (student_layers,     [](auto& j) -> auto& { return j.student_layers; }),
@@ -25919,6 +26800,9 @@ struct DistillerOptions {
     /// The ranks of a data-parallel run (null: this process alone; parallel.hpp). Rank 0 generates,
     /// evaluates, exports and writes every file; every rank trains its share of each step.
     parallel::Communicator* communicator = nullptr;
+    /// > 0: the student's training pauses after this step, unfinished, and a later finetune continues
+    /// it (train::FinetuneOptions::stop_at; `distill sweep`'s rungs). No part of any fingerprint.
+    std::int64_t stop_at = 0;
 
     parallel::Communicator& comm() const { return communicator ? *communicator : parallel::single(); }
 };
@@ -26049,7 +26933,10 @@ loss::dims loss_dims_of(Teacher& teacher, const StudentConfig& student, int max_
     loss::dims d;
     d.student = loss::model_dims_of_config(student);
     if constexpr (Online) {
-        d.teacher = loss::model_dims_of(teacher.network());
+        if constexpr (detail::is_ensemble<Teacher>)  // mixed logits only: the first member's shapes
+            d.teacher = loss::model_dims_of(teacher.member(0).network());
+        else
+            d.teacher = loss::model_dims_of(teacher.network());
         d.teacher.vocab_size = student.vocab_size;
     } else
         d.teacher = {student.vocab_size, 0, 0, 0};
@@ -26133,6 +27020,10 @@ nlohmann::ordered_json run_training(const Setup& setup, const std::string& name,
     if (comm.root()) out.claim_training(name, fp);
     const auto t0 = std::chrono::steady_clock::now();
     const train::FinetuneResult r = train(out.training_dir(name).string());
+    if (r.paused) {  // DistillerOptions::stop_at: no weights and no done.json until the run ends
+        comm.barrier();
+        return {{"fingerprint", fp}, {"paused_at", r.steps}};
+    }
     if (!comm.root()) {  // every rank trained its share; rank 0 writes the results
         comm.barrier();
         return detail::read_json_file(out.done(name));
@@ -26179,6 +27070,7 @@ train::FinetuneOptions<float> loop_options_of(const Setup& setup) {
     options.config_path = "hyperparameters";
     options.output_dir_key = "output_dir";
     options.communicator = setup.options.communicator;
+    options.stop_at = setup.options.stop_at;
     return options;
 }
 
@@ -26227,6 +27119,7 @@ public:
         const std::int64_t steps = train::total_steps(finetune_config(""), train.data.size());
         nlohmann::ordered_json summary;
         summary["student"] = train_student(train, val ? &*val : nullptr, steps);
+        if (summary["student"].contains("paused_at")) return summary;  // DistillerOptions::stop_at
         if (s_.options.comm().root()) {
             if (s_.student_from_hf()) export_student_hf();
             export_gguf();
@@ -26283,6 +27176,8 @@ private:
         data::SequenceDataset data;
         std::vector<std::int32_t> prompt_length{};
         std::vector<const io::topk_record*> topk{};
+        /// Per row, the ensemble member whose logits it reads (teacher::Ensemble::set_rows; -1: the mixture).
+        std::vector<int> teacher_row{};
         std::shared_ptr<io::topk_file> topk_file{};
         std::int64_t skipped_too_long = 0;
     };
@@ -26329,6 +27224,17 @@ private:
             }
             s.data.add_prompt_response(prompt, response);
             s.prompt_length.push_back(std::int32_t(prompt.size()));
+            if constexpr (detail::is_ensemble<Teacher>) {
+                // "example" and "field" routes: the logits of the teacher that answered; "mix": all of them
+                int row = -1;
+                if (teacher_.route().mode != teacher::Route::by::mix) {
+                    row = teacher_.index_of(r.response.answered_by);
+                    if (row < 0)
+                        throw format_error(
+                            path, i + 1, "answered_by \"" + r.response.answered_by + "\" names no teacher of the job");
+                }
+                s.teacher_row.push_back(row);
+            }
             if constexpr (uses_topk) {
                 const io::topk_record* t = i < s.topk_file->size() ? &(*s.topk_file)[i] : nullptr;
                 if (!t || t->id != r.id || t->positions() != response.size())
@@ -26380,6 +27286,13 @@ private:
             for (std::size_t n = 0; n < N; ++n) mask_[n] = batch.targets[n] >= 0;
             out_.tokens = Tensor<const std::int32_t>(batch.targets.data(), {B, T});
             if constexpr (online) {
+                if constexpr (detail::is_ensemble<Teacher>) {
+                    const Sequences& seqs = p == train::pass::train ? *train_ : *val_;
+                    rows_.resize(std::size_t(B));
+                    for (int b = 0; b < B; ++b)
+                        rows_[std::size_t(b)] = seqs.teacher_row[std::size_t(batch.indices[std::size_t(b)])];
+                    d_->teacher_.set_rows(rows_);
+                }
                 d_->teacher_.forward(batch.tokens.data(), B, T);
                 loss::collect_outputs(d_->teacher_, out_);
                 if (out_.logits.size(2) > d_->s_.student.vocab_size) trim_teacher_logits(B, T);
@@ -26469,6 +27382,7 @@ private:
             out_.topk_temperature = 1.0;
         }
 
+        std::vector<int> rows_{};  // the batch rows' ensemble members (teacher::Ensemble)
         FinetuneStage* d_;
         const Sequences* train_;
         const Sequences* val_;
@@ -26604,6 +27518,7 @@ private:
             train::FinetuneConfig cfg = finetune_config(dir);
             cfg.max_steps = steps;  // the distilled student's budget, whatever the data size
             train::FinetuneOptions<float> options = loop_options();
+            options.stop_at = 0;  // a pause is the student's (DistillerOptions::stop_at)
             return train::finetune(s, opt, schedule, train, val ? &*val : nullptr, cfg, train::CrossEntropy{},
                                    std::move(options));
         });
@@ -26876,6 +27791,7 @@ public:
                                s_.optimizer);
             optim::Schedule schedule(schedule_config_of(h), steps);
             train::FinetuneOptions<float> options = loop_options_of(s_);
+            options.stop_at = 0;  // the embedding task does not pause (distill sweep refuses it)
             options.extra = extra;
             return train::finetune(s, opt, schedule, train.data, val ? &val->data : nullptr,
                                    finetune_config_of(h, dir, s_.options.quiet),
@@ -27206,7 +28122,7 @@ public:
         for (const auto& ex : s_.test->examples) {
             if (s_.job.evaluation.max_examples > 0 && std::int64_t(requests.size()) >= s_.job.evaluation.max_examples)
                 break;
-            requests.push_back({ex.id, ex.line, ex.prompt});
+            requests.push_back({ex.id, ex.line, ex.prompt, ex.fields});
             references.push_back(*ex.reference);
         }
         teacher::Sampling sampling = s_.job.generation;
@@ -27218,6 +28134,18 @@ public:
         if (s_.job.evaluation.evaluate_teacher) {
             s_.say("evaluate: teacher on " + std::to_string(requests.size()) + " test prompts");
             models["teacher"] = measure_teacher(requests, references, sampling);
+            if constexpr (detail::is_ensemble<Teacher>)  // and each of several teachers alone
+                for (std::size_t i = 0; i < teacher_.size(); ++i) {
+                    const std::string name = "teacher_" + teacher_.member_name(i);
+                    s_.say("evaluate: " + name);
+                    eval::PeakMemory memory;
+                    nlohmann::ordered_json m =
+                        measure(teacher_.member(i), name, requests, references, sampling, memory);
+                    if (m["parameters"].is_number())  // loaded before the measurement: its weights added
+                        m["peak_rss_bytes"] =
+                            m["peak_rss_bytes"].get<std::int64_t>() + 4 * m["parameters"].get<std::int64_t>();
+                    models[name] = std::move(m);
+                }
         }
         if (with_baseline) {
             s_.say("evaluate: baseline student");
@@ -27242,6 +28170,7 @@ public:
                                   {"generation", generation_fingerprint(teacher_, s_.job.generation)},
                                   {"student", student_digest}};
         if (with_baseline) report["fingerprints"]["baseline"] = baseline_digest;
+        if constexpr (detail::is_ensemble<Teacher>) teachers_section(report);
         report["training"] = out.training_summary();
         report["timings"] = stage_timings(report["training"]);
         report["timings"]["evaluate_s"] = detail::seconds_since(t0);
@@ -27310,6 +28239,21 @@ private:
         m["checkpoint_bytes"] = nullptr;
         if constexpr (requires { model.network().config().parameter_count(); })
             m["parameters"] = model.network().config().parameter_count();
+        if constexpr (requires {
+                          model.member(0).network().config().parameter_count();
+                          model.member(0).config().weights;
+                      }) {
+            // several teachers: all of them are loaded to answer
+            std::int64_t parameters = 0;
+            std::uintmax_t bytes = 0;
+            for (std::size_t i = 0; i < model.size(); ++i) {
+                parameters += model.member(i).network().config().parameter_count();
+                const auto& w = model.member(i).config().weights;
+                if (!w.empty() && std::filesystem::exists(w)) bytes += detail::checkpoint_bytes(w);
+            }
+            m["parameters"] = parameters;
+            if (bytes > 0) m["checkpoint_bytes"] = bytes;
+        }
         if constexpr (requires { model.config().weights; })
             if (!model.config().weights.empty() && std::filesystem::exists(model.config().weights))
                 m["checkpoint_bytes"] = detail::checkpoint_bytes(model.config().weights);
@@ -27421,6 +28365,29 @@ private:
             tokens += batch.loss_tokens;
         }
         return eval::perplexity(nll, tokens);
+    }
+
+    // A multi-teacher job's `route` and `teachers`: each one's name, normalized weight, fingerprint and
+    // the training answers it gave (synthetic.jsonl's answered_by) with their share.
+    void teachers_section(nlohmann::ordered_json& report) const {
+        std::vector<std::int64_t> answers(teacher_.size(), 0);
+        std::int64_t total = 0;
+        const auto synthetic = s_.dir.generate_dir() / "synthetic.jsonl";
+        if (std::filesystem::exists(synthetic))
+            for (const auto& r : teacher::read_synthetic(synthetic))
+                if (const int k = teacher_.index_of(r.response.answered_by); k >= 0) {
+                    ++answers[std::size_t(k)];
+                    ++total;
+                }
+        report["route"] = teacher_.route().to_json();
+        nlohmann::ordered_json list = nlohmann::ordered_json::array();
+        for (std::size_t i = 0; i < teacher_.size(); ++i)
+            list.push_back({{"name", teacher_.member_name(i)},
+                            {"weight", teacher_.weights()[i]},
+                            {"fingerprint", teacher_.member(i).fingerprint()},
+                            {"answers", answers[i]},
+                            {"share", total > 0 ? double(answers[i]) / double(total) : 0.0}});
+        report["teachers"] = std::move(list);
     }
 
     // The report's cost table from its measurements and the job's prices (eval/cost.hpp).
@@ -27831,7 +28798,7 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
         for (std::size_t i = first; i < first + n; ++i)
             if (!teacher_batch_invariant<Teacher> || !done.count(examples[i].id)) members.push_back(i);
         std::vector<teacher::Request> requests;
-        for (std::size_t i : members) requests.push_back({examples[i].id, i, examples[i].prompt});
+        for (std::size_t i : members) requests.push_back({examples[i].id, i, examples[i].prompt, examples[i].fields});
         report.requested += pending;
 
         // Answers arrive in any order; they are written in input order as soon as the prefix is complete.
@@ -28121,12 +29088,16 @@ private:
         }
         check_on_policy();
         if constexpr (online || uses_topk || requires { teacher_.chat_template(); }) align_vocabularies();
+        check_teachers();
         if constexpr (online) {
-            const auto& t = teacher_.network().config();
-            if (t.context_length < s_.student.context_length)
-                throw config_error("student.context_length",
-                                   "is " + std::to_string(s_.student.context_length) + ", longer than the teacher's " +
-                                       std::to_string(t.context_length) + " (the teacher forwards the same sequences)");
+            for_each_network([&](const auto& net, const std::string& who) {
+                const auto& t = net.config();
+                if (t.context_length < s_.student.context_length)
+                    throw config_error("student.context_length", "is " + std::to_string(s_.student.context_length) +
+                                                                     ", longer than " + who + "'s " +
+                                                                     std::to_string(t.context_length) +
+                                                                     " (the teacher forwards the same sequences)");
+            });
             if (teacher_batch_size(teacher_) < s_.job.hyperparameters.loop.batch_size)
                 throw config_error("teacher.max_batch",
                                    "is " + std::to_string(teacher_batch_size(teacher_)) +
@@ -28165,6 +29136,11 @@ private:
             throw config_error("on_policy.lambda",
                                "needs a student that decodes with a KV cache (make_cache, "
                                "prefill, decode)");
+        if constexpr (detail::is_ensemble<Teacher>)
+            if (op.seq_kd)
+                throw config_error("on_policy.seq_kd",
+                                   "samples responses from one teacher; a job with several teachers cannot "
+                                   "(on_policy.lambda, the student sampling, works: the teachers' mixture scores it)");
         if constexpr (!requires(Teacher & t) { t.network().make_cache(1); })
             if (op.seq_kd)
                 throw config_error("on_policy.seq_kd",
@@ -28238,20 +29214,29 @@ private:
     // notice); different tokenizers are refused with the advice to distill through the text, which
     // works across tokenizers (the teacher's answers are then re-encoded with the student's).
     void align_vocabularies() {
+        if constexpr (detail::is_ensemble<Teacher>) {
+            // each teacher as a single teacher would be: the same alignment, the same refusal
+            for (std::size_t i = 0; i < teacher_.size(); ++i) align_vocabularies(teacher_.member(i));
+        } else {
+            align_vocabularies(teacher_);
+        }
+    }
+
+    template <class One>
+    void align_vocabularies(One& one) {
         const std::int64_t student_rows = s_.student.vocab_size;
         data::VocabInfo teacher_vocab;
-        if constexpr (requires { teacher_.chat_template(); }) {
-            teacher_vocab = teacher_.chat_template().vocab_info("teacher", teacher_vocab_size(teacher_));
+        if constexpr (requires { one.chat_template(); }) {
+            teacher_vocab = one.chat_template().vocab_info("teacher", teacher_vocab_size(one));
         } else {  // a cache or an endpoint, known by its tokenizer's name
             teacher_vocab = s_.chat_template.vocab_info("teacher");
-            if (!s_.answer_tokens_reusable)
-                teacher_vocab.tokens = {"(tokenizer " + teacher_tokenizer_id(teacher_) + ")"};
+            if (!s_.answer_tokens_reusable) teacher_vocab.tokens = {"(tokenizer " + teacher_tokenizer_id(one) + ")"};
         }
         s_.alignment = data::align_vocabularies(teacher_vocab, s_.chat_template.vocab_info("student", student_rows));
         if constexpr (!online && !uses_topk) return;  // text distillation works across tokenizers
         data::require_logit_compatible(s_.alignment);
         if constexpr (online) {
-            const std::int64_t teacher_rows = teacher_.network().config().vocab_size;
+            const std::int64_t teacher_rows = one.network().config().vocab_size;
             if (teacher_rows < student_rows)
                 throw config_error("student.vocab_size",
                                    "is " + std::to_string(student_rows) + ", more rows than the teacher's " +
@@ -28261,6 +29246,64 @@ private:
                                        std::to_string(s_.chat_template.vocab_size()) + " ids)");
         }
         if (s_.alignment.match == data::vocab_match::padded) s_.say("tokenizer: " + s_.alignment.message);
+    }
+
+    // Calls f(network, "the teacher" | "teacher <name>") for the in-process teacher, or for each
+    // member of an ensemble.
+    template <class F>
+    void for_each_network(F&& f) const {
+        if constexpr (detail::is_ensemble<Teacher>) {
+            for (std::size_t i = 0; i < teacher_.size(); ++i)
+                f(teacher_.member(i).network(), "teacher \"" + teacher_.member_name(i) + "\"");
+        } else {
+            f(teacher_.network(), std::string("the teacher"));
+        }
+    }
+
+    // A job with `teachers` needs a teacher::Ensemble built from them (same names, weights and route,
+    // so that the report and the fingerprints say what the job says); a single-teacher job refuses one.
+    // Under a field route every training and validation example must reach a teacher.
+    void check_teachers() const {
+        if constexpr (detail::is_ensemble<Teacher>) {
+            if (!s_.job.multi_teacher())
+                throw config_error("teachers", "is empty, but the Distiller was given a teacher::Ensemble");
+            if (s_.job.teachers.size() != teacher_.size())
+                throw config_error("teachers", "names " + std::to_string(s_.job.teachers.size()) +
+                                                   " teachers, but the ensemble holds " +
+                                                   std::to_string(teacher_.size()));
+            double total = 0;
+            for (std::size_t i = 0; i < teacher_.size(); ++i) total += s_.job.teacher_weight(i);
+            for (std::size_t i = 0; i < teacher_.size(); ++i) {
+                const std::string at = "teachers[" + std::to_string(i) + "]";
+                if (s_.job.teacher_name(i) != teacher_.member_name(i))
+                    throw config_error(at + ".name", "is \"" + s_.job.teacher_name(i) + "\", but the ensemble's " +
+                                                         std::to_string(i) + "th teacher is \"" +
+                                                         teacher_.member_name(i) + "\"");
+                if (std::abs(s_.job.teacher_weight(i) / total - teacher_.weights()[i]) > 1e-12)
+                    throw config_error(at + ".weight",
+                                       "differs from the ensemble's weight of \"" + teacher_.member_name(i) + "\"");
+            }
+            std::vector<std::string> names;
+            for (std::size_t i = 0; i < teacher_.size(); ++i) names.push_back(teacher_.member_name(i));
+            if (teacher::parse_route(s_.job.route, names).to_json() != teacher_.route().to_json())
+                throw config_error("route", "differs from the ensemble's route " + teacher_.route().to_json().dump());
+            if (teacher_.route().mode == teacher::Route::by::field) {
+                auto check = [&](const data::Dataset& d, const std::string& file) {
+                    for (const auto& ex : d.examples) try {
+                            (void)teacher_.route_of(ex.id, ex.fields);
+                        } catch (const config_error& e) {
+                            throw format_error(file, ex.line, e.what());
+                        }
+                };
+                check(s_.train, s_.job.training_data);
+                if (s_.validation) check(*s_.validation, s_.job.validation_data);
+            }
+        } else {
+            if (s_.job.multi_teacher())
+                throw config_error("teachers",
+                                   "names several teachers; give the Distiller a teacher::Ensemble of them "
+                                   "(examples/multi_teacher.cpp)");
+        }
     }
 
     // The job's precision is the device's: a device with a precision (device::Cpu) must compute in the
@@ -28280,4 +29323,622 @@ private:
 
 }  // namespace distill
 // ---- end distill/pipeline/distiller.hpp ----
+// ---- begin distill/pipeline/sweep.hpp ----
+/// @file pipeline/sweep.hpp
+/// `distill sweep`: tuning a job's settings by grid or random search with successive halving.
+///
+/// The job's `sweep` object (docs/job-format.md, "sweep") names the settings to vary by their path
+/// in the job ("hyperparameters.learning_rate", "loss.soft_kl.weight", or a JSON pointer), each a
+/// list of values (a grid: every combination) or a range {"min", "max", "scale": "log"|"linear"}
+/// (random search: `trials` settings drawn with `seed`; lists are then drawn from too).
+///
+/// Successive halving, synchronous (every trial of a rung finishes before the next rung starts,
+/// which on one machine costs nothing against asynchronous ASHA and makes the result independent of
+/// timing): rung k trains each surviving trial to ceil(S / eta^(R-1-k)) of its S steps; the best
+/// floor(n / eta) (at least 1) by the validation metric at that step (`metric`: the loss, or one
+/// term, "hard_ce", when the space changes what the loss measures) go on, resuming from their
+/// checkpoints. A trial's learning-rate schedule is laid out for its full S steps from the start
+/// (the job keeps max_steps = S; the rung only pauses the loop, `DistillerOptions::stop_at`), so a
+/// trial continued through the rungs equals one trained without a pause, bit for bit.
+///
+/// The state (every trial's settings and its validation loss at each rung it reached) is
+/// `sweep_state.json`, written atomically after each trial's rung; a sweep run again continues where
+/// it stopped. The outputs: `sweep.md` and `sweep.json` (the trials ranked), `sweep.svg` (validation
+/// loss against steps per trial), `best_job.json` (the best trial's settings in the base job, a
+/// runnable job without `sweep`).
+///
+/// This header holds the search and the bookkeeping; how a trial trains is the caller's callback
+/// (apps/distill.cpp runs the finetune stage of the trial's job).
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <iterator>
+#include <limits>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+
+namespace distill::sweep {
+
+/// One setting the sweep varies.
+struct Dimension {
+    std::string key;                       ///< as the job names it ("hyperparameters.learning_rate")
+    std::string pointer;                   ///< the JSON pointer into the job ("/hyperparameters/learning_rate")
+    std::vector<nlohmann::json> values{};  ///< a list (grid, or choices of a random search)
+    bool range = false;                    ///< {"min", "max", "scale"} instead of a list
+    double min = 0, max = 0;
+    bool log = false;      ///< draw uniformly in log space
+    bool integer = false;  ///< the job's value is an integer: draws are rounded
+};
+
+/// The job's `sweep` object, read and checked against the base job.
+struct Spec {
+    std::vector<Dimension> space{};
+    int trials = 0;          ///< random search: this many trials (0: a grid, every combination)
+    std::uint64_t seed = 0;  ///< of the random draws
+    bool halving = true;     ///< successive halving (false: every trial to its full steps)
+    double eta = 3;          ///< the reduction factor: 1/eta of a rung's trials go on
+    int rungs = 3;           ///< rungs of halving, the last at the full steps
+    /// What ranks the trials: "loss", the validation loss (the job's weighted sum of its terms), or
+    /// the name of one term, its unweighted value on the validation set ("hard_ce": the student's
+    /// cross-entropy on the teacher's answers, at temperature 1).
+    std::string metric = "loss";
+};
+
+namespace detail {
+
+inline std::string pointer_of(const std::string& key) {
+    if (key.starts_with("/")) return key;
+    std::string p;
+    std::size_t at = 0;
+    while (at <= key.size()) {
+        const std::size_t dot = std::min(key.find('.', at), key.size());
+        p += "/" + key.substr(at, dot - at);
+        at = dot + 1;
+    }
+    return p;
+}
+
+inline double number(const nlohmann::json& j, const std::string& path) {
+    if (!j.is_number()) throw config_error(path, "expected a number, got " + j.dump());
+    return j.get<double>();
+}
+
+}  // namespace detail
+
+/// Reads the `sweep` object `j` against `base` (the job without `sweep`). Throws config_error naming
+/// the key ("sweep.space.hyperparameters.learning_rate: ...").
+inline Spec parse_spec(const nlohmann::json& j, const nlohmann::json& base) {
+    if (!j.is_object()) throw config_error("sweep", "expected an object with \"space\"");
+    Spec s;
+    for (const auto& item : j.items())
+        if (item.key() != "space" && item.key() != "trials" && item.key() != "seed" && item.key() != "halving" &&
+            item.key() != "metric")
+            throw config_error("sweep." + item.key(), "unknown key (expected space, trials, seed, halving, metric)");
+    if (!j.contains("space") || !j["space"].is_object() || j["space"].empty())
+        throw config_error("sweep.space",
+                           "is required: an object of settings to vary, e.g. "
+                           "{\"hyperparameters.learning_rate\": [3e-3, 1e-2]}");
+    bool random = false;
+    for (const auto& item : j["space"].items()) {
+        const std::string path = "sweep.space." + item.key();
+        Dimension d{.key = item.key(), .pointer = detail::pointer_of(item.key())};
+        const nlohmann::json::json_pointer ptr(d.pointer);
+        if (ptr.empty()) throw config_error(path, "names no setting of the job");
+        if (d.pointer == "/output_dir" || d.pointer.starts_with("/sweep") || d.pointer.starts_with("/teacher") ||
+            d.pointer.starts_with("/training_data") || d.pointer.starts_with("/validation_data") ||
+            d.pointer.starts_with("/generation"))
+            throw config_error(path,
+                               "cannot be varied: every trial shares the base job's teacher answers, data "
+                               "and output_dir");
+        if (!base.contains(ptr.parent_pointer()) || !base[ptr.parent_pointer()].is_object())
+            throw config_error(path, "the job has no object \"" + ptr.parent_pointer().to_string() + "\" to set \"" +
+                                         ptr.back() + "\" in");
+        const bool has = base.contains(ptr);
+        d.integer = has && base[ptr].is_number_integer();
+        const nlohmann::json& v = item.value();
+        if (v.is_array()) {
+            if (v.empty()) throw config_error(path, "lists no value");
+            for (const auto& x : v) {
+                if (!(x.is_number() || x.is_string() || x.is_boolean()))
+                    throw config_error(path, "expected numbers, strings or booleans, got " + x.dump());
+                d.values.push_back(x);
+            }
+        } else if (v.is_object()) {
+            for (const auto& k : v.items())
+                if (k.key() != "min" && k.key() != "max" && k.key() != "scale")
+                    throw config_error(path + "." + k.key(), "unknown key (expected min, max, scale)");
+            if (!v.contains("min") || !v.contains("max")) throw config_error(path, "a range needs \"min\" and \"max\"");
+            d.range = true;
+            d.min = detail::number(v["min"], path + ".min");
+            d.max = detail::number(v["max"], path + ".max");
+            if (!(d.min < d.max) || !std::isfinite(d.min) || !std::isfinite(d.max))
+                throw config_error(path, "needs finite min < max, got " + v["min"].dump() + " and " + v["max"].dump());
+            const std::string scale = v.value("scale", "linear");
+            if (scale != "linear" && scale != "log")
+                throw config_error(path + ".scale", "expected \"linear\" or \"log\", got \"" + scale + "\"");
+            d.log = scale == "log";
+            if (d.log && !(d.min > 0)) throw config_error(path + ".min", "must be > 0 on a log scale");
+            random = true;
+        } else {
+            throw config_error(path, "expected a list of values or a range {\"min\", \"max\", \"scale\"}");
+        }
+        s.space.push_back(std::move(d));
+    }
+    if (j.contains("trials")) {
+        if (!j["trials"].is_number_integer() || j["trials"].get<std::int64_t>() < 1 ||
+            j["trials"].get<std::int64_t>() > 10000)
+            throw config_error("sweep.trials", "expected an integer in [1, 10000], got " + j["trials"].dump());
+        s.trials = j["trials"].get<int>();
+    } else if (random) {
+        throw config_error("sweep.trials", "is required when a setting is a range (random search): how many trials");
+    }
+    if (j.contains("seed")) {
+        if (!j["seed"].is_number_unsigned()) throw config_error("sweep.seed", "expected an integer >= 0");
+        s.seed = j["seed"].get<std::uint64_t>();
+    }
+    if (j.contains("halving")) {
+        const auto& h = j["halving"];
+        if (h.is_boolean()) {
+            s.halving = h.get<bool>();
+        } else if (h.is_object()) {
+            for (const auto& k : h.items())
+                if (k.key() != "eta" && k.key() != "rungs")
+                    throw config_error("sweep.halving." + k.key(), "unknown key (expected eta, rungs)");
+            if (h.contains("eta")) {
+                s.eta = detail::number(h["eta"], "sweep.halving.eta");
+                if (!(s.eta >= 2) || !std::isfinite(s.eta))
+                    throw config_error("sweep.halving.eta", "must be a number >= 2, got " + h["eta"].dump());
+            }
+            if (h.contains("rungs")) {
+                if (!h["rungs"].is_number_integer() || h["rungs"].get<int>() < 1 || h["rungs"].get<int>() > 20)
+                    throw config_error("sweep.halving.rungs",
+                                       "expected an integer in [1, 20], got " + h["rungs"].dump());
+                s.rungs = h["rungs"].get<int>();
+            }
+        } else {
+            throw config_error("sweep.halving", "expected true, false or {\"eta\", \"rungs\"}");
+        }
+    }
+    if (j.contains("metric")) {
+        if (!j["metric"].is_string()) throw config_error("sweep.metric", "expected \"loss\" or a loss term's name");
+        s.metric = j["metric"].get<std::string>();
+        if (s.metric != "loss" &&
+            !(base.contains("loss") && base["loss"].is_object() && base["loss"].contains(s.metric)))
+            throw config_error("sweep.metric", "\"" + s.metric + "\" is neither \"loss\" nor a term of the job's loss");
+    }
+    // Trials are compared on one scale: the total changes meaning with the temperature and the weights,
+    // a term with its own settings.
+    for (const auto& d : s.space) {
+        const bool changes_total = d.pointer.starts_with("/loss/") || d.pointer == "/hyperparameters/temperature";
+        const bool changes_term =
+            d.pointer.starts_with("/loss/" + s.metric + "/") && d.pointer != "/loss/" + s.metric + "/weight";
+        if ((s.metric == "loss" && changes_total) || (s.metric != "loss" && changes_term))
+            throw config_error("sweep.metric",
+                               "is \"" + s.metric + "\", which " + d.key +
+                                   " changes the meaning of: trials would be ranked on different scales; rank by a "
+                                   "term it leaves alone, e.g. \"metric\": \"hard_ce\" (the student's "
+                                   "cross-entropy on the teacher's answers)");
+    }
+    return s;
+}
+
+/// A sweep job file: the `sweep` object read against the rest, the base job.
+struct SweepJob {
+    Spec spec;
+    nlohmann::json base;  ///< the job without `sweep`
+    Job job;              ///< `base`, read and validated
+};
+
+/// Reads `path` (io_error, format_error naming the line, config_error naming the key).
+inline SweepJob load_sweep_job(const std::filesystem::path& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw io_error(path, "cannot open the job file");
+    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    nlohmann::json j;
+    try {
+        j = nlohmann::json::parse(text);
+    } catch (const nlohmann::json::parse_error& e) {
+        std::uint64_t line = 1;
+        for (std::size_t i = 0; i < text.size() && i + 1 < e.byte; ++i) line += text[i] == '\n';
+        throw format_error(path, line, std::string("not valid JSON: ") + e.what());
+    }
+    if (!j.is_object()) throw config_error("(job)", "expected a JSON object at the top level");
+    if (!j.contains("sweep"))
+        throw config_error("sweep", "is required by distill sweep: the settings to vary (docs/job-format.md)");
+    SweepJob s;
+    s.base = j;
+    s.base.erase("sweep");
+    s.job = parse_job(s.base);
+    s.spec = parse_spec(j["sweep"], s.base);
+    return s;
+}
+
+/// One trial: its settings and its job.
+struct Trial {
+    std::string id;                     ///< "t03"
+    nlohmann::ordered_json settings{};  ///< key → value, in the space's order
+    nlohmann::json job{};               ///< the base job with the settings (no `sweep`, output_dir unset)
+    std::int64_t full_steps = 0;        ///< hyperparameters.max_steps
+};
+
+/// The trials of `spec` over `base`: every combination of the lists (grid), or `spec.trials` draws.
+/// Each trial's job is validated (config_error naming the trial and the key).
+inline std::vector<Trial> make_trials(const Spec& spec, const nlohmann::json& base) {
+    std::vector<nlohmann::ordered_json> settings;
+    if (spec.trials == 0) {
+        settings.push_back(nlohmann::ordered_json::object());
+        for (const auto& d : spec.space) {
+            std::vector<nlohmann::ordered_json> next;
+            for (const auto& s : settings)
+                for (const auto& v : d.values) {
+                    auto t = s;
+                    t[d.key] = v;
+                    next.push_back(std::move(t));
+                }
+            settings = std::move(next);
+        }
+        if (settings.size() > 10000) throw config_error("sweep.space", "the grid has more than 10000 trials");
+    } else {
+        distill::Rng rng(spec.seed);
+        for (int i = 0; i < spec.trials; ++i) {
+            nlohmann::ordered_json t = nlohmann::ordered_json::object();
+            for (const auto& d : spec.space) {
+                const double u = rng.uniform();
+                if (!d.range) {
+                    t[d.key] = d.values[std::min(d.values.size() - 1, std::size_t(u * double(d.values.size())))];
+                    continue;
+                }
+                double x = d.log ? std::exp(std::log(d.min) + u * (std::log(d.max) - std::log(d.min)))
+                                 : d.min + u * (d.max - d.min);
+                if (d.integer)
+                    t[d.key] = std::int64_t(std::llround(x));
+                else {
+                    char buf[32];  // 4 significant digits: settings a person can read and retype
+                    std::snprintf(buf, sizeof buf, "%.4g", x);
+                    t[d.key] = std::stod(buf);
+                }
+            }
+            settings.push_back(std::move(t));
+        }
+    }
+    const int width = std::max<int>(2, int(std::to_string(settings.size() - 1).size()));  // t00, t01, ...
+    std::vector<Trial> trials;
+    for (std::size_t i = 0; i < settings.size(); ++i) {
+        Trial t;
+        const std::string n = std::to_string(i);
+        t.id = "t" + std::string(std::size_t(width) - n.size(), '0') + n;
+        t.settings = settings[i];
+        t.job = base;
+        for (const auto& d : spec.space) t.job[nlohmann::json::json_pointer(d.pointer)] = settings[i][d.key];
+        try {
+            const Job job = parse_job(t.job);
+            t.full_steps = job.hyperparameters.loop.max_steps;
+            if (t.full_steps <= 0)  // the rungs count steps, which epochs would leave to the data
+                throw config_error("hyperparameters.max_steps", "must be > 0 in a sweep (the rungs count steps)");
+        } catch (const config_error& e) {
+            throw config_error("sweep.space", "trial " + t.id + " " + settings[i].dump() + ": " + e.what());
+        }
+        trials.push_back(std::move(t));
+    }
+    return trials;
+}
+
+/// The steps rung `k` of `rungs` trains a trial of `full` steps to: ceil(full / eta^(rungs-1-k)).
+inline std::int64_t rung_steps(std::int64_t full, int k, int rungs, double eta) {
+    const double s = double(full) / std::pow(eta, double(rungs - 1 - k));
+    return std::clamp<std::int64_t>(std::int64_t(std::ceil(s - 1e-9)), 1, full);
+}
+
+/// What training a trial to a rung's step gave.
+struct Outcome {
+    double validation_loss = std::numeric_limits<double>::quiet_NaN();  ///< at the rung's step
+    std::string error{};  ///< the trial failed (a non-finite loss): it ranks last and goes no further
+};
+
+/// Trains `trial` (its job, output_dir set to its directory) to step `stop_at` of its full steps,
+/// continuing from where it stopped; returns the validation loss at that step.
+using TrainFn = std::function<Outcome(const Trial& trial, const nlohmann::json& job, std::int64_t stop_at)>;
+
+/// The last validation `metric` ("loss", or a term's name) at or before `step` in a finetune run's
+/// metrics.jsonl (NaN: none).
+inline double validation_loss_at(const std::filesystem::path& metrics, std::int64_t step,
+                                 const std::string& metric = "loss") {
+    std::ifstream in(metrics);
+    double loss = std::numeric_limits<double>::quiet_NaN();
+    std::int64_t at = -1;
+    for (std::string line; std::getline(in, line);) {
+        const auto j = nlohmann::json::parse(line, nullptr, false);
+        if (!j.is_object() || j.value("kind", "") != "validation") continue;
+        const std::int64_t s = j.value("step", std::int64_t(-1));
+        if (s <= step && s >= at) {
+            at = s;
+            const nlohmann::json* v = metric == "loss" ? (j.contains("loss") ? &j["loss"] : nullptr)
+                                      : j.contains("terms") && j["terms"].contains(metric) ? &j["terms"][metric]
+                                                                                           : nullptr;
+            loss = v && v->is_number() ? v->get<double>() : std::numeric_limits<double>::quiet_NaN();
+        }
+    }
+    return loss;
+}
+
+/// A sweep in `dir` over `base` (the job without `sweep`); see the file comment.
+class Sweep {
+public:
+    Sweep(Spec spec, nlohmann::json base, std::filesystem::path dir, std::vector<Trial> trials)
+        : spec_(std::move(spec)), base_(std::move(base)), dir_(std::move(dir)), trials_(std::move(trials)) {
+        nlohmann::json fp = {{"base", base_},
+                             {"trials", nlohmann::json::array()},
+                             {"halving", spec_.halving},
+                             {"eta", spec_.eta},
+                             {"metric", spec_.metric},
+                             {"rungs", rungs()}};
+        for (const auto& t : trials_) fp["trials"].push_back(t.settings.dump());
+        fingerprint_ = distill::detail::sha(fp.dump());
+        results_.assign(trials_.size(), {});
+    }
+
+    int rungs() const { return spec_.halving ? spec_.rungs : 1; }
+    /// What ranks the trials (Spec::metric).
+    const std::string& metric() const { return spec_.metric; }
+    const std::vector<Trial>& trials() const { return trials_; }
+    const std::filesystem::path& dir() const { return dir_; }
+    std::filesystem::path state_file() const { return dir_ / "sweep_state.json"; }
+    std::filesystem::path trial_dir(const Trial& t) const { return dir_ / "trials" / t.id; }
+
+    /// The trial's job: the base with its settings, training the student only, into its directory.
+    nlohmann::json trial_job(const Trial& t) const {
+        nlohmann::json j = t.job;
+        j["output_dir"] = trial_dir(t).string();
+        j["baseline"]["enabled"] = false;
+        j["export"] = {{"gguf", nlohmann::json::array()}};
+        return j;
+    }
+
+    /// Runs the sweep (continuing a stopped one), then writes the outputs. `say` gets progress lines.
+    void run(const TrainFn& train, const std::function<void(const std::string&)>& say = {}) {
+        std::filesystem::create_directories(dir_);
+        load_state();
+        std::vector<std::size_t> active(trials_.size());
+        for (std::size_t i = 0; i < active.size(); ++i) active[i] = i;
+        for (int k = 0; k < rungs(); ++k) {
+            for (const std::size_t i : active) {
+                if (results_[i].size() > std::size_t(k)) continue;  // done before a restart
+                const std::int64_t steps = rung_steps(trials_[i].full_steps, k, rungs(), spec_.eta);
+                if (say)
+                    say("sweep: rung " + std::to_string(k + 1) + "/" + std::to_string(rungs()) + ", trial " +
+                        trials_[i].id + " " + trials_[i].settings.dump() + " to step " + std::to_string(steps));
+                Outcome o = train(trials_[i], trial_job(trials_[i]), steps);
+                Result r{steps, o.validation_loss, o.error};
+                if (o.error.empty() && !std::isfinite(o.validation_loss)) r.error = "no validation loss";
+                results_[i].push_back(r);
+                if (say)
+                    say("sweep: trial " + trials_[i].id +
+                        (r.error.empty() ? " validation loss " + eval::detail::num(r.loss) : " failed: " + r.error));
+                save_state();
+            }
+            if (k + 1 == rungs()) break;
+            active = survivors(active, k);
+        }
+        write_outputs();
+    }
+
+    /// The trials of `active` that go on from rung `k`: the best floor(n / eta), at least 1, by
+    /// validation loss (failed trials last, ties by order).
+    std::vector<std::size_t> survivors(std::vector<std::size_t> active, int k) const {
+        std::stable_sort(active.begin(), active.end(),
+                         [&](std::size_t a, std::size_t b) { return key(a, k) < key(b, k); });
+        std::size_t keep = std::max<std::size_t>(1, std::size_t(std::floor(double(active.size()) / spec_.eta + 1e-9)));
+        active.resize(std::min(keep, active.size()));
+        while (!active.empty() && !results_[active.back()][std::size_t(k)].error.empty()) active.pop_back();
+        std::sort(active.begin(), active.end());
+        return active;
+    }
+
+    /// Steps spent: every trial's furthest rung; and the full grid's: every trial to its full steps.
+    std::int64_t steps_spent() const {
+        std::int64_t n = 0;
+        for (const auto& r : results_)
+            if (!r.empty()) n += r.back().steps;
+        return n;
+    }
+    std::int64_t full_grid_steps() const {
+        std::int64_t n = 0;
+        for (const auto& t : trials_) n += t.full_steps;
+        return n;
+    }
+
+    /// The ranking: every trial, furthest rung first, then by its validation loss there.
+    nlohmann::ordered_json table() const {
+        std::vector<std::size_t> order(trials_.size());
+        for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+        std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+            const int ra = int(results_[a].size()), rb = int(results_[b].size());
+            if (ra != rb) return ra > rb;
+            return ra == 0 ? false : key(a, ra - 1) < key(b, rb - 1);
+        });
+        nlohmann::ordered_json rows = nlohmann::ordered_json::array();
+        for (const std::size_t i : order) {
+            nlohmann::ordered_json row = {{"trial", trials_[i].id}, {"settings", trials_[i].settings}};
+            const auto& r = results_[i];
+            row["steps"] = r.empty() ? 0 : r.back().steps;
+            row["full_steps"] = trials_[i].full_steps;
+            row["validation_loss"] =
+                r.empty() || !r.back().error.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(r.back().loss);
+            row["rungs"] = nlohmann::ordered_json::array();
+            for (const auto& x : r) {
+                nlohmann::ordered_json c = {{"steps", x.steps}};
+                c["validation_loss"] = x.error.empty() ? nlohmann::ordered_json(x.loss) : nlohmann::ordered_json();
+                if (!x.error.empty()) c["error"] = x.error;
+                row["rungs"].push_back(c);
+            }
+            rows.push_back(row);
+        }
+        return rows;
+    }
+
+    /// The best trial's job (the base with its settings, output_dir `<dir>/best`).
+    nlohmann::json best_job() const {
+        const auto rows = table();
+        const std::string id = rows.at(0)["trial"];
+        for (const auto& t : trials_)
+            if (t.id == id) {
+                nlohmann::json j = t.job;
+                j["output_dir"] = (dir_ / "best").string();
+                return j;
+            }
+        return {};
+    }
+
+    /// The validation curves: the rung results, with the trial's own validations where its
+    /// metrics.jsonl is there.
+    std::vector<eval::Series> curves() const {
+        std::vector<eval::Series> out;
+        for (std::size_t i = 0; i < trials_.size(); ++i) {
+            if (results_[i].empty()) continue;
+            eval::Series s{trials_[i].id, {}, {}};
+            std::vector<std::pair<double, double>> points;
+            for (const auto& r : results_[i])
+                if (r.error.empty()) points.emplace_back(double(r.steps), r.loss);
+            std::ifstream in(trial_dir(trials_[i]) / "student" / "metrics.jsonl");
+            for (std::string line; std::getline(in, line);) {
+                const auto j = nlohmann::json::parse(line, nullptr, false);
+                if (j.is_object() && j.value("kind", "") == "validation" && j.contains("loss") &&
+                    j.value("step", std::int64_t(0)) <= results_[i].back().steps) {
+                    const double v = spec_.metric == "loss"
+                                         ? j.value("loss", 0.0)
+                                         : j.value(nlohmann::json::json_pointer("/terms/" + spec_.metric), 0.0);
+                    points.emplace_back(j.value("step", 0.0), v);
+                }
+            }
+            std::sort(points.begin(), points.end());
+            points.erase(std::unique(points.begin(), points.end(),
+                                     [](const auto& a, const auto& b) { return a.first == b.first; }),
+                         points.end());
+            for (const auto& [x, y] : points) {
+                s.x.push_back(x);
+                s.y.push_back(y);
+            }
+            out.push_back(std::move(s));
+        }
+        return out;
+    }
+
+    /// sweep.json, sweep.md, sweep.svg and best_job.json, each written atomically.
+    void write_outputs() const {
+        const auto rows = table();
+        const std::int64_t spent = steps_spent(), full = full_grid_steps();
+        nlohmann::ordered_json j = {{"fingerprint", fingerprint_},
+                                    {"method", spec_.halving ? "successive halving" : "full grid"},
+                                    {"metric", spec_.metric},
+                                    {"eta", spec_.eta},
+                                    {"rungs", rungs()},
+                                    {"trials", trials_.size()},
+                                    {"steps_spent", spent},
+                                    {"full_grid_steps", full},
+                                    {"fraction_of_full_grid", full > 0 ? double(spent) / double(full) : 0.0},
+                                    {"best", rows.at(0)},
+                                    {"ranking", rows}};
+        io::write_file_atomic(dir_ / "sweep.json", j.dump(2) + "\n");
+        std::string md = "# Sweep\n\n";
+        char buf[256];
+        std::snprintf(
+            buf, sizeof buf,
+            "%s over %zu trials%s: %lld steps spent, %lld for every trial to its full steps (%.1f%%).\n\n",
+            spec_.halving ? "Successive halving" : "Full grid", trials_.size(),
+            spec_.halving
+                ? (", eta " + eval::detail::num(spec_.eta) + ", " + std::to_string(rungs()) + " rungs").c_str()
+                : "",
+            (long long)spent, (long long)full, full > 0 ? 100.0 * double(spent) / double(full) : 0.0);
+        md += buf;
+        md += "| rank | trial |";
+        for (const auto& d : spec_.space) md += " " + d.key + " |";
+        md += " steps | validation " + spec_.metric + " per rung |\n|---|---|";
+        for (std::size_t i = 0; i < spec_.space.size(); ++i) md += "---|";
+        md += "---|---|\n";
+        int rank = 0;
+        for (const auto& row : rows) {
+            md += "| " + std::to_string(++rank) + " | " + row["trial"].get<std::string>() + " |";
+            for (const auto& d : spec_.space) md += " " + row["settings"][d.key].dump() + " |";
+            md += " " + std::to_string(row["steps"].get<std::int64_t>()) + " |";
+            std::string per;
+            for (const auto& c : row["rungs"]) {
+                if (!per.empty()) per += ", ";
+                per += std::to_string(c["steps"].get<std::int64_t>()) + ": " +
+                       (c["validation_loss"].is_number() ? eval::detail::num(c["validation_loss"].get<double>())
+                                                         : "failed (" + c.value("error", std::string()) + ")");
+            }
+            md += " " + per + " |\n";
+        }
+        md += "\nBest job: `best_job.json` (run it with `distill run`).\n";
+        io::write_file_atomic(dir_ / "sweep.md", md);
+        io::write_file_atomic(dir_ / "sweep.svg", eval::line_chart("Validation " + spec_.metric + " per trial", "step",
+                                                                   "validation " + spec_.metric, curves()));
+        io::write_file_atomic(dir_ / "best_job.json", best_job().dump(2) + "\n");
+    }
+
+private:
+    struct Result {
+        std::int64_t steps = 0;
+        double loss = std::numeric_limits<double>::quiet_NaN();
+        std::string error{};
+    };
+
+    // The ranking key at rung k: failed trials last.
+    std::pair<int, double> key(std::size_t i, int k) const {
+        const auto& r = results_[i][std::size_t(k)];
+        return r.error.empty() ? std::pair{0, r.loss} : std::pair{1, 0.0};
+    }
+
+    void load_state() {
+        if (!std::filesystem::exists(state_file())) return;
+        const auto j = distill::detail::read_json_file(state_file());
+        if (j.value("fingerprint", "") != fingerprint_)
+            throw config_error("output_dir", state_file().string() +
+                                                 " belongs to another sweep (another base job, "
+                                                 "space or halving); choose another output_dir or delete it");
+        const auto& t = j.at("trials");
+        for (std::size_t i = 0; i < trials_.size() && i < t.size(); ++i)
+            for (const auto& r : t[i].at("results"))
+                results_[i].push_back({r.at("steps").get<std::int64_t>(),
+                                       r.at("validation_loss").is_number() ? r.at("validation_loss").get<double>()
+                                                                           : std::numeric_limits<double>::quiet_NaN(),
+                                       r.value("error", std::string())});
+    }
+
+    void save_state() const {
+        nlohmann::ordered_json j = {{"fingerprint", fingerprint_}, {"trials", nlohmann::ordered_json::array()}};
+        for (std::size_t i = 0; i < trials_.size(); ++i) {
+            nlohmann::ordered_json t = {
+                {"id", trials_[i].id}, {"settings", trials_[i].settings}, {"results", nlohmann::ordered_json::array()}};
+            for (const auto& r : results_[i]) {
+                nlohmann::ordered_json x = {{"steps", r.steps}};
+                x["validation_loss"] =
+                    std::isfinite(r.loss) ? nlohmann::ordered_json(r.loss) : nlohmann::ordered_json();
+                if (!r.error.empty()) x["error"] = r.error;
+                t["results"].push_back(x);
+            }
+            j["trials"].push_back(t);
+        }
+        io::write_file_atomic(state_file(), j.dump(2) + "\n");
+    }
+
+    Spec spec_;
+    nlohmann::json base_;
+    std::filesystem::path dir_;
+    std::vector<Trial> trials_;
+    std::vector<std::vector<Result>> results_;
+    std::string fingerprint_;
+};
+
+}  // namespace distill::sweep
+// ---- end distill/pipeline/sweep.hpp ----
 // ---- end distill/distill.hpp ----

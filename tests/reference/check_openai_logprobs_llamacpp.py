@@ -23,9 +23,11 @@ Checks, one PASS/FAIL line each: the prompt's token count equals the server's us
 answer ids equal llama.cpp's greedy ids; at every position every top-k slot distill mapped holds
 llama.cpp's id at that rank among the mapped ones with the same log-probability (within 1e-4),
 i.e. distill's slots are llama.cpp's top-K with the unmapped entries left out; and every llama.cpp
-top-K id distill left unmapped is one the server cannot name (its bytes are not UTF-8 on their own,
-which llama-cpp-python renders as "" with errors="ignore", or its text is another top-K token's),
-and distill counted each one. Exit status 1 on any FAIL.
+top-K id distill left unmapped is one the server cannot name: llama-cpp-python names a token by
+`detokenize([id])` (special tokens rendered as nothing) decoded with errors="ignore", with no
+`bytes`, as the key of a dict, so a token whose bytes are not UTF-8 on their own, a special token
+and a token whose text another top-K token shares arrive empty or not at all; and distill counted
+each one. Exit status 1 on any FAIL.
 """
 
 import argparse
@@ -114,7 +116,9 @@ def main():
             check(f"{name}: answered", False, ans["error"])
             continue
         prompt = llama_chat_format.format_chatml(messages=[{"role": "user", "content": ans["prompt"]}]).prompt
-        ptoks = llm.tokenize(prompt.encode("utf-8"), special=True)
+        # as llama-cpp-python's completion tokenizes a prompt: BOS when the vocabulary asks for it
+        ptoks = ([llm.token_bos()] if llm._model.add_bos_token() else []) + llm.tokenize(
+            prompt.encode("utf-8"), add_bos=False, special=True)
         check(f"{name}: prompt tokens = the server's usage ({len(ptoks)})", len(ptoks) == ans["prompt_tokens"],
               f"{len(ptoks)} vs {ans['prompt_tokens']}")
         # llama.cpp's own greedy continuation and every position's log-probabilities
@@ -148,14 +152,15 @@ def main():
                     bad.append(f"position {j}: id {i} log-probability {lp} vs llama.cpp's {row[i]}")
                 else:
                     totals["equal"] += 1
-            # the ids distill left out: those the server cannot name
+            # the ids distill left out: those the server cannot name (it names a token by
+            # detokenize([id]) without special tokens, decoded with errors="ignore", as a dict key)
             texts = {}
             for i in ref:
-                texts.setdefault(llm.detokenize([i], special=True).decode("utf-8", errors="ignore"), []).append(i)
+                texts.setdefault(llm.detokenize([i]).decode("utf-8", errors="ignore"), []).append(i)
             for i in ref:
                 if i in {m for m, _ in mapped}:
                     continue
-                raw = llm.detokenize([i], special=True)
+                raw = llm.detokenize([i])
                 try:
                     raw.decode("utf-8")
                     unnameable = len(texts[raw.decode("utf-8")]) > 1 or raw == b""

@@ -11,7 +11,8 @@
 ///   provides them and `generation.top_logprobs > 0`; record i there belongs to line i of synthetic.jsonl;
 /// - `synthetic.rejected.jsonl` — answers dropped by validation (empty; truncated by max_new_tokens
 ///   unless `keep_truncated`; exact duplicates of an earlier prompt and answer), with the reason;
-/// - `synthetic.report.json` — the report: counts of each outcome, failures, throughput (written atomically).
+/// - `synthetic.report.json` — the report: counts of each outcome, failures, throughput, and for an API
+///   teacher how its tokens mapped onto the tokenizer (`token_mapping`) (written atomically).
 /// `generate_stage` also writes `synthetic.inspect/` (data/inspect.hpp) for the training set's answers.
 ///
 /// **Resume.** Every record carries the generation fingerprint (teacher + sampling settings). A

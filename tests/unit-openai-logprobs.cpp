@@ -140,6 +140,15 @@ TEST_SUITE("openai logprobs") {
         CHECK(m.top_unmapped == 3);
         CHECK(m.top_missing == 2);
         CHECK(m.top_lost() == 5);
+
+        // errors="ignore" makes " \xE2" (the token "Ġâ") the text " ", which "Ġ" has too: without bytes,
+        // " " names neither for sure; with bytes it is exact
+        const TokenTable table(tok);
+        TokenTable::miss why{};
+        CHECK(!table.find({" ", std::nullopt, -1}, &why));
+        CHECK(why == TokenTable::miss::ambiguous);
+        CHECK(table.find({" ", std::vector<std::uint8_t>{32}, -1}) == id_of(tok, "Ġ"));
+        CHECK(table.find({" \xE2", std::vector<std::uint8_t>{32, 0xE2}, -1}) == id_of(tok, "Ġâ"));
     }
 
     TEST_CASE("sampled tokens: a split the tokenizer would not make is kept and counted; an unalignable one fails") {

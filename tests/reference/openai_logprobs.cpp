@@ -2,15 +2,16 @@
 // check that distill's OpenAI teacher, pointed at llama.cpp's OpenAI-compatible server, maps the
 // server's log-probabilities onto the student's ids as llama.cpp itself computes them.
 //
-//   openai_logprobs export OUT.gguf
+//   openai_logprobs export OUT.gguf [SCALE]
 //       a student with the Qwen2 fixture's blocks and published-style byte-level BPE tokenizer
 //       (fixtures/gguf/qwen2/tokenizer.json, ChatML tokens), width 256, random (seeded) with its
-//       token embedding and head scaled up so that the logits spread like a trained model's;
+//       token embedding and head scaled by SCALE (1 by default: the logits spread over a few units,
+//       so that sampled answers vary; from 3 up one token, a newline, takes almost all the mass);
 //       exported as f32 GGUF with that tokenizer.
-//   openai_logprobs query BASE_URL TOKENIZER K MAX_NEW PROMPT...
-//       teacher::OpenAI<data::HfTokenizer> (tokenizer = TOKENIZER) answers each prompt greedily with
-//       top_logprobs = K; prints one JSON object per answer (text, mapped ids, log-probabilities,
-//       what did not map), then {"stats": ...}.
+//   openai_logprobs query BASE_URL TOKENIZER K MAX_NEW TEMPERATURE PROMPT...
+//       teacher::OpenAI<data::HfTokenizer> (tokenizer = TOKENIZER) answers each prompt at TEMPERATURE
+//       (0: greedy; the sampling seed is 0) with top_logprobs = K; prints one JSON object per answer (text, mapped ids,
+//       log-probabilities, what did not map), then {"stats": ...}.
 
 #include <cmath>
 #include <cstdio>
@@ -49,7 +50,7 @@ nlohmann::json mapping_json(const teacher::TokenMapping& m) {
             {"tokens_unmapped", m.tokens_unmapped}, {"retokenize_mismatches", m.retokenize_mismatches}};
 }
 
-int export_student(const std::filesystem::path& out) {
+int export_student(const std::filesystem::path& out, float scale) {
     using Model = student::Transformer<float, device::Cpu>;
     const auto fixture = std::filesystem::path(DISTILL_TEST_DATA_DIR) / "gguf" / "qwen2";
     const io::hf::Directory ckpt(fixture);
@@ -63,7 +64,7 @@ int export_student(const std::filesystem::path& out) {
     m.init(7);
     for (const auto& p : m.parameters())
         if (p.name == "wte.weight" || p.name == "lm_head.weight")
-            for (std::int64_t i = 0; i < p.value.numel(); ++i) p.value.data()[i] *= 20;
+            for (std::int64_t i = 0; i < p.value.numel(); ++i) p.value.data()[i] *= scale;
     io::gguf::save(out, m, {.type = quant::type::F32, .tokenizer = fixture / "tokenizer.json"});
     std::printf("%s\n", out.string().c_str());
     return 0;
@@ -78,11 +79,11 @@ int query(int argc, char** argv) {
     c.request_timeout_s = 300;
     c.max_retries = 1;
     teacher::OpenAI<data::HfTokenizer> t(c);
-    teacher::Sampling s{.temperature = 0.0, .top_p = 1.0, .max_new_tokens = std::atoi(argv[5])};
+    teacher::Sampling s{.temperature = std::atof(argv[6]), .top_p = 1.0, .max_new_tokens = std::atoi(argv[5])};
     s.top_logprobs = std::atoi(argv[4]);
     std::vector<teacher::Request> requests;
-    for (int i = 6; i < argc; ++i)
-        requests.push_back({"p" + std::to_string(i - 6), std::uint64_t(i - 6), {{"user", std::string(argv[i])}}});
+    for (int i = 7; i < argc; ++i)
+        requests.push_back({"p" + std::to_string(i - 7), std::uint64_t(i - 7), {{"user", std::string(argv[i])}}});
     std::vector<nlohmann::json> out(requests.size());
     t.generate(requests, s, [&](std::size_t i, teacher::Response&& r) {
         out[i] = {{"prompt", requests[i].messages[0].content},
@@ -114,14 +115,15 @@ int query(int argc, char** argv) {
 
 int main(int argc, char** argv) {
     try {
-        if (argc == 3 && std::string(argv[1]) == "export") return export_student(argv[2]);
-        if (argc >= 7 && std::string(argv[1]) == "query") return query(argc, argv);
+        if ((argc == 3 || argc == 4) && std::string(argv[1]) == "export")
+            return export_student(argv[2], argc == 4 ? float(std::atof(argv[3])) : 1.0f);
+        if (argc >= 8 && std::string(argv[1]) == "query") return query(argc, argv);
     } catch (const std::exception& e) {
         std::fprintf(stderr, "openai_logprobs: %s\n", e.what());
         return 1;
     }
     std::fprintf(stderr,
-                 "usage: openai_logprobs export OUT.gguf\n"
-                 "       openai_logprobs query BASE_URL TOKENIZER K MAX_NEW PROMPT...\n");
+                 "usage: openai_logprobs export OUT.gguf [SCALE]\n"
+                 "       openai_logprobs query BASE_URL TOKENIZER K MAX_NEW TEMPERATURE PROMPT...\n");
     return 2;
 }

@@ -21,6 +21,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "distill/data/utf8.hpp"
 #include "distill/detail/rng.hpp"
 #include "distill/error.hpp"
 #include "distill/teacher.hpp"
@@ -261,24 +262,31 @@ public:
             if (!bytes || bytes->empty()) continue;
             special_[std::size_t(id)] = tok.is_special(id);
             by_bytes_[*bytes].push_back(id);
+            by_text_[lossy_text(*bytes)].push_back(id);
         }
     }
 
-    /// The id of API token `t`: the token whose exact bytes are `t.bytes` (when given and not
-    /// empty) or the UTF-8 of `t.token`. Several tokens with those bytes (a `<0x41>` byte-fallback
-    /// token beside "A", a special token spelled like text) are told apart by `t.token` naming one
-    /// of them, else by preferring the one token that is neither special nor a byte-fallback token;
-    /// otherwise the token is ambiguous. `why` says why there is no id.
+    /// The id of API token `t`: the token whose exact bytes are `t.bytes`, when given and not empty.
+    /// Without bytes only the text is known, and servers make a token's text by decoding its bytes
+    /// alone, dropping what is not UTF-8 (llama-cpp-python's `errors="ignore"`: " \xE2" becomes " ")
+    /// or replacing it with U+FFFD (then no token has that text): so the candidates are every token
+    /// whose bytes give `t.token` so decoded, and a text two tokens give (" " for "Ġ" and "Ġâ") names
+    /// neither for sure. Several candidates (a `<0x41>` byte-fallback token beside "A", a special
+    /// token spelled like text) are told apart by `t.token` naming one of them, else by preferring
+    /// the one token that is neither special nor a byte-fallback token; otherwise the token is
+    /// ambiguous. `why` says why there is no id.
     std::optional<std::int32_t> find(const TokenLogprob& t, miss* why = nullptr) const {
         auto fail = [&](miss m) -> std::optional<std::int32_t> {
             if (why) *why = m;
             return std::nullopt;
         };
         if (why) *why = miss::none;
-        const std::string key = t.bytes && !t.bytes->empty() ? std::string(t.bytes->begin(), t.bytes->end()) : t.token;
+        const bool has_bytes = t.bytes && !t.bytes->empty();
+        const std::string key = has_bytes ? std::string(t.bytes->begin(), t.bytes->end()) : t.token;
         if (key.empty()) return fail(miss::unknown);
-        const auto it = by_bytes_.find(key);
-        if (it == by_bytes_.end()) return fail(miss::unknown);
+        const auto& table = has_bytes ? by_bytes_ : by_text_;
+        const auto it = table.find(key);
+        if (it == table.end()) return fail(miss::unknown);
         const auto& ids = it->second;
         if (ids.size() == 1) return ids[0];
         for (std::int32_t id : ids)
@@ -300,11 +308,23 @@ public:
     }
 
 private:
+    // A token's bytes decoded alone, dropping what is not UTF-8 (Python's errors="ignore").
+    static std::string lossy_text(const std::string& bytes) {
+        std::string out;
+        for (std::size_t p = 0; p < bytes.size();) {
+            const std::size_t from = p;
+            if (utf8::next_utf8(bytes, p) == utf8::replacement_char && bytes.compare(from, 3, "\xEF\xBF\xBD") != 0)
+                continue;
+            out.append(bytes, from, p - from);
+        }
+        return out;
+    }
+
     static bool is_byte_token(std::string_view name) {
         return name.size() == 6 && name.substr(0, 3) == "<0x" && name[5] == '>';
     }
 
-    std::unordered_map<std::string, std::vector<std::int32_t>> by_bytes_;
+    std::unordered_map<std::string, std::vector<std::int32_t>> by_bytes_, by_text_;
     std::vector<std::string> names_;
     std::vector<bool> special_;
 };

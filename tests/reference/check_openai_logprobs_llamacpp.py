@@ -15,8 +15,8 @@ Run on request, not in CI (it builds llama.cpp through llama-cpp-python from PyP
    tokenizer.json, the student's) against /v1/chat/completions: greedy answers (--temperature 0,
    the default; this random student answers newlines) with top_logprobs = K, mapped onto the
    student's ids. Sampled answers (--temperature 1) hold tokens that are part of a character, which
-   llama-cpp-python names "" and drops from the answer's text: distill cannot align them and fails
-   those answers, counted.
+   llama-cpp-python names ""; where the reported tokens do not line up with the ids the tokenizer
+   gives the answer's text, distill cannot recover them and fails those answers, counted.
 4. Independently, llama_cpp.Llama(logits_all=True) evaluates each prompt's tokens (the ChatML
    prompt llama-cpp-python's formatter renders, tokenized by llama.cpp) followed by the answer's
    ids distill reports, and takes each position's log_softmax (float64) and top-K ids.

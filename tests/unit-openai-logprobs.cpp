@@ -170,6 +170,20 @@ TEST_SUITE("openai logprobs") {
         CHECK(map(s, 0, tok).retokenize_mismatches == 0);
         CHECK(s.response.tokens == std::vector<std::int32_t>{id_of(tok, "Ġworld"), id_of(tok, "<|endoftext|>")});
 
+        // unnamed tokens in a split the tokenizer would not make: recovered from the answer's bytes,
+        // the one way the reported tokens spell it
+        auto split = canned("\xE2\x82\xAC world", R"([
+          {"token":"","bytes":null,"logprob":-0.1,"top_logprobs":[]},
+          {"token":"","bytes":null,"logprob":-0.1,"top_logprobs":[]},
+          {"token":"","bytes":null,"logprob":-0.1,"top_logprobs":[]},
+          {"token":" wor","bytes":null,"logprob":-0.2,"top_logprobs":[]},
+          {"token":"ld","bytes":null,"logprob":-0.3,"top_logprobs":[]}])");
+        const auto ms = map(split, 1, tok);
+        CHECK(split.response.tokens == std::vector<std::int32_t>{id_of(tok, "â"), id_of(tok, "Ĥ"), id_of(tok, "¬"),
+                                                                 id_of(tok, "Ġwor"), id_of(tok, "ld")});
+        CHECK(ms.tokens_unmapped == 3);
+        CHECK(ms.retokenize_mismatches == 1);
+
         auto bad = canned(" world", R"([
           {"token":"","bytes":null,"logprob":-0.4,"top_logprobs":[]},
           {"token":"ld","bytes":[108,100],"logprob":-0.1,"top_logprobs":[]}])");

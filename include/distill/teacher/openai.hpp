@@ -22,8 +22,8 @@
 ///
 /// **Log-probabilities** become top-k data for the student only when the endpoint's model uses the
 /// student's tokenizer, which the config's `tokenizer` declares: `OpenAI<data::ByteTokenizer>` needs
-/// `tokenizer = "byte-v1"`; `OpenAI<data::HfTokenizer>` (or any tokenizer constructible from a
-/// tokenizer.json path) reads the published tokenizer `tokenizer` names (a tokenizer.json or a
+/// `tokenizer = "byte-v1"`; `OpenAI<data::HfTokenizer>` (or a tokenizer with its interface,
+/// constructed from a tokenizer.json path) reads the published tokenizer `tokenizer` names (a tokenizer.json or a
 /// directory holding one). Either provides `signal::topk_logprobs`, maps every `top_logprobs` entry
 /// by its exact `bytes` (or its text when an endpoint gives none) onto the tokenizer's ids, and counts
 /// what does not map (openai::map_logprobs_counted: per answer in `Response::mapping`, in total in

@@ -249,6 +249,8 @@ public:
     explicit TokenTable(const Tokenizer& tok) {
         const std::int32_t n = std::int32_t(tok.vocab_size());
         names_.resize(std::size_t(n));
+        bytes_.resize(std::size_t(n));
+        lossy_.resize(std::size_t(n));
         special_.assign(std::size_t(n), false);
         for (std::int32_t id = 0; id < n; ++id) {
             std::optional<std::string> bytes;
@@ -261,8 +263,11 @@ public:
             }
             if (!bytes || bytes->empty()) continue;
             special_[std::size_t(id)] = tok.is_special(id);
+            bytes_[std::size_t(id)] = *bytes;
+            lossy_[std::size_t(id)] = lossy_text(*bytes);
+            longest_ = std::max(longest_, bytes->size());
             by_bytes_[*bytes].push_back(id);
-            by_text_[lossy_text(*bytes)].push_back(id);
+            by_text_[lossy_[std::size_t(id)]].push_back(id);
         }
     }
 
@@ -302,6 +307,23 @@ public:
         return fail(miss::ambiguous);
     }
 
+    /// The exact bytes of `id` ("" for an id no token has).
+    const std::string& bytes_of(std::int32_t id) const { return bytes_[std::size_t(id)]; }
+
+    /// The ids API token `t` (one without `bytes`, else none) may stand for at byte `at` of `text`:
+    /// tokens whose exact bytes start there and whose bytes decoded alone give `t.token`.
+    void candidates_at(std::string_view text, std::size_t at, const TokenLogprob& t,
+                       std::vector<std::int32_t>& out) const {
+        out.clear();
+        if (t.bytes && !t.bytes->empty()) return;
+        for (std::size_t len = 1; len <= longest_ && at + len <= text.size(); ++len) {
+            const auto it = by_bytes_.find(std::string(text.substr(at, len)));
+            if (it == by_bytes_.end()) continue;
+            for (std::int32_t id : it->second)
+                if (lossy_[std::size_t(id)] == t.token) out.push_back(id);
+        }
+    }
+
     /// Whether `id` is a special token.
     bool is_special(std::int32_t id) const {
         return id >= 0 && std::size_t(id) < special_.size() && special_[std::size_t(id)];
@@ -325,9 +347,55 @@ private:
     }
 
     std::unordered_map<std::string, std::vector<std::int32_t>> by_bytes_, by_text_;
-    std::vector<std::string> names_;
+    std::vector<std::string> names_, bytes_, lossy_;
+    std::size_t longest_ = 0;
     std::vector<bool> special_;
 };
+
+namespace detail_ {
+
+// The one way to read the sampled tokens as the bytes of `text`: mapped tokens spell their bytes
+// (special ones none), each unmapped one is a token whose bytes come next and decode alone to its
+// reported text. False when there is none, several, or the search grows too long.
+inline bool align_by_bytes(const std::vector<LogprobEntry>& logprobs,
+                           const std::vector<std::optional<std::int32_t>>& chosen, const TokenTable& table,
+                           std::string_view text, std::vector<std::int32_t>& out) {
+    const std::size_t n = chosen.size();
+    constexpr std::size_t max_steps = 100000;
+    std::vector<std::int32_t> path(n), found;
+    int solutions = 0;
+    std::size_t steps = 0;
+    std::vector<std::vector<std::int32_t>> candidates(n);
+    auto go = [&](auto&& self, std::size_t i, std::size_t at) -> void {
+        if (solutions > 1 || ++steps > max_steps) return;
+        if (i == n) {
+            if (at == text.size()) {
+                ++solutions;
+                found = path;
+            }
+            return;
+        }
+        if (chosen[i]) {
+            const std::int32_t id = *chosen[i];
+            path[i] = id;
+            if (table.is_special(id)) return self(self, i + 1, at);
+            const std::string& b = table.bytes_of(id);
+            if (text.compare(at, b.size(), b) == 0) self(self, i + 1, at + b.size());
+            return;
+        }
+        table.candidates_at(text, at, logprobs[i].chosen, candidates[i]);
+        for (const std::int32_t id : std::vector<std::int32_t>(candidates[i])) {
+            path[i] = id;
+            self(self, i + 1, at + table.bytes_of(id).size());
+        }
+    };
+    go(go, 0, 0);
+    if (solutions != 1 || steps > max_steps) return false;
+    out = std::move(found);
+    return true;
+}
+
+}  // namespace detail_
 
 /// An answer whose tokens cannot be mapped onto the student's tokenizer (a property of the answer,
 /// not a broken response: it is not retried).
@@ -352,7 +420,9 @@ public:
 ///   whose ids are not `text_ids` (optionally followed by one special token, the stop token some
 ///   endpoints report) counts as a `retokenize_mismatch`. A sampled token that maps to no single id
 ///   is recovered from `text_ids` when the reported tokens line up with them (same count, every
-///   mapped one equal); otherwise the answer cannot be aligned with its top-k and this throws
+///   mapped one equal), else from the answer's bytes when the reported tokens spell `r.text` in
+///   exactly one way (each unmapped one a token whose bytes come next there and decode alone to its
+///   reported text); otherwise the answer cannot be aligned with its top-k and this throws
 ///   mapping_error naming the position.
 inline TokenMapping map_logprobs_counted(Response& r, const std::vector<LogprobEntry>& logprobs, int k,
                                          const TokenTable& table, std::span<const std::int32_t> text_ids,
@@ -376,14 +446,18 @@ inline TokenMapping map_logprobs_counted(Response& r, const std::vector<LogprobE
     bool lines_up = same_count;
     for (std::size_t i = 0; i < std::min(n, tn) && lines_up; ++i)
         if (chosen[i] && *chosen[i] != text_ids[i]) lines_up = false;
+    std::vector<std::int32_t> spelled;
+    const bool by_bytes =
+        !lines_up && m.tokens_unmapped > 0 && detail_::align_by_bytes(logprobs, chosen, table, r.text, spelled);
     for (std::size_t i = 0; i < n; ++i) {
+        if (!chosen[i] && by_bytes) chosen[i] = spelled[i];
         if (!chosen[i]) {
             if (!lines_up || i >= tn)
                 throw mapping_error("logprobs.content[" + std::to_string(i) + "]: the sampled token \"" +
                                     logprobs[i].chosen.token.substr(0, 40) + "\" is no single id of tokenizer " +
                                     std::string(tokenizer_name) +
-                                    ", and the answer's text does not tokenize to the reported tokens, so it "
-                                    "cannot be recovered");
+                                    ", and the answer's text neither tokenizes to the reported tokens nor is "
+                                    "spelled by them in one way, so it cannot be recovered");
             chosen[i] = text_ids[i];
         }
         r.tokens.push_back(*chosen[i]);

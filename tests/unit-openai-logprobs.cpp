@@ -1,5 +1,5 @@
 // An OpenAI-compatible endpoint's log-probabilities mapped onto a published tokenizer (issue 24):
-// canned endpoint answers (no network) in the forms OpenAI, vLLM and llama-cpp-python send them —
+// canned endpoint answers (no network) in the forms OpenAI and llama-cpp-python send them —
 // byte-level BPE tokens holding part of a UTF-8 character, byte-fallback `<0xNN>` tokens, special
 // tokens by their text, tokens that map to no id (counted, their mass left in the tail), sampled
 // tokens checked against the ids of the answer's text — and the Distiller's refusal of an endpoint
@@ -81,7 +81,7 @@ TEST_SUITE("openai logprobs") {
         }
     }
 
-    TEST_CASE("byte-level BPE with bytes (OpenAI, vLLM): partial UTF-8 maps by its bytes; unknown bytes counted") {
+    TEST_CASE("byte-level BPE with bytes (OpenAI's form): partial UTF-8 maps by its bytes; unknown bytes counted") {
         const data::HfTokenizer tok(tokenizers / "gpt2" / "tokenizer.json");
         // "é" is C3 A9: one token ("Ã©"); its lead byte alone is the token "Ã"; F0 9F 98 (part of an
         // emoji) is no token of this vocabulary

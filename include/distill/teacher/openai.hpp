@@ -273,7 +273,8 @@ private:
     }
 
     // The published tokenizer `spec` names, read once (a directory stands for its tokenizer.json).
-    static std::shared_ptr<const tokenizer_storage> load_tokenizer(const std::string& spec) {
+    static std::shared_ptr<const tokenizer_storage> load_tokenizer(
+        const std::string& spec) requires std::is_constructible_v<tokenizer_storage, std::filesystem::path> {
         if (spec.empty())
             throw config_error("teacher.tokenizer",
                                "is required to use the endpoint's log-probabilities: the endpoint model's published "

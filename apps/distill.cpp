@@ -333,6 +333,14 @@ int dispatch(Job job, const Options& o) {
             "distill command runs \"model\", \"openai\" and \"cache\" teachers");
 #if defined(DISTILL_WITH_HTTP)
     const auto c = read_config<teacher::OpenAIConfig>(tcfg, "teacher");
+    if (topk && c.tokenizer != data::ByteTokenizer::id()) {
+        // the endpoint's published tokenizer (the Distiller checks that it is the student's)
+#if defined(DISTILL_WITH_TEXT)
+        return with_distiller<teacher::OpenAI<data::HfTokenizer>, TopKLoss>(job, o, cpu, c);
+#else
+        throw usage_error("teacher.tokenizer: a published tokenizer needs PCRE2; this distill was built without it");
+#endif
+    }
     if (topk) return with_distiller<teacher::OpenAI<data::ByteTokenizer>, TopKLoss>(job, o, cpu, c);
     return with_distiller<teacher::OpenAI<>, TextLoss>(job, o, cpu, c);
 #else

@@ -167,6 +167,39 @@ struct Usage {
     std::int64_t completion_tokens = 0;
 };
 
+/// How an API teacher's reported tokens mapped onto the student's tokenizer
+/// (teacher/openai_format.hpp, `map_logprobs_counted`): per answer in `Response::mapping`, summed per
+/// run in the generate report and in the teacher's stats. All zero for other teachers.
+struct TokenMapping {
+    std::uint64_t top_entries = 0;    ///< top_logprobs entries read: k per position
+    std::uint64_t top_unmapped = 0;   ///< entries whose bytes (or text) are no token of the tokenizer
+    std::uint64_t top_ambiguous = 0;  ///< entries whose bytes are several tokens' and whose text names none
+    std::uint64_t top_duplicate = 0;  ///< entries naming an id an earlier entry of the position named
+    std::uint64_t top_missing = 0;    ///< slots an answer left empty (fewer than k entries)
+    std::uint64_t tokens = 0;         ///< sampled tokens read
+    /// Sampled tokens that are no single id; each was recovered from the ids of the answer's text
+    /// (or the answer failed).
+    std::uint64_t tokens_unmapped = 0;
+    /// Answers whose reported token ids differ from the ids the tokenizer gives their text (the
+    /// reported ids are kept: they are what the top-k entries were conditioned on).
+    std::uint64_t retokenize_mismatches = 0;
+
+    /// Top-k slots that hold no id (their probability stays in the rest of the distribution).
+    std::uint64_t top_lost() const noexcept { return top_unmapped + top_ambiguous + top_duplicate + top_missing; }
+
+    TokenMapping& operator+=(const TokenMapping& o) noexcept {
+        top_entries += o.top_entries;
+        top_unmapped += o.top_unmapped;
+        top_ambiguous += o.top_ambiguous;
+        top_duplicate += o.top_duplicate;
+        top_missing += o.top_missing;
+        tokens += o.tokens;
+        tokens_unmapped += o.tokens_unmapped;
+        retokenize_mismatches += o.retokenize_mismatches;
+        return *this;
+    }
+};
+
 /// A teacher's answer to one request.
 struct Response {
     std::string text{};  ///< the answer (stop sequence and stop token excluded)
@@ -175,13 +208,16 @@ struct Response {
     /// The answer's token ids in the student's tokenizer (the stop token included), when the
     /// teacher gives them; empty for a text-only teacher.
     std::vector<std::int32_t> tokens{};
-    int k = 0;                            ///< top-k width: the arrays below hold tokens.size() * k entries
-    std::vector<std::int32_t> top_ids{};  ///< per position, the k most likely ids, most likely first
+    int k = 0;  ///< top-k width: the arrays below hold tokens.size() * k entries
+    /// Per position, the k most likely ids, most likely first; -1 marks a slot whose API token maps to
+    /// no id of the student's tokenizer (log-probability -inf: its mass stays in the tail).
+    std::vector<std::int32_t> top_ids{};
     std::vector<float> top_logprobs{};    ///< their log-probabilities
     std::vector<float> token_logprobs{};  ///< log-probability of each chosen token (tokens.size() entries, or none)
     std::string error{};                  ///< why the request failed, when finish == error
     /// Which teacher of a teacher::Ensemble answered (its name in the job); "" for a single teacher.
     std::string answered_by{};
+    TokenMapping mapping{};  ///< how an API teacher's tokens mapped (not saved with the answer)
 
     /// Whether the request was answered.
     bool ok() const noexcept { return finish != finish_reason::error; }

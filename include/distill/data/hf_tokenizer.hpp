@@ -156,6 +156,17 @@ public:
         return t ? std::optional<std::string>(*t) : std::nullopt;
     }
 
+    /// The exact bytes token `id` stands for inside a text: an added token's content, a model token
+    /// through the decoder (hf::Decoder::piece: a byte-level token's raw bytes, a `<0xNN>`
+    /// byte-fallback token's byte, "▁" as a space). What an API reports as a token's `bytes`.
+    /// nullopt for an id no token has.
+    std::optional<std::string> token_bytes(std::int32_t id) const {
+        const std::string* t = token_of(id);
+        if (t == nullptr) return std::nullopt;
+        if (added_.id(*t) == id || !decoder_) return *t;
+        return decoder_->piece(*t);
+    }
+
     /// Whether `id` has a token (model vocabulary or added token).
     bool has_id(std::int32_t id) const noexcept { return token_of(id) != nullptr; }
 

@@ -20,7 +20,9 @@
 ///
 /// `token[i]` is the answer's i-th token, `top_id[i*k .. i*k+k)` the k most likely ids at that
 /// position (most likely first), `top_logprob` their natural-log probabilities and `tail_mass[i]`
-/// the probability of every other id, `1 - Σ exp(top_logprob)`. A file is validated completely
+/// the probability of every other id, `1 - Σ exp(top_logprob)`. An empty slot (an API teacher's
+/// token that maps to no id of the tokenizer, teacher/openai_format.hpp) is id -1 with
+/// log-probability -inf, after the others: its probability is part of the tail mass. A file is validated completely
 /// when opened (like `safetensors_file`): magic, version, header bounds, and per record its bounds,
 /// checksum, ids inside the vocabulary, log-probabilities <= 0 in descending order, tail mass in
 /// [0, 1]. An incomplete last record (a crash during an append) is reported as such, and
@@ -282,6 +284,8 @@ private:
             for (std::size_t j = 0; j < k; ++j) {
                 const std::int32_t id = r.top_ids[i * k + j];
                 const float lp = r.top_logprobs[i * k + j];
+                // -1 with -inf: an empty slot (an API token that maps to no id; its mass is in the tail)
+                if (id == -1 && std::isinf(lp) && lp < 0) continue;
                 if (id < 0 || id >= V) fail(at, where(i) + "top id " + std::to_string(id) + " outside the vocabulary");
                 // A log-probability is <= 0; float rounding of the log-sum-exp can give +1e-6.
                 if (std::isnan(lp) || lp > 1e-4f)

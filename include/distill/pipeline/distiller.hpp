@@ -270,7 +270,10 @@ private:
                                    "is 0, but the loss reads the teacher's top-k log-probabilities; set 1..20");
         }
         check_on_policy();
-        if constexpr (online || uses_topk || requires { teacher_.chat_template(); }) align_vocabularies();
+        if constexpr (
+            online || uses_topk || requires { teacher_.chat_template(); } ||
+            requires { teacher_.vocab_info(std::string()); })
+            align_vocabularies();
         check_teachers();
         if constexpr (online) {
             for_each_network([&](const auto& net, const std::string& who) {
@@ -411,6 +414,23 @@ private:
         data::VocabInfo teacher_vocab;
         if constexpr (requires { one.chat_template(); }) {
             teacher_vocab = one.chat_template().vocab_info("teacher", teacher_vocab_size(one));
+        } else if constexpr (requires { one.vocab_info(std::string()); }) {
+            // an endpoint that declares its published tokenizer: the vocabularies are compared, not the files
+            teacher_vocab = one.vocab_info("teacher");
+            const auto a =
+                data::align_vocabularies(teacher_vocab, s_.chat_template.vocab_info("student", student_rows));
+            if (!a.logit_losses_allowed) {
+                if constexpr (uses_topk)
+                    throw config_error("teacher.tokenizer",
+                                       "names the endpoint's tokenizer " + teacher_tokenizer_id(one) +
+                                           ", which is not the student's tokenizer " + s_.chat_template.tokenizer_id() +
+                                           ": the endpoint's top-k log-probabilities cannot be mapped onto the "
+                                           "student's ids (" +
+                                           a.message + ")");
+            } else {
+                s_.answer_tokens_reusable = true;
+                s_.same_vocabulary_tokenizer = teacher_tokenizer_id(one);
+            }
         } else {  // a cache or an endpoint, known by its tokenizer's name
             teacher_vocab = s_.chat_template.vocab_info("teacher");
             if (!s_.answer_tokens_reusable) teacher_vocab.tokens = {"(tokenizer " + teacher_tokenizer_id(one) + ")"};

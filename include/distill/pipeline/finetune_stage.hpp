@@ -395,7 +395,7 @@ private:
             auto topk_path = path;
             topk_path.replace_extension(".topk");
             s.topk_file = std::make_shared<io::topk_file>(topk_path);
-            if (s.topk_file->header().tokenizer != s_.chat_template.tokenizer_id())
+            if (!s_.student_ids(s.topk_file->header().tokenizer))
                 throw config_error("tokenizer",
                                    "the top-k ids of " + topk_path.string() + " belong to tokenizer " +
                                        s.topk_file->header().tokenizer + ", the student's is " +
@@ -414,8 +414,7 @@ private:
             if (r.fingerprint != fp) throw teacher::fingerprint_error(path.string(), r.fingerprint, fp);
             const auto prompt = s_.chat_template.encode_prompt(r.prompt);
             // the teacher's own ids when they are the student tokenizer's, else its text re-encoded
-            const bool same_tokenizer =
-                r.tokenizer.empty() ? s_.answer_tokens_reusable : r.tokenizer == s_.chat_template.tokenizer_id();
+            const bool same_tokenizer = r.tokenizer.empty() ? s_.answer_tokens_reusable : s_.student_ids(r.tokenizer);
             const bool reuse = same_tokenizer && !r.response.tokens.empty() &&
                                std::all_of(r.response.tokens.begin(), r.response.tokens.end(),
                                            [&](std::int32_t id) { return id >= 0 && id < s_.student.vocab_size; });

@@ -11,7 +11,8 @@
 ///   provides them and `generation.top_logprobs > 0`; record i there belongs to line i of synthetic.jsonl;
 /// - `synthetic.rejected.jsonl` — answers dropped by validation (empty; truncated by max_new_tokens
 ///   unless `keep_truncated`; exact duplicates of an earlier prompt and answer), with the reason;
-/// - `synthetic.report.json` — the report: counts of each outcome, failures, throughput (written atomically).
+/// - `synthetic.report.json` — the report: counts of each outcome, failures, throughput, and for an API
+///   teacher how its tokens mapped onto the tokenizer (`token_mapping`) (written atomically).
 /// `generate_stage` also writes `synthetic.inspect/` (data/inspect.hpp) for the training set's answers.
 ///
 /// **Resume.** Every record carries the generation fingerprint (teacher + sampling settings). A
@@ -107,6 +108,9 @@ struct GenerateReport {
     std::uint64_t repaired_bytes = 0;       ///< bytes of torn records cut off before resuming
     double seconds = 0;
     std::vector<GenerateFailure> failures{};
+    /// How an API teacher's tokens mapped onto the tokenizer, summed over this run's answers
+    /// (teacher/openai_format.hpp); all zero for other teachers.
+    teacher::TokenMapping token_mapping{};
 
     /// Every example has a record or a rejection.
     bool complete() const noexcept { return failed == 0; }
@@ -150,6 +154,17 @@ inline nlohmann::ordered_json report_json(const GenerateReport& r) {
     nlohmann::ordered_json f = nlohmann::ordered_json::array();
     for (const auto& x : r.failures) f.push_back({{"id", x.id}, {"line", x.line}, {"error", x.error}});
     j["failures"] = std::move(f);
+    const auto& m = r.token_mapping;
+    if (m.tokens > 0)
+        j["token_mapping"] = {{"top_entries", m.top_entries},
+                              {"top_without_id", m.top_lost()},
+                              {"top_unmapped", m.top_unmapped},
+                              {"top_ambiguous", m.top_ambiguous},
+                              {"top_duplicate", m.top_duplicate},
+                              {"top_missing", m.top_missing},
+                              {"tokens", m.tokens},
+                              {"tokens_unmapped", m.tokens_unmapped},
+                              {"retokenize_mismatches", m.retokenize_mismatches}};
     return j;
 }
 
@@ -322,6 +337,7 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
             return;
         }
         report.completion_tokens += std::uint64_t(std::max<std::int64_t>(0, r.usage.completion_tokens));
+        report.token_mapping += r.mapping;
         const bool blank = r.text.find_first_not_of(" \t\r\n") == std::string::npos;
         if (blank) {
             ++report.rejected_empty;
@@ -404,6 +420,19 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
 
     report.seconds = std::chrono::duration<double>(clock::now() - t0).count();
     progress(true);
+    if (config.progress && report.token_mapping.tokens > 0) {
+        // Nothing of an API's tokens is dropped unsaid: what did not map onto the tokenizer is stated.
+        const auto& m = report.token_mapping;
+        std::fprintf(stderr,
+                     "generate: tokens mapped onto tokenizer %s: %llu top-k entries, %llu without an id (%llu unknown, "
+                     "%llu ambiguous, %llu duplicate, %llu missing; their mass stays in the tail); %llu sampled "
+                     "tokens, %llu recovered from the text's ids; %llu answers whose ids differ from their text's\n",
+                     tokenizer_id.c_str(), (unsigned long long)m.top_entries, (unsigned long long)m.top_lost(),
+                     (unsigned long long)m.top_unmapped, (unsigned long long)m.top_ambiguous,
+                     (unsigned long long)m.top_duplicate, (unsigned long long)m.top_missing,
+                     (unsigned long long)m.tokens, (unsigned long long)m.tokens_unmapped,
+                     (unsigned long long)m.retokenize_mismatches);
+    }
     io::write_file_atomic(report_path, detail::report_json(report).dump(2) + "\n");
     if (report.success_ratio() < config.min_success_ratio) {
         std::string what = "generate: only " + std::to_string(report.requested - report.failed) + " of " +

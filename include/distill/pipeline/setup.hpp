@@ -87,10 +87,19 @@ struct RunSetup {
     Job job;     ///< validated
     RunDir dir;  ///< the job's output_dir
     DistillerOptions options{};
-    StudentConfig student{};                       ///< the job's `student` or the `student_weights` architecture
-    data::ChatTokenizer chat_template{};           ///< the student's tokenizer and chat format
-    std::filesystem::path tokenizer_source{};      ///< its tokenizer.json ("" = the byte tokenizer)
-    bool answer_tokens_reusable = true;            ///< the teacher's answer ids are the student tokenizer's
+    StudentConfig student{};                   ///< the job's `student` or the `student_weights` architecture
+    data::ChatTokenizer chat_template{};       ///< the student's tokenizer and chat format
+    std::filesystem::path tokenizer_source{};  ///< its tokenizer.json ("" = the byte tokenizer)
+    bool answer_tokens_reusable = true;        ///< the teacher's answer ids are the student tokenizer's
+    /// The id of a tokenizer whose vocabulary the Distiller found equal to the student's (an endpoint's
+    /// published tokenizer read from another file): its ids are the student's too ("" = none).
+    std::string same_vocabulary_tokenizer{};
+
+    /// Whether ids of tokenizer `id` are the student tokenizer's.
+    bool student_ids(const std::string& id) const {
+        return id == chat_template.tokenizer_id() ||
+               (!same_vocabulary_tokenizer.empty() && id == same_vocabulary_tokenizer);
+    }
     data::VocabAlignment alignment{};              ///< teacher and student vocabularies (logit-level losses)
     LossConfig loss{};                             ///< the job's `loss` read into the loss's config
     OptimizerConfig optimizer{};                   ///< the job's `optimizer` read into the optimizer's config

@@ -20,10 +20,16 @@
 /// kept in memory only: it is in no fingerprint, name, error message, log line or file (an error
 /// body that echoes it is scrubbed).
 ///
-/// **Log-probabilities** become top-k data for the student only when the endpoint's tokenizer is the
-/// student's: `OpenAI<data::ByteTokenizer>` provides `signal::topk_logprobs` and requires
-/// `tokenizer = "byte-v1"` in its config (else it refuses to start); `OpenAI<>` provides text only,
-/// which the type states at compile time and `name()` at startup.
+/// **Log-probabilities** become top-k data for the student only when the endpoint's model uses the
+/// student's tokenizer, which the config's `tokenizer` declares: `OpenAI<data::ByteTokenizer>` needs
+/// `tokenizer = "byte-v1"`; `OpenAI<data::HfTokenizer>` (or a tokenizer with its interface,
+/// constructed from a tokenizer.json path) reads the published tokenizer `tokenizer` names (a tokenizer.json or a
+/// directory holding one). Either provides `signal::topk_logprobs`, maps every `top_logprobs` entry
+/// by its exact `bytes` (or its text when an endpoint gives none) onto the tokenizer's ids, and counts
+/// what does not map (openai::map_logprobs_counted: per answer in `Response::mapping`, in total in
+/// `stats().mapping`). Whether that tokenizer is the student's is the Distiller's check (it compares
+/// the vocabularies). `OpenAI<>` provides text only, which the type states at compile time and
+/// `name()` at startup.
 
 #include <algorithm>
 #include <atomic>
@@ -32,6 +38,8 @@
 #include <cstdlib>
 #include <ctime>
 #include <exception>
+#include <filesystem>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <span>
@@ -50,6 +58,7 @@
 
 #include <httplib.h>
 
+#include "distill/data/vocab_alignment.hpp"
 #include "distill/detail/hash.hpp"
 #include "distill/detail/rng.hpp"
 #include "distill/error.hpp"
@@ -63,8 +72,10 @@ namespace distill::teacher {
 struct OpenAIConfig {
     std::string base_url = "https://api.openai.com/v1";  ///< requests go to base_url + "/chat/completions"
     std::string model{};                                 ///< the model name the endpoint expects
-    std::string api_key_env{};       ///< name of the environment variable holding the key ("" = no key)
-    std::string tokenizer{};         ///< id of the endpoint model's tokenizer, e.g. "byte-v1" ("" = unknown)
+    std::string api_key_env{};  ///< name of the environment variable holding the key ("" = no key)
+    /// The endpoint model's tokenizer: "byte-v1", or the published tokenizer it uses (a tokenizer.json
+    /// or a directory holding one); "" = unknown (text only)
+    std::string tokenizer{};
     int concurrency = 4;             ///< requests in flight
     double request_timeout_s = 60;   ///< longest wait for a response to progress
     double connect_timeout_s = 10;   ///< longest wait to connect
@@ -99,6 +110,7 @@ struct OpenAIStats {
     std::uint64_t server_errors = 0;  ///< 5xx, 408, 413
     std::uint64_t malformed = 0;      ///< 200 with a body that is not a chat completion
     std::uint64_t failed = 0;         ///< requests given up on
+    TokenMapping mapping{};           ///< how the answers' tokens mapped onto the tokenizer (summed)
 };
 
 /// A teacher behind an OpenAI-compatible endpoint (see the file comment).
@@ -112,10 +124,17 @@ public:
     /// Every request stands alone.
     static constexpr bool batch_invariant = true;
     using tokenizer_type = std::conditional_t<maps_logprobs, Tokenizer, void>;
+    /// What holds the tokenizer (an unused placeholder for a text-only teacher).
+    using tokenizer_storage = std::conditional_t<maps_logprobs, Tokenizer, int>;
 
-    /// Checks the config and reads the API key from the environment. Throws config_error naming the
-    /// field or the environment variable (never its value).
-    explicit OpenAI(OpenAIConfig config) : cfg_(std::move(config)) {
+    /// Checks the config and reads the API key from the environment; with a tokenizer, reads the
+    /// one `tokenizer` names. Throws config_error naming the field or the environment variable (never
+    /// its value); io_error / format_error for a tokenizer file that cannot be read.
+    explicit OpenAI(OpenAIConfig config) : OpenAI(std::move(config), nullptr) {}
+
+    /// As above, with the endpoint's tokenizer already loaded (`config.tokenizer` still names it, for
+    /// the record).
+    OpenAI(OpenAIConfig config, std::shared_ptr<const tokenizer_storage> tokenizer) : cfg_(std::move(config)) {
         cfg_.validate();
         // base_url = origin [path prefix] [?query]; the query (e.g. Azure's api-version) follows the route.
         const auto query_at = cfg_.base_url.find('?');
@@ -135,14 +154,36 @@ public:
             key_ = key;
         }
         if constexpr (maps_logprobs) {
-            if (cfg_.tokenizer != Tokenizer::id())
-                throw config_error("teacher.tokenizer",
-                                   "is \"" + cfg_.tokenizer + "\", but OpenAI<" + std::string(Tokenizer::id()) +
-                                       "> maps log-probabilities onto " + std::string(Tokenizer::id()) +
-                                       ": they can be used only when the endpoint's model has that tokenizer "
-                                       "(use teacher::OpenAI<> for text only)");
+            if constexpr (requires { Tokenizer::id(); }) {  // a tokenizer without a file (byte-v1)
+                if (cfg_.tokenizer != Tokenizer::id())
+                    throw config_error("teacher.tokenizer",
+                                       "is \"" + cfg_.tokenizer + "\", but OpenAI<" + std::string(Tokenizer::id()) +
+                                           "> maps log-probabilities onto " + std::string(Tokenizer::id()) +
+                                           ": they can be used only when the endpoint's model has that tokenizer "
+                                           "(use teacher::OpenAI<> for text only)");
+                tok_ = tokenizer ? std::move(tokenizer) : std::make_shared<const Tokenizer>();
+            } else {
+                if (!tokenizer) tokenizer = load_tokenizer(cfg_.tokenizer);
+                tok_ = std::move(tokenizer);
+            }
+            table_ = std::make_shared<const openai::TokenTable>(*tok_);
         }
     }
+
+    /// The id of the tokenizer the answers' token ids belong to.
+    std::string tokenizer_id() const requires maps_logprobs { return std::string(tok_->id()); }
+
+    /// The number of ids of that tokenizer.
+    int vocab_size() const requires maps_logprobs { return int(tok_->vocab_size()); }
+
+    /// The endpoint tokenizer's vocabulary, for the Distiller's comparison with the student's.
+    data::VocabInfo vocab_info(std::string name) const
+        requires(maps_logprobs&& requires(const tokenizer_storage& t) { t.vocab_info(std::string()); }) {
+        return tok_->vocab_info(std::move(name));
+    }
+
+    /// The endpoint's tokenizer.
+    const tokenizer_storage& tokenizer() const requires maps_logprobs { return *tok_; }
 
     OpenAI(const OpenAI&) = delete;
     OpenAI& operator=(const OpenAI&) = delete;
@@ -150,8 +191,7 @@ public:
     /// "openai:" + endpoint + model + what it provides; no key (and no user info or query string of
     /// the URL, where some gateways put credentials).
     std::string fingerprint() const {
-        return "openai:" + public_url() + ";model=" + cfg_.model +
-               ";tokens=" + (maps_logprobs ? std::string(tokenizer_id()) : std::string("text"));
+        return "openai:" + public_url() + ";model=" + cfg_.model + ";tokens=" + tokens_id();
     }
 
     /// "openai:<model> at <url>", and "(text only)" when log-probabilities cannot be used.
@@ -225,11 +265,29 @@ private:
         return url;
     }
 
-    static constexpr std::string_view tokenizer_id() {
+    std::string tokens_id() const {
         if constexpr (maps_logprobs)
-            return Tokenizer::id();
+            return tokenizer_id();
         else
             return "text";
+    }
+
+    // The published tokenizer `spec` names, read once (a directory stands for its tokenizer.json).
+    static std::shared_ptr<const tokenizer_storage> load_tokenizer(
+        const std::string& spec) requires std::is_constructible_v<tokenizer_storage, std::filesystem::path> {
+        if (spec.empty())
+            throw config_error("teacher.tokenizer",
+                               "is required to use the endpoint's log-probabilities: the endpoint model's published "
+                               "tokenizer (a tokenizer.json or a directory holding one)");
+        std::filesystem::path p = spec;
+        std::error_code ec;
+        if (std::filesystem::is_directory(p, ec)) p /= "tokenizer.json";
+        if (!std::filesystem::is_regular_file(p, ec))
+            throw config_error("teacher.tokenizer", "is \"" + spec +
+                                                        "\": expected the endpoint model's tokenizer.json or a "
+                                                        "directory holding one (" +
+                                                        p.string() + " does not exist)");
+        return std::make_shared<const tokenizer_storage>(p);
     }
 
     httplib::Client make_client() const {
@@ -294,19 +352,22 @@ private:
                         if (s.top_logprobs > 0 && c.logprobs.empty() && !c.response.text.empty())
                             return fail("the endpoint returned no logprobs although top_logprobs = " +
                                         std::to_string(s.top_logprobs) + " was asked for (it may not support them)");
-                        if (!c.logprobs.empty())
-                            openai::map_logprobs(c.response, c.logprobs, s.top_logprobs, Tokenizer{});
+                        if (!c.logprobs.empty()) {
+                            const auto m = openai::map_logprobs_counted(c.response, c.logprobs, s.top_logprobs, *table_,
+                                                                        text_ids(c.response.text), tokenizer_id());
+                            std::lock_guard lock(stats_mutex_);
+                            stats_.mapping += m;
+                        }
                     }
                     return std::move(c.response);
                 } catch (const nlohmann::json::exception& e) {
                     count(&OpenAIStats::malformed);
                     last = "malformed response: " + scrub(e.what());
+                } catch (const openai::mapping_error& e) {
+                    return fail(scrub(e.what()));  // a property of the answer: asking again would not help
                 } catch (const openai::protocol_error& e) {
-                    // A mapping failure is a property of the answer; anything else looks like a broken response.
-                    const std::string what = e.what();
-                    if (what.find("is not one id of tokenizer") != std::string::npos) return fail(scrub(what));
                     count(&OpenAIStats::malformed);
-                    last = "malformed response: " + scrub(what);
+                    last = "malformed response: " + scrub(e.what());
                 }
             } else if (openai::retryable_status(res->status)) {
                 count(res->status == 429 ? &OpenAIStats::rate_limited : &OpenAIStats::server_errors);
@@ -336,6 +397,14 @@ private:
                                  : last + " (after " + std::to_string(cfg_.max_retries + 1) + " attempts)");
     }
 
+    // The ids the tokenizer gives an answer's text, without added special tokens.
+    std::vector<std::int32_t> text_ids(const std::string& text) const requires maps_logprobs {
+        if constexpr (requires { tok_->encode(text, false); })
+            return tok_->encode(text, false);
+        else
+            return tok_->encode(text);
+    }
+
     Response fail(std::string why) {
         count(&OpenAIStats::failed);
         return Response::failure(std::move(why));
@@ -354,6 +423,8 @@ private:
     }
 
     OpenAIConfig cfg_;
+    std::shared_ptr<const tokenizer_storage> tok_;
+    std::shared_ptr<const openai::TokenTable> table_;
     std::string origin_, path_;
     std::string key_;
     mutable std::mutex stats_mutex_;

@@ -11,14 +11,17 @@
 #include <cmath>
 #include <cstdint>
 #include <ctime>
+#include <limits>
 #include <optional>
 #include <span>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "distill/data/utf8.hpp"
 #include "distill/detail/rng.hpp"
 #include "distill/error.hpp"
 #include "distill/teacher.hpp"
@@ -229,6 +232,275 @@ void map_logprobs(Response& r, const std::vector<LogprobEntry>& logprobs, int k,
             r.top_logprobs.push_back(top[std::size_t(j)].first);
         }
     }
+}
+
+/// A tokenizer's tokens by their exact bytes, for mapping an API's tokens onto its ids (see
+/// `map_logprobs_counted`). Built once per teacher: `Tokenizer` is data::ByteTokenizer (bytes 0..255,
+/// special tokens by name) or anything with `vocab_size()`, `token_bytes(id)` (the exact bytes, as
+/// data::HfTokenizer gives them: byte-level BPE through the byte-to-unicode table, `<0xNN>`
+/// byte-fallback tokens as their byte, "▁" as a space, added tokens as their text), `id_to_token(id)`
+/// and `is_special(id)`.
+class TokenTable {
+public:
+    /// Why an API token has no id.
+    enum class miss : std::uint8_t { none, unknown, ambiguous };
+
+    template <class Tokenizer>
+    explicit TokenTable(const Tokenizer& tok) {
+        const std::int32_t n = std::int32_t(tok.vocab_size());
+        names_.resize(std::size_t(n));
+        bytes_.resize(std::size_t(n));
+        lossy_.resize(std::size_t(n));
+        special_.assign(std::size_t(n), false);
+        for (std::int32_t id = 0; id < n; ++id) {
+            std::optional<std::string> bytes;
+            if constexpr (requires { tok.token_bytes(id); }) {
+                bytes = tok.token_bytes(id);
+                if (auto name = tok.id_to_token(id)) names_[std::size_t(id)] = *name;
+            } else {
+                bytes = std::string(tok.token_name(id));
+                names_[std::size_t(id)] = *bytes;
+            }
+            if (!bytes || bytes->empty()) continue;
+            special_[std::size_t(id)] = tok.is_special(id);
+            bytes_[std::size_t(id)] = *bytes;
+            lossy_[std::size_t(id)] = lossy_text(*bytes);
+            longest_ = std::max(longest_, bytes->size());
+            by_bytes_[*bytes].push_back(id);
+            by_text_[lossy_[std::size_t(id)]].push_back(id);
+        }
+    }
+
+    /// The id of API token `t`: the token whose exact bytes are `t.bytes`, when given and not empty.
+    /// Without bytes only the text is known, and servers make a token's text by decoding its bytes
+    /// alone, dropping what is not UTF-8 (llama-cpp-python's `errors="ignore"`: " \xE2" becomes " ")
+    /// or replacing it with U+FFFD (then no token has that text): so the candidates are every token
+    /// whose bytes give `t.token` so decoded, and a text two tokens give (" " for "Ġ" and "Ġâ") names
+    /// neither for sure. Several candidates (a `<0x41>` byte-fallback token beside "A", a special
+    /// token spelled like text) are told apart by `t.token` naming one of them, else by preferring
+    /// the one token that is neither special nor a byte-fallback token; otherwise the token is
+    /// ambiguous. `why` says why there is no id.
+    std::optional<std::int32_t> find(const TokenLogprob& t, miss* why = nullptr) const {
+        auto fail = [&](miss m) -> std::optional<std::int32_t> {
+            if (why) *why = m;
+            return std::nullopt;
+        };
+        if (why) *why = miss::none;
+        const bool has_bytes = t.bytes && !t.bytes->empty();
+        const std::string key = has_bytes ? std::string(t.bytes->begin(), t.bytes->end()) : t.token;
+        if (key.empty()) return fail(miss::unknown);
+        const auto& table = has_bytes ? by_bytes_ : by_text_;
+        const auto it = table.find(key);
+        if (it == table.end()) return fail(miss::unknown);
+        const auto& ids = it->second;
+        if (ids.size() == 1) return ids[0];
+        for (std::int32_t id : ids)
+            if (names_[std::size_t(id)] == t.token) return id;
+        std::optional<std::int32_t> plain;
+        int n_plain = 0;
+        for (std::int32_t id : ids)
+            if (!special_[std::size_t(id)] && !is_byte_token(names_[std::size_t(id)])) {
+                plain = id;
+                ++n_plain;
+            }
+        if (n_plain == 1) return plain;
+        return fail(miss::ambiguous);
+    }
+
+    /// The exact bytes of `id` ("" for an id no token has).
+    const std::string& bytes_of(std::int32_t id) const { return bytes_[std::size_t(id)]; }
+
+    /// The ids API token `t` (one without `bytes`, else none) may stand for at byte `at` of `text`:
+    /// tokens whose exact bytes start there and whose bytes decoded alone give `t.token`.
+    void candidates_at(std::string_view text, std::size_t at, const TokenLogprob& t,
+                       std::vector<std::int32_t>& out) const {
+        out.clear();
+        if (t.bytes && !t.bytes->empty()) return;
+        for (std::size_t len = 1; len <= longest_ && at + len <= text.size(); ++len) {
+            const auto it = by_bytes_.find(std::string(text.substr(at, len)));
+            if (it == by_bytes_.end()) continue;
+            for (std::int32_t id : it->second)
+                if (lossy_[std::size_t(id)] == t.token) out.push_back(id);
+        }
+    }
+
+    /// Whether `id` is a special token.
+    bool is_special(std::int32_t id) const {
+        return id >= 0 && std::size_t(id) < special_.size() && special_[std::size_t(id)];
+    }
+
+private:
+    // A token's bytes decoded alone, dropping what is not UTF-8 (Python's errors="ignore").
+    static std::string lossy_text(const std::string& bytes) {
+        std::string out;
+        for (std::size_t p = 0; p < bytes.size();) {
+            const std::size_t from = p;
+            if (utf8::next_utf8(bytes, p) == utf8::replacement_char && bytes.compare(from, 3, "\xEF\xBF\xBD") != 0)
+                continue;
+            out.append(bytes, from, p - from);
+        }
+        return out;
+    }
+
+    static bool is_byte_token(std::string_view name) {
+        return name.size() == 6 && name.substr(0, 3) == "<0x" && name[5] == '>';
+    }
+
+    std::unordered_map<std::string, std::vector<std::int32_t>> by_bytes_, by_text_;
+    std::vector<std::string> names_, bytes_, lossy_;
+    std::size_t longest_ = 0;
+    std::vector<bool> special_;
+};
+
+namespace detail_ {
+
+// The one way to read the sampled tokens as the bytes of `text`: mapped tokens spell their bytes
+// (special ones none), each unmapped one is a token whose bytes come next and decode alone to its
+// reported text. False when there is none, several, or the search grows too long.
+inline bool align_by_bytes(const std::vector<LogprobEntry>& logprobs,
+                           const std::vector<std::optional<std::int32_t>>& chosen, const TokenTable& table,
+                           std::string_view text, std::vector<std::int32_t>& out) {
+    const std::size_t n = chosen.size();
+    constexpr std::size_t max_steps = 100000;
+    std::vector<std::int32_t> path(n), found;
+    int solutions = 0;
+    std::size_t steps = 0;
+    std::vector<std::vector<std::int32_t>> candidates(n);
+    auto go = [&](auto&& self, std::size_t i, std::size_t at) -> void {
+        if (solutions > 1 || ++steps > max_steps) return;
+        if (i == n) {
+            if (at == text.size()) {
+                ++solutions;
+                found = path;
+            }
+            return;
+        }
+        if (chosen[i]) {
+            const std::int32_t id = *chosen[i];
+            path[i] = id;
+            if (table.is_special(id)) return self(self, i + 1, at);
+            const std::string& b = table.bytes_of(id);
+            if (text.compare(at, b.size(), b) == 0) self(self, i + 1, at + b.size());
+            return;
+        }
+        table.candidates_at(text, at, logprobs[i].chosen, candidates[i]);
+        for (const std::int32_t id : std::vector<std::int32_t>(candidates[i])) {
+            path[i] = id;
+            self(self, i + 1, at + table.bytes_of(id).size());
+        }
+    };
+    go(go, 0, 0);
+    if (solutions != 1 || steps > max_steps) return false;
+    out = std::move(found);
+    return true;
+}
+
+}  // namespace detail_
+
+/// An answer whose tokens cannot be mapped onto the student's tokenizer (a property of the answer,
+/// not a broken response: it is not retried).
+class mapping_error : public protocol_error {
+public:
+    using protocol_error::protocol_error;
+};
+
+/// Fills `r.tokens`, `r.token_logprobs` and the top-k arrays (width `k`) from an API's `logprobs`,
+/// mapping its tokens onto the student's tokenizer through `table`, and returns what did not map
+/// (also left in `r.mapping`); nothing is dropped without being counted.
+///
+/// - **Top-k.** At each position the endpoint's k most likely entries (by log-probability; an
+///   endpoint may add the sampled token as a (k+1)-th) fill the k slots, most likely first. An
+///   entry that maps to no id (unknown or empty bytes and text), to several (`ambiguous`) or to an
+///   id already in the position (`duplicate`), and a slot the endpoint left empty (fewer than k
+///   entries: `missing`), becomes id -1 with log-probability -inf. The top-k loss reads such a slot
+///   as unused: its probability is neither renormalized onto the other entries nor lost but stays
+///   in the loss's "rest" bucket, 1 − Σ mapped probabilities (loss/soft_kl.hpp, TopKSoftKL).
+/// - **Sampled tokens.** `text_ids` are the ids the student's tokenizer gives `r.text` (no special
+///   tokens added). When every sampled token maps, those ids are the answer's tokens, and an answer
+///   whose ids are not `text_ids` (optionally followed by one special token, the stop token some
+///   endpoints report) counts as a `retokenize_mismatch`. A sampled token that maps to no single id
+///   is recovered from `text_ids` when the reported tokens line up with them (same count, every
+///   mapped one equal), else from the answer's bytes when the reported tokens spell `r.text` in
+///   exactly one way (each unmapped one a token whose bytes come next there and decode alone to its
+///   reported text); otherwise the answer cannot be aligned with its top-k and this throws
+///   mapping_error naming the position.
+inline TokenMapping map_logprobs_counted(Response& r, const std::vector<LogprobEntry>& logprobs, int k,
+                                         const TokenTable& table, std::span<const std::int32_t> text_ids,
+                                         std::string_view tokenizer_name) {
+    TokenMapping m;
+    r.tokens.clear();
+    r.token_logprobs.clear();
+    r.top_ids.clear();
+    r.top_logprobs.clear();
+    r.k = k;
+    const std::size_t n = logprobs.size();
+    std::vector<std::optional<std::int32_t>> chosen(n);
+    m.tokens = n;
+    for (std::size_t i = 0; i < n; ++i) {
+        chosen[i] = table.find(logprobs[i].chosen);
+        if (!chosen[i]) ++m.tokens_unmapped;
+    }
+    // the reported tokens against the text's ids: the same ids, or those and one special token
+    const std::size_t tn = text_ids.size();
+    const bool same_count = n == tn || (n == tn + 1 && chosen[n - 1] && table.is_special(*chosen[n - 1]));
+    bool lines_up = same_count;
+    for (std::size_t i = 0; i < std::min(n, tn) && lines_up; ++i)
+        if (chosen[i] && *chosen[i] != text_ids[i]) lines_up = false;
+    std::vector<std::int32_t> spelled;
+    const bool by_bytes =
+        !lines_up && m.tokens_unmapped > 0 && detail_::align_by_bytes(logprobs, chosen, table, r.text, spelled);
+    for (std::size_t i = 0; i < n; ++i) {
+        if (!chosen[i] && by_bytes) chosen[i] = spelled[i];
+        if (!chosen[i]) {
+            if (!lines_up || i >= tn)
+                throw mapping_error("logprobs.content[" + std::to_string(i) + "]: the sampled token \"" +
+                                    logprobs[i].chosen.token.substr(0, 40) + "\" is no single id of tokenizer " +
+                                    std::string(tokenizer_name) +
+                                    ", and the answer's text neither tokenizes to the reported tokens nor is "
+                                    "spelled by them in one way, so it cannot be recovered");
+            chosen[i] = text_ids[i];
+        }
+        r.tokens.push_back(*chosen[i]);
+        r.token_logprobs.push_back(logprobs[i].chosen.logprob);
+    }
+    if (!lines_up) ++m.retokenize_mismatches;
+    if (k > 0) {
+        r.top_ids.reserve(n * std::size_t(k));
+        r.top_logprobs.reserve(n * std::size_t(k));
+    }
+    for (std::size_t i = 0; i < n && k > 0; ++i) {
+        std::vector<const TokenLogprob*> top;
+        for (const auto& t : logprobs[i].top) top.push_back(&t);
+        std::stable_sort(top.begin(), top.end(),
+                         [](const TokenLogprob* a, const TokenLogprob* b) { return a->logprob > b->logprob; });
+        if (top.size() > std::size_t(k)) top.resize(std::size_t(k));
+        m.top_entries += std::uint64_t(k);
+        m.top_missing += std::uint64_t(k) - top.size();
+        std::vector<std::pair<float, std::int32_t>> slots;
+        for (const TokenLogprob* t : top) {
+            TokenTable::miss why{};
+            const auto id = table.find(*t, &why);
+            if (!id) {
+                ++(why == TokenTable::miss::ambiguous ? m.top_ambiguous : m.top_unmapped);
+                continue;
+            }
+            if (std::any_of(slots.begin(), slots.end(), [&](const auto& s) { return s.second == *id; })) {
+                ++m.top_duplicate;
+                continue;
+            }
+            slots.emplace_back(t->logprob, *id);
+        }
+        std::stable_sort(slots.begin(), slots.end(), [](const auto& a, const auto& b) {
+            return a.first > b.first || (a.first == b.first && a.second < b.second);
+        });
+        slots.resize(std::size_t(k), {-std::numeric_limits<float>::infinity(), -1});
+        for (const auto& [lp, id] : slots) {
+            r.top_ids.push_back(id);
+            r.top_logprobs.push_back(lp);
+        }
+    }
+    r.mapping = m;
+    return m;
 }
 
 /// The API form of token `id`: its text (a special token's name; a byte >= 0x80, which is not

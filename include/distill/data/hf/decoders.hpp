@@ -154,6 +154,47 @@ struct Decoder {
         }
     }
 
+    /// The exact bytes one token stands for inside a decoded text (neither its first nor its last
+    /// token), before any UTF-8 repair: a byte-level token's bytes and a `<0xNN>` byte-fallback
+    /// token's byte stay raw even when they are part of a character. Strip, Fuse and Metaspace's
+    /// first-token rule act at the ends of a whole text, so they leave a token inside it unchanged.
+    std::string piece(std::string t) const {
+        switch (kind) {
+            case Kind::sequence:
+                for (const auto& c : children) t = c.piece(std::move(t));
+                return t;
+            case Kind::byte_level: {
+                const auto& alpha = byte_alphabet();
+                std::string mapped;
+                for (char32_t c : to_u32(t)) {
+                    const auto it = alpha.decode.find(c);
+                    if (it == alpha.decode.end()) return t;  // as apply(): a token outside the alphabet stays
+                    mapped.push_back(static_cast<char>(it->second));
+                }
+                return mapped;
+            }
+            case Kind::metaspace:
+                return replace_all(t, metaspace.replacement, " ");
+            case Kind::byte_fallback:
+                if (const auto b = byte_token_value(t)) return std::string(1, static_cast<char>(*b));
+                return t;
+            case Kind::fuse:
+            case Kind::strip:
+                return t;
+            case Kind::replace:
+                return valid_utf8(t) ? replace.apply(t) : t;  // a raw partial character holds no text to replace
+            case Kind::wordpiece:
+                if (t.compare(0, text.size(), text) == 0)
+                    t.erase(0, text.size());
+                else
+                    t.insert(t.begin(), ' ');
+                return cleanup ? wordpiece_cleanup(std::move(t)) : t;
+            case Kind::bpe:
+                return replace_all(t, text, " ");
+        }
+        return t;
+    }
+
     /// The byte of a `<0xNN>` token (Rust's u8::from_str_radix also takes a leading '+').
     static std::optional<std::uint8_t> byte_token_value(std::string_view t) {
         if (t.size() != 6 || t.substr(0, 3) != "<0x" || t[5] != '>') return std::nullopt;

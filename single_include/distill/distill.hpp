@@ -5554,6 +5554,47 @@ struct Decoder {
         }
     }
 
+    /// The exact bytes one token stands for inside a decoded text (neither its first nor its last
+    /// token), before any UTF-8 repair: a byte-level token's bytes and a `<0xNN>` byte-fallback
+    /// token's byte stay raw even when they are part of a character. Strip, Fuse and Metaspace's
+    /// first-token rule act at the ends of a whole text, so they leave a token inside it unchanged.
+    std::string piece(std::string t) const {
+        switch (kind) {
+            case Kind::sequence:
+                for (const auto& c : children) t = c.piece(std::move(t));
+                return t;
+            case Kind::byte_level: {
+                const auto& alpha = byte_alphabet();
+                std::string mapped;
+                for (char32_t c : to_u32(t)) {
+                    const auto it = alpha.decode.find(c);
+                    if (it == alpha.decode.end()) return t;  // as apply(): a token outside the alphabet stays
+                    mapped.push_back(static_cast<char>(it->second));
+                }
+                return mapped;
+            }
+            case Kind::metaspace:
+                return replace_all(t, metaspace.replacement, " ");
+            case Kind::byte_fallback:
+                if (const auto b = byte_token_value(t)) return std::string(1, static_cast<char>(*b));
+                return t;
+            case Kind::fuse:
+            case Kind::strip:
+                return t;
+            case Kind::replace:
+                return valid_utf8(t) ? replace.apply(t) : t;  // a raw partial character holds no text to replace
+            case Kind::wordpiece:
+                if (t.compare(0, text.size(), text) == 0)
+                    t.erase(0, text.size());
+                else
+                    t.insert(t.begin(), ' ');
+                return cleanup ? wordpiece_cleanup(std::move(t)) : t;
+            case Kind::bpe:
+                return replace_all(t, text, " ");
+        }
+        return t;
+    }
+
     /// The byte of a `<0xNN>` token (Rust's u8::from_str_radix also takes a leading '+').
     static std::optional<std::uint8_t> byte_token_value(std::string_view t) {
         if (t.size() != 6 || t.substr(0, 3) != "<0x" || t[5] != '>') return std::nullopt;
@@ -5801,6 +5842,17 @@ public:
     std::optional<std::string> id_to_token(std::int32_t id) const {
         const std::string* t = token_of(id);
         return t ? std::optional<std::string>(*t) : std::nullopt;
+    }
+
+    /// The exact bytes token `id` stands for inside a text: an added token's content, a model token
+    /// through the decoder (hf::Decoder::piece: a byte-level token's raw bytes, a `<0xNN>`
+    /// byte-fallback token's byte, "▁" as a space). What an API reports as a token's `bytes`.
+    /// nullopt for an id no token has.
+    std::optional<std::string> token_bytes(std::int32_t id) const {
+        const std::string* t = token_of(id);
+        if (t == nullptr) return std::nullopt;
+        if (added_.id(*t) == id || !decoder_) return *t;
+        return decoder_->piece(*t);
     }
 
     /// Whether `id` has a token (model vocabulary or added token).
@@ -16826,7 +16878,9 @@ void save(const std::filesystem::path& file, const Model& model, const ExportOpt
 ///
 /// `token[i]` is the answer's i-th token, `top_id[i*k .. i*k+k)` the k most likely ids at that
 /// position (most likely first), `top_logprob` their natural-log probabilities and `tail_mass[i]`
-/// the probability of every other id, `1 - Σ exp(top_logprob)`. A file is validated completely
+/// the probability of every other id, `1 - Σ exp(top_logprob)`. An empty slot (an API teacher's
+/// token that maps to no id of the tokenizer, teacher/openai_format.hpp) is id -1 with
+/// log-probability -inf, after the others: its probability is part of the tail mass. A file is validated completely
 /// when opened (like `safetensors_file`): magic, version, header bounds, and per record its bounds,
 /// checksum, ids inside the vocabulary, log-probabilities <= 0 in descending order, tail mass in
 /// [0, 1]. An incomplete last record (a crash during an append) is reported as such, and
@@ -17084,6 +17138,8 @@ private:
             for (std::size_t j = 0; j < k; ++j) {
                 const std::int32_t id = r.top_ids[i * k + j];
                 const float lp = r.top_logprobs[i * k + j];
+                // -1 with -inf: an empty slot (an API token that maps to no id; its mass is in the tail)
+                if (id == -1 && std::isinf(lp) && lp < 0) continue;
                 if (id < 0 || id >= V) fail(at, where(i) + "top id " + std::to_string(id) + " outside the vocabulary");
                 // A log-probability is <= 0; float rounding of the log-sum-exp can give +1e-6.
                 if (std::isnan(lp) || lp > 1e-4f)
@@ -17603,6 +17659,39 @@ struct Usage {
     std::int64_t completion_tokens = 0;
 };
 
+/// How an API teacher's reported tokens mapped onto the student's tokenizer
+/// (teacher/openai_format.hpp, `map_logprobs_counted`): per answer in `Response::mapping`, summed per
+/// run in the generate report and in the teacher's stats. All zero for other teachers.
+struct TokenMapping {
+    std::uint64_t top_entries = 0;    ///< top_logprobs entries read: k per position
+    std::uint64_t top_unmapped = 0;   ///< entries whose bytes (or text) are no token of the tokenizer
+    std::uint64_t top_ambiguous = 0;  ///< entries whose bytes are several tokens' and whose text names none
+    std::uint64_t top_duplicate = 0;  ///< entries naming an id an earlier entry of the position named
+    std::uint64_t top_missing = 0;    ///< slots an answer left empty (fewer than k entries)
+    std::uint64_t tokens = 0;         ///< sampled tokens read
+    /// Sampled tokens that are no single id; each was recovered from the ids of the answer's text
+    /// (or the answer failed).
+    std::uint64_t tokens_unmapped = 0;
+    /// Answers whose reported token ids differ from the ids the tokenizer gives their text (the
+    /// reported ids are kept: they are what the top-k entries were conditioned on).
+    std::uint64_t retokenize_mismatches = 0;
+
+    /// Top-k slots that hold no id (their probability stays in the rest of the distribution).
+    std::uint64_t top_lost() const noexcept { return top_unmapped + top_ambiguous + top_duplicate + top_missing; }
+
+    TokenMapping& operator+=(const TokenMapping& o) noexcept {
+        top_entries += o.top_entries;
+        top_unmapped += o.top_unmapped;
+        top_ambiguous += o.top_ambiguous;
+        top_duplicate += o.top_duplicate;
+        top_missing += o.top_missing;
+        tokens += o.tokens;
+        tokens_unmapped += o.tokens_unmapped;
+        retokenize_mismatches += o.retokenize_mismatches;
+        return *this;
+    }
+};
+
 /// A teacher's answer to one request.
 struct Response {
     std::string text{};  ///< the answer (stop sequence and stop token excluded)
@@ -17611,13 +17700,16 @@ struct Response {
     /// The answer's token ids in the student's tokenizer (the stop token included), when the
     /// teacher gives them; empty for a text-only teacher.
     std::vector<std::int32_t> tokens{};
-    int k = 0;                            ///< top-k width: the arrays below hold tokens.size() * k entries
-    std::vector<std::int32_t> top_ids{};  ///< per position, the k most likely ids, most likely first
+    int k = 0;  ///< top-k width: the arrays below hold tokens.size() * k entries
+    /// Per position, the k most likely ids, most likely first; -1 marks a slot whose API token maps to
+    /// no id of the student's tokenizer (log-probability -inf: its mass stays in the tail).
+    std::vector<std::int32_t> top_ids{};
     std::vector<float> top_logprobs{};    ///< their log-probabilities
     std::vector<float> token_logprobs{};  ///< log-probability of each chosen token (tokens.size() entries, or none)
     std::string error{};                  ///< why the request failed, when finish == error
     /// Which teacher of a teacher::Ensemble answered (its name in the job); "" for a single teacher.
     std::string answered_by{};
+    TokenMapping mapping{};  ///< how an API teacher's tokens mapped (not saved with the answer)
 
     /// Whether the request was answered.
     bool ok() const noexcept { return finish != finish_reason::error; }
@@ -17830,10 +17922,12 @@ std::vector<teacher::Response> generate_all(Teacher& teacher, std::span<const te
 #include <cmath>
 #include <cstdint>
 #include <ctime>
+#include <limits>
 #include <optional>
 #include <span>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -18045,6 +18139,275 @@ void map_logprobs(Response& r, const std::vector<LogprobEntry>& logprobs, int k,
             r.top_logprobs.push_back(top[std::size_t(j)].first);
         }
     }
+}
+
+/// A tokenizer's tokens by their exact bytes, for mapping an API's tokens onto its ids (see
+/// `map_logprobs_counted`). Built once per teacher: `Tokenizer` is data::ByteTokenizer (bytes 0..255,
+/// special tokens by name) or anything with `vocab_size()`, `token_bytes(id)` (the exact bytes, as
+/// data::HfTokenizer gives them: byte-level BPE through the byte-to-unicode table, `<0xNN>`
+/// byte-fallback tokens as their byte, "▁" as a space, added tokens as their text), `id_to_token(id)`
+/// and `is_special(id)`.
+class TokenTable {
+public:
+    /// Why an API token has no id.
+    enum class miss : std::uint8_t { none, unknown, ambiguous };
+
+    template <class Tokenizer>
+    explicit TokenTable(const Tokenizer& tok) {
+        const std::int32_t n = std::int32_t(tok.vocab_size());
+        names_.resize(std::size_t(n));
+        bytes_.resize(std::size_t(n));
+        lossy_.resize(std::size_t(n));
+        special_.assign(std::size_t(n), false);
+        for (std::int32_t id = 0; id < n; ++id) {
+            std::optional<std::string> bytes;
+            if constexpr (requires { tok.token_bytes(id); }) {
+                bytes = tok.token_bytes(id);
+                if (auto name = tok.id_to_token(id)) names_[std::size_t(id)] = *name;
+            } else {
+                bytes = std::string(tok.token_name(id));
+                names_[std::size_t(id)] = *bytes;
+            }
+            if (!bytes || bytes->empty()) continue;
+            special_[std::size_t(id)] = tok.is_special(id);
+            bytes_[std::size_t(id)] = *bytes;
+            lossy_[std::size_t(id)] = lossy_text(*bytes);
+            longest_ = std::max(longest_, bytes->size());
+            by_bytes_[*bytes].push_back(id);
+            by_text_[lossy_[std::size_t(id)]].push_back(id);
+        }
+    }
+
+    /// The id of API token `t`: the token whose exact bytes are `t.bytes`, when given and not empty.
+    /// Without bytes only the text is known, and servers make a token's text by decoding its bytes
+    /// alone, dropping what is not UTF-8 (llama-cpp-python's `errors="ignore"`: " \xE2" becomes " ")
+    /// or replacing it with U+FFFD (then no token has that text): so the candidates are every token
+    /// whose bytes give `t.token` so decoded, and a text two tokens give (" " for "Ġ" and "Ġâ") names
+    /// neither for sure. Several candidates (a `<0x41>` byte-fallback token beside "A", a special
+    /// token spelled like text) are told apart by `t.token` naming one of them, else by preferring
+    /// the one token that is neither special nor a byte-fallback token; otherwise the token is
+    /// ambiguous. `why` says why there is no id.
+    std::optional<std::int32_t> find(const TokenLogprob& t, miss* why = nullptr) const {
+        auto fail = [&](miss m) -> std::optional<std::int32_t> {
+            if (why) *why = m;
+            return std::nullopt;
+        };
+        if (why) *why = miss::none;
+        const bool has_bytes = t.bytes && !t.bytes->empty();
+        const std::string key = has_bytes ? std::string(t.bytes->begin(), t.bytes->end()) : t.token;
+        if (key.empty()) return fail(miss::unknown);
+        const auto& table = has_bytes ? by_bytes_ : by_text_;
+        const auto it = table.find(key);
+        if (it == table.end()) return fail(miss::unknown);
+        const auto& ids = it->second;
+        if (ids.size() == 1) return ids[0];
+        for (std::int32_t id : ids)
+            if (names_[std::size_t(id)] == t.token) return id;
+        std::optional<std::int32_t> plain;
+        int n_plain = 0;
+        for (std::int32_t id : ids)
+            if (!special_[std::size_t(id)] && !is_byte_token(names_[std::size_t(id)])) {
+                plain = id;
+                ++n_plain;
+            }
+        if (n_plain == 1) return plain;
+        return fail(miss::ambiguous);
+    }
+
+    /// The exact bytes of `id` ("" for an id no token has).
+    const std::string& bytes_of(std::int32_t id) const { return bytes_[std::size_t(id)]; }
+
+    /// The ids API token `t` (one without `bytes`, else none) may stand for at byte `at` of `text`:
+    /// tokens whose exact bytes start there and whose bytes decoded alone give `t.token`.
+    void candidates_at(std::string_view text, std::size_t at, const TokenLogprob& t,
+                       std::vector<std::int32_t>& out) const {
+        out.clear();
+        if (t.bytes && !t.bytes->empty()) return;
+        for (std::size_t len = 1; len <= longest_ && at + len <= text.size(); ++len) {
+            const auto it = by_bytes_.find(std::string(text.substr(at, len)));
+            if (it == by_bytes_.end()) continue;
+            for (std::int32_t id : it->second)
+                if (lossy_[std::size_t(id)] == t.token) out.push_back(id);
+        }
+    }
+
+    /// Whether `id` is a special token.
+    bool is_special(std::int32_t id) const {
+        return id >= 0 && std::size_t(id) < special_.size() && special_[std::size_t(id)];
+    }
+
+private:
+    // A token's bytes decoded alone, dropping what is not UTF-8 (Python's errors="ignore").
+    static std::string lossy_text(const std::string& bytes) {
+        std::string out;
+        for (std::size_t p = 0; p < bytes.size();) {
+            const std::size_t from = p;
+            if (utf8::next_utf8(bytes, p) == utf8::replacement_char && bytes.compare(from, 3, "\xEF\xBF\xBD") != 0)
+                continue;
+            out.append(bytes, from, p - from);
+        }
+        return out;
+    }
+
+    static bool is_byte_token(std::string_view name) {
+        return name.size() == 6 && name.substr(0, 3) == "<0x" && name[5] == '>';
+    }
+
+    std::unordered_map<std::string, std::vector<std::int32_t>> by_bytes_, by_text_;
+    std::vector<std::string> names_, bytes_, lossy_;
+    std::size_t longest_ = 0;
+    std::vector<bool> special_;
+};
+
+namespace detail_ {
+
+// The one way to read the sampled tokens as the bytes of `text`: mapped tokens spell their bytes
+// (special ones none), each unmapped one is a token whose bytes come next and decode alone to its
+// reported text. False when there is none, several, or the search grows too long.
+inline bool align_by_bytes(const std::vector<LogprobEntry>& logprobs,
+                           const std::vector<std::optional<std::int32_t>>& chosen, const TokenTable& table,
+                           std::string_view text, std::vector<std::int32_t>& out) {
+    const std::size_t n = chosen.size();
+    constexpr std::size_t max_steps = 100000;
+    std::vector<std::int32_t> path(n), found;
+    int solutions = 0;
+    std::size_t steps = 0;
+    std::vector<std::vector<std::int32_t>> candidates(n);
+    auto go = [&](auto&& self, std::size_t i, std::size_t at) -> void {
+        if (solutions > 1 || ++steps > max_steps) return;
+        if (i == n) {
+            if (at == text.size()) {
+                ++solutions;
+                found = path;
+            }
+            return;
+        }
+        if (chosen[i]) {
+            const std::int32_t id = *chosen[i];
+            path[i] = id;
+            if (table.is_special(id)) return self(self, i + 1, at);
+            const std::string& b = table.bytes_of(id);
+            if (text.compare(at, b.size(), b) == 0) self(self, i + 1, at + b.size());
+            return;
+        }
+        table.candidates_at(text, at, logprobs[i].chosen, candidates[i]);
+        for (const std::int32_t id : std::vector<std::int32_t>(candidates[i])) {
+            path[i] = id;
+            self(self, i + 1, at + table.bytes_of(id).size());
+        }
+    };
+    go(go, 0, 0);
+    if (solutions != 1 || steps > max_steps) return false;
+    out = std::move(found);
+    return true;
+}
+
+}  // namespace detail_
+
+/// An answer whose tokens cannot be mapped onto the student's tokenizer (a property of the answer,
+/// not a broken response: it is not retried).
+class mapping_error : public protocol_error {
+public:
+    using protocol_error::protocol_error;
+};
+
+/// Fills `r.tokens`, `r.token_logprobs` and the top-k arrays (width `k`) from an API's `logprobs`,
+/// mapping its tokens onto the student's tokenizer through `table`, and returns what did not map
+/// (also left in `r.mapping`); nothing is dropped without being counted.
+///
+/// - **Top-k.** At each position the endpoint's k most likely entries (by log-probability; an
+///   endpoint may add the sampled token as a (k+1)-th) fill the k slots, most likely first. An
+///   entry that maps to no id (unknown or empty bytes and text), to several (`ambiguous`) or to an
+///   id already in the position (`duplicate`), and a slot the endpoint left empty (fewer than k
+///   entries: `missing`), becomes id -1 with log-probability -inf. The top-k loss reads such a slot
+///   as unused: its probability is neither renormalized onto the other entries nor lost but stays
+///   in the loss's "rest" bucket, 1 − Σ mapped probabilities (loss/soft_kl.hpp, TopKSoftKL).
+/// - **Sampled tokens.** `text_ids` are the ids the student's tokenizer gives `r.text` (no special
+///   tokens added). When every sampled token maps, those ids are the answer's tokens, and an answer
+///   whose ids are not `text_ids` (optionally followed by one special token, the stop token some
+///   endpoints report) counts as a `retokenize_mismatch`. A sampled token that maps to no single id
+///   is recovered from `text_ids` when the reported tokens line up with them (same count, every
+///   mapped one equal), else from the answer's bytes when the reported tokens spell `r.text` in
+///   exactly one way (each unmapped one a token whose bytes come next there and decode alone to its
+///   reported text); otherwise the answer cannot be aligned with its top-k and this throws
+///   mapping_error naming the position.
+inline TokenMapping map_logprobs_counted(Response& r, const std::vector<LogprobEntry>& logprobs, int k,
+                                         const TokenTable& table, std::span<const std::int32_t> text_ids,
+                                         std::string_view tokenizer_name) {
+    TokenMapping m;
+    r.tokens.clear();
+    r.token_logprobs.clear();
+    r.top_ids.clear();
+    r.top_logprobs.clear();
+    r.k = k;
+    const std::size_t n = logprobs.size();
+    std::vector<std::optional<std::int32_t>> chosen(n);
+    m.tokens = n;
+    for (std::size_t i = 0; i < n; ++i) {
+        chosen[i] = table.find(logprobs[i].chosen);
+        if (!chosen[i]) ++m.tokens_unmapped;
+    }
+    // the reported tokens against the text's ids: the same ids, or those and one special token
+    const std::size_t tn = text_ids.size();
+    const bool same_count = n == tn || (n == tn + 1 && chosen[n - 1] && table.is_special(*chosen[n - 1]));
+    bool lines_up = same_count;
+    for (std::size_t i = 0; i < std::min(n, tn) && lines_up; ++i)
+        if (chosen[i] && *chosen[i] != text_ids[i]) lines_up = false;
+    std::vector<std::int32_t> spelled;
+    const bool by_bytes =
+        !lines_up && m.tokens_unmapped > 0 && detail_::align_by_bytes(logprobs, chosen, table, r.text, spelled);
+    for (std::size_t i = 0; i < n; ++i) {
+        if (!chosen[i] && by_bytes) chosen[i] = spelled[i];
+        if (!chosen[i]) {
+            if (!lines_up || i >= tn)
+                throw mapping_error("logprobs.content[" + std::to_string(i) + "]: the sampled token \"" +
+                                    logprobs[i].chosen.token.substr(0, 40) + "\" is no single id of tokenizer " +
+                                    std::string(tokenizer_name) +
+                                    ", and the answer's text neither tokenizes to the reported tokens nor is "
+                                    "spelled by them in one way, so it cannot be recovered");
+            chosen[i] = text_ids[i];
+        }
+        r.tokens.push_back(*chosen[i]);
+        r.token_logprobs.push_back(logprobs[i].chosen.logprob);
+    }
+    if (!lines_up) ++m.retokenize_mismatches;
+    if (k > 0) {
+        r.top_ids.reserve(n * std::size_t(k));
+        r.top_logprobs.reserve(n * std::size_t(k));
+    }
+    for (std::size_t i = 0; i < n && k > 0; ++i) {
+        std::vector<const TokenLogprob*> top;
+        for (const auto& t : logprobs[i].top) top.push_back(&t);
+        std::stable_sort(top.begin(), top.end(),
+                         [](const TokenLogprob* a, const TokenLogprob* b) { return a->logprob > b->logprob; });
+        if (top.size() > std::size_t(k)) top.resize(std::size_t(k));
+        m.top_entries += std::uint64_t(k);
+        m.top_missing += std::uint64_t(k) - top.size();
+        std::vector<std::pair<float, std::int32_t>> slots;
+        for (const TokenLogprob* t : top) {
+            TokenTable::miss why{};
+            const auto id = table.find(*t, &why);
+            if (!id) {
+                ++(why == TokenTable::miss::ambiguous ? m.top_ambiguous : m.top_unmapped);
+                continue;
+            }
+            if (std::any_of(slots.begin(), slots.end(), [&](const auto& s) { return s.second == *id; })) {
+                ++m.top_duplicate;
+                continue;
+            }
+            slots.emplace_back(t->logprob, *id);
+        }
+        std::stable_sort(slots.begin(), slots.end(), [](const auto& a, const auto& b) {
+            return a.first > b.first || (a.first == b.first && a.second < b.second);
+        });
+        slots.resize(std::size_t(k), {-std::numeric_limits<float>::infinity(), -1});
+        for (const auto& [lp, id] : slots) {
+            r.top_ids.push_back(id);
+            r.top_logprobs.push_back(lp);
+        }
+    }
+    r.mapping = m;
+    return m;
 }
 
 /// The API form of token `id`: its text (a special token's name; a byte >= 0x80, which is not
@@ -19770,10 +20133,16 @@ inline topk_arrays xview(const io::topk_record& record) {
 /// kept in memory only: it is in no fingerprint, name, error message, log line or file (an error
 /// body that echoes it is scrubbed).
 ///
-/// **Log-probabilities** become top-k data for the student only when the endpoint's tokenizer is the
-/// student's: `OpenAI<data::ByteTokenizer>` provides `signal::topk_logprobs` and requires
-/// `tokenizer = "byte-v1"` in its config (else it refuses to start); `OpenAI<>` provides text only,
-/// which the type states at compile time and `name()` at startup.
+/// **Log-probabilities** become top-k data for the student only when the endpoint's model uses the
+/// student's tokenizer, which the config's `tokenizer` declares: `OpenAI<data::ByteTokenizer>` needs
+/// `tokenizer = "byte-v1"`; `OpenAI<data::HfTokenizer>` (or a tokenizer with its interface,
+/// constructed from a tokenizer.json path) reads the published tokenizer `tokenizer` names (a tokenizer.json or a
+/// directory holding one). Either provides `signal::topk_logprobs`, maps every `top_logprobs` entry
+/// by its exact `bytes` (or its text when an endpoint gives none) onto the tokenizer's ids, and counts
+/// what does not map (openai::map_logprobs_counted: per answer in `Response::mapping`, in total in
+/// `stats().mapping`). Whether that tokenizer is the student's is the Distiller's check (it compares
+/// the vocabularies). `OpenAI<>` provides text only, which the type states at compile time and
+/// `name()` at startup.
 
 #include <algorithm>
 #include <atomic>
@@ -19782,6 +20151,8 @@ inline topk_arrays xview(const io::topk_record& record) {
 #include <cstdlib>
 #include <ctime>
 #include <exception>
+#include <filesystem>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <span>
@@ -19807,8 +20178,10 @@ namespace distill::teacher {
 struct OpenAIConfig {
     std::string base_url = "https://api.openai.com/v1";  ///< requests go to base_url + "/chat/completions"
     std::string model{};                                 ///< the model name the endpoint expects
-    std::string api_key_env{};       ///< name of the environment variable holding the key ("" = no key)
-    std::string tokenizer{};         ///< id of the endpoint model's tokenizer, e.g. "byte-v1" ("" = unknown)
+    std::string api_key_env{};  ///< name of the environment variable holding the key ("" = no key)
+    /// The endpoint model's tokenizer: "byte-v1", or the published tokenizer it uses (a tokenizer.json
+    /// or a directory holding one); "" = unknown (text only)
+    std::string tokenizer{};
     int concurrency = 4;             ///< requests in flight
     double request_timeout_s = 60;   ///< longest wait for a response to progress
     double connect_timeout_s = 10;   ///< longest wait to connect
@@ -19843,6 +20216,7 @@ struct OpenAIStats {
     std::uint64_t server_errors = 0;  ///< 5xx, 408, 413
     std::uint64_t malformed = 0;      ///< 200 with a body that is not a chat completion
     std::uint64_t failed = 0;         ///< requests given up on
+    TokenMapping mapping{};           ///< how the answers' tokens mapped onto the tokenizer (summed)
 };
 
 /// A teacher behind an OpenAI-compatible endpoint (see the file comment).
@@ -19856,10 +20230,17 @@ public:
     /// Every request stands alone.
     static constexpr bool batch_invariant = true;
     using tokenizer_type = std::conditional_t<maps_logprobs, Tokenizer, void>;
+    /// What holds the tokenizer (an unused placeholder for a text-only teacher).
+    using tokenizer_storage = std::conditional_t<maps_logprobs, Tokenizer, int>;
 
-    /// Checks the config and reads the API key from the environment. Throws config_error naming the
-    /// field or the environment variable (never its value).
-    explicit OpenAI(OpenAIConfig config) : cfg_(std::move(config)) {
+    /// Checks the config and reads the API key from the environment; with a tokenizer, reads the
+    /// one `tokenizer` names. Throws config_error naming the field or the environment variable (never
+    /// its value); io_error / format_error for a tokenizer file that cannot be read.
+    explicit OpenAI(OpenAIConfig config) : OpenAI(std::move(config), nullptr) {}
+
+    /// As above, with the endpoint's tokenizer already loaded (`config.tokenizer` still names it, for
+    /// the record).
+    OpenAI(OpenAIConfig config, std::shared_ptr<const tokenizer_storage> tokenizer) : cfg_(std::move(config)) {
         cfg_.validate();
         // base_url = origin [path prefix] [?query]; the query (e.g. Azure's api-version) follows the route.
         const auto query_at = cfg_.base_url.find('?');
@@ -19879,14 +20260,36 @@ public:
             key_ = key;
         }
         if constexpr (maps_logprobs) {
-            if (cfg_.tokenizer != Tokenizer::id())
-                throw config_error("teacher.tokenizer",
-                                   "is \"" + cfg_.tokenizer + "\", but OpenAI<" + std::string(Tokenizer::id()) +
-                                       "> maps log-probabilities onto " + std::string(Tokenizer::id()) +
-                                       ": they can be used only when the endpoint's model has that tokenizer "
-                                       "(use teacher::OpenAI<> for text only)");
+            if constexpr (requires { Tokenizer::id(); }) {  // a tokenizer without a file (byte-v1)
+                if (cfg_.tokenizer != Tokenizer::id())
+                    throw config_error("teacher.tokenizer",
+                                       "is \"" + cfg_.tokenizer + "\", but OpenAI<" + std::string(Tokenizer::id()) +
+                                           "> maps log-probabilities onto " + std::string(Tokenizer::id()) +
+                                           ": they can be used only when the endpoint's model has that tokenizer "
+                                           "(use teacher::OpenAI<> for text only)");
+                tok_ = tokenizer ? std::move(tokenizer) : std::make_shared<const Tokenizer>();
+            } else {
+                if (!tokenizer) tokenizer = load_tokenizer(cfg_.tokenizer);
+                tok_ = std::move(tokenizer);
+            }
+            table_ = std::make_shared<const openai::TokenTable>(*tok_);
         }
     }
+
+    /// The id of the tokenizer the answers' token ids belong to.
+    std::string tokenizer_id() const requires maps_logprobs { return std::string(tok_->id()); }
+
+    /// The number of ids of that tokenizer.
+    int vocab_size() const requires maps_logprobs { return int(tok_->vocab_size()); }
+
+    /// The endpoint tokenizer's vocabulary, for the Distiller's comparison with the student's.
+    data::VocabInfo vocab_info(std::string name) const
+        requires(maps_logprobs&& requires(const tokenizer_storage& t) { t.vocab_info(std::string()); }) {
+        return tok_->vocab_info(std::move(name));
+    }
+
+    /// The endpoint's tokenizer.
+    const tokenizer_storage& tokenizer() const requires maps_logprobs { return *tok_; }
 
     OpenAI(const OpenAI&) = delete;
     OpenAI& operator=(const OpenAI&) = delete;
@@ -19894,8 +20297,7 @@ public:
     /// "openai:" + endpoint + model + what it provides; no key (and no user info or query string of
     /// the URL, where some gateways put credentials).
     std::string fingerprint() const {
-        return "openai:" + public_url() + ";model=" + cfg_.model +
-               ";tokens=" + (maps_logprobs ? std::string(tokenizer_id()) : std::string("text"));
+        return "openai:" + public_url() + ";model=" + cfg_.model + ";tokens=" + tokens_id();
     }
 
     /// "openai:<model> at <url>", and "(text only)" when log-probabilities cannot be used.
@@ -19969,11 +20371,29 @@ private:
         return url;
     }
 
-    static constexpr std::string_view tokenizer_id() {
+    std::string tokens_id() const {
         if constexpr (maps_logprobs)
-            return Tokenizer::id();
+            return tokenizer_id();
         else
             return "text";
+    }
+
+    // The published tokenizer `spec` names, read once (a directory stands for its tokenizer.json).
+    static std::shared_ptr<const tokenizer_storage> load_tokenizer(
+        const std::string& spec) requires std::is_constructible_v<tokenizer_storage, std::filesystem::path> {
+        if (spec.empty())
+            throw config_error("teacher.tokenizer",
+                               "is required to use the endpoint's log-probabilities: the endpoint model's published "
+                               "tokenizer (a tokenizer.json or a directory holding one)");
+        std::filesystem::path p = spec;
+        std::error_code ec;
+        if (std::filesystem::is_directory(p, ec)) p /= "tokenizer.json";
+        if (!std::filesystem::is_regular_file(p, ec))
+            throw config_error("teacher.tokenizer", "is \"" + spec +
+                                                        "\": expected the endpoint model's tokenizer.json or a "
+                                                        "directory holding one (" +
+                                                        p.string() + " does not exist)");
+        return std::make_shared<const tokenizer_storage>(p);
     }
 
     httplib::Client make_client() const {
@@ -20038,19 +20458,22 @@ private:
                         if (s.top_logprobs > 0 && c.logprobs.empty() && !c.response.text.empty())
                             return fail("the endpoint returned no logprobs although top_logprobs = " +
                                         std::to_string(s.top_logprobs) + " was asked for (it may not support them)");
-                        if (!c.logprobs.empty())
-                            openai::map_logprobs(c.response, c.logprobs, s.top_logprobs, Tokenizer{});
+                        if (!c.logprobs.empty()) {
+                            const auto m = openai::map_logprobs_counted(c.response, c.logprobs, s.top_logprobs, *table_,
+                                                                        text_ids(c.response.text), tokenizer_id());
+                            std::lock_guard lock(stats_mutex_);
+                            stats_.mapping += m;
+                        }
                     }
                     return std::move(c.response);
                 } catch (const nlohmann::json::exception& e) {
                     count(&OpenAIStats::malformed);
                     last = "malformed response: " + scrub(e.what());
+                } catch (const openai::mapping_error& e) {
+                    return fail(scrub(e.what()));  // a property of the answer: asking again would not help
                 } catch (const openai::protocol_error& e) {
-                    // A mapping failure is a property of the answer; anything else looks like a broken response.
-                    const std::string what = e.what();
-                    if (what.find("is not one id of tokenizer") != std::string::npos) return fail(scrub(what));
                     count(&OpenAIStats::malformed);
-                    last = "malformed response: " + scrub(what);
+                    last = "malformed response: " + scrub(e.what());
                 }
             } else if (openai::retryable_status(res->status)) {
                 count(res->status == 429 ? &OpenAIStats::rate_limited : &OpenAIStats::server_errors);
@@ -20080,6 +20503,14 @@ private:
                                  : last + " (after " + std::to_string(cfg_.max_retries + 1) + " attempts)");
     }
 
+    // The ids the tokenizer gives an answer's text, without added special tokens.
+    std::vector<std::int32_t> text_ids(const std::string& text) const requires maps_logprobs {
+        if constexpr (requires { tok_->encode(text, false); })
+            return tok_->encode(text, false);
+        else
+            return tok_->encode(text);
+    }
+
     Response fail(std::string why) {
         count(&OpenAIStats::failed);
         return Response::failure(std::move(why));
@@ -20098,6 +20529,8 @@ private:
     }
 
     OpenAIConfig cfg_;
+    std::shared_ptr<const tokenizer_storage> tok_;
+    std::shared_ptr<const openai::TokenTable> table_;
     std::string origin_, path_;
     std::string key_;
     mutable std::mutex stats_mutex_;
@@ -26815,10 +27248,19 @@ struct RunSetup {
     Job job;     ///< validated
     RunDir dir;  ///< the job's output_dir
     DistillerOptions options{};
-    StudentConfig student{};                       ///< the job's `student` or the `student_weights` architecture
-    data::ChatTokenizer chat_template{};           ///< the student's tokenizer and chat format
-    std::filesystem::path tokenizer_source{};      ///< its tokenizer.json ("" = the byte tokenizer)
-    bool answer_tokens_reusable = true;            ///< the teacher's answer ids are the student tokenizer's
+    StudentConfig student{};                   ///< the job's `student` or the `student_weights` architecture
+    data::ChatTokenizer chat_template{};       ///< the student's tokenizer and chat format
+    std::filesystem::path tokenizer_source{};  ///< its tokenizer.json ("" = the byte tokenizer)
+    bool answer_tokens_reusable = true;        ///< the teacher's answer ids are the student tokenizer's
+    /// The id of a tokenizer whose vocabulary the Distiller found equal to the student's (an endpoint's
+    /// published tokenizer read from another file): its ids are the student's too ("" = none).
+    std::string same_vocabulary_tokenizer{};
+
+    /// Whether ids of tokenizer `id` are the student tokenizer's.
+    bool student_ids(const std::string& id) const {
+        return id == chat_template.tokenizer_id() ||
+               (!same_vocabulary_tokenizer.empty() && id == same_vocabulary_tokenizer);
+    }
     data::VocabAlignment alignment{};              ///< teacher and student vocabularies (logit-level losses)
     LossConfig loss{};                             ///< the job's `loss` read into the loss's config
     OptimizerConfig optimizer{};                   ///< the job's `optimizer` read into the optimizer's config
@@ -27193,7 +27635,7 @@ private:
             auto topk_path = path;
             topk_path.replace_extension(".topk");
             s.topk_file = std::make_shared<io::topk_file>(topk_path);
-            if (s.topk_file->header().tokenizer != s_.chat_template.tokenizer_id())
+            if (!s_.student_ids(s.topk_file->header().tokenizer))
                 throw config_error("tokenizer",
                                    "the top-k ids of " + topk_path.string() + " belong to tokenizer " +
                                        s.topk_file->header().tokenizer + ", the student's is " +
@@ -27212,8 +27654,7 @@ private:
             if (r.fingerprint != fp) throw teacher::fingerprint_error(path.string(), r.fingerprint, fp);
             const auto prompt = s_.chat_template.encode_prompt(r.prompt);
             // the teacher's own ids when they are the student tokenizer's, else its text re-encoded
-            const bool same_tokenizer =
-                r.tokenizer.empty() ? s_.answer_tokens_reusable : r.tokenizer == s_.chat_template.tokenizer_id();
+            const bool same_tokenizer = r.tokenizer.empty() ? s_.answer_tokens_reusable : s_.student_ids(r.tokenizer);
             const bool reuse = same_tokenizer && !r.response.tokens.empty() &&
                                std::all_of(r.response.tokens.begin(), r.response.tokens.end(),
                                            [&](std::int32_t id) { return id >= 0 && id < s_.student.vocab_size; });
@@ -28446,7 +28887,8 @@ private:
 ///   provides them and `generation.top_logprobs > 0`; record i there belongs to line i of synthetic.jsonl;
 /// - `synthetic.rejected.jsonl` — answers dropped by validation (empty; truncated by max_new_tokens
 ///   unless `keep_truncated`; exact duplicates of an earlier prompt and answer), with the reason;
-/// - `synthetic.report.json` — the report: counts of each outcome, failures, throughput (written atomically).
+/// - `synthetic.report.json` — the report: counts of each outcome, failures, throughput, and for an API
+///   teacher how its tokens mapped onto the tokenizer (`token_mapping`) (written atomically).
 /// `generate_stage` also writes `synthetic.inspect/` (data/inspect.hpp) for the training set's answers.
 ///
 /// **Resume.** Every record carries the generation fingerprint (teacher + sampling settings). A
@@ -28532,6 +28974,9 @@ struct GenerateReport {
     std::uint64_t repaired_bytes = 0;       ///< bytes of torn records cut off before resuming
     double seconds = 0;
     std::vector<GenerateFailure> failures{};
+    /// How an API teacher's tokens mapped onto the tokenizer, summed over this run's answers
+    /// (teacher/openai_format.hpp); all zero for other teachers.
+    teacher::TokenMapping token_mapping{};
 
     /// Every example has a record or a rejection.
     bool complete() const noexcept { return failed == 0; }
@@ -28575,6 +29020,17 @@ inline nlohmann::ordered_json report_json(const GenerateReport& r) {
     nlohmann::ordered_json f = nlohmann::ordered_json::array();
     for (const auto& x : r.failures) f.push_back({{"id", x.id}, {"line", x.line}, {"error", x.error}});
     j["failures"] = std::move(f);
+    const auto& m = r.token_mapping;
+    if (m.tokens > 0)
+        j["token_mapping"] = {{"top_entries", m.top_entries},
+                              {"top_without_id", m.top_lost()},
+                              {"top_unmapped", m.top_unmapped},
+                              {"top_ambiguous", m.top_ambiguous},
+                              {"top_duplicate", m.top_duplicate},
+                              {"top_missing", m.top_missing},
+                              {"tokens", m.tokens},
+                              {"tokens_unmapped", m.tokens_unmapped},
+                              {"retokenize_mismatches", m.retokenize_mismatches}};
     return j;
 }
 
@@ -28747,6 +29203,7 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
             return;
         }
         report.completion_tokens += std::uint64_t(std::max<std::int64_t>(0, r.usage.completion_tokens));
+        report.token_mapping += r.mapping;
         const bool blank = r.text.find_first_not_of(" \t\r\n") == std::string::npos;
         if (blank) {
             ++report.rejected_empty;
@@ -28829,6 +29286,19 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
 
     report.seconds = std::chrono::duration<double>(clock::now() - t0).count();
     progress(true);
+    if (config.progress && report.token_mapping.tokens > 0) {
+        // Nothing of an API's tokens is dropped unsaid: what did not map onto the tokenizer is stated.
+        const auto& m = report.token_mapping;
+        std::fprintf(stderr,
+                     "generate: tokens mapped onto tokenizer %s: %llu top-k entries, %llu without an id (%llu unknown, "
+                     "%llu ambiguous, %llu duplicate, %llu missing; their mass stays in the tail); %llu sampled "
+                     "tokens, %llu recovered from the text's ids; %llu answers whose ids differ from their text's\n",
+                     tokenizer_id.c_str(), (unsigned long long)m.top_entries, (unsigned long long)m.top_lost(),
+                     (unsigned long long)m.top_unmapped, (unsigned long long)m.top_ambiguous,
+                     (unsigned long long)m.top_duplicate, (unsigned long long)m.top_missing,
+                     (unsigned long long)m.tokens, (unsigned long long)m.tokens_unmapped,
+                     (unsigned long long)m.retokenize_mismatches);
+    }
     io::write_file_atomic(report_path, detail::report_json(report).dump(2) + "\n");
     if (report.success_ratio() < config.min_success_ratio) {
         std::string what = "generate: only " + std::to_string(report.requested - report.failed) + " of " +
@@ -29087,7 +29557,10 @@ private:
                                    "is 0, but the loss reads the teacher's top-k log-probabilities; set 1..20");
         }
         check_on_policy();
-        if constexpr (online || uses_topk || requires { teacher_.chat_template(); }) align_vocabularies();
+        if constexpr (
+            online || uses_topk || requires { teacher_.chat_template(); } ||
+            requires { teacher_.vocab_info(std::string()); })
+            align_vocabularies();
         check_teachers();
         if constexpr (online) {
             for_each_network([&](const auto& net, const std::string& who) {
@@ -29228,6 +29701,23 @@ private:
         data::VocabInfo teacher_vocab;
         if constexpr (requires { one.chat_template(); }) {
             teacher_vocab = one.chat_template().vocab_info("teacher", teacher_vocab_size(one));
+        } else if constexpr (requires { one.vocab_info(std::string()); }) {
+            // an endpoint that declares its published tokenizer: the vocabularies are compared, not the files
+            teacher_vocab = one.vocab_info("teacher");
+            const auto a =
+                data::align_vocabularies(teacher_vocab, s_.chat_template.vocab_info("student", student_rows));
+            if (!a.logit_losses_allowed) {
+                if constexpr (uses_topk)
+                    throw config_error("teacher.tokenizer",
+                                       "names the endpoint's tokenizer " + teacher_tokenizer_id(one) +
+                                           ", which is not the student's tokenizer " + s_.chat_template.tokenizer_id() +
+                                           ": the endpoint's top-k log-probabilities cannot be mapped onto the "
+                                           "student's ids (" +
+                                           a.message + ")");
+            } else {
+                s_.answer_tokens_reusable = true;
+                s_.same_vocabulary_tokenizer = teacher_tokenizer_id(one);
+            }
         } else {  // a cache or an endpoint, known by its tokenizer's name
             teacher_vocab = s_.chat_template.vocab_info("teacher");
             if (!s_.answer_tokens_reusable) teacher_vocab.tokens = {"(tokenizer " + teacher_tokenizer_id(one) + ")"};

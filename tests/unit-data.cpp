@@ -232,21 +232,30 @@ TEST_CASE("templated tasks: seeded, balanced, and each response follows from its
     }
     CHECK(labels == std::map<std::string, int>{{"contradiction", 200}, {"entailment", 200}, {"neutral", 200}});
 
-    // qa: the answer is a span of the passage, the name or city the question pairs it with
+    // qa: the answer is a span of the passage, the fact the question asks for
+    std::map<std::string, int> kinds;
     for (const auto& e : make_qa_examples(2, 300)) {
         const std::string passage = e.prompt.substr(0, e.prompt.find('\n'));
+        const std::string question = e.prompt.substr(e.prompt.find('\n') + 11);  // after "\nQuestion: "
         INFO(e.prompt);
-        CHECK(passage.find(e.response) != std::string::npos);
-        if (e.prompt.find("Where does ") != std::string::npos) {
-            const auto p = e.prompt.find("Where does ") + 11;
-            const std::string who = e.prompt.substr(p, e.prompt.find(" live?") - p);
-            CHECK(passage.find(who + " lives in " + e.response + ".") != std::string::npos);
+        std::string who, fact;
+        if (question.rfind("What is ", 0) == 0) {
+            who = question.substr(8, question.find("'s job?") - 8);
+            fact = who + " is a " + e.response + ".";
+        } else if (question.rfind("Where does ", 0) == 0) {
+            who = question.substr(11, question.find(" live?") - 11);
+            fact = who + " lives in " + e.response + ".";
         } else {
-            const auto p = e.prompt.find("Who lives in ") + 13;
-            const std::string city = e.prompt.substr(p, e.prompt.size() - 1 - p);
-            CHECK(passage.find(e.response + " lives in " + city + ".") != std::string::npos);
+            who = question.substr(14, question.find(" own?") - 14);  // after "What pet does "
+            fact = who + " owns a " + e.response + ".";
         }
+        ++kinds[question.substr(0, 6)];
+        CHECK(passage.find(fact) != std::string::npos);
+        CHECK(passage.find(who + " is a ") != std::string::npos);
+        CHECK(passage.find(who + " lives in ") != std::string::npos);
+        CHECK(passage.find(who + " owns a ") != std::string::npos);
     }
+    CHECK(kinds.size() == 3);
 
     // conversation: the answer greets the user by name; one timetable across all dialogues
     std::map<std::string, std::string> opens;

@@ -6,13 +6,13 @@
 /// recalling facts and copying the user's words, picking the key facts out of distractors. The
 /// examples ship a teacher trained on each (examples/train_teacher --task).
 ///
-/// | task | prompt | response |
-/// |---|---|---|
-/// | nli | "Premise: Ann has a red cup.\nHypothesis: Someone has a red cup." | "entailment" / "neutral" /
-/// "contradiction" | | qa | "Ann lives in Oslo. Bob lives in Rome.\nQuestion: Where does Bob live?" | "Rome" (a span of
-/// the passage) | | conversation | "Hi, I am Ann. When does the pool open?" | "Hello Ann! The pool opens at 7." | |
-/// summarization | three sentences: a trip, a purchase, the weather, in any order | "Ann bought 3 cups at the market."
-/// |
+/// - nli: "Premise: Ann has a red cup.\nHypothesis: Someone has a red cup." → "entailment",
+///   "neutral" or "contradiction";
+/// - qa: "Ann owns a cat. Ann is a cook. Ann lives in Oslo.\nQuestion: What is Ann's job?" → "cook",
+///   a span of the passage;
+/// - conversation: "Hi, I am Ann. When does the pool open?" → "Hello Ann! The pool opens at 7.";
+/// - summarization: three sentences (a trip, a purchase, the weather) in any order → "Ann bought 3
+///   cups at the market."
 ///
 /// The same seed gives the same examples on every platform (data/math_task.hpp's generator).
 
@@ -104,33 +104,38 @@ inline std::vector<TaskExample> make_nli_examples(std::uint64_t seed, std::size_
     return out;
 }
 
-/// `count` extractive QA examples from `seed`: a passage of three "<name> lives in <city>." facts
-/// (distinct names and cities) and a question whose answer is a span of it: "Where does <name>
-/// live?" (the city) or "Who lives in <city>?" (the name).
+/// `count` extractive QA examples from `seed`: a passage of three facts about one person — their
+/// job, their city and their pet, in any order ("Ann owns a cat. Ann is a cook. Ann lives in Oslo.")
+/// — and a question about one of them ("What pet does Ann own?", "What is Ann's job?", "Where does
+/// Ann live?") whose answer is a span of the passage. The words come from lists larger than a model
+/// would memorize per question, so the answer must be found and copied.
 inline std::vector<TaskExample> make_qa_examples(std::uint64_t seed, std::size_t count) {
     using namespace detail_tasks;
+    static constexpr std::array<const char*, 10> jobs = {"cook",   "nurse",  "pilot",  "baker", "judge",
+                                                         "tailor", "farmer", "singer", "miner", "clerk"};
+    static constexpr std::array<const char*, 10> pets = {"cat",  "dog",  "owl",   "goat",  "fox",
+                                                         "frog", "duck", "mouse", "horse", "snake"};
     Rng rng(seed);
     std::vector<TaskExample> out;
     out.reserve(count);
     for (std::size_t i = 0; i < count; ++i) {
-        std::array<std::size_t, 3> who{}, where{};
-        for (std::size_t k = 0; k < 3; ++k) {
-            bool fresh = false;
-            while (!fresh) {
-                who[k] = pick(rng, names);
-                where[k] = pick(rng, cities);
-                fresh = true;
-                for (std::size_t j = 0; j < k; ++j) fresh = fresh && who[j] != who[k] && where[j] != where[k];
-            }
+        const std::string who = names[pick(rng, names)];
+        const std::string job = jobs[pick(rng, jobs)], city = cities[pick(rng, cities)], pet = pets[pick(rng, pets)];
+        std::array<std::string, 3> facts = {who + " is a " + job + ".", who + " lives in " + city + ".",
+                                            who + " owns a " + pet + "."};
+        for (std::size_t k = 2; k > 0; --k) std::swap(facts[k], facts[rng.below(k + 1)]);  // Fisher-Yates
+        const std::string passage = facts[0] + " " + facts[1] + " " + facts[2];
+        switch (rng.below(3)) {
+            case 0:
+                out.push_back({passage + "\nQuestion: What is " + who + "'s job?", job});
+                break;
+            case 1:
+                out.push_back({passage + "\nQuestion: Where does " + who + " live?", city});
+                break;
+            default:
+                out.push_back({passage + "\nQuestion: What pet does " + who + " own?", pet});
+                break;
         }
-        std::string passage;
-        for (std::size_t k = 0; k < 3; ++k)
-            passage += std::string(k ? " " : "") + names[who[k]] + " lives in " + cities[where[k]] + ".";
-        const auto k = static_cast<std::size_t>(rng.below(3));
-        if (rng.below(2) == 0)
-            out.push_back({passage + "\nQuestion: Where does " + names[who[k]] + " live?", cities[where[k]]});
-        else
-            out.push_back({passage + "\nQuestion: Who lives in " + cities[where[k]] + "?", names[who[k]]});
     }
     return out;
 }

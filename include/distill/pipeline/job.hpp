@@ -393,22 +393,25 @@ inline Job parse_job(const nlohmann::json& j) {
 
 /// Reads `path` (io_error when unreadable, format_error naming line and column when not JSON) and
 /// validates it (config_error naming the key).
-inline Job load_job(const std::filesystem::path& path) {
+/// The JSON of a job file (io_error when unreadable, format_error naming the line of a syntax error).
+inline nlohmann::json read_job_json(const std::filesystem::path& path) {
     std::ifstream in(path, std::ios::binary);
     if (!in) throw io_error(path, "cannot open the job file");
     std::stringstream ss;
     ss << in.rdbuf();
     const std::string text = ss.str();
-    nlohmann::json j;
     try {
-        j = nlohmann::json::parse(text);
+        return nlohmann::json::parse(text);
     } catch (const nlohmann::json::parse_error& e) {
         // the byte offset → line for the message
         std::uint64_t line = 1;
         for (std::size_t i = 0; i < text.size() && i + 1 < e.byte; ++i) line += text[i] == '\n';
         throw format_error(path, line, std::string("not valid JSON: ") + e.what());
     }
-    return parse_job(j);
+}
+
+inline Job load_job(const std::filesystem::path& path) {
+    return parse_job(read_job_json(path));
 }
 
 }  // namespace distill

@@ -221,17 +221,7 @@ struct SweepJob {
 
 /// Reads `path` (io_error, format_error naming the line, config_error naming the key).
 inline SweepJob load_sweep_job(const std::filesystem::path& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw io_error(path, "cannot open the job file");
-    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    nlohmann::json j;
-    try {
-        j = nlohmann::json::parse(text);
-    } catch (const nlohmann::json::parse_error& e) {
-        std::uint64_t line = 1;
-        for (std::size_t i = 0; i < text.size() && i + 1 < e.byte; ++i) line += text[i] == '\n';
-        throw format_error(path, line, std::string("not valid JSON: ") + e.what());
-    }
+    const nlohmann::json j = read_job_json(path);
     if (!j.is_object()) throw config_error("(job)", "expected a JSON object at the top level");
     if (!j.contains("sweep"))
         throw config_error("sweep", "is required by distill sweep: the settings to vary (docs/job-format.md)");

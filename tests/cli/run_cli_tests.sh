@@ -14,6 +14,15 @@ export DISTILL_NUM_THREADS=${DISTILL_NUM_THREADS:-1}
 failures=0
 fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
 pass() { echo "ok:   $*"; }
+# wait_until COND PID: polls (every 20 ms, at most 300 s) until COND holds or PID has exited
+wait_until() {
+    local waited=0
+    until eval "$1" || ! kill -0 "$2" 2>/dev/null; do
+        sleep 0.02
+        waited=$((waited + 1))
+        [[ $waited -gt 15000 ]] && break
+    done
+}
 
 # expect CODE PATTERN -- command...: the exit code and a line of stderr matching PATTERN
 expect() {
@@ -161,12 +170,8 @@ kill_when() {
     local dir=$WORK/$name
     if [[ ${3:-} == reuse ]]; then mkdir -p "$dir" && cp -r "$WORK/ref/generate" "$dir/"; fi
     "$DISTILL" run "$job" --quiet >/dev/null 2>&1 &
-    local pid=$! waited=0
-    until eval "$cond" || ! kill -0 $pid 2>/dev/null; do
-        sleep 0.02
-        waited=$((waited + 1))
-        [[ $waited -gt 15000 ]] && break
-    done
+    local pid=$!
+    wait_until "$cond" $pid
     if kill -0 $pid 2>/dev/null; then
         kill -9 $pid
         wait $pid 2>/dev/null
@@ -220,12 +225,8 @@ fi
 # SIGKILL during the second trial's first rung (its child process dies with it), then the same command
 killed=$(sweep_job sweep_kill "$sweep_spec")
 "$DISTILL" sweep "$killed" --quiet >/dev/null 2>&1 &
-pid=$! waited=0
-until [[ -f $WORK/sweep_kill/trials/t01/student/metrics.jsonl ]] || ! kill -0 $pid 2>/dev/null; do
-    sleep 0.02
-    waited=$((waited + 1))
-    [[ $waited -gt 15000 ]] && break
-done
+pid=$!
+wait_until "[[ -f $WORK/sweep_kill/trials/t01/student/metrics.jsonl ]]" $pid
 if kill -0 $pid 2>/dev/null; then
     kill -9 $pid
     wait $pid 2>/dev/null

@@ -545,6 +545,15 @@ TEST_CASE("Distiller on-policy (GKD): sampled batches train, reproducibly across
     CHECK(resumed["student"]["steps"] == 12);
     CHECK(read(a / "student.safetensors") == finished);
 
+    // on_policy's own sampling keys: generation's value again changes nothing, another one samples otherwise
+    nlohmann::json same = op, colder = op;
+    same["temperature"] = 1.0;
+    colder["temperature"] = 0.5;
+    run_into("gkd-same", same);
+    run_into("gkd-colder", colder);
+    CHECK(read(w.dir / "gkd-same" / "student.safetensors") == finished);
+    CHECK(read(w.dir / "gkd-colder" / "student.safetensors") != finished);
+
     // refused: a loss that cannot score fresh samples, and λ out of range
     nlohmann::json offline = j;
     offline["loss"] = {{"topk_soft_kl", {{"weight", 1.0}, {"temperature", 1.0}}}};

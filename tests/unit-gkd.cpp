@@ -13,10 +13,12 @@
 
 #include <nlohmann/json.hpp>
 
+#include "distill/data/chat.hpp"
 #include "distill/data/dataset.hpp"
 #include "distill/device/cpu.hpp"
 #include "distill/device/reference.hpp"
 #include "distill/io/hf.hpp"
+#include "distill/io/reflect.hpp"
 #include "distill/loss.hpp"
 #include "distill/loss/jsd.hpp"
 #include "distill/optim/adam.hpp"
@@ -209,7 +211,7 @@ TEST_CASE("gkd: the coin is a function of seed, step and micro-batch; validation
 TEST_CASE("gkd: the KV-cache sampler decodes what teacher-forced forwards compute; samples are reproducible") {
     auto m = load_gpt2<device::Reference>(fixtures / "gkd" / "student", 3);
     const std::int32_t pad = 0, eos = 2;
-    auto is_stop = [&](std::int32_t id) { return id == eos; };
+    auto is_stop = [&](std::vector<std::int32_t>& r) { return r.back() == eos; };
     // prompts of different lengths; the data's responses are replaced
     data::SequenceDataset ds(pad, 16);
     const std::vector<std::vector<std::int32_t>> prompts = {{1, 5, 9, 3}, {1, 7}, {1, 4, 11, 6, 8, 13, 10}};
@@ -271,4 +273,73 @@ TEST_CASE("gkd: the KV-cache sampler decodes what teacher-forced forwards comput
         for (std::size_t n = 0; n < few.targets.size(); ++n)
             if (few.targets[n] >= 0) CHECK(few.targets[n] < 5);
     }
+    SUBCASE("a response the completion rule rewrites (a stop sequence cut off) ends as rewritten") {
+        teacher::Sampling s{.temperature = 0.0, .max_new_tokens = 6};
+        data::Batch free_run, cut;
+        sampler.sample(m, given, plen, s, 1, 16, 0, pad, is_stop, free_run);
+        // after its third token a row's response becomes its first token and the end token
+        auto third = [&](std::vector<std::int32_t>& r) {
+            if (r.size() < 3) return r.back() == eos;
+            r = {r.front(), eos};
+            return true;
+        };
+        sampler.sample(m, given, plen, s, 1, 16, 0, pad, third, cut);
+        int rewritten = 0;
+        for (int b = 0; b < 3; ++b) {
+            CAPTURE(b);
+            const int P = plen[std::size_t(b)];
+            std::vector<std::int32_t> sampled, expected;
+            for (int i = P; i < cut.length && cut.targets[std::size_t(b * cut.length + i - 1)] >= 0; ++i)
+                sampled.push_back(cut.tokens[std::size_t(b * cut.length + i)]);
+            for (int i = P; i < free_run.length && free_run.targets[std::size_t(b * free_run.length + i - 1)] >= 0; ++i)
+                expected.push_back(free_run.tokens[std::size_t(b * free_run.length + i)]);
+            if (expected.size() >= 3 && expected[0] != eos && expected[1] != eos) {
+                expected = {expected.front(), eos};
+                ++rewritten;
+            }
+            CHECK(sampled == expected);
+        }
+        CHECK(rewritten > 0);
+    }
+}
+
+TEST_CASE("gkd: on-policy sampling settings override generation's; samples end where the teacher's answers do") {
+    const teacher::Sampling generation{.temperature = 0.0, .top_p = 0.5, .max_new_tokens = 40, .stop = {"\n\n"}};
+    const train::OnPolicyConfig unset{.lambda = 1.0};
+    CHECK(io::to_json(unset.sampling(generation)) == io::to_json(generation));
+    const train::OnPolicyConfig own{.lambda = 1.0, .temperature = 0.9, .top_k = 0, .max_new_tokens = 16};
+    const teacher::Sampling s = own.sampling(generation);
+    CHECK(s.temperature == 0.9);
+    CHECK(s.top_p == 0.5);  // unset: generation's
+    CHECK(s.max_new_tokens == 16);
+    CHECK(s.stop == generation.stop);
+    CHECK_THROWS_WITH_AS((train::OnPolicyConfig{.lambda = 1.0, .temperature = -1.0}.validate()),
+                         "on_policy.temperature: must be in [0, 100], got -1.000000", config_error);
+    CHECK_THROWS_WITH_AS((train::OnPolicyConfig{.lambda = 1.0, .max_new_tokens = 0}.validate()),
+                         "on_policy.max_new_tokens: must be >= 1, got 0", config_error);
+    train::OnPolicyConfig parsed;
+    io::from_json(nlohmann::json::parse(R"({"lambda": 0.5, "temperature": 1.0})"), parsed, "on_policy");
+    CHECK(parsed.temperature == 1.0);
+    CHECK(!parsed.top_p);
+
+    // the byte template: a stop token ends a response (kept); a stop sequence cuts the text before it
+    // and ends it as an answer is encoded
+    const data::ChatTokenizer tmpl;
+    const std::vector<std::string> stop = {"!!", "\n"};
+    auto ids = [&](std::string_view text) { return tmpl.encode_text(text); };
+    std::vector<std::int32_t> r = ids("12 + 3");
+    CHECK_FALSE(train::response_complete(r, tmpl, stop));
+    CHECK(r == ids("12 + 3"));
+    r = tmpl.encode_response("15");  // ends with the end-of-turn token
+    const auto answer = r;
+    CHECK(train::response_complete(r, tmpl, stop));
+    CHECK(r == answer);
+    r = ids("15. Done!!");
+    CHECK(train::response_complete(r, tmpl, stop));
+    CHECK(r == tmpl.encode_response("15. Done"));
+    r = ids("a\nb!!");  // the first stop sequence in the text wins
+    CHECK(train::response_complete(r, tmpl, stop));
+    CHECK(r == tmpl.encode_response("a"));
+    r = ids("no stop here");
+    CHECK_FALSE(train::response_complete(r, tmpl, std::vector<std::string>{}));
 }

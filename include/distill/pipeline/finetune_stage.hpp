@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
+#include <iterator>
 #include <memory>
 #include <optional>
 #include <string>
@@ -520,19 +521,22 @@ private:
                 for (int b = 0; b < given.batch; ++b)
                     prompt_length_[std::size_t(b)] = train_->prompt_length[std::size_t(given.indices[std::size_t(b)])];
                 const auto& tmpl = d_->s_.chat_template;
-                auto is_stop = [&](std::int32_t id) { return tmpl.is_stop_token(id); };
+                const teacher::Sampling sampling = job.on_policy.sampling(job.generation);
+                auto complete = [&](std::vector<std::int32_t>& response) {
+                    return train::response_complete(response, tmpl, sampling.stop);
+                };
                 const int max_batch = std::max(job.hyperparameters.loop.batch_size, given.batch);
                 const int limit = d_->s_.student.context_length;
                 if (from == train::response_source::student) {
                     if (!student_sampler_) student_sampler_.emplace(s, max_batch);
-                    student_sampler_->sample(s, given, prompt_length_, job.generation, seed, limit, 0, tmpl.pad(),
-                                             is_stop, sampled_);
+                    student_sampler_->sample(s, given, prompt_length_, sampling, seed, limit, 0, tmpl.pad(), complete,
+                                             sampled_);
                 } else if constexpr (requires { d_->teacher_.network().make_cache(1); }) {
                     auto& net = d_->teacher_.network();
                     if (!teacher_sampler_) teacher_sampler_.emplace(net, max_batch);
                     // only ids the student has: the teacher's embedding may have padding rows past them
-                    teacher_sampler_->sample(net, given, prompt_length_, job.generation, seed, limit,
-                                             d_->s_.student.vocab_size, tmpl.pad(), is_stop, sampled_);
+                    teacher_sampler_->sample(net, given, prompt_length_, sampling, seed, limit,
+                                             d_->s_.student.vocab_size, tmpl.pad(), complete, sampled_);
                 } else {
                     throw config_error("on_policy.seq_kd", "needs a teacher whose network decodes with a KV cache");
                 }
@@ -665,7 +669,11 @@ private:
                                  {"validation", val ? val->data.fingerprint() : 0}};
         add_initialization(s_.job, fp_fields);
         if (s_.job.precision != "fp32") fp_fields["precision"] = s_.job.precision;
-        if (s_.job.on_policy.enabled()) fp_fields["on_policy"] = io::to_json(s_.job.on_policy);
+        if (s_.job.on_policy.enabled()) {
+            nlohmann::json op = io::to_json(s_.job.on_policy);
+            for (auto it = op.begin(); it != op.end();) it = it->is_null() ? op.erase(it) : std::next(it);
+            fp_fields["on_policy"] = op;  // unset sampling keys left out: they are generation's
+        }
         const std::string fp = detail::sha(fp_fields.dump());
         s_.say("finetune: distilling into a student of " + std::to_string(s_.student.parameter_count()) +
                " parameters for " + std::to_string(steps) + " steps (" + (online ? "online" : "offline") +

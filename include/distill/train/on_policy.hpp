@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -32,21 +33,38 @@
 
 namespace distill::train {
 
-/// Keys of the job's `on_policy` object (TRL's `GKDConfig.lmbda` and `seq_kd`).
+/// Keys of the job's `on_policy` object (TRL's `GKDConfig.lmbda`, `seq_kd`, `temperature` and
+/// `max_new_tokens`).
 struct OnPolicyConfig {
     /// Fraction of training micro-batches whose responses the student samples (TRL's `lmbda`); 0: none.
     double lambda = 0.0;
     /// The other training micro-batches' responses are sampled by the teacher instead of read from
     /// the data (TRL's `seq_kd`).
     bool seq_kd = false;
+    /// How samples are drawn where it differs from the job's `generation` (which sets how the teacher
+    /// answers in the generate stage): unset keys take `generation`'s. TRL samples at 0.9, top_k 0.
+    std::optional<double> temperature{};
+    std::optional<double> top_p{};
+    std::optional<int> top_k{};
+    std::optional<int> max_new_tokens{};
 
     /// Whether any batch is sampled.
     bool enabled() const noexcept { return lambda > 0 || seq_kd; }
 
-    /// Throws config_error naming `<path>.lambda`.
+    /// The sampling settings of on-policy samples: `generation` with the keys set here replaced.
+    teacher::Sampling sampling(teacher::Sampling generation) const {
+        if (temperature) generation.temperature = *temperature;
+        if (top_p) generation.top_p = *top_p;
+        if (top_k) generation.top_k = *top_k;
+        if (max_new_tokens) generation.max_new_tokens = *max_new_tokens;
+        return generation;
+    }
+
+    /// Throws config_error naming `<path>.<key>` for the first value out of range.
     void validate(const std::string& path = "on_policy") const {
         if (!(lambda >= 0 && lambda <= 1))
             throw config_error(path + ".lambda", "must be in [0, 1], got " + std::to_string(lambda));
+        sampling({}).validate(path);  // the defaults are valid: only the keys set here can fail
     }
 };
 
@@ -116,12 +134,32 @@ inline void batch_with_responses(const data::Batch& in, std::span<const std::int
     }
 }
 
+/// Whether the sampled `response` is complete under `format`'s rules, as the teacher's generation
+/// applies them (teacher/model.hpp): its last id is a stop token of the template (kept, as the data's
+/// answers keep their end-of-turn token); or its text holds one of the `stop` sequences — it then
+/// becomes the ids of its text before the first of them, encoded as an answer is
+/// (`format.encode_response`: the text and the end-of-turn token), so the student learns to end there.
+/// @tparam Format `data::ChatTokenizer` or anything with its `is_stop_token`, `decode` and `encode_response`.
+template <class Format>
+bool response_complete(std::vector<std::int32_t>& response, const Format& format, std::span<const std::string> stop) {
+    if (response.empty()) return false;
+    if (format.is_stop_token(response.back())) return true;
+    if (stop.empty()) return false;
+    // The whole response is decoded again: a character may span several ids.
+    const std::string text = format.decode(response);
+    std::size_t at = std::string::npos;
+    for (const auto& s : stop) at = std::min(at, text.find(s));
+    if (at == std::string::npos) return false;
+    response = format.encode_response(std::string_view(text).substr(0, at));
+    return true;
+}
+
 /// Samples responses to a batch's prompts from a network with a KV cache, as the in-process teacher
 /// generates: prefill the prompts, then one `decode` per token, each row drawing from its logits
-/// with `teacher::Sampler` until it samples a stop token (kept, as the data's responses keep it) or
-/// reaches `max_new_tokens` or the length limit. Rows that finished are fed padding; when one would
-/// overrun the context, the rows still sampling are prefilled again into a smaller batch (the
-/// teacher's rule, teacher/model.hpp). The cache and the buffers are sized once.
+/// with `teacher::Sampler` until `complete(response)` says it is done (`response_complete`: a stop
+/// token or a stop sequence) or it reaches `max_new_tokens` or the length limit. Rows that finished
+/// are fed padding; when one would overrun the context, the rows still sampling are prefilled again
+/// into a smaller batch (the teacher's rule, teacher/model.hpp). The cache and the buffers are sized once.
 /// @tparam Network `student::Transformer<T, Device>` or anything with its decoding interface.
 template <class Network>
 class ResponseSampler {
@@ -133,15 +171,15 @@ public:
     ResponseSampler(Network& net, int max_batch) : cache_(net.make_cache(max_batch)) {}
 
     /// Fills `out` with `in`'s prompts (row b: its first `prompt_length[b]` tokens) and responses
-    /// `net` samples under `s` (temperature, top_k, top_p, max_new_tokens; stop sequences are not
-    /// applied — a sampled response ends at a stop token), seeded per row by
+    /// `net` samples under `s` (temperature, top_k, top_p, max_new_tokens), seeded per row by
     /// `batch_seed(seed, in.step, in.micro, b + 1)`; each row at most `max_length` tokens in all.
     /// Tokens are drawn from the first `vocab` ids only (a teacher's embedding may have padding rows
-    /// past the student's vocabulary; 0: all). `is_stop(id)` says whether a token ends a response.
-    template <class IsStop>
+    /// past the student's vocabulary; 0: all). After each token `complete(response)` says whether
+    /// a row's response is done; it may rewrite it (a stop sequence cut off), never past the row's limit.
+    template <class Complete>
     void sample(Network& net, const data::Batch& in, std::span<const std::int32_t> prompt_length,
                 const teacher::Sampling& s, std::uint64_t seed, int max_length, int vocab, std::int32_t pad,
-                IsStop&& is_stop, data::Batch& out) {
+                Complete&& complete, data::Batch& out) {
         const int B = in.batch, V = net.config().vocab_size, Tmax = net.config().context_length;
         const int drawn = vocab > 0 ? std::min(vocab, V) : V;
         if (B > cache_.max_batch())
@@ -149,6 +187,7 @@ public:
                               std::to_string(cache_.max_batch()));
         responses_.resize(std::size_t(B));
         limit_.resize(std::size_t(B));
+        complete_.assign(std::size_t(B), false);
         rngs_.resize(std::size_t(B));
         rows_.clear();
         for (int b = 0; b < B; ++b) {
@@ -165,23 +204,27 @@ public:
             for (std::size_t r = 0; r < rows_.size(); ++r) {
                 const auto b = std::size_t(rows_[r]);
                 auto& resp = responses_[b];
-                if (done(b, is_stop)) continue;
+                if (done(b)) continue;
                 resp.push_back(sampler_.sample(logits + std::int64_t(r) * V, drawn, s, rngs_[b]));
-                all_done = all_done && done(b, is_stop);
+                if (complete(resp)) {
+                    complete_[b] = true;
+                    if (int(resp.size()) > limit_[b]) resp.resize(std::size_t(limit_[b]));
+                }
+                all_done = all_done && done(b);
             }
             if (all_done) break;
             bool overflow = false;
             for (std::size_t r = 0; r < rows_.size(); ++r)
-                overflow = overflow || (done(std::size_t(rows_[r]), is_stop) && cache_.length(int(r)) >= Tmax);
+                overflow = overflow || (done(std::size_t(rows_[r])) && cache_.length(int(r)) >= Tmax);
             if (overflow) {
-                std::erase_if(rows_, [&](int b) { return done(std::size_t(b), is_stop); });
+                std::erase_if(rows_, [&](int b) { return done(std::size_t(b)); });
                 prefill(net, in, prompt_length);
                 continue;
             }
             next_.resize(rows_.size());
             for (std::size_t r = 0; r < rows_.size(); ++r) {
                 const auto b = std::size_t(rows_[r]);
-                next_[r] = done(b, is_stop) ? pad : responses_[b].back();
+                next_[r] = done(b) ? pad : responses_[b].back();
             }
             net.decode(cache_, next_.data(), int(rows_.size()));
         }
@@ -189,11 +232,7 @@ public:
     }
 
 private:
-    template <class IsStop>
-    bool done(std::size_t b, IsStop& is_stop) const {
-        const auto& r = responses_[b];
-        return int(r.size()) >= limit_[b] || (!r.empty() && is_stop(r.back()));
-    }
+    bool done(std::size_t b) const { return complete_[b] || int(responses_[b].size()) >= limit_[b]; }
 
     // Prefills the cache with rows_' prompts and what they sampled so far (the last sampled token is
     // then fed here, not by decode).
@@ -233,6 +272,7 @@ private:
     teacher::Sampler sampler_{};
     std::vector<std::vector<std::int32_t>> responses_{};  // per row of the batch
     std::vector<int> limit_{};                            // per row: most tokens it may sample
+    std::vector<bool> complete_{};                        // per row: its response is done
     std::vector<Rng> rngs_{};
     std::vector<int> rows_{};  // the batch rows in the cache, in cache order
     std::vector<int> lengths_{};
@@ -243,4 +283,4 @@ private:
 
 }  // namespace distill::train
 
-BOOST_HANA_ADAPT_STRUCT(distill::train::OnPolicyConfig, lambda, seq_kd);
+BOOST_HANA_ADAPT_STRUCT(distill::train::OnPolicyConfig, lambda, seq_kd, temperature, top_p, top_k, max_new_tokens);

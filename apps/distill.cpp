@@ -255,6 +255,50 @@ int with_ensemble(const Job& job, const Options& o, const device::Cpu& cpu, bool
     return with_distiller<ModelEnsemble, Loss>(job, o, cpu, std::move(members), teacher::parse_route(job.route, names));
 }
 
+// A job with teachers of different kinds (or several that do not run in process): each built from its
+// teachers[i] object (errors name it) and seen through its answers (teacher::Any), for text-level
+// distillation.
+int with_any_ensemble(const Job& job, const Options& o, const device::Cpu& cpu) {
+    std::vector<std::unique_ptr<teacher::Any>> owned;
+    std::vector<teacher::Ensemble<teacher::Any>::Member> members;
+    std::vector<std::string> names;
+    for (std::size_t i = 0; i < job.teachers.size(); ++i) {
+        const std::string at = "teachers[" + std::to_string(i) + "]";
+        const std::string kind = job.teachers[i].value("kind", "");
+        const nlohmann::json c = job.teacher_config(i);
+        try {
+            if (kind == "model") {
+                auto mc = read_config<teacher::ModelConfig>(c, at);
+                if (!c.contains("keep_activations")) mc.keep_activations = false;
+                owned.push_back(std::make_unique<teacher::Any>(std::make_unique<ModelTeacher>(mc, cpu)));
+            } else if (kind == "cache") {
+                const auto cc = read_config<teacher::CacheConfig>(c, at);
+                owned.push_back(std::make_unique<teacher::Any>(std::make_unique<teacher::Cache<false>>(cc)));
+            } else if (kind == "openai") {
+#if defined(DISTILL_WITH_HTTP)
+                const auto oc = read_config<teacher::OpenAIConfig>(c, at);
+                owned.push_back(std::make_unique<teacher::Any>(std::make_unique<teacher::OpenAI<>>(oc)));
+#else
+                throw usage_error(at + ".kind: \"openai\" teachers need HTTP; this distill was built without it");
+#endif
+            } else {
+                throw usage_error(at + ".kind: \"" + kind +
+                                  "\" teachers are built in code (teacher::Any, teacher::Ensemble; "
+                                  "examples/multi_teacher.cpp); the distill command runs \"model\", \"openai\" "
+                                  "and \"cache\" teachers");
+            }
+        } catch (const usage_error&) {
+            throw;
+        } catch (const distill::error& e) {
+            throw usage_error(at + ": " + e.what());
+        }
+        members.push_back({job.teacher_name(i), job.teacher_weight(i), owned.back().get()});
+        names.push_back(job.teacher_name(i));
+    }
+    return with_distiller<teacher::Ensemble<teacher::Any>, TextLoss>(job, o, cpu, std::move(members),
+                                                                     teacher::parse_route(job.route, names));
+}
+
 device::Cpu make_device(const Job& job, const Options& o) {
     const int threads = o.threads > 0 ? o.threads : job.threads > 0 ? job.threads : device::Cpu().threads();
     if (job.precision == "bf16" && !device::Cpu::bf16_supported())
@@ -282,14 +326,39 @@ int dispatch(Job job, const Options& o) {
 #endif
     }
     bool online = false, topk = false, activations = false;
-    std::string online_term;
+    std::string online_term, topk_term;
     for (const auto& item : job.loss.items()) {
         const TermNeeds* t = find_term(item.key());
         if (!t) continue;  // the Distiller names an unknown term and the closest known one
         if (t->online && online_term.empty()) online_term = item.key();
+        if (t->topk && topk_term.empty()) topk_term = item.key();
         online = online || t->online;
         topk = topk || t->topk;
         activations = activations || t->activations;
+    }
+    if (job.multi_teacher()) {
+        std::size_t other = 0;  // the first teacher that does not run in this process
+        while (other < job.teachers.size() && job.teachers[other].value("kind", "") == "model") ++other;
+        if (other < job.teachers.size()) {
+            if (online || topk)
+                throw usage_error(
+                    "loss." + (online ? online_term : topk_term) + " reads the teachers' distributions, but teachers[" +
+                    std::to_string(other) + "] is of kind \"" + job.teachers[other].value("kind", "") +
+                    "\": several teachers of which one does not run in this process are combined through "
+                    "their answers (hard_ce); mixing distributions needs every teacher of kind \"model\"");
+            return with_any_ensemble(job, o, cpu);
+        }
+        if (activations)
+            throw usage_error(
+                "loss: with several teachers only their logits are mixed; hidden_mse, attention_kl "
+                "and attention_relation read one teacher's activations (drop them)");
+        if (online && topk)
+            throw usage_error(
+                "loss: \"topk_soft_kl\" and full-logit terms cannot be mixed here; an in-process teacher "
+                "gives full logits (use \"soft_kl\")");
+        if (online) return with_ensemble<EnsembleOnlineLoss>(job, o, cpu, false);
+        if (topk) return with_ensemble<TopKLoss>(job, o, cpu, false);
+        return with_ensemble<TextLoss>(job, o, cpu, false);
     }
     if (kind != "model" && online)
         throw usage_error(
@@ -300,19 +369,6 @@ int dispatch(Job job, const Options& o) {
         throw usage_error(
             "loss: \"topk_soft_kl\" and full-logit terms cannot be mixed here; an in-process teacher "
             "gives full logits (use \"soft_kl\")");
-    if (job.multi_teacher()) {
-        if (kind != "model")
-            throw usage_error(
-                "teachers[0].kind: the distill command runs several teachers of kind \"model\"; "
-                "other kinds are combined in C++ (teacher::Ensemble, examples/multi_teacher.cpp)");
-        if (activations)
-            throw usage_error(
-                "loss: with several teachers only their logits are mixed; hidden_mse, attention_kl "
-                "and attention_relation read one teacher's activations (drop them)");
-        if (online) return with_ensemble<EnsembleOnlineLoss>(job, o, cpu, false);
-        if (topk) return with_ensemble<TopKLoss>(job, o, cpu, false);
-        return with_ensemble<TextLoss>(job, o, cpu, false);
-    }
     const nlohmann::json tcfg = job.teacher_config();
     if (kind == "model") {
         auto c = read_config<teacher::ModelConfig>(tcfg, "teacher");

@@ -7,8 +7,11 @@
 
 #include <cmath>
 #include <filesystem>
+#include <functional>
 #include <map>
+#include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "distill/distill.hpp"
@@ -94,7 +97,8 @@ TEST_CASE("job: teachers and route are validated, errors naming the key") {
               .starts_with("teachers: and \"teacher\" are exclusive"));
     CHECK(job_error(with("/teachers/1/name", "a")).starts_with("teachers[1].name: \"a\" is also teachers[0]'s"));
     CHECK(job_error(with("/teachers/0/weight", 0)).starts_with("teachers[0].weight: must be a finite number > 0"));
-    CHECK(job_error(with("/teachers/1/kind", "cache")).starts_with("teachers[1].kind: is \"cache\", but teachers[0]"));
+    CHECK(parse_job(with("/teachers/1/kind", "cache")).teacher_kind() == "model");  // kinds may differ
+    CHECK(job_error(with("/teachers/1/kind", "remote")).starts_with("teachers[1].kind:"));
     nlohmann::json unnamed = good;
     unnamed["teachers"][0].erase("name");
     CHECK(job_error(unnamed).starts_with("teachers[0].name: is required"));
@@ -264,4 +268,54 @@ TEST_CASE("Distiller with two teachers: answers record their teacher, the report
     const auto g = again.generate();
     CHECK(g.requested == 0);
     CHECK(again.evaluate()["fingerprint"] == report["fingerprint"]);
+}
+
+TEST_CASE("teacher::Any: teachers of different types in one ensemble, each through its answers") {
+    nlohmann::json j = two_teacher_job("any", "example");
+    j["loss"] = {{"hard_ce", {{"weight", 1.0}}}};
+    j["teachers"][1] = {{"name", "fixed"}, {"kind", "custom"}, {"weight", 3.0}};
+    const Job job = parse_job(j);
+    auto model = std::make_unique<Model>(model_config(job, 0));
+    const std::string model_fingerprint = model->fingerprint(), model_tokenizer = model->tokenizer_id();
+    auto fixed = std::make_unique<teacher::Callable<std::function<std::string(std::string_view)>>>(
+        [](std::string_view) { return std::string("2+2=4. The answer is 4."); }, "fixed", "v1");
+    teacher::Any a(std::move(model)), b(std::move(fixed));
+    // the wrapped teachers' identity passes through: the same fingerprint, the same answer ids
+    CHECK(a.fingerprint() == model_fingerprint);
+    CHECK(a.tokenizer_id() == model_tokenizer);
+    CHECK(b.name().find("fixed") != std::string::npos);
+    CHECK(b.tokenizer_id().empty());  // a text-only teacher
+
+    teacher::Ensemble<teacher::Any> both({{"a", 1.0, &a}, {"fixed", 3.0, &b}},
+                                         teacher::parse_route(job.route, {"a", "fixed"}));
+    using AnyDistiller = Distiller<teacher::Ensemble<teacher::Any>, student::Transformer, loss::Sum<loss::HardCE>,
+                                   optim::AdamW, device::Cpu>;
+    AnyDistiller d(job, both, device::Cpu{}, {.quiet = true});
+    const auto g = d.generate();
+    CHECK(g.requested > 0);
+    std::map<std::string, int> answered;
+    for (const auto& r :
+         teacher::read_synthetic(std::filesystem::path(job.output_dir) / "generate" / "synthetic.jsonl")) {
+        ++answered[r.response.answered_by];
+        CHECK(r.response.answered_by == (both.route_of(r.id, {}) == 0 ? "a" : "fixed"));
+        if (r.response.answered_by == "fixed")
+            CHECK(r.response.text == "2+2=4. The answer is 4.");
+        else
+            CHECK(r.response.text != "2+2=4. The answer is 4.");
+    }
+    CHECK(answered["a"] > 0);
+    CHECK(answered["fixed"] > answered["a"]);  // weight 3 against 1
+    const auto summary = d.finetune();
+    CHECK(std::isfinite(summary["student"]["final_loss"].get<double>()));
+    auto report = d.evaluate();
+    CHECK(report["models"]["teacher_fixed"]["failed"] == 0);
+    CHECK(report["models"]["teacher_fixed"]["parameters"].is_null());  // not a network here
+    CHECK(eval::render_markdown(report).find("test requests failed") == std::string::npos);
+    // failed requests count as wrong answers; report.md says how many, and the first one's reason
+    report["models"]["teacher_fixed"]["failed"] = 3;
+    report["models"]["teacher_fixed"]["first_failure"] = "math-9: no cached answer";
+    CHECK(eval::render_markdown(report).find(
+              "**teacher fixed**: 3 of " + std::to_string(report["models"]["teacher_fixed"]["requests"].get<int>()) +
+              " test requests failed, counted as wrong answers (first: math-9: no cached answer; every one in "
+              "`eval/teacher_fixed.answers.jsonl`).") != std::string::npos);
 }

@@ -39,6 +39,7 @@
 #include "distill/student/encoder.hpp"
 #include "distill/student/transformer.hpp"
 #include "distill/teacher.hpp"
+#include "distill/teacher/any.hpp"
 #include "distill/teacher/cache.hpp"
 #include "distill/teacher/callable.hpp"
 #include "distill/teacher/ensemble.hpp"

@@ -304,6 +304,21 @@ expect 2 'loss: with several teachers only their logits are mixed' -- \
     "$DISTILL" run "$(sed 's#"hard_ce": {}#"hidden_mse": {}#' "$WORK/multi_teacher.json" >"$WORK/multi_hidden.json"; echo "$WORK/multi_hidden.json")"
 expect 2 'teachers: and "teacher" are exclusive' -- \
     "$DISTILL" run "$(sed 's#"route": "example", #"teacher": {"kind": "model"}, "route": "example", #' "$WORK/multi_teacher.json" >"$WORK/multi_both.json"; echo "$WORK/multi_both.json")"
+# teachers of different kinds (teacher::Any): the model and a cache of the reference run's answers; the
+# cache has no test answers, so report.md must say its test requests failed
+cat "$WORK/ref/generate/synthetic.jsonl" "$WORK/ref/generate/synthetic.validation.jsonl" >"$WORK/ref_answers.jsonl"
+sed "s#{\"name\": \"b\", \"weight\": 3, \"kind\": \"model\", [^}]*}#{\"name\": \"c\", \"kind\": \"cache\", \"path\": \"$WORK/ref_answers.jsonl\"}#;
+     s#\"soft_kl\": {}, ##; s#multi_teacher\"#mixed_kinds\"#" "$WORK/multi_teacher.json" >"$WORK/mixed_kinds.json"
+if "$DISTILL" run "$WORK/mixed_kinds.json" --quiet >/dev/null 2>"$WORK/mixed_kinds.stderr" &&
+    grep -q '"answered_by":"c"' "$WORK/mixed_kinds/generate/synthetic.jsonl" &&
+    grep -q '"answered_by":"a"' "$WORK/mixed_kinds/generate/synthetic.jsonl" &&
+    grep -q '^\*\*teacher c\*\*: 20 of 20 test requests failed' "$WORK/mixed_kinds/report.md"; then
+    pass "teachers of different kinds: a model and a cache answer, the report names the cache's failed test requests"
+else
+    fail "teachers of different kinds: $(tail -2 "$WORK/mixed_kinds.stderr")"
+fi
+expect 2 "loss.soft_kl reads the teachers' distributions, but teachers\[1\] is of kind \"cache\"" -- \
+    "$DISTILL" run "$(sed 's#"hard_ce": {}#"soft_kl": {}#' "$WORK/mixed_kinds.json" >"$WORK/mixed_soft.json"; echo "$WORK/mixed_soft.json")"
 
 # ---- precision: bf16 runs where oneDNN and the CPU can, and is refused with one line elsewhere --------------
 expect 2 "--precision: expected fp32 or bf16, got fp16" -- "$DISTILL" run "$WORK/loss_soft_kl.json" --precision fp16

@@ -310,6 +310,14 @@ inline std::string render_markdown(const nlohmann::ordered_json& report) {
         "responses/s", "responses_per_s", [](double x) { return fixed(x, 1); }, true);
     row(
         "tokens/s", "tokens_per_s", [](double x) { return fixed(x, 0); }, true);
+    for (const auto& m : present) {  // a failed request is a wrong answer in the metrics: say so
+        const auto& model = report["models"][m];
+        if (model.value("failed", 0) > 0)
+            md += "\n**" + label(m) + "**: " + std::to_string(model.value("failed", 0)) + " of " +
+                  std::to_string(model.value("requests", 0)) +
+                  " test requests failed, counted as wrong answers (first: " + model.value("first_failure", "") +
+                  "; every one in `eval/" + m + ".answers.jsonl`).\n";
+    }
     std::string definitions;
     std::vector<std::string> defined;
     for (const auto& m : present)

@@ -196,10 +196,11 @@ private:
         const double seconds = detail::seconds_since(t0);
         std::vector<std::string> answers;
         std::int64_t tokens = 0, prompt_tokens = 0, failed = 0;
-        std::string jsonl;
+        std::string jsonl, first_error;
         for (std::size_t i = 0; i < responses.size(); ++i) {
             const auto& r = responses[i];
             failed += r.ok() ? 0 : 1;
+            if (!r.ok() && first_error.empty()) first_error = requests[i].id + ": " + r.error;
             answers.push_back(r.ok() ? r.text : std::string());
             tokens += r.usage.completion_tokens > 0 ? r.usage.completion_tokens : std::int64_t(r.tokens.size());
             prompt_tokens += std::max<std::int64_t>(0, r.usage.prompt_tokens);
@@ -245,6 +246,7 @@ private:
         m["responses_per_s"] = seconds > 0 ? double(responses.size()) / seconds : 0.0;
         m["tokens_per_s"] = seconds > 0 ? double(tokens) / seconds : 0.0;
         m["failed"] = failed;
+        if (failed) m["first_failure"] = first_error;  // report.md names it: failures count as wrong answers
         const bool is_teacher = name == "teacher";
         m["metrics"] = eval::task_metrics(s_.job.task_type, answers, references,
                                           is_teacher ? std::vector<std::string>{} : teacher_answers_);

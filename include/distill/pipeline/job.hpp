@@ -133,8 +133,9 @@ struct Job {
     /// teacher constructed in code and handed to the Distiller (its keys are the program's business).
     nlohmann::json teacher = nlohmann::json::object();
     /// Several teachers instead of `teacher` (the two are exclusive): `[{"name": ..., "weight": 1,
-    /// "kind": ..., <the kind's keys>}, ...]`, all of one kind; `route` picks or mixes them
-    /// (teacher/ensemble.hpp, docs/job-format.md). Empty: the single `teacher`.
+    /// "kind": ..., <the kind's keys>}, ...]`; `route` picks or mixes them (teacher/ensemble.hpp,
+    /// docs/job-format.md); teachers of different kinds combine through their answers (teacher/any.hpp).
+    /// Empty: the single `teacher`.
     nlohmann::json teachers = nlohmann::json::array();
     /// How several `teachers` share the examples: "mix" (default), "example", or {"field": F, "map":
     /// {value: name}, "default": name} (teacher::parse_route). Only with `teachers`.
@@ -240,7 +241,7 @@ struct Job {
             throw config_error("precision", "expected \"fp32\" or \"bf16\", got \"" + precision + "\"");
     }
 
-    /// The teacher's kind ("model", "openai", "cache"); with `teachers`, their common kind.
+    /// The teacher's kind ("model", "openai", "cache"); with `teachers`, the first one's.
     std::string teacher_kind() const {
         if (!teachers.empty()) return teachers[0].value("kind", "");
         return teacher.value("kind", "");
@@ -284,10 +285,6 @@ struct Job {
             const auto& t = teachers[i];
             if (!t.is_object()) throw config_error(at, "expected a teacher object");
             validate_kind(t, at);
-            if (t["kind"] != teachers[0]["kind"])
-                throw config_error(at + ".kind", "is \"" + t["kind"].get<std::string>() + "\", but teachers[0] is \"" +
-                                                     teachers[0]["kind"].get<std::string>() +
-                                                     "\": the teachers of one job are of one kind");
             if (!t.contains("name") || !t["name"].is_string() || t["name"].get<std::string>().empty())
                 throw config_error(at + ".name", "is required: a non-empty string the route and the report use");
             const std::string name = t["name"];

@@ -228,9 +228,16 @@ int main(int argc, char** argv) {
     const auto& c = size.student;
     const auto& t = size.teacher;
     char workload[256];
-    std::snprintf(workload, sizeof workload, "train step %s%s %s%s: V=%d T=%d d=%d L=%d B=%d, teacher d=%d L=%d",
+    // A build for the x86-64 baseline (no -march, as a user's plain Release build): named in the row,
+    // which benchmarks/run sets against the -march=native one
+#if defined(__AVX2__)
+    const char* build = "";
+#else
+    const char* build = ", plain Release flags";
+#endif
+    std::snprintf(workload, sizeof workload, "train step %s%s %s%s%s: V=%d T=%d d=%d L=%d B=%d, teacher d=%d L=%d",
                   size.name.c_str(), arch == "llama" ? " llama" : "", precision.c_str(),
-                  checkpoint ? " checkpointed" : "", V, T, c.d_model, c.n_layers, B, t.d_model, t.n_layers);
+                  checkpoint ? " checkpointed" : "", build, V, T, c.d_model, c.n_layers, B, t.d_model, t.n_layers);
     std::printf("workload: %s, SoftKL(tau=2)+HardCE, AdamW, clip 1.0, %d threads\n", workload, threads);
     std::printf(
         "distill: %.1f ms/step (median of %d), %.0f tokens/s, %.1f GFLOP/s = %.1f%% of the measured FP32 FMA "

@@ -25,41 +25,44 @@ inline double now() {
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-// Independent FMA chains (12 per thread, more than FMA latency x ports) in the widest vectors the
-// build targets, so the loop runs at the FMA units' throughput. Returns flops done.
+// Independent FMA chains (12 per thread, more than FMA latency x ports) in the widest vectors this
+// CPU has — chosen at run time, so that a benchmark built without -march still measures the
+// machine's peak, not its build's. Returns flops done.
+#define DISTILL_BENCH_FMA_CHAINS(name, isa, vec, width, set1, fma, hsum)                   \
+    __attribute__((target(isa))) inline double name(long iters, float seed, float* sink) { \
+        vec acc[12];                                                                       \
+        for (int i = 0; i < 12; ++i) acc[i] = set1(seed * float(i + 1));                   \
+        const vec a = set1(0.999999f), b = set1(1e-7f);                                    \
+        for (long it = 0; it < iters; ++it)                                                \
+            for (int i = 0; i < 12; ++i) acc[i] = fma(acc[i], a, b);                       \
+        float s = 0;                                                                       \
+        for (int i = 0; i < 12; ++i) s += hsum(acc[i]);                                    \
+        *sink += s;                                                                        \
+        return 2.0 * width * 12 * double(iters);                                           \
+    }
+__attribute__((target("avx2"))) inline float hsum256(__m256 a) {
+    float t[8];
+    _mm256_storeu_ps(t, a);
+    return t[0] + t[1] + t[2] + t[3] + t[4] + t[5] + t[6] + t[7];
+}
+inline __m128 mul_add128(__m128 a, __m128 b, __m128 c) {
+    return _mm_add_ps(_mm_mul_ps(a, b), c);
+}  // no FMA
+inline float hsum128(__m128 a) {
+    float t[4];
+    _mm_storeu_ps(t, a);
+    return t[0] + t[1] + t[2] + t[3];
+}
+DISTILL_BENCH_FMA_CHAINS(fma_chains_avx512, "avx512f", __m512, 16, _mm512_set1_ps, _mm512_fmadd_ps,
+                         _mm512_reduce_add_ps)
+DISTILL_BENCH_FMA_CHAINS(fma_chains_avx2, "avx2,fma", __m256, 8, _mm256_set1_ps, _mm256_fmadd_ps, hsum256)
+DISTILL_BENCH_FMA_CHAINS(fma_chains_sse, "sse2", __m128, 4, _mm_set1_ps, mul_add128, hsum128)
+#undef DISTILL_BENCH_FMA_CHAINS
+
 inline double fma_chains(long iters, float seed, float* sink) {
-#if defined(__AVX512F__)
-    using vec = __m512;
-    constexpr int width = 16;
-    auto set1 = [](float x) { return _mm512_set1_ps(x); };
-    auto fma = [](vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); };
-    auto hsum = [](vec a) { return _mm512_reduce_add_ps(a); };
-#elif defined(__AVX2__) && defined(__FMA__)
-    using vec = __m256;
-    constexpr int width = 8;
-    auto set1 = [](float x) { return _mm256_set1_ps(x); };
-    auto fma = [](vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); };
-    auto hsum = [](vec a) {
-        float t[8];
-        _mm256_storeu_ps(t, a);
-        return t[0] + t[1] + t[2] + t[3] + t[4] + t[5] + t[6] + t[7];
-    };
-#else
-    using vec = float;
-    constexpr int width = 1;
-    auto set1 = [](float x) { return x; };
-    auto fma = [](vec a, vec b, vec c) { return std::fma(a, b, c); };
-    auto hsum = [](vec a) { return a; };
-#endif
-    vec acc[12];
-    for (int i = 0; i < 12; ++i) acc[i] = set1(seed * float(i + 1));
-    const vec a = set1(0.999999f), b = set1(1e-7f);
-    for (long it = 0; it < iters; ++it)
-        for (int i = 0; i < 12; ++i) acc[i] = fma(acc[i], a, b);
-    float s = 0;
-    for (int i = 0; i < 12; ++i) s += hsum(acc[i]);
-    *sink += s;
-    return 2.0 * width * 12 * double(iters);
+    if (__builtin_cpu_supports("avx512f")) return fma_chains_avx512(iters, seed, sink);
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return fma_chains_avx2(iters, seed, sink);
+    return fma_chains_sse(iters, seed, sink);
 }
 
 /// FP32 FMA peak of `threads` threads in GFLOP/s: best of five ~0.4 s runs of independent FMA chains.

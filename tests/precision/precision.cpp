@@ -66,6 +66,52 @@ void gemm_parity(bool bf16) {
                 }
 }
 
+// The batched fp32 product (the attention's per-head GEMMs where Eigen was compiled below AVX2):
+// one oneDNN primitive over `batch` products at strides, against the Reference kernel per product.
+void batched_gemm_parity() {
+    Rng rng(12);
+    for (int ta = 0; ta < 2; ++ta)
+        for (int tb = 0; tb < 2; ++tb)
+            for (float beta : {0.0f, 1.0f}) {
+                const int M = 19, N = 23, K = 64, batch = 6, pad = 5;
+                const int lda = (ta ? M : K) + pad, ldb = (tb ? K : N) + pad, ldc = N + pad;
+                const std::int64_t sa = std::int64_t(ta ? K : M) * lda + 7, sb = std::int64_t(tb ? N : K) * ldb + 3,
+                                   sc = std::int64_t(M) * ldc + 1;
+                std::vector<float> A(std::size_t(sa * batch)), B(std::size_t(sb * batch)), C(std::size_t(sc * batch));
+                for (auto* v : {&A, &B, &C})
+                    for (auto& x : *v) x = float(rng.normal());
+                std::vector<double> Cd(C.begin(), C.end());
+                for (int b = 0; b < batch; ++b) {
+                    const std::vector<double> Ad(A.begin() + b * sa, A.begin() + (b + 1) * sa),
+                        Bd(B.begin() + b * sb, B.begin() + (b + 1) * sb);
+                    gemm(device::Reference{}, bool(ta), bool(tb), M, N, K, 0.125, Ad.data(), lda, Bd.data(), ldb,
+                         double(beta), Cd.data() + b * sc, ldc);
+                }
+                device::detail::gemm(false, 2, bool(ta), bool(tb), M, N, K, 0.125f, A.data(), lda, B.data(), ldb, beta,
+                                     C.data(), ldc, batch, sa, sb, sc);
+                double worst = 0;
+                for (int b = 0; b < batch; ++b)
+                    for (int i = 0; i < M; ++i)
+                        for (int j = 0; j < N; ++j) {
+                            const std::size_t at = std::size_t(b * sc + std::int64_t(i) * ldc + j);
+                            worst =
+                                std::max(worst, std::abs(C[at] - Cd[at]) / (std::sqrt(double(K)) + std::abs(Cd[at])));
+                        }
+                // the padding between the products is untouched
+                bool kept = true;
+                for (int b = 0; b < batch; ++b)
+                    for (int i = 0; i < M; ++i)
+                        for (int j = N; j < ldc; ++j) {
+                            const std::size_t at = std::size_t(b * sc + std::int64_t(i) * ldc + j);
+                            kept = kept && C[at] == float(Cd[at]);
+                        }
+                char what[160];
+                std::snprintf(what, sizeof what, "fp32 batched gemm %c%c x%d beta=%g: worst %.2e, padding kept %s",
+                              ta ? 'T' : 'N', tb ? 'T' : 'N', batch, beta, worst, kept ? "yes" : "no");
+                check(worst < 2e-6 && kept, what);
+            }
+}
+
 std::vector<double> train_curve(device::precision p, int steps) {
     const student::TransformerConfig cfg{
         .vocab_size = 64, .context_length = 32, .d_model = 64, .n_layers = 2, .n_heads = 2, .d_ff = 256};
@@ -98,6 +144,7 @@ std::vector<double> train_curve(device::precision p, int steps) {
 
 int main() {
     gemm_parity(false);
+    batched_gemm_parity();
     if (!device::Cpu::bf16_supported()) {
         // A CPU without oneDNN's bf16 matmul (AVX2 hosts, or ONEDNN_MAX_CPU_ISA below AVX-512): bf16 is
         // refused at construction with one clear line, never an abort inside oneDNN.

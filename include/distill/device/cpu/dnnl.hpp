@@ -81,10 +81,12 @@ struct Key {
     float alpha, beta;
     int flags;  // bit 0 trans_a, bit 1 trans_b, bit 2 bf16
     int threads;
+    std::int64_t batch = 1, stride_a = 0, stride_b = 0, stride_c = 0;
     bool operator==(const Key& o) const noexcept {
         return M == o.M && N == o.N && K == o.K && lda == o.lda && ldb == o.ldb && ldc == o.ldc &&
                std::memcmp(&alpha, &o.alpha, 4) == 0 && std::memcmp(&beta, &o.beta, 4) == 0 && flags == o.flags &&
-               threads == o.threads;
+               threads == o.threads && batch == o.batch && stride_a == o.stride_a && stride_b == o.stride_b &&
+               stride_c == o.stride_c;
     }
 };
 
@@ -105,6 +107,10 @@ struct KeyHash {
         mix(b);
         mix(std::uint64_t(k.flags));
         mix(std::uint64_t(k.threads));
+        mix(std::uint64_t(k.batch));
+        mix(std::uint64_t(k.stride_a));
+        mix(std::uint64_t(k.stride_b));
+        mix(std::uint64_t(k.stride_c));
         return static_cast<std::size_t>(h);
     }
 };
@@ -194,26 +200,40 @@ inline const std::string& bf16_unsupported_reason() {
 }
 
 /// C(M,N) = alpha op(A) op(B) + beta C (row-major, see the Reference gemm) through oneDNN, the
-/// operands rounded to bf16 when `bf16`. Runs on `threads` OpenMP threads.
+/// operands rounded to bf16 when `bf16`; with `batch` > 1, that many such products at the strides
+/// (elements) between consecutive A, B and C (one batched primitive: the attention's per-head
+/// products; fp32 only). Runs on `threads` OpenMP threads.
 inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A,
-                 int lda, const float* B, int ldb, float beta, float* C, int ldc) {
+                 int lda, const float* B, int ldb, float beta, float* C, int ldc, std::int64_t batch = 1,
+                 std::int64_t stride_a = 0, std::int64_t stride_b = 0, std::int64_t stride_c = 0) {
     using dt = dnnl::memory::data_type;
     using dims = dnnl::memory::dims;
     DnnlState& st = state();
 #if defined(_OPENMP)
     if (omp_get_max_threads() != threads) omp_set_num_threads(threads);
 #endif
+    if (bf16 && batch > 1) throw std::logic_error("oneDNN gemm: batched products are fp32");
     // bf16 copies are packed: leading dimension = their stored width
     const std::int64_t a_rows = trans_a ? K : M, a_cols = trans_a ? M : K;
     const std::int64_t b_rows = trans_b ? N : K, b_cols = trans_b ? K : N;
     const std::int64_t la = bf16 ? a_cols : lda, lb = bf16 ? b_cols : ldb;
-    const Key key{M, N, K, la, lb, ldc, alpha, beta, int(trans_a) | int(trans_b) << 1 | int(bf16) << 2, threads};
+    if (batch <= 1) stride_a = stride_b = stride_c = 0;
+    const Key key{M,        N,       K,
+                  la,       lb,      ldc,
+                  alpha,    beta,    int(trans_a) | int(trans_b) << 1 | int(bf16) << 2,
+                  threads,  batch,   stride_a,
+                  stride_b, stride_c};
     auto it = st.cache.find(key);
     if (it == st.cache.end()) {
         const dt type = bf16 ? dt::bf16 : dt::f32;
-        const dnnl::memory::desc a_md(dims{M, K}, type, trans_a ? dims{1, la} : dims{la, 1});
-        const dnnl::memory::desc b_md(dims{K, N}, type, trans_b ? dims{1, lb} : dims{lb, 1});
-        const dnnl::memory::desc c_md(dims{M, N}, dt::f32, dims{ldc, 1});
+        // (batch, rows, cols) where batched; the batch stride first
+        auto md = [&](std::int64_t rows, std::int64_t cols, dims strides, std::int64_t stride, dt t) {
+            if (batch <= 1) return dnnl::memory::desc(dims{rows, cols}, t, strides);
+            return dnnl::memory::desc(dims{batch, rows, cols}, t, dims{stride, strides[0], strides[1]});
+        };
+        const dnnl::memory::desc a_md = md(M, K, trans_a ? dims{1, la} : dims{la, 1}, stride_a, type);
+        const dnnl::memory::desc b_md = md(K, N, trans_b ? dims{1, lb} : dims{lb, 1}, stride_b, type);
+        const dnnl::memory::desc c_md = md(M, N, dims{ldc, 1}, stride_c, dt::f32);
         dnnl::primitive_attr attr;
         if (alpha != 1.0f) attr.set_output_scales(0, {alpha});
         if (beta != 0.0f) {

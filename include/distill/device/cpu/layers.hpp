@@ -292,12 +292,28 @@ void gemm(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, T alp
     detail::eigen_gemm(dev, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
-/// `batch` GEMMs at fixed strides, split over the threads (each single-threaded, in cache; a batch of
-/// one gets every thread), Eigen, fp32 in every precision.
+/// `batch` GEMMs at fixed strides, fp32 in every precision: split over the threads (each
+/// single-threaded, in cache; a batch of one gets every thread) with Eigen; or, where Eigen's kernels
+/// were compiled for less than AVX2 (a build without -march) and oneDNN is linked, one batched oneDNN
+/// matmul, which picks the CPU's instruction set at run time.
 template <class T>
 void gemm_strided_batched(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda,
                           std::int64_t stride_a, const T* B, int ldb, std::int64_t stride_b, T beta, T* C, int ldc,
                           std::int64_t stride_c, int batch) {
+#if defined(DISTILL_WITH_DNNL) && !defined(__AVX2__)
+    if constexpr (std::is_same_v<T, float>) {
+#if defined(_OPENMP)
+        const bool nested = omp_in_parallel();
+#else
+        const bool nested = false;
+#endif
+        if (!nested && M > 0 && N > 0 && K > 0 && batch > 0) {
+            detail::gemm(false, dev.threads(), trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, batch,
+                         stride_a, stride_b, stride_c);
+            return;
+        }
+    }
+#endif
     distill::detail::parallel_for(dev.threads(), batch, [&](std::int64_t b) {
         detail::eigen_gemm(dev, trans_a, trans_b, M, N, K, alpha, A + b * stride_a, lda, B + b * stride_b, ldb, beta,
                            C + b * stride_c, ldc);

@@ -59,8 +59,11 @@ DISTILL_BENCH_FMA_CHAINS(fma_chains_avx2, "avx2,fma", __m256, 8, _mm256_set1_ps,
 DISTILL_BENCH_FMA_CHAINS(fma_chains_sse, "sse2", __m128, 4, _mm_set1_ps, mul_add128, hsum128)
 #undef DISTILL_BENCH_FMA_CHAINS
 
+// DISTILL_BENCH_MAX_ISA=avx2 (benchmarks/run --isa avx2) measures an AVX2 host's peak on any CPU.
 inline double fma_chains(long iters, float seed, float* sink) {
-    if (__builtin_cpu_supports("avx512f")) return fma_chains_avx512(iters, seed, sink);
+    const char* cap = std::getenv("DISTILL_BENCH_MAX_ISA");
+    if (__builtin_cpu_supports("avx512f") && !(cap && std::string(cap) == "avx2"))
+        return fma_chains_avx512(iters, seed, sink);
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return fma_chains_avx2(iters, seed, sink);
     return fma_chains_sse(iters, seed, sink);
 }

@@ -18,7 +18,9 @@
 #include "distill/io/peft.hpp"
 #include "distill/optim/adam.hpp"
 #include "distill/student/transformer.hpp"
+#include "distill/train/finetune.hpp"
 #include "testing.hpp"
+#include "training_task.hpp"
 
 using namespace distill;
 using distill::testing::check_close;
@@ -397,4 +399,55 @@ TEST_CASE("lora: refusals name the field") {
     student::Transformer<float, device::Cpu> m(g, 1);
     CHECK_THROWS_WITH_AS(io::peft::save_adapter(temp_dir("refused"), m), doctest::Contains("lora.targets"),
                          config_error);
+}
+
+TEST_CASE(
+    "lora: a run paused and resumed from its checkpoint (adapters, optimizer state, dropout) ends bit-identical") {
+    testing::NoiseTask task;
+    auto model_cfg = testing::NoiseTask::model_config();
+    model_cfg.lora = {4, 8, 0.1, {"q", "v", "o", "up", "down"}};
+    auto run = [&](const std::filesystem::path& out, std::int64_t stop_at) {
+        student::Transformer<float, device::Cpu> model(model_cfg, 8, device::Cpu(1));
+        model.init(3);
+        const std::vector<float> base = io::hf::detail::host_parameters(model);  // B = 0: the base
+        optim::AdamW<float, device::Cpu> opt(model.parameters(), {.weight_decay = 0.01}, device::Cpu(1));
+        const train::FinetuneConfig cfg{.num_epochs = 4,
+                                        .batch_size = 4,
+                                        .grad_accum = 2,
+                                        .grad_clip = 1.0,
+                                        .seed = 3,
+                                        .log_every = 1,
+                                        .output_dir = out.string(),
+                                        .quiet = true};
+        const optim::Schedule schedule({.learning_rate = 1e-2, .warmup_steps = 2},
+                                       train::total_steps(cfg, task.train.size()));
+        train::FinetuneOptions<float> options;
+        options.stop_at = stop_at;
+        const auto r =
+            train::finetune(model, opt, schedule, task.train, &task.validation, cfg, train::CrossEntropy{}, options);
+        std::vector<float> now(model.arena_size());
+        std::memcpy(now.data(), model.parameter_data(), sizeof(float) * now.size());
+        CHECK(now == base);  // the base never moves
+        std::string adapters;
+        for (const auto& p : model.parameters())
+            adapters.append(reinterpret_cast<const char*>(p.value.data()),
+                            sizeof(float) * std::size_t(p.value.numel()));
+        return std::pair{r, adapters};
+    };
+    const auto whole_dir = temp_dir("whole"), paused_dir = temp_dir("paused");
+    const auto [whole, whole_adapters] = run(whole_dir, 0);
+    REQUIRE(whole.steps == 12);
+    const auto [paused, paused_adapters] = run(paused_dir, 5);
+    CHECK(paused.paused);
+    CHECK(paused_adapters != whole_adapters);
+    const auto [rest, rest_adapters] = run(paused_dir, 0);
+    CHECK(rest.resumed_from_step == 5);
+    CHECK(rest.steps == 12);
+    CHECK(rest_adapters == whole_adapters);
+    // the checkpoint holds the adapters alone
+    io::safetensors_file ck(rest.last_checkpoint / "student.safetensors");
+    CHECK(ck.tensors().size() == 2 * 5 * std::size_t(model_cfg.n_layers));
+    for (const auto& t : ck.tensors()) CHECK(t.name.find(".lora_") != std::string::npos);
+    std::filesystem::remove_all(whole_dir);
+    std::filesystem::remove_all(paused_dir);
 }

@@ -5,6 +5,7 @@
 
 #include <doctest/doctest.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <string>
@@ -359,6 +360,17 @@ TEST_CASE("lora: the merged export equals the adapted model; the PEFT export hol
         if (family == "gpt2")
             CHECK(config["target_modules"] ==
                   nlohmann::json::array({"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"}));
+        if (const char* keep = std::getenv("DISTILL_KEEP_LORA_EXPORT")) {  // for tests/reference/check_lora_export.py
+            const auto to = std::filesystem::path(keep) / family;
+            std::filesystem::remove_all(to);
+            std::filesystem::create_directories(to);
+            std::filesystem::copy(merged_dir, to / "merged");
+            std::filesystem::copy(adapter_dir, to / "adapter");
+            const auto l = m.logits();
+            io::save_tensors<float>(to / "distill_logits.safetensors",
+                                    {{"logits", l.data(), {l.shape()[0], l.shape()[1], l.shape()[2]}}}, io::dtype::F32,
+                                    {{"format", "pt"}});
+        }
         std::filesystem::remove_all(merged_dir);
         std::filesystem::remove_all(adapter_dir);
     }

@@ -10,6 +10,8 @@
 #include <string_view>
 #include <vector>
 
+#include <boost/hana/adapt_struct.hpp>
+
 #include "distill/error.hpp"
 
 namespace distill::student {
@@ -27,28 +29,35 @@ struct LoraConfig {
     bool enabled() const noexcept { return rank > 0; }
     double scaling() const noexcept { return alpha / rank; }
 
-    /// Throws `config_error` naming `<path>.<field>` for the first field out of range. `swiglu` and
-    /// `tied_head` are the student's: gate needs the SwiGLU MLP, head an untied LM head.
-    void validate(bool swiglu, bool tied_head, const std::string& path = "lora") const {
+    /// Throws `config_error` naming `<path>.<field>` for the first field out of range (what needs
+    /// no student: the job checks it when read).
+    void validate(const std::string& path = "lora") const {
         auto fail = [&](const char* key, const std::string& what) { throw config_error(path + "." + key, what); };
         if (rank < 0 || rank > 65536) fail("rank", "must be in [0, 65536] (0 = off), got " + std::to_string(rank));
         if (!enabled()) return;
         if (!(alpha > 0 && alpha < 1e6)) fail("alpha", "must be in (0, 1e6), got " + std::to_string(alpha));
         if (!(dropout >= 0 && dropout < 1)) fail("dropout", "must be in [0, 1), got " + std::to_string(dropout));
         if (targets.empty()) fail("targets", "must name at least one of q, k, v, qkv, o, up, gate, down, head");
-        std::vector<std::string> seen;
-        for (const auto& t : targets) {
+        for (std::size_t i = 0; i < targets.size(); ++i) {
+            const auto& t = targets[i];
             if (target_index(t) < 0)
                 fail("targets", "unknown target \"" + t + "\" (one of q, k, v, qkv, o, up, gate, down, head)");
-            for (const auto& s : seen)
-                if (s == t) fail("targets", "names \"" + t + "\" twice");
-            seen.push_back(t);
-            if (t == "gate" && !swiglu) fail("targets", "\"gate\" needs the swiglu MLP; this student's MLP is gelu");
-            if (t == "head" && tied_head)
-                fail("targets", "\"head\" needs an untied LM head; this student ties it to the token embedding");
+            for (std::size_t j = 0; j < i; ++j)
+                if (targets[j] == t) fail("targets", "names \"" + t + "\" twice");
         }
         if (has("qkv") && (has("q") || has("k") || has("v")))
             fail("targets", "\"qkv\" adapts the whole fused projection; it cannot be combined with q, k or v");
+    }
+    /// `validate`, and what needs the student's blocks: gate needs the SwiGLU MLP (`swiglu`), head
+    /// an untied LM head (`tied_head` false).
+    void validate(bool swiglu, bool tied_head, const std::string& path = "lora") const {
+        validate(path);
+        if (!enabled()) return;
+        if (has("gate") && !swiglu)
+            throw config_error(path + ".targets", "\"gate\" needs the swiglu MLP; this student's MLP is gelu");
+        if (has("head") && tied_head)
+            throw config_error(path + ".targets",
+                               "\"head\" needs an untied LM head; this student ties it to the token embedding");
     }
 
     bool has(std::string_view target) const {
@@ -68,3 +77,5 @@ struct LoraConfig {
 };
 
 }  // namespace distill::student
+
+BOOST_HANA_ADAPT_STRUCT(distill::student::LoraConfig, rank, alpha, dropout, targets);

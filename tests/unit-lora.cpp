@@ -367,9 +367,9 @@ TEST_CASE("lora: the merged export equals the adapted model; the PEFT export hol
             std::filesystem::copy(merged_dir, to / "merged");
             std::filesystem::copy(adapter_dir, to / "adapter");
             const auto l = m.logits();
-            io::save_tensors<float>(to / "distill_logits.safetensors",
-                                    {{"logits", l.data(), {l.shape()[0], l.shape()[1], l.shape()[2]}}}, io::dtype::F32,
-                                    {{"format", "pt"}});
+            const std::vector<io::named_tensor<const float>> t = {
+                {"logits", l.data(), {l.shape()[0], l.shape()[1], l.shape()[2]}}};
+            io::save_tensors<float>(to / "distill_logits.safetensors", t, io::dtype::F32, {{"format", "pt"}});
         }
         std::filesystem::remove_all(merged_dir);
         std::filesystem::remove_all(adapter_dir);

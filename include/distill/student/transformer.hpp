@@ -131,7 +131,7 @@ struct TransformerConfig {
         lora.validate(swiglu(), tie_embeddings);
     }
 
-    /// Number of trainable parameters.
+    /// Number of parameters of the model's own weights (without LoRA adapters: all trainable).
     std::int64_t parameter_count() const {
         const std::int64_t C = d_model, F = d_ff, Q = qkv_width(), F1 = fc_width(), norm_size = rms() ? C : 2 * C;
         const std::int64_t block = 2 * norm_size + Q * C + (qkv_bias ? Q : 0) + C * C + (proj_bias ? C : 0) + F1 * C +

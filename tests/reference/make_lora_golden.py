@@ -12,6 +12,10 @@ fixtures/lora/{gpt2,llama}_golden.safetensors
     tokens (B,T) I64; logits (B,T,V); loss; every adapter's value under PEFT's saved name
     (`base_model.model.<module>.lora_{A,B}.weight`, as adapter_model.safetensors holds it) and its
     gradient under `grad.<that name>`.
+fixtures/lora/gpt2-byte/
+    a tiny random GPT2LMHeadModel over distill's byte tokenizer (vocabulary 263, context 96), as
+    save_pretrained writes it: the Hugging Face student of the LoRA job in tests/cli/run_cli_tests.sh.
+
 gpt2 targets c_attn (q|k|v as one adapter: distill's "qkv"), c_proj (attention output "o" and MLP
 "down"), c_fc ("up"); llama targets q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj and
 the untied lm_head.
@@ -62,6 +66,20 @@ def golden(family, seed):
     print(family, "loss", float(out.loss), "adapters", sum(1 for k in result if k.startswith("base_model")))
 
 
+def byte_student():
+    from transformers import GPT2Config, GPT2LMHeadModel
+    torch.manual_seed(2026120403)
+    cfg = GPT2Config(vocab_size=263, n_positions=96, n_embd=32, n_layer=2, n_head=4, n_inner=64,
+                     activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                     bos_token_id=1, eos_token_id=2)
+    out = os.path.join(OUT, "gpt2-byte")
+    GPT2LMHeadModel(cfg).save_pretrained(out, safe_serialization=True)
+    gen = os.path.join(out, "generation_config.json")
+    if os.path.exists(gen):
+        os.remove(gen)
+
+
 if __name__ == "__main__":
+    byte_student()
     golden("gpt2", 2026120401)
     golden("llama", 2026120402)

@@ -46,8 +46,8 @@ public:
     const std::vector<Parameter<T>>& adapter_parameters() const noexcept { return adapter_params_; }
     /// Whether the base weights are frozen (adapters present): they have no gradient memory.
     bool frozen_base() const noexcept { return !adapter_params_.empty(); }
-    /// The base weights' value and gradient arenas as flat arrays (same layout), for optimizers and
-    /// checkpoints; the gradient arena is null when frozen.
+    /// The base weights' value and gradient arenas as flat arrays (same layout, `base_parameters()`
+    /// point into them), for weight files and exports; the gradient arena is null when frozen.
     T* parameter_data() const noexcept { return param_arena_.data(); }
     T* gradient_data() const noexcept { return grad_arena_.data(); }
     std::size_t arena_size() const noexcept { return param_arena_.size(); }

@@ -15,6 +15,7 @@
 
 #include "distill/distill.hpp"
 #include "teacher_fixtures.hpp"
+#include "testing.hpp"
 
 using namespace distill;
 using distill::testing::TempDir;
@@ -763,6 +764,97 @@ TEST_CASE("Distiller: a student that starts from a Hugging Face directory leaves
                     {"n_layers", 1},       {"n_heads", 2},         {"d_ff", 32}};
     CHECK_THROWS_WITH_AS(OnlineDistiller(parse_job(j), t, device::Cpu{}, {.quiet = true}),
                          doctest::Contains("student.d_model: is 32, but student_weights"), config_error);
+}
+
+TEST_CASE("Distiller: LoRA on a Hugging Face student trains the adapters alone and exports merged and PEFT forms") {
+    auto& w = hf_world();
+    const nlohmann::json loss = {{"soft_kl", {{"weight", 1.0}}}, {"hard_ce", {{"weight", 1.0}}}};
+    nlohmann::json j = w.job("lora", w.padded, 0, "", loss);
+    j["student"] = nlohmann::json::object();
+    j["student_weights"] = w.exact.string();
+    j["lora"] = {{"rank", 4}, {"alpha", 8}, {"dropout", 0.05}, {"targets", {"qkv", "down"}}};
+    const Job job = parse_job(j);
+    CHECK(job.lora.rank == 4);
+    teacher::Model<student::Transformer> t(teacher_config(job));
+    OnlineDistiller d(job, t, device::Cpu{}, {.quiet = true});
+    d.generate();
+    CHECK(d.finetune()["student"]["steps"] == 4);
+    const fs::path out = job.output_dir;
+    // the checkpoints hold the adapters alone
+    for (const auto& e : fs::directory_iterator(out / "student" / "checkpoints"))
+        if (fs::exists(e.path() / "student.safetensors")) {
+            io::safetensors_file ck(e.path() / "student.safetensors");
+            CHECK(ck.tensors().size() == 4);
+        }
+    // the adapter in PEFT's format: GPT-2's fused c_attn and the MLP's c_proj
+    const auto adapter_config = distill::testing::read_json(out / "student_adapter" / "adapter_config.json");
+    CHECK(adapter_config["peft_type"] == "LORA");
+    CHECK(adapter_config["r"] == 4);
+    CHECK(adapter_config["lora_alpha"] == 8.0);
+    CHECK(adapter_config["lora_dropout"] == 0.05);
+    CHECK(adapter_config["fan_in_fan_out"] == true);
+    CHECK(adapter_config["target_modules"] == nlohmann::json::array({"attn.c_attn", "mlp.c_proj"}));
+    CHECK(adapter_config["base_model_name_or_path"] == w.exact.string());
+    io::safetensors_file adapter(out / "student_adapter" / "adapter_model.safetensors");
+    CHECK(adapter.tensors().size() == 4);
+    // the base with the exported adapter computes what student.safetensors (merged) and student_hf/ do
+    const io::hf::Directory init(w.exact);
+    auto cfg = io::hf::transformer_config(init);
+    const auto base_cfg = cfg;
+    cfg.lora = job.lora;
+    student::Transformer<float, device::Cpu> adapted(cfg, 1);
+    io::hf::load(init, adapted);
+    for (const auto& p : adapted.parameters()) {
+        const auto v = distill::testing::read_tensor<float>(adapter, io::peft::tensor_name("gpt2", p.name));
+        REQUIRE(std::int64_t(v.size()) == p.value.numel());
+        std::copy(v.begin(), v.end(), p.value.data());
+    }
+    student::Transformer<float, device::Cpu> merged(base_cfg, 1), base(base_cfg, 1);
+    io::load_weights(io::safetensors_file(out / "student.safetensors"), merged);
+    io::hf::load(init, base);
+    teacher::Model<student::Transformer> hf({.weights = (out / "student_hf").string(), .max_batch = 1});
+    const std::vector<data::Message> prompt = {{"user", "What is 7 plus one?"}};
+    const auto ids = hf.chat_template().encode_prompt(prompt);
+    const int n = int(ids.size());
+    adapted.forward(ids.data(), 1, n);
+    merged.forward(ids.data(), 1, n);
+    hf.forward(ids.data(), 1, n);
+    distill::testing::check_close("merged", merged.logits().data(), adapted.logits().data(), adapted.logits().numel(),
+                                  1e-4, 1e-4);
+    CHECK(std::equal(merged.logits().data(), merged.logits().data() + merged.logits().numel(), hf.logits().data()));
+    // the base is frozen: every weight but the adapted matrices is the checkpoint's, bit for bit
+    bool moved = false;
+    for (std::size_t i = 0; i < base.base_parameters().size(); ++i) {
+        const auto& a = base.base_parameters()[i];
+        const auto& b = merged.base_parameters()[i];
+        const bool same = std::equal(a.value.data(), a.value.data() + a.value.numel(), b.value.data());
+        const bool adapted_matrix = a.name.ends_with("attn.c_attn.weight") || a.name.ends_with("mlp.c_proj.weight");
+        CAPTURE(a.name);
+        if (adapted_matrix)
+            moved = moved || !same;
+        else
+            CHECK(same);
+    }
+    CHECK(moved);
+    // refusals name the field
+    auto refusal = [&](const nlohmann::json& lora) -> std::string {
+        nlohmann::json bad = j;
+        bad["lora"] = lora;
+        try {
+            OnlineDistiller(parse_job(bad), t, device::Cpu{}, {.quiet = true});
+        } catch (const config_error& e) {
+            return e.what();
+        }
+        return "(no error)";
+    };
+    CHECK(refusal({{"rank", -2}, {"targets", {"qkv"}}}).starts_with("lora.rank: "));
+    CHECK(refusal({{"rank", 4}, {"alpha", 0}, {"targets", {"qkv"}}}).starts_with("lora.alpha: "));
+    CHECK(refusal({{"rank", 4}, {"dropout", 1}, {"targets", {"qkv"}}}).starts_with("lora.dropout: "));
+    CHECK(refusal({{"rank", 4}, {"targets", {"wq"}}}).starts_with("lora.targets: unknown target \"wq\""));
+    CHECK(refusal({{"rank", 4}, {"targets", {"head"}}}).starts_with("lora.targets: \"head\" needs an untied"));
+    CHECK(refusal({{"rank", 4}, {"targets", {"gate"}}}).starts_with("lora.targets: \"gate\" needs the swiglu"));
+    CHECK(refusal({{"rank", 4}, {"targets", {"q"}}}).starts_with("lora.targets: \"q\" has no PEFT module in a gpt2"));
+    CHECK(refusal({{"rank", 4}, {"targets", {"qkv"}}, {"alhpa", 2}}).starts_with("lora.alhpa: unknown key"));
 }
 
 TEST_CASE("Distiller across tokenizers: logit-level losses refused, text distillation re-encodes the answers") {

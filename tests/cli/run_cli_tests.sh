@@ -148,6 +148,42 @@ before=$(md5sum "$WORK/ref/gguf/student-q8_0.gguf")
 "$DISTILL" export "$ref" --gguf q8_0 >/dev/null 2>&1 && [[ $(md5sum "$WORK/ref/gguf/student-q8_0.gguf") == "$before" ]] &&
     pass "a GGUF file newer than the student is kept" || fail "export rewrote a current GGUF file"
 
+# ---- LoRA on a student that starts from a Hugging Face directory (docs/training.md#lora) -----------------
+# (tests/reference/fixtures/lora/gpt2-byte: a tiny GPT2LMHeadModel over the byte tokenizer; the base job's
+# student section replaced by the checkpoint's architecture, 10 steps)
+lora_dir=$(cd "$(dirname "$0")/../reference/fixtures/lora/gpt2-byte" && pwd)
+lora_job() {
+    perl -0pe "s/\"student\": \{[^}]*\}/\"student\": {}/s; s/\"max_steps\": [0-9]*/\"max_steps\": 10/;
+               s#\"output_dir\": \"[^\"]*\"#\"output_dir\": \"$WORK/lora\"#;
+               s#\"task_type\": \"math\",#\"task_type\": \"math\", \"student_weights\": \"$lora_dir\", \"lora\": $2,#" \
+        "$WORK/base/quickstart.job.json" >"$WORK/$1.json"
+    echo "$WORK/$1.json"
+}
+expect 2 'lora.targets: "q" has no PEFT module in a gpt2 model' -- \
+    "$DISTILL" run "$(lora_job lora_q '{"rank": 4, "targets": ["q"]}')"
+expect 2 'lora.dropout: must be in \[0, 1\)' -- \
+    "$DISTILL" run "$(lora_job lora_dropout '{"rank": 4, "dropout": 1, "targets": ["qkv"]}')"
+lora=$(lora_job lora '{"rank": 8, "alpha": 16, "dropout": 0.05, "targets": ["qkv", "o", "up", "down"]}')
+if "$DISTILL" run "$lora" --quiet >"$WORK/lora.stdout" 2>"$WORK/lora.stderr"; then
+    pass "distill run with lora from a Hugging Face directory"
+else
+    fail "distill run with lora: $(tail -3 "$WORK/lora.stderr")"
+fi
+for f in student.safetensors baseline.safetensors student_hf/config.json student_hf/model.safetensors \
+    student_adapter/adapter_model.safetensors student_adapter/adapter_config.json gguf/student-q8_0.gguf report.json; do
+    [[ -s $WORK/lora/$f ]] || fail "lora: missing $f"
+done
+tr -d ' \n' <"$WORK/lora/student_adapter/adapter_config.json" >"$WORK/lora/adapter_config.flat"
+grep -q '"peft_type":"LORA"' "$WORK/lora/adapter_config.flat" &&
+    grep -q '"target_modules":\["attn.c_attn","attn.c_proj","mlp.c_fc","mlp.c_proj"\]' "$WORK/lora/adapter_config.flat" &&
+    grep -q "\"base_model_name_or_path\":\"$lora_dir\"" "$WORK/lora/adapter_config.flat" &&
+    pass "lora: student_adapter/ in PEFT's format" || fail "lora: adapter_config.json $(cat "$WORK/lora/adapter_config.flat")"
+grep -q 'base_model.model.transformer.h.1.mlp.c_proj.lora_B.weight' "$WORK/lora/student_adapter/adapter_model.safetensors" &&
+    pass "lora: PEFT's tensor names" || fail "lora: adapter_model.safetensors lacks PEFT's names"
+ck=$(ls -d "$WORK/lora/student/checkpoints/step-"* | tail -1)
+grep -q 'h.0.qkv.lora_A' "$ck/student.safetensors" && ! grep -q 'wte.weight' "$ck/student.safetensors" &&
+    pass "lora: checkpoints hold the adapters alone" || fail "lora: $ck/student.safetensors"
+
 # ---- SIGKILL in each stage, then the same command again ----------------------------------------------
 metrics() { grep -E '"(exact_match|perplexity|teacher_agreement|parameters|checkpoint_bytes)"' "$1/report.json"; }
 same_as_reference() {

@@ -626,7 +626,7 @@ void save(const std::filesystem::path& file, const Model& model, const ExportOpt
         const auto f = detail::llama3_rope_factors(c);
         add("rope_freqs.weight", {std::int64_t(f.size())}, f.data());
     }
-    for (const auto& p : model.parameters()) {
+    for (const auto& p : model.base_parameters()) {
         const float* data = host.data() + (p.value.data() - model.parameter_data());
         std::vector<std::int64_t> shape(p.value.shape().begin(), p.value.shape().begin() + p.value.rank());
         const std::string& n = p.name;

@@ -461,9 +461,12 @@ inline tensor_map bert_tensor(const std::string& name, const std::string& prefix
 
 namespace detail {
 
-// A host image of `model`'s parameter arena (a copy where the device has its own memory).
+// A host image of `model`'s parameter arena (a copy where the device has its own memory); with
+// LoRA adapters, merged into the base weights.
 template <class Model>
 std::vector<typename Model::scalar_type> host_parameters(const Model& model) {
+    if constexpr (requires { model.merged_parameters(); })
+        if (model.frozen_base()) return model.merged_parameters();
     using T = typename Model::scalar_type;
     std::vector<T> host(model.arena_size());
     model.device().copy(host.data(), model.parameter_data(), sizeof(T) * host.size());
@@ -544,7 +547,7 @@ void load(const Directory& ckpt, Model& model) {
     std::set<std::string> used;
     std::vector<std::string> missing;
     std::size_t embedding = 0;  // offset of the token embedding, which a tied head must equal
-    for (const auto& p : model.parameters()) {
+    for (const auto& p : model.base_parameters()) {
         const tensor_map m = map_name(p.name);
         std::vector<std::int64_t> shape(p.value.shape().begin(), p.value.shape().begin() + p.value.rank());
         if (m.transposed) std::reverse(shape.begin(), shape.end());
@@ -752,7 +755,7 @@ void save(const std::filesystem::path& dir, const Model& model, dtype out = dtyp
         const std::vector<T> host = detail::host_parameters(model);
         std::vector<std::vector<T>> transposed;  // owners of the (in, out) copies
         std::vector<named_tensor<const T>> tensors;
-        for (const auto& p : model.parameters()) {
+        for (const auto& p : model.base_parameters()) {
             const tensor_map m = model_type == "gpt2" ? gpt2_tensor(p.name, "transformer.")
                                                       : llama_tensor(c, model_type, p.name, "model.");
             const T* data = host.data() + (p.value.data() - model.parameter_data());

@@ -16,12 +16,12 @@ void linear_forward(const Device& dev, T* out, const T* in, const T* w, const T*
 }
 
 /// Linear backward. din(N,C) = dout(N,OC) W(OC,C) (overwritten; skipped when null);
-/// dw(OC,C) += dout^T in; db(OC) += column sums of dout (skipped when null).
+/// dw(OC,C) += dout^T in; db(OC) += column sums of dout (each skipped when null: a frozen weight).
 template <class Device, class T>
 void linear_backward(const Device& dev, T* din, T* dw, T* db, const T* dout, const T* in, const T* w, int N, int C,
                      int OC) {
     if (din) gemm(dev, false, false, N, C, OC, T(1), dout, OC, w, C, T(0), din, C);
-    gemm(dev, true, false, OC, C, N, T(1), dout, OC, in, C, T(1), dw, C);
+    if (dw) gemm(dev, true, false, OC, C, N, T(1), dout, OC, in, C, T(1), dw, C);
     if (db) bias_grad(dev, db, dout, N, OC);
 }
 

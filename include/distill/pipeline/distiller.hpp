@@ -153,6 +153,7 @@ public:
         } else {
             prepare_sequences();
             finetune_stage_type(s_, teacher_, device_).check_gguf_export();
+            finetune_stage_type(s_, teacher_, device_).check_lora_export();
         }
     }
 

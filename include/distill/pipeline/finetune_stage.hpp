@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <iterator>
 #include <memory>
 #include <optional>
@@ -41,6 +42,7 @@
 #include "distill/io/durable.hpp"
 #include "distill/io/gguf_export.hpp"
 #include "distill/io/hf.hpp"
+#include "distill/io/peft.hpp"
 #include "distill/io/reflect.hpp"
 #include "distill/io/topk_cache.hpp"
 #include "distill/io/weights.hpp"
@@ -196,6 +198,7 @@ void check_activation_checkpointing(const Job& job, const Loss& probe) {
 /// from it and the frozen parameters (each only when set).
 inline void add_initialization(const Job& job, nlohmann::json& fp) {
     if (!job.frozen_parameters.empty()) fp["frozen_parameters"] = job.frozen_parameters;
+    if (job.lora.enabled()) fp["lora"] = io::to_json(job.lora);
     if (job.student_weights.empty()) return;
     std::string digests;
     if (std::filesystem::is_directory(job.student_weights)) {
@@ -211,9 +214,12 @@ inline void add_initialization(const Job& job, nlohmann::json& fp) {
 
 /// Trains run `name` ("student", "baseline") into its directory of `setup.dir` unless it is complete
 /// under fingerprint `fp` (see RunDir); `train(dir)` runs the loop there and returns its result. The
-/// best (or last) checkpoint's weights become `<name>.safetensors`. Returns the run's summary.
+/// best (or last) checkpoint's weights become `<name>.safetensors` (`publish(checkpoint, file)` writes
+/// them when given: a LoRA run's merged weights). Returns the run's summary.
 template <class Setup, class Train>
-nlohmann::ordered_json run_training(const Setup& setup, const std::string& name, const std::string& fp, Train&& train) {
+nlohmann::ordered_json run_training(
+    const Setup& setup, const std::string& name, const std::string& fp, Train&& train,
+    const std::function<void(const std::filesystem::path&, const std::filesystem::path&)>& publish = {}) {
     const RunDir& out = setup.dir;
     if (out.training_complete(name, fp)) {
         setup.say("finetune: " + name + " is complete for this configuration; skipped");
@@ -233,7 +239,10 @@ nlohmann::ordered_json run_training(const Setup& setup, const std::string& name,
     }
     const auto& from = !r.best_checkpoint.empty() ? r.best_checkpoint : r.last_checkpoint;
     if (from.empty()) throw error("finetune: the " + name + " run wrote no checkpoint");
-    io::copy_file_atomic(from / "student.safetensors", out.weights(name));
+    if (publish)
+        publish(from, out.weights(name));
+    else
+        io::copy_file_atomic(from / "student.safetensors", out.weights(name));
     nlohmann::ordered_json result = {{"fingerprint", fp},
                                      {"steps", r.steps},
                                      {"epochs_completed", r.epochs_completed},
@@ -607,13 +616,16 @@ private:
 
     // ---- training runs ----------------------------------------------------------------------------
 
-    student_type make_student() const {
-        const int batch = std::max(s_.job.hyperparameters.loop.batch_size, 1);
+    // The student a training run starts from; with the job's `lora`, the adapted one (base frozen).
+    student_type make_student(int max_batch = 0) const {
+        const int batch = max_batch ? max_batch : std::max(s_.job.hyperparameters.loop.batch_size, 1);
+        student_config cfg = s_.student;
+        if constexpr (std::is_same_v<student_config, student::TransformerConfig>) cfg.lora = s_.job.lora;
         student_type s = [&] {
             if constexpr (checkpointable<student_type, Device>)
                 if (s_.job.activation_checkpointing)
-                    return student_type(s_.student, batch, device_, student::activations::checkpointed);
-            return student_type(s_.student, batch, device_);
+                    return student_type(cfg, batch, device_, student::activations::checkpointed);
+            return student_type(cfg, batch, device_);
         }();
         if (s_.job.student_weights.empty())
             s.init(s_.job.hyperparameters.loop.seed);
@@ -621,9 +633,57 @@ private:
             io::hf::load(io::hf::Directory(s_.job.student_weights), s);
         else
             io::load_weights(io::safetensors_file(s_.job.student_weights), s);
+        if constexpr (requires { s.init_lora(std::uint64_t(0)); })
+            if (!s_.job.student_weights.empty()) s.init_lora(s_.job.hyperparameters.loop.seed);
         return s;
     }
 
+    // A LoRA run's weights file: the checkpoint's adapters merged into the base, as a student
+    // without adapters loads them (`adapter`: the student's PEFT-format adapter too, student_adapter/).
+    std::function<void(const std::filesystem::path&, const std::filesystem::path&)> lora_publish(bool adapter) const {
+        if (!s_.job.lora.enabled()) return {};
+        return [this, adapter](const std::filesystem::path& checkpoint, const std::filesystem::path& file) {
+            if constexpr (std::is_same_v<student_config, student::TransformerConfig>) {
+                student_type s = make_student(1);
+                io::load_weights(io::safetensors_file(checkpoint / "student.safetensors"), s);
+                student_type plain(s_.student, 1, device_, student::activations::inference);
+                const std::vector<float> merged = s.merged_parameters();
+                device_.copy(plain.parameter_data(), merged.data(), sizeof(float) * merged.size());
+                io::save_weights(file, plain);
+                if (adapter) {
+                    io::peft::save_adapter(s_.dir.student_adapter(), s, lora_family(), s_.job.student_weights);
+                    s_.say("finetune: the student's LoRA adapter in PEFT's format: " +
+                           s_.dir.student_adapter().string());
+                }
+            }
+        };
+    }
+
+public:
+    // The transformers family a LoRA adapter is exported for: the export layout, else the blocks'.
+    std::string lora_family() const {
+        if constexpr (std::is_same_v<student_config, student::TransformerConfig>) {
+            const std::string layout = export_layout();
+            return layout.empty() ? io::hf::family_of(s_.student) : layout;
+        }
+        return "";
+    }
+
+    /// Refuses (config_error naming lora.targets) a job whose LoRA targets have no PEFT module in the
+    /// student's transformers family (io/peft.hpp), so that the job fails when the Distiller is made.
+    void check_lora_export() const {
+        if constexpr (std::is_same_v<student_config, student::TransformerConfig>) {
+            if (!s_.job.lora.enabled()) return;
+            s_.job.lora.validate(s_.student.swiglu(), s_.student.tie_embeddings);
+            const std::string family = lora_family();
+            for (const auto& t : s_.job.lora.targets) (void)io::peft::module_name(family, t, 0);
+        } else {
+            if (s_.job.lora.enabled())
+                throw config_error("lora.rank", "adapts student::Transformer; this student is not one");
+        }
+    }
+
+private:
     // How the student is exported as a GGUF file of `type`: its layout and tokenizer.
     io::gguf::ExportOptions gguf_options(quant::type type) const {
         return {.type = type,
@@ -678,21 +738,24 @@ private:
         s_.say("finetune: distilling into a student of " + std::to_string(s_.student.parameter_count()) +
                " parameters for " + std::to_string(steps) + " steps (" + (online ? "online" : "offline") +
                on_policy_note() + ")");
-        return run_training(s_, "student", fp, [&](const std::string& dir) {
-            student_type s = make_student();
-            const int B = s_.job.hyperparameters.loop.batch_size;
-            loss_type loss(s_.loss, dims(B));
-            loss::Workspace<float, Device> ws(loss, dims(B), device_);
-            std::vector<Parameter<float>> extra;
-            if constexpr (requires { loss.parameters(); }) extra = loss.parameters();
-            optimizer_type opt(optim::gather(trainable_parameters(s.parameters(), s_.job.frozen_parameters), extra),
-                               s_.optimizer);
-            optim::Schedule schedule(schedule_config(), steps);
-            train::FinetuneOptions<float> options = loop_options();
-            options.extra = extra;
-            return train::finetune(s, opt, schedule, train.data, val ? &val->data : nullptr, finetune_config(dir),
-                                   Step(*this, train, val, loss, ws), std::move(options));
-        });
+        return run_training(
+            s_, "student", fp,
+            [&](const std::string& dir) {
+                student_type s = make_student();
+                const int B = s_.job.hyperparameters.loop.batch_size;
+                loss_type loss(s_.loss, dims(B));
+                loss::Workspace<float, Device> ws(loss, dims(B), device_);
+                std::vector<Parameter<float>> extra;
+                if constexpr (requires { loss.parameters(); }) extra = loss.parameters();
+                optimizer_type opt(optim::gather(trainable_parameters(s.parameters(), s_.job.frozen_parameters), extra),
+                                   s_.optimizer);
+                optim::Schedule schedule(schedule_config(), steps);
+                train::FinetuneOptions<float> options = loop_options();
+                options.extra = extra;
+                return train::finetune(s, opt, schedule, train.data, val ? &val->data : nullptr, finetune_config(dir),
+                                       Step(*this, train, val, loss, ws), std::move(options));
+            },
+            lora_publish(true));
     }
 
     nlohmann::ordered_json train_baseline(std::int64_t steps) {
@@ -720,17 +783,20 @@ private:
         const std::string fp = detail::sha(fp_fields.dump());
         s_.say("finetune: baseline on " + std::to_string(train.size()) + " labeled examples for " +
                std::to_string(steps) + " steps");
-        return run_training(s_, "baseline", fp, [&](const std::string& dir) {
-            student_type s = make_student();
-            optimizer_type opt(trainable_parameters(s.parameters(), s_.job.frozen_parameters), s_.optimizer);
-            optim::Schedule schedule(schedule_config(), steps);
-            train::FinetuneConfig cfg = finetune_config(dir);
-            cfg.max_steps = steps;  // the distilled student's budget, whatever the data size
-            train::FinetuneOptions<float> options = loop_options();
-            options.stop_at = 0;  // a pause is the student's (DistillerOptions::stop_at)
-            return train::finetune(s, opt, schedule, train, val ? &*val : nullptr, cfg, train::CrossEntropy{},
-                                   std::move(options));
-        });
+        return run_training(
+            s_, "baseline", fp,
+            [&](const std::string& dir) {
+                student_type s = make_student();
+                optimizer_type opt(trainable_parameters(s.parameters(), s_.job.frozen_parameters), s_.optimizer);
+                optim::Schedule schedule(schedule_config(), steps);
+                train::FinetuneConfig cfg = finetune_config(dir);
+                cfg.max_steps = steps;  // the distilled student's budget, whatever the data size
+                train::FinetuneOptions<float> options = loop_options();
+                options.stop_at = 0;  // a pause is the student's (DistillerOptions::stop_at)
+                return train::finetune(s, opt, schedule, train, val ? &*val : nullptr, cfg, train::CrossEntropy{},
+                                       std::move(options));
+            },
+            lora_publish(false));
     }
 
     // ", on-policy lambda = 0.5, seq_kd" when the job samples responses.

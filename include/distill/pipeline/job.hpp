@@ -32,6 +32,7 @@
 #include "distill/io/quant.hpp"
 #include "distill/io/reflect.hpp"
 #include "distill/optim/schedule.hpp"
+#include "distill/student/lora.hpp"
 #include "distill/teacher.hpp"
 #include "distill/teacher/ensemble.hpp"
 #include "distill/train/finetune.hpp"
@@ -155,6 +156,11 @@ struct Job {
     /// Student parameters kept at their initial values: exact parameter names (e.g.
     /// "embeddings.word_embeddings.weight"), or prefixes ending in "." ("encoder.layer.0.").
     std::vector<std::string> frozen_parameters{};
+    /// LoRA adapters on the student's linear layers (student/lora.hpp; `student::Transformer` only):
+    /// with `rank` > 0 the student's weights are frozen and only the adapters train, for the
+    /// distilled student and the baseline alike; student.safetensors then holds the merged weights
+    /// and OUTPUT_DIR/student_adapter/ the adapter in PEFT's format.
+    student::LoraConfig lora{};
     /// The student's tokenizer: "byte", a tokenizer.json or a directory holding one; "" = the one in
     /// the `student_weights` directory, else the teacher's when it runs in process, else the byte
     /// tokenizer. A tokenizer other than the teacher's allows only sequence-level (text) distillation
@@ -223,6 +229,9 @@ struct Job {
         for (std::size_t i = 0; i < frozen_parameters.size(); ++i)
             if (frozen_parameters[i].empty())
                 throw config_error("frozen_parameters[" + std::to_string(i) + "]", "must not be empty");
+        lora.validate("lora");
+        if (lora.enabled() && task_type == "embedding")
+            throw config_error("lora.rank", "adapts student::Transformer; an embedding task trains a student::Encoder");
         generation.validate("generation");
         hyperparameters.validate();
         on_policy.validate();
@@ -347,6 +356,7 @@ BOOST_HANA_ADAPT_ADT(distill::Job,
     (student_weights,    [](auto& j) -> auto& { return j.student_weights; }),
     (student_layers,     [](auto& j) -> auto& { return j.student_layers; }),
     (frozen_parameters,  [](auto& j) -> auto& { return j.frozen_parameters; }),
+    (lora,               [](auto& j) -> auto& { return j.lora; }),
     (tokenizer,          [](auto& j) -> auto& { return j.tokenizer; }),
     (training_data,      [](auto& j) -> auto& { return j.training_data; }),
     (validation_data,    [](auto& j) -> auto& { return j.validation_data; }),

@@ -10,9 +10,9 @@
 /// | generate | `generate/synthetic{,.validation}.jsonl` (+ `.topk`, `.rejected.jsonl`, `.report.json`) | every prompt
 /// answered under the same generation fingerprint |
 /// | finetune | `student/` and `baseline/` (fingerprint.json, checkpoints, metrics.jsonl, done.json),
-/// `student.safetensors`, `baseline.safetensors`, `student_hf/` | done.json holds the same fingerprint |
-/// | evaluate | `eval/<model>.answers.jsonl`, `report.json`, `report.md`, `loss.svg`, `models.svg` | report.json
-/// holds the same fingerprint |
+/// `student.safetensors`, `baseline.safetensors`, `student_hf/`, `student_adapter/` | done.json holds the same
+/// fingerprint | | evaluate | `eval/<model>.answers.jsonl`, `report.json`, `report.md`, `loss.svg`, `models.svg` |
+/// report.json holds the same fingerprint |
 ///
 /// `job.json` is the job as the last stage read it.
 
@@ -93,6 +93,8 @@ public:
     std::filesystem::path metrics(const std::string& run) const { return training_dir(run) / "metrics.jsonl"; }
     /// The trained student in transformers' layout (a student that started from a Hugging Face directory).
     std::filesystem::path student_hf() const { return root_ / "student_hf"; }
+    /// The trained student's LoRA adapter in PEFT's format (a job with `lora`).
+    std::filesystem::path student_adapter() const { return root_ / "student_adapter"; }
     /// The student as a GGUF file of tensor type `type` ("q8_0", ...) for llama.cpp.
     std::filesystem::path gguf(std::string_view type) const {
         return root_ / "gguf" / ("student-" + std::string(type) + ".gguf");

@@ -7,6 +7,7 @@
 /// every tensor a view into three arenas laid out once.
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <map>
@@ -14,11 +15,13 @@
 #include <span>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include <boost/hana/adapt_struct.hpp>
 
 #include "distill/detail/arena.hpp"
+#include "distill/detail/hash.hpp"
 #include "distill/detail/rng.hpp"
 #include "distill/device.hpp"
 #include "distill/error.hpp"
@@ -26,6 +29,7 @@
 #include "distill/nn/attention.hpp"
 #include "distill/nn/linear.hpp"
 #include "distill/parameter.hpp"
+#include "distill/student/lora.hpp"
 #include "distill/student/parameters.hpp"
 #include "distill/tensor.hpp"
 
@@ -64,6 +68,9 @@ struct TransformerConfig {
     bool proj_bias = true;              ///< bias on the attention output projection
     bool mlp_bias = true;               ///< biases on the MLP projections
     bool tie_embeddings = true;         ///< LM head = token embedding (else its own `lm_head.weight`)
+    /// Low-rank adapters (student/lora.hpp); off by default. Not a key of the `student` object: the
+    /// job's top-level `lora` sets it, and it is not part of the config saved with weights.
+    LoraConfig lora{};
 
     /// Key/value heads actually used.
     int kv_heads() const noexcept { return n_kv_heads ? n_kv_heads : n_heads; }
@@ -121,9 +128,10 @@ struct TransformerConfig {
             if (s.type == "llama3" && !(s.low_freq_factor > 0 && s.high_freq_factor > s.low_freq_factor))
                 fail("rope_scaling.high_freq_factor", "llama3 needs 0 < low_freq_factor < high_freq_factor");
         }
+        lora.validate(swiglu(), tie_embeddings);
     }
 
-    /// Number of trainable parameters.
+    /// Number of parameters of the model's own weights (without LoRA adapters: all trainable).
     std::int64_t parameter_count() const {
         const std::int64_t C = d_model, F = d_ff, Q = qkv_width(), F1 = fc_width(), norm_size = rms() ? C : 2 * C;
         const std::int64_t block = 2 * norm_size + Q * C + (qkv_bias ? Q : 0) + C * C + (proj_bias ? C : 0) + F1 * C +
@@ -230,8 +238,12 @@ public:
         cfg_.validate();
         if (max_batch < 1) throw config_error("max_batch", "must be >= 1, got " + std::to_string(max_batch));
         eps_ = static_cast<T>(cfg_.norm_eps);
+        if constexpr (Device::memory != memory_space::host)
+            if (cfg_.lora.enabled() && cfg_.lora.dropout > 0)
+                throw config_error("lora.dropout", "is applied on the host; this device keeps its own memory (use 0)");
         layout_parameters();
         layout_activations();
+        init_lora(0);
     }
 
     const TransformerConfig& config() const noexcept { return cfg_; }
@@ -254,7 +266,7 @@ public:
             staged.assign(this->arena_size(), T(0));
             base = staged.data();
         }
-        for (const auto& p : this->parameters()) {
+        for (const auto& p : this->base_parameters()) {
             T* d = base + (p.value.data() - this->parameter_data());
             const std::int64_t n = p.value.numel();
             const bool residual_proj = p.name.ends_with("c_proj.weight");
@@ -274,6 +286,64 @@ public:
         }
         if constexpr (Device::memory != memory_space::host)
             dev_.copy(this->parameter_data(), staged.data(), sizeof(T) * staged.size());
+        init_lora(seed);
+    }
+
+    /// PEFT's adapter initialization: every A (r, in) ~ U(-1/sqrt(in), 1/sqrt(in)) (kaiming_uniform
+    /// with a = sqrt(5)), every B zeros, so a fresh adapter leaves the model's output unchanged.
+    /// `init` calls it; a model whose base weights were loaded calls it alone. Without LoRA, nothing.
+    void init_lora(std::uint64_t seed) {
+        Rng rng(detail::mix64(seed, 0x4c6f5241));  // a stream of its own: `init`'s base draws are unchanged
+        for (const auto& p : this->adapter_parameters()) {
+            const std::int64_t n = p.value.numel(), in = p.value.shape()[1];
+            const bool is_a = p.name.ends_with("lora_A");
+            const double bound = 1.0 / std::sqrt(double(in));
+            std::vector<T> host(std::size_t(n), T(0));
+            if (is_a)
+                for (auto& x : host) x = static_cast<T>((2 * rng.uniform() - 1) * bound);
+            dev_.copy(p.value.data(), host.data(), sizeof(T) * host.size());
+        }
+    }
+
+    /// Turns LoRA dropout on for the following training forwards (`forward`, and the recomputation
+    /// of activations::checkpointed), its masks a function of `key` (the caller derives it from the
+    /// run's seed and step, so that a resumed run draws the same masks); `lora_eval` turns it off
+    /// (the default). `prefill` and `decode` never drop.
+    void lora_dropout(std::uint64_t key) noexcept {
+        lora_dropout_on_ = true;
+        lora_key_ = key;
+    }
+    void lora_eval() noexcept { lora_dropout_on_ = false; }
+
+    /// A host image of the base parameter arena (`parameter_data()`'s layout) with every adapter
+    /// merged, W += (alpha / r) · B · A on its rows: the weights PEFT's merge_and_unload gives.
+    std::vector<T> merged_parameters() const {
+        std::vector<T> host(this->arena_size());
+        dev_.copy(host.data(), this->parameter_data(), sizeof(T) * host.size());
+        const double s = cfg_.lora.scaling();
+        auto merge = [&](const LoraAdapter& ad, std::size_t w) {
+            const int r = cfg_.lora.rank;
+            std::vector<T> a(std::size_t(r) * ad.in), b(std::size_t(ad.out) * r);
+            dev_.copy(a.data(), val(ad.a), sizeof(T) * a.size());
+            dev_.copy(b.data(), val(ad.b), sizeof(T) * b.size());
+            T* W = host.data() + (val(w) - this->parameter_data()) + std::size_t(ad.offset) * ad.in;
+            for (int i = 0; i < ad.out; ++i)
+                for (int j = 0; j < ad.in; ++j) {
+                    double d = 0;
+                    for (int k = 0; k < r; ++k) d += double(b[std::size_t(i) * r + k]) * a[std::size_t(k) * ad.in + j];
+                    W[std::size_t(i) * ad.in + j] += static_cast<T>(s * d);
+                }
+        };
+        for (std::size_t l = 0; l < lora_.size(); ++l)
+            for (const auto& ad : lora_[l]) {
+                const auto& w = layer_params_[l];
+                merge(ad, ad.linear == 0   ? w.attn_w
+                          : ad.linear == 1 ? w.proj_w
+                          : ad.linear == 2 ? w.fc_w
+                                           : w.mlp_proj_w);
+            }
+        if (head_lora_.a != none) merge(head_lora_, head_);
+        return host;
     }
 
     /// Runs the model on tokens(B,T) (row-major, B <= max_batch, T <= context_length, every id in
@@ -296,10 +366,11 @@ private:
     // act(layer_acts_[l].qkv) (prefill stores the keys and values there, before an inference model
     // reuses the buffer).
     template <class AfterQkv>
-    void forward_layers(const std::int32_t* tokens, int B, int Tn, AfterQkv&& after_qkv) {
+    void forward_layers(const std::int32_t* tokens, int B, int Tn, AfterQkv&& after_qkv, bool is_forward = true) {
         check_batch(tokens, B, Tn);
         B_ = B;
         T_ = Tn;
+        lora_drop_now_ = lora_dropout_on_ && is_forward && trains() && cfg_.lora.dropout > 0;
         const int C = cfg_.d_model, V = cfg_.vocab_size;
         const int N = B * Tn;
         dev_.copy(tokens_, tokens, sizeof(std::int32_t) * N);
@@ -320,6 +391,7 @@ private:
         norm_forward(act(lnf_), act(lnf_mean_), act(lnf_rstd_), x, lnf_w_, lnf_b_, N);
         // logits (N,V) = lnf (N,C) · head^T — the LM head (the token embedding when tied)
         linear(act(logits_), act(lnf_), head_, none, N, C, V);
+        if (head_lora_.a != none) lora_forward(head_lora_, -1, act(logits_), act(lnf_), N);
     }
 
     // out(N,OC) = [out +] in(N,C) · W(OC,C)ᵀ + b: nn::linear_forward, or the quantized product when
@@ -348,20 +420,103 @@ private:
         const auto& a = layer_acts_[l];
         norm_forward(act(a.ln1), act(a.ln1_mean), act(a.ln1_rstd), x, w.ln1_w, w.ln1_b, N);
         linear(act(a.qkv), act(a.ln1), w.attn_w, w.attn_b, N, C, Q);
+        lora_linear_forward(l, 0, act(a.qkv), act(a.ln1), N);
         if (cfg_.rope())
             rope_rotate(dev_, act(a.qkv), rope_cos(), rope_sin(), positions_.data(), N, Q,
                         cfg_.n_heads + cfg_.kv_heads(), cfg_.head_size(), false);
         attend();
         dev_.copy(act(a.res_attn), x, sizeof(T) * N * C);
         linear(act(a.res_attn), act(a.atty), w.proj_w, w.proj_b, N, C, C, true);
+        lora_linear_forward(l, 1, act(a.res_attn), act(a.atty), N);
         norm_forward(act(a.ln2), act(a.ln2_mean), act(a.ln2_rstd), act(a.res_attn), w.ln2_w, w.ln2_b, N);
         linear(act(a.fc), act(a.ln2), w.fc_w, w.fc_b, N, C, cfg_.fc_width());
+        lora_linear_forward(l, 2, act(a.fc), act(a.ln2), N);
         if (cfg_.swiglu())
             swiglu_forward(dev_, act(a.fc_act), act(a.fc), N, F);
         else
             gelu_forward(dev_, act(a.fc_act), act(a.fc), std::int64_t(N) * F);
         dev_.copy(act(a.res_out), act(a.res_attn), sizeof(T) * N * C);
         linear(act(a.res_out), act(a.fc_act), w.mlp_proj_w, w.mlp_proj_b, N, F, C, true);
+        lora_linear_forward(l, 3, act(a.res_out), act(a.fc_act), N);
+    }
+
+    // ---- LoRA ------------------------------------------------------------------------------------
+    // One adapter: B (out, r) · A (r, in) added, scaled, to rows [offset, offset + out) of the
+    // outputs of base linear `linear` (0 q|k|v, 1 attention output, 2 MLP fc, 3 MLP proj; -1 the head).
+    struct LoraAdapter {
+        int linear = -1, index = 0;  // index: position among its layer's adapters (activation slots)
+        std::size_t a = none, b = none;
+        int in = 0, out = 0, offset = 0, width = 0;  // width: the base linear's output width
+    };
+
+    // out(N, width) += s · B(A(drop(in))) for each of layer l's adapters on `linear`.
+    void lora_linear_forward(int l, int linear, T* out, const T* in, int N) {
+        if (lora_.empty()) return;
+        for (const auto& ad : lora_[std::size_t(l)])
+            if (ad.linear == linear) lora_forward(ad, l, out, in, N);
+    }
+    void lora_forward(const LoraAdapter& ad, int l, T* out, const T* in, int N) {
+        const int r = cfg_.lora.rank;
+        const T s = static_cast<T>(cfg_.lora.scaling());
+        const auto [h, xd] = lora_slots(ad, l);
+        const T* x = in;
+        if (lora_drop_now_) {
+            if constexpr (Device::memory == memory_space::host) {
+                T* d = act(xd);
+                const std::int64_t n = std::int64_t(N) * ad.in;
+                const std::uint64_t stream = lora_stream(ad, l);
+                const T keep_scale = static_cast<T>(1.0 / (1.0 - cfg_.lora.dropout));
+                for (std::int64_t i = 0; i < n; ++i) d[i] = lora_keep(stream, i) ? in[i] * keep_scale : T(0);
+                x = d;
+            }
+        }
+        // h (N,r) = x (N,in) · Aᵀ;  out[:, offset:offset+out] += s · h · Bᵀ
+        gemm(dev_, false, true, N, r, ad.in, T(1), x, ad.in, val(ad.a), ad.in, T(0), act(h), r);
+        gemm(dev_, false, true, N, ad.out, r, s, act(h), r, val(ad.b), r, T(1), out + ad.offset, ad.width);
+    }
+    // Gradients of each of layer l's adapters on `linear` from the base linear's output gradient
+    // dout (N, width); din (N, in), the base linear's input gradient, gains the adapters' share.
+    void lora_linear_backward(int l, int linear, const T* dout, const T* in, T* din, int N) {
+        if (lora_.empty()) return;
+        for (const auto& ad : lora_[std::size_t(l)])
+            if (ad.linear == linear) lora_backward(ad, l, dout, in, din, N);
+    }
+    void lora_backward(const LoraAdapter& ad, int l, const T* dout, const T* in, T* din, int N) {
+        const int r = cfg_.lora.rank;
+        const T s = static_cast<T>(cfg_.lora.scaling());
+        const auto [h, xd] = lora_slots(ad, l);
+        const T* dy = dout + ad.offset;  // (N, out), rows `width` apart
+        const T* x = lora_drop_now_ ? act(xd) : in;
+        T* g = act(lora_g_);
+        gemm(dev_, false, false, N, r, ad.out, T(1), dy, ad.width, val(ad.b), r, T(0), g, r);    // g = dy · B
+        gemm(dev_, true, false, ad.out, r, N, s, dy, ad.width, act(h), r, T(1), grad(ad.b), r);  // dB += s dyᵀ h
+        gemm(dev_, true, false, r, ad.in, N, s, g, r, x, ad.in, T(1), grad(ad.a), ad.in);        // dA += s gᵀ x
+        if (!lora_drop_now_) {
+            gemm(dev_, false, false, N, ad.in, r, s, g, r, val(ad.a), ad.in, T(1), din, ad.in);  // din += s g A
+            return;
+        }
+        if constexpr (Device::memory == memory_space::host) {
+            T* t = act(lora_tmp_);
+            gemm(dev_, false, false, N, ad.in, r, s, g, r, val(ad.a), ad.in, T(0), t, ad.in);
+            const std::int64_t n = std::int64_t(N) * ad.in;
+            const std::uint64_t stream = lora_stream(ad, l);
+            const T keep_scale = static_cast<T>(1.0 / (1.0 - cfg_.lora.dropout));
+            for (std::int64_t i = 0; i < n; ++i)
+                if (lora_keep(stream, i)) din[i] += t[i] * keep_scale;
+        }
+    }
+    // The activation slots (h, dropped input) of an adapter: a layer's, or the head's (l = -1).
+    std::pair<std::size_t, std::size_t> lora_slots(const LoraAdapter& ad, int l) const {
+        if (l < 0) return {head_lora_h_, head_lora_x_};
+        const auto& a = layer_acts_[std::size_t(l)];
+        return {a.lora_h[std::size_t(ad.index)], a.lora_x[std::size_t(ad.index)]};
+    }
+    std::uint64_t lora_stream(const LoraAdapter& ad, int l) const noexcept {
+        return detail::mix64(lora_key_, std::uint64_t(l + 1) * 64 + std::uint64_t(ad.index));
+    }
+    // Whether element i of a dropout mask is kept: uniform(stream, i) >= p.
+    bool lora_keep(std::uint64_t stream, std::int64_t i) const noexcept {
+        return double(detail::mix64(stream, std::uint64_t(i)) >> 11) * 0x1.0p-53 >= cfg_.lora.dropout;
     }
 
     void norm_forward(T* out, T* mean, T* rstd, const T* in, std::size_t w, std::size_t b, int N) {
@@ -372,10 +527,13 @@ private:
     }
     void norm_backward(T* din, const T* dout, const T* in, std::size_t w, std::size_t b, const T* mean, const T* rstd,
                        int N) {
+        // frozen norms (LoRA): the kernels' dW/db go to one scratch row pair, no gradient memory
+        T* dw = this->frozen_base() ? act(norm_sink_) : grad(w);
+        T* db = this->frozen_base() ? act(norm_sink_) + cfg_.d_model : grad(b);
         if (cfg_.rms())
-            rmsnorm_backward(dev_, din, grad(w), dout, in, val(w), rstd, N, cfg_.d_model);
+            rmsnorm_backward(dev_, din, dw, dout, in, val(w), rstd, N, cfg_.d_model);
         else
-            layernorm_backward(dev_, din, grad(w), grad(b), dout, in, val(w), mean, rstd, N, cfg_.d_model);
+            layernorm_backward(dev_, din, dw, db, dout, in, val(w), mean, rstd, N, cfg_.d_model);
     }
 
     // The cos/sin tables for positions [0, seq_len): recomputed only when the frequencies change
@@ -513,11 +671,14 @@ public:
             for (int t = 0; t < lengths[b]; ++t) rows.insert(rows.end(), {b * Tn + t, b, t});
         // each layer's keys and values go to the cache as soon as they exist (an inference model
         // reuses the buffer for the next layer)
-        forward_layers(tokens, B, Tn, [&](int l) {
-            kv_cache_store(dev_, cache.keys(l), cache.values(l), static_cast<const T*>(act(layer_acts_[l].qkv)),
-                           rows.data(), static_cast<int>(rows.size() / 3), cfg_.n_heads, cfg_.kv_heads(),
-                           cfg_.head_size(), cfg_.context_length);
-        });
+        forward_layers(
+            tokens, B, Tn,
+            [&](int l) {
+                kv_cache_store(dev_, cache.keys(l), cache.values(l), static_cast<const T*>(act(layer_acts_[l].qkv)),
+                               rows.data(), static_cast<int>(rows.size() / 3), cfg_.n_heads, cfg_.kv_heads(),
+                               cfg_.head_size(), cfg_.context_length);
+            },
+            false);
         for (int b = 0; b < B; ++b) {
             dev_.copy(act(next_logits_) + std::int64_t(b) * V,
                       act(logits_) + (std::int64_t(b) * Tn + lengths[b] - 1) * V, sizeof(T) * V);
@@ -557,6 +718,7 @@ public:
             longest = std::max(longest, cache.length(b));
         }
         if (cfg_.rope()) update_rope(longest);
+        lora_drop_now_ = false;
         std::vector<std::int32_t> rows;  // per sequence: (row of qkv, sequence, position)
         for (int b = 0; b < B; ++b) rows.insert(rows.end(), {b, b, cache.length(b) - 1});
         for (int l = 0; l < cfg_.n_layers; ++l) {
@@ -571,6 +733,7 @@ public:
         }
         norm_forward(act(lnf_), act(lnf_mean_), act(lnf_rstd_), x, lnf_w_, lnf_b_, B);
         linear(act(next_logits_), act(lnf_), head_, none, B, C, V);
+        if (head_lora_.a != none) lora_forward(head_lora_, -1, act(next_logits_), act(lnf_), B);
         decode_batch_ = B;
         B_ = T_ = 0;  // the training-forward views are no longer valid
     }
@@ -636,9 +799,12 @@ public:
         };
         T* d_res = act(d_res_);
         T* d_ln = act(d_ln_);
+        if (this->frozen_base()) dev_.fill_zero(act(norm_sink_), sizeof(T) * 2 * C);
         // LM head: d_lnf (N,C) = dlogits (N,V) · head (V,C);  dhead (V,C) += dlogits^T · lnf
         gemm(dev_, false, false, N, C, V, T(1), act(dlogits_), V, head(), C, T(0), d_ln, C);
-        gemm(dev_, true, false, V, C, N, T(1), act(dlogits_), V, act(lnf_), C, T(1), grad(head_), C);
+        if (T* dhead = grad(head_))
+            gemm(dev_, true, false, V, C, N, T(1), act(dlogits_), V, act(lnf_), C, T(1), dhead, C);
+        if (head_lora_.a != none) lora_backward(head_lora_, -1, act(dlogits_), act(lnf_), d_ln, N);
         if (const T* e = extra(d_hidden, L, std::int64_t(N) * C)) accumulate(dev_, d_ln, e, std::int64_t(N) * C);
         dev_.fill_zero(d_res, sizeof(T) * N * C);
         const T* x_last = L ? act(layer_acts_[L - 1].res_out) : act(encoded_);
@@ -660,15 +826,18 @@ public:
             // MLP branch: res_out = res_attn + proj(act(fc(norm2(res_attn))))
             nn::linear_backward(dev_, act(d_act_), grad(w.mlp_proj_w), grad(w.mlp_proj_b), d_res, act(a.fc_act),
                                 val(w.mlp_proj_w), N, F, C);
+            lora_linear_backward(l, 3, d_res, act(a.fc_act), act(d_act_), N);
             if (cfg_.swiglu())
                 swiglu_backward(dev_, act(d_fc_), act(a.fc), act(d_act_), N, F);
             else
                 gelu_backward(dev_, act(d_fc_), act(a.fc), act(d_act_), std::int64_t(N) * F);
             nn::linear_backward(dev_, d_ln, grad(w.fc_w), grad(w.fc_b), act(d_fc_), act(a.ln2), val(w.fc_w), N, C, F1);
+            lora_linear_backward(l, 2, act(d_fc_), act(a.ln2), d_ln, N);
             norm_backward(d_res, d_ln, act(a.res_attn), w.ln2_w, w.ln2_b, act(a.ln2_mean), act(a.ln2_rstd), N);
             // attention branch: res_attn = x_in + proj(attention(rope(qkv(norm1(x_in)))))
             nn::linear_backward(dev_, act(d_atty_), grad(w.proj_w), grad(w.proj_b), d_res, act(a.atty), val(w.proj_w),
                                 N, C, C);
+            lora_linear_backward(l, 1, d_res, act(a.atty), act(d_atty_), N);
             nn::attention_backward(dev_, act(d_qkv_), act(d_att_), act(d_atty_), act(a.qkv), act(a.att),
                                    extra(d_attention, l, std::int64_t(B) * H * Tn * Tn), B, Tn, H, cfg_.kv_heads(),
                                    cfg_.head_size());
@@ -679,10 +848,11 @@ public:
                             cfg_.head_size(), true);
             nn::linear_backward(dev_, d_ln, grad(w.attn_w), grad(w.attn_b), act(d_qkv_), act(a.ln1), val(w.attn_w), N,
                                 C, Q);
+            lora_linear_backward(l, 0, act(d_qkv_), act(a.ln1), d_ln, N);
             norm_backward(d_res, d_ln, x_in, w.ln1_w, w.ln1_b, act(a.ln1_mean), act(a.ln1_rstd), N);
         }
         if (const T* e = extra(d_hidden, 0, std::int64_t(N) * C)) accumulate(dev_, d_res, e, std::int64_t(N) * C);
-        embedding_backward(dev_, grad(wte_), grad(wpe_), d_res, tokens_, B, Tn, C);
+        if (T* dwte = grad(wte_)) embedding_backward(dev_, dwte, grad(wpe_), d_res, tokens_, B, Tn, C);
     }
 
     /// Bytes held by the parameter, gradient and activation arenas.
@@ -702,6 +872,7 @@ private:
     };
     struct LayerActs {
         std::size_t ln1, ln1_mean, ln1_rstd, qkv, att, atty, res_attn, ln2, ln2_mean, ln2_rstd, fc, fc_act, res_out;
+        std::array<std::size_t, 8> lora_h{}, lora_x{};  // per adapter of the layer: A x (N,r); dropped x (N,in)
     };
 
     void layout_parameters() {
@@ -736,7 +907,40 @@ private:
         lnf_w_ = add("ln_f.weight", {C}, parameter_kind::norm);
         lnf_b_ = add_if(ln, "ln_f.bias", C, parameter_kind::norm);
         head_ = cfg_.tie_embeddings ? wte_ : add("lm_head.weight", {V, C}, parameter_kind::weight);
+        layout_adapters();
         this->allocate_parameters(dev_, trains());
+    }
+
+    // LoRA: each block's adapters in LoraConfig::all_targets order, then the head's.
+    void layout_adapters() {
+        const auto& lc = cfg_.lora;
+        if (!lc.enabled()) return;
+        const int C = cfg_.d_model, F = cfg_.d_ff, hs = cfg_.head_size(), H = cfg_.n_heads, Hkv = cfg_.kv_heads(),
+                  Q = cfg_.qkv_width(), F1 = cfg_.fc_width(), r = lc.rank;
+        auto make = [&](const std::string& name, int linear, int index, int in, int out, int offset, int width) {
+            LoraAdapter ad{linear, index, none, none, in, out, offset, width};
+            ad.a = this->add_adapter(name + ".lora_A", {r, in});
+            ad.b = this->add_adapter(name + ".lora_B", {out, r});
+            return ad;
+        };
+        lora_.resize(std::size_t(cfg_.n_layers));
+        for (int l = 0; l < cfg_.n_layers; ++l) {
+            const std::string p = "h." + std::to_string(l) + ".";
+            auto& list = lora_[std::size_t(l)];
+            auto add = [&](const char* t, int linear, int in, int out, int offset, int width) {
+                if (lc.has(t))
+                    list.push_back(make(p + t, linear, static_cast<int>(list.size()), in, out, offset, width));
+            };
+            add("q", 0, C, H * hs, 0, Q);
+            add("k", 0, C, Hkv * hs, H * hs, Q);
+            add("v", 0, C, Hkv * hs, (H + Hkv) * hs, Q);
+            add("qkv", 0, C, Q, 0, Q);
+            add("o", 1, C, C, 0, C);
+            add("up", 2, C, F, cfg_.swiglu() ? F : 0, F1);  // swiglu: fc rows are gate | up
+            add("gate", 2, C, F, 0, F1);
+            add("down", 3, F, C, 0, C);
+        }
+        if (lc.has("head")) head_lora_ = make("lm_head", -1, 0, C, cfg_.vocab_size, 0, cfg_.vocab_size);
     }
 
     void layout_activations() {
@@ -767,6 +971,11 @@ private:
             a.fc = add("fc", N * F1);
             a.fc_act = add("fc_act", N * F);
             a.res_out = add("res_out", N * C);
+            if (!lora_.empty())
+                for (const auto& ad : lora_[std::size_t(l)]) {
+                    a.lora_h[std::size_t(ad.index)] = add("lora_h", N * cfg_.lora.rank);
+                    if (training && cfg_.lora.dropout > 0) a.lora_x[std::size_t(ad.index)] = add("lora_x", N * ad.in);
+                }
             layer_acts_.push_back(a);
         }
         lnf_ = add("lnf", N * C);
@@ -786,6 +995,15 @@ private:
             d_atty_ = add("d_atty", N * C);
             d_fc_ = add("d_fc", N * F1);
             d_act_ = F1 == F ? d_fc_ : add("d_act", N * F);  // GELU's backward runs in place
+        }
+        if (cfg_.lora.enabled()) {
+            head_lora_h_ = add("lora_h", N * cfg_.lora.rank);
+            if (training && cfg_.lora.dropout > 0) head_lora_x_ = add("lora_x", N * C);
+            if (training) {
+                lora_g_ = add("lora_g", N * cfg_.lora.rank);
+                if (cfg_.lora.dropout > 0) lora_tmp_ = add("lora_tmp", N * std::max(C, F));
+                norm_sink_ = add("norm_sink", 2 * C);
+            }
         }
         act_arena_ = detail::Arena<T, Device>(dev_, act_layout_.size());
         tokens_ = static_cast<std::int32_t*>(dev_.allocate(tokens_bytes()));
@@ -858,6 +1076,12 @@ private:
     int rope_key_ = -1, rope_rows_ = 0;    // what the rotary tables hold (see update_rope)
     std::vector<std::int32_t> positions_;  // position of each row of the last forward or decode (rope)
     std::size_t d_res_ = 0, d_ln_ = 0, d_qkv_ = 0, d_att_ = 0, d_atty_ = 0, d_fc_ = 0, d_act_ = 0;
+    // LoRA (cfg_.lora): each block's adapters, the head's, their shared slots, dropout state
+    std::vector<std::vector<LoraAdapter>> lora_;
+    LoraAdapter head_lora_{};
+    std::size_t head_lora_h_ = 0, head_lora_x_ = 0, lora_g_ = 0, lora_tmp_ = 0, norm_sink_ = 0;
+    bool lora_dropout_on_ = false, lora_drop_now_ = false;
+    std::uint64_t lora_key_ = 0;
     std::int32_t* tokens_ = nullptr;
     std::unique_ptr<std::int32_t, TokenFree> tokens_owner_{nullptr, TokenFree{}};
     struct QuantizedMatrix {

@@ -38,6 +38,7 @@
 #include <nlohmann/json.hpp>
 
 #include "distill/data/dataset.hpp"
+#include "distill/detail/hash.hpp"
 #include "distill/detail/rng.hpp"
 #include "distill/error.hpp"
 #include "distill/io/checkpoint.hpp"
@@ -391,6 +392,10 @@ public:
                     train_.make_batch(rows, batch);
                     batch.step = step_;
                     batch.micro = micro;
+                    // LoRA dropout: masks from (seed, step, micro-batch), so that a resumed run draws the same
+                    if constexpr (requires { model_.lora_dropout(std::uint64_t(0)); })
+                        model_.lora_dropout(
+                            detail::mix64(cfg_.seed, std::uint64_t(step_) * 4096 + std::uint64_t(micro)));
                     const LossValues lv = loss_(model_, batch, pass::train);
                     check_loss(lv, "");
                     loss_sum += lv.total;
@@ -482,12 +487,14 @@ public:
             }
         }
         progress.finish();
+        if constexpr (requires { model_.lora_eval(); }) model_.lora_eval();
         fill(result);
         return result;
     }
 
     /// Token-weighted mean loss (and terms) over the validation set, in dataset order, no gradients.
     LossValues evaluate() {
+        if constexpr (requires { model_.lora_eval(); }) model_.lora_eval();  // no dropout outside training forwards
         LossValues out;
         if (!val_ || val_->empty()) return out;
         const std::int64_t bs = cfg_.eval_batch_size ? cfg_.eval_batch_size : cfg_.batch_size;

@@ -8681,10 +8681,12 @@ struct Key {
     float alpha, beta;
     int flags;  // bit 0 trans_a, bit 1 trans_b, bit 2 bf16
     int threads;
+    std::int64_t batch = 1, stride_a = 0, stride_b = 0, stride_c = 0;
     bool operator==(const Key& o) const noexcept {
         return M == o.M && N == o.N && K == o.K && lda == o.lda && ldb == o.ldb && ldc == o.ldc &&
                std::memcmp(&alpha, &o.alpha, 4) == 0 && std::memcmp(&beta, &o.beta, 4) == 0 && flags == o.flags &&
-               threads == o.threads;
+               threads == o.threads && batch == o.batch && stride_a == o.stride_a && stride_b == o.stride_b &&
+               stride_c == o.stride_c;
     }
 };
 
@@ -8705,6 +8707,10 @@ struct KeyHash {
         mix(b);
         mix(std::uint64_t(k.flags));
         mix(std::uint64_t(k.threads));
+        mix(std::uint64_t(k.batch));
+        mix(std::uint64_t(k.stride_a));
+        mix(std::uint64_t(k.stride_b));
+        mix(std::uint64_t(k.stride_c));
         return static_cast<std::size_t>(h);
     }
 };
@@ -8794,26 +8800,40 @@ inline const std::string& bf16_unsupported_reason() {
 }
 
 /// C(M,N) = alpha op(A) op(B) + beta C (row-major, see the Reference gemm) through oneDNN, the
-/// operands rounded to bf16 when `bf16`. Runs on `threads` OpenMP threads.
+/// operands rounded to bf16 when `bf16`; with `batch` > 1, that many such products at the strides
+/// (elements) between consecutive A, B and C (one batched primitive: the attention's per-head
+/// products; fp32 only). Runs on `threads` OpenMP threads.
 inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A,
-                 int lda, const float* B, int ldb, float beta, float* C, int ldc) {
+                 int lda, const float* B, int ldb, float beta, float* C, int ldc, std::int64_t batch = 1,
+                 std::int64_t stride_a = 0, std::int64_t stride_b = 0, std::int64_t stride_c = 0) {
     using dt = dnnl::memory::data_type;
     using dims = dnnl::memory::dims;
     DnnlState& st = state();
 #if defined(_OPENMP)
     if (omp_get_max_threads() != threads) omp_set_num_threads(threads);
 #endif
+    if (bf16 && batch > 1) throw std::logic_error("oneDNN gemm: batched products are fp32");
     // bf16 copies are packed: leading dimension = their stored width
     const std::int64_t a_rows = trans_a ? K : M, a_cols = trans_a ? M : K;
     const std::int64_t b_rows = trans_b ? N : K, b_cols = trans_b ? K : N;
     const std::int64_t la = bf16 ? a_cols : lda, lb = bf16 ? b_cols : ldb;
-    const Key key{M, N, K, la, lb, ldc, alpha, beta, int(trans_a) | int(trans_b) << 1 | int(bf16) << 2, threads};
+    if (batch <= 1) stride_a = stride_b = stride_c = 0;
+    const Key key{M,        N,       K,
+                  la,       lb,      ldc,
+                  alpha,    beta,    int(trans_a) | int(trans_b) << 1 | int(bf16) << 2,
+                  threads,  batch,   stride_a,
+                  stride_b, stride_c};
     auto it = st.cache.find(key);
     if (it == st.cache.end()) {
         const dt type = bf16 ? dt::bf16 : dt::f32;
-        const dnnl::memory::desc a_md(dims{M, K}, type, trans_a ? dims{1, la} : dims{la, 1});
-        const dnnl::memory::desc b_md(dims{K, N}, type, trans_b ? dims{1, lb} : dims{lb, 1});
-        const dnnl::memory::desc c_md(dims{M, N}, dt::f32, dims{ldc, 1});
+        // (batch, rows, cols) where batched; the batch stride first
+        auto md = [&](std::int64_t rows, std::int64_t cols, dims strides, std::int64_t stride, dt t) {
+            if (batch <= 1) return dnnl::memory::desc(dims{rows, cols}, t, strides);
+            return dnnl::memory::desc(dims{batch, rows, cols}, t, dims{stride, strides[0], strides[1]});
+        };
+        const dnnl::memory::desc a_md = md(M, K, trans_a ? dims{1, la} : dims{la, 1}, stride_a, type);
+        const dnnl::memory::desc b_md = md(K, N, trans_b ? dims{1, lb} : dims{lb, 1}, stride_b, type);
+        const dnnl::memory::desc c_md = md(M, N, dims{ldc, 1}, stride_c, dt::f32);
         dnnl::primitive_attr attr;
         if (alpha != 1.0f) attr.set_output_scales(0, {alpha});
         if (beta != 0.0f) {
@@ -9114,12 +9134,28 @@ void gemm(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, T alp
     detail::eigen_gemm(dev, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
-/// `batch` GEMMs at fixed strides, split over the threads (each single-threaded, in cache; a batch of
-/// one gets every thread), Eigen, fp32 in every precision.
+/// `batch` GEMMs at fixed strides, fp32 in every precision: split over the threads (each
+/// single-threaded, in cache; a batch of one gets every thread) with Eigen; or, where Eigen's kernels
+/// were compiled for less than AVX2 (a build without -march) and oneDNN is linked, one batched oneDNN
+/// matmul, which picks the CPU's instruction set at run time.
 template <class T>
 void gemm_strided_batched(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda,
                           std::int64_t stride_a, const T* B, int ldb, std::int64_t stride_b, T beta, T* C, int ldc,
                           std::int64_t stride_c, int batch) {
+#if defined(DISTILL_WITH_DNNL) && !defined(__AVX2__)
+    if constexpr (std::is_same_v<T, float>) {
+#if defined(_OPENMP)
+        const bool nested = omp_in_parallel();
+#else
+        const bool nested = false;
+#endif
+        if (!nested && M > 0 && N > 0 && K > 0 && batch > 0) {
+            detail::gemm(false, dev.threads(), trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, batch,
+                         stride_a, stride_b, stride_c);
+            return;
+        }
+    }
+#endif
     distill::detail::parallel_for(dev.threads(), batch, [&](std::int64_t b) {
         detail::eigen_gemm(dev, trans_a, trans_b, M, N, K, alpha, A + b * stride_a, lda, B + b * stride_b, ldb, beta,
                            C + b * stride_c, ldc);
@@ -13932,12 +13968,12 @@ void linear_forward(const Device& dev, T* out, const T* in, const T* w, const T*
 }
 
 /// Linear backward. din(N,C) = dout(N,OC) W(OC,C) (overwritten; skipped when null);
-/// dw(OC,C) += dout^T in; db(OC) += column sums of dout (skipped when null).
+/// dw(OC,C) += dout^T in; db(OC) += column sums of dout (each skipped when null: a frozen weight).
 template <class Device, class T>
 void linear_backward(const Device& dev, T* din, T* dw, T* db, const T* dout, const T* in, const T* w, int N, int C,
                      int OC) {
     if (din) gemm(dev, false, false, N, C, OC, T(1), dout, OC, w, C, T(0), din, C);
-    gemm(dev, true, false, OC, C, N, T(1), dout, OC, in, C, T(1), dw, C);
+    if (dw) gemm(dev, true, false, OC, C, N, T(1), dout, OC, in, C, T(1), dw, C);
     if (db) bias_grad(dev, db, dout, N, OC);
 }
 
@@ -14002,55 +14038,94 @@ enum class activations { training, inference, checkpointed };
 template <class T, class Device>
 class parameter_store {
 public:
-    /// Every parameter in checkpoint order.
-    const std::vector<Parameter<T>>& parameters() const noexcept { return params_; }
-    /// The parameter and gradient arenas as flat arrays (same layout), for optimizers and checkpoints.
+    /// The trainable parameters in checkpoint order: every parameter, or, with adapters (LoRA),
+    /// the adapters alone (the base weights are frozen).
+    const std::vector<Parameter<T>>& parameters() const noexcept {
+        return adapter_params_.empty() ? params_ : adapter_params_;
+    }
+    /// The model's own weights in checkpoint order (what Hugging Face exports hold); their
+    /// gradients are empty when frozen (adapters present) or without a gradient arena.
+    const std::vector<Parameter<T>>& base_parameters() const noexcept { return params_; }
+    /// The adapters (LoRA) in checkpoint order; empty without.
+    const std::vector<Parameter<T>>& adapter_parameters() const noexcept { return adapter_params_; }
+    /// Whether the base weights are frozen (adapters present): they have no gradient memory.
+    bool frozen_base() const noexcept { return !adapter_params_.empty(); }
+    /// The base weights' value and gradient arenas as flat arrays (same layout, `base_parameters()`
+    /// point into them), for weight files and exports; the gradient arena is null when frozen.
     T* parameter_data() const noexcept { return param_arena_.data(); }
     T* gradient_data() const noexcept { return grad_arena_.data(); }
     std::size_t arena_size() const noexcept { return param_arena_.size(); }
+    /// Bytes of gradient memory (both arenas).
+    std::size_t gradient_bytes() const noexcept { return sizeof(T) * (grad_arena_.size() + adapter_grads_.size()); }
 
 protected:
     /// The index of a parameter a model's config does not have: val and grad give nullptr.
     static constexpr std::size_t none = std::size_t(-1);
+
+    /// Marks an index as an adapter's (its own arenas).
+    static constexpr std::size_t adapter_bit = std::size_t(1) << 62;
 
     /// Lays out the next parameter; returns its index.
     std::size_t add_parameter(std::string name, std::initializer_list<std::int64_t> shape, parameter_kind kind) {
         kinds_.push_back(kind);
         return param_layout_.add<T>(std::move(name), shape);
     }
+    /// Lays out the next adapter (trainable, in arenas of their own; its presence freezes the base).
+    std::size_t add_adapter(std::string name, std::initializer_list<std::int64_t> shape) {
+        return adapter_bit | adapter_layout_.add<T>(std::move(name), shape);
+    }
 
     /// Allocates the values (and, with `gradients`, the gradients) of every parameter laid out, and
     /// lists them; a parameter's gradient is an empty tensor without.
+    /// With adapters laid out, the base weights get no gradient arena (frozen).
     void allocate_parameters(const Device& dev, bool gradients) {
+        const bool adapters = !adapter_layout_.blocks().empty();
         param_arena_ = detail::Arena<T, Device>(dev, param_layout_.size());
-        if (gradients) grad_arena_ = detail::Arena<T, Device>(dev, param_layout_.size());
+        if (gradients && !adapters) grad_arena_ = detail::Arena<T, Device>(dev, param_layout_.size());
         const auto& blocks = param_layout_.blocks();
         for (std::size_t i = 0; i < blocks.size(); ++i)
             params_.push_back({blocks[i].name, param_arena_.view(blocks[i]),
                                grad_arena_.size() ? grad_arena_.view(blocks[i]) : Tensor<T>{}, kinds_[i]});
+        if (!adapters) return;
+        adapter_arena_ = detail::Arena<T, Device>(dev, adapter_layout_.size());
+        if (gradients) adapter_grads_ = detail::Arena<T, Device>(dev, adapter_layout_.size());
+        for (const auto& b : adapter_layout_.blocks())
+            adapter_params_.push_back({b.name, adapter_arena_.view(b),
+                                       adapter_grads_.size() ? adapter_grads_.view(b) : Tensor<T>{},
+                                       parameter_kind::weight});
     }
 
     /// Sets every gradient to zero (none without a gradient arena).
     void zero_gradients(const Device& dev) {
         if (grad_arena_.size()) dev.fill_zero(grad_arena_.data(), sizeof(T) * grad_arena_.size());
+        if (adapter_grads_.size()) dev.fill_zero(adapter_grads_.data(), sizeof(T) * adapter_grads_.size());
     }
 
     /// Bytes held by the parameter and gradient arenas.
-    std::size_t parameter_bytes() const noexcept { return sizeof(T) * (param_arena_.size() + grad_arena_.size()); }
+    std::size_t parameter_bytes() const noexcept {
+        return sizeof(T) * (param_arena_.size() + grad_arena_.size() + adapter_arena_.size() + adapter_grads_.size());
+    }
 
-    /// Parameter i's value / gradient; nullptr for `none`.
+    /// Parameter i's value / gradient; nullptr for `none`, and the gradient of a frozen (or
+    /// gradient-less) parameter.
     T* val(std::size_t i) const noexcept {
-        return i == none ? nullptr : param_arena_.data() + param_layout_.blocks()[i].offset;
+        if (i == none) return nullptr;
+        if (i & adapter_bit) return adapter_arena_.data() + adapter_layout_.blocks()[i & ~adapter_bit].offset;
+        return param_arena_.data() + param_layout_.blocks()[i].offset;
     }
     T* grad(std::size_t i) const noexcept {
-        return i == none ? nullptr : grad_arena_.data() + param_layout_.blocks()[i].offset;
+        if (i == none) return nullptr;
+        if (i & adapter_bit)
+            return adapter_grads_.size() ? adapter_grads_.data() + adapter_layout_.blocks()[i & ~adapter_bit].offset
+                                         : nullptr;
+        return grad_arena_.size() ? grad_arena_.data() + param_layout_.blocks()[i].offset : nullptr;
     }
 
 private:
-    detail::ArenaLayout param_layout_;
+    detail::ArenaLayout param_layout_, adapter_layout_;
     std::vector<parameter_kind> kinds_;
-    detail::Arena<T, Device> param_arena_, grad_arena_;
-    std::vector<Parameter<T>> params_;
+    detail::Arena<T, Device> param_arena_, grad_arena_, adapter_arena_, adapter_grads_;
+    std::vector<Parameter<T>> params_, adapter_params_;
 };
 
 }  // namespace distill::student
@@ -14530,6 +14605,7 @@ BOOST_HANA_ADAPT_STRUCT(distill::student::EncoderConfig, vocab_size, context_len
 /// every tensor a view into three arenas laid out once.
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <map>
@@ -14537,6 +14613,7 @@ BOOST_HANA_ADAPT_STRUCT(distill::student::EncoderConfig, vocab_size, context_len
 #include <span>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include <boost/hana/adapt_struct.hpp>
@@ -14643,6 +14720,87 @@ void attention_backward(const Device& dev, T* dqkv, T* datt, const T* dout, cons
 
 }  // namespace distill::nn
 // ---- end distill/nn/attention.hpp ----
+// ---- begin distill/student/lora.hpp ----
+/// @file student/lora.hpp
+/// `LoraConfig`: low-rank adapters (Hu et al. 2021, as Hugging Face PEFT defines them) on a
+/// `student::Transformer`'s linear layers. Each adapted linear computes
+/// y = W x + b + (alpha / rank) · B (A (dropout(x))), A (rank, in) drawn from U(-1/√in, 1/√in)
+/// (PEFT's kaiming_uniform(a=√5)), B (out, rank) zeros; the base weights are frozen.
+
+#include <array>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <boost/hana/adapt_struct.hpp>
+
+
+namespace distill::student {
+
+/// Where adapters go and how they are shaped. `rank` 0 turns LoRA off (the default).
+struct LoraConfig {
+    int rank = 0;        ///< r: adapter rank; 0 = no adapters, every weight trains
+    double alpha = 8;    ///< lora_alpha: the adapter's output is scaled by alpha / rank
+    double dropout = 0;  ///< lora_dropout: inverted dropout on the adapter's input, training forwards only
+    /// Linear layers to adapt: q, k, v (rows of the fused q|k|v projection, one adapter each), qkv
+    /// (the whole fused projection, one adapter: GPT-2's c_attn), o (attention output), up, gate,
+    /// down (MLP; with the gelu MLP `up` is c_fc and there is no gate), head (an untied LM head).
+    std::vector<std::string> targets;
+
+    bool enabled() const noexcept { return rank > 0; }
+    double scaling() const noexcept { return alpha / rank; }
+
+    /// Throws `config_error` naming `<path>.<field>` for the first field out of range (what needs
+    /// no student: the job checks it when read).
+    void validate(const std::string& path = "lora") const {
+        auto fail = [&](const char* key, const std::string& what) { throw config_error(path + "." + key, what); };
+        if (rank < 0 || rank > 65536) fail("rank", "must be in [0, 65536] (0 = off), got " + std::to_string(rank));
+        if (!enabled()) return;
+        if (!(alpha > 0 && alpha < 1e6)) fail("alpha", "must be in (0, 1e6), got " + std::to_string(alpha));
+        if (!(dropout >= 0 && dropout < 1)) fail("dropout", "must be in [0, 1), got " + std::to_string(dropout));
+        if (targets.empty()) fail("targets", "must name at least one of q, k, v, qkv, o, up, gate, down, head");
+        for (std::size_t i = 0; i < targets.size(); ++i) {
+            const auto& t = targets[i];
+            if (target_index(t) < 0)
+                fail("targets", "unknown target \"" + t + "\" (one of q, k, v, qkv, o, up, gate, down, head)");
+            for (std::size_t j = 0; j < i; ++j)
+                if (targets[j] == t) fail("targets", "names \"" + t + "\" twice");
+        }
+        if (has("qkv") && (has("q") || has("k") || has("v")))
+            fail("targets", "\"qkv\" adapts the whole fused projection; it cannot be combined with q, k or v");
+    }
+    /// `validate`, and what needs the student's blocks: gate needs the SwiGLU MLP (`swiglu`), head
+    /// an untied LM head (`tied_head` false).
+    void validate(bool swiglu, bool tied_head, const std::string& path = "lora") const {
+        validate(path);
+        if (!enabled()) return;
+        if (has("gate") && !swiglu)
+            throw config_error(path + ".targets", "\"gate\" needs the swiglu MLP; this student's MLP is gelu");
+        if (has("head") && tied_head)
+            throw config_error(path + ".targets",
+                               "\"head\" needs an untied LM head; this student ties it to the token embedding");
+    }
+
+    bool has(std::string_view target) const {
+        for (const auto& t : targets)
+            if (t == target) return true;
+        return false;
+    }
+
+    /// The targets in the order adapters are laid out in every block (head last, outside the blocks).
+    static constexpr std::array<std::string_view, 9> all_targets{"q",  "k",    "v",    "qkv", "o",
+                                                                 "up", "gate", "down", "head"};
+    static int target_index(std::string_view t) {
+        for (std::size_t i = 0; i < all_targets.size(); ++i)
+            if (all_targets[i] == t) return static_cast<int>(i);
+        return -1;
+    }
+};
+
+}  // namespace distill::student
+
+BOOST_HANA_ADAPT_STRUCT(distill::student::LoraConfig, rank, alpha, dropout, targets);
+// ---- end distill/student/lora.hpp ----
 
 namespace distill::student {
 
@@ -14679,6 +14837,9 @@ struct TransformerConfig {
     bool proj_bias = true;              ///< bias on the attention output projection
     bool mlp_bias = true;               ///< biases on the MLP projections
     bool tie_embeddings = true;         ///< LM head = token embedding (else its own `lm_head.weight`)
+    /// Low-rank adapters (student/lora.hpp); off by default. Not a key of the `student` object: the
+    /// job's top-level `lora` sets it, and it is not part of the config saved with weights.
+    LoraConfig lora{};
 
     /// Key/value heads actually used.
     int kv_heads() const noexcept { return n_kv_heads ? n_kv_heads : n_heads; }
@@ -14736,9 +14897,10 @@ struct TransformerConfig {
             if (s.type == "llama3" && !(s.low_freq_factor > 0 && s.high_freq_factor > s.low_freq_factor))
                 fail("rope_scaling.high_freq_factor", "llama3 needs 0 < low_freq_factor < high_freq_factor");
         }
+        lora.validate(swiglu(), tie_embeddings);
     }
 
-    /// Number of trainable parameters.
+    /// Number of parameters of the model's own weights (without LoRA adapters: all trainable).
     std::int64_t parameter_count() const {
         const std::int64_t C = d_model, F = d_ff, Q = qkv_width(), F1 = fc_width(), norm_size = rms() ? C : 2 * C;
         const std::int64_t block = 2 * norm_size + Q * C + (qkv_bias ? Q : 0) + C * C + (proj_bias ? C : 0) + F1 * C +
@@ -14845,8 +15007,12 @@ public:
         cfg_.validate();
         if (max_batch < 1) throw config_error("max_batch", "must be >= 1, got " + std::to_string(max_batch));
         eps_ = static_cast<T>(cfg_.norm_eps);
+        if constexpr (Device::memory != memory_space::host)
+            if (cfg_.lora.enabled() && cfg_.lora.dropout > 0)
+                throw config_error("lora.dropout", "is applied on the host; this device keeps its own memory (use 0)");
         layout_parameters();
         layout_activations();
+        init_lora(0);
     }
 
     const TransformerConfig& config() const noexcept { return cfg_; }
@@ -14869,7 +15035,7 @@ public:
             staged.assign(this->arena_size(), T(0));
             base = staged.data();
         }
-        for (const auto& p : this->parameters()) {
+        for (const auto& p : this->base_parameters()) {
             T* d = base + (p.value.data() - this->parameter_data());
             const std::int64_t n = p.value.numel();
             const bool residual_proj = p.name.ends_with("c_proj.weight");
@@ -14889,6 +15055,64 @@ public:
         }
         if constexpr (Device::memory != memory_space::host)
             dev_.copy(this->parameter_data(), staged.data(), sizeof(T) * staged.size());
+        init_lora(seed);
+    }
+
+    /// PEFT's adapter initialization: every A (r, in) ~ U(-1/sqrt(in), 1/sqrt(in)) (kaiming_uniform
+    /// with a = sqrt(5)), every B zeros, so a fresh adapter leaves the model's output unchanged.
+    /// `init` calls it; a model whose base weights were loaded calls it alone. Without LoRA, nothing.
+    void init_lora(std::uint64_t seed) {
+        Rng rng(detail::mix64(seed, 0x4c6f5241));  // a stream of its own: `init`'s base draws are unchanged
+        for (const auto& p : this->adapter_parameters()) {
+            const std::int64_t n = p.value.numel(), in = p.value.shape()[1];
+            const bool is_a = p.name.ends_with("lora_A");
+            const double bound = 1.0 / std::sqrt(double(in));
+            std::vector<T> host(std::size_t(n), T(0));
+            if (is_a)
+                for (auto& x : host) x = static_cast<T>((2 * rng.uniform() - 1) * bound);
+            dev_.copy(p.value.data(), host.data(), sizeof(T) * host.size());
+        }
+    }
+
+    /// Turns LoRA dropout on for the following training forwards (`forward`, and the recomputation
+    /// of activations::checkpointed), its masks a function of `key` (the caller derives it from the
+    /// run's seed and step, so that a resumed run draws the same masks); `lora_eval` turns it off
+    /// (the default). `prefill` and `decode` never drop.
+    void lora_dropout(std::uint64_t key) noexcept {
+        lora_dropout_on_ = true;
+        lora_key_ = key;
+    }
+    void lora_eval() noexcept { lora_dropout_on_ = false; }
+
+    /// A host image of the base parameter arena (`parameter_data()`'s layout) with every adapter
+    /// merged, W += (alpha / r) · B · A on its rows: the weights PEFT's merge_and_unload gives.
+    std::vector<T> merged_parameters() const {
+        std::vector<T> host(this->arena_size());
+        dev_.copy(host.data(), this->parameter_data(), sizeof(T) * host.size());
+        const double s = cfg_.lora.scaling();
+        auto merge = [&](const LoraAdapter& ad, std::size_t w) {
+            const int r = cfg_.lora.rank;
+            std::vector<T> a(std::size_t(r) * ad.in), b(std::size_t(ad.out) * r);
+            dev_.copy(a.data(), val(ad.a), sizeof(T) * a.size());
+            dev_.copy(b.data(), val(ad.b), sizeof(T) * b.size());
+            T* W = host.data() + (val(w) - this->parameter_data()) + std::size_t(ad.offset) * ad.in;
+            for (int i = 0; i < ad.out; ++i)
+                for (int j = 0; j < ad.in; ++j) {
+                    double d = 0;
+                    for (int k = 0; k < r; ++k) d += double(b[std::size_t(i) * r + k]) * a[std::size_t(k) * ad.in + j];
+                    W[std::size_t(i) * ad.in + j] += static_cast<T>(s * d);
+                }
+        };
+        for (std::size_t l = 0; l < lora_.size(); ++l)
+            for (const auto& ad : lora_[l]) {
+                const auto& w = layer_params_[l];
+                merge(ad, ad.linear == 0   ? w.attn_w
+                          : ad.linear == 1 ? w.proj_w
+                          : ad.linear == 2 ? w.fc_w
+                                           : w.mlp_proj_w);
+            }
+        if (head_lora_.a != none) merge(head_lora_, head_);
+        return host;
     }
 
     /// Runs the model on tokens(B,T) (row-major, B <= max_batch, T <= context_length, every id in
@@ -14911,10 +15135,11 @@ private:
     // act(layer_acts_[l].qkv) (prefill stores the keys and values there, before an inference model
     // reuses the buffer).
     template <class AfterQkv>
-    void forward_layers(const std::int32_t* tokens, int B, int Tn, AfterQkv&& after_qkv) {
+    void forward_layers(const std::int32_t* tokens, int B, int Tn, AfterQkv&& after_qkv, bool is_forward = true) {
         check_batch(tokens, B, Tn);
         B_ = B;
         T_ = Tn;
+        lora_drop_now_ = lora_dropout_on_ && is_forward && trains() && cfg_.lora.dropout > 0;
         const int C = cfg_.d_model, V = cfg_.vocab_size;
         const int N = B * Tn;
         dev_.copy(tokens_, tokens, sizeof(std::int32_t) * N);
@@ -14935,6 +15160,7 @@ private:
         norm_forward(act(lnf_), act(lnf_mean_), act(lnf_rstd_), x, lnf_w_, lnf_b_, N);
         // logits (N,V) = lnf (N,C) · head^T — the LM head (the token embedding when tied)
         linear(act(logits_), act(lnf_), head_, none, N, C, V);
+        if (head_lora_.a != none) lora_forward(head_lora_, -1, act(logits_), act(lnf_), N);
     }
 
     // out(N,OC) = [out +] in(N,C) · W(OC,C)ᵀ + b: nn::linear_forward, or the quantized product when
@@ -14963,20 +15189,103 @@ private:
         const auto& a = layer_acts_[l];
         norm_forward(act(a.ln1), act(a.ln1_mean), act(a.ln1_rstd), x, w.ln1_w, w.ln1_b, N);
         linear(act(a.qkv), act(a.ln1), w.attn_w, w.attn_b, N, C, Q);
+        lora_linear_forward(l, 0, act(a.qkv), act(a.ln1), N);
         if (cfg_.rope())
             rope_rotate(dev_, act(a.qkv), rope_cos(), rope_sin(), positions_.data(), N, Q,
                         cfg_.n_heads + cfg_.kv_heads(), cfg_.head_size(), false);
         attend();
         dev_.copy(act(a.res_attn), x, sizeof(T) * N * C);
         linear(act(a.res_attn), act(a.atty), w.proj_w, w.proj_b, N, C, C, true);
+        lora_linear_forward(l, 1, act(a.res_attn), act(a.atty), N);
         norm_forward(act(a.ln2), act(a.ln2_mean), act(a.ln2_rstd), act(a.res_attn), w.ln2_w, w.ln2_b, N);
         linear(act(a.fc), act(a.ln2), w.fc_w, w.fc_b, N, C, cfg_.fc_width());
+        lora_linear_forward(l, 2, act(a.fc), act(a.ln2), N);
         if (cfg_.swiglu())
             swiglu_forward(dev_, act(a.fc_act), act(a.fc), N, F);
         else
             gelu_forward(dev_, act(a.fc_act), act(a.fc), std::int64_t(N) * F);
         dev_.copy(act(a.res_out), act(a.res_attn), sizeof(T) * N * C);
         linear(act(a.res_out), act(a.fc_act), w.mlp_proj_w, w.mlp_proj_b, N, F, C, true);
+        lora_linear_forward(l, 3, act(a.res_out), act(a.fc_act), N);
+    }
+
+    // ---- LoRA ------------------------------------------------------------------------------------
+    // One adapter: B (out, r) · A (r, in) added, scaled, to rows [offset, offset + out) of the
+    // outputs of base linear `linear` (0 q|k|v, 1 attention output, 2 MLP fc, 3 MLP proj; -1 the head).
+    struct LoraAdapter {
+        int linear = -1, index = 0;  // index: position among its layer's adapters (activation slots)
+        std::size_t a = none, b = none;
+        int in = 0, out = 0, offset = 0, width = 0;  // width: the base linear's output width
+    };
+
+    // out(N, width) += s · B(A(drop(in))) for each of layer l's adapters on `linear`.
+    void lora_linear_forward(int l, int linear, T* out, const T* in, int N) {
+        if (lora_.empty()) return;
+        for (const auto& ad : lora_[std::size_t(l)])
+            if (ad.linear == linear) lora_forward(ad, l, out, in, N);
+    }
+    void lora_forward(const LoraAdapter& ad, int l, T* out, const T* in, int N) {
+        const int r = cfg_.lora.rank;
+        const T s = static_cast<T>(cfg_.lora.scaling());
+        const auto [h, xd] = lora_slots(ad, l);
+        const T* x = in;
+        if (lora_drop_now_) {
+            if constexpr (Device::memory == memory_space::host) {
+                T* d = act(xd);
+                const std::int64_t n = std::int64_t(N) * ad.in;
+                const std::uint64_t stream = lora_stream(ad, l);
+                const T keep_scale = static_cast<T>(1.0 / (1.0 - cfg_.lora.dropout));
+                for (std::int64_t i = 0; i < n; ++i) d[i] = lora_keep(stream, i) ? in[i] * keep_scale : T(0);
+                x = d;
+            }
+        }
+        // h (N,r) = x (N,in) · Aᵀ;  out[:, offset:offset+out] += s · h · Bᵀ
+        gemm(dev_, false, true, N, r, ad.in, T(1), x, ad.in, val(ad.a), ad.in, T(0), act(h), r);
+        gemm(dev_, false, true, N, ad.out, r, s, act(h), r, val(ad.b), r, T(1), out + ad.offset, ad.width);
+    }
+    // Gradients of each of layer l's adapters on `linear` from the base linear's output gradient
+    // dout (N, width); din (N, in), the base linear's input gradient, gains the adapters' share.
+    void lora_linear_backward(int l, int linear, const T* dout, const T* in, T* din, int N) {
+        if (lora_.empty()) return;
+        for (const auto& ad : lora_[std::size_t(l)])
+            if (ad.linear == linear) lora_backward(ad, l, dout, in, din, N);
+    }
+    void lora_backward(const LoraAdapter& ad, int l, const T* dout, const T* in, T* din, int N) {
+        const int r = cfg_.lora.rank;
+        const T s = static_cast<T>(cfg_.lora.scaling());
+        const auto [h, xd] = lora_slots(ad, l);
+        const T* dy = dout + ad.offset;  // (N, out), rows `width` apart
+        const T* x = lora_drop_now_ ? act(xd) : in;
+        T* g = act(lora_g_);
+        gemm(dev_, false, false, N, r, ad.out, T(1), dy, ad.width, val(ad.b), r, T(0), g, r);    // g = dy · B
+        gemm(dev_, true, false, ad.out, r, N, s, dy, ad.width, act(h), r, T(1), grad(ad.b), r);  // dB += s dyᵀ h
+        gemm(dev_, true, false, r, ad.in, N, s, g, r, x, ad.in, T(1), grad(ad.a), ad.in);        // dA += s gᵀ x
+        if (!lora_drop_now_) {
+            gemm(dev_, false, false, N, ad.in, r, s, g, r, val(ad.a), ad.in, T(1), din, ad.in);  // din += s g A
+            return;
+        }
+        if constexpr (Device::memory == memory_space::host) {
+            T* t = act(lora_tmp_);
+            gemm(dev_, false, false, N, ad.in, r, s, g, r, val(ad.a), ad.in, T(0), t, ad.in);
+            const std::int64_t n = std::int64_t(N) * ad.in;
+            const std::uint64_t stream = lora_stream(ad, l);
+            const T keep_scale = static_cast<T>(1.0 / (1.0 - cfg_.lora.dropout));
+            for (std::int64_t i = 0; i < n; ++i)
+                if (lora_keep(stream, i)) din[i] += t[i] * keep_scale;
+        }
+    }
+    // The activation slots (h, dropped input) of an adapter: a layer's, or the head's (l = -1).
+    std::pair<std::size_t, std::size_t> lora_slots(const LoraAdapter& ad, int l) const {
+        if (l < 0) return {head_lora_h_, head_lora_x_};
+        const auto& a = layer_acts_[std::size_t(l)];
+        return {a.lora_h[std::size_t(ad.index)], a.lora_x[std::size_t(ad.index)]};
+    }
+    std::uint64_t lora_stream(const LoraAdapter& ad, int l) const noexcept {
+        return detail::mix64(lora_key_, std::uint64_t(l + 1) * 64 + std::uint64_t(ad.index));
+    }
+    // Whether element i of a dropout mask is kept: uniform(stream, i) >= p.
+    bool lora_keep(std::uint64_t stream, std::int64_t i) const noexcept {
+        return double(detail::mix64(stream, std::uint64_t(i)) >> 11) * 0x1.0p-53 >= cfg_.lora.dropout;
     }
 
     void norm_forward(T* out, T* mean, T* rstd, const T* in, std::size_t w, std::size_t b, int N) {
@@ -14987,10 +15296,13 @@ private:
     }
     void norm_backward(T* din, const T* dout, const T* in, std::size_t w, std::size_t b, const T* mean, const T* rstd,
                        int N) {
+        // frozen norms (LoRA): the kernels' dW/db go to one scratch row pair, no gradient memory
+        T* dw = this->frozen_base() ? act(norm_sink_) : grad(w);
+        T* db = this->frozen_base() ? act(norm_sink_) + cfg_.d_model : grad(b);
         if (cfg_.rms())
-            rmsnorm_backward(dev_, din, grad(w), dout, in, val(w), rstd, N, cfg_.d_model);
+            rmsnorm_backward(dev_, din, dw, dout, in, val(w), rstd, N, cfg_.d_model);
         else
-            layernorm_backward(dev_, din, grad(w), grad(b), dout, in, val(w), mean, rstd, N, cfg_.d_model);
+            layernorm_backward(dev_, din, dw, db, dout, in, val(w), mean, rstd, N, cfg_.d_model);
     }
 
     // The cos/sin tables for positions [0, seq_len): recomputed only when the frequencies change
@@ -15128,11 +15440,14 @@ public:
             for (int t = 0; t < lengths[b]; ++t) rows.insert(rows.end(), {b * Tn + t, b, t});
         // each layer's keys and values go to the cache as soon as they exist (an inference model
         // reuses the buffer for the next layer)
-        forward_layers(tokens, B, Tn, [&](int l) {
-            kv_cache_store(dev_, cache.keys(l), cache.values(l), static_cast<const T*>(act(layer_acts_[l].qkv)),
-                           rows.data(), static_cast<int>(rows.size() / 3), cfg_.n_heads, cfg_.kv_heads(),
-                           cfg_.head_size(), cfg_.context_length);
-        });
+        forward_layers(
+            tokens, B, Tn,
+            [&](int l) {
+                kv_cache_store(dev_, cache.keys(l), cache.values(l), static_cast<const T*>(act(layer_acts_[l].qkv)),
+                               rows.data(), static_cast<int>(rows.size() / 3), cfg_.n_heads, cfg_.kv_heads(),
+                               cfg_.head_size(), cfg_.context_length);
+            },
+            false);
         for (int b = 0; b < B; ++b) {
             dev_.copy(act(next_logits_) + std::int64_t(b) * V,
                       act(logits_) + (std::int64_t(b) * Tn + lengths[b] - 1) * V, sizeof(T) * V);
@@ -15172,6 +15487,7 @@ public:
             longest = std::max(longest, cache.length(b));
         }
         if (cfg_.rope()) update_rope(longest);
+        lora_drop_now_ = false;
         std::vector<std::int32_t> rows;  // per sequence: (row of qkv, sequence, position)
         for (int b = 0; b < B; ++b) rows.insert(rows.end(), {b, b, cache.length(b) - 1});
         for (int l = 0; l < cfg_.n_layers; ++l) {
@@ -15186,6 +15502,7 @@ public:
         }
         norm_forward(act(lnf_), act(lnf_mean_), act(lnf_rstd_), x, lnf_w_, lnf_b_, B);
         linear(act(next_logits_), act(lnf_), head_, none, B, C, V);
+        if (head_lora_.a != none) lora_forward(head_lora_, -1, act(next_logits_), act(lnf_), B);
         decode_batch_ = B;
         B_ = T_ = 0;  // the training-forward views are no longer valid
     }
@@ -15251,9 +15568,12 @@ public:
         };
         T* d_res = act(d_res_);
         T* d_ln = act(d_ln_);
+        if (this->frozen_base()) dev_.fill_zero(act(norm_sink_), sizeof(T) * 2 * C);
         // LM head: d_lnf (N,C) = dlogits (N,V) · head (V,C);  dhead (V,C) += dlogits^T · lnf
         gemm(dev_, false, false, N, C, V, T(1), act(dlogits_), V, head(), C, T(0), d_ln, C);
-        gemm(dev_, true, false, V, C, N, T(1), act(dlogits_), V, act(lnf_), C, T(1), grad(head_), C);
+        if (T* dhead = grad(head_))
+            gemm(dev_, true, false, V, C, N, T(1), act(dlogits_), V, act(lnf_), C, T(1), dhead, C);
+        if (head_lora_.a != none) lora_backward(head_lora_, -1, act(dlogits_), act(lnf_), d_ln, N);
         if (const T* e = extra(d_hidden, L, std::int64_t(N) * C)) accumulate(dev_, d_ln, e, std::int64_t(N) * C);
         dev_.fill_zero(d_res, sizeof(T) * N * C);
         const T* x_last = L ? act(layer_acts_[L - 1].res_out) : act(encoded_);
@@ -15275,15 +15595,18 @@ public:
             // MLP branch: res_out = res_attn + proj(act(fc(norm2(res_attn))))
             nn::linear_backward(dev_, act(d_act_), grad(w.mlp_proj_w), grad(w.mlp_proj_b), d_res, act(a.fc_act),
                                 val(w.mlp_proj_w), N, F, C);
+            lora_linear_backward(l, 3, d_res, act(a.fc_act), act(d_act_), N);
             if (cfg_.swiglu())
                 swiglu_backward(dev_, act(d_fc_), act(a.fc), act(d_act_), N, F);
             else
                 gelu_backward(dev_, act(d_fc_), act(a.fc), act(d_act_), std::int64_t(N) * F);
             nn::linear_backward(dev_, d_ln, grad(w.fc_w), grad(w.fc_b), act(d_fc_), act(a.ln2), val(w.fc_w), N, C, F1);
+            lora_linear_backward(l, 2, act(d_fc_), act(a.ln2), d_ln, N);
             norm_backward(d_res, d_ln, act(a.res_attn), w.ln2_w, w.ln2_b, act(a.ln2_mean), act(a.ln2_rstd), N);
             // attention branch: res_attn = x_in + proj(attention(rope(qkv(norm1(x_in)))))
             nn::linear_backward(dev_, act(d_atty_), grad(w.proj_w), grad(w.proj_b), d_res, act(a.atty), val(w.proj_w),
                                 N, C, C);
+            lora_linear_backward(l, 1, d_res, act(a.atty), act(d_atty_), N);
             nn::attention_backward(dev_, act(d_qkv_), act(d_att_), act(d_atty_), act(a.qkv), act(a.att),
                                    extra(d_attention, l, std::int64_t(B) * H * Tn * Tn), B, Tn, H, cfg_.kv_heads(),
                                    cfg_.head_size());
@@ -15294,10 +15617,11 @@ public:
                             cfg_.head_size(), true);
             nn::linear_backward(dev_, d_ln, grad(w.attn_w), grad(w.attn_b), act(d_qkv_), act(a.ln1), val(w.attn_w), N,
                                 C, Q);
+            lora_linear_backward(l, 0, act(d_qkv_), act(a.ln1), d_ln, N);
             norm_backward(d_res, d_ln, x_in, w.ln1_w, w.ln1_b, act(a.ln1_mean), act(a.ln1_rstd), N);
         }
         if (const T* e = extra(d_hidden, 0, std::int64_t(N) * C)) accumulate(dev_, d_res, e, std::int64_t(N) * C);
-        embedding_backward(dev_, grad(wte_), grad(wpe_), d_res, tokens_, B, Tn, C);
+        if (T* dwte = grad(wte_)) embedding_backward(dev_, dwte, grad(wpe_), d_res, tokens_, B, Tn, C);
     }
 
     /// Bytes held by the parameter, gradient and activation arenas.
@@ -15317,6 +15641,7 @@ private:
     };
     struct LayerActs {
         std::size_t ln1, ln1_mean, ln1_rstd, qkv, att, atty, res_attn, ln2, ln2_mean, ln2_rstd, fc, fc_act, res_out;
+        std::array<std::size_t, 8> lora_h{}, lora_x{};  // per adapter of the layer: A x (N,r); dropped x (N,in)
     };
 
     void layout_parameters() {
@@ -15351,7 +15676,40 @@ private:
         lnf_w_ = add("ln_f.weight", {C}, parameter_kind::norm);
         lnf_b_ = add_if(ln, "ln_f.bias", C, parameter_kind::norm);
         head_ = cfg_.tie_embeddings ? wte_ : add("lm_head.weight", {V, C}, parameter_kind::weight);
+        layout_adapters();
         this->allocate_parameters(dev_, trains());
+    }
+
+    // LoRA: each block's adapters in LoraConfig::all_targets order, then the head's.
+    void layout_adapters() {
+        const auto& lc = cfg_.lora;
+        if (!lc.enabled()) return;
+        const int C = cfg_.d_model, F = cfg_.d_ff, hs = cfg_.head_size(), H = cfg_.n_heads, Hkv = cfg_.kv_heads(),
+                  Q = cfg_.qkv_width(), F1 = cfg_.fc_width(), r = lc.rank;
+        auto make = [&](const std::string& name, int linear, int index, int in, int out, int offset, int width) {
+            LoraAdapter ad{linear, index, none, none, in, out, offset, width};
+            ad.a = this->add_adapter(name + ".lora_A", {r, in});
+            ad.b = this->add_adapter(name + ".lora_B", {out, r});
+            return ad;
+        };
+        lora_.resize(std::size_t(cfg_.n_layers));
+        for (int l = 0; l < cfg_.n_layers; ++l) {
+            const std::string p = "h." + std::to_string(l) + ".";
+            auto& list = lora_[std::size_t(l)];
+            auto add = [&](const char* t, int linear, int in, int out, int offset, int width) {
+                if (lc.has(t))
+                    list.push_back(make(p + t, linear, static_cast<int>(list.size()), in, out, offset, width));
+            };
+            add("q", 0, C, H * hs, 0, Q);
+            add("k", 0, C, Hkv * hs, H * hs, Q);
+            add("v", 0, C, Hkv * hs, (H + Hkv) * hs, Q);
+            add("qkv", 0, C, Q, 0, Q);
+            add("o", 1, C, C, 0, C);
+            add("up", 2, C, F, cfg_.swiglu() ? F : 0, F1);  // swiglu: fc rows are gate | up
+            add("gate", 2, C, F, 0, F1);
+            add("down", 3, F, C, 0, C);
+        }
+        if (lc.has("head")) head_lora_ = make("lm_head", -1, 0, C, cfg_.vocab_size, 0, cfg_.vocab_size);
     }
 
     void layout_activations() {
@@ -15382,6 +15740,11 @@ private:
             a.fc = add("fc", N * F1);
             a.fc_act = add("fc_act", N * F);
             a.res_out = add("res_out", N * C);
+            if (!lora_.empty())
+                for (const auto& ad : lora_[std::size_t(l)]) {
+                    a.lora_h[std::size_t(ad.index)] = add("lora_h", N * cfg_.lora.rank);
+                    if (training && cfg_.lora.dropout > 0) a.lora_x[std::size_t(ad.index)] = add("lora_x", N * ad.in);
+                }
             layer_acts_.push_back(a);
         }
         lnf_ = add("lnf", N * C);
@@ -15401,6 +15764,15 @@ private:
             d_atty_ = add("d_atty", N * C);
             d_fc_ = add("d_fc", N * F1);
             d_act_ = F1 == F ? d_fc_ : add("d_act", N * F);  // GELU's backward runs in place
+        }
+        if (cfg_.lora.enabled()) {
+            head_lora_h_ = add("lora_h", N * cfg_.lora.rank);
+            if (training && cfg_.lora.dropout > 0) head_lora_x_ = add("lora_x", N * C);
+            if (training) {
+                lora_g_ = add("lora_g", N * cfg_.lora.rank);
+                if (cfg_.lora.dropout > 0) lora_tmp_ = add("lora_tmp", N * std::max(C, F));
+                norm_sink_ = add("norm_sink", 2 * C);
+            }
         }
         act_arena_ = detail::Arena<T, Device>(dev_, act_layout_.size());
         tokens_ = static_cast<std::int32_t*>(dev_.allocate(tokens_bytes()));
@@ -15473,6 +15845,12 @@ private:
     int rope_key_ = -1, rope_rows_ = 0;    // what the rotary tables hold (see update_rope)
     std::vector<std::int32_t> positions_;  // position of each row of the last forward or decode (rope)
     std::size_t d_res_ = 0, d_ln_ = 0, d_qkv_ = 0, d_att_ = 0, d_atty_ = 0, d_fc_ = 0, d_act_ = 0;
+    // LoRA (cfg_.lora): each block's adapters, the head's, their shared slots, dropout state
+    std::vector<std::vector<LoraAdapter>> lora_;
+    LoraAdapter head_lora_{};
+    std::size_t head_lora_h_ = 0, head_lora_x_ = 0, lora_g_ = 0, lora_tmp_ = 0, norm_sink_ = 0;
+    bool lora_dropout_on_ = false, lora_drop_now_ = false;
+    std::uint64_t lora_key_ = 0;
     std::int32_t* tokens_ = nullptr;
     std::unique_ptr<std::int32_t, TokenFree> tokens_owner_{nullptr, TokenFree{}};
     struct QuantizedMatrix {
@@ -15897,9 +16275,12 @@ inline tensor_map bert_tensor(const std::string& name, const std::string& prefix
 
 namespace detail {
 
-// A host image of `model`'s parameter arena (a copy where the device has its own memory).
+// A host image of `model`'s parameter arena (a copy where the device has its own memory); with
+// LoRA adapters, merged into the base weights.
 template <class Model>
 std::vector<typename Model::scalar_type> host_parameters(const Model& model) {
+    if constexpr (requires { model.merged_parameters(); })
+        if (model.frozen_base()) return model.merged_parameters();
     using T = typename Model::scalar_type;
     std::vector<T> host(model.arena_size());
     model.device().copy(host.data(), model.parameter_data(), sizeof(T) * host.size());
@@ -15980,7 +16361,7 @@ void load(const Directory& ckpt, Model& model) {
     std::set<std::string> used;
     std::vector<std::string> missing;
     std::size_t embedding = 0;  // offset of the token embedding, which a tied head must equal
-    for (const auto& p : model.parameters()) {
+    for (const auto& p : model.base_parameters()) {
         const tensor_map m = map_name(p.name);
         std::vector<std::int64_t> shape(p.value.shape().begin(), p.value.shape().begin() + p.value.rank());
         if (m.transposed) std::reverse(shape.begin(), shape.end());
@@ -16188,7 +16569,7 @@ void save(const std::filesystem::path& dir, const Model& model, dtype out = dtyp
         const std::vector<T> host = detail::host_parameters(model);
         std::vector<std::vector<T>> transposed;  // owners of the (in, out) copies
         std::vector<named_tensor<const T>> tensors;
-        for (const auto& p : model.parameters()) {
+        for (const auto& p : model.base_parameters()) {
             const tensor_map m = model_type == "gpt2" ? gpt2_tensor(p.name, "transformer.")
                                                       : llama_tensor(c, model_type, p.name, "model.");
             const T* data = host.data() + (p.value.data() - model.parameter_data());
@@ -16793,7 +17174,7 @@ void save(const std::filesystem::path& file, const Model& model, const ExportOpt
         const auto f = detail::llama3_rope_factors(c);
         add("rope_freqs.weight", {std::int64_t(f.size())}, f.data());
     }
-    for (const auto& p : model.parameters()) {
+    for (const auto& p : model.base_parameters()) {
         const float* data = host.data() + (p.value.data() - model.parameter_data());
         std::vector<std::int64_t> shape(p.value.shape().begin(), p.value.shape().begin() + p.value.rank());
         const std::string& n = p.name;
@@ -16861,6 +17242,129 @@ void save(const std::filesystem::path& file, const Model& model, const ExportOpt
 
 }  // namespace distill::io::gguf
 // ---- end distill/io/gguf_export.hpp ----
+// ---- begin distill/io/peft.hpp ----
+/// @file peft.hpp
+/// A `student::Transformer`'s LoRA adapters in Hugging Face PEFT's format: `adapter_model.safetensors`
+/// (`base_model.model.<module>.lora_A.weight` (r, in) and `.lora_B.weight` (out, r) per adapted
+/// module) and `adapter_config.json` (peft_type LORA), loadable with `PeftModel.from_pretrained` on
+/// the base model in transformers' layout (`io::hf::save` of the same student writes the merged weights).
+///
+/// distill's targets map onto transformers' modules per family:
+///
+/// | target | gpt2 | llama, qwen2 | phi3 |
+/// |---|---|---|---|
+/// | qkv | attn.c_attn (Conv1D, fan_in_fan_out) | — | self_attn.qkv_proj |
+/// | q, k, v | — (c_attn is fused: PEFT adapts it whole, use qkv) | self_attn.{q,k,v}_proj | — |
+/// | o | attn.c_proj | self_attn.o_proj | self_attn.o_proj |
+/// | up | mlp.c_fc | mlp.up_proj | — (gate_up_proj is fused) |
+/// | gate | — | mlp.gate_proj | — |
+/// | down | mlp.c_proj | mlp.down_proj | mlp.down_proj |
+/// | head | — (tied) | lm_head | lm_head |
+///
+/// A target marked — has no PEFT module of its own: `save_adapter` refuses it with `config_error`
+/// naming `lora.targets` (the merged export still holds it).
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+
+namespace distill::io::peft {
+
+/// The transformers module (below the model, e.g. `transformer.h.0.attn.c_attn`,
+/// `model.layers.0.self_attn.q_proj`, `lm_head`) that PEFT adapts for distill's `target` in block
+/// `layer` of a `family` model; throws `config_error` naming `lora.targets` where there is none.
+inline std::string module_name(const std::string& family, const std::string& target, int layer) {
+    const std::string l = std::to_string(layer);
+    auto none = [&](const std::string& why) -> std::string {
+        throw config_error("lora.targets", "\"" + target + "\" has no PEFT module in a " + family + " model: " + why);
+    };
+    if (target == "head") {
+        if (family == "gpt2") none("GPT-2's head is tied to the token embedding");
+        return "lm_head";
+    }
+    if (family == "gpt2") {
+        const std::string p = "transformer.h." + l + ".";
+        if (target == "qkv") return p + "attn.c_attn";
+        if (target == "o") return p + "attn.c_proj";
+        if (target == "up") return p + "mlp.c_fc";
+        if (target == "down") return p + "mlp.c_proj";
+        return none("q, k and v share the fused c_attn, which PEFT adapts whole (target \"qkv\")");
+    }
+    const std::string p = "model.layers." + l + ".";
+    if (target == "o") return p + "self_attn.o_proj";
+    if (target == "down") return p + "mlp.down_proj";
+    if (family == "phi3") {
+        if (target == "qkv") return p + "self_attn.qkv_proj";
+        return none("Phi-3 fuses q|k|v (target \"qkv\") and gate|up (gate_up_proj, no target)");
+    }
+    if (target == "q" || target == "k" || target == "v") return p + "self_attn." + target + "_proj";
+    if (target == "up" || target == "gate") return p + "mlp." + target + "_proj";
+    return none("its q, k and v projections are separate (targets q, k, v)");
+}
+
+/// PEFT's saved name of one of distill's adapter parameters (`h.<l>.<target>.lora_A`, `lm_head.lora_B`).
+inline std::string tensor_name(const std::string& family, const std::string& name) {
+    const auto dot = name.rfind('.');
+    const std::string module = name.substr(0, dot), which = name.substr(dot + 1);
+    std::string hf;
+    if (module == "lm_head") {
+        hf = module_name(family, "head", 0);
+    } else {  // h.<l>.<target>
+        const auto first = module.find('.'), second = module.find('.', first + 1);
+        hf = module_name(family, module.substr(second + 1), std::stoi(module.substr(first + 1, second - first - 1)));
+    }
+    return "base_model.model." + hf + "." + which + ".weight";
+}
+
+/// Writes `model`'s adapters to `dir` (created if needed) as PEFT does: adapter_model.safetensors
+/// (F32 or BF16) and adapter_config.json, each replaced atomically. `family` is the transformers
+/// layout of the base (io::hf::family_of its config when empty; "phi3" for Phi-3's fused layout);
+/// `base_model` goes to base_model_name_or_path. Throws `config_error` when the model has no
+/// adapters or a target has no PEFT module in that family.
+template <class Model>
+void save_adapter(const std::filesystem::path& dir, const Model& model, std::string family = "",
+                  const std::string& base_model = "", dtype out = dtype::F32) {
+    using T = typename Model::scalar_type;
+    const auto& c = model.config();
+    if (!c.lora.enabled()) throw config_error("lora.rank", "this student has no adapters to export (rank 0)");
+    if (family.empty()) family = hf::family_of(c);
+    std::vector<std::string> modules;  // target_modules: the leaf names below each block, unique
+    for (const auto& t : c.lora.targets) {
+        const std::string m = module_name(family, t, 0);
+        modules.push_back(t == "head" ? m : m.substr(m.find('.', m.find("0.")) + 1));
+    }
+    std::vector<std::vector<T>> host;
+    std::vector<named_tensor<const T>> tensors;
+    for (const auto& p : model.adapter_parameters()) {
+        auto& h = host.emplace_back(std::size_t(p.value.numel()));
+        model.device().copy(h.data(), p.value.data(), sizeof(T) * h.size());
+        tensors.push_back({tensor_name(family, p.name), h.data(), {p.value.shape()[0], p.value.shape()[1]}});
+    }
+    std::filesystem::create_directories(dir);
+    save_tensors<T>(dir / "adapter_model.safetensors", tensors, out, {{"format", "pt"}});
+    const nlohmann::json config = {
+        {"peft_type", "LORA"},
+        {"task_type", "CAUSAL_LM"},
+        {"r", c.lora.rank},
+        {"lora_alpha", c.lora.alpha},
+        {"lora_dropout", c.lora.dropout},
+        {"target_modules", modules},
+        {"fan_in_fan_out", family == "gpt2"},
+        {"bias", "none"},
+        {"use_rslora", false},
+        {"use_dora", false},
+        {"init_lora_weights", true},
+        {"inference_mode", true},
+        {"modules_to_save", nullptr},
+        {"base_model_name_or_path", base_model.empty() ? nlohmann::json(nullptr) : nlohmann::json(base_model)}};
+    write_file_atomic(dir / "adapter_config.json", config.dump(2) + "\n");
+}
+
+}  // namespace distill::io::peft
+// ---- end distill/io/peft.hpp ----
 // ---- begin distill/io/topk_cache.hpp ----
 /// @file topk_cache.hpp
 /// The top-k cache: a teacher's per-token top-k log-probabilities for every generated answer, in an
@@ -17887,6 +18391,81 @@ std::vector<teacher::Response> generate_all(Teacher& teacher, std::span<const te
 
 }  // namespace distill
 // ---- end distill/teacher.hpp ----
+// ---- begin distill/teacher/any.hpp ----
+/// @file teacher/any.hpp
+/// `teacher::Any`: any teacher seen through its answers — what lets one job combine teachers of
+/// different kinds (a model running here, an API endpoint, a cache) as a
+/// `teacher::Ensemble<teacher::Any>`. The teacher's type is erased behind one virtual call per
+/// `generate` (a batch of requests, where an answer costs milliseconds to seconds), so text-level
+/// distillation draws answers from each. What cannot cross the erasure is dropped: an `Any` provides
+/// `signal::tokens` only — no logits, hidden states or top-k log-probabilities, whose losses compare
+/// distributions column by column and need each teacher's type (several in-process teachers mix their
+/// logits in a `teacher::Ensemble` of their own type instead).
+
+#include <memory>
+#include <span>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+#include <boost/hana/set.hpp>
+
+
+namespace distill::teacher {
+
+/// A teacher of any `teacher_source` type, by its answers alone (see the file comment).
+class Any {
+public:
+    static constexpr auto provides = boost::hana::make_set(signal::tokens);
+
+    /// Owns `teacher`.
+    template <teacher_source T>
+    explicit Any(std::unique_ptr<T> teacher) : self_(std::make_unique<Holder<T>>(std::move(teacher))) {
+        if (!static_cast<Holder<T>&>(*self_).teacher) throw error("teacher::Any: no teacher given");
+    }
+
+    /// The wrapped teacher's fingerprint: its answers are the same whether it is wrapped or not.
+    std::string fingerprint() const { return self_->fingerprint(); }
+    std::string name() const { return self_->name(); }
+    void generate(std::span<const Request> requests, const Sampling& sampling, const response_sink& sink) {
+        self_->generate(requests, sampling, sink);
+    }
+    /// The tokenizer the wrapped teacher's answer ids belong to ("" when unknown: text only), which
+    /// decides whether the student reuses them or re-encodes the text.
+    std::string tokenizer_id() const { return self_->tokenizer_id(); }
+    int vocab_size() const { return self_->vocab_size(); }
+    int batch_size() const { return self_->batch_size(); }
+
+private:
+    struct Concept {
+        virtual ~Concept() = default;
+        virtual std::string fingerprint() const = 0;
+        virtual std::string name() const = 0;
+        virtual void generate(std::span<const Request>, const Sampling&, const response_sink&) = 0;
+        virtual std::string tokenizer_id() const = 0;
+        virtual int vocab_size() const = 0;
+        virtual int batch_size() const = 0;
+    };
+    template <class T>
+    struct Holder final : Concept {
+        explicit Holder(std::unique_ptr<T> t) : teacher(std::move(t)) {}
+        std::string fingerprint() const override { return teacher->fingerprint(); }
+        std::string name() const override { return teacher->name(); }
+        void generate(std::span<const Request> requests, const Sampling& sampling, const response_sink& sink) override {
+            teacher->generate(requests, sampling, sink);
+        }
+        std::string tokenizer_id() const override { return teacher_tokenizer_id(*teacher); }
+        int vocab_size() const override { return teacher_vocab_size(*teacher); }
+        int batch_size() const override { return teacher_batch_size(*teacher); }
+        std::unique_ptr<T> teacher;
+    };
+    std::unique_ptr<Concept> self_;
+};
+
+static_assert(teacher_source<Any>);
+
+}  // namespace distill::teacher
+// ---- end distill/teacher/any.hpp ----
 // ---- begin distill/teacher/cache.hpp ----
 /// @file cache.hpp
 /// `teacher::Cache`: teacher outputs computed earlier, read back. Two sources:
@@ -24900,6 +25479,10 @@ public:
                     train_.make_batch(rows, batch);
                     batch.step = step_;
                     batch.micro = micro;
+                    // LoRA dropout: masks from (seed, step, micro-batch), so that a resumed run draws the same
+                    if constexpr (requires { model_.lora_dropout(std::uint64_t(0)); })
+                        model_.lora_dropout(
+                            detail::mix64(cfg_.seed, std::uint64_t(step_) * 4096 + std::uint64_t(micro)));
                     const LossValues lv = loss_(model_, batch, pass::train);
                     check_loss(lv, "");
                     loss_sum += lv.total;
@@ -24991,12 +25574,14 @@ public:
             }
         }
         progress.finish();
+        if constexpr (requires { model_.lora_eval(); }) model_.lora_eval();
         fill(result);
         return result;
     }
 
     /// Token-weighted mean loss (and terms) over the validation set, in dataset order, no gradients.
     LossValues evaluate() {
+        if constexpr (requires { model_.lora_eval(); }) model_.lora_eval();  // no dropout outside training forwards
         LossValues out;
         if (!val_ || val_->empty()) return out;
         const std::int64_t bs = cfg_.eval_batch_size ? cfg_.eval_batch_size : cfg_.batch_size;
@@ -25361,6 +25946,7 @@ BOOST_HANA_ADAPT_STRUCT(distill::train::FinetuneConfig, num_epochs, max_steps, b
 
 #include <algorithm>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -25370,21 +25956,38 @@ BOOST_HANA_ADAPT_STRUCT(distill::train::FinetuneConfig, num_epochs, max_steps, b
 
 namespace distill::train {
 
-/// Keys of the job's `on_policy` object (TRL's `GKDConfig.lmbda` and `seq_kd`).
+/// Keys of the job's `on_policy` object (TRL's `GKDConfig.lmbda`, `seq_kd`, `temperature` and
+/// `max_new_tokens`).
 struct OnPolicyConfig {
     /// Fraction of training micro-batches whose responses the student samples (TRL's `lmbda`); 0: none.
     double lambda = 0.0;
     /// The other training micro-batches' responses are sampled by the teacher instead of read from
     /// the data (TRL's `seq_kd`).
     bool seq_kd = false;
+    /// How samples are drawn where it differs from the job's `generation` (which sets how the teacher
+    /// answers in the generate stage): unset keys take `generation`'s. TRL samples at 0.9, top_k 0.
+    std::optional<double> temperature{};
+    std::optional<double> top_p{};
+    std::optional<int> top_k{};
+    std::optional<int> max_new_tokens{};
 
     /// Whether any batch is sampled.
     bool enabled() const noexcept { return lambda > 0 || seq_kd; }
 
-    /// Throws config_error naming `<path>.lambda`.
+    /// The sampling settings of on-policy samples: `generation` with the keys set here replaced.
+    teacher::Sampling sampling(teacher::Sampling generation) const {
+        if (temperature) generation.temperature = *temperature;
+        if (top_p) generation.top_p = *top_p;
+        if (top_k) generation.top_k = *top_k;
+        if (max_new_tokens) generation.max_new_tokens = *max_new_tokens;
+        return generation;
+    }
+
+    /// Throws config_error naming `<path>.<key>` for the first value out of range.
     void validate(const std::string& path = "on_policy") const {
         if (!(lambda >= 0 && lambda <= 1))
             throw config_error(path + ".lambda", "must be in [0, 1], got " + std::to_string(lambda));
+        sampling({}).validate(path);  // the defaults are valid: only the keys set here can fail
     }
 };
 
@@ -25454,12 +26057,32 @@ inline void batch_with_responses(const data::Batch& in, std::span<const std::int
     }
 }
 
+/// Whether the sampled `response` is complete under `format`'s rules, as the teacher's generation
+/// applies them (teacher/model.hpp): its last id is a stop token of the template (kept, as the data's
+/// answers keep their end-of-turn token); or its text holds one of the `stop` sequences — it then
+/// becomes the ids of its text before the first of them, encoded as an answer is
+/// (`format.encode_response`: the text and the end-of-turn token), so the student learns to end there.
+/// @tparam Format `data::ChatTokenizer` or anything with its `is_stop_token`, `decode` and `encode_response`.
+template <class Format>
+bool response_complete(std::vector<std::int32_t>& response, const Format& format, std::span<const std::string> stop) {
+    if (response.empty()) return false;
+    if (format.is_stop_token(response.back())) return true;
+    if (stop.empty()) return false;
+    // The whole response is decoded again: a character may span several ids.
+    const std::string text = format.decode(response);
+    std::size_t at = std::string::npos;
+    for (const auto& s : stop) at = std::min(at, text.find(s));
+    if (at == std::string::npos) return false;
+    response = format.encode_response(std::string_view(text).substr(0, at));
+    return true;
+}
+
 /// Samples responses to a batch's prompts from a network with a KV cache, as the in-process teacher
 /// generates: prefill the prompts, then one `decode` per token, each row drawing from its logits
-/// with `teacher::Sampler` until it samples a stop token (kept, as the data's responses keep it) or
-/// reaches `max_new_tokens` or the length limit. Rows that finished are fed padding; when one would
-/// overrun the context, the rows still sampling are prefilled again into a smaller batch (the
-/// teacher's rule, teacher/model.hpp). The cache and the buffers are sized once.
+/// with `teacher::Sampler` until `complete(response)` says it is done (`response_complete`: a stop
+/// token or a stop sequence) or it reaches `max_new_tokens` or the length limit. Rows that finished
+/// are fed padding; when one would overrun the context, the rows still sampling are prefilled again
+/// into a smaller batch (the teacher's rule, teacher/model.hpp). The cache and the buffers are sized once.
 /// @tparam Network `student::Transformer<T, Device>` or anything with its decoding interface.
 template <class Network>
 class ResponseSampler {
@@ -25471,15 +26094,15 @@ public:
     ResponseSampler(Network& net, int max_batch) : cache_(net.make_cache(max_batch)) {}
 
     /// Fills `out` with `in`'s prompts (row b: its first `prompt_length[b]` tokens) and responses
-    /// `net` samples under `s` (temperature, top_k, top_p, max_new_tokens; stop sequences are not
-    /// applied — a sampled response ends at a stop token), seeded per row by
+    /// `net` samples under `s` (temperature, top_k, top_p, max_new_tokens), seeded per row by
     /// `batch_seed(seed, in.step, in.micro, b + 1)`; each row at most `max_length` tokens in all.
     /// Tokens are drawn from the first `vocab` ids only (a teacher's embedding may have padding rows
-    /// past the student's vocabulary; 0: all). `is_stop(id)` says whether a token ends a response.
-    template <class IsStop>
+    /// past the student's vocabulary; 0: all). After each token `complete(response)` says whether
+    /// a row's response is done; it may rewrite it (a stop sequence cut off), never past the row's limit.
+    template <class Complete>
     void sample(Network& net, const data::Batch& in, std::span<const std::int32_t> prompt_length,
                 const teacher::Sampling& s, std::uint64_t seed, int max_length, int vocab, std::int32_t pad,
-                IsStop&& is_stop, data::Batch& out) {
+                Complete&& complete, data::Batch& out) {
         const int B = in.batch, V = net.config().vocab_size, Tmax = net.config().context_length;
         const int drawn = vocab > 0 ? std::min(vocab, V) : V;
         if (B > cache_.max_batch())
@@ -25487,6 +26110,7 @@ public:
                               std::to_string(cache_.max_batch()));
         responses_.resize(std::size_t(B));
         limit_.resize(std::size_t(B));
+        complete_.assign(std::size_t(B), false);
         rngs_.resize(std::size_t(B));
         rows_.clear();
         for (int b = 0; b < B; ++b) {
@@ -25503,23 +26127,27 @@ public:
             for (std::size_t r = 0; r < rows_.size(); ++r) {
                 const auto b = std::size_t(rows_[r]);
                 auto& resp = responses_[b];
-                if (done(b, is_stop)) continue;
+                if (done(b)) continue;
                 resp.push_back(sampler_.sample(logits + std::int64_t(r) * V, drawn, s, rngs_[b]));
-                all_done = all_done && done(b, is_stop);
+                if (complete(resp)) {
+                    complete_[b] = true;
+                    if (int(resp.size()) > limit_[b]) resp.resize(std::size_t(limit_[b]));
+                }
+                all_done = all_done && done(b);
             }
             if (all_done) break;
             bool overflow = false;
             for (std::size_t r = 0; r < rows_.size(); ++r)
-                overflow = overflow || (done(std::size_t(rows_[r]), is_stop) && cache_.length(int(r)) >= Tmax);
+                overflow = overflow || (done(std::size_t(rows_[r])) && cache_.length(int(r)) >= Tmax);
             if (overflow) {
-                std::erase_if(rows_, [&](int b) { return done(std::size_t(b), is_stop); });
+                std::erase_if(rows_, [&](int b) { return done(std::size_t(b)); });
                 prefill(net, in, prompt_length);
                 continue;
             }
             next_.resize(rows_.size());
             for (std::size_t r = 0; r < rows_.size(); ++r) {
                 const auto b = std::size_t(rows_[r]);
-                next_[r] = done(b, is_stop) ? pad : responses_[b].back();
+                next_[r] = done(b) ? pad : responses_[b].back();
             }
             net.decode(cache_, next_.data(), int(rows_.size()));
         }
@@ -25527,11 +26155,7 @@ public:
     }
 
 private:
-    template <class IsStop>
-    bool done(std::size_t b, IsStop& is_stop) const {
-        const auto& r = responses_[b];
-        return int(r.size()) >= limit_[b] || (!r.empty() && is_stop(r.back()));
-    }
+    bool done(std::size_t b) const { return complete_[b] || int(responses_[b].size()) >= limit_[b]; }
 
     // Prefills the cache with rows_' prompts and what they sampled so far (the last sampled token is
     // then fed here, not by decode).
@@ -25571,6 +26195,7 @@ private:
     teacher::Sampler sampler_{};
     std::vector<std::vector<std::int32_t>> responses_{};  // per row of the batch
     std::vector<int> limit_{};                            // per row: most tokens it may sample
+    std::vector<bool> complete_{};                        // per row: its response is done
     std::vector<Rng> rngs_{};
     std::vector<int> rows_{};  // the batch rows in the cache, in cache order
     std::vector<int> lengths_{};
@@ -25581,7 +26206,7 @@ private:
 
 }  // namespace distill::train
 
-BOOST_HANA_ADAPT_STRUCT(distill::train::OnPolicyConfig, lambda, seq_kd);
+BOOST_HANA_ADAPT_STRUCT(distill::train::OnPolicyConfig, lambda, seq_kd, temperature, top_p, top_k, max_new_tokens);
 // ---- end distill/train/on_policy.hpp ----
 // the pipeline, last: it composes everything above
 // ---- begin distill/eval/cost.hpp ----
@@ -26256,6 +26881,14 @@ inline std::string render_markdown(const nlohmann::ordered_json& report) {
         "responses/s", "responses_per_s", [](double x) { return fixed(x, 1); }, true);
     row(
         "tokens/s", "tokens_per_s", [](double x) { return fixed(x, 0); }, true);
+    for (const auto& m : present) {  // a failed request is a wrong answer in the metrics: say so
+        const auto& model = report["models"][m];
+        if (model.value("failed", 0) > 0)
+            md += "\n**" + label(m) + "**: " + std::to_string(model.value("failed", 0)) + " of " +
+                  std::to_string(model.value("requests", 0)) +
+                  " test requests failed, counted as wrong answers (first: " + model.value("first_failure", "") +
+                  "; every one in `eval/" + m + ".answers.jsonl`).\n";
+    }
     std::string definitions;
     std::vector<std::string> defined;
     for (const auto& m : present)
@@ -26546,6 +27179,8 @@ inline nlohmann::ordered_json to_json(const embedding_agreement& a) {
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
+#include <iterator>
 #include <memory>
 #include <optional>
 #include <string>
@@ -26682,8 +27317,9 @@ struct Job {
     /// teacher constructed in code and handed to the Distiller (its keys are the program's business).
     nlohmann::json teacher = nlohmann::json::object();
     /// Several teachers instead of `teacher` (the two are exclusive): `[{"name": ..., "weight": 1,
-    /// "kind": ..., <the kind's keys>}, ...]`, all of one kind; `route` picks or mixes them
-    /// (teacher/ensemble.hpp, docs/job-format.md). Empty: the single `teacher`.
+    /// "kind": ..., <the kind's keys>}, ...]`; `route` picks or mixes them (teacher/ensemble.hpp,
+    /// docs/job-format.md); teachers of different kinds combine through their answers (teacher/any.hpp).
+    /// Empty: the single `teacher`.
     nlohmann::json teachers = nlohmann::json::array();
     /// How several `teachers` share the examples: "mix" (default), "example", or {"field": F, "map":
     /// {value: name}, "default": name} (teacher::parse_route). Only with `teachers`.
@@ -26703,6 +27339,11 @@ struct Job {
     /// Student parameters kept at their initial values: exact parameter names (e.g.
     /// "embeddings.word_embeddings.weight"), or prefixes ending in "." ("encoder.layer.0.").
     std::vector<std::string> frozen_parameters{};
+    /// LoRA adapters on the student's linear layers (student/lora.hpp; `student::Transformer` only):
+    /// with `rank` > 0 the student's weights are frozen and only the adapters train, for the
+    /// distilled student and the baseline alike; student.safetensors then holds the merged weights
+    /// and OUTPUT_DIR/student_adapter/ the adapter in PEFT's format.
+    student::LoraConfig lora{};
     /// The student's tokenizer: "byte", a tokenizer.json or a directory holding one; "" = the one in
     /// the `student_weights` directory, else the teacher's when it runs in process, else the byte
     /// tokenizer. A tokenizer other than the teacher's allows only sequence-level (text) distillation
@@ -26771,6 +27412,9 @@ struct Job {
         for (std::size_t i = 0; i < frozen_parameters.size(); ++i)
             if (frozen_parameters[i].empty())
                 throw config_error("frozen_parameters[" + std::to_string(i) + "]", "must not be empty");
+        lora.validate("lora");
+        if (lora.enabled() && task_type == "embedding")
+            throw config_error("lora.rank", "adapts student::Transformer; an embedding task trains a student::Encoder");
         generation.validate("generation");
         hyperparameters.validate();
         on_policy.validate();
@@ -26789,7 +27433,7 @@ struct Job {
             throw config_error("precision", "expected \"fp32\" or \"bf16\", got \"" + precision + "\"");
     }
 
-    /// The teacher's kind ("model", "openai", "cache"); with `teachers`, their common kind.
+    /// The teacher's kind ("model", "openai", "cache"); with `teachers`, the first one's.
     std::string teacher_kind() const {
         if (!teachers.empty()) return teachers[0].value("kind", "");
         return teacher.value("kind", "");
@@ -26833,10 +27477,6 @@ struct Job {
             const auto& t = teachers[i];
             if (!t.is_object()) throw config_error(at, "expected a teacher object");
             validate_kind(t, at);
-            if (t["kind"] != teachers[0]["kind"])
-                throw config_error(at + ".kind", "is \"" + t["kind"].get<std::string>() + "\", but teachers[0] is \"" +
-                                                     teachers[0]["kind"].get<std::string>() +
-                                                     "\": the teachers of one job are of one kind");
             if (!t.contains("name") || !t["name"].is_string() || t["name"].get<std::string>().empty())
                 throw config_error(at + ".name", "is required: a non-empty string the route and the report use");
             const std::string name = t["name"];
@@ -26899,6 +27539,7 @@ BOOST_HANA_ADAPT_ADT(distill::Job,
     (student_weights,    [](auto& j) -> auto& { return j.student_weights; }),
     (student_layers,     [](auto& j) -> auto& { return j.student_layers; }),
     (frozen_parameters,  [](auto& j) -> auto& { return j.frozen_parameters; }),
+    (lora,               [](auto& j) -> auto& { return j.lora; }),
     (tokenizer,          [](auto& j) -> auto& { return j.tokenizer; }),
     (training_data,      [](auto& j) -> auto& { return j.training_data; }),
     (validation_data,    [](auto& j) -> auto& { return j.validation_data; }),
@@ -26977,9 +27618,9 @@ inline Job load_job(const std::filesystem::path& path) {
 /// | generate | `generate/synthetic{,.validation}.jsonl` (+ `.topk`, `.rejected.jsonl`, `.report.json`) | every prompt
 /// answered under the same generation fingerprint |
 /// | finetune | `student/` and `baseline/` (fingerprint.json, checkpoints, metrics.jsonl, done.json),
-/// `student.safetensors`, `baseline.safetensors`, `student_hf/` | done.json holds the same fingerprint |
-/// | evaluate | `eval/<model>.answers.jsonl`, `report.json`, `report.md`, `loss.svg`, `models.svg` | report.json
-/// holds the same fingerprint |
+/// `student.safetensors`, `baseline.safetensors`, `student_hf/`, `student_adapter/` | done.json holds the same
+/// fingerprint | | evaluate | `eval/<model>.answers.jsonl`, `report.json`, `report.md`, `loss.svg`, `models.svg` |
+/// report.json holds the same fingerprint |
 ///
 /// `job.json` is the job as the last stage read it.
 
@@ -27055,6 +27696,8 @@ public:
     std::filesystem::path metrics(const std::string& run) const { return training_dir(run) / "metrics.jsonl"; }
     /// The trained student in transformers' layout (a student that started from a Hugging Face directory).
     std::filesystem::path student_hf() const { return root_ / "student_hf"; }
+    /// The trained student's LoRA adapter in PEFT's format (a job with `lora`).
+    std::filesystem::path student_adapter() const { return root_ / "student_adapter"; }
     /// The student as a GGUF file of tensor type `type` ("q8_0", ...) for llama.cpp.
     std::filesystem::path gguf(std::string_view type) const {
         return root_ / "gguf" / ("student-" + std::string(type) + ".gguf");
@@ -27443,6 +28086,7 @@ void check_activation_checkpointing(const Job& job, const Loss& probe) {
 /// from it and the frozen parameters (each only when set).
 inline void add_initialization(const Job& job, nlohmann::json& fp) {
     if (!job.frozen_parameters.empty()) fp["frozen_parameters"] = job.frozen_parameters;
+    if (job.lora.enabled()) fp["lora"] = io::to_json(job.lora);
     if (job.student_weights.empty()) return;
     std::string digests;
     if (std::filesystem::is_directory(job.student_weights)) {
@@ -27458,9 +28102,12 @@ inline void add_initialization(const Job& job, nlohmann::json& fp) {
 
 /// Trains run `name` ("student", "baseline") into its directory of `setup.dir` unless it is complete
 /// under fingerprint `fp` (see RunDir); `train(dir)` runs the loop there and returns its result. The
-/// best (or last) checkpoint's weights become `<name>.safetensors`. Returns the run's summary.
+/// best (or last) checkpoint's weights become `<name>.safetensors` (`publish(checkpoint, file)` writes
+/// them when given: a LoRA run's merged weights). Returns the run's summary.
 template <class Setup, class Train>
-nlohmann::ordered_json run_training(const Setup& setup, const std::string& name, const std::string& fp, Train&& train) {
+nlohmann::ordered_json run_training(
+    const Setup& setup, const std::string& name, const std::string& fp, Train&& train,
+    const std::function<void(const std::filesystem::path&, const std::filesystem::path&)>& publish = {}) {
     const RunDir& out = setup.dir;
     if (out.training_complete(name, fp)) {
         setup.say("finetune: " + name + " is complete for this configuration; skipped");
@@ -27480,7 +28127,10 @@ nlohmann::ordered_json run_training(const Setup& setup, const std::string& name,
     }
     const auto& from = !r.best_checkpoint.empty() ? r.best_checkpoint : r.last_checkpoint;
     if (from.empty()) throw error("finetune: the " + name + " run wrote no checkpoint");
-    io::copy_file_atomic(from / "student.safetensors", out.weights(name));
+    if (publish)
+        publish(from, out.weights(name));
+    else
+        io::copy_file_atomic(from / "student.safetensors", out.weights(name));
     nlohmann::ordered_json result = {{"fingerprint", fp},
                                      {"steps", r.steps},
                                      {"epochs_completed", r.epochs_completed},
@@ -27768,19 +28418,22 @@ private:
                 for (int b = 0; b < given.batch; ++b)
                     prompt_length_[std::size_t(b)] = train_->prompt_length[std::size_t(given.indices[std::size_t(b)])];
                 const auto& tmpl = d_->s_.chat_template;
-                auto is_stop = [&](std::int32_t id) { return tmpl.is_stop_token(id); };
+                const teacher::Sampling sampling = job.on_policy.sampling(job.generation);
+                auto complete = [&](std::vector<std::int32_t>& response) {
+                    return train::response_complete(response, tmpl, sampling.stop);
+                };
                 const int max_batch = std::max(job.hyperparameters.loop.batch_size, given.batch);
                 const int limit = d_->s_.student.context_length;
                 if (from == train::response_source::student) {
                     if (!student_sampler_) student_sampler_.emplace(s, max_batch);
-                    student_sampler_->sample(s, given, prompt_length_, job.generation, seed, limit, 0, tmpl.pad(),
-                                             is_stop, sampled_);
+                    student_sampler_->sample(s, given, prompt_length_, sampling, seed, limit, 0, tmpl.pad(), complete,
+                                             sampled_);
                 } else if constexpr (requires { d_->teacher_.network().make_cache(1); }) {
                     auto& net = d_->teacher_.network();
                     if (!teacher_sampler_) teacher_sampler_.emplace(net, max_batch);
                     // only ids the student has: the teacher's embedding may have padding rows past them
-                    teacher_sampler_->sample(net, given, prompt_length_, job.generation, seed, limit,
-                                             d_->s_.student.vocab_size, tmpl.pad(), is_stop, sampled_);
+                    teacher_sampler_->sample(net, given, prompt_length_, sampling, seed, limit,
+                                             d_->s_.student.vocab_size, tmpl.pad(), complete, sampled_);
                 } else {
                     throw config_error("on_policy.seq_kd", "needs a teacher whose network decodes with a KV cache");
                 }
@@ -27851,13 +28504,16 @@ private:
 
     // ---- training runs ----------------------------------------------------------------------------
 
-    student_type make_student() const {
-        const int batch = std::max(s_.job.hyperparameters.loop.batch_size, 1);
+    // The student a training run starts from; with the job's `lora`, the adapted one (base frozen).
+    student_type make_student(int max_batch = 0) const {
+        const int batch = max_batch ? max_batch : std::max(s_.job.hyperparameters.loop.batch_size, 1);
+        student_config cfg = s_.student;
+        if constexpr (std::is_same_v<student_config, student::TransformerConfig>) cfg.lora = s_.job.lora;
         student_type s = [&] {
             if constexpr (checkpointable<student_type, Device>)
                 if (s_.job.activation_checkpointing)
-                    return student_type(s_.student, batch, device_, student::activations::checkpointed);
-            return student_type(s_.student, batch, device_);
+                    return student_type(cfg, batch, device_, student::activations::checkpointed);
+            return student_type(cfg, batch, device_);
         }();
         if (s_.job.student_weights.empty())
             s.init(s_.job.hyperparameters.loop.seed);
@@ -27865,9 +28521,57 @@ private:
             io::hf::load(io::hf::Directory(s_.job.student_weights), s);
         else
             io::load_weights(io::safetensors_file(s_.job.student_weights), s);
+        if constexpr (requires { s.init_lora(std::uint64_t(0)); })
+            if (!s_.job.student_weights.empty()) s.init_lora(s_.job.hyperparameters.loop.seed);
         return s;
     }
 
+    // A LoRA run's weights file: the checkpoint's adapters merged into the base, as a student
+    // without adapters loads them (`adapter`: the student's PEFT-format adapter too, student_adapter/).
+    std::function<void(const std::filesystem::path&, const std::filesystem::path&)> lora_publish(bool adapter) const {
+        if (!s_.job.lora.enabled()) return {};
+        return [this, adapter](const std::filesystem::path& checkpoint, const std::filesystem::path& file) {
+            if constexpr (std::is_same_v<student_config, student::TransformerConfig>) {
+                student_type s = make_student(1);
+                io::load_weights(io::safetensors_file(checkpoint / "student.safetensors"), s);
+                student_type plain(s_.student, 1, device_, student::activations::inference);
+                const std::vector<float> merged = s.merged_parameters();
+                device_.copy(plain.parameter_data(), merged.data(), sizeof(float) * merged.size());
+                io::save_weights(file, plain);
+                if (adapter) {
+                    io::peft::save_adapter(s_.dir.student_adapter(), s, lora_family(), s_.job.student_weights);
+                    s_.say("finetune: the student's LoRA adapter in PEFT's format: " +
+                           s_.dir.student_adapter().string());
+                }
+            }
+        };
+    }
+
+public:
+    // The transformers family a LoRA adapter is exported for: the export layout, else the blocks'.
+    std::string lora_family() const {
+        if constexpr (std::is_same_v<student_config, student::TransformerConfig>) {
+            const std::string layout = export_layout();
+            return layout.empty() ? io::hf::family_of(s_.student) : layout;
+        }
+        return "";
+    }
+
+    /// Refuses (config_error naming lora.targets) a job whose LoRA targets have no PEFT module in the
+    /// student's transformers family (io/peft.hpp), so that the job fails when the Distiller is made.
+    void check_lora_export() const {
+        if constexpr (std::is_same_v<student_config, student::TransformerConfig>) {
+            if (!s_.job.lora.enabled()) return;
+            s_.job.lora.validate(s_.student.swiglu(), s_.student.tie_embeddings);
+            const std::string family = lora_family();
+            for (const auto& t : s_.job.lora.targets) (void)io::peft::module_name(family, t, 0);
+        } else {
+            if (s_.job.lora.enabled())
+                throw config_error("lora.rank", "adapts student::Transformer; this student is not one");
+        }
+    }
+
+private:
     // How the student is exported as a GGUF file of `type`: its layout and tokenizer.
     io::gguf::ExportOptions gguf_options(quant::type type) const {
         return {.type = type,
@@ -27913,26 +28617,33 @@ private:
                                  {"validation", val ? val->data.fingerprint() : 0}};
         add_initialization(s_.job, fp_fields);
         if (s_.job.precision != "fp32") fp_fields["precision"] = s_.job.precision;
-        if (s_.job.on_policy.enabled()) fp_fields["on_policy"] = io::to_json(s_.job.on_policy);
+        if (s_.job.on_policy.enabled()) {
+            nlohmann::json op = io::to_json(s_.job.on_policy);
+            for (auto it = op.begin(); it != op.end();) it = it->is_null() ? op.erase(it) : std::next(it);
+            fp_fields["on_policy"] = op;  // unset sampling keys left out: they are generation's
+        }
         const std::string fp = detail::sha(fp_fields.dump());
         s_.say("finetune: distilling into a student of " + std::to_string(s_.student.parameter_count()) +
                " parameters for " + std::to_string(steps) + " steps (" + (online ? "online" : "offline") +
                on_policy_note() + ")");
-        return run_training(s_, "student", fp, [&](const std::string& dir) {
-            student_type s = make_student();
-            const int B = s_.job.hyperparameters.loop.batch_size;
-            loss_type loss(s_.loss, dims(B));
-            loss::Workspace<float, Device> ws(loss, dims(B), device_);
-            std::vector<Parameter<float>> extra;
-            if constexpr (requires { loss.parameters(); }) extra = loss.parameters();
-            optimizer_type opt(optim::gather(trainable_parameters(s.parameters(), s_.job.frozen_parameters), extra),
-                               s_.optimizer);
-            optim::Schedule schedule(schedule_config(), steps);
-            train::FinetuneOptions<float> options = loop_options();
-            options.extra = extra;
-            return train::finetune(s, opt, schedule, train.data, val ? &val->data : nullptr, finetune_config(dir),
-                                   Step(*this, train, val, loss, ws), std::move(options));
-        });
+        return run_training(
+            s_, "student", fp,
+            [&](const std::string& dir) {
+                student_type s = make_student();
+                const int B = s_.job.hyperparameters.loop.batch_size;
+                loss_type loss(s_.loss, dims(B));
+                loss::Workspace<float, Device> ws(loss, dims(B), device_);
+                std::vector<Parameter<float>> extra;
+                if constexpr (requires { loss.parameters(); }) extra = loss.parameters();
+                optimizer_type opt(optim::gather(trainable_parameters(s.parameters(), s_.job.frozen_parameters), extra),
+                                   s_.optimizer);
+                optim::Schedule schedule(schedule_config(), steps);
+                train::FinetuneOptions<float> options = loop_options();
+                options.extra = extra;
+                return train::finetune(s, opt, schedule, train.data, val ? &val->data : nullptr, finetune_config(dir),
+                                       Step(*this, train, val, loss, ws), std::move(options));
+            },
+            lora_publish(true));
     }
 
     nlohmann::ordered_json train_baseline(std::int64_t steps) {
@@ -27960,17 +28671,20 @@ private:
         const std::string fp = detail::sha(fp_fields.dump());
         s_.say("finetune: baseline on " + std::to_string(train.size()) + " labeled examples for " +
                std::to_string(steps) + " steps");
-        return run_training(s_, "baseline", fp, [&](const std::string& dir) {
-            student_type s = make_student();
-            optimizer_type opt(trainable_parameters(s.parameters(), s_.job.frozen_parameters), s_.optimizer);
-            optim::Schedule schedule(schedule_config(), steps);
-            train::FinetuneConfig cfg = finetune_config(dir);
-            cfg.max_steps = steps;  // the distilled student's budget, whatever the data size
-            train::FinetuneOptions<float> options = loop_options();
-            options.stop_at = 0;  // a pause is the student's (DistillerOptions::stop_at)
-            return train::finetune(s, opt, schedule, train, val ? &*val : nullptr, cfg, train::CrossEntropy{},
-                                   std::move(options));
-        });
+        return run_training(
+            s_, "baseline", fp,
+            [&](const std::string& dir) {
+                student_type s = make_student();
+                optimizer_type opt(trainable_parameters(s.parameters(), s_.job.frozen_parameters), s_.optimizer);
+                optim::Schedule schedule(schedule_config(), steps);
+                train::FinetuneConfig cfg = finetune_config(dir);
+                cfg.max_steps = steps;  // the distilled student's budget, whatever the data size
+                train::FinetuneOptions<float> options = loop_options();
+                options.stop_at = 0;  // a pause is the student's (DistillerOptions::stop_at)
+                return train::finetune(s, opt, schedule, train, val ? &*val : nullptr, cfg, train::CrossEntropy{},
+                                       std::move(options));
+            },
+            lora_publish(false));
     }
 
     // ", on-policy lambda = 0.5, seq_kd" when the job samples responses.
@@ -28666,10 +29380,11 @@ private:
         const double seconds = detail::seconds_since(t0);
         std::vector<std::string> answers;
         std::int64_t tokens = 0, prompt_tokens = 0, failed = 0;
-        std::string jsonl;
+        std::string jsonl, first_error;
         for (std::size_t i = 0; i < responses.size(); ++i) {
             const auto& r = responses[i];
             failed += r.ok() ? 0 : 1;
+            if (!r.ok() && first_error.empty()) first_error = requests[i].id + ": " + r.error;
             answers.push_back(r.ok() ? r.text : std::string());
             tokens += r.usage.completion_tokens > 0 ? r.usage.completion_tokens : std::int64_t(r.tokens.size());
             prompt_tokens += std::max<std::int64_t>(0, r.usage.prompt_tokens);
@@ -28715,6 +29430,7 @@ private:
         m["responses_per_s"] = seconds > 0 ? double(responses.size()) / seconds : 0.0;
         m["tokens_per_s"] = seconds > 0 ? double(tokens) / seconds : 0.0;
         m["failed"] = failed;
+        if (failed) m["first_failure"] = first_error;  // report.md names it: failures count as wrong answers
         const bool is_teacher = name == "teacher";
         m["metrics"] = eval::task_metrics(s_.job.task_type, answers, references,
                                           is_teacher ? std::vector<std::string>{} : teacher_answers_);
@@ -29448,6 +30164,7 @@ public:
         } else {
             prepare_sequences();
             finetune_stage_type(s_, teacher_, device_).check_gguf_export();
+            finetune_stage_type(s_, teacher_, device_).check_lora_export();
         }
     }
 

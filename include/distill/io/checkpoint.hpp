@@ -412,8 +412,7 @@ public:
             tensors.push_back({"extra." + p.name, exact_dtype<T>(), detail::shape_of(p.value), p.value.data()});
         if (optimizer_state)
             for (const auto& s : optimizer.state())
-                tensors.push_back(
-                    {"optimizer." + s.name, exact_dtype<T>(), detail::shape_of(s.value), s.value.data()});
+                tensors.push_back({"optimizer." + s.name, exact_dtype<T>(), detail::shape_of(s.value), s.value.data()});
         tensors.push_back(
             {"data.order", dtype::I64, {static_cast<std::int64_t>(data_order.size())}, data_order.data()});
         detail::write_raw(tmp / "training.safetensors", tensors, {});

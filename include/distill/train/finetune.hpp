@@ -332,10 +332,9 @@ public:
             const std::size_t total = optim::total_elements<T>(opt_.parameters());
             const optim::Shard want = optim::Shard::of(total, comm_.rank(), comm_.size());
             if (!(zero::shard_of(opt_) == want))
-                throw config_error("zero",
-                                   "is 1, but the optimizer of rank " + std::to_string(comm_.rank()) +
-                                       " was not built over its shard [" + std::to_string(want.lo) + ", " +
-                                       std::to_string(want.hi) + ") (optim::Shard::of(total, rank, size))");
+                throw config_error("zero", "is 1, but the optimizer of rank " + std::to_string(comm_.rank()) +
+                                               " was not built over its shard [" + std::to_string(want.lo) + ", " +
+                                               std::to_string(want.hi) + ") (optim::Shard::of(total, rank, size))");
             if (!cfg_.output_dir.empty()) zero_root_ = std::filesystem::path(cfg_.output_dir) / "checkpoints";
         }
         if (comm_.size() > 1) {
@@ -505,8 +504,8 @@ public:
                     comm_.barrier();
                 }
                 if (store_) {
-                    const auto dir = store_->save(step_, model_, std::span<const Parameter<T>>(options_.extra),
-                                                  opt_, order_, loop_state(), job_config(), shards, !zero_);
+                    const auto dir = store_->save(step_, model_, std::span<const Parameter<T>>(options_.extra), opt_,
+                                                  order_, loop_state(), job_config(), shards, !zero_);
                     if (improved) store_->set_best(dir);
                     store_->prune(cfg_.keep_last_n);
                     report.checkpoint = dir;

@@ -199,13 +199,17 @@ public:
     /// report; see `EvaluateStage` (`EmbeddingStages`). Returns report.json's object.
     nlohmann::ordered_json evaluate() {
         auto& comm = s_.options.comm();
-        if (!comm.root()) {  // rank 0 measures, as a user would deploy: one process
-            comm.barrier();
-            return detail::read_json_file(s_.dir.report_json());
+        if (comm.root()) s_.dir.write_job_copy(s_.job);
+        if constexpr (embedding) {  // rank 0 measures alone
+            if (!comm.root()) {
+                comm.barrier();
+                return detail::read_json_file(s_.dir.report_json());
+            }
         }
-        s_.dir.write_job_copy(s_.job);
+        // every rank answers its share of the test prompts; rank 0 measures latency and writes the report
         auto report = evaluate_stage_type(s_, teacher_, device_).run();
         comm.barrier();
+        if (!comm.root()) return detail::read_json_file(s_.dir.report_json());
         return report;
     }
 

@@ -12,7 +12,9 @@
 ///
 /// What each stage does with it (docs/scaling.md): finetune is data-parallel — rank r computes the
 /// micro-batches m ≡ r (mod N) of each step, the gradients are summed over ranks, every rank clips and
-/// updates the same replicated weights; rank 0 alone writes checkpoints, metrics and reports.
+/// updates the same replicated weights (or, ZeRO-1, its shard of them, then an all-gather); rank 0
+/// writes checkpoints, metrics and reports. Generate and evaluate deal the prompts out to the ranks
+/// and rank 0 merges.
 
 #include <cstddef>
 #include <cstdint>

@@ -225,8 +225,9 @@ struct FinetuneOptions {
     std::int64_t stop_at = 0;
     /// The ranks of a data-parallel run (null: this process alone). Each rank computes the
     /// micro-batches m ≡ rank (mod size) of every step (`grad_accum` must be a multiple of the size),
-    /// the gradients are summed over ranks, and every rank takes the same update; rank 0 alone writes
-    /// `output_dir`, which must be on a filesystem every rank reads (they resume from its checkpoints).
+    /// the gradients are summed over ranks, and every rank takes the same update; rank 0 writes
+    /// `output_dir` (under ZeRO-1 each rank also its state shard of each checkpoint), which must be on
+    /// a filesystem every rank reads (they resume from its checkpoints).
     parallel::Communicator* communicator = nullptr;
     /// 1: ZeRO-1 (train/zero.hpp) when `communicator` has several ranks — the optimizer must be built
     /// over this rank's `optim::Shard::of(total elements, rank, size)` and holds state for it alone;

@@ -8,7 +8,8 @@
 #
 # The uninterrupted reference runs the stages one command each (distill generate, finetune,
 # evaluate) to time them; a trial of stage S starts from the reference's earlier stages (copied) and
-# kills a random rank after a uniformly random delay within S's measured time (plus the start-up).
+# kills a random rank after a uniformly random delay within S's measured time (counted from the launch,
+# so a short delay may land in the start-up before the stage).
 # JOB's output_dir is replaced by WORK_DIR/<trial>. Prints one line per trial and a summary per stage;
 # exit status 0 when every rerun matched.
 set -u
@@ -85,7 +86,8 @@ for stage in generate finetune evaluate; do
             failures=$((failures + 1))
             verdict="DIFFERS (rerun exit $rerun; $diff; $(tail -1 "$WORK/$name.rerun.err"))"
         fi
-        echo "$stage trial $t: delay ${delay}s, ${victim:+killed pid $victim (exit $rc)}${victim:-run ended first}; rerun: $verdict"
+        if [[ -n $victim ]]; then what="killed rank pid $victim (job exit $rc)"; else what="the run ended first"; fi
+        echo "$stage trial $t: delay ${delay}s, $what; rerun: $verdict"
     done
     echo "SUMMARY $stage: $TRIALS trials, $killed with a rank killed, $finished ended before the kill, $matched reruns equal to the uninterrupted run"
 done

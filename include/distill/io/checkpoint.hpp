@@ -12,6 +12,10 @@
 /// version, step, optimizer step count, each file's size and CRC-32C, the training loop's state (epoch, position, RNG,
 /// early stopping, ...), a copy of the job config, and the CRC-32C of the manifest itself |
 ///
+/// Files attached by the writer (`CheckpointStore::save`'s `attach`: a ZeRO-1 run's
+/// `optimizer-shard-R-of-N.safetensors`, train/zero.hpp, whose optimizer state is then not in
+/// training.safetensors) are moved in before the manifest, which lists and checks them like the rest.
+///
 /// The directory is written under a temporary name, every file fsynced, renamed into place and the
 /// root fsynced; only then does the `latest` pointer file (atomically replaced) name it. A crash at
 /// any moment leaves the previous checkpoint and pointer intact. `best` names the checkpoint with the

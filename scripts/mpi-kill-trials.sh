@@ -8,8 +8,8 @@
 #
 # The uninterrupted reference runs the stages one command each (distill generate, finetune,
 # evaluate) to time them; a trial of stage S starts from the reference's earlier stages (copied) and
-# kills a random rank after a uniformly random delay within S's measured time (counted from the launch,
-# so a short delay may land in the start-up before the stage).
+# kills a random rank after a uniformly random delay within S's measured time, counted from the
+# ranks' start (a delay shorter than their start-up, reading the job and data, lands before the stage).
 # JOB's output_dir is replaced by WORK_DIR/<trial>. Prints one line per trial and a summary per stage;
 # exit status 0 when every rerun matched.
 set -u
@@ -66,6 +66,11 @@ for stage in generate finetune evaluate; do
         delay=$(awk -v s="${seconds[$stage]}" -v r="$RANDOM" 'BEGIN { printf "%.2f", s * r / 32767 }')
         "${mpi[@]}" "$DISTILL" run "$job" --quiet >/dev/null 2>&1 &
         launcher=$!
+        for ((w = 0; w < 3000; w++)); do  # the delay counts from the ranks' start (at most 60 s)
+            pgrep -f "distill run $job" | grep -qv "^$launcher\$" && break
+            kill -0 $launcher 2>/dev/null || break
+            sleep 0.02
+        done
         sleep "$delay"
         mapfile -t ranks < <(pgrep -f "distill run $job" | grep -v "^$launcher\$")
         victim=""

@@ -8,7 +8,7 @@
 #
 # The uninterrupted reference runs the stages one command each (distill generate, finetune,
 # evaluate) to time them; a trial of stage S starts from the reference's earlier stages (copied) and
-# kills a random rank after a uniformly random delay within S's measured time, counted from the
+# kills a random rank after a uniformly random delay within 80% of S's measured time, counted from the
 # ranks' start (a delay shorter than their start-up, reading the job and data, lands before the stage).
 # JOB's output_dir is replaced by WORK_DIR/<trial>. Prints one line per trial and a summary per stage;
 # exit status 0 when every rerun matched.
@@ -63,7 +63,7 @@ for stage in generate finetune evaluate; do
                 (cd "$WORK/ref" && tar cf - --exclude=report.json --exclude=report.md --exclude=eval .) |
                     (cd "$WORK/$name" && tar xf -) ;;
         esac
-        delay=$(awk -v s="${seconds[$stage]}" -v r="$RANDOM" 'BEGIN { printf "%.2f", s * r / 32767 }')
+        delay=$(awk -v s="${seconds[$stage]}" -v r="$RANDOM" 'BEGIN { printf "%.2f", 0.8 * s * r / 32767 }')
         "${mpi[@]}" "$DISTILL" run "$job" --quiet >/dev/null 2>&1 &
         launcher=$!
         for ((w = 0; w < 3000; w++)); do  # the delay counts from the ranks' start (at most 60 s)

@@ -402,6 +402,16 @@ if "$DISTILL" --version | grep -q "MPI yes" && command -v mpirun >/dev/null; the
     else
         fail "sharded generate: synthetic.jsonl differs from one process's"
     fi
+    # with top-k log-probabilities: synthetic.topk merged too (the one-process run: loss_topk_soft_kl)
+    sed 's#/loss_topk_soft_kl"#/dp_topk"#; s/"batch_size": 16, /"batch_size": 8, "grad_accum": 2, /' \
+        "$WORK/loss_topk_soft_kl.json" >"$WORK/dp_topk.json"
+    if "${mpi[@]}" "$DISTILL" generate "$WORK/dp_topk.json" --quiet >/dev/null 2>"$WORK/dp_topk.stderr" &&
+        cmp -s "$WORK/dp_topk/generate/synthetic.topk" "$WORK/loss_topk_soft_kl/generate/synthetic.topk" &&
+        cmp -s "$WORK/dp_topk/generate/synthetic.jsonl" "$WORK/loss_topk_soft_kl/generate/synthetic.jsonl"; then
+        pass "sharded generate with top-k: synthetic.topk and synthetic.jsonl are one process's bytes"
+    else
+        fail "sharded generate with top-k: $(tail -2 "$WORK/dp_topk.stderr")"
+    fi
     # the same student evaluated by one process
     sed 's#/dp_shard"#/dp_shard1"#' "$WORK/dp_shard.json" >"$WORK/dp_shard1.json"
     rm -rf "$WORK/dp_shard1" && cp -r "$WORK/dp_shard" "$WORK/dp_shard1" && rm -f "$WORK/dp_shard1/report.json"

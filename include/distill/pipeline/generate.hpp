@@ -565,6 +565,8 @@ inline GenerateReport merge_shards(const data::Dataset& data, const GenerateConf
     return report;
 }
 
+// A shard's report as it travels to rank 0: report_json's fields plus the token mapping's raw counts
+// (report_json writes some of them summed), read back by report_from_json.
 inline nlohmann::json report_to_json(const GenerateReport& r) {
     nlohmann::json j = nlohmann::json::parse(report_json(r).dump());
     j["token_mapping_raw"] = {r.token_mapping.top_entries,     r.token_mapping.top_unmapped,

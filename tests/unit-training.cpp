@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <memory>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -39,6 +40,7 @@
 #include "distill/optimizer.hpp"
 #include "distill/student/transformer.hpp"
 #include "distill/train/finetune.hpp"
+#include "distill/train/zero.hpp"
 #include "testing.hpp"
 #include "training_task.hpp"
 
@@ -290,6 +292,59 @@ TEST_CASE("training: weight decay applies to the configured parameter kinds only
     CHECK(owner.values[1][0] == 2.0f);                                        // bias: not decayed by default
     CHECK(owner.values[2][0] == 2.0f * static_cast<float>(1.0 - 0.5 * 0.1));  // norms switched on
     CHECK(owner.values[3][0] == 2.0f);                                        // embedding: not decayed by default
+}
+
+TEST_CASE("training: ZeRO-1 shards (optim::Shard) update their elements exactly as the whole optimizer does") {
+    // 84 elements over 3 shards of 28: the boundaries fall inside "w" and "e", so a shard holds parts of
+    // parameters of different weight-decay groups
+    auto make = [] {
+        Owner o({{"w", {5, 7}}, {"b", {7}}, {"n", {9}}, {"e", {3, 11}}},
+                {parameter_kind::weight, parameter_kind::bias, parameter_kind::norm, parameter_kind::embedding});
+        for (std::size_t i = 0; i < o.values.size(); ++i) {
+            const auto v = distill::testing::random_vector<float>(o.values[i].size(), 10 + i),
+                       g = distill::testing::random_vector<float>(o.grads[i].size(), 20 + i);
+            std::copy(v.begin(), v.end(), o.values[i].begin());  // into the buffers the parameters view
+            std::copy(g.begin(), g.end(), o.grads[i].begin());
+        }
+        return o;
+    };
+    Owner whole = make(), split = make();
+    const std::size_t total = optim::total_elements<float>(whole.params);
+    REQUIRE(total == 84);
+    CHECK(optim::Shard::of(total, 0, 3) == optim::Shard{0, 28});
+    CHECK(optim::Shard::of(total, 2, 3) == optim::Shard{56, 84});
+    CHECK(optim::Shard::of(10, 1, 4) == optim::Shard{2, 5});  // balanced: 2, 3, 2, 3
+    const optim::AdamConfig cfg{.weight_decay = 0.1, .decay = {.norms = true}};
+    optim::AdamW<float, device::Cpu> full(whole.params, cfg, device::Cpu(1));
+    std::vector<std::unique_ptr<optim::AdamW<float, device::Cpu>>> parts;
+    std::int64_t held = 0;
+    for (int r = 0; r < 3; ++r) {
+        parts.push_back(std::make_unique<optim::AdamW<float, device::Cpu>>(split.params, cfg, device::Cpu(1),
+                                                                           optim::Shard::of(total, r, 3)));
+        for (const auto& t : parts.back()->state()) held += t.value.numel();
+    }
+    CHECK(held == 2 * 84);  // exp_avg and exp_avg_sq, each element once over the shards
+    CHECK(parts[0]->state().front().name == "exp_avg.w");
+    CHECK(parts[1]->state().front().value.numel() == 7);  // the rest of "w": elements 28..34
+    for (int step = 0; step < 3; ++step) {
+        full.step(1e-2);
+        for (auto& p : parts) p->step(1e-2);
+    }
+    for (std::size_t i = 0; i < whole.values.size(); ++i) {
+        CHECK(std::memcmp(whole.values[i].data(), split.values[i].data(), whole.values[i].size() * 4) == 0);
+        CHECK(whole.values[i] != make().values[i]);  // and they moved
+    }
+    // the shards' state, concatenated in element order, is the whole optimizer's
+    std::vector<train::zero::Piece<float>> all;
+    for (auto& p : parts)
+        for (auto& piece : train::zero::pieces(*p)) all.push_back(piece);
+    for (const auto& w : train::zero::pieces(full))
+        for (const auto& piece : all)
+            if (piece.slot == w.slot && piece.lo >= w.lo && piece.hi <= w.hi)
+                CHECK(std::memcmp(piece.data, w.data + (piece.lo - w.lo), (piece.hi - piece.lo) * 4) == 0);
+    using Opt = optim::AdamW<float, device::Cpu>;
+    const auto outside = [&] { Opt o(split.params, cfg, device::Cpu(1), optim::Shard{10, 90}); };
+    CHECK_THROWS_AS(outside(), shape_error);
 }
 
 TEST_CASE("training: updates and the clipped norm are bit-identical across thread counts, devices and alignments") {

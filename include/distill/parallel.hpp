@@ -12,11 +12,14 @@
 ///
 /// What each stage does with it (docs/scaling.md): finetune is data-parallel — rank r computes the
 /// micro-batches m ≡ r (mod N) of each step, the gradients are summed over ranks, every rank clips and
-/// updates the same replicated weights; rank 0 alone writes checkpoints, metrics and reports.
+/// updates the same replicated weights (or, ZeRO-1, its shard of them, then an all-gather); rank 0
+/// writes checkpoints, metrics and reports. Generate and evaluate deal the prompts out to the ranks
+/// and rank 0 merges.
 
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <span>
 #include <string>
 
 namespace distill::parallel {
@@ -33,6 +36,11 @@ public:
     /// on the world size (a run is reproducible for a given size).
     virtual void all_reduce_sum(float* data, std::size_t n) = 0;
     virtual void all_reduce_sum(double* data, std::size_t n) = 0;
+    /// In place: `data` is the concatenation of every rank's block, rank r's of `counts[r]` elements
+    /// (`counts.size()` = size(); a block may be empty); on return every rank holds every block as
+    /// its owner wrote it (ZeRO-1's all-gather of the updated parameters).
+    virtual void all_gather(float* data, std::span<const std::size_t> counts) = 0;
+    virtual void all_gather(double* data, std::span<const std::size_t> counts) = 0;
     /// The maximum over ranks, on every rank.
     virtual std::int64_t all_reduce_max(std::int64_t value) = 0;
     /// Rank `root`'s `bytes` bytes at `data`, on every rank.
@@ -64,6 +72,8 @@ public:
     int size() const noexcept override { return 1; }
     void all_reduce_sum(float*, std::size_t) override {}
     void all_reduce_sum(double*, std::size_t) override {}
+    void all_gather(float*, std::span<const std::size_t>) override {}
+    void all_gather(double*, std::span<const std::size_t>) override {}
     std::int64_t all_reduce_max(std::int64_t value) override { return value; }
     void broadcast(void*, std::size_t, int) override {}
     void barrier() override {}

@@ -431,6 +431,64 @@ if "$DISTILL" --version | grep -q "MPI yes" && command -v mpirun >/dev/null; the
         wait $launcher
         fail "dp_kill: the run ended before a rank could be killed"
     fi
+    # ZeRO-1: the optimizer state sharded over the ranks trains the same student bit for bit
+    sed 's#/dp_a"#/dp_zero"#; s#"output_dir"#"zero": 1, "output_dir"#' "$WORK/dp_a.json" >"$WORK/dp_zero.json"
+    mkdir -p "$WORK/dp_zero" && cp -r "$WORK/ref/generate" "$WORK/dp_zero/"
+    if "${mpi[@]}" "$DISTILL" run "$WORK/dp_zero.json" --quiet >/dev/null 2>"$WORK/dp_zero.stderr" &&
+        cmp -s "$WORK/dp_zero/student.safetensors" "$WORK/dp_a/student.safetensors" &&
+        ls "$WORK"/dp_zero/student/checkpoints/step-*/optimizer-shard-1-of-2.safetensors >/dev/null 2>&1; then
+        pass "\"zero\": 1 under mpirun -np 2: optimizer shards in the checkpoints, the same student bit for bit"
+    else
+        fail "\"zero\": 1 under mpirun -np 2: $(tail -2 "$WORK/dp_zero.stderr")"
+    fi
+    # sharded generate and evaluate: the ranks answer the prompts (generate) and the test prompts
+    # (evaluate, batches of 8) in turn; rank 0 merges synthetic.jsonl and gathers the answers
+    sed 's#/dp_a"#/dp_shard"#; s/"evaluation": {"batch_size": 20/"evaluation": {"batch_size": 8/' "$WORK/dp_a.json" \
+        >"$WORK/dp_shard.json"
+    "${mpi[@]}" "$DISTILL" run "$WORK/dp_shard.json" --quiet >/dev/null 2>"$WORK/dp_shard.stderr" ||
+        fail "mpirun -np 2 distill run dp_shard.json: $(tail -3 "$WORK/dp_shard.stderr")"
+    if cmp -s "$WORK/dp_shard/generate/synthetic.jsonl" "$WORK/ref/generate/synthetic.jsonl" &&
+        cmp -s "$WORK/dp_shard/generate/synthetic.rejected.jsonl" "$WORK/ref/generate/synthetic.rejected.jsonl"; then
+        pass "sharded generate: synthetic.jsonl and its rejections are one process's bytes"
+    else
+        fail "sharded generate: synthetic.jsonl differs from one process's"
+    fi
+    # with top-k log-probabilities: synthetic.topk merged too (the one-process run: loss_topk_soft_kl)
+    sed 's#/loss_topk_soft_kl"#/dp_topk"#; s/"batch_size": 16, /"batch_size": 8, "grad_accum": 2, /' \
+        "$WORK/loss_topk_soft_kl.json" >"$WORK/dp_topk.json"
+    if "${mpi[@]}" "$DISTILL" generate "$WORK/dp_topk.json" --quiet >/dev/null 2>"$WORK/dp_topk.stderr" &&
+        cmp -s "$WORK/dp_topk/generate/synthetic.topk" "$WORK/loss_topk_soft_kl/generate/synthetic.topk" &&
+        cmp -s "$WORK/dp_topk/generate/synthetic.jsonl" "$WORK/loss_topk_soft_kl/generate/synthetic.jsonl"; then
+        pass "sharded generate with top-k: synthetic.topk and synthetic.jsonl are one process's bytes"
+    else
+        fail "sharded generate with top-k: $(tail -2 "$WORK/dp_topk.stderr")"
+    fi
+    # the same student evaluated by one process
+    sed 's#/dp_shard"#/dp_shard1"#' "$WORK/dp_shard.json" >"$WORK/dp_shard1.json"
+    rm -rf "$WORK/dp_shard1" && cp -r "$WORK/dp_shard" "$WORK/dp_shard1" && rm -f "$WORK/dp_shard1/report.json"
+    "$DISTILL" evaluate "$WORK/dp_shard1.json" --quiet >/dev/null 2>&1
+    if [[ -s $WORK/dp_shard1/report.json ]] && [[ $(metrics "$WORK/dp_shard") == $(metrics "$WORK/dp_shard1") ]] &&
+        cmp -s "$WORK/dp_shard/eval/student.answers.jsonl" "$WORK/dp_shard1/eval/student.answers.jsonl" &&
+        cmp -s "$WORK/dp_shard/eval/teacher.answers.jsonl" "$WORK/dp_shard1/eval/teacher.answers.jsonl"; then
+        pass "sharded evaluate: the answers and report metrics of one process"
+    else
+        fail "sharded evaluate: answers or metrics differ from one process's"
+    fi
+    # a rank SIGKILLed in generate: the rerun resumes each shard and merges the same file
+    sed 's#/dp_shard"#/dp_gkill"#' "$WORK/dp_shard.json" >"$WORK/dp_gkill.json"
+    rm -rf "$WORK/dp_gkill"
+    "${mpi[@]}" "$DISTILL" generate "$WORK/dp_gkill.json" --quiet >/dev/null 2>&1 &
+    launcher=$!
+    wait_until "[[ -s $WORK/dp_gkill/generate/synthetic.shards/rank-1-of-2/synthetic.jsonl ]]" $launcher
+    victim=$(pgrep -f "distill generate $WORK/dp_gkill.json" | grep -v "^$launcher\$" | tail -n 1)
+    [[ -n $victim ]] && kill -9 "$victim" 2>/dev/null
+    wait $launcher
+    if "${mpi[@]}" "$DISTILL" generate "$WORK/dp_gkill.json" --quiet >/dev/null 2>"$WORK/dp_gkill.stderr" &&
+        cmp -s "$WORK/dp_gkill/generate/synthetic.jsonl" "$WORK/ref/generate/synthetic.jsonl"; then
+        pass "a rank SIGKILLed in generate${victim:+ (pid $victim)}: the rerun merges one process's synthetic.jsonl"
+    else
+        fail "a rank SIGKILLed in generate: $(tail -2 "$WORK/dp_gkill.stderr")"
+    fi
     sed 's#/dp_a"#/dp_odd"#; s/"grad_accum": 2/"grad_accum": 1/' "$WORK/dp_a.json" >"$WORK/dp_odd.json"
     "${mpi[@]}" "$DISTILL" run "$WORK/dp_odd.json" --quiet >/dev/null 2>"$WORK/dp_odd.stderr"
     rc=$?

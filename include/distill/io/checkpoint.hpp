@@ -12,6 +12,10 @@
 /// version, step, optimizer step count, each file's size and CRC-32C, the training loop's state (epoch, position, RNG,
 /// early stopping, ...), a copy of the job config, and the CRC-32C of the manifest itself |
 ///
+/// Files attached by the writer (`CheckpointStore::save`'s `attach`: a ZeRO-1 run's
+/// `optimizer-shard-R-of-N.safetensors`, train/zero.hpp, whose optimizer state is then not in
+/// training.safetensors) are moved in before the manifest, which lists and checks them like the rest.
+///
 /// The directory is written under a temporary name, every file fsynced, renamed into place and the
 /// root fsynced; only then does the `latest` pointer file (atomically replaced) name it. A crash at
 /// any moment leaves the previous checkpoint and pointer intact. `best` names the checkpoint with the
@@ -231,9 +235,19 @@ private:
         c.state_ = field("state");
         c.config_ = field("config");
         c.scalar_ = field("scalar_type").get<std::string>();
-        for (const char* name : {"student.safetensors", "training.safetensors"}) {
+        const nlohmann::json& files = field("files");
+        if (!files.is_object()) throw format_error(manifest_path, 0, "\"files\" is not an object");
+        std::vector<std::string> names{"student.safetensors", "training.safetensors"};
+        for (const auto& [name, info] : files.items()) {  // attached files (ZeRO-1 optimizer shards)
+            if (name == names[0] || name == names[1]) continue;
+            if (name.empty() || name.find('/') != std::string::npos || name.starts_with("."))
+                throw format_error(manifest_path, 0, "\"files\" lists \"" + name + "\", not a file name");
+            names.push_back(name);
+            attached_.push_back(name);
+        }
+        for (const std::string& name : names) {
             const auto path = dir / name;
-            const nlohmann::json& f = field("files");
+            const nlohmann::json& f = files;
             if (!f.contains(name)) throw format_error(manifest_path, 0, std::string("does not list ") + name);
             if (!std::filesystem::exists(path)) throw format_error(path, 0, "missing from the checkpoint");
             const auto [size, crc] = detail::file_digest(path);
@@ -260,14 +274,20 @@ public:
     const nlohmann::json& config() const noexcept { return config_; }
     /// The verified student weights file (usable with `io::load_weights`).
     const safetensors_file& student_file() const { return *student_; }
+    /// The files attached to it besides the student and training files (verified like them).
+    const std::vector<std::string>& attached() const noexcept { return attached_; }
+    /// The verified training file (extra parameters, optimizer state, data order).
+    const safetensors_file& training_file() const { return *training_; }
 
     /// Loads the student, the extra parameters, the optimizer (state tensors and step count) and the
     /// data order. Every name, shape and dtype is checked first; on any mismatch it throws
     /// format_error or shape_error naming the tensor and nothing is modified.
     /// @tparam Model a student (parameters(), config()). @tparam Optimizer an `optimizer_policy`.
     template <class Model, class Optimizer>
+    /// With `optimizer_state` false the optimizer's state tensors are neither expected nor loaded
+    /// (any `optimizer.*` tensor is left for the caller: ZeRO-1 re-slices them); its step count is.
     void restore(Model& model, std::span<const Parameter<typename Model::scalar_type>> extra, Optimizer& optimizer,
-                 std::vector<std::int64_t>& data_order) const {
+                 std::vector<std::int64_t>& data_order, bool optimizer_state = true) const {
         using T = typename Model::scalar_type;
         static_assert(std::is_same_v<T, typename Optimizer::scalar_type>, "model and optimizer scalar types differ");
         const dtype want = exact_dtype<T>();
@@ -320,7 +340,12 @@ public:
         for (const auto& p : model.parameters()) expect(*student_, p.name, p.value, seen_student);
         no_others(*student_, seen_student);
         for (const auto& p : extra) expect(*training_, "extra." + p.name, p.value, seen_training);
-        for (const auto& s : optimizer.state()) expect(*training_, "optimizer." + s.name, s.value, seen_training);
+        if (optimizer_state) {
+            for (const auto& s : optimizer.state()) expect(*training_, "optimizer." + s.name, s.value, seen_training);
+        } else {
+            for (const auto& t : training_->tensors())
+                if (t.name.starts_with("optimizer.")) seen_training.insert(t.name);
+        }
         const tensor_info* order = training_->find("data.order");
         if (!order || order->type != dtype::I64 || order->shape.size() != 1)
             throw format_error(training_->path(), 0, "has no I64 vector 'data.order'");
@@ -344,6 +369,7 @@ private:
     std::int64_t step_ = 0, optimizer_steps_ = 0;
     nlohmann::json state_, config_;
     std::string scalar_;
+    std::vector<std::string> attached_;
     std::optional<safetensors_file> student_, training_;
 };
 
@@ -373,7 +399,8 @@ public:
     std::filesystem::path save(std::int64_t step, const Model& model,
                                std::span<const Parameter<typename Model::scalar_type>> extra,
                                const Optimizer& optimizer, std::span<const std::int64_t> data_order,
-                               const nlohmann::json& state, const nlohmann::json& config) {
+                               const nlohmann::json& state, const nlohmann::json& config,
+                               std::span<const std::filesystem::path> attach = {}, bool optimizer_state = true) {
         using T = typename Model::scalar_type;
         const std::string name = detail::step_name(step);
         const auto final_dir = root_ / name;
@@ -387,8 +414,9 @@ public:
         std::vector<detail::raw_tensor> tensors;
         for (const auto& p : extra)
             tensors.push_back({"extra." + p.name, exact_dtype<T>(), detail::shape_of(p.value), p.value.data()});
-        for (const auto& s : optimizer.state())
-            tensors.push_back({"optimizer." + s.name, exact_dtype<T>(), detail::shape_of(s.value), s.value.data()});
+        if (optimizer_state)
+            for (const auto& s : optimizer.state())
+                tensors.push_back({"optimizer." + s.name, exact_dtype<T>(), detail::shape_of(s.value), s.value.data()});
         tensors.push_back(
             {"data.order", dtype::I64, {static_cast<std::int64_t>(data_order.size())}, data_order.data()});
         detail::write_raw(tmp / "training.safetensors", tensors, {});
@@ -399,7 +427,15 @@ public:
         manifest["step"] = step;
         manifest["optimizer_steps"] = optimizer.steps();
         manifest["scalar_type"] = dtype_name(exact_dtype<T>());
-        for (const char* file : {"student.safetensors", "training.safetensors"}) {
+        // Attached files (ZeRO-1: each rank's optimizer shard, written durably by its rank) move in
+        // before the manifest that lists them, so the checkpoint commits with them.
+        std::vector<std::string> files{"student.safetensors", "training.safetensors"};
+        for (const auto& f : attach) {
+            rename_or_throw(f, tmp / f.filename());
+            files.push_back(f.filename().string());
+        }
+        if (!attach.empty()) distill::detail::fsync_parent_directory(tmp / files.back());
+        for (const auto& file : files) {
             const auto [size, crc] = detail::file_digest(tmp / file);
             manifest["files"][file] = {{"bytes", size}, {"crc32c", crc}};
         }

@@ -49,17 +49,22 @@ public:
     using device_type = Device;
     using config_type = AdamConfig;
 
-    /// Takes the parameters to update (see `gather`), validated; allocates the zeroed state.
-    AdamImpl(std::vector<Parameter<T>> params, const AdamConfig& config = default_config(), Device device = Device{})
-        : params_(std::move(params)), cfg_(config), dev_(device) {
+    /// Takes the parameters to update (see `gather`), validated; allocates the zeroed state. With a
+    /// `shard` (ZeRO-1) it keeps state for, and updates, only those elements: each overlapping
+    /// parameter's part is a 1-D state tensor `exp_avg.<name>` of that length.
+    AdamImpl(std::vector<Parameter<T>> params, const AdamConfig& config = default_config(), Device device = Device{},
+             Shard shard = {})
+        : params_(std::move(params)), cfg_(config), dev_(device), shard_(shard) {
         cfg_.validate();
-        validate_parameters<T>(params_, Decoupled ? "AdamW" : "Adam", Device::memory);
+        const char* who = Decoupled ? "AdamW" : "Adam";
+        validate_parameters<T>(params_, who, Device::memory);
+        const std::vector<Parameter<T>> part = shard_slices(params_, shard_, who);
         static constexpr const char* slots[] = {"exp_avg", "exp_avg_sq"};
-        state_ = StateArena<T, Device>(dev_, params_, slots);
-        const std::size_t n = params_.size();
+        state_ = StateArena<T, Device>(dev_, part, slots);
+        const std::size_t n = part.size();
         for (std::size_t i = 0; i < n; ++i)
-            list_.add(params_[i].value.numel(), params_[i].value.data(), params_[i].grad.data(), state_.data(0, i, n),
-                      state_.data(1, i, n), cfg_.decay.applies_to(params_[i].kind) && cfg_.weight_decay != 0);
+            list_.add(part[i].value.numel(), part[i].value.data(), part[i].grad.data(), state_.data(0, i, n),
+                      state_.data(1, i, n), cfg_.decay.applies_to(part[i].kind) && cfg_.weight_decay != 0);
     }
 
     /// torch's defaults: no decay for Adam, 0.01 for AdamW.
@@ -118,11 +123,14 @@ public:
     const Device& device() const noexcept { return dev_; }
     /// Bytes of optimizer state.
     std::size_t state_bytes() const noexcept { return state_.bytes(); }
+    /// The elements it updates (the default: all).
+    const Shard& shard() const noexcept { return shard_; }
 
 private:
     std::vector<Parameter<T>> params_;
     AdamConfig cfg_;
     Device dev_;
+    Shard shard_;
     StateArena<T, Device> state_;
     device::tensor_list<T> list_;  // per parameter: value, gradient, exp_avg, exp_avg_sq; decayed or not
     std::int64_t steps_ = 0;

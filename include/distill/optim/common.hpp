@@ -58,7 +58,61 @@ struct DecayGroups {
     }
 };
 
+/// A contiguous range [lo, hi) of the flat concatenation of an optimizer's parameters (their
+/// elements in list order): the part a ZeRO-1 rank keeps optimizer state for and updates (the other
+/// ranks' parts arrive by an all-gather of the parameters). The default is every element.
+struct Shard {
+    std::size_t lo = 0;
+    std::size_t hi = static_cast<std::size_t>(-1);
+
+    /// Rank `rank`'s part of `total` elements split over `size` ranks, balanced by element count
+    /// (a parameter may straddle two parts).
+    static Shard of(std::size_t total, int rank, int size) {
+        // floor(total * r / n) without overflow: total = q n + m gives q r + floor(m r / n)
+        const auto n = static_cast<std::size_t>(size), q = total / n, m = total % n;
+        auto at = [&](std::size_t r) { return q * r + m * r / n; };
+        return {at(static_cast<std::size_t>(rank)), at(static_cast<std::size_t>(rank) + 1)};
+    }
+    /// Whether it holds every element of `total`.
+    bool whole(std::size_t total) const noexcept { return lo == 0 && hi >= total; }
+    bool operator==(const Shard&) const = default;
+};
+
+/// Elements of all `params` together.
+template <class T>
+std::size_t total_elements(std::span<const Parameter<T>> params) {
+    std::size_t n = 0;
+    for (const auto& p : params) n += static_cast<std::size_t>(p.value.numel());
+    return n;
+}
+
 namespace detail {
+
+/// The parts of `params` inside `shard`: each parameter overlapping it as a 1-D view of that range
+/// of its value and gradient, with its name and kind (weight decay groups still apply per element).
+/// The whole range returns the parameters themselves, shapes kept.
+template <class T>
+std::vector<Parameter<T>> shard_slices(const std::vector<Parameter<T>>& params, const Shard& shard,
+                                       const std::string& who) {
+    const std::size_t total = total_elements<T>(params);
+    if (shard.whole(total)) return params;
+    if (shard.lo > shard.hi || shard.hi > total)
+        throw shape_error(who + ": shard [" + std::to_string(shard.lo) + ", " + std::to_string(shard.hi) +
+                          ") lies outside the " + std::to_string(total) + " parameter elements");
+    std::vector<Parameter<T>> out;
+    std::size_t at = 0;
+    for (const auto& p : params) {
+        const std::size_t n = static_cast<std::size_t>(p.value.numel());
+        const std::size_t a = std::max(at, shard.lo), b = std::min(at + n, shard.hi);
+        if (a < b) {
+            const auto len = static_cast<std::int64_t>(b - a);
+            out.push_back({p.name, Tensor<T>(p.value.data() + (a - at), {len}, p.value.space()),
+                           Tensor<T>(p.grad.data() + (a - at), {len}, p.grad.space()), p.kind});
+        }
+        at += n;
+    }
+    return out;
+}
 
 /// Checks what every optimizer requires of its parameters: host memory, value and gradient both
 /// contiguous with equal sizes, unique non-empty names (state tensors and checkpoints are keyed by them).

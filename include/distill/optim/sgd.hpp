@@ -48,17 +48,19 @@ public:
     using config_type = SgdConfig;
 
     /// Takes the parameters to update (see `gather`); allocates the momentum buffers when momentum > 0.
-    Sgd(std::vector<Parameter<T>> params, const SgdConfig& config = {}, Device device = Device{})
-        : params_(std::move(params)), cfg_(config), dev_(device) {
+    /// With a `shard` (ZeRO-1) it keeps state for, and updates, only those elements (see `Shard`).
+    Sgd(std::vector<Parameter<T>> params, const SgdConfig& config = {}, Device device = Device{}, Shard shard = {})
+        : params_(std::move(params)), cfg_(config), dev_(device), shard_(shard) {
         cfg_.validate();
         detail::validate_parameters<T>(params_, "Sgd", Device::memory);
+        const std::vector<Parameter<T>> part = detail::shard_slices(params_, shard_, "Sgd");
         static constexpr const char* slots[] = {"momentum_buffer"};
-        if (cfg_.momentum != 0) state_ = detail::StateArena<T, Device>(dev_, params_, slots);
-        const std::size_t n = params_.size();
+        if (cfg_.momentum != 0) state_ = detail::StateArena<T, Device>(dev_, part, slots);
+        const std::size_t n = part.size();
         for (std::size_t i = 0; i < n; ++i)
-            list_.add(params_[i].value.numel(), params_[i].value.data(), params_[i].grad.data(),
+            list_.add(part[i].value.numel(), part[i].value.data(), part[i].grad.data(),
                       cfg_.momentum != 0 ? state_.data(0, i, n) : nullptr, nullptr,
-                      cfg_.decay.applies_to(params_[i].kind) && cfg_.weight_decay != 0);
+                      cfg_.decay.applies_to(part[i].kind) && cfg_.weight_decay != 0);
     }
 
     /// One step at learning rate `lr` (>= 0):
@@ -100,11 +102,14 @@ public:
     const Device& device() const noexcept { return dev_; }
     /// Bytes of optimizer state (0 without momentum).
     std::size_t state_bytes() const noexcept { return state_.bytes(); }
+    /// The elements it updates (the default: all).
+    const Shard& shard() const noexcept { return shard_; }
 
 private:
     std::vector<Parameter<T>> params_;
     SgdConfig cfg_;
     Device dev_;
+    Shard shard_;
     detail::StateArena<T, Device> state_;
     device::tensor_list<T> list_;  // per parameter: value, gradient, momentum buffer (or null); decayed or not
     std::int64_t steps_ = 0;

@@ -13,7 +13,9 @@
 #include <algorithm>
 #include <cstdlib>
 #include <limits>
+#include <span>
 #include <string>
+#include <vector>
 
 #include <mpi.h>
 
@@ -58,6 +60,8 @@ public:
     int size() const noexcept override { return size_; }
     void all_reduce_sum(float* data, std::size_t n) override { reduce(data, n, MPI_FLOAT); }
     void all_reduce_sum(double* data, std::size_t n) override { reduce(data, n, MPI_DOUBLE); }
+    void all_gather(float* data, std::span<const std::size_t> counts) override { gather(data, counts, MPI_FLOAT); }
+    void all_gather(double* data, std::span<const std::size_t> counts) override { gather(data, counts, MPI_DOUBLE); }
     std::int64_t all_reduce_max(std::int64_t value) override {
         std::int64_t out = 0;
         check(MPI_Allreduce(&value, &out, 1, MPI_INT64_T, MPI_MAX, comm_), "MPI_Allreduce");
@@ -90,6 +94,26 @@ private:
             check(MPI_Allreduce(MPI_IN_PLACE, data + done, m, type, MPI_SUM, comm_), "MPI_Allreduce");
             done += std::size_t(m);
         }
+    }
+    // MPI_Allgatherv in place: each rank's block already sits at its displacement.
+    template <class T>
+    void gather(T* data, std::span<const std::size_t> counts, MPI_Datatype type) {
+        if (counts.size() != std::size_t(size_))
+            throw error("all_gather: " + std::to_string(counts.size()) + " counts for " + std::to_string(size_) +
+                        " ranks");
+        std::vector<int> n(counts.size()), at(counts.size());
+        std::size_t offset = 0;
+        for (std::size_t r = 0; r < counts.size(); ++r) {
+            if (counts[r] > std::size_t(std::numeric_limits<int>::max()) ||
+                offset > std::size_t(std::numeric_limits<int>::max()))
+                throw error("all_gather: more elements than MPI's int counts address (" + std::to_string(offset) +
+                            " + " + std::to_string(counts[r]) + ")");
+            n[r] = int(counts[r]);
+            at[r] = int(offset);
+            offset += counts[r];
+        }
+        check(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, data, n.data(), at.data(), type, comm_),
+              "MPI_Allgatherv");
     }
     static void check(int rc, const char* what) {
         if (rc == MPI_SUCCESS) return;

@@ -174,21 +174,17 @@ public:
     /// and skips what is done. Returns the training set's report.
     GenerateReport generate() {
         auto& comm = s_.options.comm();
-        if (!comm.root()) {  // rank 0 answers; the others train on its files
-            comm.barrier();
-            return GenerateReport{.teacher = teacher_.name(), .examples = s_.train.examples.size()};
-        }
         const auto done = [&](GenerateReport r) {
             comm.barrier();
             return r;
         };
-        s_.dir.write_job_copy(s_.job);
+        if (comm.root()) s_.dir.write_job_copy(s_.job);
         if constexpr (embedding) {
             s_.say(
                 "generate: nothing to generate for the embedding task; the teacher embeds each training batch "
                 "during finetune");
             return done(GenerateReport{.teacher = teacher_.name(), .examples = s_.train.examples.size()});
-        } else {
+        } else {  // each rank answers its share of the prompts; rank 0 merges (generate_sharded)
             return done(generate_stage(teacher_, s_));
         }
     }
@@ -204,13 +200,17 @@ public:
     /// report; see `EvaluateStage` (`EmbeddingStages`). Returns report.json's object.
     nlohmann::ordered_json evaluate() {
         auto& comm = s_.options.comm();
-        if (!comm.root()) {  // rank 0 measures, as a user would deploy: one process
-            comm.barrier();
-            return detail::read_json_file(s_.dir.report_json());
+        if (comm.root()) s_.dir.write_job_copy(s_.job);
+        if constexpr (embedding) {  // rank 0 measures alone
+            if (!comm.root()) {
+                comm.barrier();
+                return detail::read_json_file(s_.dir.report_json());
+            }
         }
-        s_.dir.write_job_copy(s_.job);
+        // every rank answers its share of the test prompts; rank 0 measures latency and writes the report
         auto report = evaluate_stage_type(s_, teacher_, device_).run();
         comm.barrier();
+        if (!comm.root()) return detail::read_json_file(s_.dir.report_json());
         return report;
     }
 

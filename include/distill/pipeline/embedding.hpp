@@ -290,8 +290,8 @@ public:
             loss::Workspace<float, Device> ws(loss, dims(s_, teacher_, B, max_length), device_);
             std::vector<Parameter<float>> extra;
             if constexpr (requires { loss.parameters(); }) extra = loss.parameters();
-            optimizer_type opt(optim::gather(trainable_parameters(s.parameters(), s_.job.frozen_parameters), extra),
-                               s_.optimizer);
+            optimizer_type opt = make_optimizer<optimizer_type>(
+                optim::gather(trainable_parameters(s.parameters(), s_.job.frozen_parameters), extra), s_.optimizer, s_);
             optim::Schedule schedule(schedule_config_of(h), steps);
             train::FinetuneOptions<float> options = loop_options_of(s_);
             options.stop_at = 0;  // the embedding task does not pause (distill sweep refuses it)

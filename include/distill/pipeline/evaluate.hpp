@@ -29,6 +29,7 @@
 #include "distill/io/durable.hpp"
 #include "distill/io/quant.hpp"
 #include "distill/io/reflect.hpp"
+#include "distill/parallel.hpp"
 #include "distill/pipeline/run_dir.hpp"
 #include "distill/pipeline/setup.hpp"
 #include "distill/teacher.hpp"
@@ -68,7 +69,10 @@ public:
 
     /// Measures the teacher, the baseline and the distilled student on the test set and writes the
     /// report (report.json, report.md, loss.svg, models.svg). Returns report.json's object.
+    /// Over several ranks every rank runs it: each answers its share of the test prompts (see
+    /// `answer`), rank 0 measures latency alone and writes the report; the others return {}.
     nlohmann::ordered_json run() {
+        parallel::Communicator& comm = s_.options.comm();
         const RunDir& out = s_.dir;
         if (!s_.test)
             throw config_error("test_data", "is not set; the evaluate stage needs a test set with references");
@@ -83,7 +87,10 @@ public:
         const std::string student_digest = digest(student_file),
                           baseline_digest = with_baseline ? digest(baseline_file) : std::string();
         const std::string fp = evaluation_fingerprint(student_digest, baseline_digest);
-        if (detail::stored_fingerprint(out.report_json()) == fp) {
+        bool complete = comm.root() && detail::stored_fingerprint(out.report_json()) == fp;
+        comm.broadcast(&complete, sizeof complete, 0);
+        if (complete && !comm.root()) return {};
+        if (complete) {
             s_.say("evaluate: report.json is complete for these models; skipped");
             nlohmann::ordered_json report = detail::read_json_file(out.report_json());
             // prices change no measurement: a job with new ones gets its cost table, not a new evaluation
@@ -137,6 +144,7 @@ public:
             models["student_" + type] =
                 measure_student(student_file, "student_" + type, requests, references, sampling, quant::parse(type));
         }
+        if (!comm.root()) return {};
 
         nlohmann::ordered_json report;
         report["distill_version"] = version();
@@ -186,14 +194,15 @@ private:
         std::vector<double> latencies;
         const std::size_t samples =
             std::min<std::size_t>(std::size_t(s_.job.evaluation.latency_samples), requests.size());
-        for (std::size_t i = 0; i < samples; ++i) {
+        for (std::size_t i = 0; i < samples && s_.options.comm().root(); ++i) {  // one process, as deployed
             const auto t0 = clock::now();
             generate_all(model, std::span<const teacher::Request>(&requests[i], 1), sampling);
             latencies.push_back(1e3 * detail::seconds_since(t0));
         }
         const auto t0 = clock::now();
-        const auto responses = generate_all(model, std::span<const teacher::Request>(requests), sampling);
+        const auto responses = answer(model, requests, sampling);
         const double seconds = detail::seconds_since(t0);
+        if (!s_.options.comm().root()) return {};
         std::vector<std::string> answers;
         std::int64_t tokens = 0, prompt_tokens = 0, failed = 0;
         std::string jsonl, first_error;
@@ -257,6 +266,45 @@ private:
                       })
             m["metrics"]["perplexity"] = reference_perplexity(model.network(), requests, references);
         return m;
+    }
+
+    // Every answer of `model` to `requests`, in their order. Over N ranks the model's batches of the
+    // test set (teacher_batch_size prompts, as one process forms them) are dealt round-robin, batch b
+    // to rank b mod N, and rank 0 gathers the answers (text, finish reason, usage, tokens, error).
+    template <class Model>
+    std::vector<teacher::Response> answer(Model& model, const std::vector<teacher::Request>& requests,
+                                          const teacher::Sampling& sampling) {
+        parallel::Communicator& comm = s_.options.comm();
+        if (comm.size() == 1) return generate_all(model, std::span<const teacher::Request>(requests), sampling);
+        const std::size_t window = std::size_t(teacher_batch_size(model)), size = std::size_t(comm.size());
+        auto owner = [&](std::size_t i) { return int((i / window) % size); };
+        std::vector<teacher::Request> mine;
+        for (std::size_t i = 0; i < requests.size(); ++i)
+            if (owner(i) == comm.rank()) mine.push_back(requests[i]);
+        const auto got = generate_all(model, std::span<const teacher::Request>(mine), sampling);
+        nlohmann::json sent = nlohmann::json::array();
+        for (const auto& r : got)
+            sent.push_back(
+                {r.text, int(r.finish), r.usage.prompt_tokens, r.usage.completion_tokens, r.tokens, r.error});
+        std::vector<teacher::Response> all(requests.size());
+        for (int rank = 0; rank < comm.size(); ++rank) {
+            const std::string text = comm.broadcast_string(
+                rank == comm.rank() ? sent.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) : "", rank);
+            if (!comm.root()) continue;
+            const auto j = nlohmann::json::parse(text);
+            std::size_t k = 0;
+            for (std::size_t i = 0; i < requests.size(); ++i) {
+                if (owner(i) != rank) continue;
+                const auto& a = j.at(k++);
+                auto& r = all[i];
+                r.text = a[0].get<std::string>();
+                r.finish = teacher::finish_reason(a[1].get<int>());
+                r.usage = {a[2].get<std::int64_t>(), a[3].get<std::int64_t>()};
+                r.tokens = a[4].get<std::vector<std::int32_t>>();
+                r.error = a[5].get<std::string>();
+            }
+        }
+        return all;
     }
 
     nlohmann::ordered_json measure_teacher(const std::vector<teacher::Request>& requests,

@@ -48,6 +48,7 @@
 #include "distill/io/weights.hpp"
 #include "distill/loss.hpp"
 #include "distill/loss/sum.hpp"
+#include "distill/optim/common.hpp"
 #include "distill/optim/schedule.hpp"
 #include "distill/optimizer.hpp"
 #include "distill/pipeline/job.hpp"
@@ -283,7 +284,24 @@ train::FinetuneOptions<float> loop_options_of(const Setup& setup) {
     options.output_dir_key = "output_dir";
     options.communicator = setup.options.communicator;
     options.stop_at = setup.options.stop_at;
+    options.zero = setup.job.zero;
     return options;
+}
+
+/// The optimizer of a job's training run over `params`: under ZeRO-1 (`"zero": 1`, several ranks)
+/// built over this rank's shard of them.
+template <class Optimizer, class Setup, class Config>
+Optimizer make_optimizer(std::vector<Parameter<float>> params, const Config& config, const Setup& setup) {
+    parallel::Communicator& comm = setup.options.comm();
+    if (setup.job.zero != 1 || comm.size() == 1) return Optimizer(std::move(params), config);
+    using device_type = typename Optimizer::device_type;
+    if constexpr (std::is_constructible_v<Optimizer, std::vector<Parameter<float>>, const Config&, device_type,
+                                          optim::Shard>) {
+        const optim::Shard shard = optim::Shard::of(optim::total_elements<float>(params), comm.rank(), comm.size());
+        return Optimizer(std::move(params), config, device_type{}, shard);
+    } else {
+        throw config_error("zero", "is 1, but this optimizer cannot be built over a shard of the parameters");
+    }
 }
 
 /// The finetune stage of a run (see the file comment); the template parameters are the Distiller's.
@@ -747,8 +765,9 @@ private:
                 loss::Workspace<float, Device> ws(loss, dims(B), device_);
                 std::vector<Parameter<float>> extra;
                 if constexpr (requires { loss.parameters(); }) extra = loss.parameters();
-                optimizer_type opt(optim::gather(trainable_parameters(s.parameters(), s_.job.frozen_parameters), extra),
-                                   s_.optimizer);
+                optimizer_type opt = make_optimizer<optimizer_type>(
+                    optim::gather(trainable_parameters(s.parameters(), s_.job.frozen_parameters), extra), s_.optimizer,
+                    s_);
                 optim::Schedule schedule(schedule_config(), steps);
                 train::FinetuneOptions<float> options = loop_options();
                 options.extra = extra;
@@ -787,7 +806,8 @@ private:
             s_, "baseline", fp,
             [&](const std::string& dir) {
                 student_type s = make_student();
-                optimizer_type opt(trainable_parameters(s.parameters(), s_.job.frozen_parameters), s_.optimizer);
+                optimizer_type opt = make_optimizer<optimizer_type>(
+                    trainable_parameters(s.parameters(), s_.job.frozen_parameters), s_.optimizer, s_);
                 optim::Schedule schedule(schedule_config(), steps);
                 train::FinetuneConfig cfg = finetune_config(dir);
                 cfg.max_steps = steps;  // the distilled student's budget, whatever the data size

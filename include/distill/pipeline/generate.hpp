@@ -33,11 +33,14 @@
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <functional>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <optional>
 #include <set>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -54,6 +57,7 @@
 #include "distill/error.hpp"
 #include "distill/io/durable.hpp"
 #include "distill/io/topk_cache.hpp"
+#include "distill/parallel.hpp"
 #include "distill/signals.hpp"
 #include "distill/teacher.hpp"
 #include "distill/teacher/synthetic.hpp"
@@ -187,9 +191,11 @@ inline std::string duration(double s) {
 /// `sampling`; the results go to `config.output_dir`. Returns the report. Throws fingerprint_error
 /// for output of another teacher, generate_error when the success ratio falls below the minimum,
 /// io_error/format_error for unreadable or unwritable files, config_error for bad settings.
+/// `indices`: each example's position in the whole data set (`teacher::Request::index`, which a
+/// sampling teacher seeds from) when `data` is a shard of it; empty: their positions in `data`.
 template <teacher_source Teacher>
 GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teacher::Sampling& sampling,
-                        const GenerateConfig& config = {}) {
+                        const GenerateConfig& config = {}, std::span<const std::uint64_t> indices = {}) {
     using clock = std::chrono::steady_clock;
     namespace fs = std::filesystem;
     config.validate();
@@ -389,7 +395,9 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
         for (std::size_t i = first; i < first + n; ++i)
             if (!teacher_batch_invariant<Teacher> || !done.count(examples[i].id)) members.push_back(i);
         std::vector<teacher::Request> requests;
-        for (std::size_t i : members) requests.push_back({examples[i].id, i, examples[i].prompt, examples[i].fields});
+        for (std::size_t i : members)
+            requests.push_back(
+                {examples[i].id, indices.empty() ? i : indices[i], examples[i].prompt, examples[i].fields});
         report.requested += pending;
 
         // Answers arrive in any order; they are written in input order as soon as the prefix is complete.
@@ -448,9 +456,222 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
     return report;
 }
 
+namespace detail {
+
+// The lines of a JSONL file, newline included ("" when absent).
+inline std::vector<std::string> raw_lines(const std::filesystem::path& path) {
+    std::vector<std::string> out;
+    if (!std::filesystem::exists(path)) return out;
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw io_error(path, "cannot open for reading");
+    std::string line;
+    while (std::getline(in, line))
+        if (!line.empty()) out.push_back(line + "\n");
+    return out;
+}
+
+inline std::string file_bytes(const std::filesystem::path& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw io_error(path, "cannot open for reading");
+    return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+// Rank 0 of a sharded generate: the shards' outputs merged in input order into `config`'s files,
+// deduplicated there (as one process deduplicates, in input order); see `generate_sharded`.
+inline GenerateReport merge_shards(const data::Dataset& data, const GenerateConfig& config,
+                                   const std::vector<std::filesystem::path>& shard_dirs,
+                                   const std::vector<GenerateReport>& reports) {
+    namespace fs = std::filesystem;
+    const fs::path dir = config.output_dir;
+    struct Answer {
+        std::string line;
+        teacher::SyntheticRecord record;
+    };
+    std::map<std::string, Answer> records;
+    std::map<std::string, std::string> rejections, topk;
+    std::string topk_header;
+    for (std::size_t r = 0; r < shard_dirs.size(); ++r) {
+        const fs::path base = shard_dirs[r] / config.name;
+        for (auto& line : raw_lines(base.string() + ".jsonl")) {
+            auto rec = teacher::parse_synthetic(nlohmann::json::parse(line));
+            const std::string id = rec.id;
+            records[id] = {std::move(line), std::move(rec)};
+        }
+        for (auto& line : raw_lines(base.string() + ".rejected.jsonl")) {
+            const auto j = nlohmann::json::parse(line);
+            rejections[j.at("id").get<std::string>()] = std::move(line);
+        }
+        const fs::path topk_path = base.string() + ".topk";
+        if (fs::exists(topk_path)) {
+            const std::string bytes = file_bytes(topk_path);
+            io::topk_file f(topk_path);
+            const std::size_t n = f.size();
+            const std::size_t first = n ? std::size_t(f[0].offset) : bytes.size();
+            if (topk_header.empty()) topk_header = bytes.substr(0, first);
+            for (std::size_t i = 0; i < n; ++i) {
+                const std::size_t a = std::size_t(f[i].offset),
+                                  b = i + 1 < n ? std::size_t(f[i + 1].offset) : bytes.size();
+                topk[std::string(f[i].id)] = bytes.substr(a, b - a);
+            }
+        }
+    }
+    GenerateReport report;
+    for (const auto& r : reports) {
+        report.already_done += r.already_done;
+        report.requested += r.requested;
+        report.accepted += r.accepted;
+        report.rejected_empty += r.rejected_empty;
+        report.rejected_truncated += r.rejected_truncated;
+        report.failed += r.failed;
+        report.completion_tokens += r.completion_tokens;
+        report.repaired_bytes += r.repaired_bytes;
+        report.token_mapping += r.token_mapping;
+        report.failures.insert(report.failures.end(), r.failures.begin(), r.failures.end());
+    }
+    report.fingerprint = reports.front().fingerprint;
+    report.teacher = reports.front().teacher;
+    report.examples = data.examples.size();
+    report.skipped_input_lines = data.stats.skipped.size();
+    std::string lines, rejected, topk_out = topk_header;
+    std::set<std::string> answers;
+    for (const auto& ex : data.examples) {
+        if (auto it = records.find(ex.id); it != records.end()) {
+            const auto& rec = it->second.record;
+            if (config.deduplicate && !answers.insert(answer_key(rec.prompt, rec.response.text)).second) {
+                ++report.rejected_duplicate;  // as one process writes it (generate's reject)
+                if (report.accepted > 0) --report.accepted;
+                nlohmann::ordered_json j;
+                j["id"] = ex.id;
+                j["source_line"] = ex.line;
+                j["reason"] = "duplicate";
+                j["finish_reason"] = std::string(teacher::finish_reason_name(rec.response.finish));
+                j["text"] = rec.response.text;
+                j["usage"] = {{"prompt_tokens", rec.response.usage.prompt_tokens},
+                              {"completion_tokens", rec.response.usage.completion_tokens}};
+                j["fingerprint"] = rec.fingerprint;
+                rejected += j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n";
+                continue;
+            }
+            lines += it->second.line;
+            if (auto t = topk.find(ex.id); t != topk.end()) topk_out += t->second;
+        } else if (auto r = rejections.find(ex.id); r != rejections.end()) {
+            rejected += r->second;
+        }
+    }
+    io::write_file_atomic(dir / (config.name + ".jsonl"), lines);
+    if (!rejected.empty() || fs::exists(dir / (config.name + ".rejected.jsonl")))
+        io::write_file_atomic(dir / (config.name + ".rejected.jsonl"), rejected);
+    if (!topk_header.empty()) io::write_file_atomic(dir / (config.name + ".topk"), topk_out);
+    return report;
+}
+
+// A shard's report as it travels to rank 0: report_json's fields plus the token mapping's raw counts
+// (report_json writes some of them summed), read back by report_from_json.
+inline nlohmann::json report_to_json(const GenerateReport& r) {
+    nlohmann::json j = nlohmann::json::parse(report_json(r).dump());
+    j["token_mapping_raw"] = {r.token_mapping.top_entries,     r.token_mapping.top_unmapped,
+                              r.token_mapping.top_ambiguous,   r.token_mapping.top_duplicate,
+                              r.token_mapping.top_missing,     r.token_mapping.tokens,
+                              r.token_mapping.tokens_unmapped, r.token_mapping.retokenize_mismatches};
+    return j;
+}
+
+inline GenerateReport report_from_json(const nlohmann::json& j) {
+    GenerateReport r;
+    r.fingerprint = j.at("fingerprint").get<std::string>();
+    r.teacher = j.at("teacher").get<std::string>();
+    r.already_done = j.at("already_done").get<std::uint64_t>();
+    r.requested = j.at("requested").get<std::uint64_t>();
+    r.accepted = j.at("accepted").get<std::uint64_t>();
+    r.rejected_empty = j.at("rejected").at("empty").get<std::uint64_t>();
+    r.rejected_truncated = j.at("rejected").at("truncated").get<std::uint64_t>();
+    r.failed = j.at("failed").get<std::uint64_t>();
+    r.completion_tokens = j.at("completion_tokens").get<std::uint64_t>();
+    r.repaired_bytes = j.at("repaired_bytes").get<std::uint64_t>();
+    for (const auto& f : j.at("failures"))
+        r.failures.push_back(
+            {f.at("id").get<std::string>(), f.at("line").get<std::uint64_t>(), f.at("error").get<std::string>()});
+    const auto& m = j.at("token_mapping_raw");
+    auto& t = r.token_mapping;
+    t.top_entries = m[0];
+    t.top_unmapped = m[1];
+    t.top_ambiguous = m[2];
+    t.top_duplicate = m[3];
+    t.top_missing = m[4];
+    t.tokens = m[5];
+    t.tokens_unmapped = m[6];
+    t.retokenize_mismatches = m[7];
+    return r;
+}
+
+}  // namespace detail
+
+/// The generate stage over the ranks of `comm` (docs/scaling.md): the teacher's windows of the input
+/// (`teacher_batch_size` examples each, as one process forms them) are dealt out round-robin —
+/// window w to rank w mod N — and each rank answers its windows into its own files under
+/// `<output_dir>/<name>.shards/rank-R-of-N/` (resumable per shard, as `generate` resumes); after a
+/// barrier rank 0 merges them in input order into `<name>.jsonl` (and `.rejected.jsonl`, `.topk`),
+/// deduplicating there, each written atomically: with a teacher whose answer depends only on its
+/// prompt and index (greedy decoding) the files are the bytes one process writes. `<name>.report.json`
+/// sums the shards' reports. A directory where a one-process run has begun (a `<name>.jsonl` and no
+/// shards) is finished by rank 0 alone. Returns the report on rank 0 (a rank's own elsewhere).
+template <teacher_source Teacher>
+GenerateReport generate_sharded(Teacher& teacher, const data::Dataset& data, const teacher::Sampling& sampling,
+                                GenerateConfig config, parallel::Communicator& comm) {
+    namespace fs = std::filesystem;
+    const int size = comm.size(), rank = comm.rank();
+    if (size == 1) return generate(teacher, data, sampling, config);
+    const fs::path dir = config.output_dir;
+    const fs::path shards = dir / (config.name + ".shards");
+    bool alone = false;
+    if (comm.root())
+        alone = !fs::exists(shards) &&
+                (fs::exists(dir / (config.name + ".jsonl")) || fs::exists(dir / (config.name + ".rejected.jsonl")));
+    comm.broadcast(&alone, sizeof alone, 0);
+    if (alone) {  // a one-process run's files: finished as it would
+        GenerateReport r;
+        if (comm.root()) r = generate(teacher, data, sampling, config);
+        comm.barrier();
+        return r;
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    const std::size_t window = std::size_t(teacher_batch_size(teacher));
+    data::Dataset part;
+    part.path = data.path;
+    std::vector<std::uint64_t> indices;
+    for (std::size_t i = 0; i < data.examples.size(); ++i)
+        if (int((i / window) % std::size_t(size)) == rank) {
+            part.examples.push_back(data.examples[i]);
+            indices.push_back(i);
+        }
+    std::vector<fs::path> dirs;
+    for (int r = 0; r < size; ++r)
+        dirs.push_back(shards / ("rank-" + std::to_string(r) + "-of-" + std::to_string(size)));
+    GenerateConfig mine = config;
+    mine.output_dir = dirs[std::size_t(rank)].string();
+    mine.deduplicate = false;  // across shards: rank 0's merge deduplicates in input order
+    mine.progress = config.progress && comm.root();
+    const GenerateReport own = generate(teacher, part, sampling, mine, indices);
+    std::vector<GenerateReport> reports;
+    for (int r = 0; r < size; ++r) {
+        const std::string text = comm.broadcast_string(r == rank ? detail::report_to_json(own).dump() : "", r);
+        reports.push_back(detail::report_from_json(nlohmann::json::parse(text)));
+    }
+    if (!comm.root()) {
+        comm.barrier();
+        return own;
+    }
+    GenerateReport report = detail::merge_shards(data, config, dirs, reports);
+    report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    io::write_file_atomic(dir / (config.name + ".report.json"), detail::report_json(report).dump(2) + "\n");
+    comm.barrier();
+    return report;
+}
+
 /// The generate stage of a run: the teacher answers every training (and validation) prompt of
 /// `setup` (a `RunSetup`) into the run directory's `generate/` (see `distill::generate`); resumes and
-/// skips what is done. Returns the training set's report.
+/// skips what is done; over several ranks each answers its share (`generate_sharded`), rank 0 merges
+/// and inspects. Returns the training set's report.
 template <teacher_source Teacher, class Setup>
 GenerateReport generate_stage(Teacher& teacher, const Setup& setup) {
     GenerateConfig g;
@@ -458,11 +679,13 @@ GenerateReport generate_stage(Teacher& teacher, const Setup& setup) {
     g.progress = !setup.options.quiet;
     setup.say("generate: " + teacher.name() + " answers " + std::to_string(setup.train.examples.size()) +
               " training prompts");
-    GenerateReport r = distill::generate(teacher, setup.train, setup.job.generation, g);
+    parallel::Communicator& comm = setup.options.comm();
+    GenerateReport r = distill::generate_sharded(teacher, setup.train, setup.job.generation, g, comm);
     if (setup.validation) {
         g.name = "synthetic.validation";
-        distill::generate(teacher, *setup.validation, setup.job.generation, g);
+        distill::generate_sharded(teacher, *setup.validation, setup.job.generation, g, comm);
     }
+    if (!comm.root()) return r;
     const auto rejected = r.rejected_empty + r.rejected_truncated + r.rejected_duplicate;
     if (rejected > 0)
         setup.say("generate: " + std::to_string(rejected) + " answers rejected (" +

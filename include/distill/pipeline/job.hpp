@@ -196,6 +196,10 @@ struct Job {
     /// accumulation, fp32 master weights; needs oneDNN and a CPU with its bf16 matmul). The device the
     /// Distiller is given must compute in it.
     std::string precision = "fp32";
+    /// 1: ZeRO-1 in a data-parallel run — each rank keeps the optimizer state of its shard of the
+    /// parameters only (docs/scaling.md). The weights are the same bit for bit, so it is no part of
+    /// any fingerprint; with one process it changes nothing.
+    int zero = 0;
 
     /// Checks the fixed part (the policy sections are checked by the Distiller); throws config_error.
     void validate() const {
@@ -248,6 +252,9 @@ struct Job {
         if (threads < 0 || threads > 4096) throw config_error("threads", "must be in [0, 4096]");
         if (precision != "fp32" && precision != "bf16")
             throw config_error("precision", "expected \"fp32\" or \"bf16\", got \"" + precision + "\"");
+        if (zero != 0 && zero != 1)
+            throw config_error("zero", "expected 0 or 1 (ZeRO-1: optimizer state sharded over the ranks), got " +
+                                           std::to_string(zero));
     }
 
     /// The teacher's kind ("model", "openai", "cache"); with `teachers`, the first one's.
@@ -374,7 +381,8 @@ BOOST_HANA_ADAPT_ADT(distill::Job,
     (output_dir,         [](auto& j) -> auto& { return j.output_dir; }),
     (threads,            [](auto& j) -> auto& { return j.threads; }),
     (activation_checkpointing, [](auto& j) -> auto& { return j.activation_checkpointing; }),
-    (precision,          [](auto& j) -> auto& { return j.precision; }));
+    (precision,          [](auto& j) -> auto& { return j.precision; }),
+    (zero,               [](auto& j) -> auto& { return j.zero; }));
 // clang-format on
 
 namespace distill {

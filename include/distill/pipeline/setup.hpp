@@ -69,8 +69,9 @@ LossT checked_loss(const typename LossT::config& config, const loss::dims& dims)
 struct DistillerOptions {
     bool quiet = false;       ///< no progress output
     std::FILE* log = stderr;  ///< where stage messages and progress go
-    /// The ranks of a data-parallel run (null: this process alone; parallel.hpp). Rank 0 generates,
-    /// evaluates, exports and writes every file; every rank trains its share of each step.
+    /// The ranks of a data-parallel run (null: this process alone; parallel.hpp). Every rank answers
+    /// its share of the prompts (generate, evaluate) and trains its share of each step; rank 0 merges,
+    /// measures latency, exports and writes the run's files (each rank writes its own shards).
     parallel::Communicator* communicator = nullptr;
     /// > 0: the student's training pauses after this step, unfinished, and a later finetune continues
     /// it (train::FinetuneOptions::stop_at; `distill sweep`'s rungs). No part of any fingerprint.

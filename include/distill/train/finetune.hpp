@@ -50,6 +50,7 @@
 #include "distill/parallel.hpp"
 #include "distill/parameter.hpp"
 #include "distill/train/progress.hpp"
+#include "distill/train/zero.hpp"
 
 namespace distill::train {
 
@@ -225,9 +226,16 @@ struct FinetuneOptions {
     std::int64_t stop_at = 0;
     /// The ranks of a data-parallel run (null: this process alone). Each rank computes the
     /// micro-batches m ≡ rank (mod size) of every step (`grad_accum` must be a multiple of the size),
-    /// the gradients are summed over ranks, and every rank takes the same update; rank 0 alone writes
-    /// `output_dir`, which must be on a filesystem every rank reads (they resume from its checkpoints).
+    /// the gradients are summed over ranks, and every rank takes the same update; rank 0 writes
+    /// `output_dir` (under ZeRO-1 each rank also its state shard of each checkpoint), which must be on
+    /// a filesystem every rank reads (they resume from its checkpoints).
     parallel::Communicator* communicator = nullptr;
+    /// 1: ZeRO-1 (train/zero.hpp) when `communicator` has several ranks — the optimizer must be built
+    /// over this rank's `optim::Shard::of(total elements, rank, size)` and holds state for it alone;
+    /// after each update the parameters are all-gathered, and each rank writes its state into the
+    /// checkpoint (`optimizer-shard-R-of-N.safetensors`). 0: every rank holds the whole state. With
+    /// one process it changes nothing. Any checkpoint resumes either way and with any world size.
+    int zero = 0;
 };
 
 /// How a run ended.
@@ -318,6 +326,19 @@ public:
           clipper_(std::span<const Parameter<T>>(opt_.parameters())),
           comm_(options_.communicator ? *options_.communicator : parallel::single()) {
         cfg_.validate(options_.config_path);
+        if (options_.zero != 0 && options_.zero != 1)
+            throw config_error("zero", "expected 0 or 1 (ZeRO-1: optimizer state sharded over the ranks), got " +
+                                           std::to_string(options_.zero));
+        zero_ = options_.zero == 1 && comm_.size() > 1;
+        if (zero_) {
+            const std::size_t total = optim::total_elements<T>(opt_.parameters());
+            const optim::Shard want = optim::Shard::of(total, comm_.rank(), comm_.size());
+            if (!(zero::shard_of(opt_) == want))
+                throw config_error("zero", "is 1, but the optimizer of rank " + std::to_string(comm_.rank()) +
+                                               " was not built over its shard [" + std::to_string(want.lo) + ", " +
+                                               std::to_string(want.hi) + ") (optim::Shard::of(total, rank, size))");
+            if (!cfg_.output_dir.empty()) zero_root_ = std::filesystem::path(cfg_.output_dir) / "checkpoints";
+        }
         if (comm_.size() > 1) {
             check_data_parallel(cfg_, comm_.size(), options_.config_path);
             if constexpr (Model::device_type::memory != memory_space::host)
@@ -351,6 +372,10 @@ public:
             lock_ = io::directory_lock(
                 out_, options_.output_dir_key.empty() ? key("output_dir") : options_.output_dir_key, "training");
             store_.emplace(out_ / "checkpoints");
+            // shards written for a checkpoint a crash kept from committing
+            for (const auto& entry : std::filesystem::directory_iterator(store_->root()))
+                if (entry.path().filename().string().starts_with("zero-"))
+                    std::filesystem::remove_all(entry.path(), ec);
         }
     }
 
@@ -412,6 +437,7 @@ public:
             if (!std::isfinite(grad_norm)) throw gradient_error(params);
             const double lr = schedule_.lr(step_);
             opt_.step(lr);
+            if (zero_) zero::gather_parameters<T>(comm_, opt_.parameters(), value_runs_);
             ++step_;
             const double loss = loss_sum / micro;
             for (auto& t : term_sums_) t.second /= micro;
@@ -468,15 +494,31 @@ public:
                 progress.message(msg);
             }
             const bool finished = stopped_ || last_step;
-            if (store_ && (report.validation_loss || finished || pause ||
-                           (cfg_.checkpoint_every > 0 && step_ % cfg_.checkpoint_every == 0))) {
+            if ((store_ || !zero_root_.empty()) &&
+                (report.validation_loss || finished || pause ||
+                 (cfg_.checkpoint_every > 0 && step_ % cfg_.checkpoint_every == 0))) {
                 finished_ = finished;
-                const auto dir = store_->save(step_, model_, std::span<const Parameter<T>>(options_.extra), opt_,
-                                              order_, loop_state(), job_config());
-                if (improved) store_->set_best(dir);
-                store_->prune(cfg_.keep_last_n);
-                report.checkpoint = dir;
-                last_checkpoint_ = dir;
+                std::vector<std::filesystem::path> shards;
+                const auto staging = zero_root_ / ("zero-" + io::detail::step_name(step_));
+                if (zero_) {  // every rank its state shard, then rank 0 the checkpoint that attaches them
+                    std::error_code ec;
+                    std::filesystem::create_directories(staging, ec);
+                    if (ec) throw io_error(staging, "cannot create the directory: " + ec.message());
+                    for (int r = 0; r < comm_.size(); ++r)
+                        shards.push_back(staging / zero::shard_file_name(r, comm_.size()));
+                    zero::write_shard(shards[std::size_t(comm_.rank())], opt_);
+                    comm_.barrier();
+                }
+                if (store_) {
+                    const auto dir = store_->save(step_, model_, std::span<const Parameter<T>>(options_.extra), opt_,
+                                                  order_, loop_state(), job_config(), shards, !zero_);
+                    if (improved) store_->set_best(dir);
+                    store_->prune(cfg_.keep_last_n);
+                    report.checkpoint = dir;
+                    last_checkpoint_ = dir;
+                    if (zero_) std::filesystem::remove(staging);  // emptied by the save
+                }
+                if (zero_) comm_.barrier();
             }
             if (epoch_end) ++epochs_completed_;
             if (options_.on_step) options_.on_step(report);
@@ -569,7 +611,9 @@ private:
             throw config_error("training_data",
                                "differs from the data the checkpoint " + latest->string() +
                                    " was trained on (size or content); resuming would not continue that run");
-        ck->restore(model_, std::span<const Parameter<T>>(options_.extra), opt_, order_);
+        const bool flat = zero_ || zero::sharded(*ck);  // state re-sliced from whichever layout it has
+        ck->restore(model_, std::span<const Parameter<T>>(options_.extra), opt_, order_, !flat);
+        if (flat) zero::restore_state(*ck, opt_);
         step_ = ck->step();
         epoch_ = s.epoch;
         cursor_ = s.cursor;
@@ -807,6 +851,9 @@ private:
     optim::GradClipper<T> clipper_;                            // clipping without allocation
     parallel::Communicator& comm_;                             // the ranks of a data-parallel run
     std::vector<std::pair<T*, std::size_t>> grad_runs_;        // contiguous gradient ranges (sum_over_ranks)
+    std::vector<std::pair<T*, std::size_t>> value_runs_;       // contiguous parameter ranges (ZeRO-1 all-gather)
+    bool zero_ = false;                                        // ZeRO-1 over several ranks
+    std::filesystem::path zero_root_{};                        // every rank's checkpoints/ (ZeRO-1 shards)
     std::vector<double> rank_sums_;                            // loss, tokens, terms (sum_over_ranks)
     std::vector<std::pair<std::string, double>> term_sums_{};  // the step's loss terms, kept across steps
     std::filesystem::path out_{};

@@ -4,7 +4,8 @@
 /// finetune loop and the pipeline's stages use — this process's rank, the world size, sums over all
 /// ranks, a broadcast and a barrier; `parallel::Single` is the one-process default (every call is a
 /// no-op, no MPI needed); `parallel::Mpi` (parallel/mpi.hpp, link `distill::mpi`) runs the ranks of
-/// `mpirun -np N` or `srun`.
+/// `mpirun -np N` or `srun`; `parallel::Nccl` (parallel/nccl.hpp, link `distill::nccl`) adds sums of
+/// buffers in GPU memory (device::Cuda) over NCCL, one rank per GPU.
 ///
 /// Unlike the compile-time policies (device, loss, optimizer), the communicator is a run-time
 /// interface: one program binary runs alone or under mpirun, decided at start, and its few calls per
@@ -21,6 +22,9 @@
 #include <cstdlib>
 #include <span>
 #include <string>
+
+#include "distill/error.hpp"
+#include "distill/tensor.hpp"
 
 namespace distill::parallel {
 
@@ -53,6 +57,28 @@ public:
     /// "single", "mpi", ...
     virtual std::string name() const = 0;
 
+    /// Whether the collectives below can take buffers in `where` (host memory always; device memory
+    /// only where a communicator says so, as parallel::Nccl does for memory_space::cuda).
+    virtual bool reaches(memory_space where) const noexcept { return where == memory_space::host; }
+
+    /// As the host-memory calls above, for buffers in `where` (a model's `Device::memory`): host
+    /// memory goes to them; device memory to `device_all_reduce_sum` / `device_all_gather`, which
+    /// throw `error` unless `reaches(where)`.
+    template <class T>
+    void all_reduce_sum(memory_space where, T* data, std::size_t n) {
+        if (where == memory_space::host)
+            all_reduce_sum(data, n);
+        else
+            device_all_reduce_sum(where, data, n);
+    }
+    template <class T>
+    void all_gather(memory_space where, T* data, std::span<const std::size_t> counts) {
+        if (where == memory_space::host)
+            all_gather(data, counts);
+        else
+            device_all_gather(where, data, counts);
+    }
+
     bool root() const noexcept { return rank() == 0; }
 
     /// `text` of rank `root` on every rank.
@@ -62,6 +88,20 @@ public:
         text.resize(n);
         if (n) broadcast(text.data(), n, root);
         return text;
+    }
+
+protected:
+    /// Device-memory collectives: refused here, overridden by a communicator that `reaches` them.
+    virtual void device_all_reduce_sum(memory_space, float*, std::size_t) { refuse_device(); }
+    virtual void device_all_reduce_sum(memory_space, double*, std::size_t) { refuse_device(); }
+    virtual void device_all_gather(memory_space, float*, std::span<const std::size_t>) { refuse_device(); }
+    virtual void device_all_gather(memory_space, double*, std::span<const std::size_t>) { refuse_device(); }
+
+private:
+    [[noreturn]] void refuse_device() const {
+        throw error("parallel::" + name() +
+                    ": this communicator sums buffers in host memory only; a buffer in device memory needs one "
+                    "that reaches it (parallel::Nccl for device::Cuda)");
     }
 };
 

@@ -341,10 +341,19 @@ public:
         }
         if (comm_.size() > 1) {
             check_data_parallel(cfg_, comm_.size(), options_.config_path);
-            if constexpr (Model::device_type::memory != memory_space::host)
+            constexpr memory_space memory = Model::device_type::memory;
+            if (!comm_.reaches(memory))
                 throw config_error("device",
-                                   "a data-parallel run sums gradients through MPI in host memory; this device's "
-                                   "gradients live on the device (NCCL is not wired in yet)");
+                                   "a data-parallel run sums the gradients where they live, in this "
+                                   "device's memory, and parallel::" +
+                                       comm_.name() +
+                                       " sums host memory only (device::Cuda needs parallel::Nccl, "
+                                       "parallel/nccl.hpp)");
+            // the shards' checkpoints and the all-gather's counts are written for host memory
+            if (zero_ && memory != memory_space::host)
+                throw config_error("zero",
+                                   "is 1, but ZeRO-1 is implemented for host-memory devices only "
+                                   "(device::Cpu); use 0 with this device");
             if (!comm_.root()) {  // rank 0 writes; the others train and read its checkpoints
                 options_.progress = nullptr;
                 cfg_.output_dir.clear();
@@ -772,7 +781,8 @@ private:
     }
 
     // Data parallelism: the step's gradients, loss, terms and tokens summed over the ranks. The
-    // gradients go in as few calls as there are contiguous runs of them (the student's arena is one).
+    // gradients go in as few calls as there are contiguous runs of them (the student's arena is one),
+    // in the device's memory (MPI for host memory, NCCL for device::Cuda's).
     void sum_over_ranks(double& loss_sum, std::int64_t& tokens) {
         if (grad_runs_.empty())  // the parameters never move: their runs are found once
             for (const auto& p : opt_.parameters()) {
@@ -783,7 +793,7 @@ private:
                 else
                     grad_runs_.emplace_back(g, n);
             }
-        for (auto [g, n] : grad_runs_) comm_.all_reduce_sum(g, n);
+        for (auto [g, n] : grad_runs_) comm_.all_reduce_sum(Model::device_type::memory, g, n);
         // Rank 0 computes micro-batch 0 of every step, so it always knows the terms' names; a rank
         // that computed nothing this step adds zeros in the same order.
         const auto terms = std::size_t(comm_.all_reduce_max(std::int64_t(term_sums_.size())));

@@ -60,6 +60,10 @@
 #if defined(DISTILL_WITH_MPI)
 #include "distill/parallel/mpi.hpp"
 #endif
+// Data-parallel runs on GPUs over NCCL: link distill::nccl, which defines DISTILL_WITH_NCCL.
+#if defined(DISTILL_WITH_NCCL)
+#include "distill/parallel/nccl.hpp"
+#endif
 // Hugging Face tokenizers need PCRE2: link distill::text, which defines DISTILL_WITH_TEXT.
 #if defined(DISTILL_WITH_TEXT)
 #include "distill/data/hf_tokenizer.hpp"

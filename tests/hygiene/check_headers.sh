@@ -30,6 +30,11 @@ check_one() {
     command -v mpicxx >/dev/null || return 0
     read -ra extra <<<"$(mpicxx --showme:compile) -DOMPI_SKIP_MPICXX -DDISTILL_WITH_MPI"
   fi
+  # the NCCL communicator: with DISTILL_WITH_NCCL (distill::nccl), where MPI and the CUDA toolkit's NCCL are
+  if [[ $h == distill/parallel/nccl.hpp ]]; then
+    command -v mpicxx >/dev/null && [[ -f /usr/local/cuda/include/nccl.h ]] || return 0
+    read -ra extra <<<"$(mpicxx --showme:compile) -isystem /usr/local/cuda/include -DOMPI_SKIP_MPICXX -DDISTILL_WITH_NCCL"
+  fi
   for c in "${compilers[@]}"; do
     printf '#include "%s"\n' "$h" | $c -x c++ -fsyntax-only "${flags[@]}" "${extra[@]}" - >"$log" 2>&1 || { echo "$h ($c)"; return; }
   done

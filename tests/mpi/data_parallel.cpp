@@ -6,7 +6,8 @@
 //  - two 2-rank runs are bit-identical, on both ranks, and the ranks hold the same weights;
 //  - a 2-rank run stopped at step 10 and resumed from its checkpoint ends with the same weights as
 //    the uninterrupted run (rank 0 writes, both ranks read);
-//  - grad_accum not a multiple of the world size is refused, naming the key.
+//  - grad_accum not a multiple of the world size is refused, naming the key;
+//  - MPI refuses a buffer said to be in device memory (it sums host memory only; NCCL sums device::Cuda's).
 // Prints one line per check; exit status 0 when all pass.
 
 #include <cmath>
@@ -91,6 +92,21 @@ int main(int argc, char** argv) {
     std::vector<float> other = a;
     comm.broadcast(other.data(), other.size() * sizeof(float), 1);
     check(other == a, "both ranks hold the same weights", rank);
+
+    {  // host memory goes to MPI; device memory is refused before any communication
+        parallel::Communicator& c = comm;
+        std::vector<float> v{1.0f, 2.0f};
+        c.all_reduce_sum(memory_space::host, v.data(), v.size());
+        std::string message;
+        try {
+            c.all_reduce_sum(memory_space::cuda, v.data(), v.size());
+        } catch (const error& e) {
+            message = e.what();
+        }
+        check(v == std::vector<float>{2.0f, 4.0f} && !c.reaches(memory_space::cuda) &&
+                  message.starts_with("parallel::mpi: this communicator sums buffers in host memory only"),
+              "MPI sums host memory and refuses device memory (" + message + ")", rank);
+    }
 
     // one process with the same global batch (rank 0 alone; rank 1 waits)
     double rel = 0;

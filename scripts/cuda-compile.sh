@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Proves that the whole CUDA test suite (tests/cuda/parity.cu and distiller.cu) compiles, on a machine
-# without a GPU, where the test command does not compile it (it could not run it). CI runs this after
+# Proves that the whole CUDA test suite (tests/cuda/parity.cu and distiller.cu, and nccl.cu where
+# distill::nccl is offered) compiles, on a machine without a GPU, where the test command does not
+# compile it (it could not run it). CI runs this after
 # the test command. It fails when nvcc is missing: a CUDA suite that was not compiled is not proven.
 # The architecture: the visible GPU's, else CUDA_ARCH, else 90 (H100/H200).
 # Usage: scripts/cuda-compile.sh [build-dir]   (default build/cuda-compile)
@@ -19,4 +20,8 @@ cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DDISTILL_BUILD_TESTS=ON -DDIS
   -DDISTILL_CUDA_TESTS=ON -DDISTILL_CUDA_DISTILLER_TESTS=ON -DDISTILL_CUDA_ARCHITECTURES="$arch" \
   -DCMAKE_CUDA_COMPILER="$nvcc" >/dev/null
 cmake --build "$build" --target distill_cuda_tests -j "$(nproc)"
+# the NCCL data-parallel test (tests/cuda/nccl.cu), where MPI and NCCL are found (distill::nccl)
+if cmake --build "$build" --target help | grep -q distill_nccl_tests; then
+  cmake --build "$build" --target distill_nccl_tests -j "$(nproc)"
+fi
 echo "cuda-compile: the CUDA suite compiles (nvcc $("$nvcc" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p'), sm_$arch)"

@@ -17778,7 +17778,8 @@ void load_weights(const safetensors_file& file, Model& model) {
 /// finetune loop and the pipeline's stages use — this process's rank, the world size, sums over all
 /// ranks, a broadcast and a barrier; `parallel::Single` is the one-process default (every call is a
 /// no-op, no MPI needed); `parallel::Mpi` (parallel/mpi.hpp, link `distill::mpi`) runs the ranks of
-/// `mpirun -np N` or `srun`.
+/// `mpirun -np N` or `srun`; `parallel::Nccl` (parallel/nccl.hpp, link `distill::nccl`) adds sums of
+/// buffers in GPU memory (device::Cuda) over NCCL, one rank per GPU.
 ///
 /// Unlike the compile-time policies (device, loss, optimizer), the communicator is a run-time
 /// interface: one program binary runs alone or under mpirun, decided at start, and its few calls per
@@ -17786,12 +17787,16 @@ void load_weights(const safetensors_file& file, Model& model) {
 ///
 /// What each stage does with it (docs/scaling.md): finetune is data-parallel — rank r computes the
 /// micro-batches m ≡ r (mod N) of each step, the gradients are summed over ranks, every rank clips and
-/// updates the same replicated weights; rank 0 alone writes checkpoints, metrics and reports.
+/// updates the same replicated weights (or, ZeRO-1, its shard of them, then an all-gather); rank 0
+/// writes checkpoints, metrics and reports. Generate and evaluate deal the prompts out to the ranks
+/// and rank 0 merges.
 
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <span>
 #include <string>
+
 
 namespace distill::parallel {
 
@@ -17807,6 +17812,11 @@ public:
     /// on the world size (a run is reproducible for a given size).
     virtual void all_reduce_sum(float* data, std::size_t n) = 0;
     virtual void all_reduce_sum(double* data, std::size_t n) = 0;
+    /// In place: `data` is the concatenation of every rank's block, rank r's of `counts[r]` elements
+    /// (`counts.size()` = size(); a block may be empty); on return every rank holds every block as
+    /// its owner wrote it (ZeRO-1's all-gather of the updated parameters).
+    virtual void all_gather(float* data, std::span<const std::size_t> counts) = 0;
+    virtual void all_gather(double* data, std::span<const std::size_t> counts) = 0;
     /// The maximum over ranks, on every rank.
     virtual std::int64_t all_reduce_max(std::int64_t value) = 0;
     /// Rank `root`'s `bytes` bytes at `data`, on every rank.
@@ -17819,6 +17829,28 @@ public:
     /// "single", "mpi", ...
     virtual std::string name() const = 0;
 
+    /// Whether the collectives below can take buffers in `where` (host memory always; device memory
+    /// only where a communicator says so, as parallel::Nccl does for memory_space::cuda).
+    virtual bool reaches(memory_space where) const noexcept { return where == memory_space::host; }
+
+    /// As the host-memory calls above, for buffers in `where` (a model's `Device::memory`): host
+    /// memory goes to them; device memory to `device_all_reduce_sum` / `device_all_gather`, which
+    /// throw `error` unless `reaches(where)`.
+    template <class T>
+    void all_reduce_sum(memory_space where, T* data, std::size_t n) {
+        if (where == memory_space::host)
+            all_reduce_sum(data, n);
+        else
+            device_all_reduce_sum(where, data, n);
+    }
+    template <class T>
+    void all_gather(memory_space where, T* data, std::span<const std::size_t> counts) {
+        if (where == memory_space::host)
+            all_gather(data, counts);
+        else
+            device_all_gather(where, data, counts);
+    }
+
     bool root() const noexcept { return rank() == 0; }
 
     /// `text` of rank `root` on every rank.
@@ -17829,6 +17861,20 @@ public:
         if (n) broadcast(text.data(), n, root);
         return text;
     }
+
+protected:
+    /// Device-memory collectives: refused here, overridden by a communicator that `reaches` them.
+    virtual void device_all_reduce_sum(memory_space, float*, std::size_t) { refuse_device(); }
+    virtual void device_all_reduce_sum(memory_space, double*, std::size_t) { refuse_device(); }
+    virtual void device_all_gather(memory_space, float*, std::span<const std::size_t>) { refuse_device(); }
+    virtual void device_all_gather(memory_space, double*, std::span<const std::size_t>) { refuse_device(); }
+
+private:
+    [[noreturn]] void refuse_device() const {
+        throw error("parallel::" + name() +
+                    ": this communicator sums buffers in host memory only; a buffer in device memory needs one "
+                    "that reaches it (parallel::Nccl for device::Cuda)");
+    }
 };
 
 /// One process: rank 0 of 1; every collective is the identity.
@@ -17838,6 +17884,8 @@ public:
     int size() const noexcept override { return 1; }
     void all_reduce_sum(float*, std::size_t) override {}
     void all_reduce_sum(double*, std::size_t) override {}
+    void all_gather(float*, std::span<const std::size_t>) override {}
+    void all_gather(double*, std::span<const std::size_t>) override {}
     std::int64_t all_reduce_max(std::int64_t value) override { return value; }
     void broadcast(void*, std::size_t, int) override {}
     void barrier() override {}
@@ -21145,7 +21193,9 @@ BOOST_HANA_ADAPT_STRUCT(distill::teacher::OpenAIConfig, base_url, model, api_key
 #include <algorithm>
 #include <cstdlib>
 #include <limits>
+#include <span>
 #include <string>
+#include <vector>
 
 #include <mpi.h>
 
@@ -21188,6 +21238,8 @@ public:
     int size() const noexcept override { return size_; }
     void all_reduce_sum(float* data, std::size_t n) override { reduce(data, n, MPI_FLOAT); }
     void all_reduce_sum(double* data, std::size_t n) override { reduce(data, n, MPI_DOUBLE); }
+    void all_gather(float* data, std::span<const std::size_t> counts) override { gather(data, counts, MPI_FLOAT); }
+    void all_gather(double* data, std::span<const std::size_t> counts) override { gather(data, counts, MPI_DOUBLE); }
     std::int64_t all_reduce_max(std::int64_t value) override {
         std::int64_t out = 0;
         check(MPI_Allreduce(&value, &out, 1, MPI_INT64_T, MPI_MAX, comm_), "MPI_Allreduce");
@@ -21221,6 +21273,26 @@ private:
             done += std::size_t(m);
         }
     }
+    // MPI_Allgatherv in place: each rank's block already sits at its displacement.
+    template <class T>
+    void gather(T* data, std::span<const std::size_t> counts, MPI_Datatype type) {
+        if (counts.size() != std::size_t(size_))
+            throw error("all_gather: " + std::to_string(counts.size()) + " counts for " + std::to_string(size_) +
+                        " ranks");
+        std::vector<int> n(counts.size()), at(counts.size());
+        std::size_t offset = 0;
+        for (std::size_t r = 0; r < counts.size(); ++r) {
+            if (counts[r] > std::size_t(std::numeric_limits<int>::max()) ||
+                offset > std::size_t(std::numeric_limits<int>::max()))
+                throw error("all_gather: more elements than MPI's int counts address (" + std::to_string(offset) +
+                            " + " + std::to_string(counts[r]) + ")");
+            n[r] = int(counts[r]);
+            at[r] = int(offset);
+            offset += counts[r];
+        }
+        check(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, data, n.data(), at.data(), type, comm_),
+              "MPI_Allgatherv");
+    }
     static void check(int rc, const char* what) {
         if (rc == MPI_SUCCESS) return;
         char text[MPI_MAX_ERROR_STRING];
@@ -21236,6 +21308,167 @@ private:
 
 }  // namespace distill::parallel
 // ---- end distill/parallel/mpi.hpp ----
+#endif
+// Data-parallel runs on GPUs over NCCL: link distill::nccl, which defines DISTILL_WITH_NCCL.
+#if defined(DISTILL_WITH_NCCL)
+// ---- begin distill/parallel/nccl.hpp ----
+/// @file parallel/nccl.hpp
+/// `parallel::Nccl`: the ranks of an MPI run (parallel::Mpi), one per GPU, summing buffers in GPU
+/// memory (device::Cuda's gradients) with NCCL. Needs MPI, the CUDA runtime and NCCL: link
+/// `distill::nccl`, which defines DISTILL_WITH_NCCL.
+///
+/// - Bootstrap: rank 0 makes the `ncclUniqueId` and broadcasts it over the MPI communicator; each rank
+///   takes the GPU of its local rank on its node (`OMPI_COMM_WORLD_LOCAL_RANK`, `MPI_LOCALRANKID`,
+///   `SLURM_LOCALID`, else its rank) and joins the NCCL communicator there. Build the model's device
+///   on that GPU: `device::Cuda(nccl.gpu())`.
+/// - Host-memory collectives (loss sums, broadcasts, barriers) go to the MPI communicator;
+///   `all_reduce_sum(memory_space::cuda, ...)` is `ncclAllReduce` (in place, sum) and
+///   `all_gather(memory_space::cuda, ...)` one in-place `ncclBroadcast` per rank's block, in one group.
+/// - Each call first waits for the whole GPU (`cudaDeviceSynchronize`: device::Cuda computes on its own
+///   non-blocking stream), runs on this communicator's stream and returns when the result is there.
+///
+/// @code
+/// distill::parallel::Mpi mpi(&argc, &argv);
+/// distill::parallel::Nccl ranks(mpi);
+/// distill::device::Cuda gpu(ranks.gpu());
+/// options.communicator = &ranks;   // train::FinetuneOptions
+/// @endcode
+
+#include <cstdlib>
+#include <span>
+#include <string>
+
+#include <cuda_runtime_api.h>
+#include <nccl.h>
+
+
+namespace distill::parallel {
+
+class Nccl final : public Communicator {
+public:
+    /// Joins the NCCL communicator of `host`'s ranks (a collective call: every rank constructs one).
+    /// `host` (parallel::Mpi) must outlive it. Throws `error` when this rank has no GPU of its own.
+    explicit Nccl(Communicator& host) : host_(host) {
+        int gpus = 0;
+        if (cudaGetDeviceCount(&gpus) != cudaSuccess) gpus = 0;
+        (void)cudaGetLastError();  // a missing driver leaves an error behind
+        int local = local_rank();
+        if (local < 0) local = host.rank();
+        // every rank leaves the bootstrap alike: none may be left waiting in the broadcast below
+        const bool mine = local >= gpus;
+        const bool any = host_.all_reduce_max(mine ? 1 : 0) != 0;
+        if (mine)
+            throw error("parallel::Nccl: rank " + std::to_string(host.rank()) + " (local rank " +
+                        std::to_string(local) + ") needs a GPU of its own; " + std::to_string(gpus) +
+                        " visible (launch one rank per GPU)");
+        if (any) throw error("parallel::Nccl: another rank has no GPU of its own (launch one rank per GPU)");
+        gpu_ = local;
+        cuda(cudaSetDevice(gpu_), "cudaSetDevice");
+        ncclUniqueId id{};
+        if (host_.root()) nccl(ncclGetUniqueId(&id), "ncclGetUniqueId");
+        host_.broadcast(&id, sizeof id, 0);
+        nccl(ncclCommInitRank(&comm_, host_.size(), id, host_.rank()), "ncclCommInitRank");
+        cuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
+    }
+    Nccl(const Nccl&) = delete;
+    Nccl& operator=(const Nccl&) = delete;
+    ~Nccl() override {
+        if (stream_) cudaStreamDestroy(stream_);
+        if (comm_) ncclCommDestroy(comm_);
+    }
+
+    /// This rank's GPU (its CUDA ordinal).
+    int gpu() const noexcept { return gpu_; }
+
+    int rank() const noexcept override { return host_.rank(); }
+    int size() const noexcept override { return host_.size(); }
+    void all_reduce_sum(float* data, std::size_t n) override { host_.all_reduce_sum(data, n); }
+    void all_reduce_sum(double* data, std::size_t n) override { host_.all_reduce_sum(data, n); }
+    void all_gather(float* data, std::span<const std::size_t> counts) override { host_.all_gather(data, counts); }
+    void all_gather(double* data, std::span<const std::size_t> counts) override { host_.all_gather(data, counts); }
+    std::int64_t all_reduce_max(std::int64_t value) override { return host_.all_reduce_max(value); }
+    void broadcast(void* data, std::size_t bytes, int root) override { host_.broadcast(data, bytes, root); }
+    void barrier() override { host_.barrier(); }
+    [[noreturn]] void abort(int code) override {
+        if (comm_) ncclCommAbort(comm_);
+        comm_ = nullptr;
+        host_.abort(code);
+        std::abort();  // not reached: the host communicator's abort does not return
+    }
+    std::string name() const override { return "nccl"; }
+    bool reaches(memory_space where) const noexcept override {
+        return where == memory_space::host || where == memory_space::cuda;
+    }
+
+protected:
+    void device_all_reduce_sum(memory_space where, float* data, std::size_t n) override {
+        reduce(where, data, n, ncclFloat32);
+    }
+    void device_all_reduce_sum(memory_space where, double* data, std::size_t n) override {
+        reduce(where, data, n, ncclFloat64);
+    }
+    void device_all_gather(memory_space where, float* data, std::span<const std::size_t> counts) override {
+        gather(where, data, counts, ncclFloat32);
+    }
+    void device_all_gather(memory_space where, double* data, std::span<const std::size_t> counts) override {
+        gather(where, data, counts, ncclFloat64);
+    }
+
+private:
+    static int local_rank() {
+        for (const char* v : {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"})
+            if (const char* s = std::getenv(v)) return std::atoi(s);
+        return -1;
+    }
+    static void cuda(cudaError_t e, const char* what) {
+        if (e != cudaSuccess) throw error(std::string("parallel::Nccl: ") + what + ": " + cudaGetErrorString(e));
+    }
+    static void nccl(ncclResult_t r, const char* what) {
+        if (r != ncclSuccess) throw error(std::string("parallel::Nccl: ") + what + ": " + ncclGetErrorString(r));
+    }
+    void check_space(memory_space where) const {
+        if (where != memory_space::cuda) throw error("parallel::Nccl: sums host or CUDA memory only");
+    }
+    void begin() {
+        cuda(cudaSetDevice(gpu_), "cudaSetDevice");
+        cuda(cudaDeviceSynchronize(), "cudaDeviceSynchronize");  // the device's own stream has written the data
+    }
+    void end(const char* what) { cuda(cudaStreamSynchronize(stream_), what); }
+    template <class T>
+    void reduce(memory_space where, T* data, std::size_t n, ncclDataType_t type) {
+        check_space(where);
+        if (n == 0) return;
+        begin();
+        nccl(ncclAllReduce(data, data, n, type, ncclSum, comm_, stream_), "ncclAllReduce");
+        end("ncclAllReduce");
+    }
+    template <class T>
+    void gather(memory_space where, T* data, std::span<const std::size_t> counts, ncclDataType_t type) {
+        check_space(where);
+        if (counts.size() != std::size_t(size()))
+            throw error("parallel::Nccl::all_gather: " + std::to_string(counts.size()) + " counts for " +
+                        std::to_string(size()) + " ranks");
+        begin();
+        // blocks of different sizes: each owner broadcasts its block in place (ncclAllGather needs equal ones)
+        nccl(ncclGroupStart(), "ncclGroupStart");
+        std::size_t at = 0;
+        for (std::size_t r = 0; r < counts.size(); ++r) {
+            if (counts[r])
+                nccl(ncclBroadcast(data + at, data + at, counts[r], type, int(r), comm_, stream_), "ncclBroadcast");
+            at += counts[r];
+        }
+        nccl(ncclGroupEnd(), "ncclGroupEnd");
+        end("ncclBroadcast");
+    }
+
+    Communicator& host_;
+    int gpu_ = 0;
+    ncclComm_t comm_ = nullptr;
+    cudaStream_t stream_ = nullptr;
+};
+
+}  // namespace distill::parallel
+// ---- end distill/parallel/nccl.hpp ----
 #endif
 // Hugging Face tokenizers need PCRE2: link distill::text, which defines DISTILL_WITH_TEXT.
 #if defined(DISTILL_WITH_TEXT)
@@ -21599,6 +21832,10 @@ inline std::vector<std::int64_t> shuffled_order(std::size_t n, Rng& rng) {
 /// version, step, optimizer step count, each file's size and CRC-32C, the training loop's state (epoch, position, RNG,
 /// early stopping, ...), a copy of the job config, and the CRC-32C of the manifest itself |
 ///
+/// Files attached by the writer (`CheckpointStore::save`'s `attach`: a ZeRO-1 run's
+/// `optimizer-shard-R-of-N.safetensors`, train/zero.hpp, whose optimizer state is then not in
+/// training.safetensors) are moved in before the manifest, which lists and checks them like the rest.
+///
 /// The directory is written under a temporary name, every file fsynced, renamed into place and the
 /// root fsynced; only then does the `latest` pointer file (atomically replaced) name it. A crash at
 /// any moment leaves the previous checkpoint and pointer intact. `best` names the checkpoint with the
@@ -21892,9 +22129,19 @@ private:
         c.state_ = field("state");
         c.config_ = field("config");
         c.scalar_ = field("scalar_type").get<std::string>();
-        for (const char* name : {"student.safetensors", "training.safetensors"}) {
+        const nlohmann::json& files = field("files");
+        if (!files.is_object()) throw format_error(manifest_path, 0, "\"files\" is not an object");
+        std::vector<std::string> names{"student.safetensors", "training.safetensors"};
+        for (const auto& [name, info] : files.items()) {  // attached files (ZeRO-1 optimizer shards)
+            if (name == names[0] || name == names[1]) continue;
+            if (name.empty() || name.find('/') != std::string::npos || name.starts_with("."))
+                throw format_error(manifest_path, 0, "\"files\" lists \"" + name + "\", not a file name");
+            names.push_back(name);
+            attached_.push_back(name);
+        }
+        for (const std::string& name : names) {
             const auto path = dir / name;
-            const nlohmann::json& f = field("files");
+            const nlohmann::json& f = files;
             if (!f.contains(name)) throw format_error(manifest_path, 0, std::string("does not list ") + name);
             if (!std::filesystem::exists(path)) throw format_error(path, 0, "missing from the checkpoint");
             const auto [size, crc] = detail::file_digest(path);
@@ -21921,14 +22168,20 @@ public:
     const nlohmann::json& config() const noexcept { return config_; }
     /// The verified student weights file (usable with `io::load_weights`).
     const safetensors_file& student_file() const { return *student_; }
+    /// The files attached to it besides the student and training files (verified like them).
+    const std::vector<std::string>& attached() const noexcept { return attached_; }
+    /// The verified training file (extra parameters, optimizer state, data order).
+    const safetensors_file& training_file() const { return *training_; }
 
     /// Loads the student, the extra parameters, the optimizer (state tensors and step count) and the
     /// data order. Every name, shape and dtype is checked first; on any mismatch it throws
     /// format_error or shape_error naming the tensor and nothing is modified.
     /// @tparam Model a student (parameters(), config()). @tparam Optimizer an `optimizer_policy`.
     template <class Model, class Optimizer>
+    /// With `optimizer_state` false the optimizer's state tensors are neither expected nor loaded
+    /// (any `optimizer.*` tensor is left for the caller: ZeRO-1 re-slices them); its step count is.
     void restore(Model& model, std::span<const Parameter<typename Model::scalar_type>> extra, Optimizer& optimizer,
-                 std::vector<std::int64_t>& data_order) const {
+                 std::vector<std::int64_t>& data_order, bool optimizer_state = true) const {
         using T = typename Model::scalar_type;
         static_assert(std::is_same_v<T, typename Optimizer::scalar_type>, "model and optimizer scalar types differ");
         const dtype want = exact_dtype<T>();
@@ -21981,7 +22234,12 @@ public:
         for (const auto& p : model.parameters()) expect(*student_, p.name, p.value, seen_student);
         no_others(*student_, seen_student);
         for (const auto& p : extra) expect(*training_, "extra." + p.name, p.value, seen_training);
-        for (const auto& s : optimizer.state()) expect(*training_, "optimizer." + s.name, s.value, seen_training);
+        if (optimizer_state) {
+            for (const auto& s : optimizer.state()) expect(*training_, "optimizer." + s.name, s.value, seen_training);
+        } else {
+            for (const auto& t : training_->tensors())
+                if (t.name.starts_with("optimizer.")) seen_training.insert(t.name);
+        }
         const tensor_info* order = training_->find("data.order");
         if (!order || order->type != dtype::I64 || order->shape.size() != 1)
             throw format_error(training_->path(), 0, "has no I64 vector 'data.order'");
@@ -22005,6 +22263,7 @@ private:
     std::int64_t step_ = 0, optimizer_steps_ = 0;
     nlohmann::json state_, config_;
     std::string scalar_;
+    std::vector<std::string> attached_;
     std::optional<safetensors_file> student_, training_;
 };
 
@@ -22034,7 +22293,8 @@ public:
     std::filesystem::path save(std::int64_t step, const Model& model,
                                std::span<const Parameter<typename Model::scalar_type>> extra,
                                const Optimizer& optimizer, std::span<const std::int64_t> data_order,
-                               const nlohmann::json& state, const nlohmann::json& config) {
+                               const nlohmann::json& state, const nlohmann::json& config,
+                               std::span<const std::filesystem::path> attach = {}, bool optimizer_state = true) {
         using T = typename Model::scalar_type;
         const std::string name = detail::step_name(step);
         const auto final_dir = root_ / name;
@@ -22048,8 +22308,9 @@ public:
         std::vector<detail::raw_tensor> tensors;
         for (const auto& p : extra)
             tensors.push_back({"extra." + p.name, exact_dtype<T>(), detail::shape_of(p.value), p.value.data()});
-        for (const auto& s : optimizer.state())
-            tensors.push_back({"optimizer." + s.name, exact_dtype<T>(), detail::shape_of(s.value), s.value.data()});
+        if (optimizer_state)
+            for (const auto& s : optimizer.state())
+                tensors.push_back({"optimizer." + s.name, exact_dtype<T>(), detail::shape_of(s.value), s.value.data()});
         tensors.push_back(
             {"data.order", dtype::I64, {static_cast<std::int64_t>(data_order.size())}, data_order.data()});
         detail::write_raw(tmp / "training.safetensors", tensors, {});
@@ -22060,7 +22321,15 @@ public:
         manifest["step"] = step;
         manifest["optimizer_steps"] = optimizer.steps();
         manifest["scalar_type"] = dtype_name(exact_dtype<T>());
-        for (const char* file : {"student.safetensors", "training.safetensors"}) {
+        // Attached files (ZeRO-1: each rank's optimizer shard, written durably by its rank) move in
+        // before the manifest that lists them, so the checkpoint commits with them.
+        std::vector<std::string> files{"student.safetensors", "training.safetensors"};
+        for (const auto& f : attach) {
+            rename_or_throw(f, tmp / f.filename());
+            files.push_back(f.filename().string());
+        }
+        if (!attach.empty()) distill::detail::fsync_parent_directory(tmp / files.back());
+        for (const auto& file : files) {
             const auto [size, crc] = detail::file_digest(tmp / file);
             manifest["files"][file] = {{"bytes", size}, {"crc32c", crc}};
         }
@@ -24383,7 +24652,61 @@ struct DecayGroups {
     }
 };
 
+/// A contiguous range [lo, hi) of the flat concatenation of an optimizer's parameters (their
+/// elements in list order): the part a ZeRO-1 rank keeps optimizer state for and updates (the other
+/// ranks' parts arrive by an all-gather of the parameters). The default is every element.
+struct Shard {
+    std::size_t lo = 0;
+    std::size_t hi = static_cast<std::size_t>(-1);
+
+    /// Rank `rank`'s part of `total` elements split over `size` ranks, balanced by element count
+    /// (a parameter may straddle two parts).
+    static Shard of(std::size_t total, int rank, int size) {
+        // floor(total * r / n) without overflow: total = q n + m gives q r + floor(m r / n)
+        const auto n = static_cast<std::size_t>(size), q = total / n, m = total % n;
+        auto at = [&](std::size_t r) { return q * r + m * r / n; };
+        return {at(static_cast<std::size_t>(rank)), at(static_cast<std::size_t>(rank) + 1)};
+    }
+    /// Whether it holds every element of `total`.
+    bool whole(std::size_t total) const noexcept { return lo == 0 && hi >= total; }
+    bool operator==(const Shard&) const = default;
+};
+
+/// Elements of all `params` together.
+template <class T>
+std::size_t total_elements(std::span<const Parameter<T>> params) {
+    std::size_t n = 0;
+    for (const auto& p : params) n += static_cast<std::size_t>(p.value.numel());
+    return n;
+}
+
 namespace detail {
+
+/// The parts of `params` inside `shard`: each parameter overlapping it as a 1-D view of that range
+/// of its value and gradient, with its name and kind (weight decay groups still apply per element).
+/// The whole range returns the parameters themselves, shapes kept.
+template <class T>
+std::vector<Parameter<T>> shard_slices(const std::vector<Parameter<T>>& params, const Shard& shard,
+                                       const std::string& who) {
+    const std::size_t total = total_elements<T>(params);
+    if (shard.whole(total)) return params;
+    if (shard.lo > shard.hi || shard.hi > total)
+        throw shape_error(who + ": shard [" + std::to_string(shard.lo) + ", " + std::to_string(shard.hi) +
+                          ") lies outside the " + std::to_string(total) + " parameter elements");
+    std::vector<Parameter<T>> out;
+    std::size_t at = 0;
+    for (const auto& p : params) {
+        const std::size_t n = static_cast<std::size_t>(p.value.numel());
+        const std::size_t a = std::max(at, shard.lo), b = std::min(at + n, shard.hi);
+        if (a < b) {
+            const auto len = static_cast<std::int64_t>(b - a);
+            out.push_back({p.name, Tensor<T>(p.value.data() + (a - at), {len}, p.value.space()),
+                           Tensor<T>(p.grad.data() + (a - at), {len}, p.grad.space()), p.kind});
+        }
+        at += n;
+    }
+    return out;
+}
 
 /// Checks what every optimizer requires of its parameters: host memory, value and gradient both
 /// contiguous with equal sizes, unique non-empty names (state tensors and checkpoints are keyed by them).
@@ -24497,17 +24820,22 @@ public:
     using device_type = Device;
     using config_type = AdamConfig;
 
-    /// Takes the parameters to update (see `gather`), validated; allocates the zeroed state.
-    AdamImpl(std::vector<Parameter<T>> params, const AdamConfig& config = default_config(), Device device = Device{})
-        : params_(std::move(params)), cfg_(config), dev_(device) {
+    /// Takes the parameters to update (see `gather`), validated; allocates the zeroed state. With a
+    /// `shard` (ZeRO-1) it keeps state for, and updates, only those elements: each overlapping
+    /// parameter's part is a 1-D state tensor `exp_avg.<name>` of that length.
+    AdamImpl(std::vector<Parameter<T>> params, const AdamConfig& config = default_config(), Device device = Device{},
+             Shard shard = {})
+        : params_(std::move(params)), cfg_(config), dev_(device), shard_(shard) {
         cfg_.validate();
-        validate_parameters<T>(params_, Decoupled ? "AdamW" : "Adam", Device::memory);
+        const char* who = Decoupled ? "AdamW" : "Adam";
+        validate_parameters<T>(params_, who, Device::memory);
+        const std::vector<Parameter<T>> part = shard_slices(params_, shard_, who);
         static constexpr const char* slots[] = {"exp_avg", "exp_avg_sq"};
-        state_ = StateArena<T, Device>(dev_, params_, slots);
-        const std::size_t n = params_.size();
+        state_ = StateArena<T, Device>(dev_, part, slots);
+        const std::size_t n = part.size();
         for (std::size_t i = 0; i < n; ++i)
-            list_.add(params_[i].value.numel(), params_[i].value.data(), params_[i].grad.data(), state_.data(0, i, n),
-                      state_.data(1, i, n), cfg_.decay.applies_to(params_[i].kind) && cfg_.weight_decay != 0);
+            list_.add(part[i].value.numel(), part[i].value.data(), part[i].grad.data(), state_.data(0, i, n),
+                      state_.data(1, i, n), cfg_.decay.applies_to(part[i].kind) && cfg_.weight_decay != 0);
     }
 
     /// torch's defaults: no decay for Adam, 0.01 for AdamW.
@@ -24566,11 +24894,14 @@ public:
     const Device& device() const noexcept { return dev_; }
     /// Bytes of optimizer state.
     std::size_t state_bytes() const noexcept { return state_.bytes(); }
+    /// The elements it updates (the default: all).
+    const Shard& shard() const noexcept { return shard_; }
 
 private:
     std::vector<Parameter<T>> params_;
     AdamConfig cfg_;
     Device dev_;
+    Shard shard_;
     StateArena<T, Device> state_;
     device::tensor_list<T> list_;  // per parameter: value, gradient, exp_avg, exp_avg_sq; decayed or not
     std::int64_t steps_ = 0;
@@ -24921,17 +25252,19 @@ public:
     using config_type = SgdConfig;
 
     /// Takes the parameters to update (see `gather`); allocates the momentum buffers when momentum > 0.
-    Sgd(std::vector<Parameter<T>> params, const SgdConfig& config = {}, Device device = Device{})
-        : params_(std::move(params)), cfg_(config), dev_(device) {
+    /// With a `shard` (ZeRO-1) it keeps state for, and updates, only those elements (see `Shard`).
+    Sgd(std::vector<Parameter<T>> params, const SgdConfig& config = {}, Device device = Device{}, Shard shard = {})
+        : params_(std::move(params)), cfg_(config), dev_(device), shard_(shard) {
         cfg_.validate();
         detail::validate_parameters<T>(params_, "Sgd", Device::memory);
+        const std::vector<Parameter<T>> part = detail::shard_slices(params_, shard_, "Sgd");
         static constexpr const char* slots[] = {"momentum_buffer"};
-        if (cfg_.momentum != 0) state_ = detail::StateArena<T, Device>(dev_, params_, slots);
-        const std::size_t n = params_.size();
+        if (cfg_.momentum != 0) state_ = detail::StateArena<T, Device>(dev_, part, slots);
+        const std::size_t n = part.size();
         for (std::size_t i = 0; i < n; ++i)
-            list_.add(params_[i].value.numel(), params_[i].value.data(), params_[i].grad.data(),
+            list_.add(part[i].value.numel(), part[i].value.data(), part[i].grad.data(),
                       cfg_.momentum != 0 ? state_.data(0, i, n) : nullptr, nullptr,
-                      cfg_.decay.applies_to(params_[i].kind) && cfg_.weight_decay != 0);
+                      cfg_.decay.applies_to(part[i].kind) && cfg_.weight_decay != 0);
     }
 
     /// One step at learning rate `lr` (>= 0):
@@ -24973,11 +25306,14 @@ public:
     const Device& device() const noexcept { return dev_; }
     /// Bytes of optimizer state (0 without momentum).
     std::size_t state_bytes() const noexcept { return state_.bytes(); }
+    /// The elements it updates (the default: all).
+    const Shard& shard() const noexcept { return shard_; }
 
 private:
     std::vector<Parameter<T>> params_;
     SgdConfig cfg_;
     Device dev_;
+    Shard shard_;
     detail::StateArena<T, Device> state_;
     device::tensor_list<T> list_;  // per parameter: value, gradient, momentum buffer (or null); decayed or not
     std::int64_t steps_ = 0;
@@ -25137,6 +25473,206 @@ private:
 
 }  // namespace distill::train
 // ---- end distill/train/progress.hpp ----
+// ---- begin distill/train/zero.hpp ----
+/// @file zero.hpp
+/// ZeRO-1 (optimizer state sharded over the ranks of a data-parallel run, as llm.c does): what the
+/// finetune loop needs besides the sharded optimizer itself (`optim::Shard`, the optimizers' last
+/// constructor argument).
+///
+/// - `gather_parameters`: after each rank updated its shard, an all-gather of the parameters (one
+///   `Communicator::all_gather` per contiguous run of parameter values).
+/// - Checkpoints: each rank writes its state as one flat tensor per slot (`exp_avg`, `exp_avg_sq`,
+///   `momentum_buffer`) over its elements [lo, hi) — `optimizer-shard-R-of-N.safetensors`, its
+///   metadata recording lo, hi and the total — and rank 0's checkpoint attaches every shard.
+/// - `restore_state`: fills any optimizer's state, sharded or whole, from either kind of checkpoint
+///   (shard files or the one-process `optimizer.<slot>.<param>` tensors), re-slicing as needed: a
+///   run may resume with another world size, or alone.
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <string>
+#include <vector>
+
+
+namespace distill::train::zero {
+
+/// The elements optimizer `o` updates (whole when it has no `shard()`).
+template <class Optimizer>
+optim::Shard shard_of(const Optimizer& o) {
+    if constexpr (requires { o.shard(); })
+        return o.shard();
+    else
+        return {};
+}
+
+/// One state tensor of an optimizer in flat coordinates: slot name, elements [lo, hi), its data.
+template <class T>
+struct Piece {
+    std::string slot;
+    std::size_t lo = 0, hi = 0;
+    T* data = nullptr;
+};
+
+/// The optimizer's state tensors (named `<slot>.<parameter>`) placed in the flat element order of
+/// its parameters.
+template <class Optimizer>
+std::vector<Piece<typename Optimizer::scalar_type>> pieces(const Optimizer& o) {
+    using T = typename Optimizer::scalar_type;
+    std::map<std::string, std::size_t> offset;
+    std::size_t at = 0;
+    for (const auto& p : o.parameters()) {
+        offset[p.name] = at;
+        at += static_cast<std::size_t>(p.value.numel());
+    }
+    const optim::Shard shard = shard_of(o);
+    std::vector<Piece<T>> out;
+    for (const auto& s : o.state()) {
+        const auto dot = s.name.find('.');
+        const auto it = dot == std::string::npos ? offset.end() : offset.find(s.name.substr(dot + 1));
+        if (it == offset.end()) throw error("ZeRO-1: optimizer state '" + s.name + "' names no parameter");
+        const std::size_t lo = std::max(it->second, shard.lo);
+        out.push_back({s.name.substr(0, dot), lo, lo + static_cast<std::size_t>(s.value.numel()), s.value.data()});
+    }
+    return out;
+}
+
+/// The file of rank `rank`'s shard among `size`.
+inline std::string shard_file_name(int rank, int size) {
+    return "optimizer-shard-" + std::to_string(rank) + "-of-" + std::to_string(size) + ".safetensors";
+}
+
+/// Writes this rank's state (one flat tensor per slot) to `path`, atomically.
+template <class Optimizer>
+void write_shard(const std::filesystem::path& path, const Optimizer& o) {
+    using T = typename Optimizer::scalar_type;
+    const optim::Shard shard = shard_of(o);
+    const std::size_t total = optim::total_elements<T>(o.parameters());
+    const std::size_t lo = shard.lo, hi = std::min(shard.hi, total);
+    std::vector<std::string> slots;
+    std::vector<std::vector<T>> flat;
+    for (const auto& p : pieces(o)) {
+        if (slots.empty() || slots.back() != p.slot) {
+            slots.push_back(p.slot);
+            flat.emplace_back(hi - lo);
+        }
+        std::memcpy(flat.back().data() + (p.lo - lo), p.data, (p.hi - p.lo) * sizeof(T));
+    }
+    std::vector<io::detail::raw_tensor> tensors;
+    for (std::size_t i = 0; i < slots.size(); ++i)
+        tensors.push_back({slots[i], io::exact_dtype<T>(), {static_cast<std::int64_t>(hi - lo)}, flat[i].data()});
+    io::detail::write_raw(path, tensors,
+                          {{"lo", std::to_string(lo)}, {"hi", std::to_string(hi)}, {"total", std::to_string(total)}});
+}
+
+/// Whether checkpoint `ck` holds its optimizer state in shard files.
+inline bool sharded(const io::Checkpoint& ck) {
+    for (const auto& f : ck.attached())
+        if (f.starts_with("optimizer-shard-")) return true;
+    return false;
+}
+
+/// Fills `o`'s state (whatever its shard) from checkpoint `ck`: from its shard files, or from the
+/// one-process `optimizer.<slot>.<param>` tensors. Throws format_error when an element is missing.
+template <class Optimizer>
+void restore_state(const io::Checkpoint& ck, Optimizer& o) {
+    using T = typename Optimizer::scalar_type;
+    const std::size_t total = optim::total_elements<T>(o.parameters());
+    const auto want = pieces(o);
+    std::vector<std::size_t> filled(want.size(), 0);
+    auto copy = [&](const std::string& slot, std::size_t lo, std::size_t hi, const std::byte* src) {
+        for (std::size_t i = 0; i < want.size(); ++i) {
+            const auto& w = want[i];
+            if (w.slot != slot) continue;
+            const std::size_t a = std::max(lo, w.lo), b = std::min(hi, w.hi);
+            if (a >= b) continue;
+            std::memcpy(w.data + (a - w.lo), src + (a - lo) * sizeof(T), (b - a) * sizeof(T));
+            filled[i] += b - a;
+        }
+    };
+    auto check_type = [](const io::safetensors_file& f, const io::tensor_info& t, std::size_t n) {
+        if (t.type != io::exact_dtype<T>() || t.numel() != static_cast<std::int64_t>(n))
+            throw format_error(f.path(), 0, "tensor '" + t.name + "' has another dtype or size than its shard");
+    };
+    if (sharded(ck)) {
+        for (const auto& name : ck.attached()) {
+            if (!name.starts_with("optimizer-shard-")) continue;
+            const io::safetensors_file f(ck.path() / name);
+            std::size_t lo = 0, hi = 0, n = 0;
+            try {
+                lo = std::stoull(f.metadata().at("lo"));
+                hi = std::stoull(f.metadata().at("hi"));
+                n = std::stoull(f.metadata().at("total"));
+            } catch (const std::exception&) {
+                throw format_error(f.path(), 0, "has no lo, hi and total in its metadata");
+            }
+            if (n != total || lo > hi || hi > total)
+                throw format_error(f.path(), 0,
+                                   "is a shard of " + std::to_string(n) + " elements; this run's optimizer has " +
+                                       std::to_string(total));
+            for (const auto& t : f.tensors()) {
+                check_type(f, t, hi - lo);
+                copy(t.name, lo, hi, f.bytes(t).data());
+            }
+        }
+    } else {
+        const io::safetensors_file& f = ck.training_file();
+        std::size_t at = 0;
+        for (const auto& p : o.parameters()) {
+            const auto n = static_cast<std::size_t>(p.value.numel());
+            for (const auto& w : want) {
+                if (w.hi <= at || w.lo >= at + n) continue;
+                const std::string name = "optimizer." + w.slot + "." + p.name;
+                const io::tensor_info* t = f.find(name);
+                if (!t) throw format_error(f.path(), 0, "has no tensor '" + name + "' (the run expects it)");
+                check_type(f, *t, n);
+                copy(w.slot, at, at + n, f.bytes(*t).data());
+            }
+            at += n;
+        }
+    }
+    for (std::size_t i = 0; i < want.size(); ++i)
+        if (filled[i] != want[i].hi - want[i].lo)
+            throw format_error(ck.path(), 0,
+                               "holds no optimizer state '" + want[i].slot + "' for elements [" +
+                                   std::to_string(want[i].lo) + ", " + std::to_string(want[i].hi) + ")");
+}
+
+/// After each rank updated its shard of `params` (rank r's: `optim::Shard::of(total, r, N)`), every
+/// rank's values everywhere: one in-place all-gather per contiguous run of values. `runs` caches the
+/// runs (empty: found now).
+template <class T>
+void gather_parameters(parallel::Communicator& comm, std::span<const Parameter<T>> params,
+                       std::vector<std::pair<T*, std::size_t>>& runs) {
+    if (runs.empty())
+        for (const auto& p : params) {
+            T* v = p.value.data();
+            const auto n = static_cast<std::size_t>(p.value.numel());
+            if (!runs.empty() && runs.back().first + runs.back().second == v)
+                runs.back().second += n;
+            else
+                runs.emplace_back(v, n);
+        }
+    std::size_t total = 0;
+    for (auto [v, n] : runs) total += n;
+    const int size = comm.size();
+    std::vector<std::size_t> counts(static_cast<std::size_t>(size));
+    std::size_t at = 0;
+    for (auto [v, n] : runs) {
+        for (int r = 0; r < size; ++r) {
+            const optim::Shard s = optim::Shard::of(total, r, size);
+            const std::size_t a = std::max(at, s.lo), b = std::min(at + n, s.hi);
+            counts[static_cast<std::size_t>(r)] = a < b ? b - a : 0;
+        }
+        comm.all_gather(v, counts);
+        at += n;
+    }
+}
+
+}  // namespace distill::train::zero
+// ---- end distill/train/zero.hpp ----
 
 namespace distill::train {
 
@@ -25312,9 +25848,16 @@ struct FinetuneOptions {
     std::int64_t stop_at = 0;
     /// The ranks of a data-parallel run (null: this process alone). Each rank computes the
     /// micro-batches m ≡ rank (mod size) of every step (`grad_accum` must be a multiple of the size),
-    /// the gradients are summed over ranks, and every rank takes the same update; rank 0 alone writes
-    /// `output_dir`, which must be on a filesystem every rank reads (they resume from its checkpoints).
+    /// the gradients are summed over ranks, and every rank takes the same update; rank 0 writes
+    /// `output_dir` (under ZeRO-1 each rank also its state shard of each checkpoint), which must be on
+    /// a filesystem every rank reads (they resume from its checkpoints).
     parallel::Communicator* communicator = nullptr;
+    /// 1: ZeRO-1 (train/zero.hpp) when `communicator` has several ranks — the optimizer must be built
+    /// over this rank's `optim::Shard::of(total elements, rank, size)` and holds state for it alone;
+    /// after each update the parameters are all-gathered, and each rank writes its state into the
+    /// checkpoint (`optimizer-shard-R-of-N.safetensors`). 0: every rank holds the whole state. With
+    /// one process it changes nothing. Any checkpoint resumes either way and with any world size.
+    int zero = 0;
 };
 
 /// How a run ended.
@@ -25405,12 +25948,34 @@ public:
           clipper_(std::span<const Parameter<T>>(opt_.parameters())),
           comm_(options_.communicator ? *options_.communicator : parallel::single()) {
         cfg_.validate(options_.config_path);
+        if (options_.zero != 0 && options_.zero != 1)
+            throw config_error("zero", "expected 0 or 1 (ZeRO-1: optimizer state sharded over the ranks), got " +
+                                           std::to_string(options_.zero));
+        zero_ = options_.zero == 1 && comm_.size() > 1;
+        if (zero_) {
+            const std::size_t total = optim::total_elements<T>(opt_.parameters());
+            const optim::Shard want = optim::Shard::of(total, comm_.rank(), comm_.size());
+            if (!(zero::shard_of(opt_) == want))
+                throw config_error("zero", "is 1, but the optimizer of rank " + std::to_string(comm_.rank()) +
+                                               " was not built over its shard [" + std::to_string(want.lo) + ", " +
+                                               std::to_string(want.hi) + ") (optim::Shard::of(total, rank, size))");
+            if (!cfg_.output_dir.empty()) zero_root_ = std::filesystem::path(cfg_.output_dir) / "checkpoints";
+        }
         if (comm_.size() > 1) {
             check_data_parallel(cfg_, comm_.size(), options_.config_path);
-            if constexpr (Model::device_type::memory != memory_space::host)
+            constexpr memory_space memory = Model::device_type::memory;
+            if (!comm_.reaches(memory))
                 throw config_error("device",
-                                   "a data-parallel run sums gradients through MPI in host memory; this device's "
-                                   "gradients live on the device (NCCL is not wired in yet)");
+                                   "a data-parallel run sums the gradients where they live, in this "
+                                   "device's memory, and parallel::" +
+                                       comm_.name() +
+                                       " sums host memory only (device::Cuda needs parallel::Nccl, "
+                                       "parallel/nccl.hpp)");
+            // the shards' checkpoints and the all-gather's counts are written for host memory
+            if (zero_ && memory != memory_space::host)
+                throw config_error("zero",
+                                   "is 1, but ZeRO-1 is implemented for host-memory devices only "
+                                   "(device::Cpu); use 0 with this device");
             if (!comm_.root()) {  // rank 0 writes; the others train and read its checkpoints
                 options_.progress = nullptr;
                 cfg_.output_dir.clear();
@@ -25438,6 +26003,10 @@ public:
             lock_ = io::directory_lock(
                 out_, options_.output_dir_key.empty() ? key("output_dir") : options_.output_dir_key, "training");
             store_.emplace(out_ / "checkpoints");
+            // shards written for a checkpoint a crash kept from committing
+            for (const auto& entry : std::filesystem::directory_iterator(store_->root()))
+                if (entry.path().filename().string().starts_with("zero-"))
+                    std::filesystem::remove_all(entry.path(), ec);
         }
     }
 
@@ -25499,6 +26068,7 @@ public:
             if (!std::isfinite(grad_norm)) throw gradient_error(params);
             const double lr = schedule_.lr(step_);
             opt_.step(lr);
+            if (zero_) zero::gather_parameters<T>(comm_, opt_.parameters(), value_runs_);
             ++step_;
             const double loss = loss_sum / micro;
             for (auto& t : term_sums_) t.second /= micro;
@@ -25555,15 +26125,31 @@ public:
                 progress.message(msg);
             }
             const bool finished = stopped_ || last_step;
-            if (store_ && (report.validation_loss || finished || pause ||
-                           (cfg_.checkpoint_every > 0 && step_ % cfg_.checkpoint_every == 0))) {
+            if ((store_ || !zero_root_.empty()) &&
+                (report.validation_loss || finished || pause ||
+                 (cfg_.checkpoint_every > 0 && step_ % cfg_.checkpoint_every == 0))) {
                 finished_ = finished;
-                const auto dir = store_->save(step_, model_, std::span<const Parameter<T>>(options_.extra), opt_,
-                                              order_, loop_state(), job_config());
-                if (improved) store_->set_best(dir);
-                store_->prune(cfg_.keep_last_n);
-                report.checkpoint = dir;
-                last_checkpoint_ = dir;
+                std::vector<std::filesystem::path> shards;
+                const auto staging = zero_root_ / ("zero-" + io::detail::step_name(step_));
+                if (zero_) {  // every rank its state shard, then rank 0 the checkpoint that attaches them
+                    std::error_code ec;
+                    std::filesystem::create_directories(staging, ec);
+                    if (ec) throw io_error(staging, "cannot create the directory: " + ec.message());
+                    for (int r = 0; r < comm_.size(); ++r)
+                        shards.push_back(staging / zero::shard_file_name(r, comm_.size()));
+                    zero::write_shard(shards[std::size_t(comm_.rank())], opt_);
+                    comm_.barrier();
+                }
+                if (store_) {
+                    const auto dir = store_->save(step_, model_, std::span<const Parameter<T>>(options_.extra), opt_,
+                                                  order_, loop_state(), job_config(), shards, !zero_);
+                    if (improved) store_->set_best(dir);
+                    store_->prune(cfg_.keep_last_n);
+                    report.checkpoint = dir;
+                    last_checkpoint_ = dir;
+                    if (zero_) std::filesystem::remove(staging);  // emptied by the save
+                }
+                if (zero_) comm_.barrier();
             }
             if (epoch_end) ++epochs_completed_;
             if (options_.on_step) options_.on_step(report);
@@ -25656,7 +26242,9 @@ private:
             throw config_error("training_data",
                                "differs from the data the checkpoint " + latest->string() +
                                    " was trained on (size or content); resuming would not continue that run");
-        ck->restore(model_, std::span<const Parameter<T>>(options_.extra), opt_, order_);
+        const bool flat = zero_ || zero::sharded(*ck);  // state re-sliced from whichever layout it has
+        ck->restore(model_, std::span<const Parameter<T>>(options_.extra), opt_, order_, !flat);
+        if (flat) zero::restore_state(*ck, opt_);
         step_ = ck->step();
         epoch_ = s.epoch;
         cursor_ = s.cursor;
@@ -25815,7 +26403,8 @@ private:
     }
 
     // Data parallelism: the step's gradients, loss, terms and tokens summed over the ranks. The
-    // gradients go in as few calls as there are contiguous runs of them (the student's arena is one).
+    // gradients go in as few calls as there are contiguous runs of them (the student's arena is one),
+    // in the device's memory (MPI for host memory, NCCL for device::Cuda's).
     void sum_over_ranks(double& loss_sum, std::int64_t& tokens) {
         if (grad_runs_.empty())  // the parameters never move: their runs are found once
             for (const auto& p : opt_.parameters()) {
@@ -25826,7 +26415,7 @@ private:
                 else
                     grad_runs_.emplace_back(g, n);
             }
-        for (auto [g, n] : grad_runs_) comm_.all_reduce_sum(g, n);
+        for (auto [g, n] : grad_runs_) comm_.all_reduce_sum(Model::device_type::memory, g, n);
         // Rank 0 computes micro-batch 0 of every step, so it always knows the terms' names; a rank
         // that computed nothing this step adds zeros in the same order.
         const auto terms = std::size_t(comm_.all_reduce_max(std::int64_t(term_sums_.size())));
@@ -25894,6 +26483,9 @@ private:
     optim::GradClipper<T> clipper_;                            // clipping without allocation
     parallel::Communicator& comm_;                             // the ranks of a data-parallel run
     std::vector<std::pair<T*, std::size_t>> grad_runs_;        // contiguous gradient ranges (sum_over_ranks)
+    std::vector<std::pair<T*, std::size_t>> value_runs_;       // contiguous parameter ranges (ZeRO-1 all-gather)
+    bool zero_ = false;                                        // ZeRO-1 over several ranks
+    std::filesystem::path zero_root_{};                        // every rank's checkpoints/ (ZeRO-1 shards)
     std::vector<double> rank_sums_;                            // loss, tokens, terms (sum_over_ranks)
     std::vector<std::pair<std::string, double>> term_sums_{};  // the step's loss terms, kept across steps
     std::filesystem::path out_{};
@@ -27379,6 +27971,10 @@ struct Job {
     /// accumulation, fp32 master weights; needs oneDNN and a CPU with its bf16 matmul). The device the
     /// Distiller is given must compute in it.
     std::string precision = "fp32";
+    /// 1: ZeRO-1 in a data-parallel run — each rank keeps the optimizer state of its shard of the
+    /// parameters only (docs/scaling.md). The weights are the same bit for bit, so it is no part of
+    /// any fingerprint; with one process it changes nothing.
+    int zero = 0;
 
     /// Checks the fixed part (the policy sections are checked by the Distiller); throws config_error.
     void validate() const {
@@ -27431,6 +28027,9 @@ struct Job {
         if (threads < 0 || threads > 4096) throw config_error("threads", "must be in [0, 4096]");
         if (precision != "fp32" && precision != "bf16")
             throw config_error("precision", "expected \"fp32\" or \"bf16\", got \"" + precision + "\"");
+        if (zero != 0 && zero != 1)
+            throw config_error("zero", "expected 0 or 1 (ZeRO-1: optimizer state sharded over the ranks), got " +
+                                           std::to_string(zero));
     }
 
     /// The teacher's kind ("model", "openai", "cache"); with `teachers`, the first one's.
@@ -27557,7 +28156,8 @@ BOOST_HANA_ADAPT_ADT(distill::Job,
     (output_dir,         [](auto& j) -> auto& { return j.output_dir; }),
     (threads,            [](auto& j) -> auto& { return j.threads; }),
     (activation_checkpointing, [](auto& j) -> auto& { return j.activation_checkpointing; }),
-    (precision,          [](auto& j) -> auto& { return j.precision; }));
+    (precision,          [](auto& j) -> auto& { return j.precision; }),
+    (zero,               [](auto& j) -> auto& { return j.zero; }));
 // clang-format on
 
 namespace distill {
@@ -27881,8 +28481,9 @@ LossT checked_loss(const typename LossT::config& config, const loss::dims& dims)
 struct DistillerOptions {
     bool quiet = false;       ///< no progress output
     std::FILE* log = stderr;  ///< where stage messages and progress go
-    /// The ranks of a data-parallel run (null: this process alone; parallel.hpp). Rank 0 generates,
-    /// evaluates, exports and writes every file; every rank trains its share of each step.
+    /// The ranks of a data-parallel run (null: this process alone; parallel.hpp). Every rank answers
+    /// its share of the prompts (generate, evaluate) and trains its share of each step; rank 0 merges,
+    /// measures latency, exports and writes the run's files (each rank writes its own shards).
     parallel::Communicator* communicator = nullptr;
     /// > 0: the student's training pauses after this step, unfinished, and a later finetune continues
     /// it (train::FinetuneOptions::stop_at; `distill sweep`'s rungs). No part of any fingerprint.
@@ -28171,7 +28772,24 @@ train::FinetuneOptions<float> loop_options_of(const Setup& setup) {
     options.output_dir_key = "output_dir";
     options.communicator = setup.options.communicator;
     options.stop_at = setup.options.stop_at;
+    options.zero = setup.job.zero;
     return options;
+}
+
+/// The optimizer of a job's training run over `params`: under ZeRO-1 (`"zero": 1`, several ranks)
+/// built over this rank's shard of them.
+template <class Optimizer, class Setup, class Config>
+Optimizer make_optimizer(std::vector<Parameter<float>> params, const Config& config, const Setup& setup) {
+    parallel::Communicator& comm = setup.options.comm();
+    if (setup.job.zero != 1 || comm.size() == 1) return Optimizer(std::move(params), config);
+    using device_type = typename Optimizer::device_type;
+    if constexpr (std::is_constructible_v<Optimizer, std::vector<Parameter<float>>, const Config&, device_type,
+                                          optim::Shard>) {
+        const optim::Shard shard = optim::Shard::of(optim::total_elements<float>(params), comm.rank(), comm.size());
+        return Optimizer(std::move(params), config, device_type{}, shard);
+    } else {
+        throw config_error("zero", "is 1, but this optimizer cannot be built over a shard of the parameters");
+    }
 }
 
 /// The finetune stage of a run (see the file comment); the template parameters are the Distiller's.
@@ -28635,8 +29253,9 @@ private:
                 loss::Workspace<float, Device> ws(loss, dims(B), device_);
                 std::vector<Parameter<float>> extra;
                 if constexpr (requires { loss.parameters(); }) extra = loss.parameters();
-                optimizer_type opt(optim::gather(trainable_parameters(s.parameters(), s_.job.frozen_parameters), extra),
-                                   s_.optimizer);
+                optimizer_type opt = make_optimizer<optimizer_type>(
+                    optim::gather(trainable_parameters(s.parameters(), s_.job.frozen_parameters), extra), s_.optimizer,
+                    s_);
                 optim::Schedule schedule(schedule_config(), steps);
                 train::FinetuneOptions<float> options = loop_options();
                 options.extra = extra;
@@ -28675,7 +29294,8 @@ private:
             s_, "baseline", fp,
             [&](const std::string& dir) {
                 student_type s = make_student();
-                optimizer_type opt(trainable_parameters(s.parameters(), s_.job.frozen_parameters), s_.optimizer);
+                optimizer_type opt = make_optimizer<optimizer_type>(
+                    trainable_parameters(s.parameters(), s_.job.frozen_parameters), s_.optimizer, s_);
                 optim::Schedule schedule(schedule_config(), steps);
                 train::FinetuneConfig cfg = finetune_config(dir);
                 cfg.max_steps = steps;  // the distilled student's budget, whatever the data size
@@ -28950,8 +29570,8 @@ public:
             loss::Workspace<float, Device> ws(loss, dims(s_, teacher_, B, max_length), device_);
             std::vector<Parameter<float>> extra;
             if constexpr (requires { loss.parameters(); }) extra = loss.parameters();
-            optimizer_type opt(optim::gather(trainable_parameters(s.parameters(), s_.job.frozen_parameters), extra),
-                               s_.optimizer);
+            optimizer_type opt = make_optimizer<optimizer_type>(
+                optim::gather(trainable_parameters(s.parameters(), s_.job.frozen_parameters), extra), s_.optimizer, s_);
             optim::Schedule schedule(schedule_config_of(h), steps);
             train::FinetuneOptions<float> options = loop_options_of(s_);
             options.stop_at = 0;  // the embedding task does not pause (distill sweep refuses it)
@@ -29252,7 +29872,10 @@ public:
 
     /// Measures the teacher, the baseline and the distilled student on the test set and writes the
     /// report (report.json, report.md, loss.svg, models.svg). Returns report.json's object.
+    /// Over several ranks every rank runs it: each answers its share of the test prompts (see
+    /// `answer`), rank 0 measures latency alone and writes the report; the others return {}.
     nlohmann::ordered_json run() {
+        parallel::Communicator& comm = s_.options.comm();
         const RunDir& out = s_.dir;
         if (!s_.test)
             throw config_error("test_data", "is not set; the evaluate stage needs a test set with references");
@@ -29267,7 +29890,10 @@ public:
         const std::string student_digest = digest(student_file),
                           baseline_digest = with_baseline ? digest(baseline_file) : std::string();
         const std::string fp = evaluation_fingerprint(student_digest, baseline_digest);
-        if (detail::stored_fingerprint(out.report_json()) == fp) {
+        bool complete = comm.root() && detail::stored_fingerprint(out.report_json()) == fp;
+        comm.broadcast(&complete, sizeof complete, 0);
+        if (complete && !comm.root()) return {};
+        if (complete) {
             s_.say("evaluate: report.json is complete for these models; skipped");
             nlohmann::ordered_json report = detail::read_json_file(out.report_json());
             // prices change no measurement: a job with new ones gets its cost table, not a new evaluation
@@ -29321,6 +29947,7 @@ public:
             models["student_" + type] =
                 measure_student(student_file, "student_" + type, requests, references, sampling, quant::parse(type));
         }
+        if (!comm.root()) return {};
 
         nlohmann::ordered_json report;
         report["distill_version"] = version();
@@ -29370,14 +29997,15 @@ private:
         std::vector<double> latencies;
         const std::size_t samples =
             std::min<std::size_t>(std::size_t(s_.job.evaluation.latency_samples), requests.size());
-        for (std::size_t i = 0; i < samples; ++i) {
+        for (std::size_t i = 0; i < samples && s_.options.comm().root(); ++i) {  // one process, as deployed
             const auto t0 = clock::now();
             generate_all(model, std::span<const teacher::Request>(&requests[i], 1), sampling);
             latencies.push_back(1e3 * detail::seconds_since(t0));
         }
         const auto t0 = clock::now();
-        const auto responses = generate_all(model, std::span<const teacher::Request>(requests), sampling);
+        const auto responses = answer(model, requests, sampling);
         const double seconds = detail::seconds_since(t0);
+        if (!s_.options.comm().root()) return {};
         std::vector<std::string> answers;
         std::int64_t tokens = 0, prompt_tokens = 0, failed = 0;
         std::string jsonl, first_error;
@@ -29441,6 +30069,45 @@ private:
                       })
             m["metrics"]["perplexity"] = reference_perplexity(model.network(), requests, references);
         return m;
+    }
+
+    // Every answer of `model` to `requests`, in their order. Over N ranks the model's batches of the
+    // test set (teacher_batch_size prompts, as one process forms them) are dealt round-robin, batch b
+    // to rank b mod N, and rank 0 gathers the answers (text, finish reason, usage, tokens, error).
+    template <class Model>
+    std::vector<teacher::Response> answer(Model& model, const std::vector<teacher::Request>& requests,
+                                          const teacher::Sampling& sampling) {
+        parallel::Communicator& comm = s_.options.comm();
+        if (comm.size() == 1) return generate_all(model, std::span<const teacher::Request>(requests), sampling);
+        const std::size_t window = std::size_t(teacher_batch_size(model)), size = std::size_t(comm.size());
+        auto owner = [&](std::size_t i) { return int((i / window) % size); };
+        std::vector<teacher::Request> mine;
+        for (std::size_t i = 0; i < requests.size(); ++i)
+            if (owner(i) == comm.rank()) mine.push_back(requests[i]);
+        const auto got = generate_all(model, std::span<const teacher::Request>(mine), sampling);
+        nlohmann::json sent = nlohmann::json::array();
+        for (const auto& r : got)
+            sent.push_back(
+                {r.text, int(r.finish), r.usage.prompt_tokens, r.usage.completion_tokens, r.tokens, r.error});
+        std::vector<teacher::Response> all(requests.size());
+        for (int rank = 0; rank < comm.size(); ++rank) {
+            const std::string text = comm.broadcast_string(
+                rank == comm.rank() ? sent.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) : "", rank);
+            if (!comm.root()) continue;
+            const auto j = nlohmann::json::parse(text);
+            std::size_t k = 0;
+            for (std::size_t i = 0; i < requests.size(); ++i) {
+                if (owner(i) != rank) continue;
+                const auto& a = j.at(k++);
+                auto& r = all[i];
+                r.text = a[0].get<std::string>();
+                r.finish = teacher::finish_reason(a[1].get<int>());
+                r.usage = {a[2].get<std::int64_t>(), a[3].get<std::int64_t>()};
+                r.tokens = a[4].get<std::vector<std::int32_t>>();
+                r.error = a[5].get<std::string>();
+            }
+        }
+        return all;
     }
 
     nlohmann::ordered_json measure_teacher(const std::vector<teacher::Request>& requests,
@@ -29633,11 +30300,14 @@ private:
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <functional>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <optional>
 #include <set>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -29777,9 +30447,11 @@ inline std::string duration(double s) {
 /// `sampling`; the results go to `config.output_dir`. Returns the report. Throws fingerprint_error
 /// for output of another teacher, generate_error when the success ratio falls below the minimum,
 /// io_error/format_error for unreadable or unwritable files, config_error for bad settings.
+/// `indices`: each example's position in the whole data set (`teacher::Request::index`, which a
+/// sampling teacher seeds from) when `data` is a shard of it; empty: their positions in `data`.
 template <teacher_source Teacher>
 GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teacher::Sampling& sampling,
-                        const GenerateConfig& config = {}) {
+                        const GenerateConfig& config = {}, std::span<const std::uint64_t> indices = {}) {
     using clock = std::chrono::steady_clock;
     namespace fs = std::filesystem;
     config.validate();
@@ -29979,7 +30651,9 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
         for (std::size_t i = first; i < first + n; ++i)
             if (!teacher_batch_invariant<Teacher> || !done.count(examples[i].id)) members.push_back(i);
         std::vector<teacher::Request> requests;
-        for (std::size_t i : members) requests.push_back({examples[i].id, i, examples[i].prompt, examples[i].fields});
+        for (std::size_t i : members)
+            requests.push_back(
+                {examples[i].id, indices.empty() ? i : indices[i], examples[i].prompt, examples[i].fields});
         report.requested += pending;
 
         // Answers arrive in any order; they are written in input order as soon as the prefix is complete.
@@ -30038,9 +30712,222 @@ GenerateReport generate(Teacher& teacher, const data::Dataset& data, const teach
     return report;
 }
 
+namespace detail {
+
+// The lines of a JSONL file, newline included ("" when absent).
+inline std::vector<std::string> raw_lines(const std::filesystem::path& path) {
+    std::vector<std::string> out;
+    if (!std::filesystem::exists(path)) return out;
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw io_error(path, "cannot open for reading");
+    std::string line;
+    while (std::getline(in, line))
+        if (!line.empty()) out.push_back(line + "\n");
+    return out;
+}
+
+inline std::string file_bytes(const std::filesystem::path& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw io_error(path, "cannot open for reading");
+    return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+// Rank 0 of a sharded generate: the shards' outputs merged in input order into `config`'s files,
+// deduplicated there (as one process deduplicates, in input order); see `generate_sharded`.
+inline GenerateReport merge_shards(const data::Dataset& data, const GenerateConfig& config,
+                                   const std::vector<std::filesystem::path>& shard_dirs,
+                                   const std::vector<GenerateReport>& reports) {
+    namespace fs = std::filesystem;
+    const fs::path dir = config.output_dir;
+    struct Answer {
+        std::string line;
+        teacher::SyntheticRecord record;
+    };
+    std::map<std::string, Answer> records;
+    std::map<std::string, std::string> rejections, topk;
+    std::string topk_header;
+    for (std::size_t r = 0; r < shard_dirs.size(); ++r) {
+        const fs::path base = shard_dirs[r] / config.name;
+        for (auto& line : raw_lines(base.string() + ".jsonl")) {
+            auto rec = teacher::parse_synthetic(nlohmann::json::parse(line));
+            const std::string id = rec.id;
+            records[id] = {std::move(line), std::move(rec)};
+        }
+        for (auto& line : raw_lines(base.string() + ".rejected.jsonl")) {
+            const auto j = nlohmann::json::parse(line);
+            rejections[j.at("id").get<std::string>()] = std::move(line);
+        }
+        const fs::path topk_path = base.string() + ".topk";
+        if (fs::exists(topk_path)) {
+            const std::string bytes = file_bytes(topk_path);
+            io::topk_file f(topk_path);
+            const std::size_t n = f.size();
+            const std::size_t first = n ? std::size_t(f[0].offset) : bytes.size();
+            if (topk_header.empty()) topk_header = bytes.substr(0, first);
+            for (std::size_t i = 0; i < n; ++i) {
+                const std::size_t a = std::size_t(f[i].offset),
+                                  b = i + 1 < n ? std::size_t(f[i + 1].offset) : bytes.size();
+                topk[std::string(f[i].id)] = bytes.substr(a, b - a);
+            }
+        }
+    }
+    GenerateReport report;
+    for (const auto& r : reports) {
+        report.already_done += r.already_done;
+        report.requested += r.requested;
+        report.accepted += r.accepted;
+        report.rejected_empty += r.rejected_empty;
+        report.rejected_truncated += r.rejected_truncated;
+        report.failed += r.failed;
+        report.completion_tokens += r.completion_tokens;
+        report.repaired_bytes += r.repaired_bytes;
+        report.token_mapping += r.token_mapping;
+        report.failures.insert(report.failures.end(), r.failures.begin(), r.failures.end());
+    }
+    report.fingerprint = reports.front().fingerprint;
+    report.teacher = reports.front().teacher;
+    report.examples = data.examples.size();
+    report.skipped_input_lines = data.stats.skipped.size();
+    std::string lines, rejected, topk_out = topk_header;
+    std::set<std::string> answers;
+    for (const auto& ex : data.examples) {
+        if (auto it = records.find(ex.id); it != records.end()) {
+            const auto& rec = it->second.record;
+            if (config.deduplicate && !answers.insert(answer_key(rec.prompt, rec.response.text)).second) {
+                ++report.rejected_duplicate;  // as one process writes it (generate's reject)
+                if (report.accepted > 0) --report.accepted;
+                nlohmann::ordered_json j;
+                j["id"] = ex.id;
+                j["source_line"] = ex.line;
+                j["reason"] = "duplicate";
+                j["finish_reason"] = std::string(teacher::finish_reason_name(rec.response.finish));
+                j["text"] = rec.response.text;
+                j["usage"] = {{"prompt_tokens", rec.response.usage.prompt_tokens},
+                              {"completion_tokens", rec.response.usage.completion_tokens}};
+                j["fingerprint"] = rec.fingerprint;
+                rejected += j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n";
+                continue;
+            }
+            lines += it->second.line;
+            if (auto t = topk.find(ex.id); t != topk.end()) topk_out += t->second;
+        } else if (auto r = rejections.find(ex.id); r != rejections.end()) {
+            rejected += r->second;
+        }
+    }
+    io::write_file_atomic(dir / (config.name + ".jsonl"), lines);
+    if (!rejected.empty() || fs::exists(dir / (config.name + ".rejected.jsonl")))
+        io::write_file_atomic(dir / (config.name + ".rejected.jsonl"), rejected);
+    if (!topk_header.empty()) io::write_file_atomic(dir / (config.name + ".topk"), topk_out);
+    return report;
+}
+
+// A shard's report as it travels to rank 0: report_json's fields plus the token mapping's raw counts
+// (report_json writes some of them summed), read back by report_from_json.
+inline nlohmann::json report_to_json(const GenerateReport& r) {
+    nlohmann::json j = nlohmann::json::parse(report_json(r).dump());
+    j["token_mapping_raw"] = {r.token_mapping.top_entries,     r.token_mapping.top_unmapped,
+                              r.token_mapping.top_ambiguous,   r.token_mapping.top_duplicate,
+                              r.token_mapping.top_missing,     r.token_mapping.tokens,
+                              r.token_mapping.tokens_unmapped, r.token_mapping.retokenize_mismatches};
+    return j;
+}
+
+inline GenerateReport report_from_json(const nlohmann::json& j) {
+    GenerateReport r;
+    r.fingerprint = j.at("fingerprint").get<std::string>();
+    r.teacher = j.at("teacher").get<std::string>();
+    r.already_done = j.at("already_done").get<std::uint64_t>();
+    r.requested = j.at("requested").get<std::uint64_t>();
+    r.accepted = j.at("accepted").get<std::uint64_t>();
+    r.rejected_empty = j.at("rejected").at("empty").get<std::uint64_t>();
+    r.rejected_truncated = j.at("rejected").at("truncated").get<std::uint64_t>();
+    r.failed = j.at("failed").get<std::uint64_t>();
+    r.completion_tokens = j.at("completion_tokens").get<std::uint64_t>();
+    r.repaired_bytes = j.at("repaired_bytes").get<std::uint64_t>();
+    for (const auto& f : j.at("failures"))
+        r.failures.push_back(
+            {f.at("id").get<std::string>(), f.at("line").get<std::uint64_t>(), f.at("error").get<std::string>()});
+    const auto& m = j.at("token_mapping_raw");
+    auto& t = r.token_mapping;
+    t.top_entries = m[0];
+    t.top_unmapped = m[1];
+    t.top_ambiguous = m[2];
+    t.top_duplicate = m[3];
+    t.top_missing = m[4];
+    t.tokens = m[5];
+    t.tokens_unmapped = m[6];
+    t.retokenize_mismatches = m[7];
+    return r;
+}
+
+}  // namespace detail
+
+/// The generate stage over the ranks of `comm` (docs/scaling.md): the teacher's windows of the input
+/// (`teacher_batch_size` examples each, as one process forms them) are dealt out round-robin —
+/// window w to rank w mod N — and each rank answers its windows into its own files under
+/// `<output_dir>/<name>.shards/rank-R-of-N/` (resumable per shard, as `generate` resumes); after a
+/// barrier rank 0 merges them in input order into `<name>.jsonl` (and `.rejected.jsonl`, `.topk`),
+/// deduplicating there, each written atomically: with a teacher whose answer depends only on its
+/// prompt and index (greedy decoding) the files are the bytes one process writes. `<name>.report.json`
+/// sums the shards' reports. A directory where a one-process run has begun (a `<name>.jsonl` and no
+/// shards) is finished by rank 0 alone. Returns the report on rank 0 (a rank's own elsewhere).
+template <teacher_source Teacher>
+GenerateReport generate_sharded(Teacher& teacher, const data::Dataset& data, const teacher::Sampling& sampling,
+                                GenerateConfig config, parallel::Communicator& comm) {
+    namespace fs = std::filesystem;
+    const int size = comm.size(), rank = comm.rank();
+    if (size == 1) return generate(teacher, data, sampling, config);
+    const fs::path dir = config.output_dir;
+    const fs::path shards = dir / (config.name + ".shards");
+    bool alone = false;
+    if (comm.root())
+        alone = !fs::exists(shards) &&
+                (fs::exists(dir / (config.name + ".jsonl")) || fs::exists(dir / (config.name + ".rejected.jsonl")));
+    comm.broadcast(&alone, sizeof alone, 0);
+    if (alone) {  // a one-process run's files: finished as it would
+        GenerateReport r;
+        if (comm.root()) r = generate(teacher, data, sampling, config);
+        comm.barrier();
+        return r;
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    const std::size_t window = std::size_t(teacher_batch_size(teacher));
+    data::Dataset part;
+    part.path = data.path;
+    std::vector<std::uint64_t> indices;
+    for (std::size_t i = 0; i < data.examples.size(); ++i)
+        if (int((i / window) % std::size_t(size)) == rank) {
+            part.examples.push_back(data.examples[i]);
+            indices.push_back(i);
+        }
+    std::vector<fs::path> dirs;
+    for (int r = 0; r < size; ++r)
+        dirs.push_back(shards / ("rank-" + std::to_string(r) + "-of-" + std::to_string(size)));
+    GenerateConfig mine = config;
+    mine.output_dir = dirs[std::size_t(rank)].string();
+    mine.deduplicate = false;  // across shards: rank 0's merge deduplicates in input order
+    mine.progress = config.progress && comm.root();
+    const GenerateReport own = generate(teacher, part, sampling, mine, indices);
+    std::vector<GenerateReport> reports;
+    for (int r = 0; r < size; ++r) {
+        const std::string text = comm.broadcast_string(r == rank ? detail::report_to_json(own).dump() : "", r);
+        reports.push_back(detail::report_from_json(nlohmann::json::parse(text)));
+    }
+    if (!comm.root()) {
+        comm.barrier();
+        return own;
+    }
+    GenerateReport report = detail::merge_shards(data, config, dirs, reports);
+    report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    io::write_file_atomic(dir / (config.name + ".report.json"), detail::report_json(report).dump(2) + "\n");
+    comm.barrier();
+    return report;
+}
+
 /// The generate stage of a run: the teacher answers every training (and validation) prompt of
 /// `setup` (a `RunSetup`) into the run directory's `generate/` (see `distill::generate`); resumes and
-/// skips what is done. Returns the training set's report.
+/// skips what is done; over several ranks each answers its share (`generate_sharded`), rank 0 merges
+/// and inspects. Returns the training set's report.
 template <teacher_source Teacher, class Setup>
 GenerateReport generate_stage(Teacher& teacher, const Setup& setup) {
     GenerateConfig g;
@@ -30048,11 +30935,13 @@ GenerateReport generate_stage(Teacher& teacher, const Setup& setup) {
     g.progress = !setup.options.quiet;
     setup.say("generate: " + teacher.name() + " answers " + std::to_string(setup.train.examples.size()) +
               " training prompts");
-    GenerateReport r = distill::generate(teacher, setup.train, setup.job.generation, g);
+    parallel::Communicator& comm = setup.options.comm();
+    GenerateReport r = distill::generate_sharded(teacher, setup.train, setup.job.generation, g, comm);
     if (setup.validation) {
         g.name = "synthetic.validation";
-        distill::generate(teacher, *setup.validation, setup.job.generation, g);
+        distill::generate_sharded(teacher, *setup.validation, setup.job.generation, g, comm);
     }
+    if (!comm.root()) return r;
     const auto rejected = r.rejected_empty + r.rejected_truncated + r.rejected_duplicate;
     if (rejected > 0)
         setup.say("generate: " + std::to_string(rejected) + " answers rejected (" +
@@ -30185,21 +31074,17 @@ public:
     /// and skips what is done. Returns the training set's report.
     GenerateReport generate() {
         auto& comm = s_.options.comm();
-        if (!comm.root()) {  // rank 0 answers; the others train on its files
-            comm.barrier();
-            return GenerateReport{.teacher = teacher_.name(), .examples = s_.train.examples.size()};
-        }
         const auto done = [&](GenerateReport r) {
             comm.barrier();
             return r;
         };
-        s_.dir.write_job_copy(s_.job);
+        if (comm.root()) s_.dir.write_job_copy(s_.job);
         if constexpr (embedding) {
             s_.say(
                 "generate: nothing to generate for the embedding task; the teacher embeds each training batch "
                 "during finetune");
             return done(GenerateReport{.teacher = teacher_.name(), .examples = s_.train.examples.size()});
-        } else {
+        } else {  // each rank answers its share of the prompts; rank 0 merges (generate_sharded)
             return done(generate_stage(teacher_, s_));
         }
     }
@@ -30215,13 +31100,17 @@ public:
     /// report; see `EvaluateStage` (`EmbeddingStages`). Returns report.json's object.
     nlohmann::ordered_json evaluate() {
         auto& comm = s_.options.comm();
-        if (!comm.root()) {  // rank 0 measures, as a user would deploy: one process
-            comm.barrier();
-            return detail::read_json_file(s_.dir.report_json());
+        if (comm.root()) s_.dir.write_job_copy(s_.job);
+        if constexpr (embedding) {  // rank 0 measures alone
+            if (!comm.root()) {
+                comm.barrier();
+                return detail::read_json_file(s_.dir.report_json());
+            }
         }
-        s_.dir.write_job_copy(s_.job);
+        // every rank answers its share of the test prompts; rank 0 measures latency and writes the report
         auto report = evaluate_stage_type(s_, teacher_, device_).run();
         comm.barrier();
+        if (!comm.root()) return detail::read_json_file(s_.dir.report_json());
         return report;
     }
 

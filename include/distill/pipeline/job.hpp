@@ -196,6 +196,10 @@ struct Job {
     /// accumulation, fp32 master weights; needs oneDNN and a CPU with its bf16 matmul). The device the
     /// Distiller is given must compute in it.
     std::string precision = "fp32";
+    /// The memory the run may use, in GiB; 0: what the machine has (MemAvailable and the cgroup v2
+    /// limit). A run whose memory plan (eval/memory_plan.hpp) exceeds it is refused before it
+    /// allocates, the plan in the message.
+    double memory_limit_gib = 0;
 
     /// Checks the fixed part (the policy sections are checked by the Distiller); throws config_error.
     void validate() const {
@@ -248,6 +252,9 @@ struct Job {
         if (threads < 0 || threads > 4096) throw config_error("threads", "must be in [0, 4096]");
         if (precision != "fp32" && precision != "bf16")
             throw config_error("precision", "expected \"fp32\" or \"bf16\", got \"" + precision + "\"");
+        if (!(memory_limit_gib >= 0 && memory_limit_gib < 1e9))
+            throw config_error("memory_limit_gib",
+                               "must be >= 0 (0 = the machine's memory), got " + std::to_string(memory_limit_gib));
     }
 
     /// The teacher's kind ("model", "openai", "cache"); with `teachers`, the first one's.
@@ -374,7 +381,8 @@ BOOST_HANA_ADAPT_ADT(distill::Job,
     (output_dir,         [](auto& j) -> auto& { return j.output_dir; }),
     (threads,            [](auto& j) -> auto& { return j.threads; }),
     (activation_checkpointing, [](auto& j) -> auto& { return j.activation_checkpointing; }),
-    (precision,          [](auto& j) -> auto& { return j.precision; }));
+    (precision,          [](auto& j) -> auto& { return j.precision; }),
+    (memory_limit_gib,   [](auto& j) -> auto& { return j.memory_limit_gib; }));
 // clang-format on
 
 namespace distill {

@@ -21,6 +21,9 @@
 //
 // `--checkpoint` trains the student with activation checkpointing (student::activations::checkpointed;
 // PyTorch: torch.utils.checkpoint around every block) and reports the student's activation memory.
+//
+// Before allocating, the step's memory plan (eval/memory_plan.hpp: the arenas from the configs, AdamW's
+// state, the loss's workspace) is printed beside the peak the step then adds (eval::PeakMemory).
 
 #include <cmath>
 #include <cstdio>
@@ -30,6 +33,9 @@
 
 #include "common.hpp"
 #include "distill/distill.hpp"
+#include "distill/eval/memory.hpp"
+#include "distill/eval/memory_plan.hpp"
+#include "distill/student/transformer_memory.hpp"
 
 namespace {
 
@@ -97,6 +103,30 @@ double minimum_bytes(const Size& s, bool checkpoint) {
     return 4.0 * (student + teacher);
 }
 
+// The step's memory plan (eval/memory_plan.hpp), as the finetune stage makes one: the student's and
+// the teacher's arenas (student::transformer_memory), AdamW's two moments per trainable element, the
+// loss's workspace.
+eval::MemoryPlan memory_plan(const Size& s, student::activations mode,
+                             const loss::Sum<loss::SoftKL, loss::HardCE>::config& lc, const loss::dims& dims) {
+    const auto m = student::transformer_memory<float>(s.student, s.batch, mode);
+    const auto t = student::transformer_memory<float>(s.teacher, s.batch, student::activations::inference);
+    detail::ArenaLayout state;  // optim::detail::StateArena's layout
+    for (int slot = 0; slot < 2; ++slot)
+        for (const auto& p : m.trainable) state.add<float>(p.first, {p.second});
+    eval::MemoryPlan plan;
+    const bool lora = s.student.lora.enabled();
+    plan.add(lora ? "student weights (frozen)" : "student weights", std::int64_t(m.base_weights));
+    if (lora) plan.add("student LoRA adapters", std::int64_t(m.adapter_weights));
+    plan.add("student gradients", std::int64_t(m.gradients()));
+    plan.add("optimizer state", std::int64_t(sizeof(float) * state.size()), "AdamW");
+    plan.add("student activations", std::int64_t(m.activations + m.tokens),
+             mode == student::activations::checkpointed ? "checkpointed" : "training");
+    plan.add("teacher", std::int64_t(t.total()), "inference");
+    const loss::Sum<loss::SoftKL, loss::HardCE> probe(lc, dims);
+    plan.add("loss workspace", std::int64_t(loss::Workspace<float, device::Cpu>::planned_bytes(probe, dims)));
+    return plan;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -158,15 +188,19 @@ int main(int argc, char** argv) {
         return 0;
     }
     device::Cpu dev = bf16 ? device::Cpu(threads, device::precision::bf16) : device::Cpu(threads);
-    student::Transformer<float, device::Cpu> teacher(size.teacher, B, dev, student::activations::inference);
-    student::Transformer<float, device::Cpu> student(
-        size.student, B, dev, checkpoint ? student::activations::checkpointed : student::activations::training);
-    teacher.init(1);
-    student.init(2);
     using Loss = loss::Sum<loss::SoftKL, loss::HardCE>;
     Loss::config lc;
     lc.get<0>().config.temperature = 2.0;
-    const loss::dims dims{loss::model_dims_of(student), loss::model_dims_of(teacher), B, T};
+    const student::activations mode = checkpoint ? student::activations::checkpointed : student::activations::training;
+    // The memory plan of the step, computed before anything of it is allocated; the measured peak is
+    // what the process adds from here on.
+    const loss::dims dims{loss::model_dims_of_config(size.student), loss::model_dims_of_config(size.teacher), B, T};
+    const eval::MemoryPlan plan = memory_plan(size, mode, lc, dims);
+    eval::PeakMemory measured;
+    student::Transformer<float, device::Cpu> teacher(size.teacher, B, dev, student::activations::inference);
+    student::Transformer<float, device::Cpu> student(size.student, B, dev, mode);
+    teacher.init(1);
+    student.init(2);
     Loss loss(lc, dims);
     loss::Workspace<float, device::Cpu> ws(loss, dims, dev);
     optim::AdamW<float, device::Cpu> opt(student.parameters(), {.weight_decay = 0.1}, dev);
@@ -219,6 +253,7 @@ int main(int argc, char** argv) {
     std::sort(times.begin(), times.end());
     const double dt = times[times.size() / 2];
     const double rss = bench::peak_rss_bytes(), minimum = minimum_bytes(size, checkpoint);
+    const double added = double(measured.peak_bytes()), planned = double(plan.total());
 
     // teacher forward + student forward and backward (2× the forward); elementwise work not counted
     const double flops = forward_flops(size.teacher, B) + 3.0 * forward_flops(size.student, B);
@@ -249,6 +284,10 @@ int main(int argc, char** argv) {
         "memory: peak RSS %.1f MiB, analytic minimum %.1f MiB (%.2fx); student: activations kept by the forward "
         "%.1f MiB, backward buffers %.1f MiB\n",
         rss / 1048576.0, minimum / 1048576.0, rss / minimum, kept_mib, backward_mib);
+    std::printf("memory plan (before allocating):\n%s", plan.table().c_str());
+    std::printf("memory plan %.1f MiB, measured peak the step added %.1f MiB%s: plan / measured %.3f\n",
+                planned / 1048576.0, added / 1048576.0, measured.exact() ? "" : " (absolute: reset not permitted)",
+                planned / added);
 
     bench::Result r;
     r.workload = workload;
@@ -264,7 +303,10 @@ int main(int argc, char** argv) {
                {"minimum_mib", minimum / 1048576.0},
                {"rss_over_minimum", rss / minimum},
                {"student_activation_mib", kept_mib},
-               {"student_backward_buffers_mib", backward_mib}};
+               {"student_backward_buffers_mib", backward_mib},
+               {"memory_plan_mib", planned / 1048576.0},
+               {"measured_peak_added_mib", added / 1048576.0},
+               {"plan_over_measured", planned / added}};
     if (reference) {
         char args[512];
         std::snprintf(args, sizeof args,

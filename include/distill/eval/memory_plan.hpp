@@ -25,6 +25,9 @@ struct MemoryPart {
     std::int64_t bytes;     ///< how much
     std::string detail;     ///< how it was counted ("2 × 294,912 trainable elements")
     bool resident = false;  ///< already allocated when the plan is made (a teacher loaded before the run)
+    /// Held for a while and freed again (a weights file being read): it adds to the parts listed
+    /// before it, which exist while it does, and not to those after it, allocated once it is freed.
+    bool transient = false;
 };
 
 /// "1.23 GiB", "45.6 MiB", "789 KiB", "12 B".
@@ -47,22 +50,17 @@ class MemoryPlan {
 public:
     /// Adds a part (parts of 0 bytes are listed too: "no gradients" is information).
     void add(std::string name, std::int64_t bytes, std::string detail = "", bool resident = false) {
-        parts_.push_back({std::move(name), bytes, std::move(detail), resident});
+        parts_.push_back({std::move(name), bytes, std::move(detail), resident, false});
+    }
+    /// Adds a transient part (see `MemoryPart::transient`), held on top of the parts added so far.
+    void add_transient(std::string name, std::int64_t bytes, std::string detail = "") {
+        parts_.push_back({std::move(name), bytes, std::move(detail), false, true});
     }
     const std::vector<MemoryPart>& parts() const noexcept { return parts_; }
-    /// Bytes of every part.
-    std::int64_t total() const noexcept {
-        std::int64_t t = 0;
-        for (const auto& p : parts_) t += p.bytes;
-        return t;
-    }
-    /// Bytes of the parts not yet allocated.
-    std::int64_t to_allocate() const noexcept {
-        std::int64_t t = 0;
-        for (const auto& p : parts_)
-            if (!p.resident) t += p.bytes;
-        return t;
-    }
+    /// The peak: every lasting part, or a transient part with the parts before it, whichever is more.
+    std::int64_t total() const noexcept { return peak(true); }
+    /// The peak without the parts already resident when the plan was made.
+    std::int64_t to_allocate() const noexcept { return peak(false); }
     /// The bytes of a part by name (0 when absent).
     std::int64_t bytes_of(const std::string& name) const noexcept {
         for (const auto& p : parts_)
@@ -81,12 +79,26 @@ public:
             if (!detail.empty()) out += "  " + detail;
             out += "\n";
         };
-        for (const auto& p : parts_) line(p.name, p.bytes, p.detail + (p.resident ? " (loaded)" : ""));
-        line("total", total(), "");
+        for (const auto& p : parts_)
+            line(p.name, p.bytes,
+                 p.detail + (p.resident ? " (loaded)" : "") + (p.transient ? " (freed after loading)" : ""));
+        line("total", total(), "peak");
         return out;
     }
 
 private:
+    std::int64_t peak(bool with_resident) const noexcept {
+        std::int64_t lasting = 0, best = 0;
+        for (const auto& p : parts_) {
+            if (p.resident && !with_resident) continue;
+            if (p.transient)
+                best = std::max(best, lasting + p.bytes);
+            else
+                lasting += p.bytes;
+        }
+        return std::max(best, lasting);
+    }
+
     std::vector<MemoryPart> parts_;
 };
 

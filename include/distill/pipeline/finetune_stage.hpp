@@ -698,30 +698,8 @@ public:
             }
         }
         eval::MemoryPlan plan;
-        const bool lora = cfg.lora.enabled();
-        plan.add(lora ? "student weights (frozen)" : "student weights", std::int64_t(m.base_weights),
-                 count(cfg.parameter_count()) + " fp32");
-        if (lora)
-            plan.add("student LoRA adapters", std::int64_t(m.adapter_weights),
-                     "rank " + std::to_string(cfg.lora.rank) + " on " + std::to_string(cfg.lora.targets.size()) +
-                         " target(s)");
-        plan.add("student gradients", std::int64_t(m.gradients()), lora ? "adapters only" : "every weight");
-        const int slots = optimizer_slots();
-        detail::ArenaLayout state;  // optim::detail::StateArena's layout: slot by slot, parameter by parameter
-        for (int k = 0; k < slots; ++k)
-            for (std::int64_t n : kept) state.add<float>("", {n});
-        plan.add("optimizer state", std::int64_t(sizeof(float) * state.size()),
-                 std::to_string(slots) + " x " + count(trainable) + " trainable elements");
-        plan.add("student activations", std::int64_t(m.activations + m.tokens),
-                 std::string(mode == activations::checkpointed ? "checkpointed" : "training") + ", batch " +
-                     std::to_string(B) + " x " + std::to_string(cfg.context_length) + " (backward buffers " +
-                     eval::format_bytes(std::int64_t(m.backward_buffers)) + ")");
-        const auto& op = s_.job.on_policy;
-        std::int64_t kv = 0;
-        if (op.lambda > 0) kv += std::int64_t(student::kv_cache_bytes<float>(cfg, B));
-        if constexpr (requires { teacher_.network().config(); })
-            if (op.seq_kd) kv += std::int64_t(student::kv_cache_bytes<float>(teacher_.network().config(), B));
-        plan.add("KV cache (on-policy sampling)", kv, op.enabled() ? "batch " + std::to_string(B) : "not used");
+        // in the order the run allocates: the teacher (loaded already), the student, its weights file
+        // read (transient), then the optimizer, the samplers' caches and the loss's buffers
         std::int64_t teacher_bytes = 0;
         std::string teacher_note = "not in process";
         auto add_network = [&](const auto& net) {
@@ -739,6 +717,46 @@ public:
             add_network(teacher_.network());
         }
         plan.add("teacher", teacher_bytes, teacher_note, teacher_bytes > 0);
+        const bool lora = cfg.lora.enabled();
+        plan.add(lora ? "student weights (frozen)" : "student weights", std::int64_t(m.base_weights),
+                 count(cfg.parameter_count()) + " fp32");
+        if (lora)
+            plan.add("student LoRA adapters", std::int64_t(m.adapter_weights),
+                     "rank " + std::to_string(cfg.lora.rank) + " on " + std::to_string(cfg.lora.targets.size()) +
+                         " target(s)");
+        plan.add("student gradients", std::int64_t(m.gradients()), lora ? "adapters only" : "every weight");
+        plan.add("student activations", std::int64_t(m.activations + m.tokens),
+                 std::string(mode == activations::checkpointed ? "checkpointed" : "training") + ", batch " +
+                     std::to_string(B) + " x " + std::to_string(cfg.context_length) + " (backward buffers " +
+                     eval::format_bytes(std::int64_t(m.backward_buffers)) + ")");
+        if (!s_.job.student_weights.empty()) {
+            // the file's pages while it is mapped; a Hugging Face directory is staged in a host image too
+            namespace fs = std::filesystem;
+            std::error_code ec;
+            std::int64_t file = 0;
+            const fs::path from(s_.job.student_weights);
+            if (s_.student_from_hf()) {
+                for (const auto& e : fs::directory_iterator(from, ec))
+                    if (e.path().extension() == ".safetensors") file += std::int64_t(e.file_size(ec));
+            } else {
+                file = std::int64_t(fs::file_size(from, ec));
+            }
+            const std::int64_t image = s_.student_from_hf() ? std::int64_t(m.base_weights) : 0;
+            plan.add_transient("reading student_weights", file + image,
+                               s_.student_from_hf() ? "mapped files + host image" : "mapped file");
+        }
+        const int slots = optimizer_slots();
+        detail::ArenaLayout state;  // optim::detail::StateArena's layout: slot by slot, parameter by parameter
+        for (int k = 0; k < slots; ++k)
+            for (std::int64_t n : kept) state.add<float>("", {n});
+        plan.add("optimizer state", std::int64_t(sizeof(float) * state.size()),
+                 std::to_string(slots) + " x " + count(trainable) + " trainable elements");
+        const auto& op = s_.job.on_policy;
+        std::int64_t kv = 0;
+        if (op.lambda > 0) kv += std::int64_t(student::kv_cache_bytes<float>(cfg, B));
+        if constexpr (requires { teacher_.network().config(); })
+            if (op.seq_kd) kv += std::int64_t(student::kv_cache_bytes<float>(teacher_.network().config(), B));
+        plan.add("KV cache (on-policy sampling)", kv, op.enabled() ? "batch " + std::to_string(B) : "not used");
         loss_type loss(s_.loss, dims(B));
         std::int64_t ws = std::int64_t(loss::Workspace<float, Device>::planned_bytes(loss, dims(B)));
         if constexpr (online && requires { teacher_.network(); })  // the teacher's logits cut to the student's

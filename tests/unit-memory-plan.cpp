@@ -89,6 +89,15 @@ TEST_CASE("memory plan: the table, and check_fits refuses with it") {
     CHECK_NOTHROW(eval::check_fits(plan, {3 << 20, "MemAvailable", false}, "memory"));
     CHECK_THROWS_AS(eval::check_fits(plan, {(3 << 20) - 1, "MemAvailable", false}, "memory"), config_error);
     CHECK(eval::memory_budget(0.5, plan).bytes == std::int64_t(1) << 29);
+    // a transient part adds to the parts before it only: the peak is the larger of the two moments
+    eval::MemoryPlan loading = plan;
+    loading.add_transient("reading student_weights", 4 << 20);
+    loading.add("optimizer state", 2 << 20);
+    CHECK(loading.total() == (3 << 20) + (5 << 20) + (4 << 20));  // while reading: 12 MiB > 10 MiB after
+    CHECK(loading.to_allocate() == (3 << 20) + (4 << 20));
+    loading.add("loss workspace", 3 << 20);
+    CHECK(loading.total() == (3 << 20) + (5 << 20) + (2 << 20) + (3 << 20));  // after: 13 MiB > 12 MiB
+    CHECK(loading.table().find("(freed after loading)") != std::string::npos);
     const eval::MemoryBudget machine = eval::memory_budget(0, plan);  // this machine's: some memory, named
     CHECK(machine.bytes > 0);
     CHECK((machine.source == "MemAvailable" || machine.source == "cgroup memory.max"));

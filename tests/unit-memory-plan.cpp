@@ -1,6 +1,6 @@
 // The memory plan (eval/memory_plan.hpp, student/transformer_memory.hpp): the byte counts computed
 // from a config without allocating equal the arenas the constructed objects allocate, and a job whose
-// plan exceeds its memory_limit_gib is refused before anything is allocated or written.
+// plan exceeds its memory_limit_gib is refused before the run allocates or writes anything.
 
 #include <doctest/doctest.h>
 

@@ -151,16 +151,19 @@ inline MemoryBudget memory_budget(double limit_gib, const MemoryPlan& plan) {
     return best;
 }
 
-/// Throws `config_error` naming `field` when the plan exceeds the budget, the table in the message.
-inline void check_fits(const MemoryPlan& plan, const MemoryBudget& budget, const std::string& field) {
+/// Throws `config_error` naming `field` when the plan exceeds the budget, the table in the message,
+/// then `advice` (what would lower the plan) when given.
+inline void check_fits(const MemoryPlan& plan, const MemoryBudget& budget, const std::string& field,
+                       const std::string& advice = "") {
     if (budget.bytes <= 0) return;
     const std::int64_t need = budget.includes_resident ? plan.total() : plan.to_allocate();
     if (need <= budget.bytes) return;
+    std::string table = plan.table();
+    if (advice.empty() && !table.empty()) table.pop_back();
     throw config_error(field, "the run needs " + format_bytes(need) +
                                   (budget.includes_resident ? "" : " more (beyond what is loaded)") + ", but " +
                                   budget.source + " allows " + format_bytes(budget.bytes) +
-                                  "; nothing was allocated for it. Memory plan:\n" + plan.table() +
-                                  "Lower hyperparameters.batch_size, set activation_checkpointing, or use lora.");
+                                  "; refused before the run allocates. Memory plan:\n" + table + advice);
 }
 
 }  // namespace distill::eval

@@ -349,8 +349,11 @@ private:
     void check_memory() const {
         if constexpr (std::is_same_v<student_config, student::TransformerConfig>) {
             const eval::MemoryPlan plan = memory_plan();
+            std::string advice = "What lowers it: a smaller hyperparameters.batch_size";
+            if (!s_.job.activation_checkpointing) advice += ", activation_checkpointing";
+            if (!s_.job.lora.enabled()) advice += ", lora";
             eval::check_fits(plan, eval::memory_budget(s_.job.memory_limit_gib, plan),
-                             s_.job.memory_limit_gib > 0 ? "memory_limit_gib" : "memory");
+                             s_.job.memory_limit_gib > 0 ? "memory_limit_gib" : "memory", advice + ".");
         }
     }
 

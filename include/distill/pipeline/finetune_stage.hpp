@@ -332,7 +332,10 @@ public:
         if (s_.validation) val = sequences_from_synthetic(out.synthetic_validation(), "validation");
         const std::int64_t steps = train::total_steps(finetune_config(""), train.data.size());
         if constexpr (std::is_same_v<student_config, student::TransformerConfig>)
-            s_.say("finetune: memory plan (the distilled student's run):\n" + memory_plan().table());
+            if (std::string table = memory_plan().table(); !table.empty()) {
+                table.pop_back();  // say() ends the line
+                s_.say("finetune: memory plan (the distilled student's run):\n" + table);
+            }
         nlohmann::ordered_json summary;
         summary["student"] = train_student(train, val ? &*val : nullptr, steps);
         if (summary["student"].contains("paused_at")) return summary;  // DistillerOptions::stop_at

@@ -107,15 +107,34 @@ TEST_CASE("memory plan: a Distiller's plan is the arenas of the run, and a job o
     namespace fs = std::filesystem;
     using D = Distiller<teacher::Model<student::Transformer>, student::Transformer,
                         loss::Sum<loss::SoftKL, loss::HardCE>, optim::AdamW, device::Cpu>;
-    static distill::testing::MathWorld w;
-    teacher::ModelConfig tc{.weights = w.teacher.string(), .max_batch = 16, .keep_activations = false};
+    // a world of its own (a tiny teacher, a few prompts): MathWorld's directory is unit-distiller's
+    distill::testing::TempDir dir("memory-plan");
+    distill::testing::write_tiny_teacher(dir / "teacher.safetensors", 1, 96);
+    std::string prompts;
+    for (int i = 0; i < 8; ++i) prompts += nlohmann::json{{"prompt", "add " + std::to_string(i)}}.dump() + "\n";
+    distill::testing::write_text(dir / "train.jsonl", prompts);
+    auto make_job = [&](const std::string& out) {
+        return nlohmann::json{{"teacher", {{"kind", "model"}, {"weights", (dir / "teacher.safetensors").string()}}},
+                              {"student",
+                               {{"vocab_size", 263},
+                                {"context_length", 96},
+                                {"d_model", 24},
+                                {"n_layers", 1},
+                                {"n_heads", 2},
+                                {"d_ff", 48}}},
+                              {"training_data", (dir / "train.jsonl").string()},
+                              {"task_type", "math"},
+                              {"hyperparameters", {{"batch_size", 16}, {"max_steps", 2}}},
+                              {"loss", {{"soft_kl", {{"weight", 1.0}}}, {"hard_ce", {{"weight", 0.5}}}}},
+                              {"output_dir", (dir / out).string()}};
+    };
+    teacher::ModelConfig tc{
+        .weights = (dir / "teacher.safetensors").string(), .max_batch = 16, .keep_activations = false};
     teacher::Model<student::Transformer> t(tc, device::Cpu(1));
     for (bool lora : {false, true}) {
         INFO("lora ", lora);
-        nlohmann::json j = w.job(lora ? "memplan-lora" : "memplan");
-        j["loss"] = {{"soft_kl", {{"weight", 1.0}}}, {"hard_ce", {{"weight", 0.5}}}};
+        nlohmann::json j = make_job(lora ? "memplan-lora" : "memplan");
         j["teacher"]["keep_activations"] = false;
-        j["output_dir"] = (w.dir / (lora ? "memplan-lora" : "memplan")).string();
         if (lora) j["lora"] = {{"rank", 4}, {"alpha", 8}, {"targets", {"qkv", "o"}}};
         const Job job = parse_job(j);
         D d(job, t, device::Cpu(1), {.quiet = true});
@@ -144,7 +163,7 @@ TEST_CASE("memory plan: a Distiller's plan is the arenas of the run, and a job o
         // a limit below the plan: refused at construction, the table in the message, nothing written
         nlohmann::json tiny = j;
         tiny["memory_limit_gib"] = 0.001;
-        tiny["output_dir"] = (w.dir / "memplan-refused").string();
+        tiny["output_dir"] = (dir / "memplan-refused").string();
         try {
             D refused(parse_job(tiny), t, device::Cpu(1), {.quiet = true});
             FAIL("a job over its memory_limit_gib was not refused");
@@ -155,9 +174,9 @@ TEST_CASE("memory plan: a Distiller's plan is the arenas of the run, and a job o
                                      "teacher", "loss workspace", "total"})
                 CHECK_MESSAGE(what.find(part) != std::string::npos, part);
         }
-        CHECK(!fs::exists(w.dir / "memplan-refused"));
+        CHECK(!fs::exists(dir / "memplan-refused"));
     }
-    nlohmann::json bad = w.job("memplan-bad");
+    nlohmann::json bad = make_job("memplan-bad");
     bad["memory_limit_gib"] = -1;
     CHECK_THROWS_WITH_AS(parse_job(bad), doctest::Contains("memory_limit_gib: must be >= 0"), config_error);
 }

@@ -397,6 +397,8 @@ int main(int argc, char** argv) {
             r.torch = best.torch;
             if (best.line.contains("peak_rss_mib")) r.extra["pytorch_peak_rss_mib"] = best.line["peak_rss_mib"];
         }
+    } else if (reference && lora) {
+        std::printf("reference: skipped (bench_train.py has no LoRA; the LoRA reference is qwen2-0.5b's)\n");
     } else if (reference) {
         char args[512];
         std::snprintf(args, sizeof args,

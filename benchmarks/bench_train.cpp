@@ -16,20 +16,37 @@
 // the ratio to PyTorch. `--precision bf16` runs the GEMMs in bf16 (device::Cpu's precision) against
 // PyTorch under torch.autocast("cpu", dtype=torch.bfloat16).
 //
-//   bench_train [--size small|medium|large] [--arch gpt|llama] [--threads 2] [--steps 5]
+//   bench_train [--size small|medium|large|qwen2-0.5b] [--arch gpt|llama] [--threads 2] [--steps 5]
 //               [--precision fp32|bf16] [--checkpoint] [--no-reference]
+//               [--batch B] [--seq S] [--lora R] [--hf DIR]
+//
+// `--size qwen2-0.5b` (issue 21): student and teacher both shaped like Qwen2-0.5B (Llama layout, d 896,
+// 24 layers, 14 query / 2 kv heads, d_ff 4864, V 151936, q|k|v biases, tied embeddings, context 512),
+// batch 1 unless `--batch`; `--lora R` adapts the student's q and v (alpha 2R, no dropout), its base
+// frozen; `--seq S` runs the measured step on S tokens per sequence (the models stay laid out for the
+// whole context); `--hf DIR` loads both models from the Hugging Face directory that
+// reference/make_qwen2_0p5b.py writes. The reference is then reference/bench_lora.py (transformers'
+// Qwen2 + PEFT's LoRA on the same shapes and, with --hf, the same weights).
 //
 // `--checkpoint` trains the student with activation checkpointing (student::activations::checkpointed;
 // PyTorch: torch.utils.checkpoint around every block) and reports the student's activation memory.
+//
+// Before allocating, the step's memory plan (eval/memory_plan.hpp: the arenas from the configs, AdamW's
+// state, the loss's workspace) is printed beside the peak the step then adds (eval::PeakMemory).
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <string>
 #include <vector>
 
 #include "common.hpp"
 #include "distill/distill.hpp"
+#include "distill/eval/memory.hpp"
+#include "distill/eval/memory_plan.hpp"
+#include "distill/student/transformer_memory.hpp"
 
 namespace {
 
@@ -49,7 +66,26 @@ Size size_named(const std::string& n) {
     if (n == "small") return {n, gpt(256, 128, 128, 2), gpt(256, 128, 256, 4), 16};
     if (n == "medium") return {n, gpt(256, 256, 256, 4), gpt(256, 256, 512, 8), 8};
     if (n == "large") return {n, gpt(32000, 128, 256, 4), gpt(32000, 128, 512, 8), 8};
-    std::fprintf(stderr, "--size: small, medium or large, got %s\n", n.c_str());
+    if (n == "qwen2-0.5b") {  // Qwen2-0.5B's shape (context cut to 512), student and teacher alike
+        const student::TransformerConfig q{.vocab_size = 151936,
+                                           .context_length = 512,
+                                           .d_model = 896,
+                                           .n_layers = 24,
+                                           .n_heads = 14,
+                                           .n_kv_heads = 2,
+                                           .d_ff = 4864,
+                                           .norm = "rmsnorm",
+                                           .norm_eps = 1e-6,
+                                           .positions = "rope",
+                                           .rope_theta = 1e6,
+                                           .mlp = "swiglu",
+                                           .qkv_bias = true,
+                                           .proj_bias = false,
+                                           .mlp_bias = false,
+                                           .tie_embeddings = true};
+        return {n, q, q, 1};
+    }
+    std::fprintf(stderr, "--size: small, medium, large or qwen2-0.5b, got %s\n", n.c_str());
     std::exit(2);
 }
 
@@ -64,20 +100,24 @@ student::TransformerConfig llama(student::TransformerConfig c) {
     return c;
 }
 
-// FLOPs of the matrix products of one forward of `c` over B sequences of T tokens (full T×T
+// FLOPs of the matrix products of one forward of `c` over B sequences of `seq` tokens (full seq×seq
 // attention, as computed).
-double forward_flops(const student::TransformerConfig& c, int B) {
-    const double N = double(B) * c.context_length, C = c.d_model, F = c.d_ff, L = c.n_layers, V = c.vocab_size,
-                 T = c.context_length, Q = c.qkv_width(), F1 = c.fc_width();
+double forward_flops(const student::TransformerConfig& c, int B, int seq) {
+    const double N = double(B) * seq, C = c.d_model, F = c.d_ff, L = c.n_layers, V = c.vocab_size, T = seq,
+                 Q = c.qkv_width(), F1 = c.fc_width();
     return 2.0 * N * L * (Q * C + C * C + F1 * C + F * C) + 2.0 * N * C * V + 4.0 * B * L * T * T * C;
 }
 
-// The least memory the step can run in, in bytes, fp32: the student's weights, gradients and the two
-// AdamW moments; what its backward reads (per layer: the inputs of the four linear layers, the
+// The least memory the step can run in, in bytes, fp32, at the models' context length: the student's
+// weights, and the gradients and two AdamW moments of its trainable ones (every weight; with LoRA the
+// adapters); what its backward reads (per layer: the inputs of the four linear layers, the
 // attention probabilities, q|k|v, the GELU input, the residual stream and LayerNorm statistics;
 // then the final LayerNorm's output), its logits and their gradient, one layer's backward
 // temporaries; the teacher's weights, logits and the working memory of one of its layers.
 double minimum_bytes(const Size& s, bool checkpoint) {
+    std::int64_t trainable = 0;  // every weight, or (LoRA) the adapters: the only ones with gradients and moments
+    for (const auto& p : student::transformer_memory<float>(s.student, 1, student::activations::inference).trainable)
+        trainable += p.second;
     const auto& c = s.student;
     const double N = double(s.batch) * c.context_length, C = c.d_model, F = c.d_ff, L = c.n_layers, V = c.vocab_size,
                  att = double(s.batch) * c.n_heads * c.context_length * c.context_length, Q = c.qkv_width(),
@@ -88,7 +128,7 @@ double minimum_bytes(const Size& s, bool checkpoint) {
                              4 * N /*norm statistics*/ + N * C /*block input*/;
     // checkpointed: each block's input kept, one block's activations at a time
     const double kept = checkpoint ? L * N * C + per_layer : L * per_layer;
-    const double student = 4 * P + kept + N * C + 2 * N * V + (att + N * F1 + N * Q + 2 * N * C);
+    const double student = P + 3 * double(trainable) + kept + N * C + 2 * N * V + (att + N * F1 + N * Q + 2 * N * C);
     const auto& t = s.teacher;
     const double tN = double(s.batch) * t.context_length, tC = t.d_model, tF = t.d_ff,
                  tatt = double(s.batch) * t.n_heads * t.context_length * t.context_length;
@@ -97,11 +137,44 @@ double minimum_bytes(const Size& s, bool checkpoint) {
     return 4.0 * (student + teacher);
 }
 
+// The step's memory plan (eval/memory_plan.hpp), as the finetune stage makes one, in the order the
+// step allocates: the teacher's and the student's arenas (student::transformer_memory), the reading
+// of a Hugging Face directory (`hf`: its mapped files and a host image of the weights, freed after each
+// load), AdamW's two moments per trainable element, the loss's workspace.
+eval::MemoryPlan memory_plan(const Size& s, student::activations mode,
+                             const loss::Sum<loss::SoftKL, loss::HardCE>::config& lc, const loss::dims& dims,
+                             const std::string& hf) {
+    const auto m = student::transformer_memory<float>(s.student, s.batch, mode);
+    const auto t = student::transformer_memory<float>(s.teacher, s.batch, student::activations::inference);
+    detail::ArenaLayout state;  // optim::detail::StateArena's layout
+    for (int slot = 0; slot < 2; ++slot)
+        for (const auto& p : m.trainable) state.add<float>(p.first, {p.second});
+    eval::MemoryPlan plan;
+    const bool lora = s.student.lora.enabled();
+    plan.add("teacher", std::int64_t(t.total()), "inference");
+    plan.add(lora ? "student weights (frozen)" : "student weights", std::int64_t(m.base_weights));
+    if (lora) plan.add("student LoRA adapters", std::int64_t(m.adapter_weights));
+    plan.add("student gradients", std::int64_t(m.gradients()));
+    plan.add("student activations", std::int64_t(m.activations + m.tokens),
+             mode == student::activations::checkpointed ? "checkpointed" : "training");
+    if (!hf.empty()) {
+        std::int64_t file = 0;
+        for (const auto& e : std::filesystem::directory_iterator(hf))
+            if (e.path().extension() == ".safetensors") file += std::int64_t(e.file_size());
+        plan.add_transient("reading " + hf, file + std::int64_t(m.base_weights), "mapped files + host image");
+    }
+    plan.add("optimizer state", std::int64_t(sizeof(float) * state.size()), "AdamW");
+    const loss::Sum<loss::SoftKL, loss::HardCE> probe(lc, dims);
+    plan.add("loss workspace", std::int64_t(loss::Workspace<float, device::Cpu>::planned_bytes(probe, dims)));
+    return plan;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
     std::string size_name = "medium", precision = "fp32", arch = "gpt";
-    int threads = 2, steps = 5;
+    int threads = 2, steps = 5, batch = 0, seq = 0, lora_rank = 0;
+    std::string hf;
     bool reference = true, checkpoint = false;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
@@ -126,6 +199,14 @@ int main(int argc, char** argv) {
             reference = false;
         else if (a == "--checkpoint")
             checkpoint = true;
+        else if (a == "--batch")
+            batch = std::stoi(next());
+        else if (a == "--seq")
+            seq = std::stoi(next());
+        else if (a == "--lora")
+            lora_rank = std::stoi(next());
+        else if (a == "--hf")
+            hf = next();
         else {
             std::fprintf(stderr, "unknown argument %s\n", a.c_str());
             return 2;
@@ -144,7 +225,13 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "--precision: fp32 or bf16, got %s\n", precision.c_str());
         return 2;
     }
-    const int B = size.batch, T = size.student.context_length, V = size.student.vocab_size;
+    if (batch > 0) size.batch = batch;
+    if (lora_rank > 0)  // PEFT's usual setting: alpha = 2 r on q and v, no dropout (a deterministic step)
+        size.student.lora = {.rank = lora_rank, .alpha = 2.0 * lora_rank, .dropout = 0, .targets = {"q", "v"}};
+    const bool lora = lora_rank > 0;
+    // the models are laid out for the whole context; the measured step runs `seq` tokens per sequence
+    const int B = size.batch, Tctx = size.student.context_length, V = size.student.vocab_size;
+    const int T = seq > 0 ? std::min(seq, Tctx) : Tctx;
     const std::size_t N = std::size_t(B) * T;
 
     if (bf16 && !device::Cpu::bf16_supported()) {  // a row that says so, not an abort
@@ -158,15 +245,25 @@ int main(int argc, char** argv) {
         return 0;
     }
     device::Cpu dev = bf16 ? device::Cpu(threads, device::precision::bf16) : device::Cpu(threads);
-    student::Transformer<float, device::Cpu> teacher(size.teacher, B, dev, student::activations::inference);
-    student::Transformer<float, device::Cpu> student(
-        size.student, B, dev, checkpoint ? student::activations::checkpointed : student::activations::training);
-    teacher.init(1);
-    student.init(2);
     using Loss = loss::Sum<loss::SoftKL, loss::HardCE>;
     Loss::config lc;
     lc.get<0>().config.temperature = 2.0;
-    const loss::dims dims{loss::model_dims_of(student), loss::model_dims_of(teacher), B, T};
+    const student::activations mode = checkpoint ? student::activations::checkpointed : student::activations::training;
+    // The memory plan of the step, computed before anything of it is allocated; the measured peak is
+    // what the process adds from here on.
+    const loss::dims dims{loss::model_dims_of_config(size.student), loss::model_dims_of_config(size.teacher), B, Tctx};
+    const eval::MemoryPlan plan = memory_plan(size, mode, lc, dims, hf);
+    eval::PeakMemory measured;
+    student::Transformer<float, device::Cpu> teacher(size.teacher, B, dev, student::activations::inference);
+    student::Transformer<float, device::Cpu> student(size.student, B, dev, mode);
+    if (!hf.empty()) {  // both from the reference script's Hugging Face directory (the same weights)
+        io::hf::load(io::hf::Directory(hf), teacher);
+        io::hf::load(io::hf::Directory(hf), student);
+        student.init_lora(2);
+    } else {
+        teacher.init(1);
+        student.init(2);
+    }
     Loss loss(lc, dims);
     loss::Workspace<float, device::Cpu> ws(loss, dims, dev);
     optim::AdamW<float, device::Cpu> opt(student.parameters(), {.weight_decay = 0.1}, dev);
@@ -219,9 +316,11 @@ int main(int argc, char** argv) {
     std::sort(times.begin(), times.end());
     const double dt = times[times.size() / 2];
     const double rss = bench::peak_rss_bytes(), minimum = minimum_bytes(size, checkpoint);
+    const double added = double(measured.peak_bytes()), planned = double(plan.total());
 
     // teacher forward + student forward and backward (2× the forward); elementwise work not counted
-    const double flops = forward_flops(size.teacher, B) + 3.0 * forward_flops(size.student, B);
+    // (with LoRA the frozen weights' gradients are not computed: the backward is about 1× the forward)
+    const double flops = forward_flops(size.teacher, B, T) + (lora ? 2.0 : 3.0) * forward_flops(size.student, B, T);
     const double tok_s = double(N) / dt, gflops = flops / dt / 1e9;
     const double peak = bench::fp32_peak(threads);
 
@@ -235,9 +334,12 @@ int main(int argc, char** argv) {
 #else
     const char* build = ", plain Release flags";
 #endif
-    std::snprintf(workload, sizeof workload, "train step %s%s %s%s%s: V=%d T=%d d=%d L=%d B=%d, teacher d=%d L=%d",
-                  size.name.c_str(), arch == "llama" ? " llama" : "", precision.c_str(),
-                  checkpoint ? " checkpointed" : "", build, V, T, c.d_model, c.n_layers, B, t.d_model, t.n_layers);
+    const std::string lora_name = lora ? " lora r=" + std::to_string(lora_rank) + " q,v" : "";
+    const std::string context = T < Tctx ? " (context " + std::to_string(Tctx) + ")" : "";
+    std::snprintf(workload, sizeof workload, "train step %s%s %s%s%s%s: V=%d T=%d%s d=%d L=%d B=%d, teacher d=%d L=%d",
+                  size.name.c_str(), arch == "llama" ? " llama" : "", precision.c_str(), lora_name.c_str(),
+                  checkpoint ? " checkpointed" : "", build, V, T, context.c_str(), c.d_model, c.n_layers, B, t.d_model,
+                  t.n_layers);
     std::printf("workload: %s, SoftKL(tau=2)+HardCE, AdamW, clip 1.0, %d threads\n", workload, threads);
     std::printf(
         "distill: %.1f ms/step (median of %d), %.0f tokens/s, %.1f GFLOP/s = %.1f%% of the measured FP32 FMA "
@@ -249,6 +351,10 @@ int main(int argc, char** argv) {
         "memory: peak RSS %.1f MiB, analytic minimum %.1f MiB (%.2fx); student: activations kept by the forward "
         "%.1f MiB, backward buffers %.1f MiB\n",
         rss / 1048576.0, minimum / 1048576.0, rss / minimum, kept_mib, backward_mib);
+    std::printf("memory plan (before allocating):\n%s", plan.table().c_str());
+    std::printf("memory plan %.1f MiB, measured peak the step added %.1f MiB%s: plan / measured %.3f\n",
+                planned / 1048576.0, added / 1048576.0, measured.exact() ? "" : " (absolute: reset not permitted)",
+                planned / added);
 
     bench::Result r;
     r.workload = workload;
@@ -264,8 +370,36 @@ int main(int argc, char** argv) {
                {"minimum_mib", minimum / 1048576.0},
                {"rss_over_minimum", rss / minimum},
                {"student_activation_mib", kept_mib},
-               {"student_backward_buffers_mib", backward_mib}};
-    if (reference) {
+               {"student_backward_buffers_mib", backward_mib},
+               {"memory_plan_mib", planned / 1048576.0},
+               {"measured_peak_added_mib", added / 1048576.0},
+               {"plan_over_measured", planned / added}};
+    if (reference && size.name == "qwen2-0.5b") {
+        // PEFT + transformers on the same shapes (the same weights with --hf), best of every Python found
+        char args[512];
+        std::snprintf(args, sizeof args, "bench_lora.py%s%s --batch %d --seq %d --lora %d --threads %d --steps %d%s",
+                      hf.empty() ? "" : " --hf ", hf.c_str(), B, T, lora_rank, threads, std::max(2, steps),
+                      checkpoint ? " --checkpoint" : "");
+        bench::Reference best;
+        std::vector<std::string> pythons = bench::torch_pythons();
+        if (const char* home = std::getenv("HOME")) {
+            const std::string venv = std::string(home) + "/.cache/distill/torch-venv/bin/python";
+            if (std::find(pythons.begin(), pythons.end(), venv) == pythons.end() && std::filesystem::exists(venv))
+                pythons.push_back(venv);
+        }
+        for (const auto& py : pythons) {
+            const auto ref = bench::run_reference(args, "tokens_per_s", py, "torch, transformers, peft");
+            if (ref.value > best.value) best = ref;
+        }
+        if (best.value > 0) {
+            std::printf("ratio distill / PyTorch+PEFT: %.2fx tokens/s\n", tok_s / best.value);
+            r.pytorch = best.value;
+            r.torch = best.torch;
+            if (best.line.contains("peak_rss_mib")) r.extra["pytorch_peak_rss_mib"] = best.line["peak_rss_mib"];
+        }
+    } else if (reference && lora) {
+        std::printf("reference: skipped (bench_train.py has no LoRA; the LoRA reference is qwen2-0.5b's)\n");
+    } else if (reference) {
         char args[512];
         std::snprintf(args, sizeof args,
                       "bench_train.py --vocab %d --context %d --d-model %d --layers %d --heads %d --d-ff %d "

@@ -40,6 +40,7 @@
 #include "distill/student/encoder.hpp"
 #include "distill/student/lora.hpp"
 #include "distill/student/transformer.hpp"
+#include "distill/student/transformer_memory.hpp"
 #include "distill/teacher.hpp"
 #include "distill/teacher/any.hpp"
 #include "distill/teacher/cache.hpp"
@@ -96,6 +97,7 @@
 // the pipeline, last: it composes everything above
 #include "distill/eval/cost.hpp"
 #include "distill/eval/memory.hpp"
+#include "distill/eval/memory_plan.hpp"
 #include "distill/eval/report.hpp"
 #include "distill/eval/task_metrics.hpp"
 #include "distill/pipeline/distiller.hpp"

@@ -430,6 +430,31 @@ public:
         qkv_views_.assign(qkv_.size(), {});
     }
 
+    /// Bytes the workspace of the constructor below allocates (`bytes()`), without allocating: the
+    /// memory plan's figure (eval/memory_plan.hpp).
+    static std::size_t planned_bytes(const dims& d, bool hidden, bool attention, bool qkv, std::size_t scratch) {
+        const std::int64_t N = std::int64_t(d.max_batch) * d.max_length, C = d.student.d_model, L = d.student.n_layers;
+        distill::detail::ArenaLayout layout;  // the constructor's blocks, in its order
+        layout.add<T>("rows", {N});
+        if (scratch) layout.add<T>("scratch", {std::int64_t(scratch)});
+        if (hidden)
+            for (std::int64_t i = 0; i <= L; ++i) layout.add<T>("d_hidden", {N * C});
+        if (attention)
+            for (std::int64_t l = 0; l < L; ++l)
+                layout.add<T>("d_attention",
+                              {std::int64_t(d.max_batch) * d.student.n_heads * d.max_length * d.max_length});
+        if (qkv)
+            for (std::int64_t l = 0; l < L; ++l) layout.add<T>("d_qkv", {N * d.student.qkv()});
+        return sizeof(T) * layout.size();
+    }
+    /// `planned_bytes` of the workspace `Workspace(loss, d)` allocates.
+    template <class Loss>
+    requires requires { Loss::needs; }
+    static std::size_t planned_bytes(const Loss& loss, const dims& d) {
+        return planned_bytes(d, term_needs<Loss, signal::hidden_states_t>, term_needs<Loss, signal::attentions_t>,
+                             term_needs<Loss, signal::qkv_t>, scratch_elements_of(loss));
+    }
+
     /// Buffers for what `loss` needs: per-layer sinks of the kinds in `Loss::needs` (a term reading
     /// the teacher's hidden states writes the student's), and `loss.scratch_elements()`.
     template <class Loss>

@@ -163,6 +163,19 @@ expect 2 'lora.targets: "q" has no PEFT module in a gpt2 model' -- \
     "$DISTILL" run "$(lora_job lora_q '{"rank": 4, "targets": ["q"]}')"
 expect 2 'lora.dropout: must be in \[0, 1\)' -- \
     "$DISTILL" run "$(lora_job lora_dropout '{"rank": 4, "dropout": 1, "targets": ["qkv"]}')"
+# a memory plan over memory_limit_gib (docs/training.md#the-memory-plan): exit 2, the table on stderr,
+# nothing written
+memory_job=$(lora_job lora_memory '{"rank": 4, "targets": ["qkv"]}, "memory_limit_gib": 0.001')
+sed -i "s#\"output_dir\": \"[^\"]*\"#\"output_dir\": \"$WORK/lora-memory\"#" "$memory_job"
+"$DISTILL" run "$memory_job" >/dev/null 2>"$WORK/lora-memory.stderr"
+rc=$?
+if [[ $rc -eq 2 ]] && grep -q "memory_limit_gib: the run needs" "$WORK/lora-memory.stderr" &&
+    grep -q "student weights (frozen)" "$WORK/lora-memory.stderr" &&
+    grep -q "optimizer state" "$WORK/lora-memory.stderr" && [[ ! -e $WORK/lora-memory ]]; then
+    pass "a run over memory_limit_gib is refused with its memory plan, nothing written"
+else
+    fail "memory_limit_gib: exit $rc, $(cat "$WORK/lora-memory.stderr")"
+fi
 lora=$(lora_job lora '{"rank": 8, "alpha": 16, "dropout": 0.05, "targets": ["qkv", "o", "up", "down"]}')
 if "$DISTILL" run "$lora" --quiet >"$WORK/lora.stdout" 2>"$WORK/lora.stderr"; then
     pass "distill run with lora from a Hugging Face directory"

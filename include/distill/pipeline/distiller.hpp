@@ -154,7 +154,16 @@ public:
             prepare_sequences();
             finetune_stage_type(s_, teacher_, device_).check_gguf_export();
             finetune_stage_type(s_, teacher_, device_).check_lora_export();
+            check_memory();
         }
+    }
+
+    /// The distilled student's run, part by part, computed without allocating (see
+    /// `FinetuneStage::memory_plan`); the constructor refuses a job whose plan exceeds the memory
+    /// it may use (`memory_limit_gib`, else the machine's).
+    eval::MemoryPlan memory_plan() const
+        requires(!embedding && std::is_same_v<student_config, student::TransformerConfig>) {
+        return finetune_stage_type(s_, teacher_, device_).memory_plan();
     }
 
     Distiller(const Distiller&) = delete;
@@ -333,6 +342,19 @@ private:
                 throw config_error("on_policy.seq_kd",
                                    "needs a teacher whose network decodes with a KV cache "
                                    "(teacher::Model)");
+    }
+
+    // Refuses (config_error naming memory_limit_gib, or "memory" for the machine's own limit) a run
+    // whose memory plan exceeds what it may use, before anything of the run is allocated or written.
+    void check_memory() const {
+        if constexpr (std::is_same_v<student_config, student::TransformerConfig>) {
+            const eval::MemoryPlan plan = memory_plan();
+            std::string advice = "What lowers it: a smaller hyperparameters.batch_size";
+            if (!s_.job.activation_checkpointing) advice += ", activation_checkpointing";
+            if (!s_.job.lora.enabled()) advice += ", lora";
+            eval::check_fits(plan, eval::memory_budget(s_.job.memory_limit_gib, plan),
+                             s_.job.memory_limit_gib > 0 ? "memory_limit_gib" : "memory", advice + ".");
+        }
     }
 
     // The embedding task: see `EmbeddingStages::prepare`.

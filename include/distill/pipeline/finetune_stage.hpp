@@ -39,6 +39,7 @@
 #include "distill/detail/hash.hpp"
 #include "distill/device.hpp"
 #include "distill/error.hpp"
+#include "distill/eval/memory_plan.hpp"
 #include "distill/io/durable.hpp"
 #include "distill/io/gguf_export.hpp"
 #include "distill/io/hf.hpp"
@@ -56,6 +57,7 @@
 #include "distill/pipeline/setup.hpp"
 #include "distill/signals.hpp"
 #include "distill/student.hpp"
+#include "distill/student/transformer_memory.hpp"
 #include "distill/teacher.hpp"
 #include "distill/teacher/synthetic.hpp"
 #include "distill/train/finetune.hpp"
@@ -347,6 +349,11 @@ public:
         std::optional<Sequences> val;
         if (s_.validation) val = sequences_from_synthetic(out.synthetic_validation(), "validation");
         const std::int64_t steps = train::total_steps(finetune_config(""), train.data.size());
+        if constexpr (std::is_same_v<student_config, student::TransformerConfig>)
+            if (std::string table = memory_plan().table(); !table.empty()) {
+                table.pop_back();  // say() ends the line
+                s_.say("finetune: memory plan (the distilled student's run):\n" + table);
+            }
         nlohmann::ordered_json summary;
         summary["student"] = train_student(train, val ? &*val : nullptr, steps);
         if (summary["student"].contains("paused_at")) return summary;  // DistillerOptions::stop_at
@@ -678,6 +685,108 @@ private:
     }
 
 public:
+    /// The distilled student's training run, part by part, computed from the job without allocating
+    /// (eval/memory_plan.hpp): the student's weights (frozen base and adapters with LoRA), gradients
+    /// (trainable parameters only), the optimizer's state, the student's activations in the job's
+    /// mode, the KV caches of on-policy sampling, the in-process teacher (loaded already: weights and
+    /// its activations at its max_batch), the loss's buffers. A student::Transformer run only.
+    eval::MemoryPlan memory_plan() const requires std::is_same_v<student_config, student::TransformerConfig> {
+        using student::activations;
+        const int B = std::max(s_.job.hyperparameters.loop.batch_size, 1);
+        student_config cfg = s_.student;
+        cfg.lora = s_.job.lora;
+        const activations mode = [&] {
+            if constexpr (checkpointable<student_type, Device>)
+                if (s_.job.activation_checkpointing) return activations::checkpointed;
+            return activations::training;
+        }();
+        const student::TransformerMemory m = student::transformer_memory<float>(cfg, B, mode);
+        auto count = [](std::int64_t n) {
+            std::string s = std::to_string(n);
+            for (int i = int(s.size()) - 3; i > 0; i -= 3) s.insert(std::size_t(i), ",");
+            return s;
+        };
+        // trainable elements as the optimizer receives them (`frozen_parameters` removed)
+        std::int64_t trainable = 0;
+        std::vector<std::int64_t> kept;
+        for (const auto& [name, n] : m.trainable) {
+            bool frozen = false;
+            for (const auto& f : s_.job.frozen_parameters)
+                frozen = frozen || (f.ends_with('.') ? name.starts_with(f) : name == f);
+            if (!frozen) {
+                trainable += n;
+                kept.push_back(n);
+            }
+        }
+        eval::MemoryPlan plan;
+        // in the order the run allocates: the teacher (loaded already), the student, its weights file
+        // read (transient), then the optimizer, the samplers' caches and the loss's buffers
+        std::int64_t teacher_bytes = 0;
+        std::string teacher_note = "not in process";
+        auto add_network = [&](const auto& net) {
+            if constexpr (requires { net.mode(); }) {
+                teacher_bytes +=
+                    std::int64_t(student::transformer_memory<float>(net.config(), net.max_batch(), net.mode()).total());
+                teacher_note = "in process, batch " + std::to_string(net.max_batch()) +
+                               (net.mode() == activations::inference ? ", inference" : ", keeps activations");
+            }
+        };
+        if constexpr (detail::is_ensemble<Teacher>) {
+            if constexpr (requires { teacher_.member(0).network(); })
+                for (std::size_t i = 0; i < teacher_.size(); ++i) add_network(teacher_.member(i).network());
+        } else if constexpr (requires { teacher_.network(); }) {
+            add_network(teacher_.network());
+        }
+        plan.add("teacher", teacher_bytes, teacher_note, teacher_bytes > 0);
+        const bool lora = cfg.lora.enabled();
+        plan.add(lora ? "student weights (frozen)" : "student weights", std::int64_t(m.base_weights),
+                 count(cfg.parameter_count()) + " fp32");
+        if (lora)
+            plan.add("student LoRA adapters", std::int64_t(m.adapter_weights),
+                     "rank " + std::to_string(cfg.lora.rank) + " on " + std::to_string(cfg.lora.targets.size()) +
+                         " target(s)");
+        plan.add("student gradients", std::int64_t(m.gradients()), lora ? "adapters only" : "every weight");
+        plan.add("student activations", std::int64_t(m.activations + m.tokens),
+                 std::string(mode == activations::checkpointed ? "checkpointed" : "training") + ", batch " +
+                     std::to_string(B) + " x " + std::to_string(cfg.context_length) + " (backward buffers " +
+                     eval::format_bytes(std::int64_t(m.backward_buffers)) + ")");
+        if (!s_.job.student_weights.empty()) {
+            // the file's pages while it is mapped; a Hugging Face directory is staged in a host image too
+            namespace fs = std::filesystem;
+            std::error_code ec;
+            std::int64_t file = 0;
+            const fs::path from(s_.job.student_weights);
+            if (s_.student_from_hf()) {
+                for (const auto& e : fs::directory_iterator(from, ec))
+                    if (e.path().extension() == ".safetensors") file += std::int64_t(e.file_size(ec));
+            } else {
+                file = std::int64_t(fs::file_size(from, ec));
+            }
+            const std::int64_t image = s_.student_from_hf() ? std::int64_t(m.base_weights) : 0;
+            plan.add_transient("reading student_weights", file + image,
+                               s_.student_from_hf() ? "mapped files + host image" : "mapped file");
+        }
+        const int slots = optimizer_slots();
+        detail::ArenaLayout state;  // optim::detail::StateArena's layout: slot by slot, parameter by parameter
+        for (int k = 0; k < slots; ++k)
+            for (std::int64_t n : kept) state.add<float>("", {n});
+        plan.add("optimizer state", std::int64_t(sizeof(float) * state.size()),
+                 std::to_string(slots) + " x " + count(trainable) + " trainable elements");
+        const auto& op = s_.job.on_policy;
+        std::int64_t kv = 0;
+        if (op.lambda > 0) kv += std::int64_t(student::kv_cache_bytes<float>(cfg, B));
+        if constexpr (requires { teacher_.network().config(); })
+            if (op.seq_kd) kv += std::int64_t(student::kv_cache_bytes<float>(teacher_.network().config(), B));
+        plan.add("KV cache (on-policy sampling)", kv, op.enabled() ? "batch " + std::to_string(B) : "not used");
+        loss_type loss(s_.loss, dims(B));
+        std::int64_t ws = std::int64_t(loss::Workspace<float, Device>::planned_bytes(loss, dims(B)));
+        if constexpr (online && requires { teacher_.network(); })  // the teacher's logits cut to the student's
+            if (teacher_.network().config().vocab_size > cfg.vocab_size)
+                ws += std::int64_t(sizeof(float)) * B * cfg.context_length * cfg.vocab_size;
+        plan.add("loss workspace", ws, "gradient sinks and scratch");
+        return plan;
+    }
+
     // The transformers family a LoRA adapter is exported for: the export layout, else the blocks'.
     std::string lora_family() const {
         if constexpr (std::is_same_v<student_config, student::TransformerConfig>) {
@@ -835,6 +944,15 @@ private:
     loss::dims dims(int max_batch) const { return loss_dims_of<online>(teacher_, s_.student, max_batch); }
 
     train::FinetuneOptions<float> loop_options() const { return loop_options_of(s_); }
+
+    // State tensors per trainable element: AdamW's and Adam's two moments, SGD's momentum buffer
+    // (none without momentum); two for an optimizer of the user's own.
+    int optimizer_slots() const {
+        if constexpr (requires { s_.optimizer.momentum; })
+            return s_.optimizer.momentum != 0 ? 1 : 0;
+        else
+            return 2;
+    }
 
     const typename types::setup_type& s_;
     Teacher& teacher_;

@@ -200,6 +200,10 @@ struct Job {
     /// parameters only (docs/scaling.md). The weights are the same bit for bit, so it is no part of
     /// any fingerprint; with one process it changes nothing.
     int zero = 0;
+    /// The memory the run may use, in GiB; 0: what the machine has (MemAvailable and the cgroup v2
+    /// limit). A run whose memory plan (eval/memory_plan.hpp) exceeds it is refused before it
+    /// allocates, the plan in the message.
+    double memory_limit_gib = 0;
 
     /// Checks the fixed part (the policy sections are checked by the Distiller); throws config_error.
     void validate() const {
@@ -255,6 +259,9 @@ struct Job {
         if (zero != 0 && zero != 1)
             throw config_error("zero", "expected 0 or 1 (ZeRO-1: optimizer state sharded over the ranks), got " +
                                            std::to_string(zero));
+        if (!(memory_limit_gib >= 0 && memory_limit_gib < 1e9))
+            throw config_error("memory_limit_gib",
+                               "must be >= 0 (0 = the machine's memory), got " + std::to_string(memory_limit_gib));
     }
 
     /// The teacher's kind ("model", "openai", "cache"); with `teachers`, the first one's.
@@ -382,7 +389,8 @@ BOOST_HANA_ADAPT_ADT(distill::Job,
     (threads,            [](auto& j) -> auto& { return j.threads; }),
     (activation_checkpointing, [](auto& j) -> auto& { return j.activation_checkpointing; }),
     (precision,          [](auto& j) -> auto& { return j.precision; }),
-    (zero,               [](auto& j) -> auto& { return j.zero; }));
+    (zero,               [](auto& j) -> auto& { return j.zero; }),
+    (memory_limit_gib,   [](auto& j) -> auto& { return j.memory_limit_gib; }));
 // clang-format on
 
 namespace distill {

@@ -18054,6 +18054,163 @@ concept student_model = sequence_model<M> || embedding_model<M>;
 
 }  // namespace distill
 // ---- end distill/student.hpp ----
+// ---- begin distill/student/transformer_memory.hpp ----
+/// @file student/transformer_memory.hpp
+/// What a `student::Transformer` (and its `KvCache`) will allocate, computed from the config, the
+/// largest batch and the activation mode alone, without allocating: the parameter, gradient and
+/// activation arenas as the Transformer's constructor lays them out (every block on a 64-byte
+/// boundary, detail::ArenaLayout), so that `transformer_memory(...)` equals the constructed model's
+/// `parameter_bytes()`, `activation_bytes()` and `backward_buffer_bytes()` exactly
+/// (tests/unit-memory-plan.cpp). A change to `Transformer::layout_activations` must be mirrored here.
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+
+namespace distill::student {
+
+/// Bytes of each arena of a `Transformer<T, Device>` built with the same config, max_batch and mode.
+struct TransformerMemory {
+    std::size_t base_weights = 0;       ///< the model's own weights (frozen with LoRA)
+    std::size_t base_gradients = 0;     ///< their gradients: 0 with LoRA or activations::inference
+    std::size_t adapter_weights = 0;    ///< LoRA's A and B matrices
+    std::size_t adapter_gradients = 0;  ///< their gradients (0 for activations::inference)
+    std::size_t activations = 0;        ///< the activation arena: `activation_bytes()`
+    std::size_t backward_buffers = 0;   ///< its backward part: `backward_buffer_bytes()`
+    std::size_t tokens = 0;             ///< the token ids of a batch (max_batch × context, int32)
+    /// The trainable parameters in checkpoint order (name, elements): every weight, or the adapters.
+    std::vector<std::pair<std::string, std::int64_t>> trainable;
+
+    std::size_t weights() const noexcept { return base_weights + adapter_weights; }
+    std::size_t gradients() const noexcept { return base_gradients + adapter_gradients; }
+    /// `Transformer::arena_bytes()`: weights, gradients, activations and tokens.
+    std::size_t total() const noexcept { return weights() + gradients() + activations + tokens; }
+};
+
+/// The arenas a `Transformer<T, Device>(config, max_batch, device, mode)` allocates, without allocating.
+/// Throws `config_error` as the constructor does for a config out of range or max_batch < 1.
+template <class T = float>
+TransformerMemory transformer_memory(const TransformerConfig& config, int max_batch,
+                                     activations mode = activations::training) {
+    config.validate();
+    if (max_batch < 1) throw config_error("max_batch", "must be >= 1, got " + std::to_string(max_batch));
+    const TransformerConfig& c = config;
+    const LoraConfig& lc = c.lora;
+    const bool trains = mode != activations::inference, ln = !c.rms();
+    const std::int64_t V = c.vocab_size, C = c.d_model, F = c.d_ff, Q = c.qkv_width(), F1 = c.fc_width(), H = c.n_heads,
+                       Hkv = c.kv_heads(), hs = c.head_size(), r = lc.rank;
+    TransformerMemory m;
+
+    // parameters, in Transformer::layout_parameters' order (names only where the trainable list needs them)
+    detail::ArenaLayout params, adapters;
+    auto add = [&](std::string name, std::int64_t n) { params.add<T>(std::move(name), {n}); };
+    add("wte.weight", V * C);
+    if (!c.rope()) add("wpe.weight", std::int64_t(c.context_length) * C);
+    for (int l = 0; l < c.n_layers; ++l) {
+        const std::string p = "h." + std::to_string(l) + ".";
+        add(p + "ln_1.weight", C);
+        if (ln) add(p + "ln_1.bias", C);
+        add(p + "attn.c_attn.weight", Q * C);
+        if (c.qkv_bias) add(p + "attn.c_attn.bias", Q);
+        add(p + "attn.c_proj.weight", C * C);
+        if (c.proj_bias) add(p + "attn.c_proj.bias", C);
+        add(p + "ln_2.weight", C);
+        if (ln) add(p + "ln_2.bias", C);
+        add(p + "mlp.c_fc.weight", F1 * C);
+        if (c.mlp_bias) add(p + "mlp.c_fc.bias", F1);
+        add(p + "mlp.c_proj.weight", C * F);
+        if (c.mlp_bias) add(p + "mlp.c_proj.bias", C);
+    }
+    add("ln_f.weight", C);
+    if (ln) add("ln_f.bias", C);
+    if (!c.tie_embeddings) add("lm_head.weight", V * C);
+
+    // adapters, in Transformer::layout_adapters' order; `ins` (per block) the inputs of each
+    std::vector<std::int64_t> ins;
+    if (lc.enabled()) {
+        auto adapter = [&](const std::string& name, std::int64_t in, std::int64_t out) {
+            adapters.add<T>(name + ".lora_A", {r * in});
+            adapters.add<T>(name + ".lora_B", {out * r});
+        };
+        for (int l = 0; l < c.n_layers; ++l) {
+            const std::string p = "h." + std::to_string(l) + ".";
+            auto one = [&](const char* t, std::int64_t in, std::int64_t out) {
+                if (!lc.has(t)) return;
+                adapter(p + t, in, out);
+                if (l == 0) ins.push_back(in);
+            };
+            one("q", C, H * hs);
+            one("k", C, Hkv * hs);
+            one("v", C, Hkv * hs);
+            one("qkv", C, Q);
+            one("o", C, C);
+            one("up", C, F);
+            one("gate", C, F);
+            one("down", F, C);
+        }
+        if (lc.has("head")) adapter("lm_head", C, V);
+    }
+    const bool frozen = !adapters.blocks().empty();
+    m.base_weights = sizeof(T) * params.size();
+    m.base_gradients = trains && !frozen ? m.base_weights : 0;
+    m.adapter_weights = sizeof(T) * adapters.size();
+    m.adapter_gradients = trains ? m.adapter_weights : 0;
+    for (const auto& b : (frozen ? adapters : params).blocks()) m.trainable.emplace_back(b.name, std::int64_t(b.numel));
+
+    // activations, in Transformer::layout_activations' order
+    detail::ArenaLayout acts;
+    const std::int64_t N = std::int64_t(max_batch) * c.context_length;
+    const std::int64_t att = std::int64_t(max_batch) * H * c.context_length * c.context_length;
+    auto act = [&](std::int64_t n) { return acts.add<T>("", {n}); };
+    act(N * C);  // encoded
+    for (int l = 0; l < c.n_layers; ++l) {
+        if (mode != activations::training && l > 0) {  // layer 0's buffers, reused
+            if (mode == activations::checkpointed) act(N * C);
+            continue;
+        }
+        for (std::int64_t n : {N * C, N, N, N * Q, att, N * C, N * C, N * C, N, N, N * F1, N * F, N * C}) act(n);
+        for (std::int64_t in : ins) {
+            act(N * r);
+            if (trains && lc.dropout > 0) act(N * in);
+        }
+    }
+    for (std::int64_t n : {N * C, N, N, N * V, std::int64_t(max_batch) * V}) act(n);  // lnf, stats, logits, next
+    if (c.rope()) act(std::int64_t(c.context_length) * hs);
+    std::size_t dlogits = 0;
+    if (trains) {
+        dlogits = act(N * V);
+        for (std::int64_t n : {N, N * C, N * C, N * Q, att, N * C, N * F1}) act(n);
+        if (F1 != F) act(N * F);
+    }
+    if (lc.enabled()) {
+        act(N * r);
+        if (trains && lc.dropout > 0) act(N * C);
+        if (trains) {
+            act(N * r);
+            if (lc.dropout > 0) act(N * std::max(C, F));
+            act(2 * C);
+        }
+    }
+    m.activations = sizeof(T) * acts.size();
+    m.backward_buffers = trains ? sizeof(T) * (acts.size() - acts.blocks()[dlogits].offset) : 0;
+    m.tokens = sizeof(std::int32_t) * std::size_t(max_batch) * std::size_t(c.context_length);
+    return m;
+}
+
+/// Bytes of a `KvCache<T, Device>(config, max_batch)`: keys and values of every layer for
+/// max_batch sequences of context_length tokens.
+template <class T = float>
+std::size_t kv_cache_bytes(const TransformerConfig& config, int max_batch) {
+    return sizeof(T) * 2 * std::size_t(max_batch) * std::size_t(config.context_length) *
+           std::size_t(config.kv_heads()) * std::size_t(config.head_size()) * std::size_t(config.n_layers);
+}
+
+}  // namespace distill::student
+// ---- end distill/student/transformer_memory.hpp ----
 // ---- begin distill/teacher.hpp ----
 /// @file teacher.hpp
 /// The `teacher_source` concept: where the answers and soft labels a student learns from come from.
@@ -22852,6 +23009,31 @@ public:
         qkv_views_.assign(qkv_.size(), {});
     }
 
+    /// Bytes the workspace of the constructor below allocates (`bytes()`), without allocating: the
+    /// memory plan's figure (eval/memory_plan.hpp).
+    static std::size_t planned_bytes(const dims& d, bool hidden, bool attention, bool qkv, std::size_t scratch) {
+        const std::int64_t N = std::int64_t(d.max_batch) * d.max_length, C = d.student.d_model, L = d.student.n_layers;
+        distill::detail::ArenaLayout layout;  // the constructor's blocks, in its order
+        layout.add<T>("rows", {N});
+        if (scratch) layout.add<T>("scratch", {std::int64_t(scratch)});
+        if (hidden)
+            for (std::int64_t i = 0; i <= L; ++i) layout.add<T>("d_hidden", {N * C});
+        if (attention)
+            for (std::int64_t l = 0; l < L; ++l)
+                layout.add<T>("d_attention",
+                              {std::int64_t(d.max_batch) * d.student.n_heads * d.max_length * d.max_length});
+        if (qkv)
+            for (std::int64_t l = 0; l < L; ++l) layout.add<T>("d_qkv", {N * d.student.qkv()});
+        return sizeof(T) * layout.size();
+    }
+    /// `planned_bytes` of the workspace `Workspace(loss, d)` allocates.
+    template <class Loss>
+    requires requires { Loss::needs; }
+    static std::size_t planned_bytes(const Loss& loss, const dims& d) {
+        return planned_bytes(d, term_needs<Loss, signal::hidden_states_t>, term_needs<Loss, signal::attentions_t>,
+                             term_needs<Loss, signal::qkv_t>, scratch_elements_of(loss));
+    }
+
     /// Buffers for what `loss` needs: per-layer sinks of the kinds in `Loss::needs` (a term reading
     /// the teacher's hidden states writes the student's), and `loss.scratch_elements()`.
     template <class Loss>
@@ -27065,6 +27247,175 @@ private:
 
 }  // namespace distill::eval
 // ---- end distill/eval/memory.hpp ----
+// ---- begin distill/eval/memory_plan.hpp ----
+/// @file eval/memory_plan.hpp
+/// A run's memory plan: what each part of it (the student's weights, gradients and activations, the
+/// optimizer's state, the KV caches of sampling, the teacher, the loss's buffers) will take, computed
+/// before anything is allocated, printed as a table, and compared with the memory the machine has
+/// (`memory_budget`: MemAvailable of /proc/meminfo and the cgroup v2 limit, or a limit the job
+/// sets) so that a run that will not fit is refused with that table (`check_fits`).
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <fstream>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+
+namespace distill::eval {
+
+/// One line of a memory plan.
+struct MemoryPart {
+    std::string name;       ///< what takes the memory ("student weights (frozen)", "optimizer state", ...)
+    std::int64_t bytes;     ///< how much
+    std::string detail;     ///< how it was counted ("2 × 294,912 trainable elements")
+    bool resident = false;  ///< already allocated when the plan is made (a teacher loaded before the run)
+    /// Held for a while and freed again (a weights file being read): it adds to the parts listed
+    /// before it, which exist while it does, and not to those after it, allocated once it is freed.
+    bool transient = false;
+};
+
+/// "1.23 GiB", "45.6 MiB", "789 KiB", "12 B".
+inline std::string format_bytes(std::int64_t b) {
+    char buf[32];
+    const double x = double(b);
+    if (x >= 1024.0 * 1024 * 1024)
+        std::snprintf(buf, sizeof buf, "%.2f GiB", x / (1024.0 * 1024 * 1024));
+    else if (x >= 1024.0 * 1024)
+        std::snprintf(buf, sizeof buf, "%.1f MiB", x / (1024.0 * 1024));
+    else if (x >= 1024.0)
+        std::snprintf(buf, sizeof buf, "%.0f KiB", x / 1024.0);
+    else
+        std::snprintf(buf, sizeof buf, "%lld B", static_cast<long long>(b));
+    return buf;
+}
+
+/// The parts of a run and their bytes, in the order they were added.
+class MemoryPlan {
+public:
+    /// Adds a part (parts of 0 bytes are listed too: "no gradients" is information).
+    void add(std::string name, std::int64_t bytes, std::string detail = "", bool resident = false) {
+        parts_.push_back({std::move(name), bytes, std::move(detail), resident, false});
+    }
+    /// Adds a transient part (see `MemoryPart::transient`), held on top of the parts added so far.
+    void add_transient(std::string name, std::int64_t bytes, std::string detail = "") {
+        parts_.push_back({std::move(name), bytes, std::move(detail), false, true});
+    }
+    const std::vector<MemoryPart>& parts() const noexcept { return parts_; }
+    /// The peak: every lasting part, or a transient part with the parts before it, whichever is more.
+    std::int64_t total() const noexcept { return peak(true); }
+    /// The peak without the parts already resident when the plan was made.
+    std::int64_t to_allocate() const noexcept { return peak(false); }
+    /// The bytes of a part by name (0 when absent).
+    std::int64_t bytes_of(const std::string& name) const noexcept {
+        for (const auto& p : parts_)
+            if (p.name == name) return p.bytes;
+        return 0;
+    }
+    /// One line per part, then the total: "  student weights (frozen)   1.85 GiB  494,032,768 fp32".
+    std::string table() const {
+        std::size_t width = 5;
+        for (const auto& p : parts_) width = std::max(width, p.name.size());
+        std::string out;
+        auto line = [&](const std::string& name, std::int64_t bytes, const std::string& detail) {
+            char buf[64];
+            std::snprintf(buf, sizeof buf, "%10s", format_bytes(bytes).c_str());
+            out += "  " + name + std::string(width - name.size() + 2, ' ') + buf;
+            if (!detail.empty()) out += "  " + detail;
+            out += "\n";
+        };
+        for (const auto& p : parts_)
+            line(p.name, p.bytes,
+                 p.detail + (p.resident ? " (loaded)" : "") + (p.transient ? " (freed after loading)" : ""));
+        line("total", total(), "peak");
+        return out;
+    }
+
+private:
+    std::int64_t peak(bool with_resident) const noexcept {
+        std::int64_t lasting = 0, best = 0;
+        for (const auto& p : parts_) {
+            if (p.resident && !with_resident) continue;
+            if (p.transient)
+                best = std::max(best, lasting + p.bytes);
+            else
+                lasting += p.bytes;
+        }
+        return std::max(best, lasting);
+    }
+
+    std::vector<MemoryPart> parts_;
+};
+
+/// The memory a run may use and where that figure comes from.
+struct MemoryBudget {
+    std::int64_t bytes = 0;  ///< 0: unknown (no /proc/meminfo, no cgroup limit): nothing is refused
+    std::string source;      ///< "memory_limit_gib", "MemAvailable", "cgroup memory.max"
+    /// Whether `bytes` counts what is already allocated (a limit on the process's whole memory) or
+    /// only what is still free (MemAvailable: the loaded teacher is already out of it).
+    bool includes_resident = true;
+};
+
+namespace detail {
+/// The "MemAvailable:" line of /proc/meminfo in bytes.
+inline std::optional<std::int64_t> mem_available() {
+    std::ifstream in("/proc/meminfo");
+    std::string key;
+    long long kb = 0;
+    std::string unit;
+    while (in >> key >> kb >> unit)
+        if (key == "MemAvailable:") return std::int64_t(kb) * 1024;
+    return std::nullopt;
+}
+/// /sys/fs/cgroup/memory.max in bytes when it holds a number ("max": no limit).
+inline std::optional<std::int64_t> cgroup_limit() {
+    std::ifstream in("/sys/fs/cgroup/memory.max");
+    std::string v;
+    if (!(in >> v) || v == "max") return std::nullopt;
+    try {
+        return std::int64_t(std::stoll(v));
+    } catch (...) {
+        return std::nullopt;
+    }
+}
+}  // namespace detail
+
+/// What a run may use: `limit_gib` GiB when > 0 (the job's memory_limit_gib); else the tighter of
+/// MemAvailable (free now, so compared with what is still to allocate) and the cgroup v2 limit
+/// memory.max (the process's whole memory, compared with the whole plan).
+inline MemoryBudget memory_budget(double limit_gib, const MemoryPlan& plan) {
+    if (limit_gib > 0) return {std::int64_t(limit_gib * 1024.0 * 1024.0 * 1024.0), "memory_limit_gib", true};
+    MemoryBudget best;
+    if (auto a = detail::mem_available()) best = {*a, "MemAvailable", false};
+    if (auto c = detail::cgroup_limit()) {
+        // the tighter of the two, each against what it is compared with
+        const std::int64_t slack_c = *c - plan.total();
+        const std::int64_t slack_a = best.bytes ? best.bytes - plan.to_allocate() : INT64_MAX;
+        if (slack_c < slack_a) best = {*c, "cgroup memory.max", true};
+    }
+    return best;
+}
+
+/// Throws `config_error` naming `field` when the plan exceeds the budget, the table in the message,
+/// then `advice` (what would lower the plan) when given.
+inline void check_fits(const MemoryPlan& plan, const MemoryBudget& budget, const std::string& field,
+                       const std::string& advice = "") {
+    if (budget.bytes <= 0) return;
+    const std::int64_t need = budget.includes_resident ? plan.total() : plan.to_allocate();
+    if (need <= budget.bytes) return;
+    std::string table = plan.table();
+    if (advice.empty() && !table.empty()) table.pop_back();
+    throw config_error(field, "the run needs " + format_bytes(need) +
+                                  (budget.includes_resident ? "" : " more (beyond what is loaded)") + ", but " +
+                                  budget.source + " allows " + format_bytes(budget.bytes) +
+                                  "; refused before the run allocates. Memory plan:\n" + table + advice);
+}
+
+}  // namespace distill::eval
+// ---- end distill/eval/memory_plan.hpp ----
 // ---- begin distill/eval/report.hpp ----
 /// @file report.hpp
 /// The evaluation report as people read it: `report.md` (the comparison table of teacher, baseline
@@ -27975,6 +28326,10 @@ struct Job {
     /// parameters only (docs/scaling.md). The weights are the same bit for bit, so it is no part of
     /// any fingerprint; with one process it changes nothing.
     int zero = 0;
+    /// The memory the run may use, in GiB; 0: what the machine has (MemAvailable and the cgroup v2
+    /// limit). A run whose memory plan (eval/memory_plan.hpp) exceeds it is refused before it
+    /// allocates, the plan in the message.
+    double memory_limit_gib = 0;
 
     /// Checks the fixed part (the policy sections are checked by the Distiller); throws config_error.
     void validate() const {
@@ -28030,6 +28385,9 @@ struct Job {
         if (zero != 0 && zero != 1)
             throw config_error("zero", "expected 0 or 1 (ZeRO-1: optimizer state sharded over the ranks), got " +
                                            std::to_string(zero));
+        if (!(memory_limit_gib >= 0 && memory_limit_gib < 1e9))
+            throw config_error("memory_limit_gib",
+                               "must be >= 0 (0 = the machine's memory), got " + std::to_string(memory_limit_gib));
     }
 
     /// The teacher's kind ("model", "openai", "cache"); with `teachers`, the first one's.
@@ -28157,7 +28515,8 @@ BOOST_HANA_ADAPT_ADT(distill::Job,
     (threads,            [](auto& j) -> auto& { return j.threads; }),
     (activation_checkpointing, [](auto& j) -> auto& { return j.activation_checkpointing; }),
     (precision,          [](auto& j) -> auto& { return j.precision; }),
-    (zero,               [](auto& j) -> auto& { return j.zero; }));
+    (zero,               [](auto& j) -> auto& { return j.zero; }),
+    (memory_limit_gib,   [](auto& j) -> auto& { return j.memory_limit_gib; }));
 // clang-format on
 
 namespace distill {
@@ -28835,6 +29194,11 @@ public:
         std::optional<Sequences> val;
         if (s_.validation) val = sequences_from_synthetic(out.synthetic_validation(), "validation");
         const std::int64_t steps = train::total_steps(finetune_config(""), train.data.size());
+        if constexpr (std::is_same_v<student_config, student::TransformerConfig>)
+            if (std::string table = memory_plan().table(); !table.empty()) {
+                table.pop_back();  // say() ends the line
+                s_.say("finetune: memory plan (the distilled student's run):\n" + table);
+            }
         nlohmann::ordered_json summary;
         summary["student"] = train_student(train, val ? &*val : nullptr, steps);
         if (summary["student"].contains("paused_at")) return summary;  // DistillerOptions::stop_at
@@ -29166,6 +29530,108 @@ private:
     }
 
 public:
+    /// The distilled student's training run, part by part, computed from the job without allocating
+    /// (eval/memory_plan.hpp): the student's weights (frozen base and adapters with LoRA), gradients
+    /// (trainable parameters only), the optimizer's state, the student's activations in the job's
+    /// mode, the KV caches of on-policy sampling, the in-process teacher (loaded already: weights and
+    /// its activations at its max_batch), the loss's buffers. A student::Transformer run only.
+    eval::MemoryPlan memory_plan() const requires std::is_same_v<student_config, student::TransformerConfig> {
+        using student::activations;
+        const int B = std::max(s_.job.hyperparameters.loop.batch_size, 1);
+        student_config cfg = s_.student;
+        cfg.lora = s_.job.lora;
+        const activations mode = [&] {
+            if constexpr (checkpointable<student_type, Device>)
+                if (s_.job.activation_checkpointing) return activations::checkpointed;
+            return activations::training;
+        }();
+        const student::TransformerMemory m = student::transformer_memory<float>(cfg, B, mode);
+        auto count = [](std::int64_t n) {
+            std::string s = std::to_string(n);
+            for (int i = int(s.size()) - 3; i > 0; i -= 3) s.insert(std::size_t(i), ",");
+            return s;
+        };
+        // trainable elements as the optimizer receives them (`frozen_parameters` removed)
+        std::int64_t trainable = 0;
+        std::vector<std::int64_t> kept;
+        for (const auto& [name, n] : m.trainable) {
+            bool frozen = false;
+            for (const auto& f : s_.job.frozen_parameters)
+                frozen = frozen || (f.ends_with('.') ? name.starts_with(f) : name == f);
+            if (!frozen) {
+                trainable += n;
+                kept.push_back(n);
+            }
+        }
+        eval::MemoryPlan plan;
+        // in the order the run allocates: the teacher (loaded already), the student, its weights file
+        // read (transient), then the optimizer, the samplers' caches and the loss's buffers
+        std::int64_t teacher_bytes = 0;
+        std::string teacher_note = "not in process";
+        auto add_network = [&](const auto& net) {
+            if constexpr (requires { net.mode(); }) {
+                teacher_bytes +=
+                    std::int64_t(student::transformer_memory<float>(net.config(), net.max_batch(), net.mode()).total());
+                teacher_note = "in process, batch " + std::to_string(net.max_batch()) +
+                               (net.mode() == activations::inference ? ", inference" : ", keeps activations");
+            }
+        };
+        if constexpr (detail::is_ensemble<Teacher>) {
+            if constexpr (requires { teacher_.member(0).network(); })
+                for (std::size_t i = 0; i < teacher_.size(); ++i) add_network(teacher_.member(i).network());
+        } else if constexpr (requires { teacher_.network(); }) {
+            add_network(teacher_.network());
+        }
+        plan.add("teacher", teacher_bytes, teacher_note, teacher_bytes > 0);
+        const bool lora = cfg.lora.enabled();
+        plan.add(lora ? "student weights (frozen)" : "student weights", std::int64_t(m.base_weights),
+                 count(cfg.parameter_count()) + " fp32");
+        if (lora)
+            plan.add("student LoRA adapters", std::int64_t(m.adapter_weights),
+                     "rank " + std::to_string(cfg.lora.rank) + " on " + std::to_string(cfg.lora.targets.size()) +
+                         " target(s)");
+        plan.add("student gradients", std::int64_t(m.gradients()), lora ? "adapters only" : "every weight");
+        plan.add("student activations", std::int64_t(m.activations + m.tokens),
+                 std::string(mode == activations::checkpointed ? "checkpointed" : "training") + ", batch " +
+                     std::to_string(B) + " x " + std::to_string(cfg.context_length) + " (backward buffers " +
+                     eval::format_bytes(std::int64_t(m.backward_buffers)) + ")");
+        if (!s_.job.student_weights.empty()) {
+            // the file's pages while it is mapped; a Hugging Face directory is staged in a host image too
+            namespace fs = std::filesystem;
+            std::error_code ec;
+            std::int64_t file = 0;
+            const fs::path from(s_.job.student_weights);
+            if (s_.student_from_hf()) {
+                for (const auto& e : fs::directory_iterator(from, ec))
+                    if (e.path().extension() == ".safetensors") file += std::int64_t(e.file_size(ec));
+            } else {
+                file = std::int64_t(fs::file_size(from, ec));
+            }
+            const std::int64_t image = s_.student_from_hf() ? std::int64_t(m.base_weights) : 0;
+            plan.add_transient("reading student_weights", file + image,
+                               s_.student_from_hf() ? "mapped files + host image" : "mapped file");
+        }
+        const int slots = optimizer_slots();
+        detail::ArenaLayout state;  // optim::detail::StateArena's layout: slot by slot, parameter by parameter
+        for (int k = 0; k < slots; ++k)
+            for (std::int64_t n : kept) state.add<float>("", {n});
+        plan.add("optimizer state", std::int64_t(sizeof(float) * state.size()),
+                 std::to_string(slots) + " x " + count(trainable) + " trainable elements");
+        const auto& op = s_.job.on_policy;
+        std::int64_t kv = 0;
+        if (op.lambda > 0) kv += std::int64_t(student::kv_cache_bytes<float>(cfg, B));
+        if constexpr (requires { teacher_.network().config(); })
+            if (op.seq_kd) kv += std::int64_t(student::kv_cache_bytes<float>(teacher_.network().config(), B));
+        plan.add("KV cache (on-policy sampling)", kv, op.enabled() ? "batch " + std::to_string(B) : "not used");
+        loss_type loss(s_.loss, dims(B));
+        std::int64_t ws = std::int64_t(loss::Workspace<float, Device>::planned_bytes(loss, dims(B)));
+        if constexpr (online && requires { teacher_.network(); })  // the teacher's logits cut to the student's
+            if (teacher_.network().config().vocab_size > cfg.vocab_size)
+                ws += std::int64_t(sizeof(float)) * B * cfg.context_length * cfg.vocab_size;
+        plan.add("loss workspace", ws, "gradient sinks and scratch");
+        return plan;
+    }
+
     // The transformers family a LoRA adapter is exported for: the export layout, else the blocks'.
     std::string lora_family() const {
         if constexpr (std::is_same_v<student_config, student::TransformerConfig>) {
@@ -29323,6 +29789,15 @@ private:
     loss::dims dims(int max_batch) const { return loss_dims_of<online>(teacher_, s_.student, max_batch); }
 
     train::FinetuneOptions<float> loop_options() const { return loop_options_of(s_); }
+
+    // State tensors per trainable element: AdamW's and Adam's two moments, SGD's momentum buffer
+    // (none without momentum); two for an optimizer of the user's own.
+    int optimizer_slots() const {
+        if constexpr (requires { s_.optimizer.momentum; })
+            return s_.optimizer.momentum != 0 ? 1 : 0;
+        else
+            return 2;
+    }
 
     const typename types::setup_type& s_;
     Teacher& teacher_;
@@ -31054,7 +31529,16 @@ public:
             prepare_sequences();
             finetune_stage_type(s_, teacher_, device_).check_gguf_export();
             finetune_stage_type(s_, teacher_, device_).check_lora_export();
+            check_memory();
         }
+    }
+
+    /// The distilled student's run, part by part, computed without allocating (see
+    /// `FinetuneStage::memory_plan`); the constructor refuses a job whose plan exceeds the memory
+    /// it may use (`memory_limit_gib`, else the machine's).
+    eval::MemoryPlan memory_plan() const
+        requires(!embedding && std::is_same_v<student_config, student::TransformerConfig>) {
+        return finetune_stage_type(s_, teacher_, device_).memory_plan();
     }
 
     Distiller(const Distiller&) = delete;
@@ -31233,6 +31717,19 @@ private:
                 throw config_error("on_policy.seq_kd",
                                    "needs a teacher whose network decodes with a KV cache "
                                    "(teacher::Model)");
+    }
+
+    // Refuses (config_error naming memory_limit_gib, or "memory" for the machine's own limit) a run
+    // whose memory plan exceeds what it may use, before anything of the run is allocated or written.
+    void check_memory() const {
+        if constexpr (std::is_same_v<student_config, student::TransformerConfig>) {
+            const eval::MemoryPlan plan = memory_plan();
+            std::string advice = "What lowers it: a smaller hyperparameters.batch_size";
+            if (!s_.job.activation_checkpointing) advice += ", activation_checkpointing";
+            if (!s_.job.lora.enabled()) advice += ", lora";
+            eval::check_fits(plan, eval::memory_budget(s_.job.memory_limit_gib, plan),
+                             s_.job.memory_limit_gib > 0 ? "memory_limit_gib" : "memory", advice + ".");
+        }
     }
 
     // The embedding task: see `EmbeddingStages::prepare`.

@@ -9108,6 +9108,16 @@ void eigen_gemm(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K,
             gemm_block<T>(trans_a, trans_b, M, e - b, K, alpha, A, lda, trans_b ? B + b * ldb : B + b, ldb, C + b, ldc);
     });
 }
+#if defined(DISTILL_WITH_DNNL)
+/// Whether oneDNN's matmul takes a product: a non-empty one outside any parallel region (a product
+/// inside one, an attention head per thread, stays with Eigen, single-threaded and in cache).
+inline bool dnnl_takes(int M, int N, int K) {
+#if defined(_OPENMP)
+    if (omp_in_parallel()) return false;
+#endif
+    return M > 0 && N > 0 && K > 0;
+}
+#endif
 }  // namespace detail
 
 /// C(M,N) = alpha op(A) op(B) + beta C, row-major (see the Reference kernel): oneDNN's matmul with
@@ -9116,20 +9126,10 @@ template <class T>
 void gemm(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda, const T* B,
           int ldb, T beta, T* C, int ldc) {
 #if defined(DISTILL_WITH_DNNL)
-    // oneDNN for the model's GEMMs; a GEMM inside a parallel region (one attention head per thread)
-    // stays with Eigen, single-threaded and in cache
-    if constexpr (std::is_same_v<T, float>) {
-#if defined(_OPENMP)
-        const bool nested = omp_in_parallel();
-#else
-        const bool nested = false;
-#endif
-        if (!nested && M > 0 && N > 0 && K > 0) {
-            detail::gemm(dev.compute == precision::bf16, dev.threads(), trans_a, trans_b, M, N, K, alpha, A, lda, B,
-                         ldb, beta, C, ldc);
-            return;
-        }
-    }
+    if constexpr (std::is_same_v<T, float>)
+        if (detail::dnnl_takes(M, N, K))
+            return detail::gemm(dev.compute == precision::bf16, dev.threads(), trans_a, trans_b, M, N, K, alpha, A, lda,
+                                B, ldb, beta, C, ldc);
 #endif
     detail::eigen_gemm(dev, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
@@ -9143,18 +9143,10 @@ void gemm_strided_batched(const Cpu& dev, bool trans_a, bool trans_b, int M, int
                           std::int64_t stride_a, const T* B, int ldb, std::int64_t stride_b, T beta, T* C, int ldc,
                           std::int64_t stride_c, int batch) {
 #if defined(DISTILL_WITH_DNNL) && !defined(__AVX2__)
-    if constexpr (std::is_same_v<T, float>) {
-#if defined(_OPENMP)
-        const bool nested = omp_in_parallel();
-#else
-        const bool nested = false;
-#endif
-        if (!nested && M > 0 && N > 0 && K > 0 && batch > 0) {
-            detail::gemm(false, dev.threads(), trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, batch,
-                         stride_a, stride_b, stride_c);
-            return;
-        }
-    }
+    if constexpr (std::is_same_v<T, float>)
+        if (detail::dnnl_takes(M, N, K) && batch > 0)
+            return detail::gemm(false, dev.threads(), trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc,
+                                batch, stride_a, stride_b, stride_c);
 #endif
     distill::detail::parallel_for(dev.threads(), batch, [&](std::int64_t b) {
         detail::eigen_gemm(dev, trans_a, trans_b, M, N, K, alpha, A + b * stride_a, lda, B + b * stride_b, ldb, beta,

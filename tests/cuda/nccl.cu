@@ -25,20 +25,17 @@
 #include "distill/parallel/mpi.hpp"
 #include "distill/parallel/nccl.hpp"
 #include "distill/train/finetune.hpp"
+#include "mpi/checks.hpp"
 #include "training_task.hpp"
 
 using namespace distill;
 using Model = student::Transformer<float, device::Cuda>;
 
+using mpi_checks::check;
+using mpi_checks::failures;
+using mpi_checks::relative;
+
 namespace {
-
-int failures = 0;
-
-void check(bool ok, const std::string& what, int rank) {
-    if (rank == 0) std::printf("%s %s\n", ok ? "PASS" : "FAIL", what.c_str());
-    std::fflush(stdout);
-    failures += ok ? 0 : 1;
-}
 
 template <class T>
 std::vector<T> to_host(const T* device, std::size_t n) {
@@ -89,15 +86,6 @@ std::vector<float> train_run(parallel::Communicator* comm, int gpu, int zero = 0
     options.zero = zero;
     train::finetune(model, opt, schedule, task.train, nullptr, cfg, train::CrossEntropy{}, options);
     return to_host(model.parameter_data(), model.arena_size());
-}
-
-double relative(const std::vector<float>& a, const std::vector<float>& b) {
-    double d = 0, n = 0;
-    for (std::size_t i = 0; i < a.size(); ++i) {
-        d += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-        n += double(b[i]) * b[i];
-    }
-    return std::sqrt(d / n);
 }
 
 // Whether `f` throws config_error naming `field`.

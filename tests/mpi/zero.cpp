@@ -24,20 +24,17 @@
 #include "distill/optim/sgd.hpp"
 #include "distill/parallel/mpi.hpp"
 #include "distill/train/finetune.hpp"
+#include "mpi/checks.hpp"
 #include "training_task.hpp"
 
 using namespace distill;
 using Model = student::Transformer<float, device::Cpu>;
 
+using mpi_checks::check;
+using mpi_checks::failures;
+using mpi_checks::relative;
+
 namespace {
-
-int failures = 0;
-
-void check(bool ok, const std::string& what, int rank) {
-    if (rank == 0) std::printf("%s %s\n", ok ? "PASS" : "FAIL", what.c_str());
-    std::fflush(stdout);
-    failures += ok ? 0 : 1;
-}
 
 struct Stop {};  // thrown by a hook: a run interrupted after a step
 
@@ -95,15 +92,6 @@ Result train_run(const Run& run) {
     }
     optim::AdamW<float, device::Cpu> opt(params, {.weight_decay = 0.01}, device::Cpu(1), shard);
     return train_with(run, model, opt, task);
-}
-
-double relative(const std::vector<float>& a, const std::vector<float>& b) {
-    double d = 0, n = 0;
-    for (std::size_t i = 0; i < a.size(); ++i) {
-        d += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-        n += double(b[i]) * b[i];
-    }
-    return std::sqrt(d / n);
 }
 
 }  // namespace

@@ -862,9 +862,12 @@ private:
             fp_fields["on_policy"] = op;  // unset sampling keys left out: they are generation's
         }
         const std::string fp = detail::sha(fp_fields.dump());
+        const std::string lora_note = s_.job.lora.enabled() ? " (LoRA rank " + std::to_string(s_.job.lora.rank) +
+                                                                  ": its adapters train, these weights stay frozen)"
+                                                            : "";
         s_.say("finetune: distilling into a student of " + std::to_string(s_.student.parameter_count()) +
-               " parameters for " + std::to_string(steps) + " steps (" + (online ? "online" : "offline") +
-               on_policy_note() + ")");
+               " parameters" + lora_note + " for " + std::to_string(steps) + " steps (" +
+               (online ? "online" : "offline") + on_policy_note() + ")");
         return run_training(
             s_, "student", fp,
             [&](const std::string& dir) {

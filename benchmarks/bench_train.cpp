@@ -7,6 +7,8 @@
 // Sizes (issue 8): small  V=256   T=128 d=128 L=2 B=16, teacher d=256 L=4
 //                  medium V=256   T=256 d=256 L=4 B=8,  teacher d=512 L=8
 //                  large  V=32000 T=128 d=256 L=4 B=8,  teacher d=512 L=8
+//                  125m   V=50257 T=256 d=768 L=12 B=4, teacher alike (issue 21: GPT-2 small's shape,
+//                         124 M parameters, every one trained)
 // Heads are d/64 (head size 64), d_ff = 4d. `--arch llama` gives both models the Llama family's blocks
 // (RMSNorm, RoPE, SwiGLU with d_ff = 8d/3 rounded to 64, grouped-query attention with heads/2 kv
 // heads, no biases, untied head) against tests/reference/llama.py.
@@ -16,7 +18,7 @@
 // the ratio to PyTorch. `--precision bf16` runs the GEMMs in bf16 (device::Cpu's precision) against
 // PyTorch under torch.autocast("cpu", dtype=torch.bfloat16).
 //
-//   bench_train [--size small|medium|large|qwen2-0.5b] [--arch gpt|llama] [--threads 2] [--steps 5]
+//   bench_train [--size small|medium|large|125m|qwen2-0.5b] [--arch gpt|llama] [--threads 2] [--steps 5]
 //               [--precision fp32|bf16] [--checkpoint] [--no-reference]
 //               [--batch B] [--seq S] [--lora R] [--hf DIR]
 //
@@ -66,6 +68,8 @@ Size size_named(const std::string& n) {
     if (n == "small") return {n, gpt(256, 128, 128, 2), gpt(256, 128, 256, 4), 16};
     if (n == "medium") return {n, gpt(256, 256, 256, 4), gpt(256, 256, 512, 8), 8};
     if (n == "large") return {n, gpt(32000, 128, 256, 4), gpt(32000, 128, 512, 8), 8};
+    // GPT-2 small's shape (124 M parameters at this context), student and teacher alike: a full fine-tune
+    if (n == "125m") return {n, gpt(50257, 256, 768, 12), gpt(50257, 256, 768, 12), 4};
     if (n == "qwen2-0.5b") {  // Qwen2-0.5B's shape (context cut to 512), student and teacher alike
         const student::TransformerConfig q{.vocab_size = 151936,
                                            .context_length = 512,
@@ -85,7 +89,7 @@ Size size_named(const std::string& n) {
                                            .tie_embeddings = true};
         return {n, q, q, 1};
     }
-    std::fprintf(stderr, "--size: small, medium, large or qwen2-0.5b, got %s\n", n.c_str());
+    std::fprintf(stderr, "--size: small, medium, large, 125m or qwen2-0.5b, got %s\n", n.c_str());
     std::exit(2);
 }
 
@@ -404,10 +408,10 @@ int main(int argc, char** argv) {
         std::snprintf(args, sizeof args,
                       "bench_train.py --vocab %d --context %d --d-model %d --layers %d --heads %d --d-ff %d "
                       "--teacher-d-model %d --teacher-layers %d --teacher-heads %d --teacher-d-ff %d --batch %d "
-                      "--threads %d --steps %d%s%s --arch %s",
+                      "--threads %d --steps %d%s%s --arch %s%s",
                       V, T, c.d_model, c.n_layers, c.n_heads, c.d_ff, t.d_model, t.n_layers, t.n_heads, t.d_ff, B,
                       threads, std::max(3, steps), bf16 ? " --bf16" : "", checkpoint ? " --checkpoint" : "",
-                      arch.c_str());
+                      arch.c_str(), size.name == "125m" ? " --warmup 1" : "");  // a minute a step on one thread
         const auto ref = bench::run_reference(args, "tokens_per_s");
         if (ref.value > 0) {
             std::printf("ratio distill / PyTorch: %.2fx tokens/s\n", tok_s / ref.value);

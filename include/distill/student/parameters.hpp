@@ -4,6 +4,7 @@
 /// values and gradients, with the same layout: how they are laid out, allocated, read back as
 /// `Parameter`s and flat arrays, and zeroed.
 
+#include <algorithm>
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -99,14 +100,15 @@ public:
         dev_->copy(h.data(), bf16_value(k), sizeof(std::uint16_t) * n);
         for (std::size_t i = 0; i < n; ++i) dst[i] = static_cast<T>(detail::bf16_to_float(h[i]));
     }
-    /// Sets base parameter k from host memory `src` (numel elements): the fp32 values, and the bf16
-    /// copy rounded from them (round to nearest even) where it has one.
-    void write_base(std::size_t k, const T* src) {
-        const std::size_t n = param_layout_.blocks()[k].numel;
-        if (storage_[k] != storage::bf16) dev_->copy(params_[k].value.data(), src, sizeof(T) * n);
+    /// Sets base parameter k from host memory `src` (numel elements; with `count`, elements
+    /// [first, first + count) only): the fp32 values, and the bf16 copy rounded from them (round to
+    /// nearest even) where it has one.
+    void write_base(std::size_t k, const T* src, std::size_t first = 0, std::size_t count = std::size_t(-1)) {
+        const std::size_t n = std::min(count, param_layout_.blocks()[k].numel - first);
+        if (storage_[k] != storage::bf16) dev_->copy(params_[k].value.data() + first, src, sizeof(T) * n);
         if (storage_[k] == storage::fp32) return;
         if constexpr (std::is_same_v<T, float> && bf16_weight_device<Device>) {
-            std::uint16_t* d = const_cast<std::uint16_t*>(bf16_value(k));
+            std::uint16_t* d = const_cast<std::uint16_t*>(bf16_value(k)) + first;
             if constexpr (Device::memory == memory_space::host) {
                 round_bf16(*dev_, d, src, std::int64_t(n));
             } else {

@@ -278,29 +278,35 @@ public:
     void init(std::uint64_t seed) {
         Rng rng(seed);
         const double proj_std = 0.02 / std::sqrt(2.0 * cfg_.n_layers);
-        std::vector<T> staged;  // a host image of one parameter (bf16 storage, devices with their own memory)
+        // values are drawn into the fp32 arena where they live on the host, else through a host
+        // chunk written with write_base (bf16 storage, devices with their own memory): no fp32 image
+        constexpr std::int64_t chunk = 1 << 16;
+        std::vector<T> staged;
         const auto& params = this->base_parameters();
         for (std::size_t k = 0; k < params.size(); ++k) {
             const auto& p = params[k];
             const std::int64_t n = p.value.numel();
             const bool direct = Device::memory == memory_space::host && this->base_storage(k) == storage::fp32;
-            if (!direct) staged.assign(std::size_t(n), T(0));
-            T* d = direct ? p.value.data() : staged.data();
+            if (!direct) staged.assign(std::size_t(std::min(n, chunk)), T(0));
             const bool residual_proj = p.name.ends_with("c_proj.weight");
             const double std = p.name == "wpe.weight" ? 0.01 : residual_proj ? proj_std : 0.02;
-            for (std::int64_t i = 0; i < n; ++i) {
-                switch (p.kind) {
-                    case parameter_kind::bias:
-                        d[i] = T(0);
-                        break;
-                    case parameter_kind::norm:
-                        d[i] = p.name.ends_with(".weight") ? T(1) : T(0);
-                        break;
-                    default:
-                        d[i] = static_cast<T>(rng.normal() * std);
+            for (std::int64_t first = 0; first < n; first += direct ? n : chunk) {
+                const std::int64_t m = direct ? n : std::min(chunk, n - first);
+                T* d = direct ? p.value.data() : staged.data();
+                for (std::int64_t i = 0; i < m; ++i) {
+                    switch (p.kind) {
+                        case parameter_kind::bias:
+                            d[i] = T(0);
+                            break;
+                        case parameter_kind::norm:
+                            d[i] = p.name.ends_with(".weight") ? T(1) : T(0);
+                            break;
+                        default:
+                            d[i] = static_cast<T>(rng.normal() * std);
+                    }
                 }
+                if (!direct) this->write_base(k, d, std::size_t(first), std::size_t(m));
             }
-            if (!direct) this->write_base(k, d);
         }
         init_lora(seed);
     }

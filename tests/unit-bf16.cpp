@@ -18,12 +18,14 @@
 #include <nlohmann/json.hpp>
 
 #include "distill/device/cpu.hpp"
+#include "distill/distill.hpp"
 #include "distill/io/hf.hpp"
 #include "distill/io/weights.hpp"
 #include "distill/optim/adam.hpp"
 #include "distill/student/transformer.hpp"
 #include "distill/student/transformer_memory.hpp"
 #include "distill/teacher.hpp"
+#include "teacher_fixtures.hpp"
 #include "testing.hpp"
 
 namespace {
@@ -344,5 +346,62 @@ TEST_CASE("bf16 storage: logits of the Hugging Face fixtures equal PyTorch's wit
         // 0.08 (llama): 1e-4 tells all of these apart.
         check_close(name + " logits", got.data(), want.data(), std::int64_t(got.size()), 1e-4, 1e-4);
         CHECK(moved > 100 * 1e-4);  // the reference is not the fp32 model's
+    }
+}
+
+TEST_CASE("bf16 storage: a bf16 Distiller's memory plan counts the bf16 arenas and says so") {
+    if (skip()) return;
+    using D = Distiller<teacher::Model<student::Transformer>, student::Transformer,
+                        loss::Sum<loss::SoftKL, loss::HardCE>, optim::AdamW, device::Cpu>;
+    distill::testing::TempDir dir("memory-plan-bf16");
+    distill::testing::write_tiny_teacher(dir / "teacher.safetensors", 1, 96);
+    std::string prompts;
+    for (int i = 0; i < 8; ++i) prompts += nlohmann::json{{"prompt", "add " + std::to_string(i)}}.dump() + "\n";
+    distill::testing::write_text(dir / "train.jsonl", prompts);
+    const device::Cpu dev(1, device::precision::bf16);
+    teacher::ModelConfig tc{
+        .weights = (dir / "teacher.safetensors").string(), .max_batch = 16, .keep_activations = false};
+    teacher::Model<student::Transformer> t(tc, dev);
+    CHECK(t.network().bf16_only_weights());  // a teacher loaded from distill's weights file into bf16
+    for (bool lora : {false, true}) {
+        INFO("lora ", lora);
+        nlohmann::json j{
+            {"teacher",
+             {{"kind", "model"}, {"weights", (dir / "teacher.safetensors").string()}, {"keep_activations", false}}},
+            {"student",
+             {{"vocab_size", 263},
+              {"context_length", 96},
+              {"d_model", 24},
+              {"n_layers", 1},
+              {"n_heads", 2},
+              {"d_ff", 48}}},
+            {"training_data", (dir / "train.jsonl").string()},
+            {"task_type", "math"},
+            {"precision", "bf16"},
+            {"hyperparameters", {{"batch_size", 16}, {"max_steps", 2}}},
+            {"loss", {{"soft_kl", {{"weight", 1.0}}}, {"hard_ce", {{"weight", 0.5}}}}},
+            {"output_dir", (dir / (lora ? "lora" : "full")).string()}};
+        if (lora) j["lora"] = {{"rank", 4}, {"alpha", 8}, {"targets", {"qkv", "o"}}};
+        const Job job = parse_job(j);
+        D d(job, t, dev, {.quiet = true});
+        const eval::MemoryPlan plan = d.memory_plan();
+        student::TransformerConfig sc = d.setup().student;
+        sc.lora = job.lora;
+        const int B = job.hyperparameters.loop.batch_size;
+        student::Transformer<float, device::Cpu> s(sc, B, dev);
+        CHECK(s.bf16_only_weights() == lora);
+        const std::string weights = lora ? "student weights (frozen)" : "student weights";
+        const std::int64_t activations =
+            std::int64_t(s.activation_bytes() + sizeof(std::int32_t) * B * sc.context_length);
+        CHECK(plan.bytes_of(weights) + plan.bytes_of("student LoRA adapters") + plan.bytes_of("student gradients") +
+                  plan.bytes_of("student activations") ==
+              std::int64_t(s.arena_bytes()));
+        CHECK(plan.bytes_of("student activations") == activations);
+        CHECK(plan.bytes_of("teacher") == std::int64_t(t.network().arena_bytes()));
+        for (const auto& part : plan.parts()) {
+            if (part.name == weights)
+                CHECK(part.detail.find(lora ? "bf16 matrices" : "fp32 masters + bf16 copies") != std::string::npos);
+            if (part.name == "teacher") CHECK(part.detail.find("bf16 weights") != std::string::npos);
+        }
     }
 }

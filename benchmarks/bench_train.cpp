@@ -166,8 +166,9 @@ eval::MemoryPlan memory_plan(const Size& s, student::activations mode,
         std::int64_t file = 0;
         for (const auto& e : std::filesystem::directory_iterator(hf))
             if (e.path().extension() == ".safetensors") file += std::int64_t(e.file_size());
-        // a host image of the fp32 values (io::hf::load); bf16-only storage is read tensor by tensor
-        const std::int64_t largest = std::int64_t(sizeof(float)) * s.teacher.d_model *
+        // a host image of the fp32 values (io::hf::load); bf16-only storage is read parameter by
+        // parameter (its buffer, and a second of its size for a transposed or tied tensor)
+        const std::int64_t largest = std::int64_t(2 * sizeof(float)) * s.teacher.d_model *
                                      std::max({s.teacher.vocab_size, s.teacher.qkv_width(), s.teacher.fc_width()});
         const std::int64_t image =
             std::max(t.base_weights_fp32 ? std::int64_t(t.base_weights - t.base_weights_bf16) : largest,

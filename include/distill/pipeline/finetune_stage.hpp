@@ -769,8 +769,9 @@ public:
             } else {
                 file = std::int64_t(fs::file_size(from, ec));
             }
-            // the host image of the fp32 values; weights stored in bf16 alone are read one tensor at a time
-            const std::int64_t largest = std::int64_t(sizeof(float)) * cfg.d_model *
+            // the host image of the fp32 values; weights stored in bf16 alone are read one parameter at
+            // a time (its buffer, and a second of its size for a transposed or tied tensor)
+            const std::int64_t largest = std::int64_t(2 * sizeof(float)) * cfg.d_model *
                                          std::max({cfg.vocab_size, cfg.qkv_width(), cfg.fc_width(), cfg.d_ff});
             const std::int64_t image = !s_.student_from_hf() ? 0
                                        : m.base_weights_fp32 ? std::int64_t(m.base_weights - m.base_weights_bf16)

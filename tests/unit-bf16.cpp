@@ -220,6 +220,28 @@ TEST_CASE("bf16 storage: trainable weights (fp32 masters + bf16 copies) train as
     }
 }
 
+TEST_CASE("bf16 storage: a frozen model (a teacher that keeps activations) keeps bf16 alone in training mode") {
+    if (skip()) return;
+    auto cfg = llama_like();
+    cfg.frozen = true;
+    auto plain = cfg;
+    plain.bf16_weights = false;
+    Net ref(plain, 2, bf16_cpu()), m(cfg, 2, bf16_cpu());
+    ref.init(12);
+    round_matrices(ref);
+    copy_base(ref, m);
+    CHECK(m.bf16_only_weights());
+    CHECK(student::transformer_memory<float>(cfg, 2, student::activations::training, true).total() == m.arena_bytes());
+    const auto tokens = tokens_for(cfg, 2 * 7);
+    ref.forward(tokens.data(), 2, 7);
+    m.forward(tokens.data(), 2, 7);
+    CHECK(bits_equal(values(m.logits()), values(ref.logits())));
+    for (int l = 0; l < cfg.n_layers; ++l) {  // what transfer losses read
+        CHECK(bits_equal(values(m.attention(l)), values(ref.attention(l))));
+        CHECK(bits_equal(values(m.qkv(l)), values(ref.qkv(l))));
+    }
+}
+
 TEST_CASE("bf16 storage: a LoRA base in bf16 alone gives the adapters the gradients of an fp32-stored base") {
     if (skip()) return;
     for (auto cfg : {gpt2_like(), llama_like()}) {

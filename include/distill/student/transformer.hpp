@@ -74,10 +74,13 @@ struct TransformerConfig {
     LoraConfig lora{};
     /// Under `precision::bf16` on a device that multiplies by stored bf16 weights (`device::Cpu` with
     /// oneDNN): the GEMM matrices (token embedding, q|k|v, o, MLP, head) are stored in bf16 — alone
-    /// when frozen (activations::inference, or the LoRA base), else beside the fp32 master the
+    /// when frozen (activations::inference, the LoRA base, `frozen`), else beside the fp32 master the
     /// optimizer updates. false keeps fp32 storage and rounds each weight in every GEMM (the same
     /// products; tests compare the two). Not a key of the `student` object.
     bool bf16_weights = true;
+    /// No optimizer updates this model's weights (a teacher, in any activations mode): under bf16
+    /// storage its matrices are kept in bf16 alone, as those of activations::inference are. Not a key.
+    bool frozen = false;
 
     /// Key/value heads actually used.
     int kv_heads() const noexcept { return n_kv_heads ? n_kv_heads : n_heads; }
@@ -962,7 +965,7 @@ private:
         // the GEMM matrices' storage (see TransformerConfig::bf16_weights)
         storage matrix = storage::fp32;
         if (stores_bf16_weights<T>(cfg_, dev_))
-            matrix = !trains() || cfg_.lora.enabled() ? storage::bf16 : storage::fp32_bf16;
+            matrix = !trains() || cfg_.lora.enabled() || cfg_.frozen ? storage::bf16 : storage::fp32_bf16;
         bf16_masters_ = matrix == storage::fp32_bf16;
         auto add_matrix = [&](std::string name, std::initializer_list<std::int64_t> shape, parameter_kind kind) {
             return this->add_parameter(std::move(name), shape, kind, matrix);

@@ -45,7 +45,7 @@ struct TransformerMemory {
 /// The arenas a `Transformer<T, Device>(config, max_batch, device, mode)` allocates, without allocating.
 /// `bf16_storage`: whether that device stores the GEMM matrices in bf16 (`stores_bf16_weights(config,
 /// device)`: precision::bf16 on device::Cpu with oneDNN) — then they take 2 bytes an element, beside
-/// their fp32 masters when they train, alone when frozen (activations::inference, LoRA).
+/// their fp32 masters when they train, alone when frozen (activations::inference, LoRA, `frozen`).
 /// Throws `config_error` as the constructor does for a config out of range or max_batch < 1.
 template <class T = float>
 TransformerMemory transformer_memory(const TransformerConfig& config, int max_batch,
@@ -64,7 +64,7 @@ TransformerMemory transformer_memory(const TransformerConfig& config, int max_ba
     // value arena); bf16: the bf16 copies of the GEMM matrices
     detail::ArenaLayout params, fp32, bf16, adapters;
     const bool matrices_bf16 = bf16_storage && c.bf16_weights;
-    const bool bf16_alone = matrices_bf16 && (!trains || lc.enabled());
+    const bool bf16_alone = matrices_bf16 && (!trains || lc.enabled() || c.frozen);
     auto add = [&](std::string name, std::int64_t n, bool matrix = false) {
         if (!(matrix && bf16_alone)) fp32.add<T>(name, {n});
         if (matrix && matrices_bf16) bf16.add<std::uint16_t>(name, {n});

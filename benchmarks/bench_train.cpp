@@ -147,16 +147,21 @@ double minimum_bytes(const Size& s, bool checkpoint) {
 // load), AdamW's two moments per trainable element, the loss's workspace.
 eval::MemoryPlan memory_plan(const Size& s, student::activations mode,
                              const loss::Sum<loss::SoftKL, loss::HardCE>::config& lc, const loss::dims& dims,
-                             const std::string& hf) {
-    const auto m = student::transformer_memory<float>(s.student, s.batch, mode);
-    const auto t = student::transformer_memory<float>(s.teacher, s.batch, student::activations::inference);
+                             const std::string& hf, const device::Cpu& dev) {
+    const bool bf16_s = student::stores_bf16_weights<float>(s.student, dev),
+               bf16_t = student::stores_bf16_weights<float>(s.teacher, dev);
+    const auto m = student::transformer_memory<float>(s.student, s.batch, mode, bf16_s);
+    const auto t = student::transformer_memory<float>(s.teacher, s.batch, student::activations::inference, bf16_t);
     detail::ArenaLayout state;  // optim::detail::StateArena's layout
     for (int slot = 0; slot < 2; ++slot)
         for (const auto& p : m.trainable) state.add<float>(p.first, {p.second});
     eval::MemoryPlan plan;
     const bool lora = s.student.lora.enabled();
-    plan.add("teacher", std::int64_t(t.total()), "inference");
-    plan.add(lora ? "student weights (frozen)" : "student weights", std::int64_t(m.base_weights));
+    plan.add("teacher", std::int64_t(t.total()), bf16_t ? "inference, bf16 matrices" : "inference");
+    plan.add(lora ? "student weights (frozen)" : "student weights", std::int64_t(m.base_weights),
+             !bf16_s               ? "fp32"
+             : m.base_weights_fp32 ? "fp32 masters + bf16 copies"
+                                   : "bf16 matrices");
     if (lora) plan.add("student LoRA adapters", std::int64_t(m.adapter_weights));
     plan.add("student gradients", std::int64_t(m.gradients()));
     plan.add("student activations", std::int64_t(m.activations + m.tokens),
@@ -165,7 +170,14 @@ eval::MemoryPlan memory_plan(const Size& s, student::activations mode,
         std::int64_t file = 0;
         for (const auto& e : std::filesystem::directory_iterator(hf))
             if (e.path().extension() == ".safetensors") file += std::int64_t(e.file_size());
-        plan.add_transient("reading " + hf, file + std::int64_t(m.base_weights), "mapped files + host image");
+        // a host image of the fp32 values (io::hf::load); bf16-only storage is read parameter by
+        // parameter (its buffer, and a second of its size for a transposed or tied tensor)
+        const std::int64_t largest = std::int64_t(2 * sizeof(float)) * s.teacher.d_model *
+                                     std::max({s.teacher.vocab_size, s.teacher.qkv_width(), s.teacher.fc_width()});
+        const std::int64_t image =
+            std::max(t.base_weights_fp32 ? std::int64_t(t.base_weights - t.base_weights_bf16) : largest,
+                     m.base_weights_fp32 ? std::int64_t(m.base_weights - m.base_weights_bf16) : largest);
+        plan.add_transient("reading " + hf, file + image, "mapped files + host image");
     }
     plan.add("optimizer state", std::int64_t(sizeof(float) * state.size()), "AdamW");
     const loss::Sum<loss::SoftKL, loss::HardCE> probe(lc, dims);
@@ -256,7 +268,7 @@ int main(int argc, char** argv) {
     // The memory plan of the step, computed before anything of it is allocated; the measured peak is
     // what the process adds from here on.
     const loss::dims dims{loss::model_dims_of_config(size.student), loss::model_dims_of_config(size.teacher), B, Tctx};
-    const eval::MemoryPlan plan = memory_plan(size, mode, lc, dims, hf);
+    const eval::MemoryPlan plan = memory_plan(size, mode, lc, dims, hf, dev);
     eval::PeakMemory measured;
     student::Transformer<float, device::Cpu> teacher(size.teacher, B, dev, student::activations::inference);
     student::Transformer<float, device::Cpu> student(size.student, B, dev, mode);

@@ -66,9 +66,15 @@ inline double exact_match(const std::vector<distill::data::MathProblem>& problem
     return problems.empty() ? 0.0 : double(hits) / double(problems.size());
 }
 
-/// Copies `net`'s current weights into `runner` (same architecture config).
+/// Copies `net`'s current weights into `runner` (same architecture config), parameter by parameter
+/// (either may store its matrices in bf16: precision bf16).
 inline void copy_weights(const Net& net, Runner& runner) {
-    std::copy(net.parameter_data(), net.parameter_data() + net.arena_size(), runner.network().parameter_data());
+    std::vector<float> values;
+    for (std::size_t k = 0; k < net.base_parameters().size(); ++k) {
+        values.resize(std::size_t(net.base_parameters()[k].value.numel()));
+        net.read_base(k, values.data());
+        runner.network().write_base(k, values.data());
+    }
 }
 
 /// A runner config for in-memory networks.

@@ -305,9 +305,18 @@ std::string network_digest(std::string_view tag, const Network& net) {
     ::distill::detail::Sha256 h;
     h.update(tag);
     h.update(io::to_json(net.config()).dump());
-    for (const auto& p : net.parameters()) {
+    for (std::size_t k = 0; k < net.parameters().size(); ++k) {
+        const auto& p = net.parameters()[k];
         const auto n = static_cast<std::size_t>(p.value.numel());
         h.update(p.name);
+        if constexpr (requires { net.read_base(k, p.value.data()); }) {
+            if (net.bf16_only_weights() && !net.frozen_base()) {  // stored in bf16 alone: its widened values
+                std::vector<std::remove_cvref_t<decltype(*p.value.data())>> host(n);
+                net.read_base(k, host.data());
+                h.update(host.data(), sizeof(host[0]) * n);
+                continue;
+            }
+        }
         h.update(::distill::detail::read_on_host(net.device(), p.value.data(), n).data(), sizeof(*p.value.data()) * n);
     }
     return h.hex().substr(0, 32);

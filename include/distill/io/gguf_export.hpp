@@ -626,8 +626,9 @@ void save(const std::filesystem::path& file, const Model& model, const ExportOpt
         const auto f = detail::llama3_rope_factors(c);
         add("rope_freqs.weight", {std::int64_t(f.size())}, f.data());
     }
-    for (const auto& p : model.base_parameters()) {
-        const float* data = host.data() + (p.value.data() - model.parameter_data());
+    for (std::size_t k = 0; k < model.base_parameters().size(); ++k) {
+        const auto& p = model.base_parameters()[k];
+        const float* data = host.data() + model.image_offset(k);
         std::vector<std::int64_t> shape(p.value.shape().begin(), p.value.shape().begin() + p.value.rank());
         const std::string& n = p.name;
         if (n == "wte.weight") {

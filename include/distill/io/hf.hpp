@@ -461,16 +461,13 @@ inline tensor_map bert_tensor(const std::string& name, const std::string& prefix
 
 namespace detail {
 
-// A host image of `model`'s parameter arena (a copy where the device has its own memory); with
-// LoRA adapters, merged into the base weights.
+// A host image of `model`'s base parameters (`base_image()`: parameter k at `image_offset(k)`, bf16
+// storage widened); with LoRA adapters, merged into the base weights.
 template <class Model>
 std::vector<typename Model::scalar_type> host_parameters(const Model& model) {
     if constexpr (requires { model.merged_parameters(); })
         if (model.frozen_base()) return model.merged_parameters();
-    using T = typename Model::scalar_type;
-    std::vector<T> host(model.arena_size());
-    model.device().copy(host.data(), model.parameter_data(), sizeof(T) * host.size());
-    return host;
+    return model.base_image();
 }
 
 // out(cols, rows) = in(rows, cols)ᵀ: GPT-2's Conv1D (in, out) <-> the student's (out, in).
@@ -546,12 +543,15 @@ void load(const Directory& ckpt, Model& model) {
     std::vector<source> sources;
     std::set<std::string> used;
     std::vector<std::string> missing;
-    std::size_t embedding = 0;  // offset of the token embedding, which a tied head must equal
-    for (const auto& p : model.base_parameters()) {
+    std::size_t embedding = 0;              // offset of the token embedding, which a tied head must equal
+    std::vector<std::size_t> first_source;  // per base parameter: its first entry in `sources`
+    for (std::size_t k = 0; k < model.base_parameters().size(); ++k) {
+        const auto& p = model.base_parameters()[k];
+        first_source.push_back(sources.size());
         const tensor_map m = map_name(p.name);
         std::vector<std::int64_t> shape(p.value.shape().begin(), p.value.shape().begin() + p.value.rank());
         if (m.transposed) std::reverse(shape.begin(), shape.end());
-        std::size_t offset = std::size_t(p.value.data() - model.parameter_data());
+        std::size_t offset = model.image_offset(k);
         if (p.name == "wte.weight") embedding = offset;
         for (std::size_t i = 0; i < m.hf_names.size(); ++i) {
             const std::string& hf_name = m.hf_names[i];
@@ -593,19 +593,53 @@ void load(const Directory& ckpt, Model& model) {
         throw format_error(ckpt.directory(), 0, what);
     }
 
-    std::vector<T> host(model.arena_size(), T(0));
     std::vector<T> staged;
-    for (const auto& s : sources) {
+    // reads source s into dst (numel elements), transposing what the checkpoint stores (in, out)
+    auto read = [&](const source& s, T* dst) {
         const auto n = static_cast<std::size_t>(s.info->numel());
         if (!s.transposed) {
-            s.file->read(*s.info, std::span<T>(host.data() + s.offset, n));
-            continue;
+            s.file->read(*s.info, std::span<T>(dst, n));
+            return;
         }
         staged.resize(n);
         s.file->read(*s.info, std::span<T>(staged));
-        detail::transpose(staged.data(), host.data() + s.offset, std::size_t(s.info->shape[0]),
-                          std::size_t(s.info->shape[1]));  // stored (in, out) → (out, in)
+        detail::transpose(staged.data(), dst, std::size_t(s.info->shape[0]), std::size_t(s.info->shape[1]));
+    };
+    if constexpr (requires { model.bf16_only_weights(); }) {
+        if (model.bf16_only_weights()) {
+            // weights stored in bf16 alone: one parameter at a time through a host buffer of its size
+            // (never an fp32 image of the model), rounded into its storage by write_base. Every
+            // name, shape and dtype was checked above; only a read error can stop it half way.
+            std::vector<T> one;
+            if (tied_head) {  // the head the checkpoint carries must equal its embedding
+                const auto [file, info] = *ckpt.find("lm_head.weight");
+                const source* wte = nullptr;
+                for (const auto& s : sources)
+                    if (s.offset == embedding) wte = &s;
+                if (!wte || info->shape != wte->info->shape || !is_floating(info->type))
+                    throw format_error(file->path(), 0,
+                                       "lm_head.weight: expected the tied embedding's shape and a float dtype");
+                one.resize(std::size_t(info->numel()));
+                read(*wte, one.data());
+                std::vector<T> head(one.size());
+                file->read(*info, std::span<T>(head));
+                if (head != one)
+                    throw format_error(file->path(), 0,
+                                       "lm_head.weight differs from the token embedding, but config.json ties them "
+                                       "(tie_word_embeddings)");
+            }
+            first_source.push_back(sources.size());
+            for (std::size_t k = 0; k + 1 < first_source.size(); ++k) {
+                one.resize(std::size_t(model.base_parameters()[k].value.numel()));
+                for (std::size_t i = first_source[k]; i < first_source[k + 1]; ++i)
+                    read(sources[i], one.data() + (sources[i].offset - model.image_offset(k)));
+                model.write_base(k, one.data());
+            }
+            return;
+        }
     }
+    std::vector<T> host(model.arena_size(), T(0));
+    for (const auto& s : sources) read(s, host.data() + s.offset);
     if (tied_head) {
         const auto [file, info] = *ckpt.find("lm_head.weight");
         const std::size_t n = std::size_t(model.config().vocab_size) * std::size_t(model.config().d_model);
@@ -633,10 +667,12 @@ void save_encoder(const std::filesystem::path& dir, const Model& model, dtype ou
     std::filesystem::create_directories(dir / "1_Pooling");
     const std::vector<T> host = detail::host_parameters(model);
     std::vector<named_tensor<const T>> tensors;
-    for (const auto& p : model.parameters())
+    for (std::size_t k = 0; k < model.parameters().size(); ++k) {
+        const auto& p = model.parameters()[k];
         tensors.push_back(
-            {bert_tensor(p.name, "").hf_names[0], host.data() + (p.value.data() - model.parameter_data()),
+            {bert_tensor(p.name, "").hf_names[0], host.data() + model.image_offset(k),
              std::vector<std::int64_t>(p.value.shape().begin(), p.value.shape().begin() + p.value.rank())});
+    }
     save_tensors<T>(dir / "model.safetensors", tensors, out, {{"format", "pt"}});
     nlohmann::json config = {{"architectures", {"BertModel"}},
                              {"model_type", "bert"},
@@ -755,10 +791,11 @@ void save(const std::filesystem::path& dir, const Model& model, dtype out = dtyp
         const std::vector<T> host = detail::host_parameters(model);
         std::vector<std::vector<T>> transposed;  // owners of the (in, out) copies
         std::vector<named_tensor<const T>> tensors;
-        for (const auto& p : model.base_parameters()) {
+        for (std::size_t k = 0; k < model.base_parameters().size(); ++k) {
+            const auto& p = model.base_parameters()[k];
             const tensor_map m = model_type == "gpt2" ? gpt2_tensor(p.name, "transformer.")
                                                       : llama_tensor(c, model_type, p.name, "model.");
-            const T* data = host.data() + (p.value.data() - model.parameter_data());
+            const T* data = host.data() + model.image_offset(k);
             std::vector<std::int64_t> shape(p.value.shape().begin(), p.value.shape().begin() + p.value.rank());
             if (m.transposed) {
                 auto& t = transposed.emplace_back(std::size_t(shape[0] * shape[1]));

@@ -644,10 +644,11 @@ private:
 /// data is copied, so on error no target has been touched: every target must exist in the file with
 /// exactly its shape and a floating-point dtype, and the file must hold no tensor that is not a target.
 /// Throws format_error naming the missing and unexpected tensors, shape_error naming the tensor and
-/// both shapes, or distill::error for duplicate or null targets.
+/// both shapes, or distill::error for duplicate or null targets. With `read` false it only checks
+/// (null targets allowed): a caller that stores tensors its own way reads them afterwards.
 /// @tparam T float or double; give it explicitly when passing a vector: `load_tensors<float>(file, params)`.
 template <class T>
-void load_tensors(const safetensors_file& file, std::span<const named_tensor<T>> targets) {
+void load_tensors(const safetensors_file& file, std::span<const named_tensor<T>> targets, bool read = true) {
     static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "load_tensors loads float or double");
     const std::string where = file.path().string() + ": ";
 
@@ -689,11 +690,12 @@ void load_tensors(const safetensors_file& file, std::span<const named_tensor<T>>
                                "tensor '" + target.name + "' is " + std::string(dtype_name(info.type)) +
                                    ", but the model expects a floating-point tensor");
         }
-        if (target.data == nullptr && info.numel() > 0) {
+        if (read && target.data == nullptr && info.numel() > 0) {
             throw error(where + "load_tensors: target '" + target.name + "' has no data pointer");
         }
     }
 
+    if (!read) return;
     for (const named_tensor<T>& target : targets) {
         const tensor_info& info = *file.find(target.name);
         file.read(info, std::span<T>(target.data, static_cast<std::size_t>(info.numel())));

@@ -19,9 +19,16 @@ void save_weights(const std::filesystem::path& path, const Model& model, dtype o
                   std::map<std::string, std::string> metadata = {}) {
     using T = typename Model::scalar_type;
     std::vector<named_tensor<const T>> tensors;
-    for (const auto& p : model.parameters()) {
+    std::vector<T> image;  // weights stored in bf16 alone, widened (exactly) for the file
+    if constexpr (requires { model.bf16_only_weights(); })
+        if (model.bf16_only_weights() && !model.frozen_base()) image = model.base_image();
+    for (std::size_t k = 0; k < model.parameters().size(); ++k) {
+        const auto& p = model.parameters()[k];
         std::vector<std::int64_t> shape(p.value.shape().begin(), p.value.shape().begin() + p.value.rank());
-        tensors.push_back({p.name, p.value.data(), std::move(shape)});
+        const T* data = p.value.data();
+        if constexpr (requires { model.image_offset(k); })
+            if (!image.empty()) data = image.data() + model.image_offset(k);
+        tensors.push_back({p.name, data, std::move(shape)});
     }
     metadata["config"] = to_json(model.config()).dump();
     save_tensors<T>(path, tensors, out, metadata);
@@ -71,6 +78,20 @@ void load_weights(const safetensors_file& file, Model& model) {
     for (const auto& p : model.parameters()) {
         std::vector<std::int64_t> shape(p.value.shape().begin(), p.value.shape().begin() + p.value.rank());
         targets.push_back({p.name, p.value.data(), std::move(shape)});
+    }
+    if constexpr (requires { model.bf16_only_weights(); }) {
+        if (model.bf16_only_weights() && !model.frozen_base()) {
+            // weights stored in bf16 alone: everything checked first, then one tensor at a time
+            // through a host buffer of its size, rounded into its storage (never an fp32 image)
+            load_tensors<T>(file, targets, false);
+            std::vector<T> one;
+            for (std::size_t k = 0; k < targets.size(); ++k) {
+                one.resize(std::size_t(model.parameters()[k].value.numel()));
+                file.read(*file.find(targets[k].name), std::span<T>(one));
+                model.write_base(k, one.data());
+            }
+            return;
+        }
     }
     load_tensors<T>(file, targets);
 }

@@ -354,7 +354,12 @@ private:
         teacher::ModelConfig cfg;
         cfg.weights = weights.string();
         cfg.max_batch = s_.job.evaluation.batch_size;
-        runner_type model(cfg, s_.chat_template, device_);
+        // a quantized student multiplies its ggml blocks, never a bf16 GEMM: built in fp32 so that its
+        // matrices keep fp32 values to quantize (precision bf16 would store them in bf16 alone)
+        Device dev = device_;
+        if constexpr (requires { dev.compute = device::precision::fp32; })
+            if (quantized) dev.compute = device::precision::fp32;
+        runner_type model(cfg, s_.chat_template, dev);
         if constexpr (requires { model.network().quantize(quant::type::Q8_0); }) {
             if (!quantized) return measure(model, name, requests, references, sampling, memory);
             model.network().quantize(*quantized);

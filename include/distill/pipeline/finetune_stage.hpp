@@ -671,7 +671,9 @@ private:
             if constexpr (std::is_same_v<student_config, student::TransformerConfig>) {
                 student_type s = make_student(1);
                 io::load_weights(io::safetensors_file(checkpoint / "student.safetensors"), s);
-                student_type plain(s_.student, 1, device_, student::activations::inference);
+                auto fp32_stored = s_.student;  // the merged weights in fp32 (a bf16 base widened exactly)
+                fp32_stored.bf16_weights = false;
+                student_type plain(fp32_stored, 1, device_, student::activations::inference);
                 const std::vector<float> merged = s.merged_parameters();
                 device_.copy(plain.parameter_data(), merged.data(), sizeof(float) * merged.size());
                 io::save_weights(file, plain);
@@ -700,7 +702,8 @@ public:
                 if (s_.job.activation_checkpointing) return activations::checkpointed;
             return activations::training;
         }();
-        const student::TransformerMemory m = student::transformer_memory<float>(cfg, B, mode);
+        const bool bf16_storage = student::stores_bf16_weights<float>(cfg, device_);
+        const student::TransformerMemory m = student::transformer_memory<float>(cfg, B, mode, bf16_storage);
         auto count = [](std::int64_t n) {
             std::string s = std::to_string(n);
             for (int i = int(s.size()) - 3; i > 0; i -= 3) s.insert(std::size_t(i), ",");
@@ -725,10 +728,12 @@ public:
         std::string teacher_note = "not in process";
         auto add_network = [&](const auto& net) {
             if constexpr (requires { net.mode(); }) {
-                teacher_bytes +=
-                    std::int64_t(student::transformer_memory<float>(net.config(), net.max_batch(), net.mode()).total());
+                const bool bf16 = student::stores_bf16_weights<float>(net.config(), net.device());
+                teacher_bytes += std::int64_t(
+                    student::transformer_memory<float>(net.config(), net.max_batch(), net.mode(), bf16).total());
                 teacher_note = "in process, batch " + std::to_string(net.max_batch()) +
-                               (net.mode() == activations::inference ? ", inference" : ", keeps activations");
+                               (net.mode() == activations::inference ? ", inference" : ", keeps activations") +
+                               (bf16 ? ", bf16 weights" : "");
             }
         };
         if constexpr (detail::is_ensemble<Teacher>) {
@@ -740,7 +745,9 @@ public:
         plan.add("teacher", teacher_bytes, teacher_note, teacher_bytes > 0);
         const bool lora = cfg.lora.enabled();
         plan.add(lora ? "student weights (frozen)" : "student weights", std::int64_t(m.base_weights),
-                 count(cfg.parameter_count()) + " fp32");
+                 count(cfg.parameter_count()) + (!bf16_storage         ? " fp32"
+                                                 : m.base_weights_fp32 ? " fp32 masters + bf16 copies of the matrices"
+                                                                       : " bf16 matrices, fp32 norms and biases"));
         if (lora)
             plan.add("student LoRA adapters", std::int64_t(m.adapter_weights),
                      "rank " + std::to_string(cfg.lora.rank) + " on " + std::to_string(cfg.lora.targets.size()) +
@@ -762,7 +769,13 @@ public:
             } else {
                 file = std::int64_t(fs::file_size(from, ec));
             }
-            const std::int64_t image = s_.student_from_hf() ? std::int64_t(m.base_weights) : 0;
+            // the host image of the fp32 values; weights stored in bf16 alone are read one parameter at
+            // a time (its buffer, and a second of its size for a transposed or tied tensor)
+            const std::int64_t largest = std::int64_t(2 * sizeof(float)) * cfg.d_model *
+                                         std::max({cfg.vocab_size, cfg.qkv_width(), cfg.fc_width(), cfg.d_ff});
+            const std::int64_t image = !s_.student_from_hf() ? 0
+                                       : m.base_weights_fp32 ? std::int64_t(m.base_weights - m.base_weights_bf16)
+                                                             : largest;
             plan.add_transient("reading student_weights", file + image,
                                s_.student_from_hf() ? "mapped files + host image" : "mapped file");
         }

@@ -22,6 +22,7 @@
 
 #include "distill/detail/arena.hpp"
 #include "distill/detail/hash.hpp"
+#include "distill/detail/parallel.hpp"
 #include "distill/detail/rng.hpp"
 #include "distill/device.hpp"
 #include "distill/error.hpp"
@@ -71,6 +72,15 @@ struct TransformerConfig {
     /// Low-rank adapters (student/lora.hpp); off by default. Not a key of the `student` object: the
     /// job's top-level `lora` sets it, and it is not part of the config saved with weights.
     LoraConfig lora{};
+    /// Under `precision::bf16` on a device that multiplies by stored bf16 weights (`device::Cpu` with
+    /// oneDNN): the GEMM matrices (token embedding, q|k|v, o, MLP, head) are stored in bf16 — alone
+    /// when frozen (activations::inference, the LoRA base, `frozen`), else beside the fp32 master the
+    /// optimizer updates. false keeps fp32 storage and rounds each weight in every GEMM (the same
+    /// products; tests compare the two). Not a key of the `student` object.
+    bool bf16_weights = true;
+    /// No optimizer updates this model's weights (a teacher, in any activations mode): under bf16
+    /// storage its matrices are kept in bf16 alone, as those of activations::inference are. Not a key.
+    bool frozen = false;
 
     /// Key/value heads actually used.
     int kv_heads() const noexcept { return n_kv_heads ? n_kv_heads : n_heads; }
@@ -143,6 +153,17 @@ struct TransformerConfig {
 
 template <class T, class Device>
 class Transformer;
+
+/// Whether a `Transformer<T, Device>` built with `config` on `dev` stores its GEMM matrices in bf16
+/// (`TransformerConfig::bf16_weights`, under precision::bf16, on a device that multiplies by stored
+/// bf16 weights: device::Cpu with oneDNN).
+template <class T, class Device>
+bool stores_bf16_weights(const TransformerConfig& config, const Device& dev) {
+    if constexpr (bf16_weight_device<Device> && std::is_same_v<T, float>)
+        return config.bf16_weights && device::compute_precision_of(dev) == device::precision::bf16;
+    else
+        return false;
+}
 
 /// The inverse frequencies (hs/2) of a rotary config's pairs for a sequence of `seq_len` positions,
 /// as transformers' ROPE_INIT_FUNCTIONS compute them: theta^(-2i/hs), then the scaling variant
@@ -260,32 +281,36 @@ public:
     void init(std::uint64_t seed) {
         Rng rng(seed);
         const double proj_std = 0.02 / std::sqrt(2.0 * cfg_.n_layers);
-        std::vector<T> staged;  // a host image of the parameter arena for devices with their own memory
-        T* base = this->parameter_data();
-        if constexpr (Device::memory != memory_space::host) {
-            staged.assign(this->arena_size(), T(0));
-            base = staged.data();
-        }
-        for (const auto& p : this->base_parameters()) {
-            T* d = base + (p.value.data() - this->parameter_data());
+        // values are drawn into the fp32 arena where they live on the host, else through a host
+        // chunk written with write_base (bf16 storage, devices with their own memory): no fp32 image
+        constexpr std::int64_t chunk = 1 << 16;
+        std::vector<T> staged;
+        const auto& params = this->base_parameters();
+        for (std::size_t k = 0; k < params.size(); ++k) {
+            const auto& p = params[k];
             const std::int64_t n = p.value.numel();
+            const bool direct = Device::memory == memory_space::host && this->base_storage(k) == storage::fp32;
+            if (!direct) staged.assign(std::size_t(std::min(n, chunk)), T(0));
             const bool residual_proj = p.name.ends_with("c_proj.weight");
             const double std = p.name == "wpe.weight" ? 0.01 : residual_proj ? proj_std : 0.02;
-            for (std::int64_t i = 0; i < n; ++i) {
-                switch (p.kind) {
-                    case parameter_kind::bias:
-                        d[i] = T(0);
-                        break;
-                    case parameter_kind::norm:
-                        d[i] = p.name.ends_with(".weight") ? T(1) : T(0);
-                        break;
-                    default:
-                        d[i] = static_cast<T>(rng.normal() * std);
+            for (std::int64_t first = 0; first < n; first += direct ? n : chunk) {
+                const std::int64_t m = direct ? n : std::min(chunk, n - first);
+                T* d = direct ? p.value.data() : staged.data();
+                for (std::int64_t i = 0; i < m; ++i) {
+                    switch (p.kind) {
+                        case parameter_kind::bias:
+                            d[i] = T(0);
+                            break;
+                        case parameter_kind::norm:
+                            d[i] = p.name.ends_with(".weight") ? T(1) : T(0);
+                            break;
+                        default:
+                            d[i] = static_cast<T>(rng.normal() * std);
+                    }
                 }
+                if (!direct) this->write_base(k, d, std::size_t(first), std::size_t(m));
             }
         }
-        if constexpr (Device::memory != memory_space::host)
-            dev_.copy(this->parameter_data(), staged.data(), sizeof(T) * staged.size());
         init_lora(seed);
     }
 
@@ -317,16 +342,16 @@ public:
 
     /// A host image of the base parameter arena (`parameter_data()`'s layout) with every adapter
     /// merged, W += (alpha / r) · B · A on its rows: the weights PEFT's merge_and_unload gives.
+    /// Its layout is `image_offset`'s (bf16-stored weights converted, exactly).
     std::vector<T> merged_parameters() const {
-        std::vector<T> host(this->arena_size());
-        dev_.copy(host.data(), this->parameter_data(), sizeof(T) * host.size());
+        std::vector<T> host = this->base_image();
         const double s = cfg_.lora.scaling();
         auto merge = [&](const LoraAdapter& ad, std::size_t w) {
             const int r = cfg_.lora.rank;
             std::vector<T> a(std::size_t(r) * ad.in), b(std::size_t(ad.out) * r);
             dev_.copy(a.data(), val(ad.a), sizeof(T) * a.size());
             dev_.copy(b.data(), val(ad.b), sizeof(T) * b.size());
-            T* W = host.data() + (val(w) - this->parameter_data()) + std::size_t(ad.offset) * ad.in;
+            T* W = host.data() + this->image_offset(w) + std::size_t(ad.offset) * ad.in;
             for (int i = 0; i < ad.out; ++i)
                 for (int j = 0; j < ad.in; ++j) {
                     double d = 0;
@@ -378,7 +403,13 @@ private:
             for (int n = 0; n < N; ++n) positions_[std::size_t(n)] = n % Tn;
             update_rope(Tn);
         }
-        embedding_forward(dev_, act(encoded_), tokens_, wte(), wpe(), B, Tn, C);
+        // trainable bf16 weights: their bf16 copies follow the fp32 masters (which the optimizer and
+        // loaders write between forwards), rounded once here rather than in every product
+        if (bf16_masters_) this->refresh_bf16();
+        if (bf16_only_wte())
+            embedding_bf16(tokens, B, Tn);
+        else
+            embedding_forward(dev_, act(encoded_), tokens_, wte(), wpe(), B, Tn, C);
         const T* x = act(encoded_);
         for (int l = 0; l < cfg_.n_layers; ++l) {
             block_forward(l, x, N, [&] {
@@ -408,7 +439,49 @@ private:
                 return;
             }
         }
+        if constexpr (bf16_weight_device<Device> && std::is_same_v<T, float>) {
+            if (const std::uint16_t* w16 = this->bf16_value(w)) {
+                gemm_bf16_weight(dev_, false, true, N, OC, C, T(1), in, C, w16, C, add_to_out ? T(1) : T(0), out, OC);
+                if (b != none) add_bias(dev_, out, val(b), N, OC);
+                return;
+            }
+        }
         nn::linear_forward(dev_, out, in, val(w), val(b), N, C, OC, add_to_out);
+    }
+
+    // nn::linear_backward of out = in · Wᵀ + b, din from W's bf16 copy where it has one.
+    void linear_backward(T* din, std::size_t w, std::size_t b, const T* dout, const T* in, int N, int C, int OC) {
+        if constexpr (bf16_weight_device<Device> && std::is_same_v<T, float>) {
+            if (const std::uint16_t* w16 = this->bf16_value(w)) {
+                // din(N,C) = dout(N,OC) · W(OC,C)
+                gemm_bf16_weight(dev_, false, false, N, C, OC, T(1), dout, OC, w16, C, T(0), din, C);
+                nn::linear_backward(dev_, static_cast<T*>(nullptr), grad(w), grad(b), dout, in, val(w), N, C, OC);
+                return;
+            }
+        }
+        nn::linear_backward(dev_, din, grad(w), grad(b), dout, in, val(w), N, C, OC);
+    }
+
+    // Whether the token embedding is stored in bf16 alone (its rows are widened where read).
+    bool bf16_only_wte() const noexcept { return this->base_storage(wte_) == storage::bf16; }
+    // encoded(N,C) = wte[token] (widened from bf16) + wpe[position]: embedding_forward's sum.
+    void embedding_bf16(const std::int32_t* tokens, int B, int Tn) {
+        if constexpr (bf16_weight_device<Device>) {  // host memory (device::Cpu)
+            const int C = cfg_.d_model;
+            T* out = act(encoded_);
+            distill::detail::parallel_for(dev_.threads(), std::int64_t(B) * Tn, [&](std::int64_t n) {
+                embedding_row(out + n * C, tokens[n], cfg_.rope() ? nullptr : wpe() + (n % Tn) * C);
+            });
+        }
+    }
+    // out(C) = wte[token] widened (+ pos(C)).
+    void embedding_row(T* out, std::int32_t token, const T* pos) const {
+        const int C = cfg_.d_model;
+        const std::uint16_t* e = this->bf16_value(wte_) + std::int64_t(token) * C;
+        for (int c = 0; c < C; ++c) {
+            const T v = static_cast<T>(distill::detail::bf16_to_float(e[c]));
+            out[c] = pos ? v + pos[c] : v;
+        }
     }
 
     // One block on rows x(N,C): res_out = res_attn + mlp(norm2(res_attn)), res_attn = x +
@@ -706,6 +779,11 @@ public:
         // x (B,C) = wte[token] (+ wpe[position])
         T* x = act(encoded_);
         for (int b = 0; b < B; ++b) {
+            if (bf16_only_wte()) {
+                embedding_row(x + std::int64_t(b) * C, tokens[b],
+                              cfg_.rope() ? nullptr : wpe() + std::int64_t(cache.length(b)) * C);
+                continue;
+            }
             const T* e = wte() + std::int64_t(tokens[b]) * C;
             if (cfg_.rope())
                 dev_.copy(x + std::int64_t(b) * C, e, sizeof(T) * C);
@@ -754,6 +832,10 @@ public:
     /// semantics: what llama.cpp computes from the file). The model then generates and scores; `backward` refuses it.
     /// Quantizing twice quantizes the dequantized values again, so call it once, on the trained weights.
     void quantize(quant::type type) requires(std::is_same_v<T, float>&& device::quant_device<Device>) {
+        if (this->bf16_only_weights())
+            throw config_error("device.precision",
+                               "quantize: this model stores its weights in bf16 alone (precision bf16, frozen); "
+                               "quantize one built with precision fp32");
         const std::int64_t V = cfg_.vocab_size, C = cfg_.d_model, F = cfg_.d_ff;
         auto matrix = [&](std::size_t w, std::int64_t rows, std::int64_t cols) {
             QuantizedMatrix q{quant::storable(type, cols), {}};
@@ -801,9 +883,7 @@ public:
         T* d_ln = act(d_ln_);
         if (this->frozen_base()) dev_.fill_zero(act(norm_sink_), sizeof(T) * 2 * C);
         // LM head: d_lnf (N,C) = dlogits (N,V) · head (V,C);  dhead (V,C) += dlogits^T · lnf
-        gemm(dev_, false, false, N, C, V, T(1), act(dlogits_), V, head(), C, T(0), d_ln, C);
-        if (T* dhead = grad(head_))
-            gemm(dev_, true, false, V, C, N, T(1), act(dlogits_), V, act(lnf_), C, T(1), dhead, C);
+        linear_backward(d_ln, head_, none, act(dlogits_), act(lnf_), N, C, V);  // dhead: linear_backward's dW
         if (head_lora_.a != none) lora_backward(head_lora_, -1, act(dlogits_), act(lnf_), d_ln, N);
         if (const T* e = extra(d_hidden, L, std::int64_t(N) * C)) accumulate(dev_, d_ln, e, std::int64_t(N) * C);
         dev_.fill_zero(d_res, sizeof(T) * N * C);
@@ -824,19 +904,17 @@ public:
                 if (const T* e = extra(d_hidden, l + 1, std::int64_t(N) * C))
                     accumulate(dev_, d_res, e, std::int64_t(N) * C);
             // MLP branch: res_out = res_attn + proj(act(fc(norm2(res_attn))))
-            nn::linear_backward(dev_, act(d_act_), grad(w.mlp_proj_w), grad(w.mlp_proj_b), d_res, act(a.fc_act),
-                                val(w.mlp_proj_w), N, F, C);
+            linear_backward(act(d_act_), w.mlp_proj_w, w.mlp_proj_b, d_res, act(a.fc_act), N, F, C);
             lora_linear_backward(l, 3, d_res, act(a.fc_act), act(d_act_), N);
             if (cfg_.swiglu())
                 swiglu_backward(dev_, act(d_fc_), act(a.fc), act(d_act_), N, F);
             else
                 gelu_backward(dev_, act(d_fc_), act(a.fc), act(d_act_), std::int64_t(N) * F);
-            nn::linear_backward(dev_, d_ln, grad(w.fc_w), grad(w.fc_b), act(d_fc_), act(a.ln2), val(w.fc_w), N, C, F1);
+            linear_backward(d_ln, w.fc_w, w.fc_b, act(d_fc_), act(a.ln2), N, C, F1);
             lora_linear_backward(l, 2, act(d_fc_), act(a.ln2), d_ln, N);
             norm_backward(d_res, d_ln, act(a.res_attn), w.ln2_w, w.ln2_b, act(a.ln2_mean), act(a.ln2_rstd), N);
             // attention branch: res_attn = x_in + proj(attention(rope(qkv(norm1(x_in)))))
-            nn::linear_backward(dev_, act(d_atty_), grad(w.proj_w), grad(w.proj_b), d_res, act(a.atty), val(w.proj_w),
-                                N, C, C);
+            linear_backward(act(d_atty_), w.proj_w, w.proj_b, d_res, act(a.atty), N, C, C);
             lora_linear_backward(l, 1, d_res, act(a.atty), act(d_atty_), N);
             nn::attention_backward(dev_, act(d_qkv_), act(d_att_), act(d_atty_), act(a.qkv), act(a.att),
                                    extra(d_attention, l, std::int64_t(B) * H * Tn * Tn), B, Tn, H, cfg_.kv_heads(),
@@ -846,8 +924,7 @@ public:
             if (cfg_.rope())
                 rope_rotate(dev_, act(d_qkv_), rope_cos(), rope_sin(), positions_.data(), N, Q, H + cfg_.kv_heads(),
                             cfg_.head_size(), true);
-            nn::linear_backward(dev_, d_ln, grad(w.attn_w), grad(w.attn_b), act(d_qkv_), act(a.ln1), val(w.attn_w), N,
-                                C, Q);
+            linear_backward(d_ln, w.attn_w, w.attn_b, act(d_qkv_), act(a.ln1), N, C, Q);
             lora_linear_backward(l, 0, act(d_qkv_), act(a.ln1), d_ln, N);
             norm_backward(d_res, d_ln, x_in, w.ln1_w, w.ln1_b, act(a.ln1_mean), act(a.ln1_rstd), N);
         }
@@ -885,28 +962,36 @@ private:
             return on ? add(std::move(name), {n}, kind) : none;
         };
         const bool ln = !cfg_.rms();
-        wte_ = add("wte.weight", {V, C}, parameter_kind::embedding);
+        // the GEMM matrices' storage (see TransformerConfig::bf16_weights)
+        storage matrix = storage::fp32;
+        if (stores_bf16_weights<T>(cfg_, dev_))
+            matrix = !trains() || cfg_.lora.enabled() || cfg_.frozen ? storage::bf16 : storage::fp32_bf16;
+        bf16_masters_ = matrix == storage::fp32_bf16;
+        auto add_matrix = [&](std::string name, std::initializer_list<std::int64_t> shape, parameter_kind kind) {
+            return this->add_parameter(std::move(name), shape, kind, matrix);
+        };
+        wte_ = add_matrix("wte.weight", {V, C}, parameter_kind::embedding);
         wpe_ = cfg_.rope() ? none : add("wpe.weight", {cfg_.context_length, C}, parameter_kind::embedding);
         for (int l = 0; l < cfg_.n_layers; ++l) {
             const std::string p = "h." + std::to_string(l) + ".";
             LayerParams w;
             w.ln1_w = add(p + "ln_1.weight", {C}, parameter_kind::norm);
             w.ln1_b = add_if(ln, p + "ln_1.bias", C, parameter_kind::norm);
-            w.attn_w = add(p + "attn.c_attn.weight", {Q, C}, parameter_kind::weight);
+            w.attn_w = add_matrix(p + "attn.c_attn.weight", {Q, C}, parameter_kind::weight);
             w.attn_b = add_if(cfg_.qkv_bias, p + "attn.c_attn.bias", Q, parameter_kind::bias);
-            w.proj_w = add(p + "attn.c_proj.weight", {C, C}, parameter_kind::weight);
+            w.proj_w = add_matrix(p + "attn.c_proj.weight", {C, C}, parameter_kind::weight);
             w.proj_b = add_if(cfg_.proj_bias, p + "attn.c_proj.bias", C, parameter_kind::bias);
             w.ln2_w = add(p + "ln_2.weight", {C}, parameter_kind::norm);
             w.ln2_b = add_if(ln, p + "ln_2.bias", C, parameter_kind::norm);
-            w.fc_w = add(p + "mlp.c_fc.weight", {F1, C}, parameter_kind::weight);
+            w.fc_w = add_matrix(p + "mlp.c_fc.weight", {F1, C}, parameter_kind::weight);
             w.fc_b = add_if(cfg_.mlp_bias, p + "mlp.c_fc.bias", F1, parameter_kind::bias);
-            w.mlp_proj_w = add(p + "mlp.c_proj.weight", {C, F}, parameter_kind::weight);
+            w.mlp_proj_w = add_matrix(p + "mlp.c_proj.weight", {C, F}, parameter_kind::weight);
             w.mlp_proj_b = add_if(cfg_.mlp_bias, p + "mlp.c_proj.bias", C, parameter_kind::bias);
             layer_params_.push_back(w);
         }
         lnf_w_ = add("ln_f.weight", {C}, parameter_kind::norm);
         lnf_b_ = add_if(ln, "ln_f.bias", C, parameter_kind::norm);
-        head_ = cfg_.tie_embeddings ? wte_ : add("lm_head.weight", {V, C}, parameter_kind::weight);
+        head_ = cfg_.tie_embeddings ? wte_ : add_matrix("lm_head.weight", {V, C}, parameter_kind::weight);
         layout_adapters();
         this->allocate_parameters(dev_, trains());
     }
@@ -1081,6 +1166,7 @@ private:
     LoraAdapter head_lora_{};
     std::size_t head_lora_h_ = 0, head_lora_x_ = 0, lora_g_ = 0, lora_tmp_ = 0, norm_sink_ = 0;
     bool lora_dropout_on_ = false, lora_drop_now_ = false;
+    bool bf16_masters_ = false;  // GEMM matrices stored as fp32 masters + bf16 copies (refresh_bf16)
     std::uint64_t lora_key_ = 0;
     std::int32_t* tokens_ = nullptr;
     std::unique_ptr<std::int32_t, TokenFree> tokens_owner_{nullptr, TokenFree{}};

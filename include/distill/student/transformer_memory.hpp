@@ -24,7 +24,9 @@ namespace distill::student {
 
 /// Bytes of each arena of a `Transformer<T, Device>` built with the same config, max_batch and mode.
 struct TransformerMemory {
-    std::size_t base_weights = 0;       ///< the model's own weights (frozen with LoRA)
+    std::size_t base_weights = 0;       ///< the model's own weights (frozen with LoRA), bf16 copies included
+    std::size_t base_weights_bf16 = 0;  ///< of which bf16 (the GEMM matrices under bf16 storage)
+    bool base_weights_fp32 = true;      ///< whether every base weight has an fp32 value (false: bf16 alone)
     std::size_t base_gradients = 0;     ///< their gradients: 0 with LoRA or activations::inference
     std::size_t adapter_weights = 0;    ///< LoRA's A and B matrices
     std::size_t adapter_gradients = 0;  ///< their gradients (0 for activations::inference)
@@ -41,10 +43,13 @@ struct TransformerMemory {
 };
 
 /// The arenas a `Transformer<T, Device>(config, max_batch, device, mode)` allocates, without allocating.
+/// `bf16_storage`: whether that device stores the GEMM matrices in bf16 (`stores_bf16_weights(config,
+/// device)`: precision::bf16 on device::Cpu with oneDNN) — then they take 2 bytes an element, beside
+/// their fp32 masters when they train, alone when frozen (activations::inference, LoRA, `frozen`).
 /// Throws `config_error` as the constructor does for a config out of range or max_batch < 1.
 template <class T = float>
 TransformerMemory transformer_memory(const TransformerConfig& config, int max_batch,
-                                     activations mode = activations::training) {
+                                     activations mode = activations::training, bool bf16_storage = false) {
     config.validate();
     if (max_batch < 1) throw config_error("max_batch", "must be >= 1, got " + std::to_string(max_batch));
     const TransformerConfig& c = config;
@@ -55,28 +60,36 @@ TransformerMemory transformer_memory(const TransformerConfig& config, int max_ba
     TransformerMemory m;
 
     // parameters, in Transformer::layout_parameters' order (names only where the trainable list needs them)
-    detail::ArenaLayout params, adapters;
-    auto add = [&](std::string name, std::int64_t n) { params.add<T>(std::move(name), {n}); };
-    add("wte.weight", V * C);
+    // params: every base weight (the gradient arena's layout); fp32: those with an fp32 value (the
+    // value arena); bf16: the bf16 copies of the GEMM matrices
+    detail::ArenaLayout params, fp32, bf16, adapters;
+    const bool matrices_bf16 = bf16_storage && c.bf16_weights;
+    const bool bf16_alone = matrices_bf16 && (!trains || lc.enabled() || c.frozen);
+    auto add = [&](std::string name, std::int64_t n, bool matrix = false) {
+        if (!(matrix && bf16_alone)) fp32.add<T>(name, {n});
+        if (matrix && matrices_bf16) bf16.add<std::uint16_t>(name, {n});
+        params.add<T>(std::move(name), {n});
+    };
+    add("wte.weight", V * C, true);
     if (!c.rope()) add("wpe.weight", std::int64_t(c.context_length) * C);
     for (int l = 0; l < c.n_layers; ++l) {
         const std::string p = "h." + std::to_string(l) + ".";
         add(p + "ln_1.weight", C);
         if (ln) add(p + "ln_1.bias", C);
-        add(p + "attn.c_attn.weight", Q * C);
+        add(p + "attn.c_attn.weight", Q * C, true);
         if (c.qkv_bias) add(p + "attn.c_attn.bias", Q);
-        add(p + "attn.c_proj.weight", C * C);
+        add(p + "attn.c_proj.weight", C * C, true);
         if (c.proj_bias) add(p + "attn.c_proj.bias", C);
         add(p + "ln_2.weight", C);
         if (ln) add(p + "ln_2.bias", C);
-        add(p + "mlp.c_fc.weight", F1 * C);
+        add(p + "mlp.c_fc.weight", F1 * C, true);
         if (c.mlp_bias) add(p + "mlp.c_fc.bias", F1);
-        add(p + "mlp.c_proj.weight", C * F);
+        add(p + "mlp.c_proj.weight", C * F, true);
         if (c.mlp_bias) add(p + "mlp.c_proj.bias", C);
     }
     add("ln_f.weight", C);
     if (ln) add("ln_f.bias", C);
-    if (!c.tie_embeddings) add("lm_head.weight", V * C);
+    if (!c.tie_embeddings) add("lm_head.weight", V * C, true);
 
     // adapters, in Transformer::layout_adapters' order; `ins` (per block) the inputs of each
     std::vector<std::int64_t> ins;
@@ -104,8 +117,10 @@ TransformerMemory transformer_memory(const TransformerConfig& config, int max_ba
         if (lc.has("head")) adapter("lm_head", C, V);
     }
     const bool frozen = !adapters.blocks().empty();
-    m.base_weights = sizeof(T) * params.size();
-    m.base_gradients = trains && !frozen ? m.base_weights : 0;
+    m.base_weights_bf16 = sizeof(std::uint16_t) * bf16.size();
+    m.base_weights = sizeof(T) * fp32.size() + m.base_weights_bf16;
+    m.base_weights_fp32 = !bf16_alone;
+    m.base_gradients = trains && !frozen ? sizeof(T) * params.size() : 0;
     m.adapter_weights = sizeof(T) * adapters.size();
     m.adapter_gradients = trains ? m.adapter_weights : 0;
     for (const auto& b : (frozen ? adapters : params).blocks()) m.trainable.emplace_back(b.name, std::int64_t(b.numel));

@@ -108,7 +108,7 @@ public:
     explicit Model(const ModelConfig& config, Device device = Device{})
         : cfg_(validated(config)),
           template_(load_template(cfg_)),
-          net_(load_arch_config(cfg_), cfg_.max_batch, device, network_mode(cfg_)),
+          net_(frozen(load_arch_config(cfg_)), cfg_.max_batch, device, network_mode(cfg_)),
           cache_(net_.make_cache(cfg_.max_batch)) {
         load_weights();
     }
@@ -118,17 +118,18 @@ public:
     Model(const ModelConfig& config, data::ChatTokenizer chat_template, Device device = Device{})
         : cfg_(validated(config)),
           template_(std::move(chat_template)),
-          net_(load_arch_config(cfg_), cfg_.max_batch, device, network_mode(cfg_)),
+          net_(frozen(load_arch_config(cfg_)), cfg_.max_batch, device, network_mode(cfg_)),
           cache_(net_.make_cache(cfg_.max_batch)) {
         load_weights();
     }
 
     /// A teacher over a network built in memory (tests, a freshly trained model): parameters start
-    /// at zero; set them through `network()`. The fingerprint follows the current parameters.
+    /// at zero; set them through `network()` (`write_base` where its matrices are stored in bf16). The fingerprint
+    /// follows the current parameters.
     Model(const arch_config& arch, const ModelConfig& config, Device device = Device{})
         : cfg_(config),
           template_(load_template(cfg_)),
-          net_(arch, cfg_.max_batch, device, network_mode(cfg_)),
+          net_(frozen(arch), cfg_.max_batch, device, network_mode(cfg_)),
           cache_(net_.make_cache(cfg_.max_batch)) {
         if (cfg_.max_batch < 1)
             throw config_error("teacher.max_batch", "must be >= 1, got " + std::to_string(cfg_.max_batch));
@@ -247,6 +248,13 @@ private:
     static const ModelConfig& validated(const ModelConfig& c) {
         c.validate();
         return c;
+    }
+
+    // A teacher's network is never trained: under bf16 storage its matrices are held in bf16 alone
+    // even when it keeps activations (TransformerConfig::frozen).
+    static arch_config frozen(arch_config a) {
+        if constexpr (requires { a.frozen; }) a.frozen = true;
+        return a;
     }
 
     static student::activations network_mode(const ModelConfig& c) {

@@ -203,9 +203,12 @@ inline const std::string& bf16_unsupported_reason() {
 /// operands rounded to bf16 when `bf16`; with `batch` > 1, that many such products at the strides
 /// (elements) between consecutive A, B and C (one batched primitive: the attention's per-head
 /// products; fp32 only). Runs on `threads` OpenMP threads.
+/// With `B16` (bf16 only) the B operand is that bf16 matrix, already rounded and packed (ldb = its
+/// width): a stored bf16 weight, read as it is (`B` is ignored); A alone is rounded.
 inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A,
                  int lda, const float* B, int ldb, float beta, float* C, int ldc, std::int64_t batch = 1,
-                 std::int64_t stride_a = 0, std::int64_t stride_b = 0, std::int64_t stride_c = 0) {
+                 std::int64_t stride_a = 0, std::int64_t stride_b = 0, std::int64_t stride_c = 0,
+                 const std::uint16_t* B16 = nullptr) {
     using dt = dnnl::memory::data_type;
     using dims = dnnl::memory::dims;
     DnnlState& st = state();
@@ -213,6 +216,8 @@ inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int 
     if (omp_get_max_threads() != threads) omp_set_num_threads(threads);
 #endif
     if (bf16 && batch > 1) throw std::logic_error("oneDNN gemm: batched products are fp32");
+    if (B16 && (!bf16 || ldb != (trans_b ? K : N)))
+        throw std::logic_error("oneDNN gemm: a bf16 B operand must be packed and the product bf16");
     // bf16 copies are packed: leading dimension = their stored width
     const std::int64_t a_rows = trans_a ? K : M, a_cols = trans_a ? M : K;
     const std::int64_t b_rows = trans_b ? N : K, b_cols = trans_b ? K : N;
@@ -255,12 +260,15 @@ inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int 
     }
     Entry& e = *it->second;
     if (bf16) {
-        std::uint16_t* sa = st.bf16_scratch(std::size_t(a_rows * a_cols + b_rows * b_cols + 32));
+        // the same primitive either way (packed bf16 operands): a stored bf16 B gives the bits a
+        // rounded fp32 B gives
+        const std::int64_t b_elems = B16 ? 0 : b_rows * b_cols;
+        std::uint16_t* sa = st.bf16_scratch(std::size_t(a_rows * a_cols + b_elems + 32));
         std::uint16_t* sb = sa + (a_rows * a_cols + 31) / 32 * 32;
         convert(sa, A, a_rows, a_cols, lda, threads);
-        convert(sb, B, b_rows, b_cols, ldb, threads);
+        if (!B16) convert(sb, B, b_rows, b_cols, ldb, threads);
         e.a.set_data_handle(sa);
-        e.b.set_data_handle(sb);
+        e.b.set_data_handle(const_cast<std::uint16_t*>(B16 ? B16 : sb));
     } else {
         e.a.set_data_handle(const_cast<float*>(A));
         e.b.set_data_handle(const_cast<float*>(B));

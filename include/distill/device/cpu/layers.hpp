@@ -17,9 +17,11 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include <Eigen/Core>
 
@@ -290,6 +292,48 @@ void gemm(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, T alp
                                 B, ldb, beta, C, ldc);
 #endif
     detail::eigen_gemm(dev, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+/// C(M,N) = alpha op(A) op(W) + beta C with W a stored bf16 matrix (packed rows, ldw its width): A
+/// rounded to bf16, W read as it is, fp32 accumulation — bit for bit the bf16 `gemm` of the fp32
+/// matrix W was rounded from, without rounding W again. Needs oneDNN (Cpu refuses bf16 without it);
+/// inside a parallel region (where oneDNN does not take products) W is widened and Eigen multiplies.
+inline void gemm_bf16_weight(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, float alpha,
+                             const float* A, int lda, const std::uint16_t* W, int ldw, float beta, float* C, int ldc) {
+#if defined(DISTILL_WITH_DNNL)
+    if (detail::dnnl_takes(M, N, K))
+        return detail::gemm(true, dev.threads(), trans_a, trans_b, M, N, K, alpha, A, lda, nullptr, ldw, beta, C, ldc,
+                            1, 0, 0, 0, W);
+#endif
+    const std::int64_t rows = trans_b ? N : K;
+    thread_local std::vector<float> wide;
+    wide.resize(std::size_t(rows) * std::size_t(ldw));
+    for (std::size_t i = 0; i < wide.size(); ++i) {
+        const std::uint32_t u = std::uint32_t(W[i]) << 16;
+        std::memcpy(&wide[i], &u, 4);
+    }
+    detail::eigen_gemm(dev, trans_a, trans_b, M, N, K, alpha, A, lda, wide.data(), ldw, beta, C, ldc);
+}
+
+/// dst(n) = src(n) rounded to bf16 (round to nearest even: the rounding of the bf16 GEMMs' operands).
+inline void round_bf16(const Cpu& dev, std::uint16_t* dst, const float* src, std::int64_t n) {
+#if defined(DISTILL_WITH_DNNL)
+    const std::int64_t cols = 4096, rows = n / cols;  // rows of 4096 to split over the threads
+    if (rows) detail::convert(dst, src, rows, cols, cols, dev.threads());
+    detail::convert_row(dst + rows * cols, src + rows * cols, n - rows * cols);
+#else
+    (void)dev;
+    for (std::int64_t i = 0; i < n; ++i) {  // the same rounding as dnnl.hpp's to_bf16
+        std::uint32_t u;
+        std::memcpy(&u, &src[i], 4);
+        if ((u & 0x7fffffffu) > 0x7f800000u) {
+            dst[i] = static_cast<std::uint16_t>((u >> 16) | 0x40u);
+            continue;
+        }
+        u += 0x7fffu + ((u >> 16) & 1u);
+        dst[i] = static_cast<std::uint16_t>(u >> 16);
+    }
+#endif
 }
 
 /// `batch` GEMMs at fixed strides, fp32 in every precision: split over the threads (each

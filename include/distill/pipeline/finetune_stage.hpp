@@ -700,7 +700,7 @@ public:
                 if (s_.job.activation_checkpointing) return activations::checkpointed;
             return activations::training;
         }();
-        const student::TransformerMemory m = student::transformer_memory<float>(cfg, B, mode);
+        const student::TransformerMemory m = student::transformer_memory<float, Device>(cfg, B, mode);
         auto count = [](std::int64_t n) {
             std::string s = std::to_string(n);
             for (int i = int(s.size()) - 3; i > 0; i -= 3) s.insert(std::size_t(i), ",");
@@ -725,8 +725,9 @@ public:
         std::string teacher_note = "not in process";
         auto add_network = [&](const auto& net) {
             if constexpr (requires { net.mode(); }) {
-                teacher_bytes +=
-                    std::int64_t(student::transformer_memory<float>(net.config(), net.max_batch(), net.mode()).total());
+                using net_device = typename std::decay_t<decltype(net)>::device_type;
+                teacher_bytes += std::int64_t(
+                    student::transformer_memory<float, net_device>(net.config(), net.max_batch(), net.mode()).total());
                 teacher_note = "in process, batch " + std::to_string(net.max_batch()) +
                                (net.mode() == activations::inference ? ", inference" : ", keeps activations");
             }

@@ -111,10 +111,12 @@ void flash_attention_forward(const Cpu& dev, T* out, T* lse, const T* qkv, int B
 }
 
 /// Fused causal attention backward from dout(B,T,H*hs), the forward's qkv, out and lse: dqkv
-/// (B,T,(H+2Hkv)hs), overwritten. Two passes that recompute the probability tiles: over (b, kv
-/// head, key tile) for dk and dv (summing the group's query heads, so a shared kv head needs no
-/// atomics), then over (b, h, query tile) for dq. With P = exp(s·scale − lse), D_t = dout_t · out_t:
-/// dv += Pᵀ dout, dS = P ∘ (dout vᵀ − D), dk += scale dSᵀ q, dq += scale dS k.
+/// (B,T,(H+2Hkv)hs), overwritten. With P = exp(s·scale − lse), D_t = dout_t · out_t: dv += Pᵀ dout,
+/// dS = P ∘ (dout vᵀ − D), dk += scale dSᵀ q, dq += scale dS k. With at least 16 (b, kv head) pairs,
+/// one pass, a pair per work unit (it alone writes the dq, dk, dv of its heads): each probability
+/// tile is computed once. With fewer, two passes that recompute the tiles but split finer: over (b, kv
+/// head, key tile) for dk and dv (summing the group's query heads), then over (b, h, query tile) for
+/// dq. The choice depends on the shape alone, so results do not depend on the thread count.
 template <class T>
 void flash_attention_backward(const Cpu& dev, T* dqkv, const T* dout, const T* qkv, const T* out, const T* lse, int B,
                               int Tn, int H, int Hkv, int hs) {
@@ -138,6 +140,48 @@ void flash_attention_backward(const Cpu& dev, T* dqkv, const T* dout, const T* q
             d = ConstArray<T>(P + std::int64_t(r) * Bt, cols) * (d - D[r]);
         }
     };
+    if (std::int64_t(B) * Hkv >= 16) {
+        distill::detail::parallel_for(dev.threads(), std::int64_t(B) * Hkv, [&](std::int64_t u) {
+            const int b = static_cast<int>(u / Hkv), j = static_cast<int>(u % Hkv);
+            const T* x = qkv + std::int64_t(b) * Tn * row;
+            T* g = dqkv + std::int64_t(b) * Tn * row;
+            T* P = flash_scratch<T>(std::size_t(Bt) * (2 * Bt + 2 * hs) + std::size_t(G) * Tn);
+            T* dS = P + Bt * Bt;
+            T* dK = dS + Bt * Bt;
+            T* dV = dK + Bt * hs;
+            T* D = dV + Bt * hs;  // (G,T): D_t of each query head of the group
+            for (int i = 0; i < G; ++i) row_dots(D + std::int64_t(i) * Tn, b, j * G + i, 0, Tn);
+            for (int t = 0; t < Tn; ++t) std::fill_n(g + std::int64_t(t) * row + j * G * hs, G * hs, T(0));
+            for (int k0 = 0; k0 < Tn; k0 += Bt) {
+                const int cols = std::min(Bt, Tn - k0);
+                const T* k = x + std::int64_t(k0) * row + C + j * hs;
+                const T* v = x + std::int64_t(k0) * row + C + Hkv * hs + j * hs;
+                std::fill(dK, dK + cols * hs, T(0));
+                std::fill(dV, dV + cols * hs, T(0));
+                for (int i = 0; i < G; ++i) {
+                    const int h = j * G + i;
+                    for (int i0 = k0; i0 < Tn; i0 += Bt) {  // query tiles at or after the key tile
+                        const int rows = std::min(Bt, Tn - i0);
+                        const T* q = x + std::int64_t(i0) * row + h * hs;
+                        const T* dy = dout + (std::int64_t(b) * Tn + i0) * C + h * hs;
+                        std::fill(P, P + rows * Bt, T(0));
+                        gemm_block<T>(false, true, rows, cols, hs, T(1), q, row, k, row, P, Bt);
+                        flash_probabilities(P, Bt, rows, cols, i0, k0, lse + (std::int64_t(b) * H + h) * Tn, scale);
+                        gemm_block<T>(true, false, cols, hs, rows, T(1), P, Bt, dy, C, dV, hs);  // dV += Pᵀ dout
+                        scores_grad(dS, P, D + std::int64_t(i) * Tn + i0, dy, v, rows, cols);
+                        gemm_block<T>(true, false, cols, hs, rows, scale, dS, Bt, q, row, dK, hs);  // dK += scale dSᵀ q
+                        gemm_block<T>(false, false, rows, hs, cols, scale, dS, Bt, k, row,
+                                      g + std::int64_t(i0) * row + h * hs, row);  // dq += scale dS k
+                    }
+                }
+                for (int c = 0; c < cols; ++c) {
+                    std::copy(dK + c * hs, dK + (c + 1) * hs, g + std::int64_t(k0 + c) * row + C + j * hs);
+                    std::copy(dV + c * hs, dV + (c + 1) * hs, g + std::int64_t(k0 + c) * row + C + Hkv * hs + j * hs);
+                }
+            }
+        });
+        return;
+    }
     // pass 1: dk, dv of kv head j for keys [k0, k0 + cols)
     distill::detail::parallel_for(dev.threads(), std::int64_t(B) * Hkv * tiles, [&](std::int64_t u) {
         const int tile = static_cast<int>(u % tiles), bj = static_cast<int>(u / tiles);

@@ -862,11 +862,11 @@ public:
                                 N, C, C);
             lora_linear_backward(l, 1, d_res, act(a.atty), act(d_atty_), N);
             const T* d_map = extra(d_attention, l, std::int64_t(B) * H * Tn * Tn);
+            if (d_map && mode_ == activations::training_fused)  // on every device, as attention(l) is refused
+                throw config_error("student", "backward: a gradient on attention map " + std::to_string(l) +
+                                                  " needs the map, which activations::training_fused does not "
+                                                  "keep; build the model with activations::training");
             if (fused_attention()) {
-                if (d_map)
-                    throw config_error("student", "backward: a gradient on attention map " + std::to_string(l) +
-                                                      " needs the map, which activations::training_fused does not "
-                                                      "keep; build the model with activations::training");
                 if constexpr (device::fused_attention_device<Device, T>)
                     flash_attention_backward(dev_, act(d_qkv_), act(d_atty_), act(a.qkv), act(a.atty), act(a.att), B,
                                              Tn, H, cfg_.kv_heads(), cfg_.head_size());

@@ -11,6 +11,12 @@
 /// (`detail::gemm_block`); a tile is 64 query rows × 64 keys, so a tile of scores, the output
 /// accumulator and the q, k, v tiles (head size 64) stay in L2. Work units are independent and split
 /// by a fixed rule, so results do not depend on the thread count; there are no atomics.
+///
+/// Declared only where they pay (`DISTILL_CPU_FUSED_ATTENTION` is then 1): Eigen's kernels compiled
+/// for AVX2 or more, or no oneDNN. A build without AVX2 that links oneDNN runs the unfused path's
+/// products as batched oneDNN matmuls on the host's ISA, and there the fused tiles on Eigen's SSE2
+/// kernel measured 2-5x slower (bench_attention); without the kernels `device::fused_attention_device`
+/// is false and the models keep the unfused path.
 
 #include <algorithm>
 #include <cmath>
@@ -20,6 +26,13 @@
 #include "distill/detail/parallel.hpp"
 #include "distill/device/cpu/layers.hpp"
 
+#if defined(__AVX2__) || !defined(DISTILL_WITH_DNNL)
+#define DISTILL_CPU_FUSED_ATTENTION 1
+#else
+#define DISTILL_CPU_FUSED_ATTENTION 0
+#endif
+
+#if DISTILL_CPU_FUSED_ATTENTION
 namespace distill::device {
 
 namespace detail {
@@ -246,3 +259,4 @@ void flash_attention_backward(const Cpu& dev, T* dqkv, const T* dout, const T* q
 }
 
 }  // namespace distill::device
+#endif  // DISTILL_CPU_FUSED_ATTENTION

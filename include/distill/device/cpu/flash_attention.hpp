@@ -125,11 +125,12 @@ void flash_attention_forward(const Cpu& dev, T* out, T* lse, const T* qkv, int B
 
 /// Fused causal attention backward from dout(B,T,H*hs), the forward's qkv, out and lse: dqkv
 /// (B,T,(H+2Hkv)hs), overwritten. With P = exp(s·scale − lse), D_t = dout_t · out_t: dv += Pᵀ dout,
-/// dS = P ∘ (dout vᵀ − D), dk += scale dSᵀ q, dq += scale dS k. With at least 16 (b, kv head) pairs,
-/// one pass, a pair per work unit (it alone writes the dq, dk, dv of its heads): each probability
-/// tile is computed once. With fewer, two passes that recompute the tiles but split finer: over (b, kv
-/// head, key tile) for dk and dv (summing the group's query heads), then over (b, h, query tile) for
-/// dq. The choice depends on the shape alone, so results do not depend on the thread count.
+/// dS = P ∘ (dout vᵀ − D), dk += scale dSᵀ q, dq += scale dS k. With at least 4 (b, kv head) pairs
+/// per thread, one pass, a pair per work unit (it alone writes the dq, dk, dv of its heads): each
+/// probability tile is computed once. With fewer, two passes that recompute the tiles but split
+/// finer: over (b, kv head, key tile) for dk and dv (summing the group's query heads), then over
+/// (b, h, query tile) for dq. A fixed thread count gives bit-identical results; two thread counts
+/// that pick the same schedule give the same ones too.
 template <class T>
 void flash_attention_backward(const Cpu& dev, T* dqkv, const T* dout, const T* qkv, const T* out, const T* lse, int B,
                               int Tn, int H, int Hkv, int hs) {
@@ -153,7 +154,7 @@ void flash_attention_backward(const Cpu& dev, T* dqkv, const T* dout, const T* q
             d = ConstArray<T>(P + std::int64_t(r) * Bt, cols) * (d - D[r]);
         }
     };
-    if (std::int64_t(B) * Hkv >= 16) {
+    if (std::int64_t(B) * Hkv >= 4 * std::int64_t(dev.threads())) {
         distill::detail::parallel_for(dev.threads(), std::int64_t(B) * Hkv, [&](std::int64_t u) {
             const int b = static_cast<int>(u / Hkv), j = static_cast<int>(u % Hkv);
             const T* x = qkv + std::int64_t(b) * Tn * row;

@@ -19,7 +19,7 @@
 // PyTorch under torch.autocast("cpu", dtype=torch.bfloat16).
 //
 //   bench_train [--size small|medium|large|125m|qwen2-0.5b] [--arch gpt|llama] [--threads 2] [--steps 5]
-//               [--precision fp32|bf16] [--checkpoint] [--no-reference]
+//               [--precision fp32|bf16] [--checkpoint | --fused] [--no-reference]
 //               [--batch B] [--seq S] [--lora R] [--hf DIR]
 //
 // `--size qwen2-0.5b` (issue 21): student and teacher both shaped like Qwen2-0.5B (Llama layout, d 896,
@@ -32,6 +32,8 @@
 //
 // `--checkpoint` trains the student with activation checkpointing (student::activations::checkpointed;
 // PyTorch: torch.utils.checkpoint around every block) and reports the student's activation memory.
+// `--fused` trains it with student::activations::training_fused: attention fused on both sides (no
+// (T,T) maps; the loss reads none). The teacher (activations::inference) attends fused either way.
 //
 // Before allocating, the step's memory plan (eval/memory_plan.hpp: the arenas from the configs, AdamW's
 // state, the loss's workspace) is printed beside the peak the step then adds (eval::PeakMemory).
@@ -104,8 +106,9 @@ student::TransformerConfig llama(student::TransformerConfig c) {
     return c;
 }
 
-// FLOPs of the matrix products of one forward of `c` over B sequences of `seq` tokens (full seq×seq
-// attention, as computed).
+// FLOPs of the matrix products of one forward of `c` over B sequences of `seq` tokens, with full
+// seq×seq attention (the unfused path's products; the fused kernel skips the key tiles past the
+// diagonal, so there the figure is the rate of the same work, not of the products executed).
 double forward_flops(const student::TransformerConfig& c, int B, int seq) {
     const double N = double(B) * seq, C = c.d_model, F = c.d_ff, L = c.n_layers, V = c.vocab_size, T = seq,
                  Q = c.qkv_width(), F1 = c.fc_width();
@@ -165,7 +168,9 @@ eval::MemoryPlan memory_plan(const Size& s, student::activations mode,
     if (lora) plan.add("student LoRA adapters", std::int64_t(m.adapter_weights));
     plan.add("student gradients", std::int64_t(m.gradients()));
     plan.add("student activations", std::int64_t(m.activations + m.tokens),
-             mode == student::activations::checkpointed ? "checkpointed" : "training");
+             mode == student::activations::checkpointed     ? "checkpointed"
+             : mode == student::activations::training_fused ? "training_fused"
+                                                            : "training");
     if (!hf.empty()) {
         std::int64_t file = 0;
         for (const auto& e : std::filesystem::directory_iterator(hf))
@@ -191,7 +196,7 @@ int main(int argc, char** argv) {
     std::string size_name = "medium", precision = "fp32", arch = "gpt";
     int threads = 2, steps = 5, batch = 0, seq = 0, lora_rank = 0;
     std::string hf;
-    bool reference = true, checkpoint = false;
+    bool reference = true, checkpoint = false, fused = false;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         auto next = [&]() -> std::string {
@@ -215,6 +220,8 @@ int main(int argc, char** argv) {
             reference = false;
         else if (a == "--checkpoint")
             checkpoint = true;
+        else if (a == "--fused")
+            fused = true;
         else if (a == "--batch")
             batch = std::stoi(next());
         else if (a == "--seq")
@@ -264,7 +271,9 @@ int main(int argc, char** argv) {
     using Loss = loss::Sum<loss::SoftKL, loss::HardCE>;
     Loss::config lc;
     lc.get<0>().config.temperature = 2.0;
-    const student::activations mode = checkpoint ? student::activations::checkpointed : student::activations::training;
+    const student::activations mode = checkpoint ? student::activations::checkpointed
+                                      : fused    ? student::activations::training_fused
+                                                 : student::activations::training;
     // The memory plan of the step, computed before anything of it is allocated; the measured peak is
     // what the process adds from here on.
     const loss::dims dims{loss::model_dims_of_config(size.student), loss::model_dims_of_config(size.teacher), B, Tctx};
@@ -354,8 +363,8 @@ int main(int argc, char** argv) {
     const std::string context = T < Tctx ? " (context " + std::to_string(Tctx) + ")" : "";
     std::snprintf(workload, sizeof workload, "train step %s%s %s%s%s%s: V=%d T=%d%s d=%d L=%d B=%d, teacher d=%d L=%d",
                   size.name.c_str(), arch == "llama" ? " llama" : "", precision.c_str(), lora_name.c_str(),
-                  checkpoint ? " checkpointed" : "", build, V, T, context.c_str(), c.d_model, c.n_layers, B, t.d_model,
-                  t.n_layers);
+                  checkpoint ? " checkpointed" : (fused ? " fused" : ""), build, V, T, context.c_str(), c.d_model,
+                  c.n_layers, B, t.d_model, t.n_layers);
     std::printf("workload: %s, SoftKL(tau=2)+HardCE, AdamW, clip 1.0, %d threads\n", workload, threads);
     std::printf(
         "distill: %.1f ms/step (median of %d), %.0f tokens/s, %.1f GFLOP/s = %.1f%% of the measured FP32 FMA "

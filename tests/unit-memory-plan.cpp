@@ -35,9 +35,10 @@ student::TransformerConfig llama_layout() {
 }
 
 const char* mode_name(student::activations m) {
-    return m == student::activations::training       ? "training"
-           : m == student::activations::checkpointed ? "checkpointed"
-                                                     : "inference";
+    return m == student::activations::training         ? "training"
+           : m == student::activations::checkpointed   ? "checkpointed"
+           : m == student::activations::training_fused ? "training_fused"
+                                                       : "inference";
 }
 
 }  // namespace
@@ -46,7 +47,8 @@ TEST_CASE("memory plan: transformer_memory equals the arenas a Transformer alloc
     using student::activations;
     for (bool llama : {false, true})
         for (int lora : {0, 1, 2})  // none; q,v; every target with dropout
-            for (activations mode : {activations::training, activations::checkpointed, activations::inference})
+            for (activations mode : {activations::training, activations::checkpointed, activations::inference,
+                                     activations::training_fused})
                 for (int batch : {1, 3}) {
                     student::TransformerConfig c = llama ? llama_layout() : gpt2_layout();
                     if (lora == 1) c.lora = {.rank = 4, .alpha = 8, .dropout = 0, .targets = {"q", "v"}};
@@ -68,6 +70,11 @@ TEST_CASE("memory plan: transformer_memory equals the arenas a Transformer alloc
                         CHECK(m.trainable[i].second == net.parameters()[i].value.numel());
                     }
                     CHECK(student::kv_cache_bytes<float>(c, batch) == net.make_cache(batch).bytes());
+                    // a device without the fused attention kernels keeps (T,T) maps in every mode
+                    student::Transformer<float, device::Reference> ref(c, batch, device::Reference{}, mode);
+                    const auto r = student::transformer_memory<float, device::Reference>(c, batch, mode);
+                    CHECK(r.activations == ref.activation_bytes());
+                    CHECK(r.backward_buffers == ref.backward_buffer_bytes());
                 }
 }
 

@@ -155,6 +155,23 @@ TEST_CASE_TEMPLATE("student matches PyTorch: logits, loss, hidden states, attent
         CHECK(inference.cross_entropy(targets.data()) ==
               doctest::Approx(read_tensor<float>(golden, "loss")[0]).epsilon(1e-5));
         CHECK_THROWS_AS(inference.backward(), config_error);
+        compare("logits", inference.logits().data(), inference.logits().numel());  // fused attention on Cpu
+    }
+    {  // training without attention maps (fused attention on Cpu): the same logits, states and gradients
+        student::Transformer<float, Dev> fused(cfg, B, Dev{}, student::activations::training_fused);
+        io::load_weights(wfile, fused);
+        fused.forward(tokens.data(), B, T);
+        CHECK(fused.cross_entropy(targets.data()) ==
+              doctest::Approx(read_tensor<float>(golden, "loss")[0]).epsilon(1e-5));
+        compare("logits", fused.logits().data(), fused.logits().numel());
+        for (int i = 0; i <= cfg.n_layers; ++i)
+            compare("hidden." + std::to_string(i), fused.hidden_state(i).data(), fused.hidden_state(i).numel());
+        fused.zero_grad();
+        fused.backward();
+        for (const auto& p : fused.parameters()) compare("grad." + p.name, p.grad.data(), p.grad.numel());
+        CHECK(!fused.keeps_attention());
+        CHECK(fused.fused_attention() == (std::is_same_v<Dev, device::Cpu> && DISTILL_CPU_FUSED_ATTENTION));
+        CHECK_THROWS_WITH_AS(fused.attention(0), doctest::Contains("training_fused"), config_error);
     }
     for (int i = 0; i <= cfg.n_layers; ++i) {
         compare("hidden." + std::to_string(i), m.hidden_state(i).data(), m.hidden_state(i).numel());
@@ -323,6 +340,37 @@ TEST_CASE_TEMPLATE("activation checkpointing: the gradients of a full training f
         // the blocks' working memory once instead of per layer: 3 layers keep far less
         CHECK(double(ckpt.activation_bytes()) < 0.75 * double(full.activation_bytes()));
     }
+}
+
+TEST_CASE_TEMPLATE("training_fused: the gradients of training without (T,T) maps (double, several tiles, GQA)", Dev,
+                   device::Cpu, device::Reference) {
+    student::TransformerConfig cfg{
+        .vocab_size = 23, .context_length = 140, .d_model = 16, .n_layers = 2, .n_heads = 4, .d_ff = 24};
+    cfg = llama_like(cfg, "llama3");
+    cfg.n_kv_heads = 2;
+    const int B = 2, T = 133, C = cfg.d_model;  // T across three 64-row tiles, the last partial
+    Rng rng(5);
+    std::vector<std::int32_t> tok(B * T), tg(B * T);
+    for (std::size_t i = 0; i < tok.size(); ++i) {
+        tok[i] = std::int32_t(rng.below(23));
+        tg[i] = i % 7 == 0 ? -1 : std::int32_t(rng.below(23));
+    }
+    const std::vector<double> d1 = random_vector<double>(std::size_t(B) * T * C, 41);
+    const std::vector<Tensor<const double>> dh = {{}, Tensor<const double>(d1.data(), {B, T, C})};
+    student::Transformer<double, Dev> full(cfg, B), fused(cfg, B, Dev{}, student::activations::training_fused);
+    full.init(3);
+    fused.init(3);
+    for (auto* m : {&full, &fused}) {
+        m->forward(tok.data(), B, T);
+        m->cross_entropy(tg.data());
+        m->zero_grad();
+        m->backward(dh);
+    }
+    const auto a = full.logits(), b = fused.logits();
+    check_close("logits", b.data(), a.data(), a.numel(), 1e-12, 1e-10);
+    check_close("gradients", fused.gradient_data(), full.gradient_data(), std::int64_t(full.arena_size()), 1e-12, 1e-9);
+    if (fused.fused_attention())  // no (B,H,T,T) map or its gradient: far less memory at this length
+        CHECK(double(fused.activation_bytes()) < 0.5 * double(full.activation_bytes()));
 }
 
 TEST_CASE("training smoke test: plain SGD learns to reverse strings (>= 95% token accuracy)") {

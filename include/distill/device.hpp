@@ -23,6 +23,8 @@
 ///     rmsnorm_forward/backward, swiglu_forward/backward, rope_rotate;
 ///   - decoding (`decoding_device`, `require_decoding_kernels`; `Transformer::prefill`, `decode`):
 ///     attention_decode, kv_cache_store;
+///   - fused attention (`fused_attention_device`, optional: a model uses it where the device has it,
+///     else the (T,T) path of `nn::attention_forward`): flash_attention_forward/backward;
 ///   - losses (`loss_device`, `require_loss_kernels`; every `loss::` term, through `loss::context`):
 ///     kl_, reverse_kl_, jsd_, topk_kl_, masked_cross_entropy_, attention_kl_,
 ///     relation_kl_, cosine_embedding_ and embedding_mse_forward_backward,
@@ -218,6 +220,9 @@ template <class D, class T> concept has_rope_rotate = requires(const D& d, T* y,
 // incremental decoding
 template <class D, class T> concept has_attention_decode = requires(const D& d, T* y, const T* x, const int* len, int i) { attention_decode(d, y, y, x, x, x, len, i, i, i, i, i); };
 template <class D, class T> concept has_kv_cache_store = requires(const D& d, T* y, const T* x, const std::int32_t* ids, int i) { kv_cache_store(d, y, y, x, ids, i, i, i, i, i); };
+// fused causal attention (optional; device/cpu/flash_attention.hpp)
+template <class D, class T> concept has_flash_attention_forward = requires(const D& d, T* y, const T* x, int i) { flash_attention_forward(d, y, y, x, i, i, i, i, i); };
+template <class D, class T> concept has_flash_attention_backward = requires(const D& d, T* y, const T* x, int i) { flash_attention_backward(d, y, x, x, x, x, i, i, i, i, i); };
 // losses (device/<name>/losses): fused rows
 template <class D, class T> concept has_kl_forward_backward = requires(const D& d, T* y, const T* x, const std::uint8_t* m, std::int64_t n, T s, int i, bool f) { kl_forward_backward(d, y, f, y, x, x, m, n, i, s, s); };
 template <class D, class T> concept has_reverse_kl_forward_backward = requires(const D& d, T* y, const T* x, const std::uint8_t* m, std::int64_t n, T s, int i, bool f) { reverse_kl_forward_backward(d, y, f, y, x, x, m, n, i, s, s); };
@@ -266,6 +271,11 @@ concept llama_device = kernel::has_rmsnorm_forward<D, T> && kernel::has_rmsnorm_
 /// The kernels of incremental decoding (prefill, decode).
 template <class D, class T>
 concept decoding_device = kernel::has_attention_decode<D, T> && kernel::has_kv_cache_store<D, T>;
+/// The fused causal attention kernels (no (T,T) buffer); optional, `student::Transformer` uses them
+/// where attention maps are not kept.
+template <class D, class T>
+concept fused_attention_device =
+    kernel::has_flash_attention_forward<D, T> && kernel::has_flash_attention_backward<D, T>;
 /// The kernels of the loss terms.
 template <class D, class T>
 concept loss_device = kernel::has_kl_forward_backward<D, T> && kernel::has_reverse_kl_forward_backward<D, T> &&

@@ -703,7 +703,7 @@ public:
             return activations::training;
         }();
         const bool bf16_storage = student::stores_bf16_weights<float>(cfg, device_);
-        const student::TransformerMemory m = student::transformer_memory<float>(cfg, B, mode, bf16_storage);
+        const student::TransformerMemory m = student::transformer_memory<float, Device>(cfg, B, mode, bf16_storage);
         auto count = [](std::int64_t n) {
             std::string s = std::to_string(n);
             for (int i = int(s.size()) - 3; i > 0; i -= 3) s.insert(std::size_t(i), ",");
@@ -728,9 +728,10 @@ public:
         std::string teacher_note = "not in process";
         auto add_network = [&](const auto& net) {
             if constexpr (requires { net.mode(); }) {
+                using net_device = typename std::decay_t<decltype(net)>::device_type;
                 const bool bf16 = student::stores_bf16_weights<float>(net.config(), net.device());
-                teacher_bytes += std::int64_t(
-                    student::transformer_memory<float>(net.config(), net.max_batch(), net.mode(), bf16).total());
+                teacher_bytes += std::int64_t(student::transformer_memory<float, net_device>(
+                    net.config(), net.max_batch(), net.mode(), bf16).total());
                 teacher_note = "in process, batch " + std::to_string(net.max_batch()) +
                                (net.mode() == activations::inference ? ", inference" : ", keeps activations") +
                                (bf16 ? ", bf16 weights" : "");

@@ -121,6 +121,10 @@ public:
         cfg_.validate();
         if (mode == activations::inference)
             throw config_error("student", "student::Encoder has no activations::inference mode (it always trains)");
+        if (mode == activations::training_fused)
+            throw config_error("student",
+                               "student::Encoder has no activations::training_fused mode (its "
+                               "bidirectional attention keeps its maps); use training or checkpointed");
         if (max_batch < 1) throw config_error("max_batch", "must be >= 1, got " + std::to_string(max_batch));
         if (max_length < 1 || max_length > cfg_.context_length)
             throw config_error("max_length", "must be in [1, context_length = " + std::to_string(cfg_.context_length) +

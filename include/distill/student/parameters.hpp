@@ -40,8 +40,13 @@ namespace distill::student {
 /// memory, the backward recomputing each block's activations from its input before differentiating
 /// it (`checkpointed`: activation checkpointing, one more forward of every block but the last per
 /// step; the gradients are those of `training`, bit for bit; attention maps and q|k|v are not kept,
-/// so losses that read them need `training`).
-enum class activations { training, inference, checkpointed };
+/// so losses that read them need `training`); or everything `training` keeps but the attention maps
+/// (`training_fused`, `Transformer` only: where the device has the fused attention kernels,
+/// `device::fused_attention_device`, attention runs fused and keeps a (B,H,T) log-sum-exp in place of
+/// the (B,H,T,T) map and its gradient; the gradients equal `training`'s to rounding; `attention(l)` and
+/// `qkv(l)` are not offered, so losses that read them need `training`). `inference` attends fused too
+/// on such a device.
+enum class activations { training, inference, checkpointed, training_fused };
 
 /// How a parameter's values are stored: `fp32` (the scalar type T) alone; `fp32_bf16` an fp32
 /// master copy (what optimizers update) and a bf16 copy the GEMMs read, refreshed from it

@@ -252,7 +252,9 @@ public:
     /// `config.context_length` tokens. Parameters start at zero; call `init` or load weights. With
     /// `activations::inference` the model only runs forwards: `backward` throws, `hidden_state(i)`
     /// exists for i = 0 and L only, `attention` and `qkv` not at all, and gradients are empty. With
-    /// `activations::checkpointed` it trains like `training` in less memory, without `attention` and `qkv`.
+    /// `activations::checkpointed` it trains like `training` in less memory, without `attention` and `qkv`;
+    /// with `activations::training_fused` likewise, without a (B,H,T,T) buffer per layer where the
+    /// device has the fused attention kernels (`fused_attention()`).
     Transformer(const TransformerConfig& config, int max_batch, Device device = Device{},
                 activations mode = activations::training)
         : cfg_(config), dev_(device), max_batch_(max_batch), mode_(mode) {
@@ -379,11 +381,20 @@ public:
 
     /// What this model keeps of a forward.
     activations mode() const noexcept { return mode_; }
-    /// Whether every hidden state of a forward is kept (activations::training and checkpointed).
+    /// Whether every hidden state of a forward is kept (activations::training, checkpointed, training_fused).
     bool keeps_activations() const noexcept { return mode_ != activations::inference; }
     /// Whether attention maps and q|k|v of a forward are kept (activations::training).
     bool keeps_attention() const noexcept { return mode_ == activations::training; }
-    /// Whether `backward` runs (activations::training and checkpointed).
+    /// Whether attention runs fused, streaming key tiles through an online softmax with no (T,T)
+    /// map (`flash_attention_forward`/`backward`): activations::inference and training_fused, on a
+    /// device with the fused kernels (`device::fused_attention_device`, e.g. device::Cpu).
+    bool fused_attention() const noexcept {
+        if constexpr (device::fused_attention_device<Device, T>)
+            return mode_ == activations::inference || mode_ == activations::training_fused;
+        else
+            return false;
+    }
+    /// Whether `backward` runs (activations::training, checkpointed, training_fused).
     bool trains() const noexcept { return mode_ != activations::inference; }
 
 private:
@@ -414,8 +425,7 @@ private:
         for (int l = 0; l < cfg_.n_layers; ++l) {
             block_forward(l, x, N, [&] {
                 after_qkv(l);
-                nn::attention_forward(dev_, act(layer_acts_[l].atty), act(layer_acts_[l].att), act(layer_acts_[l].qkv),
-                                      B, Tn, cfg_.n_heads, cfg_.kv_heads(), cfg_.head_size());
+                attend(l, B, Tn);
             });
             x = act(layer_acts_[l].res_out);
         }
@@ -423,6 +433,19 @@ private:
         // logits (N,V) = lnf (N,C) · head^T — the LM head (the token embedding when tied)
         linear(act(logits_), act(lnf_), head_, none, N, C, V);
         if (head_lora_.a != none) lora_forward(head_lora_, -1, act(logits_), act(lnf_), N);
+    }
+
+    // atty = attention(qkv) of the rows of a forward: fused when the maps are not kept (att then holds
+    // the (B,H,T) log-sum-exp the fused backward reads, or nothing for inference), else the map in att.
+    void attend(int l, int B, int Tn) {
+        const auto& a = layer_acts_[std::size_t(l)];
+        if constexpr (device::fused_attention_device<Device, T>)
+            if (fused_attention())
+                return flash_attention_forward(dev_, act(a.atty),
+                                               mode_ == activations::inference ? nullptr : act(a.att), act(a.qkv), B,
+                                               Tn, cfg_.n_heads, cfg_.kv_heads(), cfg_.head_size());
+        nn::attention_forward(dev_, act(a.atty), act(a.att), act(a.qkv), B, Tn, cfg_.n_heads, cfg_.kv_heads(),
+                              cfg_.head_size());
     }
 
     // out(N,OC) = [out +] in(N,C) · W(OC,C)ᵀ + b: nn::linear_forward, or the quantized product when
@@ -916,9 +939,19 @@ public:
             // attention branch: res_attn = x_in + proj(attention(rope(qkv(norm1(x_in)))))
             linear_backward(act(d_atty_), w.proj_w, w.proj_b, d_res, act(a.atty), N, C, C);
             lora_linear_backward(l, 1, d_res, act(a.atty), act(d_atty_), N);
-            nn::attention_backward(dev_, act(d_qkv_), act(d_att_), act(d_atty_), act(a.qkv), act(a.att),
-                                   extra(d_attention, l, std::int64_t(B) * H * Tn * Tn), B, Tn, H, cfg_.kv_heads(),
-                                   cfg_.head_size());
+            const T* d_map = extra(d_attention, l, std::int64_t(B) * H * Tn * Tn);
+            if (d_map && mode_ == activations::training_fused)  // on every device, as attention(l) is refused
+                throw config_error("student", "backward: a gradient on attention map " + std::to_string(l) +
+                                                  " needs the map, which activations::training_fused does not "
+                                                  "keep; build the model with activations::training");
+            if (fused_attention()) {
+                if constexpr (device::fused_attention_device<Device, T>)
+                    flash_attention_backward(dev_, act(d_qkv_), act(d_atty_), act(a.qkv), act(a.atty), act(a.att), B,
+                                             Tn, H, cfg_.kv_heads(), cfg_.head_size());
+            } else {
+                nn::attention_backward(dev_, act(d_qkv_), act(d_att_), act(d_atty_), act(a.qkv), act(a.att), d_map, B,
+                                       Tn, H, cfg_.kv_heads(), cfg_.head_size());
+            }
             if (const T* e = extra(d_qkv, l, std::int64_t(N) * Q))
                 accumulate(dev_, act(d_qkv_), e, std::int64_t(N) * Q);
             if (cfg_.rope())
@@ -937,7 +970,8 @@ public:
     /// Bytes of the activation arena: what a forward keeps and the backward's buffers.
     std::size_t activation_bytes() const noexcept { return sizeof(T) * act_arena_.size(); }
     /// Bytes of the backward's own buffers (the logits' gradient, the per-layer gradient scratch),
-    /// the same for activations::training and checkpointed; the rest of `activation_bytes()` is what
+    /// the same for activations::training and checkpointed (training_fused with fused attention: less
+    /// the attention map's gradient); the rest of `activation_bytes()` is what
     /// a forward keeps for the backward and the losses.
     std::size_t backward_buffer_bytes() const noexcept {
         return trains() ? sizeof(T) * (act_arena_.size() - act_layout_.blocks()[dlogits_].offset) : 0;
@@ -1031,12 +1065,17 @@ private:
     void layout_activations() {
         const std::int64_t N = std::int64_t(max_batch_) * cfg_.context_length, C = cfg_.d_model, F = cfg_.d_ff,
                            Q = cfg_.qkv_width(), F1 = cfg_.fc_width();
-        const std::int64_t att = std::int64_t(max_batch_) * cfg_.n_heads * cfg_.context_length * cfg_.context_length;
+        const std::int64_t rows_h = std::int64_t(max_batch_) * cfg_.n_heads * cfg_.context_length;
+        const std::int64_t att = rows_h * cfg_.context_length;
+        // a layer's "att": the (B,H,T,T) map, or with fused attention the (B,H,T) log-sum-exp (training_fused)
+        // or attention_decode's scratch (inference), both B·H·T
+        const std::int64_t att_layer = fused_attention() ? rows_h : att;
         auto add = [&](const char* name, std::int64_t n) { return act_layout_.add<T>(name, {n}); };
         encoded_ = add("encoded", N * C);
         const bool training = trains();
         for (int l = 0; l < cfg_.n_layers; ++l) {
-            if (mode_ != activations::training && l > 0) {  // every layer works in layer 0's buffers
+            const bool shared = mode_ == activations::inference || mode_ == activations::checkpointed;
+            if (shared && l > 0) {  // every layer works in layer 0's buffers
                 layer_acts_.push_back(layer_acts_.front());
                 // checkpointed: but keeps its output, the next block's input (and a hidden state)
                 if (mode_ == activations::checkpointed) layer_acts_.back().res_out = add("res_out", N * C);
@@ -1047,7 +1086,7 @@ private:
             a.ln1_mean = add("ln1_mean", N);
             a.ln1_rstd = add("ln1_rstd", N);
             a.qkv = add("qkv", N * Q);
-            a.att = add("att", att);
+            a.att = add("att", att_layer);
             a.atty = add("atty", N * C);
             a.res_attn = add("res_attn", N * C);
             a.ln2 = add("ln2", N * C);
@@ -1076,7 +1115,7 @@ private:
             d_res_ = add("d_res", N * C);
             d_ln_ = add("d_ln", N * C);
             d_qkv_ = add("d_qkv", N * Q);
-            d_att_ = add("d_att", att);
+            if (!fused_attention()) d_att_ = add("d_att", att);
             d_atty_ = add("d_atty", N * C);
             d_fc_ = add("d_fc", N * F1);
             d_act_ = F1 == F ? d_fc_ : add("d_act", N * F);  // GELU's backward runs in place
@@ -1106,6 +1145,11 @@ private:
     // attention maps and q|k|v: kept by activations::training only
     void require_kept(const char* what) const {
         require_training(what);
+        if (mode_ == activations::training_fused)
+            throw config_error("student", std::string(what) +
+                                              ": this model runs attention fused (activations::training_fused) and "
+                                              "keeps no attention maps or q|k|v; a loss that reads them needs "
+                                              "activations::training");
         if (mode_ == activations::checkpointed)
             throw config_error("student", std::string(what) +
                                               ": this model recomputes attention maps and q|k|v in backward "

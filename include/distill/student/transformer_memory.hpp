@@ -15,6 +15,8 @@
 #include <vector>
 
 #include "distill/detail/arena.hpp"
+#include "distill/device.hpp"
+#include "distill/device/cpu/layers.hpp"
 #include "distill/error.hpp"
 #include "distill/student/lora.hpp"
 #include "distill/student/parameters.hpp"
@@ -42,12 +44,14 @@ struct TransformerMemory {
     std::size_t total() const noexcept { return weights() + gradients() + activations + tokens; }
 };
 
-/// The arenas a `Transformer<T, Device>(config, max_batch, device, mode)` allocates, without allocating.
-/// `bf16_storage`: whether that device stores the GEMM matrices in bf16 (`stores_bf16_weights(config,
-/// device)`: precision::bf16 on device::Cpu with oneDNN) — then they take 2 bytes an element, beside
-/// their fp32 masters when they train, alone when frozen (activations::inference, LoRA, `frozen`).
-/// Throws `config_error` as the constructor does for a config out of range or max_batch < 1.
-template <class T = float>
+/// The arenas a `Transformer<T, Device>(config, max_batch, device, mode)` allocates, without allocating
+/// (the device matters where it has the fused attention kernels: no (T,T) buffers in activations::
+/// inference and training_fused). `bf16_storage`: whether that device stores the GEMM matrices in bf16
+/// (`stores_bf16_weights(config, device)`: precision::bf16 on device::Cpu with oneDNN) — then they take
+/// 2 bytes an element, beside their fp32 masters when they train, alone when frozen
+/// (activations::inference, LoRA, `frozen`). Throws `config_error` as the constructor does for a config
+/// out of range or max_batch < 1.
+template <class T = float, class Device = device::Cpu>
 TransformerMemory transformer_memory(const TransformerConfig& config, int max_batch,
                                      activations mode = activations::training, bool bf16_storage = false) {
     config.validate();
@@ -128,15 +132,19 @@ TransformerMemory transformer_memory(const TransformerConfig& config, int max_ba
     // activations, in Transformer::layout_activations' order
     detail::ArenaLayout acts;
     const std::int64_t N = std::int64_t(max_batch) * c.context_length;
-    const std::int64_t att = std::int64_t(max_batch) * H * c.context_length * c.context_length;
+    const std::int64_t rows_h = std::int64_t(max_batch) * H * c.context_length, att = rows_h * c.context_length;
+    // Transformer::fused_attention(): a layer's att holds B·H·T (log-sum-exp or decode scratch)
+    const bool fused = device::fused_attention_device<Device, T> &&
+                       (mode == activations::inference || mode == activations::training_fused);
+    const std::int64_t att_layer = fused ? rows_h : att;
     auto act = [&](std::int64_t n) { return acts.add<T>("", {n}); };
     act(N * C);  // encoded
     for (int l = 0; l < c.n_layers; ++l) {
-        if (mode != activations::training && l > 0) {  // layer 0's buffers, reused
+        if ((mode == activations::inference || mode == activations::checkpointed) && l > 0) {  // layer 0's, reused
             if (mode == activations::checkpointed) act(N * C);
             continue;
         }
-        for (std::int64_t n : {N * C, N, N, N * Q, att, N * C, N * C, N * C, N, N, N * F1, N * F, N * C}) act(n);
+        for (std::int64_t n : {N * C, N, N, N * Q, att_layer, N * C, N * C, N * C, N, N, N * F1, N * F, N * C}) act(n);
         for (std::int64_t in : ins) {
             act(N * r);
             if (trains && lc.dropout > 0) act(N * in);
@@ -147,7 +155,9 @@ TransformerMemory transformer_memory(const TransformerConfig& config, int max_ba
     std::size_t dlogits = 0;
     if (trains) {
         dlogits = act(N * V);
-        for (std::int64_t n : {N, N * C, N * C, N * Q, att, N * C, N * F1}) act(n);
+        for (std::int64_t n : {N, N * C, N * C, N * Q}) act(n);
+        if (!fused) act(att);  // d_att
+        for (std::int64_t n : {N * C, N * F1}) act(n);
         if (F1 != F) act(N * F);
     }
     if (lc.enabled()) {

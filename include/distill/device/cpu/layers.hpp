@@ -665,3 +665,7 @@ void attention_decode(const Cpu& dev, T* out, T* scratch, const T* qkv, const T*
 }
 
 }  // namespace distill::device
+
+// The fused attention kernels belong to the same device: wherever `Cpu` is complete they are declared,
+// so `fused_attention_device<Cpu, T>` has one answer in every translation unit.
+#include "distill/device/cpu/flash_attention.hpp"  // IWYU pragma: export

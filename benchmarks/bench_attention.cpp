@@ -1,0 +1,93 @@
+// The causal attention core alone on device::Cpu: the unfused path (nn::attention_forward/backward:
+// a (B,H,T,T) score GEMM, the softmax, the value GEMM) against the fused kernels
+// (flash_attention_forward/backward: key tiles through an online softmax, no (T,T) buffer). Prints
+// the best of --reps runs of each, in ms. Defaults: the medium train step's teacher (B 8, T 256,
+// 8 heads of 64).
+//
+//   bench_attention [--batch 8] [--seq 256] [--heads 8] [--kv-heads 8] [--head-size 64] [--threads 1]
+//                   [--reps 7]
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "distill/device/cpu.hpp"
+#include "distill/nn/attention.hpp"
+
+using namespace distill;
+
+int main(int argc, char** argv) {
+#if !DISTILL_CPU_FUSED_ATTENTION
+    (void)argc;
+    (void)argv;
+    std::fprintf(stderr,
+                 "this build has no fused attention kernels (no AVX2 with oneDNN linked; see "
+                 "device/cpu/flash_attention.hpp)\n");
+    return 2;
+#else
+    int B = 8, T = 256, H = 8, Hkv = 0, hs = 64, threads = 1, reps = 7;
+    for (int i = 1; i < argc; ++i) {
+        const std::string a = argv[i];
+        if (i + 1 >= argc) {
+            std::fprintf(stderr, "%s needs a value\n", a.c_str());
+            return 2;
+        }
+        const int v = std::atoi(argv[++i]);
+        if (a == "--batch")
+            B = v;
+        else if (a == "--seq")
+            T = v;
+        else if (a == "--heads")
+            H = v;
+        else if (a == "--kv-heads")
+            Hkv = v;
+        else if (a == "--head-size")
+            hs = v;
+        else if (a == "--threads")
+            threads = v;
+        else if (a == "--reps")
+            reps = v;
+        else {
+            std::fprintf(stderr, "unknown argument %s\n", a.c_str());
+            return 2;
+        }
+    }
+    if (Hkv == 0) Hkv = H;
+    if (B < 1 || T < 1 || H < 1 || Hkv < 1 || H % Hkv || hs < 1 || threads < 1 || reps < 1) {
+        std::fprintf(stderr, "every size must be >= 1 and --kv-heads must divide --heads\n");
+        return 2;
+    }
+    const int C = H * hs, W = (H + 2 * Hkv) * hs;
+    device::Cpu dev(threads);
+    std::vector<float> qkv(std::size_t(B) * T * W), out(std::size_t(B) * T * C), dout(out.size());
+    std::vector<float> att(std::size_t(B) * H * T * T), datt(att.size()), lse(std::size_t(B) * H * T), dqkv(qkv.size());
+    for (std::size_t i = 0; i < qkv.size(); ++i) qkv[i] = float((i * 2654435761u) % 1000) / 1000.0f - 0.5f;
+    for (std::size_t i = 0; i < dout.size(); ++i) dout[i] = float((i * 40503u) % 1000) / 1000.0f - 0.5f;
+    auto best = [&](auto&& f) {
+        double t = 1e30;
+        for (int r = 0; r < reps; ++r) {
+            const auto t0 = std::chrono::steady_clock::now();
+            f();
+            t = std::min(t, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+        }
+        return t;
+    };
+    const float* none = nullptr;
+    const double uf = best([&] { nn::attention_forward(dev, out.data(), att.data(), qkv.data(), B, T, H, Hkv, hs); });
+    const double ub = best([&] {
+        nn::attention_backward(dev, dqkv.data(), datt.data(), dout.data(), qkv.data(), att.data(), none, B, T, H, Hkv,
+                               hs);
+    });
+    const double ff = best([&] { flash_attention_forward(dev, out.data(), lse.data(), qkv.data(), B, T, H, Hkv, hs); });
+    const double fb = best([&] {
+        flash_attention_backward(dev, dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), B, T, H, Hkv, hs);
+    });
+    std::printf("attention B=%d T=%d H=%d Hkv=%d hs=%d, %d threads (best of %d, ms)\n", B, T, H, Hkv, hs, threads,
+                reps);
+    std::printf("forward:  unfused %.2f  fused %.2f  (%.2fx)\n", uf, ff, uf / ff);
+    std::printf("backward: unfused %.2f  fused %.2f  (%.2fx)\n", ub, fb, ub / fb);
+#endif
+}

@@ -1,0 +1,140 @@
+// Fused causal attention (device/cpu/flash_attention.hpp): forward and backward against the (T,T)
+// path of nn::attention_forward/backward on the plain-loop Reference device and on Cpu, on shapes
+// that are not multiples of the tile, grouped-query heads and a batch; a finite-difference check in
+// double; and bit-identical results across thread counts that take the same backward schedule.
+
+#include <doctest/doctest.h>
+
+#include <numeric>
+
+#include "distill/device/cpu.hpp"
+#include "distill/device/reference.hpp"
+#include "distill/nn/attention.hpp"
+#include "testing.hpp"
+
+using namespace distill;
+using distill::testing::check_close;
+using distill::testing::check_gradient;
+using distill::testing::random_vector;
+
+static_assert(!device::fused_attention_device<device::Reference, float>);
+// a build without AVX2 that links oneDNN has no fused kernels (they would be slower there)
+static_assert(device::fused_attention_device<device::Cpu, float> == bool(DISTILL_CPU_FUSED_ATTENTION));
+
+#if DISTILL_CPU_FUSED_ATTENTION
+static_assert(device::fused_attention_device<device::Cpu, double>);
+
+namespace {
+
+struct Shape {
+    int B, T, H, Hkv, hs;
+};
+
+// T = 1, T one past the tile, T across several tiles with 14/2 grouped-query heads, head sizes 64 and 32
+// (the backward at 2 threads takes one pass from 8 (b, kv head) pairs: the first and the last two shapes)
+constexpr Shape shapes[] = {{2, 1, 4, 4, 64},  {1, 65, 4, 2, 32}, {2, 130, 14, 2, 64},
+                            {3, 77, 2, 1, 32}, {4, 70, 8, 4, 32}, {8, 130, 14, 2, 64}};
+
+template <class T>
+void unfused(const device::Reference& dev, std::vector<T>& out, std::vector<T>& dqkv, const std::vector<T>& qkv,
+             const std::vector<T>& dout, const Shape& s) {
+    std::vector<T> att(std::size_t(s.B) * s.H * s.T * s.T), datt(att.size());
+    nn::attention_forward(dev, out.data(), att.data(), qkv.data(), s.B, s.T, s.H, s.Hkv, s.hs);
+    nn::attention_backward(dev, dqkv.data(), datt.data(), dout.data(), qkv.data(), att.data(), static_cast<T*>(nullptr),
+                           s.B, s.T, s.H, s.Hkv, s.hs);
+}
+
+}  // namespace
+
+TEST_CASE("flash attention: forward and backward equal the unfused path (fp32, Reference and Cpu)") {
+    device::Reference ref;
+    device::Cpu cpu(2);
+    for (const Shape& s : shapes) {
+        CAPTURE(s.B);
+        CAPTURE(s.T);
+        CAPTURE(s.H);
+        CAPTURE(s.Hkv);
+        CAPTURE(s.hs);
+        const int C = s.H * s.hs, W = (s.H + 2 * s.Hkv) * s.hs;
+        const std::size_t rows = std::size_t(s.B) * s.T;
+        // scores of a few units, as in a trained model's attention
+        const auto qkv = random_vector<float>(rows * W, 7, 1.5);
+        const auto dout = random_vector<float>(rows * C, 8);
+        std::vector<float> o_ref(rows * C), g_ref(rows * W);
+        unfused(ref, o_ref, g_ref, qkv, dout, s);
+        // Cpu's unfused path too: the model's other mode
+        std::vector<float> o_cpu(rows * C), att(std::size_t(s.B) * s.H * s.T * s.T);
+        nn::attention_forward(cpu, o_cpu.data(), att.data(), qkv.data(), s.B, s.T, s.H, s.Hkv, s.hs);
+
+        std::vector<float> out(rows * C), lse(std::size_t(s.B) * s.H * s.T), dqkv(rows * W, 1e9f);
+        flash_attention_forward(cpu, out.data(), lse.data(), qkv.data(), s.B, s.T, s.H, s.Hkv, s.hs);
+        check_close("flash out vs reference", out.data(), o_ref.data(), std::int64_t(out.size()), 1e-5, 1e-5);
+        check_close("flash out vs cpu unfused", out.data(), o_cpu.data(), std::int64_t(out.size()), 1e-5, 1e-5);
+        std::vector<float> no_lse(out.size());
+        flash_attention_forward(cpu, no_lse.data(), static_cast<float*>(nullptr), qkv.data(), s.B, s.T, s.H, s.Hkv,
+                                s.hs);
+        CHECK(no_lse == out);  // inference (no lse) computes the same rows
+
+        flash_attention_backward(cpu, dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), s.B, s.T, s.H,
+                                 s.Hkv, s.hs);
+        check_close("flash dqkv vs reference", dqkv.data(), g_ref.data(), std::int64_t(dqkv.size()), 2e-5, 1e-4);
+    }
+}
+
+TEST_CASE("flash attention: bit-identical across thread counts that take the same schedule") {
+    // two passes at 2 and 3 threads (6 pairs); one pass at 1 and 3 (16 pairs)
+    for (const Shape& s : {Shape{2, 100, 6, 3, 32}, Shape{4, 100, 8, 4, 32}}) {
+        const int t0 = s.B * s.Hkv < 16 ? 2 : 1;
+        const int C = s.H * s.hs, W = (s.H + 2 * s.Hkv) * s.hs;
+        const std::size_t rows = std::size_t(s.B) * s.T;
+        const auto qkv = random_vector<float>(rows * W, 21), dout = random_vector<float>(rows * C, 22);
+        // the same buffers on both runs (an element's bits may depend on its address, as in every Eigen kernel)
+        std::vector<float> out(rows * C), lse(std::size_t(s.B) * s.H * s.T), dqkv(rows * W);
+        std::vector<float> first[3];
+        for (int threads : {t0, 3}) {
+            device::Cpu dev(threads);
+            flash_attention_forward(dev, out.data(), lse.data(), qkv.data(), s.B, s.T, s.H, s.Hkv, s.hs);
+            flash_attention_backward(dev, dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), s.B, s.T, s.H,
+                                     s.Hkv, s.hs);
+            if (threads == t0) {
+                first[0] = out;
+                first[1] = lse;
+                first[2] = dqkv;
+            }
+        }
+        CHECK(first[0] == out);
+        CHECK(first[1] == lse);
+        CHECK(first[2] == dqkv);
+    }
+}
+
+TEST_CASE("flash attention: double precision against Reference and a finite-difference gradient") {
+    device::Reference ref;
+    for (const Shape& s : {Shape{1, 1, 2, 1, 4}, Shape{2, 67, 2, 1, 4}, Shape{1, 70, 4, 2, 3}, Shape{8, 66, 4, 2, 3}})
+        for (int threads : {1, 2}) {  // one pass at 1 thread; two at 2 but for the last shape
+            const device::Cpu cpu(threads);
+            CAPTURE(threads);
+            CAPTURE(s.B);
+            CAPTURE(s.T);
+            CAPTURE(s.Hkv);
+            const int C = s.H * s.hs, W = (s.H + 2 * s.Hkv) * s.hs;
+            const std::size_t rows = std::size_t(s.B) * s.T;
+            auto qkv = random_vector<double>(rows * W, 31, 2.0);
+            const auto R = random_vector<double>(rows * C, 32);
+            std::vector<double> o_ref(rows * C), g_ref(rows * W);
+            unfused(ref, o_ref, g_ref, qkv, R, s);
+            std::vector<double> out(rows * C), lse(std::size_t(s.B) * s.H * s.T), dqkv(rows * W);
+            auto f = [&] {
+                flash_attention_forward(cpu, out.data(), lse.data(), qkv.data(), s.B, s.T, s.H, s.Hkv, s.hs);
+                return std::inner_product(out.begin(), out.end(), R.begin(), 0.0);
+            };
+            f();
+            check_close("flash out (double)", out.data(), o_ref.data(), std::int64_t(out.size()), 1e-13, 1e-12);
+            flash_attention_backward(cpu, dqkv.data(), R.data(), qkv.data(), out.data(), lse.data(), s.B, s.T, s.H,
+                                     s.Hkv, s.hs);
+            check_close("flash dqkv (double)", dqkv.data(), g_ref.data(), std::int64_t(dqkv.size()), 1e-12, 1e-10);
+            if (rows * W <= 2500) check_gradient("flash d_qkv", qkv, f, dqkv);  // the last shape: Reference alone
+        }
+}
+
+#endif  // DISTILL_CPU_FUSED_ATTENTION

@@ -26,6 +26,7 @@
 #include "distill/detail/macros.hpp"
 #include "distill/detail/parallel.hpp"
 #include "distill/device.hpp"
+#include "distill/device/cpu/isa.hpp"
 #include "distill/device/reference/layers.hpp"
 #include "distill/error.hpp"
 
@@ -318,6 +319,13 @@ void gemm_strided_batched(const Cpu& dev, bool trans_a, bool trans_b, int M, int
 template <class T>
 void add_bias(const Cpu& dev, T* out, const T* bias, int N, int OC) {
     using namespace detail;
+    if constexpr (std::is_same_v<T, float>) {
+        const cpu_isa isa = row_kernel_isa();
+        distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n) {
+            rowk::run_kernel<rowk::add_row>(isa, out + n * OC, bias, std::int64_t(OC));
+        });
+        return;
+    }
     const ConstArray<T> b(bias, OC);
     distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
         const int n = static_cast<int>(n_);
@@ -395,10 +403,18 @@ void layernorm_backward(const Cpu& dev, T* din, T* dw, T* db, const T* dout, con
 }
 
 /// out = gelu_tanh(in), written as x * sigmoid(2u) (u the tanh argument): the same function, but
-/// with Eigen's vectorized exp it stays accurate where 1 + tanh(u) would cancel (x << 0).
+/// with a vectorized exp it stays accurate where 1 + tanh(u) would cancel (x << 0). float: the
+/// run-time ISA's kernel (cpu/isa.hpp); double: Eigen's arrays.
 template <class T>
 void gelu_forward(const Cpu& dev, T* out, const T* in, std::int64_t n) {
     using namespace detail;
+    if constexpr (std::is_same_v<T, float>) {
+        const cpu_isa isa = row_kernel_isa();
+        for_column_blocks(dev.threads(), n, 4096, [&](std::int64_t s, std::int64_t e) {
+            rowk::run_kernel<rowk::gelu_forward>(isa, out + s, in + s, e - s);
+        });
+        return;
+    }
     for_column_blocks(dev.threads(), n, 4096, [&](std::int64_t s, std::int64_t e) {
         const ConstArray<T> x(in + s, e - s);
         Array<T>(out + s, e - s) = x / (T(1) + (T(-2) * math::gelu_k<T> * (x + T(0.044715) * x.cube())).exp());
@@ -410,6 +426,13 @@ void gelu_forward(const Cpu& dev, T* out, const T* in, std::int64_t n) {
 template <class T>
 void gelu_backward(const Cpu& dev, T* din, const T* in, const T* dout, std::int64_t n) {
     using namespace detail;
+    if constexpr (std::is_same_v<T, float>) {
+        const cpu_isa isa = row_kernel_isa();
+        for_column_blocks(dev.threads(), n, 4096, [&](std::int64_t s, std::int64_t e) {
+            rowk::run_kernel<rowk::gelu_backward>(isa, din + s, in + s, dout + s, e - s);
+        });
+        return;
+    }
     for_column_blocks(dev.threads(), n, 4096, [&](std::int64_t s, std::int64_t e) {
         constexpr std::int64_t chunk = 1024;
         alignas(64) T u_buf[chunk], e_buf[chunk];
@@ -512,6 +535,15 @@ template <class T>
 void causal_softmax_forward(const Cpu& dev, T* att, int BH, int Tn, T scale) {
     using namespace detail;
     const std::int64_t rows = std::int64_t(BH) * Tn;
+    if constexpr (std::is_same_v<T, float>) {  // the run-time ISA's kernel (cpu/isa.hpp)
+        const cpu_isa isa = row_kernel_isa();
+        distill::detail::parallel_for(dev.threads(), rows, [&](std::int64_t r) {
+            const int t = static_cast<int>(r % Tn);
+            rowk::run_kernel<rowk::softmax_forward>(isa, att + r * Tn, std::int64_t(t + 1), scale);
+            std::fill(att + r * Tn + t + 1, att + (r + 1) * Tn, T(0));
+        });
+        return;
+    }
     distill::detail::parallel_for(dev.threads(), rows, [&](std::int64_t r) {
         const int t = static_cast<int>(r % Tn);
         T* row = att + r * Tn;
@@ -528,6 +560,16 @@ template <class T>
 void causal_softmax_backward(const Cpu& dev, T* dscores, const T* att, const T* datt, int BH, int Tn, T scale) {
     using namespace detail;
     const std::int64_t rows = std::int64_t(BH) * Tn;
+    if constexpr (std::is_same_v<T, float>) {
+        const cpu_isa isa = row_kernel_isa();
+        distill::detail::parallel_for(dev.threads(), rows, [&](std::int64_t r) {
+            const int t = static_cast<int>(r % Tn);
+            rowk::run_kernel<rowk::softmax_backward>(isa, dscores + r * Tn, att + r * Tn, datt + r * Tn,
+                                                     std::int64_t(t + 1), scale);
+            std::fill(dscores + r * Tn + t + 1, dscores + (r + 1) * Tn, T(0));
+        });
+        return;
+    }
     distill::detail::parallel_for(dev.threads(), rows, [&](std::int64_t r) {
         const int t = static_cast<int>(r % Tn);
         const ConstArray<T> p(att + r * Tn, t + 1), d(datt + r * Tn, t + 1);

@@ -56,6 +56,18 @@ TEST_CASE("row kernels: every run-time ISA equals Reference (float)") {
     causal_softmax_forward(ref, sm0.data(), BH, T, 0.125f);
     causal_softmax_backward(ref, dsm0.data(), sm0.data(), d.data(), BH, T, 0.125f);
     add_bias(ref, bias0.data(), w.data(), N, C);
+    auto b = random_vector<float>(C, 12);
+    std::vector<float> ln0(x.size()), m0(N), r0(N), dln0(x.size(), 1.0f), dw0(C), db0(C);
+    layernorm_forward(ref, ln0.data(), m0.data(), r0.data(), x.data(), w.data(), b.data(), N, C, 1e-5f);
+    layernorm_backward(ref, dln0.data(), dw0.data(), db0.data(), dy.data(), x.data(), w.data(), m0.data(), r0.data(), N,
+                       C);
+    std::vector<float> rms0(x.size()), rr0(N), drms0(x.size(), 1.0f), drw0(C);
+    rmsnorm_forward(ref, rms0.data(), rr0.data(), x.data(), w.data(), N, C, 1e-6f);
+    rmsnorm_backward(ref, drms0.data(), drw0.data(), dy.data(), x.data(), w.data(), rr0.data(), N, C);
+    const int Fw = C / 2;  // x as (N, 2F): gate | up (rows of 35: a tail on every width)
+    std::vector<float> sw0(std::size_t(N) * Fw), dsw0(x.size());
+    swiglu_forward(ref, sw0.data(), x.data(), N, Fw);
+    swiglu_backward(ref, dsw0.data(), x.data(), dy.data(), N, Fw);
 
     const auto isas = available();
     CHECK(isas.front() == device::detail::compiled_isa);
@@ -79,9 +91,31 @@ TEST_CASE("row kernels: every run-time ISA equals Reference (float)") {
         causal_softmax_backward(cpu, g.data(), sm0.data(), g.data(), BH, T, 0.125f);
         check_close("softmax grad", g.data(), dsm0.data(), std::int64_t(g.size()), 1e-7, 1e-5);
 
-        auto b = x;
-        add_bias(cpu, b.data(), w.data(), N, C);
-        check_close("add_bias", b.data(), bias0.data(), std::int64_t(b.size()), 0, 0);
+        auto bx = x;
+        add_bias(cpu, bx.data(), w.data(), N, C);
+        check_close("add_bias", bx.data(), bias0.data(), std::int64_t(bx.size()), 0, 0);
+
+        std::vector<float> ln(x.size()), m(N), r(N), dln(x.size(), 1.0f), dw(C), db(C);
+        layernorm_forward(cpu, ln.data(), m.data(), r.data(), x.data(), w.data(), b.data(), N, C, 1e-5f);
+        check_close("ln out", ln.data(), ln0.data(), std::int64_t(ln.size()), 1e-5, 1e-5);
+        check_close("ln mean", m.data(), m0.data(), N, 1e-6, 1e-5);
+        check_close("ln rstd", r.data(), r0.data(), N, 1e-6, 1e-5);
+        layernorm_backward(cpu, dln.data(), dw.data(), db.data(), dy.data(), x.data(), w.data(), m0.data(), r0.data(),
+                           N, C);
+        check_close("ln din", dln.data(), dln0.data(), std::int64_t(dln.size()), 1e-5, 1e-4);
+        check_close("ln dw", dw.data(), dw0.data(), C, 1e-4, 1e-4);
+
+        std::vector<float> rms(x.size()), rr(N), drms(x.size(), 1.0f), drw(C);
+        rmsnorm_forward(cpu, rms.data(), rr.data(), x.data(), w.data(), N, C, 1e-6f);
+        check_close("rms out", rms.data(), rms0.data(), std::int64_t(rms.size()), 1e-5, 1e-5);
+        rmsnorm_backward(cpu, drms.data(), drw.data(), dy.data(), x.data(), w.data(), rr0.data(), N, C);
+        check_close("rms din", drms.data(), drms0.data(), std::int64_t(drms.size()), 1e-5, 1e-4);
+
+        std::vector<float> sw(sw0.size()), dsw(x.size());
+        swiglu_forward(cpu, sw.data(), x.data(), N, Fw);
+        check_close("swiglu", sw.data(), sw0.data(), std::int64_t(sw.size()), 1e-6, 1e-5);
+        swiglu_backward(cpu, dsw.data(), x.data(), dy.data(), N, Fw);
+        check_close("swiglu grad", dsw.data(), dsw0.data(), std::int64_t(dsw.size()), 1e-6, 1e-5);
     }
 }
 

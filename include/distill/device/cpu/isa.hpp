@@ -390,6 +390,174 @@ struct add_row {
     }
 };
 
+/// The lanes of the vector at i of a row of n: width, or what is left.
+template <class V>
+DISTILL_ROW_INLINE std::int64_t lanes(std::int64_t n, std::int64_t i) noexcept {
+    return n - i < V::width ? n - i : V::width;
+}
+/// Loads `n` lanes (a full vector when n == width) from p, zero past n.
+template <class V>
+DISTILL_ROW_INLINE void load_z(typename V::f& v, const float* p, std::int64_t n) noexcept {
+    if (n == V::width)
+        load<V>(v, p);
+    else
+        load_n<V>(v, p, n, 0.0f);
+}
+template <class V>
+DISTILL_ROW_INLINE void store_z(float* p, const typename V::f& v, std::int64_t n) noexcept {
+    if (n == V::width)
+        store<V>(p, v);
+    else
+        store_n<V>(p, v, n);
+}
+
+/// LayerNorm of one row of C: out = (x - mean) rstd w + b, mean and rstd stored.
+struct layernorm_forward {
+    template <class V>
+    DISTILL_ROW_INLINE static void run(float* out, float* mean, float* rstd, const float* x, const float* w,
+                                       const float* b, std::int64_t C, float eps) {
+        using F = typename V::f;
+        F acc{}, v, wv, bv;
+        for (std::int64_t i = 0; i < C; i += V::width) {
+            load_z<V>(v, x + i, lanes<V>(C, i));
+            acc += v;
+        }
+        const float m = hsum<V>(acc) / float(C);
+        acc = F{};
+        for (std::int64_t i = 0; i < C; i += V::width) {
+            const std::int64_t n = lanes<V>(C, i);
+            if (n == V::width)
+                load<V>(v, x + i);
+            else
+                load_n<V>(v, x + i, n, m);  // (m - m)^2 = 0 past n
+            v -= m;
+            acc += v * v;
+        }
+        const float s = 1.0f / __builtin_sqrtf(hsum<V>(acc) / float(C) + eps);
+        for (std::int64_t i = 0; i < C; i += V::width) {
+            const std::int64_t n = lanes<V>(C, i);
+            load_z<V>(v, x + i, n);
+            load_z<V>(wv, w + i, n);
+            load_z<V>(bv, b + i, n);
+            store_z<V>(out + i, (v - m) * s * wv + bv, n);
+        }
+        *mean = m;
+        *rstd = s;
+    }
+};
+
+/// LayerNorm backward, one row: dx += rstd (g - mean(g) - xhat mean(g xhat)), g = dy w.
+struct layernorm_backward {
+    template <class V>
+    DISTILL_ROW_INLINE static void run(float* dx, const float* x, const float* dy, const float* w, float mean,
+                                       float rstd, std::int64_t C) {
+        using F = typename V::f;
+        F ga{}, gxa{}, d, wv, xv, o;
+        for (std::int64_t i = 0; i < C; i += V::width) {
+            const std::int64_t n = lanes<V>(C, i);
+            load_z<V>(d, dy + i, n);
+            load_z<V>(wv, w + i, n);
+            load_z<V>(xv, x + i, n);
+            ga += d * wv;
+            gxa += d * wv * ((xv - mean) * rstd);
+        }
+        const float g_mean = hsum<V>(ga) / float(C), gx_mean = hsum<V>(gxa) / float(C);
+        for (std::int64_t i = 0; i < C; i += V::width) {
+            const std::int64_t n = lanes<V>(C, i);
+            load_z<V>(d, dy + i, n);
+            load_z<V>(wv, w + i, n);
+            load_z<V>(xv, x + i, n);
+            load_z<V>(o, dx + i, n);
+            store_z<V>(dx + i, o + (d * wv - g_mean - (xv - mean) * rstd * gx_mean) * rstd, n);
+        }
+    }
+};
+
+/// RMSNorm of one row of C: out = x rstd w, rstd stored.
+struct rmsnorm_forward {
+    template <class V>
+    DISTILL_ROW_INLINE static void run(float* out, float* rstd, const float* x, const float* w, std::int64_t C,
+                                       float eps) {
+        using F = typename V::f;
+        F acc{}, v, wv;
+        for (std::int64_t i = 0; i < C; i += V::width) {
+            load_z<V>(v, x + i, lanes<V>(C, i));
+            acc += v * v;
+        }
+        const float s = 1.0f / __builtin_sqrtf(hsum<V>(acc) / float(C) + eps);
+        for (std::int64_t i = 0; i < C; i += V::width) {
+            const std::int64_t n = lanes<V>(C, i);
+            load_z<V>(v, x + i, n);
+            load_z<V>(wv, w + i, n);
+            store_z<V>(out + i, v * s * wv, n);
+        }
+        *rstd = s;
+    }
+};
+
+/// RMSNorm backward, one row: dx += rstd (dy w - x rstd^2 mean(dy w x)).
+struct rmsnorm_backward {
+    template <class V>
+    DISTILL_ROW_INLINE static void run(float* dx, const float* x, const float* dy, const float* w, float rstd,
+                                       std::int64_t C) {
+        using F = typename V::f;
+        F acc{}, d, wv, xv, o;
+        for (std::int64_t i = 0; i < C; i += V::width) {
+            const std::int64_t n = lanes<V>(C, i);
+            load_z<V>(d, dy + i, n);
+            load_z<V>(wv, w + i, n);
+            load_z<V>(xv, x + i, n);
+            acc += d * wv * xv;
+        }
+        const float gx_mean = hsum<V>(acc) / float(C) * rstd;
+        for (std::int64_t i = 0; i < C; i += V::width) {
+            const std::int64_t n = lanes<V>(C, i);
+            load_z<V>(d, dy + i, n);
+            load_z<V>(wv, w + i, n);
+            load_z<V>(xv, x + i, n);
+            load_z<V>(o, dx + i, n);
+            store_z<V>(dx + i, o + (d * wv - xv * (rstd * gx_mean)) * rstd, n);
+        }
+    }
+};
+
+/// SwiGLU, one row: out[0, F) = silu(g) u with g = in[0, F), u = in[F, 2F).
+struct swiglu_forward {
+    template <class V>
+    DISTILL_ROW_INLINE static void run(float* out, const float* in, std::int64_t Fn) {
+        using F = typename V::f;
+        F g, u, e;
+        for (std::int64_t i = 0; i < Fn; i += V::width) {
+            const std::int64_t n = lanes<V>(Fn, i);
+            load_z<V>(g, in + i, n);
+            load_z<V>(u, in + Fn + i, n);
+            e = -g;
+            exp<V>(e);
+            store_z<V>(out + i, g / (e + 1.0f) * u, n);
+        }
+    }
+};
+
+/// SwiGLU backward, one row: din = dout u silu'(g) | dout silu(g), silu'(g) = s (1 + g (1 - s)).
+struct swiglu_backward {
+    template <class V>
+    DISTILL_ROW_INLINE static void run(float* din, const float* in, const float* dout, std::int64_t Fn) {
+        using F = typename V::f;
+        F g, u, d, e;
+        for (std::int64_t i = 0; i < Fn; i += V::width) {
+            const std::int64_t n = lanes<V>(Fn, i);
+            load_z<V>(g, in + i, n);
+            load_z<V>(u, in + Fn + i, n);
+            load_z<V>(d, dout + i, n);
+            e = -g;
+            exp<V>(e);
+            const F sig = 1.0f / (e + 1.0f);
+            store_z<V>(din + i, d * u * sig * ((1.0f - sig) * g + 1.0f), n);
+            store_z<V>(din + Fn + i, d * g * sig, n);
+        }
+    }
+};
+
 // ---- the dispatch -------------------------------------------------------------------------------
 
 #if defined(DISTILL_ISA_DISPATCH)

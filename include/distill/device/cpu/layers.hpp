@@ -365,6 +365,14 @@ template <class T>
 void layernorm_forward(const Cpu& dev, T* out, T* mean, T* rstd, const T* in, const T* w, const T* b, int N, int C,
                        T eps) {
     using namespace detail;
+    if constexpr (std::is_same_v<T, float>) {  // the run-time ISA's kernel (cpu/isa.hpp)
+        const cpu_isa isa = row_kernel_isa();
+        distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n) {
+            rowk::run_kernel<rowk::layernorm_forward>(isa, out + n * C, mean + n, rstd + n, in + n * C, w, b,
+                                                      std::int64_t(C), eps);
+        });
+        return;
+    }
     const ConstArray<T> wa(w, C), ba(b, C);
     distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
         const int n = static_cast<int>(n_);
@@ -383,14 +391,21 @@ void layernorm_backward(const Cpu& dev, T* din, T* dw, T* db, const T* dout, con
                         const T* rstd, int N, int C) {
     using namespace detail;
     const ConstArray<T> wa(w, C);
-    norm_backward_rows(dev, din, dout, in, N, C,
-                       [&](int n, const ConstArray<T>& x, const ConstArray<T>& dy, Array<T> dx) {
-                           const auto xhat = (x - mean[n]) * rstd[n];
-                           const auto g = dy * wa;
-                           const T g_mean = g.mean();
-                           const T gx_mean = (g * xhat).mean();
-                           dx += rstd[n] * (g - g_mean - xhat * gx_mean);
-                       });
+    if constexpr (std::is_same_v<T, float>) {
+        const cpu_isa isa = row_kernel_isa();
+        distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n) {
+            rowk::run_kernel<rowk::layernorm_backward>(isa, din + n * C, in + n * C, dout + n * C, w, mean[n], rstd[n],
+                                                       std::int64_t(C));
+        });
+    } else
+        norm_backward_rows(dev, din, dout, in, N, C,
+                           [&](int n, const ConstArray<T>& x, const ConstArray<T>& dy, Array<T> dx) {
+                               const auto xhat = (x - mean[n]) * rstd[n];
+                               const auto g = dy * wa;
+                               const T g_mean = g.mean();
+                               const T gx_mean = (g * xhat).mean();
+                               dx += rstd[n] * (g - g_mean - xhat * gx_mean);
+                           });
     for_column_blocks(dev.threads(), C, 64 / sizeof(T), [&](std::int64_t b, std::int64_t e) {
         Array<T> dwa(dw + b, e - b), dba(db + b, e - b);
         for (int n = 0; n < N; ++n) {
@@ -454,6 +469,13 @@ void gelu_backward(const Cpu& dev, T* din, const T* in, const T* dout, std::int6
 template <class T>
 void rmsnorm_forward(const Cpu& dev, T* out, T* rstd, const T* in, const T* w, int N, int C, T eps) {
     using namespace detail;
+    if constexpr (std::is_same_v<T, float>) {
+        const cpu_isa isa = row_kernel_isa();
+        distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n) {
+            rowk::run_kernel<rowk::rmsnorm_forward>(isa, out + n * C, rstd + n, in + n * C, w, std::int64_t(C), eps);
+        });
+        return;
+    }
     const ConstArray<T> wa(w, C);
     distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
         const int n = static_cast<int>(n_);
@@ -470,11 +492,18 @@ void rmsnorm_backward(const Cpu& dev, T* din, T* dw, const T* dout, const T* in,
                       int C) {
     using namespace detail;
     const ConstArray<T> wa(w, C);
-    norm_backward_rows(dev, din, dout, in, N, C,
-                       [&](int n, const ConstArray<T>& x, const ConstArray<T>& dy, Array<T> dx) {
-                           const T gx_mean = (dy * wa * x).mean() * rstd[n];
-                           dx += rstd[n] * (dy * wa - x * (rstd[n] * gx_mean));
-                       });
+    if constexpr (std::is_same_v<T, float>) {
+        const cpu_isa isa = row_kernel_isa();
+        distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n) {
+            rowk::run_kernel<rowk::rmsnorm_backward>(isa, din + n * C, in + n * C, dout + n * C, w, rstd[n],
+                                                     std::int64_t(C));
+        });
+    } else
+        norm_backward_rows(dev, din, dout, in, N, C,
+                           [&](int n, const ConstArray<T>& x, const ConstArray<T>& dy, Array<T> dx) {
+                               const T gx_mean = (dy * wa * x).mean() * rstd[n];
+                               dx += rstd[n] * (dy * wa - x * (rstd[n] * gx_mean));
+                           });
     for_column_blocks(dev.threads(), C, 64 / sizeof(T), [&](std::int64_t b, std::int64_t e) {
         Array<T> dwa(dw + b, e - b);
         for (int n = 0; n < N; ++n) {
@@ -488,6 +517,13 @@ void rmsnorm_backward(const Cpu& dev, T* din, T* dw, const T* dout, const T* in,
 template <class T>
 void swiglu_forward(const Cpu& dev, T* out, const T* in, int N, int F) {
     using namespace detail;
+    if constexpr (std::is_same_v<T, float>) {
+        const cpu_isa isa = row_kernel_isa();
+        distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n) {
+            rowk::run_kernel<rowk::swiglu_forward>(isa, out + n * F, in + n * 2 * F, std::int64_t(F));
+        });
+        return;
+    }
     distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
         const int n = static_cast<int>(n_);
         const ConstArray<T> g(in + std::int64_t(n) * 2 * F, F), u(in + std::int64_t(n) * 2 * F + F, F);
@@ -500,6 +536,14 @@ void swiglu_forward(const Cpu& dev, T* out, const T* in, int N, int F) {
 template <class T>
 void swiglu_backward(const Cpu& dev, T* din, const T* in, const T* dout, int N, int F) {
     using namespace detail;
+    if constexpr (std::is_same_v<T, float>) {
+        const cpu_isa isa = row_kernel_isa();
+        distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n) {
+            rowk::run_kernel<rowk::swiglu_backward>(isa, din + n * 2 * F, in + n * 2 * F, dout + n * F,
+                                                    std::int64_t(F));
+        });
+        return;
+    }
     distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
         const int n = static_cast<int>(n_);
         const std::int64_t r = std::int64_t(n) * 2 * F;

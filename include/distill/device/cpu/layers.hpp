@@ -4,8 +4,11 @@
 /// other parts: `cpu/{losses,optim,encoder}.hpp`). GEMMs go through oneDNN's matmul when
 /// the program links `distill::dnnl` (`DISTILL_WITH_DNNL`; see `device/cpu/dnnl.hpp`), else through
 /// Eigen's GEMM kernel (AVX-512 when compiled for the host), split over threads by us and packing into
-/// per-thread buffers kept across calls, so a steady-state step allocates nothing; row
-/// kernels through Eigen array expressions (vectorized exp/tanh), parallel over rows or column
+/// per-thread buffers kept across calls, so a steady-state step allocates nothing; the hot fp32 row
+/// kernels (LayerNorm/RMSNorm rows, GELU, SwiGLU, the causal softmax, bias add) through
+/// `cpu/isa.hpp` on the widest vectors the CPU has, chosen at run time (so a build without -march
+/// runs them on AVX2/AVX-512 too), the others (and fp64) through Eigen array expressions (vectorized
+/// for the build's ISA), parallel over rows or column
 /// blocks (`distill::detail::parallel_for`, OpenMP). Reductions never use atomics and split work by a fixed rule, so a
 /// fixed thread count gives bit-identical results run after run.
 ///

@@ -119,15 +119,23 @@ inline cpu_isa row_kernel_isa() {
 
 namespace detail::rowk {
 
-// 32/64-byte vectors passed by value between functions compiled for less: never a real call, since
-// every kernel function is inlined into its ISA's wrapper
-#if defined(__clang__)
-#pragma clang diagnostic push
-#pragma clang diagnostic ignored "-Wpsabi"
-#elif defined(__GNUC__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wpsabi"
-#endif
+#if defined(__CUDA_ARCH__)
+// nvcc's device pass parses host code it never compiles, and its front end (cicc, CUDA 12) crashes
+// on the kernels below: it sees declarations only.
+struct add_row;
+struct gelu_forward;
+struct gelu_backward;
+struct softmax_forward;
+struct softmax_backward;
+struct layernorm_forward;
+struct layernorm_backward;
+struct rmsnorm_forward;
+struct rmsnorm_backward;
+struct swiglu_forward;
+struct swiglu_backward;
+template <class K, class... A>
+void run_kernel(cpu_isa, A...);
+#else
 
 #define DISTILL_ROW_INLINE [[gnu::always_inline]] inline
 
@@ -563,11 +571,11 @@ struct swiglu_backward {
 #if defined(DISTILL_ISA_DISPATCH)
 template <class K, class... A>
 [[gnu::target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma"), gnu::flatten]] void run_avx512(A... a) {
-    K::template run<vec<64>>(a...);
+    K::template run<vec<64> >(a...);
 }
 template <class K, class... A>
 [[gnu::target("avx2,fma"), gnu::flatten]] void run_avx2(A... a) {
-    K::template run<vec<32>>(a...);
+    K::template run<vec<32> >(a...);
 }
 #endif
 
@@ -585,11 +593,7 @@ DISTILL_ROW_INLINE void run_kernel([[maybe_unused]] cpu_isa isa, A... a) {
 
 #undef DISTILL_ROW_INLINE
 
-#if defined(__clang__)
-#pragma clang diagnostic pop
-#elif defined(__GNUC__)
-#pragma GCC diagnostic pop
-#endif
+#endif  // __CUDA_ARCH__
 
 }  // namespace detail::rowk
 

@@ -1,26 +1,27 @@
 #pragma once
 /// @file cpu/isa.hpp
-/// The instruction set of `device::Cpu`'s hot row kernels (GELU, the causal softmax, bias adds),
-/// chosen at run time, so a program built with plain Release flags (no -march) still runs them on
-/// AVX2 or AVX-512 where the CPU has it (oneDNN's GEMMs already choose theirs at run time).
+/// The instruction set of `device::Cpu`'s hot fp32 row kernels (LayerNorm, RMSNorm, GELU, SwiGLU,
+/// the causal softmax, the bias add), chosen at run time, so a program built with plain Release
+/// flags (no -march) still runs them on AVX2 or AVX-512 where the CPU has it (oneDNN's GEMMs already
+/// choose theirs at run time).
 ///
 /// One mechanism: a kernel is a struct with a `run<V>` template written once with GCC/Clang vector
 /// extensions on `V`'s registers (16, 32 or 64 bytes of floats). `run_kernel<K>(isa, args...)`
 /// calls it through a wrapper compiled with `__attribute__((target("avx2,fma")))` or
 /// `target("avx512f,...")` and `flatten`, so the body is inlined and compiled for that ISA. Why not
 /// Eigen's arrays: Eigen picks its packet width from the compile-time macros (__AVX2__), not from a
-/// function's target attribute. Why not `target_clones`: an ifunc per inline header function is an
-/// ODR hazard and clang 14 does not support it on templates. The dispatch sits inside the per-thread
-/// loop bodies (a lambda does not inherit its enclosing function's target attribute).
+/// function's target attribute. Why not `target_clones`: it resolves each function through an ifunc
+/// symbol, which inline and template functions of a header, emitted in every translation unit, make
+/// fragile; a switch on a cached value per row costs nothing next to the row. The switch sits inside
+/// the per-thread loop bodies, so each `parallel_for` body calls the ISA's wrapper.
 ///
 /// A build that already targets AVX-512 (-march=native on such a host) has no dispatch: the kernels
 /// are called directly at its width, the same code the AVX-512 wrapper runs in a plain build, so both
 /// builds give bit-identical results on this CPU.
 ///
 /// The choice: the best of SSE2 (128-bit), AVX2+FMA, AVX-512 (F, BW, DQ, VL) the CPU has
-/// (`__builtin_cpu_supports`, which also checks the OS saves the registers), capped by the
-/// environment variable DISTILL_CPU_ISA=sse2|avx2|avx512 (read once), or by
-/// `detail::force_cpu_isa` (tests).
+/// (`__builtin_cpu_supports`), capped by the environment variable DISTILL_CPU_ISA=sse2|avx2|avx512
+/// (read once), or by `detail::force_cpu_isa` (tests).
 
 #include <atomic>
 #include <cstdint>

@@ -4,7 +4,9 @@
 /// with the semantics of `device::Reference`, on Eigen/oneDNN GEMMs, vectorized row kernels and
 /// OpenMP threads. Its parts:
 /// - `cpu/layers.hpp`  — the tag (threads, precision) and the layer kernels; `cpu/dnnl.hpp` is its
-///                       oneDNN GEMM provider (with `DISTILL_WITH_DNNL`);
+///                       oneDNN GEMM provider (with `DISTILL_WITH_DNNL`), `cpu/isa.hpp` the fp32 row
+///                       kernels (norms, GELU, SwiGLU, softmax, bias add) on the instruction set
+///                       chosen at run time;
 /// - `cpu/losses.hpp`  — the fused, streaming divergence rows of the loss terms and hidden-state matching;
 /// - `cpu/optim.hpp`   — the optimizer updates and gradient-norm reduction over all parameters at once,
 ///                       through the vector shim of `cpu/simd.hpp`;

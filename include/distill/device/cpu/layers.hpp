@@ -4,8 +4,11 @@
 /// other parts: `cpu/{losses,optim,encoder}.hpp`). GEMMs go through oneDNN's matmul when
 /// the program links `distill::dnnl` (`DISTILL_WITH_DNNL`; see `device/cpu/dnnl.hpp`), else through
 /// Eigen's GEMM kernel (AVX-512 when compiled for the host), split over threads by us and packing into
-/// per-thread buffers kept across calls, so a steady-state step allocates nothing; row
-/// kernels through Eigen array expressions (vectorized exp/tanh), parallel over rows or column
+/// per-thread buffers kept across calls, so a steady-state step allocates nothing; the hot fp32 row
+/// kernels (LayerNorm/RMSNorm rows, GELU, SwiGLU, the causal softmax, bias add) through
+/// `cpu/isa.hpp` on the widest vectors the CPU has, chosen at run time (so a build without -march
+/// runs them on AVX2/AVX-512 too), the others (and fp64) through Eigen array expressions (vectorized
+/// for the build's ISA), parallel over rows or column
 /// blocks (`distill::detail::parallel_for`, OpenMP). Reductions never use atomics and split work by a fixed rule, so a
 /// fixed thread count gives bit-identical results run after run.
 ///
@@ -28,6 +31,7 @@
 #include "distill/detail/macros.hpp"
 #include "distill/detail/parallel.hpp"
 #include "distill/device.hpp"
+#include "distill/device/cpu/isa.hpp"
 #include "distill/device/reference/layers.hpp"
 #include "distill/error.hpp"
 
@@ -362,6 +366,13 @@ void gemm_strided_batched(const Cpu& dev, bool trans_a, bool trans_b, int M, int
 template <class T>
 void add_bias(const Cpu& dev, T* out, const T* bias, int N, int OC) {
     using namespace detail;
+    if constexpr (std::is_same_v<T, float>) {
+        const cpu_isa isa = row_kernel_isa();
+        distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n) {
+            rowk::run_kernel<rowk::add_row>(isa, out + n * OC, bias, std::int64_t(OC));
+        });
+        return;
+    }
     const ConstArray<T> b(bias, OC);
     distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
         const int n = static_cast<int>(n_);
@@ -401,6 +412,14 @@ template <class T>
 void layernorm_forward(const Cpu& dev, T* out, T* mean, T* rstd, const T* in, const T* w, const T* b, int N, int C,
                        T eps) {
     using namespace detail;
+    if constexpr (std::is_same_v<T, float>) {  // the run-time ISA's kernel (cpu/isa.hpp)
+        const cpu_isa isa = row_kernel_isa();
+        distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n) {
+            rowk::run_kernel<rowk::layernorm_forward>(isa, out + n * C, mean + n, rstd + n, in + n * C, w, b,
+                                                      std::int64_t(C), eps);
+        });
+        return;
+    }
     const ConstArray<T> wa(w, C), ba(b, C);
     distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
         const int n = static_cast<int>(n_);
@@ -419,14 +438,21 @@ void layernorm_backward(const Cpu& dev, T* din, T* dw, T* db, const T* dout, con
                         const T* rstd, int N, int C) {
     using namespace detail;
     const ConstArray<T> wa(w, C);
-    norm_backward_rows(dev, din, dout, in, N, C,
-                       [&](int n, const ConstArray<T>& x, const ConstArray<T>& dy, Array<T> dx) {
-                           const auto xhat = (x - mean[n]) * rstd[n];
-                           const auto g = dy * wa;
-                           const T g_mean = g.mean();
-                           const T gx_mean = (g * xhat).mean();
-                           dx += rstd[n] * (g - g_mean - xhat * gx_mean);
-                       });
+    if constexpr (std::is_same_v<T, float>) {
+        const cpu_isa isa = row_kernel_isa();
+        distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n) {
+            rowk::run_kernel<rowk::layernorm_backward>(isa, din + n * C, in + n * C, dout + n * C, w, mean[n], rstd[n],
+                                                       std::int64_t(C));
+        });
+    } else
+        norm_backward_rows(dev, din, dout, in, N, C,
+                           [&](int n, const ConstArray<T>& x, const ConstArray<T>& dy, Array<T> dx) {
+                               const auto xhat = (x - mean[n]) * rstd[n];
+                               const auto g = dy * wa;
+                               const T g_mean = g.mean();
+                               const T gx_mean = (g * xhat).mean();
+                               dx += rstd[n] * (g - g_mean - xhat * gx_mean);
+                           });
     for_column_blocks(dev.threads(), C, 64 / sizeof(T), [&](std::int64_t b, std::int64_t e) {
         Array<T> dwa(dw + b, e - b), dba(db + b, e - b);
         for (int n = 0; n < N; ++n) {
@@ -439,10 +465,18 @@ void layernorm_backward(const Cpu& dev, T* din, T* dw, T* db, const T* dout, con
 }
 
 /// out = gelu_tanh(in), written as x * sigmoid(2u) (u the tanh argument): the same function, but
-/// with Eigen's vectorized exp it stays accurate where 1 + tanh(u) would cancel (x << 0).
+/// with a vectorized exp it stays accurate where 1 + tanh(u) would cancel (x << 0). float: the
+/// run-time ISA's kernel (cpu/isa.hpp); double: Eigen's arrays.
 template <class T>
 void gelu_forward(const Cpu& dev, T* out, const T* in, std::int64_t n) {
     using namespace detail;
+    if constexpr (std::is_same_v<T, float>) {
+        const cpu_isa isa = row_kernel_isa();
+        for_column_blocks(dev.threads(), n, 4096, [&](std::int64_t s, std::int64_t e) {
+            rowk::run_kernel<rowk::gelu_forward>(isa, out + s, in + s, e - s);
+        });
+        return;
+    }
     for_column_blocks(dev.threads(), n, 4096, [&](std::int64_t s, std::int64_t e) {
         const ConstArray<T> x(in + s, e - s);
         Array<T>(out + s, e - s) = x / (T(1) + (T(-2) * math::gelu_k<T> * (x + T(0.044715) * x.cube())).exp());
@@ -454,6 +488,13 @@ void gelu_forward(const Cpu& dev, T* out, const T* in, std::int64_t n) {
 template <class T>
 void gelu_backward(const Cpu& dev, T* din, const T* in, const T* dout, std::int64_t n) {
     using namespace detail;
+    if constexpr (std::is_same_v<T, float>) {
+        const cpu_isa isa = row_kernel_isa();
+        for_column_blocks(dev.threads(), n, 4096, [&](std::int64_t s, std::int64_t e) {
+            rowk::run_kernel<rowk::gelu_backward>(isa, din + s, in + s, dout + s, e - s);
+        });
+        return;
+    }
     for_column_blocks(dev.threads(), n, 4096, [&](std::int64_t s, std::int64_t e) {
         constexpr std::int64_t chunk = 1024;
         alignas(64) T u_buf[chunk], e_buf[chunk];
@@ -475,6 +516,13 @@ void gelu_backward(const Cpu& dev, T* din, const T* in, const T* dout, std::int6
 template <class T>
 void rmsnorm_forward(const Cpu& dev, T* out, T* rstd, const T* in, const T* w, int N, int C, T eps) {
     using namespace detail;
+    if constexpr (std::is_same_v<T, float>) {
+        const cpu_isa isa = row_kernel_isa();
+        distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n) {
+            rowk::run_kernel<rowk::rmsnorm_forward>(isa, out + n * C, rstd + n, in + n * C, w, std::int64_t(C), eps);
+        });
+        return;
+    }
     const ConstArray<T> wa(w, C);
     distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
         const int n = static_cast<int>(n_);
@@ -491,11 +539,18 @@ void rmsnorm_backward(const Cpu& dev, T* din, T* dw, const T* dout, const T* in,
                       int C) {
     using namespace detail;
     const ConstArray<T> wa(w, C);
-    norm_backward_rows(dev, din, dout, in, N, C,
-                       [&](int n, const ConstArray<T>& x, const ConstArray<T>& dy, Array<T> dx) {
-                           const T gx_mean = (dy * wa * x).mean() * rstd[n];
-                           dx += rstd[n] * (dy * wa - x * (rstd[n] * gx_mean));
-                       });
+    if constexpr (std::is_same_v<T, float>) {
+        const cpu_isa isa = row_kernel_isa();
+        distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n) {
+            rowk::run_kernel<rowk::rmsnorm_backward>(isa, din + n * C, in + n * C, dout + n * C, w, rstd[n],
+                                                     std::int64_t(C));
+        });
+    } else
+        norm_backward_rows(dev, din, dout, in, N, C,
+                           [&](int n, const ConstArray<T>& x, const ConstArray<T>& dy, Array<T> dx) {
+                               const T gx_mean = (dy * wa * x).mean() * rstd[n];
+                               dx += rstd[n] * (dy * wa - x * (rstd[n] * gx_mean));
+                           });
     for_column_blocks(dev.threads(), C, 64 / sizeof(T), [&](std::int64_t b, std::int64_t e) {
         Array<T> dwa(dw + b, e - b);
         for (int n = 0; n < N; ++n) {
@@ -509,6 +564,13 @@ void rmsnorm_backward(const Cpu& dev, T* din, T* dw, const T* dout, const T* in,
 template <class T>
 void swiglu_forward(const Cpu& dev, T* out, const T* in, int N, int F) {
     using namespace detail;
+    if constexpr (std::is_same_v<T, float>) {
+        const cpu_isa isa = row_kernel_isa();
+        distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n) {
+            rowk::run_kernel<rowk::swiglu_forward>(isa, out + n * F, in + n * 2 * F, std::int64_t(F));
+        });
+        return;
+    }
     distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
         const int n = static_cast<int>(n_);
         const ConstArray<T> g(in + std::int64_t(n) * 2 * F, F), u(in + std::int64_t(n) * 2 * F + F, F);
@@ -521,6 +583,14 @@ void swiglu_forward(const Cpu& dev, T* out, const T* in, int N, int F) {
 template <class T>
 void swiglu_backward(const Cpu& dev, T* din, const T* in, const T* dout, int N, int F) {
     using namespace detail;
+    if constexpr (std::is_same_v<T, float>) {
+        const cpu_isa isa = row_kernel_isa();
+        distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n) {
+            rowk::run_kernel<rowk::swiglu_backward>(isa, din + n * 2 * F, in + n * 2 * F, dout + n * F,
+                                                    std::int64_t(F));
+        });
+        return;
+    }
     distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
         const int n = static_cast<int>(n_);
         const std::int64_t r = std::int64_t(n) * 2 * F;
@@ -556,6 +626,15 @@ template <class T>
 void causal_softmax_forward(const Cpu& dev, T* att, int BH, int Tn, T scale) {
     using namespace detail;
     const std::int64_t rows = std::int64_t(BH) * Tn;
+    if constexpr (std::is_same_v<T, float>) {  // the run-time ISA's kernel (cpu/isa.hpp)
+        const cpu_isa isa = row_kernel_isa();
+        distill::detail::parallel_for(dev.threads(), rows, [&](std::int64_t r) {
+            const int t = static_cast<int>(r % Tn);
+            rowk::run_kernel<rowk::softmax_forward>(isa, att + r * Tn, std::int64_t(t + 1), scale);
+            std::fill(att + r * Tn + t + 1, att + (r + 1) * Tn, T(0));
+        });
+        return;
+    }
     distill::detail::parallel_for(dev.threads(), rows, [&](std::int64_t r) {
         const int t = static_cast<int>(r % Tn);
         T* row = att + r * Tn;
@@ -572,6 +651,16 @@ template <class T>
 void causal_softmax_backward(const Cpu& dev, T* dscores, const T* att, const T* datt, int BH, int Tn, T scale) {
     using namespace detail;
     const std::int64_t rows = std::int64_t(BH) * Tn;
+    if constexpr (std::is_same_v<T, float>) {
+        const cpu_isa isa = row_kernel_isa();
+        distill::detail::parallel_for(dev.threads(), rows, [&](std::int64_t r) {
+            const int t = static_cast<int>(r % Tn);
+            rowk::run_kernel<rowk::softmax_backward>(isa, dscores + r * Tn, att + r * Tn, datt + r * Tn,
+                                                     std::int64_t(t + 1), scale);
+            std::fill(dscores + r * Tn + t + 1, dscores + (r + 1) * Tn, T(0));
+        });
+        return;
+    }
     distill::detail::parallel_for(dev.threads(), rows, [&](std::int64_t r) {
         const int t = static_cast<int>(r % Tn);
         const ConstArray<T> p(att + r * Tn, t + 1), d(datt + r * Tn, t + 1);

@@ -186,11 +186,12 @@ inline Reference run_reference(const std::string& script_and_args, const std::st
 /// interpreter of `torch_pythons()` and, when the arguments say `--threads N` with N > 1, at 1
 /// thread as well (a BLAS can run slower on more threads), returning the best result (the smallest
 /// for a key that starts with "ms", else the largest), whose `torch` names the setting. Prints each
-/// line, or why it was skipped.
-inline Reference run_reference(const std::string& script_and_args, const std::string& key) {
+/// line, or why it was skipped. `one_thread` false skips the 1-thread settings (for a workload where
+/// a reference step takes minutes; the caller says so in its output).
+inline Reference run_reference(const std::string& script_and_args, const std::string& key, bool one_thread = true) {
     std::vector<std::pair<std::string, int>> settings{{script_and_args, 0}};  // (arguments, threads if swept)
     const std::string flag = "--threads ";
-    if (const auto at = script_and_args.find(flag); at != std::string::npos) {
+    if (const auto at = script_and_args.find(flag); one_thread && at != std::string::npos) {
         const auto begin = at + flag.size(), end = script_and_args.find(' ', begin);
         const std::string n = script_and_args.substr(begin, end == std::string::npos ? end : end - begin);
         if (std::atoi(n.c_str()) > 1) {

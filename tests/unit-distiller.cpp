@@ -284,14 +284,19 @@ TEST_CASE("Distiller: bad policy sections, data and combinations fail at constru
         logits_only["loss"]["hidden_mse"]["weight"] = 0.0;
         logits_only["loss"]["attention_kl"]["weight"] = 0.0;
         CHECK(construct(logits_only) == "(no error)");
-        // and it computes the same logits as one that keeps everything
+        // and it computes the logits of one that keeps everything: equal up to float rounding, as the
+        // lean one attends with the fused kernel (online softmax) where the full one keeps the maps
         teacher::Model<student::Transformer> full(teacher_config(parse_job(j))),
             lean(teacher_config(parse_job(logits_only)));
         CHECK(!lean.keeps_activations());
         const std::vector<std::int32_t> tokens = {256, 49, 43, 50, 61, 260};
         full.forward(tokens.data(), 1, int(tokens.size()));
         lean.forward(tokens.data(), 1, int(tokens.size()));
-        CHECK(std::equal(full.logits().data(), full.logits().data() + full.logits().numel(), lean.logits().data()));
+        double worst = 0;
+        for (std::int64_t i = 0; i < full.logits().numel(); ++i)
+            worst = std::max(worst, std::abs(double(full.logits().data()[i]) - lean.logits().data()[i]) /
+                                        (1 + std::abs(double(full.logits().data()[i]))));
+        CHECK(worst <= 1e-5);
         CHECK_THROWS_AS(lean.hidden_state(1), shape_error);
     }
     {  // export.gguf the student cannot be written as: refused now, not after finetune

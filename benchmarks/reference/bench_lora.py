@@ -13,13 +13,17 @@ dropout, base frozen) from a teacher of the same shape,
 
 Both models are transformers' Qwen2ForCausalLM in fp32, from the Hugging Face directory that
 make_qwen2_0p5b.py writes (--hf; the same weights bench_train loads), else randomly initialized.
---checkpoint turns on the student's gradient checkpointing (non-reentrant).
+--checkpoint turns on the student's gradient checkpointing (non-reentrant). --bf16 (bench_train
+--precision bf16) holds both models' weights in bf16, as a PEFT user loads a base with
+dtype=torch.bfloat16 (PEFT keeps the adapters in fp32), and runs the forwards under
+torch.autocast("cpu", bfloat16); the loss is computed on fp32 logits.
 
 Prints exactly one JSON line to stdout, e.g.
   {"impl":"pytorch+peft","torch":"2.15.0","tokens_per_s":...,"ms_per_step":...,"peak_rss_mib":...,"threads":2}
 """
 
 import argparse
+import contextlib
 import json
 import resource
 import time
@@ -39,6 +43,9 @@ def main():
     ap.add_argument("--steps", type=int, default=2, help="timed steps (the median is reported)")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--checkpoint", action="store_true")
+    ap.add_argument("--bf16", action="store_true",
+                    help="both models' weights in bf16 (PEFT keeps the adapters fp32), forwards under "
+                         "torch.autocast('cpu', bfloat16), the loss in fp32")
     args = ap.parse_args()
 
     import peft
@@ -48,13 +55,15 @@ def main():
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
+    dtype = torch.bfloat16 if args.bf16 else torch.float32
+
     def load():
         if args.hf:
-            return Qwen2ForCausalLM.from_pretrained(args.hf, dtype=torch.float32, attn_implementation="sdpa")
+            return Qwen2ForCausalLM.from_pretrained(args.hf, dtype=dtype, attn_implementation="sdpa")
         cfg = Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
                           num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=512,
                           rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True)
-        return Qwen2ForCausalLM(cfg).float()
+        return Qwen2ForCausalLM(cfg).to(dtype)
 
     teacher = load().eval()
     for p in teacher.parameters():
@@ -72,10 +81,14 @@ def main():
     targets = torch.cat([tokens[:, 1:], torch.full((B, 1), -1)], dim=1)
     counted = (targets >= 0).reshape(-1)
 
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if args.bf16 else contextlib.nullcontext
+
     def step():
-        with torch.no_grad():
-            t_logits = teacher(input_ids=tokens, use_cache=False).logits
-        s_logits = student(input_ids=tokens, use_cache=False).logits
+        with torch.no_grad(), autocast():
+            t_logits = teacher(input_ids=tokens, use_cache=False).logits.float()
+        with autocast():
+            s_logits = student(input_ids=tokens, use_cache=False).logits
+        s_logits = s_logits.float()
         s = s_logits.reshape(-1, V)[counted]
         t = t_logits.reshape(-1, V)[counted]
         kl = F.kl_div(F.log_softmax(s / tau, -1), F.log_softmax(t / tau, -1), log_target=True,

@@ -6900,6 +6900,8 @@ private:
 ///     rmsnorm_forward/backward, swiglu_forward/backward, rope_rotate;
 ///   - decoding (`decoding_device`, `require_decoding_kernels`; `Transformer::prefill`, `decode`):
 ///     attention_decode, kv_cache_store;
+///   - fused attention (`fused_attention_device`, optional: a model uses it where the device has it,
+///     else the (T,T) path of `nn::attention_forward`): flash_attention_forward/backward;
 ///   - losses (`loss_device`, `require_loss_kernels`; every `loss::` term, through `loss::context`):
 ///     kl_, reverse_kl_, jsd_, topk_kl_, masked_cross_entropy_, attention_kl_,
 ///     relation_kl_, cosine_embedding_ and embedding_mse_forward_backward,
@@ -7736,6 +7738,9 @@ template <class D, class T> concept has_rope_rotate = requires(const D& d, T* y,
 // incremental decoding
 template <class D, class T> concept has_attention_decode = requires(const D& d, T* y, const T* x, const int* len, int i) { attention_decode(d, y, y, x, x, x, len, i, i, i, i, i); };
 template <class D, class T> concept has_kv_cache_store = requires(const D& d, T* y, const T* x, const std::int32_t* ids, int i) { kv_cache_store(d, y, y, x, ids, i, i, i, i, i); };
+// fused causal attention (optional; device/cpu/flash_attention.hpp)
+template <class D, class T> concept has_flash_attention_forward = requires(const D& d, T* y, const T* x, int i) { flash_attention_forward(d, y, y, x, i, i, i, i, i); };
+template <class D, class T> concept has_flash_attention_backward = requires(const D& d, T* y, const T* x, int i) { flash_attention_backward(d, y, x, x, x, x, i, i, i, i, i); };
 // losses (device/<name>/losses): fused rows
 template <class D, class T> concept has_kl_forward_backward = requires(const D& d, T* y, const T* x, const std::uint8_t* m, std::int64_t n, T s, int i, bool f) { kl_forward_backward(d, y, f, y, x, x, m, n, i, s, s); };
 template <class D, class T> concept has_reverse_kl_forward_backward = requires(const D& d, T* y, const T* x, const std::uint8_t* m, std::int64_t n, T s, int i, bool f) { reverse_kl_forward_backward(d, y, f, y, x, x, m, n, i, s, s); };
@@ -7784,6 +7789,11 @@ concept llama_device = kernel::has_rmsnorm_forward<D, T> && kernel::has_rmsnorm_
 /// The kernels of incremental decoding (prefill, decode).
 template <class D, class T>
 concept decoding_device = kernel::has_attention_decode<D, T> && kernel::has_kv_cache_store<D, T>;
+/// The fused causal attention kernels (no (T,T) buffer); optional, `student::Transformer` uses them
+/// where attention maps are not kept.
+template <class D, class T>
+concept fused_attention_device =
+    kernel::has_flash_attention_forward<D, T> && kernel::has_flash_attention_backward<D, T>;
 /// The kernels of the loss terms.
 template <class D, class T>
 concept loss_device = kernel::has_kl_forward_backward<D, T> && kernel::has_reverse_kl_forward_backward<D, T> &&
@@ -7964,7 +7974,9 @@ host_readable<T> read_on_host(const Device& dev, const T* src, std::size_t n) {
 /// with the semantics of `device::Reference`, on Eigen/oneDNN GEMMs, vectorized row kernels and
 /// OpenMP threads. Its parts:
 /// - `cpu/layers.hpp`  — the tag (threads, precision) and the layer kernels; `cpu/dnnl.hpp` is its
-///                       oneDNN GEMM provider (with `DISTILL_WITH_DNNL`);
+///                       oneDNN GEMM provider (with `DISTILL_WITH_DNNL`), `cpu/isa.hpp` the fp32 row
+///                       kernels (norms, GELU, SwiGLU, softmax, bias add) on the instruction set
+///                       chosen at run time;
 /// - `cpu/losses.hpp`  — the fused, streaming divergence rows of the loss terms and hidden-state matching;
 /// - `cpu/optim.hpp`   — the optimizer updates and gradient-norm reduction over all parameters at once,
 ///                       through the vector shim of `cpu/simd.hpp`;
@@ -8007,8 +8019,11 @@ host_readable<T> read_on_host(const Device& dev, const T* src, std::size_t n) {
 /// other parts: `cpu/{losses,optim,encoder}.hpp`). GEMMs go through oneDNN's matmul when
 /// the program links `distill::dnnl` (`DISTILL_WITH_DNNL`; see `device/cpu/dnnl.hpp`), else through
 /// Eigen's GEMM kernel (AVX-512 when compiled for the host), split over threads by us and packing into
-/// per-thread buffers kept across calls, so a steady-state step allocates nothing; row
-/// kernels through Eigen array expressions (vectorized exp/tanh), parallel over rows or column
+/// per-thread buffers kept across calls, so a steady-state step allocates nothing; the hot fp32 row
+/// kernels (LayerNorm/RMSNorm rows, GELU, SwiGLU, the causal softmax, bias add) through
+/// `cpu/isa.hpp` on the widest vectors the CPU has, chosen at run time (so a build without -march
+/// runs them on AVX2/AVX-512 too), the others (and fp64) through Eigen array expressions (vectorized
+/// for the build's ISA), parallel over rows or column
 /// blocks (`distill::detail::parallel_for`, OpenMP). Reductions never use atomics and split work by a fixed rule, so a
 /// fixed thread count gives bit-identical results run after run.
 ///
@@ -8020,9 +8035,11 @@ host_readable<T> read_on_host(const Device& dev, const T* src, std::size_t n) {
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include <Eigen/Core>
 
@@ -8085,6 +8102,607 @@ void parallel_for(int threads, std::int64_t n, F&& f, bool parallel = true) {
 
 }  // namespace distill::detail
 // ---- end distill/detail/parallel.hpp ----
+// ---- begin distill/device/cpu/isa.hpp ----
+/// @file cpu/isa.hpp
+/// The instruction set of `device::Cpu`'s hot fp32 row kernels (LayerNorm, RMSNorm, GELU, SwiGLU,
+/// the causal softmax, the bias add), chosen at run time, so a program built with plain Release
+/// flags (no -march) still runs them on AVX2 or AVX-512 where the CPU has it (oneDNN's GEMMs already
+/// choose theirs at run time).
+///
+/// One mechanism: a kernel is a struct with a `run<V>` template written once with GCC/Clang vector
+/// extensions on `V`'s registers (16, 32 or 64 bytes of floats). `run_kernel<K>(isa, args...)`
+/// calls it through a wrapper compiled with `__attribute__((target("avx2,fma")))` or
+/// `target("avx512f,...")` and `flatten`, so the body is inlined and compiled for that ISA. Why not
+/// Eigen's arrays: Eigen picks its packet width from the compile-time macros (__AVX2__), not from a
+/// function's target attribute. Why not `target_clones`: it resolves each function through an ifunc
+/// symbol, which inline and template functions of a header, emitted in every translation unit, make
+/// fragile; a switch on a cached value per row costs nothing next to the row. The switch sits inside
+/// the per-thread loop bodies, so each `parallel_for` body calls the ISA's wrapper.
+///
+/// A build that already targets AVX-512 (-march=native on such a host) has no dispatch: the kernels
+/// are called directly at its width, the same code the AVX-512 wrapper runs in a plain build, so both
+/// builds give bit-identical results on this CPU.
+///
+/// The choice: the best of SSE2 (128-bit), AVX2+FMA, AVX-512 (F, BW, DQ, VL) the CPU has
+/// (`__builtin_cpu_supports`), capped by the environment variable DISTILL_CPU_ISA=sse2|avx2|avx512
+/// (read once), or by `detail::force_cpu_isa` (tests).
+
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <string>
+
+
+namespace distill::device {
+
+/// The row kernels' instruction sets, narrowest first.
+enum class cpu_isa : int { sse2 = 0, avx2 = 1, avx512 = 2 };
+
+inline const char* to_string(cpu_isa i) noexcept {
+    switch (i) {
+        case cpu_isa::avx512:
+            return "avx512";
+        case cpu_isa::avx2:
+            return "avx2";
+        default:
+            return "sse2";
+    }
+}
+
+namespace detail {
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__)
+#define DISTILL_ISA_FIXED 1  // the widest the row kernels know: no run-time choice left
+inline constexpr cpu_isa compiled_isa = cpu_isa::avx512;
+#elif defined(__AVX2__) && defined(__FMA__)
+inline constexpr cpu_isa compiled_isa = cpu_isa::avx2;
+#else
+inline constexpr cpu_isa compiled_isa = cpu_isa::sse2;
+#endif
+
+#if !defined(DISTILL_ISA_FIXED) && (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+#define DISTILL_ISA_DISPATCH 1
+#endif
+
+/// What the CPU runs (never less than the build's own ISA).
+inline cpu_isa detected_cpu_isa() noexcept {
+#if defined(DISTILL_ISA_DISPATCH)
+    __builtin_cpu_init();
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+        return cpu_isa::avx512;
+    if (avx2) return cpu_isa::avx2;
+#endif
+    return compiled_isa;
+}
+
+/// DISTILL_CPU_ISA parsed: the cap, or the widest when unset.
+inline cpu_isa env_cpu_isa_cap() {
+    const char* env = std::getenv("DISTILL_CPU_ISA");
+    if (!env || !*env) return cpu_isa::avx512;
+    const std::string v = env;
+    if (v == "sse2") return cpu_isa::sse2;
+    if (v == "avx2") return cpu_isa::avx2;
+    if (v == "avx512") return cpu_isa::avx512;
+    throw config_error("DISTILL_CPU_ISA", "expected sse2, avx2 or avx512, got \"" + v + "\"");
+}
+
+inline std::atomic<int>& forced_cpu_isa() noexcept {
+    static std::atomic<int> forced{-1};
+    return forced;
+}
+
+/// Tests: run the row kernels on `isa` (capped at what the CPU has) until called again; -1 restores
+/// the default. Ignored where the build has no run-time choice (`DISTILL_ISA_FIXED`).
+inline void force_cpu_isa(int isa) noexcept {
+    forced_cpu_isa().store(isa, std::memory_order_relaxed);
+}
+
+}  // namespace detail
+
+/// The instruction set `device::Cpu`'s row kernels run on in this process.
+inline cpu_isa row_kernel_isa() {
+#if defined(DISTILL_ISA_FIXED)
+    return detail::compiled_isa;
+#else
+    // between the build's own ISA (its floor: its baseline code is compiled for it) and the CPU's
+    const auto clamp = [](cpu_isa want, cpu_isa have) {
+        const int w = static_cast<int>(want), h = static_cast<int>(have), c = static_cast<int>(detail::compiled_isa);
+        return static_cast<cpu_isa>(w > h ? h : w < c ? c : w);
+    };
+    static const cpu_isa detected = detail::detected_cpu_isa();
+    const int forced = detail::forced_cpu_isa().load(std::memory_order_relaxed);
+    if (forced >= 0) return clamp(static_cast<cpu_isa>(forced), detected);
+    static const cpu_isa chosen = clamp(detail::env_cpu_isa_cap(), detected);
+    return chosen;
+#endif
+}
+
+namespace detail::rowk {
+
+#if defined(__CUDA_ARCH__)
+// nvcc's device pass parses host code it never compiles, and its front end (cicc, CUDA 12) crashes
+// on the kernels below: it sees declarations only.
+struct add_row;
+struct gelu_forward;
+struct gelu_backward;
+struct softmax_forward;
+struct softmax_backward;
+struct layernorm_forward;
+struct layernorm_backward;
+struct rmsnorm_forward;
+struct rmsnorm_backward;
+struct swiglu_forward;
+struct swiglu_backward;
+template <class K, class... A>
+void run_kernel(cpu_isa, A...);
+#else
+
+#define DISTILL_ROW_INLINE [[gnu::always_inline]] inline
+
+/// The registers of one width: `f` floats and `i` int32s, `width` lanes (spelled per width: GCC
+/// drops a vector_size that depends on a template parameter).
+template <int Bytes>
+struct vec;
+#define DISTILL_ROW_VEC(bytes)                                      \
+    template <>                                                     \
+    struct vec<bytes> {                                             \
+        using f = float __attribute__((vector_size(bytes)));        \
+        using i = std::int32_t __attribute__((vector_size(bytes))); \
+        static constexpr int width = bytes / 4;                     \
+    };
+DISTILL_ROW_VEC(16)
+DISTILL_ROW_VEC(32)
+DISTILL_ROW_VEC(64)
+#undef DISTILL_ROW_VEC
+
+#if defined(DISTILL_ISA_FIXED)
+using native_vec = vec<64>;
+#elif defined(__AVX2__) && defined(__FMA__)
+using native_vec = vec<32>;
+#else
+using native_vec = vec<16>;
+#endif
+
+// Vectors travel by reference only: a vector wider than the baseline's passed or returned by value
+// from a function compiled without AVX is an ABI change GCC warns about (-Wpsabi) at the end of every
+// translation unit, even where the function is always inlined.
+
+template <class V>
+DISTILL_ROW_INLINE void load(typename V::f& v, const float* p) noexcept {
+    __builtin_memcpy(&v, p, sizeof v);
+}
+/// The first n (< width) lanes from p, the others `fill`.
+template <class V>
+DISTILL_ROW_INLINE void load_n(typename V::f& v, const float* p, std::int64_t n, float fill) noexcept {
+    float buf[V::width];
+    for (int k = 0; k < V::width; ++k) buf[k] = fill;
+    __builtin_memcpy(buf, p, sizeof(float) * std::size_t(n));
+    __builtin_memcpy(&v, buf, sizeof v);
+}
+template <class V>
+DISTILL_ROW_INLINE void store(float* p, const typename V::f& v) noexcept {
+    __builtin_memcpy(p, &v, sizeof v);
+}
+template <class V>
+DISTILL_ROW_INLINE void store_n(float* p, const typename V::f& v, std::int64_t n) noexcept {
+    __builtin_memcpy(p, &v, sizeof(float) * std::size_t(n));
+}
+/// out = mask ? a : b, lane by lane (mask from a comparison: all ones or zero).
+template <class V>
+DISTILL_ROW_INLINE void select(typename V::f& out, const typename V::i& mask, const typename V::f& a,
+                               const typename V::f& b) noexcept {
+    using I = typename V::i;
+    using F = typename V::f;
+    out = (F)(((I)a & mask) | ((I)b & ~mask));
+}
+/// The lanes' sum, pairwise in a fixed order.
+template <class V>
+DISTILL_ROW_INLINE float hsum(const typename V::f& v) noexcept {
+    float b[V::width];
+    store<V>(b, v);
+    for (int w = V::width / 2; w > 0; w /= 2)
+        for (int k = 0; k < w; ++k) b[k] += b[k + w];
+    return b[0];
+}
+template <class V>
+DISTILL_ROW_INLINE float hmax(const typename V::f& v) noexcept {
+    float b[V::width];
+    store<V>(b, v);
+    for (int w = V::width / 2; w > 0; w /= 2)
+        for (int k = 0; k < w; ++k) b[k] = b[k + w] > b[k] ? b[k + w] : b[k];
+    return b[0];
+}
+
+/// x = e^x (Cephes' expf, as Eigen's: x = m ln2 + r, |r| <= ln2/2, a degree-5 polynomial for e^r),
+/// within 2 ulp for normal results; 0 below -104 (and for -inf), +inf above 88.72 (and for +inf).
+template <class V>
+DISTILL_ROW_INLINE void exp(typename V::f& x) noexcept {
+    using F = typename V::f;
+    using I = typename V::i;
+    const float hi = 88.72283935546875f, lo = -104.0f;
+    const I over = x > hi, under = x < lo;
+    F xc = x;
+    select<V>(xc, over, F{} + hi, xc);
+    select<V>(xc, under, F{} + lo, xc);
+    // m = round(x log2 e): adding and subtracting 1.5 * 2^23 rounds to an integer
+    const float magic = 12582912.0f;
+    const F m = (xc * 1.44269504088896341f + magic) - magic;
+    F r = xc - m * 0.693359375f;  // ln 2 in two parts, the first exact in 9 bits
+    r = r - m * -2.12194440e-4f;
+    const F r2 = r * r;
+    F y = F{} + 1.9875691500e-4f;
+    y = y * r + 1.3981999507e-3f;
+    y = y * r + 8.3334519073e-3f;
+    y = y * r + 4.1665795894e-2f;
+    y = y * r + 1.6666665459e-1f;
+    y = y * r + 5.0000001201e-1f;
+    y = y * r2 + r + 1.0f;
+    // y 2^m as two factors, each a normal power of two, so results down to the subnormals round once
+    const I mi = __builtin_convertvector(m, I);
+    const I m1 = mi >> 1, m2 = mi - m1;
+    y = y * (F)((m1 + 127) << 23) * (F)((m2 + 127) << 23);
+    select<V>(y, over, F{} + std::numeric_limits<float>::infinity(), y);
+    select<V>(x, under, F{}, y);
+}
+
+// ---- the kernels: K::run<V>(args...) on one row or range -----------------------------------------
+
+/// out = gelu_tanh(x) = x / (1 + e^(-2u)), u = k (x + 0.044715 x^3).
+struct gelu_forward {
+    template <class V>
+    DISTILL_ROW_INLINE static void one(typename V::f& x) {
+        typename V::f e = (x + x * x * x * 0.044715f) * (-2.0f * 0.7978845608028654f);
+        exp<V>(e);
+        x = x / (e + 1.0f);
+    }
+    template <class V>
+    DISTILL_ROW_INLINE static void run(float* out, const float* in, std::int64_t n) {
+        typename V::f x;
+        std::int64_t i = 0;
+        for (; i + V::width <= n; i += V::width) {
+            load<V>(x, in + i);
+            one<V>(x);
+            store<V>(out + i, x);
+        }
+        if (i < n) {
+            load_n<V>(x, in + i, n - i, 0.0f);
+            one<V>(x);
+            store_n<V>(out + i, x, n - i);
+        }
+    }
+};
+
+/// din = dout (s + 2 x u' s (1 - s)), s = sigmoid(2u), s (1 - s) = e / (1 + e)^2 with e = e^(-2|u|).
+struct gelu_backward {
+    template <class V>
+    DISTILL_ROW_INLINE static void one(typename V::f& dy, const typename V::f& x) {
+        using F = typename V::f;
+        using I = typename V::i;
+        constexpr float k = 0.7978845608028654f;
+        const F u = (x + x * x * x * 0.044715f) * k;
+        F e = (F)((I)u & 0x7fffffff) * -2.0f;  // -2|u|
+        exp<V>(e);
+        const F one_e = e + 1.0f;
+        F sig;
+        select<V>(sig, u >= 0.0f, 1.0f / one_e, e / one_e);
+        const F sig_1m = e / (one_e * one_e);
+        const F du = (x * x * (3 * 0.044715f) + 1.0f) * k;
+        dy = dy * (sig + x * 2.0f * du * sig_1m);
+    }
+    template <class V>
+    DISTILL_ROW_INLINE static void run(float* din, const float* in, const float* dout, std::int64_t n) {
+        typename V::f x, dy;
+        std::int64_t i = 0;
+        for (; i + V::width <= n; i += V::width) {
+            load<V>(x, in + i);
+            load<V>(dy, dout + i);
+            one<V>(dy, x);
+            store<V>(din + i, dy);
+        }
+        if (i < n) {
+            load_n<V>(x, in + i, n - i, 0.0f);
+            load_n<V>(dy, dout + i, n - i, 0.0f);
+            one<V>(dy, x);
+            store_n<V>(din + i, dy, n - i);
+        }
+    }
+};
+
+/// row[0, n) = softmax((row - max) scale), in place.
+struct softmax_forward {
+    template <class V>
+    DISTILL_ROW_INLINE static void run(float* row, std::int64_t n, float scale) {
+        using F = typename V::f;
+        const float ninf = -std::numeric_limits<float>::infinity();
+        F mv = F{} + ninf, x;
+        std::int64_t i = 0;
+        for (; i + V::width <= n; i += V::width) {
+            load<V>(x, row + i);
+            select<V>(mv, x > mv, x, mv);
+        }
+        if (i < n) {
+            load_n<V>(x, row + i, n - i, ninf);
+            select<V>(mv, x > mv, x, mv);
+        }
+        const float mx = hmax<V>(mv);  // the raw maximum: (x - max)·scale keeps the low bits
+        F sv{};
+        for (i = 0; i + V::width <= n; i += V::width) {
+            load<V>(x, row + i);
+            x = (x - mx) * scale;
+            exp<V>(x);
+            store<V>(row + i, x);
+            sv += x;
+        }
+        if (i < n) {
+            load_n<V>(x, row + i, n - i, ninf);  // e^-inf = 0 past n
+            x = (x - mx) * scale;
+            exp<V>(x);
+            store_n<V>(row + i, x, n - i);
+            sv += x;
+        }
+        const float s = hsum<V>(sv);
+        for (i = 0; i + V::width <= n; i += V::width) {
+            load<V>(x, row + i);
+            store<V>(row + i, x / s);
+        }
+        if (i < n) {
+            load_n<V>(x, row + i, n - i, 0.0f);
+            store_n<V>(row + i, x / s, n - i);
+        }
+    }
+};
+
+/// ds[0, n) = scale p (d - p·d); ds may alias d.
+struct softmax_backward {
+    template <class V>
+    DISTILL_ROW_INLINE static void run(float* ds, const float* p, const float* d, std::int64_t n, float scale) {
+        using F = typename V::f;
+        F acc{}, pv, dv;
+        std::int64_t i = 0;
+        for (; i + V::width <= n; i += V::width) {
+            load<V>(pv, p + i);
+            load<V>(dv, d + i);
+            acc += pv * dv;
+        }
+        if (i < n) {
+            load_n<V>(pv, p + i, n - i, 0.0f);
+            load_n<V>(dv, d + i, n - i, 0.0f);
+            acc += pv * dv;
+        }
+        const float dot = hsum<V>(acc);
+        for (i = 0; i + V::width <= n; i += V::width) {
+            load<V>(pv, p + i);
+            load<V>(dv, d + i);
+            store<V>(ds + i, pv * scale * (dv - dot));
+        }
+        if (i < n) {
+            load_n<V>(pv, p + i, n - i, 0.0f);
+            load_n<V>(dv, d + i, n - i, 0.0f);
+            store_n<V>(ds + i, pv * scale * (dv - dot), n - i);
+        }
+    }
+};
+
+/// out[0, n) += b[0, n).
+struct add_row {
+    template <class V>
+    DISTILL_ROW_INLINE static void run(float* out, const float* b, std::int64_t n) {
+        typename V::f x, y;
+        std::int64_t i = 0;
+        for (; i + V::width <= n; i += V::width) {
+            load<V>(x, out + i);
+            load<V>(y, b + i);
+            store<V>(out + i, x + y);
+        }
+        for (; i < n; ++i) out[i] += b[i];
+    }
+};
+
+/// The lanes of the vector at i of a row of n: width, or what is left.
+template <class V>
+DISTILL_ROW_INLINE std::int64_t lanes(std::int64_t n, std::int64_t i) noexcept {
+    return n - i < V::width ? n - i : V::width;
+}
+/// Loads `n` lanes (a full vector when n == width) from p, zero past n.
+template <class V>
+DISTILL_ROW_INLINE void load_z(typename V::f& v, const float* p, std::int64_t n) noexcept {
+    if (n == V::width)
+        load<V>(v, p);
+    else
+        load_n<V>(v, p, n, 0.0f);
+}
+template <class V>
+DISTILL_ROW_INLINE void store_z(float* p, const typename V::f& v, std::int64_t n) noexcept {
+    if (n == V::width)
+        store<V>(p, v);
+    else
+        store_n<V>(p, v, n);
+}
+
+/// LayerNorm of one row of C: out = (x - mean) rstd w + b, mean and rstd stored.
+struct layernorm_forward {
+    template <class V>
+    DISTILL_ROW_INLINE static void run(float* out, float* mean, float* rstd, const float* x, const float* w,
+                                       const float* b, std::int64_t C, float eps) {
+        using F = typename V::f;
+        F acc{}, v, wv, bv;
+        for (std::int64_t i = 0; i < C; i += V::width) {
+            load_z<V>(v, x + i, lanes<V>(C, i));
+            acc += v;
+        }
+        const float m = hsum<V>(acc) / float(C);
+        acc = F{};
+        for (std::int64_t i = 0; i < C; i += V::width) {
+            const std::int64_t n = lanes<V>(C, i);
+            if (n == V::width)
+                load<V>(v, x + i);
+            else
+                load_n<V>(v, x + i, n, m);  // (m - m)^2 = 0 past n
+            v -= m;
+            acc += v * v;
+        }
+        const float s = 1.0f / __builtin_sqrtf(hsum<V>(acc) / float(C) + eps);
+        for (std::int64_t i = 0; i < C; i += V::width) {
+            const std::int64_t n = lanes<V>(C, i);
+            load_z<V>(v, x + i, n);
+            load_z<V>(wv, w + i, n);
+            load_z<V>(bv, b + i, n);
+            store_z<V>(out + i, (v - m) * s * wv + bv, n);
+        }
+        *mean = m;
+        *rstd = s;
+    }
+};
+
+/// LayerNorm backward, one row: dx += rstd (g - mean(g) - xhat mean(g xhat)), g = dy w.
+struct layernorm_backward {
+    template <class V>
+    DISTILL_ROW_INLINE static void run(float* dx, const float* x, const float* dy, const float* w, float mean,
+                                       float rstd, std::int64_t C) {
+        using F = typename V::f;
+        F ga{}, gxa{}, d, wv, xv, o;
+        for (std::int64_t i = 0; i < C; i += V::width) {
+            const std::int64_t n = lanes<V>(C, i);
+            load_z<V>(d, dy + i, n);
+            load_z<V>(wv, w + i, n);
+            load_z<V>(xv, x + i, n);
+            ga += d * wv;
+            gxa += d * wv * ((xv - mean) * rstd);
+        }
+        const float g_mean = hsum<V>(ga) / float(C), gx_mean = hsum<V>(gxa) / float(C);
+        for (std::int64_t i = 0; i < C; i += V::width) {
+            const std::int64_t n = lanes<V>(C, i);
+            load_z<V>(d, dy + i, n);
+            load_z<V>(wv, w + i, n);
+            load_z<V>(xv, x + i, n);
+            load_z<V>(o, dx + i, n);
+            store_z<V>(dx + i, o + (d * wv - g_mean - (xv - mean) * rstd * gx_mean) * rstd, n);
+        }
+    }
+};
+
+/// RMSNorm of one row of C: out = x rstd w, rstd stored.
+struct rmsnorm_forward {
+    template <class V>
+    DISTILL_ROW_INLINE static void run(float* out, float* rstd, const float* x, const float* w, std::int64_t C,
+                                       float eps) {
+        using F = typename V::f;
+        F acc{}, v, wv;
+        for (std::int64_t i = 0; i < C; i += V::width) {
+            load_z<V>(v, x + i, lanes<V>(C, i));
+            acc += v * v;
+        }
+        const float s = 1.0f / __builtin_sqrtf(hsum<V>(acc) / float(C) + eps);
+        for (std::int64_t i = 0; i < C; i += V::width) {
+            const std::int64_t n = lanes<V>(C, i);
+            load_z<V>(v, x + i, n);
+            load_z<V>(wv, w + i, n);
+            store_z<V>(out + i, v * s * wv, n);
+        }
+        *rstd = s;
+    }
+};
+
+/// RMSNorm backward, one row: dx += rstd (dy w - x rstd^2 mean(dy w x)).
+struct rmsnorm_backward {
+    template <class V>
+    DISTILL_ROW_INLINE static void run(float* dx, const float* x, const float* dy, const float* w, float rstd,
+                                       std::int64_t C) {
+        using F = typename V::f;
+        F acc{}, d, wv, xv, o;
+        for (std::int64_t i = 0; i < C; i += V::width) {
+            const std::int64_t n = lanes<V>(C, i);
+            load_z<V>(d, dy + i, n);
+            load_z<V>(wv, w + i, n);
+            load_z<V>(xv, x + i, n);
+            acc += d * wv * xv;
+        }
+        const float gx_mean = hsum<V>(acc) / float(C) * rstd;
+        for (std::int64_t i = 0; i < C; i += V::width) {
+            const std::int64_t n = lanes<V>(C, i);
+            load_z<V>(d, dy + i, n);
+            load_z<V>(wv, w + i, n);
+            load_z<V>(xv, x + i, n);
+            load_z<V>(o, dx + i, n);
+            store_z<V>(dx + i, o + (d * wv - xv * (rstd * gx_mean)) * rstd, n);
+        }
+    }
+};
+
+/// SwiGLU, one row: out[0, F) = silu(g) u with g = in[0, F), u = in[F, 2F).
+struct swiglu_forward {
+    template <class V>
+    DISTILL_ROW_INLINE static void run(float* out, const float* in, std::int64_t Fn) {
+        using F = typename V::f;
+        F g, u, e;
+        for (std::int64_t i = 0; i < Fn; i += V::width) {
+            const std::int64_t n = lanes<V>(Fn, i);
+            load_z<V>(g, in + i, n);
+            load_z<V>(u, in + Fn + i, n);
+            e = -g;
+            exp<V>(e);
+            store_z<V>(out + i, g / (e + 1.0f) * u, n);
+        }
+    }
+};
+
+/// SwiGLU backward, one row: din = dout u silu'(g) | dout silu(g), silu'(g) = s (1 + g (1 - s)).
+struct swiglu_backward {
+    template <class V>
+    DISTILL_ROW_INLINE static void run(float* din, const float* in, const float* dout, std::int64_t Fn) {
+        using F = typename V::f;
+        F g, u, d, e;
+        for (std::int64_t i = 0; i < Fn; i += V::width) {
+            const std::int64_t n = lanes<V>(Fn, i);
+            load_z<V>(g, in + i, n);
+            load_z<V>(u, in + Fn + i, n);
+            load_z<V>(d, dout + i, n);
+            e = -g;
+            exp<V>(e);
+            const F sig = 1.0f / (e + 1.0f);
+            store_z<V>(din + i, d * u * sig * ((1.0f - sig) * g + 1.0f), n);
+            store_z<V>(din + Fn + i, d * g * sig, n);
+        }
+    }
+};
+
+// ---- the dispatch -------------------------------------------------------------------------------
+
+#if defined(DISTILL_ISA_DISPATCH)
+template <class K, class... A>
+[[gnu::target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma"), gnu::flatten]] void run_avx512(A... a) {
+    K::template run<vec<64> >(a...);
+}
+template <class K, class... A>
+[[gnu::target("avx2,fma"), gnu::flatten]] void run_avx2(A... a) {
+    K::template run<vec<32> >(a...);
+}
+#endif
+
+/// K::run on the registers of `isa` (row_kernel_isa()); a build targeting AVX-512 runs its own.
+template <class K, class... A>
+DISTILL_ROW_INLINE void run_kernel([[maybe_unused]] cpu_isa isa, A... a) {
+#if defined(DISTILL_ISA_DISPATCH)
+    if (isa == cpu_isa::avx512) return run_avx512<K>(a...);
+#if !(defined(__AVX2__) && defined(__FMA__))
+    if (isa == cpu_isa::avx2) return run_avx2<K>(a...);
+#endif
+#endif
+    K::template run<native_vec>(a...);
+}
+
+#undef DISTILL_ROW_INLINE
+
+#endif  // __CUDA_ARCH__
+
+}  // namespace detail::rowk
+
+}  // namespace distill::device
+// ---- end distill/device/cpu/isa.hpp ----
 // ---- begin distill/device/reference/layers.hpp ----
 /// @file reference/layers.hpp
 /// The host-memory base every host device derives from (`HostMemory`), the `device::Reference` tag,
@@ -8803,9 +9421,12 @@ inline const std::string& bf16_unsupported_reason() {
 /// operands rounded to bf16 when `bf16`; with `batch` > 1, that many such products at the strides
 /// (elements) between consecutive A, B and C (one batched primitive: the attention's per-head
 /// products; fp32 only). Runs on `threads` OpenMP threads.
+/// With `B16` (bf16 only) the B operand is that bf16 matrix, already rounded and packed (ldb = its
+/// width): a stored bf16 weight, read as it is (`B` is ignored); A alone is rounded.
 inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A,
                  int lda, const float* B, int ldb, float beta, float* C, int ldc, std::int64_t batch = 1,
-                 std::int64_t stride_a = 0, std::int64_t stride_b = 0, std::int64_t stride_c = 0) {
+                 std::int64_t stride_a = 0, std::int64_t stride_b = 0, std::int64_t stride_c = 0,
+                 const std::uint16_t* B16 = nullptr) {
     using dt = dnnl::memory::data_type;
     using dims = dnnl::memory::dims;
     DnnlState& st = state();
@@ -8813,6 +9434,8 @@ inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int 
     if (omp_get_max_threads() != threads) omp_set_num_threads(threads);
 #endif
     if (bf16 && batch > 1) throw std::logic_error("oneDNN gemm: batched products are fp32");
+    if (B16 && (!bf16 || ldb != (trans_b ? K : N)))
+        throw std::logic_error("oneDNN gemm: a bf16 B operand must be packed and the product bf16");
     // bf16 copies are packed: leading dimension = their stored width
     const std::int64_t a_rows = trans_a ? K : M, a_cols = trans_a ? M : K;
     const std::int64_t b_rows = trans_b ? N : K, b_cols = trans_b ? K : N;
@@ -8855,12 +9478,15 @@ inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int 
     }
     Entry& e = *it->second;
     if (bf16) {
-        std::uint16_t* sa = st.bf16_scratch(std::size_t(a_rows * a_cols + b_rows * b_cols + 32));
+        // the same primitive either way (packed bf16 operands): a stored bf16 B gives the bits a
+        // rounded fp32 B gives
+        const std::int64_t b_elems = B16 ? 0 : b_rows * b_cols;
+        std::uint16_t* sa = st.bf16_scratch(std::size_t(a_rows * a_cols + b_elems + 32));
         std::uint16_t* sb = sa + (a_rows * a_cols + 31) / 32 * 32;
         convert(sa, A, a_rows, a_cols, lda, threads);
-        convert(sb, B, b_rows, b_cols, ldb, threads);
+        if (!B16) convert(sb, B, b_rows, b_cols, ldb, threads);
         e.a.set_data_handle(sa);
-        e.b.set_data_handle(sb);
+        e.b.set_data_handle(const_cast<std::uint16_t*>(B16 ? B16 : sb));
     } else {
         e.a.set_data_handle(const_cast<float*>(A));
         e.b.set_data_handle(const_cast<float*>(B));
@@ -9134,6 +9760,48 @@ void gemm(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, T alp
     detail::eigen_gemm(dev, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
+/// C(M,N) = alpha op(A) op(W) + beta C with W a stored bf16 matrix (packed rows, ldw its width): A
+/// rounded to bf16, W read as it is, fp32 accumulation — bit for bit the bf16 `gemm` of the fp32
+/// matrix W was rounded from, without rounding W again. Needs oneDNN (Cpu refuses bf16 without it);
+/// inside a parallel region (where oneDNN does not take products) W is widened and Eigen multiplies.
+inline void gemm_bf16_weight(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, float alpha,
+                             const float* A, int lda, const std::uint16_t* W, int ldw, float beta, float* C, int ldc) {
+#if defined(DISTILL_WITH_DNNL)
+    if (detail::dnnl_takes(M, N, K))
+        return detail::gemm(true, dev.threads(), trans_a, trans_b, M, N, K, alpha, A, lda, nullptr, ldw, beta, C, ldc,
+                            1, 0, 0, 0, W);
+#endif
+    const std::int64_t rows = trans_b ? N : K;
+    thread_local std::vector<float> wide;
+    wide.resize(std::size_t(rows) * std::size_t(ldw));
+    for (std::size_t i = 0; i < wide.size(); ++i) {
+        const std::uint32_t u = std::uint32_t(W[i]) << 16;
+        std::memcpy(&wide[i], &u, 4);
+    }
+    detail::eigen_gemm(dev, trans_a, trans_b, M, N, K, alpha, A, lda, wide.data(), ldw, beta, C, ldc);
+}
+
+/// dst(n) = src(n) rounded to bf16 (round to nearest even: the rounding of the bf16 GEMMs' operands).
+inline void round_bf16(const Cpu& dev, std::uint16_t* dst, const float* src, std::int64_t n) {
+#if defined(DISTILL_WITH_DNNL)
+    const std::int64_t cols = 4096, rows = n / cols;  // rows of 4096 to split over the threads
+    if (rows) detail::convert(dst, src, rows, cols, cols, dev.threads());
+    detail::convert_row(dst + rows * cols, src + rows * cols, n - rows * cols);
+#else
+    (void)dev;
+    for (std::int64_t i = 0; i < n; ++i) {  // the same rounding as dnnl.hpp's to_bf16
+        std::uint32_t u;
+        std::memcpy(&u, &src[i], 4);
+        if ((u & 0x7fffffffu) > 0x7f800000u) {
+            dst[i] = static_cast<std::uint16_t>((u >> 16) | 0x40u);
+            continue;
+        }
+        u += 0x7fffu + ((u >> 16) & 1u);
+        dst[i] = static_cast<std::uint16_t>(u >> 16);
+    }
+#endif
+}
+
 /// `batch` GEMMs at fixed strides, fp32 in every precision: split over the threads (each
 /// single-threaded, in cache; a batch of one gets every thread) with Eigen; or, where Eigen's kernels
 /// were compiled for less than AVX2 (a build without -march) and oneDNN is linked, one batched oneDNN
@@ -9160,6 +9828,13 @@ void gemm_strided_batched(const Cpu& dev, bool trans_a, bool trans_b, int M, int
 template <class T>
 void add_bias(const Cpu& dev, T* out, const T* bias, int N, int OC) {
     using namespace detail;
+    if constexpr (std::is_same_v<T, float>) {
+        const cpu_isa isa = row_kernel_isa();
+        distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n) {
+            rowk::run_kernel<rowk::add_row>(isa, out + n * OC, bias, std::int64_t(OC));
+        });
+        return;
+    }
     const ConstArray<T> b(bias, OC);
     distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
         const int n = static_cast<int>(n_);
@@ -9199,6 +9874,14 @@ template <class T>
 void layernorm_forward(const Cpu& dev, T* out, T* mean, T* rstd, const T* in, const T* w, const T* b, int N, int C,
                        T eps) {
     using namespace detail;
+    if constexpr (std::is_same_v<T, float>) {  // the run-time ISA's kernel (cpu/isa.hpp)
+        const cpu_isa isa = row_kernel_isa();
+        distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n) {
+            rowk::run_kernel<rowk::layernorm_forward>(isa, out + n * C, mean + n, rstd + n, in + n * C, w, b,
+                                                      std::int64_t(C), eps);
+        });
+        return;
+    }
     const ConstArray<T> wa(w, C), ba(b, C);
     distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
         const int n = static_cast<int>(n_);
@@ -9217,14 +9900,21 @@ void layernorm_backward(const Cpu& dev, T* din, T* dw, T* db, const T* dout, con
                         const T* rstd, int N, int C) {
     using namespace detail;
     const ConstArray<T> wa(w, C);
-    norm_backward_rows(dev, din, dout, in, N, C,
-                       [&](int n, const ConstArray<T>& x, const ConstArray<T>& dy, Array<T> dx) {
-                           const auto xhat = (x - mean[n]) * rstd[n];
-                           const auto g = dy * wa;
-                           const T g_mean = g.mean();
-                           const T gx_mean = (g * xhat).mean();
-                           dx += rstd[n] * (g - g_mean - xhat * gx_mean);
-                       });
+    if constexpr (std::is_same_v<T, float>) {
+        const cpu_isa isa = row_kernel_isa();
+        distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n) {
+            rowk::run_kernel<rowk::layernorm_backward>(isa, din + n * C, in + n * C, dout + n * C, w, mean[n], rstd[n],
+                                                       std::int64_t(C));
+        });
+    } else
+        norm_backward_rows(dev, din, dout, in, N, C,
+                           [&](int n, const ConstArray<T>& x, const ConstArray<T>& dy, Array<T> dx) {
+                               const auto xhat = (x - mean[n]) * rstd[n];
+                               const auto g = dy * wa;
+                               const T g_mean = g.mean();
+                               const T gx_mean = (g * xhat).mean();
+                               dx += rstd[n] * (g - g_mean - xhat * gx_mean);
+                           });
     for_column_blocks(dev.threads(), C, 64 / sizeof(T), [&](std::int64_t b, std::int64_t e) {
         Array<T> dwa(dw + b, e - b), dba(db + b, e - b);
         for (int n = 0; n < N; ++n) {
@@ -9237,10 +9927,18 @@ void layernorm_backward(const Cpu& dev, T* din, T* dw, T* db, const T* dout, con
 }
 
 /// out = gelu_tanh(in), written as x * sigmoid(2u) (u the tanh argument): the same function, but
-/// with Eigen's vectorized exp it stays accurate where 1 + tanh(u) would cancel (x << 0).
+/// with a vectorized exp it stays accurate where 1 + tanh(u) would cancel (x << 0). float: the
+/// run-time ISA's kernel (cpu/isa.hpp); double: Eigen's arrays.
 template <class T>
 void gelu_forward(const Cpu& dev, T* out, const T* in, std::int64_t n) {
     using namespace detail;
+    if constexpr (std::is_same_v<T, float>) {
+        const cpu_isa isa = row_kernel_isa();
+        for_column_blocks(dev.threads(), n, 4096, [&](std::int64_t s, std::int64_t e) {
+            rowk::run_kernel<rowk::gelu_forward>(isa, out + s, in + s, e - s);
+        });
+        return;
+    }
     for_column_blocks(dev.threads(), n, 4096, [&](std::int64_t s, std::int64_t e) {
         const ConstArray<T> x(in + s, e - s);
         Array<T>(out + s, e - s) = x / (T(1) + (T(-2) * math::gelu_k<T> * (x + T(0.044715) * x.cube())).exp());
@@ -9252,6 +9950,13 @@ void gelu_forward(const Cpu& dev, T* out, const T* in, std::int64_t n) {
 template <class T>
 void gelu_backward(const Cpu& dev, T* din, const T* in, const T* dout, std::int64_t n) {
     using namespace detail;
+    if constexpr (std::is_same_v<T, float>) {
+        const cpu_isa isa = row_kernel_isa();
+        for_column_blocks(dev.threads(), n, 4096, [&](std::int64_t s, std::int64_t e) {
+            rowk::run_kernel<rowk::gelu_backward>(isa, din + s, in + s, dout + s, e - s);
+        });
+        return;
+    }
     for_column_blocks(dev.threads(), n, 4096, [&](std::int64_t s, std::int64_t e) {
         constexpr std::int64_t chunk = 1024;
         alignas(64) T u_buf[chunk], e_buf[chunk];
@@ -9273,6 +9978,13 @@ void gelu_backward(const Cpu& dev, T* din, const T* in, const T* dout, std::int6
 template <class T>
 void rmsnorm_forward(const Cpu& dev, T* out, T* rstd, const T* in, const T* w, int N, int C, T eps) {
     using namespace detail;
+    if constexpr (std::is_same_v<T, float>) {
+        const cpu_isa isa = row_kernel_isa();
+        distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n) {
+            rowk::run_kernel<rowk::rmsnorm_forward>(isa, out + n * C, rstd + n, in + n * C, w, std::int64_t(C), eps);
+        });
+        return;
+    }
     const ConstArray<T> wa(w, C);
     distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
         const int n = static_cast<int>(n_);
@@ -9289,11 +10001,18 @@ void rmsnorm_backward(const Cpu& dev, T* din, T* dw, const T* dout, const T* in,
                       int C) {
     using namespace detail;
     const ConstArray<T> wa(w, C);
-    norm_backward_rows(dev, din, dout, in, N, C,
-                       [&](int n, const ConstArray<T>& x, const ConstArray<T>& dy, Array<T> dx) {
-                           const T gx_mean = (dy * wa * x).mean() * rstd[n];
-                           dx += rstd[n] * (dy * wa - x * (rstd[n] * gx_mean));
-                       });
+    if constexpr (std::is_same_v<T, float>) {
+        const cpu_isa isa = row_kernel_isa();
+        distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n) {
+            rowk::run_kernel<rowk::rmsnorm_backward>(isa, din + n * C, in + n * C, dout + n * C, w, rstd[n],
+                                                     std::int64_t(C));
+        });
+    } else
+        norm_backward_rows(dev, din, dout, in, N, C,
+                           [&](int n, const ConstArray<T>& x, const ConstArray<T>& dy, Array<T> dx) {
+                               const T gx_mean = (dy * wa * x).mean() * rstd[n];
+                               dx += rstd[n] * (dy * wa - x * (rstd[n] * gx_mean));
+                           });
     for_column_blocks(dev.threads(), C, 64 / sizeof(T), [&](std::int64_t b, std::int64_t e) {
         Array<T> dwa(dw + b, e - b);
         for (int n = 0; n < N; ++n) {
@@ -9307,6 +10026,13 @@ void rmsnorm_backward(const Cpu& dev, T* din, T* dw, const T* dout, const T* in,
 template <class T>
 void swiglu_forward(const Cpu& dev, T* out, const T* in, int N, int F) {
     using namespace detail;
+    if constexpr (std::is_same_v<T, float>) {
+        const cpu_isa isa = row_kernel_isa();
+        distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n) {
+            rowk::run_kernel<rowk::swiglu_forward>(isa, out + n * F, in + n * 2 * F, std::int64_t(F));
+        });
+        return;
+    }
     distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
         const int n = static_cast<int>(n_);
         const ConstArray<T> g(in + std::int64_t(n) * 2 * F, F), u(in + std::int64_t(n) * 2 * F + F, F);
@@ -9319,6 +10045,14 @@ void swiglu_forward(const Cpu& dev, T* out, const T* in, int N, int F) {
 template <class T>
 void swiglu_backward(const Cpu& dev, T* din, const T* in, const T* dout, int N, int F) {
     using namespace detail;
+    if constexpr (std::is_same_v<T, float>) {
+        const cpu_isa isa = row_kernel_isa();
+        distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n) {
+            rowk::run_kernel<rowk::swiglu_backward>(isa, din + n * 2 * F, in + n * 2 * F, dout + n * F,
+                                                    std::int64_t(F));
+        });
+        return;
+    }
     distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
         const int n = static_cast<int>(n_);
         const std::int64_t r = std::int64_t(n) * 2 * F;
@@ -9354,6 +10088,15 @@ template <class T>
 void causal_softmax_forward(const Cpu& dev, T* att, int BH, int Tn, T scale) {
     using namespace detail;
     const std::int64_t rows = std::int64_t(BH) * Tn;
+    if constexpr (std::is_same_v<T, float>) {  // the run-time ISA's kernel (cpu/isa.hpp)
+        const cpu_isa isa = row_kernel_isa();
+        distill::detail::parallel_for(dev.threads(), rows, [&](std::int64_t r) {
+            const int t = static_cast<int>(r % Tn);
+            rowk::run_kernel<rowk::softmax_forward>(isa, att + r * Tn, std::int64_t(t + 1), scale);
+            std::fill(att + r * Tn + t + 1, att + (r + 1) * Tn, T(0));
+        });
+        return;
+    }
     distill::detail::parallel_for(dev.threads(), rows, [&](std::int64_t r) {
         const int t = static_cast<int>(r % Tn);
         T* row = att + r * Tn;
@@ -9370,6 +10113,16 @@ template <class T>
 void causal_softmax_backward(const Cpu& dev, T* dscores, const T* att, const T* datt, int BH, int Tn, T scale) {
     using namespace detail;
     const std::int64_t rows = std::int64_t(BH) * Tn;
+    if constexpr (std::is_same_v<T, float>) {
+        const cpu_isa isa = row_kernel_isa();
+        distill::detail::parallel_for(dev.threads(), rows, [&](std::int64_t r) {
+            const int t = static_cast<int>(r % Tn);
+            rowk::run_kernel<rowk::softmax_backward>(isa, dscores + r * Tn, att + r * Tn, datt + r * Tn,
+                                                     std::int64_t(t + 1), scale);
+            std::fill(dscores + r * Tn + t + 1, dscores + (r + 1) * Tn, T(0));
+        });
+        return;
+    }
     distill::detail::parallel_for(dev.threads(), rows, [&](std::int64_t r) {
         const int t = static_cast<int>(r % Tn);
         const ConstArray<T> p(att + r * Tn, t + 1), d(datt + r * Tn, t + 1);
@@ -9463,6 +10216,271 @@ void attention_decode(const Cpu& dev, T* out, T* scratch, const T* qkv, const T*
 }
 
 }  // namespace distill::device
+
+// The fused attention kernels belong to the same device: wherever `Cpu` is complete they are declared,
+// so `fused_attention_device<Cpu, T>` has one answer in every translation unit.
+// ---- begin distill/device/cpu/flash_attention.hpp ----
+/// @file cpu/flash_attention.hpp
+/// Fused causal attention on `device::Cpu` (FlashAttention-2's schedule on host threads): for each
+/// (sequence, query head, tile of query rows) the key tiles up to the diagonal are streamed through
+/// an online softmax (a running maximum and sum per row; the output accumulator rescaled when the
+/// maximum grows), so no (T,T) score or probability buffer exists. The backward recomputes each
+/// probability tile from q, k and the forward's per-row log-sum-exp. Same q|k|v layout and
+/// grouped-query rule as `nn::attention_forward` (query head h reads kv head h / (H / Hkv)).
+///
+/// The tile products go through Eigen's GEMM kernel on this thread's packing buffers
+/// (`detail::gemm_block`); a tile is 64 query rows × 64 keys, so a tile of scores, the output
+/// accumulator and the q, k, v tiles (head size 64) stay in L2. Work units are independent and split
+/// by a fixed rule, so results do not depend on the thread count; there are no atomics.
+///
+/// Declared only where they pay (`DISTILL_CPU_FUSED_ATTENTION` is then 1): Eigen's kernels compiled
+/// for AVX2 or more, or no oneDNN. A build without AVX2 that links oneDNN runs the unfused path's
+/// products as batched oneDNN matmuls on the host's ISA, and there the fused tiles on Eigen's SSE2
+/// kernel measured 2-5x slower (bench_attention); without the kernels `device::fused_attention_device`
+/// is false and the models keep the unfused path.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+
+#if defined(__AVX2__) || !defined(DISTILL_WITH_DNNL)
+#define DISTILL_CPU_FUSED_ATTENTION 1
+#else
+#define DISTILL_CPU_FUSED_ATTENTION 0
+#endif
+
+#if DISTILL_CPU_FUSED_ATTENTION
+namespace distill::device {
+
+namespace detail {
+
+inline constexpr int flash_tile = 64;  // query rows and keys per tile
+
+// This thread's scratch of at least n elements, kept across calls (no allocation in a steady step),
+// aligned for Eigen's packets: an unaligned row would have its head peeled into scalar code (std::exp,
+// other FMA contraction), and its bits would depend on which thread's buffer it landed in.
+template <class T>
+T* flash_scratch(std::size_t n) {
+    thread_local std::vector<T, Eigen::aligned_allocator<T>> buffer;
+    if (buffer.size() < n) buffer.resize(n);
+    return buffer.data();
+}
+
+// The probabilities of one tile in place: S (rows, cols, leading dimension ld) holds raw scores of
+// queries i0.. against keys k0..; p = exp((s - lse_t)·scale) on and below the diagonal, 0 above.
+template <class T>
+void flash_probabilities(T* S, int ld, int rows, int cols, int i0, int k0, const T* lse, T scale) {
+    for (int r = 0; r < rows; ++r) {
+        T* s = S + std::int64_t(r) * ld;
+        const int n = std::clamp(i0 + r + 1 - k0, 0, cols);
+        Array<T> p(s, n);
+        p = ((p - lse[i0 + r]) * scale).exp();
+        std::fill(s + n, s + cols, T(0));
+    }
+}
+
+}  // namespace detail
+
+/// Fused causal attention forward. qkv(B,T,(H+2Hkv)hs) as `nn::attention_forward`;
+/// out(B,T,H*hs) = softmax(q kᵀ / √hs + causal mask) v. `lse` (B,H,T, may be null: inference) gets
+/// each row's log-sum-exp of the scaled scores divided by the scale (m + log(l)/scale with m the raw
+/// row maximum), which `flash_attention_backward` reads. Parallel over (b, h, query tile).
+template <class T>
+void flash_attention_forward(const Cpu& dev, T* out, T* lse, const T* qkv, int B, int Tn, int H, int Hkv, int hs) {
+    using namespace detail;
+    const int C = H * hs, row = (H + 2 * Hkv) * hs, G = H / Hkv, Bt = flash_tile;
+    const T scale = T(1) / std::sqrt(T(hs));
+    const int tiles = (Tn + Bt - 1) / Bt;
+    distill::detail::parallel_for(dev.threads(), std::int64_t(B) * H * tiles, [&](std::int64_t u) {
+        const int tile = static_cast<int>(u % tiles), bh = static_cast<int>(u / tiles);
+        const int b = bh / H, h = bh % H, j = h / G;
+        const int i0 = tile * Bt, rows = std::min(Bt, Tn - i0), i1 = i0 + rows;
+        const T* x = qkv + std::int64_t(b) * Tn * row;
+        const T* q = x + std::int64_t(i0) * row + h * hs;
+        const T* k = x + C + j * hs;
+        const T* v = x + C + Hkv * hs + j * hs;
+        T* S = flash_scratch<T>(std::size_t(Bt) * (Bt + hs + 2));
+        T* O = S + Bt * Bt;
+        T* m = O + Bt * hs;  // running raw maximum per row
+        T* l = m + Bt;       // running sum of exp((s - m)·scale) per row
+        std::fill(O, O + rows * hs, T(0));
+        std::fill(l, l + rows, T(0));
+        for (int k0 = 0; k0 < i1; k0 += Bt) {
+            const int cols = std::min(Bt, i1 - k0);
+            std::fill(S, S + rows * Bt, T(0));
+            // S (rows,cols) = q_tile · k_tileᵀ, raw: scaled after the maximum, as causal_softmax_forward
+            gemm_block<T>(false, true, rows, cols, hs, T(1), q, row, k + std::int64_t(k0) * row, row, S, Bt);
+            for (int r = 0; r < rows; ++r) {
+                T* s = S + std::int64_t(r) * Bt;
+                const int n = std::clamp(i0 + r + 1 - k0, 0, cols);  // keys at or before the query
+                if (n > 0) {
+                    Array<T> p(s, n);
+                    const T mx = k0 == 0 ? p.maxCoeff() : std::max(m[r], p.maxCoeff());
+                    p = ((p - mx) * scale).exp();
+                    if (k0 == 0) {
+                        l[r] = p.sum();
+                    } else {
+                        const T alpha = std::exp((m[r] - mx) * scale);  // rescales what earlier tiles summed
+                        l[r] = l[r] * alpha + p.sum();
+                        if (alpha != T(1)) Array<T>(O + std::int64_t(r) * hs, hs) *= alpha;
+                    }
+                    m[r] = mx;
+                }
+                std::fill(s + n, s + cols, T(0));
+            }
+            // O (rows,hs) += P (rows,cols) · v_tile (cols,hs)
+            gemm_block<T>(false, false, rows, hs, cols, T(1), S, Bt, v + std::int64_t(k0) * row, row, O, hs);
+        }
+        for (int r = 0; r < rows; ++r) {
+            const int t = i0 + r;
+            Array<T>(out + (std::int64_t(b) * Tn + t) * C + h * hs, hs) =
+                ConstArray<T>(O + std::int64_t(r) * hs, hs) / l[r];
+            if (lse) lse[std::int64_t(bh) * Tn + t] = m[r] + std::log(l[r]) / scale;
+        }
+    });
+}
+
+/// Fused causal attention backward from dout(B,T,H*hs), the forward's qkv, out and lse: dqkv
+/// (B,T,(H+2Hkv)hs), overwritten. With P = exp(s·scale − lse), D_t = dout_t · out_t: dv += Pᵀ dout,
+/// dS = P ∘ (dout vᵀ − D), dk += scale dSᵀ q, dq += scale dS k. With at least 4 (b, kv head) pairs
+/// per thread, one pass, a pair per work unit (it alone writes the dq, dk, dv of its heads): each
+/// probability tile is computed once. With fewer, two passes that recompute the tiles but split
+/// finer: over (b, kv head, key tile) for dk and dv (summing the group's query heads), then over
+/// (b, h, query tile) for dq. A fixed thread count gives bit-identical results; two thread counts
+/// that pick the same schedule give the same ones too.
+template <class T>
+void flash_attention_backward(const Cpu& dev, T* dqkv, const T* dout, const T* qkv, const T* out, const T* lse, int B,
+                              int Tn, int H, int Hkv, int hs) {
+    using namespace detail;
+    const int C = H * hs, row = (H + 2 * Hkv) * hs, G = H / Hkv, Bt = flash_tile;
+    const T scale = T(1) / std::sqrt(T(hs));
+    const int tiles = (Tn + Bt - 1) / Bt;
+    // D (rows) of query head h, rows i0..: D_t = dout_t · out_t
+    auto row_dots = [&](T* D, int b, int h, int i0, int rows) {
+        for (int r = 0; r < rows; ++r) {
+            const std::int64_t o = (std::int64_t(b) * Tn + i0 + r) * C + h * hs;
+            D[r] = (ConstArray<T>(dout + o, hs) * ConstArray<T>(out + o, hs)).sum();
+        }
+    };
+    // dP (rows,cols) = dout_tile · v_tileᵀ, then dS = P ∘ (dP − D) in place
+    auto scores_grad = [&](T* dS, const T* P, const T* D, const T* dy, const T* v, int rows, int cols) {
+        std::fill(dS, dS + rows * Bt, T(0));
+        gemm_block<T>(false, true, rows, cols, hs, T(1), dy, C, v, row, dS, Bt);
+        for (int r = 0; r < rows; ++r) {
+            Array<T> d(dS + std::int64_t(r) * Bt, cols);
+            d = ConstArray<T>(P + std::int64_t(r) * Bt, cols) * (d - D[r]);
+        }
+    };
+    if (std::int64_t(B) * Hkv >= 4 * std::int64_t(dev.threads())) {
+        distill::detail::parallel_for(dev.threads(), std::int64_t(B) * Hkv, [&](std::int64_t u) {
+            const int b = static_cast<int>(u / Hkv), j = static_cast<int>(u % Hkv);
+            const T* x = qkv + std::int64_t(b) * Tn * row;
+            T* g = dqkv + std::int64_t(b) * Tn * row;
+            T* P = flash_scratch<T>(std::size_t(Bt) * (2 * Bt + 2 * hs) + std::size_t(G) * Tn);
+            T* dS = P + Bt * Bt;
+            T* dK = dS + Bt * Bt;
+            T* dV = dK + Bt * hs;
+            T* D = dV + Bt * hs;  // (G,T): D_t of each query head of the group
+            for (int i = 0; i < G; ++i) row_dots(D + std::int64_t(i) * Tn, b, j * G + i, 0, Tn);
+            for (int t = 0; t < Tn; ++t) std::fill_n(g + std::int64_t(t) * row + j * G * hs, G * hs, T(0));
+            for (int k0 = 0; k0 < Tn; k0 += Bt) {
+                const int cols = std::min(Bt, Tn - k0);
+                const T* k = x + std::int64_t(k0) * row + C + j * hs;
+                const T* v = x + std::int64_t(k0) * row + C + Hkv * hs + j * hs;
+                std::fill(dK, dK + cols * hs, T(0));
+                std::fill(dV, dV + cols * hs, T(0));
+                for (int i = 0; i < G; ++i) {
+                    const int h = j * G + i;
+                    for (int i0 = k0; i0 < Tn; i0 += Bt) {  // query tiles at or after the key tile
+                        const int rows = std::min(Bt, Tn - i0);
+                        const T* q = x + std::int64_t(i0) * row + h * hs;
+                        const T* dy = dout + (std::int64_t(b) * Tn + i0) * C + h * hs;
+                        std::fill(P, P + rows * Bt, T(0));
+                        gemm_block<T>(false, true, rows, cols, hs, T(1), q, row, k, row, P, Bt);
+                        flash_probabilities(P, Bt, rows, cols, i0, k0, lse + (std::int64_t(b) * H + h) * Tn, scale);
+                        gemm_block<T>(true, false, cols, hs, rows, T(1), P, Bt, dy, C, dV, hs);  // dV += Pᵀ dout
+                        scores_grad(dS, P, D + std::int64_t(i) * Tn + i0, dy, v, rows, cols);
+                        gemm_block<T>(true, false, cols, hs, rows, scale, dS, Bt, q, row, dK, hs);  // dK += scale dSᵀ q
+                        gemm_block<T>(false, false, rows, hs, cols, scale, dS, Bt, k, row,
+                                      g + std::int64_t(i0) * row + h * hs, row);  // dq += scale dS k
+                    }
+                }
+                for (int c = 0; c < cols; ++c) {
+                    std::copy(dK + c * hs, dK + (c + 1) * hs, g + std::int64_t(k0 + c) * row + C + j * hs);
+                    std::copy(dV + c * hs, dV + (c + 1) * hs, g + std::int64_t(k0 + c) * row + C + Hkv * hs + j * hs);
+                }
+            }
+        });
+        return;
+    }
+    // pass 1: dk, dv of kv head j for keys [k0, k0 + cols)
+    distill::detail::parallel_for(dev.threads(), std::int64_t(B) * Hkv * tiles, [&](std::int64_t u) {
+        const int tile = static_cast<int>(u % tiles), bj = static_cast<int>(u / tiles);
+        const int b = bj / Hkv, j = bj % Hkv;
+        const int k0 = tile * Bt, cols = std::min(Bt, Tn - k0);
+        const T* x = qkv + std::int64_t(b) * Tn * row;
+        const T* k = x + std::int64_t(k0) * row + C + j * hs;
+        const T* v = x + std::int64_t(k0) * row + C + Hkv * hs + j * hs;
+        T* P = flash_scratch<T>(std::size_t(Bt) * (2 * Bt + 2 * hs + 1));
+        T* dS = P + Bt * Bt;
+        T* dK = dS + Bt * Bt;
+        T* dV = dK + Bt * hs;
+        T* D = dV + Bt * hs;
+        std::fill(dK, dK + cols * hs, T(0));
+        std::fill(dV, dV + cols * hs, T(0));
+        for (int h = j * G; h < (j + 1) * G; ++h)
+            for (int i0 = k0; i0 < Tn; i0 += Bt) {  // query tiles at or after the key tile
+                const int rows = std::min(Bt, Tn - i0);
+                const T* q = x + std::int64_t(i0) * row + h * hs;
+                const T* dy = dout + (std::int64_t(b) * Tn + i0) * C + h * hs;
+                std::fill(P, P + rows * Bt, T(0));
+                gemm_block<T>(false, true, rows, cols, hs, T(1), q, row, k, row, P, Bt);
+                flash_probabilities(P, Bt, rows, cols, i0, k0, lse + (std::int64_t(b) * H + h) * Tn, scale);
+                gemm_block<T>(true, false, cols, hs, rows, T(1), P, Bt, dy, C, dV, hs);  // dV += Pᵀ dout
+                row_dots(D, b, h, i0, rows);
+                scores_grad(dS, P, D, dy, v, rows, cols);
+                gemm_block<T>(true, false, cols, hs, rows, scale, dS, Bt, q, row, dK, hs);  // dK += scale dSᵀ q
+            }
+        T* g = dqkv + std::int64_t(b) * Tn * row + std::int64_t(k0) * row;
+        for (int c = 0; c < cols; ++c) {
+            std::copy(dK + c * hs, dK + (c + 1) * hs, g + std::int64_t(c) * row + C + j * hs);
+            std::copy(dV + c * hs, dV + (c + 1) * hs, g + std::int64_t(c) * row + C + Hkv * hs + j * hs);
+        }
+    });
+    // pass 2: dq of query head h for rows [i0, i0 + rows)
+    distill::detail::parallel_for(dev.threads(), std::int64_t(B) * H * tiles, [&](std::int64_t u) {
+        const int tile = static_cast<int>(u % tiles), bh = static_cast<int>(u / tiles);
+        const int b = bh / H, h = bh % H, j = h / G;
+        const int i0 = tile * Bt, rows = std::min(Bt, Tn - i0), i1 = i0 + rows;
+        const T* x = qkv + std::int64_t(b) * Tn * row;
+        const T* q = x + std::int64_t(i0) * row + h * hs;
+        const T* dy = dout + (std::int64_t(b) * Tn + i0) * C + h * hs;
+        T* P = flash_scratch<T>(std::size_t(Bt) * (2 * Bt + hs + 1));
+        T* dS = P + Bt * Bt;
+        T* dQ = dS + Bt * Bt;
+        T* D = dQ + Bt * hs;
+        std::fill(dQ, dQ + rows * hs, T(0));
+        row_dots(D, b, h, i0, rows);
+        for (int k0 = 0; k0 < i1; k0 += Bt) {
+            const int cols = std::min(Bt, i1 - k0);
+            const T* k = x + std::int64_t(k0) * row + C + j * hs;
+            const T* v = x + std::int64_t(k0) * row + C + Hkv * hs + j * hs;
+            std::fill(P, P + rows * Bt, T(0));
+            gemm_block<T>(false, true, rows, cols, hs, T(1), q, row, k, row, P, Bt);
+            flash_probabilities(P, Bt, rows, cols, i0, k0, lse + std::int64_t(bh) * Tn, scale);
+            scores_grad(dS, P, D, dy, v, rows, cols);
+            gemm_block<T>(false, false, rows, hs, cols, scale, dS, Bt, k, row, dQ, hs);  // dQ += scale dS k
+        }
+        T* g = dqkv + (std::int64_t(b) * Tn + i0) * row + h * hs;
+        for (int r = 0; r < rows; ++r) std::copy(dQ + r * hs, dQ + (r + 1) * hs, g + std::int64_t(r) * row);
+    });
+}
+
+}  // namespace distill::device
+#endif  // DISTILL_CPU_FUSED_ATTENTION
+// ---- end distill/device/cpu/flash_attention.hpp ----
 // ---- end distill/device/cpu/layers.hpp ----
 // ---- begin distill/device/reference/encoder.hpp ----
 /// @file reference/encoder.hpp
@@ -13732,10 +14750,11 @@ private:
 /// data is copied, so on error no target has been touched: every target must exist in the file with
 /// exactly its shape and a floating-point dtype, and the file must hold no tensor that is not a target.
 /// Throws format_error naming the missing and unexpected tensors, shape_error naming the tensor and
-/// both shapes, or distill::error for duplicate or null targets.
+/// both shapes, or distill::error for duplicate or null targets. With `read` false it only checks
+/// (null targets allowed): a caller that stores tensors its own way reads them afterwards.
 /// @tparam T float or double; give it explicitly when passing a vector: `load_tensors<float>(file, params)`.
 template <class T>
-void load_tensors(const safetensors_file& file, std::span<const named_tensor<T>> targets) {
+void load_tensors(const safetensors_file& file, std::span<const named_tensor<T>> targets, bool read = true) {
     static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "load_tensors loads float or double");
     const std::string where = file.path().string() + ": ";
 
@@ -13777,11 +14796,12 @@ void load_tensors(const safetensors_file& file, std::span<const named_tensor<T>>
                                "tensor '" + target.name + "' is " + std::string(dtype_name(info.type)) +
                                    ", but the model expects a floating-point tensor");
         }
-        if (target.data == nullptr && info.numel() > 0) {
+        if (read && target.data == nullptr && info.numel() > 0) {
             throw error(where + "load_tensors: target '" + target.name + "' has no data pointer");
         }
     }
 
+    if (!read) return;
     for (const named_tensor<T>& target : targets) {
         const tensor_info& info = *file.find(target.name);
         file.read(info, std::span<T>(target.data, static_cast<std::size_t>(info.numel())));
@@ -14003,13 +15023,28 @@ struct Parameter {
 /// values and gradients, with the same layout: how they are laid out, allocated, read back as
 /// `Parameter`s and flat arrays, and zeroed.
 
+#include <algorithm>
+#include <array>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <initializer_list>
+#include <optional>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
+
+namespace distill::detail {
+/// bf16 -> fp32 (exact: the bf16 bits are the float's upper half).
+inline float bf16_to_float(std::uint16_t h) noexcept {
+    const std::uint32_t u = std::uint32_t(h) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+}  // namespace distill::detail
 
 namespace distill::student {
 
@@ -14021,8 +15056,28 @@ namespace distill::student {
 /// memory, the backward recomputing each block's activations from its input before differentiating
 /// it (`checkpointed`: activation checkpointing, one more forward of every block but the last per
 /// step; the gradients are those of `training`, bit for bit; attention maps and q|k|v are not kept,
-/// so losses that read them need `training`).
-enum class activations { training, inference, checkpointed };
+/// so losses that read them need `training`); or everything `training` keeps but the attention maps
+/// (`training_fused`, `Transformer` only: where the device has the fused attention kernels,
+/// `device::fused_attention_device`, attention runs fused and keeps a (B,H,T) log-sum-exp in place of
+/// the (B,H,T,T) map and its gradient; the gradients equal `training`'s to rounding; `attention(l)` and
+/// `qkv(l)` are not offered, so losses that read them need `training`). `inference` attends fused too
+/// on such a device.
+enum class activations { training, inference, checkpointed, training_fused };
+
+/// How a parameter's values are stored: `fp32` (the scalar type T) alone; `fp32_bf16` an fp32
+/// master copy (what optimizers update) and a bf16 copy the GEMMs read, refreshed from it
+/// (`refresh_bf16`); `bf16` a bf16 copy alone (a frozen weight: nothing writes it but loaders).
+enum class storage : std::uint8_t { fp32, fp32_bf16, bf16 };
+
+/// Where a device rounds fp32 to bf16 for stored weights (`round_bf16(dev, dst, src, n)`, round to
+/// nearest even, the rounding its bf16 GEMMs apply to their operands) and multiplies by a bf16 weight
+/// (`gemm_bf16_weight`): device::Cpu with oneDNN.
+template <class Device>
+concept bf16_weight_device = requires(const Device& d, float* f, const float* cf, std::uint16_t* h,
+                                      const std::uint16_t* ch) {
+    round_bf16(d, h, cf, std::int64_t(1));
+    gemm_bf16_weight(d, false, true, 1, 1, 1, 1.0f, cf, 1, ch, 1, 0.0f, f, 1);
+};
 
 /// The base of the student models: their parameters, laid out one by one (`add_parameter`), then
 /// allocated at once (`allocate_parameters`), values and gradients in two arenas of the same layout.
@@ -14036,14 +15091,83 @@ public:
         return adapter_params_.empty() ? params_ : adapter_params_;
     }
     /// The model's own weights in checkpoint order (what Hugging Face exports hold); their
-    /// gradients are empty when frozen (adapters present) or without a gradient arena.
+    /// gradients are empty when frozen (adapters present) or without a gradient arena. A weight
+    /// stored in bf16 alone (`base_storage(k) == storage::bf16`) has a null value pointer: read and
+    /// write it with `read_base` / `write_base`.
     const std::vector<Parameter<T>>& base_parameters() const noexcept { return params_; }
+    /// How base parameter k is stored.
+    storage base_storage(std::size_t k) const noexcept { return storage_[k]; }
+    /// Whether any base parameter is stored in bf16 alone (no fp32 copy).
+    bool bf16_only_weights() const noexcept { return bf16_only_; }
+    /// Base parameter k's bf16 copy (device memory, packed rows), or nullptr when it has none.
+    const std::uint16_t* bf16_value(std::size_t k) const noexcept {
+        return bf16_index_.empty() || bf16_index_[k] == none
+                   ? nullptr
+                   : bf16_arena_.data() + bf16_layout_.blocks()[bf16_index_[k]].offset;
+    }
+    /// Elements of a flat fp32 image of every base parameter (`base_image()`), and parameter k's
+    /// offset in it: the layout `parameter_data()` has when nothing is stored in bf16 alone.
+    std::size_t image_size() const noexcept { return param_layout_.size(); }
+    std::size_t image_offset(std::size_t k) const noexcept { return param_layout_.blocks()[k].offset; }
+    /// Copies base parameter k's values to host memory `dst` (numel elements) as T: a bf16-only
+    /// weight converted (exactly).
+    void read_base(std::size_t k, T* dst) const {
+        const std::size_t n = param_layout_.blocks()[k].numel;
+        if (storage_[k] != storage::bf16) {
+            dev_->copy(dst, params_[k].value.data(), sizeof(T) * n);
+            return;
+        }
+        std::vector<std::uint16_t> h(n);
+        dev_->copy(h.data(), bf16_value(k), sizeof(std::uint16_t) * n);
+        for (std::size_t i = 0; i < n; ++i) dst[i] = static_cast<T>(detail::bf16_to_float(h[i]));
+    }
+    /// Sets base parameter k from host memory `src` (numel elements; with `count`, elements
+    /// [first, first + count) only): the fp32 values, and the bf16 copy rounded from them (round to
+    /// nearest even) where it has one.
+    void write_base(std::size_t k, const T* src, std::size_t first = 0, std::size_t count = std::size_t(-1)) {
+        const std::size_t n = std::min(count, param_layout_.blocks()[k].numel - first);
+        if (storage_[k] != storage::bf16) dev_->copy(params_[k].value.data() + first, src, sizeof(T) * n);
+        if (storage_[k] == storage::fp32) return;
+        if constexpr (std::is_same_v<T, float> && bf16_weight_device<Device>) {
+            std::uint16_t* d = const_cast<std::uint16_t*>(bf16_value(k)) + first;
+            if constexpr (Device::memory == memory_space::host) {
+                round_bf16(*dev_, d, src, std::int64_t(n));
+            } else {
+                std::vector<std::uint16_t> h(n);
+                round_bf16(*dev_, h.data(), src, std::int64_t(n));
+                dev_->copy(d, h.data(), sizeof(std::uint16_t) * n);
+            }
+        }
+    }
+    /// A host image of every base parameter as T (`image_size()` elements, `image_offset(k)` where
+    /// parameter k starts): bf16-only weights converted. For exports; a full fp32 copy of the model.
+    std::vector<T> base_image() const {
+        std::vector<T> host(image_size(), T(0));
+        if (!bf16_only_) {
+            dev_->copy(host.data(), param_arena_.data(), sizeof(T) * host.size());
+            return host;
+        }
+        for (std::size_t k = 0; k < params_.size(); ++k) read_base(k, host.data() + image_offset(k));
+        return host;
+    }
+    /// Rounds the fp32 master of every `storage::fp32_bf16` parameter into its bf16 copy; a model
+    /// calls it before a forward whenever the masters may have changed (`bf16_version`).
+    void refresh_bf16() {
+        if constexpr (std::is_same_v<T, float> && bf16_weight_device<Device>) {
+            for (std::size_t k = 0; k < params_.size(); ++k)
+                if (storage_[k] == storage::fp32_bf16)
+                    round_bf16(*dev_, const_cast<std::uint16_t*>(bf16_value(k)), params_[k].value.data(),
+                               std::int64_t(param_layout_.blocks()[k].numel));
+        }
+    }
     /// The adapters (LoRA) in checkpoint order; empty without.
     const std::vector<Parameter<T>>& adapter_parameters() const noexcept { return adapter_params_; }
     /// Whether the base weights are frozen (adapters present): they have no gradient memory.
     bool frozen_base() const noexcept { return !adapter_params_.empty(); }
     /// The base weights' value and gradient arenas as flat arrays (same layout, `base_parameters()`
     /// point into them), for weight files and exports; the gradient arena is null when frozen.
+    /// With weights stored in bf16 alone (`bf16_only_weights()`) the value arena holds the others only,
+    /// and its layout is not `image_offset`'s: use `read_base`/`write_base`/`base_image` there.
     T* parameter_data() const noexcept { return param_arena_.data(); }
     T* gradient_data() const noexcept { return grad_arena_.data(); }
     std::size_t arena_size() const noexcept { return param_arena_.size(); }
@@ -14058,8 +15182,16 @@ protected:
     static constexpr std::size_t adapter_bit = std::size_t(1) << 62;
 
     /// Lays out the next parameter; returns its index.
-    std::size_t add_parameter(std::string name, std::initializer_list<std::int64_t> shape, parameter_kind kind) {
+    std::size_t add_parameter(std::string name, std::initializer_list<std::int64_t> shape, parameter_kind kind,
+                              storage how = storage::fp32) {
         kinds_.push_back(kind);
+        storage_.push_back(how);
+        if (how != storage::bf16) fp32_layout_.add<T>(name, shape);
+        if (how != storage::fp32) {
+            bf16_index_.resize(storage_.size(), none);
+            bf16_index_.back() = bf16_layout_.add<std::uint16_t>(name, shape);
+        }
+        bf16_only_ = bf16_only_ || how == storage::bf16;
         return param_layout_.add<T>(std::move(name), shape);
     }
     /// Lays out the next adapter (trainable, in arenas of their own; its presence freezes the base).
@@ -14072,12 +15204,30 @@ protected:
     /// With adapters laid out, the base weights get no gradient arena (frozen).
     void allocate_parameters(const Device& dev, bool gradients) {
         const bool adapters = !adapter_layout_.blocks().empty();
-        param_arena_ = detail::Arena<T, Device>(dev, param_layout_.size());
+        dev_.emplace(dev);
+        if (!bf16_index_.empty()) bf16_index_.resize(storage_.size(), none);
+        // bf16-only weights are frozen (adapters) or never trained (no gradients): no fp32 value,
+        // no gradient. The value arena holds the rest (fp32_layout_: the full layout without them).
+        param_arena_ = detail::Arena<T, Device>(dev, fp32_layout_.size());
         if (gradients && !adapters) grad_arena_ = detail::Arena<T, Device>(dev, param_layout_.size());
+        if (bf16_layout_.size()) bf16_arena_ = detail::Arena<std::uint16_t, Device>(dev, bf16_layout_.size());
         const auto& blocks = param_layout_.blocks();
-        for (std::size_t i = 0; i < blocks.size(); ++i)
-            params_.push_back({blocks[i].name, param_arena_.view(blocks[i]),
-                               grad_arena_.size() ? grad_arena_.view(blocks[i]) : Tensor<T>{}, kinds_[i]});
+        for (std::size_t i = 0, j = 0; i < blocks.size(); ++i) {
+            Tensor<T> value;
+            if (storage_[i] != storage::bf16) {
+                value = param_arena_.view(fp32_layout_.blocks()[j++]);
+            } else {  // a view of nothing, with the parameter's shape
+                std::array<std::int64_t, Tensor<T>::max_rank> shape{}, strides{};
+                const int rank = static_cast<int>(blocks[i].shape.size());
+                for (int d = rank - 1, stride = 1; d >= 0; stride *= int(blocks[i].shape[std::size_t(d)]), --d) {
+                    shape[std::size_t(d)] = blocks[i].shape[std::size_t(d)];
+                    strides[std::size_t(d)] = stride;
+                }
+                value.assign(nullptr, shape, strides, rank, Device::memory);
+            }
+            params_.push_back(
+                {blocks[i].name, value, grad_arena_.size() ? grad_arena_.view(blocks[i]) : Tensor<T>{}, kinds_[i]});
+        }
         if (!adapters) return;
         adapter_arena_ = detail::Arena<T, Device>(dev, adapter_layout_.size());
         if (gradients) adapter_grads_ = detail::Arena<T, Device>(dev, adapter_layout_.size());
@@ -14095,7 +15245,8 @@ protected:
 
     /// Bytes held by the parameter and gradient arenas.
     std::size_t parameter_bytes() const noexcept {
-        return sizeof(T) * (param_arena_.size() + grad_arena_.size() + adapter_arena_.size() + adapter_grads_.size());
+        return sizeof(T) * (param_arena_.size() + grad_arena_.size() + adapter_arena_.size() + adapter_grads_.size()) +
+               sizeof(std::uint16_t) * bf16_arena_.size();
     }
 
     /// Parameter i's value / gradient; nullptr for `none`, and the gradient of a frozen (or
@@ -14103,7 +15254,7 @@ protected:
     T* val(std::size_t i) const noexcept {
         if (i == none) return nullptr;
         if (i & adapter_bit) return adapter_arena_.data() + adapter_layout_.blocks()[i & ~adapter_bit].offset;
-        return param_arena_.data() + param_layout_.blocks()[i].offset;
+        return params_[i].value.data();
     }
     T* grad(std::size_t i) const noexcept {
         if (i == none) return nullptr;
@@ -14114,9 +15265,16 @@ protected:
     }
 
 private:
-    detail::ArenaLayout param_layout_, adapter_layout_;
+    // param_layout_: every base parameter (the gradient arena's and base_image's layout);
+    // fp32_layout_: those with an fp32 value (the value arena's); bf16_layout_: those with a bf16 copy
+    detail::ArenaLayout param_layout_, fp32_layout_, bf16_layout_, adapter_layout_;
     std::vector<parameter_kind> kinds_;
+    std::vector<storage> storage_;
+    std::vector<std::size_t> bf16_index_;  // per base parameter: its block of bf16_layout_, or none
+    bool bf16_only_ = false;
+    std::optional<Device> dev_;  // set by allocate_parameters
     detail::Arena<T, Device> param_arena_, grad_arena_, adapter_arena_, adapter_grads_;
+    detail::Arena<std::uint16_t, Device> bf16_arena_;
     std::vector<Parameter<T>> params_, adapter_params_;
 };
 
@@ -14211,6 +15369,10 @@ public:
         cfg_.validate();
         if (mode == activations::inference)
             throw config_error("student", "student::Encoder has no activations::inference mode (it always trains)");
+        if (mode == activations::training_fused)
+            throw config_error("student",
+                               "student::Encoder has no activations::training_fused mode (its "
+                               "bidirectional attention keeps its maps); use training or checkpointed");
         if (max_batch < 1) throw config_error("max_batch", "must be >= 1, got " + std::to_string(max_batch));
         if (max_length < 1 || max_length > cfg_.context_length)
             throw config_error("max_length", "must be in [1, context_length = " + std::to_string(cfg_.context_length) +
@@ -14832,6 +15994,15 @@ struct TransformerConfig {
     /// Low-rank adapters (student/lora.hpp); off by default. Not a key of the `student` object: the
     /// job's top-level `lora` sets it, and it is not part of the config saved with weights.
     LoraConfig lora{};
+    /// Under `precision::bf16` on a device that multiplies by stored bf16 weights (`device::Cpu` with
+    /// oneDNN): the GEMM matrices (token embedding, q|k|v, o, MLP, head) are stored in bf16 — alone
+    /// when frozen (activations::inference, the LoRA base, `frozen`), else beside the fp32 master the
+    /// optimizer updates. false keeps fp32 storage and rounds each weight in every GEMM (the same
+    /// products; tests compare the two). Not a key of the `student` object.
+    bool bf16_weights = true;
+    /// No optimizer updates this model's weights (a teacher, in any activations mode): under bf16
+    /// storage its matrices are kept in bf16 alone, as those of activations::inference are. Not a key.
+    bool frozen = false;
 
     /// Key/value heads actually used.
     int kv_heads() const noexcept { return n_kv_heads ? n_kv_heads : n_heads; }
@@ -14904,6 +16075,17 @@ struct TransformerConfig {
 
 template <class T, class Device>
 class Transformer;
+
+/// Whether a `Transformer<T, Device>` built with `config` on `dev` stores its GEMM matrices in bf16
+/// (`TransformerConfig::bf16_weights`, under precision::bf16, on a device that multiplies by stored
+/// bf16 weights: device::Cpu with oneDNN).
+template <class T, class Device>
+bool stores_bf16_weights(const TransformerConfig& config, const Device& dev) {
+    if constexpr (bf16_weight_device<Device> && std::is_same_v<T, float>)
+        return config.bf16_weights && device::compute_precision_of(dev) == device::precision::bf16;
+    else
+        return false;
+}
 
 /// The inverse frequencies (hs/2) of a rotary config's pairs for a sequence of `seq_len` positions,
 /// as transformers' ROPE_INIT_FUNCTIONS compute them: theta^(-2i/hs), then the scaling variant
@@ -14992,7 +16174,9 @@ public:
     /// `config.context_length` tokens. Parameters start at zero; call `init` or load weights. With
     /// `activations::inference` the model only runs forwards: `backward` throws, `hidden_state(i)`
     /// exists for i = 0 and L only, `attention` and `qkv` not at all, and gradients are empty. With
-    /// `activations::checkpointed` it trains like `training` in less memory, without `attention` and `qkv`.
+    /// `activations::checkpointed` it trains like `training` in less memory, without `attention` and `qkv`;
+    /// with `activations::training_fused` likewise, without a (B,H,T,T) buffer per layer where the
+    /// device has the fused attention kernels (`fused_attention()`).
     Transformer(const TransformerConfig& config, int max_batch, Device device = Device{},
                 activations mode = activations::training)
         : cfg_(config), dev_(device), max_batch_(max_batch), mode_(mode) {
@@ -15021,32 +16205,36 @@ public:
     void init(std::uint64_t seed) {
         Rng rng(seed);
         const double proj_std = 0.02 / std::sqrt(2.0 * cfg_.n_layers);
-        std::vector<T> staged;  // a host image of the parameter arena for devices with their own memory
-        T* base = this->parameter_data();
-        if constexpr (Device::memory != memory_space::host) {
-            staged.assign(this->arena_size(), T(0));
-            base = staged.data();
-        }
-        for (const auto& p : this->base_parameters()) {
-            T* d = base + (p.value.data() - this->parameter_data());
+        // values are drawn into the fp32 arena where they live on the host, else through a host
+        // chunk written with write_base (bf16 storage, devices with their own memory): no fp32 image
+        constexpr std::int64_t chunk = 1 << 16;
+        std::vector<T> staged;
+        const auto& params = this->base_parameters();
+        for (std::size_t k = 0; k < params.size(); ++k) {
+            const auto& p = params[k];
             const std::int64_t n = p.value.numel();
+            const bool direct = Device::memory == memory_space::host && this->base_storage(k) == storage::fp32;
+            if (!direct) staged.assign(std::size_t(std::min(n, chunk)), T(0));
             const bool residual_proj = p.name.ends_with("c_proj.weight");
             const double std = p.name == "wpe.weight" ? 0.01 : residual_proj ? proj_std : 0.02;
-            for (std::int64_t i = 0; i < n; ++i) {
-                switch (p.kind) {
-                    case parameter_kind::bias:
-                        d[i] = T(0);
-                        break;
-                    case parameter_kind::norm:
-                        d[i] = p.name.ends_with(".weight") ? T(1) : T(0);
-                        break;
-                    default:
-                        d[i] = static_cast<T>(rng.normal() * std);
+            for (std::int64_t first = 0; first < n; first += direct ? n : chunk) {
+                const std::int64_t m = direct ? n : std::min(chunk, n - first);
+                T* d = direct ? p.value.data() : staged.data();
+                for (std::int64_t i = 0; i < m; ++i) {
+                    switch (p.kind) {
+                        case parameter_kind::bias:
+                            d[i] = T(0);
+                            break;
+                        case parameter_kind::norm:
+                            d[i] = p.name.ends_with(".weight") ? T(1) : T(0);
+                            break;
+                        default:
+                            d[i] = static_cast<T>(rng.normal() * std);
+                    }
                 }
+                if (!direct) this->write_base(k, d, std::size_t(first), std::size_t(m));
             }
         }
-        if constexpr (Device::memory != memory_space::host)
-            dev_.copy(this->parameter_data(), staged.data(), sizeof(T) * staged.size());
         init_lora(seed);
     }
 
@@ -15078,16 +16266,16 @@ public:
 
     /// A host image of the base parameter arena (`parameter_data()`'s layout) with every adapter
     /// merged, W += (alpha / r) · B · A on its rows: the weights PEFT's merge_and_unload gives.
+    /// Its layout is `image_offset`'s (bf16-stored weights converted, exactly).
     std::vector<T> merged_parameters() const {
-        std::vector<T> host(this->arena_size());
-        dev_.copy(host.data(), this->parameter_data(), sizeof(T) * host.size());
+        std::vector<T> host = this->base_image();
         const double s = cfg_.lora.scaling();
         auto merge = [&](const LoraAdapter& ad, std::size_t w) {
             const int r = cfg_.lora.rank;
             std::vector<T> a(std::size_t(r) * ad.in), b(std::size_t(ad.out) * r);
             dev_.copy(a.data(), val(ad.a), sizeof(T) * a.size());
             dev_.copy(b.data(), val(ad.b), sizeof(T) * b.size());
-            T* W = host.data() + (val(w) - this->parameter_data()) + std::size_t(ad.offset) * ad.in;
+            T* W = host.data() + this->image_offset(w) + std::size_t(ad.offset) * ad.in;
             for (int i = 0; i < ad.out; ++i)
                 for (int j = 0; j < ad.in; ++j) {
                     double d = 0;
@@ -15115,11 +16303,20 @@ public:
 
     /// What this model keeps of a forward.
     activations mode() const noexcept { return mode_; }
-    /// Whether every hidden state of a forward is kept (activations::training and checkpointed).
+    /// Whether every hidden state of a forward is kept (activations::training, checkpointed, training_fused).
     bool keeps_activations() const noexcept { return mode_ != activations::inference; }
     /// Whether attention maps and q|k|v of a forward are kept (activations::training).
     bool keeps_attention() const noexcept { return mode_ == activations::training; }
-    /// Whether `backward` runs (activations::training and checkpointed).
+    /// Whether attention runs fused, streaming key tiles through an online softmax with no (T,T)
+    /// map (`flash_attention_forward`/`backward`): activations::inference and training_fused, on a
+    /// device with the fused kernels (`device::fused_attention_device`, e.g. device::Cpu).
+    bool fused_attention() const noexcept {
+        if constexpr (device::fused_attention_device<Device, T>)
+            return mode_ == activations::inference || mode_ == activations::training_fused;
+        else
+            return false;
+    }
+    /// Whether `backward` runs (activations::training, checkpointed, training_fused).
     bool trains() const noexcept { return mode_ != activations::inference; }
 
 private:
@@ -15139,13 +16336,18 @@ private:
             for (int n = 0; n < N; ++n) positions_[std::size_t(n)] = n % Tn;
             update_rope(Tn);
         }
-        embedding_forward(dev_, act(encoded_), tokens_, wte(), wpe(), B, Tn, C);
+        // trainable bf16 weights: their bf16 copies follow the fp32 masters (which the optimizer and
+        // loaders write between forwards), rounded once here rather than in every product
+        if (bf16_masters_) this->refresh_bf16();
+        if (bf16_only_wte())
+            embedding_bf16(tokens, B, Tn);
+        else
+            embedding_forward(dev_, act(encoded_), tokens_, wte(), wpe(), B, Tn, C);
         const T* x = act(encoded_);
         for (int l = 0; l < cfg_.n_layers; ++l) {
             block_forward(l, x, N, [&] {
                 after_qkv(l);
-                nn::attention_forward(dev_, act(layer_acts_[l].atty), act(layer_acts_[l].att), act(layer_acts_[l].qkv),
-                                      B, Tn, cfg_.n_heads, cfg_.kv_heads(), cfg_.head_size());
+                attend(l, B, Tn);
             });
             x = act(layer_acts_[l].res_out);
         }
@@ -15153,6 +16355,19 @@ private:
         // logits (N,V) = lnf (N,C) · head^T — the LM head (the token embedding when tied)
         linear(act(logits_), act(lnf_), head_, none, N, C, V);
         if (head_lora_.a != none) lora_forward(head_lora_, -1, act(logits_), act(lnf_), N);
+    }
+
+    // atty = attention(qkv) of the rows of a forward: fused when the maps are not kept (att then holds
+    // the (B,H,T) log-sum-exp the fused backward reads, or nothing for inference), else the map in att.
+    void attend(int l, int B, int Tn) {
+        const auto& a = layer_acts_[std::size_t(l)];
+        if constexpr (device::fused_attention_device<Device, T>)
+            if (fused_attention())
+                return flash_attention_forward(dev_, act(a.atty),
+                                               mode_ == activations::inference ? nullptr : act(a.att), act(a.qkv), B,
+                                               Tn, cfg_.n_heads, cfg_.kv_heads(), cfg_.head_size());
+        nn::attention_forward(dev_, act(a.atty), act(a.att), act(a.qkv), B, Tn, cfg_.n_heads, cfg_.kv_heads(),
+                              cfg_.head_size());
     }
 
     // out(N,OC) = [out +] in(N,C) · W(OC,C)ᵀ + b: nn::linear_forward, or the quantized product when
@@ -15169,7 +16384,49 @@ private:
                 return;
             }
         }
+        if constexpr (bf16_weight_device<Device> && std::is_same_v<T, float>) {
+            if (const std::uint16_t* w16 = this->bf16_value(w)) {
+                gemm_bf16_weight(dev_, false, true, N, OC, C, T(1), in, C, w16, C, add_to_out ? T(1) : T(0), out, OC);
+                if (b != none) add_bias(dev_, out, val(b), N, OC);
+                return;
+            }
+        }
         nn::linear_forward(dev_, out, in, val(w), val(b), N, C, OC, add_to_out);
+    }
+
+    // nn::linear_backward of out = in · Wᵀ + b, din from W's bf16 copy where it has one.
+    void linear_backward(T* din, std::size_t w, std::size_t b, const T* dout, const T* in, int N, int C, int OC) {
+        if constexpr (bf16_weight_device<Device> && std::is_same_v<T, float>) {
+            if (const std::uint16_t* w16 = this->bf16_value(w)) {
+                // din(N,C) = dout(N,OC) · W(OC,C)
+                gemm_bf16_weight(dev_, false, false, N, C, OC, T(1), dout, OC, w16, C, T(0), din, C);
+                nn::linear_backward(dev_, static_cast<T*>(nullptr), grad(w), grad(b), dout, in, val(w), N, C, OC);
+                return;
+            }
+        }
+        nn::linear_backward(dev_, din, grad(w), grad(b), dout, in, val(w), N, C, OC);
+    }
+
+    // Whether the token embedding is stored in bf16 alone (its rows are widened where read).
+    bool bf16_only_wte() const noexcept { return this->base_storage(wte_) == storage::bf16; }
+    // encoded(N,C) = wte[token] (widened from bf16) + wpe[position]: embedding_forward's sum.
+    void embedding_bf16(const std::int32_t* tokens, int B, int Tn) {
+        if constexpr (bf16_weight_device<Device>) {  // host memory (device::Cpu)
+            const int C = cfg_.d_model;
+            T* out = act(encoded_);
+            distill::detail::parallel_for(dev_.threads(), std::int64_t(B) * Tn, [&](std::int64_t n) {
+                embedding_row(out + n * C, tokens[n], cfg_.rope() ? nullptr : wpe() + (n % Tn) * C);
+            });
+        }
+    }
+    // out(C) = wte[token] widened (+ pos(C)).
+    void embedding_row(T* out, std::int32_t token, const T* pos) const {
+        const int C = cfg_.d_model;
+        const std::uint16_t* e = this->bf16_value(wte_) + std::int64_t(token) * C;
+        for (int c = 0; c < C; ++c) {
+            const T v = static_cast<T>(distill::detail::bf16_to_float(e[c]));
+            out[c] = pos ? v + pos[c] : v;
+        }
     }
 
     // One block on rows x(N,C): res_out = res_attn + mlp(norm2(res_attn)), res_attn = x +
@@ -15467,6 +16724,11 @@ public:
         // x (B,C) = wte[token] (+ wpe[position])
         T* x = act(encoded_);
         for (int b = 0; b < B; ++b) {
+            if (bf16_only_wte()) {
+                embedding_row(x + std::int64_t(b) * C, tokens[b],
+                              cfg_.rope() ? nullptr : wpe() + std::int64_t(cache.length(b)) * C);
+                continue;
+            }
             const T* e = wte() + std::int64_t(tokens[b]) * C;
             if (cfg_.rope())
                 dev_.copy(x + std::int64_t(b) * C, e, sizeof(T) * C);
@@ -15515,6 +16777,10 @@ public:
     /// semantics: what llama.cpp computes from the file). The model then generates and scores; `backward` refuses it.
     /// Quantizing twice quantizes the dequantized values again, so call it once, on the trained weights.
     void quantize(quant::type type) requires(std::is_same_v<T, float>&& device::quant_device<Device>) {
+        if (this->bf16_only_weights())
+            throw config_error("device.precision",
+                               "quantize: this model stores its weights in bf16 alone (precision bf16, frozen); "
+                               "quantize one built with precision fp32");
         const std::int64_t V = cfg_.vocab_size, C = cfg_.d_model, F = cfg_.d_ff;
         auto matrix = [&](std::size_t w, std::int64_t rows, std::int64_t cols) {
             QuantizedMatrix q{quant::storable(type, cols), {}};
@@ -15562,9 +16828,7 @@ public:
         T* d_ln = act(d_ln_);
         if (this->frozen_base()) dev_.fill_zero(act(norm_sink_), sizeof(T) * 2 * C);
         // LM head: d_lnf (N,C) = dlogits (N,V) · head (V,C);  dhead (V,C) += dlogits^T · lnf
-        gemm(dev_, false, false, N, C, V, T(1), act(dlogits_), V, head(), C, T(0), d_ln, C);
-        if (T* dhead = grad(head_))
-            gemm(dev_, true, false, V, C, N, T(1), act(dlogits_), V, act(lnf_), C, T(1), dhead, C);
+        linear_backward(d_ln, head_, none, act(dlogits_), act(lnf_), N, C, V);  // dhead: linear_backward's dW
         if (head_lora_.a != none) lora_backward(head_lora_, -1, act(dlogits_), act(lnf_), d_ln, N);
         if (const T* e = extra(d_hidden, L, std::int64_t(N) * C)) accumulate(dev_, d_ln, e, std::int64_t(N) * C);
         dev_.fill_zero(d_res, sizeof(T) * N * C);
@@ -15585,30 +16849,37 @@ public:
                 if (const T* e = extra(d_hidden, l + 1, std::int64_t(N) * C))
                     accumulate(dev_, d_res, e, std::int64_t(N) * C);
             // MLP branch: res_out = res_attn + proj(act(fc(norm2(res_attn))))
-            nn::linear_backward(dev_, act(d_act_), grad(w.mlp_proj_w), grad(w.mlp_proj_b), d_res, act(a.fc_act),
-                                val(w.mlp_proj_w), N, F, C);
+            linear_backward(act(d_act_), w.mlp_proj_w, w.mlp_proj_b, d_res, act(a.fc_act), N, F, C);
             lora_linear_backward(l, 3, d_res, act(a.fc_act), act(d_act_), N);
             if (cfg_.swiglu())
                 swiglu_backward(dev_, act(d_fc_), act(a.fc), act(d_act_), N, F);
             else
                 gelu_backward(dev_, act(d_fc_), act(a.fc), act(d_act_), std::int64_t(N) * F);
-            nn::linear_backward(dev_, d_ln, grad(w.fc_w), grad(w.fc_b), act(d_fc_), act(a.ln2), val(w.fc_w), N, C, F1);
+            linear_backward(d_ln, w.fc_w, w.fc_b, act(d_fc_), act(a.ln2), N, C, F1);
             lora_linear_backward(l, 2, act(d_fc_), act(a.ln2), d_ln, N);
             norm_backward(d_res, d_ln, act(a.res_attn), w.ln2_w, w.ln2_b, act(a.ln2_mean), act(a.ln2_rstd), N);
             // attention branch: res_attn = x_in + proj(attention(rope(qkv(norm1(x_in)))))
-            nn::linear_backward(dev_, act(d_atty_), grad(w.proj_w), grad(w.proj_b), d_res, act(a.atty), val(w.proj_w),
-                                N, C, C);
+            linear_backward(act(d_atty_), w.proj_w, w.proj_b, d_res, act(a.atty), N, C, C);
             lora_linear_backward(l, 1, d_res, act(a.atty), act(d_atty_), N);
-            nn::attention_backward(dev_, act(d_qkv_), act(d_att_), act(d_atty_), act(a.qkv), act(a.att),
-                                   extra(d_attention, l, std::int64_t(B) * H * Tn * Tn), B, Tn, H, cfg_.kv_heads(),
-                                   cfg_.head_size());
+            const T* d_map = extra(d_attention, l, std::int64_t(B) * H * Tn * Tn);
+            if (d_map && mode_ == activations::training_fused)  // on every device, as attention(l) is refused
+                throw config_error("student", "backward: a gradient on attention map " + std::to_string(l) +
+                                                  " needs the map, which activations::training_fused does not "
+                                                  "keep; build the model with activations::training");
+            if (fused_attention()) {
+                if constexpr (device::fused_attention_device<Device, T>)
+                    flash_attention_backward(dev_, act(d_qkv_), act(d_atty_), act(a.qkv), act(a.atty), act(a.att), B,
+                                             Tn, H, cfg_.kv_heads(), cfg_.head_size());
+            } else {
+                nn::attention_backward(dev_, act(d_qkv_), act(d_att_), act(d_atty_), act(a.qkv), act(a.att), d_map, B,
+                                       Tn, H, cfg_.kv_heads(), cfg_.head_size());
+            }
             if (const T* e = extra(d_qkv, l, std::int64_t(N) * Q))
                 accumulate(dev_, act(d_qkv_), e, std::int64_t(N) * Q);
             if (cfg_.rope())
                 rope_rotate(dev_, act(d_qkv_), rope_cos(), rope_sin(), positions_.data(), N, Q, H + cfg_.kv_heads(),
                             cfg_.head_size(), true);
-            nn::linear_backward(dev_, d_ln, grad(w.attn_w), grad(w.attn_b), act(d_qkv_), act(a.ln1), val(w.attn_w), N,
-                                C, Q);
+            linear_backward(d_ln, w.attn_w, w.attn_b, act(d_qkv_), act(a.ln1), N, C, Q);
             lora_linear_backward(l, 0, act(d_qkv_), act(a.ln1), d_ln, N);
             norm_backward(d_res, d_ln, x_in, w.ln1_w, w.ln1_b, act(a.ln1_mean), act(a.ln1_rstd), N);
         }
@@ -15621,7 +16892,8 @@ public:
     /// Bytes of the activation arena: what a forward keeps and the backward's buffers.
     std::size_t activation_bytes() const noexcept { return sizeof(T) * act_arena_.size(); }
     /// Bytes of the backward's own buffers (the logits' gradient, the per-layer gradient scratch),
-    /// the same for activations::training and checkpointed; the rest of `activation_bytes()` is what
+    /// the same for activations::training and checkpointed (training_fused with fused attention: less
+    /// the attention map's gradient); the rest of `activation_bytes()` is what
     /// a forward keeps for the backward and the losses.
     std::size_t backward_buffer_bytes() const noexcept {
         return trains() ? sizeof(T) * (act_arena_.size() - act_layout_.blocks()[dlogits_].offset) : 0;
@@ -15646,28 +16918,36 @@ private:
             return on ? add(std::move(name), {n}, kind) : none;
         };
         const bool ln = !cfg_.rms();
-        wte_ = add("wte.weight", {V, C}, parameter_kind::embedding);
+        // the GEMM matrices' storage (see TransformerConfig::bf16_weights)
+        storage matrix = storage::fp32;
+        if (stores_bf16_weights<T>(cfg_, dev_))
+            matrix = !trains() || cfg_.lora.enabled() || cfg_.frozen ? storage::bf16 : storage::fp32_bf16;
+        bf16_masters_ = matrix == storage::fp32_bf16;
+        auto add_matrix = [&](std::string name, std::initializer_list<std::int64_t> shape, parameter_kind kind) {
+            return this->add_parameter(std::move(name), shape, kind, matrix);
+        };
+        wte_ = add_matrix("wte.weight", {V, C}, parameter_kind::embedding);
         wpe_ = cfg_.rope() ? none : add("wpe.weight", {cfg_.context_length, C}, parameter_kind::embedding);
         for (int l = 0; l < cfg_.n_layers; ++l) {
             const std::string p = "h." + std::to_string(l) + ".";
             LayerParams w;
             w.ln1_w = add(p + "ln_1.weight", {C}, parameter_kind::norm);
             w.ln1_b = add_if(ln, p + "ln_1.bias", C, parameter_kind::norm);
-            w.attn_w = add(p + "attn.c_attn.weight", {Q, C}, parameter_kind::weight);
+            w.attn_w = add_matrix(p + "attn.c_attn.weight", {Q, C}, parameter_kind::weight);
             w.attn_b = add_if(cfg_.qkv_bias, p + "attn.c_attn.bias", Q, parameter_kind::bias);
-            w.proj_w = add(p + "attn.c_proj.weight", {C, C}, parameter_kind::weight);
+            w.proj_w = add_matrix(p + "attn.c_proj.weight", {C, C}, parameter_kind::weight);
             w.proj_b = add_if(cfg_.proj_bias, p + "attn.c_proj.bias", C, parameter_kind::bias);
             w.ln2_w = add(p + "ln_2.weight", {C}, parameter_kind::norm);
             w.ln2_b = add_if(ln, p + "ln_2.bias", C, parameter_kind::norm);
-            w.fc_w = add(p + "mlp.c_fc.weight", {F1, C}, parameter_kind::weight);
+            w.fc_w = add_matrix(p + "mlp.c_fc.weight", {F1, C}, parameter_kind::weight);
             w.fc_b = add_if(cfg_.mlp_bias, p + "mlp.c_fc.bias", F1, parameter_kind::bias);
-            w.mlp_proj_w = add(p + "mlp.c_proj.weight", {C, F}, parameter_kind::weight);
+            w.mlp_proj_w = add_matrix(p + "mlp.c_proj.weight", {C, F}, parameter_kind::weight);
             w.mlp_proj_b = add_if(cfg_.mlp_bias, p + "mlp.c_proj.bias", C, parameter_kind::bias);
             layer_params_.push_back(w);
         }
         lnf_w_ = add("ln_f.weight", {C}, parameter_kind::norm);
         lnf_b_ = add_if(ln, "ln_f.bias", C, parameter_kind::norm);
-        head_ = cfg_.tie_embeddings ? wte_ : add("lm_head.weight", {V, C}, parameter_kind::weight);
+        head_ = cfg_.tie_embeddings ? wte_ : add_matrix("lm_head.weight", {V, C}, parameter_kind::weight);
         layout_adapters();
         this->allocate_parameters(dev_, trains());
     }
@@ -15707,12 +16987,17 @@ private:
     void layout_activations() {
         const std::int64_t N = std::int64_t(max_batch_) * cfg_.context_length, C = cfg_.d_model, F = cfg_.d_ff,
                            Q = cfg_.qkv_width(), F1 = cfg_.fc_width();
-        const std::int64_t att = std::int64_t(max_batch_) * cfg_.n_heads * cfg_.context_length * cfg_.context_length;
+        const std::int64_t rows_h = std::int64_t(max_batch_) * cfg_.n_heads * cfg_.context_length;
+        const std::int64_t att = rows_h * cfg_.context_length;
+        // a layer's "att": the (B,H,T,T) map, or with fused attention the (B,H,T) log-sum-exp (training_fused)
+        // or attention_decode's scratch (inference), both B·H·T
+        const std::int64_t att_layer = fused_attention() ? rows_h : att;
         auto add = [&](const char* name, std::int64_t n) { return act_layout_.add<T>(name, {n}); };
         encoded_ = add("encoded", N * C);
         const bool training = trains();
         for (int l = 0; l < cfg_.n_layers; ++l) {
-            if (mode_ != activations::training && l > 0) {  // every layer works in layer 0's buffers
+            const bool shared = mode_ == activations::inference || mode_ == activations::checkpointed;
+            if (shared && l > 0) {  // every layer works in layer 0's buffers
                 layer_acts_.push_back(layer_acts_.front());
                 // checkpointed: but keeps its output, the next block's input (and a hidden state)
                 if (mode_ == activations::checkpointed) layer_acts_.back().res_out = add("res_out", N * C);
@@ -15723,7 +17008,7 @@ private:
             a.ln1_mean = add("ln1_mean", N);
             a.ln1_rstd = add("ln1_rstd", N);
             a.qkv = add("qkv", N * Q);
-            a.att = add("att", att);
+            a.att = add("att", att_layer);
             a.atty = add("atty", N * C);
             a.res_attn = add("res_attn", N * C);
             a.ln2 = add("ln2", N * C);
@@ -15752,7 +17037,7 @@ private:
             d_res_ = add("d_res", N * C);
             d_ln_ = add("d_ln", N * C);
             d_qkv_ = add("d_qkv", N * Q);
-            d_att_ = add("d_att", att);
+            if (!fused_attention()) d_att_ = add("d_att", att);
             d_atty_ = add("d_atty", N * C);
             d_fc_ = add("d_fc", N * F1);
             d_act_ = F1 == F ? d_fc_ : add("d_act", N * F);  // GELU's backward runs in place
@@ -15782,6 +17067,11 @@ private:
     // attention maps and q|k|v: kept by activations::training only
     void require_kept(const char* what) const {
         require_training(what);
+        if (mode_ == activations::training_fused)
+            throw config_error("student", std::string(what) +
+                                              ": this model runs attention fused (activations::training_fused) and "
+                                              "keeps no attention maps or q|k|v; a loss that reads them needs "
+                                              "activations::training");
         if (mode_ == activations::checkpointed)
             throw config_error("student", std::string(what) +
                                               ": this model recomputes attention maps and q|k|v in backward "
@@ -15842,6 +17132,7 @@ private:
     LoraAdapter head_lora_{};
     std::size_t head_lora_h_ = 0, head_lora_x_ = 0, lora_g_ = 0, lora_tmp_ = 0, norm_sink_ = 0;
     bool lora_dropout_on_ = false, lora_drop_now_ = false;
+    bool bf16_masters_ = false;  // GEMM matrices stored as fp32 masters + bf16 copies (refresh_bf16)
     std::uint64_t lora_key_ = 0;
     std::int32_t* tokens_ = nullptr;
     std::unique_ptr<std::int32_t, TokenFree> tokens_owner_{nullptr, TokenFree{}};
@@ -16267,16 +17558,13 @@ inline tensor_map bert_tensor(const std::string& name, const std::string& prefix
 
 namespace detail {
 
-// A host image of `model`'s parameter arena (a copy where the device has its own memory); with
-// LoRA adapters, merged into the base weights.
+// A host image of `model`'s base parameters (`base_image()`: parameter k at `image_offset(k)`, bf16
+// storage widened); with LoRA adapters, merged into the base weights.
 template <class Model>
 std::vector<typename Model::scalar_type> host_parameters(const Model& model) {
     if constexpr (requires { model.merged_parameters(); })
         if (model.frozen_base()) return model.merged_parameters();
-    using T = typename Model::scalar_type;
-    std::vector<T> host(model.arena_size());
-    model.device().copy(host.data(), model.parameter_data(), sizeof(T) * host.size());
-    return host;
+    return model.base_image();
 }
 
 // out(cols, rows) = in(rows, cols)ᵀ: GPT-2's Conv1D (in, out) <-> the student's (out, in).
@@ -16352,12 +17640,15 @@ void load(const Directory& ckpt, Model& model) {
     std::vector<source> sources;
     std::set<std::string> used;
     std::vector<std::string> missing;
-    std::size_t embedding = 0;  // offset of the token embedding, which a tied head must equal
-    for (const auto& p : model.base_parameters()) {
+    std::size_t embedding = 0;              // offset of the token embedding, which a tied head must equal
+    std::vector<std::size_t> first_source;  // per base parameter: its first entry in `sources`
+    for (std::size_t k = 0; k < model.base_parameters().size(); ++k) {
+        const auto& p = model.base_parameters()[k];
+        first_source.push_back(sources.size());
         const tensor_map m = map_name(p.name);
         std::vector<std::int64_t> shape(p.value.shape().begin(), p.value.shape().begin() + p.value.rank());
         if (m.transposed) std::reverse(shape.begin(), shape.end());
-        std::size_t offset = std::size_t(p.value.data() - model.parameter_data());
+        std::size_t offset = model.image_offset(k);
         if (p.name == "wte.weight") embedding = offset;
         for (std::size_t i = 0; i < m.hf_names.size(); ++i) {
             const std::string& hf_name = m.hf_names[i];
@@ -16399,19 +17690,53 @@ void load(const Directory& ckpt, Model& model) {
         throw format_error(ckpt.directory(), 0, what);
     }
 
-    std::vector<T> host(model.arena_size(), T(0));
     std::vector<T> staged;
-    for (const auto& s : sources) {
+    // reads source s into dst (numel elements), transposing what the checkpoint stores (in, out)
+    auto read = [&](const source& s, T* dst) {
         const auto n = static_cast<std::size_t>(s.info->numel());
         if (!s.transposed) {
-            s.file->read(*s.info, std::span<T>(host.data() + s.offset, n));
-            continue;
+            s.file->read(*s.info, std::span<T>(dst, n));
+            return;
         }
         staged.resize(n);
         s.file->read(*s.info, std::span<T>(staged));
-        detail::transpose(staged.data(), host.data() + s.offset, std::size_t(s.info->shape[0]),
-                          std::size_t(s.info->shape[1]));  // stored (in, out) → (out, in)
+        detail::transpose(staged.data(), dst, std::size_t(s.info->shape[0]), std::size_t(s.info->shape[1]));
+    };
+    if constexpr (requires { model.bf16_only_weights(); }) {
+        if (model.bf16_only_weights()) {
+            // weights stored in bf16 alone: one parameter at a time through a host buffer of its size
+            // (never an fp32 image of the model), rounded into its storage by write_base. Every
+            // name, shape and dtype was checked above; only a read error can stop it half way.
+            std::vector<T> one;
+            if (tied_head) {  // the head the checkpoint carries must equal its embedding
+                const auto [file, info] = *ckpt.find("lm_head.weight");
+                const source* wte = nullptr;
+                for (const auto& s : sources)
+                    if (s.offset == embedding) wte = &s;
+                if (!wte || info->shape != wte->info->shape || !is_floating(info->type))
+                    throw format_error(file->path(), 0,
+                                       "lm_head.weight: expected the tied embedding's shape and a float dtype");
+                one.resize(std::size_t(info->numel()));
+                read(*wte, one.data());
+                std::vector<T> head(one.size());
+                file->read(*info, std::span<T>(head));
+                if (head != one)
+                    throw format_error(file->path(), 0,
+                                       "lm_head.weight differs from the token embedding, but config.json ties them "
+                                       "(tie_word_embeddings)");
+            }
+            first_source.push_back(sources.size());
+            for (std::size_t k = 0; k + 1 < first_source.size(); ++k) {
+                one.resize(std::size_t(model.base_parameters()[k].value.numel()));
+                for (std::size_t i = first_source[k]; i < first_source[k + 1]; ++i)
+                    read(sources[i], one.data() + (sources[i].offset - model.image_offset(k)));
+                model.write_base(k, one.data());
+            }
+            return;
+        }
     }
+    std::vector<T> host(model.arena_size(), T(0));
+    for (const auto& s : sources) read(s, host.data() + s.offset);
     if (tied_head) {
         const auto [file, info] = *ckpt.find("lm_head.weight");
         const std::size_t n = std::size_t(model.config().vocab_size) * std::size_t(model.config().d_model);
@@ -16439,10 +17764,12 @@ void save_encoder(const std::filesystem::path& dir, const Model& model, dtype ou
     std::filesystem::create_directories(dir / "1_Pooling");
     const std::vector<T> host = detail::host_parameters(model);
     std::vector<named_tensor<const T>> tensors;
-    for (const auto& p : model.parameters())
+    for (std::size_t k = 0; k < model.parameters().size(); ++k) {
+        const auto& p = model.parameters()[k];
         tensors.push_back(
-            {bert_tensor(p.name, "").hf_names[0], host.data() + (p.value.data() - model.parameter_data()),
+            {bert_tensor(p.name, "").hf_names[0], host.data() + model.image_offset(k),
              std::vector<std::int64_t>(p.value.shape().begin(), p.value.shape().begin() + p.value.rank())});
+    }
     save_tensors<T>(dir / "model.safetensors", tensors, out, {{"format", "pt"}});
     nlohmann::json config = {{"architectures", {"BertModel"}},
                              {"model_type", "bert"},
@@ -16561,10 +17888,11 @@ void save(const std::filesystem::path& dir, const Model& model, dtype out = dtyp
         const std::vector<T> host = detail::host_parameters(model);
         std::vector<std::vector<T>> transposed;  // owners of the (in, out) copies
         std::vector<named_tensor<const T>> tensors;
-        for (const auto& p : model.base_parameters()) {
+        for (std::size_t k = 0; k < model.base_parameters().size(); ++k) {
+            const auto& p = model.base_parameters()[k];
             const tensor_map m = model_type == "gpt2" ? gpt2_tensor(p.name, "transformer.")
                                                       : llama_tensor(c, model_type, p.name, "model.");
-            const T* data = host.data() + (p.value.data() - model.parameter_data());
+            const T* data = host.data() + model.image_offset(k);
             std::vector<std::int64_t> shape(p.value.shape().begin(), p.value.shape().begin() + p.value.rank());
             if (m.transposed) {
                 auto& t = transposed.emplace_back(std::size_t(shape[0] * shape[1]));
@@ -17166,8 +18494,9 @@ void save(const std::filesystem::path& file, const Model& model, const ExportOpt
         const auto f = detail::llama3_rope_factors(c);
         add("rope_freqs.weight", {std::int64_t(f.size())}, f.data());
     }
-    for (const auto& p : model.base_parameters()) {
-        const float* data = host.data() + (p.value.data() - model.parameter_data());
+    for (std::size_t k = 0; k < model.base_parameters().size(); ++k) {
+        const auto& p = model.base_parameters()[k];
+        const float* data = host.data() + model.image_offset(k);
         std::vector<std::int64_t> shape(p.value.shape().begin(), p.value.shape().begin() + p.value.rank());
         const std::string& n = p.name;
         if (n == "wte.weight") {
@@ -17706,9 +19035,16 @@ void save_weights(const std::filesystem::path& path, const Model& model, dtype o
                   std::map<std::string, std::string> metadata = {}) {
     using T = typename Model::scalar_type;
     std::vector<named_tensor<const T>> tensors;
-    for (const auto& p : model.parameters()) {
+    std::vector<T> image;  // weights stored in bf16 alone, widened (exactly) for the file
+    if constexpr (requires { model.bf16_only_weights(); })
+        if (model.bf16_only_weights() && !model.frozen_base()) image = model.base_image();
+    for (std::size_t k = 0; k < model.parameters().size(); ++k) {
+        const auto& p = model.parameters()[k];
         std::vector<std::int64_t> shape(p.value.shape().begin(), p.value.shape().begin() + p.value.rank());
-        tensors.push_back({p.name, p.value.data(), std::move(shape)});
+        const T* data = p.value.data();
+        if constexpr (requires { model.image_offset(k); })
+            if (!image.empty()) data = image.data() + model.image_offset(k);
+        tensors.push_back({p.name, data, std::move(shape)});
     }
     metadata["config"] = to_json(model.config()).dump();
     save_tensors<T>(path, tensors, out, metadata);
@@ -17758,6 +19094,20 @@ void load_weights(const safetensors_file& file, Model& model) {
     for (const auto& p : model.parameters()) {
         std::vector<std::int64_t> shape(p.value.shape().begin(), p.value.shape().begin() + p.value.rank());
         targets.push_back({p.name, p.value.data(), std::move(shape)});
+    }
+    if constexpr (requires { model.bf16_only_weights(); }) {
+        if (model.bf16_only_weights() && !model.frozen_base()) {
+            // weights stored in bf16 alone: everything checked first, then one tensor at a time
+            // through a host buffer of its size, rounded into its storage (never an fp32 image)
+            load_tensors<T>(file, targets, false);
+            std::vector<T> one;
+            for (std::size_t k = 0; k < targets.size(); ++k) {
+                one.resize(std::size_t(model.parameters()[k].value.numel()));
+                file.read(*file.find(targets[k].name), std::span<T>(one));
+                model.write_base(k, one.data());
+            }
+            return;
+        }
     }
     load_tensors<T>(file, targets);
 }
@@ -18067,7 +19417,9 @@ namespace distill::student {
 
 /// Bytes of each arena of a `Transformer<T, Device>` built with the same config, max_batch and mode.
 struct TransformerMemory {
-    std::size_t base_weights = 0;       ///< the model's own weights (frozen with LoRA)
+    std::size_t base_weights = 0;       ///< the model's own weights (frozen with LoRA), bf16 copies included
+    std::size_t base_weights_bf16 = 0;  ///< of which bf16 (the GEMM matrices under bf16 storage)
+    bool base_weights_fp32 = true;      ///< whether every base weight has an fp32 value (false: bf16 alone)
     std::size_t base_gradients = 0;     ///< their gradients: 0 with LoRA or activations::inference
     std::size_t adapter_weights = 0;    ///< LoRA's A and B matrices
     std::size_t adapter_gradients = 0;  ///< their gradients (0 for activations::inference)
@@ -18083,11 +19435,16 @@ struct TransformerMemory {
     std::size_t total() const noexcept { return weights() + gradients() + activations + tokens; }
 };
 
-/// The arenas a `Transformer<T, Device>(config, max_batch, device, mode)` allocates, without allocating.
-/// Throws `config_error` as the constructor does for a config out of range or max_batch < 1.
-template <class T = float>
+/// The arenas a `Transformer<T, Device>(config, max_batch, device, mode)` allocates, without allocating
+/// (the device matters where it has the fused attention kernels: no (T,T) buffers in activations::
+/// inference and training_fused). `bf16_storage`: whether that device stores the GEMM matrices in bf16
+/// (`stores_bf16_weights(config, device)`: precision::bf16 on device::Cpu with oneDNN) — then they take
+/// 2 bytes an element, beside their fp32 masters when they train, alone when frozen
+/// (activations::inference, LoRA, `frozen`). Throws `config_error` as the constructor does for a config
+/// out of range or max_batch < 1.
+template <class T = float, class Device = device::Cpu>
 TransformerMemory transformer_memory(const TransformerConfig& config, int max_batch,
-                                     activations mode = activations::training) {
+                                     activations mode = activations::training, bool bf16_storage = false) {
     config.validate();
     if (max_batch < 1) throw config_error("max_batch", "must be >= 1, got " + std::to_string(max_batch));
     const TransformerConfig& c = config;
@@ -18098,28 +19455,36 @@ TransformerMemory transformer_memory(const TransformerConfig& config, int max_ba
     TransformerMemory m;
 
     // parameters, in Transformer::layout_parameters' order (names only where the trainable list needs them)
-    detail::ArenaLayout params, adapters;
-    auto add = [&](std::string name, std::int64_t n) { params.add<T>(std::move(name), {n}); };
-    add("wte.weight", V * C);
+    // params: every base weight (the gradient arena's layout); fp32: those with an fp32 value (the
+    // value arena); bf16: the bf16 copies of the GEMM matrices
+    detail::ArenaLayout params, fp32, bf16, adapters;
+    const bool matrices_bf16 = bf16_storage && c.bf16_weights;
+    const bool bf16_alone = matrices_bf16 && (!trains || lc.enabled() || c.frozen);
+    auto add = [&](std::string name, std::int64_t n, bool matrix = false) {
+        if (!(matrix && bf16_alone)) fp32.add<T>(name, {n});
+        if (matrix && matrices_bf16) bf16.add<std::uint16_t>(name, {n});
+        params.add<T>(std::move(name), {n});
+    };
+    add("wte.weight", V * C, true);
     if (!c.rope()) add("wpe.weight", std::int64_t(c.context_length) * C);
     for (int l = 0; l < c.n_layers; ++l) {
         const std::string p = "h." + std::to_string(l) + ".";
         add(p + "ln_1.weight", C);
         if (ln) add(p + "ln_1.bias", C);
-        add(p + "attn.c_attn.weight", Q * C);
+        add(p + "attn.c_attn.weight", Q * C, true);
         if (c.qkv_bias) add(p + "attn.c_attn.bias", Q);
-        add(p + "attn.c_proj.weight", C * C);
+        add(p + "attn.c_proj.weight", C * C, true);
         if (c.proj_bias) add(p + "attn.c_proj.bias", C);
         add(p + "ln_2.weight", C);
         if (ln) add(p + "ln_2.bias", C);
-        add(p + "mlp.c_fc.weight", F1 * C);
+        add(p + "mlp.c_fc.weight", F1 * C, true);
         if (c.mlp_bias) add(p + "mlp.c_fc.bias", F1);
-        add(p + "mlp.c_proj.weight", C * F);
+        add(p + "mlp.c_proj.weight", C * F, true);
         if (c.mlp_bias) add(p + "mlp.c_proj.bias", C);
     }
     add("ln_f.weight", C);
     if (ln) add("ln_f.bias", C);
-    if (!c.tie_embeddings) add("lm_head.weight", V * C);
+    if (!c.tie_embeddings) add("lm_head.weight", V * C, true);
 
     // adapters, in Transformer::layout_adapters' order; `ins` (per block) the inputs of each
     std::vector<std::int64_t> ins;
@@ -18147,8 +19512,10 @@ TransformerMemory transformer_memory(const TransformerConfig& config, int max_ba
         if (lc.has("head")) adapter("lm_head", C, V);
     }
     const bool frozen = !adapters.blocks().empty();
-    m.base_weights = sizeof(T) * params.size();
-    m.base_gradients = trains && !frozen ? m.base_weights : 0;
+    m.base_weights_bf16 = sizeof(std::uint16_t) * bf16.size();
+    m.base_weights = sizeof(T) * fp32.size() + m.base_weights_bf16;
+    m.base_weights_fp32 = !bf16_alone;
+    m.base_gradients = trains && !frozen ? sizeof(T) * params.size() : 0;
     m.adapter_weights = sizeof(T) * adapters.size();
     m.adapter_gradients = trains ? m.adapter_weights : 0;
     for (const auto& b : (frozen ? adapters : params).blocks()) m.trainable.emplace_back(b.name, std::int64_t(b.numel));
@@ -18156,15 +19523,19 @@ TransformerMemory transformer_memory(const TransformerConfig& config, int max_ba
     // activations, in Transformer::layout_activations' order
     detail::ArenaLayout acts;
     const std::int64_t N = std::int64_t(max_batch) * c.context_length;
-    const std::int64_t att = std::int64_t(max_batch) * H * c.context_length * c.context_length;
+    const std::int64_t rows_h = std::int64_t(max_batch) * H * c.context_length, att = rows_h * c.context_length;
+    // Transformer::fused_attention(): a layer's att holds B·H·T (log-sum-exp or decode scratch)
+    const bool fused = device::fused_attention_device<Device, T> &&
+                       (mode == activations::inference || mode == activations::training_fused);
+    const std::int64_t att_layer = fused ? rows_h : att;
     auto act = [&](std::int64_t n) { return acts.add<T>("", {n}); };
     act(N * C);  // encoded
     for (int l = 0; l < c.n_layers; ++l) {
-        if (mode != activations::training && l > 0) {  // layer 0's buffers, reused
+        if ((mode == activations::inference || mode == activations::checkpointed) && l > 0) {  // layer 0's, reused
             if (mode == activations::checkpointed) act(N * C);
             continue;
         }
-        for (std::int64_t n : {N * C, N, N, N * Q, att, N * C, N * C, N * C, N, N, N * F1, N * F, N * C}) act(n);
+        for (std::int64_t n : {N * C, N, N, N * Q, att_layer, N * C, N * C, N * C, N, N, N * F1, N * F, N * C}) act(n);
         for (std::int64_t in : ins) {
             act(N * r);
             if (trains && lc.dropout > 0) act(N * in);
@@ -18175,7 +19546,9 @@ TransformerMemory transformer_memory(const TransformerConfig& config, int max_ba
     std::size_t dlogits = 0;
     if (trains) {
         dlogits = act(N * V);
-        for (std::int64_t n : {N, N * C, N * C, N * Q, att, N * C, N * F1}) act(n);
+        for (std::int64_t n : {N, N * C, N * C, N * Q}) act(n);
+        if (!fused) act(att);  // d_att
+        for (std::int64_t n : {N * C, N * F1}) act(n);
         if (F1 != F) act(N * F);
     }
     if (lc.enabled()) {
@@ -18503,9 +19876,18 @@ std::string network_digest(std::string_view tag, const Network& net) {
     ::distill::detail::Sha256 h;
     h.update(tag);
     h.update(io::to_json(net.config()).dump());
-    for (const auto& p : net.parameters()) {
+    for (std::size_t k = 0; k < net.parameters().size(); ++k) {
+        const auto& p = net.parameters()[k];
         const auto n = static_cast<std::size_t>(p.value.numel());
         h.update(p.name);
+        if constexpr (requires { net.read_base(k, p.value.data()); }) {
+            if (net.bf16_only_weights() && !net.frozen_base()) {  // stored in bf16 alone: its widened values
+                std::vector<std::remove_cvref_t<decltype(*p.value.data())>> host(n);
+                net.read_base(k, host.data());
+                h.update(host.data(), sizeof(host[0]) * n);
+                continue;
+            }
+        }
         h.update(::distill::detail::read_on_host(net.device(), p.value.data(), n).data(), sizeof(*p.value.data()) * n);
     }
     return h.hex().substr(0, 32);
@@ -20413,7 +21795,7 @@ public:
     explicit Model(const ModelConfig& config, Device device = Device{})
         : cfg_(validated(config)),
           template_(load_template(cfg_)),
-          net_(load_arch_config(cfg_), cfg_.max_batch, device, network_mode(cfg_)),
+          net_(frozen(load_arch_config(cfg_)), cfg_.max_batch, device, network_mode(cfg_)),
           cache_(net_.make_cache(cfg_.max_batch)) {
         load_weights();
     }
@@ -20423,17 +21805,18 @@ public:
     Model(const ModelConfig& config, data::ChatTokenizer chat_template, Device device = Device{})
         : cfg_(validated(config)),
           template_(std::move(chat_template)),
-          net_(load_arch_config(cfg_), cfg_.max_batch, device, network_mode(cfg_)),
+          net_(frozen(load_arch_config(cfg_)), cfg_.max_batch, device, network_mode(cfg_)),
           cache_(net_.make_cache(cfg_.max_batch)) {
         load_weights();
     }
 
     /// A teacher over a network built in memory (tests, a freshly trained model): parameters start
-    /// at zero; set them through `network()`. The fingerprint follows the current parameters.
+    /// at zero; set them through `network()` (`write_base` where its matrices are stored in bf16). The fingerprint
+    /// follows the current parameters.
     Model(const arch_config& arch, const ModelConfig& config, Device device = Device{})
         : cfg_(config),
           template_(load_template(cfg_)),
-          net_(arch, cfg_.max_batch, device, network_mode(cfg_)),
+          net_(frozen(arch), cfg_.max_batch, device, network_mode(cfg_)),
           cache_(net_.make_cache(cfg_.max_batch)) {
         if (cfg_.max_batch < 1)
             throw config_error("teacher.max_batch", "must be >= 1, got " + std::to_string(cfg_.max_batch));
@@ -20552,6 +21935,13 @@ private:
     static const ModelConfig& validated(const ModelConfig& c) {
         c.validate();
         return c;
+    }
+
+    // A teacher's network is never trained: under bf16 storage its matrices are held in bf16 alone
+    // even when it keeps activations (TransformerConfig::frozen).
+    static arch_config frozen(arch_config a) {
+        if constexpr (requires { a.frozen; }) a.frozen = true;
+        return a;
     }
 
     static student::activations network_mode(const ModelConfig& c) {
@@ -29508,7 +30898,9 @@ private:
             if constexpr (std::is_same_v<student_config, student::TransformerConfig>) {
                 student_type s = make_student(1);
                 io::load_weights(io::safetensors_file(checkpoint / "student.safetensors"), s);
-                student_type plain(s_.student, 1, device_, student::activations::inference);
+                auto fp32_stored = s_.student;  // the merged weights in fp32 (a bf16 base widened exactly)
+                fp32_stored.bf16_weights = false;
+                student_type plain(fp32_stored, 1, device_, student::activations::inference);
                 const std::vector<float> merged = s.merged_parameters();
                 device_.copy(plain.parameter_data(), merged.data(), sizeof(float) * merged.size());
                 io::save_weights(file, plain);
@@ -29537,7 +30929,8 @@ public:
                 if (s_.job.activation_checkpointing) return activations::checkpointed;
             return activations::training;
         }();
-        const student::TransformerMemory m = student::transformer_memory<float>(cfg, B, mode);
+        const bool bf16_storage = student::stores_bf16_weights<float>(cfg, device_);
+        const student::TransformerMemory m = student::transformer_memory<float, Device>(cfg, B, mode, bf16_storage);
         auto count = [](std::int64_t n) {
             std::string s = std::to_string(n);
             for (int i = int(s.size()) - 3; i > 0; i -= 3) s.insert(std::size_t(i), ",");
@@ -29562,10 +30955,14 @@ public:
         std::string teacher_note = "not in process";
         auto add_network = [&](const auto& net) {
             if constexpr (requires { net.mode(); }) {
-                teacher_bytes +=
-                    std::int64_t(student::transformer_memory<float>(net.config(), net.max_batch(), net.mode()).total());
+                using net_device = typename std::decay_t<decltype(net)>::device_type;
+                const bool bf16 = student::stores_bf16_weights<float>(net.config(), net.device());
+                teacher_bytes += std::int64_t(
+                    student::transformer_memory<float, net_device>(net.config(), net.max_batch(), net.mode(), bf16)
+                        .total());
                 teacher_note = "in process, batch " + std::to_string(net.max_batch()) +
-                               (net.mode() == activations::inference ? ", inference" : ", keeps activations");
+                               (net.mode() == activations::inference ? ", inference" : ", keeps activations") +
+                               (bf16 ? ", bf16 weights" : "");
             }
         };
         if constexpr (detail::is_ensemble<Teacher>) {
@@ -29577,7 +30974,9 @@ public:
         plan.add("teacher", teacher_bytes, teacher_note, teacher_bytes > 0);
         const bool lora = cfg.lora.enabled();
         plan.add(lora ? "student weights (frozen)" : "student weights", std::int64_t(m.base_weights),
-                 count(cfg.parameter_count()) + " fp32");
+                 count(cfg.parameter_count()) + (!bf16_storage         ? " fp32"
+                                                 : m.base_weights_fp32 ? " fp32 masters + bf16 copies of the matrices"
+                                                                       : " bf16 matrices, fp32 norms and biases"));
         if (lora)
             plan.add("student LoRA adapters", std::int64_t(m.adapter_weights),
                      "rank " + std::to_string(cfg.lora.rank) + " on " + std::to_string(cfg.lora.targets.size()) +
@@ -29599,7 +30998,13 @@ public:
             } else {
                 file = std::int64_t(fs::file_size(from, ec));
             }
-            const std::int64_t image = s_.student_from_hf() ? std::int64_t(m.base_weights) : 0;
+            // the host image of the fp32 values; weights stored in bf16 alone are read one parameter at
+            // a time (its buffer, and a second of its size for a transposed or tied tensor)
+            const std::int64_t largest = std::int64_t(2 * sizeof(float)) * cfg.d_model *
+                                         std::max({cfg.vocab_size, cfg.qkv_width(), cfg.fc_width(), cfg.d_ff});
+            const std::int64_t image = !s_.student_from_hf() ? 0
+                                       : m.base_weights_fp32 ? std::int64_t(m.base_weights - m.base_weights_bf16)
+                                                             : largest;
             plan.add_transient("reading student_weights", file + image,
                                s_.student_from_hf() ? "mapped files + host image" : "mapped file");
         }
@@ -30627,7 +32032,12 @@ private:
         teacher::ModelConfig cfg;
         cfg.weights = weights.string();
         cfg.max_batch = s_.job.evaluation.batch_size;
-        runner_type model(cfg, s_.chat_template, device_);
+        // a quantized student multiplies its ggml blocks, never a bf16 GEMM: built in fp32 so that its
+        // matrices keep fp32 values to quantize (precision bf16 would store them in bf16 alone)
+        Device dev = device_;
+        if constexpr (requires { dev.compute = device::precision::fp32; })
+            if (quantized) dev.compute = device::precision::fp32;
+        runner_type model(cfg, s_.chat_template, dev);
         if constexpr (requires { model.network().quantize(quant::type::Q8_0); }) {
             if (!quantized) return measure(model, name, requests, references, sampling, memory);
             model.network().quantize(*quantized);

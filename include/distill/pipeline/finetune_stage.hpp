@@ -730,8 +730,9 @@ public:
             if constexpr (requires { net.mode(); }) {
                 using net_device = typename std::decay_t<decltype(net)>::device_type;
                 const bool bf16 = student::stores_bf16_weights<float>(net.config(), net.device());
-                teacher_bytes += std::int64_t(student::transformer_memory<float, net_device>(
-                    net.config(), net.max_batch(), net.mode(), bf16).total());
+                teacher_bytes += std::int64_t(
+                    student::transformer_memory<float, net_device>(net.config(), net.max_batch(), net.mode(), bf16)
+                        .total());
                 teacher_note = "in process, batch " + std::to_string(net.max_batch()) +
                                (net.mode() == activations::inference ? ", inference" : ", keeps activations") +
                                (bf16 ? ", bf16 weights" : "");

@@ -15027,7 +15027,6 @@ struct Parameter {
 #include <array>
 #include <cstddef>
 #include <cstdint>
-#include <cstring>
 #include <initializer_list>
 #include <optional>
 #include <string>
@@ -15035,16 +15034,6 @@ struct Parameter {
 #include <utility>
 #include <vector>
 
-
-namespace distill::detail {
-/// bf16 -> fp32 (exact: the bf16 bits are the float's upper half).
-inline float bf16_to_float(std::uint16_t h) noexcept {
-    const std::uint32_t u = std::uint32_t(h) << 16;
-    float f;
-    std::memcpy(&f, &u, 4);
-    return f;
-}
-}  // namespace distill::detail
 
 namespace distill::student {
 
@@ -15119,7 +15108,7 @@ public:
         }
         std::vector<std::uint16_t> h(n);
         dev_->copy(h.data(), bf16_value(k), sizeof(std::uint16_t) * n);
-        for (std::size_t i = 0; i < n; ++i) dst[i] = static_cast<T>(detail::bf16_to_float(h[i]));
+        for (std::size_t i = 0; i < n; ++i) dst[i] = static_cast<T>(quant::bf16_to_fp32(h[i]));
     }
     /// Sets base parameter k from host memory `src` (numel elements; with `count`, elements
     /// [first, first + count) only): the fp32 values, and the bf16 copy rounded from them (round to
@@ -16424,7 +16413,7 @@ private:
         const int C = cfg_.d_model;
         const std::uint16_t* e = this->bf16_value(wte_) + std::int64_t(token) * C;
         for (int c = 0; c < C; ++c) {
-            const T v = static_cast<T>(distill::detail::bf16_to_float(e[c]));
+            const T v = static_cast<T>(quant::bf16_to_fp32(e[c]));
             out[c] = pos ? v + pos[c] : v;
         }
     }

@@ -8,7 +8,6 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
-#include <cstring>
 #include <initializer_list>
 #include <optional>
 #include <string>
@@ -17,18 +16,9 @@
 #include <vector>
 
 #include "distill/detail/arena.hpp"
+#include "distill/io/quant.hpp"
 #include "distill/parameter.hpp"
 #include "distill/tensor.hpp"
-
-namespace distill::detail {
-/// bf16 -> fp32 (exact: the bf16 bits are the float's upper half).
-inline float bf16_to_float(std::uint16_t h) noexcept {
-    const std::uint32_t u = std::uint32_t(h) << 16;
-    float f;
-    std::memcpy(&f, &u, 4);
-    return f;
-}
-}  // namespace distill::detail
 
 namespace distill::student {
 
@@ -103,7 +93,7 @@ public:
         }
         std::vector<std::uint16_t> h(n);
         dev_->copy(h.data(), bf16_value(k), sizeof(std::uint16_t) * n);
-        for (std::size_t i = 0; i < n; ++i) dst[i] = static_cast<T>(detail::bf16_to_float(h[i]));
+        for (std::size_t i = 0; i < n; ++i) dst[i] = static_cast<T>(quant::bf16_to_fp32(h[i]));
     }
     /// Sets base parameter k from host memory `src` (numel elements; with `count`, elements
     /// [first, first + count) only): the fp32 values, and the bf16 copy rounded from them (round to

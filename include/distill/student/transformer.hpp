@@ -502,7 +502,7 @@ private:
         const int C = cfg_.d_model;
         const std::uint16_t* e = this->bf16_value(wte_) + std::int64_t(token) * C;
         for (int c = 0; c < C; ++c) {
-            const T v = static_cast<T>(distill::detail::bf16_to_float(e[c]));
+            const T v = static_cast<T>(quant::bf16_to_fp32(e[c]));
             out[c] = pos ? v + pos[c] : v;
         }
     }

@@ -146,8 +146,8 @@ double minimum_bytes(const Size& s, bool checkpoint) {
 
 // The step's memory plan (eval/memory_plan.hpp), as the finetune stage makes one, in the order the
 // step allocates: the teacher's and the student's arenas (student::transformer_memory), the reading
-// of a Hugging Face directory (`hf`: its mapped files and a host image of the weights, freed after each
-// load), AdamW's two moments per trainable element, the loss's workspace.
+// of a Hugging Face directory (`hf`: one tensor at a time, io::hf::load_transient_bytes), AdamW's two moments per
+// trainable element, the loss's workspace.
 eval::MemoryPlan memory_plan(const Size& s, student::activations mode,
                              const loss::Sum<loss::SoftKL, loss::HardCE>::config& lc, const loss::dims& dims,
                              const std::string& hf, const device::Cpu& dev) {
@@ -171,19 +171,8 @@ eval::MemoryPlan memory_plan(const Size& s, student::activations mode,
              mode == student::activations::checkpointed     ? "checkpointed"
              : mode == student::activations::training_fused ? "training_fused"
                                                             : "training");
-    if (!hf.empty()) {
-        std::int64_t file = 0;
-        for (const auto& e : std::filesystem::directory_iterator(hf))
-            if (e.path().extension() == ".safetensors") file += std::int64_t(e.file_size());
-        // a host image of the fp32 values (io::hf::load); bf16-only storage is read parameter by
-        // parameter (its buffer, and a second of its size for a transposed or tied tensor)
-        const std::int64_t largest = std::int64_t(2 * sizeof(float)) * s.teacher.d_model *
-                                     std::max({s.teacher.vocab_size, s.teacher.qkv_width(), s.teacher.fc_width()});
-        const std::int64_t image =
-            std::max(t.base_weights_fp32 ? std::int64_t(t.base_weights - t.base_weights_bf16) : largest,
-                     m.base_weights_fp32 ? std::int64_t(m.base_weights - m.base_weights_bf16) : largest);
-        plan.add_transient("reading " + hf, file + image, "mapped files + host image");
-    }
+    if (!hf.empty())  // io::hf::load reads one tensor at a time (teacher and student have one shape)
+        plan.add_transient("reading " + hf, io::hf::load_transient_bytes(s.student), "one tensor at a time");
     plan.add("optimizer state", std::int64_t(sizeof(float) * state.size()), "AdamW");
     const loss::Sum<loss::SoftKL, loss::HardCE> probe(lc, dims);
     plan.add("loss workspace", std::int64_t(loss::Workspace<float, device::Cpu>::planned_bytes(probe, dims)));

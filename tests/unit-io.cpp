@@ -325,6 +325,46 @@ TEST_CASE("safetensors: safetensors_file is move-only and stays valid when moved
     CHECK(back == w);
 }
 
+// This process's resident memory (VmRSS of /proc/self/status: anonymous, file and shared pages,
+// as a temporary directory may be tmpfs), in KiB.
+static long resident_kib() {
+    std::ifstream status("/proc/self/status");
+    for (std::string line; std::getline(status, line);)
+        if (line.starts_with("VmRSS:")) return std::stol(line.substr(6));
+    return -1;
+}
+
+TEST_CASE("safetensors: read drops the tensor's mapped pages once copied, and reads it again unchanged") {
+    temp_dir dir;
+    std::vector<float> w(std::size_t(8) << 20);  // 32 MiB
+    for (std::size_t i = 0; i < w.size(); ++i) w[i] = float(i % 977) - 488.0f;
+    const float tail = 3.5f;
+    const std::vector<named_tensor<const float>> tensors = {{"big", w.data(), {std::int64_t(w.size())}},
+                                                            {"tail", &tail, {}}};
+    distill::io::save_tensors<float>(dir.path / "m.safetensors", tensors);
+    std::vector<float> back(w.size(), 1.0f);  // its pages touched before the measurements
+    const long before = resident_kib();
+    REQUIRE(before >= 0);
+    const safetensors_file file(dir.path / "m.safetensors");  // its checksum verified chunk by chunk
+    CHECK(file.checksum().has_value());
+    CHECK(resident_kib() - before < 1024);
+    // the measurement sees the mapping: touching every page of the tensor makes them resident
+    const auto bytes = file.bytes(file.at("big"));
+    std::uint64_t sum = 0;
+    for (std::size_t i = 3; i < bytes.size(); i += 4096) sum += std::uint64_t(bytes[i]);  // high bytes
+    CHECK(sum > 0);
+    CHECK(resident_kib() - before > 30 * 1024);
+    file.read(file.at("big"), std::span(back));
+    CHECK(resident_kib() - before < 1024);  // at most the two partial pages at its ends
+    CHECK(back == w);
+    std::fill(back.begin(), back.end(), 0.0f);
+    file.read(file.at("big"), std::span(back));  // mapped again from the page cache
+    CHECK(back == w);
+    float t = 0;
+    file.read(file.at("tail"), std::span(&t, 1));  // the neighbour shares a page, which stays
+    CHECK(t == tail);
+}
+
 TEST_CASE("safetensors: an unreadable path is an io_error naming it") {
     temp_dir dir;
     CHECK_THROWS_WITH_AS(open_file(dir.path / "absent.safetensors"), Contains("absent.safetensors: cannot open"),

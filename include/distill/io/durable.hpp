@@ -10,6 +10,7 @@
 /// - `mapped_file`: a read-only mapping of a whole file;
 /// - `directory_lock`: one process writing into a directory at a time.
 
+#include <algorithm>
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
@@ -306,6 +307,18 @@ public:
 
     /// The file's bytes.
     std::span<const std::byte> bytes() const noexcept { return {data_, size_}; }
+
+    /// Drops the whole pages inside bytes [begin, end) from this process's memory once a reader has
+    /// copied them out, so that reading a large file tensor by tensor holds one tensor's pages, not the
+    /// file's. The mapping is read-only and private, so nothing is lost: the kernel's page cache keeps
+    /// the bytes, and a later access maps them again.
+    void release(std::size_t begin, std::size_t end) const noexcept {
+        static const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+        const auto base = reinterpret_cast<std::uintptr_t>(data_);
+        const std::uintptr_t first = (base + begin + page - 1) / page * page,
+                             last = (base + std::min(end, size_)) / page * page;
+        if (data_ && first < last) (void)::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+    }
 
 private:
     void unmap() noexcept {

@@ -605,56 +605,45 @@ void load(const Directory& ckpt, Model& model) {
         s.file->read(*s.info, std::span<T>(staged));
         detail::transpose(staged.data(), dst, std::size_t(s.info->shape[0]), std::size_t(s.info->shape[1]));
     };
-    if constexpr (requires { model.bf16_only_weights(); }) {
-        if (model.bf16_only_weights()) {
-            // weights stored in bf16 alone: one parameter at a time through a host buffer of its size
-            // (never an fp32 image of the model), rounded into its storage by write_base. Every
-            // name, shape and dtype was checked above; only a read error can stop it half way.
-            std::vector<T> one;
-            if (tied_head) {  // the head the checkpoint carries must equal its embedding
-                const auto [file, info] = *ckpt.find("lm_head.weight");
-                const source* wte = nullptr;
-                for (const auto& s : sources)
-                    if (s.offset == embedding) wte = &s;
-                if (!wte || info->shape != wte->info->shape || !is_floating(info->type))
-                    throw format_error(file->path(), 0,
-                                       "lm_head.weight: expected the tied embedding's shape and a float dtype");
-                one.resize(std::size_t(info->numel()));
-                read(*wte, one.data());
-                std::vector<T> head(one.size());
-                file->read(*info, std::span<T>(head));
-                if (head != one)
-                    throw format_error(file->path(), 0,
-                                       "lm_head.weight differs from the token embedding, but config.json ties them "
-                                       "(tie_word_embeddings)");
-            }
-            first_source.push_back(sources.size());
-            for (std::size_t k = 0; k + 1 < first_source.size(); ++k) {
-                one.resize(std::size_t(model.base_parameters()[k].value.numel()));
-                for (std::size_t i = first_source[k]; i < first_source[k + 1]; ++i)
-                    read(sources[i], one.data() + (sources[i].offset - model.image_offset(k)));
-                model.write_base(k, one.data());
-            }
-            return;
-        }
-    }
-    std::vector<T> host(model.arena_size(), T(0));
-    for (const auto& s : sources) read(s, host.data() + s.offset);
-    if (tied_head) {
+    // One parameter at a time through a host buffer of its size (never an image of the model), written
+    // into its storage by write_base (fp32, and/or rounded to bf16; a device copy where the model's
+    // memory is not the host's). Every name, shape and dtype was checked above and a tied head is
+    // compared below before anything is written; only a failed read could stop it half way.
+    std::vector<T> one;
+    if (tied_head) {  // the head the checkpoint carries must equal its embedding
         const auto [file, info] = *ckpt.find("lm_head.weight");
-        const std::size_t n = std::size_t(model.config().vocab_size) * std::size_t(model.config().d_model);
-        if (info->shape != std::vector<std::int64_t>{model.config().vocab_size, model.config().d_model} ||
-            !is_floating(info->type))
+        const source* wte = nullptr;
+        for (const auto& s : sources)
+            if (s.offset == embedding) wte = &s;
+        if (!wte || info->shape != wte->info->shape || !is_floating(info->type))
             throw format_error(file->path(), 0,
                                "lm_head.weight: expected the tied embedding's shape and a float dtype");
-        staged.resize(n);
+        one.resize(std::size_t(info->numel()));
+        read(*wte, one.data());
+        staged.resize(one.size());
         file->read(*info, std::span<T>(staged));
-        if (!std::equal(staged.begin(), staged.end(), host.begin() + std::ptrdiff_t(embedding)))
+        if (staged != one)
             throw format_error(file->path(), 0,
                                "lm_head.weight differs from the token embedding, but config.json ties them "
                                "(tie_word_embeddings)");
     }
-    model.device().copy(model.parameter_data(), host.data(), sizeof(T) * host.size());
+    first_source.push_back(sources.size());
+    for (std::size_t k = 0; k + 1 < first_source.size(); ++k) {
+        one.resize(std::size_t(model.base_parameters()[k].value.numel()));
+        for (std::size_t i = first_source[k]; i < first_source[k + 1]; ++i)
+            read(sources[i], one.data() + (sources[i].offset - model.image_offset(k)));
+        model.write_base(k, one.data());
+    }
+}
+
+/// The memory a loader holds on top of a model of config `c` while it reads its weights, at most: the
+/// mapped pages of the tensor being read (4 bytes an element: F32 or narrower; `safetensors_file::read`
+/// drops each tensor's pages once copied) and `buffers` host buffers of the largest parameter's size.
+/// `load` here takes 2 (a parameter's values, and a transposed tensor staged or a tied head compared);
+/// `io::load_weights` 1 for weights stored in bf16 alone, else 0 (it reads into the parameters).
+inline std::int64_t load_transient_bytes(const student::TransformerConfig& c, int buffers = 2) {
+    return std::int64_t(sizeof(float)) * (1 + buffers) * c.d_model *
+           std::max({c.vocab_size, c.qkv_width(), c.fc_width(), c.d_ff});
 }
 
 /// Writes an Encoder to `dir` as transformers' BertModel without its pooler (config.json and

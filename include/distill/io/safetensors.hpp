@@ -359,7 +359,9 @@ public:
         return data_.subspan(static_cast<std::size_t>(info.begin), static_cast<std::size_t>(info.end - info.begin));
     }
 
-    /// Converts the floating-point tensor `info` (F64, F32, F16 or BF16) into `out`.
+    /// Converts the floating-point tensor `info` (F64, F32, F16 or BF16) into `out`, then drops the
+    /// tensor's mapped pages from the process (`mapped_file::release`): loading a model tensor by tensor
+    /// holds one tensor's pages at a time.
     /// Throws shape_error if `out.size()` is not `info.numel()` and format_error if the tensor holds integers.
     /// @tparam T float or double.
     template <class T>
@@ -376,31 +378,33 @@ public:
             case dtype::F64:
                 for (std::size_t i = 0; i < n; ++i)
                     out[i] = static_cast<T>(distill::detail::load_unaligned<double>(src.data(), i));
-                return;
+                break;
             case dtype::F32:
                 if constexpr (std::is_same_v<T, float>) {
                     if (n > 0) std::memcpy(out.data(), src.data(), n * sizeof(float));
                 } else {
                     for (std::size_t i = 0; i < n; ++i) out[i] = distill::detail::load_unaligned<float>(src.data(), i);
                 }
-                return;
+                break;
             case dtype::F16:
                 for (std::size_t i = 0; i < n; ++i) {
                     out[i] =
                         static_cast<T>(f16_to_float(distill::detail::load_unaligned<std::uint16_t>(src.data(), i)));
                 }
-                return;
+                break;
             case dtype::BF16:
                 for (std::size_t i = 0; i < n; ++i) {
                     out[i] =
                         static_cast<T>(bf16_to_float(distill::detail::load_unaligned<std::uint16_t>(src.data(), i)));
                 }
-                return;
+                break;
             default:
                 throw format_error(path_, 0,
                                    "tensor '" + info.name + "' is " + std::string(dtype_name(info.type)) +
                                        ", not a floating-point dtype; read it with read_integers()");
         }
+        const auto at = static_cast<std::size_t>(data_.data() - map_.bytes().data());
+        map_.release(at + static_cast<std::size_t>(info.begin), at + static_cast<std::size_t>(info.end));
     }
 
     /// The integer tensor `info` (I64, I32, I16, I8, U8 or BOOL) widened to int64.
@@ -503,8 +507,16 @@ private:
             throw defect("__metadata__ \"" + std::string(checksum_key) + "\" must be 8 lowercase hex digits, found \"" +
                          it->second.substr(0, 16) + "\"");
         }
-        const std::uint32_t actual =
-            distill::detail::crc32c(data_.data(), data_.size(), distill::detail::header_checksum(header));
+        // in chunks whose pages are dropped once summed (`mapped_file::release`): verifying a large
+        // checkpoint holds one chunk of it in memory, not the file
+        constexpr std::size_t chunk = std::size_t(4) << 20;
+        const auto at = static_cast<std::size_t>(data_.data() - map_.bytes().data());
+        std::uint32_t actual = distill::detail::header_checksum(header);
+        for (std::size_t i = 0; i < data_.size(); i += chunk) {
+            const std::size_t n = std::min(chunk, data_.size() - i);
+            actual = distill::detail::crc32c(data_.data() + i, n, actual);
+            map_.release(at + i, at + i + n);
+        }
         if (actual != *recorded) {
             throw defect("checksum mismatch: __metadata__ records CRC-32C " + it->second +
                          ", the header and data give " + distill::detail::hex32(actual) +

@@ -760,26 +760,13 @@ public:
                      std::to_string(B) + " x " + std::to_string(cfg.context_length) + " (backward buffers " +
                      eval::format_bytes(std::int64_t(m.backward_buffers)) + ")");
         if (!s_.job.student_weights.empty()) {
-            // the file's pages while it is mapped; a Hugging Face directory is staged in a host image too
-            namespace fs = std::filesystem;
-            std::error_code ec;
-            std::int64_t file = 0;
-            const fs::path from(s_.job.student_weights);
-            if (s_.student_from_hf()) {
-                for (const auto& e : fs::directory_iterator(from, ec))
-                    if (e.path().extension() == ".safetensors") file += std::int64_t(e.file_size(ec));
-            } else {
-                file = std::int64_t(fs::file_size(from, ec));
-            }
-            // the host image of the fp32 values; weights stored in bf16 alone are read one parameter at
-            // a time (its buffer, and a second of its size for a transposed or tied tensor)
-            const std::int64_t largest = std::int64_t(2 * sizeof(float)) * cfg.d_model *
-                                         std::max({cfg.vocab_size, cfg.qkv_width(), cfg.fc_width(), cfg.d_ff});
-            const std::int64_t image = !s_.student_from_hf() ? 0
-                                       : m.base_weights_fp32 ? std::int64_t(m.base_weights - m.base_weights_bf16)
-                                                             : largest;
-            plan.add_transient("reading student_weights", file + image,
-                               s_.student_from_hf() ? "mapped files + host image" : "mapped file");
+            // one tensor at a time: its mapped pages and the loader's host buffers
+            const bool hf = s_.student_from_hf();
+            plan.add_transient("reading student_weights",
+                               io::hf::load_transient_bytes(cfg, hf                    ? 2
+                                                                 : m.base_weights_fp32 ? 0
+                                                                                       : 1),
+                               "one tensor at a time");
         }
         const int slots = optimizer_slots();
         detail::ArenaLayout state;  // optim::detail::StateArena's layout: slot by slot, parameter by parameter

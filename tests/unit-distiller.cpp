@@ -771,6 +771,63 @@ TEST_CASE("Distiller: a student that starts from a Hugging Face directory leaves
                          doctest::Contains("student.d_model: is 32, but student_weights"), config_error);
 }
 
+TEST_CASE("Distiller: the job's student keys must be the checkpoint's; a rotary student may have fewer positions") {
+    auto& w = hf_world();
+    const nlohmann::json loss = {{"soft_kl", {{"weight", 1.0}}}, {"hard_ce", {{"weight", 1.0}}}};
+    // a Llama-layout (rotary) checkpoint of 64 positions with the world's tokenizer
+    student::TransformerConfig c{
+        .vocab_size = w.ids, .context_length = 64, .d_model = 16, .n_layers = 1, .n_heads = 2, .d_ff = 32};
+    c.norm = "rmsnorm";
+    c.positions = "rope";
+    c.mlp = "swiglu";
+    c.qkv_bias = c.proj_bias = c.mlp_bias = false;
+    student::Transformer<float, device::Cpu> llama(c, 1);
+    llama.init(7);
+    const fs::path rope = w.dir / "rope";
+    io::hf::save(rope, llama);
+    for (const char* f : {"tokenizer.json", "tokenizer_config.json"}) fs::copy_file(w.exact / f, rope / f);
+    nlohmann::json j = w.job("rope-student", w.padded, 0, "", loss);
+    j["student_weights"] = rope.string();
+    teacher::Model<student::Transformer> t(teacher_config(parse_job(j)));
+    auto activations_row = [&](const nlohmann::json& student) {
+        j["student"] = student;
+        OnlineDistiller d(parse_job(j), t, device::Cpu{}, {.quiet = true});
+        const eval::MemoryPlan plan = d.memory_plan();
+        for (const auto& part : plan.parts())
+            if (part.name == "student activations") return part.detail;
+        return std::string("(none)");
+    };
+    CHECK(activations_row({{"context_length", 32}}).find("batch 8 x 32") != std::string::npos);
+    CHECK(activations_row(nlohmann::json::object()).find("batch 8 x 64") != std::string::npos);
+    CHECK(activations_row({{"n_layers", 1}, {"d_model", 16}}).find("batch 8 x 64") != std::string::npos);  // equal keys
+    CHECK_THROWS_WITH_AS(activations_row({{"context_length", 128}}),
+                         doctest::Contains("student.context_length: is 128, but student_weights"), config_error);
+    CHECK_THROWS_WITH_AS(activations_row({{"context_length", 128}}), doctest::Contains("fewer positions, not more"),
+                         config_error);
+    CHECK_THROWS_WITH_AS(activations_row({{"n_layers", 2}}), doctest::Contains("student.n_layers: is 2"), config_error);
+    CHECK_THROWS_WITH_AS(activations_row({{"n_layer", 1}}), doctest::Contains("unknown key"), config_error);
+    // learned positions (GPT-2) keep their count
+    j["student_weights"] = w.exact.string();
+    CHECK_THROWS_WITH_AS(activations_row({{"context_length", 32}}),
+                         doctest::Contains("student.context_length: is 32, but student_weights"), config_error);
+    // the teacher likewise: teacher.context_length builds a rotary teacher for fewer positions
+    teacher::Model<student::Transformer> short_teacher(
+        {.weights = rope.string(), .max_batch = 1, .context_length = 16});
+    teacher::Model<student::Transformer> full_teacher({.weights = rope.string(), .max_batch = 1});
+    CHECK(short_teacher.network().config().context_length == 16);
+    const std::vector<std::int32_t> ids = {5, 9, 2, 7};
+    short_teacher.forward(ids.data(), 1, 4);
+    full_teacher.forward(ids.data(), 1, 4);
+    const auto a = short_teacher.logits(), b = full_teacher.logits();
+    REQUIRE(a.numel() == b.numel());
+    for (std::int64_t i = 0; i < a.numel(); ++i) CHECK(a.data()[i] == doctest::Approx(b.data()[i]).epsilon(1e-6));
+    CHECK_THROWS_WITH_AS(teacher::Model<student::Transformer>({.weights = rope.string(), .context_length = 65}),
+                         doctest::Contains("teacher.context_length: is 65, but the checkpoint's model has only 64"),
+                         config_error);
+    CHECK_THROWS_WITH_AS(teacher::Model<student::Transformer>({.weights = w.exact.string(), .context_length = 16}),
+                         doctest::Contains("learned positions"), config_error);
+}
+
 TEST_CASE("Distiller: LoRA on a Hugging Face student trains the adapters alone and exports merged and PEFT forms") {
     auto& w = hf_world();
     const nlohmann::json loss = {{"soft_kl", {{"weight", 1.0}}}, {"hard_ce", {{"weight", 1.0}}}};

@@ -360,15 +360,15 @@ private:
     // The embedding task: see `EmbeddingStages::prepare`.
     void prepare_embedding() { EmbeddingStages<Teacher, types, Device>::prepare(s_, teacher_); }
 
-    // The job's `student` section, or the architecture of `student_weights` (the section must then be
-    // empty or describe the same one).
+    // The job's `student` section, or the architecture of `student_weights`: the section may then give
+    // some of its keys, each equal to the checkpoint's, but a rotary student's context_length may be less.
     student_config read_student_config() const {
         student_config c{};
-        if (s_.job.student_weights.empty() || !s_.job.student.empty()) {
+        if (s_.job.student_weights.empty()) {
             io::from_json(s_.job.student, c, "student");
             c.validate("student");
+            return c;
         }
-        if (s_.job.student_weights.empty()) return c;
         student_config init{};
         if (s_.student_from_hf()) {
             if constexpr (std::is_same_v<student_config, student::TransformerConfig>)
@@ -382,14 +382,33 @@ private:
         } else {
             init = io::load_weights_config<student_config>(io::safetensors_file(s_.job.student_weights));
         }
-        if (s_.job.student.empty()) return init;
-        const nlohmann::json want = io::to_json(init), have = io::to_json(c);
-        for (const auto& item : want.items())
-            if (have.value(item.key(), nlohmann::json()) != item.value())
+        // the job's keys must be the checkpoint's, but a rotary student may be built for fewer positions
+        // (a checkpoint of 32 768, trained on answers of a few hundred tokens)
+        nlohmann::json merged = io::to_json(init);
+        bool rope = false;
+        if constexpr (requires { init.rope(); }) rope = init.rope();
+        for (const auto& item : s_.job.student.items()) {
+            if (!merged.contains(item.key())) {  // not a key of the config: io::from_json names it
+                merged[item.key()] = item.value();
+                continue;
+            }
+            const nlohmann::json& theirs = merged[item.key()];
+            if (item.key() == "context_length" && rope && item.value().is_number_integer() &&
+                item.value().template get<std::int64_t>() >= 1 && item.value() <= theirs) {
+                merged[item.key()] = item.value();
+                continue;
+            }
+            if (item.value() != theirs)
                 throw config_error("student." + item.key(),
-                                   "is " + have.value(item.key(), nlohmann::json()).dump() + ", but student_weights " +
-                                       s_.job.student_weights + " has " + item.value().dump() +
-                                       " (leave \"student\" empty to take the checkpoint's architecture)");
+                                   "is " + item.value().dump() + ", but student_weights " + s_.job.student_weights +
+                                       " has " + theirs.dump() +
+                                       (item.key() == "context_length" && rope
+                                            ? " (a rotary student may be built for fewer positions, not more)"
+                                            : " (give only the keys to change, or leave \"student\" empty to take "
+                                              "the checkpoint's architecture)"));
+        }
+        io::from_json(merged, c, "student");
+        c.validate("student");
         return c;
     }
 

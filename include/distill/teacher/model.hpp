@@ -52,6 +52,10 @@ struct ModelConfig {
                             ///< checkpoint directory (config.json + model.safetensors or shards)
     std::string config{};   ///< optional JSON file with the architecture config ("" = the metadata's)
     int max_batch = 16;     ///< sequences generated (or forwarded) at once
+    /// The positions the network is built for, which size its activations and KV cache: 0 = the
+    /// checkpoint's; fewer only for a rotary model (a checkpoint of 32 768 positions, answering
+    /// prompts of a few hundred tokens, need not hold memory for 32 768).
+    int context_length = 0;
     /// false: the network keeps only its logits (student::activations::inference: one layer's working
     /// memory, no hidden states, attention maps or q|k|v), for losses that read the teacher's logits
     /// and tokens alone — the `distill` command sets it so when the job's loss allows.
@@ -66,6 +70,9 @@ struct ModelConfig {
         if (weights.empty())
             throw config_error(path + ".weights", "is required (a .safetensors file or a Hugging Face directory)");
         if (max_batch < 1) throw config_error(path + ".max_batch", "must be >= 1, got " + std::to_string(max_batch));
+        if (context_length < 0)
+            throw config_error(path + ".context_length",
+                               "must be >= 0 (0: the checkpoint's), got " + std::to_string(context_length));
     }
 };
 
@@ -108,7 +115,7 @@ public:
     explicit Model(const ModelConfig& config, Device device = Device{})
         : cfg_(validated(config)),
           template_(load_template(cfg_)),
-          net_(frozen(load_arch_config(cfg_)), cfg_.max_batch, device, network_mode(cfg_)),
+          net_(frozen(sized(load_arch_config(cfg_), cfg_)), cfg_.max_batch, device, network_mode(cfg_)),
           cache_(net_.make_cache(cfg_.max_batch)) {
         load_weights();
     }
@@ -118,7 +125,7 @@ public:
     Model(const ModelConfig& config, data::ChatTokenizer chat_template, Device device = Device{})
         : cfg_(validated(config)),
           template_(std::move(chat_template)),
-          net_(frozen(load_arch_config(cfg_)), cfg_.max_batch, device, network_mode(cfg_)),
+          net_(frozen(sized(load_arch_config(cfg_), cfg_)), cfg_.max_batch, device, network_mode(cfg_)),
           cache_(net_.make_cache(cfg_.max_batch)) {
         load_weights();
     }
@@ -248,6 +255,22 @@ private:
     static const ModelConfig& validated(const ModelConfig& c) {
         c.validate();
         return c;
+    }
+
+    // The checkpoint's architecture built for `context_length` positions (a rotary model only).
+    static arch_config sized(arch_config a, const ModelConfig& c) {
+        if (c.context_length == 0) return a;
+        if constexpr (requires { a.rope(); }) {
+            if (!a.rope() || c.context_length > a.context_length)
+                throw config_error("teacher.context_length",
+                                   "is " + std::to_string(c.context_length) + ", but the checkpoint's model has " +
+                                       (a.rope() ? "only " + std::to_string(a.context_length) + " positions"
+                                                 : "learned positions, whose count it must keep (" +
+                                                       std::to_string(a.context_length) + "); leave it 0"));
+            a.context_length = c.context_length;
+            return a;
+        }
+        throw config_error("teacher.context_length", "applies to rotary Transformer teachers; leave it 0");
     }
 
     // A teacher's network is never trained: under bf16 storage its matrices are held in bf16 alone
@@ -483,5 +506,5 @@ private:
 
 }  // namespace distill::teacher
 
-BOOST_HANA_ADAPT_STRUCT(distill::teacher::ModelConfig, weights, config, max_batch, keep_activations, tokenizer,
-                        chat_template);
+BOOST_HANA_ADAPT_STRUCT(distill::teacher::ModelConfig, weights, config, max_batch, context_length, keep_activations,
+                        tokenizer, chat_template);

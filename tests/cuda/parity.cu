@@ -1149,10 +1149,10 @@ void bf16_training_step(const student::TransformerConfig& cfg) {
         f.forward(tokens.data(), B, Tn);
         h.forward(tokens.data(), B, Tn);
         near_bf16("logits", download(gpu(), g.logits()), download(cpu(), h.logits()), download(gpu(), f.logits()), 1e-3,
-                  0.1);
+                  0.25);
         const float lg = g.cross_entropy(targets.data()), lh = h.cross_entropy(targets.data());
         f.cross_entropy(targets.data());
-        CHECK(double(lg) == doctest::Approx(double(lh)).epsilon(1e-4));
+        CHECK(double(lg) == doctest::Approx(double(lh)).epsilon(5e-4));
         g.zero_grad();
         f.zero_grad();
         h.zero_grad();
@@ -1241,7 +1241,7 @@ TEST_CASE("bf16 frozen storage: an inference model and a frozen teacher keep bf1
             f.forward(tokens.data(), B, Tn);
             h.forward(tokens.data(), B, Tn);
             near_bf16("logits", download(gpu(), g.logits()), download(cpu(), h.logits()), download(gpu(), f.logits()),
-                      1e-3, 0.1);
+                      1e-3, 0.25);
             if (!inference) continue;
             // generation: the token embedding's bf16 rows widened on the GPU in prefill and decode
             std::vector<int> lengths{7, 12};
@@ -1255,7 +1255,7 @@ TEST_CASE("bf16 frozen storage: an inference model and a frozen teacher keep bf1
             for (int step = 0; step < 3; ++step) {
                 CAPTURE(step);
                 near_bf16("next logits", download(gpu(), g.next_logits()), download(cpu(), h.next_logits()),
-                          download(gpu(), f.next_logits()), 1e-3, 0.1);
+                          download(gpu(), f.next_logits()), 1e-3, 0.25);
                 const auto logits = download(cpu(), h.next_logits());  // the host's argmax, fed to all three
                 for (int b = 0; b < B; ++b) {
                     const auto row = logits.begin() + std::ptrdiff_t(b) * cfg.vocab_size;
@@ -1309,7 +1309,7 @@ TEST_CASE("bf16 LoRA: a base in bf16 alone on the GPU; adapter gradients and a s
             f.forward(tokens.data(), B, Tn);
             h.forward(tokens.data(), B, Tn);
             near_bf16("logits", download(gpu(), g.logits()), download(cpu(), h.logits()), download(gpu(), f.logits()),
-                      1e-3, 0.1);
+                      1e-3, 0.25);
             g.cross_entropy(targets.data());
             f.cross_entropy(targets.data());
             h.cross_entropy(targets.data());

@@ -1,6 +1,8 @@
 // CUDA parity suite: every kernel of device::Cuda against device::Cpu (or device::Reference) on the
 // same inputs, a full distillation step (student forward/backward + SoftKL + HiddenMSE + AdamW) on
-// both devices, and a short distillation whose loss curve must match. fp32 throughout, tf32 off.
+// both devices, and a short distillation whose loss curve must match. fp32 throughout, tf32 off,
+// except the precision::bf16 section (bf16 GEMMs and weight storage against a host emulation of
+// device::Cpu's bf16 arithmetic, bf16_host.hpp; skipped with a message on GPUs older than sm_80).
 // Tolerance |cuda - cpu| <= atol + rtol |cpu|: rtol 1e-4 for elementwise kernels and losses, 1e-3
 // after GEMMs (a floor of rtol times the tensor's largest magnitude absorbs values that are zero
 // up to rounding). Exits with 77 (ctest: skipped) when no GPU is visible.
@@ -12,6 +14,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -31,6 +34,9 @@
 #include "distill/optim/clip.hpp"
 #include "distill/optim/sgd.hpp"
 #include "distill/student/transformer.hpp"
+#include "distill/student/transformer_memory.hpp"
+
+#include "bf16_host.hpp"
 
 using namespace distill;
 using device::Cpu;
@@ -936,6 +942,426 @@ TEST_CASE("generation: prefill and decode on CUDA give the CPU's next-token logi
 
 TEST_CASE("generation with Llama-style blocks: rotary positions, grouped-query KV cache") {
     generation(llama_style(student_config()));
+}
+
+// ---- precision::bf16: bf16 GEMM operands, bf16 weight storage ------------------------------------
+//
+// The reference is testing::Bf16Cpu (bf16_host.hpp): device::Cpu's bf16 arithmetic (operands rounded
+// to bf16, fp32 products and sums) without oneDNN, which this build does not link; tests/unit-bf16.cpp
+// checks it against device::Cpu(threads, precision::bf16). A single GEMM agrees to the order of its
+// fp32 sums; through a model a different order of sums flips a few bf16 roundings of the next GEMM's
+// operands (2^-8 each), so the models are compared by relative L2 norm, against bounds measured for
+// oneDNN against the emulation, and must be much closer to the emulation than to the fp32 model.
+
+namespace {
+
+using Emu = testing::Bf16Cpu;
+
+bool bf16_skip() {
+    const std::string why = Cuda::bf16_unsupported_reason(gpu().ordinal());
+    if (why.empty()) return false;
+    MESSAGE("skipped: " << why);
+    return true;
+}
+Cuda& gpu_bf16() {
+    static Cuda dev(device::precision::bf16);  // GPU 0's shared context: gpu()'s stream
+    return dev;
+}
+
+template <class T>
+std::vector<T> download(const Cuda& dev, const T* p, std::size_t n) {
+    std::vector<T> h(n);
+    dev.copy(h.data(), p, sizeof(T) * n);
+    return h;
+}
+template <class T, class D>
+std::vector<float> download(const D& dev, const Tensor<T>& t) {
+    std::vector<float> h(static_cast<std::size_t>(t.numel()));
+    dev.copy(h.data(), t.data(), sizeof(float) * h.size());
+    return h;
+}
+
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+    return a.size() == b.size() && std::memcmp(a.data(), b.data(), sizeof(float) * a.size()) == 0;
+}
+
+bool is_matrix(const std::string& name) {
+    return name == "wte.weight" || name == "lm_head.weight" || name.ends_with("c_attn.weight") ||
+           name.ends_with("c_proj.weight") || name.ends_with("c_fc.weight");
+}
+
+/// Relative L2 distance of `a` to `ref`, bounded absolutely and by `share` of `ref`'s distance to
+/// the fp32 result `fp32` (a bf16 path that rounded nothing, or too little, fails the second).
+void near_bf16(const std::string& what, const std::vector<float>& a, const std::vector<float>& ref,
+               const std::vector<float>& fp32, double bound, double share) {
+    REQUIRE(a.size() == ref.size());
+    const double d = testing::relative_l2(a, ref), d32 = testing::relative_l2(fp32, ref);
+    INFO(what << ": relative L2 to the emulation " << d << ", fp32's " << d32);
+    CHECK(d < bound);
+    CHECK(d < share * d32);
+}
+
+}  // namespace
+
+TEST_CASE("bf16: round_bf16 on the GPU gives quant::fp32_to_bf16's bits (ties to even, NaN, overflow)") {
+    std::vector<std::uint32_t> bits{0x00000000u,
+                                    0x80000000u,
+                                    0x3f800000u,
+                                    0x3f808000u /* tie, even: down */,
+                                    0x3f818000u /* tie, odd: up */,
+                                    0x3f808001u,
+                                    0x3f807fffu,
+                                    0x7f7fffffu /* → inf */,
+                                    0x7f800000u,
+                                    0xff800000u,
+                                    0x7fc00000u,
+                                    0x7f800001u /* signaling NaN */,
+                                    0xffa12345u,
+                                    0x00000001u /* subnormal */,
+                                    0x807fffffu,
+                                    0x7f7f7fffu};
+    Rng rng(11);
+    for (int i = 0; i < 20000; ++i) bits.push_back(std::uint32_t(rng.next() >> 32));
+    std::vector<float> x(bits.size());
+    std::memcpy(x.data(), bits.data(), sizeof(float) * x.size());
+    DeviceVec<float> dx(gpu(), x);
+    DeviceVec<std::uint16_t> dy(gpu(), x.size());
+    device::round_bf16(gpu(), dy.ptr, dx.ptr, std::int64_t(x.size()));
+    const auto y = dy.host();
+    std::size_t wrong = 0, first = x.size();
+    for (std::size_t i = 0; i < x.size(); ++i)
+        if (y[i] != quant::fp32_to_bf16(x[i])) {
+            ++wrong;
+            if (first == x.size()) first = i;
+        }
+    INFO("first difference at " << first << " (bits " << (first < x.size() ? bits[first] : 0u) << ")");
+    CHECK(wrong == 0);
+}
+
+TEST_CASE("bf16 gemm: every transpose combination equals rounded operands multiplied in fp32") {
+    if (bf16_skip()) return;
+    CHECK(device::compute_precision_of(gpu_bf16()) == device::precision::bf16);
+    CHECK(device::compute_precision_of(gpu()) == device::precision::fp32);
+    CHECK(gpu_bf16().stream() == gpu().stream());
+    const int M = 37, N = 53, K = 29;
+    for (int ta = 0; ta < 2; ++ta)
+        for (int tb = 0; tb < 2; ++tb)
+            for (float beta : {0.0f, 0.5f}) {
+                CAPTURE(ta);
+                CAPTURE(tb);
+                CAPTURE(beta);
+                const int lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 1, ldc = N + 2;
+                const auto A = randn<float>(std::size_t(ta ? K : M) * lda, 1);
+                const auto B = randn<float>(std::size_t(tb ? N : K) * ldb, 2);
+                const auto C0 = randn<float>(std::size_t(M) * ldc, 3);
+                auto C = C0, C32 = C0;
+                DeviceVec<float> dA(gpu(), A), dB(gpu(), B), dC(gpu(), C0), dC32(gpu(), C0);
+                device::gemm(gpu_bf16(), bool(ta), bool(tb), M, N, K, 1.5f, dA.ptr, lda, dB.ptr, ldb, beta, dC.ptr,
+                             ldc);
+                device::gemm(gpu(), bool(ta), bool(tb), M, N, K, 1.5f, dA.ptr, lda, dB.ptr, ldb, beta, dC32.ptr, ldc);
+                testing::gemm(Emu(), bool(ta), bool(tb), M, N, K, 1.5f, A.data(), lda, B.data(), ldb, beta, C.data(),
+                              ldc);
+                device::gemm(cpu(), bool(ta), bool(tb), M, N, K, 1.5f, A.data(), lda, B.data(), ldb, beta, C32.data(),
+                             ldc);
+                const auto g = dC.host();
+                // sums of exact products: the order of the fp32 sums alone (K·2^-24 of Σ|a b|)
+                close("bf16 gemm", g, C, 1e-5, 1e-5);
+                // and not the fp32 product (2^-9 relative per operand)
+                CHECK(testing::relative_l2(g, C32) > 1e-4);
+                close("fp32 gemm beside it", dC32.host(), C32, after_gemm, after_gemm);
+            }
+}
+
+TEST_CASE("bf16 gemm_bf16_weight: a stored bf16 weight gives the bf16 gemm of the matrix it was rounded from") {
+    if (bf16_skip()) return;
+    const int M = 45, N = 38, K = 70;
+    for (int tb = 0; tb < 2; ++tb)
+        for (int ta = 0; ta < 2; ++ta) {
+            CAPTURE(ta);
+            CAPTURE(tb);
+            const int lda = ta ? M : K, ldw = tb ? K : N, w_rows = tb ? N : K;
+            const auto A = randn<float>(std::size_t(ta ? K : M) * lda, 4);
+            const auto W = randn<float>(std::size_t(w_rows) * ldw, 5, 0.05);
+            std::vector<std::uint16_t> W16(W.size());
+            for (std::size_t i = 0; i < W.size(); ++i) W16[i] = quant::fp32_to_bf16(W[i]);
+            const auto C0 = randn<float>(std::size_t(M) * N, 6);
+            DeviceVec<float> dA(gpu(), A), dW(gpu(), W), dC(gpu(), C0), dR(gpu(), C0);
+            DeviceVec<std::uint16_t> dW16(gpu(), W16);
+            device::gemm_bf16_weight(gpu_bf16(), bool(ta), bool(tb), M, N, K, 0.75f, dA.ptr, lda, dW16.ptr, ldw, 1.0f,
+                                     dC.ptr, N);
+            device::gemm(gpu_bf16(), bool(ta), bool(tb), M, N, K, 0.75f, dA.ptr, lda, dW.ptr, ldw, 1.0f, dR.ptr, N);
+            // the same cuBLAS call on the same bf16 operands (packed, 16-byte aligned)
+            CHECK(same_bits(dC.host(), dR.host()));
+            auto C = C0;
+            testing::gemm_bf16_weight(Emu(), bool(ta), bool(tb), M, N, K, 0.75f, A.data(), lda, W16.data(), ldw, 1.0f,
+                                      C.data(), N);
+            close("gemm_bf16_weight", dC.host(), C, 1e-5, 1e-5);
+        }
+}
+
+TEST_CASE("bf16: gemm_strided_batched stays fp32 under precision::bf16") {
+    if (bf16_skip()) return;
+    const int Tn = 19, hs = 16, H = 3;
+    const auto q = randn<float>(std::size_t(H) * Tn * hs, 7), k = randn<float>(std::size_t(H) * Tn * hs, 8);
+    DeviceVec<float> dq(gpu(), q), dk(gpu(), k), a(gpu(), std::size_t(H) * Tn * Tn), b(gpu(), std::size_t(H) * Tn * Tn);
+    for (auto* d : {&gpu_bf16(), &gpu()})
+        device::gemm_strided_batched(*d, false, true, Tn, Tn, hs, 1.0f, dq.ptr, hs, std::int64_t(Tn) * hs, dk.ptr, hs,
+                                     std::int64_t(Tn) * hs, 0.0f, d == &gpu() ? b.ptr : a.ptr, Tn,
+                                     std::int64_t(Tn) * Tn, H);
+    CHECK(same_bits(a.host(), b.host()));
+}
+
+namespace {
+
+// One training step of `cfg` on the GPU in bf16, the emulation and the GPU in fp32: storage, the
+// bf16 copies' bits, the memory plan, logits, loss, gradients, then AdamW and the refreshed copies.
+void bf16_training_step(const student::TransformerConfig& cfg) {
+    const int B = 3, Tn = 16;
+    student::Transformer<float, Cuda> g(cfg, B, gpu_bf16()), f(cfg, B, gpu());
+    student::Transformer<float, Emu> h(cfg, B, Emu(2));
+    CHECK(student::stores_bf16_weights<float>(cfg, gpu_bf16()));
+    CHECK(!student::stores_bf16_weights<float>(cfg, gpu()));
+    g.init(21);
+    f.init(21);
+    h.init(21);
+    const auto& params = g.base_parameters();
+    for (std::size_t k = 0; k < params.size(); ++k) {
+        CAPTURE(params[k].name);
+        CHECK(g.base_storage(k) == (is_matrix(params[k].name) ? student::storage::fp32_bf16 : student::storage::fp32));
+        CHECK(g.base_storage(k) == h.base_storage(k));
+        if (const std::uint16_t* g16 = g.bf16_value(k)) {
+            const std::size_t n = std::size_t(params[k].value.numel());
+            const auto bits = download(gpu(), g16, n);
+            CHECK(std::memcmp(bits.data(), h.bf16_value(k), 2 * n) == 0);
+        }
+    }
+    CHECK(!g.bf16_only_weights());
+    const auto plan = student::transformer_memory<float, Cuda>(cfg, B, student::activations::training, true);
+    CHECK(plan.total() == g.arena_bytes());
+    CHECK(plan.total() == h.arena_bytes());
+    std::vector<std::int32_t> tokens(std::size_t(B) * Tn), targets(tokens.size());
+    for (std::size_t i = 0; i < tokens.size(); ++i) tokens[i] = std::int32_t((i * 37 + i / 7) % cfg.vocab_size);
+    for (std::size_t i = 0; i < targets.size(); ++i) targets[i] = i % 9 == 0 ? -1 : tokens[(i + 1) % tokens.size()];
+    optim::AdamW<float, Cuda> og(g.parameters(), {.weight_decay = 0.1}, gpu_bf16());
+    for (int step = 0; step < 2; ++step) {
+        CAPTURE(step);
+        g.forward(tokens.data(), B, Tn);
+        f.forward(tokens.data(), B, Tn);
+        h.forward(tokens.data(), B, Tn);
+        near_bf16("logits", download(gpu(), g.logits()), download(cpu(), h.logits()), download(gpu(), f.logits()), 1e-3,
+                  0.25);
+        const float lg = g.cross_entropy(targets.data()), lh = h.cross_entropy(targets.data());
+        f.cross_entropy(targets.data());
+        CHECK(double(lg) == doctest::Approx(double(lh)).epsilon(5e-4));
+        g.zero_grad();
+        f.zero_grad();
+        h.zero_grad();
+        g.backward();
+        f.backward();
+        h.backward();
+        const std::size_t n = g.arena_size();
+        near_bf16("gradients", download(gpu(), g.gradient_data(), n),
+                  std::vector<float>(h.gradient_data(), h.gradient_data() + n), download(gpu(), f.gradient_data(), n),
+                  3e-3, 0.5);
+        og.step(1e-2);
+        g.forward(tokens.data(), B, Tn);  // refreshes the bf16 copies from the updated masters
+        // the bf16 copies follow the updated fp32 masters, rounded on the GPU as on the host
+        for (std::size_t k = 0; k < params.size(); ++k)
+            if (const std::uint16_t* g16 = g.bf16_value(k)) {
+                CAPTURE(params[k].name);
+                const std::size_t m = std::size_t(params[k].value.numel());
+                const auto master = download(gpu(), params[k].value.data(), m);
+                const auto bits = download(gpu(), g16, m);
+                std::size_t wrong = 0;
+                for (std::size_t i = 0; i < m; ++i) wrong += bits[i] != quant::fp32_to_bf16(master[i]);
+                CHECK(wrong == 0);
+            }
+        // the emulation takes the GPU's updated weights, so the next step starts from the same point
+        for (std::size_t k = 0; k < params.size(); ++k) {
+            std::vector<float> v(std::size_t(params[k].value.numel()));
+            g.read_base(k, v.data());
+            h.write_base(k, v.data());
+            f.write_base(k, v.data());
+        }
+    }
+}
+
+}  // namespace
+
+TEST_CASE("bf16 training step: fp32 masters + bf16 copies on the GPU give the host's bf16 numbers") {
+    if (bf16_skip()) return;
+    bf16_training_step(student_config());
+}
+
+TEST_CASE("bf16 training step with Llama-style blocks (rmsnorm, rope, swiglu, GQA, untied head)") {
+    if (bf16_skip()) return;
+    bf16_training_step(llama_style(student_config()));
+}
+
+TEST_CASE("bf16 frozen storage: an inference model and a frozen teacher keep bf16 alone; loaders and decode") {
+    if (bf16_skip()) return;
+    for (const auto& base : {student_config(), llama_style(student_config())}) {
+        CAPTURE(base.mlp);
+        for (bool inference : {true, false}) {
+            CAPTURE(inference);
+            auto cfg = base;
+            cfg.frozen = !inference;
+            const auto mode = inference ? student::activations::inference : student::activations::training;
+            const int B = 2, Tn = 12;
+            student::Transformer<float, Cuda> g(cfg, B, gpu_bf16(), mode), f(cfg, B, gpu(), mode);
+            student::Transformer<float, Emu> h(cfg, B, Emu(2), mode);
+            g.init(31);
+            f.init(31);
+            h.init(31);
+            CHECK(g.bf16_only_weights());
+            CHECK(student::transformer_memory<float, Cuda>(cfg, B, mode, true).total() == g.arena_bytes());
+            const auto& params = g.base_parameters();
+            for (std::size_t k = 0; k < params.size(); ++k) {
+                CAPTURE(params[k].name);
+                CHECK(g.base_storage(k) ==
+                      (is_matrix(params[k].name) ? student::storage::bf16 : student::storage::fp32));
+                // read_base widens exactly; write_base rounds as the host does
+                std::vector<float> vg(std::size_t(params[k].value.numel())), vh(vg.size()), vf(vg.size());
+                g.read_base(k, vg.data());
+                h.read_base(k, vh.data());
+                f.read_base(k, vf.data());
+                CHECK(same_bits(vg, vh));
+                for (auto& x : vf) x *= 1.01f;  // new values, written into the three models
+                g.write_base(k, vf.data());
+                h.write_base(k, vf.data());
+                f.write_base(k, vf.data());
+                g.read_base(k, vg.data());
+                h.read_base(k, vh.data());
+                CHECK(same_bits(vg, vh));
+            }
+            std::vector<std::int32_t> tokens(std::size_t(B) * Tn);
+            for (std::size_t i = 0; i < tokens.size(); ++i)
+                tokens[i] = std::int32_t((i * 53 + 5) % std::size_t(cfg.vocab_size));
+            g.forward(tokens.data(), B, Tn);
+            f.forward(tokens.data(), B, Tn);
+            h.forward(tokens.data(), B, Tn);
+            near_bf16("logits", download(gpu(), g.logits()), download(cpu(), h.logits()), download(gpu(), f.logits()),
+                      1e-3, 0.25);
+            if (!inference) continue;
+            // generation: the token embedding's bf16 rows widened on the GPU in prefill and decode
+            std::vector<int> lengths{7, 12};
+            auto kg = g.make_cache(B);
+            auto kf = f.make_cache(B);
+            auto kh = h.make_cache(B);
+            g.prefill(kg, tokens.data(), lengths.data(), B, Tn);
+            f.prefill(kf, tokens.data(), lengths.data(), B, Tn);
+            h.prefill(kh, tokens.data(), lengths.data(), B, Tn);
+            std::vector<std::int32_t> next(B);
+            for (int step = 0; step < 3; ++step) {
+                CAPTURE(step);
+                near_bf16("next logits", download(gpu(), g.next_logits()), download(cpu(), h.next_logits()),
+                          download(gpu(), f.next_logits()), 1e-3, 0.25);
+                const auto logits = download(cpu(), h.next_logits());  // the host's argmax, fed to all three
+                for (int b = 0; b < B; ++b) {
+                    const auto row = logits.begin() + std::ptrdiff_t(b) * cfg.vocab_size;
+                    next[std::size_t(b)] = std::int32_t(std::max_element(row, row + cfg.vocab_size) - row);
+                }
+                g.decode(kg, next.data(), B);
+                f.decode(kf, next.data(), B);
+                h.decode(kh, next.data(), B);
+            }
+        }
+    }
+}
+
+TEST_CASE("bf16 LoRA: a base in bf16 alone on the GPU; adapter gradients and a step as the host's") {
+    if (bf16_skip()) return;
+    for (auto cfg : {student_config(), llama_style(student_config())}) {
+        CAPTURE(cfg.mlp);
+        cfg.lora.rank = 4;
+        cfg.lora.alpha = 8;
+        cfg.lora.targets = cfg.swiglu() ? std::vector<std::string>{"q", "v", "o", "gate", "down", "head"}
+                                        : std::vector<std::string>{"qkv", "o", "up", "down"};
+        const int B = 2, Tn = 16;
+        student::Transformer<float, Cuda> g(cfg, B, gpu_bf16()), f(cfg, B, gpu());
+        student::Transformer<float, Emu> h(cfg, B, Emu(2));
+        g.init(41);
+        f.init(41);
+        h.init(41);
+        CHECK(g.bf16_only_weights());
+        CHECK(g.gradient_data() == nullptr);
+        const auto plan = student::transformer_memory<float, Cuda>(cfg, B, student::activations::training, true);
+        CHECK(plan.total() == g.arena_bytes());
+        CHECK(plan.activations == g.activation_bytes());
+        // adapters with non-zero B, so that every adapter product matters
+        auto perturb = [&](auto& m, const auto& dev) {
+            std::uint64_t seed = 50;
+            for (const auto& p : m.parameters()) {
+                const auto v = randn<float>(std::size_t(p.value.numel()), seed++, 0.05);
+                dev.copy(p.value.data(), v.data(), sizeof(float) * v.size());
+            }
+        };
+        perturb(g, gpu());
+        perturb(f, gpu());
+        perturb(h, cpu());
+        optim::AdamW<float, Cuda> og(g.parameters(), {}, gpu_bf16());
+        std::vector<std::int32_t> tokens(std::size_t(B) * Tn), targets(tokens.size());
+        for (std::size_t i = 0; i < tokens.size(); ++i) tokens[i] = std::int32_t((i * 29 + 3) % cfg.vocab_size);
+        for (std::size_t i = 0; i < targets.size(); ++i) targets[i] = tokens[(i + 1) % tokens.size()];
+        for (int step = 0; step < 2; ++step) {
+            CAPTURE(step);
+            g.forward(tokens.data(), B, Tn);
+            f.forward(tokens.data(), B, Tn);
+            h.forward(tokens.data(), B, Tn);
+            near_bf16("logits", download(gpu(), g.logits()), download(cpu(), h.logits()), download(gpu(), f.logits()),
+                      1e-3, 0.25);
+            g.cross_entropy(targets.data());
+            f.cross_entropy(targets.data());
+            h.cross_entropy(targets.data());
+            g.zero_grad();
+            f.zero_grad();
+            h.zero_grad();
+            g.backward();
+            f.backward();
+            h.backward();
+            std::vector<float> gg, gf, gh;
+            for (std::size_t i = 0; i < g.parameters().size(); ++i) {
+                for (auto x : download(gpu(), g.parameters()[i].grad)) gg.push_back(x);
+                for (auto x : download(gpu(), f.parameters()[i].grad)) gf.push_back(x);
+                for (auto x : download(cpu(), h.parameters()[i].grad)) gh.push_back(x);
+            }
+            near_bf16("adapter gradients", gg, gh, gf, 3e-3, 0.5);
+            og.step(1e-2);
+            // the GPU's updated adapters on every model (Adam's first steps move by about lr·sign(g),
+            // noise where |g| is at the level of the rounding)
+            for (std::size_t i = 0; i < g.parameters().size(); ++i) {
+                const auto v = download(gpu(), g.parameters()[i].value);
+                cpu().copy(h.parameters()[i].value.data(), v.data(), sizeof(float) * v.size());
+                gpu().copy(f.parameters()[i].value.data(), v.data(), sizeof(float) * v.size());
+            }
+        }
+        // the merged export widens the bf16 base exactly: the host's merge of the same adapters
+        const auto mg = g.merged_parameters(), mh = h.merged_parameters();
+        CHECK(testing::relative_l2(mg, mh) < 1e-6);
+    }
+}
+
+TEST_CASE("bf16 refusal: a GPU that cannot is refused naming device.precision, never aborted") {
+    const std::string why = Cuda::bf16_unsupported_reason(gpu().ordinal());
+    CHECK(why.empty() == (gpu().properties().major >= 8));
+    if (!why.empty()) {
+        bool refused = false;
+        try {
+            Cuda d(device::precision::bf16);
+        } catch (const config_error& e) {
+            refused = e.field() == "device.precision" && std::string(e.what()).find("8.0") != std::string::npos;
+        }
+        CHECK(refused);
+    }
+    const int n = Cuda::visible_devices();
+    CHECK(Cuda::bf16_unsupported_reason(n).find("visible") != std::string::npos);
+    bool refused = false;
+    try {
+        Cuda d(n, device::precision::bf16);
+    } catch (const config_error& e) {
+        refused = e.field() == "device.ordinal";
+    }
+    CHECK(refused);
 }
 
 TEST_CASE("errors: CUDA failures become distill::cuda_error naming the call") {

@@ -45,7 +45,8 @@ enum class storage : std::uint8_t { fp32, fp32_bf16, bf16 };
 
 /// Where a device rounds fp32 to bf16 for stored weights (`round_bf16(dev, dst, src, n)`, round to
 /// nearest even, the rounding its bf16 GEMMs apply to their operands) and multiplies by a bf16 weight
-/// (`gemm_bf16_weight`): device::Cpu with oneDNN.
+/// (`gemm_bf16_weight`): device::Cpu with oneDNN, device::Cuda (whose `embedding_forward_bf16` reads a
+/// token embedding stored in bf16 alone).
 template <class Device>
 concept bf16_weight_device = requires(const Device& d, float* f, const float* cf, std::uint16_t* h,
                                       const std::uint16_t* ch) {
@@ -106,9 +107,9 @@ public:
             std::uint16_t* d = const_cast<std::uint16_t*>(bf16_value(k)) + first;
             if constexpr (Device::memory == memory_space::host) {
                 round_bf16(*dev_, d, src, std::int64_t(n));
-            } else {
+            } else {  // rounded on the host (src is host memory), the same bits as the device's round_bf16
                 std::vector<std::uint16_t> h(n);
-                round_bf16(*dev_, h.data(), src, std::int64_t(n));
+                for (std::size_t i = 0; i < n; ++i) h[i] = quant::fp32_to_bf16(src[i]);
                 dev_->copy(d, h.data(), sizeof(std::uint16_t) * n);
             }
         }

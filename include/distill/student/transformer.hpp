@@ -73,10 +73,10 @@ struct TransformerConfig {
     /// job's top-level `lora` sets it, and it is not part of the config saved with weights.
     LoraConfig lora{};
     /// Under `precision::bf16` on a device that multiplies by stored bf16 weights (`device::Cpu` with
-    /// oneDNN): the GEMM matrices (token embedding, q|k|v, o, MLP, head) are stored in bf16 — alone
-    /// when frozen (activations::inference, the LoRA base, `frozen`), else beside the fp32 master the
-    /// optimizer updates. false keeps fp32 storage and rounds each weight in every GEMM (the same
-    /// products; tests compare the two). Not a key of the `student` object.
+    /// oneDNN, `device::Cuda`): the GEMM matrices (token embedding, q|k|v, o, MLP, head) are stored in
+    /// bf16 — alone when frozen (activations::inference, the LoRA base, `frozen`), else beside the fp32
+    /// master the optimizer updates. false keeps fp32 storage and rounds each weight in every GEMM (the
+    /// same products; tests compare the two). Not a key of the `student` object.
     bool bf16_weights = true;
     /// No optimizer updates this model's weights (a teacher, in any activations mode): under bf16
     /// storage its matrices are kept in bf16 alone, as those of activations::inference are. Not a key.
@@ -156,7 +156,7 @@ class Transformer;
 
 /// Whether a `Transformer<T, Device>` built with `config` on `dev` stores its GEMM matrices in bf16
 /// (`TransformerConfig::bf16_weights`, under precision::bf16, on a device that multiplies by stored
-/// bf16 weights: device::Cpu with oneDNN).
+/// bf16 weights: device::Cpu with oneDNN, device::Cuda).
 template <class T, class Device>
 bool stores_bf16_weights(const TransformerConfig& config, const Device& dev) {
     if constexpr (bf16_weight_device<Device> && std::is_same_v<T, float>)
@@ -489,12 +489,14 @@ private:
     bool bf16_only_wte() const noexcept { return this->base_storage(wte_) == storage::bf16; }
     // encoded(N,C) = wte[token] (widened from bf16) + wpe[position]: embedding_forward's sum.
     void embedding_bf16(const std::int32_t* tokens, int B, int Tn) {
-        if constexpr (bf16_weight_device<Device>) {  // host memory (device::Cpu)
+        if constexpr (bf16_weight_device<Device> && Device::memory == memory_space::host) {  // device::Cpu
             const int C = cfg_.d_model;
             T* out = act(encoded_);
             distill::detail::parallel_for(dev_.threads(), std::int64_t(B) * Tn, [&](std::int64_t n) {
                 embedding_row(out + n * C, tokens[n], cfg_.rope() ? nullptr : wpe() + (n % Tn) * C);
             });
+        } else if constexpr (bf16_weight_device<Device>) {  // device memory (device::Cuda): its kernel
+            embedding_forward_bf16(dev_, act(encoded_), tokens_, this->bf16_value(wte_), wpe(), B, Tn, cfg_.d_model);
         }
     }
     // out(C) = wte[token] widened (+ pos(C)).
@@ -803,8 +805,12 @@ public:
         T* x = act(encoded_);
         for (int b = 0; b < B; ++b) {
             if (bf16_only_wte()) {
-                embedding_row(x + std::int64_t(b) * C, tokens[b],
-                              cfg_.rope() ? nullptr : wpe() + std::int64_t(cache.length(b)) * C);
+                const T* pos = cfg_.rope() ? nullptr : wpe() + std::int64_t(cache.length(b)) * C;
+                if constexpr (Device::memory == memory_space::host)
+                    embedding_row(x + std::int64_t(b) * C, tokens[b], pos);
+                else if constexpr (bf16_weight_device<Device>)
+                    embedding_forward_bf16(dev_, x + std::int64_t(b) * C, &tokens[b], this->bf16_value(wte_), pos, 1, 1,
+                                           C);
                 continue;
             }
             const T* e = wte() + std::int64_t(tokens[b]) * C;

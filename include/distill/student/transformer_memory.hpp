@@ -47,7 +47,7 @@ struct TransformerMemory {
 /// The arenas a `Transformer<T, Device>(config, max_batch, device, mode)` allocates, without allocating
 /// (the device matters where it has the fused attention kernels: no (T,T) buffers in activations::
 /// inference and training_fused). `bf16_storage`: whether that device stores the GEMM matrices in bf16
-/// (`stores_bf16_weights(config, device)`: precision::bf16 on device::Cpu with oneDNN) — then they take
+/// (`stores_bf16_weights(config, device)`: precision::bf16 on device::Cpu with oneDNN or device::Cuda) — then they take
 /// 2 bytes an element, beside their fp32 masters when they train, alone when frozen
 /// (activations::inference, LoRA, `frozen`). Throws `config_error` as the constructor does for a config
 /// out of range or max_batch < 1.

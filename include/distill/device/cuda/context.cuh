@@ -22,6 +22,7 @@
 #include <cuda_runtime.h>
 
 #include "distill/detail/macros.hpp"
+#include "distill/device.hpp"
 #include "distill/error.hpp"
 #include "distill/tensor.hpp"
 
@@ -83,6 +84,8 @@ struct State {
     // Growable device buffers for host arrays passed to kernels and for reduction partials; they
     // grow to the largest request and then stay, so a training step allocates nothing.
     std::vector<std::pair<void*, std::size_t>> staging = std::vector<std::pair<void*, std::size_t>>(9, {nullptr, 0});
+    // The bf16 copies of GEMM operands under precision::bf16 (grows like a staging buffer).
+    std::pair<void*, std::size_t> bf16_scratch{nullptr, 0};
 
     explicit State(int device) : ordinal(device) {
         DISTILL_CUDA_CHECK(cudaSetDevice(device));
@@ -100,6 +103,7 @@ struct State {
         if (stream) cudaStreamSynchronize(stream);
         for (auto& [p, n] : staging)
             if (p) cudaFree(p);
+        if (bf16_scratch.first) cudaFree(bf16_scratch.first);
         if (blas) cublasDestroy(blas);
         if (stream) cudaStreamDestroy(stream);
     }
@@ -112,6 +116,22 @@ inline int device_count() noexcept {
         return 0;
     }
     return n;
+}
+
+/// Why GPU `ordinal` cannot run precision::bf16 GEMMs, or "" when it can: cuBLAS multiplies bf16
+/// operands (CUDA_R_16BF with fp32 accumulation) on compute capability 8.0 (Ampere) and newer.
+inline std::string bf16_unsupported_reason(int ordinal) {
+    const int n = device_count();
+    if (ordinal < 0 || ordinal >= n)
+        return "GPU " + std::to_string(ordinal) + " requested, " + std::to_string(n) + " visible";
+    int major = 0, minor = 0;
+    DISTILL_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, ordinal));
+    DISTILL_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, ordinal));
+    if (major >= 8) return "";
+    cudaDeviceProp props{};
+    DISTILL_CUDA_CHECK(cudaGetDeviceProperties(&props, ordinal));
+    return "GPU " + std::to_string(ordinal) + " (" + props.name + ") has compute capability " + std::to_string(major) +
+           "." + std::to_string(minor) + "; cuBLAS's bf16 GEMMs need 8.0 (Ampere) or newer";
 }
 
 inline std::shared_ptr<State> default_state() {
@@ -143,6 +163,16 @@ inline bool is_device_pointer(const void* p) {
 /// `Cuda()` is the process-wide context of GPU 0; `Cuda(ordinal)` creates a new context (a new
 /// stream) on that GPU.
 ///
+/// Precision: `Cuda(precision::bf16)` (the shared context) or `Cuda(ordinal, precision::bf16)`
+/// rounds both operands of every `gemm` to bf16 (round to nearest even, the rounding of
+/// device::Cpu's bf16 GEMMs) and multiplies them with cuBLAS in fp32 accumulation and output
+/// (cublasGemmEx, CUDA_R_16BF, CUBLAS_COMPUTE_32F): the products of `Cpu(threads, precision::bf16)`
+/// up to the order of the sums. Everything else stays fp32, as on Cpu: the attention's strided
+/// batched products, master weights, gradients, optimizer state, losses, norms. It needs compute
+/// capability 8.0 or newer; elsewhere it is refused with a config_error naming device.precision.
+/// The precision belongs to the tag, not the context: copies of a tag keep it, and an fp32 tag and
+/// a bf16 tag may share one context (one stream).
+///
 /// Host↔device transfers happen where data enters and leaves: `copy` between host and device
 /// memory (batches in, metrics and checkpoints out) waits for the stream; device-to-device copies
 /// and every kernel are asynchronous. Kernels that take small host arrays (masks, targets, top-k
@@ -154,17 +184,26 @@ struct Cuda {
 
     /// The shared context of GPU 0. Throws `cuda_error` when no GPU is visible.
     Cuda() : state_(detail::default_state()) {}
-    /// A new context (its own stream and cuBLAS handle) on GPU `ordinal`.
-    explicit Cuda(int ordinal) {
+    /// The shared context of GPU 0, GEMMs in `p` (bf16: `bf16_supported()`, else config_error).
+    explicit Cuda(precision p) : state_(detail::default_state()) { set_precision(p); }
+    /// A new context (its own stream and cuBLAS handle) on GPU `ordinal`, GEMMs in `p`.
+    explicit Cuda(int ordinal, precision p = precision::fp32) {
         const int n = detail::device_count();
         if (ordinal < 0 || ordinal >= n)
             throw config_error("device.ordinal",
                                "GPU " + std::to_string(ordinal) + " requested, " + std::to_string(n) + " visible");
         state_ = std::make_shared<detail::State>(ordinal);
+        set_precision(p);
     }
 
     /// Number of GPUs visible to this process (0 without a driver or device).
     static int visible_devices() noexcept { return detail::device_count(); }
+    /// Why `precision::bf16` cannot run on GPU `ordinal` ("" when it can): no such GPU, or one older
+    /// than compute capability 8.0 (detected at run time).
+    static std::string bf16_unsupported_reason(int ordinal = 0) { return detail::bf16_unsupported_reason(ordinal); }
+    static bool bf16_supported(int ordinal = 0) { return bf16_unsupported_reason(ordinal).empty(); }
+    /// The arithmetic of this tag's `gemm`s.
+    precision compute_precision() const noexcept { return compute_; }
 
     void* allocate(std::size_t bytes) const {
         activate();
@@ -225,9 +264,34 @@ struct Cuda {
         return static_cast<const T*>(d);
     }
 
+    /// A device buffer of at least `bytes` for the bf16 copies of one GEMM's operands, reused
+    /// across calls (the stream orders its uses).
+    void* bf16_scratch(std::size_t bytes) const {
+        auto& [p, n] = state_->bf16_scratch;
+        if (n < bytes) {
+            if (p) {
+                synchronize();
+                DISTILL_CUDA_CHECK(cudaFree(p));
+                p = nullptr;
+            }
+            const std::size_t grown = std::max<std::size_t>(bytes, 2 * n);
+            DISTILL_CUDA_CHECK(cudaMalloc(&p, grown));
+            n = grown;
+        }
+        return p;
+    }
+
 private:
     void activate() const { DISTILL_CUDA_CHECK(cudaSetDevice(state_->ordinal)); }
+    void set_precision(precision p) {
+        if (p == precision::bf16) {
+            const std::string why = bf16_unsupported_reason(state_->ordinal);
+            if (!why.empty()) throw config_error("device.precision", "bf16 is refused: " + why);
+        }
+        compute_ = p;
+    }
     std::shared_ptr<detail::State> state_;
+    precision compute_ = precision::fp32;
 };
 
 namespace detail {

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "distill/detail/math.hpp"
+#include "distill/device/cuda/blas.cuh"
 #include "distill/device/cuda/common.cuh"
 
 namespace distill::device {
@@ -283,6 +284,19 @@ __global__ void embedding_forward_kernel(T* out, const std::int32_t* tokens, con
     }
 }
 
+// The token embedding stored in bf16 alone (widened exactly); the sum is device::Cpu's: v + pos, or v.
+template <class T>
+__global__ void embedding_forward_bf16_kernel(T* out, const std::int32_t* tokens, const std::uint16_t* wte,
+                                              const T* wpe, int Tn, int C, std::int64_t n) {
+    for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < n;
+         i += std::int64_t(gridDim.x) * blockDim.x) {
+        const std::int64_t bt = i / C;
+        const int c = static_cast<int>(i % C);
+        const T v = static_cast<T>(from_bf16(wte[std::int64_t(tokens[bt]) * C + c]));
+        out[i] = wpe ? v + wpe[(bt % Tn) * C + c] : v;
+    }
+}
+
 // dwpe(T,C) += Σ_b dout(b,t,c): one thread per (t, c), batches in order.
 template <class T>
 __global__ void embedding_dwpe_kernel(T* dwpe, const T* dout, int B, int Tn, int C) {
@@ -553,6 +567,19 @@ void embedding_forward(const Cuda& dev, T* out, const std::int32_t* tokens, cons
     const std::int32_t* tok = dev.on_device(tokens, std::size_t(B) * Tn, detail::slot_index);
     DISTILL_CUDA_LAUNCH(detail::embedding_forward_kernel, detail::blocks_for(n, 256), 256, dev.stream(), out, tok, wte,
                         wpe, Tn, C, n);
+}
+
+/// `embedding_forward` with the token embedding stored in bf16 alone (student::storage::bf16, device
+/// memory, (V,C) packed): out(B,T,C) = widen(wte16[tokens[b,t]]) (+ wpe[t]). `tokens` in host or
+/// device memory.
+template <class T>
+void embedding_forward_bf16(const Cuda& dev, T* out, const std::int32_t* tokens, const std::uint16_t* wte16,
+                            const T* wpe, int B, int Tn, int C) {
+    const std::int64_t n = std::int64_t(B) * Tn * C;
+    if (!n) return;
+    const std::int32_t* tok = dev.on_device(tokens, std::size_t(B) * Tn, detail::slot_index);
+    DISTILL_CUDA_LAUNCH(detail::embedding_forward_bf16_kernel, detail::blocks_for(n, 256), 256, dev.stream(), out, tok,
+                        wte16, wpe, Tn, C, n);
 }
 
 /// dwte(V,C) += Σ_{(b,t): tokens=v} dout(b,t,:), dwpe(T,C) += Σ_b dout(b,t,:) (skipped when dwpe is

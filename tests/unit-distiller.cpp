@@ -61,7 +61,8 @@ teacher::ModelConfig teacher_config(const Job& job) {
 // builds the distilled student in and its attention path ("training_fused, fused attention, batch ...").
 template <class D>
 std::string student_activations_row(const D& d) {
-    for (const auto& p : d.memory_plan().parts())
+    const eval::MemoryPlan plan = d.memory_plan();
+    for (const auto& p : plan.parts())
         if (p.name == "student activations") return p.detail;
     return "(no row)";
 }

@@ -31,9 +31,12 @@
 // Qwen2 + PEFT's LoRA on the same shapes and, with --hf, the same weights).
 //
 // `--checkpoint` trains the student with activation checkpointing (student::activations::checkpointed;
-// PyTorch: torch.utils.checkpoint around every block) and reports the student's activation memory.
-// `--fused` trains it with student::activations::training_fused: attention fused on both sides (no
-// (T,T) maps; the loss reads none). The teacher (activations::inference) attends fused either way.
+// PyTorch: torch.utils.checkpoint around every block) and reports the student's activation memory; where
+// the build has the fused attention kernels it attends fused in the forward and the recomputation alike
+// (student::attends_fused). `--fused` trains it with student::activations::training_fused: attention
+// fused on both sides (no (T,T) maps; the loss reads none). Without either the student keeps its maps
+// (activations::training, as PyTorch's eager attention does). The teacher (activations::inference)
+// attends fused either way.
 //
 // Before allocating, the step's memory plan (eval/memory_plan.hpp: the arenas from the configs, AdamW's
 // state, the loss's workspace) is printed beside the peak the step then adds (eval::PeakMemory).
@@ -121,13 +124,19 @@ double forward_flops(const student::TransformerConfig& c, int B, int seq) {
 // attention probabilities, q|k|v, the GELU input, the residual stream and LayerNorm statistics;
 // then the final LayerNorm's output), its logits and their gradient, one layer's backward
 // temporaries; the teacher's weights, logits and the working memory of one of its layers.
-double minimum_bytes(const Size& s, bool checkpoint) {
+// With fused attention (student::attends_fused) a layer's probabilities are a (B,H,T) log-sum-exp and
+// the backward has no map gradient.
+double minimum_bytes(const Size& s, student::activations mode) {
+    const bool checkpoint = mode == student::activations::checkpointed;
+    constexpr bool fused_teacher = student::attends_fused<float, device::Cpu>(student::activations::inference);
     std::int64_t trainable = 0;  // every weight, or (LoRA) the adapters: the only ones with gradients and moments
     for (const auto& p : student::transformer_memory<float>(s.student, 1, student::activations::inference).trainable)
         trainable += p.second;
     const auto& c = s.student;
+    const double rows_h = double(s.batch) * c.n_heads * c.context_length;
     const double N = double(s.batch) * c.context_length, C = c.d_model, F = c.d_ff, L = c.n_layers, V = c.vocab_size,
-                 att = double(s.batch) * c.n_heads * c.context_length * c.context_length, Q = c.qkv_width(),
+                 att = student::attends_fused<float, device::Cpu>(mode) ? rows_h : rows_h * c.context_length,
+                 d_att = student::attends_fused<float, device::Cpu>(mode) ? 0 : att, Q = c.qkv_width(),
                  F1 = c.fc_width();
     const double P = double(c.parameter_count());
     const double per_layer = N * C /*ln1 out*/ + N * Q /*qkv*/ + att /*probabilities*/ + N * C /*att out*/ +
@@ -135,10 +144,10 @@ double minimum_bytes(const Size& s, bool checkpoint) {
                              4 * N /*norm statistics*/ + N * C /*block input*/;
     // checkpointed: each block's input kept, one block's activations at a time
     const double kept = checkpoint ? L * N * C + per_layer : L * per_layer;
-    const double student = P + 3 * double(trainable) + kept + N * C + 2 * N * V + (att + N * F1 + N * Q + 2 * N * C);
+    const double student = P + 3 * double(trainable) + kept + N * C + 2 * N * V + (d_att + N * F1 + N * Q + 2 * N * C);
     const auto& t = s.teacher;
     const double tN = double(s.batch) * t.context_length, tC = t.d_model, tF = t.d_ff,
-                 tatt = double(s.batch) * t.n_heads * t.context_length * t.context_length;
+                 tatt = double(s.batch) * t.n_heads * t.context_length * (fused_teacher ? 1 : t.context_length);
     const double teacher = double(t.parameter_count()) + tN * t.vocab_size +
                            (2 * tN * tC + tN * t.qkv_width() + tatt + tN * tC + tN * t.fc_width() + tN * tF + tN * tC);
     return 4.0 * (student + teacher);
@@ -168,9 +177,7 @@ eval::MemoryPlan memory_plan(const Size& s, student::activations mode,
     if (lora) plan.add("student LoRA adapters", std::int64_t(m.adapter_weights));
     plan.add("student gradients", std::int64_t(m.gradients()));
     plan.add("student activations", std::int64_t(m.activations + m.tokens),
-             mode == student::activations::checkpointed     ? "checkpointed"
-             : mode == student::activations::training_fused ? "training_fused"
-                                                            : "training");
+             std::string(student::activations_name(mode)) + ", " + student::attention_path<float, device::Cpu>(mode));
     if (!hf.empty())  // io::hf::load reads one tensor at a time (teacher and student have one shape)
         plan.add_transient("reading " + hf, io::hf::load_transient_bytes(s.student), "one tensor at a time");
     plan.add("optimizer state", std::int64_t(sizeof(float) * state.size()), "AdamW");
@@ -330,7 +337,7 @@ int main(int argc, char** argv) {
     }
     std::sort(times.begin(), times.end());
     const double dt = times[times.size() / 2];
-    const double rss = bench::peak_rss_bytes(), minimum = minimum_bytes(size, checkpoint);
+    const double rss = bench::peak_rss_bytes(), minimum = minimum_bytes(size, mode);
     const double added = double(measured.peak_bytes()), planned = double(plan.total());
 
     // teacher forward + student forward and backward (2× the forward); elementwise work not counted

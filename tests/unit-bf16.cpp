@@ -411,7 +411,9 @@ TEST_CASE("bf16 storage: a bf16 Distiller's memory plan counts the bf16 arenas a
         student::TransformerConfig sc = d.setup().student;
         sc.lora = job.lora;
         const int B = job.hyperparameters.loop.batch_size;
-        student::Transformer<float, device::Cpu> s(sc, B, dev);
+        // the mode the finetune stage trains in (SoftKL + HardCE read no attention map)
+        student::Transformer<float, device::Cpu> s(sc, B, dev,
+                                                   student::training_activations<float, device::Cpu>(false, false));
         CHECK(s.bf16_only_weights() == lora);
         const std::string weights = lora ? "student weights (frozen)" : "student weights";
         const std::int64_t activations =

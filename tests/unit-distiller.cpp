@@ -57,6 +57,21 @@ teacher::ModelConfig teacher_config(const Job& job) {
     return c;
 }
 
+// The detail of a Distiller's memory plan row "student activations": the mode the finetune stage
+// builds the distilled student in and its attention path ("training_fused, fused attention, batch ...").
+template <class D>
+std::string student_activations_row(const D& d) {
+    const eval::MemoryPlan plan = d.memory_plan();
+    for (const auto& p : plan.parts())
+        if (p.name == "student activations") return p.detail;
+    return "(no row)";
+}
+
+// What the finetune stage picks for a loss that reads no attention map or q|k|v: training_fused where
+// device::Cpu has the fused kernels (student::training_activations), else training.
+const std::string fused_training =
+    DISTILL_CPU_FUSED_ATTENTION ? "training_fused, fused attention, " : "training, unfused attention, ";
+
 std::string read(const fs::path& p) {
     std::ifstream in(p, std::ios::binary);
     return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
@@ -284,6 +299,12 @@ TEST_CASE("Distiller: bad policy sections, data and combinations fail at constru
         logits_only["loss"]["hidden_mse"]["weight"] = 0.0;
         logits_only["loss"]["attention_kl"]["weight"] = 0.0;
         CHECK(construct(logits_only) == "(no error)");
+        {  // a term of weight 0 is not read: no map is kept, the student attends fused (on device::Cpu)
+            const Job lj = parse_job(logits_only);
+            teacher::Model<student::Transformer> lt(teacher_config(lj));
+            CHECK(student_activations_row(OnlineDistiller(lj, lt, device::Cpu{}, {.quiet = true}))
+                      .starts_with(fused_training));
+        }
         // and it computes the logits of one that keeps everything: equal up to float rounding, as the
         // lean one attends with the fused kernel (online softmax) where the full one keeps the maps
         teacher::Model<student::Transformer> full(teacher_config(parse_job(j))),
@@ -329,6 +350,8 @@ TEST_CASE("Distiller online: run() writes the report; stages are skipped when co
     teacher::Model<student::Transformer> t(teacher_config(job));
     OnlineDistiller d(job, t, device::Cpu{}, {.quiet = true});
     static_assert(OnlineDistiller::online && !OfflineDistiller::online && OfflineDistiller::uses_topk);
+    // attention_kl reads the student's maps: the finetune stage keeps them (training, unfused attention)
+    CHECK(student_activations_row(d).starts_with("training, unfused attention, batch "));
     const nlohmann::ordered_json report = d.run();
     const fs::path out = job.output_dir;
 
@@ -421,7 +444,7 @@ TEST_CASE("Distiller online: run() writes the report; stages are skipped when co
     }
 
     {  // activation checkpointing: refused while a term reads the student's attention maps; without them
-       // the same student, bit for bit, as training that keeps every activation
+       // the same student, bit for bit, as the run without it (training_fused: both attend fused on Cpu)
         nlohmann::json j = w.job("online-checkpointed");
         j["activation_checkpointing"] = true;
         CHECK_THROWS_WITH_AS(OnlineDistiller(parse_job(j), t, device::Cpu{}, {.quiet = true}),
@@ -440,6 +463,12 @@ TEST_CASE("Distiller online: run() writes the report; stages are skipped when co
             fs::copy(out / "generate", o / "generate",
                      fs::copy_options::recursive | fs::copy_options::overwrite_existing);
             OnlineDistiller d2(parse_job(job_json), t, device::Cpu{}, {.quiet = true});
+            // the two runs attend alike: checkpointed, fused where training_fused is (device::Cpu)
+            CHECK(student_activations_row(d2).starts_with(job_json["activation_checkpointing"].get<bool>()
+                                                              ? std::string(DISTILL_CPU_FUSED_ATTENTION
+                                                                                ? "checkpointed, fused attention, "
+                                                                                : "checkpointed, unfused attention, ")
+                                                              : fused_training));
             d2.finetune();
         }
         CHECK(read(fs::path(j["output_dir"].get<std::string>()) / "student.safetensors") ==

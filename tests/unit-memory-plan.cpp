@@ -34,13 +34,6 @@ student::TransformerConfig llama_layout() {
     return c;
 }
 
-const char* mode_name(student::activations m) {
-    return m == student::activations::training         ? "training"
-           : m == student::activations::checkpointed   ? "checkpointed"
-           : m == student::activations::training_fused ? "training_fused"
-                                                       : "inference";
-}
-
 }  // namespace
 
 TEST_CASE("memory plan: transformer_memory equals the arenas a Transformer allocates") {
@@ -56,9 +49,12 @@ TEST_CASE("memory plan: transformer_memory equals the arenas a Transformer alloc
                         c.lora = {.rank = 2, .alpha = 4, .dropout = 0.1, .targets = {"q", "k", "v", "o", "up", "down"}};
                         if (llama) c.lora.targets.insert(c.lora.targets.end(), {"gate", "head"});
                     }
-                    INFO((llama ? "llama" : "gpt2"), " lora ", lora, " ", mode_name(mode), " batch ", batch);
+                    INFO((llama ? "llama" : "gpt2"), " lora ", lora, " ", student::activations_name(mode), " batch ",
+                         batch);
                     const student::TransformerMemory m = student::transformer_memory<float>(c, batch, mode);
                     student::Transformer<float, device::Cpu> net(c, batch, device::Cpu(1), mode);
+                    // every mode but training attends fused where the kernels are (checkpointed included)
+                    CHECK(net.fused_attention() == (DISTILL_CPU_FUSED_ATTENTION && mode != activations::training));
                     CHECK(m.activations == net.activation_bytes());
                     CHECK(m.backward_buffers == net.backward_buffer_bytes());
                     CHECK(m.gradients() == net.gradient_bytes());
@@ -75,6 +71,9 @@ TEST_CASE("memory plan: transformer_memory equals the arenas a Transformer alloc
                     const auto r = student::transformer_memory<float, device::Reference>(c, batch, mode);
                     CHECK(r.activations == ref.activation_bytes());
                     CHECK(r.backward_buffers == ref.backward_buffer_bytes());
+                    CHECK(!ref.fused_attention());
+                    // a fused mode holds a (B,H,T) log-sum-exp per kept layer instead of the map
+                    if (net.fused_attention()) CHECK(m.activations < r.activations);
                 }
 }
 
@@ -150,7 +149,16 @@ TEST_CASE("memory plan: a Distiller's plan is the arenas of the run, and a job o
         student::TransformerConfig sc = d.setup().student;
         sc.lora = job.lora;
         const int B = job.hyperparameters.loop.batch_size;
-        student::Transformer<float, device::Cpu> s(sc, B, device::Cpu(1));
+        // SoftKL + HardCE read no attention map: the stage trains in training_fused where the device
+        // attends fused (student::training_activations), and the plan's row says so
+        const student::activations mode = student::training_activations<float, device::Cpu>(false, false);
+        CHECK(mode ==
+              (DISTILL_CPU_FUSED_ATTENTION ? student::activations::training_fused : student::activations::training));
+        student::Transformer<float, device::Cpu> s(sc, B, device::Cpu(1), mode);
+        for (const auto& p : plan.parts())
+            if (p.name == "student activations")
+                CHECK(p.detail.starts_with(DISTILL_CPU_FUSED_ATTENTION ? "training_fused, fused attention, batch 16"
+                                                                       : "training, unfused attention, batch 16"));
         optim::AdamW<float, device::Cpu> opt(s.parameters(), {}, device::Cpu(1));
         CHECK(plan.bytes_of(lora ? "student weights (frozen)" : "student weights") ==
               std::int64_t(sizeof(float) * s.arena_size()));
@@ -182,6 +190,22 @@ TEST_CASE("memory plan: a Distiller's plan is the arenas of the run, and a job o
                 CHECK_MESSAGE(what.find(part) != std::string::npos, part);
         }
         CHECK(!fs::exists(dir / "memplan-refused"));
+    }
+    {  // activation checkpointing: the plan is the checkpointed student's arena, fused where the device is
+        nlohmann::json j = make_job("memplan-checkpointed");
+        j["activation_checkpointing"] = true;
+        const Job job = parse_job(j);
+        D d(job, t, device::Cpu(1), {.quiet = true});
+        const eval::MemoryPlan plan = d.memory_plan();
+        const int B = job.hyperparameters.loop.batch_size;
+        const student::TransformerConfig sc = d.setup().student;
+        student::Transformer<float, device::Cpu> s(sc, B, device::Cpu(1), student::activations::checkpointed);
+        CHECK(plan.bytes_of("student activations") ==
+              std::int64_t(s.activation_bytes() + sizeof(std::int32_t) * B * sc.context_length));
+        for (const auto& p : plan.parts())
+            if (p.name == "student activations")
+                CHECK(p.detail.starts_with(DISTILL_CPU_FUSED_ATTENTION ? "checkpointed, fused attention, batch 16"
+                                                                       : "checkpointed, unfused attention, batch 16"));
     }
     nlohmann::json bad = make_job("memplan-bad");
     bad["memory_limit_gib"] = -1;

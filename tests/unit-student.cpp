@@ -300,8 +300,13 @@ TEST_CASE("forward and backward are bit-identical run to run (fixed threads)") {
     CHECK(g[0] == g[1]);
 }
 
-TEST_CASE_TEMPLATE("activation checkpointing: the gradients of a full training forward, bit for bit, in less memory",
-                   Dev, device::Cpu, device::Reference) {
+TEST_CASE_TEMPLATE("activation checkpointing: the gradients of the run without it, bit for bit, in less memory", Dev,
+                   device::Cpu, device::Reference) {
+    // the run without checkpointing on the same attention path: training_fused where checkpointed attends
+    // fused (device::Cpu with the fused kernels), training elsewhere
+    const bool fused = student::attends_fused<float, Dev>(student::activations::checkpointed);
+    CHECK(fused == (std::is_same_v<Dev, device::Cpu> && DISTILL_CPU_FUSED_ATTENTION));
+    const auto plain = fused ? student::activations::training_fused : student::activations::training;
     const student::TransformerConfig gpt{
         .vocab_size = 50, .context_length = 16, .d_model = 32, .n_layers = 3, .n_heads = 4, .d_ff = 64};
     const int B = 3, T = 12;
@@ -313,7 +318,9 @@ TEST_CASE_TEMPLATE("activation checkpointing: the gradients of a full training f
     }
     for (const auto& cfg : {gpt, llama_like(gpt, "llama3")}) {
         INFO(cfg.norm);
-        student::Transformer<float, Dev> full(cfg, B), ckpt(cfg, B, Dev{}, student::activations::checkpointed);
+        student::Transformer<float, Dev> full(cfg, B, Dev{}, plain),
+            ckpt(cfg, B, Dev{}, student::activations::checkpointed);
+        CHECK(ckpt.fused_attention() == fused);
         full.init(4);
         ckpt.init(4);
         // extra gradients on hidden states 1 and 2 (hidden-state losses read them from a checkpointed student)
@@ -337,15 +344,21 @@ TEST_CASE_TEMPLATE("activation checkpointing: the gradients of a full training f
         CHECK(ckpt.keeps_activations());
         CHECK_THROWS_WITH_AS(ckpt.attention(0), doctest::Contains("activations::checkpointed"), config_error);
         CHECK_THROWS_AS(ckpt.qkv(1), config_error);
+        // a gradient on an attention map needs the map, which it does not keep (on every device)
+        std::vector<float> dmap(std::size_t(B) * cfg.n_heads * T * T, 0.5f);
+        const std::vector<Tensor<const float>> da = {Tensor<const float>(dmap.data(), {B, cfg.n_heads, T, T})};
+        CHECK_THROWS_WITH_AS(ckpt.backward({}, da), doctest::Contains("activations::checkpointed does not keep"),
+                             config_error);
         // the blocks' working memory once instead of per layer: 3 layers keep far less
         CHECK(double(ckpt.activation_bytes()) < 0.75 * double(full.activation_bytes()));
     }
 }
 
-TEST_CASE_TEMPLATE("training_fused: the gradients of training without (T,T) maps (double, several tiles, GQA)", Dev,
-                   device::Cpu, device::Reference) {
+TEST_CASE_TEMPLATE(
+    "training_fused and checkpointed: the gradients of training without (T,T) maps (double, several tiles, GQA)", Dev,
+    device::Cpu, device::Reference) {
     student::TransformerConfig cfg{
-        .vocab_size = 23, .context_length = 140, .d_model = 16, .n_layers = 2, .n_heads = 4, .d_ff = 24};
+        .vocab_size = 23, .context_length = 140, .d_model = 16, .n_layers = 3, .n_heads = 4, .d_ff = 24};
     cfg = llama_like(cfg, "llama3");
     cfg.n_kv_heads = 2;
     const int B = 2, T = 133, C = cfg.d_model;  // T across three 64-row tiles, the last partial
@@ -355,22 +368,38 @@ TEST_CASE_TEMPLATE("training_fused: the gradients of training without (T,T) maps
         tok[i] = std::int32_t(rng.below(23));
         tg[i] = i % 7 == 0 ? -1 : std::int32_t(rng.below(23));
     }
-    const std::vector<double> d1 = random_vector<double>(std::size_t(B) * T * C, 41);
-    const std::vector<Tensor<const double>> dh = {{}, Tensor<const double>(d1.data(), {B, T, C})};
-    student::Transformer<double, Dev> full(cfg, B), fused(cfg, B, Dev{}, student::activations::training_fused);
-    full.init(3);
-    fused.init(3);
-    for (auto* m : {&full, &fused}) {
+    // extra gradients on a hidden state and on layer 1's q|k|v (a relation loss's sink; checkpointed
+    // recomputes q|k|v before adding it)
+    const std::vector<double> d1 = random_vector<double>(std::size_t(B) * T * C, 41),
+                              dq = random_vector<double>(std::size_t(B) * T * cfg.qkv_width(), 42);
+    const std::vector<Tensor<const double>> dh = {{}, Tensor<const double>(d1.data(), {B, T, C})},
+                                            dqkv = {{}, Tensor<const double>(dq.data(), {B, T, cfg.qkv_width()})};
+    student::Transformer<double, Dev> full(cfg, B), fused(cfg, B, Dev{}, student::activations::training_fused),
+        ckpt(cfg, B, Dev{}, student::activations::checkpointed);
+    for (auto* m : {&full, &fused, &ckpt}) {
+        m->init(3);
         m->forward(tok.data(), B, T);
         m->cross_entropy(tg.data());
         m->zero_grad();
-        m->backward(dh);
+        m->backward(dh, {}, dqkv);
     }
     const auto a = full.logits(), b = fused.logits();
     check_close("logits", b.data(), a.data(), a.numel(), 1e-12, 1e-10);
     check_close("gradients", fused.gradient_data(), full.gradient_data(), std::int64_t(full.arena_size()), 1e-12, 1e-9);
     if (fused.fused_attention())  // no (B,H,T,T) map or its gradient: far less memory at this length
         CHECK(double(fused.activation_bytes()) < 0.5 * double(full.activation_bytes()));
+    // checkpointed attends as training_fused does (fused on Cpu, in the forward and the recomputation):
+    // its hidden states and gradients are training_fused's bit for bit, and training's to rounding
+    CHECK(ckpt.fused_attention() == fused.fused_attention());
+    for (int i = 0; i <= cfg.n_layers; ++i) {
+        const auto x = fused.hidden_state(i), y = ckpt.hidden_state(i);
+        CHECK(std::equal(x.data(), x.data() + x.numel(), y.data()));
+    }
+    CHECK(std::equal(fused.gradient_data(), fused.gradient_data() + fused.arena_size(), ckpt.gradient_data()));
+    check_close("checkpointed gradients", ckpt.gradient_data(), full.gradient_data(), std::int64_t(full.arena_size()),
+                1e-12, 1e-9);
+    if (ckpt.fused_attention())  // one block's working memory, and a (B,H,T) log-sum-exp in place of its map
+        CHECK(double(ckpt.activation_bytes()) < 0.6 * double(fused.activation_bytes()));
 }
 
 TEST_CASE("training smoke test: plain SGD learns to reverse strings (>= 95% token accuracy)") {

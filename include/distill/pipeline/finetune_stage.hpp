@@ -192,8 +192,8 @@ void check_activation_checkpointing(const Job& job, const Loss& probe) {
     else if (loss::reads_attention(probe))
         throw config_error("activation_checkpointing",
                            "is true, but the loss reads the student's attention maps or q|k|v (attention_kl, "
-                           "attention_relation), which a checkpointed student recomputes in backward and does "
-                           "not keep; set it to false (or drop those terms)");
+                           "attention_relation), which a checkpointed student does not keep; set it to false "
+                           "(or drop those terms)");
 }
 
 /// What a training run starts from, added to its fingerprint fields: the bytes of `student_weights`
@@ -641,15 +641,37 @@ private:
 
     // ---- training runs ----------------------------------------------------------------------------
 
-    // The student a training run starts from; with the job's `lora`, the adapted one (base frozen).
-    student_type make_student(int max_batch = 0) const {
+    // The activations mode a training run builds its student in (make_student, memory_plan): for a
+    // student::Transformer, student::training_activations — checkpointed under activation_checkpointing,
+    // else training_fused where the device has the fused attention kernels and the run's loss reads no
+    // attention map or q|k|v (`reads_attention`: the distilled student's loss, loss::reads_attention;
+    // the baseline's cross-entropy reads none), else training; for another student type with modes,
+    // checkpointed under activation_checkpointing; nullopt: the type's own default.
+    std::optional<student::activations> training_mode(bool reads_attention) const {
+        if constexpr (std::is_same_v<student_config, student::TransformerConfig> &&
+                      checkpointable<student_type, Device>) {
+            return student::training_activations<typename student_type::scalar_type, Device>(
+                s_.job.activation_checkpointing, reads_attention);
+        } else if constexpr (checkpointable<student_type, Device>) {
+            if (s_.job.activation_checkpointing) return student::activations::checkpointed;
+        }
+        return std::nullopt;
+    }
+    // The distilled student's mode: training_mode of the job's loss.
+    std::optional<student::activations> distilled_mode() const {
+        return training_mode(
+            loss::reads_attention(loss_type(s_.loss, dims(std::max(s_.job.hyperparameters.loop.batch_size, 1)))));
+    }
+
+    // The student a training run starts from, built in `mode` (training_mode; nullopt: the type's
+    // default); with the job's `lora`, the adapted one (base frozen).
+    student_type make_student(std::optional<student::activations> mode, int max_batch = 0) const {
         const int batch = max_batch ? max_batch : std::max(s_.job.hyperparameters.loop.batch_size, 1);
         student_config cfg = s_.student;
         if constexpr (std::is_same_v<student_config, student::TransformerConfig>) cfg.lora = s_.job.lora;
         student_type s = [&] {
             if constexpr (checkpointable<student_type, Device>)
-                if (s_.job.activation_checkpointing)
-                    return student_type(cfg, batch, device_, student::activations::checkpointed);
+                if (mode) return student_type(cfg, batch, device_, *mode);
             return student_type(cfg, batch, device_);
         }();
         if (s_.job.student_weights.empty())
@@ -669,7 +691,7 @@ private:
         if (!s_.job.lora.enabled()) return {};
         return [this, adapter](const std::filesystem::path& checkpoint, const std::filesystem::path& file) {
             if constexpr (std::is_same_v<student_config, student::TransformerConfig>) {
-                student_type s = make_student(1);
+                student_type s = make_student(training_mode(false), 1);
                 io::load_weights(io::safetensors_file(checkpoint / "student.safetensors"), s);
                 auto fp32_stored = s_.student;  // the merged weights in fp32 (a bf16 base widened exactly)
                 fp32_stored.bf16_weights = false;
@@ -697,11 +719,7 @@ public:
         const int B = std::max(s_.job.hyperparameters.loop.batch_size, 1);
         student_config cfg = s_.student;
         cfg.lora = s_.job.lora;
-        const activations mode = [&] {
-            if constexpr (checkpointable<student_type, Device>)
-                if (s_.job.activation_checkpointing) return activations::checkpointed;
-            return activations::training;
-        }();
+        const activations mode = distilled_mode().value_or(activations::training);
         const bool bf16_storage = student::stores_bf16_weights<float>(cfg, device_);
         const student::TransformerMemory m = student::transformer_memory<float, Device>(cfg, B, mode, bf16_storage);
         auto count = [](std::int64_t n) {
@@ -756,9 +774,9 @@ public:
                          " target(s)");
         plan.add("student gradients", std::int64_t(m.gradients()), lora ? "adapters only" : "every weight");
         plan.add("student activations", std::int64_t(m.activations + m.tokens),
-                 std::string(mode == activations::checkpointed ? "checkpointed" : "training") + ", batch " +
-                     std::to_string(B) + " x " + std::to_string(cfg.context_length) + " (backward buffers " +
-                     eval::format_bytes(std::int64_t(m.backward_buffers)) + ")");
+                 std::string(student::activations_name(mode)) + ", " + student::attention_path<float, Device>(mode) +
+                     ", batch " + std::to_string(B) + " x " + std::to_string(cfg.context_length) +
+                     " (backward buffers " + eval::format_bytes(std::int64_t(m.backward_buffers)) + ")");
         if (!s_.job.student_weights.empty()) {
             // one tensor at a time: its mapped pages and the loader's host buffers
             const bool hf = s_.student_from_hf();
@@ -873,7 +891,7 @@ private:
         return run_training(
             s_, "student", fp,
             [&](const std::string& dir) {
-                student_type s = make_student();
+                student_type s = make_student(distilled_mode());
                 const int B = s_.job.hyperparameters.loop.batch_size;
                 loss_type loss(s_.loss, dims(B));
                 loss::Workspace<float, Device> ws(loss, dims(B), device_);
@@ -919,7 +937,7 @@ private:
         return run_training(
             s_, "baseline", fp,
             [&](const std::string& dir) {
-                student_type s = make_student();
+                student_type s = make_student(training_mode(false));  // cross-entropy reads no attention
                 optimizer_type opt = make_optimizer<optimizer_type>(
                     trainable_parameters(s.parameters(), s_.job.frozen_parameters), s_.optimizer, s_);
                 optim::Schedule schedule(schedule_config(), steps);

@@ -29,14 +29,30 @@ namespace distill::student {
 /// or, for training in less memory, each block's output (the hidden states) and one block's working
 /// memory, the backward recomputing each block's activations from its input before differentiating
 /// it (`checkpointed`: activation checkpointing, one more forward of every block but the last per
-/// step; the gradients are those of `training`, bit for bit; attention maps and q|k|v are not kept,
-/// so losses that read them need `training`); or everything `training` keeps but the attention maps
-/// (`training_fused`, `Transformer` only: where the device has the fused attention kernels,
-/// `device::fused_attention_device`, attention runs fused and keeps a (B,H,T) log-sum-exp in place of
-/// the (B,H,T,T) map and its gradient; the gradients equal `training`'s to rounding; `attention(l)` and
-/// `qkv(l)` are not offered, so losses that read them need `training`). `inference` attends fused too
-/// on such a device.
+/// step; attention maps and q|k|v are not kept, so losses that read them need `training`); or
+/// everything `training` keeps but the attention maps (`training_fused`, `Transformer` only;
+/// `attention(l)` and `qkv(l)` are not offered, so losses that read them need `training`).
+/// On a device with the fused attention kernels (`device::fused_attention_device`) a `Transformer`
+/// attends fused in every mode but `training` (`attends_fused`): a (B,H,T) log-sum-exp in place of
+/// each (B,H,T,T) map, no map gradient, the tiles above the diagonal skipped; `training_fused`'s
+/// gradients then equal `training`'s to rounding. `checkpointed`'s gradients equal, bit for bit,
+/// those of the same model without checkpointing on the same attention path: `training_fused` where
+/// the device attends fused, `training` elsewhere (and for `Encoder`, which never attends fused).
 enum class activations { training, inference, checkpointed, training_fused };
+
+/// The enumerator's name: "training", "inference", "checkpointed" or "training_fused".
+constexpr const char* activations_name(activations mode) noexcept {
+    switch (mode) {
+        case activations::inference:
+            return "inference";
+        case activations::checkpointed:
+            return "checkpointed";
+        case activations::training_fused:
+            return "training_fused";
+        default:
+            return "training";
+    }
+}
 
 /// How a parameter's values are stored: `fp32` (the scalar type T) alone; `fp32_bf16` an fp32
 /// master copy (what optimizers update) and a bf16 copy the GEMMs read, refreshed from it

@@ -154,6 +154,39 @@ struct TransformerConfig {
 template <class T, class Device>
 class Transformer;
 
+/// Whether a `Transformer<T, Device>` built in `mode` attends fused (`flash_attention_forward` /
+/// `backward`: key tiles streamed through an online softmax, no (T,T) map, the tiles above the
+/// diagonal skipped): every mode but `training` (the one that keeps the maps), on a device with the
+/// fused kernels (`device::fused_attention_device`, e.g. device::Cpu). `checkpointed` attends fused in
+/// its forward and in its backward's recomputation alike, so its gradients are those of
+/// `training_fused`, bit for bit, where this holds, and those of `training` elsewhere.
+template <class T, class Device>
+constexpr bool attends_fused(activations mode) noexcept {
+    if constexpr (device::fused_attention_device<Device, T>)
+        return mode != activations::training;
+    else
+        return false;
+}
+
+/// The mode a `Transformer<T, Device>` trains in, one rule for every caller that builds a training
+/// student (the `distill` command's finetune stage, its memory plan): `checkpointed` with activation
+/// checkpointing; else `training_fused` where the device has the fused attention kernels and the loss
+/// reads no attention map or q|k|v (`loss::reads_attention`); else `training`. A loss that reads them
+/// cannot take activation checkpointing (the Distiller refuses the pair).
+template <class T, class Device>
+constexpr activations training_activations(bool checkpointing, bool reads_attention) noexcept {
+    if (checkpointing) return activations::checkpointed;
+    return !reads_attention && device::fused_attention_device<Device, T> ? activations::training_fused
+                                                                         : activations::training;
+}
+
+/// The attention path of a `Transformer<T, Device>` built in `mode`, for plans and logs: "fused
+/// attention" or "unfused attention".
+template <class T, class Device>
+constexpr const char* attention_path(activations mode) noexcept {
+    return attends_fused<T, Device>(mode) ? "fused attention" : "unfused attention";
+}
+
 /// Whether a `Transformer<T, Device>` built with `config` on `dev` stores its GEMM matrices in bf16
 /// (`TransformerConfig::bf16_weights`, under precision::bf16, on a device that multiplies by stored
 /// bf16 weights: device::Cpu with oneDNN, device::Cuda).
@@ -252,9 +285,10 @@ public:
     /// `config.context_length` tokens. Parameters start at zero; call `init` or load weights. With
     /// `activations::inference` the model only runs forwards: `backward` throws, `hidden_state(i)`
     /// exists for i = 0 and L only, `attention` and `qkv` not at all, and gradients are empty. With
-    /// `activations::checkpointed` it trains like `training` in less memory, without `attention` and `qkv`;
-    /// with `activations::training_fused` likewise, without a (B,H,T,T) buffer per layer where the
-    /// device has the fused attention kernels (`fused_attention()`).
+    /// `activations::checkpointed` it trains in less memory, without `attention` and `qkv`, attending
+    /// fused where the device has the fused attention kernels (`attends_fused`); with
+    /// `activations::training_fused` it keeps what `training` keeps but the maps, without a (B,H,T,T)
+    /// buffer per layer where the device has the fused attention kernels (`fused_attention()`).
     Transformer(const TransformerConfig& config, int max_batch, Device device = Device{},
                 activations mode = activations::training)
         : cfg_(config), dev_(device), max_batch_(max_batch), mode_(mode) {
@@ -386,14 +420,9 @@ public:
     /// Whether attention maps and q|k|v of a forward are kept (activations::training).
     bool keeps_attention() const noexcept { return mode_ == activations::training; }
     /// Whether attention runs fused, streaming key tiles through an online softmax with no (T,T)
-    /// map (`flash_attention_forward`/`backward`): activations::inference and training_fused, on a
-    /// device with the fused kernels (`device::fused_attention_device`, e.g. device::Cpu).
-    bool fused_attention() const noexcept {
-        if constexpr (device::fused_attention_device<Device, T>)
-            return mode_ == activations::inference || mode_ == activations::training_fused;
-        else
-            return false;
-    }
+    /// map (`flash_attention_forward`/`backward`): activations::inference, training_fused and
+    /// checkpointed, on a device with the fused kernels (`attends_fused`).
+    bool fused_attention() const noexcept { return attends_fused<T, Device>(mode_); }
     /// Whether `backward` runs (activations::training, checkpointed, training_fused).
     bool trains() const noexcept { return mode_ != activations::inference; }
 
@@ -924,11 +953,9 @@ public:
             const T* x_in = l ? act(layer_acts_[l - 1].res_out) : act(encoded_);
             // checkpointed: the blocks share one working memory, which holds the last block's
             // activations after the forward; the others are recomputed from their kept input
-            if (mode_ == activations::checkpointed && l + 1 < L)
-                block_forward(l, x_in, N, [&] {
-                    nn::attention_forward(dev_, act(a.atty), act(a.att), act(a.qkv), B, Tn, H, cfg_.kv_heads(),
-                                          cfg_.head_size());
-                });
+            // through the forward's own attention path (fused where the device has it: no map, and the
+            // log-sum-exp the fused backward reads), so that the recomputed activations are the forward's
+            if (mode_ == activations::checkpointed && l + 1 < L) block_forward(l, x_in, N, [&] { attend(l, B, Tn); });
             if (l + 1 < L)
                 if (const T* e = extra(d_hidden, l + 1, std::int64_t(N) * C))
                     accumulate(dev_, d_res, e, std::int64_t(N) * C);
@@ -946,10 +973,11 @@ public:
             linear_backward(act(d_atty_), w.proj_w, w.proj_b, d_res, act(a.atty), N, C, C);
             lora_linear_backward(l, 1, d_res, act(a.atty), act(d_atty_), N);
             const T* d_map = extra(d_attention, l, std::int64_t(B) * H * Tn * Tn);
-            if (d_map && mode_ == activations::training_fused)  // on every device, as attention(l) is refused
-                throw config_error("student", "backward: a gradient on attention map " + std::to_string(l) +
-                                                  " needs the map, which activations::training_fused does not "
-                                                  "keep; build the model with activations::training");
+            if (d_map && !keeps_attention())  // on every device, as attention(l) is refused
+                throw config_error("student",
+                                   "backward: a gradient on attention map " + std::to_string(l) +
+                                       " needs the map, which activations::" + std::string(activations_name(mode_)) +
+                                       " does not keep; build the model with activations::training");
             if (fused_attention()) {
                 if constexpr (device::fused_attention_device<Device, T>)
                     flash_attention_backward(dev_, act(d_qkv_), act(d_atty_), act(a.qkv), act(a.atty), act(a.att), B,
@@ -976,9 +1004,9 @@ public:
     /// Bytes of the activation arena: what a forward keeps and the backward's buffers.
     std::size_t activation_bytes() const noexcept { return sizeof(T) * act_arena_.size(); }
     /// Bytes of the backward's own buffers (the logits' gradient, the per-layer gradient scratch),
-    /// the same for activations::training and checkpointed (training_fused with fused attention: less
-    /// the attention map's gradient); the rest of `activation_bytes()` is what
-    /// a forward keeps for the backward and the losses.
+    /// the same in every training mode on the same attention path (fused attention: no attention map
+    /// gradient); the rest of `activation_bytes()` is what a forward keeps for the backward and the
+    /// losses.
     std::size_t backward_buffer_bytes() const noexcept {
         return trains() ? sizeof(T) * (act_arena_.size() - act_layout_.blocks()[dlogits_].offset) : 0;
     }
@@ -1073,8 +1101,8 @@ private:
                            Q = cfg_.qkv_width(), F1 = cfg_.fc_width();
         const std::int64_t rows_h = std::int64_t(max_batch_) * cfg_.n_heads * cfg_.context_length;
         const std::int64_t att = rows_h * cfg_.context_length;
-        // a layer's "att": the (B,H,T,T) map, or with fused attention the (B,H,T) log-sum-exp (training_fused)
-        // or attention_decode's scratch (inference), both B·H·T
+        // a layer's "att": the (B,H,T,T) map, or with fused attention the (B,H,T) log-sum-exp (training_fused,
+        // checkpointed) or attention_decode's scratch (inference), both B·H·T
         const std::int64_t att_layer = fused_attention() ? rows_h : att;
         auto add = [&](const char* name, std::int64_t n) { return act_layout_.add<T>(name, {n}); };
         encoded_ = add("encoded", N * C);
@@ -1158,9 +1186,9 @@ private:
                                               "activations::training");
         if (mode_ == activations::checkpointed)
             throw config_error("student", std::string(what) +
-                                              ": this model recomputes attention maps and q|k|v in backward "
-                                              "(activations::checkpointed) and keeps none; a loss that reads them "
-                                              "needs activations::training");
+                                              ": this model recomputes each block's activations in backward "
+                                              "(activations::checkpointed) and keeps no attention maps or q|k|v; a "
+                                              "loss that reads them needs activations::training");
     }
 
     void check_batch(const std::int32_t* tokens, int B, int Tn) const {

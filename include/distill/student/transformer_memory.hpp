@@ -46,8 +46,9 @@ struct TransformerMemory {
 
 /// The arenas a `Transformer<T, Device>(config, max_batch, device, mode)` allocates, without allocating
 /// (the device matters where it has the fused attention kernels: no (T,T) buffers in activations::
-/// inference and training_fused). `bf16_storage`: whether that device stores the GEMM matrices in bf16
-/// (`stores_bf16_weights(config, device)`: precision::bf16 on device::Cpu with oneDNN or device::Cuda) — then they take
+/// inference, training_fused and checkpointed, `attends_fused`). `bf16_storage`: whether that device stores the GEMM
+/// matrices in bf16 (`stores_bf16_weights(config, device)`: precision::bf16 on device::Cpu with oneDNN or
+/// device::Cuda) — then they take
 /// 2 bytes an element, beside their fp32 masters when they train, alone when frozen
 /// (activations::inference, LoRA, `frozen`). Throws `config_error` as the constructor does for a config
 /// out of range or max_batch < 1.
@@ -134,8 +135,7 @@ TransformerMemory transformer_memory(const TransformerConfig& config, int max_ba
     const std::int64_t N = std::int64_t(max_batch) * c.context_length;
     const std::int64_t rows_h = std::int64_t(max_batch) * H * c.context_length, att = rows_h * c.context_length;
     // Transformer::fused_attention(): a layer's att holds B·H·T (log-sum-exp or decode scratch)
-    const bool fused = device::fused_attention_device<Device, T> &&
-                       (mode == activations::inference || mode == activations::training_fused);
+    const bool fused = attends_fused<T, Device>(mode);
     const std::int64_t att_layer = fused ? rows_h : att;
     auto act = [&](std::int64_t n) { return acts.add<T>("", {n}); };
     act(N * C);  // encoded

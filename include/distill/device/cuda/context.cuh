@@ -242,18 +242,7 @@ struct Cuda {
 
     /// A device buffer of at least `bytes` for staging slot `slot` (0..8), reused across calls.
     void* staging(int slot, std::size_t bytes) const {
-        auto& [p, n] = state_->staging.at(static_cast<std::size_t>(slot));
-        if (n < bytes) {
-            if (p) {
-                synchronize();
-                DISTILL_CUDA_CHECK(cudaFree(p));
-                p = nullptr;
-            }
-            const std::size_t grown = std::max<std::size_t>(bytes, 2 * n);
-            DISTILL_CUDA_CHECK(cudaMalloc(&p, grown));
-            n = grown;
-        }
-        return p;
+        return grown(state_->staging.at(static_cast<std::size_t>(slot)), bytes);
     }
     /// `p` itself when the GPU can read it, else a copy of its `n` elements in staging slot `slot`.
     template <class T>
@@ -266,23 +255,28 @@ struct Cuda {
 
     /// A device buffer of at least `bytes` for the bf16 copies of one GEMM's operands, reused
     /// across calls (the stream orders its uses).
-    void* bf16_scratch(std::size_t bytes) const {
-        auto& [p, n] = state_->bf16_scratch;
+    void* bf16_scratch(std::size_t bytes) const { return grown(state_->bf16_scratch, bytes); }
+
+private:
+    void activate() const { DISTILL_CUDA_CHECK(cudaSetDevice(state_->ordinal)); }
+
+    // `buffer` (a device pointer and its bytes) with room for `bytes`: reallocated at twice its size or
+    // more when it is short, once the stream is done with the old one
+    void* grown(std::pair<void*, std::size_t>& buffer, std::size_t bytes) const {
+        auto& [p, n] = buffer;
         if (n < bytes) {
             if (p) {
                 synchronize();
                 DISTILL_CUDA_CHECK(cudaFree(p));
                 p = nullptr;
             }
-            const std::size_t grown = std::max<std::size_t>(bytes, 2 * n);
-            DISTILL_CUDA_CHECK(cudaMalloc(&p, grown));
-            n = grown;
+            const std::size_t size = std::max<std::size_t>(bytes, 2 * n);
+            DISTILL_CUDA_CHECK(cudaMalloc(&p, size));
+            n = size;
         }
         return p;
     }
 
-private:
-    void activate() const { DISTILL_CUDA_CHECK(cudaSetDevice(state_->ordinal)); }
     void set_precision(precision p) {
         if (p == precision::bf16) {
             const std::string why = bf16_unsupported_reason(state_->ordinal);

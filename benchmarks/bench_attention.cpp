@@ -1,8 +1,9 @@
 // The causal attention core alone on device::Cpu: the unfused path (nn::attention_forward/backward:
 // a (B,H,T,T) score GEMM, the softmax, the value GEMM) against the fused kernels
 // (flash_attention_forward/backward: key tiles through an online softmax, no (T,T) buffer). Prints
-// the best of --reps runs of each, in ms. Defaults: the medium train step's teacher (B 8, T 256,
-// 8 heads of 64).
+// the best of --reps runs of each, in ms, and the instruction set the fused tiles ran on (the
+// run-time choice of device/cpu/isa.hpp; DISTILL_CPU_ISA=sse2|avx2|avx512 caps it). Defaults: the
+// medium train step's teacher (B 8, T 256, 8 heads of 64).
 //
 //   bench_attention [--batch 8] [--seq 256] [--heads 8] [--kv-heads 8] [--head-size 64] [--threads 1]
 //                   [--reps 7]
@@ -20,14 +21,6 @@
 using namespace distill;
 
 int main(int argc, char** argv) {
-#if !DISTILL_CPU_FUSED_ATTENTION
-    (void)argc;
-    (void)argv;
-    std::fprintf(stderr,
-                 "this build has no fused attention kernels (no AVX2 with oneDNN linked; see "
-                 "device/cpu/flash_attention.hpp)\n");
-    return 2;
-#else
     int B = 8, T = 256, H = 8, Hkv = 0, hs = 64, threads = 1, reps = 7;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
@@ -85,9 +78,8 @@ int main(int argc, char** argv) {
     const double fb = best([&] {
         flash_attention_backward(dev, dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), B, T, H, Hkv, hs);
     });
-    std::printf("attention B=%d T=%d H=%d Hkv=%d hs=%d, %d threads (best of %d, ms)\n", B, T, H, Hkv, hs, threads,
-                reps);
+    std::printf("attention B=%d T=%d H=%d Hkv=%d hs=%d, %d threads, tiles on %s (best of %d, ms)\n", B, T, H, Hkv, hs,
+                threads, device::to_string(device::row_kernel_isa()), reps);
     std::printf("forward:  unfused %.2f  fused %.2f  (%.2fx)\n", uf, ff, uf / ff);
     std::printf("backward: unfused %.2f  fused %.2f  (%.2fx)\n", ub, fb, ub / fb);
-#endif
 }

@@ -1,11 +1,16 @@
 // The row kernels' run-time instruction set (device/cpu/isa.hpp): every dispatched kernel on every
-// ISA this CPU runs against the plain-loop reference, and bit-identical run to run. Built without
+// ISA this CPU runs against the plain-loop reference, and bit-identical run to run; the fused
+// attention's tile kernels (tile_gemm, transpose, the tile softmax, probabilities and score
+// gradient) against loops in double. Built without
 // -march (tests/CMakeLists.txt: distill_isa_tests), as a user's plain Release build compiles them;
 // under -march=native on an AVX-512 host there is one ISA, the compile-time path.
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -116,6 +121,104 @@ TEST_CASE("row kernels: every run-time ISA equals Reference (float)") {
         check_close("swiglu", sw.data(), sw0.data(), std::int64_t(sw.size()), 1e-6, 1e-5);
         swiglu_backward(cpu, dsw.data(), x.data(), dy.data(), N, Fw);
         check_close("swiglu grad", dsw.data(), dsw0.data(), std::int64_t(dsw.size()), 1e-6, 1e-5);
+    }
+}
+
+TEST_CASE("attention tile kernels: every run-time ISA equals loops in double") {
+    namespace rowk = device::detail::rowk;
+    // a product of M x N over K: A row-major (lda) or transposed, B and C row-major; sizes with a row
+    // tail on every block height and a column tail (whole vectors, then scalars) on every width
+    const int M = 23, N = 45, K = 19, lda = 29, ldb = 53, ldc = 47;
+    const auto A = random_vector<float>(std::size_t(lda) * std::max(M, K), 41);
+    const auto Bm = random_vector<float>(std::size_t(K) * ldb, 42);
+    const auto C0 = random_vector<float>(std::size_t(M) * ldc, 43);
+    // the transpose: n = 37 keys of hs = 21 (tails on both sides), source rows of 50
+    const int n = 37, hs = 21, ldx = 50, ldy = 48;
+    const auto X = random_vector<float>(std::size_t(n) * ldx, 44);
+    // a score tile of 27 query rows (i0 = 70) against 37 keys (k0 = 64): rows before, across and past
+    // the diagonal; rows of ld 48 (room for the whole vectors past cols); head size 21
+    const int rows = 27, cols = 37, ld = 48, i0 = 70, k0 = 64;
+    const float scale = 0.3f;
+    const auto S0 = random_vector<float>(std::size_t(rows) * ld, 45, 4.0);
+    const auto O0 = random_vector<float>(std::size_t(rows) * hs, 46);
+    auto m0 = random_vector<float>(rows, 47, 4.0);
+    const auto l0 = std::vector<float>(rows, 3.0f);
+    std::vector<float> lse(i0 + rows);
+    for (int r = 0; r < rows; ++r) lse[i0 + r] = m0[r] + 2.0f;
+    const auto D = random_vector<float>(rows, 48);
+    const auto dP = random_vector<float>(S0.size(), 49);
+
+    for (const auto isa : available()) {
+        const std::string isa_name = device::to_string(isa);
+        CAPTURE(isa_name);
+        for (const bool trans : {false, true})
+            for (const bool acc : {false, true}) {
+                CAPTURE(trans);
+                CAPTURE(acc);
+                auto C = C0;
+                const std::int64_t ai = trans ? 1 : lda, ak = trans ? lda : 1;
+                rowk::run_kernel<rowk::tile_gemm>(isa, M, N, K, 0.75f, A.data(), ai, ak, Bm.data(), std::int64_t(ldb),
+                                                  C.data(), std::int64_t(ldc), acc);
+                std::vector<double> want(C.size());
+                for (int i = 0; i < M; ++i)
+                    for (int j = 0; j < ldc; ++j) {
+                        double sum = 0;
+                        for (int k = 0; k < K; ++k) sum += double(A[i * ai + k * ak]) * Bm[k * ldb + j];
+                        const std::size_t e = std::size_t(i) * ldc + j;
+                        want[e] = j >= N ? C0[e] : 0.75 * sum + (acc ? C0[e] : 0.0);  // past N: untouched
+                    }
+                check_close("tile_gemm", C.data(), want.data(), std::int64_t(C.size()), 1e-5, 1e-5);
+            }
+
+        std::vector<float> Y(std::size_t(hs) * ldy, 7.0f);
+        rowk::run_kernel<rowk::transpose>(isa, Y.data(), std::int64_t(ldy), X.data(), std::int64_t(ldx), n, hs);
+        // transposed for t < n, zero up to the next whole vector of the ISA's width, untouched past it
+        const int width = isa == device::cpu_isa::avx512 ? 16 : isa == device::cpu_isa::avx2 ? 8 : 4;
+        const int padded = (n + width - 1) / width * width;
+        std::vector<float> want(Y.size(), 7.0f);
+        for (int d = 0; d < hs; ++d)
+            for (int t = 0; t < padded; ++t) want[d * ldy + t] = t < n ? X[t * ldx + d] : 0.0f;
+        CHECK(Y == want);
+
+        for (const bool first : {true, false}) {
+            CAPTURE(first);
+            auto S = S0, O = O0, m = m0, l = l0;
+            rowk::run_kernel<rowk::flash_softmax_tile>(isa, S.data(), ld, rows, cols, i0, k0, m.data(), l.data(),
+                                                       O.data(), hs, scale, first);
+            for (int r = 0; r < rows; ++r) {
+                CAPTURE(r);
+                const int keys = std::clamp(i0 + r + 1 - k0, 0, cols);
+                double mx = first ? -std::numeric_limits<double>::infinity() : m0[r], sum = 0;
+                for (int c = 0; c < keys; ++c) mx = std::max(mx, double(S0[r * ld + c]));
+                std::vector<double> p(cols, 0.0);
+                for (int c = 0; c < keys; ++c) sum += p[c] = std::exp((S0[r * ld + c] - mx) * scale);
+                const double alpha = first ? 0.0 : std::exp((m0[r] - mx) * scale);
+                std::vector<double> o(hs);
+                for (int d = 0; d < hs; ++d) o[d] = first ? O0[r * hs + d] : O0[r * hs + d] * alpha;
+                check_close("softmax tile p", S.data() + r * ld, p.data(), cols, 1e-7, 1e-5);
+                CHECK(double(m[r]) == (keys > 0 ? mx : double(m0[r])));
+                const double l_want = keys == 0 ? l0[r] : first ? sum : l0[r] * alpha + sum;
+                check_close("softmax tile l", &l[r], &l_want, 1, 1e-7, 1e-5);
+                if (keys > 0) check_close("softmax tile O", O.data() + r * hs, o.data(), hs, 1e-7, 1e-5);
+            }
+        }
+
+        auto P = S0;
+        rowk::run_kernel<rowk::flash_probabilities>(isa, P.data(), ld, rows, cols, i0, k0, lse.data(), scale);
+        for (int r = 0; r < rows; ++r) {
+            const int keys = std::clamp(i0 + r + 1 - k0, 0, cols);
+            std::vector<double> p(cols, 0.0);
+            for (int c = 0; c < keys; ++c) p[c] = std::exp((double(S0[r * ld + c]) - lse[i0 + r]) * scale);
+            check_close("probabilities", P.data() + r * ld, p.data(), cols, 1e-7, 1e-5);
+        }
+        auto dS = dP;
+        rowk::run_kernel<rowk::flash_scores_grad>(isa, dS.data(), static_cast<const float*>(P.data()), ld, D.data(),
+                                                  rows, cols);
+        for (int r = 0; r < rows; ++r) {
+            std::vector<double> g(cols);
+            for (int c = 0; c < cols; ++c) g[c] = double(P[r * ld + c]) * (double(dP[r * ld + c]) - D[r]);
+            check_close("scores grad", dS.data() + r * ld, g.data(), cols, 1e-7, 1e-6);
+        }
     }
 }
 

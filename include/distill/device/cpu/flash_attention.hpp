@@ -7,58 +7,141 @@
 /// probability tile from q, k and the forward's per-row log-sum-exp. Same q|k|v layout and
 /// grouped-query rule as `nn::attention_forward` (query head h reads kv head h / (H / Hkv)).
 ///
-/// The tile products go through Eigen's GEMM kernel on this thread's packing buffers
-/// (`detail::gemm_block`); a tile is 64 query rows × 64 keys, so a tile of scores, the output
-/// accumulator and the q, k, v tiles (head size 64) stay in L2. Work units are independent and split
-/// by a fixed rule, so results do not depend on the thread count; there are no atomics.
+/// The tile products are `rowk::tile_gemm` (`cpu/isa.hpp`): a register-blocked broadcast-FMA kernel
+/// on the widest vectors the CPU has, chosen at run time like the row kernels, so a build without
+/// -march runs them on AVX2 or AVX-512 too; so do the tiles' exponentials and rescaling
+/// (`rowk::flash_softmax_tile`, `flash_probabilities`, `flash_scores_grad`). Products against kᵀ
+/// and vᵀ read a copy of k and v transposed once per call (per (sequence, kv head): hs × T, zero
+/// up to a multiple of 16 keys), so every kernel streams contiguous rows. fp64 runs the same
+/// schedule on Eigen's GEMM kernel (`detail::gemm_block`) and arrays. A tile is 64 query rows × 64
+/// keys, so a tile of scores, the output accumulator and the q, k, v tiles (head size 64) stay in
+/// L2. Work units are independent and split by a fixed rule, and no kernel's bits depend on a
+/// buffer's address, so results do not depend on the thread count; there are no atomics.
 ///
-/// Declared only where they pay (`DISTILL_CPU_FUSED_ATTENTION` is then 1): Eigen's kernels compiled
-/// for AVX2 or more, or no oneDNN. A build without AVX2 that links oneDNN runs the unfused path's
-/// products as batched oneDNN matmuls on the host's ISA, and there the fused tiles on Eigen's SSE2
-/// kernel measured 2-5x slower (bench_attention); without the kernels `device::fused_attention_device`
-/// is false and the models keep the unfused path.
+/// `DISTILL_CPU_FUSED_ATTENTION` is 1 in every build (it was 0 in builds without AVX2 that link
+/// oneDNN while the tiles ran on Eigen's kernel at the build's ISA); it stays for code that tests it.
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "distill/detail/parallel.hpp"
+#include "distill/device/cpu/isa.hpp"
 #include "distill/device/cpu/layers.hpp"
 
-#if defined(__AVX2__) || !defined(DISTILL_WITH_DNNL)
 #define DISTILL_CPU_FUSED_ATTENTION 1
-#else
-#define DISTILL_CPU_FUSED_ATTENTION 0
-#endif
 
-#if DISTILL_CPU_FUSED_ATTENTION
 namespace distill::device {
 
 namespace detail {
 
 inline constexpr int flash_tile = 64;  // query rows and keys per tile
+inline constexpr int flash_pad = 16;   // the transposed k and v padded to a multiple of this many keys
 
-// This thread's scratch of at least n elements, kept across calls (no allocation in a steady step),
-// aligned for Eigen's packets: an unaligned row would have its head peeled into scalar code (std::exp,
-// other FMA contraction), and its bits would depend on which thread's buffer it landed in.
-template <class T>
+// This thread's scratch of at least n elements, kept across calls (no allocation in a steady step).
+// `Slot` tells apart buffers that live at once on one thread (the workers' tiles, the calling
+// thread's transposed k and v, which its own tiles read while it works as one of the threads).
+template <class T, int Slot = 0>
 T* flash_scratch(std::size_t n) {
     thread_local std::vector<T, Eigen::aligned_allocator<T>> buffer;
     if (buffer.size() < n) buffer.resize(n);
     return buffer.data();
 }
 
+inline int flash_round_up(int n) { return (n + flash_pad - 1) / flash_pad * flash_pad; }
+
+// kt (B, Hkv, hs, Tp) = the k (offset 0) or v (offset Hkv hs) columns of qkv transposed, zero for
+// keys Tn..Tp; Tp = flash_round_up(Tn). Parallel over (b, kv head).
+template <class T>
+void flash_transpose(const Cpu& dev, cpu_isa isa, T* kt, const T* qkv, int offset, int B, int Tn, int H, int Hkv,
+                     int hs) {
+    const int row = (H + 2 * Hkv) * hs, Tp = flash_round_up(Tn), C = H * hs;
+    distill::detail::parallel_for(dev.threads(), std::int64_t(B) * Hkv, [&](std::int64_t u) {
+        const int b = static_cast<int>(u / Hkv), j = static_cast<int>(u % Hkv);
+        const T* x = qkv + std::int64_t(b) * Tn * row + C + offset + j * hs;
+        T* y = kt + u * hs * Tp;
+        for (int d = 0; d < hs; ++d) std::fill(y + std::int64_t(d) * Tp + Tn, y + std::int64_t(d + 1) * Tp, T(0));
+        if constexpr (std::is_same_v<T, float>)
+            rowk::run_kernel<rowk::transpose>(isa, y, std::int64_t(Tp), x, std::int64_t(row), Tn, hs);
+        else
+            for (int t = 0; t < Tn; ++t)
+                for (int d = 0; d < hs; ++d) y[std::int64_t(d) * Tp + t] = x[std::int64_t(t) * row + d];
+    });
+}
+
+// C(M,N) = alpha op(A) B, or C += alpha op(A) B (`accumulate`); row-major A (lda; transposed when
+// trans_a), B (ldb) and C (ldc). fp32: rowk::tile_gemm on the run-time ISA; fp64: Eigen's kernel.
+template <class T>
+void flash_gemm(cpu_isa isa, bool trans_a, int M, int N, int K, T alpha, const T* A, int lda, const T* B, int ldb, T* C,
+                int ldc, bool accumulate) {
+    if constexpr (std::is_same_v<T, float>) {
+        rowk::run_kernel<rowk::tile_gemm>(isa, M, N, K, alpha, A, std::int64_t(trans_a ? 1 : lda),
+                                          std::int64_t(trans_a ? lda : 1), B, std::int64_t(ldb), C, std::int64_t(ldc),
+                                          accumulate);
+    } else {
+        if (!accumulate)
+            for (int i = 0; i < M; ++i) std::fill_n(C + std::int64_t(i) * ldc, N, T(0));
+        gemm_block<T>(trans_a, false, M, N, K, alpha, A, lda, B, ldb, C, ldc);
+    }
+}
+
 // The probabilities of one tile in place: S (rows, cols, leading dimension ld) holds raw scores of
 // queries i0.. against keys k0..; p = exp((s - lse_t)·scale) on and below the diagonal, 0 above.
 template <class T>
-void flash_probabilities(T* S, int ld, int rows, int cols, int i0, int k0, const T* lse, T scale) {
-    for (int r = 0; r < rows; ++r) {
-        T* s = S + std::int64_t(r) * ld;
-        const int n = std::clamp(i0 + r + 1 - k0, 0, cols);
-        Array<T> p(s, n);
-        p = ((p - lse[i0 + r]) * scale).exp();
-        std::fill(s + n, s + cols, T(0));
+void flash_probabilities(cpu_isa isa, T* S, int ld, int rows, int cols, int i0, int k0, const T* lse, T scale) {
+    if constexpr (std::is_same_v<T, float>) {
+        rowk::run_kernel<rowk::flash_probabilities>(isa, S, ld, rows, cols, i0, k0, lse, scale);
+    } else {
+        for (int r = 0; r < rows; ++r) {
+            T* s = S + std::int64_t(r) * ld;
+            const int n = std::clamp(i0 + r + 1 - k0, 0, cols);
+            Array<T> p(s, n);
+            p = ((p - lse[i0 + r]) * scale).exp();
+            std::fill(s + n, s + cols, T(0));
+        }
+    }
+}
+
+// The forward's online softmax on one score tile (see rowk::flash_softmax_tile).
+template <class T>
+void flash_softmax_tile(cpu_isa isa, T* S, int ld, int rows, int cols, int i0, int k0, T* m, T* l, T* O, int hs,
+                        T scale) {
+    if constexpr (std::is_same_v<T, float>) {
+        rowk::run_kernel<rowk::flash_softmax_tile>(isa, S, ld, rows, cols, i0, k0, m, l, O, hs, scale, k0 == 0);
+    } else {
+        for (int r = 0; r < rows; ++r) {
+            T* s = S + std::int64_t(r) * ld;
+            const int n = std::clamp(i0 + r + 1 - k0, 0, cols);  // keys at or before the query
+            if (n > 0) {
+                Array<T> p(s, n);
+                const T mx = k0 == 0 ? p.maxCoeff() : std::max(m[r], p.maxCoeff());
+                p = ((p - mx) * scale).exp();
+                if (k0 == 0) {
+                    l[r] = p.sum();
+                } else {
+                    const T alpha = std::exp((m[r] - mx) * scale);  // rescales what earlier tiles summed
+                    l[r] = l[r] * alpha + p.sum();
+                    if (alpha != T(1)) Array<T>(O + std::int64_t(r) * hs, hs) *= alpha;
+                }
+                m[r] = mx;
+            }
+            std::fill(s + n, s + cols, T(0));
+        }
+    }
+}
+
+// dS = P ∘ (dP − D) in place of dP (rows, cols; leading dimension ld for both).
+template <class T>
+void flash_scores_grad(cpu_isa isa, T* dS, const T* P, int ld, const T* D, int rows, int cols) {
+    if constexpr (std::is_same_v<T, float>) {
+        rowk::run_kernel<rowk::flash_scores_grad>(isa, dS, P, ld, D, rows, cols);
+    } else {
+        for (int r = 0; r < rows; ++r) {
+            Array<T> d(dS + std::int64_t(r) * ld, cols);
+            d = ConstArray<T>(P + std::int64_t(r) * ld, cols) * (d - D[r]);
+        }
     }
 }
 
@@ -71,16 +154,19 @@ void flash_probabilities(T* S, int ld, int rows, int cols, int i0, int k0, const
 template <class T>
 void flash_attention_forward(const Cpu& dev, T* out, T* lse, const T* qkv, int B, int Tn, int H, int Hkv, int hs) {
     using namespace detail;
-    const int C = H * hs, row = (H + 2 * Hkv) * hs, G = H / Hkv, Bt = flash_tile;
+    const int C = H * hs, row = (H + 2 * Hkv) * hs, G = H / Hkv, Bt = flash_tile, Tp = flash_round_up(Tn);
     const T scale = T(1) / std::sqrt(T(hs));
     const int tiles = (Tn + Bt - 1) / Bt;
+    const cpu_isa isa = row_kernel_isa();
+    T* kt = flash_scratch<T, 1>(std::size_t(B) * Hkv * hs * Tp);  // kᵀ per (b, kv head)
+    flash_transpose(dev, isa, kt, qkv, 0, B, Tn, H, Hkv, hs);
     distill::detail::parallel_for(dev.threads(), std::int64_t(B) * H * tiles, [&](std::int64_t u) {
         const int tile = static_cast<int>(u % tiles), bh = static_cast<int>(u / tiles);
         const int b = bh / H, h = bh % H, j = h / G;
         const int i0 = tile * Bt, rows = std::min(Bt, Tn - i0), i1 = i0 + rows;
         const T* x = qkv + std::int64_t(b) * Tn * row;
         const T* q = x + std::int64_t(i0) * row + h * hs;
-        const T* k = x + C + j * hs;
+        const T* ktj = kt + (std::int64_t(b) * Hkv + j) * hs * Tp;
         const T* v = x + C + Hkv * hs + j * hs;
         T* S = flash_scratch<T>(std::size_t(Bt) * (Bt + hs + 2));
         T* O = S + Bt * Bt;
@@ -90,29 +176,11 @@ void flash_attention_forward(const Cpu& dev, T* out, T* lse, const T* qkv, int B
         std::fill(l, l + rows, T(0));
         for (int k0 = 0; k0 < i1; k0 += Bt) {
             const int cols = std::min(Bt, i1 - k0);
-            std::fill(S, S + rows * Bt, T(0));
             // S (rows,cols) = q_tile · k_tileᵀ, raw: scaled after the maximum, as causal_softmax_forward
-            gemm_block<T>(false, true, rows, cols, hs, T(1), q, row, k + std::int64_t(k0) * row, row, S, Bt);
-            for (int r = 0; r < rows; ++r) {
-                T* s = S + std::int64_t(r) * Bt;
-                const int n = std::clamp(i0 + r + 1 - k0, 0, cols);  // keys at or before the query
-                if (n > 0) {
-                    Array<T> p(s, n);
-                    const T mx = k0 == 0 ? p.maxCoeff() : std::max(m[r], p.maxCoeff());
-                    p = ((p - mx) * scale).exp();
-                    if (k0 == 0) {
-                        l[r] = p.sum();
-                    } else {
-                        const T alpha = std::exp((m[r] - mx) * scale);  // rescales what earlier tiles summed
-                        l[r] = l[r] * alpha + p.sum();
-                        if (alpha != T(1)) Array<T>(O + std::int64_t(r) * hs, hs) *= alpha;
-                    }
-                    m[r] = mx;
-                }
-                std::fill(s + n, s + cols, T(0));
-            }
+            flash_gemm<T>(isa, false, rows, flash_round_up(cols), hs, T(1), q, row, ktj + k0, Tp, S, Bt, false);
+            flash_softmax_tile<T>(isa, S, Bt, rows, cols, i0, k0, m, l, O, hs, scale);
             // O (rows,hs) += P (rows,cols) · v_tile (cols,hs)
-            gemm_block<T>(false, false, rows, hs, cols, T(1), S, Bt, v + std::int64_t(k0) * row, row, O, hs);
+            flash_gemm<T>(isa, false, rows, hs, cols, T(1), S, Bt, v + std::int64_t(k0) * row, row, O, hs, true);
         }
         for (int r = 0; r < rows; ++r) {
             const int t = i0 + r;
@@ -135,9 +203,15 @@ template <class T>
 void flash_attention_backward(const Cpu& dev, T* dqkv, const T* dout, const T* qkv, const T* out, const T* lse, int B,
                               int Tn, int H, int Hkv, int hs) {
     using namespace detail;
-    const int C = H * hs, row = (H + 2 * Hkv) * hs, G = H / Hkv, Bt = flash_tile;
+    const int C = H * hs, row = (H + 2 * Hkv) * hs, G = H / Hkv, Bt = flash_tile, Tp = flash_round_up(Tn);
     const T scale = T(1) / std::sqrt(T(hs));
     const int tiles = (Tn + Bt - 1) / Bt;
+    const cpu_isa isa = row_kernel_isa();
+    const std::int64_t slab = std::int64_t(hs) * Tp;  // one (b, kv head)'s kᵀ or vᵀ
+    T* kt = flash_scratch<T, 1>(std::size_t(2) * B * Hkv * slab);
+    T* vt = kt + std::int64_t(B) * Hkv * slab;
+    flash_transpose(dev, isa, kt, qkv, 0, B, Tn, H, Hkv, hs);
+    flash_transpose(dev, isa, vt, qkv, Hkv * hs, B, Tn, H, Hkv, hs);
     // D (rows) of query head h, rows i0..: D_t = dout_t · out_t
     auto row_dots = [&](T* D, int b, int h, int i0, int rows) {
         for (int r = 0; r < rows; ++r) {
@@ -145,19 +219,22 @@ void flash_attention_backward(const Cpu& dev, T* dqkv, const T* dout, const T* q
             D[r] = (ConstArray<T>(dout + o, hs) * ConstArray<T>(out + o, hs)).sum();
         }
     };
+    // P (rows,cols) = exp(q_tile · k_tileᵀ · scale − lse) on and below the diagonal (k_tileᵀ: ktj + k0)
+    auto probabilities = [&](T* P, const T* q, const T* ktj, const T* lse_h, int i0, int k0, int rows, int cols) {
+        flash_gemm<T>(isa, false, rows, flash_round_up(cols), hs, T(1), q, row, ktj + k0, Tp, P, Bt, false);
+        flash_probabilities<T>(isa, P, Bt, rows, cols, i0, k0, lse_h, scale);
+    };
     // dP (rows,cols) = dout_tile · v_tileᵀ, then dS = P ∘ (dP − D) in place
-    auto scores_grad = [&](T* dS, const T* P, const T* D, const T* dy, const T* v, int rows, int cols) {
-        std::fill(dS, dS + rows * Bt, T(0));
-        gemm_block<T>(false, true, rows, cols, hs, T(1), dy, C, v, row, dS, Bt);
-        for (int r = 0; r < rows; ++r) {
-            Array<T> d(dS + std::int64_t(r) * Bt, cols);
-            d = ConstArray<T>(P + std::int64_t(r) * Bt, cols) * (d - D[r]);
-        }
+    auto scores_grad = [&](T* dS, const T* P, const T* D, const T* dy, const T* vtj, int k0, int rows, int cols) {
+        flash_gemm<T>(isa, false, rows, flash_round_up(cols), hs, T(1), dy, C, vtj + k0, Tp, dS, Bt, false);
+        flash_scores_grad<T>(isa, dS, P, Bt, D, rows, cols);
     };
     if (std::int64_t(B) * Hkv >= 4 * std::int64_t(dev.threads())) {
         distill::detail::parallel_for(dev.threads(), std::int64_t(B) * Hkv, [&](std::int64_t u) {
             const int b = static_cast<int>(u / Hkv), j = static_cast<int>(u % Hkv);
             const T* x = qkv + std::int64_t(b) * Tn * row;
+            const T* ktj = kt + u * slab;
+            const T* vtj = vt + u * slab;
             T* g = dqkv + std::int64_t(b) * Tn * row;
             T* P = flash_scratch<T>(std::size_t(Bt) * (2 * Bt + 2 * hs) + std::size_t(G) * Tn);
             T* dS = P + Bt * Bt;
@@ -169,23 +246,19 @@ void flash_attention_backward(const Cpu& dev, T* dqkv, const T* dout, const T* q
             for (int k0 = 0; k0 < Tn; k0 += Bt) {
                 const int cols = std::min(Bt, Tn - k0);
                 const T* k = x + std::int64_t(k0) * row + C + j * hs;
-                const T* v = x + std::int64_t(k0) * row + C + Hkv * hs + j * hs;
-                std::fill(dK, dK + cols * hs, T(0));
-                std::fill(dV, dV + cols * hs, T(0));
                 for (int i = 0; i < G; ++i) {
                     const int h = j * G + i;
                     for (int i0 = k0; i0 < Tn; i0 += Bt) {  // query tiles at or after the key tile
                         const int rows = std::min(Bt, Tn - i0);
                         const T* q = x + std::int64_t(i0) * row + h * hs;
                         const T* dy = dout + (std::int64_t(b) * Tn + i0) * C + h * hs;
-                        std::fill(P, P + rows * Bt, T(0));
-                        gemm_block<T>(false, true, rows, cols, hs, T(1), q, row, k, row, P, Bt);
-                        flash_probabilities(P, Bt, rows, cols, i0, k0, lse + (std::int64_t(b) * H + h) * Tn, scale);
-                        gemm_block<T>(true, false, cols, hs, rows, T(1), P, Bt, dy, C, dV, hs);  // dV += Pᵀ dout
-                        scores_grad(dS, P, D + std::int64_t(i) * Tn + i0, dy, v, rows, cols);
-                        gemm_block<T>(true, false, cols, hs, rows, scale, dS, Bt, q, row, dK, hs);  // dK += scale dSᵀ q
-                        gemm_block<T>(false, false, rows, hs, cols, scale, dS, Bt, k, row,
-                                      g + std::int64_t(i0) * row + h * hs, row);  // dq += scale dS k
+                        const bool first = i == 0 && i0 == k0;  // dK, dV of this key tile start here
+                        probabilities(P, q, ktj, lse + (std::int64_t(b) * H + h) * Tn, i0, k0, rows, cols);
+                        flash_gemm<T>(isa, true, cols, hs, rows, T(1), P, Bt, dy, C, dV, hs, !first);  // dV += Pᵀ dout
+                        scores_grad(dS, P, D + std::int64_t(i) * Tn + i0, dy, vtj, k0, rows, cols);
+                        flash_gemm<T>(isa, true, cols, hs, rows, scale, dS, Bt, q, row, dK, hs, !first);  // dK += scale dSᵀ q
+                        flash_gemm<T>(isa, false, rows, hs, cols, scale, dS, Bt, k, row, g + std::int64_t(i0) * row + h * hs,
+                                      row, true);  // dq += scale dS k
                     }
                 }
                 for (int c = 0; c < cols; ++c) {
@@ -202,27 +275,24 @@ void flash_attention_backward(const Cpu& dev, T* dqkv, const T* dout, const T* q
         const int b = bj / Hkv, j = bj % Hkv;
         const int k0 = tile * Bt, cols = std::min(Bt, Tn - k0);
         const T* x = qkv + std::int64_t(b) * Tn * row;
-        const T* k = x + std::int64_t(k0) * row + C + j * hs;
-        const T* v = x + std::int64_t(k0) * row + C + Hkv * hs + j * hs;
+        const T* ktj = kt + bj * slab;
+        const T* vtj = vt + bj * slab;
         T* P = flash_scratch<T>(std::size_t(Bt) * (2 * Bt + 2 * hs + 1));
         T* dS = P + Bt * Bt;
         T* dK = dS + Bt * Bt;
         T* dV = dK + Bt * hs;
         T* D = dV + Bt * hs;
-        std::fill(dK, dK + cols * hs, T(0));
-        std::fill(dV, dV + cols * hs, T(0));
         for (int h = j * G; h < (j + 1) * G; ++h)
             for (int i0 = k0; i0 < Tn; i0 += Bt) {  // query tiles at or after the key tile
                 const int rows = std::min(Bt, Tn - i0);
                 const T* q = x + std::int64_t(i0) * row + h * hs;
                 const T* dy = dout + (std::int64_t(b) * Tn + i0) * C + h * hs;
-                std::fill(P, P + rows * Bt, T(0));
-                gemm_block<T>(false, true, rows, cols, hs, T(1), q, row, k, row, P, Bt);
-                flash_probabilities(P, Bt, rows, cols, i0, k0, lse + (std::int64_t(b) * H + h) * Tn, scale);
-                gemm_block<T>(true, false, cols, hs, rows, T(1), P, Bt, dy, C, dV, hs);  // dV += Pᵀ dout
+                const bool first = h == j * G && i0 == k0;
+                probabilities(P, q, ktj, lse + (std::int64_t(b) * H + h) * Tn, i0, k0, rows, cols);
+                flash_gemm<T>(isa, true, cols, hs, rows, T(1), P, Bt, dy, C, dV, hs, !first);  // dV += Pᵀ dout
                 row_dots(D, b, h, i0, rows);
-                scores_grad(dS, P, D, dy, v, rows, cols);
-                gemm_block<T>(true, false, cols, hs, rows, scale, dS, Bt, q, row, dK, hs);  // dK += scale dSᵀ q
+                scores_grad(dS, P, D, dy, vtj, k0, rows, cols);
+                flash_gemm<T>(isa, true, cols, hs, rows, scale, dS, Bt, q, row, dK, hs, !first);  // dK += scale dSᵀ q
             }
         T* g = dqkv + std::int64_t(b) * Tn * row + std::int64_t(k0) * row;
         for (int c = 0; c < cols; ++c) {
@@ -238,21 +308,19 @@ void flash_attention_backward(const Cpu& dev, T* dqkv, const T* dout, const T* q
         const T* x = qkv + std::int64_t(b) * Tn * row;
         const T* q = x + std::int64_t(i0) * row + h * hs;
         const T* dy = dout + (std::int64_t(b) * Tn + i0) * C + h * hs;
+        const T* ktj = kt + (std::int64_t(b) * Hkv + j) * slab;
+        const T* vtj = vt + (std::int64_t(b) * Hkv + j) * slab;
         T* P = flash_scratch<T>(std::size_t(Bt) * (2 * Bt + hs + 1));
         T* dS = P + Bt * Bt;
         T* dQ = dS + Bt * Bt;
         T* D = dQ + Bt * hs;
-        std::fill(dQ, dQ + rows * hs, T(0));
         row_dots(D, b, h, i0, rows);
         for (int k0 = 0; k0 < i1; k0 += Bt) {
             const int cols = std::min(Bt, i1 - k0);
             const T* k = x + std::int64_t(k0) * row + C + j * hs;
-            const T* v = x + std::int64_t(k0) * row + C + Hkv * hs + j * hs;
-            std::fill(P, P + rows * Bt, T(0));
-            gemm_block<T>(false, true, rows, cols, hs, T(1), q, row, k, row, P, Bt);
-            flash_probabilities(P, Bt, rows, cols, i0, k0, lse + std::int64_t(bh) * Tn, scale);
-            scores_grad(dS, P, D, dy, v, rows, cols);
-            gemm_block<T>(false, false, rows, hs, cols, scale, dS, Bt, k, row, dQ, hs);  // dQ += scale dS k
+            probabilities(P, q, ktj, lse + std::int64_t(bh) * Tn, i0, k0, rows, cols);
+            scores_grad(dS, P, D, dy, vtj, k0, rows, cols);
+            flash_gemm<T>(isa, false, rows, hs, cols, scale, dS, Bt, k, row, dQ, hs, k0 > 0);  // dQ += scale dS k
         }
         T* g = dqkv + (std::int64_t(b) * Tn + i0) * row + h * hs;
         for (int r = 0; r < rows; ++r) std::copy(dQ + r * hs, dQ + (r + 1) * hs, g + std::int64_t(r) * row);
@@ -260,4 +328,3 @@ void flash_attention_backward(const Cpu& dev, T* dqkv, const T* dout, const T* q
 }
 
 }  // namespace distill::device
-#endif  // DISTILL_CPU_FUSED_ATTENTION

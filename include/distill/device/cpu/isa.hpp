@@ -29,6 +29,7 @@
 #include <cstring>
 #include <limits>
 #include <string>
+#include <utility>
 
 #include "distill/error.hpp"
 
@@ -134,6 +135,11 @@ struct rmsnorm_forward;
 struct rmsnorm_backward;
 struct swiglu_forward;
 struct swiglu_backward;
+struct tile_gemm;
+struct transpose;
+struct flash_softmax_tile;
+struct flash_probabilities;
+struct flash_scores_grad;
 template <class K, class... A>
 void run_kernel(cpu_isa, A...);
 #else
@@ -196,22 +202,35 @@ DISTILL_ROW_INLINE void select(typename V::f& out, const typename V::i& mask, co
     using F = typename V::f;
     out = (F)(((I)a & mask) | ((I)b & ~mask));
 }
-/// The lanes' sum, pairwise in a fixed order.
-template <class V>
-DISTILL_ROW_INLINE float hsum(const typename V::f& v) noexcept {
-    float b[V::width];
-    store<V>(b, v);
-    for (int w = V::width / 2; w > 0; w /= 2)
-        for (int k = 0; k < w; ++k) b[k] += b[k + w];
-    return b[0];
+/// v's lanes moved down by w (lane k gets lane k + w; the upper w lanes are don't-cares).
+template <class V, int w, int... I>
+DISTILL_ROW_INLINE void shift_down(typename V::f& out, const typename V::f& v,
+                                   std::integer_sequence<int, I...>) noexcept {
+    out = __builtin_shufflevector(v, v, ((I + w) % V::width)...);
 }
-template <class V>
+/// The lanes' sum, pairwise in a fixed order: lane k += lane k + w for w = width/2, ..., 1.
+template <class V, int w = V::width / 2>
+DISTILL_ROW_INLINE float hsum(const typename V::f& v) noexcept {
+    if constexpr (w == 0) {
+        return v[0];
+    } else {
+        typename V::f hi;
+        shift_down<V, w>(hi, v, std::make_integer_sequence<int, V::width>{});
+        const typename V::f s = v + hi;
+        return hsum<V, w / 2>(s);
+    }
+}
+/// The lanes' maximum, in the same order as hsum.
+template <class V, int w = V::width / 2>
 DISTILL_ROW_INLINE float hmax(const typename V::f& v) noexcept {
-    float b[V::width];
-    store<V>(b, v);
-    for (int w = V::width / 2; w > 0; w /= 2)
-        for (int k = 0; k < w; ++k) b[k] = b[k + w] > b[k] ? b[k + w] : b[k];
-    return b[0];
+    if constexpr (w == 0) {
+        return v[0];
+    } else {
+        typename V::f hi, m;
+        shift_down<V, w>(hi, v, std::make_integer_sequence<int, V::width>{});
+        select<V>(m, hi > v, hi, v);
+        return hmax<V, w / 2>(m);
+    }
 }
 
 /// x = e^x (Cephes' expf, as Eigen's: x = m ln2 + r, |r| <= ln2/2, a degree-5 polynomial for e^r),
@@ -563,6 +582,270 @@ struct swiglu_backward {
             const F sig = 1.0f / (e + 1.0f);
             store_z<V>(din + i, d * u * sig * ((1.0f - sig) * g + 1.0f), n);
             store_z<V>(din + Fn + i, d * g * sig, n);
+        }
+    }
+};
+
+// ---- the fused attention's tile kernels (cpu/flash_attention.hpp) ------------------------------
+
+/// C(M,N) = alpha A B, or C += alpha A B (`accumulate`): B and C row-major (ldb, ldc), A(i,k) at
+/// a[i ai + k ak] (ai = lda, ak = 1 for A; ai = 1, ak = lda for a transposed A). Register-blocked
+/// broadcast FMA: a block of `rows` rows × `vecs` vectors of C stays in registers over k, each step
+/// loading a row of B (contiguous) and broadcasting one element of A per row. Columns past the last
+/// whole vector run in scalar code (a head size that is not a multiple of the width; the attention
+/// rounds its score tiles up to 16 columns, so they have none). No packing: the operands are tiles of
+/// at most 64 × 128 that sit in L1/L2. Each element's sum runs over k in order, in one lane: the bits
+/// do not depend on addresses or on the thread.
+struct tile_gemm {
+    template <class V>
+    static constexpr int rows = V::width == 4 ? 4 : 6;  // 24, 12, 8 accumulators on 32, 16, 16 registers
+    template <class V>
+    static constexpr int vecs = V::width == 16 ? 4 : 2;
+
+    template <class V, int MR, int NV>
+    DISTILL_ROW_INLINE static void block(int K, float alpha, const float* a, std::int64_t ai, std::int64_t ak,
+                                         const float* b, std::int64_t ldb, float* c, std::int64_t ldc,
+                                         bool accumulate) {
+        using F = typename V::f;
+        F acc[MR][NV], bk[NV];
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+            for (int j = 0; j < NV; ++j) acc[i][j] = F{};
+        for (int k = 0; k < K; ++k) {
+            const float* bp = b + std::int64_t(k) * ldb;
+#pragma GCC unroll 8
+            for (int j = 0; j < NV; ++j) load<V>(bk[j], bp + j * V::width);
+            const float* ap = a + std::int64_t(k) * ak;
+#pragma GCC unroll 8
+            for (int i = 0; i < MR; ++i) {
+                const float x = ap[i * ai];
+#pragma GCC unroll 8
+                for (int j = 0; j < NV; ++j) acc[i][j] += x * bk[j];
+            }
+        }
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+            for (int j = 0; j < NV; ++j) {
+                float* cp = c + i * ldc + j * V::width;
+                F out = acc[i][j] * alpha;
+                if (accumulate) {
+                    F old;
+                    load<V>(old, cp);
+                    out += old;
+                }
+                store<V>(cp, out);
+            }
+    }
+    // rows [0, M) of one column block of NV vectors: blocks of `rows`, then one block of what is left
+    template <class V, int NV, int MR>
+    DISTILL_ROW_INLINE static void tail(int left, int K, float alpha, const float* a, std::int64_t ai,
+                                        std::int64_t ak, const float* b, std::int64_t ldb, float* c, std::int64_t ldc,
+                                        bool accumulate) {
+        if constexpr (MR > 0) {
+            if (left == MR) return block<V, MR, NV>(K, alpha, a, ai, ak, b, ldb, c, ldc, accumulate);
+            tail<V, NV, MR - 1>(left, K, alpha, a, ai, ak, b, ldb, c, ldc, accumulate);
+        }
+    }
+    template <class V, int NV>
+    DISTILL_ROW_INLINE static void panel(int M, int K, float alpha, const float* a, std::int64_t ai, std::int64_t ak,
+                                         const float* b, std::int64_t ldb, float* c, std::int64_t ldc,
+                                         bool accumulate) {
+        constexpr int MR = rows<V>;
+        int i = 0;
+        for (; i + MR <= M; i += MR)
+            block<V, MR, NV>(K, alpha, a + i * ai, ai, ak, b, ldb, c + i * ldc, ldc, accumulate);
+        if (i < M) tail<V, NV, MR - 1>(M - i, K, alpha, a + i * ai, ai, ak, b, ldb, c + i * ldc, ldc, accumulate);
+    }
+    // the last column block: NV (< vecs) whole vectors
+    template <class V, int NV>
+    DISTILL_ROW_INLINE static void last_panel(int nv, int M, int K, float alpha, const float* a, std::int64_t ai,
+                                              std::int64_t ak, const float* b, std::int64_t ldb, float* c,
+                                              std::int64_t ldc, bool accumulate) {
+        if constexpr (NV > 0) {
+            if (nv == NV) return panel<V, NV>(M, K, alpha, a, ai, ak, b, ldb, c, ldc, accumulate);
+            last_panel<V, NV - 1>(nv, M, K, alpha, a, ai, ak, b, ldb, c, ldc, accumulate);
+        }
+    }
+    template <class V>
+    DISTILL_ROW_INLINE static void run(int M, int N, int K, float alpha, const float* a, std::int64_t ai,
+                                       std::int64_t ak, const float* b, std::int64_t ldb, float* c, std::int64_t ldc,
+                                       bool accumulate) {
+        constexpr int NV = vecs<V>, W = V::width;
+        int j = 0;
+        for (; j + NV * W <= N; j += NV * W) panel<V, NV>(M, K, alpha, a, ai, ak, b + j, ldb, c + j, ldc, accumulate);
+        if (const int nv = (N - j) / W; nv > 0) {
+            last_panel<V, NV - 1>(nv, M, K, alpha, a, ai, ak, b + j, ldb, c + j, ldc, accumulate);
+            j += nv * W;
+        }
+        for (int i = 0; i < M && j < N; ++i)
+            for (int jj = j; jj < N; ++jj) {
+                float s = 0;
+                for (int k = 0; k < K; ++k) s += a[i * ai + k * ak] * b[std::int64_t(k) * ldb + jj];
+                float& out = c[i * ldc + jj];
+                out = accumulate ? out + alpha * s : alpha * s;
+            }
+    }
+};
+
+/// y[d ldy + t] = x[t ldx + d] for t < n, d < hs, and 0 for t from n up to a multiple of the width
+/// (k or v of one sequence and kv head, transposed for the score products): blocks of width × width
+/// loaded as rows, transposed in registers (log2(width) rounds of two-source shuffles), stored as rows.
+struct transpose {
+    // rows a, b: of each pair of h-wide blocks, a keeps its first and b's first, b gets a's second
+    // and keeps its second
+    template <class V, int h, int... I>
+    DISTILL_ROW_INLINE static void exchange(typename V::f& a, typename V::f& b, std::integer_sequence<int, I...>) {
+        constexpr int W = V::width;
+        const typename V::f lo = __builtin_shufflevector(a, b, ((I & h) ? W + I - h : I)...);
+        b = __builtin_shufflevector(a, b, ((I & h) ? W + I : I + h)...);
+        a = lo;
+    }
+    template <class V, int h>
+    DISTILL_ROW_INLINE static void rounds(typename V::f* r) {
+        if constexpr (h > 0) {
+#pragma GCC unroll 16
+            for (int i = 0; i < V::width; ++i)
+                if (!(i & h)) exchange<V, h>(r[i], r[i + h], std::make_integer_sequence<int, V::width>{});
+            rounds<V, h / 2>(r);
+        }
+    }
+    template <class V>
+    DISTILL_ROW_INLINE static void run(float* y, std::int64_t ldy, const float* x, std::int64_t ldx, int n, int hs) {
+        constexpr int W = V::width;
+        typename V::f r[W];
+        for (int t0 = 0; t0 < n; t0 += W)
+            for (int d0 = 0; d0 < hs; d0 += W) {
+                if (t0 + W <= n && d0 + W <= hs) {
+#pragma GCC unroll 16
+                    for (int i = 0; i < W; ++i) load<V>(r[i], x + (t0 + i) * ldx + d0);
+                    rounds<V, W / 2>(r);
+#pragma GCC unroll 16
+                    for (int i = 0; i < W; ++i) store<V>(y + (d0 + i) * ldy + t0, r[i]);
+                } else {  // the last keys or a head size that is not a multiple of the width
+                    for (int d = d0; d < hs && d < d0 + W; ++d)
+                        for (int t = t0; t < t0 + W; ++t) y[d * ldy + t] = t < n ? x[t * ldx + d] : 0.0f;
+                }
+            }
+    }
+};
+
+/// The number of keys of a score tile row that a causal query sees: query i0 + r against keys k0.. of
+/// a tile of `cols`.
+DISTILL_ROW_INLINE int causal_keys(int i0, int r, int k0, int cols) noexcept {
+    const int n = i0 + r + 1 - k0;
+    return n < 0 ? 0 : n > cols ? cols : n;
+}
+
+/// x's lanes from `left` on (all of them when left <= 0) replaced by `fill`.
+template <class V>
+DISTILL_ROW_INLINE void keep_first(typename V::f& x, int left, float fill) noexcept {
+    typename V::i lane;
+    for (int k = 0; k < V::width; ++k) lane[k] = k;
+    select<V>(x, lane < left, x, typename V::f{} + fill);
+}
+
+/// The forward's online softmax on one score tile S (rows, cols; leading dimension ld) of queries
+/// i0.. against keys k0..: per row, the running raw maximum m and sum l of exp((s - m) scale) are
+/// updated (set when `first`), the row becomes exp((s - m) scale) on and below the diagonal and 0
+/// above it, and the output accumulator's row O (hs) is rescaled when the maximum grew. Rows are
+/// read and written in whole vectors: each must have room up to cols rounded up to the width (what
+/// lies past cols is ignored and overwritten with zeros).
+struct flash_softmax_tile {
+    template <class V>
+    DISTILL_ROW_INLINE static void run(float* S, int ld, int rows, int cols, int i0, int k0, float* m, float* l,
+                                       float* O, int hs, float scale, bool first) {
+        using F = typename V::f;
+        constexpr int W = V::width;
+        const float ninf = -std::numeric_limits<float>::infinity();
+        F x, acc;
+        for (int r = 0; r < rows; ++r) {
+            float* s = S + std::int64_t(r) * ld;
+            const int n = causal_keys(i0, r, k0, cols);
+            int i = 0;
+            if (n > 0) {
+                acc = F{} + ninf;
+                for (i = 0; i < n; i += W) {
+                    load<V>(x, s + i);
+                    if (n - i < W) keep_first<V>(x, n - i, ninf);
+                    select<V>(acc, x > acc, x, acc);
+                }
+                float mx = hmax<V>(acc);
+                if (!first && m[r] > mx) mx = m[r];
+                acc = F{};
+                for (i = 0; i < n; i += W) {
+                    load<V>(x, s + i);
+                    x = (x - mx) * scale;
+                    exp<V>(x);
+                    if (n - i < W) keep_first<V>(x, n - i, 0.0f);
+                    store<V>(s + i, x);
+                    acc += x;
+                }
+                const float sum = hsum<V>(acc);
+                if (first) {
+                    l[r] = sum;
+                } else {
+                    F alpha = F{} + (m[r] - mx) * scale;  // rescales what earlier tiles summed
+                    exp<V>(alpha);
+                    const float a = alpha[0];
+                    l[r] = l[r] * a + sum;
+                    if (a != 1.0f) {
+                        float* o = O + std::int64_t(r) * hs;
+                        for (int d = 0; d < hs; d += W) {
+                            const std::int64_t w = lanes<V>(hs, d);
+                            load_z<V>(x, o + d, w);
+                            store_z<V>(o + d, x * a, w);
+                        }
+                    }
+                }
+                m[r] = mx;
+            }
+            for (; i < cols; i += W) store<V>(s + i, F{});
+        }
+    }
+};
+
+/// The backward's probabilities of one score tile in place: p = exp((s - lse_t) scale) on and below
+/// the diagonal, 0 above it (lse indexed by query row). Rows as in flash_softmax_tile.
+struct flash_probabilities {
+    template <class V>
+    DISTILL_ROW_INLINE static void run(float* S, int ld, int rows, int cols, int i0, int k0, const float* lse,
+                                       float scale) {
+        using F = typename V::f;
+        constexpr int W = V::width;
+        F x;
+        for (int r = 0; r < rows; ++r) {
+            float* s = S + std::int64_t(r) * ld;
+            const int n = causal_keys(i0, r, k0, cols);
+            const float m = lse[i0 + r];
+            int i = 0;
+            for (; i < n; i += W) {
+                load<V>(x, s + i);
+                x = (x - m) * scale;
+                exp<V>(x);
+                if (n - i < W) keep_first<V>(x, n - i, 0.0f);
+                store<V>(s + i, x);
+            }
+            for (; i < cols; i += W) store<V>(s + i, F{});
+        }
+    }
+};
+
+/// dS = P ∘ (dP − D) in place of dP, rows × cols (leading dimension ld, P's too), D per row.
+struct flash_scores_grad {
+    template <class V>
+    DISTILL_ROW_INLINE static void run(float* dS, const float* P, int ld, const float* D, int rows, int cols) {
+        typename V::f d, p;
+        for (int r = 0; r < rows; ++r) {
+            float* ds = dS + std::int64_t(r) * ld;
+            const float* pr = P + std::int64_t(r) * ld;
+            for (int i = 0; i < cols; i += V::width) {
+                const std::int64_t w = lanes<V>(cols, i);
+                load_z<V>(d, ds + i, w);
+                load_z<V>(p, pr + i, w);
+                store_z<V>(ds + i, p * (d - D[r]), w);
+            }
         }
     }
 };

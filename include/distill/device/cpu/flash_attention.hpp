@@ -50,7 +50,9 @@ T* flash_scratch(std::size_t n) {
     return buffer.data();
 }
 
-inline int flash_round_up(int n) { return (n + flash_pad - 1) / flash_pad * flash_pad; }
+inline int flash_round_up(int n) {
+    return (n + flash_pad - 1) / flash_pad * flash_pad;
+}
 
 // kt (B, Hkv, hs, Tp) = the k (offset 0) or v (offset Hkv hs) columns of qkv transposed, zero for
 // keys Tn..Tp; Tp = flash_round_up(Tn). Parallel over (b, kv head).
@@ -256,9 +258,10 @@ void flash_attention_backward(const Cpu& dev, T* dqkv, const T* dout, const T* q
                         probabilities(P, q, ktj, lse + (std::int64_t(b) * H + h) * Tn, i0, k0, rows, cols);
                         flash_gemm<T>(isa, true, cols, hs, rows, T(1), P, Bt, dy, C, dV, hs, !first);  // dV += Pᵀ dout
                         scores_grad(dS, P, D + std::int64_t(i) * Tn + i0, dy, vtj, k0, rows, cols);
-                        flash_gemm<T>(isa, true, cols, hs, rows, scale, dS, Bt, q, row, dK, hs, !first);  // dK += scale dSᵀ q
-                        flash_gemm<T>(isa, false, rows, hs, cols, scale, dS, Bt, k, row, g + std::int64_t(i0) * row + h * hs,
-                                      row, true);  // dq += scale dS k
+                        flash_gemm<T>(isa, true, cols, hs, rows, scale, dS, Bt, q, row, dK, hs,
+                                      !first);  // dK += scale dSᵀ q
+                        flash_gemm<T>(isa, false, rows, hs, cols, scale, dS, Bt, k, row,
+                                      g + std::int64_t(i0) * row + h * hs, row, true);  // dq += scale dS k
                     }
                 }
                 for (int c = 0; c < cols; ++c) {

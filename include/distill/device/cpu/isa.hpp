@@ -1,9 +1,10 @@
 #pragma once
 /// @file cpu/isa.hpp
 /// The instruction set of `device::Cpu`'s hot fp32 row kernels (LayerNorm, RMSNorm, GELU, SwiGLU,
-/// the causal softmax, the bias add), chosen at run time, so a program built with plain Release
-/// flags (no -march) still runs them on AVX2 or AVX-512 where the CPU has it (oneDNN's GEMMs already
-/// choose theirs at run time).
+/// the causal softmax, the bias add) and of the fused attention's tile kernels (`tile_gemm`,
+/// `transpose`, the tile softmax; `cpu/flash_attention.hpp`), chosen at run time, so a program built
+/// with plain Release flags (no -march) still runs them on AVX2 or AVX-512 where the CPU has it
+/// (oneDNN's GEMMs already choose theirs at run time).
 ///
 /// One mechanism: a kernel is a struct with a `run<V>` template written once with GCC/Clang vector
 /// extensions on `V`'s registers (16, 32 or 64 bytes of floats). `run_kernel<K>(isa, args...)`
@@ -640,9 +641,8 @@ struct tile_gemm {
     }
     // rows [0, M) of one column block of NV vectors: blocks of `rows`, then one block of what is left
     template <class V, int NV, int MR>
-    DISTILL_ROW_INLINE static void tail(int left, int K, float alpha, const float* a, std::int64_t ai,
-                                        std::int64_t ak, const float* b, std::int64_t ldb, float* c, std::int64_t ldc,
-                                        bool accumulate) {
+    DISTILL_ROW_INLINE static void tail(int left, int K, float alpha, const float* a, std::int64_t ai, std::int64_t ak,
+                                        const float* b, std::int64_t ldb, float* c, std::int64_t ldc, bool accumulate) {
         if constexpr (MR > 0) {
             if (left == MR) return block<V, MR, NV>(K, alpha, a, ai, ak, b, ldb, c, ldc, accumulate);
             tail<V, NV, MR - 1>(left, K, alpha, a, ai, ak, b, ldb, c, ldc, accumulate);

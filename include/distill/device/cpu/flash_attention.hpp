@@ -40,9 +40,11 @@ namespace detail {
 inline constexpr int flash_tile = 64;  // query rows and keys per tile
 inline constexpr int flash_pad = 16;   // the transposed k and v padded to a multiple of this many keys
 
-// This thread's scratch of at least n elements, kept across calls (no allocation in a steady step).
-// `Slot` tells apart buffers that live at once on one thread (the workers' tiles, the calling
-// thread's transposed k and v, which its own tiles read while it works as one of the threads).
+// This thread's scratch of at least n elements, kept across calls (no allocation in a steady step),
+// aligned for Eigen's packets (the fp64 path: an unaligned row would have its head peeled into scalar
+// code, and its bits would depend on which thread's buffer it landed in). `Slot` tells apart buffers that live at once
+// on one thread (the workers' tiles, the calling thread's transposed k and v, which its own tiles read while it works
+// as one of the threads).
 template <class T, int Slot = 0>
 T* flash_scratch(std::size_t n) {
     thread_local std::vector<T, Eigen::aligned_allocator<T>> buffer;

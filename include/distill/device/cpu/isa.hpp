@@ -203,11 +203,21 @@ DISTILL_ROW_INLINE void select(typename V::f& out, const typename V::i& mask, co
     using F = typename V::f;
     out = (F)(((I)a & mask) | ((I)b & ~mask));
 }
+/// out lane k = (a | b) lane M_k: a's lanes are 0..width-1, b's width..2 width-1 (GCC's
+/// __builtin_shuffle, which GCC has had since 4.7; Clang's __builtin_shufflevector).
+template <class V, int... M>
+DISTILL_ROW_INLINE void shuffle(typename V::f& out, const typename V::f& a, const typename V::f& b) noexcept {
+#if defined(__clang__)
+    out = __builtin_shufflevector(a, b, M...);
+#else
+    out = __builtin_shuffle(a, b, typename V::i{M...});
+#endif
+}
 /// v's lanes moved down by w (lane k gets lane k + w; the upper w lanes are don't-cares).
 template <class V, int w, int... I>
 DISTILL_ROW_INLINE void shift_down(typename V::f& out, const typename V::f& v,
                                    std::integer_sequence<int, I...>) noexcept {
-    out = __builtin_shufflevector(v, v, ((I + w) % V::width)...);
+    shuffle<V, ((I + w) % V::width)...>(out, v, v);
 }
 /// The lanes' sum, pairwise in a fixed order: lane k += lane k + w for w = width/2, ..., 1.
 template <class V, int w = V::width / 2>
@@ -698,9 +708,11 @@ struct transpose {
     template <class V, int h, int... I>
     DISTILL_ROW_INLINE static void exchange(typename V::f& a, typename V::f& b, std::integer_sequence<int, I...>) {
         constexpr int W = V::width;
-        const typename V::f lo = __builtin_shufflevector(a, b, ((I & h) ? W + I - h : I)...);
-        b = __builtin_shufflevector(a, b, ((I & h) ? W + I : I + h)...);
+        typename V::f lo, hi;
+        shuffle<V, ((I & h) ? W + I - h : I)...>(lo, a, b);
+        shuffle<V, ((I & h) ? W + I : I + h)...>(hi, a, b);
         a = lo;
+        b = hi;
     }
     template <class V, int h>
     DISTILL_ROW_INLINE static void rounds(typename V::f* r) {

@@ -1704,6 +1704,7 @@ inline std::string bar_chart(const std::string& title, const std::vector<std::st
 /// - `mapped_file`: a read-only mapping of a whole file;
 /// - `directory_lock`: one process writing into a directory at a time.
 
+#include <algorithm>
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
@@ -1999,6 +2000,18 @@ public:
 
     /// The file's bytes.
     std::span<const std::byte> bytes() const noexcept { return {data_, size_}; }
+
+    /// Drops the whole pages inside bytes [begin, end) from this process's memory once a reader has
+    /// copied them out, so that reading a large file tensor by tensor holds one tensor's pages, not the
+    /// file's. The mapping is read-only and private, so nothing is lost: the kernel's page cache keeps
+    /// the bytes, and a later access maps them again.
+    void release(std::size_t begin, std::size_t end) const noexcept {
+        static const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+        const auto base = reinterpret_cast<std::uintptr_t>(data_);
+        const std::uintptr_t first = (base + begin + page - 1) / page * page,
+                             last = (base + std::min(end, size_)) / page * page;
+        if (data_ && first < last) (void)::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+    }
 
 private:
     void unmap() noexcept {
@@ -8105,9 +8118,10 @@ void parallel_for(int threads, std::int64_t n, F&& f, bool parallel = true) {
 // ---- begin distill/device/cpu/isa.hpp ----
 /// @file cpu/isa.hpp
 /// The instruction set of `device::Cpu`'s hot fp32 row kernels (LayerNorm, RMSNorm, GELU, SwiGLU,
-/// the causal softmax, the bias add), chosen at run time, so a program built with plain Release
-/// flags (no -march) still runs them on AVX2 or AVX-512 where the CPU has it (oneDNN's GEMMs already
-/// choose theirs at run time).
+/// the causal softmax, the bias add) and of the fused attention's tile kernels (`tile_gemm`,
+/// `transpose`, the tile softmax; `cpu/flash_attention.hpp`), chosen at run time, so a program built
+/// with plain Release flags (no -march) still runs them on AVX2 or AVX-512 where the CPU has it
+/// (oneDNN's GEMMs already choose theirs at run time).
 ///
 /// One mechanism: a kernel is a struct with a `run<V>` template written once with GCC/Clang vector
 /// extensions on `V`'s registers (16, 32 or 64 bytes of floats). `run_kernel<K>(isa, args...)`
@@ -8133,6 +8147,7 @@ void parallel_for(int threads, std::int64_t n, F&& f, bool parallel = true) {
 #include <cstring>
 #include <limits>
 #include <string>
+#include <utility>
 
 
 namespace distill::device {
@@ -8237,6 +8252,11 @@ struct rmsnorm_forward;
 struct rmsnorm_backward;
 struct swiglu_forward;
 struct swiglu_backward;
+struct tile_gemm;
+struct transpose;
+struct flash_softmax_tile;
+struct flash_probabilities;
+struct flash_scores_grad;
 template <class K, class... A>
 void run_kernel(cpu_isa, A...);
 #else
@@ -8299,22 +8319,45 @@ DISTILL_ROW_INLINE void select(typename V::f& out, const typename V::i& mask, co
     using F = typename V::f;
     out = (F)(((I)a & mask) | ((I)b & ~mask));
 }
-/// The lanes' sum, pairwise in a fixed order.
-template <class V>
-DISTILL_ROW_INLINE float hsum(const typename V::f& v) noexcept {
-    float b[V::width];
-    store<V>(b, v);
-    for (int w = V::width / 2; w > 0; w /= 2)
-        for (int k = 0; k < w; ++k) b[k] += b[k + w];
-    return b[0];
+/// out lane k = (a | b) lane M_k: a's lanes are 0..width-1, b's width..2 width-1 (GCC's
+/// __builtin_shuffle, which GCC has had since 4.7; Clang's __builtin_shufflevector).
+template <class V, int... M>
+DISTILL_ROW_INLINE void shuffle(typename V::f& out, const typename V::f& a, const typename V::f& b) noexcept {
+#if defined(__clang__)
+    out = __builtin_shufflevector(a, b, M...);
+#else
+    out = __builtin_shuffle(a, b, typename V::i{M...});
+#endif
 }
-template <class V>
+/// v's lanes moved down by w (lane k gets lane k + w; the upper w lanes are don't-cares).
+template <class V, int w, int... I>
+DISTILL_ROW_INLINE void shift_down(typename V::f& out, const typename V::f& v,
+                                   std::integer_sequence<int, I...>) noexcept {
+    shuffle<V, ((I + w) % V::width)...>(out, v, v);
+}
+/// The lanes' sum, pairwise in a fixed order: lane k += lane k + w for w = width/2, ..., 1.
+template <class V, int w = V::width / 2>
+DISTILL_ROW_INLINE float hsum(const typename V::f& v) noexcept {
+    if constexpr (w == 0) {
+        return v[0];
+    } else {
+        typename V::f hi;
+        shift_down<V, w>(hi, v, std::make_integer_sequence<int, V::width>{});
+        const typename V::f s = v + hi;
+        return hsum<V, w / 2>(s);
+    }
+}
+/// The lanes' maximum, in the same order as hsum.
+template <class V, int w = V::width / 2>
 DISTILL_ROW_INLINE float hmax(const typename V::f& v) noexcept {
-    float b[V::width];
-    store<V>(b, v);
-    for (int w = V::width / 2; w > 0; w /= 2)
-        for (int k = 0; k < w; ++k) b[k] = b[k + w] > b[k] ? b[k + w] : b[k];
-    return b[0];
+    if constexpr (w == 0) {
+        return v[0];
+    } else {
+        typename V::f hi, m;
+        shift_down<V, w>(hi, v, std::make_integer_sequence<int, V::width>{});
+        select<V>(m, hi > v, hi, v);
+        return hmax<V, w / 2>(m);
+    }
 }
 
 /// x = e^x (Cephes' expf, as Eigen's: x = m ln2 + r, |r| <= ln2/2, a degree-5 polynomial for e^r),
@@ -8666,6 +8709,271 @@ struct swiglu_backward {
             const F sig = 1.0f / (e + 1.0f);
             store_z<V>(din + i, d * u * sig * ((1.0f - sig) * g + 1.0f), n);
             store_z<V>(din + Fn + i, d * g * sig, n);
+        }
+    }
+};
+
+// ---- the fused attention's tile kernels (cpu/flash_attention.hpp) ------------------------------
+
+/// C(M,N) = alpha A B, or C += alpha A B (`accumulate`): B and C row-major (ldb, ldc), A(i,k) at
+/// a[i ai + k ak] (ai = lda, ak = 1 for A; ai = 1, ak = lda for a transposed A). Register-blocked
+/// broadcast FMA: a block of `rows` rows × `vecs` vectors of C stays in registers over k, each step
+/// loading a row of B (contiguous) and broadcasting one element of A per row. Columns past the last
+/// whole vector run in scalar code (a head size that is not a multiple of the width; the attention
+/// rounds its score tiles up to 16 columns, so they have none). No packing: the operands are tiles of
+/// at most 64 × 128 that sit in L1/L2. Each element's sum runs over k in order, in one lane: the bits
+/// do not depend on addresses or on the thread.
+struct tile_gemm {
+    template <class V>
+    static constexpr int rows = V::width == 4 ? 4 : 6;  // 24, 12, 8 accumulators on 32, 16, 16 registers
+    template <class V>
+    static constexpr int vecs = V::width == 16 ? 4 : 2;
+
+    template <class V, int MR, int NV>
+    DISTILL_ROW_INLINE static void block(int K, float alpha, const float* a, std::int64_t ai, std::int64_t ak,
+                                         const float* b, std::int64_t ldb, float* c, std::int64_t ldc,
+                                         bool accumulate) {
+        using F = typename V::f;
+        F acc[MR][NV], bk[NV];
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+            for (int j = 0; j < NV; ++j) acc[i][j] = F{};
+        for (int k = 0; k < K; ++k) {
+            const float* bp = b + std::int64_t(k) * ldb;
+#pragma GCC unroll 8
+            for (int j = 0; j < NV; ++j) load<V>(bk[j], bp + j * V::width);
+            const float* ap = a + std::int64_t(k) * ak;
+#pragma GCC unroll 8
+            for (int i = 0; i < MR; ++i) {
+                const float x = ap[i * ai];
+#pragma GCC unroll 8
+                for (int j = 0; j < NV; ++j) acc[i][j] += x * bk[j];
+            }
+        }
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+            for (int j = 0; j < NV; ++j) {
+                float* cp = c + i * ldc + j * V::width;
+                F out = acc[i][j] * alpha;
+                if (accumulate) {
+                    F old;
+                    load<V>(old, cp);
+                    out += old;
+                }
+                store<V>(cp, out);
+            }
+    }
+    // rows [0, M) of one column block of NV vectors: blocks of `rows`, then one block of what is left
+    template <class V, int NV, int MR>
+    DISTILL_ROW_INLINE static void tail(int left, int K, float alpha, const float* a, std::int64_t ai, std::int64_t ak,
+                                        const float* b, std::int64_t ldb, float* c, std::int64_t ldc, bool accumulate) {
+        if constexpr (MR > 0) {
+            if (left == MR) return block<V, MR, NV>(K, alpha, a, ai, ak, b, ldb, c, ldc, accumulate);
+            tail<V, NV, MR - 1>(left, K, alpha, a, ai, ak, b, ldb, c, ldc, accumulate);
+        }
+    }
+    template <class V, int NV>
+    DISTILL_ROW_INLINE static void panel(int M, int K, float alpha, const float* a, std::int64_t ai, std::int64_t ak,
+                                         const float* b, std::int64_t ldb, float* c, std::int64_t ldc,
+                                         bool accumulate) {
+        constexpr int MR = rows<V>;
+        int i = 0;
+        for (; i + MR <= M; i += MR)
+            block<V, MR, NV>(K, alpha, a + i * ai, ai, ak, b, ldb, c + i * ldc, ldc, accumulate);
+        if (i < M) tail<V, NV, MR - 1>(M - i, K, alpha, a + i * ai, ai, ak, b, ldb, c + i * ldc, ldc, accumulate);
+    }
+    // the last column block: NV (< vecs) whole vectors
+    template <class V, int NV>
+    DISTILL_ROW_INLINE static void last_panel(int nv, int M, int K, float alpha, const float* a, std::int64_t ai,
+                                              std::int64_t ak, const float* b, std::int64_t ldb, float* c,
+                                              std::int64_t ldc, bool accumulate) {
+        if constexpr (NV > 0) {
+            if (nv == NV) return panel<V, NV>(M, K, alpha, a, ai, ak, b, ldb, c, ldc, accumulate);
+            last_panel<V, NV - 1>(nv, M, K, alpha, a, ai, ak, b, ldb, c, ldc, accumulate);
+        }
+    }
+    template <class V>
+    DISTILL_ROW_INLINE static void run(int M, int N, int K, float alpha, const float* a, std::int64_t ai,
+                                       std::int64_t ak, const float* b, std::int64_t ldb, float* c, std::int64_t ldc,
+                                       bool accumulate) {
+        constexpr int NV = vecs<V>, W = V::width;
+        int j = 0;
+        for (; j + NV * W <= N; j += NV * W) panel<V, NV>(M, K, alpha, a, ai, ak, b + j, ldb, c + j, ldc, accumulate);
+        if (const int nv = (N - j) / W; nv > 0) {
+            last_panel<V, NV - 1>(nv, M, K, alpha, a, ai, ak, b + j, ldb, c + j, ldc, accumulate);
+            j += nv * W;
+        }
+        for (int i = 0; i < M && j < N; ++i)
+            for (int jj = j; jj < N; ++jj) {
+                float s = 0;
+                for (int k = 0; k < K; ++k) s += a[i * ai + k * ak] * b[std::int64_t(k) * ldb + jj];
+                float& out = c[i * ldc + jj];
+                out = accumulate ? out + alpha * s : alpha * s;
+            }
+    }
+};
+
+/// y[d ldy + t] = x[t ldx + d] for t < n, d < hs, and 0 for t from n up to a multiple of the width
+/// (k or v of one sequence and kv head, transposed for the score products): blocks of width × width
+/// loaded as rows, transposed in registers (log2(width) rounds of two-source shuffles), stored as rows.
+struct transpose {
+    // rows a, b: of each pair of h-wide blocks, a keeps its first and b's first, b gets a's second
+    // and keeps its second
+    template <class V, int h, int... I>
+    DISTILL_ROW_INLINE static void exchange(typename V::f& a, typename V::f& b, std::integer_sequence<int, I...>) {
+        constexpr int W = V::width;
+        typename V::f lo, hi;
+        shuffle<V, ((I & h) ? W + I - h : I)...>(lo, a, b);
+        shuffle<V, ((I & h) ? W + I : I + h)...>(hi, a, b);
+        a = lo;
+        b = hi;
+    }
+    template <class V, int h>
+    DISTILL_ROW_INLINE static void rounds(typename V::f* r) {
+        if constexpr (h > 0) {
+#pragma GCC unroll 16
+            for (int i = 0; i < V::width; ++i)
+                if (!(i & h)) exchange<V, h>(r[i], r[i + h], std::make_integer_sequence<int, V::width>{});
+            rounds<V, h / 2>(r);
+        }
+    }
+    template <class V>
+    DISTILL_ROW_INLINE static void run(float* y, std::int64_t ldy, const float* x, std::int64_t ldx, int n, int hs) {
+        constexpr int W = V::width;
+        typename V::f r[W];
+        for (int t0 = 0; t0 < n; t0 += W)
+            for (int d0 = 0; d0 < hs; d0 += W) {
+                if (t0 + W <= n && d0 + W <= hs) {
+#pragma GCC unroll 16
+                    for (int i = 0; i < W; ++i) load<V>(r[i], x + (t0 + i) * ldx + d0);
+                    rounds<V, W / 2>(r);
+#pragma GCC unroll 16
+                    for (int i = 0; i < W; ++i) store<V>(y + (d0 + i) * ldy + t0, r[i]);
+                } else {  // the last keys or a head size that is not a multiple of the width
+                    for (int d = d0; d < hs && d < d0 + W; ++d)
+                        for (int t = t0; t < t0 + W; ++t) y[d * ldy + t] = t < n ? x[t * ldx + d] : 0.0f;
+                }
+            }
+    }
+};
+
+/// The number of keys of a score tile row that a causal query sees: query i0 + r against keys k0.. of
+/// a tile of `cols`.
+DISTILL_ROW_INLINE int causal_keys(int i0, int r, int k0, int cols) noexcept {
+    const int n = i0 + r + 1 - k0;
+    return n < 0 ? 0 : n > cols ? cols : n;
+}
+
+/// x's lanes from `left` on (all of them when left <= 0) replaced by `fill`.
+template <class V>
+DISTILL_ROW_INLINE void keep_first(typename V::f& x, int left, float fill) noexcept {
+    typename V::i lane;
+    for (int k = 0; k < V::width; ++k) lane[k] = k;
+    select<V>(x, lane < left, x, typename V::f{} + fill);
+}
+
+/// The forward's online softmax on one score tile S (rows, cols; leading dimension ld) of queries
+/// i0.. against keys k0..: per row, the running raw maximum m and sum l of exp((s - m) scale) are
+/// updated (set when `first`), the row becomes exp((s - m) scale) on and below the diagonal and 0
+/// above it, and the output accumulator's row O (hs) is rescaled when the maximum grew. Rows are
+/// read and written in whole vectors: each must have room up to cols rounded up to the width (what
+/// lies past cols is ignored and overwritten with zeros).
+struct flash_softmax_tile {
+    template <class V>
+    DISTILL_ROW_INLINE static void run(float* S, int ld, int rows, int cols, int i0, int k0, float* m, float* l,
+                                       float* O, int hs, float scale, bool first) {
+        using F = typename V::f;
+        constexpr int W = V::width;
+        const float ninf = -std::numeric_limits<float>::infinity();
+        F x, acc;
+        for (int r = 0; r < rows; ++r) {
+            float* s = S + std::int64_t(r) * ld;
+            const int n = causal_keys(i0, r, k0, cols);
+            int i = 0;
+            if (n > 0) {
+                acc = F{} + ninf;
+                for (i = 0; i < n; i += W) {
+                    load<V>(x, s + i);
+                    if (n - i < W) keep_first<V>(x, n - i, ninf);
+                    select<V>(acc, x > acc, x, acc);
+                }
+                float mx = hmax<V>(acc);
+                if (!first && m[r] > mx) mx = m[r];
+                acc = F{};
+                for (i = 0; i < n; i += W) {
+                    load<V>(x, s + i);
+                    x = (x - mx) * scale;
+                    exp<V>(x);
+                    if (n - i < W) keep_first<V>(x, n - i, 0.0f);
+                    store<V>(s + i, x);
+                    acc += x;
+                }
+                const float sum = hsum<V>(acc);
+                if (first) {
+                    l[r] = sum;
+                } else {
+                    F alpha = F{} + (m[r] - mx) * scale;  // rescales what earlier tiles summed
+                    exp<V>(alpha);
+                    const float a = alpha[0];
+                    l[r] = l[r] * a + sum;
+                    if (a != 1.0f) {
+                        float* o = O + std::int64_t(r) * hs;
+                        for (int d = 0; d < hs; d += W) {
+                            const std::int64_t w = lanes<V>(hs, d);
+                            load_z<V>(x, o + d, w);
+                            store_z<V>(o + d, x * a, w);
+                        }
+                    }
+                }
+                m[r] = mx;
+            }
+            for (; i < cols; i += W) store<V>(s + i, F{});
+        }
+    }
+};
+
+/// The backward's probabilities of one score tile in place: p = exp((s - lse_t) scale) on and below
+/// the diagonal, 0 above it (lse indexed by query row). Rows as in flash_softmax_tile.
+struct flash_probabilities {
+    template <class V>
+    DISTILL_ROW_INLINE static void run(float* S, int ld, int rows, int cols, int i0, int k0, const float* lse,
+                                       float scale) {
+        using F = typename V::f;
+        constexpr int W = V::width;
+        F x;
+        for (int r = 0; r < rows; ++r) {
+            float* s = S + std::int64_t(r) * ld;
+            const int n = causal_keys(i0, r, k0, cols);
+            const float m = lse[i0 + r];
+            int i = 0;
+            for (; i < n; i += W) {
+                load<V>(x, s + i);
+                x = (x - m) * scale;
+                exp<V>(x);
+                if (n - i < W) keep_first<V>(x, n - i, 0.0f);
+                store<V>(s + i, x);
+            }
+            for (; i < cols; i += W) store<V>(s + i, F{});
+        }
+    }
+};
+
+/// dS = P ∘ (dP − D) in place of dP, rows × cols (leading dimension ld, P's too), D per row.
+struct flash_scores_grad {
+    template <class V>
+    DISTILL_ROW_INLINE static void run(float* dS, const float* P, int ld, const float* D, int rows, int cols) {
+        typename V::f d, p;
+        for (int r = 0; r < rows; ++r) {
+            float* ds = dS + std::int64_t(r) * ld;
+            const float* pr = P + std::int64_t(r) * ld;
+            for (int i = 0; i < cols; i += V::width) {
+                const std::int64_t w = lanes<V>(cols, i);
+                load_z<V>(d, ds + i, w);
+                load_z<V>(p, pr + i, w);
+                store_z<V>(ds + i, p * (d - D[r]), w);
+            }
         }
     }
 };
@@ -10228,56 +10536,142 @@ void attention_decode(const Cpu& dev, T* out, T* scratch, const T* qkv, const T*
 /// probability tile from q, k and the forward's per-row log-sum-exp. Same q|k|v layout and
 /// grouped-query rule as `nn::attention_forward` (query head h reads kv head h / (H / Hkv)).
 ///
-/// The tile products go through Eigen's GEMM kernel on this thread's packing buffers
-/// (`detail::gemm_block`); a tile is 64 query rows × 64 keys, so a tile of scores, the output
-/// accumulator and the q, k, v tiles (head size 64) stay in L2. Work units are independent and split
-/// by a fixed rule, so results do not depend on the thread count; there are no atomics.
+/// The tile products are `rowk::tile_gemm` (`cpu/isa.hpp`): a register-blocked broadcast-FMA kernel
+/// on the widest vectors the CPU has, chosen at run time like the row kernels, so a build without
+/// -march runs them on AVX2 or AVX-512 too; so do the tiles' exponentials and rescaling
+/// (`rowk::flash_softmax_tile`, `flash_probabilities`, `flash_scores_grad`). Products against kᵀ
+/// and vᵀ read a copy of k and v transposed once per call (per (sequence, kv head): hs × T, zero
+/// up to a multiple of 16 keys), so every kernel streams contiguous rows. fp64 runs the same
+/// schedule on Eigen's GEMM kernel (`detail::gemm_block`) and arrays. A tile is 64 query rows × 64
+/// keys, so a tile of scores, the output accumulator and the q, k, v tiles (head size 64) stay in
+/// L2. Work units are independent and split by a fixed rule, and no kernel's bits depend on a
+/// buffer's address, so results do not depend on the thread count; there are no atomics.
 ///
-/// Declared only where they pay (`DISTILL_CPU_FUSED_ATTENTION` is then 1): Eigen's kernels compiled
-/// for AVX2 or more, or no oneDNN. A build without AVX2 that links oneDNN runs the unfused path's
-/// products as batched oneDNN matmuls on the host's ISA, and there the fused tiles on Eigen's SSE2
-/// kernel measured 2-5x slower (bench_attention); without the kernels `device::fused_attention_device`
-/// is false and the models keep the unfused path.
+/// `DISTILL_CPU_FUSED_ATTENTION` is 1 in every build (it was 0 in builds without AVX2 that link
+/// oneDNN while the tiles ran on Eigen's kernel at the build's ISA); it stays for code that tests it.
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 
-#if defined(__AVX2__) || !defined(DISTILL_WITH_DNNL)
 #define DISTILL_CPU_FUSED_ATTENTION 1
-#else
-#define DISTILL_CPU_FUSED_ATTENTION 0
-#endif
 
-#if DISTILL_CPU_FUSED_ATTENTION
 namespace distill::device {
 
 namespace detail {
 
 inline constexpr int flash_tile = 64;  // query rows and keys per tile
+inline constexpr int flash_pad = 16;   // the transposed k and v padded to a multiple of this many keys
 
 // This thread's scratch of at least n elements, kept across calls (no allocation in a steady step),
-// aligned for Eigen's packets: an unaligned row would have its head peeled into scalar code (std::exp,
-// other FMA contraction), and its bits would depend on which thread's buffer it landed in.
-template <class T>
+// aligned for Eigen's packets (the fp64 path: an unaligned row would have its head peeled into scalar
+// code, and its bits would depend on which thread's buffer it landed in). `Slot` tells apart buffers that live at once
+// on one thread (the workers' tiles, the calling thread's transposed k and v, which its own tiles read while it works
+// as one of the threads).
+template <class T, int Slot = 0>
 T* flash_scratch(std::size_t n) {
     thread_local std::vector<T, Eigen::aligned_allocator<T>> buffer;
     if (buffer.size() < n) buffer.resize(n);
     return buffer.data();
 }
 
+inline int flash_round_up(int n) {
+    return (n + flash_pad - 1) / flash_pad * flash_pad;
+}
+
+// kt (B, Hkv, hs, Tp) = the k (offset 0) or v (offset Hkv hs) columns of qkv transposed, zero for
+// keys Tn..Tp; Tp = flash_round_up(Tn). Parallel over (b, kv head).
+template <class T>
+void flash_transpose(const Cpu& dev, cpu_isa isa, T* kt, const T* qkv, int offset, int B, int Tn, int H, int Hkv,
+                     int hs) {
+    const int row = (H + 2 * Hkv) * hs, Tp = flash_round_up(Tn), C = H * hs;
+    distill::detail::parallel_for(dev.threads(), std::int64_t(B) * Hkv, [&](std::int64_t u) {
+        const int b = static_cast<int>(u / Hkv), j = static_cast<int>(u % Hkv);
+        const T* x = qkv + std::int64_t(b) * Tn * row + C + offset + j * hs;
+        T* y = kt + u * hs * Tp;
+        for (int d = 0; d < hs; ++d) std::fill(y + std::int64_t(d) * Tp + Tn, y + std::int64_t(d + 1) * Tp, T(0));
+        if constexpr (std::is_same_v<T, float>)
+            rowk::run_kernel<rowk::transpose>(isa, y, std::int64_t(Tp), x, std::int64_t(row), Tn, hs);
+        else
+            for (int t = 0; t < Tn; ++t)
+                for (int d = 0; d < hs; ++d) y[std::int64_t(d) * Tp + t] = x[std::int64_t(t) * row + d];
+    });
+}
+
+// C(M,N) = alpha op(A) B, or C += alpha op(A) B (`accumulate`); row-major A (lda; transposed when
+// trans_a), B (ldb) and C (ldc). fp32: rowk::tile_gemm on the run-time ISA; fp64: Eigen's kernel.
+template <class T>
+void flash_gemm(cpu_isa isa, bool trans_a, int M, int N, int K, T alpha, const T* A, int lda, const T* B, int ldb, T* C,
+                int ldc, bool accumulate) {
+    if constexpr (std::is_same_v<T, float>) {
+        rowk::run_kernel<rowk::tile_gemm>(isa, M, N, K, alpha, A, std::int64_t(trans_a ? 1 : lda),
+                                          std::int64_t(trans_a ? lda : 1), B, std::int64_t(ldb), C, std::int64_t(ldc),
+                                          accumulate);
+    } else {
+        if (!accumulate)
+            for (int i = 0; i < M; ++i) std::fill_n(C + std::int64_t(i) * ldc, N, T(0));
+        gemm_block<T>(trans_a, false, M, N, K, alpha, A, lda, B, ldb, C, ldc);
+    }
+}
+
 // The probabilities of one tile in place: S (rows, cols, leading dimension ld) holds raw scores of
 // queries i0.. against keys k0..; p = exp((s - lse_t)·scale) on and below the diagonal, 0 above.
 template <class T>
-void flash_probabilities(T* S, int ld, int rows, int cols, int i0, int k0, const T* lse, T scale) {
-    for (int r = 0; r < rows; ++r) {
-        T* s = S + std::int64_t(r) * ld;
-        const int n = std::clamp(i0 + r + 1 - k0, 0, cols);
-        Array<T> p(s, n);
-        p = ((p - lse[i0 + r]) * scale).exp();
-        std::fill(s + n, s + cols, T(0));
+void flash_probabilities(cpu_isa isa, T* S, int ld, int rows, int cols, int i0, int k0, const T* lse, T scale) {
+    if constexpr (std::is_same_v<T, float>) {
+        rowk::run_kernel<rowk::flash_probabilities>(isa, S, ld, rows, cols, i0, k0, lse, scale);
+    } else {
+        for (int r = 0; r < rows; ++r) {
+            T* s = S + std::int64_t(r) * ld;
+            const int n = std::clamp(i0 + r + 1 - k0, 0, cols);
+            Array<T> p(s, n);
+            p = ((p - lse[i0 + r]) * scale).exp();
+            std::fill(s + n, s + cols, T(0));
+        }
+    }
+}
+
+// The forward's online softmax on one score tile (see rowk::flash_softmax_tile).
+template <class T>
+void flash_softmax_tile(cpu_isa isa, T* S, int ld, int rows, int cols, int i0, int k0, T* m, T* l, T* O, int hs,
+                        T scale) {
+    if constexpr (std::is_same_v<T, float>) {
+        rowk::run_kernel<rowk::flash_softmax_tile>(isa, S, ld, rows, cols, i0, k0, m, l, O, hs, scale, k0 == 0);
+    } else {
+        for (int r = 0; r < rows; ++r) {
+            T* s = S + std::int64_t(r) * ld;
+            const int n = std::clamp(i0 + r + 1 - k0, 0, cols);  // keys at or before the query
+            if (n > 0) {
+                Array<T> p(s, n);
+                const T mx = k0 == 0 ? p.maxCoeff() : std::max(m[r], p.maxCoeff());
+                p = ((p - mx) * scale).exp();
+                if (k0 == 0) {
+                    l[r] = p.sum();
+                } else {
+                    const T alpha = std::exp((m[r] - mx) * scale);  // rescales what earlier tiles summed
+                    l[r] = l[r] * alpha + p.sum();
+                    if (alpha != T(1)) Array<T>(O + std::int64_t(r) * hs, hs) *= alpha;
+                }
+                m[r] = mx;
+            }
+            std::fill(s + n, s + cols, T(0));
+        }
+    }
+}
+
+// dS = P ∘ (dP − D) in place of dP (rows, cols; leading dimension ld for both).
+template <class T>
+void flash_scores_grad(cpu_isa isa, T* dS, const T* P, int ld, const T* D, int rows, int cols) {
+    if constexpr (std::is_same_v<T, float>) {
+        rowk::run_kernel<rowk::flash_scores_grad>(isa, dS, P, ld, D, rows, cols);
+    } else {
+        for (int r = 0; r < rows; ++r) {
+            Array<T> d(dS + std::int64_t(r) * ld, cols);
+            d = ConstArray<T>(P + std::int64_t(r) * ld, cols) * (d - D[r]);
+        }
     }
 }
 
@@ -10290,16 +10684,19 @@ void flash_probabilities(T* S, int ld, int rows, int cols, int i0, int k0, const
 template <class T>
 void flash_attention_forward(const Cpu& dev, T* out, T* lse, const T* qkv, int B, int Tn, int H, int Hkv, int hs) {
     using namespace detail;
-    const int C = H * hs, row = (H + 2 * Hkv) * hs, G = H / Hkv, Bt = flash_tile;
+    const int C = H * hs, row = (H + 2 * Hkv) * hs, G = H / Hkv, Bt = flash_tile, Tp = flash_round_up(Tn);
     const T scale = T(1) / std::sqrt(T(hs));
     const int tiles = (Tn + Bt - 1) / Bt;
+    const cpu_isa isa = row_kernel_isa();
+    T* kt = flash_scratch<T, 1>(std::size_t(B) * Hkv * hs * Tp);  // kᵀ per (b, kv head)
+    flash_transpose(dev, isa, kt, qkv, 0, B, Tn, H, Hkv, hs);
     distill::detail::parallel_for(dev.threads(), std::int64_t(B) * H * tiles, [&](std::int64_t u) {
         const int tile = static_cast<int>(u % tiles), bh = static_cast<int>(u / tiles);
         const int b = bh / H, h = bh % H, j = h / G;
         const int i0 = tile * Bt, rows = std::min(Bt, Tn - i0), i1 = i0 + rows;
         const T* x = qkv + std::int64_t(b) * Tn * row;
         const T* q = x + std::int64_t(i0) * row + h * hs;
-        const T* k = x + C + j * hs;
+        const T* ktj = kt + (std::int64_t(b) * Hkv + j) * hs * Tp;
         const T* v = x + C + Hkv * hs + j * hs;
         T* S = flash_scratch<T>(std::size_t(Bt) * (Bt + hs + 2));
         T* O = S + Bt * Bt;
@@ -10309,29 +10706,11 @@ void flash_attention_forward(const Cpu& dev, T* out, T* lse, const T* qkv, int B
         std::fill(l, l + rows, T(0));
         for (int k0 = 0; k0 < i1; k0 += Bt) {
             const int cols = std::min(Bt, i1 - k0);
-            std::fill(S, S + rows * Bt, T(0));
             // S (rows,cols) = q_tile · k_tileᵀ, raw: scaled after the maximum, as causal_softmax_forward
-            gemm_block<T>(false, true, rows, cols, hs, T(1), q, row, k + std::int64_t(k0) * row, row, S, Bt);
-            for (int r = 0; r < rows; ++r) {
-                T* s = S + std::int64_t(r) * Bt;
-                const int n = std::clamp(i0 + r + 1 - k0, 0, cols);  // keys at or before the query
-                if (n > 0) {
-                    Array<T> p(s, n);
-                    const T mx = k0 == 0 ? p.maxCoeff() : std::max(m[r], p.maxCoeff());
-                    p = ((p - mx) * scale).exp();
-                    if (k0 == 0) {
-                        l[r] = p.sum();
-                    } else {
-                        const T alpha = std::exp((m[r] - mx) * scale);  // rescales what earlier tiles summed
-                        l[r] = l[r] * alpha + p.sum();
-                        if (alpha != T(1)) Array<T>(O + std::int64_t(r) * hs, hs) *= alpha;
-                    }
-                    m[r] = mx;
-                }
-                std::fill(s + n, s + cols, T(0));
-            }
+            flash_gemm<T>(isa, false, rows, flash_round_up(cols), hs, T(1), q, row, ktj + k0, Tp, S, Bt, false);
+            flash_softmax_tile<T>(isa, S, Bt, rows, cols, i0, k0, m, l, O, hs, scale);
             // O (rows,hs) += P (rows,cols) · v_tile (cols,hs)
-            gemm_block<T>(false, false, rows, hs, cols, T(1), S, Bt, v + std::int64_t(k0) * row, row, O, hs);
+            flash_gemm<T>(isa, false, rows, hs, cols, T(1), S, Bt, v + std::int64_t(k0) * row, row, O, hs, true);
         }
         for (int r = 0; r < rows; ++r) {
             const int t = i0 + r;
@@ -10354,9 +10733,15 @@ template <class T>
 void flash_attention_backward(const Cpu& dev, T* dqkv, const T* dout, const T* qkv, const T* out, const T* lse, int B,
                               int Tn, int H, int Hkv, int hs) {
     using namespace detail;
-    const int C = H * hs, row = (H + 2 * Hkv) * hs, G = H / Hkv, Bt = flash_tile;
+    const int C = H * hs, row = (H + 2 * Hkv) * hs, G = H / Hkv, Bt = flash_tile, Tp = flash_round_up(Tn);
     const T scale = T(1) / std::sqrt(T(hs));
     const int tiles = (Tn + Bt - 1) / Bt;
+    const cpu_isa isa = row_kernel_isa();
+    const std::int64_t slab = std::int64_t(hs) * Tp;  // one (b, kv head)'s kᵀ or vᵀ
+    T* kt = flash_scratch<T, 1>(std::size_t(2) * B * Hkv * slab);
+    T* vt = kt + std::int64_t(B) * Hkv * slab;
+    flash_transpose(dev, isa, kt, qkv, 0, B, Tn, H, Hkv, hs);
+    flash_transpose(dev, isa, vt, qkv, Hkv * hs, B, Tn, H, Hkv, hs);
     // D (rows) of query head h, rows i0..: D_t = dout_t · out_t
     auto row_dots = [&](T* D, int b, int h, int i0, int rows) {
         for (int r = 0; r < rows; ++r) {
@@ -10364,19 +10749,22 @@ void flash_attention_backward(const Cpu& dev, T* dqkv, const T* dout, const T* q
             D[r] = (ConstArray<T>(dout + o, hs) * ConstArray<T>(out + o, hs)).sum();
         }
     };
+    // P (rows,cols) = exp(q_tile · k_tileᵀ · scale − lse) on and below the diagonal (k_tileᵀ: ktj + k0)
+    auto probabilities = [&](T* P, const T* q, const T* ktj, const T* lse_h, int i0, int k0, int rows, int cols) {
+        flash_gemm<T>(isa, false, rows, flash_round_up(cols), hs, T(1), q, row, ktj + k0, Tp, P, Bt, false);
+        flash_probabilities<T>(isa, P, Bt, rows, cols, i0, k0, lse_h, scale);
+    };
     // dP (rows,cols) = dout_tile · v_tileᵀ, then dS = P ∘ (dP − D) in place
-    auto scores_grad = [&](T* dS, const T* P, const T* D, const T* dy, const T* v, int rows, int cols) {
-        std::fill(dS, dS + rows * Bt, T(0));
-        gemm_block<T>(false, true, rows, cols, hs, T(1), dy, C, v, row, dS, Bt);
-        for (int r = 0; r < rows; ++r) {
-            Array<T> d(dS + std::int64_t(r) * Bt, cols);
-            d = ConstArray<T>(P + std::int64_t(r) * Bt, cols) * (d - D[r]);
-        }
+    auto scores_grad = [&](T* dS, const T* P, const T* D, const T* dy, const T* vtj, int k0, int rows, int cols) {
+        flash_gemm<T>(isa, false, rows, flash_round_up(cols), hs, T(1), dy, C, vtj + k0, Tp, dS, Bt, false);
+        flash_scores_grad<T>(isa, dS, P, Bt, D, rows, cols);
     };
     if (std::int64_t(B) * Hkv >= 4 * std::int64_t(dev.threads())) {
         distill::detail::parallel_for(dev.threads(), std::int64_t(B) * Hkv, [&](std::int64_t u) {
             const int b = static_cast<int>(u / Hkv), j = static_cast<int>(u % Hkv);
             const T* x = qkv + std::int64_t(b) * Tn * row;
+            const T* ktj = kt + u * slab;
+            const T* vtj = vt + u * slab;
             T* g = dqkv + std::int64_t(b) * Tn * row;
             T* P = flash_scratch<T>(std::size_t(Bt) * (2 * Bt + 2 * hs) + std::size_t(G) * Tn);
             T* dS = P + Bt * Bt;
@@ -10388,23 +10776,20 @@ void flash_attention_backward(const Cpu& dev, T* dqkv, const T* dout, const T* q
             for (int k0 = 0; k0 < Tn; k0 += Bt) {
                 const int cols = std::min(Bt, Tn - k0);
                 const T* k = x + std::int64_t(k0) * row + C + j * hs;
-                const T* v = x + std::int64_t(k0) * row + C + Hkv * hs + j * hs;
-                std::fill(dK, dK + cols * hs, T(0));
-                std::fill(dV, dV + cols * hs, T(0));
                 for (int i = 0; i < G; ++i) {
                     const int h = j * G + i;
                     for (int i0 = k0; i0 < Tn; i0 += Bt) {  // query tiles at or after the key tile
                         const int rows = std::min(Bt, Tn - i0);
                         const T* q = x + std::int64_t(i0) * row + h * hs;
                         const T* dy = dout + (std::int64_t(b) * Tn + i0) * C + h * hs;
-                        std::fill(P, P + rows * Bt, T(0));
-                        gemm_block<T>(false, true, rows, cols, hs, T(1), q, row, k, row, P, Bt);
-                        flash_probabilities(P, Bt, rows, cols, i0, k0, lse + (std::int64_t(b) * H + h) * Tn, scale);
-                        gemm_block<T>(true, false, cols, hs, rows, T(1), P, Bt, dy, C, dV, hs);  // dV += Pᵀ dout
-                        scores_grad(dS, P, D + std::int64_t(i) * Tn + i0, dy, v, rows, cols);
-                        gemm_block<T>(true, false, cols, hs, rows, scale, dS, Bt, q, row, dK, hs);  // dK += scale dSᵀ q
-                        gemm_block<T>(false, false, rows, hs, cols, scale, dS, Bt, k, row,
-                                      g + std::int64_t(i0) * row + h * hs, row);  // dq += scale dS k
+                        const bool first = i == 0 && i0 == k0;  // dK, dV of this key tile start here
+                        probabilities(P, q, ktj, lse + (std::int64_t(b) * H + h) * Tn, i0, k0, rows, cols);
+                        flash_gemm<T>(isa, true, cols, hs, rows, T(1), P, Bt, dy, C, dV, hs, !first);  // dV += Pᵀ dout
+                        scores_grad(dS, P, D + std::int64_t(i) * Tn + i0, dy, vtj, k0, rows, cols);
+                        flash_gemm<T>(isa, true, cols, hs, rows, scale, dS, Bt, q, row, dK, hs,
+                                      !first);  // dK += scale dSᵀ q
+                        flash_gemm<T>(isa, false, rows, hs, cols, scale, dS, Bt, k, row,
+                                      g + std::int64_t(i0) * row + h * hs, row, true);  // dq += scale dS k
                     }
                 }
                 for (int c = 0; c < cols; ++c) {
@@ -10421,27 +10806,24 @@ void flash_attention_backward(const Cpu& dev, T* dqkv, const T* dout, const T* q
         const int b = bj / Hkv, j = bj % Hkv;
         const int k0 = tile * Bt, cols = std::min(Bt, Tn - k0);
         const T* x = qkv + std::int64_t(b) * Tn * row;
-        const T* k = x + std::int64_t(k0) * row + C + j * hs;
-        const T* v = x + std::int64_t(k0) * row + C + Hkv * hs + j * hs;
+        const T* ktj = kt + bj * slab;
+        const T* vtj = vt + bj * slab;
         T* P = flash_scratch<T>(std::size_t(Bt) * (2 * Bt + 2 * hs + 1));
         T* dS = P + Bt * Bt;
         T* dK = dS + Bt * Bt;
         T* dV = dK + Bt * hs;
         T* D = dV + Bt * hs;
-        std::fill(dK, dK + cols * hs, T(0));
-        std::fill(dV, dV + cols * hs, T(0));
         for (int h = j * G; h < (j + 1) * G; ++h)
             for (int i0 = k0; i0 < Tn; i0 += Bt) {  // query tiles at or after the key tile
                 const int rows = std::min(Bt, Tn - i0);
                 const T* q = x + std::int64_t(i0) * row + h * hs;
                 const T* dy = dout + (std::int64_t(b) * Tn + i0) * C + h * hs;
-                std::fill(P, P + rows * Bt, T(0));
-                gemm_block<T>(false, true, rows, cols, hs, T(1), q, row, k, row, P, Bt);
-                flash_probabilities(P, Bt, rows, cols, i0, k0, lse + (std::int64_t(b) * H + h) * Tn, scale);
-                gemm_block<T>(true, false, cols, hs, rows, T(1), P, Bt, dy, C, dV, hs);  // dV += Pᵀ dout
+                const bool first = h == j * G && i0 == k0;
+                probabilities(P, q, ktj, lse + (std::int64_t(b) * H + h) * Tn, i0, k0, rows, cols);
+                flash_gemm<T>(isa, true, cols, hs, rows, T(1), P, Bt, dy, C, dV, hs, !first);  // dV += Pᵀ dout
                 row_dots(D, b, h, i0, rows);
-                scores_grad(dS, P, D, dy, v, rows, cols);
-                gemm_block<T>(true, false, cols, hs, rows, scale, dS, Bt, q, row, dK, hs);  // dK += scale dSᵀ q
+                scores_grad(dS, P, D, dy, vtj, k0, rows, cols);
+                flash_gemm<T>(isa, true, cols, hs, rows, scale, dS, Bt, q, row, dK, hs, !first);  // dK += scale dSᵀ q
             }
         T* g = dqkv + std::int64_t(b) * Tn * row + std::int64_t(k0) * row;
         for (int c = 0; c < cols; ++c) {
@@ -10457,21 +10839,19 @@ void flash_attention_backward(const Cpu& dev, T* dqkv, const T* dout, const T* q
         const T* x = qkv + std::int64_t(b) * Tn * row;
         const T* q = x + std::int64_t(i0) * row + h * hs;
         const T* dy = dout + (std::int64_t(b) * Tn + i0) * C + h * hs;
+        const T* ktj = kt + (std::int64_t(b) * Hkv + j) * slab;
+        const T* vtj = vt + (std::int64_t(b) * Hkv + j) * slab;
         T* P = flash_scratch<T>(std::size_t(Bt) * (2 * Bt + hs + 1));
         T* dS = P + Bt * Bt;
         T* dQ = dS + Bt * Bt;
         T* D = dQ + Bt * hs;
-        std::fill(dQ, dQ + rows * hs, T(0));
         row_dots(D, b, h, i0, rows);
         for (int k0 = 0; k0 < i1; k0 += Bt) {
             const int cols = std::min(Bt, i1 - k0);
             const T* k = x + std::int64_t(k0) * row + C + j * hs;
-            const T* v = x + std::int64_t(k0) * row + C + Hkv * hs + j * hs;
-            std::fill(P, P + rows * Bt, T(0));
-            gemm_block<T>(false, true, rows, cols, hs, T(1), q, row, k, row, P, Bt);
-            flash_probabilities(P, Bt, rows, cols, i0, k0, lse + std::int64_t(bh) * Tn, scale);
-            scores_grad(dS, P, D, dy, v, rows, cols);
-            gemm_block<T>(false, false, rows, hs, cols, scale, dS, Bt, k, row, dQ, hs);  // dQ += scale dS k
+            probabilities(P, q, ktj, lse + std::int64_t(bh) * Tn, i0, k0, rows, cols);
+            scores_grad(dS, P, D, dy, vtj, k0, rows, cols);
+            flash_gemm<T>(isa, false, rows, hs, cols, scale, dS, Bt, k, row, dQ, hs, k0 > 0);  // dQ += scale dS k
         }
         T* g = dqkv + (std::int64_t(b) * Tn + i0) * row + h * hs;
         for (int r = 0; r < rows; ++r) std::copy(dQ + r * hs, dQ + (r + 1) * hs, g + std::int64_t(r) * row);
@@ -10479,7 +10859,6 @@ void flash_attention_backward(const Cpu& dev, T* dqkv, const T* dout, const T* q
 }
 
 }  // namespace distill::device
-#endif  // DISTILL_CPU_FUSED_ATTENTION
 // ---- end distill/device/cpu/flash_attention.hpp ----
 // ---- end distill/device/cpu/layers.hpp ----
 // ---- begin distill/device/reference/encoder.hpp ----
@@ -14465,7 +14844,9 @@ public:
         return data_.subspan(static_cast<std::size_t>(info.begin), static_cast<std::size_t>(info.end - info.begin));
     }
 
-    /// Converts the floating-point tensor `info` (F64, F32, F16 or BF16) into `out`.
+    /// Converts the floating-point tensor `info` (F64, F32, F16 or BF16) into `out`, then drops the
+    /// tensor's mapped pages from the process (`mapped_file::release`): loading a model tensor by tensor
+    /// holds one tensor's pages at a time.
     /// Throws shape_error if `out.size()` is not `info.numel()` and format_error if the tensor holds integers.
     /// @tparam T float or double.
     template <class T>
@@ -14482,31 +14863,33 @@ public:
             case dtype::F64:
                 for (std::size_t i = 0; i < n; ++i)
                     out[i] = static_cast<T>(distill::detail::load_unaligned<double>(src.data(), i));
-                return;
+                break;
             case dtype::F32:
                 if constexpr (std::is_same_v<T, float>) {
                     if (n > 0) std::memcpy(out.data(), src.data(), n * sizeof(float));
                 } else {
                     for (std::size_t i = 0; i < n; ++i) out[i] = distill::detail::load_unaligned<float>(src.data(), i);
                 }
-                return;
+                break;
             case dtype::F16:
                 for (std::size_t i = 0; i < n; ++i) {
                     out[i] =
                         static_cast<T>(f16_to_float(distill::detail::load_unaligned<std::uint16_t>(src.data(), i)));
                 }
-                return;
+                break;
             case dtype::BF16:
                 for (std::size_t i = 0; i < n; ++i) {
                     out[i] =
                         static_cast<T>(bf16_to_float(distill::detail::load_unaligned<std::uint16_t>(src.data(), i)));
                 }
-                return;
+                break;
             default:
                 throw format_error(path_, 0,
                                    "tensor '" + info.name + "' is " + std::string(dtype_name(info.type)) +
                                        ", not a floating-point dtype; read it with read_integers()");
         }
+        const auto at = static_cast<std::size_t>(data_.data() - map_.bytes().data());
+        map_.release(at + static_cast<std::size_t>(info.begin), at + static_cast<std::size_t>(info.end));
     }
 
     /// The integer tensor `info` (I64, I32, I16, I8, U8 or BOOL) widened to int64.
@@ -14609,8 +14992,16 @@ private:
             throw defect("__metadata__ \"" + std::string(checksum_key) + "\" must be 8 lowercase hex digits, found \"" +
                          it->second.substr(0, 16) + "\"");
         }
-        const std::uint32_t actual =
-            distill::detail::crc32c(data_.data(), data_.size(), distill::detail::header_checksum(header));
+        // in chunks whose pages are dropped once summed (`mapped_file::release`): verifying a large
+        // checkpoint holds one chunk of it in memory, not the file
+        constexpr std::size_t chunk = std::size_t(4) << 20;
+        const auto at = static_cast<std::size_t>(data_.data() - map_.bytes().data());
+        std::uint32_t actual = distill::detail::header_checksum(header);
+        for (std::size_t i = 0; i < data_.size(); i += chunk) {
+            const std::size_t n = std::min(chunk, data_.size() - i);
+            actual = distill::detail::crc32c(data_.data() + i, n, actual);
+            map_.release(at + i, at + i + n);
+        }
         if (actual != *recorded) {
             throw defect("checksum mismatch: __metadata__ records CRC-32C " + it->second +
                          ", the header and data give " + distill::detail::hex32(actual) +
@@ -15044,14 +15435,30 @@ namespace distill::student {
 /// or, for training in less memory, each block's output (the hidden states) and one block's working
 /// memory, the backward recomputing each block's activations from its input before differentiating
 /// it (`checkpointed`: activation checkpointing, one more forward of every block but the last per
-/// step; the gradients are those of `training`, bit for bit; attention maps and q|k|v are not kept,
-/// so losses that read them need `training`); or everything `training` keeps but the attention maps
-/// (`training_fused`, `Transformer` only: where the device has the fused attention kernels,
-/// `device::fused_attention_device`, attention runs fused and keeps a (B,H,T) log-sum-exp in place of
-/// the (B,H,T,T) map and its gradient; the gradients equal `training`'s to rounding; `attention(l)` and
-/// `qkv(l)` are not offered, so losses that read them need `training`). `inference` attends fused too
-/// on such a device.
+/// step; attention maps and q|k|v are not kept, so losses that read them need `training`); or
+/// everything `training` keeps but the attention maps (`training_fused`, `Transformer` only;
+/// `attention(l)` and `qkv(l)` are not offered, so losses that read them need `training`).
+/// On a device with the fused attention kernels (`device::fused_attention_device`) a `Transformer`
+/// attends fused in every mode but `training` (`attends_fused`): a (B,H,T) log-sum-exp in place of
+/// each (B,H,T,T) map, no map gradient, the tiles above the diagonal skipped; `training_fused`'s
+/// gradients then equal `training`'s to rounding. `checkpointed`'s gradients equal, bit for bit,
+/// those of the same model without checkpointing on the same attention path: `training_fused` where
+/// the device attends fused, `training` elsewhere (and for `Encoder`, which never attends fused).
 enum class activations { training, inference, checkpointed, training_fused };
+
+/// The enumerator's name: "training", "inference", "checkpointed" or "training_fused".
+constexpr const char* activations_name(activations mode) noexcept {
+    switch (mode) {
+        case activations::inference:
+            return "inference";
+        case activations::checkpointed:
+            return "checkpointed";
+        case activations::training_fused:
+            return "training_fused";
+        default:
+            return "training";
+    }
+}
 
 /// How a parameter's values are stored: `fp32` (the scalar type T) alone; `fp32_bf16` an fp32
 /// master copy (what optimizers update) and a bf16 copy the GEMMs read, refreshed from it
@@ -15060,7 +15467,8 @@ enum class storage : std::uint8_t { fp32, fp32_bf16, bf16 };
 
 /// Where a device rounds fp32 to bf16 for stored weights (`round_bf16(dev, dst, src, n)`, round to
 /// nearest even, the rounding its bf16 GEMMs apply to their operands) and multiplies by a bf16 weight
-/// (`gemm_bf16_weight`): device::Cpu with oneDNN.
+/// (`gemm_bf16_weight`): device::Cpu with oneDNN, device::Cuda (whose `embedding_forward_bf16` reads a
+/// token embedding stored in bf16 alone).
 template <class Device>
 concept bf16_weight_device = requires(const Device& d, float* f, const float* cf, std::uint16_t* h,
                                       const std::uint16_t* ch) {
@@ -15121,9 +15529,9 @@ public:
             std::uint16_t* d = const_cast<std::uint16_t*>(bf16_value(k)) + first;
             if constexpr (Device::memory == memory_space::host) {
                 round_bf16(*dev_, d, src, std::int64_t(n));
-            } else {
+            } else {  // rounded on the host (src is host memory), the same bits as the device's round_bf16
                 std::vector<std::uint16_t> h(n);
-                round_bf16(*dev_, h.data(), src, std::int64_t(n));
+                for (std::size_t i = 0; i < n; ++i) h[i] = quant::fp32_to_bf16(src[i]);
                 dev_->copy(d, h.data(), sizeof(std::uint16_t) * n);
             }
         }
@@ -15984,10 +16392,10 @@ struct TransformerConfig {
     /// job's top-level `lora` sets it, and it is not part of the config saved with weights.
     LoraConfig lora{};
     /// Under `precision::bf16` on a device that multiplies by stored bf16 weights (`device::Cpu` with
-    /// oneDNN): the GEMM matrices (token embedding, q|k|v, o, MLP, head) are stored in bf16 — alone
-    /// when frozen (activations::inference, the LoRA base, `frozen`), else beside the fp32 master the
-    /// optimizer updates. false keeps fp32 storage and rounds each weight in every GEMM (the same
-    /// products; tests compare the two). Not a key of the `student` object.
+    /// oneDNN, `device::Cuda`): the GEMM matrices (token embedding, q|k|v, o, MLP, head) are stored in
+    /// bf16 — alone when frozen (activations::inference, the LoRA base, `frozen`), else beside the fp32
+    /// master the optimizer updates. false keeps fp32 storage and rounds each weight in every GEMM (the
+    /// same products; tests compare the two). Not a key of the `student` object.
     bool bf16_weights = true;
     /// No optimizer updates this model's weights (a teacher, in any activations mode): under bf16
     /// storage its matrices are kept in bf16 alone, as those of activations::inference are. Not a key.
@@ -16065,9 +16473,42 @@ struct TransformerConfig {
 template <class T, class Device>
 class Transformer;
 
+/// Whether a `Transformer<T, Device>` built in `mode` attends fused (`flash_attention_forward` /
+/// `backward`: key tiles streamed through an online softmax, no (T,T) map, the tiles above the
+/// diagonal skipped): every mode but `training` (the one that keeps the maps), on a device with the
+/// fused kernels (`device::fused_attention_device`, e.g. device::Cpu). `checkpointed` attends fused in
+/// its forward and in its backward's recomputation alike, so its gradients are those of
+/// `training_fused`, bit for bit, where this holds, and those of `training` elsewhere.
+template <class T, class Device>
+constexpr bool attends_fused(activations mode) noexcept {
+    if constexpr (device::fused_attention_device<Device, T>)
+        return mode != activations::training;
+    else
+        return false;
+}
+
+/// The mode a `Transformer<T, Device>` trains in, one rule for every caller that builds a training
+/// student (the `distill` command's finetune stage, its memory plan): `checkpointed` with activation
+/// checkpointing; else `training_fused` where the device has the fused attention kernels and the loss
+/// reads no attention map or q|k|v (`loss::reads_attention`); else `training`. A loss that reads them
+/// cannot take activation checkpointing (the Distiller refuses the pair).
+template <class T, class Device>
+constexpr activations training_activations(bool checkpointing, bool reads_attention) noexcept {
+    if (checkpointing) return activations::checkpointed;
+    return !reads_attention && device::fused_attention_device<Device, T> ? activations::training_fused
+                                                                         : activations::training;
+}
+
+/// The attention path of a `Transformer<T, Device>` built in `mode`, for plans and logs: "fused
+/// attention" or "unfused attention".
+template <class T, class Device>
+constexpr const char* attention_path(activations mode) noexcept {
+    return attends_fused<T, Device>(mode) ? "fused attention" : "unfused attention";
+}
+
 /// Whether a `Transformer<T, Device>` built with `config` on `dev` stores its GEMM matrices in bf16
 /// (`TransformerConfig::bf16_weights`, under precision::bf16, on a device that multiplies by stored
-/// bf16 weights: device::Cpu with oneDNN).
+/// bf16 weights: device::Cpu with oneDNN, device::Cuda).
 template <class T, class Device>
 bool stores_bf16_weights(const TransformerConfig& config, const Device& dev) {
     if constexpr (bf16_weight_device<Device> && std::is_same_v<T, float>)
@@ -16163,9 +16604,10 @@ public:
     /// `config.context_length` tokens. Parameters start at zero; call `init` or load weights. With
     /// `activations::inference` the model only runs forwards: `backward` throws, `hidden_state(i)`
     /// exists for i = 0 and L only, `attention` and `qkv` not at all, and gradients are empty. With
-    /// `activations::checkpointed` it trains like `training` in less memory, without `attention` and `qkv`;
-    /// with `activations::training_fused` likewise, without a (B,H,T,T) buffer per layer where the
-    /// device has the fused attention kernels (`fused_attention()`).
+    /// `activations::checkpointed` it trains in less memory, without `attention` and `qkv`, attending
+    /// fused where the device has the fused attention kernels (`attends_fused`); with
+    /// `activations::training_fused` it keeps what `training` keeps but the maps, without a (B,H,T,T)
+    /// buffer per layer where the device has the fused attention kernels (`fused_attention()`).
     Transformer(const TransformerConfig& config, int max_batch, Device device = Device{},
                 activations mode = activations::training)
         : cfg_(config), dev_(device), max_batch_(max_batch), mode_(mode) {
@@ -16297,14 +16739,9 @@ public:
     /// Whether attention maps and q|k|v of a forward are kept (activations::training).
     bool keeps_attention() const noexcept { return mode_ == activations::training; }
     /// Whether attention runs fused, streaming key tiles through an online softmax with no (T,T)
-    /// map (`flash_attention_forward`/`backward`): activations::inference and training_fused, on a
-    /// device with the fused kernels (`device::fused_attention_device`, e.g. device::Cpu).
-    bool fused_attention() const noexcept {
-        if constexpr (device::fused_attention_device<Device, T>)
-            return mode_ == activations::inference || mode_ == activations::training_fused;
-        else
-            return false;
-    }
+    /// map (`flash_attention_forward`/`backward`): activations::inference, training_fused and
+    /// checkpointed, on a device with the fused kernels (`attends_fused`).
+    bool fused_attention() const noexcept { return attends_fused<T, Device>(mode_); }
     /// Whether `backward` runs (activations::training, checkpointed, training_fused).
     bool trains() const noexcept { return mode_ != activations::inference; }
 
@@ -16400,12 +16837,14 @@ private:
     bool bf16_only_wte() const noexcept { return this->base_storage(wte_) == storage::bf16; }
     // encoded(N,C) = wte[token] (widened from bf16) + wpe[position]: embedding_forward's sum.
     void embedding_bf16(const std::int32_t* tokens, int B, int Tn) {
-        if constexpr (bf16_weight_device<Device>) {  // host memory (device::Cpu)
+        if constexpr (bf16_weight_device<Device> && Device::memory == memory_space::host) {  // device::Cpu
             const int C = cfg_.d_model;
             T* out = act(encoded_);
             distill::detail::parallel_for(dev_.threads(), std::int64_t(B) * Tn, [&](std::int64_t n) {
                 embedding_row(out + n * C, tokens[n], cfg_.rope() ? nullptr : wpe() + (n % Tn) * C);
             });
+        } else if constexpr (bf16_weight_device<Device>) {  // device memory (device::Cuda): its kernel
+            embedding_forward_bf16(dev_, act(encoded_), tokens_, this->bf16_value(wte_), wpe(), B, Tn, cfg_.d_model);
         }
     }
     // out(C) = wte[token] widened (+ pos(C)).
@@ -16714,8 +17153,12 @@ public:
         T* x = act(encoded_);
         for (int b = 0; b < B; ++b) {
             if (bf16_only_wte()) {
-                embedding_row(x + std::int64_t(b) * C, tokens[b],
-                              cfg_.rope() ? nullptr : wpe() + std::int64_t(cache.length(b)) * C);
+                const T* pos = cfg_.rope() ? nullptr : wpe() + std::int64_t(cache.length(b)) * C;
+                if constexpr (Device::memory == memory_space::host)
+                    embedding_row(x + std::int64_t(b) * C, tokens[b], pos);
+                else if constexpr (bf16_weight_device<Device>)
+                    embedding_forward_bf16(dev_, x + std::int64_t(b) * C, &tokens[b], this->bf16_value(wte_), pos, 1, 1,
+                                           C);
                 continue;
             }
             const T* e = wte() + std::int64_t(tokens[b]) * C;
@@ -16829,11 +17272,9 @@ public:
             const T* x_in = l ? act(layer_acts_[l - 1].res_out) : act(encoded_);
             // checkpointed: the blocks share one working memory, which holds the last block's
             // activations after the forward; the others are recomputed from their kept input
-            if (mode_ == activations::checkpointed && l + 1 < L)
-                block_forward(l, x_in, N, [&] {
-                    nn::attention_forward(dev_, act(a.atty), act(a.att), act(a.qkv), B, Tn, H, cfg_.kv_heads(),
-                                          cfg_.head_size());
-                });
+            // through the forward's own attention path (fused where the device has it: no map, and the
+            // log-sum-exp the fused backward reads), so that the recomputed activations are the forward's
+            if (mode_ == activations::checkpointed && l + 1 < L) block_forward(l, x_in, N, [&] { attend(l, B, Tn); });
             if (l + 1 < L)
                 if (const T* e = extra(d_hidden, l + 1, std::int64_t(N) * C))
                     accumulate(dev_, d_res, e, std::int64_t(N) * C);
@@ -16851,10 +17292,11 @@ public:
             linear_backward(act(d_atty_), w.proj_w, w.proj_b, d_res, act(a.atty), N, C, C);
             lora_linear_backward(l, 1, d_res, act(a.atty), act(d_atty_), N);
             const T* d_map = extra(d_attention, l, std::int64_t(B) * H * Tn * Tn);
-            if (d_map && mode_ == activations::training_fused)  // on every device, as attention(l) is refused
-                throw config_error("student", "backward: a gradient on attention map " + std::to_string(l) +
-                                                  " needs the map, which activations::training_fused does not "
-                                                  "keep; build the model with activations::training");
+            if (d_map && !keeps_attention())  // on every device, as attention(l) is refused
+                throw config_error("student",
+                                   "backward: a gradient on attention map " + std::to_string(l) +
+                                       " needs the map, which activations::" + std::string(activations_name(mode_)) +
+                                       " does not keep; build the model with activations::training");
             if (fused_attention()) {
                 if constexpr (device::fused_attention_device<Device, T>)
                     flash_attention_backward(dev_, act(d_qkv_), act(d_atty_), act(a.qkv), act(a.atty), act(a.att), B,
@@ -16881,9 +17323,9 @@ public:
     /// Bytes of the activation arena: what a forward keeps and the backward's buffers.
     std::size_t activation_bytes() const noexcept { return sizeof(T) * act_arena_.size(); }
     /// Bytes of the backward's own buffers (the logits' gradient, the per-layer gradient scratch),
-    /// the same for activations::training and checkpointed (training_fused with fused attention: less
-    /// the attention map's gradient); the rest of `activation_bytes()` is what
-    /// a forward keeps for the backward and the losses.
+    /// the same in every training mode on the same attention path (fused attention: no attention map
+    /// gradient); the rest of `activation_bytes()` is what a forward keeps for the backward and the
+    /// losses.
     std::size_t backward_buffer_bytes() const noexcept {
         return trains() ? sizeof(T) * (act_arena_.size() - act_layout_.blocks()[dlogits_].offset) : 0;
     }
@@ -16978,8 +17420,8 @@ private:
                            Q = cfg_.qkv_width(), F1 = cfg_.fc_width();
         const std::int64_t rows_h = std::int64_t(max_batch_) * cfg_.n_heads * cfg_.context_length;
         const std::int64_t att = rows_h * cfg_.context_length;
-        // a layer's "att": the (B,H,T,T) map, or with fused attention the (B,H,T) log-sum-exp (training_fused)
-        // or attention_decode's scratch (inference), both B·H·T
+        // a layer's "att": the (B,H,T,T) map, or with fused attention the (B,H,T) log-sum-exp (training_fused,
+        // checkpointed) or attention_decode's scratch (inference), both B·H·T
         const std::int64_t att_layer = fused_attention() ? rows_h : att;
         auto add = [&](const char* name, std::int64_t n) { return act_layout_.add<T>(name, {n}); };
         encoded_ = add("encoded", N * C);
@@ -17063,9 +17505,9 @@ private:
                                               "activations::training");
         if (mode_ == activations::checkpointed)
             throw config_error("student", std::string(what) +
-                                              ": this model recomputes attention maps and q|k|v in backward "
-                                              "(activations::checkpointed) and keeps none; a loss that reads them "
-                                              "needs activations::training");
+                                              ": this model recomputes each block's activations in backward "
+                                              "(activations::checkpointed) and keeps no attention maps or q|k|v; a "
+                                              "loss that reads them needs activations::training");
     }
 
     void check_batch(const std::int32_t* tokens, int B, int Tn) const {
@@ -17691,56 +18133,45 @@ void load(const Directory& ckpt, Model& model) {
         s.file->read(*s.info, std::span<T>(staged));
         detail::transpose(staged.data(), dst, std::size_t(s.info->shape[0]), std::size_t(s.info->shape[1]));
     };
-    if constexpr (requires { model.bf16_only_weights(); }) {
-        if (model.bf16_only_weights()) {
-            // weights stored in bf16 alone: one parameter at a time through a host buffer of its size
-            // (never an fp32 image of the model), rounded into its storage by write_base. Every
-            // name, shape and dtype was checked above; only a read error can stop it half way.
-            std::vector<T> one;
-            if (tied_head) {  // the head the checkpoint carries must equal its embedding
-                const auto [file, info] = *ckpt.find("lm_head.weight");
-                const source* wte = nullptr;
-                for (const auto& s : sources)
-                    if (s.offset == embedding) wte = &s;
-                if (!wte || info->shape != wte->info->shape || !is_floating(info->type))
-                    throw format_error(file->path(), 0,
-                                       "lm_head.weight: expected the tied embedding's shape and a float dtype");
-                one.resize(std::size_t(info->numel()));
-                read(*wte, one.data());
-                std::vector<T> head(one.size());
-                file->read(*info, std::span<T>(head));
-                if (head != one)
-                    throw format_error(file->path(), 0,
-                                       "lm_head.weight differs from the token embedding, but config.json ties them "
-                                       "(tie_word_embeddings)");
-            }
-            first_source.push_back(sources.size());
-            for (std::size_t k = 0; k + 1 < first_source.size(); ++k) {
-                one.resize(std::size_t(model.base_parameters()[k].value.numel()));
-                for (std::size_t i = first_source[k]; i < first_source[k + 1]; ++i)
-                    read(sources[i], one.data() + (sources[i].offset - model.image_offset(k)));
-                model.write_base(k, one.data());
-            }
-            return;
-        }
-    }
-    std::vector<T> host(model.arena_size(), T(0));
-    for (const auto& s : sources) read(s, host.data() + s.offset);
-    if (tied_head) {
+    // One parameter at a time through a host buffer of its size (never an image of the model), written
+    // into its storage by write_base (fp32, and/or rounded to bf16; a device copy where the model's
+    // memory is not the host's). Every name, shape and dtype was checked above and a tied head is
+    // compared below before anything is written; only a failed read could stop it half way.
+    std::vector<T> one;
+    if (tied_head) {  // the head the checkpoint carries must equal its embedding
         const auto [file, info] = *ckpt.find("lm_head.weight");
-        const std::size_t n = std::size_t(model.config().vocab_size) * std::size_t(model.config().d_model);
-        if (info->shape != std::vector<std::int64_t>{model.config().vocab_size, model.config().d_model} ||
-            !is_floating(info->type))
+        const source* wte = nullptr;
+        for (const auto& s : sources)
+            if (s.offset == embedding) wte = &s;
+        if (!wte || info->shape != wte->info->shape || !is_floating(info->type))
             throw format_error(file->path(), 0,
                                "lm_head.weight: expected the tied embedding's shape and a float dtype");
-        staged.resize(n);
+        one.resize(std::size_t(info->numel()));
+        read(*wte, one.data());
+        staged.resize(one.size());
         file->read(*info, std::span<T>(staged));
-        if (!std::equal(staged.begin(), staged.end(), host.begin() + std::ptrdiff_t(embedding)))
+        if (staged != one)
             throw format_error(file->path(), 0,
                                "lm_head.weight differs from the token embedding, but config.json ties them "
                                "(tie_word_embeddings)");
     }
-    model.device().copy(model.parameter_data(), host.data(), sizeof(T) * host.size());
+    first_source.push_back(sources.size());
+    for (std::size_t k = 0; k + 1 < first_source.size(); ++k) {
+        one.resize(std::size_t(model.base_parameters()[k].value.numel()));
+        for (std::size_t i = first_source[k]; i < first_source[k + 1]; ++i)
+            read(sources[i], one.data() + (sources[i].offset - model.image_offset(k)));
+        model.write_base(k, one.data());
+    }
+}
+
+/// The memory a loader holds on top of a model of config `c` while it reads its weights, at most: the
+/// mapped pages of the tensor being read (4 bytes an element: F32 or narrower; `safetensors_file::read`
+/// drops each tensor's pages once copied) and `buffers` host buffers of the largest parameter's size.
+/// `load` here takes 2 (a parameter's values, and a transposed tensor staged or a tied head compared);
+/// `io::load_weights` 1 for weights stored in bf16 alone, else 0 (it reads into the parameters).
+inline std::int64_t load_transient_bytes(const student::TransformerConfig& c, int buffers = 2) {
+    return std::int64_t(sizeof(float)) * (1 + buffers) * c.d_model *
+           std::max({c.vocab_size, c.qkv_width(), c.fc_width(), c.d_ff});
 }
 
 /// Writes an Encoder to `dir` as transformers' BertModel without its pooler (config.json and
@@ -19426,8 +19857,9 @@ struct TransformerMemory {
 
 /// The arenas a `Transformer<T, Device>(config, max_batch, device, mode)` allocates, without allocating
 /// (the device matters where it has the fused attention kernels: no (T,T) buffers in activations::
-/// inference and training_fused). `bf16_storage`: whether that device stores the GEMM matrices in bf16
-/// (`stores_bf16_weights(config, device)`: precision::bf16 on device::Cpu with oneDNN) — then they take
+/// inference, training_fused and checkpointed, `attends_fused`). `bf16_storage`: whether that device stores the GEMM
+/// matrices in bf16 (`stores_bf16_weights(config, device)`: precision::bf16 on device::Cpu with oneDNN or
+/// device::Cuda) — then they take
 /// 2 bytes an element, beside their fp32 masters when they train, alone when frozen
 /// (activations::inference, LoRA, `frozen`). Throws `config_error` as the constructor does for a config
 /// out of range or max_batch < 1.
@@ -19514,8 +19946,7 @@ TransformerMemory transformer_memory(const TransformerConfig& config, int max_ba
     const std::int64_t N = std::int64_t(max_batch) * c.context_length;
     const std::int64_t rows_h = std::int64_t(max_batch) * H * c.context_length, att = rows_h * c.context_length;
     // Transformer::fused_attention(): a layer's att holds B·H·T (log-sum-exp or decode scratch)
-    const bool fused = device::fused_attention_device<Device, T> &&
-                       (mode == activations::inference || mode == activations::training_fused);
+    const bool fused = attends_fused<T, Device>(mode);
     const std::int64_t att_layer = fused ? rows_h : att;
     auto act = [&](std::int64_t n) { return acts.add<T>("", {n}); };
     act(N * C);  // encoded
@@ -21728,6 +22159,10 @@ struct ModelConfig {
                             ///< checkpoint directory (config.json + model.safetensors or shards)
     std::string config{};   ///< optional JSON file with the architecture config ("" = the metadata's)
     int max_batch = 16;     ///< sequences generated (or forwarded) at once
+    /// The positions the network is built for, which size its activations and KV cache: 0 = the
+    /// checkpoint's; fewer only for a rotary model (a checkpoint of 32 768 positions, answering
+    /// prompts of a few hundred tokens, need not hold memory for 32 768).
+    int context_length = 0;
     /// false: the network keeps only its logits (student::activations::inference: one layer's working
     /// memory, no hidden states, attention maps or q|k|v), for losses that read the teacher's logits
     /// and tokens alone — the `distill` command sets it so when the job's loss allows.
@@ -21742,6 +22177,9 @@ struct ModelConfig {
         if (weights.empty())
             throw config_error(path + ".weights", "is required (a .safetensors file or a Hugging Face directory)");
         if (max_batch < 1) throw config_error(path + ".max_batch", "must be >= 1, got " + std::to_string(max_batch));
+        if (context_length < 0)
+            throw config_error(path + ".context_length",
+                               "must be >= 0 (0: the checkpoint's), got " + std::to_string(context_length));
     }
 };
 
@@ -21784,7 +22222,7 @@ public:
     explicit Model(const ModelConfig& config, Device device = Device{})
         : cfg_(validated(config)),
           template_(load_template(cfg_)),
-          net_(frozen(load_arch_config(cfg_)), cfg_.max_batch, device, network_mode(cfg_)),
+          net_(frozen(sized(load_arch_config(cfg_), cfg_)), cfg_.max_batch, device, network_mode(cfg_)),
           cache_(net_.make_cache(cfg_.max_batch)) {
         load_weights();
     }
@@ -21794,7 +22232,7 @@ public:
     Model(const ModelConfig& config, data::ChatTokenizer chat_template, Device device = Device{})
         : cfg_(validated(config)),
           template_(std::move(chat_template)),
-          net_(frozen(load_arch_config(cfg_)), cfg_.max_batch, device, network_mode(cfg_)),
+          net_(frozen(sized(load_arch_config(cfg_), cfg_)), cfg_.max_batch, device, network_mode(cfg_)),
           cache_(net_.make_cache(cfg_.max_batch)) {
         load_weights();
     }
@@ -21924,6 +22362,22 @@ private:
     static const ModelConfig& validated(const ModelConfig& c) {
         c.validate();
         return c;
+    }
+
+    // The checkpoint's architecture built for `context_length` positions (a rotary model only).
+    static arch_config sized(arch_config a, const ModelConfig& c) {
+        if (c.context_length == 0) return a;
+        if constexpr (requires { a.rope(); }) {
+            if (!a.rope() || c.context_length > a.context_length)
+                throw config_error("teacher.context_length",
+                                   "is " + std::to_string(c.context_length) + ", but the checkpoint's model has " +
+                                       (a.rope() ? "only " + std::to_string(a.context_length) + " positions"
+                                                 : "learned positions, whose count it must keep (" +
+                                                       std::to_string(a.context_length) + "); leave it 0"));
+            a.context_length = c.context_length;
+            return a;
+        }
+        throw config_error("teacher.context_length", "applies to rotary Transformer teachers; leave it 0");
     }
 
     // A teacher's network is never trained: under bf16 storage its matrices are held in bf16 alone
@@ -22159,8 +22613,8 @@ private:
 
 }  // namespace distill::teacher
 
-BOOST_HANA_ADAPT_STRUCT(distill::teacher::ModelConfig, weights, config, max_batch, keep_activations, tokenizer,
-                        chat_template);
+BOOST_HANA_ADAPT_STRUCT(distill::teacher::ModelConfig, weights, config, max_batch, context_length, keep_activations,
+                        tokenizer, chat_template);
 // ---- end distill/teacher/model.hpp ----
 // ---- begin distill/version.hpp ----
 /// @file version.hpp
@@ -30408,8 +30862,8 @@ void check_activation_checkpointing(const Job& job, const Loss& probe) {
     else if (loss::reads_attention(probe))
         throw config_error("activation_checkpointing",
                            "is true, but the loss reads the student's attention maps or q|k|v (attention_kl, "
-                           "attention_relation), which a checkpointed student recomputes in backward and does "
-                           "not keep; set it to false (or drop those terms)");
+                           "attention_relation), which a checkpointed student does not keep; set it to false "
+                           "(or drop those terms)");
 }
 
 /// What a training run starts from, added to its fingerprint fields: the bytes of `student_weights`
@@ -30857,15 +31311,37 @@ private:
 
     // ---- training runs ----------------------------------------------------------------------------
 
-    // The student a training run starts from; with the job's `lora`, the adapted one (base frozen).
-    student_type make_student(int max_batch = 0) const {
+    // The activations mode a training run builds its student in (make_student, memory_plan): for a
+    // student::Transformer, student::training_activations — checkpointed under activation_checkpointing,
+    // else training_fused where the device has the fused attention kernels and the run's loss reads no
+    // attention map or q|k|v (`reads_attention`: the distilled student's loss, loss::reads_attention;
+    // the baseline's cross-entropy reads none), else training; for another student type with modes,
+    // checkpointed under activation_checkpointing; nullopt: the type's own default.
+    std::optional<student::activations> training_mode(bool reads_attention) const {
+        if constexpr (std::is_same_v<student_config, student::TransformerConfig> &&
+                      checkpointable<student_type, Device>) {
+            return student::training_activations<typename student_type::scalar_type, Device>(
+                s_.job.activation_checkpointing, reads_attention);
+        } else if constexpr (checkpointable<student_type, Device>) {
+            if (s_.job.activation_checkpointing) return student::activations::checkpointed;
+        }
+        return std::nullopt;
+    }
+    // The distilled student's mode: training_mode of the job's loss.
+    std::optional<student::activations> distilled_mode() const {
+        return training_mode(
+            loss::reads_attention(loss_type(s_.loss, dims(std::max(s_.job.hyperparameters.loop.batch_size, 1)))));
+    }
+
+    // The student a training run starts from, built in `mode` (training_mode; nullopt: the type's
+    // default); with the job's `lora`, the adapted one (base frozen).
+    student_type make_student(std::optional<student::activations> mode, int max_batch = 0) const {
         const int batch = max_batch ? max_batch : std::max(s_.job.hyperparameters.loop.batch_size, 1);
         student_config cfg = s_.student;
         if constexpr (std::is_same_v<student_config, student::TransformerConfig>) cfg.lora = s_.job.lora;
         student_type s = [&] {
             if constexpr (checkpointable<student_type, Device>)
-                if (s_.job.activation_checkpointing)
-                    return student_type(cfg, batch, device_, student::activations::checkpointed);
+                if (mode) return student_type(cfg, batch, device_, *mode);
             return student_type(cfg, batch, device_);
         }();
         if (s_.job.student_weights.empty())
@@ -30885,7 +31361,7 @@ private:
         if (!s_.job.lora.enabled()) return {};
         return [this, adapter](const std::filesystem::path& checkpoint, const std::filesystem::path& file) {
             if constexpr (std::is_same_v<student_config, student::TransformerConfig>) {
-                student_type s = make_student(1);
+                student_type s = make_student(training_mode(false), 1);
                 io::load_weights(io::safetensors_file(checkpoint / "student.safetensors"), s);
                 auto fp32_stored = s_.student;  // the merged weights in fp32 (a bf16 base widened exactly)
                 fp32_stored.bf16_weights = false;
@@ -30913,11 +31389,7 @@ public:
         const int B = std::max(s_.job.hyperparameters.loop.batch_size, 1);
         student_config cfg = s_.student;
         cfg.lora = s_.job.lora;
-        const activations mode = [&] {
-            if constexpr (checkpointable<student_type, Device>)
-                if (s_.job.activation_checkpointing) return activations::checkpointed;
-            return activations::training;
-        }();
+        const activations mode = distilled_mode().value_or(activations::training);
         const bool bf16_storage = student::stores_bf16_weights<float>(cfg, device_);
         const student::TransformerMemory m = student::transformer_memory<float, Device>(cfg, B, mode, bf16_storage);
         auto count = [](std::int64_t n) {
@@ -30972,30 +31444,17 @@ public:
                          " target(s)");
         plan.add("student gradients", std::int64_t(m.gradients()), lora ? "adapters only" : "every weight");
         plan.add("student activations", std::int64_t(m.activations + m.tokens),
-                 std::string(mode == activations::checkpointed ? "checkpointed" : "training") + ", batch " +
-                     std::to_string(B) + " x " + std::to_string(cfg.context_length) + " (backward buffers " +
-                     eval::format_bytes(std::int64_t(m.backward_buffers)) + ")");
+                 std::string(student::activations_name(mode)) + ", " + student::attention_path<float, Device>(mode) +
+                     ", batch " + std::to_string(B) + " x " + std::to_string(cfg.context_length) +
+                     " (backward buffers " + eval::format_bytes(std::int64_t(m.backward_buffers)) + ")");
         if (!s_.job.student_weights.empty()) {
-            // the file's pages while it is mapped; a Hugging Face directory is staged in a host image too
-            namespace fs = std::filesystem;
-            std::error_code ec;
-            std::int64_t file = 0;
-            const fs::path from(s_.job.student_weights);
-            if (s_.student_from_hf()) {
-                for (const auto& e : fs::directory_iterator(from, ec))
-                    if (e.path().extension() == ".safetensors") file += std::int64_t(e.file_size(ec));
-            } else {
-                file = std::int64_t(fs::file_size(from, ec));
-            }
-            // the host image of the fp32 values; weights stored in bf16 alone are read one parameter at
-            // a time (its buffer, and a second of its size for a transposed or tied tensor)
-            const std::int64_t largest = std::int64_t(2 * sizeof(float)) * cfg.d_model *
-                                         std::max({cfg.vocab_size, cfg.qkv_width(), cfg.fc_width(), cfg.d_ff});
-            const std::int64_t image = !s_.student_from_hf() ? 0
-                                       : m.base_weights_fp32 ? std::int64_t(m.base_weights - m.base_weights_bf16)
-                                                             : largest;
-            plan.add_transient("reading student_weights", file + image,
-                               s_.student_from_hf() ? "mapped files + host image" : "mapped file");
+            // one tensor at a time: its mapped pages and the loader's host buffers
+            const bool hf = s_.student_from_hf();
+            plan.add_transient("reading student_weights",
+                               io::hf::load_transient_bytes(cfg, hf                    ? 2
+                                                                 : m.base_weights_fp32 ? 0
+                                                                                       : 1),
+                               "one tensor at a time");
         }
         const int slots = optimizer_slots();
         detail::ArenaLayout state;  // optim::detail::StateArena's layout: slot by slot, parameter by parameter
@@ -31102,7 +31561,7 @@ private:
         return run_training(
             s_, "student", fp,
             [&](const std::string& dir) {
-                student_type s = make_student();
+                student_type s = make_student(distilled_mode());
                 const int B = s_.job.hyperparameters.loop.batch_size;
                 loss_type loss(s_.loss, dims(B));
                 loss::Workspace<float, Device> ws(loss, dims(B), device_);
@@ -31148,7 +31607,7 @@ private:
         return run_training(
             s_, "baseline", fp,
             [&](const std::string& dir) {
-                student_type s = make_student();
+                student_type s = make_student(training_mode(false));  // cross-entropy reads no attention
                 optimizer_type opt = make_optimizer<optimizer_type>(
                     trainable_parameters(s.parameters(), s_.job.frozen_parameters), s_.optimizer, s_);
                 optim::Schedule schedule(schedule_config(), steps);
@@ -33129,15 +33588,15 @@ private:
     // The embedding task: see `EmbeddingStages::prepare`.
     void prepare_embedding() { EmbeddingStages<Teacher, types, Device>::prepare(s_, teacher_); }
 
-    // The job's `student` section, or the architecture of `student_weights` (the section must then be
-    // empty or describe the same one).
+    // The job's `student` section, or the architecture of `student_weights`: the section may then give
+    // some of its keys, each equal to the checkpoint's, but a rotary student's context_length may be less.
     student_config read_student_config() const {
         student_config c{};
-        if (s_.job.student_weights.empty() || !s_.job.student.empty()) {
+        if (s_.job.student_weights.empty()) {
             io::from_json(s_.job.student, c, "student");
             c.validate("student");
+            return c;
         }
-        if (s_.job.student_weights.empty()) return c;
         student_config init{};
         if (s_.student_from_hf()) {
             if constexpr (std::is_same_v<student_config, student::TransformerConfig>)
@@ -33151,14 +33610,33 @@ private:
         } else {
             init = io::load_weights_config<student_config>(io::safetensors_file(s_.job.student_weights));
         }
-        if (s_.job.student.empty()) return init;
-        const nlohmann::json want = io::to_json(init), have = io::to_json(c);
-        for (const auto& item : want.items())
-            if (have.value(item.key(), nlohmann::json()) != item.value())
+        // the job's keys must be the checkpoint's, but a rotary student may be built for fewer positions
+        // (a checkpoint of 32 768, trained on answers of a few hundred tokens)
+        nlohmann::json merged = io::to_json(init);
+        bool rope = false;
+        if constexpr (requires { init.rope(); }) rope = init.rope();
+        for (const auto& item : s_.job.student.items()) {
+            if (!merged.contains(item.key())) {  // not a key of the config: io::from_json names it
+                merged[item.key()] = item.value();
+                continue;
+            }
+            const nlohmann::json& theirs = merged[item.key()];
+            if (item.key() == "context_length" && rope && item.value().is_number_integer() &&
+                item.value().template get<std::int64_t>() >= 1 && item.value() <= theirs) {
+                merged[item.key()] = item.value();
+                continue;
+            }
+            if (item.value() != theirs)
                 throw config_error("student." + item.key(),
-                                   "is " + have.value(item.key(), nlohmann::json()).dump() + ", but student_weights " +
-                                       s_.job.student_weights + " has " + item.value().dump() +
-                                       " (leave \"student\" empty to take the checkpoint's architecture)");
+                                   "is " + item.value().dump() + ", but student_weights " + s_.job.student_weights +
+                                       " has " + theirs.dump() +
+                                       (item.key() == "context_length" && rope
+                                            ? " (a rotary student may be built for fewer positions, not more)"
+                                            : " (give only the keys to change, or leave \"student\" empty to take "
+                                              "the checkpoint's architecture)"));
+        }
+        io::from_json(merged, c, "student");
+        c.validate("student");
         return c;
     }
 

@@ -59,20 +59,25 @@ def main():
                     help="activation checkpointing of every student block (torch.utils.checkpoint, non-reentrant)")
     ap.add_argument("--arch", choices=["gpt", "llama"], default="gpt",
                     help="llama: tests/reference/llama.py (RMSNorm, RoPE, SwiGLU, GQA with heads/2 kv heads)")
+    ap.add_argument("--sdpa", action="store_true",
+                    help="attention through F.scaled_dot_product_attention (PyTorch 2's fused kernel, what "
+                         "transformers uses by default) instead of explicit maps")
     args = ap.parse_args()
+    if args.sdpa and not hasattr(F, "scaled_dot_product_attention"):
+        sys.exit(f"--sdpa needs PyTorch 2 (F.scaled_dot_product_attention); this is {torch.__version__}")
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     V, T, B, tau = args.vocab, args.context, args.batch, args.temperature
     if args.arch == "llama":
         student = Llama(LlamaConfig(V, T, args.d_model, args.layers, args.heads, max(1, args.heads // 2),
-                                    args.d_ff)).train()
+                                    args.d_ff, sdpa=args.sdpa)).train()
         teacher = Llama(LlamaConfig(V, T, args.teacher_d_model, args.teacher_layers, args.teacher_heads,
-                                    max(1, args.teacher_heads // 2), args.teacher_d_ff)).eval()
+                                    max(1, args.teacher_heads // 2), args.teacher_d_ff, sdpa=args.sdpa)).eval()
     else:
-        student = GPT(GPTConfig(V, T, args.d_model, args.layers, args.heads, args.d_ff)).train()
+        student = GPT(GPTConfig(V, T, args.d_model, args.layers, args.heads, args.d_ff, sdpa=args.sdpa)).train()
         teacher = GPT(GPTConfig(V, T, args.teacher_d_model, args.teacher_layers, args.teacher_heads,
-                                args.teacher_d_ff)).eval()
+                                args.teacher_d_ff, sdpa=args.sdpa)).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     if args.checkpoint:
@@ -115,7 +120,7 @@ def main():
     dt = times[len(times) // 2]
     result = {
         "impl": "pytorch",
-        "torch": torch.__version__,
+        "torch": torch.__version__ + (", sdpa" if args.sdpa else ""),
         "tokens_per_s": round(B * T / dt, 1),
         "ms_per_step": round(1000.0 * dt, 3),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),

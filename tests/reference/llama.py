@@ -32,6 +32,7 @@ class LlamaConfig:
     d_ff: int
     rope_theta: float = 10000.0
     eps: float = 1e-6
+    sdpa: bool = False  # F.scaled_dot_product_attention (no map kept), as in gpt.py
 
 
 class RMSNorm(nn.Module):
@@ -54,6 +55,7 @@ class Block(nn.Module):
         super().__init__()
         C, H, Hkv, F_ = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_ff
         self.H, self.Hkv, self.hs = H, Hkv, C // H
+        self.sdpa = cfg.sdpa
         self.input_layernorm = RMSNorm(C, cfg.eps)
         self.q_proj = nn.Linear(C, H * self.hs, bias=False)
         self.k_proj = nn.Linear(C, Hkv * self.hs, bias=False)
@@ -73,9 +75,12 @@ class Block(nn.Module):
         q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
         g = self.H // self.Hkv
         k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
-        scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.hs) + mask
-        att = F.softmax(scores, dim=-1)
-        x = x + self.o_proj((att @ v).transpose(1, 2).reshape(B, T, C))
+        if self.sdpa:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.hs) + mask
+            y = F.softmax(scores, dim=-1) @ v
+        x = x + self.o_proj(y.transpose(1, 2).reshape(B, T, C))
         b = self.post_attention_layernorm(x)
         return x + self.down_proj(F.silu(self.gate_proj(b)) * self.up_proj(b))
 

@@ -19,7 +19,7 @@
 // PyTorch under torch.autocast("cpu", dtype=torch.bfloat16).
 //
 //   bench_train [--size small|medium|large|125m|qwen2-0.5b] [--arch gpt|llama] [--threads 2] [--steps 5]
-//               [--precision fp32|bf16] [--checkpoint | --fused] [--no-reference]
+//               [--precision fp32|bf16] [--checkpoint | --maps] [--no-reference]
 //               [--batch B] [--seq S] [--lora R] [--hf DIR]
 //
 // `--size qwen2-0.5b` (issue 21): student and teacher both shaped like Qwen2-0.5B (Llama layout, d 896,
@@ -33,11 +33,13 @@
 // `--checkpoint` trains the student with activation checkpointing (student::activations::checkpointed;
 // PyTorch: torch.utils.checkpoint around every block) and reports the student's activation memory; where
 // the build has the fused attention kernels it attends fused in the forward and the recomputation alike
-// (student::attends_fused). `--fused` trains it with student::activations::training_fused: attention
-// fused on both sides (no (T,T) maps; the loss reads none). Without either the student keeps its maps
-// (activations::training, as PyTorch's eager attention does). The teacher (activations::inference)
-// attends fused either way. The reference runs with explicit maps and again with `--sdpa` (PyTorch 2's
-// F.scaled_dot_product_attention, teacher and student), and the faster setting is the row's reference.
+// (student::attends_fused). Without it the student trains as the `distill` command's finetune stage
+// trains it for this loss, which reads no attention map (student::training_activations):
+// activations::training_fused, attention fused forward and backward (no (T,T) maps). `--maps` keeps the
+// maps instead (activations::training, as PyTorch's eager attention does; `--fused`, the default now, is
+// accepted for older commands). The teacher (activations::inference) attends fused either way. The reference runs with
+// explicit maps and again with `--sdpa` (PyTorch 2's F.scaled_dot_product_attention, teacher and student), and the
+// faster setting is the row's reference.
 //
 // Before allocating, the step's memory plan (eval/memory_plan.hpp: the arenas from the configs, AdamW's
 // state, the loss's workspace) is printed beside the peak the step then adds (eval::PeakMemory).
@@ -193,7 +195,7 @@ int main(int argc, char** argv) {
     std::string size_name = "medium", precision = "fp32", arch = "gpt";
     int threads = 2, steps = 5, batch = 0, seq = 0, lora_rank = 0;
     std::string hf;
-    bool reference = true, checkpoint = false, fused = false;
+    bool reference = true, checkpoint = false, maps = false;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         auto next = [&]() -> std::string {
@@ -217,8 +219,10 @@ int main(int argc, char** argv) {
             reference = false;
         else if (a == "--checkpoint")
             checkpoint = true;
-        else if (a == "--fused")
-            fused = true;
+        else if (a == "--maps")
+            maps = true;
+        else if (a == "--fused")  // the default since the finetune stage trains so; kept for old commands
+            maps = false;
         else if (a == "--batch")
             batch = std::stoi(next());
         else if (a == "--seq")
@@ -268,9 +272,10 @@ int main(int argc, char** argv) {
     using Loss = loss::Sum<loss::SoftKL, loss::HardCE>;
     Loss::config lc;
     lc.get<0>().config.temperature = 2.0;
-    const student::activations mode = checkpoint ? student::activations::checkpointed
-                                      : fused    ? student::activations::training_fused
-                                                 : student::activations::training;
+    // the finetune stage's rule for this loss (it reads no attention map), unless --maps keeps them
+    const student::activations mode = maps && !checkpoint
+                                          ? student::activations::training
+                                          : student::training_activations<float, device::Cpu>(checkpoint, false);
     // The memory plan of the step, computed before anything of it is allocated; the measured peak is
     // what the process adds from here on.
     const loss::dims dims{loss::model_dims_of_config(size.student), loss::model_dims_of_config(size.teacher), B, Tctx};
@@ -361,8 +366,8 @@ int main(int argc, char** argv) {
     const std::string context = T < Tctx ? " (context " + std::to_string(Tctx) + ")" : "";
     std::snprintf(workload, sizeof workload, "train step %s%s %s%s%s%s: V=%d T=%d%s d=%d L=%d B=%d, teacher d=%d L=%d",
                   size.name.c_str(), arch == "llama" ? " llama" : "", precision.c_str(), lora_name.c_str(),
-                  checkpoint ? " checkpointed" : (fused ? " fused" : ""), build, V, T, context.c_str(), c.d_model,
-                  c.n_layers, B, t.d_model, t.n_layers);
+                  checkpoint ? " checkpointed" : (maps ? " with attention maps" : ""), build, V, T, context.c_str(),
+                  c.d_model, c.n_layers, B, t.d_model, t.n_layers);
     std::printf("workload: %s, SoftKL(tau=2)+HardCE, AdamW, clip 1.0, %d threads\n", workload, threads);
     std::printf(
         "distill: %.1f ms/step (median of %d), %.0f tokens/s, %.1f GFLOP/s = %.1f%% of the measured FP32 FMA "

@@ -37,9 +37,9 @@
 // trains it for this loss, which reads no attention map (student::training_activations):
 // activations::training_fused, attention fused forward and backward (no (T,T) maps). `--maps` keeps the
 // maps instead (activations::training, as PyTorch's eager attention does; `--fused`, the default now, is
-// accepted for older commands). The teacher (activations::inference) attends fused either way. The reference runs with
-// explicit maps and again with `--sdpa` (PyTorch 2's F.scaled_dot_product_attention, teacher and student), and the
-// faster setting is the row's reference.
+// accepted for older commands). The teacher (activations::inference) attends fused either way. The
+// reference runs with explicit maps and again with `--sdpa` (PyTorch 2's F.scaled_dot_product_attention,
+// teacher and student), and the faster setting is the row's reference.
 //
 // Before allocating, the step's memory plan (eval/memory_plan.hpp: the arenas from the configs, AdamW's
 // state, the loss's workspace) is printed beside the peak the step then adds (eval::PeakMemory).

@@ -220,7 +220,15 @@ inline Reference run_reference(const std::string& script_and_args, const std::st
         std::printf("reference: skipped (%s cannot import %s)\n", py.c_str(), modules.c_str());
         return r;
     }
-    const std::string command = py + " " + std::string(DISTILL_BENCH_DIR) + "/reference/" + script_and_args;
+    // torch.set_num_threads sizes PyTorch's OpenMP pool only: Debian's OpenBLAS keeps a pthread pool of
+    // its own, one thread per core, so a "1 thread" run of it used every core. Each BLAS's pool is
+    // sized before the interpreter loads it.
+    std::string pools;
+    if (const auto at = script_and_args.find("--threads "); at != std::string::npos) {
+        const std::string n = std::to_string(std::atoi(script_and_args.c_str() + at + 10));
+        pools = "OMP_NUM_THREADS=" + n + " OPENBLAS_NUM_THREADS=" + n + " MKL_NUM_THREADS=" + n + " ";
+    }
+    const std::string command = pools + py + " " + std::string(DISTILL_BENCH_DIR) + "/reference/" + script_and_args;
     FILE* p = popen(command.c_str(), "r");
     if (!p) return r;
     std::string out;

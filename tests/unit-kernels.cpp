@@ -41,6 +41,48 @@ TEST_CASE("gemm: every transpose combination and beta, Cpu against Reference") {
             }
 }
 
+TEST_CASE("gemm_bias: the bias in the product's epilogue equals gemm then add_bias") {
+    const int M = 37, N = 29, K = 53;
+    device::Reference ref;
+    for (const auto p : {device::precision::fp32, device::precision::bf16}) {
+        if (p == device::precision::bf16 && !device::Cpu::bf16_supported()) {
+            MESSAGE("bf16 skipped: " << device::Cpu::bf16_unsupported_reason());
+            continue;
+        }
+        const device::Cpu cpu(2, p);
+        for (bool ta : {false, true})
+            for (bool tb : {false, true})
+                for (float beta : {0.0f, 1.0f, 0.5f})
+                    for (bool in_parallel : {false, true}) {  // oneDNN's epilogue, or Eigen then add_bias
+                        const int lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 1, ldc = N + 2;
+                        const auto A = random_vector<float>(std::size_t(ta ? K : M) * lda, 1);
+                        const auto B = random_vector<float>(std::size_t(tb ? N : K) * ldb, 2);
+                        const auto bias = random_vector<float>(std::size_t(N), 6);
+                        auto C0 = random_vector<float>(std::size_t(M) * ldc, 3);
+                        auto C1 = C0;
+                        if (beta == 0.0f) C1[0] = std::nanf("");  // beta 0 never reads C
+                        // the two-pass result on the same device (bf16: the same rounded operands)
+                        gemm(cpu, ta, tb, M, N, K, 1.0f, A.data(), lda, B.data(), ldb, beta, C0.data(), ldc);
+                        for (int m = 0; m < M; ++m) add_bias(ref, C0.data() + std::int64_t(m) * ldc, bias.data(), 1, N);
+                        auto fused = [&] {
+                            gemm_bias(cpu, ta, tb, M, N, K, A.data(), lda, B.data(), ldb, beta, C1.data(), ldc,
+                                      bias.data());
+                        };
+                        if (in_parallel)
+                            distill::detail::parallel_for(2, 2, [&](std::int64_t i) {
+                                if (i == 0) fused();
+                            });
+                        else
+                            fused();
+                        INFO("bf16=" << (p == device::precision::bf16) << " trans_a=" << ta << " trans_b=" << tb
+                                     << " beta=" << beta << " in a parallel region=" << in_parallel);
+                        // bf16 inside a parallel region multiplies in fp32 (Eigen): a bf16 product's tolerance
+                        const double tol = p == device::precision::bf16 && in_parallel ? 5e-2 : 1e-5;
+                        check_close("gemm_bias", C1.data(), C0.data(), std::int64_t(C0.size()), tol, tol);
+                    }
+    }
+}
+
 TEST_CASE("gemm: beta = 0 ignores NaN already in C") {
     device::Cpu cpu(2);
     std::vector<float> A(4, 1.0f), B(4, 1.0f), C(4, std::nanf(""));

@@ -25,6 +25,10 @@
 ///     attention_decode, kv_cache_store;
 ///   - fused attention (`fused_attention_device`, optional: a model uses it where the device has it,
 ///     else the (T,T) path of `nn::attention_forward`): flash_attention_forward/backward;
+///   - the bias in the product's epilogue (optional: `nn::linear_forward` and the model's bf16-weight
+///     linear call it where the device has it, else `gemm` then `add_bias`): gemm_bias(dev, trans_a,
+///     trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc, bias), and a trailing `bias` argument of
+///     gemm_bf16_weight (`device::Cpu`);
 ///   - losses (`loss_device`, `require_loss_kernels`; every `loss::` term, through `loss::context`):
 ///     kl_, reverse_kl_, jsd_, topk_kl_, masked_cross_entropy_, attention_kl_,
 ///     relation_kl_, cosine_embedding_ and embedding_mse_forward_backward,

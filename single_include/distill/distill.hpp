@@ -6915,6 +6915,10 @@ private:
 ///     attention_decode, kv_cache_store;
 ///   - fused attention (`fused_attention_device`, optional: a model uses it where the device has it,
 ///     else the (T,T) path of `nn::attention_forward`): flash_attention_forward/backward;
+///   - the bias in the product's epilogue (optional: `nn::linear_forward` and the model's bf16-weight
+///     linear call it where the device has it, else `gemm` then `add_bias`): gemm_bias(dev, trans_a,
+///     trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc, bias), and a trailing `bias` argument of
+///     gemm_bf16_weight (`device::Cpu`);
 ///   - losses (`loss_device`, `require_loss_kernels`; every `loss::` term, through `loss::context`):
 ///     kl_, reverse_kl_, jsd_, topk_kl_, masked_cross_entropy_, attention_kl_,
 ///     relation_kl_, cosine_embedding_ and embedding_mse_forward_backward,
@@ -9670,8 +9674,8 @@ inline const char* isa_name() {
 // the argument array handed to the C API (the C++ wrapper's execute builds a vector per call).
 struct Entry {
     dnnl::matmul prim;
-    dnnl::memory a, b, c;
-    dnnl_exec_arg_t args[3];
+    dnnl::memory a, b, c, bias;
+    dnnl_exec_arg_t args[4];
 };
 
 // Per-thread state: engine, stream, primitive cache, bf16 scratch.
@@ -9731,10 +9735,12 @@ inline const std::string& bf16_unsupported_reason() {
 /// products; fp32 only). Runs on `threads` OpenMP threads.
 /// With `B16` (bf16 only) the B operand is that bf16 matrix, already rounded and packed (ldb = its
 /// width): a stored bf16 weight, read as it is (`B` is ignored); A alone is rounded.
+/// With `bias` (alpha 1, no batch) C(M,N) = op(A) op(B) + bias(N) + beta C: the bias added in the
+/// product's epilogue, saving a pass over C.
 inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A,
                  int lda, const float* B, int ldb, float beta, float* C, int ldc, std::int64_t batch = 1,
                  std::int64_t stride_a = 0, std::int64_t stride_b = 0, std::int64_t stride_c = 0,
-                 const std::uint16_t* B16 = nullptr) {
+                 const std::uint16_t* B16 = nullptr, const float* bias = nullptr) {
     using dt = dnnl::memory::data_type;
     using dims = dnnl::memory::dims;
     DnnlState& st = state();
@@ -9744,6 +9750,7 @@ inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int 
     if (bf16 && batch > 1) throw std::logic_error("oneDNN gemm: batched products are fp32");
     if (B16 && (!bf16 || ldb != (trans_b ? K : N)))
         throw std::logic_error("oneDNN gemm: a bf16 B operand must be packed and the product bf16");
+    if (bias && (alpha != 1.0f || batch > 1)) throw std::logic_error("oneDNN gemm: a bias needs alpha 1 and no batch");
     // bf16 copies are packed: leading dimension = their stored width
     const std::int64_t a_rows = trans_a ? K : M, a_cols = trans_a ? M : K;
     const std::int64_t b_rows = trans_b ? N : K, b_cols = trans_b ? K : N;
@@ -9751,7 +9758,7 @@ inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int 
     if (batch <= 1) stride_a = stride_b = stride_c = 0;
     const Key key{M,        N,       K,
                   la,       lb,      ldc,
-                  alpha,    beta,    int(trans_a) | int(trans_b) << 1 | int(bf16) << 2,
+                  alpha,    beta,    int(trans_a) | int(trans_b) << 1 | int(bf16) << 2 | int(bias != nullptr) << 3,
                   threads,  batch,   stride_a,
                   stride_b, stride_c};
     auto it = st.cache.find(key);
@@ -9772,16 +9779,20 @@ inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int 
             po.append_sum(beta);
             attr.set_post_ops(po);
         }
-        const dnnl::matmul::desc desc(a_md, b_md, c_md);
+        const dnnl::memory::desc bias_md(dims{1, N}, dt::f32, dims{N, 1});
+        const dnnl::matmul::desc desc =
+            bias ? dnnl::matmul::desc(a_md, b_md, bias_md, c_md) : dnnl::matmul::desc(a_md, b_md, c_md);
         const dnnl::matmul::primitive_desc pd(desc, attr, st.engine);
         auto e = std::make_unique<Entry>();
         e->prim = dnnl::matmul(pd);
         e->a = dnnl::memory(a_md, st.engine, nullptr);
         e->b = dnnl::memory(b_md, st.engine, nullptr);
         e->c = dnnl::memory(c_md, st.engine, nullptr);
+        e->bias = dnnl::memory(bias_md, st.engine, nullptr);
         e->args[0] = {DNNL_ARG_SRC, e->a.get()};
         e->args[1] = {DNNL_ARG_WEIGHTS, e->b.get()};
         e->args[2] = {DNNL_ARG_DST, e->c.get()};
+        e->args[3] = {DNNL_ARG_BIAS, e->bias.get()};
         it = st.cache.emplace(key, std::move(e)).first;
     }
     Entry& e = *it->second;
@@ -9800,7 +9811,8 @@ inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int 
         e.b.set_data_handle(const_cast<float*>(B));
     }
     e.c.set_data_handle(C);
-    const dnnl_status_t status = dnnl_primitive_execute(e.prim.get(), st.stream.get(), 3, e.args);
+    if (bias) e.bias.set_data_handle(const_cast<float*>(bias));
+    const dnnl_status_t status = dnnl_primitive_execute(e.prim.get(), st.stream.get(), bias ? 4 : 3, e.args);
     if (status != dnnl_success) throw std::runtime_error("oneDNN matmul failed, status " + std::to_string(status));
     st.stream.wait();
 }
@@ -10072,12 +10084,14 @@ void gemm(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, T alp
 /// rounded to bf16, W read as it is, fp32 accumulation — bit for bit the bf16 `gemm` of the fp32
 /// matrix W was rounded from, without rounding W again. Needs oneDNN (Cpu refuses bf16 without it);
 /// inside a parallel region (where oneDNN does not take products) W is widened and Eigen multiplies.
+/// With `bias` (alpha 1) bias(N) is added to every row of the product, in oneDNN's epilogue.
 inline void gemm_bf16_weight(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, float alpha,
-                             const float* A, int lda, const std::uint16_t* W, int ldw, float beta, float* C, int ldc) {
+                             const float* A, int lda, const std::uint16_t* W, int ldw, float beta, float* C, int ldc,
+                             const float* bias = nullptr) {
 #if defined(DISTILL_WITH_DNNL)
     if (detail::dnnl_takes(M, N, K))
         return detail::gemm(true, dev.threads(), trans_a, trans_b, M, N, K, alpha, A, lda, nullptr, ldw, beta, C, ldc,
-                            1, 0, 0, 0, W);
+                            1, 0, 0, 0, W, bias);
 #endif
     const std::int64_t rows = trans_b ? N : K;
     thread_local std::vector<float> wide;
@@ -10087,6 +10101,9 @@ inline void gemm_bf16_weight(const Cpu& dev, bool trans_a, bool trans_b, int M, 
         std::memcpy(&wide[i], &u, 4);
     }
     detail::eigen_gemm(dev, trans_a, trans_b, M, N, K, alpha, A, lda, wide.data(), ldw, beta, C, ldc);
+    if (bias)
+        for (int m = 0; m < M; ++m)
+            for (int n = 0; n < N; ++n) C[std::int64_t(m) * ldc + n] += bias[n];
 }
 
 /// dst(n) = src(n) rounded to bf16 (round to nearest even: the rounding of the bf16 GEMMs' operands).
@@ -10148,6 +10165,22 @@ void add_bias(const Cpu& dev, T* out, const T* bias, int N, int OC) {
         const int n = static_cast<int>(n_);
         Array<T>(out + std::int64_t(n) * OC, OC) += b;
     });
+}
+
+/// C(M,N) = op(A) op(B) + bias(N) + beta C (row-major): `gemm` and `add_bias` in one, the bias added in
+/// oneDNN's epilogue (one pass over C where the two make two) wherever oneDNN takes the product.
+template <class T>
+void gemm_bias(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, const T* A, int lda, const T* B,
+               int ldb, T beta, T* C, int ldc, const T* bias) {
+#if defined(DISTILL_WITH_DNNL)
+    if constexpr (std::is_same_v<T, float>)
+        if (detail::dnnl_takes(M, N, K))
+            return detail::gemm(dev.compute == precision::bf16, dev.threads(), trans_a, trans_b, M, N, K, 1.0f, A, lda,
+                                B, ldb, beta, C, ldc, 1, 0, 0, 0, nullptr, bias);
+#endif
+    detail::eigen_gemm(dev, trans_a, trans_b, M, N, K, T(1), A, lda, B, ldb, beta, C, ldc);
+    if (ldc == N) return add_bias(dev, C, bias, M, N);
+    for (int m = 0; m < M; ++m) add_bias(dev, C + std::int64_t(m) * ldc, bias, 1, N);
 }
 
 /// dbias(OC) += column sums of dout(N,OC); each thread owns a block of columns.
@@ -15366,6 +15399,8 @@ namespace distill::nn {
 template <class Device, class T>
 void linear_forward(const Device& dev, T* out, const T* in, const T* w, const T* b, int N, int C, int OC,
                     bool accumulate = false) {
+    if constexpr (requires { gemm_bias(dev, false, true, N, OC, C, in, C, w, C, T(0), out, OC, b); })
+        if (b) return gemm_bias(dev, false, true, N, OC, C, in, C, w, C, accumulate ? T(1) : T(0), out, OC, b);
     gemm(dev, false, true, N, OC, C, T(1), in, C, w, C, accumulate ? T(1) : T(0), out, OC);
     if (b) add_bias(dev, out, b, N, OC);
 }
@@ -16812,8 +16847,16 @@ private:
         }
         if constexpr (bf16_weight_device<Device> && std::is_same_v<T, float>) {
             if (const std::uint16_t* w16 = this->bf16_value(w)) {
-                gemm_bf16_weight(dev_, false, true, N, OC, C, T(1), in, C, w16, C, add_to_out ? T(1) : T(0), out, OC);
-                if (b != none) add_bias(dev_, out, val(b), N, OC);
+                const T beta = add_to_out ? T(1) : T(0), *bias = b != none ? val(b) : nullptr;
+                if constexpr (requires {
+                                  gemm_bf16_weight(dev_, false, true, N, OC, C, T(1), in, C, w16, C, beta, out, OC,
+                                                   bias);
+                              }) {
+                    gemm_bf16_weight(dev_, false, true, N, OC, C, T(1), in, C, w16, C, beta, out, OC, bias);
+                } else {
+                    gemm_bf16_weight(dev_, false, true, N, OC, C, T(1), in, C, w16, C, beta, out, OC);
+                    if (bias) add_bias(dev_, out, bias, N, OC);
+                }
                 return;
             }
         }

@@ -11,6 +11,8 @@ namespace distill::nn {
 template <class Device, class T>
 void linear_forward(const Device& dev, T* out, const T* in, const T* w, const T* b, int N, int C, int OC,
                     bool accumulate = false) {
+    if constexpr (requires { gemm_bias(dev, false, true, N, OC, C, in, C, w, C, T(0), out, OC, b); })
+        if (b) return gemm_bias(dev, false, true, N, OC, C, in, C, w, C, accumulate ? T(1) : T(0), out, OC, b);
     gemm(dev, false, true, N, OC, C, T(1), in, C, w, C, accumulate ? T(1) : T(0), out, OC);
     if (b) add_bias(dev, out, b, N, OC);
 }

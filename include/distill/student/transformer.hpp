@@ -493,8 +493,16 @@ private:
         }
         if constexpr (bf16_weight_device<Device> && std::is_same_v<T, float>) {
             if (const std::uint16_t* w16 = this->bf16_value(w)) {
-                gemm_bf16_weight(dev_, false, true, N, OC, C, T(1), in, C, w16, C, add_to_out ? T(1) : T(0), out, OC);
-                if (b != none) add_bias(dev_, out, val(b), N, OC);
+                const T beta = add_to_out ? T(1) : T(0), *bias = b != none ? val(b) : nullptr;
+                if constexpr (requires {
+                                  gemm_bf16_weight(dev_, false, true, N, OC, C, T(1), in, C, w16, C, beta, out, OC,
+                                                   bias);
+                              }) {
+                    gemm_bf16_weight(dev_, false, true, N, OC, C, T(1), in, C, w16, C, beta, out, OC, bias);
+                } else {
+                    gemm_bf16_weight(dev_, false, true, N, OC, C, T(1), in, C, w16, C, beta, out, OC);
+                    if (bias) add_bias(dev_, out, bias, N, OC);
+                }
                 return;
             }
         }

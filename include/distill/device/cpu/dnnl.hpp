@@ -144,8 +144,8 @@ inline const char* isa_name() {
 // the argument array handed to the C API (the C++ wrapper's execute builds a vector per call).
 struct Entry {
     dnnl::matmul prim;
-    dnnl::memory a, b, c;
-    dnnl_exec_arg_t args[3];
+    dnnl::memory a, b, c, bias;
+    dnnl_exec_arg_t args[4];
 };
 
 // Per-thread state: engine, stream, primitive cache, bf16 scratch.
@@ -205,10 +205,12 @@ inline const std::string& bf16_unsupported_reason() {
 /// products; fp32 only). Runs on `threads` OpenMP threads.
 /// With `B16` (bf16 only) the B operand is that bf16 matrix, already rounded and packed (ldb = its
 /// width): a stored bf16 weight, read as it is (`B` is ignored); A alone is rounded.
+/// With `bias` (alpha 1, no batch) C(M,N) = op(A) op(B) + bias(N) + beta C: the bias added in the
+/// product's epilogue, saving a pass over C.
 inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A,
                  int lda, const float* B, int ldb, float beta, float* C, int ldc, std::int64_t batch = 1,
                  std::int64_t stride_a = 0, std::int64_t stride_b = 0, std::int64_t stride_c = 0,
-                 const std::uint16_t* B16 = nullptr) {
+                 const std::uint16_t* B16 = nullptr, const float* bias = nullptr) {
     using dt = dnnl::memory::data_type;
     using dims = dnnl::memory::dims;
     DnnlState& st = state();
@@ -218,6 +220,7 @@ inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int 
     if (bf16 && batch > 1) throw std::logic_error("oneDNN gemm: batched products are fp32");
     if (B16 && (!bf16 || ldb != (trans_b ? K : N)))
         throw std::logic_error("oneDNN gemm: a bf16 B operand must be packed and the product bf16");
+    if (bias && (alpha != 1.0f || batch > 1)) throw std::logic_error("oneDNN gemm: a bias needs alpha 1 and no batch");
     // bf16 copies are packed: leading dimension = their stored width
     const std::int64_t a_rows = trans_a ? K : M, a_cols = trans_a ? M : K;
     const std::int64_t b_rows = trans_b ? N : K, b_cols = trans_b ? K : N;
@@ -225,7 +228,7 @@ inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int 
     if (batch <= 1) stride_a = stride_b = stride_c = 0;
     const Key key{M,        N,       K,
                   la,       lb,      ldc,
-                  alpha,    beta,    int(trans_a) | int(trans_b) << 1 | int(bf16) << 2,
+                  alpha,    beta,    int(trans_a) | int(trans_b) << 1 | int(bf16) << 2 | int(bias != nullptr) << 3,
                   threads,  batch,   stride_a,
                   stride_b, stride_c};
     auto it = st.cache.find(key);
@@ -246,16 +249,20 @@ inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int 
             po.append_sum(beta);
             attr.set_post_ops(po);
         }
-        const dnnl::matmul::desc desc(a_md, b_md, c_md);
+        const dnnl::memory::desc bias_md(dims{1, N}, dt::f32, dims{N, 1});
+        const dnnl::matmul::desc desc =
+            bias ? dnnl::matmul::desc(a_md, b_md, bias_md, c_md) : dnnl::matmul::desc(a_md, b_md, c_md);
         const dnnl::matmul::primitive_desc pd(desc, attr, st.engine);
         auto e = std::make_unique<Entry>();
         e->prim = dnnl::matmul(pd);
         e->a = dnnl::memory(a_md, st.engine, nullptr);
         e->b = dnnl::memory(b_md, st.engine, nullptr);
         e->c = dnnl::memory(c_md, st.engine, nullptr);
+        e->bias = dnnl::memory(bias_md, st.engine, nullptr);
         e->args[0] = {DNNL_ARG_SRC, e->a.get()};
         e->args[1] = {DNNL_ARG_WEIGHTS, e->b.get()};
         e->args[2] = {DNNL_ARG_DST, e->c.get()};
+        e->args[3] = {DNNL_ARG_BIAS, e->bias.get()};
         it = st.cache.emplace(key, std::move(e)).first;
     }
     Entry& e = *it->second;
@@ -274,7 +281,8 @@ inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int 
         e.b.set_data_handle(const_cast<float*>(B));
     }
     e.c.set_data_handle(C);
-    const dnnl_status_t status = dnnl_primitive_execute(e.prim.get(), st.stream.get(), 3, e.args);
+    if (bias) e.bias.set_data_handle(const_cast<float*>(bias));
+    const dnnl_status_t status = dnnl_primitive_execute(e.prim.get(), st.stream.get(), bias ? 4 : 3, e.args);
     if (status != dnnl_success) throw std::runtime_error("oneDNN matmul failed, status " + std::to_string(status));
     st.stream.wait();
 }

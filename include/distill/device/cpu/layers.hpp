@@ -302,12 +302,14 @@ void gemm(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, T alp
 /// rounded to bf16, W read as it is, fp32 accumulation — bit for bit the bf16 `gemm` of the fp32
 /// matrix W was rounded from, without rounding W again. Needs oneDNN (Cpu refuses bf16 without it);
 /// inside a parallel region (where oneDNN does not take products) W is widened and Eigen multiplies.
+/// With `bias` (alpha 1) bias(N) is added to every row of the product, in oneDNN's epilogue.
 inline void gemm_bf16_weight(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, float alpha,
-                             const float* A, int lda, const std::uint16_t* W, int ldw, float beta, float* C, int ldc) {
+                             const float* A, int lda, const std::uint16_t* W, int ldw, float beta, float* C, int ldc,
+                             const float* bias = nullptr) {
 #if defined(DISTILL_WITH_DNNL)
     if (detail::dnnl_takes(M, N, K))
         return detail::gemm(true, dev.threads(), trans_a, trans_b, M, N, K, alpha, A, lda, nullptr, ldw, beta, C, ldc,
-                            1, 0, 0, 0, W);
+                            1, 0, 0, 0, W, bias);
 #endif
     const std::int64_t rows = trans_b ? N : K;
     thread_local std::vector<float> wide;
@@ -317,6 +319,9 @@ inline void gemm_bf16_weight(const Cpu& dev, bool trans_a, bool trans_b, int M, 
         std::memcpy(&wide[i], &u, 4);
     }
     detail::eigen_gemm(dev, trans_a, trans_b, M, N, K, alpha, A, lda, wide.data(), ldw, beta, C, ldc);
+    if (bias)
+        for (int m = 0; m < M; ++m)
+            for (int n = 0; n < N; ++n) C[std::int64_t(m) * ldc + n] += bias[n];
 }
 
 /// dst(n) = src(n) rounded to bf16 (round to nearest even: the rounding of the bf16 GEMMs' operands).
@@ -378,6 +383,22 @@ void add_bias(const Cpu& dev, T* out, const T* bias, int N, int OC) {
         const int n = static_cast<int>(n_);
         Array<T>(out + std::int64_t(n) * OC, OC) += b;
     });
+}
+
+/// C(M,N) = op(A) op(B) + bias(N) + beta C (row-major): `gemm` and `add_bias` in one, the bias added in
+/// oneDNN's epilogue (one pass over C where the two make two) wherever oneDNN takes the product.
+template <class T>
+void gemm_bias(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, const T* A, int lda, const T* B,
+               int ldb, T beta, T* C, int ldc, const T* bias) {
+#if defined(DISTILL_WITH_DNNL)
+    if constexpr (std::is_same_v<T, float>)
+        if (detail::dnnl_takes(M, N, K))
+            return detail::gemm(dev.compute == precision::bf16, dev.threads(), trans_a, trans_b, M, N, K, 1.0f, A, lda,
+                                B, ldb, beta, C, ldc, 1, 0, 0, 0, nullptr, bias);
+#endif
+    detail::eigen_gemm(dev, trans_a, trans_b, M, N, K, T(1), A, lda, B, ldb, beta, C, ldc);
+    if (ldc == N) return add_bias(dev, C, bias, M, N);
+    for (int m = 0; m < M; ++m) add_bias(dev, C + std::int64_t(m) * ldc, bias, 1, N);
 }
 
 /// dbias(OC) += column sums of dout(N,OC); each thread owns a block of columns.

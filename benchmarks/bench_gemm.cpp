@@ -40,17 +40,10 @@ int main(int argc, char** argv) {
     bool reference = true;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
-        auto next = [&] {
-            if (i + 1 >= argc) {
-                std::fprintf(stderr, "%s needs a value\n", a.c_str());
-                std::exit(2);
-            }
-            return std::atoi(argv[++i]);
-        };
         if (a == "--threads")
-            threads = next();
+            threads = std::atoi(bench::next_arg(argc, argv, i));
         else if (a == "--reps")
-            reps = next();
+            reps = std::atoi(bench::next_arg(argc, argv, i));
         else if (a == "--no-reference")
             reference = false;
         else {
@@ -126,6 +119,7 @@ int main(int argc, char** argv) {
                         .peak_fraction = gflops / peak,
                         .bound = "compute",
                         .threads = threads,
+                        .torch = "",
                         .extra = {{"peak_gflops", peak}}};
         if (ref.value > 0) {
             r.pytorch = ref.value;

@@ -25,6 +25,15 @@ inline double now() {
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
+/// The command line's value after argv[i] (i moves onto it); a flag without one exits with status 2.
+inline const char* next_arg(int argc, char** argv, int& i) {
+    if (i + 1 >= argc) {
+        std::fprintf(stderr, "%s needs a value\n", argv[i]);
+        std::exit(2);
+    }
+    return argv[++i];
+}
+
 // Independent FMA chains (12 per thread, more than FMA latency x ports) in the widest vectors this
 // CPU has — chosen at run time, so that a benchmark built without -march still measures the
 // machine's peak, not its build's. Returns flops done.

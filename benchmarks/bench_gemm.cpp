@@ -86,14 +86,7 @@ int main(int argc, char** argv) {
                 return 1;
             }
         }
-        std::vector<double> times;
-        for (int r = 0; r < reps; ++r) {
-            const double t0 = bench::now();
-            run();
-            times.push_back(bench::now() - t0);
-        }
-        std::sort(times.begin(), times.end());
-        const double flops = 2.0 * s.M * s.N * s.K, gflops = flops / times[times.size() / 2] / 1e9;
+        const double flops = 2.0 * s.M * s.N * s.K, gflops = flops / bench::median_seconds(reps, run) / 1e9;
         bench::Reference ref;
         if (reference) {
             char cmd[200];

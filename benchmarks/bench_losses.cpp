@@ -138,14 +138,7 @@ int main(int argc, char** argv) {
         std::printf("validated: value %.6f (three reference rows: mean KL·τ² %.6f), gradient rows match in double\n",
                     value, tau * tau * expect / 3);
 
-        std::vector<double> times;
-        for (int r = 0; r < reps; ++r) {
-            const double t0 = bench::now();
-            call();
-            times.push_back(bench::now() - t0);
-        }
-        std::sort(times.begin(), times.end());
-        ms = 1e3 * times[times.size() / 2];
+        ms = 1e3 * bench::median_seconds(reps, call);
     }
     const double gbps = bytes / (ms / 1e3) / 1e9;
     const double peak = bench::bandwidth(threads);

@@ -63,14 +63,7 @@ int main(int argc, char** argv) {
 
     auto time = [&](auto&& f) {
         f();
-        std::vector<double> t;
-        for (int r = 0; r < reps; ++r) {
-            const double t0 = bench::now();
-            f();
-            t.push_back(bench::now() - t0);
-        }
-        std::sort(t.begin(), t.end());
-        return 1e3 * t[t.size() / 2];
+        return 1e3 * bench::median_seconds(reps, f);
     };
     double bleu = 0, rouge = 0;
     const double bleu_ms = time([&] { bleu = eval::corpus_bleu(hyps, refs).score; });

@@ -335,14 +335,7 @@ int main(int argc, char** argv) {
     }
     step();
 
-    std::vector<double> times;
-    for (int s = 0; s < steps; ++s) {
-        const double t0 = bench::now();
-        step();
-        times.push_back(bench::now() - t0);
-    }
-    std::sort(times.begin(), times.end());
-    const double dt = times[times.size() / 2];
+    const double dt = bench::median_seconds(steps, step);
     const double rss = bench::peak_rss_bytes(), minimum = minimum_bytes(size, mode);
     const double added = double(measured.peak_bytes()), planned = double(plan.total());
 

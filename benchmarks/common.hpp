@@ -25,6 +25,19 @@ inline double now() {
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
+/// Median wall time in seconds of `reps` calls of f (reps >= 1).
+template <class F>
+double median_seconds(int reps, F&& f) {
+    std::vector<double> times;
+    for (int r = 0; r < reps; ++r) {
+        const double t0 = now();
+        f();
+        times.push_back(now() - t0);
+    }
+    std::sort(times.begin(), times.end());
+    return times[times.size() / 2];
+}
+
 /// The command line's value after argv[i] (i moves onto it); a flag without one exits with status 2.
 inline const char* next_arg(int argc, char** argv, int& i) {
     if (i + 1 >= argc) {

@@ -471,6 +471,8 @@ int main(int argc, char** argv) try {
 
     const device::Cpu cpu = opt.threads > 0 ? device::Cpu(opt.threads) : device::Cpu();
     Served model(teacher::ModelConfig{.weights = opt.weights, .max_batch = opt.max_batch}, cpu);
+    // the weights never change while serving: pack the matrices once, not at every request's prefill
+    model.network().pack_matrices();
     std::mutex model_mutex;  // one generation at a time; requests queue in the server's threads
     const data::ByteTokenizer tokenizer;
 

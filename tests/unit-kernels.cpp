@@ -83,6 +83,77 @@ TEST_CASE("gemm_bias: the bias in the product's epilogue equals gemm then add_bi
     }
 }
 
+TEST_CASE("gemm_packed: a packed weight gives the bits of the plain weight's product") {
+    device::Reference ref;
+    for (const int threads : {1, 2}) {
+        const device::Cpu cpu(threads);
+        // N, K: a multiple of every block, a ragged one, one below a block
+        for (const auto [N, K] : {std::pair{256, 128}, std::pair{263, 70}, std::pair{5, 3}}) {
+            const auto W = random_vector<float>(std::size_t(N) * K, 7);
+            const auto bias = random_vector<float>(std::size_t(N), 8);
+            const device::packed_weight packed = pack_weight(cpu, W.data(), N, K);
+#if defined(DISTILL_WITH_DNNL)
+            // oneDNN's blocked layout wherever it has one for this CPU (AVX-512: brgemm's); AVX2 reads W as it is
+            if (packed) CHECK(packed.bytes() >= sizeof(float) * std::size_t(N) * K);
+            MESSAGE("threads " << threads << ", W " << N << " x " << K << ": "
+                               << std::string(packed ? "packed" : "not packed (oneDNN reads W as it is)"));
+#else
+            CHECK_FALSE(packed);  // nothing to pack for without oneDNN
+#endif
+            for (const int M : {1, 4, 37})
+                for (const float beta : {0.0f, 1.0f})
+                    for (const bool with_bias : {false, true})
+                        for (const int pad : {0, 2}) {  // contiguous A and C (as the model's), or strided
+                            const int lda = K + pad, ldc = N + pad;
+                            const auto A = random_vector<float>(std::size_t(M) * lda, 9);
+                            auto C0 = random_vector<float>(std::size_t(M) * ldc, 10), C1 = C0, C2 = C0;
+                            const float* b = with_bias ? bias.data() : nullptr;
+                            if (with_bias)
+                                gemm_bias(cpu, false, true, M, N, K, A.data(), lda, W.data(), K, beta, C0.data(), ldc,
+                                          b);
+                            else
+                                gemm(cpu, false, true, M, N, K, 1.0f, A.data(), lda, W.data(), K, beta, C0.data(), ldc);
+                            gemm_packed(cpu, M, N, K, A.data(), lda, W.data(), packed, beta, C1.data(), ldc, b);
+                            INFO("threads=" << threads << " M=" << M << " N=" << N << " K=" << K << " beta=" << beta
+                                            << " bias=" << with_bias << " pad=" << pad);
+                            CHECK(C1 == C0);  // bit for bit, the padding columns of C untouched
+                            // and the product itself, against the plain loops
+                            gemm(ref, false, true, M, N, K, 1.0f, A.data(), lda, W.data(), K, beta, C2.data(), ldc);
+                            if (with_bias)
+                                for (int m = 0; m < M; ++m) add_bias(ref, C2.data() + std::int64_t(m) * ldc, b, 1, N);
+                            check_close("gemm_packed", C1.data(), C2.data(), std::int64_t(C2.size()), 1e-5, 1e-5);
+                        }
+        }
+        // a stored bf16 weight: packed, the bits of gemm_bf16_weight
+        if (device::Cpu::bf16_supported()) {
+            const int N = 263, K = 70;
+            const auto W = random_vector<float>(std::size_t(N) * K, 13);
+            std::vector<std::uint16_t> W16(W.size());
+            round_bf16(cpu, W16.data(), W.data(), std::int64_t(W.size()));
+            const device::packed_weight packed = pack_weight(cpu, W16.data(), N, K);
+            CHECK(packed.bf16());
+            const auto bias = random_vector<float>(std::size_t(N), 14);
+            for (const int M : {1, 16, 37}) {
+                const auto A = random_vector<float>(std::size_t(M) * K, 15);
+                auto C0 = random_vector<float>(std::size_t(M) * N, 16), C1 = C0;
+                gemm_bf16_weight(cpu, false, true, M, N, K, 1.0f, A.data(), K, W16.data(), K, 1.0f, C0.data(), N,
+                                 bias.data());
+                gemm_packed(cpu, M, N, K, A.data(), K, W16.data(), packed, 1.0f, C1.data(), N, bias.data());
+                INFO("bf16, threads=" << threads << " M=" << M);
+                CHECK(C1 == C0);
+            }
+        }
+        // a copy packed for other threads, or another shape, is not read: the plain weight is
+        const auto W = random_vector<float>(std::size_t(64) * 32, 11);
+        const device::packed_weight other = pack_weight(device::Cpu(threads == 1 ? 2 : 1), W.data(), 64, 32);
+        const auto A = random_vector<float>(std::size_t(8) * 32, 12);
+        std::vector<float> C0(std::size_t(8) * 64), C1(C0.size());
+        gemm(cpu, false, true, 8, 64, 32, 1.0f, A.data(), 32, W.data(), 32, 0.0f, C0.data(), 64);
+        gemm_packed(cpu, 8, 64, 32, A.data(), 32, W.data(), other, 0.0f, C1.data(), 64);
+        CHECK(C1 == C0);
+    }
+}
+
 TEST_CASE("gemm: beta = 0 ignores NaN already in C") {
     device::Cpu cpu(2);
     std::vector<float> A(4, 1.0f), B(4, 1.0f), C(4, std::nanf(""));

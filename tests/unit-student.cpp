@@ -12,6 +12,7 @@
 #include "distill/device/reference.hpp"
 #include "distill/io/weights.hpp"
 #include "distill/student/transformer.hpp"
+#include "distill/student/transformer_memory.hpp"
 #include "testing.hpp"
 
 using namespace distill;
@@ -483,4 +484,116 @@ TEST_CASE_TEMPLATE("KV-cache decoding equals the full forward at every step", De
     m.decode(cache, one.data(), B);
     CHECK_THROWS_WITH_AS(m.decode(cache, one.data(), B), doctest::Contains("already holds context_length = 12"),
                          shape_error);
+}
+
+TEST_CASE("KV-cache decoding on device::Cpu: packed matrices give the plain ones' bits, each prefill packs anew") {
+    student::TransformerConfig cfg{
+        .vocab_size = 40, .context_length = 12, .d_model = 64, .n_layers = 2, .n_heads = 4, .d_ff = 128};
+    SUBCASE("GPT-2 blocks") {}
+    SUBCASE("Llama blocks") {
+        cfg = llama_like(cfg, "llama3");
+    }
+    const int B = 3, Tn = 5;
+    const device::Cpu dev(2);
+    using Model = student::Transformer<float, device::Cpu>;
+    Model m(cfg, B, dev, student::activations::inference), other(cfg, B, dev, student::activations::inference);
+    m.init(5);
+    other.init(6);
+    const int lengths[B] = {4, 5, 2};
+    std::vector<std::int32_t> prompt(B * Tn);
+    for (std::size_t i = 0; i < prompt.size(); ++i) prompt[i] = std::int32_t(3 * i % 37 + 1);
+    // prefill, then four greedy steps: every step's next-token logits
+    auto generate = [&](Model& model, student::KvCache<float, device::Cpu>& cache) {
+        model.prefill(cache, prompt.data(), lengths, B, Tn);
+        std::vector<float> all;
+        for (int step = 0; step < 4; ++step) {
+            const auto next = model.next_logits();
+            all.insert(all.end(), next.data(), next.data() + next.numel());
+            std::vector<std::int32_t> chosen(B);
+            for (int b = 0; b < B; ++b) {
+                const float* row = next.data() + b * cfg.vocab_size;
+                chosen[b] = std::int32_t(std::max_element(row, row + cfg.vocab_size) - row);
+            }
+            model.decode(cache, chosen.data(), B);
+        }
+        return all;
+    };
+    auto packed = m.make_cache(B), plain = m.make_cache(B);
+    plain.pack_weights(false);
+    CHECK(packed.packs_weights());
+    const auto with_packs = generate(m, packed), without = generate(m, plain);
+    CHECK(with_packs == without);
+    CHECK(plain.packed_bytes() == 0);
+    // every matrix packed, as the memory plan counts them (oneDNN's blocked layout: at least W's size)
+    CHECK(packed.packed_bytes() == student::kv_cache_packed_bytes<float>(cfg, dev));
+    if (packed.packed_bytes() > 0)
+        CHECK(packed.packed_bytes() >= sizeof(float) * std::size_t(cfg.n_layers) * 4 * cfg.d_model * cfg.d_model);
+    else
+        MESSAGE("this CPU's oneDNN reads weights as they are (or no oneDNN): nothing packed");
+    // weights written after a prefill (here through the arena): the next prefill packs them
+    m.init(7);
+    const auto rewritten = generate(m, packed), rewritten_plain = generate(m, plain);
+    CHECK(rewritten == rewritten_plain);
+    CHECK(rewritten != with_packs);
+    // a cache prefilled by another model: decode reads its own weights, not that model's copies
+    auto decode_once = [&](student::KvCache<float, device::Cpu>& cache) {
+        other.prefill(cache, prompt.data(), lengths, B, Tn);
+        const std::vector<std::int32_t> next = {1, 2, 3};
+        m.decode(cache, next.data(), B);
+        const auto logits = m.next_logits();
+        return std::vector<float>(logits.data(), logits.data() + logits.numel());
+    };
+    CHECK(decode_once(packed) == decode_once(plain));
+    packed.release_packed();
+    CHECK(packed.packed_bytes() == 0);
+}
+
+TEST_CASE("Transformer::pack_matrices: forwards, prefill and decode read packed copies with the plain bits") {
+    const student::TransformerConfig cfg{
+        .vocab_size = 40, .context_length = 12, .d_model = 64, .n_layers = 2, .n_heads = 4, .d_ff = 128};
+    const int B = 3, Tn = 5;
+    std::vector<std::int32_t> tokens(B * Tn);
+    for (std::size_t i = 0; i < tokens.size(); ++i) tokens[i] = std::int32_t(5 * i % 39 + 1);
+    const int lengths[B] = {5, 3, 4};
+    for (const auto p : {device::precision::fp32, device::precision::bf16}) {
+        if (p == device::precision::bf16 && !device::Cpu::bf16_supported()) {
+            MESSAGE("bf16 skipped: " << device::Cpu::bf16_unsupported_reason());
+            continue;
+        }
+        const device::Cpu dev(2, p);
+        using Model = student::Transformer<float, device::Cpu>;
+        Model m(cfg, B, dev, student::activations::inference);
+        m.init(3);
+        // the logits of a forward, then of a prefill and two decoding steps
+        auto run = [&](bool frozen) {
+            m.forward(tokens.data(), B, Tn);
+            const auto logits = m.logits();
+            std::vector<float> all(logits.data(), logits.data() + logits.numel());
+            auto cache = m.make_cache(B);
+            m.prefill(cache, tokens.data(), lengths, B, Tn);
+            if (frozen) CHECK(cache.packed_bytes() == 0);  // the model's own copies serve the cache
+            for (int step = 0; step < 2; ++step) {
+                const auto next = m.next_logits();
+                all.insert(all.end(), next.data(), next.data() + next.numel());
+                const std::vector<std::int32_t> chosen = {std::int32_t(step + 1), 7, 9};
+                m.decode(cache, chosen.data(), B);
+            }
+            return all;
+        };
+        const auto plain = run(false);
+        m.pack_matrices();
+        const auto packed = run(true);
+        INFO("precision " << (p == device::precision::bf16 ? "bf16" : "fp32"));
+        CHECK(packed == plain);
+        CHECK(m.packed_bytes() == student::kv_cache_packed_bytes<float>(cfg, dev));
+        if (m.packed_bytes() == 0) MESSAGE("this CPU's oneDNN reads weights as they are: nothing packed");
+        // the copies are a snapshot: rewritten weights are read once unpacked (or packed again)
+        m.init(4);
+        m.unpack_matrices();
+        CHECK(m.packed_bytes() == 0);
+        const auto fresh = run(false);
+        m.pack_matrices();
+        CHECK(run(true) == fresh);
+        CHECK(fresh != plain);
+    }
 }

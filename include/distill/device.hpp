@@ -29,6 +29,11 @@
 ///     linear call it where the device has it, else `gemm` then `add_bias`): gemm_bias(dev, trans_a,
 ///     trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc, bias), and a trailing `bias` argument of
 ///     gemm_bf16_weight (`device::Cpu`);
+///   - packed weights (`weight_packing_device`, optional: `Transformer::prefill` packs the model's
+///     matrices where the device has them, and `prefill` and `decode` multiply by the copies; so does
+///     every product after `Transformer::pack_matrices()`): pack_weight(dev, W, N, K) and
+///     gemm_packed(dev, M, N, K, A, lda, W, packed, beta, C, ldc, bias) (`device::Cpu` with oneDNN,
+///     for fp32 and stored bf16 weights);
 ///   - losses (`loss_device`, `require_loss_kernels`; every `loss::` term, through `loss::context`):
 ///     kl_, reverse_kl_, jsd_, topk_kl_, masked_cross_entropy_, attention_kl_,
 ///     relation_kl_, cosine_embedding_ and embedding_mse_forward_backward,
@@ -69,6 +74,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <utility>
+#include <variant>
 #include <vector>
 
 #include "distill/io/quant.hpp"
@@ -280,6 +286,26 @@ concept decoding_device = kernel::has_attention_decode<D, T> && kernel::has_kv_c
 template <class D, class T>
 concept fused_attention_device =
     kernel::has_flash_attention_forward<D, T> && kernel::has_flash_attention_backward<D, T>;
+/// Packed weights (optional): `pack_weight(dev, W, N, K)` copies a weight once into the layout the
+/// device's products read, `gemm_packed` multiplies by that copy (`device::Cpu`). The concept asks for
+/// fp32 weights; `student::Transformer` packs its matrices into the `KvCache` at prefill (and into
+/// itself after `pack_matrices()`) where the device has them, and multiplies by the copies.
+template <class D>
+concept weight_packing_device = requires(const D& d, float* y, const float* x, int i) {
+    { pack_weight(d, x, i, i) } -> std::movable;
+    gemm_packed(d, i, i, i, x, i, x, pack_weight(d, x, i, i), 0.0f, y, i, x);
+};
+/// What `pack_weight` returns on D (`weight_packing_device<D>`), else std::monostate (nothing to hold).
+template <class D>
+struct packed_weight_of {
+    using type = std::monostate;
+};
+template <weight_packing_device D>
+struct packed_weight_of<D> {
+    using type = decltype(pack_weight(std::declval<const D&>(), static_cast<const float*>(nullptr), 1, 1));
+};
+template <class D>
+using packed_weight_t = typename packed_weight_of<D>::type;
 /// The kernels of the loss terms.
 template <class D, class T>
 concept loss_device = kernel::has_kl_forward_backward<D, T> && kernel::has_reverse_kl_forward_backward<D, T> &&

@@ -6919,6 +6919,11 @@ private:
 ///     linear call it where the device has it, else `gemm` then `add_bias`): gemm_bias(dev, trans_a,
 ///     trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc, bias), and a trailing `bias` argument of
 ///     gemm_bf16_weight (`device::Cpu`);
+///   - packed weights (`weight_packing_device`, optional: `Transformer::prefill` packs the model's
+///     matrices where the device has them, and `prefill` and `decode` multiply by the copies; so does
+///     every product after `Transformer::pack_matrices()`): pack_weight(dev, W, N, K) and
+///     gemm_packed(dev, M, N, K, A, lda, W, packed, beta, C, ldc, bias) (`device::Cpu` with oneDNN,
+///     for fp32 and stored bf16 weights);
 ///   - losses (`loss_device`, `require_loss_kernels`; every `loss::` term, through `loss::context`):
 ///     kl_, reverse_kl_, jsd_, topk_kl_, masked_cross_entropy_, attention_kl_,
 ///     relation_kl_, cosine_embedding_ and embedding_mse_forward_backward,
@@ -6959,6 +6964,7 @@ private:
 #include <cstddef>
 #include <cstdint>
 #include <utility>
+#include <variant>
 #include <vector>
 
 // ---- begin distill/io/quant.hpp ----
@@ -7811,6 +7817,26 @@ concept decoding_device = kernel::has_attention_decode<D, T> && kernel::has_kv_c
 template <class D, class T>
 concept fused_attention_device =
     kernel::has_flash_attention_forward<D, T> && kernel::has_flash_attention_backward<D, T>;
+/// Packed weights (optional): `pack_weight(dev, W, N, K)` copies a weight once into the layout the
+/// device's products read, `gemm_packed` multiplies by that copy (`device::Cpu`). The concept asks for
+/// fp32 weights; `student::Transformer` packs its matrices into the `KvCache` at prefill (and into
+/// itself after `pack_matrices()`) where the device has them, and multiplies by the copies.
+template <class D>
+concept weight_packing_device = requires(const D& d, float* y, const float* x, int i) {
+    { pack_weight(d, x, i, i) } -> std::movable;
+    gemm_packed(d, i, i, i, x, i, x, pack_weight(d, x, i, i), 0.0f, y, i, x);
+};
+/// What `pack_weight` returns on D (`weight_packing_device<D>`), else std::monostate (nothing to hold).
+template <class D>
+struct packed_weight_of {
+    using type = std::monostate;
+};
+template <weight_packing_device D>
+struct packed_weight_of<D> {
+    using type = decltype(pack_weight(std::declval<const D&>(), static_cast<const float*>(nullptr), 1, 1));
+};
+template <class D>
+using packed_weight_t = typename packed_weight_of<D>::type;
 /// The kernels of the loss terms.
 template <class D, class T>
 concept loss_device = kernel::has_kl_forward_backward<D, T> && kernel::has_reverse_kl_forward_backward<D, T> &&
@@ -8054,6 +8080,8 @@ host_readable<T> read_on_host(const Device& dev, const T* src, std::size_t n) {
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <memory>
+#include <new>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -9544,6 +9572,10 @@ void kv_cache_store(const HostMemory&, T* keys, T* values, const T* qkv, const s
 /// threads), created on first use and kept in a per-thread cache; a call then sets the buffers' data
 /// handles and executes: no primitive creation in a training step. Results are deterministic for a
 /// fixed thread count (oneDNN's CPU matmul uses no atomics).
+///
+/// - packed weights (`packed_weight_desc`, `pack`): a weight the same products read again and again
+///   (decoding: one call per token, few rows) copied once into the blocked layout the matmul reads,
+///   which it otherwise copies its plain weight into at every call (fp32, and bf16 stored weights).
 
 #if !defined(DISTILL_WITH_DNNL)
 #error "device/cpu/dnnl.hpp needs oneDNN: link distill::dnnl (DISTILL_WITH_DNNL)"
@@ -9609,7 +9641,7 @@ inline void convert(std::uint16_t* dst, const float* src, std::int64_t rows, std
 struct Key {
     std::int64_t M, N, K, lda, ldb, ldc;
     float alpha, beta;
-    int flags;  // bit 0 trans_a, bit 1 trans_b, bit 2 bf16
+    int flags;  // bit 0 trans_a, bit 1 trans_b, bit 2 bf16, bit 3 bias, bit 4 packed B
     int threads;
     std::int64_t batch = 1, stride_a = 0, stride_b = 0, stride_c = 0;
     bool operator==(const Key& o) const noexcept {
@@ -9676,6 +9708,7 @@ struct Entry {
     dnnl::matmul prim;
     dnnl::memory a, b, c, bias;
     dnnl_exec_arg_t args[4];
+    bool reads_packed = false;  // B from the caller's packed copy (see packed_weight_desc)
 };
 
 // Per-thread state: engine, stream, primitive cache, bf16 scratch.
@@ -9729,6 +9762,39 @@ inline const std::string& bf16_unsupported_reason() {
     return reason;
 }
 
+/// The blocked layout oneDNN's matmul reads a weight W(N,K) in (row-major W, the product C = A · Wᵀ;
+/// fp32 operands, or bf16 ones with `bf16`) on this CPU at `threads` threads; a zero (empty) desc where
+/// it reads a plain layout (oneDNN 2.6's fp32 gemm kernel below AVX-512). Asked of a primitive with 64
+/// rows; every row count takes the same layout (the same brgemm kernels, which otherwise copy W into
+/// it at every call).
+inline dnnl::memory::desc packed_weight_desc(int N, int K, int threads, bool bf16 = false) {
+    using dims = dnnl::memory::dims;
+    using dt = dnnl::memory::data_type;
+#if defined(_OPENMP)
+    if (omp_get_max_threads() != threads) omp_set_num_threads(threads);
+#endif
+    const dt type = bf16 ? dt::bf16 : dt::f32;
+    const dnnl::memory::desc a(dims{64, K}, type, dims{K, 1}), any(dims{K, N}, type, dnnl::memory::format_tag::any),
+        c(dims{64, N}, dt::f32, dims{N, 1});
+    const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a, any, c), state().engine);
+    const dnnl::memory::desc packed = pd.weights_desc();
+    // a layout with inner blocks (brgemm's); a plain one, even transposed, is read as it is
+    const bool blocked = packed.data.format_kind == dnnl_blocked && packed.data.format_desc.blocking.inner_nblks > 0;
+    return blocked ? packed : dnnl::memory::desc();
+}
+
+/// Copies W(N,K) (row-major; fp32, or bf16 bits with `bf16`) into `dst`, laid out as `packed`
+/// (`packed_weight_desc`; dst holds packed.get_size() bytes).
+inline void pack(void* dst, const dnnl::memory::desc& packed, const void* W, int N, int K, bool bf16 = false) {
+    using dims = dnnl::memory::dims;
+    using dt = dnnl::memory::data_type;
+    const dnnl::memory::desc plain(dims{K, N}, bf16 ? dt::bf16 : dt::f32, dims{1, K});
+    DnnlState& st = state();
+    dnnl::memory src(plain, st.engine, const_cast<void*>(W)), out(packed, st.engine, dst);
+    dnnl::reorder(src, out).execute(st.stream, src, out);
+    st.stream.wait();
+}
+
 /// C(M,N) = alpha op(A) op(B) + beta C (row-major, see the Reference gemm) through oneDNN, the
 /// operands rounded to bf16 when `bf16`; with `batch` > 1, that many such products at the strides
 /// (elements) between consecutive A, B and C (one batched primitive: the attention's per-head
@@ -9737,10 +9803,13 @@ inline const std::string& bf16_unsupported_reason() {
 /// width): a stored bf16 weight, read as it is (`B` is ignored); A alone is rounded.
 /// With `bias` (alpha 1, no batch) C(M,N) = op(A) op(B) + bias(N) + beta C: the bias added in the
 /// product's epilogue, saving a pass over C.
+/// With `B_packed` (B transposed, no batch; bf16: with B16) B_packed holds B laid out as
+/// `packed_weight_desc(N, K, threads, bf16)`, and the product reads it there wherever the kernel is the
+/// one the plain B would run (so the bits are too); B (B16) stays the plain B.
 inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A,
                  int lda, const float* B, int ldb, float beta, float* C, int ldc, std::int64_t batch = 1,
                  std::int64_t stride_a = 0, std::int64_t stride_b = 0, std::int64_t stride_c = 0,
-                 const std::uint16_t* B16 = nullptr, const float* bias = nullptr) {
+                 const std::uint16_t* B16 = nullptr, const float* bias = nullptr, const void* B_packed = nullptr) {
     using dt = dnnl::memory::data_type;
     using dims = dnnl::memory::dims;
     DnnlState& st = state();
@@ -9751,16 +9820,17 @@ inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int 
     if (B16 && (!bf16 || ldb != (trans_b ? K : N)))
         throw std::logic_error("oneDNN gemm: a bf16 B operand must be packed and the product bf16");
     if (bias && (alpha != 1.0f || batch > 1)) throw std::logic_error("oneDNN gemm: a bias needs alpha 1 and no batch");
+    if (B_packed && (batch > 1 || !trans_b || bf16 != (B16 != nullptr)))
+        throw std::logic_error(
+            "oneDNN gemm: a packed B is a weight (bf16: a stored one), transposed, and takes no batch");
     // bf16 copies are packed: leading dimension = their stored width
     const std::int64_t a_rows = trans_a ? K : M, a_cols = trans_a ? M : K;
     const std::int64_t b_rows = trans_b ? N : K, b_cols = trans_b ? K : N;
     const std::int64_t la = bf16 ? a_cols : lda, lb = bf16 ? b_cols : ldb;
     if (batch <= 1) stride_a = stride_b = stride_c = 0;
-    const Key key{M,        N,       K,
-                  la,       lb,      ldc,
-                  alpha,    beta,    int(trans_a) | int(trans_b) << 1 | int(bf16) << 2 | int(bias != nullptr) << 3,
-                  threads,  batch,   stride_a,
-                  stride_b, stride_c};
+    const int flags =
+        int(trans_a) | int(trans_b) << 1 | int(bf16) << 2 | int(bias != nullptr) << 3 | int(B_packed != nullptr) << 4;
+    const Key key{M, N, K, la, lb, ldc, alpha, beta, flags, threads, batch, stride_a, stride_b, stride_c};
     auto it = st.cache.find(key);
     if (it == st.cache.end()) {
         const dt type = bf16 ? dt::bf16 : dt::f32;
@@ -9770,7 +9840,7 @@ inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int 
             return dnnl::memory::desc(dims{batch, rows, cols}, t, dims{stride, strides[0], strides[1]});
         };
         const dnnl::memory::desc a_md = md(M, K, trans_a ? dims{1, la} : dims{la, 1}, stride_a, type);
-        const dnnl::memory::desc b_md = md(K, N, trans_b ? dims{1, lb} : dims{lb, 1}, stride_b, type);
+        const dnnl::memory::desc plain_b = md(K, N, trans_b ? dims{1, lb} : dims{lb, 1}, stride_b, type);
         const dnnl::memory::desc c_md = md(M, N, dims{ldc, 1}, stride_c, dt::f32);
         dnnl::primitive_attr attr;
         if (alpha != 1.0f) attr.set_output_scales(0, {alpha});
@@ -9780,10 +9850,27 @@ inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int 
             attr.set_post_ops(po);
         }
         const dnnl::memory::desc bias_md(dims{1, N}, dt::f32, dims{N, 1});
-        const dnnl::matmul::desc desc =
-            bias ? dnnl::matmul::desc(a_md, b_md, bias_md, c_md) : dnnl::matmul::desc(a_md, b_md, c_md);
-        const dnnl::matmul::primitive_desc pd(desc, attr, st.engine);
+        auto make = [&](const dnnl::memory::desc& b) {
+            return dnnl::matmul::primitive_desc(
+                bias ? dnnl::matmul::desc(a_md, b, bias_md, c_md) : dnnl::matmul::desc(a_md, b, c_md), attr, st.engine);
+        };
+        dnnl::matmul::primitive_desc pd = make(plain_b);
+        dnnl::memory::desc b_md = plain_b;
         auto e = std::make_unique<Entry>();
+        if (B_packed) {
+            // the packed B only where the plain call runs the same kernel (which copies B into that
+            // layout itself), so the bits are the same; otherwise (a strided A or C: oneDNN's gemm
+            // kernel, not brgemm) the plain B
+            const dnnl::memory::desc packed_b = packed_weight_desc(N, K, threads, bf16);
+            if (!packed_b.is_zero()) {
+                dnnl::matmul::primitive_desc packed_pd = make(packed_b);
+                if (std::strcmp(packed_pd.impl_info_str(), pd.impl_info_str()) == 0) {
+                    pd = packed_pd;
+                    b_md = packed_b;
+                    e->reads_packed = true;
+                }
+            }
+        }
         e->prim = dnnl::matmul(pd);
         e->a = dnnl::memory(a_md, st.engine, nullptr);
         e->b = dnnl::memory(b_md, st.engine, nullptr);
@@ -9805,10 +9892,10 @@ inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int 
         convert(sa, A, a_rows, a_cols, lda, threads);
         if (!B16) convert(sb, B, b_rows, b_cols, ldb, threads);
         e.a.set_data_handle(sa);
-        e.b.set_data_handle(const_cast<std::uint16_t*>(B16 ? B16 : sb));
+        e.b.set_data_handle(e.reads_packed ? const_cast<void*>(B_packed) : const_cast<std::uint16_t*>(B16 ? B16 : sb));
     } else {
         e.a.set_data_handle(const_cast<float*>(A));
-        e.b.set_data_handle(const_cast<float*>(B));
+        e.b.set_data_handle(e.reads_packed ? const_cast<void*>(B_packed) : const_cast<float*>(B));
     }
     e.c.set_data_handle(C);
     if (bias) e.bias.set_data_handle(const_cast<float*>(bias));
@@ -10181,6 +10268,117 @@ void gemm_bias(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, 
     detail::eigen_gemm(dev, trans_a, trans_b, M, N, K, T(1), A, lda, B, ldb, beta, C, ldc);
     if (ldc == N) return add_bias(dev, C, bias, M, N);
     for (int m = 0; m < M; ++m) add_bias(dev, C + std::int64_t(m) * ldc, bias, 1, N);
+}
+
+/// A weight W(N,K) (row-major: the weight of C = A · Wᵀ; fp32, or a stored bf16 one) copied once into
+/// the blocked layout oneDNN's matmul reads (`pack_weight`), for products that repeat with W
+/// unchanged: decoding multiplies a few rows by every weight once per token, and the matmul
+/// otherwise copies W into that layout at every call. A snapshot: it does not follow later writes to W. Empty (false)
+/// where packing gains nothing: without oneDNN, for an fp32 W under bf16 compute (whose products round W at every
+/// call), or where oneDNN reads W as it is.
+class packed_weight {
+public:
+    packed_weight() = default;
+    explicit operator bool() const noexcept { return data_ != nullptr; }
+    const void* data() const noexcept { return data_.get(); }
+    /// W's shape (N, K), its type, the device threads it was packed for (its layout may depend on
+    /// them), and the bytes of the copy.
+    int rows() const noexcept { return rows_; }
+    int cols() const noexcept { return cols_; }
+    bool bf16() const noexcept { return bf16_; }
+    int threads() const noexcept { return threads_; }
+    std::size_t bytes() const noexcept { return bytes_; }
+
+private:
+    struct release {
+        void operator()(void* p) const noexcept { std::free(p); }
+    };
+    std::unique_ptr<void, release> data_;
+    int rows_ = 0, cols_ = 0, threads_ = 0;
+    bool bf16_ = false;
+    std::size_t bytes_ = 0;
+    friend packed_weight pack_weight(const Cpu&, const float*, int, int);
+    friend packed_weight pack_weight(const Cpu&, const std::uint16_t*, int, int);
+    static packed_weight make([[maybe_unused]] const Cpu& dev, [[maybe_unused]] const void* W, [[maybe_unused]] int N,
+                              [[maybe_unused]] int K, [[maybe_unused]] bool bf16) {
+        packed_weight p;
+#if defined(DISTILL_WITH_DNNL)
+        if (N < 1 || K < 1 || (bf16 && !Cpu::bf16_supported())) return p;
+        const dnnl::memory::desc layout = detail::packed_weight_desc(N, K, dev.threads(), bf16);
+        if (layout.is_zero()) return p;
+        p.bytes_ = layout.get_size();
+        p.data_.reset(std::aligned_alloc(64, (p.bytes_ + 63) / 64 * 64));
+        if (!p.data_) throw std::bad_alloc();
+        detail::pack(p.data_.get(), layout, W, N, K, bf16);
+        p.rows_ = N;
+        p.cols_ = K;
+        p.bf16_ = bf16;
+        p.threads_ = dev.threads();
+#endif
+        return p;
+    }
+};
+
+/// W(N,K) (row-major) packed for `gemm_packed` on `dev`, or an empty handle (see packed_weight): an
+/// fp32 W for fp32 products, a stored bf16 W (`gemm_bf16_weight`'s) for bf16 ones.
+inline packed_weight pack_weight(const Cpu& dev, const float* W, int N, int K) {
+    if (dev.compute == precision::bf16) return {};
+    return packed_weight::make(dev, W, N, K, false);
+}
+inline packed_weight pack_weight(const Cpu& dev, const std::uint16_t* W, int N, int K) {
+    return packed_weight::make(dev, W, N, K, true);
+}
+
+/// Bytes of the copy `pack_weight(dev, W, N, K)` makes of a W(N,K) (fp32, or bf16 with `bf16`); 0
+/// where it makes none.
+inline std::size_t packed_weight_bytes([[maybe_unused]] const Cpu& dev, [[maybe_unused]] int N, [[maybe_unused]] int K,
+                                       [[maybe_unused]] bool bf16 = false) {
+#if defined(DISTILL_WITH_DNNL)
+    if ((bf16 ? Cpu::bf16_supported() : dev.compute != precision::bf16) && N > 0 && K > 0)
+        return detail::packed_weight_desc(N, K, dev.threads(), bf16).get_size();
+#endif
+    return 0;
+}
+
+namespace detail {
+// Whether `packed` is W(N,K)'s copy of the type asked, for this device's threads, and oneDNN takes
+// the product here.
+inline bool reads_packed([[maybe_unused]] const Cpu& dev, [[maybe_unused]] int M, int N, int K,
+                         const packed_weight& packed, bool bf16) {
+#if defined(DISTILL_WITH_DNNL)
+    return packed && packed.rows() == N && packed.cols() == K && packed.bf16() == bf16 &&
+           packed.threads() == dev.threads() && dnnl_takes(M, N, K);
+#else
+    (void)N, (void)K, (void)packed, (void)bf16;
+    return false;
+#endif
+}
+}  // namespace detail
+
+/// C(M,N) = A(M,K) · Wᵀ (+ bias(N)) + beta C (row-major; lda, ldc), W read from its packed copy
+/// `packed` where that fits this call (`pack_weight(dev, W, N, K)` on a device of the same threads),
+/// else from W: the same kernel either way, so the bits are those of `gemm` / `gemm_bias` on W (a
+/// bf16 W: of `gemm_bf16_weight`).
+inline void gemm_packed(const Cpu& dev, int M, int N, int K, const float* A, int lda, const float* W,
+                        [[maybe_unused]] const packed_weight& packed, float beta, float* C, int ldc,
+                        const float* bias = nullptr) {
+#if defined(DISTILL_WITH_DNNL)
+    if (dev.compute != precision::bf16 && detail::reads_packed(dev, M, N, K, packed, false))
+        return detail::gemm(false, dev.threads(), false, true, M, N, K, 1.0f, A, lda, W, K, beta, C, ldc, 1, 0, 0, 0,
+                            nullptr, bias, packed.data());
+#endif
+    if (bias) return gemm_bias(dev, false, true, M, N, K, A, lda, W, K, beta, C, ldc, bias);
+    gemm(dev, false, true, M, N, K, 1.0f, A, lda, W, K, beta, C, ldc);
+}
+inline void gemm_packed(const Cpu& dev, int M, int N, int K, const float* A, int lda, const std::uint16_t* W,
+                        [[maybe_unused]] const packed_weight& packed, float beta, float* C, int ldc,
+                        const float* bias = nullptr) {
+#if defined(DISTILL_WITH_DNNL)
+    if (detail::reads_packed(dev, M, N, K, packed, true))
+        return detail::gemm(true, dev.threads(), false, true, M, N, K, 1.0f, A, lda, nullptr, K, beta, C, ldc, 1, 0, 0,
+                            0, W, bias, packed.data());
+#endif
+    gemm_bf16_weight(dev, false, true, M, N, K, 1.0f, A, lda, W, K, beta, C, ldc, bias);
 }
 
 /// dbias(OC) += column sums of dout(N,OC); each thread owns a block of columns.
@@ -16192,14 +16390,17 @@ BOOST_HANA_ADAPT_STRUCT(distill::student::EncoderConfig, vocab_size, context_len
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <type_traits>
 #include <utility>
+#include <variant>
 #include <vector>
 
 #include <boost/hana/adapt_struct.hpp>
@@ -16581,8 +16782,41 @@ inline std::vector<double> rope_inverse_frequencies(const TransformerConfig& c, 
     return inv;
 }
 
+/// A model's GEMM matrices copied into the layout the device's products read (`device::pack_weight`),
+/// each as the model first multiplies by it: what a `KvCache` holds for decoding, and a `Transformer`
+/// for its forwards after `pack_matrices()`. A snapshot of one model's weights: empty where the device
+/// does not pack (`device::weight_packing_device`: device::Cpu with oneDNN; scalar type float).
+template <class T, class Device>
+class PackedMatrices {
+public:
+    /// Bytes of the copies held.
+    std::size_t bytes() const noexcept {
+        std::size_t n = 0;
+        if constexpr (packs)
+            for (const auto& p : slots_)
+                if (p) n += p->bytes();
+        return n;
+    }
+    /// Frees the copies.
+    void release() noexcept {
+        slots_.clear();
+        owner_ = 0;
+    }
+
+private:
+    friend class Transformer<T, Device>;
+    using packed_type = std::conditional_t<std::is_same_v<T, float>, device::packed_weight_t<Device>, std::monostate>;
+    static constexpr bool packs = !std::is_same_v<packed_type, std::monostate>;
+    // by parameter index: not packed yet (nullopt), or the copy (empty where packing gains nothing);
+    // the weights of the model whose identity is owner_ (0: none)
+    std::vector<std::optional<packed_type>> slots_;
+    std::uint64_t owner_ = 0;
+};
+
 /// Keys and values of every layer for up to `max_batch` sequences of up to `context_length`
 /// tokens, for incremental decoding (`Transformer::prefill` / `decode`). One arena, laid out once.
+/// Where the device packs weights it also holds the model's matrices as of the last `prefill`,
+/// packed in the layout the device's products read (`pack_weights`).
 template <class T, class Device>
 class KvCache {
 public:
@@ -16601,6 +16835,22 @@ public:
     void reset() { std::fill(lengths_.begin(), lengths_.end(), 0); }
     /// Bytes of key/value storage.
     std::size_t bytes() const noexcept { return sizeof(T) * arena_.size(); }
+    /// Whether `prefill` packs the model's matrices into this cache (on by default; a no-op where the
+    /// device does not pack, and where the model's forwards already read packed matrices,
+    /// `Transformer::pack_matrices`). Each prefill copies each matrix once, as it first multiplies by
+    /// it; that prefill and the `decode` calls after it multiply by the copies, which hold the weights
+    /// as they were at that prefill (as the cached keys and values do): weights changed later are read
+    /// from the next prefill on. The copies take the matrices' size again (`packed_bytes`); off, the
+    /// products read the weights themselves, which the device copies into its layout at every call.
+    void pack_weights(bool on) {
+        pack_weights_ = on;
+        if (!on) release_packed();
+    }
+    bool packs_weights() const noexcept { return pack_weights_; }
+    /// Frees the packed matrices (generation is over; the next prefill packs again).
+    void release_packed() noexcept { packed_.release(); }
+    /// Bytes of the packed matrices held.
+    std::size_t packed_bytes() const noexcept { return packed_.bytes(); }
 
 private:
     friend class Transformer<T, Device>;
@@ -16612,6 +16862,8 @@ private:
     std::size_t layer_size_;
     std::vector<int> lengths_;
     detail::Arena<T, Device> arena_;
+    PackedMatrices<T, Device> packed_;
+    bool pack_weights_ = true;
 };
 
 /// A pre-norm causal transformer whose blocks `TransformerConfig` chooses: GPT-2 (LayerNorm, learned
@@ -16831,8 +17083,9 @@ private:
                               cfg_.head_size());
     }
 
-    // out(N,OC) = [out +] in(N,C) · W(OC,C)ᵀ + b: nn::linear_forward, or the quantized product when
-    // `quantize` stored W as ggml blocks.
+    // out(N,OC) = [out +] in(N,C) · W(OC,C)ᵀ + b: nn::linear_forward, the quantized product when
+    // `quantize` stored W as ggml blocks, W's packed copy while packed matrices are in use, or W's
+    // stored bf16 copy.
     void linear(T* out, const T* in, std::size_t w, std::size_t b, int N, int C, int OC, bool add_to_out = false) {
         if constexpr (std::is_same_v<T, float> && device::quant_device<Device>) {
             if (const auto it = quantized_.find(w); it != quantized_.end()) {
@@ -16843,6 +17096,24 @@ private:
                 if (add_to_out) accumulate(dev_, out, y, std::int64_t(n));
                 if (b != none) add_bias(dev_, out, val(b), N, OC);
                 return;
+            }
+        }
+        // decoding, or forwards after pack_matrices(): the packed copy (made here on first use)
+        if constexpr (PackedMatrices<T, Device>::packs) {
+            if (PackedMatrices<T, Device>* packs = packed_matrices(); packs && w < packs->slots_.size()) {
+                auto& packed = packs->slots_[w];
+                const T beta = add_to_out ? T(1) : T(0);
+                if (const std::uint16_t* w16 = this->bf16_value(w)) {
+                    if constexpr (requires {
+                                      gemm_packed(dev_, N, OC, C, in, C, w16, *packed, beta, out, OC, val(b));
+                                  }) {
+                        if (!packed) packed = pack_weight(dev_, w16, OC, C);
+                        return gemm_packed(dev_, N, OC, C, in, C, w16, *packed, beta, out, OC, val(b));
+                    }
+                } else {
+                    if (!packed) packed = pack_weight(dev_, val(w), OC, C);
+                    return gemm_packed(dev_, N, OC, C, in, C, val(w), *packed, beta, out, OC, val(b));
+                }
             }
         }
         if constexpr (bf16_weight_device<Device> && std::is_same_v<T, float>) {
@@ -17158,6 +17429,14 @@ public:
         std::vector<std::int32_t> rows;  // per token kept: (row of qkv, sequence, position)
         for (int b = 0; b < B; ++b)
             for (int t = 0; t < lengths[b]; ++t) rows.insert(rows.end(), {b * Tn + t, b, t});
+        // the matrices are packed afresh, each as `linear` first reads it (see KvCache::pack_weights)
+        // (none where the forwards already read packed matrices: pack_matrices())
+        cache.release_packed();
+        if (cache.pack_weights_ && PackedMatrices<T, Device>::packs && frozen_.owner_ != identity_) {
+            cache.packed_.slots_.resize(this->base_parameters().size());
+            cache.packed_.owner_ = identity_;
+        }
+        const decoding_scope decoding(*this, cache);
         // each layer's keys and values go to the cache as soon as they exist (an inference model
         // reuses the buffer for the next layer)
         forward_layers(
@@ -17217,6 +17496,7 @@ public:
         }
         if (cfg_.rope()) update_rope(longest);
         lora_drop_now_ = false;
+        const decoding_scope decoding(*this, cache);
         std::vector<std::int32_t> rows;  // per sequence: (row of qkv, sequence, position)
         for (int b = 0; b < B; ++b) rows.insert(rows.end(), {b, b, cache.length(b) - 1});
         for (int l = 0; l < cfg_.n_layers; ++l) {
@@ -17240,6 +17520,24 @@ public:
     Tensor<T> next_logits() const {
         return Tensor<T>(act(next_logits_), {decode_batch_, cfg_.vocab_size}, Device::memory);
     }
+
+    /// For a model whose weights stay unchanged over many forwards (a teacher while a student trains):
+    /// from now on every forward, prefill and decode multiplies by copies of its GEMM matrices packed in
+    /// the layout the device's products read (`device::pack_weight`), each made as it is first read,
+    /// until `unpack_matrices()`. The products' bits are unchanged; the copies do not follow later writes
+    /// to the weights: unpack (or pack again) after changing them. A no-op where the device does not
+    /// pack (`PackedMatrices`). The copies take the matrices' size again (`packed_bytes()`).
+    void pack_matrices() {
+        frozen_.release();
+        if constexpr (PackedMatrices<T, Device>::packs) {
+            frozen_.slots_.resize(this->base_parameters().size());
+            frozen_.owner_ = identity_;
+        }
+    }
+    /// Frees the copies `pack_matrices` made: the products read the weights themselves again.
+    void unpack_matrices() noexcept { frozen_.release(); }
+    /// Bytes of the copies `pack_matrices` has made so far.
+    std::size_t packed_bytes() const noexcept { return frozen_.bytes(); }
 
     /// Sets every gradient to zero (gradients accumulate across `backward` calls).
     void zero_grad() { this->zero_gradients(dev_); }
@@ -17598,6 +17896,27 @@ private:
     std::size_t encoded_ = 0, lnf_ = 0, lnf_mean_ = 0, lnf_rstd_ = 0, logits_ = 0, dlogits_ = 0, losses_ = 0,
                 next_logits_ = 0, rope_ = 0;
     int decode_batch_ = 0;
+    // this model among every one built in the process (packed matrices name the model they copy)
+    std::uint64_t identity_ = [] {
+        static std::atomic<std::uint64_t> built{0};
+        return ++built;
+    }();
+    PackedMatrices<T, Device> frozen_;               // pack_matrices()
+    PackedMatrices<T, Device>* decoding_ = nullptr;  // during prefill and decode: the cache's
+    // The packed matrices `linear` reads, or null: the cache's while decoding (if they are this
+    // model's), else frozen_ after pack_matrices().
+    PackedMatrices<T, Device>* packed_matrices() noexcept {
+        if (decoding_ && decoding_->owner_ == identity_) return decoding_;
+        return frozen_.owner_ == identity_ ? &frozen_ : nullptr;
+    }
+    // Points decoding_ at a cache's packed matrices until the scope ends.
+    struct decoding_scope {
+        Transformer& model;
+        decoding_scope(Transformer& m, KvCache<T, Device>& cache) : model(m) { m.decoding_ = &cache.packed_; }
+        ~decoding_scope() { model.decoding_ = nullptr; }
+        decoding_scope(const decoding_scope&) = delete;
+        decoding_scope& operator=(const decoding_scope&) = delete;
+    };
     int rope_key_ = -1, rope_rows_ = 0;    // what the rotary tables hold (see update_rope)
     std::vector<std::int32_t> positions_;  // position of each row of the last forward or decode (rope)
     std::size_t d_res_ = 0, d_ln_ = 0, d_qkv_ = 0, d_att_ = 0, d_atty_ = 0, d_fc_ = 0, d_act_ = 0;
@@ -20035,6 +20354,23 @@ template <class T = float>
 std::size_t kv_cache_bytes(const TransformerConfig& config, int max_batch) {
     return sizeof(T) * 2 * std::size_t(max_batch) * std::size_t(config.context_length) *
            std::size_t(config.kv_heads()) * std::size_t(config.head_size()) * std::size_t(config.n_layers);
+}
+
+/// Bytes of the packed matrices a `KvCache` holds after a prefill of a `Transformer<T, Device>` built
+/// with `config` on `dev` (`KvCache::packed_bytes()`), and the model itself after `pack_matrices()`
+/// and a forward (`Transformer::packed_bytes()`); see `device::pack_weight`: 0 where the device does
+/// not pack.
+template <class T, class Device>
+std::size_t kv_cache_packed_bytes(const TransformerConfig& c, const Device& dev) {
+    if constexpr (std::is_same_v<T, float> && requires { packed_weight_bytes(dev, 1, 1, true); }) {
+        const bool bf16 = stores_bf16_weights<T>(c, dev);
+        const int C = c.d_model;
+        auto packed = [&](int N, int K) { return packed_weight_bytes(dev, N, K, bf16); };
+        return packed(c.vocab_size, C) + std::size_t(c.n_layers) * (packed(c.qkv_width(), C) + packed(C, C) +
+                                                                    packed(c.fc_width(), C) + packed(C, c.d_ff));
+    } else {
+        return 0;
+    }
 }
 
 }  // namespace distill::student
@@ -22557,6 +22893,7 @@ private:
             }
             net_.decode(cache_, next.data(), int(rows.size()));
         }
+        if constexpr (requires { cache_.release_packed(); }) cache_.release_packed();  // held while generating only
         for (auto& q : seqs) sink(q.request, std::move(q.out));
     }
 
@@ -28793,6 +29130,7 @@ public:
             }
             net.decode(cache_, next_.data(), int(rows_.size()));
         }
+        if constexpr (requires { cache_.release_packed(); }) cache_.release_packed();  // held while sampling only
         batch_with_responses(in, prompt_length, responses_, pad, max_length, out);
     }
 
@@ -31507,10 +31845,17 @@ public:
                  std::to_string(slots) + " x " + count(trainable) + " trainable elements");
         const auto& op = s_.job.on_policy;
         std::int64_t kv = 0;
-        if (op.lambda > 0) kv += std::int64_t(student::kv_cache_bytes<float>(cfg, B));
-        if constexpr (requires { teacher_.network().config(); })
-            if (op.seq_kd) kv += std::int64_t(student::kv_cache_bytes<float>(teacher_.network().config(), B));
-        plan.add("KV cache (on-policy sampling)", kv, op.enabled() ? "batch " + std::to_string(B) : "not used");
+        // keys and values, and the matrices each prefill packs for decoding (where the device packs)
+        if (op.lambda > 0)
+            kv += std::int64_t(student::kv_cache_bytes<float>(cfg, B) +
+                               student::kv_cache_packed_bytes<float>(cfg, device_));
+        if constexpr (requires { teacher_.network().config(), teacher_.network().device(); })
+            if (op.seq_kd)
+                kv += std::int64_t(
+                    student::kv_cache_bytes<float>(teacher_.network().config(), B) +
+                    student::kv_cache_packed_bytes<float>(teacher_.network().config(), teacher_.network().device()));
+        plan.add("KV cache (on-policy sampling)", kv,
+                 op.enabled() ? "batch " + std::to_string(B) + ", with the packed matrices" : "not used");
         loss_type loss(s_.loss, dims(B));
         std::int64_t ws = std::int64_t(loss::Workspace<float, Device>::planned_bytes(loss, dims(B)));
         if constexpr (online && requires { teacher_.network(); })  // the teacher's logits cut to the student's

@@ -8,14 +8,17 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <type_traits>
 #include <utility>
+#include <variant>
 #include <vector>
 
 #include <boost/hana/adapt_struct.hpp>
@@ -227,8 +230,41 @@ inline std::vector<double> rope_inverse_frequencies(const TransformerConfig& c, 
     return inv;
 }
 
+/// A model's GEMM matrices copied into the layout the device's products read (`device::pack_weight`),
+/// each as the model first multiplies by it: what a `KvCache` holds for decoding, and a `Transformer`
+/// for its forwards after `pack_matrices()`. A snapshot of one model's weights: empty where the device
+/// does not pack (`device::weight_packing_device`: device::Cpu with oneDNN; scalar type float).
+template <class T, class Device>
+class PackedMatrices {
+public:
+    /// Bytes of the copies held.
+    std::size_t bytes() const noexcept {
+        std::size_t n = 0;
+        if constexpr (packs)
+            for (const auto& p : slots_)
+                if (p) n += p->bytes();
+        return n;
+    }
+    /// Frees the copies.
+    void release() noexcept {
+        slots_.clear();
+        owner_ = 0;
+    }
+
+private:
+    friend class Transformer<T, Device>;
+    using packed_type = std::conditional_t<std::is_same_v<T, float>, device::packed_weight_t<Device>, std::monostate>;
+    static constexpr bool packs = !std::is_same_v<packed_type, std::monostate>;
+    // by parameter index: not packed yet (nullopt), or the copy (empty where packing gains nothing);
+    // the weights of the model whose identity is owner_ (0: none)
+    std::vector<std::optional<packed_type>> slots_;
+    std::uint64_t owner_ = 0;
+};
+
 /// Keys and values of every layer for up to `max_batch` sequences of up to `context_length`
 /// tokens, for incremental decoding (`Transformer::prefill` / `decode`). One arena, laid out once.
+/// Where the device packs weights it also holds the model's matrices as of the last `prefill`,
+/// packed in the layout the device's products read (`pack_weights`).
 template <class T, class Device>
 class KvCache {
 public:
@@ -247,6 +283,22 @@ public:
     void reset() { std::fill(lengths_.begin(), lengths_.end(), 0); }
     /// Bytes of key/value storage.
     std::size_t bytes() const noexcept { return sizeof(T) * arena_.size(); }
+    /// Whether `prefill` packs the model's matrices into this cache (on by default; a no-op where the
+    /// device does not pack, and where the model's forwards already read packed matrices,
+    /// `Transformer::pack_matrices`). Each prefill copies each matrix once, as it first multiplies by
+    /// it; that prefill and the `decode` calls after it multiply by the copies, which hold the weights
+    /// as they were at that prefill (as the cached keys and values do): weights changed later are read
+    /// from the next prefill on. The copies take the matrices' size again (`packed_bytes`); off, the
+    /// products read the weights themselves, which the device copies into its layout at every call.
+    void pack_weights(bool on) {
+        pack_weights_ = on;
+        if (!on) release_packed();
+    }
+    bool packs_weights() const noexcept { return pack_weights_; }
+    /// Frees the packed matrices (generation is over; the next prefill packs again).
+    void release_packed() noexcept { packed_.release(); }
+    /// Bytes of the packed matrices held.
+    std::size_t packed_bytes() const noexcept { return packed_.bytes(); }
 
 private:
     friend class Transformer<T, Device>;
@@ -258,6 +310,8 @@ private:
     std::size_t layer_size_;
     std::vector<int> lengths_;
     detail::Arena<T, Device> arena_;
+    PackedMatrices<T, Device> packed_;
+    bool pack_weights_ = true;
 };
 
 /// A pre-norm causal transformer whose blocks `TransformerConfig` chooses: GPT-2 (LayerNorm, learned
@@ -477,8 +531,9 @@ private:
                               cfg_.head_size());
     }
 
-    // out(N,OC) = [out +] in(N,C) · W(OC,C)ᵀ + b: nn::linear_forward, or the quantized product when
-    // `quantize` stored W as ggml blocks.
+    // out(N,OC) = [out +] in(N,C) · W(OC,C)ᵀ + b: nn::linear_forward, the quantized product when
+    // `quantize` stored W as ggml blocks, W's packed copy while packed matrices are in use, or W's
+    // stored bf16 copy.
     void linear(T* out, const T* in, std::size_t w, std::size_t b, int N, int C, int OC, bool add_to_out = false) {
         if constexpr (std::is_same_v<T, float> && device::quant_device<Device>) {
             if (const auto it = quantized_.find(w); it != quantized_.end()) {
@@ -489,6 +544,24 @@ private:
                 if (add_to_out) accumulate(dev_, out, y, std::int64_t(n));
                 if (b != none) add_bias(dev_, out, val(b), N, OC);
                 return;
+            }
+        }
+        // decoding, or forwards after pack_matrices(): the packed copy (made here on first use)
+        if constexpr (PackedMatrices<T, Device>::packs) {
+            if (PackedMatrices<T, Device>* packs = packed_matrices(); packs && w < packs->slots_.size()) {
+                auto& packed = packs->slots_[w];
+                const T beta = add_to_out ? T(1) : T(0);
+                if (const std::uint16_t* w16 = this->bf16_value(w)) {
+                    if constexpr (requires {
+                                      gemm_packed(dev_, N, OC, C, in, C, w16, *packed, beta, out, OC, val(b));
+                                  }) {
+                        if (!packed) packed = pack_weight(dev_, w16, OC, C);
+                        return gemm_packed(dev_, N, OC, C, in, C, w16, *packed, beta, out, OC, val(b));
+                    }
+                } else {
+                    if (!packed) packed = pack_weight(dev_, val(w), OC, C);
+                    return gemm_packed(dev_, N, OC, C, in, C, val(w), *packed, beta, out, OC, val(b));
+                }
             }
         }
         if constexpr (bf16_weight_device<Device> && std::is_same_v<T, float>) {
@@ -804,6 +877,14 @@ public:
         std::vector<std::int32_t> rows;  // per token kept: (row of qkv, sequence, position)
         for (int b = 0; b < B; ++b)
             for (int t = 0; t < lengths[b]; ++t) rows.insert(rows.end(), {b * Tn + t, b, t});
+        // the matrices are packed afresh, each as `linear` first reads it (see KvCache::pack_weights)
+        // (none where the forwards already read packed matrices: pack_matrices())
+        cache.release_packed();
+        if (cache.pack_weights_ && PackedMatrices<T, Device>::packs && frozen_.owner_ != identity_) {
+            cache.packed_.slots_.resize(this->base_parameters().size());
+            cache.packed_.owner_ = identity_;
+        }
+        const decoding_scope decoding(*this, cache);
         // each layer's keys and values go to the cache as soon as they exist (an inference model
         // reuses the buffer for the next layer)
         forward_layers(
@@ -863,6 +944,7 @@ public:
         }
         if (cfg_.rope()) update_rope(longest);
         lora_drop_now_ = false;
+        const decoding_scope decoding(*this, cache);
         std::vector<std::int32_t> rows;  // per sequence: (row of qkv, sequence, position)
         for (int b = 0; b < B; ++b) rows.insert(rows.end(), {b, b, cache.length(b) - 1});
         for (int l = 0; l < cfg_.n_layers; ++l) {
@@ -886,6 +968,24 @@ public:
     Tensor<T> next_logits() const {
         return Tensor<T>(act(next_logits_), {decode_batch_, cfg_.vocab_size}, Device::memory);
     }
+
+    /// For a model whose weights stay unchanged over many forwards (a teacher while a student trains):
+    /// from now on every forward, prefill and decode multiplies by copies of its GEMM matrices packed in
+    /// the layout the device's products read (`device::pack_weight`), each made as it is first read,
+    /// until `unpack_matrices()`. The products' bits are unchanged; the copies do not follow later writes
+    /// to the weights: unpack (or pack again) after changing them. A no-op where the device does not
+    /// pack (`PackedMatrices`). The copies take the matrices' size again (`packed_bytes()`).
+    void pack_matrices() {
+        frozen_.release();
+        if constexpr (PackedMatrices<T, Device>::packs) {
+            frozen_.slots_.resize(this->base_parameters().size());
+            frozen_.owner_ = identity_;
+        }
+    }
+    /// Frees the copies `pack_matrices` made: the products read the weights themselves again.
+    void unpack_matrices() noexcept { frozen_.release(); }
+    /// Bytes of the copies `pack_matrices` has made so far.
+    std::size_t packed_bytes() const noexcept { return frozen_.bytes(); }
 
     /// Sets every gradient to zero (gradients accumulate across `backward` calls).
     void zero_grad() { this->zero_gradients(dev_); }
@@ -1244,6 +1344,27 @@ private:
     std::size_t encoded_ = 0, lnf_ = 0, lnf_mean_ = 0, lnf_rstd_ = 0, logits_ = 0, dlogits_ = 0, losses_ = 0,
                 next_logits_ = 0, rope_ = 0;
     int decode_batch_ = 0;
+    // this model among every one built in the process (packed matrices name the model they copy)
+    std::uint64_t identity_ = [] {
+        static std::atomic<std::uint64_t> built{0};
+        return ++built;
+    }();
+    PackedMatrices<T, Device> frozen_;               // pack_matrices()
+    PackedMatrices<T, Device>* decoding_ = nullptr;  // during prefill and decode: the cache's
+    // The packed matrices `linear` reads, or null: the cache's while decoding (if they are this
+    // model's), else frozen_ after pack_matrices().
+    PackedMatrices<T, Device>* packed_matrices() noexcept {
+        if (decoding_ && decoding_->owner_ == identity_) return decoding_;
+        return frozen_.owner_ == identity_ ? &frozen_ : nullptr;
+    }
+    // Points decoding_ at a cache's packed matrices until the scope ends.
+    struct decoding_scope {
+        Transformer& model;
+        decoding_scope(Transformer& m, KvCache<T, Device>& cache) : model(m) { m.decoding_ = &cache.packed_; }
+        ~decoding_scope() { model.decoding_ = nullptr; }
+        decoding_scope(const decoding_scope&) = delete;
+        decoding_scope& operator=(const decoding_scope&) = delete;
+    };
     int rope_key_ = -1, rope_rows_ = 0;    // what the rotary tables hold (see update_rope)
     std::vector<std::int32_t> positions_;  // position of each row of the last forward or decode (rope)
     std::size_t d_res_ = 0, d_ln_ = 0, d_qkv_ = 0, d_att_ = 0, d_atty_ = 0, d_fc_ = 0, d_act_ = 0;

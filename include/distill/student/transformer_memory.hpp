@@ -183,4 +183,21 @@ std::size_t kv_cache_bytes(const TransformerConfig& config, int max_batch) {
            std::size_t(config.kv_heads()) * std::size_t(config.head_size()) * std::size_t(config.n_layers);
 }
 
+/// Bytes of the packed matrices a `KvCache` holds after a prefill of a `Transformer<T, Device>` built
+/// with `config` on `dev` (`KvCache::packed_bytes()`), and the model itself after `pack_matrices()`
+/// and a forward (`Transformer::packed_bytes()`); see `device::pack_weight`: 0 where the device does
+/// not pack.
+template <class T, class Device>
+std::size_t kv_cache_packed_bytes(const TransformerConfig& c, const Device& dev) {
+    if constexpr (std::is_same_v<T, float> && requires { packed_weight_bytes(dev, 1, 1, true); }) {
+        const bool bf16 = stores_bf16_weights<T>(c, dev);
+        const int C = c.d_model;
+        auto packed = [&](int N, int K) { return packed_weight_bytes(dev, N, K, bf16); };
+        return packed(c.vocab_size, C) + std::size_t(c.n_layers) * (packed(c.qkv_width(), C) + packed(C, C) +
+                                                                    packed(c.fc_width(), C) + packed(C, c.d_ff));
+    } else {
+        return 0;
+    }
+}
+
 }  // namespace distill::student

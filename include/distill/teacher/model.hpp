@@ -407,6 +407,7 @@ private:
             }
             net_.decode(cache_, next.data(), int(rows.size()));
         }
+        if constexpr (requires { cache_.release_packed(); }) cache_.release_packed();  // held while generating only
         for (auto& q : seqs) sink(q.request, std::move(q.out));
     }
 

@@ -228,6 +228,7 @@ public:
             }
             net.decode(cache_, next_.data(), int(rows_.size()));
         }
+        if constexpr (requires { cache_.release_packed(); }) cache_.release_packed();  // held while sampling only
         batch_with_responses(in, prompt_length, responses_, pad, max_length, out);
     }
 

@@ -14,6 +14,10 @@
 /// threads), created on first use and kept in a per-thread cache; a call then sets the buffers' data
 /// handles and executes: no primitive creation in a training step. Results are deterministic for a
 /// fixed thread count (oneDNN's CPU matmul uses no atomics).
+///
+/// - packed weights (`packed_weight_desc`, `pack`): a weight the same products read again and again
+///   (decoding: one call per token, few rows) copied once into the blocked layout the matmul reads,
+///   which it otherwise copies its plain weight into at every call (fp32, and bf16 stored weights).
 
 #if !defined(DISTILL_WITH_DNNL)
 #error "device/cpu/dnnl.hpp needs oneDNN: link distill::dnnl (DISTILL_WITH_DNNL)"
@@ -79,7 +83,7 @@ inline void convert(std::uint16_t* dst, const float* src, std::int64_t rows, std
 struct Key {
     std::int64_t M, N, K, lda, ldb, ldc;
     float alpha, beta;
-    int flags;  // bit 0 trans_a, bit 1 trans_b, bit 2 bf16
+    int flags;  // bit 0 trans_a, bit 1 trans_b, bit 2 bf16, bit 3 bias, bit 4 packed B
     int threads;
     std::int64_t batch = 1, stride_a = 0, stride_b = 0, stride_c = 0;
     bool operator==(const Key& o) const noexcept {
@@ -146,6 +150,7 @@ struct Entry {
     dnnl::matmul prim;
     dnnl::memory a, b, c, bias;
     dnnl_exec_arg_t args[4];
+    bool reads_packed = false;  // B from the caller's packed copy (see packed_weight_desc)
 };
 
 // Per-thread state: engine, stream, primitive cache, bf16 scratch.
@@ -199,6 +204,39 @@ inline const std::string& bf16_unsupported_reason() {
     return reason;
 }
 
+/// The blocked layout oneDNN's matmul reads a weight W(N,K) in (row-major W, the product C = A · Wᵀ;
+/// fp32 operands, or bf16 ones with `bf16`) on this CPU at `threads` threads; a zero (empty) desc where
+/// it reads a plain layout (oneDNN 2.6's fp32 gemm kernel below AVX-512). Asked of a primitive with 64
+/// rows; every row count takes the same layout (the same brgemm kernels, which otherwise copy W into
+/// it at every call).
+inline dnnl::memory::desc packed_weight_desc(int N, int K, int threads, bool bf16 = false) {
+    using dims = dnnl::memory::dims;
+    using dt = dnnl::memory::data_type;
+#if defined(_OPENMP)
+    if (omp_get_max_threads() != threads) omp_set_num_threads(threads);
+#endif
+    const dt type = bf16 ? dt::bf16 : dt::f32;
+    const dnnl::memory::desc a(dims{64, K}, type, dims{K, 1}), any(dims{K, N}, type, dnnl::memory::format_tag::any),
+        c(dims{64, N}, dt::f32, dims{N, 1});
+    const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a, any, c), state().engine);
+    const dnnl::memory::desc packed = pd.weights_desc();
+    // a layout with inner blocks (brgemm's); a plain one, even transposed, is read as it is
+    const bool blocked = packed.data.format_kind == dnnl_blocked && packed.data.format_desc.blocking.inner_nblks > 0;
+    return blocked ? packed : dnnl::memory::desc();
+}
+
+/// Copies W(N,K) (row-major; fp32, or bf16 bits with `bf16`) into `dst`, laid out as `packed`
+/// (`packed_weight_desc`; dst holds packed.get_size() bytes).
+inline void pack(void* dst, const dnnl::memory::desc& packed, const void* W, int N, int K, bool bf16 = false) {
+    using dims = dnnl::memory::dims;
+    using dt = dnnl::memory::data_type;
+    const dnnl::memory::desc plain(dims{K, N}, bf16 ? dt::bf16 : dt::f32, dims{1, K});
+    DnnlState& st = state();
+    dnnl::memory src(plain, st.engine, const_cast<void*>(W)), out(packed, st.engine, dst);
+    dnnl::reorder(src, out).execute(st.stream, src, out);
+    st.stream.wait();
+}
+
 /// C(M,N) = alpha op(A) op(B) + beta C (row-major, see the Reference gemm) through oneDNN, the
 /// operands rounded to bf16 when `bf16`; with `batch` > 1, that many such products at the strides
 /// (elements) between consecutive A, B and C (one batched primitive: the attention's per-head
@@ -207,10 +245,13 @@ inline const std::string& bf16_unsupported_reason() {
 /// width): a stored bf16 weight, read as it is (`B` is ignored); A alone is rounded.
 /// With `bias` (alpha 1, no batch) C(M,N) = op(A) op(B) + bias(N) + beta C: the bias added in the
 /// product's epilogue, saving a pass over C.
+/// With `B_packed` (B transposed, no batch; bf16: with B16) B_packed holds B laid out as
+/// `packed_weight_desc(N, K, threads, bf16)`, and the product reads it there wherever the kernel is the
+/// one the plain B would run (so the bits are too); B (B16) stays the plain B.
 inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A,
                  int lda, const float* B, int ldb, float beta, float* C, int ldc, std::int64_t batch = 1,
                  std::int64_t stride_a = 0, std::int64_t stride_b = 0, std::int64_t stride_c = 0,
-                 const std::uint16_t* B16 = nullptr, const float* bias = nullptr) {
+                 const std::uint16_t* B16 = nullptr, const float* bias = nullptr, const void* B_packed = nullptr) {
     using dt = dnnl::memory::data_type;
     using dims = dnnl::memory::dims;
     DnnlState& st = state();
@@ -221,16 +262,17 @@ inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int 
     if (B16 && (!bf16 || ldb != (trans_b ? K : N)))
         throw std::logic_error("oneDNN gemm: a bf16 B operand must be packed and the product bf16");
     if (bias && (alpha != 1.0f || batch > 1)) throw std::logic_error("oneDNN gemm: a bias needs alpha 1 and no batch");
+    if (B_packed && (batch > 1 || !trans_b || bf16 != (B16 != nullptr)))
+        throw std::logic_error(
+            "oneDNN gemm: a packed B is a weight (bf16: a stored one), transposed, and takes no batch");
     // bf16 copies are packed: leading dimension = their stored width
     const std::int64_t a_rows = trans_a ? K : M, a_cols = trans_a ? M : K;
     const std::int64_t b_rows = trans_b ? N : K, b_cols = trans_b ? K : N;
     const std::int64_t la = bf16 ? a_cols : lda, lb = bf16 ? b_cols : ldb;
     if (batch <= 1) stride_a = stride_b = stride_c = 0;
-    const Key key{M,        N,       K,
-                  la,       lb,      ldc,
-                  alpha,    beta,    int(trans_a) | int(trans_b) << 1 | int(bf16) << 2 | int(bias != nullptr) << 3,
-                  threads,  batch,   stride_a,
-                  stride_b, stride_c};
+    const int flags =
+        int(trans_a) | int(trans_b) << 1 | int(bf16) << 2 | int(bias != nullptr) << 3 | int(B_packed != nullptr) << 4;
+    const Key key{M, N, K, la, lb, ldc, alpha, beta, flags, threads, batch, stride_a, stride_b, stride_c};
     auto it = st.cache.find(key);
     if (it == st.cache.end()) {
         const dt type = bf16 ? dt::bf16 : dt::f32;
@@ -240,7 +282,7 @@ inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int 
             return dnnl::memory::desc(dims{batch, rows, cols}, t, dims{stride, strides[0], strides[1]});
         };
         const dnnl::memory::desc a_md = md(M, K, trans_a ? dims{1, la} : dims{la, 1}, stride_a, type);
-        const dnnl::memory::desc b_md = md(K, N, trans_b ? dims{1, lb} : dims{lb, 1}, stride_b, type);
+        const dnnl::memory::desc plain_b = md(K, N, trans_b ? dims{1, lb} : dims{lb, 1}, stride_b, type);
         const dnnl::memory::desc c_md = md(M, N, dims{ldc, 1}, stride_c, dt::f32);
         dnnl::primitive_attr attr;
         if (alpha != 1.0f) attr.set_output_scales(0, {alpha});
@@ -250,10 +292,27 @@ inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int 
             attr.set_post_ops(po);
         }
         const dnnl::memory::desc bias_md(dims{1, N}, dt::f32, dims{N, 1});
-        const dnnl::matmul::desc desc =
-            bias ? dnnl::matmul::desc(a_md, b_md, bias_md, c_md) : dnnl::matmul::desc(a_md, b_md, c_md);
-        const dnnl::matmul::primitive_desc pd(desc, attr, st.engine);
+        auto make = [&](const dnnl::memory::desc& b) {
+            return dnnl::matmul::primitive_desc(
+                bias ? dnnl::matmul::desc(a_md, b, bias_md, c_md) : dnnl::matmul::desc(a_md, b, c_md), attr, st.engine);
+        };
+        dnnl::matmul::primitive_desc pd = make(plain_b);
+        dnnl::memory::desc b_md = plain_b;
         auto e = std::make_unique<Entry>();
+        if (B_packed) {
+            // the packed B only where the plain call runs the same kernel (which copies B into that
+            // layout itself), so the bits are the same; otherwise (a strided A or C: oneDNN's gemm
+            // kernel, not brgemm) the plain B
+            const dnnl::memory::desc packed_b = packed_weight_desc(N, K, threads, bf16);
+            if (!packed_b.is_zero()) {
+                dnnl::matmul::primitive_desc packed_pd = make(packed_b);
+                if (std::strcmp(packed_pd.impl_info_str(), pd.impl_info_str()) == 0) {
+                    pd = packed_pd;
+                    b_md = packed_b;
+                    e->reads_packed = true;
+                }
+            }
+        }
         e->prim = dnnl::matmul(pd);
         e->a = dnnl::memory(a_md, st.engine, nullptr);
         e->b = dnnl::memory(b_md, st.engine, nullptr);
@@ -275,10 +334,10 @@ inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int 
         convert(sa, A, a_rows, a_cols, lda, threads);
         if (!B16) convert(sb, B, b_rows, b_cols, ldb, threads);
         e.a.set_data_handle(sa);
-        e.b.set_data_handle(const_cast<std::uint16_t*>(B16 ? B16 : sb));
+        e.b.set_data_handle(e.reads_packed ? const_cast<void*>(B_packed) : const_cast<std::uint16_t*>(B16 ? B16 : sb));
     } else {
         e.a.set_data_handle(const_cast<float*>(A));
-        e.b.set_data_handle(const_cast<float*>(B));
+        e.b.set_data_handle(e.reads_packed ? const_cast<void*>(B_packed) : const_cast<float*>(B));
     }
     e.c.set_data_handle(C);
     if (bias) e.bias.set_data_handle(const_cast<float*>(bias));

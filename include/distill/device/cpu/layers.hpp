@@ -22,6 +22,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <memory>
+#include <new>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -399,6 +401,117 @@ void gemm_bias(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, 
     detail::eigen_gemm(dev, trans_a, trans_b, M, N, K, T(1), A, lda, B, ldb, beta, C, ldc);
     if (ldc == N) return add_bias(dev, C, bias, M, N);
     for (int m = 0; m < M; ++m) add_bias(dev, C + std::int64_t(m) * ldc, bias, 1, N);
+}
+
+/// A weight W(N,K) (row-major: the weight of C = A · Wᵀ; fp32, or a stored bf16 one) copied once into
+/// the blocked layout oneDNN's matmul reads (`pack_weight`), for products that repeat with W
+/// unchanged: decoding multiplies a few rows by every weight once per token, and the matmul
+/// otherwise copies W into that layout at every call. A snapshot: it does not follow later writes to W. Empty (false)
+/// where packing gains nothing: without oneDNN, for an fp32 W under bf16 compute (whose products round W at every
+/// call), or where oneDNN reads W as it is.
+class packed_weight {
+public:
+    packed_weight() = default;
+    explicit operator bool() const noexcept { return data_ != nullptr; }
+    const void* data() const noexcept { return data_.get(); }
+    /// W's shape (N, K), its type, the device threads it was packed for (its layout may depend on
+    /// them), and the bytes of the copy.
+    int rows() const noexcept { return rows_; }
+    int cols() const noexcept { return cols_; }
+    bool bf16() const noexcept { return bf16_; }
+    int threads() const noexcept { return threads_; }
+    std::size_t bytes() const noexcept { return bytes_; }
+
+private:
+    struct release {
+        void operator()(void* p) const noexcept { std::free(p); }
+    };
+    std::unique_ptr<void, release> data_;
+    int rows_ = 0, cols_ = 0, threads_ = 0;
+    bool bf16_ = false;
+    std::size_t bytes_ = 0;
+    friend packed_weight pack_weight(const Cpu&, const float*, int, int);
+    friend packed_weight pack_weight(const Cpu&, const std::uint16_t*, int, int);
+    static packed_weight make([[maybe_unused]] const Cpu& dev, [[maybe_unused]] const void* W, [[maybe_unused]] int N,
+                              [[maybe_unused]] int K, [[maybe_unused]] bool bf16) {
+        packed_weight p;
+#if defined(DISTILL_WITH_DNNL)
+        if (N < 1 || K < 1 || (bf16 && !Cpu::bf16_supported())) return p;
+        const dnnl::memory::desc layout = detail::packed_weight_desc(N, K, dev.threads(), bf16);
+        if (layout.is_zero()) return p;
+        p.bytes_ = layout.get_size();
+        p.data_.reset(std::aligned_alloc(64, (p.bytes_ + 63) / 64 * 64));
+        if (!p.data_) throw std::bad_alloc();
+        detail::pack(p.data_.get(), layout, W, N, K, bf16);
+        p.rows_ = N;
+        p.cols_ = K;
+        p.bf16_ = bf16;
+        p.threads_ = dev.threads();
+#endif
+        return p;
+    }
+};
+
+/// W(N,K) (row-major) packed for `gemm_packed` on `dev`, or an empty handle (see packed_weight): an
+/// fp32 W for fp32 products, a stored bf16 W (`gemm_bf16_weight`'s) for bf16 ones.
+inline packed_weight pack_weight(const Cpu& dev, const float* W, int N, int K) {
+    if (dev.compute == precision::bf16) return {};
+    return packed_weight::make(dev, W, N, K, false);
+}
+inline packed_weight pack_weight(const Cpu& dev, const std::uint16_t* W, int N, int K) {
+    return packed_weight::make(dev, W, N, K, true);
+}
+
+/// Bytes of the copy `pack_weight(dev, W, N, K)` makes of a W(N,K) (fp32, or bf16 with `bf16`); 0
+/// where it makes none.
+inline std::size_t packed_weight_bytes([[maybe_unused]] const Cpu& dev, [[maybe_unused]] int N, [[maybe_unused]] int K,
+                                       [[maybe_unused]] bool bf16 = false) {
+#if defined(DISTILL_WITH_DNNL)
+    if ((bf16 ? Cpu::bf16_supported() : dev.compute != precision::bf16) && N > 0 && K > 0)
+        return detail::packed_weight_desc(N, K, dev.threads(), bf16).get_size();
+#endif
+    return 0;
+}
+
+namespace detail {
+// Whether `packed` is W(N,K)'s copy of the type asked, for this device's threads, and oneDNN takes
+// the product here.
+inline bool reads_packed([[maybe_unused]] const Cpu& dev, [[maybe_unused]] int M, int N, int K,
+                         const packed_weight& packed, bool bf16) {
+#if defined(DISTILL_WITH_DNNL)
+    return packed && packed.rows() == N && packed.cols() == K && packed.bf16() == bf16 &&
+           packed.threads() == dev.threads() && dnnl_takes(M, N, K);
+#else
+    (void)N, (void)K, (void)packed, (void)bf16;
+    return false;
+#endif
+}
+}  // namespace detail
+
+/// C(M,N) = A(M,K) · Wᵀ (+ bias(N)) + beta C (row-major; lda, ldc), W read from its packed copy
+/// `packed` where that fits this call (`pack_weight(dev, W, N, K)` on a device of the same threads),
+/// else from W: the same kernel either way, so the bits are those of `gemm` / `gemm_bias` on W (a
+/// bf16 W: of `gemm_bf16_weight`).
+inline void gemm_packed(const Cpu& dev, int M, int N, int K, const float* A, int lda, const float* W,
+                        [[maybe_unused]] const packed_weight& packed, float beta, float* C, int ldc,
+                        const float* bias = nullptr) {
+#if defined(DISTILL_WITH_DNNL)
+    if (dev.compute != precision::bf16 && detail::reads_packed(dev, M, N, K, packed, false))
+        return detail::gemm(false, dev.threads(), false, true, M, N, K, 1.0f, A, lda, W, K, beta, C, ldc, 1, 0, 0, 0,
+                            nullptr, bias, packed.data());
+#endif
+    if (bias) return gemm_bias(dev, false, true, M, N, K, A, lda, W, K, beta, C, ldc, bias);
+    gemm(dev, false, true, M, N, K, 1.0f, A, lda, W, K, beta, C, ldc);
+}
+inline void gemm_packed(const Cpu& dev, int M, int N, int K, const float* A, int lda, const std::uint16_t* W,
+                        [[maybe_unused]] const packed_weight& packed, float beta, float* C, int ldc,
+                        const float* bias = nullptr) {
+#if defined(DISTILL_WITH_DNNL)
+    if (detail::reads_packed(dev, M, N, K, packed, true))
+        return detail::gemm(true, dev.threads(), false, true, M, N, K, 1.0f, A, lda, nullptr, K, beta, C, ldc, 1, 0, 0,
+                            0, W, bias, packed.data());
+#endif
+    gemm_bf16_weight(dev, false, true, M, N, K, 1.0f, A, lda, W, K, beta, C, ldc, bias);
 }
 
 /// dbias(OC) += column sums of dout(N,OC); each thread owns a block of columns.

@@ -50,6 +50,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <pthread.h>
@@ -190,11 +191,16 @@ bool is_json_type(std::string type) {
 }
 
 // Counts a request in while it waits for or uses the model; `admitted` is false past the limit.
+// `release` gives the slot back early (a stream, once its last event is written: before the server's
+// teardown of the response, so a client that sends its next request on the end of a stream finds it).
 struct Admission {
     std::atomic<int>& in_flight;
-    bool admitted;
+    bool admitted, released = false;
     Admission(std::atomic<int>& n, int limit) : in_flight(n), admitted(++n <= limit) {}
-    ~Admission() { --in_flight; }
+    void release() {
+        if (!std::exchange(released, true)) --in_flight;
+    }
+    ~Admission() { release(); }
     Admission(const Admission&) = delete;
     Admission& operator=(const Admission&) = delete;
 };
@@ -746,6 +752,7 @@ int main(int argc, char** argv) try {
                 send(last);
             }
             send_data("[DONE]");
+            admission->release();
             if (gone) {
                 log("request " + std::to_string(n) + ": stream answered, the client gone before its end");
                 return false;

@@ -172,6 +172,17 @@ TEST_CASE("memory plan: a Distiller's plan is the arenas of the run, and a job o
                                            plan.bytes_of("student activations");
         CHECK(student_total == std::int64_t(s.arena_bytes()));
         CHECK(plan.bytes_of("KV cache (on-policy sampling)") == 0);
+        if (!lora) {  // on-policy sampling: the student's cache and the matrices each prefill packs into it
+            nlohmann::json sampled = j;
+            sampled["output_dir"] = (dir / "memplan-on-policy").string();
+            sampled["on_policy"] = {{"lambda", 0.5}};
+            const D od(parse_job(sampled), t, device::Cpu(1), {.quiet = true});
+            const std::size_t packed = student::kv_cache_packed_bytes<float>(sc, device::Cpu(1));
+            CHECK(od.memory_plan().bytes_of("KV cache (on-policy sampling)") ==
+                  std::int64_t(s.make_cache(B).bytes() + packed));
+            MESSAGE("on-policy KV cache: " << s.make_cache(B).bytes() << " bytes of keys and values, " << packed
+                                           << " of packed matrices");
+        }
         CHECK(plan.bytes_of("loss workspace") > 0);
         if (lora) CHECK(plan.bytes_of("student gradients") < plan.bytes_of("student LoRA adapters") + 64 * 4);
 

@@ -31846,16 +31846,20 @@ public:
         const auto& op = s_.job.on_policy;
         std::int64_t kv = 0;
         // keys and values, and the matrices each prefill packs for decoding (where the device packs)
-        if (op.lambda > 0)
-            kv += std::int64_t(student::kv_cache_bytes<float>(cfg, B) +
-                               student::kv_cache_packed_bytes<float>(cfg, device_));
+        std::int64_t packed = 0;
+        if (op.lambda > 0) {
+            kv += std::int64_t(student::kv_cache_bytes<float>(cfg, B));
+            packed += std::int64_t(student::kv_cache_packed_bytes<float>(cfg, device_));
+        }
         if constexpr (requires { teacher_.network().config(), teacher_.network().device(); })
-            if (op.seq_kd)
-                kv += std::int64_t(
-                    student::kv_cache_bytes<float>(teacher_.network().config(), B) +
-                    student::kv_cache_packed_bytes<float>(teacher_.network().config(), teacher_.network().device()));
-        plan.add("KV cache (on-policy sampling)", kv,
-                 op.enabled() ? "batch " + std::to_string(B) + ", with the packed matrices" : "not used");
+            if (op.seq_kd) {
+                const auto& net = teacher_.network();
+                kv += std::int64_t(student::kv_cache_bytes<float>(net.config(), B));
+                packed += std::int64_t(student::kv_cache_packed_bytes<float>(net.config(), net.device()));
+            }
+        plan.add("KV cache (on-policy sampling)", kv + packed,
+                 !op.enabled() ? "not used"
+                               : "batch " + std::to_string(B) + (packed > 0 ? ", with the packed matrices" : ""));
         loss_type loss(s_.loss, dims(B));
         std::int64_t ws = std::int64_t(loss::Workspace<float, Device>::planned_bytes(loss, dims(B)));
         if constexpr (online && requires { teacher_.network(); })  // the teacher's logits cut to the student's

@@ -1274,7 +1274,7 @@ TEST_CASE("loss kernels: Cpu agrees with Reference across chunk boundaries, and 
             return std::pair{d, losses};
         };
         auto both = [&](const char* what, auto kernel) {
-            INFO(what);
+            INFO(std::string(what));
             const auto [d0, l0] = run(ref, kernel);
             const auto [d1, l1] = run(cpu, kernel);
             const auto [d2, l2] = run(cpu, kernel);

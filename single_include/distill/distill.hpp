@@ -10270,6 +10270,18 @@ void gemm_bias(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, 
     for (int m = 0; m < M; ++m) add_bias(dev, C + std::int64_t(m) * ldc, bias, 1, N);
 }
 
+#if defined(DISTILL_WITH_DNNL)
+namespace detail {
+// The layout `pack_weight` copies W(N,K) into on `dev` (fp32, or bf16 with `bf16`), or a zero desc
+// where it makes no copy (see packed_weight).
+inline dnnl::memory::desc packed_layout(const Cpu& dev, int N, int K, bool bf16) {
+    const bool packs = bf16 ? Cpu::bf16_supported() : dev.compute != precision::bf16;
+    if (!packs || N < 1 || K < 1) return {};
+    return packed_weight_desc(N, K, dev.threads(), bf16);
+}
+}  // namespace detail
+#endif
+
 /// A weight W(N,K) (row-major: the weight of C = A · Wᵀ; fp32, or a stored bf16 one) copied once into
 /// the blocked layout oneDNN's matmul reads (`pack_weight`), for products that repeat with W
 /// unchanged: decoding multiplies a few rows by every weight once per token, and the matmul
@@ -10303,8 +10315,7 @@ private:
                               [[maybe_unused]] int K, [[maybe_unused]] bool bf16) {
         packed_weight p;
 #if defined(DISTILL_WITH_DNNL)
-        if (N < 1 || K < 1 || (bf16 && !Cpu::bf16_supported())) return p;
-        const dnnl::memory::desc layout = detail::packed_weight_desc(N, K, dev.threads(), bf16);
+        const dnnl::memory::desc layout = detail::packed_layout(dev, N, K, bf16);
         if (layout.is_zero()) return p;
         p.bytes_ = layout.get_size();
         p.data_.reset(std::aligned_alloc(64, (p.bytes_ + 63) / 64 * 64));
@@ -10322,7 +10333,6 @@ private:
 /// W(N,K) (row-major) packed for `gemm_packed` on `dev`, or an empty handle (see packed_weight): an
 /// fp32 W for fp32 products, a stored bf16 W (`gemm_bf16_weight`'s) for bf16 ones.
 inline packed_weight pack_weight(const Cpu& dev, const float* W, int N, int K) {
-    if (dev.compute == precision::bf16) return {};
     return packed_weight::make(dev, W, N, K, false);
 }
 inline packed_weight pack_weight(const Cpu& dev, const std::uint16_t* W, int N, int K) {
@@ -10334,10 +10344,10 @@ inline packed_weight pack_weight(const Cpu& dev, const std::uint16_t* W, int N, 
 inline std::size_t packed_weight_bytes([[maybe_unused]] const Cpu& dev, [[maybe_unused]] int N, [[maybe_unused]] int K,
                                        [[maybe_unused]] bool bf16 = false) {
 #if defined(DISTILL_WITH_DNNL)
-    if ((bf16 ? Cpu::bf16_supported() : dev.compute != precision::bf16) && N > 0 && K > 0)
-        return detail::packed_weight_desc(N, K, dev.threads(), bf16).get_size();
-#endif
+    return detail::packed_layout(dev, N, K, bf16).get_size();
+#else
     return 0;
+#endif
 }
 
 namespace detail {
@@ -16807,6 +16817,14 @@ private:
     friend class Transformer<T, Device>;
     using packed_type = std::conditional_t<std::is_same_v<T, float>, device::packed_weight_t<Device>, std::monostate>;
     static constexpr bool packs = !std::is_same_v<packed_type, std::monostate>;
+    // Frees the copies and, where the device packs, makes room for `parameters` of the model `owner`.
+    void restart(std::size_t parameters, std::uint64_t owner) {
+        release();
+        if constexpr (packs) {
+            slots_.resize(parameters);
+            owner_ = owner;
+        }
+    }
     // by parameter index: not packed yet (nullopt), or the copy (empty where packing gains nothing);
     // the weights of the model whose identity is owner_ (0: none)
     std::vector<std::optional<packed_type>> slots_;
@@ -17431,11 +17449,10 @@ public:
             for (int t = 0; t < lengths[b]; ++t) rows.insert(rows.end(), {b * Tn + t, b, t});
         // the matrices are packed afresh, each as `linear` first reads it (see KvCache::pack_weights)
         // (none where the forwards already read packed matrices: pack_matrices())
-        cache.release_packed();
-        if (cache.pack_weights_ && PackedMatrices<T, Device>::packs && frozen_.owner_ != identity_) {
-            cache.packed_.slots_.resize(this->base_parameters().size());
-            cache.packed_.owner_ = identity_;
-        }
+        if (cache.pack_weights_ && frozen_.owner_ != identity_)
+            cache.packed_.restart(this->base_parameters().size(), identity_);
+        else
+            cache.release_packed();
         const decoding_scope decoding(*this, cache);
         // each layer's keys and values go to the cache as soon as they exist (an inference model
         // reuses the buffer for the next layer)
@@ -17527,13 +17544,7 @@ public:
     /// until `unpack_matrices()`. The products' bits are unchanged; the copies do not follow later writes
     /// to the weights: unpack (or pack again) after changing them. A no-op where the device does not
     /// pack (`PackedMatrices`). The copies take the matrices' size again (`packed_bytes()`).
-    void pack_matrices() {
-        frozen_.release();
-        if constexpr (PackedMatrices<T, Device>::packs) {
-            frozen_.slots_.resize(this->base_parameters().size());
-            frozen_.owner_ = identity_;
-        }
-    }
+    void pack_matrices() { frozen_.restart(this->base_parameters().size(), identity_); }
     /// Frees the copies `pack_matrices` made: the products read the weights themselves again.
     void unpack_matrices() noexcept { frozen_.release(); }
     /// Bytes of the copies `pack_matrices` has made so far.

@@ -255,6 +255,14 @@ private:
     friend class Transformer<T, Device>;
     using packed_type = std::conditional_t<std::is_same_v<T, float>, device::packed_weight_t<Device>, std::monostate>;
     static constexpr bool packs = !std::is_same_v<packed_type, std::monostate>;
+    // Frees the copies and, where the device packs, makes room for `parameters` of the model `owner`.
+    void restart(std::size_t parameters, std::uint64_t owner) {
+        release();
+        if constexpr (packs) {
+            slots_.resize(parameters);
+            owner_ = owner;
+        }
+    }
     // by parameter index: not packed yet (nullopt), or the copy (empty where packing gains nothing);
     // the weights of the model whose identity is owner_ (0: none)
     std::vector<std::optional<packed_type>> slots_;
@@ -879,11 +887,10 @@ public:
             for (int t = 0; t < lengths[b]; ++t) rows.insert(rows.end(), {b * Tn + t, b, t});
         // the matrices are packed afresh, each as `linear` first reads it (see KvCache::pack_weights)
         // (none where the forwards already read packed matrices: pack_matrices())
-        cache.release_packed();
-        if (cache.pack_weights_ && PackedMatrices<T, Device>::packs && frozen_.owner_ != identity_) {
-            cache.packed_.slots_.resize(this->base_parameters().size());
-            cache.packed_.owner_ = identity_;
-        }
+        if (cache.pack_weights_ && frozen_.owner_ != identity_)
+            cache.packed_.restart(this->base_parameters().size(), identity_);
+        else
+            cache.release_packed();
         const decoding_scope decoding(*this, cache);
         // each layer's keys and values go to the cache as soon as they exist (an inference model
         // reuses the buffer for the next layer)
@@ -975,13 +982,7 @@ public:
     /// until `unpack_matrices()`. The products' bits are unchanged; the copies do not follow later writes
     /// to the weights: unpack (or pack again) after changing them. A no-op where the device does not
     /// pack (`PackedMatrices`). The copies take the matrices' size again (`packed_bytes()`).
-    void pack_matrices() {
-        frozen_.release();
-        if constexpr (PackedMatrices<T, Device>::packs) {
-            frozen_.slots_.resize(this->base_parameters().size());
-            frozen_.owner_ = identity_;
-        }
-    }
+    void pack_matrices() { frozen_.restart(this->base_parameters().size(), identity_); }
     /// Frees the copies `pack_matrices` made: the products read the weights themselves again.
     void unpack_matrices() noexcept { frozen_.release(); }
     /// Bytes of the copies `pack_matrices` has made so far.

@@ -403,6 +403,18 @@ void gemm_bias(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, 
     for (int m = 0; m < M; ++m) add_bias(dev, C + std::int64_t(m) * ldc, bias, 1, N);
 }
 
+#if defined(DISTILL_WITH_DNNL)
+namespace detail {
+// The layout `pack_weight` copies W(N,K) into on `dev` (fp32, or bf16 with `bf16`), or a zero desc
+// where it makes no copy (see packed_weight).
+inline dnnl::memory::desc packed_layout(const Cpu& dev, int N, int K, bool bf16) {
+    const bool packs = bf16 ? Cpu::bf16_supported() : dev.compute != precision::bf16;
+    if (!packs || N < 1 || K < 1) return {};
+    return packed_weight_desc(N, K, dev.threads(), bf16);
+}
+}  // namespace detail
+#endif
+
 /// A weight W(N,K) (row-major: the weight of C = A · Wᵀ; fp32, or a stored bf16 one) copied once into
 /// the blocked layout oneDNN's matmul reads (`pack_weight`), for products that repeat with W
 /// unchanged: decoding multiplies a few rows by every weight once per token, and the matmul
@@ -436,8 +448,7 @@ private:
                               [[maybe_unused]] int K, [[maybe_unused]] bool bf16) {
         packed_weight p;
 #if defined(DISTILL_WITH_DNNL)
-        if (N < 1 || K < 1 || (bf16 && !Cpu::bf16_supported())) return p;
-        const dnnl::memory::desc layout = detail::packed_weight_desc(N, K, dev.threads(), bf16);
+        const dnnl::memory::desc layout = detail::packed_layout(dev, N, K, bf16);
         if (layout.is_zero()) return p;
         p.bytes_ = layout.get_size();
         p.data_.reset(std::aligned_alloc(64, (p.bytes_ + 63) / 64 * 64));
@@ -455,7 +466,6 @@ private:
 /// W(N,K) (row-major) packed for `gemm_packed` on `dev`, or an empty handle (see packed_weight): an
 /// fp32 W for fp32 products, a stored bf16 W (`gemm_bf16_weight`'s) for bf16 ones.
 inline packed_weight pack_weight(const Cpu& dev, const float* W, int N, int K) {
-    if (dev.compute == precision::bf16) return {};
     return packed_weight::make(dev, W, N, K, false);
 }
 inline packed_weight pack_weight(const Cpu& dev, const std::uint16_t* W, int N, int K) {
@@ -467,10 +477,10 @@ inline packed_weight pack_weight(const Cpu& dev, const std::uint16_t* W, int N, 
 inline std::size_t packed_weight_bytes([[maybe_unused]] const Cpu& dev, [[maybe_unused]] int N, [[maybe_unused]] int K,
                                        [[maybe_unused]] bool bf16 = false) {
 #if defined(DISTILL_WITH_DNNL)
-    if ((bf16 ? Cpu::bf16_supported() : dev.compute != precision::bf16) && N > 0 && K > 0)
-        return detail::packed_weight_desc(N, K, dev.threads(), bf16).get_size();
-#endif
+    return detail::packed_layout(dev, N, K, bf16).get_size();
+#else
     return 0;
+#endif
 }
 
 namespace detail {

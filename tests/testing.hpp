@@ -75,6 +75,22 @@ std::vector<T> random_vector(std::size_t n, std::uint64_t seed, double scale = 1
     return v;
 }
 
+/// A copy of a vector whose first element lies `offset` elements past a 64-byte boundary. A kernel run
+/// on buffers at several offsets shows whether its bits depend on where its buffers lie (they must
+/// not: a resumed run, or another process, gets its buffers elsewhere).
+template <class T>
+struct Placed {
+    std::vector<T> storage;
+    T* data;
+    std::size_t size;
+    Placed(const std::vector<T>& v, int offset) : storage(v.size() + 2 * 64 / sizeof(T) + offset), size(v.size()) {
+        const auto addr = reinterpret_cast<std::uintptr_t>(storage.data());
+        data = storage.data() + (64 - addr % 64) % 64 / sizeof(T) + offset;
+        std::copy(v.begin(), v.end(), data);
+    }
+    std::vector<T> values() const { return std::vector<T>(data, data + size); }
+};
+
 /// Central finite differences of `f` with respect to every element of `x`, compared with `analytic`.
 /// The error of element i is |analytic_i - numeric_i| / max(|numeric_i|, floor), with floor = 1e-2 of
 /// the largest |numeric| (so entries that are zero up to rounding do not dominate); checks max <= tol.

@@ -247,6 +247,63 @@ TEST_CASE("Cpu kernels are bit-identical run to run at a fixed thread count") {
     CHECK(std::equal(g0.begin(), g0.end(), g1.begin()));
 }
 
+// Runs kernel(pointers) on copies of `buffers`, each placed `offset` elements past a 64-byte boundary,
+// and returns the buffers' contents afterwards.
+template <class T, class F>
+std::vector<std::vector<T>> run_placed(const std::vector<std::vector<T>>& buffers, int offset, const F& kernel) {
+    std::vector<distill::testing::Placed<T>> placed;
+    placed.reserve(buffers.size());
+    std::vector<T*> p;
+    for (const auto& b : buffers) p.push_back(placed.emplace_back(b, offset).data);
+    kernel(p);
+    std::vector<std::vector<T>> after;
+    for (const auto& x : placed) after.push_back(x.values());
+    return after;
+}
+
+TEST_CASE_TEMPLATE("Cpu row kernels: the bits do not depend on where the buffers lie", T, float, double) {
+    device::Cpu cpu(2);
+    const int N = 7, C = 70, F = 45, BH = 3, Tn = 29, V = 333, B = 2, H = 4, Hkv = 2, hs = 24, Tmax = 40;
+    auto check = [&](const char* what, const std::vector<std::vector<T>>& buffers, const auto& kernel) {
+        INFO(std::string(what));
+        const auto at_boundary = run_placed(buffers, 0, kernel);
+        for (int offset : {1, 3, 6, 7, 13}) {
+            INFO("offset " << offset);
+            CHECK(run_placed(buffers, offset, kernel) == at_boundary);
+        }
+    };
+    auto rnd = [](std::size_t n, std::uint64_t seed, double scale = 1.0) { return random_vector<T>(n, seed, scale); };
+    const auto x = rnd(N * C, 1, 3.0), w = rnd(C, 2), b = rnd(C, 3), dy = rnd(N * C, 4);
+    const std::vector<T> nc(N * C), n1(N), c1(C);
+    check("gelu", {x, nc}, [&](auto& p) { gelu_forward(cpu, p[1], p[0], N * C); });
+    check("gelu_backward", {x, dy, nc}, [&](auto& p) { gelu_backward(cpu, p[2], p[0], p[1], N * C); });
+    check("swiglu", {rnd(N * 2 * F, 5, 3.0), std::vector<T>(N * F)},
+          [&](auto& p) { swiglu_forward(cpu, p[1], p[0], N, F); });
+    check("swiglu_backward", {rnd(N * 2 * F, 5, 3.0), rnd(N * F, 6), std::vector<T>(N * 2 * F)},
+          [&](auto& p) { swiglu_backward(cpu, p[2], p[0], p[1], N, F); });
+    check("layernorm", {x, w, b, nc, n1, n1}, [&](auto& p) {
+        layernorm_forward(cpu, p[3], p[4], p[5], p[0], p[1], p[2], N, C, T(1e-5));
+        layernorm_backward(cpu, p[3], p[1], p[2], p[0], p[0], p[2], p[4], p[5], N, C);
+    });
+    check("rmsnorm", {x, w, nc, n1, c1}, [&](auto& p) {
+        rmsnorm_forward(cpu, p[2], p[3], p[0], p[1], N, C, T(1e-5));
+        rmsnorm_backward(cpu, p[2], p[4], p[0], p[0], p[1], p[3], N, C);
+    });
+    check("causal_softmax", {rnd(BH * Tn * Tn, 7, 3.0), rnd(BH * Tn * Tn, 8), std::vector<T>(BH * Tn * Tn)},
+          [&](auto& p) {
+              causal_softmax_forward(cpu, p[0], BH, Tn, T(0.3));
+              causal_softmax_backward(cpu, p[2], p[0], p[1], BH, Tn, T(0.3));
+          });
+    const std::vector<std::int32_t> targets = {0, 5, -1, 332, 17, 100, 200};
+    check("cross_entropy", {rnd(N * V, 9, 4.0), n1},
+          [&](auto& p) { cross_entropy_forward_backward(cpu, p[0], p[1], p[0], targets.data(), N, V, T(0.25)); });
+    const int lengths[B] = {33, 17};
+    const std::size_t row = std::size_t(H + 2 * Hkv) * hs, cache = std::size_t(B) * Hkv * Tmax * hs;
+    check("attention_decode",
+          {rnd(B * row, 10), rnd(cache, 11), rnd(cache, 12), std::vector<T>(B * H * hs), std::vector<T>(B * H * Tmax)},
+          [&](auto& p) { attention_decode(cpu, p[3], p[4], p[0], p[1], p[2], lengths, B, H, Hkv, hs, Tmax); });
+}
+
 // ---- gradient checks in double ---------------------------------------------------------------------
 
 TEST_CASE_TEMPLATE("layer gradients match finite differences", Dev, device::Reference, device::Cpu) {

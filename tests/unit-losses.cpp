@@ -41,6 +41,7 @@
 using namespace distill;
 using distill::testing::check_close;
 using distill::testing::check_gradient;
+using distill::testing::Placed;
 using distill::testing::random_vector;
 using distill::testing::read_ids;
 using distill::testing::read_tensor;
@@ -1165,7 +1166,7 @@ TEST_CASE_TEMPLATE("loss extreme: logits +-1e4, masked (-inf) vocabulary entries
         INFO("tau " << tau);
         std::vector<float> grad;
         auto finite = [&](auto term, const loss::teacher_outputs<float>& teacher, const char* what) {
-            INFO(what);
+            INFO(std::string(what));
             const float v = run_logits<float, Dev>(term, s, B, Tn, V, teacher, mask, grad);
             CHECK(std::isfinite(v));
             CHECK(v >= 0);
@@ -1253,7 +1254,7 @@ TEST_CASE_TEMPLATE(
 
 // ---- fast kernels against the reference --------------------------------------------------------------
 
-TEST_CASE("loss kernels: Cpu agrees with Reference across chunk boundaries, and is deterministic") {
+TEST_CASE("loss kernels: Cpu agrees with Reference across chunk boundaries, and its bits do not depend on addresses") {
     const int B = 3, Tn = 5, V = 2500, k = 7;
     const std::int64_t N = B * Tn;
     const auto s = random_vector<float>(N * V, 21, 6.0), t = random_vector<float>(N * V, 22, 6.0);
@@ -1268,38 +1269,97 @@ TEST_CASE("loss kernels: Cpu agrees with Reference across chunk boundaries, and 
     device::Cpu cpu(2);
     for (bool acc : {false, true}) {
         INFO("accumulate " << acc);
-        auto run = [&](auto dev, auto kernel) {
-            std::vector<float> d = random_vector<float>(N * V, 23, 1.0), losses(static_cast<std::size_t>(N));
-            kernel(dev, d.data(), losses.data());
-            return std::pair{d, losses};
+        // every buffer, inputs and outputs, `offset` floats past a 64-byte boundary
+        auto run = [&](auto dev, auto kernel, int offset) {
+            Placed<float> d(random_vector<float>(N * V, 23, 1.0), offset), losses(std::vector<float>(N), offset);
+            Placed<float> ps(s, offset), pt(t, offset);
+            kernel(dev, d.data, losses.data, ps.data, pt.data);
+            return std::pair{d.values(), losses.values()};
         };
         auto both = [&](const char* what, auto kernel) {
             INFO(std::string(what));
-            const auto [d0, l0] = run(ref, kernel);
-            const auto [d1, l1] = run(cpu, kernel);
-            const auto [d2, l2] = run(cpu, kernel);
+            const auto [d0, l0] = run(ref, kernel, 0);
+            const auto [d1, l1] = run(cpu, kernel, 0);
             compare(std::string(what) + " d", d1.data(), std::vector<double>(d0.begin(), d0.end()), 1e-4, 1e-6);
             compare(std::string(what) + " losses", l1.data(), std::vector<double>(l0.begin(), l0.end()), 1e-4, 1e-6);
-            CHECK(d1 == d2);
-            CHECK(l1 == l2);
+            for (int offset : {1, 2, 5, 8, 15}) {
+                INFO("offset " << offset);
+                const auto [d2, l2] = run(cpu, kernel, offset);
+                CHECK(d1 == d2);
+                CHECK(l1 == l2);
+            }
         };
-        both("kl", [&](auto dev, float* d, float* l) {
-            kl_forward_backward(dev, d, acc, l, s.data(), t.data(), mask.data(), N, V, 0.5f, 0.3f);
+        both("kl", [&](auto dev, float* d, float* l, const float* ps, const float* pt) {
+            kl_forward_backward(dev, d, acc, l, ps, pt, mask.data(), N, V, 0.5f, 0.3f);
         });
-        both("reverse_kl", [&](auto dev, float* d, float* l) {
-            reverse_kl_forward_backward(dev, d, acc, l, s.data(), t.data(), mask.data(), N, V, 0.5f, 0.3f);
+        both("reverse_kl", [&](auto dev, float* d, float* l, const float* ps, const float* pt) {
+            reverse_kl_forward_backward(dev, d, acc, l, ps, pt, mask.data(), N, V, 0.5f, 0.3f);
         });
-        both("jsd", [&](auto dev, float* d, float* l) {
-            jsd_forward_backward(dev, d, acc, l, s.data(), t.data(), mask.data(), N, V, 0.3f, 0.5f, 0.3f);
+        both("jsd", [&](auto dev, float* d, float* l, const float* ps, const float* pt) {
+            jsd_forward_backward(dev, d, acc, l, ps, pt, mask.data(), N, V, 0.3f, 0.5f, 0.3f);
         });
-        both("topk", [&](auto dev, float* d, float* l) {
-            topk_kl_forward_backward(dev, d, acc, l, s.data(), ids.data(), lp.data(), mask.data(), N, V, k, 1.0f / 1.5f,
+        both("topk", [&](auto dev, float* d, float* l, const float* ps, const float*) {
+            topk_kl_forward_backward(dev, d, acc, l, ps, ids.data(), lp.data(), mask.data(), N, V, k, 1.0f / 1.5f,
                                      0.3f);
         });
-        both("cross_entropy", [&](auto dev, float* d, float* l) {
-            masked_cross_entropy_forward_backward(dev, d, acc, l, s.data(), y.data(), mask.data(), N, V, 0.3f);
+        both("cross_entropy", [&](auto dev, float* d, float* l, const float* ps, const float*) {
+            masked_cross_entropy_forward_backward(dev, d, acc, l, ps, y.data(), mask.data(), N, V, 0.3f);
         });
     }
+}
+
+TEST_CASE("attention and relation kernels: Cpu agrees with Reference, and its bits do not depend on addresses") {
+    const int B = 2, Hs = 2, Ht = 4, Tn = 37, R = 3;
+    const std::int64_t tt = std::int64_t(Tn) * Tn;
+    auto positive = [](std::vector<float> v) {
+        for (auto& x : v) x = std::exp(x);
+        return v;
+    };
+    const auto as = positive(random_vector<float>(B * Hs * tt, 41)),
+               at = positive(random_vector<float>(B * Ht * tt, 42));
+    const auto rs = random_vector<float>(R * tt, 43, 3.0), rt = random_vector<float>(R * tt, 44, 3.0);
+    std::vector<std::uint8_t> mask(std::size_t(B) * Tn, 1);
+    mask[3] = mask[Tn + 5] = 0;
+    device::Reference ref;
+    device::Cpu cpu(2);
+    // every buffer `offset` floats past a 64-byte boundary; returns the gradient and the losses
+    auto run = [&](auto dev, auto kernel, const std::vector<float>& s, const std::vector<float>& t, std::int64_t n_d,
+                   std::int64_t n_l, int offset) {
+        Placed<float> d(random_vector<float>(n_d, 45), offset), l(std::vector<float>(n_l), offset);
+        Placed<float> ps(s, offset), pt(t, offset);
+        kernel(dev, d.data, l.data, ps.data, pt.data);
+        return std::pair{d.values(), l.values()};
+    };
+    auto both = [&](const char* what, auto kernel, const std::vector<float>& s, const std::vector<float>& t,
+                    std::int64_t n_d, std::int64_t n_l) {
+        INFO(std::string(what));
+        const auto [d0, l0] = run(ref, kernel, s, t, n_d, n_l, 0);
+        const auto [d1, l1] = run(cpu, kernel, s, t, n_d, n_l, 0);
+        compare(std::string(what) + " d", d1.data(), std::vector<double>(d0.begin(), d0.end()), 1e-4, 1e-6);
+        compare(std::string(what) + " losses", l1.data(), std::vector<double>(l0.begin(), l0.end()), 1e-4, 1e-6);
+        for (int offset : {1, 3, 8, 13}) {
+            INFO("offset " << offset);
+            const auto [d2, l2] = run(cpu, kernel, s, t, n_d, n_l, offset);
+            CHECK(d1 == d2);
+            CHECK(l1 == l2);
+        }
+    };
+    for (bool causal : {true, false})
+        for (bool acc : {false, true}) {
+            INFO("causal " << causal << ", accumulate " << acc);
+            both(
+                "attention_kl",
+                [&](auto dev, float* d, float* l, const float* s, const float* t) {
+                    attention_kl_forward_backward(dev, d, acc, l, s, t, mask.data(), B, Hs, Ht, Tn, 0.7f, causal);
+                },
+                as, at, B * Hs * tt, B * Tn);
+        }
+    both(
+        "relation_kl",
+        [&](auto dev, float* d, float* l, const float* s, const float* t) {
+            relation_kl_forward_backward(dev, d, l, s, t, mask.data(), R, Tn, 0.4f, 0.6f, 0.3f);
+        },
+        rs, rt, R * tt, Tn);
 }
 
 TEST_CASE("loss kernels: Cpu agrees with Reference on +-1e4 offsets and on -inf masks of either side") {
@@ -1309,7 +1369,7 @@ TEST_CASE("loss kernels: Cpu agrees with Reference on +-1e4 offsets and on -inf 
     auto s = random_vector<float>(N * V, 31, 3.0), t = random_vector<float>(N * V, 32, 3.0);
     const float ninf = -std::numeric_limits<float>::infinity();
     auto both = [&](const char* what, const std::vector<float>& ss, const std::vector<float>& tt, auto kernel) {
-        INFO(what);
+        INFO(std::string(what));
         std::vector<float> d0(std::size_t(N) * V), l0(N), d1(d0.size()), l1(N);
         kernel(ref, d0.data(), l0.data(), ss.data(), tt.data());
         kernel(cpu, d1.data(), l1.data(), ss.data(), tt.data());

@@ -9990,6 +9990,49 @@ using ConstArray = Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>;
 template <class T>
 using Array = Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>;
 
+// Why the two functions below exist: Eigen assigns to (and sums) an unaligned buffer by first running
+// the elements before its first aligned address through the scalar path, whose exp, log or tanh
+// differs from the packet one in the last bits. The bits of a result would then depend on where a
+// buffer lies, and two runs of one program (or a resumed run) could differ. Here whole packets start
+// at element 0 and only the last n % W elements take the scalar path: the bits depend on positions.
+
+// dst[0..n) = expr, or dst[0..n) += expr when `add`; expr is an Eigen array expression of size n.
+template <class T, class Expr>
+void assign_unpeeled(T* dst, std::int64_t n, const Expr& expr, bool add = false) {
+    using namespace Eigen::internal;
+    using P = typename packet_traits<T>::type;
+    constexpr int W = packet_traits<T>::size;
+    const evaluator<Expr> ev(expr);
+    std::int64_t i = 0;
+    if constexpr ((evaluator<Expr>::Flags & Eigen::PacketAccessBit) != 0 && W > 1)
+        for (; i + W <= n; i += W) {
+            const P v = ev.template packet<Eigen::Unaligned, P>(i);
+            pstoreu(dst + i, add ? padd(ploadu<P>(dst + i), v) : v);
+        }
+    for (; i < n; ++i) dst[i] = add ? dst[i] + ev.coeff(i) : ev.coeff(i);
+}
+
+// Σ x[0..n): packets from element 0 (two accumulators), then the last n % W elements in order.
+template <class T>
+T sum_unpeeled(const T* x, std::int64_t n) {
+    using namespace Eigen::internal;
+    using P = typename packet_traits<T>::type;
+    constexpr int W = packet_traits<T>::size;
+    P a0 = pset1<P>(T(0)), a1 = a0;
+    std::int64_t i = 0;
+    for (; i + 2 * W <= n; i += 2 * W) {
+        a0 = padd(a0, ploadu<P>(x + i));
+        a1 = padd(a1, ploadu<P>(x + i + W));
+    }
+    if (i + W <= n) {
+        a0 = padd(a0, ploadu<P>(x + i));
+        i += W;
+    }
+    T s = predux(padd(a0, a1));
+    for (; i < n; ++i) s += x[i];
+    return s;
+}
+
 // Splits [0, n) into `parts` contiguous ranges, the same for every run; range `k` is [begin, end).
 inline void split(std::int64_t n, int parts, int k, std::int64_t align, std::int64_t& begin, std::int64_t& end) {
     const std::int64_t blocks = (n + align - 1) / align;
@@ -10435,7 +10478,7 @@ void layernorm_forward(const Cpu& dev, T* out, T* mean, T* rstd, const T* in, co
     distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
         const int n = static_cast<int>(n_);
         const ConstArray<T> x(in + std::int64_t(n) * C, C);
-        const T m = x.mean();
+        const T m = sum_unpeeled(x.data(), C) / T(C);
         const T s = T(1) / std::sqrt((x - m).square().mean() + eps);
         Array<T>(out + std::int64_t(n) * C, C) = (x - m) * s * wa + ba;
         mean[n] = m;
@@ -10490,7 +10533,7 @@ void gelu_forward(const Cpu& dev, T* out, const T* in, std::int64_t n) {
     }
     for_column_blocks(dev.threads(), n, 4096, [&](std::int64_t s, std::int64_t e) {
         const ConstArray<T> x(in + s, e - s);
-        Array<T>(out + s, e - s) = x / (T(1) + (T(-2) * math::gelu_k<T> * (x + T(0.044715) * x.cube())).exp());
+        assign_unpeeled(out + s, e - s, x / (T(1) + (T(-2) * math::gelu_k<T> * (x + T(0.044715) * x.cube())).exp()));
     });
 }
 
@@ -10512,13 +10555,13 @@ void gelu_backward(const Cpu& dev, T* din, const T* in, const T* dout, std::int6
         for (std::int64_t i = s; i < e; i += chunk) {
             const std::int64_t len = std::min(chunk, e - i);
             const ConstArray<T> x(in + i, len);
-            Array<T> u(u_buf, len), ex(e_buf, len);
-            u = math::gelu_k<T> * (x + T(0.044715) * x.cube());
-            ex = (T(-2) * u.abs()).exp();
+            const ConstArray<T> u(u_buf, len), ex(e_buf, len);
+            assign_unpeeled(u_buf, len, math::gelu_k<T> * (x + T(0.044715) * x.cube()));
+            assign_unpeeled(e_buf, len, (T(-2) * u.abs()).exp());
             const auto sig = (u >= T(0)).select(T(1) / (T(1) + ex), ex / (T(1) + ex));
             const auto sig_1m = ex / (T(1) + ex).square();
             const auto du = math::gelu_k<T> * (T(1) + T(3 * 0.044715) * x.square());
-            Array<T>(din + i, len) = ConstArray<T>(dout + i, len) * (sig + T(2) * x * du * sig_1m);
+            assign_unpeeled(din + i, len, ConstArray<T>(dout + i, len) * (sig + T(2) * x * du * sig_1m));
         }
     });
 }
@@ -10585,7 +10628,7 @@ void swiglu_forward(const Cpu& dev, T* out, const T* in, int N, int F) {
     distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
         const int n = static_cast<int>(n_);
         const ConstArray<T> g(in + std::int64_t(n) * 2 * F, F), u(in + std::int64_t(n) * 2 * F + F, F);
-        Array<T>(out + std::int64_t(n) * F, F) = g / (T(1) + (-g).exp()) * u;
+        assign_unpeeled(out + std::int64_t(n) * F, F, g / (T(1) + (-g).exp()) * u);
     });
 }
 
@@ -10607,8 +10650,8 @@ void swiglu_backward(const Cpu& dev, T* din, const T* in, const T* dout, int N, 
         const std::int64_t r = std::int64_t(n) * 2 * F;
         const ConstArray<T> g(in + r, F), u(in + r + F, F), d(dout + std::int64_t(n) * F, F);
         const auto sig = T(1) / (T(1) + (-g).exp());
-        Array<T>(din + r, F) = d * u * sig * (T(1) + g * (T(1) - sig));
-        Array<T>(din + r + F, F) = d * g * sig;
+        assign_unpeeled(din + r, F, d * u * sig * (T(1) + g * (T(1) - sig)));
+        assign_unpeeled(din + r + F, F, d * g * sig);
     });
 }
 
@@ -10651,8 +10694,8 @@ void causal_softmax_forward(const Cpu& dev, T* att, int BH, int Tn, T scale) {
         T* row = att + r * Tn;
         Array<T> p(row, t + 1);
         const T mx = p.maxCoeff();  // the raw maximum: (x - max)·scale keeps the low bits of large scores
-        p = ((p - mx) * scale).exp();
-        p /= p.sum();
+        assign_unpeeled(row, t + 1, ((p - mx) * scale).exp());
+        p /= sum_unpeeled(row, t + 1);
         std::fill(row + t + 1, row + Tn, T(0));
     });
 }
@@ -10732,7 +10775,7 @@ int cross_entropy_forward_backward(const Cpu& dev, T* dlogits, T* losses, const 
         const T mx = x.maxCoeff();
         const T log_sum = std::log((x - mx).exp().sum());
         losses[n] = log_sum - (x[targets[n]] - mx);
-        d = ((x - mx) - log_sum).exp() * dloss;
+        assign_unpeeled(d.data(), V, ((x - mx) - log_sum).exp() * dloss);
         d[targets[n]] -= dloss;
     });
     return count;
@@ -10758,8 +10801,8 @@ void attention_decode(const Cpu& dev, T* out, T* scratch, const T* qkv, const T*
         Eigen::Map<Vec> p(scratch + std::int64_t(bh) * Tmax, n);
         p.noalias() = K * q;
         const T mx = p.maxCoeff();
-        p = ((p.array() - mx) * scale).exp().matrix();
-        p /= p.sum();
+        assign_unpeeled(p.data(), n, ((p.array() - mx) * scale).exp());
+        p /= sum_unpeeled(p.data(), n);
         Eigen::Map<Vec>(out + std::int64_t(b) * C + h * hs, hs).noalias() = Vm.transpose() * p;
     });
 }
@@ -10868,8 +10911,7 @@ void flash_probabilities(cpu_isa isa, T* S, int ld, int rows, int cols, int i0, 
         for (int r = 0; r < rows; ++r) {
             T* s = S + std::int64_t(r) * ld;
             const int n = std::clamp(i0 + r + 1 - k0, 0, cols);
-            Array<T> p(s, n);
-            p = ((p - lse[i0 + r]) * scale).exp();
+            assign_unpeeled(s, n, ((ConstArray<T>(s, n) - lse[i0 + r]) * scale).exp());
             std::fill(s + n, s + cols, T(0));
         }
     }
@@ -10886,14 +10928,14 @@ void flash_softmax_tile(cpu_isa isa, T* S, int ld, int rows, int cols, int i0, i
             T* s = S + std::int64_t(r) * ld;
             const int n = std::clamp(i0 + r + 1 - k0, 0, cols);  // keys at or before the query
             if (n > 0) {
-                Array<T> p(s, n);
+                const ConstArray<T> p(s, n);
                 const T mx = k0 == 0 ? p.maxCoeff() : std::max(m[r], p.maxCoeff());
-                p = ((p - mx) * scale).exp();
+                assign_unpeeled(s, n, ((p - mx) * scale).exp());
                 if (k0 == 0) {
-                    l[r] = p.sum();
+                    l[r] = sum_unpeeled(s, n);
                 } else {
                     const T alpha = std::exp((m[r] - mx) * scale);  // rescales what earlier tiles summed
-                    l[r] = l[r] * alpha + p.sum();
+                    l[r] = l[r] * alpha + sum_unpeeled(s, n);
                     if (alpha != T(1)) Array<T>(O + std::int64_t(r) * hs, hs) *= alpha;
                 }
                 m[r] = mx;
@@ -11368,7 +11410,8 @@ void mean_pool_backward(const Cpu& dev, T* dh, const T* dout, const T* mask, int
 /// L2 (a 32 000-entry fp32 row pair is 256 KB), and writes the gradient. No (tokens × vocab)
 /// probability tensor exists at any point. Rows are spread over OpenMP threads with a static
 /// schedule and each row is reduced in a fixed order, so results are bit-identical run to run for
-/// a fixed thread count. Vectorized through Eigen packets and array expressions.
+/// a fixed thread count, wherever the buffers lie (`detail::assign_unpeeled`). Vectorized through
+/// Eigen packets and array expressions.
 ///
 /// Numerics shared by every kernel here: log-probabilities are (x − max)·scale − log(sum) with the
 /// row's raw maximum and the log of its exp-sum kept apart (`math::log_softmax_entry`), never
@@ -11989,15 +12032,14 @@ struct online_lse {
     // add(), also writing exp((x − max)·scale) (relative to the running max after this chunk) to e.
     void add_store(const T* x, int len, T* e) {
         const ConstArray<T> a(x, len);
-        Array<T> out(e, len);
         const T cmax = a.maxCoeff();
         if (cmax == neg_inf<T>) {
-            out.setZero();
+            std::fill(e, e + len, T(0));
             return;
         }
         raise(cmax, x, len);
-        out = ((a - max) * scale).unaryExpr(exp_op{});
-        sum += out.sum();
+        assign_unpeeled(e, len, ((a - max) * scale).unaryExpr(exp_op{}));
+        sum += sum_unpeeled(e, len);
     }
     // The offset of the (first) maximum from `row`.
     std::int64_t argmax(const T* row) const {
@@ -12022,11 +12064,7 @@ T* row_scratch(std::size_t n) {
 
 template <class T, class E>
 void store_chunk(T* d, int len, const E& g, bool accumulate) {
-    Array<T> out(d, len);
-    if (accumulate)
-        out += g;
-    else
-        out = g;
+    assign_unpeeled(d, len, g, accumulate);
 }
 
 // p · x where p > 0 and x is not -inf or NaN, else 0 — the terms p log(p/q) of a divergence,
@@ -12065,13 +12103,12 @@ void blend_if_less(T* out, const T* r, T bound, const T* a, const T* b, int len)
 // forms): both evaluated whole, then blended on |a·expm1(x)| < 1/2. y_buf and b_buf are scratch.
 template <class T>
 void log_mix(T* out, const T* x, int len, T a, T log_a, T log_b, T* y_buf, T* b_buf) {
-    const ConstArray<T> xa(x, len);
-    Array<T> y(y_buf, len), bb(b_buf, len), o(out, len);
+    const ConstArray<T> xa(x, len), y(y_buf, len);
     // log-add-exp of log a + x and log b: max + log1p(exp(−|difference|))
-    bb = (xa + log_a).max(log_b) + (-((xa + log_a) - log_b).abs()).unaryExpr(exp_op{}).log1p();
-    y = a * xa.expm1();
-    o = y.log1p();
-    y = y.abs();
+    assign_unpeeled(b_buf, len, (xa + log_a).max(log_b) + (-((xa + log_a) - log_b).abs()).unaryExpr(exp_op{}).log1p());
+    assign_unpeeled(y_buf, len, a * xa.expm1());
+    assign_unpeeled(out, len, y.log1p());
+    assign_unpeeled(y_buf, len, y.abs());
     blend_if_less(out, y_buf, math::log_mix_switch<T>, out, b_buf, len);
 }
 
@@ -12352,14 +12389,14 @@ void jsd_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losses, cons
         for (int c = 0; c < V; c += chunk) {
             const int len = std::min(chunk, V - c);
             const ConstArray<T> sa(s + c, len), ta(t + c, len);
-            Array<T> r(r_buf, len), q(q_row + c, len);
+            const ConstArray<T> r(r_buf, len), q(q_row + c, len);
             const auto lq = (sa - ls.max) * inv_tau - log_s;
             const auto lp = (ta - lt.max) * inv_tau - log_t;
-            r = lp - lq;  // log p − log q
-            q = lq.unaryExpr(exp_op{});
+            assign_unpeeled(r_buf, len, lp - lq);  // log p − log q
+            assign_unpeeled(q_row + c, len, lq.unaryExpr(exp_op{}));
             const auto p = lp.unaryExpr(exp_op{});
             log_mix(lmq_row + c, r_buf, len, b, log_b, log_b1, y_buf, b_buf);  // log(M/q)
-            r = -r;
+            assign_unpeeled(r_buf, len, -r);
             log_mix(lmp_buf, r_buf, len, b1, log_b1, log_b, y_buf, b_buf);  // log(M/p)
             const ConstArray<T> lmq(lmq_row + c, len), lmp(lmp_buf, len);
             kl_qm -= q.binaryExpr(lmq, product_where_positive{}).sum();
@@ -12556,7 +12593,7 @@ void relation_kl_forward_backward(const Cpu& dev, T* d, T* losses, const T* stud
                 const auto lp = (ta - lt.max) * t_scale - lt.log_sum();
                 const auto lq = (sa - ls.max) * s_scale - ls.log_sum();
                 kl += lp.unaryExpr(exp_op{}).binaryExpr(lp - lq, product_where_positive{}).sum();
-                Array<T>(dr, len) = grad_scale * s_scale * (lq.unaryExpr(exp_op{}) - lp.unaryExpr(exp_op{}));
+                assign_unpeeled(dr, len, grad_scale * s_scale * (lq.unaryExpr(exp_op{}) - lp.unaryExpr(exp_op{})));
                 std::fill(dr + len, dr + Tn, T(0));
             }
             losses[t] = kl;

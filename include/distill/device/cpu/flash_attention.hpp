@@ -101,8 +101,7 @@ void flash_probabilities(cpu_isa isa, T* S, int ld, int rows, int cols, int i0, 
         for (int r = 0; r < rows; ++r) {
             T* s = S + std::int64_t(r) * ld;
             const int n = std::clamp(i0 + r + 1 - k0, 0, cols);
-            Array<T> p(s, n);
-            p = ((p - lse[i0 + r]) * scale).exp();
+            assign_unpeeled(s, n, ((ConstArray<T>(s, n) - lse[i0 + r]) * scale).exp());
             std::fill(s + n, s + cols, T(0));
         }
     }
@@ -119,14 +118,14 @@ void flash_softmax_tile(cpu_isa isa, T* S, int ld, int rows, int cols, int i0, i
             T* s = S + std::int64_t(r) * ld;
             const int n = std::clamp(i0 + r + 1 - k0, 0, cols);  // keys at or before the query
             if (n > 0) {
-                Array<T> p(s, n);
+                const ConstArray<T> p(s, n);
                 const T mx = k0 == 0 ? p.maxCoeff() : std::max(m[r], p.maxCoeff());
-                p = ((p - mx) * scale).exp();
+                assign_unpeeled(s, n, ((p - mx) * scale).exp());
                 if (k0 == 0) {
-                    l[r] = p.sum();
+                    l[r] = sum_unpeeled(s, n);
                 } else {
                     const T alpha = std::exp((m[r] - mx) * scale);  // rescales what earlier tiles summed
-                    l[r] = l[r] * alpha + p.sum();
+                    l[r] = l[r] * alpha + sum_unpeeled(s, n);
                     if (alpha != T(1)) Array<T>(O + std::int64_t(r) * hs, hs) *= alpha;
                 }
                 m[r] = mx;

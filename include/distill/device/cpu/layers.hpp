@@ -123,6 +123,49 @@ using ConstArray = Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>;
 template <class T>
 using Array = Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>;
 
+// Why the two functions below exist: Eigen assigns to (and sums) an unaligned buffer by first running
+// the elements before its first aligned address through the scalar path, whose exp, log or tanh
+// differs from the packet one in the last bits. The bits of a result would then depend on where a
+// buffer lies, and two runs of one program (or a resumed run) could differ. Here whole packets start
+// at element 0 and only the last n % W elements take the scalar path: the bits depend on positions.
+
+// dst[0..n) = expr, or dst[0..n) += expr when `add`; expr is an Eigen array expression of size n.
+template <class T, class Expr>
+void assign_unpeeled(T* dst, std::int64_t n, const Expr& expr, bool add = false) {
+    using namespace Eigen::internal;
+    using P = typename packet_traits<T>::type;
+    constexpr int W = packet_traits<T>::size;
+    const evaluator<Expr> ev(expr);
+    std::int64_t i = 0;
+    if constexpr ((evaluator<Expr>::Flags & Eigen::PacketAccessBit) != 0 && W > 1)
+        for (; i + W <= n; i += W) {
+            const P v = ev.template packet<Eigen::Unaligned, P>(i);
+            pstoreu(dst + i, add ? padd(ploadu<P>(dst + i), v) : v);
+        }
+    for (; i < n; ++i) dst[i] = add ? dst[i] + ev.coeff(i) : ev.coeff(i);
+}
+
+// Σ x[0..n): packets from element 0 (two accumulators), then the last n % W elements in order.
+template <class T>
+T sum_unpeeled(const T* x, std::int64_t n) {
+    using namespace Eigen::internal;
+    using P = typename packet_traits<T>::type;
+    constexpr int W = packet_traits<T>::size;
+    P a0 = pset1<P>(T(0)), a1 = a0;
+    std::int64_t i = 0;
+    for (; i + 2 * W <= n; i += 2 * W) {
+        a0 = padd(a0, ploadu<P>(x + i));
+        a1 = padd(a1, ploadu<P>(x + i + W));
+    }
+    if (i + W <= n) {
+        a0 = padd(a0, ploadu<P>(x + i));
+        i += W;
+    }
+    T s = predux(padd(a0, a1));
+    for (; i < n; ++i) s += x[i];
+    return s;
+}
+
 // Splits [0, n) into `parts` contiguous ranges, the same for every run; range `k` is [begin, end).
 inline void split(std::int64_t n, int parts, int k, std::int64_t align, std::int64_t& begin, std::int64_t& end) {
     const std::int64_t blocks = (n + align - 1) / align;
@@ -568,7 +611,7 @@ void layernorm_forward(const Cpu& dev, T* out, T* mean, T* rstd, const T* in, co
     distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
         const int n = static_cast<int>(n_);
         const ConstArray<T> x(in + std::int64_t(n) * C, C);
-        const T m = x.mean();
+        const T m = sum_unpeeled(x.data(), C) / T(C);
         const T s = T(1) / std::sqrt((x - m).square().mean() + eps);
         Array<T>(out + std::int64_t(n) * C, C) = (x - m) * s * wa + ba;
         mean[n] = m;
@@ -623,7 +666,7 @@ void gelu_forward(const Cpu& dev, T* out, const T* in, std::int64_t n) {
     }
     for_column_blocks(dev.threads(), n, 4096, [&](std::int64_t s, std::int64_t e) {
         const ConstArray<T> x(in + s, e - s);
-        Array<T>(out + s, e - s) = x / (T(1) + (T(-2) * math::gelu_k<T> * (x + T(0.044715) * x.cube())).exp());
+        assign_unpeeled(out + s, e - s, x / (T(1) + (T(-2) * math::gelu_k<T> * (x + T(0.044715) * x.cube())).exp()));
     });
 }
 
@@ -645,13 +688,13 @@ void gelu_backward(const Cpu& dev, T* din, const T* in, const T* dout, std::int6
         for (std::int64_t i = s; i < e; i += chunk) {
             const std::int64_t len = std::min(chunk, e - i);
             const ConstArray<T> x(in + i, len);
-            Array<T> u(u_buf, len), ex(e_buf, len);
-            u = math::gelu_k<T> * (x + T(0.044715) * x.cube());
-            ex = (T(-2) * u.abs()).exp();
+            const ConstArray<T> u(u_buf, len), ex(e_buf, len);
+            assign_unpeeled(u_buf, len, math::gelu_k<T> * (x + T(0.044715) * x.cube()));
+            assign_unpeeled(e_buf, len, (T(-2) * u.abs()).exp());
             const auto sig = (u >= T(0)).select(T(1) / (T(1) + ex), ex / (T(1) + ex));
             const auto sig_1m = ex / (T(1) + ex).square();
             const auto du = math::gelu_k<T> * (T(1) + T(3 * 0.044715) * x.square());
-            Array<T>(din + i, len) = ConstArray<T>(dout + i, len) * (sig + T(2) * x * du * sig_1m);
+            assign_unpeeled(din + i, len, ConstArray<T>(dout + i, len) * (sig + T(2) * x * du * sig_1m));
         }
     });
 }
@@ -718,7 +761,7 @@ void swiglu_forward(const Cpu& dev, T* out, const T* in, int N, int F) {
     distill::detail::parallel_for(dev.threads(), N, [&](std::int64_t n_) {
         const int n = static_cast<int>(n_);
         const ConstArray<T> g(in + std::int64_t(n) * 2 * F, F), u(in + std::int64_t(n) * 2 * F + F, F);
-        Array<T>(out + std::int64_t(n) * F, F) = g / (T(1) + (-g).exp()) * u;
+        assign_unpeeled(out + std::int64_t(n) * F, F, g / (T(1) + (-g).exp()) * u);
     });
 }
 
@@ -740,8 +783,8 @@ void swiglu_backward(const Cpu& dev, T* din, const T* in, const T* dout, int N, 
         const std::int64_t r = std::int64_t(n) * 2 * F;
         const ConstArray<T> g(in + r, F), u(in + r + F, F), d(dout + std::int64_t(n) * F, F);
         const auto sig = T(1) / (T(1) + (-g).exp());
-        Array<T>(din + r, F) = d * u * sig * (T(1) + g * (T(1) - sig));
-        Array<T>(din + r + F, F) = d * g * sig;
+        assign_unpeeled(din + r, F, d * u * sig * (T(1) + g * (T(1) - sig)));
+        assign_unpeeled(din + r + F, F, d * g * sig);
     });
 }
 
@@ -784,8 +827,8 @@ void causal_softmax_forward(const Cpu& dev, T* att, int BH, int Tn, T scale) {
         T* row = att + r * Tn;
         Array<T> p(row, t + 1);
         const T mx = p.maxCoeff();  // the raw maximum: (x - max)·scale keeps the low bits of large scores
-        p = ((p - mx) * scale).exp();
-        p /= p.sum();
+        assign_unpeeled(row, t + 1, ((p - mx) * scale).exp());
+        p /= sum_unpeeled(row, t + 1);
         std::fill(row + t + 1, row + Tn, T(0));
     });
 }
@@ -865,7 +908,7 @@ int cross_entropy_forward_backward(const Cpu& dev, T* dlogits, T* losses, const 
         const T mx = x.maxCoeff();
         const T log_sum = std::log((x - mx).exp().sum());
         losses[n] = log_sum - (x[targets[n]] - mx);
-        d = ((x - mx) - log_sum).exp() * dloss;
+        assign_unpeeled(d.data(), V, ((x - mx) - log_sum).exp() * dloss);
         d[targets[n]] -= dloss;
     });
     return count;
@@ -891,8 +934,8 @@ void attention_decode(const Cpu& dev, T* out, T* scratch, const T* qkv, const T*
         Eigen::Map<Vec> p(scratch + std::int64_t(bh) * Tmax, n);
         p.noalias() = K * q;
         const T mx = p.maxCoeff();
-        p = ((p.array() - mx) * scale).exp().matrix();
-        p /= p.sum();
+        assign_unpeeled(p.data(), n, ((p.array() - mx) * scale).exp());
+        p /= sum_unpeeled(p.data(), n);
         Eigen::Map<Vec>(out + std::int64_t(b) * C + h * hs, hs).noalias() = Vm.transpose() * p;
     });
 }

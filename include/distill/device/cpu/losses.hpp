@@ -7,7 +7,8 @@
 /// L2 (a 32 000-entry fp32 row pair is 256 KB), and writes the gradient. No (tokens × vocab)
 /// probability tensor exists at any point. Rows are spread over OpenMP threads with a static
 /// schedule and each row is reduced in a fixed order, so results are bit-identical run to run for
-/// a fixed thread count. Vectorized through Eigen packets and array expressions.
+/// a fixed thread count, wherever the buffers lie (`detail::assign_unpeeled`). Vectorized through
+/// Eigen packets and array expressions.
 ///
 /// Numerics shared by every kernel here: log-probabilities are (x − max)·scale − log(sum) with the
 /// row's raw maximum and the log of its exp-sum kept apart (`math::log_softmax_entry`), never
@@ -128,15 +129,14 @@ struct online_lse {
     // add(), also writing exp((x − max)·scale) (relative to the running max after this chunk) to e.
     void add_store(const T* x, int len, T* e) {
         const ConstArray<T> a(x, len);
-        Array<T> out(e, len);
         const T cmax = a.maxCoeff();
         if (cmax == neg_inf<T>) {
-            out.setZero();
+            std::fill(e, e + len, T(0));
             return;
         }
         raise(cmax, x, len);
-        out = ((a - max) * scale).unaryExpr(exp_op{});
-        sum += out.sum();
+        assign_unpeeled(e, len, ((a - max) * scale).unaryExpr(exp_op{}));
+        sum += sum_unpeeled(e, len);
     }
     // The offset of the (first) maximum from `row`.
     std::int64_t argmax(const T* row) const {
@@ -161,11 +161,7 @@ T* row_scratch(std::size_t n) {
 
 template <class T, class E>
 void store_chunk(T* d, int len, const E& g, bool accumulate) {
-    Array<T> out(d, len);
-    if (accumulate)
-        out += g;
-    else
-        out = g;
+    assign_unpeeled(d, len, g, accumulate);
 }
 
 // p · x where p > 0 and x is not -inf or NaN, else 0 — the terms p log(p/q) of a divergence,
@@ -204,13 +200,12 @@ void blend_if_less(T* out, const T* r, T bound, const T* a, const T* b, int len)
 // forms): both evaluated whole, then blended on |a·expm1(x)| < 1/2. y_buf and b_buf are scratch.
 template <class T>
 void log_mix(T* out, const T* x, int len, T a, T log_a, T log_b, T* y_buf, T* b_buf) {
-    const ConstArray<T> xa(x, len);
-    Array<T> y(y_buf, len), bb(b_buf, len), o(out, len);
+    const ConstArray<T> xa(x, len), y(y_buf, len);
     // log-add-exp of log a + x and log b: max + log1p(exp(−|difference|))
-    bb = (xa + log_a).max(log_b) + (-((xa + log_a) - log_b).abs()).unaryExpr(exp_op{}).log1p();
-    y = a * xa.expm1();
-    o = y.log1p();
-    y = y.abs();
+    assign_unpeeled(b_buf, len, (xa + log_a).max(log_b) + (-((xa + log_a) - log_b).abs()).unaryExpr(exp_op{}).log1p());
+    assign_unpeeled(y_buf, len, a * xa.expm1());
+    assign_unpeeled(out, len, y.log1p());
+    assign_unpeeled(y_buf, len, y.abs());
     blend_if_less(out, y_buf, math::log_mix_switch<T>, out, b_buf, len);
 }
 
@@ -491,14 +486,14 @@ void jsd_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losses, cons
         for (int c = 0; c < V; c += chunk) {
             const int len = std::min(chunk, V - c);
             const ConstArray<T> sa(s + c, len), ta(t + c, len);
-            Array<T> r(r_buf, len), q(q_row + c, len);
+            const ConstArray<T> r(r_buf, len), q(q_row + c, len);
             const auto lq = (sa - ls.max) * inv_tau - log_s;
             const auto lp = (ta - lt.max) * inv_tau - log_t;
-            r = lp - lq;  // log p − log q
-            q = lq.unaryExpr(exp_op{});
+            assign_unpeeled(r_buf, len, lp - lq);  // log p − log q
+            assign_unpeeled(q_row + c, len, lq.unaryExpr(exp_op{}));
             const auto p = lp.unaryExpr(exp_op{});
             log_mix(lmq_row + c, r_buf, len, b, log_b, log_b1, y_buf, b_buf);  // log(M/q)
-            r = -r;
+            assign_unpeeled(r_buf, len, -r);
             log_mix(lmp_buf, r_buf, len, b1, log_b1, log_b, y_buf, b_buf);  // log(M/p)
             const ConstArray<T> lmq(lmq_row + c, len), lmp(lmp_buf, len);
             kl_qm -= q.binaryExpr(lmq, product_where_positive{}).sum();
@@ -695,7 +690,7 @@ void relation_kl_forward_backward(const Cpu& dev, T* d, T* losses, const T* stud
                 const auto lp = (ta - lt.max) * t_scale - lt.log_sum();
                 const auto lq = (sa - ls.max) * s_scale - ls.log_sum();
                 kl += lp.unaryExpr(exp_op{}).binaryExpr(lp - lq, product_where_positive{}).sum();
-                Array<T>(dr, len) = grad_scale * s_scale * (lq.unaryExpr(exp_op{}) - lp.unaryExpr(exp_op{}));
+                assign_unpeeled(dr, len, grad_scale * s_scale * (lq.unaryExpr(exp_op{}) - lp.unaryExpr(exp_op{})));
                 std::fill(dr + len, dr + Tn, T(0));
             }
             losses[t] = kl;

@@ -124,6 +124,36 @@ TEST_CASE("row kernels: every run-time ISA equals Reference (float)") {
     }
 }
 
+TEST_CASE("decoding attention: every run-time ISA and head size equals Reference (float)") {
+    device::Reference ref;
+    device::Cpu cpu(2);
+    const int B = 3, H = 4, Hkv = 2, Tmax = 41;
+    const int lengths[B] = {1, 23, 41};  // one key, a partial block of four, the whole cache
+    // head sizes below, at and between the widths (4, 8, 16 lanes), and past four vectors
+    for (int hs : {3, 8, 24, 64, 80, 136}) {
+        CAPTURE(hs);
+        const int row = (H + 2 * Hkv) * hs;
+        auto qkv = random_vector<float>(std::size_t(B) * row, 51, 2.0);
+        auto kc = random_vector<float>(std::size_t(B) * Hkv * Tmax * hs, 52, 2.0);
+        auto vc = random_vector<float>(kc.size(), 53);
+        // the truth in double; fp32's error is that of a score (about hs·ulp of Σ|q_d k_d| ≈ 2.5 hs, times
+        // the 1/√hs scale) carried into the probabilities, and so into the output, whose entries are ~1
+        auto wide = [](const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); };
+        const auto qkv_d = wide(qkv), kc_d = wide(kc), vc_d = wide(vc);
+        std::vector<double> o0(std::size_t(B) * H * hs), sc0(std::size_t(B) * H * Tmax);
+        attention_decode(ref, o0.data(), sc0.data(), qkv_d.data(), kc_d.data(), vc_d.data(), lengths, B, H, Hkv, hs,
+                         Tmax);
+        for (const auto isa : available()) {
+            const std::string isa_name = device::to_string(isa);
+            CAPTURE(isa_name);
+            const Forced forced(isa);
+            std::vector<float> o(o0.size()), sc(sc0.size());
+            attention_decode(cpu, o.data(), sc.data(), qkv.data(), kc.data(), vc.data(), lengths, B, H, Hkv, hs, Tmax);
+            check_close("decode", o.data(), o0.data(), std::int64_t(o.size()), 3e-5, 1e-4);
+        }
+    }
+}
+
 TEST_CASE("attention tile kernels: every run-time ISA equals loops in double") {
     namespace rowk = device::detail::rowk;
     // a product of M x N over K: A row-major (lda) or transposed, B and C row-major; sizes with a row

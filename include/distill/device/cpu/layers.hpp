@@ -914,9 +914,11 @@ int cross_entropy_forward_backward(const Cpu& dev, T* dlogits, T* losses, const 
     return count;
 }
 
-/// One decoding step of attention against a KV cache (see Reference), parallel over (b, h): a
-/// matrix-vector product for the scores, a vectorized softmax, and one for the output. Query head h
-/// reads kv head h / (H / Hkv); caches (max_batch, Hkv, Tmax, hs); q from qkv(B,(H+2Hkv)hs).
+/// One decoding step of attention against a KV cache (see Reference), parallel over (b, h). float:
+/// the run-time ISA's kernel (`rowk::decode_attention`: scores, softmax and weighted sum of one head
+/// with its operands in registers); double: a matrix-vector product for the scores, a vectorized
+/// softmax, and one for the output. Query head h reads kv head h / (H / Hkv); caches
+/// (max_batch, Hkv, Tmax, hs); q from qkv(B,(H+2Hkv)hs).
 template <class T>
 void attention_decode(const Cpu& dev, T* out, T* scratch, const T* qkv, const T* kcache, const T* vcache,
                       const int* lengths, int B, int H, int Hkv, int hs, int Tmax) {
@@ -924,6 +926,17 @@ void attention_decode(const Cpu& dev, T* out, T* scratch, const T* qkv, const T*
     using Vec = Eigen::Matrix<T, Eigen::Dynamic, 1>;
     const int C = H * hs, row = (H + 2 * Hkv) * hs;
     const T scale = T(1) / std::sqrt(T(hs));
+    if constexpr (std::is_same_v<T, float>) {
+        const cpu_isa isa = row_kernel_isa();
+        distill::detail::parallel_for(dev.threads(), B * H, [&](std::int64_t bh) {
+            const int b = static_cast<int>(bh / H), h = static_cast<int>(bh % H);
+            const std::int64_t base = (std::int64_t(b) * Hkv + h / (H / Hkv)) * Tmax * hs;
+            rowk::run_kernel<rowk::decode_attention>(isa, out + std::int64_t(b) * C + h * hs, scratch + bh * Tmax,
+                                                     qkv + std::int64_t(b) * row + h * hs, kcache + base, vcache + base,
+                                                     std::int64_t(lengths[b]), std::int64_t(hs), scale);
+        });
+        return;
+    }
     distill::detail::parallel_for(dev.threads(), B * H, [&](std::int64_t bh_) {
         const int bh = static_cast<int>(bh_);
         const int b = bh / H, h = bh % H, n = lengths[b];

@@ -8150,10 +8150,10 @@ void parallel_for(int threads, std::int64_t n, F&& f, bool parallel = true) {
 // ---- begin distill/device/cpu/isa.hpp ----
 /// @file cpu/isa.hpp
 /// The instruction set of `device::Cpu`'s hot fp32 row kernels (LayerNorm, RMSNorm, GELU, SwiGLU,
-/// the causal softmax, the bias add) and of the fused attention's tile kernels (`tile_gemm`,
-/// `transpose`, the tile softmax; `cpu/flash_attention.hpp`), chosen at run time, so a program built
-/// with plain Release flags (no -march) still runs them on AVX2 or AVX-512 where the CPU has it
-/// (oneDNN's GEMMs already choose theirs at run time).
+/// the causal softmax, the bias add, one decoding step's attention) and of the fused attention's tile kernels
+/// (`tile_gemm`, `transpose`, the tile softmax; `cpu/flash_attention.hpp`), chosen at run time, so a program built with
+/// plain Release flags (no -march) still runs them on AVX2 or AVX-512 where the CPU has it (oneDNN's GEMMs already
+/// choose theirs at run time).
 ///
 /// One mechanism: a kernel is a struct with a `run<V>` template written once with GCC/Clang vector
 /// extensions on `V`'s registers (16, 32 or 64 bytes of floats). `run_kernel<K>(isa, args...)`
@@ -8289,6 +8289,7 @@ struct transpose;
 struct flash_softmax_tile;
 struct flash_probabilities;
 struct flash_scores_grad;
+struct decode_attention;
 template <class K, class... A>
 void run_kernel(cpu_isa, A...);
 #else
@@ -9007,6 +9008,75 @@ struct flash_scores_grad {
                 store_z<V>(ds + i, p * (d - D[r]), w);
             }
         }
+    }
+};
+
+// ---- decoding ------------------------------------------------------------------------------------
+
+/// One query head against its cached keys and values, for one new token: p[j] = softmax_j(q·K_j
+/// scale) over the n cached positions, then out(hs) = Σ_j p_j V_j. K and V are the kv head's cache
+/// rows (n × hs, contiguous); p holds n floats. Scores: four keys at a time, each key's products
+/// summed lanewise over hs and then across lanes (hsum). Output: up to four vectors of out stay in
+/// registers over all keys, even and odd keys in separate accumulators (two chains of FMAs per
+/// vector instead of one), added at the end. Each sum runs in a fixed order: the bits do not depend
+/// on addresses or on the thread.
+struct decode_attention {
+    template <class V>
+    DISTILL_ROW_INLINE static void scores(float* p, const float* q, const float* K, std::int64_t hs, std::int64_t j,
+                                          int keys) {
+        using F = typename V::f;
+        F acc[4] = {}, qv, k;
+        for (std::int64_t d = 0; d < hs; d += V::width) {
+            const std::int64_t w = lanes<V>(hs, d);
+            load_z<V>(qv, q + d, w);
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; ++i)
+                if (i < keys) {
+                    load_z<V>(k, K + (j + i) * hs + d, w);
+                    acc[i] += qv * k;
+                }
+        }
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; ++i)
+            if (i < keys) p[j + i] = hsum<V>(acc[i]);
+    }
+    // out[d0, d0 + NV·width) (the last vector may be partial: `w` lanes) = Σ_j p_j V_j there
+    template <class V, int NV>
+    DISTILL_ROW_INLINE static void weighted_sum(float* out, const float* p, const float* Vc, std::int64_t n,
+                                                std::int64_t hs, std::int64_t d0, std::int64_t w) {
+        using F = typename V::f;
+        F even[NV] = {}, odd[NV] = {}, v;
+        std::int64_t j = 0;
+        for (; j + 2 <= n; j += 2) {
+            const float pe = p[j], po = p[j + 1];
+#pragma GCC unroll 4
+            for (int c = 0; c < NV; ++c) {
+                load_z<V>(v, Vc + j * hs + d0 + c * V::width, c + 1 < NV ? V::width : w);
+                even[c] += pe * v;
+                load_z<V>(v, Vc + (j + 1) * hs + d0 + c * V::width, c + 1 < NV ? V::width : w);
+                odd[c] += po * v;
+            }
+        }
+        if (j < n)
+#pragma GCC unroll 4
+            for (int c = 0; c < NV; ++c) {
+                load_z<V>(v, Vc + j * hs + d0 + c * V::width, c + 1 < NV ? V::width : w);
+                even[c] += p[j] * v;
+            }
+#pragma GCC unroll 4
+        for (int c = 0; c < NV; ++c) store_z<V>(out + d0 + c * V::width, even[c] + odd[c], c + 1 < NV ? V::width : w);
+    }
+    template <class V>
+    DISTILL_ROW_INLINE static void run(float* out, float* p, const float* q, const float* K, const float* Vc,
+                                       std::int64_t n, std::int64_t hs, float scale) {
+        std::int64_t j = 0;
+        for (; j + 4 <= n; j += 4) scores<V>(p, q, K, hs, j, 4);
+        if (j < n) scores<V>(p, q, K, hs, j, int(n - j));
+        softmax_forward::run<V>(p, n, scale);
+        constexpr int W = V::width;
+        std::int64_t d = 0;
+        for (; d + 4 * W <= hs; d += 4 * W) weighted_sum<V, 4>(out, p, Vc, n, hs, d, W);
+        for (; d < hs; d += W) weighted_sum<V, 1>(out, p, Vc, n, hs, d, lanes<V>(hs, d));
     }
 };
 
@@ -10781,9 +10851,11 @@ int cross_entropy_forward_backward(const Cpu& dev, T* dlogits, T* losses, const 
     return count;
 }
 
-/// One decoding step of attention against a KV cache (see Reference), parallel over (b, h): a
-/// matrix-vector product for the scores, a vectorized softmax, and one for the output. Query head h
-/// reads kv head h / (H / Hkv); caches (max_batch, Hkv, Tmax, hs); q from qkv(B,(H+2Hkv)hs).
+/// One decoding step of attention against a KV cache (see Reference), parallel over (b, h). float:
+/// the run-time ISA's kernel (`rowk::decode_attention`: scores, softmax and weighted sum of one head
+/// with its operands in registers); double: a matrix-vector product for the scores, a vectorized
+/// softmax, and one for the output. Query head h reads kv head h / (H / Hkv); caches
+/// (max_batch, Hkv, Tmax, hs); q from qkv(B,(H+2Hkv)hs).
 template <class T>
 void attention_decode(const Cpu& dev, T* out, T* scratch, const T* qkv, const T* kcache, const T* vcache,
                       const int* lengths, int B, int H, int Hkv, int hs, int Tmax) {
@@ -10791,6 +10863,17 @@ void attention_decode(const Cpu& dev, T* out, T* scratch, const T* qkv, const T*
     using Vec = Eigen::Matrix<T, Eigen::Dynamic, 1>;
     const int C = H * hs, row = (H + 2 * Hkv) * hs;
     const T scale = T(1) / std::sqrt(T(hs));
+    if constexpr (std::is_same_v<T, float>) {
+        const cpu_isa isa = row_kernel_isa();
+        distill::detail::parallel_for(dev.threads(), B * H, [&](std::int64_t bh) {
+            const int b = static_cast<int>(bh / H), h = static_cast<int>(bh % H);
+            const std::int64_t base = (std::int64_t(b) * Hkv + h / (H / Hkv)) * Tmax * hs;
+            rowk::run_kernel<rowk::decode_attention>(isa, out + std::int64_t(b) * C + h * hs, scratch + bh * Tmax,
+                                                     qkv + std::int64_t(b) * row + h * hs, kcache + base, vcache + base,
+                                                     std::int64_t(lengths[b]), std::int64_t(hs), scale);
+        });
+        return;
+    }
     distill::detail::parallel_for(dev.threads(), B * H, [&](std::int64_t bh_) {
         const int bh = static_cast<int>(bh_);
         const int b = bh / H, h = bh % H, n = lengths[b];

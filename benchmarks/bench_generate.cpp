@@ -1,8 +1,11 @@
 // KV-cache generation through teacher::Model (chat template, prefill, decode, greedy sampling,
 // log-probabilities of the chosen tokens) at batch 1 and 16, the same workload as
 // benchmarks/reference/bench_generate.py (a naive PyTorch loop with a KV cache), which runs in the
-// same invocation. Prints generated tokens/s, the ratio to PyTorch, and the fraction of the measured
-// FP32 FMA peak that the matrix products reach.
+// same invocation. Prints generated tokens/s, the ratio to PyTorch, the fraction of the measured
+// FP32 FMA peak that the matrix products reach, and the fraction of the roofline: a decoding step
+// reads every matrix once and each sequence's KV cache, and takes at least the longer of its
+// products at the FP32 peak and its bytes at the read bandwidth of a working set that size
+// (measured in the run: a model of a few MB is read from L2/L3, well above the DRAM triad).
 //
 // With --quantize TYPE (q8_0, q4_k, ...) the same model is measured a second time with its matrices
 // in that ggml type (Transformer::quantize, through quant_matmul), beside its fp32 run,
@@ -168,6 +171,9 @@ int main(int argc, char** argv) {
     auto measure = [&](Teacher& m, const std::string& type, const std::filesystem::path& gguf,
                        const std::vector<double>& fp32) -> std::vector<double> {
         std::vector<double> rates;
+        // bytes per matrix element: fp32, or the ggml type's blocks (rows of 256 here divide every block)
+        const double weight_bytes =
+            type.empty() ? 4.0 : double(quant::row_bytes(quant::parse(type, "--quantize"), 256)) / 256.0;
         for (int B : batches) {
             const std::span<const teacher::Request> batch(requests.data(), std::size_t(B));
             generate_all(m, batch, greedy);  // warm-up
@@ -192,6 +198,22 @@ int main(int argc, char** argv) {
                 "distill batch %2d: %8.0f tokens/s (%.1f ms per batch), %.1f GFLOP/s = %.1f%% of the FP32 peak (%.0f "
                 "GFLOP/s)\n",
                 B, tok_s, best * 1e3, gflops, 100.0 * gflops / peak, peak);
+            // The roofline of the batch: a step reads every matrix once and each sequence's cached keys and
+            // values; it takes at least the longer of its products at the FP32 peak and its bytes at the read
+            // bandwidth of a working set that size (measured here: a few MB come from L2/L3, not DRAM).
+            const double matrix_bytes = weight_bytes * (L * (3 * C * C + C * C + 2 * C * F) + C * V);
+            const double kv_bytes = 4.0 * L * 2 * cfg.kv_heads() * cfg.head_size() * mean_ctx;  // per sequence
+            const double step_bytes = matrix_bytes + B * kv_bytes;
+            const double read_gbs = bench::measure_read_bandwidth(threads, step_bytes);
+            const double step_compute = B * per_token / (peak * 1e9), step_read = step_bytes / (read_gbs * 1e9);
+            const double prefill =
+                std::max(double(B) * prompt_len * per_token / (peak * 1e9), matrix_bytes / (read_gbs * 1e9));
+            const double ceiling = double(B) * n_new / (prefill + n_new * std::max(step_compute, step_read));
+            std::printf(
+                "  roofline: a step reads %.1f MB (%.1f GB/s over that working set) and computes %.1f MFLOP: bound "
+                "by %s, at most %.0f tokens/s; distill reaches %.0f%% of it\n",
+                step_bytes / 1e6, read_gbs, B * per_token / 1e6, step_read > step_compute ? "reading" : "compute",
+                ceiling, 100.0 * tok_s / ceiling);
             char workload[160];
             std::snprintf(workload, sizeof workload,
                           "generation (KV cache, greedy) batch %d: d=%d L=%d, %d+%d tokens%s%s", B, cfg.d_model,
@@ -199,9 +221,14 @@ int main(int argc, char** argv) {
             bench::Result res{.workload = workload,
                               .distill = tok_s,
                               .unit = "tokens/s",
-                              .peak_fraction = gflops / peak,
-                              .bound = "compute (latency-bound)",
-                              .threads = threads};
+                              .peak_fraction = tok_s / ceiling,
+                              .bound = step_read > step_compute ? "roofline (read bandwidth)" : "roofline (compute)",
+                              .threads = threads,
+                              .torch = {}};
+            res.extra["roofline_tokens_per_s"] = ceiling;
+            res.extra["bytes_per_step"] = step_bytes;
+            res.extra["read_bandwidth_gbs"] = read_gbs;
+            res.extra["fp32_peak_fraction"] = gflops / peak;
             rates.push_back(tok_s);
             if (!type.empty()) {
                 const double base = fp32[rates.size() - 1];
@@ -235,7 +262,9 @@ int main(int argc, char** argv) {
                               prompt_len, n_new, threads, reps);
                 const auto ref = bench::run_reference(cmd, "tokens_per_s");
                 if (ref.value > 0) {
-                    std::printf("ratio distill / PyTorch at batch %d: %.2fx tokens/s\n", B, tok_s / ref.value);
+                    std::printf("ratio distill / PyTorch at batch %d: %.2fx tokens/s (the roofline is %.2fx PyTorch)\n",
+                                B, tok_s / ref.value, ceiling / ref.value);
+                    res.extra["roofline_ratio_to_pytorch"] = ceiling / ref.value;
                     res.pytorch = ref.value;
                     res.torch = ref.torch;
                 }

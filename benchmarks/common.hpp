@@ -160,6 +160,46 @@ inline double measure_bandwidth(int threads, std::int64_t n = std::int64_t(64) <
     return best;
 }
 
+/// Read bandwidth in GB/s of `threads` threads summing a buffer of `bytes` (split statically), best of
+/// 20 sweeps after one untimed: the rate at which data of that working-set size comes from whatever
+/// level of the memory hierarchy holds it (a model of a few MB sits in L2 or L3, far above the
+/// triad's DRAM figure).
+inline double measure_read_bandwidth(int threads, double bytes) {
+    const auto n = std::max<std::int64_t>(1024, static_cast<std::int64_t>(bytes / sizeof(float)) / 1024 * 1024);
+    std::vector<float> a(static_cast<std::size_t>(n));
+    for (std::int64_t i = 0; i < n; ++i) a[std::size_t(i)] = float(i % 977) * 1e-3f;
+    double best = 0;
+    float sink = 0;
+    for (int rep = 0; rep < 21; ++rep) {
+        const double t0 = now();
+        float total = 0;
+#pragma omp parallel num_threads(threads) reduction(+ : total)
+        {
+#if defined(_OPENMP)
+            const int k = omp_get_thread_num(), p = omp_get_num_threads();
+#else
+            const int k = 0, p = 1;
+#endif
+            // whole blocks of 64 floats (n is a multiple of 1024) into four independent vector sums
+            using v16 = float __attribute__((vector_size(64)));
+            const std::int64_t begin = n / 64 * k / p * 64, end = n / 64 * (k + 1) / p * 64;
+            v16 s[4] = {};
+            for (std::int64_t i = begin; i < end; i += 64)
+                for (int j = 0; j < 4; ++j) {
+                    v16 x;
+                    std::memcpy(&x, &a[std::size_t(i + 16 * j)], sizeof x);
+                    s[j] += x;
+                }
+            for (int j = 0; j < 4; ++j)
+                for (int l = 0; l < 16; ++l) total += s[j][l];
+        }
+        sink += total;
+        if (rep > 0) best = std::max(best, 4.0 * double(n) / (now() - t0) / 1e9);
+    }
+    if (sink == 42.0f) std::printf(" ");  // keeps the sums observable
+    return best;
+}
+
 /// The triad bandwidth of `threads` threads: as `benchmarks/run` measured it, else measured here.
 inline double bandwidth(int threads) {
     const double env = from_environment("DISTILL_BENCH_BANDWIDTH_GBS", threads);

@@ -5,7 +5,8 @@
 // FP32 FMA peak that the matrix products reach, and the fraction of the roofline: a decoding step
 // reads every matrix once and each sequence's KV cache, and takes at least the longer of its
 // products at the FP32 peak and its bytes at the read bandwidth of a working set that size
-// (measured in the run: a model of a few MB is read from L2/L3, well above the DRAM triad).
+// (measured in the run: a model of a few MB is read from L2/L3, well above the DRAM triad). Rows
+// with quantized matrices take the bytes alone (their integer dot products have another peak).
 //
 // With --quantize TYPE (q8_0, q4_k, ...) the same model is measured a second time with its matrices
 // in that ggml type (Transformer::quantize, through quant_matmul), beside its fp32 run,
@@ -25,6 +26,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -205,9 +207,12 @@ int main(int argc, char** argv) {
             const double kv_bytes = 4.0 * L * 2 * cfg.kv_heads() * cfg.head_size() * mean_ctx;  // per sequence
             const double step_bytes = matrix_bytes + B * kv_bytes;
             const double read_gbs = bench::measure_read_bandwidth(threads, step_bytes);
-            const double step_compute = B * per_token / (peak * 1e9), step_read = step_bytes / (read_gbs * 1e9);
+            // Quantized matrices multiply through integer dot products, whose peak the FP32 FMA peak is
+            // not: their rows take the bytes alone as the bound.
+            const double compute_peak = type.empty() ? peak * 1e9 : std::numeric_limits<double>::infinity();
+            const double step_compute = B * per_token / compute_peak, step_read = step_bytes / (read_gbs * 1e9);
             const double prefill =
-                std::max(double(B) * prompt_len * per_token / (peak * 1e9), matrix_bytes / (read_gbs * 1e9));
+                std::max(double(B) * prompt_len * per_token / compute_peak, matrix_bytes / (read_gbs * 1e9));
             const double ceiling = double(B) * n_new / (prefill + n_new * std::max(step_compute, step_read));
             std::printf(
                 "  roofline: a step reads %.1f MB (%.1f GB/s over that working set) and computes %.1f MFLOP: bound "

@@ -8166,8 +8166,9 @@ void parallel_for(int threads, std::int64_t n, F&& f, bool parallel = true) {
 /// the per-thread loop bodies, so each `parallel_for` body calls the ISA's wrapper.
 ///
 /// A build that already targets AVX-512 (-march=native on such a host) has no dispatch: the kernels
-/// are called directly at its width, the same code the AVX-512 wrapper runs in a plain build, so both
-/// builds give bit-identical results on this CPU.
+/// are called directly at its width, the same source the AVX-512 wrapper runs in a plain build. The
+/// two agree to rounding, not to the bit: the compiler contracts products into FMAs differently in a
+/// target("...") wrapper than under -march (with -ffp-contract=off both give the same bits).
 ///
 /// The choice: the best of SSE2 (128-bit), AVX2+FMA, AVX-512 (F, BW, DQ, VL) the CPU has
 /// (`__builtin_cpu_supports`), capped by the environment variable DISTILL_CPU_ISA=sse2|avx2|avx512

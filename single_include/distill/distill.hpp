@@ -12146,11 +12146,6 @@ T* row_scratch(std::size_t n) {
     return buffer.data();
 }
 
-template <class T, class E>
-void store_chunk(T* d, int len, const E& g, bool accumulate) {
-    assign_unpeeled(d, len, g, accumulate);
-}
-
 // p · x where p > 0 and x is not -inf or NaN, else 0 — the terms p log(p/q) of a divergence,
 // where 0 · log 0 = 0: p is exactly 0 wherever its logit was −inf (`vexp`), and x is −inf or NaN
 // where the other side's logit was. A vectorized select (Eigen's `select` on a comparison runs
@@ -12435,8 +12430,9 @@ void reverse_kl_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losse
             const int len = std::min(chunk, V - c);
             const ConstArray<T> sa(s + c, len), ta(t + c, len);
             const auto q = ConstArray<T>(e_s + c, len) * sexp((m_s[k] - ls.max) * inv_tau - log_s);
-            store_chunk(d + n * V + c, len,
-                        g * q.binaryExpr(((sa - sm) - (ta - tm)) * inv_tau - ke, product_where_positive{}), accumulate);
+            assign_unpeeled(d + n * V + c, len,
+                            g * q.binaryExpr(((sa - sm) - (ta - tm)) * inv_tau - ke, product_where_positive{}),
+                            accumulate);
         }
         return kl;
     });
@@ -12490,8 +12486,8 @@ void jsd_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losses, cons
         for (int c = 0; c < V; c += chunk) {
             const int len = std::min(chunk, V - c);
             const ConstArray<T> q(q_row + c, len), lmq(lmq_row + c, len);
-            store_chunk(d + n * V + c, len, -g * q.binaryExpr((lmq - lmq_m) - kh, product_where_positive{}),
-                        accumulate);
+            assign_unpeeled(d + n * V + c, len, -g * q.binaryExpr((lmq - lmq_m) - kh, product_where_positive{}),
+                            accumulate);
         }
         return T(double(kl_pm) / (1 - beta) + double(kl_qm) / beta);
     });
@@ -12554,11 +12550,11 @@ void topk_kl_forward_backward(const Cpu& dev, T* d, bool accumulate, T* losses, 
             const ConstArray<T> sa(s + c, len);
             const auto q = ((sa - max) * inv_tau - log_sum).unaryExpr(exp_op{});
             if (has_rest)  // q_j − P_rest · q_j/q_rest, q_j/q_rest = exp((s_j − tail max)/τ − tail log-sum)
-                store_chunk(dr + c, len,
-                            g * (q - p_rest * ((sa - tail.max) * inv_tau - tail_log_sum).unaryExpr(exp_op{})),
-                            accumulate);
+                assign_unpeeled(dr + c, len,
+                                g * (q - p_rest * ((sa - tail.max) * inv_tau - tail_log_sum).unaryExpr(exp_op{})),
+                                accumulate);
             else
-                store_chunk(dr + c, len, g * q, accumulate);
+                assign_unpeeled(dr + c, len, g * q, accumulate);
         }
         for (int i = 0; i < k; ++i) {
             if (id[i] < 0) continue;
@@ -12598,8 +12594,9 @@ void masked_cross_entropy_forward_backward(const Cpu& dev, T* d, bool accumulate
             const T old = dr[targets[n]];
             for (int c = 0; c < V; c += chunk) {
                 const int len = std::min(chunk, V - c);
-                store_chunk(dr + c, len, grad_scale * ((ConstArray<T>(x + c, len) - max) - log_sum).unaryExpr(exp_op{}),
-                            accumulate);
+                assign_unpeeled(dr + c, len,
+                                grad_scale * ((ConstArray<T>(x + c, len) - max) - log_sum).unaryExpr(exp_op{}),
+                                accumulate);
             }
             const T lp = acc.log_prob(x[targets[n]]);
             dr[targets[n]] = (accumulate ? old : T(0)) + grad_scale * (sexp(lp) - T(1));
@@ -12642,7 +12639,7 @@ void attention_kl_forward_backward(const Cpu& dev, T* d, bool accumulate, T* los
                     at /= T(g);
                     const auto as = ConstArray<T>(student + off + c, cl).max(tiny);
                     kl += at.binaryExpr(at.log() - as.log(), product_where_positive{}).sum();
-                    store_chunk(dr + c, cl, -grad_scale * at / as, accumulate);
+                    assign_unpeeled(dr + c, cl, -grad_scale * at / as, accumulate);
                 }
                 if (!accumulate) std::fill(dr + len, dr + Tn, T(0));
             }

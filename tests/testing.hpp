@@ -91,6 +91,20 @@ struct Placed {
     std::vector<T> values() const { return std::vector<T>(data, data + size); }
 };
 
+// Runs kernel(pointers) on copies of `buffers`, each placed `offset` elements past a 64-byte boundary,
+// and returns the buffers' contents afterwards.
+template <class T, class F>
+std::vector<std::vector<T>> run_placed(const std::vector<std::vector<T>>& buffers, int offset, const F& kernel) {
+    std::vector<Placed<T>> placed;
+    placed.reserve(buffers.size());
+    std::vector<T*> p;
+    for (const auto& b : buffers) p.push_back(placed.emplace_back(b, offset).data);
+    kernel(p);
+    std::vector<std::vector<T>> after;
+    for (const auto& x : placed) after.push_back(x.values());
+    return after;
+}
+
 /// Central finite differences of `f` with respect to every element of `x`, compared with `analytic`.
 /// The error of element i is |analytic_i - numeric_i| / max(|numeric_i|, floor), with floor = 1e-2 of
 /// the largest |numeric| (so entries that are zero up to rounding do not dominate); checks max <= tol.

@@ -15,6 +15,7 @@ using namespace distill;
 using distill::testing::check_close;
 using distill::testing::check_gradient;
 using distill::testing::random_vector;
+using distill::testing::run_placed;
 
 namespace {
 double dot(const std::vector<double>& a, const std::vector<double>& b) {
@@ -245,20 +246,6 @@ TEST_CASE("Cpu kernels are bit-identical run to run at a fixed thread count") {
     bias_grad(cpu, g1.data(), C1.data(), M, N);
     CHECK(std::equal(C0.begin(), C0.end(), C1.begin()));
     CHECK(std::equal(g0.begin(), g0.end(), g1.begin()));
-}
-
-// Runs kernel(pointers) on copies of `buffers`, each placed `offset` elements past a 64-byte boundary,
-// and returns the buffers' contents afterwards.
-template <class T, class F>
-std::vector<std::vector<T>> run_placed(const std::vector<std::vector<T>>& buffers, int offset, const F& kernel) {
-    std::vector<distill::testing::Placed<T>> placed;
-    placed.reserve(buffers.size());
-    std::vector<T*> p;
-    for (const auto& b : buffers) p.push_back(placed.emplace_back(b, offset).data);
-    kernel(p);
-    std::vector<std::vector<T>> after;
-    for (const auto& x : placed) after.push_back(x.values());
-    return after;
 }
 
 TEST_CASE_TEMPLATE("Cpu row kernels: the bits do not depend on where the buffers lie", T, float, double) {

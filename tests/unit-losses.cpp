@@ -41,10 +41,10 @@
 using namespace distill;
 using distill::testing::check_close;
 using distill::testing::check_gradient;
-using distill::testing::Placed;
 using distill::testing::random_vector;
 using distill::testing::read_ids;
 using distill::testing::read_tensor;
+using distill::testing::run_placed;
 
 #ifndef DISTILL_TEST_DATA_DIR
 #define DISTILL_TEST_DATA_DIR "tests/reference/fixtures"
@@ -1271,10 +1271,9 @@ TEST_CASE("loss kernels: Cpu agrees with Reference across chunk boundaries, and 
         INFO("accumulate " << acc);
         // every buffer, inputs and outputs, `offset` floats past a 64-byte boundary
         auto run = [&](auto dev, auto kernel, int offset) {
-            Placed<float> d(random_vector<float>(N * V, 23, 1.0), offset), losses(std::vector<float>(N), offset);
-            Placed<float> ps(s, offset), pt(t, offset);
-            kernel(dev, d.data, losses.data, ps.data, pt.data);
-            return std::pair{d.values(), losses.values()};
+            const auto b = run_placed<float>({random_vector<float>(N * V, 23, 1.0), std::vector<float>(N), s, t},
+                                             offset, [&](auto& p) { kernel(dev, p[0], p[1], p[2], p[3]); });
+            return std::pair{b[0], b[1]};
         };
         auto both = [&](const char* what, auto kernel) {
             INFO(std::string(what));
@@ -1325,10 +1324,9 @@ TEST_CASE("attention and relation kernels: Cpu agrees with Reference, and its bi
     // every buffer `offset` floats past a 64-byte boundary; returns the gradient and the losses
     auto run = [&](auto dev, auto kernel, const std::vector<float>& s, const std::vector<float>& t, std::int64_t n_d,
                    std::int64_t n_l, int offset) {
-        Placed<float> d(random_vector<float>(n_d, 45), offset), l(std::vector<float>(n_l), offset);
-        Placed<float> ps(s, offset), pt(t, offset);
-        kernel(dev, d.data, l.data, ps.data, pt.data);
-        return std::pair{d.values(), l.values()};
+        const auto b = run_placed<float>({random_vector<float>(n_d, 45), std::vector<float>(n_l), s, t}, offset,
+                                         [&](auto& p) { kernel(dev, p[0], p[1], p[2], p[3]); });
+        return std::pair{b[0], b[1]};
     };
     auto both = [&](const char* what, auto kernel, const std::vector<float>& s, const std::vector<float>& t,
                     std::int64_t n_d, std::int64_t n_l) {

@@ -11015,11 +11015,12 @@ void flash_softmax_tile(cpu_isa isa, T* S, int ld, int rows, int cols, int i0, i
                 const ConstArray<T> p(s, n);
                 const T mx = k0 == 0 ? p.maxCoeff() : std::max(m[r], p.maxCoeff());
                 assign_unpeeled(s, n, ((p - mx) * scale).exp());
+                const T tile_sum = sum_unpeeled(s, n);
                 if (k0 == 0) {
-                    l[r] = sum_unpeeled(s, n);
+                    l[r] = tile_sum;
                 } else {
                     const T alpha = std::exp((m[r] - mx) * scale);  // rescales what earlier tiles summed
-                    l[r] = l[r] * alpha + sum_unpeeled(s, n);
+                    l[r] = l[r] * alpha + tile_sum;
                     if (alpha != T(1)) Array<T>(O + std::int64_t(r) * hs, hs) *= alpha;
                 }
                 m[r] = mx;

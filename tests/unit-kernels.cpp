@@ -42,7 +42,7 @@ TEST_CASE("gemm: every transpose combination and beta, Cpu against Reference") {
             }
 }
 
-TEST_CASE("gemm_bias: the bias in the product's epilogue equals gemm then add_bias") {
+TEST_CASE("gemm_bias: the bias (and the GELU) in the product's epilogue equal gemm then add_bias (gelu_forward)") {
     const int M = 37, N = 29, K = 53;
     device::Reference ref;
     for (const auto p : {device::precision::fp32, device::precision::bf16}) {
@@ -54,33 +54,59 @@ TEST_CASE("gemm_bias: the bias in the product's epilogue equals gemm then add_bi
         for (bool ta : {false, true})
             for (bool tb : {false, true})
                 for (float beta : {0.0f, 1.0f, 0.5f})
-                    for (bool in_parallel : {false, true}) {  // oneDNN's epilogue, or Eigen then add_bias
-                        const int lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 1, ldc = N + 2;
-                        const auto A = random_vector<float>(std::size_t(ta ? K : M) * lda, 1);
-                        const auto B = random_vector<float>(std::size_t(tb ? N : K) * ldb, 2);
-                        const auto bias = random_vector<float>(std::size_t(N), 6);
-                        auto C0 = random_vector<float>(std::size_t(M) * ldc, 3);
-                        auto C1 = C0;
-                        if (beta == 0.0f) C1[0] = std::nanf("");  // beta 0 never reads C
-                        // the two-pass result on the same device (bf16: the same rounded operands)
-                        gemm(cpu, ta, tb, M, N, K, 1.0f, A.data(), lda, B.data(), ldb, beta, C0.data(), ldc);
-                        for (int m = 0; m < M; ++m) add_bias(ref, C0.data() + std::int64_t(m) * ldc, bias.data(), 1, N);
-                        auto fused = [&] {
-                            gemm_bias(cpu, ta, tb, M, N, K, A.data(), lda, B.data(), ldb, beta, C1.data(), ldc,
-                                      bias.data());
-                        };
-                        if (in_parallel)
-                            distill::detail::parallel_for(2, 2, [&](std::int64_t i) {
-                                if (i == 0) fused();
-                            });
-                        else
-                            fused();
-                        INFO("bf16=" << (p == device::precision::bf16) << " trans_a=" << ta << " trans_b=" << tb
-                                     << " beta=" << beta << " in a parallel region=" << in_parallel);
-                        // bf16 inside a parallel region multiplies in fp32 (Eigen): a bf16 product's tolerance
-                        const double tol = p == device::precision::bf16 && in_parallel ? 5e-2 : 1e-5;
-                        check_close("gemm_bias", C1.data(), C0.data(), std::int64_t(C0.size()), tol, tol);
-                    }
+                    for (bool gelu : {false, true})
+                        for (bool in_parallel : {false, true}) {  // oneDNN's epilogue, or Eigen then add_bias
+                            const int lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 1, ldc = N + 2;
+                            const auto A = random_vector<float>(std::size_t(ta ? K : M) * lda, 1);
+                            const auto B = random_vector<float>(std::size_t(tb ? N : K) * ldb, 2);
+                            const auto bias = random_vector<float>(std::size_t(N), 6);
+                            auto C0 = random_vector<float>(std::size_t(M) * ldc, 3);
+                            auto C1 = C0;
+                            if (beta == 0.0f) C1[0] = std::nanf("");  // beta 0 never reads C
+                            // the two-pass result on the same device (bf16: the same rounded operands)
+                            gemm(cpu, ta, tb, M, N, K, 1.0f, A.data(), lda, B.data(), ldb, beta, C0.data(), ldc);
+                            for (int m = 0; m < M; ++m) {
+                                float* row = C0.data() + std::int64_t(m) * ldc;
+                                add_bias(ref, row, bias.data(), 1, N);
+                                if (gelu) gelu_forward(ref, row, row, N);
+                            }
+                            auto fused = [&] {
+                                gemm_bias(cpu, ta, tb, M, N, K, A.data(), lda, B.data(), ldb, beta, C1.data(), ldc,
+                                          bias.data(), gelu);
+                            };
+                            if (in_parallel)
+                                distill::detail::parallel_for(2, 2, [&](std::int64_t i) {
+                                    if (i == 0) fused();
+                                });
+                            else
+                                fused();
+                            INFO("bf16=" << (p == device::precision::bf16) << " trans_a=" << ta << " trans_b=" << tb
+                                         << " beta=" << beta << " gelu=" << gelu
+                                         << " in a parallel region=" << in_parallel);
+                            // bf16 inside a parallel region multiplies in fp32 (Eigen): a bf16 product's tolerance
+                            const double tol = p == device::precision::bf16 && in_parallel ? 5e-2 : 1e-5;
+                            check_close("gemm_bias", C1.data(), C0.data(), std::int64_t(C0.size()), tol, tol);
+                        }
+    }
+}
+
+TEST_CASE("gemm_bias: oneDNN's GELU epilogue is the tanh GELU to 1e-6 over x in [-12, 12]") {
+    // C(M,1) = gelu(x(M,1) · 1): the epilogue alone, against the formula in double
+    const int M = 2401;
+    std::vector<float> x(M), C(M);
+    for (int i = 0; i < M; ++i) x[std::size_t(i)] = -12.0f + 0.01f * float(i);
+    const float one = 1.0f;
+    for (const int threads : {1, 2}) {
+        const device::Cpu cpu(threads);
+        gemm_bias(cpu, false, true, M, 1, 1, x.data(), 1, &one, 1, 0.0f, C.data(), 1,
+                  static_cast<const float*>(nullptr), true);
+        std::vector<double> want(x.begin(), x.end());
+        gelu_forward(device::Reference{}, want.data(), want.data(), M);
+        for (int i = 0; i < M; ++i) {
+            INFO("threads=" << threads << " x=" << x[std::size_t(i)]);
+            CHECK(std::abs(double(C[std::size_t(i)]) - want[std::size_t(i)]) <=
+                  1e-6 + 1e-6 * std::abs(want[std::size_t(i)]));
+        }
     }
 }
 

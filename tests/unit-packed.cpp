@@ -50,26 +50,32 @@ TEST_CASE("gemm_packed: a packed weight gives the bits of the plain weight's pro
             for (const int M : {1, 4, 37})
                 for (const float beta : {0.0f, 1.0f})
                     for (const bool with_bias : {false, true})
-                        for (const int pad : {0, 2}) {  // contiguous A and C (as the model's), or strided
-                            const int lda = K + pad, ldc = N + pad;
-                            const auto A = random_vector<float>(std::size_t(M) * lda, 9);
-                            auto C0 = random_vector<float>(std::size_t(M) * ldc, 10), C1 = C0, C2 = C0;
-                            const float* b = with_bias ? bias.data() : nullptr;
-                            if (with_bias)
-                                gemm_bias(cpu, false, true, M, N, K, A.data(), lda, W.data(), K, beta, C0.data(), ldc,
-                                          b);
-                            else
-                                gemm(cpu, false, true, M, N, K, 1.0f, A.data(), lda, W.data(), K, beta, C0.data(), ldc);
-                            gemm_packed(cpu, M, N, K, A.data(), lda, W.data(), packed, beta, C1.data(), ldc, b);
-                            INFO("threads=" << threads << " M=" << M << " N=" << N << " K=" << K << " beta=" << beta
-                                            << " bias=" << with_bias << " pad=" << pad);
-                            CHECK(C1 == C0);  // bit for bit, the padding columns of C untouched
-                            // and the product itself, against the plain loops
-                            gemm(ref, false, true, M, N, K, 1.0f, A.data(), lda, W.data(), K, beta, C2.data(), ldc);
-                            if (with_bias)
-                                for (int m = 0; m < M; ++m) add_bias(ref, C2.data() + std::int64_t(m) * ldc, b, 1, N);
-                            check_close("gemm_packed", C1.data(), C2.data(), std::int64_t(C2.size()), 1e-5, 1e-5);
-                        }
+                        for (const bool gelu : {false, true})
+                            for (const int pad : {0, 2}) {  // contiguous A and C (as the model's), or strided
+                                const int lda = K + pad, ldc = N + pad;
+                                const auto A = random_vector<float>(std::size_t(M) * lda, 9);
+                                auto C0 = random_vector<float>(std::size_t(M) * ldc, 10), C1 = C0, C2 = C0;
+                                const float* b = with_bias ? bias.data() : nullptr;
+                                if (with_bias || gelu)
+                                    gemm_bias(cpu, false, true, M, N, K, A.data(), lda, W.data(), K, beta, C0.data(),
+                                              ldc, b, gelu);
+                                else
+                                    gemm(cpu, false, true, M, N, K, 1.0f, A.data(), lda, W.data(), K, beta, C0.data(),
+                                         ldc);
+                                gemm_packed(cpu, M, N, K, A.data(), lda, W.data(), packed, beta, C1.data(), ldc, b,
+                                            gelu);
+                                INFO("threads=" << threads << " M=" << M << " N=" << N << " K=" << K << " beta=" << beta
+                                                << " bias=" << with_bias << " gelu=" << gelu << " pad=" << pad);
+                                CHECK(C1 == C0);  // bit for bit, the padding columns of C untouched
+                                // and the product itself, against the plain loops
+                                gemm(ref, false, true, M, N, K, 1.0f, A.data(), lda, W.data(), K, beta, C2.data(), ldc);
+                                for (int m = 0; m < M; ++m) {
+                                    float* row = C2.data() + std::int64_t(m) * ldc;
+                                    if (with_bias) add_bias(ref, row, b, 1, N);
+                                    if (gelu) gelu_forward(ref, row, row, N);
+                                }
+                                check_close("gemm_packed", C1.data(), C2.data(), std::int64_t(C2.size()), 1e-5, 1e-5);
+                            }
         }
         // a stored bf16 weight: packed, the bits of gemm_bf16_weight
         if (device::Cpu::bf16_supported()) {
@@ -80,15 +86,16 @@ TEST_CASE("gemm_packed: a packed weight gives the bits of the plain weight's pro
             const device::packed_weight packed = pack_weight(cpu, W16.data(), N, K);
             CHECK(packed.bf16());
             const auto bias = random_vector<float>(std::size_t(N), 14);
-            for (const int M : {1, 16, 37}) {
-                const auto A = random_vector<float>(std::size_t(M) * K, 15);
-                auto C0 = random_vector<float>(std::size_t(M) * N, 16), C1 = C0;
-                gemm_bf16_weight(cpu, false, true, M, N, K, 1.0f, A.data(), K, W16.data(), K, 1.0f, C0.data(), N,
-                                 bias.data());
-                gemm_packed(cpu, M, N, K, A.data(), K, W16.data(), packed, 1.0f, C1.data(), N, bias.data());
-                INFO("bf16, threads=" << threads << " M=" << M);
-                CHECK(C1 == C0);
-            }
+            for (const int M : {1, 16, 37})
+                for (const bool gelu : {false, true}) {
+                    const auto A = random_vector<float>(std::size_t(M) * K, 15);
+                    auto C0 = random_vector<float>(std::size_t(M) * N, 16), C1 = C0;
+                    gemm_bf16_weight(cpu, false, true, M, N, K, 1.0f, A.data(), K, W16.data(), K, 1.0f, C0.data(), N,
+                                     bias.data(), gelu);
+                    gemm_packed(cpu, M, N, K, A.data(), K, W16.data(), packed, 1.0f, C1.data(), N, bias.data(), gelu);
+                    INFO("bf16, threads=" << threads << " M=" << M << " gelu=" << gelu);
+                    CHECK(C1 == C0);
+                }
         }
         // a copy packed for other threads, or another shape, is not read: the plain weight is
         const auto W = random_vector<float>(std::size_t(64) * 32, 11);

@@ -9712,7 +9712,7 @@ inline void convert(std::uint16_t* dst, const float* src, std::int64_t rows, std
 struct Key {
     std::int64_t M, N, K, lda, ldb, ldc;
     float alpha, beta;
-    int flags;  // bit 0 trans_a, bit 1 trans_b, bit 2 bf16, bit 3 bias, bit 4 packed B
+    int flags;  // bit 0 trans_a, bit 1 trans_b, bit 2 bf16, bit 3 bias, bit 4 packed B, bit 5 GELU
     int threads;
     std::int64_t batch = 1, stride_a = 0, stride_b = 0, stride_c = 0;
     bool operator==(const Key& o) const noexcept {
@@ -9877,10 +9877,13 @@ inline void pack(void* dst, const dnnl::memory::desc& packed, const void* W, int
 /// With `B_packed` (B transposed, no batch; bf16: with B16) B_packed holds B laid out as
 /// `packed_weight_desc(N, K, threads, bf16)`, and the product reads it there wherever the kernel is the
 /// one the plain B would run (so the bits are too); B (B16) stays the plain B.
+/// With `gelu` (no batch) C = gelu(alpha op(A) op(B) (+ bias) + beta C), the tanh GELU of
+/// `gelu_forward` (oneDNN's evaluation of it, equal to rounding) in the epilogue: no second pass over C.
 inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A,
                  int lda, const float* B, int ldb, float beta, float* C, int ldc, std::int64_t batch = 1,
                  std::int64_t stride_a = 0, std::int64_t stride_b = 0, std::int64_t stride_c = 0,
-                 const std::uint16_t* B16 = nullptr, const float* bias = nullptr, const void* B_packed = nullptr) {
+                 const std::uint16_t* B16 = nullptr, const float* bias = nullptr, const void* B_packed = nullptr,
+                 bool gelu = false) {
     using dt = dnnl::memory::data_type;
     using dims = dnnl::memory::dims;
     DnnlState& st = state();
@@ -9891,6 +9894,7 @@ inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int 
     if (B16 && (!bf16 || ldb != (trans_b ? K : N)))
         throw std::logic_error("oneDNN gemm: a bf16 B operand must be packed and the product bf16");
     if (bias && (alpha != 1.0f || batch > 1)) throw std::logic_error("oneDNN gemm: a bias needs alpha 1 and no batch");
+    if (gelu && batch > 1) throw std::logic_error("oneDNN gemm: a GELU epilogue takes no batch");
     if (B_packed && (batch > 1 || !trans_b || bf16 != (B16 != nullptr)))
         throw std::logic_error(
             "oneDNN gemm: a packed B is a weight (bf16: a stored one), transposed, and takes no batch");
@@ -9899,8 +9903,8 @@ inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int 
     const std::int64_t b_rows = trans_b ? N : K, b_cols = trans_b ? K : N;
     const std::int64_t la = bf16 ? a_cols : lda, lb = bf16 ? b_cols : ldb;
     if (batch <= 1) stride_a = stride_b = stride_c = 0;
-    const int flags =
-        int(trans_a) | int(trans_b) << 1 | int(bf16) << 2 | int(bias != nullptr) << 3 | int(B_packed != nullptr) << 4;
+    const int flags = int(trans_a) | int(trans_b) << 1 | int(bf16) << 2 | int(bias != nullptr) << 3 |
+                      int(B_packed != nullptr) << 4 | int(gelu) << 5;
     const Key key{M, N, K, la, lb, ldc, alpha, beta, flags, threads, batch, stride_a, stride_b, stride_c};
     auto it = st.cache.find(key);
     if (it == st.cache.end()) {
@@ -9915,9 +9919,10 @@ inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int 
         const dnnl::memory::desc c_md = md(M, N, dims{ldc, 1}, stride_c, dt::f32);
         dnnl::primitive_attr attr;
         if (alpha != 1.0f) attr.set_output_scales(0, {alpha});
-        if (beta != 0.0f) {
+        if (beta != 0.0f || gelu) {
             dnnl::post_ops po;
-            po.append_sum(beta);
+            if (beta != 0.0f) po.append_sum(beta);
+            if (gelu) po.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_tanh, 0.0f, 0.0f);
             attr.set_post_ops(po);
         }
         const dnnl::memory::desc bias_md(dims{1, N}, dt::f32, dims{N, 1});
@@ -10281,18 +10286,28 @@ void gemm(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, T alp
     detail::eigen_gemm(dev, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
+namespace detail {
+// C(M,N) (ldc) = gelu(C): a GELU epilogue where oneDNN does not take the product.
+template <class T>
+void gelu_in_place(const Cpu& dev, T* C, int M, int N, int ldc) {
+    if (ldc == N) return gelu_forward(dev, C, C, std::int64_t(M) * N);
+    for (int m = 0; m < M; ++m) gelu_forward(dev, C + std::int64_t(m) * ldc, C + std::int64_t(m) * ldc, N);
+}
+}  // namespace detail
+
 /// C(M,N) = alpha op(A) op(W) + beta C with W a stored bf16 matrix (packed rows, ldw its width): A
 /// rounded to bf16, W read as it is, fp32 accumulation — bit for bit the bf16 `gemm` of the fp32
 /// matrix W was rounded from, without rounding W again. Needs oneDNN (Cpu refuses bf16 without it);
 /// inside a parallel region (where oneDNN does not take products) W is widened and Eigen multiplies.
-/// With `bias` (alpha 1) bias(N) is added to every row of the product, in oneDNN's epilogue.
+/// With `bias` (alpha 1) bias(N) is added to every row of the product, in oneDNN's epilogue; with
+/// `gelu` the GELU follows, as in `gemm_bias`.
 inline void gemm_bf16_weight(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, float alpha,
                              const float* A, int lda, const std::uint16_t* W, int ldw, float beta, float* C, int ldc,
-                             const float* bias = nullptr) {
+                             const float* bias = nullptr, bool gelu = false) {
 #if defined(DISTILL_WITH_DNNL)
     if (detail::dnnl_takes(M, N, K))
         return detail::gemm(true, dev.threads(), trans_a, trans_b, M, N, K, alpha, A, lda, nullptr, ldw, beta, C, ldc,
-                            1, 0, 0, 0, W, bias);
+                            1, 0, 0, 0, W, bias, nullptr, gelu);
 #endif
     const std::int64_t rows = trans_b ? N : K;
     thread_local std::vector<float> wide;
@@ -10305,6 +10320,7 @@ inline void gemm_bf16_weight(const Cpu& dev, bool trans_a, bool trans_b, int M, 
     if (bias)
         for (int m = 0; m < M; ++m)
             for (int n = 0; n < N; ++n) C[std::int64_t(m) * ldc + n] += bias[n];
+    if (gelu) detail::gelu_in_place(dev, C, M, N, ldc);
 }
 
 /// dst(n) = src(n) rounded to bf16 (round to nearest even: the rounding of the bf16 GEMMs' operands).
@@ -10369,19 +10385,27 @@ void add_bias(const Cpu& dev, T* out, const T* bias, int N, int OC) {
 }
 
 /// C(M,N) = op(A) op(B) + bias(N) + beta C (row-major): `gemm` and `add_bias` in one, the bias added in
-/// oneDNN's epilogue (one pass over C where the two make two) wherever oneDNN takes the product.
+/// oneDNN's epilogue (one pass over C where the two make two) wherever oneDNN takes the product. With
+/// `gelu`, C = gelu_forward(that), the GELU in the same epilogue (an MLP's first linear where nothing
+/// keeps its input to the GELU: inference); oneDNN evaluates the tanh GELU itself, equal to
+/// `gelu_forward` to rounding, and `gelu_forward` runs after the product where oneDNN does not take it.
 template <class T>
 void gemm_bias(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, const T* A, int lda, const T* B,
-               int ldb, T beta, T* C, int ldc, const T* bias) {
+               int ldb, T beta, T* C, int ldc, const T* bias, bool gelu = false) {
 #if defined(DISTILL_WITH_DNNL)
     if constexpr (std::is_same_v<T, float>)
         if (detail::dnnl_takes(M, N, K))
             return detail::gemm(dev.compute == precision::bf16, dev.threads(), trans_a, trans_b, M, N, K, 1.0f, A, lda,
-                                B, ldb, beta, C, ldc, 1, 0, 0, 0, nullptr, bias);
+                                B, ldb, beta, C, ldc, 1, 0, 0, 0, nullptr, bias, nullptr, gelu);
 #endif
     detail::eigen_gemm(dev, trans_a, trans_b, M, N, K, T(1), A, lda, B, ldb, beta, C, ldc);
-    if (ldc == N) return add_bias(dev, C, bias, M, N);
-    for (int m = 0; m < M; ++m) add_bias(dev, C + std::int64_t(m) * ldc, bias, 1, N);
+    if (bias) {
+        if (ldc == N)
+            add_bias(dev, C, bias, M, N);
+        else
+            for (int m = 0; m < M; ++m) add_bias(dev, C + std::int64_t(m) * ldc, bias, 1, N);
+    }
+    if (gelu) detail::gelu_in_place(dev, C, M, N, ldc);
 }
 
 #if defined(DISTILL_WITH_DNNL)
@@ -10485,24 +10509,23 @@ inline bool reads_packed([[maybe_unused]] const Cpu& dev, [[maybe_unused]] int M
 /// bf16 W: of `gemm_bf16_weight`).
 inline void gemm_packed(const Cpu& dev, int M, int N, int K, const float* A, int lda, const float* W,
                         [[maybe_unused]] const packed_weight& packed, float beta, float* C, int ldc,
-                        const float* bias = nullptr) {
+                        const float* bias = nullptr, bool gelu = false) {
 #if defined(DISTILL_WITH_DNNL)
     if (dev.compute != precision::bf16 && detail::reads_packed(dev, M, N, K, packed, false))
         return detail::gemm(false, dev.threads(), false, true, M, N, K, 1.0f, A, lda, W, K, beta, C, ldc, 1, 0, 0, 0,
-                            nullptr, bias, packed.data());
+                            nullptr, bias, packed.data(), gelu);
 #endif
-    if (bias) return gemm_bias(dev, false, true, M, N, K, A, lda, W, K, beta, C, ldc, bias);
-    gemm(dev, false, true, M, N, K, 1.0f, A, lda, W, K, beta, C, ldc);
+    gemm_bias(dev, false, true, M, N, K, A, lda, W, K, beta, C, ldc, bias, gelu);
 }
 inline void gemm_packed(const Cpu& dev, int M, int N, int K, const float* A, int lda, const std::uint16_t* W,
                         [[maybe_unused]] const packed_weight& packed, float beta, float* C, int ldc,
-                        const float* bias = nullptr) {
+                        const float* bias = nullptr, bool gelu = false) {
 #if defined(DISTILL_WITH_DNNL)
     if (detail::reads_packed(dev, M, N, K, packed, true))
         return detail::gemm(true, dev.threads(), false, true, M, N, K, 1.0f, A, lda, nullptr, K, beta, C, ldc, 1, 0, 0,
-                            0, W, bias, packed.data());
+                            0, W, bias, packed.data(), gelu);
 #endif
-    gemm_bf16_weight(dev, false, true, M, N, K, 1.0f, A, lda, W, K, beta, C, ldc, bias);
+    gemm_bf16_weight(dev, false, true, M, N, K, 1.0f, A, lda, W, K, beta, C, ldc, bias, gelu);
 }
 
 /// dbias(OC) += column sums of dout(N,OC); each thread owns a block of columns.
@@ -17222,8 +17245,16 @@ private:
 
     // out(N,OC) = [out +] in(N,C) · W(OC,C)ᵀ + b: nn::linear_forward, the quantized product when
     // `quantize` stored W as ggml blocks, W's packed copy while packed matrices are in use, or W's
-    // stored bf16 copy.
-    void linear(T* out, const T* in, std::size_t w, std::size_t b, int N, int C, int OC, bool add_to_out = false) {
+    // stored bf16 copy. With `gelu` out = gelu_forward(that): in the product's epilogue where the
+    // device has one (`gemm_bias`'s trailing `gelu`: device::Cpu), else a pass after it.
+    void linear(T* out, const T* in, std::size_t w, std::size_t b, int N, int C, int OC, bool add_to_out = false,
+                bool gelu = false) {
+        if (!product(out, in, w, b, N, C, OC, add_to_out, gelu) && gelu)
+            gelu_forward(dev_, out, out, std::int64_t(N) * OC);
+    }
+    // linear()'s product; whether it applied the GELU too.
+    bool product(T* out, const T* in, std::size_t w, std::size_t b, int N, int C, int OC, bool add_to_out, bool gelu) {
+        const T beta = add_to_out ? T(1) : T(0), *bias = b != none ? val(b) : nullptr;
         if constexpr (std::is_same_v<T, float> && device::quant_device<Device>) {
             if (const auto it = quantized_.find(w); it != quantized_.end()) {
                 const std::size_t n = std::size_t(N) * std::size_t(OC);
@@ -17231,44 +17262,52 @@ private:
                 T* y = add_to_out ? quant_scratch_.data() : out;
                 quant_matmul(dev_, in, it->second.rows.data(), it->second.type, y, N, C, OC);
                 if (add_to_out) accumulate(dev_, out, y, std::int64_t(n));
-                if (b != none) add_bias(dev_, out, val(b), N, OC);
-                return;
+                if (bias) add_bias(dev_, out, bias, N, OC);
+                return false;
             }
         }
         // decoding, or forwards after pack_matrices(): the packed copy (made here on first use)
         if constexpr (PackedMatrices<T, Device>::packs) {
             if (PackedMatrices<T, Device>* packs = packed_matrices(); packs && w < packs->slots_.size()) {
                 auto& packed = packs->slots_[w];
-                const T beta = add_to_out ? T(1) : T(0);
                 if (const std::uint16_t* w16 = this->bf16_value(w)) {
-                    if constexpr (requires {
-                                      gemm_packed(dev_, N, OC, C, in, C, w16, *packed, beta, out, OC, val(b));
-                                  }) {
+                    if constexpr (requires { gemm_packed(dev_, N, OC, C, in, C, w16, *packed, beta, out, OC, bias); }) {
                         if (!packed) packed = pack_weight(dev_, w16, OC, C);
-                        return gemm_packed(dev_, N, OC, C, in, C, w16, *packed, beta, out, OC, val(b));
+                        gemm_packed(dev_, N, OC, C, in, C, w16, *packed, beta, out, OC, bias, gelu);
+                        return true;
                     }
                 } else {
                     if (!packed) packed = pack_weight(dev_, val(w), OC, C);
-                    return gemm_packed(dev_, N, OC, C, in, C, val(w), *packed, beta, out, OC, val(b));
+                    gemm_packed(dev_, N, OC, C, in, C, val(w), *packed, beta, out, OC, bias, gelu);
+                    return true;
                 }
             }
         }
         if constexpr (bf16_weight_device<Device> && std::is_same_v<T, float>) {
             if (const std::uint16_t* w16 = this->bf16_value(w)) {
-                const T beta = add_to_out ? T(1) : T(0), *bias = b != none ? val(b) : nullptr;
                 if constexpr (requires {
                                   gemm_bf16_weight(dev_, false, true, N, OC, C, T(1), in, C, w16, C, beta, out, OC,
-                                                   bias);
+                                                   bias, gelu);
                               }) {
-                    gemm_bf16_weight(dev_, false, true, N, OC, C, T(1), in, C, w16, C, beta, out, OC, bias);
+                    gemm_bf16_weight(dev_, false, true, N, OC, C, T(1), in, C, w16, C, beta, out, OC, bias, gelu);
+                    return true;
                 } else {
                     gemm_bf16_weight(dev_, false, true, N, OC, C, T(1), in, C, w16, C, beta, out, OC);
                     if (bias) add_bias(dev_, out, bias, N, OC);
+                    return false;
                 }
-                return;
             }
         }
-        nn::linear_forward(dev_, out, in, val(w), val(b), N, C, OC, add_to_out);
+        if constexpr (requires {
+                          gemm_bias(dev_, false, true, N, OC, C, in, C, val(w), C, beta, out, OC, bias, gelu);
+                      }) {
+            if (bias || gelu) {
+                gemm_bias(dev_, false, true, N, OC, C, in, C, val(w), C, beta, out, OC, bias, gelu);
+                return true;
+            }
+        }
+        nn::linear_forward(dev_, out, in, val(w), bias, N, C, OC, add_to_out);
+        return false;
     }
 
     // nn::linear_backward of out = in · Wᵀ + b, din from W's bf16 copy where it has one.
@@ -17326,12 +17365,17 @@ private:
         linear(act(a.res_attn), act(a.atty), w.proj_w, w.proj_b, N, C, C, true);
         lora_linear_forward(l, 1, act(a.res_attn), act(a.atty), N);
         norm_forward(act(a.ln2), act(a.ln2_mean), act(a.ln2_rstd), act(a.res_attn), w.ln2_w, w.ln2_b, N);
-        linear(act(a.fc), act(a.ln2), w.fc_w, w.fc_b, N, C, cfg_.fc_width());
-        lora_linear_forward(l, 2, act(a.fc), act(a.ln2), N);
-        if (cfg_.swiglu())
-            swiglu_forward(dev_, act(a.fc_act), act(a.fc), N, F);
-        else
-            gelu_forward(dev_, act(a.fc_act), act(a.fc), std::int64_t(N) * F);
+        if (mode_ == activations::inference && !cfg_.swiglu() && !has_lora(l, 2)) {
+            // nothing reads the GELU's input: the GELU in the product's epilogue
+            linear(act(a.fc_act), act(a.ln2), w.fc_w, w.fc_b, N, C, F, false, true);
+        } else {
+            linear(act(a.fc), act(a.ln2), w.fc_w, w.fc_b, N, C, cfg_.fc_width());
+            lora_linear_forward(l, 2, act(a.fc), act(a.ln2), N);
+            if (cfg_.swiglu())
+                swiglu_forward(dev_, act(a.fc_act), act(a.fc), N, F);
+            else
+                gelu_forward(dev_, act(a.fc_act), act(a.fc), std::int64_t(N) * F);
+        }
         dev_.copy(act(a.res_out), act(a.res_attn), sizeof(T) * N * C);
         linear(act(a.res_out), act(a.fc_act), w.mlp_proj_w, w.mlp_proj_b, N, F, C, true);
         lora_linear_forward(l, 3, act(a.res_out), act(a.fc_act), N);
@@ -17346,6 +17390,13 @@ private:
         int in = 0, out = 0, offset = 0, width = 0;  // width: the base linear's output width
     };
 
+    // Whether layer l has an adapter on `linear`.
+    bool has_lora(int l, int linear) const {
+        if (lora_.empty()) return false;
+        for (const auto& ad : lora_[std::size_t(l)])
+            if (ad.linear == linear) return true;
+        return false;
+    }
     // out(N, width) += s · B(A(drop(in))) for each of layer l's adapters on `linear`.
     void lora_linear_forward(int l, int linear, T* out, const T* in, int N) {
         if (lora_.empty()) return;

@@ -541,8 +541,16 @@ private:
 
     // out(N,OC) = [out +] in(N,C) · W(OC,C)ᵀ + b: nn::linear_forward, the quantized product when
     // `quantize` stored W as ggml blocks, W's packed copy while packed matrices are in use, or W's
-    // stored bf16 copy.
-    void linear(T* out, const T* in, std::size_t w, std::size_t b, int N, int C, int OC, bool add_to_out = false) {
+    // stored bf16 copy. With `gelu` out = gelu_forward(that): in the product's epilogue where the
+    // device has one (`gemm_bias`'s trailing `gelu`: device::Cpu), else a pass after it.
+    void linear(T* out, const T* in, std::size_t w, std::size_t b, int N, int C, int OC, bool add_to_out = false,
+                bool gelu = false) {
+        if (!product(out, in, w, b, N, C, OC, add_to_out, gelu) && gelu)
+            gelu_forward(dev_, out, out, std::int64_t(N) * OC);
+    }
+    // linear()'s product; whether it applied the GELU too.
+    bool product(T* out, const T* in, std::size_t w, std::size_t b, int N, int C, int OC, bool add_to_out, bool gelu) {
+        const T beta = add_to_out ? T(1) : T(0), *bias = b != none ? val(b) : nullptr;
         if constexpr (std::is_same_v<T, float> && device::quant_device<Device>) {
             if (const auto it = quantized_.find(w); it != quantized_.end()) {
                 const std::size_t n = std::size_t(N) * std::size_t(OC);
@@ -550,44 +558,52 @@ private:
                 T* y = add_to_out ? quant_scratch_.data() : out;
                 quant_matmul(dev_, in, it->second.rows.data(), it->second.type, y, N, C, OC);
                 if (add_to_out) accumulate(dev_, out, y, std::int64_t(n));
-                if (b != none) add_bias(dev_, out, val(b), N, OC);
-                return;
+                if (bias) add_bias(dev_, out, bias, N, OC);
+                return false;
             }
         }
         // decoding, or forwards after pack_matrices(): the packed copy (made here on first use)
         if constexpr (PackedMatrices<T, Device>::packs) {
             if (PackedMatrices<T, Device>* packs = packed_matrices(); packs && w < packs->slots_.size()) {
                 auto& packed = packs->slots_[w];
-                const T beta = add_to_out ? T(1) : T(0);
                 if (const std::uint16_t* w16 = this->bf16_value(w)) {
-                    if constexpr (requires {
-                                      gemm_packed(dev_, N, OC, C, in, C, w16, *packed, beta, out, OC, val(b));
-                                  }) {
+                    if constexpr (requires { gemm_packed(dev_, N, OC, C, in, C, w16, *packed, beta, out, OC, bias); }) {
                         if (!packed) packed = pack_weight(dev_, w16, OC, C);
-                        return gemm_packed(dev_, N, OC, C, in, C, w16, *packed, beta, out, OC, val(b));
+                        gemm_packed(dev_, N, OC, C, in, C, w16, *packed, beta, out, OC, bias, gelu);
+                        return true;
                     }
                 } else {
                     if (!packed) packed = pack_weight(dev_, val(w), OC, C);
-                    return gemm_packed(dev_, N, OC, C, in, C, val(w), *packed, beta, out, OC, val(b));
+                    gemm_packed(dev_, N, OC, C, in, C, val(w), *packed, beta, out, OC, bias, gelu);
+                    return true;
                 }
             }
         }
         if constexpr (bf16_weight_device<Device> && std::is_same_v<T, float>) {
             if (const std::uint16_t* w16 = this->bf16_value(w)) {
-                const T beta = add_to_out ? T(1) : T(0), *bias = b != none ? val(b) : nullptr;
                 if constexpr (requires {
                                   gemm_bf16_weight(dev_, false, true, N, OC, C, T(1), in, C, w16, C, beta, out, OC,
-                                                   bias);
+                                                   bias, gelu);
                               }) {
-                    gemm_bf16_weight(dev_, false, true, N, OC, C, T(1), in, C, w16, C, beta, out, OC, bias);
+                    gemm_bf16_weight(dev_, false, true, N, OC, C, T(1), in, C, w16, C, beta, out, OC, bias, gelu);
+                    return true;
                 } else {
                     gemm_bf16_weight(dev_, false, true, N, OC, C, T(1), in, C, w16, C, beta, out, OC);
                     if (bias) add_bias(dev_, out, bias, N, OC);
+                    return false;
                 }
-                return;
             }
         }
-        nn::linear_forward(dev_, out, in, val(w), val(b), N, C, OC, add_to_out);
+        if constexpr (requires {
+                          gemm_bias(dev_, false, true, N, OC, C, in, C, val(w), C, beta, out, OC, bias, gelu);
+                      }) {
+            if (bias || gelu) {
+                gemm_bias(dev_, false, true, N, OC, C, in, C, val(w), C, beta, out, OC, bias, gelu);
+                return true;
+            }
+        }
+        nn::linear_forward(dev_, out, in, val(w), bias, N, C, OC, add_to_out);
+        return false;
     }
 
     // nn::linear_backward of out = in · Wᵀ + b, din from W's bf16 copy where it has one.
@@ -645,12 +661,17 @@ private:
         linear(act(a.res_attn), act(a.atty), w.proj_w, w.proj_b, N, C, C, true);
         lora_linear_forward(l, 1, act(a.res_attn), act(a.atty), N);
         norm_forward(act(a.ln2), act(a.ln2_mean), act(a.ln2_rstd), act(a.res_attn), w.ln2_w, w.ln2_b, N);
-        linear(act(a.fc), act(a.ln2), w.fc_w, w.fc_b, N, C, cfg_.fc_width());
-        lora_linear_forward(l, 2, act(a.fc), act(a.ln2), N);
-        if (cfg_.swiglu())
-            swiglu_forward(dev_, act(a.fc_act), act(a.fc), N, F);
-        else
-            gelu_forward(dev_, act(a.fc_act), act(a.fc), std::int64_t(N) * F);
+        if (mode_ == activations::inference && !cfg_.swiglu() && !has_lora(l, 2)) {
+            // nothing reads the GELU's input: the GELU in the product's epilogue
+            linear(act(a.fc_act), act(a.ln2), w.fc_w, w.fc_b, N, C, F, false, true);
+        } else {
+            linear(act(a.fc), act(a.ln2), w.fc_w, w.fc_b, N, C, cfg_.fc_width());
+            lora_linear_forward(l, 2, act(a.fc), act(a.ln2), N);
+            if (cfg_.swiglu())
+                swiglu_forward(dev_, act(a.fc_act), act(a.fc), N, F);
+            else
+                gelu_forward(dev_, act(a.fc_act), act(a.fc), std::int64_t(N) * F);
+        }
         dev_.copy(act(a.res_out), act(a.res_attn), sizeof(T) * N * C);
         linear(act(a.res_out), act(a.fc_act), w.mlp_proj_w, w.mlp_proj_b, N, F, C, true);
         lora_linear_forward(l, 3, act(a.res_out), act(a.fc_act), N);
@@ -665,6 +686,13 @@ private:
         int in = 0, out = 0, offset = 0, width = 0;  // width: the base linear's output width
     };
 
+    // Whether layer l has an adapter on `linear`.
+    bool has_lora(int l, int linear) const {
+        if (lora_.empty()) return false;
+        for (const auto& ad : lora_[std::size_t(l)])
+            if (ad.linear == linear) return true;
+        return false;
+    }
     // out(N, width) += s · B(A(drop(in))) for each of layer l's adapters on `linear`.
     void lora_linear_forward(int l, int linear, T* out, const T* in, int N) {
         if (lora_.empty()) return;

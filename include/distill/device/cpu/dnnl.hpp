@@ -83,7 +83,7 @@ inline void convert(std::uint16_t* dst, const float* src, std::int64_t rows, std
 struct Key {
     std::int64_t M, N, K, lda, ldb, ldc;
     float alpha, beta;
-    int flags;  // bit 0 trans_a, bit 1 trans_b, bit 2 bf16, bit 3 bias, bit 4 packed B
+    int flags;  // bit 0 trans_a, bit 1 trans_b, bit 2 bf16, bit 3 bias, bit 4 packed B, bit 5 GELU
     int threads;
     std::int64_t batch = 1, stride_a = 0, stride_b = 0, stride_c = 0;
     bool operator==(const Key& o) const noexcept {
@@ -248,10 +248,13 @@ inline void pack(void* dst, const dnnl::memory::desc& packed, const void* W, int
 /// With `B_packed` (B transposed, no batch; bf16: with B16) B_packed holds B laid out as
 /// `packed_weight_desc(N, K, threads, bf16)`, and the product reads it there wherever the kernel is the
 /// one the plain B would run (so the bits are too); B (B16) stays the plain B.
+/// With `gelu` (no batch) C = gelu(alpha op(A) op(B) (+ bias) + beta C), the tanh GELU of
+/// `gelu_forward` (oneDNN's evaluation of it, equal to rounding) in the epilogue: no second pass over C.
 inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A,
                  int lda, const float* B, int ldb, float beta, float* C, int ldc, std::int64_t batch = 1,
                  std::int64_t stride_a = 0, std::int64_t stride_b = 0, std::int64_t stride_c = 0,
-                 const std::uint16_t* B16 = nullptr, const float* bias = nullptr, const void* B_packed = nullptr) {
+                 const std::uint16_t* B16 = nullptr, const float* bias = nullptr, const void* B_packed = nullptr,
+                 bool gelu = false) {
     using dt = dnnl::memory::data_type;
     using dims = dnnl::memory::dims;
     DnnlState& st = state();
@@ -262,6 +265,7 @@ inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int 
     if (B16 && (!bf16 || ldb != (trans_b ? K : N)))
         throw std::logic_error("oneDNN gemm: a bf16 B operand must be packed and the product bf16");
     if (bias && (alpha != 1.0f || batch > 1)) throw std::logic_error("oneDNN gemm: a bias needs alpha 1 and no batch");
+    if (gelu && batch > 1) throw std::logic_error("oneDNN gemm: a GELU epilogue takes no batch");
     if (B_packed && (batch > 1 || !trans_b || bf16 != (B16 != nullptr)))
         throw std::logic_error(
             "oneDNN gemm: a packed B is a weight (bf16: a stored one), transposed, and takes no batch");
@@ -270,8 +274,8 @@ inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int 
     const std::int64_t b_rows = trans_b ? N : K, b_cols = trans_b ? K : N;
     const std::int64_t la = bf16 ? a_cols : lda, lb = bf16 ? b_cols : ldb;
     if (batch <= 1) stride_a = stride_b = stride_c = 0;
-    const int flags =
-        int(trans_a) | int(trans_b) << 1 | int(bf16) << 2 | int(bias != nullptr) << 3 | int(B_packed != nullptr) << 4;
+    const int flags = int(trans_a) | int(trans_b) << 1 | int(bf16) << 2 | int(bias != nullptr) << 3 |
+                      int(B_packed != nullptr) << 4 | int(gelu) << 5;
     const Key key{M, N, K, la, lb, ldc, alpha, beta, flags, threads, batch, stride_a, stride_b, stride_c};
     auto it = st.cache.find(key);
     if (it == st.cache.end()) {
@@ -286,9 +290,10 @@ inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int 
         const dnnl::memory::desc c_md = md(M, N, dims{ldc, 1}, stride_c, dt::f32);
         dnnl::primitive_attr attr;
         if (alpha != 1.0f) attr.set_output_scales(0, {alpha});
-        if (beta != 0.0f) {
+        if (beta != 0.0f || gelu) {
             dnnl::post_ops po;
-            po.append_sum(beta);
+            if (beta != 0.0f) po.append_sum(beta);
+            if (gelu) po.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_tanh, 0.0f, 0.0f);
             attr.set_post_ops(po);
         }
         const dnnl::memory::desc bias_md(dims{1, N}, dt::f32, dims{N, 1});

@@ -343,18 +343,28 @@ void gemm(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, T alp
     detail::eigen_gemm(dev, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
+namespace detail {
+// C(M,N) (ldc) = gelu(C): a GELU epilogue where oneDNN does not take the product.
+template <class T>
+void gelu_in_place(const Cpu& dev, T* C, int M, int N, int ldc) {
+    if (ldc == N) return gelu_forward(dev, C, C, std::int64_t(M) * N);
+    for (int m = 0; m < M; ++m) gelu_forward(dev, C + std::int64_t(m) * ldc, C + std::int64_t(m) * ldc, N);
+}
+}  // namespace detail
+
 /// C(M,N) = alpha op(A) op(W) + beta C with W a stored bf16 matrix (packed rows, ldw its width): A
 /// rounded to bf16, W read as it is, fp32 accumulation — bit for bit the bf16 `gemm` of the fp32
 /// matrix W was rounded from, without rounding W again. Needs oneDNN (Cpu refuses bf16 without it);
 /// inside a parallel region (where oneDNN does not take products) W is widened and Eigen multiplies.
-/// With `bias` (alpha 1) bias(N) is added to every row of the product, in oneDNN's epilogue.
+/// With `bias` (alpha 1) bias(N) is added to every row of the product, in oneDNN's epilogue; with
+/// `gelu` the GELU follows, as in `gemm_bias`.
 inline void gemm_bf16_weight(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, float alpha,
                              const float* A, int lda, const std::uint16_t* W, int ldw, float beta, float* C, int ldc,
-                             const float* bias = nullptr) {
+                             const float* bias = nullptr, bool gelu = false) {
 #if defined(DISTILL_WITH_DNNL)
     if (detail::dnnl_takes(M, N, K))
         return detail::gemm(true, dev.threads(), trans_a, trans_b, M, N, K, alpha, A, lda, nullptr, ldw, beta, C, ldc,
-                            1, 0, 0, 0, W, bias);
+                            1, 0, 0, 0, W, bias, nullptr, gelu);
 #endif
     const std::int64_t rows = trans_b ? N : K;
     thread_local std::vector<float> wide;
@@ -367,6 +377,7 @@ inline void gemm_bf16_weight(const Cpu& dev, bool trans_a, bool trans_b, int M, 
     if (bias)
         for (int m = 0; m < M; ++m)
             for (int n = 0; n < N; ++n) C[std::int64_t(m) * ldc + n] += bias[n];
+    if (gelu) detail::gelu_in_place(dev, C, M, N, ldc);
 }
 
 /// dst(n) = src(n) rounded to bf16 (round to nearest even: the rounding of the bf16 GEMMs' operands).
@@ -431,19 +442,27 @@ void add_bias(const Cpu& dev, T* out, const T* bias, int N, int OC) {
 }
 
 /// C(M,N) = op(A) op(B) + bias(N) + beta C (row-major): `gemm` and `add_bias` in one, the bias added in
-/// oneDNN's epilogue (one pass over C where the two make two) wherever oneDNN takes the product.
+/// oneDNN's epilogue (one pass over C where the two make two) wherever oneDNN takes the product. With
+/// `gelu`, C = gelu_forward(that), the GELU in the same epilogue (an MLP's first linear where nothing
+/// keeps its input to the GELU: inference); oneDNN evaluates the tanh GELU itself, equal to
+/// `gelu_forward` to rounding, and `gelu_forward` runs after the product where oneDNN does not take it.
 template <class T>
 void gemm_bias(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, const T* A, int lda, const T* B,
-               int ldb, T beta, T* C, int ldc, const T* bias) {
+               int ldb, T beta, T* C, int ldc, const T* bias, bool gelu = false) {
 #if defined(DISTILL_WITH_DNNL)
     if constexpr (std::is_same_v<T, float>)
         if (detail::dnnl_takes(M, N, K))
             return detail::gemm(dev.compute == precision::bf16, dev.threads(), trans_a, trans_b, M, N, K, 1.0f, A, lda,
-                                B, ldb, beta, C, ldc, 1, 0, 0, 0, nullptr, bias);
+                                B, ldb, beta, C, ldc, 1, 0, 0, 0, nullptr, bias, nullptr, gelu);
 #endif
     detail::eigen_gemm(dev, trans_a, trans_b, M, N, K, T(1), A, lda, B, ldb, beta, C, ldc);
-    if (ldc == N) return add_bias(dev, C, bias, M, N);
-    for (int m = 0; m < M; ++m) add_bias(dev, C + std::int64_t(m) * ldc, bias, 1, N);
+    if (bias) {
+        if (ldc == N)
+            add_bias(dev, C, bias, M, N);
+        else
+            for (int m = 0; m < M; ++m) add_bias(dev, C + std::int64_t(m) * ldc, bias, 1, N);
+    }
+    if (gelu) detail::gelu_in_place(dev, C, M, N, ldc);
 }
 
 #if defined(DISTILL_WITH_DNNL)
@@ -547,24 +566,23 @@ inline bool reads_packed([[maybe_unused]] const Cpu& dev, [[maybe_unused]] int M
 /// bf16 W: of `gemm_bf16_weight`).
 inline void gemm_packed(const Cpu& dev, int M, int N, int K, const float* A, int lda, const float* W,
                         [[maybe_unused]] const packed_weight& packed, float beta, float* C, int ldc,
-                        const float* bias = nullptr) {
+                        const float* bias = nullptr, bool gelu = false) {
 #if defined(DISTILL_WITH_DNNL)
     if (dev.compute != precision::bf16 && detail::reads_packed(dev, M, N, K, packed, false))
         return detail::gemm(false, dev.threads(), false, true, M, N, K, 1.0f, A, lda, W, K, beta, C, ldc, 1, 0, 0, 0,
-                            nullptr, bias, packed.data());
+                            nullptr, bias, packed.data(), gelu);
 #endif
-    if (bias) return gemm_bias(dev, false, true, M, N, K, A, lda, W, K, beta, C, ldc, bias);
-    gemm(dev, false, true, M, N, K, 1.0f, A, lda, W, K, beta, C, ldc);
+    gemm_bias(dev, false, true, M, N, K, A, lda, W, K, beta, C, ldc, bias, gelu);
 }
 inline void gemm_packed(const Cpu& dev, int M, int N, int K, const float* A, int lda, const std::uint16_t* W,
                         [[maybe_unused]] const packed_weight& packed, float beta, float* C, int ldc,
-                        const float* bias = nullptr) {
+                        const float* bias = nullptr, bool gelu = false) {
 #if defined(DISTILL_WITH_DNNL)
     if (detail::reads_packed(dev, M, N, K, packed, true))
         return detail::gemm(true, dev.threads(), false, true, M, N, K, 1.0f, A, lda, nullptr, K, beta, C, ldc, 1, 0, 0,
-                            0, W, bias, packed.data());
+                            0, W, bias, packed.data(), gelu);
 #endif
-    gemm_bf16_weight(dev, false, true, M, N, K, 1.0f, A, lda, W, K, beta, C, ldc, bias);
+    gemm_bf16_weight(dev, false, true, M, N, K, 1.0f, A, lda, W, K, beta, C, ldc, bias, gelu);
 }
 
 /// dbias(OC) += column sums of dout(N,OC); each thread owns a block of columns.

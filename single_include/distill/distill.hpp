@@ -8463,10 +8463,10 @@ struct gelu_backward {
         const F u = (x + x * x * x * 0.044715f) * k;
         F e = (F)((I)u & 0x7fffffff) * -2.0f;  // -2|u|
         exp<V>(e);
-        const F one_e = e + 1.0f;
+        const F r = 1.0f / (e + 1.0f), er = e * r;  // one division (the slowest instruction here) for three
         F sig;
-        select<V>(sig, u >= 0.0f, 1.0f / one_e, e / one_e);
-        const F sig_1m = e / (one_e * one_e);
+        select<V>(sig, u >= 0.0f, r, er);
+        const F sig_1m = er * r;
         const F du = (x * x * (3 * 0.044715f) + 1.0f) * k;
         dy = dy * (sig + x * 2.0f * du * sig_1m);
     }

@@ -201,6 +201,40 @@ TEST_CASE_TEMPLATE("student matches PyTorch: logits, loss, hidden states, attent
     check_grads("grad_total.");
 }
 
+TEST_CASE("inference over many rows (the GELU in the first linear's epilogue) gives training's logits") {
+    // 5 x 16 = 80 rows: the inference forward applies the MLP's GELU in the product's epilogue
+    // (>= 64 rows, oneDNN's own evaluation of the tanh GELU where linked), training a pass after it
+    io::safetensors_file wfile(fixtures / "gpt_weights.safetensors");
+    const auto cfg = fixture_config(wfile);
+    const int B = 5, T = std::min(16, cfg.context_length);
+    std::vector<std::int32_t> tokens(std::size_t(B) * T);
+    for (std::size_t i = 0; i < tokens.size(); ++i)
+        tokens[i] = std::int32_t((i * 37 + 11) % std::size_t(cfg.vocab_size));
+    student::Transformer<float, device::Reference> oracle(cfg, B);
+    io::load_weights(wfile, oracle);
+    oracle.forward(tokens.data(), B, T);
+    const auto& want = oracle.logits();
+    double scale = 0;
+    for (std::int64_t i = 0; i < want.numel(); ++i) scale = std::max(scale, double(std::abs(want.data()[i])));
+    for (const auto p : {device::precision::fp32, device::precision::bf16}) {
+        if (p == device::precision::bf16 && !device::Cpu::bf16_supported()) continue;
+        const bool bf16 = p == device::precision::bf16;
+        student::Transformer<float, device::Cpu> train(cfg, B, device::Cpu(2, p)),
+            infer(cfg, B, device::Cpu(2, p), student::activations::inference);
+        io::load_weights(wfile, train);
+        io::load_weights(wfile, infer);
+        train.forward(tokens.data(), B, T);
+        infer.forward(tokens.data(), B, T);
+        INFO("bf16=" << bf16);
+        // fp32: rounding apart; bf16: a GELU output rounded to bf16 on either side of a tie apart
+        const double tol = bf16 ? 1e-2 : 1e-5;
+        check_close("inference vs training", infer.logits().data(), train.logits().data(), want.numel(), tol * scale,
+                    bf16 ? 1e-2 : 1e-4);
+        if (!bf16)
+            check_close("inference vs Reference", infer.logits().data(), want.data(), want.numel(), 1e-5 * scale, 1e-4);
+    }
+}
+
 TEST_CASE("student rejects bad input with a clear error") {
     student::Transformer<float, device::Cpu> m(
         {.vocab_size = 20, .context_length = 8, .d_model = 8, .n_layers = 1, .n_heads = 2, .d_ff = 8}, 2);

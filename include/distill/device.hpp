@@ -28,7 +28,10 @@
 ///   - the bias in the product's epilogue (optional: `nn::linear_forward` and the model's bf16-weight
 ///     linear call it where the device has it, else `gemm` then `add_bias`): gemm_bias(dev, trans_a,
 ///     trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc, bias), and a trailing `bias` argument of
-///     gemm_bf16_weight (`device::Cpu`);
+///     gemm_bf16_weight (`device::Cpu`); a further trailing `gelu` of gemm_bias, gemm_bf16_weight and
+///     gemm_packed applies `gelu_forward` to the result in the same epilogue (`device::Cpu`;
+///     `student::Transformer` uses it for an inference forward of 64 rows or more, and calls
+///     `gelu_forward` after the product on a device without it);
 ///   - packed weights (`weight_packing_device`, optional: `Transformer::prefill` packs the model's
 ///     matrices where the device has them, and `prefill` and `decode` multiply by the copies; so does
 ///     every product after `Transformer::pack_matrices()`): pack_weight(dev, W, N, K) and

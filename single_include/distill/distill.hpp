@@ -6918,7 +6918,10 @@ private:
 ///   - the bias in the product's epilogue (optional: `nn::linear_forward` and the model's bf16-weight
 ///     linear call it where the device has it, else `gemm` then `add_bias`): gemm_bias(dev, trans_a,
 ///     trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc, bias), and a trailing `bias` argument of
-///     gemm_bf16_weight (`device::Cpu`);
+///     gemm_bf16_weight (`device::Cpu`); a further trailing `gelu` of gemm_bias, gemm_bf16_weight and
+///     gemm_packed applies `gelu_forward` to the result in the same epilogue (`device::Cpu`;
+///     `student::Transformer` uses it for an inference forward of 64 rows or more, and calls
+///     `gelu_forward` after the product on a device without it);
 ///   - packed weights (`weight_packing_device`, optional: `Transformer::prefill` packs the model's
 ///     matrices where the device has them, and `prefill` and `decode` multiply by the copies; so does
 ///     every product after `Transformer::pack_matrices()`): pack_weight(dev, W, N, K) and
@@ -17367,7 +17370,7 @@ private:
         norm_forward(act(a.ln2), act(a.ln2_mean), act(a.ln2_rstd), act(a.res_attn), w.ln2_w, w.ln2_b, N);
         if (mode_ == activations::inference && N >= 64 && !cfg_.swiglu() && !has_lora(l, 2)) {
             // nothing reads the GELU's input: the GELU in the product's epilogue, where it saves a pass
-            // over a product of many rows (a decoding step's few rows measured no faster, 4% slower at 1)
+            // over a product of many rows (a decoding step's few rows measured no faster, up to 4% slower at 1)
             linear(act(a.fc_act), act(a.ln2), w.fc_w, w.fc_b, N, C, F, false, true);
         } else {
             linear(act(a.fc), act(a.ln2), w.fc_w, w.fc_b, N, C, cfg_.fc_width());

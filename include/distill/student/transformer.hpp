@@ -545,11 +545,12 @@ private:
     // device has one (`gemm_bias`'s trailing `gelu`: device::Cpu), else a pass after it.
     void linear(T* out, const T* in, std::size_t w, std::size_t b, int N, int C, int OC, bool add_to_out = false,
                 bool gelu = false) {
-        if (!product(out, in, w, b, N, C, OC, add_to_out, gelu) && gelu)
+        if (!linear_product(out, in, w, b, N, C, OC, add_to_out, gelu) && gelu)
             gelu_forward(dev_, out, out, std::int64_t(N) * OC);
     }
     // linear()'s product; whether it applied the GELU too.
-    bool product(T* out, const T* in, std::size_t w, std::size_t b, int N, int C, int OC, bool add_to_out, bool gelu) {
+    bool linear_product(T* out, const T* in, std::size_t w, std::size_t b, int N, int C, int OC, bool add_to_out,
+                        bool gelu) {
         const T beta = add_to_out ? T(1) : T(0), *bias = b != none ? val(b) : nullptr;
         if constexpr (std::is_same_v<T, float> && device::quant_device<Device>) {
             if (const auto it = quantized_.find(w); it != quantized_.end()) {

@@ -17305,12 +17305,12 @@ private:
         if constexpr (requires {
                           gemm_bias(dev_, false, true, N, OC, C, in, C, val(w), C, beta, out, OC, bias, gelu);
                       }) {
-            if (bias || gelu) {
-                gemm_bias(dev_, false, true, N, OC, C, in, C, val(w), C, beta, out, OC, bias, gelu);
+            if (gelu) {
+                gemm_bias(dev_, false, true, N, OC, C, in, C, val(w), C, beta, out, OC, bias, true);
                 return true;
             }
         }
-        nn::linear_forward(dev_, out, in, val(w), bias, N, C, OC, add_to_out);
+        nn::linear_forward(dev_, out, in, val(w), bias, N, C, OC, add_to_out);  // the bias: gemm_bias where it exists
         return false;
     }
 

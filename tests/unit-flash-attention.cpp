@@ -5,6 +5,9 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <cmath>
+#include <cstring>
 #include <numeric>
 
 #include "distill/device/cpu.hpp"
@@ -133,5 +136,56 @@ TEST_CASE("flash attention: double precision against Reference and a finite-diff
                                      s.Hkv, s.hs);
             check_close("flash dqkv (double)", dqkv.data(), g_ref.data(), std::int64_t(dqkv.size()), 1e-12, 1e-10);
             if (rows * W <= 2500) check_gradient("flash d_qkv", qkv, f, dqkv);  // the last shape: Reference alone
+        }
+}
+
+TEST_CASE("flash attention: bf16 inference forward (AMX tiles where the CPU has them)") {
+    if (!device::Cpu::bf16_supported()) {
+        MESSAGE("bf16 is unsupported here: " << device::Cpu::bf16_unsupported_reason());
+        return;
+    }
+    // x rounded to bf16, to nearest even (the inputs an AMX tile product sees)
+    const auto bf16 = [](float x) {
+        std::uint32_t u;
+        std::memcpy(&u, &x, 4);
+        u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+        std::memcpy(&x, &u, 4);
+        return double(x);
+    };
+    device::Reference ref;
+    const device::Cpu fp32(2), bf(2, device::precision::bf16);
+    for (const Shape& s : {shapes[0], shapes[1], shapes[2], shapes[3], shapes[4], shapes[5], Shape{2, 256, 4, 4, 128},
+                           Shape{1, 40, 3, 3, 48}})
+        for (const double spread : {1.5, 4.0}) {
+            CAPTURE(s.T);
+            CAPTURE(s.H);
+            CAPTURE(s.hs);
+            CAPTURE(spread);
+            const bool amx = device::detail::uses_amx_attention(bf, device::row_kernel_isa(), s.hs);
+            CAPTURE(amx);
+            const int C = s.H * s.hs, W = (s.H + 2 * s.Hkv) * s.hs;
+            const std::size_t rows = std::size_t(s.B) * s.T;
+            const auto qkv = random_vector<float>(rows * W, 41, spread);
+            std::vector<float> out(rows * C, std::nanf("")), exact(rows * C);
+            flash_attention_forward(bf, out.data(), static_cast<float*>(nullptr), qkv.data(), s.B, s.T, s.H, s.Hkv,
+                                    s.hs);
+            flash_attention_forward(fp32, exact.data(), static_cast<float*>(nullptr), qkv.data(), s.B, s.T, s.H, s.Hkv,
+                                    s.hs);
+            if (!amx) {  // no AMX, a head size it does not take, or DISTILL_CPU_ISA capped: the fp32 tiles
+                CHECK(out == exact);
+                continue;
+            }
+            // against exact attention (double) of the rounded q, k, v: what is left is the probabilities'
+            // rounding to bf16 before the product with v (half a unit in the last place, 2^-9, each), so the
+            // output is off by less than 2^-8 of the largest |output|
+            std::vector<double> rounded(qkv.size()), o_ref(rows * C), att(std::size_t(s.B) * s.H * s.T * s.T);
+            std::transform(qkv.begin(), qkv.end(), rounded.begin(), bf16);
+            nn::attention_forward(ref, o_ref.data(), att.data(), rounded.data(), s.B, s.T, s.H, s.Hkv, s.hs);
+            double largest = 0;
+            for (double x : o_ref) largest = std::max(largest, std::abs(x));
+            check_close("amx out vs rounded inputs", out.data(), o_ref.data(), std::int64_t(out.size()), largest / 256,
+                        0);
+            // and not the fp32 tiles' result: the rounding shows
+            CHECK(out != exact);
         }
 }

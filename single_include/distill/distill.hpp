@@ -8076,7 +8076,9 @@ host_readable<T> read_on_host(const Device& dev, const T* src, std::size_t n) {
 /// Precision: `Cpu(threads, precision::bf16)` rounds the operands of the model's GEMMs to bf16 and
 /// accumulates in fp32 (oneDNN; refused with a config_error without it — Eigen has no fast bf16
 /// GEMM). Everything else stays fp32: master weights, gradients, optimizer state, losses, softmax,
-/// LayerNorm statistics, and the per-head attention products (small, in cache, fp32 in both modes).
+/// LayerNorm statistics, and the attention's tile products, but for an inference forward's (no
+/// log-sum-exp kept: a teacher, a prefill) on a CPU with AMX, which round q, k, v and the
+/// probabilities to bf16 too (`cpu/flash_attention.hpp`, `cpu/amx.hpp`).
 
 #include <algorithm>
 #include <cstdint>
@@ -10941,6 +10943,12 @@ void attention_decode(const Cpu& dev, T* out, T* scratch, const T* qkv, const T*
 /// L2. Work units are independent and split by a fixed rule, and no kernel's bits depend on a
 /// buffer's address, so results do not depend on the thread count; there are no atomics.
 ///
+/// Under precision::bf16 an inference forward (no lse: a teacher's forward, a prefill) on a CPU with
+/// AMX runs its two tile products on AMX (`cpu/amx.hpp`), as `torch.autocast` runs attention in bf16:
+/// q, k, v and each tile's probabilities rounded to bf16, sums in fp32, the online softmax in fp32 as
+/// above. 2x the fp32 tiles at the teacher's shape (B 8, T 256, 8 heads of 64, 1 thread). Training
+/// keeps fp32 tiles, so its backward recomputes the forward's probabilities from the same products.
+///
 /// `DISTILL_CPU_FUSED_ATTENTION` is 1 in every build (it was 0 in builds without AVX2 that link
 /// oneDNN while the tiles ran on Eigen's kernel at the build's ISA); it stays for code that tests it.
 
@@ -10950,6 +10958,169 @@ void attention_decode(const Cpu& dev, T* out, T* scratch, const T* qkv, const T*
 #include <type_traits>
 #include <vector>
 
+// ---- begin distill/device/cpu/amx.hpp ----
+/// @file cpu/amx.hpp
+/// Intel AMX's bf16 tile products, for the fused attention's tiles under precision::bf16
+/// (`cpu/flash_attention.hpp`). One AMX tile product (TDPBF16PS, 16 × 32 by 32 × 16) does 8 192
+/// multiply-adds, 16 times what an AVX-512 FMA port does in the same time, and AVX512-BF16's dot
+/// product (VDPBF16PS) runs on one port where fp32 FMAs run on two, so only AMX makes bf16 tiles
+/// faster than fp32 ones. oneDNN chooses AMX for the GEMMs itself; the attention's tiles (64 × 64 ×
+/// head size) are too small for a oneDNN primitive call each.
+///
+/// Chosen at run time: the functions carry `target("amx-tile,amx-bf16,...")`, so any build compiles
+/// them, and `usable()` says whether this CPU has AMX-TILE, AMX-BF16 and AVX512-BF16 and Linux gave
+/// this process the tile state (arch_prctl(ARCH_REQ_XCOMP_PERM), as oneDNN asks for it). Elsewhere
+/// (no AMX, another OS or compiler, nvcc's device pass) `usable()` is false and nothing here runs.
+
+#include <cstdint>
+
+
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__) && !defined(__CUDA_ARCH__) && \
+    (defined(__clang__) || __GNUC__ >= 11)
+#define DISTILL_AMX 1
+#include <cpuid.h>
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+namespace distill::device::detail::amx {
+
+#if defined(DISTILL_AMX)
+
+#define DISTILL_AMX_TARGET \
+    gnu::target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,amx-tile,amx-bf16,avx2,fma,f16c,bmi2")
+
+/// Whether this process may run AMX bf16 tile products (asked once).
+inline bool usable() noexcept {
+    static const bool ok = [] {
+        unsigned a = 0, b = 0, c = 0, d = 0;
+        if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+        const bool tile = d & (1u << 24), amx_bf16 = d & (1u << 22);
+        if (!tile || !amx_bf16 || !__get_cpuid_count(7, 1, &a, &b, &c, &d) || !(a & (1u << 5)))  // AVX512-BF16
+            return false;
+        constexpr long req_xcomp_perm = 0x1023, xtiledata = 18;  // <asm/prctl.h>, the XTILEDATA state component
+        return syscall(SYS_arch_prctl, req_xcomp_perm, xtiledata) == 0;
+    }();
+    return ok;
+}
+
+/// Every tile 16 rows of 64 bytes: tmm0-3 a 32 × 32 block of fp32 C, tmm4-5 two 16 × 32 bf16 row
+/// blocks of A, tmm6-7 two 16-pair × 16 column blocks of B.
+struct alignas(64) tile_config {
+    std::uint8_t palette = 1, start_row = 0, reserved[14] = {};
+    std::uint16_t bytes_per_row[16] = {64, 64, 64, 64, 64, 64, 64, 64};
+    std::uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
+};
+
+/// Loads the tile layout on this thread (tile state is per thread, and oneDNN's kernels load their
+/// own between our calls): call before `product`, and `release` after.
+[[DISTILL_AMX_TARGET]] inline void configure() noexcept {
+    static const tile_config config{};
+    _tile_loadconfig(&config);
+}
+[[DISTILL_AMX_TARGET]] inline void release() noexcept {
+    _tile_release();
+}
+
+/// C(M,N) = A(M,K) · B(K,N), or C += (`accumulate`). A: bf16, row-major, lda elements. B: bf16 in
+/// pairs along k ("VNNI"): B(k, n) at b[(k/2)·ldb + 2n + k%2], ldb ≥ 2N elements. C: fp32,
+/// row-major, ldc. M, N and K multiples of 32; sums run in fp32 (AMX rounds each pair's sum).
+[[DISTILL_AMX_TARGET]] inline void product(int M, int N, int K, const std::uint16_t* a, std::int64_t lda,
+                                           const std::uint16_t* b, std::int64_t ldb, float* c, std::int64_t ldc,
+                                           bool accumulate) noexcept {
+    const std::int64_t sa = lda * 2, sb = ldb * 2, sc = ldc * 4;  // strides in bytes
+    for (int i = 0; i < M; i += 32)
+        for (int j = 0; j < N; j += 32) {
+            float* c0 = c + i * ldc + j;
+            float* c1 = c0 + 16 * ldc;
+            if (accumulate) {
+                _tile_loadd(0, c0, sc);
+                _tile_loadd(1, c0 + 16, sc);
+                _tile_loadd(2, c1, sc);
+                _tile_loadd(3, c1 + 16, sc);
+            } else {
+                _tile_zero(0);
+                _tile_zero(1);
+                _tile_zero(2);
+                _tile_zero(3);
+            }
+            for (int k = 0; k < K; k += 32) {
+                const std::uint16_t* ak = a + i * lda + k;
+                const std::uint16_t* bk = b + (k / 2) * ldb + 2 * j;
+                _tile_loadd(4, ak, sa);
+                _tile_loadd(5, ak + 16 * lda, sa);
+                _tile_loadd(6, bk, sb);
+                _tile_loadd(7, bk + 32, sb);
+                _tile_dpbf16ps(0, 4, 6);
+                _tile_dpbf16ps(1, 4, 7);
+                _tile_dpbf16ps(2, 5, 6);
+                _tile_dpbf16ps(3, 5, 7);
+            }
+            _tile_stored(0, c0, sc);
+            _tile_stored(1, c0 + 16, sc);
+            _tile_stored(2, c1, sc);
+            _tile_stored(3, c1 + 16, sc);
+        }
+}
+
+/// dst[0, n) = x[0, valid) rounded to bf16 (to nearest even), then zeros; n a multiple of 16.
+[[DISTILL_AMX_TARGET]] inline void round_row(std::uint16_t* dst, const float* x, int n, int valid) noexcept {
+    for (int i = 0; i < n; i += 16) {
+        const int left = valid - i;
+        const __mmask16 keep = left >= 16 ? __mmask16(0xffff) : left <= 0 ? __mmask16(0) : __mmask16((1u << left) - 1);
+        const __m256bh h = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(keep, x + i));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), reinterpret_cast<const __m256i&>(h));
+    }
+}
+
+/// 16 pairs (lo[j], hi[j]) rounded to bf16, lo in the low half of each 32-bit lane.
+[[DISTILL_AMX_TARGET]] inline __m512i pairs(__m512 lo, __m512 hi) noexcept {
+    const __m256bh l = _mm512_cvtneps_pbh(lo), h = _mm512_cvtneps_pbh(hi);
+    return _mm512_or_si512(_mm512_cvtepu16_epi32(reinterpret_cast<const __m256i&>(l)),
+                           _mm512_slli_epi32(_mm512_cvtepu16_epi32(reinterpret_cast<const __m256i&>(h)), 16));
+}
+
+/// x (n, hs) fp32, rows ld apart, as the B of A · xᵀ: xt(d, t) = x(t, d) in bf16 pairs along d,
+/// pair d/2 of row t at xt[(d/2)·np + t] (32-bit units); rows n..np zero. hs a multiple of 32.
+/// `rounded` is scratch of n·hs/2 pairs: x rounded row by row, then transposed as 32-bit words.
+[[DISTILL_AMX_TARGET]] inline void pack_transposed(std::uint32_t* xt, std::int64_t np, const float* x, std::int64_t ld,
+                                                   int n, int hs, std::uint32_t* rounded) noexcept {
+    for (int t = 0; t < n; ++t)
+        for (int d = 0; d < hs; d += 32) {
+            const __m512bh p =
+                _mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + t * ld + d + 16), _mm512_loadu_ps(x + t * ld + d));
+            _mm512_storeu_si512(rounded + t * (hs / 2) + d / 2, reinterpret_cast<const __m512i&>(p));
+        }
+    // the row kernels' 16 × 16 transpose moves bits only; it zeroes keys n.. of its last block
+    rowk::transpose::run<rowk::vec<64> >(reinterpret_cast<float*>(xt), np, reinterpret_cast<const float*>(rounded),
+                                         hs / 2, n, hs / 2);
+    for (int d = 0; d < hs / 2; ++d)
+        for (std::int64_t t = (n + 15) / 16 * 16; t < np; ++t) xt[d * np + t] = 0;
+}
+
+/// x (n, hs) fp32, rows ld apart, as the B of A · x: pairs of rows, x(t, d) at xv[(t/2)·hs + d]'s
+/// half t%2 (32-bit units); rows n..np zero (np even). hs a multiple of 16.
+[[DISTILL_AMX_TARGET]] inline void pack_pairs(std::uint32_t* xv, std::int64_t np, const float* x, std::int64_t ld,
+                                              int n, int hs) noexcept {
+    for (std::int64_t t = 0; t < np; t += 2)
+        for (int d = 0; d < hs; d += 16) {
+            const __m512 lo = t < n ? _mm512_loadu_ps(x + t * ld + d) : _mm512_setzero_ps();
+            const __m512 hi = t + 1 < n ? _mm512_loadu_ps(x + (t + 1) * ld + d) : _mm512_setzero_ps();
+            _mm512_storeu_si512(xv + (t / 2) * hs + d, pairs(lo, hi));
+        }
+}
+
+#else
+
+inline bool usable() noexcept {
+    return false;
+}
+
+#endif
+
+}  // namespace distill::device::detail::amx
+// ---- end distill/device/cpu/amx.hpp ----
 
 #define DISTILL_CPU_FUSED_ATTENTION 1
 
@@ -11069,6 +11240,77 @@ void flash_scores_grad(cpu_isa isa, T* dS, const T* P, int ld, const T* D, int r
     }
 }
 
+/// Whether an inference forward (`flash_attention_forward` without lse) runs its tile products on
+/// AMX: under precision::bf16, with the row kernels on AVX-512 (not capped by DISTILL_CPU_ISA), a head
+/// size that is a multiple of 32 and a CPU and OS that allow AMX (`amx::usable`).
+inline bool uses_amx_attention(const Cpu& dev, cpu_isa isa, int hs) {
+    return dev.compute_precision() == precision::bf16 && isa == cpu_isa::avx512 && hs % 32 == 0 && amx::usable();
+}
+
+#if defined(DISTILL_AMX)
+// One (b, h, query tile) of an inference forward on AMX: out (rows, hs; rows ldo apart) for queries
+// i0.. (q: their first row, rows `row` apart). q rounded to bf16 once; S = q kᵀ and O += P v as bf16
+// tile products summed in fp32; the online softmax in fp32, the fp32 path's kernel. kt: kᵀ of this
+// kv head (amx::pack_transposed), vp: its v (amx::pack_pairs), both over Tp keys.
+[[DISTILL_AMX_TARGET]] inline void flash_forward_amx_tile(cpu_isa isa, float* out, std::int64_t ldo, const float* q,
+                                                          std::int64_t row, const std::uint32_t* kt,
+                                                          const std::uint32_t* vp, std::int64_t Tp, int i0, int rows,
+                                                          int hs, float scale) {
+    constexpr int Bt = flash_tile;
+    const int mr = (rows + 31) / 32 * 32, i1 = i0 + rows;  // tile products run over 32-row blocks
+    std::uint16_t* qb = flash_scratch<std::uint16_t>(std::size_t(Bt) * (hs + Bt));
+    std::uint16_t* pb = qb + Bt * hs;  // P rounded (mr, 64)
+    float* S = flash_scratch<float>(std::size_t(Bt) * (Bt + hs + 2));
+    float* O = S + Bt * Bt;
+    float* m = O + Bt * hs;  // running raw maximum per row
+    float* l = m + Bt;       // running sum of exp((s - m)·scale) per row
+    for (int r = 0; r < mr; ++r) amx::round_row(qb + r * hs, r < rows ? q + r * row : q, hs, r < rows ? hs : 0);
+    std::fill(O, O + mr * hs, 0.0f);
+    std::fill(l, l + rows, 0.0f);
+    amx::configure();
+    for (int k0 = 0; k0 < i1; k0 += Bt) {
+        const int cols = std::min(Bt, i1 - k0), nc = (cols + 31) / 32 * 32;
+        // S (mr, nc) = q_tile · k_tileᵀ (keys past Tn are zero), raw as in the fp32 path
+        amx::product(mr, nc, hs, qb, hs, reinterpret_cast<const std::uint16_t*>(kt + k0), 2 * Tp, S, Bt, false);
+        rowk::run_kernel<rowk::flash_softmax_tile>(isa, S, Bt, rows, cols, i0, k0, m, l, O, hs, scale, k0 == 0);
+        // O (mr, hs) += P (mr, nc) · v_tile (nc, hs), P zero past each row's keys and past `rows`
+        for (int r = 0; r < mr; ++r) amx::round_row(pb + r * Bt, S + r * Bt, nc, r < rows ? cols : 0);
+        amx::product(mr, hs, nc, pb, Bt, reinterpret_cast<const std::uint16_t*>(vp + std::int64_t(k0 / 2) * hs), 2 * hs,
+                     O, hs, true);
+    }
+    amx::release();
+    for (int r = 0; r < rows; ++r)
+        for (int d = 0; d < hs; d += 16)
+            _mm512_storeu_ps(out + r * ldo + d, _mm512_div_ps(_mm512_loadu_ps(O + r * hs + d), _mm512_set1_ps(l[r])));
+}
+
+// flash_attention_forward without lse on AMX (see there): k and v of each (b, kv head) packed into
+// bf16 pairs once, then parallel over (b, h, query tile).
+inline void flash_forward_amx(const Cpu& dev, cpu_isa isa, float* out, const float* qkv, int B, int Tn, int H, int Hkv,
+                              int hs) {
+    const int C = H * hs, row = (H + 2 * Hkv) * hs, G = H / Hkv, Bt = flash_tile, Tp = (Tn + 31) / 32 * 32;
+    const int tiles = (Tn + Bt - 1) / Bt;
+    const std::int64_t slab = std::int64_t(hs) * Tp / 2;  // one (b, kv head)'s packed k or v, in 32-bit pairs
+    std::uint32_t* kt = flash_scratch<std::uint32_t, 1>(std::size_t(2 * B * Hkv * slab));
+    std::uint32_t* vp = kt + B * Hkv * slab;
+    distill::detail::parallel_for(dev.threads(), std::int64_t(B) * Hkv, [&](std::int64_t u) {
+        const int b = static_cast<int>(u / Hkv), j = static_cast<int>(u % Hkv);
+        const float* k = qkv + std::int64_t(b) * Tn * row + C + j * hs;
+        amx::pack_transposed(kt + u * slab, Tp, k, row, Tn, hs, flash_scratch<std::uint32_t>(std::size_t(Tn) * hs / 2));
+        amx::pack_pairs(vp + u * slab, Tp, k + Hkv * hs, row, Tn, hs);
+    });
+    const float scale = 1.0f / std::sqrt(float(hs));
+    distill::detail::parallel_for(dev.threads(), std::int64_t(B) * H * tiles, [&](std::int64_t u) {
+        const int tile = static_cast<int>(u % tiles), bh = static_cast<int>(u / tiles);
+        const int b = bh / H, h = bh % H, j = h / G, i0 = tile * Bt, rows = std::min(Bt, Tn - i0);
+        const std::int64_t kv = (std::int64_t(b) * Hkv + j) * slab;
+        flash_forward_amx_tile(isa, out + (std::int64_t(b) * Tn + i0) * C + h * hs, C,
+                               qkv + (std::int64_t(b) * Tn + i0) * row + h * hs, row, kt + kv, vp + kv, Tp, i0, rows,
+                               hs, scale);
+    });
+}
+#endif
+
 }  // namespace detail
 
 /// Fused causal attention forward. qkv(B,T,(H+2Hkv)hs) as `nn::attention_forward`;
@@ -11082,6 +11324,10 @@ void flash_attention_forward(const Cpu& dev, T* out, T* lse, const T* qkv, int B
     const T scale = T(1) / std::sqrt(T(hs));
     const int tiles = (Tn + Bt - 1) / Bt;
     const cpu_isa isa = row_kernel_isa();
+#if defined(DISTILL_AMX)
+    if constexpr (std::is_same_v<T, float>)
+        if (!lse && uses_amx_attention(dev, isa, hs)) return flash_forward_amx(dev, isa, out, qkv, B, Tn, H, Hkv, hs);
+#endif
     T* kt = flash_scratch<T, 1>(std::size_t(B) * Hkv * hs * Tp);  // kᵀ per (b, kv head)
     flash_transpose(dev, isa, kt, qkv, 0, B, Tn, H, Hkv, hs);
     distill::detail::parallel_for(dev.threads(), std::int64_t(B) * H * tiles, [&](std::int64_t u) {

@@ -18,6 +18,12 @@
 /// L2. Work units are independent and split by a fixed rule, and no kernel's bits depend on a
 /// buffer's address, so results do not depend on the thread count; there are no atomics.
 ///
+/// Under precision::bf16 an inference forward (no lse: a teacher's forward, a prefill) on a CPU with
+/// AMX runs its two tile products on AMX (`cpu/amx.hpp`), as `torch.autocast` runs attention in bf16:
+/// q, k, v and each tile's probabilities rounded to bf16, sums in fp32, the online softmax in fp32 as
+/// above. 2x the fp32 tiles at the teacher's shape (B 8, T 256, 8 heads of 64, 1 thread). Training
+/// keeps fp32 tiles, so its backward recomputes the forward's probabilities from the same products.
+///
 /// `DISTILL_CPU_FUSED_ATTENTION` is 1 in every build (it was 0 in builds without AVX2 that link
 /// oneDNN while the tiles ran on Eigen's kernel at the build's ISA); it stays for code that tests it.
 
@@ -28,6 +34,7 @@
 #include <vector>
 
 #include "distill/detail/parallel.hpp"
+#include "distill/device/cpu/amx.hpp"
 #include "distill/device/cpu/isa.hpp"
 #include "distill/device/cpu/layers.hpp"
 
@@ -149,6 +156,77 @@ void flash_scores_grad(cpu_isa isa, T* dS, const T* P, int ld, const T* D, int r
     }
 }
 
+/// Whether an inference forward (`flash_attention_forward` without lse) runs its tile products on
+/// AMX: under precision::bf16, with the row kernels on AVX-512 (not capped by DISTILL_CPU_ISA), a head
+/// size that is a multiple of 32 and a CPU and OS that allow AMX (`amx::usable`).
+inline bool uses_amx_attention(const Cpu& dev, cpu_isa isa, int hs) {
+    return dev.compute_precision() == precision::bf16 && isa == cpu_isa::avx512 && hs % 32 == 0 && amx::usable();
+}
+
+#if defined(DISTILL_AMX)
+// One (b, h, query tile) of an inference forward on AMX: out (rows, hs; rows ldo apart) for queries
+// i0.. (q: their first row, rows `row` apart). q rounded to bf16 once; S = q kᵀ and O += P v as bf16
+// tile products summed in fp32; the online softmax in fp32, the fp32 path's kernel. kt: kᵀ of this
+// kv head (amx::pack_transposed), vp: its v (amx::pack_pairs), both over Tp keys.
+[[DISTILL_AMX_TARGET]] inline void flash_forward_amx_tile(cpu_isa isa, float* out, std::int64_t ldo, const float* q,
+                                                          std::int64_t row, const std::uint32_t* kt,
+                                                          const std::uint32_t* vp, std::int64_t Tp, int i0, int rows,
+                                                          int hs, float scale) {
+    constexpr int Bt = flash_tile;
+    const int mr = (rows + 31) / 32 * 32, i1 = i0 + rows;  // tile products run over 32-row blocks
+    std::uint16_t* qb = flash_scratch<std::uint16_t>(std::size_t(Bt) * (hs + Bt));
+    std::uint16_t* pb = qb + Bt * hs;  // P rounded (mr, 64)
+    float* S = flash_scratch<float>(std::size_t(Bt) * (Bt + hs + 2));
+    float* O = S + Bt * Bt;
+    float* m = O + Bt * hs;  // running raw maximum per row
+    float* l = m + Bt;       // running sum of exp((s - m)·scale) per row
+    for (int r = 0; r < mr; ++r) amx::round_row(qb + r * hs, r < rows ? q + r * row : q, hs, r < rows ? hs : 0);
+    std::fill(O, O + mr * hs, 0.0f);
+    std::fill(l, l + rows, 0.0f);
+    amx::configure();
+    for (int k0 = 0; k0 < i1; k0 += Bt) {
+        const int cols = std::min(Bt, i1 - k0), nc = (cols + 31) / 32 * 32;
+        // S (mr, nc) = q_tile · k_tileᵀ (keys past Tn are zero), raw as in the fp32 path
+        amx::product(mr, nc, hs, qb, hs, reinterpret_cast<const std::uint16_t*>(kt + k0), 2 * Tp, S, Bt, false);
+        rowk::run_kernel<rowk::flash_softmax_tile>(isa, S, Bt, rows, cols, i0, k0, m, l, O, hs, scale, k0 == 0);
+        // O (mr, hs) += P (mr, nc) · v_tile (nc, hs), P zero past each row's keys and past `rows`
+        for (int r = 0; r < mr; ++r) amx::round_row(pb + r * Bt, S + r * Bt, nc, r < rows ? cols : 0);
+        amx::product(mr, hs, nc, pb, Bt, reinterpret_cast<const std::uint16_t*>(vp + std::int64_t(k0 / 2) * hs), 2 * hs,
+                     O, hs, true);
+    }
+    amx::release();
+    for (int r = 0; r < rows; ++r)
+        for (int d = 0; d < hs; d += 16)
+            _mm512_storeu_ps(out + r * ldo + d, _mm512_div_ps(_mm512_loadu_ps(O + r * hs + d), _mm512_set1_ps(l[r])));
+}
+
+// flash_attention_forward without lse on AMX (see there): k and v of each (b, kv head) packed into
+// bf16 pairs once, then parallel over (b, h, query tile).
+inline void flash_forward_amx(const Cpu& dev, cpu_isa isa, float* out, const float* qkv, int B, int Tn, int H, int Hkv,
+                              int hs) {
+    const int C = H * hs, row = (H + 2 * Hkv) * hs, G = H / Hkv, Bt = flash_tile, Tp = (Tn + 31) / 32 * 32;
+    const int tiles = (Tn + Bt - 1) / Bt;
+    const std::int64_t slab = std::int64_t(hs) * Tp / 2;  // one (b, kv head)'s packed k or v, in 32-bit pairs
+    std::uint32_t* kt = flash_scratch<std::uint32_t, 1>(std::size_t(2 * B * Hkv * slab));
+    std::uint32_t* vp = kt + B * Hkv * slab;
+    distill::detail::parallel_for(dev.threads(), std::int64_t(B) * Hkv, [&](std::int64_t u) {
+        const int b = static_cast<int>(u / Hkv), j = static_cast<int>(u % Hkv);
+        const float* k = qkv + std::int64_t(b) * Tn * row + C + j * hs;
+        amx::pack_transposed(kt + u * slab, Tp, k, row, Tn, hs, flash_scratch<std::uint32_t>(std::size_t(Tn) * hs / 2));
+        amx::pack_pairs(vp + u * slab, Tp, k + Hkv * hs, row, Tn, hs);
+    });
+    const float scale = 1.0f / std::sqrt(float(hs));
+    distill::detail::parallel_for(dev.threads(), std::int64_t(B) * H * tiles, [&](std::int64_t u) {
+        const int tile = static_cast<int>(u % tiles), bh = static_cast<int>(u / tiles);
+        const int b = bh / H, h = bh % H, j = h / G, i0 = tile * Bt, rows = std::min(Bt, Tn - i0);
+        const std::int64_t kv = (std::int64_t(b) * Hkv + j) * slab;
+        flash_forward_amx_tile(isa, out + (std::int64_t(b) * Tn + i0) * C + h * hs, C,
+                               qkv + (std::int64_t(b) * Tn + i0) * row + h * hs, row, kt + kv, vp + kv, Tp, i0, rows,
+                               hs, scale);
+    });
+}
+#endif
+
 }  // namespace detail
 
 /// Fused causal attention forward. qkv(B,T,(H+2Hkv)hs) as `nn::attention_forward`;
@@ -162,6 +240,10 @@ void flash_attention_forward(const Cpu& dev, T* out, T* lse, const T* qkv, int B
     const T scale = T(1) / std::sqrt(T(hs));
     const int tiles = (Tn + Bt - 1) / Bt;
     const cpu_isa isa = row_kernel_isa();
+#if defined(DISTILL_AMX)
+    if constexpr (std::is_same_v<T, float>)
+        if (!lse && uses_amx_attention(dev, isa, hs)) return flash_forward_amx(dev, isa, out, qkv, B, Tn, H, Hkv, hs);
+#endif
     T* kt = flash_scratch<T, 1>(std::size_t(B) * Hkv * hs * Tp);  // kᵀ per (b, kv head)
     flash_transpose(dev, isa, kt, qkv, 0, B, Tn, H, Hkv, hs);
     distill::detail::parallel_for(dev.threads(), std::int64_t(B) * H * tiles, [&](std::int64_t u) {

@@ -5,6 +5,9 @@
 // fused tiles ran on (the run-time choice of device/cpu/isa.hpp; DISTILL_CPU_ISA=sse2|avx2|avx512
 // caps it). Defaults: the medium train step's teacher (B 8, T 256, 8 heads of 64).
 //
+// With oneDNN's bf16 (`distill::dnnl`) it also times an inference forward under precision::bf16, whose
+// tiles run on AMX where the CPU has it.
+//
 //   bench_attention [--batch 8] [--seq 256] [--heads 8] [--kv-heads 8] [--head-size 64] [--threads 1]
 //                   [--reps 7]
 
@@ -82,6 +85,7 @@ int main(int argc, char** argv) {
         return b;
     };
     const float* none = nullptr;
+    float* none_out = nullptr;
     const Best uf = best([&] { nn::attention_forward(dev, out.data(), att.data(), qkv.data(), B, T, H, Hkv, hs); });
     const Best ub = best([&] {
         nn::attention_backward(dev, dqkv.data(), datt.data(), dout.data(), qkv.data(), att.data(), none, B, T, H, Hkv,
@@ -91,10 +95,24 @@ int main(int argc, char** argv) {
     const Best fb = best([&] {
         flash_attention_backward(dev, dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), B, T, H, Hkv, hs);
     });
+    // an inference forward (no log-sum-exp kept): fp32 tiles, and under precision::bf16 the AMX tiles
+    // where the CPU has them (cpu/amx.hpp)
+    const Best fi = best([&] { flash_attention_forward(dev, out.data(), none_out, qkv.data(), B, T, H, Hkv, hs); });
     std::printf("attention B=%d T=%d H=%d Hkv=%d hs=%d, %d threads, tiles on %s (best of %d, ms)\n", B, T, H, Hkv, hs,
                 threads, device::to_string(device::row_kernel_isa()), reps);
     std::printf("forward:  unfused %.2f  fused %.2f  (%.2fx)   cpu: unfused %.2f  fused %.2f  (%.2fx)\n", uf.wall,
                 ff.wall, uf.wall / ff.wall, uf.cpu, ff.cpu, uf.cpu / ff.cpu);
     std::printf("backward: unfused %.2f  fused %.2f  (%.2fx)   cpu: unfused %.2f  fused %.2f  (%.2fx)\n", ub.wall,
                 fb.wall, ub.wall / fb.wall, ub.cpu, fb.cpu, ub.cpu / fb.cpu);
+    std::printf("inference forward (no lse): fp32 tiles %.2f", fi.wall);
+    if (device::Cpu::bf16_supported()) {
+        const device::Cpu bf(threads, device::precision::bf16);
+        const Best bi = best([&] { flash_attention_forward(bf, out.data(), none_out, qkv.data(), B, T, H, Hkv, hs); });
+        const bool amx = device::detail::uses_amx_attention(bf, device::row_kernel_isa(), hs);
+        std::printf("  bf16 %s %.2f  (%.2fx)", amx ? "tiles on AMX" : "(fp32 tiles: no AMX here)", bi.wall,
+                    fi.wall / bi.wall);
+    } else {
+        std::printf("  bf16 unsupported: %s", device::Cpu::bf16_unsupported_reason().c_str());
+    }
+    std::printf("\n");
 }

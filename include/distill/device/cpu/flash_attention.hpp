@@ -21,8 +21,9 @@
 /// Under precision::bf16 an inference forward (no lse: a teacher's forward, a prefill) on a CPU with
 /// AMX runs its two tile products on AMX (`cpu/amx.hpp`), as `torch.autocast` runs attention in bf16:
 /// q, k, v and each tile's probabilities rounded to bf16, sums in fp32, the online softmax in fp32 as
-/// above. 2x the fp32 tiles at the teacher's shape (B 8, T 256, 8 heads of 64, 1 thread). Training
-/// keeps fp32 tiles, so its backward recomputes the forward's probabilities from the same products.
+/// above. 1.9-2x the fp32 tiles at the teacher's shape (B 8, T 256, 8 heads of 64, 1 thread:
+/// `bench_attention`). Training keeps fp32 tiles, so its backward recomputes the forward's
+/// probabilities from the same products.
 ///
 /// `DISTILL_CPU_FUSED_ATTENTION` is 1 in every build (it was 0 in builds without AVX2 that link
 /// oneDNN while the tiles ran on Eigen's kernel at the build's ISA); it stays for code that tests it.

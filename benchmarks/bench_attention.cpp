@@ -5,8 +5,8 @@
 // fused tiles ran on (the run-time choice of device/cpu/isa.hpp; DISTILL_CPU_ISA=sse2|avx2|avx512
 // caps it). Defaults: the medium train step's teacher (B 8, T 256, 8 heads of 64).
 //
-// With oneDNN's bf16 (`distill::dnnl`) it also times an inference forward under precision::bf16, whose
-// tiles run on AMX where the CPU has it.
+// With oneDNN's bf16 (`distill::dnnl`) it also times an inference forward, and a training forward
+// and backward, under precision::bf16, whose tiles run on AMX where the CPU has it.
 //
 //   bench_attention [--batch 8] [--seq 256] [--heads 8] [--kv-heads 8] [--head-size 64] [--threads 1]
 //                   [--reps 7]
@@ -109,8 +109,19 @@ int main(int argc, char** argv) {
         const device::Cpu bf(threads, device::precision::bf16);
         const Best bi = best([&] { flash_attention_forward(bf, out.data(), none_out, qkv.data(), B, T, H, Hkv, hs); });
         const bool amx = device::detail::uses_amx_attention(bf, device::row_kernel_isa(), hs);
-        std::printf("  bf16 %s %.2f  (%.2fx)", amx ? "tiles on AMX" : "(fp32 tiles: no AMX here)", bi.wall,
+        std::printf("  bf16 %s %.2f  (%.2fx)\n", amx ? "tiles on AMX" : "(fp32 tiles: no AMX here)", bi.wall,
                     fi.wall / bi.wall);
+        // training under bf16: forward with lse and backward, on AMX with a (b, kv head) pair per thread
+        const Best bf_f =
+            best([&] { flash_attention_forward(bf, out.data(), lse.data(), qkv.data(), B, T, H, Hkv, hs); });
+        const Best bf_b = best([&] {
+            flash_attention_backward(bf, dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), B, T, H, Hkv,
+                                     hs);
+        });
+        std::printf(
+            "bf16 training (%s): forward %.2f  (%.2fx fused fp32)  backward %.2f  (%.2fx fused fp32)",
+            device::detail::trains_on_amx(bf, device::row_kernel_isa(), hs, B, Hkv) ? "tiles on AMX" : "fp32 tiles",
+            bf_f.wall, ff.wall / bf_f.wall, bf_b.wall, fb.wall / bf_b.wall);
     } else {
         std::printf("  bf16 unsupported: %s", device::Cpu::bf16_unsupported_reason().c_str());
     }

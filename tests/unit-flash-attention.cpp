@@ -139,7 +139,7 @@ TEST_CASE("flash attention: double precision against Reference and a finite-diff
         }
 }
 
-TEST_CASE("flash attention: bf16 inference forward (AMX tiles where the CPU has them)") {
+TEST_CASE("flash attention: bf16 forward and backward (AMX tiles where the CPU has them)") {
     if (!device::Cpu::bf16_supported()) {
         MESSAGE("bf16 is unsupported here: " << device::Cpu::bf16_unsupported_reason());
         return;
@@ -152,40 +152,66 @@ TEST_CASE("flash attention: bf16 inference forward (AMX tiles where the CPU has 
         std::memcpy(&x, &u, 4);
         return double(x);
     };
+    const auto largest = [](const std::vector<double>& v) {
+        double m = 0;
+        for (double x : v) m = std::max(m, std::abs(x));
+        return m;
+    };
     device::Reference ref;
-    const device::Cpu fp32(2), bf(2, device::precision::bf16);
-    for (const Shape& s : {shapes[0], shapes[1], shapes[2], shapes[3], shapes[4], shapes[5], Shape{2, 256, 4, 4, 128},
-                           Shape{1, 40, 3, 3, 48}})
-        for (const double spread : {1.5, 4.0}) {
-            CAPTURE(s.T);
-            CAPTURE(s.H);
-            CAPTURE(s.hs);
-            CAPTURE(spread);
-            const bool amx = device::detail::uses_amx_attention(bf, device::row_kernel_isa(), s.hs);
-            CAPTURE(amx);
-            const int C = s.H * s.hs, W = (s.H + 2 * s.Hkv) * s.hs;
-            const std::size_t rows = std::size_t(s.B) * s.T;
-            const auto qkv = random_vector<float>(rows * W, 41, spread);
-            std::vector<float> out(rows * C, std::nanf("")), exact(rows * C);
-            flash_attention_forward(bf, out.data(), static_cast<float*>(nullptr), qkv.data(), s.B, s.T, s.H, s.Hkv,
-                                    s.hs);
-            flash_attention_forward(fp32, exact.data(), static_cast<float*>(nullptr), qkv.data(), s.B, s.T, s.H, s.Hkv,
-                                    s.hs);
-            if (!amx) {  // no AMX, a head size it does not take, or DISTILL_CPU_ISA capped: the fp32 tiles
-                CHECK(out == exact);
-                continue;
+    for (const int threads : {1, 2}) {
+        const device::Cpu fp32(threads), bf(threads, device::precision::bf16);
+        for (const Shape& s : {shapes[0], shapes[1], shapes[2], shapes[3], shapes[4], shapes[5],
+                               Shape{2, 256, 4, 4, 128}, Shape{1, 40, 3, 3, 48}, Shape{1, 70, 4, 1, 32}})
+            for (const double spread : {1.5, 4.0}) {
+                CAPTURE(threads);
+                CAPTURE(s.T);
+                CAPTURE(s.H);
+                CAPTURE(s.hs);
+                CAPTURE(spread);
+                const bool amx = device::detail::uses_amx_attention(bf, device::row_kernel_isa(), s.hs),
+                           amx_trains = device::detail::trains_on_amx(bf, device::row_kernel_isa(), s.hs, s.B, s.Hkv);
+                CAPTURE(amx);
+                CAPTURE(amx_trains);
+                const int C = s.H * s.hs, W = (s.H + 2 * s.Hkv) * s.hs;
+                const std::size_t rows = std::size_t(s.B) * s.T;
+                const auto qkv = random_vector<float>(rows * W, 41, spread), dout = random_vector<float>(rows * C, 42);
+                std::vector<float> out(rows * C, std::nanf("")), exact(rows * C), infer(rows * C);
+                std::vector<float> lse(std::size_t(s.B) * s.H * s.T), lse32(lse.size());
+                std::vector<float> dqkv(rows * W, std::nanf("")), dqkv32(rows * W);
+                flash_attention_forward(bf, out.data(), lse.data(), qkv.data(), s.B, s.T, s.H, s.Hkv, s.hs);
+                flash_attention_forward(bf, infer.data(), static_cast<float*>(nullptr), qkv.data(), s.B, s.T, s.H,
+                                        s.Hkv, s.hs);
+                flash_attention_backward(bf, dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), s.B, s.T,
+                                         s.H, s.Hkv, s.hs);
+                flash_attention_forward(fp32, exact.data(), lse32.data(), qkv.data(), s.B, s.T, s.H, s.Hkv, s.hs);
+                flash_attention_backward(fp32, dqkv32.data(), dout.data(), qkv.data(), exact.data(), lse32.data(), s.B,
+                                         s.T, s.H, s.Hkv, s.hs);
+                if (amx_trains) CHECK(infer == out);  // inference (no lse) computes the same rows
+                if (!amx_trains) {  // training on the fp32 tiles: fewer (b, kv head) pairs than threads
+                    CHECK(out == exact);
+                    CHECK(lse == lse32);
+                    CHECK(dqkv == dqkv32);
+                }
+                if (!amx) {  // no AMX, a head size it does not take, or DISTILL_CPU_ISA capped: the fp32 tiles
+                    CHECK(infer == exact);
+                    continue;
+                }
+                // against exact attention (double) of the rounded q, k, v and dout. The forward's output is
+                // off by the probabilities' rounding before the product with v (half a unit in the last place,
+                // 2^-9, each): less than 2^-8 of the largest |output|. The backward rounds P, dS and their
+                // transposes too: within 2^-7 of the largest |gradient|.
+                std::vector<double> rounded(qkv.size()), dy(dout.size()), o_ref(rows * C), g_ref(rows * W);
+                std::transform(qkv.begin(), qkv.end(), rounded.begin(), bf16);
+                std::transform(dout.begin(), dout.end(), dy.begin(), bf16);
+                unfused(ref, o_ref, g_ref, rounded, dy, s);
+                check_close("amx out vs rounded inputs", infer.data(), o_ref.data(), std::int64_t(out.size()),
+                            largest(o_ref) / 256, 0);
+                CHECK(infer != exact);  // not the fp32 tiles' result: the rounding shows
+                if (amx_trains) {
+                    check_close("amx dqkv vs rounded inputs", dqkv.data(), g_ref.data(), std::int64_t(dqkv.size()),
+                                largest(g_ref) / 128, 0);
+                    CHECK(dqkv != dqkv32);
+                }
             }
-            // against exact attention (double) of the rounded q, k, v: what is left is the probabilities'
-            // rounding to bf16 before the product with v (half a unit in the last place, 2^-9, each), so the
-            // output is off by less than 2^-8 of the largest |output|
-            std::vector<double> rounded(qkv.size()), o_ref(rows * C), att(std::size_t(s.B) * s.H * s.T * s.T);
-            std::transform(qkv.begin(), qkv.end(), rounded.begin(), bf16);
-            nn::attention_forward(ref, o_ref.data(), att.data(), rounded.data(), s.B, s.T, s.H, s.Hkv, s.hs);
-            double largest = 0;
-            for (double x : o_ref) largest = std::max(largest, std::abs(x));
-            check_close("amx out vs rounded inputs", out.data(), o_ref.data(), std::int64_t(out.size()), largest / 256,
-                        0);
-            // and not the fp32 tiles' result: the rounding shows
-            CHECK(out != exact);
-        }
+    }
 }

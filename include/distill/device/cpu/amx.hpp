@@ -115,6 +115,18 @@ struct alignas(64) tile_config {
     }
 }
 
+/// Σ bf16(a_i) · b_i over n floats (n a multiple of 16), summed in fp32: a row's dot product with
+/// the operand an AMX product reads in its place.
+[[DISTILL_AMX_TARGET]] inline float rounded_dot(const float* a, const float* b, int n) noexcept {
+    __m512 acc = _mm512_setzero_ps();
+    for (int i = 0; i < n; i += 16) {
+        const __m256bh h = _mm512_cvtneps_pbh(_mm512_loadu_ps(a + i));
+        const __m512i wide = _mm512_slli_epi32(_mm512_cvtepu16_epi32(reinterpret_cast<const __m256i&>(h)), 16);
+        acc = _mm512_fmadd_ps(_mm512_castsi512_ps(wide), _mm512_loadu_ps(b + i), acc);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
 /// 16 pairs (lo[j], hi[j]) rounded to bf16, lo in the low half of each 32-bit lane.
 [[DISTILL_AMX_TARGET]] inline __m512i pairs(__m512 lo, __m512 hi) noexcept {
     const __m256bh l = _mm512_cvtneps_pbh(lo), h = _mm512_cvtneps_pbh(hi);

@@ -18,12 +18,16 @@
 /// L2. Work units are independent and split by a fixed rule, and no kernel's bits depend on a
 /// buffer's address, so results do not depend on the thread count; there are no atomics.
 ///
-/// Under precision::bf16 an inference forward (no lse: a teacher's forward, a prefill) on a CPU with
-/// AMX runs its two tile products on AMX (`cpu/amx.hpp`), as `torch.autocast` runs attention in bf16:
-/// q, k, v and each tile's probabilities rounded to bf16, sums in fp32, the online softmax in fp32 as
-/// above. 1.9-2x the fp32 tiles at the teacher's shape (B 8, T 256, 8 heads of 64, 1 thread:
-/// `bench_attention`). Training keeps fp32 tiles, so its backward recomputes the forward's
-/// probabilities from the same products.
+/// Under precision::bf16 on a CPU with AMX the tile products run on AMX (`cpu/amx.hpp`), as
+/// `torch.autocast` runs attention in bf16: their operands (q, k, v, dout, the probabilities, dS)
+/// rounded to bf16, sums in fp32, the softmax and the other elementwise steps in fp32 as above.
+/// An inference forward (no lse: a teacher's forward, a prefill) always does; a training forward
+/// and its backward when there are at least as many (b, kv head) pairs as threads (`trains_on_amx`:
+/// the AMX backward is the one-pass schedule, and forward and backward must decide alike, so that
+/// the backward recomputes the forward's very products). Measured at 1 thread (`bench_attention`):
+/// an inference forward 1.9-2x the fp32 tiles at the teacher's shape (B 8, T 256, 8 heads of 64); at
+/// the student's (`--heads 4`) the training forward 2.1x, the backward 1.9x. Which tiles run depends
+/// on the thread count here too.
 ///
 /// `DISTILL_CPU_FUSED_ATTENTION` is 1 in every build (it was 0 in builds without AVX2 that link
 /// oneDNN while the tiles ran on Eigen's kernel at the build's ISA); it stays for code that tests it.
@@ -164,13 +168,20 @@ inline bool uses_amx_attention(const Cpu& dev, cpu_isa isa, int hs) {
     return dev.compute_precision() == precision::bf16 && isa == cpu_isa::avx512 && hs % 32 == 0 && amx::usable();
 }
 
+/// Whether a training forward (with lse) and its backward run on AMX: as an inference forward, and
+/// with a (sequence, kv head) pair for each thread at least, the AMX backward's unit of work (the
+/// forward and the backward decide alike, so the backward recomputes the forward's products).
+inline bool trains_on_amx(const Cpu& dev, cpu_isa isa, int hs, int B, int Hkv) {
+    return uses_amx_attention(dev, isa, hs) && std::int64_t(B) * Hkv >= dev.threads();
+}
+
 #if defined(DISTILL_AMX)
 // One (b, h, query tile) of an inference forward on AMX: out (rows, hs; rows ldo apart) for queries
 // i0.. (q: their first row, rows `row` apart). q rounded to bf16 once; S = q kᵀ and O += P v as bf16
 // tile products summed in fp32; the online softmax in fp32, the fp32 path's kernel. kt: kᵀ of this
 // kv head (amx::pack_transposed), vp: its v (amx::pack_pairs), both over Tp keys.
-[[DISTILL_AMX_TARGET]] inline void flash_forward_amx_tile(cpu_isa isa, float* out, std::int64_t ldo, const float* q,
-                                                          std::int64_t row, const std::uint32_t* kt,
+[[DISTILL_AMX_TARGET]] inline void flash_forward_amx_tile(cpu_isa isa, float* out, std::int64_t ldo, float* lse,
+                                                          const float* q, std::int64_t row, const std::uint32_t* kt,
                                                           const std::uint32_t* vp, std::int64_t Tp, int i0, int rows,
                                                           int hs, float scale) {
     constexpr int Bt = flash_tile;
@@ -199,12 +210,14 @@ inline bool uses_amx_attention(const Cpu& dev, cpu_isa isa, int hs) {
     for (int r = 0; r < rows; ++r)
         for (int d = 0; d < hs; d += 16)
             _mm512_storeu_ps(out + r * ldo + d, _mm512_div_ps(_mm512_loadu_ps(O + r * hs + d), _mm512_set1_ps(l[r])));
+    if (lse)
+        for (int r = 0; r < rows; ++r) lse[r] = m[r] + std::log(l[r]) / scale;
 }
 
-// flash_attention_forward without lse on AMX (see there): k and v of each (b, kv head) packed into
-// bf16 pairs once, then parallel over (b, h, query tile).
-inline void flash_forward_amx(const Cpu& dev, cpu_isa isa, float* out, const float* qkv, int B, int Tn, int H, int Hkv,
-                              int hs) {
+// flash_attention_forward on AMX (see there): k and v of each (b, kv head) packed into bf16 pairs
+// once, then parallel over (b, h, query tile).
+inline void flash_forward_amx(const Cpu& dev, cpu_isa isa, float* out, float* lse, const float* qkv, int B, int Tn,
+                              int H, int Hkv, int hs) {
     const int C = H * hs, row = (H + 2 * Hkv) * hs, G = H / Hkv, Bt = flash_tile, Tp = (Tn + 31) / 32 * 32;
     const int tiles = (Tn + Bt - 1) / Bt;
     const std::int64_t slab = std::int64_t(hs) * Tp / 2;  // one (b, kv head)'s packed k or v, in 32-bit pairs
@@ -221,10 +234,92 @@ inline void flash_forward_amx(const Cpu& dev, cpu_isa isa, float* out, const flo
         const int tile = static_cast<int>(u % tiles), bh = static_cast<int>(u / tiles);
         const int b = bh / H, h = bh % H, j = h / G, i0 = tile * Bt, rows = std::min(Bt, Tn - i0);
         const std::int64_t kv = (std::int64_t(b) * Hkv + j) * slab;
-        flash_forward_amx_tile(isa, out + (std::int64_t(b) * Tn + i0) * C + h * hs, C,
-                               qkv + (std::int64_t(b) * Tn + i0) * row + h * hs, row, kt + kv, vp + kv, Tp, i0, rows,
-                               hs, scale);
+        flash_forward_amx_tile(
+            isa, out + (std::int64_t(b) * Tn + i0) * C + h * hs, C, lse ? lse + std::int64_t(bh) * Tn + i0 : nullptr,
+            qkv + (std::int64_t(b) * Tn + i0) * row + h * hs, row, kt + kv, vp + kv, Tp, i0, rows, hs, scale);
     });
+}
+
+// dk, dv of kv head j of sequence b (one work unit of flash_backward_amx) and its query heads' dq,
+// on AMX: every product of flash_attention_backward's one-pass schedule with bf16 operands (q,
+// dout, k, v, P and scale·dS rounded) and fp32 sums; the probabilities recomputed from the
+// forward's very products (the same rounded q and k), the elementwise steps the fp32 path's kernels.
+// x: the sequence's qkv rows; dy: its dout rows; g: its dqkv rows; lse (G, T) and D (G, T), D_t =
+// dout_t · out_t: those of the group's query heads.
+[[DISTILL_AMX_TARGET]] inline void flash_backward_amx_unit(cpu_isa isa, float* g, const float* x, const float* dy,
+                                                           const float* lse, const float* D, int Tn, int H, int Hkv,
+                                                           int hs, int j) {
+    constexpr int Bt = flash_tile;
+    const int C = H * hs, row = (H + 2 * Hkv) * hs, G = H / Hkv, Tp = (Tn + 31) / 32 * 32;
+    const float scale = 1.0f / std::sqrt(float(hs));
+    const std::int64_t slab = std::int64_t(hs) * Tp / 2;
+    std::uint32_t* kt = flash_scratch<std::uint32_t, 2>(std::size_t(3 * slab + 2 * Bt * hs / 2));
+    std::uint32_t* vt = kt + slab;         // vᵀ in pairs along d (dP = dout vᵀ)
+    std::uint32_t* kp = vt + slab;         // k in pairs of keys (dq += dS k)
+    std::uint32_t* qp = kp + slab;         // the query tile in pairs of rows (dk += dSᵀ q)
+    std::uint32_t* yp = qp + Bt * hs / 2;  // the dout tile in pairs of rows (dv += Pᵀ dout)
+    std::uint16_t* qb = flash_scratch<std::uint16_t, 2>(std::size_t(2 * Bt * hs + 2 * Bt * Bt));
+    std::uint16_t* yb = qb + Bt * hs;  // the dout tile rounded
+    std::uint16_t* ab = yb + Bt * hs;  // a rounded (64, 64) operand: Pᵀ, dSᵀ, dS
+    float* P = flash_scratch<float, 2>(std::size_t(3 * Bt * Bt + 3 * Bt * hs));
+    float* dS = P + Bt * Bt;
+    float* tr = dS + Bt * Bt;  // Pᵀ or dSᵀ (fp32)
+    float* dK = tr + Bt * Bt;
+    float* dV = dK + Bt * hs;
+    float* dQ = dV + Bt * hs;
+    const float* k = x + C + j * hs;
+    amx::pack_transposed(kt, Tp, k, row, Tn, hs, flash_scratch<std::uint32_t, 3>(std::size_t(Tn) * hs / 2));
+    amx::pack_transposed(vt, Tp, k + Hkv * hs, row, Tn, hs, flash_scratch<std::uint32_t, 3>(std::size_t(Tn) * hs / 2));
+    amx::pack_pairs(kp, Tp, k, row, Tn, hs);
+    for (int t = 0; t < Tn; ++t) std::fill_n(g + std::int64_t(t) * row + j * G * hs, G * hs, 0.0f);
+    const auto u16 = [](const std::uint32_t* p) { return reinterpret_cast<const std::uint16_t*>(p); };
+    for (int k0 = 0; k0 < Tn; k0 += Bt) {
+        const int cols = std::min(Bt, Tn - k0), nc = (cols + 31) / 32 * 32;
+        std::fill(dK, dK + nc * hs, 0.0f);
+        std::fill(dV, dV + nc * hs, 0.0f);
+        for (int i = 0; i < G; ++i) {
+            const int h = j * G + i;
+            for (int i0 = k0; i0 < Tn; i0 += Bt) {  // query tiles at or after the key tile
+                const int rows = std::min(Bt, Tn - i0), mr = (rows + 31) / 32 * 32;
+                const float* q = x + std::int64_t(i0) * row + h * hs;
+                const float* dyt = dy + std::int64_t(i0) * C + h * hs;
+                for (int r = 0; r < mr; ++r) {
+                    amx::round_row(qb + r * hs, r < rows ? q + r * row : q, hs, r < rows ? hs : 0);
+                    amx::round_row(yb + r * hs, r < rows ? dyt + r * C : dyt, hs, r < rows ? hs : 0);
+                }
+                amx::pack_pairs(qp, mr, q, row, rows, hs);
+                amx::pack_pairs(yp, mr, dyt, C, rows, hs);
+                amx::configure();
+                // P (mr, nc) = exp(q kᵀ · scale − lse), zero above the diagonal and past rows / cols
+                amx::product(mr, nc, hs, qb, hs, u16(kt + k0), 2 * Tp, P, Bt, false);
+                rowk::run_kernel<rowk::flash_probabilities>(isa, P, Bt, rows, cols, i0, k0, lse + i * Tn, scale);
+                // dP (mr, nc) = dout vᵀ, then dS = P ∘ (dP − D), scaled
+                amx::product(mr, nc, hs, yb, hs, u16(vt + k0), 2 * Tp, dS, Bt, false);
+                rowk::run_kernel<rowk::flash_scores_grad>(isa, dS, P, Bt, D + i * Tn + i0, rows, cols);
+                for (int r = 0; r < rows; ++r)
+                    for (int c = 0; c < nc; ++c) dS[r * Bt + c] *= scale;
+                // dv (nc, hs) += Pᵀ dout
+                rowk::transpose::run<rowk::vec<64>>(tr, Bt, P, Bt, mr, nc);
+                for (int c = 0; c < nc; ++c) amx::round_row(ab + c * Bt, tr + c * Bt, mr, mr);
+                amx::product(nc, hs, mr, ab, Bt, u16(yp), 2 * hs, dV, hs, true);
+                // dk (nc, hs) += (scale dS)ᵀ q
+                rowk::transpose::run<rowk::vec<64>>(tr, Bt, dS, Bt, mr, nc);
+                for (int c = 0; c < nc; ++c) amx::round_row(ab + c * Bt, tr + c * Bt, mr, mr);
+                amx::product(nc, hs, mr, ab, Bt, u16(qp), 2 * hs, dK, hs, true);
+                // dq (rows, hs) += (scale dS) k
+                for (int r = 0; r < mr; ++r) amx::round_row(ab + r * Bt, dS + r * Bt, nc, r < rows ? nc : 0);
+                amx::product(mr, hs, nc, ab, Bt, u16(kp + std::int64_t(k0 / 2) * hs), 2 * hs, dQ, hs, false);
+                amx::release();
+                float* gq = g + std::int64_t(i0) * row + h * hs;
+                for (int r = 0; r < rows; ++r)
+                    for (int d = 0; d < hs; ++d) gq[std::int64_t(r) * row + d] += dQ[r * hs + d];
+            }
+        }
+        for (int c = 0; c < cols; ++c) {
+            std::copy(dK + c * hs, dK + (c + 1) * hs, g + std::int64_t(k0 + c) * row + C + j * hs);
+            std::copy(dV + c * hs, dV + (c + 1) * hs, g + std::int64_t(k0 + c) * row + C + Hkv * hs + j * hs);
+        }
+    }
 }
 #endif
 
@@ -243,7 +338,8 @@ void flash_attention_forward(const Cpu& dev, T* out, T* lse, const T* qkv, int B
     const cpu_isa isa = row_kernel_isa();
 #if defined(DISTILL_AMX)
     if constexpr (std::is_same_v<T, float>)
-        if (!lse && uses_amx_attention(dev, isa, hs)) return flash_forward_amx(dev, isa, out, qkv, B, Tn, H, Hkv, hs);
+        if (lse ? trains_on_amx(dev, isa, hs, B, Hkv) : uses_amx_attention(dev, isa, hs))
+            return flash_forward_amx(dev, isa, out, lse, qkv, B, Tn, H, Hkv, hs);
 #endif
     T* kt = flash_scratch<T, 1>(std::size_t(B) * Hkv * hs * Tp);  // kᵀ per (b, kv head)
     flash_transpose(dev, isa, kt, qkv, 0, B, Tn, H, Hkv, hs);
@@ -294,6 +390,26 @@ void flash_attention_backward(const Cpu& dev, T* dqkv, const T* dout, const T* q
     const T scale = T(1) / std::sqrt(T(hs));
     const int tiles = (Tn + Bt - 1) / Bt;
     const cpu_isa isa = row_kernel_isa();
+#if defined(DISTILL_AMX)
+    if constexpr (std::is_same_v<T, float>)
+        if (trains_on_amx(dev, isa, hs, B, Hkv)) {  // one pass, a (b, kv head) pair per work unit
+            distill::detail::parallel_for(dev.threads(), std::int64_t(B) * Hkv, [&](std::int64_t u) {
+                const int b = static_cast<int>(u / Hkv), j = static_cast<int>(u % Hkv);
+                // D_t of each query head of the group, from the rounded dout the products read (so a row's
+                // dS = P ∘ (dP − D) sums to zero as in exact arithmetic)
+                T* D = flash_scratch<T, 3>(std::size_t(G) * Tn);
+                for (int r = 0; r < Tn; ++r)
+                    for (int i = 0; i < G; ++i) {
+                        const std::int64_t o = (std::int64_t(b) * Tn + r) * C + (j * G + i) * hs;
+                        D[std::int64_t(i) * Tn + r] = amx::rounded_dot(dout + o, out + o, hs);
+                    }
+                flash_backward_amx_unit(isa, dqkv + std::int64_t(b) * Tn * row, qkv + std::int64_t(b) * Tn * row,
+                                        dout + std::int64_t(b) * Tn * C, lse + std::int64_t(b) * H * Tn + j * G * Tn, D,
+                                        Tn, H, Hkv, hs, j);
+            });
+            return;
+        }
+#endif
     const std::int64_t slab = std::int64_t(hs) * Tp;  // one (b, kv head)'s kᵀ or vᵀ
     T* kt = flash_scratch<T, 1>(std::size_t(2) * B * Hkv * slab);
     T* vt = kt + std::int64_t(B) * Hkv * slab;

@@ -15,9 +15,8 @@
 /// Precision: `Cpu(threads, precision::bf16)` rounds the operands of the model's GEMMs to bf16 and
 /// accumulates in fp32 (oneDNN; refused with a config_error without it — Eigen has no fast bf16
 /// GEMM). Everything else stays fp32: master weights, gradients, optimizer state, losses, softmax,
-/// LayerNorm statistics, and the attention's tile products, but for an inference forward's (no
-/// log-sum-exp kept: a teacher, a prefill) on a CPU with AMX, which round q, k, v and the
-/// probabilities to bf16 too (`cpu/flash_attention.hpp`, `cpu/amx.hpp`).
+/// LayerNorm statistics. The fused attention's tile products round their operands to bf16 too on a
+/// CPU with AMX (`cpu/flash_attention.hpp`, `cpu/amx.hpp`).
 
 #include <algorithm>
 #include <cstdint>

@@ -7,11 +7,11 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <numeric>
 
 #include "distill/device/cpu.hpp"
 #include "distill/device/reference.hpp"
+#include "distill/io/quant.hpp"
 #include "distill/nn/attention.hpp"
 #include "testing.hpp"
 
@@ -145,13 +145,7 @@ TEST_CASE("flash attention: bf16 forward and backward (AMX tiles where the CPU h
         return;
     }
     // x rounded to bf16, to nearest even (the inputs an AMX tile product sees)
-    const auto bf16 = [](float x) {
-        std::uint32_t u;
-        std::memcpy(&u, &x, 4);
-        u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
-        std::memcpy(&x, &u, 4);
-        return double(x);
-    };
+    const auto bf16 = [](float x) { return double(quant::bf16_to_fp32(quant::fp32_to_bf16(x))); };
     const auto largest = [](const std::vector<double>& v) {
         double m = 0;
         for (double x : v) m = std::max(m, std::abs(x));

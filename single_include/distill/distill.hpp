@@ -11068,13 +11068,22 @@ struct alignas(64) tile_config {
         }
 }
 
-/// dst[0, n) = x[0, valid) rounded to bf16 (to nearest even), then zeros; n a multiple of 16.
-[[DISTILL_AMX_TARGET]] inline void round_row(std::uint16_t* dst, const float* x, int n, int valid) noexcept {
-    for (int i = 0; i < n; i += 16) {
-        const int left = valid - i;
-        const __mmask16 keep = left >= 16 ? __mmask16(0xffff) : left <= 0 ? __mmask16(0) : __mmask16((1u << left) - 1);
-        const __m256bh h = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(keep, x + i));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), reinterpret_cast<const __m256i&>(h));
+/// dst (rows, n; ldd apart) = x (rows; ldx apart) rounded to bf16 (to nearest even), keeping the
+/// first `valid_cols` columns of the first `valid_rows` rows and zero elsewhere; n a multiple of 16.
+/// Rows past valid_rows are not read.
+[[DISTILL_AMX_TARGET]] inline void round_rows(std::uint16_t* dst, std::int64_t ldd, const float* x, std::int64_t ldx,
+                                              int rows, int valid_rows, int n, int valid_cols) noexcept {
+    for (int r = 0; r < rows; ++r) {
+        const int valid = r < valid_rows ? valid_cols : 0;
+        const float* xr = r < valid_rows ? x + r * ldx : x;
+        for (int i = 0; i < n; i += 16) {
+            const int left = valid - i;
+            const __mmask16 keep = left >= 16  ? __mmask16(0xffff)
+                                   : left <= 0 ? __mmask16(0)
+                                               : __mmask16((1u << left) - 1);
+            const __m256bh h = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(keep, xr + i));
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + r * ldd + i), reinterpret_cast<const __m256i&>(h));
+        }
     }
 }
 
@@ -11287,7 +11296,7 @@ inline bool trains_on_amx(const Cpu& dev, cpu_isa isa, int hs, int B, int Hkv) {
     float* O = S + Bt * Bt;
     float* m = O + Bt * hs;  // running raw maximum per row
     float* l = m + Bt;       // running sum of exp((s - m)·scale) per row
-    for (int r = 0; r < mr; ++r) amx::round_row(qb + r * hs, r < rows ? q + r * row : q, hs, r < rows ? hs : 0);
+    amx::round_rows(qb, hs, q, row, mr, rows, hs, hs);
     std::fill(O, O + mr * hs, 0.0f);
     std::fill(l, l + rows, 0.0f);
     amx::configure();
@@ -11297,7 +11306,7 @@ inline bool trains_on_amx(const Cpu& dev, cpu_isa isa, int hs, int B, int Hkv) {
         amx::product(mr, nc, hs, qb, hs, reinterpret_cast<const std::uint16_t*>(kt + k0), 2 * Tp, S, Bt, false);
         rowk::run_kernel<rowk::flash_softmax_tile>(isa, S, Bt, rows, cols, i0, k0, m, l, O, hs, scale, k0 == 0);
         // O (mr, hs) += P (mr, nc) · v_tile (nc, hs), P zero past each row's keys and past `rows`
-        for (int r = 0; r < mr; ++r) amx::round_row(pb + r * Bt, S + r * Bt, nc, r < rows ? cols : 0);
+        amx::round_rows(pb, Bt, S, Bt, mr, rows, nc, cols);
         amx::product(mr, hs, nc, pb, Bt, reinterpret_cast<const std::uint16_t*>(vp + std::int64_t(k0 / 2) * hs), 2 * hs,
                      O, hs, true);
     }
@@ -11378,10 +11387,8 @@ inline void flash_forward_amx(const Cpu& dev, cpu_isa isa, float* out, float* ls
                 const int rows = std::min(Bt, Tn - i0), mr = (rows + 31) / 32 * 32;
                 const float* q = x + std::int64_t(i0) * row + h * hs;
                 const float* dyt = dy + std::int64_t(i0) * C + h * hs;
-                for (int r = 0; r < mr; ++r) {
-                    amx::round_row(qb + r * hs, r < rows ? q + r * row : q, hs, r < rows ? hs : 0);
-                    amx::round_row(yb + r * hs, r < rows ? dyt + r * C : dyt, hs, r < rows ? hs : 0);
-                }
+                amx::round_rows(qb, hs, q, row, mr, rows, hs, hs);
+                amx::round_rows(yb, hs, dyt, C, mr, rows, hs, hs);
                 amx::pack_pairs(qp, mr, q, row, rows, hs);
                 amx::pack_pairs(yp, mr, dyt, C, rows, hs);
                 amx::configure();
@@ -11395,14 +11402,14 @@ inline void flash_forward_amx(const Cpu& dev, cpu_isa isa, float* out, float* ls
                     for (int c = 0; c < nc; ++c) dS[r * Bt + c] *= scale;
                 // dv (nc, hs) += Pᵀ dout
                 rowk::transpose::run<rowk::vec<64>>(tr, Bt, P, Bt, mr, nc);
-                for (int c = 0; c < nc; ++c) amx::round_row(ab + c * Bt, tr + c * Bt, mr, mr);
+                amx::round_rows(ab, Bt, tr, Bt, nc, nc, mr, mr);
                 amx::product(nc, hs, mr, ab, Bt, u16(yp), 2 * hs, dV, hs, true);
                 // dk (nc, hs) += (scale dS)ᵀ q
                 rowk::transpose::run<rowk::vec<64>>(tr, Bt, dS, Bt, mr, nc);
-                for (int c = 0; c < nc; ++c) amx::round_row(ab + c * Bt, tr + c * Bt, mr, mr);
+                amx::round_rows(ab, Bt, tr, Bt, nc, nc, mr, mr);
                 amx::product(nc, hs, mr, ab, Bt, u16(qp), 2 * hs, dK, hs, true);
                 // dq (rows, hs) += (scale dS) k
-                for (int r = 0; r < mr; ++r) amx::round_row(ab + r * Bt, dS + r * Bt, nc, r < rows ? nc : 0);
+                amx::round_rows(ab, Bt, dS, Bt, mr, rows, nc, nc);
                 amx::product(mr, hs, nc, ab, Bt, u16(kp + std::int64_t(k0 / 2) * hs), 2 * hs, dQ, hs, false);
                 amx::release();
                 float* gq = g + std::int64_t(i0) * row + h * hs;

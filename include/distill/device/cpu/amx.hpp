@@ -105,13 +105,22 @@ struct alignas(64) tile_config {
         }
 }
 
-/// dst[0, n) = x[0, valid) rounded to bf16 (to nearest even), then zeros; n a multiple of 16.
-[[DISTILL_AMX_TARGET]] inline void round_row(std::uint16_t* dst, const float* x, int n, int valid) noexcept {
-    for (int i = 0; i < n; i += 16) {
-        const int left = valid - i;
-        const __mmask16 keep = left >= 16 ? __mmask16(0xffff) : left <= 0 ? __mmask16(0) : __mmask16((1u << left) - 1);
-        const __m256bh h = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(keep, x + i));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), reinterpret_cast<const __m256i&>(h));
+/// dst (rows, n; ldd apart) = x (rows; ldx apart) rounded to bf16 (to nearest even), keeping the
+/// first `valid_cols` columns of the first `valid_rows` rows and zero elsewhere; n a multiple of 16.
+/// Rows past valid_rows are not read.
+[[DISTILL_AMX_TARGET]] inline void round_rows(std::uint16_t* dst, std::int64_t ldd, const float* x, std::int64_t ldx,
+                                              int rows, int valid_rows, int n, int valid_cols) noexcept {
+    for (int r = 0; r < rows; ++r) {
+        const int valid = r < valid_rows ? valid_cols : 0;
+        const float* xr = r < valid_rows ? x + r * ldx : x;
+        for (int i = 0; i < n; i += 16) {
+            const int left = valid - i;
+            const __mmask16 keep = left >= 16  ? __mmask16(0xffff)
+                                   : left <= 0 ? __mmask16(0)
+                                               : __mmask16((1u << left) - 1);
+            const __m256bh h = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(keep, xr + i));
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + r * ldd + i), reinterpret_cast<const __m256i&>(h));
+        }
     }
 }
 

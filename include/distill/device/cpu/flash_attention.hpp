@@ -192,7 +192,7 @@ inline bool trains_on_amx(const Cpu& dev, cpu_isa isa, int hs, int B, int Hkv) {
     float* O = S + Bt * Bt;
     float* m = O + Bt * hs;  // running raw maximum per row
     float* l = m + Bt;       // running sum of exp((s - m)·scale) per row
-    for (int r = 0; r < mr; ++r) amx::round_row(qb + r * hs, r < rows ? q + r * row : q, hs, r < rows ? hs : 0);
+    amx::round_rows(qb, hs, q, row, mr, rows, hs, hs);
     std::fill(O, O + mr * hs, 0.0f);
     std::fill(l, l + rows, 0.0f);
     amx::configure();
@@ -202,7 +202,7 @@ inline bool trains_on_amx(const Cpu& dev, cpu_isa isa, int hs, int B, int Hkv) {
         amx::product(mr, nc, hs, qb, hs, reinterpret_cast<const std::uint16_t*>(kt + k0), 2 * Tp, S, Bt, false);
         rowk::run_kernel<rowk::flash_softmax_tile>(isa, S, Bt, rows, cols, i0, k0, m, l, O, hs, scale, k0 == 0);
         // O (mr, hs) += P (mr, nc) · v_tile (nc, hs), P zero past each row's keys and past `rows`
-        for (int r = 0; r < mr; ++r) amx::round_row(pb + r * Bt, S + r * Bt, nc, r < rows ? cols : 0);
+        amx::round_rows(pb, Bt, S, Bt, mr, rows, nc, cols);
         amx::product(mr, hs, nc, pb, Bt, reinterpret_cast<const std::uint16_t*>(vp + std::int64_t(k0 / 2) * hs), 2 * hs,
                      O, hs, true);
     }
@@ -283,10 +283,8 @@ inline void flash_forward_amx(const Cpu& dev, cpu_isa isa, float* out, float* ls
                 const int rows = std::min(Bt, Tn - i0), mr = (rows + 31) / 32 * 32;
                 const float* q = x + std::int64_t(i0) * row + h * hs;
                 const float* dyt = dy + std::int64_t(i0) * C + h * hs;
-                for (int r = 0; r < mr; ++r) {
-                    amx::round_row(qb + r * hs, r < rows ? q + r * row : q, hs, r < rows ? hs : 0);
-                    amx::round_row(yb + r * hs, r < rows ? dyt + r * C : dyt, hs, r < rows ? hs : 0);
-                }
+                amx::round_rows(qb, hs, q, row, mr, rows, hs, hs);
+                amx::round_rows(yb, hs, dyt, C, mr, rows, hs, hs);
                 amx::pack_pairs(qp, mr, q, row, rows, hs);
                 amx::pack_pairs(yp, mr, dyt, C, rows, hs);
                 amx::configure();
@@ -300,14 +298,14 @@ inline void flash_forward_amx(const Cpu& dev, cpu_isa isa, float* out, float* ls
                     for (int c = 0; c < nc; ++c) dS[r * Bt + c] *= scale;
                 // dv (nc, hs) += Pᵀ dout
                 rowk::transpose::run<rowk::vec<64>>(tr, Bt, P, Bt, mr, nc);
-                for (int c = 0; c < nc; ++c) amx::round_row(ab + c * Bt, tr + c * Bt, mr, mr);
+                amx::round_rows(ab, Bt, tr, Bt, nc, nc, mr, mr);
                 amx::product(nc, hs, mr, ab, Bt, u16(yp), 2 * hs, dV, hs, true);
                 // dk (nc, hs) += (scale dS)ᵀ q
                 rowk::transpose::run<rowk::vec<64>>(tr, Bt, dS, Bt, mr, nc);
-                for (int c = 0; c < nc; ++c) amx::round_row(ab + c * Bt, tr + c * Bt, mr, mr);
+                amx::round_rows(ab, Bt, tr, Bt, nc, nc, mr, mr);
                 amx::product(nc, hs, mr, ab, Bt, u16(qp), 2 * hs, dK, hs, true);
                 // dq (rows, hs) += (scale dS) k
-                for (int r = 0; r < mr; ++r) amx::round_row(ab + r * Bt, dS + r * Bt, nc, r < rows ? nc : 0);
+                amx::round_rows(ab, Bt, dS, Bt, mr, rows, nc, nc);
                 amx::product(mr, hs, nc, ab, Bt, u16(kp + std::int64_t(k0 / 2) * hs), 2 * hs, dQ, hs, false);
                 amx::release();
                 float* gq = g + std::int64_t(i0) * row + h * hs;

@@ -11357,14 +11357,14 @@ inline void flash_forward_amx(const Cpu& dev, cpu_isa isa, float* out, float* ls
     const int C = H * hs, row = (H + 2 * Hkv) * hs, G = H / Hkv, Tp = (Tn + 31) / 32 * 32;
     const float scale = 1.0f / std::sqrt(float(hs));
     const std::int64_t slab = std::int64_t(hs) * Tp / 2;
-    std::uint32_t* kt = flash_scratch<std::uint32_t, 2>(std::size_t(3 * slab + 2 * Bt * hs / 2));
-    std::uint32_t* vt = kt + slab;         // vᵀ in pairs along d (dP = dout vᵀ)
-    std::uint32_t* kp = vt + slab;         // k in pairs of keys (dq += dS k)
-    std::uint32_t* qp = kp + slab;         // the query tile in pairs of rows (dk += dSᵀ q)
-    std::uint32_t* yp = qp + Bt * hs / 2;  // the dout tile in pairs of rows (dv += Pᵀ dout)
-    std::uint16_t* qb = flash_scratch<std::uint16_t, 2>(std::size_t(2 * Bt * hs + 2 * Bt * Bt));
-    std::uint16_t* yb = qb + Bt * hs;  // the dout tile rounded
-    std::uint16_t* ab = yb + Bt * hs;  // a rounded (64, 64) operand: Pᵀ, dSᵀ, dS
+    std::uint32_t* kt = flash_scratch<std::uint32_t, 2>(std::size_t((3 + 2 * G) * slab));
+    std::uint32_t* vt = kt + slab;        // vᵀ in pairs along d (dP = dout vᵀ)
+    std::uint32_t* kp = vt + slab;        // k in pairs of keys (dq += dS k)
+    std::uint32_t* qpa = kp + slab;       // each query head's q in pairs of rows (dk += dSᵀ q)
+    std::uint32_t* ypa = qpa + G * slab;  // its dout in pairs of rows (dv += Pᵀ dout)
+    std::uint16_t* qba = flash_scratch<std::uint16_t, 2>(std::size_t(4 * G * slab + Bt * Bt));
+    std::uint16_t* yba = qba + 2 * G * slab;  // each query head's dout rounded
+    std::uint16_t* ab = yba + 2 * G * slab;   // a rounded (64, 64) operand: Pᵀ, dSᵀ, dS
     float* P = flash_scratch<float, 2>(std::size_t(3 * Bt * Bt + 3 * Bt * hs));
     float* dS = P + Bt * Bt;
     float* tr = dS + Bt * Bt;  // Pᵀ or dSᵀ (fp32)
@@ -11375,6 +11375,14 @@ inline void flash_forward_amx(const Cpu& dev, cpu_isa isa, float* out, float* ls
     amx::pack_transposed(kt, Tp, k, row, Tn, hs, flash_scratch<std::uint32_t, 3>(std::size_t(Tn) * hs / 2));
     amx::pack_transposed(vt, Tp, k + Hkv * hs, row, Tn, hs, flash_scratch<std::uint32_t, 3>(std::size_t(Tn) * hs / 2));
     amx::pack_pairs(kp, Tp, k, row, Tn, hs);
+    for (int i = 0; i < G; ++i) {  // q and dout of the group's query heads rounded and paired once
+        const float* q = x + (j * G + i) * hs;
+        const float* dyh = dy + (j * G + i) * hs;
+        amx::round_rows(qba + 2 * i * slab, hs, q, row, Tp, Tn, hs, hs);
+        amx::round_rows(yba + 2 * i * slab, hs, dyh, C, Tp, Tn, hs, hs);
+        amx::pack_pairs(qpa + i * slab, Tp, q, row, Tn, hs);
+        amx::pack_pairs(ypa + i * slab, Tp, dyh, C, Tn, hs);
+    }
     for (int t = 0; t < Tn; ++t) std::fill_n(g + std::int64_t(t) * row + j * G * hs, G * hs, 0.0f);
     const auto u16 = [](const std::uint32_t* p) { return reinterpret_cast<const std::uint16_t*>(p); };
     for (int k0 = 0; k0 < Tn; k0 += Bt) {
@@ -11385,12 +11393,10 @@ inline void flash_forward_amx(const Cpu& dev, cpu_isa isa, float* out, float* ls
             const int h = j * G + i;
             for (int i0 = k0; i0 < Tn; i0 += Bt) {  // query tiles at or after the key tile
                 const int rows = std::min(Bt, Tn - i0), mr = (rows + 31) / 32 * 32;
-                const float* q = x + std::int64_t(i0) * row + h * hs;
-                const float* dyt = dy + std::int64_t(i0) * C + h * hs;
-                amx::round_rows(qb, hs, q, row, mr, rows, hs, hs);
-                amx::round_rows(yb, hs, dyt, C, mr, rows, hs, hs);
-                amx::pack_pairs(qp, mr, q, row, rows, hs);
-                amx::pack_pairs(yp, mr, dyt, C, rows, hs);
+                const std::uint16_t* qb = qba + 2 * i * slab + std::int64_t(i0) * hs;
+                const std::uint16_t* yb = yba + 2 * i * slab + std::int64_t(i0) * hs;
+                const std::uint32_t* qp = qpa + i * slab + std::int64_t(i0 / 2) * hs;
+                const std::uint32_t* yp = ypa + i * slab + std::int64_t(i0 / 2) * hs;
                 amx::configure();
                 // P (mr, nc) = exp(q kᵀ · scale − lse), zero above the diagonal and past rows / cols
                 amx::product(mr, nc, hs, qb, hs, u16(kt + k0), 2 * Tp, P, Bt, false);

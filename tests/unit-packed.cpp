@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <utility>
 #include <vector>
 
@@ -96,6 +97,40 @@ TEST_CASE("gemm_packed: a packed weight gives the bits of the plain weight's pro
                     INFO("bf16, threads=" << threads << " M=" << M << " gelu=" << gelu);
                     CHECK(C1 == C0);
                 }
+        }
+        // the inference GELU MLP with bf16 hidden rows: the bits of its two products with fp32 rows
+        if (device::Cpu::bf16_supported()) {
+            const int C = 96, F = 200;
+            auto round = [&](std::vector<float> w) {
+                std::vector<std::uint16_t> w16(w.size());
+                round_bf16(cpu, w16.data(), w.data(), std::int64_t(w.size()));
+                return w16;
+            };
+            const auto W1 = round(random_vector<float>(std::size_t(F) * C, 17)),
+                       W2 = round(random_vector<float>(std::size_t(C) * F, 18));
+            const auto b1 = random_vector<float>(std::size_t(F), 19), b2 = random_vector<float>(std::size_t(C), 20);
+            for (const bool packs : {false, true}) {
+                const device::packed_weight p1 = packs ? pack_weight(cpu, W1.data(), F, C) : device::packed_weight(),
+                                            p2 = packs ? pack_weight(cpu, W2.data(), C, F) : device::packed_weight();
+                for (const int M : {1, 64, 77}) {
+                    const auto x = random_vector<float>(std::size_t(M) * C, 21);
+                    auto out0 = random_vector<float>(std::size_t(M) * C, 22), out1 = out0;
+                    std::vector<float> h0(std::size_t(M) * F), h1(h0.size());
+                    gemm_bf16_weight(cpu, false, true, M, F, C, 1.0f, x.data(), C, W1.data(), C, 0.0f, h0.data(), F,
+                                     b1.data(), true);
+                    gemm_bf16_weight(cpu, false, true, M, C, F, 1.0f, h0.data(), F, W2.data(), F, 1.0f, out0.data(), C,
+                                     b2.data());
+                    mlp_bf16(cpu, M, C, F, x.data(), W1.data(), p1, b1.data(), W2.data(), p2, b2.data(), h1.data(),
+                             out1.data());
+                    INFO("mlp_bf16, threads=" << threads << " packed=" << packs << " M=" << M);
+                    CHECK(out1 == out0);
+                    // the hidden rows, rounded: the first half of `hidden` in bf16
+                    std::vector<std::uint16_t> h16(h0.size()), got(h0.size());
+                    round_bf16(cpu, h16.data(), h0.data(), std::int64_t(h0.size()));
+                    std::memcpy(got.data(), h1.data(), got.size() * 2);
+                    CHECK(got == h16);
+                }
+            }
         }
         // a copy packed for other threads, or another shape, is not read: the plain weight is
         const auto W = random_vector<float>(std::size_t(64) * 32, 11);

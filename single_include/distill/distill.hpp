@@ -9883,11 +9883,14 @@ inline void pack(void* dst, const dnnl::memory::desc& packed, const void* W, int
 /// one the plain B would run (so the bits are too); B (B16) stays the plain B.
 /// With `gelu` (no batch) C = gelu(alpha op(A) op(B) (+ bias) + beta C), the tanh GELU of
 /// `gelu_forward` (oneDNN's evaluation of it, equal to rounding) in the epilogue: no second pass over C.
+/// With `A16` (bf16 only) A is that bf16 matrix, already rounded and packed (lda = its width), as B16
+/// for B. With `C16` (bf16, no batch, beta 0) the product is written there rounded to bf16 (packed, ldc
+/// = N; round to nearest even, as `to_bf16`) instead of to C: an operand the next bf16 product reads.
 inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A,
                  int lda, const float* B, int ldb, float beta, float* C, int ldc, std::int64_t batch = 1,
                  std::int64_t stride_a = 0, std::int64_t stride_b = 0, std::int64_t stride_c = 0,
                  const std::uint16_t* B16 = nullptr, const float* bias = nullptr, const void* B_packed = nullptr,
-                 bool gelu = false) {
+                 bool gelu = false, const std::uint16_t* A16 = nullptr, std::uint16_t* C16 = nullptr) {
     using dt = dnnl::memory::data_type;
     using dims = dnnl::memory::dims;
     DnnlState& st = state();
@@ -9897,6 +9900,10 @@ inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int 
     if (bf16 && batch > 1) throw std::logic_error("oneDNN gemm: batched products are fp32");
     if (B16 && (!bf16 || ldb != (trans_b ? K : N)))
         throw std::logic_error("oneDNN gemm: a bf16 B operand must be packed and the product bf16");
+    if (A16 && (!bf16 || lda != (trans_a ? M : K)))
+        throw std::logic_error("oneDNN gemm: a bf16 A operand must be packed and the product bf16");
+    if (C16 && (!bf16 || batch > 1 || beta != 0.0f || ldc != N))
+        throw std::logic_error("oneDNN gemm: a bf16 C is packed, of a bf16 product with beta 0 and no batch");
     if (bias && (alpha != 1.0f || batch > 1)) throw std::logic_error("oneDNN gemm: a bias needs alpha 1 and no batch");
     if (gelu && batch > 1) throw std::logic_error("oneDNN gemm: a GELU epilogue takes no batch");
     if (B_packed && (batch > 1 || !trans_b || bf16 != (B16 != nullptr)))
@@ -9908,7 +9915,7 @@ inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int 
     const std::int64_t la = bf16 ? a_cols : lda, lb = bf16 ? b_cols : ldb;
     if (batch <= 1) stride_a = stride_b = stride_c = 0;
     const int flags = int(trans_a) | int(trans_b) << 1 | int(bf16) << 2 | int(bias != nullptr) << 3 |
-                      int(B_packed != nullptr) << 4 | int(gelu) << 5;
+                      int(B_packed != nullptr) << 4 | int(gelu) << 5 | int(C16 != nullptr) << 6;
     const Key key{M, N, K, la, lb, ldc, alpha, beta, flags, threads, batch, stride_a, stride_b, stride_c};
     auto it = st.cache.find(key);
     if (it == st.cache.end()) {
@@ -9920,7 +9927,7 @@ inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int 
         };
         const dnnl::memory::desc a_md = md(M, K, trans_a ? dims{1, la} : dims{la, 1}, stride_a, type);
         const dnnl::memory::desc plain_b = md(K, N, trans_b ? dims{1, lb} : dims{lb, 1}, stride_b, type);
-        const dnnl::memory::desc c_md = md(M, N, dims{ldc, 1}, stride_c, dt::f32);
+        const dnnl::memory::desc c_md = md(M, N, dims{ldc, 1}, stride_c, C16 ? dt::bf16 : dt::f32);
         dnnl::primitive_attr attr;
         if (alpha != 1.0f) attr.set_output_scales(0, {alpha});
         if (beta != 0.0f || gelu) {
@@ -9966,18 +9973,18 @@ inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int 
     if (bf16) {
         // the same primitive either way (packed bf16 operands): a stored bf16 B gives the bits a
         // rounded fp32 B gives
-        const std::int64_t b_elems = B16 ? 0 : b_rows * b_cols;
-        std::uint16_t* sa = st.bf16_scratch(std::size_t(a_rows * a_cols + b_elems + 32));
-        std::uint16_t* sb = sa + (a_rows * a_cols + 31) / 32 * 32;
-        convert(sa, A, a_rows, a_cols, lda, threads);
+        const std::int64_t a_elems = A16 ? 0 : a_rows * a_cols, b_elems = B16 ? 0 : b_rows * b_cols;
+        std::uint16_t* sa = st.bf16_scratch(std::size_t(a_elems + b_elems + 32));
+        std::uint16_t* sb = sa + (a_elems + 31) / 32 * 32;
+        if (!A16) convert(sa, A, a_rows, a_cols, lda, threads);
         if (!B16) convert(sb, B, b_rows, b_cols, ldb, threads);
-        e.a.set_data_handle(sa);
+        e.a.set_data_handle(const_cast<std::uint16_t*>(A16 ? A16 : sa));
         e.b.set_data_handle(e.reads_packed ? const_cast<void*>(B_packed) : const_cast<std::uint16_t*>(B16 ? B16 : sb));
     } else {
         e.a.set_data_handle(const_cast<float*>(A));
         e.b.set_data_handle(e.reads_packed ? const_cast<void*>(B_packed) : const_cast<float*>(B));
     }
-    e.c.set_data_handle(C);
+    e.c.set_data_handle(C16 ? static_cast<void*>(C16) : C);
     if (bias) e.bias.set_data_handle(const_cast<float*>(bias));
     const dnnl_status_t status = dnnl_primitive_execute(e.prim.get(), st.stream.get(), bias ? 4 : 3, e.args);
     if (status != dnnl_success) throw std::runtime_error("oneDNN matmul failed, status " + std::to_string(status));
@@ -10530,6 +10537,31 @@ inline void gemm_packed(const Cpu& dev, int M, int N, int K, const float* A, int
                             0, W, bias, packed.data(), gelu);
 #endif
     gemm_bf16_weight(dev, false, true, M, N, K, 1.0f, A, lda, W, K, beta, C, ldc, bias, gelu);
+}
+
+/// The GELU MLP of an inference forward with bf16 matrices: out(M,C) += gelu(x(M,C) · W1ᵀ + b1) · W2ᵀ +
+/// b2, W1 (F,C) and W2 (C,F) stored bf16, each read from its packed copy where that fits (as
+/// `gemm_packed`). The first product's epilogue writes the hidden rows in bf16, and the second reads
+/// them as they are: it would round them to bf16 itself, so the bits are those of the two `gemm_packed`
+/// calls, less a rounding pass and the fp32 rows' traffic. `hidden` holds M·F floats: the bf16 rows take
+/// half of it; the fp32 rows, all of it where oneDNN does not take the products.
+inline void mlp_bf16(const Cpu& dev, int M, int C, int F, const float* x, const std::uint16_t* W1,
+                     const packed_weight& packed1, const float* b1, const std::uint16_t* W2,
+                     const packed_weight& packed2, const float* b2, float* hidden, float* out) {
+#if defined(DISTILL_WITH_DNNL)
+    if (detail::dnnl_takes(M, F, C)) {
+        auto* h16 = reinterpret_cast<std::uint16_t*>(hidden);
+        const auto packed = [&](const packed_weight& p, int N, int K) {
+            return detail::reads_packed(dev, M, N, K, p, true) ? p.data() : nullptr;
+        };
+        detail::gemm(true, dev.threads(), false, true, M, F, C, 1.0f, x, C, nullptr, C, 0.0f, nullptr, F, 1, 0, 0, 0,
+                     W1, b1, packed(packed1, F, C), true, nullptr, h16);
+        return detail::gemm(true, dev.threads(), false, true, M, C, F, 1.0f, nullptr, F, nullptr, F, 1.0f, out, C, 1, 0,
+                            0, 0, W2, b2, packed(packed2, C, F), false, h16);
+    }
+#endif
+    gemm_packed(dev, M, F, C, x, C, W1, packed1, 0.0f, hidden, F, b1, true);
+    gemm_packed(dev, M, C, F, hidden, F, W2, packed2, 1.0f, out, C, b2);
 }
 
 /// dbias(OC) += column sums of dout(N,OC); each thread owns a block of columns.
@@ -17659,16 +17691,13 @@ private:
         }
         // decoding, or forwards after pack_matrices(): the packed copy (made here on first use)
         if constexpr (PackedMatrices<T, Device>::packs) {
-            if (PackedMatrices<T, Device>* packs = packed_matrices(); packs && w < packs->slots_.size()) {
-                auto& packed = packs->slots_[w];
+            if (const auto* packed = packed_matrix(w, OC, C)) {
                 if (const std::uint16_t* w16 = this->bf16_value(w)) {
                     if constexpr (requires { gemm_packed(dev_, N, OC, C, in, C, w16, *packed, beta, out, OC, bias); }) {
-                        if (!packed) packed = pack_weight(dev_, w16, OC, C);
                         gemm_packed(dev_, N, OC, C, in, C, w16, *packed, beta, out, OC, bias, gelu);
                         return true;
                     }
                 } else {
-                    if (!packed) packed = pack_weight(dev_, val(w), OC, C);
                     gemm_packed(dev_, N, OC, C, in, C, val(w), *packed, beta, out, OC, bias, gelu);
                     return true;
                 }
@@ -17698,6 +17727,54 @@ private:
             }
         }
         nn::linear_forward(dev_, out, in, val(w), bias, N, C, OC, add_to_out);  // the bias: gemm_bias where it exists
+        return false;
+    }
+
+    // Decoding, or forwards after pack_matrices(): W(OC,C)'s packed copy (from its bf16 copy where it
+    // has one), made here on first use; else null.
+    const typename PackedMatrices<T, Device>::packed_type* packed_matrix(std::size_t w, int OC, int C) {
+        if constexpr (PackedMatrices<T, Device>::packs) {
+            PackedMatrices<T, Device>* packs = packed_matrices();
+            if (!packs || w >= packs->slots_.size()) return nullptr;
+            auto& packed = packs->slots_[w];
+            if (!packed) {
+                if (const std::uint16_t* w16 = this->bf16_value(w)) {
+                    if constexpr (requires { pack_weight(dev_, w16, OC, C); }) packed = pack_weight(dev_, w16, OC, C);
+                } else {
+                    packed = pack_weight(dev_, val(w), OC, C);
+                }
+            }
+            if (packed) return &*packed;
+        }
+        (void)w, (void)OC, (void)C;
+        return nullptr;
+    }
+
+    // res_out(N,C) = res_attn + mlp(ln2) of block l in an inference forward whose MLP matrices are
+    // stored bf16, with bf16 hidden rows (device::Cpu's mlp_bf16); whether it ran (else `linear` does).
+    bool mlp_bf16_rows(int l, int N) {
+        const auto& w = layer_params_[std::size_t(l)];
+        const auto& a = layer_acts_[std::size_t(l)];
+        const int C = cfg_.d_model, F = cfg_.d_ff;
+        const std::uint16_t *w1 = this->bf16_value(w.fc_w), *w2 = this->bf16_value(w.mlp_proj_w);
+        if constexpr (PackedMatrices<T, Device>::packs) {
+            using packed_type = typename PackedMatrices<T, Device>::packed_type;
+            if constexpr (requires(const packed_type& p) {
+                              mlp_bf16(dev_, N, C, F, act(a.ln2), w1, p, val(w.fc_b), w2, p, val(w.mlp_proj_b),
+                                       act(a.fc_act), act(a.res_out));
+                          }) {
+                if (!w1 || !w2) return false;
+                dev_.copy(act(a.res_out), act(a.res_attn), sizeof(T) * N * C);
+                const packed_type unpacked;
+                const packed_type* p1 = packed_matrix(w.fc_w, F, C);
+                const packed_type* p2 = packed_matrix(w.mlp_proj_w, C, F);
+                mlp_bf16(dev_, N, C, F, act(a.ln2), w1, p1 ? *p1 : unpacked, w.fc_b != none ? val(w.fc_b) : nullptr, w2,
+                         p2 ? *p2 : unpacked, w.mlp_proj_b != none ? val(w.mlp_proj_b) : nullptr, act(a.fc_act),
+                         act(a.res_out));
+                return true;
+            }
+        }
+        (void)w1, (void)w2, (void)N, (void)a;
         return false;
     }
 
@@ -17756,7 +17833,9 @@ private:
         linear(act(a.res_attn), act(a.atty), w.proj_w, w.proj_b, N, C, C, true);
         lora_linear_forward(l, 1, act(a.res_attn), act(a.atty), N);
         norm_forward(act(a.ln2), act(a.ln2_mean), act(a.ln2_rstd), act(a.res_attn), w.ln2_w, w.ln2_b, N);
-        if (mode_ == activations::inference && N >= 64 && !cfg_.swiglu() && !has_lora(l, 2)) {
+        const bool gelu_epilogue = mode_ == activations::inference && N >= 64 && !cfg_.swiglu() && !has_lora(l, 2);
+        if (gelu_epilogue && !has_lora(l, 3) && mlp_bf16_rows(l, N)) return;
+        if (gelu_epilogue) {
             // nothing reads the GELU's input: the GELU in the product's epilogue, where it saves a pass
             // over a product of many rows (a decoding step's few rows measured no faster, up to 4% slower at 1)
             linear(act(a.fc_act), act(a.ln2), w.fc_w, w.fc_b, N, C, F, false, true);

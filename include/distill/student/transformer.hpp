@@ -565,16 +565,13 @@ private:
         }
         // decoding, or forwards after pack_matrices(): the packed copy (made here on first use)
         if constexpr (PackedMatrices<T, Device>::packs) {
-            if (PackedMatrices<T, Device>* packs = packed_matrices(); packs && w < packs->slots_.size()) {
-                auto& packed = packs->slots_[w];
+            if (const auto* packed = packed_matrix(w, OC, C)) {
                 if (const std::uint16_t* w16 = this->bf16_value(w)) {
                     if constexpr (requires { gemm_packed(dev_, N, OC, C, in, C, w16, *packed, beta, out, OC, bias); }) {
-                        if (!packed) packed = pack_weight(dev_, w16, OC, C);
                         gemm_packed(dev_, N, OC, C, in, C, w16, *packed, beta, out, OC, bias, gelu);
                         return true;
                     }
                 } else {
-                    if (!packed) packed = pack_weight(dev_, val(w), OC, C);
                     gemm_packed(dev_, N, OC, C, in, C, val(w), *packed, beta, out, OC, bias, gelu);
                     return true;
                 }
@@ -604,6 +601,54 @@ private:
             }
         }
         nn::linear_forward(dev_, out, in, val(w), bias, N, C, OC, add_to_out);  // the bias: gemm_bias where it exists
+        return false;
+    }
+
+    // Decoding, or forwards after pack_matrices(): W(OC,C)'s packed copy (from its bf16 copy where it
+    // has one), made here on first use; else null.
+    const typename PackedMatrices<T, Device>::packed_type* packed_matrix(std::size_t w, int OC, int C) {
+        if constexpr (PackedMatrices<T, Device>::packs) {
+            PackedMatrices<T, Device>* packs = packed_matrices();
+            if (!packs || w >= packs->slots_.size()) return nullptr;
+            auto& packed = packs->slots_[w];
+            if (!packed) {
+                if (const std::uint16_t* w16 = this->bf16_value(w)) {
+                    if constexpr (requires { pack_weight(dev_, w16, OC, C); }) packed = pack_weight(dev_, w16, OC, C);
+                } else {
+                    packed = pack_weight(dev_, val(w), OC, C);
+                }
+            }
+            if (packed) return &*packed;
+        }
+        (void)w, (void)OC, (void)C;
+        return nullptr;
+    }
+
+    // res_out(N,C) = res_attn + mlp(ln2) of block l in an inference forward whose MLP matrices are
+    // stored bf16, with bf16 hidden rows (device::Cpu's mlp_bf16); whether it ran (else `linear` does).
+    bool mlp_bf16_rows(int l, int N) {
+        const auto& w = layer_params_[std::size_t(l)];
+        const auto& a = layer_acts_[std::size_t(l)];
+        const int C = cfg_.d_model, F = cfg_.d_ff;
+        const std::uint16_t *w1 = this->bf16_value(w.fc_w), *w2 = this->bf16_value(w.mlp_proj_w);
+        if constexpr (PackedMatrices<T, Device>::packs) {
+            using packed_type = typename PackedMatrices<T, Device>::packed_type;
+            if constexpr (requires(const packed_type& p) {
+                              mlp_bf16(dev_, N, C, F, act(a.ln2), w1, p, val(w.fc_b), w2, p, val(w.mlp_proj_b),
+                                       act(a.fc_act), act(a.res_out));
+                          }) {
+                if (!w1 || !w2) return false;
+                dev_.copy(act(a.res_out), act(a.res_attn), sizeof(T) * N * C);
+                const packed_type unpacked;
+                const packed_type* p1 = packed_matrix(w.fc_w, F, C);
+                const packed_type* p2 = packed_matrix(w.mlp_proj_w, C, F);
+                mlp_bf16(dev_, N, C, F, act(a.ln2), w1, p1 ? *p1 : unpacked, w.fc_b != none ? val(w.fc_b) : nullptr, w2,
+                         p2 ? *p2 : unpacked, w.mlp_proj_b != none ? val(w.mlp_proj_b) : nullptr, act(a.fc_act),
+                         act(a.res_out));
+                return true;
+            }
+        }
+        (void)w1, (void)w2, (void)N, (void)a;
         return false;
     }
 
@@ -662,7 +707,9 @@ private:
         linear(act(a.res_attn), act(a.atty), w.proj_w, w.proj_b, N, C, C, true);
         lora_linear_forward(l, 1, act(a.res_attn), act(a.atty), N);
         norm_forward(act(a.ln2), act(a.ln2_mean), act(a.ln2_rstd), act(a.res_attn), w.ln2_w, w.ln2_b, N);
-        if (mode_ == activations::inference && N >= 64 && !cfg_.swiglu() && !has_lora(l, 2)) {
+        const bool gelu_epilogue = mode_ == activations::inference && N >= 64 && !cfg_.swiglu() && !has_lora(l, 2);
+        if (gelu_epilogue && !has_lora(l, 3) && mlp_bf16_rows(l, N)) return;
+        if (gelu_epilogue) {
             // nothing reads the GELU's input: the GELU in the product's epilogue, where it saves a pass
             // over a product of many rows (a decoding step's few rows measured no faster, up to 4% slower at 1)
             linear(act(a.fc_act), act(a.ln2), w.fc_w, w.fc_b, N, C, F, false, true);

@@ -250,11 +250,14 @@ inline void pack(void* dst, const dnnl::memory::desc& packed, const void* W, int
 /// one the plain B would run (so the bits are too); B (B16) stays the plain B.
 /// With `gelu` (no batch) C = gelu(alpha op(A) op(B) (+ bias) + beta C), the tanh GELU of
 /// `gelu_forward` (oneDNN's evaluation of it, equal to rounding) in the epilogue: no second pass over C.
+/// With `A16` (bf16 only) A is that bf16 matrix, already rounded and packed (lda = its width), as B16
+/// for B. With `C16` (bf16, no batch, beta 0) the product is written there rounded to bf16 (packed, ldc
+/// = N; round to nearest even, as `to_bf16`) instead of to C: an operand the next bf16 product reads.
 inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A,
                  int lda, const float* B, int ldb, float beta, float* C, int ldc, std::int64_t batch = 1,
                  std::int64_t stride_a = 0, std::int64_t stride_b = 0, std::int64_t stride_c = 0,
                  const std::uint16_t* B16 = nullptr, const float* bias = nullptr, const void* B_packed = nullptr,
-                 bool gelu = false) {
+                 bool gelu = false, const std::uint16_t* A16 = nullptr, std::uint16_t* C16 = nullptr) {
     using dt = dnnl::memory::data_type;
     using dims = dnnl::memory::dims;
     DnnlState& st = state();
@@ -264,6 +267,10 @@ inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int 
     if (bf16 && batch > 1) throw std::logic_error("oneDNN gemm: batched products are fp32");
     if (B16 && (!bf16 || ldb != (trans_b ? K : N)))
         throw std::logic_error("oneDNN gemm: a bf16 B operand must be packed and the product bf16");
+    if (A16 && (!bf16 || lda != (trans_a ? M : K)))
+        throw std::logic_error("oneDNN gemm: a bf16 A operand must be packed and the product bf16");
+    if (C16 && (!bf16 || batch > 1 || beta != 0.0f || ldc != N))
+        throw std::logic_error("oneDNN gemm: a bf16 C is packed, of a bf16 product with beta 0 and no batch");
     if (bias && (alpha != 1.0f || batch > 1)) throw std::logic_error("oneDNN gemm: a bias needs alpha 1 and no batch");
     if (gelu && batch > 1) throw std::logic_error("oneDNN gemm: a GELU epilogue takes no batch");
     if (B_packed && (batch > 1 || !trans_b || bf16 != (B16 != nullptr)))
@@ -275,7 +282,7 @@ inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int 
     const std::int64_t la = bf16 ? a_cols : lda, lb = bf16 ? b_cols : ldb;
     if (batch <= 1) stride_a = stride_b = stride_c = 0;
     const int flags = int(trans_a) | int(trans_b) << 1 | int(bf16) << 2 | int(bias != nullptr) << 3 |
-                      int(B_packed != nullptr) << 4 | int(gelu) << 5;
+                      int(B_packed != nullptr) << 4 | int(gelu) << 5 | int(C16 != nullptr) << 6;
     const Key key{M, N, K, la, lb, ldc, alpha, beta, flags, threads, batch, stride_a, stride_b, stride_c};
     auto it = st.cache.find(key);
     if (it == st.cache.end()) {
@@ -287,7 +294,7 @@ inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int 
         };
         const dnnl::memory::desc a_md = md(M, K, trans_a ? dims{1, la} : dims{la, 1}, stride_a, type);
         const dnnl::memory::desc plain_b = md(K, N, trans_b ? dims{1, lb} : dims{lb, 1}, stride_b, type);
-        const dnnl::memory::desc c_md = md(M, N, dims{ldc, 1}, stride_c, dt::f32);
+        const dnnl::memory::desc c_md = md(M, N, dims{ldc, 1}, stride_c, C16 ? dt::bf16 : dt::f32);
         dnnl::primitive_attr attr;
         if (alpha != 1.0f) attr.set_output_scales(0, {alpha});
         if (beta != 0.0f || gelu) {
@@ -333,18 +340,18 @@ inline void gemm(bool bf16, int threads, bool trans_a, bool trans_b, int M, int 
     if (bf16) {
         // the same primitive either way (packed bf16 operands): a stored bf16 B gives the bits a
         // rounded fp32 B gives
-        const std::int64_t b_elems = B16 ? 0 : b_rows * b_cols;
-        std::uint16_t* sa = st.bf16_scratch(std::size_t(a_rows * a_cols + b_elems + 32));
-        std::uint16_t* sb = sa + (a_rows * a_cols + 31) / 32 * 32;
-        convert(sa, A, a_rows, a_cols, lda, threads);
+        const std::int64_t a_elems = A16 ? 0 : a_rows * a_cols, b_elems = B16 ? 0 : b_rows * b_cols;
+        std::uint16_t* sa = st.bf16_scratch(std::size_t(a_elems + b_elems + 32));
+        std::uint16_t* sb = sa + (a_elems + 31) / 32 * 32;
+        if (!A16) convert(sa, A, a_rows, a_cols, lda, threads);
         if (!B16) convert(sb, B, b_rows, b_cols, ldb, threads);
-        e.a.set_data_handle(sa);
+        e.a.set_data_handle(const_cast<std::uint16_t*>(A16 ? A16 : sa));
         e.b.set_data_handle(e.reads_packed ? const_cast<void*>(B_packed) : const_cast<std::uint16_t*>(B16 ? B16 : sb));
     } else {
         e.a.set_data_handle(const_cast<float*>(A));
         e.b.set_data_handle(e.reads_packed ? const_cast<void*>(B_packed) : const_cast<float*>(B));
     }
-    e.c.set_data_handle(C);
+    e.c.set_data_handle(C16 ? static_cast<void*>(C16) : C);
     if (bias) e.bias.set_data_handle(const_cast<float*>(bias));
     const dnnl_status_t status = dnnl_primitive_execute(e.prim.get(), st.stream.get(), bias ? 4 : 3, e.args);
     if (status != dnnl_success) throw std::runtime_error("oneDNN matmul failed, status " + std::to_string(status));

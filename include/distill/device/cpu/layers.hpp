@@ -586,6 +586,31 @@ inline void gemm_packed(const Cpu& dev, int M, int N, int K, const float* A, int
     gemm_bf16_weight(dev, false, true, M, N, K, 1.0f, A, lda, W, K, beta, C, ldc, bias, gelu);
 }
 
+/// The GELU MLP of an inference forward with bf16 matrices: out(M,C) += gelu(x(M,C) · W1ᵀ + b1) · W2ᵀ +
+/// b2, W1 (F,C) and W2 (C,F) stored bf16, each read from its packed copy where that fits (as
+/// `gemm_packed`). The first product's epilogue writes the hidden rows in bf16, and the second reads
+/// them as they are: it would round them to bf16 itself, so the bits are those of the two `gemm_packed`
+/// calls, less a rounding pass and the fp32 rows' traffic. `hidden` holds M·F floats: the bf16 rows take
+/// half of it; the fp32 rows, all of it where oneDNN does not take the products.
+inline void mlp_bf16(const Cpu& dev, int M, int C, int F, const float* x, const std::uint16_t* W1,
+                     const packed_weight& packed1, const float* b1, const std::uint16_t* W2,
+                     const packed_weight& packed2, const float* b2, float* hidden, float* out) {
+#if defined(DISTILL_WITH_DNNL)
+    if (detail::dnnl_takes(M, F, C)) {
+        auto* h16 = reinterpret_cast<std::uint16_t*>(hidden);
+        const auto packed = [&](const packed_weight& p, int N, int K) {
+            return detail::reads_packed(dev, M, N, K, p, true) ? p.data() : nullptr;
+        };
+        detail::gemm(true, dev.threads(), false, true, M, F, C, 1.0f, x, C, nullptr, C, 0.0f, nullptr, F, 1, 0, 0, 0,
+                     W1, b1, packed(packed1, F, C), true, nullptr, h16);
+        return detail::gemm(true, dev.threads(), false, true, M, C, F, 1.0f, nullptr, F, nullptr, F, 1.0f, out, C, 1, 0,
+                            0, 0, W2, b2, packed(packed2, C, F), false, h16);
+    }
+#endif
+    gemm_packed(dev, M, F, C, x, C, W1, packed1, 0.0f, hidden, F, b1, true);
+    gemm_packed(dev, M, C, F, hidden, F, W2, packed2, 1.0f, out, C, b2);
+}
+
 /// dbias(OC) += column sums of dout(N,OC); each thread owns a block of columns.
 template <class T>
 void bias_grad(const Cpu& dev, T* dbias, const T* dout, int N, int OC) {

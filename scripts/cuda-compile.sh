@@ -21,7 +21,10 @@ cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DDISTILL_BUILD_TESTS=ON -DDIS
   -DCMAKE_CUDA_COMPILER="$nvcc" >/dev/null
 cmake --build "$build" --target distill_cuda_tests -j "$(nproc)"
 # the NCCL data-parallel test (tests/cuda/nccl.cu), where MPI and NCCL are found (distill::nccl)
-if cmake --build "$build" --target help | grep -q distill_nccl_tests; then
+# (the target list is read whole first: `grep -q` would close the pipe early, and under pipefail the
+# build tool's broken pipe would read as "no such target")
+targets=$(cmake --build "$build" --target help)
+if grep -q distill_nccl_tests <<<"$targets"; then
   cmake --build "$build" --target distill_nccl_tests -j "$(nproc)"
 fi
 echo "cuda-compile: the CUDA suite compiles (nvcc $("$nvcc" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p'), sm_$arch)"

@@ -132,6 +132,33 @@ TEST_CASE("gemm_packed: a packed weight gives the bits of the plain weight's pro
                 }
             }
         }
+        // a linear's backward with a stored bf16 weight, dout rounded once: the bits of its two products
+        for (const auto precision : {device::precision::fp32, device::precision::bf16}) {
+            if (!device::Cpu::bf16_supported()) break;
+            const device::Cpu dev(threads, precision);
+            const int N = 70, C = 48, OC = 130;
+            const auto W = random_vector<float>(std::size_t(OC) * C, 23);
+            std::vector<std::uint16_t> W16(W.size());
+            round_bf16(dev, W16.data(), W.data(), std::int64_t(W.size()));
+            const auto dout = random_vector<float>(std::size_t(N) * OC, 24),
+                       in = random_vector<float>(std::size_t(N) * C, 25);
+            std::vector<float> din0(std::size_t(N) * C), din1(din0.size());
+            auto dW0 = random_vector<float>(W.size(), 26), dW1 = dW0;
+            gemm_bf16_weight(dev, false, false, N, C, OC, 1.0f, dout.data(), OC, W16.data(), C, 0.0f, din0.data(), C);
+            gemm(dev, true, false, OC, C, N, 1.0f, dout.data(), OC, in.data(), C, 1.0f, dW0.data(), C);
+            linear_backward_bf16(dev, din1.data(), dW1.data(), dout.data(), in.data(), W16.data(), N, C, OC);
+            INFO("linear_backward_bf16, threads=" << threads
+                                                  << " bf16 products=" << (precision == device::precision::bf16));
+            CHECK(din1 == din0);
+            CHECK(dW1 == dW0);
+            // the products differ from fp32 ones under bf16: the test sees the rounding
+            if (precision == device::precision::bf16) {
+                std::vector<float> dW2 = random_vector<float>(W.size(), 26);
+                gemm(device::Cpu(threads), true, false, OC, C, N, 1.0f, dout.data(), OC, in.data(), C, 1.0f, dW2.data(),
+                     C);
+                CHECK(dW2 != dW1);
+            }
+        }
         // a copy packed for other threads, or another shape, is not read: the plain weight is
         const auto W = random_vector<float>(std::size_t(64) * 32, 11);
         const device::packed_weight other = pack_weight(device::Cpu(threads == 1 ? 2 : 1), W.data(), 64, 32);

@@ -656,9 +656,14 @@ private:
     void linear_backward(T* din, std::size_t w, std::size_t b, const T* dout, const T* in, int N, int C, int OC) {
         if constexpr (bf16_weight_device<Device> && std::is_same_v<T, float>) {
             if (const std::uint16_t* w16 = this->bf16_value(w)) {
-                // din(N,C) = dout(N,OC) · W(OC,C)
-                gemm_bf16_weight(dev_, false, false, N, C, OC, T(1), dout, OC, w16, C, T(0), din, C);
-                nn::linear_backward(dev_, static_cast<T*>(nullptr), grad(w), grad(b), dout, in, val(w), N, C, OC);
+                // din(N,C) = dout(N,OC) · W(OC,C), dW += doutᵀ · in: dout rounded once where the device can
+                if constexpr (requires { linear_backward_bf16(dev_, din, grad(w), dout, in, w16, N, C, OC); }) {
+                    linear_backward_bf16(dev_, din, grad(w), dout, in, w16, N, C, OC);
+                    if (T* db = grad(b)) bias_grad(dev_, db, dout, N, OC);
+                } else {
+                    gemm_bf16_weight(dev_, false, false, N, C, OC, T(1), dout, OC, w16, C, T(0), din, C);
+                    nn::linear_backward(dev_, static_cast<T*>(nullptr), grad(w), grad(b), dout, in, val(w), N, C, OC);
+                }
                 return;
             }
         }

@@ -19,6 +19,7 @@
 /// CPU with AMX (`cpu/flash_attention.hpp`, `cpu/amx.hpp`).
 
 #include <algorithm>
+#include <concepts>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -591,10 +592,12 @@ inline void gemm_packed(const Cpu& dev, int M, int N, int K, const float* A, int
 /// `gemm_packed`). The first product's epilogue writes the hidden rows in bf16, and the second reads
 /// them as they are: it would round them to bf16 itself, so the bits are those of the two `gemm_packed`
 /// calls, less a rounding pass and the fp32 rows' traffic. `hidden` holds M·F floats: the bf16 rows take
-/// half of it; the fp32 rows, all of it where oneDNN does not take the products.
-inline void mlp_bf16(const Cpu& dev, int M, int C, int F, const float* x, const std::uint16_t* W1,
-                     const packed_weight& packed1, const float* b1, const std::uint16_t* W2,
-                     const packed_weight& packed2, const float* b2, float* hidden, float* out) {
+/// half of it; the fp32 rows, all of it where oneDNN does not take the products. Cpu itself only: a
+/// device derived from it multiplies its own way (its `gemm_bf16_weight`), so the model calls that.
+template <std::same_as<Cpu> Device>
+void mlp_bf16(const Device& dev, int M, int C, int F, const float* x, const std::uint16_t* W1,
+              const packed_weight& packed1, const float* b1, const std::uint16_t* W2, const packed_weight& packed2,
+              const float* b2, float* hidden, float* out) {
 #if defined(DISTILL_WITH_DNNL)
     if (detail::dnnl_takes(M, F, C)) {
         auto* h16 = reinterpret_cast<std::uint16_t*>(hidden);
@@ -609,6 +612,28 @@ inline void mlp_bf16(const Cpu& dev, int M, int C, int F, const float* x, const 
 #endif
     gemm_packed(dev, M, F, C, x, C, W1, packed1, 0.0f, hidden, F, b1, true);
     gemm_packed(dev, M, C, F, hidden, F, W2, packed2, 1.0f, out, C, b2);
+}
+
+/// The backward of out(N,OC) = in(N,C) · Wᵀ with W a stored bf16 matrix: din = dout · W (overwritten;
+/// skipped when null) and dW(OC,C) += doutᵀ · in (fp32; skipped when null), the bits of
+/// `gemm_bf16_weight` and of `gemm` on this device. Under bf16 products dout is rounded once for
+/// both. Cpu itself only, as `mlp_bf16`.
+template <std::same_as<Cpu> Device>
+void linear_backward_bf16(const Device& dev, float* din, float* dW, const float* dout, const float* in,
+                          const std::uint16_t* W, int N, int C, int OC) {
+#if defined(DISTILL_WITH_DNNL)
+    if (dev.compute == precision::bf16 && din && dW && detail::dnnl_takes(N, C, OC)) {
+        thread_local std::vector<std::uint16_t> rounded;  // grows to the largest dout, then stays
+        if (rounded.size() < std::size_t(N) * std::size_t(OC)) rounded.resize(std::size_t(N) * std::size_t(OC));
+        round_bf16(dev, rounded.data(), dout, std::int64_t(N) * OC);
+        detail::gemm(true, dev.threads(), false, false, N, C, OC, 1.0f, nullptr, OC, nullptr, C, 0.0f, din, C, 1, 0, 0,
+                     0, W, nullptr, nullptr, false, rounded.data());
+        return detail::gemm(true, dev.threads(), true, false, OC, C, N, 1.0f, nullptr, OC, in, C, 1.0f, dW, C, 1, 0, 0,
+                            0, nullptr, nullptr, nullptr, false, rounded.data());
+    }
+#endif
+    if (din) gemm_bf16_weight(dev, false, false, N, C, OC, 1.0f, dout, OC, W, C, 0.0f, din, C);
+    if (dW) gemm(dev, true, false, OC, C, N, 1.0f, dout, OC, in, C, 1.0f, dW, C);
 }
 
 /// dbias(OC) += column sums of dout(N,OC); each thread owns a block of columns.

@@ -4,9 +4,11 @@
 # configures with one status line saying what is skipped, builds the quickstart and the distill command
 # (which carries every optional part), and `distill --version` reports the part as absent.
 # Built at -O0: this tests the build, not the speed. Run by scripts/test-optional-deps.sh (CI runs it
-# after the test command; ten builds of the two largest programs would take the test command past its
-# time budget).
-#   run_optional_deps.sh SOURCE_DIR WORK_DIR CXX_COMPILER [NAME...]      (JOBS: parallel compile jobs)
+# after the test command; these builds of the two largest programs would take the test command past
+# its time budget). Two hidden dependencies whose configurations compile and link alike (OpenCL hidden
+# only takes oneDNN away, as dnnl hidden does) are built once; the distinct builds run side by side,
+# JOBS at a time, each on one core (each is one long compile of the distill command).
+#   run_optional_deps.sh SOURCE_DIR WORK_DIR CXX_COMPILER [NAME...]      (JOBS: builds at once)
 set -u
 src=$1 work=$2 cxx=$3
 shift 3
@@ -20,6 +22,16 @@ declare -A version=([dnnl]="oneDNN no" [OpenCL]="oneDNN no" [CPPHTTPLIB]="http n
                     [OpenMP]="OpenMP no" [MPI]="MPI no")
 failures=0
 fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
+# What decides the two programs' bits: their compile and link lines, the build folder's name left out.
+fingerprint() {
+  local f
+  for f in examples/CMakeFiles/quickstart.dir apps/CMakeFiles/distill_cli.dir; do
+    sed "s#$1#BUILD#g" "$1/$f/flags.make" "$1/$f/link.txt"
+  done | sha256sum | cut -c1-16
+}
+declare -A built_by=()  # fingerprint -> the hidden dependency whose folder builds it
+declare -A folder=()    # hidden dependency -> the folder its programs are in
+configured=()
 for name in "${names[@]}"; do
   b="$work/$name"
   rm -rf "$b"
@@ -29,11 +41,35 @@ for name in "${names[@]}"; do
     fail "$name hidden: configure failed:"$'\n'"$log"
     continue
   fi
-  line=$(grep -E "distill: .*(${status[$name]})" <<<"$log")
+  line=$(grep -m1 -E "distill: .*(${status[$name]})" <<<"$log")
   [[ -n $line ]] || { fail "$name hidden: no status line matching '${status[$name]}' in:"$'\n'"$(grep 'distill:' <<<"$log")"; continue; }
   echo "$name hidden: configure:${line#--}"
-  if ! out=$(cmake --build "$b" -j "${JOBS:-1}" --target quickstart distill_cli 2>&1); then
-    fail "$name hidden: build failed:"$'\n'"$(grep -E 'error|Error' <<<"$out" | head -n 20)"
+  key=$(fingerprint "$b")
+  if [[ -n ${built_by[$key]:-} ]]; then
+    echo "$name hidden: compiles and links as ${built_by[$key]} hidden does; built once, there"
+  else
+    built_by[$key]=$name
+  fi
+  folder[$name]="$work/${built_by[$key]}"
+  configured+=("$name")
+done
+# the distinct builds, JOBS at a time
+declare -A pid_of=()
+running=0
+for name in "${built_by[@]}"; do
+  if ((running >= ${JOBS:-1})); then wait -n; running=$((running - 1)); fi
+  cmake --build "$work/$name" -j 1 --target quickstart distill_cli >"$work/$name.build.log" 2>&1 &
+  pid_of[$name]=$!
+  running=$((running + 1))
+done
+declare -A build_ok=()
+for name in "${!pid_of[@]}"; do
+  if wait "${pid_of[$name]}"; then build_ok[$name]=1; fi
+done
+for name in "${configured[@]}"; do
+  b=${folder[$name]}
+  if [[ -z ${build_ok[$(basename "$b")]:-} ]]; then
+    fail "$name hidden: build failed:"$'\n'"$(grep -E 'error|Error' "$b.build.log" | head -n 20)"
     continue
   fi
   v=$("$b/apps/distill" --version 2>&1)

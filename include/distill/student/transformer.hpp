@@ -642,9 +642,8 @@ private:
                 const packed_type unpacked;
                 const packed_type* p1 = packed_matrix(w.fc_w, F, C);
                 const packed_type* p2 = packed_matrix(w.mlp_proj_w, C, F);
-                mlp_bf16(dev_, N, C, F, act(a.ln2), w1, p1 ? *p1 : unpacked, w.fc_b != none ? val(w.fc_b) : nullptr, w2,
-                         p2 ? *p2 : unpacked, w.mlp_proj_b != none ? val(w.mlp_proj_b) : nullptr, act(a.fc_act),
-                         act(a.res_out));
+                mlp_bf16(dev_, N, C, F, act(a.ln2), w1, p1 ? *p1 : unpacked, val(w.fc_b), w2, p2 ? *p2 : unpacked,
+                         val(w.mlp_proj_b), act(a.fc_act), act(a.res_out));
                 return true;
             }
         }

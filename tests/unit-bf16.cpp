@@ -158,6 +158,11 @@ TEST_CASE("bf16 storage: an inference model keeps its matrices in bf16 alone; lo
         ref.decode(cr, next, 2);
         m.decode(cm, next, 2);
         CHECK(bits_equal(values(m.next_logits()), values(ref.next_logits())));
+        // a prefill of 64 rows or more: the bf16 hidden rows with the cache's packed matrices
+        const int long_lengths[2] = {40, 33};
+        ref.prefill(cr, long_tokens.data(), long_lengths, 2, 40);
+        m.prefill(cm, long_tokens.data(), long_lengths, 2, 40);
+        CHECK(bits_equal(values(m.next_logits()), values(ref.next_logits())));
         // exports widen exactly: the base image is the rounded fp32 model
         CHECK(bits_equal(m.base_image(), ref.base_image()));
     }

@@ -30,7 +30,7 @@ fingerprint() {
   done | sha256sum | cut -c1-16
 }
 declare -A built_by=()  # fingerprint -> the hidden dependency whose folder builds it
-declare -A folder=()    # hidden dependency -> the folder its programs are in
+declare -A builder=()   # hidden dependency -> the one whose folder builds its programs
 configured=()
 for name in "${names[@]}"; do
   b="$work/$name"
@@ -50,7 +50,7 @@ for name in "${names[@]}"; do
   else
     built_by[$key]=$name
   fi
-  folder[$name]="$work/${built_by[$key]}"
+  builder[$name]=${built_by[$key]}
   configured+=("$name")
 done
 # the distinct builds, JOBS at a time
@@ -67,8 +67,8 @@ for name in "${!pid_of[@]}"; do
   if wait "${pid_of[$name]}"; then build_ok[$name]=1; fi
 done
 for name in "${configured[@]}"; do
-  b=${folder[$name]}
-  if [[ -z ${build_ok[$(basename "$b")]:-} ]]; then
+  b="$work/${builder[$name]}"
+  if [[ -z ${build_ok[${builder[$name]}]:-} ]]; then
     fail "$name hidden: build failed:"$'\n'"$(grep -E 'error|Error' "$b.build.log" | head -n 20)"
     continue
   fi

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds and runs the whole unit-test suite under sanitizers (kept out of the README's test command
+# Builds and runs the doctest suites (unit and pipeline) under sanitizers (kept out of the README's test command
 # for time: each configuration is a full rebuild).
 #   scripts/sanitize.sh [address|thread|all]     (default all)
 #   address: AddressSanitizer + UndefinedBehaviorSanitizer, every test
@@ -15,8 +15,11 @@ run_address() {
   cmake -S . -B "$b" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDISTILL_BUILD_EXAMPLES=ON \
     -DCMAKE_CXX_FLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" \
     -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=address,undefined" >/dev/null
-  cmake --build "$b" -j "$jobs" --target distill_tests distill_train_child
-  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 "$b/tests/distill_tests"
+  cmake --build "$b" -j "$jobs" --target distill_tests distill_pipeline_tests distill_train_child
+  local t
+  for t in distill_tests distill_pipeline_tests; do
+    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 "$b/tests/$t"
+  done
 }
 
 run_thread() {

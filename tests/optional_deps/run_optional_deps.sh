@@ -5,9 +5,9 @@
 # (which carries every optional part), and `distill --version` reports the part as absent.
 # Built at -O0: this tests the build, not the speed. Run by scripts/test-optional-deps.sh (CI runs it
 # after the test command; these builds of the two largest programs would take the test command past
-# its time budget). Two hidden dependencies whose configurations compile and link alike (OpenCL hidden
-# only takes oneDNN away, as dnnl hidden does) are built once; the distinct builds run side by side,
-# JOBS at a time, each on one core (each is one long compile of the distill command).
+# its time budget). A program that compiles and links alike in two configurations is built once (OpenCL
+# hidden only takes oneDNN away, as dnnl hidden does; the quickstart differs only where OpenMP is
+# hidden); the build folders run side by side, JOBS at a time, each on one core.
 #   run_optional_deps.sh SOURCE_DIR WORK_DIR CXX_COMPILER [NAME...]      (JOBS: builds at once)
 set -u
 src=$1 work=$2 cxx=$3
@@ -22,15 +22,14 @@ declare -A version=([dnnl]="oneDNN no" [OpenCL]="oneDNN no" [CPPHTTPLIB]="http n
                     [OpenMP]="OpenMP no" [MPI]="MPI no")
 failures=0
 fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
-# What decides the two programs' bits: their compile and link lines, the build folder's name left out.
-fingerprint() {
-  local f
-  for f in examples/CMakeFiles/quickstart.dir apps/CMakeFiles/distill_cli.dir; do
-    sed "s#$1#BUILD#g" "$1/$f/flags.make" "$1/$f/link.txt"
-  done | sha256sum | cut -c1-16
+# What decides a program's bits: its compile and link lines, the build folder's name left out.
+declare -A target_dir=([quickstart]=examples/CMakeFiles/quickstart.dir [distill_cli]=apps/CMakeFiles/distill_cli.dir)
+fingerprint() {  # fingerprint FOLDER PROGRAM
+  sed "s#$1#BUILD#g" "$1/${target_dir[$2]}/flags.make" "$1/${target_dir[$2]}/link.txt" | sha256sum | cut -c1-16
 }
-declare -A built_by=()  # fingerprint -> the hidden dependency whose folder builds it
-declare -A builder=()   # hidden dependency -> the one whose folder builds its programs
+declare -A built_by=()  # program:fingerprint -> the hidden dependency whose folder builds it
+declare -A builder=()   # hidden dependency:program -> the one whose folder builds that program
+declare -A targets=()   # hidden dependency -> the programs its folder builds
 configured=()
 for name in "${names[@]}"; do
   b="$work/$name"
@@ -44,21 +43,26 @@ for name in "${names[@]}"; do
   line=$(grep -m1 -E "distill: .*(${status[$name]})" <<<"$log")
   [[ -n $line ]] || { fail "$name hidden: no status line matching '${status[$name]}' in:"$'\n'"$(grep 'distill:' <<<"$log")"; continue; }
   echo "$name hidden: configure:${line#--}"
-  key=$(fingerprint "$b")
-  if [[ -n ${built_by[$key]:-} ]]; then
-    echo "$name hidden: compiles and links as ${built_by[$key]} hidden does; built once, there"
-  else
-    built_by[$key]=$name
-  fi
-  builder[$name]=${built_by[$key]}
+  for program in quickstart distill_cli; do
+    key=$program:$(fingerprint "$b" $program)
+    if [[ -n ${built_by[$key]:-} ]]; then
+      echo "$name hidden: $program compiles and links as with ${built_by[$key]} hidden; built once, there"
+    else
+      built_by[$key]=$name
+      targets[$name]+=" $program"
+    fi
+    builder[$name:$program]=${built_by[$key]}
+  done
   configured+=("$name")
 done
-# the distinct builds, JOBS at a time
+# the distinct builds, JOBS folders at a time, each on one core
 declare -A pid_of=()
 running=0
-for name in "${built_by[@]}"; do
+# the folders with two programs first: they are the long poles
+order=($(for name in "${!targets[@]}"; do echo "$(wc -w <<<"${targets[$name]}") $name"; done | sort -rn | cut -d' ' -f2))
+for name in "${order[@]}"; do
   if ((running >= ${JOBS:-1})); then wait -n; running=$((running - 1)); fi
-  cmake --build "$work/$name" -j 1 --target quickstart distill_cli >"$work/$name.build.log" 2>&1 &
+  cmake --build "$work/$name" -j 1 --target ${targets[$name]} >"$work/$name.build.log" 2>&1 &
   pid_of[$name]=$!
   running=$((running + 1))
 done
@@ -67,12 +71,16 @@ for name in "${!pid_of[@]}"; do
   if wait "${pid_of[$name]}"; then build_ok[$name]=1; fi
 done
 for name in "${configured[@]}"; do
-  b="$work/${builder[$name]}"
-  if [[ -z ${build_ok[${builder[$name]}]:-} ]]; then
-    fail "$name hidden: build failed:"$'\n'"$(grep -E 'error|Error' "$b.build.log" | head -n 20)"
+  broken=""
+  for program in quickstart distill_cli; do
+    from=${builder[$name:$program]}
+    [[ -n ${build_ok[$from]:-} ]] || broken+="$(grep -E 'error|Error' "$work/$from.build.log" | head -n 20)"$'\n'
+  done
+  if [[ -n $broken ]]; then
+    fail "$name hidden: build failed:"$'\n'"$broken"
     continue
   fi
-  v=$("$b/apps/distill" --version 2>&1)
+  v=$("$work/${builder[$name:distill_cli]}/apps/distill" --version 2>&1)
   if grep -qE "${version[$name]}" <<<"$v"; then
     echo "ok:   $name hidden: quickstart and distill built; distill --version: $(sed -n 2p <<<"$v")"
   else

@@ -19,12 +19,8 @@ build="${1:-build/cuda-compile}"
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DDISTILL_BUILD_TESTS=ON -DDISTILL_BUILD_EXAMPLES=OFF \
   -DDISTILL_CUDA_TESTS=ON -DDISTILL_CUDA_DISTILLER_TESTS=ON -DDISTILL_CUDA_ARCHITECTURES="$arch" \
   -DCMAKE_CUDA_COMPILER="$nvcc" >/dev/null
-cmake --build "$build" --target distill_cuda_tests -j "$(nproc)"
-# the NCCL data-parallel test (tests/cuda/nccl.cu), where MPI and NCCL are found (distill::nccl)
-# (the target list is read whole first: `grep -q` would close the pipe early, and under pipefail the
-# build tool's broken pipe would read as "no such target")
-targets=$(cmake --build "$build" --target help)
-if grep -q distill_nccl_tests <<<"$targets"; then
-  cmake --build "$build" --target distill_nccl_tests -j "$(nproc)"
-fi
-echo "cuda-compile: the CUDA suite compiles (nvcc $("$nvcc" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p'), sm_$arch)"
+# distill_cuda_suite: the programs side by side, nccl.cu's where MPI and NCCL are found (distill::nccl)
+cmake --build "$build" --target distill_cuda_suite -j "$(nproc)"
+nccl="nccl.cu not compiled: distill::nccl not offered (MPI or NCCL not found)"
+[[ -x $build/tests/cuda/distill_nccl_tests ]] && nccl="nccl.cu included"
+echo "cuda-compile: the CUDA suite compiles (nvcc $("$nvcc" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p'), sm_$arch; $nccl)"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds and runs the doctest suites (unit and pipeline) under sanitizers (kept out of the README's test command
-# for time: each configuration is a full rebuild).
+# Builds and runs the doctest suites (unit and pipeline) under sanitizers (kept out of the README's
+# test command for time: each configuration is a full rebuild).
 #   scripts/sanitize.sh [address|thread|all]     (default all)
 #   address: AddressSanitizer + UndefinedBehaviorSanitizer, every test
 #   thread:  ThreadSanitizer, the tests of the threaded parts (kernels, student, losses, training)

@@ -12,4 +12,4 @@ cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DDISTILL_MARCH=x86-64-v3 -DDI
   -DDISTILL_BUILD_EXAMPLES=ON -DDISTILL_CUDA_TESTS=OFF >/dev/null
 cmake --build "$build" -j "$(nproc)" --target distill_isa_dependent_tests
 ONEDNN_MAX_CPU_ISA=AVX2 DNNL_MAX_CPU_ISA=AVX2 \
-  ctest --test-dir "$build" --output-on-failure -j "$(nproc)" -R '^(unit|alloc_step|alloc_step_dnnl|precision)$'
+  ctest --test-dir "$build" --output-on-failure -j "$(nproc)" -L '^isa_dependent$'

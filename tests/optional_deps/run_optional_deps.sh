@@ -23,6 +23,7 @@ declare -A version=([dnnl]="oneDNN no" [OpenCL]="oneDNN no" [CPPHTTPLIB]="http n
 failures=0
 fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
 # What decides a program's bits: its compile and link lines, the build folder's name left out.
+programs=(quickstart distill_cli)
 declare -A target_dir=([quickstart]=examples/CMakeFiles/quickstart.dir [distill_cli]=apps/CMakeFiles/distill_cli.dir)
 fingerprint() {  # fingerprint FOLDER PROGRAM
   sed "s#$1#BUILD#g" "$1/${target_dir[$2]}/flags.make" "$1/${target_dir[$2]}/link.txt" | sha256sum | cut -c1-16
@@ -43,7 +44,7 @@ for name in "${names[@]}"; do
   line=$(grep -m1 -E "distill: .*(${status[$name]})" <<<"$log")
   [[ -n $line ]] || { fail "$name hidden: no status line matching '${status[$name]}' in:"$'\n'"$(grep 'distill:' <<<"$log")"; continue; }
   echo "$name hidden: configure:${line#--}"
-  for program in quickstart distill_cli; do
+  for program in "${programs[@]}"; do
     key=$program:$(fingerprint "$b" $program)
     if [[ -n ${built_by[$key]:-} ]]; then
       echo "$name hidden: $program compiles and links as with ${built_by[$key]} hidden; built once, there"
@@ -72,8 +73,7 @@ for name in "${!pid_of[@]}"; do
 done
 for name in "${configured[@]}"; do
   broken=""
-  for program in quickstart distill_cli; do
-    from=${builder[$name:$program]}
+  for from in $(for program in "${programs[@]}"; do echo "${builder[$name:$program]}"; done | sort -u); do
     [[ -n ${build_ok[$from]:-} ]] || broken+="$(grep -E 'error|Error' "$work/$from.build.log" | head -n 20)"$'\n'
   done
   if [[ -n $broken ]]; then

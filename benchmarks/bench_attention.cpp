@@ -95,8 +95,8 @@ int main(int argc, char** argv) {
     const Best fb = best([&] {
         flash_attention_backward(dev, dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), B, T, H, Hkv, hs);
     });
-    // an inference forward (no log-sum-exp kept): fp32 tiles, and under precision::bf16 the AMX tiles
-    // where the CPU has them (cpu/amx.hpp)
+    // an inference forward (no log-sum-exp kept): fp32 tiles, and under precision::bf16 the bf16 tiles (AMX or
+    // AVX512-BF16) where the CPU has them (cpu/bf16_tiles.hpp)
     const Best fi = best([&] { flash_attention_forward(dev, out.data(), none_out, qkv.data(), B, T, H, Hkv, hs); });
     std::printf("attention B=%d T=%d H=%d Hkv=%d hs=%d, %d threads, tiles on %s (best of %d, ms)\n", B, T, H, Hkv, hs,
                 threads, device::to_string(device::row_kernel_isa()), reps);
@@ -108,20 +108,20 @@ int main(int argc, char** argv) {
     if (device::Cpu::bf16_supported()) {
         const device::Cpu bf(threads, device::precision::bf16);
         const Best bi = best([&] { flash_attention_forward(bf, out.data(), none_out, qkv.data(), B, T, H, Hkv, hs); });
-        const bool amx = device::detail::uses_amx_attention(bf, device::row_kernel_isa(), hs);
-        std::printf("  bf16 %s %.2f  (%.2fx)\n", amx ? "tiles on AMX" : "(fp32 tiles: no AMX here)", bi.wall,
+        const bool tiles = device::detail::uses_bf16_attention(bf, device::row_kernel_isa(), hs);
+        std::printf("  bf16 %s %.2f  (%.2fx)\n", tiles ? "tiles" : "(fp32 tiles: no AMX or AVX512-BF16 here)", bi.wall,
                     fi.wall / bi.wall);
-        // training under bf16: forward with lse and backward, on AMX with a (b, kv head) pair per thread
+        // training under bf16: forward with lse and backward, on bf16 tiles with a (b, kv head) pair per thread
         const Best bf_f =
             best([&] { flash_attention_forward(bf, out.data(), lse.data(), qkv.data(), B, T, H, Hkv, hs); });
         const Best bf_b = best([&] {
             flash_attention_backward(bf, dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), B, T, H, Hkv,
                                      hs);
         });
-        std::printf(
-            "bf16 training (%s): forward %.2f  (%.2fx fused fp32)  backward %.2f  (%.2fx fused fp32)",
-            device::detail::trains_on_amx(bf, device::row_kernel_isa(), hs, B, Hkv) ? "tiles on AMX" : "fp32 tiles",
-            bf_f.wall, ff.wall / bf_f.wall, bf_b.wall, fb.wall / bf_b.wall);
+        std::printf("bf16 training (%s): forward %.2f  (%.2fx fused fp32)  backward %.2f  (%.2fx fused fp32)",
+                    device::detail::trains_on_bf16_tiles(bf, device::row_kernel_isa(), hs, B, Hkv) ? "bf16 tiles"
+                                                                                                   : "fp32 tiles",
+                    bf_f.wall, ff.wall / bf_f.wall, bf_b.wall, fb.wall / bf_b.wall);
     } else {
         std::printf("  bf16 unsupported: %s", device::Cpu::bf16_unsupported_reason().c_str());
     }

@@ -162,10 +162,11 @@ TEST_CASE("flash attention: bf16 forward and backward (AMX tiles where the CPU h
                 CAPTURE(s.H);
                 CAPTURE(s.hs);
                 CAPTURE(spread);
-                const bool amx = device::detail::uses_amx_attention(bf, device::row_kernel_isa(), s.hs),
-                           amx_trains = device::detail::trains_on_amx(bf, device::row_kernel_isa(), s.hs, s.B, s.Hkv);
-                CAPTURE(amx);
-                CAPTURE(amx_trains);
+                const bool bf16_tiles = device::detail::uses_bf16_attention(bf, device::row_kernel_isa(), s.hs),
+                           bf16_trains =
+                               device::detail::trains_on_bf16_tiles(bf, device::row_kernel_isa(), s.hs, s.B, s.Hkv);
+                CAPTURE(bf16_tiles);
+                CAPTURE(bf16_trains);
                 const int C = s.H * s.hs, W = (s.H + 2 * s.Hkv) * s.hs;
                 const std::size_t rows = std::size_t(s.B) * s.T;
                 const auto qkv = random_vector<float>(rows * W, 41, spread), dout = random_vector<float>(rows * C, 42);
@@ -180,13 +181,14 @@ TEST_CASE("flash attention: bf16 forward and backward (AMX tiles where the CPU h
                 flash_attention_forward(fp32, exact.data(), lse32.data(), qkv.data(), s.B, s.T, s.H, s.Hkv, s.hs);
                 flash_attention_backward(fp32, dqkv32.data(), dout.data(), qkv.data(), exact.data(), lse32.data(), s.B,
                                          s.T, s.H, s.Hkv, s.hs);
-                if (amx_trains) CHECK(infer == out);  // inference (no lse) computes the same rows
-                if (!amx_trains) {  // training on the fp32 tiles: fewer (b, kv head) pairs than threads
+                if (bf16_trains) CHECK(infer == out);  // inference (no lse) computes the same rows
+                if (!bf16_trains) {  // training on the fp32 tiles: fewer (b, kv head) pairs than threads
                     CHECK(out == exact);
                     CHECK(lse == lse32);
                     CHECK(dqkv == dqkv32);
                 }
-                if (!amx) {  // no AMX, a head size it does not take, or DISTILL_CPU_ISA capped: the fp32 tiles
+                if (!bf16_tiles) {  // no AMX or AVX512-BF16, a head size they do not take, or DISTILL_CPU_ISA capped:
+                                    // the fp32 tiles
                     CHECK(infer == exact);
                     continue;
                 }
@@ -198,12 +200,12 @@ TEST_CASE("flash attention: bf16 forward and backward (AMX tiles where the CPU h
                 std::transform(qkv.begin(), qkv.end(), rounded.begin(), bf16);
                 std::transform(dout.begin(), dout.end(), dy.begin(), bf16);
                 unfused(ref, o_ref, g_ref, rounded, dy, s);
-                check_close("amx out vs rounded inputs", infer.data(), o_ref.data(), std::int64_t(out.size()),
+                check_close("bf16 tiles: out vs rounded inputs", infer.data(), o_ref.data(), std::int64_t(out.size()),
                             largest(o_ref) / 256, 0);
                 CHECK(infer != exact);  // not the fp32 tiles' result: the rounding shows
-                if (amx_trains) {
-                    check_close("amx dqkv vs rounded inputs", dqkv.data(), g_ref.data(), std::int64_t(dqkv.size()),
-                                largest(g_ref) / 128, 0);
+                if (bf16_trains) {
+                    check_close("bf16 tiles: dqkv vs rounded inputs", dqkv.data(), g_ref.data(),
+                                std::int64_t(dqkv.size()), largest(g_ref) / 128, 0);
                     CHECK(dqkv != dqkv32);
                 }
             }

@@ -10999,16 +10999,16 @@ void attention_decode(const Cpu& dev, T* out, T* scratch, const T* qkv, const T*
 /// L2. Work units are independent and split by a fixed rule, and no kernel's bits depend on a
 /// buffer's address, so results do not depend on the thread count; there are no atomics.
 ///
-/// Under precision::bf16 on a CPU with AMX the tile products run on AMX (`cpu/amx.hpp`), as
-/// `torch.autocast` runs attention in bf16: their operands (q, k, v, dout, the probabilities, dS)
-/// rounded to bf16, sums in fp32, the softmax and the other elementwise steps in fp32 as above.
-/// An inference forward (no lse: a teacher's forward, a prefill) always does; a training forward
-/// and its backward when there are at least as many (b, kv head) pairs as threads (`trains_on_amx`:
-/// the AMX backward is the one-pass schedule, and forward and backward must decide alike, so that
-/// the backward recomputes the forward's very products). Measured at 1 thread (`bench_attention`):
-/// an inference forward 1.9-2x the fp32 tiles at the teacher's shape (B 8, T 256, 8 heads of 64); at
-/// the student's (`--heads 4`) the training forward 2.1x, the backward 1.9x. Which tiles run depends
-/// on the thread count here too.
+/// Under precision::bf16 on a CPU with AMX or AVX512-BF16 the tile products are bf16 products
+/// (`cpu/bf16_tiles.hpp`), as `torch.autocast` runs attention in bf16: their operands (q, k, v,
+/// dout, the probabilities, dS) rounded to bf16, sums in fp32, the softmax and the other
+/// elementwise steps in fp32 as above. An inference forward (no lse: a teacher's forward, a
+/// prefill) always does; a training forward and its backward when there are at least as many (b,
+/// kv head) pairs as threads (`trains_on_bf16_tiles`: the bf16 backward is the one-pass schedule,
+/// and forward and backward must decide alike, so that the backward recomputes the forward's very
+/// products). Measured at 1 thread on AMX (`bench_attention`): an inference forward 1.9-2x the fp32
+/// tiles at the teacher's shape (B 8, T 256, 8 heads of 64); at the student's (`--heads 4`) the
+/// training forward 2.1x, the backward 1.9x. Which tiles run depends on the thread count here too.
 ///
 /// `DISTILL_CPU_FUSED_ATTENTION` is 1 in every build (it was 0 in builds without AVX2 that link
 /// oneDNN while the tiles ran on Eigen's kernel at the build's ISA); it stays for code that tests it.
@@ -11019,41 +11019,48 @@ void attention_decode(const Cpu& dev, T* out, T* scratch, const T* qkv, const T*
 #include <type_traits>
 #include <vector>
 
-// ---- begin distill/device/cpu/amx.hpp ----
-/// @file cpu/amx.hpp
-/// Intel AMX's bf16 tile products, for the fused attention's tiles under precision::bf16
-/// (`cpu/flash_attention.hpp`). One AMX tile product (TDPBF16PS, 16 × 32 by 32 × 16, one every 16
-/// cycles) does 8 192 multiply-adds, 16 times what both AVX-512 FMA ports do in that time, while
-/// AVX512-BF16's dot product (VDPBF16PS) runs on one port where fp32 FMAs run on two (measured: 316
-/// against 324 GFLOP/s), so only AMX makes bf16 tiles faster than fp32 ones. oneDNN chooses AMX for the GEMMs itself;
-/// the attention's tiles (64 × 64 × head size) are too small for a oneDNN primitive call each.
+// ---- begin distill/device/cpu/bf16_tiles.hpp ----
+/// @file cpu/bf16_tiles.hpp
+/// bf16 tile products for the fused attention's tiles under precision::bf16
+/// (`cpu/flash_attention.hpp`): operands rounded to bf16, sums in fp32, as `torch.autocast` runs
+/// attention. Two units run them, chosen at run time:
+/// - Intel AMX (TDPBF16PS, 16 × 32 by 32 × 16, one every 16 cycles: 8 192 multiply-adds, 16 times
+///   what both AVX-512 FMA ports do in that time), where the CPU has AMX-TILE and AMX-BF16 and Linux
+///   gives this process the tile state (arch_prctl(ARCH_REQ_XCOMP_PERM), as oneDNN asks for it);
+/// - else AVX512-BF16's dot product (VDPBF16PS: 32 multiply-adds of bf16 pairs per instruction).
+///   Measured: on Zen 4 it runs as often as an fp32 FMA, so twice its multiply-adds (235 against 117
+///   GFLOP/s, one core); on Intel without AMX it runs on one port where fp32 FMAs run on two (316
+///   against 324 GFLOP/s), no faster and no slower than the fp32 tiles.
+/// oneDNN chooses its own units for the GEMMs; the attention's tiles (64 × 64 × head size) are too
+/// small for a oneDNN primitive call each.
 ///
-/// Chosen at run time: the functions carry `target("amx-tile,amx-bf16,...")`, so any build compiles
-/// them, and `usable()` says whether this CPU has AMX-TILE, AMX-BF16 and AVX512-BF16 and Linux gave
-/// this process the tile state (arch_prctl(ARCH_REQ_XCOMP_PERM), as oneDNN asks for it). Elsewhere
-/// (no AMX, another OS or compiler, nvcc's device pass) `usable()` is false and nothing here runs.
+/// The functions carry `target(...)` attributes, so any build compiles them; `available()` says
+/// whether this CPU has either unit. Elsewhere (neither unit, another OS or compiler, nvcc's device
+/// pass) it is false and nothing here runs.
 
 #include <cstdint>
 
 
 #if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__) && !defined(__CUDA_ARCH__) && \
     (defined(__clang__) || __GNUC__ >= 11)
-#define DISTILL_AMX 1
+#define DISTILL_BF16_TILES 1
 #include <cpuid.h>
 #include <immintrin.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 #endif
 
-namespace distill::device::detail::amx {
+namespace distill::device::detail::bf16_tiles {
 
-#if defined(DISTILL_AMX)
+#if defined(DISTILL_BF16_TILES)
 
 #define DISTILL_AMX_TARGET \
     gnu::target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,amx-tile,amx-bf16,avx2,fma,f16c,bmi2")
 
+#define DISTILL_BF16_TARGET gnu::target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx2,fma,f16c,bmi2")
+
 /// Whether this process may run AMX bf16 tile products (asked once).
-inline bool usable() noexcept {
+inline bool on_amx() noexcept {
     static const bool ok = [] {
         unsigned a = 0, b = 0, c = 0, d = 0;
         if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
@@ -11066,6 +11073,16 @@ inline bool usable() noexcept {
     return ok;
 }
 
+/// Whether this CPU runs bf16 tile products: on AMX, or on AVX512-BF16's dot products. The caller
+/// checks that the OS enabled the AVX-512 registers (`row_kernel_isa() == cpu_isa::avx512`).
+inline bool available() noexcept {
+    static const bool ok = [] {
+        unsigned a = 0, b = 0, c = 0, d = 0;
+        return on_amx() || (__get_cpuid_count(7, 1, &a, &b, &c, &d) && (a & (1u << 5)));
+    }();
+    return ok;
+}
+
 /// Every tile 16 rows of 64 bytes: tmm0-3 a 32 × 32 block of fp32 C, tmm4-5 two 16 × 32 bf16 row
 /// blocks of A, tmm6-7 two 16-pair × 16 column blocks of B.
 struct alignas(64) tile_config {
@@ -11074,22 +11091,20 @@ struct alignas(64) tile_config {
     std::uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
 };
 
-/// Loads the tile layout on this thread (tile state is per thread, and oneDNN's kernels load their
-/// own between our calls): call before `product`, and `release` after.
+/// Loads the tile layout on this thread where the products run on AMX (tile state is per thread,
+/// and oneDNN's kernels load their own between our calls): call before `product`, and `release` after.
 [[DISTILL_AMX_TARGET]] inline void configure() noexcept {
     static const tile_config config{};
-    _tile_loadconfig(&config);
+    if (on_amx()) _tile_loadconfig(&config);
 }
 [[DISTILL_AMX_TARGET]] inline void release() noexcept {
-    _tile_release();
+    if (on_amx()) _tile_release();
 }
 
-/// C(M,N) = A(M,K) · B(K,N), or C += (`accumulate`). A: bf16, row-major, lda elements. B: bf16 in
-/// pairs along k ("VNNI"): B(k, n) at b[(k/2)·ldb + 2n + k%2], ldb ≥ 2N elements. C: fp32,
-/// row-major, ldc. M, N and K multiples of 32; sums run in fp32 (AMX rounds each pair's sum).
-[[DISTILL_AMX_TARGET]] inline void product(int M, int N, int K, const std::uint16_t* a, std::int64_t lda,
-                                           const std::uint16_t* b, std::int64_t ldb, float* c, std::int64_t ldc,
-                                           bool accumulate) noexcept {
+// product on AMX: 32 × 32 blocks of C in tmm0-3, K in steps of 32
+[[DISTILL_AMX_TARGET]] inline void product_amx(int M, int N, int K, const std::uint16_t* a, std::int64_t lda,
+                                               const std::uint16_t* b, std::int64_t ldb, float* c, std::int64_t ldc,
+                                               bool accumulate) noexcept {
     const std::int64_t sa = lda * 2, sb = ldb * 2, sc = ldc * 4;  // strides in bytes
     for (int i = 0; i < M; i += 32)
         for (int j = 0; j < N; j += 32) {
@@ -11125,11 +11140,54 @@ struct alignas(64) tile_config {
         }
 }
 
+// product on AVX512-BF16: 8 × 32 blocks of C in 16 registers; each step over a pair of k broadcasts
+// a row's pair of A and multiplies it into two registers of B's pairs (16 columns each)
+[[DISTILL_BF16_TARGET]] inline void product_dot(int M, int N, int K, const std::uint16_t* a, std::int64_t lda,
+                                                const std::uint16_t* b, std::int64_t ldb, float* c, std::int64_t ldc,
+                                                bool accumulate) noexcept {
+    constexpr int mr = 8;
+    for (int i = 0; i < M; i += mr)
+        for (int j = 0; j < N; j += 32) {
+            __m512 acc[mr][2];
+            for (int r = 0; r < mr; ++r)
+                for (int h = 0; h < 2; ++h)
+                    acc[r][h] = accumulate ? _mm512_loadu_ps(c + (i + r) * ldc + j + 16 * h) : _mm512_setzero_ps();
+            const std::uint16_t* ai = a + i * lda;
+            for (int k = 0; k < K; k += 2) {
+                const std::uint16_t* bk = b + (k / 2) * ldb + 2 * j;
+                const __m512bh b0 = reinterpret_cast<__m512bh>(_mm512_loadu_si512(bk));
+                const __m512bh b1 = reinterpret_cast<__m512bh>(_mm512_loadu_si512(bk + 32));
+                for (int r = 0; r < mr; ++r) {
+                    std::uint32_t pair;
+                    __builtin_memcpy(&pair, ai + r * lda + k, sizeof pair);
+                    const __m512bh ar = reinterpret_cast<__m512bh>(_mm512_set1_epi32(int(pair)));
+                    acc[r][0] = _mm512_dpbf16_ps(acc[r][0], ar, b0);
+                    acc[r][1] = _mm512_dpbf16_ps(acc[r][1], ar, b1);
+                }
+            }
+            for (int r = 0; r < mr; ++r)
+                for (int h = 0; h < 2; ++h) _mm512_storeu_ps(c + (i + r) * ldc + j + 16 * h, acc[r][h]);
+        }
+}
+
+/// C(M,N) = A(M,K) · B(K,N), or C += (`accumulate`), on AMX or AVX512-BF16 (`available()`). A: bf16,
+/// row-major, lda elements. B: bf16 in pairs along k ("VNNI"): B(k, n) at b[(k/2)·ldb + 2n + k%2],
+/// ldb ≥ 2N elements. C: fp32, row-major, ldc. M, N and K multiples of 32; sums run in fp32 (each
+/// unit adds a pair's products before the sum; subnormal operands and sums flushed to zero).
+[[DISTILL_AMX_TARGET]] inline void product(int M, int N, int K, const std::uint16_t* a, std::int64_t lda,
+                                           const std::uint16_t* b, std::int64_t ldb, float* c, std::int64_t ldc,
+                                           bool accumulate) noexcept {
+    if (on_amx())
+        product_amx(M, N, K, a, lda, b, ldb, c, ldc, accumulate);
+    else
+        product_dot(M, N, K, a, lda, b, ldb, c, ldc, accumulate);
+}
+
 /// dst (rows, n; ldd apart) = x (rows; ldx apart) rounded to bf16 (to nearest even), keeping the
 /// first `valid_cols` columns of the first `valid_rows` rows and zero elsewhere; n a multiple of 16.
 /// Rows past valid_rows are not read.
-[[DISTILL_AMX_TARGET]] inline void round_rows(std::uint16_t* dst, std::int64_t ldd, const float* x, std::int64_t ldx,
-                                              int rows, int valid_rows, int n, int valid_cols) noexcept {
+[[DISTILL_BF16_TARGET]] inline void round_rows(std::uint16_t* dst, std::int64_t ldd, const float* x, std::int64_t ldx,
+                                               int rows, int valid_rows, int n, int valid_cols) noexcept {
     for (int r = 0; r < rows; ++r) {
         const int valid = r < valid_rows ? valid_cols : 0;
         const float* xr = r < valid_rows ? x + r * ldx : x;
@@ -11145,8 +11203,8 @@ struct alignas(64) tile_config {
 }
 
 /// Σ bf16(a_i) · b_i over n floats (n a multiple of 16), summed in fp32: a row's dot product with
-/// the operand an AMX product reads in its place.
-[[DISTILL_AMX_TARGET]] inline float rounded_dot(const float* a, const float* b, int n) noexcept {
+/// the operand a tile product reads in its place.
+[[DISTILL_BF16_TARGET]] inline float rounded_dot(const float* a, const float* b, int n) noexcept {
     __m512 acc = _mm512_setzero_ps();
     for (int i = 0; i < n; i += 16) {
         const __m256bh h = _mm512_cvtneps_pbh(_mm512_loadu_ps(a + i));
@@ -11157,7 +11215,7 @@ struct alignas(64) tile_config {
 }
 
 /// 16 pairs (lo[j], hi[j]) rounded to bf16, lo in the low half of each 32-bit lane.
-[[DISTILL_AMX_TARGET]] inline __m512i pairs(__m512 lo, __m512 hi) noexcept {
+[[DISTILL_BF16_TARGET]] inline __m512i pairs(__m512 lo, __m512 hi) noexcept {
     const __m256bh l = _mm512_cvtneps_pbh(lo), h = _mm512_cvtneps_pbh(hi);
     return _mm512_or_si512(_mm512_cvtepu16_epi32(reinterpret_cast<const __m256i&>(l)),
                            _mm512_slli_epi32(_mm512_cvtepu16_epi32(reinterpret_cast<const __m256i&>(h)), 16));
@@ -11166,8 +11224,8 @@ struct alignas(64) tile_config {
 /// x (n, hs) fp32, rows ld apart, as the B of A · xᵀ: xt(d, t) = x(t, d) in bf16 pairs along d,
 /// pair d/2 of row t at xt[(d/2)·np + t] (32-bit units); rows n..np zero. hs a multiple of 32.
 /// `rounded` is scratch of n·hs/2 pairs: x rounded row by row, then transposed as 32-bit words.
-[[DISTILL_AMX_TARGET]] inline void pack_transposed(std::uint32_t* xt, std::int64_t np, const float* x, std::int64_t ld,
-                                                   int n, int hs, std::uint32_t* rounded) noexcept {
+[[DISTILL_BF16_TARGET]] inline void pack_transposed(std::uint32_t* xt, std::int64_t np, const float* x, std::int64_t ld,
+                                                    int n, int hs, std::uint32_t* rounded) noexcept {
     for (int t = 0; t < n; ++t)
         for (int d = 0; d < hs; d += 32) {
             const __m512bh p =
@@ -11183,8 +11241,8 @@ struct alignas(64) tile_config {
 
 /// x (n, hs) fp32, rows ld apart, as the B of A · x: pairs of rows, x(t, d) at xv[(t/2)·hs + d]'s
 /// half t%2 (32-bit units); rows n..np zero (np even). hs a multiple of 16.
-[[DISTILL_AMX_TARGET]] inline void pack_pairs(std::uint32_t* xv, std::int64_t np, const float* x, std::int64_t ld,
-                                              int n, int hs) noexcept {
+[[DISTILL_BF16_TARGET]] inline void pack_pairs(std::uint32_t* xv, std::int64_t np, const float* x, std::int64_t ld,
+                                               int n, int hs) noexcept {
     for (std::int64_t t = 0; t < np; t += 2)
         for (int d = 0; d < hs; d += 16) {
             const __m512 lo = t < n ? _mm512_loadu_ps(x + t * ld + d) : _mm512_setzero_ps();
@@ -11195,14 +11253,14 @@ struct alignas(64) tile_config {
 
 #else
 
-inline bool usable() noexcept {
+inline bool available() noexcept {
     return false;
 }
 
 #endif
 
-}  // namespace distill::device::detail::amx
-// ---- end distill/device/cpu/amx.hpp ----
+}  // namespace distill::device::detail::bf16_tiles
+// ---- end distill/device/cpu/bf16_tiles.hpp ----
 
 #define DISTILL_CPU_FUSED_ATTENTION 1
 
@@ -11322,29 +11380,30 @@ void flash_scores_grad(cpu_isa isa, T* dS, const T* P, int ld, const T* D, int r
     }
 }
 
-/// Whether an inference forward (`flash_attention_forward` without lse) runs its tile products on
-/// AMX: under precision::bf16, with the row kernels on AVX-512 (not capped by DISTILL_CPU_ISA), a head
-/// size that is a multiple of 32 and a CPU and OS that allow AMX (`amx::usable`).
-inline bool uses_amx_attention(const Cpu& dev, cpu_isa isa, int hs) {
-    return dev.compute_precision() == precision::bf16 && isa == cpu_isa::avx512 && hs % 32 == 0 && amx::usable();
+/// Whether an inference forward (`flash_attention_forward` without lse) runs bf16 tile products:
+/// under precision::bf16, with the row kernels on AVX-512 (not capped by DISTILL_CPU_ISA), a head
+/// size that is a multiple of 32 and a CPU with AMX or AVX512-BF16 (`bf16_tiles::available`).
+inline bool uses_bf16_attention(const Cpu& dev, cpu_isa isa, int hs) {
+    return dev.compute_precision() == precision::bf16 && isa == cpu_isa::avx512 && hs % 32 == 0 &&
+           bf16_tiles::available();
 }
 
-/// Whether a training forward (with lse) and its backward run on AMX: as an inference forward, and
-/// with a (sequence, kv head) pair for each thread at least, the AMX backward's unit of work (the
+/// Whether a training forward (with lse) and its backward run bf16 tile products: as an inference
+/// forward, and with a (sequence, kv head) pair for each thread at least, their backward's unit of work (the
 /// forward and the backward decide alike, so the backward recomputes the forward's products).
-inline bool trains_on_amx(const Cpu& dev, cpu_isa isa, int hs, int B, int Hkv) {
-    return uses_amx_attention(dev, isa, hs) && std::int64_t(B) * Hkv >= dev.threads();
+inline bool trains_on_bf16_tiles(const Cpu& dev, cpu_isa isa, int hs, int B, int Hkv) {
+    return uses_bf16_attention(dev, isa, hs) && std::int64_t(B) * Hkv >= dev.threads();
 }
 
-#if defined(DISTILL_AMX)
-// One (b, h, query tile) of an inference forward on AMX: out (rows, hs; rows ldo apart) for queries
+#if defined(DISTILL_BF16_TILES)
+// One (b, h, query tile) of a forward on bf16 tiles: out (rows, hs; rows ldo apart) for queries
 // i0.. (q: their first row, rows `row` apart). q rounded to bf16 once; S = q kᵀ and O += P v as bf16
 // tile products summed in fp32; the online softmax in fp32, the fp32 path's kernel. kt: kᵀ of this
-// kv head (amx::pack_transposed), vp: its v (amx::pack_pairs), both over Tp keys.
-[[DISTILL_AMX_TARGET]] inline void flash_forward_amx_tile(cpu_isa isa, float* out, std::int64_t ldo, float* lse,
-                                                          const float* q, std::int64_t row, const std::uint32_t* kt,
-                                                          const std::uint32_t* vp, std::int64_t Tp, int i0, int rows,
-                                                          int hs, float scale) {
+// kv head (bf16_tiles::pack_transposed), vp: its v (bf16_tiles::pack_pairs), both over Tp keys.
+[[DISTILL_BF16_TARGET]] inline void flash_forward_bf16_tile(cpu_isa isa, float* out, std::int64_t ldo, float* lse,
+                                                            const float* q, std::int64_t row, const std::uint32_t* kt,
+                                                            const std::uint32_t* vp, std::int64_t Tp, int i0, int rows,
+                                                            int hs, float scale) {
     constexpr int Bt = flash_tile;
     const int mr = (rows + 31) / 32 * 32, i1 = i0 + rows;  // tile products run over 32-row blocks
     std::uint16_t* qb = flash_scratch<std::uint16_t>(std::size_t(Bt) * (hs + Bt));
@@ -11353,21 +11412,21 @@ inline bool trains_on_amx(const Cpu& dev, cpu_isa isa, int hs, int B, int Hkv) {
     float* O = S + Bt * Bt;
     float* m = O + Bt * hs;  // running raw maximum per row
     float* l = m + Bt;       // running sum of exp((s - m)·scale) per row
-    amx::round_rows(qb, hs, q, row, mr, rows, hs, hs);
+    bf16_tiles::round_rows(qb, hs, q, row, mr, rows, hs, hs);
     std::fill(O, O + mr * hs, 0.0f);
     std::fill(l, l + rows, 0.0f);
-    amx::configure();
+    bf16_tiles::configure();
     for (int k0 = 0; k0 < i1; k0 += Bt) {
         const int cols = std::min(Bt, i1 - k0), nc = (cols + 31) / 32 * 32;
         // S (mr, nc) = q_tile · k_tileᵀ (keys past Tn are zero), raw as in the fp32 path
-        amx::product(mr, nc, hs, qb, hs, reinterpret_cast<const std::uint16_t*>(kt + k0), 2 * Tp, S, Bt, false);
+        bf16_tiles::product(mr, nc, hs, qb, hs, reinterpret_cast<const std::uint16_t*>(kt + k0), 2 * Tp, S, Bt, false);
         rowk::run_kernel<rowk::flash_softmax_tile>(isa, S, Bt, rows, cols, i0, k0, m, l, O, hs, scale, k0 == 0);
         // O (mr, hs) += P (mr, nc) · v_tile (nc, hs), P zero past each row's keys and past `rows`
-        amx::round_rows(pb, Bt, S, Bt, mr, rows, nc, cols);
-        amx::product(mr, hs, nc, pb, Bt, reinterpret_cast<const std::uint16_t*>(vp + std::int64_t(k0 / 2) * hs), 2 * hs,
-                     O, hs, true);
+        bf16_tiles::round_rows(pb, Bt, S, Bt, mr, rows, nc, cols);
+        bf16_tiles::product(mr, hs, nc, pb, Bt, reinterpret_cast<const std::uint16_t*>(vp + std::int64_t(k0 / 2) * hs),
+                            2 * hs, O, hs, true);
     }
-    amx::release();
+    bf16_tiles::release();
     for (int r = 0; r < rows; ++r)
         for (int d = 0; d < hs; d += 16)
             _mm512_storeu_ps(out + r * ldo + d, _mm512_div_ps(_mm512_loadu_ps(O + r * hs + d), _mm512_set1_ps(l[r])));
@@ -11375,10 +11434,10 @@ inline bool trains_on_amx(const Cpu& dev, cpu_isa isa, int hs, int B, int Hkv) {
         for (int r = 0; r < rows; ++r) lse[r] = m[r] + std::log(l[r]) / scale;
 }
 
-// flash_attention_forward on AMX (see there): k and v of each (b, kv head) packed into bf16 pairs
+// flash_attention_forward on bf16 tiles (see there): k and v of each (b, kv head) packed into bf16 pairs
 // once, then parallel over (b, h, query tile).
-inline void flash_forward_amx(const Cpu& dev, cpu_isa isa, float* out, float* lse, const float* qkv, int B, int Tn,
-                              int H, int Hkv, int hs) {
+inline void flash_forward_bf16(const Cpu& dev, cpu_isa isa, float* out, float* lse, const float* qkv, int B, int Tn,
+                               int H, int Hkv, int hs) {
     const int C = H * hs, row = (H + 2 * Hkv) * hs, G = H / Hkv, Bt = flash_tile, Tp = (Tn + 31) / 32 * 32;
     const int tiles = (Tn + Bt - 1) / Bt;
     const std::int64_t slab = std::int64_t(hs) * Tp / 2;  // one (b, kv head)'s packed k or v, in 32-bit pairs
@@ -11387,29 +11446,30 @@ inline void flash_forward_amx(const Cpu& dev, cpu_isa isa, float* out, float* ls
     distill::detail::parallel_for(dev.threads(), std::int64_t(B) * Hkv, [&](std::int64_t u) {
         const int b = static_cast<int>(u / Hkv), j = static_cast<int>(u % Hkv);
         const float* k = qkv + std::int64_t(b) * Tn * row + C + j * hs;
-        amx::pack_transposed(kt + u * slab, Tp, k, row, Tn, hs, flash_scratch<std::uint32_t>(std::size_t(Tn) * hs / 2));
-        amx::pack_pairs(vp + u * slab, Tp, k + Hkv * hs, row, Tn, hs);
+        bf16_tiles::pack_transposed(kt + u * slab, Tp, k, row, Tn, hs,
+                                    flash_scratch<std::uint32_t>(std::size_t(Tn) * hs / 2));
+        bf16_tiles::pack_pairs(vp + u * slab, Tp, k + Hkv * hs, row, Tn, hs);
     });
     const float scale = 1.0f / std::sqrt(float(hs));
     distill::detail::parallel_for(dev.threads(), std::int64_t(B) * H * tiles, [&](std::int64_t u) {
         const int tile = static_cast<int>(u % tiles), bh = static_cast<int>(u / tiles);
         const int b = bh / H, h = bh % H, j = h / G, i0 = tile * Bt, rows = std::min(Bt, Tn - i0);
         const std::int64_t kv = (std::int64_t(b) * Hkv + j) * slab;
-        flash_forward_amx_tile(
+        flash_forward_bf16_tile(
             isa, out + (std::int64_t(b) * Tn + i0) * C + h * hs, C, lse ? lse + std::int64_t(bh) * Tn + i0 : nullptr,
             qkv + (std::int64_t(b) * Tn + i0) * row + h * hs, row, kt + kv, vp + kv, Tp, i0, rows, hs, scale);
     });
 }
 
-// dk, dv of kv head j of sequence b (one work unit of flash_backward_amx) and its query heads' dq,
-// on AMX: every product of flash_attention_backward's one-pass schedule with bf16 operands (q,
+// dk, dv of kv head j of sequence b (one work unit of flash_backward_bf16) and its query heads' dq,
+// on bf16 tiles: every product of flash_attention_backward's one-pass schedule with bf16 operands (q,
 // dout, k, v, P and scale·dS rounded) and fp32 sums; the probabilities recomputed from the
 // forward's very products (the same rounded q and k), the elementwise steps the fp32 path's kernels.
 // x: the sequence's qkv rows; dy: its dout rows; g: its dqkv rows; lse (G, T) and D (G, T), D_t =
 // dout_t · out_t: those of the group's query heads.
-[[DISTILL_AMX_TARGET]] inline void flash_backward_amx_unit(cpu_isa isa, float* g, const float* x, const float* dy,
-                                                           const float* lse, const float* D, int Tn, int H, int Hkv,
-                                                           int hs, int j) {
+[[DISTILL_BF16_TARGET]] inline void flash_backward_bf16_unit(cpu_isa isa, float* g, const float* x, const float* dy,
+                                                             const float* lse, const float* D, int Tn, int H, int Hkv,
+                                                             int hs, int j) {
     constexpr int Bt = flash_tile;
     const int C = H * hs, row = (H + 2 * Hkv) * hs, G = H / Hkv, Tp = (Tn + 31) / 32 * 32;
     const float scale = 1.0f / std::sqrt(float(hs));
@@ -11429,16 +11489,17 @@ inline void flash_forward_amx(const Cpu& dev, cpu_isa isa, float* out, float* ls
     float* dV = dK + Bt * hs;
     float* dQ = dV + Bt * hs;
     const float* k = x + C + j * hs;
-    amx::pack_transposed(kt, Tp, k, row, Tn, hs, flash_scratch<std::uint32_t, 3>(std::size_t(Tn) * hs / 2));
-    amx::pack_transposed(vt, Tp, k + Hkv * hs, row, Tn, hs, flash_scratch<std::uint32_t, 3>(std::size_t(Tn) * hs / 2));
-    amx::pack_pairs(kp, Tp, k, row, Tn, hs);
+    bf16_tiles::pack_transposed(kt, Tp, k, row, Tn, hs, flash_scratch<std::uint32_t, 3>(std::size_t(Tn) * hs / 2));
+    bf16_tiles::pack_transposed(vt, Tp, k + Hkv * hs, row, Tn, hs,
+                                flash_scratch<std::uint32_t, 3>(std::size_t(Tn) * hs / 2));
+    bf16_tiles::pack_pairs(kp, Tp, k, row, Tn, hs);
     for (int i = 0; i < G; ++i) {  // q and dout of the group's query heads rounded and paired once
         const float* q = x + (j * G + i) * hs;
         const float* dyh = dy + (j * G + i) * hs;
-        amx::round_rows(qba + 2 * i * slab, hs, q, row, Tp, Tn, hs, hs);
-        amx::round_rows(yba + 2 * i * slab, hs, dyh, C, Tp, Tn, hs, hs);
-        amx::pack_pairs(qpa + i * slab, Tp, q, row, Tn, hs);
-        amx::pack_pairs(ypa + i * slab, Tp, dyh, C, Tn, hs);
+        bf16_tiles::round_rows(qba + 2 * i * slab, hs, q, row, Tp, Tn, hs, hs);
+        bf16_tiles::round_rows(yba + 2 * i * slab, hs, dyh, C, Tp, Tn, hs, hs);
+        bf16_tiles::pack_pairs(qpa + i * slab, Tp, q, row, Tn, hs);
+        bf16_tiles::pack_pairs(ypa + i * slab, Tp, dyh, C, Tn, hs);
     }
     for (int t = 0; t < Tn; ++t) std::fill_n(g + std::int64_t(t) * row + j * G * hs, G * hs, 0.0f);
     const auto u16 = [](const std::uint32_t* p) { return reinterpret_cast<const std::uint16_t*>(p); };
@@ -11454,27 +11515,27 @@ inline void flash_forward_amx(const Cpu& dev, cpu_isa isa, float* out, float* ls
                 const std::uint16_t* yb = yba + 2 * i * slab + std::int64_t(i0) * hs;
                 const std::uint32_t* qp = qpa + i * slab + std::int64_t(i0 / 2) * hs;
                 const std::uint32_t* yp = ypa + i * slab + std::int64_t(i0 / 2) * hs;
-                amx::configure();
+                bf16_tiles::configure();
                 // P (mr, nc) = exp(q kᵀ · scale − lse), zero above the diagonal and past rows / cols
-                amx::product(mr, nc, hs, qb, hs, u16(kt + k0), 2 * Tp, P, Bt, false);
+                bf16_tiles::product(mr, nc, hs, qb, hs, u16(kt + k0), 2 * Tp, P, Bt, false);
                 rowk::run_kernel<rowk::flash_probabilities>(isa, P, Bt, rows, cols, i0, k0, lse + i * Tn, scale);
                 // dP (mr, nc) = dout vᵀ, then dS = P ∘ (dP − D), scaled
-                amx::product(mr, nc, hs, yb, hs, u16(vt + k0), 2 * Tp, dS, Bt, false);
+                bf16_tiles::product(mr, nc, hs, yb, hs, u16(vt + k0), 2 * Tp, dS, Bt, false);
                 rowk::run_kernel<rowk::flash_scores_grad>(isa, dS, P, Bt, D + i * Tn + i0, rows, cols);
                 for (int r = 0; r < rows; ++r)
                     for (int c = 0; c < nc; ++c) dS[r * Bt + c] *= scale;
                 // dv (nc, hs) += Pᵀ dout
                 rowk::transpose::run<rowk::vec<64>>(tr, Bt, P, Bt, mr, nc);
-                amx::round_rows(ab, Bt, tr, Bt, nc, nc, mr, mr);
-                amx::product(nc, hs, mr, ab, Bt, u16(yp), 2 * hs, dV, hs, true);
+                bf16_tiles::round_rows(ab, Bt, tr, Bt, nc, nc, mr, mr);
+                bf16_tiles::product(nc, hs, mr, ab, Bt, u16(yp), 2 * hs, dV, hs, true);
                 // dk (nc, hs) += (scale dS)ᵀ q
                 rowk::transpose::run<rowk::vec<64>>(tr, Bt, dS, Bt, mr, nc);
-                amx::round_rows(ab, Bt, tr, Bt, nc, nc, mr, mr);
-                amx::product(nc, hs, mr, ab, Bt, u16(qp), 2 * hs, dK, hs, true);
+                bf16_tiles::round_rows(ab, Bt, tr, Bt, nc, nc, mr, mr);
+                bf16_tiles::product(nc, hs, mr, ab, Bt, u16(qp), 2 * hs, dK, hs, true);
                 // dq (rows, hs) += (scale dS) k
-                amx::round_rows(ab, Bt, dS, Bt, mr, rows, nc, nc);
-                amx::product(mr, hs, nc, ab, Bt, u16(kp + std::int64_t(k0 / 2) * hs), 2 * hs, dQ, hs, false);
-                amx::release();
+                bf16_tiles::round_rows(ab, Bt, dS, Bt, mr, rows, nc, nc);
+                bf16_tiles::product(mr, hs, nc, ab, Bt, u16(kp + std::int64_t(k0 / 2) * hs), 2 * hs, dQ, hs, false);
+                bf16_tiles::release();
                 float* gq = g + std::int64_t(i0) * row + h * hs;
                 for (int r = 0; r < rows; ++r)
                     for (int d = 0; d < hs; ++d) gq[std::int64_t(r) * row + d] += dQ[r * hs + d];
@@ -11501,10 +11562,10 @@ void flash_attention_forward(const Cpu& dev, T* out, T* lse, const T* qkv, int B
     const T scale = T(1) / std::sqrt(T(hs));
     const int tiles = (Tn + Bt - 1) / Bt;
     const cpu_isa isa = row_kernel_isa();
-#if defined(DISTILL_AMX)
+#if defined(DISTILL_BF16_TILES)
     if constexpr (std::is_same_v<T, float>)
-        if (lse ? trains_on_amx(dev, isa, hs, B, Hkv) : uses_amx_attention(dev, isa, hs))
-            return flash_forward_amx(dev, isa, out, lse, qkv, B, Tn, H, Hkv, hs);
+        if (lse ? trains_on_bf16_tiles(dev, isa, hs, B, Hkv) : uses_bf16_attention(dev, isa, hs))
+            return flash_forward_bf16(dev, isa, out, lse, qkv, B, Tn, H, Hkv, hs);
 #endif
     T* kt = flash_scratch<T, 1>(std::size_t(B) * Hkv * hs * Tp);  // kᵀ per (b, kv head)
     flash_transpose(dev, isa, kt, qkv, 0, B, Tn, H, Hkv, hs);
@@ -11555,9 +11616,9 @@ void flash_attention_backward(const Cpu& dev, T* dqkv, const T* dout, const T* q
     const T scale = T(1) / std::sqrt(T(hs));
     const int tiles = (Tn + Bt - 1) / Bt;
     const cpu_isa isa = row_kernel_isa();
-#if defined(DISTILL_AMX)
+#if defined(DISTILL_BF16_TILES)
     if constexpr (std::is_same_v<T, float>)
-        if (trains_on_amx(dev, isa, hs, B, Hkv)) {  // one pass, a (b, kv head) pair per work unit
+        if (trains_on_bf16_tiles(dev, isa, hs, B, Hkv)) {  // one pass, a (b, kv head) pair per work unit
             distill::detail::parallel_for(dev.threads(), std::int64_t(B) * Hkv, [&](std::int64_t u) {
                 const int b = static_cast<int>(u / Hkv), j = static_cast<int>(u % Hkv);
                 // D_t of each query head of the group, from the rounded dout the products read (so a row's
@@ -11566,11 +11627,11 @@ void flash_attention_backward(const Cpu& dev, T* dqkv, const T* dout, const T* q
                 for (int r = 0; r < Tn; ++r)
                     for (int i = 0; i < G; ++i) {
                         const std::int64_t o = (std::int64_t(b) * Tn + r) * C + (j * G + i) * hs;
-                        D[std::int64_t(i) * Tn + r] = amx::rounded_dot(dout + o, out + o, hs);
+                        D[std::int64_t(i) * Tn + r] = bf16_tiles::rounded_dot(dout + o, out + o, hs);
                     }
-                flash_backward_amx_unit(isa, dqkv + std::int64_t(b) * Tn * row, qkv + std::int64_t(b) * Tn * row,
-                                        dout + std::int64_t(b) * Tn * C, lse + std::int64_t(b) * H * Tn + j * G * Tn, D,
-                                        Tn, H, Hkv, hs, j);
+                flash_backward_bf16_unit(isa, dqkv + std::int64_t(b) * Tn * row, qkv + std::int64_t(b) * Tn * row,
+                                         dout + std::int64_t(b) * Tn * C, lse + std::int64_t(b) * H * Tn + j * G * Tn,
+                                         D, Tn, H, Hkv, hs, j);
             });
             return;
         }

@@ -1,16 +1,21 @@
 #pragma once
-/// @file cpu/amx.hpp
-/// Intel AMX's bf16 tile products, for the fused attention's tiles under precision::bf16
-/// (`cpu/flash_attention.hpp`). One AMX tile product (TDPBF16PS, 16 × 32 by 32 × 16, one every 16
-/// cycles) does 8 192 multiply-adds, 16 times what both AVX-512 FMA ports do in that time, while
-/// AVX512-BF16's dot product (VDPBF16PS) runs on one port where fp32 FMAs run on two (measured: 316
-/// against 324 GFLOP/s), so only AMX makes bf16 tiles faster than fp32 ones. oneDNN chooses AMX for the GEMMs itself;
-/// the attention's tiles (64 × 64 × head size) are too small for a oneDNN primitive call each.
+/// @file cpu/bf16_tiles.hpp
+/// bf16 tile products for the fused attention's tiles under precision::bf16
+/// (`cpu/flash_attention.hpp`): operands rounded to bf16, sums in fp32, as `torch.autocast` runs
+/// attention. Two units run them, chosen at run time:
+/// - Intel AMX (TDPBF16PS, 16 × 32 by 32 × 16, one every 16 cycles: 8 192 multiply-adds, 16 times
+///   what both AVX-512 FMA ports do in that time), where the CPU has AMX-TILE and AMX-BF16 and Linux
+///   gives this process the tile state (arch_prctl(ARCH_REQ_XCOMP_PERM), as oneDNN asks for it);
+/// - else AVX512-BF16's dot product (VDPBF16PS: 32 multiply-adds of bf16 pairs per instruction).
+///   Measured: on Zen 4 it runs as often as an fp32 FMA, so twice its multiply-adds (235 against 117
+///   GFLOP/s, one core); on Intel without AMX it runs on one port where fp32 FMAs run on two (316
+///   against 324 GFLOP/s), no faster and no slower than the fp32 tiles.
+/// oneDNN chooses its own units for the GEMMs; the attention's tiles (64 × 64 × head size) are too
+/// small for a oneDNN primitive call each.
 ///
-/// Chosen at run time: the functions carry `target("amx-tile,amx-bf16,...")`, so any build compiles
-/// them, and `usable()` says whether this CPU has AMX-TILE, AMX-BF16 and AVX512-BF16 and Linux gave
-/// this process the tile state (arch_prctl(ARCH_REQ_XCOMP_PERM), as oneDNN asks for it). Elsewhere
-/// (no AMX, another OS or compiler, nvcc's device pass) `usable()` is false and nothing here runs.
+/// The functions carry `target(...)` attributes, so any build compiles them; `available()` says
+/// whether this CPU has either unit. Elsewhere (neither unit, another OS or compiler, nvcc's device
+/// pass) it is false and nothing here runs.
 
 #include <cstdint>
 
@@ -18,22 +23,24 @@
 
 #if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__) && !defined(__CUDA_ARCH__) && \
     (defined(__clang__) || __GNUC__ >= 11)
-#define DISTILL_AMX 1
+#define DISTILL_BF16_TILES 1
 #include <cpuid.h>
 #include <immintrin.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 #endif
 
-namespace distill::device::detail::amx {
+namespace distill::device::detail::bf16_tiles {
 
-#if defined(DISTILL_AMX)
+#if defined(DISTILL_BF16_TILES)
 
 #define DISTILL_AMX_TARGET \
     gnu::target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,amx-tile,amx-bf16,avx2,fma,f16c,bmi2")
 
+#define DISTILL_BF16_TARGET gnu::target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx2,fma,f16c,bmi2")
+
 /// Whether this process may run AMX bf16 tile products (asked once).
-inline bool usable() noexcept {
+inline bool on_amx() noexcept {
     static const bool ok = [] {
         unsigned a = 0, b = 0, c = 0, d = 0;
         if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
@@ -46,6 +53,16 @@ inline bool usable() noexcept {
     return ok;
 }
 
+/// Whether this CPU runs bf16 tile products: on AMX, or on AVX512-BF16's dot products. The caller
+/// checks that the OS enabled the AVX-512 registers (`row_kernel_isa() == cpu_isa::avx512`).
+inline bool available() noexcept {
+    static const bool ok = [] {
+        unsigned a = 0, b = 0, c = 0, d = 0;
+        return on_amx() || (__get_cpuid_count(7, 1, &a, &b, &c, &d) && (a & (1u << 5)));
+    }();
+    return ok;
+}
+
 /// Every tile 16 rows of 64 bytes: tmm0-3 a 32 × 32 block of fp32 C, tmm4-5 two 16 × 32 bf16 row
 /// blocks of A, tmm6-7 two 16-pair × 16 column blocks of B.
 struct alignas(64) tile_config {
@@ -54,22 +71,20 @@ struct alignas(64) tile_config {
     std::uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
 };
 
-/// Loads the tile layout on this thread (tile state is per thread, and oneDNN's kernels load their
-/// own between our calls): call before `product`, and `release` after.
+/// Loads the tile layout on this thread where the products run on AMX (tile state is per thread,
+/// and oneDNN's kernels load their own between our calls): call before `product`, and `release` after.
 [[DISTILL_AMX_TARGET]] inline void configure() noexcept {
     static const tile_config config{};
-    _tile_loadconfig(&config);
+    if (on_amx()) _tile_loadconfig(&config);
 }
 [[DISTILL_AMX_TARGET]] inline void release() noexcept {
-    _tile_release();
+    if (on_amx()) _tile_release();
 }
 
-/// C(M,N) = A(M,K) · B(K,N), or C += (`accumulate`). A: bf16, row-major, lda elements. B: bf16 in
-/// pairs along k ("VNNI"): B(k, n) at b[(k/2)·ldb + 2n + k%2], ldb ≥ 2N elements. C: fp32,
-/// row-major, ldc. M, N and K multiples of 32; sums run in fp32 (AMX rounds each pair's sum).
-[[DISTILL_AMX_TARGET]] inline void product(int M, int N, int K, const std::uint16_t* a, std::int64_t lda,
-                                           const std::uint16_t* b, std::int64_t ldb, float* c, std::int64_t ldc,
-                                           bool accumulate) noexcept {
+// product on AMX: 32 × 32 blocks of C in tmm0-3, K in steps of 32
+[[DISTILL_AMX_TARGET]] inline void product_amx(int M, int N, int K, const std::uint16_t* a, std::int64_t lda,
+                                               const std::uint16_t* b, std::int64_t ldb, float* c, std::int64_t ldc,
+                                               bool accumulate) noexcept {
     const std::int64_t sa = lda * 2, sb = ldb * 2, sc = ldc * 4;  // strides in bytes
     for (int i = 0; i < M; i += 32)
         for (int j = 0; j < N; j += 32) {
@@ -105,11 +120,54 @@ struct alignas(64) tile_config {
         }
 }
 
+// product on AVX512-BF16: 8 × 32 blocks of C in 16 registers; each step over a pair of k broadcasts
+// a row's pair of A and multiplies it into two registers of B's pairs (16 columns each)
+[[DISTILL_BF16_TARGET]] inline void product_dot(int M, int N, int K, const std::uint16_t* a, std::int64_t lda,
+                                                const std::uint16_t* b, std::int64_t ldb, float* c, std::int64_t ldc,
+                                                bool accumulate) noexcept {
+    constexpr int mr = 8;
+    for (int i = 0; i < M; i += mr)
+        for (int j = 0; j < N; j += 32) {
+            __m512 acc[mr][2];
+            for (int r = 0; r < mr; ++r)
+                for (int h = 0; h < 2; ++h)
+                    acc[r][h] = accumulate ? _mm512_loadu_ps(c + (i + r) * ldc + j + 16 * h) : _mm512_setzero_ps();
+            const std::uint16_t* ai = a + i * lda;
+            for (int k = 0; k < K; k += 2) {
+                const std::uint16_t* bk = b + (k / 2) * ldb + 2 * j;
+                const __m512bh b0 = reinterpret_cast<__m512bh>(_mm512_loadu_si512(bk));
+                const __m512bh b1 = reinterpret_cast<__m512bh>(_mm512_loadu_si512(bk + 32));
+                for (int r = 0; r < mr; ++r) {
+                    std::uint32_t pair;
+                    __builtin_memcpy(&pair, ai + r * lda + k, sizeof pair);
+                    const __m512bh ar = reinterpret_cast<__m512bh>(_mm512_set1_epi32(int(pair)));
+                    acc[r][0] = _mm512_dpbf16_ps(acc[r][0], ar, b0);
+                    acc[r][1] = _mm512_dpbf16_ps(acc[r][1], ar, b1);
+                }
+            }
+            for (int r = 0; r < mr; ++r)
+                for (int h = 0; h < 2; ++h) _mm512_storeu_ps(c + (i + r) * ldc + j + 16 * h, acc[r][h]);
+        }
+}
+
+/// C(M,N) = A(M,K) · B(K,N), or C += (`accumulate`), on AMX or AVX512-BF16 (`available()`). A: bf16,
+/// row-major, lda elements. B: bf16 in pairs along k ("VNNI"): B(k, n) at b[(k/2)·ldb + 2n + k%2],
+/// ldb ≥ 2N elements. C: fp32, row-major, ldc. M, N and K multiples of 32; sums run in fp32 (each
+/// unit adds a pair's products before the sum; subnormal operands and sums flushed to zero).
+[[DISTILL_AMX_TARGET]] inline void product(int M, int N, int K, const std::uint16_t* a, std::int64_t lda,
+                                           const std::uint16_t* b, std::int64_t ldb, float* c, std::int64_t ldc,
+                                           bool accumulate) noexcept {
+    if (on_amx())
+        product_amx(M, N, K, a, lda, b, ldb, c, ldc, accumulate);
+    else
+        product_dot(M, N, K, a, lda, b, ldb, c, ldc, accumulate);
+}
+
 /// dst (rows, n; ldd apart) = x (rows; ldx apart) rounded to bf16 (to nearest even), keeping the
 /// first `valid_cols` columns of the first `valid_rows` rows and zero elsewhere; n a multiple of 16.
 /// Rows past valid_rows are not read.
-[[DISTILL_AMX_TARGET]] inline void round_rows(std::uint16_t* dst, std::int64_t ldd, const float* x, std::int64_t ldx,
-                                              int rows, int valid_rows, int n, int valid_cols) noexcept {
+[[DISTILL_BF16_TARGET]] inline void round_rows(std::uint16_t* dst, std::int64_t ldd, const float* x, std::int64_t ldx,
+                                               int rows, int valid_rows, int n, int valid_cols) noexcept {
     for (int r = 0; r < rows; ++r) {
         const int valid = r < valid_rows ? valid_cols : 0;
         const float* xr = r < valid_rows ? x + r * ldx : x;
@@ -125,8 +183,8 @@ struct alignas(64) tile_config {
 }
 
 /// Σ bf16(a_i) · b_i over n floats (n a multiple of 16), summed in fp32: a row's dot product with
-/// the operand an AMX product reads in its place.
-[[DISTILL_AMX_TARGET]] inline float rounded_dot(const float* a, const float* b, int n) noexcept {
+/// the operand a tile product reads in its place.
+[[DISTILL_BF16_TARGET]] inline float rounded_dot(const float* a, const float* b, int n) noexcept {
     __m512 acc = _mm512_setzero_ps();
     for (int i = 0; i < n; i += 16) {
         const __m256bh h = _mm512_cvtneps_pbh(_mm512_loadu_ps(a + i));
@@ -137,7 +195,7 @@ struct alignas(64) tile_config {
 }
 
 /// 16 pairs (lo[j], hi[j]) rounded to bf16, lo in the low half of each 32-bit lane.
-[[DISTILL_AMX_TARGET]] inline __m512i pairs(__m512 lo, __m512 hi) noexcept {
+[[DISTILL_BF16_TARGET]] inline __m512i pairs(__m512 lo, __m512 hi) noexcept {
     const __m256bh l = _mm512_cvtneps_pbh(lo), h = _mm512_cvtneps_pbh(hi);
     return _mm512_or_si512(_mm512_cvtepu16_epi32(reinterpret_cast<const __m256i&>(l)),
                            _mm512_slli_epi32(_mm512_cvtepu16_epi32(reinterpret_cast<const __m256i&>(h)), 16));
@@ -146,8 +204,8 @@ struct alignas(64) tile_config {
 /// x (n, hs) fp32, rows ld apart, as the B of A · xᵀ: xt(d, t) = x(t, d) in bf16 pairs along d,
 /// pair d/2 of row t at xt[(d/2)·np + t] (32-bit units); rows n..np zero. hs a multiple of 32.
 /// `rounded` is scratch of n·hs/2 pairs: x rounded row by row, then transposed as 32-bit words.
-[[DISTILL_AMX_TARGET]] inline void pack_transposed(std::uint32_t* xt, std::int64_t np, const float* x, std::int64_t ld,
-                                                   int n, int hs, std::uint32_t* rounded) noexcept {
+[[DISTILL_BF16_TARGET]] inline void pack_transposed(std::uint32_t* xt, std::int64_t np, const float* x, std::int64_t ld,
+                                                    int n, int hs, std::uint32_t* rounded) noexcept {
     for (int t = 0; t < n; ++t)
         for (int d = 0; d < hs; d += 32) {
             const __m512bh p =
@@ -163,8 +221,8 @@ struct alignas(64) tile_config {
 
 /// x (n, hs) fp32, rows ld apart, as the B of A · x: pairs of rows, x(t, d) at xv[(t/2)·hs + d]'s
 /// half t%2 (32-bit units); rows n..np zero (np even). hs a multiple of 16.
-[[DISTILL_AMX_TARGET]] inline void pack_pairs(std::uint32_t* xv, std::int64_t np, const float* x, std::int64_t ld,
-                                              int n, int hs) noexcept {
+[[DISTILL_BF16_TARGET]] inline void pack_pairs(std::uint32_t* xv, std::int64_t np, const float* x, std::int64_t ld,
+                                               int n, int hs) noexcept {
     for (std::int64_t t = 0; t < np; t += 2)
         for (int d = 0; d < hs; d += 16) {
             const __m512 lo = t < n ? _mm512_loadu_ps(x + t * ld + d) : _mm512_setzero_ps();
@@ -175,10 +233,10 @@ struct alignas(64) tile_config {
 
 #else
 
-inline bool usable() noexcept {
+inline bool available() noexcept {
     return false;
 }
 
 #endif
 
-}  // namespace distill::device::detail::amx
+}  // namespace distill::device::detail::bf16_tiles

@@ -11028,9 +11028,9 @@ void attention_decode(const Cpu& dev, T* out, T* scratch, const T* qkv, const T*
 ///   what both AVX-512 FMA ports do in that time), where the CPU has AMX-TILE and AMX-BF16 and Linux
 ///   gives this process the tile state (arch_prctl(ARCH_REQ_XCOMP_PERM), as oneDNN asks for it);
 /// - else AVX512-BF16's dot product (VDPBF16PS: 32 multiply-adds of bf16 pairs per instruction).
-///   Measured: on Zen 4 it runs as often as an fp32 FMA, so twice its multiply-adds (235 against 117
-///   GFLOP/s, one core); on Intel without AMX it runs on one port where fp32 FMAs run on two (316
-///   against 324 GFLOP/s), no faster and no slower than the fp32 tiles.
+///   Measured: on an AMD EPYC (Zen 4) it issues as often as an fp32 FMA, so twice its multiply-adds
+///   (235 against 117 GFLOP/s, one core); on an Intel Xeon with AMX (where AMX runs instead) it
+///   issued on one port where fp32 FMAs issue on two (316 against 324 GFLOP/s), level with them.
 /// oneDNN chooses its own units for the GEMMs; the attention's tiles (64 × 64 × head size) are too
 /// small for a oneDNN primitive call each.
 ///

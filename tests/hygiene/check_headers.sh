@@ -12,15 +12,15 @@ sys=(-isystem /usr/include/eigen3)
 flags=(-std=c++20 -fopenmp -Wall -Wextra -Wpedantic -Werror -I"$root/include" "${sys[@]}")
 status=0
 
-# 1. self-contained headers, two compilers' worth at a time
+# 1. self-contained headers, one compile per core at a time
 cd "$root/include"
 headers=$(find distill -name '*.hpp' | grep -v '/cuda' | sort)
 # Each header alone with clang++ (with libstdc++), which parses them faster; the other compiler, the
 # build's, on the umbrella header below (every header through it, at a fraction of the cost of each one
-# alone). Without clang++, both with the build's compiler.
+# alone). Without clang++, each header alone with the build's compiler, the umbrella among them.
 if command -v clang++ >/dev/null; then alone=(clang++ -stdlib=libstdc++) umbrella=("$cxx"); else alone=("$cxx") umbrella=(); fi
 check_one() {
-  local h="$1" log="$work/$(echo "$1" | tr / _).log" c extra=()
+  local h="$1" log="$work/$(echo "$1" | tr / _).log" extra=()
   # the oneDNN provider is compiled only with DISTILL_WITH_DNNL (distill::dnnl), where oneDNN is installed
   if [[ $h == distill/device/cpu/dnnl.hpp ]]; then
     [[ -f /usr/include/oneapi/dnnl/dnnl.hpp ]] || return 0

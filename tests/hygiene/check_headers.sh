@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Header hygiene, run by ctest:
+# Header hygiene (scripts/check-headers.sh runs it; CI after the test command):
 #  1. every public header compiles on its own, warning-free (-Wall -Wextra -Wpedantic -Werror), with
 #     clang++; the umbrella header (every header through it) with the build's compiler too;
 #  2. including the umbrella header defines no macro of ours without the DISTILL_ prefix;

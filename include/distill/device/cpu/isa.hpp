@@ -925,8 +925,8 @@ struct decode_attention {
         std::int64_t j = 0;
         for (; j + 4 <= n; j += 4) {
             // The keys 16 rows ahead on their way to L1, and these rows' values (read after the softmax)
-            // to L2: left to the hardware prefetcher, the scores waited on memory (this kernel alone,
-            // 16 sequences of 32-160 positions: 15% faster at 1 thread, 6% at 2).
+            // to L2: left to the hardware prefetcher, the scores waited on memory (generation at batch
+            // 16: 7% faster at 1 thread, 11% at 2; docs/performance.md).
             const float *ahead = K + std::min(j + 16, n - 1) * hs, *values = Vc + j * hs;
             for (std::int64_t b = 0; b < 4 * hs; b += 16) {
                 __builtin_prefetch(ahead + b, 0, 3);

@@ -9080,7 +9080,7 @@ struct decode_attention {
             // The keys 16 rows ahead on their way to L1, and these rows' values (read after the softmax)
             // to L2: left to the hardware prefetcher, the scores waited on memory (generation at batch
             // 16: 7% faster at 1 thread, 11% at 2; docs/performance.md).
-            const float *ahead = K + std::min(j + 16, n - 1) * hs, *values = Vc + j * hs;
+            const float *ahead = K + std::min(j + 16, n - 4) * hs, *values = Vc + j * hs;  // rows < n
             for (std::int64_t b = 0; b < 4 * hs; b += 16) {
                 __builtin_prefetch(ahead + b, 0, 3);
                 __builtin_prefetch(values + b, 0, 2);

@@ -328,17 +328,33 @@ inline bool dnnl_takes(int M, int N, int K) {
 #endif
     return M > 0 && N > 0 && K > 0;
 }
+/// Whether Eigen's kernel keeps an fp32 product with A transposed (a weight gradient doutᵀ · in): where
+/// oneDNN runs at AVX2 and Eigen was compiled for AVX2 and FMA. There oneDNN 2.6 runs these products
+/// at 44-87% of Eigen's speed and its other products at 96-119% (docs/performance.md, "A build for
+/// AVX2").
+inline bool eigen_takes_transposed_a([[maybe_unused]] const Cpu& dev) {
+#if defined(__AVX2__) && defined(__FMA__)
+    static const bool avx2 = [] {
+        const dnnl::cpu_isa isa = dnnl::get_effective_cpu_isa();
+        return isa == dnnl::cpu_isa::avx2 || isa == dnnl::cpu_isa::avx2_vnni;
+    }();
+    return avx2 && dev.compute != precision::bf16;
+#else
+    return false;
+#endif
+}
 #endif
 }  // namespace detail
 
 /// C(M,N) = alpha op(A) op(B) + beta C, row-major (see the Reference kernel): oneDNN's matmul with
-/// `distill::dnnl` (fp32, or bf16 operands when the device's precision says so), else Eigen's GEMM.
+/// `distill::dnnl` (fp32, or bf16 operands when the device's precision says so), else Eigen's GEMM
+/// (also for A transposed where oneDNN runs at AVX2: `eigen_takes_transposed_a`).
 template <class T>
 void gemm(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda, const T* B,
           int ldb, T beta, T* C, int ldc) {
 #if defined(DISTILL_WITH_DNNL)
     if constexpr (std::is_same_v<T, float>)
-        if (detail::dnnl_takes(M, N, K))
+        if (detail::dnnl_takes(M, N, K) && !(trans_a && detail::eigen_takes_transposed_a(dev)))
             return detail::gemm(dev.compute == precision::bf16, dev.threads(), trans_a, trans_b, M, N, K, alpha, A, lda,
                                 B, ldb, beta, C, ldc);
 #endif

@@ -2,8 +2,9 @@
 # Installs the Debian packages distill needs, and only those missing; silent when all are present.
 #   scripts/install-deps.sh            build and test dependencies
 #   scripts/install-deps.sh --bench    also the benchmarks' references: Debian's PyTorch with OpenBLAS, and
-#                                      PyTorch 2.x from PyPI (MKL, oneDNN) in a venv, $DISTILL_BENCH_VENV
-#                                      (default ~/.cache/distill/torch-venv), found there by benchmarks/run
+#                                      PyTorch 2.x from PyPI (MKL, oneDNN), sacreBLEU and rouge-score in a
+#                                      venv, $DISTILL_BENCH_VENV (default ~/.cache/distill/torch-venv),
+#                                      found there by benchmarks/run
 #   scripts/install-deps.sh --fuzz     also clang 14 and its libFuzzer/sanitizer runtimes (scripts/fuzz.sh)
 set -euo pipefail
 
@@ -42,4 +43,7 @@ if [[ "${1:-}" == "--bench" ]]; then
     /usr/bin/python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check 'torch>=2' numpy
   fi
+  # the metrics' references (bench_metrics)
+  "$venv/bin/python" -c 'import sacrebleu, rouge_score' 2>/dev/null ||
+    "$venv/bin/pip" install --quiet --disable-pip-version-check sacrebleu rouge-score
 fi

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The tests whose code paths depend on the CPU's instruction set (ctest unit: the kernels, models,
-# losses and optimizers; alloc_step; precision), run as on an AVX2-only host (AVX2 +
+# losses and optimizers; alloc_step; precision; bf16_storage: packed weights), run as on an AVX2-only host (AVX2 +
 # FMA, no AVX-512: a common cloud CPU) whatever this machine has: the programs compiled with
 # -march=x86-64-v3, oneDNN capped with ONEDNN_MAX_CPU_ISA=AVX2 (so bf16 must be refused, not abort).
 # CI runs it after the test command.   Usage: scripts/test-avx2.sh [build-dir]   (default build/avx2)

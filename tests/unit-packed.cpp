@@ -1,6 +1,7 @@
-// Packed weights (device::pack_weight / gemm_packed, oneDNN's blocked layout) and the model's use of
-// them: KvCache decoding and Transformer::pack_matrices, bit for bit against the plain products. In
-// the oneDNN-linked test binary (distill_bf16_tests), where the packed path exists.
+// Packed weights (device::pack_weight / gemm_packed: oneDNN's blocked layout, or panel_gemm's panels
+// where oneDNN runs at AVX2) and the model's use of them: KvCache decoding and
+// Transformer::pack_matrices, bit for bit against the plain products. In the oneDNN-linked test binary
+// (distill_bf16_tests), where the packed path exists.
 
 #include <doctest/doctest.h>
 
@@ -34,6 +35,42 @@ student::TransformerConfig llama_like(student::TransformerConfig c) {
     return c;
 }
 }  // namespace
+
+#if defined(DISTILL_PANEL_GEMM)
+TEST_CASE("panel_gemm: 1 to 16 rows against W's panels match the plain loops, on any AVX2 CPU") {
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) {
+        MESSAGE("skipped: this CPU has no AVX2 and FMA");
+        return;
+    }
+    device::Reference ref;
+    // N: one panel, a ragged last panel, fewer columns than a vector; K: a long one, an odd one, one
+    for (const auto& [N, K] : {std::pair{16, 300}, std::pair{263, 70}, std::pair{5, 1}}) {
+        const auto W = random_vector<float>(std::size_t(N) * (K + 3), 21);  // row stride K + 3
+        const auto bias = random_vector<float>(std::size_t(N), 22);
+        std::vector<float> P(device::detail::panel_floats(N, K));
+        device::detail::pack_panels(P.data(), W.data(), N, K, K + 3);
+        for (int M = 1; M <= device::detail::panel_max_rows; ++M)
+            for (const float beta : {0.0f, 1.0f})
+                for (const bool with_bias : {false, true})
+                    for (const int threads : {1, 2}) {
+                        const int lda = K + 1, ldc = N + 2;
+                        const auto A = random_vector<float>(std::size_t(M) * lda, 23);
+                        auto C = random_vector<float>(std::size_t(M) * ldc, 24), expect = C;
+                        const float* b = with_bias ? bias.data() : nullptr;
+                        device::detail::panel_gemm(threads, M, N, K, A.data(), lda, P.data(), beta, C.data(), ldc, b);
+                        gemm(ref, false, true, M, N, K, 1.0f, A.data(), lda, W.data(), K + 3, beta, expect.data(), ldc);
+                        for (int m = 0; m < M; ++m)
+                            if (with_bias) add_bias(ref, expect.data() + std::int64_t(m) * ldc, b, 1, N);
+                        INFO("M=" << M << " N=" << N << " K=" << K << " beta=" << beta << " bias=" << with_bias
+                                  << " threads=" << threads);
+                        check_close("panel_gemm", C.data(), expect.data(), std::int64_t(C.size()), 1e-5, 1e-5);
+                        for (int m = 0; m < M; ++m)  // the columns past N untouched
+                            for (int n = N; n < ldc; ++n)
+                                CHECK(C[std::size_t(m) * ldc + n] == expect[std::size_t(m) * ldc + n]);
+                    }
+    }
+}
+#endif
 
 TEST_CASE("gemm_packed: a packed weight gives the bits of the plain weight's product") {
     device::Reference ref;

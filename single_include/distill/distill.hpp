@@ -9129,6 +9129,148 @@ DISTILL_ROW_INLINE void run_kernel([[maybe_unused]] cpu_isa isa, A... a) {
 
 }  // namespace distill::device
 // ---- end distill/device/cpu/isa.hpp ----
+// ---- begin distill/device/cpu/panel_gemm.hpp ----
+/// \file
+/// Decoding's products where oneDNN runs at AVX2: C(M,N) = A(M,K) · Wᵀ (+ bias) + beta C for at most
+/// 16 rows, W(N,K) read from a copy in panels of 16 output features. oneDNN 2.6 has no packed layout
+/// at AVX2 and copies W at every call; over these panels the products ran 1.3-2.0x as fast
+/// (docs/performance.md, "A build for AVX2"). x86-64 GCC/Clang only (`DISTILL_PANEL_GEMM`), compiled for
+/// AVX2 and FMA whatever the build's flags; the caller checks the CPU (oneDNN's ISA).
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+
+
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+#define DISTILL_PANEL_GEMM 1
+#include <immintrin.h>
+#endif
+
+namespace distill::device::detail {
+
+inline constexpr int panel_width = 16;     // output features of a panel: two 8-lane vectors
+inline constexpr int panel_max_rows = 16;  // the rows these products take (decoding's batches)
+
+/// Floats of W(N,K)'s panels: ceil(N / 16) panels of K x 16.
+inline std::size_t panel_floats(int N, int K) {
+    return std::size_t((N + panel_width - 1) / panel_width) * panel_width * std::size_t(K);
+}
+
+/// P = W(N,K) (row stride ldw) in panels: P[p](K,16)[k][j] = W[16p + j][k], zeros past N. W is read
+/// row by row (a panel, 16-64 KB here, takes the scattered writes in L1/L2).
+inline void pack_panels(float* P, const float* W, int N, int K, int ldw) {
+    const int columns = (N + panel_width - 1) / panel_width * panel_width;
+    for (int n = 0; n < columns; ++n) {
+        float* column = P + std::size_t(n / panel_width) * panel_width * K + n % panel_width;
+        for (int k = 0; k < K; ++k) column[std::size_t(k) * panel_width] = n < N ? W[std::size_t(n) * ldw + k] : 0.0f;
+    }
+}
+
+#if defined(DISTILL_PANEL_GEMM)
+/// C(MR,ncols) (ldc) = A(MR,K) (lda) · panel(K,16)[:, :ncols] (+ bias) + beta C: MR x 16 accumulators
+/// (two 8-lane vectors a row), each summed over k in order (one row: four partial sums, k mod 4, added
+/// at the end), then the bias, then beta C.
+template <int MR>
+[[gnu::target("avx2,fma")]] inline void panel_tile(const float* A, int lda, const float* panel, int K,
+                                                   const float* bias, float beta, float* C, int ldc, int ncols) {
+    __m256 acc[MR][2];
+    for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    int k = 0;
+    if constexpr (MR == 1) {
+        // one row: two accumulators would wait on each other's FMAs; four pairs take k, k+1, k+2, k+3
+        // and are added in a fixed order at the end
+        __m256 more[3][2] = {};
+        for (; k + 4 <= K; k += 4) {
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; ++i)
+                _mm_prefetch(reinterpret_cast<const char*>(panel + std::size_t(k + 64 + i) * panel_width), _MM_HINT_T0);
+            const float* p = panel + std::size_t(k) * panel_width;
+            acc[0][0] = _mm256_fmadd_ps(_mm256_broadcast_ss(A + k), _mm256_loadu_ps(p), acc[0][0]);
+            acc[0][1] = _mm256_fmadd_ps(_mm256_broadcast_ss(A + k), _mm256_loadu_ps(p + 8), acc[0][1]);
+#pragma GCC unroll 3
+            for (int i = 0; i < 3; ++i) {
+                const __m256 a = _mm256_broadcast_ss(A + k + 1 + i);
+                more[i][0] = _mm256_fmadd_ps(a, _mm256_loadu_ps(p + (i + 1) * panel_width), more[i][0]);
+                more[i][1] = _mm256_fmadd_ps(a, _mm256_loadu_ps(p + (i + 1) * panel_width + 8), more[i][1]);
+            }
+        }
+        for (int c = 0; c < 2; ++c)
+            acc[0][c] = _mm256_add_ps(_mm256_add_ps(acc[0][c], more[0][c]), _mm256_add_ps(more[1][c], more[2][c]));
+    }
+    for (; k < K; ++k) {
+        // the panel's rows 64 ahead on their way to L1: left to the hardware, the first tile of a
+        // panel waited on memory (57-81 against 76-100 GFLOP/s in the probe)
+        _mm_prefetch(reinterpret_cast<const char*>(panel + std::size_t(k + 64) * panel_width), _MM_HINT_T0);
+        const __m256 b0 = _mm256_loadu_ps(panel + std::size_t(k) * panel_width),
+                     b1 = _mm256_loadu_ps(panel + std::size_t(k) * panel_width + 8);
+#pragma GCC unroll 8
+        for (int r = 0; r < MR; ++r) {
+            const __m256 a = _mm256_broadcast_ss(A + std::size_t(r) * lda + k);
+            acc[r][0] = _mm256_fmadd_ps(a, b0, acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(a, b1, acc[r][1]);
+        }
+    }
+    // masked loads and stores for a last panel of fewer than 16 columns (no array of the accumulators:
+    // one would keep them in memory)
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(ncols), lane),
+                  m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(ncols - 8), lane);
+    const __m256 bias0 = bias ? _mm256_maskload_ps(bias, m0) : _mm256_setzero_ps(),
+                 bias1 = bias ? _mm256_maskload_ps(bias + 8, m1) : _mm256_setzero_ps(), vbeta = _mm256_set1_ps(beta);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+        float* c = C + std::size_t(r) * ldc;
+        __m256 y0 = _mm256_add_ps(acc[r][0], bias0), y1 = _mm256_add_ps(acc[r][1], bias1);
+        if (beta != 0.0f) {
+            y0 = _mm256_add_ps(y0, _mm256_mul_ps(vbeta, _mm256_maskload_ps(c, m0)));
+            y1 = _mm256_add_ps(y1, _mm256_mul_ps(vbeta, _mm256_maskload_ps(c + 8, m1)));
+        }
+        _mm256_maskstore_ps(c, m0, y0);
+        _mm256_maskstore_ps(c + 8, m1, y1);
+    }
+}
+
+/// C(M,N) = A(M,K) · Wᵀ (+ bias(N)) + beta C, row-major (lda, ldc), 1 <= M <= 16, W given as its
+/// panels P (`pack_panels`): the panels split over `threads`, each panel's rows in tiles of 6 (the
+/// panel stays in L1/L2 between them). The bits do not depend on the threads.
+inline void panel_gemm(int threads, int M, int N, int K, const float* A, int lda, const float* P, float beta, float* C,
+                       int ldc, const float* bias) {
+    const int panels = (N + panel_width - 1) / panel_width;
+    distill::detail::parallel_for(threads, panels, [&](std::int64_t p) {
+        const int n0 = static_cast<int>(p) * panel_width, ncols = std::min(panel_width, N - n0);
+        const float* panel = P + std::size_t(n0) * K;
+        const float* b = bias ? bias + n0 : nullptr;
+        int m = 0;
+        for (; m + 6 <= M; m += 6)
+            panel_tile<6>(A + std::size_t(m) * lda, lda, panel, K, b, beta, C + std::size_t(m) * ldc + n0, ldc, ncols);
+        const float* a = A + std::size_t(m) * lda;
+        float* c = C + std::size_t(m) * ldc + n0;
+        switch (M - m) {
+            case 5:
+                panel_tile<5>(a, lda, panel, K, b, beta, c, ldc, ncols);
+                break;
+            case 4:
+                panel_tile<4>(a, lda, panel, K, b, beta, c, ldc, ncols);
+                break;
+            case 3:
+                panel_tile<3>(a, lda, panel, K, b, beta, c, ldc, ncols);
+                break;
+            case 2:
+                panel_tile<2>(a, lda, panel, K, b, beta, c, ldc, ncols);
+                break;
+            case 1:
+                panel_tile<1>(a, lda, panel, K, b, beta, c, ldc, ncols);
+                break;
+            default:
+                break;
+        }
+    });
+}
+#endif
+
+}  // namespace distill::device::detail
+// ---- end distill/device/cpu/panel_gemm.hpp ----
 // ---- begin distill/device/reference/layers.hpp ----
 /// @file reference/layers.hpp
 /// The host-memory base every host device derives from (`HostMemory`), the `device::Reference` tag,
@@ -10291,17 +10433,34 @@ inline bool dnnl_takes(int M, int N, int K) {
 #endif
     return M > 0 && N > 0 && K > 0;
 }
+/// Whether oneDNN runs at AVX2 (its effective ISA, after ONEDNN_MAX_CPU_ISA): there its fp32 matmul
+/// reads weights in their plain layout.
+inline bool dnnl_runs_avx2() {
+    static const bool avx2 = [] {
+        const dnnl::cpu_isa isa = dnnl::get_effective_cpu_isa();
+        return isa == dnnl::cpu_isa::avx2 || isa == dnnl::cpu_isa::avx2_vnni;
+    }();
+    return avx2;
+}
 /// Whether Eigen's kernel keeps an fp32 product with A transposed (a weight gradient doutᵀ · in): where
 /// oneDNN runs at AVX2 and Eigen was compiled for AVX2 and FMA. There oneDNN 2.6 runs these products
 /// at 44-87% of Eigen's speed and its other products at 96-119% (docs/performance.md, "A build for
 /// AVX2").
 inline bool eigen_takes_transposed_a([[maybe_unused]] const Cpu& dev) {
 #if defined(__AVX2__) && defined(__FMA__)
-    static const bool avx2 = [] {
-        const dnnl::cpu_isa isa = dnnl::get_effective_cpu_isa();
-        return isa == dnnl::cpu_isa::avx2 || isa == dnnl::cpu_isa::avx2_vnni;
-    }();
-    return avx2 && dev.compute != precision::bf16;
+    return dnnl_runs_avx2() && dev.compute != precision::bf16;
+#else
+    return false;
+#endif
+}
+/// Whether `panel_gemm` takes C = A · Wᵀ (alpha 1): fp32, at most 16 rows (decoding), where oneDNN runs
+/// at AVX2 and would take the product; with a packed W or without (`gemm_packed`, `gemm_bias`, `gemm`),
+/// so that both give the same bits.
+inline bool panels_take([[maybe_unused]] const Cpu& dev, [[maybe_unused]] bool trans_a, [[maybe_unused]] bool trans_b,
+                        [[maybe_unused]] int M, [[maybe_unused]] int N, [[maybe_unused]] int K) {
+#if defined(DISTILL_PANEL_GEMM)
+    return !trans_a && trans_b && M <= panel_max_rows && dnnl_takes(M, N, K) && dev.compute != precision::bf16 &&
+           dnnl_runs_avx2();
 #else
     return false;
 #endif
@@ -10309,12 +10468,32 @@ inline bool eigen_takes_transposed_a([[maybe_unused]] const Cpu& dev) {
 #endif
 }  // namespace detail
 
+namespace detail {
+#if defined(DISTILL_WITH_DNNL) && defined(DISTILL_PANEL_GEMM)
+// panel_gemm on a plain W(N,K) (row stride ldw), packed into panels first (as oneDNN copies W at
+// every call): the bits of the packed copy's product
+inline void panel_gemm_plain(const Cpu& dev, int M, int N, int K, const float* A, int lda, const float* W, int ldw,
+                             float beta, float* C, int ldc, const float* bias) {
+    thread_local std::vector<float> panels;
+    panels.resize(panel_floats(N, K));
+    pack_panels(panels.data(), W, N, K, ldw);
+    panel_gemm(dev.threads(), M, N, K, A, lda, panels.data(), beta, C, ldc, bias);
+}
+#endif
+}  // namespace detail
+
 /// C(M,N) = alpha op(A) op(B) + beta C, row-major (see the Reference kernel): oneDNN's matmul with
 /// `distill::dnnl` (fp32, or bf16 operands when the device's precision says so), else Eigen's GEMM
-/// (also for A transposed where oneDNN runs at AVX2: `eigen_takes_transposed_a`).
+/// (also for A transposed where oneDNN runs at AVX2: `eigen_takes_transposed_a`); up to 16 rows of
+/// A · Bᵀ (alpha 1) where oneDNN runs at AVX2: `panel_gemm` (`panels_take`).
 template <class T>
 void gemm(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda, const T* B,
           int ldb, T beta, T* C, int ldc) {
+#if defined(DISTILL_WITH_DNNL) && defined(DISTILL_PANEL_GEMM)
+    if constexpr (std::is_same_v<T, float>)
+        if (alpha == 1.0f && detail::panels_take(dev, trans_a, trans_b, M, N, K))
+            return detail::panel_gemm_plain(dev, M, N, K, A, lda, B, ldb, beta, C, ldc, nullptr);
+#endif
 #if defined(DISTILL_WITH_DNNL)
     if constexpr (std::is_same_v<T, float>)
         if (detail::dnnl_takes(M, N, K) && !(trans_a && detail::eigen_takes_transposed_a(dev)))
@@ -10427,9 +10606,18 @@ void add_bias(const Cpu& dev, T* out, const T* bias, int N, int OC) {
 /// `gelu`, C = gelu_forward(that), the GELU in the same epilogue (an MLP's first linear where nothing
 /// keeps its input to the GELU: inference); oneDNN evaluates the tanh GELU itself, equal to
 /// `gelu_forward` to rounding, and `gelu_forward` runs after the product where oneDNN does not take it.
+/// Up to 16 rows of A · Wᵀ where oneDNN runs at AVX2: `panel_gemm` (`detail::panels_take`).
 template <class T>
 void gemm_bias(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, const T* A, int lda, const T* B,
                int ldb, T beta, T* C, int ldc, const T* bias, bool gelu = false) {
+#if defined(DISTILL_WITH_DNNL) && defined(DISTILL_PANEL_GEMM)
+    if constexpr (std::is_same_v<T, float>)
+        if (detail::panels_take(dev, trans_a, trans_b, M, N, K)) {
+            detail::panel_gemm_plain(dev, M, N, K, A, lda, B, ldb, beta, C, ldc, bias);
+            if (gelu) detail::gelu_in_place(dev, C, M, N, ldc);
+            return;
+        }
+#endif
 #if defined(DISTILL_WITH_DNNL)
     if constexpr (std::is_same_v<T, float>)
         if (detail::dnnl_takes(M, N, K))
@@ -10455,15 +10643,27 @@ inline dnnl::memory::desc packed_layout(const Cpu& dev, int N, int K, bool bf16)
     if (!packs || N < 1 || K < 1) return {};
     return packed_weight_desc(N, K, dev.threads(), bf16);
 }
+// Whether `pack_weight` copies an fp32 W(N,K) into `panel_gemm`'s panels: where oneDNN runs at AVX2 (it
+// has no packed layout there) and the device computes in fp32.
+inline bool packs_panels([[maybe_unused]] const Cpu& dev, [[maybe_unused]] int N, [[maybe_unused]] int K,
+                         [[maybe_unused]] bool bf16) {
+#if defined(DISTILL_PANEL_GEMM)
+    return !bf16 && N > 0 && K > 0 && dev.compute != precision::bf16 && dnnl_runs_avx2();
+#else
+    return false;
+#endif
+}
 }  // namespace detail
 #endif
 
 /// A weight W(N,K) (row-major: the weight of C = A · Wᵀ; fp32, or a stored bf16 one) copied once into
 /// the blocked layout oneDNN's matmul reads (`pack_weight`), for products that repeat with W
 /// unchanged: decoding multiplies a few rows by every weight once per token, and the matmul
-/// otherwise copies W into that layout at every call. A snapshot: it does not follow later writes to W. Empty (false)
-/// where packing gains nothing: without oneDNN, for an fp32 W under bf16 compute (whose products round W at every
-/// call), or where oneDNN reads W as it is.
+/// otherwise copies W into that layout at every call. Where oneDNN runs at AVX2 (no blocked layout
+/// there) an fp32 W is copied into `panel_gemm`'s panels instead, which products of up to 16 rows read
+/// (`panels()`). A snapshot: it does not follow later writes to W. Empty (false) where packing gains
+/// nothing: without oneDNN, for an fp32 W under bf16 compute (whose products round W at every call), or
+/// for a bf16 W where oneDNN has no bf16 matmul.
 class packed_weight {
 public:
     packed_weight() = default;
@@ -10476,6 +10676,8 @@ public:
     bool bf16() const noexcept { return bf16_; }
     int threads() const noexcept { return threads_; }
     std::size_t bytes() const noexcept { return bytes_; }
+    /// Whether the copy is in `panel_gemm`'s panels (where oneDNN runs at AVX2), not oneDNN's layout.
+    bool panels() const noexcept { return panels_; }
 
 private:
     struct release {
@@ -10483,13 +10685,26 @@ private:
     };
     std::unique_ptr<void, release> data_;
     int rows_ = 0, cols_ = 0, threads_ = 0;
-    bool bf16_ = false;
+    bool bf16_ = false, panels_ = false;
     std::size_t bytes_ = 0;
     friend packed_weight pack_weight(const Cpu&, const float*, int, int);
     friend packed_weight pack_weight(const Cpu&, const std::uint16_t*, int, int);
     static packed_weight make([[maybe_unused]] const Cpu& dev, [[maybe_unused]] const void* W, [[maybe_unused]] int N,
                               [[maybe_unused]] int K, [[maybe_unused]] bool bf16) {
         packed_weight p;
+#if defined(DISTILL_WITH_DNNL) && defined(DISTILL_PANEL_GEMM)
+        if (detail::packs_panels(dev, N, K, bf16)) {
+            p.bytes_ = sizeof(float) * detail::panel_floats(N, K);
+            p.data_.reset(std::aligned_alloc(64, (p.bytes_ + 63) / 64 * 64));
+            if (!p.data_) throw std::bad_alloc();
+            detail::pack_panels(static_cast<float*>(p.data_.get()), static_cast<const float*>(W), N, K, K);
+            p.rows_ = N;
+            p.cols_ = K;
+            p.threads_ = dev.threads();
+            p.panels_ = true;
+            return p;
+        }
+#endif
 #if defined(DISTILL_WITH_DNNL)
         const dnnl::memory::desc layout = detail::packed_layout(dev, N, K, bf16);
         if (layout.is_zero()) return p;
@@ -10520,6 +10735,7 @@ inline packed_weight pack_weight(const Cpu& dev, const std::uint16_t* W, int N, 
 inline std::size_t packed_weight_bytes([[maybe_unused]] const Cpu& dev, [[maybe_unused]] int N, [[maybe_unused]] int K,
                                        [[maybe_unused]] bool bf16 = false) {
 #if defined(DISTILL_WITH_DNNL)
+    if (detail::packs_panels(dev, N, K, bf16)) return sizeof(float) * detail::panel_floats(N, K);
     return detail::packed_layout(dev, N, K, bf16).get_size();
 #else
     return 0;
@@ -10532,7 +10748,7 @@ namespace detail {
 inline bool reads_packed([[maybe_unused]] const Cpu& dev, [[maybe_unused]] int M, int N, int K,
                          const packed_weight& packed, bool bf16) {
 #if defined(DISTILL_WITH_DNNL)
-    return packed && packed.rows() == N && packed.cols() == K && packed.bf16() == bf16 &&
+    return packed && !packed.panels() && packed.rows() == N && packed.cols() == K && packed.bf16() == bf16 &&
            packed.threads() == dev.threads() && dnnl_takes(M, N, K);
 #else
     (void)N, (void)K, (void)packed, (void)bf16;
@@ -10548,6 +10764,14 @@ inline bool reads_packed([[maybe_unused]] const Cpu& dev, [[maybe_unused]] int M
 inline void gemm_packed(const Cpu& dev, int M, int N, int K, const float* A, int lda, const float* W,
                         [[maybe_unused]] const packed_weight& packed, float beta, float* C, int ldc,
                         const float* bias = nullptr, bool gelu = false) {
+#if defined(DISTILL_WITH_DNNL) && defined(DISTILL_PANEL_GEMM)
+    if (packed.panels() && packed.rows() == N && packed.cols() == K && detail::panels_take(dev, false, true, M, N, K)) {
+        detail::panel_gemm(dev.threads(), M, N, K, A, lda, static_cast<const float*>(packed.data()), beta, C, ldc,
+                           bias);
+        if (gelu) detail::gelu_in_place(dev, C, M, N, ldc);
+        return;
+    }
+#endif
 #if defined(DISTILL_WITH_DNNL)
     if (dev.compute != precision::bf16 && detail::reads_packed(dev, M, N, K, packed, false))
         return detail::gemm(false, dev.threads(), false, true, M, N, K, 1.0f, A, lda, W, K, beta, C, ldc, 1, 0, 0, 0,

@@ -36,6 +36,7 @@
 #include "distill/detail/parallel.hpp"
 #include "distill/device.hpp"
 #include "distill/device/cpu/isa.hpp"
+#include "distill/device/cpu/panel_gemm.hpp"
 #include "distill/device/reference/layers.hpp"
 #include "distill/error.hpp"
 
@@ -328,17 +329,34 @@ inline bool dnnl_takes(int M, int N, int K) {
 #endif
     return M > 0 && N > 0 && K > 0;
 }
+/// Whether oneDNN runs at AVX2 (its effective ISA, after ONEDNN_MAX_CPU_ISA): there its fp32 matmul
+/// reads weights in their plain layout.
+inline bool dnnl_runs_avx2() {
+    static const bool avx2 = [] {
+        const dnnl::cpu_isa isa = dnnl::get_effective_cpu_isa();
+        return isa == dnnl::cpu_isa::avx2 || isa == dnnl::cpu_isa::avx2_vnni;
+    }();
+    return avx2;
+}
 /// Whether Eigen's kernel keeps an fp32 product with A transposed (a weight gradient doutᵀ · in): where
 /// oneDNN runs at AVX2 and Eigen was compiled for AVX2 and FMA. There oneDNN 2.6 runs these products
 /// at 44-87% of Eigen's speed and its other products at 96-119% (docs/performance.md, "A build for
 /// AVX2").
 inline bool eigen_takes_transposed_a([[maybe_unused]] const Cpu& dev) {
 #if defined(__AVX2__) && defined(__FMA__)
-    static const bool avx2 = [] {
-        const dnnl::cpu_isa isa = dnnl::get_effective_cpu_isa();
-        return isa == dnnl::cpu_isa::avx2 || isa == dnnl::cpu_isa::avx2_vnni;
-    }();
-    return avx2 && dev.compute != precision::bf16;
+    return dnnl_runs_avx2() && dev.compute != precision::bf16;
+#else
+    return false;
+#endif
+}
+/// Whether `panel_gemm` takes C = A · Wᵀ (alpha 1): fp32, at most 16 rows (decoding), where oneDNN runs
+/// at AVX2 and would take the product; with a packed W or without (`gemm_packed`, `gemm_bias`, `gemm`),
+/// so that both give the same bits.
+inline bool panels_take([[maybe_unused]] const Cpu& dev, [[maybe_unused]] bool trans_a, [[maybe_unused]] bool trans_b,
+                        [[maybe_unused]] int M, [[maybe_unused]] int N, [[maybe_unused]] int K) {
+#if defined(DISTILL_PANEL_GEMM)
+    return !trans_a && trans_b && M <= panel_max_rows && dnnl_takes(M, N, K) && dev.compute != precision::bf16 &&
+           dnnl_runs_avx2();
 #else
     return false;
 #endif
@@ -346,12 +364,32 @@ inline bool eigen_takes_transposed_a([[maybe_unused]] const Cpu& dev) {
 #endif
 }  // namespace detail
 
+namespace detail {
+#if defined(DISTILL_WITH_DNNL) && defined(DISTILL_PANEL_GEMM)
+// panel_gemm on a plain W(N,K) (row stride ldw), packed into panels first (as oneDNN copies W at
+// every call): the bits of the packed copy's product
+inline void panel_gemm_plain(const Cpu& dev, int M, int N, int K, const float* A, int lda, const float* W, int ldw,
+                             float beta, float* C, int ldc, const float* bias) {
+    thread_local std::vector<float> panels;
+    panels.resize(panel_floats(N, K));
+    pack_panels(panels.data(), W, N, K, ldw);
+    panel_gemm(dev.threads(), M, N, K, A, lda, panels.data(), beta, C, ldc, bias);
+}
+#endif
+}  // namespace detail
+
 /// C(M,N) = alpha op(A) op(B) + beta C, row-major (see the Reference kernel): oneDNN's matmul with
 /// `distill::dnnl` (fp32, or bf16 operands when the device's precision says so), else Eigen's GEMM
-/// (also for A transposed where oneDNN runs at AVX2: `eigen_takes_transposed_a`).
+/// (also for A transposed where oneDNN runs at AVX2: `eigen_takes_transposed_a`); up to 16 rows of
+/// A · Bᵀ (alpha 1) where oneDNN runs at AVX2: `panel_gemm` (`panels_take`).
 template <class T>
 void gemm(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda, const T* B,
           int ldb, T beta, T* C, int ldc) {
+#if defined(DISTILL_WITH_DNNL) && defined(DISTILL_PANEL_GEMM)
+    if constexpr (std::is_same_v<T, float>)
+        if (alpha == 1.0f && detail::panels_take(dev, trans_a, trans_b, M, N, K))
+            return detail::panel_gemm_plain(dev, M, N, K, A, lda, B, ldb, beta, C, ldc, nullptr);
+#endif
 #if defined(DISTILL_WITH_DNNL)
     if constexpr (std::is_same_v<T, float>)
         if (detail::dnnl_takes(M, N, K) && !(trans_a && detail::eigen_takes_transposed_a(dev)))
@@ -464,9 +502,18 @@ void add_bias(const Cpu& dev, T* out, const T* bias, int N, int OC) {
 /// `gelu`, C = gelu_forward(that), the GELU in the same epilogue (an MLP's first linear where nothing
 /// keeps its input to the GELU: inference); oneDNN evaluates the tanh GELU itself, equal to
 /// `gelu_forward` to rounding, and `gelu_forward` runs after the product where oneDNN does not take it.
+/// Up to 16 rows of A · Wᵀ where oneDNN runs at AVX2: `panel_gemm` (`detail::panels_take`).
 template <class T>
 void gemm_bias(const Cpu& dev, bool trans_a, bool trans_b, int M, int N, int K, const T* A, int lda, const T* B,
                int ldb, T beta, T* C, int ldc, const T* bias, bool gelu = false) {
+#if defined(DISTILL_WITH_DNNL) && defined(DISTILL_PANEL_GEMM)
+    if constexpr (std::is_same_v<T, float>)
+        if (detail::panels_take(dev, trans_a, trans_b, M, N, K)) {
+            detail::panel_gemm_plain(dev, M, N, K, A, lda, B, ldb, beta, C, ldc, bias);
+            if (gelu) detail::gelu_in_place(dev, C, M, N, ldc);
+            return;
+        }
+#endif
 #if defined(DISTILL_WITH_DNNL)
     if constexpr (std::is_same_v<T, float>)
         if (detail::dnnl_takes(M, N, K))
@@ -492,15 +539,27 @@ inline dnnl::memory::desc packed_layout(const Cpu& dev, int N, int K, bool bf16)
     if (!packs || N < 1 || K < 1) return {};
     return packed_weight_desc(N, K, dev.threads(), bf16);
 }
+// Whether `pack_weight` copies an fp32 W(N,K) into `panel_gemm`'s panels: where oneDNN runs at AVX2 (it
+// has no packed layout there) and the device computes in fp32.
+inline bool packs_panels([[maybe_unused]] const Cpu& dev, [[maybe_unused]] int N, [[maybe_unused]] int K,
+                         [[maybe_unused]] bool bf16) {
+#if defined(DISTILL_PANEL_GEMM)
+    return !bf16 && N > 0 && K > 0 && dev.compute != precision::bf16 && dnnl_runs_avx2();
+#else
+    return false;
+#endif
+}
 }  // namespace detail
 #endif
 
 /// A weight W(N,K) (row-major: the weight of C = A · Wᵀ; fp32, or a stored bf16 one) copied once into
 /// the blocked layout oneDNN's matmul reads (`pack_weight`), for products that repeat with W
 /// unchanged: decoding multiplies a few rows by every weight once per token, and the matmul
-/// otherwise copies W into that layout at every call. A snapshot: it does not follow later writes to W. Empty (false)
-/// where packing gains nothing: without oneDNN, for an fp32 W under bf16 compute (whose products round W at every
-/// call), or where oneDNN reads W as it is.
+/// otherwise copies W into that layout at every call. Where oneDNN runs at AVX2 (no blocked layout
+/// there) an fp32 W is copied into `panel_gemm`'s panels instead, which products of up to 16 rows read
+/// (`panels()`). A snapshot: it does not follow later writes to W. Empty (false) where packing gains
+/// nothing: without oneDNN, for an fp32 W under bf16 compute (whose products round W at every call), or
+/// for a bf16 W where oneDNN has no bf16 matmul.
 class packed_weight {
 public:
     packed_weight() = default;
@@ -513,6 +572,8 @@ public:
     bool bf16() const noexcept { return bf16_; }
     int threads() const noexcept { return threads_; }
     std::size_t bytes() const noexcept { return bytes_; }
+    /// Whether the copy is in `panel_gemm`'s panels (where oneDNN runs at AVX2), not oneDNN's layout.
+    bool panels() const noexcept { return panels_; }
 
 private:
     struct release {
@@ -520,13 +581,26 @@ private:
     };
     std::unique_ptr<void, release> data_;
     int rows_ = 0, cols_ = 0, threads_ = 0;
-    bool bf16_ = false;
+    bool bf16_ = false, panels_ = false;
     std::size_t bytes_ = 0;
     friend packed_weight pack_weight(const Cpu&, const float*, int, int);
     friend packed_weight pack_weight(const Cpu&, const std::uint16_t*, int, int);
     static packed_weight make([[maybe_unused]] const Cpu& dev, [[maybe_unused]] const void* W, [[maybe_unused]] int N,
                               [[maybe_unused]] int K, [[maybe_unused]] bool bf16) {
         packed_weight p;
+#if defined(DISTILL_WITH_DNNL) && defined(DISTILL_PANEL_GEMM)
+        if (detail::packs_panels(dev, N, K, bf16)) {
+            p.bytes_ = sizeof(float) * detail::panel_floats(N, K);
+            p.data_.reset(std::aligned_alloc(64, (p.bytes_ + 63) / 64 * 64));
+            if (!p.data_) throw std::bad_alloc();
+            detail::pack_panels(static_cast<float*>(p.data_.get()), static_cast<const float*>(W), N, K, K);
+            p.rows_ = N;
+            p.cols_ = K;
+            p.threads_ = dev.threads();
+            p.panels_ = true;
+            return p;
+        }
+#endif
 #if defined(DISTILL_WITH_DNNL)
         const dnnl::memory::desc layout = detail::packed_layout(dev, N, K, bf16);
         if (layout.is_zero()) return p;
@@ -557,6 +631,7 @@ inline packed_weight pack_weight(const Cpu& dev, const std::uint16_t* W, int N, 
 inline std::size_t packed_weight_bytes([[maybe_unused]] const Cpu& dev, [[maybe_unused]] int N, [[maybe_unused]] int K,
                                        [[maybe_unused]] bool bf16 = false) {
 #if defined(DISTILL_WITH_DNNL)
+    if (detail::packs_panels(dev, N, K, bf16)) return sizeof(float) * detail::panel_floats(N, K);
     return detail::packed_layout(dev, N, K, bf16).get_size();
 #else
     return 0;
@@ -569,7 +644,7 @@ namespace detail {
 inline bool reads_packed([[maybe_unused]] const Cpu& dev, [[maybe_unused]] int M, int N, int K,
                          const packed_weight& packed, bool bf16) {
 #if defined(DISTILL_WITH_DNNL)
-    return packed && packed.rows() == N && packed.cols() == K && packed.bf16() == bf16 &&
+    return packed && !packed.panels() && packed.rows() == N && packed.cols() == K && packed.bf16() == bf16 &&
            packed.threads() == dev.threads() && dnnl_takes(M, N, K);
 #else
     (void)N, (void)K, (void)packed, (void)bf16;
@@ -585,6 +660,14 @@ inline bool reads_packed([[maybe_unused]] const Cpu& dev, [[maybe_unused]] int M
 inline void gemm_packed(const Cpu& dev, int M, int N, int K, const float* A, int lda, const float* W,
                         [[maybe_unused]] const packed_weight& packed, float beta, float* C, int ldc,
                         const float* bias = nullptr, bool gelu = false) {
+#if defined(DISTILL_WITH_DNNL) && defined(DISTILL_PANEL_GEMM)
+    if (packed.panels() && packed.rows() == N && packed.cols() == K && detail::panels_take(dev, false, true, M, N, K)) {
+        detail::panel_gemm(dev.threads(), M, N, K, A, lda, static_cast<const float*>(packed.data()), beta, C, ldc,
+                           bias);
+        if (gelu) detail::gelu_in_place(dev, C, M, N, ldc);
+        return;
+    }
+#endif
 #if defined(DISTILL_WITH_DNNL)
     if (dev.compute != precision::bf16 && detail::reads_packed(dev, M, N, K, packed, false))
         return detail::gemm(false, dev.threads(), false, true, M, N, K, 1.0f, A, lda, W, K, beta, C, ldc, 1, 0, 0, 0,

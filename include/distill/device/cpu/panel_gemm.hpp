@@ -114,27 +114,12 @@ inline void panel_gemm(int threads, int M, int N, int K, const float* A, int lda
         int m = 0;
         for (; m + 6 <= M; m += 6)
             panel_tile<6>(A + std::size_t(m) * lda, lda, panel, K, b, beta, C + std::size_t(m) * ldc + n0, ldc, ncols);
-        const float* a = A + std::size_t(m) * lda;
-        float* c = C + std::size_t(m) * ldc + n0;
-        switch (M - m) {
-            case 5:
-                panel_tile<5>(a, lda, panel, K, b, beta, c, ldc, ncols);
-                break;
-            case 4:
-                panel_tile<4>(a, lda, panel, K, b, beta, c, ldc, ncols);
-                break;
-            case 3:
-                panel_tile<3>(a, lda, panel, K, b, beta, c, ldc, ncols);
-                break;
-            case 2:
-                panel_tile<2>(a, lda, panel, K, b, beta, c, ldc, ncols);
-                break;
-            case 1:
-                panel_tile<1>(a, lda, panel, K, b, beta, c, ldc, ncols);
-                break;
-            default:
-                break;
-        }
+        // the last 1-5 rows
+        using tile = void (*)(const float*, int, const float*, int, const float*, float, float*, int, int);
+        static constexpr tile rest[] = {nullptr,       panel_tile<1>, panel_tile<2>,
+                                        panel_tile<3>, panel_tile<4>, panel_tile<5>};
+        if (m < M)
+            rest[M - m](A + std::size_t(m) * lda, lda, panel, K, b, beta, C + std::size_t(m) * ldc + n0, ldc, ncols);
     });
 }
 #endif

@@ -81,8 +81,8 @@ template <int MR>
             acc[r][1] = _mm256_fmadd_ps(a, b1, acc[r][1]);
         }
     }
-    // masked loads and stores for a last panel of fewer than 16 columns (no array of the accumulators:
-    // one would keep them in memory)
+    // masked loads and stores for a last panel of fewer than 16 columns (storing the accumulators
+    // through a temporary array instead made GCC keep them in memory throughout the k loop)
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     const __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(ncols), lane),
                   m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(ncols - 8), lane);

@@ -652,6 +652,7 @@ int fail(int code, const char* what) {
     std::fprintf(stderr, "distill (rank %d of %d): %s\n", ranks->rank(), ranks->size(), what);
     std::fflush(stderr);
     ranks->abort(code);
+    return code;  // not reached (abort is [[noreturn]], which GCC does not see through a virtual call)
 }
 
 int main(int argc, char** argv) {

@@ -10677,30 +10677,23 @@ private:
     static packed_weight make([[maybe_unused]] const Cpu& dev, [[maybe_unused]] const void* W, [[maybe_unused]] int N,
                               [[maybe_unused]] int K, [[maybe_unused]] bool bf16) {
         packed_weight p;
-#if defined(DISTILL_WITH_DNNL) && defined(DISTILL_PANEL_GEMM)
-        if (detail::packs_panels(dev, N, K, bf16)) {
-            p.bytes_ = sizeof(float) * detail::panel_floats(N, K);
-            p.data_.reset(std::aligned_alloc(64, (p.bytes_ + 63) / 64 * 64));
-            if (!p.data_) throw std::bad_alloc();
-            detail::pack_panels(static_cast<float*>(p.data_.get()), static_cast<const float*>(W), N, K, K);
-            p.rows_ = N;
-            p.cols_ = K;
-            p.threads_ = dev.threads();
-            p.panels_ = true;
-            return p;
-        }
-#endif
 #if defined(DISTILL_WITH_DNNL)
-        const dnnl::memory::desc layout = detail::packed_layout(dev, N, K, bf16);
-        if (layout.is_zero()) return p;
-        p.bytes_ = layout.get_size();
+        // panel_gemm's panels where oneDNN runs at AVX2, else oneDNN's blocked layout (if any)
+        const bool panels = detail::packs_panels(dev, N, K, bf16);
+        const dnnl::memory::desc layout = panels ? dnnl::memory::desc() : detail::packed_layout(dev, N, K, bf16);
+        if (!panels && layout.is_zero()) return p;
+        p.bytes_ = panels ? sizeof(float) * detail::panel_floats(N, K) : layout.get_size();
         p.data_.reset(std::aligned_alloc(64, (p.bytes_ + 63) / 64 * 64));
         if (!p.data_) throw std::bad_alloc();
-        detail::pack(p.data_.get(), layout, W, N, K, bf16);
+        if (panels)
+            detail::pack_panels(static_cast<float*>(p.data_.get()), static_cast<const float*>(W), N, K, K);
+        else
+            detail::pack(p.data_.get(), layout, W, N, K, bf16);
         p.rows_ = N;
         p.cols_ = K;
         p.bf16_ = bf16;
         p.threads_ = dev.threads();
+        p.panels_ = panels;
 #endif
         return p;
     }
